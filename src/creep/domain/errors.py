@@ -1,0 +1,89 @@
+"""One exception root for everything creep raises on purpose."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CreepError(Exception):
+    """A creep operation failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or type(self).__name__).strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class ValidationError(CreepError):
+    """Input failed validation."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        # Each error is (field path, rule it broke); all are reported at once.
+        self.errors = errors
+        super().__init__("; ".join(f"{field}: {rule}" for field, rule in errors))
+
+    @classmethod
+    def single(cls, field: str, rule: str) -> ValidationError:
+        return cls([(field, rule)])
+
+
+class NotFound(CreepError):
+    """No such object."""
+
+    def __init__(self, kind: str, key: Any) -> None:
+        self.kind = kind
+        self.key = key
+        super().__init__(f"{kind} {key} not found")
+
+
+class ConflictError(CreepError):
+    """The request conflicts with the current state."""
+
+
+class IdempotencyConflict(ConflictError):
+    """The idempotency key was already used with a different request body."""
+
+    def __init__(self, tenant_id: str, env: str, idempotency_key: str, task_id: str) -> None:
+        self.key = (tenant_id, env, idempotency_key)
+        self.task_id = task_id
+        super().__init__(
+            f"idempotency_key {idempotency_key!r} (tenant {tenant_id!r}, env {env!r}) "
+            f"was already used for task {task_id} with a different body"
+        )
+
+
+class VersionConflict(ConflictError):
+    """The object changed since the version the caller read."""
+
+    def __init__(self, kind: str, key: Any, expected: int, actual: int | None) -> None:
+        self.kind = kind
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"{kind} {key}: version {expected} is stale (current version is {actual})"
+        )
+
+
+class IllegalTransition(ConflictError):
+    """The requested state change is not in the transition table."""
+
+    def __init__(self, kind: str, old: str, new: str) -> None:
+        self.kind = kind
+        self.old = old
+        self.new = new
+        super().__init__(f"{kind}: illegal transition {old} -> {new}")
+
+
+class ClaimLost(ConflictError):
+    """The worker no longer holds the claim it names (expired, rescued or fenced)."""
+
+
+class StorageError(CreepError):
+    """The database failed; the original error is the cause."""
+
+
+class SchemaOutOfDate(StorageError):
+    """The database schema is older than this version of creep; run `creep migrate`."""

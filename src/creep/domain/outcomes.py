@@ -1,0 +1,122 @@
+"""What a handler run came to, and what that means for the task (pure)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from creep.domain.task import ResultCode, TaskStatus
+
+
+class HandlerSignal(Exception):  # noqa: N818 - control flow, not an error
+    """Raised by a handler to steer its task; not an error."""
+
+
+class Retry(HandlerSignal):
+    """Run the task again after `delay` seconds (or the backoff delay when None)."""
+
+    def __init__(self, delay: float | None = None, message: str | None = None) -> None:
+        self.delay = delay
+        self.message = message or "retry requested by handler"
+        super().__init__(self.message)
+
+
+class Fail(HandlerSignal):
+    """An explicit business failure: the task ends FAILED with this result code, no retry."""
+
+    def __init__(self, code: str = ResultCode.HARD_FAIL, message: str | None = None) -> None:
+        self.code = str(code)
+        self.message = message or self.code
+        super().__init__(self.message)
+
+
+class TaskCancelled(HandlerSignal):
+    """Raised inside a handler (by heartbeat or a check) once cancellation was requested."""
+
+
+class OutcomeKind(StrEnum):
+    SUCCEEDED = "succeeded"
+    RETRY = "retry"  # Retry() or any exception
+    FAILED = "failed"  # Fail()
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    REQUEUE = "requeue"  # graceful shutdown: give the task back without charging an attempt
+
+
+@dataclass(slots=True)
+class Outcome:
+    task_id: str
+    claim_token: str
+    kind: OutcomeKind
+    result: Any = None
+    code: str | None = None
+    message: str | None = None
+    retry_delay: float | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Resolution:
+    """The transition an outcome leads to."""
+
+    status: TaskStatus
+    event_type: str
+    result_code: str | None
+    result_message: str | None
+    run_after: datetime | None = None
+    charge_attempt: bool = True
+
+
+@dataclass(slots=True, frozen=True)
+class Backoff:
+    """Exponential backoff with equal jitter: half the step fixed, half random."""
+
+    base_seconds: float = 1.0
+    cap_seconds: float = 3600.0
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        step = min(self.cap_seconds, self.base_seconds * (2 ** max(0, attempt - 1)))
+        r = (rng or random).random()
+        return step / 2 + r * step / 2
+
+
+def resolve(
+    outcome: Outcome, *, attempt: int, max_attempts: int, now: datetime, backoff: Backoff,
+    rng: random.Random | None = None,
+) -> Resolution:
+    """Map a handler outcome on attempt `attempt` (1-based) to the task's next state."""
+    kind = outcome.kind
+    if kind is OutcomeKind.SUCCEEDED:
+        return Resolution(TaskStatus.SUCCESS, "succeeded", ResultCode.OK, outcome.message)
+    if kind is OutcomeKind.FAILED:
+        return Resolution(
+            TaskStatus.FAILED, "failed", outcome.code or ResultCode.HARD_FAIL, outcome.message
+        )
+    if kind is OutcomeKind.TIMED_OUT:
+        return Resolution(TaskStatus.TIMEOUT, "timed_out", ResultCode.TIMEOUT, outcome.message)
+    if kind is OutcomeKind.CANCELLED:
+        return Resolution(
+            TaskStatus.CANCELLED, "cancelled", ResultCode.CANCELLED, outcome.message or "cancelled"
+        )
+    if kind is OutcomeKind.REQUEUE:
+        return Resolution(
+            TaskStatus.QUEUED, "requeued", None, outcome.message, run_after=now,
+            charge_attempt=False,
+        )
+    # The retry path: Retry() or an exception.
+    message = outcome.message or outcome.error
+    if attempt >= max_attempts:
+        return Resolution(
+            TaskStatus.DEAD_LETTER, "dead_lettered", ResultCode.MAX_RETRIES_EXCEEDED,
+            f"attempt {attempt} of {max_attempts} failed: {message}",
+        )
+    delay = outcome.retry_delay
+    if delay is None:
+        delay = backoff.delay(attempt, rng)
+    return Resolution(
+        TaskStatus.QUEUED, "retrying", ResultCode.RETRYABLE, message,
+        run_after=now + timedelta(seconds=max(0.0, delay)),
+    )

@@ -1,0 +1,129 @@
+"""The storage port: one method per intent. SQLite and PostgreSQL implement it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from creep.domain.events import TaskEvent
+from creep.domain.outcomes import Backoff, Outcome, Resolution
+from creep.domain.task import TaskOrder
+from creep.domain.task_spec import TaskSpec
+
+
+@dataclass(slots=True)
+class ClaimedTask:
+    task: TaskOrder
+    claim_token: str
+    deadline_at: datetime
+
+
+@dataclass(slots=True)
+class HeartbeatResult:
+    #: Claims this worker no longer holds (rescued, timed out by the control plane, fenced).
+    lost: list[str] = field(default_factory=list)
+    #: Tasks whose cancellation was requested while they run.
+    cancel_requested: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Completion:
+    outcome: Outcome
+    resolution: Resolution
+
+
+@dataclass(slots=True)
+class MaintenanceReport:
+    promoted: int = 0
+    rescued: int = 0
+    timed_out: int = 0
+    dead_lettered: int = 0
+
+    def total(self) -> int:
+        return self.promoted + self.rescued + self.timed_out + self.dead_lettered
+
+
+@dataclass(slots=True)
+class TaskFilter:
+    tenant_id: str | None = None
+    status: str | None = None
+    task_type: str | None = None
+    task_category: str | None = None
+    tag: str | None = None
+    batch_id: str | None = None
+    project_id: str | None = None
+    env: str | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+
+
+class Listener(Protocol):
+    """Wake-up hints from other processes (Postgres LISTEN). Polling remains the guarantee."""
+
+    def start(self, on_wake: Callable[[str, str], None]) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Store(Protocol):
+    url: str
+    dialect: str
+
+    # schema
+    def migrate(self, target: int | None = None) -> list[int]: ...
+    def schema_version(self) -> int: ...
+    def close(self) -> None: ...
+
+    # tasks
+    def task_create_many(self, specs: Sequence[TaskSpec], now: datetime) -> list[TaskOrder]: ...
+    def task_get(self, task_id: str, tenant_id: str | None = None) -> TaskOrder: ...
+    def task_list(
+        self, flt: TaskFilter, *, after: str | None = None, limit: int = 100
+    ) -> list[TaskOrder]: ...
+    def task_claim(
+        self, worker_id: str, task_types: Sequence[str], limit: int, now: datetime,
+        claim_ttl: float,
+    ) -> list[ClaimedTask]: ...
+    def task_heartbeat(
+        self, worker_id: str, claims: Sequence[tuple[str, str]], now: datetime, claim_ttl: float
+    ) -> HeartbeatResult: ...
+    def task_complete_many(self, completions: Sequence[Completion], now: datetime) -> list[str]: ...
+    def task_progress(
+        self, task_id: str, claim_token: str, progress: int, message: str | None, now: datetime
+    ) -> bool: ...
+    def task_cancel(
+        self, task_id: str, now: datetime, *, tenant_id: str | None = None,
+        reason: str | None = None,
+    ) -> TaskOrder: ...
+    def task_retry(
+        self, task_id: str, now: datetime, *, tenant_id: str | None = None
+    ) -> TaskOrder: ...
+    def task_update(
+        self, task_id: str, expected_version: int, changes: dict[str, Any], now: datetime,
+        *, tenant_id: str | None = None,
+    ) -> TaskOrder: ...
+    def task_events(self, task_id: str, tenant_id: str | None = None) -> list[TaskEvent]: ...
+    def task_events_after(
+        self, cursor: str | None, *, limit: int = 500, task_id: str | None = None,
+        tenant_id: str | None = None,
+    ) -> list[TaskEvent]: ...
+
+    # leader-only maintenance
+    def task_maintain(
+        self, now: datetime, backoff: Backoff, timeout_grace: float
+    ) -> MaintenanceReport: ...
+
+    # locks (leadership)
+    def lock_acquire(
+        self, lock_key: str, holder_id: str, ttl: float, now: datetime, purpose: str = ""
+    ) -> str | None: ...
+    def lock_renew(
+        self, lock_key: str, holder_id: str, token: str, ttl: float, now: datetime
+    ) -> bool: ...
+    def lock_release(self, lock_key: str, token: str, now: datetime) -> bool: ...
+
+    # wake-ups
+    def listener(self) -> Listener | None: ...
+    def notify(self, channel: str, payload: str) -> None: ...

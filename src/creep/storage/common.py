@@ -1,0 +1,216 @@
+"""Pieces both backends share: the task column order, migration files, row building."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import orjson
+
+from creep.domain.errors import IdempotencyConflict, ValidationError
+from creep.domain.outcomes import Resolution
+from creep.domain.task import TaskOrder, TaskStatus
+from creep.domain.task_spec import TaskSpec
+
+TASK_COLUMNS: tuple[str, ...] = (
+    "task_id", "idempotency_key", "tenant_id", "project_id", "env", "external_ref",
+    "task_type", "task_category", "description", "priority", "timeout_ms", "max_total_cost",
+    "currency", "business_value_hint", "status", "created_at", "queued_at", "started_at",
+    "finished_at", "updated_at", "result_code", "result_message", "task_version", "lease_ids",
+    "resource_hints", "constraints", "tenant_policies_version", "tags", "batch_id", "progress",
+    "progress_message", "input_payload", "result_payload", "channel", "correlation_id",
+    "depends_on", "attempt", "max_attempts", "run_after", "last_error", "claimed_by",
+    "claim_expires_at", "cancel_requested", "deleted_at",
+)
+TASK_SELECT = ", ".join(TASK_COLUMNS)
+#: Columns written by an insert (claim and bookkeeping columns take their defaults).
+INSERT_COLUMNS: tuple[str, ...] = (
+    *TASK_COLUMNS[: TASK_COLUMNS.index("last_error")], "request_hash", "has_dependants",
+)
+
+#: Fields a caller may change through an update that names task_version.
+UPDATABLE_FIELDS = frozenset(
+    {
+        "priority", "description", "tags", "external_ref", "task_category", "project_id",
+        "timeout_ms", "max_total_cost", "business_value_hint",
+    }
+)
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(slots=True, frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(dialect: str) -> list[Migration]:
+    folder = resources.files("creep.storage") / "migrations" / dialect
+    found: list[Migration] = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"{dialect} migrations are not numbered 1..n: {versions}")
+    return found
+
+
+def new_task(spec: TaskSpec, status: TaskStatus, now: datetime) -> TaskOrder:
+    """The stored form of a freshly created task."""
+    return TaskOrder(
+        task_id=spec.task_id, idempotency_key=spec.idempotency_key, tenant_id=spec.tenant_id,
+        project_id=spec.project_id, env=spec.env, external_ref=spec.external_ref,
+        task_type=spec.task_type, task_category=spec.task_category,
+        description=spec.description, priority=spec.priority, timeout_ms=spec.timeout_ms,
+        max_total_cost=spec.max_total_cost, currency=spec.currency,
+        business_value_hint=spec.business_value_hint, status=status, created_at=now,
+        queued_at=now if status is TaskStatus.QUEUED else None, started_at=None,
+        finished_at=now if status is TaskStatus.CANCELLED else None, updated_at=now,
+        result_code="DEPENDENCY_FAILED" if status is TaskStatus.CANCELLED else None,
+        result_message="a dependency did not succeed" if status is TaskStatus.CANCELLED else None,
+        task_version=1, lease_ids=[], resource_hints=spec.resource_hints,
+        constraints=spec.constraints, tenant_policies_version=spec.tenant_policies_version,
+        tags=spec.tags, batch_id=spec.batch_id, progress=0, progress_message=None,
+        input_payload=spec.input_payload, result_payload=None, channel=spec.channel,
+        correlation_id=spec.correlation_id, depends_on=spec.depends_on, attempt=0,
+        max_attempts=spec.max_attempts, run_after=spec.run_after or now,
+    )
+
+
+def initial_status(
+    spec: TaskSpec, dep_status: dict[str, str], now: datetime
+) -> TaskStatus:
+    """Where a new task starts, given the current status of each of its dependencies."""
+    statuses = [dep_status[d] for d in spec.depends_on]
+    if any(s in _DEAD_ENDS for s in statuses):
+        return TaskStatus.CANCELLED
+    if any(s != TaskStatus.SUCCESS for s in statuses):
+        return TaskStatus.PENDING
+    if spec.run_after is not None and spec.run_after > now:
+        return TaskStatus.PENDING
+    return TaskStatus.QUEUED
+
+
+_DEAD_ENDS = frozenset(
+    {TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMEOUT, TaskStatus.DEAD_LETTER}
+)
+
+
+def creation_events(task: TaskOrder) -> list[tuple[str, str | None, str, dict[str, Any]]]:
+    """(event_type, from_status, to_status, payload) rows for a newly created task."""
+    events: list[tuple[str, str | None, str, dict[str, Any]]] = [
+        ("created", None, "PENDING", {"task_type": task.task_type, "priority": task.priority})
+    ]
+    if task.status is TaskStatus.QUEUED:
+        events.append(("queued", "PENDING", "QUEUED", {}))
+    elif task.status is TaskStatus.CANCELLED:
+        events.append(
+            ("cancelled", "PENDING", "CANCELLED", {"result_code": "DEPENDENCY_FAILED"})
+        )
+    return events
+
+
+def resolution_payload(res: Resolution, error: str | None) -> dict[str, Any]:
+    payload: dict[str, Any] = {}
+    if res.result_code:
+        payload["result_code"] = res.result_code
+    if res.result_message:
+        payload["message"] = res.result_message
+    if error:
+        payload["error"] = error[:4000]
+    if res.status is TaskStatus.QUEUED and res.run_after is not None:
+        payload["run_after"] = res.run_after.isoformat()
+    return payload
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=_default)
+
+
+def _default(value: Any) -> Any:
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def check_dependencies(
+    specs: Sequence[TaskSpec], found: dict[str, tuple[str, str]]
+) -> dict[str, str]:
+    """Reject unknown dependencies (a task of another tenant is unknown, too).
+
+    `found` maps existing task ids to (status, tenant_id). Returns id -> status.
+    """
+    in_batch = {s.task_id: s for s in specs}
+    errors = []
+    for i, spec in enumerate(specs):
+        for j, dep in enumerate(spec.depends_on):
+            owner = in_batch[dep].tenant_id if dep in in_batch else found.get(dep, ("", ""))[1]
+            if owner != spec.tenant_id:
+                errors.append((f"tasks[{i}].depends_on[{j}]", f"unknown task id {dep}"))
+    if errors:
+        raise ValidationError(errors)
+    return {task_id: status for task_id, (status, _) in found.items()}
+
+
+@dataclass(slots=True)
+class ReplayPlan:
+    """How a submission splits into new tasks and replays of existing ones."""
+
+    fresh: list[TaskSpec]
+    slots: list[TaskOrder | str]  # an existing task (replayed), or the id of a fresh one
+
+    def resolve(self, created: dict[str, TaskOrder]) -> list[TaskOrder]:
+        out: list[TaskOrder] = []
+        first_use: set[str] = set()
+        for slot in self.slots:
+            if isinstance(slot, TaskOrder):
+                out.append(slot)
+            elif slot in first_use:
+                # The same key twice in one submission: the second is a replay of the first.
+                twin = replace(created[slot], replayed=True)
+                out.append(twin)
+            else:
+                first_use.add(slot)
+                out.append(created[slot])
+        return out
+
+
+def plan_replays(
+    specs: Sequence[TaskSpec], lookup: Callable[[TaskSpec], tuple[TaskOrder, str] | None]
+) -> ReplayPlan:
+    """Match each spec against an existing task with its idempotency key (and earlier specs
+    in the same submission). Raises IdempotencyConflict when a body differs."""
+    plan = ReplayPlan(fresh=[], slots=[])
+    earlier: dict[tuple[str, str, str], TaskSpec] = {}
+    for spec in specs:
+        key = (spec.tenant_id, spec.env, spec.idempotency_key)
+        existing = lookup(spec)
+        if existing is not None:
+            task, request_hash = existing
+            if request_hash != spec.request_hash:
+                raise IdempotencyConflict(*key, task.task_id)
+            task.replayed = True
+            plan.slots.append(task)
+        elif key in earlier:
+            first = earlier[key]
+            if first.request_hash != spec.request_hash:
+                raise IdempotencyConflict(*key, first.task_id)
+            plan.slots.append(first.task_id)
+        else:
+            earlier[key] = spec
+            plan.fresh.append(spec)
+            plan.slots.append(spec.task_id)
+    return plan

@@ -1,0 +1,957 @@
+"""The embedded backend: one SQLite file in WAL mode, writers serialised by BEGIN IMMEDIATE."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+
+from creep.domain.errors import (
+    ConflictError,
+    IdempotencyConflict,
+    IllegalTransition,
+    NotFound,
+    SchemaOutOfDate,
+    ValidationError,
+    VersionConflict,
+)
+from creep.domain.events import TaskEvent
+from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, Resolution, resolve
+from creep.domain.task import RETRYABLE_FROM, TaskOrder, TaskStatus, check_transition
+from creep.domain.task_spec import TaskSpec
+from creep.ports import (
+    ClaimedTask,
+    Completion,
+    HeartbeatResult,
+    Listener,
+    MaintenanceReport,
+    TaskFilter,
+)
+from creep.storage.common import (
+    INSERT_COLUMNS,
+    TASK_COLUMNS,
+    TASK_SELECT,
+    UPDATABLE_FIELDS,
+    check_dependencies,
+    creation_events,
+    dumps,
+    initial_status,
+    load_migrations,
+    new_task,
+    plan_replays,
+    resolution_payload,
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_IDX = {name: i for i, name in enumerate(TASK_COLUMNS)}
+_TS_COLUMNS = (
+    "created_at", "queued_at", "started_at", "finished_at", "updated_at", "run_after",
+    "claim_expires_at", "deleted_at",
+)
+_JSON_COLUMNS = (
+    "lease_ids", "resource_hints", "constraints", "tags", "input_payload", "result_payload",
+    "depends_on",
+)
+_SYNC_LEVELS = {"OFF", "NORMAL", "FULL", "EXTRA"}
+
+
+def us(dt: datetime) -> int:
+    """Microseconds since the epoch: SQLite's timestamp representation."""
+    delta = dt - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(value: int | None) -> datetime | None:
+    if value is None:
+        return None
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _row_to_task(row: Sequence[Any]) -> TaskOrder:
+    v = list(row)
+    for name in _TS_COLUMNS:
+        i = _IDX[name]
+        if v[i] is not None:
+            v[i] = _EPOCH + timedelta(microseconds=v[i])
+    for name in _JSON_COLUMNS:
+        i = _IDX[name]
+        if v[i] is not None:
+            v[i] = orjson.loads(v[i])
+    for name in ("max_total_cost", "business_value_hint"):
+        i = _IDX[name]
+        if v[i] is not None:
+            v[i] = Decimal(v[i])
+    v[_IDX["status"]] = TaskStatus(v[_IDX["status"]])
+    v[_IDX["cancel_requested"]] = bool(v[_IDX["cancel_requested"]])
+    return TaskOrder(*v)
+
+
+def _ids_json(ids: Sequence[str]) -> str:
+    return orjson.dumps(list(ids)).decode()
+
+
+@dataclass(slots=True)
+class _Apply:
+    """One fenced transition of a running task."""
+
+    task_id: str
+    claim_token: str
+    resolution: Resolution
+    result_json: bytes | None
+    error: str | None
+
+
+class SqliteStore:
+    dialect = "sqlite"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parts = urlsplit(url)
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if parts.netloc:
+            raise ValidationError.single(
+                "database_url", "a SQLite URL is sqlite:///relative/path or sqlite:////abs/path"
+            )
+        if not path or path == ":memory:":
+            raise ValidationError.single(
+                "database_url", "SQLite needs a file path (in-memory databases are per connection)"
+            )
+        self.path = path
+        query = parse_qs(parts.query)
+        sync = query.get("synchronous", ["FULL"])[0].upper()
+        if sync not in _SYNC_LEVELS:
+            raise ValidationError.single(
+                "database_url", f"synchronous must be one of {sorted(_SYNC_LEVELS)}"
+            )
+        self.synchronous = sync
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._listeners: list[Callable[[str, str], None]] = []
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=60.0
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute("PRAGMA cache_size=-65536")
+            conn.execute("PRAGMA temp_store=MEMORY")
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._all_lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except sqlite3.ProgrammingError:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+    # -- schema --------------------------------------------------------------------------------
+
+    def migrate(self, target: int | None = None) -> list[int]:
+        conn = self._conn()
+        applied: list[int] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)"
+            )
+            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            for m in load_migrations("sqlite"):
+                if m.version in done or (target is not None and m.version > target):
+                    continue
+                for statement in _split_sql(m.sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (m.version, m.name, us(datetime.now(UTC))),
+                )
+                applied.append(m.version)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return applied
+
+    def schema_version(self) -> int:
+        try:
+            row = self._conn().execute("SELECT max(version) FROM schema_migrations").fetchone()
+        except sqlite3.OperationalError:
+            return 0
+        return int(row[0] or 0)
+
+    def _require_schema(self) -> None:
+        if self.schema_version() < len(load_migrations("sqlite")):
+            raise SchemaOutOfDate()
+
+    # -- creating tasks ------------------------------------------------------------------------
+
+    def task_create_many(self, specs: Sequence[TaskSpec], now: datetime) -> list[TaskOrder]:
+        if not specs:
+            return []
+        with self._write() as conn:
+            dep_status = self._dependency_status(conn, specs)
+            try:
+                conn.execute("SAVEPOINT fast_insert")
+                tasks = self._insert_new(conn, specs, dep_status, now)
+                conn.execute("RELEASE fast_insert")
+                out = tasks
+            except sqlite3.IntegrityError:
+                # Some idempotency key exists already: go row by row, replaying or refusing.
+                conn.execute("ROLLBACK TO fast_insert")
+                conn.execute("RELEASE fast_insert")
+                out = self._insert_with_replays(conn, specs, dep_status, now)
+        if any(t.status is TaskStatus.QUEUED and not t.replayed for t in out):
+            self._wake("creep_tasks", "")
+        return out
+
+    def _dependency_status(
+        self, conn: sqlite3.Connection, specs: Sequence[TaskSpec]
+    ) -> dict[str, str]:
+        in_batch = {s.task_id: s for s in specs}
+        wanted = {d for s in specs for d in s.depends_on if d not in in_batch}
+        found: dict[str, tuple[str, str]] = {}
+        if wanted:
+            for task_id, status, tenant in conn.execute(
+                "SELECT task_id, status, tenant_id FROM tasks "
+                "WHERE task_id IN (SELECT value FROM json_each(?))",
+                (_ids_json(sorted(wanted)),),
+            ):
+                found[task_id] = (status, tenant)
+        return check_dependencies(specs, found)
+
+    def _insert_new(
+        self, conn: sqlite3.Connection, specs: Sequence[TaskSpec], dep_status: dict[str, str],
+        now: datetime,
+    ) -> list[TaskOrder]:
+        from creep.domain.dag import topological_order
+
+        by_id = {s.task_id: s for s in specs}
+        if len(by_id) != len(specs):
+            raise ValidationError.single("task_id", "task ids in one submission must be unique")
+        if any(s.depends_on for s in specs):
+            order = topological_order({s.task_id: s.depends_on for s in specs})
+        else:
+            order = [s.task_id for s in specs]
+        status = dict(dep_status)
+        tasks: dict[str, TaskOrder] = {}
+        for task_id in order:
+            spec = by_id[task_id]
+            task = new_task(spec, initial_status(spec, status, now), now)
+            status[task_id] = task.status
+            tasks[task_id] = task
+        now_us = us(now)
+        rows = []
+        events = []
+        deps = []
+        has_dependants = {d for s in specs for d in s.depends_on}
+        for spec in specs:
+            t = tasks[spec.task_id]
+            rows.append(_task_row(t, spec, t.task_id in has_dependants))
+            for etype, old, new, payload in creation_events(t):
+                events.append(
+                    (t.task_id, t.tenant_id, etype, old, new, 0, dumps(payload), now_us)
+                )
+            deps.extend((t.task_id, d) for d in spec.depends_on)
+        placeholders = ", ".join("?" * len(INSERT_COLUMNS))
+        conn.executemany(
+            f"INSERT INTO tasks ({', '.join(INSERT_COLUMNS)}) VALUES ({placeholders})", rows
+        )
+        _insert_events(conn, events)
+        if deps:
+            conn.executemany(
+                "INSERT INTO task_dependencies (task_id, depends_on_id) VALUES (?, ?)", deps
+            )
+            outside = sorted(has_dependants - set(by_id))
+            if outside:
+                conn.execute(
+                    "UPDATE tasks SET has_dependants = 1 "
+                    "WHERE task_id IN (SELECT value FROM json_each(?))",
+                    (_ids_json(outside),),
+                )
+        return [tasks[s.task_id] for s in specs]
+
+    def _insert_with_replays(
+        self, conn: sqlite3.Connection, specs: Sequence[TaskSpec], dep_status: dict[str, str],
+        now: datetime,
+    ) -> list[TaskOrder]:
+        def lookup(spec: TaskSpec) -> tuple[TaskOrder, str] | None:
+            row = conn.execute(
+                f"SELECT {TASK_SELECT}, request_hash FROM tasks "
+                "WHERE tenant_id = ? AND env = ? AND idempotency_key = ?",
+                (spec.tenant_id, spec.env, spec.idempotency_key),
+            ).fetchone()
+            return None if row is None else (_row_to_task(row[:-1]), row[-1])
+
+        plan = plan_replays(specs, lookup)
+        created = {t.task_id: t for t in self._insert_new(conn, plan.fresh, dep_status, now)}
+        return plan.resolve(created)
+
+    # -- reading tasks -------------------------------------------------------------------------
+
+    def task_get(self, task_id: str, tenant_id: str | None = None) -> TaskOrder:
+        row = self._conn().execute(
+            f"SELECT {TASK_SELECT} FROM tasks WHERE task_id = ?", (task_id,)
+        ).fetchone()
+        if row is None or (tenant_id is not None and row[_IDX["tenant_id"]] != tenant_id):
+            raise NotFound("task", task_id)
+        return _row_to_task(row)
+
+    def task_list(
+        self, flt: TaskFilter, *, after: str | None = None, limit: int = 100
+    ) -> list[TaskOrder]:
+        where, params = ["deleted_at IS NULL"], []
+        for column in (
+            "tenant_id", "status", "task_type", "task_category", "batch_id", "project_id", "env"
+        ):
+            value = getattr(flt, column)
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if flt.tag is not None:
+            where.append("EXISTS (SELECT 1 FROM json_each(tasks.tags) WHERE value = ?)")
+            params.append(flt.tag)
+        if flt.created_from is not None:
+            where.append("created_at >= ?")
+            params.append(us(flt.created_from))
+        if flt.created_to is not None:
+            where.append("created_at < ?")
+            params.append(us(flt.created_to))
+        if after:
+            created, _, last_id = after.partition("/")
+            where.append("(created_at, task_id) < (?, ?)")
+            params.extend([int(created), last_id])
+        params.append(limit)
+        rows = self._conn().execute(
+            f"SELECT {TASK_SELECT} FROM tasks WHERE {' AND '.join(where)} "
+            "ORDER BY created_at DESC, task_id DESC LIMIT ?",
+            params,
+        ).fetchall()
+        return [_row_to_task(r) for r in rows]
+
+    @staticmethod
+    def list_cursor(task: TaskOrder) -> str:
+        return f"{us(task.created_at)}/{task.task_id}"
+
+    # -- the queue -----------------------------------------------------------------------------
+
+    def task_claim(
+        self, worker_id: str, task_types: Sequence[str], limit: int, now: datetime,
+        claim_ttl: float,
+    ) -> list[ClaimedTask]:
+        if limit <= 0 or not task_types:
+            return []
+        now_us = us(now)
+        token = str(uuid.uuid4())
+        with self._write() as conn:
+            rows = conn.execute(
+                f"""UPDATE tasks SET status = 'RUNNING', attempt = attempt + 1, started_at = ?1,
+                    updated_at = ?1, claimed_by = ?2, claim_token = ?3, claim_expires_at = ?4,
+                    deadline_at = ?1 + timeout_ms * 1000, task_version = task_version + 1,
+                    cancel_requested = 0, progress_message = NULL
+                WHERE task_id IN (
+                    SELECT task_id FROM tasks
+                    WHERE status = 'QUEUED' AND run_after <= ?1
+                      AND task_type IN (SELECT value FROM json_each(?5))
+                    ORDER BY priority DESC, created_at LIMIT ?6)
+                RETURNING {TASK_SELECT}, deadline_at""",
+                (now_us, worker_id, token, now_us + int(claim_ttl * 1e6),
+                 _ids_json(task_types), limit),
+            ).fetchall()
+            if not rows:
+                return []
+            payload = dumps({"worker_id": worker_id})
+            _insert_events(
+                conn,
+                [
+                    (r[0], r[2], "started", "QUEUED", "RUNNING", r[_IDX["attempt"]], payload,
+                     now_us)
+                    for r in rows
+                ],
+            )
+        claimed = [
+            ClaimedTask(_row_to_task(r[:-1]), token, _EPOCH + timedelta(microseconds=r[-1]))
+            for r in rows
+        ]
+        claimed.sort(key=lambda c: (-c.task.priority, c.task.created_at))
+        return claimed
+
+    def task_heartbeat(
+        self, worker_id: str, claims: Sequence[tuple[str, str]], now: datetime, claim_ttl: float
+    ) -> HeartbeatResult:
+        result = HeartbeatResult()
+        if not claims:
+            return result
+        tokens = dict(claims)
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT task_id, claim_token, status, cancel_requested FROM tasks "
+                "WHERE task_id IN (SELECT value FROM json_each(?))",
+                (_ids_json(list(tokens)),),
+            ).fetchall()
+            held = []
+            seen = set()
+            for task_id, token, status, cancel in rows:
+                seen.add(task_id)
+                if status == "RUNNING" and token == tokens[task_id]:
+                    held.append(task_id)
+                    if cancel:
+                        result.cancel_requested.append(task_id)
+                else:
+                    result.lost.append(task_id)
+            result.lost.extend(t for t in tokens if t not in seen)
+            if held:
+                conn.execute(
+                    "UPDATE tasks SET claim_expires_at = ? "
+                    "WHERE task_id IN (SELECT value FROM json_each(?))",
+                    (us(now) + int(claim_ttl * 1e6), _ids_json(held)),
+                )
+        return result
+
+    def task_complete_many(self, completions: Sequence[Completion], now: datetime) -> list[str]:
+        if not completions:
+            return []
+        items = [
+            _Apply(
+                c.outcome.task_id, c.outcome.claim_token, c.resolution,
+                dumps(c.outcome.result) if c.outcome.kind is OutcomeKind.SUCCEEDED else None,
+                c.outcome.error,
+            )
+            for c in completions
+        ]
+        with self._write() as conn:
+            applied = self._apply(conn, items, now)
+        if any(i.resolution.status is TaskStatus.QUEUED for i in items):
+            self._wake("creep_tasks", "")
+        return applied
+
+    def _apply(self, conn: sqlite3.Connection, items: list[_Apply], now: datetime) -> list[str]:
+        """Apply fenced transitions to running tasks; return the ids that still held the claim."""
+        now_us = us(now)
+        current = {
+            r[0]: r[1:]
+            for r in conn.execute(
+                "SELECT task_id, claim_token, status, tenant_id, attempt, has_dependants "
+                "FROM tasks WHERE task_id IN (SELECT value FROM json_each(?))",
+                (_ids_json([i.task_id for i in items]),),
+            )
+        }
+        updates, events, applied = [], [], []
+        succeeded, dead = [], []
+        for item in items:
+            row = current.get(item.task_id)
+            if row is None or row[1] != "RUNNING" or row[0] != item.claim_token:
+                continue
+            res = item.resolution
+            check_transition(TaskStatus.RUNNING, res.status)
+            terminal = res.status is not TaskStatus.QUEUED
+            attempt = row[3] if res.charge_attempt else row[3] - 1
+            updates.append(
+                (
+                    res.status.value, res.result_code, res.result_message, item.result_json,
+                    item.error, now_us if terminal else None,
+                    us(res.run_after) if res.run_after else None,
+                    None if terminal else now_us, attempt,
+                    100 if res.status is TaskStatus.SUCCESS else None, now_us, item.task_id,
+                )
+            )
+            events.append(
+                (item.task_id, row[2], res.event_type, "RUNNING", res.status.value, row[3],
+                 dumps(resolution_payload(res, item.error)), now_us)
+            )
+            applied.append(item.task_id)
+            if row[4] and res.status is TaskStatus.SUCCESS:
+                succeeded.append(item.task_id)
+            elif row[4] and res.status is not TaskStatus.QUEUED:
+                dead.append(item.task_id)
+        if not updates:
+            return []
+        conn.executemany(
+            """UPDATE tasks SET status = ?, result_code = ?, result_message = ?,
+                result_payload = COALESCE(?, result_payload), last_error = COALESCE(?, last_error),
+                finished_at = ?, run_after = COALESCE(?, run_after), queued_at = COALESCE(?, queued_at),
+                attempt = ?, progress = COALESCE(?, progress), claimed_by = NULL,
+                claim_token = NULL, claim_expires_at = NULL, deadline_at = NULL,
+                cancel_requested = 0, task_version = task_version + 1, updated_at = ?
+            WHERE task_id = ?""",
+            updates,
+        )
+        _insert_events(conn, events)
+        if succeeded:
+            self._promote_dependants(conn, succeeded, now_us)
+        if dead:
+            self._cancel_dependants(conn, dead, now_us)
+        return applied
+
+    def _promote_dependants(self, conn: sqlite3.Connection, parents: list[str], now_us: int) -> int:
+        rows = conn.execute(
+            """UPDATE tasks SET status = 'QUEUED', queued_at = ?1, updated_at = ?1,
+                task_version = task_version + 1
+            WHERE status = 'PENDING' AND run_after <= ?1
+              AND task_id IN (SELECT task_id FROM task_dependencies
+                              WHERE depends_on_id IN (SELECT value FROM json_each(?2)))
+              AND NOT EXISTS (SELECT 1 FROM task_dependencies d JOIN tasks p
+                              ON p.task_id = d.depends_on_id
+                              WHERE d.task_id = tasks.task_id AND p.status <> 'SUCCESS')
+            RETURNING task_id, tenant_id, attempt""",
+            (now_us, _ids_json(parents)),
+        ).fetchall()
+        _insert_events(
+            conn, [(r[0], r[1], "queued", "PENDING", "QUEUED", r[2], b"{}", now_us) for r in rows]
+        )
+        return len(rows)
+
+    def _cancel_dependants(self, conn: sqlite3.Connection, parents: list[str], now_us: int) -> None:
+        frontier = parents
+        while frontier:
+            rows = conn.execute(
+                """UPDATE tasks SET status = 'CANCELLED', result_code = 'DEPENDENCY_FAILED',
+                    result_message = 'a dependency did not succeed', finished_at = ?1,
+                    updated_at = ?1, task_version = task_version + 1
+                WHERE status IN ('PENDING', 'QUEUED')
+                  AND task_id IN (SELECT task_id FROM task_dependencies
+                                  WHERE depends_on_id IN (SELECT value FROM json_each(?2)))
+                RETURNING task_id, tenant_id, attempt, has_dependants, status""",
+                (now_us, _ids_json(frontier)),
+            ).fetchall()
+            payload = dumps({"result_code": "DEPENDENCY_FAILED"})
+            _insert_events(
+                conn,
+                [(r[0], r[1], "cancelled", "PENDING", "CANCELLED", r[2], payload, now_us)
+                 for r in rows],
+            )
+            frontier = [r[0] for r in rows if r[3]]
+
+    def task_progress(
+        self, task_id: str, claim_token: str, progress: int, message: str | None, now: datetime
+    ) -> bool:
+        now_us = us(now)
+        with self._write() as conn:
+            row = conn.execute(
+                """UPDATE tasks SET progress = ?, progress_message = ?, updated_at = ?,
+                    task_version = task_version + 1
+                WHERE task_id = ? AND claim_token = ? AND status = 'RUNNING'
+                RETURNING tenant_id, attempt""",
+                (progress, message, now_us, task_id, claim_token),
+            ).fetchone()
+            if row is None:
+                return False
+            _insert_events(
+                conn,
+                [(task_id, row[0], "progress", "RUNNING", "RUNNING", row[1],
+                  dumps({"progress": progress, "message": message}), now_us)],
+            )
+        return True
+
+    def task_cancel(
+        self, task_id: str, now: datetime, *, tenant_id: str | None = None,
+        reason: str | None = None,
+    ) -> TaskOrder:
+        now_us = us(now)
+        with self._write() as conn:
+            task = self._get_for_update(conn, task_id, tenant_id)
+            if task.status is TaskStatus.RUNNING:
+                if task.cancel_requested:
+                    raise ConflictError(f"task {task_id}: cancellation is already requested")
+                conn.execute(
+                    "UPDATE tasks SET cancel_requested = 1, updated_at = ?, "
+                    "task_version = task_version + 1 WHERE task_id = ?",
+                    (now_us, task_id),
+                )
+                _insert_events(
+                    conn,
+                    [(task_id, task.tenant_id, "cancel_requested", "RUNNING", "RUNNING",
+                      task.attempt, dumps({"reason": reason} if reason else {}), now_us)],
+                )
+                wake = ("creep_cancel", task_id)
+            else:
+                check_transition(task.status, TaskStatus.CANCELLED)
+                conn.execute(
+                    "UPDATE tasks SET status = 'CANCELLED', result_code = 'CANCELLED', "
+                    "result_message = ?, finished_at = ?, updated_at = ?, "
+                    "task_version = task_version + 1 WHERE task_id = ?",
+                    (reason or "cancelled", now_us, now_us, task_id),
+                )
+                _insert_events(
+                    conn,
+                    [(task_id, task.tenant_id, "cancelled", task.status.value, "CANCELLED",
+                      task.attempt, dumps({"reason": reason} if reason else {}), now_us)],
+                )
+                self._cancel_dependants(conn, [task_id], now_us)
+                wake = None
+            updated = self._get_for_update(conn, task_id, None)
+        if wake:
+            self._wake(*wake)
+        return updated
+
+    def task_retry(
+        self, task_id: str, now: datetime, *, tenant_id: str | None = None
+    ) -> TaskOrder:
+        now_us = us(now)
+        with self._write() as conn:
+            task = self._get_for_update(conn, task_id, tenant_id)
+            if task.status not in RETRYABLE_FROM:
+                raise IllegalTransition("task", task.status.value, TaskStatus.QUEUED.value)
+            blocked = conn.execute(
+                "SELECT p.task_id, p.status FROM task_dependencies d JOIN tasks p "
+                "ON p.task_id = d.depends_on_id WHERE d.task_id = ? AND p.status <> 'SUCCESS'",
+                (task_id,),
+            ).fetchone()
+            if blocked:
+                raise ConflictError(
+                    f"task {task_id}: dependency {blocked[0]} is {blocked[1]}, not SUCCESS"
+                )
+            retries = int(task.constraints.get("max_retries", task.max_attempts - 1))
+            conn.execute(
+                """UPDATE tasks SET status = 'QUEUED', queued_at = ?1, run_after = ?1,
+                    finished_at = NULL, result_code = NULL, result_message = NULL,
+                    max_attempts = attempt + ?2, updated_at = ?1, task_version = task_version + 1
+                WHERE task_id = ?3""",
+                (now_us, retries + 1, task_id),
+            )
+            _insert_events(
+                conn,
+                [(task_id, task.tenant_id, "queued", task.status.value, "QUEUED", task.attempt,
+                  dumps({"manual_retry": True}), now_us)],
+            )
+            updated = self._get_for_update(conn, task_id, None)
+        self._wake("creep_tasks", "")
+        return updated
+
+    def task_update(
+        self, task_id: str, expected_version: int, changes: dict[str, Any], now: datetime,
+        *, tenant_id: str | None = None,
+    ) -> TaskOrder:
+        unknown = set(changes) - UPDATABLE_FIELDS
+        if unknown:
+            raise ValidationError(
+                [(name, "cannot be changed after creation") for name in sorted(unknown)]
+            )
+        now_us = us(now)
+        with self._write() as conn:
+            task = self._get_for_update(conn, task_id, tenant_id)
+            if task.task_version != expected_version:
+                raise VersionConflict("task", task_id, expected_version, task.task_version)
+            if not changes:
+                return task
+            sets, params = [], []
+            for name, value in changes.items():
+                sets.append(f"{name} = ?")
+                if name == "tags":
+                    params.append(dumps(value))
+                elif name in ("max_total_cost", "business_value_hint"):
+                    params.append(None if value is None else str(value))
+                else:
+                    params.append(value)
+            row = conn.execute(
+                f"UPDATE tasks SET {', '.join(sets)}, updated_at = ?, "
+                "task_version = task_version + 1 WHERE task_id = ? AND task_version = ? "
+                "RETURNING task_version",
+                (*params, now_us, task_id, expected_version),
+            ).fetchone()
+            if row is None:
+                raise VersionConflict("task", task_id, expected_version, None)
+            _insert_events(
+                conn,
+                [(task_id, task.tenant_id, "updated", task.status.value, task.status.value,
+                  task.attempt, dumps({"changes": changes}), now_us)],
+            )
+            return self._get_for_update(conn, task_id, None)
+
+    def _get_for_update(
+        self, conn: sqlite3.Connection, task_id: str, tenant_id: str | None
+    ) -> TaskOrder:
+        row = conn.execute(
+            f"SELECT {TASK_SELECT} FROM tasks WHERE task_id = ?", (task_id,)
+        ).fetchone()
+        if row is None or (tenant_id is not None and row[_IDX["tenant_id"]] != tenant_id):
+            raise NotFound("task", task_id)
+        return _row_to_task(row)
+
+    # -- events --------------------------------------------------------------------------------
+
+    def task_events(self, task_id: str, tenant_id: str | None = None) -> list[TaskEvent]:
+        self.task_get(task_id, tenant_id)
+        rows = self._conn().execute(
+            "SELECT event_id, task_id, tenant_id, event_type, from_status, to_status, attempt, "
+            "payload, created_at FROM task_events WHERE task_id = ? ORDER BY event_id",
+            (task_id,),
+        ).fetchall()
+        return [_row_to_event(r) for r in rows]
+
+    def task_events_after(
+        self, cursor: str | None, *, limit: int = 500, task_id: str | None = None,
+        tenant_id: str | None = None,
+    ) -> list[TaskEvent]:
+        where, params = ["event_id > ?"], [_parse_cursor(cursor)]
+        if task_id is not None:
+            where.append("task_id = ?")
+            params.append(task_id)
+        if tenant_id is not None:
+            where.append("tenant_id = ?")
+            params.append(tenant_id)
+        params.append(limit)
+        rows = self._conn().execute(
+            "SELECT event_id, task_id, tenant_id, event_type, from_status, to_status, attempt, "
+            f"payload, created_at FROM task_events WHERE {' AND '.join(where)} "
+            "ORDER BY event_id LIMIT ?",
+            params,
+        ).fetchall()
+        return [_row_to_event(r) for r in rows]
+
+    # -- maintenance ---------------------------------------------------------------------------
+
+    def task_maintain(
+        self, now: datetime, backoff: Backoff, timeout_grace: float
+    ) -> MaintenanceReport:
+        report = MaintenanceReport()
+        now_us = us(now)
+        with self._write() as conn:
+            rows = conn.execute(
+                """UPDATE tasks SET status = 'QUEUED', queued_at = ?1, updated_at = ?1,
+                    task_version = task_version + 1
+                WHERE task_id IN (
+                    SELECT task_id FROM tasks WHERE status = 'PENDING' AND run_after <= ?1
+                      AND NOT EXISTS (SELECT 1 FROM task_dependencies d JOIN tasks p
+                                      ON p.task_id = d.depends_on_id
+                                      WHERE d.task_id = tasks.task_id AND p.status <> 'SUCCESS')
+                    LIMIT 5000)
+                RETURNING task_id, tenant_id, attempt""",
+                (now_us,),
+            ).fetchall()
+            _insert_events(
+                conn,
+                [(r[0], r[1], "queued", "PENDING", "QUEUED", r[2], b"{}", now_us) for r in rows],
+            )
+            report.promoted = len(rows)
+            stuck = conn.execute(
+                """SELECT task_id, claim_token, attempt, max_attempts, deadline_at,
+                    claim_expires_at FROM tasks
+                WHERE status = 'RUNNING' AND (claim_expires_at < ?1 OR deadline_at < ?2)
+                LIMIT 5000""",
+                (now_us, now_us - int(timeout_grace * 1e6)),
+            ).fetchall()
+            items = []
+            for task_id, token, attempt, max_attempts, deadline, expires in stuck:
+                outcome, res = _rescue(
+                    task_id, token, attempt, max_attempts, from_us(deadline), from_us(expires),
+                    now, backoff,
+                )
+                items.append(_Apply(task_id, token, res, None, outcome.error))
+                if res.status is TaskStatus.TIMEOUT:
+                    report.timed_out += 1
+                elif res.status is TaskStatus.DEAD_LETTER:
+                    report.dead_lettered += 1
+                else:
+                    report.rescued += 1
+            if items:
+                self._apply(conn, items, now)
+        if report.promoted or report.rescued:
+            self._wake("creep_tasks", "")
+        return report
+
+    # -- locks ---------------------------------------------------------------------------------
+
+    def lock_acquire(
+        self, lock_key: str, holder_id: str, ttl: float, now: datetime, purpose: str = ""
+    ) -> str | None:
+        now_us = us(now)
+        token = str(uuid.uuid4())
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT holder_id, token, state, expires_at FROM task_locks WHERE lock_key = ?",
+                (lock_key,),
+            ).fetchone()
+            if row is not None and row[2] == "active" and row[3] >= now_us:
+                return None
+            conn.execute(
+                """INSERT INTO task_locks (lock_key, holder_id, token, state, acquired_at,
+                    expires_at, released_at, purpose, created_at, updated_at)
+                VALUES (?1, ?2, ?3, 'active', ?4, ?5, NULL, ?6, ?4, ?4)
+                ON CONFLICT (lock_key) DO UPDATE SET holder_id = ?2, token = ?3,
+                    state = 'active', acquired_at = ?4, expires_at = ?5, released_at = NULL,
+                    purpose = ?6, updated_at = ?4""",
+                (lock_key, holder_id, token, now_us, now_us + int(ttl * 1e6), purpose),
+            )
+        return token
+
+    def lock_renew(
+        self, lock_key: str, holder_id: str, token: str, ttl: float, now: datetime
+    ) -> bool:
+        now_us = us(now)
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE task_locks SET expires_at = ?, updated_at = ? WHERE lock_key = ? "
+                "AND token = ? AND holder_id = ? AND state = 'active' AND expires_at >= ?",
+                (now_us + int(ttl * 1e6), now_us, lock_key, token, holder_id, now_us),
+            )
+            return cur.rowcount == 1
+
+    def lock_release(self, lock_key: str, token: str, now: datetime) -> bool:
+        now_us = us(now)
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE task_locks SET state = 'released', released_at = ?, updated_at = ? "
+                "WHERE lock_key = ? AND token = ? AND state = 'active'",
+                (now_us, now_us, lock_key, token),
+            )
+            return cur.rowcount == 1
+
+    # -- wake-ups ------------------------------------------------------------------------------
+
+    def listener(self) -> Listener | None:
+        return _DataVersionListener(self.path)
+
+    def notify(self, channel: str, payload: str) -> None:
+        self._wake(channel, payload)
+
+    def subscribe(self, callback: Callable[[str, str], None]) -> None:
+        """In-process wake-ups: called after this process commits work a worker may want."""
+        self._listeners.append(callback)
+
+    def _wake(self, channel: str, payload: str) -> None:
+        for callback in list(self._listeners):
+            callback(channel, payload)
+
+
+class _DataVersionListener:
+    """Cross-process wake-ups on SQLite: `PRAGMA data_version` moves when another
+    connection commits. Polling it is a read of shared memory, so it can run every few ms."""
+
+    def __init__(self, path: str, interval: float = 0.01) -> None:
+        self.path = path
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, on_wake: Callable[[str, str], None]) -> None:
+        def run() -> None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                last = conn.execute("PRAGMA data_version").fetchone()[0]
+                while not self._stop.wait(self.interval):
+                    current = conn.execute("PRAGMA data_version").fetchone()[0]
+                    if current != last:
+                        last = current
+                        on_wake("creep_tasks", "")
+            finally:
+                conn.close()
+
+        self._thread = threading.Thread(target=run, name="creep-sqlite-listener", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+
+
+def _rescue(
+    task_id: str, token: str, attempt: int, max_attempts: int, deadline: datetime | None,
+    expires: datetime | None, now: datetime, backoff: Backoff,
+) -> tuple[Outcome, Resolution]:
+    """What the control plane does with a running task whose claim expired or deadline passed."""
+    if deadline is not None and deadline < now:
+        outcome = Outcome(
+            task_id, token, OutcomeKind.TIMED_OUT,
+            message="deadline passed and the worker did not finish the task",
+        )
+    else:
+        outcome = Outcome(
+            task_id, token, OutcomeKind.RETRY,
+            error=f"claim expired at {expires.isoformat() if expires else '?'} (worker lost)",
+        )
+    return outcome, resolve(
+        outcome, attempt=attempt, max_attempts=max_attempts, now=now, backoff=backoff
+    )
+
+
+def _task_row(t: TaskOrder, spec: TaskSpec, has_dependants: bool) -> tuple[Any, ...]:
+    return (
+        t.task_id, t.idempotency_key, t.tenant_id, t.project_id, t.env, t.external_ref,
+        t.task_type, t.task_category, t.description, t.priority, t.timeout_ms,
+        None if t.max_total_cost is None else str(t.max_total_cost), t.currency,
+        None if t.business_value_hint is None else str(t.business_value_hint),
+        t.status.value, us(t.created_at), us(t.queued_at) if t.queued_at else None, None,
+        us(t.finished_at) if t.finished_at else None, us(t.updated_at), t.result_code,
+        t.result_message, t.task_version, b"[]", dumps(t.resource_hints),
+        dumps(t.constraints), t.tenant_policies_version, dumps(t.tags), t.batch_id, 0, None,
+        spec.input_payload_json, None, t.channel, t.correlation_id, dumps(t.depends_on), 0,
+        t.max_attempts, us(t.run_after), spec.request_hash, int(has_dependants),
+    )
+
+
+def _insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    if rows:
+        conn.executemany(
+            "INSERT INTO task_events (task_id, tenant_id, event_type, from_status, to_status, "
+            "attempt, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+
+def _row_to_event(r: Sequence[Any]) -> TaskEvent:
+    return TaskEvent(
+        event_id=r[0], cursor=str(r[0]), task_id=r[1], tenant_id=r[2], event_type=r[3],
+        from_status=r[4], to_status=r[5], attempt=r[6], payload=orjson.loads(r[7]),
+        created_at=_EPOCH + timedelta(microseconds=r[8]),
+    )
+
+
+def _parse_cursor(cursor: str | None) -> int:
+    if not cursor:
+        return 0
+    try:
+        return int(cursor.rsplit(".", 1)[-1])
+    except ValueError:
+        raise ValidationError.single("cursor", "is not a cursor this store issued") from None
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements; trigger bodies (BEGIN ... END;) stay whole."""
+    statements, current = [], []
+    for line in script.splitlines():
+        if line.strip().startswith("--") and not current:
+            continue
+        current.append(line)
+        text = "\n".join(current).strip()
+        if text.endswith(";") and sqlite3.complete_statement(text):
+            statements.append(text)
+            current = []
+    if "\n".join(current).strip():
+        statements.append("\n".join(current))
+    return statements
+
