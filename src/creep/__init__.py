@@ -1,0 +1,51 @@
+"""creep: a durable task control plane on SQLite or PostgreSQL."""
+
+from creep.app import Creep
+from creep.domain.clock import Clock, FrozenClock, SystemClock
+from creep.domain.errors import (
+    ClaimLost,
+    ConflictError,
+    CreepError,
+    IdempotencyConflict,
+    IllegalTransition,
+    NotFound,
+    StorageError,
+    ValidationError,
+    VersionConflict,
+)
+from creep.domain.events import TaskEvent
+from creep.domain.outcomes import Backoff, Fail, Retry, TaskCancelled
+from creep.domain.task import ResultCode, TaskOrder, TaskStatus
+from creep.engine.context import SyncTaskContext, TaskContext
+from creep.engine.worker import Worker, WorkerSettings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backoff",
+    "ClaimLost",
+    "Clock",
+    "ConflictError",
+    "Creep",
+    "CreepError",
+    "Fail",
+    "FrozenClock",
+    "IdempotencyConflict",
+    "IllegalTransition",
+    "NotFound",
+    "ResultCode",
+    "Retry",
+    "StorageError",
+    "SyncTaskContext",
+    "SystemClock",
+    "TaskCancelled",
+    "TaskContext",
+    "TaskEvent",
+    "TaskOrder",
+    "TaskStatus",
+    "ValidationError",
+    "VersionConflict",
+    "Worker",
+    "WorkerSettings",
+    "__version__",
+]

@@ -56,6 +56,8 @@ class Outcome:
     message: str | None = None
     retry_delay: float | None = None
     error: str | None = None
+    #: The result already serialised by the worker (so a bad result fails that task alone).
+    result_json: bytes | None = None
 
 
 @dataclass(slots=True)

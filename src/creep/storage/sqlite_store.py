@@ -447,7 +447,7 @@ class SqliteStore:
         items = [
             _Apply(
                 c.outcome.task_id, c.outcome.claim_token, c.resolution,
-                dumps(c.outcome.result) if c.outcome.kind is OutcomeKind.SUCCEEDED else None,
+                _result_json(c.outcome),
                 c.outcome.error,
             )
             for c in completions
@@ -842,6 +842,10 @@ class SqliteStore:
         """In-process wake-ups: called after this process commits work a worker may want."""
         self._listeners.append(callback)
 
+    def unsubscribe(self, callback: Callable[[str, str], None]) -> None:
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
     def _wake(self, channel: str, payload: str) -> None:
         for callback in list(self._listeners):
             callback(channel, payload)
@@ -912,6 +916,12 @@ def _task_row(t: TaskOrder, spec: TaskSpec, has_dependants: bool) -> tuple[Any, 
         spec.input_payload_json, None, t.channel, t.correlation_id, dumps(t.depends_on), 0,
         t.max_attempts, us(t.run_after), spec.request_hash, int(has_dependants),
     )
+
+
+def _result_json(outcome: Outcome) -> bytes | None:
+    if outcome.kind is not OutcomeKind.SUCCEEDED:
+        return None
+    return outcome.result_json if outcome.result_json is not None else dumps(outcome.result)
 
 
 def _insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:

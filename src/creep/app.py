@@ -1,0 +1,190 @@
+"""The Python API: register handlers, submit task orders, run workers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from creep.domain.clock import Clock, SystemClock
+from creep.domain.errors import ValidationError
+from creep.domain.events import TaskEvent
+from creep.domain.outcomes import Backoff
+from creep.domain.task import TaskOrder
+from creep.domain.task_spec import Limits, TaskSpec, validate_task_spec
+from creep.engine.worker import Handler, Worker, WorkerSettings
+from creep.ports import MaintenanceReport, Store, TaskFilter
+from creep.storage import database_url, open_store
+
+H = TypeVar("H", bound=Handler)
+
+#: Largest submission written in one transaction; bigger ones are split.
+SUBMIT_CHUNK = 5000
+
+
+class Creep:
+    """One creep application: a database, the handlers this process knows, and its settings.
+
+    >>> app = Creep("sqlite:///./creep.db")
+    >>> @app.handler("ECHO")
+    ... async def echo(ctx):
+    ...     return {"echo": ctx.task.input_payload}
+    """
+
+    def __init__(
+        self,
+        database_url_: str | None = None,
+        *,
+        clock: Clock | None = None,
+        limits: Limits | None = None,
+        backoff: Backoff | None = None,
+        auto_migrate: bool = True,
+        store: Store | None = None,
+    ) -> None:
+        self.database_url = database_url(database_url_)
+        self.clock = clock or SystemClock()
+        self.limits = limits or Limits()
+        self.backoff = backoff or Backoff()
+        self.handlers: dict[str, Handler] = {}
+        self._store = store
+        self._auto_migrate = auto_migrate
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = open_store(self.database_url, migrate=self._auto_migrate)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> Creep:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- handlers ------------------------------------------------------------------------------
+
+    def handler(self, task_type: str) -> Callable[[H], H]:
+        """Register a sync or async function as the handler of `task_type`."""
+        if not isinstance(task_type, str) or not task_type:
+            raise ValidationError.single("task_type", "must be a non-empty string")
+
+        def register(fn: H) -> H:
+            if task_type in self.handlers:
+                raise ValidationError.single(
+                    "task_type", f"{task_type!r} already has a handler"
+                )
+            self.handlers[task_type] = fn
+            return fn
+
+        return register
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    def validate(self, fields: Mapping[str, Any], prefix: str = "") -> TaskSpec:
+        return validate_task_spec(fields, now=self.clock.now(), limits=self.limits, prefix=prefix)
+
+    def submit(self, **fields: Any) -> TaskOrder:
+        """Create one task order. A repeat of the same (tenant_id, env, idempotency_key) and body
+        returns the existing task with `replayed=True`; a different body raises
+        IdempotencyConflict."""
+        spec = self.validate(fields)
+        return self.store.task_create_many([spec], self.clock.now())[0]
+
+    def submit_many(self, orders: Iterable[Mapping[str, Any]]) -> list[TaskOrder]:
+        """Create many task orders in as few transactions as possible. Tasks may depend on
+        each other by `task_id`; a cycle or an unknown id rejects the whole submission."""
+        items = list(orders)
+        errors: list[tuple[str, str]] = []
+        specs: list[TaskSpec] = []
+        for i, fields in enumerate(items):
+            try:
+                specs.append(self.validate(fields, prefix=f"tasks[{i}]."))
+            except ValidationError as exc:
+                errors.extend(exc.errors)
+        if errors:
+            raise ValidationError(errors)
+        now = self.clock.now()
+        if len(specs) <= SUBMIT_CHUNK or any(s.depends_on for s in specs):
+            return self.store.task_create_many(specs, now)
+        out: list[TaskOrder] = []
+        for start in range(0, len(specs), SUBMIT_CHUNK):
+            out.extend(self.store.task_create_many(specs[start:start + SUBMIT_CHUNK], now))
+        return out
+
+    # -- reading and steering ------------------------------------------------------------------
+
+    def get_task(self, task_id: str, *, tenant_id: str | None = None) -> TaskOrder:
+        return self.store.task_get(task_id, tenant_id)
+
+    def list_tasks(
+        self, *, after: str | None = None, limit: int = 100, **filters: Any
+    ) -> list[TaskOrder]:
+        return self.store.task_list(TaskFilter(**filters), after=after, limit=limit)
+
+    def cancel(
+        self, task_id: str, *, reason: str | None = None, tenant_id: str | None = None
+    ) -> TaskOrder:
+        """Cancel a task: PENDING/QUEUED at once; RUNNING is asked to stop and ends CANCELLED
+        when its handler does."""
+        return self.store.task_cancel(task_id, self.clock.now(), tenant_id=tenant_id, reason=reason)
+
+    def retry(self, task_id: str, *, tenant_id: str | None = None) -> TaskOrder:
+        """Queue a FAILED, CANCELLED, TIMEOUT or DEAD_LETTER task again with fresh retries."""
+        return self.store.task_retry(task_id, self.clock.now(), tenant_id=tenant_id)
+
+    def update_task(
+        self, task_id: str, expected_version: int, *, tenant_id: str | None = None,
+        **changes: Any,
+    ) -> TaskOrder:
+        """Change fields of a task that still has `task_version == expected_version`."""
+        checked = self._validate_changes(changes)
+        return self.store.task_update(
+            task_id, expected_version, checked, self.clock.now(), tenant_id=tenant_id
+        )
+
+    def _validate_changes(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        from creep.storage.common import UPDATABLE_FIELDS
+
+        unknown = sorted(set(changes) - UPDATABLE_FIELDS)
+        if unknown:
+            raise ValidationError([(n, "cannot be changed after creation") for n in unknown])
+        probe = {"task_type": "X", **changes}
+        spec = self.validate(probe)
+        return {name: getattr(spec, name) for name in changes}
+
+    def task_events(self, task_id: str, *, tenant_id: str | None = None) -> list[TaskEvent]:
+        return self.store.task_events(task_id, tenant_id)
+
+    def events_after(
+        self, cursor: str | None = None, *, limit: int = 500, task_id: str | None = None,
+        tenant_id: str | None = None,
+    ) -> list[TaskEvent]:
+        """Events after `cursor` (None: from the start), oldest first; each carries the cursor
+        to continue from."""
+        return self.store.task_events_after(
+            cursor, limit=limit, task_id=task_id, tenant_id=tenant_id
+        )
+
+    def maintain(self, timeout_grace: float = 5.0) -> MaintenanceReport:
+        """Run the leader-only sweeps once: promote due tasks, rescue expired claims, time out
+        overdue ones."""
+        return self.store.task_maintain(self.clock.now(), self.backoff, timeout_grace)
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def worker(self, settings: WorkerSettings | None = None, **options: Any) -> Worker:
+        settings = settings or WorkerSettings(backoff=self.backoff, **options)
+        return Worker(self.store, self.handlers, settings, clock=self.clock)
+
+    def run_worker(
+        self, *, burst: bool = False, install_signals: bool = True, **options: Any
+    ) -> dict[str, int]:
+        """Run a worker in this thread until stopped (SIGTERM/SIGINT: graceful) or, with
+        burst=True, until nothing is runnable now."""
+        worker = self.worker(**options)
+        return asyncio.run(worker.run(burst=burst, install_signals=install_signals))

@@ -1,0 +1,142 @@
+"""The `creep` command."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from creep.domain.errors import CreepError
+
+app = typer.Typer(
+    name="creep", help="creep: a durable task control plane.", no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url", envvar="CREEP_DATABASE_URL",
+        help="sqlite:///PATH (default sqlite:///./creep.db) or postgresql://USER@HOST:PORT/DB",
+    ),
+]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+
+
+@app.command()
+def migrate(
+    database_url: DatabaseUrl = None,
+    target: Annotated[int | None, typer.Option(help="Stop at this schema version.")] = None,
+) -> None:
+    """Bring the database schema up to date (safe to run from several machines at once)."""
+    from creep.storage import open_store
+
+    try:
+        store = open_store(database_url)
+        applied = store.migrate(target)
+        version = store.schema_version()
+        store.close()
+    except CreepError as exc:
+        raise _fail(str(exc)) from None
+    if applied:
+        console.print(f"applied migrations {applied}; schema version {version}")
+    else:
+        console.print(f"schema is up to date (version {version})")
+
+
+@app.command()
+def worker(
+    app_path: Annotated[
+        str, typer.Option("--app", help="MODULE:ATTRIBUTE of a creep.Creep with handlers")
+    ],
+    database_url: DatabaseUrl = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Tasks in flight at once.")] = 10,
+    burst: Annotated[bool, typer.Option(help="Exit once nothing is runnable.")] = False,
+    shutdown_grace: Annotated[
+        float, typer.Option(min=0, help="Seconds to let tasks finish on SIGTERM/SIGINT.")
+    ] = 30.0,
+    claim_ttl: Annotated[float, typer.Option(min=0.1, help="Seconds a claim lives.")] = 30.0,
+    log_level: Annotated[str, typer.Option(envvar="CREEP_LOG_LEVEL")] = "INFO",
+) -> None:
+    """Run a worker process for the handlers registered on --app."""
+    from creep.app import Creep
+
+    _logging(log_level)
+    sys.path.insert(0, os.getcwd())
+    module_name, _, attr = app_path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise _fail(f"--app: cannot import {module_name!r}: {exc}") from None
+    creep_app = getattr(module, attr or "app", None)
+    if not isinstance(creep_app, Creep):
+        raise _fail(f"--app: {app_path!r} is not a creep.Creep instance")
+    if database_url:
+        creep_app.database_url = database_url
+    try:
+        stats = creep_app.run_worker(
+            burst=burst, concurrency=concurrency, shutdown_grace=shutdown_grace,
+            claim_ttl=claim_ttl,
+        )
+    except CreepError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        creep_app.close()
+    console.print(f"worker stopped: {stats}")
+
+
+@app.command()
+def demo(
+    database_url: DatabaseUrl = None,
+    tasks: Annotated[int, typer.Option(min=1, max=100_000)] = 20,
+) -> None:
+    """Run the built-in example end to end: submit tasks, work them off, show what happened."""
+    from creep.examples import build_example_app, submit_examples
+
+    example = build_example_app(database_url)
+    try:
+        submitted = submit_examples(example, tasks)
+        console.print(f"submitted {len(submitted)} tasks to {example.database_url}")
+        stats = example.run_worker(burst=True, concurrency=8, install_signals=False)
+        table = Table(title="creep demo: what happened")
+        for column in ("task", "type", "status", "result", "attempts", "events"):
+            table.add_column(column)
+        for task in submitted:
+            current = example.get_task(task.task_id)
+            events = " > ".join(e.event_type for e in example.task_events(task.task_id))
+            table.add_row(
+                current.task_id[:8], current.task_type, current.status.value,
+                current.result_code or "", str(current.attempt), events,
+            )
+        console.print(table)
+        console.print(f"worker: {stats}")
+    except CreepError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        example.close()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

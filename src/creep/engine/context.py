@@ -1,0 +1,97 @@
+"""What a handler sees of its task: the order, cancellation, heartbeat and progress."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from creep.domain.errors import ValidationError
+from creep.domain.outcomes import TaskCancelled
+from creep.domain.task import TaskOrder
+
+if TYPE_CHECKING:
+    from creep.engine.worker import Worker
+
+
+class TaskContext:
+    """Handed to async handlers. `await ctx.heartbeat()` renews the claim now and raises
+    TaskCancelled once cancellation was requested; `await ctx.progress(pct, msg)` records progress."""
+
+    def __init__(self, worker: Worker, task: TaskOrder, claim_token: str) -> None:
+        self.task = task
+        self.claim_token = claim_token
+        self._worker = worker
+        self._cancelled = False
+        self.cancel_reason: str | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.task.task_id
+
+    @property
+    def attempt(self) -> int:
+        return self.task.attempt
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancellation was requested (or the task timed out or the worker is
+        shutting down); a handler in a long loop should check it and stop."""
+        return self._cancelled
+
+    def _mark_cancelled(self, reason: str) -> None:
+        if not self._cancelled:
+            self._cancelled = True
+            self.cancel_reason = reason
+
+    def raise_if_cancelled(self) -> None:
+        if self._cancelled:
+            raise TaskCancelled(self.cancel_reason or "cancelled")
+
+    async def heartbeat(self) -> None:
+        self.raise_if_cancelled()
+        await self._worker.heartbeat_one(self)
+        self.raise_if_cancelled()
+
+    async def progress(self, percent: int, message: str | None = None) -> None:
+        if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+            raise ValidationError.single("progress", "must be an integer from 0 to 100")
+        self.raise_if_cancelled()
+        await self._worker.progress_one(self, percent, message)
+
+
+class SyncTaskContext:
+    """Handed to plain (sync) handlers, which run in a thread: the same calls, blocking."""
+
+    def __init__(self, inner: TaskContext, loop: asyncio.AbstractEventLoop) -> None:
+        self._inner = inner
+        self._loop = loop
+        self.task = inner.task
+        self.claim_token = inner.claim_token
+
+    @property
+    def task_id(self) -> str:
+        return self._inner.task_id
+
+    @property
+    def attempt(self) -> int:
+        return self._inner.attempt
+
+    @property
+    def cancelled(self) -> bool:
+        return self._inner.cancelled
+
+    def raise_if_cancelled(self) -> None:
+        self._inner.raise_if_cancelled()
+
+    def _call(self, make: Callable[[], Awaitable[Any]]) -> Any:
+        async def run() -> Any:
+            return await make()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result()
+
+    def heartbeat(self) -> None:
+        self._call(self._inner.heartbeat)
+
+    def progress(self, percent: int, message: str | None = None) -> None:
+        self._call(lambda: self._inner.progress(percent, message))

@@ -1,0 +1,518 @@
+"""The worker: claims batches, runs handlers concurrently, completes in batches.
+
+One asyncio loop runs the fetcher, the completer, the lifeline (heartbeats + cancellation)
+and, when this worker holds the maintenance lock, the leader-only sweeps. Store calls run on
+a small thread pool so database waits overlap handler work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import signal
+import socket
+import threading
+import traceback
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+
+from creep.domain.clock import Clock, SystemClock
+from creep.domain.errors import CreepError, ValidationError
+from creep.domain.outcomes import (
+    Backoff,
+    Fail,
+    Outcome,
+    OutcomeKind,
+    Retry,
+    TaskCancelled,
+    resolve,
+)
+from creep.engine.context import SyncTaskContext, TaskContext
+from creep.ports import ClaimedTask, Completion, Store
+
+log = logging.getLogger("creep.worker")
+
+Handler = Callable[[Any], Any]
+T = TypeVar("T")
+
+MAINTENANCE_LOCK = "creep.maintenance"
+
+
+@dataclass(slots=True)
+class WorkerSettings:
+    concurrency: int = 10
+    #: Most tasks claimed by one statement; defaults to the concurrency.
+    batch_size: int | None = None
+    claim_ttl: float = 30.0
+    #: How often held claims are renewed; defaults to a fifth of the claim TTL.
+    heartbeat_interval: float | None = None
+    poll_interval: float = 1.0
+    #: Completions are written together; a batch waits at most this long.
+    flush_interval: float = 0.002
+    shutdown_grace: float = 30.0
+    maintenance: bool = True
+    maintenance_interval: float = 1.0
+    timeout_grace: float = 5.0
+    backoff: Backoff = field(default_factory=Backoff)
+
+    def validate(self) -> None:
+        errors = []
+        if self.concurrency < 1:
+            errors.append(("concurrency", "must be >= 1"))
+        if self.batch_size is not None and self.batch_size < 1:
+            errors.append(("batch_size", "must be >= 1"))
+        if self.claim_ttl <= 0:
+            errors.append(("claim_ttl", "must be > 0"))
+        if self.heartbeat_interval is not None and not 0 < self.heartbeat_interval < self.claim_ttl:
+            errors.append(("heartbeat_interval", "must be > 0 and shorter than claim_ttl"))
+        if self.poll_interval <= 0:
+            errors.append(("poll_interval", "must be > 0"))
+        if self.shutdown_grace < 0:
+            errors.append(("shutdown_grace", "must be >= 0"))
+        if errors:
+            raise ValidationError(errors)
+
+
+@dataclass(slots=True)
+class _Running:
+    claimed: ClaimedTask
+    ctx: TaskContext
+    job: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+    stop_reason: str | None = None  # "timeout" | "cancel" | "shutdown" | "lost"
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        handlers: dict[str, Handler],
+        settings: WorkerSettings | None = None,
+        *,
+        clock: Clock | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.handlers = dict(handlers)
+        self.settings = settings or WorkerSettings()
+        self.settings.validate()
+        self.clock = clock or SystemClock()
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stats: dict[str, int] = {"claimed": 0, "completed": 0, "lost": 0}
+        self._running: dict[str, _Running] = {}
+        self._buffer: list[Completion] = []
+        self._db = ThreadPoolExecutor(2, thread_name_prefix="creep-db")
+        self._sync_pool = ThreadPoolExecutor(
+            self.settings.concurrency, thread_name_prefix="creep-handler"
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._leader_token: str | None = None
+
+    # -- public --------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown (thread-safe)."""
+        loop = self._loop
+        if loop is None:
+            self._stopping = True
+        else:
+            loop.call_soon_threadsafe(self._begin_stop)
+
+    async def run(self, *, burst: bool = False, install_signals: bool = False) -> dict[str, int]:
+        """Work until stopped (or, with burst=True, until nothing is runnable now)."""
+        if not self.handlers:
+            raise ValidationError.single("handlers", "a worker needs at least one handler")
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._flush_now = asyncio.Event()
+        self._lifeline_now = asyncio.Event()
+        self._stopped = asyncio.Event()
+        if self._stopping:
+            self._stopped.set()
+        if install_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(sig, self._begin_stop)
+        subscribe = getattr(self.store, "subscribe", None)
+        if subscribe is not None:
+            subscribe(self._on_notify_threadsafe)
+        listener = self.store.listener()
+        if listener is not None:
+            listener.start(self._on_notify_threadsafe)
+        background = [
+            asyncio.create_task(self._completer(), name="creep-completer"),
+            asyncio.create_task(self._lifeline(), name="creep-lifeline"),
+        ]
+        if self.settings.maintenance:
+            background.append(asyncio.create_task(self._maintainer(), name="creep-maintenance"))
+        log.info("worker %s started: types=%s", self.worker_id, sorted(self.handlers))
+        try:
+            await self._fetcher(burst)
+            await self._drain()
+        finally:
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self._flush()
+            if self._leader_token is not None:
+                token, self._leader_token = self._leader_token, None
+                with contextlib.suppress(CreepError):
+                    await self._call(self.store.lock_release, MAINTENANCE_LOCK, token,
+                                     self.clock.now())
+            if listener is not None:
+                listener.stop()
+            unsubscribe = getattr(self.store, "unsubscribe", None)
+            if unsubscribe is not None:
+                unsubscribe(self._on_notify_threadsafe)
+            if install_signals and threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    self._loop.remove_signal_handler(sig)
+            self._db.shutdown(wait=True)
+            self._sync_pool.shutdown(wait=False, cancel_futures=True)
+            log.info("worker %s stopped: %s", self.worker_id, self.stats)
+        return dict(self.stats)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db, fn, *args)
+
+    def _on_notify_threadsafe(self, channel: str, payload: str) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._on_notify, channel, payload)
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == "creep_cancel":
+            if payload in self._running:
+                self._lifeline_now.set()
+        else:
+            self._wake.set()
+
+    def _begin_stop(self) -> None:
+        if not self._stopping:
+            log.info("worker %s: stop requested, finishing in-flight tasks", self.worker_id)
+        self._stopping = True
+        self._stopped.set()
+        self._wake.set()
+
+    # -- fetching ------------------------------------------------------------------------------
+
+    async def _fetcher(self, burst: bool) -> None:
+        s = self.settings
+        batch = s.batch_size or s.concurrency
+        types = sorted(self.handlers)
+        idle_rounds = 0
+        while not self._stopping:
+            free = s.concurrency - len(self._running)
+            if free <= 0 or (free < min(batch, s.concurrency) // 4 and self._running):
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            self._wake.clear()
+            want = min(free, batch)
+            claimed = await self._call(
+                self.store.task_claim, self.worker_id, types, want, self.clock.now(),
+                s.claim_ttl,
+            )
+            for c in claimed:
+                self._start(c)
+            self.stats["claimed"] += len(claimed)
+            if len(claimed) == want:
+                idle_rounds = 0
+                continue
+            if burst:
+                if claimed or self._running or self._buffer:
+                    await self._wait_for_progress()
+                    continue
+                # Nothing claimable: let maintenance promote what is due, then look once more.
+                await self._maintain_once(force=True)
+                idle_rounds += 1
+                if idle_rounds >= 2:
+                    return
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_or_stop(), s.poll_interval)
+
+    async def _wake_or_stop(self) -> None:
+        await self._wake.wait()
+
+    async def _wait_for_progress(self) -> None:
+        self._slot_freed.clear()
+        self._flush_now.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._slot_freed.wait(), 0.05)
+
+    # -- running handlers ----------------------------------------------------------------------
+
+    def _start(self, claimed: ClaimedTask) -> None:
+        task = claimed.task
+        ctx = TaskContext(self, task, claimed.claim_token)
+        run = _Running(claimed, ctx)
+        self._running[task.task_id] = run
+        run.job = asyncio.create_task(self._execute(run), name=f"creep-task-{task.task_id}")
+        loop = asyncio.get_running_loop()
+        remaining = (claimed.deadline_at - self.clock.now()).total_seconds()
+        run.timer = loop.call_later(max(0.0, remaining), self._stop_task, task.task_id, "timeout")
+
+    def _stop_task(self, task_id: str, reason: str) -> None:
+        run = self._running.get(task_id)
+        if run is None or run.stop_reason is not None:
+            return
+        run.stop_reason = reason
+        run.ctx._mark_cancelled(reason)
+        if run.job is not None:
+            run.job.cancel()
+
+    async def _execute(self, run: _Running) -> None:
+        task = run.claimed.task
+        token = run.claimed.claim_token
+        handler = self.handlers[task.task_type]
+        outcome: Outcome | None
+        try:
+            if inspect.iscoroutinefunction(handler):
+                value = await handler(run.ctx)
+            else:
+                loop = asyncio.get_running_loop()
+                sync_ctx = SyncTaskContext(run.ctx, loop)
+                value = await loop.run_in_executor(self._sync_pool, handler, sync_ctx)
+            if run.stop_reason is not None:
+                # A sync handler cannot be interrupted; it finished after it was stopped.
+                outcome = self._stopped_outcome(run)
+            else:
+                outcome = _value_outcome(task.task_id, token, value)
+        except asyncio.CancelledError:
+            if run.stop_reason is None:
+                raise
+            outcome = self._stopped_outcome(run)
+        except TaskCancelled as exc:
+            outcome = (
+                self._stopped_outcome(run) if run.stop_reason not in (None, "cancel")
+                else Outcome(task.task_id, token, OutcomeKind.CANCELLED, message=str(exc))
+            )
+        except Retry as exc:
+            outcome = Outcome(
+                task.task_id, token, OutcomeKind.RETRY, message=exc.message,
+                retry_delay=exc.delay,
+            )
+        except Fail as exc:
+            outcome = Outcome(
+                task.task_id, token, OutcomeKind.FAILED, code=exc.code, message=exc.message
+            )
+        except Exception as exc:
+            outcome = _error_outcome(task.task_id, token, exc)
+        finally:
+            if run.timer is not None:
+                run.timer.cancel()
+            self._running.pop(task.task_id, None)
+            self._slot_freed.set()
+        if outcome is None:
+            self.stats["lost"] += 1
+            return
+        resolution = resolve(
+            outcome, attempt=task.attempt, max_attempts=task.max_attempts,
+            now=self.clock.now(), backoff=self.settings.backoff,
+        )
+        self._buffer.append(Completion(outcome, resolution))
+        batch = self.settings.batch_size or self.settings.concurrency
+        if len(self._buffer) >= batch or len(self._buffer) >= 1000:
+            self._flush_now.set()
+        elif len(self._buffer) == 1:
+            self._flush_now.set()
+
+    def _stopped_outcome(self, run: _Running) -> Outcome | None:
+        task_id, token = run.claimed.task.task_id, run.claimed.claim_token
+        reason = run.stop_reason
+        if reason == "timeout":
+            return Outcome(
+                task_id, token, OutcomeKind.TIMED_OUT,
+                message=f"handler exceeded timeout_ms={run.claimed.task.timeout_ms}",
+            )
+        if reason == "cancel":
+            return Outcome(task_id, token, OutcomeKind.CANCELLED, message="cancelled")
+        if reason == "shutdown":
+            return Outcome(
+                task_id, token, OutcomeKind.REQUEUE,
+                message="worker shut down before the task finished",
+            )
+        return None  # "lost": another process owns the task now
+
+    # -- completing ----------------------------------------------------------------------------
+
+    async def _completer(self) -> None:
+        while True:
+            await self._flush_now.wait()
+            self._flush_now.clear()
+            # Let completions that land in the same few milliseconds share one transaction.
+            await asyncio.sleep(self.settings.flush_interval)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        while self._buffer:
+            batch, self._buffer = self._buffer, []
+            delay = 0.05
+            while True:
+                try:
+                    await self._call(self.store.task_complete_many, batch, self.clock.now())
+                    break
+                except CreepError as exc:
+                    log.warning("completing %d tasks failed, retrying: %s", len(batch), exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+            self.stats["completed"] += len(batch)
+            self._slot_freed.set()
+
+    async def _drain(self) -> None:
+        """Graceful stop: wait up to the grace period, then give back what is unfinished."""
+        if self._running:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.settings.shutdown_grace
+            while self._running and loop.time() < deadline:
+                self._slot_freed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._slot_freed.wait(), max(0.0, deadline - loop.time())
+                    )
+            for task_id in list(self._running):
+                self._stop_task(task_id, "shutdown")
+            jobs = [r.job for r in self._running.values() if r.job is not None]
+            if jobs:
+                await asyncio.wait(jobs, timeout=5.0)
+            # Sync handlers that ignore cancellation are given back without waiting for them.
+            for run in list(self._running.values()):
+                outcome = self._stopped_outcome(run)
+                if outcome is not None:
+                    self._buffer.append(
+                        Completion(outcome, resolve(
+                            outcome, attempt=run.claimed.task.attempt,
+                            max_attempts=run.claimed.task.max_attempts, now=self.clock.now(),
+                            backoff=self.settings.backoff,
+                        ))
+                    )
+                self._running.pop(run.claimed.task.task_id, None)
+        await self._flush()
+
+    # -- lifeline: heartbeats and cancellation -------------------------------------------------
+
+    async def _lifeline(self) -> None:
+        s = self.settings
+        interval = s.heartbeat_interval or s.claim_ttl / 5
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lifeline_now.wait(), interval)
+            self._lifeline_now.clear()
+            claims = [(tid, r.claimed.claim_token) for tid, r in self._running.items()]
+            if not claims:
+                continue
+            try:
+                result = await self._call(
+                    self.store.task_heartbeat, self.worker_id, claims, self.clock.now(),
+                    s.claim_ttl,
+                )
+            except CreepError as exc:
+                log.warning("heartbeat failed: %s", exc)
+                continue
+            for task_id in result.cancel_requested:
+                self._stop_task(task_id, "cancel")
+            for task_id in result.lost:
+                log.warning("task %s: claim lost; abandoning it", task_id)
+                self._stop_task(task_id, "lost")
+
+    async def heartbeat_one(self, ctx: TaskContext) -> None:
+        result = await self._call(
+            self.store.task_heartbeat, self.worker_id, [(ctx.task_id, ctx.claim_token)],
+            self.clock.now(), self.settings.claim_ttl,
+        )
+        if result.lost:
+            self._stop_task(ctx.task_id, "lost")
+            ctx._mark_cancelled("lost")
+        elif result.cancel_requested:
+            self._stop_task(ctx.task_id, "cancel")
+
+    async def progress_one(self, ctx: TaskContext, percent: int, message: str | None) -> None:
+        held = await self._call(
+            self.store.task_progress, ctx.task_id, ctx.claim_token, percent, message,
+            self.clock.now(),
+        )
+        if not held:
+            self._stop_task(ctx.task_id, "lost")
+            ctx._mark_cancelled("lost")
+
+    # -- leader-only maintenance ---------------------------------------------------------------
+
+    async def _maintainer(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.maintenance_interval)
+            try:
+                await self._maintain_once()
+            except CreepError as exc:
+                log.warning("maintenance failed: %s", exc)
+
+    async def _maintain_once(self, force: bool = False) -> None:
+        if not (self.settings.maintenance or force):
+            return
+        s = self.settings
+        ttl = max(5.0, s.maintenance_interval * 5)
+        now = self.clock.now()
+        if self._leader_token is not None:
+            held = await self._call(
+                self.store.lock_renew, MAINTENANCE_LOCK, self.worker_id, self._leader_token,
+                ttl, now,
+            )
+            if not held:
+                self._leader_token = None
+        if self._leader_token is None:
+            self._leader_token = await self._call(
+                self.store.lock_acquire, MAINTENANCE_LOCK, self.worker_id, ttl, now,
+                "task maintenance: promote due, rescue expired claims, time out overdue",
+            )
+        if self._leader_token is None:
+            return
+        report = await self._call(self.store.task_maintain, now, s.backoff, s.timeout_grace)
+        if report.total():
+            log.info(
+                "maintenance: promoted=%d rescued=%d timed_out=%d dead_lettered=%d",
+                report.promoted, report.rescued, report.timed_out, report.dead_lettered,
+            )
+
+
+def _value_outcome(task_id: str, token: str, value: Any) -> Outcome:
+    if isinstance(value, Retry):
+        return Outcome(task_id, token, OutcomeKind.RETRY, message=value.message,
+                       retry_delay=value.delay)
+    if isinstance(value, Fail):
+        return Outcome(task_id, token, OutcomeKind.FAILED, code=value.code, message=value.message)
+    try:
+        result_json = orjson.dumps(value, default=_json_default)
+    except TypeError as exc:
+        return _error_outcome(task_id, token, TypeError(f"result is not JSON-serialisable: {exc}"))
+    return Outcome(task_id, token, OutcomeKind.SUCCEEDED, result=value, result_json=result_json)
+
+
+def _json_default(value: Any) -> Any:
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _error_outcome(task_id: str, token: str, exc: BaseException) -> Outcome:
+    return Outcome(
+        task_id, token, OutcomeKind.RETRY, message=f"{type(exc).__name__}: {exc}",
+        error="".join(traceback.format_exception(exc))[-8000:],
+    )
