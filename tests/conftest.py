@@ -1,0 +1,73 @@
+"""Shared fixtures: every conformance test runs on SQLite and on PostgreSQL.
+
+PostgreSQL comes from CREEP_TEST_POSTGRES_URL (default postgresql://127.0.0.1:5432/test).
+Each test gets a schema of its own. With CI=true an unreachable PostgreSQL fails the run;
+elsewhere the PostgreSQL variants are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+
+PG_URL = os.environ.get("CREEP_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+_pg_problem: str | None = None
+_pg_checked = False
+
+
+def postgres_problem() -> str | None:
+    """None when PostgreSQL is reachable, else why not."""
+    global _pg_checked, _pg_problem
+    if not _pg_checked:
+        _pg_checked = True
+        try:
+            import psycopg
+
+            with psycopg.connect(PG_URL, connect_timeout=3) as conn:
+                conn.execute("SELECT 1")
+        except Exception as exc:
+            _pg_problem = f"PostgreSQL at {PG_URL} is not reachable ({exc.__class__.__name__}: {exc})"
+    return _pg_problem
+
+
+def require_postgres() -> None:
+    problem = postgres_problem()
+    if problem is None:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true but {problem}", pytrace=False)
+    pytest.skip(f"{problem}; set CREEP_TEST_POSTGRES_URL to run the PostgreSQL variants")
+
+
+def _with_search_path(url: str, schema: str) -> str:
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+@pytest.fixture
+def pg_schema_url() -> Iterator[str]:
+    require_postgres()
+    import psycopg
+
+    schema = f"creep_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield _with_search_path(PG_URL, schema)
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: object) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/creep.db"
+    url: str = request.getfixturevalue("pg_schema_url")
+    return url
