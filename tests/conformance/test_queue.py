@@ -292,8 +292,7 @@ def test_cancel_queued_and_running(db_url: str) -> None:
     async def loop(ctx: TaskContext) -> object:
         started.set()
         try:
-            while True:
-                await asyncio.sleep(0.01)
+            await asyncio.Event().wait()  # runs until cancelled
         finally:
             saw_flag.append(ctx.cancelled)
 
@@ -406,7 +405,7 @@ def test_depends_on(app: Creep) -> None:
     a = app.submit(task_type="STEP", input_payload={"name": "a"})
     b = app.submit(task_type="STEP", input_payload={"name": "b"}, depends_on=[a.task_id])
     c_id, d_id = str(uuid.uuid4()), str(uuid.uuid4())
-    c, d = app.submit_many([
+    c, _d = app.submit_many([
         {"task_id": c_id, "task_type": "STEP", "input_payload": {"name": "c"},
          "depends_on": [a.task_id, b.task_id], "priority": 100},
         {"task_id": d_id, "task_type": "STEP", "input_payload": {"name": "d", "fail": True},

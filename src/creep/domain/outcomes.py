@@ -11,7 +11,7 @@ from typing import Any
 from creep.domain.task import ResultCode, TaskStatus
 
 
-class HandlerSignal(Exception):  # noqa: N818 - control flow, not an error
+class HandlerSignal(Exception):
     """Raised by a handler to steer its task; not an error."""
 
 
@@ -81,8 +81,8 @@ class Backoff:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         step = min(self.cap_seconds, self.base_seconds * (2 ** max(0, attempt - 1)))
-        r = (rng or random).random()
-        return step / 2 + r * step / 2
+        r = float((rng or random).random())
+        return float(step / 2 + r * step / 2)
 
 
 def resolve(

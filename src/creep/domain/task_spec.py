@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import re
@@ -393,8 +394,6 @@ def request_fingerprint(data: Mapping[str, Any]) -> str:
         body["run_after"] = body["run_after"].isoformat()
     for money in ("max_total_cost", "business_value_hint"):
         if money in body:
-            try:
+            with contextlib.suppress(ValueError):
                 body[money] = str(parse_money(body[money]).normalize())
-            except ValueError:
-                pass
     return hashlib.sha256(canonical_json(body)).hexdigest()

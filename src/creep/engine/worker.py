@@ -329,9 +329,7 @@ class Worker:
         )
         self._buffer.append(Completion(outcome, resolution))
         batch = self.settings.batch_size or self.settings.concurrency
-        if len(self._buffer) >= batch or len(self._buffer) >= 1000:
-            self._flush_now.set()
-        elif len(self._buffer) == 1:
+        if len(self._buffer) >= batch or len(self._buffer) >= 1000 or len(self._buffer) == 1:
             self._flush_now.set()
 
     def _stopped_outcome(self, run: _Running) -> Outcome | None:

@@ -6,7 +6,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -17,7 +17,6 @@ import orjson
 
 from creep.domain.errors import (
     ConflictError,
-    IdempotencyConflict,
     IllegalTransition,
     NotFound,
     SchemaOutOfDate,
@@ -171,10 +170,8 @@ class SqliteStore:
     def close(self) -> None:
         with self._all_lock:
             for conn in self._all:
-                try:
+                with suppress(sqlite3.ProgrammingError):
                     conn.close()
-                except sqlite3.ProgrammingError:
-                    pass
             self._all.clear()
         self._local = threading.local()
 
@@ -274,9 +271,9 @@ class SqliteStore:
             status[task_id] = task.status
             tasks[task_id] = task
         now_us = us(now)
-        rows = []
-        events = []
-        deps = []
+        rows: list[tuple[Any, ...]] = []
+        events: list[tuple[Any, ...]] = []
+        deps: list[tuple[str, str]] = []
         has_dependants = {d for s in specs for d in s.depends_on}
         for spec in specs:
             t = tasks[spec.task_id]
@@ -667,7 +664,8 @@ class SqliteStore:
                 raise VersionConflict("task", task_id, expected_version, task.task_version)
             if not changes:
                 return task
-            sets, params = [], []
+            sets: list[str] = []
+            params: list[Any] = []
             for name, value in changes.items():
                 sets.append(f"{name} = ?")
                 if name == "tags":
@@ -716,7 +714,8 @@ class SqliteStore:
         self, cursor: str | None, *, limit: int = 500, task_id: str | None = None,
         tenant_id: str | None = None,
     ) -> list[TaskEvent]:
-        where, params = ["event_id > ?"], [_parse_cursor(cursor)]
+        where = ["event_id > ?"]
+        params: list[Any] = [_parse_cursor(cursor)]
         if task_id is not None:
             where.append("task_id = ?")
             params.append(task_id)
@@ -952,7 +951,8 @@ def _parse_cursor(cursor: str | None) -> int:
 
 def _split_sql(script: str) -> list[str]:
     """Split a migration into statements; trigger bodies (BEGIN ... END;) stay whole."""
-    statements, current = [], []
+    statements: list[str] = []
+    current: list[str] = []
     for line in script.splitlines():
         if line.strip().startswith("--") and not current:
             continue

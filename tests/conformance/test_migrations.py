@@ -1,0 +1,103 @@
+"""One schema under versioned migrations: a database migrated step by step equals a fresh one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from creep.storage import open_store
+from creep.storage.common import load_migrations
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _schema(url: str) -> Any:
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        rows = conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master "
+            "WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name"
+        ).fetchall()
+        conn.close()
+        return rows
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        schema = conn.execute("SELECT current_schema()").fetchone()
+        assert schema is not None
+        name = schema[0]
+        columns = conn.execute(
+            "SELECT table_name, column_name, data_type, is_nullable, column_default "
+            "FROM information_schema.columns WHERE table_schema = %s "
+            "ORDER BY table_name, column_name", (name,)
+        ).fetchall()
+        indexes = conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s "
+            "ORDER BY indexname", (name,)
+        ).fetchall()
+        constraints = conn.execute(
+            "SELECT conname, pg_get_constraintdef(c.oid) FROM pg_constraint c "
+            "JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = %s "
+            "ORDER BY conname", (name,)
+        ).fetchall()
+        triggers = conn.execute(
+            "SELECT tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t "
+            "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND NOT t.tgisinternal ORDER BY tgname", (name,)
+        ).fetchall()
+    return [columns, indexes, constraints, [(n, d.replace(name + ".", "")) for n, d in triggers]]
+
+
+@pytest.fixture
+def second_url(db_url: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if db_url.startswith("sqlite"):
+        return f"sqlite:///{tmp_path}/fresh.db"
+    url: str = request.getfixturevalue("pg_schema_url")
+    return url
+
+
+def test_stepwise_migration_equals_fresh(db_url: str, second_url: str) -> None:
+    head = len(load_migrations("sqlite" if db_url.startswith("sqlite") else "postgres"))
+    assert head >= 2
+    stepwise = open_store(db_url)
+    for version in range(1, head + 1):
+        assert stepwise.migrate(target=version) == [version]
+    assert stepwise.migrate() == []
+    assert stepwise.schema_version() == head
+    stepwise.close()
+
+    fresh = open_store(second_url)
+    assert fresh.migrate() == list(range(1, head + 1))
+    fresh.close()
+    assert _schema(db_url) == _schema(second_url)
+
+
+def test_creep_migrate_command(db_url: str) -> None:
+    env = {**os.environ, "CREEP_DATABASE_URL": db_url}
+    first = subprocess.run(
+        [sys.executable, "-m", "creep.cli", "migrate"], env=env, cwd=ROOT,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert first.returncode == 0, first.stderr
+    assert "applied migrations [1, 2]" in first.stdout
+    again = subprocess.run(
+        [sys.executable, "-m", "creep.cli", "migrate"], env=env, cwd=ROOT,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert again.returncode == 0 and "up to date" in again.stdout
+
+
+def test_bad_database_url_is_a_clear_error() -> None:
+    bad = subprocess.run(
+        [sys.executable, "-m", "creep.cli", "migrate", "--database-url", "mysql://x/y"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert bad.returncode == 2
+    assert "database_url: unsupported scheme" in bad.stderr
