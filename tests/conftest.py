@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
 import pytest
@@ -51,18 +51,29 @@ def _with_search_path(url: str, schema: str) -> str:
 
 
 @pytest.fixture
-def pg_schema_url() -> Iterator[str]:
+def pg_schemas() -> Iterator[Callable[[], str]]:
+    """Make PostgreSQL schemas for this test (each a URL); all dropped afterwards."""
     require_postgres()
     import psycopg
 
-    schema = f"creep_t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield _with_search_path(PG_URL, schema)
-    finally:
+    made: list[str] = []
+
+    def make() -> str:
+        schema = f"creep_t_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+        made.append(schema)
+        return _with_search_path(PG_URL, schema)
+
+    yield make
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        for schema in made:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def pg_schema_url(pg_schemas: Callable[[], str]) -> str:
+    return pg_schemas()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

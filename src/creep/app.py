@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -48,12 +49,17 @@ class Creep:
         self.handlers: dict[str, Handler] = {}
         self._store = store
         self._auto_migrate = auto_migrate
+        self._store_lock = threading.Lock()
 
     @property
     def store(self) -> Store:
-        if self._store is None:
-            self._store = open_store(self.database_url, migrate=self._auto_migrate)
-        return self._store
+        store = self._store
+        if store is None:
+            with self._store_lock:  # many threads may make their first call at once
+                if self._store is None:
+                    self._store = open_store(self.database_url, migrate=self._auto_migrate)
+                store = self._store
+        return store
 
     def close(self) -> None:
         if self._store is not None:

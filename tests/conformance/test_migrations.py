@@ -52,14 +52,18 @@ def _schema(url: str) -> Any:
             "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = %s AND NOT t.tgisinternal ORDER BY tgname", (name,)
         ).fetchall()
-    return [columns, indexes, constraints, [(n, d.replace(name + ".", "")) for n, d in triggers]]
+    def local(rows: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+        return [(n, d.replace(name + ".", "")) for n, d in rows]
+
+    return [columns, local(indexes), constraints, local(triggers)]
 
 
 @pytest.fixture
 def second_url(db_url: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if db_url.startswith("sqlite"):
         return f"sqlite:///{tmp_path}/fresh.db"
-    url: str = request.getfixturevalue("pg_schema_url")
+    make = request.getfixturevalue("pg_schemas")
+    url: str = make()
     return url
 
 

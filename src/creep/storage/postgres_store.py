@@ -1,0 +1,935 @@
+"""The multi-node backend: PostgreSQL through psycopg 3 and a connection pool.
+
+Claims take `FOR UPDATE SKIP LOCKED` in one statement that also writes the `started` events;
+completions are one `UPDATE ... FROM unnest(...)` fenced by claim token, events included.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.adapt import Loader
+from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
+from psycopg_pool import ConnectionPool
+
+from creep.domain.errors import (
+    ConflictError,
+    IllegalTransition,
+    NotFound,
+    StorageError,
+    ValidationError,
+    VersionConflict,
+)
+from creep.domain.events import TaskEvent
+from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, Resolution, resolve
+from creep.domain.task import RETRYABLE_FROM, TaskOrder, TaskStatus, check_transition
+from creep.domain.task_spec import TaskSpec
+from creep.ports import (
+    ClaimedTask,
+    Completion,
+    HeartbeatResult,
+    Listener,
+    MaintenanceReport,
+    TaskFilter,
+)
+from creep.storage.common import (
+    TASK_COLUMNS,
+    TASK_SELECT,
+    UPDATABLE_FIELDS,
+    check_dependencies,
+    creation_events,
+    dumps,
+    initial_status,
+    load_migrations,
+    new_task,
+    plan_replays,
+    resolution_payload,
+)
+
+_MIGRATION_LOCK = 0x63726565  # "cree"
+_IDX = {name: i for i, name in enumerate(TASK_COLUMNS)}
+_EVENT_COLUMNS = "task_id, tenant_id, event_type, from_status, to_status, attempt, payload, created_at"
+
+
+class _UuidAsText(Loader):
+    def load(self, data: Any) -> str:
+        return bytes(data).decode()
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.adapters.register_loader("uuid", _UuidAsText)
+    set_json_loads(orjson.loads, conn)
+    set_json_dumps(lambda v: orjson.dumps(v, default=_json_default).decode(), conn)
+    conn.execute("SET TIME ZONE 'UTC'")
+    conn.commit()
+
+
+def _json_default(value: Any) -> Any:
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _row_to_task(row: Sequence[Any]) -> TaskOrder:
+    v = list(row)
+    v[_IDX["status"]] = TaskStatus(v[_IDX["status"]])
+    return TaskOrder(*v)
+
+
+@dataclass(slots=True)
+class _Apply:
+    task_id: str
+    claim_token: str
+    resolution: Resolution
+    result_json: str | None
+    error: str | None
+
+
+class PostgresStore:
+    dialect = "postgres"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parts = urlsplit(url.replace("postgresql+psycopg:", "postgresql:", 1))
+        query = dict(parse_qsl(parts.query))
+        try:
+            pool_min = int(query.pop("pool_min", "1"))
+            pool_max = int(query.pop("pool_max", "10"))
+        except ValueError:
+            raise ValidationError.single("database_url", "pool_min/pool_max must be integers") from None
+        if not 0 <= pool_min <= pool_max or pool_max < 1:
+            raise ValidationError.single("database_url", "need 0 <= pool_min <= pool_max, pool_max >= 1")
+        query.setdefault("connect_timeout", "10")
+        self.conninfo = urlunsplit(parts._replace(query=urlencode(query)))
+        self._listeners: list[Callable[[str, str], None]] = []
+        try:
+            self.pool = ConnectionPool(
+                self.conninfo, min_size=pool_min, max_size=pool_max, open=True,
+                configure=_configure, name="creep",
+            )
+            self.pool.wait(timeout=15)
+        except Exception as exc:  # any connect failure: one clear error
+            raise StorageError(f"cannot connect to PostgreSQL at {_redact(url)}: {exc}") from exc
+
+    def close(self) -> None:
+        self.pool.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                yield conn
+        except pg_errors.CheckViolation as exc:
+            if "illegal task transition" in str(exc):
+                raise IllegalTransition("task", "?", "?") from exc
+            raise StorageError(str(exc)) from exc
+        except psycopg.Error as exc:
+            raise StorageError(str(exc)) from exc
+
+    # -- schema --------------------------------------------------------------------------------
+
+    def migrate(self, target: int | None = None) -> list[int]:
+        applied: list[int] = []
+        with self._tx() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
+                "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            for m in load_migrations("postgres"):
+                if m.version in done or (target is not None and m.version > target):
+                    continue
+                conn.execute(m.sql.encode())
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                    (m.version, m.name),
+                )
+                applied.append(m.version)
+        return applied
+
+    def schema_version(self) -> int:
+        with self._tx() as conn:
+            exists = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()
+            if exists is None or exists[0] is None:
+                return 0
+            row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0) if row else 0
+
+    # -- creating tasks ------------------------------------------------------------------------
+
+    def task_create_many(self, specs: Sequence[TaskSpec], now: datetime) -> list[TaskOrder]:
+        if not specs:
+            return []
+        from creep.domain.dag import topological_order
+
+        by_id = {s.task_id: s for s in specs}
+        if len(by_id) != len(specs):
+            raise ValidationError.single("task_id", "task ids in one submission must be unique")
+        with self._tx() as conn:
+            outside = sorted({d for s in specs for d in s.depends_on if d not in by_id})
+            found: dict[str, tuple[str, str]] = {}
+            if outside:
+                # Locks the dependencies, so their status cannot change under this decision.
+                for task_id, status, tenant in conn.execute(
+                    "UPDATE tasks SET has_dependants = true WHERE task_id = ANY(%s::uuid[]) "
+                    "RETURNING task_id, status, tenant_id",
+                    (outside,),
+                ):
+                    found[task_id] = (status, tenant)
+            dep_status: dict[str, str] = check_dependencies(specs, found)
+            order = (
+                topological_order({s.task_id: s.depends_on for s in specs})
+                if any(s.depends_on for s in specs) else list(by_id)
+            )
+            tasks: dict[str, TaskOrder] = {}
+            status = dict(dep_status)
+            for task_id in order:
+                spec = by_id[task_id]
+                task = new_task(spec, initial_status(spec, status, now), now)
+                status[task_id] = task.status
+                tasks[task_id] = task
+            has_dependants = {d for s in specs for d in s.depends_on}
+            inserted = self._insert(conn, specs, tasks, has_dependants)
+            missing = [s for s in specs if s.task_id not in inserted]
+            if missing:
+                # Idempotency keys that exist already: replay or conflict, decided by the
+                # unique constraint (the insert above skipped exactly these rows).
+                rows = {
+                    (r[_IDX["tenant_id"]], r[_IDX["env"]], r[_IDX["idempotency_key"]]): r
+                    for r in conn.execute(
+                        f"SELECT {TASK_SELECT}, request_hash FROM tasks t JOIN unnest("
+                        "%s::text[], %s::text[], %s::text[]) k(tn, ev, ik) "
+                        "ON t.tenant_id = k.tn AND t.env = k.ev AND t.idempotency_key = k.ik",
+                        (
+                            [s.tenant_id for s in missing], [s.env for s in missing],
+                            [s.idempotency_key for s in missing],
+                        ),
+                    )
+                }
+
+                def lookup(spec: TaskSpec) -> tuple[TaskOrder, str] | None:
+                    row = rows.get((spec.tenant_id, spec.env, spec.idempotency_key))
+                    if row is None or spec.task_id in inserted:
+                        return None
+                    return _row_to_task(row[:-1]), row[-1]
+
+                plan = plan_replays(specs, lookup)
+                fresh_ids = {s.task_id for s in plan.fresh}
+                if not fresh_ids <= inserted:
+                    # A spec lost its key to a concurrent insert of another spec: retry whole.
+                    raise StorageError("idempotency race; retry")
+                if inserted - fresh_ids:
+                    raise StorageError("inconsistent idempotency plan")
+                out = plan.resolve({tid: tasks[tid] for tid in inserted})
+            else:
+                out = [tasks[s.task_id] for s in specs]
+            created = [tasks[t] for t in inserted]
+            events = [
+                (t.task_id, t.tenant_id, etype, old, new, 0, dumps(payload).decode(), now)
+                for t in created for etype, old, new, payload in creation_events(t)
+            ]
+            _insert_events(conn, events)
+            deps = [(t.task_id, d) for t in created for d in t.depends_on]
+            if deps:
+                conn.execute(
+                    "INSERT INTO task_dependencies (task_id, depends_on_id) "
+                    "SELECT * FROM unnest(%s::uuid[], %s::uuid[])",
+                    ([a for a, _ in deps], [b for _, b in deps]),
+                )
+            if any(t.status is TaskStatus.QUEUED for t in created):
+                conn.execute("SELECT pg_notify('creep_tasks', '')")
+        if any(t.status is TaskStatus.QUEUED for t in created):
+            self._wake("creep_tasks", "")
+        return out
+
+    def _insert(
+        self, conn: psycopg.Connection[Any], specs: Sequence[TaskSpec],
+        tasks: dict[str, TaskOrder], has_dependants: set[str],
+    ) -> set[str]:
+        cols: dict[str, list[Any]] = {c: [] for c in _INSERT_TYPES}
+        for spec in specs:
+            t = tasks[spec.task_id]
+            for name, value in (
+                ("task_id", t.task_id), ("idempotency_key", t.idempotency_key),
+                ("request_hash", spec.request_hash), ("tenant_id", t.tenant_id),
+                ("project_id", t.project_id), ("env", t.env), ("external_ref", t.external_ref),
+                ("task_type", t.task_type), ("task_category", t.task_category),
+                ("description", t.description), ("priority", t.priority),
+                ("timeout_ms", t.timeout_ms), ("max_total_cost", t.max_total_cost),
+                ("currency", t.currency), ("business_value_hint", t.business_value_hint),
+                ("status", t.status.value), ("created_at", t.created_at),
+                ("queued_at", t.queued_at), ("finished_at", t.finished_at),
+                ("updated_at", t.updated_at), ("result_code", t.result_code),
+                ("result_message", t.result_message),
+                ("resource_hints", dumps(t.resource_hints).decode()),
+                ("constraints", dumps(t.constraints).decode()),
+                ("tenant_policies_version", t.tenant_policies_version),
+                ("tags", dumps(t.tags).decode()), ("batch_id", t.batch_id),
+                ("input_payload", spec.input_payload_json.decode()), ("channel", t.channel),
+                ("correlation_id", t.correlation_id),
+                ("depends_on", dumps(t.depends_on).decode()), ("max_attempts", t.max_attempts),
+                ("run_after", t.run_after), ("has_dependants", t.task_id in has_dependants),
+            ):
+                cols[name].append(value)
+        names = ", ".join(_INSERT_TYPES)
+        arrays = ", ".join(f"%s::{typ}[]" for typ in _INSERT_TYPES.values())
+        rows = conn.execute(
+            f"INSERT INTO tasks ({names}) SELECT * FROM unnest({arrays}) "
+            "ON CONFLICT (tenant_id, env, idempotency_key) DO NOTHING RETURNING task_id",
+            [cols[c] for c in _INSERT_TYPES],
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    # -- reading tasks -------------------------------------------------------------------------
+
+    def task_get(self, task_id: str, tenant_id: str | None = None) -> TaskOrder:
+        if not _is_uuid(task_id):
+            raise NotFound("task", task_id)
+        with self._tx() as conn:
+            return self._get(conn, task_id, tenant_id, lock=False)
+
+    def _get(
+        self, conn: psycopg.Connection[Any], task_id: str, tenant_id: str | None, *, lock: bool
+    ) -> TaskOrder:
+        row = conn.execute(
+            f"SELECT {TASK_SELECT} FROM tasks WHERE task_id = %s"
+            + (" FOR UPDATE" if lock else ""),
+            (task_id,),
+        ).fetchone()
+        if row is None or (tenant_id is not None and row[_IDX["tenant_id"]] != tenant_id):
+            raise NotFound("task", task_id)
+        return _row_to_task(row)
+
+    def task_list(
+        self, flt: TaskFilter, *, after: str | None = None, limit: int = 100
+    ) -> list[TaskOrder]:
+        where = ["deleted_at IS NULL"]
+        params: list[Any] = []
+        for column in (
+            "tenant_id", "status", "task_type", "task_category", "batch_id", "project_id", "env"
+        ):
+            value = getattr(flt, column)
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
+        if flt.tag is not None:
+            where.append("tags ? %s")
+            params.append(flt.tag)
+        if flt.created_from is not None:
+            where.append("created_at >= %s")
+            params.append(flt.created_from)
+        if flt.created_to is not None:
+            where.append("created_at < %s")
+            params.append(flt.created_to)
+        if after:
+            created, _, last_id = after.partition("/")
+            where.append("(created_at, task_id) < (%s, %s::uuid)")
+            params.extend([datetime.fromisoformat(created), last_id])
+        params.append(limit)
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT {TASK_SELECT} FROM tasks WHERE {' AND '.join(where)} "
+                "ORDER BY created_at DESC, task_id DESC LIMIT %s",
+                params,
+            ).fetchall()
+        return [_row_to_task(r) for r in rows]
+
+    @staticmethod
+    def list_cursor(task: TaskOrder) -> str:
+        return f"{task.created_at.isoformat()}/{task.task_id}"
+
+    # -- the queue -----------------------------------------------------------------------------
+
+    def task_claim(
+        self, worker_id: str, task_types: Sequence[str], limit: int, now: datetime,
+        claim_ttl: float,
+    ) -> list[ClaimedTask]:
+        if limit <= 0 or not task_types:
+            return []
+        token = str(uuid.uuid4())
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"""WITH picked AS (
+                    SELECT task_id FROM tasks
+                    WHERE status = 'QUEUED' AND run_after <= %(now)s
+                      AND task_type = ANY(%(types)s::text[])
+                    ORDER BY priority DESC, created_at LIMIT %(n)s
+                    FOR UPDATE SKIP LOCKED
+                ), claimed AS (
+                    UPDATE tasks t SET status = 'RUNNING', attempt = t.attempt + 1,
+                        started_at = %(now)s, updated_at = %(now)s, claimed_by = %(w)s,
+                        claim_token = %(tok)s, claim_expires_at = %(exp)s,
+                        deadline_at = %(now)s + t.timeout_ms * interval '1 millisecond',
+                        task_version = t.task_version + 1, cancel_requested = false,
+                        progress_message = NULL
+                    FROM picked WHERE t.task_id = picked.task_id
+                    RETURNING {", ".join("t." + c for c in TASK_COLUMNS)}, t.deadline_at
+                ), started AS (
+                    INSERT INTO task_events ({_EVENT_COLUMNS})
+                    SELECT task_id, tenant_id, 'started', 'QUEUED', 'RUNNING', attempt,
+                        jsonb_build_object('worker_id', %(w)s::text), %(now)s FROM claimed
+                )
+                SELECT * FROM claimed ORDER BY priority DESC, created_at""",
+                {"now": now, "types": list(task_types), "n": limit, "w": worker_id,
+                 "tok": token, "exp": now + timedelta(seconds=claim_ttl)},
+            ).fetchall()
+        return [ClaimedTask(_row_to_task(r[:-1]), token, r[-1]) for r in rows]
+
+    def task_heartbeat(
+        self, worker_id: str, claims: Sequence[tuple[str, str]], now: datetime, claim_ttl: float
+    ) -> HeartbeatResult:
+        result = HeartbeatResult()
+        if not claims:
+            return result
+        with self._tx() as conn:
+            rows = conn.execute(
+                """UPDATE tasks t SET claim_expires_at = %s
+                FROM unnest(%s::uuid[], %s::uuid[]) c(id, tok)
+                WHERE t.task_id = c.id AND t.claim_token = c.tok AND t.status = 'RUNNING'
+                RETURNING t.task_id, t.cancel_requested""",
+                (now + timedelta(seconds=claim_ttl), [c[0] for c in claims],
+                 [c[1] for c in claims]),
+            ).fetchall()
+        held = {r[0] for r in rows}
+        result.cancel_requested = [r[0] for r in rows if r[1]]
+        result.lost = [task_id for task_id, _ in claims if task_id not in held]
+        return result
+
+    def task_complete_many(self, completions: Sequence[Completion], now: datetime) -> list[str]:
+        if not completions:
+            return []
+        items = [
+            _Apply(
+                c.outcome.task_id, c.outcome.claim_token, c.resolution,
+                _result_json(c.outcome), c.outcome.error,
+            )
+            for c in completions
+        ]
+        with self._tx() as conn:
+            applied = self._apply(conn, items, now)
+            if any(i.resolution.status is TaskStatus.QUEUED for i in items):
+                conn.execute("SELECT pg_notify('creep_tasks', '')")
+        if any(i.resolution.status is TaskStatus.QUEUED for i in items):
+            self._wake("creep_tasks", "")
+        return applied
+
+    def _apply(self, conn: psycopg.Connection[Any], items: list[_Apply], now: datetime) -> list[str]:
+        for item in items:
+            check_transition(TaskStatus.RUNNING, item.resolution.status)
+        rows = conn.execute(
+            f"""WITH o AS (
+                SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::text[],
+                    %s::jsonb[], %s::text[], %s::timestamptz[], %s::boolean[], %s::text[],
+                    %s::jsonb[])
+                AS o(id, tok, status, code, message, result, error, run_after, charge, event,
+                     payload)
+            ), done AS (
+                UPDATE tasks t SET status = o.status, result_code = o.code,
+                    result_message = o.message,
+                    result_payload = COALESCE(o.result, t.result_payload),
+                    last_error = COALESCE(o.error, t.last_error),
+                    finished_at = CASE WHEN o.status = 'QUEUED' THEN NULL ELSE %s END,
+                    run_after = COALESCE(o.run_after, t.run_after),
+                    queued_at = CASE WHEN o.status = 'QUEUED' THEN %s ELSE t.queued_at END,
+                    attempt = CASE WHEN o.charge THEN t.attempt ELSE t.attempt - 1 END,
+                    progress = CASE WHEN o.status = 'SUCCESS' THEN 100 ELSE t.progress END,
+                    claimed_by = NULL, claim_token = NULL, claim_expires_at = NULL,
+                    deadline_at = NULL, cancel_requested = false,
+                    task_version = t.task_version + 1, updated_at = %s
+                FROM o WHERE t.task_id = o.id AND t.claim_token = o.tok AND t.status = 'RUNNING'
+                RETURNING t.task_id, t.tenant_id, t.status, t.has_dependants, o.event, o.payload,
+                    t.attempt + CASE WHEN o.charge THEN 0 ELSE 1 END AS attempt
+            ), ev AS (
+                INSERT INTO task_events ({_EVENT_COLUMNS})
+                SELECT task_id, tenant_id, event, 'RUNNING', status, attempt, payload, %s FROM done
+            )
+            SELECT task_id, status, has_dependants FROM done""",
+            (
+                [i.task_id for i in items], [i.claim_token for i in items],
+                [i.resolution.status.value for i in items],
+                [i.resolution.result_code for i in items],
+                [i.resolution.result_message for i in items],
+                [i.result_json for i in items], [i.error for i in items],
+                [i.resolution.run_after for i in items],
+                [i.resolution.charge_attempt for i in items],
+                [i.resolution.event_type for i in items],
+                [dumps(resolution_payload(i.resolution, i.error)).decode() for i in items],
+                now, now, now, now,
+            ),
+        ).fetchall()
+        succeeded = [r[0] for r in rows if r[2] and r[1] == "SUCCESS"]
+        dead = [r[0] for r in rows if r[2] and r[1] not in ("SUCCESS", "QUEUED")]
+        if succeeded:
+            self._promote_dependants(conn, succeeded, now)
+        if dead:
+            self._cancel_dependants(conn, dead, now)
+        return [r[0] for r in rows]
+
+    def _promote_dependants(
+        self, conn: psycopg.Connection[Any], parents: list[str], now: datetime
+    ) -> None:
+        # Lock the candidates first; the promoting statement then runs on a fresh snapshot and
+        # sees a sibling dependency that another transaction finished meanwhile.
+        candidates = [
+            r[0] for r in conn.execute(
+                "SELECT task_id FROM tasks WHERE status = 'PENDING' AND task_id IN ("
+                "SELECT task_id FROM task_dependencies WHERE depends_on_id = ANY(%s::uuid[])) "
+                "ORDER BY task_id FOR UPDATE",
+                (parents,),
+            )
+        ]
+        if not candidates:
+            return
+        conn.execute(
+            f"""WITH q AS (
+                UPDATE tasks SET status = 'QUEUED', queued_at = %(now)s, updated_at = %(now)s,
+                    task_version = task_version + 1
+                WHERE task_id = ANY(%(ids)s::uuid[]) AND status = 'PENDING'
+                  AND run_after <= %(now)s
+                  AND NOT EXISTS (SELECT 1 FROM task_dependencies d JOIN tasks p
+                                  ON p.task_id = d.depends_on_id
+                                  WHERE d.task_id = tasks.task_id AND p.status <> 'SUCCESS')
+                RETURNING task_id, tenant_id, attempt
+            )
+            INSERT INTO task_events ({_EVENT_COLUMNS})
+            SELECT task_id, tenant_id, 'queued', 'PENDING', 'QUEUED', attempt, '{{}}', %(now)s
+            FROM q""",
+            {"now": now, "ids": candidates},
+        )
+        conn.execute("SELECT pg_notify('creep_tasks', '')")
+
+    def _cancel_dependants(
+        self, conn: psycopg.Connection[Any], parents: list[str], now: datetime
+    ) -> None:
+        frontier = parents
+        while frontier:
+            rows = conn.execute(
+                f"""WITH c AS (
+                    UPDATE tasks SET status = 'CANCELLED', result_code = 'DEPENDENCY_FAILED',
+                        result_message = 'a dependency did not succeed', finished_at = %(now)s,
+                        updated_at = %(now)s, task_version = task_version + 1
+                    WHERE status IN ('PENDING', 'QUEUED') AND task_id IN (
+                        SELECT task_id FROM task_dependencies
+                        WHERE depends_on_id = ANY(%(ids)s::uuid[]))
+                    RETURNING task_id, tenant_id, attempt, has_dependants
+                ), ev AS (
+                    INSERT INTO task_events ({_EVENT_COLUMNS})
+                    SELECT task_id, tenant_id, 'cancelled', 'PENDING', 'CANCELLED', attempt,
+                        '{{"result_code": "DEPENDENCY_FAILED"}}', %(now)s FROM c
+                )
+                SELECT task_id, has_dependants FROM c""",
+                {"now": now, "ids": frontier},
+            ).fetchall()
+            frontier = [r[0] for r in rows if r[1]]
+
+    def task_progress(
+        self, task_id: str, claim_token: str, progress: int, message: str | None, now: datetime
+    ) -> bool:
+        with self._tx() as conn:
+            row = conn.execute(
+                f"""WITH p AS (
+                    UPDATE tasks SET progress = %(p)s, progress_message = %(m)s,
+                        updated_at = %(now)s, task_version = task_version + 1
+                    WHERE task_id = %(id)s AND claim_token = %(tok)s AND status = 'RUNNING'
+                    RETURNING task_id, tenant_id, attempt
+                ), ev AS (
+                    INSERT INTO task_events ({_EVENT_COLUMNS})
+                    SELECT task_id, tenant_id, 'progress', 'RUNNING', 'RUNNING', attempt,
+                        %(payload)s, %(now)s FROM p
+                )
+                SELECT count(*) FROM p""",
+                {"p": progress, "m": message, "now": now, "id": task_id, "tok": claim_token,
+                 "payload": Jsonb({"progress": progress, "message": message})},
+            ).fetchone()
+        return bool(row and row[0])
+
+    def task_cancel(
+        self, task_id: str, now: datetime, *, tenant_id: str | None = None,
+        reason: str | None = None,
+    ) -> TaskOrder:
+        if not _is_uuid(task_id):
+            raise NotFound("task", task_id)
+        payload = Jsonb({"reason": reason} if reason else {})
+        running = False
+        with self._tx() as conn:
+            task = self._get(conn, task_id, tenant_id, lock=True)
+            if task.status is TaskStatus.RUNNING:
+                if task.cancel_requested:
+                    raise ConflictError(f"task {task_id}: cancellation is already requested")
+                conn.execute(
+                    "UPDATE tasks SET cancel_requested = true, updated_at = %s, "
+                    "task_version = task_version + 1 WHERE task_id = %s",
+                    (now, task_id),
+                )
+                _insert_events(conn, [(task_id, task.tenant_id, "cancel_requested", "RUNNING",
+                                       "RUNNING", task.attempt, payload, now)])
+                conn.execute("SELECT pg_notify('creep_cancel', %s)", (task_id,))
+                running = True
+            else:
+                check_transition(task.status, TaskStatus.CANCELLED)
+                conn.execute(
+                    "UPDATE tasks SET status = 'CANCELLED', result_code = 'CANCELLED', "
+                    "result_message = %s, finished_at = %s, updated_at = %s, "
+                    "task_version = task_version + 1 WHERE task_id = %s",
+                    (reason or "cancelled", now, now, task_id),
+                )
+                _insert_events(conn, [(task_id, task.tenant_id, "cancelled", task.status.value,
+                                       "CANCELLED", task.attempt, payload, now)])
+                self._cancel_dependants(conn, [task_id], now)
+            updated = self._get(conn, task_id, None, lock=False)
+        if running:
+            self._wake("creep_cancel", task_id)
+        return updated
+
+    def task_retry(
+        self, task_id: str, now: datetime, *, tenant_id: str | None = None
+    ) -> TaskOrder:
+        if not _is_uuid(task_id):
+            raise NotFound("task", task_id)
+        with self._tx() as conn:
+            task = self._get(conn, task_id, tenant_id, lock=True)
+            if task.status not in RETRYABLE_FROM:
+                raise IllegalTransition("task", task.status.value, TaskStatus.QUEUED.value)
+            blocked = conn.execute(
+                "SELECT p.task_id, p.status FROM task_dependencies d JOIN tasks p "
+                "ON p.task_id = d.depends_on_id WHERE d.task_id = %s AND p.status <> 'SUCCESS'",
+                (task_id,),
+            ).fetchone()
+            if blocked:
+                raise ConflictError(
+                    f"task {task_id}: dependency {blocked[0]} is {blocked[1]}, not SUCCESS"
+                )
+            retries = int(task.constraints.get("max_retries", task.max_attempts - 1))
+            conn.execute(
+                """UPDATE tasks SET status = 'QUEUED', queued_at = %(now)s, run_after = %(now)s,
+                    finished_at = NULL, result_code = NULL, result_message = NULL,
+                    max_attempts = attempt + %(n)s, updated_at = %(now)s,
+                    task_version = task_version + 1
+                WHERE task_id = %(id)s""",
+                {"now": now, "n": retries + 1, "id": task_id},
+            )
+            _insert_events(conn, [(task_id, task.tenant_id, "queued", task.status.value,
+                                   "QUEUED", task.attempt, Jsonb({"manual_retry": True}), now)])
+            conn.execute("SELECT pg_notify('creep_tasks', '')")
+            updated = self._get(conn, task_id, None, lock=False)
+        self._wake("creep_tasks", "")
+        return updated
+
+    def task_update(
+        self, task_id: str, expected_version: int, changes: dict[str, Any], now: datetime,
+        *, tenant_id: str | None = None,
+    ) -> TaskOrder:
+        unknown = set(changes) - UPDATABLE_FIELDS
+        if unknown:
+            raise ValidationError(
+                [(name, "cannot be changed after creation") for name in sorted(unknown)]
+            )
+        if not _is_uuid(task_id):
+            raise NotFound("task", task_id)
+        with self._tx() as conn:
+            task = self._get(conn, task_id, tenant_id, lock=True)
+            if task.task_version != expected_version:
+                raise VersionConflict("task", task_id, expected_version, task.task_version)
+            if not changes:
+                return task
+            sets: list[str] = []
+            params: list[Any] = []
+            for name, value in changes.items():
+                sets.append(f"{name} = %s")
+                params.append(Jsonb(value) if name == "tags" else value)
+            conn.execute(
+                f"UPDATE tasks SET {', '.join(sets)}, updated_at = %s, "
+                "task_version = task_version + 1 WHERE task_id = %s",
+                (*params, now, task_id),
+            )
+            _insert_events(conn, [(task_id, task.tenant_id, "updated", task.status.value,
+                                   task.status.value, task.attempt,
+                                   Jsonb({"changes": changes}), now)])
+            return self._get(conn, task_id, None, lock=False)
+
+    # -- events --------------------------------------------------------------------------------
+
+    def task_events(self, task_id: str, tenant_id: str | None = None) -> list[TaskEvent]:
+        self.task_get(task_id, tenant_id)
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT event_id, txid::text, {_EVENT_COLUMNS} FROM task_events "
+                "WHERE task_id = %s ORDER BY event_id",
+                (task_id,),
+            ).fetchall()
+        return [_row_to_event(r) for r in rows]
+
+    def task_events_after(
+        self, cursor: str | None, *, limit: int = 500, task_id: str | None = None,
+        tenant_id: str | None = None,
+    ) -> list[TaskEvent]:
+        txid, event_id = _parse_cursor(cursor)
+        # Only transactions older than every open one are final: reading no further means a
+        # late-committing transaction can never land behind the cursor.
+        where = [
+            "(txid, event_id) > (%s::text::xid8, %s)",
+            "txid < pg_snapshot_xmin(pg_current_snapshot())",
+        ]
+        params: list[Any] = [txid, event_id]
+        if task_id is not None:
+            if not _is_uuid(task_id):
+                return []
+            where.append("task_id = %s")
+            params.append(task_id)
+        if tenant_id is not None:
+            where.append("tenant_id = %s")
+            params.append(tenant_id)
+        params.append(limit)
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT event_id, txid::text, {_EVENT_COLUMNS} FROM task_events "
+                f"WHERE {' AND '.join(where)} ORDER BY txid, event_id LIMIT %s",
+                params,
+            ).fetchall()
+        return [_row_to_event(r) for r in rows]
+
+    # -- maintenance ---------------------------------------------------------------------------
+
+    def task_maintain(
+        self, now: datetime, backoff: Backoff, timeout_grace: float
+    ) -> MaintenanceReport:
+        report = MaintenanceReport()
+        with self._tx() as conn:
+            row = conn.execute(
+                f"""WITH q AS (
+                    UPDATE tasks SET status = 'QUEUED', queued_at = %(now)s, updated_at = %(now)s,
+                        task_version = task_version + 1
+                    WHERE task_id IN (
+                        SELECT task_id FROM tasks WHERE status = 'PENDING'
+                          AND run_after <= %(now)s
+                          AND NOT EXISTS (SELECT 1 FROM task_dependencies d JOIN tasks p
+                                          ON p.task_id = d.depends_on_id
+                                          WHERE d.task_id = tasks.task_id
+                                            AND p.status <> 'SUCCESS')
+                        LIMIT 5000 FOR UPDATE SKIP LOCKED)
+                    RETURNING task_id, tenant_id, attempt
+                ), ev AS (
+                    INSERT INTO task_events ({_EVENT_COLUMNS})
+                    SELECT task_id, tenant_id, 'queued', 'PENDING', 'QUEUED', attempt, '{{}}',
+                        %(now)s FROM q
+                )
+                SELECT count(*) FROM q""",
+                {"now": now},
+            ).fetchone()
+            report.promoted = int(row[0]) if row else 0
+            stuck = conn.execute(
+                """SELECT task_id, claim_token, attempt, max_attempts, deadline_at,
+                    claim_expires_at FROM tasks
+                WHERE status = 'RUNNING' AND (claim_expires_at < %s OR deadline_at < %s)
+                LIMIT 5000 FOR UPDATE SKIP LOCKED""",
+                (now, now - timedelta(seconds=timeout_grace)),
+            ).fetchall()
+            items = []
+            for task_id, token, attempt, max_attempts, deadline, expires in stuck:
+                outcome, res = _rescue(
+                    task_id, token, attempt, max_attempts, deadline, expires, now, backoff
+                )
+                items.append(_Apply(task_id, token, res, None, outcome.error))
+                if res.status is TaskStatus.TIMEOUT:
+                    report.timed_out += 1
+                elif res.status is TaskStatus.DEAD_LETTER:
+                    report.dead_lettered += 1
+                else:
+                    report.rescued += 1
+            if items:
+                self._apply(conn, items, now)
+            if report.promoted or report.rescued:
+                conn.execute("SELECT pg_notify('creep_tasks', '')")
+        if report.promoted or report.rescued:
+            self._wake("creep_tasks", "")
+        return report
+
+    # -- locks ---------------------------------------------------------------------------------
+
+    def lock_acquire(
+        self, lock_key: str, holder_id: str, ttl: float, now: datetime, purpose: str = ""
+    ) -> str | None:
+        token = str(uuid.uuid4())
+        with self._tx() as conn:
+            row = conn.execute(
+                """INSERT INTO task_locks AS l (lock_key, holder_id, token, state, acquired_at,
+                    expires_at, released_at, purpose, created_at, updated_at)
+                VALUES (%(k)s, %(h)s, %(t)s, 'active', %(now)s, %(exp)s, NULL, %(p)s, %(now)s,
+                    %(now)s)
+                ON CONFLICT (lock_key) DO UPDATE SET holder_id = %(h)s, token = %(t)s,
+                    state = 'active', acquired_at = %(now)s, expires_at = %(exp)s,
+                    released_at = NULL, purpose = %(p)s, updated_at = %(now)s
+                WHERE l.state <> 'active' OR l.expires_at < %(now)s
+                RETURNING token""",
+                {"k": lock_key, "h": holder_id, "t": token, "now": now,
+                 "exp": now + timedelta(seconds=ttl), "p": purpose},
+            ).fetchone()
+        return str(row[0]) if row else None
+
+    def lock_renew(
+        self, lock_key: str, holder_id: str, token: str, ttl: float, now: datetime
+    ) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE task_locks SET expires_at = %s, updated_at = %s WHERE lock_key = %s "
+                "AND token = %s AND holder_id = %s AND state = 'active' AND expires_at >= %s",
+                (now + timedelta(seconds=ttl), now, lock_key, token, holder_id, now),
+            )
+            return cur.rowcount == 1
+
+    def lock_release(self, lock_key: str, token: str, now: datetime) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE task_locks SET state = 'released', released_at = %s, updated_at = %s "
+                "WHERE lock_key = %s AND token = %s AND state = 'active'",
+                (now, now, lock_key, token),
+            )
+            return cur.rowcount == 1
+
+    # -- wake-ups ------------------------------------------------------------------------------
+
+    def listener(self) -> Listener | None:
+        return _PgListener(self.conninfo)
+
+    def notify(self, channel: str, payload: str) -> None:
+        with self._tx() as conn:
+            conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+    def subscribe(self, callback: Callable[[str, str], None]) -> None:
+        self._listeners.append(callback)
+
+    def unsubscribe(self, callback: Callable[[str, str], None]) -> None:
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
+    def _wake(self, channel: str, payload: str) -> None:
+        for callback in list(self._listeners):
+            callback(channel, payload)
+
+
+class _PgListener:
+    """LISTEN on a dedicated connection; reconnects after a failure. A hint only."""
+
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, on_wake: Callable[[str, str], None]) -> None:
+        def run() -> None:
+            while not self._stop.is_set():
+                try:
+                    with psycopg.connect(self.conninfo, autocommit=True) as conn:
+                        conn.execute("LISTEN creep_tasks")
+                        conn.execute("LISTEN creep_cancel")
+                        on_wake("creep_tasks", "")  # catch up on anything missed meanwhile
+                        while not self._stop.is_set():
+                            for note in conn.notifies(timeout=0.5):
+                                on_wake(note.channel, note.payload)
+                except psycopg.Error:
+                    self._stop.wait(1.0)
+
+        self._thread = threading.Thread(target=run, name="creep-pg-listener", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=3)
+
+
+_INSERT_TYPES: dict[str, str] = {
+    "task_id": "uuid", "idempotency_key": "text", "request_hash": "text", "tenant_id": "text",
+    "project_id": "text", "env": "text", "external_ref": "text", "task_type": "text",
+    "task_category": "text", "description": "text", "priority": "smallint",
+    "timeout_ms": "bigint", "max_total_cost": "numeric", "currency": "text",
+    "business_value_hint": "numeric", "status": "text", "created_at": "timestamptz",
+    "queued_at": "timestamptz", "finished_at": "timestamptz", "updated_at": "timestamptz",
+    "result_code": "text", "result_message": "text", "resource_hints": "jsonb",
+    "constraints": "jsonb", "tenant_policies_version": "text", "tags": "jsonb",
+    "batch_id": "text", "input_payload": "jsonb", "channel": "text", "correlation_id": "text",
+    "depends_on": "jsonb", "max_attempts": "integer", "run_after": "timestamptz",
+    "has_dependants": "boolean",
+}
+
+
+def _rescue(
+    task_id: str, token: str, attempt: int, max_attempts: int, deadline: datetime | None,
+    expires: datetime | None, now: datetime, backoff: Backoff,
+) -> tuple[Outcome, Resolution]:
+    if deadline is not None and deadline < now:
+        outcome = Outcome(
+            task_id, token, OutcomeKind.TIMED_OUT,
+            message="deadline passed and the worker did not finish the task",
+        )
+    else:
+        outcome = Outcome(
+            task_id, token, OutcomeKind.RETRY,
+            error=f"claim expired at {expires.isoformat() if expires else '?'} (worker lost)",
+        )
+    return outcome, resolve(
+        outcome, attempt=attempt, max_attempts=max_attempts, now=now, backoff=backoff
+    )
+
+
+def _result_json(outcome: Outcome) -> str | None:
+    if outcome.kind is not OutcomeKind.SUCCEEDED:
+        return None
+    raw = outcome.result_json if outcome.result_json is not None else dumps(outcome.result)
+    return raw.decode()
+
+
+def _insert_events(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
+    if not rows:
+        return
+    conn.execute(
+        f"INSERT INTO task_events ({_EVENT_COLUMNS}) SELECT * FROM unnest(%s::uuid[], "
+        "%s::text[], %s::text[], %s::text[], %s::text[], %s::integer[], %s::jsonb[], "
+        "%s::timestamptz[])",
+        [[r[i] for r in rows] for i in range(8)],
+    )
+
+
+def _row_to_event(r: Sequence[Any]) -> TaskEvent:
+    return TaskEvent(
+        event_id=r[0], cursor=f"{r[1]}.{r[0]}", task_id=r[2], tenant_id=r[3], event_type=r[4],
+        from_status=r[5], to_status=r[6], attempt=r[7], payload=r[8], created_at=r[9],
+    )
+
+
+def _parse_cursor(cursor: str | None) -> tuple[str, int]:
+    if not cursor:
+        return "0", 0
+    txid, _, event_id = cursor.partition(".")
+    if not (txid.isdigit() and event_id.isdigit()):
+        raise ValidationError.single("cursor", "is not a cursor this store issued")
+    return txid, int(event_id)
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
