@@ -66,8 +66,16 @@ class _UuidAsText(Loader):
         return bytes(data).decode()
 
 
+class _BinaryUuidAsText(Loader):
+    format = psycopg.pq.Format.BINARY
+
+    def load(self, data: Any) -> str:
+        return str(uuid.UUID(bytes=bytes(data)))
+
+
 def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.adapters.register_loader("uuid", _UuidAsText)
+    conn.adapters.register_loader("uuid", _BinaryUuidAsText)
     set_json_loads(orjson.loads, conn)
     set_json_dumps(lambda v: orjson.dumps(v, default=_json_default).decode(), conn)
     conn.execute("SET TIME ZONE 'UTC'")
@@ -246,7 +254,7 @@ class PostgresStore:
             if deps:
                 conn.execute(
                     "INSERT INTO task_dependencies (task_id, depends_on_id) "
-                    "SELECT * FROM unnest(%s::uuid[], %s::uuid[])",
+                    "SELECT * FROM unnest(%b::uuid[], %b::uuid[])",
                     ([a for a, _ in deps], [b for _, b in deps]),
                 )
             if any(t.status is TaskStatus.QUEUED for t in created):
@@ -285,11 +293,11 @@ class PostgresStore:
             ):
                 cols[name].append(value)
         names = ", ".join(_INSERT_TYPES)
-        arrays = ", ".join(f"%s::{typ}[]" for typ in _INSERT_TYPES.values())
+        arrays = ", ".join(f"%b::{typ}[]" for typ in _INSERT_TYPES.values())
         rows = conn.execute(
             f"INSERT INTO tasks ({names}) SELECT * FROM unnest({arrays}) "
             "ON CONFLICT (tenant_id, env, idempotency_key) DO NOTHING RETURNING task_id",
-            [cols[c] for c in _INSERT_TYPES],
+            [cols[c] for c in _INSERT_TYPES], binary=True,
         ).fetchall()
         return {r[0] for r in rows}
 
@@ -397,7 +405,7 @@ class PostgresStore:
         with self._tx() as conn:
             rows = conn.execute(
                 """UPDATE tasks t SET claim_expires_at = %s
-                FROM unnest(%s::uuid[], %s::uuid[]) c(id, tok)
+                FROM unnest(%b::uuid[], %b::uuid[]) c(id, tok)
                 WHERE t.task_id = c.id AND t.claim_token = c.tok AND t.status = 'RUNNING'
                 RETURNING t.task_id, t.cancel_requested""",
                 (now + timedelta(seconds=claim_ttl), [c[0] for c in claims],
@@ -431,9 +439,9 @@ class PostgresStore:
             check_transition(TaskStatus.RUNNING, item.resolution.status)
         rows = conn.execute(
             f"""WITH o AS (
-                SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::text[],
-                    %s::jsonb[], %s::text[], %s::timestamptz[], %s::boolean[], %s::text[],
-                    %s::jsonb[])
+                SELECT * FROM unnest(%b::uuid[], %b::uuid[], %b::text[], %b::text[], %b::text[],
+                    %b::jsonb[], %b::text[], %b::timestamptz[], %b::boolean[], %b::text[],
+                    %b::jsonb[])
                 AS o(id, tok, status, code, message, result, error, run_after, charge, event,
                      payload)
             ), done AS (
@@ -896,10 +904,10 @@ def _insert_events(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -
     if not rows:
         return
     conn.execute(
-        f"INSERT INTO task_events ({_EVENT_COLUMNS}) SELECT * FROM unnest(%s::uuid[], "
-        "%s::text[], %s::text[], %s::text[], %s::text[], %s::integer[], %s::jsonb[], "
-        "%s::timestamptz[])",
-        [[r[i] for r in rows] for i in range(8)],
+        f"INSERT INTO task_events ({_EVENT_COLUMNS}) SELECT * FROM unnest(%b::uuid[], "
+        "%b::text[], %b::text[], %b::text[], %b::text[], %b::integer[], %b::jsonb[], "
+        "%b::timestamptz[])",
+        [[r[i] for r in rows] for i in range(8)], binary=True,
     )
 
 
