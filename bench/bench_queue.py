@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -188,7 +187,6 @@ def main() -> None:
                 drop()
     print(json.dumps({k: round(v, 2) if isinstance(v, float) else v
                       for k, v in results.items()}, indent=2))
-    os.makedirs(ROOT / "bench" / "results", exist_ok=True)
 
 
 if __name__ == "__main__":
