@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from creep.domain.errors import IdempotencyConflict, ValidationError
-from creep.domain.outcomes import Resolution
+from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, Resolution, resolve
 from creep.domain.task import TaskOrder, TaskStatus
 from creep.domain.task_spec import TaskSpec
 
@@ -214,3 +214,23 @@ def plan_replays(
             plan.fresh.append(spec)
             plan.slots.append(spec.task_id)
     return plan
+
+
+def rescue(
+    task_id: str, token: str, attempt: int, max_attempts: int, deadline: datetime | None,
+    expires: datetime | None, now: datetime, backoff: Backoff,
+) -> tuple[Outcome, Resolution]:
+    """What the control plane does with a running task whose claim expired or deadline passed."""
+    if deadline is not None and deadline < now:
+        outcome = Outcome(
+            task_id, token, OutcomeKind.TIMED_OUT,
+            message="deadline passed and the worker did not finish the task",
+        )
+    else:
+        outcome = Outcome(
+            task_id, token, OutcomeKind.RETRY,
+            error=f"claim expired at {expires.isoformat() if expires else '?'} (worker lost)",
+        )
+    return outcome, resolve(
+        outcome, attempt=attempt, max_attempts=max_attempts, now=now, backoff=backoff
+    )

@@ -31,7 +31,7 @@ from creep.domain.errors import (
     VersionConflict,
 )
 from creep.domain.events import TaskEvent
-from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, Resolution, resolve
+from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, Resolution
 from creep.domain.task import RETRYABLE_FROM, TaskOrder, TaskStatus, check_transition
 from creep.domain.task_spec import TaskSpec
 from creep.ports import (
@@ -53,6 +53,7 @@ from creep.storage.common import (
     load_migrations,
     new_task,
     plan_replays,
+    rescue,
     resolution_payload,
 )
 
@@ -747,7 +748,7 @@ class PostgresStore:
             ).fetchall()
             items = []
             for task_id, token, attempt, max_attempts, deadline, expires in stuck:
-                outcome, res = _rescue(
+                outcome, res = rescue(
                     task_id, token, attempt, max_attempts, deadline, expires, now, backoff
                 )
                 items.append(_Apply(task_id, token, res, None, outcome.error))
@@ -872,25 +873,6 @@ _INSERT_TYPES: dict[str, str] = {
     "depends_on": "jsonb", "max_attempts": "integer", "run_after": "timestamptz",
     "has_dependants": "boolean",
 }
-
-
-def _rescue(
-    task_id: str, token: str, attempt: int, max_attempts: int, deadline: datetime | None,
-    expires: datetime | None, now: datetime, backoff: Backoff,
-) -> tuple[Outcome, Resolution]:
-    if deadline is not None and deadline < now:
-        outcome = Outcome(
-            task_id, token, OutcomeKind.TIMED_OUT,
-            message="deadline passed and the worker did not finish the task",
-        )
-    else:
-        outcome = Outcome(
-            task_id, token, OutcomeKind.RETRY,
-            error=f"claim expired at {expires.isoformat() if expires else '?'} (worker lost)",
-        )
-    return outcome, resolve(
-        outcome, attempt=attempt, max_attempts=max_attempts, now=now, backoff=backoff
-    )
 
 
 def _result_json(outcome: Outcome) -> str | None:

@@ -24,7 +24,7 @@ from creep.domain.errors import (
     VersionConflict,
 )
 from creep.domain.events import TaskEvent
-from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, Resolution, resolve
+from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, Resolution
 from creep.domain.task import RETRYABLE_FROM, TaskOrder, TaskStatus, check_transition
 from creep.domain.task_spec import TaskSpec
 from creep.ports import (
@@ -47,6 +47,7 @@ from creep.storage.common import (
     load_migrations,
     new_task,
     plan_replays,
+    rescue,
     resolution_payload,
 )
 
@@ -765,7 +766,7 @@ class SqliteStore:
             ).fetchall()
             items = []
             for task_id, token, attempt, max_attempts, deadline, expires in stuck:
-                outcome, res = _rescue(
+                outcome, res = rescue(
                     task_id, token, attempt, max_attempts, from_us(deadline), from_us(expires),
                     now, backoff,
                 )
@@ -880,26 +881,6 @@ class _DataVersionListener:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
-
-
-def _rescue(
-    task_id: str, token: str, attempt: int, max_attempts: int, deadline: datetime | None,
-    expires: datetime | None, now: datetime, backoff: Backoff,
-) -> tuple[Outcome, Resolution]:
-    """What the control plane does with a running task whose claim expired or deadline passed."""
-    if deadline is not None and deadline < now:
-        outcome = Outcome(
-            task_id, token, OutcomeKind.TIMED_OUT,
-            message="deadline passed and the worker did not finish the task",
-        )
-    else:
-        outcome = Outcome(
-            task_id, token, OutcomeKind.RETRY,
-            error=f"claim expired at {expires.isoformat() if expires else '?'} (worker lost)",
-        )
-    return outcome, resolve(
-        outcome, attempt=attempt, max_attempts=max_attempts, now=now, backoff=backoff
-    )
 
 
 def _task_row(t: TaskOrder, spec: TaskSpec, has_dependants: bool) -> tuple[Any, ...]:
