@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from creep.app_schedules import SchedulesApi  # schedules
 from creep.domain.clock import Clock, SystemClock
 from creep.domain.errors import ValidationError
 from creep.domain.events import TaskEvent
@@ -23,7 +24,7 @@ H = TypeVar("H", bound=Handler)
 SUBMIT_CHUNK = 5000
 
 
-class Creep:
+class Creep(SchedulesApi):  # schedule API: see app_schedules.py
     """One creep application: a database, the handlers this process knows, and its settings.
 
     >>> app = Creep("sqlite:///./creep.db")

@@ -1,0 +1,143 @@
+"""The schedule half of the Python API (mixed into `creep.Creep`)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
+
+from creep.domain.clock import Clock
+from creep.domain.errors import ValidationError
+from creep.domain.schedule import (
+    ExecutionFilter,
+    ExecutionState,
+    Firing,
+    ScheduledTask,
+    TaskExecution,
+    TriggerType,
+    validate_schedule,
+)
+from creep.domain.task_spec import Limits
+from creep.engine.retention import SYSTEM_TENANT, RetentionJob
+from creep.engine.scheduler import Scheduler, SchedulerSettings, start_tasks
+from creep.schedule_port import ScheduleStore
+
+if TYPE_CHECKING:
+    from creep.ports import Store
+
+
+class SchedulesApi:
+    clock: Clock
+    limits: Limits
+
+    if TYPE_CHECKING:
+        @property
+        def store(self) -> Store: ...
+
+    @property
+    def schedules(self) -> ScheduleStore:
+        return cast(ScheduleStore, self.store)
+
+    def create_schedule(self, **fields: Any) -> ScheduledTask:
+        """Create a ScheduledTask: `name`, `type` (the task_type it submits) and one of
+        `cron_expr` / `interval` (seconds) / `next_run` (one-off), plus the seed's fields and
+        the TaskOrder template (project_id, env, resource_hints, tags, max_total_cost,
+        currency). next_run is computed; invalid fields raise ValidationError."""
+        sched = validate_schedule(fields, now=self.clock.now())
+        return self.schedules.schedule_create(sched)
+
+    def get_schedule(self, key: str, *, tenant_id: str | None = None) -> ScheduledTask:
+        """By uid, or by name when `tenant_id` is given."""
+        return self.schedules.schedule_get(key, tenant_id)
+
+    def list_schedules(
+        self, *, tenant_id: str | None = None, enabled: bool | None = None,
+        type: str | None = None, limit: int = 1000,
+    ) -> list[ScheduledTask]:
+        return self.schedules.schedule_list(
+            tenant_id=tenant_id, enabled=enabled, type=type, limit=limit
+        )
+
+    def update_schedule(
+        self, uid: str, *, expected_version: int | None = None, tenant_id: str | None = None,
+        **changes: Any,
+    ) -> ScheduledTask:
+        """Change fields; next_run is recomputed when the timing or `enabled` changes. With
+        `expected_version`, a schedule changed meanwhile raises VersionConflict."""
+        current = self.schedules.schedule_get(uid, tenant_id)
+        version = current.version if expected_version is None else expected_version
+        updated = validate_schedule(changes, now=self.clock.now(), existing=current)
+        return self.schedules.schedule_save(updated, version)
+
+    def enable_schedule(self, uid: str, *, tenant_id: str | None = None) -> ScheduledTask:
+        return self.update_schedule(uid, tenant_id=tenant_id, enabled=True)
+
+    def disable_schedule(self, uid: str, *, tenant_id: str | None = None) -> ScheduledTask:
+        return self.update_schedule(uid, tenant_id=tenant_id, enabled=False)
+
+    def delete_schedule(self, uid: str, *, tenant_id: str | None = None) -> None:
+        self.schedules.schedule_delete(uid, tenant_id)
+
+    def trigger_schedule(
+        self, uid: str, *, trigger_by: str, tenant_id: str | None = None
+    ) -> TaskExecution:
+        """Fire a schedule now (trigger_type manual, trigger_by the principal), outside its
+        timing; max_concurrent still applies (a skip is recorded `cancelled`)."""
+        if not trigger_by:
+            raise ValidationError.single("trigger_by", "must name the principal")
+        sched = self.schedules.schedule_get(uid, tenant_id)
+        now = self.clock.now()
+        [execution] = self.schedules.schedule_fire(
+            sched.uid, [Firing(now, TriggerType.MANUAL, trigger_by)], run_by=f"api:{trigger_by}",
+            now=now,
+        )
+        if execution.state is ExecutionState.PENDING:
+            if sched.tenant_id == SYSTEM_TENANT and sched.type.startswith("creep.retention."):
+                Scheduler(self.schedules, clock=self.clock)._run_builtin(
+                    _builtin(sched.type), execution
+                )
+            else:
+                start_tasks(self.schedules, sched, [execution], self.clock, self.limits)
+        return self.schedules.execution_get(execution.execution_uid)
+
+    def list_executions(
+        self, *, limit: int = 100, before_id: int | None = None,
+        tenant_id: str | None = None, schedule: str | None = None, name: str | None = None,
+        state: str | None = None, trigger_type: str | None = None,
+        started_from: datetime | None = None, started_to: datetime | None = None,
+    ) -> list[TaskExecution]:
+        """Execution history, newest first; filter by schedule uid, name, state, trigger and
+        a started_at window; page with `before_id`."""
+        if state is not None:
+            ExecutionState(state)
+        flt = ExecutionFilter(
+            tenant_id=tenant_id, task_uid=schedule, task_name=name, state=state,
+            trigger_type=trigger_type, started_from=started_from, started_to=started_to,
+        )
+        return self.schedules.execution_list(flt, limit=limit, before_id=before_id)
+
+    def get_execution(self, execution_uid: str) -> TaskExecution:
+        return self.schedules.execution_get(execution_uid)
+
+    def scheduler(self, **settings: Any) -> Scheduler:
+        """A Scheduler on this app's database and clock (SchedulerSettings fields as keywords;
+        `holder_id` and `retention_jobs` pass through)."""
+        holder = settings.pop("holder_id", None)
+        jobs = settings.pop("retention_jobs", None)
+        return Scheduler(
+            self.schedules, SchedulerSettings(**settings), clock=self.clock, holder_id=holder,
+            retention_jobs=jobs, limits=self.limits,
+        )
+
+    def run_scheduler(self, stop: threading.Event, **settings: Any) -> None:
+        """Run the leader-elected scheduler loop in this thread until `stop` is set."""
+        self.scheduler(**settings).run(stop)
+
+
+def _builtin(name: str) -> RetentionJob:
+    from creep.engine.retention import default_retention_jobs
+
+    for job in default_retention_jobs():
+        if job.name == name:
+            return job
+    raise ValidationError.single("type", f"unknown built-in job {name!r}")

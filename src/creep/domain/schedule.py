@@ -1,0 +1,542 @@
+"""ScheduledTask, TaskExecution (seed 003) and the pure rules around them: validation, the
+execution state machine, slot planning (interval grid, cron, misfires) and truncation."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from creep.domain.cron import next_cron, validate_cron, validate_timezone
+from creep.domain.errors import ConflictError, IllegalTransition, ValidationError
+from creep.domain.task import TaskStatus
+
+MAX_DATA_BYTES = 10 * 1024  # seed 003: ScheduledTask.data larger than 10 KB is rejected
+MAX_RESULT_BYTES = 64 * 1024  # TaskExecution.result: truncated and flagged
+MAX_ERROR_STACK_BYTES = 10 * 1024  # TaskExecution.error_stack: truncated, the top kept
+MAX_MISFIRE_LIMIT = 1000
+#: Slots enumerated at most per sweep when catching up a cron schedule.
+MAX_CRON_SCAN = 10_000
+
+
+class LeadershipLost(ConflictError):
+    """This scheduler no longer holds the leader lock (expired or taken over): its write was
+    refused (fencing)."""
+
+    def __init__(self, lock_key: str) -> None:
+        self.lock_key = lock_key
+        super().__init__(f"lock {lock_key!r} is no longer held by this process (fenced)")
+
+
+class MisfirePolicy(StrEnum):
+    SKIP = "skip"  # slots missed by more than the grace are dropped
+    ONCE = "once"  # all missed slots are coalesced into one firing (the latest)
+    ALL = "all"  # every missed slot fires, bounded by misfire_limit (the latest ones)
+
+
+class TriggerType(StrEnum):
+    SCHEDULED = "scheduled"
+    MANUAL = "manual"
+
+
+class ExecutionState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+E = ExecutionState
+#: The one table of legal execution transitions (the database checks the same pairs).
+#: pending may end without running: its task was cancelled/failed before a worker took it, or
+#: the scheduler died before creating it (interrupted).
+EXECUTION_TRANSITIONS: dict[ExecutionState, frozenset[ExecutionState]] = {
+    E.PENDING: frozenset(
+        {E.RUNNING, E.SUCCESS, E.FAILURE, E.TIMEOUT, E.CANCELLED, E.INTERRUPTED}
+    ),
+    E.RUNNING: frozenset({E.SUCCESS, E.FAILURE, E.TIMEOUT, E.CANCELLED, E.INTERRUPTED}),
+    E.SUCCESS: frozenset(),
+    E.FAILURE: frozenset(),
+    E.TIMEOUT: frozenset(),
+    E.CANCELLED: frozenset(),
+    E.INTERRUPTED: frozenset(),
+}
+ACTIVE_EXECUTION_STATES = frozenset({E.PENDING, E.RUNNING})
+
+
+def check_execution_transition(old: ExecutionState | str, new: ExecutionState | str) -> None:
+    o, n = ExecutionState(old), ExecutionState(new)
+    if n not in EXECUTION_TRANSITIONS[o]:
+        raise IllegalTransition("execution", o.value, n.value)
+
+
+def execution_transition_pairs() -> list[tuple[str, str]]:
+    return sorted((o.value, n.value) for o, ts in EXECUTION_TRANSITIONS.items() for n in ts)
+
+
+#: Marker the control plane writes when it requeues a task whose worker vanished.
+WORKER_LOST_MARK = "(worker lost)"
+
+
+def execution_state_for(status: TaskStatus | str, last_error: str | None) -> ExecutionState:
+    """The execution state that mirrors its task's status."""
+    s = TaskStatus(status)
+    if s in (TaskStatus.PENDING, TaskStatus.QUEUED):
+        return E.PENDING
+    if s is TaskStatus.RUNNING:
+        return E.RUNNING
+    if s is TaskStatus.SUCCESS:
+        return E.SUCCESS
+    if s is TaskStatus.TIMEOUT:
+        return E.TIMEOUT
+    if s is TaskStatus.CANCELLED:
+        return E.CANCELLED
+    if s is TaskStatus.DEAD_LETTER and last_error and WORKER_LOST_MARK in last_error:
+        return E.INTERRUPTED  # its last attempt ended because the worker died
+    return E.FAILURE
+
+
+# -- truncation ----------------------------------------------------------------------------------
+
+
+def truncate_result(text: str | None) -> tuple[str | None, bool]:
+    """Cut `result` to 64 KB (UTF-8), returning (text, truncated)."""
+    return _cut(text, MAX_RESULT_BYTES)
+
+
+def truncate_error_stack(text: str | None) -> tuple[str | None, bool]:
+    """Cut `error_stack` to 10 KB keeping the top of the stack."""
+    return _cut(text, MAX_ERROR_STACK_BYTES)
+
+
+def _cut(text: str | None, limit: int) -> tuple[str | None, bool]:
+    if text is None:
+        return None, False
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text, False
+    return raw[:limit].decode("utf-8", errors="ignore"), True
+
+
+# -- the models ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ScheduledTask:
+    uid: str
+    tenant_id: str
+    name: str
+    type: str
+    description: str | None
+    is_recurring: bool
+    cron_expr: str | None
+    interval: int | None
+    timezone: str
+    next_run: datetime | None
+    enabled: bool
+    max_duration_seconds: int
+    max_retries: int
+    timeout_grace_period: int
+    max_concurrent: int
+    priority: int
+    labels: dict[str, str]
+    data: str | None
+    misfire_policy: MisfirePolicy
+    misfire_limit: int
+    misfire_grace_seconds: int
+    # The TaskOrder template.
+    project_id: str | None
+    env: str
+    resource_hints: list[dict[str, Any]]
+    tags: list[str]
+    max_total_cost: Decimal | None
+    currency: str
+    # Statistics.
+    total_executions: int = 0
+    success_executions: int = 0
+    failure_executions: int = 0
+    consecutive_failures: int = 0
+    last_executed_at: datetime | None = None
+    last_failure_error: str | None = None
+    anchor_at: datetime | None = None  # the interval grid: slots are anchor + k * interval
+    version: int = 1
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class TaskExecution:
+    id: int
+    tenant_id: str
+    task_uid: str
+    task_name: str
+    task_type: str
+    execution_uid: str
+    task_id: str | None  # the TaskOrder this firing created (None for skipped/built-in runs)
+    run_by: str
+    scheduled_at: datetime
+    started_at: datetime
+    finished_at: datetime | None
+    state: ExecutionState
+    result: str | None
+    result_truncated: bool
+    error_message: str | None
+    error_stack: str | None
+    error_stack_truncated: bool
+    duration_ms: int
+    progress: int
+    retry_count: int
+    trigger_type: TriggerType
+    trigger_by: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class ExecutionFilter:
+    tenant_id: str | None = None
+    task_uid: str | None = None
+    task_name: str | None = None
+    state: str | None = None
+    trigger_type: str | None = None
+    started_from: datetime | None = None
+    started_to: datetime | None = None
+
+
+@dataclass(slots=True)
+class Firing:
+    """One slot (or manual trigger) to record; the store decides skip vs. run atomically."""
+
+    scheduled_at: datetime
+    trigger_type: TriggerType = TriggerType.SCHEDULED
+    trigger_by: str | None = None
+    execution_uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    task_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+# -- validation ----------------------------------------------------------------------------------
+
+FIELDS = frozenset(
+    {
+        "uid", "tenant_id", "name", "type", "description", "cron_expr", "interval", "timezone",
+        "next_run", "enabled", "max_duration_seconds", "max_retries", "timeout_grace_period",
+        "max_concurrent", "priority", "labels", "data", "misfire_policy", "misfire_limit",
+        "misfire_grace_seconds", "project_id", "env", "resource_hints", "tags",
+        "max_total_cost", "currency", "is_recurring",
+    }
+)
+#: Fields a caller may change on an existing schedule.
+UPDATABLE = FIELDS - {"uid", "tenant_id", "is_recurring"}
+
+
+class _Errs:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, name: str, rule: str) -> None:
+        self.items.append((name, rule))
+
+
+def _int(errs: _Errs, d: Mapping[str, Any], name: str, default: int, lo: int, hi: int) -> int:
+    v = d.get(name, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        errs.add(name, f"must be an integer between {lo} and {hi}")
+        return default
+    return v
+
+
+def _str(
+    errs: _Errs, d: Mapping[str, Any], name: str, *, required: bool = False,
+    default: str | None = None, max_len: int = 255,
+) -> str | None:
+    v = d.get(name)
+    if v is None:
+        if required and default is None:
+            errs.add(name, "is required")
+        return default
+    if not isinstance(v, str) or (required and not v.strip()):
+        errs.add(name, "must be a non-empty string" if required else "must be a string")
+        return default
+    if len(v) > max_len:
+        errs.add(name, f"must be at most {max_len} characters")
+        return default
+    return v
+
+
+def _data(errs: _Errs, value: Any) -> str | None:
+    """`data` is a JSON document (a JSON text or any JSON-serialisable value), at most 10 KB."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            orjson.loads(value)
+        except orjson.JSONDecodeError:
+            errs.add("data", "must be valid JSON text")
+            return None
+        text = value
+    else:
+        try:
+            text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        except TypeError:
+            errs.add("data", "must be JSON-serialisable")
+            return None
+    size = len(text.encode())
+    if size > MAX_DATA_BYTES:
+        errs.add("data", f"is {size} bytes; at most {MAX_DATA_BYTES} bytes (10 KB) are allowed")
+        return None
+    return text
+
+
+def validate_schedule(
+    fields: Mapping[str, Any], *, now: datetime, existing: ScheduledTask | None = None
+) -> ScheduledTask:
+    """Build a ScheduledTask from caller fields (merged over `existing` on update). Every
+    problem is reported at once, each naming its field and rule."""
+    unknown = sorted(set(fields) - (UPDATABLE if existing else FIELDS))
+    errs = _Errs()
+    for bad in unknown:
+        errs.add(bad, "is not a schedule field" if bad not in FIELDS else "cannot be changed")
+    base: dict[str, Any] = {}
+    if existing is not None:
+        base = existing.to_dict()
+        base["misfire_policy"] = existing.misfire_policy.value
+    d = {**base, **fields}
+    if existing is not None and ("cron_expr" in fields or "interval" in fields):
+        # Switching kind: a new cron_expr clears the interval and vice versa.
+        if fields.get("cron_expr") is not None and "interval" not in fields:
+            d["interval"] = None
+        if fields.get("interval") is not None and "cron_expr" not in fields:
+            d["cron_expr"] = None
+    tenant = _str(errs, d, "tenant_id", required=True, default="default")
+    name = _str(errs, d, "name", required=True)
+    task_type = _str(errs, d, "type", required=True)
+    description = _str(errs, d, "description", max_len=10_000)
+    tz: str = "UTC"
+    try:
+        tz = validate_timezone(d.get("timezone") or "UTC")
+    except ValidationError as exc:
+        errs.items.extend(exc.errors)
+    cron: str | None = None
+    if d.get("cron_expr") is not None:
+        try:
+            cron = validate_cron(d["cron_expr"])
+        except ValidationError as exc:
+            errs.items.extend(exc.errors)
+    interval = d.get("interval")
+    if interval is not None and (
+        isinstance(interval, bool) or not isinstance(interval, int) or interval <= 0
+    ):
+        errs.add("interval", "must be a positive number of seconds")
+        interval = None
+    if d.get("cron_expr") is not None and d.get("interval") is not None:
+        errs.add("cron_expr", "give either cron_expr or interval, not both")
+    is_recurring = d.get("cron_expr") is not None or d.get("interval") is not None
+    next_run = d.get("next_run")
+    if next_run is not None and (not isinstance(next_run, datetime) or next_run.tzinfo is None):
+        errs.add("next_run", "must be a datetime with a time zone")
+        next_run = None
+    if not is_recurring and next_run is None:
+        errs.add("cron_expr", "a schedule needs cron_expr, interval, or (one-off) next_run")
+    if "is_recurring" in fields and fields["is_recurring"] != is_recurring:
+        errs.add("is_recurring", "follows from cron_expr/interval (true when either is set)")
+    enabled = d.get("enabled", True)
+    if not isinstance(enabled, bool):
+        errs.add("enabled", "must be a boolean")
+        enabled = True
+    max_duration = _int(errs, d, "max_duration_seconds", 3600, 1, 7 * 24 * 3600)
+    max_retries = _int(errs, d, "max_retries", 3, 0, 1000)
+    grace = _int(errs, d, "timeout_grace_period", 30, 0, 7 * 24 * 3600)
+    if not grace < max_duration:
+        errs.add("timeout_grace_period", "must be >= 0 and < max_duration_seconds")
+    max_concurrent = _int(errs, d, "max_concurrent", 1, 1, 10_000)
+    priority = _int(errs, d, "priority", 50, 0, 100)
+    labels = d.get("labels") or {}
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        errs.add("labels", "must be a map of strings to strings")
+        labels = {}
+    data = _data(errs, d.get("data"))
+    policy = MisfirePolicy.ONCE
+    try:
+        policy = MisfirePolicy(d.get("misfire_policy") or "once")
+    except ValueError:
+        errs.add("misfire_policy", "must be one of skip, once, all")
+    misfire_limit = _int(errs, d, "misfire_limit", 10, 1, MAX_MISFIRE_LIMIT)
+    misfire_grace = _int(errs, d, "misfire_grace_seconds", 60, 0, 7 * 24 * 3600)
+    project_id = _str(errs, d, "project_id")
+    env = _str(errs, d, "env", default="default", max_len=64) or "default"
+    hints = d.get("resource_hints") or []
+    if not isinstance(hints, list) or not all(isinstance(h, dict) for h in hints):
+        errs.add("resource_hints", "must be a list of objects")
+        hints = []
+    tags = d.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        errs.add("tags", "must be a list of strings")
+        tags = []
+    budget = d.get("max_total_cost")
+    if budget is not None:
+        try:
+            budget = Decimal(str(budget))
+            if not budget.is_finite() or budget < 0:
+                raise ValueError
+        except (ValueError, ArithmeticError):
+            errs.add("max_total_cost", "must be a non-negative decimal")
+            budget = None
+    currency = _str(errs, d, "currency", default="USD", max_len=4) or "USD"
+    if errs.items:
+        raise ValidationError(errs.items)
+    assert tenant is not None and name is not None and task_type is not None
+    sched = ScheduledTask(
+        uid=d.get("uid") or str(uuid.uuid4()), tenant_id=tenant, name=name, type=task_type,
+        description=description, is_recurring=is_recurring, cron_expr=cron, interval=interval,
+        timezone=tz, next_run=next_run, enabled=enabled, max_duration_seconds=max_duration,
+        max_retries=max_retries, timeout_grace_period=grace, max_concurrent=max_concurrent,
+        priority=priority, labels=dict(labels), data=data, misfire_policy=policy,
+        misfire_limit=misfire_limit, misfire_grace_seconds=misfire_grace, project_id=project_id,
+        env=env, resource_hints=list(hints), tags=list(tags), max_total_cost=budget,
+        currency=currency,
+    )
+    if existing is not None:
+        for stat in (
+            "total_executions", "success_executions", "failure_executions",
+            "consecutive_failures", "last_executed_at", "last_failure_error", "anchor_at",
+            "version", "created_at",
+        ):
+            setattr(sched, stat, getattr(existing, stat))
+    schedule_changed = existing is None or any(
+        k in fields for k in ("cron_expr", "interval", "timezone", "next_run", "enabled")
+    )
+    if schedule_changed:
+        if interval is not None and (
+            existing is None or existing.interval != interval or "next_run" in fields
+        ):
+            sched.anchor_at = next_run or now
+        sched.next_run = first_run(sched, now) if sched.enabled else None
+    sched.created_at = sched.created_at or now
+    sched.updated_at = now
+    return sched
+
+
+# -- slot planning -------------------------------------------------------------------------------
+
+
+def next_slot(sched: ScheduledTask, after: datetime) -> datetime | None:
+    """The first slot strictly after `after`. Interval slots lie on the grid
+    anchor + k * interval, so lateness in firing never shifts later slots (no drift)."""
+    if sched.cron_expr is not None:
+        return next_cron(sched.cron_expr, after, sched.timezone)
+    if sched.interval is not None:
+        anchor = sched.anchor_at or after
+        step = timedelta(seconds=sched.interval)
+        if after < anchor:
+            return anchor
+        k = math.floor((after - anchor) / step) + 1
+        return anchor + k * step
+    return None
+
+
+def first_run(sched: ScheduledTask, now: datetime) -> datetime | None:
+    """next_run after a create/update/enable: the next slot from now (a one-off keeps its time)."""
+    if not sched.is_recurring:
+        return sched.next_run
+    if sched.interval is not None and sched.anchor_at is not None and sched.anchor_at >= now:
+        return sched.anchor_at
+    return next_slot(sched, now)
+
+
+@dataclass(slots=True)
+class FirePlan:
+    fire: list[datetime]  # slots to fire now, oldest first
+    missed: int  # slots dropped by the misfire policy
+    next_run: datetime | None  # the first slot after now (None: a one-off is done)
+
+
+def plan_firings(sched: ScheduledTask, now: datetime) -> FirePlan:
+    """Which slots in [next_run, now] fire now. Slots late by more than misfire_grace_seconds
+    are misfires and follow misfire_policy; later ones fire as usual."""
+    due = sched.next_run
+    if due is None or due > now:
+        return FirePlan([], 0, due)
+    if not sched.is_recurring:
+        overdue = (now - due).total_seconds() > sched.misfire_grace_seconds
+        if overdue and sched.misfire_policy is MisfirePolicy.SKIP:
+            return FirePlan([], 1, None)
+        return FirePlan([due], 0, None)
+    grace_edge = now - timedelta(seconds=sched.misfire_grace_seconds)
+    late: list[datetime] = []
+    on_time: list[datetime] = []
+    late_count = 0
+    nxt: datetime | None
+    if sched.interval is not None:
+        step = timedelta(seconds=sched.interval)
+        total = math.floor((now - due) / step) + 1
+        # Slots due + i*step with i < first_on_time are misfires.
+        first_on_time = 0 if due >= grace_edge else math.ceil((grace_edge - due) / step)
+        first_on_time = min(first_on_time, total)
+        late_count = first_on_time
+        keep = _late_keep(sched, late_count)
+        late = [due + i * step for i in range(late_count - keep, late_count)]
+        on_time = [due + i * step for i in range(first_on_time, total)]
+        nxt = due + total * step
+    else:
+        slot: datetime | None = due
+        scanned = 0
+        late_all: list[datetime] = []
+        while slot is not None and slot <= now and scanned < MAX_CRON_SCAN:
+            (late_all if slot < grace_edge else on_time).append(slot)
+            slot = next_slot(sched, slot)
+            scanned += 1
+        if slot is not None and slot <= now:  # scan cap hit: jump ahead, count as missed
+            slot = next_slot(sched, now)
+        late_count = len(late_all)
+        keep = _late_keep(sched, late_count)
+        late = late_all[late_count - keep:] if keep else []
+        nxt = slot if slot is not None else next_slot(sched, now)
+    return FirePlan(late + on_time, late_count - len(late), nxt)
+
+
+def _late_keep(sched: ScheduledTask, late_count: int) -> int:
+    if late_count == 0 or sched.misfire_policy is MisfirePolicy.SKIP:
+        return 0
+    if sched.misfire_policy is MisfirePolicy.ONCE:
+        return 1
+    return min(late_count, sched.misfire_limit)
+
+
+def task_fields(sched: ScheduledTask, firing: Firing) -> dict[str, Any]:
+    """The TaskOrder a firing creates; its idempotency key is derived from schedule + slot."""
+    slot = firing.scheduled_at.isoformat()
+    key = (
+        f"schedule:{sched.uid}:{slot}" if firing.trigger_type is TriggerType.SCHEDULED
+        else f"schedule:{sched.uid}:manual:{firing.execution_uid}"
+    )
+    payload: Any = None if sched.data is None else orjson.loads(sched.data)
+    return {
+        "task_id": firing.task_id, "idempotency_key": key, "tenant_id": sched.tenant_id,
+        "project_id": sched.project_id, "env": sched.env, "task_type": sched.type,
+        "task_category": "scheduled", "description": sched.description,
+        "priority": sched.priority, "timeout_ms": sched.max_duration_seconds * 1000,
+        "max_total_cost": sched.max_total_cost, "currency": sched.currency,
+        "resource_hints": sched.resource_hints, "tags": sched.tags,
+        "constraints": {"max_retries": sched.max_retries},
+        "input_payload": payload, "external_ref": f"schedule:{sched.uid}",
+    }

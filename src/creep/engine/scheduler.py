@@ -1,0 +1,229 @@
+"""The scheduler: a leader-elected loop that fires due schedule slots exactly once.
+
+Leadership is the `creep.scheduler` row in `task_locks` (TTL, renewed every tick, fenced by
+its token). Each firing is one fenced transaction that writes the execution rows (unique per
+(schedule, slot)) and advances next_run; the TaskOrders follow with idempotency keys derived
+from schedule + slot, so a retry can never create a second task for a slot. Every tick the
+leader also makes executions follow their tasks and runs due built-in retention jobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import traceback
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from creep.domain.clock import Clock, SystemClock
+from creep.domain.errors import CreepError, ValidationError
+from creep.domain.schedule import (
+    ExecutionState,
+    Firing,
+    LeadershipLost,
+    ScheduledTask,
+    TaskExecution,
+    plan_firings,
+    task_fields,
+    validate_schedule,
+)
+from creep.domain.task_spec import Limits, TaskSpec, validate_task_spec
+from creep.engine.retention import SYSTEM_TENANT, RetentionJob, default_retention_jobs
+from creep.schedule_port import ScheduleStore
+
+log = logging.getLogger("creep.scheduler")
+
+SCHEDULER_LOCK = "creep.scheduler"
+
+
+@dataclass(slots=True)
+class SchedulerSettings:
+    tick: float = 1.0  # seconds between sweeps
+    lock_ttl: float = 10.0  # leadership lapses this long after the last renewal
+    lock_key: str = SCHEDULER_LOCK
+    #: An active execution without a task this long after firing is `interrupted`.
+    orphan_after: float | None = None  # default: 2 * lock_ttl
+    due_batch: int = 100
+
+
+@dataclass(slots=True)
+class TickReport:
+    leader: bool = False
+    fired: int = 0
+    skipped: int = 0  # max_concurrent
+    missed: int = 0  # dropped by a misfire policy
+    synced: int = 0
+    retention: dict[str, int] = field(default_factory=dict)
+
+
+class Scheduler:
+    def __init__(
+        self, store: ScheduleStore, settings: SchedulerSettings | None = None, *,
+        clock: Clock | None = None, holder_id: str | None = None,
+        retention_jobs: Sequence[RetentionJob] | None = None, limits: Limits | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings or SchedulerSettings()
+        self.clock = clock or SystemClock()
+        self.holder_id = holder_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.jobs = {j.name: j for j in (
+            default_retention_jobs() if retention_jobs is None else retention_jobs)}
+        self.limits = limits or Limits()
+        self.token: str | None = None
+        self._installed = False
+
+    # -- leadership ----------------------------------------------------------------------------
+
+    def ensure_leader(self) -> bool:
+        s, now = self.settings, self.clock.now()
+        if self.token is not None:
+            if self.store.lock_renew(s.lock_key, self.holder_id, self.token, s.lock_ttl, now):
+                return True
+            log.warning("scheduler %s lost leadership (lock expired or taken)", self.holder_id)
+            self.token = None
+        self.token = self.store.lock_acquire(
+            s.lock_key, self.holder_id, s.lock_ttl, now, "scheduler: fire due schedule slots"
+        )
+        if self.token is not None:
+            log.info("scheduler %s is the leader", self.holder_id)
+        return self.token is not None
+
+    def release(self) -> None:
+        if self.token is not None:
+            self.store.lock_release(self.settings.lock_key, self.token, self.clock.now())
+            self.token = None
+
+    @property
+    def fence(self) -> tuple[str, str] | None:
+        return None if self.token is None else (self.settings.lock_key, self.token)
+
+    # -- one sweep -----------------------------------------------------------------------------
+
+    def run_once(self) -> TickReport:
+        report = TickReport()
+        if not self.ensure_leader():
+            return report
+        report.leader = True
+        try:
+            if not self._installed:
+                self.install_builtin_schedules()
+            now = self.clock.now()
+            orphan = self.settings.orphan_after or 2 * self.settings.lock_ttl
+            report.synced = self.store.execution_sync(now, orphan_after=orphan)
+            for sched in self.store.schedule_due(now, self.settings.due_batch):
+                self._fire_due(sched, report)
+        except LeadershipLost:
+            log.warning("scheduler %s was fenced off; stepping down", self.holder_id)
+            self.token = None
+            report.leader = False
+        return report
+
+    def _fire_due(self, sched: ScheduledTask, report: TickReport) -> None:
+        now = self.clock.now()
+        plan = plan_firings(sched, now)
+        report.missed += plan.missed
+        if plan.missed:
+            log.info("schedule %s: %d missed slot(s) dropped by misfire policy %s",
+                     sched.name, plan.missed, sched.misfire_policy.value)
+        executions = self.store.schedule_fire(
+            sched.uid, [Firing(slot) for slot in plan.fire], run_by=self.holder_id, now=now,
+            expected_next_run=sched.next_run, next_run=plan.next_run, advance=True,
+            fence=self.fence,
+        )
+        self._start(sched, executions, report)
+
+    def _start(
+        self, sched: ScheduledTask, executions: list[TaskExecution], report: TickReport
+    ) -> None:
+        """Create the TaskOrder of each pending execution (or run a built-in job inline)."""
+        pending = [e for e in executions if e.state is ExecutionState.PENDING]
+        report.fired += len(pending)
+        report.skipped += len(executions) - len(pending)
+        if not pending:
+            return
+        if sched.type in self.jobs and sched.tenant_id == SYSTEM_TENANT:
+            for e in pending:
+                report.retention[sched.type] = self._run_builtin(self.jobs[sched.type], e)
+            return
+        start_tasks(self.store, sched, pending, self.clock, self.limits)
+
+    def _run_builtin(self, job: RetentionJob, e: TaskExecution) -> int:
+        try:
+            removed = job.run(self.store, self.clock.now())
+        except Exception as exc:
+            self.store.execution_finish(
+                e.execution_uid, ExecutionState.FAILURE, self.clock.now(),
+                error_message=str(exc), error_stack=traceback.format_exc(),
+            )
+            log.exception("retention job %s failed", job.name)
+            return 0
+        self.store.execution_finish(
+            e.execution_uid, ExecutionState.SUCCESS, self.clock.now(),
+            result=f'{{"removed": {removed}}}',
+        )
+        log.info("retention job %s removed %d rows", job.name, removed)
+        return removed
+
+    def install_builtin_schedules(self) -> None:
+        """Create the built-in retention schedules that do not exist yet (an operator may
+        change or disable them afterwards like any schedule)."""
+        for job in self.jobs.values():
+            try:
+                self.store.schedule_get(job.name, SYSTEM_TENANT)
+                continue
+            except CreepError:
+                pass
+            sched = validate_schedule(
+                {"tenant_id": SYSTEM_TENANT, "name": job.name, "type": job.name,
+                 "cron_expr": job.cron_expr, "description": job.description,
+                 "misfire_policy": "once", "max_duration_seconds": 3600},
+                now=self.clock.now(),
+            )
+            with contextlib.suppress(CreepError):  # another process installed it meanwhile
+                self.store.schedule_create(sched)
+        self._installed = True
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Sweep every `tick` seconds until `stop` is set; then give up leadership."""
+        try:
+            while not stop.is_set():
+                try:
+                    report = self.run_once()
+                    if report.fired or report.skipped or report.missed:
+                        log.info("scheduler tick: %s", report)
+                except CreepError as exc:
+                    log.warning("scheduler tick failed: %s", exc)
+                stop.wait(self.settings.tick)
+        finally:
+            try:
+                self.release()
+            except CreepError as exc:
+                log.warning("releasing the scheduler lock failed: %s", exc)
+
+
+def start_tasks(
+    store: ScheduleStore, sched: ScheduledTask, executions: Sequence[TaskExecution],
+    clock: Clock, limits: Limits,
+) -> None:
+    """Create the TaskOrders of freshly fired executions. The idempotency key (schedule +
+    slot) makes a repeat harmless; an order that fails validation ends its execution."""
+    specs: list[TaskSpec] = []
+    now = clock.now()
+    for e in executions:
+        assert e.task_id is not None
+        firing = Firing(e.scheduled_at, e.trigger_type, e.trigger_by, e.execution_uid, e.task_id)
+        try:
+            specs.append(validate_task_spec(task_fields(sched, firing), now=now, limits=limits))
+        except ValidationError as exc:
+            store.execution_finish(
+                e.execution_uid, ExecutionState.FAILURE, now,
+                error_message=f"the task order is invalid: {exc}",
+            )
+    if specs:
+        store.task_create_many(specs, now)

@@ -1,0 +1,65 @@
+"""PostgreSQL half of the schedule operations: codecs, row locks and a pooled transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from creep.domain.errors import ConflictError, IllegalTransition, StorageError
+from creep.storage.schedules_sql import Conn, Cursor, ScheduleSqlMixin
+
+
+class _PgConn:
+    """Adapts a psycopg connection to the `?` placeholders the shared SQL uses."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.raw = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        return self.raw.execute(sql.replace("?", "%s").encode(), list(params))  # type: ignore[return-value]
+
+
+class PostgresSchedulesMixin(ScheduleSqlMixin):
+    pool: ConnectionPool[Any]
+    _for_update = " FOR UPDATE"
+    # Holding the lock row shared until commit: a takeover (which updates that row) waits for
+    # this write to commit, and a write after a takeover sees the new token and is refused.
+    _for_share = " FOR SHARE"
+
+    @contextmanager
+    def _sx(self) -> Iterator[Conn]:
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                yield _PgConn(conn)
+        except pg_errors.UniqueViolation as exc:
+            raise ConflictError("a schedule with this name exists already in this tenant") from exc
+        except pg_errors.CheckViolation as exc:
+            if "execution transition" in str(exc):
+                raise IllegalTransition("execution", "?", "?") from exc
+            raise StorageError(str(exc)) from exc
+        except psycopg.Error as exc:
+            raise StorageError(str(exc)) from exc
+
+    def _ts(self, value: datetime | None) -> Any:
+        return value
+
+    def _from_ts(self, value: Any) -> datetime | None:
+        return value  # type: ignore[no-any-return]
+
+    def _json(self, value: Any) -> Any:
+        return Jsonb(value)
+
+    def _from_json(self, value: Any) -> Any:
+        return value
+
+    def _executemany(self, conn: Conn, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raw = conn.raw  # type: ignore[attr-defined]
+        with raw.cursor() as cur:
+            cur.executemany(sql.replace("?", "%s").encode(), [list(r) for r in rows])

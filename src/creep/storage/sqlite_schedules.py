@@ -1,0 +1,72 @@
+"""SQLite half of the schedule operations: codecs and a BEGIN IMMEDIATE transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from creep.domain.errors import ConflictError
+from creep.storage.schedules_sql import Conn, ScheduleSqlMixin
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class SqliteSchedulesMixin(ScheduleSqlMixin):
+    def _conn(self) -> sqlite3.Connection:
+        raise NotImplementedError  # provided by SqliteStore
+
+    @contextmanager
+    def _sx(self) -> Iterator[Conn]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn  # type: ignore[misc]
+        except sqlite3.IntegrityError as exc:
+            conn.execute("ROLLBACK")
+            raise _conflict(exc) from exc
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextmanager
+    def _sx_read(self) -> Iterator[Conn]:
+        yield self._conn()  # type: ignore[misc]
+
+    def _ts(self, value: datetime | None) -> Any:
+        if value is None:
+            return None
+        delta = value - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+    def _from_ts(self, value: Any) -> datetime | None:
+        return None if value is None else _EPOCH + timedelta(microseconds=value)
+
+    def _json(self, value: Any) -> Any:
+        return orjson.dumps(value).decode()
+
+    def _from_json(self, value: Any) -> Any:
+        return None if value is None else orjson.loads(value)
+
+    def _decimal(self, value: Decimal) -> Any:
+        return str(value)
+
+    def _executemany(self, conn: Conn, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        conn.executemany(sql, rows)  # type: ignore[attr-defined]
+
+
+def _conflict(exc: sqlite3.IntegrityError) -> Exception:
+    text = str(exc)
+    if "scheduled_tasks.tenant_id" in text or "scheduled_tasks.name" in text:
+        return ConflictError("a schedule with this name exists already in this tenant")
+    if "execution transition" in text:
+        from creep.domain.errors import IllegalTransition
+
+        return IllegalTransition("execution", "?", "?")
+    return ConflictError(text)
