@@ -134,6 +134,32 @@ def demo(
         example.close()
 
 
+# -- schedules (issue 4) -----------------------------------------------------------------------
+
+
+@app.command()
+def scheduler(
+    database_url: DatabaseUrl = None,
+    tick: Annotated[float, typer.Option(min=0.05, help="Seconds between sweeps.")] = 1.0,
+    lock_ttl: Annotated[
+        float, typer.Option(min=0.5, help="Seconds leadership lasts without renewal.")
+    ] = 10.0,
+    holder_id: Annotated[
+        str | None, typer.Option(help="This process's name in the lock table.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(envvar="CREEP_LOG_LEVEL")] = "INFO",
+) -> None:
+    """Run a scheduler: one process at a time (the lock holder) fires due schedule slots;
+    run several for fail-over. SIGTERM/SIGINT: finish the sweep, release the lock, exit 0."""
+    from creep.schedule_cli import run_scheduler_process
+
+    _logging(log_level)
+    try:
+        run_scheduler_process(database_url, tick=tick, lock_ttl=lock_ttl, holder_id=holder_id)
+    except CreepError as exc:
+        raise _fail(str(exc)) from None
+
+
 def main() -> None:
     app()
 

@@ -458,7 +458,7 @@ def first_run(sched: ScheduledTask, now: datetime) -> datetime | None:
     """next_run after a create/update/enable: the next slot from now (a one-off keeps its time)."""
     if not sched.is_recurring:
         return sched.next_run
-    if sched.interval is not None and sched.anchor_at is not None and sched.anchor_at >= now:
+    if sched.interval is not None and sched.anchor_at is not None and sched.anchor_at > now:
         return sched.anchor_at
     return next_slot(sched, now)
 
