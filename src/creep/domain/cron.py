@@ -8,7 +8,7 @@ local time that occurs twice in the autumn fires once (at its first occurrence).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
@@ -52,9 +52,14 @@ def validate_timezone(name: object, field: str = "timezone") -> str:
 def next_cron(expr: str, after: datetime, timezone: str = "UTC") -> datetime:
     """The first firing time strictly after `after`, as an aware UTC datetime."""
     zone = ZoneInfo(timezone)
-    local = after.astimezone(zone)
-    it = CronSim(expr, local)
+    after_utc = after.astimezone(UTC)
+    start = after_utc.astimezone(zone)
+    if start.replace(fold=0).utcoffset() != start.replace(fold=1).utcoffset():
+        # Inside a repeated (fall-back) hour: cronsim starts from a naive local time and
+        # would lose which occurrence we are at, so start before the hour and walk forward.
+        start = (after_utc - timedelta(hours=2)).astimezone(zone)
+    it = CronSim(expr, start)
     nxt: datetime = next(it)
-    while nxt <= local:  # cronsim drops microseconds: never return `after` itself
+    while nxt <= after_utc:  # an aware comparison across zones: exact, fold included
         nxt = next(it)
     return nxt.astimezone(UTC)
