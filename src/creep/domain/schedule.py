@@ -286,12 +286,13 @@ def _data(errs: _Errs, value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
-        try:
-            orjson.loads(value)
-        except orjson.JSONDecodeError:
-            errs.add("data", "must be valid JSON text")
-            return None
         text = value
+        if len(text.encode()) <= MAX_DATA_BYTES:  # too big is reported below, whatever it is
+            try:
+                orjson.loads(value)
+            except orjson.JSONDecodeError:
+                errs.add("data", "must be valid JSON text")
+                return None
     else:
         try:
             text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
@@ -349,7 +350,10 @@ def validate_schedule(
     if d.get("cron_expr") is not None and d.get("interval") is not None:
         errs.add("cron_expr", "give either cron_expr or interval, not both")
     is_recurring = d.get("cron_expr") is not None or d.get("interval") is not None
-    next_run = d.get("next_run")
+    # A recurring schedule's stored next_run is derived; only a caller's next_run is a start.
+    next_run = fields.get("next_run") if (
+        existing is None or "next_run" in fields or is_recurring
+    ) else existing.next_run
     if next_run is not None and (not isinstance(next_run, datetime) or next_run.tzinfo is None):
         errs.add("next_run", "must be a datetime with a time zone")
         next_run = None
