@@ -3,6 +3,7 @@ policies; validation; truncation; the execution state machine."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -71,7 +72,7 @@ def test_cron_dst_spring_forward_and_fall_back() -> None:
     for _ in range(4):
         t = next_cron("0 * * * *", t, "America/New_York")
         slots.append(t)
-    assert [b - a for a, b in zip(slots, slots[1:], strict=False)] == [timedelta(hours=1)] * 3
+    assert [b - a for a, b in itertools.pairwise(slots)] == [timedelta(hours=1)] * 3
 
 
 def test_cron_seconds_field_and_errors() -> None:
