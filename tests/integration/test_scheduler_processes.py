@@ -76,12 +76,14 @@ def test_three_schedulers_one_killed_each_slot_once(pg_schema_url: str, tmp_path
     assert len(app.list_tasks(task_type="PING", limit=100_000)) == len(slots)
     holders = {e.run_by for e in runs}
     assert killed in holders and len(holders) >= 2  # the takeover happened
-    # No firing gap longer than the TTL plus the tick the survivor needs to notice (and a
-    # margin for a loaded CI machine; the measured worst gap is in the report).
+    # No slot waited longer than the TTL plus the tick a survivor needs to notice: lateness
+    # is firing time minus slot time (margin for a loaded CI machine; figures in the report).
+    late = max((e.created_at - e.scheduled_at).total_seconds() for e in runs)
     fired = sorted(e.created_at for e in runs)
-    worst = max((b - a).total_seconds() for a, b in itertools.pairwise(fired))
-    print(f"{len(slots)} slots, holders {sorted(holders)}, killed {killed}, worst gap {worst:.2f}s")
-    assert worst <= TTL + TICK + 1.5, worst
+    gap = max((b - a).total_seconds() for a, b in itertools.pairwise(fired))
+    print(f"{len(slots)} slots, holders {sorted(holders)}, killed {killed}, "
+          f"max lateness {late:.2f}s, max firing gap {gap:.2f}s")
+    assert late <= TTL + TICK + 1.0, late
     # After SIGTERM the lock is released, not left to expire.
     lock = app.schedules.lock_get(SCHEDULER_LOCK)
     assert lock is not None and lock["state"] == "released"
