@@ -398,25 +398,30 @@ class ScheduleSqlMixin:
                 raise NotFound("execution", execution_uid)
             e = self._row_execution(row)
             check_execution_transition(e.state, state)
+            was = e.state
             e.state, e.finished_at, e.updated_at = state, max(now, e.started_at), now
             e.result, e.result_truncated = truncate_result(result)
             e.error_stack, e.error_stack_truncated = truncate_error_stack(error_stack)
             e.error_message = error_message
             e.duration_ms = _ms(e.finished_at - e.started_at)
-            self._write_execution(conn, e)
-            self._count(conn, e)
+            if self._write_execution(conn, e, was):
+                self._count(conn, e)
         return e
 
-    def _write_execution(self, conn: Conn, e: TaskExecution) -> None:
-        conn.execute(
+    def _write_execution(self, conn: Conn, e: TaskExecution, was: ExecutionState) -> bool:
+        """Write `e` if its row is still in state `was`: two sweeps racing (an old leader
+        that has not noticed yet) cannot both end it, so statistics count it once."""
+        cur = conn.execute(
             "UPDATE task_executions SET state = ?, started_at = ?, finished_at = ?, result = ?, "
             "result_truncated = ?, error_message = ?, error_stack = ?, "
             "error_stack_truncated = ?, duration_ms = ?, progress = ?, retry_count = ?, "
-            "updated_at = ? WHERE id = ?",
+            "updated_at = ? WHERE id = ? AND state = ?",
             (e.state.value, self._ts(e.started_at), self._ts(e.finished_at), e.result,
              e.result_truncated, e.error_message, e.error_stack, e.error_stack_truncated,
-             e.duration_ms, e.progress, e.retry_count, self._ts(e.updated_at), e.id),
+             e.duration_ms, e.progress, e.retry_count, self._ts(e.updated_at), e.id,
+             was.value),
         )
+        return cur.rowcount == 1
 
     def _count(self, conn: Conn, e: TaskExecution) -> None:
         """Schedule statistics for an execution that just ended."""
@@ -470,15 +475,16 @@ class ScheduleSqlMixin:
                     if (now - e.created_at).total_seconds() < orphan_after:
                         continue
                     check_execution_transition(e.state, ExecutionState.INTERRUPTED)
+                    was = e.state
                     e.state, e.finished_at, e.updated_at = ExecutionState.INTERRUPTED, now, now
                     e.error_message = (
                         "interrupted: the process running this execution died before it "
                         "finished (no task was recorded for it)"
                     )
                     e.duration_ms = _ms(now - e.started_at)
-                    self._write_execution(conn, e)
-                    self._count(conn, e)
-                    changed += 1
+                    if self._write_execution(conn, e, was):
+                        self._count(conn, e)
+                        changed += 1
                     continue
                 new = execution_state_for(status, error)
                 if new is ExecutionState.PENDING and e.state is ExecutionState.RUNNING:
@@ -489,6 +495,7 @@ class ScheduleSqlMixin:
                     continue
                 if new is not e.state:
                     check_execution_transition(e.state, new)
+                was = e.state
                 started = self._from_ts(t_started)
                 if started is not None and new is not ExecutionState.PENDING:
                     e.started_at = started
@@ -507,7 +514,8 @@ class ScheduleSqlMixin:
                         first = (error or "").strip().splitlines()
                         e.error_message = message or (first[-1] if first else None)
                         e.error_stack, e.error_stack_truncated = truncate_error_stack(error)
-                self._write_execution(conn, e)
+                if not self._write_execution(conn, e, was):
+                    continue
                 if new not in ACTIVE_EXECUTION_STATES:
                     self._count(conn, e)
                 changed += 1
