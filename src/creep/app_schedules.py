@@ -94,7 +94,7 @@ class SchedulesApi:
         if execution.state is ExecutionState.PENDING:
             if sched.tenant_id == SYSTEM_TENANT and sched.type.startswith("creep.retention."):
                 Scheduler(self.schedules, clock=self.clock)._run_builtin(
-                    _builtin(sched.type), execution
+                    _builtin(sched.type), execution, sched
                 )
             else:
                 start_tasks(self.schedules, sched, [execution], self.clock, self.limits)

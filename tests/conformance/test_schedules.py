@@ -374,3 +374,10 @@ def test_retention_builtin_schedules(app: Creep, clock: FrozenClock) -> None:
     assert all(r.result and '"removed"' in r.result for r in runs)
     manual = app.trigger_schedule(builtin["creep.retention.locks"].uid, trigger_by="ops")
     assert manual.state is ExecutionState.SUCCESS and manual.result == '{"removed": 0}'
+    # The period is the built-in schedule's data: an operator shortens it like any field.
+    ex = builtin["creep.retention.executions"]
+    assert ex.data == '{"older_than_days":90.0}'
+    app.update_schedule(ex.uid, data={"older_than_days": 70})
+    run = app.trigger_schedule(ex.uid, trigger_by="ops")
+    assert run.result == '{"removed": 1}'
+    assert {e.execution_uid for e in app.list_executions(schedule=s.uid)} == {"old-2"}

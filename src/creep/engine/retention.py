@@ -1,13 +1,17 @@
-"""Retention as built-in schedules: each job is a ScheduledTask (tenant `_system`) that the
-leader scheduler runs itself. The list is pluggable: pass your own jobs to the Scheduler
-(e.g. an audit-log purge once that table exists)."""
+"""Retention as built-in schedules: each job is a ScheduledTask (tenant `_system`, name = type
+= the job's name) that the leader scheduler runs itself. Its period lives in the schedule's
+`data` (`{"older_than_days": N}`), so operators change it with `update_schedule` like any other
+field. The list is pluggable: pass your own jobs to the Scheduler (the audit log adds its purge
+this way once that table exists)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 if TYPE_CHECKING:
     from creep.schedule_port import ScheduleStore
@@ -17,17 +21,29 @@ SYSTEM_TENANT = "_system"
 
 @dataclass(slots=True, frozen=True)
 class RetentionJob:
-    name: str  # also the schedule's name and type (unique in tenant _system)
+    name: str
     cron_expr: str
-    run: Callable[[ScheduleStore, datetime], int]  # returns the number of rows removed
+    older_than_days: float  # the default period, written into the schedule's data
+    #: Removes what is older than the cutoff; returns the number of rows removed.
+    purge: Callable[[ScheduleStore, datetime, datetime], int]  # (store, cutoff, now)
     description: str = ""
+
+    def run(self, store: ScheduleStore, now: datetime, data: str | None) -> int:
+        days = self.older_than_days
+        if data:
+            given: Any = orjson.loads(data)
+            if isinstance(given, dict) and isinstance(given.get("older_than_days"), int | float):
+                days = float(given["older_than_days"])
+        return self.purge(store, now - timedelta(days=days), now)
 
 
 @dataclass(slots=True, frozen=True)
 class RetentionSettings:
+    """Default periods for newly installed built-in schedules."""
+
     executions_days: float = 90.0
     locks_days: float = 7.0
-    #: Finished tasks and their events; None keeps them for ever.
+    #: Finished tasks and their events; None installs no task retention.
     tasks_days: float | None = 30.0
 
 
@@ -44,24 +60,21 @@ def default_retention_jobs(settings: RetentionSettings | None = None) -> list[Re
     s = settings or RetentionSettings()
     jobs = [
         RetentionJob(
-            "creep.retention.executions", "0 2 * * *",
-            lambda store, now: _drain(lambda: store.retention_purge_executions(
-                now - timedelta(days=s.executions_days))),
-            f"delete finished task executions older than {s.executions_days:g} days",
+            "creep.retention.executions", "0 2 * * *", s.executions_days,
+            lambda store, cutoff, now: _drain(lambda: store.retention_purge_executions(cutoff)),
+            "delete finished task executions older than data.older_than_days",
         ),
         RetentionJob(
-            "creep.retention.locks", "0 3 * * *",
-            lambda store, now: store.retention_purge_locks(
-                now - timedelta(days=s.locks_days), now),
-            f"expire lapsed locks; delete released/expired locks older than {s.locks_days:g} days",
+            "creep.retention.locks", "0 3 * * *", s.locks_days,
+            lambda store, cutoff, now: store.retention_purge_locks(cutoff, now),
+            "mark lapsed locks expired; delete released/expired locks older than "
+            "data.older_than_days",
         ),
     ]
     if s.tasks_days is not None:
-        days = s.tasks_days
         jobs.append(RetentionJob(
-            "creep.retention.tasks", "30 2 * * *",
-            lambda store, now: _drain(lambda: store.retention_purge_tasks(
-                now - timedelta(days=days))),
-            f"delete finished tasks and their events older than {days:g} days",
+            "creep.retention.tasks", "30 2 * * *", s.tasks_days,
+            lambda store, cutoff, now: _drain(lambda: store.retention_purge_tasks(cutoff)),
+            "delete finished tasks and their events older than data.older_than_days",
         ))
     return jobs

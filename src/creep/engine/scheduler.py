@@ -147,13 +147,13 @@ class Scheduler:
             return
         if sched.type in self.jobs and sched.tenant_id == SYSTEM_TENANT:
             for e in pending:
-                report.retention[sched.type] = self._run_builtin(self.jobs[sched.type], e)
+                report.retention[sched.type] = self._run_builtin(self.jobs[sched.type], e, sched)
             return
         start_tasks(self.store, sched, pending, self.clock, self.limits)
 
-    def _run_builtin(self, job: RetentionJob, e: TaskExecution) -> int:
+    def _run_builtin(self, job: RetentionJob, e: TaskExecution, sched: ScheduledTask) -> int:
         try:
-            removed = job.run(self.store, self.clock.now())
+            removed = job.run(self.store, self.clock.now(), sched.data)
         except Exception as exc:
             self.store.execution_finish(
                 e.execution_uid, ExecutionState.FAILURE, self.clock.now(),
@@ -180,7 +180,8 @@ class Scheduler:
             sched = validate_schedule(
                 {"tenant_id": SYSTEM_TENANT, "name": job.name, "type": job.name,
                  "cron_expr": job.cron_expr, "description": job.description,
-                 "misfire_policy": "once", "max_duration_seconds": 3600},
+                 "misfire_policy": "once", "max_duration_seconds": 3600,
+                 "data": {"older_than_days": job.older_than_days}},
                 now=self.clock.now(),
             )
             with contextlib.suppress(CreepError):  # another process installed it meanwhile
