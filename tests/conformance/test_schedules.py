@@ -381,3 +381,28 @@ def test_retention_builtin_schedules(app: Creep, clock: FrozenClock) -> None:
     run = app.trigger_schedule(ex.uid, trigger_by="ops")
     assert run.result == '{"removed": 1}'
     assert {e.execution_uid for e in app.list_executions(schedule=s.uid)} == {"old-2"}
+
+
+def test_cron_schedule_across_dst_month_end_and_leap_day(db_url: str) -> None:
+    from zoneinfo import ZoneInfo
+
+    ny = ZoneInfo("America/New_York")
+    clock = FrozenClock(datetime(2028, 2, 26, tzinfo=ny).astimezone(UTC))
+    app = Creep(db_url, clock=clock)
+    try:
+        daily = app.create_schedule(name="d", type="T", cron_expr="30 2 * * *",
+                                    timezone="America/New_York", max_concurrent=100)
+        last = app.create_schedule(name="l", type="T", cron_expr="0 12 L * *",
+                                   max_concurrent=100)
+        sch = _sched(app)
+        for _ in range(20 * 24):  # twenty days, hour by hour: 2028-03-12 is spring-forward
+            clock.advance(hours=1)
+            sch.run_once()
+        local = [e.scheduled_at.astimezone(ny) for e in _executions(app, daily.uid)]
+        assert len(local) == 20 and len(set(d.date() for d in local)) == 20
+        by_day = {d.day: (d.hour, d.minute) for d in local if d.month == 3}
+        assert by_day[11] == (2, 30) and by_day[12] == (3, 0) and by_day[13] == (2, 30)
+        month_ends = [e.scheduled_at for e in _executions(app, last.uid)]
+        assert month_ends == [datetime(2028, 2, 29, 12, tzinfo=UTC)]  # leap day, month end
+    finally:
+        app.close()
