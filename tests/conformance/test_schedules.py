@@ -406,3 +406,24 @@ def test_cron_schedule_across_dst_month_end_and_leap_day(db_url: str) -> None:
         assert month_ends == [datetime(2028, 2, 29, 12, tzinfo=UTC)]  # leap day, month end
     finally:
         app.close()
+
+
+def test_lock_states_are_enforced_by_the_database(app: Creep, clock: FrozenClock) -> None:
+    from creep import IllegalTransition
+
+    store = app.schedules
+    token = store.lock_acquire("k", "h1", 5, clock.now())
+    assert token is not None and store.lock_acquire("k", "h2", 5, clock.now()) is None
+    # Even raw SQL cannot hand a live lock to someone else.
+    with pytest.raises(IllegalTransition), store._sx() as conn:
+        conn.execute("UPDATE task_locks SET token = 'stolen', holder_id = 'h2', "
+                     "acquired_at = expires_at WHERE lock_key = 'k'")
+    clock.advance(6)
+    assert store.lock_expire_lapsed(clock.now()) >= 1
+    lock = store.lock_get("k")
+    assert lock is not None and lock["state"] == "expired"
+    assert not store.lock_renew("k", "h1", token, 5, clock.now())
+    again = store.lock_acquire("k", "h2", 5, clock.now())  # expired -> active
+    assert again is not None and store.lock_release("k", again, clock.now())
+    with pytest.raises(IllegalTransition), store._sx() as conn:  # released -> expired
+        conn.execute("UPDATE task_locks SET state = 'expired' WHERE lock_key = 'k'")

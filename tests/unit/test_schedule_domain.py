@@ -226,3 +226,16 @@ def test_execution_state_mirrors_task_status() -> None:
     assert execution_state_for("DEAD_LETTER", "boom") is ExecutionState.FAILURE
     lost = "claim expired at 2026-01-01T00:00:00+00:00 (worker lost)"
     assert execution_state_for("DEAD_LETTER", lost) is ExecutionState.INTERRUPTED
+
+
+def test_lock_transitions() -> None:
+    from creep.domain.lock import check_lock_transition
+
+    check_lock_transition("active", "released", same_token=True, old_expired=False)
+    check_lock_transition("expired", "active", same_token=False, old_expired=True)
+    check_lock_transition("active", "active", same_token=True, old_expired=False)  # renewal
+    check_lock_transition("active", "active", same_token=False, old_expired=True)  # takeover
+    with pytest.raises(IllegalTransition):
+        check_lock_transition("active", "active", same_token=False, old_expired=False)
+    with pytest.raises(IllegalTransition):
+        check_lock_transition("released", "expired", same_token=True, old_expired=True)

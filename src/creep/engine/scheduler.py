@@ -114,6 +114,7 @@ class Scheduler:
             now = self.clock.now()
             orphan = self.settings.orphan_after or 2 * self.settings.lock_ttl
             report.synced = self.store.execution_sync(now, orphan_after=orphan)
+            self.store.lock_expire_lapsed(now)
             for sched in self.store.schedule_due(now, self.settings.due_batch):
                 self._fire_due(sched, report)
         except LeadershipLost:

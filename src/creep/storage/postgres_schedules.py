@@ -41,8 +41,9 @@ class PostgresSchedulesMixin(ScheduleSqlMixin):
         except pg_errors.UniqueViolation as exc:
             raise ConflictError("a schedule with this name exists already in this tenant") from exc
         except pg_errors.CheckViolation as exc:
-            if "execution transition" in str(exc):
-                raise IllegalTransition("execution", "?", "?") from exc
+            for kind in ("execution", "lock"):
+                if f"illegal {kind} transition" in str(exc):
+                    raise IllegalTransition(kind, "?", "?") from exc
             raise StorageError(str(exc)) from exc
         except psycopg.Error as exc:
             raise StorageError(str(exc)) from exc

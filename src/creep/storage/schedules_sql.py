@@ -536,12 +536,8 @@ class ScheduleSqlMixin:
     def retention_purge_locks(self, cutoff: datetime, now: datetime) -> int:
         """Mark active locks past their expiry `expired`, then delete released/expired lock
         rows last changed before `cutoff`."""
+        self.lock_expire_lapsed(now)
         with self._sx() as conn:
-            conn.execute(
-                "UPDATE task_locks SET state = 'expired', updated_at = ? "
-                "WHERE state = 'active' AND expires_at < ?",
-                (self._ts(now), self._ts(now)),
-            )
             cur = conn.execute(
                 "DELETE FROM task_locks WHERE state IN ('released', 'expired') AND updated_at < ?",
                 (self._ts(cutoff),),
@@ -570,6 +566,17 @@ class ScheduleSqlMixin:
                 conn.execute(f"DELETE FROM task_events WHERE task_id IN ({qs})", chunk)
                 conn.execute(f"DELETE FROM tasks WHERE task_id IN ({qs})", chunk)
             return len(ids)
+
+    def lock_expire_lapsed(self, now: datetime) -> int:
+        """active -> expired for every lock past its expiry (monitoring sees the truth; a
+        later acquire re-activates the row)."""
+        with self._sx() as conn:
+            cur = conn.execute(
+                "UPDATE task_locks SET state = 'expired', updated_at = ? "
+                "WHERE state = 'active' AND expires_at < ?",
+                (self._ts(now), self._ts(now)),
+            )
+            return int(cur.rowcount)
 
     def lock_get(self, lock_key: str) -> dict[str, Any] | None:
         """The lock row as a dict (for operators and tests)."""

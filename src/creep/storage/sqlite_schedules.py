@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from creep.domain.errors import ConflictError
+from creep.domain.errors import ConflictError, IllegalTransition
 from creep.storage.schedules_sql import Conn, ScheduleSqlMixin
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -65,8 +65,7 @@ def _conflict(exc: sqlite3.IntegrityError) -> Exception:
     text = str(exc)
     if "scheduled_tasks.tenant_id" in text or "scheduled_tasks.name" in text:
         return ConflictError("a schedule with this name exists already in this tenant")
-    if "execution transition" in text:
-        from creep.domain.errors import IllegalTransition
-
-        return IllegalTransition("execution", "?", "?")
+    for kind in ("execution", "lock"):
+        if f"illegal {kind} transition" in text:
+            return IllegalTransition(kind, "?", "?")
     return ConflictError(text)

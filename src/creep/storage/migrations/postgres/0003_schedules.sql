@@ -94,3 +94,18 @@ FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state AND (OLD.state || '>' ||
 EXECUTE FUNCTION task_executions_transition_guard();
 
 CREATE INDEX task_locks_updated ON task_locks (updated_at) WHERE state <> 'active';
+
+-- TaskLock transitions (domain/lock.py): a live lock cannot be taken over.
+CREATE FUNCTION task_locks_transition_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'illegal lock transition % -> % on %', OLD.state, NEW.state, OLD.lock_key
+        USING ERRCODE = 'check_violation';
+END
+$$;
+CREATE TRIGGER task_locks_transition_guard BEFORE UPDATE ON task_locks FOR EACH ROW
+WHEN (NOT (
+    (OLD.state = 'active' AND NEW.state IN ('released', 'expired'))
+    OR (OLD.state IN ('released', 'expired') AND NEW.state = 'active')
+    OR (OLD.state = 'active' AND NEW.state = 'active'
+        AND (NEW.token = OLD.token OR OLD.expires_at < NEW.acquired_at))))
+EXECUTE FUNCTION task_locks_transition_guard();

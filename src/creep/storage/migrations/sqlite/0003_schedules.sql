@@ -90,3 +90,14 @@ BEGIN
 END;
 
 CREATE INDEX task_locks_updated ON task_locks (updated_at) WHERE state <> 'active';
+
+-- TaskLock transitions (domain/lock.py): a live lock cannot be taken over.
+CREATE TRIGGER task_locks_transition_guard BEFORE UPDATE ON task_locks
+WHEN NOT (
+    (OLD.state = 'active' AND NEW.state IN ('released', 'expired'))
+    OR (OLD.state IN ('released', 'expired') AND NEW.state = 'active')
+    OR (OLD.state = 'active' AND NEW.state = 'active'
+        AND (NEW.token = OLD.token OR OLD.expires_at < NEW.acquired_at)))
+BEGIN
+    SELECT RAISE(ABORT, 'illegal lock transition');
+END;
