@@ -101,20 +101,26 @@ class SchedulesApi:
         return self.schedules.execution_get(execution.execution_uid)
 
     def list_executions(
-        self, *, limit: int = 100, before_id: int | None = None,
+        self, *, limit: int = 100, before: str | None = None,
         tenant_id: str | None = None, schedule: str | None = None, name: str | None = None,
         state: str | None = None, trigger_type: str | None = None,
         started_from: datetime | None = None, started_to: datetime | None = None,
     ) -> list[TaskExecution]:
         """Execution history, newest first; filter by schedule uid, name, state, trigger and
-        a started_at window; page with `before_id`."""
+        a started_at window; page with `before=app.execution_cursor(last_row)`."""
         if state is not None:
             ExecutionState(state)
         flt = ExecutionFilter(
             tenant_id=tenant_id, task_uid=schedule, task_name=name, state=state,
             trigger_type=trigger_type, started_from=started_from, started_to=started_to,
         )
-        return self.schedules.execution_list(flt, limit=limit, before_id=before_id)
+        return self.schedules.execution_list(flt, limit=limit, before=before)
+
+    @staticmethod
+    def execution_cursor(execution: TaskExecution) -> str:
+        from creep.storage.schedules_sql import execution_cursor
+
+        return execution_cursor(execution)
 
     def get_execution(self, execution_uid: str) -> TaskExecution:
         return self.schedules.execution_get(execution_uid)

@@ -322,8 +322,11 @@ def test_execution_history_filters(app: Creep, clock: FrozenClock) -> None:
                                  started_to=T0 + timedelta(minutes=4))
     assert len(window) == 4
     page1 = app.list_executions(limit=6)
-    page2 = app.list_executions(limit=6, before_id=min(e.id for e in page1))
+    page2 = app.list_executions(limit=6, before=app.execution_cursor(page1[-1]))
     assert len(page1) == 6 and len(page2) == 4
+    assert not {e.id for e in page1} & {e.id for e in page2}
+    with pytest.raises(ValidationError, match="before"):
+        app.list_executions(before="nonsense")
     with pytest.raises(ValueError):
         app.list_executions(state="exploded")
 
@@ -391,12 +394,13 @@ def test_cron_schedule_across_dst_month_end_and_leap_day(db_url: str) -> None:
     app = Creep(db_url, clock=clock)
     try:
         daily = app.create_schedule(name="d", type="T", cron_expr="30 2 * * *",
-                                    timezone="America/New_York", max_concurrent=100)
+                                    timezone="America/New_York", max_concurrent=100,
+                                    misfire_grace_seconds=86_400)
         last = app.create_schedule(name="l", type="T", cron_expr="0 12 L * *",
-                                   max_concurrent=100)
-        sch = _sched(app)
-        for _ in range(20 * 24):  # twenty days, hour by hour: 2028-03-12 is spring-forward
-            clock.advance(hours=1)
+                                   max_concurrent=100, misfire_grace_seconds=86_400)
+        sch = _sched(app, lock_ttl=86_400)
+        for _ in range(20 * 4):  # twenty days, 6 hours a tick: 2028-03-12 is spring-forward
+            clock.advance(hours=6)
             sch.run_once()
         local = [e.scheduled_at.astimezone(ny) for e in _executions(app, daily.uid)]
         assert len(local) == 20 and len(set(d.date() for d in local)) == 20
@@ -427,3 +431,18 @@ def test_lock_states_are_enforced_by_the_database(app: Creep, clock: FrozenClock
     assert again is not None and store.lock_release("k", again, clock.now())
     with pytest.raises(IllegalTransition), store._sx() as conn:  # released -> expired
         conn.execute("UPDATE task_locks SET state = 'expired' WHERE lock_key = 'k'")
+
+
+def test_sync_reaches_changed_executions_behind_a_backlog(app: Creep, clock: FrozenClock) -> None:
+    s = app.create_schedule(name="b", type="NOBODY", interval=10, max_concurrent=100)
+    sch = _sched(app)
+    for _ in range(5):
+        clock.advance(10)
+        sch.run_once()
+    ex = _executions(app, s.uid)
+    assert ex[-1].task_id is not None
+    app.cancel(ex[-1].task_id)  # the newest one ends; four older ones wait for a worker
+    assert app.schedules.execution_sync(clock.now(), limit=2) == 1
+    assert [e.state for e in _executions(app, s.uid)] == (
+        [ExecutionState.PENDING] * 4 + [ExecutionState.CANCELLED])
+    assert app.schedules.execution_sync(clock.now(), limit=2) == 0

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from creep.domain.errors import NotFound, VersionConflict
+from creep.domain.errors import NotFound, ValidationError, VersionConflict
 from creep.domain.schedule import (
     ACTIVE_EXECUTION_STATES,
     ExecutionFilter,
@@ -333,9 +333,10 @@ class ScheduleSqlMixin:
     # -- executions ----------------------------------------------------------------------------
 
     def execution_list(
-        self, flt: ExecutionFilter, *, limit: int = 100, before_id: int | None = None
+        self, flt: ExecutionFilter, *, limit: int = 100, before: str | None = None
     ) -> list[TaskExecution]:
-        """Newest first (started_at desc); page on with `before_id` of the last row."""
+        """Newest first (started_at desc, id desc); page on with `before` =
+        `execution_cursor(last row)`."""
         where: list[str] = ["1 = 1"]
         params: list[Any] = []
         for column in ("tenant_id", "task_uid", "task_name", "state", "trigger_type"):
@@ -349,9 +350,10 @@ class ScheduleSqlMixin:
         if flt.started_to is not None:
             where.append("started_at < ?")
             params.append(self._ts(flt.started_to))
-        if before_id is not None:
-            where.append("id < ?")
-            params.append(before_id)
+        if before is not None:
+            started, last_id = parse_execution_cursor(before)
+            where.append("(started_at < ? OR (started_at = ? AND id < ?))")
+            params.extend([self._ts(started), self._ts(started), last_id])
         params.append(limit)
         with self._sx_read() as conn:
             rows = conn.execute(
@@ -462,8 +464,16 @@ class ScheduleSqlMixin:
                 "t.started_at, t.finished_at, t.attempt, t.progress, t.result_payload, "
                 "t.result_message, t.last_error "
                 "FROM task_executions e LEFT JOIN tasks t ON t.task_id = e.task_id "
-                "WHERE e.state IN ('pending', 'running') ORDER BY e.id LIMIT ?",
-                (limit,),
+                "WHERE e.state IN ('pending', 'running') AND ("
+                # an orphan old enough to call interrupted
+                " (t.task_id IS NULL AND e.created_at < ?) OR ("
+                # ... or a task whose state, progress or attempts moved on
+                "  t.task_id IS NOT NULL AND NOT ("
+                "   t.status IN ('PENDING', 'QUEUED', 'RUNNING') AND e.progress = t.progress"
+                "   AND e.retry_count = CASE WHEN t.attempt > 0 THEN t.attempt - 1 ELSE 0 END"
+                "   AND (e.state = 'running' OR t.status <> 'RUNNING'))))"
+                " ORDER BY e.id LIMIT ?",
+                (self._ts(now - timedelta(seconds=orphan_after)), limit),
             ).fetchall()
             n = len(EXECUTION_FIELDS)
             for row in rows:
@@ -472,8 +482,6 @@ class ScheduleSqlMixin:
                     row[n:]
                 )
                 if tid is None:
-                    if (now - e.created_at).total_seconds() < orphan_after:
-                        continue
                     check_execution_transition(e.state, ExecutionState.INTERRUPTED)
                     was = e.state
                     e.state, e.finished_at, e.updated_at = ExecutionState.INTERRUPTED, now, now
@@ -595,6 +603,22 @@ class ScheduleSqlMixin:
             d[k] = self._from_ts(d[k])
         d["token"] = str(d["token"])
         return d
+
+
+def execution_cursor(e: TaskExecution) -> str:
+    """Where a history page ended: pass as `before` to get the next (older) page."""
+    return f"{e.started_at.isoformat()}|{e.id}"
+
+
+def parse_execution_cursor(cursor: str) -> tuple[datetime, int]:
+    started, _, last_id = cursor.rpartition("|")
+    try:
+        when = datetime.fromisoformat(started)
+        if when.tzinfo is None:
+            raise ValueError
+        return when, int(last_id)
+    except ValueError:
+        raise ValidationError.single("before", "is not an execution cursor") from None
 
 
 def _ms(delta: timedelta) -> int:
