@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from creep.domain.clock import Clock, SystemClock
-from creep.domain.errors import CreepError, ValidationError
+from creep.domain.errors import CreepError, NotFound, ValidationError
 from creep.domain.schedule import (
     ExecutionState,
     Firing,
@@ -116,7 +116,10 @@ class Scheduler:
             report.synced = self.store.execution_sync(now, orphan_after=orphan)
             self.store.lock_expire_lapsed(now)
             for sched in self.store.schedule_due(now, self.settings.due_batch):
-                self._fire_due(sched, report)
+                try:
+                    self._fire_due(sched, report)
+                except NotFound:
+                    continue  # deleted since it was read; nothing to fire
         except LeadershipLost:
             log.warning("scheduler %s was fenced off; stepping down", self.holder_id)
             self.token = None

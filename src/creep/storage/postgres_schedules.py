@@ -29,6 +29,7 @@ class _PgConn:
 class PostgresSchedulesMixin(ScheduleSqlMixin):
     pool: ConnectionPool[Any]
     _for_update = " FOR UPDATE"
+    _true = "true"
     # Holding the lock row shared until commit: a takeover (which updates that row) waits for
     # this write to commit, and a write after a takeover sees the new token and is refused.
     _for_share = " FOR SHARE"

@@ -64,6 +64,8 @@ class ScheduleSqlMixin:
     #: " FOR UPDATE" / " FOR SHARE" on PostgreSQL; SQLite serialises writers instead.
     _for_update = ""
     _for_share = ""
+    #: A boolean true as SQL text (a literal, so SQLite can use the partial due-index).
+    _true = "1"
 
     def _sx(self) -> AbstractContextManager[Conn]:
         raise NotImplementedError
@@ -239,8 +241,9 @@ class ScheduleSqlMixin:
         with self._sx_read() as conn:
             rows = conn.execute(
                 f"SELECT {_SCHEDULE_SELECT} FROM scheduled_tasks "
-                "WHERE enabled = ? AND next_run <= ? ORDER BY next_run, priority DESC LIMIT ?",
-                (True, self._ts(now), limit),
+                f"WHERE enabled = {self._true} AND next_run <= ? "
+                "ORDER BY next_run, priority DESC LIMIT ?",
+                (self._ts(now), limit),
             ).fetchall()
         return [self._row_schedule(r) for r in rows]
 

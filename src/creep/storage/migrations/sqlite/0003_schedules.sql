@@ -75,6 +75,8 @@ CREATE TABLE task_executions (
 CREATE UNIQUE INDEX task_executions_slot ON task_executions (task_uid, scheduled_at)
     WHERE trigger_type = 'scheduled';
 CREATE INDEX task_executions_active ON task_executions (task_uid) WHERE state IN ('pending', 'running');
+-- The scheduler's follow-the-task sweep walks only the open executions.
+CREATE INDEX task_executions_open ON task_executions (id) WHERE state IN ('pending', 'running');
 CREATE INDEX task_executions_started ON task_executions (started_at DESC);
 CREATE INDEX task_executions_composite ON task_executions (task_name, state, started_at DESC);
 CREATE INDEX task_executions_tenant ON task_executions (tenant_id, started_at DESC);
