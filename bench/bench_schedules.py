@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_queue import fresh_url  # noqa: E402
 from creep import Creep  # noqa: E402
-from creep.domain.schedule import ExecutionState, TaskExecution, TriggerType  # noqa: E402
+from creep.domain.execution import ExecutionState, TaskExecution, TriggerType  # noqa: E402
 
 TARGET_ROWS = 10_000  # rows of the "target" schedule inside the last 90 days
 

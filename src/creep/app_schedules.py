@@ -8,15 +8,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 from creep.domain.clock import Clock
 from creep.domain.errors import ValidationError
-from creep.domain.schedule import (
+from creep.domain.execution import (
     ExecutionFilter,
     ExecutionState,
-    Firing,
-    ScheduledTask,
     TaskExecution,
     TriggerType,
-    validate_schedule,
+    execution_cursor,
 )
+from creep.domain.schedule import Firing, ScheduledTask, validate_schedule
 from creep.domain.task_spec import Limits
 from creep.engine.retention import SYSTEM_TENANT, RetentionJob
 from creep.engine.scheduler import Scheduler, SchedulerSettings, start_tasks
@@ -118,8 +117,6 @@ class SchedulesApi:
 
     @staticmethod
     def execution_cursor(execution: TaskExecution) -> str:
-        from creep.storage.schedules_sql import execution_cursor
-
         return execution_cursor(execution)
 
     def get_execution(self, execution_uid: str) -> TaskExecution:

@@ -6,13 +6,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from creep.domain.schedule import (
-    ExecutionFilter,
-    ExecutionState,
-    Firing,
-    ScheduledTask,
-    TaskExecution,
-)
+from creep.domain.execution import ExecutionFilter, ExecutionState, TaskExecution
+from creep.domain.schedule import Firing, ScheduledTask
 from creep.ports import Store
 
 

@@ -18,13 +18,8 @@ from creep import (
     ValidationError,
     VersionConflict,
 )
-from creep.domain.schedule import (
-    ExecutionState,
-    Firing,
-    LeadershipLost,
-    TaskExecution,
-    TriggerType,
-)
+from creep.domain.execution import ExecutionState, TaskExecution, TriggerType
+from creep.domain.schedule import Firing, LeadershipLost
 from creep.engine.scheduler import SCHEDULER_LOCK, Scheduler
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

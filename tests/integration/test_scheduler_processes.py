@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from creep import Creep
-from creep.domain.schedule import ExecutionState, TriggerType
+from creep.domain.execution import ExecutionState, TriggerType
 from creep.engine.scheduler import SCHEDULER_LOCK
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,18 +12,15 @@ import pytest
 
 from creep import FrozenClock, IllegalTransition, ValidationError
 from creep.domain.cron import next_cron, validate_cron
-from creep.domain.schedule import (
+from creep.domain.execution import (
     EXECUTION_TRANSITIONS,
-    MAX_DATA_BYTES,
     ExecutionState,
-    ScheduledTask,
     check_execution_transition,
     execution_state_for,
-    plan_firings,
     truncate_error_stack,
     truncate_result,
-    validate_schedule,
 )
+from creep.domain.schedule import MAX_DATA_BYTES, ScheduledTask, plan_firings, validate_schedule
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NY = ZoneInfo("America/New_York")

@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 
 from creep.domain.clock import Clock, SystemClock
 from creep.domain.errors import CreepError, NotFound, ValidationError
+from creep.domain.execution import ExecutionState, TaskExecution
 from creep.domain.schedule import (
-    ExecutionState,
     Firing,
     LeadershipLost,
     ScheduledTask,
-    TaskExecution,
     plan_firings,
     task_fields,
     validate_schedule,

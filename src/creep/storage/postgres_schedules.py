@@ -13,7 +13,8 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from creep.domain.errors import ConflictError, IllegalTransition, StorageError
-from creep.storage.schedules_sql import Conn, Cursor, ScheduleSqlMixin
+from creep.storage.schedule_sql_base import Conn, Cursor
+from creep.storage.schedules_sql import ScheduleSqlMixin
 
 
 class _PgConn:

@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 
 from creep.domain.errors import ConflictError, IllegalTransition
-from creep.storage.schedules_sql import Conn, ScheduleSqlMixin
+from creep.storage.schedule_sql_base import Conn
+from creep.storage.schedules_sql import ScheduleSqlMixin
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

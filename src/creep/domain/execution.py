@@ -1,0 +1,160 @@
+"""TaskExecution (seed 003): one firing of a schedule, its state machine (following its task)
+and the size limits of what it records."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from creep.domain.errors import IllegalTransition, ValidationError
+from creep.domain.task import TaskStatus
+
+MAX_RESULT_BYTES = 64 * 1024  # TaskExecution.result: truncated and flagged
+MAX_ERROR_STACK_BYTES = 10 * 1024  # TaskExecution.error_stack: truncated, the top kept
+
+
+class TriggerType(StrEnum):
+    SCHEDULED = "scheduled"
+    MANUAL = "manual"
+
+
+class ExecutionState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+E = ExecutionState
+#: The one table of legal execution transitions (the database checks the same pairs).
+#: pending may end without running: its task was cancelled/failed before a worker took it, or
+#: the scheduler died before creating it (interrupted).
+EXECUTION_TRANSITIONS: dict[ExecutionState, frozenset[ExecutionState]] = {
+    E.PENDING: frozenset(
+        {E.RUNNING, E.SUCCESS, E.FAILURE, E.TIMEOUT, E.CANCELLED, E.INTERRUPTED}
+    ),
+    E.RUNNING: frozenset({E.SUCCESS, E.FAILURE, E.TIMEOUT, E.CANCELLED, E.INTERRUPTED}),
+    E.SUCCESS: frozenset(),
+    E.FAILURE: frozenset(),
+    E.TIMEOUT: frozenset(),
+    E.CANCELLED: frozenset(),
+    E.INTERRUPTED: frozenset(),
+}
+ACTIVE_EXECUTION_STATES = frozenset({E.PENDING, E.RUNNING})
+
+
+def check_execution_transition(old: ExecutionState | str, new: ExecutionState | str) -> None:
+    o, n = ExecutionState(old), ExecutionState(new)
+    if n not in EXECUTION_TRANSITIONS[o]:
+        raise IllegalTransition("execution", o.value, n.value)
+
+
+def execution_transition_pairs() -> list[tuple[str, str]]:
+    return sorted((o.value, n.value) for o, ts in EXECUTION_TRANSITIONS.items() for n in ts)
+
+
+#: Marker the control plane writes when it requeues a task whose worker vanished.
+WORKER_LOST_MARK = "(worker lost)"
+
+
+def execution_state_for(status: TaskStatus | str, last_error: str | None) -> ExecutionState:
+    """The execution state that mirrors its task's status."""
+    s = TaskStatus(status)
+    if s in (TaskStatus.PENDING, TaskStatus.QUEUED):
+        return E.PENDING
+    if s is TaskStatus.RUNNING:
+        return E.RUNNING
+    if s is TaskStatus.SUCCESS:
+        return E.SUCCESS
+    if s is TaskStatus.TIMEOUT:
+        return E.TIMEOUT
+    if s is TaskStatus.CANCELLED:
+        return E.CANCELLED
+    if s is TaskStatus.DEAD_LETTER and last_error and WORKER_LOST_MARK in last_error:
+        return E.INTERRUPTED  # its last attempt ended because the worker died
+    return E.FAILURE
+
+
+# -- truncation ----------------------------------------------------------------------------------
+
+
+def truncate_result(text: str | None) -> tuple[str | None, bool]:
+    """Cut `result` to 64 KB (UTF-8), returning (text, truncated)."""
+    return _cut(text, MAX_RESULT_BYTES)
+
+
+def truncate_error_stack(text: str | None) -> tuple[str | None, bool]:
+    """Cut `error_stack` to 10 KB keeping the top of the stack."""
+    return _cut(text, MAX_ERROR_STACK_BYTES)
+
+
+def _cut(text: str | None, limit: int) -> tuple[str | None, bool]:
+    if text is None:
+        return None, False
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text, False
+    return raw[:limit].decode("utf-8", errors="ignore"), True
+
+
+@dataclass(slots=True)
+class TaskExecution:
+    id: int
+    tenant_id: str
+    task_uid: str
+    task_name: str
+    task_type: str
+    execution_uid: str
+    task_id: str | None  # the TaskOrder this firing created (None for skipped/built-in runs)
+    run_by: str
+    scheduled_at: datetime
+    started_at: datetime
+    finished_at: datetime | None
+    state: ExecutionState
+    result: str | None
+    result_truncated: bool
+    error_message: str | None
+    error_stack: str | None
+    error_stack_truncated: bool
+    duration_ms: int
+    progress: int
+    retry_count: int
+    trigger_type: TriggerType
+    trigger_by: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class ExecutionFilter:
+    tenant_id: str | None = None
+    task_uid: str | None = None
+    task_name: str | None = None
+    state: str | None = None
+    trigger_type: str | None = None
+    started_from: datetime | None = None
+    started_to: datetime | None = None
+
+
+def execution_cursor(e: TaskExecution) -> str:
+    """Where a history page ended: pass as `before` to get the next (older) page."""
+    return f"{e.started_at.isoformat()}|{e.id}"
+
+
+def parse_execution_cursor(cursor: str) -> tuple[datetime, int]:
+    started, _, last_id = cursor.rpartition("|")
+    try:
+        when = datetime.fromisoformat(started)
+        if when.tzinfo is None:
+            raise ValueError
+        return when, int(last_id)
+    except ValueError:
+        raise ValidationError.single("before", "is not an execution cursor") from None

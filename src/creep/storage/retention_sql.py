@@ -1,0 +1,85 @@
+"""Retention and lock housekeeping in shared SQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from creep.storage.schedule_sql_base import _TERMINAL_TASK, ScheduleSqlBase
+
+
+class RetentionSqlMixin(ScheduleSqlBase):
+    # -- retention -----------------------------------------------------------------------------
+
+    def retention_purge_executions(self, cutoff: datetime, limit: int = 10_000) -> int:
+        """Delete finished executions that ended before `cutoff`."""
+        with self._sx() as conn:
+            cur = conn.execute(
+                "DELETE FROM task_executions WHERE id IN (SELECT id FROM task_executions "
+                "WHERE finished_at < ? AND state NOT IN ('pending', 'running') LIMIT ?)",
+                (self._ts(cutoff), limit),
+            )
+            return int(cur.rowcount)
+
+    def retention_purge_locks(self, cutoff: datetime, now: datetime) -> int:
+        """Mark active locks past their expiry `expired`, then delete released/expired lock
+        rows last changed before `cutoff`."""
+        self.lock_expire_lapsed(now)
+        with self._sx() as conn:
+            cur = conn.execute(
+                "DELETE FROM task_locks WHERE state IN ('released', 'expired') AND updated_at < ?",
+                (self._ts(cutoff),),
+            )
+            return int(cur.rowcount)
+
+    def retention_purge_tasks(self, cutoff: datetime, limit: int = 5_000) -> int:
+        """Delete finished tasks (and their events) that ended before `cutoff`, unless a
+        task that has not finished still depends on them."""
+        marks = ", ".join("?" * len(_TERMINAL_TASK))
+        with self._sx() as conn:
+            ids = [
+                r[0] for r in conn.execute(
+                    f"SELECT task_id FROM tasks WHERE status IN ({marks}) AND finished_at < ? "
+                    "AND NOT EXISTS (SELECT 1 FROM task_dependencies d JOIN tasks c "
+                    "ON c.task_id = d.task_id WHERE d.depends_on_id = tasks.task_id "
+                    f"AND c.status NOT IN ({marks})) LIMIT ?",
+                    (*_TERMINAL_TASK, self._ts(cutoff), *_TERMINAL_TASK, limit),
+                ).fetchall()
+            ]
+            if not ids:
+                return 0
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                qs = ", ".join("?" * len(chunk))
+                conn.execute(f"DELETE FROM task_events WHERE task_id IN ({qs})", chunk)
+                conn.execute(f"DELETE FROM tasks WHERE task_id IN ({qs})", chunk)
+            return len(ids)
+
+    def lock_expire_lapsed(self, now: datetime) -> int:
+        """active -> expired for every lock past its expiry (monitoring sees the truth; a
+        later acquire re-activates the row)."""
+        with self._sx() as conn:
+            cur = conn.execute(
+                "UPDATE task_locks SET state = 'expired', updated_at = ? "
+                "WHERE state = 'active' AND expires_at < ?",
+                (self._ts(now), self._ts(now)),
+            )
+            return int(cur.rowcount)
+
+    def lock_get(self, lock_key: str) -> dict[str, Any] | None:
+        """The lock row as a dict (for operators and tests)."""
+        with self._sx_read() as conn:
+            row = conn.execute(
+                "SELECT lock_key, holder_id, token, state, acquired_at, expires_at, "
+                "released_at, purpose FROM task_locks WHERE lock_key = ?",
+                (lock_key,),
+            ).fetchone()
+        if row is None:
+            return None
+        keys = ("lock_key", "holder_id", "token", "state", "acquired_at", "expires_at",
+                "released_at", "purpose")
+        d = dict(zip(keys, row, strict=True))
+        for k in ("acquired_at", "expires_at", "released_at"):
+            d[k] = self._from_ts(d[k])
+        d["token"] = str(d["token"])
+        return d
