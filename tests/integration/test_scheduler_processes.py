@@ -1,6 +1,7 @@
 """Three `creep scheduler` processes on one PostgreSQL database, the leader SIGKILLed midway:
-a 1-second interval schedule fires each slot exactly once, with no gap in firing longer than
-the lock TTL (plus one tick to notice). CREEP_TEST_SCHEDULER_SECONDS sets the duration."""
+a 1-second interval schedule fires each slot exactly once, and no slot waits longer than the
+lock TTL (plus the tick a survivor needs to notice). CREEP_TEST_SCHEDULER_SECONDS sets the
+duration (default 30)."""
 
 from __future__ import annotations
 
