@@ -78,13 +78,13 @@ def test_three_schedulers_one_killed_each_slot_once(pg_schema_url: str, tmp_path
     holders = {e.run_by for e in runs}
     assert killed in holders and len(holders) >= 2  # the takeover happened
     # No slot waited longer than the TTL plus the tick a survivor needs to notice: lateness
-    # is firing time minus slot time (margin for a loaded CI machine; figures in the report).
+    # is firing time minus slot time (2 s margin for a loaded CI machine; figures in the report).
     late = max((e.created_at - e.scheduled_at).total_seconds() for e in runs)
     fired = sorted(e.created_at for e in runs)
     gap = max((b - a).total_seconds() for a, b in itertools.pairwise(fired))
     print(f"{len(slots)} slots, holders {sorted(holders)}, killed {killed}, "
           f"max lateness {late:.2f}s, max firing gap {gap:.2f}s")
-    assert late <= TTL + TICK + 1.0, late
+    assert late <= TTL + TICK + 2.0, late
     # After SIGTERM the lock is released, not left to expire.
     lock = app.schedules.lock_get(SCHEDULER_LOCK)
     assert lock is not None and lock["state"] == "released"
