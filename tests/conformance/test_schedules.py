@@ -441,3 +441,24 @@ def test_sync_reaches_changed_executions_behind_a_backlog(app: Creep, clock: Fro
     assert [e.state for e in _executions(app, s.uid)] == (
         [ExecutionState.PENDING] * 4 + [ExecutionState.CANCELLED])
     assert app.schedules.execution_sync(clock.now(), limit=2) == 0
+
+
+def test_concurrent_writers_cannot_fire_a_slot_twice(app: Creep, clock: FrozenClock) -> None:
+    """Two 'leaders' (no fencing at all) racing over the same slots: the unique
+    (schedule, scheduled_at) key lets exactly one execution per slot through."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    s = app.create_schedule(name="race", type="T", interval=1, max_concurrent=10_000)
+    slots = [T0 + timedelta(seconds=k) for k in range(30)]
+
+    def fire(writer: int) -> int:
+        won = 0
+        for slot in slots:
+            won += len(app.schedules.schedule_fire(
+                s.uid, [Firing(slot)], run_by=f"w{writer}", now=clock.now()))
+        return won
+
+    with ThreadPoolExecutor(6) as pool:
+        wins = list(pool.map(fire, range(6)))
+    assert sum(wins) == len(slots)
+    assert [e.scheduled_at for e in _executions(app, s.uid)] == slots
