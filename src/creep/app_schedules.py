@@ -92,7 +92,7 @@ class SchedulesApi:
         )
         if execution.state is ExecutionState.PENDING:
             if sched.tenant_id == SYSTEM_TENANT and sched.type.startswith("creep.retention."):
-                Scheduler(self.schedules, clock=self.clock)._run_builtin(
+                Scheduler(self.schedules, clock=self.clock).run_builtin(
                     _builtin(sched.type), execution, sched
                 )
             else:

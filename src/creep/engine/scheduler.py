@@ -150,11 +150,11 @@ class Scheduler:
             return
         if sched.type in self.jobs and sched.tenant_id == SYSTEM_TENANT:
             for e in pending:
-                report.retention[sched.type] = self._run_builtin(self.jobs[sched.type], e, sched)
+                report.retention[sched.type] = self.run_builtin(self.jobs[sched.type], e, sched)
             return
         start_tasks(self.store, sched, pending, self.clock, self.limits)
 
-    def _run_builtin(self, job: RetentionJob, e: TaskExecution, sched: ScheduledTask) -> int:
+    def run_builtin(self, job: RetentionJob, e: TaskExecution, sched: ScheduledTask) -> int:
         try:
             removed = job.run(self.store, self.clock.now(), sched.data)
         except Exception as exc:
