@@ -481,6 +481,11 @@ class Worker:
         if self._leader_token is None:
             return
         report = await self._call(self.store.task_maintain, now, s.backoff, s.timeout_grace)
+        # Assets: cooling sweep and NO_RESOURCE for hinted tasks past their deadline.
+        swept = await self._call(self.store.asset_maintain, now)
+        if swept.total():
+            log.info("asset maintenance: cooled=%d no_resource=%d", swept.cooled,
+                     swept.no_resource)
         if report.total():
             log.info(
                 "maintenance: promoted=%d rescued=%d timed_out=%d dead_lettered=%d",
