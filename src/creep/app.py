@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from creep.asset_api import AssetApi
 from creep.domain.clock import Clock, SystemClock
 from creep.domain.errors import ValidationError
 from creep.domain.events import TaskEvent
@@ -23,7 +24,7 @@ H = TypeVar("H", bound=Handler)
 SUBMIT_CHUNK = 5000
 
 
-class Creep:
+class Creep(AssetApi):  # assets, leases, asset events, ledger: asset_api.py
     """One creep application: a database, the handlers this process knows, and its settings.
 
     >>> app = Creep("sqlite:///./creep.db")
