@@ -105,6 +105,9 @@ class AssetStoreMixin:
     def _aread(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
 
+    def _capacity_freed(self, conn: Any) -> None:
+        """Leases ended: wake workers whose hinted tasks waited for capacity."""
+
     def _after_fail_tasks(self, conn: Any, task_ids: list[str], now: datetime) -> None:
         """Cancel the dependants of tasks failed here (the backend's own cascade)."""
         raise NotImplementedError
@@ -575,8 +578,6 @@ class AssetStoreMixin:
             effect = _effect(status, event_type)
             if lease.status is LeaseStatus.EXPIRED and effect != AssetEventType.TASK_TIMEOUT:
                 effect = None  # a lost worker is not the asset's fault
-            if lease.status is LeaseStatus.REVOKED:
-                effect = None  # the ban already said what there was to say
             if effect is not None:
                 asset = assets[lease.asset_id]
                 before = asset.health_score
@@ -603,6 +604,8 @@ class AssetStoreMixin:
         self._end_leases(conn, to_release, LeaseStatus.RELEASED, pending, now, tasks, causes)
         self._auto_ban_many(conn, pending, now)
         self._flush(conn, pending, now)
+        if to_release:
+            self._capacity_freed(conn)
 
     def _leases_expire(
         self, conn: Any, claims: Sequence[tuple[str, str]], now: datetime
@@ -924,6 +927,8 @@ class AssetStoreMixin:
                 raise NotFound("asset", asset_id)
             event = self._change_status(conn, asset, status, pending, now, source, reason)
             self._flush(conn, pending, now)
+            if status is AssetStatus.READY:
+                self._capacity_freed(conn)
         return replace(asset), event
 
     def ban_policy_set(self, policy: BanPolicy, now: datetime) -> BanPolicy:
@@ -985,6 +990,7 @@ class AssetStoreMixin:
             self._end_leases(conn, [lease], LeaseStatus.RELEASED, pending, now,
                              self._task_refs(conn, [lease.task_id]), {})
             self._flush(conn, pending, now)
+            self._capacity_freed(conn)
         return lease
 
     # -- asset events: public --------------------------------------------------------------
@@ -1238,6 +1244,7 @@ class AssetStoreMixin:
                     self._change_status(conn, asset, AssetStatus.READY, pending, now,
                                         Source.CONTROL_PLANE, "cooldown over")
                 self._flush(conn, pending, now)
+                self._capacity_freed(conn)
                 report.cooled = len(rows)
             overdue = self._x(
                 conn,

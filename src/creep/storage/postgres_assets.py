@@ -29,6 +29,9 @@ class PostgresAssets(AssetStoreMixin):
     def _aread(self) -> AbstractContextManager[psycopg.Connection[Any]]:
         return self._tx()
 
+    def _capacity_freed(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute("SELECT pg_notify('creep_tasks', '')")
+
     def _after_fail_tasks(
         self, conn: psycopg.Connection[Any], task_ids: list[str], now: datetime
     ) -> None:
