@@ -24,8 +24,8 @@ from creep import (
     VersionConflict,
 )
 from creep.domain.asset import AssetStatus
-from creep.domain.ledger import BudgetExceeded
 from creep.domain.lease import LeaseStatus
+from creep.domain.ledger import BudgetExceeded
 
 NET = {"sku_category": "RAW_NET", "sku_code": "ip.residential.uk.*"}
 
@@ -124,7 +124,7 @@ def test_database_refuses_illegal_transition_and_over_allocation(
     a = app.create_asset(**ip(1), status="NEW")
     with pytest.raises(Exception, match="illegal asset transition"):
         raw_execute(db_url, f"UPDATE assets SET status = 'IN_USE' WHERE asset_id = '{a.asset_id}'")
-    with pytest.raises(Exception, match="(?i)check"):
+    with pytest.raises(Exception, match=r"(?i)check"):
         raw_execute(db_url, "UPDATE assets SET current_concurrency = max_concurrency + 1 "
                             f"WHERE asset_id = '{a.asset_id}'")
 
