@@ -13,7 +13,8 @@ task fails with BUDGET_EXCEEDED.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import heapq
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -76,12 +77,13 @@ def code_matches(pattern: str | None, code: str) -> bool:
     return code == pattern
 
 
-def fits(hint: dict[str, Any], demand: Demand, asset: Candidate) -> bool:
+def _static_fits(hint: dict[str, Any], demand: Demand, asset: Candidate) -> bool:
+    """Everything but spare concurrency, which changes as a batch is matched."""
     if asset.sku_category != hint["sku_category"] or asset.tenant_id != demand.tenant_id:
         return False
     if asset.currency != demand.currency or asset.status not in ("READY", "IN_USE"):
         return False
-    if asset.health_score < demand.min_health_score or asset.spare <= 0:
+    if asset.health_score < demand.min_health_score:
         return False
     if not code_matches(hint.get("sku_code"), asset.sku_code):
         return False
@@ -89,27 +91,81 @@ def fits(hint: dict[str, Any], demand: Demand, asset: Candidate) -> bool:
     return all(asset.attributes.get(k) == v for k, v in attrs.items())
 
 
-def _pick(
-    demand: Demand, pool: Sequence[Candidate], thrifty: bool
-) -> list[tuple[int, Candidate]] | None:
+class _Ranked:
+    """Candidates of one hint in preference order: a heap with lazy re-keying. Keys only
+    grow as leases are handed out (load rises), so a popped entry whose key is stale is
+    pushed back with its current key; an asset without spare concurrency is dropped."""
+
+    def __init__(self, assets: Iterable[Candidate], key: Callable[[Candidate], Any]) -> None:
+        self.key = key
+        self.heap = [(key(a), a.asset_id, a) for a in assets if a.spare > 0]
+        heapq.heapify(self.heap)
+
+    def take(self, need: int, used: set[str]) -> list[Candidate] | None:
+        got: list[Candidate] = []
+        passed: list[tuple[Any, str, Candidate]] = []
+        while len(got) < need and self.heap:
+            entry = heapq.heappop(self.heap)
+            key, asset_id, asset = entry
+            if asset.spare <= 0:
+                continue
+            current = self.key(asset)
+            if current != key:
+                heapq.heappush(self.heap, (current, asset_id, asset))
+            elif asset_id in used:
+                passed.append(entry)
+            else:
+                got.append(asset)
+        for entry in passed:
+            heapq.heappush(self.heap, entry)
+        for asset in got:
+            heapq.heappush(self.heap, (self.key(asset), asset.asset_id, asset))
+        return got if len(got) == need else None
+
+
+class _Pool:
+    """The candidates, with the static filter of each distinct hint computed once."""
+
+    def __init__(self, assets: Sequence[Candidate]) -> None:
+        self.assets = assets
+        self._ranked: dict[tuple[str, bool], _Ranked] = {}
+
+    def ranked(self, hint: dict[str, Any], demand: Demand, thrifty: bool) -> _Ranked:
+        key = (repr((hint["sku_category"], hint.get("sku_code"),
+                     sorted((hint.get("attributes") or {}).items()), demand.tenant_id,
+                     demand.currency, demand.min_health_score)), thrifty)
+        found = self._ranked.get(key)
+        if found is None:
+            fitting = (a for a in self.assets if _static_fits(hint, demand, a))
+            found = _Ranked(fitting, Candidate.thrift if thrifty else Candidate.preference)
+            self._ranked[key] = found
+        return found
+
+
+def _pick(demand: Demand, pool: _Pool, thrifty: bool) -> list[tuple[int, Candidate]] | None:
     chosen: list[tuple[int, Candidate]] = []
     used: set[str] = set()
     for i, hint in enumerate(demand.hints):
-        fitting = [a for a in pool if a.asset_id not in used and fits(hint, demand, a)]
-        fitting.sort(key=Candidate.thrift if thrifty else Candidate.preference)
-        need = int(hint.get("min_count", 1))
-        if len(fitting) < need:
+        best = pool.ranked(hint, demand, thrifty).take(int(hint.get("min_count", 1)), used)
+        if best is None:
             return None
-        for asset in fitting[:need]:
+        for asset in best:
             chosen.append((i, asset))
             used.add(asset.asset_id)
     return chosen
 
 
-def match_all(demands: Iterable[Demand], pool: Sequence[Candidate]) -> list[Match]:
-    """Match demands in order against the pool, consuming spare concurrency as it goes."""
+def match_all(
+    demands: Iterable[Demand], candidates: Sequence[Candidate], limit: int | None = None
+) -> list[Match]:
+    """Match demands in order against the pool, consuming spare concurrency as it goes;
+    stop once `limit` demands are matched."""
+    pool = _Pool(candidates)
     out: list[Match] = []
+    matched = 0
     for demand in demands:
+        if limit is not None and matched >= limit:
+            break
         match = Match(demand.task_id)
         picks = _pick(demand, pool, thrifty=False)
         if picks is None:
@@ -130,5 +186,6 @@ def match_all(demands: Iterable[Demand], pool: Sequence[Candidate]) -> list[Matc
             asset.taken += 1
         match.picks = picks
         match.cost = cost
+        matched += 1
         out.append(match)
     return out

@@ -66,10 +66,9 @@ EVENT_COLS = ", ".join(EVENT_FIELDS)
 _EVENT_INSERT = (
     f"INSERT INTO asset_events ({EVENT_COLS}) VALUES ({', '.join('?' * len(EVENT_FIELDS))})"
 )
-#: Most hinted tasks looked at per claim, as a multiple of the batch size: blocked hinted
-#: tasks at the head do not hide matchable ones behind them (no head-of-line blocking).
-HINTED_SCAN_FACTOR = 4
-HINTED_SCAN_MAX = 512
+#: Most hinted tasks looked at per claim: blocked hinted tasks at the head do not hide
+#: matchable ones behind them (no head-of-line blocking) within this bound.
+HINTED_SCAN_MAX = 2048
 #: Most candidate assets loaded per (tenant, category, sku pattern, currency) in one claim.
 CANDIDATES_PER_KIND = 500
 
@@ -83,6 +82,7 @@ class _TaskRef:
     project_id: str | None
     env: str | None
     correlation_id: str | None
+    keep_leases: bool = False
 
 
 @dataclass(slots=True)
@@ -162,18 +162,16 @@ class AssetStoreMixin:
         return AssetEvent(**v)
 
     def _event_row(self, e: AssetEvent) -> tuple[Any, ...]:
+        """In EVENT_FIELDS order (checked once at import, below)."""
         d = self._adialect
-        out: list[Any] = []
-        for name in EVENT_FIELDS:
-            value = getattr(e, name)
-            if name in ("occurred_at", "recorded_at"):
-                value = d.ts(value)
-            elif name in ("tags", "context"):
-                value = d.js(value)
-            elif name == "severity" and value is not None:
-                value = value.value
-            out.append(value)
-        return tuple(out)
+        return (
+            e.event_id, e.tenant_id, e.project_id, e.env, e.asset_id, e.task_id, e.lease_id,
+            e.correlation_id, e.causation_id, e.event_type, e.source,
+            None if e.severity is None else e.severity.value, e.old_status, e.new_status,
+            e.message, e.error_code, e.error_message, e.provider_status, e.http_status,
+            e.latency_ms, e.retryable, d.ts(e.occurred_at), d.ts(e.recorded_at), d.js(e.tags),
+            d.js(e.context), e.version,
+        )
 
     def _emit(self, conn: Any, events: Sequence[AssetEvent]) -> None:
         self._many(conn, _EVENT_INSERT, [self._event_row(e) for e in events])
@@ -258,11 +256,15 @@ class AssetStoreMixin:
             return {}
         rows = self._x(
             conn,
-            "SELECT task_id, tenant_id, project_id, env, correlation_id FROM tasks "
+            "SELECT task_id, tenant_id, project_id, env, correlation_id, constraints FROM tasks "
             f"WHERE {d.in_ids('task_id')}",
             (d.ids(sorted(set(task_ids))),),
         ).fetchall()
-        return {r[0]: _TaskRef(*r) for r in rows}
+        return {
+            r[0]: _TaskRef(r[0], r[1], r[2], r[3], r[4],
+                           keep_leases=d.from_js(r[5]).get("keep_leases") is True)
+            for r in rows
+        }
 
     # -- ending leases ---------------------------------------------------------------------
 
@@ -336,42 +338,54 @@ class AssetStoreMixin:
         and lease all hints of a task, or leave it QUEUED. Returns claimed task rows in the
         backend's claim shape (TASK_SELECT columns, then deadline_at)."""
         d = self._adialect
-        scan = max(32, min(HINTED_SCAN_MAX, limit * HINTED_SCAN_FACTOR))
-        rows = self._x(
-            conn,
-            "SELECT task_id, tenant_id, project_id, env, correlation_id, currency, "
-            "max_total_cost, resource_hints, constraints FROM tasks "
-            "WHERE status = 'QUEUED' AND has_hints = true AND run_after <= ? AND "
-            f"{d.in_texts('task_type')} ORDER BY priority DESC, created_at LIMIT ?"
-            f"{d.skip_locked}",
-            (d.ts(now), d.texts(task_types), scan),
-        ).fetchall()
-        if not rows:
-            return []
+        page = max(32, limit)
         refs: dict[str, _TaskRef] = {}
-        demands: list[Demand] = []
-        for task_id, tenant, project, env, corr, currency, budget, hints, cons in rows:
-            refs[task_id] = _TaskRef(task_id, tenant, project, env, corr)
-            constraints = d.from_js(cons)
-            demands.append(Demand(
-                task_id=task_id, tenant_id=tenant, currency=currency,
-                hints=d.from_js(hints),
-                min_health_score=float(constraints.get("min_health_score") or 0),
-                max_total_cost=None if budget is None else d.from_dec(budget),
-            ))
-        self._fill_spent(conn, [x for x in demands if x.max_total_cost is not None])
-        pool = self._load_candidates(conn, demands)
-        matches = match_all(demands, pool)
-        claimed = [m for m in matches if m.picks][:limit]
-        over_budget = [m for m in matches if m.refusal == "BUDGET_EXCEEDED"]
+        pool: dict[str, Candidate] = {}
+        snapshots: dict[str, AssetSnapshot] = {}
+        kinds: set[tuple[str, str, str | None, str]] = set()
+        claimed: list[Match] = []
+        over_budget: list[str] = []
+        # Page through hinted tasks in claim order until `limit` are matched: tasks whose
+        # resources are busy are passed over (no head-of-line blocking), up to a bound.
+        for offset in range(0, HINTED_SCAN_MAX, page):
+            rows = self._x(
+                conn,
+                "SELECT task_id, tenant_id, project_id, env, correlation_id, currency, "
+                "max_total_cost, resource_hints, constraints FROM tasks "
+                "WHERE status = 'QUEUED' AND has_hints = true AND run_after <= ? AND "
+                f"{d.in_texts('task_type')} ORDER BY priority DESC, created_at "
+                f"LIMIT ? OFFSET ?{d.skip_locked}",
+                (d.ts(now), d.texts(task_types), page, offset),
+            ).fetchall()
+            demands: list[Demand] = []
+            for task_id, tenant, project, env, corr, currency, budget, hints, cons in rows:
+                refs[task_id] = _TaskRef(task_id, tenant, project, env, corr)
+                constraints = d.from_js(cons)
+                demands.append(Demand(
+                    task_id=task_id, tenant_id=tenant, currency=currency,
+                    hints=d.from_js(hints),
+                    min_health_score=float(constraints.get("min_health_score") or 0),
+                    max_total_cost=None if budget is None else d.from_dec(budget),
+                ))
+            self._fill_spent(conn, [x for x in demands if x.max_total_cost is not None])
+            self._load_candidates(conn, demands, kinds, pool, snapshots)
+            for m in match_all(demands, list(pool.values()), limit - len(claimed)):
+                if m.picks:
+                    claimed.append(m)
+                elif m.refusal == "BUDGET_EXCEEDED":
+                    over_budget.append(m.task_id)
+            if len(claimed) >= limit or len(rows) < page:
+                break
         if over_budget:
             self._fail_queued(
-                conn, [m.task_id for m in over_budget], "BUDGET_EXCEEDED",
+                conn, over_budget, "BUDGET_EXCEEDED",
                 "leasing the matched assets would exceed max_total_cost", now,
             )
         if not claimed:
             return []
-        return self._lease_and_claim(conn, claimed, refs, worker_id, token, now, claim_ttl)
+        return self._lease_and_claim(
+            conn, claimed, refs, snapshots, worker_id, token, now, claim_ttl
+        )
 
     def _fill_spent(self, conn: Any, demands: Sequence[Demand]) -> None:
         if not demands:
@@ -386,14 +400,20 @@ class AssetStoreMixin:
         ).fetchall():
             by_id[task_id].spent += cost_effect(entry_type, d.from_dec(amount))
 
-    def _load_candidates(self, conn: Any, demands: Sequence[Demand]) -> list[Candidate]:
+    def _load_candidates(
+        self, conn: Any, demands: Sequence[Demand],
+        kinds: set[tuple[str, str, str | None, str]], pool: dict[str, Candidate],
+        snapshots: dict[str, AssetSnapshot],
+    ) -> None:
+        """Load (on PostgreSQL: lock, skipping rows others hold) the leasable assets of each
+        kind the demands ask for that is not loaded yet."""
         d = self._adialect
-        kinds: set[tuple[str, str, str | None, str]] = set()
+        wanted: set[tuple[str, str, str | None, str]] = set()
         for x in demands:
             for hint in x.hints:
-                kinds.add((x.tenant_id, hint["sku_category"], hint.get("sku_code"), x.currency))
-        pool: dict[str, Candidate] = {}
-        for tenant, category, code, currency in sorted(kinds, key=str):
+                wanted.add((x.tenant_id, hint["sku_category"], hint.get("sku_code"), x.currency))
+        for tenant, category, code, currency in sorted(wanted - kinds, key=str):
+            kinds.add((tenant, category, code, currency))
             where = ("tenant_id = ? AND sku_category = ? AND currency = ? AND "
                      "status IN ('READY', 'IN_USE') AND current_concurrency < max_concurrency")
             params: list[Any] = [tenant, category, currency]
@@ -413,6 +433,7 @@ class AssetStoreMixin:
                 if r[0] in pool:
                     continue
                 a = self._asset(r)
+                snapshots[a.asset_id] = a
                 pool[a.asset_id] = Candidate(
                     asset_id=a.asset_id, tenant_id=a.tenant_id, sku_category=a.sku_category,
                     sku_code=a.sku_code, attributes=a.attributes,
@@ -420,15 +441,16 @@ class AssetStoreMixin:
                     current_concurrency=a.current_concurrency, health_score=a.health_score,
                     cost_per_lease=a.cost_per_lease, currency=a.currency, status=a.status.value,
                 )
-        return list(pool.values())
 
     def _lease_and_claim(
         self, conn: Any, matches: Sequence[Match], refs: Mapping[str, _TaskRef],
-        worker_id: str, token: str, now: datetime, claim_ttl: float,
+        snapshots: Mapping[str, AssetSnapshot], worker_id: str, token: str, now: datetime,
+        claim_ttl: float,
     ) -> list[Sequence[Any]]:
         d = self._adialect
         expires = now + timedelta(seconds=claim_ttl)
         pending = _Pending()
+        pending.assets.update(snapshots)  # loaded (and locked) in this transaction
         picked_ids = sorted({a.asset_id for m in matches for _, a in m.picks})
         assets = self._lock_assets(conn, picked_ids, pending)
         lease_rows: list[tuple[Any, ...]] = []
@@ -563,11 +585,7 @@ class AssetStoreMixin:
             return
         by_token = {x[1]: x for x in done}
         tasks = self._task_refs(conn, [x[0] for x in done])
-        keep_rows = self._x(
-            conn, f"SELECT task_id, constraints FROM tasks WHERE {d.in_ids('task_id')}",
-            (d.ids([x[0] for x in done]),),
-        ).fetchall()
-        keep = {r[0] for r in keep_rows if d.from_js(r[1]).get("keep_leases") is True}
+        keep = {t.task_id for t in tasks.values() if t.keep_leases}
         pending = _Pending()
         assets = self._lock_assets(conn, [lease.asset_id for lease in leases], pending)
         causes: dict[str, str | None] = {}
@@ -651,19 +669,24 @@ class AssetStoreMixin:
 
     def _auto_ban_many(self, conn: Any, pending: _Pending, now: datetime) -> None:
         """Check the auto-ban policy for every failure event collected in `pending`."""
-        failures = [e for e in pending.events if e.event_type != AssetEventType.ASSET_BANNED]
-        for event in failures:
+        policies: dict[tuple[str, str], BanPolicy | None] = {}
+        for event in list(pending.events):
             asset = pending.assets.get(event.asset_id)
-            if asset is not None:
-                self._maybe_ban(conn, asset, event, pending, now)
+            if asset is None or event.event_type in _NEVER_FAILURES:
+                continue
+            key = (asset.tenant_id, asset.sku_category)
+            if key not in policies:
+                policies[key] = self._policy(conn, *key)
+            if policies[key] is not None:
+                self._maybe_ban(conn, asset, event, pending, now, policies[key])
 
     def _maybe_ban(
         self, conn: Any, asset: AssetSnapshot, event: AssetEvent, pending: _Pending,
-        now: datetime,
+        now: datetime, policy: BanPolicy | None = None,
     ) -> AssetEvent | None:
         if asset.status in REVOKING or AssetStatus.BANNED not in _ban_targets(asset.status):
             return None
-        policy = self._policy(conn, asset.tenant_id, asset.sku_category)
+        policy = policy or self._policy(conn, asset.tenant_id, asset.sku_category)
         if policy is None or not policy.is_failure(event.event_type):
             return None
         d = self._adialect
@@ -1258,6 +1281,14 @@ class AssetStoreMixin:
                     "no matching assets were free before the task's deadline", now,
                 ))
         return report
+
+
+#: Control-plane events that are never failures, whatever a policy lists.
+_NEVER_FAILURES = frozenset({
+    AssetEventType.ALLOCATED, AssetEventType.RELEASED, AssetEventType.TASK_SUCCESS,
+    AssetEventType.COOLING_START, AssetEventType.COOLING_END, AssetEventType.ASSET_BANNED,
+    AssetEventType.BANNED, AssetEventType.LEASE_REVOKED, AssetEventType.LEASE_EXPIRED,
+})
 
 
 def _effect(status: str, event_type: str) -> str | None:

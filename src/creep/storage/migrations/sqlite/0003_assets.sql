@@ -70,8 +70,9 @@ BEGIN
     SELECT RAISE(ABORT, 'illegal lease transition');
 END;
 
+-- seq is the rowid: rows are never deleted, so it only grows (no AUTOINCREMENT bookkeeping).
 CREATE TABLE ledger_entries (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq         INTEGER PRIMARY KEY,
     entry_id    TEXT NOT NULL UNIQUE,
     tenant_id   TEXT NOT NULL,
     project_id  TEXT,
@@ -98,7 +99,7 @@ BEGIN
 END;
 
 CREATE TABLE asset_events (
-    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq             INTEGER PRIMARY KEY,
     event_id        TEXT NOT NULL UNIQUE,
     tenant_id       TEXT NOT NULL,
     project_id      TEXT,
