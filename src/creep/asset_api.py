@@ -30,6 +30,7 @@ from creep.domain.asset_event import (
 )
 from creep.domain.clock import Clock
 from creep.domain.errors import ValidationError
+from creep.domain.ids import uuid7
 from creep.domain.lease import Lease
 from creep.domain.ledger import EntryType, LedgerEntry, LedgerSummary
 from creep.ports import Store
@@ -247,7 +248,7 @@ def make_entry(
     if errors:
         raise ValidationError(errors)
     return LedgerEntry(
-        entry_id=str(uuid.uuid4()), tenant_id=tenant_id, project_id=project_id,
+        entry_id=uuid7(), tenant_id=tenant_id, project_id=project_id,
         task_id=task_id, asset_id=asset_id, lease_id=lease_id, entry_type=etype,
         amount=value, currency=cur, description=description,
         occurred_at=occurred_at or now, recorded_at=now,

@@ -36,6 +36,7 @@ from creep.domain.asset_event import (
     Source,
 )
 from creep.domain.errors import NotFound, ValidationError, VersionConflict
+from creep.domain.ids import uuid7
 from creep.domain.lease import Lease, LeaseStatus, check_lease_transition
 from creep.domain.ledger import (
     BudgetExceeded,
@@ -185,7 +186,7 @@ class AssetStoreMixin:
         message: str | None = None, **extra: Any,
     ) -> AssetEvent:
         return AssetEvent(
-            event_id=str(uuid.uuid4()), tenant_id=asset.tenant_id,
+            event_id=uuid7(), tenant_id=asset.tenant_id,
             project_id=task.project_id if task else asset.project_id,
             env=task.env if task else asset.env, asset_id=asset.asset_id,
             task_id=task.task_id if task else None, lease_id=lease_id,
@@ -461,7 +462,7 @@ class AssetStoreMixin:
             ref = refs[m.task_id]
             for hint_index, cand in m.picks:
                 asset = assets[cand.asset_id]
-                lease_id = str(uuid.uuid4())
+                lease_id = uuid7()
                 lease_ids_by_task.setdefault(m.task_id, []).append(lease_id)
                 old = asset.status.value
                 asset.current_concurrency += 1
@@ -480,7 +481,7 @@ class AssetStoreMixin:
                 ))
                 if asset.cost_per_lease > 0:
                     ledger_rows.append((
-                        str(uuid.uuid4()), asset.tenant_id, ref.project_id, m.task_id,
+                        uuid7(), asset.tenant_id, ref.project_id, m.task_id,
                         asset.asset_id, lease_id, "COST", d.dec(asset.cost_per_lease),
                         asset.currency, "lease", d.ts(now), d.ts(now),
                     ))
@@ -579,7 +580,8 @@ class AssetStoreMixin:
         if not done:
             return
         leases = self._leases_where(
-            conn, d.in_ids("claim_token"), (d.ids([x[1] for x in done]),)
+            conn, f"{d.in_ids('task_id')} AND {d.in_ids('claim_token')}",
+            (d.ids([x[0] for x in done]), d.ids([x[1] for x in done])),
         )
         if not leases:
             return
@@ -633,8 +635,8 @@ class AssetStoreMixin:
         if not claims:
             return
         leases = self._leases_where(
-            conn, f"status = 'ACTIVE' AND {d.in_ids('claim_token')}",
-            (d.ids([c[1] for c in claims]),),
+            conn, f"status = 'ACTIVE' AND {d.in_ids('task_id')} AND {d.in_ids('claim_token')}",
+            (d.ids([c[0] for c in claims]), d.ids([c[1] for c in claims])),
         )
         if not leases:
             return
@@ -726,7 +728,7 @@ class AssetStoreMixin:
         asset.current_concurrency = 0
         asset.cooldown_until = None
         event = AssetEvent(
-            event_id=str(uuid.uuid4()), tenant_id=asset.tenant_id,
+            event_id=uuid7(), tenant_id=asset.tenant_id,
             project_id=cause.project_id if cause else asset.project_id,
             env=cause.env if cause else asset.env, asset_id=asset.asset_id,
             task_id=cause.task_id if cause else None, lease_id=cause.lease_id if cause else None,
@@ -1055,7 +1057,7 @@ class AssetStoreMixin:
                 raise NotFound("asset", asset_id)
             occurred = fields.get("occurred_at") or now
             event = AssetEvent(
-                event_id=fields.get("event_id") or str(uuid.uuid4()), tenant_id=tenant_id,
+                event_id=fields.get("event_id") or uuid7(), tenant_id=tenant_id,
                 project_id=fields.get("project_id") or (task.project_id if task else
                                                         asset.project_id),
                 env=fields.get("env") or (task.env if task else asset.env),

@@ -62,9 +62,7 @@ CREATE TABLE leases (
     hint_index  integer NOT NULL
 );
 CREATE INDEX leases_task ON leases (task_id);
-CREATE INDEX leases_claim ON leases (claim_token);
 CREATE INDEX leases_asset_active ON leases (asset_id) WHERE status = 'ACTIVE';
-CREATE INDEX leases_task_active ON leases (task_id) WHERE status = 'ACTIVE';
 
 CREATE TRIGGER leases_transition_guard BEFORE UPDATE OF status ON leases FOR EACH ROW
 WHEN (OLD.status <> NEW.status AND (OLD.status || '>' || NEW.status) NOT IN (

@@ -59,9 +59,7 @@ CREATE TABLE leases (
     hint_index  INTEGER NOT NULL
 );
 CREATE INDEX leases_task ON leases (task_id);
-CREATE INDEX leases_claim ON leases (claim_token);
 CREATE INDEX leases_asset_active ON leases (asset_id) WHERE status = 'ACTIVE';
-CREATE INDEX leases_task_active ON leases (task_id) WHERE status = 'ACTIVE';
 
 CREATE TRIGGER leases_transition_guard BEFORE UPDATE OF status ON leases
 WHEN OLD.status <> NEW.status AND (OLD.status || '>' || NEW.status) NOT IN (
