@@ -67,6 +67,28 @@ class SqliteDialect:
         if rows:
             conn.executemany(sql, rows)
 
+    def bulk_insert(
+        self, conn: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        if rows:
+            conn.executemany(
+                f"INSERT INTO {table} ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' * len(columns))})",
+                rows,
+            )
+
+    def bulk_update(
+        self, conn: Any, table: str, key: str, columns: Sequence[str],
+        rows: Sequence[Sequence[Any]], *, fixed: str = "", where: str = "",
+    ) -> None:
+        """rows hold the new values of `columns`, then the key."""
+        if rows:
+            sets = ", ".join([*(f"{c} = ?" for c in columns), *([fixed] if fixed else [])])
+            conn.executemany(
+                f"UPDATE {table} SET {sets} WHERE {key} = ?{' AND ' + where if where else ''}",
+                rows,
+            )
+
 
 class PostgresDialect:
     name = "postgres"
@@ -115,6 +137,48 @@ class PostgresDialect:
         if rows:
             with conn.cursor() as cur:
                 cur.executemany(sql, rows)
+
+    # Bulk writes are one statement each: the rows travel as one JSON array and
+    # jsonb_populate_recordset turns them into the table's own row type.
+
+    def _records(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+        return orjson.dumps(
+            [dict(zip(columns, row, strict=True)) for row in rows], default=_pg_default
+        ).decode()
+
+    def bulk_insert(
+        self, conn: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        if rows:
+            cols = ", ".join(columns)
+            conn.execute(
+                f"INSERT INTO {table} ({cols}) SELECT {cols} "
+                f"FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb)",
+                (self._records(columns, rows),),
+            )
+
+    def bulk_update(
+        self, conn: Any, table: str, key: str, columns: Sequence[str],
+        rows: Sequence[Sequence[Any]], *, fixed: str = "", where: str = "",
+    ) -> None:
+        if rows:
+            sets = ", ".join([*(f"{c} = r.{c}" for c in columns), *([fixed] if fixed else [])])
+            conn.execute(
+                f"UPDATE {table} SET {sets} "
+                f"FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) r "
+                f"WHERE {table}.{key} = r.{key}{' AND ' + where if where else ''}",
+                (self._records([*columns, key], rows),),
+            )
+
+
+def _pg_default(value: Any) -> Any:
+    from psycopg.types.json import Jsonb
+
+    if isinstance(value, Jsonb):
+        return value.obj
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 Dialect = SqliteDialect | PostgresDialect

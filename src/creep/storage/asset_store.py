@@ -64,9 +64,7 @@ LEDGER_COLS = (
     "currency, description, occurred_at, recorded_at"
 )
 EVENT_COLS = ", ".join(EVENT_FIELDS)
-_EVENT_INSERT = (
-    f"INSERT INTO asset_events ({EVENT_COLS}) VALUES ({', '.join('?' * len(EVENT_FIELDS))})"
-)
+_ATTEMPT = TASK_SELECT.split(", ").index("attempt")
 #: Most hinted tasks looked at per claim: blocked hinted tasks at the head do not hide
 #: matchable ones behind them (no head-of-line blocking) within this bound.
 HINTED_SCAN_MAX = 2048
@@ -84,6 +82,8 @@ class _TaskRef:
     env: str | None
     correlation_id: str | None
     keep_leases: bool = False
+    lease_ids: list[str] = field(default_factory=list)
+    timeout_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -175,7 +175,9 @@ class AssetStoreMixin:
         )
 
     def _emit(self, conn: Any, events: Sequence[AssetEvent]) -> None:
-        self._many(conn, _EVENT_INSERT, [self._event_row(e) for e in events])
+        self._adialect.bulk_insert(
+            conn, "asset_events", EVENT_FIELDS, [self._event_row(e) for e in events]
+        )
 
     @staticmethod
     def _new_event(
@@ -227,11 +229,10 @@ class AssetStoreMixin:
                 a.status.value, a.current_concurrency, a.health_score, d.ts(a.cooldown_until),
                 d.ts(now), asset_id,
             ))
-        self._many(
-            conn,
-            "UPDATE assets SET status = ?, current_concurrency = ?, health_score = ?, "
-            "cooldown_until = ?, version = version + 1, updated_at = ? WHERE asset_id = ?",
-            rows,
+        d.bulk_update(
+            conn, "assets", "asset_id",
+            ("status", "current_concurrency", "health_score", "cooldown_until", "updated_at"),
+            rows, fixed="version = assets.version + 1",
         )
         for asset_id in pending.dirty:
             a = pending.assets[asset_id]
@@ -282,10 +283,10 @@ class AssetStoreMixin:
             return
         for lease in active:
             check_lease_transition(lease.status, status)
-        self._many(
-            conn,
-            "UPDATE leases SET status = ?, released_at = ? WHERE lease_id = ? AND status = 'ACTIVE'",
+        d.bulk_update(
+            conn, "leases", "lease_id", ("status", "released_at"),
             [(status.value, d.ts(now), lease.lease_id) for lease in active],
+            where="leases.status = 'ACTIVE'",
         )
         assets = self._lock_assets(conn, [lease.asset_id for lease in active], pending)
         event_type = {
@@ -352,15 +353,17 @@ class AssetStoreMixin:
             rows = self._x(
                 conn,
                 "SELECT task_id, tenant_id, project_id, env, correlation_id, currency, "
-                "max_total_cost, resource_hints, constraints FROM tasks "
+                "max_total_cost, resource_hints, constraints, lease_ids, timeout_ms FROM tasks "
                 "WHERE status = 'QUEUED' AND has_hints = true AND run_after <= ? AND "
                 f"{d.in_texts('task_type')} ORDER BY priority DESC, created_at "
                 f"LIMIT ? OFFSET ?{d.skip_locked}",
                 (d.ts(now), d.texts(task_types), page, offset),
             ).fetchall()
             demands: list[Demand] = []
-            for task_id, tenant, project, env, corr, currency, budget, hints, cons in rows:
-                refs[task_id] = _TaskRef(task_id, tenant, project, env, corr)
+            for (task_id, tenant, project, env, corr, currency, budget, hints, cons, held,
+                 timeout_ms) in rows:
+                refs[task_id] = _TaskRef(task_id, tenant, project, env, corr,
+                                         lease_ids=d.from_js(held), timeout_ms=timeout_ms)
                 constraints = d.from_js(cons)
                 demands.append(Demand(
                     task_id=task_id, tenant_id=tenant, currency=currency,
@@ -485,37 +488,24 @@ class AssetStoreMixin:
                         asset.asset_id, lease_id, "COST", d.dec(asset.cost_per_lease),
                         asset.currency, "lease", d.ts(now), d.ts(now),
                     ))
-        current = {
-            r[0]: d.from_js(r[1])
-            for r in self._x(
-                conn,
-                f"SELECT task_id, lease_ids FROM tasks WHERE {d.in_ids('task_id')}",
-                (d.ids(list(lease_ids_by_task)),),
-            ).fetchall()
-        }
         for task_id, new_ids in lease_ids_by_task.items():
+            ref = refs[task_id]
+            deadline = now + timedelta(milliseconds=ref.timeout_ms)
             task_rows.append((
-                d.ts(now), d.ts(now), worker_id, token, d.ts(expires), d.ts(now),
-                d.js([*current.get(task_id, []), *new_ids]), task_id,
+                d.ts(now), d.ts(now), worker_id, token, d.ts(expires), d.ts(deadline),
+                d.js([*ref.lease_ids, *new_ids]), task_id,
             ))
-        self._many(
-            conn,
-            f"INSERT INTO leases ({LEASE_COLS}) VALUES ({', '.join('?' * 12)})",
-            lease_rows,
-        )
-        self._many(
-            conn,
-            f"INSERT INTO ledger_entries ({LEDGER_COLS}) VALUES ({', '.join('?' * 12)})",
-            ledger_rows,
-        )
-        self._many(
-            conn,
-            "UPDATE tasks SET status = 'RUNNING', attempt = attempt + 1, started_at = ?, "
-            "updated_at = ?, claimed_by = ?, claim_token = ?, claim_expires_at = ?, "
-            f"deadline_at = {d.plus_ms('?', 'timeout_ms')}, task_version = task_version + 1, "
-            "cancel_requested = false, progress_message = NULL, lease_ids = ? "
-            "WHERE task_id = ? AND status = 'QUEUED'",
+        d.bulk_insert(conn, "leases", LEASE_COLS.split(", "), lease_rows)
+        d.bulk_insert(conn, "ledger_entries", LEDGER_COLS.split(", "), ledger_rows)
+        d.bulk_update(
+            conn, "tasks", "task_id",
+            ("started_at", "updated_at", "claimed_by", "claim_token", "claim_expires_at",
+             "deadline_at", "lease_ids"),
             task_rows,
+            fixed="status = 'RUNNING', attempt = tasks.attempt + 1, "
+                  "task_version = tasks.task_version + 1, cancel_requested = false, "
+                  "progress_message = NULL",
+            where="tasks.status = 'QUEUED'",
         )
         self._flush(conn, pending, now)
         rows: list[Sequence[Any]] = self._x(
@@ -523,12 +513,12 @@ class AssetStoreMixin:
             f"SELECT {TASK_SELECT}, deadline_at FROM tasks WHERE {d.in_ids('task_id')}",
             (d.ids(list(lease_ids_by_task)),),
         ).fetchall()
-        self._many(
-            conn,
-            "INSERT INTO task_events (task_id, tenant_id, event_type, from_status, to_status, "
-            "attempt, payload, created_at) VALUES (?, ?, 'started', 'QUEUED', 'RUNNING', ?, ?, ?)",
+        d.bulk_insert(
+            conn, "task_events",
+            ("task_id", "tenant_id", "event_type", "from_status", "to_status", "attempt",
+             "payload", "created_at"),
             [
-                (r[0], r[2], r[TASK_SELECT.split(", ").index("attempt")],
+                (r[0], r[2], "started", "QUEUED", "RUNNING", r[_ATTEMPT],
                  d.js({"worker_id": worker_id, "lease_ids": lease_ids_by_task[r[0]]}),
                  d.ts(now))
                 for r in rows
