@@ -95,6 +95,9 @@ class PostgresDialect:
     lock = " FOR UPDATE"
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
+    def __init__(self) -> None:
+        self._type_cache: dict[str, dict[str, str]] = {}
+
     def q(self, sql: str) -> str:
         return sql.replace("?", "%s")
 
@@ -150,25 +153,40 @@ class PostgresDialect:
         self, conn: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
         if rows:
-            cols = ", ".join(columns)
-            conn.execute(
-                f"INSERT INTO {table} ({cols}) SELECT {cols} "
-                f"FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb)",
-                (self._records(columns, rows),),
-            )
+            # COPY: the cheapest way into PostgreSQL for many rows at once.
+            with conn.cursor() as cur, cur.copy(
+                f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+            ) as copy:
+                for row in rows:
+                    copy.write_row(row)
 
     def bulk_update(
         self, conn: Any, table: str, key: str, columns: Sequence[str],
         rows: Sequence[Sequence[Any]], *, fixed: str = "", where: str = "",
     ) -> None:
         if rows:
+            types = self._types(conn, table)
             sets = ", ".join([*(f"{c} = r.{c}" for c in columns), *([fixed] if fixed else [])])
+            record = ", ".join(f"{c} {types[c]}" for c in [*columns, key])
             conn.execute(
-                f"UPDATE {table} SET {sets} "
-                f"FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) r "
+                f"UPDATE {table} SET {sets} FROM jsonb_to_recordset(%s::jsonb) AS r({record}) "
                 f"WHERE {table}.{key} = r.{key}{' AND ' + where if where else ''}",
                 (self._records([*columns, key], rows),),
             )
+
+    def _types(self, conn: Any, table: str) -> dict[str, str]:
+        """Column types of a table (the same in every schema: one set of migrations)."""
+        found = self._type_cache.get(table)
+        if found is None:
+            found = {
+                name: kind for name, kind in conn.execute(
+                    "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                    "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                    (table,),
+                ).fetchall()
+            }
+            self._type_cache[table] = found
+        return found
 
 
 def _pg_default(value: Any) -> Any:

@@ -1025,6 +1025,10 @@ class AssetStoreMixin:
                 task = self._task_refs(conn, [task_id]).get(task_id)
                 if task is None or task.tenant_id != tenant_id:
                     raise NotFound("task", task_id)
+                if fields.get("correlation_id") not in (None, task.correlation_id):
+                    raise ValidationError.single(
+                        "correlation_id", "an event of a task carries the task's correlation_id"
+                    )
                 if asset_id is None or lease_id is None:
                     mine = self._leases_where(
                         conn, "task_id = ? AND claim_token = ?" if claim_token else "task_id = ?",
@@ -1052,8 +1056,7 @@ class AssetStoreMixin:
                                                         asset.project_id),
                 env=fields.get("env") or (task.env if task else asset.env),
                 asset_id=asset_id, task_id=task_id, lease_id=lease_id,
-                correlation_id=fields.get("correlation_id") or (
-                    task.correlation_id if task else None),
+                correlation_id=task.correlation_id if task else fields.get("correlation_id"),
                 causation_id=fields.get("causation_id"), event_type=fields["event_type"],
                 source=fields.get("source") or (
                     Source.WORKER_NODE if task else Source.EXTERNAL_PROVIDER),
@@ -1085,6 +1088,12 @@ class AssetStoreMixin:
         correlation_id's timeline."""
         where: list[str] = ["1 = 1"]
         params: list[Any] = []
+        if task_id is not None:
+            if not _is_uuid(task_id):
+                return []
+            # A task's events carry its correlation_id: read them through that index.
+            where.append("correlation_id = (SELECT correlation_id FROM tasks WHERE task_id = ?)")
+            params.append(task_id)
         for column, value in (("tenant_id", tenant_id), ("asset_id", asset_id),
                               ("task_id", task_id), ("correlation_id", correlation_id),
                               ("event_type", event_type)):

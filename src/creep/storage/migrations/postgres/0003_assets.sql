@@ -97,9 +97,12 @@ FOR EACH ROW EXECUTE FUNCTION creep_append_only();
 CREATE TRIGGER ledger_entries_no_truncate BEFORE TRUNCATE ON ledger_entries
 FOR EACH STATEMENT EXECUTE FUNCTION creep_append_only();
 
+-- Few indexes, as events are written three per leased task: event_id (chains), asset and
+-- correlation timelines. Events of a task share its correlation_id, so "by task" reads the
+-- correlation index. seq orders events written in the same instant; it needs no index.
 CREATE TABLE asset_events (
-    seq             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    event_id        uuid NOT NULL UNIQUE,
+    seq             bigint GENERATED ALWAYS AS IDENTITY,
+    event_id        uuid PRIMARY KEY,
     tenant_id       text NOT NULL,
     project_id      text,
     env             text,
@@ -127,7 +130,6 @@ CREATE TABLE asset_events (
     version         integer NOT NULL DEFAULT 1 CHECK (version >= 1)
 );
 CREATE INDEX asset_events_asset ON asset_events (asset_id, occurred_at);
-CREATE INDEX asset_events_task ON asset_events (task_id) WHERE task_id IS NOT NULL;
 CREATE INDEX asset_events_correlation ON asset_events (correlation_id, occurred_at) WHERE correlation_id IS NOT NULL;
 CREATE TRIGGER asset_events_append_only BEFORE UPDATE OR DELETE ON asset_events
 FOR EACH ROW EXECUTE FUNCTION creep_append_only();

@@ -96,6 +96,9 @@ BEGIN
     SELECT RAISE(ABORT, 'ledger_entries is append-only');
 END;
 
+-- Few indexes, as events are written three per leased task: event_id (chains), asset and
+-- correlation timelines. Events of a task share its correlation_id, so "by task" reads the
+-- correlation index. seq (the rowid) orders events written in the same instant.
 CREATE TABLE asset_events (
     seq             INTEGER PRIMARY KEY,
     event_id        TEXT NOT NULL UNIQUE,
@@ -126,7 +129,6 @@ CREATE TABLE asset_events (
     version         INTEGER NOT NULL DEFAULT 1 CHECK (version >= 1)
 );
 CREATE INDEX asset_events_asset ON asset_events (asset_id, occurred_at);
-CREATE INDEX asset_events_task ON asset_events (task_id) WHERE task_id IS NOT NULL;
 CREATE INDEX asset_events_correlation ON asset_events (correlation_id, occurred_at) WHERE correlation_id IS NOT NULL;
 
 CREATE TRIGGER asset_events_no_update BEFORE UPDATE ON asset_events
