@@ -7,6 +7,7 @@ hands it a dialect that converts placeholders and values.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -66,6 +67,9 @@ class SqliteDialect:
     def many(self, conn: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
             conn.executemany(sql, rows)
+
+    def pipeline(self, conn: Any) -> AbstractContextManager[Any]:
+        return nullcontext()
 
     def bulk_insert(
         self, conn: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
@@ -141,6 +145,10 @@ class PostgresDialect:
             with conn.cursor() as cur:
                 cur.executemany(sql, rows)
 
+    def pipeline(self, conn: Any) -> AbstractContextManager[Any]:
+        """Send the writes inside without waiting for each reply."""
+        return conn.pipeline()  # type: ignore[no-any-return]
+
     # Bulk writes are one statement each: the rows travel as one JSON array and
     # jsonb_populate_recordset turns them into the table's own row type.
 
@@ -153,12 +161,14 @@ class PostgresDialect:
         self, conn: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
         if rows:
-            # COPY: the cheapest way into PostgreSQL for many rows at once.
-            with conn.cursor() as cur, cur.copy(
-                f"COPY {table} ({', '.join(columns)}) FROM STDIN"
-            ) as copy:
-                for row in rows:
-                    copy.write_row(row)
+            types = self._types(conn, table)
+            cols = ", ".join(columns)
+            record = ", ".join(f"{c} {types[c]}" for c in columns)
+            conn.execute(
+                f"INSERT INTO {table} ({cols}) SELECT {cols} "
+                f"FROM jsonb_to_recordset(%s::jsonb) AS r({record})",
+                (self._records(columns, rows),),
+            )
 
     def bulk_update(
         self, conn: Any, table: str, key: str, columns: Sequence[str],

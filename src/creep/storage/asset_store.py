@@ -64,7 +64,6 @@ LEDGER_COLS = (
     "currency, description, occurred_at, recorded_at"
 )
 EVENT_COLS = ", ".join(EVENT_FIELDS)
-_ATTEMPT = TASK_SELECT.split(", ").index("attempt")
 #: Most hinted tasks looked at per claim: blocked hinted tasks at the head do not hide
 #: matchable ones behind them (no head-of-line blocking) within this bound.
 HINTED_SCAN_MAX = 2048
@@ -84,6 +83,7 @@ class _TaskRef:
     keep_leases: bool = False
     lease_ids: list[str] = field(default_factory=list)
     timeout_ms: int = 0
+    attempt: int = 0
 
 
 @dataclass(slots=True)
@@ -93,6 +93,8 @@ class _Pending:
     assets: dict[str, AssetSnapshot] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
     events: list[AssetEvent] = field(default_factory=list)
+    #: lease_id -> the status it ends in (written by _flush).
+    ended: dict[str, LeaseStatus] = field(default_factory=dict)
 
 
 class AssetStoreMixin:
@@ -221,7 +223,21 @@ class AssetStoreMixin:
         return pending.assets
 
     def _flush(self, conn: Any, pending: _Pending, now: datetime) -> None:
+        """Write what the transaction decided: lease ends, asset rows, events (one round
+        trip on PostgreSQL: the writes are pipelined)."""
         d = self._adialect
+        with d.pipeline(conn):
+            self._write_pending(conn, pending, now)
+
+    def _write_pending(self, conn: Any, pending: _Pending, now: datetime) -> None:
+        d = self._adialect
+        if pending.ended:
+            d.bulk_update(
+                conn, "leases", "lease_id", ("status", "released_at"),
+                [(st.value, d.ts(now), lease_id) for lease_id, st in sorted(pending.ended.items())],
+                where="leases.status = 'ACTIVE'",
+            )
+            pending.ended.clear()
         rows = []
         for asset_id in sorted(pending.dirty):
             a = pending.assets[asset_id]
@@ -277,17 +293,13 @@ class AssetStoreMixin:
     ) -> None:
         """End active leases: give the concurrency back (COOLING when an asset with a cooldown
         becomes idle) and write RELEASED / LEASE_EXPIRED / LEASE_REVOKED events."""
-        d = self._adialect
-        active = [lease for lease in leases if lease.status is LeaseStatus.ACTIVE]
+        active = [lease for lease in leases
+                  if lease.status is LeaseStatus.ACTIVE and lease.lease_id not in pending.ended]
         if not active:
             return
         for lease in active:
             check_lease_transition(lease.status, status)
-        d.bulk_update(
-            conn, "leases", "lease_id", ("status", "released_at"),
-            [(status.value, d.ts(now), lease.lease_id) for lease in active],
-            where="leases.status = 'ACTIVE'",
-        )
+            pending.ended[lease.lease_id] = status
         assets = self._lock_assets(conn, [lease.asset_id for lease in active], pending)
         event_type = {
             LeaseStatus.RELEASED: AssetEventType.RELEASED,
@@ -323,6 +335,27 @@ class AssetStoreMixin:
                     context={"cooldown_until": asset.cooldown_until.isoformat()},
                 ))
 
+    def _leases_with_tasks(
+        self, conn: Any, where: str, params: Sequence[Any]
+    ) -> tuple[list[Lease], dict[str, _TaskRef]]:
+        """Leases (columns prefixed l.) with what events need of their tasks, in one read."""
+        d = self._adialect
+        cols = ", ".join(f"l.{c}" for c in LEASE_COLS.split(", "))
+        rows = self._x(
+            conn,
+            f"SELECT {cols}, t.project_id, t.env, t.correlation_id, t.constraints "
+            f"FROM leases l JOIN tasks t ON t.task_id = l.task_id WHERE {where} "
+            "ORDER BY l.asset_id, l.lease_id",
+            params,
+        ).fetchall()
+        leases = [self._lease(r[:12]) for r in rows]
+        refs = {
+            r[2]: _TaskRef(r[2], r[1], r[12], r[13], r[14],
+                           keep_leases=d.from_js(r[15]).get("keep_leases") is True)
+            for r in rows
+        }
+        return leases, refs
+
     def _leases_where(self, conn: Any, where: str, params: Sequence[Any]) -> list[Lease]:
         rows = self._x(
             conn, f"SELECT {LEASE_COLS} FROM leases WHERE {where} ORDER BY asset_id, lease_id",
@@ -353,7 +386,8 @@ class AssetStoreMixin:
             rows = self._x(
                 conn,
                 "SELECT task_id, tenant_id, project_id, env, correlation_id, currency, "
-                "max_total_cost, resource_hints, constraints, lease_ids, timeout_ms FROM tasks "
+                "max_total_cost, resource_hints, constraints, lease_ids, timeout_ms, attempt "
+                "FROM tasks "
                 "WHERE status = 'QUEUED' AND has_hints = true AND run_after <= ? AND "
                 f"{d.in_texts('task_type')} ORDER BY priority DESC, created_at "
                 f"LIMIT ? OFFSET ?{d.skip_locked}",
@@ -361,9 +395,10 @@ class AssetStoreMixin:
             ).fetchall()
             demands: list[Demand] = []
             for (task_id, tenant, project, env, corr, currency, budget, hints, cons, held,
-                 timeout_ms) in rows:
+                 timeout_ms, attempt) in rows:
                 refs[task_id] = _TaskRef(task_id, tenant, project, env, corr,
-                                         lease_ids=d.from_js(held), timeout_ms=timeout_ms)
+                                         lease_ids=d.from_js(held), timeout_ms=timeout_ms,
+                                         attempt=attempt)
                 constraints = d.from_js(cons)
                 demands.append(Demand(
                     task_id=task_id, tenant_id=tenant, currency=currency,
@@ -495,35 +530,38 @@ class AssetStoreMixin:
                 d.ts(now), d.ts(now), worker_id, token, d.ts(expires), d.ts(deadline),
                 d.js([*ref.lease_ids, *new_ids]), task_id,
             ))
-        d.bulk_insert(conn, "leases", LEASE_COLS.split(", "), lease_rows)
-        d.bulk_insert(conn, "ledger_entries", LEDGER_COLS.split(", "), ledger_rows)
-        d.bulk_update(
-            conn, "tasks", "task_id",
-            ("started_at", "updated_at", "claimed_by", "claim_token", "claim_expires_at",
-             "deadline_at", "lease_ids"),
-            task_rows,
-            fixed="status = 'RUNNING', attempt = tasks.attempt + 1, "
-                  "task_version = tasks.task_version + 1, cancel_requested = false, "
-                  "progress_message = NULL",
-            where="tasks.status = 'QUEUED'",
-        )
-        self._flush(conn, pending, now)
-        rows: list[Sequence[Any]] = self._x(
-            conn,
-            f"SELECT {TASK_SELECT}, deadline_at FROM tasks WHERE {d.in_ids('task_id')}",
-            (d.ids(list(lease_ids_by_task)),),
-        ).fetchall()
-        d.bulk_insert(
-            conn, "task_events",
-            ("task_id", "tenant_id", "event_type", "from_status", "to_status", "attempt",
-             "payload", "created_at"),
-            [
-                (r[0], r[2], "started", "QUEUED", "RUNNING", r[_ATTEMPT],
-                 d.js({"worker_id": worker_id, "lease_ids": lease_ids_by_task[r[0]]}),
-                 d.ts(now))
-                for r in rows
-            ],
-        )
+        task_ids = list(lease_ids_by_task)
+        with d.pipeline(conn):  # one round trip on PostgreSQL
+            d.bulk_insert(conn, "leases", LEASE_COLS.split(", "), lease_rows)
+            d.bulk_insert(conn, "ledger_entries", LEDGER_COLS.split(", "), ledger_rows)
+            d.bulk_update(
+                conn, "tasks", "task_id",
+                ("started_at", "updated_at", "claimed_by", "claim_token", "claim_expires_at",
+                 "deadline_at", "lease_ids"),
+                task_rows,
+                fixed="status = 'RUNNING', attempt = tasks.attempt + 1, "
+                      "task_version = tasks.task_version + 1, cancel_requested = false, "
+                      "progress_message = NULL",
+                where="tasks.status = 'QUEUED'",
+            )
+            self._write_pending(conn, pending, now)
+            d.bulk_insert(
+                conn, "task_events",
+                ("task_id", "tenant_id", "event_type", "from_status", "to_status", "attempt",
+                 "payload", "created_at"),
+                [
+                    (t, refs[t].tenant_id, "started", "QUEUED", "RUNNING", refs[t].attempt + 1,
+                     d.js({"worker_id": worker_id, "lease_ids": lease_ids_by_task[t]}),
+                     d.ts(now))
+                    for t in task_ids
+                ],
+            )
+            cur = self._x(
+                conn,
+                f"SELECT {TASK_SELECT}, deadline_at FROM tasks WHERE {d.in_ids('task_id')}",
+                (d.ids(task_ids),),
+            )
+        rows: list[Sequence[Any]] = cur.fetchall()
         return rows
 
     def _fail_queued(
@@ -569,14 +607,13 @@ class AssetStoreMixin:
         d = self._adialect
         if not done:
             return
-        leases = self._leases_where(
-            conn, f"{d.in_ids('task_id')} AND {d.in_ids('claim_token')}",
+        leases, tasks = self._leases_with_tasks(
+            conn, f"{d.in_ids('l.task_id')} AND {d.in_ids('l.claim_token')}",
             (d.ids([x[0] for x in done]), d.ids([x[1] for x in done])),
         )
         if not leases:
             return
         by_token = {x[1]: x for x in done}
-        tasks = self._task_refs(conn, [x[0] for x in done])
         keep = {t.task_id for t in tasks.values() if t.keep_leases}
         pending = _Pending()
         assets = self._lock_assets(conn, [lease.asset_id for lease in leases], pending)
