@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from creep.domain.asset import (
+    LEASABLE,
     REVOKING,
     AssetFilter,
     AssetMaintenanceReport,
@@ -407,6 +408,7 @@ class AssetStoreMixin:
                     max_total_cost=None if budget is None else d.from_dec(budget),
                 ))
             self._fill_spent(conn, [x for x in demands if x.max_total_cost is not None])
+            kinds_before = len(kinds)
             self._load_candidates(conn, demands, kinds, pool, snapshots)
             for m in match_all(demands, list(pool.values()), limit - len(claimed)):
                 if m.picks:
@@ -415,6 +417,9 @@ class AssetStoreMixin:
                     over_budget.append(m.task_id)
             if len(claimed) >= limit or len(rows) < page:
                 break
+            if not any(c.spare > 0 for c in pool.values()) and len(kinds) == kinds_before:
+                break  # the pool is used up: looking further cannot match anything
+
         if over_budget:
             self._fail_queued(
                 conn, over_budget, "BUDGET_EXCEEDED",
@@ -444,9 +449,8 @@ class AssetStoreMixin:
         kinds: set[tuple[str, str, str | None, str]], pool: dict[str, Candidate],
         snapshots: dict[str, AssetSnapshot],
     ) -> None:
-        """Load (on PostgreSQL: lock, skipping rows others hold) the leasable assets of each
-        kind the demands ask for that is not loaded yet."""
-        d = self._adialect
+        """Load the leasable assets of each kind the demands ask for that is not loaded yet
+        (without locks: the picked ones are locked afterwards)."""
         wanted: set[tuple[str, str, str | None, str]] = set()
         for x in demands:
             for hint in x.hints:
@@ -466,7 +470,7 @@ class AssetStoreMixin:
             for r in self._x(
                 conn,
                 f"SELECT {ASSET_COLS} FROM assets WHERE {where} "
-                f"ORDER BY health_score DESC, asset_id LIMIT ?{d.skip_locked}",
+                "ORDER BY health_score DESC, asset_id LIMIT ?",
                 params,
             ).fetchall():
                 if r[0] in pool:
@@ -489,9 +493,18 @@ class AssetStoreMixin:
         d = self._adialect
         expires = now + timedelta(seconds=claim_ttl)
         pending = _Pending()
-        pending.assets.update(snapshots)  # loaded (and locked) in this transaction
         picked_ids = sorted({a.asset_id for m in matches for _, a in m.picks})
-        assets = self._lock_assets(conn, picked_ids, pending)
+        if d.lock:
+            # Candidates were read without locks (a claim never holds up completions that
+            # release assets); now lock the picked ones in asset_id order and keep only the
+            # matches that still fit. The CHECK on current_concurrency is the last guard.
+            assets = self._lock_assets(conn, picked_ids, pending)
+            matches = _still_fitting(matches, assets)
+            if not matches:
+                return []
+        else:
+            pending.assets.update(snapshots)  # SQLite: one writer, read in this transaction
+            assets = pending.assets
         lease_rows: list[tuple[Any, ...]] = []
         ledger_rows: list[tuple[Any, ...]] = []
         task_rows: list[tuple[Any, ...]] = []
@@ -1327,6 +1340,24 @@ _NEVER_FAILURES = frozenset({
     AssetEventType.COOLING_START, AssetEventType.COOLING_END, AssetEventType.ASSET_BANNED,
     AssetEventType.BANNED, AssetEventType.LEASE_REVOKED, AssetEventType.LEASE_EXPIRED,
 })
+
+
+def _still_fitting(
+    matches: Sequence[Match], assets: Mapping[str, AssetSnapshot]
+) -> list[Match]:
+    taken: dict[str, int] = {}
+    kept: list[Match] = []
+    for m in matches:
+        ids = [a.asset_id for _, a in m.picks]
+        if all(
+            (fresh := assets.get(i)) is not None and fresh.status in LEASABLE
+            and fresh.current_concurrency + taken.get(i, 0) < fresh.max_concurrency
+            for i in ids
+        ):
+            for i in ids:
+                taken[i] = taken.get(i, 0) + 1
+            kept.append(m)
+    return kept
 
 
 def _effect(status: str, event_type: str) -> str | None:
