@@ -495,3 +495,25 @@ def test_reported_events_are_validated_against_the_seed(app: Creep) -> None:
         assert [f for f, _ in exc.value.errors] == [field_name]
     with pytest.raises(NotFound):
         app.report_asset_event(asset_id=a.asset_id, event_type="X", tenant_id="other")
+
+
+def test_sync_handlers_have_the_same_calls(app: Creep) -> None:
+    a = app.create_asset(**ip(1, cost_per_lease="0.10"))
+    seen: dict[str, object] = {}
+
+    @app.handler("SYNC")
+    def sync(ctx: Any) -> None:
+        seen["leases"] = [lease.asset_id for lease in ctx.leases()]
+        seen["event"] = ctx.report_event("HTTP_PROBE_OK", http_status=200, latency_ms=12)
+        ctx.charge("0.15")
+        ctx.earn("1")
+        seen["revoked"] = ctx.revoked_lease_ids
+
+    t = app.submit(task_type="SYNC", resource_hints=[NET], project_id="p")
+    drain(app)
+    assert app.get_task(t.task_id).status is TaskStatus.SUCCESS
+    assert seen["leases"] == [a.asset_id] and seen["revoked"] == []
+    [s] = app.ledger_summary(task_id=t.task_id)
+    assert (s.cost, s.revenue, s.entries) == (Decimal("0.25"), Decimal("1"), 3)
+    assert [e.event_type for e in app.asset_events(task_id=t.task_id)] == [
+        "ALLOCATED", "HTTP_PROBE_OK", "TASK_SUCCESS", "RELEASED"]

@@ -138,3 +138,20 @@ def test_event_validation_and_ban_policy_failures() -> None:
     assert not default.is_failure("ALLOCATED")
     strict = BanPolicy("t", "RAW_NET", 3, 60, ["E_403"])
     assert strict.is_failure("E_403") and not strict.is_failure("TASK_FAIL")
+
+
+def test_event_rows_follow_the_column_order() -> None:
+    from datetime import UTC, datetime
+
+    from creep.domain.asset_event import EVENT_FIELDS, AssetEvent
+    from creep.storage.sqlite_assets import SqliteAssets
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    values = {name: f"v-{name}" for name in EVENT_FIELDS}
+    values.update(occurred_at=now, recorded_at=now, tags=[], context={}, version=1,
+                  severity=None, http_status=200, latency_ms=1, retryable=True)
+    row = SqliteAssets()._event_row(AssetEvent(**values))  # type: ignore[arg-type]
+    expected = [values[n] for n in EVENT_FIELDS]
+    for i, name in enumerate(EVENT_FIELDS):
+        if name not in ("occurred_at", "recorded_at", "tags", "context"):
+            assert row[i] == expected[i], name
