@@ -23,7 +23,6 @@ sys.path.insert(0, str(ROOT.parent / "src"))
 sys.path.insert(0, str(ROOT))
 
 from bench_queue import fresh_url, make_app  # noqa: E402
-
 from creep import Creep  # noqa: E402
 
 HINT = [{"sku_category": "RAW_NET", "sku_code": "ip.bench.*"}]
