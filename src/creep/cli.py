@@ -134,6 +134,12 @@ def demo(
         example.close()
 
 
+# -- REST API (creep.api): `creep server`, `creep keys create` ----------------------------------
+from creep.api.cli_commands import register_api_commands  # noqa: E402
+
+register_api_commands(app)
+
+
 def main() -> None:
     app()
 

@@ -42,6 +42,7 @@ from creep.ports import (
     MaintenanceReport,
     TaskFilter,
 )
+from creep.storage import pending_writes
 from creep.storage.common import (
     TASK_COLUMNS,
     TASK_SELECT,
@@ -56,6 +57,7 @@ from creep.storage.common import (
     rescue,
     resolution_payload,
 )
+from creep.storage.postgres_api import PostgresApiMixin
 
 _MIGRATION_LOCK = 0x63726565  # "cree"
 _IDX = {name: i for i, name in enumerate(TASK_COLUMNS)}
@@ -106,7 +108,7 @@ class _Apply:
     error: str | None
 
 
-class PostgresStore:
+class PostgresStore(PostgresApiMixin):
     dialect = "postgres"
 
     def __init__(self, url: str) -> None:
@@ -140,6 +142,7 @@ class PostgresStore:
         try:
             with self.pool.connection() as conn, conn.transaction():
                 yield conn
+                pending_writes.flush(self, conn)  # e.g. the API's audit row, same transaction
         except pg_errors.CheckViolation as exc:
             if "illegal task transition" in str(exc):
                 raise IllegalTransition("task", "?", "?") from exc

@@ -35,6 +35,7 @@ from creep.ports import (
     MaintenanceReport,
     TaskFilter,
 )
+from creep.storage import pending_writes
 from creep.storage.common import (
     INSERT_COLUMNS,
     TASK_COLUMNS,
@@ -50,6 +51,7 @@ from creep.storage.common import (
     rescue,
     resolution_payload,
 )
+from creep.storage.sqlite_api import SqliteApiMixin
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _IDX = {name: i for i, name in enumerate(TASK_COLUMNS)}
@@ -110,7 +112,7 @@ class _Apply:
     error: str | None
 
 
-class SqliteStore:
+class SqliteStore(SqliteApiMixin):
     dialect = "sqlite"
 
     def __init__(self, url: str) -> None:
@@ -163,6 +165,7 @@ class SqliteStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            pending_writes.flush(self, conn)  # e.g. the API's audit row, same transaction
         except BaseException:
             conn.execute("ROLLBACK")
             raise
