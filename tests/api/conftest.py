@@ -37,9 +37,12 @@ class Server:
     log_path: Path
     _tenants: list[str] = field(default_factory=list)
 
-    def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
+    def client(
+        self, key: str | None = None, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Client:
+        merged = {"Authorization": f"Bearer {key}"} if key else {}
+        merged.update(headers or {})
+        return httpx.Client(base_url=self.url, headers=merged, timeout=30, **kwargs)
 
     def admin(self) -> httpx.Client:
         return self.client(self.admin_key)
