@@ -59,8 +59,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "<unmatched>"
+            template = route_template(scope)
             if self.on_done is not None:
                 self.on_done(scope["method"], template, status, elapsed)
             if access_log.isEnabledFor(logging.INFO):
@@ -70,6 +69,16 @@ class RequestContextMiddleware:
                            "duration_ms": round(elapsed * 1000, 2)},
                 )
             _request_id.reset(token)
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route as a template (/v1/tasks/{task_id}): a bounded metrics label.
+    Built from the path and its parameters, which holds however routers were nested."""
+    if scope.get("endpoint") is None:
+        return "<unmatched>"
+    params = {str(v): k for k, v in (scope.get("path_params") or {}).items()}
+    parts = [f"{{{params[p]}}}" if p in params else p for p in scope["path"].split("/")]
+    return "/".join(parts)
 
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
