@@ -142,7 +142,7 @@ def _sql(server: Server, statement: str, params: tuple[Any, ...] = ()) -> None:
 
 
 def test_audit_rows_are_immutable_in_the_database(server: Server) -> None:
-    tenant, key = server.tenant()
+    _tenant, key = server.tenant()
     with server.client(key) as c:
         tid = c.post("/v1/tasks", json={"task_type": "X"}).json()["task_id"]
     row = _audit(server, resource_id=tid)[0]

@@ -3,6 +3,7 @@ at start, metrics, JSON logs with request ids, `creep keys create`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -64,10 +65,8 @@ class TcpProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def cut(self) -> None:
         """Refuse new connections and drop the open ones."""
@@ -80,10 +79,8 @@ class TcpProxy:
             self._listener = None
         with self._lock:
             for s in self._sockets:
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 s.close()
             self._sockets.clear()
 
@@ -177,7 +174,7 @@ def test_metrics_logs_and_runtime_log_level(tmp_path: Path) -> None:
     server = start_server(f"sqlite:///{tmp_path}/m.db", tmp_path / "s.log",
                           CREEP_LOG_LEVEL="INFO")
     try:
-        tenant, key = server.tenant()
+        _tenant, key = server.tenant()
         with server.client(key) as c:
             c.post("/v1/tasks", json={"task_type": "METERED", "priority": 95},
                    headers={"X-Request-ID": "metered-1"})

@@ -78,7 +78,7 @@ def test_two_tenants_never_see_each_other(server: Server) -> None:
 
 
 def test_read_only_and_revoked_keys(server: Server) -> None:
-    tenant, key = server.tenant()
+    tenant, _key = server.tenant()
     read_only = server.key(tenant, read_only=True)
     with server.client(read_only["key"]) as ro:
         assert ro.get("/v1/tasks").status_code == 200
