@@ -64,6 +64,10 @@ def test_validation_problems_name_fields(server: Server) -> None:
         assert r.status_code == 422
         fields = {e["field"] for e in r.json()["errors"]}
         assert fields == {"run_after", "constraints.max_retries"}
+        # Text no database can store (PostgreSQL refuses NUL) is the caller's mistake.
+        r = c.post("/v1/tasks", json=_task(input_payload={"a": ["ok", "nul\u0000"]}))
+        assert r.status_code == 422 and "input_payload.a[1]" in r.text
+        assert c.get("/v1/tasks", params={"task_type": "x\u0000"}).status_code == 422
         # Not JSON at all.
         r = c.post("/v1/tasks", content=b"{nope", headers={"content-type": "application/json"})
         assert r.status_code == 422 and r.json()["type"].endswith("/validation")
