@@ -5,6 +5,7 @@ content types."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -23,6 +24,16 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 ADMIN_PATHS = ("/v1/tenants", "/v1/keys", "/v1/audit", "/v1/admin")
 
 
+def _fuzz(operation: Any, base_url: str, headers: dict[str, str]) -> None:
+    @given(case=operation.as_strategy())
+    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    def run(case: schemathesis.Case) -> None:
+        case.call_and_validate(base_url=base_url, headers=headers, checks=CHECKS)
+
+    run()
+
+
 def test_api_conforms_to_its_schema(server: Server) -> None:
     _, tenant_key = server.tenant()
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
@@ -35,16 +46,8 @@ def test_api_conforms_to_its_schema(server: Server) -> None:
         operations += 1
         # Tenant-facing routes with a tenant key (so creates succeed), the rest as admin.
         key = server.admin_key if operation.path.startswith(ADMIN_PATHS) else tenant_key
-        headers = {"Authorization": f"Bearer {key}"}
-
-        @given(case=operation.as_strategy())
-        @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
-        def run(case: schemathesis.Case) -> None:
-            case.call_and_validate(base_url=server.url, headers=headers, checks=CHECKS)
-
         try:
-            run()
+            _fuzz(operation, server.url, {"Authorization": f"Bearer {key}"})
         except Exception as exc:  # collect every operation's failure, then report all
             failures.append(f"{operation.label}: {exc}")
     assert operations >= 15
