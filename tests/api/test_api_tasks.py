@@ -155,6 +155,30 @@ def test_idempotency_race_50_concurrent_posts(server: Server) -> None:
         assert len([t for t in listed if t["idempotency_key"] == body["idempotency_key"]]) == 1
 
 
+def test_concurrent_creates_fail_alone(server: Server) -> None:
+    """Concurrent creates are written together; one bad request must not sink the others."""
+    _, key = server.tenant()
+    bodies = [_task(input_payload={"i": i}) for i in range(20)]
+    bodies[7] = _task(depends_on=[str(uuid.uuid4())])  # unknown dependency: 422
+    bodies[13] = {**bodies[3], "priority": 1}  # bodies[3]'s key, another body: 409 or 201
+    barrier = threading.Barrier(len(bodies))
+
+    def post(body: dict[str, Any]) -> httpx.Response:
+        with server.client(key) as c:
+            barrier.wait()
+            return c.post("/v1/tasks", json=body)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(post, bodies))
+    assert responses[7].status_code == 422
+    assert sorted([responses[3].status_code, responses[13].status_code]) == [201, 409]
+    others = [r for i, r in enumerate(responses) if i not in (3, 7, 13)]
+    assert {r.status_code for r in others} == {201}
+    with server.client(key) as c:
+        listed = c.get("/v1/tasks", params={"limit": 500}).json()["items"]
+    assert len(listed) == 18
+
+
 def _read_sse(response: httpx.Response, stop_after: int | None = None) -> list[dict[str, str]]:
     events: list[dict[str, str]] = []
     current: dict[str, str] = {}

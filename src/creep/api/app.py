@@ -15,6 +15,7 @@ from fastapi.responses import ORJSONResponse
 from creep.api import problems
 from creep.api.auth import KeyCache
 from creep.api.context import RequestContextMiddleware
+from creep.api.create_batcher import CreateBatcher
 from creep.api.limits import RateLimiter, TenantLimitsCache
 from creep.api.metrics import Metrics
 from creep.api.openapi import install_openapi
@@ -85,7 +86,11 @@ def create_app(
                 svc, app.state.tenant_limits, shared=the_store.dialect == "postgres"
             )
             app.state.metrics = Metrics(the_store)
-            yield
+            app.state.create_batcher = CreateBatcher(svc)
+            try:
+                yield
+            finally:
+                app.state.create_batcher.close()
         finally:
             if opened:
                 the_store.close()

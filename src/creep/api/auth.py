@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from creep.api.problems import Problem
-from creep.api.services import Services, services
+from creep.api.services import Services, get_services
 from creep.domain.tenancy import ApiKey, PrincipalType, Role, hash_key
 
 
@@ -91,7 +91,7 @@ async def authenticate(
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """FastAPI dependency: the caller's Principal, or a 401 problem."""
-    svc = services(request)
+    svc = get_services(request)
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():

@@ -55,8 +55,32 @@ class RequestContextMiddleware:
                 message["headers"] = headers
             await send(message)
 
+        started_response = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started_response
+            if message["type"] == "http.response.start":
+                started_response = True
+            await send_with_id(message)
+
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_tracked)
+        except Exception:
+            # Answer here, where the request id is still known (the outermost handler of
+            # Starlette would answer without it).
+            logging.getLogger("creep.api").exception("unhandled error")
+            if started_response:
+                raise
+            status = 500
+            body = orjson.dumps({
+                "type": "https://creep.dev/problems/internal", "title": "Internal error",
+                "status": 500, "detail": "an unexpected error occurred",
+                "instance": request_id,
+            })
+            await send_with_id({"type": "http.response.start", "status": 500, "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode())]})
+            await send_with_id({"type": "http.response.body", "body": body})
         finally:
             elapsed = time.perf_counter() - started
             template = route_template(scope)

@@ -14,9 +14,17 @@ from starlette.responses import StreamingResponse
 
 from creep.api.audit import audit_write, audited, riding
 from creep.api.auth import Authenticated, Writer
+from creep.api.create_batcher import CreateBatcher
 from creep.api.limits import QuotaCheck, TenantLimitsCache
 from creep.api.problems import Problem
-from creep.api.responses import decode_cursor, encode_cursor, json_response
+from creep.api.responses import (
+    aware,
+    check_event_cursor,
+    decode_cursor,
+    encode_cursor,
+    json_response,
+    valid_sortable_cursor,
+)
 from creep.api.schemas import (
     CancelIn,
     TaskEventPage,
@@ -65,21 +73,27 @@ def quota_check(request: Request, tenant_id: str, task_ids: list[str]) -> list[Q
                      "key already created (header Idempotent-Replayed: true)"},
                429: {"description": "rate limit or active-task cap reached"}, **_PROBLEMS},
 )
-def create_task(body: TaskOrderIn, request: Request, principal: Writer, svc: Svc) -> Any:
+async def create_task(body: TaskOrderIn, request: Request, principal: Writer, svc: Svc) -> Any:
     """Create a task order. The same (tenant_id, env, idempotency_key) and body again answers
     200 with the same task; the same key with another body answers 409."""
     fields = body.fields()
-    fields["tenant_id"] = owning_tenant(principal, fields.get("tenant_id"), svc.store)
-    now = svc.clock.now()
-    spec = validate_task_spec(fields, now=now, limits=svc.limits)
+    requested = fields.get("tenant_id")
+    if principal.is_admin:  # checks the tenant exists: a database read, off the event loop
+        fields["tenant_id"] = await run_in_threadpool(
+            owning_tenant, principal, requested, svc.store
+        )
+    else:
+        fields["tenant_id"] = owning_tenant(principal, requested, svc.store)
+    spec = validate_task_spec(fields, now=svc.clock.now(), limits=svc.limits)
     audit = audit_write(
         request, principal, AuditAction.CREATED, ResourceType.TASK, spec.task_id,
         tenant_id=spec.tenant_id, skip_if_missing=True,
-        # A replay (even one naming its task_id) changes nothing and is not audited.
-        only_if=lambda snap: bool(snap["created_at"] == now),
     )
-    with riding(*quota_check(request, spec.tenant_id, [spec.task_id]), audit):
-        task = svc.store.task_create_many([spec], now)[0]
+    quota = await run_in_threadpool(quota_check, request, spec.tenant_id, [spec.task_id]) \
+        if request.app.state.tenant_limits.peek(spec.tenant_id) is None \
+        else quota_check(request, spec.tenant_id, [spec.task_id])
+    batcher: CreateBatcher = request.app.state.create_batcher
+    task = await batcher.create(spec, [*quota, audit])
     headers = {**_etag(task), "Location": f"/v1/tasks/{task.task_id}"}
     if task.replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -89,14 +103,11 @@ def create_task(body: TaskOrderIn, request: Request, principal: Writer, svc: Svc
 
 
 def _valid_task_cursor(raw: str) -> bool:
-    created, _, task_id = raw.partition("/")
     try:
-        uuid.UUID(task_id)
-        if not created.isdigit():
-            datetime.fromisoformat(created)
+        uuid.UUID(raw.partition("/")[2])
     except ValueError:
         return False
-    return True
+    return valid_sortable_cursor(raw)
 
 
 @router.get("", response_model=TaskPage, responses={422: _PROBLEMS[422]})
@@ -116,9 +127,8 @@ def list_tasks(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Any:
     """Newest first; pass `next_cursor` back as `cursor` for the next page."""
-    for name, value in (("created_from", created_from), ("created_to", created_to)):
-        if value is not None and value.tzinfo is None:
-            raise ValidationError.single(name, "must carry a time zone")
+    created_from = aware(created_from, "created_from")
+    created_to = aware(created_to, "created_to")
     if foreign_tenant_filter(principal, tenant_id):
         return json_response({"items": [], "next_cursor": None})
     after = decode_cursor(cursor, _valid_task_cursor) if cursor else None
@@ -226,6 +236,7 @@ def task_events(
 ) -> Any:
     """The task's events, oldest first; `next_cursor` continues after the last one."""
     scope = read_scope(principal)
+    check_event_cursor(after, "after")
     svc.store.task_get(task_id, scope)
     events = svc.store.task_events_after(after, limit=limit, task_id=task_id, tenant_id=scope)
     next_cursor = events[-1].cursor if events else after
@@ -249,7 +260,8 @@ async def stream_task_events(
     and every event was sent."""
     scope = read_scope(principal)
     await run_in_threadpool(svc.store.task_get, task_id, scope)
-    start = last_event_id or after
+    start = check_event_cursor(last_event_id, "Last-Event-ID") or check_event_cursor(
+        after, "after")
     # A cursor this store did not issue is a 422 now, not a broken stream later.
     first = await run_in_threadpool(
         svc.store.task_events_after, start, limit=500, task_id=task_id, tenant_id=scope
