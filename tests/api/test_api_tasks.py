@@ -4,6 +4,7 @@ PATCH with If-Match, events, the idempotency race, SSE resume, problem documents
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -127,8 +128,15 @@ def test_cancel_retry_patch_and_events(server: Server) -> None:
         events = c.get(f"/v1/tasks/{tid}/events").json()
         types = [e["event_type"] for e in events["items"]]
         assert types == ["created", "queued", "updated", "cancelled", "queued"]
-        after = c.get(f"/v1/tasks/{tid}/events",
-                      params={"after": events["items"][2]["cursor"]}).json()
+        # After a cursor, PostgreSQL shows an event once no older transaction can still
+        # commit (other sessions on the server may hold that back for a moment).
+        deadline = time.monotonic() + 20
+        while True:
+            after = c.get(f"/v1/tasks/{tid}/events",
+                          params={"after": events["items"][2]["cursor"]}).json()
+            if len(after["items"]) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert [e["event_type"] for e in after["items"]] == ["cancelled", "queued"]
         assert c.get(f"/v1/tasks/{uuid.uuid4()}").status_code == 404
         assert c.get("/v1/tasks/not-a-uuid").status_code == 404

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import cast
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import ORJSONResponse
 
 from creep.api import problems
@@ -20,11 +20,9 @@ from creep.api.limits import RateLimiter, TenantLimitsCache
 from creep.api.metrics import Metrics
 from creep.api.openapi import install_openapi
 from creep.api.routes import admin, audit, batches, health, keys, tasks, tenants
-from creep.api.schemas import bad_text
 from creep.api.services import Services
 from creep.api.settings import Settings
 from creep.domain.clock import Clock, SystemClock
-from creep.domain.errors import ValidationError
 from creep.domain.tenancy import ApiKey, PrincipalType, Role, hash_key
 from creep.ports_api import ApiStore
 
@@ -49,15 +47,6 @@ def ensure_admin_key(store: ApiStore, secret: str, clock: Clock) -> None:
     elif stored.revoked_at is not None:
         log.warning("CREEP_ADMIN_KEY names a revoked key; it will not authenticate",
                     extra={"key_id": stored.key_id})
-
-
-async def storable_parameters(request: Request) -> None:
-    """Path and query parameters reach SQL: text no database can store is a 422 here."""
-    for where, params in (("path", request.path_params), ("query", request.query_params)):
-        for name, value in params.items():
-            rule = bad_text(str(value))
-            if rule:
-                raise ValidationError.single(f"{name}", f"{rule} (in the {where})")
 
 
 def create_app(
@@ -112,7 +101,7 @@ def create_app(
 
     app.add_middleware(RequestContextMiddleware, on_done=on_done)
     app.include_router(health.router)
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(storable_parameters)])
+    v1 = APIRouter(prefix="/v1")
     for router in V1_ROUTERS:
         v1.include_router(router)
     app.include_router(v1)
