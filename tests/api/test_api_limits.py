@@ -64,6 +64,17 @@ def test_active_task_cap(server: Server) -> None:
         assert c.post("/v1/tasks", json={"task_type": "X"}).status_code == 201
 
 
+def test_retry_counts_against_the_cap(server: Server) -> None:
+    _, key = server.tenant(max_active_tasks=1)
+    with server.client(key) as c:
+        first = c.post("/v1/tasks", json={"task_type": "X"}).json()["task_id"]
+        c.post(f"/v1/tasks/{first}/cancel")
+        assert c.post("/v1/tasks", json={"task_type": "X"}).status_code == 201
+        refused = c.post(f"/v1/tasks/{first}/retry")
+        assert refused.status_code == 429
+        assert c.get(f"/v1/tasks/{first}").json()["status"] == "CANCELLED"
+
+
 def test_active_task_cap_holds_under_concurrency(server: Server) -> None:
     _, key = server.tenant(max_active_tasks=3)
     barrier = threading.Barrier(12)
