@@ -42,6 +42,7 @@ from creep.ports import (
     MaintenanceReport,
     TaskFilter,
 )
+from creep.storage import pending_writes
 from creep.storage.common import (
     TASK_COLUMNS,
     TASK_SELECT,
@@ -56,6 +57,7 @@ from creep.storage.common import (
     rescue,
     resolution_payload,
 )
+from creep.storage.postgres_api import PostgresApiMixin
 from creep.storage.postgres_assets import PostgresAssets
 from creep.storage.postgres_schedules import PostgresSchedulesMixin  # schedules
 
@@ -108,7 +110,9 @@ class _Apply:
     error: str | None
 
 
-class PostgresStore(PostgresSchedulesMixin, PostgresAssets):  # schedules, assets: see the mixins
+class PostgresStore(
+    PostgresSchedulesMixin, PostgresAssets, PostgresApiMixin
+):  # schedules, assets, API tables: see the mixins
     dialect = "postgres"
 
     def __init__(self, url: str) -> None:
@@ -142,6 +146,7 @@ class PostgresStore(PostgresSchedulesMixin, PostgresAssets):  # schedules, asset
         try:
             with self.pool.connection() as conn, conn.transaction():
                 yield conn
+                pending_writes.flush(self, conn)  # e.g. the API's audit row, same transaction
         except pg_errors.CheckViolation as exc:
             if "illegal task transition" in str(exc):
                 raise IllegalTransition("task", "?", "?") from exc

@@ -35,6 +35,7 @@ from creep.ports import (
     MaintenanceReport,
     TaskFilter,
 )
+from creep.storage import pending_writes
 from creep.storage.common import (
     INSERT_COLUMNS,
     TASK_COLUMNS,
@@ -50,6 +51,7 @@ from creep.storage.common import (
     rescue,
     resolution_payload,
 )
+from creep.storage.sqlite_api import SqliteApiMixin
 from creep.storage.sqlite_assets import SqliteAssets
 from creep.storage.sqlite_schedules import SqliteSchedulesMixin  # schedules
 
@@ -112,7 +114,9 @@ class _Apply:
     error: str | None
 
 
-class SqliteStore(SqliteSchedulesMixin, SqliteAssets):  # schedules, assets: see the mixins
+class SqliteStore(
+    SqliteSchedulesMixin, SqliteAssets, SqliteApiMixin
+):  # schedules, assets, API tables: see the mixins
     dialect = "sqlite"
 
     def __init__(self, url: str) -> None:
@@ -165,6 +169,7 @@ class SqliteStore(SqliteSchedulesMixin, SqliteAssets):  # schedules, assets: see
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            pending_writes.flush(self, conn)  # e.g. the API's audit row, same transaction
         except BaseException:
             conn.execute("ROLLBACK")
             raise

@@ -1,0 +1,118 @@
+"""Per-tenant limits: the request-rate token bucket (429 + Retry-After) and the cap on
+queued + running tasks; on PostgreSQL both are shared by every API process."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.api.conftest import Server, start_server, stop_server
+
+
+def test_rate_limit_answers_429_with_retry_after(server: Server) -> None:
+    # One token per ~17 minutes: the burst is all there is during this test.
+    _, key = server.tenant(rate_limit_per_second=0.001, rate_limit_burst=3)
+    _, other = server.tenant()
+    with server.client(key) as c, server.client(other) as o:
+        assert [c.get("/v1/tasks").status_code for _ in range(3)] == [200, 200, 200]
+        limited = c.get("/v1/tasks")
+        assert limited.status_code == 429
+        assert limited.json()["type"].endswith("/rate-limited")
+        assert int(limited.headers["retry-after"]) >= 1
+        assert o.get("/v1/tasks").status_code == 200  # other tenants are not affected
+
+
+def test_rate_limit_is_shared_by_api_processes(
+    server: Server, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """PostgreSQL: two servers on one database. SQLite: one server with two worker processes
+    (the buckets then live in the database file)."""
+    log = tmp_path_factory.mktemp("log2") / "s.log"
+    if server.database_url.startswith("sqlite"):
+        other = start_server(server.database_url.replace("creep.db", "workers.db"), log,
+                             CREEP_WORKERS="2")
+        first, second = other, other
+    else:
+        other = start_server(server.database_url, log)
+        first, second = server, other
+    try:
+        tenant, key = first.tenant(rate_limit_per_second=0.001, rate_limit_burst=4)
+        codes = []
+        for srv in (first, second) * 4:
+            with srv.client(key) as c:  # a new connection each time: any process may answer
+                codes.append(c.get("/v1/tasks").status_code)
+        assert codes == [200] * 4 + [429] * 4
+        if other is first:  # SQLite: the bucket every worker process shares is in the file
+            path = urlsplit(other.database_url).path[1:]
+            conn = sqlite3.connect(path)
+            try:
+                row = conn.execute("SELECT tokens FROM rate_buckets WHERE bucket = ?",
+                                   (f"tenant:{tenant}",)).fetchone()
+            finally:
+                conn.close()
+            assert row is not None and row[0] < 1
+    finally:
+        stop_server(other)
+
+
+def test_active_task_cap(server: Server) -> None:
+    _, key = server.tenant(max_active_tasks=2)
+    with server.client(key) as c:
+        first = c.post("/v1/tasks", json={"task_type": "X", "idempotency_key": "one"})
+        assert first.status_code == 201
+        assert c.post("/v1/tasks", json={"task_type": "X"}).status_code == 201
+        refused = c.post("/v1/tasks", json={"task_type": "X"})
+        assert refused.status_code == 429 and refused.json()["type"].endswith("/quota-exceeded")
+        # A replay creates nothing, so the cap does not refuse it.
+        replay = c.post("/v1/tasks", json={"task_type": "X", "idempotency_key": "one"})
+        assert replay.status_code == 200
+        # A batch over the cap is refused whole.
+        batch = c.post("/v1/batches", json={"title": "b", "tasks": [{"task_type": "X"}] * 2})
+        assert batch.status_code == 429
+        assert c.get("/v1/batches").json()["items"] == []
+        assert len(c.get("/v1/tasks").json()["items"]) == 2
+        # Delayed tasks do not count (they are PENDING), finished ones neither.
+        later = c.post("/v1/tasks", json={"task_type": "X", "run_after": "2999-01-01T00:00:00Z"})
+        assert later.status_code == 201 and later.json()["status"] == "PENDING"
+        c.post(f"/v1/tasks/{first.json()['task_id']}/cancel")
+        assert c.post("/v1/tasks", json={"task_type": "X"}).status_code == 201
+
+
+def test_retry_counts_against_the_cap(server: Server) -> None:
+    _, key = server.tenant(max_active_tasks=1)
+    with server.client(key) as c:
+        first = c.post("/v1/tasks", json={"task_type": "X"}).json()["task_id"]
+        c.post(f"/v1/tasks/{first}/cancel")
+        assert c.post("/v1/tasks", json={"task_type": "X"}).status_code == 201
+        refused = c.post(f"/v1/tasks/{first}/retry")
+        assert refused.status_code == 429
+        assert c.get(f"/v1/tasks/{first}").json()["status"] == "CANCELLED"
+
+
+def test_active_task_cap_holds_under_concurrency(server: Server) -> None:
+    _, key = server.tenant(max_active_tasks=3)
+    barrier = threading.Barrier(12)
+
+    def post(_: int) -> int:
+        with server.client(key) as c:
+            barrier.wait()
+            return c.post("/v1/tasks", json={"task_type": "X"}).status_code
+
+    with ThreadPoolExecutor(12) as pool:
+        codes = sorted(pool.map(post, range(12)))
+    assert codes == [201] * 3 + [429] * 9
+    with server.client(key) as c:
+        assert len(c.get("/v1/tasks", params={"status": "QUEUED"}).json()["items"]) == 3
+
+
+def test_limits_are_validated(server: Server) -> None:
+    with server.admin() as admin:
+        r = admin.post("/v1/tenants", json={"tenant_id": "bad", "rate_limit_burst": 0,
+                                            "max_active_tasks": -1})
+        assert r.status_code == 422
+        assert {e["field"] for e in r.json()["errors"]} == {"rate_limit_burst",
+                                                            "max_active_tasks"}
