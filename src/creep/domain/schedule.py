@@ -17,6 +17,7 @@ import orjson
 from creep.domain.cron import next_cron, validate_cron, validate_timezone
 from creep.domain.errors import ConflictError, ValidationError
 from creep.domain.execution import TriggerType
+from creep.domain.task_spec import Limits, TaskSpec, validate_task_spec
 
 MAX_DATA_BYTES = 10 * 1024  # seed 003: ScheduledTask.data larger than 10 KB is rejected
 MAX_MISFIRE_LIMIT = 1000
@@ -97,6 +98,11 @@ class Firing:
     trigger_by: str | None = None
     execution_uid: str = field(default_factory=lambda: str(uuid.uuid4()))
     task_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    #: The TaskOrder this firing creates, written in the same transaction as its execution
+    #: (None: a built-in job the scheduler runs itself).
+    spec: TaskSpec | None = None
+    #: Why the TaskOrder failed validation: the execution is recorded `failure`, no task.
+    invalid: str | None = None
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -413,3 +419,16 @@ def task_fields(sched: ScheduledTask, firing: Firing) -> dict[str, Any]:
         "constraints": {"max_retries": sched.max_retries},
         "input_payload": payload, "external_ref": f"schedule:{sched.uid}",
     }
+
+
+def attach_task_specs(
+    sched: ScheduledTask, firings: list[Firing], *, now: datetime, limits: Limits
+) -> list[Firing]:
+    """Give each firing its validated TaskOrder, so the store writes the execution and the
+    task in one transaction; an order that fails validation is kept on the firing instead."""
+    for f in firings:
+        try:
+            f.spec = validate_task_spec(task_fields(sched, f), now=now, limits=limits)
+        except ValidationError as exc:
+            f.invalid = f"the task order is invalid: {exc}"
+    return firings

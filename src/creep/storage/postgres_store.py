@@ -138,7 +138,12 @@ class PostgresStore(PostgresSchedulesMixin, PostgresAssets):  # schedules, asset
         self.pool.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[psycopg.Connection[Any]]:
+    def _tx(
+        self, within: psycopg.Connection[Any] | None = None
+    ) -> Iterator[psycopg.Connection[Any]]:
+        if within is not None:  # the caller's open transaction (a schedule firing) owns it
+            yield within
+            return
         try:
             with self.pool.connection() as conn, conn.transaction():
                 yield conn
@@ -181,7 +186,10 @@ class PostgresStore(PostgresSchedulesMixin, PostgresAssets):  # schedules, asset
 
     # -- creating tasks ------------------------------------------------------------------------
 
-    def task_create_many(self, specs: Sequence[TaskSpec], now: datetime) -> list[TaskOrder]:
+    def task_create_many(
+        self, specs: Sequence[TaskSpec], now: datetime, *,
+        within: psycopg.Connection[Any] | None = None,  # join an open transaction (schedules)
+    ) -> list[TaskOrder]:
         if not specs:
             return []
         from creep.domain.dag import topological_order
@@ -189,7 +197,7 @@ class PostgresStore(PostgresSchedulesMixin, PostgresAssets):  # schedules, asset
         by_id = {s.task_id: s for s in specs}
         if len(by_id) != len(specs):
             raise ValidationError.single("task_id", "task ids in one submission must be unique")
-        with self._tx() as conn:
+        with self._tx(within) as conn:
             outside = sorted({d for s in specs for d in s.depends_on if d not in by_id})
             found: dict[str, tuple[str, str]] = {}
             if outside:

@@ -160,7 +160,10 @@ class SqliteStore(SqliteSchedulesMixin, SqliteAssets):  # schedules, assets: see
         return conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, within: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        if within is not None:  # the caller's open transaction (a schedule firing) owns it
+            yield within
+            return
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -219,10 +222,13 @@ class SqliteStore(SqliteSchedulesMixin, SqliteAssets):  # schedules, assets: see
 
     # -- creating tasks ------------------------------------------------------------------------
 
-    def task_create_many(self, specs: Sequence[TaskSpec], now: datetime) -> list[TaskOrder]:
+    def task_create_many(
+        self, specs: Sequence[TaskSpec], now: datetime, *,
+        within: sqlite3.Connection | None = None,  # join an open transaction (schedules)
+    ) -> list[TaskOrder]:
         if not specs:
             return []
-        with self._write() as conn:
+        with self._write(within) as conn:
             dep_status = self._dependency_status(conn, specs)
             try:
                 conn.execute("SAVEPOINT fast_insert")
