@@ -220,9 +220,11 @@ def test_execution_state_mirrors_task_status() -> None:
     assert execution_state_for("FAILED", "x") is ExecutionState.FAILURE
     assert execution_state_for("TIMEOUT", None) is ExecutionState.TIMEOUT
     assert execution_state_for("CANCELLED", None) is ExecutionState.CANCELLED
-    assert execution_state_for("DEAD_LETTER", "boom") is ExecutionState.FAILURE
-    lost = "claim expired at 2026-01-01T00:00:00+00:00 (worker lost)"
-    assert execution_state_for("DEAD_LETTER", lost) is ExecutionState.INTERRUPTED
+    assert execution_state_for("DEAD_LETTER", "MAX_RETRIES_EXCEEDED") is ExecutionState.FAILURE
+    # Structural: the result code, never the text of the error.
+    assert execution_state_for("DEAD_LETTER", "(worker lost)") is ExecutionState.FAILURE
+    assert execution_state_for("DEAD_LETTER", "WORKER_LOST") is ExecutionState.INTERRUPTED
+    assert execution_state_for("FAILED", "WORKER_LOST") is ExecutionState.FAILURE
 
 
 def test_lock_transitions() -> None:

@@ -416,7 +416,9 @@ def task_fields(sched: ScheduledTask, firing: Firing) -> dict[str, Any]:
         "priority": sched.priority, "timeout_ms": sched.max_duration_seconds * 1000,
         "max_total_cost": sched.max_total_cost, "currency": sched.currency,
         "resource_hints": sched.resource_hints, "tags": sched.tags,
-        "constraints": {"max_retries": sched.max_retries},
+        # The control plane calls the task timed out only after max_duration + grace.
+        "constraints": {"max_retries": sched.max_retries,
+                        "timeout_grace_ms": sched.timeout_grace_period * 1000},
         "input_payload": payload, "external_ref": f"schedule:{sched.uid}",
     }
 

@@ -758,17 +758,21 @@ class PostgresStore(PostgresSchedulesMixin, PostgresAssets):  # schedules, asset
                 {"now": now},
             ).fetchone()
             report.promoted = int(row[0]) if row else 0
+            # A task's own constraints.timeout_grace_ms (schedules) extends the grace.
             stuck = conn.execute(
                 """SELECT task_id, claim_token, attempt, max_attempts, deadline_at,
-                    claim_expires_at FROM tasks
-                WHERE status = 'RUNNING' AND (claim_expires_at < %s OR deadline_at < %s)
+                    claim_expires_at, (constraints->>'timeout_grace_ms')::bigint FROM tasks
+                WHERE status = 'RUNNING' AND (claim_expires_at < %(now)s OR (deadline_at < %(g)s
+                    AND deadline_at < %(now)s - COALESCE((constraints->>'timeout_grace_ms')::bigint,
+                                                         0) * interval '1 millisecond'))
                 LIMIT 5000 FOR UPDATE SKIP LOCKED""",
-                (now, now - timedelta(seconds=timeout_grace)),
+                {"now": now, "g": now - timedelta(seconds=timeout_grace)},
             ).fetchall()
             items = []
-            for task_id, token, attempt, max_attempts, deadline, expires in stuck:
+            for task_id, token, attempt, max_attempts, deadline, expires, grace_ms in stuck:
                 outcome, res = rescue(
-                    task_id, token, attempt, max_attempts, deadline, expires, now, backoff
+                    task_id, token, attempt, max_attempts, deadline, expires, now, backoff,
+                    grace_ms,
                 )
                 items.append(_Apply(task_id, token, res, None, outcome.error))
                 if res.status is TaskStatus.TIMEOUT:

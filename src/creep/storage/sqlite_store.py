@@ -773,18 +773,20 @@ class SqliteStore(SqliteSchedulesMixin, SqliteAssets):  # schedules, assets: see
                 [(r[0], r[1], "queued", "PENDING", "QUEUED", r[2], b"{}", now_us) for r in rows],
             )
             report.promoted = len(rows)
+            # A task's own constraints.timeout_grace_ms (schedules) extends the grace.
             stuck = conn.execute(
-                """SELECT task_id, claim_token, attempt, max_attempts, deadline_at,
-                    claim_expires_at FROM tasks
-                WHERE status = 'RUNNING' AND (claim_expires_at < ?1 OR deadline_at < ?2)
+                f"""SELECT task_id, claim_token, attempt, max_attempts, deadline_at,
+                    claim_expires_at, {_GRACE_MS} FROM tasks
+                WHERE status = 'RUNNING' AND (claim_expires_at < ?1 OR (deadline_at < ?2
+                    AND deadline_at < ?1 - COALESCE({_GRACE_MS}, 0) * 1000))
                 LIMIT 5000""",
                 (now_us, now_us - int(timeout_grace * 1e6)),
             ).fetchall()
             items = []
-            for task_id, token, attempt, max_attempts, deadline, expires in stuck:
+            for task_id, token, attempt, max_attempts, deadline, expires, grace_ms in stuck:
                 outcome, res = rescue(
-                    task_id, token, attempt, max_attempts, from_us(deadline), from_us(expires),
-                    now, backoff,
+                    task_id, token, attempt, max_attempts,
+                    from_us(deadline), from_us(expires), now, backoff, grace_ms,
                 )
                 items.append(_Apply(task_id, token, res, None, outcome.error))
                 if res.status is TaskStatus.TIMEOUT:
@@ -898,6 +900,9 @@ class _DataVersionListener:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
+
+
+_GRACE_MS = "json_extract(CAST(constraints AS TEXT), '$.timeout_grace_ms')"
 
 
 def _task_row(t: TaskOrder, spec: TaskSpec, has_dependants: bool) -> tuple[Any, ...]:
