@@ -238,3 +238,13 @@ def test_lock_transitions() -> None:
         check_lock_transition("active", "active", same_token=False, old_expired=False)
     with pytest.raises(IllegalTransition):
         check_lock_transition("released", "expired", same_token=True, old_expired=True)
+
+
+def test_priority_defaults_to_0_as_in_seed_003() -> None:
+    from creep.domain.schedule import Firing, task_fields
+
+    s = validate_schedule({"name": "p", "type": "T", "interval": 60}, now=T0)
+    assert s.priority == 0
+    assert task_fields(s, Firing(T0))["priority"] == 0
+    assert validate_schedule({"name": "p", "type": "T", "interval": 60, "priority": 90},
+                             now=T0).priority == 90

@@ -21,6 +21,7 @@ from creep.domain.task_spec import Limits, TaskSpec, validate_task_spec
 
 MAX_DATA_BYTES = 10 * 1024  # seed 003: ScheduledTask.data larger than 10 KB is rejected
 MAX_MISFIRE_LIMIT = 1000
+DEFAULT_PRIORITY = 0  # seed 003: `priority` default 0
 #: Slots enumerated at most per sweep when catching up a cron schedule.
 MAX_CRON_SCAN = 10_000
 
@@ -246,7 +247,8 @@ def validate_schedule(
     if not grace < max_duration:
         errs.add("timeout_grace_period", "must be >= 0 and < max_duration_seconds")
     max_concurrent = _int(errs, d, "max_concurrent", 1, 1, 10_000)
-    priority = _int(errs, d, "priority", 50, 0, 100)
+    # Seed 003: default 0 (higher runs first); the TaskOrder gets it as its queue priority.
+    priority = _int(errs, d, "priority", DEFAULT_PRIORITY, 0, 100)
     labels = d.get("labels") or {}
     if not isinstance(labels, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
