@@ -208,7 +208,7 @@ class Scheduler:
             while not stop.is_set():
                 try:
                     report = self.run_once()
-                    if report.fired or report.skipped or report.missed:
+                    if report.fired or report.skipped or report.missed or report.failed:
                         log.info("scheduler tick: %s", report)
                 except CreepError as exc:
                     log.warning("scheduler tick failed: %s", exc)
