@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "src"))
 
 from bench_queue import fresh_url, orders  # noqa: E402
-
 from creep import Creep  # noqa: E402
 from creep.domain.outcomes import Outcome, OutcomeKind, resolve  # noqa: E402
 from creep.ports import Completion  # noqa: E402
