@@ -58,6 +58,14 @@ from creep.storage.common import (
 )
 
 _MIGRATION_LOCK = 0x63726565  # "cree"
+#: The claim must walk tasks_runnable in (priority DESC, created_at) order and stop after
+#: `limit` rows. Right after a bulk enqueue (no statistics yet) the planner instead picked a
+#: bitmap scan of every queued row plus a sort: 130 ms per 500-task claim on 30k queued rows,
+#: growing with the queue. Bitmap and sequential scans are ruled out for this transaction
+#: only; JIT is off because OLTP statements never repay its compile time.
+_CLAIM_PLANNER = (
+    "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; SET LOCAL jit = off"
+)
 _IDX = {name: i for i, name in enumerate(TASK_COLUMNS)}
 _EVENT_COLUMNS = "task_id, tenant_id, event_type, from_status, to_status, attempt, payload, created_at"
 
@@ -370,6 +378,7 @@ class PostgresStore:
             return []
         token = str(uuid.uuid4())
         with self._tx() as conn:
+            conn.execute(_CLAIM_PLANNER)
             rows = conn.execute(
                 f"""WITH picked AS (
                     SELECT task_id FROM tasks
