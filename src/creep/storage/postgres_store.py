@@ -47,7 +47,6 @@ from creep.storage.common import (
     TASK_SELECT,
     UPDATABLE_FIELDS,
     check_dependencies,
-    creation_events,
     dumps,
     initial_status,
     load_migrations,
@@ -219,7 +218,7 @@ class PostgresStore:
                 status[task_id] = task.status
                 tasks[task_id] = task
             has_dependants = {d for s in specs for d in s.depends_on}
-            inserted = self._insert(conn, specs, tasks, has_dependants)
+            inserted = self._insert(conn, specs, tasks, has_dependants, now)
             missing = [s for s in specs if s.task_id not in inserted]
             if missing:
                 # Idempotency keys that exist already: replay or conflict, decided by the
@@ -253,12 +252,8 @@ class PostgresStore:
                 out = plan.resolve({tid: tasks[tid] for tid in inserted})
             else:
                 out = [tasks[s.task_id] for s in specs]
+            # The creation events were written by the insert statement itself.
             created = [tasks[t] for t in inserted]
-            events = [
-                (t.task_id, t.tenant_id, etype, old, new, 0, dumps(payload).decode(), now)
-                for t in created for etype, old, new, payload in creation_events(t)
-            ]
-            _insert_events(conn, events)
             deps = [(t.task_id, d) for t in created for d in t.depends_on]
             if deps:
                 conn.execute(
@@ -274,7 +269,7 @@ class PostgresStore:
 
     def _insert(
         self, conn: psycopg.Connection[Any], specs: Sequence[TaskSpec],
-        tasks: dict[str, TaskOrder], has_dependants: set[str],
+        tasks: dict[str, TaskOrder], has_dependants: set[str], now: datetime,
     ) -> set[str]:
         cols: dict[str, list[Any]] = {c: [] for c in _INSERT_TYPES}
         for spec in specs:
@@ -303,10 +298,30 @@ class PostgresStore:
                 cols[name].append(value)
         names = ", ".join(_INSERT_TYPES)
         arrays = ", ".join(f"%b::{typ}[]" for typ in _INSERT_TYPES.values())
+        # One statement: the rows, then their creation events (see creation_events) built
+        # in SQL from what was inserted; a key that exists already inserts neither.
         rows = conn.execute(
-            f"INSERT INTO tasks ({names}) SELECT * FROM unnest({arrays}) "
-            "ON CONFLICT (tenant_id, env, idempotency_key) DO NOTHING RETURNING task_id",
-            [cols[c] for c in _INSERT_TYPES], binary=True,
+            f"""WITH ins AS (
+                INSERT INTO tasks ({names}) SELECT * FROM unnest({arrays})
+                ON CONFLICT (tenant_id, env, idempotency_key) DO NOTHING
+                RETURNING task_id, tenant_id, task_type, priority, status
+            ), ev AS (
+                INSERT INTO task_events ({_EVENT_COLUMNS})
+                SELECT i.task_id, i.tenant_id, e.etype, e.old, e.new, 0,
+                    CASE WHEN e.ord = 1 THEN jsonb_build_object('task_type', i.task_type,
+                        'priority', i.priority) ELSE e.payload END, %b::timestamptz
+                FROM ins i CROSS JOIN LATERAL (VALUES
+                    (1, 'created', NULL, 'PENDING', NULL::jsonb),
+                    (2, 'queued', 'PENDING', 'QUEUED', '{{}}'::jsonb),
+                    (3, 'cancelled', 'PENDING', 'CANCELLED',
+                     '{{"result_code": "DEPENDENCY_FAILED"}}'::jsonb)
+                ) e(ord, etype, old, new, payload)
+                WHERE e.ord = 1 OR (e.ord = 2 AND i.status = 'QUEUED')
+                   OR (e.ord = 3 AND i.status = 'CANCELLED')
+                ORDER BY i.task_id, e.ord
+            )
+            SELECT task_id FROM ins""",
+            [*(cols[c] for c in _INSERT_TYPES), now], binary=True,
         ).fetchall()
         return {r[0] for r in rows}
 
