@@ -391,35 +391,43 @@ class PostgresStore:
     ) -> list[ClaimedTask]:
         if limit <= 0 or not task_types:
             return []
-        token = str(uuid.uuid4())
         with self._tx() as conn:
-            conn.execute(_CLAIM_PLANNER)
-            rows = conn.execute(
-                f"""WITH picked AS (
-                    SELECT task_id FROM tasks
-                    WHERE status = 'QUEUED' AND run_after <= %(now)s
-                      AND task_type = ANY(%(types)s::text[])
-                    ORDER BY priority DESC, created_at LIMIT %(n)s
-                    FOR UPDATE SKIP LOCKED
-                ), claimed AS (
-                    UPDATE tasks t SET status = 'RUNNING', attempt = t.attempt + 1,
-                        started_at = %(now)s, updated_at = %(now)s, claimed_by = %(w)s,
-                        claim_token = %(tok)s, claim_expires_at = %(exp)s,
-                        deadline_at = %(now)s + t.timeout_ms * interval '1 millisecond',
-                        task_version = t.task_version + 1, cancel_requested = false,
-                        progress_message = NULL
-                    FROM picked WHERE t.task_id = picked.task_id
-                    RETURNING {", ".join("t." + c for c in TASK_COLUMNS)}, t.deadline_at
-                ), started AS (
-                    INSERT INTO task_events ({_EVENT_COLUMNS})
-                    SELECT task_id, tenant_id, 'started', 'QUEUED', 'RUNNING', attempt,
-                        jsonb_build_object('worker_id', %(w)s::text), %(now)s FROM claimed
-                )
-                SELECT * FROM claimed ORDER BY priority DESC, created_at""",
-                {"now": now, "types": list(task_types), "n": limit, "w": worker_id,
-                 "tok": token, "exp": now + timedelta(seconds=claim_ttl)},
-            ).fetchall()
+            rows, token = self._claim_rows(conn, worker_id, task_types, limit, now, claim_ttl)
         return [ClaimedTask(_row_to_task(r[:-1]), token, r[-1]) for r in rows]
+
+    def _claim_rows(
+        self, conn: psycopg.Connection[Any], worker_id: str, task_types: Sequence[str],
+        limit: int, now: datetime, claim_ttl: float,
+    ) -> tuple[list[Any], str]:
+        """The claim inside a transaction: the claimed rows and their claim token."""
+        token = str(uuid.uuid4())
+        conn.execute(_CLAIM_PLANNER)
+        rows = conn.execute(
+            f"""WITH picked AS (
+                SELECT task_id FROM tasks
+                WHERE status = 'QUEUED' AND run_after <= %(now)s
+                  AND task_type = ANY(%(types)s::text[])
+                ORDER BY priority DESC, created_at LIMIT %(n)s
+                FOR UPDATE SKIP LOCKED
+            ), claimed AS (
+                UPDATE tasks t SET status = 'RUNNING', attempt = t.attempt + 1,
+                    started_at = %(now)s, updated_at = %(now)s, claimed_by = %(w)s,
+                    claim_token = %(tok)s, claim_expires_at = %(exp)s,
+                    deadline_at = %(now)s + t.timeout_ms * interval '1 millisecond',
+                    task_version = t.task_version + 1, cancel_requested = false,
+                    progress_message = NULL
+                FROM picked WHERE t.task_id = picked.task_id
+                RETURNING {", ".join("t." + c for c in TASK_COLUMNS)}, t.deadline_at
+            ), started AS (
+                INSERT INTO task_events ({_EVENT_COLUMNS})
+                SELECT task_id, tenant_id, 'started', 'QUEUED', 'RUNNING', attempt,
+                    jsonb_build_object('worker_id', %(w)s::text), %(now)s FROM claimed
+            )
+            SELECT * FROM claimed ORDER BY priority DESC, created_at""",
+            {"now": now, "types": list(task_types), "n": limit, "w": worker_id,
+             "tok": token, "exp": now + timedelta(seconds=claim_ttl)},
+        ).fetchall()
+        return rows, token
 
     def task_heartbeat(
         self, worker_id: str, claims: Sequence[tuple[str, str]], now: datetime, claim_ttl: float
@@ -444,13 +452,7 @@ class PostgresStore:
     def task_complete_many(self, completions: Sequence[Completion], now: datetime) -> list[str]:
         if not completions:
             return []
-        items = [
-            _Apply(
-                c.outcome.task_id, c.outcome.claim_token, c.resolution,
-                _result_json(c.outcome), c.outcome.error,
-            )
-            for c in completions
-        ]
+        items = _apply_items(completions)
         with self._tx() as conn:
             applied = self._apply(conn, items, now)
             if any(i.resolution.status is TaskStatus.QUEUED for i in items):
@@ -790,6 +792,28 @@ class PostgresStore:
             self._wake("creep_tasks", "")
         return report
 
+    # -- queue speed: a completion batch and the next claim in one transaction -----------------
+
+    def task_complete_and_claim(
+        self, completions: Sequence[Completion], worker_id: str, task_types: Sequence[str],
+        limit: int, now: datetime, claim_ttl: float,
+    ) -> tuple[list[str], list[ClaimedTask]]:
+        """task_complete_many then task_claim, committed together: one round trip pair and
+        one WAL flush instead of two. Returns (applied task ids, claimed tasks)."""
+        items = _apply_items(completions)
+        requeued = any(i.resolution.status is TaskStatus.QUEUED for i in items)
+        rows: list[Any] = []
+        token = ""
+        with self._tx() as conn:
+            applied = self._apply(conn, items, now) if items else []
+            if requeued:
+                conn.execute("SELECT pg_notify('creep_tasks', '')")
+            if limit > 0 and task_types:
+                rows, token = self._claim_rows(conn, worker_id, task_types, limit, now, claim_ttl)
+        if requeued:
+            self._wake("creep_tasks", "")
+        return applied, [ClaimedTask(_row_to_task(r[:-1]), token, r[-1]) for r in rows]
+
     # -- locks ---------------------------------------------------------------------------------
 
     def lock_acquire(
@@ -897,6 +921,14 @@ _INSERT_TYPES: dict[str, str] = {
     "depends_on": "jsonb", "max_attempts": "integer", "run_after": "timestamptz",
     "has_dependants": "boolean",
 }
+
+
+def _apply_items(completions: Sequence[Completion]) -> list[_Apply]:
+    return [
+        _Apply(c.outcome.task_id, c.outcome.claim_token, c.resolution, _result_json(c.outcome),
+               c.outcome.error)
+        for c in completions
+    ]
 
 
 def _result_json(outcome: Outcome) -> str | None:
