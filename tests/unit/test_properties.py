@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from creep import IllegalTransition, TaskStatus
@@ -21,9 +21,12 @@ from creep.domain.task import (
 )
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+# The machine is shared: no per-example deadline, no "too slow" health check.
+relaxed = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 statuses = st.sampled_from(list(TaskStatus))
 
 
+@relaxed
 @given(statuses, statuses)
 def test_check_transition_is_the_table(old: TaskStatus, new: TaskStatus) -> None:
     if new in TASK_TRANSITIONS[old]:
@@ -33,6 +36,7 @@ def test_check_transition_is_the_table(old: TaskStatus, new: TaskStatus) -> None
             check_transition(old, new)
 
 
+@relaxed
 @given(st.lists(statuses, min_size=1, max_size=30))
 def test_legal_walks_never_repeat_a_state_and_leave_terminals_only_by_retry(
     path: list[TaskStatus],
@@ -52,6 +56,7 @@ def test_legal_walks_never_repeat_a_state_and_leave_terminals_only_by_retry(
         state = nxt
 
 
+@relaxed
 @given(
     base=st.floats(min_value=0.001, max_value=60),
     cap=st.floats(min_value=0.001, max_value=7200),
@@ -75,7 +80,7 @@ def test_backoff_is_half_fixed_half_jitter_and_capped(
     retry_delay=st.none() | st.floats(min_value=0, max_value=3600),
     seed=st.integers(min_value=0, max_value=2**32),
 )
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_resolve_always_leads_to_a_legal_state(
     kind: OutcomeKind, max_attempts: int, data: st.DataObject, retry_delay: float | None,
     seed: int,
