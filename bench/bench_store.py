@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import os
 import pstats
 import sys
 import tempfile
@@ -31,7 +32,33 @@ from creep.domain.outcomes import Outcome, OutcomeKind, resolve  # noqa: E402
 from creep.ports import Completion  # noqa: E402
 
 
+def server_cpu(url: str, tag: str) -> float:
+    """CPU seconds (user + system) used so far by the PostgreSQL backends serving this
+    benchmark (found by application_name), read from /proc: the server's share of the cost,
+    which process_time() cannot see. Only meaningful with PostgreSQL on this machine."""
+    import os
+
+    import psycopg
+
+    with psycopg.connect(url.split("?")[0]) as conn:
+        pids = [r[0] for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (tag,))]
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def run(url: str, n: int, batch: int, profile: str | None) -> dict[str, float]:
+    tag = ""
+    if url.startswith("postgres"):
+        tag = f"creep-bench-{os.getpid()}"
+        url = f"{url}&application_name={tag}"
     app = Creep(url)
     store = app.store
     prof = cProfile.Profile()
@@ -40,11 +67,14 @@ def run(url: str, n: int, batch: int, profile: str | None) -> dict[str, float]:
     def phase(name: str, fn: Any, *args: Any) -> Any:
         if profile == name:
             prof.enable()
+        server = server_cpu(url, tag) if tag else 0.0
         started, cpu = time.perf_counter(), time.process_time()
         value = fn(*args)
         out[f"{name}_us"] = (time.perf_counter() - started) / n * 1e6
         # Process CPU (all threads, user + system): steadier than wall time on a busy machine.
         out[f"{name}_cpu_us"] = (time.process_time() - cpu) / n * 1e6
+        if tag:
+            out[f"{name}_pg_cpu_us"] = (server_cpu(url, tag) - server) / n * 1e6
         if profile == name:
             prof.disable()
         return value
