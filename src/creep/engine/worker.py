@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import inspect
 import logging
 import os
@@ -86,7 +87,6 @@ class _Running:
     claimed: ClaimedTask
     ctx: TaskContext
     job: asyncio.Task[None] | None = None
-    timer: asyncio.TimerHandle | None = None
     stop_reason: str | None = None  # "timeout" | "cancel" | "shutdown" | "lost"
 
 
@@ -109,8 +109,9 @@ class Worker:
         self.stats: dict[str, int] = {"claimed": 0, "completed": 0, "lost": 0}
         self._running: dict[str, _Running] = {}
         self._buffer: list[Completion] = []
-        # Completions taken from the buffer but not committed yet (they may promote dependants).
-        self._flushing = 0
+        # Completion batches taken from the buffer but not committed yet (they may promote
+        # dependants or requeue retries, so a burst run must not stop while one is in flight).
+        self._writing = 0
         self._db = ThreadPoolExecutor(2, thread_name_prefix="creep-db")
         self._sync_pool = ThreadPoolExecutor(
             self.settings.concurrency, thread_name_prefix="creep-handler"
@@ -118,6 +119,13 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._leader_token: str | None = None
+        # Handler deadlines: one heap and one timer armed for the earliest, instead of a loop
+        # timer per task. Entries of finished tasks are dropped lazily (see _arm_deadlines).
+        self._deadlines: list[tuple[float, str, _Running]] = []
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_at = float("inf")
+        self._is_async: dict[str, bool] = {}
+        self._flushing: asyncio.Task[None] | None = None
 
     # -- public --------------------------------------------------------------------------------
 
@@ -166,6 +174,13 @@ class Worker:
             for task in background:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            # A batch the completer was writing when it was cancelled is still in flight
+            # (shielded): wait for it, so its tasks are counted and never left RUNNING.
+            if self._flushing is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._flushing
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
             await self._flush()
             if self._leader_token is not None:
                 token, self._leader_token = self._leader_token, None
@@ -227,10 +242,7 @@ class Worker:
                 continue
             self._wake.clear()
             want = min(free, batch)
-            claimed = await self._call(
-                self.store.task_claim, self.worker_id, types, want, self.clock.now(),
-                s.claim_ttl,
-            )
+            claimed = await self._claim(types, want)
             for c in claimed:
                 self._start(c)
             self.stats["claimed"] += len(claimed)
@@ -238,7 +250,9 @@ class Worker:
                 idle_rounds = 0
                 continue
             if burst:
-                if claimed or self._running or self._buffer or self._flushing:
+                if (claimed or self._running or self._buffer or self._writing
+                        or self._flushing is not None):
+                    # A batch being written may queue follow-ups (dependants, retries).
                     await self._wait_for_progress()
                     continue
                 # Nothing claimable: let maintenance promote what is due, then look once more.
@@ -249,6 +263,39 @@ class Worker:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_or_stop(), s.poll_interval)
+
+    async def _claim(self, types: list[str], want: int) -> list[ClaimedTask]:
+        """Claim up to `want` tasks. Completions waiting in the buffer ride along in the same
+        transaction when the store offers that (one commit instead of two per round)."""
+        s = self.settings
+        combined = getattr(self.store, "task_complete_and_claim", None)
+        if combined is None or not self._buffer:
+            return await self._call(
+                self.store.task_claim, self.worker_id, types, want, self.clock.now(),
+                s.claim_ttl,
+            )
+        batch, self._buffer = self._buffer, []
+        try:
+            _, claimed = await self._call(
+                combined, batch, self.worker_id, types, want, self.clock.now(), s.claim_ttl
+            )
+        except CreepError as exc:
+            # Not written: the completer takes them again (with its retries), and the claim
+            # goes alone, as it would without this shortcut.
+            log.warning("completing %d tasks with the claim failed: %s", len(batch), exc)
+            self._buffer[:0] = batch
+            self._flush_now.set()
+            return await self._call(
+                self.store.task_claim, self.worker_id, types, want, self.clock.now(),
+                s.claim_ttl,
+            )
+        except BaseException:
+            self._buffer[:0] = batch
+            self._flush_now.set()
+            raise
+        self.stats["completed"] += len(batch)
+        self._slot_freed.set()
+        return list(claimed)
 
     async def _wake_or_stop(self) -> None:
         await self._wake.wait()
@@ -269,7 +316,41 @@ class Worker:
         run.job = asyncio.create_task(self._execute(run), name=f"creep-task-{task.task_id}")
         loop = asyncio.get_running_loop()
         remaining = (claimed.deadline_at - self.clock.now()).total_seconds()
-        run.timer = loop.call_later(max(0.0, remaining), self._stop_task, task.task_id, "timeout")
+        when = loop.time() + max(0.0, remaining)
+        heapq.heappush(self._deadlines, (when, task.task_id, run))
+        if when < self._deadline_at:
+            self._arm_deadlines(loop)
+
+    def _arm_deadlines(self, loop: asyncio.AbstractEventLoop) -> None:
+        """(Re)arm the one deadline timer for the earliest live entry of the heap."""
+        heap = self._deadlines
+        if len(heap) > 64 and len(heap) > 4 * len(self._running):
+            # Mostly finished tasks: rebuild instead of letting them pile up until their
+            # deadlines (default timeouts are minutes long).
+            heap[:] = [e for e in heap if self._running.get(e[1]) is e[2]]
+            heapq.heapify(heap)
+        while heap and self._running.get(heap[0][1]) is not heap[0][2]:
+            heapq.heappop(heap)
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        if not heap:
+            self._deadline_at = float("inf")
+            return
+        self._deadline_at = heap[0][0]
+        self._deadline_timer = loop.call_at(self._deadline_at, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._deadline_timer = None
+        now = loop.time()
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, task_id, run = heapq.heappop(heap)
+            if self._running.get(task_id) is run:
+                self._stop_task(task_id, "timeout")
+        self._deadline_at = float("inf")
+        self._arm_deadlines(loop)
 
     def _stop_task(self, task_id: str, reason: str) -> None:
         run = self._running.get(task_id)
@@ -284,9 +365,12 @@ class Worker:
         task = run.claimed.task
         token = run.claimed.claim_token
         handler = self.handlers[task.task_type]
+        is_async = self._is_async.get(task.task_type)
+        if is_async is None:
+            is_async = self._is_async[task.task_type] = inspect.iscoroutinefunction(handler)
         outcome: Outcome | None
         try:
-            if inspect.iscoroutinefunction(handler):
+            if is_async:
                 value = await handler(run.ctx)
             else:
                 loop = asyncio.get_running_loop()
@@ -318,8 +402,6 @@ class Worker:
         except Exception as exc:
             outcome = _error_outcome(task.task_id, token, exc)
         finally:
-            if run.timer is not None:
-                run.timer.cancel()
             self._running.pop(task.task_id, None)
             self._slot_freed.set()
         if outcome is None:
@@ -359,13 +441,17 @@ class Worker:
             self._flush_now.clear()
             # Let completions that land in the same few milliseconds share one transaction.
             await asyncio.sleep(self.settings.flush_interval)
-            await self._flush()
+            # Shielded: cancelling the completer at shutdown must not abandon a batch whose
+            # write is under way; run() awaits it.
+            self._flushing = asyncio.ensure_future(self._flush())
+            await asyncio.shield(self._flushing)
+            self._flushing = None
 
     async def _flush(self) -> None:
         while self._buffer:
             batch, self._buffer = self._buffer, []
             delay = 0.05
-            self._flushing += 1
+            self._writing += 1
             try:
                 while True:
                     try:
@@ -376,7 +462,7 @@ class Worker:
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, 2.0)
             finally:
-                self._flushing -= 1
+                self._writing -= 1
             self.stats["completed"] += len(batch)
             self._slot_freed.set()
 

@@ -90,6 +90,10 @@ def initial_status(
     spec: TaskSpec, dep_status: dict[str, str], now: datetime
 ) -> TaskStatus:
     """Where a new task starts, given the current status of each of its dependencies."""
+    if not spec.depends_on:  # the bulk-enqueue common case
+        if spec.run_after is not None and spec.run_after > now:
+            return TaskStatus.PENDING
+        return TaskStatus.QUEUED
     statuses = [dep_status[d] for d in spec.depends_on]
     if any(s in _DEAD_ENDS for s in statuses):
         return TaskStatus.CANCELLED
@@ -133,6 +137,8 @@ def resolution_payload(res: Resolution, error: str | None) -> dict[str, Any]:
 
 
 def dumps(value: Any) -> bytes:
+    if not value and type(value) in (list, dict):  # the usual empty tags/hints/constraints
+        return b"[]" if type(value) is list else b"{}"
     return orjson.dumps(value, default=_default)
 
 
