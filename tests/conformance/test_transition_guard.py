@@ -1,6 +1,6 @@
 """The database's transition guard equals the Python transition table, pair by pair.
 
-The guard has fast paths for the hot transitions (migration 0003); this checks every one of
+The guard has fast paths for the hot transitions (migration 0006_queue_speed); this checks every one of
 the 64 (old, new) status pairs against the table by raw SQL, on both backends.
 """
 
@@ -32,7 +32,11 @@ def test_guard_matches_table_for_every_pair(db_url: str) -> None:
                              (template.task_id,))
                 conn.execute("UPDATE tmp_task SET task_id = ?, idempotency_key = ?, status = ?",
                              (new_id, key, old.value))
-                conn.execute("INSERT INTO tasks SELECT * FROM tmp_task")
+                # Generated columns (has_hints) take no value: copy the stored ones only.
+                cols = ", ".join(
+                    r[1] for r in conn.execute("PRAGMA table_xinfo(tasks)") if r[6] == 0
+                )
+                conn.execute(f"INSERT INTO tasks ({cols}) SELECT {cols} FROM tmp_task")
                 conn.execute("COMMIT")
                 try:
                     conn.execute("UPDATE tasks SET status = ? WHERE task_id = ?",
@@ -45,10 +49,18 @@ def test_guard_matches_table_for_every_pair(db_url: str) -> None:
                 import psycopg
 
                 with store.pool.connection() as conn:  # type: ignore[attr-defined]
+                    cols = ", ".join(
+                        r[0] for r in conn.execute(
+                            "SELECT column_name FROM information_schema.columns WHERE "
+                            "table_name = 'tasks' AND table_schema = current_schema() AND "
+                            "is_generated = 'NEVER' ORDER BY ordinal_position"
+                        )
+                    )
                     conn.execute(
-                        "INSERT INTO tasks SELECT (jsonb_populate_record(t, jsonb_build_object("
+                        f"INSERT INTO tasks ({cols}) SELECT {cols} FROM (SELECT "
+                        "(jsonb_populate_record(t, jsonb_build_object("
                         "'task_id', %s::text, 'idempotency_key', %s::text, 'status', %s::text"
-                        "))).* FROM tasks t WHERE task_id = %s",
+                        "))).* FROM tasks t WHERE task_id = %s) x",
                         (new_id, key, old.value, template.task_id),
                     )
                     conn.commit()

@@ -112,6 +112,8 @@ class Worker:
         # Completion batches taken from the buffer but not committed yet (they may promote
         # dependants or requeue retries, so a burst run must not stop while one is in flight).
         self._writing = 0
+        # Running or finishing tasks that took leases (see _claim).
+        self._leased: set[str] = set()
         self._db = ThreadPoolExecutor(2, thread_name_prefix="creep-db")
         self._sync_pool = ThreadPoolExecutor(
             self.settings.concurrency, thread_name_prefix="creep-handler"
@@ -269,11 +271,13 @@ class Worker:
         transaction when the store offers that (one commit instead of two per round)."""
         s = self.settings
         combined = getattr(self.store, "task_complete_and_claim", None)
-        if combined is None or not self._buffer:
-            return await self._call(
-                self.store.task_claim, self.worker_id, types, want, self.clock.now(),
-                s.claim_ttl,
-            )
+        # Settling leases locks assets, and so may the claim: done in one transaction, two
+        # workers could take the same assets in opposite orders (a deadlock on PostgreSQL).
+        # Completions of leased tasks go through the completer instead.
+        if combined is None or not self._buffer or any(
+            c.outcome.task_id in self._leased for c in self._buffer
+        ):
+            return await self._claim_alone(types, want)
         batch, self._buffer = self._buffer, []
         try:
             _, claimed = await self._call(
@@ -285,10 +289,7 @@ class Worker:
             log.warning("completing %d tasks with the claim failed: %s", len(batch), exc)
             self._buffer[:0] = batch
             self._flush_now.set()
-            return await self._call(
-                self.store.task_claim, self.worker_id, types, want, self.clock.now(),
-                s.claim_ttl,
-            )
+            return await self._claim_alone(types, want)
         except BaseException:
             self._buffer[:0] = batch
             self._flush_now.set()
@@ -296,6 +297,19 @@ class Worker:
         self.stats["completed"] += len(batch)
         self._slot_freed.set()
         return list(claimed)
+
+    async def _claim_alone(self, types: list[str], want: int) -> list[ClaimedTask]:
+        """A claim on its own. A failed one (the database restarting, a deadlock victim) is
+        logged and retried on the next round after a short pause; it never stops the worker."""
+        try:
+            return await self._call(
+                self.store.task_claim, self.worker_id, types, want, self.clock.now(),
+                self.settings.claim_ttl,
+            )
+        except CreepError as exc:
+            log.warning("claiming failed, trying again shortly: %s", exc)
+            await asyncio.sleep(min(self.settings.poll_interval, 0.2))
+            return []
 
     async def _wake_or_stop(self) -> None:
         await self._wake.wait()
@@ -313,6 +327,8 @@ class Worker:
         ctx = TaskContext(self, task, claimed.claim_token)
         run = _Running(claimed, ctx)
         self._running[task.task_id] = run
+        if task.resource_hints:
+            self._leased.add(task.task_id)
         run.job = asyncio.create_task(self._execute(run), name=f"creep-task-{task.task_id}")
         loop = asyncio.get_running_loop()
         remaining = (claimed.deadline_at - self.clock.now()).total_seconds()
@@ -464,6 +480,7 @@ class Worker:
             finally:
                 self._writing -= 1
             self.stats["completed"] += len(batch)
+            self._leased.difference_update(c.outcome.task_id for c in batch)
             self._slot_freed.set()
 
     async def _drain(self) -> None:
