@@ -134,6 +134,12 @@ def demo(
         example.close()
 
 
+# -- creep artifacts (cli_artifacts.py) ---------------------------------------------------------
+from creep.cli_artifacts import artifacts_app  # noqa: E402
+
+app.add_typer(artifacts_app, name="artifacts")
+
+
 def main() -> None:
     app()
 

@@ -56,6 +56,7 @@ from creep.storage.common import (
     rescue,
     resolution_payload,
 )
+from creep.storage.postgres_artifacts import PostgresArtifactsMixin  # artifacts + HTTP workers
 
 _MIGRATION_LOCK = 0x63726565  # "cree"
 _IDX = {name: i for i, name in enumerate(TASK_COLUMNS)}
@@ -106,7 +107,7 @@ class _Apply:
     error: str | None
 
 
-class PostgresStore:
+class PostgresStore(PostgresArtifactsMixin):
     dialect = "postgres"
 
     def __init__(self, url: str) -> None:

@@ -50,6 +50,7 @@ from creep.storage.common import (
     rescue,
     resolution_payload,
 )
+from creep.storage.sqlite_artifacts import SqliteArtifactsMixin  # artifacts + HTTP workers
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _IDX = {name: i for i, name in enumerate(TASK_COLUMNS)}
@@ -110,7 +111,7 @@ class _Apply:
     error: str | None
 
 
-class SqliteStore:
+class SqliteStore(SqliteArtifactsMixin):
     dialect = "sqlite"
 
     def __init__(self, url: str) -> None:
