@@ -139,6 +139,11 @@ from creep.cli_artifacts import artifacts_app  # noqa: E402
 
 app.add_typer(artifacts_app, name="artifacts")
 
+# -- REST API (creep.api): `creep server`, `creep keys create` ----------------------------------
+from creep.api.cli_commands import register_api_commands  # noqa: E402
+
+register_api_commands(app)
+
 
 def main() -> None:
     app()
