@@ -18,7 +18,7 @@ from creep.api.context import RequestContextMiddleware
 from creep.api.limits import RateLimiter, TenantLimitsCache
 from creep.api.metrics import Metrics
 from creep.api.openapi import install_openapi
-from creep.api.routes import admin, audit, batches, health, keys, tasks, tenants
+from creep.api.routes import admin, artifacts, audit, batches, health, keys, tasks, tenants, workers
 from creep.api.schemas import bad_text
 from creep.api.services import Services
 from creep.api.settings import Settings
@@ -32,6 +32,7 @@ log = logging.getLogger("creep.api")
 #: Routers mounted under /v1, in the order they appear in the docs. Add yours here.
 V1_ROUTERS: list[APIRouter] = [
     tasks.router, batches.router, tenants.router, keys.router, audit.router, admin.router,
+    artifacts.router, workers.router,  # artifacts and the HTTP worker protocol (api2)
 ]
 
 

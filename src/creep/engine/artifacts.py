@@ -58,11 +58,22 @@ class ArtifactService:
         """Store one artifact of a task. With tenant_id, a task of another tenant is NotFound.
         The content goes to disk first: a crash before the row is written leaves an orphan
         file for reconcile, never a row without content."""
+        artifact = self.stage(task_id, content, kind=kind, file_name=file_name,
+                              tenant_id=tenant_id, mime_type=mime_type, metadata=metadata)
+        return self.store.artifact_create(artifact)
+
+    def stage(
+        self, task_id: str, content: BinaryIO | Iterable[bytes] | bytes, *, kind: str,
+        file_name: str, tenant_id: str | None = None, mime_type: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Artifact:
+        """Validate and write the content; the returned artifact is not indexed yet (pass it
+        to store.artifact_create, e.g. inside an audited block)."""
         upload = validate_upload(kind, file_name, mime_type, metadata)
         task = self.store.task_get(task_id, tenant_id)
         blob = self.blobs.write(content, self.max_bytes)
         image = sniff_image(blob.head)
-        artifact = Artifact(
+        return Artifact(
             artifact_id=str(uuid.uuid4()), task_id=task.task_id, tenant_id=task.tenant_id,
             kind=upload.kind, file_name=upload.file_name,
             mime_type=upload.mime_type or guess_mime_type(
@@ -72,7 +83,6 @@ class ArtifactService:
             height=image.height if image else None, checksum=blob.checksum,
             object_key=blob.object_key, metadata=upload.metadata, created_at=self.clock.now(),
         )
-        return self.store.artifact_create(artifact)
 
     def get(self, artifact_id: str, tenant_id: str | None = None) -> Artifact:
         return self.store.artifact_get(artifact_id, tenant_id)

@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -194,18 +195,35 @@ class WorkerProtocol:
         self, task_id: str, claim_token: str, tenant_id: str | None, result: Any = None,
         message: str | None = None,
     ) -> TaskOrder:
+        completion = self.prepare_complete(task_id, claim_token, tenant_id, result, message)
+        self.apply(completion, self.clock.now())
+        return self.store.task_get(task_id)
+
+    def fail(
+        self, task_id: str, claim_token: str, tenant_id: str | None, **options: Any
+    ) -> TaskOrder:
+        completion = self.prepare_fail(task_id, claim_token, tenant_id, **options)
+        self.apply(completion, self.clock.now())
+        return self.store.task_get(task_id)
+
+    def prepare_complete(
+        self, task_id: str, claim_token: str, tenant_id: str | None, result: Any = None,
+        message: str | None = None,
+    ) -> Completion:
+        """Reads only: the completion `apply` writes (split so a caller can wrap the one
+        write transaction, e.g. with its audit row)."""
         try:
             result_json = orjson.dumps(result)
         except TypeError:
             raise ValidationError.single("result", "must be JSON") from None
         outcome = Outcome(task_id, claim_token, OutcomeKind.SUCCEEDED, result=result,
                           message=message, result_json=result_json)
-        return self._finish(outcome, tenant_id)
+        return self._completion(outcome, tenant_id)
 
-    def fail(
+    def prepare_fail(
         self, task_id: str, claim_token: str, tenant_id: str | None, *, kind: Any = "retry",
         code: Any = None, message: Any = None, error: Any = None, retry_delay: Any = None,
-    ) -> TaskOrder:
+    ) -> Completion:
         errors: list[tuple[str, str]] = []
         kinds = [k.value for k in FailKind]
         if kind not in kinds:
@@ -225,17 +243,19 @@ class WorkerProtocol:
             task_id, claim_token, _OUTCOME[FailKind(kind)], code=code, message=message,
             error=error, retry_delay=None if retry_delay is None else float(retry_delay),
         )
-        return self._finish(outcome, tenant_id)
+        return self._completion(outcome, tenant_id)
 
-    def _finish(self, outcome: Outcome, tenant_id: str | None) -> TaskOrder:
+    def _completion(self, outcome: Outcome, tenant_id: str | None) -> Completion:
         task = self._held(outcome.task_id, outcome.claim_token, tenant_id)
-        now = self.clock.now()
         resolution = resolve(outcome, attempt=task.attempt, max_attempts=task.max_attempts,
-                             now=now, backoff=self.backoff)
-        applied = self.store.task_complete_many([Completion(outcome, resolution)], now)
-        if outcome.task_id not in applied:
-            raise ClaimLost(f"task {outcome.task_id}: the claim is no longer held")
-        return self.store.task_get(outcome.task_id)
+                             now=self.clock.now(), backoff=self.backoff)
+        return Completion(outcome, resolution)
+
+    def apply(self, completion: Completion, now: datetime) -> None:
+        """One fenced write; ClaimLost when the token no longer holds the task."""
+        task_id = completion.outcome.task_id
+        if task_id not in self.store.task_complete_many([completion], now):
+            raise ClaimLost(f"task {task_id}: the claim is no longer held")
 
     def add_event(
         self, task_id: str, claim_token: str, tenant_id: str | None, event_type: Any,

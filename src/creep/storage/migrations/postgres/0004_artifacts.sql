@@ -1,4 +1,4 @@
--- creep 0003: task artifacts (seed 004's task_assets): a task's input/output/preview/log files.
+-- creep 0004: task artifacts (seed 004's task_assets): a task's input/output/preview/log files.
 -- The bytes live on local disk under their sha256 (content-addressed, deduplicated); this
 -- table is the index. `creep artifacts reconcile` checks the two against each other.
 CREATE TABLE task_artifacts (
