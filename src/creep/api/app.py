@@ -25,6 +25,7 @@ from creep.api.settings import Settings
 from creep.domain.clock import Clock, SystemClock
 from creep.domain.errors import ValidationError
 from creep.domain.tenancy import ApiKey, PrincipalType, Role, hash_key
+from creep.engine.maintainer import Maintainer
 from creep.ports_api import ApiStore
 
 log = logging.getLogger("creep.api")
@@ -86,7 +87,17 @@ def create_app(
                 svc, app.state.tenant_limits, shared=the_store.dialect == "postgres"
             )
             app.state.metrics = Metrics(the_store)
-            yield
+            # Rescue expired claims, time out overdue tasks (HTTP workers cannot): api2.
+            maintainer = None
+            if settings.maintenance_interval_seconds > 0:
+                maintainer = Maintainer(the_store, clock,
+                                        interval=settings.maintenance_interval_seconds)
+                maintainer.start()
+            try:
+                yield
+            finally:
+                if maintainer is not None:
+                    maintainer.stop()
         finally:
             if opened:
                 the_store.close()

@@ -57,6 +57,8 @@ class Settings:
     artifact_max_bytes: int = 100 * 1024 * 1024
     #: How often a long-polling worker claim looks for work (in-process submits wake it).
     claim_poll_seconds: float = 0.25
+    #: Leader-only maintenance on the server (rescue expired claims, time outs); 0: off.
+    maintenance_interval_seconds: float = 1.0
 
     @property
     def dialect(self) -> str:
@@ -159,6 +161,7 @@ _SPEC: dict[str, tuple[Callable[[str], Any], Check | None]] = {
     "artifact_dir": (str, lambda v: _artifact_dir(v)),
     "artifact_max_bytes": (_int, _range(1, 1 << 40)),
     "claim_poll_seconds": (_float, _range(0.01, 60)),
+    "maintenance_interval_seconds": (_float, _range(0, 3600)),
 }
 
 
