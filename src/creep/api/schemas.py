@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import asdict
+from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -115,9 +116,8 @@ class TaskOrderIn(_In):
             data["resource_hints"] = [
                 h.model_dump(exclude_unset=True) for h in self.resource_hints or []
             ]
-        for key in ("task_id",):
-            if data.get(key) is not None:
-                data[key] = str(data[key])
+        if data.get("task_id") is not None:
+            data["task_id"] = str(data["task_id"])
         if data.get("depends_on") is not None:
             data["depends_on"] = [str(d) for d in data["depends_on"]]
         return data
@@ -218,9 +218,12 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
+_TASK_FIELDS = [f.name for f in dataclass_fields(TaskOrder) if f.name != "replayed"]
+
+
 def task_json(task: TaskOrder) -> dict[str, Any]:
-    d = asdict(task)
-    d.pop("replayed", None)
+    # Shallow (orjson serialises nested values as they are); asdict would deep-copy them.
+    d = {name: getattr(task, name) for name in _TASK_FIELDS}
     d["status"] = task.status.value
     for name in ("max_total_cost", "business_value_hint"):
         value = d[name]
