@@ -109,6 +109,8 @@ class Worker:
         self.stats: dict[str, int] = {"claimed": 0, "completed": 0, "lost": 0}
         self._running: dict[str, _Running] = {}
         self._buffer: list[Completion] = []
+        # Completions taken from the buffer but not committed yet (they may promote dependants).
+        self._flushing = 0
         self._db = ThreadPoolExecutor(2, thread_name_prefix="creep-db")
         self._sync_pool = ThreadPoolExecutor(
             self.settings.concurrency, thread_name_prefix="creep-handler"
@@ -236,7 +238,7 @@ class Worker:
                 idle_rounds = 0
                 continue
             if burst:
-                if claimed or self._running or self._buffer:
+                if claimed or self._running or self._buffer or self._flushing:
                     await self._wait_for_progress()
                     continue
                 # Nothing claimable: let maintenance promote what is due, then look once more.
@@ -363,14 +365,18 @@ class Worker:
         while self._buffer:
             batch, self._buffer = self._buffer, []
             delay = 0.05
-            while True:
-                try:
-                    await self._call(self.store.task_complete_many, batch, self.clock.now())
-                    break
-                except CreepError as exc:
-                    log.warning("completing %d tasks failed, retrying: %s", len(batch), exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+            self._flushing += 1
+            try:
+                while True:
+                    try:
+                        await self._call(self.store.task_complete_many, batch, self.clock.now())
+                        break
+                    except CreepError as exc:
+                        log.warning("completing %d tasks failed, retrying: %s", len(batch), exc)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 2.0)
+            finally:
+                self._flushing -= 1
             self.stats["completed"] += len(batch)
             self._slot_freed.set()
 
