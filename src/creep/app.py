@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from creep.app_schedules import SchedulesApi  # schedules
 from creep.asset_api import AssetApi
+from creep.domain.artifacts import Artifact
 from creep.domain.clock import Clock, SystemClock
 from creep.domain.errors import ValidationError
 from creep.domain.events import TaskEvent
 from creep.domain.outcomes import Backoff
 from creep.domain.task import TaskOrder
 from creep.domain.task_spec import Limits, TaskSpec, validate_task_spec
+from creep.engine.artifact_reconcile import ReconcileReport, reconcile
+from creep.engine.artifacts import ArtifactService, max_artifact_bytes
+from creep.engine.artifacts import artifact_dir as artifact_dir_setting
 from creep.engine.worker import Handler, Worker, WorkerSettings
 from creep.ports import MaintenanceReport, Store, TaskFilter
 from creep.storage import database_url, open_store
+from creep.storage.blob_store import BlobStore
 
 H = TypeVar("H", bound=Handler)
 
@@ -43,6 +49,8 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
         backoff: Backoff | None = None,
         auto_migrate: bool = True,
         store: Store | None = None,
+        artifact_dir: str | os.PathLike[str] | None = None,
+        artifact_max_bytes: int | None = None,
     ) -> None:
         self.database_url = database_url(database_url_)
         self.clock = clock or SystemClock()
@@ -52,6 +60,9 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
         self._store = store
         self._auto_migrate = auto_migrate
         self._store_lock = threading.Lock()
+        # Artifacts: content directory (CREEP_ARTIFACT_DIR) and upload limit.
+        self.artifact_dir = artifact_dir_setting(artifact_dir)
+        self.artifact_max_bytes = max_artifact_bytes(artifact_max_bytes)
 
     @property
     def store(self) -> Store:
@@ -196,3 +207,45 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
         burst=True, until nothing is runnable now."""
         worker = self.worker(**options)
         return asyncio.run(worker.run(burst=burst, install_signals=install_signals))
+
+    # -- task artifacts (seed 004's task_assets) -----------------------------------------------
+
+    @property
+    def artifacts(self) -> ArtifactService:
+        """Artifact operations on this app's database and artifact directory."""
+        return ArtifactService(
+            self.store, BlobStore(self.artifact_dir), self.clock, self.artifact_max_bytes
+        )
+
+    def put_artifact(
+        self, task_id: str, content: bytes | BinaryIO, *, kind: str, file_name: str,
+        mime_type: str | None = None, metadata: dict[str, Any] | None = None,
+        tenant_id: str | None = None,
+    ) -> Artifact:
+        """Store a file of a task (kind input/output/preview/log); equal content is stored once."""
+        return self.artifacts.put(
+            task_id, content, kind=kind, file_name=file_name, mime_type=mime_type,
+            metadata=metadata, tenant_id=tenant_id,
+        )
+
+    def get_artifact(self, artifact_id: str, *, tenant_id: str | None = None) -> Artifact:
+        return self.artifacts.get(artifact_id, tenant_id)
+
+    def list_artifacts(
+        self, task_id: str, *, kind: str | None = None, tenant_id: str | None = None
+    ) -> list[Artifact]:
+        return self.artifacts.list_for_task(task_id, tenant_id, kind)
+
+    def read_artifact(
+        self, artifact_id: str, *, tenant_id: str | None = None
+    ) -> tuple[Artifact, bytes]:
+        return self.artifacts.read(artifact_id, tenant_id)
+
+    def reconcile_artifacts(
+        self, *, repair: bool = False, orphan_grace: float = 3600.0
+    ) -> ReconcileReport:
+        """Compare the artifact index with the files on disk; with repair, fix what can be."""
+        return reconcile(
+            self.store, BlobStore(self.artifact_dir), self.clock, repair=repair,
+            orphan_grace=orphan_grace,
+        )

@@ -75,6 +75,14 @@ def worker(
     ] = 30.0,
     claim_ttl: Annotated[float, typer.Option(min=0.1, help="Seconds a claim lives.")] = 30.0,
     log_level: Annotated[str, typer.Option(envvar="CREEP_LOG_LEVEL")] = "INFO",
+    api_url: Annotated[
+        str | None,
+        typer.Option(envvar="CREEP_API_URL",
+                     help="Work through a creep server's HTTP worker protocol, not the database."),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="CREEP_API_KEY", help="API key for --api-url.")
+    ] = None,
 ) -> None:
     """Run a worker process for the handlers registered on --app."""
     from creep.app import Creep
@@ -91,6 +99,17 @@ def worker(
         raise _fail(f"--app: {app_path!r} is not a creep.Creep instance")
     if database_url:
         creep_app.database_url = database_url
+    if api_url:  # the HTTP worker protocol (creep.remote)
+        from creep.remote.run import run_remote_worker
+
+        if not api_key:
+            raise _fail("--api-key (or CREEP_API_KEY) is required with --api-url")
+        stats = run_remote_worker(
+            creep_app, api_url, api_key, burst=burst, concurrency=concurrency,
+            shutdown_grace=shutdown_grace, claim_ttl=claim_ttl,
+        )
+        console.print(f"worker stopped: {stats}")
+        return
     try:
         stats = creep_app.run_worker(
             burst=burst, concurrency=concurrency, shutdown_grace=shutdown_grace,
@@ -159,6 +178,10 @@ def scheduler(
     except CreepError as exc:
         raise _fail(str(exc)) from None
 
+# -- creep artifacts (cli_artifacts.py) ---------------------------------------------------------
+from creep.cli_artifacts import artifacts_app  # noqa: E402
+
+app.add_typer(artifacts_app, name="artifacts")
 
 # -- REST API (creep.api): `creep server`, `creep keys create` ----------------------------------
 from creep.api.cli_commands import register_api_commands  # noqa: E402

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from creep.domain.artifacts import Artifact
 from creep.domain.asset import (
     AssetFilter,
     AssetMaintenanceReport,
@@ -190,3 +191,21 @@ class Store(Protocol):
         until: datetime | None = None,
     ) -> list[LedgerSummary]: ...
     def asset_maintain(self, now: datetime, limit: int = 1000) -> AssetMaintenanceReport: ...
+    # -- task artifacts and the HTTP worker protocol (storage/*_artifacts.py) ------------------
+    def artifact_create(self, artifact: Artifact) -> Artifact: ...
+    def artifact_get(self, artifact_id: str, tenant_id: str | None = None) -> Artifact: ...
+    def artifact_list(
+        self, task_id: str, tenant_id: str | None = None, kind: str | None = None
+    ) -> list[Artifact]: ...
+    def artifact_scan(self, after: str | None = None, limit: int = 1000) -> list[Artifact]: ...
+    def artifact_remove(
+        self, artifact_ids: Sequence[str], reason: str, now: datetime
+    ) -> list[Artifact]: ...
+    def task_claim_scoped(
+        self, worker_id: str, task_types: Sequence[str], limit: int, now: datetime,
+        claim_ttl: float, tenant_id: str,
+    ) -> list[ClaimedTask]: ...
+    def task_event_append(
+        self, task_id: str, claim_token: str, event_type: str, payload: dict[str, Any],
+        now: datetime,
+    ) -> TaskEvent | None: ...

@@ -80,6 +80,8 @@ def start_server(database_url: str, log_path: Path, **env: str) -> Server:
         "CREEP_PORT": str(port),
         "CREEP_LOG_LEVEL": "WARNING",
         "CREEP_SSE_POLL_SECONDS": "0.05",
+        # Artifact uploads land next to the server's log, never in the working directory.
+        "CREEP_ARTIFACT_DIR": str(log_path.parent / "artifacts"),
         **env,
     }
     with log_path.open("wb") as log:  # the child keeps its own descriptor

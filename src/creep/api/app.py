@@ -19,11 +19,12 @@ from creep.api.create_batcher import CreateBatcher
 from creep.api.limits import RateLimiter, TenantLimitsCache
 from creep.api.metrics import Metrics
 from creep.api.openapi import install_openapi
-from creep.api.routes import admin, audit, batches, health, keys, tasks, tenants
+from creep.api.routes import admin, artifacts, audit, batches, health, keys, tasks, tenants, workers
 from creep.api.services import Services
 from creep.api.settings import Settings
 from creep.domain.clock import Clock, SystemClock
 from creep.domain.tenancy import ApiKey, PrincipalType, Role, hash_key
+from creep.engine.maintainer import Maintainer
 from creep.ports_api import ApiStore
 
 log = logging.getLogger("creep.api")
@@ -31,6 +32,7 @@ log = logging.getLogger("creep.api")
 #: Routers mounted under /v1, in the order they appear in the docs. Add yours here.
 V1_ROUTERS: list[APIRouter] = [
     tasks.router, batches.router, tenants.router, keys.router, audit.router, admin.router,
+    artifacts.router, workers.router,  # artifacts and the HTTP worker protocol (api2)
 ]
 
 
@@ -79,9 +81,17 @@ def create_app(
             )
             app.state.metrics = Metrics(the_store)
             app.state.create_batcher = CreateBatcher(svc)
+            # Rescue expired claims, time out overdue tasks (HTTP workers cannot): api2.
+            maintainer = None
+            if settings.maintenance_interval_seconds > 0:
+                maintainer = Maintainer(the_store, clock,
+                                        interval=settings.maintenance_interval_seconds)
+                maintainer.start()
             try:
                 yield
             finally:
+                if maintainer is not None:
+                    maintainer.stop()
                 app.state.create_batcher.close()
         finally:
             if opened:

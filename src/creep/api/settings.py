@@ -53,6 +53,12 @@ class Settings:
     workers: int = 1
     #: Directory for artifact content (used by the artifacts routes).
     artifact_dir: str = "./creep-artifacts"
+    #: Largest artifact upload in bytes (larger: 413).
+    artifact_max_bytes: int = 100 * 1024 * 1024
+    #: How often a long-polling worker claim looks for work (in-process submits wake it).
+    claim_poll_seconds: float = 0.25
+    #: Leader-only maintenance on the server (rescue expired claims, time outs); 0: off.
+    maintenance_interval_seconds: float = 1.0
 
     @property
     def dialect(self) -> str:
@@ -128,6 +134,15 @@ def _host(value: str) -> str | None:
     return None if value and " " not in value else "must be a host name or IP address"
 
 
+def _artifact_dir(value: str) -> str | None:
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        return f"{value!r} exists and is not a directory"
+    if not path.exists() and not path.parent.is_dir():
+        return f"neither {value!r} nor its parent directory exists"
+    return None
+
+
 _SPEC: dict[str, tuple[Callable[[str], Any], Check | None]] = {
     "database_url": (str, _database_url),
     "host": (str, _host),
@@ -143,7 +158,10 @@ _SPEC: dict[str, tuple[Callable[[str], Any], Check | None]] = {
     "ready_timeout_seconds": (_float, _range(0.1, 60)),
     "sse_poll_seconds": (_float, _range(0.01, 60)),
     "workers": (_int, _range(1, 256)),
-    "artifact_dir": (str, None),
+    "artifact_dir": (str, lambda v: _artifact_dir(v)),
+    "artifact_max_bytes": (_int, _range(1, 1 << 40)),
+    "claim_poll_seconds": (_float, _range(0.01, 60)),
+    "maintenance_interval_seconds": (_float, _range(0, 3600)),
 }
 
 

@@ -45,11 +45,12 @@ class LeaseBrokerMixin(AssetStoreBase):
 
     def _claim_hinted(
         self, conn: Any, worker_id: str, token: str, task_types: Sequence[str], limit: int,
-        now: datetime, claim_ttl: float,
+        now: datetime, claim_ttl: float, tenant_id: str | None = None,
     ) -> list[Sequence[Any]]:
         """The claim step for tasks with resource_hints, inside the claim transaction: match
         and lease all hints of a task, or leave it QUEUED. Returns claimed task rows in the
-        backend's claim shape (TASK_SELECT columns, then deadline_at)."""
+        backend's claim shape (TASK_SELECT columns, then deadline_at). With `tenant_id`, only
+        that tenant's tasks (a tenant key's HTTP worker)."""
         d = self._adialect
         page = max(32, limit)
         refs: dict[str, TaskRef] = {}
@@ -67,9 +68,11 @@ class LeaseBrokerMixin(AssetStoreBase):
                 "max_total_cost, resource_hints, constraints, lease_ids, timeout_ms, attempt "
                 "FROM tasks "
                 "WHERE status = 'QUEUED' AND has_hints = true AND run_after <= ? AND "
-                f"{d.in_texts('task_type')} ORDER BY priority DESC, created_at "
+                f"{d.in_texts('task_type')}{' AND tenant_id = ?' if tenant_id else ''} "
+                "ORDER BY priority DESC, created_at "
                 f"LIMIT ? OFFSET ?{d.skip_locked}",
-                (d.ts(now), d.texts(task_types), page, offset),
+                (d.ts(now), d.texts(task_types), *([tenant_id] if tenant_id else []), page,
+                 offset),
             ).fetchall()
             demands: list[Demand] = []
             for (task_id, tenant, project, env, corr, currency, budget, hints, cons, held,

@@ -57,6 +57,7 @@ from creep.storage.common import (
     resolution_payload,
 )
 from creep.storage.postgres_api import PostgresApiMixin
+from creep.storage.postgres_artifacts import PostgresArtifactsMixin  # artifacts + HTTP workers
 from creep.storage.postgres_assets import PostgresAssets
 from creep.storage.postgres_schedules import PostgresSchedulesMixin  # schedules
 
@@ -118,8 +119,8 @@ class _Apply:
 
 
 class PostgresStore(
-    PostgresSchedulesMixin, PostgresAssets, PostgresApiMixin
-):  # schedules, assets, API tables: see the mixins
+    PostgresSchedulesMixin, PostgresAssets, PostgresApiMixin, PostgresArtifactsMixin
+):  # schedules, assets, API tables, artifacts: see the mixins
     dialect = "postgres"
 
     def __init__(self, url: str) -> None:
@@ -412,13 +413,15 @@ class PostgresStore(
 
     def _claim_rows(
         self, conn: psycopg.Connection[Any], worker_id: str, task_types: Sequence[str],
-        limit: int, now: datetime, claim_ttl: float,
+        limit: int, now: datetime, claim_ttl: float, tenant_id: str | None = None,
     ) -> tuple[list[Any], str]:
         """The claim inside a transaction: the claimed rows and their claim token."""
         token = str(uuid.uuid4())
         # Tasks with resource_hints first: leased and claimed together, or left QUEUED. Before
         # the planner settings below, which suit the task index scan, not the asset queries.
-        hinted = self._claim_hinted(conn, worker_id, token, task_types, limit, now, claim_ttl)
+        hinted = self._claim_hinted(
+            conn, worker_id, token, task_types, limit, now, claim_ttl, tenant_id
+        )
         if len(hinted) >= limit:
             return hinted, token
         conn.execute(_CLAIM_PLANNER)
@@ -427,6 +430,7 @@ class PostgresStore(
                 SELECT task_id FROM tasks
                 WHERE status = 'QUEUED' AND has_hints = false AND run_after <= %(now)s
                   AND task_type = ANY(%(types)s::text[])
+                  AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s::text)
                 ORDER BY priority DESC, created_at LIMIT %(n)s
                 FOR UPDATE SKIP LOCKED
             ), claimed AS (
@@ -445,7 +449,7 @@ class PostgresStore(
             )
             SELECT * FROM claimed ORDER BY priority DESC, created_at""",
             {"now": now, "types": list(task_types), "n": limit - len(hinted), "w": worker_id,
-             "tok": token, "exp": now + timedelta(seconds=claim_ttl)},
+             "tok": token, "exp": now + timedelta(seconds=claim_ttl), "tenant": tenant_id},
         ).fetchall()
         if hinted:
             rows = sorted(

@@ -52,6 +52,7 @@ from creep.storage.common import (
     resolution_payload,
 )
 from creep.storage.sqlite_api import SqliteApiMixin
+from creep.storage.sqlite_artifacts import SqliteArtifactsMixin  # artifacts + HTTP workers
 from creep.storage.sqlite_assets import SqliteAssets
 from creep.storage.sqlite_schedules import SqliteSchedulesMixin  # schedules
 
@@ -123,8 +124,8 @@ class _Apply:
 
 
 class SqliteStore(
-    SqliteSchedulesMixin, SqliteAssets, SqliteApiMixin
-):  # schedules, assets, API tables: see the mixins
+    SqliteSchedulesMixin, SqliteAssets, SqliteApiMixin, SqliteArtifactsMixin
+):  # schedules, assets, API tables, artifacts: see the mixins
     dialect = "sqlite"
 
     def __init__(self, url: str) -> None:
@@ -402,13 +403,16 @@ class SqliteStore(
 
     def _claim_rows(
         self, conn: sqlite3.Connection, worker_id: str, task_types: Sequence[str], limit: int,
-        now: datetime, claim_ttl: float,
+        now: datetime, claim_ttl: float, tenant_id: str | None = None,
     ) -> tuple[list[Any], str]:
-        """The claim inside a write transaction: the claimed rows and their claim token."""
+        """The claim inside a write transaction: the claimed rows and their claim token. With
+        `tenant_id`, only that tenant's tasks."""
         now_us = us(now)
         token = str(uuid.uuid4())
         # Tasks with resource_hints first: leased and claimed together, or left QUEUED.
-        hinted = self._claim_hinted(conn, worker_id, token, task_types, limit, now, claim_ttl)
+        hinted = self._claim_hinted(
+            conn, worker_id, token, task_types, limit, now, claim_ttl, tenant_id
+        )
         rows = [] if len(hinted) >= limit else conn.execute(
             f"""UPDATE tasks SET status = 'RUNNING', attempt = attempt + 1, started_at = ?1,
                 updated_at = ?1, claimed_by = ?2, claim_token = ?3, claim_expires_at = ?4,
@@ -418,10 +422,11 @@ class SqliteStore(
                 SELECT task_id FROM tasks
                 WHERE status = 'QUEUED' AND has_hints = false AND run_after <= ?1
                   AND task_type IN (SELECT value FROM json_each(?5))
+                  AND (?7 IS NULL OR tenant_id = ?7)
                 ORDER BY priority DESC, created_at LIMIT ?6)
             RETURNING {TASK_SELECT}, deadline_at""",
             (now_us, worker_id, token, now_us + int(claim_ttl * 1e6),
-             _ids_json(task_types), limit - len(hinted)),
+             _ids_json(task_types), limit - len(hinted), tenant_id),
         ).fetchall()
         if rows:
             payload = dumps({"worker_id": worker_id})

@@ -1,0 +1,133 @@
+"""Task artifacts (seed 004's task_assets): upload, list per task, read, download."""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from starlette.responses import FileResponse
+
+from creep.api.audit import audited
+from creep.api.auth import Authenticated, Writer
+from creep.api.problems import Problem
+from creep.api.responses import json_response
+from creep.api.schemas_workers import ArtifactKindName, ArtifactOut, ArtifactPage, artifact_json
+from creep.api.services import Services, services
+from creep.api.tenancy import read_scope
+from creep.domain.artifacts import ArtifactTooLarge
+from creep.domain.audit import AuditAction, ResourceType
+from creep.domain.errors import ValidationError
+from creep.engine.artifacts import ArtifactService
+from creep.storage.blob_store import BlobStore
+
+router = APIRouter(tags=["artifacts"])
+Svc = Annotated[Services, Depends(services)]
+_lock = threading.Lock()
+#: Room for the multipart envelope and the other form fields around the file itself.
+_ENVELOPE = 256 * 1024
+
+
+def artifact_service(request: Request) -> ArtifactService:
+    """FastAPI dependency: the app's ArtifactService (made on first use)."""
+    state = request.app.state
+    svc: Services = state.services
+    with _lock:
+        service: ArtifactService | None = getattr(state, "artifacts", None)
+        if service is None or service.store is not svc.store:
+            service = ArtifactService(
+                svc.store, BlobStore(svc.settings.artifact_dir), svc.clock,
+                svc.settings.artifact_max_bytes,
+            )
+            state.artifacts = service
+    return service
+
+
+Artifacts = Annotated[ArtifactService, Depends(artifact_service)]
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(413, "Payload too large", f"an artifact may be at most {limit} bytes",
+                   type_="payload-too-large", limit=limit)
+
+
+@router.post(
+    "/tasks/{task_id}/artifacts", status_code=201, response_model=ArtifactOut,
+    responses={404: {"description": "no such task (or not this tenant's)"},
+               413: {"description": "the file is larger than the configured limit"},
+               422: {"description": "validation failed; `errors` names each field"}},
+)
+def upload_artifact(
+    task_id: str, request: Request, principal: Writer, artifacts: Artifacts,
+    file: Annotated[UploadFile, File(description="the content")],
+    kind: Annotated[ArtifactKindName, Form()],
+    file_name: Annotated[str | None, Form(max_length=255)] = None,
+    mime_type: Annotated[str | None, Form(max_length=255)] = None,
+    metadata: Annotated[str | None, Form(max_length=70_000, description="a JSON object")] = None,
+) -> Any:
+    """Upload a file of a task (multipart/form-data). Content is stored once per sha256;
+    images (PNG, JPEG, GIF) get width and height."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > artifacts.max_bytes + _ENVELOPE:
+        raise _too_large(artifacts.max_bytes)
+    meta: Any = None
+    if metadata is not None:
+        try:
+            meta = orjson.loads(metadata)
+        except orjson.JSONDecodeError:
+            raise ValidationError.single("metadata", "must be a JSON object") from None
+    name = file_name or file.filename or "upload"
+    try:
+        staged = artifacts.stage(
+            task_id, file.file, kind=kind, file_name=name, tenant_id=read_scope(principal),
+            mime_type=mime_type, metadata=meta,
+        )
+    except ArtifactTooLarge as exc:
+        raise _too_large(exc.limit) from None
+    with audited(request, principal, AuditAction.UPLOADED, ResourceType.ARTIFACT,
+                 staged.artifact_id, new=artifact_json(staged), tenant_id=staged.tenant_id,
+                 resource_data={"task_id": staged.task_id}):
+        artifact = artifacts.store.artifact_create(staged)
+    return json_response(artifact_json(artifact), 201,
+                         {"Location": f"/v1/artifacts/{artifact.artifact_id}"})
+
+
+@router.get(
+    "/tasks/{task_id}/artifacts", response_model=ArtifactPage,
+    responses={404: {"description": "no such task (or not this tenant's)"}},
+)
+def list_artifacts(
+    task_id: str, principal: Authenticated, artifacts: Artifacts,
+    kind: Annotated[ArtifactKindName | None, Query()] = None,
+) -> Any:
+    """A task's artifacts, oldest first."""
+    items = artifacts.list_for_task(task_id, read_scope(principal), kind)
+    return json_response({"items": [artifact_json(a) for a in items]})
+
+
+@router.get(
+    "/artifacts/{artifact_id}", response_model=ArtifactOut,
+    responses={404: {"description": "no such artifact (or not this tenant's)"}},
+)
+def get_artifact(artifact_id: str, principal: Authenticated, artifacts: Artifacts) -> Any:
+    return json_response(artifact_json(artifacts.get(artifact_id, read_scope(principal))))
+
+
+@router.get(
+    "/artifacts/{artifact_id}/content",
+    response_class=FileResponse,
+    responses={200: {"description": "the bytes, with the artifact's mime type",
+                     "content": {"application/octet-stream": {}}},
+               404: {"description": "no such artifact, or its content is missing"}},
+)
+def download_artifact(
+    artifact_id: str, principal: Authenticated, artifacts: Artifacts
+) -> FileResponse:
+    """The content, with its content type; ETag is the sha256."""
+    artifact = artifacts.get(artifact_id, read_scope(principal))
+    path = artifacts.content_path(artifact)
+    return FileResponse(
+        path, media_type=artifact.mime_type, filename=artifact.file_name,
+        headers={"ETag": f'"{artifact.checksum}"', "X-Content-Type-Options": "nosniff"},
+    )

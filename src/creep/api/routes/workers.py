@@ -1,0 +1,142 @@
+"""The HTTP worker protocol, for workers in any language: claim (long poll), heartbeat,
+progress, complete, fail and task events. Every call on a task names the claim token the
+claim returned; a token the task no longer holds answers 409."""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+
+from creep.api.audit import audited
+from creep.api.auth import Principal, Writer
+from creep.api.responses import json_response
+from creep.api.schemas import TaskEventOut, TaskOut, event_json, task_json
+from creep.api.schemas_workers import (
+    ClaimIn,
+    ClaimOut,
+    CompleteIn,
+    FailIn,
+    HeartbeatIn,
+    HeartbeatOut,
+    ProgressIn,
+    ProgressOut,
+    WorkerEventIn,
+)
+from creep.api.services import Services
+from creep.api.tenancy import read_scope
+from creep.domain.audit import AuditAction, ResourceType
+from creep.engine.worker_protocol import WorkerProtocol, validate_claim
+from creep.ports import Completion
+
+router = APIRouter(tags=["workers"])
+_lock = threading.Lock()
+_FENCED: dict[int | str, dict[str, Any]] = {
+    404: {"description": "no such task (or not this tenant's)"},
+    409: {"description": "the claim token is stale: the task is no longer this claim's"},
+    422: {"description": "validation failed; `errors` names each field"},
+}
+
+
+def worker_protocol(request: Request) -> WorkerProtocol:
+    """FastAPI dependency: the app's WorkerProtocol (made on first use)."""
+    state = request.app.state
+    svc: Services = state.services
+    with _lock:
+        proto: WorkerProtocol | None = getattr(state, "worker_protocol", None)
+        if proto is None or proto.store is not svc.store:
+            proto = WorkerProtocol(svc.store, svc.clock,
+                                   poll_interval=svc.settings.claim_poll_seconds)
+            state.worker_protocol = proto
+    return proto
+
+
+Proto = Annotated[WorkerProtocol, Depends(worker_protocol)]
+
+
+def _worker_id(principal: Principal, given: str | None) -> str:
+    return given or f"api-key:{principal.key_id}"
+
+
+def _claimed_json(items: list[Any]) -> dict[str, Any]:
+    return {"items": [
+        {"task": task_json(c.task), "claim_token": c.claim_token,
+         "deadline_at": c.deadline_at.isoformat()}
+        for c in items
+    ]}
+
+
+@router.post("/workers/claim", response_model=ClaimOut,
+             responses={422: _FENCED[422]})
+async def claim(body: ClaimIn, principal: Writer, proto: Proto) -> Any:
+    """Claim up to `max_tasks` runnable tasks of `task_types` (priority desc, created_at).
+    With `wait`, an empty queue is watched up to that many seconds before answering with
+    no items. A tenant key claims only its tenant's tasks."""
+    req = validate_claim(_worker_id(principal, body.worker_id), body.task_types,
+                         body.max_tasks, body.wait, body.claim_ttl)
+    claimed = await proto.claim(req, read_scope(principal))
+    return json_response(_claimed_json(claimed))
+
+
+@router.post("/tasks/{task_id}/heartbeat", response_model=HeartbeatOut, responses=_FENCED)
+def heartbeat(task_id: str, body: HeartbeatIn, principal: Writer, proto: Proto) -> Any:
+    """Renew the claim for `claim_ttl` seconds; answers whether cancellation was requested."""
+    cancel = proto.heartbeat(task_id, body.claim_token, read_scope(principal),
+                             worker_id=_worker_id(principal, body.worker_id),
+                             claim_ttl=body.claim_ttl)
+    return json_response({"cancel_requested": cancel})
+
+
+@router.post("/tasks/{task_id}/progress", response_model=ProgressOut, responses=_FENCED)
+def progress(task_id: str, body: ProgressIn, principal: Writer, proto: Proto) -> Any:
+    """Record progress (0-100) and a message; a `progress` task event."""
+    proto.progress(task_id, body.claim_token, read_scope(principal), body.progress,
+                   body.message)
+    return json_response({"task_id": task_id, "progress": body.progress})
+
+
+def _finish(
+    request: Request, principal: Principal, proto: WorkerProtocol, completion: Completion,
+    action: AuditAction,
+) -> Any:
+    task_id = completion.outcome.task_id
+    now = proto.clock.now()
+    # The audit row rides on the one write transaction; a stale token changes nothing and
+    # writes no audit row (the snapshot was not updated at `now`).
+    with audited(request, principal, action, ResourceType.TASK, task_id,
+                 skip_if_missing=True,
+                 only_if=lambda snap: bool(snap["updated_at"] == now
+                                           and snap["status"] != "RUNNING")):
+        proto.apply(completion, now)
+    return json_response(task_json(proto.store.task_get(task_id)))
+
+
+@router.post("/tasks/{task_id}/complete", response_model=TaskOut, responses=_FENCED)
+def complete(
+    task_id: str, body: CompleteIn, request: Request, principal: Writer, proto: Proto
+) -> Any:
+    """The task succeeded with `result` (its result_payload)."""
+    completion = proto.prepare_complete(task_id, body.claim_token, read_scope(principal),
+                                        body.result, body.message)
+    return _finish(request, principal, proto, completion, AuditAction.COMPLETED)
+
+
+@router.post("/tasks/{task_id}/fail", response_model=TaskOut, responses=_FENCED)
+def fail(task_id: str, body: FailIn, request: Request, principal: Writer, proto: Proto) -> Any:
+    """The run did not succeed: retry with backoff, fail for good, time out, cancel, or
+    give the task back (see `kind`)."""
+    completion = proto.prepare_fail(
+        task_id, body.claim_token, read_scope(principal), kind=body.kind, code=body.code,
+        message=body.message, error=body.error, retry_delay=body.retry_delay,
+    )
+    return _finish(request, principal, proto, completion, AuditAction.FAILED)
+
+
+@router.post("/tasks/{task_id}/events", status_code=201, response_model=TaskEventOut,
+             responses=_FENCED)
+def add_event(task_id: str, body: WorkerEventIn, principal: Writer, proto: Proto) -> Any:
+    """Append a worker's own event (e.g. a log line) to the task's event stream."""
+    event = proto.add_event(task_id, body.claim_token, read_scope(principal), body.event_type,
+                            body.payload)
+    return json_response(event_json(event), 201)

@@ -1,0 +1,127 @@
+"""Request/response models of the artifact and HTTP worker routes (OpenAPI contract)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from creep.api.schemas import TaskOut, _In
+from creep.domain.artifacts import Artifact
+from creep.engine.worker_protocol import (
+    MAX_CLAIM_BATCH,
+    MAX_CLAIM_TTL,
+    MAX_CLAIM_WAIT,
+    MIN_CLAIM_TTL,
+)
+
+# -- artifacts ---------------------------------------------------------------------------------
+
+ArtifactKindName = Literal["input", "output", "preview", "log"]
+
+
+class ArtifactOut(BaseModel):
+    artifact_id: str
+    task_id: str
+    tenant_id: str
+    kind: ArtifactKindName
+    file_name: str
+    mime_type: str
+    size_bytes: int
+    width: int | None
+    height: int | None
+    checksum: str = Field(description="sha256 of the content, hex")
+    object_key: str = Field(description="where the content lives under the artifact directory")
+    metadata: dict[str, Any]
+    created_at: datetime
+    url: str = Field(description="download path of the content")
+
+
+class ArtifactPage(BaseModel):
+    items: list[ArtifactOut]
+
+
+def artifact_json(a: Artifact) -> dict[str, Any]:
+    return {
+        "artifact_id": a.artifact_id, "task_id": a.task_id, "tenant_id": a.tenant_id,
+        "kind": a.kind.value, "file_name": a.file_name, "mime_type": a.mime_type,
+        "size_bytes": a.size_bytes, "width": a.width, "height": a.height,
+        "checksum": a.checksum, "object_key": a.object_key, "metadata": a.metadata,
+        "created_at": a.created_at.isoformat(),
+        "url": f"/v1/artifacts/{a.artifact_id}/content",
+    }
+
+
+# -- the HTTP worker protocol ------------------------------------------------------------------
+
+TaskTypeName = Field(min_length=1, max_length=200)
+Token = Field(min_length=1, max_length=64, description="the claim_token the claim returned")
+
+
+class ClaimIn(_In):
+    task_types: list[str] = Field(min_length=1, max_length=100,
+                                  description="the task types this worker can run")
+    max_tasks: int = Field(default=1, ge=1, le=MAX_CLAIM_BATCH)
+    wait: float = Field(default=0, ge=0, le=MAX_CLAIM_WAIT,
+                        description="seconds to wait for work when none is runnable (long poll)")
+    claim_ttl: float = Field(default=30, ge=MIN_CLAIM_TTL, le=MAX_CLAIM_TTL,
+                             description="seconds the claim lives unless renewed by heartbeat")
+    worker_id: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class ClaimedOut(BaseModel):
+    task: TaskOut
+    claim_token: str
+    deadline_at: datetime
+
+
+class ClaimOut(BaseModel):
+    items: list[ClaimedOut]
+
+
+class HeartbeatIn(_In):
+    claim_token: str = Token
+    claim_ttl: float = Field(default=30, ge=MIN_CLAIM_TTL, le=MAX_CLAIM_TTL)
+    worker_id: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class HeartbeatOut(BaseModel):
+    cancel_requested: bool = Field(description="stop the task and report it with /fail "
+                                               "kind=cancelled")
+
+
+class ProgressIn(_In):
+    claim_token: str = Token
+    progress: int = Field(ge=0, le=100)
+    message: str | None = Field(default=None, max_length=2000)
+
+
+class ProgressOut(BaseModel):
+    task_id: str
+    progress: int
+
+
+class CompleteIn(_In):
+    claim_token: str = Token
+    result: Any = Field(default=None, description="the task's result_payload (JSON)")
+    message: str | None = Field(default=None, max_length=2000)
+
+
+class FailIn(_In):
+    claim_token: str = Token
+    kind: Literal["retry", "failed", "timed_out", "cancelled", "requeue"] = Field(
+        default="retry",
+        description="retry: back off and run again until retries are spent; failed: business "
+        "failure, no retry; timed_out; cancelled; requeue: give back without charging an attempt",
+    )
+    code: str | None = Field(default=None, max_length=64, description="result_code for failed")
+    message: str | None = Field(default=None, max_length=2000)
+    error: str | None = Field(default=None, max_length=8000, description="e.g. a traceback")
+    retry_delay: float | None = Field(default=None, ge=0, le=2_592_000)
+
+
+class WorkerEventIn(_In):
+    claim_token: str = Token
+    event_type: str = Field(pattern=r"^[a-z][a-z0-9_.:-]{0,63}$")
+    payload: dict[str, Any] = Field(default_factory=dict)

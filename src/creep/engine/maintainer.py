@@ -1,0 +1,81 @@
+"""Leader-only maintenance in a background thread, for processes that run no DB worker
+(the API server, whose HTTP workers cannot rescue expired claims themselves).
+
+Same lock and sweep as the Worker's maintainer (`creep.maintenance` in task_locks), so any
+number of servers and workers share one leader.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+
+from creep.domain.clock import Clock
+from creep.domain.errors import CreepError
+from creep.domain.outcomes import Backoff
+from creep.engine.worker import MAINTENANCE_LOCK
+from creep.ports import MaintenanceReport, Store
+
+log = logging.getLogger("creep.maintenance")
+
+
+class Maintainer:
+    def __init__(
+        self, store: Store, clock: Clock, *, interval: float = 1.0,
+        backoff: Backoff | None = None, timeout_grace: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.interval = interval
+        self.backoff = backoff or Backoff()
+        self.timeout_grace = timeout_grace
+        self.holder_id = f"{socket.gethostname()}:{os.getpid()}:api:{uuid.uuid4().hex[:8]}"
+        self._token: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> MaintenanceReport | None:
+        """Renew or take leadership; as leader, sweep once. None when another process leads."""
+        ttl = max(5.0, self.interval * 5)
+        now = self.clock.now()
+        if self._token is not None and not self.store.lock_renew(
+            MAINTENANCE_LOCK, self.holder_id, self._token, ttl, now
+        ):
+            self._token = None
+        if self._token is None:
+            self._token = self.store.lock_acquire(
+                MAINTENANCE_LOCK, self.holder_id, ttl, now,
+                "task maintenance: promote due, rescue expired claims, time out overdue",
+            )
+        if self._token is None:
+            return None
+        report = self.store.task_maintain(now, self.backoff, self.timeout_grace)
+        if report.total():
+            log.info("maintenance: promoted=%d rescued=%d timed_out=%d dead_lettered=%d",
+                     report.promoted, report.rescued, report.timed_out, report.dead_lettered)
+        return report
+
+    def start(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.interval):
+                try:
+                    self.run_once()
+                except CreepError as exc:
+                    log.warning("maintenance failed: %s", exc)
+
+        self._thread = threading.Thread(target=loop, name="creep-maintainer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._token is not None:
+            token, self._token = self._token, None
+            try:
+                self.store.lock_release(MAINTENANCE_LOCK, token, self.clock.now())
+            except CreepError as exc:
+                log.warning("releasing the maintenance lock failed: %s", exc)

@@ -1,0 +1,297 @@
+"""The worker protocol behind the HTTP worker endpoints: claim (with a long-poll wait),
+heartbeat, progress, complete, fail and task events, every call fenced by the claim token.
+
+A call naming a token the task no longer holds (expired, rescued, finished, or another
+claim) raises ClaimLost, which the API answers with 409. Tenant scoping is by tenant_id:
+another tenant's task is NotFound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from creep.domain.clock import Clock
+from creep.domain.errors import ClaimLost, ValidationError
+from creep.domain.events import TaskEvent, TaskEventType
+from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, resolve
+from creep.domain.task import TaskOrder
+from creep.ports import ClaimedTask, Completion, Store
+
+#: Longest a claim may wait for work, and the claim TTLs a remote worker may ask for.
+MAX_CLAIM_WAIT = 60.0
+MIN_CLAIM_TTL, MAX_CLAIM_TTL = 1.0, 3600.0
+MAX_CLAIM_BATCH = 1000
+MAX_EVENT_PAYLOAD = 64 * 1024
+_EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
+#: Event types creep writes itself; a worker cannot forge them.
+RESERVED_EVENT_TYPES = frozenset(e.value for e in TaskEventType) | {"artifact_removed"}
+
+
+class FailKind(StrEnum):
+    """How a remote worker ends a task other than with success."""
+
+    RETRY = "retry"  # a retryable error: back off and run again, until retries are spent
+    FAILED = "failed"  # a business failure: FAILED with the given result code, no retry
+    TIMED_OUT = "timed_out"  # the handler hit its timeout on the worker
+    CANCELLED = "cancelled"  # stopped because cancellation was requested
+    REQUEUE = "requeue"  # the worker is shutting down: back to the queue, attempt not charged
+
+
+_OUTCOME = {
+    FailKind.RETRY: OutcomeKind.RETRY, FailKind.FAILED: OutcomeKind.FAILED,
+    FailKind.TIMED_OUT: OutcomeKind.TIMED_OUT, FailKind.CANCELLED: OutcomeKind.CANCELLED,
+    FailKind.REQUEUE: OutcomeKind.REQUEUE,
+}
+
+
+@dataclass(slots=True, frozen=True)
+class ClaimRequest:
+    worker_id: str
+    task_types: list[str]
+    limit: int
+    wait: float
+    claim_ttl: float
+
+
+def validate_claim(
+    worker_id: Any, task_types: Any, limit: Any, wait: Any, claim_ttl: Any
+) -> ClaimRequest:
+    errors: list[tuple[str, str]] = []
+    if not isinstance(worker_id, str) or not 1 <= len(worker_id) <= 200:
+        errors.append(("worker_id", "must be a string of 1 to 200 characters"))
+    if (
+        not isinstance(task_types, list) or not 1 <= len(task_types) <= 100
+        or not all(isinstance(t, str) and 1 <= len(t) <= 200 for t in task_types)
+    ):
+        errors.append(("task_types", "must be a list of 1 to 100 non-empty strings"))
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CLAIM_BATCH:
+        errors.append(("max_tasks", f"must be an integer from 1 to {MAX_CLAIM_BATCH}"))
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not (
+        0 <= wait <= MAX_CLAIM_WAIT
+    ):
+        errors.append(("wait", f"must be a number of seconds from 0 to {MAX_CLAIM_WAIT:g}"))
+    if isinstance(claim_ttl, bool) or not isinstance(claim_ttl, (int, float)) or not (
+        MIN_CLAIM_TTL <= claim_ttl <= MAX_CLAIM_TTL
+    ):
+        errors.append(
+            ("claim_ttl", f"must be a number of seconds from {MIN_CLAIM_TTL:g} to {MAX_CLAIM_TTL:g}")
+        )
+    if errors:
+        raise ValidationError(errors)
+    return ClaimRequest(worker_id, sorted(set(task_types)), limit, float(wait), float(claim_ttl))
+
+
+class WorkerProtocol:
+    def __init__(
+        self, store: Store, clock: Clock, backoff: Backoff | None = None,
+        poll_interval: float = 0.25,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.backoff = backoff or Backoff()
+        self.poll_interval = poll_interval
+        self._wakers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._wakers_lock = threading.Lock()
+        subscribe = getattr(store, "subscribe", None)
+        if subscribe is not None:  # in-process wake-ups: a task submitted here ends a wait
+            subscribe(self._on_wake)
+
+    def close(self) -> None:
+        unsubscribe = getattr(self.store, "unsubscribe", None)
+        if unsubscribe is not None:
+            unsubscribe(self._on_wake)
+
+    def _on_wake(self, channel: str, payload: str) -> None:
+        if channel != "creep_tasks":
+            return
+        with self._wakers_lock:
+            wakers = list(self._wakers)
+        for loop, event in wakers:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(event.set)
+
+    # -- claim ---------------------------------------------------------------------------------
+
+    def claim_now(self, req: ClaimRequest, tenant_id: str | None) -> list[ClaimedTask]:
+        now = self.clock.now()
+        if tenant_id is None:
+            return self.store.task_claim(req.worker_id, req.task_types, req.limit, now,
+                                         req.claim_ttl)
+        return self.store.task_claim_scoped(
+            req.worker_id, req.task_types, req.limit, now, req.claim_ttl, tenant_id
+        )
+
+    async def claim(self, req: ClaimRequest, tenant_id: str | None) -> list[ClaimedTask]:
+        """Claim up to req.limit tasks; when none is runnable, wait up to req.wait seconds for
+        one (woken by in-process submits, else by polling)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + req.wait
+        event = asyncio.Event()
+        waker = (loop, event)
+        with self._wakers_lock:
+            self._wakers.add(waker)
+        try:
+            while True:
+                event.clear()
+                claimed = await asyncio.to_thread(self.claim_now, req, tenant_id)
+                remaining = deadline - loop.time()
+                if claimed or remaining <= 0:
+                    return claimed
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(self.poll_interval, remaining))
+        finally:
+            with self._wakers_lock:
+                self._wakers.discard(waker)
+
+    # -- calls on a claimed task ---------------------------------------------------------------
+
+    def _held(self, task_id: str, claim_token: str, tenant_id: str | None) -> TaskOrder:
+        task = self.store.task_get(task_id, tenant_id)  # NotFound across tenants
+        if not _is_uuid(claim_token):
+            raise ClaimLost(f"task {task_id}: claim token {claim_token!r} is not held")
+        return task
+
+    def heartbeat(
+        self, task_id: str, claim_token: str, tenant_id: str | None, *, worker_id: str,
+        claim_ttl: float,
+    ) -> bool:
+        """Renew the claim; True when cancellation of the task was requested."""
+        self._held(task_id, claim_token, tenant_id)
+        if not MIN_CLAIM_TTL <= claim_ttl <= MAX_CLAIM_TTL:
+            raise ValidationError.single(
+                "claim_ttl", f"must be a number of seconds from {MIN_CLAIM_TTL:g} to {MAX_CLAIM_TTL:g}"
+            )
+        result = self.store.task_heartbeat(
+            worker_id, [(task_id, claim_token)], self.clock.now(), claim_ttl
+        )
+        if result.lost:
+            raise ClaimLost(f"task {task_id}: the claim is no longer held")
+        return task_id in result.cancel_requested
+
+    def progress(
+        self, task_id: str, claim_token: str, tenant_id: str | None, percent: Any,
+        message: Any = None,
+    ) -> None:
+        if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+            raise ValidationError.single("progress", "must be an integer from 0 to 100")
+        if message is not None and (not isinstance(message, str) or len(message) > 2000):
+            raise ValidationError.single("message", "must be a string of at most 2000 characters")
+        self._held(task_id, claim_token, tenant_id)
+        if not self.store.task_progress(task_id, claim_token, percent, message, self.clock.now()):
+            raise ClaimLost(f"task {task_id}: the claim is no longer held")
+
+    def complete(
+        self, task_id: str, claim_token: str, tenant_id: str | None, result: Any = None,
+        message: str | None = None,
+    ) -> TaskOrder:
+        completion = self.prepare_complete(task_id, claim_token, tenant_id, result, message)
+        self.apply(completion, self.clock.now())
+        return self.store.task_get(task_id)
+
+    def fail(
+        self, task_id: str, claim_token: str, tenant_id: str | None, **options: Any
+    ) -> TaskOrder:
+        completion = self.prepare_fail(task_id, claim_token, tenant_id, **options)
+        self.apply(completion, self.clock.now())
+        return self.store.task_get(task_id)
+
+    def prepare_complete(
+        self, task_id: str, claim_token: str, tenant_id: str | None, result: Any = None,
+        message: str | None = None,
+    ) -> Completion:
+        """Reads only: the completion `apply` writes (split so a caller can wrap the one
+        write transaction, e.g. with its audit row)."""
+        try:
+            result_json = orjson.dumps(result)
+        except TypeError:
+            raise ValidationError.single("result", "must be JSON") from None
+        outcome = Outcome(task_id, claim_token, OutcomeKind.SUCCEEDED, result=result,
+                          message=message, result_json=result_json)
+        return self._completion(outcome, tenant_id)
+
+    def prepare_fail(
+        self, task_id: str, claim_token: str, tenant_id: str | None, *, kind: Any = "retry",
+        code: Any = None, message: Any = None, error: Any = None, retry_delay: Any = None,
+    ) -> Completion:
+        errors: list[tuple[str, str]] = []
+        kinds = [k.value for k in FailKind]
+        if kind not in kinds:
+            errors.append(("kind", f"must be one of {kinds}"))
+        for name, value, limit in (("code", code, 64), ("message", message, 2000),
+                                   ("error", error, 8000)):
+            if value is not None and (not isinstance(value, str) or len(value) > limit):
+                errors.append((name, f"must be a string of at most {limit} characters"))
+        if retry_delay is not None and (
+            isinstance(retry_delay, bool) or not isinstance(retry_delay, (int, float))
+            or not 0 <= retry_delay <= 86_400 * 30
+        ):
+            errors.append(("retry_delay", "must be a number of seconds from 0 to 2592000"))
+        if errors:
+            raise ValidationError(errors)
+        outcome = Outcome(
+            task_id, claim_token, _OUTCOME[FailKind(kind)], code=code, message=message,
+            error=error, retry_delay=None if retry_delay is None else float(retry_delay),
+        )
+        return self._completion(outcome, tenant_id)
+
+    def _completion(self, outcome: Outcome, tenant_id: str | None) -> Completion:
+        task = self._held(outcome.task_id, outcome.claim_token, tenant_id)
+        resolution = resolve(outcome, attempt=task.attempt, max_attempts=task.max_attempts,
+                             now=self.clock.now(), backoff=self.backoff)
+        return Completion(outcome, resolution)
+
+    def apply(self, completion: Completion, now: datetime) -> None:
+        """One fenced write; ClaimLost when the token no longer holds the task."""
+        task_id = completion.outcome.task_id
+        if task_id not in self.store.task_complete_many([completion], now):
+            raise ClaimLost(f"task {task_id}: the claim is no longer held")
+
+    def add_event(
+        self, task_id: str, claim_token: str, tenant_id: str | None, event_type: Any,
+        payload: Any = None,
+    ) -> TaskEvent:
+        errors: list[tuple[str, str]] = []
+        if not isinstance(event_type, str) or not _EVENT_TYPE.match(event_type):
+            errors.append(("event_type", "must match ^[a-z][a-z0-9_.:-]{0,63}$"))
+        elif event_type in RESERVED_EVENT_TYPES:
+            errors.append(("event_type", "is written by creep itself; pick another name"))
+        body = {} if payload is None else payload
+        if not isinstance(body, dict):
+            errors.append(("payload", "must be a JSON object"))
+        elif len(orjson.dumps(body)) > MAX_EVENT_PAYLOAD:
+            errors.append(("payload", f"must be at most {MAX_EVENT_PAYLOAD} bytes of JSON"))
+        if errors:
+            raise ValidationError(errors)
+        self._held(task_id, claim_token, tenant_id)
+        event = self.store.task_event_append(task_id, claim_token, event_type, body,
+                                             self.clock.now())
+        if event is None:
+            raise ClaimLost(f"task {task_id}: the claim is no longer held")
+        return event
+
+
+def claimed_payload(claimed: Sequence[ClaimedTask]) -> list[dict[str, Any]]:
+    return [
+        {"task": c.task.to_dict(), "claim_token": c.claim_token,
+         "deadline_at": c.deadline_at.isoformat()}
+        for c in claimed
+    ]
+
+
+def _is_uuid(value: Any) -> bool:
+    try:
+        uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True

@@ -1,0 +1,1 @@
+"""Talking to a creep server over HTTP (the worker protocol)."""

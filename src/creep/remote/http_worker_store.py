@@ -1,0 +1,178 @@
+"""The pieces of the Store a Worker uses, over the HTTP worker protocol.
+
+`creep worker --api-url URL --api-key KEY` runs the ordinary Worker on this adapter: claims
+long-poll `POST /v1/workers/claim`; heartbeats, progress and results go to the per-task
+endpoints, fenced by the claim token (a 409 means the claim was lost). Outcomes are sent as
+what happened (`complete`, or `fail` with a kind); the server decides retries and backoff.
+Maintenance (rescuing expired claims) is the server side's job, so leadership is never taken.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import orjson
+
+from creep.domain.errors import ConflictError, StorageError, ValidationError
+from creep.domain.outcomes import OutcomeKind
+from creep.domain.task import TaskOrder, TaskStatus
+from creep.ports import ClaimedTask, Completion, HeartbeatResult, Listener
+
+log = logging.getLogger("creep.worker")
+_FAIL_KIND = {
+    OutcomeKind.RETRY: "retry", OutcomeKind.FAILED: "failed",
+    OutcomeKind.TIMED_OUT: "timed_out", OutcomeKind.CANCELLED: "cancelled",
+    OutcomeKind.REQUEUE: "requeue",
+}
+_TS_FIELDS = ("created_at", "queued_at", "started_at", "finished_at", "updated_at", "run_after",
+              "claim_expires_at", "deleted_at")
+#: Answers that mean "this claim is not yours (any more)".
+_LOST = (404, 409)
+
+
+class HttpWorkerStore:
+    dialect = "http"
+
+    def __init__(
+        self, api_url: str, api_key: str, *, claim_wait: float = 5.0, timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = api_url.rstrip("/")
+        self.claim_wait = claim_wait
+        self._claim_failures = 0
+        self._http = httpx.Client(
+            base_url=self.url, timeout=httpx.Timeout(timeout + claim_wait),
+            headers={"Authorization": f"Bearer {api_key}", "User-Agent": "creep-worker"},
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        try:
+            r = self._http.post(path, content=orjson.dumps(body),
+                                headers={"Content-Type": "application/json"})
+        except httpx.HTTPError as exc:
+            raise StorageError(f"creep API at {self.url} unreachable: {exc}") from exc
+        if r.status_code in _LOST or r.is_success:
+            return r
+        if 400 <= r.status_code < 500 and r.status_code != 429:
+            raise ValidationError.single(path, f"HTTP {r.status_code}: {r.text[:500]}")
+        raise StorageError(f"POST {path}: HTTP {r.status_code}: {r.text[:500]}")
+
+    # -- what the Worker calls -----------------------------------------------------------------
+
+    def task_claim(
+        self, worker_id: str, task_types: Sequence[str], limit: int, now: datetime,
+        claim_ttl: float,
+    ) -> list[ClaimedTask]:
+        """Long-poll for work. An unreachable or failing server is waited out with backoff
+        (the worker keeps running); a refusal (bad key, invalid request) raises."""
+        try:
+            r = self._post("/v1/workers/claim", {
+                "worker_id": worker_id, "task_types": list(task_types), "max_tasks": limit,
+                "wait": self.claim_wait, "claim_ttl": claim_ttl,
+            })
+        except StorageError as exc:
+            delay = min(5.0, 0.25 * 2 ** self._claim_failures)
+            self._claim_failures += 1
+            log.warning("claim failed (retrying in %.2fs): %s", delay, exc)
+            time.sleep(delay)  # on the worker's store thread, not its event loop
+            return []
+        self._claim_failures = 0
+        if not r.is_success:
+            raise ConflictError(f"claim refused: HTTP {r.status_code}: {r.text[:500]}")
+        return [
+            ClaimedTask(task_from_json(item["task"]), item["claim_token"],
+                        datetime.fromisoformat(item["deadline_at"]))
+            for item in r.json()["items"]
+        ]
+
+    def task_heartbeat(
+        self, worker_id: str, claims: Sequence[tuple[str, str]], now: datetime, claim_ttl: float
+    ) -> HeartbeatResult:
+        result = HeartbeatResult()
+        for task_id, token in claims:
+            r = self._post(f"/v1/tasks/{task_id}/heartbeat", {
+                "claim_token": token, "claim_ttl": claim_ttl, "worker_id": worker_id,
+            })
+            if r.status_code in _LOST:
+                result.lost.append(task_id)
+            elif r.json()["cancel_requested"]:
+                result.cancel_requested.append(task_id)
+        return result
+
+    def task_progress(
+        self, task_id: str, claim_token: str, progress: int, message: str | None, now: datetime
+    ) -> bool:
+        r = self._post(f"/v1/tasks/{task_id}/progress",
+                       {"claim_token": claim_token, "progress": progress, "message": message})
+        return r.is_success
+
+    def task_complete_many(self, completions: Sequence[Completion], now: datetime) -> list[str]:
+        applied: list[str] = []
+        for c in completions:
+            o = c.outcome
+            if o.kind is OutcomeKind.SUCCEEDED:
+                result = orjson.loads(o.result_json) if o.result_json is not None else o.result
+                path = f"/v1/tasks/{o.task_id}/complete"
+                body: dict[str, Any] = {"claim_token": o.claim_token, "result": result}
+            else:
+                path = f"/v1/tasks/{o.task_id}/fail"
+                body = {"claim_token": o.claim_token, "kind": _FAIL_KIND[o.kind],
+                        "code": o.code, "message": _cut(o.message, 2000),
+                        "error": _cut(o.error, 8000, keep_end=True),
+                        "retry_delay": o.retry_delay}
+            if self._post(path, body).is_success:
+                applied.append(o.task_id)
+        return applied
+
+    # Leadership and maintenance stay on the server side.
+    def lock_acquire(self, lock_key: str, holder_id: str, ttl: float, now: datetime,
+                     purpose: str = "") -> str | None:
+        return None
+
+    def lock_renew(self, lock_key: str, holder_id: str, token: str, ttl: float,
+                   now: datetime) -> bool:
+        return False
+
+    def lock_release(self, lock_key: str, token: str, now: datetime) -> bool:
+        return False
+
+    def listener(self) -> Listener | None:
+        return None  # the claim long-polls instead
+
+    def subscribe(self, callback: Callable[[str, str], None]) -> None:
+        """No in-process wake-ups: the claim long-polls."""
+
+    def unsubscribe(self, callback: Callable[[str, str], None]) -> None:
+        """See subscribe."""
+
+
+def _cut(text: str | None, limit: int, keep_end: bool = False) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[-limit:] if keep_end else text[:limit]
+
+
+def task_from_json(d: dict[str, Any]) -> TaskOrder:
+    """A TaskOrder from the API's JSON form of it."""
+    values = dict(d)
+    for name in _TS_FIELDS:
+        if values.get(name) is not None:
+            values[name] = datetime.fromisoformat(values[name])
+    for name in ("max_total_cost", "business_value_hint"):
+        if values.get(name) is not None:
+            values[name] = Decimal(values[name])
+    values["status"] = TaskStatus(values["status"])
+    known = set(TaskOrder.__dataclass_fields__)
+    return TaskOrder(**{k: v for k, v in values.items() if k in known})

@@ -1,0 +1,169 @@
+"""PostgreSQL half of task artifacts and of the HTTP worker protocol (a mixin of PostgresStore)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from creep.domain.artifacts import Artifact, ArtifactKind
+from creep.domain.errors import NotFound
+from creep.domain.events import TaskEvent
+from creep.ports import ClaimedTask
+
+_ARTIFACT_COLUMNS = (
+    "artifact_id, task_id, tenant_id, kind, file_name, mime_type, size_bytes, width, height, "
+    "checksum, object_key, metadata, created_at"
+)
+_EVENT_COLUMNS = (
+    "task_id, tenant_id, event_type, from_status, to_status, attempt, payload, created_at"
+)
+
+
+def _row_to_artifact(r: Sequence[Any]) -> Artifact:
+    return Artifact(
+        artifact_id=r[0], task_id=r[1], tenant_id=r[2], kind=ArtifactKind(r[3]), file_name=r[4],
+        mime_type=r[5], size_bytes=r[6], width=r[7], height=r[8], checksum=r[9],
+        object_key=r[10], metadata=r[11], created_at=r[12],
+    )
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True
+
+
+class PostgresArtifactsMixin:
+    if TYPE_CHECKING:
+        def _tx(self) -> AbstractContextManager[psycopg.Connection[Any]]: ...
+
+    # -- artifacts -----------------------------------------------------------------------------
+
+    def artifact_create(self, artifact: Artifact) -> Artifact:
+        if not _is_uuid(artifact.task_id):
+            raise NotFound("task", artifact.task_id)
+        with self._tx() as conn:
+            row = conn.execute(
+                f"""INSERT INTO task_artifacts ({_ARTIFACT_COLUMNS})
+                SELECT %s, task_id, tenant_id, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s
+                FROM tasks WHERE task_id = %s AND tenant_id = %s
+                RETURNING artifact_id""",
+                (artifact.artifact_id, artifact.kind.value, artifact.file_name,
+                 artifact.mime_type, artifact.size_bytes, artifact.width, artifact.height,
+                 artifact.checksum, artifact.object_key, Jsonb(artifact.metadata),
+                 artifact.created_at, artifact.task_id, artifact.tenant_id),
+            ).fetchone()
+        if row is None:
+            raise NotFound("task", artifact.task_id)
+        return artifact
+
+    def artifact_get(self, artifact_id: str, tenant_id: str | None = None) -> Artifact:
+        if not _is_uuid(artifact_id):
+            raise NotFound("artifact", artifact_id)
+        with self._tx() as conn:
+            row = conn.execute(
+                f"SELECT {_ARTIFACT_COLUMNS} FROM task_artifacts WHERE artifact_id = %s",
+                (artifact_id,),
+            ).fetchone()
+        if row is None or (tenant_id is not None and row[2] != tenant_id):
+            raise NotFound("artifact", artifact_id)
+        return _row_to_artifact(row)
+
+    def artifact_list(
+        self, task_id: str, tenant_id: str | None = None, kind: str | None = None
+    ) -> list[Artifact]:
+        if not _is_uuid(task_id):
+            raise NotFound("task", task_id)
+        with self._tx() as conn:
+            owner = conn.execute(
+                "SELECT tenant_id FROM tasks WHERE task_id = %s", (task_id,)
+            ).fetchone()
+            if owner is None or (tenant_id is not None and owner[0] != tenant_id):
+                raise NotFound("task", task_id)
+            sql = f"SELECT {_ARTIFACT_COLUMNS} FROM task_artifacts WHERE task_id = %s"
+            params: list[Any] = [task_id]
+            if kind is not None:
+                sql += " AND kind = %s"
+                params.append(kind)
+            rows = conn.execute(sql + " ORDER BY created_at, artifact_id", params).fetchall()
+        return [_row_to_artifact(r) for r in rows]
+
+    def artifact_scan(self, after: str | None = None, limit: int = 1000) -> list[Artifact]:
+        """Every artifact row in artifact_id order, a page at a time (for reconcile)."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT {_ARTIFACT_COLUMNS} FROM task_artifacts "
+                "WHERE artifact_id > %s::uuid ORDER BY artifact_id LIMIT %s",
+                (after or "00000000-0000-0000-0000-000000000000", limit),
+            ).fetchall()
+        return [_row_to_artifact(r) for r in rows]
+
+    def artifact_remove(
+        self, artifact_ids: Sequence[str], reason: str, now: datetime
+    ) -> list[Artifact]:
+        """Drop index rows whose content is gone; each leaves an `artifact_removed` task event."""
+        ids = [i for i in artifact_ids if _is_uuid(i)]
+        if not ids:
+            return []
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"""WITH gone AS (
+                    DELETE FROM task_artifacts WHERE artifact_id = ANY(%(ids)s::uuid[])
+                    RETURNING {_ARTIFACT_COLUMNS}
+                ), ev AS (
+                    INSERT INTO task_events ({_EVENT_COLUMNS})
+                    SELECT t.task_id, t.tenant_id, 'artifact_removed', t.status, t.status,
+                        t.attempt, jsonb_build_object('artifact_id', g.artifact_id,
+                        'file_name', g.file_name, 'kind', g.kind, 'checksum', g.checksum,
+                        'reason', %(reason)s::text), %(now)s
+                    FROM gone g JOIN tasks t ON t.task_id = g.task_id
+                )
+                SELECT * FROM gone ORDER BY artifact_id""",
+                {"ids": ids, "reason": reason, "now": now},
+            ).fetchall()
+        return [_row_to_artifact(r) for r in rows]
+
+    # -- HTTP worker protocol ------------------------------------------------------------------
+
+    def task_claim_scoped(
+        self, worker_id: str, task_types: Sequence[str], limit: int, now: datetime,
+        claim_ttl: float, tenant_id: str,
+    ) -> list[ClaimedTask]:
+        """task_claim restricted to one tenant's tasks (a tenant key's worker): the same claim
+        (leases for hinted tasks included) with a tenant filter."""
+        from creep.storage.postgres_store import _row_to_task
+
+        if limit <= 0 or not task_types:
+            return []
+        with self._tx() as conn:
+            rows, token = self._claim_rows(  # type: ignore[attr-defined]
+                conn, worker_id, task_types, limit, now, claim_ttl, tenant_id
+            )
+        return [ClaimedTask(_row_to_task(r[:-1]), token, r[-1]) for r in rows]
+
+    def task_event_append(
+        self, task_id: str, claim_token: str, event_type: str, payload: dict[str, Any],
+        now: datetime,
+    ) -> TaskEvent | None:
+        """A worker's own event on the task it runs; None unless it still holds the claim."""
+        from creep.storage.postgres_store import _row_to_event
+
+        if not (_is_uuid(task_id) and _is_uuid(claim_token)):
+            return None
+        with self._tx() as conn:
+            row = conn.execute(
+                f"""INSERT INTO task_events ({_EVENT_COLUMNS})
+                SELECT task_id, tenant_id, %s, status, status, attempt, %s, %s FROM tasks
+                WHERE task_id = %s AND claim_token = %s AND status = 'RUNNING'
+                RETURNING event_id, txid::text, {_EVENT_COLUMNS}""",
+                (event_type, Jsonb(payload), now, task_id, claim_token),
+            ).fetchone()
+        return None if row is None else _row_to_event(row)

@@ -1,0 +1,232 @@
+"""The HTTP worker protocol against a real server, and `creep worker --api-url` running the
+Python worker over it: tenant-scoped claims, long poll, heartbeat answering cancellation,
+progress, events, complete, fail, and stale tokens (409)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.api.conftest import Server, start_server, stop_server
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def srv(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("workers") / "server.log"
+    server = start_server(database, log, CREEP_CLAIM_POLL_SECONDS="0.05",
+                          CREEP_MAINTENANCE_INTERVAL_SECONDS="0.2")
+    yield server
+    stop_server(server)
+
+
+def _submit(c: httpx.Client, task_type: str, **fields: Any) -> str:
+    r = c.post("/v1/tasks", json={"task_type": task_type, **fields})
+    assert r.status_code == 201, r.text
+    task_id: str = r.json()["task_id"]
+    return task_id
+
+
+def _claim(c: httpx.Client, types: list[str], n: int = 10, **extra: Any) -> list[dict[str, Any]]:
+    r = c.post("/v1/workers/claim", json={"task_types": types, "max_tasks": n, **extra})
+    assert r.status_code == 200, r.text
+    items: list[dict[str, Any]] = r.json()["items"]
+    return items
+
+
+def _event_types(c: httpx.Client, task_id: str) -> list[str]:
+    """The task's event types once the last one is readable: on PostgreSQL the event feed
+    shows a transaction's events only once every older transaction has ended."""
+    def fetch() -> list[str]:
+        items = c.get(f"/v1/tasks/{task_id}/events").json()["items"]
+        return [e["event_type"] for e in items]
+
+    _wait_for(lambda: fetch()[-1:] in (["succeeded"], ["failed"], ["cancelled"]),
+              f"the final event of {task_id}")
+    return fetch()
+
+
+def _wait_for(predicate: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_protocol_round_trip_and_tenant_scope(srv: Server) -> None:
+    _, key_a = srv.tenant()
+    tenant_b, key_b = srv.tenant()
+    ro = srv.key(tenant_b, read_only=True)["key"]
+    with srv.client(key_a) as a, srv.client(key_b) as b, srv.client(ro) as b_ro:
+        task = _submit(a, "RT", input_payload={"n": 1})
+        assert _claim(b, ["RT"]) == []  # another tenant's task is invisible
+        assert b_ro.post("/v1/workers/claim", json={"task_types": ["RT"]}).status_code == 403
+        (item,) = _claim(a, ["RT"], worker_id="w-1")
+        tok = item["claim_token"]
+        assert item["task"]["task_id"] == task and item["task"]["status"] == "RUNNING"
+        assert item["task"]["input_payload"] == {"n": 1} and item["deadline_at"]
+
+        base = f"/v1/tasks/{task}"
+        hb = a.post(f"{base}/heartbeat", json={"claim_token": tok, "claim_ttl": 30})
+        assert hb.status_code == 200 and hb.json() == {"cancel_requested": False}
+        # Another tenant gets 404 on every call, even with the right token.
+        for path, body in (("heartbeat", {}), ("progress", {"progress": 1}),
+                           ("complete", {}), ("fail", {}),
+                           ("events", {"event_type": "log"})):
+            r = b.post(f"{base}/{path}", json={"claim_token": tok, **body})
+            assert r.status_code == 404, (path, r.text)
+        assert a.post(f"{base}/progress",
+                      json={"claim_token": tok, "progress": 60, "message": "rendering"}
+                      ).json() == {"task_id": task, "progress": 60}
+        ev = a.post(f"{base}/events", json={"claim_token": tok, "event_type": "log.line",
+                                            "payload": {"line": "frame 1"}})
+        assert ev.status_code == 201 and ev.json()["event_type"] == "log.line"
+        forged = a.post(f"{base}/events", json={"claim_token": tok, "event_type": "succeeded"})
+        assert forged.status_code == 422 and forged.json()["errors"][0]["field"] == "event_type"
+        assert a.get(base).json()["progress"] == 60
+
+        done = a.post(f"{base}/complete", json={"claim_token": tok, "result": {"frames": 3}})
+        assert done.status_code == 200, done.text
+        assert done.json()["status"] == "SUCCESS"
+        assert done.json()["result_payload"] == {"frames": 3}
+        # The token is stale now: 409 problem for every call.
+        for path, body in (("heartbeat", {}), ("progress", {"progress": 1}),
+                           ("complete", {}), ("fail", {}),
+                           ("events", {"event_type": "log"})):
+            r = a.post(f"{base}/{path}", json={"claim_token": tok, **body})
+            assert r.status_code == 409, (path, r.text)
+            assert r.headers["content-type"] == "application/problem+json"
+        assert _event_types(a, task)[-1:] == ["succeeded"]
+        assert _event_types(a, task) == [
+            "created", "queued", "started", "progress", "log.line", "succeeded"]
+    with srv.admin() as admin:
+        audit = admin.get("/v1/audit", params={"resource_type": "task", "action": "completed"})
+        completed = [x for x in audit.json()["items"] if x["resource"]["identifier"] == task]
+        assert len(completed) == 1  # the refused (stale) completion wrote no audit row
+
+
+def test_long_poll_cancel_and_fail(srv: Server) -> None:
+    _, key = srv.tenant()
+    with srv.client(key) as c:
+        got: list[list[dict[str, Any]]] = []
+        poller = threading.Thread(
+            target=lambda: got.append(_claim(c, ["LP"], wait=30)), daemon=True)
+        poller.start()
+        time.sleep(0.3)
+        assert poller.is_alive()  # waiting: nothing to claim yet
+        task = _submit(c, "LP")
+        poller.join(timeout=30)
+        assert [i["task"]["task_id"] for i in got[0]] == [task]
+        tok = got[0][0]["claim_token"]
+        assert c.post(f"/v1/tasks/{task}/cancel").status_code == 200
+        hb = c.post(f"/v1/tasks/{task}/heartbeat", json={"claim_token": tok})
+        assert hb.json() == {"cancel_requested": True}
+        r = c.post(f"/v1/tasks/{task}/fail", json={"claim_token": tok, "kind": "cancelled"})
+        assert r.json()["status"] == "CANCELLED"
+
+        flaky = _submit(c, "FL", constraints={"max_retries": 1})
+        (item,) = _claim(c, ["FL"])
+        r = c.post(f"/v1/tasks/{flaky}/fail", json={
+            "claim_token": item["claim_token"], "kind": "retry", "retry_delay": 0,
+            "message": "boom", "error": "Traceback ..."})
+        assert r.status_code == 200 and r.json()["status"] == "QUEUED"
+        (again,) = _claim(c, ["FL"], wait=10)
+        assert again["task"]["attempt"] == 2
+        r = c.post(f"/v1/tasks/{flaky}/fail", json={
+            "claim_token": again["claim_token"], "kind": "failed", "code": "BANNED"})
+        assert (r.json()["status"], r.json()["result_code"]) == ("FAILED", "BANNED")
+        # A claim nothing answers: empty after the wait.
+        assert _claim(c, ["NOTHING"], wait=0.2) == []
+        bad = c.post("/v1/workers/claim", json={"task_types": [], "max_tasks": 0, "wait": 99})
+        assert bad.status_code == 422
+        assert {e["field"] for e in bad.json()["errors"]} == {"task_types", "max_tasks", "wait"}
+
+
+def test_expired_claim_is_rescued_and_its_token_goes_stale(srv: Server) -> None:
+    _, key = srv.tenant()
+    with srv.client(key) as c:
+        task = _submit(c, "EXP")
+        (first,) = _claim(c, ["EXP"], claim_ttl=1)
+        # No heartbeat: the server's maintenance requeues the task; a new claim takes it.
+        second: list[dict[str, Any]] = []
+        _wait_for(lambda: bool(second.extend(_claim(c, ["EXP"], wait=1)) or second),
+                  "the rescued task to be claimable again")
+        assert second[0]["task"]["attempt"] == 2
+        r = c.post(f"/v1/tasks/{task}/complete", json={"claim_token": first["claim_token"]})
+        assert r.status_code == 409
+        r = c.post(f"/v1/tasks/{task}/complete", json={"claim_token": second[0]["claim_token"]})
+        assert r.status_code == 200 and r.json()["status"] == "SUCCESS"
+
+
+def _remote_worker(srv: Server, key: str, *args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CREEP_API_KEY": key}
+    env.pop("CREEP_DATABASE_URL", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "creep.cli", "worker", "--app", "tests.apps.http_app:app",
+         "--api-url", srv.url, "--log-level", "WARNING", "--concurrency", "4", *args],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+
+def test_python_worker_over_http(srv: Server) -> None:
+    _, key = srv.tenant()
+    _, other_key = srv.tenant()
+    with srv.client(key) as c, srv.client(other_key) as other:
+        echo = [_submit(c, "ECHO", input_payload={"i": i}) for i in range(5)]
+        refused = _submit(c, "REFUSE")
+        flaky = _submit(c, "FLAKY")
+        untouched = _submit(other, "ECHO")
+        # Let the FLAKY retry come due at once.
+        worker = _remote_worker(srv, key, "--burst")
+        out, _ = worker.communicate(timeout=120)
+        assert worker.returncode == 0, out.decode()
+        for task_id in echo:
+            t = c.get(f"/v1/tasks/{task_id}").json()
+            assert t["status"] == "SUCCESS", t
+            assert t["result_payload"]["echo"] == t["input_payload"]
+            assert _event_types(c, task_id) == [
+                "created", "queued", "started", "progress", "succeeded"]
+        r = c.get(f"/v1/tasks/{refused}").json()
+        assert (r["status"], r["result_code"]) == ("FAILED", "HARD_FAIL")
+        f = c.get(f"/v1/tasks/{flaky}").json()
+        assert f["status"] in ("QUEUED", "SUCCESS")  # retried with the server's backoff
+        assert "first attempt fails" in (f["result_message"] or f["last_error"] or "")
+        assert other.get(f"/v1/tasks/{untouched}").json()["status"] == "QUEUED"
+
+
+def test_python_worker_over_http_is_cancelled_and_stops_on_sigterm(srv: Server) -> None:
+    _, key = srv.tenant()
+    with srv.client(key) as c:
+        task = _submit(c, "WAIT_FOR_CANCEL")
+        worker = _remote_worker(srv, key, "--claim-ttl", "3", "--shutdown-grace", "5")
+        try:
+            _wait_for(lambda: c.get(f"/v1/tasks/{task}").json()["status"] == "RUNNING",
+                      "the worker to claim the task")
+            assert c.post(f"/v1/tasks/{task}/cancel").status_code == 200
+            _wait_for(lambda: c.get(f"/v1/tasks/{task}").json()["status"] == "CANCELLED",
+                      "the handler to see the cancellation")
+            later = _submit(c, "ECHO")
+            _wait_for(lambda: c.get(f"/v1/tasks/{later}").json()["status"] == "SUCCESS",
+                      "the long-polling worker to pick up new work")
+        finally:
+            worker.terminate()
+            out, _ = worker.communicate(timeout=60)
+        assert worker.returncode == 0, out.decode()
+
+
+def test_remote_worker_with_a_bad_key_exits_non_zero(srv: Server) -> None:
+    worker = _remote_worker(srv, "not-a-valid-key-" + "y" * 20, "--burst")
+    out, _ = worker.communicate(timeout=60)
+    assert worker.returncode != 0 and b"401" in out
