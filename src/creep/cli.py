@@ -160,6 +160,12 @@ def scheduler(
         raise _fail(str(exc)) from None
 
 
+# -- REST API (creep.api): `creep server`, `creep keys create` ----------------------------------
+from creep.api.cli_commands import register_api_commands  # noqa: E402
+
+register_api_commands(app)
+
+
 def main() -> None:
     app()
 

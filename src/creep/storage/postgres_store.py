@@ -42,6 +42,7 @@ from creep.ports import (
     MaintenanceReport,
     TaskFilter,
 )
+from creep.storage import pending_writes
 from creep.storage.common import (
     TASK_COLUMNS,
     TASK_SELECT,
@@ -56,6 +57,7 @@ from creep.storage.common import (
     rescue,
     resolution_payload,
 )
+from creep.storage.postgres_api import PostgresApiMixin
 from creep.storage.postgres_schedules import PostgresSchedulesMixin  # schedules
 
 _MIGRATION_LOCK = 0x63726565  # "cree"
@@ -107,7 +109,8 @@ class _Apply:
     error: str | None
 
 
-class PostgresStore(PostgresSchedulesMixin):  # schedules: see storage/postgres_schedules.py
+# schedules: storage/postgres_schedules.py; REST API: storage/postgres_api.py
+class PostgresStore(PostgresSchedulesMixin, PostgresApiMixin):
     dialect = "postgres"
 
     def __init__(self, url: str) -> None:
@@ -141,6 +144,7 @@ class PostgresStore(PostgresSchedulesMixin):  # schedules: see storage/postgres_
         try:
             with self.pool.connection() as conn, conn.transaction():
                 yield conn
+                pending_writes.flush(self, conn)  # e.g. the API's audit row, same transaction
         except pg_errors.CheckViolation as exc:
             if "illegal task transition" in str(exc):
                 raise IllegalTransition("task", "?", "?") from exc

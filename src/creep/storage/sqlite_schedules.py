@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from creep.domain.errors import ConflictError, IllegalTransition
+from creep.storage import pending_writes
 from creep.storage.schedule_sql_base import Conn
 from creep.storage.schedules_sql import ScheduleSqlMixin
 
@@ -28,6 +29,7 @@ class SqliteSchedulesMixin(ScheduleSqlMixin):
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn  # type: ignore[misc]
+            pending_writes.flush(self, conn)  # the REST API's audit row, same transaction
         except sqlite3.IntegrityError as exc:
             conn.execute("ROLLBACK")
             raise _conflict(exc) from exc

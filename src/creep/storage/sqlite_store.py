@@ -35,6 +35,7 @@ from creep.ports import (
     MaintenanceReport,
     TaskFilter,
 )
+from creep.storage import pending_writes
 from creep.storage.common import (
     INSERT_COLUMNS,
     TASK_COLUMNS,
@@ -50,6 +51,7 @@ from creep.storage.common import (
     rescue,
     resolution_payload,
 )
+from creep.storage.sqlite_api import SqliteApiMixin
 from creep.storage.sqlite_schedules import SqliteSchedulesMixin  # schedules
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -111,7 +113,8 @@ class _Apply:
     error: str | None
 
 
-class SqliteStore(SqliteSchedulesMixin):  # schedules: see storage/sqlite_schedules.py
+# schedules: storage/sqlite_schedules.py; REST API: storage/sqlite_api.py
+class SqliteStore(SqliteSchedulesMixin, SqliteApiMixin):
     dialect = "sqlite"
 
     def __init__(self, url: str) -> None:
@@ -164,6 +167,7 @@ class SqliteStore(SqliteSchedulesMixin):  # schedules: see storage/sqlite_schedu
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            pending_writes.flush(self, conn)  # e.g. the API's audit row, same transaction
         except BaseException:
             conn.execute("ROLLBACK")
             raise

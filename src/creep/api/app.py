@@ -1,0 +1,108 @@
+"""The app factory: `create_app(settings)` wires the store, auth, problems, metrics and every
+router; all resource routes live under /v1."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import cast
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import ORJSONResponse
+
+from creep.api import problems
+from creep.api.auth import KeyCache
+from creep.api.context import RequestContextMiddleware
+from creep.api.create_batcher import CreateBatcher
+from creep.api.limits import RateLimiter, TenantLimitsCache
+from creep.api.metrics import Metrics
+from creep.api.openapi import install_openapi
+from creep.api.routes import admin, audit, batches, health, keys, tasks, tenants
+from creep.api.services import Services
+from creep.api.settings import Settings
+from creep.domain.clock import Clock, SystemClock
+from creep.domain.tenancy import ApiKey, PrincipalType, Role, hash_key
+from creep.ports_api import ApiStore
+
+log = logging.getLogger("creep.api")
+
+#: Routers mounted under /v1, in the order they appear in the docs. Add yours here.
+V1_ROUTERS: list[APIRouter] = [
+    tasks.router, batches.router, tenants.router, keys.router, audit.router, admin.router,
+]
+
+
+def ensure_admin_key(store: ApiStore, secret: str, clock: Clock) -> None:
+    """Make CREEP_ADMIN_KEY a valid admin key (idempotent; safe from many nodes at once)."""
+    key = ApiKey(
+        key_id=str(uuid.uuid4()), name="bootstrap (CREEP_ADMIN_KEY)", role=Role.ADMIN,
+        tenant_id=None, read_only=False, principal_type=PrincipalType.SERVICE,
+        key_hint=secret[:8], created_at=clock.now(), revoked_at=None,
+    )
+    stored, created = store.key_ensure(key, hash_key(secret))
+    if created:
+        log.info("created the admin key from CREEP_ADMIN_KEY", extra={"key_id": stored.key_id})
+    elif stored.revoked_at is not None:
+        log.warning("CREEP_ADMIN_KEY names a revoked key; it will not authenticate",
+                    extra={"key_id": stored.key_id})
+
+
+def create_app(
+    settings: Settings, *, store: ApiStore | None = None, clock: Clock | None = None
+) -> FastAPI:
+    """A FastAPI app for `settings`. The store opens (and migrates, if auto_migrate) at
+    startup, not here; pass `store` to share one you opened yourself."""
+    clock = clock or SystemClock()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from creep.storage import open_store
+
+        opened = store is None
+        the_store = store or cast(ApiStore, open_store(settings.database_url))
+        try:
+            if settings.auto_migrate:
+                the_store.migrate()
+            if settings.admin_key:
+                ensure_admin_key(the_store, settings.admin_key, clock)
+            svc = Services(settings=settings, store=the_store, clock=clock)
+            app.state.services = svc
+            app.state.key_cache = KeyCache(settings.key_cache_seconds)
+            app.state.tenant_limits = TenantLimitsCache(svc)
+            app.state.rate_limiter = RateLimiter(
+                svc, app.state.tenant_limits, shared=the_store.dialect == "postgres"
+            )
+            app.state.metrics = Metrics(the_store)
+            app.state.create_batcher = CreateBatcher(svc)
+            try:
+                yield
+            finally:
+                app.state.create_batcher.close()
+        finally:
+            if opened:
+                the_store.close()
+
+    app = FastAPI(
+        title="creep",
+        version="1",
+        summary="A durable task control plane: tasks, batches, tenants, keys and audit.",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    problems.install(app)
+    install_openapi(app)
+
+    def on_done(method: str, route: str, status: int, seconds: float) -> None:
+        metrics: Metrics | None = getattr(app.state, "metrics", None)
+        if metrics is not None:
+            metrics.observe_request(method, route, status, seconds)
+
+    app.add_middleware(RequestContextMiddleware, on_done=on_done)
+    app.include_router(health.router)
+    v1 = APIRouter(prefix="/v1")
+    for router in V1_ROUTERS:
+        v1.include_router(router)
+    app.include_router(v1)
+    return app

@@ -1,0 +1,147 @@
+"""Authentication: `Authorization: Bearer <key>` -> a typed Principal.
+
+Keys are looked up by their sha256; a verified key is cached for `key_cache_seconds`
+(so revocation reaches other API processes within that time; this process forgets at once).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from creep.api.problems import Problem
+from creep.api.services import Services, get_services
+from creep.domain.tenancy import ApiKey, PrincipalType, Role, hash_key
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: one API key."""
+
+    key_id: str
+    name: str
+    role: Role
+    tenant_id: str | None  # None for admin keys
+    read_only: bool
+    principal_type: PrincipalType = PrincipalType.SERVICE
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+    def audit_user(self) -> dict[str, Any]:
+        """Seed 003's Principal {uid, username, type}."""
+        return {"uid": self.key_id, "username": self.name, "type": self.principal_type.value}
+
+    @classmethod
+    def from_key(cls, key: ApiKey) -> Principal:
+        return cls(key.key_id, key.name, key.role, key.tenant_id, key.read_only,
+                   key.principal_type)
+
+
+class KeyCache:
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[Principal | None, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> tuple[bool, Principal | None]:
+        with self._lock:
+            entry = self._entries.get(key_hash)
+        if entry is None or entry[1] < time.monotonic():
+            return False, None
+        return True, entry[0]
+
+    def put(self, key_hash: str, principal: Principal | None) -> None:
+        if self.ttl <= 0:
+            return
+        with self._lock:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[key_hash] = (principal, time.monotonic() + self.ttl)
+
+    def forget_key(self, key_id: str) -> None:
+        with self._lock:
+            for h, (p, _) in list(self._entries.items()):
+                if p is not None and p.key_id == key_id:
+                    del self._entries[h]
+
+
+_UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="creep"'}
+
+
+def _lookup(svc: Services, key_hash: str) -> Principal | None:
+    key = svc.store.key_by_hash(key_hash)
+    if key is None or key.revoked_at is not None:
+        return None
+    return Principal.from_key(key)
+
+
+_bearer = HTTPBearer(auto_error=False, description="an API key: Authorization: Bearer <key>")
+
+
+async def authenticate(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """FastAPI dependency: the caller's Principal, or a 401 problem."""
+    return await principal_of(request)
+
+
+async def principal_of(request: Request, *, write: bool = False) -> Principal:
+    """The caller's Principal (401 problem if none; 403 for a read-only key when `write`).
+    Call it directly from a hot route that avoids dependency injection."""
+    svc = get_services(request)
+    header = request.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Problem(401, "Unauthorized", "send Authorization: Bearer <api key>",
+                      type_="unauthorized", headers=_UNAUTHORIZED)
+    key_hash = hash_key(secret.strip())
+    cache: KeyCache = request.app.state.key_cache
+    hit, principal = cache.get(key_hash)
+    if not hit:
+        principal = await run_in_threadpool(_lookup, svc, key_hash)
+        cache.put(key_hash, principal)
+    if principal is None:
+        raise Problem(401, "Unauthorized", "unknown or revoked API key", type_="unauthorized",
+                      headers=_UNAUTHORIZED)
+    request.state.principal = principal
+    limiter = request.app.state.rate_limiter
+    if principal.tenant_id is not None and limiter.enabled:
+        await limiter.check(principal.tenant_id)
+    if write and principal.read_only:
+        raise Problem(403, "Forbidden", "this API key is read-only", type_="read-only-key")
+    return principal
+
+
+async def writer(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    """FastAPI dependency for mutating routes: read-only keys get 403."""
+    if principal.read_only:
+        raise Problem(403, "Forbidden", "this API key is read-only", type_="read-only-key")
+    return principal
+
+
+async def admin(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    """FastAPI dependency for admin-only routes."""
+    if not principal.is_admin:
+        raise Problem(403, "Forbidden", "this route needs an admin key", type_="admin-only")
+    return principal
+
+
+async def admin_writer(principal: Annotated[Principal, Depends(admin)]) -> Principal:
+    if principal.read_only:
+        raise Problem(403, "Forbidden", "this API key is read-only", type_="read-only-key")
+    return principal
+
+
+Authenticated = Annotated[Principal, Depends(authenticate)]
+Writer = Annotated[Principal, Depends(writer)]
+Admin = Annotated[Principal, Depends(admin)]
+AdminWriter = Annotated[Principal, Depends(admin_writer)]

@@ -1,0 +1,172 @@
+"""Per-request context: the request id (taken from X-Request-ID or generated, echoed back),
+JSON log lines that carry it, and an access log with timings."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from contextvars import ContextVar
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUEST_ID_HEADER = "x-request-id"
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_request_id: ContextVar[str | None] = ContextVar("creep_request_id", default=None)
+access_log = logging.getLogger("creep.api.access")
+
+
+def current_request_id() -> str | None:
+    return _request_id.get()
+
+
+class RequestContextMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware): sets the request id for everything the request runs,
+    echoes it, and reports each request to `on_done(method, route, status, seconds)`."""
+
+    def __init__(self, app: ASGIApp, on_done: Any = None) -> None:
+        self.app = app
+        self.on_done = on_done
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        supplied = None
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                supplied = value.decode("latin-1")
+                break
+        request_id = supplied if supplied and _VALID_ID.match(supplied) else uuid.uuid4().hex
+        if _has_nul(scope):
+            # Path and query parameters reach SQL; no database stores NUL in text.
+            await _reject_nul(send, request_id)
+            return
+        token = _request_id.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        raw_id = request_id.encode()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", raw_id))
+                message["headers"] = headers
+            await send(message)
+
+        started_response = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started_response
+            if message["type"] == "http.response.start":
+                started_response = True
+            await send_with_id(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception:
+            # Answer here, where the request id is still known (the outermost handler of
+            # Starlette would answer without it).
+            logging.getLogger("creep.api").exception("unhandled error")
+            if started_response:
+                raise
+            status = 500
+            body = orjson.dumps({
+                "type": "https://creep.dev/problems/internal", "title": "Internal error",
+                "status": 500, "detail": "an unexpected error occurred",
+                "instance": request_id,
+            })
+            await send_with_id({"type": "http.response.start", "status": 500, "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode())]})
+            await send_with_id({"type": "http.response.body", "body": body})
+        finally:
+            elapsed = time.perf_counter() - started
+            template = route_template(scope)
+            if self.on_done is not None:
+                self.on_done(scope["method"], template, status, elapsed)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "%s %s %s", scope["method"], scope["path"], status,
+                    extra={"method": scope["method"], "path": scope["path"], "status": status,
+                           "duration_ms": round(elapsed * 1000, 2)},
+                )
+            _request_id.reset(token)
+
+
+def _has_nul(scope: Scope) -> bool:
+    query: bytes = scope.get("query_string", b"")
+    return "\x00" in scope["path"] or b"%00" in query or b"\x00" in query
+
+
+async def _reject_nul(send: Send, request_id: str) -> None:
+    body = orjson.dumps({
+        "type": "https://creep.dev/problems/validation", "title": "Validation failed",
+        "status": 422, "detail": "path or query: must not contain NUL characters (%00)",
+        "instance": request_id,
+        "errors": [{"field": "query", "in": "query", "rule": "must not contain NUL characters"}],
+    })
+    await send({"type": "http.response.start", "status": 422, "headers": [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route as a template (/v1/tasks/{task_id}): a bounded metrics label.
+    Built from the path and its parameters, which holds however routers were nested."""
+    if scope.get("endpoint") is None:
+        return "<unmatched>"
+    params = {str(v): k for k, v in (scope.get("path_params") or {}).items()}
+    parts = [f"{{{params[p]}}}" if p in params else p for p in scope["path"].split("/")]
+    return "/".join(parts)
+
+
+_STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request_id and any extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = current_request_id()
+        if request_id:
+            data["request_id"] = request_id
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                data[key] = value
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(data, default=str).decode()
+
+
+def configure_logging(level: str, json_lines: bool = True) -> None:
+    """Route creep's and uvicorn's logs through one handler on stderr."""
+    import time as _time
+
+    handler = logging.StreamHandler()
+    if json_lines:
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = _time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    # Our access log replaces uvicorn's (it carries the request id and the timing).
+    logging.getLogger("uvicorn.access").disabled = True

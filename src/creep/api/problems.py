@@ -1,0 +1,172 @@
+"""RFC 7807 problem details for every error: type, title, status, detail, instance (the
+request id) and, for validation errors, `errors` with field paths. A user's mistake is never
+a 500."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from creep.api.context import current_request_id
+from creep.domain.errors import (
+    ConflictError,
+    CreepError,
+    IdempotencyConflict,
+    IllegalTransition,
+    NotFound,
+    StorageError,
+    ValidationError,
+    VersionConflict,
+)
+from creep.domain.tenancy import QuotaExceeded
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "https://creep.dev/problems/"
+log = logging.getLogger("creep.api")
+
+
+class Problem(Exception):
+    """Raise from a route to answer with a problem document."""
+
+    def __init__(
+        self, status: int, title: str, detail: str | None = None, *, type_: str | None = None,
+        errors: Sequence[dict[str, Any]] | None = None, headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.type = type_ or title.lower().replace(" ", "-")
+        self.errors = list(errors) if errors is not None else None
+        self.headers = headers or {}
+        self.extra = extra
+
+
+def problem_response(problem: Problem) -> Response:
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + problem.type,
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail or problem.title,
+        "instance": current_request_id() or "",
+    }
+    if problem.errors is not None:
+        body["errors"] = problem.errors
+    body.update(problem.extra)
+    return Response(
+        orjson.dumps(body), status_code=problem.status, media_type=PROBLEM_JSON,
+        headers=problem.headers,
+    )
+
+
+def _loc_path(loc: Sequence[Any]) -> tuple[str, str]:
+    """('body', 'tasks', 0, 'priority') -> ('body', 'tasks[0].priority')."""
+    where = str(loc[0]) if loc else "body"
+    path = ""
+    for part in loc[1:]:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + str(part)
+    return where, path or where
+
+
+def from_request_validation(exc: RequestValidationError) -> Problem:
+    errors = []
+    for err in exc.errors():
+        where, path = _loc_path(err.get("loc", ()))
+        errors.append({"field": path, "in": where, "rule": str(err.get("msg", "is invalid"))})
+    return Problem(
+        422, "Validation failed", "; ".join(f"{e['field']}: {e['rule']}" for e in errors),
+        type_="validation", errors=errors,
+    )
+
+
+def from_creep_error(exc: CreepError) -> Problem:
+    if isinstance(exc, ValidationError):
+        errors = [{"field": f, "in": "body", "rule": r} for f, r in exc.errors]
+        return Problem(422, "Validation failed", exc.message, type_="validation", errors=errors)
+    if isinstance(exc, NotFound):
+        return Problem(404, "Not found", exc.message, type_="not-found")
+    if isinstance(exc, IdempotencyConflict):
+        return Problem(409, "Idempotency conflict", exc.message, type_="idempotency-conflict",
+                       task_id=exc.task_id)
+    if isinstance(exc, VersionConflict):
+        return Problem(409, "Version conflict", exc.message, type_="version-conflict")
+    if isinstance(exc, IllegalTransition):
+        return Problem(409, "Illegal transition", exc.message, type_="illegal-transition")
+    if isinstance(exc, ConflictError):
+        return Problem(409, "Conflict", exc.message, type_="conflict")
+    if isinstance(exc, QuotaExceeded):
+        return Problem(429, "Quota exceeded", exc.message, type_="quota-exceeded",
+                       headers={"Retry-After": "1"})
+    if isinstance(exc, StorageError):
+        log.error("storage error: %s", exc)
+        return Problem(503, "Database unavailable", "the database failed; try again",
+                       type_="database-unavailable", headers={"Retry-After": "1"})
+    return Problem(400, "Bad request", exc.message, type_="bad-request")
+
+
+T = TypeVar("T")
+
+
+def parse_body(adapter: TypeAdapter[T], raw: bytes) -> T:
+    """A JSON body validated like FastAPI would (same problem document on failure), for
+    routes that read the Request themselves."""
+    try:
+        return adapter.validate_json(raw)
+    except PydanticValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+        ) from None
+
+
+_HTTP_TITLES = {
+    400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
+    405: "Method not allowed", 406: "Not acceptable", 413: "Payload too large",
+    415: "Unsupported media type",
+}
+
+
+def install(app: FastAPI) -> None:
+    async def on_problem(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Problem)
+        return problem_response(exc)
+
+    async def on_validation(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return problem_response(from_request_validation(exc))
+
+    async def on_creep(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, CreepError)
+        return problem_response(from_creep_error(exc))
+
+    async def on_http(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        title = _HTTP_TITLES.get(exc.status_code, "Error")
+        detail = exc.detail if isinstance(exc.detail, str) else title
+        return problem_response(
+            Problem(exc.status_code, title, detail, headers=dict(exc.headers or {}))
+        )
+
+    async def on_unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", exc_info=exc)
+        return problem_response(
+            Problem(500, "Internal error", "an unexpected error occurred", type_="internal")
+        )
+
+    app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(CreepError, on_creep)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,175 @@
+"""Batches (seed 004): many tasks in one request, with local `ref` dependencies."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel
+
+from creep.api.audit import audit_write, audited, riding
+from creep.api.auth import Authenticated, Writer
+from creep.api.responses import (
+    decode_cursor,
+    encode_cursor,
+    json_response,
+    valid_sortable_cursor,
+)
+from creep.api.routes.tasks import quota_check
+from creep.api.schemas import BatchIn, BatchOut, batch_json
+from creep.api.services import Services, services
+from creep.api.tenancy import owning_tenant, read_scope
+from creep.domain.audit import AuditAction, ResourceType
+from creep.domain.batch import Batch, derive_counts
+from creep.domain.dag import topological_order
+from creep.domain.errors import ConflictError, NotFound, ValidationError
+from creep.domain.task_spec import TaskSpec, validate_task_spec
+
+router = APIRouter(prefix="/batches", tags=["batches"])
+Svc = Annotated[Services, Depends(services)]
+
+
+@dataclass(slots=True)
+class BatchInsert:
+    """A pending write: the batch row, in the transaction that creates its tasks."""
+
+    batch: Batch
+
+    def apply(self, store: Any, conn: Any) -> bool:
+        store._api_insert_batch(conn, self.batch)
+        return True
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _plan(body: BatchIn, tenant_id: str, batch_id: str, svc: Services) -> list[TaskSpec]:
+    """Validate every task; turn local refs into task ids; reject cycles (naming them)."""
+    errors: list[tuple[str, str]] = []
+    ids: dict[str, str] = {}
+    names: list[str] = []
+    for i, task in enumerate(body.tasks):
+        name = task.ref or f"#{i}"
+        if task.ref is not None and task.ref in ids:
+            errors.append((f"tasks[{i}].ref", f"duplicate ref {task.ref!r}"))
+        task_id = str(task.task_id) if task.task_id else str(uuid.uuid4())
+        ids.setdefault(name, task_id)
+        names.append(name)
+    edges: dict[str, list[str]] = {}
+    deps_by_task: list[list[str]] = []
+    for i, task in enumerate(body.tasks):
+        deps: list[str] = []
+        local: list[str] = []
+        for j, dep in enumerate(task.depends_on or []):
+            if dep in ids:
+                deps.append(ids[dep])
+                local.append(dep)
+            elif _is_uuid(dep):
+                deps.append(str(uuid.UUID(dep)))
+            else:
+                errors.append((f"tasks[{i}].depends_on[{j}]",
+                               f"{dep!r} is neither a ref in this batch nor a task id"))
+        edges[names[i]] = local
+        deps_by_task.append(deps)
+    if errors:
+        raise ValidationError(errors)
+    try:
+        topological_order(edges)
+    except ValidationError as exc:
+        raise ValidationError([("tasks", rule) for _, rule in exc.errors]) from None
+    specs: list[TaskSpec] = []
+    now = svc.clock.now()
+    for i, task in enumerate(body.tasks):
+        fields = task.fields()
+        if fields.get("tenant_id") not in (None, tenant_id):
+            errors.append((f"tasks[{i}].tenant_id", "must be the batch's tenant or omitted"))
+            continue
+        fields.update(tenant_id=tenant_id, batch_id=batch_id, task_id=ids[names[i]],
+                      depends_on=deps_by_task[i])
+        fields.setdefault("channel", "batch")
+        try:
+            specs.append(validate_task_spec(fields, now=now, limits=svc.limits,
+                                            prefix=f"tasks[{i}]."))
+        except ValidationError as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise ValidationError(errors)
+    return specs
+
+
+def _batch_body(svc: Services, batch: Batch, refs: list[dict[str, Any]] | None = None) -> Any:
+    counts = derive_counts(svc.store.batch_task_counts(batch.batch_id),
+                           batch.cancelled_at is not None)
+    return batch_json(batch, counts, refs)
+
+
+@router.post("", status_code=201, response_model=BatchOut,
+             responses={422: {"description": "a task is invalid or the refs form a cycle"}})
+def create_batch(body: BatchIn, request: Request, principal: Writer, svc: Svc) -> Any:
+    """Create a batch and its tasks in one transaction. Tasks name each other in
+    `depends_on` by `ref` (or name existing tasks by id)."""
+    tenant_id = owning_tenant(principal, body.tenant_id, svc.store)
+    batch_id = str(uuid.uuid4())
+    specs = _plan(body, tenant_id, batch_id, svc)
+    now = svc.clock.now()
+    batch = Batch(batch_id=batch_id, tenant_id=tenant_id, title=body.title,
+                  metadata=body.metadata, total_count=len(specs), created_at=now,
+                  updated_at=now, cancelled_at=None)
+    audit = audit_write(request, principal, AuditAction.CREATED, ResourceType.BATCH, batch_id,
+                        tenant_id=tenant_id, data={"task_count": str(len(specs))})
+    with riding(*quota_check(request, tenant_id, [s.task_id for s in specs]),
+                BatchInsert(batch), audit):
+        tasks = svc.store.task_create_many(specs, now)
+    refs = [{"ref": t.ref, "task_id": task.task_id} for t, task in zip(body.tasks, tasks, strict=True)]
+    return json_response(_batch_body(svc, batch, refs), 201,
+                         headers={"Location": f"/v1/batches/{batch_id}"})
+
+
+class BatchPage(BaseModel):
+    items: list[BatchOut]
+    next_cursor: str | None
+
+
+@router.get("", response_model=BatchPage)
+def list_batches(
+    principal: Authenticated, svc: Svc,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> Any:
+    after = decode_cursor(cursor, valid_sortable_cursor) if cursor else None
+    items = svc.store.batch_list(read_scope(principal), after=after, limit=limit)
+    next_cursor = encode_cursor(svc.store.batch_cursor(items[-1])) if len(items) == limit else None
+    return json_response({"items": [_batch_body(svc, b) for b in items],
+                          "next_cursor": next_cursor})
+
+
+@router.get("/{batch_id}", response_model=BatchOut, responses={404: {"description": "no such batch"}})
+def get_batch(batch_id: str, principal: Authenticated, svc: Svc) -> Any:
+    """Counts, progress and the status derived from the batch's tasks."""
+    return json_response(_batch_body(svc, svc.store.batch_get(batch_id, read_scope(principal))))
+
+
+@router.post("/{batch_id}/cancel", response_model=BatchOut,
+             responses={404: {"description": "no such batch"}})
+def cancel_batch(batch_id: str, request: Request, principal: Writer, svc: Svc) -> Any:
+    """Cancel every unfinished task of the batch (running ones are asked to stop)."""
+    scope = read_scope(principal)
+    before = svc.store.batch_get(batch_id, scope)
+    old = svc.store.snapshot(ResourceType.BATCH, batch_id)
+    with audited(request, principal, AuditAction.CANCELLED, ResourceType.BATCH, batch_id,
+                 old=old, tenant_id=before.tenant_id):
+        batch = svc.store.batch_mark_cancelled(batch_id, svc.clock.now(), scope)
+    for task_id in svc.store.batch_open_task_ids(batch_id):
+        # A task may have finished meanwhile, or be asked to stop already.
+        with contextlib.suppress(ConflictError, NotFound):
+            svc.store.task_cancel(task_id, svc.clock.now(), tenant_id=before.tenant_id,
+                                  reason="batch cancelled")
+    return json_response(_batch_body(svc, batch))

@@ -1,0 +1,65 @@
+"""Probes and metrics (no authentication): /health/live, /health/ready, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from creep.api.problems import Problem
+from creep.api.responses import json_response
+from creep.api.services import Services, services
+from creep.storage.common import load_migrations
+
+router = APIRouter(tags=["operations"])
+Svc = Annotated[Services, Depends(services)]
+
+
+class Live(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str
+    schema_version: int
+
+
+@router.get("/health/live", response_model=Live)
+async def live() -> Any:
+    """The process is up and serving."""
+    return json_response({"status": "ok"})
+
+
+@router.get(
+    "/health/ready", response_model=Ready,
+    responses={503: {"description": "database unreachable or schema not current"}},
+)
+async def ready(svc: Svc) -> Any:
+    """The database answers (within ready_timeout_seconds) and its schema is current."""
+    timeout = svc.settings.ready_timeout_seconds
+    try:
+        version = await asyncio.wait_for(
+            run_in_threadpool(svc.store.ping, timeout), timeout=timeout + 0.5
+        )
+    except TimeoutError:
+        raise Problem(503, "Not ready", f"the database did not answer within {timeout:g} s",
+                      type_="not-ready") from None
+    except Exception as exc:
+        raise Problem(503, "Not ready", f"the database is not reachable: {exc}",
+                      type_="not-ready") from None
+    wanted = len(load_migrations(svc.store.dialect))
+    if version < wanted:
+        raise Problem(503, "Not ready", f"schema version {version}, need {wanted}: run "
+                      "`creep migrate`", type_="not-ready")
+    return json_response({"status": "ready", "schema_version": version})
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    body = await run_in_threadpool(request.app.state.metrics.render)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,328 @@
+"""Tasks: create (idempotent), list, read, cancel, retry, patch (If-Match), events, SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Body, Depends, Header, Query, Request
+from pydantic import TypeAdapter
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import StreamingResponse
+
+from creep.api.audit import audit_write, audited, riding
+from creep.api.auth import Authenticated, Writer, principal_of
+from creep.api.create_batcher import CreateBatcher
+from creep.api.limits import QuotaCheck, TenantLimitsCache
+from creep.api.problems import Problem, parse_body
+from creep.api.responses import (
+    aware,
+    check_event_cursor,
+    decode_cursor,
+    encode_cursor,
+    json_response,
+    valid_sortable_cursor,
+)
+from creep.api.schemas import (
+    CancelIn,
+    TaskEventPage,
+    TaskOrderIn,
+    TaskOut,
+    TaskPage,
+    TaskPatch,
+    event_json,
+    task_json,
+)
+from creep.api.services import Services, get_services, services
+from creep.api.tenancy import foreign_tenant_filter, list_scope, owning_tenant, read_scope
+from creep.domain.audit import AuditAction, ResourceType
+from creep.domain.errors import ValidationError, VersionConflict
+from creep.domain.task import TaskOrder
+from creep.domain.task_spec import validate_task_spec
+from creep.ports import TaskFilter
+from creep.ports_api import task_snapshot
+
+router = APIRouter(prefix="/tasks", tags=["tasks"])
+Svc = Annotated[Services, Depends(services)]
+StatusName = Literal[
+    "PENDING", "QUEUED", "RUNNING", "SUCCESS", "FAILED", "CANCELLED", "TIMEOUT", "DEAD_LETTER"
+]
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "no such task (or not this tenant's)"},
+    409: {"description": "conflict (idempotency key reused, illegal transition)"},
+    422: {"description": "validation failed; `errors` names each field"},
+}
+
+
+def _etag(task: TaskOrder) -> dict[str, str]:
+    return {"ETag": f'"{task.task_version}"'}
+
+
+def quota_check(request: Request, tenant_id: str, task_ids: list[str]) -> list[QuotaCheck]:
+    """The pending quota check for new tasks of `tenant_id` (none when no cap applies)."""
+    cache: TenantLimitsCache = request.app.state.tenant_limits
+    limit = cache.get(tenant_id).max_active_tasks
+    return [QuotaCheck(tenant_id, limit, task_ids)] if limit > 0 else []
+
+
+TASK_ORDER_IN: TypeAdapter[TaskOrderIn] = TypeAdapter(TaskOrderIn)
+
+
+@router.post(
+    "", status_code=201, response_model=TaskOut,
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/TaskOrderIn"}}}}},
+    responses={200: {"model": TaskOut, "description": "a replay: the task this idempotency "
+                     "key already created (header Idempotent-Replayed: true)"},
+               429: {"description": "rate limit or active-task cap reached"}, **_PROBLEMS},
+)
+async def create_task(request: Request) -> Any:
+    """Create a task order (body: TaskOrderIn). The same (tenant_id, env, idempotency_key)
+    and body again answers 200 with the same task; the same key with another body answers 409.
+
+    The hottest route: it takes the Request alone (no dependency injection, which costs more
+    than the rest of the route) and does what the dependencies would, in the same order."""
+    principal = await principal_of(request, write=True)
+    svc = get_services(request)
+    body = parse_body(TASK_ORDER_IN, await request.body())
+    fields = body.fields()
+    requested = fields.get("tenant_id")
+    if principal.is_admin:  # checks the tenant exists: a database read, off the event loop
+        fields["tenant_id"] = await run_in_threadpool(
+            owning_tenant, principal, requested, svc.store
+        )
+    else:
+        fields["tenant_id"] = owning_tenant(principal, requested, svc.store)
+    spec = validate_task_spec(fields, now=svc.clock.now(), limits=svc.limits)
+    audit = audit_write(
+        request, principal, AuditAction.CREATED, ResourceType.TASK, spec.task_id,
+        tenant_id=spec.tenant_id, skip_if_missing=True,
+    )
+    quota = await run_in_threadpool(quota_check, request, spec.tenant_id, [spec.task_id]) \
+        if request.app.state.tenant_limits.peek(spec.tenant_id) is None \
+        else quota_check(request, spec.tenant_id, [spec.task_id])
+    batcher: CreateBatcher = request.app.state.create_batcher
+    task = await batcher.create(spec, [*quota, audit])
+    headers = {**_etag(task), "Location": f"/v1/tasks/{task.task_id}"}
+    if task.replayed:
+        headers["Idempotent-Replayed"] = "true"
+        return json_response(task_json(task), 200, headers)
+    request.app.state.metrics.tasks_created.labels(task.task_type).inc()
+    return json_response(task_json(task), 201, headers)
+
+
+def _valid_task_cursor(raw: str) -> bool:
+    try:
+        uuid.UUID(raw.partition("/")[2])
+    except ValueError:
+        return False
+    return valid_sortable_cursor(raw)
+
+
+@router.get("", response_model=TaskPage, responses={422: _PROBLEMS[422]})
+def list_tasks(
+    principal: Authenticated, svc: Svc,
+    status: StatusName | None = None,
+    task_type: Annotated[str | None, Query(max_length=128)] = None,
+    task_category: Annotated[str | None, Query(max_length=128)] = None,
+    tag: Annotated[str | None, Query(max_length=128)] = None,
+    batch_id: Annotated[str | None, Query(max_length=128)] = None,
+    project_id: Annotated[str | None, Query(max_length=128)] = None,
+    env: Annotated[str | None, Query(max_length=64)] = None,
+    tenant_id: Annotated[str | None, Query(max_length=128)] = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Any:
+    """Newest first; pass `next_cursor` back as `cursor` for the next page."""
+    created_from = aware(created_from, "created_from")
+    created_to = aware(created_to, "created_to")
+    if foreign_tenant_filter(principal, tenant_id):
+        return json_response({"items": [], "next_cursor": None})
+    after = decode_cursor(cursor, _valid_task_cursor) if cursor else None
+    flt = TaskFilter(
+        tenant_id=list_scope(principal, tenant_id), status=status, task_type=task_type,
+        task_category=task_category, tag=tag, batch_id=batch_id, project_id=project_id,
+        env=env, created_from=created_from, created_to=created_to,
+    )
+    items = svc.store.task_list(flt, after=after, limit=limit)
+    next_cursor = (
+        encode_cursor(svc.store.list_cursor(items[-1])) if len(items) == limit else None
+    )
+    return json_response({"items": [task_json(t) for t in items], "next_cursor": next_cursor})
+
+
+@router.get("/{task_id}", response_model=TaskOut, responses={404: _PROBLEMS[404]})
+def get_task(task_id: str, principal: Authenticated, svc: Svc) -> Any:
+    task = svc.store.task_get(task_id, read_scope(principal))
+    return json_response(task_json(task), headers=_etag(task))
+
+
+@router.post("/{task_id}/cancel", response_model=TaskOut, responses=_PROBLEMS)
+def cancel_task(
+    task_id: str, request: Request, principal: Writer, svc: Svc,
+    body: Annotated[CancelIn | None, Body()] = None,
+) -> Any:
+    """PENDING/QUEUED end CANCELLED at once; a RUNNING task is asked to stop."""
+    scope = read_scope(principal)
+    before = svc.store.task_get(task_id, scope)
+    with audited(request, principal, AuditAction.CANCELLED, ResourceType.TASK, task_id,
+                 old=task_snapshot(before), tenant_id=before.tenant_id):
+        task = svc.store.task_cancel(
+            task_id, svc.clock.now(), tenant_id=scope, reason=body.reason if body else None
+        )
+    return json_response(task_json(task), headers=_etag(task))
+
+
+@router.post("/{task_id}/retry", response_model=TaskOut, responses=_PROBLEMS)
+def retry_task(task_id: str, request: Request, principal: Writer, svc: Svc) -> Any:
+    """Queue a DEAD_LETTER, FAILED, TIMEOUT or CANCELLED task again with fresh retries."""
+    scope = read_scope(principal)
+    before = svc.store.task_get(task_id, scope)
+    with riding(*quota_check(request, before.tenant_id, [task_id])), audited(
+        request, principal, AuditAction.RETRIED, ResourceType.TASK, task_id,
+        old=task_snapshot(before), tenant_id=before.tenant_id,
+    ):
+        task = svc.store.task_retry(task_id, svc.clock.now(), tenant_id=scope)
+    return json_response(task_json(task), headers=_etag(task))
+
+
+_NOT_NULL = ("priority", "timeout_ms", "tags")
+
+
+def _parse_if_match(value: str | None) -> int:
+    if value is None:
+        raise Problem(428, "Precondition required",
+                      "send If-Match: <task_version> (the ETag of GET /v1/tasks/{id})",
+                      type_="precondition-required")
+    raw = value.strip()
+    if raw.startswith("W/"):
+        raw = raw[2:]
+    raw = raw.strip('"')
+    if not raw.isdigit() or len(raw) > 12:
+        raise ValidationError.single("If-Match", "must be a task_version such as \"3\"")
+    return int(raw)
+
+
+@router.patch(
+    "/{task_id}", response_model=TaskOut,
+    responses={**_PROBLEMS, 412: {"description": "If-Match names a stale task_version"},
+               428: {"description": "If-Match is missing"}},
+)
+def patch_task(
+    task_id: str, body: TaskPatch, request: Request, principal: Writer, svc: Svc,
+    if_match: Annotated[str | None, Header()] = None,
+) -> Any:
+    """Change fields of a task whose task_version still equals If-Match."""
+    expected = _parse_if_match(if_match)
+    changes = body.model_dump(exclude_unset=True)
+    nulls = [name for name in _NOT_NULL if name in changes and changes[name] is None]
+    if nulls:
+        raise ValidationError([(name, "must not be null") for name in nulls])
+    probe = validate_task_spec({"task_type": "X", **changes}, now=svc.clock.now(),
+                               limits=svc.limits)
+    checked = {name: getattr(probe, name) for name in changes}
+    scope = read_scope(principal)
+    before = svc.store.task_get(task_id, scope)
+    try:
+        with audited(request, principal, AuditAction.UPDATED, ResourceType.TASK, task_id,
+                     old=task_snapshot(before), tenant_id=before.tenant_id):
+            task = svc.store.task_update(
+                task_id, expected, checked, svc.clock.now(), tenant_id=scope
+            )
+    except VersionConflict as exc:
+        raise Problem(412, "Precondition failed", exc.message, type_="stale-version",
+                      current_version=exc.actual) from None
+    return json_response(task_json(task), headers=_etag(task))
+
+
+@router.get("/{task_id}/events", response_model=TaskEventPage, responses={404: _PROBLEMS[404]})
+def task_events(
+    task_id: str, principal: Authenticated, svc: Svc,
+    after: Annotated[str | None, Query(max_length=64, description="an event cursor")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> Any:
+    """The task's events, oldest first; `next_cursor` continues after the last one."""
+    scope = read_scope(principal)
+    check_event_cursor(after, "after")
+    if after is None:
+        # From the start: every event written so far (store.task_events reads them all).
+        events = svc.store.task_events(task_id, scope)[:limit]
+    else:
+        svc.store.task_get(task_id, scope)
+        # After a cursor: only events that can no longer be overtaken by a transaction still
+        # in flight (on PostgreSQL the newest may show a moment later).
+        events = svc.store.task_events_after(after, limit=limit, task_id=task_id,
+                                             tenant_id=scope)
+    next_cursor = events[-1].cursor if events else after
+    return json_response({"items": [event_json(e) for e in events], "next_cursor": next_cursor})
+
+
+@router.get(
+    "/{task_id}/events/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}},
+                     "description": "Server-Sent Events; each `id` is a cursor"},
+               404: _PROBLEMS[404]},
+)
+async def stream_task_events(
+    task_id: str, request: Request, principal: Authenticated, svc: Svc,
+    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+) -> StreamingResponse:
+    """Server-Sent Events of one task. Reconnect with `Last-Event-ID` (or `?after=`) to
+    resume exactly after the last event received. The stream ends once the task is finished
+    and every event was sent."""
+    scope = read_scope(principal)
+    await run_in_threadpool(svc.store.task_get, task_id, scope)
+    start = check_event_cursor(last_event_id, "Last-Event-ID") or check_event_cursor(
+        after, "after")
+    # A cursor this store did not issue is a 422 now, not a broken stream later.
+    first = await run_in_threadpool(
+        svc.store.task_events_after, start, limit=500, task_id=task_id, tenant_id=scope
+    )
+    poll = svc.settings.sse_poll_seconds
+
+    async def generate() -> Any:
+        cursor = start
+        batch = first
+        idle = 0.0
+        yield "retry: 1000\n\n"
+        while True:
+            for event in batch:
+                cursor = event.cursor
+                data = orjson.dumps(event_json(event)).decode()
+                yield f"id: {event.cursor}\nevent: {event.event_type}\ndata: {data}\n\n"
+            if not batch:
+                task = await run_in_threadpool(svc.store.task_get, task_id, scope)
+                if task.is_terminal:
+                    # Finished: close once every event written so far was sent (the cursor
+                    # read may trail the newest ones for a moment on PostgreSQL). A client
+                    # reconnects with Last-Event-ID, e.g. after a retry.
+                    written = await run_in_threadpool(svc.store.task_events, task_id, scope)
+                    if not written or written[-1].cursor == cursor:
+                        end = orjson.dumps({"status": task.status}).decode()
+                        yield f"event: end\ndata: {end}\n\n"
+                        return
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(poll)
+                idle += poll
+                if idle >= 15:
+                    idle = 0.0
+                    yield ": keep-alive\n\n"
+            else:
+                idle = 0.0
+            batch = await run_in_threadpool(
+                svc.store.task_events_after, cursor, limit=500, task_id=task_id,
+                tenant_id=scope,
+            )
+
+    return StreamingResponse(
+        generate(), media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,195 @@
+"""Server settings from CREEP_* environment variables and command-line flags, validated at
+start: every problem is one clear line, and nothing starts while any is left."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from creep.storage import DEFAULT_DATABASE_URL
+
+_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+T = TypeVar("T")
+
+
+class SettingsError(Exception):
+    """Invalid settings; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: Ensured to exist as an admin key at start (bootstrap); never logged.
+    admin_key: str | None = None
+    log_level: str = "INFO"
+    #: JSON log lines (default) or plain text.
+    log_json: bool = True
+    #: Apply pending migrations at start (the embedded default); else readiness fails until
+    #: `creep migrate` ran.
+    auto_migrate: bool = True
+    #: Per-tenant token bucket (requests/s; 0 turns it off) and its size.
+    rate_limit_per_second: float = 0.0
+    rate_limit_burst: int = 100
+    #: Per-tenant cap on QUEUED + RUNNING tasks (0: no cap).
+    max_active_tasks: int = 0
+    #: How long a verified key is trusted without asking the database again.
+    key_cache_seconds: float = 5.0
+    #: Readiness gives up on the database after this long.
+    ready_timeout_seconds: float = 2.0
+    #: How often a Server-Sent Events stream looks for new events.
+    sse_poll_seconds: float = 0.5
+    #: uvicorn worker processes.
+    workers: int = 1
+    #: Directory for artifact content (used by the artifacts routes).
+    artifact_dir: str = "./creep-artifacts"
+
+    @property
+    def dialect(self) -> str:
+        return "sqlite" if self.database_url.startswith("sqlite:") else "postgres"
+
+
+# setting name -> (parser, check returning a problem or None)
+Check = Callable[[Any], str | None]
+
+
+def _int(raw: str) -> int:
+    return int(raw)
+
+
+def _float(raw: str) -> float:
+    return float(raw)
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _range(lo: float, hi: float) -> Check:
+    def check(value: Any) -> str | None:
+        return None if lo <= value <= hi else f"must be from {lo:g} to {hi:g} (got {value})"
+
+    return check
+
+
+def _database_url(value: str) -> str | None:
+    if value.startswith("sqlite:"):
+        parts = urlsplit(value)
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if parts.netloc or not path or path == ":memory:":
+            return f"must be sqlite:///relative/path or sqlite:////absolute/path (got {value!r})"
+        parent = Path(path).parent
+        if not parent.is_dir():
+            return f"the directory {str(parent)!r} of the SQLite file does not exist"
+        return None
+    if value.startswith(("postgresql:", "postgres:", "postgresql+psycopg:")):
+        parts = urlsplit(value)
+        if not parts.hostname and "host=" not in parts.query:
+            return f"a PostgreSQL URL needs a host: postgresql://USER@HOST:PORT/DB (got {_redact(value)!r})"
+        try:
+            _ = parts.port
+        except ValueError:
+            return f"has an invalid port (got {_redact(value)!r})"
+        return None
+    return f"unsupported scheme: use sqlite:///PATH or postgresql://HOST/DB (got {_redact(value)!r})"
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    return url.replace(f":{parts.password}@", ":***@") if parts.password else url
+
+
+def _log_level(value: str) -> str | None:
+    return None if value.upper() in _LOG_LEVELS else f"must be one of {', '.join(_LOG_LEVELS)}"
+
+
+def _admin_key(value: str | None) -> str | None:
+    if value is not None and (len(value) < 24 or value.strip() != value):
+        return "must be at least 24 characters without surrounding spaces"
+    return None
+
+
+def _host(value: str) -> str | None:
+    return None if value and " " not in value else "must be a host name or IP address"
+
+
+_SPEC: dict[str, tuple[Callable[[str], Any], Check | None]] = {
+    "database_url": (str, _database_url),
+    "host": (str, _host),
+    "port": (_int, _range(1, 65535)),
+    "admin_key": (str, _admin_key),
+    "log_level": (str, _log_level),
+    "log_json": (_bool, None),
+    "auto_migrate": (_bool, None),
+    "rate_limit_per_second": (_float, _range(0, 1_000_000)),
+    "rate_limit_burst": (_int, _range(1, 1_000_000)),
+    "max_active_tasks": (_int, _range(0, 1_000_000_000)),
+    "key_cache_seconds": (_float, _range(0, 3600)),
+    "ready_timeout_seconds": (_float, _range(0.1, 60)),
+    "sse_poll_seconds": (_float, _range(0.01, 60)),
+    "workers": (_int, _range(1, 256)),
+    "artifact_dir": (str, None),
+}
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Settings from `environ` (CREEP_<NAME>) with `overrides` (flags) on top.
+
+    Raises SettingsError listing every problem, one line each, naming the variable or flag.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for f in fields(Settings):
+        parse, check = _SPEC[f.name]
+        var = f"CREEP_{f.name.upper()}"
+        override = overrides.get(f.name)
+        source = f"--{f.name.replace('_', '-')}" if override is not None else var
+        raw: Any = override if override is not None else env.get(var)
+        if raw is None or raw == "":
+            continue
+        try:
+            value = parse(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            problems.append(f"{source}: cannot parse {raw!r} as {parse.__name__.strip('_')}")
+            continue
+        problem = check(value) if check else None
+        if problem:
+            problems.append(f"{source}: {problem}")
+            continue
+        values[f.name] = value
+    unknown = set(overrides) - set(_SPEC)
+    problems.extend(f"unknown setting {name!r}" for name in sorted(unknown))
+    if problems:
+        raise SettingsError(problems)
+    settings = Settings(**values)
+    if settings.log_level:
+        settings = _replace(settings, log_level=settings.log_level.upper())
+    return settings
+
+
+def _replace(settings: Settings, **changes: Any) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, **changes)
+
+
+def log_level_number(level: str) -> int:
+    return int(logging.getLevelName(level.upper()))

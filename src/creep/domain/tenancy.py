@@ -1,0 +1,84 @@
+"""Tenants and API keys: who may call the REST API, and for which tenant."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from creep.domain.errors import CreepError, ValidationError
+
+#: Every key starts with this, so a leaked one is easy to recognise (and to grep for).
+KEY_PREFIX = "crp_"
+_TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class Role(StrEnum):
+    ADMIN = "admin"  # all tenants, tenant and key management, audit
+    TENANT = "tenant"  # its own tenant's objects only
+
+
+class PrincipalType(StrEnum):
+    """Seed 003's Principal.type."""
+
+    USER = "user"
+    SERVICE = "service"
+    ANONYMOUS = "anonymous"
+
+
+@dataclass(slots=True)
+class Tenant:
+    tenant_id: str
+    name: str
+    #: Per-tenant overrides of the server-wide limits (None: the server default).
+    rate_limit_per_second: float | None
+    rate_limit_burst: int | None
+    max_active_tasks: int | None
+    created_at: datetime
+
+
+@dataclass(slots=True)
+class ApiKey:
+    """A stored key: only the sha256 of the secret is kept."""
+
+    key_id: str
+    name: str
+    role: Role
+    tenant_id: str | None
+    read_only: bool
+    principal_type: PrincipalType
+    key_hint: str  # the first characters of the key, to tell keys apart in listings
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class QuotaExceeded(CreepError):
+    """The tenant has as many queued and running tasks as it may."""
+
+    def __init__(self, tenant_id: str, limit: int) -> None:
+        self.tenant_id = tenant_id
+        self.limit = limit
+        super().__init__(
+            f"tenant {tenant_id!r} may have at most {limit} queued and running tasks"
+        )
+
+
+def new_key_secret() -> str:
+    """A fresh API key: 256 random bits, URL-safe."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(secret: str) -> str:
+    """Keys are random and long, so one fast hash is enough (no salt/stretching needed)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def validate_tenant_id(tenant_id: str, field: str = "tenant_id") -> str:
+    if not _TENANT_ID.match(tenant_id):
+        raise ValidationError.single(
+            field, "must be 1-128 characters of letters, digits, '.', '_' or '-'"
+        )
+    return tenant_id

@@ -1,0 +1,55 @@
+"""Writes that ride along in the next write transaction of the current context.
+
+A caller (the REST API) queues a write, e.g. the audit row of a request, then calls an ordinary
+store method. The store's write-transaction helper applies every queued write just before it
+commits, on the same connection: the change and its audit row commit together or not at all,
+and no store method needs an extra parameter. Outside such a scope this costs one
+ContextVar lookup per transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Protocol
+
+
+class PendingWrite(Protocol):
+    def apply(self, store: Any, conn: Any) -> bool:
+        """Write inside the store's open transaction on `conn`; True once done (False: try
+        again at the next write transaction of this scope)."""
+        ...
+
+
+_pending: ContextVar[list[PendingWrite] | None] = ContextVar("creep_pending_writes", default=None)
+
+
+@contextmanager
+def riding(*writes: PendingWrite) -> Iterator[list[PendingWrite]]:
+    """Queue `writes` for the write transactions run inside this block."""
+    queue = list(writes)
+    token = _pending.set(queue)
+    try:
+        yield queue
+    finally:
+        _pending.reset(token)
+
+
+def add(write: PendingWrite) -> None:
+    """Queue one more write in the current scope (which must exist)."""
+    queue = _pending.get()
+    if queue is None:
+        raise RuntimeError("no pending-writes scope is open")
+    queue.append(write)
+
+
+def flush(store: Any, conn: Any) -> None:
+    """Called by a store right before COMMIT. An exception aborts the transaction."""
+    queue = _pending.get()
+    if not queue:
+        return
+    # Apply before removing: if a write raises, the transaction rolls back and nothing is lost.
+    done = [w for w in list(queue) if w.apply(store, conn)]
+    for w in done:
+        queue.remove(w)

@@ -1,0 +1,150 @@
+"""A real `creep server` process per test module (and backend), driven over HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from tests.conftest import PG_URL, require_postgres
+
+ADMIN_KEY = "test-admin-key-" + "x" * 24
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    database_url: str
+    admin_key: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    _tenants: list[str] = field(default_factory=list)
+
+    def client(
+        self, key: str | None = None, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Client:
+        merged = {"Authorization": f"Bearer {key}"} if key else {}
+        merged.update(headers or {})
+        return httpx.Client(base_url=self.url, headers=merged, timeout=30, **kwargs)
+
+    def admin(self) -> httpx.Client:
+        return self.client(self.admin_key)
+
+    def tenant(self, **limits: Any) -> tuple[str, str]:
+        """A fresh tenant and a key for it: (tenant_id, key)."""
+        tenant_id = f"t-{uuid.uuid4().hex[:10]}"
+        with self.admin() as c:
+            r = c.post("/v1/tenants", json={"tenant_id": tenant_id, **limits})
+            assert r.status_code == 201, r.text
+            r = c.post("/v1/keys", json={"name": f"key of {tenant_id}", "tenant_id": tenant_id})
+            assert r.status_code == 201, r.text
+            return tenant_id, r.json()["key"]
+
+    def key(self, tenant_id: str | None, **options: Any) -> dict[str, Any]:
+        body = {"name": "extra key", "tenant_id": tenant_id, **options}
+        if tenant_id is None:
+            body["role"] = "admin"
+        with self.admin() as c:
+            r = c.post("/v1/keys", json=body)
+            assert r.status_code == 201, r.text
+            data: dict[str, Any] = r.json()
+            return data
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(database_url: str, log_path: Path, **env: str) -> Server:
+    port = free_port()
+    environ = {
+        **os.environ,
+        "CREEP_DATABASE_URL": database_url,
+        "CREEP_ADMIN_KEY": ADMIN_KEY,
+        "CREEP_PORT": str(port),
+        "CREEP_LOG_LEVEL": "WARNING",
+        "CREEP_SSE_POLL_SECONDS": "0.05",
+        **env,
+    }
+    with log_path.open("wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "creep.cli", "server"], env=environ, stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(f"http://127.0.0.1:{port}", database_url, ADMIN_KEY, proc, log_path)
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.logs()}")
+        try:
+            if httpx.get(f"{server.url}/health/live", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"server did not start:\n{server.logs()}")
+        time.sleep(0.1)
+
+
+def stop_server(server: Server) -> None:
+    server.proc.terminate()
+    try:
+        server.proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()
+
+
+def _pg_schema() -> tuple[str, Callable[[], None]]:
+    import psycopg
+
+    schema = f"creep_api_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in PG_URL else "?"
+    url = f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}"
+
+    def drop() -> None:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+    return url, drop
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A database URL for this module: an SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('db')}/creep.db"
+        return
+    require_postgres()
+    url, drop = _pg_schema()
+    yield url
+    drop()
+
+
+@pytest.fixture(scope="module")
+def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server per module and backend, default settings."""
+    srv = start_server(database, tmp_path_factory.mktemp("log") / "server.log")
+    yield srv
+    stop_server(srv)
