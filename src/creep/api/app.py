@@ -19,7 +19,16 @@ from creep.api.create_batcher import CreateBatcher
 from creep.api.limits import RateLimiter, TenantLimitsCache
 from creep.api.metrics import Metrics
 from creep.api.openapi import install_openapi
-from creep.api.routes import admin, audit, batches, health, keys, tasks, tenants
+from creep.api.routes import (
+    admin,
+    audit,
+    batches,
+    health,
+    keys,
+    schedules,  # issue 5 item 7
+    tasks,
+    tenants,
+)
 from creep.api.services import Services
 from creep.api.settings import Settings
 from creep.domain.clock import Clock, SystemClock
@@ -31,6 +40,7 @@ log = logging.getLogger("creep.api")
 #: Routers mounted under /v1, in the order they appear in the docs. Add yours here.
 V1_ROUTERS: list[APIRouter] = [
     tasks.router, batches.router, tenants.router, keys.router, audit.router, admin.router,
+    schedules.router,
 ]
 
 
