@@ -1,6 +1,8 @@
 """creep: a durable task control plane on SQLite or PostgreSQL."""
 
 from creep.app import Creep
+from creep.domain.asset import AssetSnapshot, AssetStatus
+from creep.domain.asset_event import AssetEvent, BanPolicy, Severity
 from creep.domain.clock import Clock, FrozenClock, SystemClock
 from creep.domain.errors import (
     ClaimLost,
@@ -14,6 +16,8 @@ from creep.domain.errors import (
     VersionConflict,
 )
 from creep.domain.events import TaskEvent
+from creep.domain.lease import Lease, LeaseStatus
+from creep.domain.ledger import BudgetExceeded, EntryType, LedgerEntry, LedgerSummary
 from creep.domain.outcomes import Backoff, Fail, Retry, TaskCancelled
 from creep.domain.task import ResultCode, TaskOrder, TaskStatus
 from creep.engine.context import SyncTaskContext, TaskContext
@@ -22,19 +26,30 @@ from creep.engine.worker import Worker, WorkerSettings
 __version__ = "0.1.0"
 
 __all__ = [
+    "AssetEvent",
+    "AssetSnapshot",
+    "AssetStatus",
     "Backoff",
+    "BanPolicy",
+    "BudgetExceeded",
     "ClaimLost",
     "Clock",
     "ConflictError",
     "Creep",
     "CreepError",
+    "EntryType",
     "Fail",
     "FrozenClock",
     "IdempotencyConflict",
     "IllegalTransition",
+    "Lease",
+    "LeaseStatus",
+    "LedgerEntry",
+    "LedgerSummary",
     "NotFound",
     "ResultCode",
     "Retry",
+    "Severity",
     "StorageError",
     "SyncTaskContext",
     "SystemClock",

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from creep.app_schedules import SchedulesApi  # schedules
+from creep.asset_api import AssetApi
 from creep.domain.clock import Clock, SystemClock
 from creep.domain.errors import ValidationError
 from creep.domain.events import TaskEvent
@@ -24,7 +25,7 @@ H = TypeVar("H", bound=Handler)
 SUBMIT_CHUNK = 5000
 
 
-class Creep(SchedulesApi):  # schedule API: see app_schedules.py
+class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
     """One creep application: a database, the handlers this process knows, and its settings.
 
     >>> app = Creep("sqlite:///./creep.db")

@@ -7,7 +7,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from creep.domain.asset import (
+    AssetFilter,
+    AssetMaintenanceReport,
+    AssetSnapshot,
+    AssetSpec,
+    AssetStatus,
+)
+from creep.domain.asset_event import AssetEvent, BanPolicy
 from creep.domain.events import TaskEvent
+from creep.domain.lease import Lease
+from creep.domain.ledger import LedgerEntry, LedgerSummary
 from creep.domain.outcomes import Backoff, Outcome, Resolution
 from creep.domain.task import TaskOrder
 from creep.domain.task_spec import TaskSpec
@@ -127,3 +137,56 @@ class Store(Protocol):
     # wake-ups
     def listener(self) -> Listener | None: ...
     def notify(self, channel: str, payload: str) -> None: ...
+
+    # -- assets, leases, ledger, asset events (issue 3; implemented once for both backends in
+    # -- storage/asset_store.py). Matching and leasing run inside task_claim; lease release,
+    # -- task effects and auto-ban inside task_complete_many; expiry inside task_maintain.
+    def asset_create_many(
+        self, specs: Sequence[AssetSpec], now: datetime
+    ) -> list[AssetSnapshot]: ...
+    def asset_get(self, asset_id: str, tenant_id: str | None = None) -> AssetSnapshot: ...
+    def asset_list(
+        self, flt: AssetFilter, *, after: str | None = None, limit: int = 100
+    ) -> list[AssetSnapshot]: ...
+    def asset_update_many(
+        self, items: Sequence[tuple[str, int, dict[str, Any]]], now: datetime, *,
+        tenant_id: str | None = None,
+    ) -> list[AssetSnapshot]: ...
+    def asset_set_status(
+        self, asset_id: str, status: AssetStatus, now: datetime, *,
+        tenant_id: str | None = None, reason: str | None = None, source: str = "operator",
+    ) -> tuple[AssetSnapshot, AssetEvent]: ...
+    def ban_policy_set(self, policy: BanPolicy, now: datetime) -> BanPolicy: ...
+    def ban_policy_get(self, tenant_id: str, sku_category: str) -> BanPolicy | None: ...
+    def lease_list(
+        self, *, tenant_id: str | None = None, task_id: str | None = None,
+        asset_id: str | None = None, status: str | None = None, limit: int = 1000,
+    ) -> list[Lease]: ...
+    def lease_release(
+        self, lease_id: str, now: datetime, *, tenant_id: str | None = None
+    ) -> Lease: ...
+    def asset_event_report(
+        self, fields: dict[str, Any], now: datetime, *, tenant_id: str,
+        task_id: str | None = None, claim_token: str | None = None,
+    ) -> list[AssetEvent]: ...
+    def asset_events_list(
+        self, *, tenant_id: str | None = None, asset_id: str | None = None,
+        task_id: str | None = None, correlation_id: str | None = None,
+        event_type: str | None = None, limit: int = 1000,
+    ) -> list[AssetEvent]: ...
+    def asset_event_get(self, event_id: str, tenant_id: str | None = None) -> AssetEvent: ...
+    def asset_event_chain(
+        self, event_id: str, tenant_id: str | None = None, max_depth: int = 1000
+    ) -> list[AssetEvent]: ...
+    def ledger_record(self, entry: LedgerEntry, *, enforce_budget: bool = True) -> LedgerEntry: ...
+    def ledger_list(
+        self, *, tenant_id: str | None = None, project_id: str | None = None,
+        task_id: str | None = None, since: datetime | None = None,
+        until: datetime | None = None, limit: int = 1000,
+    ) -> list[LedgerEntry]: ...
+    def ledger_summary(
+        self, *, tenant_id: str | None = None, project_id: str | None = None,
+        task_id: str | None = None, since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[LedgerSummary]: ...
+    def asset_maintain(self, now: datetime, limit: int = 1000) -> AssetMaintenanceReport: ...

@@ -79,8 +79,12 @@ def test_three_schedulers_one_killed_each_slot_once(pg_schema_url: str, tmp_path
     assert killed in holders and len(holders) >= 2  # the takeover happened
     # No slot waited longer than the TTL plus the tick a survivor needs to notice: lateness
     # is firing time minus slot time (2 s margin for a loaded CI machine; figures in the report).
-    late = max((e.created_at - e.scheduled_at).total_seconds() for e in runs)
+    # Slots that came due before the first process was up (interpreter start-up on a loaded
+    # machine) measure start-up, not takeover, so lateness counts from the first firing on.
     fired = sorted(e.created_at for e in runs)
+    late = max(
+        (e.created_at - e.scheduled_at).total_seconds() for e in runs if e.scheduled_at >= fired[0]
+    )
     gap = max((b - a).total_seconds() for a, b in itertools.pairwise(fired))
     print(f"{len(slots)} slots, holders {sorted(holders)}, killed {killed}, "
           f"max lateness {late:.2f}s, max firing gap {gap:.2f}s")

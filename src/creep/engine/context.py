@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Any
 from creep.domain.errors import ValidationError
 from creep.domain.outcomes import TaskCancelled
 from creep.domain.task import TaskOrder
+from creep.engine.lease_context import LeaseContextMixin, SyncLeaseContextMixin
 
 if TYPE_CHECKING:
     from creep.engine.worker import Worker
 
 
-class TaskContext:
+class TaskContext(LeaseContextMixin):  # charge/earn/report_event/leases: lease_context.py
     """Handed to async handlers. `await ctx.heartbeat()` renews the claim now and raises
     TaskCancelled once cancellation was requested; `await ctx.progress(pct, msg)` records progress."""
 
@@ -24,6 +25,7 @@ class TaskContext:
         self._worker = worker
         self._cancelled = False
         self.cancel_reason: str | None = None
+        self.revoked_lease_ids: list[str] = []
 
     @property
     def task_id(self) -> str:
@@ -60,7 +62,7 @@ class TaskContext:
         await self._worker.progress_one(self, percent, message)
 
 
-class SyncTaskContext:
+class SyncTaskContext(SyncLeaseContextMixin):
     """Handed to plain (sync) handlers, which run in a thread: the same calls, blocking."""
 
     def __init__(self, inner: TaskContext, loop: asyncio.AbstractEventLoop) -> None:

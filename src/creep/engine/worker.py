@@ -109,6 +109,7 @@ class Worker:
         self.stats: dict[str, int] = {"claimed": 0, "completed": 0, "lost": 0}
         self._running: dict[str, _Running] = {}
         self._buffer: list[Completion] = []
+        self._flushing = 0  # completion batches being written right now
         self._db = ThreadPoolExecutor(2, thread_name_prefix="creep-db")
         self._sync_pool = ThreadPoolExecutor(
             self.settings.concurrency, thread_name_prefix="creep-handler"
@@ -236,7 +237,7 @@ class Worker:
                 idle_rounds = 0
                 continue
             if burst:
-                if claimed or self._running or self._buffer:
+                if claimed or self._running or self._buffer or self._flushing:
                     await self._wait_for_progress()
                     continue
                 # Nothing claimable: let maintenance promote what is due, then look once more.
@@ -363,14 +364,18 @@ class Worker:
         while self._buffer:
             batch, self._buffer = self._buffer, []
             delay = 0.05
-            while True:
-                try:
-                    await self._call(self.store.task_complete_many, batch, self.clock.now())
-                    break
-                except CreepError as exc:
-                    log.warning("completing %d tasks failed, retrying: %s", len(batch), exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+            self._flushing += 1
+            try:
+                while True:
+                    try:
+                        await self._call(self.store.task_complete_many, batch, self.clock.now())
+                        break
+                    except CreepError as exc:
+                        log.warning("completing %d tasks failed, retrying: %s", len(batch), exc)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 2.0)
+            finally:
+                self._flushing -= 1
             self.stats["completed"] += len(batch)
             self._slot_freed.set()
 
@@ -481,6 +486,11 @@ class Worker:
         if self._leader_token is None:
             return
         report = await self._call(self.store.task_maintain, now, s.backoff, s.timeout_grace)
+        # Assets: cooling sweep and NO_RESOURCE for hinted tasks past their deadline.
+        swept = await self._call(self.store.asset_maintain, now)
+        if swept.total():
+            log.info("asset maintenance: cooled=%d no_resource=%d", swept.cooled,
+                     swept.no_resource)
         if report.total():
             log.info(
                 "maintenance: promoted=%d rescued=%d timed_out=%d dead_lettered=%d",

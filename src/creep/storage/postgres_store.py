@@ -43,6 +43,7 @@ from creep.ports import (
     TaskFilter,
 )
 from creep.storage import pending_writes
+from creep.storage.asset_pages import AssetPagesMixin  # REST API pages
 from creep.storage.common import (
     TASK_COLUMNS,
     TASK_SELECT,
@@ -58,6 +59,7 @@ from creep.storage.common import (
     resolution_payload,
 )
 from creep.storage.postgres_api import PostgresApiMixin
+from creep.storage.postgres_assets import PostgresAssets
 from creep.storage.postgres_schedules import PostgresSchedulesMixin  # schedules
 
 _MIGRATION_LOCK = 0x63726565  # "cree"
@@ -109,8 +111,9 @@ class _Apply:
     error: str | None
 
 
-# schedules: storage/postgres_schedules.py; REST API: storage/postgres_api.py
-class PostgresStore(PostgresSchedulesMixin, PostgresApiMixin):
+# schedules: storage/postgres_schedules.py; REST API: storage/postgres_api.py;
+# assets: storage/postgres_assets.py; REST pages of events/ledger: storage/asset_pages.py
+class PostgresStore(PostgresSchedulesMixin, PostgresApiMixin, PostgresAssets, AssetPagesMixin):
     dialect = "postgres"
 
     def __init__(self, url: str) -> None:
@@ -375,10 +378,12 @@ class PostgresStore(PostgresSchedulesMixin, PostgresApiMixin):
             return []
         token = str(uuid.uuid4())
         with self._tx() as conn:
-            rows = conn.execute(
+            # Tasks with resource_hints first: leased and claimed together, or left QUEUED.
+            hinted = self._claim_hinted(conn, worker_id, token, task_types, limit, now, claim_ttl)
+            rows = [] if len(hinted) >= limit else conn.execute(
                 f"""WITH picked AS (
                     SELECT task_id FROM tasks
-                    WHERE status = 'QUEUED' AND run_after <= %(now)s
+                    WHERE status = 'QUEUED' AND has_hints = false AND run_after <= %(now)s
                       AND task_type = ANY(%(types)s::text[])
                     ORDER BY priority DESC, created_at LIMIT %(n)s
                     FOR UPDATE SKIP LOCKED
@@ -397,10 +402,10 @@ class PostgresStore(PostgresSchedulesMixin, PostgresApiMixin):
                         jsonb_build_object('worker_id', %(w)s::text), %(now)s FROM claimed
                 )
                 SELECT * FROM claimed ORDER BY priority DESC, created_at""",
-                {"now": now, "types": list(task_types), "n": limit, "w": worker_id,
+                {"now": now, "types": list(task_types), "n": limit - len(hinted), "w": worker_id,
                  "tok": token, "exp": now + timedelta(seconds=claim_ttl)},
             ).fetchall()
-        return [ClaimedTask(_row_to_task(r[:-1]), token, r[-1]) for r in rows]
+        return [ClaimedTask(_row_to_task(r[:-1]), token, r[-1]) for r in [*hinted, *rows]]
 
     def task_heartbeat(
         self, worker_id: str, claims: Sequence[tuple[str, str]], now: datetime, claim_ttl: float
@@ -417,6 +422,7 @@ class PostgresStore(PostgresSchedulesMixin, PostgresApiMixin):
                 (now + timedelta(seconds=claim_ttl), [c[0] for c in claims],
                  [c[1] for c in claims]),
             ).fetchall()
+            self._leases_renew(conn, [r[0] for r in rows], now + timedelta(seconds=claim_ttl))
         held = {r[0] for r in rows}
         result.cancel_requested = [r[0] for r in rows if r[1]]
         result.lost = [task_id for task_id, _ in claims if task_id not in held]
@@ -465,12 +471,12 @@ class PostgresStore(PostgresSchedulesMixin, PostgresApiMixin):
                     task_version = t.task_version + 1, updated_at = %s
                 FROM o WHERE t.task_id = o.id AND t.claim_token = o.tok AND t.status = 'RUNNING'
                 RETURNING t.task_id, t.tenant_id, t.status, t.has_dependants, o.event, o.payload,
-                    t.attempt + CASE WHEN o.charge THEN 0 ELSE 1 END AS attempt
+                    t.attempt + CASE WHEN o.charge THEN 0 ELSE 1 END AS attempt, t.has_hints
             ), ev AS (
                 INSERT INTO task_events ({_EVENT_COLUMNS})
                 SELECT task_id, tenant_id, event, 'RUNNING', status, attempt, payload, %s FROM done
             )
-            SELECT task_id, status, has_dependants FROM done""",
+            SELECT task_id, status, has_dependants, has_hints FROM done""",
             (
                 [i.task_id for i in items], [i.claim_token for i in items],
                 [i.resolution.status.value for i in items],
@@ -484,6 +490,12 @@ class PostgresStore(PostgresSchedulesMixin, PostgresApiMixin):
                 now, now, now, now,
             ),
         ).fetchall()
+        if any(r[3] for r in rows):  # tasks that may hold leases
+            by_id = {i.task_id: i for i in items}
+            self._leases_settle(conn, [
+                (r[0], by_id[r[0]].claim_token, r[1], by_id[r[0]].resolution.event_type)
+                for r in rows if r[3]
+            ], now)
         succeeded = [r[0] for r in rows if r[2] and r[1] == "SUCCESS"]
         dead = [r[0] for r in rows if r[2] and r[1] not in ("SUCCESS", "QUEUED")]
         if succeeded:
@@ -764,6 +776,7 @@ class PostgresStore(PostgresSchedulesMixin, PostgresApiMixin):
                 else:
                     report.rescued += 1
             if items:
+                self._leases_expire(conn, [(i.task_id, i.claim_token) for i in items], now)
                 self._apply(conn, items, now)
             if report.promoted or report.rescued:
                 conn.execute("SELECT pg_notify('creep_tasks', '')")

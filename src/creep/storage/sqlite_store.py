@@ -36,6 +36,7 @@ from creep.ports import (
     TaskFilter,
 )
 from creep.storage import pending_writes
+from creep.storage.asset_pages import AssetPagesMixin  # REST API pages
 from creep.storage.common import (
     INSERT_COLUMNS,
     TASK_COLUMNS,
@@ -52,6 +53,7 @@ from creep.storage.common import (
     resolution_payload,
 )
 from creep.storage.sqlite_api import SqliteApiMixin
+from creep.storage.sqlite_assets import SqliteAssets
 from creep.storage.sqlite_schedules import SqliteSchedulesMixin  # schedules
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -113,8 +115,9 @@ class _Apply:
     error: str | None
 
 
-# schedules: storage/sqlite_schedules.py; REST API: storage/sqlite_api.py
-class SqliteStore(SqliteSchedulesMixin, SqliteApiMixin):
+# schedules: storage/sqlite_schedules.py; REST API: storage/sqlite_api.py;
+# assets: storage/sqlite_assets.py; REST pages of events/ledger: storage/asset_pages.py
+class SqliteStore(SqliteSchedulesMixin, SqliteApiMixin, SqliteAssets, AssetPagesMixin):
     dialect = "sqlite"
 
     def __init__(self, url: str) -> None:
@@ -380,21 +383,23 @@ class SqliteStore(SqliteSchedulesMixin, SqliteApiMixin):
         now_us = us(now)
         token = str(uuid.uuid4())
         with self._write() as conn:
-            rows = conn.execute(
+            # Tasks with resource_hints first: leased and claimed together, or left QUEUED.
+            hinted = self._claim_hinted(conn, worker_id, token, task_types, limit, now, claim_ttl)
+            rows = [] if len(hinted) >= limit else conn.execute(
                 f"""UPDATE tasks SET status = 'RUNNING', attempt = attempt + 1, started_at = ?1,
                     updated_at = ?1, claimed_by = ?2, claim_token = ?3, claim_expires_at = ?4,
                     deadline_at = ?1 + timeout_ms * 1000, task_version = task_version + 1,
                     cancel_requested = 0, progress_message = NULL
                 WHERE task_id IN (
                     SELECT task_id FROM tasks
-                    WHERE status = 'QUEUED' AND run_after <= ?1
+                    WHERE status = 'QUEUED' AND has_hints = false AND run_after <= ?1
                       AND task_type IN (SELECT value FROM json_each(?5))
                     ORDER BY priority DESC, created_at LIMIT ?6)
                 RETURNING {TASK_SELECT}, deadline_at""",
                 (now_us, worker_id, token, now_us + int(claim_ttl * 1e6),
-                 _ids_json(task_types), limit),
+                 _ids_json(task_types), limit - len(hinted)),
             ).fetchall()
-            if not rows:
+            if not rows and not hinted:
                 return []
             payload = dumps({"worker_id": worker_id})
             _insert_events(
@@ -407,7 +412,7 @@ class SqliteStore(SqliteSchedulesMixin, SqliteApiMixin):
             )
         claimed = [
             ClaimedTask(_row_to_task(r[:-1]), token, _EPOCH + timedelta(microseconds=r[-1]))
-            for r in rows
+            for r in [*hinted, *rows]
         ]
         claimed.sort(key=lambda c: (-c.task.priority, c.task.created_at))
         return claimed
@@ -442,6 +447,7 @@ class SqliteStore(SqliteSchedulesMixin, SqliteApiMixin):
                     "WHERE task_id IN (SELECT value FROM json_each(?))",
                     (us(now) + int(claim_ttl * 1e6), _ids_json(held)),
                 )
+                self._leases_renew(conn, held, now + timedelta(seconds=claim_ttl))
         return result
 
     def task_complete_many(self, completions: Sequence[Completion], now: datetime) -> list[str]:
@@ -467,13 +473,14 @@ class SqliteStore(SqliteSchedulesMixin, SqliteApiMixin):
         current = {
             r[0]: r[1:]
             for r in conn.execute(
-                "SELECT task_id, claim_token, status, tenant_id, attempt, has_dependants "
-                "FROM tasks WHERE task_id IN (SELECT value FROM json_each(?))",
+                "SELECT task_id, claim_token, status, tenant_id, attempt, has_dependants, "
+                "has_hints FROM tasks WHERE task_id IN (SELECT value FROM json_each(?))",
                 (_ids_json([i.task_id for i in items]),),
             )
         }
         updates, events, applied = [], [], []
         succeeded, dead = [], []
+        leased: list[tuple[str, str, str, str]] = []  # tasks that may hold leases
         for item in items:
             row = current.get(item.task_id)
             if row is None or row[1] != "RUNNING" or row[0] != item.claim_token:
@@ -496,6 +503,8 @@ class SqliteStore(SqliteSchedulesMixin, SqliteApiMixin):
                  dumps(resolution_payload(res, item.error)), now_us)
             )
             applied.append(item.task_id)
+            if row[5]:
+                leased.append((item.task_id, item.claim_token, res.status.value, res.event_type))
             if row[4] and res.status is TaskStatus.SUCCESS:
                 succeeded.append(item.task_id)
             elif row[4] and res.status is not TaskStatus.QUEUED:
@@ -513,6 +522,8 @@ class SqliteStore(SqliteSchedulesMixin, SqliteApiMixin):
             updates,
         )
         _insert_events(conn, events)
+        if leased:
+            self._leases_settle(conn, leased, now)
         if succeeded:
             self._promote_dependants(conn, succeeded, now_us)
         if dead:
@@ -783,6 +794,7 @@ class SqliteStore(SqliteSchedulesMixin, SqliteApiMixin):
                 else:
                     report.rescued += 1
             if items:
+                self._leases_expire(conn, [(i.task_id, i.claim_token) for i in items], now)
                 self._apply(conn, items, now)
         if report.promoted or report.rescued:
             self._wake("creep_tasks", "")

@@ -1,0 +1,255 @@
+"""The Python API for assets, leases, asset events and the ledger (mixed into Creep).
+
+Every method takes `tenant_id` like the task methods do: with it, objects of other tenants
+are not found.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from creep.domain.asset import (
+    AssetFilter,
+    AssetMaintenanceReport,
+    AssetSnapshot,
+    AssetStatus,
+    currency_code,
+    money,
+    validate_asset_changes,
+    validate_asset_spec,
+)
+from creep.domain.asset_event import (
+    AssetEvent,
+    BanPolicy,
+    validate_ban_policy,
+    validate_reported_event,
+)
+from creep.domain.clock import Clock
+from creep.domain.errors import ValidationError
+from creep.domain.ids import uuid7
+from creep.domain.lease import Lease
+from creep.domain.ledger import EntryType, LedgerEntry, LedgerSummary
+from creep.ports import Store
+
+
+class AssetApi:
+    clock: Clock
+
+    @property
+    def store(self) -> Store:
+        raise NotImplementedError  # Creep opens it
+
+    # -- assets ----------------------------------------------------------------------------
+
+    def create_asset(self, **fields: Any) -> AssetSnapshot:
+        """Add one asset to the pool (status NEW or READY; event IMPORTED)."""
+        return self.import_assets([fields])[0]
+
+    def import_assets(self, assets: Iterable[Mapping[str, Any]]) -> list[AssetSnapshot]:
+        """Bulk import in one transaction: all valid, or nothing is written."""
+        errors: list[tuple[str, str]] = []
+        specs = []
+        for i, fields in enumerate(assets):
+            try:
+                specs.append(validate_asset_spec(fields, prefix=f"assets[{i}]."))
+            except ValidationError as exc:
+                errors.extend(exc.errors)
+        if errors:
+            raise ValidationError(errors)
+        return self.store.asset_create_many(specs, self.clock.now())
+
+    def get_asset(self, asset_id: str, *, tenant_id: str | None = None) -> AssetSnapshot:
+        return self.store.asset_get(asset_id, tenant_id)
+
+    def list_assets(
+        self, *, tenant_id: str | None = None, status: str | None = None,
+        sku_category: str | None = None, sku_code: str | None = None,
+        project_id: str | None = None, after: str | None = None, limit: int = 100,
+    ) -> list[AssetSnapshot]:
+        """Assets ordered by asset_id; pass the last one's asset_id as `after` for the next page."""
+        flt = AssetFilter(tenant_id, status, sku_category, sku_code, project_id)
+        return self.store.asset_list(flt, after=after, limit=limit)
+
+    def update_asset(
+        self, asset_id: str, expected_version: int, *, tenant_id: str | None = None,
+        **changes: Any,
+    ) -> AssetSnapshot:
+        """Change an asset that still has `version == expected_version` (else VersionConflict)."""
+        return self.update_assets([(asset_id, expected_version, changes)], tenant_id=tenant_id)[0]
+
+    def update_assets(
+        self, items: Iterable[tuple[str, int, Mapping[str, Any]]], *,
+        tenant_id: str | None = None,
+    ) -> list[AssetSnapshot]:
+        """Bulk update, all or nothing: (asset_id, expected_version, changes) each."""
+        checked = [(a, v, validate_asset_changes(c)) for a, v, c in items]
+        return self.store.asset_update_many(checked, self.clock.now(), tenant_id=tenant_id)
+
+    def ban_asset(
+        self, asset_id: str, *, reason: str | None = None, tenant_id: str | None = None
+    ) -> AssetSnapshot:
+        """BANNED by an operator: active leases are REVOKED (event BANNED)."""
+        return self._set_asset_status(asset_id, AssetStatus.BANNED, reason, tenant_id)
+
+    def unban_asset(
+        self, asset_id: str, *, reason: str | None = None, tenant_id: str | None = None
+    ) -> AssetSnapshot:
+        """BANNED -> READY (event UNBANNED); earlier failures no longer count to auto-ban."""
+        return self._set_asset_status(asset_id, AssetStatus.READY, reason, tenant_id)
+
+    def archive_asset(
+        self, asset_id: str, *, reason: str | None = None, tenant_id: str | None = None
+    ) -> AssetSnapshot:
+        return self._set_asset_status(asset_id, AssetStatus.ARCHIVED, reason, tenant_id)
+
+    def sell_asset(
+        self, asset_id: str, *, reason: str | None = None, tenant_id: str | None = None
+    ) -> AssetSnapshot:
+        return self._set_asset_status(asset_id, AssetStatus.SOLD, reason, tenant_id)
+
+    def _set_asset_status(
+        self, asset_id: str, status: AssetStatus, reason: str | None, tenant_id: str | None
+    ) -> AssetSnapshot:
+        asset, _ = self.store.asset_set_status(
+            asset_id, status, self.clock.now(), tenant_id=tenant_id, reason=reason
+        )
+        return asset
+
+    def set_ban_policy(
+        self, sku_category: str, *, max_failures: int, window_seconds: int,
+        failure_event_types: list[str] | None = None, tenant_id: str = "default",
+    ) -> BanPolicy:
+        """Auto-ban assets of `sku_category`: `max_failures` failure events on one asset
+        within `window_seconds` -> BANNED (event ASSET_BANNED, caused by the last failure)."""
+        policy = validate_ban_policy(
+            tenant_id, sku_category, max_failures, window_seconds, failure_event_types
+        )
+        return self.store.ban_policy_set(policy, self.clock.now())
+
+    def get_ban_policy(self, sku_category: str, *, tenant_id: str = "default") -> BanPolicy | None:
+        return self.store.ban_policy_get(tenant_id, sku_category)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def list_leases(
+        self, *, tenant_id: str | None = None, task_id: str | None = None,
+        asset_id: str | None = None, status: str | None = None, limit: int = 1000,
+    ) -> list[Lease]:
+        return self.store.lease_list(
+            tenant_id=tenant_id, task_id=task_id, asset_id=asset_id, status=status, limit=limit
+        )
+
+    def release_lease(self, lease_id: str, *, tenant_id: str | None = None) -> Lease:
+        """Release an active lease by hand (e.g. one kept by constraints.keep_leases)."""
+        return self.store.lease_release(lease_id, self.clock.now(), tenant_id=tenant_id)
+
+    # -- asset events ----------------------------------------------------------------------
+
+    def report_asset_event(self, *, tenant_id: str = "default", **fields: Any) -> AssetEvent:
+        """Record an event about an asset from outside a task (e.g. a provider's webhook).
+        The auto-ban policy applies; `asset_events`/`asset_event_chain` show what followed."""
+        checked = validate_reported_event(fields)
+        return self.store.asset_event_report(checked, self.clock.now(), tenant_id=tenant_id)[0]
+
+    def asset_events(
+        self, *, asset_id: str | None = None, task_id: str | None = None,
+        event_type: str | None = None, tenant_id: str | None = None, limit: int = 1000,
+    ) -> list[AssetEvent]:
+        """Events of an asset or a task, oldest first."""
+        if asset_id is None and task_id is None:
+            raise ValidationError.single("asset_id", "give asset_id or task_id")
+        return self.store.asset_events_list(
+            tenant_id=tenant_id, asset_id=asset_id, task_id=task_id, event_type=event_type,
+            limit=limit,
+        )
+
+    def asset_timeline(
+        self, correlation_id: str, *, tenant_id: str | None = None, limit: int = 1000
+    ) -> list[AssetEvent]:
+        """Every event of one correlation_id, in time order."""
+        return self.store.asset_events_list(
+            tenant_id=tenant_id, correlation_id=correlation_id, limit=limit
+        )
+
+    def asset_event_chain(self, event_id: str, *, tenant_id: str | None = None) -> list[AssetEvent]:
+        """The event, then its cause, its cause's cause ... up to the root."""
+        return self.store.asset_event_chain(event_id, tenant_id)
+
+    # -- ledger ----------------------------------------------------------------------------
+
+    def record_ledger_entry(
+        self, *, entry_type: str, amount: Decimal | int | str, currency: str,
+        tenant_id: str = "default", project_id: str | None = None, task_id: str | None = None,
+        asset_id: str | None = None, lease_id: str | None = None,
+        description: str | None = None, occurred_at: datetime | None = None,
+    ) -> LedgerEntry:
+        """Append one entry. Tied to a task: the currency must be the task's, and a cost that
+        would take it over max_total_cost raises BudgetExceeded (nothing is written)."""
+        entry = make_entry(
+            self.clock.now(), entry_type=entry_type, amount=amount, currency=currency,
+            tenant_id=tenant_id, project_id=project_id, task_id=task_id, asset_id=asset_id,
+            lease_id=lease_id, description=description, occurred_at=occurred_at,
+        )
+        return self.store.ledger_record(entry)
+
+    def ledger_entries(
+        self, *, tenant_id: str | None = None, project_id: str | None = None,
+        task_id: str | None = None, since: datetime | None = None,
+        until: datetime | None = None, limit: int = 1000,
+    ) -> list[LedgerEntry]:
+        return self.store.ledger_list(
+            tenant_id=tenant_id, project_id=project_id, task_id=task_id, since=since,
+            until=until, limit=limit,
+        )
+
+    def ledger_summary(
+        self, *, tenant_id: str | None = None, project_id: str | None = None,
+        task_id: str | None = None, since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[LedgerSummary]:
+        """Cost, revenue and margin per currency over [since, until) of occurred_at."""
+        return self.store.ledger_summary(
+            tenant_id=tenant_id, project_id=project_id, task_id=task_id, since=since,
+            until=until,
+        )
+
+    def maintain_assets(self) -> AssetMaintenanceReport:
+        """Run the leader-only asset sweeps once (workers do it on their maintenance tick)."""
+        return self.store.asset_maintain(self.clock.now())
+
+
+def make_entry(
+    now: datetime, *, entry_type: str, amount: Any, currency: str, tenant_id: str,
+    project_id: str | None, task_id: str | None, asset_id: str | None, lease_id: str | None,
+    description: str | None, occurred_at: datetime | None,
+) -> LedgerEntry:
+    errors: list[tuple[str, str]] = []
+    try:
+        etype = EntryType(entry_type)
+    except ValueError:
+        errors.append(("entry_type", f"must be one of {[t.value for t in EntryType]}"))
+        etype = EntryType.COST
+    value = money(errors, "amount", amount, signed=etype is EntryType.ADJUSTMENT)
+    if etype is not EntryType.ADJUSTMENT and value == 0 and not errors:
+        errors.append(("amount", "must be > 0 (only an ADJUSTMENT may be signed)"))
+    cur = currency_code(errors, "currency", currency)
+    for name, ref in (("task_id", task_id), ("asset_id", asset_id), ("lease_id", lease_id)):
+        if ref is not None:
+            try:
+                uuid.UUID(ref)
+            except (ValueError, AttributeError, TypeError):
+                errors.append((name, "must be a UUID"))
+    if occurred_at is not None and occurred_at.tzinfo is None:
+        errors.append(("occurred_at", "must be a timezone-aware datetime"))
+    if errors:
+        raise ValidationError(errors)
+    return LedgerEntry(
+        entry_id=uuid7(), tenant_id=tenant_id, project_id=project_id,
+        task_id=task_id, asset_id=asset_id, lease_id=lease_id, entry_type=etype,
+        amount=value, currency=cur, description=description,
+        occurred_at=occurred_at or now, recorded_at=now,
+    )

@@ -1,0 +1,279 @@
+"""AssetSnapshot (S-01): the current state of one pooled resource, with its status machine."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Any
+
+from creep.domain.errors import IllegalTransition, ValidationError
+
+
+class AssetStatus(StrEnum):
+    NEW = "NEW"
+    READY = "READY"
+    IN_USE = "IN_USE"
+    COOLING = "COOLING"
+    BANNED = "BANNED"
+    SOLD = "SOLD"
+    ARCHIVED = "ARCHIVED"
+
+
+A = AssetStatus
+
+#: The one table of legal asset transitions; a self-transition is illegal. IN_USE <-> READY
+#: follows current_concurrency (first lease / last release); COOLING follows a release when
+#: the asset has a cooldown; BANNED, SOLD and ARCHIVED revoke the asset's active leases.
+ASSET_TRANSITIONS: dict[AssetStatus, frozenset[AssetStatus]] = {
+    A.NEW: frozenset({A.READY, A.BANNED, A.ARCHIVED}),
+    A.READY: frozenset({A.IN_USE, A.COOLING, A.BANNED, A.SOLD, A.ARCHIVED}),
+    A.IN_USE: frozenset({A.READY, A.COOLING, A.BANNED, A.SOLD, A.ARCHIVED}),
+    A.COOLING: frozenset({A.READY, A.BANNED, A.SOLD, A.ARCHIVED}),
+    A.BANNED: frozenset({A.READY, A.ARCHIVED}),
+    A.SOLD: frozenset({A.ARCHIVED}),
+    A.ARCHIVED: frozenset(),
+}
+
+#: Statuses in which an asset can be leased (with spare concurrency).
+LEASABLE: frozenset[AssetStatus] = frozenset({A.READY, A.IN_USE})
+#: Statuses that end every active lease on the asset (REVOKED).
+REVOKING: frozenset[AssetStatus] = frozenset({A.BANNED, A.SOLD, A.ARCHIVED})
+
+
+def check_asset_transition(old: AssetStatus | str, new: AssetStatus | str) -> None:
+    old_s, new_s = AssetStatus(old), AssetStatus(new)
+    if new_s not in ASSET_TRANSITIONS[old_s]:
+        raise IllegalTransition("asset", old_s.value, new_s.value)
+
+
+def asset_transition_pairs() -> list[str]:
+    """'OLD>NEW' for every legal pair, for the database-level guard."""
+    return sorted(f"{o.value}>{n.value}" for o, ts in ASSET_TRANSITIONS.items() for n in ts)
+
+
+@dataclass(slots=True)
+class AssetSnapshot:
+    asset_id: str
+    tenant_id: str
+    project_id: str | None
+    env: str | None
+    sku_category: str
+    sku_code: str
+    attributes: dict[str, Any]
+    status: AssetStatus
+    max_concurrency: int
+    current_concurrency: int
+    health_score: int
+    cooldown_seconds: int
+    cooldown_until: datetime | None
+    cost_per_lease: Decimal
+    currency: str
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+ASSET_FIELDS: tuple[str, ...] = tuple(AssetSnapshot.__dataclass_fields__)
+
+#: Fields an update (naming `version`) may change; status changes go through the table.
+ASSET_UPDATABLE = frozenset(
+    {"project_id", "env", "sku_code", "attributes", "status", "max_concurrency",
+     "health_score", "cooldown_seconds", "cost_per_lease", "currency"}
+)
+
+_CURRENCY = re.compile(r"^[A-Z]{3,4}$")
+#: Money carries at most this many decimal places (exact in both backends).
+MONEY_PLACES = 6
+
+
+@dataclass(slots=True)
+class AssetSpec:
+    """A validated asset to create."""
+
+    asset_id: str
+    tenant_id: str
+    project_id: str | None
+    env: str | None
+    sku_category: str
+    sku_code: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    status: AssetStatus = A.READY
+    max_concurrency: int = 1
+    health_score: int = 100
+    cooldown_seconds: int = 0
+    cost_per_lease: Decimal = Decimal(0)
+    currency: str = "USD"
+
+
+def money(errors: list[tuple[str, str]], name: str, value: Any, *, signed: bool = False) -> Decimal:
+    """A Decimal from a Decimal, int or numeric string (never a float: floats are inexact)."""
+    if isinstance(value, bool) or not isinstance(value, (Decimal, int, str)):
+        errors.append((name, "must be a Decimal, an int or a decimal string (not a float)"))
+        return Decimal(0)
+    try:
+        d = Decimal(value)
+    except InvalidOperation:
+        errors.append((name, "is not a decimal number"))
+        return Decimal(0)
+    if not d.is_finite():
+        errors.append((name, "must be finite"))
+        return Decimal(0)
+    if not signed and d < 0:
+        errors.append((name, "must be >= 0"))
+    exponent = d.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -MONEY_PLACES:
+        errors.append((name, f"has more than {MONEY_PLACES} decimal places"))
+    if abs(d) >= Decimal(10) ** 15:
+        errors.append((name, "must be below 10^15"))
+    return d
+
+
+def currency_code(errors: list[tuple[str, str]], name: str, value: Any) -> str:
+    if not isinstance(value, str) or not _CURRENCY.match(value):
+        errors.append((name, "must be a 3-4 letter upper-case currency code such as USD"))
+        return "USD"
+    return value
+
+
+def _int(errors: list[tuple[str, str]], name: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        errors.append((name, f"must be an integer from {lo} to {hi}"))
+        return lo
+    return value
+
+
+def _text(errors: list[tuple[str, str]], name: str, value: Any, *, required: bool) -> str | None:
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        errors.append((name, "is required and must be a non-empty string of at most 200 chars"
+                       if required else "must be a non-empty string of at most 200 chars"))
+        return None
+    return value
+
+
+_SPEC_KEYS = frozenset(
+    {"asset_id", "tenant_id", "project_id", "env", "sku_category", "sku_code", "attributes",
+     "status", "max_concurrency", "health_score", "cooldown_seconds", "cost_per_lease",
+     "currency"}
+)
+
+
+def validate_asset_spec(data: Mapping[str, Any], prefix: str = "") -> AssetSpec:
+    errors: list[tuple[str, str]] = []
+    p = prefix
+    unknown = sorted(set(data) - _SPEC_KEYS)
+    if unknown:
+        errors.extend((f"{p}{k}", "unknown field") for k in unknown)
+    asset_id = data.get("asset_id") or str(uuid.uuid4())
+    try:
+        asset_id = str(uuid.UUID(str(asset_id)))
+    except ValueError:
+        errors.append((f"{p}asset_id", "must be a UUID"))
+    status_raw = data.get("status", "READY")
+    status = A.READY
+    if status_raw not in ("NEW", "READY"):
+        errors.append((f"{p}status", "a new asset starts NEW or READY"))
+    else:
+        status = AssetStatus(status_raw)
+    attrs = data.get("attributes") or {}
+    if not isinstance(attrs, Mapping):
+        errors.append((f"{p}attributes", "must be an object"))
+        attrs = {}
+    spec = AssetSpec(
+        asset_id=asset_id,
+        tenant_id=_text(errors, f"{p}tenant_id", data.get("tenant_id", "default"),
+                        required=True) or "",
+        project_id=_text(errors, f"{p}project_id", data.get("project_id"), required=False),
+        env=_text(errors, f"{p}env", data.get("env"), required=False),
+        sku_category=_text(errors, f"{p}sku_category", data.get("sku_category"),
+                           required=True) or "",
+        sku_code=_text(errors, f"{p}sku_code", data.get("sku_code"), required=True) or "",
+        attributes=dict(attrs),
+        status=status,
+        max_concurrency=_int(errors, f"{p}max_concurrency", data.get("max_concurrency", 1),
+                             1, 100_000),
+        health_score=_int(errors, f"{p}health_score", data.get("health_score", 100), 0, 100),
+        cooldown_seconds=_int(errors, f"{p}cooldown_seconds", data.get("cooldown_seconds", 0),
+                              0, 10**8),
+        cost_per_lease=money(errors, f"{p}cost_per_lease", data.get("cost_per_lease", 0)),
+        currency=currency_code(errors, f"{p}currency", data.get("currency", "USD")),
+    )
+    if "*" in spec.sku_code:
+        errors.append((f"{p}sku_code", "an asset's sku_code is exact (no '*')"))
+    if errors:
+        raise ValidationError(errors)
+    return spec
+
+
+def validate_asset_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Check an update's fields; returns them normalised."""
+    errors: list[tuple[str, str]] = []
+    out: dict[str, Any] = {}
+    for name, value in changes.items():
+        if name not in ASSET_UPDATABLE:
+            errors.append((name, "cannot be changed (or is not an asset field)"))
+        elif name == "status":
+            try:
+                out[name] = AssetStatus(value)
+            except ValueError:
+                errors.append((name, f"must be one of {[s.value for s in AssetStatus]}"))
+        elif name == "attributes":
+            if not isinstance(value, Mapping):
+                errors.append((name, "must be an object"))
+            else:
+                out[name] = dict(value)
+        elif name == "max_concurrency":
+            out[name] = _int(errors, name, value, 1, 100_000)
+        elif name == "health_score":
+            out[name] = _int(errors, name, value, 0, 100)
+        elif name == "cooldown_seconds":
+            out[name] = _int(errors, name, value, 0, 10**8)
+        elif name == "cost_per_lease":
+            out[name] = money(errors, name, value)
+        elif name == "currency":
+            out[name] = currency_code(errors, name, value)
+        elif name == "sku_code":
+            text = _text(errors, name, value, required=True)
+            if text is not None and "*" in text:
+                errors.append((name, "an asset's sku_code is exact (no '*')"))
+            out[name] = text
+        else:
+            out[name] = _text(errors, name, value, required=False)
+    if errors:
+        raise ValidationError(errors)
+    return out
+
+
+#: How a finished task moves the health_score of each asset it leased (clamped to 0..100).
+HEALTH_DELTA: dict[str, int] = {"TASK_SUCCESS": +1, "TASK_FAIL": -5, "TASK_TIMEOUT": -10}
+
+
+def next_health(score: int, effect: str) -> int:
+    return max(0, min(100, score + HEALTH_DELTA.get(effect, 0)))
+
+
+@dataclass(slots=True)
+class AssetFilter:
+    tenant_id: str | None = None
+    status: str | None = None
+    sku_category: str | None = None
+    sku_code: str | None = None  # exact, or 'prefix.*'
+    project_id: str | None = None
+
+
+@dataclass(slots=True)
+class AssetMaintenanceReport:
+    cooled: int = 0
+    no_resource: int = 0
+
+    def total(self) -> int:
+        return self.cooled + self.no_resource

@@ -1,0 +1,215 @@
+"""AssetEvent v1.0 (seed 001, S-04): what happened to an asset, why, caused by what.
+
+Append-only: corrections are new events. `correlation_id` strings a request's events into
+one timeline; `causation_id` names the event that directly caused this one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from creep.domain.errors import ValidationError
+
+
+class Severity(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARN = "WARN"
+    ERROR = "ERROR"
+
+
+class AssetEventType(StrEnum):
+    """Event types the control plane writes itself (handlers may report any other)."""
+
+    IMPORTED = "IMPORTED"
+    UPDATED = "UPDATED"
+    ALLOCATED = "ALLOCATED"
+    RELEASED = "RELEASED"
+    LEASE_EXPIRED = "LEASE_EXPIRED"
+    LEASE_REVOKED = "LEASE_REVOKED"
+    TASK_SUCCESS = "TASK_SUCCESS"
+    TASK_FAIL = "TASK_FAIL"
+    TASK_TIMEOUT = "TASK_TIMEOUT"
+    COOLING_START = "COOLING_START"
+    COOLING_END = "COOLING_END"
+    BANNED = "BANNED"  # by an operator
+    ASSET_BANNED = "ASSET_BANNED"  # by the auto-ban policy (seed 001, scenario 2)
+    UNBANNED = "UNBANNED"
+    SOLD = "SOLD"
+    ARCHIVED = "ARCHIVED"
+
+
+class Source(StrEnum):
+    CONTROL_PLANE = "control_plane"
+    WORKER_NODE = "worker_node"
+    EXTERNAL_PROVIDER = "external_provider"
+    FINOPS_DAEMON = "finops_daemon"
+    OPERATOR = "operator"
+
+
+@dataclass(slots=True)
+class AssetEvent:
+    event_id: str
+    tenant_id: str
+    project_id: str | None
+    env: str | None
+    asset_id: str
+    task_id: str | None
+    lease_id: str | None
+    correlation_id: str | None
+    causation_id: str | None
+    event_type: str
+    source: str | None
+    severity: Severity | None
+    old_status: str | None
+    new_status: str | None
+    message: str | None
+    error_code: str | None
+    error_message: str | None
+    provider_status: str | None
+    http_status: int | None
+    latency_ms: int | None
+    retryable: bool | None
+    occurred_at: datetime
+    recorded_at: datetime
+    tags: list[str] = field(default_factory=list)
+    context: dict[str, Any] = field(default_factory=dict)
+    version: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+EVENT_FIELDS: tuple[str, ...] = tuple(AssetEvent.__dataclass_fields__)
+
+#: Fields a reporter (handler, operator, provider hook) may set.
+REPORTABLE = frozenset(
+    {"event_id", "asset_id", "lease_id", "correlation_id", "causation_id", "event_type",
+     "source", "severity", "old_status", "new_status", "message", "error_code",
+     "error_message", "provider_status", "http_status", "latency_ms", "retryable",
+     "occurred_at", "tags", "context", "project_id", "env"}
+)
+
+
+def _opt_text(errors: list[tuple[str, str]], name: str, value: Any, limit: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > limit:
+        errors.append((name, f"must be a string of at most {limit} characters"))
+        return None
+    return value
+
+
+def _opt_uuid(errors: list[tuple[str, str]], name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        errors.append((name, "must be a UUID"))
+        return None
+
+
+def validate_reported_event(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a reported event's fields against seed 001's types and ranges."""
+    errors: list[tuple[str, str]] = []
+    unknown = sorted(set(data) - REPORTABLE)
+    errors.extend((k, "unknown or not reportable field") for k in unknown)
+    out: dict[str, Any] = {}
+    etype = data.get("event_type")
+    if not isinstance(etype, str) or not etype.strip() or len(etype) > 100:
+        errors.append(("event_type", "is required and must be a non-empty string"))
+    out["event_type"] = etype
+    for name in ("event_id", "asset_id", "lease_id", "causation_id"):
+        out[name] = _opt_uuid(errors, name, data.get(name))
+    for name, limit in (("correlation_id", 200), ("source", 100), ("old_status", 50),
+                        ("new_status", 50), ("message", 2000), ("error_code", 200),
+                        ("error_message", 4000), ("provider_status", 100),
+                        ("project_id", 200), ("env", 50)):
+        out[name] = _opt_text(errors, name, data.get(name), limit)
+    severity = data.get("severity")
+    if severity is not None:
+        try:
+            out["severity"] = Severity(severity)
+        except ValueError:
+            errors.append(("severity", "must be one of DEBUG, INFO, WARN, ERROR"))
+    else:
+        out["severity"] = None
+    http = data.get("http_status")
+    if http is not None and (isinstance(http, bool) or not isinstance(http, int)
+                             or not 100 <= http <= 599):
+        errors.append(("http_status", "must be an integer from 100 to 599"))
+    out["http_status"] = http
+    latency = data.get("latency_ms")
+    if latency is not None and (isinstance(latency, bool) or not isinstance(latency, int)
+                                or latency < 0):
+        errors.append(("latency_ms", "must be an integer >= 0"))
+    out["latency_ms"] = latency
+    retryable = data.get("retryable")
+    if retryable is not None and not isinstance(retryable, bool):
+        errors.append(("retryable", "must be a boolean"))
+    out["retryable"] = retryable
+    occurred = data.get("occurred_at")
+    if occurred is not None and (not isinstance(occurred, datetime) or occurred.tzinfo is None):
+        errors.append(("occurred_at", "must be a timezone-aware datetime"))
+    out["occurred_at"] = occurred
+    tags = data.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        errors.append(("tags", "must be a list of strings"))
+        tags = []
+    out["tags"] = tags
+    context = data.get("context") or {}
+    if not isinstance(context, Mapping):
+        errors.append(("context", "must be an object"))
+        context = {}
+    out["context"] = dict(context)
+    if errors:
+        raise ValidationError(errors)
+    return out
+
+
+@dataclass(slots=True)
+class BanPolicy:
+    """Auto-ban (seed 001, scenario 2): `max_failures` failure events on one asset within
+    `window_seconds` ban it. A failure is an event whose type is in `failure_event_types`,
+    or, when that is empty, any type ending in `_FAIL` or equal to TASK_TIMEOUT."""
+
+    tenant_id: str
+    sku_category: str
+    max_failures: int
+    window_seconds: int
+    failure_event_types: list[str] = field(default_factory=list)
+
+    def is_failure(self, event_type: str) -> bool:
+        if self.failure_event_types:
+            return event_type in self.failure_event_types
+        return event_type.endswith("_FAIL") or event_type == AssetEventType.TASK_TIMEOUT
+
+
+def validate_ban_policy(
+    tenant_id: str, sku_category: str, max_failures: Any, window_seconds: Any,
+    failure_event_types: Any,
+) -> BanPolicy:
+    errors: list[tuple[str, str]] = []
+    if not isinstance(sku_category, str) or not sku_category:
+        errors.append(("sku_category", "is required and must be a non-empty string"))
+    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or not (
+        1 <= max_failures <= 10_000
+    ):
+        errors.append(("max_failures", "must be an integer from 1 to 10000"))
+    if isinstance(window_seconds, bool) or not isinstance(window_seconds, int) or not (
+        1 <= window_seconds <= 10**7
+    ):
+        errors.append(("window_seconds", "must be an integer from 1 to 10^7"))
+    types = failure_event_types or []
+    if not isinstance(types, list) or not all(isinstance(t, str) and t for t in types):
+        errors.append(("failure_event_types", "must be a list of event types"))
+        types = []
+    if errors:
+        raise ValidationError(errors)
+    return BanPolicy(tenant_id, sku_category, max_failures, window_seconds, list(types))

@@ -1,0 +1,191 @@
+"""Matching task resource hints to pooled assets (pure; the stores call it inside the claim
+transaction with the candidate rows they locked).
+
+Rule: tasks are served in claim order (priority desc, created_at). For each hint, candidates
+are assets of the task's tenant and currency with the hint's sku_category, its sku_code
+(exact, or `prefix.*`), every attribute equal, health_score >= constraints.min_health_score,
+status READY or IN_USE and spare concurrency. Among candidates creep prefers, in order:
+higher health_score, lower load (current/max concurrency), lower cost_per_lease, asset_id.
+A task takes all of its hints or nothing. When the preferred set would take the task's cost
+over max_total_cost, the cheapest available set is tried; if that is over budget too, the
+task fails with BUDGET_EXCEEDED.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+
+@dataclass(slots=True)
+class Candidate:
+    asset_id: str
+    tenant_id: str
+    sku_category: str
+    sku_code: str
+    attributes: dict[str, Any]
+    max_concurrency: int
+    current_concurrency: int
+    health_score: int
+    cost_per_lease: Decimal
+    currency: str
+    status: str
+    #: Leases handed out from this asset in the current batch.
+    taken: int = 0
+
+    @property
+    def spare(self) -> int:
+        return self.max_concurrency - self.current_concurrency - self.taken
+
+    def preference(self) -> tuple[Any, ...]:
+        load = (self.current_concurrency + self.taken) / self.max_concurrency
+        return (-self.health_score, load, self.cost_per_lease, self.asset_id)
+
+    def thrift(self) -> tuple[Any, ...]:
+        return (self.cost_per_lease, *self.preference())
+
+
+@dataclass(slots=True)
+class Demand:
+    task_id: str
+    tenant_id: str
+    currency: str
+    hints: list[dict[str, Any]]
+    min_health_score: float
+    max_total_cost: Decimal | None
+    spent: Decimal = Decimal(0)
+
+
+@dataclass(slots=True)
+class Match:
+    task_id: str
+    #: (hint_index, asset) for every lease to take.
+    picks: list[tuple[int, Candidate]] = field(default_factory=list)
+    #: None: matched; "NO_RESOURCE": wait; "BUDGET_EXCEEDED": fail now.
+    refusal: str | None = None
+    cost: Decimal = Decimal(0)
+
+
+def code_matches(pattern: str | None, code: str) -> bool:
+    if pattern is None:
+        return True
+    if pattern.endswith(".*"):
+        return code.startswith(pattern[:-1])
+    return code == pattern
+
+
+def _static_fits(hint: dict[str, Any], demand: Demand, asset: Candidate) -> bool:
+    """Everything but spare concurrency, which changes as a batch is matched."""
+    if asset.sku_category != hint["sku_category"] or asset.tenant_id != demand.tenant_id:
+        return False
+    if asset.currency != demand.currency or asset.status not in ("READY", "IN_USE"):
+        return False
+    if asset.health_score < demand.min_health_score:
+        return False
+    if not code_matches(hint.get("sku_code"), asset.sku_code):
+        return False
+    attrs = hint.get("attributes") or {}
+    return all(asset.attributes.get(k) == v for k, v in attrs.items())
+
+
+class _Ranked:
+    """Candidates of one hint in preference order: a heap with lazy re-keying. Keys only
+    grow as leases are handed out (load rises), so a popped entry whose key is stale is
+    pushed back with its current key; an asset without spare concurrency is dropped."""
+
+    def __init__(self, assets: Iterable[Candidate], key: Callable[[Candidate], Any]) -> None:
+        self.key = key
+        self.heap = [(key(a), a.asset_id, a) for a in assets if a.spare > 0]
+        heapq.heapify(self.heap)
+
+    def take(self, need: int, used: set[str]) -> list[Candidate] | None:
+        got: list[Candidate] = []
+        passed: list[tuple[Any, str, Candidate]] = []
+        while len(got) < need and self.heap:
+            entry = heapq.heappop(self.heap)
+            key, asset_id, asset = entry
+            if asset.spare <= 0:
+                continue
+            current = self.key(asset)
+            if current != key:
+                heapq.heappush(self.heap, (current, asset_id, asset))
+            elif asset_id in used:
+                passed.append(entry)
+            else:
+                got.append(asset)
+        for entry in passed:
+            heapq.heappush(self.heap, entry)
+        for asset in got:
+            heapq.heappush(self.heap, (self.key(asset), asset.asset_id, asset))
+        return got if len(got) == need else None
+
+
+class _Pool:
+    """The candidates, with the static filter of each distinct hint computed once."""
+
+    def __init__(self, assets: Sequence[Candidate]) -> None:
+        self.assets = assets
+        self._ranked: dict[tuple[str, bool], _Ranked] = {}
+
+    def ranked(self, hint: dict[str, Any], demand: Demand, thrifty: bool) -> _Ranked:
+        key = (repr((hint["sku_category"], hint.get("sku_code"),
+                     sorted((hint.get("attributes") or {}).items()), demand.tenant_id,
+                     demand.currency, demand.min_health_score)), thrifty)
+        found = self._ranked.get(key)
+        if found is None:
+            fitting = (a for a in self.assets if _static_fits(hint, demand, a))
+            found = _Ranked(fitting, Candidate.thrift if thrifty else Candidate.preference)
+            self._ranked[key] = found
+        return found
+
+
+def _pick(demand: Demand, pool: _Pool, thrifty: bool) -> list[tuple[int, Candidate]] | None:
+    chosen: list[tuple[int, Candidate]] = []
+    used: set[str] = set()
+    for i, hint in enumerate(demand.hints):
+        best = pool.ranked(hint, demand, thrifty).take(int(hint.get("min_count", 1)), used)
+        if best is None:
+            return None
+        for asset in best:
+            chosen.append((i, asset))
+            used.add(asset.asset_id)
+    return chosen
+
+
+def match_all(
+    demands: Iterable[Demand], candidates: Sequence[Candidate], limit: int | None = None
+) -> list[Match]:
+    """Match demands in order against the pool, consuming spare concurrency as it goes;
+    stop once `limit` demands are matched."""
+    pool = _Pool(candidates)
+    out: list[Match] = []
+    matched = 0
+    for demand in demands:
+        if limit is not None and matched >= limit:
+            break
+        match = Match(demand.task_id)
+        picks = _pick(demand, pool, thrifty=False)
+        if picks is None:
+            match.refusal = "NO_RESOURCE"
+            out.append(match)
+            continue
+        cost = sum((a.cost_per_lease for _, a in picks), Decimal(0))
+        if demand.max_total_cost is not None and demand.spent + cost > demand.max_total_cost:
+            cheap = _pick(demand, pool, thrifty=True)
+            cheap_cost = sum((a.cost_per_lease for _, a in cheap or []), Decimal(0))
+            if cheap is None or demand.spent + cheap_cost > demand.max_total_cost:
+                match.refusal = "BUDGET_EXCEEDED"
+                match.cost = cost
+                out.append(match)
+                continue
+            picks, cost = cheap, cheap_cost
+        for _, asset in picks:
+            asset.taken += 1
+        match.picks = picks
+        match.cost = cost
+        matched += 1
+        out.append(match)
+    return out

@@ -1,0 +1,511 @@
+"""Shared machinery of the asset tables (both backends): row conversion, locking assets in
+asset_id order, collecting asset changes and their events and writing them at the end of the
+transaction, ending leases, and the auto-ban policy.
+
+Everything here runs inside a transaction the caller opened. The backend supplies a
+dialect (storage/asset_dialect.py), a write transaction (`_atx`) and a read connection
+(`_aread`) through storage/sqlite_assets.py and storage/postgres_assets.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from creep.domain.asset import (
+    REVOKING,
+    AssetSnapshot,
+    AssetStatus,
+    check_asset_transition,
+)
+from creep.domain.asset_event import (
+    EVENT_FIELDS,
+    AssetEvent,
+    AssetEventType,
+    BanPolicy,
+    Severity,
+    Source,
+)
+from creep.domain.errors import ValidationError
+from creep.domain.ids import uuid7
+from creep.domain.lease import Lease, LeaseStatus, check_lease_transition
+from creep.domain.ledger import (
+    EntryType,
+    LedgerEntry,
+)
+from creep.storage.asset_dialect import Dialect
+
+ASSET_COLS = (
+    "asset_id, tenant_id, project_id, env, sku_category, sku_code, attributes, status, "
+    "max_concurrency, current_concurrency, health_score, cooldown_seconds, cooldown_until, "
+    "cost_per_lease, currency, version, created_at, updated_at"
+)
+LEASE_COLS = (
+    "lease_id, tenant_id, task_id, asset_id, status, acquired_at, expires_at, released_at, "
+    "cost, currency, claim_token, hint_index"
+)
+LEDGER_COLS = (
+    "entry_id, tenant_id, project_id, task_id, asset_id, lease_id, entry_type, amount, "
+    "currency, description, occurred_at, recorded_at"
+)
+EVENT_COLS = ", ".join(EVENT_FIELDS)
+#: Most hinted tasks looked at per claim: blocked hinted tasks at the head do not hide
+#: matchable ones behind them (no head-of-line blocking) within this bound.
+HINTED_SCAN_MAX = 2048
+#: Most candidate assets loaded per (tenant, category, sku pattern, currency) in one claim.
+CANDIDATES_PER_KIND = 500
+
+
+@dataclass(slots=True)
+class TaskRef:
+    """What an asset event needs to know of the task behind it."""
+
+    task_id: str
+    tenant_id: str
+    project_id: str | None
+    env: str | None
+    correlation_id: str | None
+    keep_leases: bool = False
+    lease_ids: list[str] = field(default_factory=list)
+    timeout_ms: int = 0
+    attempt: int = 0
+
+
+@dataclass(slots=True)
+class Pending:
+    """Asset changes and events collected in one transaction, written at its end."""
+
+    assets: dict[str, AssetSnapshot] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)
+    events: list[AssetEvent] = field(default_factory=list)
+    #: lease_id -> the status it ends in (written by _flush).
+    ended: dict[str, LeaseStatus] = field(default_factory=dict)
+
+
+class AssetStoreBase:
+    _adialect: Dialect
+
+    # -- provided by the backend -----------------------------------------------------------
+
+    def _atx(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _aread(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _capacity_freed(self, conn: Any) -> None:
+        """Leases ended: wake workers whose hinted tasks waited for capacity."""
+
+    def _after_fail_tasks(self, conn: Any, task_ids: list[str], now: datetime) -> None:
+        """Cancel the dependants of tasks failed here (the backend's own cascade)."""
+        raise NotImplementedError
+
+    # -- small helpers ---------------------------------------------------------------------
+
+    def _x(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        return conn.execute(self._adialect.q(sql), params)
+
+    def _many(self, conn: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._adialect.many(conn, self._adialect.q(sql), rows)
+
+    def _asset(self, r: Sequence[Any]) -> AssetSnapshot:
+        d = self._adialect
+        return AssetSnapshot(
+            asset_id=r[0], tenant_id=r[1], project_id=r[2], env=r[3], sku_category=r[4],
+            sku_code=r[5], attributes=d.from_js(r[6]), status=AssetStatus(r[7]),
+            max_concurrency=r[8], current_concurrency=r[9], health_score=r[10],
+            cooldown_seconds=r[11], cooldown_until=d.from_ts(r[12]),
+            cost_per_lease=d.from_dec(r[13]), currency=r[14], version=r[15],
+            created_at=d.from_ts(r[16]) or datetime.min, updated_at=d.from_ts(r[17])
+            or datetime.min,
+        )
+
+    def _lease(self, r: Sequence[Any]) -> Lease:
+        d = self._adialect
+        return Lease(
+            lease_id=r[0], tenant_id=r[1], task_id=r[2], asset_id=r[3],
+            status=LeaseStatus(r[4]), acquired_at=d.from_ts(r[5]) or datetime.min,
+            expires_at=d.from_ts(r[6]), released_at=d.from_ts(r[7]), cost=d.from_dec(r[8]),
+            currency=r[9], claim_token=str(r[10]), hint_index=r[11],
+        )
+
+    def _entry(self, r: Sequence[Any]) -> LedgerEntry:
+        d = self._adialect
+        return LedgerEntry(
+            entry_id=r[0], tenant_id=r[1], project_id=r[2], task_id=r[3], asset_id=r[4],
+            lease_id=r[5], entry_type=EntryType(r[6]), amount=d.from_dec(r[7]),
+            currency=r[8], description=r[9], occurred_at=d.from_ts(r[10]) or datetime.min,
+            recorded_at=d.from_ts(r[11]) or datetime.min,
+        )
+
+    def _event(self, r: Sequence[Any]) -> AssetEvent:
+        d = self._adialect
+        v = dict(zip(EVENT_FIELDS, r, strict=True))
+        v["severity"] = None if v["severity"] is None else Severity(v["severity"])
+        v["retryable"] = None if v["retryable"] is None else bool(v["retryable"])
+        v["occurred_at"] = d.from_ts(v["occurred_at"])
+        v["recorded_at"] = d.from_ts(v["recorded_at"])
+        v["tags"] = d.from_js(v["tags"])
+        v["context"] = d.from_js(v["context"])
+        return AssetEvent(**v)
+
+    def _event_row(self, e: AssetEvent) -> tuple[Any, ...]:
+        """In EVENT_FIELDS order (checked once at import, below)."""
+        d = self._adialect
+        return (
+            e.event_id, e.tenant_id, e.project_id, e.env, e.asset_id, e.task_id, e.lease_id,
+            e.correlation_id, e.causation_id, e.event_type, e.source,
+            None if e.severity is None else e.severity.value, e.old_status, e.new_status,
+            e.message, e.error_code, e.error_message, e.provider_status, e.http_status,
+            e.latency_ms, e.retryable, d.ts(e.occurred_at), d.ts(e.recorded_at), d.js(e.tags),
+            d.js(e.context), e.version,
+        )
+
+    def _emit(self, conn: Any, events: Sequence[AssetEvent]) -> None:
+        self._adialect.bulk_insert(
+            conn, "asset_events", EVENT_FIELDS, [self._event_row(e) for e in events]
+        )
+
+    @staticmethod
+    def _new_event(
+        asset: AssetSnapshot, event_type: str, now: datetime, *, task: TaskRef | None = None,
+        lease_id: str | None = None, causation_id: str | None = None,
+        source: str = Source.CONTROL_PLANE, severity: Severity = Severity.INFO,
+        old_status: str | None = None, new_status: str | None = None,
+        message: str | None = None, **extra: Any,
+    ) -> AssetEvent:
+        return AssetEvent(
+            event_id=uuid7(), tenant_id=asset.tenant_id,
+            project_id=task.project_id if task else asset.project_id,
+            env=task.env if task else asset.env, asset_id=asset.asset_id,
+            task_id=task.task_id if task else None, lease_id=lease_id,
+            correlation_id=task.correlation_id if task else None, causation_id=causation_id,
+            event_type=str(event_type), source=str(source), severity=severity,
+            old_status=old_status or asset.status.value,
+            new_status=new_status or asset.status.value, message=message,
+            error_code=extra.get("error_code"), error_message=extra.get("error_message"),
+            provider_status=extra.get("provider_status"), http_status=extra.get("http_status"),
+            latency_ms=extra.get("latency_ms"), retryable=extra.get("retryable"),
+            occurred_at=now, recorded_at=now, tags=list(extra.get("tags", [])),
+            context=dict(extra.get("context", {})), version=1,
+        )
+
+    def _lock_assets(
+        self, conn: Any, asset_ids: Sequence[str], pending: Pending
+    ) -> dict[str, AssetSnapshot]:
+        """Load (and on PostgreSQL lock, in asset_id order) assets not yet in `pending`."""
+        d = self._adialect
+        missing = sorted({a for a in asset_ids if a not in pending.assets})
+        if missing:
+            rows = self._x(
+                conn,
+                f"SELECT {ASSET_COLS} FROM assets WHERE {d.in_ids('asset_id')} "
+                f"ORDER BY asset_id{d.lock}",
+                (d.ids(missing),),
+            ).fetchall()
+            for r in rows:
+                pending.assets[r[0]] = self._asset(r)
+        return pending.assets
+
+    def _flush(self, conn: Any, pending: Pending, now: datetime) -> None:
+        """Write what the transaction decided: lease ends, asset rows, events (one round
+        trip on PostgreSQL: the writes are pipelined)."""
+        d = self._adialect
+        with d.pipeline(conn):
+            self._write_pending(conn, pending, now)
+
+    def _write_pending(self, conn: Any, pending: Pending, now: datetime) -> None:
+        d = self._adialect
+        if pending.ended:
+            d.bulk_update(
+                conn, "leases", "lease_id", ("status", "released_at"),
+                [(st.value, d.ts(now), lease_id) for lease_id, st in sorted(pending.ended.items())],
+                where="leases.status = 'ACTIVE'",
+            )
+            pending.ended.clear()
+        rows = []
+        for asset_id in sorted(pending.dirty):
+            a = pending.assets[asset_id]
+            rows.append((
+                a.status.value, a.current_concurrency, a.health_score, d.ts(a.cooldown_until),
+                d.ts(now), asset_id,
+            ))
+        d.bulk_update(
+            conn, "assets", "asset_id",
+            ("status", "current_concurrency", "health_score", "cooldown_until", "updated_at"),
+            rows, fixed="version = assets.version + 1",
+        )
+        for asset_id in pending.dirty:
+            a = pending.assets[asset_id]
+            a.version += 1
+            a.updated_at = now
+        pending.dirty.clear()
+        self._emit(conn, pending.events)
+        pending.events.clear()
+
+    def _set_status(
+        self, asset: AssetSnapshot, new: AssetStatus, pending: Pending, now: datetime
+    ) -> str:
+        """Apply a status change to the in-memory snapshot; returns the old status."""
+        old = asset.status
+        check_asset_transition(old, new)
+        asset.status = new
+        pending.dirty.add(asset.asset_id)
+        return old.value
+
+    def _task_refs(self, conn: Any, task_ids: Sequence[str]) -> dict[str, TaskRef]:
+        d = self._adialect
+        if not task_ids:
+            return {}
+        rows = self._x(
+            conn,
+            "SELECT task_id, tenant_id, project_id, env, correlation_id, constraints FROM tasks "
+            f"WHERE {d.in_ids('task_id')}",
+            (d.ids(sorted(set(task_ids))),),
+        ).fetchall()
+        return {
+            r[0]: TaskRef(r[0], r[1], r[2], r[3], r[4],
+                           keep_leases=d.from_js(r[5]).get("keep_leases") is True)
+            for r in rows
+        }
+
+    # -- ending leases ---------------------------------------------------------------------
+
+    def _end_leases(
+        self, conn: Any, leases: Sequence[Lease], status: LeaseStatus, pending: Pending,
+        now: datetime, tasks: Mapping[str, TaskRef], causes: Mapping[str, str | None],
+        *, touch_assets: bool = True,
+    ) -> None:
+        """End active leases: give the concurrency back (COOLING when an asset with a cooldown
+        becomes idle) and write RELEASED / LEASE_EXPIRED / LEASE_REVOKED events."""
+        active = [lease for lease in leases
+                  if lease.status is LeaseStatus.ACTIVE and lease.lease_id not in pending.ended]
+        if not active:
+            return
+        for lease in active:
+            check_lease_transition(lease.status, status)
+            pending.ended[lease.lease_id] = status
+        assets = self._lock_assets(conn, [lease.asset_id for lease in active], pending)
+        event_type = {
+            LeaseStatus.RELEASED: AssetEventType.RELEASED,
+            LeaseStatus.EXPIRED: AssetEventType.LEASE_EXPIRED,
+            LeaseStatus.REVOKED: AssetEventType.LEASE_REVOKED,
+        }[status]
+        for lease in sorted(active, key=lambda x: x.asset_id):
+            asset = assets[lease.asset_id]
+            lease.status = status
+            lease.released_at = now
+            old = asset.status.value
+            if touch_assets:
+                asset.current_concurrency = max(0, asset.current_concurrency - 1)
+                pending.dirty.add(asset.asset_id)
+                if asset.current_concurrency == 0 and asset.status is AssetStatus.IN_USE:
+                    target = (
+                        AssetStatus.COOLING if asset.cooldown_seconds > 0 else AssetStatus.READY
+                    )
+                    self._set_status(asset, target, pending, now)
+            ended = self._new_event(
+                asset, event_type, now, task=tasks.get(lease.task_id), lease_id=lease.lease_id,
+                causation_id=causes.get(lease.lease_id), old_status=old,
+                severity=Severity.INFO if status is LeaseStatus.RELEASED else Severity.WARN,
+                message=f"lease {status.value.lower()}",
+            )
+            pending.events.append(ended)
+            if touch_assets and asset.status is AssetStatus.COOLING and old != "COOLING":
+                asset.cooldown_until = now + timedelta(seconds=asset.cooldown_seconds)
+                pending.events.append(self._new_event(
+                    asset, AssetEventType.COOLING_START, now, task=tasks.get(lease.task_id),
+                    lease_id=lease.lease_id, causation_id=ended.event_id, old_status="IN_USE",
+                    message=f"cooling for {asset.cooldown_seconds}s",
+                    context={"cooldown_until": asset.cooldown_until.isoformat()},
+                ))
+
+    def _leases_with_tasks(
+        self, conn: Any, where: str, params: Sequence[Any]
+    ) -> tuple[list[Lease], dict[str, TaskRef]]:
+        """Leases (columns prefixed l.) with what events need of their tasks, in one read."""
+        d = self._adialect
+        cols = ", ".join(f"l.{c}" for c in LEASE_COLS.split(", "))
+        rows = self._x(
+            conn,
+            f"SELECT {cols}, t.project_id, t.env, t.correlation_id, t.constraints "
+            f"FROM leases l JOIN tasks t ON t.task_id = l.task_id WHERE {where} "
+            "ORDER BY l.asset_id, l.lease_id",
+            params,
+        ).fetchall()
+        leases = [self._lease(r[:12]) for r in rows]
+        refs = {
+            r[2]: TaskRef(r[2], r[1], r[12], r[13], r[14],
+                           keep_leases=d.from_js(r[15]).get("keep_leases") is True)
+            for r in rows
+        }
+        return leases, refs
+
+    def _leases_where(self, conn: Any, where: str, params: Sequence[Any]) -> list[Lease]:
+        rows = self._x(
+            conn, f"SELECT {LEASE_COLS} FROM leases WHERE {where} ORDER BY asset_id, lease_id",
+            params,
+        ).fetchall()
+        return [self._lease(r) for r in rows]
+
+    # -- auto-ban --------------------------------------------------------------------------
+
+    def _policy(self, conn: Any, tenant_id: str, sku_category: str) -> BanPolicy | None:
+        row = self._x(
+            conn,
+            "SELECT tenant_id, sku_category, max_failures, window_seconds, failure_event_types "
+            "FROM asset_ban_policies WHERE tenant_id = ? AND sku_category = ?",
+            (tenant_id, sku_category),
+        ).fetchone()
+        if row is None:
+            return None
+        return BanPolicy(row[0], row[1], row[2], row[3], list(self._adialect.from_js(row[4])))
+
+    def _auto_ban_many(self, conn: Any, pending: Pending, now: datetime) -> None:
+        """Check the auto-ban policy for every failure event collected in `pending`."""
+        policies: dict[tuple[str, str], BanPolicy | None] = {}
+        for event in list(pending.events):
+            asset = pending.assets.get(event.asset_id)
+            if asset is None or event.event_type in NEVER_FAILURES:
+                continue
+            key = (asset.tenant_id, asset.sku_category)
+            if key not in policies:
+                policies[key] = self._policy(conn, *key)
+            if policies[key] is not None:
+                self._maybe_ban(conn, asset, event, pending, now, policies[key])
+
+    def _maybe_ban(
+        self, conn: Any, asset: AssetSnapshot, event: AssetEvent, pending: Pending,
+        now: datetime, policy: BanPolicy | None = None,
+    ) -> AssetEvent | None:
+        if asset.status in REVOKING or AssetStatus.BANNED not in ban_targets(asset.status):
+            return None
+        policy = policy or self._policy(conn, asset.tenant_id, asset.sku_category)
+        if policy is None or not policy.is_failure(event.event_type):
+            return None
+        d = self._adialect
+        since = event.occurred_at - timedelta(seconds=policy.window_seconds)
+        rows = self._x(
+            conn,
+            "SELECT event_type, occurred_at FROM asset_events WHERE asset_id = ? "
+            "AND occurred_at > ? AND occurred_at <= ? AND occurred_at > COALESCE(("
+            "SELECT max(occurred_at) FROM asset_events WHERE asset_id = ? "
+            "AND event_type = 'UNBANNED'), ?)",
+            (asset.asset_id, d.ts(since), d.ts(event.occurred_at), asset.asset_id, d.ts(since)),
+        ).fetchall()
+        count = sum(1 for r in rows if policy.is_failure(r[0]))
+        # Events of this transaction not yet written count too.
+        count += sum(
+            1 for e in pending.events
+            if e.asset_id == asset.asset_id and policy.is_failure(e.event_type)
+            and since < e.occurred_at <= event.occurred_at
+        )
+        if count < policy.max_failures:
+            return None
+        return self._ban(
+            conn, asset, pending, now, event_type=AssetEventType.ASSET_BANNED,
+            source=Source.CONTROL_PLANE, cause=event,
+            message=f"banned after {count} failures within {policy.window_seconds}s",
+            context={"fail_count_window": count, "window_s": policy.window_seconds,
+                     "policy_max_failures": policy.max_failures},
+        )
+
+    def _ban(
+        self, conn: Any, asset: AssetSnapshot, pending: Pending, now: datetime, *,
+        event_type: str, source: str, cause: AssetEvent | None, message: str | None,
+        context: dict[str, Any], new_status: AssetStatus = AssetStatus.BANNED,
+    ) -> AssetEvent:
+        """Move an asset to BANNED/SOLD/ARCHIVED and revoke its active leases."""
+        old = self._set_status(asset, new_status, pending, now)
+        asset.current_concurrency = 0
+        asset.cooldown_until = None
+        event = AssetEvent(
+            event_id=uuid7(), tenant_id=asset.tenant_id,
+            project_id=cause.project_id if cause else asset.project_id,
+            env=cause.env if cause else asset.env, asset_id=asset.asset_id,
+            task_id=cause.task_id if cause else None, lease_id=cause.lease_id if cause else None,
+            correlation_id=cause.correlation_id if cause else None,
+            causation_id=cause.event_id if cause else None, event_type=str(event_type),
+            source=str(source),
+            severity=Severity.ERROR if new_status is AssetStatus.BANNED else Severity.INFO,
+            old_status=old, new_status=new_status.value, message=message,
+            error_code="E_ASSET_BANNED" if new_status is AssetStatus.BANNED else None,
+            error_message=cause.error_message if cause else None,
+            provider_status=cause.provider_status if cause else None,
+            http_status=cause.http_status if cause else None,
+            latency_ms=0 if cause else None, retryable=False if cause else None,
+            occurred_at=now, recorded_at=now,
+            tags=["ban_wave"] if event_type == AssetEventType.ASSET_BANNED else [],
+            context=context, version=1,
+        )
+        pending.events.append(event)
+        leases = self._leases_where(
+            conn, "asset_id = ? AND status = 'ACTIVE'", (asset.asset_id,)
+        )
+        if leases:
+            tasks = self._task_refs(conn, [lease.task_id for lease in leases])
+            self._end_leases(
+                conn, leases, LeaseStatus.REVOKED, pending, now, tasks,
+                dict.fromkeys((lease.lease_id for lease in leases), event.event_id),
+                touch_assets=False,
+            )
+        return event
+
+    def _change_status(
+        self, conn: Any, asset: AssetSnapshot, status: AssetStatus, pending: Pending,
+        now: datetime, source: str, reason: str | None,
+    ) -> AssetEvent:
+        if status in REVOKING:
+            revoke_type = {
+                AssetStatus.BANNED: AssetEventType.BANNED, AssetStatus.SOLD: AssetEventType.SOLD,
+                AssetStatus.ARCHIVED: AssetEventType.ARCHIVED,
+            }[status]
+            return self._ban(conn, asset, pending, now, event_type=revoke_type, source=source,
+                             cause=None, message=reason, context={}, new_status=status)
+        if status is AssetStatus.IN_USE or asset.status is AssetStatus.IN_USE:
+            raise ValidationError.single(
+                "status", "IN_USE follows the asset's leases; it is not set by hand"
+            )
+        old = self._set_status(asset, status, pending, now)
+        event_type: str
+        if old == "BANNED":
+            event_type = AssetEventType.UNBANNED
+        elif old == "COOLING":
+            event_type = AssetEventType.COOLING_END
+            asset.cooldown_until = None
+        elif status is AssetStatus.COOLING:
+            event_type = AssetEventType.COOLING_START
+            asset.cooldown_until = now + timedelta(seconds=asset.cooldown_seconds)
+        else:
+            event_type = f"STATUS_{status.value}"
+        event = self._new_event(asset, event_type, now, source=source, old_status=old,
+                                message=reason)
+        pending.events.append(event)
+        return event
+
+
+#: Control-plane events that are never failures, whatever a policy lists.
+NEVER_FAILURES = frozenset({
+    AssetEventType.ALLOCATED, AssetEventType.RELEASED, AssetEventType.TASK_SUCCESS,
+    AssetEventType.COOLING_START, AssetEventType.COOLING_END, AssetEventType.ASSET_BANNED,
+    AssetEventType.BANNED, AssetEventType.LEASE_REVOKED, AssetEventType.LEASE_EXPIRED,
+})
+
+
+def ban_targets(status: AssetStatus) -> frozenset[AssetStatus]:
+    from creep.domain.asset import ASSET_TRANSITIONS
+
+    return ASSET_TRANSITIONS[status]
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
+

@@ -1,0 +1,212 @@
+"""The few ways SQLite and PostgreSQL differ for the asset tables, behind one small class.
+
+The asset SQL (storage/asset_store.py) is written once with `?` placeholders; each backend
+hands it a dialect that converts placeholders and values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+class SqliteDialect:
+    name = "sqlite"
+    lock = ""
+    skip_locked = ""
+
+    def q(self, sql: str) -> str:
+        return sql
+
+    def ts(self, dt: datetime | None) -> int | None:
+        if dt is None:
+            return None
+        delta = dt - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+    def from_ts(self, value: Any) -> datetime | None:
+        return None if value is None else _EPOCH + timedelta(microseconds=value)
+
+    def js(self, value: Any) -> str:
+        return orjson.dumps(value, default=_json_default).decode()
+
+    def from_js(self, value: Any) -> Any:
+        return orjson.loads(value)
+
+    def dec(self, value: Decimal | None) -> str | None:
+        return None if value is None else str(value)
+
+    def from_dec(self, value: Any) -> Decimal:
+        return Decimal(value)
+
+    def in_ids(self, column: str) -> str:
+        return f"{column} IN (SELECT value FROM json_each(?))"
+
+    def ids(self, values: Sequence[str]) -> str:
+        return orjson.dumps(list(values)).decode()
+
+    in_texts = in_ids
+    texts = ids
+
+    def plus_ms(self, ts_sql: str, ms_sql: str) -> str:
+        return f"({ts_sql} + {ms_sql} * 1000)"
+
+    def many(self, conn: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            conn.executemany(sql, rows)
+
+    def pipeline(self, conn: Any) -> AbstractContextManager[Any]:
+        return nullcontext()
+
+    def bulk_insert(
+        self, conn: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        if rows:
+            conn.executemany(
+                f"INSERT INTO {table} ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' * len(columns))})",
+                rows,
+            )
+
+    def bulk_update(
+        self, conn: Any, table: str, key: str, columns: Sequence[str],
+        rows: Sequence[Sequence[Any]], *, fixed: str = "", where: str = "",
+    ) -> None:
+        """rows hold the new values of `columns`, then the key."""
+        if rows:
+            sets = ", ".join([*(f"{c} = ?" for c in columns), *([fixed] if fixed else [])])
+            conn.executemany(
+                f"UPDATE {table} SET {sets} WHERE {key} = ?{' AND ' + where if where else ''}",
+                rows,
+            )
+
+
+class PostgresDialect:
+    name = "postgres"
+    lock = " FOR UPDATE"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self) -> None:
+        self._type_cache: dict[str, dict[str, str]] = {}
+
+    def q(self, sql: str) -> str:
+        return sql.replace("?", "%s")
+
+    def ts(self, dt: datetime | None) -> datetime | None:
+        return dt
+
+    def from_ts(self, value: Any) -> datetime | None:
+        return value  # type: ignore[no-any-return]
+
+    def js(self, value: Any) -> Any:
+        from psycopg.types.json import Jsonb
+
+        return Jsonb(value)
+
+    def from_js(self, value: Any) -> Any:
+        return value
+
+    def dec(self, value: Decimal | None) -> Decimal | None:
+        return value
+
+    def from_dec(self, value: Any) -> Decimal:
+        return value if isinstance(value, Decimal) else Decimal(value)
+
+    def in_ids(self, column: str) -> str:
+        return f"{column} = ANY(?::uuid[])"
+
+    def ids(self, values: Sequence[str]) -> list[str]:
+        return list(values)
+
+    def in_texts(self, column: str) -> str:
+        return f"{column} = ANY(?::text[])"
+
+    def texts(self, values: Sequence[str]) -> list[str]:
+        return list(values)
+
+    def plus_ms(self, ts_sql: str, ms_sql: str) -> str:
+        return f"({ts_sql} + {ms_sql} * interval '1 millisecond')"
+
+    def many(self, conn: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            with conn.cursor() as cur:
+                cur.executemany(sql, rows)
+
+    def pipeline(self, conn: Any) -> AbstractContextManager[Any]:
+        """Send the writes inside without waiting for each reply."""
+        return conn.pipeline()  # type: ignore[no-any-return]
+
+    # Bulk writes are one statement each: the rows travel as one JSON array and
+    # jsonb_populate_recordset turns them into the table's own row type.
+
+    def _records(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+        return orjson.dumps(
+            [dict(zip(columns, row, strict=True)) for row in rows], default=_pg_default
+        ).decode()
+
+    def bulk_insert(
+        self, conn: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        if rows:
+            types = self._types(conn, table)
+            cols = ", ".join(columns)
+            record = ", ".join(f"{c} {types[c]}" for c in columns)
+            conn.execute(
+                f"INSERT INTO {table} ({cols}) SELECT {cols} "
+                f"FROM jsonb_to_recordset(%s::jsonb) AS r({record})",
+                (self._records(columns, rows),),
+            )
+
+    def bulk_update(
+        self, conn: Any, table: str, key: str, columns: Sequence[str],
+        rows: Sequence[Sequence[Any]], *, fixed: str = "", where: str = "",
+    ) -> None:
+        if rows:
+            types = self._types(conn, table)
+            sets = ", ".join([*(f"{c} = r.{c}" for c in columns), *([fixed] if fixed else [])])
+            record = ", ".join(f"{c} {types[c]}" for c in [*columns, key])
+            conn.execute(
+                f"UPDATE {table} SET {sets} FROM jsonb_to_recordset(%s::jsonb) AS r({record}) "
+                f"WHERE {table}.{key} = r.{key}{' AND ' + where if where else ''}",
+                (self._records([*columns, key], rows),),
+            )
+
+    def _types(self, conn: Any, table: str) -> dict[str, str]:
+        """Column types of a table (the same in every schema: one set of migrations)."""
+        found = self._type_cache.get(table)
+        if found is None:
+            found = {
+                name: kind for name, kind in conn.execute(
+                    "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                    "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                    (table,),
+                ).fetchall()
+            }
+            self._type_cache[table] = found
+        return found
+
+
+def _pg_default(value: Any) -> Any:
+    from psycopg.types.json import Jsonb
+
+    if isinstance(value, Jsonb):
+        return value.obj
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+Dialect = SqliteDialect | PostgresDialect

@@ -1,0 +1,357 @@
+"""Assets, leases, ledger and asset events: one implementation for both backends.
+
+SqliteStore and PostgresStore inherit AssetStoreMixin (through storage/sqlite_assets.py
+and storage/postgres_assets.py). Every asset change writes its AssetEvent in the same
+transaction. The claim reads candidate assets without locks and locks only the picked ones,
+in asset_id order, as every other writer does, so writers never deadlock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from creep.domain.asset import (
+    AssetFilter,
+    AssetSnapshot,
+    AssetSpec,
+    AssetStatus,
+    check_asset_transition,
+)
+from creep.domain.asset_event import (
+    AssetEvent,
+    AssetEventType,
+    BanPolicy,
+    Source,
+)
+from creep.domain.errors import NotFound, ValidationError, VersionConflict
+from creep.domain.ids import uuid7
+from creep.storage.asset_base import (
+    ASSET_COLS,
+    EVENT_COLS,
+    Pending,
+    TaskRef,
+    is_uuid,
+)
+from creep.storage.lease_broker import LeaseBrokerMixin
+from creep.storage.ledger_store import LedgerStoreMixin
+
+
+class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
+    # -- assets: public --------------------------------------------------------------------
+
+    def asset_create_many(self, specs: Sequence[AssetSpec], now: datetime) -> list[AssetSnapshot]:
+        d = self._adialect
+        if not specs:
+            return []
+        snaps = [
+            AssetSnapshot(
+                asset_id=s.asset_id, tenant_id=s.tenant_id, project_id=s.project_id, env=s.env,
+                sku_category=s.sku_category, sku_code=s.sku_code, attributes=s.attributes,
+                status=s.status, max_concurrency=s.max_concurrency, current_concurrency=0,
+                health_score=s.health_score, cooldown_seconds=s.cooldown_seconds,
+                cooldown_until=None, cost_per_lease=s.cost_per_lease, currency=s.currency,
+                version=1, created_at=now, updated_at=now,
+            )
+            for s in specs
+        ]
+        if len({s.asset_id for s in snaps}) != len(snaps):
+            raise ValidationError.single("asset_id", "asset ids in one import must be unique")
+        with self._atx() as conn:
+            existing = self._x(
+                conn, f"SELECT asset_id FROM assets WHERE {d.in_ids('asset_id')}",
+                (d.ids([s.asset_id for s in snaps]),),
+            ).fetchall()
+            if existing:
+                raise ValidationError([
+                    ("asset_id", f"asset {r[0]} already exists") for r in existing
+                ])
+            self._many(
+                conn,
+                f"INSERT INTO assets ({ASSET_COLS}) VALUES ({', '.join('?' * 18)})",
+                [
+                    (a.asset_id, a.tenant_id, a.project_id, a.env, a.sku_category, a.sku_code,
+                     d.js(a.attributes), a.status.value, a.max_concurrency, 0, a.health_score,
+                     a.cooldown_seconds, None, d.dec(a.cost_per_lease), a.currency, 1,
+                     d.ts(now), d.ts(now))
+                    for a in snaps
+                ],
+            )
+            self._emit(conn, [
+                self._new_event(a, AssetEventType.IMPORTED, now, old_status=None,
+                                new_status=a.status.value, message="asset imported")
+                for a in snaps
+            ])
+        return snaps
+
+    def asset_get(self, asset_id: str, tenant_id: str | None = None) -> AssetSnapshot:
+        if not is_uuid(asset_id):
+            raise NotFound("asset", asset_id)
+        with self._aread() as conn:
+            row = self._x(
+                conn, f"SELECT {ASSET_COLS} FROM assets WHERE asset_id = ?", (asset_id,)
+            ).fetchone()
+        if row is None or (tenant_id is not None and row[1] != tenant_id):
+            raise NotFound("asset", asset_id)
+        return self._asset(row)
+
+    def asset_list(
+        self, flt: AssetFilter, *, after: str | None = None, limit: int = 100
+    ) -> list[AssetSnapshot]:
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
+        for column in ("tenant_id", "status", "sku_category", "project_id"):
+            value = getattr(flt, column)
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if flt.sku_code is not None:
+            if flt.sku_code.endswith(".*"):
+                where.append("substr(sku_code, 1, ?) = ?")
+                params += [len(flt.sku_code) - 1, flt.sku_code[:-1]]
+            else:
+                where.append("sku_code = ?")
+                params.append(flt.sku_code)
+        if after:
+            where.append("asset_id > ?")
+            params.append(after)
+        params.append(limit)
+        with self._aread() as conn:
+            rows = self._x(
+                conn,
+                f"SELECT {ASSET_COLS} FROM assets WHERE {' AND '.join(where)} "
+                "ORDER BY asset_id LIMIT ?",
+                params,
+            ).fetchall()
+        return [self._asset(r) for r in rows]
+
+    def asset_update_many(
+        self, items: Sequence[tuple[str, int, dict[str, Any]]], now: datetime, *,
+        tenant_id: str | None = None,
+    ) -> list[AssetSnapshot]:
+        """Change assets that still have the version the caller read; all or none."""
+        out: list[AssetSnapshot] = []
+        with self._atx() as conn:
+            pending = Pending()
+            assets = self._lock_assets(conn, [i[0] for i in items], pending)
+            for asset_id, expected, changes in items:
+                asset = assets.get(asset_id)
+                if asset is None or (tenant_id is not None and asset.tenant_id != tenant_id):
+                    raise NotFound("asset", asset_id)
+                if asset.version != expected:
+                    raise VersionConflict("asset", asset_id, expected, asset.version)
+                out.append(self._apply_changes(conn, asset, changes, pending, now))
+            rows = []
+            d = self._adialect
+            for asset in out:
+                rows.append((
+                    asset.project_id, asset.env, asset.sku_code, d.js(asset.attributes),
+                    asset.max_concurrency, asset.cooldown_seconds, d.dec(asset.cost_per_lease),
+                    asset.currency, asset.asset_id,
+                ))
+            self._many(
+                conn,
+                "UPDATE assets SET project_id = ?, env = ?, sku_code = ?, attributes = ?, "
+                "max_concurrency = ?, cooldown_seconds = ?, cost_per_lease = ?, currency = ? "
+                "WHERE asset_id = ?",
+                rows,
+            )
+            pending.dirty.update(a.asset_id for a in out)
+            self._flush(conn, pending, now)
+        return [replace(a) for a in out]
+
+    def _apply_changes(
+        self, conn: Any, asset: AssetSnapshot, changes: dict[str, Any], pending: Pending,
+        now: datetime,
+    ) -> AssetSnapshot:
+        status = changes.get("status")
+        plain = {k: v for k, v in changes.items() if k != "status"}
+        if "max_concurrency" in plain and plain["max_concurrency"] < asset.current_concurrency:
+            raise ValidationError.single(
+                "max_concurrency",
+                f"must be >= current_concurrency ({asset.current_concurrency})",
+            )
+        for name, value in plain.items():
+            setattr(asset, name, value)
+        if plain:
+            pending.events.append(self._new_event(
+                asset, AssetEventType.UPDATED, now, message="asset updated",
+                context={"changes": {k: str(v) if isinstance(v, Decimal) else v
+                                     for k, v in plain.items()}},
+            ))
+        if status is not None and status is not asset.status:
+            self._change_status(conn, asset, status, pending, now, Source.OPERATOR, None)
+        elif status is not None:
+            check_asset_transition(asset.status, status)  # a self-transition is an error
+        pending.dirty.add(asset.asset_id)
+        return asset
+
+    def asset_set_status(
+        self, asset_id: str, status: AssetStatus, now: datetime, *,
+        tenant_id: str | None = None, reason: str | None = None,
+        source: str = Source.OPERATOR,
+    ) -> tuple[AssetSnapshot, AssetEvent]:
+        """An operator's status change (ban, unban, archive, sell, activate)."""
+        with self._atx() as conn:
+            pending = Pending()
+            asset = self._lock_assets(conn, [asset_id], pending).get(asset_id)
+            if asset is None or (tenant_id is not None and asset.tenant_id != tenant_id):
+                raise NotFound("asset", asset_id)
+            event = self._change_status(conn, asset, status, pending, now, source, reason)
+            self._flush(conn, pending, now)
+            if status is AssetStatus.READY:
+                self._capacity_freed(conn)
+        return replace(asset), event
+
+    def ban_policy_set(self, policy: BanPolicy, now: datetime) -> BanPolicy:
+        d = self._adialect
+        with self._atx() as conn:
+            self._x(conn, "DELETE FROM asset_ban_policies WHERE tenant_id = ? AND sku_category = ?",
+                    (policy.tenant_id, policy.sku_category))
+            self._x(
+                conn,
+                "INSERT INTO asset_ban_policies (tenant_id, sku_category, max_failures, "
+                "window_seconds, failure_event_types, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (policy.tenant_id, policy.sku_category, policy.max_failures,
+                 policy.window_seconds, d.js(policy.failure_event_types), d.ts(now)),
+            )
+        return policy
+
+    def ban_policy_get(self, tenant_id: str, sku_category: str) -> BanPolicy | None:
+        with self._aread() as conn:
+            return self._policy(conn, tenant_id, sku_category)
+
+    # -- asset events: public --------------------------------------------------------------
+
+    def asset_event_report(
+        self, fields: dict[str, Any], now: datetime, *, tenant_id: str,
+        task_id: str | None = None, claim_token: str | None = None,
+    ) -> list[AssetEvent]:
+        """Record a reported event (validated fields), then apply the auto-ban policy in the
+        same transaction. Returns the event and any events it caused."""
+        with self._atx() as conn:
+            pending = Pending()
+            task: TaskRef | None = None
+            lease_id = fields.get("lease_id")
+            asset_id = fields.get("asset_id")
+            if task_id is not None:
+                task = self._task_refs(conn, [task_id]).get(task_id)
+                if task is None or task.tenant_id != tenant_id:
+                    raise NotFound("task", task_id)
+                if fields.get("correlation_id") not in (None, task.correlation_id):
+                    raise ValidationError.single(
+                        "correlation_id", "an event of a task carries the task's correlation_id"
+                    )
+                if asset_id is None or lease_id is None:
+                    mine = self._leases_where(
+                        conn, "task_id = ? AND claim_token = ?" if claim_token else "task_id = ?",
+                        (task_id, claim_token) if claim_token else (task_id,),
+                    )
+                    if lease_id is not None:
+                        mine = [x for x in mine if x.lease_id == lease_id]
+                    if asset_id is not None:
+                        mine = [x for x in mine if x.asset_id == asset_id]
+                    if len(mine) == 1:
+                        asset_id, lease_id = mine[0].asset_id, mine[0].lease_id
+                    elif asset_id is None:
+                        raise ValidationError.single(
+                            "asset_id", "is required unless the task holds exactly one lease"
+                        )
+            if asset_id is None:
+                raise ValidationError.single("asset_id", "is required")
+            asset = self._lock_assets(conn, [asset_id], pending).get(asset_id)
+            if asset is None or asset.tenant_id != tenant_id:
+                raise NotFound("asset", asset_id)
+            occurred = fields.get("occurred_at") or now
+            event = AssetEvent(
+                event_id=fields.get("event_id") or uuid7(), tenant_id=tenant_id,
+                project_id=fields.get("project_id") or (task.project_id if task else
+                                                        asset.project_id),
+                env=fields.get("env") or (task.env if task else asset.env),
+                asset_id=asset_id, task_id=task_id, lease_id=lease_id,
+                correlation_id=task.correlation_id if task else fields.get("correlation_id"),
+                causation_id=fields.get("causation_id"), event_type=fields["event_type"],
+                source=fields.get("source") or (
+                    Source.WORKER_NODE if task else Source.EXTERNAL_PROVIDER),
+                severity=fields.get("severity"),
+                old_status=fields.get("old_status") or asset.status.value,
+                new_status=fields.get("new_status") or asset.status.value,
+                message=fields.get("message"), error_code=fields.get("error_code"),
+                error_message=fields.get("error_message"),
+                provider_status=fields.get("provider_status"),
+                http_status=fields.get("http_status"), latency_ms=fields.get("latency_ms"),
+                retryable=fields.get("retryable"), occurred_at=occurred, recorded_at=now,
+                tags=list(fields.get("tags") or []), context=dict(fields.get("context") or {}),
+                version=1,
+            )
+            self._emit(conn, [event])
+            caused = self._maybe_ban(conn, asset, event, pending, now)
+            out = [event]
+            if caused is not None:
+                out.extend(pending.events)
+            self._flush(conn, pending, now)
+        return out
+
+    def asset_events_list(
+        self, *, tenant_id: str | None = None, asset_id: str | None = None,
+        task_id: str | None = None, correlation_id: str | None = None,
+        event_type: str | None = None, limit: int = 1000,
+    ) -> list[AssetEvent]:
+        """Events oldest first (by occurred_at, then write order): by asset, by task, or one
+        correlation_id's timeline."""
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
+        if task_id is not None:
+            if not is_uuid(task_id):
+                return []
+            # A task's events carry its correlation_id: read them through that index.
+            where.append("correlation_id = (SELECT correlation_id FROM tasks WHERE task_id = ?)")
+            params.append(task_id)
+        for column, value in (("tenant_id", tenant_id), ("asset_id", asset_id),
+                              ("task_id", task_id), ("correlation_id", correlation_id),
+                              ("event_type", event_type)):
+            if value is not None:
+                if column in ("asset_id", "task_id") and not is_uuid(value):
+                    return []
+                where.append(f"{column} = ?")
+                params.append(value)
+        params.append(limit)
+        with self._aread() as conn:
+            rows = self._x(
+                conn,
+                f"SELECT {EVENT_COLS} FROM asset_events WHERE {' AND '.join(where)} "
+                "ORDER BY occurred_at, seq LIMIT ?",
+                params,
+            ).fetchall()
+        return [self._event(r) for r in rows]
+
+    def asset_event_get(self, event_id: str, tenant_id: str | None = None) -> AssetEvent:
+        if not is_uuid(event_id):
+            raise NotFound("asset event", event_id)
+        with self._aread() as conn:
+            row = self._x(
+                conn, f"SELECT {EVENT_COLS} FROM asset_events WHERE event_id = ?", (event_id,)
+            ).fetchone()
+        if row is None or (tenant_id is not None and row[1] != tenant_id):
+            raise NotFound("asset event", event_id)
+        return self._event(row)
+
+    def asset_event_chain(
+        self, event_id: str, tenant_id: str | None = None, max_depth: int = 1000
+    ) -> list[AssetEvent]:
+        """The event, then what caused it, up to the root (causation_id = None)."""
+        chain = [self.asset_event_get(event_id, tenant_id)]
+        seen = {event_id}
+        while chain[-1].causation_id and len(chain) < max_depth:
+            cause = chain[-1].causation_id
+            if cause in seen:
+                break
+            seen.add(cause)
+            try:
+                chain.append(self.asset_event_get(cause, tenant_id))
+            except NotFound:
+                break
+        return chain

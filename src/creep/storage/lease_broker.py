@@ -1,0 +1,483 @@
+"""The lease broker: matching resource hints to assets inside the claim, settling leases when
+tasks move on, expiry with the claim, and the leader-only sweeps (cooling, NO_RESOURCE)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from creep.domain.asset import (
+    LEASABLE,
+    AssetMaintenanceReport,
+    AssetSnapshot,
+    AssetStatus,
+    next_health,
+)
+from creep.domain.asset_event import (
+    AssetEventType,
+    Severity,
+    Source,
+)
+from creep.domain.errors import NotFound
+from creep.domain.ids import uuid7
+from creep.domain.lease import Lease, LeaseStatus, check_lease_transition
+from creep.domain.ledger import (
+    cost_effect,
+)
+from creep.domain.matching import Candidate, Demand, Match, match_all
+from creep.storage.asset_base import (
+    ASSET_COLS,
+    CANDIDATES_PER_KIND,
+    HINTED_SCAN_MAX,
+    LEASE_COLS,
+    LEDGER_COLS,
+    AssetStoreBase,
+    Pending,
+    TaskRef,
+    is_uuid,
+)
+from creep.storage.common import TASK_SELECT
+
+
+class LeaseBrokerMixin(AssetStoreBase):
+    # -- hooks called from the task paths --------------------------------------------------
+
+    def _claim_hinted(
+        self, conn: Any, worker_id: str, token: str, task_types: Sequence[str], limit: int,
+        now: datetime, claim_ttl: float,
+    ) -> list[Sequence[Any]]:
+        """The claim step for tasks with resource_hints, inside the claim transaction: match
+        and lease all hints of a task, or leave it QUEUED. Returns claimed task rows in the
+        backend's claim shape (TASK_SELECT columns, then deadline_at)."""
+        d = self._adialect
+        page = max(32, limit)
+        refs: dict[str, TaskRef] = {}
+        pool: dict[str, Candidate] = {}
+        snapshots: dict[str, AssetSnapshot] = {}
+        kinds: set[tuple[str, str, str | None, str]] = set()
+        claimed: list[Match] = []
+        over_budget: list[str] = []
+        # Page through hinted tasks in claim order until `limit` are matched: tasks whose
+        # resources are busy are passed over (no head-of-line blocking), up to a bound.
+        for offset in range(0, HINTED_SCAN_MAX, page):
+            rows = self._x(
+                conn,
+                "SELECT task_id, tenant_id, project_id, env, correlation_id, currency, "
+                "max_total_cost, resource_hints, constraints, lease_ids, timeout_ms, attempt "
+                "FROM tasks "
+                "WHERE status = 'QUEUED' AND has_hints = true AND run_after <= ? AND "
+                f"{d.in_texts('task_type')} ORDER BY priority DESC, created_at "
+                f"LIMIT ? OFFSET ?{d.skip_locked}",
+                (d.ts(now), d.texts(task_types), page, offset),
+            ).fetchall()
+            demands: list[Demand] = []
+            for (task_id, tenant, project, env, corr, currency, budget, hints, cons, held,
+                 timeout_ms, attempt) in rows:
+                refs[task_id] = TaskRef(task_id, tenant, project, env, corr,
+                                         lease_ids=d.from_js(held), timeout_ms=timeout_ms,
+                                         attempt=attempt)
+                constraints = d.from_js(cons)
+                demands.append(Demand(
+                    task_id=task_id, tenant_id=tenant, currency=currency,
+                    hints=d.from_js(hints),
+                    min_health_score=float(constraints.get("min_health_score") or 0),
+                    max_total_cost=None if budget is None else d.from_dec(budget),
+                ))
+            self._fill_spent(conn, [x for x in demands if x.max_total_cost is not None])
+            kinds_before = len(kinds)
+            self._load_candidates(conn, demands, kinds, pool, snapshots)
+            for m in match_all(demands, list(pool.values()), limit - len(claimed)):
+                if m.picks:
+                    claimed.append(m)
+                elif m.refusal == "BUDGET_EXCEEDED":
+                    over_budget.append(m.task_id)
+            if len(claimed) >= limit or len(rows) < page:
+                break
+            if not any(c.spare > 0 for c in pool.values()) and len(kinds) == kinds_before:
+                break  # the pool is used up: looking further cannot match anything
+
+        if over_budget:
+            self._fail_queued(
+                conn, over_budget, "BUDGET_EXCEEDED",
+                "leasing the matched assets would exceed max_total_cost", now,
+            )
+        if not claimed:
+            return []
+        return self._lease_and_claim(
+            conn, claimed, refs, snapshots, worker_id, token, now, claim_ttl
+        )
+
+    def _fill_spent(self, conn: Any, demands: Sequence[Demand]) -> None:
+        if not demands:
+            return
+        d = self._adialect
+        by_id = {x.task_id: x for x in demands}
+        for task_id, entry_type, amount in self._x(
+            conn,
+            "SELECT task_id, entry_type, amount FROM ledger_entries "
+            f"WHERE {d.in_ids('task_id')}",
+            (d.ids(list(by_id)),),
+        ).fetchall():
+            by_id[task_id].spent += cost_effect(entry_type, d.from_dec(amount))
+
+    def _load_candidates(
+        self, conn: Any, demands: Sequence[Demand],
+        kinds: set[tuple[str, str, str | None, str]], pool: dict[str, Candidate],
+        snapshots: dict[str, AssetSnapshot],
+    ) -> None:
+        """Load the leasable assets of each kind the demands ask for that is not loaded yet
+        (without locks: the picked ones are locked afterwards)."""
+        wanted: set[tuple[str, str, str | None, str]] = set()
+        for x in demands:
+            for hint in x.hints:
+                wanted.add((x.tenant_id, hint["sku_category"], hint.get("sku_code"), x.currency))
+        for tenant, category, code, currency in sorted(wanted - kinds, key=str):
+            kinds.add((tenant, category, code, currency))
+            where = ("tenant_id = ? AND sku_category = ? AND currency = ? AND "
+                     "status IN ('READY', 'IN_USE') AND current_concurrency < max_concurrency")
+            params: list[Any] = [tenant, category, currency]
+            if code is not None and code.endswith(".*"):
+                where += " AND substr(sku_code, 1, ?) = ?"
+                params += [len(code) - 1, code[:-1]]
+            elif code is not None:
+                where += " AND sku_code = ?"
+                params.append(code)
+            params.append(CANDIDATES_PER_KIND)
+            for r in self._x(
+                conn,
+                f"SELECT {ASSET_COLS} FROM assets WHERE {where} "
+                "ORDER BY health_score DESC, asset_id LIMIT ?",
+                params,
+            ).fetchall():
+                if r[0] in pool:
+                    continue
+                a = self._asset(r)
+                snapshots[a.asset_id] = a
+                pool[a.asset_id] = Candidate(
+                    asset_id=a.asset_id, tenant_id=a.tenant_id, sku_category=a.sku_category,
+                    sku_code=a.sku_code, attributes=a.attributes,
+                    max_concurrency=a.max_concurrency,
+                    current_concurrency=a.current_concurrency, health_score=a.health_score,
+                    cost_per_lease=a.cost_per_lease, currency=a.currency, status=a.status.value,
+                )
+
+    def _lease_and_claim(
+        self, conn: Any, matches: Sequence[Match], refs: Mapping[str, TaskRef],
+        snapshots: Mapping[str, AssetSnapshot], worker_id: str, token: str, now: datetime,
+        claim_ttl: float,
+    ) -> list[Sequence[Any]]:
+        d = self._adialect
+        expires = now + timedelta(seconds=claim_ttl)
+        pending = Pending()
+        picked_ids = sorted({a.asset_id for m in matches for _, a in m.picks})
+        if d.lock:
+            # Candidates were read without locks (a claim never holds up completions that
+            # release assets); now lock the picked ones in asset_id order and keep only the
+            # matches that still fit. The CHECK on current_concurrency is the last guard.
+            assets = self._lock_assets(conn, picked_ids, pending)
+            matches = _still_fitting(matches, assets)
+            if not matches:
+                return []
+        else:
+            pending.assets.update(snapshots)  # SQLite: one writer, read in this transaction
+            assets = pending.assets
+        lease_rows: list[tuple[Any, ...]] = []
+        ledger_rows: list[tuple[Any, ...]] = []
+        task_rows: list[tuple[Any, ...]] = []
+        lease_ids_by_task: dict[str, list[str]] = {}
+        for m in matches:
+            ref = refs[m.task_id]
+            for hint_index, cand in m.picks:
+                asset = assets[cand.asset_id]
+                lease_id = uuid7()
+                lease_ids_by_task.setdefault(m.task_id, []).append(lease_id)
+                old = asset.status.value
+                asset.current_concurrency += 1
+                pending.dirty.add(asset.asset_id)
+                if asset.status is AssetStatus.READY:
+                    self._set_status(asset, AssetStatus.IN_USE, pending, now)
+                lease_rows.append((
+                    lease_id, asset.tenant_id, m.task_id, asset.asset_id, "ACTIVE", d.ts(now),
+                    d.ts(expires), None, d.dec(asset.cost_per_lease), asset.currency, token,
+                    hint_index,
+                ))
+                pending.events.append(self._new_event(
+                    asset, AssetEventType.ALLOCATED, now, task=ref, lease_id=lease_id,
+                    old_status=old, message=f"leased to task {m.task_id}",
+                    context={"hint_index": hint_index, "worker_id": worker_id},
+                ))
+                if asset.cost_per_lease > 0:
+                    ledger_rows.append((
+                        uuid7(), asset.tenant_id, ref.project_id, m.task_id,
+                        asset.asset_id, lease_id, "COST", d.dec(asset.cost_per_lease),
+                        asset.currency, "lease", d.ts(now), d.ts(now),
+                    ))
+        for task_id, new_ids in lease_ids_by_task.items():
+            ref = refs[task_id]
+            deadline = now + timedelta(milliseconds=ref.timeout_ms)
+            task_rows.append((
+                d.ts(now), d.ts(now), worker_id, token, d.ts(expires), d.ts(deadline),
+                d.js([*ref.lease_ids, *new_ids]), task_id,
+            ))
+        task_ids = list(lease_ids_by_task)
+        with d.pipeline(conn):  # one round trip on PostgreSQL
+            d.bulk_insert(conn, "leases", LEASE_COLS.split(", "), lease_rows)
+            d.bulk_insert(conn, "ledger_entries", LEDGER_COLS.split(", "), ledger_rows)
+            d.bulk_update(
+                conn, "tasks", "task_id",
+                ("started_at", "updated_at", "claimed_by", "claim_token", "claim_expires_at",
+                 "deadline_at", "lease_ids"),
+                task_rows,
+                fixed="status = 'RUNNING', attempt = tasks.attempt + 1, "
+                      "task_version = tasks.task_version + 1, cancel_requested = false, "
+                      "progress_message = NULL",
+                where="tasks.status = 'QUEUED'",
+            )
+            self._write_pending(conn, pending, now)
+            d.bulk_insert(
+                conn, "task_events",
+                ("task_id", "tenant_id", "event_type", "from_status", "to_status", "attempt",
+                 "payload", "created_at"),
+                [
+                    (t, refs[t].tenant_id, "started", "QUEUED", "RUNNING", refs[t].attempt + 1,
+                     d.js({"worker_id": worker_id, "lease_ids": lease_ids_by_task[t]}),
+                     d.ts(now))
+                    for t in task_ids
+                ],
+            )
+            cur = self._x(
+                conn,
+                f"SELECT {TASK_SELECT}, deadline_at FROM tasks WHERE {d.in_ids('task_id')}",
+                (d.ids(task_ids),),
+            )
+        rows: list[Sequence[Any]] = cur.fetchall()
+        return rows
+
+    def _fail_queued(
+        self, conn: Any, task_ids: Sequence[str], code: str, message: str, now: datetime
+    ) -> list[str]:
+        """QUEUED -> FAILED for tasks that can never run as asked (BUDGET_EXCEEDED,
+        NO_RESOURCE), with their task events; dependants are cancelled."""
+        d = self._adialect
+        if not task_ids:
+            return []
+        rows = self._x(
+            conn,
+            "SELECT task_id, tenant_id, attempt FROM tasks WHERE status = 'QUEUED' AND "
+            f"{d.in_ids('task_id')}",
+            (d.ids(list(task_ids)),),
+        ).fetchall()
+        self._many(
+            conn,
+            "UPDATE tasks SET status = 'FAILED', result_code = ?, result_message = ?, "
+            "finished_at = ?, updated_at = ?, task_version = task_version + 1 "
+            "WHERE task_id = ? AND status = 'QUEUED'",
+            [(code, message, d.ts(now), d.ts(now), r[0]) for r in rows],
+        )
+        self._many(
+            conn,
+            "INSERT INTO task_events (task_id, tenant_id, event_type, from_status, to_status, "
+            "attempt, payload, created_at) VALUES (?, ?, 'failed', 'QUEUED', 'FAILED', ?, ?, ?)",
+            [(r[0], r[1], r[2], d.js({"result_code": code, "message": message}), d.ts(now))
+             for r in rows],
+        )
+        failed = [r[0] for r in rows]
+        if failed:
+            self._after_fail_tasks(conn, failed, now)
+        return failed
+
+    def _leases_settle(
+        self, conn: Any, done: Sequence[tuple[str, str, str, str]], now: datetime
+    ) -> None:
+        """After running tasks with leases moved on ((task_id, claim_token, new status,
+        task event type)): write TASK_SUCCESS / TASK_FAIL / TASK_TIMEOUT with the health rule
+        for each leased asset, and release the claim's active leases (kept on SUCCESS when
+        constraints.keep_leases)."""
+        d = self._adialect
+        if not done:
+            return
+        leases, tasks = self._leases_with_tasks(
+            conn, f"{d.in_ids('l.task_id')} AND {d.in_ids('l.claim_token')}",
+            (d.ids([x[0] for x in done]), d.ids([x[1] for x in done])),
+        )
+        if not leases:
+            return
+        by_token = {x[1]: x for x in done}
+        keep = {t.task_id for t in tasks.values() if t.keep_leases}
+        pending = Pending()
+        assets = self._lock_assets(conn, [lease.asset_id for lease in leases], pending)
+        causes: dict[str, str | None] = {}
+        to_release: list[Lease] = []
+        kept: list[str] = []
+        for lease in leases:
+            task_id, _, status, event_type = by_token[lease.claim_token]
+            effect = _effect(status, event_type)
+            if lease.status is LeaseStatus.EXPIRED and effect != AssetEventType.TASK_TIMEOUT:
+                effect = None  # a lost worker is not the asset's fault
+            if effect is not None:
+                asset = assets[lease.asset_id]
+                before = asset.health_score
+                asset.health_score = next_health(before, effect)
+                pending.dirty.add(asset.asset_id)
+                ev = self._new_event(
+                    asset, effect, now, task=tasks.get(task_id), lease_id=lease.lease_id,
+                    severity=Severity.INFO if effect == AssetEventType.TASK_SUCCESS
+                    else Severity.WARN,
+                    message=f"task {status}", context={
+                        "health_score_before": before, "health_score_after": asset.health_score,
+                    },
+                )
+                pending.events.append(ev)
+                causes[lease.lease_id] = ev.event_id
+            if lease.status is LeaseStatus.ACTIVE:
+                if status == "SUCCESS" and task_id in keep:
+                    kept.append(lease.lease_id)
+                else:
+                    to_release.append(lease)
+        if kept:
+            self._many(conn, "UPDATE leases SET expires_at = NULL WHERE lease_id = ?",
+                       [(lease_id,) for lease_id in kept])
+        self._end_leases(conn, to_release, LeaseStatus.RELEASED, pending, now, tasks, causes)
+        self._auto_ban_many(conn, pending, now)
+        self._flush(conn, pending, now)
+        if to_release:
+            self._capacity_freed(conn)
+
+    def _leases_expire(
+        self, conn: Any, claims: Sequence[tuple[str, str]], now: datetime
+    ) -> None:
+        """The rescuer took these claims back: their active leases end EXPIRED."""
+        d = self._adialect
+        if not claims:
+            return
+        leases = self._leases_where(
+            conn, f"status = 'ACTIVE' AND {d.in_ids('task_id')} AND {d.in_ids('claim_token')}",
+            (d.ids([c[0] for c in claims]), d.ids([c[1] for c in claims])),
+        )
+        if not leases:
+            return
+        pending = Pending()
+        tasks = self._task_refs(conn, [lease.task_id for lease in leases])
+        self._end_leases(conn, leases, LeaseStatus.EXPIRED, pending, now, tasks, {})
+        self._flush(conn, pending, now)
+
+    def _leases_renew(self, conn: Any, task_ids: Sequence[str], expires: datetime) -> None:
+        """A heartbeat renewed these claims: their leases follow."""
+        d = self._adialect
+        if task_ids:
+            self._x(
+                conn,
+                f"UPDATE leases SET expires_at = ? WHERE status = 'ACTIVE' AND "
+                f"expires_at IS NOT NULL AND {d.in_ids('task_id')}",
+                (d.ts(expires), d.ids(task_ids)),
+            )
+
+    # -- leases: public --------------------------------------------------------------------
+
+    def lease_list(
+        self, *, tenant_id: str | None = None, task_id: str | None = None,
+        asset_id: str | None = None, status: str | None = None, limit: int = 1000,
+    ) -> list[Lease]:
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
+        for column, value in (("tenant_id", tenant_id), ("task_id", task_id),
+                              ("asset_id", asset_id), ("status", status)):
+            if value is not None:
+                if column in ("task_id", "asset_id") and not is_uuid(value):
+                    return []
+                where.append(f"{column} = ?")
+                params.append(value)
+        params.append(limit)
+        with self._aread() as conn:
+            rows = self._x(
+                conn,
+                f"SELECT {LEASE_COLS} FROM leases WHERE {' AND '.join(where)} "
+                "ORDER BY acquired_at, lease_id LIMIT ?",
+                params,
+            ).fetchall()
+        return [self._lease(r) for r in rows]
+
+    def lease_release(
+        self, lease_id: str, now: datetime, *, tenant_id: str | None = None
+    ) -> Lease:
+        """Release one active lease by hand (e.g. a lease kept after its task finished)."""
+        if not is_uuid(lease_id):
+            raise NotFound("lease", lease_id)
+        with self._atx() as conn:
+            leases = self._leases_where(conn, "lease_id = ?", (lease_id,))
+            if not leases or (tenant_id is not None and leases[0].tenant_id != tenant_id):
+                raise NotFound("lease", lease_id)
+            lease = leases[0]
+            check_lease_transition(lease.status, LeaseStatus.RELEASED)
+            pending = Pending()
+            self._end_leases(conn, [lease], LeaseStatus.RELEASED, pending, now,
+                             self._task_refs(conn, [lease.task_id]), {})
+            self._flush(conn, pending, now)
+            self._capacity_freed(conn)
+        return lease
+
+    # -- leader-only sweeps ----------------------------------------------------------------
+
+    def asset_maintain(self, now: datetime, limit: int = 1000) -> AssetMaintenanceReport:
+        """Cooling sweep (COOLING -> READY once cooldown_until passed) and NO_RESOURCE for
+        hinted tasks still QUEUED past queued_at + timeout_ms."""
+        d = self._adialect
+        report = AssetMaintenanceReport()
+        with self._atx() as conn:
+            rows = self._x(
+                conn,
+                f"SELECT {ASSET_COLS} FROM assets WHERE status = 'COOLING' AND "
+                f"cooldown_until <= ? ORDER BY asset_id LIMIT ?{d.skip_locked}",
+                (d.ts(now), limit),
+            ).fetchall()
+            if rows:
+                pending = Pending()
+                for r in rows:
+                    asset = self._asset(r)
+                    pending.assets[asset.asset_id] = asset
+                    self._change_status(conn, asset, AssetStatus.READY, pending, now,
+                                        Source.CONTROL_PLANE, "cooldown over")
+                self._flush(conn, pending, now)
+                self._capacity_freed(conn)
+                report.cooled = len(rows)
+            overdue = self._x(
+                conn,
+                "SELECT task_id FROM tasks WHERE status = 'QUEUED' AND has_hints = true AND "
+                f"{d.plus_ms('queued_at', 'timeout_ms')} <= ? LIMIT ?{d.skip_locked}",
+                (d.ts(now), limit),
+            ).fetchall()
+            if overdue:
+                report.no_resource = len(self._fail_queued(
+                    conn, [r[0] for r in overdue], "NO_RESOURCE",
+                    "no matching assets were free before the task's deadline", now,
+                ))
+        return report
+
+
+def _still_fitting(
+    matches: Sequence[Match], assets: Mapping[str, AssetSnapshot]
+) -> list[Match]:
+    taken: dict[str, int] = {}
+    kept: list[Match] = []
+    for m in matches:
+        ids = [a.asset_id for _, a in m.picks]
+        if all(
+            (fresh := assets.get(i)) is not None and fresh.status in LEASABLE
+            and fresh.current_concurrency + taken.get(i, 0) < fresh.max_concurrency
+            for i in ids
+        ):
+            for i in ids:
+                taken[i] = taken.get(i, 0) + 1
+            kept.append(m)
+    return kept
+
+
+def _effect(status: str, event_type: str) -> str | None:
+    if status == "SUCCESS":
+        return AssetEventType.TASK_SUCCESS
+    if status == "TIMEOUT":
+        return AssetEventType.TASK_TIMEOUT
+    if status in ("FAILED", "DEAD_LETTER") or event_type == "retrying":
+        return AssetEventType.TASK_FAIL
+    return None

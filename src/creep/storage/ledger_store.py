@@ -1,0 +1,129 @@
+"""The ledger: append-only money with budget enforcement and summaries."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from creep.domain.errors import NotFound, ValidationError
+from creep.domain.ledger import (
+    BudgetExceeded,
+    LedgerEntry,
+    LedgerSummary,
+    cost_effect,
+    summarise,
+)
+from creep.storage.asset_base import (
+    LEDGER_COLS,
+    AssetStoreBase,
+    is_uuid,
+)
+
+
+class LedgerStoreMixin(AssetStoreBase):
+    # -- ledger: public --------------------------------------------------------------------
+
+    def ledger_record(
+        self, entry: LedgerEntry, *, enforce_budget: bool = True
+    ) -> LedgerEntry:
+        """Append one entry. One tied to a task must be in the task's currency; a cost that
+        would take the task over max_total_cost raises BudgetExceeded and writes nothing."""
+        d = self._adialect
+        with self._atx() as conn:
+            if entry.task_id is not None:
+                row = self._x(
+                    conn,
+                    "SELECT tenant_id, project_id, currency, max_total_cost FROM tasks "
+                    f"WHERE task_id = ?{d.lock}",
+                    (entry.task_id,),
+                ).fetchone()
+                if row is None or row[0] != entry.tenant_id:
+                    raise NotFound("task", entry.task_id)
+                if row[2] != entry.currency:
+                    raise ValidationError.single(
+                        "currency", f"must match the task's currency {row[2]}"
+                    )
+                if entry.project_id is None:
+                    entry.project_id = row[1]
+                effect = cost_effect(entry.entry_type, entry.amount)
+                if enforce_budget and row[3] is not None and effect > 0:
+                    budget = d.from_dec(row[3])
+                    spent = sum(
+                        (cost_effect(r[0], d.from_dec(r[1])) for r in self._x(
+                            conn,
+                            "SELECT entry_type, amount FROM ledger_entries WHERE task_id = ?",
+                            (entry.task_id,),
+                        ).fetchall()),
+                        Decimal(0),
+                    )
+                    if spent + effect > budget:
+                        raise BudgetExceeded(
+                            f"cost {spent} + {effect} would exceed max_total_cost {budget} "
+                            f"{entry.currency}"
+                        )
+            self._x(
+                conn,
+                f"INSERT INTO ledger_entries ({LEDGER_COLS}) VALUES ({', '.join('?' * 12)})",
+                (entry.entry_id, entry.tenant_id, entry.project_id, entry.task_id,
+                 entry.asset_id, entry.lease_id, entry.entry_type.value, d.dec(entry.amount),
+                 entry.currency, entry.description, d.ts(entry.occurred_at),
+                 d.ts(entry.recorded_at)),
+            )
+        return entry
+
+    def _ledger_where(
+        self, tenant_id: str | None, project_id: str | None, task_id: str | None,
+        since: datetime | None, until: datetime | None, currency: str | None = None,
+    ) -> tuple[str, list[Any]]:
+        d = self._adialect
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
+        for column, value in (("tenant_id", tenant_id), ("project_id", project_id),
+                              ("task_id", task_id), ("currency", currency)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            where.append("occurred_at >= ?")
+            params.append(d.ts(since))
+        if until is not None:
+            where.append("occurred_at < ?")
+            params.append(d.ts(until))
+        return " AND ".join(where), params
+
+    def ledger_list(
+        self, *, tenant_id: str | None = None, project_id: str | None = None,
+        task_id: str | None = None, since: datetime | None = None,
+        until: datetime | None = None, limit: int = 1000,
+    ) -> list[LedgerEntry]:
+        if task_id is not None and not is_uuid(task_id):
+            return []
+        where, params = self._ledger_where(tenant_id, project_id, task_id, since, until)
+        with self._aread() as conn:
+            rows = self._x(
+                conn,
+                f"SELECT {LEDGER_COLS} FROM ledger_entries WHERE {where} "
+                "ORDER BY occurred_at, seq LIMIT ?",
+                [*params, limit],
+            ).fetchall()
+        return [self._entry(r) for r in rows]
+
+    def ledger_summary(
+        self, *, tenant_id: str | None = None, project_id: str | None = None,
+        task_id: str | None = None, since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[LedgerSummary]:
+        """Cost, revenue and margin per currency. Amounts are summed as Decimals in Python
+        (exact on both backends: SQLite keeps them as text)."""
+        if task_id is not None and not is_uuid(task_id):
+            return []
+        d = self._adialect
+        where, params = self._ledger_where(tenant_id, project_id, task_id, since, until)
+        with self._aread() as conn:
+            rows = self._x(
+                conn,
+                f"SELECT currency, entry_type, amount FROM ledger_entries WHERE {where}",
+                params,
+            ).fetchall()
+        return summarise((r[0], r[1], d.from_dec(r[2])) for r in rows)
