@@ -3,8 +3,10 @@ queued + running tasks; on PostgreSQL both are shared by every API process."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -27,18 +29,34 @@ def test_rate_limit_answers_429_with_retry_after(server: Server) -> None:
 def test_rate_limit_is_shared_by_api_processes(
     server: Server, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    """PostgreSQL: two servers on one database. SQLite: one server with two worker processes
+    (the buckets then live in the database file)."""
+    log = tmp_path_factory.mktemp("log2") / "s.log"
     if server.database_url.startswith("sqlite"):
-        pytest.skip("on SQLite (one machine) each process keeps its own bucket, as documented")
-    second = start_server(server.database_url, tmp_path_factory.mktemp("log2") / "s.log")
+        other = start_server(server.database_url.replace("creep.db", "workers.db"), log,
+                             CREEP_WORKERS="2")
+        first, second = other, other
+    else:
+        other = start_server(server.database_url, log)
+        first, second = server, other
     try:
-        _, key = server.tenant(rate_limit_per_second=0.001, rate_limit_burst=4)
-        with server.client(key) as one, second.client(key) as two:
-            codes = [c.get("/v1/tasks").status_code for c in (one, two, one, two)]
-            assert codes == [200] * 4
-            assert one.get("/v1/tasks").status_code == 429
-            assert two.get("/v1/tasks").status_code == 429
+        tenant, key = first.tenant(rate_limit_per_second=0.001, rate_limit_burst=4)
+        codes = []
+        for srv in (first, second) * 4:
+            with srv.client(key) as c:  # a new connection each time: any process may answer
+                codes.append(c.get("/v1/tasks").status_code)
+        assert codes == [200] * 4 + [429] * 4
+        if other is first:  # SQLite: the bucket every worker process shares is in the file
+            path = urlsplit(other.database_url).path[1:]
+            conn = sqlite3.connect(path)
+            try:
+                row = conn.execute("SELECT tokens FROM rate_buckets WHERE bucket = ?",
+                                   (f"tenant:{tenant}",)).fetchone()
+            finally:
+                conn.close()
+            assert row is not None and row[0] < 1
     finally:
-        stop_server(second)
+        stop_server(other)
 
 
 def test_active_task_cap(server: Server) -> None:
@@ -62,6 +80,17 @@ def test_active_task_cap(server: Server) -> None:
         assert later.status_code == 201 and later.json()["status"] == "PENDING"
         c.post(f"/v1/tasks/{first.json()['task_id']}/cancel")
         assert c.post("/v1/tasks", json={"task_type": "X"}).status_code == 201
+
+
+def test_retry_counts_against_the_cap(server: Server) -> None:
+    _, key = server.tenant(max_active_tasks=1)
+    with server.client(key) as c:
+        first = c.post("/v1/tasks", json={"task_type": "X"}).json()["task_id"]
+        c.post(f"/v1/tasks/{first}/cancel")
+        assert c.post("/v1/tasks", json={"task_type": "X"}).status_code == 201
+        refused = c.post(f"/v1/tasks/{first}/retry")
+        assert refused.status_code == 429
+        assert c.get(f"/v1/tasks/{first}").json()["status"] == "CANCELLED"
 
 
 def test_active_task_cap_holds_under_concurrency(server: Server) -> None:

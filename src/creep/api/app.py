@@ -81,8 +81,11 @@ def create_app(
             app.state.services = svc
             app.state.key_cache = KeyCache(settings.key_cache_seconds)
             app.state.tenant_limits = TenantLimitsCache(svc)
+            # Buckets live in the database when several processes serve: PostgreSQL (any
+            # number of nodes) or SQLite with --workers > 1; one process keeps them in memory.
             app.state.rate_limiter = RateLimiter(
-                svc, app.state.tenant_limits, shared=the_store.dialect == "postgres"
+                svc, app.state.tenant_limits,
+                shared=the_store.dialect == "postgres" or settings.workers > 1,
             )
             app.state.metrics = Metrics(the_store)
             app.state.create_batcher = CreateBatcher(svc)

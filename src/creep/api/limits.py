@@ -75,11 +75,6 @@ class RateLimiter:
         self._lock = threading.Lock()
         self.rejected = 0
 
-    @property
-    def enabled(self) -> bool:
-        # Tenants may have their own rate even when the server default is off.
-        return True
-
     def _take_local(self, bucket: str, rate: float, burst: int) -> float:
         now = time.monotonic()
         with self._lock:

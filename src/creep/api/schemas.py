@@ -116,9 +116,8 @@ class TaskOrderIn(_In):
             data["resource_hints"] = [
                 h.model_dump(exclude_unset=True) for h in self.resource_hints or []
             ]
-        for key in ("task_id",):
-            if data.get(key) is not None:
-                data[key] = str(data[key])
+        if data.get("task_id") is not None:
+            data["task_id"] = str(data["task_id"])
         if data.get("depends_on") is not None:
             data["depends_on"] = [str(d) for d in data["depends_on"]]
         return data

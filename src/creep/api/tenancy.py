@@ -7,7 +7,6 @@ existence nor counts leak.
 from __future__ import annotations
 
 from creep.api.auth import Principal
-from creep.api.problems import Problem
 from creep.domain.errors import NotFound, ValidationError
 from creep.ports_api import ApiStore
 
@@ -48,6 +47,3 @@ def owning_tenant(
         raise ValidationError.single(field, f"unknown tenant {requested!r}") from None
     return requested
 
-
-def not_found(kind: str, key: str) -> Problem:
-    return Problem(404, "Not found", f"{kind} {key} not found", type_="not-found")

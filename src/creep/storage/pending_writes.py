@@ -27,7 +27,18 @@ _pending: ContextVar[list[PendingWrite] | None] = ContextVar("creep_pending_writ
 
 @contextmanager
 def riding(*writes: PendingWrite) -> Iterator[list[PendingWrite]]:
-    """Queue `writes` for the write transactions run inside this block."""
+    """Queue `writes` for the write transactions run inside this block. Nested blocks share
+    one queue, so the writes of an outer block ride along too."""
+    outer = _pending.get()
+    if outer is not None:
+        outer.extend(writes)
+        try:
+            yield outer
+        finally:
+            for write in writes:  # leave the outer block's queue as it was
+                if any(w is write for w in outer):
+                    outer.remove(write)
+        return
     queue = list(writes)
     token = _pending.set(queue)
     try:

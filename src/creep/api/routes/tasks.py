@@ -101,9 +101,10 @@ async def create_task(request: Request) -> Any:
         request, principal, AuditAction.CREATED, ResourceType.TASK, spec.task_id,
         tenant_id=spec.tenant_id, skip_if_missing=True,
     )
-    quota = await run_in_threadpool(quota_check, request, spec.tenant_id, [spec.task_id]) \
-        if request.app.state.tenant_limits.peek(spec.tenant_id) is None \
-        else quota_check(request, spec.tenant_id, [spec.task_id])
+    if request.app.state.tenant_limits.peek(spec.tenant_id) is None:  # not cached: a read
+        quota = await run_in_threadpool(quota_check, request, spec.tenant_id, [spec.task_id])
+    else:
+        quota = quota_check(request, spec.tenant_id, [spec.task_id])
     batcher: CreateBatcher = request.app.state.create_batcher
     task = await batcher.create(spec, [*quota, audit])
     headers = {**_etag(task), "Location": f"/v1/tasks/{task.task_id}"}
