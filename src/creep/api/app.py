@@ -19,13 +19,16 @@ from creep.api.create_batcher import CreateBatcher
 from creep.api.limits import RateLimiter, TenantLimitsCache
 from creep.api.metrics import Metrics
 from creep.api.openapi import install_openapi
-from creep.api.routes import (
+from creep.api.routes import (  # issue 5 item 7
     admin,
+    asset_events,
+    assets,
     audit,
     batches,
     health,
     keys,
-    schedules,  # issue 5 item 7
+    ledger,
+    schedules,
     tasks,
     tenants,
 )
@@ -40,7 +43,7 @@ log = logging.getLogger("creep.api")
 #: Routers mounted under /v1, in the order they appear in the docs. Add yours here.
 V1_ROUTERS: list[APIRouter] = [
     tasks.router, batches.router, tenants.router, keys.router, audit.router, admin.router,
-    schedules.router,
+    schedules.router, assets.router, asset_events.router, ledger.router,
 ]
 
 
