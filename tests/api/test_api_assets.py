@@ -129,10 +129,11 @@ def test_leases_from_a_real_claim_and_release(server: Server, py: Creep) -> None
     tenant, key = server.tenant()
     with server.client(key) as c:
         aid = _asset(c, cost_per_lease="1.5")["asset_id"]
+        kind = f"LEASED-{uuid.uuid4().hex[:8]}"  # claim this test's task only
         task = c.post("/v1/tasks", json={
-            "task_type": "LEASED", "resource_hints": [{"sku_category": "RAW_NET"}],
+            "task_type": kind, "resource_hints": [{"sku_category": "RAW_NET"}],
             "constraints": {"keep_leases": True}}).json()
-        _claim(py, "LEASED")
+        _claim(py, kind)
         leases = c.get("/v1/leases", params={"task_id": task["task_id"]}).json()["items"]
         assert len(leases) == 1
         lease = leases[0]
@@ -292,10 +293,11 @@ def test_tenant_isolation_on_every_asset_route(server: Server, py: Creep) -> Non
     _, key_b = server.tenant()
     with server.client(key_a) as a, server.client(key_b) as b:
         aid = _asset(a, sku_code="secret.1")["asset_id"]
+        kind = f"ISO-{uuid.uuid4().hex[:8]}"
         task = a.post("/v1/tasks", json={
-            "task_type": "ISO", "resource_hints": [{"sku_category": "RAW_NET"}],
+            "task_type": kind, "resource_hints": [{"sku_category": "RAW_NET"}],
             "constraints": {"keep_leases": True}, "project_id": "secret-project"}).json()
-        _claim(py, "ISO")
+        _claim(py, kind)
         [lease] = a.get("/v1/leases", params={"task_id": task["task_id"]}).json()["items"]
         event = a.post("/v1/events", json={"asset_id": aid, "event_type": "PROBE_OK",
                                            "correlation_id": "secret-corr"}).json()["event"]
