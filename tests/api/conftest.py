@@ -1,4 +1,4 @@
-"""A real `creep server` process per test module (and backend), driven over HTTP."""
+"""A real `creep server` process per backend, shared by the API tests, driven over HTTP."""
 
 from __future__ import annotations
 
@@ -128,11 +128,11 @@ def _pg_schema() -> tuple[str, Callable[[], None]]:
     return url, drop
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
 def database(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """A database URL for this module: an SQLite file, or a PostgreSQL schema of its own."""
+    """A database URL for the API tests: an SQLite file, or a PostgreSQL schema of its own."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('db')}/creep.db"
         return
@@ -142,9 +142,10 @@ def database(
     drop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server per module and backend, default settings."""
+    """One server per backend for all API tests (each test makes tenants of its own), default
+    settings; tests that need other settings start their own."""
     srv = start_server(database, tmp_path_factory.mktemp("log") / "server.log")
     yield srv
     stop_server(srv)

@@ -134,7 +134,9 @@ def truncate_object(obj: Any, limit: int = MAX_OBJECT_BYTES) -> tuple[str | None
             short = f"[truncated: {size} bytes]"
         out[key] = short
         truncated.append(str(key))
-        total = len(_dumps(out))
+        total += len(_dumps(short)) - size  # the key and separators stay as they were
+    if total <= limit:
+        total = len(_dumps(out))  # exact, once
     if total > limit:  # thousands of small fields: keep only their names
         out = {"_truncated": f"{len(raw)} bytes", "_fields": sorted(map(str, obj))[:100]}
         truncated = ["*"]
