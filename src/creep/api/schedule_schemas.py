@@ -163,7 +163,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def schedule_json(s: ScheduledTask) -> dict[str, Any]:
-    d = s.to_dict()
+    d = {name: getattr(s, name) for name in s.__dataclass_fields__}
     d.pop("anchor_at", None)
     d["misfire_policy"] = s.misfire_policy.value
     d["data"] = None if s.data is None else orjson.loads(s.data)
@@ -174,7 +174,7 @@ def schedule_json(s: ScheduledTask) -> dict[str, Any]:
 
 
 def execution_json(e: TaskExecution) -> dict[str, Any]:
-    d = e.to_dict()
+    d = {name: getattr(e, name) for name in e.__dataclass_fields__}  # no deep copy
     d["state"] = e.state.value
     d["trigger_type"] = e.trigger_type.value
     for name in ("scheduled_at", "started_at", "finished_at", "created_at", "updated_at"):
