@@ -15,10 +15,10 @@ from creep.domain.execution import (
     TriggerType,
     execution_cursor,
 )
-from creep.domain.schedule import Firing, ScheduledTask, validate_schedule
+from creep.domain.schedule import Firing, ScheduledTask, attach_task_specs, validate_schedule
 from creep.domain.task_spec import Limits
 from creep.engine.retention import SYSTEM_TENANT, RetentionJob
-from creep.engine.scheduler import Scheduler, SchedulerSettings, start_tasks
+from creep.engine.scheduler import Scheduler, SchedulerSettings
 from creep.schedule_port import ScheduleStore
 
 if TYPE_CHECKING:
@@ -86,17 +86,17 @@ class SchedulesApi:
             raise ValidationError.single("trigger_by", "must name the principal")
         sched = self.schedules.schedule_get(uid, tenant_id)
         now = self.clock.now()
+        firing = Firing(now, TriggerType.MANUAL, trigger_by)
+        builtin = sched.tenant_id == SYSTEM_TENANT and sched.type.startswith("creep.retention.")
+        if not builtin:  # the task is written with the execution, in one transaction
+            attach_task_specs(sched, [firing], now=now, limits=self.limits)
         [execution] = self.schedules.schedule_fire(
-            sched.uid, [Firing(now, TriggerType.MANUAL, trigger_by)], run_by=f"api:{trigger_by}",
-            now=now,
+            sched.uid, [firing], run_by=f"api:{trigger_by}", now=now
         )
-        if execution.state is ExecutionState.PENDING:
-            if sched.tenant_id == SYSTEM_TENANT and sched.type.startswith("creep.retention."):
-                Scheduler(self.schedules, clock=self.clock).run_builtin(
-                    _builtin(sched.type), execution, sched
-                )
-            else:
-                start_tasks(self.schedules, sched, [execution], self.clock, self.limits)
+        if builtin and execution.state is ExecutionState.PENDING:
+            Scheduler(self.schedules, clock=self.clock).run_builtin(
+                _builtin(sched.type), execution, sched
+            )
         return self.schedules.execution_get(execution.execution_uid)
 
     def list_executions(

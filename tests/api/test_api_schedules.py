@@ -230,7 +230,8 @@ def test_every_schedule_mutation_is_audited(server: Server) -> None:
     created, updated, triggered, deleted = reversed(rows)
     assert created["request_id"] == "sched-create" and created["request_method"] == "POST"
     assert orjson.loads(created["diff_object"]["new_object"])["name"] == "aud"
-    assert orjson.loads(updated["diff_object"]["old_object"])["priority"] == 50
+    assert orjson.loads(updated["diff_object"]["old_object"])["priority"] == orjson.loads(
+        created["diff_object"]["new_object"])["priority"]
     assert orjson.loads(updated["diff_object"]["new_object"])["priority"] == 90
     assert triggered["resource"]["data"] == {"execution_uid": execution["execution_uid"]}
     assert orjson.loads(triggered["diff_object"]["new_object"])["task_id"] == execution[

@@ -240,7 +240,8 @@ def test_interrupted_when_the_scheduler_died_while_firing(
     app: Creep, clock: FrozenClock
 ) -> None:
     s = app.create_schedule(name="i", type="T", interval=60)
-    # A scheduler recorded the firing and died before creating the task.
+    # An execution without a task (a built-in job run inline) whose scheduler died. A
+    # firing that creates a task cannot be half-written: test_schedule_firing_atomic.py.
     [e] = app.schedules.schedule_fire(s.uid, [Firing(T0)], run_by="dead", now=clock.now())
     assert e.state is ExecutionState.PENDING
     sch = _sched(app, lock_ttl=5)

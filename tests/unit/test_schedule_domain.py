@@ -220,9 +220,11 @@ def test_execution_state_mirrors_task_status() -> None:
     assert execution_state_for("FAILED", "x") is ExecutionState.FAILURE
     assert execution_state_for("TIMEOUT", None) is ExecutionState.TIMEOUT
     assert execution_state_for("CANCELLED", None) is ExecutionState.CANCELLED
-    assert execution_state_for("DEAD_LETTER", "boom") is ExecutionState.FAILURE
-    lost = "claim expired at 2026-01-01T00:00:00+00:00 (worker lost)"
-    assert execution_state_for("DEAD_LETTER", lost) is ExecutionState.INTERRUPTED
+    assert execution_state_for("DEAD_LETTER", "MAX_RETRIES_EXCEEDED") is ExecutionState.FAILURE
+    # Structural: the result code, never the text of the error.
+    assert execution_state_for("DEAD_LETTER", "(worker lost)") is ExecutionState.FAILURE
+    assert execution_state_for("DEAD_LETTER", "WORKER_LOST") is ExecutionState.INTERRUPTED
+    assert execution_state_for("FAILED", "WORKER_LOST") is ExecutionState.FAILURE
 
 
 def test_lock_transitions() -> None:
@@ -236,3 +238,13 @@ def test_lock_transitions() -> None:
         check_lock_transition("active", "active", same_token=False, old_expired=False)
     with pytest.raises(IllegalTransition):
         check_lock_transition("released", "expired", same_token=True, old_expired=True)
+
+
+def test_priority_defaults_to_0_as_in_seed_003() -> None:
+    from creep.domain.schedule import Firing, task_fields
+
+    s = validate_schedule({"name": "p", "type": "T", "interval": 60}, now=T0)
+    assert s.priority == 0
+    assert task_fields(s, Firing(T0))["priority"] == 0
+    assert validate_schedule({"name": "p", "type": "T", "interval": 60, "priority": 90},
+                             now=T0).priority == 90

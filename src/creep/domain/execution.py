@@ -9,7 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 from creep.domain.errors import IllegalTransition, ValidationError
-from creep.domain.task import TaskStatus
+from creep.domain.task import ResultCode, TaskStatus
 
 MAX_RESULT_BYTES = 64 * 1024  # TaskExecution.result: truncated and flagged
 MAX_ERROR_STACK_BYTES = 10 * 1024  # TaskExecution.error_stack: truncated, the top kept
@@ -58,12 +58,9 @@ def execution_transition_pairs() -> list[tuple[str, str]]:
     return sorted((o.value, n.value) for o, ts in EXECUTION_TRANSITIONS.items() for n in ts)
 
 
-#: Marker the control plane writes when it requeues a task whose worker vanished.
-WORKER_LOST_MARK = "(worker lost)"
-
-
-def execution_state_for(status: TaskStatus | str, last_error: str | None) -> ExecutionState:
-    """The execution state that mirrors its task's status."""
+def execution_state_for(status: TaskStatus | str, result_code: str | None) -> ExecutionState:
+    """The execution state that mirrors its task's status (and result_code: a task
+    dead-lettered with WORKER_LOST ended because its worker died on the last attempt)."""
     s = TaskStatus(status)
     if s in (TaskStatus.PENDING, TaskStatus.QUEUED):
         return E.PENDING
@@ -75,8 +72,8 @@ def execution_state_for(status: TaskStatus | str, last_error: str | None) -> Exe
         return E.TIMEOUT
     if s is TaskStatus.CANCELLED:
         return E.CANCELLED
-    if s is TaskStatus.DEAD_LETTER and last_error and WORKER_LOST_MARK in last_error:
-        return E.INTERRUPTED  # its last attempt ended because the worker died
+    if s is TaskStatus.DEAD_LETTER and result_code == ResultCode.WORKER_LOST:
+        return E.INTERRUPTED
     return E.FAILURE
 
 

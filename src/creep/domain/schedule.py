@@ -17,9 +17,11 @@ import orjson
 from creep.domain.cron import next_cron, validate_cron, validate_timezone
 from creep.domain.errors import ConflictError, ValidationError
 from creep.domain.execution import TriggerType
+from creep.domain.task_spec import Limits, TaskSpec, validate_task_spec
 
 MAX_DATA_BYTES = 10 * 1024  # seed 003: ScheduledTask.data larger than 10 KB is rejected
 MAX_MISFIRE_LIMIT = 1000
+DEFAULT_PRIORITY = 0  # seed 003: `priority` default 0
 #: Slots enumerated at most per sweep when catching up a cron schedule.
 MAX_CRON_SCAN = 10_000
 
@@ -97,6 +99,11 @@ class Firing:
     trigger_by: str | None = None
     execution_uid: str = field(default_factory=lambda: str(uuid.uuid4()))
     task_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    #: The TaskOrder this firing creates, written in the same transaction as its execution
+    #: (None: a built-in job the scheduler runs itself).
+    spec: TaskSpec | None = None
+    #: Why the TaskOrder failed validation: the execution is recorded `failure`, no task.
+    invalid: str | None = None
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -240,7 +247,8 @@ def validate_schedule(
     if not grace < max_duration:
         errs.add("timeout_grace_period", "must be >= 0 and < max_duration_seconds")
     max_concurrent = _int(errs, d, "max_concurrent", 1, 1, 10_000)
-    priority = _int(errs, d, "priority", 50, 0, 100)
+    # Seed 003: default 0 (higher runs first); the TaskOrder gets it as its queue priority.
+    priority = _int(errs, d, "priority", DEFAULT_PRIORITY, 0, 100)
     labels = d.get("labels") or {}
     if not isinstance(labels, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
@@ -410,6 +418,21 @@ def task_fields(sched: ScheduledTask, firing: Firing) -> dict[str, Any]:
         "priority": sched.priority, "timeout_ms": sched.max_duration_seconds * 1000,
         "max_total_cost": sched.max_total_cost, "currency": sched.currency,
         "resource_hints": sched.resource_hints, "tags": sched.tags,
-        "constraints": {"max_retries": sched.max_retries},
+        # The control plane calls the task timed out only after max_duration + grace.
+        "constraints": {"max_retries": sched.max_retries,
+                        "timeout_grace_ms": sched.timeout_grace_period * 1000},
         "input_payload": payload, "external_ref": f"schedule:{sched.uid}",
     }
+
+
+def attach_task_specs(
+    sched: ScheduledTask, firings: list[Firing], *, now: datetime, limits: Limits
+) -> list[Firing]:
+    """Give each firing its validated TaskOrder, so the store writes the execution and the
+    task in one transaction; an order that fails validation is kept on the firing instead."""
+    for f in firings:
+        try:
+            f.spec = validate_task_spec(task_fields(sched, f), now=now, limits=limits)
+        except ValidationError as exc:
+            f.invalid = f"the task order is invalid: {exc}"
+    return firings

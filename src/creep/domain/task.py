@@ -73,6 +73,9 @@ class ResultCode(StrEnum):
     DEPENDENCY_FAILED = "DEPENDENCY_FAILED"
     BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
     MAX_RETRIES_EXCEEDED = "MAX_RETRIES_EXCEEDED"
+    #: The control plane took the task back because its worker vanished (claim expired):
+    #: set on the retry, and on the dead letter when that was the last attempt.
+    WORKER_LOST = "WORKER_LOST"
 
 
 @dataclass(slots=True)

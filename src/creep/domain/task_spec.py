@@ -211,6 +211,9 @@ def _resource_hints(errs: _Errors, value: Any) -> list[dict[str, Any]]:
     return hints
 
 
+MAX_GRACE_MS = 7 * 24 * 3600 * 1000
+
+
 def _constraints(errs: _Errors, value: Any) -> dict[str, Any]:
     if value is None:
         return {}
@@ -231,6 +234,11 @@ def _constraints(errs: _Errors, value: Any) -> dict[str, Any]:
     keep = out.get("keep_leases")
     if keep is not None and not isinstance(keep, bool):
         errs.add("constraints.keep_leases", "must be a boolean")
+    grace = out.get("timeout_grace_ms")  # control plane: TIMEOUT only after timeout + grace
+    if grace is not None and (
+        isinstance(grace, bool) or not isinstance(grace, int) or not 0 <= grace <= MAX_GRACE_MS
+    ):
+        errs.add("constraints.timeout_grace_ms", f"must be an integer from 0 to {MAX_GRACE_MS}")
     return out
 
 

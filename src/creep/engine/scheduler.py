@@ -1,10 +1,11 @@
 """The scheduler: a leader-elected loop that fires due schedule slots exactly once.
 
 Leadership is the `creep.scheduler` row in `task_locks` (TTL, renewed every tick, fenced by
-its token). Each firing is one fenced transaction that writes the execution rows (unique per
-(schedule, slot)) and advances next_run; the TaskOrders follow with idempotency keys derived
-from schedule + slot, so a retry can never create a second task for a slot. Every tick the
-leader also makes executions follow their tasks and runs due built-in retention jobs.
+its token). Each firing is ONE fenced transaction: the execution rows (unique per
+(schedule, slot)), their TaskOrders (idempotency keys derived from schedule + slot) with
+their events, and the schedule's next_run and statistics; a scheduler dying midway leaves
+nothing half-written. Every tick the leader also makes executions follow their tasks and
+runs due built-in retention jobs.
 """
 
 from __future__ import annotations
@@ -20,17 +21,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from creep.domain.clock import Clock, SystemClock
-from creep.domain.errors import CreepError, NotFound, ValidationError
+from creep.domain.errors import CreepError, NotFound
 from creep.domain.execution import ExecutionState, TaskExecution
 from creep.domain.schedule import (
     Firing,
     LeadershipLost,
     ScheduledTask,
+    attach_task_specs,
     plan_firings,
-    task_fields,
     validate_schedule,
 )
-from creep.domain.task_spec import Limits, TaskSpec, validate_task_spec
+from creep.domain.task_spec import Limits
 from creep.engine.retention import SYSTEM_TENANT, RetentionJob, default_retention_jobs
 from creep.schedule_port import ScheduleStore
 
@@ -56,6 +57,7 @@ class TickReport:
     skipped: int = 0  # max_concurrent
     missed: int = 0  # dropped by a misfire policy
     synced: int = 0
+    failed: int = 0  # firings refused by the database (nothing written; retried next tick)
     retention: dict[str, int] = field(default_factory=dict)
 
 
@@ -119,6 +121,13 @@ class Scheduler:
                     self._fire_due(sched, report)
                 except NotFound:
                     continue  # deleted since it was read; nothing to fire
+                except LeadershipLost:
+                    raise
+                except CreepError as exc:
+                    # Nothing of this firing was written: the slot fires on a later tick.
+                    report.failed += 1
+                    log.warning("schedule %s: firing failed, retried next tick: %s",
+                                sched.name, exc)
         except LeadershipLost:
             log.warning("scheduler %s was fenced off; stepping down", self.holder_id)
             self.token = None
@@ -132,27 +141,27 @@ class Scheduler:
         if plan.missed:
             log.info("schedule %s: %d missed slot(s) dropped by misfire policy %s",
                      sched.name, plan.missed, sched.misfire_policy.value)
+        firings = [Firing(slot) for slot in plan.fire]
+        builtin = self._builtin(sched)
+        if builtin is None:
+            attach_task_specs(sched, firings, now=now, limits=self.limits)
         executions = self.store.schedule_fire(
-            sched.uid, [Firing(slot) for slot in plan.fire], run_by=self.holder_id, now=now,
+            sched.uid, firings, run_by=self.holder_id, now=now,
             expected_next_run=sched.next_run, next_run=plan.next_run, advance=True,
             fence=self.fence,
         )
-        self._start(sched, executions, report)
-
-    def _start(
-        self, sched: ScheduledTask, executions: list[TaskExecution], report: TickReport
-    ) -> None:
-        """Create the TaskOrder of each pending execution (or run a built-in job inline)."""
         pending = [e for e in executions if e.state is ExecutionState.PENDING]
         report.fired += len(pending)
-        report.skipped += len(executions) - len(pending)
-        if not pending:
-            return
-        if sched.type in self.jobs and sched.tenant_id == SYSTEM_TENANT:
+        report.skipped += sum(e.state is ExecutionState.CANCELLED for e in executions)
+        if builtin is not None:
             for e in pending:
-                report.retention[sched.type] = self.run_builtin(self.jobs[sched.type], e, sched)
-            return
-        start_tasks(self.store, sched, pending, self.clock, self.limits)
+                report.retention[sched.type] = self.run_builtin(builtin, e, sched)
+
+    def _builtin(self, sched: ScheduledTask) -> RetentionJob | None:
+        """The built-in job a system schedule runs inline (no TaskOrder), if it is one."""
+        if sched.tenant_id == SYSTEM_TENANT:
+            return self.jobs.get(sched.type)
+        return None
 
     def run_builtin(self, job: RetentionJob, e: TaskExecution, sched: ScheduledTask) -> int:
         try:
@@ -199,7 +208,7 @@ class Scheduler:
             while not stop.is_set():
                 try:
                     report = self.run_once()
-                    if report.fired or report.skipped or report.missed:
+                    if report.fired or report.skipped or report.missed or report.failed:
                         log.info("scheduler tick: %s", report)
                 except CreepError as exc:
                     log.warning("scheduler tick failed: %s", exc)
@@ -210,24 +219,3 @@ class Scheduler:
             except CreepError as exc:
                 log.warning("releasing the scheduler lock failed: %s", exc)
 
-
-def start_tasks(
-    store: ScheduleStore, sched: ScheduledTask, executions: Sequence[TaskExecution],
-    clock: Clock, limits: Limits,
-) -> None:
-    """Create the TaskOrders of freshly fired executions. The idempotency key (schedule +
-    slot) makes a repeat harmless; an order that fails validation ends its execution."""
-    specs: list[TaskSpec] = []
-    now = clock.now()
-    for e in executions:
-        assert e.task_id is not None
-        firing = Firing(e.scheduled_at, e.trigger_type, e.trigger_by, e.execution_uid, e.task_id)
-        try:
-            specs.append(validate_task_spec(task_fields(sched, firing), now=now, limits=limits))
-        except ValidationError as exc:
-            store.execution_finish(
-                e.execution_uid, ExecutionState.FAILURE, now,
-                error_message=f"the task order is invalid: {exc}",
-            )
-    if specs:
-        store.task_create_many(specs, now)

@@ -109,7 +109,8 @@ class Worker:
         self.stats: dict[str, int] = {"claimed": 0, "completed": 0, "lost": 0}
         self._running: dict[str, _Running] = {}
         self._buffer: list[Completion] = []
-        self._flushing = 0  # completion batches being written right now
+        # Completions taken from the buffer but not committed yet (they may promote dependants).
+        self._flushing = 0
         self._db = ThreadPoolExecutor(2, thread_name_prefix="creep-db")
         self._sync_pool = ThreadPoolExecutor(
             self.settings.concurrency, thread_name_prefix="creep-handler"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any
 
@@ -13,7 +13,7 @@ import orjson
 
 from creep.domain.errors import IdempotencyConflict, ValidationError
 from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, Resolution, resolve
-from creep.domain.task import TaskOrder, TaskStatus
+from creep.domain.task import ResultCode, TaskOrder, TaskStatus
 from creep.domain.task_spec import TaskSpec
 
 TASK_COLUMNS: tuple[str, ...] = (
@@ -218,9 +218,14 @@ def plan_replays(
 
 def rescue(
     task_id: str, token: str, attempt: int, max_attempts: int, deadline: datetime | None,
-    expires: datetime | None, now: datetime, backoff: Backoff,
+    expires: datetime | None, now: datetime, backoff: Backoff, grace_ms: int | None = None,
 ) -> tuple[Outcome, Resolution]:
-    """What the control plane does with a running task whose claim expired or deadline passed."""
+    """What the control plane does with a running task whose claim expired or deadline passed.
+    `grace_ms` (the task's constraints.timeout_grace_ms, a schedule's timeout_grace_period)
+    moves the point where it is called timed out to deadline + grace; a lost worker before
+    that is a retry."""
+    if deadline is not None and grace_ms:
+        deadline += timedelta(milliseconds=int(grace_ms))
     if deadline is not None and deadline < now:
         outcome = Outcome(
             task_id, token, OutcomeKind.TIMED_OUT,
@@ -231,6 +236,7 @@ def rescue(
             task_id, token, OutcomeKind.RETRY,
             error=f"claim expired at {expires.isoformat() if expires else '?'} (worker lost)",
         )
-    return outcome, resolve(
-        outcome, attempt=attempt, max_attempts=max_attempts, now=now, backoff=backoff
-    )
+    res = resolve(outcome, attempt=attempt, max_attempts=max_attempts, now=now, backoff=backoff)
+    if outcome.kind is OutcomeKind.RETRY:  # structural: schedules read it (interrupted)
+        res = replace(res, result_code=ResultCode.WORKER_LOST)
+    return outcome, res

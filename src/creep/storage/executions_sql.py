@@ -123,7 +123,7 @@ class ExecutionSqlMixin(ScheduleSqlBase):
             rows = conn.execute(
                 f"SELECT {', '.join('e.' + c for c in EXECUTION_FIELDS)}, t.task_id, t.status, "
                 "t.started_at, t.finished_at, t.attempt, t.progress, t.result_payload, "
-                "t.result_message, t.last_error "
+                "t.result_message, t.last_error, t.result_code "
                 "FROM task_executions e LEFT JOIN tasks t ON t.task_id = e.task_id "
                 "WHERE e.state IN ('pending', 'running') AND ("
                 # an orphan old enough to call interrupted
@@ -139,9 +139,8 @@ class ExecutionSqlMixin(ScheduleSqlBase):
             n = len(EXECUTION_FIELDS)
             for row in rows:
                 e = self._row_execution(row[:n])
-                tid, status, t_started, t_finished, attempt, progress, payload, message, error = (
-                    row[n:]
-                )
+                (tid, status, t_started, t_finished, attempt, progress, payload, message, error,
+                 code) = row[n:]
                 if tid is None:
                     check_execution_transition(e.state, ExecutionState.INTERRUPTED)
                     was = e.state
@@ -155,7 +154,7 @@ class ExecutionSqlMixin(ScheduleSqlBase):
                         self._count(conn, e)
                         changed += 1
                     continue
-                new = execution_state_for(status, error)
+                new = execution_state_for(status, code)
                 if new is ExecutionState.PENDING and e.state is ExecutionState.RUNNING:
                     new = ExecutionState.RUNNING  # requeued for a retry: still this execution
                 retries = max(0, int(attempt) - 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -13,6 +13,8 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from creep.domain.errors import ConflictError, IllegalTransition, StorageError
+from creep.domain.task import TaskOrder
+from creep.domain.task_spec import TaskSpec
 from creep.storage import pending_writes
 from creep.storage.schedule_sql_base import Conn, Cursor
 from creep.storage.schedules_sql import ScheduleSqlMixin
@@ -35,6 +37,19 @@ class PostgresSchedulesMixin(ScheduleSqlMixin):
     # Holding the lock row shared until commit: a takeover (which updates that row) waits for
     # this write to commit, and a write after a takeover sees the new token and is refused.
     _for_share = " FOR SHARE"
+
+    if TYPE_CHECKING:  # provided by PostgresStore
+
+        def task_create_many(
+            self, specs: Sequence[TaskSpec], now: datetime, *,
+            within: psycopg.Connection[Any] | None = None,
+        ) -> list[TaskOrder]: ...
+
+    def _create_tasks_in(
+        self, conn: Conn, specs: Sequence[TaskSpec], now: datetime
+    ) -> list[TaskOrder]:
+        assert isinstance(conn, _PgConn)
+        return self.task_create_many(specs, now, within=conn.raw)
 
     @contextmanager
     def _sx(self) -> Iterator[Conn]:

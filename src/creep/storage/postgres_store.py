@@ -111,9 +111,9 @@ class _Apply:
     error: str | None
 
 
-# schedules: storage/postgres_schedules.py; REST API: storage/postgres_api.py;
-# assets: storage/postgres_assets.py; REST pages of events/ledger: storage/asset_pages.py
-class PostgresStore(PostgresSchedulesMixin, PostgresApiMixin, PostgresAssets, AssetPagesMixin):
+class PostgresStore(
+    PostgresSchedulesMixin, PostgresAssets, PostgresApiMixin, AssetPagesMixin
+):  # schedules, assets, API tables, REST pages of events/ledger: see the mixins
     dialect = "postgres"
 
     def __init__(self, url: str) -> None:
@@ -143,7 +143,12 @@ class PostgresStore(PostgresSchedulesMixin, PostgresApiMixin, PostgresAssets, As
         self.pool.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[psycopg.Connection[Any]]:
+    def _tx(
+        self, within: psycopg.Connection[Any] | None = None
+    ) -> Iterator[psycopg.Connection[Any]]:
+        if within is not None:  # the caller's open transaction (a schedule firing) owns it
+            yield within
+            return
         try:
             with self.pool.connection() as conn, conn.transaction():
                 yield conn
@@ -187,7 +192,10 @@ class PostgresStore(PostgresSchedulesMixin, PostgresApiMixin, PostgresAssets, As
 
     # -- creating tasks ------------------------------------------------------------------------
 
-    def task_create_many(self, specs: Sequence[TaskSpec], now: datetime) -> list[TaskOrder]:
+    def task_create_many(
+        self, specs: Sequence[TaskSpec], now: datetime, *,
+        within: psycopg.Connection[Any] | None = None,  # join an open transaction (schedules)
+    ) -> list[TaskOrder]:
         if not specs:
             return []
         from creep.domain.dag import topological_order
@@ -195,7 +203,7 @@ class PostgresStore(PostgresSchedulesMixin, PostgresApiMixin, PostgresAssets, As
         by_id = {s.task_id: s for s in specs}
         if len(by_id) != len(specs):
             raise ValidationError.single("task_id", "task ids in one submission must be unique")
-        with self._tx() as conn:
+        with self._tx(within) as conn:
             outside = sorted({d for s in specs for d in s.depends_on if d not in by_id})
             found: dict[str, tuple[str, str]] = {}
             if outside:
@@ -756,17 +764,21 @@ class PostgresStore(PostgresSchedulesMixin, PostgresApiMixin, PostgresAssets, As
                 {"now": now},
             ).fetchone()
             report.promoted = int(row[0]) if row else 0
+            # A task's own constraints.timeout_grace_ms (schedules) extends the grace.
             stuck = conn.execute(
                 """SELECT task_id, claim_token, attempt, max_attempts, deadline_at,
-                    claim_expires_at FROM tasks
-                WHERE status = 'RUNNING' AND (claim_expires_at < %s OR deadline_at < %s)
+                    claim_expires_at, (constraints->>'timeout_grace_ms')::bigint FROM tasks
+                WHERE status = 'RUNNING' AND (claim_expires_at < %(now)s OR (deadline_at < %(g)s
+                    AND deadline_at < %(now)s - COALESCE((constraints->>'timeout_grace_ms')::bigint,
+                                                         0) * interval '1 millisecond'))
                 LIMIT 5000 FOR UPDATE SKIP LOCKED""",
-                (now, now - timedelta(seconds=timeout_grace)),
+                {"now": now, "g": now - timedelta(seconds=timeout_grace)},
             ).fetchall()
             items = []
-            for task_id, token, attempt, max_attempts, deadline, expires in stuck:
+            for task_id, token, attempt, max_attempts, deadline, expires, grace_ms in stuck:
                 outcome, res = rescue(
-                    task_id, token, attempt, max_attempts, deadline, expires, now, backoff
+                    task_id, token, attempt, max_attempts, deadline, expires, now, backoff,
+                    grace_ms,
                 )
                 items.append(_Apply(task_id, token, res, None, outcome.error))
                 if res.status is TaskStatus.TIMEOUT:

@@ -21,7 +21,8 @@ from creep.domain.execution import (
     TriggerType,
 )
 from creep.domain.schedule import MisfirePolicy, ScheduledTask
-from creep.domain.task import TERMINAL_STATUSES
+from creep.domain.task import TERMINAL_STATUSES, TaskOrder
+from creep.domain.task_spec import TaskSpec
 
 SCHEDULE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ScheduledTask))
 _SCHEDULE_SELECT = ", ".join(f'"{c}"' if c == "interval" else c for c in SCHEDULE_FIELDS)
@@ -76,6 +77,16 @@ class ScheduleSqlBase:
 
     def _executemany(self, conn: Conn, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         raise NotImplementedError
+
+    def _create_tasks_in(
+        self, conn: Conn, specs: Sequence[TaskSpec], now: datetime
+    ) -> list[TaskOrder]:
+        """The store's own task_create_many, run inside the open transaction `conn` (a
+        firing writes its TaskOrders with its execution rows)."""
+        raise NotImplementedError
+
+    def _wake(self, channel: str, payload: str) -> None:
+        raise NotImplementedError  # provided by the store: wakes in-process workers
 
     # -- codecs --------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from creep.domain.execution import (
     TaskExecution,
 )
 from creep.domain.schedule import Firing, LeadershipLost, ScheduledTask
+from creep.domain.task_spec import TaskSpec
 from creep.storage.executions_sql import ExecutionSqlMixin
 from creep.storage.retention_sql import RetentionSqlMixin
 from creep.storage.schedule_sql_base import (
@@ -145,11 +146,15 @@ class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
         expected_next_run: datetime | None = None, next_run: datetime | None = None,
         advance: bool = False, fence: tuple[str, str] | None = None,
     ) -> list[TaskExecution]:
-        """Record firings of one schedule in one transaction and return the executions
-        written. A slot that already has an execution is left alone (the unique
-        (schedule, scheduled_at) key), a firing beyond max_concurrent is recorded
-        `cancelled` with the reason, and with `advance` next_run moves from
-        `expected_next_run` to `next_run` (only if nobody moved it meanwhile).
+        """Record firings of one schedule in ONE transaction and return the executions
+        written: each execution row (unique per (schedule, scheduled_at): a slot that has one
+        already is left alone), the TaskOrder of each firing that carries a `spec` (with its
+        `created`/`queued` events), and the schedule's next_run and statistics. A failure
+        anywhere writes nothing, so a slot never has an execution without its task.
+
+        A firing beyond max_concurrent is recorded `cancelled` with the reason; one whose
+        order failed validation (`invalid`) is recorded `failure`. With `advance`, next_run
+        moves from `expected_next_run` to `next_run` (only if nobody moved it meanwhile).
         With `fence`, raises LeadershipLost unless that lock is still held."""
         with self._sx() as conn:
             if fence is not None:
@@ -164,25 +169,10 @@ class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
             ).fetchone()
             active = int(row[0])
             out: list[TaskExecution] = []
+            specs: list[tuple[TaskExecution, TaskSpec]] = []
             skipped = 0
             for f in firings:
-                run = active < sched.max_concurrent
-                e = TaskExecution(
-                    id=0, tenant_id=sched.tenant_id, task_uid=uid, task_name=sched.name,
-                    task_type=sched.type, execution_uid=f.execution_uid,
-                    task_id=f.task_id if run else None, run_by=run_by,
-                    scheduled_at=f.scheduled_at, started_at=now,
-                    finished_at=None if run else now,
-                    state=ExecutionState.PENDING if run else ExecutionState.CANCELLED,
-                    result=None, result_truncated=False,
-                    error_message=None if run else (
-                        f"skipped: max_concurrent={sched.max_concurrent} reached "
-                        f"({active} executions still running)"
-                    ),
-                    error_stack=None, error_stack_truncated=False, duration_ms=0,
-                    progress=0, retry_count=0, trigger_type=f.trigger_type,
-                    trigger_by=f.trigger_by, created_at=now, updated_at=now,
-                )
+                e = self._firing_execution(sched, f, run_by, now, active)
                 marks = ", ".join("?" * len(_EXEC_INSERT))
                 got = conn.execute(
                     f"INSERT INTO task_executions ({', '.join(_EXEC_INSERT)}) "
@@ -193,10 +183,23 @@ class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
                     continue  # this slot fired already
                 e.id = int(got[0])
                 out.append(e)
-                if run:
+                if e.state is ExecutionState.PENDING:
                     active += 1
-                else:
+                    if f.spec is not None:
+                        specs.append((e, f.spec))
+                elif e.state is ExecutionState.CANCELLED:
                     skipped += 1
+                else:
+                    self._count(conn, e)  # an invalid order: ended `failure` at once
+            if specs:
+                tasks = self._create_tasks_in(conn, [s for _, s in specs], now)
+                for (e, _), task in zip(specs, tasks, strict=True):
+                    if task.task_id != e.task_id:  # replayed: the key's task exists already
+                        conn.execute(
+                            "UPDATE task_executions SET task_id = ? WHERE id = ?",
+                            (task.task_id, e.id),
+                        )
+                        e.task_id = task.task_id
             sets = ["updated_at = ?"]
             params: list[Any] = [self._ts(now)]
             if advance:
@@ -214,4 +217,32 @@ class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
             conn.execute(
                 f"UPDATE scheduled_tasks SET {', '.join(sets)} WHERE uid = ?", (*params, uid)
             )
+        if specs:
+            self._wake("creep_tasks", "")  # after commit: a woken worker can see the tasks
         return out
+
+    @staticmethod
+    def _firing_execution(
+        sched: ScheduledTask, f: Firing, run_by: str, now: datetime, active: int
+    ) -> TaskExecution:
+        """The execution row of one firing: pending (with its task), cancelled (skipped by
+        max_concurrent) or failure (its TaskOrder is invalid)."""
+        run = active < sched.max_concurrent
+        state, error = ExecutionState.PENDING, None
+        if not run:
+            state = ExecutionState.CANCELLED
+            error = (f"skipped: max_concurrent={sched.max_concurrent} reached "
+                     f"({active} executions still running)")
+        elif f.invalid is not None:
+            state, error = ExecutionState.FAILURE, f.invalid
+        pending = state is ExecutionState.PENDING
+        return TaskExecution(
+            id=0, tenant_id=sched.tenant_id, task_uid=sched.uid, task_name=sched.name,
+            task_type=sched.type, execution_uid=f.execution_uid,
+            task_id=f.task_id if pending else None, run_by=run_by,
+            scheduled_at=f.scheduled_at, started_at=now, finished_at=None if pending else now,
+            state=state, result=None, result_truncated=False, error_message=error,
+            error_stack=None, error_stack_truncated=False, duration_ms=0, progress=0,
+            retry_count=0, trigger_type=f.trigger_type, trigger_by=f.trigger_by,
+            created_at=now, updated_at=now,
+        )

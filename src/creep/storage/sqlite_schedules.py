@@ -7,11 +7,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from creep.domain.errors import ConflictError, IllegalTransition
+from creep.domain.task import TaskOrder
+from creep.domain.task_spec import TaskSpec
 from creep.storage import pending_writes
 from creep.storage.schedule_sql_base import Conn
 from creep.storage.schedules_sql import ScheduleSqlMixin
@@ -22,6 +24,18 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class SqliteSchedulesMixin(ScheduleSqlMixin):
     def _conn(self) -> sqlite3.Connection:
         raise NotImplementedError  # provided by SqliteStore
+
+    if TYPE_CHECKING:  # provided by SqliteStore
+
+        def task_create_many(
+            self, specs: Sequence[TaskSpec], now: datetime, *,
+            within: sqlite3.Connection | None = None,
+        ) -> list[TaskOrder]: ...
+
+    def _create_tasks_in(
+        self, conn: Conn, specs: Sequence[TaskSpec], now: datetime
+    ) -> list[TaskOrder]:
+        return self.task_create_many(specs, now, within=conn)  # type: ignore[arg-type]
 
     @contextmanager
     def _sx(self) -> Iterator[Conn]:

@@ -115,9 +115,9 @@ class _Apply:
     error: str | None
 
 
-# schedules: storage/sqlite_schedules.py; REST API: storage/sqlite_api.py;
-# assets: storage/sqlite_assets.py; REST pages of events/ledger: storage/asset_pages.py
-class SqliteStore(SqliteSchedulesMixin, SqliteApiMixin, SqliteAssets, AssetPagesMixin):
+class SqliteStore(
+    SqliteSchedulesMixin, SqliteAssets, SqliteApiMixin, AssetPagesMixin
+):  # schedules, assets, API tables, REST pages of events/ledger: see the mixins
     dialect = "sqlite"
 
     def __init__(self, url: str) -> None:
@@ -165,7 +165,10 @@ class SqliteStore(SqliteSchedulesMixin, SqliteApiMixin, SqliteAssets, AssetPages
         return conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, within: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        if within is not None:  # the caller's open transaction (a schedule firing) owns it
+            yield within
+            return
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -225,10 +228,13 @@ class SqliteStore(SqliteSchedulesMixin, SqliteApiMixin, SqliteAssets, AssetPages
 
     # -- creating tasks ------------------------------------------------------------------------
 
-    def task_create_many(self, specs: Sequence[TaskSpec], now: datetime) -> list[TaskOrder]:
+    def task_create_many(
+        self, specs: Sequence[TaskSpec], now: datetime, *,
+        within: sqlite3.Connection | None = None,  # join an open transaction (schedules)
+    ) -> list[TaskOrder]:
         if not specs:
             return []
-        with self._write() as conn:
+        with self._write(within) as conn:
             dep_status = self._dependency_status(conn, specs)
             try:
                 conn.execute("SAVEPOINT fast_insert")
@@ -773,18 +779,20 @@ class SqliteStore(SqliteSchedulesMixin, SqliteApiMixin, SqliteAssets, AssetPages
                 [(r[0], r[1], "queued", "PENDING", "QUEUED", r[2], b"{}", now_us) for r in rows],
             )
             report.promoted = len(rows)
+            # A task's own constraints.timeout_grace_ms (schedules) extends the grace.
             stuck = conn.execute(
-                """SELECT task_id, claim_token, attempt, max_attempts, deadline_at,
-                    claim_expires_at FROM tasks
-                WHERE status = 'RUNNING' AND (claim_expires_at < ?1 OR deadline_at < ?2)
+                f"""SELECT task_id, claim_token, attempt, max_attempts, deadline_at,
+                    claim_expires_at, {_GRACE_MS} FROM tasks
+                WHERE status = 'RUNNING' AND (claim_expires_at < ?1 OR (deadline_at < ?2
+                    AND deadline_at < ?1 - COALESCE({_GRACE_MS}, 0) * 1000))
                 LIMIT 5000""",
                 (now_us, now_us - int(timeout_grace * 1e6)),
             ).fetchall()
             items = []
-            for task_id, token, attempt, max_attempts, deadline, expires in stuck:
+            for task_id, token, attempt, max_attempts, deadline, expires, grace_ms in stuck:
                 outcome, res = rescue(
-                    task_id, token, attempt, max_attempts, from_us(deadline), from_us(expires),
-                    now, backoff,
+                    task_id, token, attempt, max_attempts,
+                    from_us(deadline), from_us(expires), now, backoff, grace_ms,
                 )
                 items.append(_Apply(task_id, token, res, None, outcome.error))
                 if res.status is TaskStatus.TIMEOUT:
@@ -898,6 +906,9 @@ class _DataVersionListener:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
+
+
+_GRACE_MS = "json_extract(CAST(constraints AS TEXT), '$.timeout_grace_ms')"
 
 
 def _task_row(t: TaskOrder, spec: TaskSpec, has_dependants: bool) -> tuple[Any, ...]:

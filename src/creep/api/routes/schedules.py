@@ -37,9 +37,9 @@ from creep.domain.execution import (
     execution_cursor,
     parse_execution_cursor,
 )
-from creep.domain.schedule import Firing, ScheduledTask, validate_schedule
+from creep.domain.schedule import Firing, ScheduledTask, attach_task_specs, validate_schedule
 from creep.engine.retention import SYSTEM_TENANT, default_retention_jobs
-from creep.engine.scheduler import Scheduler, start_tasks
+from creep.engine.scheduler import Scheduler
 from creep.schedule_port import ScheduleStore
 
 router = APIRouter(prefix="/schedules", tags=["schedules"])
@@ -167,6 +167,9 @@ def trigger_schedule(uid: str, request: Request, principal: Writer, svc: Svc) ->
     sched = store.schedule_get(uid, read_scope(principal))
     now = svc.clock.now()
     firing = Firing(now, TriggerType.MANUAL, principal.key_id)
+    builtin = _builtin_job(sched)
+    if builtin is None:  # the task is written with the execution, in one transaction
+        attach_task_specs(sched, [firing], now=now, limits=svc.limits)
     view = {"execution_uid": firing.execution_uid, "task_id": firing.task_id,
             "trigger_type": "manual", "trigger_by": principal.key_id,
             "scheduled_at": now.isoformat()}
@@ -176,12 +179,8 @@ def trigger_schedule(uid: str, request: Request, principal: Writer, svc: Svc) ->
         [execution] = store.schedule_fire(
             sched.uid, [firing], run_by=f"api:{principal.key_id}", now=now
         )
-    if execution.state is ExecutionState.PENDING:
-        builtin = _builtin_job(sched)
-        if builtin is not None:
-            Scheduler(store, clock=svc.clock).run_builtin(builtin, execution, sched)
-        else:
-            start_tasks(store, sched, [execution], svc.clock, svc.limits)
+    if builtin is not None and execution.state is ExecutionState.PENDING:
+        Scheduler(store, clock=svc.clock).run_builtin(builtin, execution, sched)
     done = store.execution_get(execution.execution_uid)
     return json_response(execution_json(done), 201,
                          {"Location": f"/v1/schedules/{sched.uid}/executions"})

@@ -17,7 +17,7 @@ CREATE TABLE scheduled_tasks (
     timeout_grace_period  integer NOT NULL DEFAULT 30
         CHECK (timeout_grace_period >= 0 AND timeout_grace_period < max_duration_seconds),
     max_concurrent        integer NOT NULL DEFAULT 1 CHECK (max_concurrent >= 1),
-    priority              integer NOT NULL DEFAULT 50 CHECK (priority BETWEEN 0 AND 100),
+    priority              integer NOT NULL DEFAULT 0 CHECK (priority BETWEEN 0 AND 100),
     labels                jsonb NOT NULL DEFAULT '{}',
     data                  text CHECK (octet_length(data) <= 10240),
     misfire_policy        text NOT NULL DEFAULT 'once' CHECK (misfire_policy IN ('skip', 'once', 'all')),
