@@ -94,6 +94,11 @@ SNAPSHOT_TABLES: dict[str, tuple[str, str]] = {
     "batch": ("batches", "batch_id"),
     "tenant": ("tenants", "tenant_id"),
     "apiKey": ("api_keys", "key_id"),
+    # assets, leases, asset events and the ledger (routes/assets.py, asset_events.py, ledger.py)
+    "asset": ("assets", "asset_id"),
+    "lease": ("leases", "lease_id"),
+    "assetEvent": ("asset_events", "event_id"),
+    "ledgerEntry": ("ledger_entries", "entry_id"),
 }
 SECRET_COLUMNS = frozenset({"key_hash", "claim_token", "request_hash"})
 

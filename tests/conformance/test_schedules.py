@@ -332,7 +332,7 @@ def test_retention_builtin_schedules(app: Creep, clock: FrozenClock) -> None:
     sch.run_once()
     builtin = {x.name: x for x in app.list_schedules(tenant_id="_system")}
     assert set(builtin) == {"creep.retention.executions", "creep.retention.locks",
-                            "creep.retention.tasks"}
+                            "creep.retention.tasks", "creep.retention.audit"}
     assert builtin["creep.retention.executions"].next_run == T0 + timedelta(hours=2)
     s = app.create_schedule(name="old", type="T", interval=60, enabled=False)
     old = [
@@ -369,7 +369,7 @@ def test_retention_builtin_schedules(app: Creep, clock: FrozenClock) -> None:
     lock = app.schedules.lock_get(SCHEDULER_LOCK)
     assert lock is not None and lock["state"] == "active"
     runs = app.list_executions(tenant_id="_system")
-    assert len(runs) == 3 and all(r.state is ExecutionState.SUCCESS for r in runs)
+    assert len(runs) == 4 and all(r.state is ExecutionState.SUCCESS for r in runs)
     assert all(r.result and '"removed"' in r.result for r in runs)
     manual = app.trigger_schedule(builtin["creep.retention.locks"].uid, trigger_by="ops")
     assert manual.state is ExecutionState.SUCCESS and manual.result == '{"removed": 0}'

@@ -19,7 +19,21 @@ from creep.api.create_batcher import CreateBatcher
 from creep.api.limits import RateLimiter, TenantLimitsCache
 from creep.api.metrics import Metrics
 from creep.api.openapi import install_openapi
-from creep.api.routes import admin, artifacts, audit, batches, health, keys, tasks, tenants, workers
+from creep.api.routes import (  # issue 5 item 7
+    admin,
+    artifacts,
+    asset_events,
+    assets,
+    audit,
+    batches,
+    health,
+    keys,
+    ledger,
+    schedules,
+    tasks,
+    tenants,
+    workers,
+)
 from creep.api.services import Services
 from creep.api.settings import Settings
 from creep.domain.clock import Clock, SystemClock
@@ -33,6 +47,7 @@ log = logging.getLogger("creep.api")
 V1_ROUTERS: list[APIRouter] = [
     tasks.router, batches.router, tenants.router, keys.router, audit.router, admin.router,
     artifacts.router, workers.router,  # artifacts and the HTTP worker protocol (api2)
+    schedules.router, assets.router, asset_events.router, ledger.router,
 ]
 
 

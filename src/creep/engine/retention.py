@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from creep.schedule_port import ScheduleStore
 
 SYSTEM_TENANT = "_system"
+#: audit_events rows younger than this are immutable (a trigger in the api migration).
+AUDIT_MIN_DAYS = 90
 
 
 @dataclass(slots=True, frozen=True)
@@ -45,6 +47,9 @@ class RetentionSettings:
     locks_days: float = 7.0
     #: Finished tasks and their events; None installs no task retention.
     tasks_days: float | None = 30.0
+    #: The REST API's audit log (seed 003: 90 days). The database refuses to delete audit
+    #: rows younger than 90 days, so a shorter period acts as 90.
+    audit_days: float = 90.0
 
 
 def _drain(purge: Callable[[], int]) -> int:
@@ -71,6 +76,12 @@ def default_retention_jobs(settings: RetentionSettings | None = None) -> list[Re
             "data.older_than_days",
         ),
     ]
+    jobs.append(RetentionJob(
+        "creep.retention.audit", "15 3 * * *", s.audit_days,
+        lambda store, cutoff, now: _drain(lambda: store.retention_purge_audit(
+            min(cutoff, now - timedelta(days=AUDIT_MIN_DAYS)))),
+        "delete audit events older than data.older_than_days (at least 90)",
+    ))
     if s.tasks_days is not None:
         jobs.append(RetentionJob(
             "creep.retention.tasks", "30 2 * * *", s.tasks_days,

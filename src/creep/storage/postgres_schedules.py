@@ -15,6 +15,7 @@ from psycopg_pool import ConnectionPool
 from creep.domain.errors import ConflictError, IllegalTransition, StorageError
 from creep.domain.task import TaskOrder
 from creep.domain.task_spec import TaskSpec
+from creep.storage import pending_writes
 from creep.storage.schedule_sql_base import Conn, Cursor
 from creep.storage.schedules_sql import ScheduleSqlMixin
 
@@ -55,6 +56,7 @@ class PostgresSchedulesMixin(ScheduleSqlMixin):
         try:
             with self.pool.connection() as conn, conn.transaction():
                 yield _PgConn(conn)
+                pending_writes.flush(self, conn)  # the REST API's audit row, same transaction
         except pg_errors.UniqueViolation as exc:
             raise ConflictError("a schedule with this name exists already in this tenant") from exc
         except pg_errors.CheckViolation as exc:

@@ -43,6 +43,7 @@ from creep.ports import (
     TaskFilter,
 )
 from creep.storage import pending_writes
+from creep.storage.asset_pages import AssetPagesMixin  # REST API pages
 from creep.storage.common import (
     TASK_COLUMNS,
     TASK_SELECT,
@@ -119,8 +120,9 @@ class _Apply:
 
 
 class PostgresStore(
-    PostgresSchedulesMixin, PostgresAssets, PostgresApiMixin, PostgresArtifactsMixin
-):  # schedules, assets, API tables, artifacts: see the mixins
+    PostgresSchedulesMixin, PostgresAssets, PostgresApiMixin, PostgresArtifactsMixin,
+    AssetPagesMixin,
+):  # schedules, assets, API tables, artifacts, REST pages: see the mixins
     dialect = "postgres"
 
     def __init__(self, url: str) -> None:

@@ -55,6 +55,17 @@ class RetentionSqlMixin(ScheduleSqlBase):
                 conn.execute(f"DELETE FROM tasks WHERE task_id IN ({qs})", chunk)
             return len(ids)
 
+    def retention_purge_audit(self, cutoff: datetime, limit: int = 10_000) -> int:
+        """Delete audit events (the REST API's audit log) recorded before `cutoff`. The
+        database itself refuses to delete rows younger than 90 days."""
+        with self._sx() as conn:
+            cur = conn.execute(
+                "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events "
+                "WHERE timestamp < ? LIMIT ?)",
+                (int(cutoff.timestamp() * 1000), limit),
+            )
+            return int(cur.rowcount)
+
     def lock_expire_lapsed(self, now: datetime) -> int:
         """active -> expired for every lock past its expiry (monitoring sees the truth; a
         later acquire re-activates the row)."""

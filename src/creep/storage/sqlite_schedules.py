@@ -14,6 +14,7 @@ import orjson
 from creep.domain.errors import ConflictError, IllegalTransition
 from creep.domain.task import TaskOrder
 from creep.domain.task_spec import TaskSpec
+from creep.storage import pending_writes
 from creep.storage.schedule_sql_base import Conn
 from creep.storage.schedules_sql import ScheduleSqlMixin
 
@@ -42,6 +43,7 @@ class SqliteSchedulesMixin(ScheduleSqlMixin):
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn  # type: ignore[misc]
+            pending_writes.flush(self, conn)  # the REST API's audit row, same transaction
         except sqlite3.IntegrityError as exc:
             conn.execute("ROLLBACK")
             raise _conflict(exc) from exc

@@ -36,6 +36,7 @@ from creep.ports import (
     TaskFilter,
 )
 from creep.storage import pending_writes
+from creep.storage.asset_pages import AssetPagesMixin  # REST API pages
 from creep.storage.common import (
     INSERT_COLUMNS,
     TASK_COLUMNS,
@@ -124,8 +125,9 @@ class _Apply:
 
 
 class SqliteStore(
-    SqliteSchedulesMixin, SqliteAssets, SqliteApiMixin, SqliteArtifactsMixin
-):  # schedules, assets, API tables, artifacts: see the mixins
+    SqliteSchedulesMixin, SqliteAssets, SqliteApiMixin, SqliteArtifactsMixin,
+    AssetPagesMixin,
+):  # schedules, assets, API tables, artifacts, REST pages: see the mixins
     dialect = "sqlite"
 
     def __init__(self, url: str) -> None:

@@ -1,0 +1,292 @@
+"""Request and response bodies of /v1/assets, /v1/leases, /v1/events and /v1/ledger
+(PRODUCT.md §1 AssetSnapshot, Lease, LedgerEntry; seed 001 AssetEvent).
+
+Shapes and ranges are checked here; the domain validators (`validate_asset_spec`,
+`validate_reported_event`, `make_entry`) apply the rules and name each field. Money travels
+as decimal strings (a JSON number is accepted on input, never produced)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from creep.api.schemas import _In
+from creep.domain.asset import AssetSnapshot
+from creep.domain.asset_event import AssetEvent
+from creep.domain.lease import Lease
+from creep.domain.ledger import LedgerEntry, LedgerSummary
+
+AssetStatusName = Literal["NEW", "READY", "IN_USE", "COOLING", "BANNED", "SOLD", "ARCHIVED"]
+LeaseStatusName = Literal["ACTIVE", "RELEASED", "EXPIRED", "REVOKED"]
+SeverityName = Literal["DEBUG", "INFO", "WARN", "ERROR"]
+EntryTypeName = Literal["COST", "REVENUE", "REFUND", "TASK_BURN", "ADJUSTMENT"]
+Money = Field(description="decimal, as a string")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _shallow(obj: Any) -> dict[str, Any]:
+    """A dataclass's fields as a dict without copying nested values (orjson writes them as
+    they are); `dataclasses.asdict` deep-copies and cost more than the rest of a page."""
+    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
+
+
+# -- assets ------------------------------------------------------------------------------------
+
+
+class AssetIn(_In):
+    """An asset to add to the pool. `tenant_id` comes from a tenant key; an admin names it."""
+
+    asset_id: str | None = Field(default=None, max_length=64, description="a UUID (generated)")
+    tenant_id: str | None = Field(default=None, min_length=1, max_length=128)
+    project_id: str | None = Field(default=None, max_length=200)
+    env: str | None = Field(default=None, max_length=200)
+    sku_category: str = Field(min_length=1, max_length=200)
+    sku_code: str = Field(min_length=1, max_length=200)
+    attributes: dict[str, Any] | None = None
+    status: Literal["NEW", "READY"] | None = None
+    max_concurrency: int | None = Field(default=None, ge=1, le=100_000)
+    health_score: int | None = Field(default=None, ge=0, le=100)
+    cooldown_seconds: int | None = Field(default=None, ge=0, le=10**8)
+    cost_per_lease: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3,4}$")
+
+    def fields(self, tenant_id: str) -> dict[str, Any]:
+        data = self.model_dump(exclude_unset=True, exclude_none=True)
+        data["tenant_id"] = tenant_id
+        return data
+
+
+class AssetOut(BaseModel):
+    asset_id: str
+    tenant_id: str
+    project_id: str | None
+    env: str | None
+    sku_category: str
+    sku_code: str
+    attributes: dict[str, Any]
+    status: AssetStatusName
+    max_concurrency: int
+    current_concurrency: int
+    health_score: int
+    cooldown_seconds: int
+    cooldown_until: datetime | None
+    cost_per_lease: str = Money
+    currency: str
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class AssetList(BaseModel):
+    items: list[AssetOut]
+
+
+class AssetPage(AssetList):
+    next_cursor: str | None
+
+
+class ReasonIn(_In):
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+def asset_json(a: AssetSnapshot) -> dict[str, Any]:
+    d = _shallow(a)
+    d["status"] = a.status.value
+    d["cost_per_lease"] = str(a.cost_per_lease)
+    for name in ("cooldown_until", "created_at", "updated_at"):
+        d[name] = _iso(d[name])
+    return d
+
+
+# -- leases ------------------------------------------------------------------------------------
+
+
+class LeaseOut(BaseModel):
+    lease_id: str
+    tenant_id: str
+    task_id: str
+    asset_id: str
+    status: LeaseStatusName
+    acquired_at: datetime
+    expires_at: datetime | None
+    released_at: datetime | None
+    cost: str = Money
+    currency: str
+    hint_index: int
+
+
+class LeasePage(BaseModel):
+    items: list[LeaseOut]
+
+
+def lease_json(lease: Lease) -> dict[str, Any]:
+    d = _shallow(lease)
+    d.pop("claim_token", None)  # the worker's fencing token is not for API clients
+    d["status"] = lease.status.value
+    d["cost"] = str(lease.cost)
+    for name in ("acquired_at", "expires_at", "released_at"):
+        d[name] = _iso(d[name])
+    return d
+
+
+# -- asset events ------------------------------------------------------------------------------
+
+
+class AssetEventIn(_In):
+    """An event about an asset (seed 001), e.g. a provider's webhook or a probe's failure. The
+    auto-ban policy of the asset's sku_category applies to it."""
+
+    event_id: str | None = Field(default=None, max_length=64, description="a UUID (generated)")
+    tenant_id: str | None = Field(default=None, min_length=1, max_length=128)
+    asset_id: str = Field(max_length=64, description="a UUID")
+    lease_id: str | None = Field(default=None, max_length=64)
+    correlation_id: str | None = Field(default=None, max_length=200)
+    causation_id: str | None = Field(default=None, max_length=64)
+    event_type: str = Field(min_length=1, max_length=100)
+    source: str | None = Field(default=None, max_length=100)
+    severity: SeverityName | None = None
+    old_status: str | None = Field(default=None, max_length=50)
+    new_status: str | None = Field(default=None, max_length=50)
+    message: str | None = Field(default=None, max_length=2000)
+    error_code: str | None = Field(default=None, max_length=200)
+    error_message: str | None = Field(default=None, max_length=4000)
+    provider_status: str | None = Field(default=None, max_length=100)
+    http_status: int | None = Field(default=None, ge=100, le=599)
+    latency_ms: int | None = Field(default=None, ge=0, le=2**53)
+    retryable: bool | None = None
+    occurred_at: datetime | None = None
+    tags: list[str] | None = Field(default=None, max_length=64)
+    context: dict[str, Any] | None = None
+    project_id: str | None = Field(default=None, max_length=200)
+    env: str | None = Field(default=None, max_length=50)
+
+    def fields(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True, exclude={"tenant_id"})
+
+
+class AssetEventOut(BaseModel):
+    event_id: str
+    tenant_id: str
+    project_id: str | None
+    env: str | None
+    asset_id: str
+    task_id: str | None
+    lease_id: str | None
+    correlation_id: str | None
+    causation_id: str | None
+    event_type: str
+    source: str | None
+    severity: SeverityName | None
+    old_status: str | None
+    new_status: str | None
+    message: str | None
+    error_code: str | None
+    error_message: str | None
+    provider_status: str | None
+    http_status: int | None
+    latency_ms: int | None
+    retryable: bool | None
+    occurred_at: datetime
+    recorded_at: datetime
+    tags: list[str]
+    context: dict[str, Any]
+    version: int
+
+
+class AssetEventPage(BaseModel):
+    items: list[AssetEventOut]
+
+
+class ReportedEventOut(BaseModel):
+    event: AssetEventOut
+    caused: list[AssetEventOut] = Field(
+        description="events the report caused in the same transaction (e.g. ASSET_BANNED)")
+
+
+def asset_event_json(e: AssetEvent) -> dict[str, Any]:
+    d = _shallow(e)
+    d["severity"] = None if e.severity is None else str(e.severity)
+    d["occurred_at"] = e.occurred_at.isoformat()
+    d["recorded_at"] = e.recorded_at.isoformat()
+    return d
+
+
+EVENT_CSV_COLUMNS = list(AssetEventOut.model_fields)
+
+
+# -- ledger ------------------------------------------------------------------------------------
+
+
+class LedgerEntryIn(_In):
+    """A REVENUE, REFUND or ADJUSTMENT entry (COST and TASK_BURN are written by creep
+    itself). Tied to a task: the currency must be the task's and a cost-raising entry must
+    keep the task within max_total_cost."""
+
+    entry_type: Literal["REVENUE", "REFUND", "ADJUSTMENT"]
+    amount: Decimal = Field(allow_inf_nan=False, description="> 0; an ADJUSTMENT is signed")
+    currency: str = Field(pattern=r"^[A-Z]{3,4}$")
+    tenant_id: str | None = Field(default=None, min_length=1, max_length=128)
+    project_id: str | None = Field(default=None, max_length=200)
+    task_id: str | None = Field(default=None, max_length=64)
+    asset_id: str | None = Field(default=None, max_length=64)
+    lease_id: str | None = Field(default=None, max_length=64)
+    description: str | None = Field(default=None, max_length=2000)
+    occurred_at: datetime | None = None
+
+
+class LedgerEntryOut(BaseModel):
+    entry_id: str
+    tenant_id: str
+    project_id: str | None
+    task_id: str | None
+    asset_id: str | None
+    lease_id: str | None
+    entry_type: EntryTypeName
+    amount: str = Money
+    currency: str
+    description: str | None
+    occurred_at: datetime
+    recorded_at: datetime
+
+
+class LedgerPage(BaseModel):
+    items: list[LedgerEntryOut]
+
+
+def ledger_json(e: LedgerEntry) -> dict[str, Any]:
+    d = _shallow(e)
+    d["entry_type"] = e.entry_type.value
+    d["amount"] = str(e.amount)
+    d["occurred_at"] = e.occurred_at.isoformat()
+    d["recorded_at"] = e.recorded_at.isoformat()
+    return d
+
+
+LEDGER_CSV_COLUMNS = list(LedgerEntryOut.model_fields)
+
+
+class LedgerGroupOut(BaseModel):
+    tenant_id: str | None = None
+    project_id: str | None = None
+    task_id: str | None = None
+    currency: str
+    cost: str = Money
+    revenue: str = Money
+    margin: str = Field(description="revenue - cost, decimal as a string")
+    entries: int
+
+
+class LedgerSummaryOut(BaseModel):
+    group_by: list[str]
+    items: list[LedgerGroupOut]
+
+
+def summary_json(group: dict[str, str | None], s: LedgerSummary) -> dict[str, Any]:
+    return {**group, "currency": s.currency, "cost": str(s.cost), "revenue": str(s.revenue),
+            "margin": str(s.margin), "entries": s.entries}

@@ -1,0 +1,121 @@
+"""Asset events (seed 001): the timeline by correlation_id / asset / task (JSON or CSV),
+reporting an event, and an event's causation chain up to its root."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from creep.api.asset_schemas import (
+    EVENT_CSV_COLUMNS,
+    AssetEventIn,
+    AssetEventPage,
+    ReportedEventOut,
+    asset_event_json,
+)
+from creep.api.audit import audited
+from creep.api.auth import Authenticated, Writer
+from creep.api.responses import csv_stream, decode_cursor, encode_cursor, json_response, wants_csv
+from creep.api.routes.assets import store_of
+from creep.api.services import Services, services
+from creep.api.tenancy import foreign_tenant_filter, list_scope, owning_tenant, read_scope
+from creep.domain.asset_event import validate_reported_event
+from creep.domain.audit import AuditAction, ResourceType
+from creep.domain.ids import uuid7
+from creep.ports_assets_api import AssetPagesStore, valid_page_cursor
+
+router = APIRouter(prefix="/events", tags=["asset events"])
+Svc = Annotated[Services, Depends(services)]
+EXPORT_PAGE = 1000
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "no such event/asset/task (or not this tenant's)"},
+    422: {"description": "validation failed; `errors` names each field"},
+}
+
+
+class AssetEventPageOut(AssetEventPage):
+    next_cursor: str | None
+
+
+@router.get(
+    "", response_model=AssetEventPageOut,
+    responses={200: {"content": {"text/csv": {}},
+                     "description": "JSON, or CSV with Accept: text/csv or ?format=csv"},
+               422: _PROBLEMS[422]},
+)
+def list_events(
+    request: Request, principal: Authenticated, svc: Svc,
+    correlation_id: Annotated[str | None, Query(max_length=200)] = None,
+    asset_id: Annotated[str | None, Query(max_length=64)] = None,
+    task_id: Annotated[str | None, Query(max_length=64)] = None,
+    event_type: Annotated[str | None, Query(max_length=100)] = None,
+    tenant_id: Annotated[str | None, Query(max_length=128)] = None,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    format: Annotated[str | None, Query(pattern="^(json|csv)$")] = None,
+) -> Any:
+    """Events in time order (occurred_at, then write order): one correlation_id's timeline,
+    an asset's or a task's. JSON pages (`next_cursor`), or every matching event as CSV."""
+    after = decode_cursor(cursor, valid_page_cursor) if cursor else None
+    csv = wants_csv(request, format)
+    if foreign_tenant_filter(principal, tenant_id):
+        if csv:
+            return csv_stream(EVENT_CSV_COLUMNS, iter(()), "asset-events.csv")
+        return json_response({"items": [], "next_cursor": None})
+    store = store_of(svc)
+    query: dict[str, Any] = dict(
+        tenant_id=list_scope(principal, tenant_id), asset_id=asset_id, task_id=task_id,
+        correlation_id=correlation_id, event_type=event_type,
+    )
+    if csv:
+        return csv_stream(EVENT_CSV_COLUMNS, _every_event(store, query, after),
+                          "asset-events.csv")
+    page = store.asset_events_page(**query, after=after, limit=limit)
+    next_cursor = encode_cursor(page[-1][0]) if len(page) == limit else None
+    return json_response({"items": [asset_event_json(e) for _, e in page],
+                          "next_cursor": next_cursor})
+
+
+def _every_event(
+    store: AssetPagesStore, query: dict[str, Any], after: str | None
+) -> Iterator[dict[str, Any]]:
+    """Page through every matching event (each page one short read)."""
+    while True:
+        page = store.asset_events_page(**query, after=after, limit=EXPORT_PAGE)
+        for _, event in page:
+            yield asset_event_json(event)
+        if len(page) < EXPORT_PAGE:
+            return
+        after = page[-1][0]
+
+
+@router.post("", status_code=201, response_model=ReportedEventOut, responses=_PROBLEMS)
+def report_event(body: AssetEventIn, request: Request, principal: Writer, svc: Svc) -> Any:
+    """Record an event about an asset from outside a task (e.g. a provider's webhook). The
+    asset's auto-ban policy applies in the same transaction: `caused` lists what followed
+    (e.g. ASSET_BANNED with causation_id = this event)."""
+    tenant = owning_tenant(principal, body.tenant_id, svc.store)
+    fields = validate_reported_event(body.fields())
+    fields["event_id"] = fields.get("event_id") or _event_id()
+    store = store_of(svc)
+    with audited(request, principal, AuditAction.REPORTED, ResourceType.ASSET_EVENT,
+                 fields["event_id"], tenant_id=tenant,
+                 resource_data={"asset_id": str(fields["asset_id"])}):
+        events = store.asset_event_report(fields, svc.clock.now(), tenant_id=tenant)
+    return json_response({"event": asset_event_json(events[0]),
+                          "caused": [asset_event_json(e) for e in events[1:]]}, 201,
+                         {"Location": f"/v1/events/{events[0].event_id}/chain"})
+
+
+def _event_id() -> str:
+    return uuid7()
+
+
+@router.get("/{event_id}/chain", response_model=AssetEventPage,
+            responses={404: _PROBLEMS[404]})
+def event_chain(event_id: str, principal: Authenticated, svc: Svc) -> Any:
+    """The event, then what caused it, and so on up to the root (causation_id null)."""
+    chain = store_of(svc).asset_event_chain(event_id, read_scope(principal))
+    return json_response({"items": [asset_event_json(e) for e in chain]})

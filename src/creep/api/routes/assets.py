@@ -1,0 +1,250 @@
+"""Assets and leases: import (one or a list), list, read, ban / unban / archive, an asset's
+events; leases by task, asset and status, and releasing one by hand.
+
+Every read happens before the audited block: on PostgreSQL a read is a transaction too, and
+the audit rows must ride the one transaction that makes the change."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, cast
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
+
+from creep.api.asset_schemas import (
+    AssetEventPage,
+    AssetIn,
+    AssetList,
+    AssetOut,
+    AssetPage,
+    AssetStatusName,
+    LeaseOut,
+    LeasePage,
+    LeaseStatusName,
+    ReasonIn,
+    asset_event_json,
+    asset_json,
+    lease_json,
+)
+from creep.api.audit import audit_write, audited, riding
+from creep.api.auth import Authenticated, Principal, Writer
+from creep.api.openapi import BODY_MODELS
+from creep.api.responses import decode_cursor, encode_cursor, json_response
+from creep.api.services import Services, services
+from creep.api.tenancy import foreign_tenant_filter, list_scope, owning_tenant, read_scope
+from creep.domain.asset import AssetFilter, AssetStatus, validate_asset_spec
+from creep.domain.audit import AuditAction, ResourceType
+from creep.domain.errors import NotFound, ValidationError
+from creep.ports_assets_api import AssetPagesStore
+from creep.storage.asset_base import is_uuid
+
+router = APIRouter(tags=["assets"])
+Svc = Annotated[Services, Depends(services)]
+MAX_IMPORT = 1000
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "no such asset/lease (or not this tenant's)"},
+    409: {"description": "the asset's status does not allow this change"},
+    422: {"description": "validation failed; `errors` names each field"},
+}
+
+
+def store_of(svc: Services) -> AssetPagesStore:
+    return cast(AssetPagesStore, svc.store)
+
+
+# -- assets ------------------------------------------------------------------------------------
+
+
+_ONE_ASSET: TypeAdapter[AssetIn] = TypeAdapter(AssetIn)
+_ASSET_LIST: TypeAdapter[list[AssetIn]] = TypeAdapter(list[AssetIn])
+BODY_MODELS.append(AssetIn)
+_ASSET_REF = {"$ref": "#/components/schemas/AssetIn"}
+
+
+def _parse_assets(raw: Any) -> list[AssetIn]:
+    """One asset or a list, each problem named by its path (`[2].sku_code`)."""
+    try:
+        if isinstance(raw, list):
+            items = _ASSET_LIST.validate_python(raw)
+            if not 1 <= len(items) <= MAX_IMPORT:
+                raise ValidationError.single("body", f"give 1 to {MAX_IMPORT} assets")
+            return items
+        return [_ONE_ASSET.validate_python(raw)]
+    except PydanticValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+        ) from None
+
+
+@router.post(
+    "/assets", status_code=201, response_model=AssetOut | AssetList,
+    responses={422: _PROBLEMS[422]},
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"oneOf": [_ASSET_REF, {"type": "array", "items": _ASSET_REF,
+                                           "minItems": 1, "maxItems": MAX_IMPORT}]}}}}},
+)
+def create_assets(
+    body: Annotated[Any, Body()], request: Request, principal: Writer, svc: Svc
+) -> Any:
+    """Add one asset (answer: the asset) or a list of up to 1000 in one transaction (answer:
+    `{items}`; all valid or none written). Each asset writes an IMPORTED event."""
+    many = isinstance(body, list)
+    items = _parse_assets(body)
+    specs = []
+    errors: list[tuple[str, str]] = []
+    tenants: dict[str | None, str] = {}
+    for i, item in enumerate(items):
+        prefix = f"[{i}]." if many else ""
+        try:
+            if item.tenant_id not in tenants:
+                tenants[item.tenant_id] = owning_tenant(
+                    principal, item.tenant_id, svc.store, field=f"{prefix}tenant_id")
+            specs.append(validate_asset_spec(item.fields(tenants[item.tenant_id]), prefix))
+        except ValidationError as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise ValidationError(errors)
+    writes = [
+        audit_write(request, principal, AuditAction.CREATED, ResourceType.ASSET, s.asset_id,
+                    tenant_id=s.tenant_id)
+        for s in specs
+    ]
+    with riding(*writes):
+        created = store_of(svc).asset_create_many(specs, svc.clock.now())
+    if many:
+        return json_response({"items": [asset_json(a) for a in created]}, 201)
+    asset = created[0]
+    return json_response(asset_json(asset), 201, {"Location": f"/v1/assets/{asset.asset_id}",
+                                                  "ETag": f'"{asset.version}"'})
+
+
+@router.get("/assets", response_model=AssetPage, responses={422: _PROBLEMS[422]})
+def list_assets(
+    principal: Authenticated, svc: Svc,
+    status: AssetStatusName | None = None,
+    sku_category: Annotated[str | None, Query(max_length=200)] = None,
+    sku_code: Annotated[str | None, Query(max_length=200,
+                                          description="exact, or a `prefix.*` pattern")] = None,
+    project_id: Annotated[str | None, Query(max_length=200)] = None,
+    tenant_id: Annotated[str | None, Query(max_length=128)] = None,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Any:
+    """Assets ordered by asset_id; pass `next_cursor` back as `cursor`."""
+    if foreign_tenant_filter(principal, tenant_id):
+        return json_response({"items": [], "next_cursor": None})
+    after = decode_cursor(cursor, is_uuid) if cursor else None
+    flt = AssetFilter(list_scope(principal, tenant_id), status, sku_category, sku_code,
+                      project_id)
+    items = store_of(svc).asset_list(flt, after=after, limit=limit)
+    next_cursor = encode_cursor(items[-1].asset_id) if len(items) == limit else None
+    return json_response({"items": [asset_json(a) for a in items], "next_cursor": next_cursor})
+
+
+@router.get("/assets/{asset_id}", response_model=AssetOut, responses={404: _PROBLEMS[404]})
+def get_asset(asset_id: str, principal: Authenticated, svc: Svc) -> Any:
+    asset = store_of(svc).asset_get(asset_id, read_scope(principal))
+    return json_response(asset_json(asset), headers={"ETag": f'"{asset.version}"'})
+
+
+def _set_status(
+    asset_id: str, status: AssetStatus, action: AuditAction, request: Request,
+    principal: Principal, svc: Services, body: ReasonIn | None,
+) -> Any:
+    store = store_of(svc)
+    scope = read_scope(principal)
+    before = store.asset_get(asset_id, scope)
+    reason = body.reason if body else None
+    with audited(request, principal, action, ResourceType.ASSET, asset_id,
+                 old=asset_json(before), tenant_id=before.tenant_id,
+                 data={"reason": reason} if reason else None):
+        asset, _event = store.asset_set_status(
+            asset_id, status, svc.clock.now(), tenant_id=scope, reason=reason
+        )
+    return json_response(asset_json(asset), headers={"ETag": f'"{asset.version}"'})
+
+
+@router.post("/assets/{asset_id}/ban", response_model=AssetOut, responses=_PROBLEMS)
+def ban_asset(
+    asset_id: str, request: Request, principal: Writer, svc: Svc,
+    body: Annotated[ReasonIn | None, Body()] = None,
+) -> Any:
+    """BANNED by an operator: its active leases are REVOKED (event BANNED)."""
+    return _set_status(asset_id, AssetStatus.BANNED, AuditAction.BANNED, request, principal,
+                       svc, body)
+
+
+@router.post("/assets/{asset_id}/unban", response_model=AssetOut, responses=_PROBLEMS)
+def unban_asset(
+    asset_id: str, request: Request, principal: Writer, svc: Svc,
+    body: Annotated[ReasonIn | None, Body()] = None,
+) -> Any:
+    """BANNED -> READY (event UNBANNED); earlier failures no longer count to auto-ban."""
+    return _set_status(asset_id, AssetStatus.READY, AuditAction.UNBANNED, request, principal,
+                       svc, body)
+
+
+@router.post("/assets/{asset_id}/archive", response_model=AssetOut, responses=_PROBLEMS)
+def archive_asset(
+    asset_id: str, request: Request, principal: Writer, svc: Svc,
+    body: Annotated[ReasonIn | None, Body()] = None,
+) -> Any:
+    """ARCHIVED: never leased again; active leases are REVOKED (event ARCHIVED)."""
+    return _set_status(asset_id, AssetStatus.ARCHIVED, AuditAction.ARCHIVED, request,
+                       principal, svc, body)
+
+
+@router.get("/assets/{asset_id}/events", response_model=AssetEventPage,
+            responses={404: _PROBLEMS[404]})
+def asset_events(
+    asset_id: str, principal: Authenticated, svc: Svc,
+    event_type: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> Any:
+    """The asset's events, oldest first (`GET /v1/events?asset_id=` pages through them)."""
+    store = store_of(svc)
+    scope = read_scope(principal)
+    store.asset_get(asset_id, scope)
+    events = store.asset_events_list(tenant_id=scope, asset_id=asset_id, event_type=event_type,
+                                     limit=limit)
+    return json_response({"items": [asset_event_json(e) for e in events]})
+
+
+# -- leases ------------------------------------------------------------------------------------
+
+
+@router.get("/leases", response_model=LeasePage, tags=["leases"],
+            responses={422: _PROBLEMS[422]})
+def list_leases(
+    principal: Authenticated, svc: Svc,
+    task_id: Annotated[str | None, Query(max_length=64)] = None,
+    asset_id: Annotated[str | None, Query(max_length=64)] = None,
+    status: LeaseStatusName | None = None,
+    tenant_id: Annotated[str | None, Query(max_length=128)] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> Any:
+    """Leases by task, asset and status (the claim token is never shown)."""
+    if foreign_tenant_filter(principal, tenant_id):
+        return json_response({"items": []})
+    leases = store_of(svc).lease_list(
+        tenant_id=list_scope(principal, tenant_id), task_id=task_id, asset_id=asset_id,
+        status=status, limit=limit,
+    )
+    return json_response({"items": [lease_json(x) for x in leases]})
+
+
+@router.post("/leases/{lease_id}/release", response_model=LeaseOut, tags=["leases"],
+             responses=_PROBLEMS)
+def release_lease(lease_id: str, request: Request, principal: Writer, svc: Svc) -> Any:
+    """Release an ACTIVE lease by hand (e.g. one kept by constraints.keep_leases)."""
+    store = store_of(svc)
+    scope = read_scope(principal)
+    old = store.snapshot(ResourceType.LEASE, lease_id) if is_uuid(lease_id) else None
+    if old is None or (scope is not None and old.get("tenant_id") != scope):
+        raise NotFound("lease", lease_id)
+    with audited(request, principal, AuditAction.RELEASED, ResourceType.LEASE, lease_id,
+                 old=old, tenant_id=str(old["tenant_id"])):
+        lease = store.lease_release(lease_id, svc.clock.now(), tenant_id=scope)
+    return json_response(lease_json(lease))

@@ -1,0 +1,54 @@
+"""What the REST API needs of a store for assets, events and the ledger beyond `ports.Store`:
+cursor pages (for lists and CSV exports that read every row) and grouped ledger summaries.
+Both backends get them from `storage/asset_pages.py`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from creep.domain.asset_event import AssetEvent
+from creep.domain.ledger import LedgerEntry, LedgerSummary
+from creep.ports_api import ApiStore
+
+#: Columns a ledger summary may be grouped by (currency is always one of them).
+LEDGER_GROUPS = ("tenant_id", "project_id", "task_id", "currency")
+
+
+class AssetPagesStore(ApiStore, Protocol):
+    def asset_events_page(
+        self, *, tenant_id: str | None = None, asset_id: str | None = None,
+        task_id: str | None = None, correlation_id: str | None = None,
+        event_type: str | None = None, after: str | None = None, limit: int = 100,
+    ) -> list[tuple[str, AssetEvent]]:
+        """Events oldest first (occurred_at, then write order), each with its cursor."""
+        ...
+
+    def ledger_page(
+        self, *, tenant_id: str | None = None, project_id: str | None = None,
+        task_id: str | None = None, entry_type: str | None = None,
+        since: datetime | None = None, until: datetime | None = None,
+        after: str | None = None, limit: int = 100,
+    ) -> list[tuple[str, LedgerEntry]]:
+        """Entries by occurred_at, then write order, each with its cursor."""
+        ...
+
+    def ledger_summary_grouped(
+        self, group_by: Sequence[str], *, tenant_id: str | None = None,
+        project_id: str | None = None, task_id: str | None = None,
+        since: datetime | None = None, until: datetime | None = None,
+    ) -> list[tuple[dict[str, str | None], LedgerSummary]]:
+        """Cost, revenue and margin per group (the `group_by` columns; currency always)."""
+        ...
+
+
+def valid_page_cursor(raw: str) -> bool:
+    """`<ISO occurred_at>|<seq>`, as `asset_events_page` and `ledger_page` issue them."""
+    when, sep, seq = raw.rpartition("|")
+    if not sep or not seq.isdigit() or len(seq) > 18:
+        return False
+    try:
+        return datetime.fromisoformat(when).tzinfo is not None
+    except ValueError:
+        return False

@@ -1,0 +1,141 @@
+"""Cursor pages of asset events and ledger entries, and grouped ledger summaries, for the REST
+API (lists and CSV exports). Shared SQL for both backends on the asset store's dialect.
+
+A cursor is `<ISO occurred_at>|<seq>`: rows are ordered by (occurred_at, seq), seq being the
+write order, so a page continues exactly after the last row returned."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from creep.domain.asset_event import AssetEvent
+from creep.domain.errors import ValidationError
+from creep.domain.ledger import LedgerEntry, LedgerSummary, summarise
+from creep.ports_assets_api import LEDGER_GROUPS
+from creep.storage.asset_base import EVENT_COLS, LEDGER_COLS, AssetStoreBase, is_uuid
+
+
+def _after(cursor: str) -> tuple[datetime, int]:
+    when, _, seq = cursor.rpartition("|")
+    try:
+        at = datetime.fromisoformat(when)
+        if at.tzinfo is None:
+            raise ValueError
+        return at, int(seq)
+    except ValueError:
+        raise ValidationError.single("cursor", "is not a cursor this server issued") from None
+
+
+class AssetPagesMixin(AssetStoreBase):
+    def _page_where(
+        self, filters: Sequence[tuple[str, Any]], since: datetime | None,
+        until: datetime | None, after: str | None,
+    ) -> tuple[list[str], list[Any]]:
+        d = self._adialect
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
+        for column, value in filters:
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            where.append("occurred_at >= ?")
+            params.append(d.ts(since))
+        if until is not None:
+            where.append("occurred_at < ?")
+            params.append(d.ts(until))
+        if after is not None:
+            at, seq = _after(after)
+            where.append("(occurred_at > ? OR (occurred_at = ? AND seq > ?))")
+            params += [d.ts(at), d.ts(at), seq]
+        return where, params
+
+    def _cursor(self, occurred_at: datetime, seq: int) -> str:
+        return f"{occurred_at.isoformat()}|{seq}"
+
+    def asset_events_page(
+        self, *, tenant_id: str | None = None, asset_id: str | None = None,
+        task_id: str | None = None, correlation_id: str | None = None,
+        event_type: str | None = None, after: str | None = None, limit: int = 100,
+    ) -> list[tuple[str, AssetEvent]]:
+        if any(v is not None and not is_uuid(v) for v in (asset_id, task_id)):
+            return []
+        where, params = self._page_where(
+            [("tenant_id", tenant_id), ("asset_id", asset_id), ("task_id", task_id),
+             ("correlation_id", correlation_id), ("event_type", event_type)],
+            None, None, after,
+        )
+        with self._aread() as conn:
+            rows = self._x(
+                conn,
+                f"SELECT seq, {EVENT_COLS} FROM asset_events WHERE {' AND '.join(where)} "
+                "ORDER BY occurred_at, seq LIMIT ?",
+                [*params, limit],
+            ).fetchall()
+        out = []
+        for r in rows:
+            event = self._event(r[1:])
+            out.append((self._cursor(event.occurred_at, int(r[0])), event))
+        return out
+
+    def ledger_page(
+        self, *, tenant_id: str | None = None, project_id: str | None = None,
+        task_id: str | None = None, entry_type: str | None = None,
+        since: datetime | None = None, until: datetime | None = None,
+        after: str | None = None, limit: int = 100,
+    ) -> list[tuple[str, LedgerEntry]]:
+        if task_id is not None and not is_uuid(task_id):
+            return []
+        where, params = self._page_where(
+            [("tenant_id", tenant_id), ("project_id", project_id), ("task_id", task_id),
+             ("entry_type", entry_type)],
+            since, until, after,
+        )
+        with self._aread() as conn:
+            rows = self._x(
+                conn,
+                f"SELECT seq, {LEDGER_COLS} FROM ledger_entries WHERE {' AND '.join(where)} "
+                "ORDER BY occurred_at, seq LIMIT ?",
+                [*params, limit],
+            ).fetchall()
+        out = []
+        for r in rows:
+            entry = self._entry(r[1:])
+            out.append((self._cursor(entry.occurred_at, int(r[0])), entry))
+        return out
+
+    def ledger_summary_grouped(
+        self, group_by: Sequence[str], *, tenant_id: str | None = None,
+        project_id: str | None = None, task_id: str | None = None,
+        since: datetime | None = None, until: datetime | None = None,
+    ) -> list[tuple[dict[str, str | None], LedgerSummary]]:
+        """Amounts are summed as Decimals in Python (exact on both backends: SQLite keeps
+        them as text), like `ledger_summary`."""
+        if task_id is not None and not is_uuid(task_id):
+            return []
+        groups = [g for g in LEDGER_GROUPS if g in group_by and g != "currency"]
+        d = self._adialect
+        where, params = self._page_where(
+            [("tenant_id", tenant_id), ("project_id", project_id), ("task_id", task_id)],
+            since, until, None,
+        )
+        cols = "".join(f"{g}, " for g in groups)
+        with self._aread() as conn:
+            rows = self._x(
+                conn,
+                f"SELECT {cols}currency, entry_type, amount FROM ledger_entries "
+                f"WHERE {' AND '.join(where)}",
+                params,
+            ).fetchall()
+        by_group: dict[tuple[Any, ...], list[tuple[str, str, Decimal]]] = {}
+        n = len(groups)
+        for r in rows:
+            by_group.setdefault(tuple(r[:n]), []).append((r[n], r[n + 1], d.from_dec(r[n + 2])))
+        out: list[tuple[dict[str, str | None], LedgerSummary]] = []
+        for key in sorted(by_group, key=lambda k: tuple((v is not None, v or "") for v in k)):
+            label = {g: (None if v is None else str(v)) for g, v in zip(groups, key, strict=True)}
+            out.extend((label, s) for s in summarise(by_group[key]))
+        return out
