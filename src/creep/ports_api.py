@@ -6,7 +6,7 @@ so `Store` itself stays what the engine needs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -100,6 +100,6 @@ SECRET_COLUMNS = frozenset({"key_hash", "claim_token", "request_hash"})
 
 def task_snapshot(task: TaskOrder) -> dict[str, Any]:
     """What an audit diff records of a task."""
-    data = task.to_dict()
-    data.pop("replayed", None)
+    # Shallow on purpose (asdict deep-copies every nested value): this runs per request.
+    data = {f.name: getattr(task, f.name) for f in fields(task) if f.name != "replayed"}
     return data

@@ -4,6 +4,7 @@ PATCH with If-Match, events, the idempotency race, SSE resume, problem documents
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -127,8 +128,15 @@ def test_cancel_retry_patch_and_events(server: Server) -> None:
         events = c.get(f"/v1/tasks/{tid}/events").json()
         types = [e["event_type"] for e in events["items"]]
         assert types == ["created", "queued", "updated", "cancelled", "queued"]
-        after = c.get(f"/v1/tasks/{tid}/events",
-                      params={"after": events["items"][2]["cursor"]}).json()
+        # After a cursor, PostgreSQL shows an event once no older transaction can still
+        # commit (other sessions on the server may hold that back for a moment).
+        deadline = time.monotonic() + 20
+        while True:
+            after = c.get(f"/v1/tasks/{tid}/events",
+                          params={"after": events["items"][2]["cursor"]}).json()
+            if len(after["items"]) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert [e["event_type"] for e in after["items"]] == ["cancelled", "queued"]
         assert c.get(f"/v1/tasks/{uuid.uuid4()}").status_code == 404
         assert c.get("/v1/tasks/not-a-uuid").status_code == 404
@@ -153,6 +161,30 @@ def test_idempotency_race_50_concurrent_posts(server: Server) -> None:
     with server.client(key) as c:
         listed = c.get("/v1/tasks", params={"limit": 500}).json()["items"]
         assert len([t for t in listed if t["idempotency_key"] == body["idempotency_key"]]) == 1
+
+
+def test_concurrent_creates_fail_alone(server: Server) -> None:
+    """Concurrent creates are written together; one bad request must not sink the others."""
+    _, key = server.tenant()
+    bodies = [_task(input_payload={"i": i}) for i in range(20)]
+    bodies[7] = _task(depends_on=[str(uuid.uuid4())])  # unknown dependency: 422
+    bodies[13] = {**bodies[3], "priority": 1}  # bodies[3]'s key, another body: 409 or 201
+    barrier = threading.Barrier(len(bodies))
+
+    def post(body: dict[str, Any]) -> httpx.Response:
+        with server.client(key) as c:
+            barrier.wait()
+            return c.post("/v1/tasks", json=body)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(post, bodies))
+    assert responses[7].status_code == 422
+    assert sorted([responses[3].status_code, responses[13].status_code]) == [201, 409]
+    others = [r for i, r in enumerate(responses) if i not in (3, 7, 13)]
+    assert {r.status_code for r in others} == {201}
+    with server.client(key) as c:
+        listed = c.get("/v1/tasks", params={"limit": 500}).json()["items"]
+    assert len(listed) == 18
 
 
 def _read_sse(response: httpx.Response, stop_after: int | None = None) -> list[dict[str, str]]:

@@ -9,21 +9,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import cast
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import ORJSONResponse
 
 from creep.api import problems
 from creep.api.auth import KeyCache
 from creep.api.context import RequestContextMiddleware
+from creep.api.create_batcher import CreateBatcher
 from creep.api.limits import RateLimiter, TenantLimitsCache
 from creep.api.metrics import Metrics
 from creep.api.openapi import install_openapi
 from creep.api.routes import admin, artifacts, audit, batches, health, keys, tasks, tenants, workers
-from creep.api.schemas import bad_text
 from creep.api.services import Services
 from creep.api.settings import Settings
 from creep.domain.clock import Clock, SystemClock
-from creep.domain.errors import ValidationError
 from creep.domain.tenancy import ApiKey, PrincipalType, Role, hash_key
 from creep.engine.maintainer import Maintainer
 from creep.ports_api import ApiStore
@@ -52,15 +51,6 @@ def ensure_admin_key(store: ApiStore, secret: str, clock: Clock) -> None:
                     extra={"key_id": stored.key_id})
 
 
-async def storable_parameters(request: Request) -> None:
-    """Path and query parameters reach SQL: text no database can store is a 422 here."""
-    for where, params in (("path", request.path_params), ("query", request.query_params)):
-        for name, value in params.items():
-            rule = bad_text(str(value))
-            if rule:
-                raise ValidationError.single(f"{name}", f"{rule} (in the {where})")
-
-
 def create_app(
     settings: Settings, *, store: ApiStore | None = None, clock: Clock | None = None
 ) -> FastAPI:
@@ -87,6 +77,7 @@ def create_app(
                 svc, app.state.tenant_limits, shared=the_store.dialect == "postgres"
             )
             app.state.metrics = Metrics(the_store)
+            app.state.create_batcher = CreateBatcher(svc)
             # Rescue expired claims, time out overdue tasks (HTTP workers cannot): api2.
             maintainer = None
             if settings.maintenance_interval_seconds > 0:
@@ -98,6 +89,7 @@ def create_app(
             finally:
                 if maintainer is not None:
                     maintainer.stop()
+                app.state.create_batcher.close()
         finally:
             if opened:
                 the_store.close()
@@ -119,7 +111,7 @@ def create_app(
 
     app.add_middleware(RequestContextMiddleware, on_done=on_done)
     app.include_router(health.router)
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(storable_parameters)])
+    v1 = APIRouter(prefix="/v1")
     for router in V1_ROUTERS:
         v1.include_router(router)
     app.include_router(v1)

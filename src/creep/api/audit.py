@@ -23,7 +23,7 @@ from fastapi import Request
 
 from creep.api.auth import Principal
 from creep.api.context import current_request_id
-from creep.api.services import services
+from creep.api.services import get_services
 from creep.domain.audit import AuditAction, ResourceType, build_diff
 from creep.ports_api import AuditRow
 from creep.storage import pending_writes
@@ -75,7 +75,7 @@ def audit_write(
     only_if: Callable[[dict[str, Any]], bool] | None = None,
 ) -> AuditWrite:
     """Build the audit row of this request (not yet written)."""
-    svc = services(request)
+    svc = get_services(request)
     now = svc.clock.now()
     action_value = AuditAction(action).value
     type_value = ResourceType(resource_type).value

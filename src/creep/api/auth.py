@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from creep.api.problems import Problem
-from creep.api.services import Services, services
+from creep.api.services import Services, get_services
 from creep.domain.tenancy import ApiKey, PrincipalType, Role, hash_key
 
 
@@ -91,7 +91,13 @@ async def authenticate(
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """FastAPI dependency: the caller's Principal, or a 401 problem."""
-    svc = services(request)
+    return await principal_of(request)
+
+
+async def principal_of(request: Request, *, write: bool = False) -> Principal:
+    """The caller's Principal (401 problem if none; 403 for a read-only key when `write`).
+    Call it directly from a hot route that avoids dependency injection."""
+    svc = get_services(request)
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
@@ -110,6 +116,8 @@ async def authenticate(
     limiter = request.app.state.rate_limiter
     if principal.tenant_id is not None and limiter.enabled:
         await limiter.check(principal.tenant_id)
+    if write and principal.read_only:
+        raise Problem(403, "Forbidden", "this API key is read-only", type_="read-only-key")
     return principal
 
 

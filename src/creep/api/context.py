@@ -41,6 +41,10 @@ class RequestContextMiddleware:
                 supplied = value.decode("latin-1")
                 break
         request_id = supplied if supplied and _VALID_ID.match(supplied) else uuid.uuid4().hex
+        if _has_nul(scope):
+            # Path and query parameters reach SQL; no database stores NUL in text.
+            await _reject_nul(send, request_id)
+            return
         token = _request_id.set(request_id)
         started = time.perf_counter()
         status = 500
@@ -55,8 +59,32 @@ class RequestContextMiddleware:
                 message["headers"] = headers
             await send(message)
 
+        started_response = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started_response
+            if message["type"] == "http.response.start":
+                started_response = True
+            await send_with_id(message)
+
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_tracked)
+        except Exception:
+            # Answer here, where the request id is still known (the outermost handler of
+            # Starlette would answer without it).
+            logging.getLogger("creep.api").exception("unhandled error")
+            if started_response:
+                raise
+            status = 500
+            body = orjson.dumps({
+                "type": "https://creep.dev/problems/internal", "title": "Internal error",
+                "status": 500, "detail": "an unexpected error occurred",
+                "instance": request_id,
+            })
+            await send_with_id({"type": "http.response.start", "status": 500, "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode())]})
+            await send_with_id({"type": "http.response.body", "body": body})
         finally:
             elapsed = time.perf_counter() - started
             template = route_template(scope)
@@ -69,6 +97,24 @@ class RequestContextMiddleware:
                            "duration_ms": round(elapsed * 1000, 2)},
                 )
             _request_id.reset(token)
+
+
+def _has_nul(scope: Scope) -> bool:
+    query: bytes = scope.get("query_string", b"")
+    return "\x00" in scope["path"] or b"%00" in query or b"\x00" in query
+
+
+async def _reject_nul(send: Send, request_id: str) -> None:
+    body = orjson.dumps({
+        "type": "https://creep.dev/problems/validation", "title": "Validation failed",
+        "status": 422, "detail": "path or query: must not contain NUL characters (%00)",
+        "instance": request_id,
+        "errors": [{"field": "query", "in": "query", "rule": "must not contain NUL characters"}],
+    })
+    await send({"type": "http.response.start", "status": 422, "headers": [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def route_template(scope: Scope) -> str:

@@ -11,6 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
 from creep.api.problems import PROBLEM_JSON
+from creep.api.schemas import TaskOrderIn
 
 
 class FieldError(BaseModel):
@@ -30,6 +31,9 @@ class Problem(BaseModel):
     instance: str = Field(description="the request id (X-Request-ID)")
     errors: list[FieldError] | None = Field(default=None, description="validation errors")
 
+
+#: Request bodies referenced only through openapi_extra (see routes/tasks.create_task).
+BODY_MODELS: list[type[BaseModel]] = [TaskOrderIn]
 
 _COMMON = {
     "401": "missing, unknown or revoked API key",
@@ -55,6 +59,11 @@ def install_openapi(app: FastAPI) -> None:
         for name, sub in problem_schema.pop("$defs", {}).items():
             schemas[name] = sub
         schemas["Problem"] = problem_schema
+        for model in BODY_MODELS:  # bodies of routes that read the Request themselves
+            body_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, sub in body_schema.pop("$defs", {}).items():
+                schemas.setdefault(name, sub)
+            schemas.setdefault(model.__name__, body_schema)
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
         ref = {"schema": {"$ref": "#/components/schemas/Problem"}}

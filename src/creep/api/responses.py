@@ -6,7 +6,9 @@ import base64
 import binascii
 import csv
 import io
+import re
 from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -39,6 +41,42 @@ def decode_cursor(cursor: str, valid: Callable[[str], bool], field: str = "curso
     if not raw or not valid(raw):
         raise ValidationError.single(field, "is not a cursor this server issued")
     return raw
+
+
+_EVENT_CURSOR = re.compile(r"^[0-9]{1,18}(\.[0-9]{1,18})?$")
+
+
+def check_event_cursor(cursor: str | None, field: str) -> str | None:
+    """Event cursors are numbers a database column can hold; anything else is a 422."""
+    if cursor is not None and not _EVENT_CURSOR.match(cursor):
+        raise ValidationError.single(field, "is not a cursor this server issued")
+    return cursor
+
+
+def aware(value: datetime | None, field: str) -> datetime | None:
+    """A timestamp filter: it must carry a time zone and be representable in UTC."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValidationError.single(field, "must carry a time zone")
+    try:
+        return value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValidationError.single(field, "is out of range") from None
+
+
+def valid_sortable_cursor(raw: str) -> bool:
+    """`<created>/<id>` as both stores issue them: microseconds or an ISO timestamp."""
+    created, sep, key = raw.partition("/")
+    if not sep or not key:
+        return False
+    if created.isdigit():
+        return len(created) <= 18
+    try:
+        datetime.fromisoformat(created)
+    except ValueError:
+        return False
+    return True
 
 
 def wants_csv(request: Request, format_: str | None) -> bool:

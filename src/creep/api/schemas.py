@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import asdict
+from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -218,9 +219,12 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
+_TASK_FIELDS = [f.name for f in dataclass_fields(TaskOrder) if f.name != "replayed"]
+
+
 def task_json(task: TaskOrder) -> dict[str, Any]:
-    d = asdict(task)
-    d.pop("replayed", None)
+    # Shallow (orjson serialises nested values as they are); asdict would deep-copy them.
+    d = {name: getattr(task, name) for name in _TASK_FIELDS}
     d["status"] = task.status.value
     for name in ("max_total_cost", "business_value_hint"):
         value = d[name]

@@ -21,6 +21,10 @@ class Services:
     limits: Limits = field(default_factory=Limits)
 
 
-def services(request: Request) -> Services:
-    """FastAPI dependency: the app's Services."""
+def get_services(request: Request) -> Services:
+    return cast(Services, request.app.state.services)
+
+
+async def services(request: Request) -> Services:
+    """FastAPI dependency: the app's Services (async: a plain def would cost a thread hop)."""
     return cast(Services, request.app.state.services)

@@ -169,17 +169,37 @@ class PostgresApiMixin:
     # -- audit ---------------------------------------------------------------------------------
 
     def _api_insert_audit(self, conn: psycopg.Connection[Any], row: AuditRow) -> None:
-        conn.execute(
-            "INSERT INTO audit_events (id, timestamp, action, resource_type, resource, "
+        self._api_insert_audits(conn, [row])
+
+    def _api_insert_audits(self, conn: psycopg.Connection[Any], rows: Sequence[AuditRow]) -> None:
+        if not rows:
+            return
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO audit_events (id, timestamp, action, resource_type, resource, "
             "resource_id, principal, principal_uid, tenant_id, diff_object, client_ip, "
             "user_agent, request_method, request_id, data, created_at) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (row.id, row.timestamp_ms, row.action, row.resource_type, Jsonb(row.resource),
-             str(row.resource.get("identifier", "")), Jsonb(row.user),
-             str(row.user.get("uid", "")), row.tenant_id, Jsonb(row.diff_object),
-             row.client_ip, row.user_agent, row.request_method, row.request_id,
-             Jsonb(row.data), row.created_at),
+            [(row.id, row.timestamp_ms, row.action, row.resource_type, Jsonb(row.resource),
+              str(row.resource.get("identifier", "")), Jsonb(row.user),
+              str(row.user.get("uid", "")), row.tenant_id, Jsonb(row.diff_object),
+              row.client_ip, row.user_agent, row.request_method, row.request_id,
+              Jsonb(row.data), row.created_at) for row in rows],
         )
+
+    def _api_task_snapshots(
+        self, conn: psycopg.Connection[Any], task_ids: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        """Audit snapshots of many tasks in one query (inside the open transaction)."""
+        from creep.ports_api import task_snapshot
+        from creep.storage.common import TASK_SELECT
+        from creep.storage.postgres_store import _row_to_task
+
+        rows = conn.execute(
+            f"SELECT {TASK_SELECT} FROM tasks WHERE task_id = ANY(%s::uuid[])", (list(task_ids),)
+        ).fetchall()
+        tasks = [_row_to_task(r) for r in rows]
+        return {t.task_id: task_snapshot(t) for t in tasks}
 
     def _api_snapshot(
         self, conn: psycopg.Connection[Any], resource_type: str, resource_id: str

@@ -177,17 +177,35 @@ class SqliteApiMixin:
     # -- audit ---------------------------------------------------------------------------------
 
     def _api_insert_audit(self, conn: sqlite3.Connection, row: AuditRow) -> None:
-        conn.execute(
+        self._api_insert_audits(conn, [row])
+
+    def _api_insert_audits(self, conn: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
+        conn.executemany(
             "INSERT INTO audit_events (id, timestamp, action, resource_type, resource, "
             "resource_id, principal, principal_uid, tenant_id, diff_object, client_ip, "
             "user_agent, request_method, request_id, data, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (row.id, row.timestamp_ms, row.action, row.resource_type,
-             orjson.dumps(row.resource), str(row.resource.get("identifier", "")),
-             orjson.dumps(row.user), str(row.user.get("uid", "")), row.tenant_id,
-             orjson.dumps(row.diff_object), row.client_ip, row.user_agent, row.request_method,
-             row.request_id, orjson.dumps(row.data), _us(row.created_at)),
+            [(row.id, row.timestamp_ms, row.action, row.resource_type,
+              orjson.dumps(row.resource), str(row.resource.get("identifier", "")),
+              orjson.dumps(row.user), str(row.user.get("uid", "")), row.tenant_id,
+              orjson.dumps(row.diff_object), row.client_ip, row.user_agent, row.request_method,
+              row.request_id, orjson.dumps(row.data), _us(row.created_at)) for row in rows],
         )
+
+    def _api_task_snapshots(
+        self, conn: sqlite3.Connection, task_ids: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        """Audit snapshots of many tasks in one query (inside the open transaction)."""
+        from creep.ports_api import task_snapshot
+        from creep.storage.common import TASK_SELECT
+        from creep.storage.sqlite_store import _row_to_task
+
+        rows = conn.execute(
+            f"SELECT {TASK_SELECT} FROM tasks WHERE task_id IN (SELECT value FROM json_each(?))",
+            (orjson.dumps(list(task_ids)).decode(),),
+        ).fetchall()
+        tasks = [_row_to_task(r) for r in rows]
+        return {t.task_id: task_snapshot(t) for t in tasks}
 
     def _api_snapshot(
         self, conn: sqlite3.Connection, resource_type: str, resource_id: str

@@ -9,10 +9,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from creep.api.auth import Admin
-from creep.api.responses import csv_stream, json_response, wants_csv
+from creep.api.responses import aware, csv_stream, json_response, wants_csv
 from creep.api.schemas import AuditOut, AuditPage, audit_json
 from creep.api.services import Services, services
-from creep.domain.errors import ValidationError
 from creep.ports_api import AuditFilter
 
 router = APIRouter(prefix="/audit", tags=["audit"])
@@ -37,14 +36,13 @@ def list_audit(
     tenant_id: Annotated[str | None, Query(max_length=128)] = None,
     time_from: Annotated[datetime | None, Query(alias="from")] = None,
     time_to: Annotated[datetime | None, Query(alias="to")] = None,
-    cursor: Annotated[str | None, Query(max_length=32, pattern=r"^[0-9]+$")] = None,
+    cursor: Annotated[str | None, Query(max_length=32, pattern=r"^[0-9]{1,18}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     format: Annotated[str | None, Query(pattern="^(json|csv)$")] = None,
 ) -> Any:
     """Newest first. `next_cursor` continues with older events."""
-    for name, value in (("from", time_from), ("to", time_to)):
-        if value is not None and value.tzinfo is None:
-            raise ValidationError.single(name, "must carry a time zone")
+    time_from = aware(time_from, "from")
+    time_to = aware(time_to, "to")
     flt = AuditFilter(
         resource_type=resource_type, action=action, principal=principal_id,
         resource_id=resource_id, request_id=request_id, tenant_id=tenant_id,

@@ -12,7 +12,12 @@ from pydantic import BaseModel
 
 from creep.api.audit import audit_write, audited, riding
 from creep.api.auth import Authenticated, Writer
-from creep.api.responses import decode_cursor, encode_cursor, json_response
+from creep.api.responses import (
+    decode_cursor,
+    encode_cursor,
+    json_response,
+    valid_sortable_cursor,
+)
 from creep.api.routes.tasks import quota_check
 from creep.api.schemas import BatchIn, BatchOut, batch_json
 from creep.api.services import Services, services
@@ -139,7 +144,7 @@ def list_batches(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Any:
-    after = decode_cursor(cursor, lambda raw: "/" in raw) if cursor else None
+    after = decode_cursor(cursor, valid_sortable_cursor) if cursor else None
     items = svc.store.batch_list(read_scope(principal), after=after, limit=limit)
     next_cursor = encode_cursor(svc.store.batch_cursor(items[-1])) if len(items) == limit else None
     return json_response({"items": [_batch_body(svc, b) for b in items],
