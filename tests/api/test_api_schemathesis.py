@@ -43,6 +43,10 @@ def test_api_conforms_to_its_schema(server: Server) -> None:
         operation = result.ok()
         if operation.path.endswith("/events/stream"):
             continue  # a stream stays open while its task lives; the SSE tests cover it
+        if operation.path == "/v1/workers/claim":
+            # A long poll holds each request up to `wait` (<= 60) s: fuzzing it takes many
+            # minutes (seen when merging api2 into api). test_api_workers covers it.
+            continue
         operations += 1
         # Tenant-facing routes with a tenant key (so creates succeed), the rest as admin.
         key = server.admin_key if operation.path.startswith(ADMIN_PATHS) else tenant_key
