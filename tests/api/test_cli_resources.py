@@ -143,9 +143,11 @@ def test_batch_submit_and_wait(server: Server, worker: None, tmp_path: Path) -> 
     for line in ("line 2", "line 3", "line 4"):
         assert line in bad.stderr
     invalid = tmp_path / "invalid.jsonl"
-    invalid.write_text('{"task_type": "ECHO", "priority": 500}\n')
-    rejected = creep(server, "batch", "submit", str(invalid), "--tenant", tenant_id)
+    invalid.write_text('{"task_type": "ECHO"}\n{"task_type": "ECHO", "priority": 500}\n')
+    rejected = creep(server, "batch", "submit", str(invalid), "--tenant", tenant_id,
+                     "--chunk-size", "1")
     assert rejected.returncode == 2 and "tasks[0].priority" in rejected.stderr
+    assert "already created before the failure (task orders 1-1)" in rejected.stderr
 
 
 def test_audit_and_exports(server: Server, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from creep.cli_http.common import (
     table,
     usage_error,
 )
-from creep.client import Batch, Client, Task, TaskEvent
+from creep.client import Batch, Client, ClientError, Task, TaskEvent
 
 task_app = typer.Typer(help="Tasks over the REST API.", no_args_is_help=True)
 batch_app = typer.Typer(help="Batches over the REST API.", no_args_is_help=True)
@@ -272,7 +272,14 @@ def batch_submit(
             job = bar.add_task("submitting", total=len(tasks))
             for n, chunk in enumerate(chunks, start=1):
                 part = name if len(chunks) == 1 else f"{name} ({n}/{len(chunks)})"
-                batch = c.create_batch(part, _resolve_refs(chunk, known), tenant_id=tenant)
+                try:
+                    batch = c.create_batch(part, _resolve_refs(chunk, known), tenant_id=tenant)
+                except ClientError:
+                    if batches:  # earlier chunks are committed: say which, then fail
+                        err.print(f"already created before the failure (task orders 1-"
+                                  f"{(n - 1) * chunk_size}): "
+                                  + ", ".join(b.batch_id for b in batches), highlight=False)
+                    raise
                 known.update({r["ref"]: r["task_id"] for r in batch.tasks or [] if r.get("ref")})
                 batches.append(batch)
                 bar.advance(job, len(chunk))
