@@ -191,4 +191,4 @@ def test_unreachable_server_and_bad_key(server: Server) -> None:
     wrong = creep(server, "task", "list", key="not-a-key")
     assert wrong.returncode == 1 and "401" in wrong.stderr
     scheme = creep(server, "task", "list", url="ftp://x")
-    assert scheme.returncode == 1 and "http://" in scheme.stderr
+    assert scheme.returncode == 2 and "http://" in scheme.stderr

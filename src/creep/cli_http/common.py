@@ -79,7 +79,10 @@ def api_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 def client(url: str | None, key: str | None) -> Client:
-    return Client(url, key)
+    try:
+        return Client(url, key)
+    except ClientError as exc:  # a malformed --api-url is a usage error
+        usage_error(str(exc))
 
 
 def _plain(value: Any) -> Any:
