@@ -188,6 +188,15 @@ from creep.api.cli_commands import register_api_commands  # noqa: E402
 
 register_api_commands(app)
 
+# -- resource commands over HTTP (creep.cli_http) and `creep up` (creep.up) ---------------------
+from creep.api.cli_commands import keys_app  # noqa: E402
+from creep.cli_http import register_http_commands  # noqa: E402
+
+register_http_commands(app, keys_app)
+from creep.up import up  # noqa: E402
+
+app.command("up")(up)
+
 
 def main() -> None:
     app()

@@ -1,0 +1,19 @@
+"""Resource commands over the REST API (built on creep.client), registered on `creep`."""
+
+from __future__ import annotations
+
+import typer
+
+from creep.cli_http.admin import audit_app, export_app, keys_issue, keys_revoke, tenants_app
+from creep.cli_http.common import api_errors
+from creep.cli_http.tasks import batch_app, task_app
+
+
+def register_http_commands(app: typer.Typer, keys_app: typer.Typer) -> None:
+    app.add_typer(task_app, name="task")
+    app.add_typer(batch_app, name="batch")
+    app.add_typer(tenants_app, name="tenants")
+    app.add_typer(audit_app, name="audit")
+    app.add_typer(export_app, name="export")
+    keys_app.command("issue")(api_errors(keys_issue))
+    keys_app.command("revoke")(api_errors(keys_revoke))

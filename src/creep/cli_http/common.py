@@ -1,0 +1,137 @@
+"""What every HTTP resource command shares: connection options, output, exit codes.
+
+Exit codes (documented in the README; scripts may rely on them):
+  0  success
+  1  the API answered with a problem (not found, conflict, auth, rate limit, 5xx) or the
+     server could not be reached
+  2  usage or validation: bad flags or input files, or the API rejected the input (422)
+  3  `--wait` ended but not every task succeeded
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from creep.client import ApiProblem, Client, ClientError
+from creep.client.models import Model
+
+EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_UNFINISHED = 0, 1, 2, 3
+
+# Piped output is not cut to 80 columns (ids stay on one line).
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+ApiUrl = Annotated[
+    str | None,
+    typer.Option("--api-url", envvar="CREEP_API_URL", show_envvar=True,
+                 help="Base URL of a creep server [default: http://127.0.0.1:8000]"),
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="CREEP_API_KEY", show_envvar=True,
+                 help="API key (Bearer)"),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts) instead of a table.")]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def usage_error(message: str) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def report_problem(exc: ApiProblem) -> int:
+    err.print(f"[red]error:[/red] {exc.status} {exc.title}: {exc.detail}", highlight=False)
+    for e in exc.errors:
+        err.print(f"  {e.get('field', '?')}: {e.get('rule', '')}", highlight=False)
+    if exc.retry_after is not None:
+        err.print(f"  retry after {exc.retry_after:g} s", highlight=False)
+    if exc.request_id:
+        err.print(f"  request id: {exc.request_id}", highlight=False)
+    return EXIT_USAGE if exc.status == 422 else EXIT_API
+
+
+def api_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn client errors into one clear message on stderr and the documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ApiProblem as exc:
+            raise typer.Exit(report_problem(exc)) from None
+        except ClientError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(EXIT_API) from None
+
+    return wrapper
+
+
+def client(url: str | None, key: str | None) -> Client:
+    try:
+        return Client(url, key)
+    except ClientError as exc:  # a malformed --api-url is a usage error
+        usage_error(str(exc))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Model):
+        return value.raw
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(_plain(value), option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.flush()
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    t = Table(title=title)
+    for column in columns:
+        t.add_column(column, overflow="fold")
+    for row in rows:
+        t.add_row(*(cell(v) for v in row))
+    out.print(t)
+
+
+def details(model: Model, title: str) -> None:
+    """One object as a two-column table (every field of its JSON)."""
+    table(title, ("field", "value"), model.raw.items())
+
+
+def parse_json_arg(raw: str, name: str) -> Any:
+    """A JSON value given inline or as @FILE."""
+    text = raw
+    if raw.startswith("@"):
+        try:
+            with open(raw[1:], encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            usage_error(f"{name}: cannot read {raw[1:]!r}: {exc.strerror}")
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        usage_error(f"{name}: not valid JSON ({exc})")

@@ -1,0 +1,345 @@
+"""`creep task ...` and `creep batch ...` over the REST API."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from creep.cli_http.common import (
+    EXIT_UNFINISHED,
+    ApiKey,
+    ApiUrl,
+    Json,
+    api_errors,
+    client,
+    details,
+    err,
+    out,
+    parse_json_arg,
+    print_json,
+    table,
+    usage_error,
+)
+from creep.client import Batch, Client, ClientError, Task, TaskEvent
+
+task_app = typer.Typer(help="Tasks over the REST API.", no_args_is_help=True)
+batch_app = typer.Typer(help="Batches over the REST API.", no_args_is_help=True)
+
+TASK_COLUMNS = ("task_id", "tenant", "type", "status", "prio", "attempt", "result", "created")
+
+
+def _task_row(t: Task) -> tuple[Any, ...]:
+    return (t.task_id, t.tenant_id, t.task_type, t.status, t.priority, t.attempt,
+            t.result_code, t.created_at)
+
+
+def _event_row(e: TaskEvent) -> tuple[Any, ...]:
+    transition = f"{e.from_status or ''} -> {e.to_status}" if e.to_status else ""
+    return (e.created_at, e.event_type, transition, e.attempt, e.payload or "")
+
+
+@task_app.command("submit")
+@api_errors
+def task_submit(
+    task_type: Annotated[str, typer.Option("--type", help="task_type (a handler name)")],
+    payload: Annotated[str | None, typer.Option(help="input_payload: JSON or @FILE")] = None,
+    tenant: Annotated[str | None, typer.Option(help="tenant_id (admin keys must give it)")] = None,
+    env: Annotated[str | None, typer.Option(help="env (default: the server's)")] = None,
+    priority: Annotated[int | None, typer.Option(min=0, max=100)] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option("--idempotency-key", help="default: a new UUID")
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="a tag (repeatable)")] = None,
+    order: Annotated[
+        str | None, typer.Option(help="more TaskOrder fields: a JSON object or @FILE")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the task is finished.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 300.0,
+    api_url: ApiUrl = None, api_key: ApiKey = None, json: Json = False,
+) -> None:
+    """Submit one task order; prints the task (exit 3 with --wait unless it succeeded)."""
+    body: dict[str, Any] = {}
+    if order is not None:
+        extra = parse_json_arg(order, "--order")
+        if not isinstance(extra, dict):
+            usage_error("--order: must be a JSON object")
+        body.update(extra)
+    fields = {"task_type": task_type, "tenant_id": tenant, "env": env, "priority": priority,
+              "idempotency_key": idempotency_key, "tags": tag or None}
+    body.update({k: v for k, v in fields.items() if v is not None})
+    if payload is not None:
+        body["input_payload"] = parse_json_arg(payload, "--payload")
+    with client(api_url, api_key) as c:
+        task = c.create_task(body)
+        if wait:
+            task = c.wait_task(task.task_id, timeout=timeout)
+    if json:
+        print_json(task)
+    else:
+        details(task, f"task {task.task_id}")
+    if wait and task.status != "SUCCESS":
+        raise typer.Exit(EXIT_UNFINISHED)
+
+
+@task_app.command("list")
+@api_errors
+def task_list(
+    status: Annotated[str | None, typer.Option(help="PENDING, QUEUED, RUNNING, SUCCESS, ...")] = None,
+    task_type: Annotated[str | None, typer.Option("--type")] = None,
+    tenant: Annotated[str | None, typer.Option()] = None,
+    batch: Annotated[str | None, typer.Option(help="batch_id")] = None,
+    tag: Annotated[str | None, typer.Option()] = None,
+    env: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Rows at most (pages are followed).")] = 50,
+    api_url: ApiUrl = None, api_key: ApiKey = None, json: Json = False,
+) -> None:
+    """Tasks, newest first."""
+    filters = {"status": status, "task_type": task_type, "tenant_id": tenant,
+               "batch_id": batch, "tag": tag, "env": env}
+    with client(api_url, api_key) as c:
+        tasks: list[Task] = []
+        for task in c.iter_tasks(page_size=min(limit, 500), **filters):
+            tasks.append(task)
+            if len(tasks) >= limit:
+                break
+    if json:
+        print_json(tasks)
+    else:
+        table(f"{len(tasks)} tasks", TASK_COLUMNS, (_task_row(t) for t in tasks))
+
+
+@task_app.command("show")
+@api_errors
+def task_show(task_id: str, api_url: ApiUrl = None, api_key: ApiKey = None,
+              json: Json = False) -> None:
+    """One task, every field."""
+    with client(api_url, api_key) as c:
+        task = c.get_task(task_id)
+    if json:
+        print_json(task)
+    else:
+        details(task, f"task {task.task_id}")
+
+
+@task_app.command("cancel")
+@api_errors
+def task_cancel(
+    task_id: str, reason: Annotated[str | None, typer.Option()] = None,
+    api_url: ApiUrl = None, api_key: ApiKey = None, json: Json = False,
+) -> None:
+    """Cancel a task (a RUNNING task is asked to stop)."""
+    with client(api_url, api_key) as c:
+        task = c.cancel_task(task_id, reason)
+    if json:
+        print_json(task)
+    else:
+        out.print(f"{task.task_id}: {task.status}"
+                  + (" (cancel requested)" if task.raw.get("cancel_requested") else ""))
+
+
+@task_app.command("retry")
+@api_errors
+def task_retry(task_id: str, api_url: ApiUrl = None, api_key: ApiKey = None,
+               json: Json = False) -> None:
+    """Queue a FAILED, CANCELLED, TIMEOUT or DEAD_LETTER task again."""
+    with client(api_url, api_key) as c:
+        task = c.retry_task(task_id)
+    if json:
+        print_json(task)
+    else:
+        out.print(f"{task.task_id}: {task.status}")
+
+
+@task_app.command("events")
+@api_errors
+def task_events(
+    task_id: str,
+    follow: Annotated[bool, typer.Option("--follow", "-f",
+                                         help="Stream events until the task is finished.")] = False,
+    api_url: ApiUrl = None, api_key: ApiKey = None, json: Json = False,
+) -> None:
+    """A task's events, oldest first (--follow: live, over Server-Sent Events)."""
+    with client(api_url, api_key) as c:
+        if follow:
+            for event in c.follow_task_events(task_id):
+                if json:  # one JSON object per line while following
+                    print(orjson.dumps(event.raw).decode(), flush=True)
+                else:
+                    created, kind, transition, attempt, payload = _event_row(event)
+                    out.print(f"{created:%H:%M:%S} {kind:<12} {transition:<24} attempt {attempt}"
+                              f" {orjson.dumps(payload).decode() if payload else ''}",
+                              highlight=False)
+            return
+        events = list(c.iter_task_events(task_id))
+    if json:
+        print_json(events)
+    else:
+        table(f"events of {task_id}", ("at", "event", "transition", "attempt", "payload"),
+              (_event_row(e) for e in events))
+
+
+# -- batches --------------------------------------------------------------------------------
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every line a task order (blank lines skipped); a bad line is exit 2 naming it."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        usage_error(f"cannot read {str(path)!r}: {exc}")
+    tasks: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            problems.append(f"line {number}: not valid JSON ({exc})")
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"line {number}: must be a JSON object (a task order)")
+            continue
+        if not value.get("task_type"):
+            problems.append(f"line {number}: task_type is required")
+        tasks.append(value)
+    if problems:
+        usage_error(f"{path}:\n  " + "\n  ".join(problems))
+    if not tasks:
+        usage_error(f"{path}: no task orders in the file")
+    return tasks
+
+
+def _resolve_refs(chunk: list[dict[str, Any]], known: dict[str, str]) -> list[dict[str, Any]]:
+    """depends_on naming a ref of an earlier chunk becomes that task's id."""
+    local = {t["ref"] for t in chunk if t.get("ref")}
+    out_tasks = []
+    for task in chunk:
+        deps = task.get("depends_on")
+        if deps:
+            task = {**task, "depends_on": [
+                known[d] if isinstance(d, str) and d not in local and d in known else d
+                for d in deps]}
+        out_tasks.append(task)
+    return out_tasks
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, transient=False)
+
+
+def _wait_batches(c: Client, batches: list[Batch], poll: float, timeout: float) -> list[Batch]:
+    total = sum(b.total_count for b in batches)
+    deadline = time.monotonic() + timeout
+    with _progress() as bar:
+        job = bar.add_task("running", total=total)
+        while True:
+            batches = [c.get_batch(b.batch_id) for b in batches]
+            done = sum(b.completed_count + b.failed_count + b.cancelled_count for b in batches)
+            bar.update(job, completed=done)
+            if all(b.is_finished for b in batches) or time.monotonic() > deadline:
+                return batches
+            time.sleep(poll)
+
+
+@batch_app.command("submit")
+@api_errors
+def batch_submit(
+    file: Annotated[Path, typer.Argument(help="JSON lines: one task order per line "
+                                               "(`ref`/`depends_on` link them)")],
+    title: Annotated[str | None, typer.Option(help="default: the file name")] = None,
+    tenant: Annotated[str | None, typer.Option()] = None,
+    chunk_size: Annotated[int, typer.Option(min=1, max=10_000,
+                                            help="Tasks per batch request.")] = 1000,
+    wait: Annotated[bool, typer.Option(help="Wait (with a progress bar) until it finished.")] = False,
+    poll: Annotated[float, typer.Option(min=0.05)] = 0.5,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
+    api_url: ApiUrl = None, api_key: ApiKey = None, json: Json = False,
+) -> None:
+    """Submit a file of task orders as batches of --chunk-size tasks (each batch is one
+    transaction). A `depends_on` may name a `ref` of an earlier line."""
+    tasks = _read_jsonl(file)
+    name = title or file.name
+    chunks = [tasks[i:i + chunk_size] for i in range(0, len(tasks), chunk_size)]
+    batches: list[Batch] = []
+    known: dict[str, str] = {}
+    with client(api_url, api_key) as c:
+        with _progress() as bar:
+            job = bar.add_task("submitting", total=len(tasks))
+            for n, chunk in enumerate(chunks, start=1):
+                part = name if len(chunks) == 1 else f"{name} ({n}/{len(chunks)})"
+                try:
+                    batch = c.create_batch(part, _resolve_refs(chunk, known), tenant_id=tenant)
+                except ClientError:
+                    if batches:  # earlier chunks are committed: say which, then fail
+                        err.print(f"already created before the failure (task orders 1-"
+                                  f"{(n - 1) * chunk_size}): "
+                                  + ", ".join(b.batch_id for b in batches), highlight=False)
+                    raise
+                known.update({r["ref"]: r["task_id"] for r in batch.tasks or [] if r.get("ref")})
+                batches.append(batch)
+                bar.advance(job, len(chunk))
+        if wait:
+            batches = _wait_batches(c, batches, poll, timeout)
+    if json:
+        print_json(batches)
+    else:
+        table(f"{len(tasks)} tasks in {len(batches)} batch(es)",
+              ("batch_id", "title", "status", "total", "done", "failed", "cancelled"),
+              ((b.batch_id, b.title, b.status, b.total_count, b.completed_count, b.failed_count,
+                b.cancelled_count) for b in batches))
+    if wait and not all(b.status == "completed" and b.failed_count == 0 for b in batches):
+        raise typer.Exit(EXIT_UNFINISHED)
+
+
+@batch_app.command("list")
+@api_errors
+def batch_list(limit: Annotated[int, typer.Option(min=1)] = 20, api_url: ApiUrl = None,
+               api_key: ApiKey = None, json: Json = False) -> None:
+    """Batches, newest first."""
+    with client(api_url, api_key) as c:
+        batches: list[Batch] = []
+        for b in c.iter_batches(page_size=min(limit, 100)):
+            batches.append(b)
+            if len(batches) >= limit:
+                break
+    if json:
+        print_json(batches)
+    else:
+        table(f"{len(batches)} batches", ("batch_id", "tenant", "title", "status", "progress",
+                                          "total", "created"),
+              ((b.batch_id, b.tenant_id, b.title, b.status, f"{b.progress}%", b.total_count,
+                b.created_at) for b in batches))
+
+
+@batch_app.command("show")
+@api_errors
+def batch_show(batch_id: str, api_url: ApiUrl = None, api_key: ApiKey = None,
+               json: Json = False) -> None:
+    """One batch with its counts."""
+    with client(api_url, api_key) as c:
+        batch = c.get_batch(batch_id)
+    if json:
+        print_json(batch)
+    else:
+        details(batch, f"batch {batch.batch_id}")
+
+
+@batch_app.command("cancel")
+@api_errors
+def batch_cancel(batch_id: str, api_url: ApiUrl = None, api_key: ApiKey = None,
+                 json: Json = False) -> None:
+    """Cancel every unfinished task of a batch."""
+    with client(api_url, api_key) as c:
+        batch = c.cancel_batch(batch_id)
+    if json:
+        print_json(batch)
+    else:
+        out.print(f"{batch.batch_id}: {batch.status}")
+
+
+__all__ = ["batch_app", "err", "task_app"]

@@ -1,0 +1,168 @@
+"""What the sync and async clients share: settings, retry policy, response decoding,
+the Server-Sent Events parser. No I/O here."""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+
+from creep.client.errors import ApiProblem, ClientError
+from creep.client.models import Model, Page
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+RETRY_STATUSES = frozenset({429, 503})
+M = TypeVar("M", bound=Model)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Backoff on 429/503 (and on connection failures): waits `Retry-After` when the server
+    sends it, else `base * 2**attempt` with jitter; every wait is capped at `max_delay`."""
+
+    max_retries: int = 4
+    base_delay: float = 0.25
+    max_delay: float = 10.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_delay)
+        backoff = self.base_delay * (2**attempt)
+        return float(min(backoff / 2 + random.uniform(0, backoff / 2), self.max_delay))
+
+
+NO_RETRY = RetryPolicy(max_retries=0)
+
+
+@dataclass(slots=True)
+class RetryStats:
+    """How many times this client retried (for logs and tests)."""
+
+    retries: int = 0
+    waited: float = 0.0
+    statuses: list[int] = field(default_factory=list)
+
+
+def resolve(url: str | None, key: str | None) -> tuple[str, str | None]:
+    """Explicit values win over CREEP_API_URL / CREEP_API_KEY."""
+    base = (url or os.environ.get("CREEP_API_URL") or DEFAULT_URL).rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise ClientError(f"the API URL must start with http:// or https:// (got {base!r})")
+    return base, key or os.environ.get("CREEP_API_KEY") or None
+
+
+def headers(key: str | None) -> dict[str, str]:
+    out = {"User-Agent": "creep-client", "Accept": "application/json"}
+    if key:
+        out["Authorization"] = f"Bearer {key}"
+    return out
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    raw = response.headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        from datetime import UTC, datetime
+
+        return (parsedate_to_datetime(raw) - datetime.now(UTC)).total_seconds()
+    except (TypeError, ValueError):
+        return None
+
+
+def problem(response: httpx.Response) -> ApiProblem:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {"title": response.reason_phrase or f"HTTP {response.status_code}",
+                "detail": response.text[:500]}
+    return ApiProblem(response.status_code, body, retry_after(response))
+
+
+def json_of(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        raise problem(response)
+    return orjson.loads(response.content) if response.content else None
+
+
+def one(response: httpx.Response, model: type[M]) -> M:
+    return model.from_json(json_of(response))
+
+
+def page(response: httpx.Response, model: type[M]) -> Page[M]:
+    data = json_of(response)
+    return Page([model.from_json(item) for item in data["items"]], data.get("next_cursor"))
+
+
+def params(**values: Any) -> dict[str, Any]:
+    """Query parameters without the Nones (booleans as true/false)."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        out[name] = ("true" if value else "false") if isinstance(value, bool) else value
+    return out
+
+
+def task_body(order: dict[str, Any] | None, fields: dict[str, Any]) -> dict[str, Any]:
+    """A task order with an idempotency key (generated when not given, so a retried POST can
+    never create the task twice)."""
+    body = {**(order or {}), **fields}
+    if not body.get("idempotency_key"):
+        body["idempotency_key"] = str(uuid.uuid4())
+    return body
+
+
+def batch_body(title: str, tasks: list[dict[str, Any]], tenant_id: str | None,
+               metadata: dict[str, Any] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"title": title, "tasks": tasks, "metadata": metadata or {}}
+    if tenant_id is not None:
+        body["tenant_id"] = tenant_id
+    return body
+
+
+@dataclass(slots=True)
+class SseEvent:
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+
+
+class SseParser:
+    """Incremental text/event-stream parser: feed lines, get complete events."""
+
+    def __init__(self) -> None:
+        self._event = SseEvent()
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> Iterator[SseEvent]:
+        line = line.rstrip("\r\n")
+        if not line:
+            if self._data or self._event.event != "message" or self._event.id is not None:
+                self._event.data = "\n".join(self._data)
+                yield self._event
+            self._event, self._data = SseEvent(), []
+            return
+        if line.startswith(":"):
+            return
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event.event = value
+        elif name == "id":
+            self._event.id = value

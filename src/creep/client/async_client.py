@@ -1,0 +1,270 @@
+"""`AsyncClient`: the asyncio Python client of the creep REST API (same routes as `Client`).
+The route methods below mirror `sync_client.Client` one for one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+
+from creep.client import _core as core
+from creep.client import calls
+from creep.client.calls import Call
+from creep.client.errors import TransportError
+from creep.client.models import (
+    ApiKey,
+    Artifact,
+    AuditEvent,
+    Batch,
+    Claimed,
+    CreatedKey,
+    Model,
+    Page,
+    Task,
+    TaskEvent,
+    Tenant,
+)
+
+T = TypeVar("T")
+M = TypeVar("M", bound=Model)
+
+
+class AsyncClient:
+    """`AsyncClient(url, key)`; use `async with`. Same behaviour as `Client`."""
+
+    def __init__(
+        self, url: str | None = None, key: str | None = None, *, timeout: float = 30.0,
+        retry: core.RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.url, self.key = core.resolve(url, key)
+        self.retry = retry or core.RetryPolicy()
+        self.stats = core.RetryStats()
+        self._http = httpx.AsyncClient(base_url=self.url, headers=core.headers(self.key),
+                                       timeout=timeout, transport=transport)
+        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    async def send(self, call: Call[T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(
+                    call.method, call.path, params=call.params, json=call.json,
+                    files=call.files, data=call.data, headers=call.headers,
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if attempt >= self.retry.max_retries:
+                    raise TransportError(f"cannot reach {self.url}: {exc}") from exc
+                await self._wait(attempt, None, 0)
+                attempt += 1
+                continue
+            except httpx.HTTPError as exc:
+                raise TransportError(f"{call.method} {call.path}: {exc}") from exc
+            if response.status_code in core.RETRY_STATUSES and attempt < self.retry.max_retries:
+                await self._wait(attempt, core.retry_after(response), response.status_code)
+                attempt += 1
+                continue
+            return call.decode(response)
+
+    async def _wait(self, attempt: int, retry_after: float | None, status: int) -> None:
+        delay = self.retry.delay(attempt, retry_after)
+        self.stats.retries += 1
+        self.stats.waited += delay
+        self.stats.statuses.append(status)
+        await self._sleep(delay)
+
+    async def paginate(
+        self, fetch: Callable[[str | None], Awaitable[Page[M]]]
+    ) -> AsyncIterator[M]:
+        cursor: str | None = None
+        while True:
+            page = await fetch(cursor)
+            for item in page.items:
+                yield item
+            if not page.next_cursor or not page.items:
+                return
+            cursor = page.next_cursor
+
+    def iter_tasks(self, *, page_size: int = 200, **filters: Any) -> AsyncIterator[Task]:
+        return self.paginate(lambda c: self.list_tasks(cursor=c, limit=page_size, **filters))
+
+    def iter_audit(self, *, page_size: int = 500, **filters: Any) -> AsyncIterator[AuditEvent]:
+        return self.paginate(lambda c: self.list_audit(cursor=c, limit=page_size, **filters))
+
+    def iter_tenants(self, *, page_size: int = 200) -> AsyncIterator[Tenant]:
+        return self.paginate(lambda c: self.list_tenants(cursor=c, limit=page_size))
+
+    def iter_batches(self, *, page_size: int = 100) -> AsyncIterator[Batch]:
+        return self.paginate(lambda c: self.list_batches(cursor=c, limit=page_size))
+
+    async def follow_task_events(self, task_id: str, *, after: str | None = None,
+                                 max_reconnects: int = 10) -> AsyncIterator[TaskEvent]:
+        """Server-Sent Events until the task is finished; resumes with Last-Event-ID."""
+        cursor = after
+        reconnects = 0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if cursor:
+                headers["Last-Event-ID"] = cursor
+            try:
+                async with self._http.stream(
+                    "GET", calls.stream_path(task_id), headers=headers,
+                    timeout=httpx.Timeout(30.0, read=None),
+                ) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise core.problem(response)
+                    parser = core.SseParser()
+                    async for line in response.aiter_lines():
+                        for event in parser.feed(line):
+                            if event.event == "end":
+                                return
+                            if event.id:
+                                cursor = event.id
+                                reconnects = 0
+                                yield TaskEvent.from_json(orjson.loads(event.data))
+            except httpx.TransportError as exc:
+                if reconnects >= max_reconnects:
+                    raise TransportError(f"event stream of {task_id}: {exc}") from exc
+            reconnects += 1
+            await self._sleep(self.retry.delay(min(reconnects, 4), None))
+
+    # -- health -----------------------------------------------------------------------------
+    async def health_live(self) -> dict[str, Any]:
+        return await self.send(calls.health_live())
+
+    async def health_ready(self) -> dict[str, Any]:
+        return await self.send(calls.health_ready())
+
+    async def metrics(self) -> str:
+        return await self.send(calls.metrics())
+
+    # -- tasks ------------------------------------------------------------------------------
+    async def create_task(self, order: dict[str, Any] | None = None, **fields: Any) -> Task:
+        """Submit a task order (an idempotency_key is generated when not given)."""
+        return await self.send(calls.create_task(core.task_body(order, fields)))
+
+    async def list_tasks(self, *, cursor: str | None = None, limit: int = 50,
+                   **filters: Any) -> Page[Task]:
+        """Filters: status, task_type, task_category, tag, batch_id, project_id, env,
+        tenant_id, created_from, created_to."""
+        return await self.send(calls.list_tasks(cursor=cursor, limit=limit, **filters))
+
+    async def get_task(self, task_id: str) -> Task:
+        return await self.send(calls.get_task(task_id))
+
+    async def cancel_task(self, task_id: str, reason: str | None = None) -> Task:
+        return await self.send(calls.cancel_task(task_id, reason))
+
+    async def retry_task(self, task_id: str) -> Task:
+        return await self.send(calls.retry_task(task_id))
+
+    async def update_task(self, task_id: str, expected_version: int, **changes: Any) -> Task:
+        """PATCH with If-Match: a stale version raises ApiProblem 412."""
+        return await self.send(calls.update_task(task_id, expected_version, changes))
+
+    async def task_events(self, task_id: str, *, after: str | None = None,
+                    limit: int = 500) -> Page[TaskEvent]:
+        return await self.send(calls.task_events(task_id, after, limit))
+
+    # -- batches ----------------------------------------------------------------------------
+    async def create_batch(self, title: str, tasks: list[dict[str, Any]], *,
+                     tenant_id: str | None = None,
+                     metadata: dict[str, Any] | None = None) -> Batch:
+        """Tasks name each other by `ref` in `depends_on`; every task gets an idempotency
+        key when it has none."""
+        tasks = [core.task_body(t, {}) for t in tasks]
+        return await self.send(calls.create_batch(core.batch_body(title, tasks, tenant_id, metadata)))
+
+    async def list_batches(self, *, cursor: str | None = None, limit: int = 20) -> Page[Batch]:
+        return await self.send(calls.list_batches(cursor, limit))
+
+    async def get_batch(self, batch_id: str) -> Batch:
+        return await self.send(calls.get_batch(batch_id))
+
+    async def cancel_batch(self, batch_id: str) -> Batch:
+        return await self.send(calls.cancel_batch(batch_id))
+
+    # -- tenants and keys (admin) -----------------------------------------------------------
+    async def create_tenant(self, tenant_id: str, **settings: Any) -> Tenant:
+        """settings: name, rate_limit_per_second, rate_limit_burst, max_active_tasks."""
+        body = {"tenant_id": tenant_id, **{k: v for k, v in settings.items() if v is not None}}
+        return await self.send(calls.create_tenant(body))
+
+    async def list_tenants(self, *, cursor: str | None = None, limit: int = 100) -> Page[Tenant]:
+        return await self.send(calls.list_tenants(cursor, limit))
+
+    async def get_tenant(self, tenant_id: str) -> Tenant:
+        return await self.send(calls.get_tenant(tenant_id))
+
+    async def create_key(self, name: str, *, tenant_id: str | None = None, admin: bool = False,
+                   read_only: bool = False, principal_type: str = "service") -> CreatedKey:
+        body = {"name": name, "role": "admin" if admin else "tenant", "tenant_id": tenant_id,
+                "read_only": read_only, "principal_type": principal_type}
+        return await self.send(calls.create_key(body))
+
+    async def revoke_key(self, key_id: str) -> ApiKey:
+        return await self.send(calls.revoke_key(key_id))
+
+    # -- audit and admin --------------------------------------------------------------------
+    async def list_audit(self, *, cursor: str | None = None, limit: int = 100,
+                   **filters: Any) -> Page[AuditEvent]:
+        """Filters: resource_type, action, principal, resource_id, request_id, tenant_id,
+        from, to (use from_=/to= in Python: from_ is renamed)."""
+        if "from_" in filters:
+            filters["from"] = filters.pop("from_")
+        return await self.send(calls.list_audit(cursor=cursor, limit=limit, **filters))
+
+    async def audit_csv(self, **filters: Any) -> bytes:
+        return await self.send(calls.audit_csv(**filters))
+
+    async def get_log_level(self, logger: str = "") -> dict[str, Any]:
+        return await self.send(calls.get_log_level(logger))
+
+    async def set_log_level(self, level: str, logger: str = "") -> dict[str, Any]:
+        return await self.send(calls.set_log_level(level, logger))
+
+    # -- artifacts --------------------------------------------------------------------------
+    async def upload_artifact(self, task_id: str, content: bytes, *, kind: str, file_name: str,
+                        mime_type: str | None = None,
+                        metadata: dict[str, Any] | None = None) -> Artifact:
+        meta = orjson.dumps(metadata).decode() if metadata is not None else None
+        return await self.send(calls.upload_artifact(task_id, content, kind, file_name, mime_type,
+                                               meta))
+
+    async def list_artifacts(self, task_id: str, kind: str | None = None) -> list[Artifact]:
+        return await self.send(calls.list_artifacts(task_id, kind))
+
+    async def get_artifact(self, artifact_id: str) -> Artifact:
+        return await self.send(calls.get_artifact(artifact_id))
+
+    async def download_artifact(self, artifact_id: str) -> bytes:
+        return await self.send(calls.download_artifact(artifact_id))
+
+    # -- HTTP worker protocol ---------------------------------------------------------------
+    async def claim(self, task_types: list[str], *, max_tasks: int = 1, wait: float = 0,
+              claim_ttl: float = 30, worker_id: str | None = None) -> list[Claimed]:
+        body = core.params(task_types=task_types, max_tasks=max_tasks, wait=wait,
+                           claim_ttl=claim_ttl, worker_id=worker_id)
+        return await self.send(calls.claim(body))
+
+    async def worker_action(self, task_id: str, action: str, claim_token: str,
+                      **fields: Any) -> Any:
+        """action: heartbeat | progress | complete | fail | events (see the API docs)."""
+        return await self.send(calls.worker_call(task_id, action,
+                                           {"claim_token": claim_token, **fields}))
+
+

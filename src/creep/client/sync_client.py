@@ -1,0 +1,287 @@
+"""`Client`: the synchronous Python client of the creep REST API."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+
+from creep.client import _core as core
+from creep.client import calls
+from creep.client.calls import Call
+from creep.client.errors import ApiProblem, TransportError
+from creep.client.models import (
+    ApiKey,
+    Artifact,
+    AuditEvent,
+    Batch,
+    Claimed,
+    CreatedKey,
+    Model,
+    Page,
+    Task,
+    TaskEvent,
+    Tenant,
+)
+
+T = TypeVar("T")
+M = TypeVar("M", bound=Model)
+
+
+class Client:
+    """`Client(url, key)`; both default to CREEP_API_URL / CREEP_API_KEY. Problems raise
+    `ApiProblem`; 429/503 and connection failures are retried per `retry` (RetryPolicy)."""
+
+    def __init__(
+        self, url: str | None = None, key: str | None = None, *, timeout: float = 30.0,
+        retry: core.RetryPolicy | None = None, transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url, self.key = core.resolve(url, key)
+        self.retry = retry or core.RetryPolicy()
+        self.stats = core.RetryStats()
+        self._http = httpx.Client(base_url=self.url, headers=core.headers(self.key),
+                                  timeout=timeout, transport=transport)
+        self._sleep: Callable[[float], None] = time.sleep
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def send(self, call: Call[T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(
+                    call.method, call.path, params=call.params, json=call.json,
+                    files=call.files, data=call.data, headers=call.headers,
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if attempt >= self.retry.max_retries:
+                    raise TransportError(f"cannot reach {self.url}: {exc}") from exc
+                self._wait(attempt, None, 0)
+                attempt += 1
+                continue
+            except httpx.HTTPError as exc:
+                raise TransportError(f"{call.method} {call.path}: {exc}") from exc
+            if response.status_code in core.RETRY_STATUSES and attempt < self.retry.max_retries:
+                self._wait(attempt, core.retry_after(response), response.status_code)
+                attempt += 1
+                continue
+            return call.decode(response)
+
+    def _wait(self, attempt: int, retry_after: float | None, status: int) -> None:
+        delay = self.retry.delay(attempt, retry_after)
+        self.stats.retries += 1
+        self.stats.waited += delay
+        self.stats.statuses.append(status)
+        self._sleep(delay)
+
+    def paginate(self, fetch: Callable[[str | None], Page[M]]) -> Iterator[M]:
+        """Every item over all pages: `fetch(cursor)` returns one page."""
+        cursor: str | None = None
+        while True:
+            page = fetch(cursor)
+            yield from page.items
+            if not page.next_cursor or not page.items:
+                return
+            cursor = page.next_cursor
+
+    # -- health -----------------------------------------------------------------------------
+    def health_live(self) -> dict[str, Any]:
+        return self.send(calls.health_live())
+
+    def health_ready(self) -> dict[str, Any]:
+        return self.send(calls.health_ready())
+
+    def metrics(self) -> str:
+        return self.send(calls.metrics())
+
+    # -- tasks ------------------------------------------------------------------------------
+    def create_task(self, order: dict[str, Any] | None = None, **fields: Any) -> Task:
+        """Submit a task order (an idempotency_key is generated when not given)."""
+        return self.send(calls.create_task(core.task_body(order, fields)))
+
+    def list_tasks(self, *, cursor: str | None = None, limit: int = 50,
+                   **filters: Any) -> Page[Task]:
+        """Filters: status, task_type, task_category, tag, batch_id, project_id, env,
+        tenant_id, created_from, created_to."""
+        return self.send(calls.list_tasks(cursor=cursor, limit=limit, **filters))
+
+    def iter_tasks(self, *, page_size: int = 200, **filters: Any) -> Iterator[Task]:
+        return self.paginate(lambda c: self.list_tasks(cursor=c, limit=page_size, **filters))
+
+    def get_task(self, task_id: str) -> Task:
+        return self.send(calls.get_task(task_id))
+
+    def cancel_task(self, task_id: str, reason: str | None = None) -> Task:
+        return self.send(calls.cancel_task(task_id, reason))
+
+    def retry_task(self, task_id: str) -> Task:
+        return self.send(calls.retry_task(task_id))
+
+    def update_task(self, task_id: str, expected_version: int, **changes: Any) -> Task:
+        """PATCH with If-Match: a stale version raises ApiProblem 412."""
+        return self.send(calls.update_task(task_id, expected_version, changes))
+
+    def task_events(self, task_id: str, *, after: str | None = None,
+                    limit: int = 500) -> Page[TaskEvent]:
+        return self.send(calls.task_events(task_id, after, limit))
+
+    def iter_task_events(self, task_id: str, *, after: str | None = None) -> Iterator[TaskEvent]:
+        cursor = after
+        while True:
+            page = self.task_events(task_id, after=cursor)
+            yield from page.items
+            if not page.items:
+                return
+            cursor = page.next_cursor
+
+    def follow_task_events(self, task_id: str, *, after: str | None = None,
+                           max_reconnects: int = 10) -> Iterator[TaskEvent]:
+        """Server-Sent Events until the task is finished; reconnects with Last-Event-ID (so
+        no event is lost or repeated) when the connection drops."""
+        cursor = after
+        reconnects = 0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if cursor:
+                headers["Last-Event-ID"] = cursor
+            try:
+                with self._http.stream("GET", calls.stream_path(task_id), headers=headers,
+                                       timeout=httpx.Timeout(30.0, read=None)) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise core.problem(response)
+                    parser = core.SseParser()
+                    for line in response.iter_lines():
+                        for event in parser.feed(line):
+                            if event.event == "end":
+                                return
+                            if event.id:
+                                cursor = event.id
+                                reconnects = 0
+                                yield TaskEvent.from_json(orjson.loads(event.data))
+            except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
+                if reconnects >= max_reconnects:
+                    raise TransportError(f"event stream of {task_id}: {exc}") from exc
+            reconnects += 1
+            self._sleep(self.retry.delay(min(reconnects, 4), None))
+
+    def wait_task(self, task_id: str, *, timeout: float = 60.0, poll: float = 0.2) -> Task:
+        """Poll until the task is finished (raises TimeoutError after `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            task = self.get_task(task_id)
+            if task.is_terminal:
+                return task
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"task {task_id} is still {task.status}")
+            self._sleep(poll)
+
+    # -- batches ----------------------------------------------------------------------------
+    def create_batch(self, title: str, tasks: list[dict[str, Any]], *,
+                     tenant_id: str | None = None,
+                     metadata: dict[str, Any] | None = None) -> Batch:
+        """Tasks name each other by `ref` in `depends_on`; every task gets an idempotency
+        key when it has none."""
+        tasks = [core.task_body(t, {}) for t in tasks]
+        return self.send(calls.create_batch(core.batch_body(title, tasks, tenant_id, metadata)))
+
+    def list_batches(self, *, cursor: str | None = None, limit: int = 20) -> Page[Batch]:
+        return self.send(calls.list_batches(cursor, limit))
+
+    def iter_batches(self, *, page_size: int = 100) -> Iterator[Batch]:
+        return self.paginate(lambda c: self.list_batches(cursor=c, limit=page_size))
+
+    def get_batch(self, batch_id: str) -> Batch:
+        return self.send(calls.get_batch(batch_id))
+
+    def cancel_batch(self, batch_id: str) -> Batch:
+        return self.send(calls.cancel_batch(batch_id))
+
+    # -- tenants and keys (admin) -----------------------------------------------------------
+    def create_tenant(self, tenant_id: str, **settings: Any) -> Tenant:
+        """settings: name, rate_limit_per_second, rate_limit_burst, max_active_tasks."""
+        body = {"tenant_id": tenant_id, **{k: v for k, v in settings.items() if v is not None}}
+        return self.send(calls.create_tenant(body))
+
+    def list_tenants(self, *, cursor: str | None = None, limit: int = 100) -> Page[Tenant]:
+        return self.send(calls.list_tenants(cursor, limit))
+
+    def iter_tenants(self, *, page_size: int = 200) -> Iterator[Tenant]:
+        return self.paginate(lambda c: self.list_tenants(cursor=c, limit=page_size))
+
+    def get_tenant(self, tenant_id: str) -> Tenant:
+        return self.send(calls.get_tenant(tenant_id))
+
+    def create_key(self, name: str, *, tenant_id: str | None = None, admin: bool = False,
+                   read_only: bool = False, principal_type: str = "service") -> CreatedKey:
+        body = {"name": name, "role": "admin" if admin else "tenant", "tenant_id": tenant_id,
+                "read_only": read_only, "principal_type": principal_type}
+        return self.send(calls.create_key(body))
+
+    def revoke_key(self, key_id: str) -> ApiKey:
+        return self.send(calls.revoke_key(key_id))
+
+    # -- audit and admin --------------------------------------------------------------------
+    def list_audit(self, *, cursor: str | None = None, limit: int = 100,
+                   **filters: Any) -> Page[AuditEvent]:
+        """Filters: resource_type, action, principal, resource_id, request_id, tenant_id,
+        from, to (use from_=/to= in Python: from_ is renamed)."""
+        if "from_" in filters:
+            filters["from"] = filters.pop("from_")
+        return self.send(calls.list_audit(cursor=cursor, limit=limit, **filters))
+
+    def iter_audit(self, *, page_size: int = 500, **filters: Any) -> Iterator[AuditEvent]:
+        return self.paginate(lambda c: self.list_audit(cursor=c, limit=page_size, **filters))
+
+    def audit_csv(self, **filters: Any) -> bytes:
+        return self.send(calls.audit_csv(**filters))
+
+    def get_log_level(self, logger: str = "") -> dict[str, Any]:
+        return self.send(calls.get_log_level(logger))
+
+    def set_log_level(self, level: str, logger: str = "") -> dict[str, Any]:
+        return self.send(calls.set_log_level(level, logger))
+
+    # -- artifacts --------------------------------------------------------------------------
+    def upload_artifact(self, task_id: str, content: bytes, *, kind: str, file_name: str,
+                        mime_type: str | None = None,
+                        metadata: dict[str, Any] | None = None) -> Artifact:
+        meta = orjson.dumps(metadata).decode() if metadata is not None else None
+        return self.send(calls.upload_artifact(task_id, content, kind, file_name, mime_type,
+                                               meta))
+
+    def list_artifacts(self, task_id: str, kind: str | None = None) -> list[Artifact]:
+        return self.send(calls.list_artifacts(task_id, kind))
+
+    def get_artifact(self, artifact_id: str) -> Artifact:
+        return self.send(calls.get_artifact(artifact_id))
+
+    def download_artifact(self, artifact_id: str) -> bytes:
+        return self.send(calls.download_artifact(artifact_id))
+
+    # -- HTTP worker protocol ---------------------------------------------------------------
+    def claim(self, task_types: list[str], *, max_tasks: int = 1, wait: float = 0,
+              claim_ttl: float = 30, worker_id: str | None = None) -> list[Claimed]:
+        body = core.params(task_types=task_types, max_tasks=max_tasks, wait=wait,
+                           claim_ttl=claim_ttl, worker_id=worker_id)
+        return self.send(calls.claim(body))
+
+    def worker_action(self, task_id: str, action: str, claim_token: str,
+                      **fields: Any) -> Any:
+        """action: heartbeat | progress | complete | fail | events (see the API docs)."""
+        return self.send(calls.worker_call(task_id, action,
+                                           {"claim_token": claim_token, **fields}))
+
+
+__all__ = ["ApiProblem", "Client"]

@@ -1,0 +1,233 @@
+"""`creep up`: everything on one machine in one process tree — migrations, the API server and
+a worker pool running the example handlers (each a child process), an admin key kept beside the
+database, and with --demo a tenant and a steady stream of example tasks. Ctrl-C / SIGTERM stops
+the children gracefully and exits 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import httpx
+import typer
+
+from creep.cli_http.common import err, out
+
+DEMO_TENANT = "demo"
+# (task_type, extra fields): succeeds, retries then succeeds, fails, exceeds its time budget.
+DEMO_MIX: list[tuple[str, dict[str, Any]]] = [
+    ("ECHO", {}),
+    ("SLOW_REPORT", {}),
+    ("FLAKY_CALL", {}),
+    ("ECHO", {"priority": 90}),
+    ("CHARGE_CARD", {}),
+    ("SLOW_REPORT", {"timeout_ms": 1, "constraints": {"max_retries": 0}}),
+]
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+
+
+def key_file_for(database_url: str) -> Path:
+    """Beside the SQLite file; for PostgreSQL in the working directory."""
+    if database_url.startswith("sqlite:"):
+        path = urlsplit(database_url).path
+        path = path[1:] if path.startswith("/") else path
+        return Path(path + ".admin-key")
+    return Path(".creep-admin-key")
+
+
+def admin_key(path: Path) -> tuple[str, bool]:
+    """The kept admin key, or a new one written with mode 0600: (key, created)."""
+    from creep.domain.tenancy import new_key_secret
+
+    if path.exists():
+        key = path.read_text(encoding="utf-8").strip()
+        if key:
+            return key, False
+    key = new_key_secret()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(key + "\n")
+    os.chmod(path, 0o600)
+    return key, True
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str]) -> Child:
+    # A session of its own: Ctrl-C reaches only this process, which stops the children in order.
+    proc = subprocess.Popen([sys.executable, "-m", "creep.cli", *args], env=env,
+                            start_new_session=True)
+    return Child(name, proc)
+
+
+def _wait_live(url: str, children: list[Child], timeout: float) -> str | None:
+    """None once the server answers, else why not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in children:
+            if child.proc.poll() is not None:
+                return f"{child.name} exited with {child.proc.returncode}"
+        try:
+            if httpx.get(f"{url}/health/live", timeout=1).status_code == 200:
+                return None
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return f"the server did not answer within {timeout:g} s"
+
+
+def _stop(children: list[Child], grace: float) -> None:
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in children:
+        try:
+            child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            err.print(f"{child.name} did not stop within {grace:g} s; killing it")
+            child.proc.kill()
+            child.proc.wait()
+
+
+def _demo(url: str, key: str, rate: float, stop: threading.Event) -> None:
+    """Seed the demo tenant, then submit example tasks until stopped."""
+    from creep.client import ApiProblem, Client, ClientError
+
+    with Client(url, key) as c:
+        try:
+            c.create_tenant(DEMO_TENANT, name="Demo tenant")
+        except ApiProblem as exc:
+            if exc.status != 409:  # 409: seeded by an earlier `creep up --demo`
+                err.print(f"demo: cannot create the tenant: {exc}")
+                return
+        n = 0
+        while not stop.is_set():
+            task_type, extra = DEMO_MIX[n % len(DEMO_MIX)]
+            try:
+                c.create_task(tenant_id=DEMO_TENANT, env="dev", task_type=task_type,
+                              input_payload={"n": n}, tags=["demo"], **extra)
+            except ClientError as exc:
+                if stop.is_set():
+                    return
+                err.print(f"demo: submit failed: {exc}")
+            n += 1
+            stop.wait(1.0 / rate)
+
+
+def up(
+    database_url: Annotated[
+        str | None,
+        typer.Option("--database-url", envvar="CREEP_DATABASE_URL",
+                     help="default sqlite:///./creep.db"),
+    ] = None,
+    host: Annotated[str, typer.Option(envvar="CREEP_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="CREEP_PORT", min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=0, max=64, help="Worker processes.")] = 1,
+    concurrency: Annotated[int, typer.Option(min=1, help="Tasks in flight per worker.")] = 8,
+    demo: Annotated[bool, typer.Option("--demo", help="Seed a demo tenant and submit a "
+                                       "steady stream of example tasks.")] = False,
+    demo_rate: Annotated[float, typer.Option(min=0.1, max=1000,
+                                             help="Demo tasks per second.")] = 2.0,
+    key_file: Annotated[
+        Path | None, typer.Option(help="Where the admin key is kept [beside the database]")
+    ] = None,
+    shutdown_grace: Annotated[float, typer.Option(min=0)] = 15.0,
+) -> None:
+    """Run creep on this machine: API server + workers (example handlers), one command."""
+    from creep.api.settings import SettingsError, load_settings
+    from creep.domain.errors import CreepError
+    from creep.storage import database_url as resolve_url
+    from creep.storage import open_store
+
+    url = resolve_url(database_url)
+    try:
+        load_settings(database_url=url, host=host, port=port)
+    except SettingsError as exc:
+        for line in exc.problems:
+            err.print(f"[red]error:[/red] {line}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        store = open_store(url, migrate=True)
+        version = store.schema_version()
+        store.close()
+    except CreepError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    path = key_file or key_file_for(url)
+    try:
+        key, created = admin_key(path)
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot keep the admin key in {str(path)!r}: {exc}")
+        raise typer.Exit(2) from None
+
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    env = {**os.environ, "CREEP_ADMIN_KEY": key, "CREEP_DATABASE_URL": url,
+           "CREEP_LOG_JSON": os.environ.get("CREEP_LOG_JSON", "false"),
+           # Quiet by default: no access log line per request (CREEP_LOG_LEVEL=INFO shows it).
+           "CREEP_LOG_LEVEL": os.environ.get("CREEP_LOG_LEVEL", "WARNING")}
+    env.pop("CREEP_API_URL", None)
+    children = [_spawn("server", ["server", "--host", host, "--port", str(port)], env)]
+    children += [
+        _spawn(f"worker {i + 1}", ["worker", "--app", "creep.up_worker:app",
+                                   "--database-url", url, "--concurrency", str(concurrency),
+                                   "--shutdown-grace", str(max(shutdown_grace - 2, 0))], env)
+        for i in range(workers)
+    ]
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    problem = _wait_live(base, children, timeout=60)
+    if problem is not None:
+        err.print(f"[red]error:[/red] {problem}", highlight=False)
+        _stop(children, shutdown_grace)
+        raise typer.Exit(1)
+    out.print(f"creep is up: {base}  (API docs {base}/docs; schema version {version})",
+              highlight=False)
+    out.print(f"database:  {url}", highlight=False)
+    out.print(f"admin key: {key}  ({'new, ' if created else ''}kept in {path})",
+              highlight=False)
+    out.print(f"try:       export CREEP_API_URL={base} CREEP_API_KEY={key}; creep task list",
+              highlight=False)
+    out.print(f"{workers} worker process(es) run the example handlers "
+              "(ECHO, SLOW_REPORT, FLAKY_CALL, CHARGE_CARD); Ctrl-C stops everything.",
+              highlight=False)
+    sys.stdout.flush()
+    feeder = None
+    if demo:
+        feeder = threading.Thread(target=_demo, args=(base, key, demo_rate, stopping),
+                                  name="demo", daemon=True)
+        feeder.start()
+        out.print(f"demo: tenant {DEMO_TENANT!r}, {demo_rate:g} example tasks per second",
+                  highlight=False)
+    code = 0
+    while not stopping.wait(0.2):
+        dead = [c for c in children if c.proc.poll() is not None]
+        if dead:
+            err.print(f"[red]error:[/red] {dead[0].name} exited with "
+                      f"{dead[0].proc.returncode}; stopping", highlight=False)
+            code = 1
+            break
+    stopping.set()
+    out.print("stopping ...")
+    if feeder is not None:
+        feeder.join(timeout=5)
+    _stop(children, shutdown_grace)
+    out.print("stopped")
+    raise typer.Exit(code)

@@ -1,0 +1,194 @@
+"""Every resource command through a `creep` subprocess against a real server (SQLite and
+PostgreSQL), with a real worker process running the example handlers."""
+
+from __future__ import annotations
+
+import csv
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.api.cli_helpers import creep, ok_json, start_worker, stop
+from tests.api.conftest import Server
+
+
+@pytest.fixture(scope="module")
+def worker(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    proc = start_worker(server.database_url, tmp_path_factory.mktemp("w") / "worker.log")
+    yield
+    stop(proc)
+
+
+def _tenant(server: Server) -> str:
+    tenant_id = f"cli-{uuid.uuid4().hex[:8]}"
+    ok_json(creep(server, "tenants", "create", tenant_id, "--name", "CLI test", "--json"))
+    return tenant_id
+
+
+def test_tenants_and_keys(server: Server) -> None:
+    tenant_id = _tenant(server)
+    again = creep(server, "tenants", "create", tenant_id)
+    assert again.returncode == 1 and "409" in again.stderr
+    listed = ok_json(creep(server, "tenants", "list", "--json"))
+    assert tenant_id in {t["tenant_id"] for t in listed}
+    shown = ok_json(creep(server, "tenants", "show", tenant_id, "--json"))
+    assert shown["name"] == "CLI test"
+    table = creep(server, "tenants", "list")
+    assert table.returncode == 0 and tenant_id in table.stdout
+
+    issued = creep(server, "keys", "issue", "--name", "ci", "--tenant", tenant_id)
+    assert issued.returncode == 0, issued.stderr
+    key = issued.stdout.strip()
+    key_id = issued.stderr.split("key_id: ")[1].split()[0]
+    assert ok_json(creep(server, "task", "list", "--json", key=key)) == []
+    # A tenant key is not an admin key: the audit log is refused (403 -> exit 1).
+    assert creep(server, "audit", "list", key=key).returncode == 1
+    revoked = ok_json(creep(server, "keys", "revoke", key_id, "--json"))
+    assert revoked["revoked_at"] is not None
+    denied = creep(server, "task", "list", key=key)
+    assert denied.returncode == 1 and "401" in denied.stderr
+
+    usage = creep(server, "keys", "issue", "--name", "x", "--admin", "--tenant", tenant_id)
+    assert usage.returncode == 2
+
+
+def test_task_lifecycle(server: Server, worker: None, tmp_path: Path) -> None:
+    tenant_id = _tenant(server)
+    done = ok_json(creep(server, "task", "submit", "--type", "ECHO", "--tenant", tenant_id,
+                         "--payload", '{"x": 1}', "--tag", "cli", "--wait", "--json"))
+    assert done["status"] == "SUCCESS" and done["result_payload"] == {"echo": {"x": 1}}
+    task_id = done["task_id"]
+    assert ok_json(creep(server, "task", "show", task_id, "--json"))["tags"] == ["cli"]
+    events = ok_json(creep(server, "task", "events", task_id, "--json"))
+    assert [e["to_status"] for e in events if e["to_status"]][-1] == "SUCCESS"
+    followed = creep(server, "task", "events", task_id, "--follow", "--json")
+    assert followed.returncode == 0
+    lines = [orjson.loads(line) for line in followed.stdout.splitlines()]
+    assert [e["event_id"] for e in lines] == [e["event_id"] for e in events]
+    table = creep(server, "task", "events", task_id)
+    assert table.returncode == 0 and "SUCCESS" in table.stdout
+    listed = ok_json(creep(server, "task", "list", "--tenant", tenant_id, "--status",
+                           "SUCCESS", "--type", "ECHO", "--json"))
+    assert [t["task_id"] for t in listed] == [task_id]
+
+    # A payload from a file, an order with more fields; a business failure ends exit 3.
+    payload = tmp_path / "payload.json"
+    payload.write_text('{"card": "4242"}')
+    failed = creep(server, "task", "submit", "--type", "CHARGE_CARD", "--tenant", tenant_id,
+                   "--payload", f"@{payload}", "--order", '{"priority": 70}', "--wait", "--json")
+    assert failed.returncode == 3, failed.stderr
+    failed_task = orjson.loads(failed.stdout)
+    assert failed_task["status"] == "FAILED" and failed_task["priority"] == 70
+    retried = ok_json(creep(server, "task", "retry", failed_task["task_id"], "--json"))
+    assert retried["status"] in ("QUEUED", "RUNNING", "FAILED")
+
+    # No handler: stays QUEUED until cancelled; cancelling twice is a conflict (exit 1).
+    idem = f"idem-{uuid.uuid4().hex[:6]}"
+    queued = ok_json(creep(server, "task", "submit", "--type", "NO_HANDLER", "--tenant",
+                           tenant_id, "--idempotency-key", idem, "--json"))
+    replay = ok_json(creep(server, "task", "submit", "--type", "NO_HANDLER", "--tenant",
+                           tenant_id, "--idempotency-key", idem, "--json"))
+    assert replay["task_id"] == queued["task_id"]
+    cancelled = creep(server, "task", "cancel", queued["task_id"], "--reason", "test")
+    assert cancelled.returncode == 0 and "CANCELLED" in cancelled.stdout
+    assert creep(server, "task", "cancel", queued["task_id"]).returncode == 1
+
+    missing = creep(server, "task", "show", str(uuid.uuid4()))
+    assert missing.returncode == 1 and "404" in missing.stderr
+    bad_json = creep(server, "task", "submit", "--type", "ECHO", "--payload", "{nope")
+    assert bad_json.returncode == 2 and "--payload" in bad_json.stderr
+    invalid = creep(server, "task", "submit", "--type", "ECHO", "--tenant", "no-such-tenant")
+    assert invalid.returncode == 2 and "tenant_id" in invalid.stderr
+
+
+def test_batch_submit_and_wait(server: Server, worker: None, tmp_path: Path) -> None:
+    tenant_id = _tenant(server)
+    jsonl = tmp_path / "orders.jsonl"
+    jsonl.write_text("\n".join([
+        '{"task_type": "ECHO", "ref": "a", "input_payload": 1}',
+        '{"task_type": "SLOW_REPORT", "ref": "b", "depends_on": ["a"]}',
+        "",
+        '{"task_type": "FLAKY_CALL", "ref": "c", "depends_on": ["a", "b"]}',
+        '{"task_type": "ECHO", "depends_on": ["c"]}',
+        '{"task_type": "ECHO"}',
+    ]) + "\n")
+    result = creep(server, "batch", "submit", str(jsonl), "--tenant", tenant_id,
+                   "--chunk-size", "2", "--wait", "--poll", "0.1", "--json")
+    batches = ok_json(result)
+    assert len(batches) == 3 and sum(b["total_count"] for b in batches) == 5
+    assert all(b["status"] == "completed" for b in batches)
+    assert "submitting" in result.stderr and "running" in result.stderr  # progress bars
+    tasks = ok_json(creep(server, "task", "list", "--tenant", tenant_id, "--json"))
+    assert len(tasks) == 5 and {t["status"] for t in tasks} == {"SUCCESS"}
+    shown = ok_json(creep(server, "batch", "show", batches[0]["batch_id"], "--json"))
+    assert shown["completed_count"] == 2
+    listed = ok_json(creep(server, "batch", "list", "--limit", "500", "--json"))
+    assert {b["batch_id"] for b in batches} <= {b["batch_id"] for b in listed}
+
+    failing = tmp_path / "failing.jsonl"
+    failing.write_text('{"task_type": "CHARGE_CARD"}\n{"task_type": "NO_HANDLER"}\n')
+    unfinished = creep(server, "batch", "submit", str(failing), "--tenant", tenant_id,
+                       "--wait", "--timeout", "3", "--poll", "0.1", "--json")
+    assert unfinished.returncode == 3
+    batch_id = orjson.loads(unfinished.stdout)[0]["batch_id"]
+    assert ok_json(creep(server, "batch", "cancel", batch_id, "--json"))["cancelled_at"]
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"task_type": "ECHO"}\nnot json\n[1]\n{"priority": 5}\n')
+    bad = creep(server, "batch", "submit", str(broken), "--tenant", tenant_id)
+    assert bad.returncode == 2
+    for line in ("line 2", "line 3", "line 4"):
+        assert line in bad.stderr
+    invalid = tmp_path / "invalid.jsonl"
+    invalid.write_text('{"task_type": "ECHO"}\n{"task_type": "ECHO", "priority": 500}\n')
+    rejected = creep(server, "batch", "submit", str(invalid), "--tenant", tenant_id,
+                     "--chunk-size", "1")
+    assert rejected.returncode == 2 and "tasks[0].priority" in rejected.stderr
+    assert "already created before the failure (task orders 1-1)" in rejected.stderr
+
+
+def test_audit_and_exports(server: Server, tmp_path: Path) -> None:
+    tenant_id = _tenant(server)
+    task = ok_json(creep(server, "task", "submit", "--type", "NO_HANDLER", "--tenant",
+                         tenant_id, "--json"))
+    creep(server, "task", "cancel", task["task_id"])
+    audit = ok_json(creep(server, "audit", "list", "--tenant", tenant_id, "--json"))
+    assert [a["action"] for a in audit] == ["cancelled", "created", "created"]
+    table = creep(server, "audit", "list", "--tenant", tenant_id)
+    assert table.returncode == 0 and "cancelled" in table.stdout
+
+    out_csv = tmp_path / "audit.csv"
+    assert creep(server, "export", "audit", "--tenant", tenant_id, "-o",
+                 str(out_csv)).returncode == 0
+    rows = list(csv.DictReader(out_csv.read_text().splitlines()))
+    assert [r["action"] for r in rows] == ["cancelled", "created", "created"]
+    out_json = tmp_path / "audit.json"
+    assert creep(server, "export", "audit", "--tenant", tenant_id, "--format", "json", "-o",
+                 str(out_json)).returncode == 0
+    assert [a["seq"] for a in orjson.loads(out_json.read_bytes())] == [a["seq"] for a in audit]
+
+    ev_csv = tmp_path / "events.csv"
+    assert creep(server, "export", "events", "--tenant", tenant_id, "-o",
+                 str(ev_csv)).returncode == 0
+    events = list(csv.DictReader(ev_csv.read_text().splitlines()))
+    assert events and {e["task_id"] for e in events} == {task["task_id"]}
+    assert events[-1]["to_status"] == "CANCELLED"
+    ev_json = tmp_path / "events.json"
+    assert creep(server, "export", "events", "--task", task["task_id"], "--format", "json",
+                 "-o", str(ev_json)).returncode == 0
+    assert [e["event_id"] for e in orjson.loads(ev_json.read_bytes())] == [
+        int(e["event_id"]) for e in events]
+    nowhere = creep(server, "export", "audit", "-o", str(tmp_path / "no" / "dir" / "a.csv"))
+    assert nowhere.returncode == 2
+
+
+def test_unreachable_server_and_bad_key(server: Server) -> None:
+    down = creep(server, "task", "list", url="http://127.0.0.1:9")
+    assert down.returncode == 1 and "cannot reach" in down.stderr
+    wrong = creep(server, "task", "list", key="not-a-key")
+    assert wrong.returncode == 1 and "401" in wrong.stderr
+    scheme = creep(server, "task", "list", url="ftp://x")
+    assert scheme.returncode == 2 and "http://" in scheme.stderr

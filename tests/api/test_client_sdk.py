@@ -1,0 +1,161 @@
+"""The Python SDK (creep.client) against a real server on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from creep.client import (
+    NO_RETRY,
+    ApiProblem,
+    AsyncClient,
+    Client,
+    RetryPolicy,
+    TaskEvent,
+    TransportError,
+)
+from tests.api.conftest import Server
+
+
+def test_tasks_idempotency_problems_and_pagination(server: Server) -> None:
+    tenant_id, key = server.tenant()
+    with Client(server.url, key) as c:
+        first = c.create_task(task_type="NO_HANDLER", env="dev", idempotency_key="same",
+                              input_payload={"n": 1})
+        again = c.create_task({"task_type": "NO_HANDLER", "env": "dev",
+                               "idempotency_key": "same", "input_payload": {"n": 1}})
+        assert again.task_id == first.task_id and first.tenant_id == tenant_id
+        # Without a key each call gets a fresh one, so these are two tasks.
+        a = c.create_task(task_type="NO_HANDLER", env="dev")
+        b = c.create_task(task_type="NO_HANDLER", env="dev")
+        assert a.task_id != b.task_id and a.idempotency_key != b.idempotency_key
+        with pytest.raises(ApiProblem) as conflict:
+            c.create_task(task_type="NO_HANDLER", env="dev", idempotency_key="same",
+                          input_payload={"n": 2})
+        assert conflict.value.status == 409
+        assert conflict.value.short_type == "idempotency-conflict"
+        with pytest.raises(ApiProblem) as invalid:
+            c.create_task(task_type="", priority=101)
+        problem = invalid.value
+        assert problem.status == 422 and problem.title == "Validation failed"
+        assert {e["field"] for e in problem.errors} >= {"task_type", "priority"}
+        assert problem.detail and problem.request_id
+        with pytest.raises(ApiProblem) as missing:
+            c.get_task(str(uuid.uuid4()))
+        assert missing.value.status == 404
+
+        for i in range(5):
+            c.create_task(task_type="PAGED", env="dev", input_payload={"i": i})
+        page = c.list_tasks(task_type="PAGED", limit=2)
+        assert len(page.items) == 2 and page.next_cursor
+        every = list(c.iter_tasks(task_type="PAGED", page_size=2))
+        assert sorted(t.input_payload["i"] for t in every) == list(range(5))
+
+        stale = c.get_task(a.task_id)
+        updated = c.update_task(a.task_id, stale.task_version, priority=99)
+        assert updated.priority == 99
+        with pytest.raises(ApiProblem) as precondition:
+            c.update_task(a.task_id, stale.task_version, priority=1)
+        assert precondition.value.status == 412
+
+        cancelled = c.cancel_task(a.task_id, reason="sdk test")
+        assert cancelled.status == "CANCELLED" and cancelled.is_terminal
+        events = list(c.follow_task_events(a.task_id))
+        assert [e.to_status for e in events if e.to_status][-1] == "CANCELLED"
+        assert [e.event_id for e in events] == [e.event_id for e in c.iter_task_events(a.task_id)]
+        assert c.retry_task(a.task_id).status == "QUEUED"
+
+
+def test_admin_batches_audit_and_artifacts(server: Server) -> None:
+    with Client(server.url, server.admin_key) as admin:
+        tenant_id = f"sdk-{uuid.uuid4().hex[:8]}"
+        tenant = admin.create_tenant(tenant_id, name="SDK", max_active_tasks=100)
+        assert admin.get_tenant(tenant_id).max_active_tasks == 100 == tenant.max_active_tasks
+        assert tenant_id in {t.tenant_id for t in admin.iter_tenants(page_size=1)}
+        created = admin.create_key("sdk key", tenant_id=tenant_id)
+        assert created.key and created.tenant_id == tenant_id
+        batch = admin.create_batch("sdk batch", [
+            {"task_type": "NO_HANDLER", "ref": "a"},
+            {"task_type": "NO_HANDLER", "depends_on": ["a"]},
+        ], tenant_id=tenant_id, metadata={"source": "test"})
+        assert batch.total_count == 2 and batch.tasks and len(batch.tasks) == 2
+        assert admin.get_batch(batch.batch_id).status == "pending"
+        assert batch.batch_id in {b.batch_id for b in admin.iter_batches(page_size=1)}
+        assert admin.cancel_batch(batch.batch_id).cancelled_at is not None
+        audit = list(admin.iter_audit(tenant_id=tenant_id, page_size=1))
+        assert [a.action for a in audit][:2] == ["cancelled", "created"]
+        assert b"cancelled" in admin.audit_csv(tenant_id=tenant_id)
+        assert admin.health_live()["status"] == "ok"
+        assert "creep" in admin.metrics()
+        assert admin.set_log_level("WARNING")["level"] == "WARNING"
+        assert admin.get_log_level()["level"] == "WARNING"
+        assert admin.revoke_key(created.key_id).revoked_at is not None
+
+    with Client(server.url, created.key, retry=NO_RETRY) as revoked:
+        with pytest.raises(ApiProblem) as denied:
+            revoked.list_tasks()
+        assert denied.value.status == 401
+
+    _, key = server.tenant()
+    with Client(server.url, key) as c:
+        task = c.create_task(task_type="NO_HANDLER", env="dev")
+        art = c.upload_artifact(task.task_id, b"hello", kind="log", file_name="a.txt",
+                                mime_type="text/plain", metadata={"k": "v"})
+        assert art.size_bytes == 5 and c.get_artifact(art.artifact_id).checksum == art.checksum
+        assert [x.artifact_id for x in c.list_artifacts(task.task_id)] == [art.artifact_id]
+        assert c.download_artifact(art.artifact_id) == b"hello"
+        # The HTTP worker protocol: claim the task, report progress, complete it.
+        [claimed] = c.claim(["NO_HANDLER"], max_tasks=5)
+        assert claimed.task.task_id == task.task_id
+        c.worker_action(task.task_id, "progress", claimed.claim_token, progress=50)
+        c.worker_action(task.task_id, "complete", claimed.claim_token, result={"ok": True})
+        assert c.get_task(task.task_id).status == "SUCCESS"
+
+
+def test_retries_honour_retry_after_on_429(server: Server) -> None:
+    """A tenant allowed one request per second: the client waits out each 429 (Retry-After)
+    and every call succeeds; without retries the 429 surfaces with its Retry-After."""
+    _, key = server.tenant(rate_limit_per_second=1, rate_limit_burst=1)
+    with Client(server.url, key, retry=RetryPolicy(max_retries=5, max_delay=5)) as c:
+        for _ in range(3):
+            assert c.list_tasks().items == []
+        assert c.stats.retries >= 1 and set(c.stats.statuses) == {429}
+        assert c.stats.waited >= 1.0  # Retry-After is at least one second
+    with Client(server.url, key, retry=NO_RETRY) as c:
+        with pytest.raises(ApiProblem) as limited:
+            for _ in range(5):
+                c.list_tasks()
+        assert limited.value.status == 429 and (limited.value.retry_after or 0) >= 1
+
+    async def main() -> int:
+        async with AsyncClient(server.url, key, retry=RetryPolicy(max_retries=5)) as ac:
+            for _ in range(3):
+                await ac.list_tasks()
+            return ac.stats.retries
+
+    assert asyncio.run(main()) >= 1
+
+
+def test_async_client_follows_events(server: Server) -> None:
+    _, key = server.tenant()
+
+    async def main() -> tuple[list[TaskEvent], list[str]]:
+        async with AsyncClient(server.url, key) as c:
+            task = await c.create_task(task_type="NO_HANDLER", env="dev")
+            await c.cancel_task(task.task_id)
+            events = [e async for e in c.follow_task_events(task.task_id)]
+            ids = [t.task_id async for t in c.iter_tasks(page_size=1)]
+            return events, ids
+
+    events, ids = asyncio.run(main())
+    assert events[0].event_type == "created" and events[-1].to_status == "CANCELLED"
+    assert len(ids) == 1
+
+
+def test_unreachable_server_is_a_transport_error() -> None:
+    with Client("http://127.0.0.1:9", "k", retry=RetryPolicy(max_retries=1, base_delay=0.01)) as c:
+        with pytest.raises(TransportError):
+            c.health_live()
+        assert c.stats.retries == 1
