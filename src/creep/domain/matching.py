@@ -3,7 +3,7 @@ transaction with the candidate rows they locked).
 
 Rule: tasks are served in claim order (priority desc, created_at). For each hint, candidates
 are assets of the task's tenant and currency with the hint's sku_category, its sku_code
-(exact, or `prefix.*`), every attribute equal, health_score >= constraints.min_health_score,
+(exact, or `prefix.*`), every attribute equal (JSON equality: true is not 1), health_score >= constraints.min_health_score,
 status READY or IN_USE and spare concurrency. Among candidates creep prefers, in order:
 higher health_score, lower load (current/max concurrency), lower cost_per_lease, asset_id.
 A task takes all of its hints or nothing. When the preferred set would take the task's cost
@@ -88,7 +88,18 @@ def _static_fits(hint: dict[str, Any], demand: Demand, asset: Candidate) -> bool
     if not code_matches(hint.get("sku_code"), asset.sku_code):
         return False
     attrs = hint.get("attributes") or {}
-    return all(asset.attributes.get(k) == v for k, v in attrs.items())
+    return all(json_equal(asset.attributes.get(k), v) for k, v in attrs.items())
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality of JSON values as the databases see it: true is not 1 (Python says it is)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 class _Ranked:

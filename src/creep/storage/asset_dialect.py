@@ -64,6 +64,30 @@ class SqliteDialect:
     def plus_ms(self, ts_sql: str, ms_sql: str) -> str:
         return f"({ts_sql} + {ms_sql} * 1000)"
 
+    def attrs_filter(self, attrs: dict[str, Any]) -> tuple[str, list[Any]]:
+        """SQL narrowing assets to those whose attributes may equal `attrs` (JSON equality;
+        matching._static_fits re-checks): scalars by json_extract/json_type; objects, arrays
+        and keys that do not fit a JSON path are left to the Python check."""
+        sql, params = "", []
+        for key, value in attrs.items():
+            if '"' in key or "\\" in key or isinstance(value, (dict, list)):
+                continue
+            path = f'$."{key}"'
+            if value is None:
+                sql += " AND json_extract(attributes, ?) IS NULL"
+                params.append(path)
+            elif isinstance(value, bool):
+                sql += " AND json_type(attributes, ?) = ?"
+                params += [path, "true" if value else "false"]
+            elif isinstance(value, (int, float)):
+                sql += " AND json_type(attributes, ?) IN ('integer', 'real') " \
+                       "AND json_extract(attributes, ?) = ?"
+                params += [path, path, value]
+            else:
+                sql += " AND json_type(attributes, ?) = 'text' AND json_extract(attributes, ?) = ?"
+                params += [path, path, str(value)]
+        return sql, params
+
     def many(self, conn: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
             conn.executemany(sql, rows)
@@ -139,6 +163,15 @@ class PostgresDialect:
 
     def plus_ms(self, ts_sql: str, ms_sql: str) -> str:
         return f"({ts_sql} + {ms_sql} * interval '1 millisecond')"
+
+    def attrs_filter(self, attrs: dict[str, Any]) -> tuple[str, list[Any]]:
+        """SQL narrowing assets to those whose attributes may equal `attrs`: jsonb
+        containment (exact for scalars, a superset for objects and arrays; a null means
+        "missing or null" and is left to matching._static_fits, which re-checks all)."""
+        present = {k: v for k, v in attrs.items() if v is not None}
+        if not present:
+            return "", []
+        return " AND attributes @> ?::jsonb", [self.js(present)]
 
     def many(self, conn: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:

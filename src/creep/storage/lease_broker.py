@@ -55,7 +55,7 @@ class LeaseBrokerMixin(AssetStoreBase):
         refs: dict[str, TaskRef] = {}
         pool: dict[str, Candidate] = {}
         snapshots: dict[str, AssetSnapshot] = {}
-        kinds: set[tuple[str, str, str | None, str]] = set()
+        kinds: set[tuple[Any, ...]] = set()
         claimed: list[Match] = []
         over_budget: list[str] = []
         # Page through hinted tasks in claim order until `limit` are matched: tasks whose
@@ -122,27 +122,24 @@ class LeaseBrokerMixin(AssetStoreBase):
             by_id[task_id].spent += cost_effect(entry_type, d.from_dec(amount))
 
     def _load_candidates(
-        self, conn: Any, demands: Sequence[Demand],
-        kinds: set[tuple[str, str, str | None, str]], pool: dict[str, Candidate],
-        snapshots: dict[str, AssetSnapshot],
+        self, conn: Any, demands: Sequence[Demand], kinds: set[tuple[Any, ...]],
+        pool: dict[str, Candidate], snapshots: dict[str, AssetSnapshot],
     ) -> None:
         """Load the leasable assets of each kind the demands ask for that is not loaded yet
-        (without locks: the picked ones are locked afterwards)."""
-        wanted: set[tuple[str, str, str | None, str]] = set()
+        (without locks: the picked ones are locked afterwards). A kind is everything a hint
+        filters on (sku, attributes, min_health_score), all of it in SQL, so the
+        CANDIDATES_PER_KIND bound never hides a rare match behind common assets."""
+        wanted: dict[tuple[Any, ...], tuple[Demand, dict[str, Any]]] = {}
         for x in demands:
             for hint in x.hints:
-                wanted.add((x.tenant_id, hint["sku_category"], hint.get("sku_code"), x.currency))
-        for tenant, category, code, currency in sorted(wanted - kinds, key=str):
-            kinds.add((tenant, category, code, currency))
-            where = ("tenant_id = ? AND sku_category = ? AND currency = ? AND "
-                     "status IN ('READY', 'IN_USE') AND current_concurrency < max_concurrency")
-            params: list[Any] = [tenant, category, currency]
-            if code is not None and code.endswith(".*"):
-                where += " AND substr(sku_code, 1, ?) = ?"
-                params += [len(code) - 1, code[:-1]]
-            elif code is not None:
-                where += " AND sku_code = ?"
-                params.append(code)
+                key = (x.tenant_id, hint["sku_category"], hint.get("sku_code"), x.currency,
+                       repr(sorted((hint.get("attributes") or {}).items())),
+                       x.min_health_score)
+                wanted.setdefault(key, (x, hint))
+        for key in sorted(set(wanted) - kinds, key=str):
+            kinds.add(key)
+            demand, hint = wanted[key]
+            where, params = self._candidate_filter(demand, hint)
             params.append(CANDIDATES_PER_KIND)
             for r in self._x(
                 conn,
@@ -161,6 +158,24 @@ class LeaseBrokerMixin(AssetStoreBase):
                     current_concurrency=a.current_concurrency, health_score=a.health_score,
                     cost_per_lease=a.cost_per_lease, currency=a.currency, status=a.status.value,
                 )
+
+    def _candidate_filter(self, demand: Demand, hint: dict[str, Any]) -> tuple[str, list[Any]]:
+        """The SQL of one hint's static filter (matching._static_fits re-checks in Python)."""
+        where = ("tenant_id = ? AND sku_category = ? AND currency = ? AND "
+                 "status IN ('READY', 'IN_USE') AND current_concurrency < max_concurrency")
+        params: list[Any] = [demand.tenant_id, hint["sku_category"], demand.currency]
+        code = hint.get("sku_code")
+        if code is not None and code.endswith(".*"):
+            where += " AND substr(sku_code, 1, ?) = ?"
+            params += [len(code) - 1, code[:-1]]
+        elif code is not None:
+            where += " AND sku_code = ?"
+            params.append(code)
+        if demand.min_health_score > 0:
+            where += " AND health_score >= ?"
+            params.append(demand.min_health_score)
+        attr_sql, attr_params = self._adialect.attrs_filter(hint.get("attributes") or {})
+        return where + attr_sql, params + attr_params
 
     def _lease_and_claim(
         self, conn: Any, matches: Sequence[Match], refs: Mapping[str, TaskRef],
