@@ -68,7 +68,8 @@ class SqliteDialect:
         """SQL narrowing assets to those whose attributes may equal `attrs` (JSON equality;
         matching._static_fits re-checks): scalars by json_extract/json_type; objects, arrays
         and keys that do not fit a JSON path are left to the Python check."""
-        sql, params = "", []
+        sql: str = ""
+        params: list[Any] = []
         for key, value in attrs.items():
             if '"' in key or "\\" in key or isinstance(value, (dict, list)):
                 continue
