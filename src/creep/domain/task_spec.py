@@ -231,6 +231,9 @@ def _constraints(errs: _Errors, value: Any) -> dict[str, Any]:
     keep = out.get("keep_leases")
     if keep is not None and not isinstance(keep, bool):
         errs.add("constraints.keep_leases", "must be a boolean")
+    on_revoked = out.get("on_lease_revoked")
+    if on_revoked is not None and on_revoked not in ("cancel", "continue"):
+        errs.add("constraints.on_lease_revoked", 'must be "cancel" or "continue"')
     return out
 
 

@@ -388,6 +388,26 @@ class LeaseBrokerMixin(AssetStoreBase):
                 (d.ts(expires), d.ids(task_ids)),
             )
 
+    def _leases_revoked(
+        self, conn: Any, claims: Sequence[tuple[str, str]]
+    ) -> dict[str, list[str]]:
+        """The REVOKED leases of these held claims ((task_id, claim_token)), for the
+        heartbeat to tell the running handlers."""
+        d = self._adialect
+        if not claims:
+            return {}
+        held = {(str(t), str(tok)) for t, tok in claims}
+        out: dict[str, list[str]] = {}
+        for task_id, token, lease_id in self._x(
+            conn,
+            "SELECT task_id, claim_token, lease_id FROM leases WHERE status = 'REVOKED' AND "
+            f"{d.in_ids('task_id')} ORDER BY lease_id",
+            (d.ids([t for t, _ in held]),),
+        ).fetchall():
+            if (str(task_id), str(token)) in held:
+                out.setdefault(str(task_id), []).append(str(lease_id))
+        return out
+
     # -- leases: public --------------------------------------------------------------------
 
     def lease_list(

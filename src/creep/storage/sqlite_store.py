@@ -442,6 +442,7 @@ class SqliteStore(SqliteSchedulesMixin, SqliteAssets):  # schedules, assets: see
                     (us(now) + int(claim_ttl * 1e6), _ids_json(held)),
                 )
                 self._leases_renew(conn, held, now + timedelta(seconds=claim_ttl))
+                result.revoked = self._leases_revoked(conn, [(t, tokens[t]) for t in held])
         return result
 
     def task_complete_many(self, completions: Sequence[Completion], now: datetime) -> list[str]:
