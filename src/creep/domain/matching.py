@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 
 @dataclass(slots=True)
 class Candidate:
@@ -139,12 +141,13 @@ class _Pool:
 
     def __init__(self, assets: Sequence[Candidate]) -> None:
         self.assets = assets
-        self._ranked: dict[tuple[str, bool], _Ranked] = {}
+        self._ranked: dict[tuple[Any, ...], _Ranked] = {}
 
     def ranked(self, hint: dict[str, Any], demand: Demand, thrifty: bool) -> _Ranked:
-        key = (repr((hint["sku_category"], hint.get("sku_code"),
-                     sorted((hint.get("attributes") or {}).items()), demand.tenant_id,
-                     demand.currency, demand.min_health_score)), thrifty)
+        attrs = hint.get("attributes")
+        key = (hint["sku_category"], hint.get("sku_code"),
+               orjson.dumps(attrs, option=orjson.OPT_SORT_KEYS) if attrs else b"",
+               demand.tenant_id, demand.currency, demand.min_health_score, thrifty)
         found = self._ranked.get(key)
         if found is None:
             fitting = (a for a in self.assets if _static_fits(hint, demand, a))

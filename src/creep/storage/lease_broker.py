@@ -58,6 +58,15 @@ class LeaseBrokerMixin(AssetStoreBase):
         kinds: set[tuple[Any, ...]] = set()
         claimed: list[Match] = []
         over_budget: list[str] = []
+        # Nothing can be leased while no asset has spare concurrency (e.g. a worker whose
+        # handlers finished before their completions freed the pool): skip the scan, which
+        # would read (and on PostgreSQL lock) pages of tasks for nothing.
+        if self._x(
+            conn,
+            "SELECT 1 FROM assets WHERE status IN ('READY', 'IN_USE') AND "
+            "current_concurrency < max_concurrency LIMIT 1",
+        ).fetchone() is None:
+            return []
         # Page through hinted tasks in claim order until `limit` are matched: tasks whose
         # resources are busy are passed over (no head-of-line blocking), up to a bound.
         for offset in range(0, HINTED_SCAN_MAX, page):
