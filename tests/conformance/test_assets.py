@@ -402,6 +402,12 @@ def test_summaries_by_tenant_project_and_time_range(app: Creep, clock: FrozenClo
     p1 = app.ledger_summary(tenant_id="a", project_id="p1")
     assert {(s.currency, s.cost) for s in p1} == {("USD", Decimal("1.00")),
                                                   ("USDT", Decimal("0.000001"))}
+    for _ in range(3):  # equal amounts are grouped in SQL; the total stays exact
+        app.record_ledger_entry(entry_type="COST", amount="0.1", currency="EUR", tenant_id="c")
+    app.record_ledger_entry(entry_type="REFUND", amount="0.10", currency="EUR", tenant_id="c")
+    [eur] = app.ledger_summary(tenant_id="c")
+    assert (eur.currency, eur.cost, eur.margin) == ("EUR", Decimal("0.2"), Decimal("-0.2"))
+    assert str(eur.cost) == "0.20" and eur.entries == 4
     with pytest.raises(ValidationError, match="amount"):
         app.record_ledger_entry(entry_type="COST", amount=0.1, currency="USD")  # type: ignore[arg-type]
 
