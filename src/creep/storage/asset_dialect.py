@@ -6,6 +6,7 @@ hands it a dialect that converts placeholders and values.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime, timedelta
@@ -45,6 +46,9 @@ class SqliteDialect:
 
     def from_js(self, value: Any) -> Any:
         return orjson.loads(value)
+
+    #: A JSON value in a row for bulk_insert / bulk_update.
+    bulk_js = js
 
     def dec(self, value: Decimal | None) -> str | None:
         return None if value is None else str(value)
@@ -137,9 +141,11 @@ class PostgresDialect:
         return value  # type: ignore[no-any-return]
 
     def js(self, value: Any) -> Any:
-        from psycopg.types.json import Jsonb
+        return _jsonb()(value)
 
-        return Jsonb(value)
+    def bulk_js(self, value: Any) -> Any:
+        """Bulk rows travel as one JSON document: the value goes in as it is."""
+        return value
 
     def from_js(self, value: Any) -> Any:
         return value
@@ -233,10 +239,15 @@ class PostgresDialect:
         return found
 
 
-def _pg_default(value: Any) -> Any:
-    from psycopg.types.json import Jsonb
+@functools.cache
+def _jsonb() -> Any:
+    from psycopg.types.json import Jsonb  # psycopg is only needed on PostgreSQL
 
-    if isinstance(value, Jsonb):
+    return Jsonb
+
+
+def _pg_default(value: Any) -> Any:
+    if isinstance(value, _jsonb()):
         return value.obj
     if isinstance(value, Decimal):
         return str(value)

@@ -242,7 +242,7 @@ class LeaseBrokerMixin(AssetStoreBase):
             deadline = now + timedelta(milliseconds=ref.timeout_ms)
             task_rows.append((
                 d.ts(now), d.ts(now), worker_id, token, d.ts(expires), d.ts(deadline),
-                d.js([*ref.lease_ids, *new_ids]), task_id,
+                d.bulk_js([*ref.lease_ids, *new_ids]), task_id,
             ))
         task_ids = list(lease_ids_by_task)
         with d.pipeline(conn):  # one round trip on PostgreSQL
@@ -265,7 +265,7 @@ class LeaseBrokerMixin(AssetStoreBase):
                  "payload", "created_at"),
                 [
                     (t, refs[t].tenant_id, "started", "QUEUED", "RUNNING", refs[t].attempt + 1,
-                     d.js({"worker_id": worker_id, "lease_ids": lease_ids_by_task[t]}),
+                     d.bulk_js({"worker_id": worker_id, "lease_ids": lease_ids_by_task[t]}),
                      d.ts(now))
                     for t in task_ids
                 ],
