@@ -37,6 +37,8 @@ class HeartbeatResult:
     lost: list[str] = field(default_factory=list)
     #: Tasks whose cancellation was requested while they run.
     cancel_requested: list[str] = field(default_factory=list)
+    #: Leases of held claims that a ban/archive REVOKED: task_id -> lease ids (asset work).
+    revoked: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -204,6 +204,32 @@ def test_attributes_and_exact_codes_filter(app: Creep) -> None:
     assert app.get_task(none.task_id).status is TaskStatus.QUEUED
 
 
+def test_rare_attributes_in_a_large_pool_are_matched_in_sql(app: Creep) -> None:
+    """999 healthier assets do not hide the one that matches (filters run in SQL, not over
+    the top candidates); attribute equality is JSON equality (true is not 1)."""
+    common = [ip(i, health_score=90, attributes={"geo": "GB", "tier": 1}) for i in range(999)]
+    rare = ip(999, health_score=10, max_concurrency=3,
+              attributes={"geo": "GB", "tier": 2, "mobile": True})
+    made = app.import_assets([*common, rare])
+
+    @app.handler("USE")
+    async def use(ctx: TaskContext) -> None:
+        return None
+
+    def want(attributes: dict[str, Any]) -> str:
+        return app.submit(task_type="USE", resource_hints=[
+            {**NET, "attributes": attributes}]).task_id
+
+    tier2, mobile, both = want({"tier": 2}), want({"mobile": True}), want({"tier": 2, "geo": "GB"})
+    one, fr = want({"mobile": 1}), want({"tier": 2, "geo": "FR"})
+    drain(app)
+    for task_id in (tier2, mobile, both):
+        assert app.get_task(task_id).status is TaskStatus.SUCCESS
+        assert [x.asset_id for x in app.list_leases(task_id=task_id)] == [made[-1].asset_id]
+    for task_id in (one, fr):
+        assert app.get_task(task_id).status is TaskStatus.QUEUED
+
+
 def test_no_resource_before_the_deadline_fails_the_task(app: Creep, clock: FrozenClock) -> None:
     @app.handler("USE")
     async def use(ctx: TaskContext) -> None:
@@ -376,6 +402,12 @@ def test_summaries_by_tenant_project_and_time_range(app: Creep, clock: FrozenClo
     p1 = app.ledger_summary(tenant_id="a", project_id="p1")
     assert {(s.currency, s.cost) for s in p1} == {("USD", Decimal("1.00")),
                                                   ("USDT", Decimal("0.000001"))}
+    for _ in range(3):  # equal amounts are grouped in SQL; the total stays exact
+        app.record_ledger_entry(entry_type="COST", amount="0.1", currency="EUR", tenant_id="c")
+    app.record_ledger_entry(entry_type="REFUND", amount="0.10", currency="EUR", tenant_id="c")
+    [eur] = app.ledger_summary(tenant_id="c")
+    assert (eur.currency, eur.cost, eur.margin) == ("EUR", Decimal("0.2"), Decimal("-0.2"))
+    assert str(eur.cost) == "0.20" and eur.entries == 4
     with pytest.raises(ValidationError, match="amount"):
         app.record_ledger_entry(entry_type="COST", amount=0.1, currency="USD")  # type: ignore[arg-type]
 

@@ -61,15 +61,19 @@ def cost_effect(entry_type: str, amount: Decimal) -> Decimal:
     return Decimal(0)
 
 
-def summarise(rows: Iterable[tuple[str, str, Decimal]]) -> list[LedgerSummary]:
-    """(currency, entry_type, amount) rows -> one summary per currency, sorted by currency."""
+def summarise(
+    rows: Iterable[tuple[str, str, Decimal]], counts: Iterable[int] | None = None
+) -> list[LedgerSummary]:
+    """(currency, entry_type, amount) rows -> one summary per currency, sorted by currency.
+    With `counts`, each row is a total standing for that many entries (grouped in SQL)."""
     acc: dict[str, list[Any]] = {}
+    per_row = iter(counts) if counts is not None else None
     for currency, entry_type, amount in rows:
         slot = acc.setdefault(currency, [Decimal(0), Decimal(0), 0])
         slot[0] += cost_effect(entry_type, amount)
         if entry_type == EntryType.REVENUE:
             slot[1] += amount
-        slot[2] += 1
+        slot[2] += 1 if per_row is None else next(per_row)
     return [
         LedgerSummary(cur, cost, rev, rev - cost, n)
         for cur, (cost, rev, n) in sorted(acc.items())

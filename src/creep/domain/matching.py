@@ -3,7 +3,7 @@ transaction with the candidate rows they locked).
 
 Rule: tasks are served in claim order (priority desc, created_at). For each hint, candidates
 are assets of the task's tenant and currency with the hint's sku_category, its sku_code
-(exact, or `prefix.*`), every attribute equal, health_score >= constraints.min_health_score,
+(exact, or `prefix.*`), every attribute equal (JSON equality: true is not 1), health_score >= constraints.min_health_score,
 status READY or IN_USE and spare concurrency. Among candidates creep prefers, in order:
 higher health_score, lower load (current/max concurrency), lower cost_per_lease, asset_id.
 A task takes all of its hints or nothing. When the preferred set would take the task's cost
@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+
+import orjson
 
 
 @dataclass(slots=True)
@@ -88,7 +90,18 @@ def _static_fits(hint: dict[str, Any], demand: Demand, asset: Candidate) -> bool
     if not code_matches(hint.get("sku_code"), asset.sku_code):
         return False
     attrs = hint.get("attributes") or {}
-    return all(asset.attributes.get(k) == v for k, v in attrs.items())
+    return all(json_equal(asset.attributes.get(k), v) for k, v in attrs.items())
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality of JSON values as the databases see it: true is not 1 (Python says it is)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 class _Ranked:
@@ -128,12 +141,13 @@ class _Pool:
 
     def __init__(self, assets: Sequence[Candidate]) -> None:
         self.assets = assets
-        self._ranked: dict[tuple[str, bool], _Ranked] = {}
+        self._ranked: dict[tuple[Any, ...], _Ranked] = {}
 
     def ranked(self, hint: dict[str, Any], demand: Demand, thrifty: bool) -> _Ranked:
-        key = (repr((hint["sku_category"], hint.get("sku_code"),
-                     sorted((hint.get("attributes") or {}).items()), demand.tenant_id,
-                     demand.currency, demand.min_health_score)), thrifty)
+        attrs = hint.get("attributes")
+        key = (hint["sku_category"], hint.get("sku_code"),
+               orjson.dumps(attrs, option=orjson.OPT_SORT_KEYS) if attrs else b"",
+               demand.tenant_id, demand.currency, demand.min_health_score, thrifty)
         found = self._ranked.get(key)
         if found is None:
             fitting = (a for a in self.assets if _static_fits(hint, demand, a))

@@ -119,6 +119,6 @@ def resolve(
     if delay is None:
         delay = backoff.delay(attempt, rng)
     return Resolution(
-        TaskStatus.QUEUED, "retrying", ResultCode.RETRYABLE, message,
+        TaskStatus.QUEUED, "retrying", outcome.code or ResultCode.RETRYABLE, message,
         run_after=now + timedelta(seconds=max(0.0, delay)),
     )

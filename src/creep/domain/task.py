@@ -76,6 +76,7 @@ class ResultCode(StrEnum):
     #: The control plane took the task back because its worker vanished (claim expired):
     #: set on the retry, and on the dead letter when that was the last attempt.
     WORKER_LOST = "WORKER_LOST"
+    LEASE_REVOKED = "LEASE_REVOKED"
 
 
 @dataclass(slots=True)

@@ -240,6 +240,9 @@ def _constraints(errs: _Errors, value: Any) -> dict[str, Any]:
         isinstance(grace, bool) or not isinstance(grace, int) or not 0 <= grace <= MAX_GRACE_MS
     ):
         errs.add("constraints.timeout_grace_ms", f"must be an integer from 0 to {MAX_GRACE_MS}")
+    on_revoked = out.get("on_lease_revoked")
+    if on_revoked is not None and on_revoked not in ("cancel", "continue"):
+        errs.add("constraints.on_lease_revoked", 'must be "cancel" or "continue"')
     return out
 
 

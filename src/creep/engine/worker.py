@@ -87,7 +87,7 @@ class _Running:
     claimed: ClaimedTask
     ctx: TaskContext
     job: asyncio.Task[None] | None = None
-    stop_reason: str | None = None  # "timeout" | "cancel" | "shutdown" | "lost"
+    stop_reason: str | None = None  # "timeout" | "cancel" | "shutdown" | "lost" | "lease_revoked"
 
 
 class Worker:
@@ -447,6 +447,11 @@ class Worker:
                 task_id, token, OutcomeKind.REQUEUE,
                 message="worker shut down before the task finished",
             )
+        if reason == "lease_revoked":
+            return Outcome(
+                task_id, token, OutcomeKind.RETRY, code="LEASE_REVOKED",
+                message="a lease of the task was revoked (its asset was banned or archived)",
+            )
         return None  # "lost": another process owns the task now
 
     # -- completing ----------------------------------------------------------------------------
@@ -535,6 +540,7 @@ class Worker:
                 continue
             for task_id in result.cancel_requested:
                 self._stop_task(task_id, "cancel")
+            self._tell_revoked(result.revoked)
             for task_id in result.lost:
                 log.warning("task %s: claim lost; abandoning it", task_id)
                 self._stop_task(task_id, "lost")
@@ -549,6 +555,22 @@ class Worker:
             ctx._mark_cancelled("lost")
         elif result.cancel_requested:
             self._stop_task(ctx.task_id, "cancel")
+        else:
+            self._tell_revoked(result.revoked)
+
+    # Asset leases (README "Assets, leases, ledger and asset events"): a lease revoked under
+    # a running handler lands in ctx.revoked_lease_ids; unless the task's constraints say
+    # on_lease_revoked="continue", the handler is stopped and the task retries LEASE_REVOKED.
+    # Revocations the handler caused itself (ctx.report_event) are already known: no stop.
+    def _tell_revoked(self, revoked: dict[str, list[str]]) -> None:
+        for task_id, lease_ids in revoked.items():
+            run = self._running.get(task_id)
+            if run is None:
+                continue
+            new = [x for x in lease_ids if x not in run.ctx.revoked_lease_ids]
+            run.ctx.revoked_lease_ids.extend(new)
+            if new and run.claimed.task.constraints.get("on_lease_revoked") != "continue":
+                self._stop_task(task_id, "lease_revoked")
 
     async def progress_one(self, ctx: TaskContext, percent: int, message: str | None) -> None:
         held = await self._call(

@@ -161,8 +161,8 @@ class AssetStoreBase:
             e.correlation_id, e.causation_id, e.event_type, e.source,
             None if e.severity is None else e.severity.value, e.old_status, e.new_status,
             e.message, e.error_code, e.error_message, e.provider_status, e.http_status,
-            e.latency_ms, e.retryable, d.ts(e.occurred_at), d.ts(e.recorded_at), d.js(e.tags),
-            d.js(e.context), e.version,
+            e.latency_ms, e.retryable, d.ts(e.occurred_at), d.ts(e.recorded_at),
+            d.bulk_js(e.tags), d.bulk_js(e.context), e.version,
         )
 
     def _emit(self, conn: Any, events: Sequence[AssetEvent]) -> None:

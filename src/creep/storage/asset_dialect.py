@@ -6,6 +6,7 @@ hands it a dialect that converts placeholders and values.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime, timedelta
@@ -46,6 +47,9 @@ class SqliteDialect:
     def from_js(self, value: Any) -> Any:
         return orjson.loads(value)
 
+    #: A JSON value in a row for bulk_insert / bulk_update.
+    bulk_js = js
+
     def dec(self, value: Decimal | None) -> str | None:
         return None if value is None else str(value)
 
@@ -63,6 +67,31 @@ class SqliteDialect:
 
     def plus_ms(self, ts_sql: str, ms_sql: str) -> str:
         return f"({ts_sql} + {ms_sql} * 1000)"
+
+    def attrs_filter(self, attrs: dict[str, Any]) -> tuple[str, list[Any]]:
+        """SQL narrowing assets to those whose attributes may equal `attrs` (JSON equality;
+        matching._static_fits re-checks): scalars by json_extract/json_type; objects, arrays
+        and keys that do not fit a JSON path are left to the Python check."""
+        sql: str = ""
+        params: list[Any] = []
+        for key, value in attrs.items():
+            if '"' in key or "\\" in key or isinstance(value, (dict, list)):
+                continue
+            path = f'$."{key}"'
+            if value is None:
+                sql += " AND json_extract(attributes, ?) IS NULL"
+                params.append(path)
+            elif isinstance(value, bool):
+                sql += " AND json_type(attributes, ?) = ?"
+                params += [path, "true" if value else "false"]
+            elif isinstance(value, (int, float)):
+                sql += " AND json_type(attributes, ?) IN ('integer', 'real') " \
+                       "AND json_extract(attributes, ?) = ?"
+                params += [path, path, value]
+            else:
+                sql += " AND json_type(attributes, ?) = 'text' AND json_extract(attributes, ?) = ?"
+                params += [path, path, str(value)]
+        return sql, params
 
     def many(self, conn: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
@@ -112,9 +141,11 @@ class PostgresDialect:
         return value  # type: ignore[no-any-return]
 
     def js(self, value: Any) -> Any:
-        from psycopg.types.json import Jsonb
+        return _jsonb()(value)
 
-        return Jsonb(value)
+    def bulk_js(self, value: Any) -> Any:
+        """Bulk rows travel as one JSON document: the value goes in as it is."""
+        return value
 
     def from_js(self, value: Any) -> Any:
         return value
@@ -139,6 +170,15 @@ class PostgresDialect:
 
     def plus_ms(self, ts_sql: str, ms_sql: str) -> str:
         return f"({ts_sql} + {ms_sql} * interval '1 millisecond')"
+
+    def attrs_filter(self, attrs: dict[str, Any]) -> tuple[str, list[Any]]:
+        """SQL narrowing assets to those whose attributes may equal `attrs`: jsonb
+        containment (exact for scalars, a superset for objects and arrays; a null means
+        "missing or null" and is left to matching._static_fits, which re-checks all)."""
+        present = {k: v for k, v in attrs.items() if v is not None}
+        if not present:
+            return "", []
+        return " AND attributes @> ?::jsonb", [self.js(present)]
 
     def many(self, conn: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
@@ -199,10 +239,15 @@ class PostgresDialect:
         return found
 
 
-def _pg_default(value: Any) -> Any:
-    from psycopg.types.json import Jsonb
+@functools.cache
+def _jsonb() -> Any:
+    from psycopg.types.json import Jsonb  # psycopg is only needed on PostgreSQL
 
-    if isinstance(value, Jsonb):
+    return Jsonb
+
+
+def _pg_default(value: Any) -> Any:
+    if isinstance(value, _jsonb()):
         return value.obj
     if isinstance(value, Decimal):
         return str(value)

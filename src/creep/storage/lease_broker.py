@@ -56,9 +56,18 @@ class LeaseBrokerMixin(AssetStoreBase):
         refs: dict[str, TaskRef] = {}
         pool: dict[str, Candidate] = {}
         snapshots: dict[str, AssetSnapshot] = {}
-        kinds: set[tuple[str, str, str | None, str]] = set()
+        kinds: set[tuple[Any, ...]] = set()
         claimed: list[Match] = []
         over_budget: list[str] = []
+        # Nothing can be leased while no asset has spare concurrency (e.g. a worker whose
+        # handlers finished before their completions freed the pool): skip the scan, which
+        # would read (and on PostgreSQL lock) pages of tasks for nothing.
+        if self._x(
+            conn,
+            "SELECT 1 FROM assets WHERE status IN ('READY', 'IN_USE') AND "
+            "current_concurrency < max_concurrency LIMIT 1",
+        ).fetchone() is None:
+            return []
         # Page through hinted tasks in claim order until `limit` are matched: tasks whose
         # resources are busy are passed over (no head-of-line blocking), up to a bound.
         for offset in range(0, HINTED_SCAN_MAX, page):
@@ -125,27 +134,24 @@ class LeaseBrokerMixin(AssetStoreBase):
             by_id[task_id].spent += cost_effect(entry_type, d.from_dec(amount))
 
     def _load_candidates(
-        self, conn: Any, demands: Sequence[Demand],
-        kinds: set[tuple[str, str, str | None, str]], pool: dict[str, Candidate],
-        snapshots: dict[str, AssetSnapshot],
+        self, conn: Any, demands: Sequence[Demand], kinds: set[tuple[Any, ...]],
+        pool: dict[str, Candidate], snapshots: dict[str, AssetSnapshot],
     ) -> None:
         """Load the leasable assets of each kind the demands ask for that is not loaded yet
-        (without locks: the picked ones are locked afterwards)."""
-        wanted: set[tuple[str, str, str | None, str]] = set()
+        (without locks: the picked ones are locked afterwards). A kind is everything a hint
+        filters on (sku, attributes, min_health_score), all of it in SQL, so the
+        CANDIDATES_PER_KIND bound never hides a rare match behind common assets."""
+        wanted: dict[tuple[Any, ...], tuple[Demand, dict[str, Any]]] = {}
         for x in demands:
             for hint in x.hints:
-                wanted.add((x.tenant_id, hint["sku_category"], hint.get("sku_code"), x.currency))
-        for tenant, category, code, currency in sorted(wanted - kinds, key=str):
-            kinds.add((tenant, category, code, currency))
-            where = ("tenant_id = ? AND sku_category = ? AND currency = ? AND "
-                     "status IN ('READY', 'IN_USE') AND current_concurrency < max_concurrency")
-            params: list[Any] = [tenant, category, currency]
-            if code is not None and code.endswith(".*"):
-                where += " AND substr(sku_code, 1, ?) = ?"
-                params += [len(code) - 1, code[:-1]]
-            elif code is not None:
-                where += " AND sku_code = ?"
-                params.append(code)
+                key = (x.tenant_id, hint["sku_category"], hint.get("sku_code"), x.currency,
+                       repr(sorted((hint.get("attributes") or {}).items())),
+                       x.min_health_score)
+                wanted.setdefault(key, (x, hint))
+        for key in sorted(set(wanted) - kinds, key=str):
+            kinds.add(key)
+            demand, hint = wanted[key]
+            where, params = self._candidate_filter(demand, hint)
             params.append(CANDIDATES_PER_KIND)
             for r in self._x(
                 conn,
@@ -164,6 +170,24 @@ class LeaseBrokerMixin(AssetStoreBase):
                     current_concurrency=a.current_concurrency, health_score=a.health_score,
                     cost_per_lease=a.cost_per_lease, currency=a.currency, status=a.status.value,
                 )
+
+    def _candidate_filter(self, demand: Demand, hint: dict[str, Any]) -> tuple[str, list[Any]]:
+        """The SQL of one hint's static filter (matching._static_fits re-checks in Python)."""
+        where = ("tenant_id = ? AND sku_category = ? AND currency = ? AND "
+                 "status IN ('READY', 'IN_USE') AND current_concurrency < max_concurrency")
+        params: list[Any] = [demand.tenant_id, hint["sku_category"], demand.currency]
+        code = hint.get("sku_code")
+        if code is not None and code.endswith(".*"):
+            where += " AND substr(sku_code, 1, ?) = ?"
+            params += [len(code) - 1, code[:-1]]
+        elif code is not None:
+            where += " AND sku_code = ?"
+            params.append(code)
+        if demand.min_health_score > 0:
+            where += " AND health_score >= ?"
+            params.append(demand.min_health_score)
+        attr_sql, attr_params = self._adialect.attrs_filter(hint.get("attributes") or {})
+        return where + attr_sql, params + attr_params
 
     def _lease_and_claim(
         self, conn: Any, matches: Sequence[Match], refs: Mapping[str, TaskRef],
@@ -221,7 +245,7 @@ class LeaseBrokerMixin(AssetStoreBase):
             deadline = now + timedelta(milliseconds=ref.timeout_ms)
             task_rows.append((
                 d.ts(now), d.ts(now), worker_id, token, d.ts(expires), d.ts(deadline),
-                d.js([*ref.lease_ids, *new_ids]), task_id,
+                d.bulk_js([*ref.lease_ids, *new_ids]), task_id,
             ))
         task_ids = list(lease_ids_by_task)
         with d.pipeline(conn):  # one round trip on PostgreSQL
@@ -244,7 +268,7 @@ class LeaseBrokerMixin(AssetStoreBase):
                  "payload", "created_at"),
                 [
                     (t, refs[t].tenant_id, "started", "QUEUED", "RUNNING", refs[t].attempt + 1,
-                     d.js({"worker_id": worker_id, "lease_ids": lease_ids_by_task[t]}),
+                     d.bulk_js({"worker_id": worker_id, "lease_ids": lease_ids_by_task[t]}),
                      d.ts(now))
                     for t in task_ids
                 ],
@@ -375,6 +399,26 @@ class LeaseBrokerMixin(AssetStoreBase):
                 f"expires_at IS NOT NULL AND {d.in_ids('task_id')}",
                 (d.ts(expires), d.ids(task_ids)),
             )
+
+    def _leases_revoked(
+        self, conn: Any, claims: Sequence[tuple[str, str]]
+    ) -> dict[str, list[str]]:
+        """The REVOKED leases of these held claims ((task_id, claim_token)), for the
+        heartbeat to tell the running handlers."""
+        d = self._adialect
+        if not claims:
+            return {}
+        held = {(str(t), str(tok)) for t, tok in claims}
+        out: dict[str, list[str]] = {}
+        for task_id, token, lease_id in self._x(
+            conn,
+            "SELECT task_id, claim_token, lease_id FROM leases WHERE status = 'REVOKED' AND "
+            f"{d.in_ids('task_id')} ORDER BY lease_id",
+            (d.ids([t for t, _ in held]),),
+        ).fetchall():
+            if (str(task_id), str(token)) in held:
+                out.setdefault(str(task_id), []).append(str(lease_id))
+        return out
 
     # -- leases: public --------------------------------------------------------------------
 

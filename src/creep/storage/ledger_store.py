@@ -114,16 +114,23 @@ class LedgerStoreMixin(AssetStoreBase):
         task_id: str | None = None, since: datetime | None = None,
         until: datetime | None = None,
     ) -> list[LedgerSummary]:
-        """Cost, revenue and margin per currency. Amounts are summed as Decimals in Python
-        (exact on both backends: SQLite keeps them as text)."""
+        """Cost, revenue and margin per currency, grouped in SQL. PostgreSQL sums the
+        NUMERIC amounts; SQLite keeps them as exact decimal text, which SUM would turn
+        into floats, so it groups equal amounts and Python multiplies (exact both ways)."""
         if task_id is not None and not is_uuid(task_id):
             return []
         d = self._adialect
         where, params = self._ledger_where(tenant_id, project_id, task_id, since, until)
+        if d.name == "postgres":
+            sql = (f"SELECT currency, entry_type, sum(amount), count(*) FROM ledger_entries "
+                   f"WHERE {where} GROUP BY currency, entry_type")
+        else:
+            sql = (f"SELECT currency, entry_type, amount, count(*) FROM ledger_entries "
+                   f"WHERE {where} GROUP BY currency, entry_type, amount")
         with self._aread() as conn:
-            rows = self._x(
-                conn,
-                f"SELECT currency, entry_type, amount FROM ledger_entries WHERE {where}",
-                params,
-            ).fetchall()
-        return summarise((r[0], r[1], d.from_dec(r[2])) for r in rows)
+            rows = self._x(conn, sql, params).fetchall()
+        if d.name == "postgres":
+            totals = [(r[0], r[1], d.from_dec(r[2])) for r in rows]
+        else:
+            totals = [(r[0], r[1], d.from_dec(r[2]) * r[3]) for r in rows]
+        return summarise(totals, [r[3] for r in rows])

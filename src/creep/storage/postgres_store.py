@@ -475,6 +475,8 @@ class PostgresStore(
                  [c[1] for c in claims]),
             ).fetchall()
             self._leases_renew(conn, [r[0] for r in rows], now + timedelta(seconds=claim_ttl))
+            tokens = dict(claims)
+            result.revoked = self._leases_revoked(conn, [(r[0], tokens[r[0]]) for r in rows])
         held = {r[0] for r in rows}
         result.cancel_requested = [r[0] for r in rows if r[1]]
         result.lost = [task_id for task_id, _ in claims if task_id not in held]

@@ -473,6 +473,7 @@ class SqliteStore(
                     (us(now) + int(claim_ttl * 1e6), _ids_json(held)),
                 )
                 self._leases_renew(conn, held, now + timedelta(seconds=claim_ttl))
+                result.revoked = self._leases_revoked(conn, [(t, tokens[t]) for t in held])
         return result
 
     def task_complete_many(self, completions: Sequence[Completion], now: datetime) -> list[str]:
