@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import orjson
 
 from creep.domain.clock import Clock, SystemClock
-from creep.domain.errors import CreepError, ValidationError
+from creep.domain.errors import CreepError, SchemaOutOfDate, StorageError, ValidationError
 from creep.domain.outcomes import (
     Backoff,
     Fail,
@@ -299,14 +299,16 @@ class Worker:
         return list(claimed)
 
     async def _claim_alone(self, types: list[str], want: int) -> list[ClaimedTask]:
-        """A claim on its own. A failed one (the database restarting, a deadlock victim) is
-        logged and retried on the next round after a short pause; it never stops the worker."""
+        """A claim on its own. A transient storage failure (the database restarting, a
+        deadlock victim) is logged and retried on the next round after a short pause."""
         try:
             return await self._call(
                 self.store.task_claim, self.worker_id, types, want, self.clock.now(),
                 self.settings.claim_ttl,
             )
-        except CreepError as exc:
+        except StorageError as exc:  # transient; a refused claim (bad key, schema) still stops it
+            if isinstance(exc, SchemaOutOfDate):
+                raise
             log.warning("claiming failed, trying again shortly: %s", exc)
             await asyncio.sleep(min(self.settings.poll_interval, 0.2))
             return []
