@@ -27,9 +27,11 @@ class RequestContextMiddleware:
     """Pure ASGI (no BaseHTTPMiddleware): sets the request id for everything the request runs,
     echoes it, and reports each request to `on_done(method, route, status, seconds)`."""
 
-    def __init__(self, app: ASGIApp, on_done: Any = None) -> None:
+    def __init__(self, app: ASGIApp, on_done: Any = None, fast: Any = None) -> None:
         self.app = app
         self.on_done = on_done
+        # (method, path) -> handler answered here, bypassing the router (fast_routes.py).
+        self.fast: dict[tuple[str, str], Any] = dict(fast or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,7 +70,13 @@ class RequestContextMiddleware:
             await send_with_id(message)
 
         try:
-            await self.app(scope, receive, send_tracked)
+            handler = self.fast.get((scope["method"], scope["path"])) if self.fast else None
+            if handler is not None:
+                from creep.api.fast_routes import serve
+
+                await serve(handler, scope, receive, send_tracked)
+            else:
+                await self.app(scope, receive, send_tracked)
         except Exception:
             # Answer here, where the request id is still known (the outermost handler of
             # Starlette would answer without it).
