@@ -3,6 +3,7 @@ JSON log lines that carry it, and an access log with timings."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
@@ -17,6 +18,16 @@ REQUEST_ID_HEADER = "x-request-id"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _request_id: ContextVar[str | None] = ContextVar("creep_request_id", default=None)
 access_log = logging.getLogger("creep.api.access")
+
+
+# Generated request ids: a random per-process prefix and a counter, so the hot path makes no
+# getrandom() syscall per request (each one let the writer thread take the GIL).
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_id_counter = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 def current_request_id() -> str | None:
@@ -42,7 +53,7 @@ class RequestContextMiddleware:
             if name == b"x-request-id":
                 supplied = value.decode("latin-1")
                 break
-        request_id = supplied if supplied and _VALID_ID.match(supplied) else uuid.uuid4().hex
+        request_id = supplied if supplied and _VALID_ID.match(supplied) else new_request_id()
         if _has_nul(scope):
             # Path and query parameters reach SQL; no database stores NUL in text.
             await _reject_nul(send, request_id)
