@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from creep.domain.errors import ValidationError
+from creep.domain.ids import uuid4_str
 
 DEFAULT_PRIORITY = 50
 DEFAULT_TIMEOUT_MS = 300_000
@@ -300,7 +301,7 @@ def validate_task_spec(
         if task_id is None:
             errs.add("task_id", "must be a UUID")
     else:
-        task_id = str(uuid.uuid4())
+        task_id = uuid4_str()
     tenant_id = _text(errs, data, "tenant_id", required=True, default="default", max_len=128)
     env = _text(errs, data, "env", required=True, default="default", max_len=64)
     task_type = _text(errs, data, "task_type", required=True, max_len=128)
