@@ -55,6 +55,7 @@ class Metrics:
         # Labelled children, cached: labels() takes a lock and builds a key on every call.
         # Label values are bounded (route templates, statuses, task types), so are these.
         self._http_children: dict[tuple[str, str, int], Any] = {}
+        self._created_children: dict[str, Any] = {}
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, status)
@@ -63,6 +64,12 @@ class Metrics:
             child = self._http_children[key] = self.http_requests.labels(
                 method, route, str(status))
         child.observe(seconds)
+
+    def task_created(self, task_type: str) -> None:
+        child = self._created_children.get(task_type)
+        if child is None:
+            child = self._created_children[task_type] = self.tasks_created.labels(task_type)
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
