@@ -13,11 +13,13 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from creep.api.problems import (
+    _HTTP_TITLES,
     Problem,
     from_creep_error,
     from_request_validation,
@@ -45,4 +47,10 @@ async def serve(handler: Handler, scope: Scope, receive: Receive, send: Send) ->
         response = problem_response(from_request_validation(exc))
     except CreepError as exc:
         response = problem_response(from_creep_error(exc))
+    except HTTPException as exc:  # e.g. a body over the app's size limit, as problems.on_http
+        title = _HTTP_TITLES.get(exc.status_code, "Error")
+        detail = exc.detail if isinstance(exc.detail, str) else title
+        response = problem_response(
+            Problem(exc.status_code, title, detail, headers=dict(exc.headers or {}))
+        )
     await response(scope, receive, send)
