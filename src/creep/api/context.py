@@ -3,6 +3,7 @@ JSON log lines that carry it, and an access log with timings."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
@@ -19,6 +20,16 @@ _request_id: ContextVar[str | None] = ContextVar("creep_request_id", default=Non
 access_log = logging.getLogger("creep.api.access")
 
 
+# Generated request ids: a random per-process prefix and a counter, so the hot path makes no
+# getrandom() syscall per request (each one let the writer thread take the GIL).
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_id_counter = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
+
+
 def current_request_id() -> str | None:
     return _request_id.get()
 
@@ -27,9 +38,11 @@ class RequestContextMiddleware:
     """Pure ASGI (no BaseHTTPMiddleware): sets the request id for everything the request runs,
     echoes it, and reports each request to `on_done(method, route, status, seconds)`."""
 
-    def __init__(self, app: ASGIApp, on_done: Any = None) -> None:
+    def __init__(self, app: ASGIApp, on_done: Any = None, fast: Any = None) -> None:
         self.app = app
         self.on_done = on_done
+        # (method, path) -> handler answered here, bypassing the router (fast_routes.py).
+        self.fast: dict[tuple[str, str], Any] = dict(fast or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,7 +53,7 @@ class RequestContextMiddleware:
             if name == b"x-request-id":
                 supplied = value.decode("latin-1")
                 break
-        request_id = supplied if supplied and _VALID_ID.match(supplied) else uuid.uuid4().hex
+        request_id = supplied if supplied and _VALID_ID.match(supplied) else new_request_id()
         if _has_nul(scope):
             # Path and query parameters reach SQL; no database stores NUL in text.
             await _reject_nul(send, request_id)
@@ -68,7 +81,13 @@ class RequestContextMiddleware:
             await send_with_id(message)
 
         try:
-            await self.app(scope, receive, send_tracked)
+            handler = self.fast.get((scope["method"], scope["path"])) if self.fast else None
+            if handler is not None:
+                from creep.api.fast_routes import serve
+
+                await serve(handler, scope, receive, send_tracked)
+            else:
+                await self.app(scope, receive, send_tracked)
         except Exception:
             # Answer here, where the request id is still known (the outermost handler of
             # Starlette would answer without it).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -51,9 +52,24 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_QueueDepth(store))
+        # Labelled children, cached: labels() takes a lock and builds a key on every call.
+        # Label values are bounded (route templates, statuses, task types), so are these.
+        self._http_children: dict[tuple[str, str, int], Any] = {}
+        self._created_children: dict[str, Any] = {}
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.http_requests.labels(method, route, str(status)).observe(seconds)
+        key = (method, route, status)
+        child = self._http_children.get(key)
+        if child is None:
+            child = self._http_children[key] = self.http_requests.labels(
+                method, route, str(status))
+        child.observe(seconds)
+
+    def task_created(self, task_type: str) -> None:
+        child = self._created_children.get(task_type)
+        if child is None:
+            child = self._created_children[task_type] = self.tasks_created.labels(task_type)
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -18,6 +18,7 @@ from creep.domain.errors import ConflictError, NotFound, StorageError
 from creep.domain.task import TaskOrder
 from creep.domain.tenancy import ApiKey, PrincipalType, Role, Tenant
 from creep.ports_api import SECRET_COLUMNS, SNAPSHOT_TABLES, AuditFilter, AuditRow
+from creep.storage.sqlite_bulk import insert_rows
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TENANT = "tenant_id, name, rate_limit_per_second, rate_limit_burst, max_active_tasks, created_at"
@@ -180,11 +181,11 @@ class SqliteApiMixin:
         self._api_insert_audits(conn, [row])
 
     def _api_insert_audits(self, conn: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
-        conn.executemany(
+        insert_rows(  # one statement, not one per row (sqlite_bulk.py)
+            conn,
             "INSERT INTO audit_events (id, timestamp, action, resource_type, resource, "
             "resource_id, principal, principal_uid, tenant_id, diff_object, client_ip, "
-            "user_agent, request_method, request_id, data, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "user_agent, request_method, request_id, data, created_at)", 16,
             [(row.id, row.timestamp_ms, row.action, row.resource_type,
               orjson.dumps(row.resource), str(row.resource.get("identifier", "")),
               orjson.dumps(row.user), str(row.user.get("uid", "")), row.tenant_id,

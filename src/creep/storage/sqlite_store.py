@@ -55,6 +55,7 @@ from creep.storage.common import (
 from creep.storage.sqlite_api import SqliteApiMixin
 from creep.storage.sqlite_artifacts import SqliteArtifactsMixin  # artifacts + HTTP workers
 from creep.storage.sqlite_assets import SqliteAssets
+from creep.storage.sqlite_bulk import insert_rows
 from creep.storage.sqlite_schedules import SqliteSchedulesMixin  # schedules
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -311,10 +312,9 @@ class SqliteStore(
                     (t.task_id, t.tenant_id, etype, old, new, 0, dumps(payload), now_us)
                 )
             deps.extend((t.task_id, d) for d in spec.depends_on)
-        placeholders = ", ".join("?" * len(INSERT_COLUMNS))
-        conn.executemany(
-            f"INSERT INTO tasks ({', '.join(INSERT_COLUMNS)}) VALUES ({placeholders})", rows
-        )
+        # One statement per chunk of rows, not per row (sqlite_bulk.py says why).
+        insert_rows(conn, f"INSERT INTO tasks ({', '.join(INSERT_COLUMNS)})",
+                    len(INSERT_COLUMNS), rows)
         _insert_events(conn, events)
         if deps:
             conn.executemany(
@@ -1003,10 +1003,9 @@ RETURNING task_id, status, has_dependants, has_hints"""
 
 def _insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     if rows:
-        conn.executemany(
-            "INSERT INTO task_events (task_id, tenant_id, event_type, from_status, to_status, "
-            "attempt, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
+        insert_rows(
+            conn, "INSERT INTO task_events (task_id, tenant_id, event_type, from_status, "
+            "to_status, attempt, payload, created_at)", 8, rows,
         )
 
 
