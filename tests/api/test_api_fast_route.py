@@ -43,4 +43,4 @@ def test_fast_route_problems_request_ids_and_metrics(server: Server) -> None:
         metrics = c.get("/metrics").text
         assert 'route="/v1/tasks",status="201"' in metrics
         assert 'route="/v1/tasks",status="422"' in metrics
-        assert uuid.UUID(ok.json()["task_id"]).version == 4
+        assert uuid.UUID(ok.json()["task_id"]).version == 7  # task ids are time-ordered (domain/ids.py)
