@@ -192,6 +192,8 @@ def up(
                                    "--shutdown-grace", str(max(shutdown_grace - 2, 0))], env)
         for i in range(workers)
     ]
+    # The scheduler fires cron/interval schedules and runs the built-in retention schedules.
+    children.append(_spawn("scheduler", ["scheduler", "--database-url", url], env))
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     problem = _wait_live(base, children, timeout=60)
     if problem is not None:
@@ -205,7 +207,7 @@ def up(
               highlight=False)
     out.print(f"try:       export CREEP_API_URL={base} CREEP_API_KEY={key}; creep task list",
               highlight=False)
-    out.print(f"{workers} worker process(es) run the example handlers "
+    out.print(f"{workers} worker process(es) and a scheduler; the workers run the example handlers "
               "(ECHO, SLOW_REPORT, FLAKY_CALL, CHARGE_CARD); Ctrl-C stops everything.",
               highlight=False)
     sys.stdout.flush()
