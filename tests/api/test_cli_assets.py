@@ -72,6 +72,12 @@ def test_asset_import_is_all_or_nothing_unless_partial(server: Server, tmp_path:
     assert [c for c in _codes(server, tenant_id) if c.startswith("ip.es")] == [
         "ip.es.1", "ip.es.3"]
 
+    # A request per row: the server refuses the second, the first is in; the CLI says so.
+    chunked = creep(server, "asset", "import", str(jsonl), "--tenant", tenant_id,
+                    "--chunk-size", "1")
+    assert chunked.returncode == 2 and "line 2: asset_id" in chunked.stderr
+    assert "imported before the failure: 1 assets (the rows before line 2)" in chunked.stderr
+
     unknown = tmp_path / "unknown.csv"
     unknown.write_text("sku_category,sku_code,colour\nRAW_NET,x,red\n")
     wrong = creep(server, "asset", "import", str(unknown), "--tenant", tenant_id)
