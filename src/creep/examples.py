@@ -35,6 +35,15 @@ def build_example_app(database_url: str | None = None) -> Creep:
     async def charge_card(ctx: TaskContext) -> object:
         raise Fail(code="HARD_FAIL", message="card declined")
 
+    @app.handler("SCRAPE_PAGE")
+    async def scrape_page(ctx: TaskContext) -> object:
+        # Runs on a leased asset (resource_hints): the lease's cost is charged by creep; the
+        # handler adds its own cost and the revenue, so the ledger shows a margin per task.
+        await asyncio.sleep(0.05)
+        await ctx.charge("0.05", description="bandwidth")
+        await ctx.earn("0.40", description="page delivered")
+        return {"leases": len(ctx.lease_ids)}
+
     return app
 
 

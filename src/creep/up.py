@@ -5,16 +5,19 @@ the children gracefully and exits 0."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -22,16 +25,44 @@ import typer
 
 from creep.cli_http.common import err, out
 
+if TYPE_CHECKING:
+    from creep.client import Client
+
 DEMO_TENANT = "demo"
-# (task_type, extra fields): succeeds, retries then succeeds, fails, exceeds its time budget.
+_PROXY = [{"sku_category": "PROXY"}]
+# (task_type, extra fields): succeeds, retries then succeeds, fails, exceeds its time budget,
+# runs on a leased proxy (lease cost + its own cost and revenue in the ledger), and asks for a
+# proxy whose lease alone costs more than its max_total_cost (FAILED, BUDGET_EXCEEDED).
 DEMO_MIX: list[tuple[str, dict[str, Any]]] = [
     ("ECHO", {}),
+    ("SCRAPE_PAGE", {"resource_hints": _PROXY}),
     ("SLOW_REPORT", {}),
     ("FLAKY_CALL", {}),
+    ("SCRAPE_PAGE", {"resource_hints": _PROXY, "max_total_cost": "0.10"}),
     ("ECHO", {"priority": 90}),
     ("CHARGE_CARD", {}),
+    ("SCRAPE_PAGE", {"resource_hints": [{"sku_category": "PROXY",
+                                         "attributes": {"country": "uk"}}]}),
     ("SLOW_REPORT", {"timeout_ms": 1, "constraints": {"max_retries": 0}}),
 ]
+# The demo's asset pool: each lease costs 0.25 USD, then the proxy cools down for 5 s.
+DEMO_ASSETS = [
+    {"sku_category": "PROXY", "sku_code": f"proxy.{country}.{n}",
+     "attributes": {"country": country}, "cost_per_lease": "0.25", "currency": "USD",
+     "cooldown_seconds": 5, "max_concurrency": 1}
+    for country, n in (("uk", 1), ("uk", 2), ("de", 1), ("us", 1), ("us", 2))
+]
+
+
+def demo_schedules(now: datetime) -> list[dict[str, Any]]:
+    """An interval schedule whose first run is in a few seconds, and a nightly cron one."""
+    return [
+        {"name": "demo-every-30s", "type": "ECHO", "interval": 30,
+         "next_run": (now + timedelta(seconds=3)).isoformat(), "data": {"from": "schedule"},
+         "description": "fires every 30 s (`creep schedule history`)"},
+        {"name": "demo-nightly-report", "type": "SLOW_REPORT", "cron_expr": "0 3 * * *",
+         "description": "a cron schedule: every night at 03:00 UTC"},
+    ]
 
 
 @dataclass
@@ -102,17 +133,35 @@ def _stop(children: list[Child], grace: float) -> None:
             child.proc.wait()
 
 
+def _seed(c: Client) -> None:
+    """The demo tenant, its asset pool and schedules; what an earlier `creep up --demo` seeded
+    is kept (409s are expected then)."""
+    from creep.client import ApiProblem
+
+    def created(make: Callable[[], object]) -> None:
+        try:
+            make()
+        except ApiProblem as exc:
+            if exc.status != 409:
+                raise
+
+    created(lambda: c.create_tenant(DEMO_TENANT, name="Demo tenant"))
+    if not c.list_assets(tenant_id=DEMO_TENANT, sku_category="PROXY", limit=1).items:
+        c.create_assets([{**a, "tenant_id": DEMO_TENANT} for a in DEMO_ASSETS])
+    for sched in demo_schedules(datetime.now(UTC)):
+        created(functools.partial(c.create_schedule, sched, tenant_id=DEMO_TENANT))
+
+
 def _demo(url: str, key: str, rate: float, stop: threading.Event) -> None:
     """Seed the demo tenant, then submit example tasks until stopped."""
-    from creep.client import ApiProblem, Client, ClientError
+    from creep.client import Client, ClientError
 
     with Client(url, key) as c:
         try:
-            c.create_tenant(DEMO_TENANT, name="Demo tenant")
-        except ApiProblem as exc:
-            if exc.status != 409:  # 409: seeded by an earlier `creep up --demo`
-                err.print(f"demo: cannot create the tenant: {exc}")
-                return
+            _seed(c)
+        except ClientError as exc:
+            err.print(f"demo: cannot seed the demo tenant: {exc}")
+            return
         n = 0
         while not stop.is_set():
             task_type, extra = DEMO_MIX[n % len(DEMO_MIX)]
@@ -208,7 +257,7 @@ def up(
     out.print(f"try:       export CREEP_API_URL={base} CREEP_API_KEY={key}; creep task list",
               highlight=False)
     out.print(f"{workers} worker process(es) and a scheduler; the workers run the example handlers "
-              "(ECHO, SLOW_REPORT, FLAKY_CALL, CHARGE_CARD); Ctrl-C stops everything.",
+              "(ECHO, SLOW_REPORT, FLAKY_CALL, CHARGE_CARD, SCRAPE_PAGE); Ctrl-C stops everything.",
               highlight=False)
     sys.stdout.flush()
     feeder = None
@@ -216,8 +265,8 @@ def up(
         feeder = threading.Thread(target=_demo, args=(base, key, demo_rate, stopping),
                                   name="demo", daemon=True)
         feeder.start()
-        out.print(f"demo: tenant {DEMO_TENANT!r}, {demo_rate:g} example tasks per second",
-                  highlight=False)
+        out.print(f"demo: tenant {DEMO_TENANT!r} with {len(DEMO_ASSETS)} proxies (assets) and 2 "
+                  f"schedules; {demo_rate:g} example tasks per second", highlight=False)
     code = 0
     while not stopping.wait(0.2):
         dead = [c for c in children if c.proc.poll() is not None]

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -67,11 +68,29 @@ def test_creep_up_demo_on_sqlite(tmp_path: Path) -> None:
             assert c.get("/health/ready").status_code == 200
 
             def finished() -> bool:
-                tasks = c.get("/v1/tasks", params={"tenant_id": "demo", "limit": 200}).json()
+                tasks = c.get("/v1/tasks", params={"tenant_id": "demo", "limit": 500}).json()
                 statuses = {t["status"] for t in tasks["items"]}
-                return {"SUCCESS", "FAILED", "TIMEOUT"} <= statuses
+                codes = {t["result_code"] for t in tasks["items"]}
+                scraped = {t["task_type"] for t in tasks["items"] if t["status"] == "SUCCESS"}
+                return ({"SUCCESS", "FAILED", "TIMEOUT"} <= statuses
+                        and "BUDGET_EXCEEDED" in codes and "SCRAPE_PAGE" in scraped)
 
-            _wait_for(finished, "the demo tasks to succeed, fail and time out")
+            _wait_for(finished, "the demo tasks to succeed, fail, time out and exceed budgets")
+            assets = c.get("/v1/assets", params={"tenant_id": "demo"}).json()["items"]
+            assert len(assets) == 5 and {a["sku_category"] for a in assets} == {"PROXY"}
+            leases = c.get("/v1/leases", params={"tenant_id": "demo"}).json()["items"]
+            assert leases and all(x["cost"] == "0.25" for x in leases)
+            ledger = c.get("/v1/ledger/summary", params={"tenant_id": "demo"}).json()["items"]
+            assert ledger and float(ledger[0]["revenue"]) > 0 and float(ledger[0]["cost"]) > 0
+            schedules = c.get("/v1/schedules", params={"tenant_id": "demo"}).json()["items"]
+            every = {s["name"]: s for s in schedules}["demo-every-30s"]
+            assert {s["name"] for s in schedules} == {"demo-every-30s", "demo-nightly-report"}
+
+            def fired() -> bool:
+                runs = c.get(f"/v1/schedules/{every['uid']}/executions").json()["items"]
+                return any(r["trigger_type"] == "scheduled" and r["task_id"] for r in runs)
+
+            _wait_for(fired, "the interval schedule to fire")
     except BaseException:
         proc.kill()
         raise
@@ -79,12 +98,21 @@ def test_creep_up_demo_on_sqlite(tmp_path: Path) -> None:
     assert "stopped" in out
 
     # Again: the kept key, the same database (the demo tenant exists already).
-    proc, again = _start(tmp_path, "--port", str(free_port()), "--workers", "0")
+    restarted = datetime.now(UTC)
+    proc, again = _start(tmp_path, "--port", str(free_port()), "--workers", "0", "--demo")
     try:
         assert again["key"] == key and "new" not in again["banner"]
         r = httpx.get(f"{again['url']}/v1/tenants/demo",
                       headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 200
+        # Nothing of the demo's seed is doubled by a second `creep up --demo` (it seeds
+        # before it submits the first task).
+        with httpx.Client(base_url=again["url"], headers={"Authorization": f"Bearer {key}"}) as c:
+            _wait_for(lambda: c.get("/v1/tasks", params={
+                "tenant_id": "demo", "created_from": restarted.isoformat()}).json()["items"],
+                "the second demo to submit tasks")
+            assert len(c.get("/v1/assets", params={"tenant_id": "demo"}).json()["items"]) == 5
+            assert len(c.get("/v1/schedules", params={"tenant_id": "demo"}).json()["items"]) == 2
     except BaseException:
         proc.kill()
         raise

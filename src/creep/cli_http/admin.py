@@ -166,7 +166,7 @@ EVENT_COLUMNS = ("event_id", "cursor", "task_id", "tenant_id", "event_type", "fr
                  "to_status", "attempt", "payload", "created_at")
 
 
-def _write(path: Path, fmt: Format, columns: tuple[str, ...] | None,
+def write_records(path: Path, fmt: Format, columns: tuple[str, ...] | None,
            rows: Iterator[dict[str, Any]]) -> int:
     """Stream rows to the file (JSON: one array); returns how many were written."""
     count = 0
@@ -214,7 +214,7 @@ def export_events(
     """Task events (of one task, or of every task matching the filters)."""
     filters = {"tenant_id": tenant, "status": status, "task_type": task_type, "batch_id": batch}
     with client(api_url, api_key) as c:
-        count = _write(output, fmt, EVENT_COLUMNS, _events_of(c, task, filters))
+        count = write_records(output, fmt, EVENT_COLUMNS, _events_of(c, task, filters))
     err.print(f"wrote {count} events to {output}", highlight=False)
 
 
@@ -239,5 +239,5 @@ def export_audit(
                 usage_error(f"cannot write {str(output)!r}: {exc.strerror}")
             count = max(0, sum(1 for _ in csv.reader(io.StringIO(data.decode()))) - 1)
         else:
-            count = _write(output, fmt, None, (a.raw for a in c.iter_audit(**filters)))
+            count = write_records(output, fmt, None, (a.raw for a in c.iter_audit(**filters)))
     err.print(f"wrote {count} audit events to {output}", highlight=False)

@@ -11,14 +11,16 @@ Exit codes (documented in the README; scripts may rely on them):
 from __future__ import annotations
 
 import functools
+import itertools
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import orjson
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from creep.client import ApiProblem, Client, ClientError
@@ -44,6 +46,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts) ins
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 def usage_error(message: str) -> NoReturn:
@@ -90,6 +93,8 @@ def _plain(value: Any) -> Any:
         return value.raw
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     return value
 
 
@@ -135,3 +140,26 @@ def parse_json_arg(raw: str, name: str) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         usage_error(f"{name}: not valid JSON ({exc})")
+
+
+def parse_time(raw: str | None, name: str) -> datetime | None:
+    """An ISO 8601 date or timestamp flag; without an offset it is UTC."""
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        usage_error(f"{name}: not an ISO 8601 date or time (e.g. 2026-01-31 or "
+                    f"2026-01-31T12:00:00+01:00): {raw!r}")
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def take(items: Iterable[T], limit: int) -> list[T]:
+    """The first `limit` items (pages are fetched only as far as needed)."""
+    return list(itertools.islice(items, limit))
+
+
+def progress() -> Progress:
+    """A progress bar on stderr (stdout stays clean for --json)."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, transient=False)

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from creep.cli_http.common import (
     EXIT_UNFINISHED,
@@ -22,6 +21,7 @@ from creep.cli_http.common import (
     out,
     parse_json_arg,
     print_json,
+    progress,
     table,
     usage_error,
 )
@@ -227,15 +227,10 @@ def _resolve_refs(chunk: list[dict[str, Any]], known: dict[str, str]) -> list[di
     return out_tasks
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=err, transient=False)
-
-
 def _wait_batches(c: Client, batches: list[Batch], poll: float, timeout: float) -> list[Batch]:
     total = sum(b.total_count for b in batches)
     deadline = time.monotonic() + timeout
-    with _progress() as bar:
+    with progress() as bar:
         job = bar.add_task("running", total=total)
         while True:
             batches = [c.get_batch(b.batch_id) for b in batches]
@@ -268,7 +263,7 @@ def batch_submit(
     batches: list[Batch] = []
     known: dict[str, str] = {}
     with client(api_url, api_key) as c:
-        with _progress() as bar:
+        with progress() as bar:
             job = bar.add_task("submitting", total=len(tasks))
             for n, chunk in enumerate(chunks, start=1):
                 part = name if len(chunks) == 1 else f"{name} ({n}/{len(chunks)})"

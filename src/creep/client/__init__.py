@@ -13,11 +13,20 @@ from creep.client.errors import ApiProblem, ClientError, TransportError
 from creep.client.models import (
     ApiKey,
     Artifact,
+    Asset,
+    AssetEvent,
     AuditEvent,
     Batch,
     Claimed,
     CreatedKey,
+    Execution,
+    Lease,
+    LedgerEntry,
+    LedgerGroup,
+    LedgerSummary,
     Page,
+    ReportedEvent,
+    Schedule,
     Task,
     TaskEvent,
     Tenant,
@@ -25,7 +34,8 @@ from creep.client.models import (
 from creep.client.sync_client import Client
 
 __all__ = [
-    "NO_RETRY", "ApiKey", "ApiProblem", "Artifact", "AsyncClient", "AuditEvent", "Batch",
-    "Claimed", "Client", "ClientError", "CreatedKey", "Page", "RetryPolicy", "RetryStats",
-    "Task", "TaskEvent", "Tenant", "TransportError",
+    "NO_RETRY", "ApiKey", "ApiProblem", "Artifact", "Asset", "AssetEvent", "AsyncClient",
+    "AuditEvent", "Batch", "Claimed", "Client", "ClientError", "CreatedKey", "Execution",
+    "Lease", "LedgerEntry", "LedgerGroup", "LedgerSummary", "Page", "ReportedEvent",
+    "RetryPolicy", "RetryStats", "Schedule", "Task", "TaskEvent", "Tenant", "TransportError",
 ]

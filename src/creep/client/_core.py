@@ -8,6 +8,8 @@ import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
@@ -74,7 +76,7 @@ def retry_after(response: httpx.Response) -> float | None:
     except ValueError:
         pass
     try:
-        from datetime import UTC, datetime
+        from datetime import UTC
 
         return (parsedate_to_datetime(raw) - datetime.now(UTC)).total_seconds()
     except (TypeError, ValueError):
@@ -108,13 +110,35 @@ def page(response: httpx.Response, model: type[M]) -> Page[M]:
 
 
 def params(**values: Any) -> dict[str, Any]:
-    """Query parameters without the Nones (booleans as true/false)."""
+    """Query parameters without the Nones (booleans as true/false, datetimes ISO 8601,
+    `from_` sent as `from`)."""
     out: dict[str, Any] = {}
     for name, value in values.items():
         if value is None:
             continue
-        out[name] = ("true" if value else "false") if isinstance(value, bool) else value
+        name = "from" if name == "from_" else name
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, list | tuple) and name == "group_by":
+            value = ",".join(value)
+        out[name] = value
     return out
+
+
+def jsonable(value: Any) -> Any:
+    """A request body with Decimals as decimal strings and datetimes as ISO 8601 (what the
+    API takes; the standard JSON encoder refuses both)."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
 
 
 def task_body(order: dict[str, Any] | None, fields: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import httpx
@@ -17,12 +18,20 @@ from creep.client.errors import TransportError
 from creep.client.models import (
     ApiKey,
     Artifact,
+    Asset,
+    AssetEvent,
     AuditEvent,
     Batch,
     Claimed,
     CreatedKey,
+    Execution,
+    Lease,
+    LedgerEntry,
+    LedgerSummary,
     Model,
     Page,
+    ReportedEvent,
+    Schedule,
     Task,
     TaskEvent,
     Tenant,
@@ -253,6 +262,138 @@ class AsyncClient:
 
     async def download_artifact(self, artifact_id: str) -> bytes:
         return await self.send(calls.download_artifact(artifact_id))
+
+    # -- assets and leases ------------------------------------------------------------------
+    async def create_asset(self, asset: dict[str, Any] | None = None, **fields: Any) -> Asset:
+        """Add one asset: sku_category, sku_code, attributes, cost_per_lease, currency,
+        cooldown_seconds, max_concurrency, ... (an admin key names tenant_id)."""
+        return await self.send(calls.create_asset({**(asset or {}), **fields}))
+
+    async def create_assets(self, assets: list[dict[str, Any]]) -> list[Asset]:
+        """Add up to 1000 assets in one transaction: all are written, or none (ApiProblem 422
+        naming each bad one as `[index].field`)."""
+        return await self.send(calls.create_assets(assets))
+
+    async def list_assets(self, *, cursor: str | None = None, limit: int = 100,
+                    **filters: Any) -> Page[Asset]:
+        """Filters: status, sku_category, sku_code (exact or `prefix.*`), project_id,
+        tenant_id."""
+        return await self.send(calls.list_assets(cursor=cursor, limit=limit, **filters))
+
+    def iter_assets(self, *, page_size: int = 500, **filters: Any) -> AsyncIterator[Asset]:
+        return self.paginate(lambda c: self.list_assets(cursor=c, limit=page_size, **filters))
+
+    async def get_asset(self, asset_id: str) -> Asset:
+        return await self.send(calls.get_asset(asset_id))
+
+    async def ban_asset(self, asset_id: str, reason: str | None = None) -> Asset:
+        """BANNED: its active leases are revoked."""
+        return await self.send(calls.set_asset_status(asset_id, "ban", reason))
+
+    async def unban_asset(self, asset_id: str, reason: str | None = None) -> Asset:
+        return await self.send(calls.set_asset_status(asset_id, "unban", reason))
+
+    async def archive_asset(self, asset_id: str, reason: str | None = None) -> Asset:
+        """ARCHIVED: never leased again."""
+        return await self.send(calls.set_asset_status(asset_id, "archive", reason))
+
+    async def asset_events(self, asset_id: str, *, event_type: str | None = None,
+                     limit: int = 1000) -> list[AssetEvent]:
+        """One asset's events, oldest first."""
+        return await self.send(calls.asset_events(asset_id, event_type, limit))
+
+    async def list_leases(self, *, task_id: str | None = None, asset_id: str | None = None,
+                    status: str | None = None, tenant_id: str | None = None,
+                    limit: int = 1000) -> list[Lease]:
+        return await self.send(calls.list_leases(task_id=task_id, asset_id=asset_id, status=status,
+                                           tenant_id=tenant_id, limit=limit))
+
+    async def release_lease(self, lease_id: str) -> Lease:
+        """Release an ACTIVE lease by hand."""
+        return await self.send(calls.release_lease(lease_id))
+
+    # -- asset events -----------------------------------------------------------------------
+    async def list_events(self, *, cursor: str | None = None, limit: int = 100,
+                    **filters: Any) -> Page[AssetEvent]:
+        """Filters: correlation_id, asset_id, task_id, event_type, tenant_id."""
+        return await self.send(calls.list_events(cursor=cursor, limit=limit, **filters))
+
+    def iter_events(self, *, page_size: int = 1000, **filters: Any) -> AsyncIterator[AssetEvent]:
+        return self.paginate(lambda c: self.list_events(cursor=c, limit=page_size, **filters))
+
+    async def events_csv(self, **filters: Any) -> bytes:
+        return await self.send(calls.events_csv(**filters))
+
+    async def report_event(self, event_type: str, asset_id: str, **fields: Any) -> ReportedEvent:
+        """Report an event about an asset (seed 001 fields); the auto-ban policy applies and
+        `caused` lists what followed."""
+        return await self.send(calls.report_event(
+            {"event_type": event_type, "asset_id": asset_id, **fields}))
+
+    async def event_chain(self, event_id: str) -> list[AssetEvent]:
+        """The event, then its cause, and so on up to the root."""
+        return await self.send(calls.event_chain(event_id))
+
+    # -- the ledger -------------------------------------------------------------------------
+    async def list_ledger(self, *, cursor: str | None = None, limit: int = 100,
+                    **filters: Any) -> Page[LedgerEntry]:
+        """Filters: project_id, task_id, entry_type, tenant_id, from_, to (datetimes)."""
+        return await self.send(calls.list_ledger(cursor=cursor, limit=limit, **filters))
+
+    def iter_ledger(self, *, page_size: int = 1000, **filters: Any) -> AsyncIterator[LedgerEntry]:
+        return self.paginate(lambda c: self.list_ledger(cursor=c, limit=page_size, **filters))
+
+    async def ledger_csv(self, **filters: Any) -> bytes:
+        return await self.send(calls.ledger_csv(**filters))
+
+    async def record_entry(self, entry_type: str, amount: Decimal | int | str, currency: str,
+                     **fields: Any) -> LedgerEntry:
+        """REVENUE, REFUND or ADJUSTMENT; fields: tenant_id, project_id, task_id, asset_id,
+        lease_id, description, occurred_at. Over a task's budget: ApiProblem 409."""
+        return await self.send(calls.record_entry(
+            {"entry_type": entry_type, "amount": amount, "currency": currency, **fields}))
+
+    async def ledger_summary(self, group_by: str | list[str] = "currency",
+                       **filters: Any) -> LedgerSummary:
+        """Cost, revenue and margin per group (tenant_id, project_id, task_id; currency is
+        always one). Filters: project_id, task_id, tenant_id, from_, to."""
+        return await self.send(calls.ledger_summary(group_by=group_by, **filters))
+
+    # -- schedules --------------------------------------------------------------------------
+    async def create_schedule(self, schedule: dict[str, Any] | None = None,
+                        **fields: Any) -> Schedule:
+        """name, type and one of cron_expr, interval (seconds) or next_run (a one-off)."""
+        return await self.send(calls.create_schedule({**(schedule or {}), **fields}))
+
+    async def list_schedules(self, *, enabled: bool | None = None, task_type: str | None = None,
+                       tenant_id: str | None = None, limit: int = 1000) -> list[Schedule]:
+        return await self.send(calls.list_schedules(enabled=enabled, type=task_type,
+                                              tenant_id=tenant_id, limit=limit))
+
+    async def get_schedule(self, uid: str) -> Schedule:
+        """By uid (a tenant key may also give its schedule's name)."""
+        return await self.send(calls.get_schedule(uid))
+
+    async def update_schedule(self, uid: str, expected_version: int, **changes: Any) -> Schedule:
+        """PATCH with If-Match: a stale version raises ApiProblem 412."""
+        return await self.send(calls.update_schedule(uid, expected_version, changes))
+
+    async def delete_schedule(self, uid: str) -> None:
+        await self.send(calls.delete_schedule(uid))
+
+    async def trigger_schedule(self, uid: str) -> Execution:
+        """Fire it now (trigger_type manual)."""
+        return await self.send(calls.trigger_schedule(uid))
+
+    async def list_executions(self, uid: str, *, cursor: str | None = None, limit: int = 100,
+                        **filters: Any) -> Page[Execution]:
+        """Newest first. Filters: state, trigger_type, started_from, started_to."""
+        return await self.send(calls.list_executions(uid, cursor=cursor, limit=limit, **filters))
+
+    def iter_executions(self, uid: str, *, page_size: int = 100,
+                        **filters: Any) -> AsyncIterator[Execution]:
+        return self.paginate(
+            lambda c: self.list_executions(uid, cursor=c, limit=page_size, **filters))
 
     # -- HTTP worker protocol ---------------------------------------------------------------
     async def claim(self, task_types: list[str], *, max_tasks: int = 1, wait: float = 0,

@@ -14,17 +14,27 @@ from creep.client import _core as core
 from creep.client.models import (
     ApiKey,
     Artifact,
+    Asset,
+    AssetEvent,
     AuditEvent,
     Batch,
     Claimed,
     CreatedKey,
+    Execution,
+    Lease,
+    LedgerEntry,
+    LedgerSummary,
+    Model,
     Page,
+    ReportedEvent,
+    Schedule,
     Task,
     TaskEvent,
     Tenant,
 )
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +72,16 @@ def _bytes(response: httpx.Response) -> bytes:
     if response.status_code >= 400:
         raise core.problem(response)
     return response.content
+
+
+def _none(response: httpx.Response) -> None:
+    if response.status_code >= 400:
+        raise core.problem(response)
+
+
+def _items(model: type[M]) -> Callable[[httpx.Response], list[M]]:
+    """A list answer without paging: `{"items": [...]}`."""
+    return lambda r: [model.from_json(x) for x in core.json_of(r)["items"]]
 
 
 # -- health ---------------------------------------------------------------------------------
@@ -202,3 +222,113 @@ def claim(body: dict[str, Any]) -> Call[list[Claimed]]:
 def worker_call(task_id: str, action: str, body: dict[str, Any]) -> Call[Any]:
     """heartbeat | progress | complete | fail | events of a claimed task."""
     return Call("POST", f"/v1/tasks/{_p(task_id)}/{action}", _any, json=body)
+
+
+# -- assets and leases ------------------------------------------------------------------------
+def create_asset(body: dict[str, Any]) -> Call[Asset]:
+    return Call("POST", "/v1/assets", lambda r: core.one(r, Asset), json=core.jsonable(body))
+
+
+def create_assets(bodies: list[dict[str, Any]]) -> Call[list[Asset]]:
+    """Up to 1000 in one transaction: all are written or none."""
+    return Call("POST", "/v1/assets", _items(Asset), json=core.jsonable(bodies))
+
+
+def list_assets(**filters: Any) -> Call[Page[Asset]]:
+    return Call("GET", "/v1/assets", lambda r: core.page(r, Asset),
+                params=core.params(**filters))
+
+
+def get_asset(asset_id: str) -> Call[Asset]:
+    return Call("GET", f"/v1/assets/{_p(asset_id)}", lambda r: core.one(r, Asset))
+
+
+def set_asset_status(asset_id: str, action: str, reason: str | None) -> Call[Asset]:
+    """action: ban | unban | archive."""
+    body = {"reason": reason} if reason else None
+    return Call("POST", f"/v1/assets/{_p(asset_id)}/{action}", lambda r: core.one(r, Asset),
+                json=body)
+
+
+def asset_events(asset_id: str, event_type: str | None, limit: int) -> Call[list[AssetEvent]]:
+    return Call("GET", f"/v1/assets/{_p(asset_id)}/events", _items(AssetEvent),
+                params=core.params(event_type=event_type, limit=limit))
+
+
+def list_leases(**filters: Any) -> Call[list[Lease]]:
+    return Call("GET", "/v1/leases", _items(Lease), params=core.params(**filters))
+
+
+def release_lease(lease_id: str) -> Call[Lease]:
+    return Call("POST", f"/v1/leases/{_p(lease_id)}/release", lambda r: core.one(r, Lease))
+
+
+# -- asset events -----------------------------------------------------------------------------
+def list_events(**filters: Any) -> Call[Page[AssetEvent]]:
+    return Call("GET", "/v1/events", lambda r: core.page(r, AssetEvent),
+                params=core.params(**filters))
+
+
+def events_csv(**filters: Any) -> Call[bytes]:
+    return Call("GET", "/v1/events", _bytes, params=core.params(format="csv", **filters))
+
+
+def report_event(body: dict[str, Any]) -> Call[ReportedEvent]:
+    return Call("POST", "/v1/events", lambda r: core.one(r, ReportedEvent),
+                json=core.jsonable(body))
+
+
+def event_chain(event_id: str) -> Call[list[AssetEvent]]:
+    return Call("GET", f"/v1/events/{_p(event_id)}/chain", _items(AssetEvent))
+
+
+# -- the ledger -------------------------------------------------------------------------------
+def list_ledger(**filters: Any) -> Call[Page[LedgerEntry]]:
+    return Call("GET", "/v1/ledger", lambda r: core.page(r, LedgerEntry),
+                params=core.params(**filters))
+
+
+def ledger_csv(**filters: Any) -> Call[bytes]:
+    return Call("GET", "/v1/ledger", _bytes, params=core.params(format="csv", **filters))
+
+
+def record_entry(body: dict[str, Any]) -> Call[LedgerEntry]:
+    return Call("POST", "/v1/ledger", lambda r: core.one(r, LedgerEntry),
+                json=core.jsonable(body))
+
+
+def ledger_summary(**filters: Any) -> Call[LedgerSummary]:
+    return Call("GET", "/v1/ledger/summary", lambda r: core.one(r, LedgerSummary),
+                params=core.params(**filters))
+
+
+# -- schedules --------------------------------------------------------------------------------
+def create_schedule(body: dict[str, Any]) -> Call[Schedule]:
+    return Call("POST", "/v1/schedules", lambda r: core.one(r, Schedule),
+                json=core.jsonable(body))
+
+
+def list_schedules(**filters: Any) -> Call[list[Schedule]]:
+    return Call("GET", "/v1/schedules", _items(Schedule), params=core.params(**filters))
+
+
+def get_schedule(uid: str) -> Call[Schedule]:
+    return Call("GET", f"/v1/schedules/{_p(uid)}", lambda r: core.one(r, Schedule))
+
+
+def update_schedule(uid: str, expected_version: int, changes: dict[str, Any]) -> Call[Schedule]:
+    return Call("PATCH", f"/v1/schedules/{_p(uid)}", lambda r: core.one(r, Schedule),
+                json=core.jsonable(changes), headers={"If-Match": f'"{expected_version}"'})
+
+
+def delete_schedule(uid: str) -> Call[None]:
+    return Call("DELETE", f"/v1/schedules/{_p(uid)}", _none)
+
+
+def trigger_schedule(uid: str) -> Call[Execution]:
+    return Call("POST", f"/v1/schedules/{_p(uid)}/trigger", lambda r: core.one(r, Execution))
+
+
+def list_executions(uid: str, **filters: Any) -> Call[Page[Execution]]:
+    return Call("GET", f"/v1/schedules/{_p(uid)}/executions",
+                lambda r: core.page(r, Execution), params=core.params(**filters))

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Generic, Self, TypeVar
+
+# Money travels as decimal strings; the models hold Decimals (never floats).
+_MONEY = frozenset({"cost_per_lease", "cost", "amount", "revenue", "margin", "max_total_cost"})
+_TIMES = frozenset({"run_after", "next_run", "cooldown_until"})
 
 
 def _parse(name: str, value: Any) -> Any:
-    if isinstance(value, str) and (name.endswith("_at") or name == "run_after"):
-        return datetime.fromisoformat(value)
+    if isinstance(value, str):
+        if name.endswith("_at") or name in _TIMES:
+            return datetime.fromisoformat(value)
+        if name in _MONEY:
+            return Decimal(value)
     return value
 
 
@@ -158,6 +166,172 @@ class Claimed(Model):
     @property
     def task(self) -> Task:
         return Task.from_json(self.raw["task"])
+
+
+@dataclass(frozen=True, slots=True)
+class Asset(Model):
+    """A pooled asset (PRODUCT.md AssetSnapshot)."""
+
+    asset_id: str
+    tenant_id: str
+    project_id: str | None
+    env: str | None
+    sku_category: str
+    sku_code: str
+    attributes: dict[str, Any]
+    status: str
+    max_concurrency: int
+    current_concurrency: int
+    health_score: int
+    cooldown_seconds: int
+    cooldown_until: datetime | None
+    cost_per_lease: Decimal
+    currency: str
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Lease(Model):
+    lease_id: str
+    tenant_id: str
+    task_id: str
+    asset_id: str
+    status: str
+    acquired_at: datetime
+    expires_at: datetime | None
+    released_at: datetime | None
+    cost: Decimal
+    currency: str
+    hint_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class AssetEvent(Model):
+    """What happened to an asset (seed 001): reported, or written by creep itself."""
+
+    event_id: str
+    tenant_id: str
+    asset_id: str
+    task_id: str | None
+    lease_id: str | None
+    correlation_id: str | None
+    causation_id: str | None
+    event_type: str
+    source: str | None
+    severity: str | None
+    old_status: str | None
+    new_status: str | None
+    message: str | None
+    error_code: str | None
+    http_status: int | None
+    occurred_at: datetime
+    recorded_at: datetime
+    tags: list[str]
+    context: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ReportedEvent(Model):
+    """The answer to reporting an event: the event and what it caused (e.g. ASSET_BANNED)."""
+
+    @property
+    def event(self) -> AssetEvent:
+        return AssetEvent.from_json(self.raw["event"])
+
+    @property
+    def caused(self) -> list[AssetEvent]:
+        return [AssetEvent.from_json(e) for e in self.raw.get("caused", [])]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry(Model):
+    entry_id: str
+    tenant_id: str
+    project_id: str | None
+    task_id: str | None
+    asset_id: str | None
+    lease_id: str | None
+    entry_type: str
+    amount: Decimal
+    currency: str
+    description: str | None
+    occurred_at: datetime
+    recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerGroup(Model):
+    """One row of a ledger summary (the grouping fields not asked for are None)."""
+
+    tenant_id: str | None
+    project_id: str | None
+    task_id: str | None
+    currency: str
+    cost: Decimal
+    revenue: Decimal
+    margin: Decimal
+    entries: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerSummary(Model):
+    group_by: list[str]
+
+    @property
+    def items(self) -> list[LedgerGroup]:
+        return [LedgerGroup.from_json(g) for g in self.raw.get("items", [])]
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule(Model):
+    """A ScheduledTask (seed 003): each firing creates a task of `type`."""
+
+    uid: str
+    tenant_id: str
+    name: str
+    type: str
+    description: str | None
+    is_recurring: bool
+    cron_expr: str | None
+    interval: int | None
+    timezone: str
+    next_run: datetime | None
+    enabled: bool
+    max_concurrent: int
+    priority: int
+    data: Any
+    env: str
+    max_total_cost: Decimal | None
+    total_executions: int
+    success_executions: int
+    failure_executions: int
+    last_executed_at: datetime | None
+    version: int
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Execution(Model):
+    """One firing of a schedule (TaskExecution)."""
+
+    id: int
+    tenant_id: str
+    task_uid: str
+    task_name: str
+    execution_uid: str
+    task_id: str | None
+    run_by: str
+    scheduled_at: datetime
+    started_at: datetime
+    finished_at: datetime | None
+    state: str
+    error_message: str | None
+    duration_ms: int
+    trigger_type: str
+    trigger_by: str | None
 
 
 M = TypeVar("M", bound=Model)

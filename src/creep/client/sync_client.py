@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import httpx
@@ -16,12 +17,20 @@ from creep.client.errors import ApiProblem, TransportError
 from creep.client.models import (
     ApiKey,
     Artifact,
+    Asset,
+    AssetEvent,
     AuditEvent,
     Batch,
     Claimed,
     CreatedKey,
+    Execution,
+    Lease,
+    LedgerEntry,
+    LedgerSummary,
     Model,
     Page,
+    ReportedEvent,
+    Schedule,
     Task,
     TaskEvent,
     Tenant,
@@ -269,6 +278,138 @@ class Client:
 
     def download_artifact(self, artifact_id: str) -> bytes:
         return self.send(calls.download_artifact(artifact_id))
+
+    # -- assets and leases ------------------------------------------------------------------
+    def create_asset(self, asset: dict[str, Any] | None = None, **fields: Any) -> Asset:
+        """Add one asset: sku_category, sku_code, attributes, cost_per_lease, currency,
+        cooldown_seconds, max_concurrency, ... (an admin key names tenant_id)."""
+        return self.send(calls.create_asset({**(asset or {}), **fields}))
+
+    def create_assets(self, assets: list[dict[str, Any]]) -> list[Asset]:
+        """Add up to 1000 assets in one transaction: all are written, or none (ApiProblem 422
+        naming each bad one as `[index].field`)."""
+        return self.send(calls.create_assets(assets))
+
+    def list_assets(self, *, cursor: str | None = None, limit: int = 100,
+                    **filters: Any) -> Page[Asset]:
+        """Filters: status, sku_category, sku_code (exact or `prefix.*`), project_id,
+        tenant_id."""
+        return self.send(calls.list_assets(cursor=cursor, limit=limit, **filters))
+
+    def iter_assets(self, *, page_size: int = 500, **filters: Any) -> Iterator[Asset]:
+        return self.paginate(lambda c: self.list_assets(cursor=c, limit=page_size, **filters))
+
+    def get_asset(self, asset_id: str) -> Asset:
+        return self.send(calls.get_asset(asset_id))
+
+    def ban_asset(self, asset_id: str, reason: str | None = None) -> Asset:
+        """BANNED: its active leases are revoked."""
+        return self.send(calls.set_asset_status(asset_id, "ban", reason))
+
+    def unban_asset(self, asset_id: str, reason: str | None = None) -> Asset:
+        return self.send(calls.set_asset_status(asset_id, "unban", reason))
+
+    def archive_asset(self, asset_id: str, reason: str | None = None) -> Asset:
+        """ARCHIVED: never leased again."""
+        return self.send(calls.set_asset_status(asset_id, "archive", reason))
+
+    def asset_events(self, asset_id: str, *, event_type: str | None = None,
+                     limit: int = 1000) -> list[AssetEvent]:
+        """One asset's events, oldest first."""
+        return self.send(calls.asset_events(asset_id, event_type, limit))
+
+    def list_leases(self, *, task_id: str | None = None, asset_id: str | None = None,
+                    status: str | None = None, tenant_id: str | None = None,
+                    limit: int = 1000) -> list[Lease]:
+        return self.send(calls.list_leases(task_id=task_id, asset_id=asset_id, status=status,
+                                           tenant_id=tenant_id, limit=limit))
+
+    def release_lease(self, lease_id: str) -> Lease:
+        """Release an ACTIVE lease by hand."""
+        return self.send(calls.release_lease(lease_id))
+
+    # -- asset events -----------------------------------------------------------------------
+    def list_events(self, *, cursor: str | None = None, limit: int = 100,
+                    **filters: Any) -> Page[AssetEvent]:
+        """Filters: correlation_id, asset_id, task_id, event_type, tenant_id."""
+        return self.send(calls.list_events(cursor=cursor, limit=limit, **filters))
+
+    def iter_events(self, *, page_size: int = 1000, **filters: Any) -> Iterator[AssetEvent]:
+        return self.paginate(lambda c: self.list_events(cursor=c, limit=page_size, **filters))
+
+    def events_csv(self, **filters: Any) -> bytes:
+        return self.send(calls.events_csv(**filters))
+
+    def report_event(self, event_type: str, asset_id: str, **fields: Any) -> ReportedEvent:
+        """Report an event about an asset (seed 001 fields); the auto-ban policy applies and
+        `caused` lists what followed."""
+        return self.send(calls.report_event(
+            {"event_type": event_type, "asset_id": asset_id, **fields}))
+
+    def event_chain(self, event_id: str) -> list[AssetEvent]:
+        """The event, then its cause, and so on up to the root."""
+        return self.send(calls.event_chain(event_id))
+
+    # -- the ledger -------------------------------------------------------------------------
+    def list_ledger(self, *, cursor: str | None = None, limit: int = 100,
+                    **filters: Any) -> Page[LedgerEntry]:
+        """Filters: project_id, task_id, entry_type, tenant_id, from_, to (datetimes)."""
+        return self.send(calls.list_ledger(cursor=cursor, limit=limit, **filters))
+
+    def iter_ledger(self, *, page_size: int = 1000, **filters: Any) -> Iterator[LedgerEntry]:
+        return self.paginate(lambda c: self.list_ledger(cursor=c, limit=page_size, **filters))
+
+    def ledger_csv(self, **filters: Any) -> bytes:
+        return self.send(calls.ledger_csv(**filters))
+
+    def record_entry(self, entry_type: str, amount: Decimal | int | str, currency: str,
+                     **fields: Any) -> LedgerEntry:
+        """REVENUE, REFUND or ADJUSTMENT; fields: tenant_id, project_id, task_id, asset_id,
+        lease_id, description, occurred_at. Over a task's budget: ApiProblem 409."""
+        return self.send(calls.record_entry(
+            {"entry_type": entry_type, "amount": amount, "currency": currency, **fields}))
+
+    def ledger_summary(self, group_by: str | list[str] = "currency",
+                       **filters: Any) -> LedgerSummary:
+        """Cost, revenue and margin per group (tenant_id, project_id, task_id; currency is
+        always one). Filters: project_id, task_id, tenant_id, from_, to."""
+        return self.send(calls.ledger_summary(group_by=group_by, **filters))
+
+    # -- schedules --------------------------------------------------------------------------
+    def create_schedule(self, schedule: dict[str, Any] | None = None,
+                        **fields: Any) -> Schedule:
+        """name, type and one of cron_expr, interval (seconds) or next_run (a one-off)."""
+        return self.send(calls.create_schedule({**(schedule or {}), **fields}))
+
+    def list_schedules(self, *, enabled: bool | None = None, task_type: str | None = None,
+                       tenant_id: str | None = None, limit: int = 1000) -> list[Schedule]:
+        return self.send(calls.list_schedules(enabled=enabled, type=task_type,
+                                              tenant_id=tenant_id, limit=limit))
+
+    def get_schedule(self, uid: str) -> Schedule:
+        """By uid (a tenant key may also give its schedule's name)."""
+        return self.send(calls.get_schedule(uid))
+
+    def update_schedule(self, uid: str, expected_version: int, **changes: Any) -> Schedule:
+        """PATCH with If-Match: a stale version raises ApiProblem 412."""
+        return self.send(calls.update_schedule(uid, expected_version, changes))
+
+    def delete_schedule(self, uid: str) -> None:
+        self.send(calls.delete_schedule(uid))
+
+    def trigger_schedule(self, uid: str) -> Execution:
+        """Fire it now (trigger_type manual)."""
+        return self.send(calls.trigger_schedule(uid))
+
+    def list_executions(self, uid: str, *, cursor: str | None = None, limit: int = 100,
+                        **filters: Any) -> Page[Execution]:
+        """Newest first. Filters: state, trigger_type, started_from, started_to."""
+        return self.send(calls.list_executions(uid, cursor=cursor, limit=limit, **filters))
+
+    def iter_executions(self, uid: str, *, page_size: int = 100,
+                        **filters: Any) -> Iterator[Execution]:
+        return self.paginate(
+            lambda c: self.list_executions(uid, cursor=c, limit=page_size, **filters))
 
     # -- HTTP worker protocol ---------------------------------------------------------------
     def claim(self, task_types: list[str], *, max_tasks: int = 1, wait: float = 0,

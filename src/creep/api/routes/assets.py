@@ -34,7 +34,7 @@ from creep.api.openapi import BODY_MODELS
 from creep.api.responses import decode_cursor, encode_cursor, json_response
 from creep.api.services import Services, services
 from creep.api.tenancy import foreign_tenant_filter, list_scope, owning_tenant, read_scope
-from creep.domain.asset import AssetFilter, AssetStatus, validate_asset_spec
+from creep.domain.asset import AssetFilter, AssetSpec, AssetStatus, validate_asset_spec
 from creep.domain.audit import AuditAction, ResourceType
 from creep.domain.errors import NotFound, ValidationError
 from creep.ports_assets_api import AssetPagesStore
@@ -111,13 +111,28 @@ def create_assets(
                     tenant_id=s.tenant_id)
         for s in specs
     ]
-    with riding(*writes):
-        created = store_of(svc).asset_create_many(specs, svc.clock.now())
+    try:
+        with riding(*writes):
+            created = store_of(svc).asset_create_many(specs, svc.clock.now())
+    except ValidationError as exc:
+        raise _indexed(exc, specs) if many else exc from None
     if many:
         return json_response({"items": [asset_json(a) for a in created]}, 201)
     asset = created[0]
     return json_response(asset_json(asset), 201, {"Location": f"/v1/assets/{asset.asset_id}",
                                                   "ETag": f'"{asset.version}"'})
+
+
+def _indexed(exc: ValidationError, specs: list[AssetSpec]) -> ValidationError:
+    """The store names an existing asset by id; a list import names it by index too
+    (`[3].asset_id`), like every other error of the list, so a client can find the row."""
+    index = {s.asset_id: i for i, s in enumerate(specs)}
+    errors = []
+    for field, rule in exc.errors:
+        hit = next((i for aid, i in index.items() if aid in rule), None)
+        errors.append((f"[{hit}].{field}" if hit is not None and field == "asset_id" else field,
+                       rule))
+    return ValidationError(errors)
 
 
 @router.get("/assets", response_model=AssetPage, responses={422: _PROBLEMS[422]})

@@ -1,0 +1,204 @@
+"""`creep asset|lease|ledger|schedule|export ledger` through a subprocess against a real server
+(SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import csv
+import uuid
+from pathlib import Path
+
+import orjson
+
+from creep.client import Client
+from tests.api.cli_helpers import creep, ok_json
+from tests.api.conftest import Server
+
+HEADER = "sku_category,sku_code,cost_per_lease,cooldown_seconds,attr.country,attr.tier\n"
+
+
+def _codes(server: Server, tenant_id: str) -> list[str]:
+    listed = ok_json(creep(server, "asset", "list", "--tenant", tenant_id, "--json"))
+    return sorted(a["sku_code"] for a in listed)
+
+
+def test_asset_import_is_all_or_nothing_unless_partial(server: Server, tmp_path: Path) -> None:
+    tenant_id, _ = server.tenant()
+    good = tmp_path / "good.csv"
+    good.write_text(HEADER + "RAW_NET,ip.uk.1,1.5,30,uk,1\nRAW_NET,ip.uk.2,1.5,30,uk,2\n"
+                             "\nRAW_NET,ip.de.1,2,,de,gold\n")
+    result = creep(server, "asset", "import", str(good), "--tenant", tenant_id, "--json")
+    imported = ok_json(result)
+    assert imported["errors"] == [] and len(imported["imported"]) == 3
+    assert "importing" in result.stderr  # the progress bar
+    first = imported["imported"][0]
+    assert first["attributes"] == {"country": "uk", "tier": 1}
+    assert first["cost_per_lease"] == "1.5" and first["cooldown_seconds"] == 30
+
+    # Bad rows: reported with their line numbers, and nothing is imported.
+    bad = tmp_path / "bad.csv"
+    bad.write_text(HEADER + "RAW_NET,ip.fr.1,1,0,fr,1\nRAW_NET,ip.fr.2,-1,0,fr,1\n"
+                            "RAW_NET,,1,0,fr,1\nRAW_NET,ip.fr.3,1,0\nRAW_NET,ip.fr.4,1,0,fr,1\n")
+    refused = creep(server, "asset", "import", str(bad), "--tenant", tenant_id)
+    assert refused.returncode == 2, refused.stderr
+    for expected in ("line 3: cost_per_lease", "line 4: sku_code", "line 5: has 4 cells",
+                     "nothing imported"):
+        assert expected in refused.stderr
+    assert "line 2" not in refused.stderr and "line 6" not in refused.stderr
+    assert _codes(server, tenant_id) == ["ip.de.1", "ip.uk.1", "ip.uk.2"]
+    partial = creep(server, "asset", "import", str(bad), "--tenant", tenant_id, "--partial",
+                    "--json")
+    assert partial.returncode == 2
+    report = orjson.loads(partial.stdout)
+    assert [a["sku_code"] for a in report["imported"]] == ["ip.fr.1", "ip.fr.4"]
+    assert sorted({e["line"] for e in report["errors"]}) == [3, 4, 5]
+
+    # Rows only the server can refuse (an asset_id that exists): named by line too; with
+    # --partial the rest of the request goes in, without it nothing does.
+    jsonl = tmp_path / "more.jsonl"
+    jsonl.write_text("\n".join([
+        orjson.dumps({"sku_category": "RAW_NET", "sku_code": "ip.es.1"}).decode(),
+        orjson.dumps({"sku_category": "RAW_NET", "sku_code": "ip.es.2",
+                      "asset_id": first["asset_id"]}).decode(),
+        "", orjson.dumps({"sku_category": "RAW_NET", "sku_code": "ip.es.3",
+                          "tenant_id": tenant_id}).decode(),
+    ]) + "\n")
+    strict = creep(server, "asset", "import", str(jsonl), "--tenant", tenant_id)
+    assert strict.returncode == 2 and "line 2: asset_id" in strict.stderr
+    assert "already exists" in strict.stderr and "nothing imported" in strict.stderr
+    assert not any(c.startswith("ip.es") for c in _codes(server, tenant_id))
+    mixed = creep(server, "asset", "import", str(jsonl), "--tenant", tenant_id, "--partial")
+    assert mixed.returncode == 2 and "line 2: asset_id" in mixed.stderr
+    assert "imported 2 assets; 1 row(s) refused" in mixed.stdout
+    assert [c for c in _codes(server, tenant_id) if c.startswith("ip.es")] == [
+        "ip.es.1", "ip.es.3"]
+
+    # A request per row: the server refuses the second, the first is in; the CLI says so.
+    chunked = creep(server, "asset", "import", str(jsonl), "--tenant", tenant_id,
+                    "--chunk-size", "1")
+    assert chunked.returncode == 2 and "line 2: asset_id" in chunked.stderr
+    assert "imported before the failure: 1 assets (the rows before line 2)" in chunked.stderr
+
+    unknown = tmp_path / "unknown.csv"
+    unknown.write_text("sku_category,sku_code,colour\nRAW_NET,x,red\n")
+    wrong = creep(server, "asset", "import", str(unknown), "--tenant", tenant_id)
+    assert wrong.returncode == 2 and "unknown column(s) 'colour'" in wrong.stderr
+    missing = creep(server, "asset", "import", str(tmp_path / "nope.csv"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def test_assets_leases_and_ledger(server: Server, tmp_path: Path) -> None:
+    tenant_id, key = server.tenant()
+    with Client(server.url, key) as c:
+        asset = c.create_asset(sku_category="RAW_NET", sku_code="ip.uk.9", cost_per_lease="1.5")
+        kind = f"LEASED-{uuid.uuid4().hex[:8]}"
+        task = c.create_task(task_type=kind, env="dev", constraints={"keep_leases": True},
+                             resource_hints=[{"sku_category": "RAW_NET"}])
+        c.claim([kind])  # a real claim: the asset is leased and its cost charged
+    aid, tid = asset.asset_id, task.task_id
+
+    listed = ok_json(creep(server, "asset", "list", "--tenant", tenant_id, "--status", "IN_USE",
+                           "--code", "ip.*", "--json"))
+    assert [a["asset_id"] for a in listed] == [aid]
+    table = creep(server, "asset", "list", "--tenant", tenant_id)
+    assert table.returncode == 0 and "ip.uk.9" in table.stdout and "1.5 USD" in table.stdout
+    assert ok_json(creep(server, "asset", "show", aid, "--json"))["current_concurrency"] == 1
+
+    [lease] = ok_json(creep(server, "lease", "list", "--task", tid, "--json"))
+    assert lease["status"] == "ACTIVE" and lease["asset_id"] == aid
+    leases = creep(server, "lease", "list", "--asset", aid, "--status", "ACTIVE")
+    assert leases.returncode == 0 and lease["lease_id"] in leases.stdout
+    released = creep(server, "lease", "release", lease["lease_id"])
+    assert released.returncode == 0 and "RELEASED" in released.stdout
+    again = creep(server, "lease", "release", lease["lease_id"])
+    assert again.returncode == 1 and "409" in again.stderr
+
+    banned = creep(server, "asset", "ban", aid, "--reason", "provider complaint")
+    assert banned.returncode == 0 and "BANNED" in banned.stdout
+    assert ok_json(creep(server, "asset", "unban", aid, "--json"))["status"] == "READY"
+    assert ok_json(creep(server, "asset", "archive", aid, "--json"))["status"] == "ARCHIVED"
+    assert creep(server, "asset", "ban", aid).returncode == 1  # archived: a conflict
+    events = ok_json(creep(server, "asset", "events", aid, "--json"))
+    kinds = [e["event_type"] for e in events]
+    assert kinds[0] == "IMPORTED" and "BANNED" in kinds and "ARCHIVED" in kinds
+    table = creep(server, "asset", "events", aid)
+    assert table.returncode == 0 and "provider complaint" not in table.stderr
+    assert creep(server, "asset", "show", str(uuid.uuid4())).returncode == 1
+
+    [cost] = ok_json(creep(server, "ledger", "list", "--task", tid, "--json"))
+    assert (cost["entry_type"], cost["amount"]) == ("COST", "1.5")
+    recorded = ok_json(creep(server, "ledger", "record", "--type", "REVENUE", "--amount", "4",
+                             "--currency", "USD", "--task", tid, "--tenant", tenant_id,
+                             "--json"))
+    assert recorded["amount"] == "4"
+    summary = ok_json(creep(server, "ledger", "summary", "--group-by", "tenant_id,task_id",
+                            "--task", tid, "--json"))
+    assert summary["group_by"] == ["tenant_id", "task_id", "currency"]
+    assert [(g["cost"], g["revenue"], g["margin"]) for g in summary["items"]] == [
+        ("1.5", "4", "2.5")]
+    table = creep(server, "ledger", "summary", "--tenant", tenant_id, "--from", "2000-01-01")
+    assert table.returncode == 0 and "2.5" in table.stdout
+    future = ok_json(creep(server, "ledger", "summary", "--tenant", tenant_id, "--from",
+                           "2999-01-01T00:00:00+00:00", "--json"))
+    assert future["items"] == []
+    assert creep(server, "ledger", "summary", "--group-by", "colour").returncode == 2
+    assert creep(server, "ledger", "list", "--from", "yesterday").returncode == 2
+    over = creep(server, "ledger", "record", "--type", "REVENUE", "--amount", "-1",
+                 "--currency", "USD", "--tenant", tenant_id)
+    assert over.returncode == 2 and "amount" in over.stderr
+    listed = creep(server, "ledger", "list", "--tenant", tenant_id, "--type", "REVENUE")
+    assert listed.returncode == 0 and "REVENUE" in listed.stdout
+
+    out_csv, out_json = tmp_path / "ledger.csv", tmp_path / "ledger.json"
+    assert creep(server, "export", "ledger", "--tenant", tenant_id, "-o",
+                 str(out_csv)).returncode == 0
+    rows = list(csv.DictReader(out_csv.read_text().splitlines()))
+    assert [r["entry_type"] for r in rows] == ["COST", "REVENUE"]
+    assert creep(server, "export", "ledger", "--task", tid, "--format", "json", "-o",
+                 str(out_json)).returncode == 0
+    assert [e["amount"] for e in orjson.loads(out_json.read_bytes())] == ["1.5", "4"]
+
+
+def test_schedule_commands(server: Server) -> None:
+    tenant_id, _ = server.tenant()
+    added = ok_json(creep(server, "schedule", "add", "hourly-report", "--type", "NO_HANDLER",
+                          "--every", "3600", "--tenant", tenant_id, "--payload", '{"x": 1}',
+                          "--priority", "70", "--json"))
+    uid = added["uid"]
+    assert added["interval"] == 3600 and added["enabled"] and added["data"] == {"x": 1}
+    cron = creep(server, "schedule", "add", "nightly", "--type", "NO_HANDLER", "--cron",
+                 "0 3 * * *", "--tenant", tenant_id, "--disabled")
+    assert cron.returncode == 0 and "cron 0 3 * * *" in cron.stdout
+    listed = ok_json(creep(server, "schedule", "list", "--tenant", tenant_id, "--json"))
+    assert [s["name"] for s in listed] == ["hourly-report", "nightly"]
+    enabled = ok_json(creep(server, "schedule", "list", "--tenant", tenant_id, "--enabled",
+                            "--json"))
+    assert [s["uid"] for s in enabled] == [uid]
+    table = creep(server, "schedule", "list", "--tenant", tenant_id)
+    assert table.returncode == 0 and "every 3600 s" in table.stdout
+    assert ok_json(creep(server, "schedule", "show", uid, "--json"))["priority"] == 70
+
+    assert ok_json(creep(server, "schedule", "disable", uid, "--json"))["enabled"] is False
+    enabled_again = creep(server, "schedule", "enable", uid)
+    assert enabled_again.returncode == 0 and "enabled" in enabled_again.stdout
+    fired = ok_json(creep(server, "schedule", "trigger", uid, "--json"))
+    assert fired["trigger_type"] == "manual" and fired["task_id"]
+    task = ok_json(creep(server, "task", "show", fired["task_id"], "--json"))
+    assert task["input_payload"] == {"x": 1}
+    history = ok_json(creep(server, "schedule", "history", uid, "--json"))
+    assert [e["execution_uid"] for e in history] == [fired["execution_uid"]]
+    table = creep(server, "schedule", "history", uid, "--trigger", "manual")
+    assert table.returncode == 0 and fired["task_id"] in table.stdout
+
+    both = creep(server, "schedule", "add", "x", "--type", "T", "--cron", "* * * * *",
+                 "--every", "5", "--tenant", tenant_id)
+    assert both.returncode == 2 and "--cron" in both.stderr
+    bad_cron = creep(server, "schedule", "add", "x", "--type", "T", "--cron", "61 * * * *",
+                     "--tenant", tenant_id)
+    assert bad_cron.returncode == 2 and "cron_expr" in bad_cron.stderr
+    duplicate = creep(server, "schedule", "add", "nightly", "--type", "T", "--every", "60",
+                      "--tenant", tenant_id)
+    assert duplicate.returncode == 1 and "409" in duplicate.stderr
+    deleted = creep(server, "schedule", "delete", uid)
+    assert deleted.returncode == 0
+    gone = creep(server, "schedule", "show", uid)
+    assert gone.returncode == 1 and "404" in gone.stderr

@@ -1,0 +1,122 @@
+"""The Python SDK's asset, lease, asset event, ledger and schedule calls against a real server
+(SQLite and PostgreSQL): sync `Client` and async `AsyncClient`."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from creep.client import ApiProblem, AsyncClient, Client, Execution, Schedule
+from tests.api.conftest import Server
+
+
+def test_assets_leases_events_and_ledger(server: Server) -> None:
+    _, key = server.tenant()
+    with Client(server.url, key) as c:
+        one = c.create_asset(sku_category="RAW_NET", sku_code="ip.uk.1", cost_per_lease="1.5",
+                             attributes={"country": "uk"}, cooldown_seconds=0)
+        assert one.cost_per_lease == Decimal("1.5") and one.status == "READY"
+        two = c.create_assets([{"sku_category": "RAW_NET", "sku_code": "ip.uk.2"},
+                               {"sku_category": "RAW_NET", "sku_code": "ip.de.1"}])
+        assert [a.sku_code for a in two] == ["ip.uk.2", "ip.de.1"]
+
+        # A list import is one transaction: one bad asset and none is written.
+        with pytest.raises(ApiProblem) as bad:
+            c.create_assets([{"sku_category": "RAW_NET", "sku_code": "ip.fr.1"},
+                             {"sku_category": "RAW_NET", "sku_code": "ip.fr.2",
+                              "max_concurrency": 0}])
+        assert bad.value.status == 422
+        assert [e["field"] for e in bad.value.errors] == ["[1].max_concurrency"]
+        with pytest.raises(ApiProblem) as exists:
+            c.create_assets([{"sku_category": "RAW_NET", "sku_code": "ip.fr.3"},
+                             {"sku_category": "RAW_NET", "sku_code": "ip.fr.4",
+                              "asset_id": one.asset_id}])
+        assert [e["field"] for e in exists.value.errors] == ["[1].asset_id"]
+        assert [a.sku_code for a in c.iter_assets(sku_code="ip.fr.*")] == []
+
+        assert len(list(c.iter_assets(sku_code="ip.uk.*", page_size=1))) == 2
+        assert len(c.list_assets(limit=1).items) == 1
+        assert c.get_asset(one.asset_id).attributes == {"country": "uk"}
+        assert c.ban_asset(two[1].asset_id, reason="probe").status == "BANNED"
+        assert c.unban_asset(two[1].asset_id).status == "READY"
+        assert c.archive_asset(two[1].asset_id).status == "ARCHIVED"
+        kinds = [e.event_type for e in c.asset_events(two[1].asset_id)]
+        assert kinds[0] == "IMPORTED" and len(kinds) == 4
+
+        # A real claim over the worker protocol leases the asset and charges its cost.
+        kind = f"LEASED-{uuid.uuid4().hex[:8]}"
+        task = c.create_task(task_type=kind, env="dev", constraints={"keep_leases": True},
+                             resource_hints=[{"sku_category": "RAW_NET",
+                                              "attributes": {"country": "uk"}}])
+        [claimed] = c.claim([kind])
+        [lease] = c.list_leases(task_id=task.task_id)
+        assert lease.status == "ACTIVE" and lease.cost == Decimal("1.5")
+        assert c.list_leases(asset_id=lease.asset_id, status="ACTIVE") == [lease]
+        assert c.release_lease(lease.lease_id).status == "RELEASED"
+        c.worker_action(task.task_id, "complete", claimed.claim_token, result={})
+
+        [cost] = c.list_ledger(task_id=task.task_id).items
+        assert (cost.entry_type, cost.amount) == ("COST", Decimal("1.5"))
+        revenue = c.record_entry("REVENUE", Decimal("4"), "USD", task_id=task.task_id,
+                                 description="sold")
+        assert revenue.amount == Decimal("4")
+        assert [e.entry_type for e in c.iter_ledger(task_id=task.task_id, page_size=1)] == [
+            "COST", "REVENUE"]
+        summary = c.ledger_summary(["task_id"], task_id=task.task_id)
+        assert summary.group_by == ["task_id", "currency"]
+        [group] = summary.items
+        assert (group.cost, group.revenue, group.margin) == (Decimal("1.5"), Decimal("4"),
+                                                             Decimal("2.5"))
+        assert c.ledger_summary(from_=revenue.occurred_at).items[0].cost == Decimal("0")
+        assert b"REVENUE" in c.ledger_csv(task_id=task.task_id)
+
+        reported = c.report_event("PROBE_FAILED", one.asset_id, severity="WARN",
+                                  correlation_id="probe-1", http_status=503)
+        assert reported.event.http_status == 503 and reported.caused == []
+        assert [e.event_id for e in c.event_chain(reported.event.event_id)] == [
+            reported.event.event_id]
+        assert [e.event_type for e in c.iter_events(correlation_id="probe-1")] == [
+            "PROBE_FAILED"]
+        assert b"PROBE_FAILED" in c.events_csv(asset_id=one.asset_id)
+        with pytest.raises(ApiProblem) as missing:
+            c.get_asset(str(uuid.uuid4()))
+        assert missing.value.status == 404
+
+
+def test_schedules_async_and_sync(server: Server) -> None:
+    tenant_id, key = server.tenant()
+
+    async def main() -> tuple[Schedule, Execution, list[Execution]]:
+        async with AsyncClient(server.url, key) as c:
+            sched = await c.create_schedule(name="nightly", type="NO_HANDLER", interval=3600,
+                                            data={"x": 1})
+            assert sched.tenant_id == tenant_id and sched.enabled and sched.interval == 3600
+            assert [s.uid for s in await c.list_schedules()] == [sched.uid]
+            assert (await c.get_schedule("nightly")).uid == sched.uid
+            off = await c.update_schedule(sched.uid, sched.version, enabled=False)
+            assert not off.enabled and off.version == sched.version + 1
+            with pytest.raises(ApiProblem) as stale:
+                await c.update_schedule(sched.uid, sched.version, priority=3)
+            assert stale.value.status == 412
+            assert await c.list_schedules(enabled=True) == []
+            fired = await c.trigger_schedule(sched.uid)
+            history = [e async for e in c.iter_executions(sched.uid, page_size=1)]
+            assert [a.asset_id async for a in c.iter_assets()] == []
+            return sched, fired, history
+
+    sched, fired, history = asyncio.run(main())
+    assert fired.trigger_type == "manual" and fired.task_id
+    assert [e.execution_uid for e in history] == [fired.execution_uid]
+    with Client(server.url, key) as c:
+        assert c.get_task(fired.task_id).input_payload == {"x": 1}
+        assert c.list_executions(sched.uid, trigger_type="scheduled").items == []
+        with pytest.raises(ApiProblem) as invalid:
+            c.create_schedule(name="bad", type="X", cron_expr="not a cron")
+        assert invalid.value.status == 422
+        c.delete_schedule(sched.uid)
+        with pytest.raises(ApiProblem) as gone:
+            c.get_schedule(sched.uid)
+        assert gone.value.status == 404
