@@ -124,7 +124,7 @@ function eventItem(e) {
   return h("li", { class: "event", "data-cursor": e.cursor },
     h("div", { class: "event-head" }, time(e.created_at), " ",
       h("strong", null, e.event_type),
-      e.to_status ? [" ", badge(e.from_status), " → ", badge(e.to_status)] : null,
+      e.to_status ? [" ", e.from_status ? [badge(e.from_status), " → "] : null, badge(e.to_status)] : null,
       e.attempt ? h("span", { class: "muted" }, ` attempt ${e.attempt}`) : null),
     payload);
 }
