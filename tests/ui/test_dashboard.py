@@ -61,7 +61,7 @@ def test_overview_counts_and_task_filters(ui_server: Server, page: Any) -> None:
     page.click("#count-CANCELLED")
     page.wait_for_url(re.compile(r"#/tasks\?status=CANCELLED$"))
     expect(page.locator("table.grid tbody tr")).to_have_count(1)
-    assert cancelled["task_id"][:13] in _rows(page)[0]
+    assert cancelled["task_id"] in _rows(page)[0]
 
     # Filter by type and tag through the form.
     page.select_option("select[name=status]", "")
@@ -87,7 +87,7 @@ def test_task_list_pages_with_the_cursor(ui_server: Server, page: Any) -> None:
     page.wait_for_url(re.compile(r"cursor="))
     expect(page.locator("table.grid tbody tr")).to_have_count(3)
     shown = " ".join(_rows(page))
-    assert all(i[:13] in shown for i in ids[:3])  # newest first: the oldest three come last
+    assert all(i in shown for i in ids[:3])  # newest first: the oldest three come last
 
 
 def test_task_detail_follows_events_live_and_cancel_button(ui_server: Server,
@@ -186,7 +186,7 @@ def test_a_tenant_key_sees_only_its_tenant(ui_server: Server, page: Any) -> None
         theirs = _task(c, task_type="TENANT_B_JOB")["task_id"]
 
     sign_in(page, ui_server, key_a, "tasks")
-    page.wait_for_selector(f"a:text('{mine[:13]}')")
+    page.wait_for_selector(f"a:text('{mine}')")
     shown = page.inner_text("main")
     assert "TENANT_A_JOB" in shown and "TENANT_B_JOB" not in shown
     assert "Audit" not in page.inner_text("#nav")  # admin only
@@ -199,12 +199,13 @@ def test_a_tenant_key_sees_only_its_tenant(ui_server: Server, page: Any) -> None
     # An admin sees both tenants, and the audit log.
     page.click("#sign-out")
     sign_in(page, ui_server, ui_server.admin_key, f"tasks?tenant_id={tenant_b}")
-    page.wait_for_selector(f"a:text('{theirs[:13]}')")
+    page.wait_for_selector(f"a:text('{theirs}')")
     assert "admin (all tenants)" in page.inner_text("#who")
     page.click("#nav a:text('Audit')")
     page.fill("input[name=resource_id]", theirs)
     page.click("form.filters button[type=submit]")
     page.wait_for_selector("table.grid td:text('created')")
+    assert f"task {theirs}" in page.inner_text("table.grid")
     assert tenant_a not in page.inner_text("table.grid")
 
 
@@ -238,7 +239,7 @@ def test_user_strings_are_shown_as_text_never_run(ui_server: Server, page: Any) 
                     input_payload={"html": payload + script})["task_id"]
     sign_in(page, ui_server, key, "tasks?task_type=XSS")
     page.wait_for_selector(f"table.grid .tag:text-is('{payload}')")
-    page.click(f"a:text('{tid[:13]}')")
+    page.click(f"a:text('{tid}')")
     page.wait_for_selector(f"dd:text-is('{script}')")
     assert '<img src=x onerror=\\"window.__xss=1\\">' + script in page.inner_text("pre.json")
     assert page.query_selector("main img") is None and page.query_selector("main script") is None
@@ -288,11 +289,15 @@ def test_overview_on_postgres_and_a_screenshot(
         sign_in(page, server, server.admin_key)
         expect(page.locator("#count-total .n")).to_have_text("5")
         assert page.inner_text("#queue-depth .n") == "4"
-        page.wait_for_selector(f"table.grid a:text('{failed[:13]}')")
+        page.wait_for_selector(f"table.grid a:text('{failed}')")
         shots = screenshot_dir()
         shots.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shots / "overview.png"), full_page=True)
-        page.click(f"table.grid a:text('{failed[:13]}')")
+        page.click("#nav a:text('Tasks')")
+        expect(page.locator("table.grid tbody tr")).to_have_count(5)
+        page.screenshot(path=str(shots / "tasks.png"), full_page=True)
+        page.click("#nav a:text('Overview')")
+        page.click(f"table.grid a:text('{failed}')")
         page.wait_for_selector("#events .event")
         page.screenshot(path=str(shots / "task.png"), full_page=True)
         page.click("button:text('Retry')")

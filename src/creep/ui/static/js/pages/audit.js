@@ -15,7 +15,7 @@ export async function render(main, ctx) {
     columns: [
       { label: "When", get: (a) => time(a.created_at) },
       { label: "Action", get: (a) => a.action },
-      { label: "Resource", get: (a) => `${a.resource_type} ${a.resource && a.resource.id ? a.resource.id : ""}` },
+      { label: "Resource", get: (a) => `${a.resource_type} ${a.resource && a.resource.identifier ? a.resource.identifier : ""}` },
       { label: "By", get: (a) => (a.user ? a.user.username || a.user.uid : "") },
       { label: "Tenant", get: (a) => a.tenant_id || "" },
       { label: "Request", get: (a) => fields([["method", a.request_method], ["ip", a.client_ip], ["id", a.request_id]]) },

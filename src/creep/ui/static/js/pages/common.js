@@ -4,11 +4,12 @@ import { badge, h, link, time } from "../dom.js";
 export const TASK_STATUSES = ["PENDING", "QUEUED", "RUNNING", "SUCCESS", "FAILED", "CANCELLED",
   "TIMEOUT", "DEAD_LETTER"];
 
-const short = (id) => (id ? String(id).slice(0, 13) : "");
+// Whole ids: UUIDv7 prefixes are timestamps, so a shortened id would not tell tasks apart.
+const idText = (id) => h("code", { class: "id" }, String(id));
 
-export const taskLink = (id) => (id ? link(`#/tasks/${encodeURIComponent(id)}`, short(id)) : "");
-export const assetLink = (id) => (id ? link(`#/assets/${encodeURIComponent(id)}`, id) : "");
-export const batchLink = (id) => (id ? link(`#/batches/${encodeURIComponent(id)}`, short(id)) : "");
+export const taskLink = (id) => (id ? link(`#/tasks/${encodeURIComponent(id)}`, idText(id)) : "");
+export const assetLink = (id) => (id ? link(`#/assets/${encodeURIComponent(id)}`, idText(id)) : "");
+export const batchLink = (id) => (id ? link(`#/batches/${encodeURIComponent(id)}`, idText(id)) : "");
 
 export const tags = (list) => (list && list.length
   ? h("span", { class: "tags" }, list.map((t) => h("span", { class: "tag" }, t))) : "");
@@ -26,7 +27,7 @@ export const TASK_COLUMNS = [
 ];
 
 export const LEASE_COLUMNS = [
-  { label: "Lease", get: (l) => short(l.lease_id) },
+  { label: "Lease", get: (l) => idText(l.lease_id) },
   { label: "Status", get: (l) => badge(l.status) },
   { label: "Task", get: (l) => taskLink(l.task_id) },
   { label: "Asset", get: (l) => assetLink(l.asset_id) },
