@@ -139,8 +139,8 @@ def test_ban_and_unban_an_asset_with_the_buttons(ui_server: Server, page: Any) -
         assert r.status_code == 201, r.text
         asset_id = r.json()["asset_id"]
         sign_in(page, ui_server, key, "assets")
-        page.wait_for_selector(f"a:text('{asset_id}')")
-        page.click(f"a:text('{asset_id}')")
+        page.wait_for_selector(f"a:has-text('{asset_id}')")
+        page.click(f"a:has-text('{asset_id}')")
         page.wait_for_selector("h1 .badge:text('READY')")
         page.click("button:text('Ban')")
         page.wait_for_selector("h1 .badge:text('BANNED')")
@@ -186,7 +186,7 @@ def test_a_tenant_key_sees_only_its_tenant(ui_server: Server, page: Any) -> None
         theirs = _task(c, task_type="TENANT_B_JOB")["task_id"]
 
     sign_in(page, ui_server, key_a, "tasks")
-    page.wait_for_selector(f"a:text('{mine}')")
+    page.wait_for_selector(f"a:has-text('{mine}')")
     shown = page.inner_text("main")
     assert "TENANT_A_JOB" in shown and "TENANT_B_JOB" not in shown
     assert "Audit" not in page.inner_text("#nav")  # admin only
@@ -199,7 +199,7 @@ def test_a_tenant_key_sees_only_its_tenant(ui_server: Server, page: Any) -> None
     # An admin sees both tenants, and the audit log.
     page.click("#sign-out")
     sign_in(page, ui_server, ui_server.admin_key, f"tasks?tenant_id={tenant_b}")
-    page.wait_for_selector(f"a:text('{theirs}')")
+    page.wait_for_selector(f"a:has-text('{theirs}')")
     assert "admin (all tenants)" in page.inner_text("#who")
     page.click("#nav a:text('Audit')")
     page.fill("input[name=resource_id]", theirs)
@@ -239,7 +239,7 @@ def test_user_strings_are_shown_as_text_never_run(ui_server: Server, page: Any) 
                     input_payload={"html": payload + script})["task_id"]
     sign_in(page, ui_server, key, "tasks?task_type=XSS")
     page.wait_for_selector(f"table.grid .tag:text-is('{payload}')")
-    page.click(f"a:text('{tid}')")
+    page.click(f"a:has-text('{tid}')")
     page.wait_for_selector(f"dd:text-is('{script}')")
     assert '<img src=x onerror=\\"window.__xss=1\\">' + script in page.inner_text("pre.json")
     assert page.query_selector("main img") is None and page.query_selector("main script") is None
@@ -289,7 +289,7 @@ def test_overview_on_postgres_and_a_screenshot(
         sign_in(page, server, server.admin_key)
         expect(page.locator("#count-total .n")).to_have_text("5")
         assert page.inner_text("#queue-depth .n") == "4"
-        page.wait_for_selector(f"table.grid a:text('{failed}')")
+        page.wait_for_selector(f"table.grid a:has-text('{failed}')")
         shots = screenshot_dir()
         shots.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shots / "overview.png"), full_page=True)
@@ -297,7 +297,7 @@ def test_overview_on_postgres_and_a_screenshot(
         expect(page.locator("table.grid tbody tr")).to_have_count(5)
         page.screenshot(path=str(shots / "tasks.png"), full_page=True)
         page.click("#nav a:text('Overview')")
-        page.click(f"table.grid a:text('{failed}')")
+        page.click(f"table.grid a:has-text('{failed}')")
         page.wait_for_selector("#events .event")
         page.screenshot(path=str(shots / "task.png"), full_page=True)
         page.click("button:text('Retry')")
