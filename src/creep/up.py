@@ -251,6 +251,7 @@ def up(
         raise typer.Exit(1)
     out.print(f"creep is up: {base}  (API docs {base}/docs; schema version {version})",
               highlight=False)
+    out.print(f"dashboard: {base}/ui", highlight=False)
     out.print(f"database:  {url}", highlight=False)
     out.print(f"admin key: {key}  ({'new, ' if created else ''}kept in {path})",
               highlight=False)

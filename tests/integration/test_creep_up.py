@@ -33,6 +33,8 @@ def _start(cwd: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str, str]
         lines.append(line)
         if line.startswith("creep is up: "):
             seen["url"] = line.split()[3]
+        if line.startswith("dashboard: "):
+            seen["dashboard"] = line.split()[1]
         if line.startswith("admin key: "):
             seen["key"] = line.split()[2]
             seen["banner"] = line
@@ -66,6 +68,8 @@ def test_creep_up_demo_on_sqlite(tmp_path: Path) -> None:
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as c:
             assert c.get("/health/ready").status_code == 200
+            assert seen["dashboard"] == f"{url}/ui"
+            assert c.get("/ui/").headers["content-type"].startswith("text/html")
 
             def finished() -> bool:
                 tasks = c.get("/v1/tasks", params={"tenant_id": "demo", "limit": 500}).json()

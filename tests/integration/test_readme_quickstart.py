@@ -66,6 +66,9 @@ def test_readme_quick_start_from_a_fresh_clone(tmp_path: Path) -> None:
                 break
             assert time.monotonic() < deadline, r.text
             time.sleep(0.5)
+        # The dashboard ships as package data of the (non-editable) install.
+        for asset in ("ui/", "ui/js/app.js", "ui/js/pages/task.js", "ui/style.css"):
+            assert httpx.get(f"http://127.0.0.1:{port}/{asset}").status_code == 200, asset
     except BaseException:
         os.killpg(proc.pid, signal.SIGKILL)
         raise

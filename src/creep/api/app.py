@@ -30,6 +30,7 @@ from creep.api.routes import (  # issue 5 item 7
     keys,
     ledger,
     schedules,
+    stats,
     tasks,
     tenants,
     workers,
@@ -40,6 +41,7 @@ from creep.domain.clock import Clock, SystemClock
 from creep.domain.tenancy import ApiKey, PrincipalType, Role, hash_key
 from creep.engine.maintainer import Maintainer
 from creep.ports_api import ApiStore
+from creep.ui import mount_dashboard
 
 log = logging.getLogger("creep.api")
 
@@ -48,6 +50,7 @@ V1_ROUTERS: list[APIRouter] = [
     tasks.router, batches.router, tenants.router, keys.router, audit.router, admin.router,
     artifacts.router, workers.router,  # artifacts and the HTTP worker protocol (api2)
     schedules.router, assets.router, asset_events.router, ledger.router,
+    stats.router, stats.whoami_router,  # counts and the signed-in key, for the dashboard
 ]
 
 
@@ -135,4 +138,5 @@ def create_app(
     for router in V1_ROUTERS:
         v1.include_router(router)
     app.include_router(v1)
+    mount_dashboard(app)
     return app

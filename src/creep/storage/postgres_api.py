@@ -394,3 +394,12 @@ class PostgresApiMixin:
                 "WHERE status IN ('PENDING', 'QUEUED', 'RUNNING') GROUP BY 1, 2"
             ).fetchall()
         return [(r[0], int(r[1]), int(r[2])) for r in rows]
+
+    def task_status_counts(self, tenant_id: str | None) -> dict[str, int]:
+        """How many tasks are in each status (of one tenant, or of all)."""
+        where, params = ("WHERE tenant_id = %s", (tenant_id,)) if tenant_id else ("", ())
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT status, count(*) FROM tasks {where} GROUP BY status", params
+            ).fetchall()
+        return {r[0]: int(r[1]) for r in rows}

@@ -384,6 +384,14 @@ class SqliteApiMixin:
         ).fetchall()
         return [(r[0], int(r[1]), int(r[2])) for r in rows]
 
+    def task_status_counts(self, tenant_id: str | None) -> dict[str, int]:
+        """How many tasks are in each status (of one tenant, or of all)."""
+        where, params = ("WHERE tenant_id = ?", (tenant_id,)) if tenant_id else ("", ())
+        rows = self._conn().execute(
+            f"SELECT status, count(*) FROM tasks {where} GROUP BY status", params
+        ).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
 
 def _audit_where(flt: AuditFilter) -> tuple[list[str], list[Any]]:
     where: list[str] = []

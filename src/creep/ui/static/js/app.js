@@ -1,0 +1,159 @@
+// The dashboard shell: sign-in, navigation, hash routing and the per-page context (timers and
+// requests of a page stop when the user navigates away).
+import { api, ApiError, session } from "./api.js";
+import { h, hashFor, replace } from "./dom.js";
+import { problemBox } from "./ui.js";
+import * as overview from "./pages/overview.js";
+import * as tasks from "./pages/tasks.js";
+import * as task from "./pages/task.js";
+import * as batches from "./pages/batches.js";
+import * as assets from "./pages/assets.js";
+import * as leases from "./pages/leases.js";
+import * as schedules from "./pages/schedules.js";
+import * as ledger from "./pages/ledger.js";
+import * as audit from "./pages/audit.js";
+
+const main = document.getElementById("main");
+const nav = document.getElementById("nav");
+const who = document.getElementById("who");
+
+// [hash path, label, list page, detail page, admin only]
+const SECTIONS = [
+  ["overview", "Overview", overview, null, false],
+  ["tasks", "Tasks", tasks, task, false],
+  ["batches", "Batches", batches, batches, false],
+  ["assets", "Assets", assets, assets, false],
+  ["leases", "Leases", leases, null, false],
+  ["schedules", "Schedules", schedules, schedules, false],
+  ["ledger", "Ledger", ledger, null, false],
+  ["audit", "Audit", audit, null, true],
+];
+
+let me = null;
+let current = null; // {controller, timers}
+
+function parseHash() {
+  const raw = location.hash.replace(/^#\/?/, "");
+  const [pathPart, queryPart = ""] = raw.split("?");
+  const parts = pathPart.split("/").filter(Boolean).map(decodeURIComponent);
+  return { parts, params: new URLSearchParams(queryPart) };
+}
+
+function stopPage() {
+  if (!current) return;
+  current.controller.abort();
+  for (const t of current.timers) clearTimeout(t);
+  current = null;
+}
+
+function isAuthFailure(err) {
+  return err instanceof ApiError && err.status === 401;
+}
+
+function makeContext(path, params) {
+  const controller = new AbortController();
+  const state = { controller, timers: [] };
+  current = state;
+  return {
+    path, params, me, signal: controller.signal,
+    alive: () => current === state,
+    go: (p, query) => { location.hash = hashFor(p, query); },
+    /** Run `load` now and then every `ms` (0: once); a failure shows in `target`. */
+    every(load, ms, target) {
+      const run = async () => {
+        if (current !== state) return;
+        if (!document.hidden || !ms) {
+          try {
+            await load();
+          } catch (err) {
+            if (err.name === "AbortError" || current !== state) return;
+            if (isAuthFailure(err)) { signOut(err); return; }
+            replace(target, problemBox(err));
+          }
+        }
+        if (ms && current === state) state.timers.push(setTimeout(run, ms));
+      };
+      run();
+    },
+  };
+}
+
+function renderNav(active) {
+  replace(nav, SECTIONS.filter(([, , , , adminOnly]) => !adminOnly || me.role === "admin")
+    .map(([path, label]) => h("a", { href: `#/${path}`, class: path === active ? "active" : null }, label)));
+  nav.hidden = false;
+  const scope = me.tenant_id ? `tenant ${me.tenant_id}` : "admin (all tenants)";
+  replace(who, h("span", { class: "muted" }, `${me.name} · ${scope}${me.read_only ? " · read-only" : ""}`),
+    h("button", { type: "button", class: "link", id: "sign-out", onclick: () => signOut() }, "Sign out"));
+}
+
+async function route() {
+  stopPage();
+  if (!session.key()) { showSignIn(); return; }
+  if (!me) {
+    try {
+      me = await api("/whoami");
+    } catch (err) {
+      if (isAuthFailure(err)) { signOut(err); return; }
+      replace(main, problemBox(err));
+      return;
+    }
+  }
+  const { parts, params } = parseHash();
+  const [name = "overview", id] = parts;
+  const found = SECTIONS.find(([path]) => path === name);
+  renderNav(found ? name : null);
+  if (!found) {
+    replace(main, h("div", { class: "empty" }, "No such page. ", h("a", { href: "#/overview" }, "Go to the overview")));
+    return;
+  }
+  const [, label, listPage, detailPage] = found;
+  const page = id ? detailPage : listPage;
+  document.title = `${label} · creep`;
+  const ctx = makeContext(name, params);
+  replace(main);
+  try {
+    await (id ? page.renderDetail(main, ctx, id) : page.render(main, ctx));
+  } catch (err) {
+    if (err.name === "AbortError") return;
+    if (isAuthFailure(err)) { signOut(err); return; }
+    replace(main, problemBox(err));
+  }
+}
+
+function signOut(err) {
+  stopPage();
+  session.signOut();
+  me = null;
+  showSignIn(err);
+}
+
+function showSignIn(err) {
+  nav.hidden = true;
+  replace(who);
+  document.title = "Sign in · creep";
+  const input = h("input", { id: "api-key", name: "key", type: "password", required: true,
+    autocomplete: "off", placeholder: "API key", size: 40 });
+  const message = h("div", { id: "sign-in-message" }, err ? problemBox(err) : null);
+  const form = h("form", { class: "card sign-in", id: "sign-in" },
+    h("h1", null, "Sign in to creep"),
+    h("p", { class: "muted" }, "Paste an API key. An admin key sees every tenant; a tenant key sees its own tenant. The key stays in this browser tab only."),
+    input, h("button", { type: "submit", class: "primary" }, "Sign in"), message);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    session.signIn(input.value.trim());
+    try {
+      me = await api("/whoami");
+    } catch (failure) {
+      session.signOut();
+      replace(message, problemBox(failure));
+      return;
+    }
+    route();
+  });
+  replace(main, form);
+  input.focus();
+}
+
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,17 @@
+// Leases of pooled assets, by status, task or asset.
+import { h, replace } from "../dom.js";
+import { filterForm, pagedList, pick } from "../ui.js";
+import { LEASE_COLUMNS, tenantFilter } from "./common.js";
+
+export async function render(main, ctx) {
+  const filters = [
+    { name: "status", label: "Status", options: ["ACTIVE", "RELEASED", "EXPIRED", "REVOKED"] },
+    { name: "task_id", label: "Task", size: 20 },
+    { name: "asset_id", label: "Asset" },
+    ...tenantFilter(ctx),
+  ];
+  replace(main, h("h1", null, "Leases"), filterForm(ctx, filters), pagedList(ctx, {
+    path: "/leases", query: pick(ctx.params, filters.map((f) => f.name)), limit: 200,
+    paged: false, columns: LEASE_COLUMNS, empty: "No leases match.",
+  }));
+}

@@ -1,0 +1,130 @@
+// One task: its fields, progress, live events timeline (SSE), leases, ledger entries and
+// artifacts; Cancel and Retry.
+import { api, stream } from "../api.js";
+import { badge, fields, h, json, progress, replace, section, table, time } from "../dom.js";
+import { actionButton, problemBox } from "../ui.js";
+import { batchLink, LEASE_COLUMNS, LEDGER_COLUMNS, tags } from "./common.js";
+
+const CANCELLABLE = ["PENDING", "QUEUED", "RUNNING"];
+const RETRYABLE = ["DEAD_LETTER", "FAILED", "TIMEOUT", "CANCELLED"];
+
+export async function renderDetail(main, ctx, taskId) {
+  const id = encodeURIComponent(taskId);
+  const head = h("div");
+  const events = h("ol", { class: "timeline", id: "events" });
+  const eventsState = h("p", { class: "muted", id: "events-state" }, "Connecting…");
+  const leases = h("div");
+  const ledger = h("div");
+  const artifacts = h("div");
+  replace(main, head,
+    section("Events", eventsState, events),
+    section("Leases", leases), section("Ledger entries", ledger), section("Artifacts", artifacts));
+
+  const showTask = (t) => {
+    const canWrite = !ctx.me.read_only;
+    replace(head,
+      h("h1", null, "Task ", h("code", null, t.task_id), " ", badge(t.status)),
+      h("div", { class: "actions" },
+        canWrite && CANCELLABLE.includes(t.status) && !t.cancel_requested
+          ? actionButton("Cancel", () => api(`/tasks/${id}/cancel`, { method: "POST", body: {} }),
+            refresh, { danger: true, confirmText: "Cancel this task?" }) : null,
+        canWrite && RETRYABLE.includes(t.status)
+          ? actionButton("Retry", () => api(`/tasks/${id}/retry`, { method: "POST" }), refresh) : null,
+        t.cancel_requested && t.status === "RUNNING" ? h("span", { class: "muted" }, "cancel requested") : null),
+      h("div", { class: "card" },
+        progress(t.progress, t.progress_message),
+        t.progress_message ? h("p", { class: "muted" }, t.progress_message) : null,
+        fields([
+          ["Type", t.task_type], ["Category", t.task_category], ["Tenant", t.tenant_id],
+          ["Project", t.project_id], ["Env", t.env], ["Priority", String(t.priority)],
+          ["Attempt", `${t.attempt} of ${t.max_attempts}`], ["Tags", tags(t.tags)],
+          ["Batch", batchLink(t.batch_id)], ["Description", t.description],
+          ["Idempotency key", t.idempotency_key], ["External ref", t.external_ref],
+          ["Created", time(t.created_at)], ["Queued", time(t.queued_at)],
+          ["Started", time(t.started_at)], ["Finished", time(t.finished_at)],
+          ["Run after", time(t.run_after)], ["Claimed by", t.claimed_by],
+          ["Result code", t.result_code], ["Result message", t.result_message],
+          ["Last error", t.last_error], ["Timeout", `${t.timeout_ms} ms`],
+        ]),
+        h("div", { class: "payloads" },
+          h("div", null, h("h3", null, "Input"), json(t.input_payload)),
+          t.result_payload !== null ? h("div", null, h("h3", null, "Result"), json(t.result_payload)) : null)));
+  };
+
+  let following = false;
+  const follow = () => {
+    following = true;
+    followEvents(ctx, id, events, eventsState, () => refresh()).finally(() => { following = false; });
+  };
+  let lastStatus = null;
+  let lastVersion = null;
+  const refresh = async () => {
+    const t = await api(`/tasks/${id}`, { signal: ctx.signal });
+    // Redraw only on a change, so a failed action's problem stays readable.
+    if (t.task_version !== lastVersion) showTask(t);
+    lastVersion = t.task_version;
+    // A retried task has events again: follow them once more.
+    if (!following && lastStatus !== null && t.status !== lastStatus) follow();
+    lastStatus = t.status;
+  };
+  await refresh();
+  ctx.every(refresh, 3000, head);
+  ctx.every(async () => {
+    const page = await api("/leases", { query: { task_id: taskId, limit: 100 }, signal: ctx.signal });
+    replace(leases, table(LEASE_COLUMNS, page.items, "No leases."));
+  }, 5000, leases);
+  ctx.every(async () => {
+    const page = await api("/ledger", { query: { task_id: taskId, limit: 100 }, signal: ctx.signal });
+    replace(ledger, table(LEDGER_COLUMNS, page.items, "No ledger entries."));
+  }, 5000, ledger);
+  ctx.every(async () => {
+    const page = await api(`/tasks/${id}/artifacts`, { signal: ctx.signal });
+    replace(artifacts, table([
+      { label: "Kind", get: (a) => a.kind },
+      { label: "File", get: (a) => a.file_name || a.artifact_id },
+      { label: "Type", get: (a) => a.mime_type || "" },
+      { label: "Size", get: (a) => (a.size_bytes === null ? "" : `${a.size_bytes} B`) },
+      { label: "Created", get: (a) => time(a.created_at) },
+    ], page.items, "No artifacts."));
+  }, 5000, artifacts);
+  follow();
+}
+
+/** Append each event of the SSE stream; reconnect from the last one if it drops. */
+async function followEvents(ctx, id, list, state, onChange) {
+  let after = list.lastElementChild ? list.lastElementChild.dataset.cursor : null;
+  while (ctx.alive()) {
+    try {
+      replace(state, "Live");
+      let ended = false;
+      await stream(`/tasks/${id}/events/stream`, {
+        query: after ? { after } : {}, signal: ctx.signal,
+        onEvent: (m) => {
+          if (m.event === "end") { ended = true; return; }
+          const e = JSON.parse(m.data);
+          after = e.cursor;
+          list.appendChild(eventItem(e));
+          if (e.to_status) onChange().catch(() => {});
+        },
+      });
+      if (ended) {
+        replace(state, list.children.length ? "The task finished; no more events." : "No events.");
+        return;
+      }
+    } catch (err) {
+      if (err.name === "AbortError" || !ctx.alive()) return;
+      replace(state, problemBox(err));
+    }
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+}
+
+function eventItem(e) {
+  const payload = e.payload && Object.keys(e.payload).length ? json(e.payload) : null;
+  return h("li", { class: "event", "data-cursor": e.cursor },
+    h("div", { class: "event-head" }, time(e.created_at), " ",
+      h("strong", null, e.event_type),
+      e.to_status ? [" ", e.from_status ? [badge(e.from_status), " → "] : null, badge(e.to_status)] : null,
+      e.attempt ? h("span", { class: "muted" }, ` attempt ${e.attempt}`) : null),
+    payload);
+}

@@ -1,0 +1,100 @@
+// Widgets shared by the pages: problem boxes, filter forms, paged live lists, action buttons.
+import { api, ApiError } from "./api.js";
+import { h, replace, table } from "./dom.js";
+
+/** A problem (RFC 7807) shown as its title and detail, with any field errors. */
+export function problemBox(err) {
+  if (!(err instanceof ApiError)) {
+    return h("div", { class: "problem", role: "alert" }, h("strong", null, "Error"), " ",
+      String(err && err.message ? err.message : err));
+  }
+  return h("div", { class: "problem", role: "alert" },
+    h("strong", { class: "problem-title" }, err.title),
+    err.detail ? h("span", { class: "problem-detail" }, ` — ${err.detail}`) : null,
+    err.errors.length ? h("ul", null, err.errors.map((e) =>
+      h("li", null, `${e.field}: ${e.rule}`))) : null);
+}
+
+/** A filter form whose values live in the page's hash query (so a filtered view is a link). */
+export function filterForm(ctx, filters) {
+  const inputs = filters.map((f) => {
+    const current = ctx.params.get(f.name) || "";
+    const input = f.options
+      ? h("select", { name: f.name, "aria-label": f.label },
+        h("option", { value: "" }, `any ${f.label.toLowerCase()}`),
+        f.options.map((o) => h("option", { value: o, selected: o === current }, o)))
+      : h("input", { name: f.name, value: current, placeholder: f.label, "aria-label": f.label,
+        size: f.size || 14 });
+    return h("label", null, h("span", null, f.label), input);
+  });
+  const form = h("form", { class: "filters" }, inputs,
+    h("button", { type: "submit" }, "Filter"),
+    h("button", { type: "button", class: "link", onclick: () => ctx.go(ctx.path, {}) }, "Clear"));
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const query = {};
+    for (const [k, v] of new FormData(form)) if (String(v).trim()) query[k] = String(v).trim();
+    ctx.go(ctx.path, query);
+  });
+  return form;
+}
+
+/** A list read from `path` with the hash query's filters and cursor, refreshed while live. */
+export function pagedList(ctx, { path, query = {}, columns, empty, limit = 50, live = true,
+  paged = true }) {
+  const body = h("div", { class: "list-body" }, h("p", { class: "muted" }, "Loading…"));
+  const footer = h("div", { class: "pager" });
+  const status = h("span", { class: "muted refresh" });
+  const load = async () => {
+    const q = { ...query, limit };
+    if (paged && ctx.params.get("cursor")) q.cursor = ctx.params.get("cursor");
+    const page = await api(path, { query: q, signal: ctx.signal });
+    replace(body, table(columns, page.items, empty));
+    const links = [];
+    if (ctx.params.get("cursor")) {
+      links.push(h("button", { type: "button", onclick: () => ctx.go(ctx.path, without(ctx.params, "cursor")) }, "⟵ First page"));
+    }
+    if (paged && page.next_cursor) {
+      links.push(h("button", { type: "button", class: "next",
+        onclick: () => ctx.go(ctx.path, { ...Object.fromEntries(ctx.params), cursor: page.next_cursor }) },
+        "Next page ⟶"));
+    }
+    replace(footer, links);
+    replace(status, `updated ${new Date().toLocaleTimeString()}`);
+  };
+  ctx.every(load, live ? 3000 : 0, body);
+  return h("div", { class: "list" }, body, footer, status);
+}
+
+function without(params, name) {
+  const out = Object.fromEntries(params);
+  delete out[name];
+  return out;
+}
+
+/** The query of the hash limited to `names` (the API filters a page passes through). */
+export function pick(params, names) {
+  const out = {};
+  for (const n of names) if (params.get(n)) out[n] = params.get(n);
+  return out;
+}
+
+/** A button that runs `action` (a promise), shows its problem if it fails, then `done()`. */
+export function actionButton(label, action, done, { danger = false, confirmText } = {}) {
+  const msg = h("span", { class: "action-msg" });
+  const btn = h("button", { type: "button", class: danger ? "danger" : "primary",
+    onclick: async () => {
+      if (confirmText && !window.confirm(confirmText)) return;
+      btn.disabled = true;
+      replace(msg);
+      try {
+        await action();
+        await done();
+      } catch (err) {
+        replace(msg, problemBox(err));
+      } finally {
+        btn.disabled = false;
+      }
+    } }, label);
+  return h("span", { class: "action" }, btn, msg);
+}
