@@ -98,8 +98,8 @@ def _rollup(values: list[tuple[str, str, float]]) -> Iterator[Metric]:
     """The rollup's rows as counter and histogram families (empty families included, so a
     fresh database still names every metric)."""
     grouped: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for name, labels, value in values:
-        grouped.setdefault(name, []).append((orjson.loads(labels), value))
+    for name, text, value in values:
+        grouped.setdefault(name, []).append((orjson.loads(text), value))
     for name, (family_name, doc, label_names) in _COUNTERS.items():
         counter = CounterMetricFamily(family_name, doc, labels=label_names)
         for labels, value in sorted(grouped.get(name, []), key=lambda r: sorted(r[0].items())):

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from prometheus_client.utils import floatToGoString
 
 from creep.domain.events import TaskEvent
 from creep.ports_api import ApiStore
@@ -35,7 +34,7 @@ RUN_TIME = "creep_task_run_seconds"
 #: Seconds; tasks wait and run from milliseconds to hours.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                     60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
-_LE = [floatToGoString(b) for b in DURATION_BUCKETS]
+_LE = [str(float(b)) for b in DURATION_BUCKETS]  # as Prometheus prints them
 _FINISHED = frozenset({"SUCCESS", "FAILED", "CANCELLED", "TIMEOUT", "DEAD_LETTER"})
 UNKNOWN_TYPE = "unknown"  # a task purged before its events were folded
 TASK_EVENTS = "task_events"
