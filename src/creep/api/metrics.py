@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -123,17 +123,24 @@ def _rollup(values: list[tuple[str, str, float]]) -> Iterator[Metric]:
         yield histogram
 
 
+class _RateLimited(Collector):
+    def __init__(self, rejected: Callable[[], int]) -> None:
+        self.rejected = rejected
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("creep_rate_limited", "Requests refused by the per-tenant "
+                                  "rate limit (429), in this process", value=self.rejected())
+
+
 class Metrics:
-    def __init__(self, store: ApiStore, cache_seconds: float = 2.0) -> None:
+    def __init__(self, store: ApiStore, cache_seconds: float = 2.0,
+                 rate_limited: Callable[[], int] = lambda: 0) -> None:
         self.registry = CollectorRegistry()
         self.http_requests = Histogram(
             "creep_http_request_duration_seconds", "HTTP requests by route and status",
             ["method", "route", "status"], registry=self.registry, buckets=_BUCKETS,
         )
-        self.rate_limited = Counter(
-            "creep_rate_limited_total", "Requests refused by the per-tenant rate limit",
-            registry=self.registry,
-        )
+        self.registry.register(_RateLimited(rate_limited))
         self.database = DatabaseMetrics(store, cache_seconds)
         self.registry.register(self.database)
         # Labelled children, cached: labels() takes a lock and builds a key on every call.
