@@ -31,6 +31,7 @@ def valid_traceparent(value: Any) -> bool:
 
 
 _provider: Any = None
+_tracers: dict[int, tuple[Any, Any]] = {}  # provider -> its creep tracer (made once)
 
 
 def use_tracer_provider(provider: Any) -> None:
@@ -44,9 +45,15 @@ def tracer() -> Any:
     if trace is None:
         return None
     provider = _provider or trace.get_tracer_provider()
+    cached = _tracers.get(id(provider))
+    if cached is not None and cached[0] is provider:
+        return cached[1]
     if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
         return None
-    return provider.get_tracer("creep")
+    made = provider.get_tracer("creep")
+    _tracers.clear()  # one provider at a time, in practice
+    _tracers[id(provider)] = (provider, made)
+    return made
 
 
 class _NoSpan:

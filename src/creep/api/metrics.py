@@ -114,12 +114,11 @@ def _rollup(values: list[tuple[str, str, float]]) -> Iterator[Metric]:
         sums = {tuple(labels.get(n, "") for n in label_names): value
                 for labels, value in grouped.get(f"{name}_sum", [])}
         for key in sorted(series):
-            buckets = series[key]
-            histogram.add_metric(
-                list(key),
-                [(le, buckets.get(le, 0.0)) for le in [*mf._LE, "+Inf"]],
-                sum_value=sums.get(key, 0.0),
-            )
+            per_bucket, running, cumulative = series[key], 0.0, []
+            for le in [*mf.BUCKET_LABELS, "+Inf"]:  # the rollup's buckets are not cumulative
+                running += per_bucket.get(le, 0.0)
+                cumulative.append((le, running))
+            histogram.add_metric(list(key), cumulative, sum_value=sums.get(key, 0.0))
         yield histogram
 
 

@@ -16,6 +16,8 @@ that is needed:
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +36,7 @@ RUN_TIME = "creep_task_run_seconds"
 #: Seconds; tasks wait and run from milliseconds to hours.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                     60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
-_LE = [str(float(b)) for b in DURATION_BUCKETS]  # as Prometheus prints them
+BUCKET_LABELS = [str(float(b)) for b in DURATION_BUCKETS]  # as Prometheus prints them
 _FINISHED = frozenset({"SUCCESS", "FAILED", "CANCELLED", "TIMEOUT", "DEAD_LETTER"})
 UNKNOWN_TYPE = "unknown"  # a task purged before its events were folded
 TASK_EVENTS = "task_events"
@@ -48,14 +50,15 @@ def labels_key(labels: dict[str, str]) -> str:
 @dataclass(slots=True)
 class FoldResult:
     events: int = 0
-    folded: bool = True
 
 
-def fold_task_events(store: ApiStore, *, batch: int = 1000, rounds: int = 20) -> int:
-    """Fold up to batch*rounds new task events; the number folded. Another node folding at
-    this moment (PostgreSQL) makes this a no-op: its result is what the next read shows."""
+def fold_task_events(store: ApiStore, *, batch: int = 1000, budget: float = 2.0) -> int:
+    """Fold new task events, a transaction per `batch`, until caught up or `budget` seconds
+    passed (a backlog is caught up over the next scrapes); the number folded. Another node
+    folding at this moment (PostgreSQL) makes this a no-op: the next read shows its work."""
     total = 0
-    for _ in range(rounds):
+    deadline = time.monotonic() + budget
+    while True:
         result = FoldResult()
 
         def step(cursor: str | None, result: FoldResult = result) -> tuple[str | None, Deltas]:
@@ -66,11 +69,10 @@ def fold_task_events(store: ApiStore, *, batch: int = 1000, rounds: int = 20) ->
             return events[-1].cursor, task_event_deltas(store, events)
 
         if not store.metric_fold(TASK_EVENTS, step):
-            break
+            return total
         total += result.events
-        if result.events < batch:
-            break
-    return total
+        if result.events < batch or time.monotonic() > deadline:
+            return total
 
 
 def task_event_deltas(store: ApiStore, events: list[TaskEvent]) -> Deltas:
@@ -140,9 +142,9 @@ def _add(deltas: Deltas, name: str, labels: dict[str, str], amount: float) -> No
 
 
 def _observe(deltas: Deltas, name: str, labels: dict[str, str], seconds: float) -> None:
+    """One observation: +1 in the one bucket it falls in (the rollup keeps buckets
+    non-cumulative, the renderer adds them up) and + seconds to the sum."""
     seconds = max(0.0, seconds)
-    for bound, le in zip(DURATION_BUCKETS, _LE, strict=True):
-        if seconds <= bound:
-            _add(deltas, f"{name}_bucket", {**labels, "le": le}, 1)
-    _add(deltas, f"{name}_bucket", {**labels, "le": "+Inf"}, 1)
+    le = BUCKET_LABELS[i] if (i := bisect_left(DURATION_BUCKETS, seconds)) < len(BUCKET_LABELS) else "+Inf"
+    _add(deltas, f"{name}_bucket", {**labels, "le": le}, 1)
     _add(deltas, f"{name}_sum", labels, seconds)
