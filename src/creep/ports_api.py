@@ -6,7 +6,8 @@ so `Store` itself stays what the engine needs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -15,6 +16,7 @@ from creep.domain.batch import Batch
 from creep.domain.task import TaskOrder
 from creep.domain.tenancy import ApiKey, Tenant
 from creep.ports import Store
+from creep.storage.metrics_store import FoldStep, Mark, MetricsGauges
 
 
 @dataclass(slots=True)
@@ -49,6 +51,15 @@ class AuditRow:
     created_at: datetime
 
 
+@dataclass(slots=True)
+class BatchCancelled:
+    """What a batch cancel did, in its one transaction."""
+
+    cancelled: list[str] = field(default_factory=list)  # were PENDING/QUEUED, now CANCELLED
+    requested: list[str] = field(default_factory=list)  # RUNNING, now asked to stop
+    dependants: int = 0  # tasks elsewhere cancelled because they depended on those
+
+
 class ApiStore(Store, Protocol):
     # tenants and keys
     def tenant_create(self, tenant: Tenant) -> Tenant: ...
@@ -74,10 +85,9 @@ class ApiStore(Store, Protocol):
     ) -> list[Batch]: ...
     def batch_cursor(self, batch: Batch) -> str: ...
     def batch_task_counts(self, batch_id: str) -> dict[str, tuple[int, int]]: ...
-    def batch_open_task_ids(self, batch_id: str) -> list[str]: ...
-    def batch_mark_cancelled(
+    def batch_cancel(
         self, batch_id: str, now: datetime, tenant_id: str | None = None
-    ) -> Batch: ...
+    ) -> tuple[Batch, BatchCancelled]: ...
 
     # limits shared by all API nodes
     def rate_take(self, bucket: str, rate: float, burst: int, now: datetime) -> float: ...
@@ -86,6 +96,12 @@ class ApiStore(Store, Protocol):
     def ping(self, timeout: float) -> int: ...
     def queue_depth(self) -> list[tuple[str, int, int]]: ...
     def task_status_counts(self, tenant_id: str | None) -> dict[str, int]: ...
+    # /metrics (storage/metrics_store.py)
+    def metric_fold(self, name: str, step: FoldStep) -> bool: ...
+    def metric_values(self) -> list[tuple[str, str, float]]: ...
+    def metric_task_marks(
+        self, task_ids: Sequence[str]) -> tuple[dict[str, str], list[Mark]]: ...
+    def metric_gauges(self) -> MetricsGauges: ...
     def list_cursor(self, task: TaskOrder) -> str: ...
 
 

@@ -8,6 +8,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from tests.api.conftest import Server, start_server, stop_server
@@ -17,10 +18,19 @@ def test_rate_limit_answers_429_with_retry_after(server: Server) -> None:
     # One token per ~17 minutes: the burst is all there is during this test.
     _, key = server.tenant(rate_limit_per_second=0.001, rate_limit_burst=3)
     _, other = server.tenant()
+
+    def refused() -> float:
+        for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+            if line.startswith("creep_rate_limited_total "):
+                return float(line.split()[1])
+        raise AssertionError("creep_rate_limited_total is missing")
+
+    before = refused()
     with server.client(key) as c, server.client(other) as o:
         assert [c.get("/v1/tasks").status_code for _ in range(3)] == [200, 200, 200]
         limited = c.get("/v1/tasks")
         assert limited.status_code == 429
+        assert refused() == before + 1
         assert limited.json()["type"].endswith("/rate-limited")
         assert int(limited.headers["retry-after"]) >= 1
         assert o.get("/v1/tasks").status_code == 200  # other tenants are not affected

@@ -97,7 +97,8 @@ def create_app(
                 svc, app.state.tenant_limits,
                 shared=the_store.dialect == "postgres" or settings.workers > 1,
             )
-            app.state.metrics = Metrics(the_store)
+            app.state.metrics = Metrics(the_store, settings.metrics_cache_seconds,
+                                        rate_limited=lambda: app.state.rate_limiter.rejected)
             app.state.create_batcher = CreateBatcher(svc)
             # Rescue expired claims, time out overdue tasks (HTTP workers cannot): api2.
             maintainer = None

@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from creep import tracing
+
 REQUEST_ID_HEADER = "x-request-id"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _request_id: ContextVar[str | None] = ContextVar("creep_request_id", default=None)
@@ -59,6 +61,8 @@ class RequestContextMiddleware:
             await _reject_nul(send, request_id)
             return
         token = _request_id.set(request_id)
+        t = tracing.tracer()  # None unless OpenTelemetry is installed and set up
+        traced = tracing.start_server_span(t, scope, request_id) if t is not None else None
         started = time.perf_counter()
         status = 500
         raw_id = request_id.encode()
@@ -109,6 +113,8 @@ class RequestContextMiddleware:
             template = route_template(scope)
             if self.on_done is not None:
                 self.on_done(scope["method"], template, status, elapsed)
+            if traced is not None:
+                tracing.end_server_span(*traced, scope["method"], template, status)
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info(
                     "%s %s %s", scope["method"], scope["path"], status,

@@ -1,61 +1,150 @@
-"""Prometheus metrics: HTTP requests, tasks created, and the queue depth read from the
-database at scrape time (so every API node reports the same, shared numbers)."""
+"""Prometheus metrics. Two kinds, so that many API nodes on one database report right:
+
+- Cluster-wide, from the database (identical on every node; aggregate with max(), not sum()):
+  gauges computed at scrape time (queue depth, leases, assets, ledger totals) and the task
+  lifecycle counters and histograms of the rollup folded from task events
+  (`metrics_fold.py`). A node reads them at most once per `metrics_cache_seconds`.
+- Per process (sum() across nodes): HTTP request durations and rate-limit refusals.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+import orjson
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from creep.api import metrics_fold as mf
 from creep.ports_api import ApiStore
 
 log = logging.getLogger("creep.api")
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_COUNTERS = {
+    mf.CREATED: ("creep_tasks_created", "Tasks created, by task type", ["task_type"]),
+    mf.FINISHED: ("creep_tasks_finished", "Tasks that reached a final status (a retried "
+                  "task counts each time it does), by task type and status",
+                  ["task_type", "status"]),
+}
+_HISTOGRAMS = {
+    mf.CLAIM_TO_START: ("Seconds from a task becoming claimable to a worker starting it",
+                        ["task_type"]),
+    mf.RUN_TIME: ("Seconds a task attempt ran, by task type and the status it left RUNNING "
+                  "for", ["task_type", "status"]),
+}
 
 
-class _QueueDepth(Collector):
-    def __init__(self, store: ApiStore) -> None:
+class DatabaseMetrics(Collector):
+    """Everything /metrics derives from the database, refreshed at most once per `ttl`."""
+
+    def __init__(self, store: ApiStore, ttl: float) -> None:
         self.store = store
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._at = float("-inf")
+        self._families: list[Metric] = []
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
+    def describe(self) -> list[Metric]:
+        return []  # registering must not read the database (collect() would)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            if time.monotonic() - self._at >= self.ttl:
+                try:
+                    self._families = self._read()
+                except Exception as exc:  # a scrape must not fail because the database did
+                    log.warning("database metrics unavailable: %s", exc)
+                self._at = time.monotonic()
+            families = self._families
+        yield from families
+
+    def _read(self) -> list[Metric]:
+        mf.fold_task_events(self.store)
+        families: list[Metric] = [*_rollup(self.store.metric_values())]
+        depth = GaugeMetricFamily(
             "creep_queue_depth", "Unfinished tasks by status and priority band (0-9, by tens)",
             labels=["status", "priority_band"],
         )
-        try:
-            rows = self.store.queue_depth()
-        except Exception as exc:  # a scrape must not fail because the database did
-            log.warning("queue depth unavailable: %s", exc)
-            rows = []
-        for status, band, count in rows:
-            family.add_metric([status, str(band)], count)
-        yield family
+        for status, band, count in self.store.queue_depth():
+            depth.add_metric([status, str(band)], count)
+        gauges = self.store.metric_gauges()
+        leases = GaugeMetricFamily("creep_leases", "Asset leases by status", labels=["status"])
+        for status, count in gauges.leases:
+            leases.add_metric([status], count)
+        assets = GaugeMetricFamily("creep_assets", "Assets by status", labels=["status"])
+        for status, count in gauges.assets:
+            assets.add_metric([status], count)
+        amount = GaugeMetricFamily(
+            "creep_ledger_amount", "Sum of ledger entry amounts by entry type and currency",
+            labels=["entry_type", "currency"],
+        )
+        entries = GaugeMetricFamily(
+            "creep_ledger_entries", "Ledger entries by entry type and currency",
+            labels=["entry_type", "currency"],
+        )
+        for entry_type, currency, total, n in gauges.ledger:
+            amount.add_metric([entry_type, currency], float(total))
+            entries.add_metric([entry_type, currency], n)
+        return [*families, depth, leases, assets, amount, entries]
+
+
+def _rollup(values: list[tuple[str, str, float]]) -> Iterator[Metric]:
+    """The rollup's rows as counter and histogram families (empty families included, so a
+    fresh database still names every metric)."""
+    grouped: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for name, text, value in values:
+        grouped.setdefault(name, []).append((orjson.loads(text), value))
+    for name, (family_name, doc, label_names) in _COUNTERS.items():
+        counter = CounterMetricFamily(family_name, doc, labels=label_names)
+        for labels, value in sorted(grouped.get(name, []), key=lambda r: sorted(r[0].items())):
+            counter.add_metric([labels.get(n, "") for n in label_names], value)
+        yield counter
+    for name, (doc, label_names) in _HISTOGRAMS.items():
+        histogram = HistogramMetricFamily(name, doc, labels=label_names)
+        series: dict[tuple[str, ...], dict[str, float]] = {}
+        for labels, value in grouped.get(f"{name}_bucket", []):
+            key = tuple(labels.get(n, "") for n in label_names)
+            series.setdefault(key, {})[labels["le"]] = value
+        sums = {tuple(labels.get(n, "") for n in label_names): value
+                for labels, value in grouped.get(f"{name}_sum", [])}
+        for key in sorted(series):
+            per_bucket, running, cumulative = series[key], 0.0, []
+            for le in [*mf.BUCKET_LABELS, "+Inf"]:  # the rollup's buckets are not cumulative
+                running += per_bucket.get(le, 0.0)
+                cumulative.append((le, running))
+            histogram.add_metric(list(key), cumulative, sum_value=sums.get(key, 0.0))
+        yield histogram
+
+
+class _RateLimited(Collector):
+    def __init__(self, rejected: Callable[[], int]) -> None:
+        self.rejected = rejected
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("creep_rate_limited", "Requests refused by the per-tenant "
+                                  "rate limit (429), in this process", value=self.rejected())
 
 
 class Metrics:
-    def __init__(self, store: ApiStore) -> None:
+    def __init__(self, store: ApiStore, cache_seconds: float = 2.0,
+                 rate_limited: Callable[[], int] = lambda: 0) -> None:
         self.registry = CollectorRegistry()
         self.http_requests = Histogram(
             "creep_http_request_duration_seconds", "HTTP requests by route and status",
             ["method", "route", "status"], registry=self.registry, buckets=_BUCKETS,
         )
-        self.tasks_created = Counter(
-            "creep_tasks_created_total", "Tasks created through the API",
-            ["task_type"], registry=self.registry,
-        )
-        self.rate_limited = Counter(
-            "creep_rate_limited_total", "Requests refused by the per-tenant rate limit",
-            registry=self.registry,
-        )
-        self.registry.register(_QueueDepth(store))
+        self.registry.register(_RateLimited(rate_limited))
+        self.database = DatabaseMetrics(store, cache_seconds)
+        self.registry.register(self.database)
         # Labelled children, cached: labels() takes a lock and builds a key on every call.
-        # Label values are bounded (route templates, statuses, task types), so are these.
+        # Label values are bounded (route templates, statuses), so are these.
         self._http_children: dict[tuple[str, str, int], Any] = {}
-        self._created_children: dict[str, Any] = {}
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, status)
@@ -64,12 +153,6 @@ class Metrics:
             child = self._http_children[key] = self.http_requests.labels(
                 method, route, str(status))
         child.observe(seconds)
-
-    def task_created(self, task_type: str) -> None:
-        child = self._created_children.get(task_type)
-        if child is None:
-            child = self._created_children[task_type] = self.tasks_created.labels(task_type)
-        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -59,6 +59,9 @@ class Settings:
     claim_poll_seconds: float = 0.25
     #: Leader-only maintenance on the server (rescue expired claims, time outs); 0: off.
     maintenance_interval_seconds: float = 1.0
+    #: /metrics reads the database at most this often; scrapes in between get the last
+    #: numbers (so many scrapers cannot hammer the database). 0: every scrape reads.
+    metrics_cache_seconds: float = 2.0
 
     @property
     def dialect(self) -> str:
@@ -162,6 +165,7 @@ _SPEC: dict[str, tuple[Callable[[str], Any], Check | None]] = {
     "artifact_max_bytes": (_int, _range(1, 1 << 40)),
     "claim_poll_seconds": (_float, _range(0.01, 60)),
     "maintenance_interval_seconds": (_float, _range(0, 3600)),
+    "metrics_cache_seconds": (_float, _range(0, 300)),
 }
 
 

@@ -17,6 +17,7 @@ import orjson
 
 from creep.domain.errors import ValidationError
 from creep.domain.ids import uuid7
+from creep.tracing import TRACEPARENT, span, stamp_traceparent, tracer, valid_traceparent
 
 DEFAULT_PRIORITY = 50
 DEFAULT_TIMEOUT_MS = 300_000
@@ -240,6 +241,10 @@ def _constraints(errs: _Errors, value: Any) -> dict[str, Any]:
         isinstance(grace, bool) or not isinstance(grace, int) or not 0 <= grace <= MAX_GRACE_MS
     ):
         errs.add("constraints.timeout_grace_ms", f"must be an integer from 0 to {MAX_GRACE_MS}")
+    parent = out.get(TRACEPARENT)  # OpenTelemetry: the submitter's span (creep.tracing)
+    if parent is not None and not valid_traceparent(parent):
+        errs.add("constraints.traceparent",
+                 "must be a W3C traceparent: 00-<32 hex>-<16 hex>-<2 hex>, lower case")
     on_revoked = out.get("on_lease_revoked")
     if on_revoked is not None and on_revoked not in ("cancel", "continue"):
         errs.add("constraints.on_lease_revoked", 'must be "cancel" or "continue"')
@@ -389,7 +394,12 @@ def validate_task_spec(
     )
     if errs.items:
         raise ValidationError(errs.items)
-    spec.request_hash = request_fingerprint(data)
+    spec.request_hash = request_fingerprint(data)  # of what was sent: before the stamp
+    if tracer() is not None:
+        stamp_traceparent(spec.constraints)
+        with span("creep.task.submit", {"creep.task_id": spec.task_id,
+                                         "creep.task_type": spec.task_type}):
+            pass  # marks the submission in the submitter's trace
     return spec
 
 

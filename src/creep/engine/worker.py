@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import heapq
 import inspect
 import logging
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from creep import tracing
 from creep.domain.clock import Clock, SystemClock
 from creep.domain.errors import CreepError, SchemaOutOfDate, StorageError, ValidationError
 from creep.domain.outcomes import (
@@ -267,6 +269,16 @@ class Worker:
                 await asyncio.wait_for(self._wake_or_stop(), s.poll_interval)
 
     async def _claim(self, types: list[str], want: int) -> list[ClaimedTask]:
+        if tracing.tracer() is None:
+            return await self._claim_round(types, want)
+        with tracing.span("creep.claim", {"creep.worker_id": self.worker_id,
+                                          "creep.task_types": list(types),
+                                          "creep.max_tasks": want}) as current:
+            claimed = await self._claim_round(types, want)
+            current.set_attribute("creep.claimed", len(claimed))
+            return claimed
+
+    async def _claim_round(self, types: list[str], want: int) -> list[ClaimedTask]:
         """Claim up to `want` tasks. Completions waiting in the buffer ride along in the same
         transaction when the store offers that (one commit instead of two per round)."""
         s = self.settings
@@ -280,9 +292,11 @@ class Worker:
             return await self._claim_alone(types, want)
         batch, self._buffer = self._buffer, []
         try:
-            _, claimed = await self._call(
-                combined, batch, self.worker_id, types, want, self.clock.now(), s.claim_ttl
-            )
+            with tracing.span("creep.complete", {"creep.tasks": len(batch),
+                                                 "creep.with_claim": True}):
+                _, claimed = await self._call(
+                    combined, batch, self.worker_id, types, want, self.clock.now(), s.claim_ttl
+                )
         except CreepError as exc:
             # Not written: the completer takes them again (with its retries), and the claim
             # goes alone, as it would without this shortcut.
@@ -380,6 +394,21 @@ class Worker:
             run.job.cancel()
 
     async def _execute(self, run: _Running) -> None:
+        if tracing.tracer() is None:
+            await self._execute_run(run)
+            return
+        task = run.claimed.task
+        # One span per run, a child of the submitter's span (constraints.traceparent).
+        with tracing.span(
+            "creep.task.run",
+            {"creep.task_id": task.task_id, "creep.task_type": task.task_type,
+             "creep.attempt": task.attempt, "creep.worker_id": self.worker_id},
+            traceparent=task.constraints.get(tracing.TRACEPARENT),
+        ) as current:
+            outcome = await self._execute_run(run)
+            current.set_attribute("creep.outcome", outcome.kind.value if outcome else "lost")
+
+    async def _execute_run(self, run: _Running) -> Outcome | None:
         task = run.claimed.task
         token = run.claimed.claim_token
         handler = self.handlers[task.task_type]
@@ -393,7 +422,9 @@ class Worker:
             else:
                 loop = asyncio.get_running_loop()
                 sync_ctx = SyncTaskContext(run.ctx, loop)
-                value = await loop.run_in_executor(self._sync_pool, handler, sync_ctx)
+                # In the handler's thread too: the current span (its own spans nest in it).
+                value = await loop.run_in_executor(
+                    self._sync_pool, contextvars.copy_context().run, handler, sync_ctx)
             if run.stop_reason is not None:
                 # A sync handler cannot be interrupted; it finished after it was stopped.
                 outcome = self._stopped_outcome(run)
@@ -424,7 +455,7 @@ class Worker:
             self._slot_freed.set()
         if outcome is None:
             self.stats["lost"] += 1
-            return
+            return None
         resolution = resolve(
             outcome, attempt=task.attempt, max_attempts=task.max_attempts,
             now=self.clock.now(), backoff=self.settings.backoff,
@@ -433,6 +464,7 @@ class Worker:
         batch = self.settings.batch_size or self.settings.concurrency
         if len(self._buffer) >= batch or len(self._buffer) >= 1000 or len(self._buffer) == 1:
             self._flush_now.set()
+        return outcome
 
     def _stopped_outcome(self, run: _Running) -> Outcome | None:
         task_id, token = run.claimed.task.task_id, run.claimed.claim_token
@@ -478,7 +510,9 @@ class Worker:
             try:
                 while True:
                     try:
-                        await self._call(self.store.task_complete_many, batch, self.clock.now())
+                        with tracing.span("creep.complete", {"creep.tasks": len(batch)}):
+                            await self._call(
+                                self.store.task_complete_many, batch, self.clock.now())
                         break
                     except CreepError as exc:
                         log.warning("completing %d tasks failed, retrying: %s", len(batch), exc)

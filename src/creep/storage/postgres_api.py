@@ -17,7 +17,13 @@ from creep.domain.batch import Batch
 from creep.domain.errors import ConflictError, NotFound, StorageError
 from creep.domain.task import TaskOrder
 from creep.domain.tenancy import ApiKey, PrincipalType, Role, Tenant
-from creep.ports_api import SECRET_COLUMNS, SNAPSHOT_TABLES, AuditFilter, AuditRow
+from creep.ports_api import (
+    SECRET_COLUMNS,
+    SNAPSHOT_TABLES,
+    AuditFilter,
+    AuditRow,
+    BatchCancelled,
+)
 
 _TENANT = "tenant_id, name, rate_limit_per_second, rate_limit_burst, max_active_tasks, created_at"
 _KEY = (
@@ -69,6 +75,10 @@ class PostgresApiMixin:
             self, conn: psycopg.Connection[Any], task_id: str, tenant_id: str | None, *,
             lock: bool,
         ) -> TaskOrder: ...
+        def _cancel_dependants(
+            self, conn: psycopg.Connection[Any], parents: list[str], now: datetime
+        ) -> None: ...
+        def _wake(self, channel: str, payload: str) -> None: ...
 
         conninfo: str
 
@@ -310,27 +320,66 @@ class PostgresApiMixin:
             ).fetchall()
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
-    def batch_open_task_ids(self, batch_id: str) -> list[str]:
-        with self._tx() as conn:
-            rows = conn.execute(
-                "SELECT task_id FROM tasks WHERE batch_id = %s "
-                "AND status IN ('PENDING', 'QUEUED', 'RUNNING')",
-                (batch_id,),
-            ).fetchall()
-        return [r[0] for r in rows]
-
-    def batch_mark_cancelled(
+    def batch_cancel(
         self, batch_id: str, now: datetime, tenant_id: str | None = None
-    ) -> Batch:
+    ) -> tuple[Batch, BatchCancelled]:
+        """Cancel the batch and every unfinished task of it in ONE transaction (see the SQLite
+        side). The batch row, then the open tasks in task_id order, are locked FOR UPDATE: a
+        concurrent claim either ran first (the task is RUNNING: asked to stop) or finds the
+        row locked and, once this commits, no longer QUEUED."""
+        done = BatchCancelled()
         with self._tx() as conn:
             row = conn.execute(
                 "UPDATE batches SET cancelled_at = COALESCE(cancelled_at, %s), updated_at = %s "
                 f"WHERE batch_id = %s AND (%s::text IS NULL OR tenant_id = %s) RETURNING {_BATCH}",
                 (now, now, batch_id, tenant_id, tenant_id),
             ).fetchone()
-        if row is None:
-            raise NotFound("batch", batch_id)
-        return _batch(row)
+            if row is None:
+                raise NotFound("batch", batch_id)
+            tasks = conn.execute(
+                "SELECT task_id, tenant_id, status, attempt, cancel_requested FROM tasks "
+                "WHERE batch_id = %s AND status IN ('PENDING', 'QUEUED', 'RUNNING') "
+                "ORDER BY task_id FOR UPDATE",
+                (batch_id,),
+            ).fetchall()
+            events: list[tuple[Any, ...]] = []
+            for task_id, tenant, status, attempt, cancel_requested in tasks:
+                if status == "RUNNING":
+                    if not cancel_requested:
+                        done.requested.append(str(task_id))
+                        events.append((task_id, tenant, "cancel_requested", status, status,
+                                       attempt))
+                else:
+                    done.cancelled.append(str(task_id))
+                    events.append((task_id, tenant, "cancelled", status, "CANCELLED", attempt))
+            if done.cancelled:
+                conn.execute(
+                    "UPDATE tasks SET status = 'CANCELLED', result_code = 'CANCELLED', "
+                    "result_message = 'batch cancelled', finished_at = %s, updated_at = %s, "
+                    "task_version = task_version + 1 WHERE task_id = ANY(%s::uuid[])",
+                    (now, now, done.cancelled),
+                )
+            if done.requested:
+                conn.execute(
+                    "UPDATE tasks SET cancel_requested = true, updated_at = %s, "
+                    "task_version = task_version + 1 WHERE task_id = ANY(%s::uuid[])",
+                    (now, done.requested),
+                )
+                conn.execute("SELECT pg_notify('creep_cancel', t) FROM unnest(%s::text[]) t",
+                             (done.requested,))
+            if events:
+                conn.execute(
+                    "INSERT INTO task_events (task_id, tenant_id, event_type, from_status, "
+                    "to_status, attempt, payload, created_at) SELECT e.*, %s, %s FROM unnest("
+                    "%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[], %s::integer[]) e",
+                    (Jsonb({"reason": "batch cancelled", "batch_id": batch_id}), now,
+                     *([e[i] for e in events] for i in range(6))),
+                )
+            if done.cancelled:
+                self._cancel_dependants(conn, done.cancelled, now)
+        for task_id in done.requested:
+            self._wake("creep_cancel", task_id)
+        return _batch(row), done
 
     # -- limits --------------------------------------------------------------------------------
 

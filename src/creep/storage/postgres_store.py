@@ -57,6 +57,7 @@ from creep.storage.common import (
     rescue,
     resolution_payload,
 )
+from creep.storage.metrics_store import PostgresMetricsMixin  # /metrics
 from creep.storage.postgres_api import PostgresApiMixin
 from creep.storage.postgres_artifacts import PostgresArtifactsMixin  # artifacts + HTTP workers
 from creep.storage.postgres_assets import PostgresAssets
@@ -121,7 +122,7 @@ class _Apply:
 
 class PostgresStore(
     PostgresSchedulesMixin, PostgresAssets, PostgresApiMixin, PostgresArtifactsMixin,
-    AssetPagesMixin,
+    AssetPagesMixin, PostgresMetricsMixin,
 ):  # schedules, assets, API tables, artifacts, REST pages: see the mixins
     dialect = "postgres"
 

@@ -17,7 +17,13 @@ from creep.domain.batch import Batch
 from creep.domain.errors import ConflictError, NotFound, StorageError
 from creep.domain.task import TaskOrder
 from creep.domain.tenancy import ApiKey, PrincipalType, Role, Tenant
-from creep.ports_api import SECRET_COLUMNS, SNAPSHOT_TABLES, AuditFilter, AuditRow
+from creep.ports_api import (
+    SECRET_COLUMNS,
+    SNAPSHOT_TABLES,
+    AuditFilter,
+    AuditRow,
+    BatchCancelled,
+)
 from creep.storage.sqlite_bulk import insert_rows
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -85,6 +91,9 @@ class SqliteApiMixin:
             self, conn: sqlite3.Connection, task_id: str, tenant_id: str | None
         ) -> TaskOrder: ...
         def schema_version(self) -> int: ...
+        def _cancel_dependants(
+            self, conn: sqlite3.Connection, parents: list[str], now_us: int) -> None: ...
+        def _wake(self, channel: str, payload: str) -> None: ...
 
         path: str
 
@@ -294,16 +303,14 @@ class SqliteApiMixin:
         ).fetchall()
         return {r[0]: (r[1], r[2]) for r in rows}
 
-    def batch_open_task_ids(self, batch_id: str) -> list[str]:
-        rows = self._conn().execute(
-            "SELECT task_id FROM tasks WHERE batch_id = ? AND status IN (?, ?, ?)",
-            (batch_id, *_OPEN),
-        ).fetchall()
-        return [r[0] for r in rows]
-
-    def batch_mark_cancelled(
+    def batch_cancel(
         self, batch_id: str, now: datetime, tenant_id: str | None = None
-    ) -> Batch:
+    ) -> tuple[Batch, BatchCancelled]:
+        """Cancel the batch and every unfinished task of it in ONE transaction: PENDING and
+        QUEUED tasks become CANCELLED (and their dependants with them), RUNNING ones are asked
+        to stop. BEGIN IMMEDIATE keeps claims out until it commits: all or nothing."""
+        now_us = _us(now)
+        done = BatchCancelled()
         with self._write() as conn:
             row = conn.execute(
                 f"SELECT {_BATCH} FROM batches WHERE batch_id = ?", (batch_id,)
@@ -313,12 +320,49 @@ class SqliteApiMixin:
             conn.execute(
                 "UPDATE batches SET cancelled_at = COALESCE(cancelled_at, ?1), updated_at = ?1 "
                 "WHERE batch_id = ?2",
-                (_us(now), batch_id),
+                (now_us, batch_id),
             )
+            tasks = conn.execute(
+                "SELECT task_id, tenant_id, status, attempt, cancel_requested FROM tasks "
+                "WHERE batch_id = ? AND status IN (?, ?, ?) ORDER BY task_id",
+                (batch_id, *_OPEN),
+            ).fetchall()
+            payload = orjson.dumps({"reason": "batch cancelled", "batch_id": batch_id})
+            events: list[tuple[Any, ...]] = []
+            for task_id, tenant, status, attempt, cancel_requested in tasks:
+                if status == "RUNNING":
+                    if not cancel_requested:
+                        done.requested.append(task_id)
+                        events.append((task_id, tenant, "cancel_requested", status, status,
+                                       attempt, payload, now_us))
+                else:
+                    done.cancelled.append(task_id)
+                    events.append((task_id, tenant, "cancelled", status, "CANCELLED", attempt,
+                                   payload, now_us))
+            for ids, sql in (
+                (done.cancelled, "UPDATE tasks SET status = 'CANCELLED', result_code = "
+                 "'CANCELLED', result_message = 'batch cancelled', finished_at = ?1, "
+                 "updated_at = ?1, task_version = task_version + 1 "
+                 "WHERE task_id IN (SELECT value FROM json_each(?2))"),
+                (done.requested, "UPDATE tasks SET cancel_requested = 1, updated_at = ?1, "
+                 "task_version = task_version + 1 "
+                 "WHERE task_id IN (SELECT value FROM json_each(?2))"),
+            ):
+                if ids:
+                    conn.execute(sql, (now_us, orjson.dumps(ids).decode()))
+            conn.executemany(
+                "INSERT INTO task_events (task_id, tenant_id, event_type, from_status, "
+                "to_status, attempt, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                events,
+            )
+            if done.cancelled:
+                self._cancel_dependants(conn, done.cancelled, now_us)
             updated = conn.execute(
                 f"SELECT {_BATCH} FROM batches WHERE batch_id = ?", (batch_id,)
             ).fetchone()
-        return _batch(updated)
+        for task_id in done.requested:
+            self._wake("creep_cancel", task_id)
+        return _batch(updated), done
 
     # -- limits --------------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ from creep.storage.common import (
     rescue,
     resolution_payload,
 )
+from creep.storage.metrics_store import SqliteMetricsMixin  # /metrics
 from creep.storage.sqlite_api import SqliteApiMixin
 from creep.storage.sqlite_artifacts import SqliteArtifactsMixin  # artifacts + HTTP workers
 from creep.storage.sqlite_assets import SqliteAssets
@@ -127,7 +128,7 @@ class _Apply:
 
 class SqliteStore(
     SqliteSchedulesMixin, SqliteAssets, SqliteApiMixin, SqliteArtifactsMixin,
-    AssetPagesMixin,
+    AssetPagesMixin, SqliteMetricsMixin,
 ):  # schedules, assets, API tables, artifacts, REST pages: see the mixins
     dialect = "sqlite"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -25,7 +24,7 @@ from creep.api.tenancy import owning_tenant, read_scope
 from creep.domain.audit import AuditAction, ResourceType
 from creep.domain.batch import Batch, derive_counts
 from creep.domain.dag import topological_order
-from creep.domain.errors import ConflictError, NotFound, ValidationError
+from creep.domain.errors import ValidationError
 from creep.domain.task_spec import TaskSpec, validate_task_spec
 
 router = APIRouter(prefix="/batches", tags=["batches"])
@@ -160,16 +159,12 @@ def get_batch(batch_id: str, principal: Authenticated, svc: Svc) -> Any:
 @router.post("/{batch_id}/cancel", response_model=BatchOut,
              responses={404: {"description": "no such batch"}})
 def cancel_batch(batch_id: str, request: Request, principal: Writer, svc: Svc) -> Any:
-    """Cancel every unfinished task of the batch (running ones are asked to stop)."""
+    """Cancel the batch: in one transaction, every PENDING or QUEUED task of it becomes
+    CANCELLED (with its dependants) and every RUNNING one is asked to stop; all or nothing."""
     scope = read_scope(principal)
     before = svc.store.batch_get(batch_id, scope)
     old = svc.store.snapshot(ResourceType.BATCH, batch_id)
     with audited(request, principal, AuditAction.CANCELLED, ResourceType.BATCH, batch_id,
                  old=old, tenant_id=before.tenant_id):
-        batch = svc.store.batch_mark_cancelled(batch_id, svc.clock.now(), scope)
-    for task_id in svc.store.batch_open_task_ids(batch_id):
-        # A task may have finished meanwhile, or be asked to stop already.
-        with contextlib.suppress(ConflictError, NotFound):
-            svc.store.task_cancel(task_id, svc.clock.now(), tenant_id=before.tenant_id,
-                                  reason="batch cancelled")
+        batch, _ = svc.store.batch_cancel(batch_id, svc.clock.now(), scope)
     return json_response(_batch_body(svc, batch))

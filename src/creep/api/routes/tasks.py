@@ -111,7 +111,6 @@ async def create_task(request: Request) -> Any:
     if task.replayed:
         headers["Idempotent-Replayed"] = "true"
         return json_response(task_json(task), 200, headers)
-    request.app.state.metrics.task_created(task.task_type)
     return json_response(task_json(task), 201, headers)
 
 
