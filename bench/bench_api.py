@@ -65,24 +65,45 @@ def wait_live(url: str, proc: subprocess.Popen[bytes]) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
-def uvicorn_args(port: int) -> list[str]:
-    # The settings `creep server` uses: one process, uvloop + httptools (uvicorn[standard]),
-    # no access log.
+def uvicorn_args(port: int, workers: int) -> list[str]:
+    # The settings `creep server` uses: uvloop + httptools (uvicorn[standard]), no access log,
+    # the same number of worker processes.
     return ["--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level",
-            "warning", "--loop", "uvloop", "--http", "httptools"]
+            "warning", "--loop", "uvloop", "--http", "httptools", "--workers", str(workers)]
 
 
-def run_wrk(url: str, lua: Path, args: argparse.Namespace) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children (uvicorn workers), from /proc: on a
+    shared machine, server CPU per request is steadier than requests/s."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                pids.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def run_wrk(url: str, lua: Path, args: argparse.Namespace, pid: int) -> dict[str, float]:
+    cpu_before = cpu_seconds(pid)
     out = subprocess.run(
         ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d",
          f"{args.duration}s", "--latency", "-s", str(lua), url],
         capture_output=True, text=True, check=True,
     ).stdout
+    cpu = cpu_seconds(pid) - cpu_before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     p50 = re.search(r"50%\s+([\d.]+\w+)", out)
     p99 = re.search(r"99%\s+([\d.]+\w+)", out)
-    return {"rps": rps, "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+    return {"rps": rps, "cpu_us": cpu / max(total, 1) * 1e6, "non_2xx": int(non2xx.group(1)) if non2xx else 0,
             "p50": p50.group(1) if p50 else "?", "p99": p99.group(1) if p99 else "?"}  # type: ignore[dict-item]
 
 
@@ -92,6 +113,8 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="uvicorn worker processes, for both servers")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install -y wrk)")
@@ -115,12 +138,13 @@ def main() -> None:
     try:
         bare_port, creep_port = free_port(), free_port()
         bare = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "bare_app:app", *uvicorn_args(bare_port)],
+            [sys.executable, "-m", "uvicorn", "bare_app:app", *uvicorn_args(bare_port, args.workers)],
             cwd=work,
         )
         procs.append(bare)
         env = {**os.environ, "CREEP_DATABASE_URL": database_url, "CREEP_ADMIN_KEY": ADMIN_KEY,
-               "CREEP_PORT": str(creep_port), "CREEP_LOG_LEVEL": "WARNING"}
+               "CREEP_PORT": str(creep_port), "CREEP_LOG_LEVEL": "WARNING",
+               "CREEP_WORKERS": str(args.workers)}
         creep = subprocess.Popen([sys.executable, "-m", "creep.cli", "server"], env=env)
         procs.append(creep)
         wait_live(f"http://127.0.0.1:{bare_port}/docs", bare)
@@ -135,8 +159,8 @@ def main() -> None:
         for url in (f"http://127.0.0.1:{bare_port}/bare", f"{base}/v1/tasks"):
             subprocess.run(["wrk", "-t", "1", "-c", "4", "-d", "2s", "-s", str(lua), url],
                            capture_output=True, check=True)
-        results["bare"] = run_wrk(f"http://127.0.0.1:{bare_port}/bare", lua, args)
-        results["creep"] = run_wrk(f"{base}/v1/tasks", lua, args)
+        results["bare"] = run_wrk(f"http://127.0.0.1:{bare_port}/bare", lua, args, bare.pid)
+        results["creep"] = run_wrk(f"{base}/v1/tasks", lua, args, creep.pid)
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as c:
             listed = c.get("/v1/tasks", params={"limit": 1}).json()["items"]
             assert listed and listed[0]["task_type"] == "BENCH"
@@ -151,10 +175,11 @@ def main() -> None:
             with psycopg.connect(args.database_url, autocommit=True) as conn:
                 conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
     engine = "postgres" if database_url.startswith("postgres") else "sqlite"
-    print(f"engine={engine} wrk -t{args.threads} -c{args.connections} -d{args.duration}s")
+    print(f"engine={engine} workers={args.workers} "
+          f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s")
     for name, r in results.items():
         print(f"{name:6s} {r['rps']:9.1f} req/s  p50 {r['p50']:>8}  p99 {r['p99']:>8}  "
-              f"non-2xx {r['non_2xx']}")
+              f"server CPU {r['cpu_us']:5.0f} us/request  non-2xx {r['non_2xx']}")
     ratio = results["creep"]["rps"] / results["bare"]["rps"]
     print(f"creep / bare = {ratio:.1%} (target >= 50%)")
 

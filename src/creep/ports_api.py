@@ -120,8 +120,10 @@ SNAPSHOT_TABLES: dict[str, tuple[str, str]] = {
 SECRET_COLUMNS = frozenset({"key_hash", "claim_token", "request_hash"})
 
 
+_SNAPSHOT_FIELDS = tuple(f.name for f in fields(TaskOrder) if f.name != "replayed")
+
+
 def task_snapshot(task: TaskOrder) -> dict[str, Any]:
     """What an audit diff records of a task."""
     # Shallow on purpose (asdict deep-copies every nested value): this runs per request.
-    data = {f.name: getattr(task, f.name) for f in fields(task) if f.name != "replayed"}
-    return data
+    return {name: getattr(task, name) for name in _SNAPSHOT_FIELDS}

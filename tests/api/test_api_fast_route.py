@@ -44,3 +44,51 @@ def test_fast_route_problems_request_ids_and_metrics(server: Server) -> None:
         assert 'route="/v1/tasks",status="201"' in metrics
         assert 'route="/v1/tasks",status="422"' in metrics
         assert uuid.UUID(ok.json()["task_id"]).version == 7  # task ids are time-ordered (domain/ids.py)
+
+
+def test_batched_creates_audit_each_new_task_once_with_its_state(server: Server) -> None:
+    """Concurrent creates are written in groups (create_batcher.py); each new task gets one
+    audit row whose new object is the task as stored, a replay gets none, and a task with a
+    dependency records the status its dependency gave it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import orjson
+
+    tenant, key = server.tenant()
+    with server.client(key) as c:
+        parent = c.post("/v1/tasks", json={"task_type": "PARENT"}).json()["task_id"]
+    bodies = [{"task_type": "ECHO", "priority": i % 10, "tags": [f"t{i % 10}"],
+               "input_payload": {"i": i % 10}, "idempotency_key": f"k{i % 10}"}
+              for i in range(30)]  # each body three times: one create, two replays
+    bodies.append({"task_type": "CHILD", "depends_on": [parent]})
+
+    def post(body: dict[str, object]) -> tuple[int, dict[str, object]]:
+        with server.client(key) as c:
+            r = c.post("/v1/tasks", json=body)
+            return r.status_code, r.json()
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(post, bodies))
+    statuses = [s for s, _ in answers]
+    assert statuses.count(201) == 11 and statuses.count(200) == 20, statuses
+    created = {str(t["task_id"]) for s, t in answers if s == 201}
+
+    with server.admin() as admin:
+        rows = admin.get("/v1/audit", params={"tenant_id": tenant, "resource_type": "task",
+                                               "limit": 1000}).json()["items"]
+    by_task: dict[str, list[dict[str, object]]] = {}
+    for row in rows:
+        by_task.setdefault(row["resource"]["identifier"], []).append(row)
+    assert set(by_task) == created | {parent}
+    with server.client(key) as c:
+        for task_id in created:
+            assert len(by_task[task_id]) == 1
+            new = orjson.loads(by_task[task_id][0]["diff_object"]["new_object"])
+            stored = c.get(f"/v1/tasks/{task_id}").json()
+            for name in ("task_id", "tenant_id", "status", "priority", "tags", "input_payload",
+                         "idempotency_key", "depends_on", "task_version", "queued_at"):
+                assert (new[name] is None) == (stored[name] is None), name
+                if name != "queued_at":
+                    assert new[name] == stored[name], name
+            if stored["task_type"] == "CHILD":
+                assert new["status"] == stored["status"] == "PENDING"

@@ -11,6 +11,7 @@ from typing import cast
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import ORJSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from creep.api import problems
 from creep.api.auth import KeyCache
@@ -69,6 +70,34 @@ def ensure_admin_key(store: ApiStore, secret: str, clock: Clock) -> None:
                     extra={"key_id": stored.key_id})
 
 
+class CreepApp(FastAPI):
+    """FastAPI, except that the fast routes (fast_routes.py) skip Starlette's outer layers
+    (server-error and exception middleware, FastAPI's telemetry hooks): they run through the
+    app's own middleware alone, whose RequestContextMiddleware answers them (500 problems
+    included)."""
+
+    fast_paths: frozenset[tuple[str, str]] = frozenset()
+    _fast_stack: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (scope["method"], scope["path"]) in self.fast_paths:
+            if self._fast_stack is None:
+                self._fast_stack = self._build_fast_stack()
+            scope["app"] = self
+            await self._fast_stack(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    def _build_fast_stack(self) -> ASGIApp:
+        async def unreachable(scope: Scope, receive: Receive, send: Send) -> None:
+            raise RuntimeError("a fast route reached the end of the middleware")
+
+        app: ASGIApp = unreachable
+        for middleware in reversed(self.user_middleware):
+            app = middleware.cls(app, *middleware.args, **middleware.kwargs)
+        return app
+
+
 def create_app(
     settings: Settings, *, store: ApiStore | None = None, clock: Clock | None = None
 ) -> FastAPI:
@@ -116,7 +145,7 @@ def create_app(
             if opened:
                 the_store.close()
 
-    app = FastAPI(
+    app = CreepApp(
         title="creep",
         version="1",
         summary="A durable task control plane: tasks, batches, tenants, keys and audit.",
@@ -132,8 +161,9 @@ def create_app(
             metrics.observe_request(method, route, status, seconds)
 
     # POST /v1/tasks is answered by the middleware itself (see fast_routes.py).
-    app.add_middleware(RequestContextMiddleware, on_done=on_done,
-                       fast={("POST", "/v1/tasks"): tasks.create_task})
+    fast = {("POST", "/v1/tasks"): tasks.create_task}
+    app.add_middleware(RequestContextMiddleware, on_done=on_done, fast=fast)
+    app.fast_paths = frozenset(fast)
     app.include_router(health.router)
     v1 = APIRouter(prefix="/v1")
     for router in V1_ROUTERS:

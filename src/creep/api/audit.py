@@ -24,7 +24,7 @@ from creep.api.auth import Principal
 from creep.api.context import current_request_id
 from creep.api.services import get_services
 from creep.domain.audit import AuditAction, ResourceType, build_diff
-from creep.domain.ids import uuid4_str
+from creep.domain.ids import uuid7
 from creep.ports_api import AuditRow
 from creep.storage import pending_writes
 
@@ -80,7 +80,7 @@ def audit_write(
     action_value = AuditAction(action).value
     type_value = ResourceType(resource_type).value
     row = AuditRow(
-        id=uuid4_str(),
+        id=uuid7(),  # time-ordered: appends to the unique index instead of random page writes
         timestamp_ms=int(now.timestamp() * 1000),
         action=action_value,
         resource_type=type_value,

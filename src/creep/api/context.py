@@ -66,32 +66,24 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
         raw_id = request_id.encode()
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", raw_id))
-                message["headers"] = headers
-            await send(message)
-
         started_response = False
 
-        async def send_tracked(message: Message) -> None:
-            nonlocal started_response
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
                 started_response = True
-            await send_with_id(message)
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", raw_id)]
+            await send(message)
 
         try:
             handler = self.fast.get((scope["method"], scope["path"])) if self.fast else None
             if handler is not None:
                 from creep.api.fast_routes import serve
 
-                await serve(handler, scope, receive, send_tracked)
+                await serve(handler, scope, receive, send_with_id)
             else:
-                await self.app(scope, receive, send_tracked)
+                await self.app(scope, receive, send_with_id)
         except Exception:
             # Answer here, where the request id is still known (the outermost handler of
             # Starlette would answer without it).

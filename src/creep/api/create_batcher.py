@@ -21,7 +21,9 @@ from creep.api.services import Services
 from creep.domain.audit import build_diff
 from creep.domain.task import TaskOrder
 from creep.domain.task_spec import TaskSpec
+from creep.ports_api import task_snapshot
 from creep.storage import pending_writes
+from creep.storage.common import initial_status, new_task
 
 MAX_BATCH = 256
 
@@ -97,7 +99,7 @@ class CreateBatcher:
         for item in batch:
             for write in item.writes:
                 if isinstance(write, AuditWrite):
-                    audits.add(write)
+                    audits.add(write, item.spec)
                 else:
                     writes.append(write)
         with pending_writes.riding(*writes, audits):
@@ -106,23 +108,33 @@ class CreateBatcher:
 
 @dataclass(slots=True)
 class CreatedTaskAudits:
-    """The audit rows of a batch of creates: one query for the new rows, one insert."""
+    """The audit rows of a batch of creates: one query for which tasks this transaction
+    created, one insert. A task without dependencies is stored exactly as `new_task` builds
+    it (the response is built from that too), so its snapshot needs no read of the row."""
 
     now: datetime
-    writes: list[AuditWrite] = field(default_factory=list)
+    writes: list[tuple[AuditWrite, TaskSpec]] = field(default_factory=list)
 
-    def add(self, write: AuditWrite) -> None:
-        self.writes.append(write)
+    def add(self, write: AuditWrite, spec: TaskSpec) -> None:
+        self.writes.append((write, spec))
 
     def apply(self, store: Any, conn: Any) -> bool:
-        snapshots = store._api_task_snapshots(conn, [w.resource_id for w in self.writes])
+        ids = [w.resource_id for w, _ in self.writes]
+        # A replay changes nothing and is not audited: only a task this very transaction
+        # created (created_at == now) is.
+        created = store._api_created_now(conn, ids, self.now)
+        # Dependencies decide the initial status in the store: read those rows back.
+        with_deps = [w.resource_id for w, spec in self.writes
+                     if spec.depends_on and w.resource_id in created]
+        read = store._api_task_snapshots(conn, with_deps) if with_deps else {}
         rows = []
-        for write in self.writes:
-            snapshot = snapshots.get(write.resource_id)
-            # A replay changes nothing and is not audited: only a task this very transaction
-            # created (created_at == now) is.
-            if snapshot is None or snapshot["created_at"] != self.now:
+        for write, spec in self.writes:
+            if write.resource_id not in created:
                 continue
+            snapshot = read.get(write.resource_id)
+            if snapshot is None:
+                snapshot = task_snapshot(new_task(spec, initial_status(spec, {}, self.now),
+                                                  self.now))
             write.row.diff_object = build_diff(None, snapshot).to_dict()
             rows.append(write.row)
         store._api_insert_audits(conn, rows)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -40,6 +40,7 @@ async def serve(handler: Handler, scope: Scope, receive: Receive, send: Send) ->
     scope["path_params"] = {}
     request = Request(scope, receive, send)
     try:
+        await _read_body(request, receive)
         response = await handler(request)
     except Problem as exc:
         response = problem_response(exc)
@@ -54,3 +55,17 @@ async def serve(handler: Handler, scope: Scope, receive: Receive, send: Send) ->
             Problem(exc.status_code, title, detail, headers=dict(exc.headers or {}))
         )
     await response(scope, receive, send)
+
+
+async def _read_body(request: Request, receive: Receive) -> None:
+    """Read the whole body once, straight from the server (what Request.body() would read,
+    without its async generator); `request.body()` then returns it."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    request._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -223,16 +223,13 @@ _TASK_FIELDS = [f.name for f in dataclass_fields(TaskOrder) if f.name != "replay
 
 def task_json(task: TaskOrder) -> dict[str, Any]:
     # Shallow (orjson serialises nested values as they are); asdict would deep-copy them.
+    # orjson writes datetimes as isoformat() does and enums as their values; only Decimal
+    # needs a hand.
     d = {name: getattr(task, name) for name in _TASK_FIELDS}
-    d["status"] = task.status.value
     for name in ("max_total_cost", "business_value_hint"):
         value = d[name]
-        d[name] = None if value is None else str(value)
-    for name in (
-        "created_at", "queued_at", "started_at", "finished_at", "updated_at", "run_after",
-        "claim_expires_at", "deleted_at",
-    ):
-        d[name] = _iso(d[name])
+        if value is not None:
+            d[name] = str(value)
     return d
 
 

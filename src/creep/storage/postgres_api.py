@@ -197,6 +197,15 @@ class PostgresApiMixin:
               Jsonb(row.data), row.created_at) for row in rows],
         )
 
+    def _api_created_now(
+        self, conn: psycopg.Connection[Any], task_ids: Sequence[str], now: datetime
+    ) -> set[str]:
+        """Which of these tasks were created at `now` (by the open transaction)."""
+        return {str(r[0]) for r in conn.execute(
+            "SELECT task_id FROM tasks WHERE task_id = ANY(%s::uuid[]) AND created_at = %s",
+            (list(task_ids), now),
+        )}
+
     def _api_task_snapshots(
         self, conn: psycopg.Connection[Any], task_ids: Sequence[str]
     ) -> dict[str, dict[str, Any]]:

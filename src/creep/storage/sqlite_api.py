@@ -202,6 +202,16 @@ class SqliteApiMixin:
               row.request_id, orjson.dumps(row.data), _us(row.created_at)) for row in rows],
         )
 
+    def _api_created_now(
+        self, conn: sqlite3.Connection, task_ids: Sequence[str], now: datetime
+    ) -> set[str]:
+        """Which of these tasks were created at `now` (by the open transaction)."""
+        return {r[0] for r in conn.execute(
+            "SELECT task_id FROM tasks WHERE task_id IN (SELECT value FROM json_each(?)) "
+            "AND created_at = ?",
+            (orjson.dumps(list(task_ids)).decode(), _us(now)),
+        )}
+
     def _api_task_snapshots(
         self, conn: sqlite3.Connection, task_ids: Sequence[str]
     ) -> dict[str, dict[str, Any]]:
