@@ -21,6 +21,7 @@ from creep.engine.artifact_reconcile import ReconcileReport, reconcile
 from creep.engine.artifacts import ArtifactService, max_artifact_bytes
 from creep.engine.artifacts import artifact_dir as artifact_dir_setting
 from creep.engine.worker import Handler, Worker, WorkerSettings
+from creep.gc_tuning import fewer_collections
 from creep.ports import MaintenanceReport, Store, TaskFilter
 from creep.storage import database_url, open_store
 from creep.storage.blob_store import BlobStore
@@ -118,6 +119,12 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
         """Create many task orders in as few transactions as possible. Tasks may depend on
         each other by `task_id`; a cycle or an unknown id rejects the whole submission."""
         items = list(orders)
+        if len(items) < 100:
+            return self._submit_many(items)
+        with fewer_collections():  # thousands of specs and rows are built at once
+            return self._submit_many(items)
+
+    def _submit_many(self, items: list[Mapping[str, Any]]) -> list[TaskOrder]:
         errors: list[tuple[str, str]] = []
         specs: list[TaskSpec] = []
         for i, fields in enumerate(items):

@@ -39,6 +39,7 @@ from creep.domain.outcomes import (
     resolve,
 )
 from creep.engine.context import SyncTaskContext, TaskContext
+from creep.gc_tuning import BATCH_THRESHOLD, fewer_collections
 from creep.ports import ClaimedTask, Completion, Store
 
 log = logging.getLogger("creep.worker")
@@ -65,6 +66,9 @@ class WorkerSettings:
     maintenance_interval: float = 1.0
     timeout_grace: float = 5.0
     backoff: Backoff = field(default_factory=Backoff)
+    #: The garbage collector's first-generation threshold while the worker runs (see
+    #: gc_tuning.py); None leaves the interpreter's settings alone.
+    gc_threshold: int | None = BATCH_THRESHOLD
 
     def validate(self) -> None:
         errors = []
@@ -80,6 +84,8 @@ class WorkerSettings:
             errors.append(("poll_interval", "must be > 0"))
         if self.shutdown_grace < 0:
             errors.append(("shutdown_grace", "must be >= 0"))
+        if self.gc_threshold is not None and self.gc_threshold < 1:
+            errors.append(("gc_threshold", "must be >= 1 (or None)"))
         if errors:
             raise ValidationError(errors)
 
@@ -143,6 +149,12 @@ class Worker:
 
     async def run(self, *, burst: bool = False, install_signals: bool = False) -> dict[str, int]:
         """Work until stopped (or, with burst=True, until nothing is runnable now)."""
+        if self.settings.gc_threshold is None:
+            return await self._run(burst, install_signals)
+        with fewer_collections(self.settings.gc_threshold):
+            return await self._run(burst, install_signals)
+
+    async def _run(self, burst: bool, install_signals: bool) -> dict[str, int]:
         if not self.handlers:
             raise ValidationError.single("handlers", "a worker needs at least one handler")
         self._loop = asyncio.get_running_loop()

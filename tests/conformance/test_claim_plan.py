@@ -1,0 +1,65 @@
+"""The PostgreSQL claim stays independent of how many finished tasks are stored: the rows it
+updates are found by primary-key lookups, never by walking every task ever stored."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+import pytest
+
+from creep import Creep
+
+
+def _plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    out = [node]
+    for child in node.get("Plans", []):
+        out.extend(_plan_nodes(child))
+    return out
+
+
+def test_claim_looks_up_picked_rows_by_key(
+    pg_schema_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = Creep(pg_schema_url)
+    store = app.store
+    # History: finished tasks the claim must not walk (cancelled in one statement, for speed),
+    # and a long queue: the shape in which the planner merge-joined the picked rows against
+    # a walk of the whole primary key.
+    app.submit_many([{"task_type": "OLD", "input_payload": {"i": i}} for i in range(5_000)])
+    with psycopg.connect(pg_schema_url, autocommit=True) as conn:
+        conn.execute("UPDATE tasks SET status = 'CANCELLED' WHERE task_type = 'OLD'")
+    app.submit_many([{"task_type": "NEW", "priority": i % 100} for i in range(15_000)])
+    with psycopg.connect(pg_schema_url, autocommit=True) as conn:
+        conn.execute("ANALYZE tasks")
+
+    plans: list[dict[str, Any]] = []
+    execute = psycopg.Connection.execute
+
+    def explaining(self: psycopg.Connection[Any], query: Any, *args: Any, **kw: Any) -> Any:
+        if isinstance(query, str) and query.lstrip().startswith("WITH picked AS"):
+            # Same transaction, same planner settings, same parameters; rolled back below.
+            self.execute("SAVEPOINT explain_claim")
+            row = execute(self, "EXPLAIN (ANALYZE, FORMAT JSON) " + query, *args, **kw).fetchone()
+            self.execute("ROLLBACK TO SAVEPOINT explain_claim")
+            assert row is not None
+            doc = row[0] if not isinstance(row[0], str) else json.loads(row[0])
+            plans.append(doc[0]["Plan"])
+        return execute(self, query, *args, **kw)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", explaining)
+    claimed = store.task_claim("w", ["NEW"], 500, app.clock.now(), 60)
+    monkeypatch.undo()
+    assert len(claimed) == 500
+    assert [c.task.priority for c in claimed][:3] == [99, 99, 99]
+    assert plans, "the claim statement was not seen"
+    nodes = _plan_nodes(plans[0])
+    on_tasks = [n for n in nodes if n.get("Relation Name") == "tasks" and "Scan" in n["Node Type"]]
+    assert on_tasks, nodes
+    for n in on_tasks:
+        # Every scan of tasks is bounded by an index condition or the runnable index; no
+        # scan reads the whole table.
+        assert n["Actual Rows"] * n.get("Actual Loops", 1) <= 1000, n
+        assert "Merge" not in json.dumps([x["Node Type"] for x in nodes]), nodes
+    app.close()
