@@ -195,16 +195,17 @@ class AssetStoreBase:
         )
 
     def _lock_assets(
-        self, conn: Any, asset_ids: Sequence[str], pending: Pending
+        self, conn: Any, asset_ids: Sequence[str], pending: Pending, *, skip_locked: bool = False
     ) -> dict[str, AssetSnapshot]:
-        """Load (and on PostgreSQL lock, in asset_id order) assets not yet in `pending`."""
+        """Load (and on PostgreSQL lock, in asset_id order) assets not yet in `pending`. With
+        `skip_locked`, assets another transaction holds are left out instead of waited for."""
         d = self._adialect
         missing = sorted({a for a in asset_ids if a not in pending.assets})
         if missing:
             rows = self._x(
                 conn,
                 f"SELECT {ASSET_COLS} FROM assets WHERE {d.in_ids('asset_id')} "
-                f"ORDER BY asset_id{d.lock}",
+                f"ORDER BY asset_id{d.skip_locked if skip_locked else d.lock}",
                 (d.ids(missing),),
             ).fetchall()
             for r in rows:

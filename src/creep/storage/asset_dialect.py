@@ -15,7 +15,12 @@ from typing import Any
 
 import orjson
 
+from creep.storage.sqlite_bulk import insert_rows
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Chunks of a multi-row UPDATE on SQLite: well under its 32766 bound variables.
+_MAX_VARIABLES = 30_000
+_MAX_ROWS = 500
 
 
 def _json_default(value: Any) -> Any:
@@ -100,26 +105,35 @@ class SqliteDialect:
     def pipeline(self, conn: Any) -> AbstractContextManager[Any]:
         return nullcontext()
 
+    # Bulk writes are one multi-row statement per chunk, not executemany(): that steps once
+    # per row and gives up the GIL around each step, and a worker's busy event loop then holds
+    # it for a whole switch interval each time (see storage/sqlite_bulk.py).
+
     def bulk_insert(
         self, conn: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
         if rows:
-            conn.executemany(
-                f"INSERT INTO {table} ({', '.join(columns)}) "
-                f"VALUES ({', '.join('?' * len(columns))})",
-                rows,
-            )
+            insert_rows(conn, f"INSERT INTO {table} ({', '.join(columns)})", len(columns), rows)
 
     def bulk_update(
         self, conn: Any, table: str, key: str, columns: Sequence[str],
         rows: Sequence[Sequence[Any]], *, fixed: str = "", where: str = "",
     ) -> None:
-        """rows hold the new values of `columns`, then the key."""
-        if rows:
-            sets = ", ".join([*(f"{c} = ?" for c in columns), *([fixed] if fixed else [])])
-            conn.executemany(
-                f"UPDATE {table} SET {sets} WHERE {key} = ?{' AND ' + where if where else ''}",
-                rows,
+        """rows hold the new values of `columns`, then the key: one UPDATE ... FROM a VALUES
+        list per chunk."""
+        if not rows:
+            return
+        names = [*columns, key]
+        sets = ", ".join([*(f"{c} = r.{c}" for c in columns), *([fixed] if fixed else [])])
+        one = "(" + ", ".join("?" * len(names)) + ")"
+        per = max(1, min(_MAX_ROWS, _MAX_VARIABLES // len(names)))
+        for start in range(0, len(rows), per):
+            chunk = rows[start:start + per]
+            conn.execute(
+                f"WITH r({', '.join(names)}) AS (VALUES {', '.join([one] * len(chunk))}) "
+                f"UPDATE {table} SET {sets} FROM r "
+                f"WHERE {table}.{key} = r.{key}{' AND ' + where if where else ''}",
+                [value for row in chunk for value in row],
             )
 
 

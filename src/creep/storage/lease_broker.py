@@ -200,9 +200,12 @@ class LeaseBrokerMixin(AssetStoreBase):
         picked_ids = sorted({a.asset_id for m in matches for _, a in m.picks})
         if d.lock:
             # Candidates were read without locks (a claim never holds up completions that
-            # release assets); now lock the picked ones in asset_id order and keep only the
-            # matches that still fit. The CHECK on current_concurrency is the last guard.
-            assets = self._lock_assets(conn, picked_ids, pending)
+            # release assets); now lock the picked ones and keep only the matches that still
+            # fit. Locked ones are skipped, never waited for: the claim may share its
+            # transaction with completions that settle leases (and so hold asset locks), and
+            # a wait here could close a cycle with another worker doing the same. The CHECK
+            # on current_concurrency is the last guard.
+            assets = self._lock_assets(conn, picked_ids, pending, skip_locked=True)
             matches = _still_fitting(matches, assets)
             if not matches:
                 return []
