@@ -216,6 +216,7 @@ class LeaseBrokerMixin(AssetStoreBase):
         ledger_rows: list[tuple[Any, ...]] = []
         task_rows: list[tuple[Any, ...]] = []
         lease_ids_by_task: dict[str, list[str]] = {}
+        now_value = d.ts(now)
         for m in matches:
             ref = refs[m.task_id]
             for hint_index, cand in m.picks:
@@ -232,10 +233,10 @@ class LeaseBrokerMixin(AssetStoreBase):
                     d.ts(expires), None, d.dec(asset.cost_per_lease), asset.currency, token,
                     hint_index,
                 ))
-                pending.events.append(self._new_event(
-                    asset, AssetEventType.ALLOCATED, now, task=ref, lease_id=lease_id,
-                    old_status=old, message=f"leased to task {m.task_id}",
-                    context={"hint_index": hint_index, "worker_id": worker_id},
+                pending.rows.append(self._routine_row(
+                    asset, AssetEventType.ALLOCATED.value, now_value, ref, lease_id, old,
+                    f"leased to task {m.task_id}",
+                    d.bulk_js({"hint_index": hint_index, "worker_id": worker_id}),
                 ))
                 if asset.cost_per_lease > 0:
                     ledger_rows.append((
@@ -335,6 +336,7 @@ class LeaseBrokerMixin(AssetStoreBase):
             return
         by_token = {x[1]: x for x in done}
         keep = {t.task_id for t in tasks.values() if t.keep_leases}
+        now_value = d.ts(now)
         pending = Pending()
         assets = self._lock_assets(conn, [lease.asset_id for lease in leases], pending)
         causes: dict[str, str | None] = {}
@@ -350,16 +352,21 @@ class LeaseBrokerMixin(AssetStoreBase):
                 before = asset.health_score
                 asset.health_score = next_health(before, effect)
                 pending.dirty.add(asset.asset_id)
-                ev = self._new_event(
-                    asset, effect, now, task=tasks.get(task_id), lease_id=lease.lease_id,
-                    severity=Severity.INFO if effect == AssetEventType.TASK_SUCCESS
-                    else Severity.WARN,
-                    message=f"task {status}", context={
-                        "health_score_before": before, "health_score_after": asset.health_score,
-                    },
-                )
-                pending.events.append(ev)
-                causes[lease.lease_id] = ev.event_id
+                health = {"health_score_before": before, "health_score_after": asset.health_score}
+                if effect == AssetEventType.TASK_SUCCESS:  # never a failure: no policy reads it
+                    row = self._routine_row(
+                        asset, effect, now_value, tasks.get(task_id), lease.lease_id,
+                        asset.status.value, f"task {status}", d.bulk_js(health),
+                    )
+                    pending.rows.append(row)
+                    causes[lease.lease_id] = row[0]
+                else:
+                    ev = self._new_event(
+                        asset, effect, now, task=tasks.get(task_id), lease_id=lease.lease_id,
+                        severity=Severity.WARN, message=f"task {status}", context=health,
+                    )
+                    pending.events.append(ev)
+                    causes[lease.lease_id] = ev.event_id
             if lease.status is LeaseStatus.ACTIVE:
                 if status == "SUCCESS" and task_id in keep:
                     kept.append(lease.lease_id)
