@@ -176,6 +176,7 @@ class AssetStoreBase:
     def _routine_row(
         self, asset: AssetSnapshot, event_type: str, now_value: Any, task: TaskRef | None,
         lease_id: str, old_status: str, message: str, context: Any,
+        causation_id: str | None = None,
     ) -> tuple[Any, ...]:
         """The row (EVENT_FIELDS order) of an INFO control-plane event, as _new_event then
         _event_row would make it; `now_value` and `context` are already in the dialect's
@@ -183,7 +184,7 @@ class AssetStoreBase:
         return (
             uuid7(), asset.tenant_id, task.project_id if task else asset.project_id,
             task.env if task else asset.env, asset.asset_id, task.task_id if task else None,
-            lease_id, task.correlation_id if task else None, None, event_type,
+            lease_id, task.correlation_id if task else None, causation_id, str(event_type),
             "control_plane", "INFO", old_status, asset.status.value, message, None, None,
             None, None, None, None, now_value, now_value, self._adialect.bulk_js([]),
             context, 1,
@@ -300,10 +301,12 @@ class AssetStoreBase:
     def _end_leases(
         self, conn: Any, leases: Sequence[Lease], status: LeaseStatus, pending: Pending,
         now: datetime, tasks: Mapping[str, TaskRef], causes: Mapping[str, str | None],
-        *, touch_assets: bool = True,
+        *, touch_assets: bool = True, routine: bool = False,
     ) -> None:
         """End active leases: give the concurrency back (COOLING when an asset with a cooldown
-        becomes idle) and write RELEASED / LEASE_EXPIRED / LEASE_REVOKED events."""
+        becomes idle) and write RELEASED / LEASE_EXPIRED / LEASE_REVOKED events. With
+        `routine` (only when every event collected so far is a routine row, so the order
+        holds), RELEASED events are written as routine rows too."""
         active = [lease for lease in leases
                   if lease.status is LeaseStatus.ACTIVE and lease.lease_id not in pending.ended]
         if not active:
@@ -312,6 +315,8 @@ class AssetStoreBase:
             check_lease_transition(lease.status, status)
             pending.ended[lease.lease_id] = status
         assets = self._lock_assets(conn, [lease.asset_id for lease in active], pending)
+        now_value = self._adialect.ts(now)
+        empty = self._adialect.bulk_js({})
         event_type = {
             LeaseStatus.RELEASED: AssetEventType.RELEASED,
             LeaseStatus.EXPIRED: AssetEventType.LEASE_EXPIRED,
@@ -330,18 +335,28 @@ class AssetStoreBase:
                         AssetStatus.COOLING if asset.cooldown_seconds > 0 else AssetStatus.READY
                     )
                     self._set_status(asset, target, pending, now)
-            ended = self._new_event(
-                asset, event_type, now, task=tasks.get(lease.task_id), lease_id=lease.lease_id,
-                causation_id=causes.get(lease.lease_id), old_status=old,
-                severity=Severity.INFO if status is LeaseStatus.RELEASED else Severity.WARN,
-                message=f"lease {status.value.lower()}",
-            )
-            pending.events.append(ended)
+            if routine and status is LeaseStatus.RELEASED:
+                row = self._routine_row(
+                    asset, event_type, now_value, tasks.get(lease.task_id), lease.lease_id, old,
+                    "lease released", empty, causation_id=causes.get(lease.lease_id),
+                )
+                pending.rows.append(row)
+                ended_id = row[0]
+            else:
+                ended = self._new_event(
+                    asset, event_type, now, task=tasks.get(lease.task_id),
+                    lease_id=lease.lease_id, causation_id=causes.get(lease.lease_id),
+                    old_status=old,
+                    severity=Severity.INFO if status is LeaseStatus.RELEASED else Severity.WARN,
+                    message=f"lease {status.value.lower()}",
+                )
+                pending.events.append(ended)
+                ended_id = ended.event_id
             if touch_assets and asset.status is AssetStatus.COOLING and old != "COOLING":
                 asset.cooldown_until = now + timedelta(seconds=asset.cooldown_seconds)
                 pending.events.append(self._new_event(
                     asset, AssetEventType.COOLING_START, now, task=tasks.get(lease.task_id),
-                    lease_id=lease.lease_id, causation_id=ended.event_id, old_status="IN_USE",
+                    lease_id=lease.lease_id, causation_id=ended_id, old_status="IN_USE",
                     message=f"cooling for {asset.cooldown_seconds}s",
                     context={"cooldown_until": asset.cooldown_until.isoformat()},
                 ))

@@ -375,7 +375,8 @@ class LeaseBrokerMixin(AssetStoreBase):
         if kept:
             self._many(conn, "UPDATE leases SET expires_at = NULL WHERE lease_id = ?",
                        [(lease_id,) for lease_id in kept])
-        self._end_leases(conn, to_release, LeaseStatus.RELEASED, pending, now, tasks, causes)
+        self._end_leases(conn, to_release, LeaseStatus.RELEASED, pending, now, tasks, causes,
+                         routine=not pending.events)
         self._auto_ban_many(conn, pending, now)
         self._flush(conn, pending, now)
         if to_release:
