@@ -59,15 +59,6 @@ class LeaseBrokerMixin(AssetStoreBase):
         kinds: set[tuple[Any, ...]] = set()
         claimed: list[Match] = []
         over_budget: list[str] = []
-        # Nothing can be leased while no asset has spare concurrency (e.g. a worker whose
-        # handlers finished before their completions freed the pool): skip the scan, which
-        # would read (and on PostgreSQL lock) pages of tasks for nothing.
-        if self._x(
-            conn,
-            "SELECT 1 FROM assets WHERE status IN ('READY', 'IN_USE') AND "
-            "current_concurrency < max_concurrency LIMIT 1",
-        ).fetchone() is None:
-            return []
         # Page through hinted tasks in claim order until `limit` are matched: tasks whose
         # resources are busy are passed over (no head-of-line blocking), up to a bound.
         for offset in range(0, HINTED_SCAN_MAX, page):
@@ -78,6 +69,11 @@ class LeaseBrokerMixin(AssetStoreBase):
                 "FROM tasks "
                 "WHERE status = 'QUEUED' AND has_hints = true AND run_after <= ? AND "
                 f"{d.in_texts('task_type')}{' AND tenant_id = ?' if tenant_id else ''} "
+                # Nothing can be leased while no asset has spare concurrency (e.g. a worker
+                # whose handlers finished before their completions freed the pool): then
+                # this (evaluated once) reads, and on PostgreSQL locks, no task for nothing.
+                "AND EXISTS (SELECT 1 FROM assets WHERE status IN ('READY', 'IN_USE') AND "
+                "current_concurrency < max_concurrency) "
                 "ORDER BY priority DESC, created_at "
                 f"LIMIT ? OFFSET ?{d.skip_locked}",
                 (d.ts(now), d.texts(task_types), *([tenant_id] if tenant_id else []), page,
@@ -378,9 +374,10 @@ class LeaseBrokerMixin(AssetStoreBase):
         self._end_leases(conn, to_release, LeaseStatus.RELEASED, pending, now, tasks, causes,
                          routine=not pending.events)
         self._auto_ban_many(conn, pending, now)
-        self._flush(conn, pending, now)
-        if to_release:
-            self._capacity_freed(conn)
+        with d.pipeline(conn):  # the writes and the wake-up in one round trip
+            self._write_pending(conn, pending, now)
+            if to_release:
+                self._capacity_freed(conn)
 
     def _leases_expire(
         self, conn: Any, claims: Sequence[tuple[str, str]], now: datetime
