@@ -362,18 +362,31 @@ class AssetStoreBase:
                 ))
 
     def _leases_with_tasks(
-        self, conn: Any, where: str, params: Sequence[Any]
+        self, conn: Any, where: str, params: Sequence[Any], lock_into: Pending | None = None,
     ) -> tuple[list[Lease], dict[str, TaskRef]]:
-        """Leases (columns prefixed l.) with what events need of their tasks, in one read."""
+        """Leases (columns prefixed l.) with what events need of their tasks, in one read.
+        With `lock_into`, their assets are loaded into it too (and on PostgreSQL locked, in
+        asset_id order), in the same round trip."""
         d = self._adialect
         cols = ", ".join(f"l.{c}" for c in LEASE_COLS.split(", "))
-        rows = self._x(
-            conn,
-            f"SELECT {cols}, t.project_id, t.env, t.correlation_id, t.constraints "
-            f"FROM leases l JOIN tasks t ON t.task_id = l.task_id WHERE {where} "
-            "ORDER BY l.asset_id, l.lease_id",
-            params,
-        ).fetchall()
+        with d.pipeline(conn):
+            cur = self._x(
+                conn,
+                f"SELECT {cols}, t.project_id, t.env, t.correlation_id, t.constraints "
+                f"FROM leases l JOIN tasks t ON t.task_id = l.task_id WHERE {where} "
+                "ORDER BY l.asset_id, l.lease_id",
+                params,
+            )
+            locked = None if lock_into is None else self._x(
+                conn,
+                f"SELECT {ASSET_COLS} FROM assets WHERE asset_id IN "
+                f"(SELECT l.asset_id FROM leases l WHERE {where}) ORDER BY asset_id{d.lock}",
+                params,
+            )
+        rows = cur.fetchall()
+        if locked is not None and lock_into is not None:
+            for r in locked.fetchall():
+                lock_into.assets.setdefault(r[0], self._asset(r))
         leases = [self._lease(r[:12]) for r in rows]
         refs = {
             r[2]: TaskRef(r[2], r[1], r[12], r[13], r[14],

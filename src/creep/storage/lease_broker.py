@@ -324,16 +324,16 @@ class LeaseBrokerMixin(AssetStoreBase):
         d = self._adialect
         if not done:
             return
+        pending = Pending()
         leases, tasks = self._leases_with_tasks(
             conn, f"{d.in_ids('l.task_id')} AND {d.in_ids('l.claim_token')}",
-            (d.ids([x[0] for x in done]), d.ids([x[1] for x in done])),
+            (d.ids([x[0] for x in done]), d.ids([x[1] for x in done])), lock_into=pending,
         )
         if not leases:
             return
         by_token = {x[1]: x for x in done}
         keep = {t.task_id for t in tasks.values() if t.keep_leases}
         now_value = d.ts(now)
-        pending = Pending()
         assets = self._lock_assets(conn, [lease.asset_id for lease in leases], pending)
         causes: dict[str, str | None] = {}
         to_release: list[Lease] = []
