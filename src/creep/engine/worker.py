@@ -121,7 +121,6 @@ class Worker:
         # dependants or requeue retries, so a burst run must not stop while one is in flight).
         self._writing = 0
         # Running or finishing tasks that took leases (see _claim).
-        self._leased: set[str] = set()
         self._db = ThreadPoolExecutor(2, thread_name_prefix="creep-db")
         self._sync_pool = ThreadPoolExecutor(
             self.settings.concurrency, thread_name_prefix="creep-handler"
@@ -295,12 +294,9 @@ class Worker:
         transaction when the store offers that (one commit instead of two per round)."""
         s = self.settings
         combined = getattr(self.store, "task_complete_and_claim", None)
-        # Settling leases locks assets, and so may the claim: done in one transaction, two
-        # workers could take the same assets in opposite orders (a deadlock on PostgreSQL).
-        # Completions of leased tasks go through the completer instead.
-        if combined is None or not self._buffer or any(
-            c.outcome.task_id in self._leased for c in self._buffer
-        ):
+        # Completions of leased tasks ride along too: the claim never waits for an asset lock
+        # (it skips locked assets), so settling and leasing in one transaction cannot deadlock.
+        if combined is None or not self._buffer:
             return await self._claim_alone(types, want)
         batch, self._buffer = self._buffer, []
         try:
@@ -355,8 +351,6 @@ class Worker:
         ctx = TaskContext(self, task, claimed.claim_token)
         run = _Running(claimed, ctx)
         self._running[task.task_id] = run
-        if task.resource_hints:
-            self._leased.add(task.task_id)
         run.job = asyncio.create_task(self._execute(run), name=f"creep-task-{task.task_id}")
         loop = asyncio.get_running_loop()
         remaining = (claimed.deadline_at - self.clock.now()).total_seconds()
@@ -533,7 +527,6 @@ class Worker:
             finally:
                 self._writing -= 1
             self.stats["completed"] += len(batch)
-            self._leased.difference_update(c.outcome.task_id for c in batch)
             self._slot_freed.set()
 
     async def _drain(self) -> None:

@@ -84,6 +84,9 @@ class Pending:
     events: list[AssetEvent] = field(default_factory=list)
     #: lease_id -> the status it ends in (written by _flush).
     ended: dict[str, LeaseStatus] = field(default_factory=dict)
+    #: Rows of routine events no policy looks at (ALLOCATED, TASK_SUCCESS), built without an
+    #: AssetEvent object: the hot path of leased tasks. Written before `events`.
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 class AssetStoreBase:
@@ -170,6 +173,23 @@ class AssetStoreBase:
             conn, "asset_events", EVENT_FIELDS, [self._event_row(e) for e in events]
         )
 
+    def _routine_row(
+        self, asset: AssetSnapshot, event_type: str, now_value: Any, task: TaskRef | None,
+        lease_id: str, old_status: str, message: str, context: Any,
+        causation_id: str | None = None,
+    ) -> tuple[Any, ...]:
+        """The row (EVENT_FIELDS order) of an INFO control-plane event, as _new_event then
+        _event_row would make it; `now_value` and `context` are already in the dialect's
+        form (d.ts(now), d.bulk_js(...))."""
+        return (
+            uuid7(), asset.tenant_id, task.project_id if task else asset.project_id,
+            task.env if task else asset.env, asset.asset_id, task.task_id if task else None,
+            lease_id, task.correlation_id if task else None, causation_id, str(event_type),
+            "control_plane", "INFO", old_status, asset.status.value, message, None, None,
+            None, None, None, None, now_value, now_value, self._adialect.bulk_js([]),
+            context, 1,
+        )
+
     @staticmethod
     def _new_event(
         asset: AssetSnapshot, event_type: str, now: datetime, *, task: TaskRef | None = None,
@@ -195,16 +215,17 @@ class AssetStoreBase:
         )
 
     def _lock_assets(
-        self, conn: Any, asset_ids: Sequence[str], pending: Pending
+        self, conn: Any, asset_ids: Sequence[str], pending: Pending, *, skip_locked: bool = False
     ) -> dict[str, AssetSnapshot]:
-        """Load (and on PostgreSQL lock, in asset_id order) assets not yet in `pending`."""
+        """Load (and on PostgreSQL lock, in asset_id order) assets not yet in `pending`. With
+        `skip_locked`, assets another transaction holds are left out instead of waited for."""
         d = self._adialect
         missing = sorted({a for a in asset_ids if a not in pending.assets})
         if missing:
             rows = self._x(
                 conn,
                 f"SELECT {ASSET_COLS} FROM assets WHERE {d.in_ids('asset_id')} "
-                f"ORDER BY asset_id{d.lock}",
+                f"ORDER BY asset_id{d.skip_locked if skip_locked else d.lock}",
                 (d.ids(missing),),
             ).fetchall()
             for r in rows:
@@ -244,7 +265,9 @@ class AssetStoreBase:
             a.version += 1
             a.updated_at = now
         pending.dirty.clear()
-        self._emit(conn, pending.events)
+        rows = pending.rows + [self._event_row(e) for e in pending.events]
+        d.bulk_insert(conn, "asset_events", EVENT_FIELDS, rows)
+        pending.rows.clear()
         pending.events.clear()
 
     def _set_status(
@@ -278,10 +301,12 @@ class AssetStoreBase:
     def _end_leases(
         self, conn: Any, leases: Sequence[Lease], status: LeaseStatus, pending: Pending,
         now: datetime, tasks: Mapping[str, TaskRef], causes: Mapping[str, str | None],
-        *, touch_assets: bool = True,
+        *, touch_assets: bool = True, routine: bool = False,
     ) -> None:
         """End active leases: give the concurrency back (COOLING when an asset with a cooldown
-        becomes idle) and write RELEASED / LEASE_EXPIRED / LEASE_REVOKED events."""
+        becomes idle) and write RELEASED / LEASE_EXPIRED / LEASE_REVOKED events. With
+        `routine` (only when every event collected so far is a routine row, so the order
+        holds), RELEASED events are written as routine rows too."""
         active = [lease for lease in leases
                   if lease.status is LeaseStatus.ACTIVE and lease.lease_id not in pending.ended]
         if not active:
@@ -290,6 +315,8 @@ class AssetStoreBase:
             check_lease_transition(lease.status, status)
             pending.ended[lease.lease_id] = status
         assets = self._lock_assets(conn, [lease.asset_id for lease in active], pending)
+        now_value = self._adialect.ts(now)
+        empty = self._adialect.bulk_js({})
         event_type = {
             LeaseStatus.RELEASED: AssetEventType.RELEASED,
             LeaseStatus.EXPIRED: AssetEventType.LEASE_EXPIRED,
@@ -308,35 +335,58 @@ class AssetStoreBase:
                         AssetStatus.COOLING if asset.cooldown_seconds > 0 else AssetStatus.READY
                     )
                     self._set_status(asset, target, pending, now)
-            ended = self._new_event(
-                asset, event_type, now, task=tasks.get(lease.task_id), lease_id=lease.lease_id,
-                causation_id=causes.get(lease.lease_id), old_status=old,
-                severity=Severity.INFO if status is LeaseStatus.RELEASED else Severity.WARN,
-                message=f"lease {status.value.lower()}",
-            )
-            pending.events.append(ended)
+            if routine and status is LeaseStatus.RELEASED:
+                row = self._routine_row(
+                    asset, event_type, now_value, tasks.get(lease.task_id), lease.lease_id, old,
+                    "lease released", empty, causation_id=causes.get(lease.lease_id),
+                )
+                pending.rows.append(row)
+                ended_id = row[0]
+            else:
+                ended = self._new_event(
+                    asset, event_type, now, task=tasks.get(lease.task_id),
+                    lease_id=lease.lease_id, causation_id=causes.get(lease.lease_id),
+                    old_status=old,
+                    severity=Severity.INFO if status is LeaseStatus.RELEASED else Severity.WARN,
+                    message=f"lease {status.value.lower()}",
+                )
+                pending.events.append(ended)
+                ended_id = ended.event_id
             if touch_assets and asset.status is AssetStatus.COOLING and old != "COOLING":
                 asset.cooldown_until = now + timedelta(seconds=asset.cooldown_seconds)
                 pending.events.append(self._new_event(
                     asset, AssetEventType.COOLING_START, now, task=tasks.get(lease.task_id),
-                    lease_id=lease.lease_id, causation_id=ended.event_id, old_status="IN_USE",
+                    lease_id=lease.lease_id, causation_id=ended_id, old_status="IN_USE",
                     message=f"cooling for {asset.cooldown_seconds}s",
                     context={"cooldown_until": asset.cooldown_until.isoformat()},
                 ))
 
     def _leases_with_tasks(
-        self, conn: Any, where: str, params: Sequence[Any]
+        self, conn: Any, where: str, params: Sequence[Any], lock_into: Pending | None = None,
     ) -> tuple[list[Lease], dict[str, TaskRef]]:
-        """Leases (columns prefixed l.) with what events need of their tasks, in one read."""
+        """Leases (columns prefixed l.) with what events need of their tasks, in one read.
+        With `lock_into`, their assets are loaded into it too (and on PostgreSQL locked, in
+        asset_id order), in the same round trip."""
         d = self._adialect
         cols = ", ".join(f"l.{c}" for c in LEASE_COLS.split(", "))
-        rows = self._x(
-            conn,
-            f"SELECT {cols}, t.project_id, t.env, t.correlation_id, t.constraints "
-            f"FROM leases l JOIN tasks t ON t.task_id = l.task_id WHERE {where} "
-            "ORDER BY l.asset_id, l.lease_id",
-            params,
-        ).fetchall()
+        with d.pipeline(conn):
+            cur = self._x(
+                conn,
+                f"SELECT {cols}, t.project_id, t.env, t.correlation_id, t.constraints "
+                f"FROM leases l JOIN tasks t ON t.task_id = l.task_id WHERE {where} "
+                "ORDER BY l.asset_id, l.lease_id",
+                params,
+            )
+            locked = None if lock_into is None else self._x(
+                conn,
+                f"SELECT {ASSET_COLS} FROM assets WHERE asset_id IN "
+                f"(SELECT l.asset_id FROM leases l WHERE {where}) ORDER BY asset_id{d.lock}",
+                params,
+            )
+        rows = cur.fetchall()
+        if locked is not None and lock_into is not None:
+            for r in locked.fetchall():
+                lock_into.assets.setdefault(r[0], self._asset(r))
         leases = [self._lease(r[:12]) for r in rows]
         refs = {
             r[2]: TaskRef(r[2], r[1], r[12], r[13], r[14],

@@ -15,7 +15,12 @@ from typing import Any
 
 import orjson
 
+from creep.storage.sqlite_bulk import insert_rows
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Chunks of a multi-row UPDATE on SQLite: well under its 32766 bound variables.
+_MAX_VARIABLES = 30_000
+_MAX_ROWS = 500
 
 
 def _json_default(value: Any) -> Any:
@@ -100,26 +105,35 @@ class SqliteDialect:
     def pipeline(self, conn: Any) -> AbstractContextManager[Any]:
         return nullcontext()
 
+    # Bulk writes are one multi-row statement per chunk, not executemany(): that steps once
+    # per row and gives up the GIL around each step, and a worker's busy event loop then holds
+    # it for a whole switch interval each time (see storage/sqlite_bulk.py).
+
     def bulk_insert(
         self, conn: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
         if rows:
-            conn.executemany(
-                f"INSERT INTO {table} ({', '.join(columns)}) "
-                f"VALUES ({', '.join('?' * len(columns))})",
-                rows,
-            )
+            insert_rows(conn, f"INSERT INTO {table} ({', '.join(columns)})", len(columns), rows)
 
     def bulk_update(
         self, conn: Any, table: str, key: str, columns: Sequence[str],
         rows: Sequence[Sequence[Any]], *, fixed: str = "", where: str = "",
     ) -> None:
-        """rows hold the new values of `columns`, then the key."""
-        if rows:
-            sets = ", ".join([*(f"{c} = ?" for c in columns), *([fixed] if fixed else [])])
-            conn.executemany(
-                f"UPDATE {table} SET {sets} WHERE {key} = ?{' AND ' + where if where else ''}",
-                rows,
+        """rows hold the new values of `columns`, then the key: one UPDATE ... FROM a VALUES
+        list per chunk."""
+        if not rows:
+            return
+        names = [*columns, key]
+        sets = ", ".join([*(f"{c} = r.{c}" for c in columns), *([fixed] if fixed else [])])
+        one = "(" + ", ".join("?" * len(names)) + ")"
+        per = max(1, min(_MAX_ROWS, _MAX_VARIABLES // len(names)))
+        for start in range(0, len(rows), per):
+            chunk = rows[start:start + per]
+            conn.execute(
+                f"WITH r({', '.join(names)}) AS (VALUES {', '.join([one] * len(chunk))}) "
+                f"UPDATE {table} SET {sets} FROM r "
+                f"WHERE {table}.{key} = r.{key}{' AND ' + where if where else ''}",
+                [value for row in chunk for value in row],
             )
 
 
@@ -189,25 +203,30 @@ class PostgresDialect:
         """Send the writes inside without waiting for each reply."""
         return conn.pipeline()  # type: ignore[no-any-return]
 
-    # Bulk writes are one statement each: the rows travel as one JSON array and
-    # jsonb_populate_recordset turns them into the table's own row type.
+    # Bulk writes are one statement each: the rows travel as one JSON array of arrays (no
+    # dict per row to build on the client), and each element is cast to its column's type.
 
-    def _records(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-        return orjson.dumps(
-            [dict(zip(columns, row, strict=True)) for row in rows], default=_pg_default
-        ).decode()
+    def _records(self, rows: Sequence[Sequence[Any]]) -> str:
+        return orjson.dumps(rows, default=_pg_default).decode()
+
+    def _row_source(self, conn: Any, table: str, columns: Sequence[str]) -> str:
+        """`SELECT <typed columns> FROM json_array_elements(%s::json)`: one row per array."""
+        types = self._types(conn, table)
+        cols = ", ".join(
+            f"(j.r -> {i})::jsonb AS {c}" if types[c] in ("jsonb", "json")
+            else f"(j.r ->> {i})::{types[c]} AS {c}"
+            for i, c in enumerate(columns)
+        )
+        return f"SELECT {cols} FROM json_array_elements(%s::json) AS j(r)"
 
     def bulk_insert(
         self, conn: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
         if rows:
-            types = self._types(conn, table)
-            cols = ", ".join(columns)
-            record = ", ".join(f"{c} {types[c]}" for c in columns)
             conn.execute(
-                f"INSERT INTO {table} ({cols}) SELECT {cols} "
-                f"FROM jsonb_to_recordset(%s::jsonb) AS r({record})",
-                (self._records(columns, rows),),
+                f"INSERT INTO {table} ({', '.join(columns)}) "
+                f"{self._row_source(conn, table, columns)}",
+                (self._records(rows),),
             )
 
     def bulk_update(
@@ -215,13 +234,12 @@ class PostgresDialect:
         rows: Sequence[Sequence[Any]], *, fixed: str = "", where: str = "",
     ) -> None:
         if rows:
-            types = self._types(conn, table)
             sets = ", ".join([*(f"{c} = r.{c}" for c in columns), *([fixed] if fixed else [])])
-            record = ", ".join(f"{c} {types[c]}" for c in [*columns, key])
             conn.execute(
-                f"UPDATE {table} SET {sets} FROM jsonb_to_recordset(%s::jsonb) AS r({record}) "
+                f"UPDATE {table} SET {sets} "
+                f"FROM ({self._row_source(conn, table, [*columns, key])}) AS r "
                 f"WHERE {table}.{key} = r.{key}{' AND ' + where if where else ''}",
-                (self._records([*columns, key], rows),),
+                (self._records(rows),),
             )
 
     def _types(self, conn: Any, table: str) -> dict[str, str]:

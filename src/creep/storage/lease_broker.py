@@ -59,15 +59,6 @@ class LeaseBrokerMixin(AssetStoreBase):
         kinds: set[tuple[Any, ...]] = set()
         claimed: list[Match] = []
         over_budget: list[str] = []
-        # Nothing can be leased while no asset has spare concurrency (e.g. a worker whose
-        # handlers finished before their completions freed the pool): skip the scan, which
-        # would read (and on PostgreSQL lock) pages of tasks for nothing.
-        if self._x(
-            conn,
-            "SELECT 1 FROM assets WHERE status IN ('READY', 'IN_USE') AND "
-            "current_concurrency < max_concurrency LIMIT 1",
-        ).fetchone() is None:
-            return []
         # Page through hinted tasks in claim order until `limit` are matched: tasks whose
         # resources are busy are passed over (no head-of-line blocking), up to a bound.
         for offset in range(0, HINTED_SCAN_MAX, page):
@@ -78,6 +69,11 @@ class LeaseBrokerMixin(AssetStoreBase):
                 "FROM tasks "
                 "WHERE status = 'QUEUED' AND has_hints = true AND run_after <= ? AND "
                 f"{d.in_texts('task_type')}{' AND tenant_id = ?' if tenant_id else ''} "
+                # Nothing can be leased while no asset has spare concurrency (e.g. a worker
+                # whose handlers finished before their completions freed the pool): then
+                # this (evaluated once) reads, and on PostgreSQL locks, no task for nothing.
+                "AND EXISTS (SELECT 1 FROM assets WHERE status IN ('READY', 'IN_USE') AND "
+                "current_concurrency < max_concurrency) "
                 "ORDER BY priority DESC, created_at "
                 f"LIMIT ? OFFSET ?{d.skip_locked}",
                 (d.ts(now), d.texts(task_types), *([tenant_id] if tenant_id else []), page,
@@ -200,9 +196,12 @@ class LeaseBrokerMixin(AssetStoreBase):
         picked_ids = sorted({a.asset_id for m in matches for _, a in m.picks})
         if d.lock:
             # Candidates were read without locks (a claim never holds up completions that
-            # release assets); now lock the picked ones in asset_id order and keep only the
-            # matches that still fit. The CHECK on current_concurrency is the last guard.
-            assets = self._lock_assets(conn, picked_ids, pending)
+            # release assets); now lock the picked ones and keep only the matches that still
+            # fit. Locked ones are skipped, never waited for: the claim may share its
+            # transaction with completions that settle leases (and so hold asset locks), and
+            # a wait here could close a cycle with another worker doing the same. The CHECK
+            # on current_concurrency is the last guard.
+            assets = self._lock_assets(conn, picked_ids, pending, skip_locked=True)
             matches = _still_fitting(matches, assets)
             if not matches:
                 return []
@@ -213,6 +212,7 @@ class LeaseBrokerMixin(AssetStoreBase):
         ledger_rows: list[tuple[Any, ...]] = []
         task_rows: list[tuple[Any, ...]] = []
         lease_ids_by_task: dict[str, list[str]] = {}
+        now_value = d.ts(now)
         for m in matches:
             ref = refs[m.task_id]
             for hint_index, cand in m.picks:
@@ -229,10 +229,10 @@ class LeaseBrokerMixin(AssetStoreBase):
                     d.ts(expires), None, d.dec(asset.cost_per_lease), asset.currency, token,
                     hint_index,
                 ))
-                pending.events.append(self._new_event(
-                    asset, AssetEventType.ALLOCATED, now, task=ref, lease_id=lease_id,
-                    old_status=old, message=f"leased to task {m.task_id}",
-                    context={"hint_index": hint_index, "worker_id": worker_id},
+                pending.rows.append(self._routine_row(
+                    asset, AssetEventType.ALLOCATED.value, now_value, ref, lease_id, old,
+                    f"leased to task {m.task_id}",
+                    d.bulk_js({"hint_index": hint_index, "worker_id": worker_id}),
                 ))
                 if asset.cost_per_lease > 0:
                     ledger_rows.append((
@@ -324,15 +324,16 @@ class LeaseBrokerMixin(AssetStoreBase):
         d = self._adialect
         if not done:
             return
+        pending = Pending()
         leases, tasks = self._leases_with_tasks(
             conn, f"{d.in_ids('l.task_id')} AND {d.in_ids('l.claim_token')}",
-            (d.ids([x[0] for x in done]), d.ids([x[1] for x in done])),
+            (d.ids([x[0] for x in done]), d.ids([x[1] for x in done])), lock_into=pending,
         )
         if not leases:
             return
         by_token = {x[1]: x for x in done}
         keep = {t.task_id for t in tasks.values() if t.keep_leases}
-        pending = Pending()
+        now_value = d.ts(now)
         assets = self._lock_assets(conn, [lease.asset_id for lease in leases], pending)
         causes: dict[str, str | None] = {}
         to_release: list[Lease] = []
@@ -347,16 +348,21 @@ class LeaseBrokerMixin(AssetStoreBase):
                 before = asset.health_score
                 asset.health_score = next_health(before, effect)
                 pending.dirty.add(asset.asset_id)
-                ev = self._new_event(
-                    asset, effect, now, task=tasks.get(task_id), lease_id=lease.lease_id,
-                    severity=Severity.INFO if effect == AssetEventType.TASK_SUCCESS
-                    else Severity.WARN,
-                    message=f"task {status}", context={
-                        "health_score_before": before, "health_score_after": asset.health_score,
-                    },
-                )
-                pending.events.append(ev)
-                causes[lease.lease_id] = ev.event_id
+                health = {"health_score_before": before, "health_score_after": asset.health_score}
+                if effect == AssetEventType.TASK_SUCCESS:  # never a failure: no policy reads it
+                    row = self._routine_row(
+                        asset, effect, now_value, tasks.get(task_id), lease.lease_id,
+                        asset.status.value, f"task {status}", d.bulk_js(health),
+                    )
+                    pending.rows.append(row)
+                    causes[lease.lease_id] = row[0]
+                else:
+                    ev = self._new_event(
+                        asset, effect, now, task=tasks.get(task_id), lease_id=lease.lease_id,
+                        severity=Severity.WARN, message=f"task {status}", context=health,
+                    )
+                    pending.events.append(ev)
+                    causes[lease.lease_id] = ev.event_id
             if lease.status is LeaseStatus.ACTIVE:
                 if status == "SUCCESS" and task_id in keep:
                     kept.append(lease.lease_id)
@@ -365,11 +371,13 @@ class LeaseBrokerMixin(AssetStoreBase):
         if kept:
             self._many(conn, "UPDATE leases SET expires_at = NULL WHERE lease_id = ?",
                        [(lease_id,) for lease_id in kept])
-        self._end_leases(conn, to_release, LeaseStatus.RELEASED, pending, now, tasks, causes)
+        self._end_leases(conn, to_release, LeaseStatus.RELEASED, pending, now, tasks, causes,
+                         routine=not pending.events)
         self._auto_ban_many(conn, pending, now)
-        self._flush(conn, pending, now)
-        if to_release:
-            self._capacity_freed(conn)
+        with d.pipeline(conn):  # the writes and the wake-up in one round trip
+            self._write_pending(conn, pending, now)
+            if to_release:
+                self._capacity_freed(conn)
 
     def _leases_expire(
         self, conn: Any, claims: Sequence[tuple[str, str]], now: datetime
