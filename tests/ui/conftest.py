@@ -42,7 +42,9 @@ def require_chromium() -> None:
     pytest.skip(f"{problem}; the dashboard's browser tests need it")
 
 
-@pytest.fixture(scope="session")
+# Module scope: playwright's sync API keeps an asyncio loop running on this thread while it is
+# open, which would break every later test that calls asyncio.run().
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     require_chromium()
     from playwright.sync_api import sync_playwright
