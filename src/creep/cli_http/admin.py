@@ -24,6 +24,7 @@ from creep.cli_http.common import (
     out,
     print_json,
     table,
+    take,
     usage_error,
 )
 from creep.client import Client, Tenant
@@ -140,11 +141,7 @@ def audit_list(
     """Audit events, newest first."""
     filters = _audit_filters(resource_type, action, tenant, resource_id)
     with client(api_url, api_key) as c:
-        events = []
-        for event in c.iter_audit(page_size=min(limit, 1000), **filters):
-            events.append(event)
-            if len(events) >= limit:
-                break
+        events = take(c.iter_audit(page_size=min(limit, 1000), **filters), limit)
     if json:
         print_json(events)
     else:

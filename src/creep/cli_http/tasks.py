@@ -23,6 +23,7 @@ from creep.cli_http.common import (
     print_json,
     progress,
     table,
+    take,
     usage_error,
 )
 from creep.client import Batch, Client, ClientError, Task, TaskEvent
@@ -102,11 +103,7 @@ def task_list(
     filters = {"status": status, "task_type": task_type, "tenant_id": tenant,
                "batch_id": batch, "tag": tag, "env": env}
     with client(api_url, api_key) as c:
-        tasks: list[Task] = []
-        for task in c.iter_tasks(page_size=min(limit, 500), **filters):
-            tasks.append(task)
-            if len(tasks) >= limit:
-                break
+        tasks = take(c.iter_tasks(page_size=min(limit, 500), **filters), limit)
     if json:
         print_json(tasks)
     else:
@@ -297,11 +294,7 @@ def batch_list(limit: Annotated[int, typer.Option(min=1)] = 20, api_url: ApiUrl 
                api_key: ApiKey = None, json: Json = False) -> None:
     """Batches, newest first."""
     with client(api_url, api_key) as c:
-        batches: list[Batch] = []
-        for b in c.iter_batches(page_size=min(limit, 100)):
-            batches.append(b)
-            if len(batches) >= limit:
-                break
+        batches = take(c.iter_batches(page_size=min(limit, 100)), limit)
     if json:
         print_json(batches)
     else:
