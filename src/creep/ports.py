@@ -24,11 +24,62 @@ from creep.domain.task import TaskOrder
 from creep.domain.task_spec import TaskSpec
 
 
-@dataclass(slots=True)
 class ClaimedTask:
-    task: TaskOrder
-    claim_token: str
-    deadline_at: datetime
+    """A task this worker claimed, with its claim token and handler deadline.
+
+    `task` (the whole TaskOrder) may be decoded lazily: a store can hand over the raw row and
+    a decoder (`ClaimedTask.lazy`), so a worker that only needs the id, type and attempt
+    counters never pays for ~45 decoded columns; the first read of `task` decodes it."""
+
+    __slots__ = (
+        "_decode", "_row", "_task", "attempt", "claim_token", "deadline_at", "max_attempts",
+        "task_id", "task_type",
+    )
+
+    def __init__(self, task: TaskOrder, claim_token: str, deadline_at: datetime) -> None:
+        self._task: TaskOrder | None = task
+        self._row: Any = None
+        self._decode: Callable[[Any], TaskOrder] | None = None
+        self.claim_token = claim_token
+        self.deadline_at = deadline_at
+        self.task_id = task.task_id
+        self.task_type = task.task_type
+        self.attempt = task.attempt
+        self.max_attempts = task.max_attempts
+
+    @classmethod
+    def lazy(
+        cls, row: Any, decode: Callable[[Any], TaskOrder], claim_token: str,
+        deadline_at: datetime, task_id: str, task_type: str, attempt: int, max_attempts: int,
+    ) -> ClaimedTask:
+        """A claimed task whose TaskOrder is `decode(row)`, built on first access."""
+        self = cls.__new__(cls)
+        self._task, self._row, self._decode = None, row, decode
+        self.claim_token, self.deadline_at = claim_token, deadline_at
+        self.task_id, self.task_type = task_id, task_type
+        self.attempt, self.max_attempts = attempt, max_attempts
+        return self
+
+    @property
+    def task(self) -> TaskOrder:
+        task = self._task
+        if task is None:
+            assert self._decode is not None
+            task = self._task = self._decode(self._row)
+            self._row = self._decode = None
+        return task
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ClaimedTask):
+            return NotImplemented
+        return (self.task, self.claim_token, self.deadline_at) == (
+            other.task, other.claim_token, other.deadline_at)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaces
+
+    def __repr__(self) -> str:
+        return (f"ClaimedTask(task_id={self.task_id!r}, task_type={self.task_type!r}, "
+                f"attempt={self.attempt}, claim_token={self.claim_token!r})")
 
 
 @dataclass(slots=True)

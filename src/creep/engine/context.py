@@ -13,27 +13,33 @@ from creep.engine.lease_context import LeaseContextMixin, SyncLeaseContextMixin
 
 if TYPE_CHECKING:
     from creep.engine.worker import Worker
+    from creep.ports import ClaimedTask
 
 
 class TaskContext(LeaseContextMixin):  # charge/earn/report_event/leases: lease_context.py
     """Handed to async handlers. `await ctx.heartbeat()` renews the claim now and raises
     TaskCancelled once cancellation was requested; `await ctx.progress(pct, msg)` records progress."""
 
-    def __init__(self, worker: Worker, task: TaskOrder, claim_token: str) -> None:
-        self.task = task
-        self.claim_token = claim_token
+    def __init__(self, worker: Worker, claimed: ClaimedTask) -> None:
+        self._claimed = claimed
+        self.claim_token = claimed.claim_token
         self._worker = worker
         self._cancelled = False
         self.cancel_reason: str | None = None
         self.revoked_lease_ids: list[str] = []
 
     @property
+    def task(self) -> TaskOrder:
+        """The task order as claimed (decoded on first read: see ClaimedTask)."""
+        return self._claimed.task
+
+    @property
     def task_id(self) -> str:
-        return self.task.task_id
+        return self._claimed.task_id
 
     @property
     def attempt(self) -> int:
-        return self.task.attempt
+        return self._claimed.attempt
 
     @property
     def cancelled(self) -> bool:
@@ -68,8 +74,11 @@ class SyncTaskContext(SyncLeaseContextMixin):
     def __init__(self, inner: TaskContext, loop: asyncio.AbstractEventLoop) -> None:
         self._inner = inner
         self._loop = loop
-        self.task = inner.task
         self.claim_token = inner.claim_token
+
+    @property
+    def task(self) -> TaskOrder:
+        return self._inner.task
 
     @property
     def task_id(self) -> str:

@@ -19,7 +19,11 @@ if TYPE_CHECKING:
 
 
 class LeaseContextMixin:
-    task: TaskOrder
+    if TYPE_CHECKING:  # TaskContext decodes its task on first read
+
+        @property
+        def task(self) -> TaskOrder: ...
+
     claim_token: str
     revoked_lease_ids: list[str]
     _worker: Worker

@@ -19,7 +19,7 @@ import socket
 import threading
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -94,7 +94,7 @@ class WorkerSettings:
 class _Running:
     claimed: ClaimedTask
     ctx: TaskContext
-    job: asyncio.Task[None] | None = None
+    job: asyncio.Task[Any] | None = None
     stop_reason: str | None = None  # "timeout" | "cancel" | "shutdown" | "lost" | "lease_revoked"
 
 
@@ -258,8 +258,8 @@ class Worker:
             self._wake.clear()
             want = min(free, batch)
             claimed = await self._claim(types, want)
-            for c in claimed:
-                self._start(c)
+            if claimed:
+                self._start_batch(claimed)
             self.stats["claimed"] += len(claimed)
             if len(claimed) == want:
                 idle_rounds = 0
@@ -346,17 +346,24 @@ class Worker:
 
     # -- running handlers ----------------------------------------------------------------------
 
-    def _start(self, claimed: ClaimedTask) -> None:
-        task = claimed.task
-        ctx = TaskContext(self, task, claimed.claim_token)
-        run = _Running(claimed, ctx)
-        self._running[task.task_id] = run
-        run.job = asyncio.create_task(self._execute(run), name=f"creep-task-{task.task_id}")
+    def _start_batch(self, batch: list[ClaimedTask]) -> None:
+        """Start a handler run per claimed task. What is the same for the whole batch (the
+        clock, whether spans are recorded) is looked up once, not per task."""
         loop = asyncio.get_running_loop()
-        remaining = (claimed.deadline_at - self.clock.now()).total_seconds()
-        when = loop.time() + max(0.0, remaining)
-        heapq.heappush(self._deadlines, (when, task.task_id, run))
-        if when < self._deadline_at:
+        execute: Callable[[_Running], Coroutine[Any, Any, object]] = (
+            self._execute_run if tracing.tracer() is None else self._execute_traced)
+        now, loop_now = self.clock.now(), loop.time()
+        running, deadlines, create_task = self._running, self._deadlines, loop.create_task
+        earliest = self._deadline_at
+        for claimed in batch:
+            task_id = claimed.task_id
+            run = _Running(claimed, TaskContext(self, claimed))
+            running[task_id] = run
+            run.job = create_task(execute(run), name=f"creep-task-{task_id}")
+            when = loop_now + max(0.0, (claimed.deadline_at - now).total_seconds())
+            heapq.heappush(deadlines, (when, task_id, run))
+            earliest = min(earliest, when)
+        if earliest < self._deadline_at:
             self._arm_deadlines(loop)
 
     def _arm_deadlines(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -399,10 +406,7 @@ class Worker:
         if run.job is not None:
             run.job.cancel()
 
-    async def _execute(self, run: _Running) -> None:
-        if tracing.tracer() is None:
-            await self._execute_run(run)
-            return
+    async def _execute_traced(self, run: _Running) -> None:
         task = run.claimed.task
         # One span per run, a child of the submitter's span (constraints.traceparent).
         with tracing.span(
@@ -415,12 +419,12 @@ class Worker:
             current.set_attribute("creep.outcome", outcome.kind.value if outcome else "lost")
 
     async def _execute_run(self, run: _Running) -> Outcome | None:
-        task = run.claimed.task
-        token = run.claimed.claim_token
-        handler = self.handlers[task.task_type]
-        is_async = self._is_async.get(task.task_type)
+        claimed = run.claimed  # its TaskOrder is decoded only if the handler reads ctx.task
+        task_id, token, task_type = claimed.task_id, claimed.claim_token, claimed.task_type
+        handler = self.handlers[task_type]
+        is_async = self._is_async.get(task_type)
         if is_async is None:
-            is_async = self._is_async[task.task_type] = inspect.iscoroutinefunction(handler)
+            is_async = self._is_async[task_type] = inspect.iscoroutinefunction(handler)
         outcome: Outcome | None
         try:
             if is_async:
@@ -435,7 +439,7 @@ class Worker:
                 # A sync handler cannot be interrupted; it finished after it was stopped.
                 outcome = self._stopped_outcome(run)
             else:
-                outcome = _value_outcome(task.task_id, token, value)
+                outcome = _value_outcome(task_id, token, value)
         except asyncio.CancelledError:
             if run.stop_reason is None:
                 raise
@@ -443,27 +447,26 @@ class Worker:
         except TaskCancelled as exc:
             outcome = (
                 self._stopped_outcome(run) if run.stop_reason not in (None, "cancel")
-                else Outcome(task.task_id, token, OutcomeKind.CANCELLED, message=str(exc))
+                else Outcome(task_id, token, OutcomeKind.CANCELLED, message=str(exc))
             )
         except Retry as exc:
             outcome = Outcome(
-                task.task_id, token, OutcomeKind.RETRY, message=exc.message,
-                retry_delay=exc.delay,
+                task_id, token, OutcomeKind.RETRY, message=exc.message, retry_delay=exc.delay,
             )
         except Fail as exc:
             outcome = Outcome(
-                task.task_id, token, OutcomeKind.FAILED, code=exc.code, message=exc.message
+                task_id, token, OutcomeKind.FAILED, code=exc.code, message=exc.message
             )
         except Exception as exc:
-            outcome = _error_outcome(task.task_id, token, exc)
+            outcome = _error_outcome(task_id, token, exc)
         finally:
-            self._running.pop(task.task_id, None)
+            self._running.pop(task_id, None)
             self._slot_freed.set()
         if outcome is None:
             self.stats["lost"] += 1
             return None
         resolution = resolve(
-            outcome, attempt=task.attempt, max_attempts=task.max_attempts,
+            outcome, attempt=claimed.attempt, max_attempts=claimed.max_attempts,
             now=self.clock.now(), backoff=self.settings.backoff,
         )
         self._buffer.append(Completion(outcome, resolution))
@@ -473,7 +476,7 @@ class Worker:
         return outcome
 
     def _stopped_outcome(self, run: _Running) -> Outcome | None:
-        task_id, token = run.claimed.task.task_id, run.claimed.claim_token
+        task_id, token = run.claimed.task_id, run.claimed.claim_token
         reason = run.stop_reason
         if reason == "timeout":
             return Outcome(
@@ -551,12 +554,12 @@ class Worker:
                 if outcome is not None:
                     self._buffer.append(
                         Completion(outcome, resolve(
-                            outcome, attempt=run.claimed.task.attempt,
-                            max_attempts=run.claimed.task.max_attempts, now=self.clock.now(),
+                            outcome, attempt=run.claimed.attempt,
+                            max_attempts=run.claimed.max_attempts, now=self.clock.now(),
                             backoff=self.settings.backoff,
                         ))
                     )
-                self._running.pop(run.claimed.task.task_id, None)
+                self._running.pop(run.claimed.task_id, None)
         await self._flush()
 
     # -- lifeline: heartbeats and cancellation -------------------------------------------------

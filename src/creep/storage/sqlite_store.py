@@ -74,6 +74,8 @@ _TS_IDX = tuple(_IDX[n] for n in _TS_COLUMNS)
 _JSON_IDX = tuple(_IDX[n] for n in _JSON_COLUMNS)
 _DECIMAL_IDX = (_IDX["max_total_cost"], _IDX["business_value_hint"])
 _STATUS_I, _CANCEL_I = _IDX["status"], _IDX["cancel_requested"]
+_PRIORITY_I, _CREATED_I, _TYPE_I = _IDX["priority"], _IDX["created_at"], _IDX["task_type"]
+_ATTEMPT_I, _MAX_ATTEMPTS_I = _IDX["attempt"], _IDX["max_attempts"]
 _STATUS = {s.value: s for s in TaskStatus}
 #: WAL pages before an automatic checkpoint. Claims and completions rewrite the same pages
 #: many times over; a larger WAL lets a checkpoint copy each page once for many commits
@@ -944,14 +946,21 @@ def _apply_items(completions: Sequence[Completion]) -> list[_Apply]:
     ]
 
 
+def _claimed_task(row: Sequence[Any]) -> TaskOrder:
+    return _row_to_task(row[:-1])
+
+
 def _claimed(rows: list[Any], token: str) -> list[ClaimedTask]:
-    """Claimed rows (the task columns, then deadline_at) as ClaimedTasks in claim order."""
-    claimed = [
-        ClaimedTask(_row_to_task(r[:-1]), token, _EPOCH + timedelta(microseconds=r[-1]))
+    """Claimed rows (the task columns, then deadline_at) as ClaimedTasks in claim order. The
+    TaskOrder of each is decoded on first use (most handlers of a big batch read a few
+    fields, and a worker needs only the id, type and attempt counters)."""
+    rows.sort(key=lambda r: (-r[_PRIORITY_I], r[_CREATED_I]))
+    lazy = ClaimedTask.lazy
+    return [
+        lazy(r, _claimed_task, token, _EPOCH + timedelta(microseconds=r[-1]), r[0],
+             r[_TYPE_I], r[_ATTEMPT_I], r[_MAX_ATTEMPTS_I])
         for r in rows
     ]
-    claimed.sort(key=lambda c: (-c.task.priority, c.task.created_at))
-    return claimed
 
 
 def _apply_document(items: Sequence[_Apply]) -> str:
