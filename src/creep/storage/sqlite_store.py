@@ -157,6 +157,7 @@ class SqliteStore(
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
+        self._write_lock = threading.RLock()
         self._listeners: list[Callable[[str, str], None]] = []
 
     # -- connections ---------------------------------------------------------------------------
@@ -187,14 +188,19 @@ class SqliteStore(
             yield within
             return
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-            pending_writes.flush(self, conn)  # e.g. the API's audit row, same transaction
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        # Writers of this process queue on a lock before BEGIN IMMEDIATE: SQLite's busy
+        # handler would make a waiting writer sleep 10-100 ms per retry (a worker's claim
+        # behind its own maintenance sweep), where the lock hands over as soon as the other
+        # commits. Other processes are still kept out by BEGIN IMMEDIATE and busy_timeout.
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                pending_writes.flush(self, conn)  # e.g. the API's audit row, same transaction
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def close(self) -> None:
         with self._all_lock:
