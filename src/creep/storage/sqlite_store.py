@@ -507,12 +507,17 @@ class SqliteStore(
         first, then the update, both fenced by claim token, so no per-row round trips."""
         if not items:
             return []
-        for item in items:
-            check_transition(TaskStatus.RUNNING, item.resolution.status)
+        for status in {item.resolution.status for item in items}:
+            check_transition(TaskStatus.RUNNING, status)
         now_us = us(now)
-        doc = _apply_document(items)
-        conn.execute(_APPLY_EVENTS_SQL, (doc, now_us))
-        rows = conn.execute(_APPLY_UPDATE_SQL, (doc, now_us)).fetchall()
+        plain, doc = _apply_document(items)
+        rows: list[Any] = []
+        if plain:  # the usual completion, a success: constants in the SQL, not per row
+            conn.execute(_SUCCESS_EVENTS_SQL, (plain, now_us))
+            rows = conn.execute(_SUCCESS_UPDATE_SQL, (plain, now_us)).fetchall()
+        if doc:
+            conn.execute(_APPLY_EVENTS_SQL, (doc, now_us))
+            rows += conn.execute(_APPLY_UPDATE_SQL, (doc, now_us)).fetchall()
         succeeded = [r[0] for r in rows if r[2] and r[1] == "SUCCESS"]
         dead = [r[0] for r in rows if r[2] and r[1] not in ("SUCCESS", "QUEUED")]
         hinted = {r[0] for r in rows if r[3]}
@@ -981,23 +986,33 @@ def _claimed(rows: list[Any], token: str) -> list[ClaimedTask]:
     ]
 
 
-def _apply_document(items: Sequence[_Apply]) -> str:
-    """One JSON array of per-task rows for the set-based completion statements; a task listed
-    twice is applied once (its first entry)."""
+def _apply_document(items: Sequence[_Apply]) -> tuple[str | None, str | None]:
+    """JSON arrays of per-task rows for the set-based completion statements: plain successes
+    (task id, claim token, result) and everything else (all fields, see below). A task
+    listed twice is applied once (its first entry)."""
     seen: set[str] = set()
+    plain: list[list[Any]] = []
     rows: list[list[Any]] = []
+    success = TaskStatus.SUCCESS
     for i in items:
         if i.task_id in seen:
             continue
         seen.add(i.task_id)
         res = i.resolution
+        if (res.status is success and res.result_code == "OK" and not res.result_message
+                and i.error is None and res.run_after is None and res.charge_attempt
+                and res.event_type == "succeeded"):
+            plain.append([i.task_id, i.claim_token,
+                          None if i.result_json is None else i.result_json.decode()])
+            continue
         rows.append([
             i.task_id, i.claim_token, res.status.value, res.result_code, res.result_message,
             None if i.result_json is None else i.result_json.decode(), i.error,
             us(res.run_after) if res.run_after else None, 1 if res.charge_attempt else 0,
             res.event_type, dumps(resolution_payload(res, i.error)).decode(),
         ])
-    return orjson.dumps(rows).decode()
+    return (orjson.dumps(plain).decode() if plain else None,
+            orjson.dumps(rows).decode() if rows else None)
 
 
 # Fields of one `_apply_document` row, by position: 0 task_id, 1 claim_token, 2 status,
@@ -1011,6 +1026,24 @@ SELECT t.task_id, t.tenant_id, o.value ->> 9, 'RUNNING', o.value ->> 2, t.attemp
     o.value ->> 10, ?2
 FROM json_each(?1) o JOIN tasks t ON t.task_id = o.value ->> 0
 WHERE t.claim_token = o.value ->> 1 AND t.status = 'RUNNING'"""
+# A plain success (`_apply_document`'s first array: 0 task_id, 1 claim_token, 2 result json):
+# what the statements above do for status SUCCESS, result code OK, no message, no error.
+_SUCCESS_EVENTS_SQL = """
+INSERT INTO task_events (task_id, tenant_id, event_type, from_status, to_status, attempt,
+    payload, created_at)
+SELECT t.task_id, t.tenant_id, 'succeeded', 'RUNNING', 'SUCCESS', t.attempt,
+    '{"result_code":"OK"}', ?2
+FROM json_each(?1) o JOIN tasks t ON t.task_id = o.value ->> 0
+WHERE t.claim_token = o.value ->> 1 AND t.status = 'RUNNING'"""
+_SUCCESS_UPDATE_SQL = """
+UPDATE tasks SET status = 'SUCCESS', result_code = 'OK', result_message = NULL,
+    result_payload = COALESCE(o.value ->> 2, result_payload), finished_at = ?2,
+    progress = 100, claimed_by = NULL, claim_token = NULL, claim_expires_at = NULL,
+    deadline_at = NULL, cancel_requested = 0, task_version = task_version + 1, updated_at = ?2
+FROM json_each(?1) o
+WHERE tasks.task_id = o.value ->> 0 AND tasks.claim_token = o.value ->> 1
+  AND tasks.status = 'RUNNING'
+RETURNING task_id, status, has_dependants, has_hints"""
 _APPLY_UPDATE_SQL = """
 UPDATE tasks SET status = o.value ->> 2, result_code = o.value ->> 3,
     result_message = o.value ->> 4,
