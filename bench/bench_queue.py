@@ -56,10 +56,12 @@ def make_app(url: str) -> Creep:
     return app
 
 
-def orders(n: int, tag: str) -> list[dict[str, Any]]:
+def orders(n: int, tag: str, priorities: int = 100) -> list[dict[str, Any]]:
+    """`n` orders with priorities i % `priorities` (the default spreads them over 100 levels;
+    1 puts every task at priority 0, so claims take tasks in submission order)."""
     return [
         {"tenant_id": "bench", "env": "prod", "idempotency_key": f"{tag}-{i}",
-         "task_type": "NOOP", "priority": i % 100, "input_payload": {"i": i}}
+         "task_type": "NOOP", "priority": i % priorities, "input_payload": {"i": i}}
         for i in range(n)
     ]
 
@@ -88,12 +90,12 @@ def preload_finished(app: Creep, count: int) -> float:
     return time.perf_counter() - started
 
 
-def measure_enqueue(app: Creep, n: int, singles: int) -> dict[str, float]:
+def measure_enqueue(app: Creep, n: int, singles: int, priorities: int) -> dict[str, float]:
     started = time.perf_counter()
-    app.submit_many(orders(n, "bulk"))
+    app.submit_many(orders(n, "bulk", priorities))
     bulk = n / (time.perf_counter() - started)
     started = time.perf_counter()
-    for order in orders(singles, "single"):
+    for order in orders(singles, "single", priorities):
         app.submit(**order)
     single = singles / (time.perf_counter() - started)
     return {"bulk_enqueue_per_s": bulk, "single_enqueue_per_s": single}
@@ -168,6 +170,8 @@ def main() -> None:
                         help="finished tasks stored before the drain")
     parser.add_argument("--pickup-samples", type=int, default=300)
     parser.add_argument("--skip-pickup", action="store_true")
+    parser.add_argument("--priorities", type=int, default=100,
+                        help="distinct priorities of the enqueued tasks (i %% N); 1 = all equal")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,11 +179,11 @@ def main() -> None:
         url, drop = fresh_url(args.database_url, workdir)
         try:
             results: dict[str, Any] = {"backend": url.split(":")[0], "n": args.n,
-                                       "preload": args.preload}
+                                       "preload": args.preload, "priorities": args.priorities}
             app = make_app(url)
             if args.preload:
                 results["preload_s"] = preload_finished(app, args.preload)
-            results.update(measure_enqueue(app, args.n, args.singles))
+            results.update(measure_enqueue(app, args.n, args.singles, args.priorities))
             app.close()
             results.update(measure_drain(url, args.n, args.concurrency))
             if not args.skip_pickup:
