@@ -75,3 +75,57 @@ def test_many_deadlines_one_heap(db_url: str) -> None:
     assert {app.get_task(t.task_id).status for t in slow} == {TaskStatus.TIMEOUT}
     assert {app.get_task(t.task_id).status for t in fast} == {TaskStatus.SUCCESS}
     app.close()
+
+
+def test_bulk_submission_claims_by_priority_then_submission_order(db_url: str) -> None:
+    """One bulk insert is laid out in claim order on SQLite; a claim still takes the highest
+    priority first and, on SQLite, equal priorities of one submission in submission order
+    (PostgreSQL leaves ties of one created_at unordered)."""
+    app = Creep(db_url)
+    tasks = app.submit_many([
+        {"task_type": "X", "priority": p, "input_payload": {"i": i}}
+        for i, p in enumerate([5, 50, 5, 99, 50, 0, 99, 5])
+    ])
+    claimed = app.store.task_claim("w1", ["X"], 10, app.clock.now(), 60)
+    assert [c.task.priority for c in claimed] == [99, 99, 50, 50, 5, 5, 5, 0]
+    assert sorted(c.task_id for c in claimed) == sorted(t.task_id for t in tasks)
+    if db_url.startswith("sqlite"):
+        assert [c.task.input_payload["i"] for c in claimed] == [3, 6, 1, 4, 0, 2, 7, 5]
+    app.close()
+
+
+def test_claimed_task_decodes_its_order_lazily_and_equally(db_url: str) -> None:
+    """ClaimedTask carries the id, type and attempt counters; its TaskOrder is the claimed
+    row either way (decoded on first read on SQLite)."""
+    app = Creep(db_url)
+    task = app.submit(task_type="X", priority=7, input_payload={"a": [1, 2]}, tags=["t"])
+    (claimed,) = app.store.task_claim("w1", ["X"], 1, app.clock.now(), 60)
+    assert (claimed.task_id, claimed.task_type, claimed.attempt, claimed.max_attempts) == (
+        task.task_id, "X", 1, task.max_attempts)
+    order = claimed.task
+    assert order is claimed.task  # decoded once
+    assert order.status is TaskStatus.RUNNING and order.attempt == 1
+    assert order.input_payload == {"a": [1, 2]} and order.tags == ["t"]
+    assert order.priority == 7 and order.claimed_by == "w1"
+    app.close()
+
+
+def test_events_of_a_task_survive_a_priority_change(db_url: str) -> None:
+    """SQLite files a claim's and a completion's events under the task's priority (migration
+    0009); reading one task's events finds them all, whatever its priority was."""
+    app = Creep(db_url)
+    task = app.submit(task_type="X", priority=10)
+    app.update_task(task.task_id, task.task_version, priority=90)
+    (claimed,) = app.store.task_claim("w1", ["X"], 1, app.clock.now(), 60)
+    app.store.task_complete_many([_success(app, task.task_id, claimed.claim_token)],
+                                 app.clock.now())
+    events = app.task_events(task.task_id)
+    assert [e.event_type for e in events] == [
+        "created", "queued", "updated", "started", "succeeded"]
+    assert [e.event_id for e in events] == sorted(e.event_id for e in events)
+    if db_url.startswith("sqlite"):  # the by-task read with an event-id cursor
+        after = app.store.task_events_after(None, task_id=task.task_id)
+        assert [e.event_id for e in after] == [e.event_id for e in events]
+        after = app.store.task_events_after(events[1].cursor, task_id=task.task_id)
+        assert [e.event_type for e in after] == ["updated", "started", "succeeded"]
+    app.close()

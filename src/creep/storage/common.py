@@ -32,6 +32,11 @@ INSERT_COLUMNS: tuple[str, ...] = (
     *TASK_COLUMNS[: TASK_COLUMNS.index("last_error")], "request_hash", "has_dependants",
 )
 
+#: SQLite: the prefix of a condition on task_events.task_id that lets the by-task index
+#: (task_priority, task_id, event_id) serve it, e.g. f"{SQLITE_EVENTS_OF} task_id = ?"
+#: (migration 0009 says why the index leads with the priority).
+SQLITE_EVENTS_OF = f"task_priority IN ({', '.join(str(p) for p in range(101))}) AND"
+
 #: Fields a caller may change through an update that names task_version.
 UPDATABLE_FIELDS = frozenset(
     {

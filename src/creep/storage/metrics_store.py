@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from creep.storage.common import SQLITE_EVENTS_OF
+
 if TYPE_CHECKING:
     import psycopg
 
@@ -73,7 +75,8 @@ class SqliteMetricsMixin:
              _EPOCH + timedelta(microseconds=r[5]))
             for r in conn.execute(
                 "SELECT task_id, event_id, from_status, to_status, payload, created_at "
-                "FROM task_events WHERE task_id IN (SELECT value FROM json_each(?)) "
+                f"FROM task_events WHERE {SQLITE_EVENTS_OF} "
+                "task_id IN (SELECT value FROM json_each(?)) "
                 f"AND {_MARKS_WHERE} ORDER BY event_id",
                 (ids,),
             ).fetchall()

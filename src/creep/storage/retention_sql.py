@@ -9,6 +9,9 @@ from creep.storage.schedule_sql_base import _TERMINAL_TASK, ScheduleSqlBase
 
 
 class RetentionSqlMixin(ScheduleSqlBase):
+    #: What goes before `task_id IN (...)` on task_events (SQLite: SQLITE_EVENTS_OF).
+    _events_of: str = ""
+
     # -- retention -----------------------------------------------------------------------------
 
     def retention_purge_executions(self, cutoff: datetime, limit: int = 10_000) -> int:
@@ -51,7 +54,9 @@ class RetentionSqlMixin(ScheduleSqlBase):
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
                 qs = ", ".join("?" * len(chunk))
-                conn.execute(f"DELETE FROM task_events WHERE task_id IN ({qs})", chunk)
+                conn.execute(
+                    f"DELETE FROM task_events WHERE {self._events_of} task_id IN ({qs})", chunk
+                )
                 conn.execute(f"DELETE FROM tasks WHERE task_id IN ({qs})", chunk)
             return len(ids)
 

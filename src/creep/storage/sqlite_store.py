@@ -39,6 +39,7 @@ from creep.storage import pending_writes
 from creep.storage.asset_pages import AssetPagesMixin  # REST API pages
 from creep.storage.common import (
     INSERT_COLUMNS,
+    SQLITE_EVENTS_OF,
     TASK_COLUMNS,
     TASK_SELECT,
     UPDATABLE_FIELDS,
@@ -133,6 +134,7 @@ class SqliteStore(
     AssetPagesMixin, SqliteMetricsMixin,
 ):  # schedules, assets, API tables, artifacts, REST pages: see the mixins
     dialect = "sqlite"
+    _events_of = SQLITE_EVENTS_OF  # retention: task_events' by-task index (migration 0009)
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -446,11 +448,12 @@ class SqliteStore(
         ).fetchall()
         if rows:
             payload = dumps({"worker_id": worker_id})
-            _insert_events(
-                conn,
+            insert_rows(
+                conn, "INSERT INTO task_events (task_id, tenant_id, event_type, from_status, "
+                "to_status, attempt, payload, created_at, task_priority)", 9,
                 [
-                    (r[0], r[2], "started", "QUEUED", "RUNNING", r[_IDX["attempt"]], payload,
-                     now_us)
+                    (r[0], r[2], "started", "QUEUED", "RUNNING", r[_ATTEMPT_I], payload,
+                     now_us, r[_PRIORITY_I])
                     for r in rows
                 ],
             )
@@ -730,7 +733,8 @@ class SqliteStore(
         self.task_get(task_id, tenant_id)
         rows = self._conn().execute(
             "SELECT event_id, task_id, tenant_id, event_type, from_status, to_status, attempt, "
-            "payload, created_at FROM task_events WHERE task_id = ? ORDER BY event_id",
+            f"payload, created_at FROM task_events WHERE {SQLITE_EVENTS_OF} task_id = ? "
+            "ORDER BY event_id",
             (task_id,),
         ).fetchall()
         return [_row_to_event(r) for r in rows]
@@ -742,7 +746,7 @@ class SqliteStore(
         where = ["event_id > ?"]
         params: list[Any] = [_parse_cursor(cursor)]
         if task_id is not None:
-            where.append("task_id = ?")
+            where.append(f"{SQLITE_EVENTS_OF} task_id = ?")
             params.append(task_id)
         if tenant_id is not None:
             where.append("tenant_id = ?")
@@ -1019,20 +1023,21 @@ def _apply_document(items: Sequence[_Apply]) -> tuple[str | None, str | None]:
 # 3 result_code, 4 result_message, 5 result json, 6 error, 7 run_after, 8 charge attempt,
 # 9 event_type, 10 event payload. Both statements match a task only while it still runs
 # under that claim token; the events go first so they carry the attempt being finished.
+# Events of claims and completions carry the task's priority (migration 0009).
 _APPLY_EVENTS_SQL = """
 INSERT INTO task_events (task_id, tenant_id, event_type, from_status, to_status, attempt,
-    payload, created_at)
+    payload, created_at, task_priority)
 SELECT t.task_id, t.tenant_id, o.value ->> 9, 'RUNNING', o.value ->> 2, t.attempt,
-    o.value ->> 10, ?2
+    o.value ->> 10, ?2, t.priority
 FROM json_each(?1) o JOIN tasks t ON t.task_id = o.value ->> 0
 WHERE t.claim_token = o.value ->> 1 AND t.status = 'RUNNING'"""
 # A plain success (`_apply_document`'s first array: 0 task_id, 1 claim_token, 2 result json):
 # what the statements above do for status SUCCESS, result code OK, no message, no error.
 _SUCCESS_EVENTS_SQL = """
 INSERT INTO task_events (task_id, tenant_id, event_type, from_status, to_status, attempt,
-    payload, created_at)
+    payload, created_at, task_priority)
 SELECT t.task_id, t.tenant_id, 'succeeded', 'RUNNING', 'SUCCESS', t.attempt,
-    '{"result_code":"OK"}', ?2
+    '{"result_code":"OK"}', ?2, t.priority
 FROM json_each(?1) o JOIN tasks t ON t.task_id = o.value ->> 0
 WHERE t.claim_token = o.value ->> 1 AND t.status = 'RUNNING'"""
 _SUCCESS_UPDATE_SQL = """
