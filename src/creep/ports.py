@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +23,8 @@ from creep.domain.ledger import LedgerEntry, LedgerSummary
 from creep.domain.outcomes import Backoff, Outcome, Resolution
 from creep.domain.task import TaskOrder
 from creep.domain.task_spec import TaskSpec
+
+_DECODE_LOCK = threading.Lock()
 
 
 class ClaimedTask:
@@ -64,9 +67,14 @@ class ClaimedTask:
     def task(self) -> TaskOrder:
         task = self._task
         if task is None:
-            assert self._decode is not None
-            task = self._task = self._decode(self._row)
-            self._row = self._decode = None
+            # A sync handler's thread and the event loop may both read it first: one decodes,
+            # both get the same object (the lock is taken only until it is decoded).
+            with _DECODE_LOCK:
+                task = self._task
+                if task is None:
+                    assert self._decode is not None
+                    task = self._task = self._decode(self._row)
+                    self._row = self._decode = None
         return task
 
     def __eq__(self, other: object) -> bool:

@@ -129,3 +129,29 @@ def test_events_of_a_task_survive_a_priority_change(db_url: str) -> None:
         after = app.store.task_events_after(events[1].cursor, task_id=task.task_id)
         assert [e.event_type for e in after] == ["updated", "started", "succeeded"]
     app.close()
+
+
+def test_handlers_read_the_claimed_order(db_url: str) -> None:
+    """ctx.task is the claimed order for async and sync (threaded) handlers alike, decoded
+    once however many threads read it."""
+    app = Creep(db_url)
+
+    @app.handler("ASYNC")
+    async def read_async(ctx: TaskContext) -> object:
+        assert ctx.task is ctx.task
+        return {"i": ctx.task.input_payload["i"], "attempt": ctx.attempt, "id": ctx.task_id}
+
+    @app.handler("SYNC")
+    def read_sync(ctx: Any) -> object:
+        assert ctx.task is ctx.task
+        return {"i": ctx.task.input_payload["i"], "attempt": ctx.attempt, "id": ctx.task_id}
+
+    tasks = app.submit_many([{"task_type": t, "input_payload": {"i": i}}
+                             for i, t in enumerate(["ASYNC", "SYNC"] * 10)])
+    stats = app.run_worker(burst=True, concurrency=8, install_signals=False)
+    assert stats["completed"] == len(tasks)
+    for i, t in enumerate(tasks):
+        done = app.get_task(t.task_id)
+        assert done.status is TaskStatus.SUCCESS
+        assert done.result_payload == {"i": i, "attempt": 1, "id": t.task_id}
+    app.close()
