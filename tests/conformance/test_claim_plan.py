@@ -65,14 +65,14 @@ def test_claim_looks_up_picked_rows_by_key(
     app.close()
 
 
-def test_completion_looks_up_rows_by_key(
+def test_heartbeat_and_completion_look_up_rows_by_key(
     pg_schema_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The completion finds its rows by primary-key probes, one per completion, whatever the
-    statistics say. Once psycopg prepared it, PostgreSQL planned it generically (the batch's
-    size unknown) and, with statistics that saw no RUNNING task, read tasks_running and
-    nested-loop-joined every running task against the whole batch; a merge or hash join
-    would walk all of tasks."""
+    """The heartbeat and the completion find their rows by primary-key probes, one per task,
+    whatever the statistics say. Once psycopg prepared the completion, PostgreSQL planned it
+    generically (the batch's size unknown) and, with statistics that saw no RUNNING task, read
+    tasks_running and nested-loop-joined every running task against the whole batch; a merge
+    or hash join would walk all of tasks."""
     from creep.domain.outcomes import Outcome, OutcomeKind, resolve
     from creep.ports import Completion
 
@@ -88,7 +88,9 @@ def test_completion_looks_up_rows_by_key(
     execute = psycopg.Connection.execute
 
     def explaining(self: psycopg.Connection[Any], query: Any, *args: Any, **kw: Any) -> Any:
-        if isinstance(query, str) and query.lstrip().startswith("WITH o AS"):
+        if isinstance(query, str) and query.lstrip().startswith(
+            ("WITH o AS", "UPDATE tasks t SET claim_expires_at")
+        ):
             self.execute("SAVEPOINT explain_completion")
             row = execute(self, "EXPLAIN (ANALYZE, FORMAT JSON) " + query, *args, **kw).fetchone()
             self.execute("ROLLBACK TO SAVEPOINT explain_completion")
@@ -103,11 +105,19 @@ def test_completion_looks_up_rows_by_key(
         comps.append(Completion(o, resolve(o, attempt=1, max_attempts=3, now=app.clock.now(),
                                            backoff=app.backoff)))
     monkeypatch.setattr(psycopg.Connection, "execute", explaining)
+    beat = store.task_heartbeat(
+        "w", [(c.task.task_id, c.claim_token) for c in claimed], app.clock.now(), 60
+    )
     done = store.task_complete_many(comps, app.clock.now())
     monkeypatch.undo()
-    assert len(done) == 500
-    assert plans, "the completion statement was not seen"
-    nodes = _plan_nodes(plans[0])
+    assert not beat.lost and len(done) == 500
+    assert len(plans) == 2, "the heartbeat or the completion statement was not seen"
+    for plan in plans:
+        _assert_probes_by_key(_plan_nodes(plan))
+    app.close()
+
+
+def _assert_probes_by_key(nodes: list[dict[str, Any]]) -> None:
     on_tasks = [n for n in nodes if n.get("Relation Name") == "tasks" and "Scan" in n["Node Type"]]
     assert [(n["Node Type"], n.get("Index Name")) for n in on_tasks] == [
         ("Index Scan", "tasks_pkey")], nodes
@@ -115,4 +125,3 @@ def test_completion_looks_up_rows_by_key(
         assert n["Node Type"] not in ("Hash Join", "Merge Join"), nodes
         # No node handles more rows than the batch: nothing is rescanned.
         assert n["Actual Rows"] * n.get("Actual Loops", 1) <= 500, n
-    app.close()

@@ -72,20 +72,20 @@ _MIGRATION_LOCK = 0x63726565  # "cree"
 #: finds the picked rows by `task_id = ANY(ARRAY(...))`, a primary-key lookup each: joined
 #: to the CTE instead, the planner merge-joined it against a walk of the whole primary key
 #: (every task ever stored: half the claim's time at 20k rows, worse with history).
-_CLAIM_PLANNER = (
-    "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; SET LOCAL jit = off"
-)
-#: The completion joins its batch to tasks by primary key. Hash and merge joins would read
-#: all of tasks (or every RUNNING row through tasks_running) to meet a batch of 500; they are
-#: ruled out for that one statement, and put back for what follows in the transaction.
-_PROBE_SETTINGS = ("enable_hashjoin", "enable_mergejoin", "enable_bitmapscan", "enable_seqscan")
-_PROBE_PLANNER = "SELECT " + ", ".join(
-    f"set_config('{name}', 'off', true)" for name in _PROBE_SETTINGS
-)
-_PLANNER_RESET = (
-    "SELECT set_config(name, reset_val, true) FROM pg_settings WHERE name IN ("
-    + ", ".join(f"'{name}'" for name in _PROBE_SETTINGS) + ")"
-)
+_CLAIM_SETTINGS = {"enable_bitmapscan": "off", "enable_seqscan": "off", "jit": "off"}
+#: The completion and the heartbeat join their batch to tasks by primary key. Hash and merge
+#: joins would read all of tasks (or every RUNNING row through tasks_running) to meet a batch
+#: of 500; they are ruled out for that one statement, and put back for what follows.
+_PROBE_SETTINGS = {**_CLAIM_SETTINGS, "enable_hashjoin": "off", "enable_mergejoin": "off"}
+
+
+def _set_local(settings: dict[str, str]) -> str:
+    """One statement (so it can be pipelined with the statement it prepares for)."""
+    return "SELECT " + ", ".join(f"set_config('{k}', '{v}', true)" for k, v in settings.items())
+
+
+_CLAIM_PLANNER = _set_local(_CLAIM_SETTINGS)
+_PROBE_PLANNER = _set_local(_PROBE_SETTINGS)
 _IDX = {name: i for i, name in enumerate(TASK_COLUMNS)}
 _EVENT_COLUMNS = "task_id, tenant_id, event_type, from_status, to_status, attempt, payload, created_at"
 
@@ -441,33 +441,35 @@ class PostgresStore(
         )
         if len(hinted) >= limit:
             return hinted, token
-        conn.execute(_CLAIM_PLANNER)
-        rows = conn.execute(
-            f"""WITH picked AS (
-                SELECT task_id FROM tasks
-                WHERE status = 'QUEUED' AND has_hints = false AND run_after <= %(now)s
-                  AND task_type = ANY(%(types)s::text[])
-                  AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s::text)
-                ORDER BY priority DESC, created_at LIMIT %(n)s
-                FOR UPDATE SKIP LOCKED
-            ), claimed AS (
-                UPDATE tasks t SET status = 'RUNNING', attempt = t.attempt + 1,
-                    started_at = %(now)s, updated_at = %(now)s, claimed_by = %(w)s,
-                    claim_token = %(tok)s, claim_expires_at = %(exp)s,
-                    deadline_at = %(now)s + t.timeout_ms * interval '1 millisecond',
-                    task_version = t.task_version + 1, cancel_requested = false,
-                    progress_message = NULL
-                WHERE t.task_id = ANY(ARRAY(SELECT task_id FROM picked))
-                RETURNING {", ".join("t." + c for c in TASK_COLUMNS)}, t.deadline_at
-            ), started AS (
-                INSERT INTO task_events ({_EVENT_COLUMNS})
-                SELECT task_id, tenant_id, 'started', 'QUEUED', 'RUNNING', attempt,
-                    jsonb_build_object('worker_id', %(w)s::text), %(now)s FROM claimed
+        with conn.pipeline():  # the planner settings and the claim: one round trip
+            conn.execute(_CLAIM_PLANNER)
+            cur = conn.execute(
+                f"""WITH picked AS (
+                    SELECT task_id FROM tasks
+                    WHERE status = 'QUEUED' AND has_hints = false AND run_after <= %(now)s
+                      AND task_type = ANY(%(types)s::text[])
+                      AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s::text)
+                    ORDER BY priority DESC, created_at LIMIT %(n)s
+                    FOR UPDATE SKIP LOCKED
+                ), claimed AS (
+                    UPDATE tasks t SET status = 'RUNNING', attempt = t.attempt + 1,
+                        started_at = %(now)s, updated_at = %(now)s, claimed_by = %(w)s,
+                        claim_token = %(tok)s, claim_expires_at = %(exp)s,
+                        deadline_at = %(now)s + t.timeout_ms * interval '1 millisecond',
+                        task_version = t.task_version + 1, cancel_requested = false,
+                        progress_message = NULL
+                    WHERE t.task_id = ANY(ARRAY(SELECT task_id FROM picked))
+                    RETURNING {", ".join("t." + c for c in TASK_COLUMNS)}, t.deadline_at
+                ), started AS (
+                    INSERT INTO task_events ({_EVENT_COLUMNS})
+                    SELECT task_id, tenant_id, 'started', 'QUEUED', 'RUNNING', attempt,
+                        jsonb_build_object('worker_id', %(w)s::text), %(now)s FROM claimed
+                )
+                SELECT * FROM claimed ORDER BY priority DESC, created_at""",
+                {"now": now, "types": list(task_types), "n": limit - len(hinted), "w": worker_id,
+                 "tok": token, "exp": now + timedelta(seconds=claim_ttl), "tenant": tenant_id},
             )
-            SELECT * FROM claimed ORDER BY priority DESC, created_at""",
-            {"now": now, "types": list(task_types), "n": limit - len(hinted), "w": worker_id,
-             "tok": token, "exp": now + timedelta(seconds=claim_ttl), "tenant": tenant_id},
-        ).fetchall()
+        rows = cur.fetchall()
         if hinted:
             rows = sorted(
                 [*hinted, *rows], key=lambda r: (-r[_IDX["priority"]], r[_IDX["created_at"]])
@@ -481,14 +483,17 @@ class PostgresStore(
         if not claims:
             return result
         with self._tx() as conn:
-            rows = conn.execute(
+            # A primary-key probe per claim, as in _apply (the status test is a join condition).
+            rows = _probe(
+                conn,
                 """UPDATE tasks t SET claim_expires_at = %s
                 FROM unnest(%b::uuid[], %b::uuid[]) c(id, tok)
-                WHERE t.task_id = c.id AND t.claim_token = c.tok AND t.status = 'RUNNING'
+                WHERE t.task_id = c.id AND t.claim_token = c.tok
+                  AND t.status = CASE WHEN c.tok IS NOT NULL THEN 'RUNNING' END
                 RETURNING t.task_id, t.cancel_requested""",
                 (now + timedelta(seconds=claim_ttl), [c[0] for c in claims],
                  [c[1] for c in claims]),
-            ).fetchall()
+            )
             self._leases_renew(conn, [r[0] for r in rows], now + timedelta(seconds=claim_ttl))
             tokens = dict(claims)
             result.revoked = self._leases_revoked(conn, [(r[0], tokens[r[0]]) for r in rows])
@@ -518,8 +523,8 @@ class PostgresStore(
         # planner read tasks_running instead, and once the statement was prepared (generic
         # plan, the unnest guessed at 10 rows) it nested-looped every RUNNING task against the
         # whole batch: 250k comparisons per 500 completions, 4x slower than the claim.
-        conn.execute(_PROBE_PLANNER)
-        rows = conn.execute(
+        rows = _probe(
+            conn,
             f"""WITH o AS (
                 SELECT * FROM unnest(%b::uuid[], %b::uuid[], %b::text[], %b::text[], %b::text[],
                     %b::jsonb[], %b::text[], %b::timestamptz[], %b::boolean[], %b::text[],
@@ -560,8 +565,7 @@ class PostgresStore(
                 [dumps(resolution_payload(i.resolution, i.error)).decode() for i in items],
                 now, now, now, now,
             ),
-        ).fetchall()
-        conn.execute(_PLANNER_RESET)
+        )
         if any(r[3] for r in rows):  # tasks that may hold leases
             by_id = {i.task_id: i for i in items}
             self._leases_settle(conn, [
@@ -1004,6 +1008,16 @@ def _result_json(outcome: Outcome) -> str | None:
         return None
     raw = outcome.result_json if outcome.result_json is not None else dumps(outcome.result)
     return raw.decode()
+
+
+def _probe(conn: psycopg.Connection[Any], query: str, params: Sequence[Any]) -> list[Any]:
+    """Run `query` under _PROBE_SETTINGS, then restore the planner: one round trip."""
+    with conn.pipeline():
+        conn.execute(_PROBE_PLANNER)
+        cur = conn.execute(query, params)
+        for name in _PROBE_SETTINGS:
+            conn.execute(f"RESET {name}")
+    return cur.fetchall()
 
 
 def _insert_events(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
