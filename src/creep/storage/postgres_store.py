@@ -6,6 +6,7 @@ completions are one `UPDATE ... FROM unnest(...)` fenced by claim token, events 
 
 from __future__ import annotations
 
+import codecs
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -91,8 +92,7 @@ _EVENT_COLUMNS = "task_id, tenant_id, event_type, from_status, to_status, attemp
 
 
 class _UuidAsText(Loader):
-    def load(self, data: Any) -> str:
-        return bytes(data).decode()
+    load = staticmethod(codecs.decode)  # type: ignore[assignment]  # C, as _JsonAsOrjson
 
 
 class _BinaryUuidAsText(Loader):
@@ -477,11 +477,12 @@ class PostgresStore(
                 ), started AS (
                     INSERT INTO task_events ({_EVENT_COLUMNS})
                     SELECT task_id, tenant_id, 'started', 'QUEUED', 'RUNNING', attempt,
-                        jsonb_build_object('worker_id', %(w)s::text), %(now)s FROM claimed
+                        %(started)s::jsonb, %(now)s FROM claimed
                 )
                 SELECT * FROM claimed ORDER BY priority DESC, created_at""",
                 {"now": now, "types": list(task_types), "n": limit - len(hinted), "w": worker_id,
-                 "tok": token, "exp": now + timedelta(seconds=claim_ttl), "tenant": tenant_id},
+                 "tok": token, "exp": now + timedelta(seconds=claim_ttl), "tenant": tenant_id,
+                 "started": Jsonb({"worker_id": worker_id})},
             )
         rows = cur.fetchall()
         if hinted:
