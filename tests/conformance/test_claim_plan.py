@@ -63,3 +63,65 @@ def test_claim_looks_up_picked_rows_by_key(
         assert n["Actual Rows"] * n.get("Actual Loops", 1) <= 1000, n
         assert "Merge" not in json.dumps([x["Node Type"] for x in nodes]), nodes
     app.close()
+
+
+def test_heartbeat_and_completion_look_up_rows_by_key(
+    pg_schema_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat and the completion find their rows by primary-key probes, one per task,
+    whatever the statistics say. Once psycopg prepared the completion, PostgreSQL planned it
+    generically (the batch's size unknown) and, with statistics that saw no RUNNING task, read
+    tasks_running and nested-loop-joined every running task against the whole batch; a merge
+    or hash join would walk all of tasks."""
+    from creep.domain.outcomes import Outcome, OutcomeKind, resolve
+    from creep.ports import Completion
+
+    app = Creep(pg_schema_url)
+    store = app.store
+    app.submit_many([{"task_type": "NEW", "priority": i % 100} for i in range(3_000)])
+    with psycopg.connect(pg_schema_url, autocommit=True) as conn:
+        conn.execute("ANALYZE tasks")  # statistics from before any task ran
+    claimed = store.task_claim("w", ["NEW"], 500, app.clock.now(), 60)
+    assert len(claimed) == 500
+
+    plans: list[dict[str, Any]] = []
+    execute = psycopg.Connection.execute
+
+    def explaining(self: psycopg.Connection[Any], query: Any, *args: Any, **kw: Any) -> Any:
+        if isinstance(query, str) and query.lstrip().startswith(
+            ("WITH o AS", "UPDATE tasks t SET claim_expires_at")
+        ):
+            self.execute("SAVEPOINT explain_completion")
+            row = execute(self, "EXPLAIN (ANALYZE, FORMAT JSON) " + query, *args, **kw).fetchone()
+            self.execute("ROLLBACK TO SAVEPOINT explain_completion")
+            assert row is not None
+            doc = row[0] if not isinstance(row[0], str) else json.loads(row[0])
+            plans.append(doc[0]["Plan"])
+        return execute(self, query, *args, **kw)
+
+    comps = []
+    for c in claimed:
+        o = Outcome(c.task.task_id, c.claim_token, OutcomeKind.SUCCEEDED, result=None)
+        comps.append(Completion(o, resolve(o, attempt=1, max_attempts=3, now=app.clock.now(),
+                                           backoff=app.backoff)))
+    monkeypatch.setattr(psycopg.Connection, "execute", explaining)
+    beat = store.task_heartbeat(
+        "w", [(c.task.task_id, c.claim_token) for c in claimed], app.clock.now(), 60
+    )
+    done = store.task_complete_many(comps, app.clock.now())
+    monkeypatch.undo()
+    assert not beat.lost and len(done) == 500
+    assert len(plans) == 2, "the heartbeat or the completion statement was not seen"
+    for plan in plans:
+        _assert_probes_by_key(_plan_nodes(plan))
+    app.close()
+
+
+def _assert_probes_by_key(nodes: list[dict[str, Any]]) -> None:
+    on_tasks = [n for n in nodes if n.get("Relation Name") == "tasks" and "Scan" in n["Node Type"]]
+    assert [(n["Node Type"], n.get("Index Name")) for n in on_tasks] == [
+        ("Index Scan", "tasks_pkey")], nodes
+    for n in nodes:
+        assert n["Node Type"] not in ("Hash Join", "Merge Join"), nodes
+        # No node handles more rows than the batch: nothing is rescanned.
+        assert n["Actual Rows"] * n.get("Actual Loops", 1) <= 500, n

@@ -185,6 +185,15 @@ def test_claims_by_priority_then_age_and_only_known_types(app: Creep, clock: Fro
     assert app.get_task(other.task_id).status is TaskStatus.QUEUED
 
 
+def test_started_event_names_the_worker(app: Creep) -> None:
+    task = app.submit(task_type="A")
+    claimed = app.store.task_claim("worker-7", ["A"], 5, app.clock.now(), 60)
+    assert [c.task.task_id for c in claimed] == [task.task_id]
+    started = [e for e in app.task_events(task.task_id) if e.event_type == "started"]
+    assert [(e.from_status, e.to_status, e.payload) for e in started] == [
+        ("QUEUED", "RUNNING", {"worker_id": "worker-7"})]
+
+
 def test_handler_outcomes(app: Creep, clock: FrozenClock) -> None:
     @app.handler("OK")
     def sync_ok(ctx: object) -> object:
