@@ -4,8 +4,12 @@ single deadline heap, checked on both backends."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from creep import Creep, TaskContext, TaskStatus
 from creep.domain.outcomes import Outcome, OutcomeKind, resolve
@@ -155,3 +159,46 @@ def test_handlers_read_the_claimed_order(db_url: str) -> None:
         assert done.status is TaskStatus.SUCCESS
         assert done.result_payload == {"i": i, "attempt": 1, "id": t.task_id}
     app.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_row_that_does_not_decode_fails_its_run_and_frees_the_slot(tmp_path: Path) -> None:
+    """The worker reads the decoded order itself only where it must (tracing, lease
+    revocation, timeouts); a stored row that does not decode fails the run that reads it
+    instead of killing the job outside it, which would keep the slot and the claim forever."""
+    # SQLite only: PostgreSQL's jsonb columns cannot hold a row that fails to decode.
+    db_url = f"sqlite:///{tmp_path}/creep.db"
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from creep import tracing
+
+    app = Creep(db_url)
+    reads = app.submit(task_type="READS", constraints={"max_retries": 0})
+    skips = app.submit(task_type="SKIPS")
+    conn = sqlite3.connect(db_url.removeprefix("sqlite:///"))
+    with conn:
+        conn.execute("UPDATE tasks SET constraints = '{broken' WHERE task_id IN (?, ?)",
+                     (reads.task_id, skips.task_id))
+    conn.close()
+
+    @app.handler("READS")
+    async def read_order(ctx: TaskContext) -> object:
+        return ctx.task.task_type
+
+    @app.handler("SKIPS")
+    async def skip_order(ctx: TaskContext) -> object:
+        return "fine"
+
+    tracing.use_tracer_provider(TracerProvider())
+    try:
+        stats = app.run_worker(burst=True, install_signals=False)
+    finally:
+        tracing.use_tracer_provider(None)
+    assert stats["completed"] == 2
+    app.close()
+    conn = sqlite3.connect(db_url.removeprefix("sqlite:///"))  # the rows still do not decode
+    rows = dict((r[0], r[1:]) for r in conn.execute(
+        "SELECT task_id, status, last_error FROM tasks"))
+    conn.close()
+    assert rows[skips.task_id][0] == "SUCCESS"
+    assert rows[reads.task_id][0] == "DEAD_LETTER" and "JSONDecodeError" in rows[reads.task_id][1]

@@ -38,6 +38,7 @@ from creep.domain.outcomes import (
     TaskCancelled,
     resolve,
 )
+from creep.domain.task import TaskOrder
 from creep.engine.context import SyncTaskContext, TaskContext
 from creep.gc_tuning import BATCH_THRESHOLD, fewer_collections
 from creep.ports import ClaimedTask, Completion, Store
@@ -407,13 +408,14 @@ class Worker:
             run.job.cancel()
 
     async def _execute_traced(self, run: _Running) -> None:
-        task = run.claimed.task
+        claimed = run.claimed
+        task = _decoded(claimed)
         # One span per run, a child of the submitter's span (constraints.traceparent).
         with tracing.span(
             "creep.task.run",
-            {"creep.task_id": task.task_id, "creep.task_type": task.task_type,
-             "creep.attempt": task.attempt, "creep.worker_id": self.worker_id},
-            traceparent=task.constraints.get(tracing.TRACEPARENT),
+            {"creep.task_id": claimed.task_id, "creep.task_type": claimed.task_type,
+             "creep.attempt": claimed.attempt, "creep.worker_id": self.worker_id},
+            traceparent=None if task is None else task.constraints.get(tracing.TRACEPARENT),
         ) as current:
             outcome = await self._execute_run(run)
             current.set_attribute("creep.outcome", outcome.kind.value if outcome else "lost")
@@ -481,7 +483,7 @@ class Worker:
         if reason == "timeout":
             return Outcome(
                 task_id, token, OutcomeKind.TIMED_OUT,
-                message=f"handler exceeded timeout_ms={run.claimed.task.timeout_ms}",
+                message=f"handler exceeded timeout_ms={_timeout_ms(run.claimed)}",
             )
         if reason == "cancel":
             return Outcome(task_id, token, OutcomeKind.CANCELLED, message="cancelled")
@@ -613,7 +615,9 @@ class Worker:
                 continue
             new = [x for x in lease_ids if x not in run.ctx.revoked_lease_ids]
             run.ctx.revoked_lease_ids.extend(new)
-            if new and run.claimed.task.constraints.get("on_lease_revoked") != "continue":
+            task = _decoded(run.claimed)
+            keep_running = task is not None and task.constraints.get("on_lease_revoked") == "continue"
+            if new and not keep_running:
                 self._stop_task(task_id, "lease_revoked")
 
     async def progress_one(self, ctx: TaskContext, percent: int, message: str | None) -> None:
@@ -666,6 +670,22 @@ class Worker:
                 "maintenance: promoted=%d rescued=%d timed_out=%d dead_lettered=%d",
                 report.promoted, report.rescued, report.timed_out, report.dead_lettered,
             )
+
+
+def _decoded(claimed: ClaimedTask) -> TaskOrder | None:
+    """The claimed order, decoded; None when its stored row does not decode. The worker's own
+    reads go through here so a bad row fails its run (the handler's read raises inside the
+    run) instead of killing the job outside it and leaking the slot."""
+    try:
+        return claimed.task
+    except Exception:
+        log.exception("task %s: its stored order does not decode", claimed.task_id)
+        return None
+
+
+def _timeout_ms(claimed: ClaimedTask) -> int | str:
+    task = _decoded(claimed)
+    return "?" if task is None else task.timeout_ms
 
 
 def _value_outcome(task_id: str, token: str, value: Any) -> Outcome:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,8 @@ class SqliteSchedulesMixin(ScheduleSqlMixin):
             within: sqlite3.Connection | None = None,
         ) -> list[TaskOrder]: ...
 
+        def _writer_turn(self) -> AbstractContextManager[None]: ...
+
     def _create_tasks_in(
         self, conn: Conn, specs: Sequence[TaskSpec], now: datetime
     ) -> list[TaskOrder]:
@@ -40,17 +42,18 @@ class SqliteSchedulesMixin(ScheduleSqlMixin):
     @contextmanager
     def _sx(self) -> Iterator[Conn]:
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn  # type: ignore[misc]
-            pending_writes.flush(self, conn)  # the REST API's audit row, same transaction
-        except sqlite3.IntegrityError as exc:
-            conn.execute("ROLLBACK")
-            raise _conflict(exc) from exc
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._writer_turn():  # the same in-process writer queue as _write
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn  # type: ignore[misc]
+                pending_writes.flush(self, conn)  # the REST API's audit row, same transaction
+            except sqlite3.IntegrityError as exc:
+                conn.execute("ROLLBACK")
+                raise _conflict(exc) from exc
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     @contextmanager
     def _sx_read(self) -> Iterator[Conn]:

@@ -83,6 +83,10 @@ _STATUS = {s.value: s for s in TaskStatus}
 #: (SQLite's default of 1000 pages checkpointed every other batch). Durability is unchanged.
 _WAL_AUTOCHECKPOINT = 16384
 
+#: How long a writer waits for the database (SQLite busy_timeout, and this process's writer
+#: lock in front of it) before failing with "database is locked".
+_BUSY_TIMEOUT_S = 60.0
+
 
 def us(dt: datetime) -> int:
     """Microseconds since the epoch: SQLite's timestamp representation."""
@@ -173,7 +177,7 @@ class SqliteStore(
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA cache_size=-65536")
             conn.execute("PRAGMA temp_store=MEMORY")
             conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT}")
@@ -194,7 +198,7 @@ class SqliteStore(
         # handler would make a waiting writer sleep 10-100 ms per retry (a worker's claim
         # behind its own maintenance sweep), where the lock hands over as soon as the other
         # commits. Other processes are still kept out by BEGIN IMMEDIATE and busy_timeout.
-        with self._write_lock:
+        with self._writer_turn():
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -203,6 +207,18 @@ class SqliteStore(
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """This process's turn to write (see _write). Bounded like SQLite's own busy_timeout,
+        so a writer stuck behind a lock holder fails as 'database is locked' instead of
+        waiting forever."""
+        if not self._write_lock.acquire(timeout=_BUSY_TIMEOUT_S):
+            raise sqlite3.OperationalError("database is locked (waited for this process's writers)")
+        try:
+            yield
+        finally:
+            self._write_lock.release()
 
     def close(self) -> None:
         with self._all_lock:
