@@ -127,6 +127,24 @@ def test_plain_bulk_replay_conflict_and_awkward_text(app: Creep) -> None:
     assert [e.event_type for e in app.task_events(delayed.task_id)] == ["created"]
 
 
+def test_stored_task_equals_returned_task_for_mixed_optional_fields(app: Creep) -> None:
+    """Stores insert only the columns a batch sets; the others must read back as defaults."""
+    orders: list[dict[str, object]] = [
+        {"task_type": "A"},
+        {"task_type": "A", "tags": ["x", "y"], "description": "d", "channel": "c"},
+        {"task_type": "A", "project_id": "p", "max_total_cost": "1.50", "currency": "EUR",
+         "constraints": {"max_retries": 0}, "batch_id": "b1"},
+        {"task_type": "A", "resource_hints": [{"sku_category": "gpu"}],
+         "business_value_hint": 2, "external_ref": "ext", "task_category": "cat",
+         "tenant_policies_version": "v1", "run_after": timedelta(minutes=5)},
+    ]
+    for batch in ([orders[0]], orders, orders[1:], [orders[0], orders[1]]):
+        created = app.submit_many([dict(o) for o in batch])
+        for task in created:
+            stored = app.get_task(task.task_id)
+            assert stored.to_dict() == task.to_dict()
+
+
 def test_64_concurrent_creates_with_one_key(app: Creep) -> None:
     barrier = threading.Barrier(64)
 

@@ -22,9 +22,11 @@ values = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 400_000_000_000), st.text(max_size=10),
     st.floats(allow_nan=False), st.lists(st.integers(), max_size=3),
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+    st.lists(st.one_of(st.text(max_size=130), st.integers()), max_size=70),
+    st.lists(st.sampled_from(["a", "b", "", "x" * 129]), max_size=3),
 )
-fields = st.sampled_from(sorted([*task_spec._FAST_TEXT, "priority", "timeout_ms",
-                                 "input_payload", "tags", "unknown_field"]))
+fields = st.sampled_from(sorted([*task_spec._FAST_TEXT, "priority", "timeout_ms", "tags",
+                                 "input_payload", "unknown_field"]))
 orders = st.dictionaries(fields, st.one_of(texts, values), max_size=8)
 
 
@@ -64,8 +66,9 @@ def test_fast_path_matches_full_path(data: dict[str, Any], max_bytes: int) -> No
 
 def test_common_order_takes_fast_path() -> None:
     data = {"tenant_id": "t", "env": "prod", "idempotency_key": "k", "task_type": "NOOP",
-            "priority": 7, "input_payload": {"i": 1}}
+            "priority": 7, "input_payload": {"i": 1}, "tags": ["a", "b"]}
     fast = task_spec._fast_spec(data, Limits(), False)
     assert fast is not None
     assert _comparable(fast) == _comparable(_full(data, Limits()))
-    assert fast.max_attempts == 4 and fast.constraints == {} and fast.tags == []
+    assert fast.max_attempts == 4 and fast.constraints == {} and fast.tags == ["a", "b"]
+    assert fast.tags is not data["tags"]  # the caller's list is not shared

@@ -334,6 +334,9 @@ def _fast_spec(
                 type(value) is not int or not 1 <= value <= MAX_TIMEOUT_MS
             ):
                 return None
+        elif name == "tags":
+            if value is not None and not _plain_tags(value):
+                return None
         elif name != "input_payload":
             return None
     get = data.get
@@ -356,7 +359,8 @@ def _fast_spec(
         get("task_category"), get("description"),
         DEFAULT_PRIORITY if priority is None else priority,
         limits.default_timeout_ms if timeout_ms is None else timeout_ms, None, "USD", None,
-        [], {}, get("tenant_policies_version"), [], get("batch_id"), payload, payload_json,
+        [], {}, get("tenant_policies_version"), list(get("tags") or ()), get("batch_id"),
+        payload, payload_json,
         get("channel"), get("correlation_id") or task_id, [], None, DEFAULT_MAX_RETRIES + 1,
         request_fingerprint(data),
     )
@@ -365,6 +369,13 @@ def _fast_spec(
     if traced:
         _trace_submit(spec)
     return spec
+
+
+def _plain_tags(value: Any) -> bool:
+    """Tags the full path (_tags) would accept unchanged."""
+    return type(value) is list and len(value) <= MAX_TAGS and all(
+        type(tag) is str and 0 < len(tag) <= 128 for tag in value
+    )
 
 
 def _trace_submit(spec: TaskSpec) -> None:

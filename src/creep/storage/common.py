@@ -97,6 +97,18 @@ def is_plain(spec: TaskSpec) -> bool:
     )
 
 
+#: The other INSERT_COLUMNS, with the value a new task row holds when the column keeps its
+#: table default (as the stores' row builders write it): a batch may leave such columns out.
+OPTIONAL_DEFAULTS: dict[str, Any] = {
+    "project_id": None, "external_ref": None, "task_category": None, "description": None,
+    "max_total_cost": None, "business_value_hint": None, "started_at": None,
+    "finished_at": None, "result_code": None, "result_message": None, "task_version": 1,
+    "lease_ids": b"[]", "resource_hints": b"[]", "constraints": b"{}",
+    "tenant_policies_version": None, "tags": b"[]", "batch_id": None, "progress": 0,
+    "progress_message": None, "result_payload": None, "channel": None, "depends_on": b"[]",
+    "attempt": 0, "has_dependants": 0,
+}
+
 #: The columns of a plain new task (see is_plain), in the order of plain_row's values.
 PLAIN_COLUMNS: tuple[str, ...] = (
     "task_id", "idempotency_key", "request_hash", "tenant_id", "env", "task_type", "priority",

@@ -10,6 +10,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -40,6 +41,7 @@ from creep.storage import pending_writes
 from creep.storage.asset_pages import AssetPagesMixin  # REST API pages
 from creep.storage.common import (
     INSERT_COLUMNS,
+    OPTIONAL_DEFAULTS,
     PLAIN_COLUMNS,
     TASK_COLUMNS,
     TASK_SELECT,
@@ -58,7 +60,7 @@ from creep.storage.metrics_store import SqliteMetricsMixin  # /metrics
 from creep.storage.sqlite_api import SqliteApiMixin
 from creep.storage.sqlite_artifacts import SqliteArtifactsMixin  # artifacts + HTTP workers
 from creep.storage.sqlite_assets import SqliteAssets
-from creep.storage.sqlite_bulk import insert_rows
+from creep.storage.sqlite_bulk import insert_rows, rows_per_statement
 from creep.storage.sqlite_schedules import SqliteSchedulesMixin  # schedules
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -251,17 +253,23 @@ class SqliteStore(
     ) -> list[TaskOrder]:
         if not specs:
             return []
+        # One INSERT statement undoes itself when a constraint fails it (SQLite's ABORT);
+        # several need a savepoint around them. Fewer statements: under API load each one
+        # waits for the GIL again after SQLite released it.
+        one_statement = len(specs) <= _ONE_STATEMENT and not any(s.depends_on for s in specs)
         with self._write(within) as conn:
             dep_status = self._dependency_status(conn, specs)
             try:
-                conn.execute("SAVEPOINT fast_insert")
-                tasks = self._insert_new(conn, specs, dep_status, now)
-                conn.execute("RELEASE fast_insert")
-                out = tasks
+                if not one_statement:
+                    conn.execute("SAVEPOINT fast_insert")
+                out = self._insert_new(conn, specs, dep_status, now)
+                if not one_statement:
+                    conn.execute("RELEASE fast_insert")
             except sqlite3.IntegrityError:
                 # Some idempotency key exists already: go row by row, replaying or refusing.
-                conn.execute("ROLLBACK TO fast_insert")
-                conn.execute("RELEASE fast_insert")
+                if not one_statement:
+                    conn.execute("ROLLBACK TO fast_insert")
+                    conn.execute("RELEASE fast_insert")
                 out = self._insert_with_replays(conn, specs, dep_status, now)
         if any(t.status is TaskStatus.QUEUED and not t.replayed for t in out):
             self._wake("creep_tasks", "")
@@ -288,6 +296,8 @@ class SqliteStore(
     ) -> list[TaskOrder]:
         from creep.domain.dag import topological_order
 
+        if not specs:  # every spec was a replay
+            return []
         by_id = {s.task_id: s for s in specs}
         if len(by_id) != len(specs):
             raise ValidationError.single("task_id", "task ids in one submission must be unique")
@@ -305,18 +315,22 @@ class SqliteStore(
         now_us = us(now)
         has_dependants = {d for s in specs for d in s.depends_on}
         deps = [(s.task_id, d) for s in specs for d in s.depends_on]
-        before = conn.execute("SELECT coalesce(max(rowid), 0) FROM tasks").fetchone()[0]
-        # One statement per chunk of rows, not per row (sqlite_bulk.py says why). A plain
-        # submission binds only the columns that vary: each bound value costs the writer
-        # as much as a B-tree insert, and the rest are the table's defaults anyway.
+        # One statement per chunk of rows, not per row (sqlite_bulk.py says why), binding
+        # only the columns that vary: each bound value costs the writer about as much as a
+        # B-tree insert, and the columns left out take the table's defaults.
         if all(map(is_plain, specs)):
             plain = [_plain_row(tasks[s.task_id], s, now_us) for s in specs]
-            insert_rows(conn, _PLAIN_INSERT, len(PLAIN_COLUMNS), plain)
+            last = insert_rows(conn, _PLAIN_INSERT, len(PLAIN_COLUMNS), plain)
         else:
             rows = [_task_row(tasks[s.task_id], s, s.task_id in has_dependants) for s in specs]
-            insert_rows(conn, _FULL_INSERT, len(INSERT_COLUMNS), rows)
+            cols = [*_PLAIN_IDX, *(i for i, d in _OPTIONAL if any(r[i] != d for r in rows))]
+            pick = itemgetter(*cols)
+            head = f"INSERT INTO tasks ({', '.join(INSERT_COLUMNS[i] for i in cols)})"
+            last = insert_rows(conn, head, len(cols), [pick(r) for r in rows])
         # The creation events (creation_events) from the rows just inserted, in their order:
-        # rowids of this transaction's inserts run on from the largest one before them.
+        # rowids of one transaction's inserts run on from the largest one before them, so the
+        # new rows are the last len(specs) rowids up to `last`.
+        before = (last or 0) - len(specs)
         expected = sum(
             2 if t.status in _TWO_EVENTS else 1 for t in (tasks[s.task_id] for s in specs)
         )
@@ -921,8 +935,10 @@ class _DataVersionListener:
 _GRACE_MS = "json_extract(CAST(constraints AS TEXT), '$.timeout_grace_ms')"
 
 
-_FULL_INSERT = f"INSERT INTO tasks ({', '.join(INSERT_COLUMNS)})"
 _PLAIN_INSERT = f"INSERT INTO tasks ({', '.join(PLAIN_COLUMNS)})"
+_PLAIN_IDX = tuple(INSERT_COLUMNS.index(c) for c in PLAIN_COLUMNS)
+_OPTIONAL = tuple((INSERT_COLUMNS.index(c), d) for c, d in OPTIONAL_DEFAULTS.items())
+_ONE_STATEMENT = rows_per_statement(len(INSERT_COLUMNS))
 _TWO_EVENTS = (TaskStatus.QUEUED, TaskStatus.CANCELLED)
 # What creation_events() describes, built by SQLite from the new rows (rowid > ?1).
 _CREATION_EVENTS_SQL = """
