@@ -50,7 +50,7 @@ def _comparable(spec: TaskSpec) -> dict[str, Any]:
 @relaxed
 @given(orders, st.sampled_from([10, 1_048_576]))
 def test_fast_path_matches_full_path(data: dict[str, Any], max_bytes: int) -> None:
-    limits = Limits(max_payload_bytes=max_bytes)
+    limits = Limits(max_payload_bytes=max_bytes, default_timeout_ms=12_345)
     try:
         full = _full(data, limits)
     except ValidationError as exc:

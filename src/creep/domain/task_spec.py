@@ -312,10 +312,17 @@ _FAST_REQUIRED = frozenset({"tenant_id", "env", "task_type"})
 def _fast_spec(
     data: Mapping[str, Any], limits: Limits, traced: bool | None
 ) -> TaskSpec | None:
-    """The common order (text fields, priority, timeout_ms, input_payload), validated
+    """The common order (text fields, priority, timeout_ms, tags, input_payload), validated
     without the per-field helpers. Returns None for anything else, valid or not: the full
     path then decides, so every rule and message lives in one place."""
-    if type(data) is not dict or "task_type" not in data:
+    payload_json = fast_check(data, limits)
+    return None if payload_json is None else fast_build(data, payload_json, limits, traced)
+
+
+def fast_check(data: Mapping[str, Any], limits: Limits) -> bytes | None:
+    """The checking half of the fast path: the input payload's JSON when `data` is a common
+    order that is valid, else None (the full path, validate_task_spec, decides)."""
+    if type(data) is not dict or data.get("task_type") is None:
         return None
     for name, value in data.items():
         max_len = _FAST_TEXT.get(name)
@@ -339,30 +346,33 @@ def _fast_spec(
                 return None
         elif name != "input_payload":
             return None
-    get = data.get
-    task_type = get("task_type")
-    if task_type is None:
-        return None
-    payload = get("input_payload")
     try:
-        payload_json = orjson.dumps(payload, default=_json_default)
+        payload_json = orjson.dumps(data.get("input_payload"), default=_json_default)
     except TypeError:
         return None
     if len(payload_json) > limits.max_payload_bytes:
         return None
+    return payload_json
+
+
+def fast_build(
+    data: Mapping[str, Any], payload_json: bytes, limits: Limits, traced: bool | None
+) -> TaskSpec:
+    """The building half of the fast path, for `data` that fast_check accepted: a new task
+    id, the defaults, the request fingerprint. Cannot fail."""
+    get = data.get
     task_id = uuid7()
     priority = get("priority")
     timeout_ms = get("timeout_ms")
     spec = TaskSpec(
         task_id, get("idempotency_key") or task_id, get("tenant_id") or "default",
-        get("project_id"), get("env") or "default", get("external_ref"), task_type,
+        get("project_id"), get("env") or "default", get("external_ref"), data["task_type"],
         get("task_category"), get("description"),
         DEFAULT_PRIORITY if priority is None else priority,
         limits.default_timeout_ms if timeout_ms is None else timeout_ms, None, "USD", None,
         [], {}, get("tenant_policies_version"), list(get("tags") or ()), get("batch_id"),
-        payload, payload_json,
-        get("channel"), get("correlation_id") or task_id, [], None, DEFAULT_MAX_RETRIES + 1,
-        request_fingerprint(data),
+        get("input_payload"), payload_json, get("channel"), get("correlation_id") or task_id,
+        [], None, DEFAULT_MAX_RETRIES + 1, request_fingerprint(data),
     )
     if traced is None:
         traced = tracer() is not None
