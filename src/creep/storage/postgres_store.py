@@ -245,6 +245,7 @@ class PostgresStore(
             inserted = (
                 self._copy_plain(conn, specs, tasks, now) if all(map(is_plain, specs)) else None
             )
+            notified = inserted is None  # _insert's statement notifies the workers itself
             if inserted is None:
                 inserted = self._insert(conn, specs, tasks, has_dependants, now)
             missing = [s for s in specs if s.task_id not in inserted]
@@ -289,7 +290,7 @@ class PostgresStore(
                     "SELECT * FROM unnest(%b::uuid[], %b::uuid[])",
                     ([a for a, _ in deps], [b for _, b in deps]),
                 )
-            if any(t.status is TaskStatus.QUEUED for t in created):
+            if not notified and any(t.status is TaskStatus.QUEUED for t in created):
                 conn.execute("SELECT pg_notify('creep_tasks', '')")
         if any(t.status is TaskStatus.QUEUED for t in created):
             self._wake("creep_tasks", "")
@@ -386,8 +387,11 @@ class PostgresStore(
                 WHERE e.ord = 1 OR (e.ord = 2 AND i.status = 'QUEUED')
                    OR (e.ord = 3 AND i.status = 'CANCELLED')
                 ORDER BY i.task_id, e.ord
+            ), note AS (  -- wake the workers, in this statement rather than one more round trip
+                SELECT pg_notify('creep_tasks', '')
+                WHERE EXISTS (SELECT 1 FROM ins WHERE status = 'QUEUED')
             )
-            SELECT task_id FROM ins""",
+            SELECT ins.task_id FROM ins LEFT JOIN note ON true""",
             [*(cols[c] for c in _INSERT_TYPES), now], binary=True,
         ).fetchall()
         return {r[0] for r in rows}
