@@ -364,8 +364,14 @@ class PostgresStore(
                 ("run_after", t.run_after), ("has_dependants", t.task_id in has_dependants),
             ):
                 cols[name].append(value)
-        names = ", ".join(_INSERT_TYPES)
-        arrays = ", ".join(f"%b::{typ}[]" for typ in _INSERT_TYPES.values())
+        # Only the columns some row of this batch sets: every array costs the client a dump
+        # and the server a parse, and the columns left out take the table's defaults.
+        kept = [
+            c for c in _INSERT_TYPES
+            if c not in _DEFAULTS or any(v != _DEFAULTS[c] for v in cols[c])
+        ]
+        names = ", ".join(kept)
+        arrays = ", ".join(f"%b::{_INSERT_TYPES[c]}[]" for c in kept)
         # One statement: the rows, then their creation events (see creation_events) built
         # in SQL from what was inserted; a key that exists already inserts neither.
         rows = conn.execute(
@@ -392,7 +398,7 @@ class PostgresStore(
                 WHERE EXISTS (SELECT 1 FROM ins WHERE status = 'QUEUED')
             )
             SELECT ins.task_id FROM ins LEFT JOIN note ON true""",
-            [*(cols[c] for c in _INSERT_TYPES), now], binary=True,
+            [*(cols[c] for c in kept), now], binary=True,
         ).fetchall()
         return {r[0] for r in rows}
 
@@ -1005,6 +1011,14 @@ class _PgListener:
             self._thread.join(timeout=3)
 
 
+#: Insert columns with their table default, as _insert's arrays hold it.
+_DEFAULTS: dict[str, Any] = {
+    "project_id": None, "external_ref": None, "task_category": None, "description": None,
+    "max_total_cost": None, "business_value_hint": None, "finished_at": None,
+    "result_code": None, "result_message": None, "resource_hints": "[]", "constraints": "{}",
+    "tenant_policies_version": None, "tags": "[]", "batch_id": None, "channel": None,
+    "depends_on": "[]", "has_dependants": False,
+}
 _COPY_TASKS = f"COPY tasks ({', '.join(PLAIN_COLUMNS)}) FROM STDIN (FORMAT csv)"
 _COPY_EVENTS = (
     "COPY task_events (task_id, tenant_id, event_type, from_status, to_status, payload, "
