@@ -25,6 +25,7 @@ from creep.gc_tuning import fewer_collections
 from creep.ports import MaintenanceReport, Store, TaskFilter
 from creep.storage import database_url, open_store
 from creep.storage.blob_store import BlobStore
+from creep.tracing import tracer
 
 H = TypeVar("H", bound=Handler)
 
@@ -127,9 +128,13 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
     def _submit_many(self, items: list[Mapping[str, Any]]) -> list[TaskOrder]:
         errors: list[tuple[str, str]] = []
         specs: list[TaskSpec] = []
+        now, limits = self.clock.now(), self.limits
+        traced = tracer() is not None  # asked once, not per task
         for i, fields in enumerate(items):
             try:
-                specs.append(self.validate(fields, prefix=f"tasks[{i}]."))
+                specs.append(validate_task_spec(
+                    fields, now=now, limits=limits, prefix=f"tasks[{i}].", traced=traced,
+                ))
             except ValidationError as exc:
                 errors.extend(exc.errors)
         if errors:

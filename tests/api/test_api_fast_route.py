@@ -92,3 +92,35 @@ def test_batched_creates_audit_each_new_task_once_with_its_state(server: Server)
                     assert new[name] == stored[name], name
             if stored["task_type"] == "CHILD":
                 assert new["status"] == stored["status"] == "PENDING"
+
+
+def test_plain_create_bodies_skip_the_model_only_when_it_would_agree() -> None:
+    """POST /v1/tasks parses common bodies without TaskOrderIn; the fields must be what the
+    model gives, and anything the model would refuse (or normalise) must go through it."""
+    import orjson
+
+    from creep.api.routes.tasks import TASK_ORDER_IN, plain_order_fields
+    from creep.domain.task_spec import Limits
+
+    same = [
+        {"task_type": "ECHO"},
+        {"task_type": "BENCH", "priority": 60, "tags": ["bench"], "input_payload": {"n": 1}},
+        {"task_type": "A", "tenant_id": "t1", "env": "prod", "idempotency_key": "k",
+         "description": None, "timeout_ms": 5, "input_payload": [1, 2.5, "ü", None]},
+    ]
+    for body in same:
+        raw = orjson.dumps(body)
+        assert plain_order_fields(raw, Limits()) == TASK_ORDER_IN.validate_json(raw).fields()
+    to_model = [
+        {"task_type": "A", "idempotency_key": ""},  # the model's min_length
+        {"task_type": "A", "priority": 5.0},  # the model coerces
+        {"task_type": "A", "input_payload": "nul\u0000"},  # unstorable text
+        {"task_type": "A", "tags": [""]},  # the domain's rule, with its message
+        {"task_type": "A", "unknown": 1},
+        {"task_type": " "},
+        ["not", "an", "object"],
+    ]
+    for bad in to_model:
+        assert plain_order_fields(orjson.dumps(bad), Limits()) is None
+    assert plain_order_fields(b"{not json", Limits()) is None
+    assert plain_order_fields(b'{"task_type": "A", "input_payload": "\\ud800"}', Limits()) is None

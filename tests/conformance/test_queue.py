@@ -89,6 +89,62 @@ def test_idempotent_replay_and_conflict(app: Creep) -> None:
     assert len(app.list_tasks(tenant_id="t1", env="prod")) == 2
 
 
+def test_plain_bulk_replay_conflict_and_awkward_text(app: Creep) -> None:
+    """Plain orders take the stores' bulk path (lean SQLite rows, PostgreSQL COPY): keys
+    that exist already still replay or conflict, and text round-trips exactly."""
+    awkward = ['a,b', 'quote " and ""', "back\\slash \\N", "", " ", "tab\t", "ünï©ødé ✓",
+               "\\.", "line\nbreak", "cr\rlf"]
+    orders = [
+        {"tenant_id": "t1", "env": "prod", "idempotency_key": f"k{i}-{text}",
+         "task_type": f"T{text}", "description": None, "correlation_id": text or None,
+         "priority": i, "input_payload": {"text": text, "i": i}}
+        for i, text in enumerate(awkward)
+    ]
+    first = app.submit_many(orders[:-2]) + app.submit_many(orders[-2:])  # line breaks apart
+    assert [t.replayed for t in first] == [False] * len(orders)
+    for order, task in zip(orders, first, strict=True):
+        got = app.get_task(task.task_id)
+        assert got.idempotency_key == order["idempotency_key"]
+        assert got.task_type == order["task_type"] and got.priority == order["priority"]
+        assert got.input_payload == order["input_payload"]
+        assert got.correlation_id == (order["correlation_id"] or task.task_id)
+        assert got.status is TaskStatus.QUEUED and got.tags == [] and got.constraints == {}
+        events = app.task_events(task.task_id)
+        assert [(e.event_type, e.from_status, e.to_status) for e in events] == [
+            ("created", None, "PENDING"), ("queued", "PENDING", "QUEUED")]
+        assert events[0].payload == {"task_type": order["task_type"],
+                                     "priority": order["priority"]}
+        assert events[1].payload == {}
+    # The same plain bulk again, plus one new order: replays and one creation.
+    again = app.submit_many([*orders, {**orders[0], "idempotency_key": "new"}])
+    assert [t.task_id for t in again[:-1]] == [t.task_id for t in first]
+    assert all(t.replayed for t in again[:-1]) and not again[-1].replayed
+    with pytest.raises(IdempotencyConflict):
+        app.submit_many([{**orders[1], "input_payload": {"other": True}}])
+    assert len(app.list_tasks(tenant_id="t1", limit=100)) == len(orders) + 1
+    delayed = app.submit(task_type="LATER", run_after=timedelta(hours=1))
+    assert delayed.status is TaskStatus.PENDING
+    assert [e.event_type for e in app.task_events(delayed.task_id)] == ["created"]
+
+
+def test_stored_task_equals_returned_task_for_mixed_optional_fields(app: Creep) -> None:
+    """Stores insert only the columns a batch sets; the others must read back as defaults."""
+    orders: list[dict[str, object]] = [
+        {"task_type": "A"},
+        {"task_type": "A", "tags": ["x", "y"], "description": "d", "channel": "c"},
+        {"task_type": "A", "project_id": "p", "max_total_cost": "1.50", "currency": "EUR",
+         "constraints": {"max_retries": 0}, "batch_id": "b1"},
+        {"task_type": "A", "resource_hints": [{"sku_category": "gpu"}],
+         "business_value_hint": 2, "external_ref": "ext", "task_category": "cat",
+         "tenant_policies_version": "v1", "run_after": timedelta(minutes=5)},
+    ]
+    for batch in ([orders[0]], orders, orders[1:], [orders[0], orders[1]]):
+        created = app.submit_many([dict(o) for o in batch])
+        for task in created:
+            stored = app.get_task(task.task_id)
+            assert stored.to_dict() == task.to_dict()
+
+
 def test_64_concurrent_creates_with_one_key(app: Creep) -> None:
     barrier = threading.Barrier(64)
 

@@ -119,6 +119,14 @@ class CreatedTaskAudits:
         self.writes.append((write, spec))
 
     def apply(self, store: Any, conn: Any) -> bool:
+        if not any(spec.depends_on for _, spec in self.writes):
+            # Every row as new_task builds it; the insert itself keeps only those of tasks
+            # this transaction created (one statement, not a query and then an insert).
+            for write, spec in self.writes:
+                task = new_task(spec, initial_status(spec, {}, self.now), self.now)
+                write.row.diff_object = build_diff(None, task_snapshot(task)).to_dict()
+            store._api_insert_audits(conn, [w.row for w, _ in self.writes], created_at=self.now)
+            return True
         ids = [w.resource_id for w, _ in self.writes]
         # A replay changes nothing and is not audited: only a task this very transaction
         # created (created_at == now) is.

@@ -71,24 +71,55 @@ def load_migrations(dialect: str) -> list[Migration]:
 
 def new_task(spec: TaskSpec, status: TaskStatus, now: datetime) -> TaskOrder:
     """The stored form of a freshly created task."""
+    # Positional, in TaskOrder's field order: a bulk submission builds thousands of these.
+    if status is TaskStatus.CANCELLED:
+        finished: datetime | None = now
+        code: str | None = "DEPENDENCY_FAILED"
+        message: str | None = "a dependency did not succeed"
+    else:
+        finished = code = message = None
     return TaskOrder(
-        task_id=spec.task_id, idempotency_key=spec.idempotency_key, tenant_id=spec.tenant_id,
-        project_id=spec.project_id, env=spec.env, external_ref=spec.external_ref,
-        task_type=spec.task_type, task_category=spec.task_category,
-        description=spec.description, priority=spec.priority, timeout_ms=spec.timeout_ms,
-        max_total_cost=spec.max_total_cost, currency=spec.currency,
-        business_value_hint=spec.business_value_hint, status=status, created_at=now,
-        queued_at=now if status is TaskStatus.QUEUED else None, started_at=None,
-        finished_at=now if status is TaskStatus.CANCELLED else None, updated_at=now,
-        result_code="DEPENDENCY_FAILED" if status is TaskStatus.CANCELLED else None,
-        result_message="a dependency did not succeed" if status is TaskStatus.CANCELLED else None,
-        task_version=1, lease_ids=[], resource_hints=spec.resource_hints,
-        constraints=spec.constraints, tenant_policies_version=spec.tenant_policies_version,
-        tags=spec.tags, batch_id=spec.batch_id, progress=0, progress_message=None,
-        input_payload=spec.input_payload, result_payload=None, channel=spec.channel,
-        correlation_id=spec.correlation_id, depends_on=spec.depends_on, attempt=0,
-        max_attempts=spec.max_attempts, run_after=spec.run_after or now,
+        spec.task_id, spec.idempotency_key, spec.tenant_id, spec.project_id, spec.env,
+        spec.external_ref, spec.task_type, spec.task_category, spec.description,
+        spec.priority, spec.timeout_ms, spec.max_total_cost, spec.currency,
+        spec.business_value_hint, status, now, now if status is TaskStatus.QUEUED else None,
+        None, finished, now, code, message, 1, [], spec.resource_hints, spec.constraints,
+        spec.tenant_policies_version, spec.tags, spec.batch_id, 0, None, spec.input_payload,
+        None, spec.channel, spec.correlation_id, spec.depends_on, 0, spec.max_attempts,
+        spec.run_after or now,
     )
+
+
+def is_plain(spec: TaskSpec) -> bool:
+    """True when every optional column of the new task keeps its table default (NULL, '[]',
+    '{}'): the common bulk order. Stores then insert only the columns that vary."""
+    return (
+        spec.project_id is None and spec.external_ref is None and spec.task_category is None
+        and spec.description is None and spec.max_total_cost is None
+        and spec.business_value_hint is None and not spec.resource_hints
+        and not spec.constraints and spec.tenant_policies_version is None and not spec.tags
+        and spec.batch_id is None and spec.channel is None and not spec.depends_on
+    )
+
+
+#: The other INSERT_COLUMNS, with the value a new task row holds when the column keeps its
+#: table default (as the stores' row builders write it): a batch may leave such columns out.
+OPTIONAL_DEFAULTS: dict[str, Any] = {
+    "project_id": None, "external_ref": None, "task_category": None, "description": None,
+    "max_total_cost": None, "business_value_hint": None, "started_at": None,
+    "finished_at": None, "result_code": None, "result_message": None, "task_version": 1,
+    "lease_ids": b"[]", "resource_hints": b"[]", "constraints": b"{}",
+    "tenant_policies_version": None, "tags": b"[]", "batch_id": None, "progress": 0,
+    "progress_message": None, "result_payload": None, "channel": None, "depends_on": b"[]",
+    "attempt": 0, "has_dependants": 0,
+}
+
+#: The columns of a plain new task (see is_plain), in the order of plain_row's values.
+PLAIN_COLUMNS: tuple[str, ...] = (
+    "task_id", "idempotency_key", "request_hash", "tenant_id", "env", "task_type", "priority",
+    "timeout_ms", "currency", "status", "created_at", "queued_at", "updated_at",
+    "input_payload", "correlation_id", "max_attempts", "run_after",
+)
 
 
 def initial_status(

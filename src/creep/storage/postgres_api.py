@@ -181,7 +181,18 @@ class PostgresApiMixin:
     def _api_insert_audit(self, conn: psycopg.Connection[Any], row: AuditRow) -> None:
         self._api_insert_audits(conn, [row])
 
-    def _api_insert_audits(self, conn: psycopg.Connection[Any], rows: Sequence[AuditRow]) -> None:
+    def _api_insert_audits(
+        self, conn: psycopg.Connection[Any], rows: Sequence[AuditRow], *,
+        created_at: datetime | None = None,
+    ) -> None:
+        """With `created_at`, only the rows whose resource is a task created at that instant
+        (by this transaction: a replay creates nothing) are written. (One INSERT ... SELECT
+        FROM unnest(...) for all rows measured slower under load than executemany.)"""
+        if created_at is not None:
+            created = self._api_created_now(
+                conn, [str(r.resource.get("identifier", "")) for r in rows], created_at
+            )
+            rows = [r for r in rows if str(r.resource.get("identifier", "")) in created]
         if not rows:
             return
         with conn.cursor() as cur:
@@ -461,3 +472,4 @@ class PostgresApiMixin:
                 f"SELECT status, count(*) FROM tasks {where} GROUP BY status", params
             ).fetchall()
         return {r[0]: int(r[1]) for r in rows}
+

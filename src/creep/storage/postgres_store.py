@@ -46,12 +46,14 @@ from creep.ports import (
 from creep.storage import pending_writes
 from creep.storage.asset_pages import AssetPagesMixin  # REST API pages
 from creep.storage.common import (
+    PLAIN_COLUMNS,
     TASK_COLUMNS,
     TASK_SELECT,
     UPDATABLE_FIELDS,
     check_dependencies,
     dumps,
     initial_status,
+    is_plain,
     load_migrations,
     new_task,
     plan_replays,
@@ -265,7 +267,12 @@ class PostgresStore(
                 status[task_id] = task.status
                 tasks[task_id] = task
             has_dependants = {d for s in specs for d in s.depends_on}
-            inserted = self._insert(conn, specs, tasks, has_dependants, now)
+            inserted = (
+                self._copy_plain(conn, specs, tasks, now) if all(map(is_plain, specs)) else None
+            )
+            notified = inserted is None  # _insert's statement notifies the workers itself
+            if inserted is None:
+                inserted = self._insert(conn, specs, tasks, has_dependants, now)
             missing = [s for s in specs if s.task_id not in inserted]
             if missing:
                 # Idempotency keys that exist already: replay or conflict, decided by the
@@ -308,11 +315,50 @@ class PostgresStore(
                     "SELECT * FROM unnest(%b::uuid[], %b::uuid[])",
                     ([a for a, _ in deps], [b for _, b in deps]),
                 )
-            if any(t.status is TaskStatus.QUEUED for t in created):
+            if not notified and any(t.status is TaskStatus.QUEUED for t in created):
                 conn.execute("SELECT pg_notify('creep_tasks', '')")
         if any(t.status is TaskStatus.QUEUED for t in created):
             self._wake("creep_tasks", "")
         return out
+
+    def _copy_plain(
+        self, conn: psycopg.Connection[Any], specs: Sequence[TaskSpec],
+        tasks: dict[str, TaskOrder], now: datetime,
+    ) -> set[str] | None:
+        """COPY plain new tasks (is_plain) and their creation events: the server's cheapest
+        way in, several times faster than INSERT ... SELECT FROM unnest(...). COPY has no ON
+        CONFLICT: an idempotency key that exists already fails it, the savepoint undoes it,
+        and None sends the caller to _insert, which replays or refuses per key."""
+        at = now.isoformat()
+        task_lines: list[str] = []
+        event_lines: list[str] = []
+        for spec in specs:
+            t = tasks[spec.task_id]
+            tid, tenant, queued = t.task_id, _csv(t.tenant_id), t.status is TaskStatus.QUEUED
+            task_lines.append(",".join((
+                tid, _csv(t.idempotency_key), spec.request_hash, tenant, _csv(t.env),
+                _csv(t.task_type), str(t.priority), str(t.timeout_ms), _csv(t.currency),
+                t.status.value, at, at if queued else "", at,
+                _csv(spec.input_payload_json.decode()), _csv(t.correlation_id),
+                str(t.max_attempts), at if spec.run_after is None else t.run_after.isoformat(),
+            )))
+            # creation_events(t): a plain task is QUEUED or (run_after later) PENDING.
+            created = _csv(orjson.dumps({"task_type": t.task_type, "priority": t.priority}).decode())
+            event_lines.append(f"{tid},{tenant},created,,PENDING,{created},{at}")
+            if queued:
+                event_lines.append(f"{tid},{tenant},queued,PENDING,QUEUED,{{}},{at}")
+        tasks_csv, events_csv = "\n".join(task_lines), "\n".join(event_lines)
+        if "\r" in tasks_csv or tasks_csv.count("\n") != len(task_lines) - 1:
+            return None  # a line break inside a value: leave CSV's corner cases to _insert
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy(_COPY_TASKS) as copy:
+                    copy.write(tasks_csv)
+                with cur.copy(_COPY_EVENTS) as copy:
+                    copy.write(events_csv)
+        except pg_errors.UniqueViolation:
+            return None
+        return set(tasks)
 
     def _insert(
         self, conn: psycopg.Connection[Any], specs: Sequence[TaskSpec],
@@ -343,8 +389,14 @@ class PostgresStore(
                 ("run_after", t.run_after), ("has_dependants", t.task_id in has_dependants),
             ):
                 cols[name].append(value)
-        names = ", ".join(_INSERT_TYPES)
-        arrays = ", ".join(f"%b::{typ}[]" for typ in _INSERT_TYPES.values())
+        # Only the columns some row of this batch sets: every array costs the client a dump
+        # and the server a parse, and the columns left out take the table's defaults.
+        kept = [
+            c for c in _INSERT_TYPES
+            if c not in _DEFAULTS or any(v != _DEFAULTS[c] for v in cols[c])
+        ]
+        names = ", ".join(kept)
+        arrays = ", ".join(f"%b::{_INSERT_TYPES[c]}[]" for c in kept)
         # One statement: the rows, then their creation events (see creation_events) built
         # in SQL from what was inserted; a key that exists already inserts neither.
         rows = conn.execute(
@@ -366,9 +418,12 @@ class PostgresStore(
                 WHERE e.ord = 1 OR (e.ord = 2 AND i.status = 'QUEUED')
                    OR (e.ord = 3 AND i.status = 'CANCELLED')
                 ORDER BY i.task_id, e.ord
+            ), note AS (  -- wake the workers, in this statement rather than one more round trip
+                SELECT pg_notify('creep_tasks', '')
+                WHERE EXISTS (SELECT 1 FROM ins WHERE status = 'QUEUED')
             )
-            SELECT task_id FROM ins""",
-            [*(cols[c] for c in _INSERT_TYPES), now], binary=True,
+            SELECT ins.task_id FROM ins LEFT JOIN note ON true""",
+            [*(cols[c] for c in kept), now], binary=True,
         ).fetchall()
         return {r[0] for r in rows}
 
@@ -993,6 +1048,26 @@ class _PgListener:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=3)
+
+
+#: Insert columns with their table default, as _insert's arrays hold it.
+_DEFAULTS: dict[str, Any] = {
+    "project_id": None, "external_ref": None, "task_category": None, "description": None,
+    "max_total_cost": None, "business_value_hint": None, "finished_at": None,
+    "result_code": None, "result_message": None, "resource_hints": "[]", "constraints": "{}",
+    "tenant_policies_version": None, "tags": "[]", "batch_id": None, "channel": None,
+    "depends_on": "[]", "has_dependants": False,
+}
+_COPY_TASKS = f"COPY tasks ({', '.join(PLAIN_COLUMNS)}) FROM STDIN (FORMAT csv)"
+_COPY_EVENTS = (
+    "COPY task_events (task_id, tenant_id, event_type, from_status, to_status, payload, "
+    "created_at) FROM STDIN (FORMAT csv)"
+)
+
+
+def _csv(text: str) -> str:
+    """A quoted CSV field: a quoted empty string stays '' (unquoted empty is NULL)."""
+    return '"' + text.replace('"', '""') + '"'
 
 
 _INSERT_TYPES: dict[str, str] = {

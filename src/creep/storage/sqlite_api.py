@@ -24,7 +24,7 @@ from creep.ports_api import (
     AuditRow,
     BatchCancelled,
 )
-from creep.storage.sqlite_bulk import insert_rows
+from creep.storage.sqlite_bulk import insert_rows, rows_per_statement
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TENANT = "tenant_id, name, rate_limit_per_second, rate_limit_burst, max_active_tasks, created_at"
@@ -189,18 +189,34 @@ class SqliteApiMixin:
     def _api_insert_audit(self, conn: sqlite3.Connection, row: AuditRow) -> None:
         self._api_insert_audits(conn, [row])
 
-    def _api_insert_audits(self, conn: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
-        insert_rows(  # one statement, not one per row (sqlite_bulk.py)
-            conn,
-            "INSERT INTO audit_events (id, timestamp, action, resource_type, resource, "
-            "resource_id, principal, principal_uid, tenant_id, diff_object, client_ip, "
-            "user_agent, request_method, request_id, data, created_at)", 16,
-            [(row.id, row.timestamp_ms, row.action, row.resource_type,
-              orjson.dumps(row.resource), str(row.resource.get("identifier", "")),
-              orjson.dumps(row.user), str(row.user.get("uid", "")), row.tenant_id,
-              orjson.dumps(row.diff_object), row.client_ip, row.user_agent, row.request_method,
-              row.request_id, orjson.dumps(row.data), _us(row.created_at)) for row in rows],
-        )
+    def _api_insert_audits(
+        self, conn: sqlite3.Connection, rows: Sequence[AuditRow], *,
+        created_at: datetime | None = None,
+    ) -> None:
+        """One statement per chunk of rows, not one per row (sqlite_bulk.py). With
+        `created_at`, only the rows whose resource is a task created at that instant (by this
+        transaction: a replay creates nothing) are written, in the same statement."""
+        values = [
+            (row.id, row.timestamp_ms, row.action, row.resource_type,
+             orjson.dumps(row.resource), str(row.resource.get("identifier", "")),
+             orjson.dumps(row.user), str(row.user.get("uid", "")), row.tenant_id,
+             orjson.dumps(row.diff_object), row.client_ip, row.user_agent, row.request_method,
+             row.request_id, orjson.dumps(row.data), _us(row.created_at))
+            for row in rows
+        ]
+        if created_at is None:
+            insert_rows(conn, f"INSERT INTO audit_events ({_AUDIT_COLUMNS})", 16, values)
+            return
+        one = "(" + ", ".join("?" * 16) + ")"
+        per = rows_per_statement(16)
+        for start in range(0, len(values), per):
+            chunk = values[start:start + per]
+            conn.execute(
+                f"INSERT INTO audit_events ({_AUDIT_COLUMNS}) SELECT * FROM (VALUES "
+                f"{', '.join([one] * len(chunk))}) v WHERE EXISTS (SELECT 1 FROM tasks t "
+                "WHERE t.task_id = v.column6 AND t.created_at = ?)",
+                [*(value for row in chunk for value in row), _us(created_at)],
+            )
 
     def _api_created_now(
         self, conn: sqlite3.Connection, task_ids: Sequence[str], now: datetime
@@ -466,3 +482,10 @@ def _audit_where(flt: AuditFilter) -> tuple[list[str], list[Any]]:
         params.append(int(flt.time_to.timestamp() * 1000))
     return where, params
 
+
+
+_AUDIT_COLUMNS = (
+    "id, timestamp, action, resource_type, resource, resource_id, principal, principal_uid, "
+    "tenant_id, diff_object, client_ip, user_agent, request_method, request_id, data, "
+    "created_at"
+)

@@ -16,15 +16,22 @@ _MAX_VARIABLES = 30_000
 _MAX_ROWS = 500
 
 
+def rows_per_statement(ncols: int) -> int:
+    return max(1, min(_MAX_ROWS, _MAX_VARIABLES // ncols))
+
+
 def insert_rows(
     conn: sqlite3.Connection, head: str, ncols: int, rows: Sequence[Sequence[Any]]
-) -> None:
-    """`head` is `INSERT INTO t (c1, ..., cn)`; each row has `ncols` values."""
-    per = max(1, min(_MAX_ROWS, _MAX_VARIABLES // ncols))
+) -> int | None:
+    """`head` is `INSERT INTO t (c1, ..., cn)`; each row has `ncols` values. Returns the rowid
+    of the last row inserted (None when there were no rows)."""
+    per = rows_per_statement(ncols)
     one = "(" + ", ".join("?" * ncols) + ")"
+    last: int | None = None
     for start in range(0, len(rows), per):
         chunk = rows[start:start + per]
-        conn.execute(
+        last = conn.execute(
             f"{head} VALUES {', '.join([one] * len(chunk))}",
             [value for row in chunk for value in row],
-        )
+        ).lastrowid
+    return last

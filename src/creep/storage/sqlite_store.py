@@ -10,6 +10,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,6 +21,7 @@ from creep.domain.errors import (
     IllegalTransition,
     NotFound,
     SchemaOutOfDate,
+    StorageError,
     ValidationError,
     VersionConflict,
 )
@@ -39,14 +41,16 @@ from creep.storage import pending_writes
 from creep.storage.asset_pages import AssetPagesMixin  # REST API pages
 from creep.storage.common import (
     INSERT_COLUMNS,
+    OPTIONAL_DEFAULTS,
+    PLAIN_COLUMNS,
     SQLITE_EVENTS_OF,
     TASK_COLUMNS,
     TASK_SELECT,
     UPDATABLE_FIELDS,
     check_dependencies,
-    creation_events,
     dumps,
     initial_status,
+    is_plain,
     load_migrations,
     new_task,
     plan_replays,
@@ -57,7 +61,7 @@ from creep.storage.metrics_store import SqliteMetricsMixin  # /metrics
 from creep.storage.sqlite_api import SqliteApiMixin
 from creep.storage.sqlite_artifacts import SqliteArtifactsMixin  # artifacts + HTTP workers
 from creep.storage.sqlite_assets import SqliteAssets
-from creep.storage.sqlite_bulk import insert_rows
+from creep.storage.sqlite_bulk import insert_rows, rows_per_statement
 from creep.storage.sqlite_schedules import SqliteSchedulesMixin  # schedules
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -275,17 +279,23 @@ class SqliteStore(
     ) -> list[TaskOrder]:
         if not specs:
             return []
+        # One INSERT statement undoes itself when a constraint fails it (SQLite's ABORT);
+        # several need a savepoint around them. Fewer statements: under API load each one
+        # waits for the GIL again after SQLite released it.
+        one_statement = len(specs) <= _ONE_STATEMENT and not any(s.depends_on for s in specs)
         with self._write(within) as conn:
             dep_status = self._dependency_status(conn, specs)
             try:
-                conn.execute("SAVEPOINT fast_insert")
-                tasks = self._insert_new(conn, specs, dep_status, now)
-                conn.execute("RELEASE fast_insert")
-                out = tasks
+                if not one_statement:
+                    conn.execute("SAVEPOINT fast_insert")
+                out = self._insert_new(conn, specs, dep_status, now)
+                if not one_statement:
+                    conn.execute("RELEASE fast_insert")
             except sqlite3.IntegrityError:
                 # Some idempotency key exists already: go row by row, replaying or refusing.
-                conn.execute("ROLLBACK TO fast_insert")
-                conn.execute("RELEASE fast_insert")
+                if not one_statement:
+                    conn.execute("ROLLBACK TO fast_insert")
+                    conn.execute("RELEASE fast_insert")
                 out = self._insert_with_replays(conn, specs, dep_status, now)
         if any(t.status is TaskStatus.QUEUED and not t.replayed for t in out):
             self._wake("creep_tasks", "")
@@ -312,6 +322,8 @@ class SqliteStore(
     ) -> list[TaskOrder]:
         from creep.domain.dag import topological_order
 
+        if not specs:  # every spec was a replay
+            return []
         by_id = {s.task_id: s for s in specs}
         if len(by_id) != len(specs):
             raise ValidationError.single("task_id", "task ids in one submission must be unique")
@@ -327,27 +339,37 @@ class SqliteStore(
             status[task_id] = task.status
             tasks[task_id] = task
         now_us = us(now)
-        rows: list[tuple[Any, ...]] = []
-        events: list[tuple[Any, ...]] = []
-        deps: list[tuple[str, str]] = []
         has_dependants = {d for s in specs for d in s.depends_on}
-        for spec in specs:
-            t = tasks[spec.task_id]
-            rows.append(_task_row(t, spec, t.task_id in has_dependants))
-            for etype, old, new, payload in creation_events(t):
-                events.append(
-                    (t.task_id, t.tenant_id, etype, old, new, 0, dumps(payload), now_us)
-                )
-            deps.extend((t.task_id, d) for d in spec.depends_on)
+        deps = [(s.task_id, d) for s in specs for d in s.depends_on]
+        # One statement per chunk of rows, not per row (sqlite_bulk.py says why), binding
+        # only the columns that vary: each bound value costs the writer about as much as a
+        # B-tree insert, and the columns left out take the table's defaults.
+        #
         # Rows are laid out in claim order: a claim takes the highest priorities first, and
         # rows of one priority stored side by side put a claimed batch on a few pages instead
         # of one page per task (what a commit writes). The sort is stable and the batch shares
         # created_at, so the claim order among equal priorities (rowid) stays submission order.
-        rows.sort(key=_by_priority_desc)
-        # One statement per chunk of rows, not per row (sqlite_bulk.py says why).
-        insert_rows(conn, f"INSERT INTO tasks ({', '.join(INSERT_COLUMNS)})",
-                    len(INSERT_COLUMNS), rows)
-        _insert_events(conn, events)
+        if all(map(is_plain, specs)):
+            plain = [_plain_row(tasks[s.task_id], s, now_us) for s in specs]
+            plain.sort(key=_plain_priority_desc)
+            last = insert_rows(conn, _PLAIN_INSERT, len(PLAIN_COLUMNS), plain)
+        else:
+            rows = [_task_row(tasks[s.task_id], s, s.task_id in has_dependants) for s in specs]
+            rows.sort(key=_by_priority_desc)
+            cols = [*_PLAIN_IDX, *(i for i, d in _OPTIONAL if any(r[i] != d for r in rows))]
+            pick = itemgetter(*cols)
+            head = f"INSERT INTO tasks ({', '.join(INSERT_COLUMNS[i] for i in cols)})"
+            last = insert_rows(conn, head, len(cols), [pick(r) for r in rows])
+        # The creation events (creation_events) from the rows just inserted, in their order:
+        # rowids of one transaction's inserts run on from the largest one before them, so the
+        # new rows are the last len(specs) rowids up to `last`.
+        before = (last or 0) - len(specs)
+        expected = sum(
+            2 if t.status in _TWO_EVENTS else 1 for t in (tasks[s.task_id] for s in specs)
+        )
+        written = conn.execute(_CREATION_EVENTS_SQL, (before, now_us)).rowcount
+        if written != expected:
+            raise StorageError(f"creation events: wrote {written}, expected {expected}")
         if deps:
             conn.executemany(
                 "INSERT INTO task_dependencies (task_id, depends_on_id) VALUES (?, ?)", deps
@@ -958,6 +980,44 @@ _INSERT_PRIORITY_I = INSERT_COLUMNS.index("priority")
 
 def _by_priority_desc(row: tuple[Any, ...]) -> int:
     return -int(row[_INSERT_PRIORITY_I])
+
+
+_PLAIN_PRIORITY_I = PLAIN_COLUMNS.index("priority")
+
+
+def _plain_priority_desc(row: tuple[Any, ...]) -> int:
+    return -int(row[_PLAIN_PRIORITY_I])
+
+
+_PLAIN_INSERT = f"INSERT INTO tasks ({', '.join(PLAIN_COLUMNS)})"
+_PLAIN_IDX = tuple(INSERT_COLUMNS.index(c) for c in PLAIN_COLUMNS)
+_OPTIONAL = tuple((INSERT_COLUMNS.index(c), d) for c, d in OPTIONAL_DEFAULTS.items())
+_ONE_STATEMENT = rows_per_statement(len(INSERT_COLUMNS))
+_TWO_EVENTS = (TaskStatus.QUEUED, TaskStatus.CANCELLED)
+# What creation_events() describes, built by SQLite from the new rows (rowid > ?1).
+_CREATION_EVENTS_SQL = """
+INSERT INTO task_events (task_id, tenant_id, event_type, from_status, to_status, attempt,
+    payload, created_at)
+WITH e(ord, etype, old, new, payload) AS (VALUES
+    (1, 'created', NULL, 'PENDING', NULL),
+    (2, 'queued', 'PENDING', 'QUEUED', '{}'),
+    (3, 'cancelled', 'PENDING', 'CANCELLED', '{"result_code":"DEPENDENCY_FAILED"}'))
+SELECT t.task_id, t.tenant_id, e.etype, e.old, e.new, 0,
+    coalesce(e.payload, json_object('task_type', t.task_type, 'priority', t.priority)), ?2
+FROM tasks t JOIN e ON e.ord = 1 OR (e.ord = 2 AND t.status = 'QUEUED')
+    OR (e.ord = 3 AND t.status = 'CANCELLED')
+WHERE t.rowid > ?1
+ORDER BY t.rowid, e.ord"""
+
+
+def _plain_row(t: TaskOrder, spec: TaskSpec, now_us: int) -> tuple[Any, ...]:
+    """PLAIN_COLUMNS of a new task whose spec is_plain()."""
+    return (
+        t.task_id, t.idempotency_key, spec.request_hash, t.tenant_id, t.env, t.task_type,
+        t.priority, t.timeout_ms, t.currency, t.status.value, now_us,
+        now_us if t.queued_at is not None else None, now_us, spec.input_payload_json,
+        t.correlation_id, t.max_attempts, now_us if spec.run_after is None else us(t.run_after),
+    )
 
 
 def _task_row(t: TaskOrder, spec: TaskSpec, has_dependants: bool) -> tuple[Any, ...]:
