@@ -362,20 +362,23 @@ class AssetStoreBase:
                 ))
 
     def _leases_with_tasks(
-        self, conn: Any, where: str, params: Sequence[Any], lock_into: Pending | None = None,
+        self, conn: Any, where: str, params: Sequence[Any], task_ids: Sequence[str],
+        lock_into: Pending | None = None,
     ) -> tuple[list[Lease], dict[str, TaskRef]]:
-        """Leases (columns prefixed l.) with what events need of their tasks, in one read.
-        With `lock_into`, their assets are loaded into it too (and on PostgreSQL locked, in
-        asset_id order), in the same round trip."""
+        """Leases (columns prefixed l.) of these tasks with what events need of the tasks, in
+        one read. With `lock_into`, their assets are loaded into it too (and on PostgreSQL
+        locked, in asset_id order), in the same round trip."""
         d = self._adialect
         cols = ", ".join(f"l.{c}" for c in LEASE_COLS.split(", "))
         with d.pipeline(conn):
+            # The tasks are named too, so they are found by key: joined on task_id alone, the
+            # planner merge-joined the leases against a walk of every task ever stored.
             cur = self._x(
                 conn,
                 f"SELECT {cols}, t.project_id, t.env, t.correlation_id, t.constraints "
                 f"FROM leases l JOIN tasks t ON t.task_id = l.task_id WHERE {where} "
-                "ORDER BY l.asset_id, l.lease_id",
-                params,
+                f"AND {d.in_ids('t.task_id')} ORDER BY l.asset_id, l.lease_id",
+                (*params, d.ids(task_ids)),
             )
             locked = None if lock_into is None else self._x(
                 conn,

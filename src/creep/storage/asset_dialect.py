@@ -105,6 +105,12 @@ class SqliteDialect:
     def pipeline(self, conn: Any) -> AbstractContextManager[Any]:
         return nullcontext()
 
+    def index_plans(self, conn: Any) -> Any:
+        return None
+
+    def restore_plans(self, conn: Any, saved: Any) -> None:
+        pass
+
     # Bulk writes are one multi-row statement per chunk, not executemany(): that steps once
     # per row and gives up the GIL around each step, and a worker's busy event loop then holds
     # it for a whole switch interval each time (see storage/sqlite_bulk.py).
@@ -202,6 +208,29 @@ class PostgresDialect:
     def pipeline(self, conn: Any) -> AbstractContextManager[Any]:
         """Send the writes inside without waiting for each reply."""
         return conn.pipeline()  # type: ignore[no-any-return]
+
+    # The lease paths look rows up by key (task_id / asset_id = ANY(...)) and walk
+    # tasks_runnable_hinted in claim order. Right after a bulk enqueue (no statistics yet) the
+    # planner picked sequential scans of all tasks and a bitmap scan plus sort of every queued
+    # hinted task instead: milliseconds per batch, growing with the table. Both are ruled out
+    # while those statements run (as the plain claim does for its own), then put back.
+
+    def index_plans(self, conn: Any) -> Any:
+        """Rule out sequential and bitmap scans for this transaction; returns what
+        restore_plans needs (a cursor: it may run inside a pipeline)."""
+        return conn.execute(
+            "SELECT current_setting('enable_seqscan'), current_setting('enable_bitmapscan'), "
+            "set_config('enable_seqscan', 'off', true), "
+            "set_config('enable_bitmapscan', 'off', true)"
+        )
+
+    def restore_plans(self, conn: Any, saved: Any) -> None:
+        seqscan, bitmapscan = saved.fetchone()[:2]
+        conn.execute(
+            "SELECT set_config('enable_seqscan', %s, true), "
+            "set_config('enable_bitmapscan', %s, true)",
+            (seqscan, bitmapscan),
+        )
 
     # Bulk writes are one statement each: the rows travel as one JSON array of arrays (no
     # dict per row to build on the client), and each element is cast to its column's type.

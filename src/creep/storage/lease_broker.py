@@ -51,6 +51,18 @@ class LeaseBrokerMixin(AssetStoreBase):
         and lease all hints of a task, or leave it QUEUED. Returns claimed task rows in the
         backend's claim shape (TASK_SELECT columns, then deadline_at). With `tenant_id`, only
         that tenant's tasks (a tenant key's HTTP worker)."""
+        saved = self._adialect.index_plans(conn)
+        try:
+            return self._claim_hinted_rows(
+                conn, worker_id, token, task_types, limit, now, claim_ttl, tenant_id
+            )
+        finally:
+            self._adialect.restore_plans(conn, saved)
+
+    def _claim_hinted_rows(
+        self, conn: Any, worker_id: str, token: str, task_types: Sequence[str], limit: int,
+        now: datetime, claim_ttl: float, tenant_id: str | None,
+    ) -> list[Sequence[Any]]:
         d = self._adialect
         page = max(32, limit)
         refs: dict[str, TaskRef] = {}
@@ -321,13 +333,21 @@ class LeaseBrokerMixin(AssetStoreBase):
         task event type)): write TASK_SUCCESS / TASK_FAIL / TASK_TIMEOUT with the health rule
         for each leased asset, and release the claim's active leases (kept on SUCCESS when
         constraints.keep_leases)."""
-        d = self._adialect
         if not done:
             return
+        saved = self._adialect.index_plans(conn)
+        try:
+            self._settle(conn, done, now)
+        finally:
+            self._adialect.restore_plans(conn, saved)
+
+    def _settle(self, conn: Any, done: Sequence[tuple[str, str, str, str]], now: datetime) -> None:
+        d = self._adialect
         pending = Pending()
         leases, tasks = self._leases_with_tasks(
             conn, f"{d.in_ids('l.task_id')} AND {d.in_ids('l.claim_token')}",
-            (d.ids([x[0] for x in done]), d.ids([x[1] for x in done])), lock_into=pending,
+            (d.ids([x[0] for x in done]), d.ids([x[1] for x in done])), [x[0] for x in done],
+            lock_into=pending,
         )
         if not leases:
             return
