@@ -355,6 +355,33 @@ def test_budget_refuses_the_third_lease(app: Creep) -> None:
     assert summary.cost == Decimal("4.00") and summary.currency == "USD"
 
 
+def test_each_attempt_appends_its_leases_and_names_them_when_it_starts(app: Creep) -> None:
+    app.create_asset(**ip(1))
+    app.create_asset(**vcc(1))
+    attempts: list[list[str]] = []
+
+    @app.handler("TRY")
+    async def try_(ctx: TaskContext) -> None:
+        attempts.append(sorted(lease.lease_id for lease in await ctx.leases()))
+        if len(attempts) < 2:
+            raise Retry(delay=0)
+
+    t = app.submit(task_type="TRY", resource_hints=[NET, {"sku_category": "RAW_FUND"}])
+    drain(app)
+    done = app.get_task(t.task_id)
+    assert done.status is TaskStatus.SUCCESS and done.attempt == 2
+    assert [len(x) for x in attempts] == [2, 2] and not set(attempts[0]) & set(attempts[1])
+    # tasks.lease_ids keeps every attempt's leases, in the order they were taken.
+    assert sorted(done.lease_ids[:2]) == attempts[0]
+    assert sorted(done.lease_ids[2:]) == attempts[1]
+    started = [e for e in app.task_events(t.task_id) if e.event_type == "started"]
+    assert [sorted(e.payload["lease_ids"]) for e in started] == attempts
+    assert [e.attempt for e in started] == [1, 2]
+    assert all(e.payload["worker_id"] for e in started)
+    assert {lease.status for lease in app.list_leases(task_id=t.task_id)} == {
+        LeaseStatus.RELEASED}
+
+
 def test_handler_charges_within_budget_then_fails_over_it(app: Creep) -> None:
     @app.handler("SPEND")
     async def spend(ctx: TaskContext) -> None:

@@ -7,7 +7,7 @@ hands it a dialect that converts placeholders and values.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -15,9 +15,18 @@ from typing import Any
 
 import orjson
 
+from creep.storage.common import TASK_COLUMNS, TASK_SELECT
 from creep.storage.sqlite_bulk import insert_rows
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TENANT_I, _ATTEMPT_I = TASK_COLUMNS.index("tenant_id"), TASK_COLUMNS.index("attempt")
+#: The claim's fixed assignments (what the plain claim sets too); deadline_at is computed
+#: from the row's timeout_ms by each backend.
+_CLAIM_SET = (
+    "status = 'RUNNING', attempt = attempt + 1, started_at = {now}, updated_at = {now}, "
+    "claimed_by = {worker}, claim_token = {token}, claim_expires_at = {expires}, "
+    "task_version = task_version + 1, progress_message = NULL, "
+)
 # Chunks of a multi-row UPDATE on SQLite: well under its 32766 bound variables.
 _MAX_VARIABLES = 30_000
 _MAX_ROWS = 500
@@ -104,6 +113,39 @@ class SqliteDialect:
 
     def pipeline(self, conn: Any) -> AbstractContextManager[Any]:
         return nullcontext()
+
+    def claim_leased(
+        self, conn: Any, new_leases: dict[str, list[str]], worker_id: str, token: str,
+        now: datetime, expires: datetime,
+    ) -> Callable[[], list[Any]]:
+        """QUEUED -> RUNNING for tasks whose leases were just taken (task_id -> the new
+        lease ids, appended to tasks.lease_ids), with their `started` task events. Returns
+        what fetches the claimed rows (TASK_SELECT columns, then deadline_at)."""
+        now_us = self.ts(now)
+        rows = conn.execute(
+            "WITH r(task_id, lease_ids) AS (SELECT key, value FROM json_each(?1)) "
+            "UPDATE tasks SET "
+            + _CLAIM_SET.format(now="?2", worker="?3", token="?4", expires="?5")
+            + "deadline_at = ?2 + timeout_ms * 1000, cancel_requested = 0, "
+            # Two compact JSON arrays joined: '["a"]' and '["b"]' make '["a","b"]'.
+            "lease_ids = CASE WHEN json_array_length(tasks.lease_ids) = 0 THEN r.lease_ids "
+            "ELSE substr(tasks.lease_ids, 1, length(tasks.lease_ids) - 1) || ',' || "
+            "substr(r.lease_ids, 2) END "
+            "FROM r WHERE tasks.task_id = r.task_id AND tasks.status = 'QUEUED' "
+            f"RETURNING {TASK_SELECT}, deadline_at",
+            (self.js(new_leases), now_us, worker_id, token, self.ts(expires)),
+        ).fetchall()
+        self.bulk_insert(
+            conn, "task_events",
+            ("task_id", "tenant_id", "event_type", "from_status", "to_status", "attempt",
+             "payload", "created_at"),
+            [
+                (r[0], r[_TENANT_I], "started", "QUEUED", "RUNNING", r[_ATTEMPT_I],
+                 self.js({"worker_id": worker_id, "lease_ids": new_leases[r[0]]}), now_us)
+                for r in rows
+            ],
+        )
+        return lambda: rows
 
     def index_plans(self, conn: Any) -> Any:
         return None
@@ -214,6 +256,34 @@ class PostgresDialect:
     # planner picked sequential scans of all tasks and a bitmap scan plus sort of every queued
     # hinted task instead: milliseconds per batch, growing with the table. Both are ruled out
     # while those statements run (as the plain claim does for its own), then put back.
+
+    def claim_leased(
+        self, conn: Any, new_leases: dict[str, list[str]], worker_id: str, token: str,
+        now: datetime, expires: datetime,
+    ) -> Callable[[], list[Any]]:
+        """As SqliteDialect.claim_leased, in one statement (it may run inside a pipeline).
+        The tasks are found by `task_id = ANY(...)`, a primary-key lookup each."""
+        ids = list(new_leases)
+        cur = conn.execute(
+            "WITH r AS (SELECT * FROM unnest(%(ids)s::uuid[], %(new)s::jsonb[]) AS r(id, new)), "
+            "claimed AS (UPDATE tasks t SET "
+            + _CLAIM_SET.format(now="%(now)s", worker="%(w)s", token="%(tok)s",
+                                expires="%(exp)s")
+            + "deadline_at = %(now)s + t.timeout_ms * interval '1 millisecond', "
+            "cancel_requested = false, lease_ids = t.lease_ids || r.new "
+            "FROM r WHERE t.task_id = ANY(%(ids)s::uuid[]) AND t.task_id = r.id "
+            "AND t.status = 'QUEUED' "
+            f"RETURNING {', '.join('t.' + c for c in TASK_COLUMNS)}, t.deadline_at, "
+            "r.new AS new_leases), "
+            "started AS (INSERT INTO task_events (task_id, tenant_id, event_type, from_status, "
+            "to_status, attempt, payload, created_at) SELECT task_id, tenant_id, 'started', "
+            "'QUEUED', 'RUNNING', attempt, jsonb_build_object('worker_id', %(w)s::text, "
+            "'lease_ids', new_leases), %(now)s FROM claimed) "
+            f"SELECT {TASK_SELECT}, deadline_at FROM claimed",
+            {"ids": ids, "new": [orjson.dumps(new_leases[i]).decode() for i in ids],
+             "now": now, "w": worker_id, "tok": token, "exp": expires},
+        )
+        return cur.fetchall  # type: ignore[no-any-return]
 
     def index_plans(self, conn: Any) -> Any:
         """Rule out sequential and bitmap scans for this transaction; returns what

@@ -37,7 +37,6 @@ from creep.storage.asset_base import (
     TaskRef,
     is_uuid,
 )
-from creep.storage.common import TASK_SELECT
 
 
 class LeaseBrokerMixin(AssetStoreBase):
@@ -222,7 +221,6 @@ class LeaseBrokerMixin(AssetStoreBase):
             assets = pending.assets
         lease_rows: list[tuple[Any, ...]] = []
         ledger_rows: list[tuple[Any, ...]] = []
-        task_rows: list[tuple[Any, ...]] = []
         lease_ids_by_task: dict[str, list[str]] = {}
         now_value = d.ts(now)
         for m in matches:
@@ -252,45 +250,12 @@ class LeaseBrokerMixin(AssetStoreBase):
                         asset.asset_id, lease_id, "COST", d.dec(asset.cost_per_lease),
                         asset.currency, "lease", d.ts(now), d.ts(now),
                     ))
-        for task_id, new_ids in lease_ids_by_task.items():
-            ref = refs[task_id]
-            deadline = now + timedelta(milliseconds=ref.timeout_ms)
-            task_rows.append((
-                d.ts(now), d.ts(now), worker_id, token, d.ts(expires), d.ts(deadline),
-                d.bulk_js([*ref.lease_ids, *new_ids]), task_id,
-            ))
-        task_ids = list(lease_ids_by_task)
         with d.pipeline(conn):  # one round trip on PostgreSQL
             d.bulk_insert(conn, "leases", LEASE_COLS.split(", "), lease_rows)
             d.bulk_insert(conn, "ledger_entries", LEDGER_COLS.split(", "), ledger_rows)
-            d.bulk_update(
-                conn, "tasks", "task_id",
-                ("started_at", "updated_at", "claimed_by", "claim_token", "claim_expires_at",
-                 "deadline_at", "lease_ids"),
-                task_rows,
-                fixed="status = 'RUNNING', attempt = tasks.attempt + 1, "
-                      "task_version = tasks.task_version + 1, cancel_requested = false, "
-                      "progress_message = NULL",
-                where="tasks.status = 'QUEUED'",
-            )
             self._write_pending(conn, pending, now)
-            d.bulk_insert(
-                conn, "task_events",
-                ("task_id", "tenant_id", "event_type", "from_status", "to_status", "attempt",
-                 "payload", "created_at"),
-                [
-                    (t, refs[t].tenant_id, "started", "QUEUED", "RUNNING", refs[t].attempt + 1,
-                     d.bulk_js({"worker_id": worker_id, "lease_ids": lease_ids_by_task[t]}),
-                     d.ts(now))
-                    for t in task_ids
-                ],
-            )
-            cur = self._x(
-                conn,
-                f"SELECT {TASK_SELECT}, deadline_at FROM tasks WHERE {d.in_ids('task_id')}",
-                (d.ids(task_ids),),
-            )
-        rows: list[Sequence[Any]] = cur.fetchall()
+            fetch = d.claim_leased(conn, lease_ids_by_task, worker_id, token, now, expires)
+        rows: list[Sequence[Any]] = fetch()
         return rows
 
     def _fail_queued(
