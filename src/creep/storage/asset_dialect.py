@@ -262,7 +262,10 @@ class PostgresDialect:
         now: datetime, expires: datetime,
     ) -> Callable[[], list[Any]]:
         """As SqliteDialect.claim_leased, in one statement (it may run inside a pipeline).
-        The tasks are found by `task_id = ANY(...)`, a primary-key lookup each."""
+        The tasks are found by `task_id = ANY(...)`, a primary-key lookup each. No
+        `status = 'QUEUED'` here: this transaction read them QUEUED and holds their row
+        locks, and that predicate lured the planner (no statistics yet after a bulk
+        enqueue) into scanning tasks_tenant_active instead of the primary key."""
         ids = list(new_leases)
         cur = conn.execute(
             "WITH r AS (SELECT * FROM unnest(%(ids)s::uuid[], %(new)s::jsonb[]) AS r(id, new)), "
@@ -272,7 +275,6 @@ class PostgresDialect:
             + "deadline_at = %(now)s + t.timeout_ms * interval '1 millisecond', "
             "cancel_requested = false, lease_ids = t.lease_ids || r.new "
             "FROM r WHERE t.task_id = ANY(%(ids)s::uuid[]) AND t.task_id = r.id "
-            "AND t.status = 'QUEUED' "
             f"RETURNING {', '.join('t.' + c for c in TASK_COLUMNS)}, t.deadline_at, "
             "r.new AS new_leases), "
             "started AS (INSERT INTO task_events (task_id, tenant_id, event_type, from_status, "
