@@ -53,6 +53,17 @@ LEDGER_COLS = (
     "currency, description, occurred_at, recorded_at"
 )
 EVENT_COLS = ", ".join(EVENT_FIELDS)
+#: The columns of a routine event row (_routine_row) that differ from row to row ...
+ROUTINE_COLS = (
+    "event_id", "tenant_id", "project_id", "env", "asset_id", "task_id", "lease_id",
+    "correlation_id", "causation_id", "event_type", "old_status", "new_status", "message",
+    "context",
+)
+#: ... and those that do not (plus occurred_at = recorded_at = the transaction's now): bound
+#: once per statement rather than once per row. Columns in neither are NULL.
+ROUTINE_FIXED: tuple[tuple[str, Any], ...] = (
+    ("source", "control_plane"), ("severity", "INFO"), ("tags", "[]"), ("version", 1),
+)
 #: Most hinted tasks looked at per claim: blocked hinted tasks at the head do not hide
 #: matchable ones behind them (no head-of-line blocking) within this bound.
 HINTED_SCAN_MAX = 2048
@@ -173,21 +184,19 @@ class AssetStoreBase:
             conn, "asset_events", EVENT_FIELDS, [self._event_row(e) for e in events]
         )
 
+    @staticmethod
     def _routine_row(
-        self, asset: AssetSnapshot, event_type: str, now_value: Any, task: TaskRef | None,
-        lease_id: str, old_status: str, message: str, context: Any,
-        causation_id: str | None = None,
+        asset: AssetSnapshot, event_type: str, task: TaskRef | None, lease_id: str,
+        old_status: str, message: str, context: Any, causation_id: str | None = None,
     ) -> tuple[Any, ...]:
-        """The row (EVENT_FIELDS order) of an INFO control-plane event, as _new_event then
-        _event_row would make it; `now_value` and `context` are already in the dialect's
-        form (d.ts(now), d.bulk_js(...))."""
+        """The ROUTINE_COLS of an INFO control-plane event written at the transaction's
+        `now` (the other columns are ROUTINE_FIXED), as _new_event would make it;
+        `context` is already in the dialect's form (d.bulk_js(...))."""
         return (
             uuid7(), asset.tenant_id, task.project_id if task else asset.project_id,
             task.env if task else asset.env, asset.asset_id, task.task_id if task else None,
             lease_id, task.correlation_id if task else None, causation_id, str(event_type),
-            "control_plane", "INFO", old_status, asset.status.value, message, None, None,
-            None, None, None, None, now_value, now_value, self._adialect.bulk_js([]),
-            context, 1,
+            old_status, asset.status.value, message, context,
         )
 
     @staticmethod
@@ -265,8 +274,14 @@ class AssetStoreBase:
             a.version += 1
             a.updated_at = now
         pending.dirty.clear()
-        rows = pending.rows + [self._event_row(e) for e in pending.events]
-        d.bulk_insert(conn, "asset_events", EVENT_FIELDS, rows)
+        # Routine rows first (they were decided first), their fixed columns bound once.
+        d.bulk_insert(
+            conn, "asset_events", ROUTINE_COLS, pending.rows,
+            fixed=[*ROUTINE_FIXED, ("occurred_at", d.ts(now)), ("recorded_at", d.ts(now))],
+        )
+        d.bulk_insert(
+            conn, "asset_events", EVENT_FIELDS, [self._event_row(e) for e in pending.events]
+        )
         pending.rows.clear()
         pending.events.clear()
 
@@ -315,7 +330,6 @@ class AssetStoreBase:
             check_lease_transition(lease.status, status)
             pending.ended[lease.lease_id] = status
         assets = self._lock_assets(conn, [lease.asset_id for lease in active], pending)
-        now_value = self._adialect.ts(now)
         empty = self._adialect.bulk_js({})
         event_type = {
             LeaseStatus.RELEASED: AssetEventType.RELEASED,
@@ -337,7 +351,7 @@ class AssetStoreBase:
                     self._set_status(asset, target, pending, now)
             if routine and status is LeaseStatus.RELEASED:
                 row = self._routine_row(
-                    asset, event_type, now_value, tasks.get(lease.task_id), lease.lease_id, old,
+                    asset, event_type, tasks.get(lease.task_id), lease.lease_id, old,
                     "lease released", empty, causation_id=causes.get(lease.lease_id),
                 )
                 pending.rows.append(row)

@@ -158,10 +158,30 @@ class SqliteDialect:
     # it for a whole switch interval each time (see storage/sqlite_bulk.py).
 
     def bulk_insert(
-        self, conn: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+        self, conn: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+        fixed: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        if rows:
+        """Insert `rows` (values of `columns`); `fixed` (column, value) pairs are the same
+        for every row and bound once per statement, not once per row."""
+        if not rows:
+            return
+        if not fixed:
             insert_rows(conn, f"INSERT INTO {table} ({', '.join(columns)})", len(columns), rows)
+            return
+        head = (
+            f"INSERT INTO {table} ({', '.join([*columns, *(c for c, _ in fixed)])}) SELECT "
+            + ", ".join([*(f"column{i + 1}" for i in range(len(columns))), *("?" * len(fixed))])
+        )
+        one = "(" + ", ".join("?" * len(columns)) + ")"
+        values = [v for _, v in fixed]
+        per = max(1, min(_MAX_ROWS, (_MAX_VARIABLES - len(fixed)) // len(columns)))
+        for start in range(0, len(rows), per):
+            chunk = rows[start:start + per]
+            # The fixed values' placeholders come first in the text, so first in the list.
+            conn.execute(
+                f"{head} FROM (VALUES {', '.join([one] * len(chunk))})",
+                [*values, *(value for row in chunk for value in row)],
+            )
 
     def bulk_update(
         self, conn: Any, table: str, key: str, columns: Sequence[str],
@@ -323,14 +343,22 @@ class PostgresDialect:
         return f"SELECT {cols} FROM jsonb_array_elements(%s::jsonb) AS j(r)"
 
     def bulk_insert(
-        self, conn: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+        self, conn: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+        fixed: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        if rows:
-            conn.execute(
-                f"INSERT INTO {table} ({', '.join(columns)}) "
-                f"{self._row_source(conn, table, columns)}",
-                (self._records(rows),),
+        """As SqliteDialect.bulk_insert: `fixed` values travel once, as parameters."""
+        if not rows:
+            return
+        types = self._types(conn, table)
+        source = self._row_source(conn, table, columns)
+        if fixed:
+            source = source.replace(
+                " FROM ", ", " + ", ".join(f"%s::{types[c]}" for c, _ in fixed) + " FROM ", 1
             )
+        conn.execute(
+            f"INSERT INTO {table} ({', '.join([*columns, *(c for c, _ in fixed)])}) {source}",
+            (*(v for _, v in fixed), self._records(rows)),
+        )
 
     def bulk_update(
         self, conn: Any, table: str, key: str, columns: Sequence[str],

@@ -222,7 +222,6 @@ class LeaseBrokerMixin(AssetStoreBase):
         lease_rows: list[tuple[Any, ...]] = []
         ledger_rows: list[tuple[Any, ...]] = []
         lease_ids_by_task: dict[str, list[str]] = {}
-        now_value = d.ts(now)
         for m in matches:
             ref = refs[m.task_id]
             for hint_index, cand in m.picks:
@@ -240,7 +239,7 @@ class LeaseBrokerMixin(AssetStoreBase):
                     hint_index,
                 ))
                 pending.rows.append(self._routine_row(
-                    asset, AssetEventType.ALLOCATED.value, now_value, ref, lease_id, old,
+                    asset, AssetEventType.ALLOCATED.value, ref, lease_id, old,
                     f"leased to task {m.task_id}",
                     d.bulk_js({"hint_index": hint_index, "worker_id": worker_id}),
                 ))
@@ -318,7 +317,6 @@ class LeaseBrokerMixin(AssetStoreBase):
             return
         by_token = {x[1]: x for x in done}
         keep = {t.task_id for t in tasks.values() if t.keep_leases}
-        now_value = d.ts(now)
         assets = self._lock_assets(conn, [lease.asset_id for lease in leases], pending)
         causes: dict[str, str | None] = {}
         to_release: list[Lease] = []
@@ -336,7 +334,7 @@ class LeaseBrokerMixin(AssetStoreBase):
                 health = {"health_score_before": before, "health_score_after": asset.health_score}
                 if effect == AssetEventType.TASK_SUCCESS:  # never a failure: no policy reads it
                     row = self._routine_row(
-                        asset, effect, now_value, tasks.get(task_id), lease.lease_id,
+                        asset, effect, tasks.get(task_id), lease.lease_id,
                         asset.status.value, f"task {status}", d.bulk_js(health),
                     )
                     pending.rows.append(row)
