@@ -387,7 +387,7 @@ class AssetStoreBase:
         with d.pipeline(conn):
             # The tasks are named too, so they are found by key: joined on task_id alone, the
             # planner merge-joined the leases against a walk of every task ever stored.
-            cur = self._x(
+            cur = d.unprepared(
                 conn,
                 f"SELECT {cols}, t.project_id, t.env, t.correlation_id, t.constraints "
                 f"FROM leases l JOIN tasks t ON t.task_id = l.task_id WHERE {where} "

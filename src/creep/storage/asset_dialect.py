@@ -147,6 +147,9 @@ class SqliteDialect:
         )
         return lambda: rows
 
+    def unprepared(self, conn: Any, sql: str, params: Sequence[Any]) -> Any:
+        return conn.execute(sql, params)
+
     def index_plans(self, conn: Any) -> Any:
         return None
 
@@ -306,6 +309,12 @@ class PostgresDialect:
              "now": now, "w": worker_id, "tok": token, "exp": expires},
         )
         return cur.fetchall  # type: ignore[no-any-return]
+
+    def unprepared(self, conn: Any, sql: str, params: Sequence[Any]) -> Any:
+        """Execute without a server-side prepared statement (psycopg prepares a statement
+        after its fifth run): planned for these parameters each time. The settle join's
+        generic plan cost ~14 ms of server CPU per 250 tasks instead of ~1.5."""
+        return conn.execute(self.q(sql), params, prepare=False)
 
     def index_plans(self, conn: Any) -> Any:
         """Rule out sequential and bitmap scans for this transaction; returns what
