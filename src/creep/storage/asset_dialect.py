@@ -7,6 +7,7 @@ hands it a dialect that converts placeholders and values.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from creep.storage.common import TASK_COLUMNS, TASK_SELECT
 from creep.storage.sqlite_bulk import insert_rows
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_UUIDISH = re.compile(r"[0-9a-fA-F,-]*")
 _TENANT_I, _ATTEMPT_I = TASK_COLUMNS.index("tenant_id"), TASK_COLUMNS.index("attempt")
 #: The claim's fixed assignments (what the plain claim sets too); deadline_at is computed
 #: from the row's timeout_ms by each backend.
@@ -244,8 +246,14 @@ class PostgresDialect:
     def in_ids(self, column: str) -> str:
         return f"{column} = ANY(?::uuid[])"
 
-    def ids(self, values: Sequence[str]) -> list[str]:
-        return list(values)
+    def ids(self, values: Sequence[str]) -> str | list[str]:
+        """An array parameter for `?::uuid[]`: one '{a,b,...}' literal, which the server
+        parses, instead of a list psycopg dumps (and regex-checks) element by element.
+        Anything but hex digits and dashes goes as a list, quoted by psycopg."""
+        text = ",".join(map(str, values))
+        if _UUIDISH.fullmatch(text) is None:
+            return list(values)
+        return "{" + text + "}"
 
     def in_texts(self, column: str) -> str:
         return f"{column} = ANY(?::text[])"
@@ -289,9 +297,8 @@ class PostgresDialect:
         `status = 'QUEUED'` here: this transaction read them QUEUED and holds their row
         locks, and that predicate lured the planner (no statistics yet after a bulk
         enqueue) into scanning tasks_tenant_active instead of the primary key."""
-        ids = list(new_leases)
         cur = conn.execute(
-            "WITH r AS (SELECT * FROM unnest(%(ids)s::uuid[], %(new)s::jsonb[]) AS r(id, new)), "
+            "WITH r AS (SELECT key::uuid AS id, value AS new FROM jsonb_each(%(new)s::jsonb)), "
             "claimed AS (UPDATE tasks t SET "
             + _CLAIM_SET.format(now="%(now)s", worker="%(w)s", token="%(tok)s",
                                 expires="%(exp)s")
@@ -305,7 +312,7 @@ class PostgresDialect:
             "'QUEUED', 'RUNNING', attempt, jsonb_build_object('worker_id', %(w)s::text, "
             "'lease_ids', new_leases), %(now)s FROM claimed) "
             f"SELECT {TASK_SELECT}, deadline_at FROM claimed",
-            {"ids": ids, "new": [orjson.dumps(new_leases[i]).decode() for i in ids],
+            {"ids": self.ids(list(new_leases)), "new": orjson.dumps(new_leases).decode(),
              "now": now, "w": worker_id, "tok": token, "exp": expires},
         )
         return cur.fetchall  # type: ignore[no-any-return]
