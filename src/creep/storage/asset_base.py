@@ -251,11 +251,16 @@ class AssetStoreBase:
     def _write_pending(self, conn: Any, pending: Pending, now: datetime) -> None:
         d = self._adialect
         if pending.ended:
-            d.bulk_update(
-                conn, "leases", "lease_id", ("status", "released_at"),
-                [(st.value, d.ts(now), lease_id) for lease_id, st in sorted(pending.ended.items())],
-                where="leases.status = 'ACTIVE'",
-            )
+            by_status: dict[LeaseStatus, list[str]] = {}
+            for lease_id, st in sorted(pending.ended.items()):
+                by_status.setdefault(st, []).append(lease_id)
+            for st, lease_ids in by_status.items():  # one statement per end status
+                self._x(
+                    conn,
+                    "UPDATE leases SET status = ?, released_at = ? "
+                    f"WHERE {d.in_ids('lease_id')} AND status = 'ACTIVE'",
+                    (st.value, d.ts(now), d.ids(lease_ids)),
+                )
             pending.ended.clear()
         rows = []
         for asset_id in sorted(pending.dirty):

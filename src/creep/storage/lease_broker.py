@@ -31,7 +31,6 @@ from creep.storage.asset_base import (
     CANDIDATES_PER_KIND,
     HINTED_SCAN_MAX,
     LEASE_COLS,
-    LEDGER_COLS,
     AssetStoreBase,
     Pending,
     TaskRef,
@@ -234,9 +233,8 @@ class LeaseBrokerMixin(AssetStoreBase):
                 if asset.status is AssetStatus.READY:
                     self._set_status(asset, AssetStatus.IN_USE, pending, now)
                 lease_rows.append((
-                    lease_id, asset.tenant_id, m.task_id, asset.asset_id, "ACTIVE", d.ts(now),
-                    d.ts(expires), None, d.dec(asset.cost_per_lease), asset.currency, token,
-                    hint_index,
+                    lease_id, asset.tenant_id, m.task_id, asset.asset_id,
+                    d.dec(asset.cost_per_lease), asset.currency, hint_index,
                 ))
                 pending.rows.append(self._routine_row(
                     asset, AssetEventType.ALLOCATED.value, ref, lease_id, old,
@@ -246,12 +244,26 @@ class LeaseBrokerMixin(AssetStoreBase):
                 if asset.cost_per_lease > 0:
                     ledger_rows.append((
                         uuid7(), asset.tenant_id, ref.project_id, m.task_id,
-                        asset.asset_id, lease_id, "COST", d.dec(asset.cost_per_lease),
-                        asset.currency, "lease", d.ts(now), d.ts(now),
+                        asset.asset_id, lease_id, d.dec(asset.cost_per_lease), asset.currency,
                     ))
         with d.pipeline(conn):  # one round trip on PostgreSQL
-            d.bulk_insert(conn, "leases", LEASE_COLS.split(", "), lease_rows)
-            d.bulk_insert(conn, "ledger_entries", LEDGER_COLS.split(", "), ledger_rows)
+            # What every row of this claim shares is bound once (released_at stays NULL).
+            d.bulk_insert(
+                conn, "leases",
+                ("lease_id", "tenant_id", "task_id", "asset_id", "cost", "currency",
+                 "hint_index"),
+                lease_rows,
+                fixed=[("status", "ACTIVE"), ("acquired_at", d.ts(now)),
+                       ("expires_at", d.ts(expires)), ("claim_token", token)],
+            )
+            d.bulk_insert(
+                conn, "ledger_entries",
+                ("entry_id", "tenant_id", "project_id", "task_id", "asset_id", "lease_id",
+                 "amount", "currency"),
+                ledger_rows,
+                fixed=[("entry_type", "COST"), ("description", "lease"),
+                       ("occurred_at", d.ts(now)), ("recorded_at", d.ts(now))],
+            )
             self._write_pending(conn, pending, now)
             fetch = d.claim_leased(conn, lease_ids_by_task, worker_id, token, now, expires)
         rows: list[Sequence[Any]] = fetch()
