@@ -138,14 +138,14 @@ class SqliteDialect:
             (self.js(new_leases), now_us, worker_id, token, self.ts(expires)),
         ).fetchall()
         self.bulk_insert(
-            conn, "task_events",
-            ("task_id", "tenant_id", "event_type", "from_status", "to_status", "attempt",
-             "payload", "created_at"),
+            conn, "task_events", ("task_id", "tenant_id", "attempt", "payload"),
             [
-                (r[0], r[_TENANT_I], "started", "QUEUED", "RUNNING", r[_ATTEMPT_I],
-                 self.js({"worker_id": worker_id, "lease_ids": new_leases[r[0]]}), now_us)
+                (r[0], r[_TENANT_I], r[_ATTEMPT_I],
+                 self.js({"worker_id": worker_id, "lease_ids": new_leases[r[0]]}))
                 for r in rows
             ],
+            fixed=[("event_type", "started"), ("from_status", "QUEUED"),
+                   ("to_status", "RUNNING"), ("created_at", now_us)],
         )
         return lambda: rows
 
@@ -185,7 +185,7 @@ class SqliteDialect:
             # The fixed values' placeholders come first in the text, so first in the list.
             conn.execute(
                 f"{head} FROM (VALUES {', '.join([one] * len(chunk))})",
-                [*values, *(value for row in chunk for value in row)],
+                values + [value for row in chunk for value in row],
             )
 
     def bulk_update(
