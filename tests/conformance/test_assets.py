@@ -576,3 +576,57 @@ def test_sync_handlers_have_the_same_calls(app: Creep) -> None:
     assert (s.cost, s.revenue, s.entries) == (Decimal("0.25"), Decimal("1"), 3)
     assert [e.event_type for e in app.asset_events(task_id=t.task_id)] == [
         "ALLOCATED", "HTTP_PROBE_OK", "TASK_SUCCESS", "RELEASED"]
+
+
+def _succeed_all(app: Creep, claimed: list[Any]) -> list[Any]:
+    from creep.domain.outcomes import Outcome, OutcomeKind, resolve
+    from creep.ports import Completion
+
+    out = []
+    for c in claimed:
+        o = Outcome(c.task.task_id, c.claim_token, OutcomeKind.SUCCEEDED, result=None,
+                    result_json=b"null")
+        out.append(Completion(o, resolve(o, attempt=c.task.attempt,
+                                         max_attempts=c.task.max_attempts,
+                                         now=app.clock.now(), backoff=app.backoff)))
+    return out
+
+
+def test_completing_and_claiming_together_writes_each_asset_once_and_right(app: Creep) -> None:
+    """task_complete_and_claim settles leases and takes them again in one transaction: the
+    freed capacity is leased again at once, and the asset rows end as the leases say."""
+    made = app.import_assets([ip(i, max_concurrency=2) for i in range(3)])
+    versions = {a.asset_id: a.version for a in made}
+    tasks = [app.submit(task_type="USE", resource_hints=[NET]) for _ in range(14)]
+    store, now = app.store, app.clock.now
+    claimed = store.task_claim("w", ["USE"], 10, now(), 30)
+    assert len(claimed) == 6  # the pool: 3 assets x 2
+    rounds = 0
+    while claimed:
+        first = claimed[:4]  # complete some of the holders, keep the others running
+        _, fresh = store.task_complete_and_claim(
+            _succeed_all(app, first), "w", ["USE"], 10, now(), 30)
+        assert len(fresh) == 4  # exactly what was freed is leased again
+        claimed = [*claimed[4:], *fresh]
+        rounds += 1
+        if rounds == 2:
+            break
+    _, fresh = store.task_complete_and_claim(_succeed_all(app, claimed), "w", ["USE"], 10,
+                                             now(), 30)
+    assert len(fresh) == 0 or all(c.task.status is TaskStatus.RUNNING for c in fresh)
+    _, rest = store.task_complete_and_claim(_succeed_all(app, fresh), "w", ["USE"], 10, now(), 30)
+    assert rest == []
+    assert all(app.get_task(t.task_id).status is TaskStatus.SUCCESS for t in tasks)
+    for a in app.list_assets():
+        assert a.current_concurrency == 0 and a.status is AssetStatus.READY
+        assert a.version > versions[a.asset_id]
+        assert a.health_score == 100
+        kinds = [e.event_type for e in app.asset_events(asset_id=a.asset_id)]
+        # per lease: ALLOCATED, then TASK_SUCCESS and RELEASED; never two leases too many
+        held = 0
+        for kind in kinds:
+            held += {"ALLOCATED": 1, "RELEASED": -1}.get(kind, 0)
+            assert 0 <= held <= 2
+        assert held == 0
+    leases = app.list_leases(limit=100)
+    assert len(leases) == 14 and {x.status for x in leases} == {LeaseStatus.RELEASED}

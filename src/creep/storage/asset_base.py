@@ -98,6 +98,9 @@ class Pending:
     #: Rows of routine events no policy looks at (ALLOCATED, TASK_SUCCESS), built without an
     #: AssetEvent object: the hot path of leased tasks. Written before `events`.
     rows: list[tuple[Any, ...]] = field(default_factory=list)
+    #: Set when asset rows are left dirty for a later write in the same transaction (see
+    #: LeaseBrokerMixin._leases_batched): the time their update is stamped with.
+    deferred_at: datetime | None = None
 
 
 class AssetStoreBase:
@@ -248,7 +251,11 @@ class AssetStoreBase:
         with d.pipeline(conn):
             self._write_pending(conn, pending, now)
 
-    def _write_pending(self, conn: Any, pending: Pending, now: datetime) -> None:
+    def _write_pending(
+        self, conn: Any, pending: Pending, now: datetime, *, assets: bool = True
+    ) -> None:
+        """Write and clear what `pending` collected; with `assets` False the dirty asset rows
+        stay (in memory, locked on PostgreSQL) for a later call in the same transaction."""
         d = self._adialect
         if pending.ended:
             by_status: dict[LeaseStatus, list[str]] = {}
@@ -262,6 +269,21 @@ class AssetStoreBase:
                     (st.value, d.ts(now), d.ids(lease_ids)),
                 )
             pending.ended.clear()
+        if assets:
+            self._write_assets(conn, pending, now)
+        # Routine rows first (they were decided first), their fixed columns bound once.
+        d.bulk_insert(
+            conn, "asset_events", ROUTINE_COLS, pending.rows,
+            fixed=[*ROUTINE_FIXED, ("occurred_at", d.ts(now)), ("recorded_at", d.ts(now))],
+        )
+        d.bulk_insert(
+            conn, "asset_events", EVENT_FIELDS, [self._event_row(e) for e in pending.events]
+        )
+        pending.rows.clear()
+        pending.events.clear()
+
+    def _write_assets(self, conn: Any, pending: Pending, now: datetime) -> None:
+        d = self._adialect
         rows = []
         for asset_id in sorted(pending.dirty):
             a = pending.assets[asset_id]
@@ -279,16 +301,7 @@ class AssetStoreBase:
             a.version += 1
             a.updated_at = now
         pending.dirty.clear()
-        # Routine rows first (they were decided first), their fixed columns bound once.
-        d.bulk_insert(
-            conn, "asset_events", ROUTINE_COLS, pending.rows,
-            fixed=[*ROUTINE_FIXED, ("occurred_at", d.ts(now)), ("recorded_at", d.ts(now))],
-        )
-        d.bulk_insert(
-            conn, "asset_events", EVENT_FIELDS, [self._event_row(e) for e in pending.events]
-        )
-        pending.rows.clear()
-        pending.events.clear()
+        pending.deferred_at = None
 
     def _set_status(
         self, asset: AssetSnapshot, new: AssetStatus, pending: Pending, now: datetime

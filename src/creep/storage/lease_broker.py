@@ -3,7 +3,8 @@ tasks move on, expiry with the claim, and the leader-only sweeps (cooling, NO_RE
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,9 +38,33 @@ from creep.storage.asset_base import (
     is_uuid,
 )
 
+#: The open lease batch of each connection (see LeaseBrokerMixin._leases_batched), by id().
+_BATCHES: dict[int, Pending] = {}
+
 
 class LeaseBrokerMixin(AssetStoreBase):
     # -- hooks called from the task paths --------------------------------------------------
+
+    @contextmanager
+    def _leases_batched(self, conn: Any) -> Iterator[None]:
+        """Settle completions, then claim, in one transaction with one write per asset row.
+
+        Settling frees concurrency that the claim right after takes again: written twice,
+        each asset row flips IN_USE -> READY -> IN_USE, and on PostgreSQL every such status
+        change is a non-HOT update (status is in the indexes' predicates) that bloats the
+        asset indexes every later lookup, lock and lease foreign-key check walks. Inside
+        this block the settle leaves its asset rows dirty in memory (on PostgreSQL they stay
+        locked FOR UPDATE, so the memory is authoritative), the claim reads and changes those
+        snapshots, and the rows are written once: by the claim, or here at the end. Events,
+        lease and ledger rows are still written by each step as before."""
+        batch = Pending()
+        _BATCHES[id(conn)] = batch
+        try:
+            yield
+            if batch.dirty and batch.deferred_at is not None:
+                self._write_assets(conn, batch, batch.deferred_at)
+        finally:
+            _BATCHES.pop(id(conn), None)
 
     def _claim_hinted(
         self, conn: Any, worker_id: str, token: str, task_types: Sequence[str], limit: int,
@@ -62,6 +87,15 @@ class LeaseBrokerMixin(AssetStoreBase):
         now: datetime, claim_ttl: float, tenant_id: str | None,
     ) -> list[Sequence[Any]]:
         d = self._adialect
+        batch = _BATCHES.get(id(conn))
+        # Nothing can be leased while no asset has spare concurrency (e.g. a worker whose
+        # handlers finished before their completions freed the pool): then this (evaluated
+        # once) reads, and on PostgreSQL locks, no task for nothing. Not when a batch holds
+        # asset rows freed in memory but not written yet.
+        spare = "" if batch is not None and batch.dirty else (
+            "AND EXISTS (SELECT 1 FROM assets WHERE status IN ('READY', 'IN_USE') AND "
+            "current_concurrency < max_concurrency) "
+        )
         page = max(32, limit)
         refs: dict[str, TaskRef] = {}
         pool: dict[str, Candidate] = {}
@@ -79,12 +113,7 @@ class LeaseBrokerMixin(AssetStoreBase):
                 "FROM tasks "
                 "WHERE status = 'QUEUED' AND has_hints = true AND run_after <= ? AND "
                 f"{d.in_texts('task_type')}{' AND tenant_id = ?' if tenant_id else ''} "
-                # Nothing can be leased while no asset has spare concurrency (e.g. a worker
-                # whose handlers finished before their completions freed the pool): then
-                # this (evaluated once) reads, and on PostgreSQL locks, no task for nothing.
-                "AND EXISTS (SELECT 1 FROM assets WHERE status IN ('READY', 'IN_USE') AND "
-                "current_concurrency < max_concurrency) "
-                "ORDER BY priority DESC, created_at "
+                f"{spare}ORDER BY priority DESC, created_at "
                 f"LIMIT ? OFFSET ?{d.skip_locked}",
                 (d.ts(now), d.texts(task_types), *([tenant_id] if tenant_id else []), page,
                  offset),
@@ -104,7 +133,7 @@ class LeaseBrokerMixin(AssetStoreBase):
                 ))
             self._fill_spent(conn, [x for x in demands if x.max_total_cost is not None])
             kinds_before = len(kinds)
-            self._load_candidates(conn, demands, kinds, pool, snapshots)
+            self._load_candidates(conn, demands, kinds, pool, snapshots, batch)
             for m in match_all(demands, list(pool.values()), limit - len(claimed)):
                 if m.picks:
                     claimed.append(m)
@@ -123,7 +152,7 @@ class LeaseBrokerMixin(AssetStoreBase):
         if not claimed:
             return []
         return self._lease_and_claim(
-            conn, claimed, refs, snapshots, worker_id, token, now, claim_ttl
+            conn, claimed, refs, snapshots, worker_id, token, now, claim_ttl, batch
         )
 
     def _fill_spent(self, conn: Any, demands: Sequence[Demand]) -> None:
@@ -142,11 +171,15 @@ class LeaseBrokerMixin(AssetStoreBase):
     def _load_candidates(
         self, conn: Any, demands: Sequence[Demand], kinds: set[tuple[Any, ...]],
         pool: dict[str, Candidate], snapshots: dict[str, AssetSnapshot],
+        batch: Pending | None = None,
     ) -> None:
         """Load the leasable assets of each kind the demands ask for that is not loaded yet
         (without locks: the picked ones are locked afterwards). A kind is everything a hint
         filters on (sku, attributes, min_health_score), all of it in SQL, so the
-        CANDIDATES_PER_KIND bound never hides a rare match behind common assets."""
+        CANDIDATES_PER_KIND bound never hides a rare match behind common assets. Assets a
+        `batch` holds come from its snapshots (their rows are not written yet); the SQL
+        lets them through whatever their stored concurrency, and matching re-checks all."""
+        held = sorted(batch.dirty) if batch is not None else []
         wanted: dict[tuple[Any, ...], tuple[Demand, dict[str, Any]]] = {}
         for x in demands:
             for hint in x.hints:
@@ -157,7 +190,7 @@ class LeaseBrokerMixin(AssetStoreBase):
         for key in sorted(set(wanted) - kinds, key=str):
             kinds.add(key)
             demand, hint = wanted[key]
-            where, params = self._candidate_filter(demand, hint)
+            where, params = self._candidate_filter(demand, hint, held)
             params.append(CANDIDATES_PER_KIND)
             for r in self._x(
                 conn,
@@ -167,7 +200,8 @@ class LeaseBrokerMixin(AssetStoreBase):
             ).fetchall():
                 if r[0] in pool:
                     continue
-                a = self._asset(r)
+                a = batch.assets.get(r[0]) if batch is not None else None
+                a = a or self._asset(r)
                 snapshots[a.asset_id] = a
                 pool[a.asset_id] = Candidate(
                     asset_id=a.asset_id, tenant_id=a.tenant_id, sku_category=a.sku_category,
@@ -177,11 +211,21 @@ class LeaseBrokerMixin(AssetStoreBase):
                     cost_per_lease=a.cost_per_lease, currency=a.currency, status=a.status.value,
                 )
 
-    def _candidate_filter(self, demand: Demand, hint: dict[str, Any]) -> tuple[str, list[Any]]:
-        """The SQL of one hint's static filter (matching._static_fits re-checks in Python)."""
+    def _candidate_filter(
+        self, demand: Demand, hint: dict[str, Any], held: Sequence[str] = ()
+    ) -> tuple[str, list[Any]]:
+        """The SQL of one hint's static filter (matching._static_fits re-checks in Python).
+        `held`: assets whose stored row is stale (a batch changed them in memory): they pass
+        whatever their stored concurrency says."""
+        d = self._adialect
         where = ("tenant_id = ? AND sku_category = ? AND currency = ? AND "
-                 "status IN ('READY', 'IN_USE') AND current_concurrency < max_concurrency")
+                 "status IN ('READY', 'IN_USE')")
         params: list[Any] = [demand.tenant_id, hint["sku_category"], demand.currency]
+        if held:
+            where += f" AND (current_concurrency < max_concurrency OR {d.in_ids('asset_id')})"
+            params.append(d.ids(held))
+        else:
+            where += " AND current_concurrency < max_concurrency"
         code = hint.get("sku_code")
         if code is not None and code.endswith(".*"):
             where += " AND substr(sku_code, 1, ?) = ?"
@@ -198,11 +242,13 @@ class LeaseBrokerMixin(AssetStoreBase):
     def _lease_and_claim(
         self, conn: Any, matches: Sequence[Match], refs: Mapping[str, TaskRef],
         snapshots: Mapping[str, AssetSnapshot], worker_id: str, token: str, now: datetime,
-        claim_ttl: float,
+        claim_ttl: float, batch: Pending | None = None,
     ) -> list[Sequence[Any]]:
         d = self._adialect
         expires = now + timedelta(seconds=claim_ttl)
-        pending = Pending()
+        # In a batch, its snapshots (locked on PostgreSQL) are the assets' current state:
+        # _lock_assets only loads and locks the others.
+        pending = Pending() if batch is None else batch
         picked_ids = sorted({a.asset_id for m in matches for _, a in m.picks})
         if d.lock:
             # Candidates were read without locks (a claim never holds up completions that
@@ -319,7 +365,8 @@ class LeaseBrokerMixin(AssetStoreBase):
 
     def _settle(self, conn: Any, done: Sequence[tuple[str, str, str, str]], now: datetime) -> None:
         d = self._adialect
-        pending = Pending()
+        batch = _BATCHES.get(id(conn))
+        pending = Pending() if batch is None else batch
         leases, tasks = self._leases_with_tasks(
             conn, f"{d.in_ids('l.task_id')} AND {d.in_ids('l.claim_token')}",
             (d.ids([x[0] for x in done]), d.ids([x[1] for x in done])), [x[0] for x in done],
@@ -369,8 +416,10 @@ class LeaseBrokerMixin(AssetStoreBase):
         self._end_leases(conn, to_release, LeaseStatus.RELEASED, pending, now, tasks, causes,
                          routine=not pending.events)
         self._auto_ban_many(conn, pending, now)
+        if batch is not None and pending.dirty:
+            pending.deferred_at = now  # the asset rows are written once, after the claim
         with d.pipeline(conn):  # the writes and the wake-up in one round trip
-            self._write_pending(conn, pending, now)
+            self._write_pending(conn, pending, now, assets=batch is None)
             if to_release:
                 self._capacity_freed(conn)
 
