@@ -81,9 +81,6 @@ class TaskRef:
     env: str | None
     correlation_id: str | None
     keep_leases: bool = False
-    lease_ids: list[str] = field(default_factory=list)
-    timeout_ms: int = 0
-    attempt: int = 0
 
 
 @dataclass(slots=True)

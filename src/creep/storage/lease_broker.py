@@ -109,8 +109,7 @@ class LeaseBrokerMixin(AssetStoreBase):
             rows = self._x(
                 conn,
                 "SELECT task_id, tenant_id, project_id, env, correlation_id, currency, "
-                "max_total_cost, resource_hints, constraints, lease_ids, timeout_ms, attempt "
-                "FROM tasks "
+                "max_total_cost, resource_hints, constraints FROM tasks "
                 "WHERE status = 'QUEUED' AND has_hints = true AND run_after <= ? AND "
                 f"{d.in_texts('task_type')}{' AND tenant_id = ?' if tenant_id else ''} "
                 f"{spare}ORDER BY priority DESC, created_at "
@@ -119,11 +118,10 @@ class LeaseBrokerMixin(AssetStoreBase):
                  offset),
             ).fetchall()
             demands: list[Demand] = []
-            for (task_id, tenant, project, env, corr, currency, budget, hints, cons, held,
-                 timeout_ms, attempt) in rows:
-                refs[task_id] = TaskRef(task_id, tenant, project, env, corr,
-                                         lease_ids=d.from_js(held), timeout_ms=timeout_ms,
-                                         attempt=attempt)
+            for task_id, tenant, project, env, corr, currency, budget, hints, cons in rows:
+                # The claim's UPDATE appends the new lease ids and computes the deadline and
+                # attempt itself: the task's lease_ids, timeout_ms and attempt are not read.
+                refs[task_id] = TaskRef(task_id, tenant, project, env, corr)
                 constraints = d.from_js(cons)
                 demands.append(Demand(
                     task_id=task_id, tenant_id=tenant, currency=currency,
