@@ -355,6 +355,33 @@ def test_budget_refuses_the_third_lease(app: Creep) -> None:
     assert summary.cost == Decimal("4.00") and summary.currency == "USD"
 
 
+def test_each_attempt_appends_its_leases_and_names_them_when_it_starts(app: Creep) -> None:
+    app.create_asset(**ip(1))
+    app.create_asset(**vcc(1))
+    attempts: list[list[str]] = []
+
+    @app.handler("TRY")
+    async def try_(ctx: TaskContext) -> None:
+        attempts.append(sorted(lease.lease_id for lease in await ctx.leases()))
+        if len(attempts) < 2:
+            raise Retry(delay=0)
+
+    t = app.submit(task_type="TRY", resource_hints=[NET, {"sku_category": "RAW_FUND"}])
+    drain(app)
+    done = app.get_task(t.task_id)
+    assert done.status is TaskStatus.SUCCESS and done.attempt == 2
+    assert [len(x) for x in attempts] == [2, 2] and not set(attempts[0]) & set(attempts[1])
+    # tasks.lease_ids keeps every attempt's leases, in the order they were taken.
+    assert sorted(done.lease_ids[:2]) == attempts[0]
+    assert sorted(done.lease_ids[2:]) == attempts[1]
+    started = [e for e in app.task_events(t.task_id) if e.event_type == "started"]
+    assert [sorted(e.payload["lease_ids"]) for e in started] == attempts
+    assert [e.attempt for e in started] == [1, 2]
+    assert all(e.payload["worker_id"] for e in started)
+    assert {lease.status for lease in app.list_leases(task_id=t.task_id)} == {
+        LeaseStatus.RELEASED}
+
+
 def test_handler_charges_within_budget_then_fails_over_it(app: Creep) -> None:
     @app.handler("SPEND")
     async def spend(ctx: TaskContext) -> None:
@@ -549,3 +576,57 @@ def test_sync_handlers_have_the_same_calls(app: Creep) -> None:
     assert (s.cost, s.revenue, s.entries) == (Decimal("0.25"), Decimal("1"), 3)
     assert [e.event_type for e in app.asset_events(task_id=t.task_id)] == [
         "ALLOCATED", "HTTP_PROBE_OK", "TASK_SUCCESS", "RELEASED"]
+
+
+def _succeed_all(app: Creep, claimed: list[Any]) -> list[Any]:
+    from creep.domain.outcomes import Outcome, OutcomeKind, resolve
+    from creep.ports import Completion
+
+    out = []
+    for c in claimed:
+        o = Outcome(c.task.task_id, c.claim_token, OutcomeKind.SUCCEEDED, result=None,
+                    result_json=b"null")
+        out.append(Completion(o, resolve(o, attempt=c.task.attempt,
+                                         max_attempts=c.task.max_attempts,
+                                         now=app.clock.now(), backoff=app.backoff)))
+    return out
+
+
+def test_completing_and_claiming_together_writes_each_asset_once_and_right(app: Creep) -> None:
+    """task_complete_and_claim settles leases and takes them again in one transaction: the
+    freed capacity is leased again at once, and the asset rows end as the leases say."""
+    made = app.import_assets([ip(i, max_concurrency=2) for i in range(3)])
+    versions = {a.asset_id: a.version for a in made}
+    tasks = [app.submit(task_type="USE", resource_hints=[NET]) for _ in range(14)]
+    store, now = app.store, app.clock.now
+    claimed = store.task_claim("w", ["USE"], 10, now(), 30)
+    assert len(claimed) == 6  # the pool: 3 assets x 2
+    rounds = 0
+    while claimed:
+        first = claimed[:4]  # complete some of the holders, keep the others running
+        _, fresh = store.task_complete_and_claim(
+            _succeed_all(app, first), "w", ["USE"], 10, now(), 30)
+        assert len(fresh) == 4  # exactly what was freed is leased again
+        claimed = [*claimed[4:], *fresh]
+        rounds += 1
+        if rounds == 2:
+            break
+    _, fresh = store.task_complete_and_claim(_succeed_all(app, claimed), "w", ["USE"], 10,
+                                             now(), 30)
+    assert len(fresh) == 0 or all(c.task.status is TaskStatus.RUNNING for c in fresh)
+    _, rest = store.task_complete_and_claim(_succeed_all(app, fresh), "w", ["USE"], 10, now(), 30)
+    assert rest == []
+    assert all(app.get_task(t.task_id).status is TaskStatus.SUCCESS for t in tasks)
+    for a in app.list_assets():
+        assert a.current_concurrency == 0 and a.status is AssetStatus.READY
+        assert a.version > versions[a.asset_id]
+        assert a.health_score == 100
+        kinds = [e.event_type for e in app.asset_events(asset_id=a.asset_id)]
+        # per lease: ALLOCATED, then TASK_SUCCESS and RELEASED; never two leases too many
+        held = 0
+        for kind in kinds:
+            held += {"ALLOCATED": 1, "RELEASED": -1}.get(kind, 0)
+            assert 0 <= held <= 2
+        assert held == 0
+    leases = app.list_leases(limit=100)
+    assert len(leases) == 14 and {x.status for x in leases} == {LeaseStatus.RELEASED}

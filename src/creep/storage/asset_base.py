@@ -53,6 +53,17 @@ LEDGER_COLS = (
     "currency, description, occurred_at, recorded_at"
 )
 EVENT_COLS = ", ".join(EVENT_FIELDS)
+#: The columns of a routine event row (_routine_row) that differ from row to row ...
+ROUTINE_COLS = (
+    "event_id", "tenant_id", "project_id", "env", "asset_id", "task_id", "lease_id",
+    "correlation_id", "causation_id", "event_type", "old_status", "new_status", "message",
+    "context",
+)
+#: ... and those that do not (plus occurred_at = recorded_at = the transaction's now): bound
+#: once per statement rather than once per row. Columns in neither are NULL.
+ROUTINE_FIXED: tuple[tuple[str, Any], ...] = (
+    ("source", "control_plane"), ("severity", "INFO"), ("tags", "[]"), ("version", 1),
+)
 #: Most hinted tasks looked at per claim: blocked hinted tasks at the head do not hide
 #: matchable ones behind them (no head-of-line blocking) within this bound.
 HINTED_SCAN_MAX = 2048
@@ -70,9 +81,6 @@ class TaskRef:
     env: str | None
     correlation_id: str | None
     keep_leases: bool = False
-    lease_ids: list[str] = field(default_factory=list)
-    timeout_ms: int = 0
-    attempt: int = 0
 
 
 @dataclass(slots=True)
@@ -87,6 +95,9 @@ class Pending:
     #: Rows of routine events no policy looks at (ALLOCATED, TASK_SUCCESS), built without an
     #: AssetEvent object: the hot path of leased tasks. Written before `events`.
     rows: list[tuple[Any, ...]] = field(default_factory=list)
+    #: Set when asset rows are left dirty for a later write in the same transaction (see
+    #: LeaseBrokerMixin._leases_batched): the time their update is stamped with.
+    deferred_at: datetime | None = None
 
 
 class AssetStoreBase:
@@ -173,21 +184,19 @@ class AssetStoreBase:
             conn, "asset_events", EVENT_FIELDS, [self._event_row(e) for e in events]
         )
 
+    @staticmethod
     def _routine_row(
-        self, asset: AssetSnapshot, event_type: str, now_value: Any, task: TaskRef | None,
-        lease_id: str, old_status: str, message: str, context: Any,
-        causation_id: str | None = None,
+        asset: AssetSnapshot, event_type: str, task: TaskRef | None, lease_id: str,
+        old_status: str, message: str, context: Any, causation_id: str | None = None,
     ) -> tuple[Any, ...]:
-        """The row (EVENT_FIELDS order) of an INFO control-plane event, as _new_event then
-        _event_row would make it; `now_value` and `context` are already in the dialect's
-        form (d.ts(now), d.bulk_js(...))."""
+        """The ROUTINE_COLS of an INFO control-plane event written at the transaction's
+        `now` (the other columns are ROUTINE_FIXED), as _new_event would make it;
+        `context` is already in the dialect's form (d.bulk_js(...))."""
         return (
             uuid7(), asset.tenant_id, task.project_id if task else asset.project_id,
             task.env if task else asset.env, asset.asset_id, task.task_id if task else None,
             lease_id, task.correlation_id if task else None, causation_id, str(event_type),
-            "control_plane", "INFO", old_status, asset.status.value, message, None, None,
-            None, None, None, None, now_value, now_value, self._adialect.bulk_js([]),
-            context, 1,
+            old_status, asset.status.value, message, context,
         )
 
     @staticmethod
@@ -239,15 +248,39 @@ class AssetStoreBase:
         with d.pipeline(conn):
             self._write_pending(conn, pending, now)
 
-    def _write_pending(self, conn: Any, pending: Pending, now: datetime) -> None:
+    def _write_pending(
+        self, conn: Any, pending: Pending, now: datetime, *, assets: bool = True
+    ) -> None:
+        """Write and clear what `pending` collected; with `assets` False the dirty asset rows
+        stay (in memory, locked on PostgreSQL) for a later call in the same transaction."""
         d = self._adialect
         if pending.ended:
-            d.bulk_update(
-                conn, "leases", "lease_id", ("status", "released_at"),
-                [(st.value, d.ts(now), lease_id) for lease_id, st in sorted(pending.ended.items())],
-                where="leases.status = 'ACTIVE'",
-            )
+            by_status: dict[LeaseStatus, list[str]] = {}
+            for lease_id, st in sorted(pending.ended.items()):
+                by_status.setdefault(st, []).append(lease_id)
+            for st, lease_ids in by_status.items():  # one statement per end status
+                self._x(
+                    conn,
+                    "UPDATE leases SET status = ?, released_at = ? "
+                    f"WHERE {d.in_ids('lease_id')} AND status = 'ACTIVE'",
+                    (st.value, d.ts(now), d.ids(lease_ids)),
+                )
             pending.ended.clear()
+        if assets:
+            self._write_assets(conn, pending, now)
+        # Routine rows first (they were decided first), their fixed columns bound once.
+        d.bulk_insert(
+            conn, "asset_events", ROUTINE_COLS, pending.rows,
+            fixed=[*ROUTINE_FIXED, ("occurred_at", d.ts(now)), ("recorded_at", d.ts(now))],
+        )
+        d.bulk_insert(
+            conn, "asset_events", EVENT_FIELDS, [self._event_row(e) for e in pending.events]
+        )
+        pending.rows.clear()
+        pending.events.clear()
+
+    def _write_assets(self, conn: Any, pending: Pending, now: datetime) -> None:
+        d = self._adialect
         rows = []
         for asset_id in sorted(pending.dirty):
             a = pending.assets[asset_id]
@@ -265,10 +298,7 @@ class AssetStoreBase:
             a.version += 1
             a.updated_at = now
         pending.dirty.clear()
-        rows = pending.rows + [self._event_row(e) for e in pending.events]
-        d.bulk_insert(conn, "asset_events", EVENT_FIELDS, rows)
-        pending.rows.clear()
-        pending.events.clear()
+        pending.deferred_at = None
 
     def _set_status(
         self, asset: AssetSnapshot, new: AssetStatus, pending: Pending, now: datetime
@@ -315,7 +345,6 @@ class AssetStoreBase:
             check_lease_transition(lease.status, status)
             pending.ended[lease.lease_id] = status
         assets = self._lock_assets(conn, [lease.asset_id for lease in active], pending)
-        now_value = self._adialect.ts(now)
         empty = self._adialect.bulk_js({})
         event_type = {
             LeaseStatus.RELEASED: AssetEventType.RELEASED,
@@ -337,7 +366,7 @@ class AssetStoreBase:
                     self._set_status(asset, target, pending, now)
             if routine and status is LeaseStatus.RELEASED:
                 row = self._routine_row(
-                    asset, event_type, now_value, tasks.get(lease.task_id), lease.lease_id, old,
+                    asset, event_type, tasks.get(lease.task_id), lease.lease_id, old,
                     "lease released", empty, causation_id=causes.get(lease.lease_id),
                 )
                 pending.rows.append(row)
@@ -362,20 +391,23 @@ class AssetStoreBase:
                 ))
 
     def _leases_with_tasks(
-        self, conn: Any, where: str, params: Sequence[Any], lock_into: Pending | None = None,
+        self, conn: Any, where: str, params: Sequence[Any], task_ids: Sequence[str],
+        lock_into: Pending | None = None,
     ) -> tuple[list[Lease], dict[str, TaskRef]]:
-        """Leases (columns prefixed l.) with what events need of their tasks, in one read.
-        With `lock_into`, their assets are loaded into it too (and on PostgreSQL locked, in
-        asset_id order), in the same round trip."""
+        """Leases (columns prefixed l.) of these tasks with what events need of the tasks, in
+        one read. With `lock_into`, their assets are loaded into it too (and on PostgreSQL
+        locked, in asset_id order), in the same round trip."""
         d = self._adialect
         cols = ", ".join(f"l.{c}" for c in LEASE_COLS.split(", "))
         with d.pipeline(conn):
-            cur = self._x(
+            # The tasks are named too, so they are found by key: joined on task_id alone, the
+            # planner merge-joined the leases against a walk of every task ever stored.
+            cur = d.unprepared(
                 conn,
                 f"SELECT {cols}, t.project_id, t.env, t.correlation_id, t.constraints "
                 f"FROM leases l JOIN tasks t ON t.task_id = l.task_id WHERE {where} "
-                "ORDER BY l.asset_id, l.lease_id",
-                params,
+                f"AND {d.in_ids('t.task_id')} ORDER BY l.asset_id, l.lease_id",
+                (*params, d.ids(task_ids)),
             )
             locked = None if lock_into is None else self._x(
                 conn,

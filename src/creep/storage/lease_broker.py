@@ -3,7 +3,8 @@ tasks move on, expiry with the claim, and the leader-only sweeps (cooling, NO_RE
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,17 +32,39 @@ from creep.storage.asset_base import (
     CANDIDATES_PER_KIND,
     HINTED_SCAN_MAX,
     LEASE_COLS,
-    LEDGER_COLS,
     AssetStoreBase,
     Pending,
     TaskRef,
     is_uuid,
 )
-from creep.storage.common import TASK_SELECT
+
+#: The open lease batch of each connection (see LeaseBrokerMixin._leases_batched), by id().
+_BATCHES: dict[int, Pending] = {}
 
 
 class LeaseBrokerMixin(AssetStoreBase):
     # -- hooks called from the task paths --------------------------------------------------
+
+    @contextmanager
+    def _leases_batched(self, conn: Any) -> Iterator[None]:
+        """Settle completions, then claim, in one transaction with one write per asset row.
+
+        Settling frees concurrency that the claim right after takes again: written twice,
+        each asset row flips IN_USE -> READY -> IN_USE, and on PostgreSQL every such status
+        change is a non-HOT update (status is in the indexes' predicates) that bloats the
+        asset indexes every later lookup, lock and lease foreign-key check walks. Inside
+        this block the settle leaves its asset rows dirty in memory (on PostgreSQL they stay
+        locked FOR UPDATE, so the memory is authoritative), the claim reads and changes those
+        snapshots, and the rows are written once: by the claim, or here at the end. Events,
+        lease and ledger rows are still written by each step as before."""
+        batch = Pending()
+        _BATCHES[id(conn)] = batch
+        try:
+            yield
+            if batch.dirty and batch.deferred_at is not None:
+                self._write_assets(conn, batch, batch.deferred_at)
+        finally:
+            _BATCHES.pop(id(conn), None)
 
     def _claim_hinted(
         self, conn: Any, worker_id: str, token: str, task_types: Sequence[str], limit: int,
@@ -51,7 +74,28 @@ class LeaseBrokerMixin(AssetStoreBase):
         and lease all hints of a task, or leave it QUEUED. Returns claimed task rows in the
         backend's claim shape (TASK_SELECT columns, then deadline_at). With `tenant_id`, only
         that tenant's tasks (a tenant key's HTTP worker)."""
+        saved = self._adialect.index_plans(conn)
+        try:
+            return self._claim_hinted_rows(
+                conn, worker_id, token, task_types, limit, now, claim_ttl, tenant_id
+            )
+        finally:
+            self._adialect.restore_plans(conn, saved)
+
+    def _claim_hinted_rows(
+        self, conn: Any, worker_id: str, token: str, task_types: Sequence[str], limit: int,
+        now: datetime, claim_ttl: float, tenant_id: str | None,
+    ) -> list[Sequence[Any]]:
         d = self._adialect
+        batch = _BATCHES.get(id(conn))
+        # Nothing can be leased while no asset has spare concurrency (e.g. a worker whose
+        # handlers finished before their completions freed the pool): then this (evaluated
+        # once) reads, and on PostgreSQL locks, no task for nothing. Not when a batch holds
+        # asset rows freed in memory but not written yet.
+        spare = "" if batch is not None and batch.dirty else (
+            "AND EXISTS (SELECT 1 FROM assets WHERE status IN ('READY', 'IN_USE') AND "
+            "current_concurrency < max_concurrency) "
+        )
         page = max(32, limit)
         refs: dict[str, TaskRef] = {}
         pool: dict[str, Candidate] = {}
@@ -65,26 +109,19 @@ class LeaseBrokerMixin(AssetStoreBase):
             rows = self._x(
                 conn,
                 "SELECT task_id, tenant_id, project_id, env, correlation_id, currency, "
-                "max_total_cost, resource_hints, constraints, lease_ids, timeout_ms, attempt "
-                "FROM tasks "
+                "max_total_cost, resource_hints, constraints FROM tasks "
                 "WHERE status = 'QUEUED' AND has_hints = true AND run_after <= ? AND "
                 f"{d.in_texts('task_type')}{' AND tenant_id = ?' if tenant_id else ''} "
-                # Nothing can be leased while no asset has spare concurrency (e.g. a worker
-                # whose handlers finished before their completions freed the pool): then
-                # this (evaluated once) reads, and on PostgreSQL locks, no task for nothing.
-                "AND EXISTS (SELECT 1 FROM assets WHERE status IN ('READY', 'IN_USE') AND "
-                "current_concurrency < max_concurrency) "
-                "ORDER BY priority DESC, created_at "
+                f"{spare}ORDER BY priority DESC, created_at "
                 f"LIMIT ? OFFSET ?{d.skip_locked}",
                 (d.ts(now), d.texts(task_types), *([tenant_id] if tenant_id else []), page,
                  offset),
             ).fetchall()
             demands: list[Demand] = []
-            for (task_id, tenant, project, env, corr, currency, budget, hints, cons, held,
-                 timeout_ms, attempt) in rows:
-                refs[task_id] = TaskRef(task_id, tenant, project, env, corr,
-                                         lease_ids=d.from_js(held), timeout_ms=timeout_ms,
-                                         attempt=attempt)
+            for task_id, tenant, project, env, corr, currency, budget, hints, cons in rows:
+                # The claim's UPDATE appends the new lease ids and computes the deadline and
+                # attempt itself: the task's lease_ids, timeout_ms and attempt are not read.
+                refs[task_id] = TaskRef(task_id, tenant, project, env, corr)
                 constraints = d.from_js(cons)
                 demands.append(Demand(
                     task_id=task_id, tenant_id=tenant, currency=currency,
@@ -94,7 +131,7 @@ class LeaseBrokerMixin(AssetStoreBase):
                 ))
             self._fill_spent(conn, [x for x in demands if x.max_total_cost is not None])
             kinds_before = len(kinds)
-            self._load_candidates(conn, demands, kinds, pool, snapshots)
+            self._load_candidates(conn, demands, kinds, pool, snapshots, batch)
             for m in match_all(demands, list(pool.values()), limit - len(claimed)):
                 if m.picks:
                     claimed.append(m)
@@ -113,7 +150,7 @@ class LeaseBrokerMixin(AssetStoreBase):
         if not claimed:
             return []
         return self._lease_and_claim(
-            conn, claimed, refs, snapshots, worker_id, token, now, claim_ttl
+            conn, claimed, refs, snapshots, worker_id, token, now, claim_ttl, batch
         )
 
     def _fill_spent(self, conn: Any, demands: Sequence[Demand]) -> None:
@@ -132,11 +169,15 @@ class LeaseBrokerMixin(AssetStoreBase):
     def _load_candidates(
         self, conn: Any, demands: Sequence[Demand], kinds: set[tuple[Any, ...]],
         pool: dict[str, Candidate], snapshots: dict[str, AssetSnapshot],
+        batch: Pending | None = None,
     ) -> None:
         """Load the leasable assets of each kind the demands ask for that is not loaded yet
         (without locks: the picked ones are locked afterwards). A kind is everything a hint
         filters on (sku, attributes, min_health_score), all of it in SQL, so the
-        CANDIDATES_PER_KIND bound never hides a rare match behind common assets."""
+        CANDIDATES_PER_KIND bound never hides a rare match behind common assets. Assets a
+        `batch` holds come from its snapshots (their rows are not written yet); the SQL
+        lets them through whatever their stored concurrency, and matching re-checks all."""
+        held = sorted(batch.dirty) if batch is not None else []
         wanted: dict[tuple[Any, ...], tuple[Demand, dict[str, Any]]] = {}
         for x in demands:
             for hint in x.hints:
@@ -147,7 +188,7 @@ class LeaseBrokerMixin(AssetStoreBase):
         for key in sorted(set(wanted) - kinds, key=str):
             kinds.add(key)
             demand, hint = wanted[key]
-            where, params = self._candidate_filter(demand, hint)
+            where, params = self._candidate_filter(demand, hint, held)
             params.append(CANDIDATES_PER_KIND)
             for r in self._x(
                 conn,
@@ -157,7 +198,8 @@ class LeaseBrokerMixin(AssetStoreBase):
             ).fetchall():
                 if r[0] in pool:
                     continue
-                a = self._asset(r)
+                a = batch.assets.get(r[0]) if batch is not None else None
+                a = a or self._asset(r)
                 snapshots[a.asset_id] = a
                 pool[a.asset_id] = Candidate(
                     asset_id=a.asset_id, tenant_id=a.tenant_id, sku_category=a.sku_category,
@@ -167,11 +209,21 @@ class LeaseBrokerMixin(AssetStoreBase):
                     cost_per_lease=a.cost_per_lease, currency=a.currency, status=a.status.value,
                 )
 
-    def _candidate_filter(self, demand: Demand, hint: dict[str, Any]) -> tuple[str, list[Any]]:
-        """The SQL of one hint's static filter (matching._static_fits re-checks in Python)."""
+    def _candidate_filter(
+        self, demand: Demand, hint: dict[str, Any], held: Sequence[str] = ()
+    ) -> tuple[str, list[Any]]:
+        """The SQL of one hint's static filter (matching._static_fits re-checks in Python).
+        `held`: assets whose stored row is stale (a batch changed them in memory): they pass
+        whatever their stored concurrency says."""
+        d = self._adialect
         where = ("tenant_id = ? AND sku_category = ? AND currency = ? AND "
-                 "status IN ('READY', 'IN_USE') AND current_concurrency < max_concurrency")
+                 "status IN ('READY', 'IN_USE')")
         params: list[Any] = [demand.tenant_id, hint["sku_category"], demand.currency]
+        if held:
+            where += f" AND (current_concurrency < max_concurrency OR {d.in_ids('asset_id')})"
+            params.append(d.ids(held))
+        else:
+            where += " AND current_concurrency < max_concurrency"
         code = hint.get("sku_code")
         if code is not None and code.endswith(".*"):
             where += " AND substr(sku_code, 1, ?) = ?"
@@ -188,11 +240,13 @@ class LeaseBrokerMixin(AssetStoreBase):
     def _lease_and_claim(
         self, conn: Any, matches: Sequence[Match], refs: Mapping[str, TaskRef],
         snapshots: Mapping[str, AssetSnapshot], worker_id: str, token: str, now: datetime,
-        claim_ttl: float,
+        claim_ttl: float, batch: Pending | None = None,
     ) -> list[Sequence[Any]]:
         d = self._adialect
         expires = now + timedelta(seconds=claim_ttl)
-        pending = Pending()
+        # In a batch, its snapshots (locked on PostgreSQL) are the assets' current state:
+        # _lock_assets only loads and locks the others.
+        pending = Pending() if batch is None else batch
         picked_ids = sorted({a.asset_id for m in matches for _, a in m.picks})
         if d.lock:
             # Candidates were read without locks (a claim never holds up completions that
@@ -210,9 +264,7 @@ class LeaseBrokerMixin(AssetStoreBase):
             assets = pending.assets
         lease_rows: list[tuple[Any, ...]] = []
         ledger_rows: list[tuple[Any, ...]] = []
-        task_rows: list[tuple[Any, ...]] = []
         lease_ids_by_task: dict[str, list[str]] = {}
-        now_value = d.ts(now)
         for m in matches:
             ref = refs[m.task_id]
             for hint_index, cand in m.picks:
@@ -225,60 +277,40 @@ class LeaseBrokerMixin(AssetStoreBase):
                 if asset.status is AssetStatus.READY:
                     self._set_status(asset, AssetStatus.IN_USE, pending, now)
                 lease_rows.append((
-                    lease_id, asset.tenant_id, m.task_id, asset.asset_id, "ACTIVE", d.ts(now),
-                    d.ts(expires), None, d.dec(asset.cost_per_lease), asset.currency, token,
-                    hint_index,
+                    lease_id, asset.tenant_id, m.task_id, asset.asset_id,
+                    d.dec(asset.cost_per_lease), asset.currency, hint_index,
                 ))
                 pending.rows.append(self._routine_row(
-                    asset, AssetEventType.ALLOCATED.value, now_value, ref, lease_id, old,
+                    asset, AssetEventType.ALLOCATED.value, ref, lease_id, old,
                     f"leased to task {m.task_id}",
                     d.bulk_js({"hint_index": hint_index, "worker_id": worker_id}),
                 ))
                 if asset.cost_per_lease > 0:
                     ledger_rows.append((
                         uuid7(), asset.tenant_id, ref.project_id, m.task_id,
-                        asset.asset_id, lease_id, "COST", d.dec(asset.cost_per_lease),
-                        asset.currency, "lease", d.ts(now), d.ts(now),
+                        asset.asset_id, lease_id, d.dec(asset.cost_per_lease), asset.currency,
                     ))
-        for task_id, new_ids in lease_ids_by_task.items():
-            ref = refs[task_id]
-            deadline = now + timedelta(milliseconds=ref.timeout_ms)
-            task_rows.append((
-                d.ts(now), d.ts(now), worker_id, token, d.ts(expires), d.ts(deadline),
-                d.bulk_js([*ref.lease_ids, *new_ids]), task_id,
-            ))
-        task_ids = list(lease_ids_by_task)
         with d.pipeline(conn):  # one round trip on PostgreSQL
-            d.bulk_insert(conn, "leases", LEASE_COLS.split(", "), lease_rows)
-            d.bulk_insert(conn, "ledger_entries", LEDGER_COLS.split(", "), ledger_rows)
-            d.bulk_update(
-                conn, "tasks", "task_id",
-                ("started_at", "updated_at", "claimed_by", "claim_token", "claim_expires_at",
-                 "deadline_at", "lease_ids"),
-                task_rows,
-                fixed="status = 'RUNNING', attempt = tasks.attempt + 1, "
-                      "task_version = tasks.task_version + 1, cancel_requested = false, "
-                      "progress_message = NULL",
-                where="tasks.status = 'QUEUED'",
+            # What every row of this claim shares is bound once (released_at stays NULL).
+            d.bulk_insert(
+                conn, "leases",
+                ("lease_id", "tenant_id", "task_id", "asset_id", "cost", "currency",
+                 "hint_index"),
+                lease_rows,
+                fixed=[("status", "ACTIVE"), ("acquired_at", d.ts(now)),
+                       ("expires_at", d.ts(expires)), ("claim_token", token)],
+            )
+            d.bulk_insert(
+                conn, "ledger_entries",
+                ("entry_id", "tenant_id", "project_id", "task_id", "asset_id", "lease_id",
+                 "amount", "currency"),
+                ledger_rows,
+                fixed=[("entry_type", "COST"), ("description", "lease"),
+                       ("occurred_at", d.ts(now)), ("recorded_at", d.ts(now))],
             )
             self._write_pending(conn, pending, now)
-            d.bulk_insert(
-                conn, "task_events",
-                ("task_id", "tenant_id", "event_type", "from_status", "to_status", "attempt",
-                 "payload", "created_at"),
-                [
-                    (t, refs[t].tenant_id, "started", "QUEUED", "RUNNING", refs[t].attempt + 1,
-                     d.bulk_js({"worker_id": worker_id, "lease_ids": lease_ids_by_task[t]}),
-                     d.ts(now))
-                    for t in task_ids
-                ],
-            )
-            cur = self._x(
-                conn,
-                f"SELECT {TASK_SELECT}, deadline_at FROM tasks WHERE {d.in_ids('task_id')}",
-                (d.ids(task_ids),),
-            )
-        rows: list[Sequence[Any]] = cur.fetchall()
+            fetch = d.claim_leased(conn, lease_ids_by_task, worker_id, token, now, expires)
+        rows: list[Sequence[Any]] = fetch()
         return rows
 
     def _fail_queued(
@@ -321,19 +353,27 @@ class LeaseBrokerMixin(AssetStoreBase):
         task event type)): write TASK_SUCCESS / TASK_FAIL / TASK_TIMEOUT with the health rule
         for each leased asset, and release the claim's active leases (kept on SUCCESS when
         constraints.keep_leases)."""
-        d = self._adialect
         if not done:
             return
-        pending = Pending()
+        saved = self._adialect.index_plans(conn)
+        try:
+            self._settle(conn, done, now)
+        finally:
+            self._adialect.restore_plans(conn, saved)
+
+    def _settle(self, conn: Any, done: Sequence[tuple[str, str, str, str]], now: datetime) -> None:
+        d = self._adialect
+        batch = _BATCHES.get(id(conn))
+        pending = Pending() if batch is None else batch
         leases, tasks = self._leases_with_tasks(
             conn, f"{d.in_ids('l.task_id')} AND {d.in_ids('l.claim_token')}",
-            (d.ids([x[0] for x in done]), d.ids([x[1] for x in done])), lock_into=pending,
+            (d.ids([x[0] for x in done]), d.ids([x[1] for x in done])), [x[0] for x in done],
+            lock_into=pending,
         )
         if not leases:
             return
         by_token = {x[1]: x for x in done}
         keep = {t.task_id for t in tasks.values() if t.keep_leases}
-        now_value = d.ts(now)
         assets = self._lock_assets(conn, [lease.asset_id for lease in leases], pending)
         causes: dict[str, str | None] = {}
         to_release: list[Lease] = []
@@ -351,7 +391,7 @@ class LeaseBrokerMixin(AssetStoreBase):
                 health = {"health_score_before": before, "health_score_after": asset.health_score}
                 if effect == AssetEventType.TASK_SUCCESS:  # never a failure: no policy reads it
                     row = self._routine_row(
-                        asset, effect, now_value, tasks.get(task_id), lease.lease_id,
+                        asset, effect, tasks.get(task_id), lease.lease_id,
                         asset.status.value, f"task {status}", d.bulk_js(health),
                     )
                     pending.rows.append(row)
@@ -374,8 +414,10 @@ class LeaseBrokerMixin(AssetStoreBase):
         self._end_leases(conn, to_release, LeaseStatus.RELEASED, pending, now, tasks, causes,
                          routine=not pending.events)
         self._auto_ban_many(conn, pending, now)
+        if batch is not None and pending.dirty:
+            pending.deferred_at = now  # the asset rows are written once, after the claim
         with d.pipeline(conn):  # the writes and the wake-up in one round trip
-            self._write_pending(conn, pending, now)
+            self._write_pending(conn, pending, now, assets=batch is None)
             if to_release:
                 self._capacity_freed(conn)
 

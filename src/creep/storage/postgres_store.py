@@ -946,7 +946,7 @@ class PostgresStore(
         requeued = any(i.resolution.status is TaskStatus.QUEUED for i in items)
         rows: list[Any] = []
         token = ""
-        with self._tx() as conn:
+        with self._tx() as conn, self._leases_batched(conn):
             applied = self._apply(conn, items, now) if items else []
             if requeued:
                 conn.execute("SELECT pg_notify('creep_tasks', '')")

@@ -864,7 +864,7 @@ class SqliteStore(
         items = _apply_items(completions)
         rows: list[Any] = []
         token = ""
-        with self._write() as conn:
+        with self._write() as conn, self._leases_batched(conn):
             applied = self._apply(conn, items, now) if items else []
             if limit > 0 and task_types:
                 rows, token = self._claim_rows(conn, worker_id, task_types, limit, now, claim_ttl)
