@@ -242,3 +242,34 @@ def test_metrics_cache_keeps_scrapes_off_the_database(tmp_path: Path) -> None:
             assert scrape(server)[created] == 1.0  # the cached numbers, for 300 s
     finally:
         stop_server(server)
+
+
+def test_sqlite_fold_reads_outside_the_write_lock_and_a_loser_recomputes(tmp_path: Path) -> None:
+    """SQLite folds read in a snapshot outside the writer lock; a folder whose cursor moved
+    meanwhile (another API process folded first) computes again instead of counting twice."""
+    import threading
+
+    from creep import Creep
+    from creep.api.metrics_fold import TASK_EVENTS, fold_task_events, task_event_deltas
+
+    app = Creep(f"sqlite:///{tmp_path}/fold.db")
+    app.submit(task_type="RACE")
+    store: Any = app.store
+    seen: list[str | None] = []
+
+    def step(cursor: str | None) -> tuple[str | None, Any]:
+        seen.append(cursor)
+        events = store.task_events_after(cursor, limit=1000)
+        if len(seen) == 1:  # another process folds the same events before this one writes
+            other = threading.Thread(target=fold_task_events, args=(store,))
+            other.start()
+            other.join()
+        if not events:
+            return cursor, {}
+        return events[-1].cursor, task_event_deltas(store, events)
+
+    assert store.metric_fold(TASK_EVENTS, step)
+    assert len(seen) == 2 and seen[0] is None and seen[1] is not None
+    values = {(n, labels): v for n, labels, v in store.metric_values()}
+    assert values[("creep_tasks_created_total", '{"task_type":"RACE"}')] == 1.0
+    app.close()

@@ -47,13 +47,28 @@ class SqliteMetricsMixin:
 
     def metric_fold(self, name: str, step: FoldStep) -> bool:
         """Run `step` from the stored cursor and apply its deltas and cursor atomically.
-        BEGIN IMMEDIATE serialises folders, and SQLite's single writer commits event ids in
-        order, so a plain id cursor never skips a late commit."""
-        with self._write() as conn:
-            row = conn.execute(
-                "SELECT cursor FROM metric_cursors WHERE name = ?", (name,)
-            ).fetchone()
-            cursor, deltas = step(None if row is None else row[0])
+
+        SQLite's single writer commits event ids in order, so a snapshot holds every event up
+        to its newest and a plain id cursor never skips a late commit. `step` reads in one
+        snapshot outside the write lock (its reads of a thousand tasks' marks take tens of
+        milliseconds that claims and completions should not wait for); the write then applies
+        the deltas only if the cursor is still the one they were computed from, and a folder
+        that lost that race (another API process folded first) computes again from the new
+        cursor."""
+        for _ in range(_FOLD_ATTEMPTS):
+            conn = self._conn()
+            conn.execute("BEGIN")  # one read snapshot for the cursor and everything step reads
+            try:
+                start = _fold_cursor(conn, name)
+                cursor, deltas = step(start)
+            finally:
+                conn.execute("COMMIT")
+            with self._write() as conn:
+                if _fold_cursor(conn, name) == start:
+                    _apply_sqlite(conn, name, cursor, deltas)
+                    return True
+        with self._write() as conn:  # still contended: fold under the write lock
+            cursor, deltas = step(_fold_cursor(conn, name))
             _apply_sqlite(conn, name, cursor, deltas)
         return True
 
@@ -98,6 +113,14 @@ class SqliteMetricsMixin:
             slot[1] += n
         g.ledger = [(k[0], k[1], v[0], v[1]) for k, v in sorted(acc.items())]
         return g
+
+
+_FOLD_ATTEMPTS = 3
+
+
+def _fold_cursor(conn: sqlite3.Connection, name: str) -> str | None:
+    row = conn.execute("SELECT cursor FROM metric_cursors WHERE name = ?", (name,)).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
 
 
 def _pairs(rows: Iterator[Any]) -> list[tuple[str, int]]:
