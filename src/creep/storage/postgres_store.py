@@ -240,6 +240,13 @@ class PostgresStore(
             return []
         from creep.domain.dag import topological_order
 
+        if (
+            len(specs) == 1 and within is None and not specs[0].depends_on
+            and not pending_writes.waiting()
+        ):  # one app.submit: the common case that waits on round trips, not on the server
+            one = self._create_one(specs[0], now)
+            if one is not None:
+                return [one]
         by_id = {s.task_id: s for s in specs}
         if len(by_id) != len(specs):
             raise ValidationError.single("task_id", "task ids in one submission must be unique")
@@ -364,68 +371,32 @@ class PostgresStore(
         self, conn: psycopg.Connection[Any], specs: Sequence[TaskSpec],
         tasks: dict[str, TaskOrder], has_dependants: set[str], now: datetime,
     ) -> set[str]:
-        cols: dict[str, list[Any]] = {c: [] for c in _INSERT_TYPES}
-        for spec in specs:
-            t = tasks[spec.task_id]
-            for name, value in (
-                ("task_id", t.task_id), ("idempotency_key", t.idempotency_key),
-                ("request_hash", spec.request_hash), ("tenant_id", t.tenant_id),
-                ("project_id", t.project_id), ("env", t.env), ("external_ref", t.external_ref),
-                ("task_type", t.task_type), ("task_category", t.task_category),
-                ("description", t.description), ("priority", t.priority),
-                ("timeout_ms", t.timeout_ms), ("max_total_cost", t.max_total_cost),
-                ("currency", t.currency), ("business_value_hint", t.business_value_hint),
-                ("status", t.status.value), ("created_at", t.created_at),
-                ("queued_at", t.queued_at), ("finished_at", t.finished_at),
-                ("updated_at", t.updated_at), ("result_code", t.result_code),
-                ("result_message", t.result_message),
-                ("resource_hints", dumps(t.resource_hints).decode()),
-                ("constraints", dumps(t.constraints).decode()),
-                ("tenant_policies_version", t.tenant_policies_version),
-                ("tags", dumps(t.tags).decode()), ("batch_id", t.batch_id),
-                ("input_payload", spec.input_payload_json.decode()), ("channel", t.channel),
-                ("correlation_id", t.correlation_id),
-                ("depends_on", dumps(t.depends_on).decode()), ("max_attempts", t.max_attempts),
-                ("run_after", t.run_after), ("has_dependants", t.task_id in has_dependants),
-            ):
-                cols[name].append(value)
-        # Only the columns some row of this batch sets: every array costs the client a dump
-        # and the server a parse, and the columns left out take the table's defaults.
-        kept = [
-            c for c in _INSERT_TYPES
-            if c not in _DEFAULTS or any(v != _DEFAULTS[c] for v in cols[c])
-        ]
-        names = ", ".join(kept)
-        arrays = ", ".join(f"%b::{_INSERT_TYPES[c]}[]" for c in kept)
-        # One statement: the rows, then their creation events (see creation_events) built
-        # in SQL from what was inserted; a key that exists already inserts neither.
-        rows = conn.execute(
-            f"""WITH ins AS (
-                INSERT INTO tasks ({names}) SELECT * FROM unnest({arrays})
-                ON CONFLICT (tenant_id, env, idempotency_key) DO NOTHING
-                RETURNING task_id, tenant_id, task_type, priority, status
-            ), ev AS (
-                INSERT INTO task_events ({_EVENT_COLUMNS})
-                SELECT i.task_id, i.tenant_id, e.etype, e.old, e.new, 0,
-                    CASE WHEN e.ord = 1 THEN jsonb_build_object('task_type', i.task_type,
-                        'priority', i.priority) ELSE e.payload END, %b::timestamptz
-                FROM ins i CROSS JOIN LATERAL (VALUES
-                    (1, 'created', NULL, 'PENDING', NULL::jsonb),
-                    (2, 'queued', 'PENDING', 'QUEUED', '{{}}'::jsonb),
-                    (3, 'cancelled', 'PENDING', 'CANCELLED',
-                     '{{"result_code": "DEPENDENCY_FAILED"}}'::jsonb)
-                ) e(ord, etype, old, new, payload)
-                WHERE e.ord = 1 OR (e.ord = 2 AND i.status = 'QUEUED')
-                   OR (e.ord = 3 AND i.status = 'CANCELLED')
-                ORDER BY i.task_id, e.ord
-            ), note AS (  -- wake the workers, in this statement rather than one more round trip
-                SELECT pg_notify('creep_tasks', '')
-                WHERE EXISTS (SELECT 1 FROM ins WHERE status = 'QUEUED')
-            )
-            SELECT ins.task_id FROM ins LEFT JOIN note ON true""",
-            [*(cols[c] for c in kept), now], binary=True,
-        ).fetchall()
-        return {r[0] for r in rows}
+        rows = conn.execute(*_insert_statement(specs, tasks, has_dependants, now), binary=True)
+        return {r[0] for r in rows.fetchall()}
+
+    def _create_one(self, spec: TaskSpec, now: datetime) -> TaskOrder | None:
+        """A single new task without dependencies in one round trip instead of three: its
+        insert is one statement (the row, its creation events, the workers' NOTIFY), run in
+        autocommit, so it is its own transaction (atomic and durable: synchronous_commit
+        applies as to any COMMIT). None when its idempotency key exists already (nothing was
+        written): the caller then takes the general path, which replays or refuses."""
+        task = new_task(spec, initial_status(spec, {}, now), now)
+        query, params = _insert_statement([spec], {spec.task_id: task}, set(), now)
+        try:
+            with self.pool.connection() as conn:
+                conn.autocommit = True  # client side only: psycopg just sends no BEGIN
+                try:
+                    inserted = conn.execute(query, params, binary=True).fetchall()
+                finally:
+                    conn.autocommit = False
+        except psycopg.Error as exc:
+            raise StorageError(str(exc)) from exc
+        if not inserted:
+            return None
+        if task.status is TaskStatus.QUEUED:
+            self._wake("creep_tasks", "")
+        return task
+
 
     # -- reading tasks -------------------------------------------------------------------------
 
@@ -1048,6 +1019,75 @@ class _PgListener:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=3)
+
+
+def _insert_statement(
+    specs: Sequence[TaskSpec], tasks: dict[str, TaskOrder], has_dependants: set[str],
+    now: datetime,
+) -> tuple[str, list[Any]]:
+    """The insert of new tasks (see PostgresStore._insert) and its parameters, to bind
+    binary; it returns the ids of the rows it inserted."""
+    cols: dict[str, list[Any]] = {c: [] for c in _INSERT_TYPES}
+    for spec in specs:
+        t = tasks[spec.task_id]
+        for name, value in (
+            ("task_id", t.task_id), ("idempotency_key", t.idempotency_key),
+            ("request_hash", spec.request_hash), ("tenant_id", t.tenant_id),
+            ("project_id", t.project_id), ("env", t.env), ("external_ref", t.external_ref),
+            ("task_type", t.task_type), ("task_category", t.task_category),
+            ("description", t.description), ("priority", t.priority),
+            ("timeout_ms", t.timeout_ms), ("max_total_cost", t.max_total_cost),
+            ("currency", t.currency), ("business_value_hint", t.business_value_hint),
+            ("status", t.status.value), ("created_at", t.created_at),
+            ("queued_at", t.queued_at), ("finished_at", t.finished_at),
+            ("updated_at", t.updated_at), ("result_code", t.result_code),
+            ("result_message", t.result_message),
+            ("resource_hints", dumps(t.resource_hints).decode()),
+            ("constraints", dumps(t.constraints).decode()),
+            ("tenant_policies_version", t.tenant_policies_version),
+            ("tags", dumps(t.tags).decode()), ("batch_id", t.batch_id),
+            ("input_payload", spec.input_payload_json.decode()), ("channel", t.channel),
+            ("correlation_id", t.correlation_id),
+            ("depends_on", dumps(t.depends_on).decode()), ("max_attempts", t.max_attempts),
+            ("run_after", t.run_after), ("has_dependants", t.task_id in has_dependants),
+        ):
+            cols[name].append(value)
+    # Only the columns some row of this batch sets: every array costs the client a dump
+    # and the server a parse, and the columns left out take the table's defaults.
+    kept = [
+        c for c in _INSERT_TYPES
+        if c not in _DEFAULTS or any(v != _DEFAULTS[c] for v in cols[c])
+    ]
+    names = ", ".join(kept)
+    arrays = ", ".join(f"%b::{_INSERT_TYPES[c]}[]" for c in kept)
+    # One statement: the rows, then their creation events (see creation_events) built
+    # in SQL from what was inserted; a key that exists already inserts neither.
+    query = (
+        f"""WITH ins AS (
+            INSERT INTO tasks ({names}) SELECT * FROM unnest({arrays})
+            ON CONFLICT (tenant_id, env, idempotency_key) DO NOTHING
+            RETURNING task_id, tenant_id, task_type, priority, status
+        ), ev AS (
+            INSERT INTO task_events ({_EVENT_COLUMNS})
+            SELECT i.task_id, i.tenant_id, e.etype, e.old, e.new, 0,
+                CASE WHEN e.ord = 1 THEN jsonb_build_object('task_type', i.task_type,
+                    'priority', i.priority) ELSE e.payload END, %b::timestamptz
+            FROM ins i CROSS JOIN LATERAL (VALUES
+                (1, 'created', NULL, 'PENDING', NULL::jsonb),
+                (2, 'queued', 'PENDING', 'QUEUED', '{{}}'::jsonb),
+                (3, 'cancelled', 'PENDING', 'CANCELLED',
+                 '{{"result_code": "DEPENDENCY_FAILED"}}'::jsonb)
+            ) e(ord, etype, old, new, payload)
+            WHERE e.ord = 1 OR (e.ord = 2 AND i.status = 'QUEUED')
+               OR (e.ord = 3 AND i.status = 'CANCELLED')
+            ORDER BY i.task_id, e.ord
+        ), note AS (  -- wake the workers, in this statement rather than one more round trip
+            SELECT pg_notify('creep_tasks', '')
+            WHERE EXISTS (SELECT 1 FROM ins WHERE status = 'QUEUED')
+        )
+        SELECT ins.task_id FROM ins LEFT JOIN note ON true"""
+    )
+    return query, [*(cols[c] for c in kept), now]
 
 
 #: Insert columns with their table default, as _insert's arrays hold it.
