@@ -465,10 +465,11 @@ class PostgresStore(
     ) -> list[ClaimedTask]:
         if limit <= 0 or not task_types:
             return []
-        # Pipelined: BEGIN goes out with the hinted step's first read, its planner reset with
-        # the claim. Three round trips, not six: an idle worker woken by one submit starts
-        # the task that much sooner. BEGIN and COMMIT are sent as statements (autocommit is
-        # client side only): psycopg's own transaction blocks would each wait for a reply.
+        # Pipelined: BEGIN goes out with the hinted step's first read, its planner reset and
+        # COMMIT with the claim. Two round trips, not six: an idle worker woken by one submit
+        # starts the task that much sooner. BEGIN and COMMIT are sent as statements (autocommit
+        # is client side only): psycopg's own transaction blocks each wait for a reply. The
+        # rows are returned only once the pipeline's end has confirmed the COMMIT.
         try:
             with self.pool.connection() as conn:
                 conn.autocommit = True
@@ -476,10 +477,9 @@ class PostgresStore(
                     with conn.pipeline():
                         conn.execute("BEGIN")
                         rows, token = self._claim_rows(
-                            conn, worker_id, task_types, limit, now, claim_ttl
+                            conn, worker_id, task_types, limit, now, claim_ttl,
+                            finish=lambda: _commit_pipelined(self, conn),
                         )
-                        pending_writes.flush(self, conn)
-                        conn.execute("COMMIT")
                 finally:
                     if conn.info.transaction_status != TransactionStatus.IDLE:
                         conn.execute("ROLLBACK")  # failed before COMMIT: nothing is kept
@@ -491,20 +491,27 @@ class PostgresStore(
     def _claim_rows(
         self, conn: psycopg.Connection[Any], worker_id: str, task_types: Sequence[str],
         limit: int, now: datetime, claim_ttl: float, tenant_id: str | None = None,
+        finish: Callable[[], None] | None = None,
     ) -> tuple[list[Any], str]:
-        """The claim inside a transaction: the claimed rows and their claim token."""
+        """The claim inside a transaction: the claimed rows and their claim token. `finish`
+        (in pipeline mode: queue the COMMIT) runs after the claim is sent, before its rows
+        are read, so that it travels in the same round trip."""
         token = str(uuid.uuid4())
-        # Tasks with resource_hints first: leased and claimed together, or left QUEUED. Before
-        # the planner settings below, which suit the task index scan, not the asset queries.
-        hinted = self._claim_hinted(
+        # The claim's planner settings (no sequential or bitmap scans, no JIT), set once for
+        # the whole claim: they are what the hinted step's own index_plans would set (and then
+        # reset, only for the claim to set them again), plus JIT off, which no OLTP statement
+        # repays. In task_claim's pipeline this travels with BEGIN and the hinted read.
+        conn.execute(_CLAIM_PLANNER)
+        # Tasks with resource_hints first: leased and claimed together, or left QUEUED.
+        hinted = self._claim_hinted_rows(
             conn, worker_id, token, task_types, limit, now, claim_ttl, tenant_id
         )
         if len(hinted) >= limit:
+            if finish is not None:
+                finish()
             return hinted, token
-        # The planner settings and the claim: one round trip (inside task_claim's pipeline,
-        # with the hinted step's planner reset: a nested pipeline would sync on entry).
+        # Inside task_claim's pipeline already (a nested pipeline would sync on entry).
         with nullcontext() if conn.pgconn.pipeline_status else conn.pipeline():
-            conn.execute(_CLAIM_PLANNER)
             cur = conn.execute(
                 f"""WITH picked AS (
                     SELECT task_id FROM tasks
@@ -532,6 +539,8 @@ class PostgresStore(
                  "tok": token, "exp": now + timedelta(seconds=claim_ttl), "tenant": tenant_id,
                  "started": Jsonb({"worker_id": worker_id})},
             )
+            if finish is not None:
+                finish()
         rows = cur.fetchall()
         if hinted:
             rows = sorted(
@@ -1041,6 +1050,13 @@ class _PgListener:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=3)
+
+
+def _commit_pipelined(store: Any, conn: psycopg.Connection[Any]) -> None:
+    """Queue what rides along with a pipelined transaction (see pending_writes), then its
+    COMMIT: sent with the statements before it, not after a round trip of its own."""
+    pending_writes.flush(store, conn)
+    conn.execute("COMMIT")
 
 
 def _insert_statement(
