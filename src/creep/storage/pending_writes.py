@@ -47,6 +47,11 @@ def riding(*writes: PendingWrite) -> Iterator[list[PendingWrite]]:
         _pending.reset(token)
 
 
+def waiting() -> bool:
+    """True when writes wait to ride along with the next write transaction."""
+    return bool(_pending.get())
+
+
 def add(write: PendingWrite) -> None:
     """Queue one more write in the current scope (which must exist)."""
     queue = _pending.get()

@@ -10,7 +10,7 @@ import codecs
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,6 +20,7 @@ import orjson
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.adapt import Loader
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg_pool import ConnectionPool
 
@@ -240,6 +241,13 @@ class PostgresStore(
             return []
         from creep.domain.dag import topological_order
 
+        if (
+            len(specs) == 1 and within is None and not specs[0].depends_on
+            and not pending_writes.waiting()
+        ):  # one app.submit: the common case that waits on round trips, not on the server
+            one = self._create_one(specs[0], now)
+            if one is not None:
+                return [one]
         by_id = {s.task_id: s for s in specs}
         if len(by_id) != len(specs):
             raise ValidationError.single("task_id", "task ids in one submission must be unique")
@@ -364,68 +372,32 @@ class PostgresStore(
         self, conn: psycopg.Connection[Any], specs: Sequence[TaskSpec],
         tasks: dict[str, TaskOrder], has_dependants: set[str], now: datetime,
     ) -> set[str]:
-        cols: dict[str, list[Any]] = {c: [] for c in _INSERT_TYPES}
-        for spec in specs:
-            t = tasks[spec.task_id]
-            for name, value in (
-                ("task_id", t.task_id), ("idempotency_key", t.idempotency_key),
-                ("request_hash", spec.request_hash), ("tenant_id", t.tenant_id),
-                ("project_id", t.project_id), ("env", t.env), ("external_ref", t.external_ref),
-                ("task_type", t.task_type), ("task_category", t.task_category),
-                ("description", t.description), ("priority", t.priority),
-                ("timeout_ms", t.timeout_ms), ("max_total_cost", t.max_total_cost),
-                ("currency", t.currency), ("business_value_hint", t.business_value_hint),
-                ("status", t.status.value), ("created_at", t.created_at),
-                ("queued_at", t.queued_at), ("finished_at", t.finished_at),
-                ("updated_at", t.updated_at), ("result_code", t.result_code),
-                ("result_message", t.result_message),
-                ("resource_hints", dumps(t.resource_hints).decode()),
-                ("constraints", dumps(t.constraints).decode()),
-                ("tenant_policies_version", t.tenant_policies_version),
-                ("tags", dumps(t.tags).decode()), ("batch_id", t.batch_id),
-                ("input_payload", spec.input_payload_json.decode()), ("channel", t.channel),
-                ("correlation_id", t.correlation_id),
-                ("depends_on", dumps(t.depends_on).decode()), ("max_attempts", t.max_attempts),
-                ("run_after", t.run_after), ("has_dependants", t.task_id in has_dependants),
-            ):
-                cols[name].append(value)
-        # Only the columns some row of this batch sets: every array costs the client a dump
-        # and the server a parse, and the columns left out take the table's defaults.
-        kept = [
-            c for c in _INSERT_TYPES
-            if c not in _DEFAULTS or any(v != _DEFAULTS[c] for v in cols[c])
-        ]
-        names = ", ".join(kept)
-        arrays = ", ".join(f"%b::{_INSERT_TYPES[c]}[]" for c in kept)
-        # One statement: the rows, then their creation events (see creation_events) built
-        # in SQL from what was inserted; a key that exists already inserts neither.
-        rows = conn.execute(
-            f"""WITH ins AS (
-                INSERT INTO tasks ({names}) SELECT * FROM unnest({arrays})
-                ON CONFLICT (tenant_id, env, idempotency_key) DO NOTHING
-                RETURNING task_id, tenant_id, task_type, priority, status
-            ), ev AS (
-                INSERT INTO task_events ({_EVENT_COLUMNS})
-                SELECT i.task_id, i.tenant_id, e.etype, e.old, e.new, 0,
-                    CASE WHEN e.ord = 1 THEN jsonb_build_object('task_type', i.task_type,
-                        'priority', i.priority) ELSE e.payload END, %b::timestamptz
-                FROM ins i CROSS JOIN LATERAL (VALUES
-                    (1, 'created', NULL, 'PENDING', NULL::jsonb),
-                    (2, 'queued', 'PENDING', 'QUEUED', '{{}}'::jsonb),
-                    (3, 'cancelled', 'PENDING', 'CANCELLED',
-                     '{{"result_code": "DEPENDENCY_FAILED"}}'::jsonb)
-                ) e(ord, etype, old, new, payload)
-                WHERE e.ord = 1 OR (e.ord = 2 AND i.status = 'QUEUED')
-                   OR (e.ord = 3 AND i.status = 'CANCELLED')
-                ORDER BY i.task_id, e.ord
-            ), note AS (  -- wake the workers, in this statement rather than one more round trip
-                SELECT pg_notify('creep_tasks', '')
-                WHERE EXISTS (SELECT 1 FROM ins WHERE status = 'QUEUED')
-            )
-            SELECT ins.task_id FROM ins LEFT JOIN note ON true""",
-            [*(cols[c] for c in kept), now], binary=True,
-        ).fetchall()
-        return {r[0] for r in rows}
+        rows = conn.execute(*_insert_statement(specs, tasks, has_dependants, now), binary=True)
+        return {r[0] for r in rows.fetchall()}
+
+    def _create_one(self, spec: TaskSpec, now: datetime) -> TaskOrder | None:
+        """A single new task without dependencies in one round trip instead of three: its
+        insert is one statement (the row, its creation events, the workers' NOTIFY), run in
+        autocommit, so it is its own transaction (atomic and durable: synchronous_commit
+        applies as to any COMMIT). None when its idempotency key exists already (nothing was
+        written): the caller then takes the general path, which replays or refuses."""
+        task = new_task(spec, initial_status(spec, {}, now), now)
+        query, params = _insert_statement([spec], {spec.task_id: task}, set(), now)
+        try:
+            with self.pool.connection() as conn:
+                conn.autocommit = True  # client side only: psycopg just sends no BEGIN
+                try:
+                    inserted = conn.execute(query, params, binary=True).fetchall()
+                finally:
+                    conn.autocommit = False
+        except psycopg.Error as exc:
+            raise StorageError(str(exc)) from exc
+        if not inserted:
+            return None
+        if task.status is TaskStatus.QUEUED:
+            self._wake("creep_tasks", "")
+        return task
+
 
     # -- reading tasks -------------------------------------------------------------------------
 
@@ -493,25 +465,53 @@ class PostgresStore(
     ) -> list[ClaimedTask]:
         if limit <= 0 or not task_types:
             return []
-        with self._tx() as conn:
-            rows, token = self._claim_rows(conn, worker_id, task_types, limit, now, claim_ttl)
+        # Pipelined: BEGIN goes out with the hinted step's first read, its planner reset and
+        # COMMIT with the claim. Two round trips, not six: an idle worker woken by one submit
+        # starts the task that much sooner. BEGIN and COMMIT are sent as statements (autocommit
+        # is client side only): psycopg's own transaction blocks each wait for a reply. The
+        # rows are returned only once the pipeline's end has confirmed the COMMIT.
+        try:
+            with self.pool.connection() as conn:
+                conn.autocommit = True
+                try:
+                    with conn.pipeline():
+                        conn.execute("BEGIN")
+                        rows, token = self._claim_rows(
+                            conn, worker_id, task_types, limit, now, claim_ttl,
+                            finish=lambda: _commit_pipelined(self, conn),
+                        )
+                finally:
+                    if conn.info.transaction_status != TransactionStatus.IDLE:
+                        conn.execute("ROLLBACK")  # failed before COMMIT: nothing is kept
+                    conn.autocommit = False
+        except psycopg.Error as exc:
+            raise StorageError(str(exc)) from exc
         return [ClaimedTask(_row_to_task(r[:-1]), token, r[-1]) for r in rows]
 
     def _claim_rows(
         self, conn: psycopg.Connection[Any], worker_id: str, task_types: Sequence[str],
         limit: int, now: datetime, claim_ttl: float, tenant_id: str | None = None,
+        finish: Callable[[], None] | None = None,
     ) -> tuple[list[Any], str]:
-        """The claim inside a transaction: the claimed rows and their claim token."""
+        """The claim inside a transaction: the claimed rows and their claim token. `finish`
+        (in pipeline mode: queue the COMMIT) runs after the claim is sent, before its rows
+        are read, so that it travels in the same round trip."""
         token = str(uuid.uuid4())
-        # Tasks with resource_hints first: leased and claimed together, or left QUEUED. Before
-        # the planner settings below, which suit the task index scan, not the asset queries.
-        hinted = self._claim_hinted(
+        # The claim's planner settings (no sequential or bitmap scans, no JIT), set once for
+        # the whole claim: they are what the hinted step's own index_plans would set (and then
+        # reset, only for the claim to set them again), plus JIT off, which no OLTP statement
+        # repays. In task_claim's pipeline this travels with BEGIN and the hinted read.
+        conn.execute(_CLAIM_PLANNER)
+        # Tasks with resource_hints first: leased and claimed together, or left QUEUED.
+        hinted = self._claim_hinted_rows(
             conn, worker_id, token, task_types, limit, now, claim_ttl, tenant_id
         )
         if len(hinted) >= limit:
+            if finish is not None:
+                finish()
             return hinted, token
-        with conn.pipeline():  # the planner settings and the claim: one round trip
-            conn.execute(_CLAIM_PLANNER)
+        # Inside task_claim's pipeline already (a nested pipeline would sync on entry).
+        with nullcontext() if conn.pgconn.pipeline_status else conn.pipeline():
             cur = conn.execute(
                 f"""WITH picked AS (
                     SELECT task_id FROM tasks
@@ -539,6 +539,8 @@ class PostgresStore(
                  "tok": token, "exp": now + timedelta(seconds=claim_ttl), "tenant": tenant_id,
                  "started": Jsonb({"worker_id": worker_id})},
             )
+            if finish is not None:
+                finish()
         rows = cur.fetchall()
         if hinted:
             rows = sorted(
@@ -1048,6 +1050,82 @@ class _PgListener:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=3)
+
+
+def _commit_pipelined(store: Any, conn: psycopg.Connection[Any]) -> None:
+    """Queue what rides along with a pipelined transaction (see pending_writes), then its
+    COMMIT: sent with the statements before it, not after a round trip of its own."""
+    pending_writes.flush(store, conn)
+    conn.execute("COMMIT")
+
+
+def _insert_statement(
+    specs: Sequence[TaskSpec], tasks: dict[str, TaskOrder], has_dependants: set[str],
+    now: datetime,
+) -> tuple[str, list[Any]]:
+    """The insert of new tasks (see PostgresStore._insert) and its parameters, to bind
+    binary; it returns the ids of the rows it inserted."""
+    cols: dict[str, list[Any]] = {c: [] for c in _INSERT_TYPES}
+    for spec in specs:
+        t = tasks[spec.task_id]
+        for name, value in (
+            ("task_id", t.task_id), ("idempotency_key", t.idempotency_key),
+            ("request_hash", spec.request_hash), ("tenant_id", t.tenant_id),
+            ("project_id", t.project_id), ("env", t.env), ("external_ref", t.external_ref),
+            ("task_type", t.task_type), ("task_category", t.task_category),
+            ("description", t.description), ("priority", t.priority),
+            ("timeout_ms", t.timeout_ms), ("max_total_cost", t.max_total_cost),
+            ("currency", t.currency), ("business_value_hint", t.business_value_hint),
+            ("status", t.status.value), ("created_at", t.created_at),
+            ("queued_at", t.queued_at), ("finished_at", t.finished_at),
+            ("updated_at", t.updated_at), ("result_code", t.result_code),
+            ("result_message", t.result_message),
+            ("resource_hints", dumps(t.resource_hints).decode()),
+            ("constraints", dumps(t.constraints).decode()),
+            ("tenant_policies_version", t.tenant_policies_version),
+            ("tags", dumps(t.tags).decode()), ("batch_id", t.batch_id),
+            ("input_payload", spec.input_payload_json.decode()), ("channel", t.channel),
+            ("correlation_id", t.correlation_id),
+            ("depends_on", dumps(t.depends_on).decode()), ("max_attempts", t.max_attempts),
+            ("run_after", t.run_after), ("has_dependants", t.task_id in has_dependants),
+        ):
+            cols[name].append(value)
+    # Only the columns some row of this batch sets: every array costs the client a dump
+    # and the server a parse, and the columns left out take the table's defaults.
+    kept = [
+        c for c in _INSERT_TYPES
+        if c not in _DEFAULTS or any(v != _DEFAULTS[c] for v in cols[c])
+    ]
+    names = ", ".join(kept)
+    arrays = ", ".join(f"%b::{_INSERT_TYPES[c]}[]" for c in kept)
+    # One statement: the rows, then their creation events (see creation_events) built
+    # in SQL from what was inserted; a key that exists already inserts neither.
+    query = (
+        f"""WITH ins AS (
+            INSERT INTO tasks ({names}) SELECT * FROM unnest({arrays})
+            ON CONFLICT (tenant_id, env, idempotency_key) DO NOTHING
+            RETURNING task_id, tenant_id, task_type, priority, status
+        ), ev AS (
+            INSERT INTO task_events ({_EVENT_COLUMNS})
+            SELECT i.task_id, i.tenant_id, e.etype, e.old, e.new, 0,
+                CASE WHEN e.ord = 1 THEN jsonb_build_object('task_type', i.task_type,
+                    'priority', i.priority) ELSE e.payload END, %b::timestamptz
+            FROM ins i CROSS JOIN LATERAL (VALUES
+                (1, 'created', NULL, 'PENDING', NULL::jsonb),
+                (2, 'queued', 'PENDING', 'QUEUED', '{{}}'::jsonb),
+                (3, 'cancelled', 'PENDING', 'CANCELLED',
+                 '{{"result_code": "DEPENDENCY_FAILED"}}'::jsonb)
+            ) e(ord, etype, old, new, payload)
+            WHERE e.ord = 1 OR (e.ord = 2 AND i.status = 'QUEUED')
+               OR (e.ord = 3 AND i.status = 'CANCELLED')
+            ORDER BY i.task_id, e.ord
+        ), note AS (  -- wake the workers, in this statement rather than one more round trip
+            SELECT pg_notify('creep_tasks', '')
+            WHERE EXISTS (SELECT 1 FROM ins WHERE status = 'QUEUED')
+        )
+        SELECT ins.task_id FROM ins LEFT JOIN note ON true"""
+    )
+    return query, [*(cols[c] for c in kept), now]
 
 
 #: Insert columns with their table default, as _insert's arrays hold it.
