@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from creep import IllegalTransition, TaskStatus
-from creep.domain.ids import uuid7
+from creep.domain.ids import uuid7, uuid7_many
 from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, resolve
 from creep.domain.task import (
     RETRYABLE_FROM,
@@ -125,6 +125,15 @@ def test_uuid7_ids_are_valid_unique_and_increasing() -> None:
         stamp = datetime.fromtimestamp((parsed.int >> 80) / 1000, UTC)
         assert before - timedelta(seconds=2) <= stamp <= after + timedelta(seconds=2)
 
+
+
+def test_uuid7_batches_interleave_with_single_ids_in_order() -> None:
+    assert uuid7_many(0) == []
+    ids = [uuid7(), *uuid7_many(5000), uuid7(), *uuid7_many(1), *uuid7_many(3), uuid7()]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids) == 5007
+    for value in ids[1:3] + ids[-4:]:
+        parsed = uuid.UUID(value)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122 and str(parsed) == value
 
 def test_generated_task_ids_are_uuid7() -> None:
     from creep.domain.task_spec import validate_task_spec

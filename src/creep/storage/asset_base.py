@@ -10,7 +10,7 @@ dialect (storage/asset_dialect.py), a write transaction (`_atx`) and a read conn
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -188,12 +188,14 @@ class AssetStoreBase:
     def _routine_row(
         asset: AssetSnapshot, event_type: str, task: TaskRef | None, lease_id: str,
         old_status: str, message: str, context: Any, causation_id: str | None = None,
+        event_id: str | None = None,
     ) -> tuple[Any, ...]:
         """The ROUTINE_COLS of an INFO control-plane event written at the transaction's
         `now` (the other columns are ROUTINE_FIXED), as _new_event would make it;
-        `context` is already in the dialect's form (d.bulk_js(...))."""
+        `context` is already in the dialect's form (d.bulk_js(...)); `event_id` one taken from
+        a uuid7_many() batch (else a new one)."""
         return (
-            uuid7(), asset.tenant_id, task.project_id if task else asset.project_id,
+            event_id or uuid7(), asset.tenant_id, task.project_id if task else asset.project_id,
             task.env if task else asset.env, asset.asset_id, task.task_id if task else None,
             lease_id, task.correlation_id if task else None, causation_id, str(event_type),
             old_status, asset.status.value, message, context,
@@ -331,12 +333,13 @@ class AssetStoreBase:
     def _end_leases(
         self, conn: Any, leases: Sequence[Lease], status: LeaseStatus, pending: Pending,
         now: datetime, tasks: Mapping[str, TaskRef], causes: Mapping[str, str | None],
-        *, touch_assets: bool = True, routine: bool = False,
+        *, touch_assets: bool = True, routine: bool = False, ids: Iterator[str] | None = None,
     ) -> None:
         """End active leases: give the concurrency back (COOLING when an asset with a cooldown
         becomes idle) and write RELEASED / LEASE_EXPIRED / LEASE_REVOKED events. With
         `routine` (only when every event collected so far is a routine row, so the order
-        holds), RELEASED events are written as routine rows too."""
+        holds), RELEASED events are written as routine rows too, their ids taken from `ids`
+        while it lasts."""
         active = [lease for lease in leases
                   if lease.status is LeaseStatus.ACTIVE and lease.lease_id not in pending.ended]
         if not active:
@@ -368,6 +371,7 @@ class AssetStoreBase:
                 row = self._routine_row(
                     asset, event_type, tasks.get(lease.task_id), lease.lease_id, old,
                     "lease released", empty, causation_id=causes.get(lease.lease_id),
+                    event_id=next(ids, None) if ids is not None else None,
                 )
                 pending.rows.append(row)
                 ended_id = row[0]

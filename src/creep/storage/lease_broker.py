@@ -21,7 +21,7 @@ from creep.domain.asset_event import (
     Source,
 )
 from creep.domain.errors import NotFound
-from creep.domain.ids import uuid7
+from creep.domain.ids import uuid7_many
 from creep.domain.lease import Lease, LeaseStatus, check_lease_transition
 from creep.domain.ledger import (
     cost_effect,
@@ -265,11 +265,14 @@ class LeaseBrokerMixin(AssetStoreBase):
         lease_rows: list[tuple[Any, ...]] = []
         ledger_rows: list[tuple[Any, ...]] = []
         lease_ids_by_task: dict[str, list[str]] = {}
+        # A lease id, its ALLOCATED event id and its ledger entry id per pick, made in one
+        # batch (in the order single calls would make them, so they still increase).
+        ids = iter(uuid7_many(3 * sum(len(m.picks) for m in matches)))
         for m in matches:
             ref = refs[m.task_id]
             for hint_index, cand in m.picks:
                 asset = assets[cand.asset_id]
-                lease_id = uuid7()
+                lease_id = next(ids)
                 lease_ids_by_task.setdefault(m.task_id, []).append(lease_id)
                 old = asset.status.value
                 asset.current_concurrency += 1
@@ -284,10 +287,11 @@ class LeaseBrokerMixin(AssetStoreBase):
                     asset, AssetEventType.ALLOCATED.value, ref, lease_id, old,
                     f"leased to task {m.task_id}",
                     d.bulk_js({"hint_index": hint_index, "worker_id": worker_id}),
+                    event_id=next(ids),
                 ))
                 if asset.cost_per_lease > 0:
                     ledger_rows.append((
-                        uuid7(), asset.tenant_id, ref.project_id, m.task_id,
+                        next(ids), asset.tenant_id, ref.project_id, m.task_id,
                         asset.asset_id, lease_id, d.dec(asset.cost_per_lease), asset.currency,
                     ))
         with d.pipeline(conn):  # one round trip on PostgreSQL
@@ -377,6 +381,8 @@ class LeaseBrokerMixin(AssetStoreBase):
         assets = self._lock_assets(conn, [lease.asset_id for lease in leases], pending)
         causes: dict[str, str | None] = {}
         to_release: list[Lease] = []
+        # Routine event ids (TASK_SUCCESS, then RELEASED, per lease) in one uuid7 batch.
+        ids = iter(uuid7_many(2 * len(leases)))
         kept: list[str] = []
         for lease in leases:
             task_id, _, status, event_type = by_token[lease.claim_token]
@@ -393,6 +399,7 @@ class LeaseBrokerMixin(AssetStoreBase):
                     row = self._routine_row(
                         asset, effect, tasks.get(task_id), lease.lease_id,
                         asset.status.value, f"task {status}", d.bulk_js(health),
+                        event_id=next(ids, None),
                     )
                     pending.rows.append(row)
                     causes[lease.lease_id] = row[0]
@@ -412,7 +419,7 @@ class LeaseBrokerMixin(AssetStoreBase):
             self._many(conn, "UPDATE leases SET expires_at = NULL WHERE lease_id = ?",
                        [(lease_id,) for lease_id in kept])
         self._end_leases(conn, to_release, LeaseStatus.RELEASED, pending, now, tasks, causes,
-                         routine=not pending.events)
+                         routine=not pending.events, ids=ids)
         self._auto_ban_many(conn, pending, now)
         if batch is not None and pending.dirty:
             pending.deferred_at = now  # the asset rows are written once, after the claim
