@@ -19,10 +19,10 @@ from creep.cli_http.common import (
     api_errors,
     cell,
     client,
-    details,
     err,
     out,
     print_json,
+    show,
     table,
     take,
     usage_error,
@@ -81,10 +81,7 @@ def tenants_show(tenant_id: str, api_url: ApiUrl = None, api_key: ApiKey = None,
     """One tenant."""
     with client(api_url, api_key) as c:
         tenant = c.get_tenant(tenant_id)
-    if json:
-        print_json(tenant)
-    else:
-        details(tenant, f"tenant {tenant.tenant_id}")
+    show(tenant, json, f"tenant {tenant.tenant_id}")
 
 
 # `creep keys create` (creep.api.cli_commands) writes to the database directly, to bootstrap;

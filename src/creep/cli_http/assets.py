@@ -15,11 +15,11 @@ from creep.cli_http.common import (
     Json,
     api_errors,
     client,
-    details,
     err,
     out,
     print_json,
     progress,
+    show,
     table,
     take,
     usage_error,
@@ -176,10 +176,7 @@ def asset_show(asset_id: str, api_url: ApiUrl = None, api_key: ApiKey = None,
     """One asset, every field."""
     with client(api_url, api_key) as c:
         asset = c.get_asset(asset_id)
-    if json:
-        print_json(asset)
-    else:
-        details(asset, f"asset {asset.asset_id}")
+    show(asset, json, f"asset {asset.asset_id}")
 
 
 Reason = Annotated[str | None, typer.Option(help="Why (kept in the asset's events and audit).")]

@@ -127,6 +127,22 @@ def details(model: Model, title: str) -> None:
     table(title, ("field", "value"), model.raw.items())
 
 
+def show(model: Model, json: bool, title: str) -> None:
+    """One object: its JSON with --json, else every field as a table."""
+    if json:
+        print_json(model)
+    else:
+        details(model, title)
+
+
+def parse_json_object(raw: str, name: str) -> dict[str, Any]:
+    """A JSON object given inline or as @FILE (e.g. extra fields of a request body)."""
+    value = parse_json_arg(raw, name)
+    if not isinstance(value, dict):
+        usage_error(f"{name}: must be a JSON object")
+    return value
+
+
 def parse_json_arg(raw: str, name: str) -> Any:
     """A JSON value given inline or as @FILE."""
     text = raw

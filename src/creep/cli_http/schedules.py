@@ -12,11 +12,12 @@ from creep.cli_http.common import (
     Json,
     api_errors,
     client,
-    details,
     out,
     parse_json_arg,
+    parse_json_object,
     parse_time,
     print_json,
+    show,
     table,
     take,
     usage_error,
@@ -72,10 +73,7 @@ def schedule_add(
         usage_error("give --cron, --every or --at")
     body: dict[str, Any] = {}
     if spec is not None:
-        extra = parse_json_arg(spec, "--spec")
-        if not isinstance(extra, dict):
-            usage_error("--spec: must be a JSON object")
-        body.update(extra)
+        body.update(parse_json_object(spec, "--spec"))
     fields = {"name": name, "type": task_type, "cron_expr": cron, "interval": every,
               "next_run": parse_time(at, "--at"), "tenant_id": tenant, "timezone": timezone,
               "priority": priority, "description": description,
@@ -121,10 +119,7 @@ def schedule_show(uid: Uid, api_url: ApiUrl = None, api_key: ApiKey = None,
     """One schedule, every field."""
     with client(api_url, api_key) as c:
         sched = c.get_schedule(uid)
-    if json:
-        print_json(sched)
-    else:
-        details(sched, f"schedule {sched.name}")
+    show(sched, json, f"schedule {sched.name}")
 
 
 def _set_enabled(uid: str, enabled: bool, url: str | None, key: str | None,

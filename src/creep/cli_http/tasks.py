@@ -16,12 +16,13 @@ from creep.cli_http.common import (
     Json,
     api_errors,
     client,
-    details,
     err,
     out,
     parse_json_arg,
+    parse_json_object,
     print_json,
     progress,
+    show,
     table,
     take,
     usage_error,
@@ -66,10 +67,7 @@ def task_submit(
     """Submit one task order; prints the task (exit 3 with --wait unless it succeeded)."""
     body: dict[str, Any] = {}
     if order is not None:
-        extra = parse_json_arg(order, "--order")
-        if not isinstance(extra, dict):
-            usage_error("--order: must be a JSON object")
-        body.update(extra)
+        body.update(parse_json_object(order, "--order"))
     fields = {"task_type": task_type, "tenant_id": tenant, "env": env, "priority": priority,
               "idempotency_key": idempotency_key, "tags": tag or None}
     body.update({k: v for k, v in fields.items() if v is not None})
@@ -79,10 +77,7 @@ def task_submit(
         task = c.create_task(body)
         if wait:
             task = c.wait_task(task.task_id, timeout=timeout)
-    if json:
-        print_json(task)
-    else:
-        details(task, f"task {task.task_id}")
+    show(task, json, f"task {task.task_id}")
     if wait and task.status != "SUCCESS":
         raise typer.Exit(EXIT_UNFINISHED)
 
@@ -117,10 +112,7 @@ def task_show(task_id: str, api_url: ApiUrl = None, api_key: ApiKey = None,
     """One task, every field."""
     with client(api_url, api_key) as c:
         task = c.get_task(task_id)
-    if json:
-        print_json(task)
-    else:
-        details(task, f"task {task.task_id}")
+    show(task, json, f"task {task.task_id}")
 
 
 @task_app.command("cancel")
@@ -311,10 +303,7 @@ def batch_show(batch_id: str, api_url: ApiUrl = None, api_key: ApiKey = None,
     """One batch with its counts."""
     with client(api_url, api_key) as c:
         batch = c.get_batch(batch_id)
-    if json:
-        print_json(batch)
-    else:
-        details(batch, f"batch {batch.batch_id}")
+    show(batch, json, f"batch {batch.batch_id}")
 
 
 @batch_app.command("cancel")

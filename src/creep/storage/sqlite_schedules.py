@@ -14,7 +14,6 @@ import orjson
 from creep.domain.errors import ConflictError, IllegalTransition
 from creep.domain.task import TaskOrder
 from creep.domain.task_spec import TaskSpec
-from creep.storage import pending_writes
 from creep.storage.schedule_sql_base import Conn
 from creep.storage.schedules_sql import ScheduleSqlMixin
 
@@ -32,7 +31,7 @@ class SqliteSchedulesMixin(ScheduleSqlMixin):
             within: sqlite3.Connection | None = None,
         ) -> list[TaskOrder]: ...
 
-        def _writer_turn(self) -> AbstractContextManager[None]: ...
+        def _write(self) -> AbstractContextManager[sqlite3.Connection]: ...
 
     def _create_tasks_in(
         self, conn: Conn, specs: Sequence[TaskSpec], now: datetime
@@ -41,19 +40,11 @@ class SqliteSchedulesMixin(ScheduleSqlMixin):
 
     @contextmanager
     def _sx(self) -> Iterator[Conn]:
-        conn = self._conn()
-        with self._writer_turn():  # the same in-process writer queue as _write
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+        try:
+            with self._write() as conn:  # rolled back there on any error
                 yield conn  # type: ignore[misc]
-                pending_writes.flush(self, conn)  # the REST API's audit row, same transaction
-            except sqlite3.IntegrityError as exc:
-                conn.execute("ROLLBACK")
-                raise _conflict(exc) from exc
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            raise _conflict(exc) from exc
 
     @contextmanager
     def _sx_read(self) -> Iterator[Conn]:
