@@ -26,3 +26,23 @@ def test_a_forked_child_does_not_reuse_the_parents_pool() -> None:
     child = os.read(read, 64).decode()
     os.close(read)
     assert child != ids.uuid4_str()
+
+
+def test_uuid7_many_matches_uuid7_and_keeps_its_random_bits_in_big_batches() -> None:
+    # A claim of 500 leased tasks makes 1,500 ids at once: more random bytes than the pool
+    # holds. Every id must still carry its own random tail, not zeros.
+    before = ids.uuid7()
+    batch = ids.uuid7_many(1500)
+    after = ids.uuid7_many(1)
+    made = [before, *batch, *after]
+    assert made == sorted(made)
+    assert len(set(made)) == len(made)
+    for text in made:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 7
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text
+    tails = [int(text.replace("-", "")[17:], 16) for text in batch]
+    assert len(set(tails)) == len(tails)
+    assert sum(1 for t in tails if t == 0) == 0
+    assert ids.uuid7_many(0) == []
