@@ -22,6 +22,7 @@ from creep.storage.sqlite_bulk import insert_rows
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _UUIDISH = re.compile(r"[0-9a-fA-F,-]*")
 _TENANT_I, _ATTEMPT_I = TASK_COLUMNS.index("tenant_id"), TASK_COLUMNS.index("attempt")
+_PRIORITY_I = TASK_COLUMNS.index("priority")
 #: The claim's fixed assignments (what the plain claim sets too); deadline_at is computed
 #: from the row's timeout_ms by each backend.
 _CLAIM_SET = (
@@ -137,11 +138,14 @@ class SqliteDialect:
             f"RETURNING {TASK_SELECT}, deadline_at",
             (self.js(new_leases), now_us, worker_id, token, self.ts(expires)),
         ).fetchall()
+        # With the task's priority, as the plain claim: the by-task index leads with it
+        # (migration 0009), so one batch's events share pages instead of one page per task.
         self.bulk_insert(
-            conn, "task_events", ("task_id", "tenant_id", "attempt", "payload"),
+            conn, "task_events", ("task_id", "tenant_id", "attempt", "payload", "task_priority"),
             [
                 (r[0], r[_TENANT_I], r[_ATTEMPT_I],
-                 self.js({"worker_id": worker_id, "lease_ids": new_leases[r[0]]}))
+                 self.js({"worker_id": worker_id, "lease_ids": new_leases[r[0]]}),
+                 r[_PRIORITY_I])
                 for r in rows
             ],
             fixed=[("event_type", "started"), ("from_status", "QUEUED"),
