@@ -403,6 +403,9 @@ class AssetStoreBase:
         locked, in asset_id order), in the same round trip."""
         d = self._adialect
         cols = ", ".join(f"l.{c}" for c in LEASE_COLS.split(", "))
+        # SQLite has no round trips to save and no row locks: its assets are loaded after,
+        # by key, only those not held already, instead of looking the leases up twice.
+        lock_sql = lock_into is not None and d.name != "sqlite"
         with d.pipeline(conn):
             # The tasks are named too, so they are found by key: joined on task_id alone, the
             # planner merge-joined the leases against a walk of every task ever stored.
@@ -413,7 +416,7 @@ class AssetStoreBase:
                 f"AND {d.in_ids('t.task_id')} ORDER BY l.asset_id, l.lease_id",
                 (*params, d.ids(task_ids)),
             )
-            locked = None if lock_into is None else self._x(
+            locked = None if not lock_sql else self._x(
                 conn,
                 f"SELECT {ASSET_COLS} FROM assets WHERE asset_id IN "
                 f"(SELECT l.asset_id FROM leases l WHERE {where}) ORDER BY asset_id{d.lock}",
@@ -421,15 +424,25 @@ class AssetStoreBase:
             )
         rows = cur.fetchall()
         if locked is not None and lock_into is not None:
+            held = lock_into.assets
             for r in locked.fetchall():
-                lock_into.assets.setdefault(r[0], self._asset(r))
+                if r[0] not in held:
+                    held[r[0]] = self._asset(r)
+        elif lock_into is not None:
+            self._lock_assets(conn, [r[3] for r in rows], lock_into)
         leases = [self._lease(r[:12]) for r in rows]
         refs = {
-            r[2]: TaskRef(r[2], r[1], r[12], r[13], r[14],
-                           keep_leases=d.from_js(r[15]).get("keep_leases") is True)
+            r[2]: TaskRef(r[2], r[1], r[12], r[13], r[14], keep_leases=self._keeps(r[15]))
             for r in rows
         }
         return leases, refs
+
+    def _keeps(self, constraints: Any) -> bool:
+        """constraints.keep_leases of a task row, without decoding constraints that cannot
+        name it (most tasks: '{}')."""
+        if isinstance(constraints, str) and "keep_leases" not in constraints:
+            return False
+        return self._adialect.from_js(constraints).get("keep_leases") is True
 
     def _leases_where(self, conn: Any, where: str, params: Sequence[Any]) -> list[Lease]:
         rows = self._x(
