@@ -46,3 +46,15 @@ def test_uuid7_many_matches_uuid7_and_keeps_its_random_bits_in_big_batches() -> 
     assert len(set(tails)) == len(tails)
     assert sum(1 for t in tails if t == 0) == 0
     assert ids.uuid7_many(0) == []
+
+
+def test_uuid7_many_carries_a_full_sequence_into_the_next_millisecond() -> None:
+    ids.uuid7()
+    ids._last_ms += 5  # as if the clock were behind: ids count on from the last one
+    ids._seq = 0xFFE
+    start = ids._last_ms
+    made = [*ids.uuid7_many(3), ids.uuid7()]
+    assert made == sorted(made)
+    stamps = [(int(t.replace("-", "")[:12], 16), int(t.replace("-", "")[13:16], 16))
+              for t in made]
+    assert stamps == [(start, 0xFFF), (start + 1, 0), (start + 1, 1), (start + 1, 2)]

@@ -84,18 +84,18 @@ def uuid7_many(n: int) -> list[str]:
         return []
     ms = time.time_ns() // 1_000_000
     rand_bytes = _random(8 * n + 2)
-    heads: list[int] = []
+    # (milliseconds << 12 | sequence) counts on by one per id, as n uuid7() calls would:
+    # a sequence past 0xFFF carries into the next millisecond.
     with _lock:
-        for _ in range(n):
-            if ms > _last_ms:
-                _last_ms, _seq = ms, int.from_bytes(rand_bytes[-2:]) & 0x1FF
-            else:
-                _seq += 1
-                if _seq > 0xFFF:
-                    _last_ms, _seq = _last_ms + 1, 0
-            # 48-bit milliseconds, version 7, 12-bit sequence.
-            heads.append((_last_ms << 16) | 0x7000 | _seq)
-    head = b"".join([h.to_bytes(8) for h in heads])
+        if ms > _last_ms:
+            first = (ms << 12) | (int.from_bytes(rand_bytes[-2:]) & 0x1FF)
+        else:
+            first = ((_last_ms << 12) | _seq) + 1
+        last = first + n - 1
+        _last_ms, _seq = last >> 12, last & 0xFFF
+    # 48-bit milliseconds, version 7, 12-bit sequence.
+    head = b"".join([(((c >> 12) << 16) | 0x7000 | (c & 0xFFF)).to_bytes(8)
+                     for c in range(first, last + 1)])
     raw = bytearray(16 * n)
     for k in range(8):  # byte k of every id's head, then byte k of its random tail
         raw[k::16] = head[k::8]
