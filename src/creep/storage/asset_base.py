@@ -32,7 +32,7 @@ from creep.domain.asset_event import (
 )
 from creep.domain.errors import ValidationError
 from creep.domain.ids import uuid7
-from creep.domain.lease import Lease, LeaseStatus, check_lease_transition
+from creep.domain.lease import LEASE_TRANSITIONS, Lease, LeaseStatus, check_lease_transition
 from creep.domain.ledger import (
     EntryType,
     LedgerEntry,
@@ -53,6 +53,8 @@ LEDGER_COLS = (
     "currency, description, occurred_at, recorded_at"
 )
 EVENT_COLS = ", ".join(EVENT_FIELDS)
+#: Stored lease status -> LeaseStatus, a dict lookup instead of an enum call per row.
+_LEASE_STATUS = {s.value: s for s in LeaseStatus}
 #: The columns of a routine event row (_routine_row) that differ from row to row ...
 ROUTINE_COLS = (
     "event_id", "tenant_id", "project_id", "env", "asset_id", "task_id", "lease_id",
@@ -142,7 +144,7 @@ class AssetStoreBase:
         d = self._adialect
         return Lease(
             lease_id=r[0], tenant_id=r[1], task_id=r[2], asset_id=r[3],
-            status=LeaseStatus(r[4]), acquired_at=d.from_ts(r[5]) or datetime.min,
+            status=_LEASE_STATUS[r[4]], acquired_at=d.from_ts(r[5]) or datetime.min,
             expires_at=d.from_ts(r[6]), released_at=d.from_ts(r[7]), cost=d.from_dec(r[8]),
             currency=r[9], claim_token=str(r[10]), hint_index=r[11],
         )
@@ -344,8 +346,10 @@ class AssetStoreBase:
                   if lease.status is LeaseStatus.ACTIVE and lease.lease_id not in pending.ended]
         if not active:
             return
+        legal = {old for old, targets in LEASE_TRANSITIONS.items() if status in targets}
         for lease in active:
-            check_lease_transition(lease.status, status)
+            if lease.status not in legal:
+                check_lease_transition(lease.status, status)  # raises
             pending.ended[lease.lease_id] = status
         assets = self._lock_assets(conn, [lease.asset_id for lease in active], pending)
         empty = self._adialect.bulk_js({})

@@ -268,6 +268,8 @@ class LeaseBrokerMixin(AssetStoreBase):
         # A lease id, its ALLOCATED event id and its ledger entry id per pick, made in one
         # batch (in the order single calls would make them, so they still increase).
         ids = iter(uuid7_many(3 * sum(len(m.picks) for m in matches)))
+        # ALLOCATED contexts differ only by hint index: each encoded once per claim.
+        contexts: dict[int, Any] = {}
         for m in matches:
             ref = refs[m.task_id]
             for hint_index, cand in m.picks:
@@ -279,20 +281,24 @@ class LeaseBrokerMixin(AssetStoreBase):
                 pending.dirty.add(asset.asset_id)
                 if asset.status is AssetStatus.READY:
                     self._set_status(asset, AssetStatus.IN_USE, pending, now)
+                cost = d.dec(asset.cost_per_lease)
                 lease_rows.append((
-                    lease_id, asset.tenant_id, m.task_id, asset.asset_id,
-                    d.dec(asset.cost_per_lease), asset.currency, hint_index,
+                    lease_id, asset.tenant_id, m.task_id, asset.asset_id, cost, asset.currency,
+                    hint_index,
                 ))
+                context = contexts.get(hint_index)
+                if context is None:
+                    context = contexts[hint_index] = d.bulk_js(
+                        {"hint_index": hint_index, "worker_id": worker_id}
+                    )
                 pending.rows.append(self._routine_row(
                     asset, AssetEventType.ALLOCATED.value, ref, lease_id, old,
-                    f"leased to task {m.task_id}",
-                    d.bulk_js({"hint_index": hint_index, "worker_id": worker_id}),
-                    event_id=next(ids),
+                    f"leased to task {m.task_id}", context, event_id=next(ids),
                 ))
                 if asset.cost_per_lease > 0:
                     ledger_rows.append((
                         next(ids), asset.tenant_id, ref.project_id, m.task_id,
-                        asset.asset_id, lease_id, d.dec(asset.cost_per_lease), asset.currency,
+                        asset.asset_id, lease_id, cost, asset.currency,
                     ))
         with d.pipeline(conn):  # one round trip on PostgreSQL
             # What every row of this claim shares is bound once (released_at stays NULL).
@@ -384,6 +390,8 @@ class LeaseBrokerMixin(AssetStoreBase):
         # Routine event ids (TASK_SUCCESS, then RELEASED, per lease) in one uuid7 batch.
         ids = iter(uuid7_many(2 * len(leases)))
         kept: list[str] = []
+        # TASK_SUCCESS contexts by (health before, after): each encoded once per settle.
+        contexts: dict[tuple[int, int], Any] = {}
         for lease in leases:
             task_id, _, status, event_type = by_token[lease.claim_token]
             effect = _effect(status, event_type)
@@ -396,9 +404,13 @@ class LeaseBrokerMixin(AssetStoreBase):
                 pending.dirty.add(asset.asset_id)
                 health = {"health_score_before": before, "health_score_after": asset.health_score}
                 if effect == AssetEventType.TASK_SUCCESS:  # never a failure: no policy reads it
+                    pair = (before, asset.health_score)
+                    context = contexts.get(pair)
+                    if context is None:
+                        context = contexts[pair] = d.bulk_js(health)
                     row = self._routine_row(
                         asset, effect, tasks.get(task_id), lease.lease_id,
-                        asset.status.value, f"task {status}", d.bulk_js(health),
+                        asset.status.value, f"task {status}", context,
                         event_id=next(ids, None),
                     )
                     pending.rows.append(row)
