@@ -117,15 +117,18 @@ class _Ranked:
     def take(self, need: int, used: set[str]) -> list[Candidate] | None:
         got: list[Candidate] = []
         passed: list[tuple[Any, str, Candidate]] = []
-        while len(got) < need and self.heap:
-            entry = heapq.heappop(self.heap)
-            key, asset_id, asset = entry
+        heap = self.heap
+        while len(got) < need and heap:
+            key, asset_id, asset = heap[0]
             if asset.spare <= 0:
+                heapq.heappop(heap)
                 continue
             current = self.key(asset)
-            if current != key:
-                heapq.heappush(self.heap, (current, asset_id, asset))
-            elif asset_id in used:
+            if current != key:  # re-keyed in place: one sift instead of a pop and a push
+                heapq.heapreplace(heap, (current, asset_id, asset))
+                continue
+            entry = heapq.heappop(heap)
+            if asset_id in used:
                 passed.append(entry)
             else:
                 got.append(asset)
