@@ -103,6 +103,9 @@ class LeaseBrokerMixin(AssetStoreBase):
         kinds: set[tuple[Any, ...]] = set()
         claimed: list[Match] = []
         over_budget: list[str] = []
+        # Tasks of one kind carry the same hints and constraints text: decoded once each
+        # (matching only reads them).
+        decoded: dict[str, Any] = {}
         # Page through hinted tasks in claim order until `limit` are matched: tasks whose
         # resources are busy are passed over (no head-of-line blocking), up to a bound.
         for offset in range(0, HINTED_SCAN_MAX, page):
@@ -122,10 +125,10 @@ class LeaseBrokerMixin(AssetStoreBase):
                 # The claim's UPDATE appends the new lease ids and computes the deadline and
                 # attempt itself: the task's lease_ids, timeout_ms and attempt are not read.
                 refs[task_id] = TaskRef(task_id, tenant, project, env, corr)
-                constraints = d.from_js(cons)
+                constraints = _decoded(d, cons, decoded)
                 demands.append(Demand(
                     task_id=task_id, tenant_id=tenant, currency=currency,
-                    hints=d.from_js(hints),
+                    hints=_decoded(d, hints, decoded),
                     min_health_score=float(constraints.get("min_health_score") or 0),
                     max_total_cost=None if budget is None else d.from_dec(budget),
                 ))
@@ -587,6 +590,17 @@ def _still_fitting(
                 taken[i] = taken.get(i, 0) + 1
             kept.append(m)
     return kept
+
+
+def _decoded(d: Any, raw: Any, memo: dict[str, Any]) -> Any:
+    """A JSON column's value, decoded once per distinct text (SQLite hands out text;
+    PostgreSQL's values arrive decoded and pass through)."""
+    if not isinstance(raw, str):
+        return d.from_js(raw)
+    found = memo.get(raw)
+    if found is None:
+        found = memo[raw] = d.from_js(raw)
+    return found
 
 
 def _effect(status: str, event_type: str) -> str | None:
