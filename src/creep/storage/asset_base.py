@@ -55,6 +55,10 @@ LEDGER_COLS = (
 EVENT_COLS = ", ".join(EVENT_FIELDS)
 #: Stored lease status -> LeaseStatus, a dict lookup instead of an enum call per row.
 _LEASE_STATUS = {s.value: s for s in LeaseStatus}
+#: AssetStatus <-> its text by dict lookup: the hot paths read an asset's status several
+#: times per leased task, and an enum's .value (a descriptor) or call costs far more.
+STATUS_TEXT: dict[AssetStatus, str] = {s: s.value for s in AssetStatus}
+_ASSET_STATUS = {s.value: s for s in AssetStatus}
 #: The columns of a routine event row (_routine_row) that differ from row to row ...
 ROUTINE_COLS = (
     "event_id", "tenant_id", "project_id", "env", "asset_id", "task_id", "lease_id",
@@ -132,7 +136,7 @@ class AssetStoreBase:
         d = self._adialect
         return AssetSnapshot(
             asset_id=r[0], tenant_id=r[1], project_id=r[2], env=r[3], sku_category=r[4],
-            sku_code=r[5], attributes=d.from_js(r[6]), status=AssetStatus(r[7]),
+            sku_code=r[5], attributes=d.from_js(r[6]), status=_ASSET_STATUS[r[7]],
             max_concurrency=r[8], current_concurrency=r[9], health_score=r[10],
             cooldown_seconds=r[11], cooldown_until=d.from_ts(r[12]),
             cost_per_lease=d.from_dec(r[13]), currency=r[14], version=r[15],
@@ -200,7 +204,7 @@ class AssetStoreBase:
             event_id or uuid7(), asset.tenant_id, task.project_id if task else asset.project_id,
             task.env if task else asset.env, asset.asset_id, task.task_id if task else None,
             lease_id, task.correlation_id if task else None, causation_id, str(event_type),
-            old_status, asset.status.value, message, context,
+            old_status, STATUS_TEXT[asset.status], message, context,
         )
 
     @staticmethod
@@ -289,7 +293,7 @@ class AssetStoreBase:
         for asset_id in sorted(pending.dirty):
             a = pending.assets[asset_id]
             rows.append((
-                a.status.value, a.current_concurrency, a.health_score, d.ts(a.cooldown_until),
+                STATUS_TEXT[a.status], a.current_concurrency, a.health_score, d.ts(a.cooldown_until),
                 d.ts(now), asset_id,
             ))
         d.bulk_update(
@@ -362,7 +366,7 @@ class AssetStoreBase:
             asset = assets[lease.asset_id]
             lease.status = status
             lease.released_at = now
-            old = asset.status.value
+            old = STATUS_TEXT[asset.status]
             if touch_assets:
                 asset.current_concurrency = max(0, asset.current_concurrency - 1)
                 pending.dirty.add(asset.asset_id)

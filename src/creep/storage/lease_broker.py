@@ -32,12 +32,14 @@ from creep.storage.asset_base import (
     CANDIDATES_PER_KIND,
     HINTED_SCAN_MAX,
     LEASE_COLS,
+    STATUS_TEXT,
     AssetStoreBase,
     Pending,
     TaskRef,
     is_uuid,
 )
 
+_ALLOCATED = AssetEventType.ALLOCATED.value
 #: The open lease batch of each connection (see LeaseBrokerMixin._leases_batched), by id().
 _BATCHES: dict[int, Pending] = {}
 
@@ -209,7 +211,7 @@ class LeaseBrokerMixin(AssetStoreBase):
                     sku_code=a.sku_code, attributes=a.attributes,
                     max_concurrency=a.max_concurrency,
                     current_concurrency=a.current_concurrency, health_score=a.health_score,
-                    cost_per_lease=a.cost_per_lease, currency=a.currency, status=a.status.value,
+                    cost_per_lease=a.cost_per_lease, currency=a.currency, status=STATUS_TEXT[a.status],
                 )
 
     def _candidate_filter(
@@ -279,7 +281,7 @@ class LeaseBrokerMixin(AssetStoreBase):
                 asset = assets[cand.asset_id]
                 lease_id = next(ids)
                 lease_ids_by_task.setdefault(m.task_id, []).append(lease_id)
-                old = asset.status.value
+                old = STATUS_TEXT[asset.status]
                 asset.current_concurrency += 1
                 pending.dirty.add(asset.asset_id)
                 if asset.status is AssetStatus.READY:
@@ -295,7 +297,7 @@ class LeaseBrokerMixin(AssetStoreBase):
                         {"hint_index": hint_index, "worker_id": worker_id}
                     )
                 pending.rows.append(self._routine_row(
-                    asset, AssetEventType.ALLOCATED.value, ref, lease_id, old,
+                    asset, _ALLOCATED, ref, lease_id, old,
                     f"leased to task {m.task_id}", context, event_id=next(ids),
                 ))
                 if asset.cost_per_lease > 0:
@@ -413,7 +415,7 @@ class LeaseBrokerMixin(AssetStoreBase):
                         context = contexts[pair] = d.bulk_js(health)
                     row = self._routine_row(
                         asset, effect, tasks.get(task_id), lease.lease_id,
-                        asset.status.value, f"task {status}", context,
+                        STATUS_TEXT[asset.status], f"task {status}", context,
                         event_id=next(ids, None),
                     )
                     pending.rows.append(row)
