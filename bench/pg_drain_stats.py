@@ -84,6 +84,9 @@ def main() -> None:
     p.add_argument("-n", type=int, default=50_000)
     p.add_argument("--concurrency", type=int, default=500)
     p.add_argument("--preload", type=int, default=0)
+    p.add_argument("--priorities", type=int, default=100)
+    p.add_argument("--fillfactor", type=int, default=0, help="ALTER tasks' fillfactor first")
+    p.add_argument("--breakdown", action="store_true", help="WAL per relation and record")
     p.add_argument("--waldump", default="/usr/lib/postgresql/15/bin/pg_waldump")
     args = p.parse_args()
     base = args.database_url
@@ -92,16 +95,21 @@ def main() -> None:
     admin.execute(f"CREATE SCHEMA {schema}")
     sep = "&" if "?" in base else "?"
     url = f"{base}{sep}options=-csearch_path%3D{schema}&application_name={schema}"
-    out: dict[str, Any] = {"n": args.n, "preload": args.preload}
+    out: dict[str, Any] = {"n": args.n, "preload": args.preload,
+                           "priorities": args.priorities, "fillfactor": args.fillfactor}
     try:
         app = make_app(url)
+        app.store.migrate()
+        if args.fillfactor:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(f"ALTER TABLE tasks SET (fillfactor = {args.fillfactor})")
         if args.preload:
             out["preload_s"] = round(preload_finished(app, args.preload), 1)
-        app.submit_many(orders(args.n, "bulk"))
+        app.submit_many(orders(args.n, "bulk", args.priorities))
         app.close()
         admin.execute("CHECKPOINT")  # full-page images then count as they would in steady state
-        rels = {int(r[0]) for r in admin.execute(
-            "SELECT c.relfilenode FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        rels = {int(r[0]): r[1] for r in admin.execute(
+            "SELECT c.relfilenode, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = %s OR c.oid IN (SELECT reltoastrelid FROM pg_class c2 JOIN "
             "pg_namespace n2 ON n2.oid = c2.relnamespace WHERE n2.nspname = %s)",
             (schema, schema),
@@ -111,6 +119,9 @@ def main() -> None:
             "FROM pg_stat_user_tables WHERE schemaname = %s"
         )
         before = {r[0]: r[1:] for r in admin.execute(stats_sql, (schema,))}
+        out["tasks_bytes_per_row"] = int(admin.execute(  # type: ignore[index]
+            f"SELECT pg_relation_size('{schema}.tasks') / (SELECT count(*) FROM {schema}.tasks)"
+        ).fetchone()[0])
         lsn0 = admin.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
         cpu = BackendCpu(base, schema)
         cpu.start()
@@ -128,12 +139,24 @@ def main() -> None:
             capture_output=True, text=True,
         )
         mine = records = 0
+        by: dict[str, list[int]] = {}
         for line in dump.stdout.splitlines():
             rel = _REL.search(line)
             if rel and int(rel.group(3)) in rels:
                 length = _LEN.search(line)
-                mine += int(length.group(1)) if length else 0
+                size = int(length.group(1)) if length else 0
+                mine += size
                 records += 1
+                kind = f"{rels[int(rel.group(3))]}:{line.split(',')[0].split()[1]}:" + (
+                    line.split("desc: ")[1].split()[0] if "desc: " in line else "?")
+                agg = by.setdefault(kind, [0, 0])
+                agg[0] += 1
+                agg[1] += size
+        if args.breakdown:
+            out["wal_by_relation_record"] = {
+                k: [round(v[0] / args.n, 2), round(v[1] / args.n)]
+                for k, v in sorted(by.items(), key=lambda kv: -kv[1][1])
+            }
         out["schema_wal_bytes_per_task"] = round(mine / args.n)
         out["schema_wal_records_per_task"] = round(records / args.n, 2)
         for table in ("tasks", "task_queue", "task_events"):
@@ -142,8 +165,7 @@ def main() -> None:
                 out[f"{table}_upd_hot_ins_del"] = d
     finally:
         admin.execute(f"DROP SCHEMA {schema} CASCADE")
-    print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in out.items()},
-                     indent=2))
+    print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in out.items()}))
 
 
 if __name__ == "__main__":
