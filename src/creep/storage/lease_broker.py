@@ -547,13 +547,19 @@ class LeaseBrokerMixin(AssetStoreBase):
                 self._flush(conn, pending, now)
                 self._capacity_freed(conn)
                 report.cooled = len(rows)
-            overdue = self._x(
-                conn,
-                f"SELECT t.task_id FROM {d.queue_from} WHERE {d.qa}.status = 'QUEUED' "
-                f"AND t.status = 'QUEUED' AND {d.qa}.has_hints = true AND "
-                f"{d.plus_ms('t.queued_at', 't.timeout_ms')} <= ? LIMIT ?{d.skip_locked_t}",
-                (d.ts(now), limit),
-            ).fetchall()
+            # Driven by the queue's hinted index, never by a scan of every task (PostgreSQL's
+            # planner may otherwise start from tasks' side of the join).
+            saved = d.index_plans(conn)
+            try:
+                overdue = self._x(
+                    conn,
+                    f"SELECT t.task_id FROM {d.queue_from} WHERE {d.qa}.status = 'QUEUED' "
+                    f"AND t.status = 'QUEUED' AND {d.qa}.has_hints = true AND "
+                    f"{d.plus_ms('t.queued_at', 't.timeout_ms')} <= ? LIMIT ?{d.skip_locked_t}",
+                    (d.ts(now), limit),
+                ).fetchall()
+            finally:
+                d.restore_plans(conn, saved)
             if overdue:
                 report.no_resource = len(self._fail_queued(
                     conn, [r[0] for r in overdue], "NO_RESOURCE",

@@ -886,19 +886,26 @@ class PostgresStore(
     ) -> MaintenanceReport:
         report = MaintenanceReport()
         with self._tx() as conn:
+            # The promotion and the rescuer take their candidates from task_queue (its PENDING
+            # and RUNNING rows) and probe tasks by key (`= ANY(ARRAY(...))`, as the claim does):
+            # joined instead, with statistics saying few tasks are RUNNING, the planner read all
+            # of tasks (every task ever stored) to find them.
+            conn.execute(_CLAIM_PLANNER)
             row = conn.execute(
                 f"""WITH q AS (
                     UPDATE tasks SET status = 'QUEUED', queued_at = %(now)s, updated_at = %(now)s,
                         task_version = task_version + 1
                     WHERE task_id IN (
-                        SELECT t.task_id FROM task_queue q JOIN tasks t ON t.task_id = q.task_id
-                        WHERE q.status = 'PENDING' AND q.run_after <= %(now)s
+                        SELECT t.task_id FROM tasks t
+                        WHERE t.task_id = ANY(ARRAY(
+                            SELECT task_id FROM task_queue
+                            WHERE status = 'PENDING' AND run_after <= %(now)s))
                           AND t.status = 'PENDING'
                           AND NOT EXISTS (SELECT 1 FROM task_dependencies d JOIN tasks p
                                           ON p.task_id = d.depends_on_id
                                           WHERE d.task_id = t.task_id
                                             AND p.status <> 'SUCCESS')
-                        LIMIT 5000 FOR UPDATE OF t SKIP LOCKED)
+                        LIMIT 5000 FOR UPDATE SKIP LOCKED)
                     RETURNING task_id, tenant_id, attempt
                 ), ev AS (
                     INSERT INTO task_events ({_EVENT_COLUMNS})
@@ -913,13 +920,14 @@ class PostgresStore(
             stuck = conn.execute(
                 """SELECT t.task_id, t.claim_token, t.attempt, t.max_attempts, t.deadline_at,
                     t.claim_expires_at, (t.constraints->>'timeout_grace_ms')::bigint
-                FROM task_queue q JOIN tasks t ON t.task_id = q.task_id
-                WHERE q.status = 'RUNNING' AND t.status = 'RUNNING'
+                FROM tasks t
+                WHERE t.task_id = ANY(ARRAY(SELECT task_id FROM task_queue WHERE status = 'RUNNING'))
+                  AND t.status = 'RUNNING'
                   AND (t.claim_expires_at < %(now)s OR (t.deadline_at < %(g)s
                     AND t.deadline_at < %(now)s - COALESCE(
                         (t.constraints->>'timeout_grace_ms')::bigint, 0)
                         * interval '1 millisecond'))
-                LIMIT 5000 FOR UPDATE OF t SKIP LOCKED""",
+                LIMIT 5000 FOR UPDATE SKIP LOCKED""",
                 {"now": now, "g": now - timedelta(seconds=timeout_grace)},
             ).fetchall()
             items = []

@@ -44,8 +44,11 @@ CREATE INDEX task_queue_runnable_plain ON task_queue (priority DESC, created_at)
 CREATE INDEX task_queue_runnable_hinted ON task_queue (priority DESC, created_at)
     WHERE status = 'QUEUED' AND has_hints = true;
 CREATE INDEX task_queue_pending ON task_queue (run_after) WHERE status = 'PENDING';
-CREATE INDEX task_queue_running ON task_queue (deadline_at) WHERE status = 'RUNNING';
-CREATE INDEX task_queue_tenant_active ON task_queue (tenant_id)
+-- One index for the RUNNING tasks (the rescuer reads them all: it tests claim_expires_at as
+-- well as the deadline) and for a tenant's QUEUED + RUNNING count (its quota): a claim's
+-- non-HOT update of task_queue then inserts into two indexes (this one and the primary key)
+-- instead of three (callgrind: 427k -> 415k instructions of backend per claimed+completed task).
+CREATE INDEX task_queue_active ON task_queue (status, tenant_id)
     WHERE status IN ('QUEUED', 'RUNNING');
 
 -- Statement-level triggers with transition tables: one pass per statement, not per row (a
