@@ -67,8 +67,39 @@ def pg_schemas() -> Iterator[Callable[[], str]]:
 
     yield make
     with psycopg.connect(PG_URL, autocommit=True) as conn:
-        for schema in made:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        try:
+            for schema in made:
+                assert_task_queue_in_step(conn, schema)
+        finally:
+            for schema in made:
+                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+_QUEUE_COLUMNS = (
+    "task_id, status, tenant_id, task_type, priority, created_at, run_after, has_hints, "
+    "deadline_at"
+)
+
+
+def assert_task_queue_in_step(conn: object, schema: str) -> None:
+    """PostgreSQL's task_queue (migration 0010) holds exactly the PENDING/QUEUED/RUNNING
+    tasks, column for column. One statement, one snapshot: it holds even while something is
+    still writing, since the triggers change both tables in the same transaction. Checked
+    after every PostgreSQL test, so every path the suite exercises is covered."""
+    import psycopg
+
+    assert isinstance(conn, psycopg.Connection)
+    if conn.execute("SELECT to_regclass(%s)", (f'"{schema}".task_queue',)).fetchone() == (None,):
+        return
+    active = (
+        f'SELECT {_QUEUE_COLUMNS} FROM "{schema}".tasks '
+        "WHERE status IN ('PENDING', 'QUEUED', 'RUNNING')"
+    )
+    queue = f'SELECT {_QUEUE_COLUMNS} FROM "{schema}".task_queue'
+    diff = conn.execute(
+        f"({active} EXCEPT ALL {queue}) UNION ALL ({queue} EXCEPT ALL {active}) LIMIT 5"
+    ).fetchall()
+    assert diff == [], f"task_queue out of step with tasks in {schema}: {diff}"
 
 
 @pytest.fixture

@@ -45,6 +45,11 @@ class SqliteDialect:
     name = "sqlite"
     lock = ""
     skip_locked = ""
+    #: Where QUEUED tasks are found in claim order: here tasks itself (alias t, and `qa` names
+    #: the alias holding status, priority, created_at, run_after, has_hints, task_type).
+    queue_from = "tasks t"
+    qa = "t"
+    skip_locked_t = ""
 
     def q(self, sql: str) -> str:
         return sql
@@ -218,6 +223,11 @@ class PostgresDialect:
     name = "postgres"
     lock = " FOR UPDATE"
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    #: task_queue (migration 0010) holds the status-driven indexes; the lock is taken on the
+    #: tasks row, as every writer of tasks takes it first.
+    queue_from = "task_queue q JOIN tasks t ON t.task_id = q.task_id"
+    qa = "q"
+    skip_locked_t = " FOR UPDATE OF t SKIP LOCKED"
 
     def __init__(self) -> None:
         self._type_cache: dict[str, dict[str, str]] = {}

@@ -89,6 +89,7 @@ class LeaseBrokerMixin(AssetStoreBase):
         now: datetime, claim_ttl: float, tenant_id: str | None,
     ) -> list[Sequence[Any]]:
         d = self._adialect
+        q = d.qa
         batch = _BATCHES.get(id(conn))
         # Nothing can be leased while no asset has spare concurrency (e.g. a worker whose
         # handlers finished before their completions freed the pool): then this (evaluated
@@ -113,12 +114,13 @@ class LeaseBrokerMixin(AssetStoreBase):
         for offset in range(0, HINTED_SCAN_MAX, page):
             rows = self._x(
                 conn,
-                "SELECT task_id, tenant_id, project_id, env, correlation_id, currency, "
-                "max_total_cost, resource_hints, constraints FROM tasks "
-                "WHERE status = 'QUEUED' AND has_hints = true AND run_after <= ? AND "
-                f"{d.in_texts('task_type')}{' AND tenant_id = ?' if tenant_id else ''} "
-                f"{spare}ORDER BY priority DESC, created_at "
-                f"LIMIT ? OFFSET ?{d.skip_locked}",
+                "SELECT t.task_id, t.tenant_id, t.project_id, t.env, t.correlation_id, "
+                "t.currency, t.max_total_cost, t.resource_hints, t.constraints "
+                f"FROM {d.queue_from} WHERE {q}.status = 'QUEUED' AND t.status = 'QUEUED' "
+                f"AND {q}.has_hints = true AND {q}.run_after <= ? AND "
+                f"{d.in_texts(q + '.task_type')}{f' AND {q}.tenant_id = ?' if tenant_id else ''} "
+                f"{spare}ORDER BY {q}.priority DESC, {q}.created_at "
+                f"LIMIT ? OFFSET ?{d.skip_locked_t}",
                 (d.ts(now), d.texts(task_types), *([tenant_id] if tenant_id else []), page,
                  offset),
             ).fetchall()
@@ -562,12 +564,19 @@ class LeaseBrokerMixin(AssetStoreBase):
                 self._flush(conn, pending, now)
                 self._capacity_freed(conn)
                 report.cooled = len(rows)
-            overdue = self._x(
-                conn,
-                "SELECT task_id FROM tasks WHERE status = 'QUEUED' AND has_hints = true AND "
-                f"{d.plus_ms('queued_at', 'timeout_ms')} <= ? LIMIT ?{d.skip_locked}",
-                (d.ts(now), limit),
-            ).fetchall()
+            # Driven by the queue's hinted index, never by a scan of every task (PostgreSQL's
+            # planner may otherwise start from tasks' side of the join).
+            saved = d.index_plans(conn)
+            try:
+                overdue = self._x(
+                    conn,
+                    f"SELECT t.task_id FROM {d.queue_from} WHERE {d.qa}.status = 'QUEUED' "
+                    f"AND t.status = 'QUEUED' AND {d.qa}.has_hints = true AND "
+                    f"{d.plus_ms('t.queued_at', 't.timeout_ms')} <= ? LIMIT ?{d.skip_locked_t}",
+                    (d.ts(now), limit),
+                ).fetchall()
+            finally:
+                d.restore_plans(conn, saved)
             if overdue:
                 report.no_resource = len(self._fail_queued(
                     conn, [r[0] for r in overdue], "NO_RESOURCE",

@@ -412,7 +412,8 @@ class PostgresApiMixin:
 
     def _api_active_tasks(self, conn: psycopg.Connection[Any], tenant_id: str) -> int:
         row = conn.execute(
-            "SELECT count(*) FROM tasks WHERE tenant_id = %s AND status IN ('QUEUED', 'RUNNING')",
+            "SELECT count(*) FROM task_queue WHERE tenant_id = %s "
+            "AND status IN ('QUEUED', 'RUNNING')",
             (tenant_id,),
         ).fetchone()
         return int(row[0]) if row else 0
@@ -459,8 +460,8 @@ class PostgresApiMixin:
     def queue_depth(self) -> list[tuple[str, int, int]]:
         with self._tx() as conn:
             rows = conn.execute(
-                "SELECT status, least(priority / 10, 9), count(*) FROM tasks "
-                "WHERE status IN ('PENDING', 'QUEUED', 'RUNNING') GROUP BY 1, 2"
+                "SELECT status, least(priority / 10, 9), count(*) FROM task_queue "
+                "GROUP BY 1, 2"
             ).fetchall()
         return [(r[0], int(r[1]), int(r[2])) for r in rows]
 

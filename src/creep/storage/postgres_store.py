@@ -511,15 +511,19 @@ class PostgresStore(
                 finish()
             return hinted, token
         # Inside task_claim's pipeline already (a nested pipeline would sync on entry).
+        # The order comes from task_queue (migration 0010); the lock is taken on the tasks row,
+        # as every other writer does first, and `t.status = 'QUEUED'` is re-checked on its
+        # latest version when a concurrent claim or cancel committed in between.
         with nullcontext() if conn.pgconn.pipeline_status else conn.pipeline():
             cur = conn.execute(
                 f"""WITH picked AS (
-                    SELECT task_id FROM tasks
-                    WHERE status = 'QUEUED' AND has_hints = false AND run_after <= %(now)s
-                      AND task_type = ANY(%(types)s::text[])
-                      AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s::text)
-                    ORDER BY priority DESC, created_at LIMIT %(n)s
-                    FOR UPDATE SKIP LOCKED
+                    SELECT t.task_id FROM task_queue q JOIN tasks t ON t.task_id = q.task_id
+                    WHERE q.status = 'QUEUED' AND q.has_hints = false AND q.run_after <= %(now)s
+                      AND q.task_type = ANY(%(types)s::text[])
+                      AND (%(tenant)s::text IS NULL OR q.tenant_id = %(tenant)s::text)
+                      AND t.status = 'QUEUED'
+                    ORDER BY q.priority DESC, q.created_at LIMIT %(n)s
+                    FOR UPDATE OF t SKIP LOCKED
                 ), claimed AS (
                     UPDATE tasks t SET status = 'RUNNING', attempt = t.attempt + 1,
                         started_at = %(now)s, updated_at = %(now)s, claimed_by = %(w)s,
@@ -882,16 +886,24 @@ class PostgresStore(
     ) -> MaintenanceReport:
         report = MaintenanceReport()
         with self._tx() as conn:
+            # The promotion and the rescuer take their candidates from task_queue (its PENDING
+            # and RUNNING rows) and probe tasks by key (`= ANY(ARRAY(...))`, as the claim does):
+            # joined instead, with statistics saying few tasks are RUNNING, the planner read all
+            # of tasks (every task ever stored) to find them.
+            conn.execute(_CLAIM_PLANNER)
             row = conn.execute(
                 f"""WITH q AS (
                     UPDATE tasks SET status = 'QUEUED', queued_at = %(now)s, updated_at = %(now)s,
                         task_version = task_version + 1
                     WHERE task_id IN (
-                        SELECT task_id FROM tasks WHERE status = 'PENDING'
-                          AND run_after <= %(now)s
+                        SELECT t.task_id FROM tasks t
+                        WHERE t.task_id = ANY(ARRAY(
+                            SELECT task_id FROM task_queue
+                            WHERE status = 'PENDING' AND run_after <= %(now)s))
+                          AND t.status = 'PENDING'
                           AND NOT EXISTS (SELECT 1 FROM task_dependencies d JOIN tasks p
                                           ON p.task_id = d.depends_on_id
-                                          WHERE d.task_id = tasks.task_id
+                                          WHERE d.task_id = t.task_id
                                             AND p.status <> 'SUCCESS')
                         LIMIT 5000 FOR UPDATE SKIP LOCKED)
                     RETURNING task_id, tenant_id, attempt
@@ -906,11 +918,15 @@ class PostgresStore(
             report.promoted = int(row[0]) if row else 0
             # A task's own constraints.timeout_grace_ms (schedules) extends the grace.
             stuck = conn.execute(
-                """SELECT task_id, claim_token, attempt, max_attempts, deadline_at,
-                    claim_expires_at, (constraints->>'timeout_grace_ms')::bigint FROM tasks
-                WHERE status = 'RUNNING' AND (claim_expires_at < %(now)s OR (deadline_at < %(g)s
-                    AND deadline_at < %(now)s - COALESCE((constraints->>'timeout_grace_ms')::bigint,
-                                                         0) * interval '1 millisecond'))
+                """SELECT t.task_id, t.claim_token, t.attempt, t.max_attempts, t.deadline_at,
+                    t.claim_expires_at, (t.constraints->>'timeout_grace_ms')::bigint
+                FROM tasks t
+                WHERE t.task_id = ANY(ARRAY(SELECT task_id FROM task_queue WHERE status = 'RUNNING'))
+                  AND t.status = 'RUNNING'
+                  AND (t.claim_expires_at < %(now)s OR (t.deadline_at < %(g)s
+                    AND t.deadline_at < %(now)s - COALESCE(
+                        (t.constraints->>'timeout_grace_ms')::bigint, 0)
+                        * interval '1 millisecond'))
                 LIMIT 5000 FOR UPDATE SKIP LOCKED""",
                 {"now": now, "g": now - timedelta(seconds=timeout_grace)},
             ).fetchall()
