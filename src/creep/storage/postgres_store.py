@@ -98,7 +98,9 @@ _CLAIM_PLANNER = _set_local(_CLAIM_SETTINGS)
 #: durable without it. Transaction-local (SET LOCAL): completions, retries, submits and
 #: claims that carry other writes (a completion, a queued audit row) stay synchronous, and
 #: nothing reaches the next user of the pooled connection. It takes one fsync (a few ms on
-#: a busy disk) off the pickup latency of every task.
+#: a busy disk) off the pickup latency of every task. The cost besides re-runs: a lost
+#: claim's started events may have been read, and its transaction id (task_events.txid, the
+#: stream cursor) can be handed out again after the restart (README, "Storage").
 _CLAIM_COMMIT = "SET LOCAL synchronous_commit = off"
 _PROBE_PLANNER = _set_local(_PROBE_SETTINGS)
 _IDX = {name: i for i, name in enumerate(TASK_COLUMNS)}
