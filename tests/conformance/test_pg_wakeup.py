@@ -1,7 +1,7 @@
 """PostgreSQL wake-ups: the worker's loop watches the LISTEN socket itself. A submit from
 another process (no in-process hint) wakes an idle worker long before its polling interval;
-so does one after the LISTEN connection was killed (it reconnects); the worker stops
-promptly."""
+so does one after the LISTEN connection was killed (it reconnects); a cancel reaches a
+running handler before its next heartbeat; the worker stops promptly."""
 
 from __future__ import annotations
 
@@ -43,8 +43,14 @@ def test_idle_worker_is_woken_through_the_loop_watched_listen(
     async def ping(ctx: TaskContext) -> None:
         started[ctx.task.input_payload["i"]] = time.monotonic()
 
-    # Polling every 60 s: only a NOTIFY can start these tasks within the test's time.
-    worker = worker_app.worker(poll_interval=60.0, maintenance=False)
+    @worker_app.handler("SLEEP")
+    async def sleep(ctx: TaskContext) -> None:
+        started[0] = time.monotonic()
+        await asyncio.sleep(30)
+
+    # Polling every 60 s, heartbeats every 24 s: only a NOTIFY can start these tasks, or
+    # stop a running one, within the test's time.
+    worker = worker_app.worker(poll_interval=60.0, claim_ttl=120.0, maintenance=False)
     runner = threading.Thread(target=lambda: asyncio.run(worker.run()), daemon=True)
     runner.start()
     try:
@@ -61,6 +67,12 @@ def test_idle_worker_is_woken_through_the_loop_watched_listen(
         time.sleep(0.2)
         submitter.submit(task_type="PING", input_payload={"i": 2})
         assert _wait(lambda: 2 in started, 5.0)
+
+        # A cancel from another process reaches the running handler the same way.
+        slow = submitter.submit(task_type="SLEEP", input_payload={})
+        assert _wait(lambda: 0 in started, 5.0)
+        submitter.cancel(slow.task_id)
+        assert _wait(lambda: submitter.get_task(slow.task_id).status.value == "CANCELLED", 5.0)
     finally:
         stopping = time.monotonic()
         worker.request_stop()

@@ -1116,6 +1116,9 @@ class _PgListener:
                 loop.add_reader(fd, readable)
 
         try:
+            # Notifications psycopg took in while LISTEN ran (a cancel, say) go out first.
+            for note in conn.notifies(timeout=0):
+                loop.call_soon_threadsafe(on_wake, note.channel, note.payload)
             loop.call_soon_threadsafe(watch)
         except RuntimeError:  # the loop is closed
             return
