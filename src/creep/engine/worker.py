@@ -173,7 +173,11 @@ class Worker:
             subscribe(self._on_notify_threadsafe)
         listener = self.store.listener()
         if listener is not None:
-            listener.start(self._on_notify_threadsafe)
+            on_loop = getattr(listener, "start_on_loop", None)
+            if on_loop is not None:  # wakes this loop without a thread hand-off
+                on_loop(self._loop, self._on_notify)
+            else:
+                listener.start(self._on_notify_threadsafe)
         background = [
             asyncio.create_task(self._completer(), name="creep-completer"),
             asyncio.create_task(self._lifeline(), name="creep-lifeline"),
@@ -277,8 +281,13 @@ class Worker:
                 if idle_rounds >= 2:
                     return
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_or_stop(), s.poll_interval)
+            # Idle: a NOTIFY (or a stop) sets _wake; the timer is the polling guarantee. Awaited
+            # directly, not through wait_for's extra task: fewer loop turns before the claim.
+            poll = asyncio.get_running_loop().call_later(s.poll_interval, self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                poll.cancel()
 
     async def _claim(self, types: list[str], want: int) -> list[ClaimedTask]:
         if tracing.tracer() is None:
@@ -335,9 +344,6 @@ class Worker:
             log.warning("claiming failed, trying again shortly: %s", exc)
             await asyncio.sleep(min(self.settings.poll_interval, 0.2))
             return []
-
-    async def _wake_or_stop(self) -> None:
-        await self._wake.wait()
 
     async def _wait_for_progress(self) -> None:
         self._slot_freed.clear()
