@@ -124,3 +124,39 @@ def test_plain_create_bodies_skip_the_model_only_when_it_would_agree() -> None:
         assert plain_order_fields(orjson.dumps(bad), Limits()) is None
     assert plain_order_fields(b"{not json", Limits()) is None
     assert plain_order_fields(b'{"task_type": "A", "input_payload": "\\ud800"}', Limits()) is None
+
+
+def test_plain_orders_are_checked_once_and_built_as_the_domain_would() -> None:
+    """The route builds a plain order's spec from plain_order's answer (fast_build), without
+    running the fast check a second time: the spec must equal validate_task_spec's."""
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from creep.api.routes.tasks import plain_order
+    from creep.domain import task_spec
+    from creep.domain.task_spec import Limits, fast_build, validate_task_spec
+
+    body = {"task_type": "BENCH", "priority": 60, "tags": ["bench"], "input_payload": {"n": 1},
+            "tenant_id": "t1", "idempotency_key": "k1", "correlation_id": "c1"}
+    plain = plain_order(orjson.dumps(body), Limits())
+    assert plain is not None
+    fields, payload_json = plain
+    calls = 0
+    real = task_spec.fast_check
+
+    def counting(*args: object) -> object:
+        nonlocal calls
+        calls += 1
+        return real(*args)  # type: ignore[arg-type]
+
+    task_spec.fast_check = counting  # type: ignore[assignment]
+    try:
+        built = fast_build(fields, payload_json, Limits(), False)
+    finally:
+        task_spec.fast_check = real
+    assert calls == 0
+    full = validate_task_spec(dict(body), now=datetime.now(UTC), limits=Limits(), traced=False)
+    for name in full.__dataclass_fields__:
+        if name != "task_id":
+            assert getattr(built, name) == getattr(full, name), name

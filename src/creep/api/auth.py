@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from creep.api.problems import Problem
-from creep.api.services import Services, get_services
+from creep.api.services import Services
 from creep.domain.tenancy import ApiKey, PrincipalType, Role, hash_key
 
 
@@ -97,25 +97,31 @@ async def authenticate(
 async def principal_of(request: Request, *, write: bool = False) -> Principal:
     """The caller's Principal (401 problem if none; 403 for a read-only key when `write`).
     Call it directly from a hot route that avoids dependency injection."""
-    svc = get_services(request)
-    header = request.headers.get("authorization", "")
+    principal = await principal_from_header(
+        request.app.state, request.headers.get("authorization", ""), write=write
+    )
+    request.state.principal = principal
+    return principal
+
+
+async def principal_from_header(state: Any, header: str, *, write: bool = False) -> Principal:
+    """principal_of for a route that read the Authorization header itself (`state`: the
+    app's state): the same checks, rate limit and answers."""
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise Problem(401, "Unauthorized", "send Authorization: Bearer <api key>",
                       type_="unauthorized", headers=_UNAUTHORIZED)
     key_hash = hash_key(secret.strip())
-    cache: KeyCache = request.app.state.key_cache
+    cache: KeyCache = state.key_cache
     hit, principal = cache.get(key_hash)
     if not hit:
-        principal = await run_in_threadpool(_lookup, svc, key_hash)
+        principal = await run_in_threadpool(_lookup, state.services, key_hash)
         cache.put(key_hash, principal)
     if principal is None:
         raise Problem(401, "Unauthorized", "unknown or revoked API key", type_="unauthorized",
                       headers=_UNAUTHORIZED)
-    request.state.principal = principal
-    limiter = request.app.state.rate_limiter
     if principal.tenant_id is not None:  # tenants may have a rate even if the default is off
-        await limiter.check(principal.tenant_id)
+        await state.rate_limiter.check(principal.tenant_id)
     if write and principal.read_only:
         raise Problem(403, "Forbidden", "this API key is read-only", type_="read-only-key")
     return principal

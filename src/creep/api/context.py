@@ -17,6 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from creep import tracing
 
 REQUEST_ID_HEADER = "x-request-id"
+#: Scope key: whether a tracer was set when the request came in (routes need not ask again).
+TRACED = "creep.traced"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _request_id: ContextVar[str | None] = ContextVar("creep_request_id", default=None)
 access_log = logging.getLogger("creep.api.access")
@@ -62,6 +64,7 @@ class RequestContextMiddleware:
             return
         token = _request_id.set(request_id)
         t = tracing.tracer()  # None unless OpenTelemetry is installed and set up
+        scope[TRACED] = t is not None
         traced = tracing.start_server_span(t, scope, request_id) if t is not None else None
         started = time.perf_counter()
         status = 500

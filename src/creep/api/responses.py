@@ -28,6 +28,24 @@ def json_response(
     )
 
 
+class RawJSONResponse(Response):
+    """A JSON body already serialised, with its headers already encoded: the hot routes skip
+    Response's header building (a Mapping walked, lower-cased and encoded per request)."""
+
+    media_type = "application/json"
+
+    def __init__(
+        self, body: bytes, status_code: int, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        self.status_code = status_code
+        self.background = None
+        self.body = body
+        self.raw_headers = [
+            *headers, (b"content-length", str(len(body)).encode()),
+            (b"content-type", b"application/json"),
+        ]
+
+
 def encode_cursor(raw: str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
