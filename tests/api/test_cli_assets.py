@@ -93,7 +93,9 @@ def test_assets_leases_and_ledger(server: Server, tmp_path: Path) -> None:
         kind = f"LEASED-{uuid.uuid4().hex[:8]}"
         task = c.create_task(task_type=kind, env="dev", constraints={"keep_leases": True},
                              resource_hints=[{"sku_category": "RAW_NET"}])
-        c.claim([kind])  # a real claim: the asset is leased and its cost charged
+        # A real claim: the asset is leased and its cost charged. The TTL outlasts the CLI
+        # calls below on a slow machine (the lease expires with the claim).
+        c.claim([kind], claim_ttl=600)
     aid, tid = asset.asset_id, task.task_id
 
     listed = ok_json(creep(server, "asset", "list", "--tenant", tenant_id, "--status", "IN_USE",
