@@ -114,6 +114,45 @@ def test_claimed_task_decodes_its_order_lazily_and_equally(db_url: str) -> None:
     app.close()
 
 
+def test_a_claimed_order_is_the_stored_row_for_every_field(db_url: str) -> None:
+    """Every field of a claimed task's order (SQLite hands it over as one JSON array of the
+    row) equals the stored task: text with quotes and non-ASCII, decimals, JSON columns,
+    timestamps; and each claim writes one 'started' event with the worker and attempt."""
+    import dataclasses
+    from decimal import Decimal
+
+    app = Creep(db_url)
+    fields: dict[str, Any] = {
+        "task_type": "X", "priority": 100, "tenant_id": "t\"1", "env": "prød",
+        "idempotency_key": "k\\1", "project_id": "p", "external_ref": "ext \u2603",
+        "task_category": "cat", "description": "line1\nline2 \"q\"", "timeout_ms": 1234,
+        "max_total_cost": Decimal("12.3400"), "business_value_hint": Decimal("0.5"),
+        "currency": "USDT", "constraints": {"max_retries": 5, "nested": {"a": [1, None]}},
+        "tags": ["a", "b"], "batch_id": "b1", "channel": "ch", "correlation_id": "corr",
+        "input_payload": {"big": 2**62, "s": "é\\x \u2028", "f": 1.5},
+    }
+    task = app.submit(**fields)
+    plain = app.submit(task_type="X", priority=0, input_payload=None)
+    claimed = app.store.task_claim("w\"1", ["X"], 10, app.clock.now(), 60)
+    assert [c.task_id for c in claimed] == [task.task_id, plain.task_id]
+    for c in claimed:
+        stored = app.get_task(c.task_id)
+        got = c.task
+        for f in dataclasses.fields(stored):
+            if f.name != "replayed":
+                assert getattr(got, f.name) == getattr(stored, f.name), f.name
+        assert c.deadline_at > app.clock.now()
+        started = [e for e in app.task_events(c.task_id) if e.event_type == "started"]
+        assert [(e.from_status, e.to_status, e.attempt, e.payload, e.tenant_id)
+                for e in started] == [("QUEUED", "RUNNING", 1, {"worker_id": "w\"1"},
+                                       stored.tenant_id)]
+    order = claimed[0].task
+    assert order.max_total_cost == Decimal("12.3400") and order.env == "prød"
+    assert order.input_payload == fields["input_payload"]
+    assert order.constraints["nested"] == {"a": [1, None]}
+    app.close()
+
+
 def test_events_of_a_task_survive_a_priority_change(db_url: str) -> None:
     """SQLite files a claim's and a completion's events under the task's priority (migration
     0009); reading one task's events finds them all, whatever its priority was."""
