@@ -132,3 +132,38 @@ def test_claim_carrying_other_writes_stays_synchronous(pg_app: Creep) -> None:
         claimed = store.task_claim("w1", ["A"], 10, pg_app.clock.now(), 60)
     assert [c.task_id for c in claimed] == [task.task_id]
     assert write.seen == ["on"]
+
+
+def test_claim_that_leases_or_refuses_a_budget_stays_synchronous(
+    pg_app: Creep, monkeypatch: Any
+) -> None:
+    """Leases, their ledger charges and BUDGET_EXCEEDED failures are written by the hinted
+    step of a claim: a transaction carrying them commits synchronously."""
+    store = _store(pg_app)
+    after: list[str] = []
+    original = store._claim_hinted_rows
+
+    def spy(conn: psycopg.Connection[Any], *args: Any) -> Any:
+        rows = original(conn, *args)
+        after.append(_setting(conn))
+        return rows
+
+    monkeypatch.setattr(store, "_claim_hinted_rows", spy)
+    pg_app.create_asset(sku_category="RAW_NET", sku_code="ip.uk.1", cost_per_lease="2.00",
+                        max_concurrency=5)
+    hints = [{"sku_category": "RAW_NET"}]
+    leased = pg_app.submit(task_type="L", resource_hints=hints)
+    claimed = store.task_claim("w1", ["L"], 1, pg_app.clock.now(), 60)
+    assert [c.task_id for c in claimed] == [leased.task_id] and after == ["on"]
+
+    refused = pg_app.submit(task_type="B", resource_hints=hints, max_total_cost="1.00")
+    after.clear()
+    assert store.task_claim("w1", ["B"], 1, pg_app.clock.now(), 60) == []
+    assert after == ["on"]
+    assert pg_app.get_task(refused.task_id).result_code == "BUDGET_EXCEEDED"
+
+    plain = pg_app.submit(task_type="P", input_payload={})
+    after.clear()
+    assert [c.task_id for c in store.task_claim("w1", ["P"], 1, pg_app.clock.now(), 60)] == [
+        plain.task_id]
+    assert after == ["off"]  # nothing hinted was written: the plain claim stays async

@@ -167,6 +167,9 @@ class SqliteDialect:
     def restore_plans(self, conn: Any, saved: Any) -> None:
         pass
 
+    def durable_commit(self, conn: Any) -> None:
+        """Every SQLite commit is as durable as the URL says."""
+
     # Bulk writes are one multi-row statement per chunk, not executemany(): that steps once
     # per row and gives up the GIL around each step, and a worker's busy event loop then holds
     # it for a whole switch interval each time (see storage/sqlite_bulk.py).
@@ -336,6 +339,12 @@ class PostgresDialect:
         after its fifth run): planned for these parameters each time. The settle join's
         generic plan cost ~14 ms of server CPU per 250 tasks instead of ~1.5."""
         return conn.execute(self.q(sql), params, prepare=False)
+
+    def durable_commit(self, conn: Any) -> None:
+        """This transaction's COMMIT waits for its WAL flush even when a plain claim set
+        synchronous_commit off for it (postgres_store._CLAIM_COMMIT): leases, ledger charges
+        and failed tasks are never lost once seen."""
+        conn.execute("SET LOCAL synchronous_commit = on")
 
     def index_plans(self, conn: Any) -> Any:
         """Rule out sequential and bitmap scans for this transaction; returns what

@@ -109,6 +109,8 @@ class LeaseBrokerMixin(AssetStoreBase):
         # Tasks of one kind carry the same hints and constraints text: decoded once each
         # (matching only reads them).
         decoded: dict[str, Any] = {}
+        # On PostgreSQL, t's status and run_after are re-checked on the row version the lock
+        # reads: task_queue (q) is not re-read, and a retry may have committed a backoff.
         # Page through hinted tasks in claim order until `limit` are matched: tasks whose
         # resources are busy are passed over (no head-of-line blocking), up to a bound.
         for offset in range(0, HINTED_SCAN_MAX, page):
@@ -117,11 +119,12 @@ class LeaseBrokerMixin(AssetStoreBase):
                 "SELECT t.task_id, t.tenant_id, t.project_id, t.env, t.correlation_id, "
                 "t.currency, t.max_total_cost, t.resource_hints, t.constraints "
                 f"FROM {d.queue_from} WHERE {q}.status = 'QUEUED' AND t.status = 'QUEUED' "
-                f"AND {q}.has_hints = true AND {q}.run_after <= ? AND "
+                f"AND {q}.has_hints = true AND {q}.run_after <= ? AND t.run_after <= ? AND "
                 f"{d.in_texts(q + '.task_type')}{f' AND {q}.tenant_id = ?' if tenant_id else ''} "
                 f"{spare}ORDER BY {q}.priority DESC, {q}.created_at "
                 f"LIMIT ? OFFSET ?{d.skip_locked_t}",
-                (d.ts(now), d.texts(task_types), *([tenant_id] if tenant_id else []), page,
+                (d.ts(now), d.ts(now), d.texts(task_types),
+                 *([tenant_id] if tenant_id else []), page,
                  offset),
             ).fetchall()
             demands: list[Demand] = []
@@ -149,6 +152,8 @@ class LeaseBrokerMixin(AssetStoreBase):
             if not any(c.spare > 0 for c in pool.values()) and len(kinds) == kinds_before:
                 break  # the pool is used up: looking further cannot match anything
 
+        if over_budget or claimed:
+            d.durable_commit(conn)  # what follows writes leases, charges or failures
         if over_budget:
             self._fail_queued(
                 conn, over_budget, "BUDGET_EXCEEDED",

@@ -98,7 +98,8 @@ _CLAIM_PLANNER = _set_local(_CLAIM_SETTINGS)
 #: handler's completion is refused by the claim-token fence. Any later synchronous commit
 #: (a completion, a submit) flushes the claim with it, so nothing that follows a claim is
 #: durable without it. Transaction-local (SET LOCAL): completions, retries, submits and
-#: claims that carry other writes (a completion, a queued audit row) stay synchronous, and
+#: claims that carry other writes (a completion, a queued audit row, leases and their
+#: charges or a budget failure: asset_dialect.durable_commit) stay synchronous, and
 #: nothing reaches the next user of the pooled connection. It takes one fsync (a few ms on
 #: a busy disk) off the pickup latency of every task. The cost besides re-runs: a lost
 #: claim's started events may have been read, and its transaction id (task_events.txid, the
@@ -530,7 +531,8 @@ class PostgresStore(
         # Inside task_claim's pipeline already (a nested pipeline would sync on entry).
         # The order comes from task_queue (migration 0010); the lock is taken on the tasks row,
         # as every other writer does first, and `t.status = 'QUEUED'` is re-checked on its
-        # latest version when a concurrent claim or cancel committed in between.
+        # latest version when a concurrent claim or cancel committed in between, as is
+        # `t.run_after` (a retry that committed meanwhile has a backoff to wait out).
         with nullcontext() if conn.pgconn.pipeline_status else conn.pipeline():
             cur = conn.execute(
                 f"""WITH picked AS (
@@ -538,7 +540,7 @@ class PostgresStore(
                     WHERE q.status = 'QUEUED' AND q.has_hints = false AND q.run_after <= %(now)s
                       AND q.task_type = ANY(%(types)s::text[])
                       AND (%(tenant)s::text IS NULL OR q.tenant_id = %(tenant)s::text)
-                      AND t.status = 'QUEUED'
+                      AND t.status = 'QUEUED' AND t.run_after <= %(now)s
                     ORDER BY q.priority DESC, q.created_at LIMIT %(n)s
                     FOR UPDATE OF t SKIP LOCKED
                 ), claimed AS (

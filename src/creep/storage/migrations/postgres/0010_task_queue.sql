@@ -11,6 +11,11 @@
 -- rows the statement itself holds locked, so task_queue rows are never contended: the claim
 -- reads task_queue and locks the tasks rows (FOR UPDATE OF t SKIP LOCKED), the same lock
 -- order as every other writer.
+-- No write to tasks may land between the copy below and the triggers that follow it (a
+-- rolling deploy migrates while workers and servers keep writing): hold tasks exclusively
+-- from the start, as the DROP INDEXes below would anyway.
+LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE;
+
 CREATE TABLE task_queue (
     task_id     uuid PRIMARY KEY,
     status      text NOT NULL,
