@@ -582,3 +582,25 @@ def test_event_cursor_streams_every_event_once(app: Creep) -> None:
     assert app.events_after(cursor) == []
     one = app.events_after(None, task_id=tasks[3].task_id)
     assert [e.task_id for e in one] == [tasks[3].task_id] * 4
+
+
+def test_list_by_status_finds_each_status_exactly(app: Creep, clock: FrozenClock) -> None:
+    """Listing by an active status goes through task_queue on PostgreSQL: it must still list
+    exactly the tasks in that status, whatever else is stored."""
+    running = app.submit(task_type="L", input_payload={}, priority=90)
+    queued = app.submit(task_type="L", input_payload={})
+    pending = app.submit(task_type="L", input_payload={},
+                         run_after=(clock.now() + timedelta(hours=1)).isoformat())
+    cancelled = app.submit(task_type="L", input_payload={}, priority=10)
+    app.cancel(cancelled.task_id)  # QUEUED -> CANCELLED at once
+    [claimed] = app.store.task_claim("w", ["L"], 1, clock.now(), 60)
+    assert claimed.task_id == running.task_id
+
+    def ids(status: str) -> list[str]:
+        return [t.task_id for t in app.list_tasks(status=status, task_type="L")]
+
+    assert ids("RUNNING") == [running.task_id]
+    assert ids("QUEUED") == [queued.task_id]
+    assert ids("PENDING") == [pending.task_id]
+    assert ids("CANCELLED") == [cancelled.task_id]
+    assert ids("SUCCESS") == []

@@ -107,6 +107,7 @@ _CLAIM_PLANNER = _set_local(_CLAIM_SETTINGS)
 _CLAIM_COMMIT = "SET LOCAL synchronous_commit = off"
 _PROBE_PLANNER = _set_local(_PROBE_SETTINGS)
 _IDX = {name: i for i, name in enumerate(TASK_COLUMNS)}
+_ACTIVE_STATUSES = frozenset({"PENDING", "QUEUED", "RUNNING"})  # what task_queue holds
 _EVENT_COLUMNS = "task_id, tenant_id, event_type, from_status, to_status, attempt, payload, created_at"
 
 
@@ -447,6 +448,11 @@ class PostgresStore(
             if value is not None:
                 where.append(f"{column} = %s")
                 params.append(value)
+        if flt.status in _ACTIVE_STATUSES:
+            # tasks has no status index (its updates stay HOT, migration 0010): an active
+            # status is found through task_queue instead of walking the tenant's history.
+            where.append("task_id IN (SELECT task_id FROM task_queue WHERE status = %s)")
+            params.append(flt.status)
         if flt.tag is not None:
             where.append("tags ? %s")
             params.append(flt.tag)
