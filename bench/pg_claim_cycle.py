@@ -11,16 +11,13 @@ import argparse
 import json
 import statistics
 import sys
-import uuid
 from pathlib import Path
-
-import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_queue import make_app, orders
 from creep.domain.outcomes import Outcome, OutcomeKind, resolve
 from creep.ports import Completion
-from pg_drain_stats import _cpu
+from pg_drain_stats import _cpu, scratch_schema
 
 
 def main() -> None:
@@ -32,11 +29,7 @@ def main() -> None:
     p.add_argument("--priorities", type=int, default=100)
     args = p.parse_args()
     base = args.database_url
-    schema = f"creep_pghot_{uuid.uuid4().hex[:8]}"
-    admin = psycopg.connect(base, autocommit=True)
-    admin.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in base else "?"
-    url = f"{base}{sep}options=-csearch_path%3D{schema}&application_name={schema}"
+    schema, url, admin = scratch_schema(base)
     per_task: list[float] = []
     try:
         app = make_app(url)

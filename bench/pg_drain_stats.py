@@ -40,6 +40,16 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def scratch_schema(base: str) -> tuple[str, str, psycopg.Connection[Any]]:
+    """A new schema for one run: its name, a URL into it whose connections carry the name as
+    application_name (to find their backends), and an autocommit admin connection."""
+    schema = f"creep_pghot_{uuid.uuid4().hex[:8]}"
+    admin = psycopg.connect(base, autocommit=True)
+    admin.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in base else "?"
+    return schema, f"{base}{sep}options=-csearch_path%3D{schema}&application_name={schema}", admin
+
+
 class BackendCpu:
     """Polls the CPU time of this run's backends (found by application_name)."""
 
@@ -90,11 +100,7 @@ def main() -> None:
     p.add_argument("--waldump", default="/usr/lib/postgresql/15/bin/pg_waldump")
     args = p.parse_args()
     base = args.database_url
-    schema = f"creep_pghot_{uuid.uuid4().hex[:8]}"
-    admin = psycopg.connect(base, autocommit=True)
-    admin.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in base else "?"
-    url = f"{base}{sep}options=-csearch_path%3D{schema}&application_name={schema}"
+    schema, url, admin = scratch_schema(base)
     out: dict[str, Any] = {"n": args.n, "preload": args.preload,
                            "priorities": args.priorities, "fillfactor": args.fillfactor}
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from fastapi import Request
@@ -75,27 +76,40 @@ def audit_write(
     only_if: Callable[[dict[str, Any]], bool] | None = None,
 ) -> AuditWrite:
     """Build the audit row of this request (not yet written)."""
-    svc = get_services(request)
-    now = svc.clock.now()
-    action_value = AuditAction(action).value
-    type_value = ResourceType(resource_type).value
-    row = AuditRow(
+    row = audit_row(
+        principal, AuditAction(action).value, ResourceType(resource_type).value, resource_id,
+        now=get_services(request).clock.now(),
+        client_ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"), method=request.method,
+        tenant_id=tenant_id, data=data, resource_data=resource_data,
+    )
+    return AuditWrite(row, resource_id, old, new, skip_if_missing, only_if)
+
+
+def audit_row(
+    principal: Principal, action: str, resource_type: str, resource_id: str, *,
+    now: datetime, client_ip: str | None, user_agent: str | None, method: str,
+    tenant_id: str | None = None, data: dict[str, str] | None = None,
+    resource_data: dict[str, str] | None = None,
+) -> AuditRow:
+    """One request's audit row from what the request carries (the hot create route reads
+    those straight from the ASGI scope)."""
+    return AuditRow(
         id=uuid7(),  # time-ordered: appends to the unique index instead of random page writes
         timestamp_ms=int(now.timestamp() * 1000),
-        action=action_value,
-        resource_type=type_value,
-        resource={"type": type_value, "identifier": resource_id, "data": resource_data or {}},
+        action=action,
+        resource_type=resource_type,
+        resource={"type": resource_type, "identifier": resource_id, "data": resource_data or {}},
         user=principal.audit_user(),
         tenant_id=tenant_id if tenant_id is not None else principal.tenant_id,
         diff_object={},
-        client_ip=request.client.host if request.client else None,
-        user_agent=request.headers.get("user-agent"),
-        request_method=request.method,
+        client_ip=client_ip,
+        user_agent=user_agent,
+        request_method=method,
         request_id=current_request_id(),
         data=data or {},
         created_at=now,
     )
-    return AuditWrite(row, resource_id, old, new, skip_if_missing, only_if)
 
 
 @contextmanager

@@ -13,9 +13,9 @@ from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
-from creep.api.audit import AUTO, AuditWrite, audited, riding
+from creep.api.audit import AUTO, AuditWrite, audit_row, audited, riding
 from creep.api.auth import Authenticated, Writer, principal_from_header
-from creep.api.context import TRACED, current_request_id
+from creep.api.context import TRACED
 from creep.api.create_batcher import CreateBatcher
 from creep.api.limits import QuotaCheck, TenantLimitsCache
 from creep.api.problems import Problem, parse_body
@@ -42,11 +42,10 @@ from creep.api.services import Services, services
 from creep.api.tenancy import foreign_tenant_filter, list_scope, owning_tenant, read_scope
 from creep.domain.audit import AuditAction, ResourceType
 from creep.domain.errors import ValidationError, VersionConflict
-from creep.domain.ids import uuid7
 from creep.domain.task import TaskOrder
 from creep.domain.task_spec import Limits, fast_build, fast_check, validate_task_spec
 from creep.ports import TaskFilter
-from creep.ports_api import AuditRow, task_snapshot
+from creep.ports_api import task_snapshot
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 Svc = Annotated[Services, Depends(services)]
@@ -123,12 +122,9 @@ async def create_task(request: Request) -> Any:
         spec = validate_task_spec(fields, now=now, limits=svc.limits, traced=traced)
     client = scope.get("client")
     audit = AuditWrite(
-        AuditRow(
-            uuid7(), int(now.timestamp() * 1000), _CREATED, _TASK,
-            {"type": _TASK, "identifier": spec.task_id, "data": {}}, principal.audit_user(),
-            spec.tenant_id, {}, client[0] if client else None, user_agent, "POST",
-            current_request_id(), {}, now,
-        ),
+        audit_row(principal, _CREATED, _TASK, spec.task_id, now=now,
+                  client_ip=client[0] if client else None, user_agent=user_agent,
+                  method="POST", tenant_id=spec.tenant_id),
         spec.task_id, None, AUTO, skip_if_missing=True,
     )
     tenant_limits: TenantLimitsCache = state.tenant_limits
