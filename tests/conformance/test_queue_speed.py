@@ -200,6 +200,47 @@ def test_handlers_read_the_claimed_order(db_url: str) -> None:
     app.close()
 
 
+def test_results_ride_with_the_next_claim_while_the_claimed_batch_runs(db_url: str) -> None:
+    """A busy worker claims its next batch while the current one runs, and the finished
+    batch's results are committed in that claim's transaction: no separate completion
+    commits but at the very end."""
+    app = Creep(db_url)
+    ran: list[str] = []
+
+    @app.handler("NOOP")
+    async def noop(ctx: TaskContext) -> object:
+        ran.append(ctx.task_id)
+        return None
+
+    tasks = app.submit_many([{"task_type": "NOOP", "input_payload": {"i": i}}
+                             for i in range(600)])
+    store: Any = app.store
+    rode: list[int] = []
+    alone: list[int] = []
+    limits: list[int] = []
+    combined, complete_many = store.task_complete_and_claim, store.task_complete_many
+
+    def spy_combined(completions: Any, *args: Any) -> Any:
+        rode.append(len(completions))
+        limits.append(args[2])
+        return combined(completions, *args)
+
+    def spy_alone(completions: Any, *args: Any) -> Any:
+        alone.append(len(completions))
+        return complete_many(completions, *args)
+
+    store.task_complete_and_claim, store.task_complete_many = spy_combined, spy_alone
+    # Concurrency 100 claims batches of 50 (half, by default): one runs while the next is
+    # claimed.
+    stats = app.run_worker(burst=True, concurrency=100, install_signals=False)
+    assert stats["completed"] == 600 and sorted(ran) == sorted(t.task_id for t in tasks)
+    assert max(limits) == 50
+    assert sum(rode) >= 600 - 100, (rode, alone)  # only the last batches have no claim to join
+    assert len(alone) <= 2, (rode, alone)
+    assert all(app.get_task(t.task_id).status is TaskStatus.SUCCESS for t in tasks)
+    app.close()
+
+
 @pytest.mark.timeout(60)
 def test_a_row_that_does_not_decode_fails_its_run_and_frees_the_slot(tmp_path: Path) -> None:
     """The worker reads the decoded order itself only where it must (tracing, lease

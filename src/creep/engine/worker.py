@@ -49,12 +49,15 @@ Handler = Callable[[Any], Any]
 T = TypeVar("T")
 
 MAINTENANCE_LOCK = "creep.maintenance"
+#: Longest a completion waits for an in-flight claim to ride along with (seconds).
+_RIDE_ALONG_WAIT = 0.5
 
 
 @dataclass(slots=True)
 class WorkerSettings:
     concurrency: int = 10
-    #: Most tasks claimed by one statement; defaults to the concurrency.
+    #: Most tasks claimed by one statement; defaults to half the concurrency, so the next
+    #: batch is claimed (with the last one's results) while the current one runs.
     batch_size: int | None = None
     claim_ttl: float = 30.0
     #: How often held claims are renewed; defaults to a fifth of the claim TTL.
@@ -113,6 +116,7 @@ class Worker:
         self.handlers = dict(handlers)
         self.settings = settings or WorkerSettings()
         self.settings.validate()
+        self._batch = self.settings.batch_size or max(1, self.settings.concurrency // 2)
         self.clock = clock or SystemClock()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stats: dict[str, int] = {"claimed": 0, "completed": 0, "lost": 0}
@@ -136,6 +140,8 @@ class Worker:
         self._deadline_at = float("inf")
         self._is_async: dict[str, bool] = {}
         self._flushing: asyncio.Task[None] | None = None
+        # A claim round under way: completions wait for it and ride with the next one.
+        self._claiming = False
 
     # -- public --------------------------------------------------------------------------------
 
@@ -161,6 +167,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._flush_now = asyncio.Event()
+        self._claimed_event = asyncio.Event()
         self._lifeline_now = asyncio.Event()
         self._stopped = asyncio.Event()
         if self._stopping:
@@ -251,7 +258,7 @@ class Worker:
 
     async def _fetcher(self, burst: bool) -> None:
         s = self.settings
-        batch = s.batch_size or s.concurrency
+        batch = self._batch
         types = sorted(self.handlers)
         idle_rounds = 0
         while not self._stopping:
@@ -290,6 +297,15 @@ class Worker:
                 poll.cancel()
 
     async def _claim(self, types: list[str], want: int) -> list[ClaimedTask]:
+        self._claiming = True
+        self._claimed_event.clear()
+        try:
+            return await self._claim_traced(types, want)
+        finally:
+            self._claiming = False
+            self._claimed_event.set()
+
+    async def _claim_traced(self, types: list[str], want: int) -> list[ClaimedTask]:
         if tracing.tracer() is None:
             return await self._claim_round(types, want)
         with tracing.span("creep.claim", {"creep.worker_id": self.worker_id,
@@ -478,7 +494,7 @@ class Worker:
             now=self.clock.now(), backoff=self.settings.backoff,
         )
         self._buffer.append(Completion(outcome, resolution))
-        batch = self.settings.batch_size or self.settings.concurrency
+        batch = self._batch
         if len(self._buffer) >= batch or len(self._buffer) >= 1000 or len(self._buffer) == 1:
             self._flush_now.set()
         return outcome
@@ -513,11 +529,27 @@ class Worker:
             self._flush_now.clear()
             # Let completions that land in the same few milliseconds share one transaction.
             await asyncio.sleep(self.settings.flush_interval)
+            await self._await_claim_round()
+            if not self._buffer:
+                continue
             # Shielded: cancelling the completer at shutdown must not abandon a batch whose
             # write is under way; run() awaits it.
             self._flushing = asyncio.ensure_future(self._flush())
             await asyncio.shield(self._flushing)
             self._flushing = None
+
+    async def _await_claim_round(self) -> None:
+        """While the fetcher's claim is in flight, completions wait for it: when it returns,
+        the fetcher takes them along with its next claim, one transaction for both, while
+        the tasks it just claimed run (claims pipelined with handler execution). Bounded, so
+        a slow claim or a full worker never holds results back for long."""
+        cap = 2 * self._batch
+        while self._claiming and len(self._buffer) < cap:
+            try:
+                await asyncio.wait_for(self._claimed_event.wait(), _RIDE_ALONG_WAIT)
+            except TimeoutError:
+                return
+            await asyncio.sleep(0)  # the fetcher resumes first and may take the buffer
 
     async def _flush(self) -> None:
         while self._buffer:
