@@ -240,3 +240,30 @@ def test_concurrent_claims_and_cancels_never_double_claim_or_deadlock(
     assert len(every) + len(cancelled) == len(ids)
     _in_step(pg_schema_url)
     assert set(_queue(pg_schema_url).values()) == {"RUNNING"}
+
+
+def test_task_queue_triggers_ignore_the_sessions_search_path(
+    pg_schemas: Any, clock: FrozenClock
+) -> None:
+    """Two creep schemas on one database; a session whose search_path is the second one
+    changes tasks of the first by qualified name (as an operator would): the first schema's
+    task_queue follows, the second's is untouched (migration 0011 pins the functions)."""
+    first_url, second_url = pg_schemas(), pg_schemas()
+    first, second = Creep(first_url, clock=clock), Creep(second_url, clock=clock)
+    try:
+        mine = first.submit(task_type="A")
+        theirs = second.submit(task_type="A")
+        with psycopg.connect(second_url, autocommit=True) as conn:
+            schema = _schema(first_url)
+            conn.execute(
+                f"UPDATE \"{schema}\".tasks SET status = 'CANCELLED', "
+                "result_code = 'CANCELLED', finished_at = now() WHERE task_id = %s",
+                (mine.task_id,))
+            conn.execute(f"UPDATE \"{schema}\".tasks SET priority = 7 WHERE false")
+        assert _queue(first_url) == {}
+        assert _queue(second_url) == {theirs.task_id: "QUEUED"}
+        _in_step(first_url)
+        _in_step(second_url)
+    finally:
+        first.close()
+        second.close()
