@@ -1,0 +1,2 @@
+-- placeholder for the migration number reserved elsewhere (local testing only)
+SELECT 1;
