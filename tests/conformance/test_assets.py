@@ -630,3 +630,41 @@ def test_completing_and_claiming_together_writes_each_asset_once_and_right(app: 
         assert held == 0
     leases = app.list_leases(limit=100)
     assert len(leases) == 14 and {x.status for x in leases} == {LeaseStatus.RELEASED}
+
+
+def test_timelines_span_priorities_and_claimed_tasks_decode_whole(app: Creep) -> None:
+    """A correlation_id's events are found whatever the priorities of the tasks behind them
+    (also after a priority changed), and a leased task's ctx.task is the whole stored row."""
+    app.import_assets([ip(1), ip(2), ip(3)])
+    seen: dict[str, Any] = {}
+
+    @app.handler("E2E")
+    def run(ctx: TaskContext) -> None:
+        seen[ctx.task.task_id] = (ctx.task.priority, ctx.task.lease_ids, ctx.task.tags,
+                                  ctx.task.correlation_id, ctx.lease_ids)
+
+    high = app.submit(task_type="E2E", priority=90, tags=["hi"],
+                      correlation_id="corr-span", resource_hints=[NET])
+    low = app.submit(task_type="E2E", priority=3,
+                     correlation_id="corr-span", resource_hints=[NET])
+    own = app.submit(task_type="E2E", priority=55, resource_hints=[NET])
+    drain(app)
+    for t in (high, low, own):
+        assert app.get_task(t.task_id).status is TaskStatus.SUCCESS
+    leases = {t.task_id: [x.lease_id for x in app.list_leases(task_id=t.task_id)]
+              for t in (high, low, own)}
+    assert seen[high.task_id] == (90, leases[high.task_id], ["hi"], "corr-span",
+                                  leases[high.task_id])
+    assert seen[own.task_id][3] == own.task_id and len(leases[own.task_id]) == 1
+    app.update_task(low.task_id, app.get_task(low.task_id).task_version, priority=77)
+
+    kinds = ["ALLOCATED", "TASK_SUCCESS", "RELEASED"]
+    timeline = app.asset_timeline("corr-span")
+    assert sorted((e.task_id, e.event_type) for e in timeline) == sorted(
+        (t.task_id, k) for t in (high, low) for k in kinds)
+    assert [e.occurred_at for e in timeline] == sorted(e.occurred_at for e in timeline)
+    for t in (low, own):
+        mine = app.asset_events(task_id=t.task_id)
+        assert sorted(e.event_type for e in mine) == sorted(kinds)
+        assert {e.lease_id for e in mine} == set(leases[t.task_id])
+    assert [e.task_id for e in app.asset_timeline(own.task_id)] == [own.task_id] * 3
