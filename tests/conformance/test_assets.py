@@ -668,3 +668,39 @@ def test_timelines_span_priorities_and_claimed_tasks_decode_whole(app: Creep) ->
         assert sorted(e.event_type for e in mine) == sorted(kinds)
         assert {e.lease_id for e in mine} == set(leases[t.task_id])
     assert [e.task_id for e in app.asset_timeline(own.task_id)] == [own.task_id] * 3
+
+
+def test_one_claims_tasks_settle_each_by_its_own_outcome(app: Creep, clock: FrozenClock) -> None:
+    """Tasks handed out by one claim (one claim token) and completed in one batch: each
+    lease gets its own task's health effect and events."""
+    from creep.domain.outcomes import Outcome, OutcomeKind, resolve
+    from creep.ports import Completion
+
+    a, b = app.import_assets([ip(1, health_score=80), ip(2, health_score=80)])
+    good = app.submit(task_type="USE", priority=9, resource_hints=[NET])
+    bad = app.submit(task_type="USE", priority=1, resource_hints=[NET])
+    claimed = app.store.task_claim("w1", ["USE"], 10, clock.now(), 60.0)
+    assert [c.task_id for c in claimed] == [good.task_id, bad.task_id]
+    assert len({c.claim_token for c in claimed}) == 1
+    outcomes = [
+        Outcome(good.task_id, claimed[0].claim_token, OutcomeKind.SUCCEEDED, result=None),
+        Outcome(bad.task_id, claimed[1].claim_token, OutcomeKind.FAILED, code="HARD",
+                message="nope"),
+    ]
+    app.store.task_complete_many(
+        [Completion(o, resolve(o, attempt=1, max_attempts=1, now=clock.now(),
+                               backoff=app.backoff)) for o in outcomes],
+        clock.now(),
+    )
+    assert app.get_task(good.task_id).status is TaskStatus.SUCCESS
+    assert app.get_task(bad.task_id).status is TaskStatus.FAILED
+    for task, effect, health in ((good, "TASK_SUCCESS", 81), (bad, "TASK_FAIL", 75)):
+        lease = app.list_leases(task_id=task.task_id)[0]
+        assert lease.status is LeaseStatus.RELEASED
+        assert app.get_asset(lease.asset_id).health_score == health
+        mine = app.asset_events(task_id=task.task_id)
+        assert sorted(e.event_type for e in mine) == sorted(["ALLOCATED", effect, "RELEASED"])
+        assert {(e.task_id, e.lease_id, e.asset_id) for e in mine} == {
+            (task.task_id, lease.lease_id, lease.asset_id)}
+    assert {a.asset_id, b.asset_id} == {
+        x.asset_id for t in (good, bad) for x in app.list_leases(task_id=t.task_id)}
