@@ -630,3 +630,77 @@ def test_completing_and_claiming_together_writes_each_asset_once_and_right(app: 
         assert held == 0
     leases = app.list_leases(limit=100)
     assert len(leases) == 14 and {x.status for x in leases} == {LeaseStatus.RELEASED}
+
+
+def test_timelines_span_priorities_and_claimed_tasks_decode_whole(app: Creep) -> None:
+    """A correlation_id's events are found whatever the priorities of the tasks behind them
+    (also after a priority changed), and a leased task's ctx.task is the whole stored row."""
+    app.import_assets([ip(1), ip(2), ip(3)])
+    seen: dict[str, Any] = {}
+
+    @app.handler("E2E")
+    def run(ctx: TaskContext) -> None:
+        seen[ctx.task.task_id] = (ctx.task.priority, ctx.task.lease_ids, ctx.task.tags,
+                                  ctx.task.correlation_id, ctx.lease_ids)
+
+    high = app.submit(task_type="E2E", priority=90, tags=["hi"],
+                      correlation_id="corr-span", resource_hints=[NET])
+    low = app.submit(task_type="E2E", priority=3,
+                     correlation_id="corr-span", resource_hints=[NET])
+    own = app.submit(task_type="E2E", priority=55, resource_hints=[NET])
+    drain(app)
+    for t in (high, low, own):
+        assert app.get_task(t.task_id).status is TaskStatus.SUCCESS
+    leases = {t.task_id: [x.lease_id for x in app.list_leases(task_id=t.task_id)]
+              for t in (high, low, own)}
+    assert seen[high.task_id] == (90, leases[high.task_id], ["hi"], "corr-span",
+                                  leases[high.task_id])
+    assert seen[own.task_id][3] == own.task_id and len(leases[own.task_id]) == 1
+    app.update_task(low.task_id, app.get_task(low.task_id).task_version, priority=77)
+
+    kinds = ["ALLOCATED", "TASK_SUCCESS", "RELEASED"]
+    timeline = app.asset_timeline("corr-span")
+    assert sorted((e.task_id, e.event_type) for e in timeline) == sorted(
+        (t.task_id, k) for t in (high, low) for k in kinds)
+    assert [e.occurred_at for e in timeline] == sorted(e.occurred_at for e in timeline)
+    for t in (low, own):
+        mine = app.asset_events(task_id=t.task_id)
+        assert sorted(e.event_type for e in mine) == sorted(kinds)
+        assert {e.lease_id for e in mine} == set(leases[t.task_id])
+    assert [e.task_id for e in app.asset_timeline(own.task_id)] == [own.task_id] * 3
+
+
+def test_one_claims_tasks_settle_each_by_its_own_outcome(app: Creep, clock: FrozenClock) -> None:
+    """Tasks handed out by one claim (one claim token) and completed in one batch: each
+    lease gets its own task's health effect and events."""
+    from creep.domain.outcomes import Outcome, OutcomeKind, resolve
+    from creep.ports import Completion
+
+    a, b = app.import_assets([ip(1, health_score=80), ip(2, health_score=80)])
+    good = app.submit(task_type="USE", priority=9, resource_hints=[NET])
+    bad = app.submit(task_type="USE", priority=1, resource_hints=[NET])
+    claimed = app.store.task_claim("w1", ["USE"], 10, clock.now(), 60.0)
+    assert [c.task_id for c in claimed] == [good.task_id, bad.task_id]
+    assert len({c.claim_token for c in claimed}) == 1
+    outcomes = [
+        Outcome(good.task_id, claimed[0].claim_token, OutcomeKind.SUCCEEDED, result=None),
+        Outcome(bad.task_id, claimed[1].claim_token, OutcomeKind.FAILED, code="HARD",
+                message="nope"),
+    ]
+    app.store.task_complete_many(
+        [Completion(o, resolve(o, attempt=1, max_attempts=1, now=clock.now(),
+                               backoff=app.backoff)) for o in outcomes],
+        clock.now(),
+    )
+    assert app.get_task(good.task_id).status is TaskStatus.SUCCESS
+    assert app.get_task(bad.task_id).status is TaskStatus.FAILED
+    for task, effect, health in ((good, "TASK_SUCCESS", 81), (bad, "TASK_FAIL", 75)):
+        lease = app.list_leases(task_id=task.task_id)[0]
+        assert lease.status is LeaseStatus.RELEASED
+        assert app.get_asset(lease.asset_id).health_score == health
+        mine = app.asset_events(task_id=task.task_id)
+        assert sorted(e.event_type for e in mine) == sorted(["ALLOCATED", effect, "RELEASED"])
+        assert {(e.task_id, e.lease_id, e.asset_id) for e in mine} == {
+            (task.task_id, lease.lease_id, lease.asset_id)}
+    assert {a.asset_id, b.asset_id} == {
+        x.asset_id for t in (good, bad) for x in app.list_leases(task_id=t.task_id)}

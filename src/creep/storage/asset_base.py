@@ -63,7 +63,7 @@ _ASSET_STATUS = {s.value: s for s in AssetStatus}
 ROUTINE_COLS = (
     "event_id", "tenant_id", "project_id", "env", "asset_id", "task_id", "lease_id",
     "correlation_id", "causation_id", "event_type", "old_status", "new_status", "message",
-    "context",
+    "context", "task_priority",
 )
 #: ... and those that do not (plus occurred_at = recorded_at = the transaction's now): bound
 #: once per statement rather than once per row. Columns in neither are NULL.
@@ -87,6 +87,9 @@ class TaskRef:
     env: str | None
     correlation_id: str | None
     keep_leases: bool = False
+    #: Recorded with the task's routine events: on SQLite their correlation index leads with
+    #: it, so one claim batch's entries share pages (SQLite migration 0012).
+    priority: int = 0
 
 
 @dataclass(slots=True)
@@ -204,7 +207,7 @@ class AssetStoreBase:
             event_id or uuid7(), asset.tenant_id, task.project_id if task else asset.project_id,
             task.env if task else asset.env, asset.asset_id, task.task_id if task else None,
             lease_id, task.correlation_id if task else None, causation_id, str(event_type),
-            old_status, STATUS_TEXT[asset.status], message, context,
+            old_status, STATUS_TEXT[asset.status], message, context, task.priority if task else 0,
         )
 
     @staticmethod
@@ -324,13 +327,13 @@ class AssetStoreBase:
             return {}
         rows = self._x(
             conn,
-            "SELECT task_id, tenant_id, project_id, env, correlation_id, constraints FROM tasks "
-            f"WHERE {d.in_ids('task_id')}",
+            "SELECT task_id, tenant_id, project_id, env, correlation_id, constraints, priority "
+            f"FROM tasks WHERE {d.in_ids('task_id')}",
             (d.ids(sorted(set(task_ids))),),
         ).fetchall()
         return {
             r[0]: TaskRef(r[0], r[1], r[2], r[3], r[4],
-                           keep_leases=d.from_js(r[5]).get("keep_leases") is True)
+                           keep_leases=d.from_js(r[5]).get("keep_leases") is True, priority=r[6])
             for r in rows
         }
 
@@ -419,7 +422,7 @@ class AssetStoreBase:
             # planner merge-joined the leases against a walk of every task ever stored.
             cur = d.unprepared(
                 conn,
-                f"SELECT {cols}, t.project_id, t.env, t.correlation_id, t.constraints "
+                f"SELECT {cols}, t.project_id, t.env, t.correlation_id, t.constraints, t.priority "
                 f"FROM leases l JOIN tasks t ON t.task_id = l.task_id WHERE {where} "
                 f"AND {d.in_ids('t.task_id')} ORDER BY l.asset_id, l.lease_id",
                 (*params, d.ids(task_ids)),
@@ -440,7 +443,8 @@ class AssetStoreBase:
             self._lock_assets(conn, [r[3] for r in rows], lock_into)
         leases = [self._lease(r[:12]) for r in rows]
         refs = {
-            r[2]: TaskRef(r[2], r[1], r[12], r[13], r[14], keep_leases=self._keeps(r[15]))
+            r[2]: TaskRef(r[2], r[1], r[12], r[13], r[14], keep_leases=self._keeps(r[15]),
+                          priority=r[16])
             for r in rows
         }
         return leases, refs

@@ -16,13 +16,11 @@ from typing import Any
 
 import orjson
 
-from creep.storage.common import TASK_COLUMNS, TASK_SELECT
+from creep.storage.common import SQLITE_EVENTS_OF, TASK_COLUMNS, TASK_SELECT
 from creep.storage.sqlite_bulk import insert_rows
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _UUIDISH = re.compile(r"[0-9a-fA-F,-]*")
-_TENANT_I, _ATTEMPT_I = TASK_COLUMNS.index("tenant_id"), TASK_COLUMNS.index("attempt")
-_PRIORITY_I = TASK_COLUMNS.index("priority")
 #: The claim's fixed assignments (what the plain claim sets too); deadline_at is computed
 #: from the row's timeout_ms by each backend.
 _CLAIM_SET = (
@@ -33,6 +31,17 @@ _CLAIM_SET = (
 # Chunks of a multi-row UPDATE on SQLite: well under its 32766 bound variables.
 _MAX_VARIABLES = 30_000
 _MAX_ROWS = 500
+
+
+@functools.cache
+def _compact_claim_row() -> tuple[str, int, int, int]:
+    """The plain claim's RETURNING list (its fields, then the row as JSON; defined once in
+    sqlite_store, imported on first use as that module imports this one) and where tenant_id,
+    attempt and priority sit in it."""
+    from creep.storage.sqlite_store import _COMPACT, _ROW_JSON
+
+    return (f"{', '.join(_COMPACT)}, {_ROW_JSON}", _COMPACT.index("tenant_id"),
+            _COMPACT.index("attempt"), _COMPACT.index("priority"))
 
 
 def _json_default(value: Any) -> Any:
@@ -50,6 +59,9 @@ class SqliteDialect:
     queue_from = "tasks t"
     qa = "t"
     skip_locked_t = ""
+    #: What a condition on asset_events.correlation_id starts with for the correlation index
+    #: (task_priority, correlation_id, occurred_at) to serve it (migration 0012).
+    by_correlation = SQLITE_EVENTS_OF + " "
 
     def q(self, sql: str) -> str:
         return sql
@@ -128,7 +140,11 @@ class SqliteDialect:
     ) -> Callable[[], list[Any]]:
         """QUEUED -> RUNNING for tasks whose leases were just taken (task_id -> the new
         lease ids, appended to tasks.lease_ids), with their `started` task events. Returns
-        what fetches the claimed rows (TASK_SELECT columns, then deadline_at)."""
+        what fetches the claimed rows, in the plain claim's compact shape."""
+        # The plain claim's compact rows (sqlite_store._COMPACT, then the row as one JSON
+        # array, decoded only when a handler reads ctx.task): ~45 separate columns handed to
+        # Python cost about as much as the update itself.
+        returning, tenant_i, attempt_i, priority_i = _compact_claim_row()
         now_us = self.ts(now)
         rows = conn.execute(
             "WITH r(task_id, lease_ids) AS (SELECT key, value FROM json_each(?1)) "
@@ -140,7 +156,7 @@ class SqliteDialect:
             "ELSE substr(tasks.lease_ids, 1, length(tasks.lease_ids) - 1) || ',' || "
             "substr(r.lease_ids, 2) END "
             "FROM r WHERE tasks.task_id = r.task_id AND tasks.status = 'QUEUED' "
-            f"RETURNING {TASK_SELECT}, deadline_at",
+            f"RETURNING {returning}",
             (self.js(new_leases), now_us, worker_id, token, self.ts(expires)),
         ).fetchall()
         # With the task's priority, as the plain claim: the by-task index leads with it
@@ -148,9 +164,9 @@ class SqliteDialect:
         self.bulk_insert(
             conn, "task_events", ("task_id", "tenant_id", "attempt", "payload", "task_priority"),
             [
-                (r[0], r[_TENANT_I], r[_ATTEMPT_I],
+                (r[0], r[tenant_i], r[attempt_i],
                  self.js({"worker_id": worker_id, "lease_ids": new_leases[r[0]]}),
-                 r[_PRIORITY_I])
+                 r[priority_i])
                 for r in rows
             ],
             fixed=[("event_type", "started"), ("from_status", "QUEUED"),
@@ -231,6 +247,7 @@ class PostgresDialect:
     queue_from = "task_queue q JOIN tasks t ON t.task_id = q.task_id"
     qa = "q"
     skip_locked_t = " FOR UPDATE OF t SKIP LOCKED"
+    by_correlation = ""  # the correlation index leads with correlation_id
 
     def __init__(self) -> None:
         self._type_cache: dict[str, dict[str, str]] = {}

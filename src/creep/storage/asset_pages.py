@@ -39,7 +39,8 @@ class AssetPagesMixin(AssetStoreBase):
         params: list[Any] = []
         for column, value in filters:
             if value is not None:
-                where.append(f"{column} = ?")
+                lead = d.by_correlation if column == "correlation_id" else ""
+                where.append(f"{lead}{column} = ?")
                 params.append(value)
         if since is not None:
             where.append("occurred_at >= ?")

@@ -308,7 +308,8 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
             if not is_uuid(task_id):
                 return []
             # A task's events carry its correlation_id: read them through that index.
-            where.append("correlation_id = (SELECT correlation_id FROM tasks WHERE task_id = ?)")
+            where.append(f"{self._adialect.by_correlation}correlation_id = "
+                         "(SELECT correlation_id FROM tasks WHERE task_id = ?)")
             params.append(task_id)
         for column, value in (("tenant_id", tenant_id), ("asset_id", asset_id),
                               ("task_id", task_id), ("correlation_id", correlation_id),
@@ -316,7 +317,8 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
             if value is not None:
                 if column in ("asset_id", "task_id") and not is_uuid(value):
                     return []
-                where.append(f"{column} = ?")
+                lead = self._adialect.by_correlation if column == "correlation_id" else ""
+                where.append(f"{lead}{column} = ?")
                 params.append(value)
         params.append(limit)
         with self._aread() as conn:

@@ -74,7 +74,8 @@ class LeaseBrokerMixin(AssetStoreBase):
     ) -> list[Sequence[Any]]:
         """The claim step for tasks with resource_hints, inside the claim transaction: match
         and lease all hints of a task, or leave it QUEUED. Returns claimed task rows in the
-        backend's claim shape (TASK_SELECT columns, then deadline_at). With `tenant_id`, only
+        backend's claim shape (on SQLite the plain claim's compact rows; on PostgreSQL the
+        TASK_SELECT columns, then deadline_at). With `tenant_id`, only
         that tenant's tasks (a tenant key's HTTP worker)."""
         saved = self._adialect.index_plans(conn)
         try:
@@ -117,7 +118,7 @@ class LeaseBrokerMixin(AssetStoreBase):
             rows = self._x(
                 conn,
                 "SELECT t.task_id, t.tenant_id, t.project_id, t.env, t.correlation_id, "
-                "t.currency, t.max_total_cost, t.resource_hints, t.constraints "
+                "t.currency, t.max_total_cost, t.resource_hints, t.constraints, t.priority "
                 f"FROM {d.queue_from} WHERE {q}.status = 'QUEUED' AND t.status = 'QUEUED' "
                 f"AND {q}.has_hints = true AND {q}.run_after <= ? AND t.run_after <= ? AND "
                 f"{d.in_texts(q + '.task_type')}{f' AND {q}.tenant_id = ?' if tenant_id else ''} "
@@ -128,10 +129,10 @@ class LeaseBrokerMixin(AssetStoreBase):
                  offset),
             ).fetchall()
             demands: list[Demand] = []
-            for task_id, tenant, project, env, corr, currency, budget, hints, cons in rows:
+            for task_id, tenant, project, env, corr, currency, budget, hints, cons, prio in rows:
                 # The claim's UPDATE appends the new lease ids and computes the deadline and
                 # attempt itself: the task's lease_ids, timeout_ms and attempt are not read.
-                refs[task_id] = TaskRef(task_id, tenant, project, env, corr)
+                refs[task_id] = TaskRef(task_id, tenant, project, env, corr, priority=prio)
                 constraints = _decoded(d, cons, decoded)
                 demands.append(Demand(
                     task_id=task_id, tenant_id=tenant, currency=currency,
@@ -394,7 +395,8 @@ class LeaseBrokerMixin(AssetStoreBase):
         )
         if not leases:
             return
-        by_token = {x[1]: x for x in done}
+        # By task and claim: one claim hands out many tasks under one token.
+        by_claim = {(x[0], x[1]): x for x in done}
         keep = {t.task_id for t in tasks.values() if t.keep_leases}
         assets = self._lock_assets(conn, [lease.asset_id for lease in leases], pending)
         causes: dict[str, str | None] = {}
@@ -405,7 +407,7 @@ class LeaseBrokerMixin(AssetStoreBase):
         # TASK_SUCCESS contexts by (health before, after): each encoded once per settle.
         contexts: dict[tuple[int, int], Any] = {}
         for lease in leases:
-            task_id, _, status, event_type = by_token[lease.claim_token]
+            task_id, _, status, event_type = by_claim[lease.task_id, lease.claim_token]
             effect = _effect(status, event_type)
             if lease.status is LeaseStatus.EXPIRED and effect != AssetEventType.TASK_TIMEOUT:
                 effect = None  # a lost worker is not the asset's fault

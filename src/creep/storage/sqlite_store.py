@@ -79,8 +79,6 @@ _TS_IDX = tuple(_IDX[n] for n in _TS_COLUMNS)
 _JSON_IDX = tuple(_IDX[n] for n in _JSON_COLUMNS)
 _DECIMAL_IDX = (_IDX["max_total_cost"], _IDX["business_value_hint"])
 _STATUS_I, _CANCEL_I = _IDX["status"], _IDX["cancel_requested"]
-_PRIORITY_I, _CREATED_I, _TYPE_I = _IDX["priority"], _IDX["created_at"], _IDX["task_type"]
-_ATTEMPT_I, _MAX_ATTEMPTS_I = _IDX["attempt"], _IDX["max_attempts"]
 _STATUS = {s.value: s for s in TaskStatus}
 #: WAL pages before an automatic checkpoint. Claims and completions rewrite the same pages
 #: many times over; a larger WAL lets a checkpoint copy each page once for many commits
@@ -986,7 +984,6 @@ INSERT INTO task_events (task_id, tenant_id, event_type, from_status, to_status,
 SELECT o.value ->> 0, o.value ->> 1, 'started', 'QUEUED', 'RUNNING', o.value ->> 2, ?2, ?3,
     o.value ->> 3
 FROM json_each(?1) o"""
-_COMPACT_LEN = len(_COMPACT) + 1
 
 
 _GRACE_MS = "json_extract(CAST(constraints AS TEXT), '$.timeout_grace_ms')"
@@ -1067,25 +1064,18 @@ def _apply_items(completions: Sequence[Completion]) -> list[_Apply]:
 
 
 def _claimed_task(row: Sequence[Any]) -> TaskOrder:
-    if len(row) == _COMPACT_LEN:  # a plain claim's compact row: the JSON array at the end
-        return _row_to_task(orjson.loads(row[-1]))
-    return _row_to_task(row[:-1])
+    return _row_to_task(orjson.loads(row[-1]))  # a compact row: the JSON array at the end
 
 
 def _claimed(rows: list[Any], token: str) -> list[ClaimedTask]:
-    """Claimed rows as ClaimedTasks in claim order: compact rows of plain claims (_COMPACT
-    and the row as JSON) and full rows of hinted claims (the task columns, then
-    deadline_at). The TaskOrder of each is decoded on first use (most handlers of a big
-    batch read a few fields, and a worker needs only the id, type and attempt counters)."""
+    """Claimed rows as ClaimedTasks in claim order: compact rows (_COMPACT and the row as
+    JSON) of plain and hinted claims. The TaskOrder of each is decoded on first use (most
+    handlers of a big batch read a few fields, and a worker needs only the id, type and
+    attempt counters)."""
     lazy = ClaimedTask.lazy
     out: list[tuple[int, int, ClaimedTask]] = []
     for r in rows:
-        if len(r) == _COMPACT_LEN:
-            task_id, task_type, attempt, max_attempts, priority, created, deadline = r[:7]
-        else:
-            task_id, task_type, attempt, max_attempts = (
-                r[0], r[_TYPE_I], r[_ATTEMPT_I], r[_MAX_ATTEMPTS_I])
-            priority, created, deadline = r[_PRIORITY_I], r[_CREATED_I], r[-1]
+        task_id, task_type, attempt, max_attempts, priority, created, deadline = r[:7]
         out.append((-priority, created, lazy(
             r, _claimed_task, token, _EPOCH + timedelta(microseconds=deadline), task_id,
             task_type, attempt, max_attempts)))
