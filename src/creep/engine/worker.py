@@ -140,8 +140,12 @@ class Worker:
         self._deadline_at = float("inf")
         self._is_async: dict[str, bool] = {}
         self._flushing: asyncio.Task[None] | None = None
-        # A claim round under way: completions wait for it and ride with the next one.
+        # A claim round under way: on SQLite, completions wait for it and ride with the next
+        # one (SQLite runs one write transaction at a time, so a batch written beside the claim
+        # would only queue behind it). PostgreSQL writes both at once on two connections: two
+        # backends, two cores.
         self._claiming = False
+        self._ride_along = store.dialect == "sqlite"
 
     # -- public --------------------------------------------------------------------------------
 
@@ -529,9 +533,10 @@ class Worker:
             self._flush_now.clear()
             # Let completions that land in the same few milliseconds share one transaction.
             await asyncio.sleep(self.settings.flush_interval)
-            await self._await_claim_round()
-            if not self._buffer:
-                continue
+            if self._ride_along:
+                await self._await_claim_round()
+                if not self._buffer:
+                    continue
             # Shielded: cancelling the completer at shutdown must not abandon a batch whose
             # write is under way; run() awaits it.
             self._flushing = asyncio.ensure_future(self._flush())

@@ -88,7 +88,7 @@ class TaskRef:
     correlation_id: str | None
     keep_leases: bool = False
     #: Recorded with the task's routine events: on SQLite their correlation index leads with
-    #: it, so one claim batch's entries share pages (SQLite migration 0012).
+    #: it, so one claim batch's entries share pages (SQLite migration 0011).
     priority: int = 0
 
 

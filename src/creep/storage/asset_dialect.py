@@ -60,7 +60,7 @@ class SqliteDialect:
     qa = "t"
     skip_locked_t = ""
     #: What a condition on asset_events.correlation_id starts with for the correlation index
-    #: (task_priority, correlation_id, occurred_at) to serve it (migration 0012).
+    #: (task_priority, correlation_id, occurred_at) to serve it (SQLite migration 0011).
     by_correlation = SQLITE_EVENTS_OF + " "
 
     def q(self, sql: str) -> str:

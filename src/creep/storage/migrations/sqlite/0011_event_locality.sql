@@ -1,4 +1,4 @@
--- creep 0012: asset events' correlation index leads with the task's priority (as
+-- creep 0011: asset events' correlation index leads with the task's priority (as
 -- task_events' by-task index does since 0009). A leased task writes three events (ALLOCATED,
 -- TASK_SUCCESS, RELEASED) under its correlation_id, by default its own task id: keyed by it
 -- alone, one claim batch of mixed submission order put its entries on one index page per
