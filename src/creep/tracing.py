@@ -9,6 +9,7 @@ worker starts the handler's span as a child of it.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -40,11 +41,29 @@ def use_tracer_provider(provider: Any) -> None:
     _provider = provider
 
 
+#: Whether OpenTelemetry's environment names a provider class for it to load: read once,
+#: with the rest of the environment, instead of on every request (see _global_provider).
+_ENV_PROVIDER = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+_UNKNOWN = object()
+
+
+def _global_provider() -> Any:
+    """OpenTelemetry's global provider, None when none is set. get_tracer_provider() looks
+    the environment up on each call until one is set (os.environ is slow), so its global is
+    read directly; an OpenTelemetry without that attribute takes the public call."""
+    provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+    if provider is _UNKNOWN or (provider is None and _ENV_PROVIDER):
+        return trace.get_tracer_provider()
+    return provider
+
+
 def tracer() -> Any:
     """creep's tracer, or None when spans would go nowhere (no SDK provider is set)."""
     if trace is None:
         return None
-    provider = _provider or trace.get_tracer_provider()
+    provider = _provider or _global_provider()
+    if provider is None:
+        return None
     cached = _tracers.get(id(provider))
     if cached is not None and cached[0] is provider:
         return cached[1]

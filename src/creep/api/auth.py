@@ -52,8 +52,7 @@ class KeyCache:
         self._lock = threading.Lock()
 
     def get(self, key_hash: str) -> tuple[bool, Principal | None]:
-        with self._lock:
-            entry = self._entries.get(key_hash)
+        entry = self._entries.get(key_hash)  # one dict read is atomic: no lock (per request)
         if entry is None or entry[1] < time.monotonic():
             return False, None
         return True, entry[0]

@@ -142,7 +142,10 @@ def route_template(scope: Scope) -> str:
     Built from the path and its parameters, which holds however routers were nested."""
     if scope.get("endpoint") is None:
         return "<unmatched>"
-    params = {str(v): k for k, v in (scope.get("path_params") or {}).items()}
+    path_params = scope.get("path_params")
+    if not path_params:  # nothing to put back: the path is the template (the hot routes)
+        return str(scope["path"])
+    params = {str(v): k for k, v in path_params.items()}
     parts = [f"{{{params[p]}}}" if p in params else p for p in scope["path"].split("/")]
     return "/".join(parts)
 

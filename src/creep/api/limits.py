@@ -36,8 +36,7 @@ class TenantLimitsCache:
 
     def peek(self, tenant_id: str) -> TenantLimits | None:
         """Cached limits, or None (then call `get` off the event loop)."""
-        with self._lock:
-            hit = self._cache.get(tenant_id)
+        hit = self._cache.get(tenant_id)  # one dict read is atomic: no lock (per request)
         return hit[0] if hit is not None and hit[1] > time.monotonic() else None
 
     def get(self, tenant_id: str) -> TenantLimits:

@@ -60,6 +60,19 @@ def add(write: PendingWrite) -> None:
     queue.append(write)
 
 
+def queued() -> list[PendingWrite]:
+    """The writes waiting in this scope now (a copy), for `restore`."""
+    return list(_pending.get() or ())
+
+
+def restore(writes: list[PendingWrite]) -> None:
+    """Queue exactly `writes` again, after a transaction that flushed them was rolled back
+    (so that the next one writes them)."""
+    queue = _pending.get()
+    if queue is not None:
+        queue[:] = writes
+
+
 def flush(store: Any, conn: Any) -> None:
     """Called by a store right before COMMIT. An exception aborts the transaction."""
     queue = _pending.get()
