@@ -704,3 +704,52 @@ def test_one_claims_tasks_settle_each_by_its_own_outcome(app: Creep, clock: Froz
             (task.task_id, lease.lease_id, lease.asset_id)}
     assert {a.asset_id, b.asset_id} == {
         x.asset_id for t in (good, bad) for x in app.list_leases(task_id=t.task_id)}
+
+
+def test_a_retried_tasks_earlier_claim_is_not_settled_again(
+    app: Creep, clock: FrozenClock
+) -> None:
+    """One claim (token T1) hands out A and B; A retries, is claimed again (T2) and finishes
+    in the same batch as B (T1). The leases are read by ids and tokens, so A's released T1
+    lease matches too: it must be left alone (no second effect, no error), and A's T2 lease
+    and B's T1 lease settle by their own outcomes."""
+    from creep.domain.outcomes import Outcome, OutcomeKind, resolve
+    from creep.ports import Completion
+
+    def done(o: Outcome, attempt: int, max_attempts: int) -> Completion:
+        return Completion(o, resolve(o, attempt=attempt, max_attempts=max_attempts,
+                                     now=clock.now(), backoff=app.backoff))
+
+    app.import_assets([ip(1, health_score=80), ip(2, health_score=80), ip(3, health_score=80)])
+    a = app.submit(task_type="USE", priority=9, resource_hints=[NET])
+    b = app.submit(task_type="USE", priority=1, resource_hints=[NET])
+    first = app.store.task_claim("w1", ["USE"], 10, clock.now(), 60.0)
+    assert [c.task_id for c in first] == [a.task_id, b.task_id]
+    t1 = first[0].claim_token
+    again = Outcome(a.task_id, t1, OutcomeKind.RETRY, message="again", retry_delay=0)
+    app.store.task_complete_many([done(again, 1, 3)], clock.now())
+    (old,) = app.list_leases(task_id=a.task_id)
+    events_of_old = len(app.asset_events(asset_id=old.asset_id))
+    second = app.store.task_claim("w1", ["USE"], 10, clock.now(), 60.0)
+    assert [c.task_id for c in second] == [a.task_id]
+    finished = [Outcome(a.task_id, second[0].claim_token, OutcomeKind.SUCCEEDED, result=None),
+                Outcome(b.task_id, t1, OutcomeKind.FAILED, code="HARD", message="nope")]
+    applied = app.store.task_complete_many(
+        [done(finished[0], 2, 3), done(finished[1], 1, 1)], clock.now())
+    assert sorted(applied) == sorted([a.task_id, b.task_id])
+    assert app.get_task(a.task_id).status is TaskStatus.SUCCESS
+    assert app.get_task(b.task_id).status is TaskStatus.FAILED
+    leases = {x.lease_id: x for x in app.list_leases(limit=10)}
+    assert all(x.status is LeaseStatus.RELEASED for x in leases.values()) and len(leases) == 3
+    new = next(x for x in app.list_leases(task_id=a.task_id) if x.lease_id != old.lease_id)
+    (b_lease,) = app.list_leases(task_id=b.task_id)
+    if old.asset_id not in (new.asset_id, b_lease.asset_id):
+        # The old lease's asset saw nothing after the retry's release.
+        assert len(app.asset_events(asset_id=old.asset_id)) == events_of_old
+    effects = {e.lease_id: e.event_type for e in app.asset_events(task_id=a.task_id)
+               if e.event_type.startswith("TASK_")}
+    assert effects[new.lease_id] == "TASK_SUCCESS"
+    assert [e.event_type for e in app.asset_events(task_id=b.task_id)
+            if e.event_type.startswith("TASK_")] == ["TASK_FAIL"]
+    assert sum(1 for e in app.asset_events(task_id=a.task_id)
+               if e.lease_id == old.lease_id and e.event_type == "TASK_SUCCESS") == 0

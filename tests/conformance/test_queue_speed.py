@@ -246,8 +246,6 @@ def test_results_ride_with_the_next_claim_while_the_claimed_batch_runs(db_url: s
     if db_url.startswith("sqlite"):
         assert sum(rode) >= 600 - 100, (rode, alone)  # only the last batches have no claim
         assert len(alone) <= 2, (rode, alone)
-    else:
-        assert sum(rode) + sum(alone) == 600
     assert all(app.get_task(t.task_id).status is TaskStatus.SUCCESS for t in tasks)
     app.close()
 

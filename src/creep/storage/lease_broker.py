@@ -393,10 +393,13 @@ class LeaseBrokerMixin(AssetStoreBase):
             (d.ids([x[0] for x in done]), d.ids([x[1] for x in done])), [x[0] for x in done],
             lock_into=pending,
         )
+        # By task and claim: one claim hands out many tasks under one token, and a task
+        # retried since holds leases of its earlier claim too. The read above matches ids and
+        # tokens separately, so it may return such pairs; only the finished claims settle.
+        by_claim = {(x[0], x[1]): x for x in done}
+        leases = [lease for lease in leases if (lease.task_id, lease.claim_token) in by_claim]
         if not leases:
             return
-        # By task and claim: one claim hands out many tasks under one token.
-        by_claim = {(x[0], x[1]): x for x in done}
         keep = {t.task_id for t in tasks.values() if t.keep_leases}
         assets = self._lock_assets(conn, [lease.asset_id for lease in leases], pending)
         causes: dict[str, str | None] = {}
