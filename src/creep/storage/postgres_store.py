@@ -398,6 +398,21 @@ class PostgresStore(
         rows = conn.execute(*_insert_statement(specs, tasks, has_dependants, now), binary=True)
         return {r[0] for r in rows.fetchall()}
 
+    @contextmanager
+    def _statement_tx(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection for a transaction sent as BEGIN and COMMIT statements, so that
+        they travel in a pipeline with the work (psycopg's own transaction blocks each wait
+        for a reply; autocommit is client side only). Rolled back if it is left open: a
+        failure before COMMIT keeps nothing."""
+        with self.pool.connection() as conn:
+            conn.autocommit = True
+            try:
+                yield conn
+            finally:
+                if conn.info.transaction_status != TransactionStatus.IDLE:
+                    conn.execute("ROLLBACK")
+                conn.autocommit = False
+
     def _create_pipelined(self, specs: Sequence[TaskSpec], now: datetime) -> list[TaskOrder] | None:
         """New tasks without dependencies in two round trips instead of five: BEGIN, their
         insert and the writes that ride along (the API's audit rows) are sent together, as
@@ -410,22 +425,16 @@ class PostgresStore(
         query, params = _insert_statement(specs, tasks, set(), now)
         riding = pending_writes.queued()
         try:
-            with self.pool.connection() as conn:
-                conn.autocommit = True
-                try:
-                    with conn.pipeline():
-                        conn.execute("BEGIN")
-                        cur = conn.execute(query, params, binary=True)
-                        pending_writes.flush(self, conn)
-                    if len(cur.fetchall()) < len(specs):
-                        conn.execute("ROLLBACK")
-                        pending_writes.restore(riding)  # the general path writes them
-                        return None
-                    conn.execute("COMMIT")
-                finally:
-                    if conn.info.transaction_status != TransactionStatus.IDLE:
-                        conn.execute("ROLLBACK")  # failed before COMMIT: nothing is kept
-                    conn.autocommit = False
+            with self._statement_tx() as conn:
+                with conn.pipeline():
+                    conn.execute("BEGIN")
+                    cur = conn.execute(query, params, binary=True)
+                    pending_writes.flush(self, conn)
+                if len(cur.fetchall()) < len(specs):
+                    conn.execute("ROLLBACK")
+                    pending_writes.restore(riding)  # the general path writes them
+                    return None
+                conn.execute("COMMIT")
         except psycopg.Error as exc:
             pending_writes.restore(riding)
             raise StorageError(str(exc)) from exc
@@ -537,21 +546,14 @@ class PostgresStore(
         # is client side only): psycopg's own transaction blocks each wait for a reply. The
         # rows are returned only once the pipeline's end has confirmed the COMMIT.
         try:
-            with self.pool.connection() as conn:
-                conn.autocommit = True
-                try:
-                    with conn.pipeline():
-                        conn.execute("BEGIN")
-                        if not pending_writes.waiting():
-                            conn.execute(_CLAIM_COMMIT)
-                        rows, token = self._claim_rows(
-                            conn, worker_id, task_types, limit, now, claim_ttl,
-                            finish=lambda: _commit_pipelined(self, conn),
-                        )
-                finally:
-                    if conn.info.transaction_status != TransactionStatus.IDLE:
-                        conn.execute("ROLLBACK")  # failed before COMMIT: nothing is kept
-                    conn.autocommit = False
+            with self._statement_tx() as conn, conn.pipeline():
+                conn.execute("BEGIN")
+                if not pending_writes.waiting():
+                    conn.execute(_CLAIM_COMMIT)
+                rows, token = self._claim_rows(
+                    conn, worker_id, task_types, limit, now, claim_ttl,
+                    finish=lambda: _commit_pipelined(self, conn),
+                )
         except psycopg.Error as exc:
             raise StorageError(str(exc)) from exc
         return [ClaimedTask(_row_to_task(r[:-1]), token, r[-1]) for r in rows]
