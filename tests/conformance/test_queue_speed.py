@@ -238,15 +238,44 @@ def test_results_ride_with_the_next_claim_while_the_claimed_batch_runs(db_url: s
 
     store.task_complete_and_claim, store.task_complete_many = spy_combined, spy_alone
     store.task_claim = spy_claim
-    # Concurrency 100 claims batches of 50 (half, by default): one runs while the next is
-    # claimed.
-    stats = app.run_worker(burst=True, concurrency=100, install_signals=False)
+    # Batches of 50 at concurrency 100: one runs while the next is claimed.
+    stats = app.run_worker(burst=True, concurrency=100, batch_size=50, install_signals=False)
     assert stats["completed"] == 600 and sorted(ran) == sorted(t.task_id for t in tasks)
     assert max(limits) == 50
     if db_url.startswith("sqlite"):
         assert sum(rode) >= 600 - 100, (rode, alone)  # only the last batches have no claim
         assert len(alone) <= 2, (rode, alone)
     assert all(app.get_task(t.task_id).status is TaskStatus.SUCCESS for t in tasks)
+    app.close()
+
+
+def test_default_claim_batch_is_half_the_concurrency_on_postgres_all_of_it_on_sqlite(
+    db_url: str,
+) -> None:
+    """Claiming ahead pays on PostgreSQL (two connections); on SQLite a worker claiming back
+    to back would leave other processes' workers no window to write."""
+    app = Creep(db_url)
+
+    @app.handler("NOOP")
+    async def noop(ctx: TaskContext) -> object:
+        return None
+
+    app.submit_many([{"task_type": "NOOP"} for _ in range(300)])
+    store: Any = app.store
+    limits: list[int] = []
+    claim, combined = store.task_claim, store.task_complete_and_claim
+
+    def spy_claim(*args: Any) -> Any:
+        limits.append(args[2])
+        return claim(*args)
+
+    def spy_combined(completions: Any, *args: Any) -> Any:
+        limits.append(args[2])
+        return combined(completions, *args)
+
+    store.task_claim, store.task_complete_and_claim = spy_claim, spy_combined
+    assert app.run_worker(burst=True, concurrency=100, install_signals=False)["completed"] == 300
+    assert max(limits) == (100 if db_url.startswith("sqlite") else 50)
     app.close()
 
 

@@ -56,8 +56,8 @@ _RIDE_ALONG_WAIT = 0.5
 @dataclass(slots=True)
 class WorkerSettings:
     concurrency: int = 10
-    #: Most tasks claimed by one statement; defaults to half the concurrency, so the next
-    #: batch is claimed (with the last one's results) while the current one runs.
+    #: Most tasks claimed by one statement; defaults to half the concurrency on PostgreSQL
+    #: (the next batch is claimed while the current one runs), the concurrency on SQLite.
     batch_size: int | None = None
     claim_ttl: float = 30.0
     #: How often held claims are renewed; defaults to a fifth of the claim TTL.
@@ -116,7 +116,13 @@ class Worker:
         self.handlers = dict(handlers)
         self.settings = settings or WorkerSettings()
         self.settings.validate()
-        self._batch = self.settings.batch_size or max(1, self.settings.concurrency // 2)
+        # By default a PostgreSQL worker claims half its concurrency at a time, so the next
+        # batch is claimed while the current one runs. Not on SQLite: its one writer would be
+        # kept busy back to back, leaving another process's worker (other task types, maybe)
+        # no window to write in; there a batch's results commit with the next claim instead.
+        self._batch = self.settings.batch_size or (
+            self.settings.concurrency if store.dialect == "sqlite"
+            else max(1, self.settings.concurrency // 2))
         self.clock = clock or SystemClock()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stats: dict[str, int] = {"claimed": 0, "completed": 0, "lost": 0}
