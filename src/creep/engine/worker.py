@@ -550,10 +550,10 @@ class Worker:
             self._flushing = None
 
     async def _await_claim_round(self) -> None:
-        """While the fetcher's claim is in flight, completions wait for it: when it returns,
-        the fetcher takes them along with its next claim, one transaction for both, while
-        the tasks it just claimed run (claims pipelined with handler execution). Bounded, so
-        a slow claim or a full worker never holds results back for long."""
+        """On SQLite, while the fetcher's claim is in flight, completions wait for it: when it
+        returns, the fetcher takes them along with its next claim, one transaction for both
+        (two would only queue behind each other for the one writer). Bounded, so a slow
+        claim or a full worker never holds results back for long."""
         cap = 2 * self._batch
         while self._claiming and len(self._buffer) < cap:
             try:

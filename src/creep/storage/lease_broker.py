@@ -75,8 +75,8 @@ class LeaseBrokerMixin(AssetStoreBase):
         """The claim step for tasks with resource_hints, inside the claim transaction: match
         and lease all hints of a task, or leave it QUEUED. Returns claimed task rows in the
         backend's claim shape (on SQLite the plain claim's compact rows; on PostgreSQL the
-        TASK_SELECT columns, then deadline_at). With `tenant_id`, only
-        that tenant's tasks (a tenant key's HTTP worker)."""
+        TASK_SELECT columns, then deadline_at). With `tenant_id`, only that tenant's tasks (a
+        tenant key's HTTP worker)."""
         saved = self._adialect.index_plans(conn)
         try:
             return self._claim_hinted_rows(
