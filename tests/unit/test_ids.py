@@ -4,14 +4,18 @@ import uuid
 from creep.domain import ids
 
 
+def _assert_rfc4122(text: str, version: int) -> None:
+    parsed = uuid.UUID(text)
+    assert parsed.version == version
+    assert parsed.variant == uuid.RFC_4122
+    assert str(parsed) == text
+
+
 def test_uuid4_str_gives_distinct_rfc4122_version4_ids() -> None:
     made = [ids.uuid4_str() for _ in range(3 * 256 + 5)]  # crosses pool refills
     assert len(set(made)) == len(made)
     for text in made:
-        parsed = uuid.UUID(text)
-        assert parsed.version == 4
-        assert parsed.variant == uuid.RFC_4122
-        assert str(parsed) == text
+        _assert_rfc4122(text, 4)
 
 
 def test_a_forked_child_does_not_reuse_the_parents_pool() -> None:
@@ -38,10 +42,7 @@ def test_uuid7_many_matches_uuid7_and_keeps_its_random_bits_in_big_batches() -> 
     assert made == sorted(made)
     assert len(set(made)) == len(made)
     for text in made:
-        parsed = uuid.UUID(text)
-        assert parsed.version == 7
-        assert parsed.variant == uuid.RFC_4122
-        assert str(parsed) == text
+        _assert_rfc4122(text, 7)
     tails = [int(text.replace("-", "")[17:], 16) for text in batch]
     assert len(set(tails)) == len(tails)
     assert sum(1 for t in tails if t == 0) == 0

@@ -430,8 +430,7 @@ class PostgresStore(
                     conn.execute("BEGIN")
                     cur = conn.execute(query, params, binary=True)
                     pending_writes.flush(self, conn)
-                if len(cur.fetchall()) < len(specs):
-                    conn.execute("ROLLBACK")
+                if len(cur.fetchall()) < len(specs):  # _statement_tx rolls it back
                     pending_writes.restore(riding)  # the general path writes them
                     return None
                 conn.execute("COMMIT")

@@ -17,7 +17,7 @@ from creep.api.audit import AUTO, AuditWrite, audit_row, audited, riding
 from creep.api.auth import Authenticated, Writer, principal_from_header
 from creep.api.context import TRACED
 from creep.api.create_batcher import CreateBatcher
-from creep.api.limits import QuotaCheck, TenantLimitsCache
+from creep.api.limits import QuotaCheck, TenantLimits, TenantLimitsCache
 from creep.api.problems import Problem, parse_body
 from creep.api.responses import (
     RawJSONResponse,
@@ -66,8 +66,13 @@ def _etag(task: TaskOrder) -> dict[str, str]:
 def quota_check(request: Request, tenant_id: str, task_ids: list[str]) -> list[QuotaCheck]:
     """The pending quota check for new tasks of `tenant_id` (none when no cap applies)."""
     cache: TenantLimitsCache = request.app.state.tenant_limits
-    limit = cache.get(tenant_id).max_active_tasks
-    return [QuotaCheck(tenant_id, limit, task_ids)] if limit > 0 else []
+    return quota_writes(cache.get(tenant_id), tenant_id, task_ids)
+
+
+def quota_writes(limits: TenantLimits, tenant_id: str, task_ids: list[str]) -> list[QuotaCheck]:
+    """quota_check for limits already read."""
+    cap = limits.max_active_tasks
+    return [QuotaCheck(tenant_id, cap, task_ids)] if cap > 0 else []
 
 
 TASK_ORDER_IN: TypeAdapter[TaskOrderIn] = TypeAdapter(TaskOrderIn)
@@ -131,11 +136,9 @@ async def create_task(request: Request) -> Any:
     limits = tenant_limits.peek(spec.tenant_id)
     if limits is None:  # not cached: a read
         limits = await run_in_threadpool(tenant_limits.get, spec.tenant_id)
-    writes: list[Any] = [audit]
-    if limits.max_active_tasks > 0:
-        writes.insert(0, QuotaCheck(spec.tenant_id, limits.max_active_tasks, [spec.task_id]))
     batcher: CreateBatcher = state.create_batcher
-    task = await batcher.create(spec, writes)
+    task = await batcher.create(
+        spec, [*quota_writes(limits, spec.tenant_id, [spec.task_id]), audit])
     headers = [(b"etag", b'"%d"' % task.task_version),
                (b"location", f"/v1/tasks/{task.task_id}".encode())]
     body = orjson.dumps(task_json(task))
