@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import functools
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -1245,7 +1246,7 @@ def _insert_statement(
     """The insert of new tasks (see PostgresStore._insert) and its parameters; it returns
     the ids of the rows it inserted. The rows travel as one JSON array (orjson, in C; each
     input payload spliced in as the JSON it already is) that the server unpacks with
-    jsonb_to_recordset: binding a typed array per column cost psycopg ~20 us of Python per
+    json_to_recordset: binding a typed array per column cost psycopg ~20 us of Python per
     column per statement, which made a small batch (the API's group commits, one submit)
     cost hundreds of microseconds of client CPU."""
     rows: list[dict[str, Any]] = []
@@ -1274,15 +1275,21 @@ def _insert_statement(
     # defaults, and the server unpacks fewer fields (each costs it a text conversion).
     set_here = {c for r in rows for c, default in _DEFAULT_ITEMS if r[c] != default}
     kept = [c for c in _INSERT_TYPES if c not in _DEFAULTS or c in set_here]
+    records = orjson.dumps(rows, default=_json_default).decode()
+    return _insert_query(tuple(kept)), [records, now]
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_query(kept: tuple[str, ...]) -> str:
+    """The text of _insert_statement's statement for these columns (built once per shape)."""
     names = ", ".join(kept)
     record = ", ".join(f"{c} {_INSERT_TYPES[c]}" for c in kept)
     # A JSON null unpacks to SQL NULL; an input payload of None is stored as JSON null, as
     # COPY and the other backend store it.
     values = names.replace("input_payload", "COALESCE(input_payload, 'null'::jsonb)")
-    records = orjson.dumps(rows, default=_json_default).decode()
     # One statement: the rows, then their creation events (see creation_events) built
     # in SQL from what was inserted; a key that exists already inserts neither.
-    query = (
+    return (
         f"""WITH ins AS (
             INSERT INTO tasks ({names})
             SELECT {values} FROM json_to_recordset(%s::json) AS r({record})
@@ -1308,7 +1315,6 @@ def _insert_statement(
         )
         SELECT ins.task_id FROM ins LEFT JOIN note ON true"""
     )
-    return query, [records, now]
 
 
 #: Insert columns with their table default, as _insert_statement's rows hold it.
