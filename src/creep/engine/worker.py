@@ -152,6 +152,9 @@ class Worker:
         # backends, two cores.
         self._claiming = False
         self._ride_along = store.dialect == "sqlite"
+        # The first unexpected error of a background loop (completer, lifeline, maintainer):
+        # the worker stops as for SIGTERM, then run() raises it (see _watch).
+        self._crash: BaseException | None = None
 
     # -- public --------------------------------------------------------------------------------
 
@@ -201,6 +204,8 @@ class Worker:
         ]
         if self.settings.maintenance:
             background.append(asyncio.create_task(self._maintainer(), name="creep-maintenance"))
+        for task in background:
+            task.add_done_callback(self._watch)
         log.info("worker %s started: types=%s", self.worker_id, sorted(self.handlers))
         try:
             await self._fetcher(burst)
@@ -208,17 +213,22 @@ class Worker:
         finally:
             for task in background:
                 task.cancel()
-            for task in background:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            # Their errors were logged and kept by _watch; the cleanup below must still run.
+            await asyncio.gather(*background, return_exceptions=True)
             # A batch the completer was writing when it was cancelled is still in flight
             # (shielded): wait for it, so its tasks are counted and never left RUNNING.
             if self._flushing is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._flushing
+                await asyncio.gather(self._flushing, return_exceptions=True)
             if self._deadline_timer is not None:
                 self._deadline_timer.cancel()
-            await self._flush()
+            try:
+                await self._flush()
+            except Exception as exc:
+                # Left RUNNING: once their claims expire the rescuer queues them again.
+                log.exception("worker %s: the last %d completions could not be written",
+                              self.worker_id, len(self._buffer))
+                if self._crash is None:
+                    self._crash = exc
             if self._leader_token is not None:
                 token, self._leader_token = self._leader_token, None
                 with contextlib.suppress(CreepError):
@@ -235,6 +245,8 @@ class Worker:
             self._db.shutdown(wait=True)
             self._sync_pool.shutdown(wait=False, cancel_futures=True)
             log.info("worker %s stopped: %s", self.worker_id, self.stats)
+        if self._crash is not None:
+            raise self._crash
         return dict(self.stats)
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -256,6 +268,20 @@ class Worker:
                 self._lifeline_now.set()
         else:
             self._wake.set()
+
+    def _watch(self, task: asyncio.Task[None]) -> None:
+        """A background loop only ends by being cancelled. One that died of an error would
+        leave the worker claiming and running tasks whose results are never written (the
+        completer) or whose claims lapse under the running handler (the lifeline): stop the
+        worker loudly instead, as for SIGTERM, and let run() raise the error."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("worker %s: %s failed; stopping the worker", self.worker_id,
+                  task.get_name(), exc_info=exc)
+        if self._crash is None:
+            self._crash = exc
+        self._begin_stop()
 
     def _begin_stop(self) -> None:
         if not self._stopping:
@@ -578,6 +604,11 @@ class Worker:
                         log.warning("completing %d tasks failed, retrying: %s", len(batch), exc)
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, 2.0)
+                    except BaseException:
+                        # Not a storage failure (a bug, a cancellation): keep the batch for
+                        # the last flush at shutdown, which tries once more.
+                        self._buffer[:0] = batch
+                        raise
             finally:
                 self._writing -= 1
             self.stats["completed"] += len(batch)
