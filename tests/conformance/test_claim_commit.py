@@ -167,3 +167,25 @@ def test_claim_that_leases_or_refuses_a_budget_stays_synchronous(
     assert [c.task_id for c in store.task_claim("w1", ["P"], 1, pg_app.clock.now(), 60)] == [
         plain.task_id]
     assert after == ["off"]  # nothing hinted was written: the plain claim stays async
+
+
+def test_url_options_with_several_settings_reach_the_server(pg_schema_url: str) -> None:
+    """`options=-c a=1 -c b=2` (spaces as %20) arrives whole: a '+' would reach libpq as a
+    literal plus and break the first setting."""
+    from urllib.parse import quote
+
+    url = pg_schema_url.replace("options=", "options=" + quote("-cstatement_timeout=4321 "), 1)
+    app = Creep(url)
+    try:
+        with _store(app).pool.connection() as conn:
+            assert _setting_of(conn, "statement_timeout") == "4321ms"
+            assert _setting_of(conn, "search_path") == pg_schema_url.rpartition("%3D")[2]
+        app.submit(tenant_id="t", env="e", task_type="X")  # the schema from search_path
+    finally:
+        app.close()
+
+
+def _setting_of(conn: psycopg.Connection[Any], name: str) -> str:
+    row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+    assert row is not None
+    return str(row[0])

@@ -17,7 +17,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import orjson
 import psycopg
@@ -187,7 +187,9 @@ class PostgresStore(
         if not 0 <= pool_min <= pool_max or pool_max < 1:
             raise ValidationError.single("database_url", "need 0 <= pool_min <= pool_max, pool_max >= 1")
         query.setdefault("connect_timeout", "10")
-        self.conninfo = urlunsplit(parts._replace(query=urlencode(query)))
+        # quote, not urlencode's default quote_plus: libpq reads '+' as a plus sign, so a
+        # space (options=-c a=1 -c b=2) must stay %20.
+        self.conninfo = urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
         self._listeners: list[Callable[[str, str], None]] = []
         try:
             self.pool = ConnectionPool(
