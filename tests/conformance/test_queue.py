@@ -604,3 +604,28 @@ def test_list_by_status_finds_each_status_exactly(app: Creep, clock: FrozenClock
     assert ids("PENDING") == [pending.task_id]
     assert ids("CANCELLED") == [cancelled.task_id]
     assert ids("SUCCESS") == []
+
+
+@pytest.mark.parametrize(("fields", "field", "rule"), [
+    ({"description": "a\x00b"}, "description", "NUL"),
+    ({"external_ref": "x\ud800"}, "external_ref", "Unicode"),
+    ({"tags": ["ok", "b\x00"]}, "tags[1]", "NUL"),
+    ({"input_payload": {"k": ["x", "a\x00"]}}, "input_payload.k[1]", "NUL"),
+    ({"constraints": {"note": "a\x00"}}, "constraints.note", "NUL"),
+])
+def test_unstorable_text_is_a_validation_error_naming_the_field(
+    app: Creep, fields: dict[str, object], field: str, rule: str,
+) -> None:
+    """NUL (PostgreSQL stores none) and lone surrogates (no database does) are refused the
+    same way on every backend, one task or many, and nothing is written."""
+    for submit in (lambda f: app.submit(**f), lambda f: app.submit_many([f])):
+        with pytest.raises(ValidationError) as caught:
+            submit({"tenant_id": "t", "env": "e", "task_type": "X", **fields})
+        assert any(e[0].endswith(field) and rule in e[1] for e in caught.value.errors), \
+            caught.value.errors
+    assert app.list_tasks() == []
+    # A backslash before "u0000" is ordinary text, not a NUL.
+    ok = app.submit(tenant_id="t", env="e", task_type="X",
+                    input_payload={"k": "\\u0000"}, description="\\u0000")
+    got = app.get_task(ok.task_id)
+    assert got.input_payload == {"k": "\\u0000"} and got.description == "\\u0000"

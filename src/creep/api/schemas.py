@@ -20,40 +20,9 @@ from creep.domain.batch import Batch, BatchCounts
 from creep.domain.events import TaskEvent
 from creep.domain.task import TaskOrder
 from creep.domain.tenancy import ApiKey, Tenant
+from creep.domain.text import find_bad_text
 
 Str255 = Field(default=None, max_length=255)
-
-
-def bad_text(value: str) -> str | None:
-    """Why a string cannot be stored as text on every backend, or None."""
-    if "\x00" in value:
-        return "must not contain NUL characters (\\u0000)"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "must be valid Unicode (no unpaired surrogates)"
-    return None
-
-
-def find_bad_text(data: Any, path: str = "") -> tuple[str, str] | None:
-    """The first string (key or value) in `data` that no database can store: (path, rule)."""
-    if isinstance(data, str):
-        rule = bad_text(data)
-        return (path, rule) if rule else None
-    if isinstance(data, dict):
-        for key, value in data.items():
-            sub = f"{path}.{key}" if path else str(key)
-            if isinstance(key, str) and (rule := bad_text(key)):
-                return (path or "(top level)", f"key {rule}")
-            found = find_bad_text(value, sub)
-            if found:
-                return found
-    if isinstance(data, list):
-        for i, value in enumerate(data):
-            found = find_bad_text(value, f"{path}[{i}]")
-            if found:
-                return found
-    return None
 
 
 class _In(BaseModel):

@@ -17,6 +17,7 @@ import orjson
 
 from creep.domain.errors import ValidationError
 from creep.domain.ids import uuid7
+from creep.domain.text import bad_text, find_bad_text
 from creep.tracing import TRACEPARENT, span, stamp_traceparent, tracer, valid_traceparent
 
 DEFAULT_PRIORITY = 50
@@ -109,6 +110,10 @@ def _text(
         return default
     if len(value) > max_len:
         errs.add(name, f"must be at most {max_len} characters")
+        return default
+    rule = bad_text(value)
+    if rule is not None:
+        errs.add(name, rule)
         return default
     return value
 
@@ -264,6 +269,8 @@ def _tags(errs: _Errors, value: Any) -> list[str]:
             errs.add(f"tags[{i}]", "must be a string")
         elif not tag or len(tag) > 128:
             errs.add(f"tags[{i}]", "must be 1 to 128 characters")
+        elif (rule := bad_text(tag)) is not None:
+            errs.add(f"tags[{i}]", rule)
     return [t for t in value if isinstance(t, str)]
 
 
@@ -329,7 +336,8 @@ def fast_check(data: Mapping[str, Any], limits: Limits) -> bytes | None:
         if max_len is not None:
             if value is None:
                 continue
-            if type(value) is not str or len(value) > max_len:
+            if type(value) is not str or len(value) > max_len or "\x00" in value \
+                    or (not value.isascii() and bad_text(value) is not None):
                 return None
             if name in _FAST_REQUIRED and not value.strip():
                 return None
@@ -350,9 +358,15 @@ def fast_check(data: Mapping[str, Any], limits: Limits) -> bytes | None:
         payload_json = orjson.dumps(data.get("input_payload"), default=_json_default)
     except TypeError:
         return None
-    if len(payload_json) > limits.max_payload_bytes:
+    if len(payload_json) > limits.max_payload_bytes or _may_hold_nul(payload_json):
         return None
     return payload_json
+
+
+def _may_hold_nul(payload_json: bytes) -> bool:
+    """Whether JSON text may hold a NUL character (escaped as \\u0000; a literal backslash
+    before "u0000" also matches, and find_bad_text then decides)."""
+    return b"\\u0000" in payload_json
 
 
 def fast_build(
@@ -384,7 +398,7 @@ def fast_build(
 def _plain_tags(value: Any) -> bool:
     """Tags the full path (_tags) would accept unchanged."""
     return type(value) is list and len(value) <= MAX_TAGS and all(
-        type(tag) is str and 0 < len(tag) <= 128 for tag in value
+        type(tag) is str and 0 < len(tag) <= 128 and bad_text(tag) is None for tag in value
     )
 
 
@@ -459,12 +473,20 @@ def validate_task_spec(
     except TypeError as exc:
         errs.add("input_payload", f"must be JSON-serialisable ({exc})")
         payload_json = b"null"
+    if _may_hold_nul(payload_json):
+        found = find_bad_text(payload, "input_payload")
+        if found is not None:
+            errs.add(*found)
     if len(payload_json) > limits.max_payload_bytes:
         errs.add(
             "input_payload",
             f"is {len(payload_json)} bytes; the limit is {limits.max_payload_bytes} bytes",
         )
 
+    for name in ("constraints", "resource_hints"):
+        found = find_bad_text(data.get(name), name)
+        if found is not None:
+            errs.add(*found)
     spec_hints = _resource_hints(errs, data.get("resource_hints"))
     spec = TaskSpec(
         task_id=task_id or "",

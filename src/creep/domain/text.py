@@ -1,0 +1,43 @@
+"""Text every backend can store: PostgreSQL refuses NUL in text and jsonb (SQLite would keep
+it), and no database takes a lone surrogate. Checked at the edge, so a bad value is a
+validation error naming its field on every backend, never a storage error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+NUL_RULE = "must not contain NUL characters (\\u0000)"
+SURROGATE_RULE = "must be valid Unicode (no unpaired surrogates)"
+
+
+def bad_text(value: str) -> str | None:
+    """Why a string cannot be stored as text on every backend, or None."""
+    if "\x00" in value:
+        return NUL_RULE
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return SURROGATE_RULE
+    return None
+
+
+def find_bad_text(data: Any, path: str = "") -> tuple[str, str] | None:
+    """The first string (key or value) in `data` that no database can store: (path, rule)."""
+    if isinstance(data, str):
+        rule = bad_text(data)
+        return (path, rule) if rule else None
+    if isinstance(data, dict):
+        for key, value in data.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and (rule := bad_text(key)):
+                return (path or "(top level)", f"key {rule}")
+            found = find_bad_text(value, sub)
+            if found:
+                return found
+    if isinstance(data, (list, tuple)):
+        for i, value in enumerate(data):
+            found = find_bad_text(value, f"{path}[{i}]")
+            if found:
+                return found
+    return None
