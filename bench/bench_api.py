@@ -4,6 +4,7 @@ constant, both served by uvicorn with the same settings, in the same run.
     python bench/bench_api.py                                   # SQLite (a temp file)
     python bench/bench_api.py --database-url postgresql://127.0.0.1:5432/test
     python bench/bench_api.py --duration 20 --connections 64 --threads 2
+    python bench/bench_api.py --repeat 3             # three back-to-back rounds, median ratio
 
 Needs `wrk` (Debian: apt-get install -y wrk). Prints requests/s of both and the ratio.
 """
@@ -15,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -115,6 +117,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1,
                         help="uvicorn worker processes, for both servers")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure bare and creep back to back this many times; the ratio "
+                             "reported is the median of the rounds' ratios")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install -y wrk)")
@@ -134,6 +139,7 @@ def main() -> None:
     (work / "bare_app.py").write_text(BARE_APP)
 
     results: dict[str, dict[str, float]] = {}
+    rounds: list[float] = []
     procs: list[subprocess.Popen[bytes]] = []
     try:
         bare_port, creep_port = free_port(), free_port()
@@ -159,8 +165,13 @@ def main() -> None:
         for url in (f"http://127.0.0.1:{bare_port}/bare", f"{base}/v1/tasks"):
             subprocess.run(["wrk", "-t", "1", "-c", "4", "-d", "2s", "-s", str(lua), url],
                            capture_output=True, check=True)
-        results["bare"] = run_wrk(f"http://127.0.0.1:{bare_port}/bare", lua, args, bare.pid)
-        results["creep"] = run_wrk(f"{base}/v1/tasks", lua, args, creep.pid)
+        for i in range(max(1, args.repeat)):
+            for name, url, pid in (("bare", f"http://127.0.0.1:{bare_port}/bare", bare.pid),
+                                   ("creep", f"{base}/v1/tasks", creep.pid)):
+                results[name if args.repeat <= 1 else f"{name}#{i + 1}"] = run_wrk(
+                    url, lua, args, pid)
+            last = list(results.values())
+            rounds.append(last[-1]["rps"] / last[-2]["rps"])
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as c:
             listed = c.get("/v1/tasks", params={"limit": 1}).json()["items"]
             assert listed and listed[0]["task_type"] == "BENCH"
@@ -180,8 +191,10 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name:6s} {r['rps']:9.1f} req/s  p50 {r['p50']:>8}  p99 {r['p99']:>8}  "
               f"server CPU {r['cpu_us']:5.0f} us/request  non-2xx {r['non_2xx']}")
-    ratio = results["creep"]["rps"] / results["bare"]["rps"]
-    print(f"creep / bare = {ratio:.1%} (target >= 50%)")
+    ratio = statistics.median(rounds)
+    each = f" (median of {len(rounds)} rounds: {', '.join(f'{r:.1%}' for r in rounds)})" \
+        if len(rounds) > 1 else ""
+    print(f"creep / bare = {ratio:.1%}{each} (target >= 50%)")
 
 
 if __name__ == "__main__":
