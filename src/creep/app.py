@@ -6,11 +6,13 @@ import asyncio
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, TypeVar
 
 from creep.app_schedules import SchedulesApi  # schedules
 from creep.asset_api import AssetApi
 from creep.domain.artifacts import Artifact
+from creep.domain.bulk_specs import build_specs, check_orders
 from creep.domain.clock import Clock, SystemClock
 from creep.domain.errors import ValidationError
 from creep.domain.events import TaskEvent
@@ -126,25 +128,33 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
             return self._submit_many(items)
 
     def _submit_many(self, items: list[Mapping[str, Any]]) -> list[TaskOrder]:
-        errors: list[tuple[str, str]] = []
-        specs: list[TaskSpec] = []
         now, limits = self.clock.now(), self.limits
         traced = tracer() is not None  # asked once, not per task
-        for i, fields in enumerate(items):
-            try:
-                specs.append(validate_task_spec(
-                    fields, now=now, limits=limits, prefix=f"tasks[{i}].", traced=traced,
-                ))
-            except ValidationError as exc:
-                errors.extend(exc.errors)
-        if errors:
-            raise ValidationError(errors)
+        # Every order is checked before anything is written: one bad order rejects them all.
+        checked = check_orders(items, now=now, limits=limits, traced=traced)
         now = self.clock.now()
-        if len(specs) <= SUBMIT_CHUNK or any(s.depends_on for s in specs):
-            return self.store.task_create_many(specs, now)
+        if len(items) <= SUBMIT_CHUNK or any(
+            isinstance(c, TaskSpec) and c.depends_on for c in checked
+        ):
+            return self.store.task_create_many(build_specs(items, checked, limits, traced), now)
+        bounds = [(a, a + SUBMIT_CHUNK) for a in range(0, len(items), SUBMIT_CHUNK)]
         out: list[TaskOrder] = []
-        for start in range(0, len(specs), SUBMIT_CHUNK):
-            out.extend(self.store.task_create_many(specs[start:start + SUBMIT_CHUNK], now))
+        if traced:  # a span belongs to the submitter's context, so no other thread makes one
+            for a, b in bounds:
+                specs = build_specs(items[a:b], checked[a:b], limits, traced)
+                out.extend(self.store.task_create_many(specs, now))
+            return out
+        # The next chunk's specs are built while this one is written: the database (SQLite's
+        # C code, PostgreSQL's server) works without the GIL meanwhile.
+        with ThreadPoolExecutor(1, thread_name_prefix="creep-submit") as pool:
+            a, b = bounds[0]
+            ahead = pool.submit(build_specs, items[a:b], checked[a:b], limits, False)
+            for k in range(len(bounds)):
+                specs = ahead.result()
+                if k + 1 < len(bounds):
+                    a, b = bounds[k + 1]
+                    ahead = pool.submit(build_specs, items[a:b], checked[a:b], limits, False)
+                out.extend(self.store.task_create_many(specs, now))
         return out
 
     # -- reading and steering ------------------------------------------------------------------

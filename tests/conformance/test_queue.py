@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -27,6 +28,7 @@ from creep import (
     ValidationError,
     VersionConflict,
 )
+from creep import app as app_module
 
 
 @pytest.fixture
@@ -177,6 +179,36 @@ def test_validation_error_leaves_nothing_behind(app: Creep) -> None:
         app.submit_many([{"task_type": "A"}, {"task_type": "A", "priority": 500}])
     assert info.value.errors == [("tasks[1].priority", "must be from 0 to 100 (got 500)")]
     assert app.list_tasks() == []
+
+
+def test_chunked_submission_builds_ahead_and_answers_in_order(
+    app: Creep, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submission bigger than one chunk is written chunk by chunk while the next chunk's
+    specs are built in another thread: the answer keeps submission order, replays and
+    full-path orders included, and a bad order anywhere still leaves nothing behind."""
+    monkeypatch.setattr(app_module, "SUBMIT_CHUNK", 40)
+    orders: list[dict[str, object]] = [
+        {"tenant_id": "t1", "env": "prod", "idempotency_key": f"c{i}", "task_type": "A",
+         "priority": i % 7, "input_payload": {"i": i}}
+        for i in range(150)
+    ]
+    orders[45] = {**orders[45], "max_total_cost": "2.50", "tags": ["full-path"]}
+    with pytest.raises(ValidationError) as info:
+        app.submit_many([*orders, {"task_type": "A", "priority": -1}])
+    assert [name for name, _ in info.value.errors] == ["tasks[150].priority"]
+    assert app.list_tasks(limit=500) == []
+    first = app.submit_many(orders)
+    assert [t.idempotency_key for t in first] == [o["idempotency_key"] for o in orders]
+    assert not any(t.replayed for t in first) and len({t.task_id for t in first}) == 150
+    assert first[45].max_total_cost == Decimal("2.50") and first[45].tags == ["full-path"]
+    for task in (first[0], first[45], first[149]):
+        assert app.get_task(task.task_id).to_dict() == task.to_dict()
+        assert [e.event_type for e in app.task_events(task.task_id)] == ["created", "queued"]
+    again = app.submit_many([*orders[100:], {**orders[0], "idempotency_key": "fresh"}])
+    assert [t.task_id for t in again[:-1]] == [t.task_id for t in first[100:]]
+    assert all(t.replayed for t in again[:-1]) and not again[-1].replayed
+    assert len(app.list_tasks(limit=500)) == 151
 
 
 def test_optimistic_versioning(app: Creep) -> None:
