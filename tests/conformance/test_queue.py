@@ -129,6 +129,34 @@ def test_plain_bulk_replay_conflict_and_awkward_text(app: Creep) -> None:
     assert [e.event_type for e in app.task_events(delayed.task_id)] == ["created"]
 
 
+def test_large_plain_bulk_round_trips_awkward_text_and_delays(app: Creep) -> None:
+    """Enough plain orders for PostgreSQL's COPY path (binary rows, streamed in blocks): text,
+    payloads, delays and defaults read back exactly, with their creation events."""
+    awkward = ['a,b', 'quote " and ""', "back\\slash \\N", "", " ", "tab\t", "ünï©ødé ✓",
+               "\\.", "line\nbreak", "cr\rlf", "😀 astral"]
+    orders: list[dict[str, object]] = []
+    for i in range(2100):
+        text = awkward[i % len(awkward)]
+        order: dict[str, object] = {
+            "tenant_id": f"t{i % 2}", "env": "prod", "idempotency_key": f"k{i}-{text}",
+            "task_type": f"T{text}", "correlation_id": text or None, "priority": i % 101,
+            "timeout_ms": 1 + i, "input_payload": {"text": text, "i": i, "n": None},
+        }
+        if i % 97 == 5:
+            order["run_after"] = timedelta(hours=1)
+        orders.append(order)
+    created = app.submit_many(orders)
+    for task in created[:40] + created[-40:] + [created[i] for i in range(5, 2100, 97)]:
+        assert app.get_task(task.task_id).to_dict() == task.to_dict()
+        types = [e.event_type for e in app.task_events(task.task_id)]
+        assert types == (["created"] if task.status is TaskStatus.PENDING
+                         else ["created", "queued"])
+    assert sum(t.status is TaskStatus.PENDING for t in created) == len(range(5, 2100, 97))
+    again = app.submit_many(orders)
+    assert [t.task_id for t in again] == [t.task_id for t in created]
+    assert all(t.replayed for t in again)
+
+
 def test_stored_task_equals_returned_task_for_mixed_optional_fields(app: Creep) -> None:
     """Stores insert only the columns a batch sets; the others must read back as defaults."""
     orders: list[dict[str, object]] = [
