@@ -291,6 +291,13 @@ def canonical_json(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=_json_default)
 
 
+def payload_dumps(value: Any) -> bytes:
+    """orjson.dumps(value) as a bytes object of its own size. orjson's answer keeps the whole
+    buffer it wrote into (4 KB for a small payload): a bulk submission holding 50,000 of them
+    took 200 MB and a page fault per order. The copy costs less than the faults."""
+    return b"".join((orjson.dumps(value, default=_json_default), b""))
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
@@ -307,6 +314,7 @@ _FAST_TEXT: dict[str, int] = {
     "correlation_id": _IDENT_MAX,
 }
 _FAST_REQUIRED = frozenset({"tenant_id", "env", "task_type"})
+_FAST_FIELDS = frozenset({*_FAST_TEXT, "priority", "timeout_ms", "tags", "input_payload"})
 
 
 def _fast_spec(
@@ -322,32 +330,31 @@ def _fast_spec(
 def fast_check(data: Mapping[str, Any], limits: Limits) -> bytes | None:
     """The checking half of the fast path: the input payload's JSON when `data` is a common
     order that is valid, else None (the full path, validate_task_spec, decides)."""
-    if type(data) is not dict or data.get("task_type") is None:
+    if (
+        type(data) is not dict or data.get("task_type") is None
+        or not data.keys() <= _FAST_FIELDS
+    ):
         return None
-    for name, value in data.items():
-        max_len = _FAST_TEXT.get(name)
-        if max_len is not None:
-            if value is None:
-                continue
-            if type(value) is not str or len(value) > max_len:
+    for name, value in data.items():  # strings first: most values of a common order are
+        if type(value) is str:
+            max_len = _FAST_TEXT.get(name)
+            if max_len is None:
+                if name != "input_payload":
+                    return None  # a string priority, timeout_ms or tags
+            elif len(value) > max_len or (name in _FAST_REQUIRED and not value.strip()):
                 return None
-            if name in _FAST_REQUIRED and not value.strip():
-                return None
+        elif value is None or name == "input_payload":
+            continue
         elif name == "priority":
-            if value is not None and (type(value) is not int or not 0 <= value <= 100):
+            if type(value) is not int or not 0 <= value <= 100:
                 return None
         elif name == "timeout_ms":
-            if value is not None and (
-                type(value) is not int or not 1 <= value <= MAX_TIMEOUT_MS
-            ):
+            if type(value) is not int or not 1 <= value <= MAX_TIMEOUT_MS:
                 return None
-        elif name == "tags":
-            if value is not None and not _plain_tags(value):
-                return None
-        elif name != "input_payload":
-            return None
+        elif name != "tags" or not _plain_tags(value):
+            return None  # a text field that is no string, or tags the full path must see
     try:
-        payload_json = orjson.dumps(data.get("input_payload"), default=_json_default)
+        payload_json = payload_dumps(data.get("input_payload"))
     except TypeError:
         return None
     if len(payload_json) > limits.max_payload_bytes:
@@ -463,7 +470,7 @@ def validate_full(
 
     payload = data.get("input_payload")
     try:
-        payload_json = orjson.dumps(payload, default=_json_default)
+        payload_json = payload_dumps(payload)
     except TypeError as exc:
         errs.add("input_payload", f"must be JSON-serialisable ({exc})")
         payload_json = b"null"
