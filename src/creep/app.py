@@ -6,11 +6,11 @@ import asyncio
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, TypeVar
 
 from creep.app_schedules import SchedulesApi  # schedules
 from creep.asset_api import AssetApi
+from creep.bulk_submit import write_chunks
 from creep.domain.artifacts import Artifact
 from creep.domain.bulk_specs import build_specs, check_orders
 from creep.domain.clock import Clock, SystemClock
@@ -120,7 +120,12 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
 
     def submit_many(self, orders: Iterable[Mapping[str, Any]]) -> list[TaskOrder]:
         """Create many task orders in as few transactions as possible. Tasks may depend on
-        each other by `task_id`; a cycle or an unknown id rejects the whole submission."""
+        each other by `task_id`; a cycle or an unknown id rejects the whole submission.
+
+        Every order is checked before anything is written (one invalid order rejects all).
+        Without dependencies, more than SUBMIT_CHUNK orders are written in transactions of
+        SUBMIT_CHUNK, on PostgreSQL two at a time: if one fails (an idempotency conflict),
+        its error is raised and the chunks already written stay."""
         items = list(orders)
         if len(items) < 100:
             return self._submit_many(items)
@@ -137,25 +142,14 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
             isinstance(c, TaskSpec) and c.depends_on for c in checked
         ):
             return self.store.task_create_many(build_specs(items, checked, limits, traced), now)
-        bounds = [(a, a + SUBMIT_CHUNK) for a in range(0, len(items), SUBMIT_CHUNK)]
-        out: list[TaskOrder] = []
         if traced:  # a span belongs to the submitter's context, so no other thread makes one
-            for a, b in bounds:
+            out: list[TaskOrder] = []
+            for a in range(0, len(items), SUBMIT_CHUNK):
+                b = a + SUBMIT_CHUNK
                 specs = build_specs(items[a:b], checked[a:b], limits, traced)
                 out.extend(self.store.task_create_many(specs, now))
             return out
-        # The next chunk's specs are built while this one is written: the database (SQLite's
-        # C code, PostgreSQL's server) works without the GIL meanwhile.
-        with ThreadPoolExecutor(1, thread_name_prefix="creep-submit") as pool:
-            a, b = bounds[0]
-            ahead = pool.submit(build_specs, items[a:b], checked[a:b], limits, False)
-            for k in range(len(bounds)):
-                specs = ahead.result()
-                if k + 1 < len(bounds):
-                    a, b = bounds[k + 1]
-                    ahead = pool.submit(build_specs, items[a:b], checked[a:b], limits, False)
-                out.extend(self.store.task_create_many(specs, now))
-        return out
+        return write_chunks(self.store, items, checked, limits, now, SUBMIT_CHUNK)
 
     # -- reading and steering ------------------------------------------------------------------
 

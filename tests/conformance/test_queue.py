@@ -237,6 +237,15 @@ def test_chunked_submission_builds_ahead_and_answers_in_order(
     assert [t.task_id for t in again[:-1]] == [t.task_id for t in first[100:]]
     assert all(t.replayed for t in again[:-1]) and not again[-1].replayed
     assert len(app.list_tasks(limit=500)) == 151
+    # One key in two chunks: the later order replays the earlier one.
+    twice = [{**o, "idempotency_key": f"d{i}"} for i, o in enumerate(orders)]
+    twice[130] = twice[3]
+    made = app.submit_many(twice)
+    assert made[130].task_id == made[3].task_id and made[130].replayed
+    assert not any(t.replayed for i, t in enumerate(made) if i != 130)
+    with pytest.raises(IdempotencyConflict):
+        app.submit_many([{**o, "idempotency_key": f"e{i}"} for i, o in enumerate(orders)]
+                        + [{**twice[0], "input_payload": {"other": 1}}])
 
 
 def test_optimistic_versioning(app: Creep) -> None:

@@ -175,6 +175,12 @@ class PostgresStore(
 ):  # schedules, assets, API tables, artifacts, REST pages: see the mixins
     dialect = "postgres"
 
+    @property
+    def bulk_writers(self) -> int:
+        """Chunks of one bulk submission written at once (bulk_submit.py), each on its own
+        connection: the server works on two of them in two processes."""
+        return min(2, self.pool.max_size)
+
     def __init__(self, url: str) -> None:
         self.url = url
         parts = urlsplit(url.replace("postgresql+psycopg:", "postgresql:", 1))
