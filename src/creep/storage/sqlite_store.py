@@ -61,7 +61,7 @@ from creep.storage.metrics_store import SqliteMetricsMixin  # /metrics
 from creep.storage.sqlite_api import SqliteApiMixin
 from creep.storage.sqlite_artifacts import SqliteArtifactsMixin  # artifacts + HTTP workers
 from creep.storage.sqlite_assets import SqliteAssets
-from creep.storage.sqlite_bulk import insert_rows, rows_per_statement
+from creep.storage.sqlite_bulk import MAX_STATEMENT_ROWS, insert_rows, rows_per_statement
 from creep.storage.sqlite_schedules import SqliteSchedulesMixin  # schedules
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -350,7 +350,9 @@ class SqliteStore(
         if all(map(is_plain, specs)):
             plain = [_plain_row(tasks[s.task_id], s, now_us) for s in specs]
             plain.sort(key=_plain_priority_desc)
-            last = insert_rows(conn, _PLAIN_INSERT, len(PLAIN_COLUMNS), plain)
+            last = insert_rows(
+                conn, _PLAIN_INSERT, len(PLAIN_COLUMNS), plain, MAX_STATEMENT_ROWS
+            )
         else:
             rows = [_task_row(tasks[s.task_id], s, s.task_id in has_dependants) for s in specs]
             rows.sort(key=_by_priority_desc)
