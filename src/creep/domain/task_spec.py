@@ -335,7 +335,7 @@ def fast_check(data: Mapping[str, Any], limits: Limits) -> bytes | None:
         or not data.keys() <= _FAST_FIELDS
     ):
         return None
-    for name, value in data.items():  # strings first: most values of a common order are ones
+    for name, value in data.items():  # strings first: most of a common order's values
         if type(value) is str:
             max_len = _FAST_TEXT.get(name)
             if max_len is None:
