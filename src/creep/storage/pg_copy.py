@@ -83,16 +83,27 @@ def copy_blocks(
             raise ValueError(f"task {t.task_id}: not a uuid or not a request hash")
         rows.append((uid, same(t.tenant_id), t, spec))
 
+    shared: dict[tuple[object, ...], bytes] = {}
+
     def task_rows(part: list[_Row]) -> bytes:
         out: list[bytes] = []
         for uid, tenant, t, spec in part:
+            # tenant_id ... updated_at: one encoding per combination (few in a submission)
+            key = (tenant, t.env, t.task_type, t.priority, t.timeout_ms, t.currency, t.status)
+            middle = shared.get(key)
+            if middle is None:
+                queued = t.status is TaskStatus.QUEUED
+                middle = shared[key] = b"".join((
+                    tenant, _text(t.env), _text(t.task_type), _INT2(2, t.priority),
+                    _INT8(8, t.timeout_ms), _text(t.currency), _text(t.status.value), at,
+                    at if queued else _NULL, at,
+                ))
+            idem = t.idempotency_key.encode()
+            corr = t.correlation_id.encode()
+            payload = spec.input_payload_json
             out += (
-                _TASK_FIELDS, uid, _text(t.idempotency_key), _HASH, spec.request_hash.encode(),
-                tenant, same(t.env), same(t.task_type), _INT2(2, t.priority),
-                _INT8(8, t.timeout_ms), same(t.currency), same(t.status.value), at,
-                at if t.status is TaskStatus.QUEUED else _NULL, at,
-                _jsonb(spec.input_payload_json),
-                _text(t.correlation_id),
+                _TASK_FIELDS, uid, _LEN(len(idem)), idem, _HASH, spec.request_hash.encode(),
+                middle, _LEN(len(payload) + 1), b"\x01", payload, _LEN(len(corr)), corr,
                 _INT4(4, t.max_attempts),
                 at if spec.run_after is None else timestamp(t.run_after),
             )
