@@ -275,9 +275,9 @@ class PostgresStore(
         by_id = {s.task_id: s for s in specs}
         if len(by_id) != len(specs):
             raise ValidationError.single("task_id", "task ids in one submission must be unique")
-        if within is None and not any(s.depends_on for s in specs) and not (
-            len(specs) >= COPY_MIN_TASKS and all(map(is_plain, specs))
-        ):  # e.g. the API's group commits: new tasks and their audit rows
+        copy = len(specs) >= COPY_MIN_TASKS and all(map(is_plain, specs))
+        if within is None and not copy and not any(s.depends_on for s in specs):
+            # e.g. the API's group commits: new tasks and their audit rows
             created = self._create_pipelined(specs, now)
             if created is not None:
                 return created
@@ -306,7 +306,8 @@ class PostgresStore(
                 tasks[task_id] = task
             has_dependants = {d for s in specs for d in s.depends_on}
             inserted = (
-                self._copy_plain(conn, specs, tasks, now) if all(map(is_plain, specs)) else None
+                self._copy_plain(conn, specs, tasks, now)
+                if copy or all(map(is_plain, specs)) else None
             )
             notified = inserted is None  # _insert's statement notifies the workers itself
             if inserted is None:
