@@ -10,7 +10,9 @@ from typing import Any, BinaryIO, TypeVar
 
 from creep.app_schedules import SchedulesApi  # schedules
 from creep.asset_api import AssetApi
+from creep.bulk_submit import write_chunks
 from creep.domain.artifacts import Artifact
+from creep.domain.bulk_specs import build_specs, check_orders
 from creep.domain.clock import Clock, SystemClock
 from creep.domain.errors import ValidationError
 from creep.domain.events import TaskEvent
@@ -31,6 +33,8 @@ H = TypeVar("H", bound=Handler)
 
 #: Largest submission written in one transaction; bigger ones are split.
 SUBMIT_CHUNK = 5000
+#: The garbage collector's first-generation threshold during a bulk submission (gc_tuning).
+SUBMIT_GC_THRESHOLD = 100_000
 
 
 class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
@@ -118,34 +122,39 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
 
     def submit_many(self, orders: Iterable[Mapping[str, Any]]) -> list[TaskOrder]:
         """Create many task orders in as few transactions as possible. Tasks may depend on
-        each other by `task_id`; a cycle or an unknown id rejects the whole submission."""
+        each other by `task_id`; a cycle or an unknown id rejects the whole submission.
+
+        Every order is checked before anything is written (one invalid order rejects all).
+        Without dependencies, more than SUBMIT_CHUNK orders are written in transactions of
+        SUBMIT_CHUNK, on PostgreSQL two at a time: if one fails (an idempotency conflict),
+        its error is raised and the chunks already written stay."""
         items = list(orders)
         if len(items) < 100:
             return self._submit_many(items)
-        with fewer_collections():  # thousands of specs and rows are built at once
+        # Thousands of specs, orders and rows are built at once and all of them survive to the
+        # end: at the batch threshold (20,000) a 50k submission took 15 young collections,
+        # each walking objects that all live on (0.14 s); at 100,000, 4 (0.08 s).
+        with fewer_collections(SUBMIT_GC_THRESHOLD):
             return self._submit_many(items)
 
     def _submit_many(self, items: list[Mapping[str, Any]]) -> list[TaskOrder]:
-        errors: list[tuple[str, str]] = []
-        specs: list[TaskSpec] = []
         now, limits = self.clock.now(), self.limits
         traced = tracer() is not None  # asked once, not per task
-        for i, fields in enumerate(items):
-            try:
-                specs.append(validate_task_spec(
-                    fields, now=now, limits=limits, prefix=f"tasks[{i}].", traced=traced,
-                ))
-            except ValidationError as exc:
-                errors.extend(exc.errors)
-        if errors:
-            raise ValidationError(errors)
+        # Every order is checked before anything is written: one bad order rejects them all.
+        checked = check_orders(items, now=now, limits=limits, traced=traced)
         now = self.clock.now()
-        if len(specs) <= SUBMIT_CHUNK or any(s.depends_on for s in specs):
-            return self.store.task_create_many(specs, now)
-        out: list[TaskOrder] = []
-        for start in range(0, len(specs), SUBMIT_CHUNK):
-            out.extend(self.store.task_create_many(specs[start:start + SUBMIT_CHUNK], now))
-        return out
+        if len(items) <= SUBMIT_CHUNK or any(
+            isinstance(c, TaskSpec) and c.depends_on for c in checked
+        ):
+            return self.store.task_create_many(build_specs(items, checked, limits, traced), now)
+        if traced:  # a span belongs to the submitter's context, so no other thread makes one
+            out: list[TaskOrder] = []
+            for a in range(0, len(items), SUBMIT_CHUNK):
+                b = a + SUBMIT_CHUNK
+                specs = build_specs(items[a:b], checked[a:b], limits, traced)
+                out.extend(self.store.task_create_many(specs, now))
+            return out
+        return write_chunks(self.store, items, checked, limits, now, SUBMIT_CHUNK)
 
     # -- reading and steering ------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -27,6 +28,7 @@ from creep import (
     ValidationError,
     VersionConflict,
 )
+from creep import app as app_module
 
 
 @pytest.fixture
@@ -127,6 +129,34 @@ def test_plain_bulk_replay_conflict_and_awkward_text(app: Creep) -> None:
     assert [e.event_type for e in app.task_events(delayed.task_id)] == ["created"]
 
 
+def test_large_plain_bulk_round_trips_awkward_text_and_delays(app: Creep) -> None:
+    """Enough plain orders for PostgreSQL's COPY path (binary rows, streamed in blocks): text,
+    payloads, delays and defaults read back exactly, with their creation events."""
+    awkward = ['a,b', 'quote " and ""', "back\\slash \\N", "", " ", "tab\t", "ünï©ødé ✓",
+               "\\.", "line\nbreak", "cr\rlf", "😀 astral"]
+    orders: list[dict[str, object]] = []
+    for i in range(2100):
+        text = awkward[i % len(awkward)]
+        order: dict[str, object] = {
+            "tenant_id": f"t{i % 2}", "env": "prod", "idempotency_key": f"k{i}-{text}",
+            "task_type": f"T{text}", "correlation_id": text or None, "priority": i % 101,
+            "timeout_ms": 1 + i, "input_payload": {"text": text, "i": i, "n": None},
+        }
+        if i % 97 == 5:
+            order["run_after"] = timedelta(hours=1)
+        orders.append(order)
+    created = app.submit_many(orders)
+    for task in created[:40] + created[-40:] + [created[i] for i in range(5, 2100, 97)]:
+        assert app.get_task(task.task_id).to_dict() == task.to_dict()
+        types = [e.event_type for e in app.task_events(task.task_id)]
+        assert types == (["created"] if task.status is TaskStatus.PENDING
+                         else ["created", "queued"])
+    assert sum(t.status is TaskStatus.PENDING for t in created) == len(range(5, 2100, 97))
+    again = app.submit_many(orders)
+    assert [t.task_id for t in again] == [t.task_id for t in created]
+    assert all(t.replayed for t in again)
+
+
 def test_stored_task_equals_returned_task_for_mixed_optional_fields(app: Creep) -> None:
     """Stores insert only the columns a batch sets; the others must read back as defaults."""
     orders: list[dict[str, object]] = [
@@ -177,6 +207,45 @@ def test_validation_error_leaves_nothing_behind(app: Creep) -> None:
         app.submit_many([{"task_type": "A"}, {"task_type": "A", "priority": 500}])
     assert info.value.errors == [("tasks[1].priority", "must be from 0 to 100 (got 500)")]
     assert app.list_tasks() == []
+
+
+def test_chunked_submission_builds_ahead_and_answers_in_order(
+    app: Creep, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submission bigger than one chunk is written chunk by chunk while the next chunk's
+    specs are built in another thread: the answer keeps submission order, replays and
+    full-path orders included, and a bad order anywhere still leaves nothing behind."""
+    monkeypatch.setattr(app_module, "SUBMIT_CHUNK", 40)
+    orders: list[dict[str, object]] = [
+        {"tenant_id": "t1", "env": "prod", "idempotency_key": f"c{i}", "task_type": "A",
+         "priority": i % 7, "input_payload": {"i": i}}
+        for i in range(150)
+    ]
+    orders[45] = {**orders[45], "max_total_cost": "2.50", "tags": ["full-path"]}
+    with pytest.raises(ValidationError) as info:
+        app.submit_many([*orders, {"task_type": "A", "priority": -1}])
+    assert [name for name, _ in info.value.errors] == ["tasks[150].priority"]
+    assert app.list_tasks(limit=500) == []
+    first = app.submit_many(orders)
+    assert [t.idempotency_key for t in first] == [o["idempotency_key"] for o in orders]
+    assert not any(t.replayed for t in first) and len({t.task_id for t in first}) == 150
+    assert first[45].max_total_cost == Decimal("2.50") and first[45].tags == ["full-path"]
+    for task in (first[0], first[45], first[149]):
+        assert app.get_task(task.task_id).to_dict() == task.to_dict()
+        assert [e.event_type for e in app.task_events(task.task_id)] == ["created", "queued"]
+    again = app.submit_many([*orders[100:], {**orders[0], "idempotency_key": "fresh"}])
+    assert [t.task_id for t in again[:-1]] == [t.task_id for t in first[100:]]
+    assert all(t.replayed for t in again[:-1]) and not again[-1].replayed
+    assert len(app.list_tasks(limit=500)) == 151
+    # One key in two chunks: the later order replays the earlier one.
+    twice = [{**o, "idempotency_key": f"d{i}"} for i, o in enumerate(orders)]
+    twice[130] = twice[3]
+    made = app.submit_many(twice)
+    assert made[130].task_id == made[3].task_id and made[130].replayed
+    assert not any(t.replayed for i, t in enumerate(made) if i != 130)
+    with pytest.raises(IdempotencyConflict):
+        app.submit_many([{**o, "idempotency_key": f"e{i}"} for i, o in enumerate(orders)]
+                        + [{**twice[0], "input_payload": {"other": 1}}])
 
 
 def test_optimistic_versioning(app: Creep) -> None:

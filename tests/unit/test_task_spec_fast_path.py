@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from creep.domain import task_spec
+from creep.domain.bulk_specs import build_specs, check_orders
 from creep.domain.errors import ValidationError
 from creep.domain.task_spec import Limits, TaskSpec, validate_task_spec
 
@@ -72,3 +73,41 @@ def test_common_order_takes_fast_path() -> None:
     assert _comparable(fast) == _comparable(_full(data, Limits()))
     assert fast.max_attempts == 4 and fast.constraints == {} and fast.tags == ["a", "b"]
     assert fast.tags is not data["tags"]  # the caller's list is not shared
+
+
+@relaxed
+@given(st.lists(orders, max_size=6), st.sampled_from([10, 1_048_576]))
+def test_bulk_check_and_build_match_one_by_one(batch: list[dict[str, Any]], max_bytes: int) -> None:
+    """check_orders + build_specs (app.submit_many's halves) give what validate_task_spec
+    gives order by order: the same specs, or the same errors under tasks[i]. prefixes."""
+    limits = Limits(max_payload_bytes=max_bytes, default_timeout_ms=12_345)
+    errors: list[tuple[str, str]] = []
+    one_by_one: list[TaskSpec] = []
+    for i, data in enumerate(batch):
+        try:
+            one_by_one.append(validate_task_spec(
+                data, now=NOW, limits=limits, prefix=f"tasks[{i}].", traced=False,
+            ))
+        except ValidationError as exc:
+            errors.extend(exc.errors)
+    if errors:
+        with pytest.raises(ValidationError) as bulk_errors:
+            check_orders(batch, now=NOW, limits=limits, traced=False)
+        assert bulk_errors.value.errors == errors
+        return
+    checked = check_orders(batch, now=NOW, limits=limits, traced=False)
+    specs = build_specs(batch, checked, limits, False)
+    assert [_comparable(s) for s in specs] == [_comparable(s) for s in one_by_one]
+    assert len({s.task_id for s in specs}) == len(specs)
+
+
+def test_bulk_build_makes_increasing_ids_and_the_same_fingerprints() -> None:
+    batch = [{"tenant_id": "t", "env": "prod", "idempotency_key": f"k{i}", "task_type": "N",
+              "priority": i % 3, "input_payload": {"i": i, "z": [1, None]}, "tags": ["a"],
+              "description": None} for i in range(5000)]
+    specs = build_specs(batch, check_orders(batch, now=NOW, limits=Limits()), Limits())
+    ids = [s.task_id for s in specs]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    for spec, data in zip(specs, batch, strict=True):
+        assert spec.request_hash == task_spec.request_fingerprint(data)
+        assert spec.request_hash == task_spec.fast_fingerprint(data)

@@ -65,6 +65,7 @@ from creep.storage.common import (
     resolution_payload,
 )
 from creep.storage.metrics_store import PostgresMetricsMixin  # /metrics
+from creep.storage.pg_copy import copy_blocks
 from creep.storage.postgres_api import PostgresApiMixin
 from creep.storage.postgres_artifacts import PostgresArtifactsMixin  # artifacts + HTTP workers
 from creep.storage.postgres_assets import PostgresAssets
@@ -175,6 +176,12 @@ class PostgresStore(
 ):  # schedules, assets, API tables, artifacts, REST pages: see the mixins
     dialect = "postgres"
 
+    @property
+    def bulk_writers(self) -> int:
+        """Chunks of one bulk submission written at once (bulk_submit.py), each on its own
+        connection: the server works on two of them in two processes."""
+        return min(2, self.pool.max_size)
+
     def __init__(self, url: str) -> None:
         self.url = url
         parts = urlsplit(url.replace("postgresql+psycopg:", "postgresql:", 1))
@@ -271,9 +278,9 @@ class PostgresStore(
         by_id = {s.task_id: s for s in specs}
         if len(by_id) != len(specs):
             raise ValidationError.single("task_id", "task ids in one submission must be unique")
-        if within is None and not any(s.depends_on for s in specs) and not (
-            len(specs) >= COPY_MIN_TASKS and all(map(is_plain, specs))
-        ):  # e.g. the API's group commits: new tasks and their audit rows
+        copy = len(specs) >= COPY_MIN_TASKS and all(map(is_plain, specs))
+        if within is None and not copy and not any(s.depends_on for s in specs):
+            # e.g. the API's group commits: new tasks and their audit rows
             created = self._create_pipelined(specs, now)
             if created is not None:
                 return created
@@ -302,7 +309,8 @@ class PostgresStore(
                 tasks[task_id] = task
             has_dependants = {d for s in specs for d in s.depends_on}
             inserted = (
-                self._copy_plain(conn, specs, tasks, now) if all(map(is_plain, specs)) else None
+                self._copy_plain(conn, specs, tasks, now)
+                if copy or all(map(is_plain, specs)) else None
             )
             notified = inserted is None  # _insert's statement notifies the workers itself
             if inserted is None:
@@ -360,36 +368,19 @@ class PostgresStore(
         tasks: dict[str, TaskOrder], now: datetime,
     ) -> set[str] | None:
         """COPY plain new tasks (is_plain) and their creation events: the server's cheapest
-        way in, several times faster than INSERT ... SELECT FROM unnest(...). COPY has no ON
+        way in, several times faster than INSERT ... SELECT FROM unnest(...); in the binary
+        format (pg_copy.py), without text to parse, and streamed in blocks. COPY has no ON
         CONFLICT: an idempotency key that exists already fails it, the savepoint undoes it,
         and None sends the caller to _insert, which replays or refuses per key."""
-        at = now.isoformat()
-        task_lines: list[str] = []
-        event_lines: list[str] = []
-        for spec in specs:
-            t = tasks[spec.task_id]
-            tid, tenant, queued = t.task_id, _csv(t.tenant_id), t.status is TaskStatus.QUEUED
-            task_lines.append(",".join((
-                tid, _csv(t.idempotency_key), spec.request_hash, tenant, _csv(t.env),
-                _csv(t.task_type), str(t.priority), str(t.timeout_ms), _csv(t.currency),
-                t.status.value, at, at if queued else "", at,
-                _csv(spec.input_payload_json.decode()), _csv(t.correlation_id),
-                str(t.max_attempts), at if spec.run_after is None else t.run_after.isoformat(),
-            )))
-            # creation_events(t): a plain task is QUEUED or (run_after later) PENDING.
-            created = _csv(orjson.dumps({"task_type": t.task_type, "priority": t.priority}).decode())
-            event_lines.append(f"{tid},{tenant},created,,PENDING,{created},{at}")
-            if queued:
-                event_lines.append(f"{tid},{tenant},queued,PENDING,QUEUED,{{}},{at}")
-        tasks_csv, events_csv = "\n".join(task_lines), "\n".join(event_lines)
-        if "\r" in tasks_csv or tasks_csv.count("\n") != len(task_lines) - 1:
-            return None  # a line break inside a value: leave CSV's corner cases to _insert
+        task_data, event_data = copy_blocks(specs, tasks, now)
         try:
             with conn.transaction(), conn.cursor() as cur:
                 with cur.copy(_COPY_TASKS) as copy:
-                    copy.write(tasks_csv)
+                    for block in task_data:
+                        copy.write(block)
                 with cur.copy(_COPY_EVENTS) as copy:
-                    copy.write(events_csv)
+                    for block in event_data:
+                        copy.write(block)
         except pg_errors.UniqueViolation:
             return None
         return set(tasks)
@@ -1331,16 +1322,11 @@ _DEFAULT_ITEMS = tuple(_DEFAULTS.items())
 #: From this many plain tasks (is_plain) on, a submission is COPYed (see _copy_plain), whose
 #: round trips then cost less than the server's work they save; fewer go pipelined.
 COPY_MIN_TASKS = 64
-_COPY_TASKS = f"COPY tasks ({', '.join(PLAIN_COLUMNS)}) FROM STDIN (FORMAT csv)"
+_COPY_TASKS = f"COPY tasks ({', '.join(PLAIN_COLUMNS)}) FROM STDIN (FORMAT binary)"
 _COPY_EVENTS = (
     "COPY task_events (task_id, tenant_id, event_type, from_status, to_status, payload, "
-    "created_at) FROM STDIN (FORMAT csv)"
+    "created_at) FROM STDIN (FORMAT binary)"
 )
-
-
-def _csv(text: str) -> str:
-    """A quoted CSV field: a quoted empty string stays '' (unquoted empty is NULL)."""
-    return '"' + text.replace('"', '""') + '"'
 
 
 _INSERT_TYPES: dict[str, str] = {

@@ -14,18 +14,23 @@ from typing import Any
 # Well under SQLite's default limit of 32766 bound variables per statement.
 _MAX_VARIABLES = 30_000
 _MAX_ROWS = 500
+#: For big batches of narrow rows (a bulk submission's plain tasks): fewer, longer statements
+#: cost SQLite less per row (17 columns: 1764 rows a statement, ~1.5 us/task less than 500).
+MAX_STATEMENT_ROWS = _MAX_VARIABLES
 
 
-def rows_per_statement(ncols: int) -> int:
-    return max(1, min(_MAX_ROWS, _MAX_VARIABLES // ncols))
+def rows_per_statement(ncols: int, max_rows: int = _MAX_ROWS) -> int:
+    return max(1, min(max_rows, _MAX_VARIABLES // ncols))
 
 
 def insert_rows(
-    conn: sqlite3.Connection, head: str, ncols: int, rows: Sequence[Sequence[Any]]
+    conn: sqlite3.Connection, head: str, ncols: int, rows: Sequence[Sequence[Any]],
+    max_rows: int = _MAX_ROWS,
 ) -> int | None:
     """`head` is `INSERT INTO t (c1, ..., cn)`; each row has `ncols` values. Returns the rowid
-    of the last row inserted (None when there were no rows)."""
-    per = rows_per_statement(ncols)
+    of the last row inserted (None when there were no rows). `max_rows`: rows per statement
+    at most (MAX_STATEMENT_ROWS: as many as SQLite's variable limit lets in)."""
+    per = rows_per_statement(ncols, max_rows)
     one = "(" + ", ".join("?" * ncols) + ")"
     last: int | None = None
     for start in range(0, len(rows), per):

@@ -1,0 +1,84 @@
+"""Writing a checked bulk submission chunk by chunk (app.submit_many), overlapped.
+
+Every order was checked first (check_orders), so building a chunk's specs cannot fail and may
+run beside the writes. The database works without the GIL (SQLite's C code, PostgreSQL's
+server), so while chunk k is written the next chunk's specs are built in a helper thread.
+A store that sets `bulk_writers` > 1 (PostgreSQL: one server process per connection) writes
+that many chunks at once, each in its own transaction on its own connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+from creep.domain.bulk_specs import Checked, build_specs
+from creep.domain.task import TaskOrder
+from creep.domain.task_spec import Limits, TaskSpec
+from creep.ports import Store
+from creep.storage import pending_writes
+
+
+def write_chunks(
+    store: Store, items: Sequence[Mapping[str, Any]], checked: Sequence[Checked],
+    limits: Limits, now: datetime, chunk: int,
+) -> list[TaskOrder]:
+    """Create the tasks of `items` in transactions of `chunk` orders; the answer keeps
+    submission order. When a chunk fails its error is raised; the chunks written before it
+    stay, and so may those written beside it (bulk_writers > 1)."""
+    bounds = [(a, a + chunk) for a in range(0, len(items), chunk)]
+    writers = int(getattr(store, "bulk_writers", 1))
+    if writers > 1 and not pending_writes.waiting() and _distinct_keys(items, checked):
+        # (Writes riding along belong to this thread's transaction; one key in two chunks
+        # written at once would make one wait on the other's lock, or deadlock.)
+        return _side_by_side(store, items, checked, limits, now, bounds, writers)
+    out: list[TaskOrder] = []
+    with ThreadPoolExecutor(1, thread_name_prefix="creep-submit") as pool:
+        a, b = bounds[0]
+        ahead = pool.submit(build_specs, items[a:b], checked[a:b], limits, False)
+        for k in range(len(bounds)):
+            specs = ahead.result()
+            if k + 1 < len(bounds):
+                a, b = bounds[k + 1]
+                ahead = pool.submit(build_specs, items[a:b], checked[a:b], limits, False)
+            out.extend(store.task_create_many(specs, now))
+    return out
+
+
+def _side_by_side(
+    store: Store, items: Sequence[Mapping[str, Any]], checked: Sequence[Checked],
+    limits: Limits, now: datetime, bounds: list[tuple[int, int]], writers: int,
+) -> list[TaskOrder]:
+    def job(a: int, b: int) -> list[TaskOrder]:
+        return store.task_create_many(build_specs(items[a:b], checked[a:b], limits, False), now)
+
+    out: list[TaskOrder] = []
+    with ThreadPoolExecutor(writers, thread_name_prefix="creep-submit") as pool:
+        futures: list[Future[list[TaskOrder]]] = [pool.submit(job, a, b) for a, b in bounds]
+        try:
+            for future in futures:
+                out.extend(future.result())
+        except BaseException:
+            for future in futures:  # chunks not started yet are not written
+                future.cancel()
+            raise
+    return out
+
+
+def _distinct_keys(items: Sequence[Mapping[str, Any]], checked: Sequence[Checked]) -> bool:
+    """No idempotency key twice in the submission (keys left out are fresh task ids)."""
+    seen: set[tuple[str, str, str]] = set()
+    for data, c in zip(items, checked, strict=True):
+        if isinstance(c, TaskSpec):
+            key = (c.tenant_id, c.env, c.idempotency_key)
+        else:  # a common order: as fast_build fills it in
+            idem = data.get("idempotency_key")
+            if not idem:
+                continue
+            key = (data.get("tenant_id") or "default", data.get("env") or "default", idem)
+        if key in seen:
+            return False
+        seen.add(key)
+    return True
