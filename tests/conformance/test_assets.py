@@ -477,6 +477,34 @@ def test_database_refuses_values_outside_the_enumerations(app: Creep, db_url: st
     assert sorted(written, key=str) == [None, "WARN"]
 
 
+def test_bulk_rows_sharing_values_read_back_as_written(app: Creep) -> None:
+    """Columns with one value in every row of a bulk insert are bound once (both backends):
+    NULLs stay NULL, a shared JSON context stays that JSON, the write order is kept."""
+    from creep.storage.asset_base import EVENT_FIELDS
+
+    a = app.create_asset(**ip(1))
+    store: Any = app.store
+    now = app.clock.now()
+    base = dict.fromkeys(EVENT_FIELDS)
+    base.update(tenant_id=a.tenant_id, asset_id=a.asset_id, event_type="PROBE", source="handler",
+                occurred_at=now, recorded_at=now, tags=["t"], context={"k": [1, None]},
+                version=1)
+    rows = []
+    for i in range(3):
+        base.update(event_id=str(uuid.uuid4()), message=f"m{i}")
+        rows.append(tuple(base[f] for f in EVENT_FIELDS))
+    with store._atx() as conn:
+        d = store._adialect
+        d.bulk_insert(conn, "asset_events", EVENT_FIELDS, [
+            tuple(d.ts(v) if f in ("occurred_at", "recorded_at") else
+                  d.bulk_js(v) if f in ("tags", "context") else v
+                  for f, v in zip(EVENT_FIELDS, r, strict=True)) for r in rows])
+    got = [e for e in app.asset_events(asset_id=a.asset_id) if e.event_type == "PROBE"]
+    assert [e.message for e in got] == ["m0", "m1", "m2"]
+    assert all(e.context == {"k": [1, None]} and e.tags == ["t"] for e in got)
+    assert all(e.causation_id is None and e.http_status is None for e in got)
+
+
 # -- asset events, auto-ban ------------------------------------------------------------------
 
 

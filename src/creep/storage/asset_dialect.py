@@ -435,10 +435,18 @@ class PostgresDialect:
         self, conn: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
         fixed: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        """As SqliteDialect.bulk_insert: `fixed` values travel once, as parameters."""
+        """As SqliteDialect.bulk_insert: `fixed` values travel once, as parameters (and so do
+        columns with one value in every row: fewer JSON elements to cast per row)."""
         if not rows:
             return
         types = self._types(conn, table)
+        given = len(fixed)
+        columns, rows, fixed = _constants_fixed(columns, rows, fixed)
+        # A folded value of a JSON column is bound as jsonb, as its row element was read
+        # (`j.r -> i`: a None there is JSON null, not SQL NULL).
+        fixed = [*fixed[:given], *(
+            (c, _jsonb()(v) if types[c] in ("jsonb", "json") else v) for c, v in fixed[given:]
+        )]
         source = self._row_source(conn, table, columns)
         if fixed:
             source = source.replace(
