@@ -62,6 +62,14 @@ def _constants_fixed(
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _from_us(value: int) -> datetime:
+    """Stored microseconds -> datetime, remembered: the rows one statement reads share a few
+    instants (a claim stamps all its leases with one acquired_at and expires_at), and a
+    cache hit costs ~0.05 us against ~1.4 us for the timedelta arithmetic."""
+    return _EPOCH + timedelta(microseconds=value)
+
+
 @functools.cache
 def _compact_claim_row() -> tuple[str, int, int, int]:
     """The plain claim's RETURNING list (its fields, then the row as JSON; defined once in
@@ -102,7 +110,7 @@ class SqliteDialect:
         return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
     def from_ts(self, value: Any) -> datetime | None:
-        return None if value is None else _EPOCH + timedelta(microseconds=value)
+        return None if value is None else _from_us(value)
 
     def js(self, value: Any) -> str:
         return orjson.dumps(value, default=_json_default).decode()
