@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
@@ -451,12 +452,66 @@ def test_append_only_is_enforced_by_the_database(app: Creep, db_url: str) -> Non
     assert len(app.ledger_entries()) == 1
 
 
+def test_database_refuses_values_outside_the_enumerations(app: Creep, db_url: str) -> None:
+    """The enumerated columns of the lease path keep their CHECK constraints (on SQLite
+    written with OR since migration 0012): an unknown value is refused, a known one (or a
+    NULL severity) is not."""
+    a = app.create_asset(**ip(1))
+    ts = "1" if db_url.startswith("sqlite") else "now()"
+    event = ("INSERT INTO asset_events (event_id, tenant_id, asset_id, event_type, severity, "
+             "occurred_at, recorded_at) VALUES ('{id}', 't', '{a}', 'X', {sev}, {ts}, {ts})")
+    with pytest.raises(Exception, match=r"(?i)check"):
+        raw_execute(db_url, event.format(id=uuid.uuid4(), a=a.asset_id, sev="'LOUD'", ts=ts))
+    raw_execute(db_url, event.format(id=uuid.uuid4(), a=a.asset_id, sev="'WARN'", ts=ts))
+    raw_execute(db_url, event.format(id=uuid.uuid4(), a=a.asset_id, sev="NULL", ts=ts))
+    with pytest.raises(Exception, match=r"(?i)check"):
+        raw_execute(db_url, "INSERT INTO ledger_entries (entry_id, tenant_id, entry_type, "
+                            f"amount, currency, occurred_at, recorded_at) VALUES "
+                            f"('{uuid.uuid4()}', 't', 'GIFT', 1, 'USD', {ts}, {ts})")
+    with pytest.raises(Exception, match=r"(?i)check"):
+        raw_execute(db_url, "INSERT INTO leases (lease_id, tenant_id, task_id, asset_id, status, "
+                            "acquired_at, cost, currency, claim_token, hint_index) VALUES "
+                            f"('{uuid.uuid4()}', 't', '{uuid.uuid4()}', '{a.asset_id}', 'LOST', "
+                            f"{ts}, 1, 'USD', '{uuid.uuid4()}', 0)")
+    written = [e.severity for e in app.asset_events(asset_id=a.asset_id) if e.event_type == "X"]
+    assert sorted(written, key=str) == [None, "WARN"]
+
+
+def test_bulk_rows_sharing_values_read_back_as_written(app: Creep) -> None:
+    """Columns with one value in every row of a bulk insert are bound once (both backends):
+    NULLs stay NULL, a shared JSON context stays that JSON, the write order is kept."""
+    from creep.storage.asset_base import EVENT_FIELDS
+
+    a = app.create_asset(**ip(1))
+    store: Any = app.store
+    now = app.clock.now()
+    base = dict.fromkeys(EVENT_FIELDS)
+    base.update(tenant_id=a.tenant_id, asset_id=a.asset_id, event_type="PROBE", source="handler",
+                occurred_at=now, recorded_at=now, tags=["t"], context={"k": [1, None]},
+                version=1)
+    rows = []
+    for i in range(3):
+        base.update(event_id=str(uuid.uuid4()), message=f"m{i}")
+        rows.append(tuple(base[f] for f in EVENT_FIELDS))
+    with store._atx() as conn:
+        d = store._adialect
+        d.bulk_insert(conn, "asset_events", EVENT_FIELDS, [
+            tuple(d.ts(v) if f in ("occurred_at", "recorded_at") else
+                  d.bulk_js(v) if f in ("tags", "context") else v
+                  for f, v in zip(EVENT_FIELDS, r, strict=True)) for r in rows])
+    got = [e for e in app.asset_events(asset_id=a.asset_id) if e.event_type == "PROBE"]
+    assert [e.message for e in got] == ["m0", "m1", "m2"]
+    assert all(e.context == {"k": [1, None]} and e.tags == ["t"] for e in got)
+    assert all(e.causation_id is None and e.http_status is None for e in got)
+
+
 # -- asset events, auto-ban ------------------------------------------------------------------
 
 
 def test_seed_scenarios_ban_chain_timeline_and_revocation(
     app: Creep, clock: FrozenClock
 ) -> None:
+
     """Seed 001: HTTP 403s on one IP (scenario 1) until the policy bans it (scenario 2)."""
     app.set_ban_policy("RAW_NET", max_failures=5, window_seconds=60, tenant_id="tenant_a")
     ip1 = app.create_asset(**ip(1), tenant_id="tenant_a", project_id="project_qa")
