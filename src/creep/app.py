@@ -127,7 +127,8 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
         Every order is checked before anything is written (one invalid order rejects all).
         Without dependencies, more than SUBMIT_CHUNK orders are written in transactions of
         SUBMIT_CHUNK, on PostgreSQL two at a time: if one fails (an idempotency conflict),
-        its error is raised and the chunks already written stay."""
+        its error is raised, the chunks before it (and one beside it) stay and no later one
+        is written."""
         items = list(orders)
         if len(items) < 100:
             return self._submit_many(items)

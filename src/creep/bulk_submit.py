@@ -9,6 +9,7 @@ that many chunks at once, each in its own transaction on its own connection.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
@@ -27,7 +28,8 @@ def write_chunks(
 ) -> list[TaskOrder]:
     """Create the tasks of `items` in transactions of `chunk` orders; the answer keeps
     submission order. When a chunk fails its error is raised; the chunks written before it
-    stay, and so may those written beside it (bulk_writers > 1)."""
+    stay, and so may those already being written beside it (at most bulk_writers - 1 of
+    them); no later chunk is started."""
     bounds = [(a, a + chunk) for a in range(0, len(items), chunk)]
     writers = int(getattr(store, "bulk_writers", 1))
     if writers > 1 and not pending_writes.waiting() and _distinct_keys(items, checked):
@@ -54,16 +56,17 @@ def _side_by_side(
     def job(a: int, b: int) -> list[TaskOrder]:
         return store.task_create_many(build_specs(items[a:b], checked[a:b], limits, False), now)
 
+    # A window of `writers` chunks in submission order: the next chunk starts only when the
+    # oldest one in flight has committed, so when a chunk fails, at most the writers - 1
+    # chunks beside it may still commit and no later one starts.
     out: list[TaskOrder] = []
     with ThreadPoolExecutor(writers, thread_name_prefix="creep-submit") as pool:
-        futures: list[Future[list[TaskOrder]]] = [pool.submit(job, a, b) for a, b in bounds]
-        try:
-            for future in futures:
-                out.extend(future.result())
-        except BaseException:
-            for future in futures:  # chunks not started yet are not written
-                future.cancel()
-            raise
+        window: deque[Future[list[TaskOrder]]] = deque(
+            pool.submit(job, a, b) for a, b in bounds[:writers])
+        for k in range(len(bounds)):
+            out.extend(window.popleft().result())
+            if k + writers < len(bounds):
+                window.append(pool.submit(job, *bounds[k + writers]))
     return out
 
 

@@ -698,3 +698,40 @@ def test_unstorable_text_is_a_validation_error_naming_the_field(
                     input_payload={"k": "\\u0000"}, description="\\u0000")
     got = app.get_task(ok.task_id)
     assert got.input_payload == {"k": "\\u0000"} and got.description == "\\u0000"
+
+
+def test_sets_and_second_offsets_are_stored_as_given(app: Creep) -> None:
+    """Sets in constraints are stored as lists and a time zone whose offset has seconds (a
+    historical zone's, e.g. Amsterdam's +00:19:32) keeps them, one task or many."""
+    from datetime import datetime, timezone
+
+    odd = timezone(timedelta(hours=1, minutes=19, seconds=32))
+    when = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=odd)
+    for submit in (lambda f: app.submit(**f), lambda f: app.submit_many([f, {**f, "idempotency_key": "other"}])[0]):
+        task = submit({"tenant_id": "t", "env": "e", "task_type": "X", "idempotency_key": str(uuid.uuid4()),
+                       "constraints": {"s": {"a"}, "f": frozenset({"b"})}, "run_after": when})
+        stored = app.get_task(task.task_id)
+        assert stored.constraints == {"s": ["a"], "f": ["b"]}
+        assert stored.run_after == when
+
+
+def test_unstorable_text_inside_a_set_is_refused(app: Creep) -> None:
+    with pytest.raises(ValidationError) as caught:
+        app.submit(tenant_id="t", env="e", task_type="X", input_payload={"s": {"a\x00"}})
+    assert "NUL" in str(caught.value)
+
+
+def test_a_failed_chunk_stops_the_chunks_after_it(app: Creep) -> None:
+    """A bulk submission whose first chunk holds a conflicting key: the error is raised and at
+    most the one chunk written beside it (PostgreSQL) stays; no later chunk is written."""
+    from creep.app import SUBMIT_CHUNK
+    from creep.domain.errors import IdempotencyConflict
+
+    app.submit(tenant_id="t", env="e", task_type="X", idempotency_key="taken", priority=1)
+    orders = [{"tenant_id": "t", "env": "e", "task_type": "X", "idempotency_key": f"k{i}"}
+              for i in range(SUBMIT_CHUNK * 5)]
+    orders[10] = {"tenant_id": "t", "env": "e", "task_type": "X", "idempotency_key": "taken",
+                  "priority": 2}
+    with pytest.raises(IdempotencyConflict):
+        app.submit_many(orders)
+    assert len(app.list_tasks(limit=SUBMIT_CHUNK * 5)) <= 1 + SUBMIT_CHUNK

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from creep import Creep, FrozenClock, TaskContext, TaskStatus
+from creep import Creep, Fail, FrozenClock, TaskContext, TaskStatus
 
 
 @pytest.fixture
@@ -108,3 +108,59 @@ def test_lifeline_bug_stops_the_worker_and_requeues_the_running_task(
     after = app.get_task(task.task_id)
     assert after.status is TaskStatus.QUEUED
     assert [e.event_type for e in app.task_events(task.task_id)][-1] == "requeued"
+
+
+def test_unstorable_results_and_errors_do_not_block_the_worker(app: Creep) -> None:
+    """A handler's NUL or lone surrogate (in a result, an error or a message) never reaches
+    the database as such: PostgreSQL would refuse it and the whole completion batch with it."""
+
+    @app.handler("NUL_RESULT")
+    async def nul_result(ctx: TaskContext) -> object:
+        return {"x": "a\x00b"}
+
+    @app.handler("NUL_ERROR")
+    async def nul_error(ctx: TaskContext) -> object:
+        raise RuntimeError("bad\x00msg \ud800")
+
+    @app.handler("NUL_FAIL")
+    async def nul_fail(ctx: TaskContext) -> object:
+        raise Fail(code="HARD_FAIL", message="no\x00pe")
+
+    one = {"tenant_id": "t", "env": "e", "constraints": {"max_retries": 0}}
+    ids = {name: app.submit(task_type=name, **one).task_id
+           for name in ("NUL_RESULT", "NUL_ERROR", "NUL_FAIL", "NOOP")}
+    stats = asyncio.run(asyncio.wait_for(
+        app.worker().run(burst=True), timeout=30))
+    assert stats["completed"] == 4
+    result = app.get_task(ids["NUL_RESULT"])
+    assert result.status is TaskStatus.DEAD_LETTER and "NUL" in (result.result_message or "")
+    error = app.get_task(ids["NUL_ERROR"])
+    assert error.status is TaskStatus.DEAD_LETTER
+    assert (error.result_message or "").endswith("RuntimeError: bad\\x00msg \\ud800")
+    failed = app.get_task(ids["NUL_FAIL"])
+    assert failed.status is TaskStatus.FAILED and failed.result_message == "no\\x00pe"
+    assert app.get_task(ids["NOOP"]).status is TaskStatus.SUCCESS
+
+
+def test_a_locked_sqlite_database_is_a_storage_error(tmp_path: Any) -> None:
+    """SQLite's "database is locked" (another process holding the write lock past the busy
+    timeout) is a StorageError, the failure a worker waits out, not a crash."""
+    import sqlite3
+
+    from creep.domain.errors import StorageError
+
+    url = f"sqlite:///{tmp_path}/locked.db"
+    app = Creep(url)
+    app.submit(tenant_id="t", env="e", task_type="NOOP")
+    holder = sqlite3.connect(f"{tmp_path}/locked.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        conn = app.store._conn()  # type: ignore[attr-defined]
+        conn.execute("PRAGMA busy_timeout=50")
+        with pytest.raises(StorageError, match="locked"):
+            app.submit(tenant_id="t", env="e", task_type="NOOP")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        app.close()
+    assert len(Creep(url).list_tasks()) == 1

@@ -35,7 +35,7 @@ def find_bad_text(data: Any, path: str = "") -> tuple[str, str] | None:
             found = find_bad_text(value, sub)
             if found:
                 return found
-    if isinstance(data, (list, tuple)):
+    if isinstance(data, (list, tuple, set, frozenset)):
         for i, value in enumerate(data):
             found = find_bad_text(value, f"{path}[{i}]")
             if found:

@@ -39,6 +39,7 @@ from creep.domain.outcomes import (
     resolve,
 )
 from creep.domain.task import TaskOrder
+from creep.domain.text import bad_text, find_bad_text
 from creep.engine.context import SyncTaskContext, TaskContext
 from creep.gc_tuning import BATCH_THRESHOLD, fewer_collections
 from creep.ports import ClaimedTask, Completion, Store
@@ -507,15 +508,17 @@ class Worker:
         except TaskCancelled as exc:
             outcome = (
                 self._stopped_outcome(run) if run.stop_reason not in (None, "cancel")
-                else Outcome(task_id, token, OutcomeKind.CANCELLED, message=str(exc))
+                else Outcome(task_id, token, OutcomeKind.CANCELLED, message=storable(str(exc)))
             )
         except Retry as exc:
             outcome = Outcome(
-                task_id, token, OutcomeKind.RETRY, message=exc.message, retry_delay=exc.delay,
+                task_id, token, OutcomeKind.RETRY, message=storable(exc.message),
+                retry_delay=exc.delay,
             )
         except Fail as exc:
             outcome = Outcome(
-                task_id, token, OutcomeKind.FAILED, code=exc.code, message=exc.message
+                task_id, token, OutcomeKind.FAILED, code=storable(exc.code),
+                message=storable(exc.message),
             )
         except Exception as exc:
             outcome = _error_outcome(task_id, token, exc)
@@ -770,15 +773,27 @@ def _timeout_ms(claimed: ClaimedTask) -> int | str:
 
 def _value_outcome(task_id: str, token: str, value: Any) -> Outcome:
     if isinstance(value, Retry):
-        return Outcome(task_id, token, OutcomeKind.RETRY, message=value.message,
+        return Outcome(task_id, token, OutcomeKind.RETRY, message=storable(value.message),
                        retry_delay=value.delay)
     if isinstance(value, Fail):
-        return Outcome(task_id, token, OutcomeKind.FAILED, code=value.code, message=value.message)
+        return Outcome(task_id, token, OutcomeKind.FAILED, code=storable(value.code),
+                       message=storable(value.message))
     try:
         result_json = orjson.dumps(value, default=_json_default)
     except TypeError as exc:
         return _error_outcome(task_id, token, TypeError(f"result is not JSON-serialisable: {exc}"))
+    if b"\\u0000" in result_json and (bad := find_bad_text(value, "result")) is not None:
+        # PostgreSQL stores no NUL: written as is, it would fail the whole completion batch.
+        return _error_outcome(task_id, token, ValueError(f"{bad[0]}: {bad[1]}"))
     return Outcome(task_id, token, OutcomeKind.SUCCEEDED, result=value, result_json=result_json)
+
+
+def storable(text: str | None) -> str | None:
+    """Handler-given text (an error, a message) as every backend can store it: NUL and lone
+    surrogates written out as escapes instead of failing the completion batch."""
+    if text is None or bad_text(text) is None:
+        return text
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _json_default(value: Any) -> Any:
@@ -791,6 +806,6 @@ def _json_default(value: Any) -> Any:
 
 def _error_outcome(task_id: str, token: str, exc: BaseException) -> Outcome:
     return Outcome(
-        task_id, token, OutcomeKind.RETRY, message=f"{type(exc).__name__}: {exc}",
-        error="".join(traceback.format_exception(exc))[-8000:],
+        task_id, token, OutcomeKind.RETRY, message=storable(f"{type(exc).__name__}: {exc}"),
+        error=storable("".join(traceback.format_exception(exc))[-8000:]),
     )

@@ -175,10 +175,11 @@ def resolution_payload(res: Resolution, error: str | None) -> dict[str, Any]:
 def dumps(value: Any) -> bytes:
     if not value and type(value) in (list, dict):  # the usual empty tags/hints/constraints
         return b"[]" if type(value) is list else b"{}"
-    return orjson.dumps(value, default=_default)
+    return orjson.dumps(value, default=json_default)
 
 
-def _default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """What orjson cannot write itself, as creep stores it: Decimal as text, sets as lists."""
     from decimal import Decimal
 
     if isinstance(value, Decimal):

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -58,6 +58,7 @@ from creep.storage.common import (
     dumps,
     initial_status,
     is_plain,
+    json_default,
     load_migrations,
     new_task,
     plan_replays,
@@ -1268,8 +1269,18 @@ def _insert_statement(
     # defaults, and the server unpacks fewer fields (each costs it a text conversion).
     set_here = {c for r in rows for c, default in _DEFAULT_ITEMS if r[c] != default}
     kept = [c for c in _INSERT_TYPES if c not in _DEFAULTS or c in set_here]
-    records = orjson.dumps(rows, default=_json_default).decode()
+    records = orjson.dumps(
+        rows, default=_row_json_default, option=orjson.OPT_PASSTHROUGH_DATETIME).decode()
     return _insert_query(tuple(kept)), [records, now]
+
+
+def _row_json_default(value: Any) -> Any:
+    """_insert_statement's rows: datetimes in UTC (orjson would round an offset with seconds,
+    e.g. a historical zone's +00:19:32, to whole minutes), and what common.dumps writes for
+    everything else (Decimal, sets, tuples)."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    return json_default(value)
 
 
 @functools.lru_cache(maxsize=64)

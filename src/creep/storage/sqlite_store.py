@@ -200,15 +200,21 @@ class SqliteStore(
         # handler would make a waiting writer sleep 10-100 ms per retry (a worker's claim
         # behind its own maintenance sweep), where the lock hands over as soon as the other
         # commits. Other processes are still kept out by BEGIN IMMEDIATE and busy_timeout.
-        with self._writer_turn():
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                pending_writes.flush(self, conn)  # e.g. the API's audit row, same transaction
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        try:
+            with self._writer_turn():
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    pending_writes.flush(self, conn)  # e.g. the API's audit row, same tx
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            # "database is locked" past busy_timeout, disk I/O, a full disk: a storage
+            # failure, which callers wait out (a worker retries), as on PostgreSQL.
+            raise StorageError(str(exc)) from exc
 
     @contextmanager
     def _writer_turn(self) -> Iterator[None]:
