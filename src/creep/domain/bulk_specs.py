@@ -16,12 +16,10 @@ from typing import Any
 from creep.domain.errors import ValidationError
 from creep.domain.ids import uuid7_many
 from creep.domain.task_spec import (
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_PRIORITY,
     Limits,
     TaskSpec,
+    common_spec,
     fast_check,
-    fast_fingerprint,
     trace_submit,
     validate_full,
 )
@@ -88,20 +86,7 @@ def fast_build_many(
     for data, payload_json, task_id in zip(
         items, payloads, uuid7_many(len(items)), strict=True
     ):
-        get = data.get  # the same fields and defaults as fast_build
-        priority = get("priority")
-        timeout_ms = get("timeout_ms")
-        spec = TaskSpec(
-            task_id, get("idempotency_key") or task_id, get("tenant_id") or "default",
-            get("project_id"), get("env") or "default", get("external_ref"),
-            data["task_type"], get("task_category"), get("description"),
-            DEFAULT_PRIORITY if priority is None else priority,
-            default_timeout if timeout_ms is None else timeout_ms, None, "USD", None,
-            [], {}, get("tenant_policies_version"), list(get("tags") or ()), get("batch_id"),
-            get("input_payload"), payload_json, get("channel"),
-            get("correlation_id") or task_id, [], None, DEFAULT_MAX_RETRIES + 1,
-            fast_fingerprint(data),
-        )
+        spec = common_spec(data, payload_json, task_id, default_timeout)
         append(spec)
         if traced:
             trace_submit(spec)

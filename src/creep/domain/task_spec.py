@@ -17,7 +17,7 @@ import orjson
 
 from creep.domain.errors import ValidationError
 from creep.domain.ids import uuid7
-from creep.domain.text import bad_text, find_bad_text
+from creep.domain.text import bad_text, find_bad_text, may_hold_nul
 from creep.tracing import TRACEPARENT, span, stamp_traceparent, tracer, valid_traceparent
 
 DEFAULT_PRIORITY = 50
@@ -365,15 +365,9 @@ def fast_check(data: Mapping[str, Any], limits: Limits) -> bytes | None:
         payload_json = payload_dumps(data.get("input_payload"))
     except TypeError:
         return None
-    if len(payload_json) > limits.max_payload_bytes or _may_hold_nul(payload_json):
+    if len(payload_json) > limits.max_payload_bytes or may_hold_nul(payload_json):
         return None
     return payload_json
-
-
-def _may_hold_nul(payload_json: bytes) -> bool:
-    """Whether JSON text may hold a NUL character (escaped as \\u0000; a literal backslash
-    before "u0000" also matches, and find_bad_text then decides)."""
-    return b"\\u0000" in payload_json
 
 
 def fast_build(
@@ -381,25 +375,32 @@ def fast_build(
 ) -> TaskSpec:
     """The building half of the fast path, for `data` that fast_check accepted: a new task
     id, the defaults, the request fingerprint. Cannot fail."""
-    get = data.get
-    task_id = uuid7()
-    priority = get("priority")
-    timeout_ms = get("timeout_ms")
-    spec = TaskSpec(
-        task_id, get("idempotency_key") or task_id, get("tenant_id") or "default",
-        get("project_id"), get("env") or "default", get("external_ref"), data["task_type"],
-        get("task_category"), get("description"),
-        DEFAULT_PRIORITY if priority is None else priority,
-        limits.default_timeout_ms if timeout_ms is None else timeout_ms, None, "USD", None,
-        [], {}, get("tenant_policies_version"), list(get("tags") or ()), get("batch_id"),
-        get("input_payload"), payload_json, get("channel"), get("correlation_id") or task_id,
-        [], None, DEFAULT_MAX_RETRIES + 1, fast_fingerprint(data),
-    )
+    spec = common_spec(data, payload_json, uuid7(), limits.default_timeout_ms)
     if traced is None:
         traced = tracer() is not None
     if traced:
         trace_submit(spec)
     return spec
+
+
+def common_spec(
+    data: Mapping[str, Any], payload_json: bytes, task_id: str, default_timeout_ms: int
+) -> TaskSpec:
+    """The spec of a common order (fast_check accepted it) with this task id: the defaults
+    and the request fingerprint. fast_build and bulk_specs.fast_build_many both build here."""
+    get = data.get
+    priority = get("priority")
+    timeout_ms = get("timeout_ms")
+    return TaskSpec(
+        task_id, get("idempotency_key") or task_id, get("tenant_id") or "default",
+        get("project_id"), get("env") or "default", get("external_ref"), data["task_type"],
+        get("task_category"), get("description"),
+        DEFAULT_PRIORITY if priority is None else priority,
+        default_timeout_ms if timeout_ms is None else timeout_ms, None, "USD", None,
+        [], {}, get("tenant_policies_version"), list(get("tags") or ()), get("batch_id"),
+        get("input_payload"), payload_json, get("channel"), get("correlation_id") or task_id,
+        [], None, DEFAULT_MAX_RETRIES + 1, fast_fingerprint(data),
+    )
 
 
 def _plain_tags(value: Any) -> bool:
@@ -488,7 +489,7 @@ def validate_full(
     except TypeError as exc:
         errs.add("input_payload", f"must be JSON-serialisable ({exc})")
         payload_json = b"null"
-    if _may_hold_nul(payload_json):
+    if may_hold_nul(payload_json):
         found = find_bad_text(payload, "input_payload")
         if found is not None:
             errs.add(*found)

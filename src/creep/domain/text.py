@@ -41,3 +41,9 @@ def find_bad_text(data: Any, path: str = "") -> tuple[str, str] | None:
             if found:
                 return found
     return None
+
+
+def may_hold_nul(json_text: bytes) -> bool:
+    """Whether JSON text may hold a NUL character (escaped as \\u0000; a literal backslash
+    before "u0000" also matches, and find_bad_text then decides)."""
+    return b"\\u0000" in json_text

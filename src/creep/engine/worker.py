@@ -39,7 +39,7 @@ from creep.domain.outcomes import (
     resolve,
 )
 from creep.domain.task import TaskOrder
-from creep.domain.text import bad_text, find_bad_text
+from creep.domain.text import bad_text, find_bad_text, may_hold_nul
 from creep.engine.context import SyncTaskContext, TaskContext
 from creep.gc_tuning import BATCH_THRESHOLD, fewer_collections
 from creep.ports import ClaimedTask, Completion, Store
@@ -782,7 +782,7 @@ def _value_outcome(task_id: str, token: str, value: Any) -> Outcome:
         result_json = orjson.dumps(value, default=_json_default)
     except TypeError as exc:
         return _error_outcome(task_id, token, TypeError(f"result is not JSON-serialisable: {exc}"))
-    if b"\\u0000" in result_json and (bad := find_bad_text(value, "result")) is not None:
+    if may_hold_nul(result_json) and (bad := find_bad_text(value, "result")) is not None:
         # PostgreSQL stores no NUL: written as is, it would fail the whole completion batch.
         return _error_outcome(task_id, token, ValueError(f"{bad[0]}: {bad[1]}"))
     return Outcome(task_id, token, OutcomeKind.SUCCEEDED, result=value, result_json=result_json)
