@@ -53,20 +53,35 @@ def _side_by_side(
     store: Store, items: Sequence[Mapping[str, Any]], checked: Sequence[Checked],
     limits: Limits, now: datetime, bounds: list[tuple[int, int]], writers: int,
 ) -> list[TaskOrder]:
-    def job(a: int, b: int) -> list[TaskOrder]:
-        return store.task_create_many(build_specs(items[a:b], checked[a:b], limits, False), now)
+    def build(k: int) -> list[TaskSpec]:
+        a, b = bounds[k]
+        return build_specs(items[a:b], checked[a:b], limits, False)
+
+    built: list[Future[list[TaskSpec]]] = []
+
+    def job(k: int) -> list[TaskOrder]:
+        return store.task_create_many(built[k].result(), now)
 
     # A window of `writers` chunks in submission order: the next chunk starts only when the
     # oldest one in flight has committed, so when a chunk fails, at most the writers - 1
-    # chunks beside it may still commit and no later one starts.
+    # chunks beside it may still commit and no later one starts. Specs are built on their own
+    # thread, ahead of the window: the writers, which mostly wait on their servers, take the
+    # next chunk as soon as one commits instead of building it first.
     out: list[TaskOrder] = []
-    with ThreadPoolExecutor(writers, thread_name_prefix="creep-submit") as pool:
-        window: deque[Future[list[TaskOrder]]] = deque(
-            pool.submit(job, a, b) for a, b in bounds[:writers])
-        for k in range(len(bounds)):
-            out.extend(window.popleft().result())
-            if k + writers < len(bounds):
-                window.append(pool.submit(job, *bounds[k + writers]))
+    with ThreadPoolExecutor(1, thread_name_prefix="creep-build") as builder, \
+            ThreadPoolExecutor(writers, thread_name_prefix="creep-submit") as pool:
+        try:
+            built.extend(builder.submit(build, k) for k in range(min(writers + 1, len(bounds))))
+            window: deque[Future[list[TaskOrder]]] = deque(
+                pool.submit(job, k) for k in range(min(writers, len(bounds))))
+            for k in range(len(bounds)):
+                out.extend(window.popleft().result())
+                if len(built) < len(bounds):
+                    built.append(builder.submit(build, len(built)))
+                if k + writers < len(bounds):
+                    window.append(pool.submit(job, k + writers))
+        finally:
+            builder.shutdown(wait=False, cancel_futures=True)  # a failed chunk: no more specs
     return out
 
 
