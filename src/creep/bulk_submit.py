@@ -36,16 +36,27 @@ def write_chunks(
         # (Writes riding along belong to this thread's transaction; one key in two chunks
         # written at once would make one wait on the other's lock, or deadlock.)
         return _side_by_side(store, items, checked, limits, now, bounds, writers)
+    # A store that can prepare a chunk's rows without its database (SQLite) has that done
+    # ahead too: the writing thread is then left mostly the database's own work.
+    prepare = getattr(store, "task_prepare_many", None)
+
+    def build(k: int) -> tuple[list[TaskSpec], Any]:
+        a, b = bounds[k]
+        specs = build_specs(items[a:b], checked[a:b], limits, False)
+        return specs, None if prepare is None else prepare(specs, now)
+
     out: list[TaskOrder] = []
     with ThreadPoolExecutor(1, thread_name_prefix="creep-submit") as pool:
-        a, b = bounds[0]
-        ahead = pool.submit(build_specs, items[a:b], checked[a:b], limits, False)
+        ahead = pool.submit(build, 0)
         for k in range(len(bounds)):
-            specs = ahead.result()
+            specs, prepared = ahead.result()
             if k + 1 < len(bounds):
-                a, b = bounds[k + 1]
-                ahead = pool.submit(build_specs, items[a:b], checked[a:b], limits, False)
-            out.extend(store.task_create_many(specs, now))
+                ahead = pool.submit(build, k + 1)
+            if prepared is None:
+                out.extend(store.task_create_many(specs, now))
+            else:
+                out.extend(store.task_create_many(  # type: ignore[call-arg]
+                    specs, now, prepared=prepared))
     return out
 
 

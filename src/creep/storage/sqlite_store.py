@@ -277,12 +277,30 @@ class SqliteStore(
 
     # -- creating tasks ------------------------------------------------------------------------
 
+    def task_prepare_many(self, specs: Sequence[TaskSpec], now: datetime) -> PreparedPlain | None:
+        """What task_create_many(specs, now) builds before it writes, for plain specs (is_plain;
+        None for others): the new tasks and their rows in insert order. Pure Python, no
+        database: a bulk submission prepares chunk k+1 on another thread while chunk k is
+        written (SQLite's C code runs without the GIL)."""
+        if not specs or not all(map(is_plain, specs)):
+            return None
+        tasks = {s.task_id: new_task(s, initial_status(s, {}, now), now) for s in specs}
+        if len(tasks) != len(specs):
+            return None  # task_create_many refuses them
+        now_us = us(now)
+        rows = [_plain_row(tasks[s.task_id], s, now_us) for s in specs]
+        rows.sort(key=_plain_priority_desc)
+        return PreparedPlain(specs, now, tasks, rows)
+
     def task_create_many(
         self, specs: Sequence[TaskSpec], now: datetime, *,
         within: sqlite3.Connection | None = None,  # join an open transaction (schedules)
+        prepared: PreparedPlain | None = None,  # task_prepare_many(specs, now)'s answer
     ) -> list[TaskOrder]:
         if not specs:
             return []
+        if prepared is not None and (prepared.specs is not specs or prepared.now != now):
+            prepared = None
         # One INSERT statement undoes itself when a constraint fails it (SQLite's ABORT);
         # several need a savepoint around them. Fewer statements: under API load each one
         # waits for the GIL again after SQLite released it.
@@ -292,7 +310,7 @@ class SqliteStore(
             try:
                 if not one_statement:
                     conn.execute("SAVEPOINT fast_insert")
-                out = self._insert_new(conn, specs, dep_status, now)
+                out = self._insert_new(conn, specs, dep_status, now, prepared)
                 if not one_statement:
                     conn.execute("RELEASE fast_insert")
             except sqlite3.IntegrityError:
@@ -322,12 +340,18 @@ class SqliteStore(
 
     def _insert_new(
         self, conn: sqlite3.Connection, specs: Sequence[TaskSpec], dep_status: dict[str, str],
-        now: datetime,
+        now: datetime, prepared: PreparedPlain | None = None,
     ) -> list[TaskOrder]:
         from creep.domain.dag import topological_order
 
         if not specs:  # every spec was a replay
             return []
+        if prepared is not None:
+            last = insert_rows(
+                conn, _PLAIN_INSERT, len(PLAIN_COLUMNS), prepared.rows, MAX_STATEMENT_ROWS
+            )
+            self._creation_events(conn, specs, prepared.tasks, last, us(now))
+            return [prepared.tasks[s.task_id] for s in specs]
         by_id = {s.task_id: s for s in specs}
         if len(by_id) != len(specs):
             raise ValidationError.single("task_id", "task ids in one submission must be unique")
@@ -366,17 +390,7 @@ class SqliteStore(
             pick = itemgetter(*cols)
             head = f"INSERT INTO tasks ({', '.join(INSERT_COLUMNS[i] for i in cols)})"
             last = insert_rows(conn, head, len(cols), [pick(r) for r in rows])
-        # The creation events (creation_events) from the rows just inserted, in their order:
-        # rowids of one transaction's inserts run on from the largest one before them, so the
-        # new rows are the last len(specs) rowids up to `last`.
-        before = (last or 0) - len(specs)
-        expected = sum(
-            2 if t.status in _TWO_EVENTS else 1 for t in (tasks[s.task_id] for s in specs)
-        )
-        base = conn.execute(_LAST_EVENT_ID).fetchone()[0]
-        written = conn.execute(_CREATION_EVENTS_SQL, (before, now_us, base)).rowcount
-        if written != expected:
-            raise StorageError(f"creation events: wrote {written}, expected {expected}")
+        self._creation_events(conn, specs, tasks, last, now_us)
         if deps:
             conn.executemany(
                 "INSERT INTO task_dependencies (task_id, depends_on_id) VALUES (?, ?)", deps
@@ -389,6 +403,23 @@ class SqliteStore(
                     (_ids_json(outside),),
                 )
         return [tasks[s.task_id] for s in specs]
+
+    @staticmethod
+    def _creation_events(
+        conn: sqlite3.Connection, specs: Sequence[TaskSpec], tasks: dict[str, TaskOrder],
+        last: int | None, now_us: int,
+    ) -> None:
+        """The creation events (creation_events) from the rows just inserted, in their order:
+        rowids of one transaction's inserts run on from the largest one before them, so the
+        new rows are the last len(specs) rowids up to `last`."""
+        before = (last or 0) - len(specs)
+        expected = sum(
+            2 if t.status in _TWO_EVENTS else 1 for t in (tasks[s.task_id] for s in specs)
+        )
+        base = conn.execute(_LAST_EVENT_ID).fetchone()[0]
+        written = conn.execute(_CREATION_EVENTS_SQL, (before, now_us, base)).rowcount
+        if written != expected:
+            raise StorageError(f"creation events: wrote {written}, expected {expected}")
 
     def _insert_with_replays(
         self, conn: sqlite3.Connection, specs: Sequence[TaskSpec], dep_status: dict[str, str],
@@ -1038,6 +1069,16 @@ SELECT ?3 + 2 * (t.rowid - ?1) - (e.ord = 1), t.task_id, t.tenant_id, e.etype, e
 FROM tasks t CROSS JOIN e ON e.ord = 1 OR (e.ord = 2 AND t.status = 'QUEUED')
     OR (e.ord = 3 AND t.status = 'CANCELLED')
 WHERE t.rowid > ?1"""
+
+
+@dataclass(slots=True)
+class PreparedPlain:
+    """task_prepare_many's answer: plain specs' new tasks and their rows, sorted for insert."""
+
+    specs: Sequence[TaskSpec]
+    now: datetime
+    tasks: dict[str, TaskOrder]
+    rows: list[tuple[Any, ...]]
 
 
 def _plain_row(t: TaskOrder, spec: TaskSpec, now_us: int) -> tuple[Any, ...]:
