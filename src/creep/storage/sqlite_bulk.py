@@ -30,13 +30,26 @@ def insert_rows(
     """`head` is `INSERT INTO t (c1, ..., cn)`; each row has `ncols` values. Returns the rowid
     of the last row inserted (None when there were no rows). `max_rows`: rows per statement
     at most (MAX_STATEMENT_ROWS: as many as SQLite's variable limit lets in)."""
+    return insert_flat(conn, head, ncols, flat_rows(rows, ncols, max_rows))
+
+
+def flat_rows(
+    rows: Sequence[Sequence[Any]], ncols: int, max_rows: int = _MAX_ROWS
+) -> list[list[Any]]:
+    """The parameters of insert_rows' statements: each statement's rows, flattened."""
     per = rows_per_statement(ncols, max_rows)
+    return [[value for row in rows[start:start + per] for value in row]
+            for start in range(0, len(rows), per)]
+
+
+def insert_flat(
+    conn: sqlite3.Connection, head: str, ncols: int, statements: Sequence[list[Any]]
+) -> int | None:
+    """insert_rows with its parameters made beforehand (flat_rows)."""
     one = "(" + ", ".join("?" * ncols) + ")"
     last: int | None = None
-    for start in range(0, len(rows), per):
-        chunk = rows[start:start + per]
+    for params in statements:
         last = conn.execute(
-            f"{head} VALUES {', '.join([one] * len(chunk))}",
-            [value for row in chunk for value in row],
+            f"{head} VALUES {', '.join([one] * (len(params) // ncols))}", params
         ).lastrowid
     return last

@@ -61,7 +61,13 @@ from creep.storage.metrics_store import SqliteMetricsMixin  # /metrics
 from creep.storage.sqlite_api import SqliteApiMixin
 from creep.storage.sqlite_artifacts import SqliteArtifactsMixin  # artifacts + HTTP workers
 from creep.storage.sqlite_assets import SqliteAssets
-from creep.storage.sqlite_bulk import MAX_STATEMENT_ROWS, insert_rows, rows_per_statement
+from creep.storage.sqlite_bulk import (
+    MAX_STATEMENT_ROWS,
+    flat_rows,
+    insert_flat,
+    insert_rows,
+    rows_per_statement,
+)
 from creep.storage.sqlite_schedules import SqliteSchedulesMixin  # schedules
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -290,7 +296,8 @@ class SqliteStore(
         now_us = us(now)
         rows = [_plain_row(tasks[s.task_id], s, now_us) for s in specs]
         rows.sort(key=_plain_priority_desc)
-        return PreparedPlain(specs, now, tasks, rows)
+        return PreparedPlain(
+            specs, now, tasks, flat_rows(rows, len(PLAIN_COLUMNS), MAX_STATEMENT_ROWS))
 
     def task_create_many(
         self, specs: Sequence[TaskSpec], now: datetime, *,
@@ -326,6 +333,8 @@ class SqliteStore(
     def _dependency_status(
         self, conn: sqlite3.Connection, specs: Sequence[TaskSpec]
     ) -> dict[str, str]:
+        if not any(s.depends_on for s in specs):  # the bulk common case
+            return {}
         in_batch = {s.task_id: s for s in specs}
         wanted = {d for s in specs for d in s.depends_on if d not in in_batch}
         found: dict[str, tuple[str, str]] = {}
@@ -347,9 +356,7 @@ class SqliteStore(
         if not specs:  # every spec was a replay
             return []
         if prepared is not None:
-            last = insert_rows(
-                conn, _PLAIN_INSERT, len(PLAIN_COLUMNS), prepared.rows, MAX_STATEMENT_ROWS
-            )
+            last = insert_flat(conn, _PLAIN_INSERT, len(PLAIN_COLUMNS), prepared.statements)
             self._creation_events(conn, specs, prepared.tasks, last, us(now))
             return [prepared.tasks[s.task_id] for s in specs]
         by_id = {s.task_id: s for s in specs}
@@ -1073,12 +1080,13 @@ WHERE t.rowid > ?1"""
 
 @dataclass(slots=True)
 class PreparedPlain:
-    """task_prepare_many's answer: plain specs' new tasks and their rows, sorted for insert."""
+    """task_prepare_many's answer: plain specs' new tasks and the parameters of the statements
+    inserting their rows (sorted for claims, as _insert_new lays them out)."""
 
     specs: Sequence[TaskSpec]
     now: datetime
     tasks: dict[str, TaskOrder]
-    rows: list[tuple[Any, ...]]
+    statements: list[list[Any]]
 
 
 def _plain_row(t: TaskOrder, spec: TaskSpec, now_us: int) -> tuple[Any, ...]:
