@@ -98,6 +98,13 @@ def _side_by_side(
 
 def _distinct_keys(items: Sequence[Mapping[str, Any]], checked: Sequence[Checked]) -> bool:
     """No idempotency key twice in the submission (keys left out are fresh task ids)."""
+    # Serial work before any chunk is written: first the cheap test (keys that differ as
+    # strings differ whatever their tenant and env), the exact one only when it fails.
+    keys = [c.idempotency_key if isinstance(c, TaskSpec) else data.get("idempotency_key")
+            for data, c in zip(items, checked, strict=True)]
+    present = [k for k in keys if k]
+    if len(set(present)) == len(present):
+        return True
     seen: set[tuple[str, str, str]] = set()
     for data, c in zip(items, checked, strict=True):
         if isinstance(c, TaskSpec):
