@@ -15,7 +15,7 @@ def distinct(orders: list[dict[str, Any]]) -> bool:
     return _distinct_keys(orders, check_orders(orders, now=SystemClock().now(), limits=Limits()))
 
 
-def order(key: str | None, tenant: str = "t", **extra: Any) -> dict[str, Any]:
+def order(key: str | None, tenant: str | None = "t", **extra: Any) -> dict[str, Any]:
     data: dict[str, Any] = {"tenant_id": tenant, "env": "e", "task_type": "X", **extra}
     if key is not None:
         data["idempotency_key"] = key
