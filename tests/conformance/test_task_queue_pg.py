@@ -267,3 +267,27 @@ def test_task_queue_triggers_ignore_the_sessions_search_path(
     finally:
         first.close()
         second.close()
+
+
+def test_any_client_encoding_in_the_url_stores_text_as_given(pg_schema_url: str) -> None:
+    """creep talks UTF-8 to the server whatever client_encoding the URL asks for: its binary
+    COPY (a bulk submission) writes text as UTF-8 bytes, which the server would otherwise
+    read in the URL's encoding."""
+    url = f"{pg_schema_url}&client_encoding=LATIN1"
+    app = Creep(url)
+    try:
+        text = "Zürich 東京 ✓"
+        orders = [{"tenant_id": "t", "env": "e", "task_type": "X", "idempotency_key": f"k{i}",
+                   "description": None, "input_payload": {"city": text, "i": i}}
+                  for i in range(200)]
+        made = app.submit_many(orders)  # COPY: 200 plain orders
+        one = app.submit(tenant_id="t", env="e", task_type="X", idempotency_key="single",
+                         input_payload={"city": text})
+        for task in (made[0], made[199], one):
+            assert app.get_task(task.task_id).input_payload["city"] == text
+    finally:
+        app.close()
+    with psycopg.connect(pg_schema_url) as conn:
+        row = conn.execute("SELECT input_payload->>'city' FROM tasks WHERE idempotency_key = 'k7'"
+                           ).fetchone()
+    assert row is not None and row[0] == text

@@ -140,7 +140,10 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.adapters.register_loader("json", _JsonAsOrjson)
     conn.adapters.register_loader("jsonb", _JsonAsOrjson)
     set_json_dumps(lambda v: orjson.dumps(v, default=_json_default).decode(), conn)
-    conn.execute("SET TIME ZONE 'UTC'")
+    # UTF-8 whatever the URL's client_encoding: binary COPY (pg_copy.py) sends text as UTF-8
+    # bytes, which the server reads in the client encoding.
+    conn.execute("SELECT set_config('TimeZone', 'UTC', false), "
+                 "set_config('client_encoding', 'UTF8', false)")
     conn.commit()
 
 
