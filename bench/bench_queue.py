@@ -92,11 +92,14 @@ def preload_finished(app: Creep, count: int) -> float:
 
 def measure_enqueue(app: Creep, n: int, singles: int, priorities: int) -> dict[str, float]:
     app.store.schema_version()  # connect and migrate before the clock starts, as the drain does
+    # The orders exist before the clock starts, as a caller's data would: making 50,000
+    # dicts is the benchmark's work, not creep's.
+    bulk_orders, single_orders = orders(n, "bulk", priorities), orders(singles, "single", priorities)
     started = time.perf_counter()
-    app.submit_many(orders(n, "bulk", priorities))
+    app.submit_many(bulk_orders)
     bulk = n / (time.perf_counter() - started)
     started = time.perf_counter()
-    for order in orders(singles, "single", priorities):
+    for order in single_orders:
         app.submit(**order)
     single = singles / (time.perf_counter() - started)
     return {"bulk_enqueue_per_s": bulk, "single_enqueue_per_s": single}
