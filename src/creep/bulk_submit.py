@@ -77,6 +77,19 @@ def write_chunks(
     submission order. No chunk commits before `checked` is complete and valid. When a chunk
     fails its error is raised; the chunks written before it stay, and so may those already
     being written beside it (at most bulk_writers - 1 of them); no later chunk is started."""
+    try:
+        return _write_chunks(store, items, checked, limits, now, chunk)
+    except Exception:
+        # A bad order is the error to report (a chunk may have failed before its commit
+        # waited for the check, e.g. on an idempotency conflict), as if all were checked first.
+        checked.wait()
+        raise
+
+
+def _write_chunks(
+    store: Store, items: Sequence[Mapping[str, Any]], checked: CheckedOrders,
+    limits: Limits, now: datetime, chunk: int,
+) -> list[TaskOrder]:
     bounds = [(a, a + chunk) for a in range(0, len(items), chunk)]
     writers = int(getattr(store, "bulk_writers", 1))
     if writers > 1 and not pending_writes.waiting() and _distinct_keys(items, checked):

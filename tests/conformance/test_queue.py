@@ -283,8 +283,15 @@ def test_big_submission_writes_while_checking_and_commits_nothing_if_a_late_orde
     assert info.value.errors == [("tasks[100].priority", "must be from 0 to 100 (got 101)")]
     assert seen[0] == "chunk written" and "tail checked" in seen  # the two overlapped
     assert app.list_tasks(limit=500) == []
+    # A bad order is what is reported even when a chunk fails first (a conflicting key).
+    app.submit(tenant_id="t", env="e", task_type="A", idempotency_key="k3", priority=4)
+    with pytest.raises(ValidationError):
+        app.submit_many([*orders, {"task_type": "A", "priority": 101}])
+    assert len(app.list_tasks(limit=500)) == 1
+    orders[3]["priority"] = 4  # k3 exists with this body: a replay
     made = app.submit_many(orders)
     assert [t.idempotency_key for t in made] == [o["idempotency_key"] for o in orders]
+    assert made[3].replayed and not made[4].replayed
     assert len(app.list_tasks(limit=500)) == 100
 
 
