@@ -81,6 +81,23 @@ def test_many_deadlines_one_heap(db_url: str) -> None:
     app.close()
 
 
+def test_deadline_heap_drops_finished_tasks(db_url: str) -> None:
+    """A steady drain (each batch's deadlines after the armed one) does not keep the heap
+    entries of finished tasks, nor the runs and contexts they hold, until their deadlines."""
+    app = Creep(db_url)
+
+    @app.handler("X")
+    async def quick(ctx: TaskContext) -> object:
+        return None
+
+    app.submit_many([{"task_type": "X", "input_payload": {"i": i}} for i in range(600)])
+    worker = app.worker(concurrency=10)
+    stats = asyncio.run(worker.run(burst=True))
+    assert stats["completed"] == 600
+    assert len(worker._deadlines) <= 64 + 2 * 10
+    app.close()
+
+
 def test_bulk_submission_claims_by_priority_then_submission_order(db_url: str) -> None:
     """One bulk insert is laid out in claim order on SQLite; a claim still takes the highest
     priority first and, on SQLite, equal priorities of one submission in submission order

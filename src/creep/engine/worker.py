@@ -423,13 +423,17 @@ class Worker:
             when = loop_now + max(0.0, (claimed.deadline_at - now).total_seconds())
             heapq.heappush(deadlines, (when, task_id, run))
             earliest = min(earliest, when)
-        if earliest < self._deadline_at:
+        # Pruned here too, not only when the timer is re-armed: in a steady drain each batch's
+        # deadlines come after the armed one, so the entries of finished tasks (each keeping
+        # its run, context and asyncio task alive) would pile up until their deadlines passed,
+        # growing memory and the garbage collector's work with every task.
+        if earliest < self._deadline_at or _needs_pruning(deadlines, running):
             self._arm_deadlines(loop)
 
     def _arm_deadlines(self, loop: asyncio.AbstractEventLoop) -> None:
         """(Re)arm the one deadline timer for the earliest live entry of the heap."""
         heap = self._deadlines
-        if len(heap) > 64 and len(heap) > 4 * len(self._running):
+        if _needs_pruning(heap, self._running):
             # Mostly finished tasks: rebuild instead of letting them pile up until their
             # deadlines (default timeouts are minutes long).
             heap[:] = [e for e in heap if self._running.get(e[1]) is e[2]]
@@ -753,6 +757,12 @@ class Worker:
                 "maintenance: promoted=%d rescued=%d timed_out=%d dead_lettered=%d",
                 report.promoted, report.rescued, report.timed_out, report.dead_lettered,
             )
+
+
+def _needs_pruning(heap: list[tuple[float, str, _Running]], running: dict[str, _Running]) -> bool:
+    """Mostly entries of finished tasks: rebuilt once it is twice its live size, so
+    the cost per task stays constant."""
+    return len(heap) > 64 and len(heap) > 2 * len(running)
 
 
 def _decoded(claimed: ClaimedTask) -> TaskOrder | None:
