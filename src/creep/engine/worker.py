@@ -212,10 +212,8 @@ class Worker:
             await self._fetcher(burst)
             await self._drain()
         finally:
-            for task in background:
-                task.cancel()
             # Their errors were logged and kept by _watch; the cleanup below must still run.
-            await asyncio.gather(*background, return_exceptions=True)
+            await _cancel_all(background)
             # A batch the completer was writing when it was cancelled is still in flight
             # (shielded): wait for it, so its tasks are counted and never left RUNNING.
             if self._flushing is not None:
@@ -757,6 +755,23 @@ class Worker:
                 "maintenance: promoted=%d rescued=%d timed_out=%d dead_lettered=%d",
                 report.promoted, report.rescued, report.timed_out, report.dead_lettered,
             )
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel `tasks` and wait until they have ended, cancelling again any that go on.
+    Python 3.11's wait_for swallows a cancellation that arrives just as the wait it wraps
+    completes (the background loops wait on events through it): a single cancel could
+    leave the completer or the lifeline looping, and the worker never stopping."""
+    for task in tasks:
+        task.cancel()
+    pending = set(tasks)
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+        for task in pending:
+            task.cancel()
+    for task in tasks:  # retrieved, so none is logged as never retrieved
+        if not task.cancelled():
+            task.exception()
 
 
 def _needs_pruning(heap: list[tuple[float, str, _Running]], running: dict[str, _Running]) -> bool:
