@@ -291,3 +291,33 @@ def test_any_client_encoding_in_the_url_stores_text_as_given(pg_schema_url: str)
         row = conn.execute("SELECT input_payload->>'city' FROM tasks WHERE idempotency_key = 'k7'"
                            ).fetchone()
     assert row is not None and row[0] == text
+
+
+def test_task_queue_update_trigger_restores_a_missing_row_in_a_mixed_statement(
+    app: Creep, pg_schema_url: str
+) -> None:
+    """The update trigger skips the statements a change does not need (migration 0013), yet
+    one statement that changes one task's queue row, leaves another's as it is, removes a
+    third and meets a fourth whose queue row went missing still leaves task_queue exactly
+    the active part of tasks."""
+    url = pg_schema_url
+    a, b, c, d = (app.submit(task_type="A", priority=10) for _ in range(4))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM task_queue WHERE task_id = %s", (a.task_id,))
+        conn.execute(
+            "UPDATE tasks SET priority = CASE WHEN task_id = %(b)s THEN 50 ELSE priority END, "
+            "status = CASE WHEN task_id = %(d)s THEN 'CANCELLED' ELSE status END "
+            "WHERE task_id = ANY(%(ids)s::uuid[])",
+            {"b": b.task_id, "d": d.task_id,
+             "ids": [a.task_id, b.task_id, c.task_id, d.task_id]},
+        )
+    _in_step(url)
+    queue = _queue(url)
+    assert queue == {a.task_id: "QUEUED", b.task_id: "QUEUED", c.task_id: "QUEUED"}
+    # Nothing changes in any queue row: the one gone missing still comes back.
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM task_queue WHERE task_id = %s", (c.task_id,))
+        conn.execute("UPDATE tasks SET description = 'x' WHERE task_id = ANY(%s::uuid[])",
+                     ([a.task_id, b.task_id, c.task_id],))
+    _in_step(url)
+    assert set(_queue(url)) == {a.task_id, b.task_id, c.task_id}
