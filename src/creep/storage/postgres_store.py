@@ -169,6 +169,23 @@ def _row_to_task(row: Sequence[Any]) -> TaskOrder:
     return TaskOrder(*v)
 
 
+def _claimed_order(row: Sequence[Any]) -> TaskOrder:
+    return _row_to_task(row[:-1])  # a claimed row: the task's columns, then its deadline
+
+
+_TASK_ID_AT, _TYPE_AT = _IDX["task_id"], _IDX["task_type"]
+_ATTEMPT_AT, _MAX_ATTEMPTS_AT = _IDX["attempt"], _IDX["max_attempts"]
+
+
+def _claimed(rows: list[Any], token: str) -> list[ClaimedTask]:
+    """Claimed rows as ClaimedTasks whose TaskOrder is built on first use, as on SQLite: a
+    worker needs only the id, type, attempt counters and deadline, and most handlers of a
+    big batch read a few fields (or none)."""
+    lazy = ClaimedTask.lazy
+    return [lazy(r, _claimed_order, token, r[-1], r[_TASK_ID_AT], r[_TYPE_AT], r[_ATTEMPT_AT],
+                 r[_MAX_ATTEMPTS_AT]) for r in rows]
+
+
 @dataclass(slots=True)
 class _Apply:
     task_id: str
@@ -561,7 +578,7 @@ class PostgresStore(
                 )
         except psycopg.Error as exc:
             raise StorageError(str(exc)) from exc
-        return [ClaimedTask(_row_to_task(r[:-1]), token, r[-1]) for r in rows]
+        return _claimed(rows, token)
 
     def _claim_rows(
         self, conn: psycopg.Connection[Any], worker_id: str, task_types: Sequence[str],
@@ -1048,7 +1065,7 @@ class PostgresStore(
                 rows, token = self._claim_rows(conn, worker_id, task_types, limit, now, claim_ttl)
         if requeued:
             self._wake("creep_tasks", "")
-        return applied, [ClaimedTask(_row_to_task(r[:-1]), token, r[-1]) for r in rows]
+        return applied, _claimed(rows, token)
 
     # -- locks ---------------------------------------------------------------------------------
 
