@@ -139,15 +139,13 @@ class PostgresArtifactsMixin:
     ) -> list[ClaimedTask]:
         """task_claim restricted to one tenant's tasks (a tenant key's worker): the same claim
         (leases for hinted tasks included) with a tenant filter."""
-        from creep.storage.postgres_store import _row_to_task
-
         if limit <= 0 or not task_types:
             return []
         with self._tx() as conn:
-            rows, token = self._claim_rows(  # type: ignore[attr-defined]
+            claimed, _ = self._claim_rows(  # type: ignore[attr-defined]
                 conn, worker_id, task_types, limit, now, claim_ttl, tenant_id
             )
-        return [ClaimedTask(_row_to_task(r[:-1]), token, r[-1]) for r in rows]
+        return claimed  # type: ignore[no-any-return]
 
     def task_event_append(
         self, task_id: str, claim_token: str, event_type: str, payload: dict[str, Any],
