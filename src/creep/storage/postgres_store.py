@@ -730,8 +730,21 @@ class PostgresStore(
         return applied
 
     def _apply(self, conn: psycopg.Connection[Any], items: list[_Apply], now: datetime) -> list[str]:
-        for item in items:
-            check_transition(TaskStatus.RUNNING, item.resolution.status)
+        for status in {item.resolution.status for item in items}:
+            check_transition(TaskStatus.RUNNING, status)
+        # The usual completion, a plain success, binds three arrays (id, token, result) to a
+        # statement with the rest as constants; eleven per-row arrays cost psycopg ~2 us of
+        # Python per task to build and the server a jsonb parse per event payload.
+        plain = [i for i in items if _is_plain_success(i)]
+        rows = _probe(conn, _SUCCESS_APPLY_SQL, _success_params(plain, now)) if plain else []
+        if len(plain) < len(items):
+            rows += self._apply_general(
+                conn, [i for i in items if not _is_plain_success(i)], now)
+        return self._applied(conn, items, rows, now)
+
+    def _apply_general(
+        self, conn: psycopg.Connection[Any], items: list[_Apply], now: datetime
+    ) -> list[Any]:
         # One primary-key probe per completion, whatever the statistics say: a nested loop
         # from the batch into tasks_pkey is the only plan left (see _PROBE_PLANNER). The status
         # test names o, so it is a join condition: a plain `t.status = 'RUNNING'` let the
@@ -781,6 +794,13 @@ class PostgresStore(
                 now, now, now, now,
             ),
         )
+        return rows
+
+    def _applied(
+        self, conn: psycopg.Connection[Any], items: list[_Apply], rows: list[Any], now: datetime
+    ) -> list[str]:
+        """What follows the applied transitions (`rows`: task_id, status, has_dependants,
+        has_hints): leases settled, dependants promoted or cancelled."""
         if any(r[3] for r in rows):  # tasks that may hold leases
             by_id = {i.task_id: i for i in items}
             self._leases_settle(conn, [
@@ -1435,6 +1455,40 @@ def _apply_items(completions: Sequence[Completion]) -> list[_Apply]:
                c.outcome.error)
         for c in completions
     ]
+
+
+def _is_plain_success(item: _Apply) -> bool:
+    """A success with nothing but its result to write (as SQLite's _apply_document)."""
+    res = item.resolution
+    return (res.status is TaskStatus.SUCCESS and res.result_code == "OK"
+            and not res.result_message and item.error is None and res.run_after is None
+            and res.charge_attempt and res.event_type == "succeeded")
+
+
+def _success_params(items: list[_Apply], now: datetime) -> tuple[Any, ...]:
+    return ([i.task_id for i in items], [i.claim_token for i in items],
+            [i.result_json for i in items], now, now, now)
+
+
+#: _apply's statement for plain successes: what the general one does for status SUCCESS,
+#: result code OK, no message, no error, no run_after, the attempt charged.
+_SUCCESS_APPLY_SQL = f"""WITH o AS (
+        SELECT * FROM unnest(%b::uuid[], %b::uuid[], %b::jsonb[]) AS o(id, tok, result)
+    ), done AS (
+        UPDATE tasks t SET status = 'SUCCESS', result_code = 'OK', result_message = NULL,
+            result_payload = COALESCE(o.result, t.result_payload), finished_at = %s,
+            progress = 100, claimed_by = NULL, claim_token = NULL, claim_expires_at = NULL,
+            deadline_at = NULL, cancel_requested = false,
+            task_version = t.task_version + 1, updated_at = %s
+        FROM o WHERE t.task_id = o.id AND t.claim_token = o.tok
+          AND t.status = CASE WHEN o.tok IS NOT NULL THEN 'RUNNING' END
+        RETURNING t.task_id, t.tenant_id, t.status, t.has_dependants, t.attempt, t.has_hints
+    ), ev AS (
+        INSERT INTO task_events ({_EVENT_COLUMNS})
+        SELECT task_id, tenant_id, 'succeeded', 'RUNNING', 'SUCCESS', attempt,
+            '{{"result_code": "OK"}}', %s FROM done
+    )
+    SELECT task_id, status, has_dependants, has_hints FROM done"""
 
 
 def _result_json(outcome: Outcome) -> str | None:
