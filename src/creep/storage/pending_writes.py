@@ -90,6 +90,18 @@ def take_created_audits() -> list[Any]:
     return rows
 
 
+@contextmanager
+def kept_on_error() -> Iterator[None]:
+    """Queue again what waits now if the block raises (its transaction rolled back), e.g.
+    writes taken out by take_created_audits."""
+    saved = queued()
+    try:
+        yield
+    except BaseException:
+        restore(saved)
+        raise
+
+
 def flush(store: Any, conn: Any) -> None:
     """Called by a store right before COMMIT. An exception aborts the transaction."""
     queue = _pending.get()

@@ -291,7 +291,7 @@ class PostgresStore(
             created = self._create_pipelined(specs, now)
             if created is not None:
                 return created
-        with self._tx(within) as conn:
+        with pending_writes.kept_on_error(), self._tx(within) as conn:
             outside = sorted({d for s in specs for d in s.depends_on if d not in by_id})
             found: dict[str, tuple[str, str]] = {}
             if outside:
@@ -321,7 +321,10 @@ class PostgresStore(
             )
             notified = inserted is None  # _insert's statement notifies the workers itself
             if inserted is None:
-                inserted = self._insert(conn, specs, tasks, has_dependants, now)
+                # The API's audit rows of new tasks go in the insert itself, as on the
+                # pipelined path (a replayed key inserts neither its task nor its row).
+                audits = pending_writes.take_created_audits() if within is None else []
+                inserted = self._insert(conn, specs, tasks, has_dependants, now, audits)
             missing = [s for s in specs if s.task_id not in inserted]
             if missing:
                 # Idempotency keys that exist already: replay or conflict, decided by the
@@ -397,8 +400,9 @@ class PostgresStore(
     def _insert(
         self, conn: psycopg.Connection[Any], specs: Sequence[TaskSpec],
         tasks: dict[str, TaskOrder], has_dependants: set[str], now: datetime,
+        audits: Sequence[AuditRow] = (),
     ) -> set[str]:
-        rows = conn.execute(*_insert_statement(specs, tasks, has_dependants, now))
+        rows = conn.execute(*_insert_statement(specs, tasks, has_dependants, now, audits))
         return {r[0] for r in rows.fetchall()}
 
     @contextmanager
