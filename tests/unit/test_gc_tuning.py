@@ -12,7 +12,7 @@ import pytest
 from creep import Creep, TaskContext
 from creep.domain.errors import ValidationError
 from creep.engine.worker import WorkerSettings
-from creep.gc_tuning import fewer_collections
+from creep.gc_tuning import fewer_collections, settle_long_lived
 
 
 @pytest.fixture(autouse=True)
@@ -76,3 +76,29 @@ def test_worker_raises_it_while_running_and_restores_it(tmp_path: Path) -> None:
         WorkerSettings(gc_threshold=0).validate()
     assert err.value.errors == [("gc_threshold", "must be >= 1 (or None)")]
     app.close()
+
+
+def test_a_started_server_freezes_its_heap_and_collects_less_often(tmp_path: Path) -> None:
+    import asyncio
+
+    from creep.api.app import create_app
+    from creep.api.settings import load_settings
+
+    settings = load_settings(database_url=f"sqlite:///{tmp_path}/creep.db")
+    seen: list[tuple[tuple[int, int, int], int]] = []
+
+    async def start(settle_heap: bool) -> None:
+        app = create_app(settings, settle_heap=settle_heap)
+        async with app.router.lifespan_context(app):
+            seen.append((gc.get_threshold(), gc.get_freeze_count()))
+
+    try:
+        asyncio.run(start(False))  # tests and embedders: left alone
+        asyncio.run(start(True))  # `creep server`
+        assert seen[0] == ((700, 10, 10), 0)
+        assert seen[1][0] == (10_000, 10, 10) and seen[1][1] > 10_000
+        gc.set_threshold(0, 10, 10)  # switched off by the application: stays off
+        settle_long_lived()
+        assert gc.get_threshold() == (0, 10, 10)
+    finally:
+        gc.unfreeze()

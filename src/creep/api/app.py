@@ -41,6 +41,7 @@ from creep.api.settings import Settings
 from creep.domain.clock import Clock, SystemClock
 from creep.domain.tenancy import ApiKey, PrincipalType, Role, hash_key
 from creep.engine.maintainer import Maintainer
+from creep.gc_tuning import settle_long_lived
 from creep.ports_api import ApiStore
 from creep.ui import mount_dashboard
 
@@ -99,10 +100,13 @@ class CreepApp(FastAPI):
 
 
 def create_app(
-    settings: Settings, *, store: ApiStore | None = None, clock: Clock | None = None
+    settings: Settings, *, store: ApiStore | None = None, clock: Clock | None = None,
+    settle_heap: bool = False,
 ) -> FastAPI:
     """A FastAPI app for `settings`. The store opens (and migrates, if auto_migrate) at
-    startup, not here; pass `store` to share one you opened yourself."""
+    startup, not here; pass `store` to share one you opened yourself. `settle_heap`: once
+    started, tune the garbage collector for a long-running server process (`creep server`
+    does; gc_tuning.settle_long_lived)."""
     clock = clock or SystemClock()
 
     @asynccontextmanager
@@ -135,6 +139,8 @@ def create_app(
                 maintainer = Maintainer(the_store, clock,
                                         interval=settings.maintenance_interval_seconds)
                 maintainer.start()
+            if settle_heap:
+                settle_long_lived()
             try:
                 yield
             finally:

@@ -21,7 +21,7 @@ from creep.api.services import Services
 from creep.domain.audit import build_diff
 from creep.domain.task import TaskOrder
 from creep.domain.task_spec import TaskSpec
-from creep.ports_api import task_snapshot
+from creep.ports_api import AuditRow, task_snapshot
 from creep.storage import pending_writes
 from creep.storage.common import initial_status, new_task
 
@@ -122,9 +122,10 @@ class CreateBatcher:
 
 @dataclass(slots=True)
 class CreatedTaskAudits:
-    """The audit rows of a batch of creates: one query for which tasks this transaction
-    created, one insert. A task without dependencies is stored exactly as `new_task` builds
-    it (the response is built from that too), so its snapshot needs no read of the row."""
+    """The audit rows of a batch of creates, written only for the tasks the transaction
+    created (a replay is not audited). A task without dependencies is stored exactly as
+    `new_task` builds it (the response is built from that too), so its snapshot needs no read
+    of the row, and PostgreSQL writes the rows within the task insert statement itself."""
 
     now: datetime
     writes: list[tuple[AuditWrite, TaskSpec]] = field(default_factory=list)
@@ -132,14 +133,23 @@ class CreatedTaskAudits:
     def add(self, write: AuditWrite, spec: TaskSpec) -> None:
         self.writes.append((write, spec))
 
+    def created_task_audits(self) -> list[AuditRow] | None:
+        """Every row as new_task builds it, for a store to write within its task insert,
+        keeping only those of tasks that insert creates (see pending_writes); None when a
+        task has dependencies (its initial status is decided in the store)."""
+        if any(spec.depends_on for _, spec in self.writes):
+            return None
+        for write, spec in self.writes:
+            task = new_task(spec, initial_status(spec, {}, self.now), self.now)
+            write.row.diff_object = build_diff(None, task_snapshot(task)).to_dict()
+        return [w.row for w, _ in self.writes]
+
     def apply(self, store: Any, conn: Any) -> bool:
-        if not any(spec.depends_on for _, spec in self.writes):
-            # Every row as new_task builds it; the insert itself keeps only those of tasks
-            # this transaction created (one statement, not a query and then an insert).
-            for write, spec in self.writes:
-                task = new_task(spec, initial_status(spec, {}, self.now), self.now)
-                write.row.diff_object = build_diff(None, task_snapshot(task)).to_dict()
-            store._api_insert_audits(conn, [w.row for w, _ in self.writes], created_at=self.now)
+        rows = self.created_task_audits()
+        if rows is not None:
+            # The insert itself keeps only the rows of tasks this transaction created (one
+            # statement, not a query and then an insert).
+            store._api_insert_audits(conn, rows, created_at=self.now)
             return True
         ids = [w.resource_id for w, _ in self.writes]
         # A replay changes nothing and is not audited: only a task this very transaction
@@ -149,7 +159,7 @@ class CreatedTaskAudits:
         with_deps = [w.resource_id for w, spec in self.writes
                      if spec.depends_on and w.resource_id in created]
         read = store._api_task_snapshots(conn, with_deps) if with_deps else {}
-        rows = []
+        kept = []
         for write, spec in self.writes:
             if write.resource_id not in created:
                 continue
@@ -158,6 +168,6 @@ class CreatedTaskAudits:
                 snapshot = task_snapshot(new_task(spec, initial_status(spec, {}, self.now),
                                                   self.now))
             write.row.diff_object = build_diff(None, snapshot).to_dict()
-            rows.append(write.row)
-        store._api_insert_audits(conn, rows)
+            kept.append(write.row)
+        store._api_insert_audits(conn, kept)
         return True

@@ -17,7 +17,7 @@ def app_from_env() -> Any:
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_json)
     _tune_threads()
-    return create_app(settings)
+    return create_app(settings, settle_heap=True)
 
 
 def _tune_threads() -> None:
@@ -49,7 +49,7 @@ def serve(settings: Settings) -> None:
         uvicorn.run("creep.api.server:app_from_env", factory=True,
                     workers=settings.workers, **common)
     else:
-        uvicorn.run(create_app(settings), **common)
+        uvicorn.run(create_app(settings, settle_heap=True), **common)
 
 
 def check(**flags: Any) -> Settings:

@@ -73,6 +73,35 @@ def restore(writes: list[PendingWrite]) -> None:
         queue[:] = writes
 
 
+def take_created_audits() -> list[Any]:
+    """The audit rows that queued writes offer to write with a task insert itself (their
+    `created_task_audits()`: rows to keep only for tasks the insert creates; None declines).
+    Those writes leave the queue; `restore` puts them back if the transaction fails."""
+    queue = _pending.get()
+    if not queue:
+        return []
+    rows: list[Any] = []
+    for write in list(queue):
+        offer = getattr(write, "created_task_audits", None)
+        folded = offer() if offer is not None else None
+        if folded is not None:
+            rows.extend(folded)
+            queue.remove(write)
+    return rows
+
+
+@contextmanager
+def kept_on_error() -> Iterator[None]:
+    """Queue again what waits now if the block raises (its transaction rolled back), e.g.
+    writes taken out by take_created_audits."""
+    saved = queued()
+    try:
+        yield
+    except BaseException:
+        restore(saved)
+        raise
+
+
 def flush(store: Any, conn: Any) -> None:
     """Called by a store right before COMMIT. An exception aborts the transaction."""
     queue = _pending.get()

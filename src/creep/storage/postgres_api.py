@@ -193,16 +193,7 @@ class PostgresApiMixin:
         at that instant (by this transaction: a replay creates nothing) are written."""
         if not rows:
             return
-        records = orjson.dumps([
-            {"id": row.id, "timestamp": row.timestamp_ms, "action": row.action,
-             "resource_type": row.resource_type, "resource": row.resource,
-             "resource_id": str(row.resource.get("identifier", "")), "principal": row.user,
-             "principal_uid": str(row.user.get("uid", "")), "tenant_id": row.tenant_id,
-             "diff_object": row.diff_object, "client_ip": row.client_ip,
-             "user_agent": row.user_agent, "request_method": row.request_method,
-             "request_id": row.request_id, "data": row.data, "created_at": row.created_at}
-            for row in rows
-        ]).decode()
+        records = audit_records(rows)
         if created_at is None:
             conn.execute(_AUDIT_INSERT.format(where=""), (records,))
         else:
@@ -475,6 +466,21 @@ class PostgresApiMixin:
         return {r[0]: int(r[1]) for r in rows}
 
 
+def audit_records(rows: Sequence[AuditRow]) -> str:
+    """Audit rows as the one JSON array that _AUDIT_INSERT (and the task insert that writes
+    them itself) unpacks."""
+    return orjson.dumps([
+        {"id": row.id, "timestamp": row.timestamp_ms, "action": row.action,
+         "resource_type": row.resource_type, "resource": row.resource,
+         "resource_id": str(row.resource.get("identifier", "")), "principal": row.user,
+         "principal_uid": str(row.user.get("uid", "")), "tenant_id": row.tenant_id,
+         "diff_object": row.diff_object, "client_ip": row.client_ip,
+         "user_agent": row.user_agent, "request_method": row.request_method,
+         "request_id": row.request_id, "data": row.data, "created_at": row.created_at}
+        for row in rows
+    ]).decode()
+
+
 _AUDIT_COLUMNS = (
     "id, timestamp, action, resource_type, resource, resource_id, principal, principal_uid, "
     "tenant_id, diff_object, client_ip, user_agent, request_method, request_id, data, "
@@ -487,10 +493,16 @@ _AUDIT_TYPES = (
     "created_at timestamptz"
 )
 # Rows in the order given, so seq follows it (`ord` only orders them).
-_AUDIT_INSERT = (
-    f"INSERT INTO audit_events ({_AUDIT_COLUMNS}) SELECT {_AUDIT_COLUMNS} FROM ROWS FROM ("
-    f"jsonb_to_recordset(%s::jsonb) AS ({_AUDIT_TYPES})) WITH ORDINALITY "
-    f"r({_AUDIT_COLUMNS}, ord){{where}} ORDER BY r.ord"
+_AUDIT_ROWS = (
+    f"SELECT {_AUDIT_COLUMNS} FROM ROWS FROM (jsonb_to_recordset(%s::jsonb) AS "
+    f"({_AUDIT_TYPES})) WITH ORDINALITY r({_AUDIT_COLUMNS}, ord)"
+)
+_AUDIT_INSERT = f"INSERT INTO audit_events ({_AUDIT_COLUMNS}) {_AUDIT_ROWS}{{where}} ORDER BY r.ord"
+#: Inside the task insert (postgres_store._insert_query), after its `ins` CTE: the rows of
+#: the tasks that statement inserted (a replayed key inserts no task, so no audit row).
+AUDIT_CREATED_CTE = (
+    f"INSERT INTO audit_events ({_AUDIT_COLUMNS}) {_AUDIT_ROWS} "
+    "WHERE r.resource_id::uuid IN (SELECT task_id FROM ins) ORDER BY r.ord"
 )
 _AUDIT_CREATED = (
     " WHERE EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = r.resource_id::uuid "

@@ -49,6 +49,7 @@ from creep.ports import (
     MaintenanceReport,
     TaskFilter,
 )
+from creep.ports_api import AuditRow
 from creep.storage import pending_writes
 from creep.storage.asset_pages import AssetPagesMixin  # REST API pages
 from creep.storage.common import (
@@ -69,7 +70,7 @@ from creep.storage.common import (
 )
 from creep.storage.metrics_store import PostgresMetricsMixin  # /metrics
 from creep.storage.pg_copy import copy_blocks
-from creep.storage.postgres_api import PostgresApiMixin
+from creep.storage.postgres_api import AUDIT_CREATED_CTE, PostgresApiMixin, audit_records
 from creep.storage.postgres_artifacts import PostgresArtifactsMixin  # artifacts + HTTP workers
 from creep.storage.postgres_assets import PostgresAssets
 from creep.storage.postgres_schedules import PostgresSchedulesMixin  # schedules
@@ -356,7 +357,7 @@ class PostgresStore(
             created = self._create_pipelined(specs, now)
             if created is not None:
                 return created
-        with self._tx(within) as conn:
+        with pending_writes.kept_on_error(), self._tx(within) as conn:
             outside = sorted({d for s in specs for d in s.depends_on if d not in by_id})
             found: dict[str, tuple[str, str]] = {}
             if outside:
@@ -386,7 +387,10 @@ class PostgresStore(
             )
             notified = inserted is None  # _insert's statement notifies the workers itself
             if inserted is None:
-                inserted = self._insert(conn, specs, tasks, has_dependants, now)
+                # The API's audit rows of new tasks go in the insert itself, as on the
+                # pipelined path (a replayed key inserts neither its task nor its row).
+                audits = pending_writes.take_created_audits() if within is None else []
+                inserted = self._insert(conn, specs, tasks, has_dependants, now, audits)
             missing = [s for s in specs if s.task_id not in inserted]
             if missing:
                 # Idempotency keys that exist already: replay or conflict, decided by the
@@ -462,8 +466,9 @@ class PostgresStore(
     def _insert(
         self, conn: psycopg.Connection[Any], specs: Sequence[TaskSpec],
         tasks: dict[str, TaskOrder], has_dependants: set[str], now: datetime,
+        audits: Sequence[AuditRow] = (),
     ) -> set[str]:
-        rows = conn.execute(*_insert_statement(specs, tasks, has_dependants, now))
+        rows = conn.execute(*_insert_statement(specs, tasks, has_dependants, now, audits))
         return {r[0] for r in rows.fetchall()}
 
     @contextmanager
@@ -490,8 +495,10 @@ class PostgresStore(
         rolled back and None sends the caller to the general path, which replays or refuses
         per key (in the pipeline a failed statement would be costlier to recover from)."""
         tasks = {s.task_id: new_task(s, initial_status(s, {}, now), now) for s in specs}
-        query, params = _insert_statement(specs, tasks, set(), now)
         riding = pending_writes.queued()
+        # The API's audit rows go in the insert statement itself (restored with the rest).
+        query, params = _insert_statement(
+            specs, tasks, set(), now, pending_writes.take_created_audits())
         try:
             with self._statement_tx() as conn:
                 with conn.pipeline():
@@ -1329,14 +1336,15 @@ def _commit_pipelined(store: Any, conn: psycopg.Connection[Any]) -> None:
 
 def _insert_statement(
     specs: Sequence[TaskSpec], tasks: dict[str, TaskOrder], has_dependants: set[str],
-    now: datetime,
+    now: datetime, audits: Sequence[AuditRow] = (),
 ) -> tuple[str, list[Any]]:
     """The insert of new tasks (see PostgresStore._insert) and its parameters; it returns
     the ids of the rows it inserted. The rows travel as one JSON array (orjson, in C; each
     input payload spliced in as the JSON it already is) that the server unpacks with
     json_to_recordset: binding a typed array per column cost psycopg ~20 us of Python per
     column per statement, which made a small batch (the API's group commits, one submit)
-    cost hundreds of microseconds of client CPU."""
+    cost hundreds of microseconds of client CPU. `audits`: audit rows written by the same
+    statement, each only if its task is inserted (see _insert_query)."""
     rows: list[dict[str, Any]] = []
     for spec in specs:
         t = tasks[spec.task_id]
@@ -1365,6 +1373,8 @@ def _insert_statement(
     kept = [c for c in _INSERT_TYPES if c not in _DEFAULTS or c in set_here]
     records = orjson.dumps(
         rows, default=_row_json_default, option=orjson.OPT_PASSTHROUGH_DATETIME).decode()
+    if audits:
+        return _insert_query(tuple(kept), audited=True), [records, now, audit_records(audits)]
     return _insert_query(tuple(kept)), [records, now]
 
 
@@ -1378,7 +1388,7 @@ def _row_json_default(value: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=64)
-def _insert_query(kept: tuple[str, ...]) -> str:
+def _insert_query(kept: tuple[str, ...], audited: bool = False) -> str:
     """The text of _insert_statement's statement for these columns (built once per shape)."""
     names = ", ".join(kept)
     record = ", ".join(f"{c} {_INSERT_TYPES[c]}" for c in kept)
@@ -1386,7 +1396,11 @@ def _insert_query(kept: tuple[str, ...]) -> str:
     # COPY and the other backend store it.
     values = names.replace("input_payload", "COALESCE(input_payload, 'null'::jsonb)")
     # One statement: the rows, then their creation events (see creation_events) built
-    # in SQL from what was inserted; a key that exists already inserts neither.
+    # in SQL from what was inserted; a key that exists already inserts neither. Audited: the
+    # API's audit rows too, matched to `ins` (a lookup of tasks by (id, created_at) in a
+    # statement of its own cost a round trip, and its plan, cached while tasks was small,
+    # read all of tasks per batch).
+    audit = f", aud AS ({AUDIT_CREATED_CTE})" if audited else ""
     return (
         f"""WITH ins AS (
             INSERT INTO tasks ({names})
@@ -1407,7 +1421,7 @@ def _insert_query(kept: tuple[str, ...]) -> str:
             WHERE e.ord = 1 OR (e.ord = 2 AND i.status = 'QUEUED')
                OR (e.ord = 3 AND i.status = 'CANCELLED')
             ORDER BY i.task_id, e.ord
-        ), note AS (  -- wake the workers, in this statement rather than one more round trip
+        ){audit}, note AS (  -- wake the workers, in this statement rather than one more round trip
             SELECT pg_notify('creep_tasks', '')
             WHERE EXISTS (SELECT 1 FROM ins WHERE status = 'QUEUED')
         )
