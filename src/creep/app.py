@@ -6,12 +6,11 @@ import asyncio
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, TypeVar
 
 from creep.app_schedules import SchedulesApi  # schedules
 from creep.asset_api import AssetApi
-from creep.bulk_submit import CheckedOrders, check_ahead, write_chunks
+from creep.bulk_submit import write_chunks
 from creep.domain.artifacts import Artifact
 from creep.domain.bulk_specs import build_specs, check_orders
 from creep.domain.clock import Clock, SystemClock
@@ -142,17 +141,6 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
     def _submit_many(self, items: list[Mapping[str, Any]]) -> list[TaskOrder]:
         now, limits = self.clock.now(), self.limits
         traced = tracer() is not None  # asked once, not per task
-        if len(items) > SUBMIT_CHUNK and not traced and all(
-            type(data) is dict and not data.get("depends_on") for data in items
-        ):
-            # Big and flat: chunks start being written while the rest is checked (nothing
-            # commits before every order is known valid; bulk_submit.py).
-            writers = int(getattr(self.store, "bulk_writers", 1))
-            with ThreadPoolExecutor(1, thread_name_prefix="creep-check") as pool:
-                checking = check_ahead(items, SUBMIT_CHUNK * writers, now=now, limits=limits,
-                                       pool=pool)
-                return write_chunks(self.store, items, checking, limits, self.clock.now(),
-                                    SUBMIT_CHUNK)
         # Every order is checked before anything is written: one bad order rejects them all.
         checked = check_orders(items, now=now, limits=limits, traced=traced)
         now = self.clock.now()
@@ -167,8 +155,7 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
                 specs = build_specs(items[a:b], checked[a:b], limits, traced)
                 out.extend(self.store.task_create_many(specs, now))
             return out
-        # Orders whose dependencies the full path dropped (an empty list, say): checked already.
-        return write_chunks(self.store, items, CheckedOrders(checked), limits, now, SUBMIT_CHUNK)
+        return write_chunks(self.store, items, checked, limits, now, SUBMIT_CHUNK)
 
     # -- reading and steering ------------------------------------------------------------------
 

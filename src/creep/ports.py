@@ -149,13 +149,7 @@ class Store(Protocol):
     def close(self) -> None: ...
 
     # tasks
-    def task_create_many(
-        self, specs: Sequence[TaskSpec], now: datetime, *,
-        before_commit: Callable[[], None] | None = None,
-    ) -> list[TaskOrder]:
-        """Create the tasks (replays and conflicts decided per idempotency key), in one
-        transaction. `before_commit` runs last inside it; if it raises, nothing is written."""
-        ...
+    def task_create_many(self, specs: Sequence[TaskSpec], now: datetime) -> list[TaskOrder]: ...
     def task_get(self, task_id: str, tenant_id: str | None = None) -> TaskOrder: ...
     def task_list(
         self, flt: TaskFilter, *, after: str | None = None, limit: int = 100

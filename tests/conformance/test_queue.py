@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
 
 import pytest
 
@@ -247,52 +246,6 @@ def test_chunked_submission_builds_ahead_and_answers_in_order(
     with pytest.raises(IdempotencyConflict):
         app.submit_many([{**o, "idempotency_key": f"e{i}"} for i, o in enumerate(orders)]
                         + [{**twice[0], "input_payload": {"other": 1}}])
-
-
-def test_big_submission_writes_while_checking_and_commits_nothing_if_a_late_order_is_bad(
-    app: Creep, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The first chunks of a big submission start being written while the rest is checked;
-    a bad order late in it still leaves nothing behind: the written chunks wait for the
-    whole check before committing, and roll back."""
-    from creep import bulk_submit
-
-    monkeypatch.setattr(app_module, "SUBMIT_CHUNK", 20)
-    seen: list[str] = []
-    real_check = bulk_submit.check_orders
-
-    def slow_tail_check(items: Any, **kw: Any) -> Any:
-        if kw.get("offset"):  # the tail, checked beside the writes
-            time.sleep(0.3)
-            seen.append("tail checked")
-        return real_check(items, **kw)
-
-    real_create = app.store.task_create_many
-
-    def create(*args: Any, **kw: Any) -> Any:
-        seen.append("chunk written")
-        return real_create(*args, **kw)
-
-    monkeypatch.setattr(bulk_submit, "check_orders", slow_tail_check)
-    monkeypatch.setattr(app.store, "task_create_many", create)
-    orders: list[dict[str, Any]] = [
-        {"tenant_id": "t", "env": "e", "task_type": "A", "idempotency_key": f"k{i}",
-         "priority": i % 5} for i in range(100)]
-    with pytest.raises(ValidationError) as info:
-        app.submit_many([*orders, {"task_type": "A", "priority": 101}])
-    assert info.value.errors == [("tasks[100].priority", "must be from 0 to 100 (got 101)")]
-    assert seen[0] == "chunk written" and "tail checked" in seen  # the two overlapped
-    assert app.list_tasks(limit=500) == []
-    # A bad order is what is reported even when a chunk fails first (a conflicting key).
-    app.submit(tenant_id="t", env="e", task_type="A", idempotency_key="k3", priority=4)
-    with pytest.raises(ValidationError):
-        app.submit_many([*orders, {"task_type": "A", "priority": 101}])
-    assert len(app.list_tasks(limit=500)) == 1
-    orders[3]["priority"] = 4  # k3 exists with this body: a replay
-    made = app.submit_many(orders)
-    assert [t.idempotency_key for t in made] == [o["idempotency_key"] for o in orders]
-    assert made[3].replayed and not made[4].replayed
-    assert len(app.list_tasks(limit=500)) == 100
 
 
 def test_optimistic_versioning(app: Creep) -> None:

@@ -6,15 +6,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from creep.bulk_submit import CheckedOrders, _distinct_keys
+from creep.bulk_submit import _distinct_keys
 from creep.domain.bulk_specs import check_orders
 from creep.domain.clock import SystemClock
 from creep.domain.task_spec import Limits
 
 
 def distinct(orders: list[dict[str, Any]]) -> bool:
-    checked = check_orders(orders, now=SystemClock().now(), limits=Limits())
-    return _distinct_keys(orders, CheckedOrders(checked))
+    return _distinct_keys(orders, check_orders(orders, now=SystemClock().now(), limits=Limits()))
 
 
 def order(key: str | None, tenant: str | None = "t", **extra: Any) -> dict[str, Any]:
@@ -39,7 +38,8 @@ def test_one_key_twice_in_a_tenant_is_caught() -> None:
     assert not distinct([order("a", tenant=None), order("a", tenant="default")])
 
 
-def test_an_order_without_a_key_is_keyed_by_its_task_id() -> None:
-    assert distinct([order(None, task_id=str(uuid.uuid4())), order(None)])
-    same = str(uuid.uuid4())
-    assert not distinct([order(None, task_id=same), order(None, task_id=same)])
+def test_an_order_without_a_key_is_keyed_by_its_task_id_however_spelled() -> None:
+    same = uuid.uuid4()
+    assert not distinct([order(None, task_id=str(same).upper()), order(None, task_id=str(same))])
+    assert not distinct([order(None, task_id=f"{{{same}}}"), order(None, task_id=same.urn)])
+    assert distinct([order(None, task_id=str(uuid.uuid4())), order(None, task_id=str(same))])

@@ -32,11 +32,10 @@ Checked = bytes | TaskSpec
 
 def check_orders(
     items: Sequence[Mapping[str, Any]], *, now: datetime, limits: Limits,
-    traced: bool | None = None, offset: int = 0,
+    traced: bool | None = None,
 ) -> list[Checked]:
     """Check every order; raise one ValidationError naming every problem of every order
-    (fields prefixed `tasks[i].`, i counted from `offset`: the first item's index in the
-    whole submission)."""
+    (fields prefixed `tasks[i].`)."""
     errors: list[tuple[str, str]] = []
     out: list[Checked] = []
     append = out.append
@@ -47,7 +46,7 @@ def check_orders(
             continue
         try:
             append(validate_full(
-                data, now=now, limits=limits, prefix=f"tasks[{offset + i}].", traced=traced,
+                data, now=now, limits=limits, prefix=f"tasks[{i}].", traced=traced,
             ))
         except ValidationError as exc:
             errors.extend(exc.errors)

@@ -334,7 +334,6 @@ class PostgresStore(
     def task_create_many(
         self, specs: Sequence[TaskSpec], now: datetime, *,
         within: psycopg.Connection[Any] | None = None,  # join an open transaction (schedules)
-        before_commit: Callable[[], None] | None = None,  # may raise: nothing is written
     ) -> list[TaskOrder]:
         if not specs:
             return []
@@ -342,7 +341,7 @@ class PostgresStore(
 
         if (
             len(specs) == 1 and within is None and not specs[0].depends_on
-            and not pending_writes.waiting() and before_commit is None
+            and not pending_writes.waiting()
         ):  # one app.submit: the common case that waits on round trips, not on the server
             one = self._create_one(specs[0], now)
             if one is not None:
@@ -351,8 +350,7 @@ class PostgresStore(
         if len(by_id) != len(specs):
             raise ValidationError.single("task_id", "task ids in one submission must be unique")
         copy = len(specs) >= COPY_MIN_TASKS and all(map(is_plain, specs))
-        if (within is None and not copy and before_commit is None
-                and not any(s.depends_on for s in specs)):
+        if within is None and not copy and not any(s.depends_on for s in specs):
             # e.g. the API's group commits: new tasks and their audit rows
             created = self._create_pipelined(specs, now)
             if created is not None:
@@ -435,8 +433,6 @@ class PostgresStore(
                 )
             if not notified and any(t.status is TaskStatus.QUEUED for t in created):
                 conn.execute("SELECT pg_notify('creep_tasks', '')")
-            if before_commit is not None:
-                before_commit()
         if any(t.status is TaskStatus.QUEUED for t in created):
             self._wake("creep_tasks", "")
         return out

@@ -303,7 +303,6 @@ class SqliteStore(
         self, specs: Sequence[TaskSpec], now: datetime, *,
         within: sqlite3.Connection | None = None,  # join an open transaction (schedules)
         prepared: PreparedPlain | None = None,  # task_prepare_many(specs, now)'s answer
-        before_commit: Callable[[], None] | None = None,  # may raise: nothing is written
     ) -> list[TaskOrder]:
         if not specs:
             return []
@@ -327,8 +326,6 @@ class SqliteStore(
                     conn.execute("ROLLBACK TO fast_insert")
                     conn.execute("RELEASE fast_insert")
                 out = self._insert_with_replays(conn, specs, dep_status, now)
-            if before_commit is not None:
-                before_commit()
         if any(t.status is TaskStatus.QUEUED and not t.replayed for t in out):
             self._wake("creep_tasks", "")
         return out
