@@ -34,14 +34,20 @@ def test_cancel_all_cancels_again_a_task_that_swallowed_the_first_cancel() -> No
     assert all(t.cancelled() for t in tasks)
 
 
-def test_cancel_all_keeps_an_error_of_a_task_retrieved() -> None:
-    async def failing() -> None:
-        raise RuntimeError("boom")
+def test_cancel_all_retrieves_the_error_of_a_loop_that_fails_as_it_is_cancelled() -> None:
+    async def failing_on_cancel() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise RuntimeError("boom") from None
 
     async def main() -> asyncio.Task[None]:
-        task = asyncio.create_task(failing())
+        task = asyncio.create_task(failing_on_cancel())
         await asyncio.sleep(0)
         await _cancel_all([task])
+        # Retrieved by _cancel_all itself: asyncio would otherwise log "Task exception was
+        # never retrieved" when the task is collected.
+        assert task._log_traceback is False
         return task
 
     task = asyncio.run(main())

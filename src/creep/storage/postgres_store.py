@@ -492,10 +492,11 @@ class PostgresStore(
         per key (in the pipeline a failed statement would be costlier to recover from)."""
         tasks = {s.task_id: new_task(s, initial_status(s, {}, now), now) for s in specs}
         riding = pending_writes.queued()
-        # The API's audit rows go in the insert statement itself (restored with the rest).
-        query, params = _insert_statement(
-            specs, tasks, set(), now, pending_writes.take_created_audits())
         try:
+            # The API's audit rows go in the insert statement itself (restored with the rest,
+            # whatever fails from here on).
+            query, params = _insert_statement(
+                specs, tasks, set(), now, pending_writes.take_created_audits())
             with self._statement_tx() as conn:
                 with conn.pipeline():
                     conn.execute("BEGIN")
