@@ -17,11 +17,6 @@ from tests.unit.test_image_header import jpeg, png
 
 
 @pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock()
-
-
-@pytest.fixture
 def app(db_url: str, tmp_path: Path, clock: FrozenClock) -> Iterator[Creep]:
     creep_app = Creep(db_url, clock=clock, artifact_dir=tmp_path / "blobs",
                       artifact_max_bytes=1_000_000)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -29,18 +28,6 @@ from creep.domain.lease import LeaseStatus
 from creep.domain.ledger import BudgetExceeded
 
 NET = {"sku_category": "RAW_NET", "sku_code": "ip.residential.uk.*"}
-
-
-@pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock()
-
-
-@pytest.fixture
-def app(db_url: str, clock: FrozenClock) -> Iterator[Creep]:
-    creep_app = Creep(db_url, clock=clock)
-    yield creep_app
-    creep_app.close()
 
 
 def ip(i: int, **extra: Any) -> dict[str, Any]:

@@ -32,11 +32,6 @@ from creep import app as app_module
 
 
 @pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock()
-
-
-@pytest.fixture
 def app(db_url: str, clock: FrozenClock) -> Iterator[Creep]:
     creep_app = Creep(db_url, clock=clock, backoff=Backoff(base_seconds=10, cap_seconds=100))
     yield creep_app

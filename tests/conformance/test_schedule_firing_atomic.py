@@ -3,7 +3,7 @@ task's events, and the schedule's next_run/statistics are written together or no
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,13 +23,6 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 @pytest.fixture
 def clock() -> FrozenClock:
     return FrozenClock(T0)
-
-
-@pytest.fixture
-def app(db_url: str, clock: FrozenClock) -> Iterator[Creep]:
-    creep_app = Creep(db_url, clock=clock)
-    yield creep_app
-    creep_app.close()
 
 
 def _sched(app: Creep, holder: str = "A") -> Scheduler:

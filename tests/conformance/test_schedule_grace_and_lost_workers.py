@@ -3,7 +3,6 @@ structurally (result_code WORKER_LOST), on every backend."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,13 +17,6 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 @pytest.fixture
 def clock() -> FrozenClock:
     return FrozenClock(T0)
-
-
-@pytest.fixture
-def app(db_url: str, clock: FrozenClock) -> Iterator[Creep]:
-    creep_app = Creep(db_url, clock=clock)
-    yield creep_app
-    creep_app.close()
 
 
 def _sched(app: Creep) -> Scheduler:

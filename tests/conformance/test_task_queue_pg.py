@@ -23,11 +23,6 @@ NET = {"sku_category": "RAW_NET", "sku_code": "ip.residential.uk.*"}
 
 
 @pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock()
-
-
-@pytest.fixture
 def app(pg_schema_url: str, clock: FrozenClock) -> Iterator[Creep]:
     creep_app = Creep(pg_schema_url, clock=clock, backoff=Backoff(base_seconds=10, cap_seconds=100))
     yield creep_app

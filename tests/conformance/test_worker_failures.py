@@ -15,11 +15,6 @@ from creep import Creep, Fail, FrozenClock, TaskContext, TaskStatus
 
 
 @pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock()
-
-
-@pytest.fixture
 def app(db_url: str, clock: FrozenClock) -> Iterator[Creep]:
     creep_app = Creep(db_url, clock=clock)
 

@@ -15,18 +15,6 @@ from creep.engine.worker_protocol import ClaimRequest, WorkerProtocol, validate_
 
 
 @pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock()
-
-
-@pytest.fixture
-def app(db_url: str, clock: FrozenClock) -> Iterator[Creep]:
-    creep_app = Creep(db_url, clock=clock)
-    yield creep_app
-    creep_app.close()
-
-
-@pytest.fixture
 def proto(app: Creep, clock: FrozenClock) -> Iterator[WorkerProtocol]:
     p = WorkerProtocol(app.store, clock, Backoff(base_seconds=10, cap_seconds=10),
                        poll_interval=0.05)
