@@ -40,10 +40,10 @@ def write_chunks(
     # ahead too: the writing thread is then left mostly the database's own work.
     prepare = getattr(store, "task_prepare_many", None)
 
-    def build(k: int) -> tuple[list[TaskSpec], Any]:
+    def build(k: int) -> tuple[list[TaskSpec], dict[str, Any]]:
         a, b = bounds[k]
         specs = build_specs(items[a:b], checked[a:b], limits, False)
-        return specs, None if prepare is None else prepare(specs, now)
+        return specs, {} if prepare is None else {"prepared": prepare(specs, now)}
 
     out: list[TaskOrder] = []
     with ThreadPoolExecutor(1, thread_name_prefix="creep-submit") as pool:
@@ -52,11 +52,7 @@ def write_chunks(
             specs, prepared = ahead.result()
             if k + 1 < len(bounds):
                 ahead = pool.submit(build, k + 1)
-            if prepared is None:
-                out.extend(store.task_create_many(specs, now))
-            else:
-                out.extend(store.task_create_many(  # type: ignore[call-arg]
-                    specs, now, prepared=prepared))
+            out.extend(store.task_create_many(specs, now, **prepared))
     return out
 
 
