@@ -60,14 +60,21 @@ def _side_by_side(
     store: Store, items: Sequence[Mapping[str, Any]], checked: Sequence[Checked],
     limits: Limits, now: datetime, bounds: list[tuple[int, int]], writers: int,
 ) -> list[TaskOrder]:
-    def build(k: int) -> list[TaskSpec]:
-        a, b = bounds[k]
-        return build_specs(items[a:b], checked[a:b], limits, False)
+    # A store that can prepare a chunk without its database (PostgreSQL: the new tasks and
+    # their COPY data) has that done on the builder thread too: a writer then starts sending
+    # as soon as it takes a chunk, and its server process does not wait while it builds.
+    prepare = getattr(store, "task_prepare_many", None)
 
-    built: list[Future[list[TaskSpec]]] = []
+    def build(k: int) -> tuple[list[TaskSpec], dict[str, Any]]:
+        a, b = bounds[k]
+        specs = build_specs(items[a:b], checked[a:b], limits, False)
+        return specs, {} if prepare is None else {"prepared": prepare(specs, now)}
+
+    built: list[Future[tuple[list[TaskSpec], dict[str, Any]]]] = []
 
     def job(k: int) -> list[TaskOrder]:
-        return store.task_create_many(built[k].result(), now)
+        specs, prepared = built[k].result()
+        return store.task_create_many(specs, now, **prepared)
 
     # A window of `writers` chunks in submission order: the next chunk starts only when the
     # oldest one in flight has committed, so when a chunk fails, at most the writers - 1

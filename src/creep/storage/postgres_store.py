@@ -12,7 +12,7 @@ import contextlib
 import functools
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -69,7 +69,7 @@ from creep.storage.common import (
     resolution_payload,
 )
 from creep.storage.metrics_store import PostgresMetricsMixin  # /metrics
-from creep.storage.pg_copy import copy_blocks
+from creep.storage.pg_copy import PreparedCopy, copy_blocks
 from creep.storage.postgres_api import AUDIT_CREATED_CTE, PostgresApiMixin, audit_records
 from creep.storage.postgres_artifacts import PostgresArtifactsMixin  # artifacts + HTTP workers
 from creep.storage.postgres_assets import PostgresAssets
@@ -331,12 +331,36 @@ class PostgresStore(
 
     # -- creating tasks ------------------------------------------------------------------------
 
+    def task_prepare_many(self, specs: Sequence[TaskSpec], now: datetime) -> PreparedCopy | None:
+        """What task_create_many(specs, now) builds before it writes, for a chunk it COPYs
+        (enough plain specs; None for others): the new tasks and their COPY data. Pure
+        Python, no database: a bulk submission prepares chunk k+1 on another thread while
+        the server takes chunk k, so a writing connection starts sending at once instead of
+        leaving its server process idle while it builds (as SqliteStore.task_prepare_many)."""
+        if len(specs) < COPY_MIN_TASKS or not all(map(is_plain, specs)):
+            return None
+        tasks = {s.task_id: new_task(s, initial_status(s, {}, now), now) for s in specs}
+        if len(tasks) != len(specs):
+            return None  # task_create_many refuses them
+        try:
+            task_data, event_data = copy_blocks(specs, tasks, now)
+            return PreparedCopy(specs, now, tasks, list(task_data), list(event_data))
+        except (ValueError, UnicodeEncodeError):
+            return None  # task_create_many's own path says what is wrong
+
     def task_create_many(
         self, specs: Sequence[TaskSpec], now: datetime, *,
         within: psycopg.Connection[Any] | None = None,  # join an open transaction (schedules)
+        prepared: PreparedCopy | None = None,  # task_prepare_many(specs, now)'s answer
     ) -> list[TaskOrder]:
         if not specs:
             return []
+        if prepared is not None and (prepared.specs is not specs or prepared.now != now):
+            prepared = None
+        if prepared is not None:
+            created = self._create_prepared(prepared, within)
+            if created is not None:
+                return created
         from creep.domain.dag import topological_order
 
         if (
@@ -379,9 +403,9 @@ class PostgresStore(
                 status[task_id] = task.status
                 tasks[task_id] = task
             has_dependants = {d for s in specs for d in s.depends_on}
-            inserted = (
+            inserted = (  # (a prepared chunk's COPY failed already: straight to _insert)
                 self._copy_plain(conn, specs, tasks, now)
-                if copy or all(map(is_plain, specs)) else None
+                if prepared is None and (copy or all(map(is_plain, specs))) else None
             )
             notified = inserted is None  # _insert's statement notifies the workers itself
             if inserted is None:
@@ -447,17 +471,25 @@ class PostgresStore(
         CONFLICT: an idempotency key that exists already fails it, the savepoint undoes it,
         and None sends the caller to _insert, which replays or refuses per key."""
         task_data, event_data = copy_blocks(specs, tasks, now)
-        try:
-            with conn.transaction(), conn.cursor() as cur:
-                with cur.copy(_COPY_TASKS) as copy:
-                    for block in task_data:
-                        copy.write(block)
-                with cur.copy(_COPY_EVENTS) as copy:
-                    for block in event_data:
-                        copy.write(block)
-        except pg_errors.UniqueViolation:
-            return None
-        return set(tasks)
+        return _copy_data(conn, task_data, event_data, set(tasks))
+
+    def _create_prepared(
+        self, prepared: PreparedCopy, within: psycopg.Connection[Any] | None
+    ) -> list[TaskOrder] | None:
+        """task_create_many of a prepared chunk: its COPY alone. None when some idempotency
+        key exists already (nothing is written): the general path then replays or refuses
+        per key."""
+        tasks = prepared.tasks
+        out = [tasks[s.task_id] for s in prepared.specs]
+        queued = any(t.status is TaskStatus.QUEUED for t in out)
+        with pending_writes.kept_on_error(), self._tx(within) as conn:
+            if _copy_data(conn, prepared.task_data, prepared.event_data, set(tasks)) is None:
+                return None
+            if queued:
+                conn.execute("SELECT pg_notify('creep_tasks', '')")
+        if queued:
+            self._wake("creep_tasks", "")
+        return out
 
     def _insert(
         self, conn: psycopg.Connection[Any], specs: Sequence[TaskSpec],
@@ -1443,6 +1475,26 @@ _COPY_EVENTS = (
     "COPY task_events (task_id, tenant_id, event_type, from_status, to_status, payload, "
     "created_at) FROM STDIN (FORMAT binary)"
 )
+
+
+def _copy_data(
+    conn: psycopg.Connection[Any], task_data: Iterable[bytes], event_data: Iterable[bytes],
+    task_ids: set[str],
+) -> set[str] | None:
+    """COPY tasks and their creation events (pg_copy's binary data) under a savepoint: the
+    ids of the new tasks, or None when an idempotency key exists already (COPY has no ON
+    CONFLICT; the savepoint undoes it)."""
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy(_COPY_TASKS) as copy:
+                for block in task_data:
+                    copy.write(block)
+            with cur.copy(_COPY_EVENTS) as copy:
+                for block in event_data:
+                    copy.write(block)
+    except pg_errors.UniqueViolation:
+        return None
+    return task_ids
 
 
 _INSERT_TYPES: dict[str, str] = {

@@ -1,0 +1,85 @@
+"""PostgreSQL bulk submission: chunks prepared ahead (their new tasks and COPY data built on
+the builder thread) are written as a plain submission's would be, wake workers in other
+processes, and fall back to replaying per key when some of their keys exist already.
+(task_queue is checked against tasks after every PostgreSQL test: tests/conftest.py.)"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+import creep.app as app_module
+from creep import Creep
+from creep.storage.postgres_store import PostgresStore
+
+#: The app's connections carry this name, so that the test can tell its notifications from
+#: those of anything else using the same database at the time.
+NAME = "creep-bulk-copy-test"
+
+
+@pytest.fixture
+def app(pg_schema_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Creep]:
+    monkeypatch.setattr(app_module, "SUBMIT_CHUNK", 100)  # above COPY_MIN_TASKS
+    sep = "&" if "?" in pg_schema_url else "?"
+    creep_app = Creep(f"{pg_schema_url}{sep}application_name={NAME}")
+    yield creep_app
+    creep_app.close()
+
+
+@pytest.fixture
+def prepared_outcomes(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """For each prepared chunk written: True when its COPY took it, False when it fell back."""
+    seen: list[bool] = []
+    create = PostgresStore._create_prepared
+
+    def spy(self: PostgresStore, *args: Any) -> Any:
+        out = create(self, *args)
+        seen.append(out is not None)
+        return out
+
+    monkeypatch.setattr(PostgresStore, "_create_prepared", spy)
+    return seen
+
+
+def _orders(keys: range, prefix: str = "k") -> list[dict[str, Any]]:
+    return [{"tenant_id": "t", "env": "prod", "idempotency_key": f"{prefix}{i}",
+             "task_type": "A", "priority": i % 5, "input_payload": {"i": i}} for i in keys]
+
+
+def test_prepared_chunks_are_stored_as_given_and_wake_other_processes(
+    app: Creep, pg_schema_url: str, prepared_outcomes: list[bool]
+) -> None:
+    orders = _orders(range(300))
+    with psycopg.connect(pg_schema_url, autocommit=True) as listener:
+        listener.execute("LISTEN creep_tasks")
+        made = app.submit_many(orders)
+        woken = {n.pid for n in listener.notifies(timeout=1)}
+        ours = {row[0] for row in listener.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (NAME,))}
+    assert woken & ours, "a worker in another process must hear of the new tasks"
+    assert prepared_outcomes == [True] * 3  # nothing took another path, which notifies too
+    assert [t.idempotency_key for t in made] == [o["idempotency_key"] for o in orders]
+    assert not any(t.replayed for t in made)
+    for task in (made[0], made[99], made[100], made[299]):
+        assert app.get_task(task.task_id).to_dict() == task.to_dict()
+        assert [e.event_type for e in app.task_events(task.task_id)] == ["created", "queued"]
+    assert len(app.list_tasks(limit=1000)) == 300
+
+
+def test_a_prepared_chunk_with_existing_keys_replays_them(
+    app: Creep, prepared_outcomes: list[bool]
+) -> None:
+    first = app.submit_many(_orders(range(200)))
+    prepared_outcomes.clear()
+    # Chunk 1 holds 50 known keys and 50 new ones, chunk 2 only new ones.
+    again = app.submit_many(_orders(range(150, 350)))
+    assert sorted(prepared_outcomes) == [False, True]
+    assert [t.task_id for t in again[:50]] == [t.task_id for t in first[150:]]
+    assert all(t.replayed for t in again[:50]) and not any(t.replayed for t in again[50:])
+    assert len(app.list_tasks(limit=1000)) == 350
+    for task in (again[0], again[50], again[199]):
+        assert app.get_task(task.task_id).task_id == task.task_id
+        assert [e.event_type for e in app.task_events(task.task_id)] == ["created", "queued"]
