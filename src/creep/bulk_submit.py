@@ -35,6 +35,7 @@ def write_chunks(
     if writers > 1 and not pending_writes.waiting() and _distinct_keys(items, checked):
         # (Writes riding along belong to this thread's transaction; one key in two chunks
         # written at once would make one wait on the other's lock, or deadlock.)
+        bounds = _ramped_bounds(len(items), chunk, writers)
         return _side_by_side(store, items, checked, limits, now, bounds, writers)
     # A store that can prepare a chunk's rows without its database (SQLite) has that done
     # ahead too: the writing thread is then left mostly the database's own work.
@@ -79,13 +80,14 @@ def _side_by_side(
     # A window of `writers` chunks in submission order: the next chunk starts only when the
     # oldest one in flight has committed, so when a chunk fails, at most the writers - 1
     # chunks beside it may still commit and no later one starts. Specs are built on their own
-    # thread, ahead of the window: the writers, which mostly wait on their servers, take the
-    # next chunk as soon as one commits instead of building it first.
+    # thread, two chunks ahead of the window: the writers, which mostly wait on their
+    # servers, take the next chunk as soon as one commits instead of building it first, and
+    # a build slowed down by the other threads (they share the GIL) does not hold one up.
     out: list[TaskOrder] = []
     with ThreadPoolExecutor(1, thread_name_prefix="creep-build") as builder, \
             ThreadPoolExecutor(writers, thread_name_prefix="creep-submit") as pool:
         try:
-            built.extend(builder.submit(build, k) for k in range(min(writers + 1, len(bounds))))
+            built.extend(builder.submit(build, k) for k in range(min(writers + 2, len(bounds))))
             window: deque[Future[list[TaskOrder]]] = deque(
                 pool.submit(job, k) for k in range(min(writers, len(bounds))))
             for k in range(len(bounds)):
@@ -97,6 +99,30 @@ def _side_by_side(
         finally:
             builder.shutdown(wait=False, cancel_futures=True)  # a failed chunk: no more specs
     return out
+
+
+def _ramped_bounds(n: int, chunk: int, writers: int) -> list[tuple[int, int]]:
+    """Chunks of about `chunk` orders for writers side by side, smaller at both ends. The
+    first ones, so that the first writers start (and their servers with them) after a short
+    build instead of a full chunk's; the last `writers`, so that the writers finish close
+    together instead of one still writing a full chunk while the others have none left."""
+    sizes: list[int] = []
+    left = n
+    for size in (chunk // 4, chunk // 2):
+        if left > size > 0:
+            sizes.append(size)
+            left -= size
+    tail = min(left, writers * chunk // 2)
+    body = left - tail
+    sizes += [chunk] * (body // chunk) + ([body % chunk] if body % chunk else [])
+    sizes += [tail // writers + (1 if i < tail % writers else 0) for i in range(writers)]
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    for size in sizes:
+        if size:
+            bounds.append((start, start + size))
+            start += size
+    return bounds
 
 
 def _distinct_keys(items: Sequence[Mapping[str, Any]], checked: Sequence[Checked]) -> bool:

@@ -13,16 +13,21 @@ import pytest
 
 import creep.app as app_module
 from creep import Creep
+from creep.bulk_submit import _ramped_bounds
 from creep.storage.postgres_store import PostgresStore
 
 #: The app's connections carry this name, so that the test can tell its notifications from
 #: those of anything else using the same database at the time.
 NAME = "creep-bulk-copy-test"
+#: Chunks of 64, 128, 152, 128 and 128 orders for 600 (bulk_submit._ramped_bounds): every one
+#: at least COPY_MIN_TASKS, so every one is prepared.
+CHUNK, N = 256, 600
+SIZES = [64, 128, 152, 128, 128]
 
 
 @pytest.fixture
 def app(pg_schema_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Creep]:
-    monkeypatch.setattr(app_module, "SUBMIT_CHUNK", 100)  # above COPY_MIN_TASKS
+    monkeypatch.setattr(app_module, "SUBMIT_CHUNK", CHUNK)
     sep = "&" if "?" in pg_schema_url else "?"
     creep_app = Creep(f"{pg_schema_url}{sep}application_name={NAME}")
     yield creep_app
@@ -52,7 +57,8 @@ def _orders(keys: range, prefix: str = "k") -> list[dict[str, Any]]:
 def test_prepared_chunks_are_stored_as_given_and_wake_other_processes(
     app: Creep, pg_schema_url: str, prepared_outcomes: list[bool]
 ) -> None:
-    orders = _orders(range(300))
+    assert [b - a for a, b in _ramped_bounds(N, CHUNK, 2)] == SIZES
+    orders = _orders(range(N))
     with psycopg.connect(pg_schema_url, autocommit=True) as listener:
         listener.execute("LISTEN creep_tasks")
         made = app.submit_many(orders)
@@ -60,26 +66,27 @@ def test_prepared_chunks_are_stored_as_given_and_wake_other_processes(
         ours = {row[0] for row in listener.execute(
             "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (NAME,))}
     assert woken & ours, "a worker in another process must hear of the new tasks"
-    assert prepared_outcomes == [True] * 3  # nothing took another path, which notifies too
+    assert prepared_outcomes == [True] * len(SIZES)  # no other path, which notifies too
     assert [t.idempotency_key for t in made] == [o["idempotency_key"] for o in orders]
     assert not any(t.replayed for t in made)
-    for task in (made[0], made[99], made[100], made[299]):
+    for task in (made[0], made[63], made[64], made[N - 1]):
         assert app.get_task(task.task_id).to_dict() == task.to_dict()
         assert [e.event_type for e in app.task_events(task.task_id)] == ["created", "queued"]
-    assert len(app.list_tasks(limit=1000)) == 300
+    assert len(app.list_tasks(limit=2000)) == N
 
 
 def test_a_prepared_chunk_with_existing_keys_replays_them(
     app: Creep, prepared_outcomes: list[bool]
 ) -> None:
-    first = app.submit_many(_orders(range(200)))
+    first = app.submit_many(_orders(range(N)))
     prepared_outcomes.clear()
-    # Chunk 1 holds 50 known keys and 50 new ones, chunk 2 only new ones.
-    again = app.submit_many(_orders(range(150, 350)))
-    assert sorted(prepared_outcomes) == [False, True]
-    assert [t.task_id for t in again[:50]] == [t.task_id for t in first[150:]]
-    assert all(t.replayed for t in again[:50]) and not any(t.replayed for t in again[50:])
-    assert len(app.list_tasks(limit=1000)) == 350
-    for task in (again[0], again[50], again[199]):
+    # Keys 450-1049: the first chunk (64) holds known keys only, the second (128) 86 known
+    # and 42 new ones, the other three only new ones.
+    again = app.submit_many(_orders(range(450, 450 + N)))
+    assert sorted(prepared_outcomes) == [False, False, True, True, True]
+    assert [t.task_id for t in again[:150]] == [t.task_id for t in first[450:]]
+    assert all(t.replayed for t in again[:150]) and not any(t.replayed for t in again[150:])
+    assert len(app.list_tasks(limit=2000)) == 450 + N
+    for task in (again[0], again[150], again[N - 1]):
         assert app.get_task(task.task_id).task_id == task.task_id
         assert [e.event_type for e in app.task_events(task.task_id)] == ["created", "queued"]
