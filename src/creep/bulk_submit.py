@@ -71,10 +71,12 @@ def _side_by_side(
         specs = build_specs(items[a:b], checked[a:b], limits, False)
         return specs, {} if prepare is None else {"prepared": prepare(specs, now)}
 
-    built: list[Future[tuple[list[TaskSpec], dict[str, Any]]]] = []
+    # By chunk; a writer takes its chunk out, so that what was prepared for it (COPY data)
+    # is not held until the whole submission is written.
+    built: dict[int, Future[tuple[list[TaskSpec], dict[str, Any]]]] = {}
 
     def job(k: int) -> list[TaskOrder]:
-        specs, prepared = built[k].result()
+        specs, prepared = built.pop(k).result()
         return store.task_create_many(specs, now, **prepared)
 
     # A window of `writers` chunks in submission order: the next chunk starts only when the
@@ -87,13 +89,15 @@ def _side_by_side(
     with ThreadPoolExecutor(1, thread_name_prefix="creep-build") as builder, \
             ThreadPoolExecutor(writers, thread_name_prefix="creep-submit") as pool:
         try:
-            built.extend(builder.submit(build, k) for k in range(min(writers + 2, len(bounds))))
+            ordered = min(writers + 2, len(bounds))  # chunks whose build was asked for
+            built.update((k, builder.submit(build, k)) for k in range(ordered))
             window: deque[Future[list[TaskOrder]]] = deque(
                 pool.submit(job, k) for k in range(min(writers, len(bounds))))
             for k in range(len(bounds)):
                 out.extend(window.popleft().result())
-                if len(built) < len(bounds):
-                    built.append(builder.submit(build, len(built)))
+                if ordered < len(bounds):
+                    built[ordered] = builder.submit(build, ordered)
+                    ordered += 1
                 if k + writers < len(bounds):
                     window.append(pool.submit(job, k + writers))
         finally:
