@@ -26,10 +26,11 @@ def write_chunks(
     store: Store, items: Sequence[Mapping[str, Any]], checked: Sequence[Checked],
     limits: Limits, now: datetime, chunk: int,
 ) -> list[TaskOrder]:
-    """Create the tasks of `items` in transactions of `chunk` orders; the answer keeps
-    submission order. When a chunk fails its error is raised; the chunks written before it
-    stay, and so may those already being written beside it (at most bulk_writers - 1 of
-    them); no later chunk is started."""
+    """Create the tasks of `items` in transactions of at most `chunk` orders (written side by
+    side: smaller at both ends, see _ramped_bounds); the answer keeps submission order. When
+    a chunk fails its error is raised; the chunks written before it stay, and so may those
+    already being written beside it (at most bulk_writers - 1 of them); no later chunk is
+    started."""
     bounds = [(a, a + chunk) for a in range(0, len(items), chunk)]
     writers = int(getattr(store, "bulk_writers", 1))
     if writers > 1 and not pending_writes.waiting() and _distinct_keys(items, checked):
@@ -106,7 +107,7 @@ def _side_by_side(
 
 
 def _ramped_bounds(n: int, chunk: int, writers: int) -> list[tuple[int, int]]:
-    """Chunks of about `chunk` orders for writers side by side, smaller at both ends. The
+    """Chunks of at most `chunk` orders for writers side by side, smaller at both ends. The
     first ones, so that the first writers start (and their servers with them) after a short
     build instead of a full chunk's; the last `writers`, so that the writers finish close
     together instead of one still writing a full chunk while the others have none left."""
@@ -116,9 +117,11 @@ def _ramped_bounds(n: int, chunk: int, writers: int) -> list[tuple[int, int]]:
         if left > size > 0:
             sizes.append(size)
             left -= size
-    tail = min(left, writers * chunk // 2)
-    body = left - tail
-    sizes += [chunk] * (body // chunk) + ([body % chunk] if body % chunk else [])
+    # Full chunks, then the rest (half a chunk per writer and what full chunks leave over)
+    # shared by the writers: no chunk of a few orders taking a writer's turn.
+    body = (left - min(left, writers * chunk // 2)) // chunk * chunk
+    tail = left - body
+    sizes += [chunk] * (body // chunk)
     sizes += [tail // writers + (1 if i < tail % writers else 0) for i in range(writers)]
     bounds: list[tuple[int, int]] = []
     start = 0

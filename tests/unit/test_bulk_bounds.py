@@ -18,9 +18,10 @@ def test_chunks_cover_the_submission_in_order_smaller_at_both_ends(n: int, write
     sizes = [b - a for a, b in bounds]
     assert max(sizes) <= chunk
     assert sizes[:2] == [chunk // 4, chunk // 2]  # the first writers start soon
-    assert all(size <= chunk // 2 + 1 for size in sizes[-writers:])  # and end together
+    tail = sizes[-writers:]  # and end together: the rest shared evenly
+    assert max(tail) - min(tail) <= 1 and all(size == chunk for size in sizes[2:-writers])
 
 
 def test_a_full_sized_submission_is_mostly_full_chunks() -> None:
     sizes = [b - a for a, b in _ramped_bounds(50_000, 5000, 2)]
-    assert sizes == [1250, 2500, *[5000] * 8, 1250, 2500, 2500]
+    assert sizes == [1250, 2500, *[5000] * 8, 3125, 3125]

@@ -355,7 +355,10 @@ class PostgresStore(
     ) -> list[TaskOrder]:
         if not specs:
             return []
-        if prepared is not None and (prepared.specs is not specs or prepared.now != now):
+        if prepared is not None and (
+            prepared.specs is not specs or prepared.now != now or within is not None
+            or pending_writes.waiting()  # writes riding along: the general path places them
+        ):
             prepared = None
         if prepared is not None:
             created = self._create_prepared(prepared, within)
@@ -482,11 +485,14 @@ class PostgresStore(
         tasks = prepared.tasks
         out = [tasks[s.task_id] for s in prepared.specs]
         queued = any(t.status is TaskStatus.QUEUED for t in out)
-        with pending_writes.kept_on_error(), self._tx(within) as conn:
-            if _copy_data(conn, prepared.task_data, prepared.event_data, set(tasks)) is None:
-                return None
-            if queued:
-                conn.execute("SELECT pg_notify('creep_tasks', '')")
+        try:
+            with self._tx(within) as conn:
+                if _copy_data(conn, prepared.task_data, prepared.event_data, set(tasks)) is None:
+                    raise _KeysExist  # rolled back: nothing of this transaction is kept
+                if queued:
+                    conn.execute("SELECT pg_notify('creep_tasks', '')")
+        except _KeysExist:
+            return None
         if queued:
             self._wake("creep_tasks", "")
         return out
@@ -1475,6 +1481,10 @@ _COPY_EVENTS = (
     "COPY task_events (task_id, tenant_id, event_type, from_status, to_status, payload, "
     "created_at) FROM STDIN (FORMAT binary)"
 )
+
+
+class _KeysExist(Exception):
+    """A prepared chunk's COPY met an idempotency key that exists already."""
 
 
 def _copy_data(
