@@ -74,8 +74,7 @@ class LeaseBrokerMixin(AssetStoreBase):
     ) -> list[Sequence[Any]]:
         """The claim step for tasks with resource_hints, inside the claim transaction: match
         and lease all hints of a task, or leave it QUEUED. Returns claimed task rows in the
-        backend's claim shape (on SQLite the plain claim's compact rows; on PostgreSQL the
-        TASK_SELECT columns, then deadline_at). With `tenant_id`, only that tenant's tasks (a
+        backend's plain claim's compact shape. With `tenant_id`, only that tenant's tasks (a
         tenant key's HTTP worker)."""
         saved = self._adialect.index_plans(conn)
         try:
