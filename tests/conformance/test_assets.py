@@ -235,6 +235,33 @@ def test_no_resource_before_the_deadline_fails_the_task(app: Creep, clock: Froze
     assert [e.event_type for e in app.task_events(t.task_id)][-1] == "failed"
 
 
+def test_no_resource_deadline_follows_timeout_changes_and_requeues(
+    app: Creep, clock: FrozenClock
+) -> None:
+    """The deadline is queued_at + timeout_ms as they are now: a shorter timeout set while the
+    task waits brings it forward (PostgreSQL keeps it in task_queue's index, migration 0014),
+    and a task queued again by hand counts from its new queued_at."""
+
+    @app.handler("USE")
+    async def use(ctx: TaskContext) -> None:
+        return None
+
+    t = app.submit(task_type="USE", timeout_ms=60_000, resource_hints=[NET])
+    drain(app)
+    clock.advance(3)
+    app.update_task(t.task_id, app.get_task(t.task_id).task_version, timeout_ms=5000)
+    assert app.maintain_assets().no_resource == 0
+    clock.advance(3)
+    assert app.maintain_assets().no_resource == 1
+    assert app.get_task(t.task_id).result_code == "NO_RESOURCE"
+    app.retry(t.task_id)
+    clock.advance(4)
+    assert app.maintain_assets().no_resource == 0
+    assert app.get_task(t.task_id).status is TaskStatus.QUEUED
+    clock.advance(2)
+    assert app.maintain_assets().no_resource == 1
+
+
 # -- leases ----------------------------------------------------------------------------------
 
 

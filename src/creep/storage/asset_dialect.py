@@ -148,6 +148,11 @@ class SqliteDialect:
     def plus_ms(self, ts_sql: str, ms_sql: str) -> str:
         return f"({ts_sql} + {ms_sql} * 1000)"
 
+    def overdue_lead(self, now: datetime) -> tuple[str, list[Any]]:
+        """What the NO_RESOURCE sweep's condition starts with: nothing here (it walks the
+        hinted index of tasks)."""
+        return "", []
+
     def attrs_filter(self, attrs: dict[str, Any]) -> tuple[str, list[Any]]:
         """SQL narrowing assets to those whose attributes may equal `attrs` (JSON equality;
         matching._static_fits re-checks): scalars by json_extract/json_type; objects, arrays
@@ -347,6 +352,11 @@ class PostgresDialect:
 
     def plus_ms(self, ts_sql: str, ms_sql: str) -> str:
         return f"({ts_sql} + {ms_sql} * interval '1 millisecond')"
+
+    def overdue_lead(self, now: datetime) -> tuple[str, list[Any]]:
+        """The NO_RESOURCE sweep reads task_queue's index of overdue instants (migration
+        0014; the row's own test on tasks follows) instead of every QUEUED hinted task."""
+        return "q.no_resource_at <= ? AND ", [now]
 
     def attrs_filter(self, attrs: dict[str, Any]) -> tuple[str, list[Any]]:
         """SQL narrowing assets to those whose attributes may equal `attrs`: jsonb

@@ -573,16 +573,18 @@ class LeaseBrokerMixin(AssetStoreBase):
                 self._flush(conn, pending, now)
                 self._capacity_freed(conn)
                 report.cooled = len(rows)
-            # Driven by the queue's hinted index, never by a scan of every task (PostgreSQL's
-            # planner may otherwise start from tasks' side of the join).
+            # Driven by an index of the queue, never by a scan of every task (PostgreSQL's
+            # planner may otherwise start from tasks' side of the join): on SQLite the hinted
+            # one, on PostgreSQL the one of overdue instants (migration 0014).
+            lead, lead_params = d.overdue_lead(now)
             saved = d.index_plans(conn)
             try:
                 overdue = self._x(
                     conn,
-                    f"SELECT t.task_id FROM {d.queue_from} WHERE {d.qa}.status = 'QUEUED' "
+                    f"SELECT t.task_id FROM {d.queue_from} WHERE {lead}{d.qa}.status = 'QUEUED' "
                     f"AND t.status = 'QUEUED' AND {d.qa}.has_hints = true AND "
                     f"{d.plus_ms('t.queued_at', 't.timeout_ms')} <= ? LIMIT ?{d.skip_locked_t}",
-                    (d.ts(now), limit),
+                    (*lead_params, d.ts(now), limit),
                 ).fetchall()
             finally:
                 d.restore_plans(conn, saved)
