@@ -90,6 +90,9 @@ class TaskRef:
     #: Recorded with the task's routine events: on SQLite their correlation index leads with
     #: it, so one claim batch's entries share pages (SQLite migration 0011).
     priority: int = 0
+    #: Where the hinted claim read the task row (the dialect's row_key): its UPDATE finds the
+    #: row there, the row being locked (or, on SQLite, written by no one else) meanwhile.
+    row_key: Any = None
 
 
 @dataclass(slots=True)

@@ -117,8 +117,8 @@ class LeaseBrokerMixin(AssetStoreBase):
             rows = self._x(
                 conn,
                 "SELECT t.task_id, t.tenant_id, t.project_id, t.env, t.correlation_id, "
-                "t.currency, t.max_total_cost, t.resource_hints, t.constraints, t.priority "
-                f"FROM {d.queue_from} WHERE {q}.status = 'QUEUED' AND t.status = 'QUEUED' "
+                "t.currency, t.max_total_cost, t.resource_hints, t.constraints, t.priority, "
+                f"{d.row_key} FROM {d.queue_from} WHERE {q}.status = 'QUEUED' AND t.status = 'QUEUED' "
                 f"AND {q}.has_hints = true AND {q}.run_after <= ? AND t.run_after <= ? AND "
                 f"{d.in_texts(q + '.task_type')}{f' AND {q}.tenant_id = ?' if tenant_id else ''} "
                 f"{spare}ORDER BY {q}.priority DESC, {q}.created_at "
@@ -128,10 +128,12 @@ class LeaseBrokerMixin(AssetStoreBase):
                  offset),
             ).fetchall()
             demands: list[Demand] = []
-            for task_id, tenant, project, env, corr, currency, budget, hints, cons, prio in rows:
+            for (task_id, tenant, project, env, corr, currency, budget, hints, cons, prio,
+                 row_key) in rows:
                 # The claim's UPDATE appends the new lease ids and computes the deadline and
                 # attempt itself: the task's lease_ids, timeout_ms and attempt are not read.
-                refs[task_id] = TaskRef(task_id, tenant, project, env, corr, priority=prio)
+                refs[task_id] = TaskRef(task_id, tenant, project, env, corr, priority=prio,
+                                        row_key=row_key)
                 constraints = _decoded(d, cons, decoded)
                 demands.append(Demand(
                     task_id=task_id, tenant_id=tenant, currency=currency,
@@ -331,7 +333,10 @@ class LeaseBrokerMixin(AssetStoreBase):
                        ("occurred_at", d.ts(now)), ("recorded_at", d.ts(now))],
             )
             self._write_pending(conn, pending, now)
-            fetch = d.claim_leased(conn, lease_ids_by_task, worker_id, token, now, expires)
+            fetch = d.claim_leased(
+                conn, lease_ids_by_task, [refs[t].row_key for t in lease_ids_by_task],
+                worker_id, token, now, expires,
+            )
         rows: list[Sequence[Any]] = fetch()
         return rows
 
