@@ -370,6 +370,34 @@ def test_budget_refuses_the_third_lease(app: Creep) -> None:
     assert summary.cost == Decimal("4.00") and summary.currency == "USD"
 
 
+def test_a_task_whose_priority_changes_while_it_runs_keeps_its_leases_and_costs(
+    app: Creep,
+) -> None:
+    """Leases and ledger entries record the task's priority when written (SQLite's by-task
+    indexes lead with it, migration 0013): a task re-prioritised while it holds a lease still
+    settles it, budgets its next attempt on every cost, and lists all of them by task."""
+    app.create_asset(**ip(1, cost_per_lease="2.00"))
+    seen: list[int] = []
+
+    @app.handler("TRY")
+    def try_(ctx: Any) -> None:
+        task = app.get_task(ctx.task_id)
+        seen.append(task.priority)
+        app.update_task(ctx.task_id, task.task_version, priority=task.priority + 40)
+        raise Retry(delay=0)
+
+    t = app.submit(task_type="TRY", priority=5, max_total_cost="5.00", resource_hints=[NET])
+    drain(app)
+    done = app.get_task(t.task_id)
+    assert seen == [5, 45] and done.priority == 85
+    assert done.status is TaskStatus.FAILED and done.result_code == "BUDGET_EXCEEDED"
+    leases = app.list_leases(task_id=t.task_id)
+    assert [x.status for x in leases] == [LeaseStatus.RELEASED] * 2
+    assert [e.amount for e in app.ledger_entries(task_id=t.task_id)] == [Decimal("2.00")] * 2
+    assert app.ledger_summary(task_id=t.task_id)[0].cost == Decimal("4.00")
+    assert app.list_assets()[0].current_concurrency == 0
+
+
 def test_each_attempt_appends_its_leases_and_names_them_when_it_starts(app: Creep) -> None:
     app.create_asset(**ip(1))
     app.create_asset(**vcc(1))

@@ -426,7 +426,7 @@ class AssetStoreBase:
             cur = d.unprepared(
                 conn,
                 f"SELECT {cols}, t.project_id, t.env, t.correlation_id, t.constraints, t.priority "
-                f"FROM leases l JOIN tasks t ON t.task_id = l.task_id WHERE {where} "
+                f"FROM {d.leases_of_tasks} WHERE {where} "
                 f"AND {d.in_ids('t.task_id')} ORDER BY l.asset_id, l.lease_id",
                 (*params, d.ids(task_ids)),
             )

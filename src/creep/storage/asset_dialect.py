@@ -108,6 +108,20 @@ class SqliteDialect:
     #: What a condition on asset_events.correlation_id starts with for the correlation index
     #: (task_priority, correlation_id, occurred_at) to serve it (SQLite migration 0011).
     by_correlation = SQLITE_EVENTS_OF + " "
+
+    #: The leases of tasks named by key (t.task_id IN ...), joined with their tasks: through
+    #: each task's lease_ids (every lease a claim of it took) to the leases' primary key.
+    #: The by-task index would take a seek per priority and task (migration 0013).
+    leases_of_tasks = (
+        "tasks t JOIN json_each(t.lease_ids) j JOIN leases l ON l.lease_id = j.value "
+        "AND l.task_id = t.task_id"
+    )
+
+    def by_task(self, alias: str) -> str:
+        """What a condition on task_id of leases or ledger_entries (table alias `alias`,
+        e.g. "l.", or "") starts with for their by-task index (task_priority, task_id) to
+        serve it (SQLite migration 0013)."""
+        return alias + SQLITE_EVENTS_OF + " "
     #: What the hinted claim reads to find a task row again (PostgresDialect.row_key): not
     #: needed here, where the claim's UPDATE joins by task_id (by rowid it measured slower:
     #: the pairs' JSON costs more to unpack than the index lookups it saves).
@@ -308,6 +322,12 @@ class PostgresDialect:
     qa = "q"
     skip_locked_t = " FOR UPDATE OF t SKIP LOCKED"
     by_correlation = ""  # the correlation index leads with correlation_id
+
+    #: As SqliteDialect.leases_of_tasks; here the by-task index of leases serves it.
+    leases_of_tasks = "leases l JOIN tasks t ON t.task_id = l.task_id"
+
+    def by_task(self, alias: str) -> str:
+        return ""  # leases' and ledger entries' by-task indexes lead with task_id
     #: The locked row version's ctid: the claim's UPDATE reads those rows by a TID scan
     #: instead of a primary-key descent per task (a 250-task claim: 250 buffer reads of
     #: tasks instead of 750).

@@ -175,7 +175,7 @@ class LeaseBrokerMixin(AssetStoreBase):
         for task_id, entry_type, amount in self._x(
             conn,
             "SELECT task_id, entry_type, amount FROM ledger_entries "
-            f"WHERE {d.in_ids('task_id')}",
+            f"WHERE {d.by_task('')}{d.in_ids('task_id')}",
             (d.ids(list(by_id)),),
         ).fetchall():
             by_id[task_id].spent += cost_effect(entry_type, d.from_dec(amount))
@@ -284,6 +284,9 @@ class LeaseBrokerMixin(AssetStoreBase):
         ids = iter(uuid7_many(3 * sum(len(m.picks) for m in matches)))
         # ALLOCATED contexts differ only by hint index: each encoded once per claim.
         contexts: dict[int, Any] = {}
+        # SQLite's by-task indexes of leases and ledger entries lead with the priority
+        # (its migration 0013); PostgreSQL has no such column.
+        by_priority = d.by_task("") != ""
         for m in matches:
             ref = refs[m.task_id]
             for hint_index, cand in m.picks:
@@ -298,7 +301,7 @@ class LeaseBrokerMixin(AssetStoreBase):
                 cost = d.dec(asset.cost_per_lease)
                 lease_rows.append((
                     lease_id, asset.tenant_id, m.task_id, asset.asset_id, cost, asset.currency,
-                    hint_index,
+                    hint_index, *((ref.priority,) if by_priority else ()),
                 ))
                 context = contexts.get(hint_index)
                 if context is None:
@@ -313,13 +316,14 @@ class LeaseBrokerMixin(AssetStoreBase):
                     ledger_rows.append((
                         next(ids), asset.tenant_id, ref.project_id, m.task_id,
                         asset.asset_id, lease_id, cost, asset.currency,
+                        *((ref.priority,) if by_priority else ()),
                     ))
         with d.pipeline(conn):  # one round trip on PostgreSQL
             # What every row of this claim shares is bound once (released_at stays NULL).
             d.bulk_insert(
                 conn, "leases",
                 ("lease_id", "tenant_id", "task_id", "asset_id", "cost", "currency",
-                 "hint_index"),
+                 "hint_index", *(("task_priority",) if by_priority else ())),
                 lease_rows,
                 fixed=[("status", "ACTIVE"), ("acquired_at", d.ts(now)),
                        ("expires_at", d.ts(expires)), ("claim_token", token)],
@@ -327,7 +331,7 @@ class LeaseBrokerMixin(AssetStoreBase):
             d.bulk_insert(
                 conn, "ledger_entries",
                 ("entry_id", "tenant_id", "project_id", "task_id", "asset_id", "lease_id",
-                 "amount", "currency"),
+                 "amount", "currency", *(("task_priority",) if by_priority else ())),
                 ledger_rows,
                 fixed=[("entry_type", "COST"), ("description", "lease"),
                        ("occurred_at", d.ts(now)), ("recorded_at", d.ts(now))],
@@ -469,7 +473,9 @@ class LeaseBrokerMixin(AssetStoreBase):
         if not claims:
             return
         leases = self._leases_where(
-            conn, f"status = 'ACTIVE' AND {d.in_ids('task_id')} AND {d.in_ids('claim_token')}",
+            conn,
+            f"{d.by_task('')}status = 'ACTIVE' AND {d.in_ids('task_id')} AND "
+            f"{d.in_ids('claim_token')}",
             (d.ids([c[0] for c in claims]), d.ids([c[1] for c in claims])),
         )
         if not leases:
@@ -485,7 +491,7 @@ class LeaseBrokerMixin(AssetStoreBase):
         if task_ids:
             self._x(
                 conn,
-                f"UPDATE leases SET expires_at = ? WHERE status = 'ACTIVE' AND "
+                f"UPDATE leases SET expires_at = ? WHERE {d.by_task('')}status = 'ACTIVE' AND "
                 f"expires_at IS NOT NULL AND {d.in_ids('task_id')}",
                 (d.ts(expires), d.ids(task_ids)),
             )
@@ -502,8 +508,8 @@ class LeaseBrokerMixin(AssetStoreBase):
         out: dict[str, list[str]] = {}
         for task_id, token, lease_id in self._x(
             conn,
-            "SELECT task_id, claim_token, lease_id FROM leases WHERE status = 'REVOKED' AND "
-            f"{d.in_ids('task_id')} ORDER BY lease_id",
+            "SELECT task_id, claim_token, lease_id FROM leases WHERE "
+            f"{d.by_task('')}status = 'REVOKED' AND {d.in_ids('task_id')} ORDER BY lease_id",
             (d.ids([t for t, _ in held]),),
         ).fetchall():
             if (str(task_id), str(token)) in held:
@@ -523,7 +529,8 @@ class LeaseBrokerMixin(AssetStoreBase):
             if value is not None:
                 if column in ("task_id", "asset_id") and not is_uuid(value):
                     return []
-                where.append(f"{column} = ?")
+                lead = self._adialect.by_task("") if column == "task_id" else ""
+                where.append(f"{lead}{column} = ?")
                 params.append(value)
         params.append(limit)
         with self._aread() as conn:
