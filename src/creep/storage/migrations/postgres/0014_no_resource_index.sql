@@ -46,16 +46,17 @@ BEGIN
     UPDATE task_queue q SET status = n.status, tenant_id = n.tenant_id,
         task_type = n.task_type, priority = n.priority, created_at = n.created_at,
         run_after = n.run_after, has_hints = n.has_hints, deadline_at = n.deadline_at,
-        no_resource_at = n.no_resource_at
-    FROM (SELECT *, CASE WHEN status = 'QUEUED' AND has_hints
-                         THEN queued_at + timeout_ms * interval '1 millisecond' END
-                    AS no_resource_at
-          FROM new_rows) n
+        no_resource_at = CASE WHEN n.status = 'QUEUED' AND n.has_hints
+                              THEN n.queued_at + n.timeout_ms * interval '1 millisecond' END
+    FROM new_rows n
     WHERE q.task_id = n.task_id AND n.status IN ('PENDING', 'QUEUED', 'RUNNING')
       AND (q.status, q.tenant_id, q.task_type, q.priority, q.created_at, q.run_after,
            q.has_hints, q.deadline_at, q.no_resource_at)
           IS DISTINCT FROM (n.status, n.tenant_id, n.task_type, n.priority, n.created_at,
-                            n.run_after, n.has_hints, n.deadline_at, n.no_resource_at);
+                            n.run_after, n.has_hints, n.deadline_at,
+                            CASE WHEN n.status = 'QUEUED' AND n.has_hints
+                                 THEN n.queued_at + n.timeout_ms * interval '1 millisecond'
+                            END);
     GET DIAGNOSTICS updated = ROW_COUNT;
     IF updated < active THEN
         INSERT INTO task_queue
