@@ -32,14 +32,18 @@ class ClaimedTask:
 
     `task` (the whole TaskOrder) may be decoded lazily: a store can hand over the raw row and
     a decoder (`ClaimedTask.lazy`), so a worker that only needs the id, type and attempt
-    counters never pays for ~45 decoded columns; the first read of `task` decodes it."""
+    counters never pays for ~45 decoded columns; the first read of `task` decodes it.
+    `leased`: the claim took asset leases for it (a store that does not say leaves it False);
+    the worker writes such a task's completion with its next claim (see Worker._completer)."""
 
     __slots__ = (
-        "_decode", "_row", "_task", "attempt", "claim_token", "deadline_at", "max_attempts",
-        "task_id", "task_type",
+        "_decode", "_row", "_task", "attempt", "claim_token", "deadline_at", "leased",
+        "max_attempts", "task_id", "task_type",
     )
 
-    def __init__(self, task: TaskOrder, claim_token: str, deadline_at: datetime) -> None:
+    def __init__(
+        self, task: TaskOrder, claim_token: str, deadline_at: datetime, leased: bool = False
+    ) -> None:
         self._task: TaskOrder | None = task
         self._row: Any = None
         self._decode: Callable[[Any], TaskOrder] | None = None
@@ -49,11 +53,13 @@ class ClaimedTask:
         self.task_type = task.task_type
         self.attempt = task.attempt
         self.max_attempts = task.max_attempts
+        self.leased = leased
 
     @classmethod
     def lazy(
         cls, row: Any, decode: Callable[[Any], TaskOrder], claim_token: str,
         deadline_at: datetime, task_id: str, task_type: str, attempt: int, max_attempts: int,
+        leased: bool = False,
     ) -> ClaimedTask:
         """A claimed task whose TaskOrder is `decode(row)`, built on first access."""
         self = cls.__new__(cls)
@@ -61,6 +67,7 @@ class ClaimedTask:
         self.claim_token, self.deadline_at = claim_token, deadline_at
         self.task_id, self.task_type = task_id, task_type
         self.attempt, self.max_attempts = attempt, max_attempts
+        self.leased = leased
         return self
 
     @property

@@ -235,6 +235,33 @@ def test_no_resource_before_the_deadline_fails_the_task(app: Creep, clock: Froze
     assert [e.event_type for e in app.task_events(t.task_id)][-1] == "failed"
 
 
+def test_no_resource_deadline_follows_timeout_changes_and_requeues(
+    app: Creep, clock: FrozenClock
+) -> None:
+    """The deadline is queued_at + timeout_ms as they are now: a shorter timeout set while the
+    task waits brings it forward (PostgreSQL keeps it in task_queue's index, migration 0014),
+    and a task queued again by hand counts from its new queued_at."""
+
+    @app.handler("USE")
+    async def use(ctx: TaskContext) -> None:
+        return None
+
+    t = app.submit(task_type="USE", timeout_ms=60_000, resource_hints=[NET])
+    drain(app)
+    clock.advance(3)
+    app.update_task(t.task_id, app.get_task(t.task_id).task_version, timeout_ms=5000)
+    assert app.maintain_assets().no_resource == 0
+    clock.advance(3)
+    assert app.maintain_assets().no_resource == 1
+    assert app.get_task(t.task_id).result_code == "NO_RESOURCE"
+    app.retry(t.task_id)
+    clock.advance(4)
+    assert app.maintain_assets().no_resource == 0
+    assert app.get_task(t.task_id).status is TaskStatus.QUEUED
+    clock.advance(2)
+    assert app.maintain_assets().no_resource == 1
+
+
 # -- leases ----------------------------------------------------------------------------------
 
 
@@ -341,6 +368,34 @@ def test_budget_refuses_the_third_lease(app: Creep) -> None:
     assert sum(e.amount for e in entries) == Decimal("4.00")
     [summary] = app.ledger_summary(task_id=t.task_id)
     assert summary.cost == Decimal("4.00") and summary.currency == "USD"
+
+
+def test_a_task_whose_priority_changes_while_it_runs_keeps_its_leases_and_costs(
+    app: Creep,
+) -> None:
+    """Leases and ledger entries record the task's priority when written (SQLite's by-task
+    indexes lead with it, migration 0013): a task re-prioritised while it holds a lease still
+    settles it, budgets its next attempt on every cost, and lists all of them by task."""
+    app.create_asset(**ip(1, cost_per_lease="2.00"))
+    seen: list[int] = []
+
+    @app.handler("TRY")
+    def try_(ctx: Any) -> None:
+        task = app.get_task(ctx.task_id)
+        seen.append(task.priority)
+        app.update_task(ctx.task_id, task.task_version, priority=task.priority + 40)
+        raise Retry(delay=0)
+
+    t = app.submit(task_type="TRY", priority=5, max_total_cost="5.00", resource_hints=[NET])
+    drain(app)
+    done = app.get_task(t.task_id)
+    assert seen == [5, 45] and done.priority == 85
+    assert done.status is TaskStatus.FAILED and done.result_code == "BUDGET_EXCEEDED"
+    leases = app.list_leases(task_id=t.task_id)
+    assert [x.status for x in leases] == [LeaseStatus.RELEASED] * 2
+    assert [e.amount for e in app.ledger_entries(task_id=t.task_id)] == [Decimal("2.00")] * 2
+    assert app.ledger_summary(task_id=t.task_id)[0].cost == Decimal("4.00")
+    assert app.list_assets()[0].current_concurrency == 0
 
 
 def test_each_attempt_appends_its_leases_and_names_them_when_it_starts(app: Creep) -> None:

@@ -132,7 +132,6 @@ class Worker:
         # Completion batches taken from the buffer but not committed yet (they may promote
         # dependants or requeue retries, so a burst run must not stop while one is in flight).
         self._writing = 0
-        # Running or finishing tasks that took leases (see _claim).
         self._db = ThreadPoolExecutor(2, thread_name_prefix="creep-db")
         self._sync_pool = ThreadPoolExecutor(
             self.settings.concurrency, thread_name_prefix="creep-handler"
@@ -150,9 +149,14 @@ class Worker:
         # A claim round under way: on SQLite, completions wait for it and ride with the next
         # one (SQLite runs one write transaction at a time, so a batch written beside the claim
         # would only queue behind it). PostgreSQL writes both at once on two connections: two
-        # backends, two cores.
+        # backends, two cores. Except for tasks that took asset leases: settling them locks
+        # the asset rows a claim takes capacity from, so the two transactions would only
+        # wait for each other; written together, the claim sees the capacity the settle
+        # frees and each asset row is written once (LeaseBrokerMixin._leases_batched).
         self._claiming = False
         self._ride_along = store.dialect == "sqlite"
+        #: The buffer holds a completion of a leased task (cleared when a batch takes it).
+        self._leased_waiting = False
         # The first unexpected error of a background loop (completer, lifeline, maintainer):
         # the worker stops as for SIGTERM, then run() raises it (see _watch).
         self._crash: BaseException | None = None
@@ -359,7 +363,7 @@ class Worker:
         # (it skips locked assets), so settling and leasing in one transaction cannot deadlock.
         if combined is None or not self._buffer:
             return await self._claim_alone(types, want)
-        batch, self._buffer = self._buffer, []
+        batch, self._buffer, self._leased_waiting = self._buffer, [], False
         try:
             with tracing.span("creep.complete", {"creep.tasks": len(batch),
                                                  "creep.with_claim": True}):
@@ -535,6 +539,8 @@ class Worker:
             now=self.clock.now(), backoff=self.settings.backoff,
         )
         self._buffer.append(Completion(outcome, resolution))
+        if claimed.leased:
+            self._leased_waiting = True
         batch = self._batch
         if len(self._buffer) >= batch or len(self._buffer) >= 1000 or len(self._buffer) == 1:
             self._flush_now.set()
@@ -570,7 +576,7 @@ class Worker:
             self._flush_now.clear()
             # Let completions that land in the same few milliseconds share one transaction.
             await asyncio.sleep(self.settings.flush_interval)
-            if self._ride_along:
+            if self._ride_along or self._leased_waiting:
                 await self._await_claim_round()
                 if not self._buffer:
                     continue
@@ -581,10 +587,11 @@ class Worker:
             self._flushing = None
 
     async def _await_claim_round(self) -> None:
-        """On SQLite, while the fetcher's claim is in flight, completions wait for it: when it
-        returns, the fetcher takes them along with its next claim, one transaction for both
-        (two would only queue behind each other for the one writer). Bounded, so a slow
-        claim or a full worker never holds results back for long."""
+        """On SQLite (or with completions of leased tasks), while the fetcher's claim is in
+        flight, completions wait for it: when it returns, the fetcher takes them along with
+        its next claim, one transaction for both (two would only queue behind each other for
+        the one writer, or for the asset rows). Bounded, so a slow claim or a full worker
+        never holds results back for long."""
         cap = 2 * self._batch
         while self._claiming and len(self._buffer) < cap:
             try:
@@ -595,7 +602,7 @@ class Worker:
 
     async def _flush(self) -> None:
         while self._buffer:
-            batch, self._buffer = self._buffer, []
+            batch, self._buffer, self._leased_waiting = self._buffer, [], False
             delay = 0.05
             self._writing += 1
             try:

@@ -90,6 +90,9 @@ class TaskRef:
     #: Recorded with the task's routine events: on SQLite their correlation index leads with
     #: it, so one claim batch's entries share pages (SQLite migration 0011).
     priority: int = 0
+    #: Where the hinted claim read the task row (the dialect's row_key): its UPDATE finds the
+    #: row there, the row being locked (or, on SQLite, written by no one else) meanwhile.
+    row_key: Any = None
 
 
 @dataclass(slots=True)
@@ -423,7 +426,7 @@ class AssetStoreBase:
             cur = d.unprepared(
                 conn,
                 f"SELECT {cols}, t.project_id, t.env, t.correlation_id, t.constraints, t.priority "
-                f"FROM leases l JOIN tasks t ON t.task_id = l.task_id WHERE {where} "
+                f"FROM {d.leases_of_tasks} WHERE {where} "
                 f"AND {d.in_ids('t.task_id')} ORDER BY l.asset_id, l.lease_id",
                 (*params, d.ids(task_ids)),
             )

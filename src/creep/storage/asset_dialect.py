@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from creep.storage.common import SQLITE_EVENTS_OF, TASK_COLUMNS, TASK_SELECT
+from creep.storage.common import SQLITE_EVENTS_OF
 from creep.storage.sqlite_bulk import insert_rows
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -81,6 +81,15 @@ def _compact_claim_row() -> tuple[str, int, int, int]:
             _COMPACT.index("attempt"), _COMPACT.index("priority"))
 
 
+@functools.cache
+def _pg_compact_claim_row() -> tuple[str, str]:
+    """The PostgreSQL plain claim's RETURNING list (with tenant_id) and its compact SELECT
+    list (defined in postgres_store, imported on first use as that module imports this one)."""
+    from creep.storage.postgres_store import _CLAIM_COMPACT, _CLAIM_RETURNING
+
+    return _CLAIM_RETURNING, _CLAIM_COMPACT
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
@@ -99,6 +108,24 @@ class SqliteDialect:
     #: What a condition on asset_events.correlation_id starts with for the correlation index
     #: (task_priority, correlation_id, occurred_at) to serve it (SQLite migration 0011).
     by_correlation = SQLITE_EVENTS_OF + " "
+
+    #: The leases of tasks named by key (t.task_id IN ...), joined with their tasks: through
+    #: each task's lease_ids (every lease a claim of it took) to the leases' primary key.
+    #: The by-task index would take a seek per priority and task (migration 0013).
+    leases_of_tasks = (
+        "tasks t JOIN json_each(t.lease_ids) j JOIN leases l ON l.lease_id = j.value "
+        "AND l.task_id = t.task_id"
+    )
+
+    def by_task(self, alias: str) -> str:
+        """What a condition on task_id of leases or ledger_entries (table alias `alias`,
+        e.g. "l.", or "") starts with for their by-task index (task_priority, task_id) to
+        serve it (SQLite migration 0013)."""
+        return alias + SQLITE_EVENTS_OF + " "
+    #: What the hinted claim reads to find a task row again (PostgresDialect.row_key): not
+    #: needed here, where the claim's UPDATE joins by task_id (by rowid it measured slower:
+    #: the pairs' JSON costs more to unpack than the index lookups it saves).
+    row_key = "NULL"
 
     def q(self, sql: str) -> str:
         return sql
@@ -139,6 +166,11 @@ class SqliteDialect:
     def plus_ms(self, ts_sql: str, ms_sql: str) -> str:
         return f"({ts_sql} + {ms_sql} * 1000)"
 
+    def overdue_lead(self, now: datetime) -> tuple[str, list[Any]]:
+        """What the NO_RESOURCE sweep's condition starts with: nothing here (it walks the
+        hinted index of tasks)."""
+        return "", []
+
     def attrs_filter(self, attrs: dict[str, Any]) -> tuple[str, list[Any]]:
         """SQL narrowing assets to those whose attributes may equal `attrs` (JSON equality;
         matching._static_fits re-checks): scalars by json_extract/json_type; objects, arrays
@@ -172,12 +204,13 @@ class SqliteDialect:
         return nullcontext()
 
     def claim_leased(
-        self, conn: Any, new_leases: dict[str, list[str]], worker_id: str, token: str,
-        now: datetime, expires: datetime,
+        self, conn: Any, new_leases: dict[str, list[str]], row_keys: Sequence[Any],
+        worker_id: str, token: str, now: datetime, expires: datetime,
     ) -> Callable[[], list[Any]]:
         """QUEUED -> RUNNING for tasks whose leases were just taken (task_id -> the new
-        lease ids, appended to tasks.lease_ids), with their `started` task events. Returns
-        what fetches the claimed rows, in the plain claim's compact shape."""
+        lease ids, appended to tasks.lease_ids; `row_keys`: their rows' row_key, in the same
+        order, unused here), with their `started` task events. Returns what fetches the
+        claimed rows, in the plain claim's compact shape."""
         # The plain claim's compact rows (sqlite_store._COMPACT, then the row as one JSON
         # array, decoded only when a handler reads ctx.task): ~45 separate columns handed to
         # Python cost about as much as the update itself.
@@ -290,6 +323,16 @@ class PostgresDialect:
     skip_locked_t = " FOR UPDATE OF t SKIP LOCKED"
     by_correlation = ""  # the correlation index leads with correlation_id
 
+    #: As SqliteDialect.leases_of_tasks; here the by-task index of leases serves it.
+    leases_of_tasks = "leases l JOIN tasks t ON t.task_id = l.task_id"
+
+    def by_task(self, alias: str) -> str:
+        return ""  # leases' and ledger entries' by-task indexes lead with task_id
+    #: The locked row version's ctid: the claim's UPDATE reads those rows by a TID scan
+    #: instead of a primary-key descent per task (a 250-task claim: 250 buffer reads of
+    #: tasks instead of 750).
+    row_key = "t.ctid"
+
     def __init__(self) -> None:
         self._type_cache: dict[str, dict[str, str]] = {}
 
@@ -339,6 +382,11 @@ class PostgresDialect:
     def plus_ms(self, ts_sql: str, ms_sql: str) -> str:
         return f"({ts_sql} + {ms_sql} * interval '1 millisecond')"
 
+    def overdue_lead(self, now: datetime) -> tuple[str, list[Any]]:
+        """The NO_RESOURCE sweep reads task_queue's index of overdue instants (migration
+        0014; the row's own test on tasks follows) instead of every QUEUED hinted task."""
+        return "q.no_resource_at <= ? AND ", [now]
+
     def attrs_filter(self, attrs: dict[str, Any]) -> tuple[str, list[Any]]:
         """SQL narrowing assets to those whose attributes may equal `attrs`: jsonb
         containment (exact for scalars, a superset for objects and arrays; a null means
@@ -364,30 +412,34 @@ class PostgresDialect:
     # while those statements run (as the plain claim does for its own), then put back.
 
     def claim_leased(
-        self, conn: Any, new_leases: dict[str, list[str]], worker_id: str, token: str,
-        now: datetime, expires: datetime,
+        self, conn: Any, new_leases: dict[str, list[str]], row_keys: Sequence[Any],
+        worker_id: str, token: str, now: datetime, expires: datetime,
     ) -> Callable[[], list[Any]]:
-        """As SqliteDialect.claim_leased, in one statement (it may run inside a pipeline).
-        The tasks are found by `task_id = ANY(...)`, a primary-key lookup each. No
-        `status = 'QUEUED'` here: this transaction read them QUEUED and holds their row
-        locks, and that predicate lured the planner (no statistics yet after a bulk
-        enqueue) into scanning tasks_tenant_active instead of the primary key."""
+        """As SqliteDialect.claim_leased, in one statement (it may run inside a pipeline),
+        returning the plain claim's compact rows (postgres_store._COMPACT and the row as
+        JSON text: ~45 typed columns cost the claiming thread ~3x as much to parse).
+        The tasks are found by the ctids their locked versions had when read (a TID scan;
+        the locks keep those versions current). No `status = 'QUEUED'` here: this
+        transaction read them QUEUED and holds their row locks."""
+        returning, compact = _pg_compact_claim_row()
         cur = conn.execute(
-            "WITH r AS (SELECT key::uuid AS id, value AS new FROM jsonb_each(%(new)s::jsonb)), "
+            "WITH r AS (SELECT (e ->> 0)::tid AS tid, (e ->> 1)::uuid AS id, e -> 2 AS new "
+            "FROM jsonb_array_elements(%(new)s::jsonb) AS e), "
             "claimed AS (UPDATE tasks t SET "
             + _CLAIM_SET.format(now="%(now)s", worker="%(w)s", token="%(tok)s",
                                 expires="%(exp)s")
             + "deadline_at = %(now)s + t.timeout_ms * interval '1 millisecond', "
             "cancel_requested = false, lease_ids = t.lease_ids || r.new "
-            "FROM r WHERE t.task_id = ANY(%(ids)s::uuid[]) AND t.task_id = r.id "
-            f"RETURNING {', '.join('t.' + c for c in TASK_COLUMNS)}, t.deadline_at, "
-            "r.new AS new_leases), "
+            "FROM r WHERE t.ctid = r.tid AND t.task_id = r.id "
+            f"RETURNING {returning}, r.new AS new_leases), "
             "started AS (INSERT INTO task_events (task_id, tenant_id, event_type, from_status, "
             "to_status, attempt, payload, created_at) SELECT task_id, tenant_id, 'started', "
             "'QUEUED', 'RUNNING', attempt, jsonb_build_object('worker_id', %(w)s::text, "
             "'lease_ids', new_leases), %(now)s FROM claimed) "
-            f"SELECT {TASK_SELECT}, deadline_at FROM claimed",
-            {"ids": self.ids(list(new_leases)), "new": orjson.dumps(new_leases).decode(),
+            f"SELECT {compact} FROM claimed",
+            {"new": orjson.dumps(
+                [[str(k), *item] for k, item in zip(row_keys, new_leases.items(), strict=True)]
+             ).decode(),
              "now": now, "w": worker_id, "tok": token, "exp": expires},
         )
         return cur.fetchall  # type: ignore[no-any-return]

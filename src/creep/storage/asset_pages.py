@@ -32,14 +32,16 @@ def _after(cursor: str) -> tuple[datetime, int]:
 class AssetPagesMixin(AssetStoreBase):
     def _page_where(
         self, filters: Sequence[tuple[str, Any]], since: datetime | None,
-        until: datetime | None, after: str | None,
+        until: datetime | None, after: str | None, *, ledger: bool = False,
     ) -> tuple[list[str], list[Any]]:
+        """With `ledger`, a task_id filter is written for ledger_entries' by-task index."""
         d = self._adialect
         where: list[str] = ["1 = 1"]
         params: list[Any] = []
         for column, value in filters:
             if value is not None:
-                lead = d.by_correlation if column == "correlation_id" else ""
+                lead = (d.by_correlation if column == "correlation_id"
+                        else d.by_task("") if ledger and column == "task_id" else "")
                 where.append(f"{lead}{column} = ?")
                 params.append(value)
         if since is not None:
@@ -93,7 +95,7 @@ class AssetPagesMixin(AssetStoreBase):
         where, params = self._page_where(
             [("tenant_id", tenant_id), ("project_id", project_id), ("task_id", task_id),
              ("entry_type", entry_type)],
-            since, until, after,
+            since, until, after, ledger=True,
         )
         with self._aread() as conn:
             rows = self._x(
@@ -121,7 +123,7 @@ class AssetPagesMixin(AssetStoreBase):
         d = self._adialect
         where, params = self._page_where(
             [("tenant_id", tenant_id), ("project_id", project_id), ("task_id", task_id)],
-            since, until, None,
+            since, until, None, ledger=True,
         )
         cols = "".join(f"{g}, " for g in groups)
         with self._aread() as conn:

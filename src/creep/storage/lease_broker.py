@@ -74,8 +74,7 @@ class LeaseBrokerMixin(AssetStoreBase):
     ) -> list[Sequence[Any]]:
         """The claim step for tasks with resource_hints, inside the claim transaction: match
         and lease all hints of a task, or leave it QUEUED. Returns claimed task rows in the
-        backend's claim shape (on SQLite the plain claim's compact rows; on PostgreSQL the
-        TASK_SELECT columns, then deadline_at). With `tenant_id`, only that tenant's tasks (a
+        backend's plain claim's compact shape. With `tenant_id`, only that tenant's tasks (a
         tenant key's HTTP worker)."""
         saved = self._adialect.index_plans(conn)
         try:
@@ -118,8 +117,8 @@ class LeaseBrokerMixin(AssetStoreBase):
             rows = self._x(
                 conn,
                 "SELECT t.task_id, t.tenant_id, t.project_id, t.env, t.correlation_id, "
-                "t.currency, t.max_total_cost, t.resource_hints, t.constraints, t.priority "
-                f"FROM {d.queue_from} WHERE {q}.status = 'QUEUED' AND t.status = 'QUEUED' "
+                "t.currency, t.max_total_cost, t.resource_hints, t.constraints, t.priority, "
+                f"{d.row_key} FROM {d.queue_from} WHERE {q}.status = 'QUEUED' AND t.status = 'QUEUED' "
                 f"AND {q}.has_hints = true AND {q}.run_after <= ? AND t.run_after <= ? AND "
                 f"{d.in_texts(q + '.task_type')}{f' AND {q}.tenant_id = ?' if tenant_id else ''} "
                 f"{spare}ORDER BY {q}.priority DESC, {q}.created_at "
@@ -129,10 +128,12 @@ class LeaseBrokerMixin(AssetStoreBase):
                  offset),
             ).fetchall()
             demands: list[Demand] = []
-            for task_id, tenant, project, env, corr, currency, budget, hints, cons, prio in rows:
+            for (task_id, tenant, project, env, corr, currency, budget, hints, cons, prio,
+                 row_key) in rows:
                 # The claim's UPDATE appends the new lease ids and computes the deadline and
                 # attempt itself: the task's lease_ids, timeout_ms and attempt are not read.
-                refs[task_id] = TaskRef(task_id, tenant, project, env, corr, priority=prio)
+                refs[task_id] = TaskRef(task_id, tenant, project, env, corr, priority=prio,
+                                        row_key=row_key)
                 constraints = _decoded(d, cons, decoded)
                 demands.append(Demand(
                     task_id=task_id, tenant_id=tenant, currency=currency,
@@ -174,7 +175,7 @@ class LeaseBrokerMixin(AssetStoreBase):
         for task_id, entry_type, amount in self._x(
             conn,
             "SELECT task_id, entry_type, amount FROM ledger_entries "
-            f"WHERE {d.in_ids('task_id')}",
+            f"WHERE {d.by_task('')}{d.in_ids('task_id')}",
             (d.ids(list(by_id)),),
         ).fetchall():
             by_id[task_id].spent += cost_effect(entry_type, d.from_dec(amount))
@@ -283,6 +284,9 @@ class LeaseBrokerMixin(AssetStoreBase):
         ids = iter(uuid7_many(3 * sum(len(m.picks) for m in matches)))
         # ALLOCATED contexts differ only by hint index: each encoded once per claim.
         contexts: dict[int, Any] = {}
+        # SQLite's by-task indexes of leases and ledger entries lead with the priority
+        # (its migration 0013); PostgreSQL has no such column.
+        by_priority = d.by_task("") != ""
         for m in matches:
             ref = refs[m.task_id]
             for hint_index, cand in m.picks:
@@ -297,7 +301,7 @@ class LeaseBrokerMixin(AssetStoreBase):
                 cost = d.dec(asset.cost_per_lease)
                 lease_rows.append((
                     lease_id, asset.tenant_id, m.task_id, asset.asset_id, cost, asset.currency,
-                    hint_index,
+                    hint_index, *((ref.priority,) if by_priority else ()),
                 ))
                 context = contexts.get(hint_index)
                 if context is None:
@@ -312,13 +316,14 @@ class LeaseBrokerMixin(AssetStoreBase):
                     ledger_rows.append((
                         next(ids), asset.tenant_id, ref.project_id, m.task_id,
                         asset.asset_id, lease_id, cost, asset.currency,
+                        *((ref.priority,) if by_priority else ()),
                     ))
         with d.pipeline(conn):  # one round trip on PostgreSQL
             # What every row of this claim shares is bound once (released_at stays NULL).
             d.bulk_insert(
                 conn, "leases",
                 ("lease_id", "tenant_id", "task_id", "asset_id", "cost", "currency",
-                 "hint_index"),
+                 "hint_index", *(("task_priority",) if by_priority else ())),
                 lease_rows,
                 fixed=[("status", "ACTIVE"), ("acquired_at", d.ts(now)),
                        ("expires_at", d.ts(expires)), ("claim_token", token)],
@@ -326,13 +331,16 @@ class LeaseBrokerMixin(AssetStoreBase):
             d.bulk_insert(
                 conn, "ledger_entries",
                 ("entry_id", "tenant_id", "project_id", "task_id", "asset_id", "lease_id",
-                 "amount", "currency"),
+                 "amount", "currency", *(("task_priority",) if by_priority else ())),
                 ledger_rows,
                 fixed=[("entry_type", "COST"), ("description", "lease"),
                        ("occurred_at", d.ts(now)), ("recorded_at", d.ts(now))],
             )
             self._write_pending(conn, pending, now)
-            fetch = d.claim_leased(conn, lease_ids_by_task, worker_id, token, now, expires)
+            fetch = d.claim_leased(
+                conn, lease_ids_by_task, [refs[t].row_key for t in lease_ids_by_task],
+                worker_id, token, now, expires,
+            )
         rows: list[Sequence[Any]] = fetch()
         return rows
 
@@ -465,7 +473,9 @@ class LeaseBrokerMixin(AssetStoreBase):
         if not claims:
             return
         leases = self._leases_where(
-            conn, f"status = 'ACTIVE' AND {d.in_ids('task_id')} AND {d.in_ids('claim_token')}",
+            conn,
+            f"{d.by_task('')}status = 'ACTIVE' AND {d.in_ids('task_id')} AND "
+            f"{d.in_ids('claim_token')}",
             (d.ids([c[0] for c in claims]), d.ids([c[1] for c in claims])),
         )
         if not leases:
@@ -481,7 +491,7 @@ class LeaseBrokerMixin(AssetStoreBase):
         if task_ids:
             self._x(
                 conn,
-                f"UPDATE leases SET expires_at = ? WHERE status = 'ACTIVE' AND "
+                f"UPDATE leases SET expires_at = ? WHERE {d.by_task('')}status = 'ACTIVE' AND "
                 f"expires_at IS NOT NULL AND {d.in_ids('task_id')}",
                 (d.ts(expires), d.ids(task_ids)),
             )
@@ -498,8 +508,8 @@ class LeaseBrokerMixin(AssetStoreBase):
         out: dict[str, list[str]] = {}
         for task_id, token, lease_id in self._x(
             conn,
-            "SELECT task_id, claim_token, lease_id FROM leases WHERE status = 'REVOKED' AND "
-            f"{d.in_ids('task_id')} ORDER BY lease_id",
+            "SELECT task_id, claim_token, lease_id FROM leases WHERE "
+            f"{d.by_task('')}status = 'REVOKED' AND {d.in_ids('task_id')} ORDER BY lease_id",
             (d.ids([t for t, _ in held]),),
         ).fetchall():
             if (str(task_id), str(token)) in held:
@@ -519,7 +529,8 @@ class LeaseBrokerMixin(AssetStoreBase):
             if value is not None:
                 if column in ("task_id", "asset_id") and not is_uuid(value):
                     return []
-                where.append(f"{column} = ?")
+                lead = self._adialect.by_task("") if column == "task_id" else ""
+                where.append(f"{lead}{column} = ?")
                 params.append(value)
         params.append(limit)
         with self._aread() as conn:
@@ -574,16 +585,18 @@ class LeaseBrokerMixin(AssetStoreBase):
                 self._flush(conn, pending, now)
                 self._capacity_freed(conn)
                 report.cooled = len(rows)
-            # Driven by the queue's hinted index, never by a scan of every task (PostgreSQL's
-            # planner may otherwise start from tasks' side of the join).
+            # Driven by an index of the queue, never by a scan of every task (PostgreSQL's
+            # planner may otherwise start from tasks' side of the join): on SQLite the hinted
+            # one, on PostgreSQL the one of overdue instants (migration 0014).
+            lead, lead_params = d.overdue_lead(now)
             saved = d.index_plans(conn)
             try:
                 overdue = self._x(
                     conn,
-                    f"SELECT t.task_id FROM {d.queue_from} WHERE {d.qa}.status = 'QUEUED' "
+                    f"SELECT t.task_id FROM {d.queue_from} WHERE {lead}{d.qa}.status = 'QUEUED' "
                     f"AND t.status = 'QUEUED' AND {d.qa}.has_hints = true AND "
                     f"{d.plus_ms('t.queued_at', 't.timeout_ms')} <= ? LIMIT ?{d.skip_locked_t}",
-                    (d.ts(now), limit),
+                    (*lead_params, d.ts(now), limit),
                 ).fetchall()
             finally:
                 d.restore_plans(conn, saved)

@@ -172,29 +172,11 @@ def _row_to_task(row: Sequence[Any]) -> TaskOrder:
     return TaskOrder(*v)
 
 
-def _claimed_order(row: Sequence[Any]) -> TaskOrder:
-    return _row_to_task(row[:-1])  # a claimed row: the task's columns, then its deadline
-
-
-_TASK_ID_AT, _TYPE_AT = _IDX["task_id"], _IDX["task_type"]
-_ATTEMPT_AT, _MAX_ATTEMPTS_AT = _IDX["attempt"], _IDX["max_attempts"]
-
-
-_PRIORITY_AT, _CREATED_AT = _IDX["priority"], _IDX["created_at"]
 _Claimed = tuple[int, datetime, ClaimedTask]  # sort keys (-priority, created_at), the task
 
 
-def _claimed_full(rows: list[Any], token: str) -> list[_Claimed]:
-    """Claimed rows of every task column, then the deadline (the leased claim's), as
-    ClaimedTasks whose TaskOrder is built on first use."""
-    lazy = ClaimedTask.lazy
-    return [(-r[_PRIORITY_AT], r[_CREATED_AT], lazy(
-        r, _claimed_order, token, r[-1], r[_TASK_ID_AT], r[_TYPE_AT], r[_ATTEMPT_AT],
-        r[_MAX_ATTEMPTS_AT])) for r in rows]
-
-
-#: A plain claim's row: the fields a worker needs, then the whole task as one JSON array
-#: (text), decoded only when a handler reads ctx.task. Parsing ~45 typed columns per claimed
+#: A claim's row (plain or leased): the fields a worker needs, then the whole task as one
+#: JSON array (text), decoded only when a handler reads ctx.task. Parsing ~45 typed columns per claimed
 #: task cost the claiming thread ~8.5 us each; these few and one string cost ~2.8. Numerics
 #: travel as text (exact), timestamps as ISO 8601 in the session's time zone (UTC).
 _COMPACT = ("task_id", "task_type", "attempt", "max_attempts", "priority", "created_at",
@@ -224,10 +206,10 @@ def _json_order(row: Sequence[Any]) -> TaskOrder:
     return TaskOrder(*v)
 
 
-def _claimed_plain(rows: list[Any], token: str) -> list[_Claimed]:
+def _claimed_plain(rows: list[Any], token: str, leased: bool = False) -> list[_Claimed]:
     lazy = ClaimedTask.lazy
     return [(-prio, created, lazy(r, _json_order, token, deadline, task_id, task_type, attempt,
-                                  max_attempts))
+                                  max_attempts, leased))
             for r in rows
             for task_id, task_type, attempt, max_attempts, prio, created, deadline, _ in (r,)]
 
@@ -689,7 +671,7 @@ class PostgresStore(
         if len(hinted) >= limit:
             if finish is not None:
                 finish()
-            return [c for _, _, c in _claimed_full(hinted, token)], token
+            return [c for _, _, c in _claimed_plain(hinted, token, leased=True)], token
         # Inside task_claim's pipeline already (a nested pipeline would sync on entry).
         # The order comes from task_queue (migration 0010); the lock is taken on the tasks row,
         # as every other writer does first, and `t.status = 'QUEUED'` is re-checked on its
@@ -729,7 +711,7 @@ class PostgresStore(
         plain = _claimed_plain(cur.fetchall(), token)
         if not hinted:
             return [c for _, _, c in plain], token
-        merged = [*_claimed_full(hinted, token), *plain]
+        merged = [*_claimed_plain(hinted, token, leased=True), *plain]
         merged.sort(key=itemgetter(0, 1))
         return [c for _, _, c in merged], token
 
