@@ -126,9 +126,9 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
 
         Every order is checked before anything is written (one invalid order rejects all).
         Without dependencies, more than SUBMIT_CHUNK orders are written in transactions of
-        at most SUBMIT_CHUNK, on PostgreSQL two at a time (the first and last ones smaller):
-        if one fails (an idempotency conflict), its error is raised, the chunks before it
-        (and one beside it) stay and no later one is written."""
+        SUBMIT_CHUNK, on PostgreSQL two at a time: if one fails (an idempotency conflict),
+        its error is raised, the chunks before it (and one beside it) stay and no later one
+        is written."""
         items = list(orders)
         if len(items) < 100:
             return self._submit_many(items)

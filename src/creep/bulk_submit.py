@@ -26,17 +26,15 @@ def write_chunks(
     store: Store, items: Sequence[Mapping[str, Any]], checked: Sequence[Checked],
     limits: Limits, now: datetime, chunk: int,
 ) -> list[TaskOrder]:
-    """Create the tasks of `items` in transactions of at most `chunk` orders (written side by
-    side: smaller at both ends, see _ramped_bounds); the answer keeps submission order. When
-    a chunk fails its error is raised; the chunks written before it stay, and so may those
-    already being written beside it (at most bulk_writers - 1 of them); no later chunk is
-    started."""
+    """Create the tasks of `items` in transactions of `chunk` orders; the answer keeps
+    submission order. When a chunk fails its error is raised; the chunks written before it
+    stay, and so may those already being written beside it (at most bulk_writers - 1 of
+    them); no later chunk is started."""
     bounds = [(a, a + chunk) for a in range(0, len(items), chunk)]
     writers = int(getattr(store, "bulk_writers", 1))
     if writers > 1 and not pending_writes.waiting() and _distinct_keys(items, checked):
         # (Writes riding along belong to this thread's transaction; one key in two chunks
         # written at once would make one wait on the other's lock, or deadlock.)
-        bounds = _ramped_bounds(len(items), chunk, writers)
         return _side_by_side(store, items, checked, limits, now, bounds, writers)
     # A store that can prepare a chunk's rows without its database (SQLite) has that done
     # ahead too: the writing thread is then left mostly the database's own work.
@@ -62,74 +60,36 @@ def _side_by_side(
     store: Store, items: Sequence[Mapping[str, Any]], checked: Sequence[Checked],
     limits: Limits, now: datetime, bounds: list[tuple[int, int]], writers: int,
 ) -> list[TaskOrder]:
-    # A store that can prepare a chunk without its database (PostgreSQL: the new tasks and
-    # their COPY data) has that done on the builder thread too: a writer then starts sending
-    # as soon as it takes a chunk, and its server process does not wait while it builds.
-    prepare = getattr(store, "task_prepare_many", None)
-
-    def build(k: int) -> tuple[list[TaskSpec], dict[str, Any]]:
+    def build(k: int) -> list[TaskSpec]:
         a, b = bounds[k]
-        specs = build_specs(items[a:b], checked[a:b], limits, False)
-        return specs, {} if prepare is None else {"prepared": prepare(specs, now)}
+        return build_specs(items[a:b], checked[a:b], limits, False)
 
-    # By chunk; a writer takes its chunk out, so that what was prepared for it (COPY data)
-    # is not held until the whole submission is written.
-    built: dict[int, Future[tuple[list[TaskSpec], dict[str, Any]]]] = {}
+    built: list[Future[list[TaskSpec]]] = []
 
     def job(k: int) -> list[TaskOrder]:
-        specs, prepared = built.pop(k).result()
-        return store.task_create_many(specs, now, **prepared)
+        return store.task_create_many(built[k].result(), now)
 
     # A window of `writers` chunks in submission order: the next chunk starts only when the
     # oldest one in flight has committed, so when a chunk fails, at most the writers - 1
     # chunks beside it may still commit and no later one starts. Specs are built on their own
-    # thread, two chunks ahead of the window: the writers, which mostly wait on their
-    # servers, take the next chunk as soon as one commits instead of building it first, and
-    # a build slowed down by the other threads (they share the GIL) does not hold one up.
+    # thread, ahead of the window: the writers, which mostly wait on their servers, take the
+    # next chunk as soon as one commits instead of building it first.
     out: list[TaskOrder] = []
     with ThreadPoolExecutor(1, thread_name_prefix="creep-build") as builder, \
             ThreadPoolExecutor(writers, thread_name_prefix="creep-submit") as pool:
         try:
-            ordered = min(writers + 2, len(bounds))  # chunks whose build was asked for
-            built.update((k, builder.submit(build, k)) for k in range(ordered))
+            built.extend(builder.submit(build, k) for k in range(min(writers + 1, len(bounds))))
             window: deque[Future[list[TaskOrder]]] = deque(
                 pool.submit(job, k) for k in range(min(writers, len(bounds))))
             for k in range(len(bounds)):
                 out.extend(window.popleft().result())
-                if ordered < len(bounds):
-                    built[ordered] = builder.submit(build, ordered)
-                    ordered += 1
+                if len(built) < len(bounds):
+                    built.append(builder.submit(build, len(built)))
                 if k + writers < len(bounds):
                     window.append(pool.submit(job, k + writers))
         finally:
             builder.shutdown(wait=False, cancel_futures=True)  # a failed chunk: no more specs
     return out
-
-
-def _ramped_bounds(n: int, chunk: int, writers: int) -> list[tuple[int, int]]:
-    """Chunks of at most `chunk` orders for writers side by side, smaller at both ends. The
-    first ones, so that the first writers start (and their servers with them) after a short
-    build instead of a full chunk's; the last `writers`, so that the writers finish close
-    together instead of one still writing a full chunk while the others have none left."""
-    sizes: list[int] = []
-    left = n
-    for size in (chunk // 4, chunk // 2):
-        if left > size > 0:
-            sizes.append(size)
-            left -= size
-    # Full chunks, then the rest (half a chunk per writer and what full chunks leave over)
-    # shared by the writers: no chunk of a few orders taking a writer's turn.
-    body = (left - min(left, writers * chunk // 2)) // chunk * chunk
-    tail = left - body
-    sizes += [chunk] * (body // chunk)
-    sizes += [tail // writers + (1 if i < tail % writers else 0) for i in range(writers)]
-    bounds: list[tuple[int, int]] = []
-    start = 0
-    for size in sizes:
-        if size:
-            bounds.append((start, start + size))
-            start += size
-    return bounds
 
 
 def _distinct_keys(items: Sequence[Mapping[str, Any]], checked: Sequence[Checked]) -> bool:

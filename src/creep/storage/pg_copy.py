@@ -13,8 +13,7 @@ binary send format; a 16-bit -1 ends the data.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from struct import Struct
 
@@ -133,15 +132,3 @@ def copy_blocks(
 
     return blocks(task_rows), blocks(event_rows)
 
-
-
-@dataclass(slots=True)
-class PreparedCopy:
-    """PostgresStore.task_prepare_many's answer: plain specs' new tasks and the whole COPY
-    data of their rows and creation events, laid out before a writing thread needs them."""
-
-    specs: Sequence[TaskSpec]
-    now: datetime
-    tasks: dict[str, TaskOrder]
-    task_data: Iterable[bytes]
-    event_data: Iterable[bytes]

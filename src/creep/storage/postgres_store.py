@@ -11,8 +11,9 @@ import codecs
 import contextlib
 import functools
 import threading
+import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -69,13 +70,14 @@ from creep.storage.common import (
     resolution_payload,
 )
 from creep.storage.metrics_store import PostgresMetricsMixin  # /metrics
-from creep.storage.pg_copy import PreparedCopy, copy_blocks
+from creep.storage.pg_copy import copy_blocks
 from creep.storage.postgres_api import AUDIT_CREATED_CTE, PostgresApiMixin, audit_records
 from creep.storage.postgres_artifacts import PostgresArtifactsMixin  # artifacts + HTTP workers
 from creep.storage.postgres_assets import PostgresAssets
 from creep.storage.postgres_schedules import PostgresSchedulesMixin  # schedules
 
 _MIGRATION_LOCK = 0x63726565  # "cree"
+_MIGRATION_ATTEMPTS = 5
 #: The claim must walk tasks_runnable in (priority DESC, created_at) order and stop after
 #: `limit` rows. Right after a bulk enqueue (no statistics yet) the planner instead picked a
 #: bitmap scan of every queued row plus a sort: 130 ms per 500-task claim on 30k queued rows,
@@ -284,6 +286,22 @@ class PostgresStore(
     # -- schema --------------------------------------------------------------------------------
 
     def migrate(self, target: int | None = None) -> list[int]:
+        # A migration that locks tables busy workers use can meet one of them in a lock
+        # cycle (a claim reads task_queue, then locks tasks; a completion updates tasks, then
+        # its trigger task_queue): PostgreSQL then aborts one side. Everything here runs in
+        # one transaction, so a migration that lost is tried again whole.
+        attempt = 1
+        while True:
+            try:
+                return self._migrate(target)
+            except StorageError as exc:
+                lost = isinstance(exc.__cause__, pg_errors.DeadlockDetected | pg_errors.LockNotAvailable)
+                if not lost or attempt == _MIGRATION_ATTEMPTS:
+                    raise
+            time.sleep(0.2 * attempt)
+            attempt += 1
+
+    def _migrate(self, target: int | None) -> list[int]:
         applied: list[int] = []
         with self._tx() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
@@ -313,39 +331,12 @@ class PostgresStore(
 
     # -- creating tasks ------------------------------------------------------------------------
 
-    def task_prepare_many(self, specs: Sequence[TaskSpec], now: datetime) -> PreparedCopy | None:
-        """What task_create_many(specs, now) builds before it writes, for a chunk it COPYs
-        (enough plain specs; None for others): the new tasks and their COPY data. Pure
-        Python, no database: a bulk submission prepares chunk k+1 on another thread while
-        the server takes chunk k, so a writing connection starts sending at once instead of
-        leaving its server process idle while it builds (as SqliteStore.task_prepare_many)."""
-        if len(specs) < COPY_MIN_TASKS or not all(map(is_plain, specs)):
-            return None
-        tasks = {s.task_id: new_task(s, initial_status(s, {}, now), now) for s in specs}
-        if len(tasks) != len(specs):
-            return None  # task_create_many refuses them
-        try:
-            task_data, event_data = copy_blocks(specs, tasks, now)
-            return PreparedCopy(specs, now, tasks, list(task_data), list(event_data))
-        except (ValueError, UnicodeEncodeError):
-            return None  # task_create_many's own path says what is wrong
-
     def task_create_many(
         self, specs: Sequence[TaskSpec], now: datetime, *,
         within: psycopg.Connection[Any] | None = None,  # join an open transaction (schedules)
-        prepared: PreparedCopy | None = None,  # task_prepare_many(specs, now)'s answer
     ) -> list[TaskOrder]:
         if not specs:
             return []
-        if prepared is not None and (
-            prepared.specs is not specs or prepared.now != now or within is not None
-            or pending_writes.waiting()  # writes riding along: the general path places them
-        ):
-            prepared = None
-        if prepared is not None:
-            created = self._create_prepared(prepared, within)
-            if created is not None:
-                return created
         from creep.domain.dag import topological_order
 
         if (
@@ -388,9 +379,9 @@ class PostgresStore(
                 status[task_id] = task.status
                 tasks[task_id] = task
             has_dependants = {d for s in specs for d in s.depends_on}
-            inserted = (  # (a prepared chunk's COPY failed already: straight to _insert)
+            inserted = (
                 self._copy_plain(conn, specs, tasks, now)
-                if prepared is None and (copy or all(map(is_plain, specs))) else None
+                if copy or all(map(is_plain, specs)) else None
             )
             notified = inserted is None  # _insert's statement notifies the workers itself
             if inserted is None:
@@ -456,28 +447,17 @@ class PostgresStore(
         CONFLICT: an idempotency key that exists already fails it, the savepoint undoes it,
         and None sends the caller to _insert, which replays or refuses per key."""
         task_data, event_data = copy_blocks(specs, tasks, now)
-        return _copy_data(conn, task_data, event_data, set(tasks))
-
-    def _create_prepared(
-        self, prepared: PreparedCopy, within: psycopg.Connection[Any] | None
-    ) -> list[TaskOrder] | None:
-        """task_create_many of a prepared chunk: its COPY alone. None when some idempotency
-        key exists already (nothing is written): the general path then replays or refuses
-        per key."""
-        tasks = prepared.tasks
-        out = [tasks[s.task_id] for s in prepared.specs]
-        queued = any(t.status is TaskStatus.QUEUED for t in out)
         try:
-            with self._tx(within) as conn:
-                if _copy_data(conn, prepared.task_data, prepared.event_data, set(tasks)) is None:
-                    raise _KeysExist  # rolled back: nothing of this transaction is kept
-                if queued:
-                    conn.execute("SELECT pg_notify('creep_tasks', '')")
-        except _KeysExist:
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy(_COPY_TASKS) as copy:
+                    for block in task_data:
+                        copy.write(block)
+                with cur.copy(_COPY_EVENTS) as copy:
+                    for block in event_data:
+                        copy.write(block)
+        except pg_errors.UniqueViolation:
             return None
-        if queued:
-            self._wake("creep_tasks", "")
-        return out
+        return set(tasks)
 
     def _insert(
         self, conn: psycopg.Connection[Any], specs: Sequence[TaskSpec],
@@ -1463,30 +1443,6 @@ _COPY_EVENTS = (
     "COPY task_events (task_id, tenant_id, event_type, from_status, to_status, payload, "
     "created_at) FROM STDIN (FORMAT binary)"
 )
-
-
-class _KeysExist(Exception):
-    """A prepared chunk's COPY met an idempotency key that exists already."""
-
-
-def _copy_data(
-    conn: psycopg.Connection[Any], task_data: Iterable[bytes], event_data: Iterable[bytes],
-    task_ids: set[str],
-) -> set[str] | None:
-    """COPY tasks and their creation events (pg_copy's binary data) under a savepoint: the
-    ids of the new tasks, or None when an idempotency key exists already (COPY has no ON
-    CONFLICT; the savepoint undoes it)."""
-    try:
-        with conn.transaction(), conn.cursor() as cur:
-            with cur.copy(_COPY_TASKS) as copy:
-                for block in task_data:
-                    copy.write(block)
-            with cur.copy(_COPY_EVENTS) as copy:
-                for block in event_data:
-                    copy.write(block)
-    except pg_errors.UniqueViolation:
-        return None
-    return task_ids
 
 
 _INSERT_TYPES: dict[str, str] = {
