@@ -100,6 +100,18 @@ def assert_task_queue_in_step(conn: object, schema: str) -> None:
         f"({active} EXCEPT ALL {queue}) UNION ALL ({queue} EXCEPT ALL {active}) LIMIT 5"
     ).fetchall()
     assert diff == [], f"task_queue out of step with tasks in {schema}: {diff}"
+    # The NO_RESOURCE instant (migration 0014), which the sweep trusts for the rows it reads.
+    if conn.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = %s "
+        "AND table_name = 'task_queue' AND column_name = 'no_resource_at'", (schema,)
+    ).fetchone():
+        stale = conn.execute(
+            f'SELECT t.task_id, t.status, q.no_resource_at FROM "{schema}".task_queue q '
+            f'JOIN "{schema}".tasks t USING (task_id) WHERE q.no_resource_at IS DISTINCT FROM '
+            "(CASE WHEN t.status = 'QUEUED' AND t.has_hints "
+            "THEN t.queued_at + t.timeout_ms * interval '1 millisecond' END) LIMIT 5"
+        ).fetchall()
+        assert stale == [], f"task_queue.no_resource_at out of step in {schema}: {stale}"
 
 
 @pytest.fixture
