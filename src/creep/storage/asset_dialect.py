@@ -122,6 +122,9 @@ class SqliteDialect:
         e.g. "l.", or "") starts with for their by-task index (task_priority, task_id) to
         serve it (SQLite migration 0013)."""
         return alias + SQLITE_EVENTS_OF + " "
+
+    #: Leases and ledger entries record their task's priority (SQLite migration 0013).
+    task_priority_column = True
     #: What the hinted claim reads to find a task row again (PostgresDialect.row_key): not
     #: needed here, where the claim's UPDATE joins by task_id (by rowid it measured slower:
     #: the pairs' JSON costs more to unpack than the index lookups it saves).
@@ -328,6 +331,8 @@ class PostgresDialect:
 
     def by_task(self, alias: str) -> str:
         return ""  # leases' and ledger entries' by-task indexes lead with task_id
+
+    task_priority_column = False
     #: The locked row version's ctid: the claim's UPDATE reads those rows by a TID scan
     #: instead of a primary-key descent per task (a 250-task claim: 250 buffer reads of
     #: tasks instead of 750).

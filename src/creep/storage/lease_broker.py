@@ -284,9 +284,7 @@ class LeaseBrokerMixin(AssetStoreBase):
         ids = iter(uuid7_many(3 * sum(len(m.picks) for m in matches)))
         # ALLOCATED contexts differ only by hint index: each encoded once per claim.
         contexts: dict[int, Any] = {}
-        # SQLite's by-task indexes of leases and ledger entries lead with the priority
-        # (its migration 0013); PostgreSQL has no such column.
-        by_priority = d.by_task("") != ""
+        by_priority = d.task_priority_column
         for m in matches:
             ref = refs[m.task_id]
             for hint_index, cand in m.picks:
