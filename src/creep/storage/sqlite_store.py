@@ -68,6 +68,7 @@ from creep.storage.sqlite_bulk import (
     insert_rows,
     rows_per_statement,
 )
+from creep.storage.sqlite_checkpoint import WalCheckpointer
 from creep.storage.sqlite_schedules import SqliteSchedulesMixin  # schedules
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -86,9 +87,8 @@ _JSON_IDX = tuple(_IDX[n] for n in _JSON_COLUMNS)
 _DECIMAL_IDX = (_IDX["max_total_cost"], _IDX["business_value_hint"])
 _STATUS_I, _CANCEL_I = _IDX["status"], _IDX["cancel_requested"]
 _STATUS = {s.value: s for s in TaskStatus}
-#: WAL pages before an automatic checkpoint. Claims and completions rewrite the same pages
-#: many times over; a larger WAL lets a checkpoint copy each page once for many commits
-#: (SQLite's default of 1000 pages checkpointed every other batch). Durability is unchanged.
+#: WAL pages before an automatic checkpoint, in the committing writer: the backstop of the
+#: store's background checkpoints (sqlite_checkpoint), which normally keep the log short.
 _WAL_AUTOCHECKPOINT = 16384
 
 #: How long a writer waits for the database (SQLite busy_timeout, and this process's writer
@@ -173,6 +173,7 @@ class SqliteStore(
         self._all_lock = threading.Lock()
         self._write_lock = threading.RLock()
         self._listeners: list[Callable[[str, str], None]] = []
+        self._checkpointer = WalCheckpointer(path)
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -217,6 +218,7 @@ class SqliteStore(
                         conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
+            self._checkpointer.committed()
         except sqlite3.OperationalError as exc:
             # "database is locked" past busy_timeout, disk I/O, a full disk: a storage
             # failure, which callers wait out (a worker retries), as on PostgreSQL.
@@ -235,6 +237,8 @@ class SqliteStore(
             self._write_lock.release()
 
     def close(self) -> None:
+        self._checkpointer.stop()
+        self._checkpointer = WalCheckpointer(self.path)  # a store used again checkpoints again
         with self._all_lock:
             for conn in self._all:
                 with suppress(sqlite3.ProgrammingError):

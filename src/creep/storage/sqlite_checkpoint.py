@@ -1,0 +1,108 @@
+"""WAL checkpoints off the write path.
+
+SQLite checkpoints a WAL database from the connection whose commit takes the log past
+`wal_autocheckpoint` pages: that commit then copies every page of the log into the database
+file and fsyncs it before it returns. Under a steady write load (POST /v1/tasks, a worker's
+claims and completions) this stalled one commit in every few hundred for 60-70 ms, and
+every request or task waiting on that commit with it.
+
+A `WalCheckpointer` runs PASSIVE checkpoints from a thread of its own, on a connection of its
+own, a few times a second while its store writes. A passive checkpoint neither waits for nor
+blocks readers or writers (the GIL is released while SQLite copies and syncs), so writers
+only append to the log. The log restarts from its beginning at the next write after a
+checkpoint that caught up with it. The store keeps its automatic checkpoint as a backstop
+for a log this thread cannot keep up with; it then has little left to copy.
+
+Durability is unchanged: a commit is durable once its log frames are synced, whoever copies
+them into the database file later.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from contextlib import suppress
+
+log = logging.getLogger("creep.storage")
+
+#: Seconds between two checkpoints while the store writes (none while it is idle).
+INTERVAL_S = 0.25
+#: Seconds without a commit after which the thread ends (the next commit starts another):
+#: a store left open but unused holds no thread.
+IDLE_EXIT_S = 5.0
+
+
+class WalCheckpointer:
+    def __init__(
+        self, path: str, interval_s: float = INTERVAL_S, idle_exit_s: float = IDLE_EXIT_S
+    ) -> None:
+        self.path = path
+        self.interval_s = interval_s
+        self.idle_exit_s = idle_exit_s
+        self.passes = 0  # checkpoints run (tests and diagnostics)
+        self._dirty = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def committed(self) -> None:
+        """A write transaction of the store committed: checkpoint within the interval. Costs
+        an attribute write on the hot path while the thread runs."""
+        self._dirty = True  # before the thread is looked at: see _idle_exit
+        if self._thread is None:
+            self._start()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._stop.is_set():
+                return
+            self._thread = threading.Thread(
+                target=self._run, name="creep-sqlite-checkpoint", daemon=True
+            )
+            self._thread.start()
+
+    def _idle_exit(self) -> bool:
+        """End the thread if no commit came since the last check. A commit sets _dirty
+        before it looks for the thread: it either is seen here or finds no thread and starts
+        one."""
+        with self._lock:
+            if self._dirty:
+                return False
+            self._thread = None
+            return True
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        idle = 0.0
+        try:
+            while not self._stop.wait(self.interval_s):
+                if not self._dirty:
+                    idle += self.interval_s
+                    if idle >= self.idle_exit_s and self._idle_exit():
+                        return
+                    continue
+                idle = 0.0
+                self._dirty = False
+                if conn is None:
+                    conn = sqlite3.connect(self.path, isolation_level=None,
+                                           check_same_thread=False, timeout=0)
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self.passes += 1
+                except sqlite3.Error as exc:
+                    # Another process checkpointing at the same moment, or an I/O error the
+                    # next writer will meet too: the backstop checkpoint still runs.
+                    log.debug("background WAL checkpoint skipped: %s", exc)
+        finally:
+            if conn is not None:
+                with suppress(sqlite3.Error):
+                    conn.close()
+
+    def stop(self) -> None:
+        """Stop the thread (after the checkpoint it may be running). A later commit does not
+        start it again: the store is closing."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
