@@ -35,9 +35,11 @@ IDLE_EXIT_S = 5.0
 
 class WalCheckpointer:
     def __init__(
-        self, path: str, interval_s: float = INTERVAL_S, idle_exit_s: float = IDLE_EXIT_S
+        self, path: str, interval_s: float = INTERVAL_S, idle_exit_s: float = IDLE_EXIT_S,
+        *, synchronous: str = "FULL",
     ) -> None:
         self.path = path
+        self.synchronous = synchronous  # the store's level: how a checkpoint syncs
         self.interval_s = interval_s
         self.idle_exit_s = idle_exit_s
         self.passes = 0  # checkpoints run (tests and diagnostics)
@@ -84,15 +86,16 @@ class WalCheckpointer:
                     continue
                 idle = 0.0
                 self._dirty = False
-                if conn is None:
-                    conn = sqlite3.connect(self.path, isolation_level=None,
-                                           check_same_thread=False, timeout=0)
                 try:
+                    if conn is None:
+                        conn = sqlite3.connect(self.path, isolation_level=None, timeout=0)
+                        conn.execute(f"PRAGMA synchronous={self.synchronous}")
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     self.passes += 1
                 except sqlite3.Error as exc:
-                    # Another process checkpointing at the same moment, or an I/O error the
-                    # next writer will meet too: the backstop checkpoint still runs.
+                    # E.g. an I/O error the next writer meets too (another process's
+                    # checkpoint is not an error: a passive one just does less). The
+                    # writers' backstop checkpoint still runs; the next pass tries again.
                     log.debug("background WAL checkpoint skipped: %s", exc)
         finally:
             if conn is not None:

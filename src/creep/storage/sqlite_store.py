@@ -173,7 +173,7 @@ class SqliteStore(
         self._all_lock = threading.Lock()
         self._write_lock = threading.RLock()
         self._listeners: list[Callable[[str, str], None]] = []
-        self._checkpointer = WalCheckpointer(path)
+        self._checkpointer = WalCheckpointer(path, synchronous=sync)
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -238,7 +238,8 @@ class SqliteStore(
 
     def close(self) -> None:
         self._checkpointer.stop()
-        self._checkpointer = WalCheckpointer(self.path)  # a store used again checkpoints again
+        # A store used again checkpoints again.
+        self._checkpointer = WalCheckpointer(self.path, synchronous=self.synchronous)
         with self._all_lock:
             for conn in self._all:
                 with suppress(sqlite3.ProgrammingError):
