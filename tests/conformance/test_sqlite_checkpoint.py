@@ -33,7 +33,8 @@ def _wait_for(predicate: object, timeout: float = 10.0) -> None:
 @pytest.fixture
 def fast_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
     # Checkpoints every 50 ms; a thread ends after 300 ms without a commit.
-    monkeypatch.setattr(sqlite_checkpoint.WalCheckpointer.__init__, "__defaults__", (0.05, 0.3))
+    monkeypatch.setattr(sqlite_checkpoint, "INTERVAL_S", 0.05)
+    monkeypatch.setattr(sqlite_checkpoint, "IDLE_EXIT_S", 0.3)
 
 
 def test_committed_pages_reach_the_database_file_without_a_commit_checkpointing(
@@ -84,8 +85,9 @@ def test_an_idle_store_stops_checkpointing_and_its_thread_ends(
 def test_two_stores_writing_and_checkpointing_one_file_lose_nothing(
     tmp_path: Path, fast_checkpoints: None
 ) -> None:
-    # Two processes' stores on one file: each checkpoints from its own thread while both
-    # write (a checkpoint meeting another one is skipped, never an error for a writer).
+    # Two stores on one file, as an API server and a worker would have (here in one process):
+    # each checkpoints from its own thread while both write; a checkpoint meeting another
+    # one does less, and is never an error for a writer.
     url = f"sqlite:///{tmp_path / 'two.db'}"
     apps = [Creep(url), Creep(url)]
     apps[0].store.migrate()
@@ -113,3 +115,42 @@ def test_two_stores_writing_and_checkpointing_one_file_lose_nothing(
     for app in apps:
         app.close()
     assert not any(t.is_alive() for t in threads)
+
+
+def test_a_store_closed_and_used_again_checkpoints_again_at_its_own_level(
+    tmp_path: Path, fast_checkpoints: None
+) -> None:
+    store = SqliteStore(f"sqlite:///{tmp_path / 'again.db'}?synchronous=NORMAL")
+    store.migrate()
+    app = Creep(store.url, store=store)  # the app writes through this very store
+    app.submit_many(_orders("d", 5))
+    first = store._checkpointer
+    assert first.synchronous == "NORMAL"
+    _wait_for(lambda: first.passes >= 1)
+    store.close()
+    assert first._thread is None or not first._thread.is_alive()
+    app.submit_many(_orders("e", 5))  # the store reopens its connections
+    second = store._checkpointer
+    assert second is not first and second.synchronous == "NORMAL"
+    _wait_for(lambda: second.passes >= 1)
+    assert len(app.list_tasks(limit=100)) == 10
+    store.close()
+
+
+def test_a_checkpoint_that_fails_is_tried_again_without_a_new_commit(
+    tmp_path: Path, fast_checkpoints: None
+) -> None:
+    path = tmp_path / "retry.db"
+    store = SqliteStore(f"sqlite:///{path}")
+    store.migrate()
+    app = Creep(store.url, store=store)
+    checkpointer = store._checkpointer
+    # The first passes cannot open the file (a path that does not exist, as when the
+    # volume is briefly gone); once it is back, a pass succeeds with no commit in between.
+    checkpointer.path = str(tmp_path / "elsewhere" / "retry.db")
+    app.submit_many(_orders("f", 5))
+    time.sleep(0.2)
+    assert checkpointer.passes == 0
+    checkpointer.path = str(path)
+    _wait_for(lambda: checkpointer.passes >= 1)
+    store.close()

@@ -87,8 +87,9 @@ _JSON_IDX = tuple(_IDX[n] for n in _JSON_COLUMNS)
 _DECIMAL_IDX = (_IDX["max_total_cost"], _IDX["business_value_hint"])
 _STATUS_I, _CANCEL_I = _IDX["status"], _IDX["cancel_requested"]
 _STATUS = {s.value: s for s in TaskStatus}
-#: WAL pages before an automatic checkpoint, in the committing writer: the backstop of the
-#: store's background checkpoints (sqlite_checkpoint), which normally keep the log short.
+#: WAL pages before an automatic checkpoint, in the committing writer: the backstop behind
+#: the store's background checkpoints (sqlite_checkpoint). It restarts the log, and finds
+#: its pages already copied by them.
 _WAL_AUTOCHECKPOINT = 16384
 
 #: How long a writer waits for the database (SQLite busy_timeout, and this process's writer
