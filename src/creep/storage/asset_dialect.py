@@ -117,11 +117,9 @@ class SqliteDialect:
         "AND l.task_id = t.task_id"
     )
 
-    def by_task(self, alias: str) -> str:
-        """What a condition on task_id of leases or ledger_entries (table alias `alias`,
-        e.g. "l.", or "") starts with for their by-task index (task_priority, task_id) to
-        serve it (SQLite migration 0013)."""
-        return alias + SQLITE_EVENTS_OF + " "
+    #: What a condition on task_id of leases or ledger_entries starts with for their by-task
+    #: index (task_priority, task_id) to serve it (SQLite migration 0013).
+    by_task = SQLITE_EVENTS_OF + " "
 
     #: Leases and ledger entries record their task's priority (SQLite migration 0013).
     task_priority_column = True
@@ -329,8 +327,7 @@ class PostgresDialect:
     #: As SqliteDialect.leases_of_tasks; here the by-task index of leases serves it.
     leases_of_tasks = "leases l JOIN tasks t ON t.task_id = l.task_id"
 
-    def by_task(self, alias: str) -> str:
-        return ""  # leases' and ledger entries' by-task indexes lead with task_id
+    by_task = ""  # leases' and ledger entries' by-task indexes lead with task_id
 
     task_priority_column = False
     #: The locked row version's ctid: the claim's UPDATE reads those rows by a TID scan

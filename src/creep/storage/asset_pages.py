@@ -41,7 +41,7 @@ class AssetPagesMixin(AssetStoreBase):
         for column, value in filters:
             if value is not None:
                 lead = (d.by_correlation if column == "correlation_id"
-                        else d.by_task("") if ledger and column == "task_id" else "")
+                        else d.by_task if ledger and column == "task_id" else "")
                 where.append(f"{lead}{column} = ?")
                 params.append(value)
         if since is not None:

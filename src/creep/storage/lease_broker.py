@@ -175,7 +175,7 @@ class LeaseBrokerMixin(AssetStoreBase):
         for task_id, entry_type, amount in self._x(
             conn,
             "SELECT task_id, entry_type, amount FROM ledger_entries "
-            f"WHERE {d.by_task('')}{d.in_ids('task_id')}",
+            f"WHERE {d.by_task}{d.in_ids('task_id')}",
             (d.ids(list(by_id)),),
         ).fetchall():
             by_id[task_id].spent += cost_effect(entry_type, d.from_dec(amount))
@@ -472,7 +472,7 @@ class LeaseBrokerMixin(AssetStoreBase):
             return
         leases = self._leases_where(
             conn,
-            f"{d.by_task('')}status = 'ACTIVE' AND {d.in_ids('task_id')} AND "
+            f"{d.by_task}status = 'ACTIVE' AND {d.in_ids('task_id')} AND "
             f"{d.in_ids('claim_token')}",
             (d.ids([c[0] for c in claims]), d.ids([c[1] for c in claims])),
         )
@@ -489,7 +489,7 @@ class LeaseBrokerMixin(AssetStoreBase):
         if task_ids:
             self._x(
                 conn,
-                f"UPDATE leases SET expires_at = ? WHERE {d.by_task('')}status = 'ACTIVE' AND "
+                f"UPDATE leases SET expires_at = ? WHERE {d.by_task}status = 'ACTIVE' AND "
                 f"expires_at IS NOT NULL AND {d.in_ids('task_id')}",
                 (d.ts(expires), d.ids(task_ids)),
             )
@@ -507,7 +507,7 @@ class LeaseBrokerMixin(AssetStoreBase):
         for task_id, token, lease_id in self._x(
             conn,
             "SELECT task_id, claim_token, lease_id FROM leases WHERE "
-            f"{d.by_task('')}status = 'REVOKED' AND {d.in_ids('task_id')} ORDER BY lease_id",
+            f"{d.by_task}status = 'REVOKED' AND {d.in_ids('task_id')} ORDER BY lease_id",
             (d.ids([t for t, _ in held]),),
         ).fetchall():
             if (str(task_id), str(token)) in held:
@@ -527,7 +527,7 @@ class LeaseBrokerMixin(AssetStoreBase):
             if value is not None:
                 if column in ("task_id", "asset_id") and not is_uuid(value):
                     return []
-                lead = self._adialect.by_task("") if column == "task_id" else ""
+                lead = self._adialect.by_task if column == "task_id" else ""
                 where.append(f"{lead}{column} = ?")
                 params.append(value)
         params.append(limit)

@@ -53,7 +53,7 @@ class LedgerStoreMixin(AssetStoreBase):
                         (cost_effect(r[0], d.from_dec(r[1])) for r in self._x(
                             conn,
                             "SELECT entry_type, amount FROM ledger_entries WHERE "
-                            f"{d.by_task('')}task_id = ?",
+                            f"{d.by_task}task_id = ?",
                             (entry.task_id,),
                         ).fetchall()),
                         Decimal(0),
@@ -83,7 +83,7 @@ class LedgerStoreMixin(AssetStoreBase):
         for column, value in (("tenant_id", tenant_id), ("project_id", project_id),
                               ("task_id", task_id), ("currency", currency)):
             if value is not None:
-                lead = d.by_task("") if column == "task_id" else ""
+                lead = d.by_task if column == "task_id" else ""
                 where.append(f"{lead}{column} = ?")
                 params.append(value)
         if since is not None:
