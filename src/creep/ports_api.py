@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from creep.domain.audit import AuditEvent
 from creep.domain.batch import Batch
 from creep.domain.task import TaskOrder
+from creep.domain.task_spec import TaskSpec
 from creep.domain.tenancy import ApiKey, Tenant
 from creep.ports import Store
 from creep.storage.metrics_store import FoldStep, Mark, MetricsGauges
@@ -103,6 +104,17 @@ class ApiStore(Store, Protocol):
         self, task_ids: Sequence[str]) -> tuple[dict[str, str], list[Mark]]: ...
     def metric_gauges(self) -> MetricsGauges: ...
     def list_cursor(self, task: TaskOrder) -> str: ...
+    # the API's group commits from the event loop, where the backend has a driver for it
+    def async_task_inserter(self) -> AsyncTaskInserter | None: ...
+
+
+class AsyncTaskInserter(Protocol):
+    """Writes new tasks from an event loop (see storage/postgres_async.py)."""
+
+    async def insert_new(
+        self, specs: Sequence[TaskSpec], now: datetime, audits: Sequence[AuditRow]
+    ) -> dict[str, TaskOrder]: ...
+    async def aclose(self) -> None: ...
 
 
 #: Rows in these tables are snapshotted into audit diffs by (table, key column). Columns that

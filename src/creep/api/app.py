@@ -146,7 +146,7 @@ def create_app(
             finally:
                 if maintainer is not None:
                     maintainer.stop()
-                app.state.create_batcher.close()
+                await app.state.create_batcher.aclose()
         finally:
             if opened:
                 the_store.close()

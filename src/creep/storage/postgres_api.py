@@ -21,6 +21,7 @@ from creep.domain.tenancy import ApiKey, PrincipalType, Role, Tenant
 from creep.ports_api import (
     SECRET_COLUMNS,
     SNAPSHOT_TABLES,
+    AsyncTaskInserter,
     AuditFilter,
     AuditRow,
     BatchCancelled,
@@ -82,6 +83,11 @@ class PostgresApiMixin:
         def _wake(self, channel: str, payload: str) -> None: ...
 
         conninfo: str
+
+    def async_task_inserter(self) -> AsyncTaskInserter:
+        from creep.storage.postgres_async import PostgresAsyncInserter
+
+        return PostgresAsyncInserter(self.conninfo, lambda: self._wake("creep_tasks", ""))
 
     # -- tenants and keys ----------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from creep.domain.tenancy import ApiKey, PrincipalType, Role, Tenant
 from creep.ports_api import (
     SECRET_COLUMNS,
     SNAPSHOT_TABLES,
+    AsyncTaskInserter,
     AuditFilter,
     AuditRow,
     BatchCancelled,
@@ -96,6 +97,11 @@ class SqliteApiMixin:
         def _wake(self, channel: str, payload: str) -> None: ...
 
         path: str
+
+    def async_task_inserter(self) -> AsyncTaskInserter | None:
+        """None: Python's sqlite3 has no async driver, so the API's task writer thread
+        writes every batch (see api/create_batcher.py)."""
+        return None
 
     # -- tenants and keys ----------------------------------------------------------------------
 

@@ -1,0 +1,104 @@
+"""New tasks written from the API server's event loop on PostgreSQL (psycopg's async
+connection), instead of from a writer thread.
+
+The writer thread (api/create_batcher.py) spends most of a group commit waiting for the server.
+Each reply then made it wait again for the GIL, held by the event loop busy with the next
+requests; the event loop, in turn, had nothing to do while one batch held every connected
+client. Awaited on the loop itself, a batch in PostgreSQL's hands overlaps with the HTTP
+work of the next one, and a reply costs no thread hand-off. BEGIN, the insert (the rows, their
+creation events and the audit rows, one statement: see postgres_store._insert_statement) and
+COMMIT travel in one pipeline: one round trip per batch.
+
+Only new tasks without dependencies come this way. A key that exists already inserts nothing
+(the statement skips it, with its audit row): its request goes back to the general path,
+which replays or refuses it, as the thread's pipelined path does. The rest of the batch is
+committed, and created, either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.pq import TransactionStatus
+from psycopg_pool import AsyncConnectionPool
+
+from creep.domain.errors import StorageError
+from creep.domain.task import TaskOrder, TaskStatus
+from creep.domain.task_spec import TaskSpec
+from creep.ports_api import AuditRow
+from creep.storage.common import initial_status, new_task
+
+#: Batches are written one after the other (the batcher's order), so one connection serves.
+_POOL_SIZE = 1
+#: Seconds a batch waits for the connection (e.g. while PostgreSQL restarts) before the
+#: batcher gives it to the writer thread, whose pool has its own wait and error answers.
+_CONNECT_TIMEOUT_S = 5.0
+
+
+class PostgresAsyncInserter:
+    """Inserts new tasks and their audit rows from one event loop. Made per loop (an API
+    server's lifespan); its connection opens on first use and closes with `aclose`."""
+
+    def __init__(self, conninfo: str, wake: Callable[[], None]) -> None:
+        self._conninfo = conninfo
+        self._wake = wake  # the store's in-process wake-up of workers
+        self._pool: AsyncConnectionPool[Any] | None = None
+
+    async def insert_new(
+        self, specs: Sequence[TaskSpec], now: datetime, audits: Sequence[AuditRow]
+    ) -> dict[str, TaskOrder]:
+        """Insert these new tasks (none with dependencies) with the audit rows of those
+        inserted, in one committed transaction; returns the tasks inserted, by id. A task
+        whose idempotency key exists already (or comes twice in `specs`) is left out."""
+        from creep.storage.postgres_store import _insert_statement
+
+        tasks = {s.task_id: new_task(s, initial_status(s, {}, now), now) for s in specs}
+        query, params = _insert_statement(specs, tasks, set(), now, audits)
+        pool = await self._opened()
+        try:
+            async with pool.connection(timeout=_CONNECT_TIMEOUT_S) as conn:
+                try:
+                    async with conn.pipeline():
+                        await conn.execute("BEGIN")
+                        cur = await conn.execute(query, params)
+                        await conn.execute("COMMIT")
+                    inserted = [str(row[0]) for row in await cur.fetchall()]
+                finally:
+                    # A failed statement left the transaction open (its COMMIT was refused).
+                    if conn.info.transaction_status != TransactionStatus.IDLE:
+                        await conn.execute("ROLLBACK")
+        except (psycopg.Error, OSError) as exc:
+            raise StorageError(str(exc)) from exc
+        created = {task_id: tasks[task_id] for task_id in inserted}
+        if any(t.status is TaskStatus.QUEUED for t in created.values()):
+            self._wake()  # workers in this process (the statement sent the NOTIFY)
+        return created
+
+    async def _opened(self) -> AsyncConnectionPool[Any]:
+        if self._pool is None:
+            pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+                self._conninfo, min_size=_POOL_SIZE, max_size=_POOL_SIZE, open=False,
+                configure=_configure, kwargs={"autocommit": True}, name="creep-async-insert",
+            )
+            await pool.open(wait=False)
+            self._pool = pool
+        return self._pool
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    """What the store's own connections set (postgres_store._configure) that this statement
+    needs: ids come back as text, timestamps are read and written in UTC, text is UTF-8."""
+    from creep.storage.postgres_store import _BinaryUuidAsText, _UuidAsText
+
+    conn.adapters.register_loader("uuid", _UuidAsText)
+    conn.adapters.register_loader("uuid", _BinaryUuidAsText)
+    await conn.execute("SELECT set_config('TimeZone', 'UTC', false), "
+                       "set_config('client_encoding', 'UTF8', false)")
