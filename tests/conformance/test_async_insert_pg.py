@@ -6,6 +6,7 @@ replays or refuses it), and a batch the event loop cannot write is written by th
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,8 @@ from creep import Creep
 from creep.api.audit import AUTO, AuditWrite, audit_row
 from creep.api.auth import Principal
 from creep.api.create_batcher import CreateBatcher
+from creep.api.limits import TenantLimits
+from creep.api.routes.tasks import quota_writes
 from creep.api.services import Services
 from creep.api.settings import load_settings
 from creep.domain.errors import IdempotencyConflict, StorageError
@@ -154,3 +157,102 @@ def test_batcher_gives_a_batch_the_event_loop_could_not_write_to_the_thread(
     assert [_audited(pg_app, s.task_id) for s in specs] == [1] * 5
     assert batcher.batches == 1
 
+
+
+def test_batcher_leaves_a_client_task_id_twice_to_the_thread(pg_app: Creep) -> None:
+    """Two requests naming the same task id (a client's retry race; without a key the id is
+    the key): the first creates it, the second is refused, and one audit row is written."""
+    first = _spec(pg_app, "", task_id="0190a0f0-0000-7000-8000-000000000001", priority=1)
+    second = _spec(pg_app, "", task_id=first.task_id, priority=9)
+    batcher = _batcher(pg_app)
+    out = asyncio.run(_create_all(batcher, pg_app, [first, second]))
+    assert not out[0].replayed and out[0].priority == 1
+    assert isinstance(out[1], IdempotencyConflict)
+    assert pg_app.get_task(first.task_id).priority == 1
+    assert pg_app.get_task(first.task_id).input_payload == first.input_payload
+    assert _audited(pg_app, first.task_id) == 1
+
+
+def test_batcher_writes_a_batch_with_a_quota_check_on_the_thread(
+    pg_app: Creep, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+    batcher = _batcher(pg_app)
+    assert batcher._inserter is not None
+    real = batcher._inserter.insert_new
+
+    async def counted(*args: Any) -> Any:
+        calls.append(1)
+        return await real(*args)
+
+    monkeypatch.setattr(batcher._inserter, "insert_new", counted)
+    specs = [_spec(pg_app, f"q{i}") for i in range(3)]
+    limits = TenantLimits(rate_per_second=0, burst=0, max_active_tasks=2)
+
+    async def create() -> list[Any]:
+        try:
+            return await asyncio.gather(*(
+                batcher.create(s, [*quota_writes(limits, "t1", [s.task_id]), _audit(pg_app, s)])
+                for s in specs), return_exceptions=True)
+        finally:
+            await batcher.aclose()
+
+    out = asyncio.run(create())
+    assert calls == []  # the quota check belongs to the thread's transaction
+    assert sum(1 for t in out if not isinstance(t, BaseException)) == 2
+    assert sum(1 for t in out if isinstance(t, BaseException)) == 1
+
+
+def test_inserter_pauses_after_a_connection_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL unreachable: one batch waits for a connection, the next ones go to the
+    thread at once until the pause ends; a closed inserter never reopens its pool."""
+    monkeypatch.setattr(postgres_async, "_CONNECT_TIMEOUT_S", 0.3)
+    now = datetime.now(UTC)
+    spec = validate_task_spec({"task_type": "A", "tenant_id": "t1"}, now=now)
+
+    async def attempts() -> list[float]:
+        inserter = postgres_async.PostgresAsyncInserter(
+            "postgresql://127.0.0.1:1/nowhere?connect_timeout=1", lambda: None)
+        took = []
+        try:
+            for _ in range(3):
+                started = time.monotonic()
+                with pytest.raises(StorageError):
+                    await inserter.insert_new([spec], now, [])
+                took.append(time.monotonic() - started)
+        finally:
+            await inserter.aclose()
+        with pytest.raises(StorageError, match="closed"):
+            await inserter.insert_new([spec], now, [])
+        assert inserter._pool is None
+        return took
+
+    took = asyncio.run(attempts())
+    assert took[0] >= 0.25 and took[1] < 0.05 and took[2] < 0.05, took
+
+
+def test_batcher_fails_waiting_requests_when_its_writer_is_cancelled(
+    pg_app: Creep, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started = asyncio.Event()
+
+    async def stuck(*_: Any) -> Any:
+        started.set()
+        await asyncio.sleep(60)
+
+    batcher = _batcher(pg_app)
+    assert batcher._inserter is not None
+    monkeypatch.setattr(batcher._inserter, "insert_new", stuck)
+    specs = [_spec(pg_app, f"c{i}") for i in range(3)]
+
+    async def run() -> list[Any]:
+        waiting = [asyncio.ensure_future(batcher.create(s, [_audit(pg_app, s)])) for s in specs]
+        await started.wait()
+        assert batcher._drainer is not None
+        batcher._drainer.cancel()
+        out = await asyncio.gather(*waiting, return_exceptions=True)
+        await batcher.aclose()
+        return out
+
+    out = asyncio.run(asyncio.wait_for(run(), 10))
+    assert all(isinstance(x, StorageError) for x in out), out

@@ -1,15 +1,16 @@
 """Group commit for task creation: concurrent POST /v1/tasks requests are written together,
-in one transaction per batch (with every request's audit row and quota check), by one writer
-thread. Under load this turns N transactions (and N fsyncs on SQLite, N lock hand-offs
+in one transaction per batch (with every request's audit row and quota check), one batch at a
+time. Under load this turns N transactions (and N fsyncs on SQLite, N lock hand-offs
 between threads) into one; an idle server writes each request at once.
 
 If a batch fails (an idempotency conflict, a quota refusal, a bad dependency in one of the
 requests), its requests are written again one by one, so each gets its own answer and no
 request is affected by another's mistake.
 
-On PostgreSQL, batches of new tasks are awaited on the event loop instead
-(storage/postgres_async.py): the thread writes only what that path leaves (a replayed or
-conflicting key, a quota check, dependencies, a failed batch), and everything on SQLite.
+A writer thread writes the batches on SQLite. On PostgreSQL, batches of new tasks are awaited
+on the event loop instead (storage/postgres_async.py): the thread writes only what that path
+leaves (a replayed or conflicting key, a quota check, dependencies, a task id twice in the
+batch, a failed batch).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from creep.api.audit import AuditWrite
 from creep.api.services import Services
 from creep.domain.audit import build_diff
+from creep.domain.errors import StorageError
 from creep.domain.task import TaskOrder
 from creep.domain.task_spec import TaskSpec
 from creep.ports_api import AuditRow, task_snapshot
@@ -34,6 +36,9 @@ MAX_BATCH = 256
 #: Event-loop turns the writer thread lets pass, between two batches, for more requests to
 #: join (the event loop's writes take what is there: see _drain).
 _GATHER_TURNS = 4
+
+#: Seconds a closing batcher waits for the batches still being written.
+_CLOSE_WAIT_S = 10.0
 
 log = logging.getLogger("creep.api")
 
@@ -55,12 +60,19 @@ class CreateBatcher:
         # One writer: batches are written in order, and writers never contend for the lock.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="creep-task-writer")
         self._inserter = svc.store.async_task_inserter()
+        #: Writes made: one per batch, plus one when the thread answers what the event
+        #: loop's write of a batch left (known keys).
         self.batches = 0
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
 
     async def aclose(self) -> None:
+        """Let the batches being written finish (bounded), then close the event loop's
+        connection and the writer thread."""
+        drainer = self._drainer
+        if drainer is not None and not drainer.done():
+            await asyncio.wait({drainer}, timeout=_CLOSE_WAIT_S)
         if self._inserter is not None:
             await self._inserter.aclose()
         self.close()
@@ -97,9 +109,13 @@ class CreateBatcher:
                 after_write = True
                 batch = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
-                outcomes = await self._write_async(batch) if self._inserter else None
-                if outcomes is None:
-                    outcomes = await loop.run_in_executor(self._executor, self._write, batch)
+                try:
+                    outcomes = await self._write_async(batch) if self._inserter else None
+                    if outcomes is None:
+                        outcomes = await loop.run_in_executor(self._executor, self._write, batch)
+                except BaseException:  # cancelled (the server stopping): nobody is left waiting
+                    self._abandon(batch)
+                    raise
                 for item, outcome in zip(batch, outcomes, strict=True):
                     if item.future.done():
                         continue
@@ -110,11 +126,20 @@ class CreateBatcher:
         finally:
             self._draining = False
 
+    def _abandon(self, batch: list[_Item]) -> None:
+        gone = StorageError("the server stopped before the task was written")
+        for item in [*batch, *self._pending]:
+            if not item.future.done():
+                item.future.set_exception(gone)
+        self._pending.clear()
+
     async def _write_async(self, batch: list[_Item]) -> list[TaskOrder | BaseException] | None:
         """Write the batch from the event loop; None leaves all of it to the thread (it
         holds a write other than its audit rows, a task with dependencies, or the write
         failed: the thread then gives each request its own answer)."""
         assert self._inserter is not None
+        if len({item.spec.task_id for item in batch}) < len(batch):
+            return None  # a client's task id twice: the thread answers each request
         now = self.svc.clock.now()
         audits = CreatedTaskAudits(now)
         for item in batch:
@@ -136,6 +161,8 @@ class CreateBatcher:
         if not rest:
             return [created[item.spec.task_id] for item in batch]
         # Keys that exist already (replays, conflicts): the thread's general path answers.
+        # (If the write failed after PostgreSQL committed it, the thread finds the whole
+        # batch stored and answers each request as a replay of its own task: 200, no copy.)
         loop = asyncio.get_running_loop()
         answers = iter(await loop.run_in_executor(self._executor, self._write, rest))
         return [created[item.spec.task_id] if item.spec.task_id in created else next(answers)

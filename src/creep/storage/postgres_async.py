@@ -13,10 +13,14 @@ Only new tasks without dependencies come this way. A key that exists already ins
 (the statement skips it, with its audit row): its request goes back to the general path,
 which replays or refuses it, as the thread's pipelined path does. The rest of the batch is
 committed, and created, either way.
+
+The pool holds one connection per server process, on top of the store's own pool.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -36,6 +40,12 @@ _POOL_SIZE = 1
 #: Seconds a batch waits for the connection (e.g. while PostgreSQL restarts) before the
 #: batcher gives it to the writer thread, whose pool has its own wait and error answers.
 _CONNECT_TIMEOUT_S = 5.0
+#: After a connection failure (PostgreSQL down or restarting, max_connections reached), the
+#: writer thread takes every batch for this long: one batch per pause waits for a
+#: connection, not each one.
+_PAUSE_AFTER_FAILURE_S = 10.0
+
+log = logging.getLogger("creep.storage")
 
 
 class PostgresAsyncInserter:
@@ -46,15 +56,24 @@ class PostgresAsyncInserter:
         self._conninfo = conninfo
         self._wake = wake  # the store's in-process wake-up of workers
         self._pool: AsyncConnectionPool[Any] | None = None
+        self._paused_until = 0.0
+        self._closed = False
 
     async def insert_new(
         self, specs: Sequence[TaskSpec], now: datetime, audits: Sequence[AuditRow]
     ) -> dict[str, TaskOrder]:
         """Insert these new tasks (none with dependencies) with the audit rows of those
         inserted, in one committed transaction; returns the tasks inserted, by id. A task
-        whose idempotency key exists already (or comes twice in `specs`) is left out."""
+        whose idempotency key exists already (or comes again later in `specs`) is left out.
+        Task ids must be unique in `specs` (the caller's check). Raises StorageError when
+        nothing was written, or when the outcome is unknown (the connection broke after
+        COMMIT was sent: the general path then finds what was committed and replays it)."""
         from creep.storage.postgres_store import _insert_statement
 
+        if self._closed:
+            raise StorageError("the event loop's task inserter is closed")
+        if time.monotonic() < self._paused_until:
+            raise StorageError("the event loop's task inserter is paused after a failure")
         tasks = {s.task_id: new_task(s, initial_status(s, {}, now), now) for s in specs}
         query, params = _insert_statement(specs, tasks, set(), now, audits)
         pool = await self._opened()
@@ -70,14 +89,26 @@ class PostgresAsyncInserter:
                     # A failed statement left the transaction open (its COMMIT was refused).
                     if conn.info.transaction_status != TransactionStatus.IDLE:
                         await conn.execute("ROLLBACK")
-        except (psycopg.Error, OSError) as exc:
+        except (psycopg.OperationalError, OSError) as exc:  # the connection, not the data
+            if self._paused_until == 0.0:
+                log.warning("writing new tasks from the event loop failed (%s); the writer "
+                            "thread takes them, trying again every %.0f s",
+                            exc, _PAUSE_AFTER_FAILURE_S)
+            self._paused_until = time.monotonic() + _PAUSE_AFTER_FAILURE_S
             raise StorageError(str(exc)) from exc
+        except psycopg.Error as exc:
+            raise StorageError(str(exc)) from exc
+        if self._paused_until:
+            log.warning("writing new tasks from the event loop works again")
+            self._paused_until = 0.0
         created = {task_id: tasks[task_id] for task_id in inserted}
         if any(t.status is TaskStatus.QUEUED for t in created.values()):
             self._wake()  # workers in this process (the statement sent the NOTIFY)
         return created
 
     async def _opened(self) -> AsyncConnectionPool[Any]:
+        if self._closed:
+            raise StorageError("the event loop's task inserter is closed")
         if self._pool is None:
             pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
                 self._conninfo, min_size=_POOL_SIZE, max_size=_POOL_SIZE, open=False,
@@ -88,6 +119,7 @@ class PostgresAsyncInserter:
         return self._pool
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
