@@ -69,6 +69,21 @@ def test_validation_problems_name_fields(server: Server) -> None:
         r = c.post("/v1/tasks", json=_task(input_payload={"a": ["ok", "nul\u0000"]}))
         assert r.status_code == 422 and "input_payload.a[1]" in r.text
         assert c.get("/v1/tasks", params={"task_type": "x\u0000"}).status_code == 422
+        # An integer JSON cannot carry here (beyond 64 bits), anywhere in any body: a 422
+        # naming it, never a 500 (a \u escape sends the body through the model, which keeps
+        # such an integer as it is).
+        big = b"108276620678037795504128"
+        for path, body, field in (
+            ("/v1/tasks", b'{"task_type": "\\u0041", "resource_hints": [{"sku_category": '
+                          b'"X", "attributes": {"a": %s}}]}' % big,
+             "resource_hints[0].attributes.a"),
+            ("/v1/tasks", b'{"task_type": "\\u0041", "constraints": {"k": [1, -%s]}}' % big,
+             "constraints.k[1]"),
+            ("/v1/assets", b'{"sku_category": "X", "sku_code": "x.1", "attributes": {"a": %s}}'
+             % big, "attributes.a"),
+        ):
+            r = c.post(path, content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 422 and field in r.text, (path, r.text)
         # Not JSON at all.
         r = c.post("/v1/tasks", content=b"{nope", headers={"content-type": "application/json"})
         assert r.status_code == 422 and r.json()["type"].endswith("/validation")

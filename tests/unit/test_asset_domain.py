@@ -155,3 +155,24 @@ def test_event_rows_follow_the_column_order() -> None:
     for i, name in enumerate(EVENT_FIELDS):
         if name not in ("occurred_at", "recorded_at", "tags", "context"):
             assert row[i] == expected[i], name
+
+
+def test_values_json_cannot_carry_are_refused_with_their_path() -> None:
+    """Attributes (and a task's hints and constraints) are stored as JSON written by orjson,
+    which takes integers of at most 64 bits: a bigger one is a validation error naming it,
+    through the Python API as over HTTP, never a storage error."""
+    from datetime import UTC, datetime
+
+    from creep.domain.task_spec import validate_task_spec
+    from creep.domain.text import INT_RULE, find_bad_text
+
+    big = 2**64
+    assert find_bad_text({"a": [1, {"b": big}]}, "x") == ("x.a[1].b", INT_RULE)
+    assert find_bad_text({"a": [2**64 - 1, -(2**63), True]}, "x") is None
+    with pytest.raises(ValidationError, match=r"attributes\.n"):
+        validate_asset_spec({"sku_category": "X", "sku_code": "x.1", "attributes": {"n": big}})
+    with pytest.raises(ValidationError, match=r"attributes\.n"):
+        validate_asset_changes({"attributes": {"n": -(2**63) - 1}})
+    with pytest.raises(ValidationError, match=r"resource_hints\[0\]\.attributes\.n"):
+        validate_task_spec({"task_type": "A", "resource_hints": [
+            {"sku_category": "X", "attributes": {"n": big}}]}, now=datetime.now(UTC))

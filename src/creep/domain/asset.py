@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from creep.domain.errors import IllegalTransition, ValidationError
+from creep.domain.text import find_bad_text
 
 
 class AssetStatus(StrEnum):
@@ -188,6 +189,8 @@ def validate_asset_spec(data: Mapping[str, Any], prefix: str = "") -> AssetSpec:
     if not isinstance(attrs, Mapping):
         errors.append((f"{p}attributes", "must be an object"))
         attrs = {}
+    elif (found := find_bad_text(attrs, f"{p}attributes")) is not None:
+        errors.append(found)
     spec = AssetSpec(
         asset_id=asset_id,
         tenant_id=_text(errors, f"{p}tenant_id", data.get("tenant_id", "default"),
@@ -229,6 +232,8 @@ def validate_asset_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
         elif name == "attributes":
             if not isinstance(value, Mapping):
                 errors.append((name, "must be an object"))
+            elif (found := find_bad_text(value, name)) is not None:
+                errors.append(found)
             else:
                 out[name] = dict(value)
         elif name == "max_concurrency":

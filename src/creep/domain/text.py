@@ -1,6 +1,8 @@
 """Text every backend can store: PostgreSQL refuses NUL in text and jsonb (SQLite would keep
 it), and no database takes a lone surrogate. Checked at the edge, so a bad value is a
-validation error naming its field on every backend, never a storage error."""
+validation error naming its field on every backend, never a storage error. The same walk
+checks JSON integers: creep writes JSON with orjson, which takes integers of at most 64 bits
+(a body the API's model parses may hold any)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from typing import Any
 
 NUL_RULE = "must not contain NUL characters (\\u0000)"
 SURROGATE_RULE = "must be valid Unicode (no unpaired surrogates)"
+INT_RULE = "must be an integer of at most 64 bits (-2**63 to 2**64 - 1)"
+_INT_MIN, _INT_END = -(2**63), 2**64
 
 
 def bad_text(value: str) -> str | None:
@@ -23,10 +27,13 @@ def bad_text(value: str) -> str | None:
 
 
 def find_bad_text(data: Any, path: str = "") -> tuple[str, str] | None:
-    """The first string (key or value) in `data` that no database can store: (path, rule)."""
+    """The first string (key or value) in `data` that no database can store, or integer
+    that cannot be written as JSON: (path, rule)."""
     if isinstance(data, str):
         rule = bad_text(data)
         return (path, rule) if rule else None
+    if type(data) is int:
+        return None if _INT_MIN <= data < _INT_END else (path or "(top level)", INT_RULE)
     if isinstance(data, dict):
         for key, value in data.items():
             sub = f"{path}.{key}" if path else str(key)
