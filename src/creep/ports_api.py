@@ -6,7 +6,7 @@ so `Store` itself stays what the engine needs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Protocol
@@ -112,7 +112,8 @@ class AsyncTaskInserter(Protocol):
     """Writes new tasks from an event loop (see storage/postgres_async.py)."""
 
     async def insert_new(
-        self, specs: Sequence[TaskSpec], now: datetime, audits: Sequence[AuditRow]
+        self, specs: Sequence[TaskSpec], tasks: Mapping[str, TaskOrder], now: datetime,
+        audits: Sequence[AuditRow],
     ) -> dict[str, TaskOrder]: ...
     async def aclose(self) -> None: ...
 

@@ -26,6 +26,7 @@ from creep.domain.task_spec import validate_task_spec
 from creep.domain.tenancy import Role
 from creep.ports_api import AuditFilter
 from creep.storage import postgres_async
+from creep.storage.common import initial_status, new_task
 
 _PRINCIPAL = Principal(key_id="k1", name="test", role=Role.TENANT, tenant_id="t1",
                        read_only=False)
@@ -42,6 +43,11 @@ def _spec(app: Creep, key: str, **extra: Any) -> Any:
     fields = {"task_type": "A", "tenant_id": "t1", "idempotency_key": key,
               "input_payload": {"k": key}, **extra}
     return validate_task_spec(fields, now=app.clock.now())
+
+
+def _built(specs: list[Any], now: datetime) -> dict[str, Any]:
+    """Each spec's task as the API builds it for its audit row (CreatedTaskAudits)."""
+    return {s.task_id: new_task(s, initial_status(s, {}, now), now) for s in specs}
 
 
 def _audit(app: Creep, spec: Any) -> AuditWrite:
@@ -73,7 +79,7 @@ def test_inserter_commits_new_tasks_and_leaves_known_keys_out(pg_app: Creep) -> 
     async def insert() -> dict[str, Any]:
         inserter = postgres_async.PostgresAsyncInserter(store.conninfo, lambda: woken.append(1))
         try:
-            return await inserter.insert_new(specs, now, audits)
+            return await inserter.insert_new(specs, _built(specs, now), now, audits)
         finally:
             await inserter.aclose()
 
@@ -101,7 +107,7 @@ def test_inserter_reports_an_unreachable_database_as_a_storage_error(
         inserter = postgres_async.PostgresAsyncInserter(
             "postgresql://127.0.0.1:1/nowhere?connect_timeout=1", lambda: None)
         try:
-            await inserter.insert_new([spec], now, [])
+            await inserter.insert_new([spec], _built([spec], now), now, [])
         finally:
             await inserter.aclose()
 
@@ -218,12 +224,12 @@ def test_inserter_pauses_after_a_connection_failure(monkeypatch: pytest.MonkeyPa
             for _ in range(3):
                 started = time.monotonic()
                 with pytest.raises(StorageError):
-                    await inserter.insert_new([spec], now, [])
+                    await inserter.insert_new([spec], _built([spec], now), now, [])
                 took.append(time.monotonic() - started)
         finally:
             await inserter.aclose()
         with pytest.raises(StorageError, match="closed"):
-            await inserter.insert_new([spec], now, [])
+            await inserter.insert_new([spec], _built([spec], now), now, [])
         assert inserter._pool is None
         return took
 

@@ -151,7 +151,8 @@ class CreateBatcher:
         if rows is None:
             return None
         try:
-            created = await self._inserter.insert_new([item.spec for item in batch], now, rows)
+            created = await self._inserter.insert_new(
+                [item.spec for item in batch], audits.tasks, now, rows)
         except Exception:
             log.debug("event-loop task insert failed; the writer thread takes the batch",
                       exc_info=True)
@@ -206,6 +207,8 @@ class CreatedTaskAudits:
 
     now: datetime
     writes: list[tuple[AuditWrite, TaskSpec]] = field(default_factory=list)
+    #: The tasks created_task_audits built, by id: what an insert of them stores.
+    tasks: dict[str, TaskOrder] = field(default_factory=dict)
 
     def add(self, write: AuditWrite, spec: TaskSpec) -> None:
         self.writes.append((write, spec))
@@ -218,6 +221,7 @@ class CreatedTaskAudits:
             return None
         for write, spec in self.writes:
             task = new_task(spec, initial_status(spec, {}, self.now), self.now)
+            self.tasks[spec.task_id] = task
             write.row.diff_object = build_diff(None, task_snapshot(task)).to_dict()
         return [w.row for w, _ in self.writes]
 

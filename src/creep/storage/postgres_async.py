@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -33,7 +33,6 @@ from creep.domain.errors import StorageError
 from creep.domain.task import TaskOrder, TaskStatus
 from creep.domain.task_spec import TaskSpec
 from creep.ports_api import AuditRow
-from creep.storage.common import initial_status, new_task
 
 #: Batches are written one after the other (the batcher's order), so one connection serves.
 _POOL_SIZE = 1
@@ -60,10 +59,12 @@ class PostgresAsyncInserter:
         self._closed = False
 
     async def insert_new(
-        self, specs: Sequence[TaskSpec], now: datetime, audits: Sequence[AuditRow]
+        self, specs: Sequence[TaskSpec], tasks: Mapping[str, TaskOrder], now: datetime,
+        audits: Sequence[AuditRow],
     ) -> dict[str, TaskOrder]:
-        """Insert these new tasks (none with dependencies) with the audit rows of those
-        inserted, in one committed transaction; returns the tasks inserted, by id. A task
+        """Insert these new tasks (none with dependencies; `tasks`: each spec's new_task at
+        `now`, as its audit row was built from) with the audit rows of those inserted, in
+        one committed transaction; returns the tasks inserted, by id. A task
         whose idempotency key exists already (or comes again later in `specs`) is left out.
         Task ids must be unique in `specs` (the caller's check). Raises StorageError when
         nothing was written, or when the outcome is unknown (the connection broke after
@@ -74,7 +75,6 @@ class PostgresAsyncInserter:
             raise StorageError("the event loop's task inserter is closed")
         if time.monotonic() < self._paused_until:
             raise StorageError("the event loop's task inserter is paused after a failure")
-        tasks = {s.task_id: new_task(s, initial_status(s, {}, now), now) for s in specs}
         query, params = _insert_statement(specs, tasks, set(), now, audits)
         pool = await self._opened()
         try:
@@ -126,11 +126,9 @@ class PostgresAsyncInserter:
 
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
-    """What the store's own connections set (postgres_store._configure) that this statement
-    needs: ids come back as text, timestamps are read and written in UTC, text is UTF-8."""
-    from creep.storage.postgres_store import _BinaryUuidAsText, _UuidAsText
+    """The session the store's own connections have (postgres_store._configure): ids come
+    back as text, UTC, UTF-8."""
+    from creep.storage.postgres_store import SESSION_SETTINGS, register_uuid_as_text
 
-    conn.adapters.register_loader("uuid", _UuidAsText)
-    conn.adapters.register_loader("uuid", _BinaryUuidAsText)
-    await conn.execute("SELECT set_config('TimeZone', 'UTC', false), "
-                       "set_config('client_encoding', 'UTF8', false)")
+    register_uuid_as_text(conn)
+    await conn.execute(SESSION_SETTINGS)

@@ -13,7 +13,7 @@ import functools
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -142,17 +142,24 @@ class _JsonAsOrjson(Loader):
     load = staticmethod(orjson.loads)  # type: ignore[assignment]
 
 
-def _configure(conn: psycopg.Connection[Any]) -> None:
+#: Every connection's session: UTC, and UTF-8 whatever the URL's client_encoding (binary
+#: COPY, pg_copy.py, sends text as UTF-8 bytes, which the server reads in the client encoding).
+SESSION_SETTINGS = ("SELECT set_config('TimeZone', 'UTC', false), "
+                    "set_config('client_encoding', 'UTF8', false)")
+
+
+def register_uuid_as_text(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
     conn.adapters.register_loader("uuid", _UuidAsText)
     conn.adapters.register_loader("uuid", _BinaryUuidAsText)
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    register_uuid_as_text(conn)
     set_json_loads(orjson.loads, conn)  # binary jsonb (a version byte, then the text)
     conn.adapters.register_loader("json", _JsonAsOrjson)
     conn.adapters.register_loader("jsonb", _JsonAsOrjson)
     set_json_dumps(lambda v: orjson.dumps(v, default=_json_default).decode(), conn)
-    # UTF-8 whatever the URL's client_encoding: binary COPY (pg_copy.py) sends text as UTF-8
-    # bytes, which the server reads in the client encoding.
-    conn.execute("SELECT set_config('TimeZone', 'UTC', false), "
-                 "set_config('client_encoding', 'UTF8', false)")
+    conn.execute(SESSION_SETTINGS)
     conn.commit()
 
 
@@ -1332,7 +1339,7 @@ def _commit_pipelined(store: Any, conn: psycopg.Connection[Any]) -> None:
 
 
 def _insert_statement(
-    specs: Sequence[TaskSpec], tasks: dict[str, TaskOrder], has_dependants: set[str],
+    specs: Sequence[TaskSpec], tasks: Mapping[str, TaskOrder], has_dependants: set[str],
     now: datetime, audits: Sequence[AuditRow] = (),
 ) -> tuple[str, list[Any]]:
     """The insert of new tasks (see PostgresStore._insert) and its parameters; it returns
