@@ -17,6 +17,7 @@ from creep.domain.asset import (
     AssetStatus,
 )
 from creep.domain.asset_event import AssetEvent, BanPolicy
+from creep.domain.errors import StorageError
 from creep.domain.events import TaskEvent
 from creep.domain.lease import Lease
 from creep.domain.ledger import LedgerEntry, LedgerSummary
@@ -111,6 +112,19 @@ class HeartbeatResult:
 class Completion:
     outcome: Outcome
     resolution: Resolution
+
+
+class LaneFailed(StorageError):
+    """A store's task_complete_and_claim ran in claim lanes, one transaction each, and some
+    of them failed while others committed: those claimed `claimed` (to run) and wrote their
+    completions; `unwritten` were not written (to write again)."""
+
+    def __init__(
+        self, message: str, claimed: Sequence[ClaimedTask], unwritten: Sequence[Completion]
+    ) -> None:
+        super().__init__(message)
+        self.claimed = list(claimed)
+        self.unwritten = list(unwritten)
 
 
 @dataclass(slots=True)

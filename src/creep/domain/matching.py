@@ -173,25 +173,33 @@ def _pick(demand: Demand, pool: _Pool, thrifty: bool) -> list[tuple[int, Candida
 
 
 def match_all(
-    demands: Iterable[Demand], candidates: Sequence[Candidate], limit: int | None = None
+    demands: Iterable[Demand], candidates: Sequence[Candidate], limit: int | None = None,
+    preferred: Sequence[Candidate] | None = None,
 ) -> list[Match]:
     """Match demands in order against the pool, consuming spare concurrency as it goes;
-    stop once `limit` demands are matched."""
+    stop once `limit` demands are matched. With `preferred` (a part of `candidates`, e.g. a
+    claim lane's own assets), demands take from it alone, except those of several assets
+    it cannot serve, which take from all the candidates."""
     pool = _Pool(candidates)
+    first = pool if preferred is None else _Pool(preferred)
     out: list[Match] = []
     matched = 0
     for demand in demands:
         if limit is not None and matched >= limit:
             break
         match = Match(demand.task_id)
-        picks = _pick(demand, pool, thrifty=False)
+        source = first
+        picks = _pick(demand, source, thrifty=False)
+        if picks is None and source is not pool and _several(demand):
+            source = pool
+            picks = _pick(demand, source, thrifty=False)
         if picks is None:
             match.refusal = "NO_RESOURCE"
             out.append(match)
             continue
         cost = sum((a.cost_per_lease for _, a in picks), Decimal(0))
         if demand.max_total_cost is not None and demand.spent + cost > demand.max_total_cost:
-            cheap = _pick(demand, pool, thrifty=True)
+            cheap = _pick(demand, source, thrifty=True)
             cheap_cost = sum((a.cost_per_lease for _, a in cheap or []), Decimal(0))
             if cheap is None or demand.spent + cheap_cost > demand.max_total_cost:
                 match.refusal = "BUDGET_EXCEEDED"
@@ -206,3 +214,7 @@ def match_all(
         matched += 1
         out.append(match)
     return out
+
+
+def _several(demand: Demand) -> bool:
+    return sum(int(h.get("min_count", 1)) for h in demand.hints) > 1

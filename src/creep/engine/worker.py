@@ -42,7 +42,7 @@ from creep.domain.task import TaskOrder
 from creep.domain.text import bad_text, find_bad_text, may_hold_nul
 from creep.engine.context import SyncTaskContext, TaskContext
 from creep.gc_tuning import BATCH_THRESHOLD, fewer_collections
-from creep.ports import ClaimedTask, Completion, Store
+from creep.ports import ClaimedTask, Completion, LaneFailed, Store
 
 log = logging.getLogger("creep.worker")
 
@@ -370,6 +370,15 @@ class Worker:
                 _, claimed = await self._call(
                     combined, batch, self.worker_id, types, want, self.clock.now(), s.claim_ttl
                 )
+        except LaneFailed as exc:
+            # Some claim lanes committed (their completions are written, their claims to
+            # run), others did not: their completions go to the completer, as below.
+            log.warning("completing %d tasks with the claim failed: %s", len(exc.unwritten), exc)
+            self._buffer[:0] = exc.unwritten
+            self._flush_now.set()
+            self.stats["completed"] += len(batch) - len(exc.unwritten)
+            self._slot_freed.set()
+            return exc.claimed
         except CreepError as exc:
             # Not written: the completer takes them again (with its retries), and the claim
             # goes alone, as it would without this shortcut.
@@ -393,6 +402,9 @@ class Worker:
                 self.store.task_claim, self.worker_id, types, want, self.clock.now(),
                 self.settings.claim_ttl,
             )
+        except LaneFailed as exc:  # some claim lanes committed: run what they claimed
+            log.warning("claiming partly failed: %s", exc)
+            return exc.claimed
         except StorageError as exc:  # transient; a refused claim (bad key, schema) still stops it
             if isinstance(exc, SchemaOutOfDate):
                 raise

@@ -26,7 +26,7 @@ from creep.domain.lease import Lease, LeaseStatus, check_lease_transition
 from creep.domain.ledger import (
     cost_effect,
 )
-from creep.domain.matching import Candidate, Demand, Match, match_all
+from creep.domain.matching import Candidate, Demand, Match
 from creep.storage.asset_base import (
     ASSET_COLS,
     CANDIDATES_PER_KIND,
@@ -38,6 +38,7 @@ from creep.storage.asset_base import (
     TaskRef,
     is_uuid,
 )
+from creep.storage.claim_lanes import lane_candidates, lane_match
 
 _ALLOCATED = AssetEventType.ALLOCATED.value
 #: The open lease batch of each connection (see LeaseBrokerMixin._leases_batched), by id().
@@ -86,8 +87,9 @@ class LeaseBrokerMixin(AssetStoreBase):
 
     def _claim_hinted_rows(
         self, conn: Any, worker_id: str, token: str, task_types: Sequence[str], limit: int,
-        now: datetime, claim_ttl: float, tenant_id: str | None,
+        now: datetime, claim_ttl: float, tenant_id: str | None, lane: int | None = None,
     ) -> list[Sequence[Any]]:
+        """With `lane`, the claim prefers that claim lane's assets (claim_lanes.py)."""
         d = self._adialect
         q = d.qa
         batch = _BATCHES.get(id(conn))
@@ -144,15 +146,17 @@ class LeaseBrokerMixin(AssetStoreBase):
             self._fill_spent(conn, [x for x in demands if x.max_total_cost is not None])
             kinds_before = len(kinds)
             self._load_candidates(conn, demands, kinds, pool, snapshots, batch)
-            for m in match_all(demands, list(pool.values()), limit - len(claimed)):
+            candidates = list(pool.values())
+            for m in lane_match(demands, candidates, limit - len(claimed), lane):
                 if m.picks:
                     claimed.append(m)
                 elif m.refusal == "BUDGET_EXCEEDED":
                     over_budget.append(m.task_id)
             if len(claimed) >= limit or len(rows) < page:
                 break
-            if not any(c.spare > 0 for c in pool.values()) and len(kinds) == kinds_before:
-                break  # the pool is used up: looking further cannot match anything
+            if (not any(c.spare > 0 for c in lane_candidates(candidates, lane))
+                    and len(kinds) == kinds_before):
+                break  # the pool (the lane's) is used up: looking further cannot match
 
         if over_budget or claimed:
             d.durable_commit(conn)  # what follows writes leases, charges or failures

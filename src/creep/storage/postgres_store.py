@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ from psycopg_pool import ConnectionPool
 
 from creep.domain.errors import (
     ConflictError,
+    CreepError,
     IllegalTransition,
     NotFound,
     StorageError,
@@ -46,6 +48,7 @@ from creep.ports import (
     ClaimedTask,
     Completion,
     HeartbeatResult,
+    LaneFailed,
     Listener,
     MaintenanceReport,
     TaskFilter,
@@ -53,6 +56,13 @@ from creep.ports import (
 from creep.ports_api import AuditRow
 from creep.storage import pending_writes
 from creep.storage.asset_pages import AssetPagesMixin  # REST API pages
+from creep.storage.claim_lanes import (
+    LANES,
+    MIN_LANE_CLAIM,
+    lane_of,
+    lane_shares,
+    lane_token,
+)
 from creep.storage.common import (
     PLAIN_COLUMNS,
     TASK_COLUMNS,
@@ -117,6 +127,10 @@ _CLAIM_PLANNER = _set_local(_CLAIM_SETTINGS)
 #: claim's started events may have been read, and its transaction id (task_events.txid, the
 #: stream cursor) can be handed out again after the restart (README, "Storage").
 _CLAIM_COMMIT = "SET LOCAL synchronous_commit = off"
+
+#: Connections a pool needs for claim lanes: one per lane, and the worker's completer and
+#: heartbeat beside them. A smaller pool runs combined claims as one transaction.
+_LANE_MIN_POOL = LANES + 2
 _PROBE_PLANNER = _set_local(_PROBE_SETTINGS)
 _IDX = {name: i for i, name in enumerate(TASK_COLUMNS)}
 _ACTIVE_STATUSES = frozenset({"PENDING", "QUEUED", "RUNNING"})  # what task_queue holds
@@ -260,6 +274,10 @@ class PostgresStore(
         # space (options=-c a=1 -c b=2) must stay %20.
         self.conninfo = urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
         self._listeners: list[Callable[[str, str], None]] = []
+        self._leasing = False  # the last claim took leases: combined claims run in lanes
+        self._lane_pool: ThreadPoolExecutor | None = None
+        self._lane_claimed = [0] * LANES  # what each lane claimed last time
+        self._lanes_lock = threading.Lock()
         try:
             self.pool = ConnectionPool(
                 self.conninfo, min_size=pool_min, max_size=pool_max, open=True,
@@ -270,6 +288,8 @@ class PostgresStore(
             raise StorageError(f"cannot connect to PostgreSQL at {_redact(url)}: {exc}") from exc
 
     def close(self) -> None:
+        if self._lane_pool is not None:
+            self._lane_pool.shutdown(wait=True)
         self.pool.close()
 
     @contextmanager
@@ -618,6 +638,8 @@ class PostgresStore(
     ) -> list[ClaimedTask]:
         if limit <= 0 or not task_types:
             return []
+        if self._lanes_pay(limit):
+            return self.task_complete_and_claim([], worker_id, task_types, limit, now, claim_ttl)[1]
         # Pipelined: BEGIN goes out with the hinted step's first read, its planner reset and
         # COMMIT with the claim. Two round trips, not six: an idle worker woken by one submit
         # starts the task that much sooner. BEGIN and COMMIT are sent as statements (autocommit
@@ -634,18 +656,20 @@ class PostgresStore(
                 )
         except psycopg.Error as exc:
             raise StorageError(str(exc)) from exc
+        self._note_leasing(claimed)
         return claimed
 
     def _claim_rows(
         self, conn: psycopg.Connection[Any], worker_id: str, task_types: Sequence[str],
         limit: int, now: datetime, claim_ttl: float, tenant_id: str | None = None,
-        finish: Callable[[], None] | None = None,
+        finish: Callable[[], None] | None = None, lane: int | None = None,
     ) -> tuple[list[ClaimedTask], str]:
         """The claim inside a transaction: the claimed tasks, in claim order (highest
         priority first, then oldest), and their claim token. `finish`
         (in pipeline mode: queue the COMMIT) runs after the claim is sent, before its rows
-        are read, so that it travels in the same round trip."""
-        token = str(uuid.uuid4())
+        are read, so that it travels in the same round trip. With `lane`, only that claim
+        lane's assets are leased, and the token names the lane (claim_lanes.py)."""
+        token = str(uuid.uuid4()) if lane is None else lane_token(lane)
         # The claim's planner settings (no sequential or bitmap scans, no JIT), set once for
         # the whole claim: they are what the hinted step's own index_plans would set (and then
         # reset, only for the claim to set them again), plus JIT off, which no OLTP statement
@@ -653,7 +677,7 @@ class PostgresStore(
         conn.execute(_CLAIM_PLANNER)
         # Tasks with resource_hints first: leased and claimed together, or left QUEUED.
         hinted = self._claim_hinted_rows(
-            conn, worker_id, token, task_types, limit, now, claim_ttl, tenant_id
+            conn, worker_id, token, task_types, limit, now, claim_ttl, tenant_id, lane
         )
         if len(hinted) >= limit:
             if finish is not None:
@@ -1129,7 +1153,52 @@ class PostgresStore(
         limit: int, now: datetime, claim_ttl: float,
     ) -> tuple[list[str], list[ClaimedTask]]:
         """task_complete_many then task_claim, committed together: one round trip pair and
-        one WAL flush instead of two. Returns (applied task ids, claimed tasks)."""
+        one WAL flush instead of two. Returns (applied task ids, claimed tasks).
+
+        While the worker's tasks take asset leases, this runs as one transaction per claim
+        lane at once (claim_lanes.py). If one lane fails and the other commits, raises
+        LaneFailed with what the committed lane claimed and the completions left unwritten."""
+        if not self._lanes_pay(limit):
+            applied, claimed = self._complete_and_claim(
+                completions, worker_id, task_types, limit, now, claim_ttl, None)
+            self._note_leasing(claimed)
+            return applied, claimed
+        parts: list[list[Completion]] = [[] for _ in range(LANES)]
+        for c in completions:
+            parts[lane_of(c.outcome.claim_token)].append(c)
+        shares = lane_shares(limit, self._lane_claimed)
+        others = [
+            self._lanes().submit(self._complete_and_claim, parts[lane], worker_id, task_types,
+                                 shares[lane], now, claim_ttl, lane)
+            for lane in range(1, LANES)
+        ]
+        results: list[tuple[list[str], list[ClaimedTask]] | BaseException] = []
+        try:
+            results.append(self._complete_and_claim(
+                parts[0], worker_id, task_types, shares[0], now, claim_ttl, 0))
+        except BaseException as exc:  # the other lanes are waited for all the same
+            results.append(exc)
+        for future in others:
+            try:
+                results.append(future.result())
+            except BaseException as exc:
+                results.append(exc)
+        self._lane_claimed = [len(r[1]) if isinstance(r, tuple) else 0 for r in results]
+        try:
+            applied, claimed = _lanes_joined(results, parts)
+        except LaneFailed as exc:
+            self._note_leasing(exc.claimed)
+            raise
+        self._note_leasing(claimed)
+        return applied, claimed
+
+    def _lanes_pay(self, limit: int) -> bool:
+        return self._leasing and limit >= MIN_LANE_CLAIM and self.pool.max_size >= _LANE_MIN_POOL
+
+    def _complete_and_claim(
+        self, completions: Sequence[Completion], worker_id: str, task_types: Sequence[str],
+        limit: int, now: datetime, claim_ttl: float, lane: int | None,
+    ) -> tuple[list[str], list[ClaimedTask]]:
         items = _apply_items(completions)
         requeued = any(i.resolution.status is TaskStatus.QUEUED for i in items)
         claimed: list[ClaimedTask] = []
@@ -1139,10 +1208,24 @@ class PostgresStore(
                 conn.execute("SELECT pg_notify('creep_tasks', '')")
             if limit > 0 and task_types:
                 claimed, _ = self._claim_rows(
-                    conn, worker_id, task_types, limit, now, claim_ttl)
+                    conn, worker_id, task_types, limit, now, claim_ttl, lane=lane)
         if requeued:
             self._wake("creep_tasks", "")
         return applied, claimed
+
+    def _note_leasing(self, claimed: Sequence[ClaimedTask]) -> None:
+        """Lanes pay while claims take leases; what a claim found decides for the next
+        (one that found nothing changes nothing)."""
+        if claimed:
+            self._leasing = any(c.leased for c in claimed)
+
+    def _lanes(self) -> ThreadPoolExecutor:
+        """The threads that run the lanes after the first (made on first use)."""
+        with self._lanes_lock:
+            if self._lane_pool is None:
+                self._lane_pool = ThreadPoolExecutor(
+                    2 * (LANES - 1), thread_name_prefix="creep-lane")
+            return self._lane_pool
 
     # -- locks ---------------------------------------------------------------------------------
 
@@ -1465,6 +1548,29 @@ _INSERT_TYPES: dict[str, str] = {
     "depends_on": "jsonb", "max_attempts": "integer", "run_after": "timestamptz",
     "has_dependants": "boolean",
 }
+
+
+def _lanes_joined(
+    results: Sequence[tuple[list[str], list[ClaimedTask]] | BaseException],
+    parts: Sequence[Sequence[Completion]],
+) -> tuple[list[str], list[ClaimedTask]]:
+    """The lanes' results as one (applied ids, claimed tasks): lane by lane, each lane's
+    claims in claim order. When some lanes failed: LaneFailed if others committed, else
+    the first lane's error; an error that is not a storage failure (a bug) as it is."""
+    failed = [(lane, r) for lane, r in enumerate(results) if isinstance(r, BaseException)]
+    done = [r for r in results if not isinstance(r, BaseException)]
+    if not failed:
+        return [i for r in done for i in r[0]], [c for r in done for c in r[1]]
+    for _, exc in failed:
+        if not isinstance(exc, CreepError):
+            raise exc
+    first = failed[0][1]
+    if not done:
+        raise first
+    raise LaneFailed(
+        f"{len(failed)} of {len(results)} claim lanes failed: {first}",
+        [c for r in done for c in r[1]], [c for lane, _ in failed for c in parts[lane]],
+    ) from first
 
 
 def _apply_items(completions: Sequence[Completion]) -> list[_Apply]:

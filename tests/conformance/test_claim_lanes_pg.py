@@ -1,0 +1,195 @@
+"""Claim lanes on PostgreSQL (storage/claim_lanes.py): a worker's big leased claims run as
+concurrent transactions, one per lane, and every rule of the asset pool still holds; a lane
+that fails leaves the other lanes' work committed and its own completions to write again."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from creep import Creep, LeaseStatus, TaskContext, TaskStatus
+from creep.domain.asset import AssetStatus
+from creep.domain.errors import StorageError
+from creep.domain.outcomes import Outcome, OutcomeKind, resolve
+from creep.ports import ClaimedTask, Completion, LaneFailed
+from creep.storage.claim_lanes import asset_lane, lane_of
+
+HINT = [{"sku_category": "RAW_NET", "sku_code": "ip.lane.*"}]
+
+
+@pytest.fixture
+def pg_app(pg_schemas: Callable[[], str]) -> Iterator[Creep]:
+    app = Creep(pg_schemas())
+
+    @app.handler("USE")
+    async def use(ctx: TaskContext) -> None:
+        return None
+
+    yield app
+    app.close()
+
+
+def _pool_and_tasks(app: Creep, assets: int, per_asset: int, tasks: int) -> None:
+    app.import_assets([
+        {"sku_category": "RAW_NET", "sku_code": f"ip.lane.{i}", "max_concurrency": per_asset}
+        for i in range(assets)
+    ])
+    app.submit_many([{"task_type": "USE", "priority": i % 7, "resource_hints": HINT}
+                     for i in range(tasks)])
+
+
+def _succeeded(app: Creep, claimed: list[ClaimedTask]) -> list[Completion]:
+    out = []
+    for c in claimed:
+        o = Outcome(c.task_id, c.claim_token, OutcomeKind.SUCCEEDED, result=None,
+                    result_json=b"null")
+        out.append(Completion(o, resolve(o, attempt=c.attempt, max_attempts=c.max_attempts,
+                                         now=app.clock.now(), backoff=app.backoff)))
+    return out
+
+
+def _lanes_ran(app: Creep) -> bool:
+    return getattr(app.store, "_lane_pool", None) is not None
+
+
+def test_a_big_leased_drain_runs_in_lanes_and_keeps_every_rule(pg_app: Creep) -> None:
+    app, n = pg_app, 1500
+    _pool_and_tasks(app, assets=40, per_asset=3, tasks=n)  # 120 slots for 200 handlers
+    stats = app.run_worker(burst=True, install_signals=False, concurrency=200)
+    assert stats["completed"] == n and _lanes_ran(app)
+    tasks = app.list_tasks(limit=n + 1)
+    assert collections.Counter(t.status for t in tasks) == {TaskStatus.SUCCESS: n}
+    assert {t.attempt for t in tasks} == {1}  # none ran twice
+    leases = app.list_leases(limit=n + 1)
+    assert len(leases) == n and {x.status for x in leases} == {LeaseStatus.RELEASED}
+    # Both lanes claimed, and a lane's claims leased its own assets (the pool is uniform);
+    # only the first claim, before lanes start, has a token that names a lane at random.
+    lanes = collections.Counter(lane_of(x.claim_token) for x in leases)
+    assert min(lanes[0], lanes[1]) > n // 10, lanes
+    own = sum(asset_lane(x.asset_id) == lane_of(x.claim_token) for x in leases)
+    assert own >= 0.85 * n, own
+    for asset in app.list_assets(limit=100):
+        assert asset.current_concurrency == 0 and asset.status is AssetStatus.READY
+        held = 0
+        for event in app.asset_events(asset_id=asset.asset_id, limit=10_000):
+            held += {"ALLOCATED": 1, "RELEASED": -1}.get(event.event_type, 0)
+            assert 0 <= held <= 3, "an asset held more leases than its max_concurrency"
+        assert held == 0
+
+
+def _claim_in_lanes(app: Creep, limit: int) -> list[ClaimedTask]:
+    """A first claim (without lanes: none has leased yet), completed; then one in lanes."""
+    store: Any = app.store
+    first = store.task_claim("w", ["USE"], limit, app.clock.now(), 30)
+    assert first and not _lanes_ran(app)
+    store.task_complete_many(_succeeded(app, first), app.clock.now())
+    second: list[ClaimedTask] = store.task_claim("w", ["USE"], limit, app.clock.now(), 30)
+    assert _lanes_ran(app) and {lane_of(c.claim_token) for c in second} == {0, 1}
+    return second
+
+
+def test_a_failed_lane_leaves_the_others_committed_and_names_what_to_write_again(
+    pg_app: Creep, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = pg_app
+    _pool_and_tasks(app, assets=20, per_asset=10, tasks=600)
+    store: Any = app.store
+    running = _claim_in_lanes(app, 100)
+    lane_work = store._complete_and_claim
+
+    def lane_one_down(*args: Any) -> Any:
+        if args[-1] == 1:
+            raise StorageError("lane 1: connection lost")
+        return lane_work(*args)
+
+    monkeypatch.setattr(store, "_complete_and_claim", lane_one_down)
+    completions = _succeeded(app, running)
+    with pytest.raises(LaneFailed) as failed:
+        store.task_complete_and_claim(completions, "w", ["USE"], 100, app.clock.now(), 30)
+    unwritten = {c.outcome.task_id for c in failed.value.unwritten}
+    assert unwritten == {c.task_id for c in running if lane_of(c.claim_token) == 1}
+    assert failed.value.claimed and {lane_of(c.claim_token) for c in failed.value.claimed} == {0}
+    for c in running:
+        want = TaskStatus.RUNNING if c.task_id in unwritten else TaskStatus.SUCCESS
+        assert app.get_task(c.task_id).status is want
+    for c in failed.value.claimed:  # lane 0's claim committed: its tasks are the worker's
+        assert app.get_task(c.task_id).status is TaskStatus.RUNNING
+    # What the failed lane left is written again, as the worker's completer does.
+    monkeypatch.setattr(store, "_complete_and_claim", lane_work)
+    assert sorted(store.task_complete_many(failed.value.unwritten, app.clock.now())) == sorted(
+        unwritten)
+
+
+def test_lanes_that_all_fail_raise_the_storage_error_and_a_bug_raises_as_it_is(
+    pg_app: Creep, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = pg_app
+    _pool_and_tasks(app, assets=20, per_asset=10, tasks=400)
+    store: Any = app.store
+    running = _claim_in_lanes(app, 100)
+    lane_work = store._complete_and_claim
+
+    def all_down(*args: Any) -> Any:
+        raise StorageError(f"lane {args[-1]}: down")
+
+    monkeypatch.setattr(store, "_complete_and_claim", all_down)
+    with pytest.raises(StorageError) as down:
+        store.task_complete_and_claim(_succeeded(app, running), "w", ["USE"], 100,
+                                      app.clock.now(), 30)
+    assert not isinstance(down.value, LaneFailed)
+
+    def lane_one_bug(*args: Any) -> Any:
+        if args[-1] == 1:
+            raise KeyError("a bug")
+        return lane_work(*args)
+
+    monkeypatch.setattr(store, "_complete_and_claim", lane_one_bug)
+    with pytest.raises(KeyError):
+        store.task_complete_and_claim(_succeeded(app, running), "w", ["USE"], 100,
+                                      app.clock.now(), 30)
+
+
+def test_a_worker_whose_lane_fails_once_finishes_every_task_once(
+    pg_app: Creep, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, n = pg_app, 900
+    _pool_and_tasks(app, assets=30, per_asset=4, tasks=n)
+    store: Any = app.store
+    lane_work = store._complete_and_claim
+    calls = collections.Counter()
+
+    def lane_one_fails_once(*args: Any) -> Any:
+        calls[args[-1]] += 1
+        if args[-1] == 1 and calls[1] == 3:
+            raise StorageError("lane 1: connection lost")
+        return lane_work(*args)
+
+    monkeypatch.setattr(store, "_complete_and_claim", lane_one_fails_once)
+    stats = app.run_worker(burst=True, install_signals=False, concurrency=200)
+    assert calls[1] > 3, "the drain should have gone on in lanes after the failure"
+    assert stats["completed"] == n
+    tasks = app.list_tasks(limit=n + 1)
+    assert collections.Counter(t.status for t in tasks) == {TaskStatus.SUCCESS: n}
+    assert {t.attempt for t in tasks} == {1}
+    assert {x.status for x in app.list_leases(limit=n + 1)} == {LeaseStatus.RELEASED}
+
+
+def test_a_pool_too_small_for_lanes_claims_in_one_transaction(
+    pg_schemas: Callable[[], str]
+) -> None:
+    app = Creep(pg_schemas() + "&pool_max=3")
+
+    @app.handler("USE")
+    async def use(ctx: TaskContext) -> None:
+        return None
+
+    try:
+        _pool_and_tasks(app, assets=20, per_asset=5, tasks=500)
+        assert app.run_worker(burst=True, install_signals=False, concurrency=200)[
+            "completed"] == 500
+        assert not _lanes_ran(app)
+    finally:
+        app.close()
