@@ -193,3 +193,24 @@ def test_a_pool_too_small_for_lanes_claims_in_one_transaction(
         assert not _lanes_ran(app)
     finally:
         app.close()
+
+
+def test_a_claim_whose_lane_fails_returns_what_the_other_lanes_claimed(
+    pg_app: Creep, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = pg_app
+    _pool_and_tasks(app, assets=20, per_asset=10, tasks=400)
+    store: Any = app.store
+    before = _claim_in_lanes(app, 100)
+    lane_work = store._complete_and_claim
+
+    def lane_one_down(*args: Any) -> Any:
+        if args[-1] == 1:
+            raise StorageError("lane 1: connection lost")
+        return lane_work(*args)
+
+    monkeypatch.setattr(store, "_complete_and_claim", lane_one_down)
+    got: list[ClaimedTask] = store.task_claim("w", ["USE"], 100, app.clock.now(), 30)
+    assert got and {lane_of(c.claim_token) for c in got} == {0}
+    running = {t.task_id for t in app.list_tasks(status="RUNNING", limit=1000)}
+    assert running == {c.task_id for c in [*before, *got]}  # no claim is lost unseen

@@ -402,9 +402,6 @@ class Worker:
                 self.store.task_claim, self.worker_id, types, want, self.clock.now(),
                 self.settings.claim_ttl,
             )
-        except LaneFailed as exc:  # some claim lanes committed: run what they claimed
-            log.warning("claiming partly failed: %s", exc)
-            return exc.claimed
         except StorageError as exc:  # transient; a refused claim (bad key, schema) still stops it
             if isinstance(exc, SchemaOutOfDate):
                 raise

@@ -10,6 +10,7 @@ import asyncio
 import codecs
 import contextlib
 import functools
+import logging
 import threading
 import time
 import uuid
@@ -133,6 +134,7 @@ _CLAIM_COMMIT = "SET LOCAL synchronous_commit = off"
 _LANE_MIN_POOL = LANES + 2
 _PROBE_PLANNER = _set_local(_PROBE_SETTINGS)
 _IDX = {name: i for i, name in enumerate(TASK_COLUMNS)}
+log = logging.getLogger("creep.storage")
 _ACTIVE_STATUSES = frozenset({"PENDING", "QUEUED", "RUNNING"})  # what task_queue holds
 _EVENT_COLUMNS = "task_id, tenant_id, event_type, from_status, to_status, attempt, payload, created_at"
 
@@ -639,7 +641,13 @@ class PostgresStore(
         if limit <= 0 or not task_types:
             return []
         if self._lanes_pay(limit):
-            return self.task_complete_and_claim([], worker_id, task_types, limit, now, claim_ttl)[1]
+            try:
+                return self.task_complete_and_claim(
+                    [], worker_id, task_types, limit, now, claim_ttl)[1]
+            except LaneFailed as exc:  # the failed lane claimed nothing: fewer tasks, no error
+                log.warning("a claim lane failed; the others claimed %d tasks: %s",
+                            len(exc.claimed), exc)
+                return exc.claimed
         # Pipelined: BEGIN goes out with the hinted step's first read, its planner reset and
         # COMMIT with the claim. Two round trips, not six: an idle worker woken by one submit
         # starts the task that much sooner. BEGIN and COMMIT are sent as statements (autocommit
@@ -667,8 +675,8 @@ class PostgresStore(
         """The claim inside a transaction: the claimed tasks, in claim order (highest
         priority first, then oldest), and their claim token. `finish`
         (in pipeline mode: queue the COMMIT) runs after the claim is sent, before its rows
-        are read, so that it travels in the same round trip. With `lane`, only that claim
-        lane's assets are leased, and the token names the lane (claim_lanes.py)."""
+        are read, so that it travels in the same round trip. With `lane`, the claim prefers
+        that claim lane's assets, and the token names the lane (claim_lanes.py)."""
         token = str(uuid.uuid4()) if lane is None else lane_token(lane)
         # The claim's planner settings (no sequential or bitmap scans, no JIT), set once for
         # the whole claim: they are what the hinted step's own index_plans would set (and then
