@@ -74,6 +74,9 @@ def worker(
         float, typer.Option(min=0, help="Seconds to let tasks finish on SIGTERM/SIGINT.")
     ] = 30.0,
     claim_ttl: Annotated[float, typer.Option(min=0.1, help="Seconds a claim lives.")] = 30.0,
+    claim_lanes: Annotated[int, typer.Option(
+        min=1, max=2, help="PostgreSQL: 2 runs big leased claims as two concurrent "
+        "transactions, each preferring its half of the asset pool (README, Workers).")] = 1,
     log_level: Annotated[str, typer.Option(envvar="CREEP_LOG_LEVEL")] = "INFO",
     api_url: Annotated[
         str | None,
@@ -113,7 +116,7 @@ def worker(
     try:
         stats = creep_app.run_worker(
             burst=burst, concurrency=concurrency, shutdown_grace=shutdown_grace,
-            claim_ttl=claim_ttl,
+            claim_ttl=claim_ttl, claim_lanes=claim_lanes,
         )
     except CreepError as exc:
         raise _fail(str(exc)) from None

@@ -1,6 +1,7 @@
-"""Claim lanes on PostgreSQL (storage/claim_lanes.py): a worker's big leased claims run as
-concurrent transactions, one per lane, and every rule of the asset pool still holds; a lane
-that fails leaves the other lanes' work committed and its own completions to write again."""
+"""Claim lanes on PostgreSQL (domain/claim_lanes.py, opt-in: claim_lanes=2): a worker's big
+leased claims run as concurrent transactions, one per lane, and the pool's limits still hold;
+a lane that fails leaves the other lanes' work committed and its own completions to write
+again."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import pytest
 
 from creep import Creep, LeaseStatus, TaskContext, TaskStatus
 from creep.domain.asset import AssetStatus
-from creep.domain.errors import StorageError
+from creep.domain.claim_lanes import asset_lane, lane_of
+from creep.domain.errors import StorageError, ValidationError
 from creep.domain.outcomes import Outcome, OutcomeKind, resolve
 from creep.ports import ClaimedTask, Completion, LaneFailed
-from creep.storage.claim_lanes import asset_lane, lane_of
 
 HINT = [{"sku_category": "RAW_NET", "sku_code": "ip.lane.*"}]
 
@@ -58,15 +59,14 @@ def _lanes_ran(app: Creep) -> bool:
 def test_a_big_leased_drain_runs_in_lanes_and_keeps_every_rule(pg_app: Creep) -> None:
     app, n = pg_app, 1500
     _pool_and_tasks(app, assets=40, per_asset=3, tasks=n)  # 120 slots for 200 handlers
-    stats = app.run_worker(burst=True, install_signals=False, concurrency=200)
+    stats = app.run_worker(burst=True, install_signals=False, concurrency=200, claim_lanes=2)
     assert stats["completed"] == n and _lanes_ran(app)
     tasks = app.list_tasks(limit=n + 1)
     assert collections.Counter(t.status for t in tasks) == {TaskStatus.SUCCESS: n}
     assert {t.attempt for t in tasks} == {1}  # none ran twice
     leases = app.list_leases(limit=n + 1)
     assert len(leases) == n and {x.status for x in leases} == {LeaseStatus.RELEASED}
-    # Both lanes claimed, and a lane's claims leased its own assets (the pool is uniform);
-    # only the first claim, before lanes start, has a token that names a lane at random.
+    # Both lanes claimed, and a lane's claims leased its own assets (the pool is uniform).
     lanes = collections.Counter(lane_of(x.claim_token) for x in leases)
     assert min(lanes[0], lanes[1]) > n // 10, lanes
     own = sum(asset_lane(x.asset_id) == lane_of(x.claim_token) for x in leases)
@@ -81,14 +81,12 @@ def test_a_big_leased_drain_runs_in_lanes_and_keeps_every_rule(pg_app: Creep) ->
 
 
 def _claim_in_lanes(app: Creep, limit: int) -> list[ClaimedTask]:
-    """A first claim (without lanes: none has leased yet), completed; then one in lanes."""
+    """A claim in lanes (no completions ride along)."""
     store: Any = app.store
-    first = store.task_claim("w", ["USE"], limit, app.clock.now(), 30)
-    assert first and not _lanes_ran(app)
-    store.task_complete_many(_succeeded(app, first), app.clock.now())
-    second: list[ClaimedTask] = store.task_claim("w", ["USE"], limit, app.clock.now(), 30)
-    assert _lanes_ran(app) and {lane_of(c.claim_token) for c in second} == {0, 1}
-    return second
+    claimed: list[ClaimedTask] = store.task_complete_and_claim(
+        [], "w", ["USE"], limit, app.clock.now(), 30, lanes=2)[1]
+    assert _lanes_ran(app) and {lane_of(c.claim_token) for c in claimed} == {0, 1}
+    return claimed
 
 
 def test_a_failed_lane_leaves_the_others_committed_and_names_what_to_write_again(
@@ -108,7 +106,8 @@ def test_a_failed_lane_leaves_the_others_committed_and_names_what_to_write_again
     monkeypatch.setattr(store, "_complete_and_claim", lane_one_down)
     completions = _succeeded(app, running)
     with pytest.raises(LaneFailed) as failed:
-        store.task_complete_and_claim(completions, "w", ["USE"], 100, app.clock.now(), 30)
+        store.task_complete_and_claim(completions, "w", ["USE"], 100, app.clock.now(), 30,
+                                      lanes=2)
     unwritten = {c.outcome.task_id for c in failed.value.unwritten}
     assert unwritten == {c.task_id for c in running if lane_of(c.claim_token) == 1}
     assert failed.value.claimed and {lane_of(c.claim_token) for c in failed.value.claimed} == {0}
@@ -138,7 +137,7 @@ def test_lanes_that_all_fail_raise_the_storage_error_and_a_bug_raises_as_it_is(
     monkeypatch.setattr(store, "_complete_and_claim", all_down)
     with pytest.raises(StorageError) as down:
         store.task_complete_and_claim(_succeeded(app, running), "w", ["USE"], 100,
-                                      app.clock.now(), 30)
+                                      app.clock.now(), 30, lanes=2)
     assert not isinstance(down.value, LaneFailed)
 
     def lane_one_bug(*args: Any) -> Any:
@@ -149,7 +148,7 @@ def test_lanes_that_all_fail_raise_the_storage_error_and_a_bug_raises_as_it_is(
     monkeypatch.setattr(store, "_complete_and_claim", lane_one_bug)
     with pytest.raises(KeyError):
         store.task_complete_and_claim(_succeeded(app, running), "w", ["USE"], 100,
-                                      app.clock.now(), 30)
+                                      app.clock.now(), 30, lanes=2)
 
 
 def test_a_worker_whose_lane_fails_once_finishes_every_task_once(
@@ -168,7 +167,7 @@ def test_a_worker_whose_lane_fails_once_finishes_every_task_once(
         return lane_work(*args)
 
     monkeypatch.setattr(store, "_complete_and_claim", lane_one_fails_once)
-    stats = app.run_worker(burst=True, install_signals=False, concurrency=200)
+    stats = app.run_worker(burst=True, install_signals=False, concurrency=200, claim_lanes=2)
     assert calls[1] > 3, "the drain should have gone on in lanes after the failure"
     assert stats["completed"] == n
     tasks = app.list_tasks(limit=n + 1)
@@ -188,29 +187,27 @@ def test_a_pool_too_small_for_lanes_claims_in_one_transaction(
 
     try:
         _pool_and_tasks(app, assets=20, per_asset=5, tasks=500)
-        assert app.run_worker(burst=True, install_signals=False, concurrency=200)[
-            "completed"] == 500
+        assert app.run_worker(burst=True, install_signals=False, concurrency=200,
+                              claim_lanes=2)["completed"] == 500
         assert not _lanes_ran(app)
     finally:
         app.close()
 
 
-def test_a_claim_whose_lane_fails_returns_what_the_other_lanes_claimed(
-    pg_app: Creep, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_lanes_are_opt_in_and_for_postgresql_only(pg_app: Creep, tmp_path: Any) -> None:
     app = pg_app
-    _pool_and_tasks(app, assets=20, per_asset=10, tasks=400)
-    store: Any = app.store
-    before = _claim_in_lanes(app, 100)
-    lane_work = store._complete_and_claim
-
-    def lane_one_down(*args: Any) -> Any:
-        if args[-1] == 1:
-            raise StorageError("lane 1: connection lost")
-        return lane_work(*args)
-
-    monkeypatch.setattr(store, "_complete_and_claim", lane_one_down)
-    got: list[ClaimedTask] = store.task_claim("w", ["USE"], 100, app.clock.now(), 30)
-    assert got and {lane_of(c.claim_token) for c in got} == {0}
-    running = {t.task_id for t in app.list_tasks(status="RUNNING", limit=1000)}
-    assert running == {c.task_id for c in [*before, *got]}  # no claim is lost unseen
+    _pool_and_tasks(app, assets=20, per_asset=5, tasks=300)
+    assert app.run_worker(burst=True, install_signals=False, concurrency=200)[
+        "completed"] == 300
+    assert not _lanes_ran(app)  # the default: one transaction per claim
+    with pytest.raises(ValidationError) as wrong:
+        app.worker(claim_lanes=3)
+    assert wrong.value.errors[0][0] == "claim_lanes"
+    sqlite = Creep(f"sqlite:///{tmp_path}/lanes.db")
+    try:
+        with pytest.raises(ValidationError) as refused:
+            sqlite.worker(claim_lanes=2)
+        assert refused.value.errors == [
+            ("claim_lanes", "needs PostgreSQL (SQLite writes one transaction at a time)")]
+    finally:
+        sqlite.close()

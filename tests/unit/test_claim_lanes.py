@@ -1,4 +1,4 @@
-"""Claim lanes (storage/claim_lanes.py): tokens name their lane, shares follow what each lane
+"""Claim lanes (domain/claim_lanes.py): tokens name their lane, shares follow what each lane
 could claim, and matching in a lane keeps the matching rule."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from creep.domain.matching import Candidate, Demand, match_all
-from creep.storage.claim_lanes import (
+from creep.domain.claim_lanes import (
     LANES,
     asset_lane,
     lane_candidates,
@@ -18,6 +17,7 @@ from creep.storage.claim_lanes import (
     lane_shares,
     lane_token,
 )
+from creep.domain.matching import Candidate, Demand, match_all
 
 
 def _asset_in(lane: int, **extra: object) -> Candidate:

@@ -6,7 +6,7 @@ are assets of the task's tenant and currency with the hint's sku_category, its s
 (exact, or `prefix.*`), every attribute equal (JSON equality: true is not 1), health_score >= constraints.min_health_score,
 status READY or IN_USE and spare concurrency. Among candidates creep prefers, in order:
 higher health_score, lower load (current/max concurrency), lower cost_per_lease, asset_id
-(`preferred`, a claim lane's own assets, narrows the candidates: storage/claim_lanes.py).
+(`preferred`, a claim lane's own assets, narrows the candidates: domain/claim_lanes.py).
 A task takes all of its hints or nothing. When the preferred set would take the task's cost
 over max_total_cost, the cheapest available set is tried; if that is over budget too, the
 task fails with BUDGET_EXCEEDED.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import heapq
 import inspect
 import logging
@@ -27,6 +28,7 @@ from typing import Any, TypeVar
 import orjson
 
 from creep import tracing
+from creep.domain.claim_lanes import LANES
 from creep.domain.clock import Clock, SystemClock
 from creep.domain.errors import CreepError, SchemaOutOfDate, StorageError, ValidationError
 from creep.domain.outcomes import (
@@ -74,6 +76,10 @@ class WorkerSettings:
     #: The garbage collector's first-generation threshold while the worker runs (see
     #: gc_tuning.py); None leaves the interpreter's settings alone.
     gc_threshold: int | None = BATCH_THRESHOLD
+    #: PostgreSQL only: 2 runs each claim of 64 tasks or more (with the completions riding
+    #: along) as two concurrent transactions, each preferring its own half of the asset pool
+    #: (domain/claim_lanes.py; README "Workers"). 1: one transaction.
+    claim_lanes: int = 1
 
     def validate(self) -> None:
         errors = []
@@ -91,6 +97,8 @@ class WorkerSettings:
             errors.append(("shutdown_grace", "must be >= 0"))
         if self.gc_threshold is not None and self.gc_threshold < 1:
             errors.append(("gc_threshold", "must be >= 1 (or None)"))
+        if self.claim_lanes not in (1, LANES):
+            errors.append(("claim_lanes", f"must be 1 or {LANES}"))
         if errors:
             raise ValidationError(errors)
 
@@ -117,6 +125,9 @@ class Worker:
         self.handlers = dict(handlers)
         self.settings = settings or WorkerSettings()
         self.settings.validate()
+        if self.settings.claim_lanes > 1 and store.dialect != "postgres":
+            raise ValidationError.single(
+                "claim_lanes", "needs PostgreSQL (SQLite writes one transaction at a time)")
         # By default a PostgreSQL worker claims half its concurrency at a time, so the next
         # batch is claimed while the current one runs. Not on SQLite: its one writer would be
         # kept busy back to back, leaving another process's worker (other task types, maybe)
@@ -359,10 +370,14 @@ class Worker:
         transaction when the store offers that (one commit instead of two per round)."""
         s = self.settings
         combined = getattr(self.store, "task_complete_and_claim", None)
+        lanes = s.claim_lanes
         # Completions of leased tasks ride along too: the claim never waits for an asset lock
         # (it skips locked assets), so settling and leasing in one transaction cannot deadlock.
-        if combined is None or not self._buffer:
+        # With claim lanes, a claim goes this way even alone, to run in lanes too.
+        if combined is None or (not self._buffer and lanes < 2):
             return await self._claim_alone(types, want)
+        if lanes > 1:
+            combined = functools.partial(combined, lanes=lanes)
         batch, self._buffer, self._leased_waiting = self._buffer, [], False
         try:
             with tracing.span("creep.complete", {"creep.tasks": len(batch),
@@ -375,6 +390,8 @@ class Worker:
             # run), others did not: their completions go to the completer, as below.
             log.warning("completing %d tasks with the claim failed: %s", len(exc.unwritten), exc)
             self._buffer[:0] = exc.unwritten
+            # They may hold leases: they ride with the next claim if it comes soon enough.
+            self._leased_waiting = self._leased_waiting or bool(exc.unwritten)
             self._flush_now.set()
             self.stats["completed"] += len(batch) - len(exc.unwritten)
             self._slot_freed.set()

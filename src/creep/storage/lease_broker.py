@@ -20,6 +20,7 @@ from creep.domain.asset_event import (
     Severity,
     Source,
 )
+from creep.domain.claim_lanes import lane_candidates, lane_match
 from creep.domain.errors import NotFound
 from creep.domain.ids import uuid7_many
 from creep.domain.lease import Lease, LeaseStatus, check_lease_transition
@@ -38,7 +39,6 @@ from creep.storage.asset_base import (
     TaskRef,
     is_uuid,
 )
-from creep.storage.claim_lanes import lane_candidates, lane_match
 
 _ALLOCATED = AssetEventType.ALLOCATED.value
 #: The open lease batch of each connection (see LeaseBrokerMixin._leases_batched), by id().

@@ -10,7 +10,6 @@ import asyncio
 import codecs
 import contextlib
 import functools
-import logging
 import threading
 import time
 import uuid
@@ -32,6 +31,13 @@ from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg_pool import ConnectionPool
 
+from creep.domain.claim_lanes import (
+    LANES,
+    MIN_LANE_CLAIM,
+    lane_of,
+    lane_shares,
+    lane_token,
+)
 from creep.domain.errors import (
     ConflictError,
     CreepError,
@@ -57,13 +63,6 @@ from creep.ports import (
 from creep.ports_api import AuditRow
 from creep.storage import pending_writes
 from creep.storage.asset_pages import AssetPagesMixin  # REST API pages
-from creep.storage.claim_lanes import (
-    LANES,
-    MIN_LANE_CLAIM,
-    lane_of,
-    lane_shares,
-    lane_token,
-)
 from creep.storage.common import (
     PLAIN_COLUMNS,
     TASK_COLUMNS,
@@ -134,7 +133,6 @@ _CLAIM_COMMIT = "SET LOCAL synchronous_commit = off"
 _LANE_MIN_POOL = LANES + 2
 _PROBE_PLANNER = _set_local(_PROBE_SETTINGS)
 _IDX = {name: i for i, name in enumerate(TASK_COLUMNS)}
-log = logging.getLogger("creep.storage")
 _ACTIVE_STATUSES = frozenset({"PENDING", "QUEUED", "RUNNING"})  # what task_queue holds
 _EVENT_COLUMNS = "task_id, tenant_id, event_type, from_status, to_status, attempt, payload, created_at"
 
@@ -276,10 +274,10 @@ class PostgresStore(
         # space (options=-c a=1 -c b=2) must stay %20.
         self.conninfo = urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
         self._listeners: list[Callable[[str, str], None]] = []
-        self._leasing = False  # the last claim took leases: combined claims run in lanes
         self._lane_pool: ThreadPoolExecutor | None = None
         self._lane_claimed = [0] * LANES  # what each lane claimed last time
         self._lanes_lock = threading.Lock()
+        self._lanes_closed = False
         try:
             self.pool = ConnectionPool(
                 self.conninfo, min_size=pool_min, max_size=pool_max, open=True,
@@ -290,8 +288,11 @@ class PostgresStore(
             raise StorageError(f"cannot connect to PostgreSQL at {_redact(url)}: {exc}") from exc
 
     def close(self) -> None:
-        if self._lane_pool is not None:
-            self._lane_pool.shutdown(wait=True)
+        with self._lanes_lock:
+            self._lanes_closed = True
+            lanes, self._lane_pool = self._lane_pool, None
+        if lanes is not None:
+            lanes.shutdown(wait=True)
         self.pool.close()
 
     @contextmanager
@@ -640,14 +641,6 @@ class PostgresStore(
     ) -> list[ClaimedTask]:
         if limit <= 0 or not task_types:
             return []
-        if self._lanes_pay(limit):
-            try:
-                return self.task_complete_and_claim(
-                    [], worker_id, task_types, limit, now, claim_ttl)[1]
-            except LaneFailed as exc:  # the failed lane claimed nothing: fewer tasks, no error
-                log.warning("a claim lane failed; the others claimed %d tasks: %s",
-                            len(exc.claimed), exc)
-                return exc.claimed
         # Pipelined: BEGIN goes out with the hinted step's first read, its planner reset and
         # COMMIT with the claim. Two round trips, not six: an idle worker woken by one submit
         # starts the task that much sooner. BEGIN and COMMIT are sent as statements (autocommit
@@ -664,7 +657,6 @@ class PostgresStore(
                 )
         except psycopg.Error as exc:
             raise StorageError(str(exc)) from exc
-        self._note_leasing(claimed)
         return claimed
 
     def _claim_rows(
@@ -1158,19 +1150,18 @@ class PostgresStore(
 
     def task_complete_and_claim(
         self, completions: Sequence[Completion], worker_id: str, task_types: Sequence[str],
-        limit: int, now: datetime, claim_ttl: float,
+        limit: int, now: datetime, claim_ttl: float, *, lanes: int = 1,
     ) -> tuple[list[str], list[ClaimedTask]]:
         """task_complete_many then task_claim, committed together: one round trip pair and
         one WAL flush instead of two. Returns (applied task ids, claimed tasks).
 
-        While the worker's tasks take asset leases, this runs as one transaction per claim
-        lane at once (claim_lanes.py). If one lane fails and the other commits, raises
-        LaneFailed with what the committed lane claimed and the completions left unwritten."""
-        if not self._lanes_pay(limit):
-            applied, claimed = self._complete_and_claim(
+        With `lanes` > 1 (a worker's claim_lanes), a claim of MIN_LANE_CLAIM tasks or more
+        runs as one transaction per claim lane at once (claim_lanes.py). If one lane fails
+        and another commits, raises LaneFailed with what the committed lanes claimed and the
+        completions left unwritten."""
+        if lanes < 2 or limit < MIN_LANE_CLAIM or self.pool.max_size < _LANE_MIN_POOL:
+            return self._complete_and_claim(
                 completions, worker_id, task_types, limit, now, claim_ttl, None)
-            self._note_leasing(claimed)
-            return applied, claimed
         parts: list[list[Completion]] = [[] for _ in range(LANES)]
         for c in completions:
             parts[lane_of(c.outcome.claim_token)].append(c)
@@ -1192,16 +1183,7 @@ class PostgresStore(
             except BaseException as exc:
                 results.append(exc)
         self._lane_claimed = [len(r[1]) if isinstance(r, tuple) else 0 for r in results]
-        try:
-            applied, claimed = _lanes_joined(results, parts)
-        except LaneFailed as exc:
-            self._note_leasing(exc.claimed)
-            raise
-        self._note_leasing(claimed)
-        return applied, claimed
-
-    def _lanes_pay(self, limit: int) -> bool:
-        return self._leasing and limit >= MIN_LANE_CLAIM and self.pool.max_size >= _LANE_MIN_POOL
+        return _lanes_joined(results, parts)
 
     def _complete_and_claim(
         self, completions: Sequence[Completion], worker_id: str, task_types: Sequence[str],
@@ -1221,15 +1203,11 @@ class PostgresStore(
             self._wake("creep_tasks", "")
         return applied, claimed
 
-    def _note_leasing(self, claimed: Sequence[ClaimedTask]) -> None:
-        """Lanes pay while claims take leases; what a claim found decides for the next
-        (one that found nothing changes nothing)."""
-        if claimed:
-            self._leasing = any(c.leased for c in claimed)
-
     def _lanes(self) -> ThreadPoolExecutor:
         """The threads that run the lanes after the first (made on first use)."""
         with self._lanes_lock:
+            if self._lanes_closed:
+                raise StorageError("the store is closed")
             if self._lane_pool is None:
                 self._lane_pool = ThreadPoolExecutor(
                     2 * (LANES - 1), thread_name_prefix="creep-lane")

@@ -1,33 +1,36 @@
 """Claim lanes: a PostgreSQL worker's big leased claims split over concurrent transactions.
 
-Settling the leases of a worker's finished tasks and leasing assets for its next tasks lock
-the same asset rows (a batch of a drain touches most of the pool), so one worker's combined
-complete-and-claim transactions ran one at a time: the worker's Python waited for
-PostgreSQL and PostgreSQL for the worker, about one core of two busy. With lanes,
-`task_complete_and_claim` runs one transaction per lane at once, each on its own
-connection. Assets belong to a lane by the last byte of their id; a lane settles the
-completions of the tasks it claimed and, where the matching rule allows, leases its own
-assets, so the lanes rarely want the same asset row.
+Opt-in (WorkerSettings.claim_lanes = 2, `creep worker --claim-lanes 2`). Settling the leases
+of a worker's finished tasks and leasing assets for its next tasks lock the same asset rows
+(a batch of a drain touches most of the pool), so one worker's combined complete-and-claim
+transactions run one at a time: the worker's Python waits for PostgreSQL and PostgreSQL for
+the worker. With lanes, PostgresStore.task_complete_and_claim runs one transaction per lane
+at once, each on its own connection. Assets belong to a lane by a hash of their id; a lane
+settles the completions of the tasks it claimed and, when every candidate has the same
+health_score and cost_per_lease (only load tells them apart), leases its own assets, so the
+lanes rarely want the same asset row. The cost, which is why lanes are opt-in:
 
-The matching rule (domain/matching.py) is kept: a lane prefers its own assets only when
-every candidate has the same health_score and cost_per_lease, where the rule would rank
-them by load alone; then the load is balanced within each lane's half of the pool. A task
-that needs several assets and that its lane's assets cannot serve (one in each lane) is
-matched against the whole pool, so lanes never starve it. One that needs a single asset
-waits for its lane's assets, or for the other lane, which reads the queue too: taking the
-other lane's assets whenever its own are busy would have the lanes lock each other's rows.
+- load is balanced within each lane's half of the pool, not across the whole pool;
+- a task that needs one asset is served from its lane's half only: while that half is busy
+  it waits, and the rows such a lane read and passed over stay locked until it commits, so
+  the other lane may serve lower-priority tasks first. Priority order holds within a lane,
+  not across the two. A kind whose assets all sit in one half is served by that lane alone.
+- a task that needs several assets its lane's half cannot give is matched against the whole
+  pool (skipping the other lane's locked rows).
+
+Health and cost still decide first: with any difference among the candidates, a lane
+matches against the whole pool by the usual rule (domain/matching.py).
 
 Which lane claimed a task is written into its claim token (the low bits of the UUID), so a
-completion finds its lane again in any process, with no state kept. Lanes only steer: every
-asset row is still locked before it is changed, so a completion settled in the "wrong" lane
-(a token from a claim without lanes, a task holding assets of both lanes) is correct and at
-worst waits for the other lane's commit. Settling locks asset rows in asset id order and
-claiming skips locked ones, so lanes cannot deadlock.
+completion finds its lane again with no state kept. Lanes only steer: every asset row is
+still locked before it is changed, so a completion settled in the "wrong" lane is correct
+and at worst waits for the other lane's commit.
 """
 
 from __future__ import annotations
 
 import uuid
+import zlib
 from collections.abc import Sequence
 
 from creep.domain.matching import Candidate, Demand, Match, match_all
@@ -49,8 +52,9 @@ def lane_of(token: str) -> int:
 
 
 def asset_lane(asset_id: str) -> int:
-    """The lane an asset belongs to: its id's last byte (random in a uuid7)."""
-    return int(asset_id[-2:], 16) & (LANES - 1)
+    """The lane an asset belongs to: a hash of its id (ids that share most of their bytes,
+    a uuid1's node or sequential ids, still spread over the lanes)."""
+    return zlib.crc32(asset_id.encode()) & (LANES - 1)
 
 
 def lane_shares(limit: int, last: Sequence[int]) -> list[int]:
