@@ -3,6 +3,7 @@ assets, next to the drain rate of the same number of tasks without resource hint
 
     python bench/bench_assets.py -n 20000
     python bench/bench_assets.py -n 20000 --database-url postgresql://127.0.0.1:5432/test
+    python bench/bench_assets.py -n 20000 --database-url ... --claim-lanes 2   # opt-in lanes
 
 With --repeat N, N plain/leased pairs run alternately and the medians are reported (the
 ratio is that of the median rates), with each pair's figures under "runs".
@@ -41,20 +42,21 @@ def orders(n: int, tag: str, hinted: bool) -> list[dict[str, Any]]:
     ]
 
 
-def drain(url: str, concurrency: int) -> tuple[float, int, float]:
+def drain(url: str, concurrency: int, lanes: int = 1) -> tuple[float, int, float]:
     """(tasks per second, tasks completed, this process's CPU seconds while draining). The
     CPU time (all threads: the event loop, the handlers, the store calls and on SQLite the
     database itself) is steadier than the rate on a shared machine."""
     app = make_app(url)
     started, cpu = time.perf_counter(), time.process_time()
-    stats = app.run_worker(burst=True, concurrency=concurrency, install_signals=False)
+    stats = app.run_worker(burst=True, concurrency=concurrency, install_signals=False,
+                           claim_lanes=lanes)
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     app.close()
     return stats["completed"] / elapsed, stats["completed"], cpu
 
 
 def run(url: str | None, n: int, assets: int, per_asset: int, concurrency: int,
-        hinted: bool) -> dict[str, Any]:
+        hinted: bool, lanes: int = 1) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         db, drop = fresh_url(url, Path(tmp))
         try:
@@ -67,7 +69,7 @@ def run(url: str | None, n: int, assets: int, per_asset: int, concurrency: int,
             for start in range(0, n, 5000):
                 app.submit_many(orders(min(5000, n - start), f"b{start}", hinted))
             app.close()
-            rate, done, cpu = drain(db, concurrency)
+            rate, done, cpu = drain(db, concurrency, lanes if hinted else 1)
             check = Creep(db)
             leases = len(check.list_leases(status="RELEASED", limit=n + 1)) if hinted else 0
             check.close()
@@ -86,6 +88,9 @@ def main() -> None:
     parser.add_argument("--max-concurrency", type=int, default=5,
                         help="leases one asset may hold at once")
     parser.add_argument("--concurrency", type=int, default=500)
+    parser.add_argument("--claim-lanes", type=int, default=1,
+                        help="the leased drain's worker claim_lanes (PostgreSQL; README, "
+                             "Workers); the plain drain always runs with 1")
     parser.add_argument("--repeat", type=int, default=1,
                         help="plain/leased pairs, run alternately; the medians are reported "
                              "(wall-clock rates on a shared machine swing from run to run)")
@@ -95,12 +100,13 @@ def main() -> None:
         plains.append(run(args.database_url, args.n, args.assets, args.max_concurrency,
                           args.concurrency, hinted=False))
         leaseds.append(run(args.database_url, args.n, args.assets, args.max_concurrency,
-                           args.concurrency, hinted=True))
+                           args.concurrency, hinted=True, lanes=args.claim_lanes))
     plain = {k: median(r[k] for r in plains) for k in ("drain_per_s", "cpu_us_per_task")}
     leased = {k: median(r[k] for r in leaseds) for k in ("drain_per_s", "cpu_us_per_task")}
     result: dict[str, Any] = {
         "backend": (args.database_url or "sqlite").split(":")[0], "n": args.n,
         "assets": args.assets, "max_concurrency": args.max_concurrency,
+        "claim_lanes": args.claim_lanes,
         "no_hints_drain_per_s": round(plain["drain_per_s"], 1),
         "one_lease_drain_per_s": round(leased["drain_per_s"], 1),
         "ratio": round(leased["drain_per_s"] / plain["drain_per_s"], 3),

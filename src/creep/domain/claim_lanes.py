@@ -16,7 +16,9 @@ lanes rarely want the same asset row. The cost, which is why lanes are opt-in:
   the other lane may serve lower-priority tasks first. Priority order holds within a lane,
   not across the two. A kind whose assets all sit in one half is served by that lane alone.
 - a task that needs several assets its lane's half cannot give is matched against the whole
-  pool (skipping the other lane's locked rows).
+  pool, skipping the rows the other lane holds: on a busy pool it may wait long;
+- shares of a claim follow what each lane claimed last time on this store (one worker per
+  store is the usual case; workers sharing one store share these figures).
 
 Health and cost still decide first: with any difference among the candidates, a lane
 matches against the whole pool by the usual rule (domain/matching.py).

@@ -5,8 +5,9 @@ Rule: tasks are served in claim order (priority desc, created_at). For each hint
 are assets of the task's tenant and currency with the hint's sku_category, its sku_code
 (exact, or `prefix.*`), every attribute equal (JSON equality: true is not 1), health_score >= constraints.min_health_score,
 status READY or IN_USE and spare concurrency. Among candidates creep prefers, in order:
-higher health_score, lower load (current/max concurrency), lower cost_per_lease, asset_id
-(`preferred`, a claim lane's own assets, narrows the candidates: domain/claim_lanes.py).
+higher health_score, lower load (current/max concurrency), lower cost_per_lease, asset_id.
+`preferred` (a claim lane's own assets, domain/claim_lanes.py) narrows the candidates of
+every demand but those of several assets it cannot serve.
 A task takes all of its hints or nothing. When the preferred set would take the task's cost
 over max_total_cost, the cheapest available set is tried; if that is over budget too, the
 task fails with BUDGET_EXCEEDED.
