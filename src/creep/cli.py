@@ -75,8 +75,9 @@ def worker(
     ] = 30.0,
     claim_ttl: Annotated[float, typer.Option(min=0.1, help="Seconds a claim lives.")] = 30.0,
     claim_lanes: Annotated[int, typer.Option(
-        min=1, max=2, help="PostgreSQL: 2 runs big leased claims as two concurrent "
-        "transactions, each preferring its half of the asset pool (README, Workers).")] = 1,
+        min=1, max=2, help="PostgreSQL, with --concurrency 128 or more: 2 runs each claim as "
+        "two concurrent transactions, each preferring its half of the asset pool (README, "
+        "Workers).")] = 1,
     log_level: Annotated[str, typer.Option(envvar="CREEP_LOG_LEVEL")] = "INFO",
     api_url: Annotated[
         str | None,
@@ -107,6 +108,8 @@ def worker(
 
         if not api_key:
             raise _fail("--api-key (or CREEP_API_KEY) is required with --api-url")
+        if claim_lanes > 1:
+            raise _fail("--claim-lanes works on the database, not with --api-url")
         stats = run_remote_worker(
             creep_app, api_url, api_key, burst=burst, concurrency=concurrency,
             shutdown_grace=shutdown_grace, claim_ttl=claim_ttl,

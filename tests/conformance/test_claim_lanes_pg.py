@@ -166,15 +166,18 @@ def test_a_worker_whose_lane_fails_once_finishes_every_task_once(
     lane_work = store._complete_and_claim
     calls = collections.Counter()
 
+    carried: list[int] = []
+
     def lane_one_fails_once(*args: Any) -> Any:
         calls[args[-1]] += 1
-        if args[-1] == 1 and calls[1] == 3:
+        if args[-1] == 1 and not carried and args[0]:  # a lane with completions to write
+            carried.append(len(args[0]))
             raise StorageError("lane 1: connection lost")
         return lane_work(*args)
 
     monkeypatch.setattr(store, "_complete_and_claim", lane_one_fails_once)
     stats = app.run_worker(burst=True, install_signals=False, concurrency=200, claim_lanes=2)
-    assert calls[1] > 3, "the drain should have gone on in lanes after the failure"
+    assert carried and calls[1] > 3, "lane 1 failed with completions, then went on"
     assert stats["completed"] == n
     tasks = app.list_tasks(limit=n + 1)
     assert collections.Counter(t.status for t in tasks) == {TaskStatus.SUCCESS: n}
@@ -217,3 +220,55 @@ def test_lanes_are_opt_in_and_for_postgresql_only(pg_app: Creep, tmp_path: Any) 
             ("claim_lanes", "needs PostgreSQL (SQLite writes one transaction at a time)")]
     finally:
         sqlite.close()
+
+
+def test_a_lane_that_fails_midway_leaves_nothing_of_its_own_work(
+    pg_app: Creep, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lane 1 fails after it settled its completions and took new leases, inside its
+    transaction: all of that rolls back, lane 0's work stands, and writing lane 1's
+    completions again settles them exactly once."""
+    app = pg_app
+    _pool_and_tasks(app, assets=20, per_asset=10, tasks=600)
+    store: Any = app.store
+    running = _claim_in_lanes(app, 100)
+    claim_rows = store._claim_rows
+
+    def lane_one_breaks_after_claiming(*args: Any, **kwargs: Any) -> Any:
+        got = claim_rows(*args, **kwargs)
+        if kwargs.get("lane") == 1:
+            assert got[0], "lane 1 should have claimed (and leased) before failing"
+            raise StorageError("lane 1: connection lost after claiming")
+        return got
+
+    monkeypatch.setattr(store, "_claim_rows", lane_one_breaks_after_claiming)
+    with pytest.raises(LaneFailed) as failed:
+        store.task_complete_and_claim(_succeeded(app, running), "w", ["USE"], 100,
+                                      app.clock.now(), 30, lanes=2)
+    monkeypatch.setattr(store, "_claim_rows", claim_rows)
+    unwritten = {c.outcome.task_id for c in failed.value.unwritten}
+    assert unwritten and unwritten == {c.task_id for c in running if lane_of(c.claim_token) == 1}
+    active = app.list_leases(status="ACTIVE", limit=10_000)
+    # Held: lane 1's unsettled tasks and lane 0's new claims; nothing of lane 1's new claim.
+    holders = {x.task_id for x in active}
+    assert holders == unwritten | {c.task_id for c in failed.value.claimed}
+    for asset in app.list_assets(limit=100):
+        assert asset.current_concurrency == sum(x.asset_id == asset.asset_id for x in active)
+    store.task_complete_many(failed.value.unwritten, app.clock.now())
+    for task_id in unwritten:
+        assert app.get_task(task_id).status is TaskStatus.SUCCESS
+        assert {x.status for x in app.list_leases(task_id=task_id)} == {LeaseStatus.RELEASED}
+    active = app.list_leases(status="ACTIVE", limit=10_000)
+    for asset in app.list_assets(limit=100):
+        assert asset.current_concurrency == sum(x.asset_id == asset.asset_id for x in active)
+
+
+def test_a_small_claim_runs_in_one_transaction_even_with_lanes_asked(
+    pg_app: Creep, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = pg_app
+    _pool_and_tasks(app, assets=10, per_asset=5, tasks=200)
+    assert app.run_worker(burst=True, install_signals=False, concurrency=20,
+                          claim_lanes=2)["completed"] == 200
+    assert not _lanes_ran(app)
+    assert any("claim_lanes=2 has no effect" in r.getMessage() for r in caplog.records)

@@ -57,8 +57,9 @@ def test_shares_sum_to_the_limit_and_follow_what_each_lane_claimed(
 ) -> None:
     shares = lane_shares(limit, last)
     assert sum(shares) == limit and all(s >= 0 for s in shares)
-    if last[0] > last[1]:
-        assert shares[0] > shares[1] > 0  # the busy lane keeps a floor to look with
+    if last[0] != last[1]:
+        more, less = (0, 1) if last[0] > last[1] else (1, 0)
+        assert shares[more] > shares[less] > 0  # the idle lane keeps a floor to look with
     if last == [0, 0]:
         assert abs(shares[0] - shares[1]) <= 1
 
@@ -94,3 +95,13 @@ def test_a_task_needing_assets_of_both_lanes_is_matched_from_the_whole_pool() ->
     assert {a.asset_id for _, a in by_task["pair"].picks} == {a.asset_id for a in pool}
     assert by_task["one"].refusal == "NO_RESOURCE"  # the pair took both: none is left
     assert [m.task_id for m in got] == ["pair", "one"]  # in the demands' order
+
+
+def test_without_a_lane_matching_is_the_rule_itself() -> None:
+    pool = [_asset_in(0, current_concurrency=1), _asset_in(1), _asset_in(0, health_score=90)]
+    copies = [Candidate(**{f: getattr(c, f) for f in c.__dataclass_fields__}) for c in pool]
+    demands = [_demand(f"t{i}") for i in range(5)] + [_demand("pair", count=2)]
+    got = lane_match(demands, pool, 10, lane=None)
+    want = match_all(demands, copies, 10)
+    assert [(m.task_id, [a.asset_id for _, a in m.picks], m.refusal) for m in got] == [
+        (m.task_id, [a.asset_id for _, a in m.picks], m.refusal) for m in want]

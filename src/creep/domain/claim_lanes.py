@@ -11,17 +11,18 @@ health_score and cost_per_lease (only load tells them apart), leases its own ass
 lanes rarely want the same asset row. The cost, which is why lanes are opt-in:
 
 - load is balanced within each lane's half of the pool, not across the whole pool;
-- a task that needs one asset is served from its lane's half only: while that half is busy
-  it waits, and the rows such a lane read and passed over stay locked until it commits, so
-  the other lane may serve lower-priority tasks first. Priority order holds within a lane,
-  not across the two. A kind whose assets all sit in one half is served by that lane alone.
+- a lane serves single-asset tasks from its own half only, and the tasks it reads and
+  passes over stay locked until it commits, so the other lane may serve lower-priority
+  tasks first: priority order holds within a lane, not across the two. A kind whose assets
+  all sit in one half is served only when that half's lane reads it first;
 - a task that needs several assets its lane's half cannot give is matched against the whole
   pool, skipping the rows the other lane holds: on a busy pool it may wait long;
 - shares of a claim follow what each lane claimed last time on this store (one worker per
   store is the usual case; workers sharing one store share these figures).
 
-Health and cost still decide first: with any difference among the candidates, a lane
-matches against the whole pool by the usual rule (domain/matching.py).
+Health and cost still decide first: with any difference among the candidates the claim
+loaded (all kinds, all pages so far), a lane matches against the whole pool by the usual
+rule (domain/matching.py).
 
 Which lane claimed a task is written into its claim token (the low bits of the UUID), so a
 completion finds its lane again with no state kept. Lanes only steer: every asset row is

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import orjson
 
 from creep import tracing
-from creep.domain.claim_lanes import LANES
+from creep.domain.claim_lanes import LANES, MIN_LANE_CLAIM
 from creep.domain.clock import Clock, SystemClock
 from creep.domain.errors import CreepError, SchemaOutOfDate, StorageError, ValidationError
 from creep.domain.outcomes import (
@@ -76,8 +76,9 @@ class WorkerSettings:
     #: The garbage collector's first-generation threshold while the worker runs (see
     #: gc_tuning.py); None leaves the interpreter's settings alone.
     gc_threshold: int | None = BATCH_THRESHOLD
-    #: PostgreSQL only: 2 runs each claim of 64 tasks or more (with the completions riding
-    #: along) as two concurrent transactions, each preferring its own half of the asset pool
+    #: PostgreSQL only: 2 runs each claim of 64 tasks or more (a claim is half the
+    #: concurrency, or batch_size: so concurrency >= 128) with the completions riding along as
+    #: two concurrent transactions, each preferring its own half of the asset pool
     #: (domain/claim_lanes.py; README "Workers"). 1: one transaction.
     claim_lanes: int = 1
 
@@ -135,6 +136,10 @@ class Worker:
         self._batch = self.settings.batch_size or (
             self.settings.concurrency if store.dialect == "sqlite"
             else max(1, self.settings.concurrency // 2))
+        if self.settings.claim_lanes > 1 and self._batch < MIN_LANE_CLAIM:
+            log.warning("claim_lanes=%d has no effect: claims of %d tasks are under %d "
+                        "(raise concurrency or batch_size)", self.settings.claim_lanes,
+                        self._batch, MIN_LANE_CLAIM)
         self.clock = clock or SystemClock()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stats: dict[str, int] = {"claimed": 0, "completed": 0, "lost": 0}
@@ -374,7 +379,7 @@ class Worker:
         # Completions of leased tasks ride along too: the claim never waits for an asset lock
         # (it skips locked assets), so settling and leasing in one transaction cannot deadlock.
         # With claim lanes, a claim goes this way even alone, to run in lanes too.
-        if combined is None or (not self._buffer and lanes < 2):
+        if combined is None or (not self._buffer and (lanes < 2 or want < MIN_LANE_CLAIM)):
             return await self._claim_alone(types, want)
         if lanes > 1:
             combined = functools.partial(combined, lanes=lanes)
@@ -386,12 +391,12 @@ class Worker:
                     combined, batch, self.worker_id, types, want, self.clock.now(), s.claim_ttl
                 )
         except LaneFailed as exc:
-            # Some claim lanes committed (their completions are written, their claims to
-            # run), others did not: their completions go to the completer, as below.
-            log.warning("completing %d tasks with the claim failed: %s", len(exc.unwritten), exc)
+            # Some claim lanes committed (their completions are written, their claims are
+            # to run), others did not: their completions go back to the buffer, where the
+            # next claim takes them (or, if none comes soon, the completer).
+            log.warning("claiming with %d completions: %s (%d completions to write again)",
+                        len(batch), exc, len(exc.unwritten))
             self._buffer[:0] = exc.unwritten
-            # They may hold leases: they ride with the next claim if it comes soon enough.
-            self._leased_waiting = self._leased_waiting or bool(exc.unwritten)
             self._flush_now.set()
             self.stats["completed"] += len(batch) - len(exc.unwritten)
             self._slot_freed.set()

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -128,10 +128,11 @@ _CLAIM_PLANNER = _set_local(_CLAIM_SETTINGS)
 #: stream cursor) can be handed out again after the restart (README, "Storage").
 _CLAIM_COMMIT = "SET LOCAL synchronous_commit = off"
 
-#: Connections a pool needs for claim lanes: one per lane, and the worker's completer and
-#: heartbeat beside them. A smaller pool runs combined claims as one transaction.
-_LANE_MIN_POOL = LANES + 2
 _PROBE_PLANNER = _set_local(_PROBE_SETTINGS)
+#: Connections a pool needs for claim lanes: the worker's two database threads (one runs
+#: lane 0, the other completions or heartbeats), a lane thread per further lane, and one to
+#: spare. A smaller pool runs combined claims as one transaction.
+_LANE_MIN_POOL = LANES + 2
 _IDX = {name: i for i, name in enumerate(TASK_COLUMNS)}
 _ACTIVE_STATUSES = frozenset({"PENDING", "QUEUED", "RUNNING"})  # what task_queue holds
 _EVENT_COLUMNS = "task_id, tenant_id, event_type, from_status, to_status, attempt, payload, created_at"
@@ -1167,8 +1168,8 @@ class PostgresStore(
             parts[lane_of(c.outcome.claim_token)].append(c)
         shares = lane_shares(limit, self._lane_claimed)
         others = [
-            self._lanes().submit(self._complete_and_claim, parts[lane], worker_id, task_types,
-                                 shares[lane], now, claim_ttl, lane)
+            self._submit_lane(self._complete_and_claim, parts[lane], worker_id, task_types,
+                              shares[lane], now, claim_ttl, lane)
             for lane in range(1, LANES)
         ]
         results: list[tuple[list[str], list[ClaimedTask]] | BaseException] = []
@@ -1203,15 +1204,19 @@ class PostgresStore(
             self._wake("creep_tasks", "")
         return applied, claimed
 
-    def _lanes(self) -> ThreadPoolExecutor:
-        """The threads that run the lanes after the first (made on first use)."""
+    def _submit_lane(
+        self, fn: Callable[..., tuple[list[str], list[ClaimedTask]]], *args: Any
+    ) -> Future[tuple[list[str], list[ClaimedTask]]]:
+        """Run a lane after the first on the store's lane threads (made on first use; room
+        for two callers, e.g. two workers on one store). Under the lock: close() cannot
+        shut them down in between."""
         with self._lanes_lock:
             if self._lanes_closed:
                 raise StorageError("the store is closed")
             if self._lane_pool is None:
                 self._lane_pool = ThreadPoolExecutor(
                     2 * (LANES - 1), thread_name_prefix="creep-lane")
-            return self._lane_pool
+            return self._lane_pool.submit(fn, *args)
 
     # -- locks ---------------------------------------------------------------------------------
 
@@ -1542,7 +1547,9 @@ def _lanes_joined(
 ) -> tuple[list[str], list[ClaimedTask]]:
     """The lanes' results as one (applied ids, claimed tasks): lane by lane, each lane's
     claims in claim order. When some lanes failed: LaneFailed if others committed, else
-    the first lane's error; an error that is not a storage failure (a bug) as it is."""
+    the first lane's error. An error that is not a storage failure (a bug) is raised as it
+    is, and what other lanes claimed then stays claimed until the claims expire (the
+    rescuer requeues them, counting the attempt), as for any worker that crashes."""
     failed = [(lane, r) for lane, r in enumerate(results) if isinstance(r, BaseException)]
     done = [r for r in results if not isinstance(r, BaseException)]
     if not failed:
