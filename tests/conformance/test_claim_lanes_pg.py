@@ -95,21 +95,34 @@ def _claim_in_lanes(app: Creep, limit: int) -> list[ClaimedTask]:
     return claimed
 
 
+def _running_in_lanes(app: Creep, tasks: int) -> tuple[Any, list[ClaimedTask]]:
+    """A pool of 20 x 10, `tasks` queued, 100 of them claimed in lanes."""
+    _pool_and_tasks(app, assets=20, per_asset=10, tasks=tasks)
+    return app.store, _claim_in_lanes(app, 100)
+
+
+def _break_lanes(
+    monkeypatch: pytest.MonkeyPatch, store: Any, lanes: set[int], error: BaseException
+) -> Callable[[], None]:
+    """The store's transactions of these lanes raise `error` before any SQL; returns what
+    mends them."""
+    lane_work = store._complete_and_claim
+
+    def broken(*args: Any) -> Any:
+        if args[-1] in lanes:
+            raise error
+        return lane_work(*args)
+
+    monkeypatch.setattr(store, "_complete_and_claim", broken)
+    return lambda: monkeypatch.setattr(store, "_complete_and_claim", lane_work)
+
+
 def test_a_failed_lane_leaves_the_others_committed_and_names_what_to_write_again(
     pg_app: Creep, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = pg_app
-    _pool_and_tasks(app, assets=20, per_asset=10, tasks=600)
-    store: Any = app.store
-    running = _claim_in_lanes(app, 100)
-    lane_work = store._complete_and_claim
-
-    def lane_one_down(*args: Any) -> Any:
-        if args[-1] == 1:
-            raise StorageError("lane 1: connection lost")
-        return lane_work(*args)
-
-    monkeypatch.setattr(store, "_complete_and_claim", lane_one_down)
+    store, running = _running_in_lanes(app, 600)
+    mend = _break_lanes(monkeypatch, store, {1}, StorageError("lane 1: connection lost"))
     completions = _succeeded(app, running)
     with pytest.raises(LaneFailed) as failed:
         store.task_complete_and_claim(completions, "w", ["USE"], 100, app.clock.now(), 30,
@@ -123,7 +136,7 @@ def test_a_failed_lane_leaves_the_others_committed_and_names_what_to_write_again
     for c in failed.value.claimed:  # lane 0's claim committed: its tasks are the worker's
         assert app.get_task(c.task_id).status is TaskStatus.RUNNING
     # What the failed lane left is written again, as the worker's completer does.
-    monkeypatch.setattr(store, "_complete_and_claim", lane_work)
+    mend()
     assert sorted(store.task_complete_many(failed.value.unwritten, app.clock.now())) == sorted(
         unwritten)
 
@@ -132,26 +145,15 @@ def test_lanes_that_all_fail_raise_the_storage_error_and_a_bug_raises_as_it_is(
     pg_app: Creep, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = pg_app
-    _pool_and_tasks(app, assets=20, per_asset=10, tasks=400)
-    store: Any = app.store
-    running = _claim_in_lanes(app, 100)
-    lane_work = store._complete_and_claim
-
-    def all_down(*args: Any) -> Any:
-        raise StorageError(f"lane {args[-1]}: down")
-
-    monkeypatch.setattr(store, "_complete_and_claim", all_down)
+    store, running = _running_in_lanes(app, 400)
+    mend = _break_lanes(monkeypatch, store, {0, 1}, StorageError("down"))
     with pytest.raises(StorageError) as down:
         store.task_complete_and_claim(_succeeded(app, running), "w", ["USE"], 100,
                                       app.clock.now(), 30, lanes=2)
     assert not isinstance(down.value, LaneFailed)
 
-    def lane_one_bug(*args: Any) -> Any:
-        if args[-1] == 1:
-            raise KeyError("a bug")
-        return lane_work(*args)
-
-    monkeypatch.setattr(store, "_complete_and_claim", lane_one_bug)
+    mend()
+    _break_lanes(monkeypatch, store, {1}, KeyError("a bug"))
     with pytest.raises(KeyError):
         store.task_complete_and_claim(_succeeded(app, running), "w", ["USE"], 100,
                                       app.clock.now(), 30, lanes=2)
@@ -229,9 +231,7 @@ def test_a_lane_that_fails_midway_leaves_nothing_of_its_own_work(
     transaction: all of that rolls back, lane 0's work stands, and writing lane 1's
     completions again settles them exactly once."""
     app = pg_app
-    _pool_and_tasks(app, assets=20, per_asset=10, tasks=600)
-    store: Any = app.store
-    running = _claim_in_lanes(app, 100)
+    store, running = _running_in_lanes(app, 600)
     claim_rows = store._claim_rows
 
     def lane_one_breaks_after_claiming(*args: Any, **kwargs: Any) -> Any:
