@@ -108,37 +108,35 @@ def json_equal(a: Any, b: Any) -> bool:
 
 class _Ranked:
     """Candidates of one hint in preference order: a heap with lazy re-keying. Keys only
-    grow as leases are handed out (load rises), so a popped entry whose key is stale is
-    pushed back with its current key; an asset without spare concurrency is dropped."""
+    grow as leases are handed out (load rises), and within one match only `taken` changes,
+    so an entry records the `taken` it was keyed at: a popped entry whose asset was taken
+    from since (here or through another hint's heap) is pushed back with its current key; an
+    asset without spare concurrency is dropped."""
 
     def __init__(self, assets: Iterable[Candidate], key: Callable[[Candidate], Any]) -> None:
         self.key = key
-        self.heap = [(key(a), a.asset_id, a) for a in assets if a.spare > 0]
+        self.heap = [(key(a), a.asset_id, a, a.taken) for a in assets if a.spare > 0]
         heapq.heapify(self.heap)
 
     def take(self, need: int, used: set[str]) -> list[Candidate] | None:
-        got: list[Candidate] = []
-        passed: list[tuple[Any, str, Candidate]] = []
+        got: list[tuple[Any, str, Candidate, int]] = []
+        passed: list[tuple[Any, str, Candidate, int]] = []
         heap = self.heap
         while len(got) < need and heap:
-            key, asset_id, asset = heap[0]
+            entry = heap[0]
+            asset = entry[2]
             if asset.spare <= 0:
                 heapq.heappop(heap)
-                continue
-            current = self.key(asset)
-            if current != key:  # re-keyed in place: one sift instead of a pop and a push
-                heapq.heapreplace(heap, (current, asset_id, asset))
-                continue
-            entry = heapq.heappop(heap)
-            if asset_id in used:
-                passed.append(entry)
+            elif asset.taken != entry[3]:  # taken from since it was keyed: one sift
+                heapq.heapreplace(heap, (self.key(asset), entry[1], asset, asset.taken))
             else:
-                got.append(asset)
-        for entry in passed:
-            heapq.heappush(self.heap, entry)
-        for asset in got:
-            heapq.heappush(self.heap, (self.key(asset), asset.asset_id, asset))
-        return got if len(got) == need else None
+                heapq.heappop(heap)
+                (passed if entry[1] in used else got).append(entry)
+        # Back as they were: if the caller takes them (all or none) their keys are stale,
+        # too low, and re-keyed when met; if not, they are still exact.
+        for entry in passed + got:
+            heapq.heappush(heap, entry)
+        return [entry[2] for entry in got] if len(got) == need else None
 
 
 class _Pool:
@@ -147,8 +145,15 @@ class _Pool:
     def __init__(self, assets: Sequence[Candidate]) -> None:
         self.assets = assets
         self._ranked: dict[tuple[Any, ...], _Ranked] = {}
+        # Demands of one kind share their decoded hint objects (the stores decode each
+        # distinct text once): looked up by identity first, without building the full key.
+        self._by_hint: dict[tuple[Any, ...], tuple[dict[str, Any], _Ranked]] = {}
 
     def ranked(self, hint: dict[str, Any], demand: Demand, thrifty: bool) -> _Ranked:
+        fast = (id(hint), demand.tenant_id, demand.currency, demand.min_health_score, thrifty)
+        known = self._by_hint.get(fast)
+        if known is not None and known[0] is hint:
+            return known[1]
         attrs = hint.get("attributes")
         key = (hint["sku_category"], hint.get("sku_code"),
                orjson.dumps(attrs, option=orjson.OPT_SORT_KEYS) if attrs else b"",
@@ -158,6 +163,7 @@ class _Pool:
             fitting = (a for a in self.assets if _static_fits(hint, demand, a))
             found = _Ranked(fitting, Candidate.thrift if thrifty else Candidate.preference)
             self._ranked[key] = found
+        self._by_hint[fast] = (hint, found)
         return found
 
 
@@ -199,7 +205,8 @@ def match_all(
             match.refusal = "NO_RESOURCE"
             out.append(match)
             continue
-        cost = sum((a.cost_per_lease for _, a in picks), Decimal(0))
+        cost = picks[0][1].cost_per_lease if len(picks) == 1 else sum(
+            (a.cost_per_lease for _, a in picks), Decimal(0))
         if demand.max_total_cost is not None and demand.spent + cost > demand.max_total_cost:
             cheap = _pick(demand, source, thrifty=True)
             cheap_cost = sum((a.cost_per_lease for _, a in cheap or []), Decimal(0))
