@@ -512,12 +512,15 @@ class AssetStoreBase:
             (asset.asset_id, d.ts(since), d.ts(event.occurred_at), asset.asset_id, d.ts(since)),
         ).fetchall()
         count = sum(1 for r in rows if policy.is_failure(r[0]))
-        # Events of this transaction not yet written count too.
-        count += sum(
-            1 for e in pending.events
-            if e.asset_id == asset.asset_id and policy.is_failure(e.event_type)
-            and since < e.occurred_at <= event.occurred_at
-        )
+        # Events of this transaction not yet written count too, up to this one: they share
+        # its occurred_at, so their order in the transaction says which came after it (and the
+        # ban is caused by the failure that reached the count, not by the first of them).
+        for e in pending.events:
+            if (e.asset_id == asset.asset_id and policy.is_failure(e.event_type)
+                    and since < e.occurred_at <= event.occurred_at):
+                count += 1
+            if e is event:
+                break
         if count < policy.max_failures:
             return None
         return self._ban(

@@ -109,6 +109,9 @@ class SqliteDialect:
     #: (task_priority, correlation_id, occurred_at) to serve it (SQLite migration 0011).
     by_correlation = SQLITE_EVENTS_OF + " "
 
+    #: cost_per_lease as something to order by (SQLite keeps the exact decimal as text).
+    cost_order = "CAST(cost_per_lease AS REAL)"
+
     #: The leases of tasks named by key (t.task_id IN ...), joined with their tasks: through
     #: each task's lease_ids (every lease a claim of it took) to the leases' primary key.
     #: The by-task index would take a seek per priority and task (migration 0013).
@@ -323,6 +326,8 @@ class PostgresDialect:
     qa = "q"
     skip_locked_t = " FOR UPDATE OF t SKIP LOCKED"
     by_correlation = ""  # the correlation index leads with correlation_id
+
+    cost_order = "cost_per_lease"
 
     #: As SqliteDialect.leases_of_tasks; here the by-task index of leases serves it.
     leases_of_tasks = "leases l JOIN tasks t ON t.task_id = l.task_id"

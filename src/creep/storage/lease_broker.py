@@ -132,6 +132,12 @@ class LeaseBrokerMixin(AssetStoreBase):
             demands: list[Demand] = []
             for (task_id, tenant, project, env, corr, currency, budget, hints, cons, prio,
                  row_key) in rows:
+                if task_id in refs:
+                    # Read on an earlier page already: on PostgreSQL each page is a new
+                    # snapshot, and a commit in between (a submit ahead of it in claim order)
+                    # shifts the OFFSET window back over rows this claim holds. Matched twice,
+                    # the task would take two sets of leases and be charged twice.
+                    continue
                 # The claim's UPDATE appends the new lease ids and computes the deadline and
                 # attempt itself: the task's lease_ids, timeout_ms and attempt are not read.
                 refs[task_id] = TaskRef(task_id, tenant, project, env, corr, priority=prio,
@@ -194,38 +200,57 @@ class LeaseBrokerMixin(AssetStoreBase):
         filters on (sku, attributes, min_health_score), all of it in SQL, so the
         CANDIDATES_PER_KIND bound never hides a rare match behind common assets. Assets a
         `batch` holds come from its snapshots (their rows are not written yet); the SQL
-        lets them through whatever their stored concurrency, and matching re-checks all."""
+        lets them through whatever their stored concurrency, and matching re-checks all.
+        Past the bound, the assets loaded are the first in the preference order (healthier,
+        less loaded, cheaper), and for kinds a task with a budget asks for, the cheapest
+        too: the fallback to the cheapest set must see them."""
+        d = self._adialect
         held = sorted(batch.dirty) if batch is not None else []
         wanted: dict[tuple[Any, ...], tuple[Demand, dict[str, Any]]] = {}
+        budgeted: set[tuple[Any, ...]] = set()
         for x in demands:
             for hint in x.hints:
                 key = (x.tenant_id, hint["sku_category"], hint.get("sku_code"), x.currency,
                        repr(sorted((hint.get("attributes") or {}).items())),
                        x.min_health_score)
                 wanted.setdefault(key, (x, hint))
+                if x.max_total_cost is not None:
+                    budgeted.add(key)
+        load = "current_concurrency * 1.0 / max_concurrency"
+        preferred = f"health_score DESC, {load}, {d.cost_order}, asset_id"
         for key in sorted(set(wanted) - kinds, key=str):
             kinds.add(key)
             demand, hint = wanted[key]
             where, params = self._candidate_filter(demand, hint, held)
-            params.append(CANDIDATES_PER_KIND)
-            for r in self._x(
-                conn,
-                f"SELECT {ASSET_COLS} FROM assets WHERE {where} "
-                "ORDER BY health_score DESC, asset_id LIMIT ?",
-                params,
-            ).fetchall():
-                if r[0] in pool:
-                    continue
-                a = batch.assets.get(r[0]) if batch is not None else None
-                a = a or self._asset(r)
-                snapshots[a.asset_id] = a
-                pool[a.asset_id] = Candidate(
-                    asset_id=a.asset_id, tenant_id=a.tenant_id, sku_category=a.sku_category,
-                    sku_code=a.sku_code, attributes=a.attributes,
-                    max_concurrency=a.max_concurrency,
-                    current_concurrency=a.current_concurrency, health_score=a.health_score,
-                    cost_per_lease=a.cost_per_lease, currency=a.currency, status=STATUS_TEXT[a.status],
-                )
+            orders = [preferred]
+            if key in budgeted:
+                orders.append(f"{d.cost_order}, {preferred}")
+            for order in orders:
+                rows = self._x(
+                    conn, f"SELECT {ASSET_COLS} FROM assets WHERE {where} ORDER BY {order} "
+                    "LIMIT ?", [*params, CANDIDATES_PER_KIND],
+                ).fetchall()
+                self._add_candidates(rows, pool, snapshots, batch)
+                if len(rows) < CANDIDATES_PER_KIND:
+                    break  # every asset of the kind is loaded
+
+    def _add_candidates(
+        self, rows: Sequence[Sequence[Any]], pool: dict[str, Candidate],
+        snapshots: dict[str, AssetSnapshot], batch: Pending | None,
+    ) -> None:
+        for r in rows:
+            if r[0] in pool:
+                continue
+            a = batch.assets.get(r[0]) if batch is not None else None
+            a = a or self._asset(r)
+            snapshots[a.asset_id] = a
+            pool[a.asset_id] = Candidate(
+                asset_id=a.asset_id, tenant_id=a.tenant_id, sku_category=a.sku_category,
+                sku_code=a.sku_code, attributes=a.attributes,
+                max_concurrency=a.max_concurrency,
+                current_concurrency=a.current_concurrency, health_score=a.health_score,
+                cost_per_lease=a.cost_per_lease, currency=a.currency, status=STATUS_TEXT[a.status],
+            )
 
     def _candidate_filter(
         self, demand: Demand, hint: dict[str, Any], held: Sequence[str] = ()
