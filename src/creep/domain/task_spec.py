@@ -221,6 +221,15 @@ def _resource_hints(errs: _Errors, value: Any) -> list[dict[str, Any]]:
 MAX_GRACE_MS = 7 * 24 * 3600 * 1000
 
 
+def retries_allowed(constraints: Mapping[str, Any]) -> int:
+    """The retries a task's attempts allow (constraints.max_retries, default 3): at submit,
+    and again each time it is retried by hand (fresh retries, whatever an earlier manual
+    retry made max_attempts)."""
+    retries = constraints.get("max_retries", DEFAULT_MAX_RETRIES)
+    return retries if isinstance(retries, int) and not isinstance(retries, bool) \
+        else DEFAULT_MAX_RETRIES
+
+
 def _constraints(errs: _Errors, value: Any) -> dict[str, Any]:
     if value is None:
         return {}
@@ -464,8 +473,7 @@ def validate_full(
         errs.add("currency", "must be a 3-4 letter upper-case currency code such as USD or USDT")
         currency = "USD"
     constraints = _constraints(errs, data.get("constraints"))
-    retries = constraints.get("max_retries", DEFAULT_MAX_RETRIES)
-    max_attempts = (retries if isinstance(retries, int) else DEFAULT_MAX_RETRIES) + 1
+    max_attempts = retries_allowed(constraints) + 1
 
     depends_raw = data.get("depends_on") or []
     depends_on: list[str] = []

@@ -259,6 +259,38 @@ def plan_replays(
     return plan
 
 
+def bind_replayed_dependencies(
+    specs: Sequence[TaskSpec], lookup: Callable[[TaskSpec], tuple[TaskOrder, str] | None]
+) -> tuple[ReplayPlan | None, list[TaskSpec]]:
+    """A submission whose orders depend on others of the same submission, some of which are
+    replays (their idempotency key exists, or repeats an earlier order's): the dependants
+    depend on the task a replay stands for, with its current status, not on a row that is
+    never written. Returns the plan that resolves the answer and the orders to create, their
+    depends_on rebound; (None, specs) when no order needs it."""
+    ids = {s.task_id for s in specs}
+    if not any(d in ids for s in specs for d in s.depends_on):
+        return None, list(specs)
+    plan = plan_replays(specs, lookup)
+    if len(plan.fresh) == len(specs):
+        return None, list(specs)
+    alias = {
+        spec.task_id: target
+        for spec, slot in zip(specs, plan.slots, strict=True)
+        if (target := slot.task_id if isinstance(slot, TaskOrder) else slot) != spec.task_id
+    }
+    fresh = [
+        replace(s, depends_on=list(dict.fromkeys(alias.get(d, d) for d in s.depends_on)))
+        if any(d in alias for d in s.depends_on) else s
+        for s in plan.fresh
+    ]
+    return plan, fresh
+
+
+#: The result_message of a task cancelled when its attempt ended in a retry (or its worker
+#: was lost) after a cancellation was requested: it is not run again.
+CANCELLED_WHILE_ENDING = "cancellation requested while it ran; not retried"
+
+
 def rescue(
     task_id: str, token: str, attempt: int, max_attempts: int, deadline: datetime | None,
     expires: datetime | None, now: datetime, backoff: Backoff, grace_ms: int | None = None,

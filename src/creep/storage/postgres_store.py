@@ -50,7 +50,7 @@ from creep.domain.errors import (
 from creep.domain.events import TaskEvent
 from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, Resolution
 from creep.domain.task import RETRYABLE_FROM, TaskOrder, TaskStatus, check_transition
-from creep.domain.task_spec import TaskSpec
+from creep.domain.task_spec import TaskSpec, retries_allowed
 from creep.ports import (
     ClaimedTask,
     Completion,
@@ -64,10 +64,12 @@ from creep.ports_api import AuditRow
 from creep.storage import pending_writes
 from creep.storage.asset_pages import AssetPagesMixin  # REST API pages
 from creep.storage.common import (
+    CANCELLED_WHILE_ENDING,
     PLAIN_COLUMNS,
     TASK_COLUMNS,
     TASK_SELECT,
     UPDATABLE_FIELDS,
+    bind_replayed_dependencies,
     check_dependencies,
     dumps,
     initial_status,
@@ -387,6 +389,10 @@ class PostgresStore(
             if created is not None:
                 return created
         with pending_writes.kept_on_error(), self._tx(within) as conn:
+            # (Orders depending on others of this submission that are replays: see there.)
+            rebound, specs = bind_replayed_dependencies(
+                specs, self._replay_lookup(conn, specs, set()))
+            by_id = {s.task_id: s for s in specs}
             outside = sorted({d for s in specs for d in s.depends_on if d not in by_id})
             found: dict[str, tuple[str, str]] = {}
             if outside:
@@ -424,26 +430,7 @@ class PostgresStore(
             if missing:
                 # Idempotency keys that exist already: replay or conflict, decided by the
                 # unique constraint (the insert above skipped exactly these rows).
-                rows = {
-                    (r[_IDX["tenant_id"]], r[_IDX["env"]], r[_IDX["idempotency_key"]]): r
-                    for r in conn.execute(
-                        f"SELECT {TASK_SELECT}, request_hash FROM tasks t JOIN unnest("
-                        "%s::text[], %s::text[], %s::text[]) k(tn, ev, ik) "
-                        "ON t.tenant_id = k.tn AND t.env = k.ev AND t.idempotency_key = k.ik",
-                        (
-                            [s.tenant_id for s in missing], [s.env for s in missing],
-                            [s.idempotency_key for s in missing],
-                        ),
-                    )
-                }
-
-                def lookup(spec: TaskSpec) -> tuple[TaskOrder, str] | None:
-                    row = rows.get((spec.tenant_id, spec.env, spec.idempotency_key))
-                    if row is None or spec.task_id in inserted:
-                        return None
-                    return _row_to_task(row[:-1]), row[-1]
-
-                plan = plan_replays(specs, lookup)
+                plan = plan_replays(specs, self._replay_lookup(conn, missing, inserted))
                 fresh_ids = {s.task_id for s in plan.fresh}
                 if not fresh_ids <= inserted:
                     # A spec lost its key to a concurrent insert of another spec: retry whole.
@@ -464,9 +451,42 @@ class PostgresStore(
                 )
             if not notified and any(t.status is TaskStatus.QUEUED for t in created):
                 conn.execute("SELECT pg_notify('creep_tasks', '')")
+            if rebound is not None:
+                out = rebound.resolve({s.task_id: t for s, t in zip(specs, out, strict=True)})
         if any(t.status is TaskStatus.QUEUED for t in created):
             self._wake("creep_tasks", "")
         return out
+
+    @staticmethod
+    def _replay_lookup(
+        conn: psycopg.Connection[Any], specs: Sequence[TaskSpec], inserted: set[str]
+    ) -> Callable[[TaskSpec], tuple[TaskOrder, str] | None]:
+        """The existing task (and its request hash) with an order's idempotency key, read
+        for all of `specs` at once, on the first call; an order whose own row was `inserted`
+        has none."""
+        rows: dict[tuple[str, str, str], Any] = {}
+        read = False
+
+        def lookup(spec: TaskSpec) -> tuple[TaskOrder, str] | None:
+            nonlocal read
+            if not read:
+                read = True
+                rows.update(
+                    ((r[_IDX["tenant_id"]], r[_IDX["env"]], r[_IDX["idempotency_key"]]), r)
+                    for r in conn.execute(
+                        f"SELECT {TASK_SELECT}, request_hash FROM tasks t JOIN unnest("
+                        "%s::text[], %s::text[], %s::text[]) k(tn, ev, ik) "
+                        "ON t.tenant_id = k.tn AND t.env = k.ev AND t.idempotency_key = k.ik",
+                        ([s.tenant_id for s in specs], [s.env for s in specs],
+                         [s.idempotency_key for s in specs]),
+                    )
+                )
+            row = rows.get((spec.tenant_id, spec.env, spec.idempotency_key))
+            if row is None or spec.task_id in inserted:
+                return None
+            return _row_to_task(row[:-1]), row[-1]
+
+        return lookup
 
     def _copy_plain(
         self, conn: psycopg.Connection[Any], specs: Sequence[TaskSpec],
@@ -806,17 +826,19 @@ class PostgresStore(
                     attempt = CASE WHEN o.charge THEN t.attempt ELSE t.attempt - 1 END,
                     progress = CASE WHEN o.status = 'SUCCESS' THEN 100 ELSE t.progress END,
                     claimed_by = NULL, claim_token = NULL, claim_expires_at = NULL,
-                    deadline_at = NULL, cancel_requested = false,
+                    deadline_at = NULL,
+                    cancel_requested = o.status = 'QUEUED' AND t.cancel_requested,
                     task_version = t.task_version + 1, updated_at = %s
                 FROM o WHERE t.task_id = o.id AND t.claim_token = o.tok
                   AND t.status = CASE WHEN o.tok IS NOT NULL THEN 'RUNNING' END
                 RETURNING t.task_id, t.tenant_id, t.status, t.has_dependants, o.event, o.payload,
-                    t.attempt + CASE WHEN o.charge THEN 0 ELSE 1 END AS attempt, t.has_hints
+                    t.attempt + CASE WHEN o.charge THEN 0 ELSE 1 END AS attempt, t.has_hints,
+                    t.cancel_requested
             ), ev AS (
                 INSERT INTO task_events ({_EVENT_COLUMNS})
                 SELECT task_id, tenant_id, event, 'RUNNING', status, attempt, payload, %s FROM done
             )
-            SELECT task_id, status, has_dependants, has_hints FROM done""",
+            SELECT task_id, status, has_dependants, has_hints, cancel_requested FROM done""",
             (
                 [i.task_id for i in items], [i.claim_token for i in items],
                 [i.resolution.status.value for i in items],
@@ -849,7 +871,29 @@ class PostgresStore(
             self._promote_dependants(conn, succeeded, now)
         if dead:
             self._cancel_dependants(conn, dead, now)
+        stopped = [r[0] for r in rows if r[1] == "QUEUED" and r[4]]  # (successes: 4 columns)
+        if stopped:
+            self._cancel_requeued(conn, stopped, now)
         return [r[0] for r in rows]
+
+    def _cancel_requeued(
+        self, conn: psycopg.Connection[Any], task_ids: list[str], now: datetime
+    ) -> None:
+        """Tasks whose attempt ended in a retry (or whose worker was lost) while their
+        cancellation was requested: cancelled now, as a queued task is, instead of run again."""
+        rows = conn.execute(
+            """UPDATE tasks SET status = 'CANCELLED', result_code = 'CANCELLED',
+                result_message = %(msg)s, finished_at = %(now)s, updated_at = %(now)s,
+                cancel_requested = false, task_version = task_version + 1
+            WHERE task_id = ANY(%(ids)s::uuid[]) AND status = 'QUEUED' AND cancel_requested
+            RETURNING task_id, tenant_id, attempt""",
+            {"msg": CANCELLED_WHILE_ENDING, "now": now, "ids": task_ids},
+        ).fetchall()
+        payload = Jsonb({"reason": CANCELLED_WHILE_ENDING})
+        _insert_events(conn, [(r[0], r[1], "cancelled", "QUEUED", "CANCELLED", r[2], payload, now)
+                              for r in rows])
+        if rows:
+            self._cancel_dependants(conn, [r[0] for r in rows], now)
 
     def _promote_dependants(
         self, conn: psycopg.Connection[Any], parents: list[str], now: datetime
@@ -985,7 +1029,7 @@ class PostgresStore(
                 raise ConflictError(
                     f"task {task_id}: dependency {blocked[0]} is {blocked[1]}, not SUCCESS"
                 )
-            retries = int(task.constraints.get("max_retries", task.max_attempts - 1))
+            retries = retries_allowed(task.constraints)
             conn.execute(
                 """UPDATE tasks SET status = 'QUEUED', queued_at = %(now)s, run_after = %(now)s,
                     finished_at = NULL, result_code = NULL, result_message = NULL,

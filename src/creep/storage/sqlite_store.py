@@ -28,7 +28,7 @@ from creep.domain.errors import (
 from creep.domain.events import TaskEvent
 from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, Resolution
 from creep.domain.task import RETRYABLE_FROM, TaskOrder, TaskStatus, check_transition
-from creep.domain.task_spec import TaskSpec
+from creep.domain.task_spec import TaskSpec, retries_allowed
 from creep.ports import (
     ClaimedTask,
     Completion,
@@ -40,6 +40,7 @@ from creep.ports import (
 from creep.storage import pending_writes
 from creep.storage.asset_pages import AssetPagesMixin  # REST API pages
 from creep.storage.common import (
+    CANCELLED_WHILE_ENDING,
     INSERT_COLUMNS,
     OPTIONAL_DEFAULTS,
     PLAIN_COLUMNS,
@@ -47,6 +48,7 @@ from creep.storage.common import (
     TASK_COLUMNS,
     TASK_SELECT,
     UPDATABLE_FIELDS,
+    bind_replayed_dependencies,
     check_dependencies,
     dumps,
     initial_status,
@@ -319,6 +321,10 @@ class SqliteStore(
         # waits for the GIL again after SQLite released it.
         one_statement = len(specs) <= _ONE_STATEMENT and not any(s.depends_on for s in specs)
         with self._write(within) as conn:
+            # (Orders depending on others of this submission that are replays: see there.)
+            plan, specs = bind_replayed_dependencies(specs, self._replay_lookup(conn))
+            if plan is not None:
+                prepared = None
             dep_status = self._dependency_status(conn, specs)
             try:
                 if not one_statement:
@@ -332,6 +338,8 @@ class SqliteStore(
                     conn.execute("ROLLBACK TO fast_insert")
                     conn.execute("RELEASE fast_insert")
                 out = self._insert_with_replays(conn, specs, dep_status, now)
+            if plan is not None:
+                out = plan.resolve({s.task_id: t for s, t in zip(specs, out, strict=True)})
         if any(t.status is TaskStatus.QUEUED and not t.replayed for t in out):
             self._wake("creep_tasks", "")
         return out
@@ -438,6 +446,15 @@ class SqliteStore(
         self, conn: sqlite3.Connection, specs: Sequence[TaskSpec], dep_status: dict[str, str],
         now: datetime,
     ) -> list[TaskOrder]:
+        plan = plan_replays(specs, self._replay_lookup(conn))
+        created = {t.task_id: t for t in self._insert_new(conn, plan.fresh, dep_status, now)}
+        return plan.resolve(created)
+
+    @staticmethod
+    def _replay_lookup(
+        conn: sqlite3.Connection,
+    ) -> Callable[[TaskSpec], tuple[TaskOrder, str] | None]:
+        """The existing task (and its request hash) with an order's idempotency key."""
         def lookup(spec: TaskSpec) -> tuple[TaskOrder, str] | None:
             row = conn.execute(
                 f"SELECT {TASK_SELECT}, request_hash FROM tasks "
@@ -446,9 +463,7 @@ class SqliteStore(
             ).fetchone()
             return None if row is None else (_row_to_task(row[:-1]), row[-1])
 
-        plan = plan_replays(specs, lookup)
-        created = {t.task_id: t for t in self._insert_new(conn, plan.fresh, dep_status, now)}
-        return plan.resolve(created)
+        return lookup
 
     # -- reading tasks -------------------------------------------------------------------------
 
@@ -598,9 +613,12 @@ class SqliteStore(
         if plain:  # the usual completion, a success: constants in the SQL, not per row
             conn.execute(_SUCCESS_EVENTS_SQL, (plain, now_us))
             rows = conn.execute(_SUCCESS_UPDATE_SQL, (plain, now_us)).fetchall()
+        stopped: list[str] = []
         if doc:
             conn.execute(_APPLY_EVENTS_SQL, (doc, now_us))
-            rows += conn.execute(_APPLY_UPDATE_SQL, (doc, now_us)).fetchall()
+            general = conn.execute(_APPLY_UPDATE_SQL, (doc, now_us)).fetchall()
+            stopped = [r[0] for r in general if r[1] == "QUEUED" and r[4]]
+            rows += general
         succeeded = [r[0] for r in rows if r[2] and r[1] == "SUCCESS"]
         dead = [r[0] for r in rows if r[2] and r[1] not in ("SUCCESS", "QUEUED")]
         hinted = {r[0] for r in rows if r[3]}
@@ -619,7 +637,27 @@ class SqliteStore(
             self._promote_dependants(conn, succeeded, now_us)
         if dead:
             self._cancel_dependants(conn, dead, now_us)
+        if stopped:
+            self._cancel_requeued(conn, stopped, now_us)
         return [r[0] for r in rows]
+
+    def _cancel_requeued(self, conn: sqlite3.Connection, task_ids: list[str], now_us: int) -> None:
+        """Tasks whose attempt ended in a retry (or whose worker was lost) while their
+        cancellation was requested: cancelled now, as a queued task is, instead of run again."""
+        rows = conn.execute(
+            """UPDATE tasks SET status = 'CANCELLED', result_code = 'CANCELLED',
+                result_message = ?2, finished_at = ?1, updated_at = ?1, cancel_requested = 0,
+                task_version = task_version + 1
+            WHERE status = 'QUEUED' AND cancel_requested = 1
+              AND task_id IN (SELECT value FROM json_each(?3))
+            RETURNING task_id, tenant_id, attempt""",
+            (now_us, CANCELLED_WHILE_ENDING, _ids_json(task_ids)),
+        ).fetchall()
+        payload = dumps({"reason": CANCELLED_WHILE_ENDING})
+        _insert_events(conn, [(r[0], r[1], "cancelled", "QUEUED", "CANCELLED", r[2], payload,
+                               now_us) for r in rows])
+        if rows:
+            self._cancel_dependants(conn, [r[0] for r in rows], now_us)
 
     def _promote_dependants(self, conn: sqlite3.Connection, parents: list[str], now_us: int) -> int:
         rows = conn.execute(
@@ -739,7 +777,7 @@ class SqliteStore(
                 raise ConflictError(
                     f"task {task_id}: dependency {blocked[0]} is {blocked[1]}, not SUCCESS"
                 )
-            retries = int(task.constraints.get("max_retries", task.max_attempts - 1))
+            retries = retries_allowed(task.constraints)
             conn.execute(
                 """UPDATE tasks SET status = 'QUEUED', queued_at = ?1, run_after = ?1,
                     finished_at = NULL, result_code = NULL, result_message = NULL,
@@ -1224,11 +1262,12 @@ UPDATE tasks SET status = o.value ->> 2, result_code = o.value ->> 3,
     attempt = CASE WHEN o.value ->> 8 THEN attempt ELSE attempt - 1 END,
     progress = CASE WHEN o.value ->> 2 = 'SUCCESS' THEN 100 ELSE progress END,
     claimed_by = NULL, claim_token = NULL, claim_expires_at = NULL, deadline_at = NULL,
-    cancel_requested = 0, task_version = task_version + 1, updated_at = ?2
+    cancel_requested = CASE WHEN o.value ->> 2 = 'QUEUED' THEN cancel_requested ELSE 0 END,
+    task_version = task_version + 1, updated_at = ?2
 FROM json_each(?1) o
 WHERE tasks.task_id = o.value ->> 0 AND tasks.claim_token = o.value ->> 1
   AND tasks.status = 'RUNNING'
-RETURNING task_id, status, has_dependants, has_hints"""
+RETURNING task_id, status, has_dependants, has_hints, cancel_requested"""
 
 
 def _insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
