@@ -152,6 +152,10 @@ class Worker:
         self._sync_pool = ThreadPoolExecutor(
             self.settings.concurrency, thread_name_prefix="creep-handler"
         )
+        # Sync handlers stopped (timed out, cancelled) whose threads still run: they keep
+        # their slots until they return, or the next task would wait for a pool thread while
+        # its own deadline ran.
+        self._stuck_threads = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._leader_token: str | None = None
@@ -317,7 +321,7 @@ class Worker:
         types = sorted(self.handlers)
         idle_rounds = 0
         while not self._stopping:
-            free = s.concurrency - len(self._running)
+            free = s.concurrency - len(self._running) - self._stuck_threads
             if free <= 0 or (free < min(batch, s.concurrency) // 4 and self._running):
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
@@ -528,37 +532,34 @@ class Worker:
             if is_async:
                 value = await handler(run.ctx)
             else:
-                loop = asyncio.get_running_loop()
-                sync_ctx = SyncTaskContext(run.ctx, loop)
-                # In the handler's thread too: the current span (its own spans nest in it).
-                value = await loop.run_in_executor(
-                    self._sync_pool, contextvars.copy_context().run, handler, sync_ctx)
+                value = await self._run_sync(handler, run.ctx)
             if run.stop_reason is not None:
                 # A sync handler cannot be interrupted; it finished after it was stopped.
                 outcome = self._stopped_outcome(run)
             else:
                 outcome = _value_outcome(task_id, token, value)
-        except asyncio.CancelledError:
-            if run.stop_reason is None:
-                raise
-            outcome = self._stopped_outcome(run)
+        except asyncio.CancelledError as exc:
+            if run.stop_reason is not None:
+                outcome = self._stopped_outcome(run)
+            else:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # this run is being cancelled (the worker's own shutdown path)
+                # Raised by the handler itself (a sub-task it awaited was cancelled): an
+                # error like any other, or the task would stay RUNNING until its claim expired.
+                outcome = _error_outcome(task_id, token, exc)
         except TaskCancelled as exc:
             outcome = (
                 self._stopped_outcome(run) if run.stop_reason not in (None, "cancel")
                 else Outcome(task_id, token, OutcomeKind.CANCELLED, message=storable(str(exc)))
             )
-        except Retry as exc:
-            outcome = Outcome(
-                task_id, token, OutcomeKind.RETRY, message=storable(exc.message),
-                retry_delay=exc.delay,
-            )
-        except Fail as exc:
-            outcome = Outcome(
-                task_id, token, OutcomeKind.FAILED, code=storable(exc.code),
-                message=storable(exc.message),
-            )
-        except Exception as exc:
-            outcome = _error_outcome(task_id, token, exc)
+        except (Exception, SystemExit) as exc:
+            # A stopped handler that raises while it unwinds (its cleanup failed) still ends
+            # as it was stopped: timed out, cancelled, requeued at shutdown. A handler's
+            # sys.exit() is its task's error, not the worker's: the worker and its other
+            # tasks go on.
+            outcome = (self._stopped_outcome(run) if run.stop_reason is not None
+                       else _raised_outcome(task_id, token, exc))
         finally:
             self._running.pop(task_id, None)
             self._slot_freed.set()
@@ -576,6 +577,24 @@ class Worker:
         if len(self._buffer) >= batch or len(self._buffer) >= 1000 or len(self._buffer) == 1:
             self._flush_now.set()
         return outcome
+
+    async def _run_sync(self, handler: Handler, ctx: TaskContext) -> Any:
+        """A sync handler in a pool thread (with the current span: its own spans nest in it).
+        If its run is stopped, the thread cannot be: its slot stays taken until it returns."""
+        loop = asyncio.get_running_loop()
+        job = self._sync_pool.submit(
+            contextvars.copy_context().run, handler, SyncTaskContext(ctx, loop))
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            if not job.cancel():  # started: it runs on until the handler returns
+                self._stuck_threads += 1
+                job.add_done_callback(lambda _: _call_soon(loop, self._thread_returned))
+            raise
+
+    def _thread_returned(self) -> None:
+        self._stuck_threads -= 1
+        self._slot_freed.set()
 
     def _stopped_outcome(self, run: _Running) -> Outcome | None:
         task_id, token = run.claimed.task_id, run.claimed.claim_token
@@ -745,7 +764,7 @@ class Worker:
 
     async def progress_one(self, ctx: TaskContext, percent: int, message: str | None) -> None:
         held = await self._call(
-            self.store.task_progress, ctx.task_id, ctx.claim_token, percent, message,
+            self.store.task_progress, ctx.task_id, ctx.claim_token, percent, storable(message),
             self.clock.now(),
         )
         if not held:
@@ -865,6 +884,24 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """From another thread; nothing once the worker's loop is closed."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback)
+
+
+def _raised_outcome(task_id: str, token: str, exc: BaseException) -> Outcome:
+    """What a handler's exception asks for: Retry and Fail as they say, anything else a retry
+    with the error recorded."""
+    if isinstance(exc, Retry):
+        return Outcome(task_id, token, OutcomeKind.RETRY, message=storable(exc.message),
+                       retry_delay=exc.delay)
+    if isinstance(exc, Fail):
+        return Outcome(task_id, token, OutcomeKind.FAILED, code=storable(exc.code),
+                       message=storable(exc.message))
+    return _error_outcome(task_id, token, exc)
 
 
 def _error_outcome(task_id: str, token: str, exc: BaseException) -> Outcome:

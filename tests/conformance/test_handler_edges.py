@@ -1,0 +1,156 @@
+"""How a worker ends a handler's run in the awkward cases: a CancelledError the handler raises
+itself, a handler that raises while being stopped, a sync handler that outlives its timeout,
+a handler calling sys.exit(), and progress text no database could store."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from creep import Creep, FrozenClock, TaskContext, TaskStatus
+
+
+@pytest.fixture
+def app(db_url: str, clock: FrozenClock) -> Iterator[Creep]:
+    creep_app = Creep(db_url, clock=clock)
+    yield creep_app
+    creep_app.close()
+
+
+def _burst(app: Creep, **options: Any) -> dict[str, int]:
+    worker = app.worker(**options)
+    return asyncio.run(asyncio.wait_for(worker.run(burst=True), timeout=60))
+
+
+def test_a_cancelled_error_raised_by_the_handler_itself_is_its_error(app: Creep) -> None:
+    @app.handler("T")
+    async def awaits_a_cancelled_subtask(ctx: TaskContext) -> object:
+        sub = asyncio.create_task(asyncio.sleep(10))
+        sub.cancel()
+        await sub  # the sub-task's CancelledError, not the run's
+        return "unreachable"
+
+    t = app.submit(task_type="T", constraints={"max_retries": 0})
+    stats = _burst(app)
+    after = app.get_task(t.task_id)
+    assert (after.status, after.result_code) == (TaskStatus.DEAD_LETTER, "MAX_RETRIES_EXCEEDED")
+    assert "CancelledError" in (after.result_message or "")
+    assert stats["completed"] == 1 and stats["lost"] == 0
+
+
+def test_a_sync_handler_past_its_timeout_keeps_its_slot_until_it_returns(app: Creep) -> None:
+    ran: list[str] = []
+    release = threading.Event()
+    active, peak, lock = [0], [0], threading.Lock()
+
+    @app.handler("HANG")
+    def hang(ctx: object) -> object:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            release.wait(3)  # deaf to cancellation, as a blocking call is
+        finally:
+            with lock:
+                active[0] -= 1
+        return "late"
+
+    @app.handler("QUICK")
+    def quick(ctx: object) -> object:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            active[0] -= 1
+        ran.append("quick")
+        return "ok"
+
+    slow = app.submit(task_type="HANG", priority=90, timeout_ms=200)
+    fast = app.submit(task_type="QUICK", priority=10, timeout_ms=1000)
+    try:
+        _burst(app, concurrency=1)
+    finally:
+        release.set()
+    assert app.get_task(slow.task_id).status is TaskStatus.TIMEOUT
+    # Claimed only once the timed-out handler's thread returned: it ran, within its time.
+    assert (app.get_task(fast.task_id).status, ran) == (TaskStatus.SUCCESS, ["quick"])
+    assert peak[0] == 1
+
+
+def test_a_handler_raising_while_it_times_out_ends_timed_out(app: Creep) -> None:
+    @app.handler("T")
+    async def cleanup_raises(ctx: TaskContext) -> object:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            raise RuntimeError("connection closed while cancelling") from None
+        return None
+
+    t = app.submit(task_type="T", timeout_ms=200, constraints={"max_retries": 0})
+    _burst(app)
+    assert app.get_task(t.task_id).status is TaskStatus.TIMEOUT
+
+
+def test_a_handler_raising_while_the_worker_shuts_down_is_requeued_uncharged(
+    app: Creep,
+) -> None:
+    started = threading.Event()
+
+    @app.handler("T")
+    async def cleanup_raises(ctx: TaskContext) -> object:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            raise RuntimeError("connection closed while cancelling") from None
+        return None
+
+    t = app.submit(task_type="T")
+    worker = app.worker(shutdown_grace=0.1)
+    thread = threading.Thread(target=lambda: asyncio.run(worker.run()))
+    thread.start()
+    try:
+        assert started.wait(20)
+    finally:
+        worker.request_stop()
+        thread.join(20)
+    after = app.get_task(t.task_id)
+    kinds = [e.event_type for e in app.task_events(t.task_id)]
+    assert (after.status, after.attempt, kinds[-1]) == (TaskStatus.QUEUED, 0, "requeued")
+
+
+def test_a_handler_calling_sys_exit_fails_its_task_and_the_worker_goes_on(app: Creep) -> None:
+    @app.handler("EXITS")
+    def exits(ctx: object) -> object:
+        raise SystemExit("handler called sys.exit()")
+
+    @app.handler("OK")
+    async def ok(ctx: TaskContext) -> object:
+        await asyncio.sleep(0.2)
+        return "ok"
+
+    bad = app.submit(task_type="EXITS", priority=90, constraints={"max_retries": 0})
+    others = [app.submit(task_type="OK").task_id for _ in range(3)]
+    _burst(app, concurrency=4)
+    assert [app.get_task(i).status for i in others] == [TaskStatus.SUCCESS] * 3
+    after = app.get_task(bad.task_id)
+    assert after.status is TaskStatus.DEAD_LETTER and "SystemExit" in (after.result_message or "")
+
+
+def test_progress_text_with_nul_and_lone_surrogates_is_stored_escaped(app: Creep) -> None:
+    @app.handler("T")
+    async def progress(ctx: TaskContext) -> object:
+        await ctx.progress(10, "a\x00b")
+        await ctx.progress(20, "c\ud800d")
+        return "ok"
+
+    t = app.submit(task_type="T", constraints={"max_retries": 0})
+    _burst(app)
+    after = app.get_task(t.task_id)
+    assert after.status is TaskStatus.SUCCESS, after.result_message
+    messages = [e.payload.get("message") for e in app.task_events(t.task_id)
+                if e.event_type == "progress"]
+    assert messages == ["a\\x00b", "c\\ud800d"]
