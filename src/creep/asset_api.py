@@ -29,10 +29,11 @@ from creep.domain.asset_event import (
     validate_reported_event,
 )
 from creep.domain.clock import Clock
-from creep.domain.errors import ValidationError
-from creep.domain.ids import uuid7
+from creep.domain.errors import NotFound, ValidationError
+from creep.domain.ids import is_uuid, uuid7
 from creep.domain.lease import Lease
 from creep.domain.ledger import EntryType, LedgerEntry, LedgerSummary
+from creep.domain.text import bad_text
 from creep.ports import Store
 
 
@@ -71,6 +72,9 @@ class AssetApi:
         project_id: str | None = None, after: str | None = None, limit: int = 100,
     ) -> list[AssetSnapshot]:
         """Assets ordered by asset_id; pass the last one's asset_id as `after` for the next page."""
+        _check_limit(limit)
+        if after is not None and not is_uuid(after):
+            raise ValidationError.single("after", "must be the asset_id of the last asset read")
         flt = AssetFilter(tenant_id, status, sku_category, sku_code, project_id)
         return self.store.asset_list(flt, after=after, limit=limit)
 
@@ -87,6 +91,14 @@ class AssetApi:
     ) -> list[AssetSnapshot]:
         """Bulk update, all or nothing: (asset_id, expected_version, changes) each."""
         checked = [(a, v, validate_asset_changes(c)) for a, v, c in items]
+        seen: set[str] = set()
+        for i, (asset_id, _, _) in enumerate(checked):
+            if asset_id in seen:
+                raise ValidationError.single(
+                    f"items[{i}].asset_id", "names an asset already changed in this call")
+            seen.add(asset_id)
+            if not is_uuid(asset_id):
+                raise NotFound("asset", asset_id)
         return self.store.asset_update_many(checked, self.clock.now(), tenant_id=tenant_id)
 
     def ban_asset(
@@ -114,6 +126,8 @@ class AssetApi:
     def _set_asset_status(
         self, asset_id: str, status: AssetStatus, reason: str | None, tenant_id: str | None
     ) -> AssetSnapshot:
+        if not is_uuid(asset_id):
+            raise NotFound("asset", asset_id)
         asset, _ = self.store.asset_set_status(
             asset_id, status, self.clock.now(), tenant_id=tenant_id, reason=reason
         )
@@ -201,6 +215,8 @@ class AssetApi:
         task_id: str | None = None, since: datetime | None = None,
         until: datetime | None = None, limit: int = 1000,
     ) -> list[LedgerEntry]:
+        _check_limit(limit)
+        _check_range(since, until)
         return self.store.ledger_list(
             tenant_id=tenant_id, project_id=project_id, task_id=task_id, since=since,
             until=until, limit=limit,
@@ -212,6 +228,7 @@ class AssetApi:
         until: datetime | None = None,
     ) -> list[LedgerSummary]:
         """Cost, revenue and margin per currency over [since, until) of occurred_at."""
+        _check_range(since, until)
         return self.store.ledger_summary(
             tenant_id=tenant_id, project_id=project_id, task_id=task_id, since=since,
             until=until,
@@ -220,6 +237,19 @@ class AssetApi:
     def maintain_assets(self) -> AssetMaintenanceReport:
         """Run the leader-only asset sweeps once (workers do it on their maintenance tick)."""
         return self.store.asset_maintain(self.clock.now())
+
+
+def _check_limit(limit: Any) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValidationError.single("limit", "must be an integer >= 0")
+
+
+def _check_range(since: datetime | None, until: datetime | None) -> None:
+    errors = [(name, "must be a timezone-aware datetime")
+              for name, value in (("since", since), ("until", until))
+              if value is not None and (not isinstance(value, datetime) or value.tzinfo is None)]
+    if errors:
+        raise ValidationError(errors)
 
 
 def make_entry(
@@ -245,6 +275,15 @@ def make_entry(
                 errors.append((name, "must be a UUID"))
     if occurred_at is not None and occurred_at.tzinfo is None:
         errors.append(("occurred_at", "must be a timezone-aware datetime"))
+    for name, text, required in (("tenant_id", tenant_id, True),
+                                 ("project_id", project_id, False),
+                                 ("description", description, False)):
+        if text is None and not required:
+            continue
+        if not isinstance(text, str) or (required and not text.strip()):
+            errors.append((name, "must be a non-empty string" if required else "must be a string"))
+        elif (rule := bad_text(text)) is not None:
+            errors.append((name, rule))
     if errors:
         raise ValidationError(errors)
     return LedgerEntry(

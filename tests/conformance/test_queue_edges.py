@@ -73,6 +73,7 @@ def test_a_cancel_requested_before_the_worker_was_lost_holds(
 
     t = app.submit(task_type="T", idempotency_key="k")
     [claimed] = app.store.task_claim("lost-worker", ["T"], 1, clock.now(), 30.0)
+    assert claimed.task_id == t.task_id
     assert app.cancel(t.task_id, reason="not needed").cancel_requested
     clock.advance(60)  # the claim expires: the rescuer takes the task back
     app.maintain()

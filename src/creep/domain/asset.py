@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from creep.domain.errors import IllegalTransition, ValidationError
-from creep.domain.text import find_bad_text
+from creep.domain.text import bad_text, find_bad_json
 
 
 class AssetStatus(StrEnum):
@@ -90,7 +90,7 @@ ASSET_UPDATABLE = frozenset(
      "health_score", "cooldown_seconds", "cost_per_lease", "currency"}
 )
 
-_CURRENCY = re.compile(r"^[A-Z]{3,4}$")
+_CURRENCY = re.compile(r"[A-Z]{3,4}")
 #: Money carries at most this many decimal places (exact in both backends).
 MONEY_PLACES = 6
 
@@ -138,7 +138,7 @@ def money(errors: list[tuple[str, str]], name: str, value: Any, *, signed: bool 
 
 
 def currency_code(errors: list[tuple[str, str]], name: str, value: Any) -> str:
-    if not isinstance(value, str) or not _CURRENCY.match(value):
+    if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
         errors.append((name, "must be a 3-4 letter upper-case currency code such as USD"))
         return "USD"
     return value
@@ -157,6 +157,9 @@ def _text(errors: list[tuple[str, str]], name: str, value: Any, *, required: boo
     if not isinstance(value, str) or not value.strip() or len(value) > 200:
         errors.append((name, "is required and must be a non-empty string of at most 200 chars"
                        if required else "must be a non-empty string of at most 200 chars"))
+        return None
+    if (rule := bad_text(value)) is not None:
+        errors.append((name, rule))
         return None
     return value
 
@@ -189,7 +192,7 @@ def validate_asset_spec(data: Mapping[str, Any], prefix: str = "") -> AssetSpec:
     if not isinstance(attrs, Mapping):
         errors.append((f"{p}attributes", "must be an object"))
         attrs = {}
-    elif (found := find_bad_text(attrs, f"{p}attributes")) is not None:
+    elif (found := find_bad_json(attrs, f"{p}attributes")) is not None:
         errors.append(found)
     spec = AssetSpec(
         asset_id=asset_id,
@@ -232,7 +235,7 @@ def validate_asset_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
         elif name == "attributes":
             if not isinstance(value, Mapping):
                 errors.append((name, "must be an object"))
-            elif (found := find_bad_text(value, name)) is not None:
+            elif (found := find_bad_json(value, name)) is not None:
                 errors.append(found)
             else:
                 out[name] = dict(value)

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from creep.domain.errors import ValidationError
+from creep.domain.text import bad_text, find_bad_json
 
 
 class Severity(StrEnum):
@@ -102,6 +103,9 @@ def _opt_text(errors: list[tuple[str, str]], name: str, value: Any, limit: int) 
     if not isinstance(value, str) or len(value) > limit:
         errors.append((name, f"must be a string of at most {limit} characters"))
         return None
+    if (rule := bad_text(value)) is not None:
+        errors.append((name, rule))
+        return None
     return value
 
 
@@ -124,6 +128,8 @@ def validate_reported_event(data: Mapping[str, Any]) -> dict[str, Any]:
     etype = data.get("event_type")
     if not isinstance(etype, str) or not etype.strip() or len(etype) > 100:
         errors.append(("event_type", "is required and must be a non-empty string"))
+    elif (rule := bad_text(etype)) is not None:
+        errors.append(("event_type", rule))
     out["event_type"] = etype
     for name in ("event_id", "asset_id", "lease_id", "causation_id"):
         out[name] = _opt_uuid(errors, name, data.get(name))
@@ -162,11 +168,15 @@ def validate_reported_event(data: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         errors.append(("tags", "must be a list of strings"))
         tags = []
+    elif (found := find_bad_json(tags, "tags")) is not None:
+        errors.append(found)
     out["tags"] = tags
     context = data.get("context") or {}
     if not isinstance(context, Mapping):
         errors.append(("context", "must be an object"))
         context = {}
+    elif (found := find_bad_json(dict(context), "context")) is not None:
+        errors.append(found)
     out["context"] = dict(context)
     if errors:
         raise ValidationError(errors)
@@ -198,6 +208,8 @@ def validate_ban_policy(
     errors: list[tuple[str, str]] = []
     if not isinstance(sku_category, str) or not sku_category:
         errors.append(("sku_category", "is required and must be a non-empty string"))
+    elif (rule := bad_text(sku_category)) is not None:
+        errors.append(("sku_category", rule))
     if isinstance(max_failures, bool) or not isinstance(max_failures, int) or not (
         1 <= max_failures <= 10_000
     ):
@@ -210,6 +222,8 @@ def validate_ban_policy(
     if not isinstance(types, list) or not all(isinstance(t, str) and t for t in types):
         errors.append(("failure_event_types", "must be a list of event types"))
         types = []
+    elif (found := find_bad_json(types, "failure_event_types")) is not None:
+        errors.append(found)
     if errors:
         raise ValidationError(errors)
     return BanPolicy(tenant_id, sku_category, max_failures, window_seconds, list(types))

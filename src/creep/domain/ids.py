@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 
 _POOL_BYTES = 4096
 _pool_lock = threading.Lock()
@@ -122,3 +123,12 @@ def uuid4_str() -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     x = raw.hex()
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+def is_uuid(value: object) -> bool:
+    """Whether `value` reads as a UUID (ids that cannot be one name nothing stored)."""
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True

@@ -6,6 +6,7 @@ checks JSON integers: creep writes JSON with orjson, which takes integers of at 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 NUL_RULE = "must not contain NUL characters (\\u0000)"
@@ -54,3 +55,33 @@ def may_hold_nul(json_text: bytes) -> bool:
     """Whether JSON text may hold a NUL character (escaped as \\u0000; a literal backslash
     before "u0000" also matches, and find_bad_text then decides)."""
     return b"\\u0000" in json_text
+
+
+def find_bad_json(data: Any, path: str = "") -> tuple[str, str] | None:
+    """As find_bad_text, and the first value that is not plain JSON: an object key that is
+    not a string, a number that is not finite, or anything but a string, number, boolean,
+    null, list or object (orjson would fail on it, or store NaN as null)."""
+    return _not_json(data, path) or find_bad_text(data, path)
+
+
+def _not_json(data: Any, path: str) -> tuple[str, str] | None:
+    where = path or "(top level)"
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if not isinstance(key, str):
+                return (where, "object keys must be strings")
+            found = _not_json(value, f"{path}.{key}" if path else key)
+            if found:
+                return found
+        return None
+    if isinstance(data, (list, tuple)):
+        for i, value in enumerate(data):
+            found = _not_json(value, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    if isinstance(data, float):
+        return None if math.isfinite(data) else (where, "must be a finite number")
+    if data is None or isinstance(data, (str, int)):
+        return None
+    return (where, f"must be JSON (a {type(data).__name__} is not)")

@@ -9,7 +9,6 @@ dialect (storage/asset_dialect.py), a write transaction (`_atx`) and a read conn
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -619,10 +618,4 @@ def ban_targets(status: AssetStatus) -> frozenset[AssetStatus]:
     return ASSET_TRANSITIONS[status]
 
 
-def is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(str(value))
-    except ValueError:
-        return False
-    return True
 

@@ -153,7 +153,8 @@ class SqliteDialect:
     bulk_js = js
 
     def dec(self, value: Decimal | None) -> str | None:
-        return None if value is None else str(value)
+        """Positional, as PostgreSQL's numeric prints it ('1000', not '1E+3')."""
+        return None if value is None else format(value, "f")
 
     def from_dec(self, value: Any) -> Decimal:
         return Decimal(value)

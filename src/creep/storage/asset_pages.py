@@ -13,9 +13,10 @@ from typing import Any
 
 from creep.domain.asset_event import AssetEvent
 from creep.domain.errors import ValidationError
+from creep.domain.ids import is_uuid
 from creep.domain.ledger import LedgerEntry, LedgerSummary, summarise
 from creep.ports_assets_api import LEDGER_GROUPS
-from creep.storage.asset_base import EVENT_COLS, LEDGER_COLS, AssetStoreBase, is_uuid
+from creep.storage.asset_base import EVENT_COLS, LEDGER_COLS, AssetStoreBase
 
 
 def _after(cursor: str) -> tuple[datetime, int]:

@@ -27,14 +27,13 @@ from creep.domain.asset_event import (
     BanPolicy,
     Source,
 )
-from creep.domain.errors import NotFound, ValidationError, VersionConflict
-from creep.domain.ids import uuid7
+from creep.domain.errors import ConflictError, NotFound, ValidationError, VersionConflict
+from creep.domain.ids import is_uuid, uuid7
 from creep.storage.asset_base import (
     ASSET_COLS,
     EVENT_COLS,
     Pending,
     TaskRef,
-    is_uuid,
 )
 from creep.storage.lease_broker import LeaseBrokerMixin
 from creep.storage.ledger_store import LedgerStoreMixin
@@ -265,6 +264,11 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
             asset = self._lock_assets(conn, [asset_id], pending).get(asset_id)
             if asset is None or asset.tenant_id != tenant_id:
                 raise NotFound("asset", asset_id)
+            given = fields.get("event_id")
+            if given and self._x(
+                conn, "SELECT 1 FROM asset_events WHERE event_id = ?", (given,)
+            ).fetchone():
+                raise ConflictError(f"asset event {given} exists already (event ids are unique)")
             occurred = fields.get("occurred_at") or now
             event = AssetEvent(
                 event_id=fields.get("event_id") or uuid7(), tenant_id=tenant_id,

@@ -22,7 +22,7 @@ from creep.domain.asset_event import (
 )
 from creep.domain.claim_lanes import lane_candidates, lane_match
 from creep.domain.errors import NotFound
-from creep.domain.ids import uuid7_many
+from creep.domain.ids import is_uuid, uuid7_many
 from creep.domain.lease import Lease, LeaseStatus, check_lease_transition
 from creep.domain.ledger import (
     cost_effect,
@@ -37,7 +37,6 @@ from creep.storage.asset_base import (
     AssetStoreBase,
     Pending,
     TaskRef,
-    is_uuid,
 )
 
 _ALLOCATED = AssetEventType.ALLOCATED.value

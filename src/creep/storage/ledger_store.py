@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from creep.domain.errors import NotFound, ValidationError
+from creep.domain.ids import is_uuid
 from creep.domain.ledger import (
     BudgetExceeded,
     LedgerEntry,
@@ -17,7 +18,6 @@ from creep.domain.ledger import (
 from creep.storage.asset_base import (
     LEDGER_COLS,
     AssetStoreBase,
-    is_uuid,
 )
 
 

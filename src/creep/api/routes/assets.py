@@ -37,8 +37,8 @@ from creep.api.tenancy import foreign_tenant_filter, list_scope, owning_tenant, 
 from creep.domain.asset import AssetFilter, AssetSpec, AssetStatus, validate_asset_spec
 from creep.domain.audit import AuditAction, ResourceType
 from creep.domain.errors import NotFound, ValidationError
+from creep.domain.ids import is_uuid
 from creep.ports_assets_api import AssetPagesStore
-from creep.storage.asset_base import is_uuid
 
 router = APIRouter(tags=["assets"])
 Svc = Annotated[Services, Depends(services)]
