@@ -28,7 +28,7 @@ from creep.domain.asset_event import (
     validate_ban_policy,
     validate_reported_event,
 )
-from creep.domain.clock import Clock
+from creep.domain.clock import INSTANT_RULE, Clock, storable_instant
 from creep.domain.errors import NotFound, ValidationError
 from creep.domain.ids import is_uuid, uuid7
 from creep.domain.lease import Lease
@@ -273,8 +273,8 @@ def make_entry(
                 uuid.UUID(ref)
             except (ValueError, AttributeError, TypeError):
                 errors.append((name, "must be a UUID"))
-    if occurred_at is not None and occurred_at.tzinfo is None:
-        errors.append(("occurred_at", "must be a timezone-aware datetime"))
+    if occurred_at is not None and not storable_instant(occurred_at):
+        errors.append(("occurred_at", INSTANT_RULE))
     for name, text, required in (("tenant_id", tenant_id, True),
                                  ("project_id", project_id, False),
                                  ("description", description, False)):

@@ -46,7 +46,7 @@ class AssetPagesStore(ApiStore, Protocol):
 def valid_page_cursor(raw: str) -> bool:
     """`<ISO occurred_at>|<seq>`, as `asset_events_page` and `ledger_page` issue them."""
     when, sep, seq = raw.rpartition("|")
-    if not sep or not seq.isdigit() or len(seq) > 18:
+    if not sep or not (seq.isascii() and seq.isdecimal()) or len(seq) > 18:
         return False
     try:
         return datetime.fromisoformat(when).tzinfo is not None

@@ -88,7 +88,7 @@ def valid_sortable_cursor(raw: str) -> bool:
     created, sep, key = raw.partition("/")
     if not sep or not key:
         return False
-    if created.isdigit():
+    if created.isascii() and created.isdecimal():
         return len(created) <= 18
     try:
         datetime.fromisoformat(created)

@@ -132,8 +132,13 @@ def money(errors: list[tuple[str, str]], name: str, value: Any, *, signed: bool 
     exponent = d.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -MONEY_PLACES:
         errors.append((name, f"has more than {MONEY_PLACES} decimal places"))
-    if abs(d) >= Decimal(10) ** 15:
+    try:
+        too_big = abs(d) >= Decimal(10) ** 15
+    except ArithmeticError:  # beyond the decimal context (abs() overflows): far too big
+        too_big = True
+    if too_big:
         errors.append((name, "must be below 10^15"))
+        return Decimal(0)
     return d
 
 

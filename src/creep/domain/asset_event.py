@@ -13,6 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from creep.domain.clock import INSTANT_RULE, storable_instant
 from creep.domain.errors import ValidationError
 from creep.domain.text import bad_text, find_bad_json
 
@@ -161,8 +162,8 @@ def validate_reported_event(data: Mapping[str, Any]) -> dict[str, Any]:
         errors.append(("retryable", "must be a boolean"))
     out["retryable"] = retryable
     occurred = data.get("occurred_at")
-    if occurred is not None and (not isinstance(occurred, datetime) or occurred.tzinfo is None):
-        errors.append(("occurred_at", "must be a timezone-aware datetime"))
+    if occurred is not None and not storable_instant(occurred):
+        errors.append(("occurred_at", INSTANT_RULE))
     out["occurred_at"] = occurred
     tags = data.get("tags") or []
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):

@@ -6,6 +6,21 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+#: What a stored instant must be: aware, and a UTC time of years 1 to 9999 (SQLite keeps
+#: microseconds since the epoch, PostgreSQL a timestamptz; neither reads anything else back).
+INSTANT_RULE = "must be a timezone-aware timestamp between years 1 and 9999 in UTC"
+
+
+def storable_instant(value: object) -> bool:
+    """Whether `value` is an aware datetime both backends can store and read back."""
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        return False
+    try:
+        value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return False
+    return True
+
 
 class Clock(Protocol):
     def now(self) -> datetime: ...

@@ -15,9 +15,10 @@ from typing import Any
 
 import orjson
 
+from creep.domain.clock import INSTANT_RULE, storable_instant
 from creep.domain.errors import ValidationError
 from creep.domain.ids import uuid7
-from creep.domain.text import bad_text, find_bad_text, may_hold_nul
+from creep.domain.text import DEPTH_RULE, bad_text, find_bad_text, may_hold_nul, too_deep
 from creep.tracing import TRACEPARENT, span, stamp_traceparent, tracer, valid_traceparent
 
 DEFAULT_PRIORITY = 50
@@ -236,6 +237,9 @@ def _constraints(errs: _Errors, value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         errs.add("constraints", "must be an object")
         return {}
+    if too_deep(value):
+        errs.add("constraints", DEPTH_RULE)
+        return {}
     out = dict(value)
     retries = out.get("max_retries", DEFAULT_MAX_RETRIES)
     if isinstance(retries, bool) or not isinstance(retries, int) or not (
@@ -287,7 +291,11 @@ def _run_after(errs: _Errors, value: Any, now: datetime) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, timedelta):
-        return now + value
+        try:
+            return now + value
+        except OverflowError:
+            errs.add("run_after", INSTANT_RULE)
+            return None
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
@@ -299,6 +307,9 @@ def _run_after(errs: _Errors, value: Any, now: datetime) -> datetime | None:
         return None
     if value.tzinfo is None:
         errs.add("run_after", "must carry a time zone")
+        return None
+    if not storable_instant(value):
+        errs.add("run_after", INSTANT_RULE)
         return None
     return value
 

@@ -57,10 +57,34 @@ def may_hold_nul(json_text: bytes) -> bool:
     return b"\\u0000" in json_text
 
 
+#: Deepest nesting of lists and objects a stored JSON value may have (orjson stops at 254).
+MAX_JSON_DEPTH = 200
+DEPTH_RULE = f"must not nest lists and objects more than {MAX_JSON_DEPTH} deep"
+
+
+def too_deep(data: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether lists and objects in `data` nest deeper than `limit` (walked without
+    recursion: a hostile body may nest thousands deep)."""
+    level: list[Any] = [data]
+    depth = 0
+    while level:
+        containers = [v for v in level if isinstance(v, (dict, list, tuple))]
+        if not containers:
+            return False
+        depth += 1
+        if depth > limit:
+            return True
+        level = [x for c in containers for x in (c.values() if isinstance(c, dict) else c)]
+    return False
+
+
 def find_bad_json(data: Any, path: str = "") -> tuple[str, str] | None:
     """As find_bad_text, and the first value that is not plain JSON: an object key that is
     not a string, a number that is not finite, or anything but a string, number, boolean,
-    null, list or object (orjson would fail on it, or store NaN as null)."""
+    null, list or object (orjson would fail on it, or store NaN as null); or nesting deeper
+    than MAX_JSON_DEPTH."""
+    if too_deep(data):
+        return (path or "(top level)", DEPTH_RULE)
     return _not_json(data, path) or find_bad_text(data, path)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from creep.domain.errors import IdempotencyConflict, ValidationError
+from creep.domain.ids import is_uuid
 from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, Resolution, resolve
 from creep.domain.task import ResultCode, TaskOrder, TaskStatus
 from creep.domain.task_spec import TaskSpec
@@ -257,6 +258,24 @@ def plan_replays(
             plan.fresh.append(spec)
             plan.slots.append(spec.task_id)
     return plan
+
+
+def sortable_cursor(after: str, *, micros: bool) -> tuple[Any, str]:
+    """A `<created>/<id>` listing cursor as this store issued it: (microseconds, id) on
+    SQLite (`micros`), (an aware datetime, id) on PostgreSQL. Anything else (another store's
+    form, a forged one) is a ValidationError, not a database error."""
+    created, _, key = after.partition("/")
+    if is_uuid(key):
+        if micros and created.isascii() and created.isdecimal() and len(created) <= 18:
+            return int(created), key
+        if not micros:
+            try:
+                when = datetime.fromisoformat(created)
+            except ValueError:
+                when = None
+            if when is not None and when.tzinfo is not None:
+                return when, key
+    raise ValidationError.single("cursor", "is not a cursor this listing issued")
 
 
 def bind_replayed_dependencies(

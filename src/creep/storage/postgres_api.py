@@ -26,6 +26,7 @@ from creep.ports_api import (
     AuditRow,
     BatchCancelled,
 )
+from creep.storage.common import sortable_cursor
 
 _TENANT = "tenant_id, name, rate_limit_per_second, rate_limit_burst, max_active_tasks, created_at"
 _KEY = (
@@ -309,11 +310,7 @@ class PostgresApiMixin:
             where.append("tenant_id = %s")
             params.append(tenant_id)
         if after:
-            created, _, last = after.partition("/")
-            try:
-                when = datetime.fromisoformat(created)
-            except ValueError:
-                when = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+            when, last = sortable_cursor(after, micros=False)
             where.append("(created_at, batch_id) < (%s, %s)")
             params.extend([when, last])
         with self._tx() as conn:

@@ -80,6 +80,7 @@ from creep.storage.common import (
     plan_replays,
     rescue,
     resolution_payload,
+    sortable_cursor,
 )
 from creep.storage.metrics_store import PostgresMetricsMixin  # /metrics
 from creep.storage.pg_copy import copy_blocks
@@ -314,7 +315,7 @@ class PostgresStore(
                 raise IllegalTransition("task", "?", "?") from exc
             raise StorageError(str(exc)) from exc
         except psycopg.Error as exc:
-            raise StorageError(str(exc)) from exc
+            raise _storage_error(exc) from exc
 
     # -- schema --------------------------------------------------------------------------------
 
@@ -559,7 +560,7 @@ class PostgresStore(
                 conn.execute("COMMIT")
         except psycopg.Error as exc:
             pending_writes.restore(riding)
-            raise StorageError(str(exc)) from exc
+            raise _storage_error(exc) from exc
         except BaseException:
             pending_writes.restore(riding)
             raise
@@ -583,7 +584,7 @@ class PostgresStore(
                 finally:
                     conn.autocommit = False
         except psycopg.Error as exc:
-            raise StorageError(str(exc)) from exc
+            raise _storage_error(exc) from exc
         if not inserted:
             return None
         if task.status is TaskStatus.QUEUED:
@@ -638,9 +639,9 @@ class PostgresStore(
             where.append("created_at < %s")
             params.append(flt.created_to)
         if after:
-            created, _, last_id = after.partition("/")
+            created, last_id = sortable_cursor(after, micros=False)
             where.append("(created_at, task_id) < (%s, %s::uuid)")
-            params.extend([datetime.fromisoformat(created), last_id])
+            params.extend([created, last_id])
         params.append(limit)
         with self._tx() as conn:
             rows = conn.execute(
@@ -1710,3 +1711,10 @@ def _redact(url: str) -> str:
         return url.replace(f":{parts.password}@", ":***@")
     return url
 
+
+def _storage_error(exc: psycopg.Error) -> CreepError:
+    """A database error as creep's: a task id that exists already is the caller's conflict
+    (a 409, not a storage outage); anything else a StorageError."""
+    if isinstance(exc, pg_errors.UniqueViolation) and exc.diag.constraint_name == "tasks_pkey":
+        return ConflictError("a task with this task_id exists already (task ids are unique)")
+    return StorageError(str(exc))

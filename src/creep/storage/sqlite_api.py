@@ -25,6 +25,7 @@ from creep.ports_api import (
     AuditRow,
     BatchCancelled,
 )
+from creep.storage.common import sortable_cursor
 from creep.storage.sqlite_bulk import insert_rows, rows_per_statement
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -313,9 +314,9 @@ class SqliteApiMixin:
             where.append("tenant_id = ?")
             params.append(tenant_id)
         if after:
-            created, _, last = after.partition("/")
+            created, last = sortable_cursor(after, micros=True)
             where.append("(created_at, batch_id) < (?, ?)")
-            params.extend([int(created) if created.isdigit() else 0, last])
+            params.extend([created, last])
         rows = self._conn().execute(
             f"SELECT {_BATCH} FROM batches WHERE {' AND '.join(where)} "
             "ORDER BY created_at DESC, batch_id DESC LIMIT ?",

@@ -58,6 +58,7 @@ from creep.storage.common import (
     plan_replays,
     rescue,
     resolution_payload,
+    sortable_cursor,
 )
 from creep.storage.metrics_store import SqliteMetricsMixin  # /metrics
 from creep.storage.sqlite_api import SqliteApiMixin
@@ -447,7 +448,13 @@ class SqliteStore(
         now: datetime,
     ) -> list[TaskOrder]:
         plan = plan_replays(specs, self._replay_lookup(conn))
-        created = {t.task_id: t for t in self._insert_new(conn, plan.fresh, dep_status, now)}
+        try:
+            created = {t.task_id: t for t in self._insert_new(conn, plan.fresh, dep_status, now)}
+        except sqlite3.IntegrityError as exc:
+            if "tasks.task_id" in str(exc):  # no key matched: an id names another task
+                raise ConflictError(
+                    "a task with this task_id exists already (task ids are unique)") from exc
+            raise
         return plan.resolve(created)
 
     @staticmethod
@@ -496,9 +503,9 @@ class SqliteStore(
             where.append("created_at < ?")
             params.append(us(flt.created_to))
         if after:
-            created, _, last_id = after.partition("/")
+            created, last_id = sortable_cursor(after, micros=True)
             where.append("(created_at, task_id) < (?, ?)")
-            params.extend([int(created), last_id])
+            params.extend([created, last_id])
         params.append(limit)
         rows = self._conn().execute(
             f"SELECT {TASK_SELECT} FROM tasks WHERE {' AND '.join(where)} "

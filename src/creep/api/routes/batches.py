@@ -26,6 +26,7 @@ from creep.domain.batch import Batch, derive_counts
 from creep.domain.dag import topological_order
 from creep.domain.errors import ValidationError
 from creep.domain.task_spec import TaskSpec, validate_task_spec
+from creep.domain.text import find_bad_json
 
 router = APIRouter(prefix="/batches", tags=["batches"])
 Svc = Annotated[Services, Depends(services)]
@@ -116,6 +117,8 @@ def create_batch(body: BatchIn, request: Request, principal: Writer, svc: Svc) -
     """Create a batch and its tasks in one transaction. Tasks name each other in
     `depends_on` by `ref` (or name existing tasks by id)."""
     tenant_id = owning_tenant(principal, body.tenant_id, svc.store)
+    if (found := find_bad_json(body.metadata, "metadata")) is not None:
+        raise ValidationError([found])
     batch_id = str(uuid.uuid4())
     specs = _plan(body, tenant_id, batch_id, svc)
     now = svc.clock.now()
