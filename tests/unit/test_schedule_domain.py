@@ -150,6 +150,19 @@ def test_misfire_on_cron_schedule() -> None:
     assert plan.missed == 7 and plan.next_run == T0 + timedelta(hours=11)
 
 
+def test_misfires_past_the_cron_scan_bound_keep_the_latest_and_count_the_rest() -> None:
+    # Every minute for 20 days: twice the slots one scan looks at.
+    s = _sched(cron_expr="* * * * *", misfire_policy="all", misfire_limit=3,
+               misfire_grace_seconds=120)
+    now = T0 + timedelta(days=20, seconds=30)
+    plan = plan_firings(s, now)
+    minute = now - timedelta(seconds=30)
+    assert plan.fire == [minute - timedelta(minutes=k) for k in range(4, -1, -1)]
+    total_late = 20 * 24 * 60 + 1 - 2  # [T0, minute - 2 min]: earlier than the grace
+    assert abs(plan.missed - (total_late - 3)) <= 3  # counted from the spacing past the bound
+    assert plan.next_run == minute + timedelta(minutes=1)
+
+
 def test_one_off_fires_once() -> None:
     s = _sched(next_run=T0 + timedelta(minutes=5))
     assert not s.is_recurring

@@ -229,7 +229,7 @@ def validate_schedule(
     # A recurring schedule's stored next_run is derived; only a caller's next_run is a start.
     next_run = fields.get("next_run") if (
         existing is None or "next_run" in fields or is_recurring
-    ) else existing.next_run
+    ) else (existing.next_run or existing.anchor_at)  # a disabled one-off keeps its time there
     if next_run is not None and (not isinstance(next_run, datetime) or next_run.tzinfo is None):
         errs.add("next_run", "must be a datetime with a time zone")
         next_run = None
@@ -311,7 +311,13 @@ def validate_schedule(
             existing is None or existing.interval != interval or "next_run" in fields
         ):
             sched.anchor_at = next_run or now
+        if not is_recurring:
+            # A one-off's time survives being disabled (anchor_at, unused by one-offs), so
+            # enabling it again brings it back.
+            sched.anchor_at = None if sched.enabled else next_run
         sched.next_run = first_run(sched, now) if sched.enabled else None
+    elif existing is not None:
+        sched.next_run = existing.next_run  # data, priority, tags...: the timing stands
     sched.created_at = sched.created_at or now
     sched.updated_at = now
     return sched
@@ -379,20 +385,47 @@ def plan_firings(sched: ScheduledTask, now: datetime) -> FirePlan:
         on_time = [due + i * step for i in range(first_on_time, total)]
         nxt = due + total * step
     else:
-        slot: datetime | None = due
-        scanned = 0
-        late_all: list[datetime] = []
-        while slot is not None and slot <= now and scanned < MAX_CRON_SCAN:
-            (late_all if slot < grace_edge else on_time).append(slot)
-            slot = next_slot(sched, slot)
-            scanned += 1
-        if slot is not None and slot <= now:  # scan cap hit: jump ahead, count as missed
-            slot = next_slot(sched, now)
-        late_count = len(late_all)
-        keep = _late_keep(sched, late_count)
-        late = late_all[late_count - keep:] if keep else []
-        nxt = slot if slot is not None else next_slot(sched, now)
+        late_all, on_time, skipped = _cron_slots(sched, due, now, grace_edge)
+        late_count = len(late_all) + skipped
+        keep = min(_late_keep(sched, late_count), len(late_all))
+        late = late_all[len(late_all) - keep:] if keep else []
+        nxt = next_slot(sched, now)
     return FirePlan(late + on_time, late_count - len(late), nxt)
+
+
+def _cron_slots(
+    sched: ScheduledTask, due: datetime, now: datetime, grace_edge: datetime
+) -> tuple[list[datetime], list[datetime], int]:
+    """The cron slots in [due, now]: (late ones, those within the grace, how many late ones
+    were not listed). Past MAX_CRON_SCAN slots (a long outage of a frequent cron) the scan
+    starts again near the end, far enough back for the late slots the misfire policy keeps,
+    and the slots in between are counted from their average spacing."""
+    late: list[datetime] = []
+    on_time: list[datetime] = []
+    slot: datetime | None = due
+    while slot is not None and slot <= now and len(late) + len(on_time) < MAX_CRON_SCAN:
+        (late if slot < grace_edge else on_time).append(slot)
+        slot = next_slot(sched, slot)
+    if slot is None or slot > now:
+        return late, on_time, 0
+    head_end = slot  # the first slot not looked at
+    gap = (head_end - due) / (len(late) + len(on_time))
+    wanted = max(1, sched.misfire_limit) if sched.misfire_policy is MisfirePolicy.ALL else 1
+    back = gap * (wanted + 1)
+    while True:
+        start = max(head_end, grace_edge - back)
+        tail_late: list[datetime] = []
+        tail_on: list[datetime] = []
+        tick = start if start == head_end else next_slot(sched, start - timedelta(microseconds=1))
+        while (tick is not None and tick <= now
+               and len(tail_late) + len(tail_on) < MAX_CRON_SCAN):
+            (tail_late if tick < grace_edge else tail_on).append(tick)
+            tick = next_slot(sched, tick)
+        if len(tail_late) >= wanted or start == head_end:
+            break
+        back *= 2
+    skipped = 0 if start == head_end else max(0, round((start - head_end) / gap))
+    return late + tail_late, on_time + tail_on, skipped
 
 
 def _late_keep(sched: ScheduledTask, late_count: int) -> int:
