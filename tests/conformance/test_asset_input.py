@@ -133,3 +133,16 @@ def test_amounts_read_back_alike_on_both_backends(app: Creep) -> None:
     app.record_ledger_entry(entry_type="COST", amount=Decimal("1E+3"), currency="USD")
     [e] = app.ledger_entries()
     assert str(e.amount) == "1000"
+
+
+def test_a_ledger_entry_names_only_the_callers_own_asset_and_lease(app: Creep) -> None:
+    theirs = app.create_asset(**ip(1, tenant_id="other"))
+    for ref in ({"asset_id": theirs.asset_id}, {"asset_id": str(uuid.uuid4())},
+                {"lease_id": str(uuid.uuid4())}):
+        with pytest.raises(NotFound):
+            app.record_ledger_entry(entry_type="REVENUE", amount="1", currency="USD", **ref)
+    assert app.ledger_entries() == []
+    mine = app.create_asset(**ip(2))
+    entry = app.record_ledger_entry(entry_type="REVENUE", amount="1", currency="USD",
+                                    asset_id=mine.asset_id)
+    assert entry.asset_id == mine.asset_id

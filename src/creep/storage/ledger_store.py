@@ -63,6 +63,15 @@ class LedgerStoreMixin(AssetStoreBase):
                             f"cost {spent} + {effect} would exceed max_total_cost {budget} "
                             f"{entry.currency}"
                         )
+            # An entry names only the caller's own asset and lease, as it does its task.
+            for kind, table, ref in (("asset", "assets", entry.asset_id),
+                                     ("lease", "leases", entry.lease_id)):
+                if ref is not None:
+                    owner = self._x(
+                        conn, f"SELECT tenant_id FROM {table} WHERE {kind}_id = ?", (ref,)
+                    ).fetchone()
+                    if owner is None or owner[0] != entry.tenant_id:
+                        raise NotFound(kind, ref)
             self._x(
                 conn,
                 f"INSERT INTO ledger_entries ({LEDGER_COLS}) VALUES ({', '.join('?' * 12)})",
