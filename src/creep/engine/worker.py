@@ -853,13 +853,21 @@ def _timeout_ms(claimed: ClaimedTask) -> int | str:
     return "?" if task is None else task.timeout_ms
 
 
-def _value_outcome(task_id: str, token: str, value: Any) -> Outcome:
+def _asked_outcome(task_id: str, token: str, value: object) -> Outcome | None:
+    """The outcome a Retry or Fail (returned or raised) asks for; None for anything else."""
     if isinstance(value, Retry):
         return Outcome(task_id, token, OutcomeKind.RETRY, message=storable(value.message),
                        retry_delay=value.delay)
     if isinstance(value, Fail):
         return Outcome(task_id, token, OutcomeKind.FAILED, code=storable(value.code),
                        message=storable(value.message))
+    return None
+
+
+def _value_outcome(task_id: str, token: str, value: Any) -> Outcome:
+    asked = _asked_outcome(task_id, token, value)
+    if asked is not None:
+        return asked
     try:
         result_json = orjson.dumps(value, default=_json_default)
     except TypeError as exc:
@@ -895,13 +903,7 @@ def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) ->
 def _raised_outcome(task_id: str, token: str, exc: BaseException) -> Outcome:
     """What a handler's exception asks for: Retry and Fail as they say, anything else a retry
     with the error recorded."""
-    if isinstance(exc, Retry):
-        return Outcome(task_id, token, OutcomeKind.RETRY, message=storable(exc.message),
-                       retry_delay=exc.delay)
-    if isinstance(exc, Fail):
-        return Outcome(task_id, token, OutcomeKind.FAILED, code=storable(exc.code),
-                       message=storable(exc.message))
-    return _error_outcome(task_id, token, exc)
+    return _asked_outcome(task_id, token, exc) or _error_outcome(task_id, token, exc)
 
 
 def _error_outcome(task_id: str, token: str, exc: BaseException) -> Outcome:
