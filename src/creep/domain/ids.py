@@ -126,9 +126,12 @@ def uuid4_str() -> str:
 
 
 def is_uuid(value: object) -> bool:
-    """Whether `value` reads as a UUID (ids that cannot be one name nothing stored)."""
+    """Whether `value` is a string that reads as a UUID (ids that cannot be one name nothing
+    stored)."""
+    if not isinstance(value, str):
+        return False
     try:
-        uuid.UUID(str(value))
+        uuid.UUID(value)
     except ValueError:
         return False
     return True

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import re
 import threading
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +23,7 @@ import orjson
 from creep.domain.clock import Clock
 from creep.domain.errors import ClaimLost, ValidationError
 from creep.domain.events import TaskEvent, TaskEventType
+from creep.domain.ids import is_uuid
 from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, resolve
 from creep.domain.task import TaskOrder
 from creep.ports import ClaimedTask, Completion, Store
@@ -158,7 +158,7 @@ class WorkerProtocol:
 
     def _held(self, task_id: str, claim_token: str, tenant_id: str | None) -> TaskOrder:
         task = self.store.task_get(task_id, tenant_id)  # NotFound across tenants
-        if not _is_uuid(claim_token):
+        if not is_uuid(claim_token):
             raise ClaimLost(f"task {task_id}: claim token {claim_token!r} is not held")
         return task
 
@@ -289,9 +289,3 @@ def claimed_payload(claimed: Sequence[ClaimedTask]) -> list[dict[str, Any]]:
     ]
 
 
-def _is_uuid(value: Any) -> bool:
-    try:
-        uuid.UUID(value)
-    except (ValueError, TypeError, AttributeError):
-        return False
-    return True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -14,6 +13,7 @@ from psycopg.types.json import Jsonb
 from creep.domain.artifacts import Artifact, ArtifactKind
 from creep.domain.errors import NotFound
 from creep.domain.events import TaskEvent
+from creep.domain.ids import is_uuid
 from creep.ports import ClaimedTask
 
 _ARTIFACT_COLUMNS = (
@@ -33,14 +33,6 @@ def _row_to_artifact(r: Sequence[Any]) -> Artifact:
     )
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except (ValueError, TypeError, AttributeError):
-        return False
-    return True
-
-
 class PostgresArtifactsMixin:
     if TYPE_CHECKING:
         def _tx(self) -> AbstractContextManager[psycopg.Connection[Any]]: ...
@@ -48,7 +40,7 @@ class PostgresArtifactsMixin:
     # -- artifacts -----------------------------------------------------------------------------
 
     def artifact_create(self, artifact: Artifact) -> Artifact:
-        if not _is_uuid(artifact.task_id):
+        if not is_uuid(artifact.task_id):
             raise NotFound("task", artifact.task_id)
         with self._tx() as conn:
             row = conn.execute(
@@ -66,7 +58,7 @@ class PostgresArtifactsMixin:
         return artifact
 
     def artifact_get(self, artifact_id: str, tenant_id: str | None = None) -> Artifact:
-        if not _is_uuid(artifact_id):
+        if not is_uuid(artifact_id):
             raise NotFound("artifact", artifact_id)
         with self._tx() as conn:
             row = conn.execute(
@@ -80,7 +72,7 @@ class PostgresArtifactsMixin:
     def artifact_list(
         self, task_id: str, tenant_id: str | None = None, kind: str | None = None
     ) -> list[Artifact]:
-        if not _is_uuid(task_id):
+        if not is_uuid(task_id):
             raise NotFound("task", task_id)
         with self._tx() as conn:
             owner = conn.execute(
@@ -110,7 +102,7 @@ class PostgresArtifactsMixin:
         self, artifact_ids: Sequence[str], reason: str, now: datetime
     ) -> list[Artifact]:
         """Drop index rows whose content is gone; each leaves an `artifact_removed` task event."""
-        ids = [i for i in artifact_ids if _is_uuid(i)]
+        ids = [i for i in artifact_ids if is_uuid(i)]
         if not ids:
             return []
         with self._tx() as conn:
@@ -154,7 +146,7 @@ class PostgresArtifactsMixin:
         """A worker's own event on the task it runs; None unless it still holds the claim."""
         from creep.storage.postgres_store import _row_to_event
 
-        if not (_is_uuid(task_id) and _is_uuid(claim_token)):
+        if not (is_uuid(task_id) and is_uuid(claim_token)):
             return None
         with self._tx() as conn:
             row = conn.execute(

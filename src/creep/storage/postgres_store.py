@@ -48,6 +48,7 @@ from creep.domain.errors import (
     VersionConflict,
 )
 from creep.domain.events import TaskEvent
+from creep.domain.ids import is_uuid
 from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, Resolution
 from creep.domain.task import RETRYABLE_FROM, TaskOrder, TaskStatus, check_transition
 from creep.domain.task_spec import TaskSpec, retries_allowed
@@ -595,7 +596,7 @@ class PostgresStore(
     # -- reading tasks -------------------------------------------------------------------------
 
     def task_get(self, task_id: str, tenant_id: str | None = None) -> TaskOrder:
-        if not _is_uuid(task_id):
+        if not is_uuid(task_id):
             raise NotFound("task", task_id)
         with self._tx() as conn:
             return self._get(conn, task_id, tenant_id, lock=False)
@@ -978,7 +979,7 @@ class PostgresStore(
         self, task_id: str, now: datetime, *, tenant_id: str | None = None,
         reason: str | None = None,
     ) -> TaskOrder:
-        if not _is_uuid(task_id):
+        if not is_uuid(task_id):
             raise NotFound("task", task_id)
         payload = Jsonb({"reason": reason} if reason else {})
         running = False
@@ -1015,7 +1016,7 @@ class PostgresStore(
     def task_retry(
         self, task_id: str, now: datetime, *, tenant_id: str | None = None
     ) -> TaskOrder:
-        if not _is_uuid(task_id):
+        if not is_uuid(task_id):
             raise NotFound("task", task_id)
         with self._tx() as conn:
             task = self._get(conn, task_id, tenant_id, lock=True)
@@ -1055,7 +1056,7 @@ class PostgresStore(
             raise ValidationError(
                 [(name, "cannot be changed after creation") for name in sorted(unknown)]
             )
-        if not _is_uuid(task_id):
+        if not is_uuid(task_id):
             raise NotFound("task", task_id)
         with self._tx() as conn:
             task = self._get(conn, task_id, tenant_id, lock=True)
@@ -1103,7 +1104,7 @@ class PostgresStore(
         ]
         params: list[Any] = [txid, event_id]
         if task_id is not None:
-            if not _is_uuid(task_id):
+            if not is_uuid(task_id):
                 return []
             where.append("task_id = %s")
             params.append(task_id)
@@ -1695,14 +1696,6 @@ def _parse_cursor(cursor: str | None) -> tuple[str, int]:
     if not (txid.isdigit() and event_id.isdigit()):
         raise ValidationError.single("cursor", "is not a cursor this store issued")
     return txid, int(event_id)
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except (ValueError, TypeError, AttributeError):
-        return False
-    return True
 
 
 def _redact(url: str) -> str:

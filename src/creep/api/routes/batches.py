@@ -25,6 +25,7 @@ from creep.domain.audit import AuditAction, ResourceType
 from creep.domain.batch import Batch, derive_counts
 from creep.domain.dag import topological_order
 from creep.domain.errors import ValidationError
+from creep.domain.ids import is_uuid
 from creep.domain.task_spec import TaskSpec, validate_task_spec
 from creep.domain.text import find_bad_json
 
@@ -41,14 +42,6 @@ class BatchInsert:
     def apply(self, store: Any, conn: Any) -> bool:
         store._api_insert_batch(conn, self.batch)
         return True
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _plan(body: BatchIn, tenant_id: str, batch_id: str, svc: Services) -> list[TaskSpec]:
@@ -72,7 +65,7 @@ def _plan(body: BatchIn, tenant_id: str, batch_id: str, svc: Services) -> list[T
             if dep in ids:
                 deps.append(ids[dep])
                 local.append(dep)
-            elif _is_uuid(dep):
+            elif is_uuid(dep):
                 deps.append(str(uuid.UUID(dep)))
             else:
                 errors.append((f"tasks[{i}].depends_on[{j}]",
