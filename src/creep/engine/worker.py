@@ -454,6 +454,13 @@ class Worker:
         earliest = self._deadline_at
         for claimed in batch:
             task_id = claimed.task_id
+            earlier = running.get(task_id)
+            if earlier is not None:
+                # Claimed again while a run of an earlier claim goes on: that claim expired
+                # and was rescued (its attempt is charged). The old run is stale: stop it
+                # before the new one takes its place, or its results would be refused and
+                # its stop (lost) would hit the live run.
+                self._stop_run(earlier, "lost")
             run = _Running(claimed, TaskContext(self, claimed))
             running[task_id] = run
             run.job = create_task(execute(run), name=f"creep-task-{task_id}")
@@ -498,9 +505,16 @@ class Worker:
         self._deadline_at = float("inf")
         self._arm_deadlines(loop)
 
-    def _stop_task(self, task_id: str, reason: str) -> None:
+    def _stop_task(self, task_id: str, reason: str, token: str | None = None) -> None:
+        """Stop the task's current run; with `token`, only if that run holds this claim
+        (an answer about an earlier claim of the task must not stop a newer run)."""
         run = self._running.get(task_id)
-        if run is None or run.stop_reason is not None:
+        if run is None or (token is not None and run.claimed.claim_token != token):
+            return
+        self._stop_run(run, reason)
+
+    def _stop_run(self, run: _Running, reason: str) -> None:
+        if run.stop_reason is not None:
             return
         run.stop_reason = reason
         run.ctx._mark_cancelled(reason)
@@ -561,7 +575,8 @@ class Worker:
             outcome = (self._stopped_outcome(run) if run.stop_reason is not None
                        else _raised_outcome(task_id, token, exc))
         finally:
-            self._running.pop(task_id, None)
+            if self._running.get(task_id) is run:  # not a newer claim's run of the task
+                del self._running[task_id]
             self._slot_freed.set()
         if outcome is None:
             self.stats["lost"] += 1
@@ -718,6 +733,7 @@ class Worker:
             claims = [(tid, r.claimed.claim_token) for tid, r in self._running.items()]
             if not claims:
                 continue
+            sent = dict(claims)
             try:
                 result = await self._call(
                     self.store.task_heartbeat, self.worker_id, claims, self.clock.now(),
@@ -726,12 +742,14 @@ class Worker:
             except CreepError as exc:
                 log.warning("heartbeat failed: %s", exc)
                 continue
+            # The answers are about the claims sent: a task claimed again meanwhile has a
+            # newer run they must not stop.
             for task_id in result.cancel_requested:
-                self._stop_task(task_id, "cancel")
-            self._tell_revoked(result.revoked)
+                self._stop_task(task_id, "cancel", sent.get(task_id))
+            self._tell_revoked(result.revoked, sent)
             for task_id in result.lost:
                 log.warning("task %s: claim lost; abandoning it", task_id)
-                self._stop_task(task_id, "lost")
+                self._stop_task(task_id, "lost", sent.get(task_id))
 
     async def heartbeat_one(self, ctx: TaskContext) -> None:
         result = await self._call(
@@ -739,28 +757,28 @@ class Worker:
             self.clock.now(), self.settings.claim_ttl,
         )
         if result.lost:
-            self._stop_task(ctx.task_id, "lost")
+            self._stop_task(ctx.task_id, "lost", ctx.claim_token)
             ctx._mark_cancelled("lost")
         elif result.cancel_requested:
-            self._stop_task(ctx.task_id, "cancel")
+            self._stop_task(ctx.task_id, "cancel", ctx.claim_token)
         else:
-            self._tell_revoked(result.revoked)
+            self._tell_revoked(result.revoked, {ctx.task_id: ctx.claim_token})
 
     # Asset leases (README "Assets, leases, ledger and asset events"): a lease revoked under
     # a running handler lands in ctx.revoked_lease_ids; unless the task's constraints say
     # on_lease_revoked="continue", the handler is stopped and the task retries LEASE_REVOKED.
     # Revocations the handler caused itself (ctx.report_event) are already known: no stop.
-    def _tell_revoked(self, revoked: dict[str, list[str]]) -> None:
+    def _tell_revoked(self, revoked: dict[str, list[str]], sent: dict[str, str]) -> None:
         for task_id, lease_ids in revoked.items():
             run = self._running.get(task_id)
-            if run is None:
+            if run is None or run.claimed.claim_token != sent.get(task_id):
                 continue
             new = [x for x in lease_ids if x not in run.ctx.revoked_lease_ids]
             run.ctx.revoked_lease_ids.extend(new)
             task = _decoded(run.claimed)
             keep_running = task is not None and task.constraints.get("on_lease_revoked") == "continue"
             if new and not keep_running:
-                self._stop_task(task_id, "lease_revoked")
+                self._stop_run(run, "lease_revoked")
 
     async def progress_one(self, ctx: TaskContext, percent: int, message: str | None) -> None:
         held = await self._call(
@@ -768,7 +786,7 @@ class Worker:
             self.clock.now(),
         )
         if not held:
-            self._stop_task(ctx.task_id, "lost")
+            self._stop_task(ctx.task_id, "lost", ctx.claim_token)
             ctx._mark_cancelled("lost")
 
     # -- leader-only maintenance ---------------------------------------------------------------

@@ -345,22 +345,32 @@ class AssetStoreBase:
         self, conn: Any, leases: Sequence[Lease], status: LeaseStatus, pending: Pending,
         now: datetime, tasks: Mapping[str, TaskRef], causes: Mapping[str, str | None],
         *, touch_assets: bool = True, routine: bool = False, ids: Iterator[str] | None = None,
-    ) -> None:
+    ) -> list[Lease]:
         """End active leases: give the concurrency back (COOLING when an asset with a cooldown
         becomes idle) and write RELEASED / LEASE_EXPIRED / LEASE_REVOKED events. With
         `routine` (only when every event collected so far is a routine row, so the order
         holds), RELEASED events are written as routine rows too, their ids taken from `ids`
-        while it lasts."""
+        while it lasts. Returns the leases it ended: on PostgreSQL, those another
+        transaction ended while this one waited for their assets are left alone."""
         active = [lease for lease in leases
                   if lease.status is LeaseStatus.ACTIVE and lease.lease_id not in pending.ended]
         if not active:
-            return
+            return []
         legal = {old for old, targets in LEASE_TRANSITIONS.items() if status in targets}
         for lease in active:
             if lease.status not in legal:
                 check_lease_transition(lease.status, status)  # raises
-            pending.ended[lease.lease_id] = status
+        newly_locked = any(lease.asset_id not in pending.assets for lease in active)
         assets = self._lock_assets(conn, [lease.asset_id for lease in active], pending)
+        if newly_locked and self._adialect.lock:
+            # Every path that ends a lease holds its asset's lock when it does. The leases
+            # were read before these locks were taken: one ended meanwhile by a transaction
+            # this one waited for (two releases of one lease, a completion and the rescuer)
+            # must not give its concurrency back a second time.
+            still = self._still_active(conn, [lease.lease_id for lease in active])
+            active = [lease for lease in active if lease.lease_id in still]
+        for lease in active:
+            pending.ended[lease.lease_id] = status
         empty = self._adialect.bulk_js({})
         event_type = {
             LeaseStatus.RELEASED: AssetEventType.RELEASED,
@@ -406,6 +416,14 @@ class AssetStoreBase:
                     message=f"cooling for {asset.cooldown_seconds}s",
                     context={"cooldown_until": asset.cooldown_until.isoformat()},
                 ))
+        return active
+
+    def _still_active(self, conn: Any, lease_ids: Sequence[str]) -> set[str]:
+        d = self._adialect
+        return {r[0] for r in self._x(
+            conn, f"SELECT lease_id FROM leases WHERE {d.in_ids('lease_id')} AND status = 'ACTIVE'",
+            (d.ids(list(lease_ids)),),
+        ).fetchall()}
 
     def _leases_with_tasks(
         self, conn: Any, where: str, params: Sequence[Any], task_ids: Sequence[str],
@@ -420,6 +438,15 @@ class AssetStoreBase:
         # by key, only those not held already, instead of looking the leases up twice.
         lock_sql = lock_into is not None and d.name != "sqlite"
         with d.pipeline(conn):
+            # The assets are locked first: the leases are then read after any transaction
+            # that ended one of them meanwhile (it held the asset's lock) has committed, so a
+            # lease is never ended twice.
+            locked = None if not lock_sql else self._x(
+                conn,
+                f"SELECT {ASSET_COLS} FROM assets WHERE asset_id IN "
+                f"(SELECT l.asset_id FROM leases l WHERE {where}) ORDER BY asset_id{d.lock}",
+                params,
+            )
             # The tasks are named too, so they are found by key: joined on task_id alone, the
             # planner merge-joined the leases against a walk of every task ever stored.
             cur = d.unprepared(
@@ -428,12 +455,6 @@ class AssetStoreBase:
                 f"FROM {d.leases_of_tasks} WHERE {where} "
                 f"AND {d.in_ids('t.task_id')} ORDER BY l.asset_id, l.lease_id",
                 (*params, d.ids(task_ids)),
-            )
-            locked = None if not lock_sql else self._x(
-                conn,
-                f"SELECT {ASSET_COLS} FROM assets WHERE asset_id IN "
-                f"(SELECT l.asset_id FROM leases l WHERE {where}) ORDER BY asset_id{d.lock}",
-                params,
             )
         rows = cur.fetchall()
         if locked is not None and lock_into is not None:

@@ -581,8 +581,11 @@ class LeaseBrokerMixin(AssetStoreBase):
             lease = leases[0]
             check_lease_transition(lease.status, LeaseStatus.RELEASED)
             pending = Pending()
-            self._end_leases(conn, [lease], LeaseStatus.RELEASED, pending, now,
-                             self._task_refs(conn, [lease.task_id]), {})
+            if not self._end_leases(conn, [lease], LeaseStatus.RELEASED, pending, now,
+                                    self._task_refs(conn, [lease.task_id]), {}):
+                # Ended by another transaction while this one waited for the asset.
+                [current] = self._leases_where(conn, "lease_id = ?", (lease_id,))
+                check_lease_transition(current.status, LeaseStatus.RELEASED)  # raises
             self._flush(conn, pending, now)
             self._capacity_freed(conn)
         return lease

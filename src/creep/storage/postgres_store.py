@@ -372,8 +372,6 @@ class PostgresStore(
     ) -> list[TaskOrder]:
         if not specs:
             return []
-        from creep.domain.dag import topological_order
-
         if (
             len(specs) == 1 and within is None and not specs[0].depends_on
             and not pending_writes.waiting()
@@ -384,6 +382,27 @@ class PostgresStore(
         by_id = {s.task_id: s for s in specs}
         if len(by_id) != len(specs):
             raise ValidationError.single("task_id", "task ids in one submission must be unique")
+        attempt = 1
+        while True:
+            try:
+                return self._create_many(specs, now, within)
+            except StorageError as exc:
+                # Two submissions of the same keys in different orders wait on each other's
+                # uncommitted keys, and PostgreSQL aborts one (a deadlock); or a key was
+                # taken by another submission between this one's insert and its replay
+                # lookup. Tried again (whole: nothing of it was kept), the unique constraint
+                # decides: the other's rows are committed and replay. Not inside a caller's
+                # transaction, which the abort has ended.
+                if within is not None or attempt == _CREATE_ATTEMPTS or not _lost_race(exc):
+                    raise
+            attempt += 1
+
+    def _create_many(
+        self, specs: Sequence[TaskSpec], now: datetime,
+        within: psycopg.Connection[Any] | None,
+    ) -> list[TaskOrder]:
+        from creep.domain.dag import topological_order
+
         copy = len(specs) >= COPY_MIN_TASKS and all(map(is_plain, specs))
         if within is None and not copy and not any(s.depends_on for s in specs):
             # e.g. the API's group commits: new tasks and their audit rows
@@ -436,7 +455,7 @@ class PostgresStore(
                 fresh_ids = {s.task_id for s in plan.fresh}
                 if not fresh_ids <= inserted:
                     # A spec lost its key to a concurrent insert of another spec: retry whole.
-                    raise StorageError("idempotency race; retry")
+                    raise StorageError(_IDEMPOTENCY_RACE)
                 if inserted - fresh_ids:
                     raise StorageError("inconsistent idempotency plan")
                 out = plan.resolve({tid: tasks[tid] for tid in inserted})
@@ -1082,14 +1101,26 @@ class PostgresStore(
     # -- events --------------------------------------------------------------------------------
 
     def task_events(self, task_id: str, tenant_id: str | None = None) -> list[TaskEvent]:
+        """The task's events in cursor order, up to the same horizon as task_events_after:
+        a transaction older than one that wrote an event may still write one of this task
+        with a lower cursor (a cancel cascading to it), and a client continuing from the
+        last cursor returned here would never see it. Events past the horizon are waited
+        for a moment (until the older transactions end), then left to the next read."""
         self.task_get(task_id, tenant_id)
-        with self._tx() as conn:
-            rows = conn.execute(
-                f"SELECT event_id, txid::text, {_EVENT_COLUMNS} FROM task_events "
-                "WHERE task_id = %s ORDER BY event_id",
-                (task_id,),
-            ).fetchall()
-        return [_row_to_event(r) for r in rows]
+        give_up = time.monotonic() + _HISTORY_WAIT_S
+        while True:
+            with self._tx() as conn:
+                rows = conn.execute(
+                    f"SELECT event_id, txid::text, {_EVENT_COLUMNS}, "
+                    "txid < pg_snapshot_xmin(pg_current_snapshot()) FROM task_events "
+                    "WHERE task_id = %s ORDER BY txid, event_id",
+                    (task_id,),
+                ).fetchall()
+            # In cursor order the events past the horizon are the tail.
+            final = [r for r in rows if r[-1]]
+            if len(final) == len(rows) or time.monotonic() >= give_up:
+                return [_row_to_event(r) for r in final]
+            time.sleep(0.005)
 
     def task_events_after(
         self, cursor: str | None, *, limit: int = 500, task_id: str | None = None,
@@ -1703,6 +1734,17 @@ def _redact(url: str) -> str:
     if parts.password:
         return url.replace(f":{parts.password}@", ":***@")
     return url
+
+
+_CREATE_ATTEMPTS = 5
+_HISTORY_WAIT_S = 0.5
+_IDEMPOTENCY_RACE = "idempotency race; retry"
+
+
+def _lost_race(exc: StorageError) -> bool:
+    """A creation that lost a race to a concurrent one and may simply be tried again."""
+    return str(exc) == _IDEMPOTENCY_RACE or isinstance(
+        exc.__cause__, pg_errors.DeadlockDetected | pg_errors.SerializationFailure)
 
 
 def _storage_error(exc: psycopg.Error) -> CreepError:
