@@ -105,11 +105,15 @@ def assert_task_queue_in_step(conn: object, schema: str) -> None:
         "SELECT 1 FROM information_schema.columns WHERE table_schema = %s "
         "AND table_name = 'task_queue' AND column_name = 'no_resource_at'", (schema,)
     ).fetchone():
+        # From queued_at until migration 0015, from GREATEST(queued_at, run_after) since.
+        since = conn.execute(
+            f'SELECT 1 FROM "{schema}".schema_migrations WHERE version = 15').fetchone()
+        start = "GREATEST(t.queued_at, t.run_after)" if since else "t.queued_at"
         stale = conn.execute(
             f'SELECT t.task_id, t.status, q.no_resource_at FROM "{schema}".task_queue q '
             f'JOIN "{schema}".tasks t USING (task_id) WHERE q.no_resource_at IS DISTINCT FROM '
-            "(CASE WHEN t.status = 'QUEUED' AND t.has_hints "
-            "THEN t.queued_at + t.timeout_ms * interval '1 millisecond' END) LIMIT 5"
+            f"(CASE WHEN t.status = 'QUEUED' AND t.has_hints "
+            f"THEN {start} + t.timeout_ms * interval '1 millisecond' END) LIMIT 5"
         ).fetchall()
         assert stale == [], f"task_queue.no_resource_at out of step in {schema}: {stale}"
 

@@ -8,15 +8,19 @@ status READY or IN_USE and spare concurrency. Among candidates creep prefers, in
 higher health_score, lower load (current/max concurrency), lower cost_per_lease, asset_id.
 `preferred` (a claim lane's own assets, domain/claim_lanes.py) narrows the candidates of
 every demand but those of several assets it cannot serve.
-A task takes all of its hints or nothing. When the preferred set would take the task's cost
-over max_total_cost, the cheapest available set is tried; if that is over budget too, the
-task fails with BUDGET_EXCEEDED.
+A task takes all of its hints or nothing. Each hint takes its best candidates in turn; when
+hints overlap (`ip.*` and `ip.x`) and that leaves one without candidates, the hints are tried
+in the other orders (every order up to MAX_ORDERED_HINTS hints), so a task the pool can serve
+is served. When the preferred set would take the task's cost over max_total_cost, the
+cheapest set is tried (the cheapest of those found trying the hints in every order); if that
+is over budget too, the task fails with BUDGET_EXCEEDED.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -167,16 +171,58 @@ class _Pool:
         return found
 
 
+#: Up to this many hints, every order of them is tried (5 hints: 120 orders); past it, the
+#: given order and its reverse.
+MAX_ORDERED_HINTS = 5
+
+
 def _pick(demand: Demand, pool: _Pool, thrifty: bool) -> list[tuple[int, Candidate]] | None:
+    """The first set that serves every hint, the hints taken in their given order first;
+    `thrifty`: the cheapest of the sets found in every order."""
+    first = _pick_in(demand, pool, thrifty, range(len(demand.hints)))
+    if len(demand.hints) < 2 or (first is not None and not thrifty):
+        return first
+    best, best_cost = first, _cost(first)
+    for order in _other_orders(len(demand.hints)):
+        picks = _pick_in(demand, pool, thrifty, order)
+        if picks is None:
+            continue
+        if not thrifty:
+            return picks
+        cost = _cost(picks)
+        if best is None or cost < best_cost:
+            best, best_cost = picks, cost
+    return best
+
+
+def _cost(picks: list[tuple[int, Candidate]] | None) -> Decimal:
+    return sum((a.cost_per_lease for _, a in picks or []), Decimal(0))
+
+
+def _other_orders(n: int) -> Iterator[Sequence[int]]:
+    if n <= MAX_ORDERED_HINTS:
+        yield from itertools.islice(itertools.permutations(range(n)), 1, None)
+    else:
+        yield range(n - 1, -1, -1)
+
+
+def _pick_in(
+    demand: Demand, pool: _Pool, thrifty: bool, order: Iterable[int]
+) -> list[tuple[int, Candidate]] | None:
+    """Each hint in `order` takes its best candidates not taken by an earlier one; the
+    picks are returned in hint order."""
     chosen: list[tuple[int, Candidate]] = []
     used: set[str] = set()
-    for i, hint in enumerate(demand.hints):
+    hints = demand.hints
+    for i in order:
+        hint = hints[i]
         best = pool.ranked(hint, demand, thrifty).take(int(hint.get("min_count", 1)), used)
         if best is None:
             return None
         for asset in best:
             chosen.append((i, asset))
             used.add(asset.asset_id)
+    chosen.sort(key=lambda pick: pick[0])
     return chosen
 
 
@@ -209,7 +255,7 @@ def match_all(
             (a.cost_per_lease for _, a in picks), Decimal(0))
         if demand.max_total_cost is not None and demand.spent + cost > demand.max_total_cost:
             cheap = _pick(demand, source, thrifty=True)
-            cheap_cost = sum((a.cost_per_lease for _, a in cheap or []), Decimal(0))
+            cheap_cost = _cost(cheap)
             if cheap is None or demand.spent + cheap_cost > demand.max_total_cost:
                 match.refusal = "BUDGET_EXCEEDED"
                 match.cost = cost

@@ -171,6 +171,9 @@ class SqliteDialect:
     def plus_ms(self, ts_sql: str, ms_sql: str) -> str:
         return f"({ts_sql} + {ms_sql} * 1000)"
 
+    def later(self, a_sql: str, b_sql: str) -> str:
+        return f"max({a_sql}, {b_sql})"
+
     def overdue_lead(self, now: datetime) -> tuple[str, list[Any]]:
         """What the NO_RESOURCE sweep's condition starts with: nothing here (it walks the
         hinted index of tasks)."""
@@ -389,6 +392,9 @@ class PostgresDialect:
 
     def plus_ms(self, ts_sql: str, ms_sql: str) -> str:
         return f"({ts_sql} + {ms_sql} * interval '1 millisecond')"
+
+    def later(self, a_sql: str, b_sql: str) -> str:
+        return f"GREATEST({a_sql}, {b_sql})"
 
     def overdue_lead(self, now: datetime) -> tuple[str, list[Any]]:
         """The NO_RESOURCE sweep reads task_queue's index of overdue instants (migration

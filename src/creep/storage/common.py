@@ -317,10 +317,11 @@ def rescue(
     """What the control plane does with a running task whose claim expired or deadline passed.
     `grace_ms` (the task's constraints.timeout_grace_ms, a schedule's timeout_grace_period)
     moves the point where it is called timed out to deadline + grace; a lost worker before
-    that is a retry."""
+    that is a retry. What counts is when the claim expired, not when the sweep runs: a worker
+    lost long before the deadline was lost, even if the sweep only comes after it."""
     if deadline is not None and grace_ms:
         deadline += timedelta(milliseconds=int(grace_ms))
-    if deadline is not None and deadline < now:
+    if deadline is not None and deadline < now and (expires is None or expires > deadline):
         outcome = Outcome(
             task_id, token, OutcomeKind.TIMED_OUT,
             message="deadline passed and the worker did not finish the task",

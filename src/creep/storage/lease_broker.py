@@ -28,6 +28,7 @@ from creep.domain.ledger import (
     cost_effect,
 )
 from creep.domain.matching import Candidate, Demand, Match
+from creep.domain.task import ResultCode
 from creep.storage.asset_base import (
     ASSET_COLS,
     CANDIDATES_PER_KIND,
@@ -404,10 +405,10 @@ class LeaseBrokerMixin(AssetStoreBase):
         return failed
 
     def _leases_settle(
-        self, conn: Any, done: Sequence[tuple[str, str, str, str]], now: datetime
+        self, conn: Any, done: Sequence[tuple[str, str, str, str, str | None]], now: datetime
     ) -> None:
         """After running tasks with leases moved on ((task_id, claim_token, new status,
-        task event type)): write TASK_SUCCESS / TASK_FAIL / TASK_TIMEOUT with the health rule
+        task event type, result code)): write TASK_SUCCESS / TASK_FAIL / TASK_TIMEOUT with the health rule
         for each leased asset, and release the claim's active leases (kept on SUCCESS when
         constraints.keep_leases)."""
         if not done:
@@ -418,7 +419,9 @@ class LeaseBrokerMixin(AssetStoreBase):
         finally:
             self._adialect.restore_plans(conn, saved)
 
-    def _settle(self, conn: Any, done: Sequence[tuple[str, str, str, str]], now: datetime) -> None:
+    def _settle(
+        self, conn: Any, done: Sequence[tuple[str, str, str, str, str | None]], now: datetime
+    ) -> None:
         d = self._adialect
         batch = _BATCHES.get(id(conn))
         pending = Pending() if batch is None else batch
@@ -444,10 +447,15 @@ class LeaseBrokerMixin(AssetStoreBase):
         # TASK_SUCCESS contexts by (health before, after): each encoded once per settle.
         contexts: dict[tuple[int, int], Any] = {}
         for lease in leases:
-            task_id, _, status, event_type = by_claim[lease.task_id, lease.claim_token]
+            task_id, _, status, event_type, result_code = by_claim[
+                lease.task_id, lease.claim_token]
             effect = _effect(status, event_type)
-            if lease.status is LeaseStatus.EXPIRED and effect != AssetEventType.TASK_TIMEOUT:
-                effect = None  # a lost worker is not the asset's fault
+            if effect != AssetEventType.TASK_TIMEOUT and (
+                lease.status is LeaseStatus.EXPIRED or result_code == ResultCode.WORKER_LOST
+            ):
+                # A lost worker is not the asset's fault, whatever became of the lease
+                # before (revoked by a ban, released by hand).
+                effect = None
             if effect is not None:
                 asset = assets[lease.asset_id]
                 before = asset.health_score
@@ -624,7 +632,10 @@ class LeaseBrokerMixin(AssetStoreBase):
                     conn,
                     f"SELECT t.task_id FROM {d.queue_from} WHERE {lead}{d.qa}.status = 'QUEUED' "
                     f"AND t.status = 'QUEUED' AND {d.qa}.has_hints = true AND "
-                    f"{d.plus_ms('t.queued_at', 't.timeout_ms')} <= ? LIMIT ?{d.skip_locked_t}",
+                    # From when the task became runnable: a retry's backoff is not waiting
+                    # for resources (migration 0015 keeps PostgreSQL's index instant so).
+                    f"{d.plus_ms(d.later('t.queued_at', 't.run_after'), 't.timeout_ms')} <= ? "
+                    f"LIMIT ?{d.skip_locked_t}",
                     (*lead_params, d.ts(now), limit),
                 ).fetchall()
             finally:

@@ -883,7 +883,8 @@ class PostgresStore(
         if any(r[3] for r in rows):  # tasks that may hold leases
             by_id = {i.task_id: i for i in items}
             self._leases_settle(conn, [
-                (r[0], by_id[r[0]].claim_token, r[1], by_id[r[0]].resolution.event_type)
+                (r[0], by_id[r[0]].claim_token, r[1], by_id[r[0]].resolution.event_type,
+                 by_id[r[0]].resolution.result_code)
                 for r in rows if r[3]
             ], now)
         succeeded = [r[0] for r in rows if r[2] and r[1] == "SUCCESS"]

@@ -635,7 +635,7 @@ class SqliteStore(
                 conn,
                 [
                     (i.task_id, i.claim_token, i.resolution.status.value,
-                     i.resolution.event_type)
+                     i.resolution.event_type, i.resolution.result_code)
                     for i in first.values() if i.task_id in hinted
                 ],
                 now,
