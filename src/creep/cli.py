@@ -36,6 +36,10 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def _logging(level: str) -> None:
+    from creep.api.settings import LOG_LEVELS
+
+    if level.upper() not in LOG_LEVELS:
+        raise _fail(f"--log-level (CREEP_LOG_LEVEL): must be one of {', '.join(LOG_LEVELS)}")
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -126,6 +130,19 @@ def worker(
     finally:
         creep_app.close()
     console.print(f"worker stopped: {stats}")
+    _exit_past_sync_handlers()
+
+
+def _exit_past_sync_handlers() -> None:
+    """A sync handler still running after the shutdown grace was given back (requeued) and
+    cannot be stopped; Python would wait for its thread at exit, keeping the process alive
+    past the grace its supervisor allows. Exit now, as promised, without waiting for it."""
+    import threading
+
+    if any(t.name.startswith("creep-handler") and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @app.command()

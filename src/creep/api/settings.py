@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 
 from creep.storage import DEFAULT_DATABASE_URL
 
-_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+#: The log levels every creep command accepts (--log-level, CREEP_LOG_LEVEL).
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 T = TypeVar("T")
 
 
@@ -124,7 +125,7 @@ def _redact(url: str) -> str:
 
 
 def _log_level(value: str) -> str | None:
-    return None if value.upper() in _LOG_LEVELS else f"must be one of {', '.join(_LOG_LEVELS)}"
+    return None if value.upper() in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}"
 
 
 def _admin_key(value: str | None) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -120,5 +120,21 @@ def resolve(
         delay = backoff.delay(attempt, rng)
     return Resolution(
         TaskStatus.QUEUED, "retrying", outcome.code or ResultCode.RETRYABLE, message,
-        run_after=now + timedelta(seconds=max(0.0, delay)),
+        run_after=_after(now, delay),
     )
+
+
+#: The last instant both backends store (domain/clock.py INSTANT_RULE).
+LAST_INSTANT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
+def _after(now: datetime, seconds: float) -> datetime:
+    """`seconds` after `now`; a negative or NaN delay is none, and a delay past the last
+    storable instant (Retry(delay=float("inf"))) waits until then: it would otherwise fail
+    the completion and leave the task RUNNING until its claim expired."""
+    if not seconds > 0:
+        return now
+    try:
+        return min(now + timedelta(seconds=seconds), LAST_INSTANT)
+    except (OverflowError, ValueError):
+        return LAST_INSTANT

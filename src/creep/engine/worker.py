@@ -312,6 +312,7 @@ class Worker:
         self._stopping = True
         self._stopped.set()
         self._wake.set()
+        self._slot_freed.set()  # a fetcher with every slot busy waits on it
 
     # -- fetching ------------------------------------------------------------------------------
 
@@ -331,9 +332,9 @@ class Worker:
             claimed = await self._claim(types, want)
             if claimed:
                 self._start_batch(claimed)
+                idle_rounds = 0
             self.stats["claimed"] += len(claimed)
             if len(claimed) == want:
-                idle_rounds = 0
                 continue
             if burst:
                 if (claimed or self._running or self._buffer or self._writing
@@ -342,8 +343,9 @@ class Worker:
                     await self._wait_for_progress()
                     continue
                 # Nothing claimable: let maintenance promote what is due, then look once more.
-                await self._maintain_once(force=True)
-                idle_rounds += 1
+                # Done only after a round that promoted and rescued nothing found nothing.
+                moved = await self._maintain_once(force=True)
+                idle_rounds = 0 if moved else idle_rounds + 1
                 if idle_rounds >= 2:
                     return
                 continue
@@ -799,9 +801,11 @@ class Worker:
             except CreepError as exc:
                 log.warning("maintenance failed: %s", exc)
 
-    async def _maintain_once(self, force: bool = False) -> None:
+    async def _maintain_once(self, force: bool = False) -> int:
+        """One maintenance round if this worker leads; returns how many tasks it made
+        runnable again (promoted or rescued)."""
         if not (self.settings.maintenance or force):
-            return
+            return 0
         s = self.settings
         ttl = max(5.0, s.maintenance_interval * 5)
         now = self.clock.now()
@@ -818,7 +822,7 @@ class Worker:
                 "task maintenance: promote due, rescue expired claims, time out overdue",
             )
         if self._leader_token is None:
-            return
+            return 0
         report = await self._call(self.store.task_maintain, now, s.backoff, s.timeout_grace)
         # Assets: cooling sweep and NO_RESOURCE for hinted tasks past their deadline.
         swept = await self._call(self.store.asset_maintain, now)
@@ -830,6 +834,8 @@ class Worker:
                 "maintenance: promoted=%d rescued=%d timed_out=%d dead_lettered=%d",
                 report.promoted, report.rescued, report.timed_out, report.dead_lettered,
             )
+        # Cooled assets may let hinted tasks run too.
+        return report.promoted + report.rescued + swept.cooled
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:

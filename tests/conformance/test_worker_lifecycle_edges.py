@@ -1,0 +1,236 @@
+"""Edges of a worker's life: stopping with every slot busy, exiting past a sync handler that
+outlives the grace, burst mode after promotions, a claim lost before its deadline, a retry
+delay past the last storable instant, a bad log level."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from creep import Creep, FrozenClock, TaskContext, TaskStatus
+
+
+@pytest.fixture
+def app(db_url: str, clock: FrozenClock) -> Iterator[Creep]:
+    creep_app = Creep(db_url, clock=clock)
+    yield creep_app
+    creep_app.close()
+
+
+# -- graceful shutdown ---------------------------------------------------------------------------
+
+_WORKER_APP = textwrap.dedent('''
+    import asyncio, os, time
+    from creep import Creep
+
+    app = Creep()
+
+    def _started(ctx):
+        with open(os.environ["REVIEW_MARK"], "a") as f:
+            f.write(ctx.task_id + "\\n")
+
+    @app.handler("ASYNC_SLEEP")
+    async def async_sleep(ctx):
+        _started(ctx)
+        await asyncio.sleep(float(ctx.task.input_payload["seconds"]))
+        return "done"
+
+    @app.handler("SYNC_SLEEP")
+    def sync_sleep(ctx):
+        _started(ctx)
+        time.sleep(float(ctx.task.input_payload["seconds"]))
+        return "done"
+''')
+
+
+def _start_cli_worker(tmp_path: Path, db_url: str, *args: str) -> tuple[subprocess.Popen[str], Path]:
+    (tmp_path / "lifecycle_app.py").write_text(_WORKER_APP)
+    mark = tmp_path / "started.txt"
+    env = dict(os.environ, CREEP_DATABASE_URL=db_url, REVIEW_MARK=str(mark))
+    with open(tmp_path / "worker.log", "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "creep.cli", "worker", "--app", "lifecycle_app:app",
+             *args], cwd=tmp_path, env=env, text=True, stdout=out, stderr=subprocess.STDOUT,
+        )
+    return proc, mark
+
+
+def _wait_started(proc: subprocess.Popen[str], mark: Path, count: int = 1) -> None:
+    deadline = time.monotonic() + 20
+    while not (mark.exists() and len(mark.read_text().split()) >= count):
+        assert proc.poll() is None, (mark.parent / "worker.log").read_text()
+        assert time.monotonic() < deadline, "the worker never started the handler"
+        time.sleep(0.05)
+
+
+def _sigterm_and_wait(proc: subprocess.Popen[str], within: float) -> int | None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(within)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigterm_is_ignored_while_every_slot_is_busy(app: Creep, db_url: str, tmp_path: Path) -> None:
+    """README "Workers": SIGTERM -> let running tasks finish for --shutdown-grace seconds, give
+    the rest back to the queue uncharged, exit 0. A worker whose slots are all taken waits
+    for a slot to free before it even looks at the stop request, so the grace never applies."""
+    t = app.submit(task_type="ASYNC_SLEEP", input_payload={"seconds": 40})
+    proc, mark = _start_cli_worker(tmp_path, db_url, "--concurrency", "1", "--shutdown-grace", "1")
+    _wait_started(proc, mark)
+    rc = _sigterm_and_wait(proc, within=12)
+    assert rc == 0, "creep worker did not stop within grace + 11 s of SIGTERM"
+    after = app.get_task(t.task_id)
+    assert (after.status, after.attempt) == (TaskStatus.QUEUED, 0)
+    assert [e.event_type for e in app.task_events(t.task_id)][-1] == "requeued"
+
+
+def test_request_stop_waits_for_a_slot_instead_of_the_grace(app: Creep) -> None:
+    """The same through the Python API: Worker.request_stop() on a full worker."""
+    started = threading.Event()
+
+    @app.handler("LONG")
+    async def long(ctx: TaskContext) -> object:
+        started.set()
+        await asyncio.sleep(20)
+        return "done"
+
+    t = app.submit(task_type="LONG")
+    worker = app.worker(concurrency=1, shutdown_grace=0.2)
+    thread = threading.Thread(target=lambda: asyncio.run(worker.run()))
+    thread.start()
+    assert started.wait(20)
+    t0 = time.monotonic()
+    worker.request_stop()
+    thread.join(30)
+    took = time.monotonic() - t0
+    assert took < 8, f"stop took {took:.1f} s with shutdown_grace=0.2"
+    after = app.get_task(t.task_id)
+    assert (after.status, after.attempt) == (TaskStatus.QUEUED, 0)
+
+
+def test_sigterm_with_a_sync_handler_never_exits_after_the_grace(
+    app: Creep, db_url: str, tmp_path: Path
+) -> None:
+    """A sync handler that does not return: the worker requeues its task after the grace and
+    logs 'worker stopped', but the process stays alive until the handler's thread returns
+    (ThreadPoolExecutor threads are joined at interpreter exit), so `creep worker` does not
+    exit 0 after --shutdown-grace as documented."""
+    t = app.submit(task_type="SYNC_SLEEP", input_payload={"seconds": 40})
+    proc, mark = _start_cli_worker(tmp_path, db_url, "--concurrency", "4", "--shutdown-grace", "1")
+    _wait_started(proc, mark)
+    rc = _sigterm_and_wait(proc, within=12)
+    after = app.get_task(t.task_id)
+    assert (after.status, after.attempt) == (TaskStatus.QUEUED, 0)  # given back: that part works
+    assert rc == 0, "creep worker still running 12 s after SIGTERM with --shutdown-grace 1"
+
+
+# -- burst -----------------------------------------------------------------------------------------
+
+
+def test_burst_returns_with_a_due_task_it_promoted_itself(app: Creep, clock: FrozenClock) -> None:
+    """run_worker(burst=True) is documented to run "until nothing is runnable now". Its idle
+    counter is never reset by a maintenance round that promoted work, so after two rounds
+    that each promoted a due task it returns, leaving the second one QUEUED and due."""
+    ran: list[str] = []
+
+    @app.handler("STEP")
+    async def step(ctx: TaskContext) -> object:
+        ran.append(ctx.task.input_payload["n"])
+        clock.advance(10)  # time passes while it runs
+        return None
+
+    app.submit(task_type="STEP", input_payload={"n": "a"}, run_after=timedelta(seconds=10))
+    b = app.submit(task_type="STEP", input_payload={"n": "b"}, run_after=timedelta(seconds=20))
+    clock.advance(10)
+    app.run_worker(burst=True, install_signals=False)
+    left = app.get_task(b.task_id)
+    assert left.run_after <= clock.now()
+    assert (ran, left.status) == (["a", "b"], TaskStatus.SUCCESS), (ran, left.status)
+
+
+# -- rescue: lost worker vs timeout ------------------------------------------------------------
+
+
+def test_a_claim_lost_before_the_deadline_is_timed_out_when_maintenance_runs_late(
+    app: Creep, clock: FrozenClock
+) -> None:
+    """README "Workers": "A claim that expires before the deadline (plus the task's own grace)
+    is retried with result_code WORKER_LOST". The rescuer compares the deadline with the time
+    the sweep runs, not with the time the claim expired: when no maintenance ran for a while
+    (every worker was down, e.g. the one worker crashed and was restarted two minutes later)
+    the task its crash orphaned ends TIMEOUT (terminal, dependants cancelled) instead of being
+    retried, though its worker was lost 30 s before its deadline."""
+    t = app.submit(task_type="LONG", timeout_ms=60_000, constraints={"max_retries": 3})
+    dep = app.submit(task_type="LONG", depends_on=[t.task_id])
+    [claimed] = app.store.task_claim("crashed-worker", ["LONG"], 1, clock.now(), 30.0)
+    assert claimed.task_id == t.task_id
+    clock.advance(120)  # claim expired at 30 s, deadline at 60 s; the next sweep runs at 120 s
+    app.maintain()
+    got = app.get_task(t.task_id)
+    assert (got.status, got.result_code, got.attempt) == (TaskStatus.QUEUED, "WORKER_LOST", 1)
+    assert app.get_task(dep.task_id).status is TaskStatus.PENDING
+
+
+# -- handler signals the worker cannot resolve -------------------------------------------------
+
+
+def test_retry_with_a_delay_past_year_9999_leaves_the_task_running(app: Creep) -> None:
+    """Retry(delay=...) is resolved outside the run's try block: a delay whose run_after
+    overflows the datetime range raises OverflowError in the task's asyncio job ("Task
+    exception was never retrieved"); no completion is written, the task stays RUNNING (not
+    heartbeated any more) and a burst worker returns as if done. It is only rescued once its
+    claim expires, charged as a lost worker."""
+    from creep import Retry
+
+    @app.handler("LATER")
+    async def later(ctx: TaskContext) -> object:
+        raise Retry(delay=1e12, message="come back much later")
+
+    t = app.submit(task_type="LATER")
+    errors: list[str] = []
+
+    async def burst() -> dict[str, int]:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _loop, context: errors.append(repr(context.get("exception"))))
+        return await app.worker().run(burst=True)
+
+    stats = asyncio.run(burst())
+    status = app.get_task(t.task_id).status.value
+    assert status != "RUNNING", f"left {status} after a burst run, stats {stats}, {errors}"
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+def test_an_invalid_creep_log_level_crashes_creep_worker_with_a_traceback(tmp_path: Path) -> None:
+    """README "Configuration" lists CREEP_LOG_LEVEL / --log-level; PRODUCT.md asks for config
+    "validated at start with clear errors", and `creep server` does validate it ("must be one
+    of ..."). `creep worker` (and `creep scheduler`) hand it to logging.basicConfig unchecked:
+    a typo ends in an uncaught ValueError traceback (exit 1) instead of the CLI's usage error
+    (exit 2, "error: ...") it gives for every other bad option."""
+    (tmp_path / "lifecycle_app.py").write_text(_WORKER_APP)
+    env = dict(os.environ, CREEP_DATABASE_URL=f"sqlite:///{tmp_path}/creep.db",
+               CREEP_LOG_LEVEL="verbose", COLUMNS="200")
+    done = subprocess.run(
+        [sys.executable, "-m", "creep.cli", "worker", "--app", "lifecycle_app:app",
+         "--burst"], cwd=tmp_path, env=env, text=True, capture_output=True, timeout=60,
+    )
+    out = done.stdout + done.stderr
+    assert "Traceback" not in out, out[-600:]
+    assert done.returncode == 2, (done.returncode, out[-600:])
