@@ -20,6 +20,7 @@ from creep.domain.lease import Lease, LeaseStatus
 from creep.domain.ledger import BudgetExceeded, EntryType, LedgerEntry, LedgerSummary
 from creep.domain.outcomes import Backoff, Fail, Retry, TaskCancelled
 from creep.domain.task import ResultCode, TaskOrder, TaskStatus
+from creep.domain.task_spec import Limits
 from creep.engine.context import SyncTaskContext, TaskContext
 from creep.engine.worker import Worker, WorkerSettings
 
@@ -46,6 +47,7 @@ __all__ = [
     "LeaseStatus",
     "LedgerEntry",
     "LedgerSummary",
+    "Limits",
     "NotFound",
     "ResultCode",
     "Retry",

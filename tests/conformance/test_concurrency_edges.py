@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import psycopg
-import pytest
 
 from creep import Creep
 
@@ -168,7 +167,8 @@ def test_lost_run_stops_the_live_rerun_of_the_same_task_in_one_worker(db_url: st
     release_second = threading.Event()
 
     async def until(flag: threading.Event) -> None:
-        while not flag.is_set():
+        # A thread's flag (the test thread sets it): polled, as an asyncio.Event cannot be.
+        while not flag.is_set():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
     @app.handler("H")
@@ -245,7 +245,7 @@ def test_concurrent_lease_end_double_decrements_current_concurrency(
         return ids
 
     try:
-        a, b = submit_and_run(2)
+        a, _ = submit_and_run(2)
         [lease_a] = app.list_leases(task_id=a)
         assert app.get_asset(asset.asset_id).current_concurrency == 2
 
@@ -306,7 +306,8 @@ def test_concurrent_identical_submit_many_deadlocks_instead_of_replaying(
                        "input_payload": {"i": i}} for i in range(50)]
             barrier = threading.Barrier(2)
 
-            def go(app: Creep, batch: list[dict[str, Any]]) -> None:
+            def go(app: Creep, batch: list[dict[str, Any]],
+                   barrier: threading.Barrier = barrier) -> None:
                 barrier.wait()
                 try:
                     app.submit_many(batch)

@@ -37,7 +37,7 @@ _WORKER_APP = textwrap.dedent('''
     app = Creep()
 
     def _started(ctx):
-        with open(os.environ["REVIEW_MARK"], "a") as f:
+        with open(os.environ["LIFECYCLE_MARK"], "a") as f:
             f.write(ctx.task_id + "\\n")
 
     @app.handler("ASYNC_SLEEP")
@@ -57,7 +57,7 @@ _WORKER_APP = textwrap.dedent('''
 def _start_cli_worker(tmp_path: Path, db_url: str, *args: str) -> tuple[subprocess.Popen[str], Path]:
     (tmp_path / "lifecycle_app.py").write_text(_WORKER_APP)
     mark = tmp_path / "started.txt"
-    env = dict(os.environ, CREEP_DATABASE_URL=db_url, REVIEW_MARK=str(mark))
+    env = dict(os.environ, CREEP_DATABASE_URL=db_url, LIFECYCLE_MARK=str(mark))
     with open(tmp_path / "worker.log", "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "creep.cli", "worker", "--app", "lifecycle_app:app",

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from creep.api.schemas import ResourceHintIn, _In
 from creep.domain.execution import TaskExecution
-from creep.domain.schedule import ScheduledTask
+from creep.domain.schedule import MAX_INTERVAL_S, ScheduledTask
 
 _DAY = 24 * 3600
 MisfireName = Literal["skip", "once", "all"]
@@ -32,7 +32,7 @@ class _ScheduleFields(_In):
     description: str | None = Field(default=None, max_length=10_000)
     cron_expr: str | None = Field(default=None, min_length=1, max_length=255,
                                   description="5 fields (minute hour day month weekday)")
-    interval: int | None = Field(default=None, ge=1, le=366 * _DAY, description="seconds")
+    interval: int | None = Field(default=None, ge=1, le=MAX_INTERVAL_S, description="seconds")
     timezone: str | None = Field(default=None, min_length=1, max_length=64,
                                  description="IANA zone the cron_expr is read in (UTC)")
     next_run: datetime | None = Field(

@@ -90,6 +90,9 @@ class AssetEvent:
 EVENT_FIELDS: tuple[str, ...] = tuple(AssetEvent.__dataclass_fields__)
 
 #: Fields a reporter (handler, operator, provider hook) may set.
+#: latency_ms fits a signed 64-bit column on both backends.
+MAX_LATENCY_MS = 2**63 - 1
+
 REPORTABLE = frozenset(
     {"event_id", "asset_id", "lease_id", "correlation_id", "causation_id", "event_type",
      "source", "severity", "old_status", "new_status", "message", "error_code",
@@ -154,8 +157,8 @@ def validate_reported_event(data: Mapping[str, Any]) -> dict[str, Any]:
     out["http_status"] = http
     latency = data.get("latency_ms")
     if latency is not None and (isinstance(latency, bool) or not isinstance(latency, int)
-                                or latency < 0):
-        errors.append(("latency_ms", "must be an integer >= 0"))
+                                or not 0 <= latency <= MAX_LATENCY_MS):
+        errors.append(("latency_ms", f"must be an integer from 0 to {MAX_LATENCY_MS}"))
     out["latency_ms"] = latency
     retryable = data.get("retryable")
     if retryable is not None and not isinstance(retryable, bool):

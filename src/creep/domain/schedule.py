@@ -26,6 +26,10 @@ DEFAULT_PRIORITY = 0  # seed 003: `priority` default 0
 MAX_CRON_SCAN = 10_000
 
 
+#: A schedule's interval is at most a year (the REST API's bound too).
+MAX_INTERVAL_S = 366 * 86400
+
+
 class LeadershipLost(ConflictError):
     """This scheduler no longer holds the leader lock (expired or taken over): its write was
     refused (fencing)."""
@@ -219,9 +223,10 @@ def validate_schedule(
             errs.items.extend(exc.errors)
     interval = d.get("interval")
     if interval is not None and (
-        isinstance(interval, bool) or not isinstance(interval, int) or interval <= 0
+        isinstance(interval, bool) or not isinstance(interval, int)
+        or not 0 < interval <= MAX_INTERVAL_S
     ):
-        errs.add("interval", "must be a positive number of seconds")
+        errs.add("interval", f"must be a whole number of seconds from 1 to {MAX_INTERVAL_S}")
         interval = None
     if d.get("cron_expr") is not None and d.get("interval") is not None:
         errs.add("cron_expr", "give either cron_expr or interval, not both")

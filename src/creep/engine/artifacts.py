@@ -32,14 +32,16 @@ def max_artifact_bytes(explicit: int | None = None) -> int:
     """An explicit limit, else CREEP_ARTIFACT_MAX_BYTES, else 100 MiB."""
     if explicit is not None:
         value: Any = explicit
+        field = "artifact_max_bytes"
     else:
         value = os.environ.get("CREEP_ARTIFACT_MAX_BYTES", DEFAULT_MAX_ARTIFACT_BYTES)
+        field = "CREEP_ARTIFACT_MAX_BYTES"  # name what the user set
     try:
         limit = int(value)
     except (TypeError, ValueError):
-        raise ValidationError.single("artifact_max_bytes", "must be an integer") from None
+        raise ValidationError.single(field, "must be an integer") from None
     if limit < 1:
-        raise ValidationError.single("artifact_max_bytes", "must be >= 1")
+        raise ValidationError.single(field, "must be >= 1")
     return limit
 
 

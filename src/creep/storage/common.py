@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from creep.domain.errors import IdempotencyConflict, ValidationError
+from creep.domain.errors import IdempotencyConflict, StorageError, ValidationError
 from creep.domain.ids import is_uuid
 from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, Resolution, resolve
 from creep.domain.task import ResultCode, TaskOrder, TaskStatus
@@ -54,6 +54,20 @@ class Migration:
     version: int
     name: str
     sql: str
+
+
+def check_known_schema(done: set[int], migrations: Sequence[Migration], target: int | None) -> None:
+    """Refuse a database a newer creep migrated (its schema is not one this code was written
+    for) and a target below the current version (migrations only go forward)."""
+    newest, head = max(done, default=0), len(migrations)
+    if newest > head:
+        raise StorageError(
+            f"the database's schema is version {newest}, newer than this creep knows "
+            f"({head}): upgrade creep")
+    if target is not None and target < newest:
+        raise ValidationError.single(
+            "target", f"is below the current schema version {newest} (migrations only go "
+            "forward)")
 
 
 def load_migrations(dialect: str) -> list[Migration]:

@@ -72,6 +72,7 @@ from creep.storage.common import (
     UPDATABLE_FIELDS,
     bind_replayed_dependencies,
     check_dependencies,
+    check_known_schema,
     dumps,
     initial_status,
     is_plain,
@@ -345,7 +346,9 @@ class PostgresStore(
                 "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
             )
             done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-            for m in load_migrations("postgres"):
+            migrations = load_migrations("postgres")
+            check_known_schema(done, migrations, target)
+            for m in migrations:
                 if m.version in done or (target is not None and m.version > target):
                     continue
                 conn.execute(m.sql.encode())

@@ -50,6 +50,7 @@ from creep.storage.common import (
     UPDATABLE_FIELDS,
     bind_replayed_dependencies,
     check_dependencies,
+    check_known_schema,
     dumps,
     initial_status,
     is_plain,
@@ -184,21 +185,33 @@ class SqliteStore(
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=60.0
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
-            conn.execute("PRAGMA cache_size=-65536")
-            conn.execute("PRAGMA temp_store=MEMORY")
-            conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT}")
-            # ... and after a checkpoint the WAL file is cut back rather than kept at its peak.
-            conn.execute("PRAGMA journal_size_limit=67108864")
+            try:
+                conn = self._open()
+            except sqlite3.Error as exc:  # no such directory, not a database, no permission
+                raise StorageError(f"cannot open SQLite database {self.path}: {exc}") from exc
             self._local.conn = conn
             with self._all_lock:
                 self._all.append(conn)
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        """A new connection with the settings every connection of this store has."""
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=60.0
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error:  # e.g. not a database: the settings below would fail as well
+            conn.close()
+            raise
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT}")
+        # ... and after a checkpoint the WAL file is cut back rather than kept at its peak.
+        conn.execute("PRAGMA journal_size_limit=67108864")
         return conn
 
     @contextmanager
@@ -263,7 +276,9 @@ class SqliteStore(
                 "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)"
             )
             done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-            for m in load_migrations("sqlite"):
+            migrations = load_migrations("sqlite")
+            check_known_schema(done, migrations, target)
+            for m in migrations:
                 if m.version in done or (target is not None and m.version > target):
                     continue
                 for statement in _split_sql(m.sql):

@@ -55,6 +55,9 @@ async def ready(svc: Svc) -> Any:
     if version < wanted:
         raise Problem(503, "Not ready", f"schema version {version}, need {wanted}: run "
                       "`creep migrate`", type_="not-ready")
+    if version > wanted:
+        raise Problem(503, "Not ready", f"schema version {version} is newer than this creep "
+                      f"knows ({wanted}): upgrade creep", type_="not-ready")
     return json_response({"status": "ready", "schema_version": version})
 
 
