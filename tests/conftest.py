@@ -8,6 +8,7 @@ elsewhere the PostgreSQL variants are skipped with the reason.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from urllib.parse import quote
@@ -129,3 +130,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: object) -> str:
         return f"sqlite:///{tmp_path}/creep.db"
     url: str = request.getfixturevalue("pg_schema_url")
     return url
+
+
+def wait_until(predicate: Callable[[], object], timeout: float) -> bool:
+    """Poll `predicate` every 10 ms until it is true or `timeout` seconds passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return bool(predicate())

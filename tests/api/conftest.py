@@ -151,3 +151,22 @@ def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     srv = start_server(database, tmp_path_factory.mktemp("log") / "server.log")
     yield srv
     stop_server(srv)
+
+
+def read_sse(response: httpx.Response, stop_after: int | None = None) -> list[dict[str, str]]:
+    """The events of a Server-Sent Events response, up to `end` (or `stop_after` events)."""
+    events: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for line in response.iter_lines():
+        if not line:
+            if "event" in current:
+                events.append(current)
+                if current["event"] == "end" or (stop_after and len(events) >= stop_after):
+                    return events
+            current = {}
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(": ")
+        current[name] = value
+    return events

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from tests.api.conftest import Server
+from tests.api.conftest import Server, read_sse
 
 
 def _task(**fields: Any) -> dict[str, Any]:
@@ -202,24 +202,6 @@ def test_concurrent_creates_fail_alone(server: Server) -> None:
     assert len(listed) == 18
 
 
-def _read_sse(response: httpx.Response, stop_after: int | None = None) -> list[dict[str, str]]:
-    events: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-    for line in response.iter_lines():
-        if not line:
-            if "event" in current:
-                events.append(current)
-                if current["event"] == "end" or (stop_after and len(events) >= stop_after):
-                    return events
-            current = {}
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(": ")
-        current[name] = value
-    return events
-
-
 def test_sse_stream_resumes_with_last_event_id(server: Server) -> None:
     _, key = server.tenant()
     with server.client(key) as c:
@@ -227,13 +209,13 @@ def test_sse_stream_resumes_with_last_event_id(server: Server) -> None:
         with c.stream("GET", f"/v1/tasks/{tid}/events/stream") as r:
             assert r.status_code == 200
             assert r.headers["content-type"].startswith("text/event-stream")
-            first = _read_sse(r, stop_after=2)
+            first = read_sse(r, stop_after=2)
         assert [e["event"] for e in first] == ["created", "queued"]
         last_id = first[-1]["id"]
         c.post(f"/v1/tasks/{tid}/cancel")
         with c.stream("GET", f"/v1/tasks/{tid}/events/stream",
                       headers={"Last-Event-ID": last_id}) as r:
-            rest = _read_sse(r)
+            rest = read_sse(r)
         assert [e["event"] for e in rest] == ["cancelled", "end"]
         assert rest[0]["id"] != last_id
         bad = c.get(f"/v1/tasks/{tid}/events/stream", headers={"Last-Event-ID": "x.y"})

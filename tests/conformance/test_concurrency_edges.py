@@ -9,15 +9,7 @@ from typing import Any
 import psycopg
 
 from creep import Creep
-
-
-def _wait(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return bool(predicate())
+from tests.conftest import wait_until
 
 
 def _blocked_by(conn: psycopg.Connection[Any], holder_pid: int) -> bool:
@@ -49,7 +41,7 @@ def _interleave_events_of_one_task(url: str) -> tuple[Creep, str, list[Any], thr
     holder.execute("SELECT 1 FROM tasks WHERE task_id = %s FOR UPDATE", (y.task_id,))
     t1 = threading.Thread(target=app.cancel, args=(a.task_id,))
     t1.start()
-    assert _wait(lambda: _blocked_by(watcher, holder.info.backend_pid), 10.0)
+    assert wait_until(lambda: _blocked_by(watcher, holder.info.backend_pid), 10.0)
     app.update_task(x.task_id, x.task_version, priority=90)       # T2 commits
     seen = app.task_events(x.task_id)                             # a client reads now
     holder.rollback()                                              # T1 goes on and commits
@@ -93,23 +85,6 @@ def test_task_events_last_cursor_repeats_an_event(pg_schema_url: str) -> None:
         app.close()
 
 
-def _sse_events(response: Any, events: list[dict[str, str]]) -> list[dict[str, str]]:
-    current: dict[str, str] = {}
-    for line in response.iter_lines():
-        if not line:
-            if "event" in current:
-                events.append(current)
-                if current["event"] == "end":
-                    return events
-            current = {}
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(": ")
-        current[name] = value
-    return events
-
-
 def test_rest_event_pages_and_sse_stream_lose_event_of_older_transaction(
     pg_schema_url: str, tmp_path: Any
 ) -> None:
@@ -118,7 +93,7 @@ def test_rest_event_pages_and_sse_stream_lose_event_of_older_transaction(
     GET /v1/tasks/{id}/events/stream of the finished task never sends `end`."""
     import httpx
 
-    from tests.api.conftest import ADMIN_KEY, start_server, stop_server
+    from tests.api.conftest import ADMIN_KEY, read_sse, start_server, stop_server
 
     app, x, _, _ = _interleave_events_of_one_task(pg_schema_url)
     app.close()
@@ -137,7 +112,7 @@ def test_rest_event_pages_and_sse_stream_lose_event_of_older_transaction(
             streamed: list[dict[str, str]] = []
             try:
                 with c.stream("GET", f"/v1/tasks/{x}/events/stream") as resp:
-                    _sse_events(resp, streamed)
+                    streamed = read_sse(resp)
             except httpx.ReadTimeout:  # no `end` (nor keep-alive) within 5 s
                 pass
             stream_problem = not streamed or streamed[-1]["event"] != "end"
@@ -197,15 +172,15 @@ def test_lost_run_stops_the_live_rerun_of_the_same_task_in_one_worker(db_url: st
     runner.start()
     try:
         task = app.submit(task_type="H")
-        assert _wait(lambda: ("start", 1) in events, 10.0)
+        assert wait_until(lambda: ("start", 1) in events, 10.0)
         clock.advance(11)                       # claim 1 expired
         assert app.maintain().rescued == 1      # the leader requeues X (attempt 1 charged)
         clock.advance(5)                        # past the retry backoff
-        assert _wait(lambda: ("start", 2) in events, 10.0), events
-        assert _wait(lambda: any(e[1] == 1 and e[0] != "start" for e in events), 5.0)
+        assert wait_until(lambda: ("start", 2) in events, 10.0), events
+        assert wait_until(lambda: any(e[1] == 1 and e[0] != "start" for e in events), 5.0)
         time.sleep(0.3)
         release_second.set()
-        done = _wait(lambda: app.get_task(task.task_id).status == "SUCCESS", 5.0)
+        done = wait_until(lambda: app.get_task(task.task_id).status == "SUCCESS", 5.0)
         final = app.get_task(task.task_id)
         assert ("cancelled", 2) not in events and done, (
             f"events {events}; task {final.status} attempt {final.attempt}")
@@ -265,7 +240,7 @@ def test_concurrent_lease_end_double_decrements_current_concurrency(
         threads = [threading.Thread(target=release) for _ in range(2)]
         for t in threads:
             t.start()
-        assert _wait(lambda: watcher.execute(
+        assert wait_until(lambda: watcher.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
             (holder.info.backend_pid,)).fetchone()[0] >= 1, 10.0)
         time.sleep(0.3)                    # both read the lease, both wait for the asset

@@ -14,15 +14,7 @@ import psycopg
 
 from creep import Creep, TaskContext
 from creep.storage import postgres_store as ps
-
-
-def _wait(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
+from tests.conftest import wait_until
 
 
 def test_idle_worker_is_woken_through_the_loop_watched_listen(
@@ -54,25 +46,25 @@ def test_idle_worker_is_woken_through_the_loop_watched_listen(
     runner = threading.Thread(target=lambda: asyncio.run(worker.run()), daemon=True)
     runner.start()
     try:
-        assert _wait(lambda: len(listens) == 1, 5.0)
+        assert wait_until(lambda: len(listens) == 1, 5.0)
         time.sleep(0.2)  # idle, past the listener's catch-up claim
         submitter.submit(task_type="PING", input_payload={"i": 1})
-        assert _wait(lambda: 1 in started, 5.0)
+        assert wait_until(lambda: 1 in started, 5.0)
 
         # The LISTEN connection dies: the listener reconnects, and NOTIFYs wake the worker
         # through the new connection.
         with psycopg.connect(pg_schema_url, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (listens[0],))
-        assert _wait(lambda: len(listens) == 2, 5.0)
+        assert wait_until(lambda: len(listens) == 2, 5.0)
         time.sleep(0.2)
         submitter.submit(task_type="PING", input_payload={"i": 2})
-        assert _wait(lambda: 2 in started, 5.0)
+        assert wait_until(lambda: 2 in started, 5.0)
 
         # A cancel from another process reaches the running handler the same way.
         slow = submitter.submit(task_type="SLEEP", input_payload={})
-        assert _wait(lambda: 0 in started, 5.0)
+        assert wait_until(lambda: 0 in started, 5.0)
         submitter.cancel(slow.task_id)
-        assert _wait(lambda: submitter.get_task(slow.task_id).status.value == "CANCELLED", 5.0)
+        assert wait_until(lambda: submitter.get_task(slow.task_id).status.value == "CANCELLED", 5.0)
     finally:
         stopping = time.monotonic()
         worker.request_stop()
