@@ -15,9 +15,14 @@ from creep.domain.execution import (
     TriggerType,
     execution_cursor,
 )
-from creep.domain.schedule import Firing, ScheduledTask, attach_task_specs, validate_schedule
+from creep.domain.schedule import (
+    Firing,
+    ScheduledTask,
+    attach_task_specs,
+    validate_schedule,
+)
 from creep.domain.task_spec import Limits
-from creep.engine.retention import SYSTEM_TENANT, RetentionJob
+from creep.engine.retention import RetentionJob, builtin_job
 from creep.engine.scheduler import Scheduler, SchedulerSettings
 from creep.schedule_port import ScheduleStore
 
@@ -28,6 +33,9 @@ if TYPE_CHECKING:
 class SchedulesApi:
     clock: Clock
     limits: Limits
+    #: Built-in jobs passed to scheduler(retention_jobs=...), by name: a manual trigger of
+    #: their schedules runs them here too.
+    _retention_jobs: dict[str, RetentionJob]
 
     if TYPE_CHECKING:
         @property
@@ -87,16 +95,16 @@ class SchedulesApi:
         sched = self.schedules.schedule_get(uid, tenant_id)
         now = self.clock.now()
         firing = Firing(now, TriggerType.MANUAL, trigger_by)
-        builtin = sched.tenant_id == SYSTEM_TENANT and sched.type.startswith("creep.retention.")
-        if not builtin:  # the task is written with the execution, in one transaction
+        # A built-in schedule runs its job here, never a task (no worker handles one); a job
+        # this process does not know is refused before anything is written.
+        job = builtin_job(sched, getattr(self, "_retention_jobs", {}))
+        if job is None:  # the task is written with the execution, in one transaction
             attach_task_specs(sched, [firing], now=now, limits=self.limits)
         [execution] = self.schedules.schedule_fire(
             sched.uid, [firing], run_by=f"api:{trigger_by}", now=now
         )
-        if builtin and execution.state is ExecutionState.PENDING:
-            Scheduler(self.schedules, clock=self.clock).run_builtin(
-                _builtin(sched.type), execution, sched
-            )
+        if job is not None and execution.state is ExecutionState.PENDING:
+            Scheduler(self.schedules, clock=self.clock).run_builtin(job, execution, sched)
         return self.schedules.execution_get(execution.execution_uid)
 
     def list_executions(
@@ -127,6 +135,10 @@ class SchedulesApi:
         `holder_id` and `retention_jobs` pass through)."""
         holder = settings.pop("holder_id", None)
         jobs = settings.pop("retention_jobs", None)
+        if jobs:
+            if not hasattr(self, "_retention_jobs"):
+                self._retention_jobs = {}
+            self._retention_jobs.update({job.name: job for job in jobs})
         return Scheduler(
             self.schedules, SchedulerSettings(**settings), clock=self.clock, holder_id=holder,
             retention_jobs=jobs, limits=self.limits,
@@ -135,12 +147,3 @@ class SchedulesApi:
     def run_scheduler(self, stop: threading.Event, **settings: Any) -> None:
         """Run the leader-elected scheduler loop in this thread until `stop` is set."""
         self.scheduler(**settings).run(stop)
-
-
-def _builtin(name: str) -> RetentionJob:
-    from creep.engine.retention import default_retention_jobs
-
-    for job in default_retention_jobs():
-        if job.name == name:
-            return job
-    raise ValidationError.single("type", f"unknown built-in job {name!r}")

@@ -26,6 +26,9 @@ DEFAULT_PRIORITY = 0  # seed 003: `priority` default 0
 MAX_CRON_SCAN = 10_000
 
 
+#: The tenant of the built-in schedules (retention jobs), which the leader scheduler runs
+#: itself instead of queueing a task.
+SYSTEM_TENANT = "_system"
 #: A schedule's interval is at most a year (the REST API's bound too).
 MAX_INTERVAL_S = 366 * 86400
 

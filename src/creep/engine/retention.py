@@ -6,17 +6,20 @@ this way once that table exists)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from creep.domain.errors import ValidationError
+from creep.domain.schedule import SYSTEM_TENANT, ScheduledTask
+
 if TYPE_CHECKING:
     from creep.schedule_port import ScheduleStore
 
-SYSTEM_TENANT = "_system"
 #: audit_events rows younger than this are immutable (a trigger in the api migration).
 AUDIT_MIN_DAYS = 90
 
@@ -52,12 +55,19 @@ class RetentionSettings:
     audit_days: float = 90.0
 
 
+#: How long one run of a default job keeps deleting (seconds of real time). The leader runs
+#: the job inside its tick: a first purge of a large backlog would otherwise hold back every
+#: other schedule until it ends. What is left goes at the next run.
+DRAIN_BUDGET_S = 60.0
+
+
 def _drain(purge: Callable[[], int]) -> int:
     total = 0
+    give_up = time.monotonic() + DRAIN_BUDGET_S
     while True:
         n = purge()
         total += n
-        if n == 0:
+        if n == 0 or time.monotonic() >= give_up:
             return total
 
 
@@ -89,3 +99,20 @@ def default_retention_jobs(settings: RetentionSettings | None = None) -> list[Re
             "delete finished tasks and their events older than data.older_than_days",
         ))
     return jobs
+
+
+def builtin_job(
+    sched: ScheduledTask, registered: Mapping[str, RetentionJob]
+) -> RetentionJob | None:
+    """The job a built-in schedule (tenant _system) runs: a default one or one `registered`
+    in this process; None for an ordinary schedule. A built-in schedule of a job unknown
+    here is refused (ValidationError): queued as a task, no worker would ever run it."""
+    if sched.tenant_id != SYSTEM_TENANT:
+        return None
+    job = registered.get(sched.type) or next(
+        (j for j in default_retention_jobs() if j.name == sched.type), None)
+    if job is None:
+        raise ValidationError.single(
+            "type", f"built-in job {sched.type!r} is not registered in this process: trigger "
+            "it where the scheduler that runs it was given it (retention_jobs)")
+    return job

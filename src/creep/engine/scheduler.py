@@ -24,6 +24,7 @@ from creep.domain.clock import Clock, SystemClock
 from creep.domain.errors import CreepError, NotFound
 from creep.domain.execution import ExecutionState, TaskExecution
 from creep.domain.schedule import (
+    SYSTEM_TENANT,
     Firing,
     LeadershipLost,
     ScheduledTask,
@@ -32,7 +33,7 @@ from creep.domain.schedule import (
     validate_schedule,
 )
 from creep.domain.task_spec import Limits
-from creep.engine.retention import SYSTEM_TENANT, RetentionJob, default_retention_jobs
+from creep.engine.retention import RetentionJob, default_retention_jobs
 from creep.schedule_port import ScheduleStore
 
 log = logging.getLogger("creep.scheduler")

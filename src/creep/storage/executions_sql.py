@@ -21,6 +21,7 @@ from creep.domain.execution import (
     truncate_error_stack,
     truncate_result,
 )
+from creep.domain.schedule import SYSTEM_TENANT
 from creep.storage.schedule_sql_base import (
     _EXEC_INSERT,
     _EXECUTION_SELECT,
@@ -116,15 +117,19 @@ class ExecutionSqlMixin(ScheduleSqlBase):
     ) -> int:
         """Make executions follow their tasks (state, timings, result, error, progress,
         retries) and count finished ones in the schedule statistics. An active execution
-        whose task does not exist `orphan_after` seconds after firing (the scheduler died
-        before creating it, or a built-in job died) becomes `interrupted`."""
+        whose task does not exist `orphan_after` seconds after firing (its task was lost)
+        becomes `interrupted`; a built-in job's (which has no task: the leader runs it
+        inline, however long it takes) only past its schedule's max_duration_seconds: a
+        leader that stalls in a long purge loses its lock, not its job."""
         changed = 0
         with self._sx() as conn:
             rows = conn.execute(
                 f"SELECT {', '.join('e.' + c for c in EXECUTION_FIELDS)}, t.task_id, t.status, "
                 "t.started_at, t.finished_at, t.attempt, t.progress, t.result_payload, "
-                "t.result_message, t.last_error, t.result_code "
+                "t.result_message, t.last_error, t.result_code, s.tenant_id, "
+                "s.max_duration_seconds "
                 "FROM task_executions e LEFT JOIN tasks t ON t.task_id = e.task_id "
+                "LEFT JOIN scheduled_tasks s ON s.uid = e.task_uid "
                 "WHERE e.state IN ('pending', 'running') AND ("
                 # an orphan old enough to call interrupted
                 " (t.task_id IS NULL AND e.created_at < ?) OR ("
@@ -140,7 +145,11 @@ class ExecutionSqlMixin(ScheduleSqlBase):
             for row in rows:
                 e = self._row_execution(row[:n])
                 (tid, status, t_started, t_finished, attempt, progress, payload, message, error,
-                 code) = row[n:]
+                 code, owner, max_duration) = row[n:]
+                if tid is None and owner == SYSTEM_TENANT and (
+                    now - e.started_at < timedelta(seconds=int(max_duration or 0))
+                ):
+                    continue  # a built-in job, maybe still running
                 if tid is None:
                     check_execution_transition(e.state, ExecutionState.INTERRUPTED)
                     was = e.state

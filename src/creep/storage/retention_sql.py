@@ -36,8 +36,10 @@ class RetentionSqlMixin(ScheduleSqlBase):
             return int(cur.rowcount)
 
     def retention_purge_tasks(self, cutoff: datetime, limit: int = 5_000) -> int:
-        """Delete finished tasks (and their events) that ended before `cutoff`, unless a
-        task that has not finished still depends on them."""
+        """Delete finished tasks (and their events) that ended before `cutoff`, unless
+        something live still refers to them: a task that has not finished depending on them,
+        a schedule execution that has not followed its task yet (it would be called
+        interrupted), or a lease still ACTIVE (constraints.keep_leases)."""
         marks = ", ".join("?" * len(_TERMINAL_TASK))
         with self._sx() as conn:
             ids = [
@@ -45,7 +47,12 @@ class RetentionSqlMixin(ScheduleSqlBase):
                     f"SELECT task_id FROM tasks WHERE status IN ({marks}) AND finished_at < ? "
                     "AND NOT EXISTS (SELECT 1 FROM task_dependencies d JOIN tasks c "
                     "ON c.task_id = d.task_id WHERE d.depends_on_id = tasks.task_id "
-                    f"AND c.status NOT IN ({marks})) LIMIT ?",
+                    f"AND c.status NOT IN ({marks})) "
+                    # Both read once (few rows: open executions, active leases), not per task.
+                    "AND task_id NOT IN (SELECT task_id FROM task_executions "
+                    "WHERE state IN ('pending', 'running') AND task_id IS NOT NULL) "
+                    "AND task_id NOT IN (SELECT task_id FROM leases WHERE status = 'ACTIVE') "
+                    "LIMIT ?",
                     (*_TERMINAL_TASK, self._ts(cutoff), *_TERMINAL_TASK, limit),
                 ).fetchall()
             ]

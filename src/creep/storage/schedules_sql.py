@@ -239,7 +239,8 @@ class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
         return TaskExecution(
             id=0, tenant_id=sched.tenant_id, task_uid=sched.uid, task_name=sched.name,
             task_type=sched.type, execution_uid=f.execution_uid,
-            task_id=f.task_id if pending else None, run_by=run_by,
+            # A built-in job (no spec) runs inline: its execution names no task.
+            task_id=f.task_id if pending and f.spec is not None else None, run_by=run_by,
             scheduled_at=f.scheduled_at, started_at=now, finished_at=None if pending else now,
             state=state, result=None, result_truncated=False, error_message=error,
             error_stack=None, error_stack_truncated=False, duration_ms=0, progress=0,

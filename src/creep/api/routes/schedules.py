@@ -37,8 +37,13 @@ from creep.domain.execution import (
     execution_cursor,
     parse_execution_cursor,
 )
-from creep.domain.schedule import Firing, ScheduledTask, attach_task_specs, validate_schedule
-from creep.engine.retention import SYSTEM_TENANT, default_retention_jobs
+from creep.domain.schedule import (
+    Firing,
+    ScheduledTask,
+    attach_task_specs,
+    validate_schedule,
+)
+from creep.engine.retention import builtin_job
 from creep.engine.scheduler import Scheduler
 from creep.schedule_port import ScheduleStore
 
@@ -167,7 +172,7 @@ def trigger_schedule(uid: str, request: Request, principal: Writer, svc: Svc) ->
     sched = store.schedule_get(uid, read_scope(principal))
     now = svc.clock.now()
     firing = Firing(now, TriggerType.MANUAL, principal.key_id)
-    builtin = _builtin_job(sched)
+    builtin = builtin_job(sched, {})  # a built-in job unknown to the server: a 422
     if builtin is None:  # the task is written with the execution, in one transaction
         attach_task_specs(sched, [firing], now=now, limits=svc.limits)
     view = {"execution_uid": firing.execution_uid, "task_id": firing.task_id,
@@ -184,13 +189,6 @@ def trigger_schedule(uid: str, request: Request, principal: Writer, svc: Svc) ->
     done = store.execution_get(execution.execution_uid)
     return json_response(execution_json(done), 201,
                          {"Location": f"/v1/schedules/{sched.uid}/executions"})
-
-
-def _builtin_job(sched: ScheduledTask) -> Any:
-    """The retention job a built-in schedule runs (None for an ordinary schedule)."""
-    if sched.tenant_id != SYSTEM_TENANT:
-        return None
-    return next((j for j in default_retention_jobs() if j.name == sched.type), None)
 
 
 def _valid_execution_cursor(raw: str) -> bool:
