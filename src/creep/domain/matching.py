@@ -10,10 +10,11 @@ higher health_score, lower load (current/max concurrency), lower cost_per_lease,
 every demand but those of several assets it cannot serve.
 A task takes all of its hints or nothing. Each hint takes its best candidates in turn; when
 hints overlap (`ip.*` and `ip.x`) and that leaves one without candidates, the hints are tried
-in the other orders (every order up to MAX_ORDERED_HINTS hints), so a task the pool can serve
-is served. When the preferred set would take the task's cost over max_total_cost, the
-cheapest set is tried (the cheapest of those found trying the hints in every order); if that
-is over budget too, the task fails with BUDGET_EXCEEDED.
+in the other orders (every order up to MAX_ORDERED_HINTS hints), then, for tasks of up to
+MAX_EXACT_LEASES leases, every assignment: a task the pool can serve is served. When the
+preferred set would take the task's cost over max_total_cost, the cheapest set is tried (for
+up to MAX_EXACT_LEASES leases the cheapest there is; past that, the cheapest found trying the
+hints in every order); if that is over budget too, the task fails with BUDGET_EXCEEDED.
 """
 
 from __future__ import annotations
@@ -142,6 +143,16 @@ class _Ranked:
             heapq.heappush(heap, entry)
         return [entry[2] for entry in got] if len(got) == need else None
 
+    def top(self, n: int) -> list[Candidate]:
+        """Up to `n` best candidates with spare concurrency, best first (nothing taken)."""
+        got: list[Candidate] = []
+        while len(got) < n:
+            best = self.take(len(got) + 1, set())
+            if best is None:
+                break
+            got = best
+        return got
+
 
 class _Pool:
     """The candidates, with the static filter of each distinct hint computed once."""
@@ -176,9 +187,14 @@ class _Pool:
 MAX_ORDERED_HINTS = 5
 
 
+#: Up to this many leases in all, a task whose hints the orders above cannot serve is
+#: searched exhaustively (and a budgeted one for its cheapest set).
+MAX_EXACT_LEASES = 6
+
+
 def _pick(demand: Demand, pool: _Pool, thrifty: bool) -> list[tuple[int, Candidate]] | None:
     """The first set that serves every hint, the hints taken in their given order first;
-    `thrifty`: the cheapest of the sets found in every order."""
+    `thrifty`: the cheapest set."""
     first = _pick_in(demand, pool, thrifty, range(len(demand.hints)))
     if len(demand.hints) < 2 or (first is not None and not thrifty):
         return first
@@ -192,6 +208,50 @@ def _pick(demand: Demand, pool: _Pool, thrifty: bool) -> list[tuple[int, Candida
         cost = _cost(picks)
         if best is None or cost < best_cost:
             best, best_cost = picks, cost
+    if best is None or thrifty:
+        exact = _search(demand, pool, thrifty)
+        if exact is not None and (best is None or _cost(exact) < best_cost):
+            best = exact
+    return best
+
+
+def _search(demand: Demand, pool: _Pool, thrifty: bool) -> list[tuple[int, Candidate]] | None:
+    """Every assignment of distinct assets to the hints' slots (overlapping hints that each
+    need several assets defeat any order of greedy picks): the first in preference order, or
+    with `thrifty` the cheapest. Bounded to MAX_EXACT_LEASES slots; a hint needs only its
+    best `slots` candidates, as the others can take at most the rest."""
+    needs = [int(h.get("min_count", 1)) for h in demand.hints]
+    total = sum(needs)
+    if total > MAX_EXACT_LEASES:
+        return None
+    options = [pool.ranked(h, demand, thrifty).top(total) for h in demand.hints]
+    slots = [i for i, n in enumerate(needs) for _ in range(n)]
+    chosen: list[tuple[int, Candidate]] = []
+    used: set[str] = set()
+    best: list[tuple[int, Candidate]] | None = None
+    best_cost = Decimal(0)
+
+    def fill(slot: int, first: int, cost: Decimal) -> None:
+        nonlocal best, best_cost
+        if best is not None and (not thrifty or cost >= best_cost):
+            return
+        if slot == len(slots):
+            best, best_cost = list(chosen), cost
+            return
+        hint = slots[slot]
+        for j in range(first, len(options[hint])):
+            asset = options[hint][j]
+            if asset.asset_id in used:
+                continue
+            used.add(asset.asset_id)
+            chosen.append((hint, asset))
+            # A hint's own slots take its options in order: each set is tried once.
+            same = slot + 1 < len(slots) and slots[slot + 1] == hint
+            fill(slot + 1, j + 1 if same else 0, cost + asset.cost_per_lease)
+            chosen.pop()
+            used.discard(asset.asset_id)
+
+    fill(0, 0, Decimal(0))
     return best
 
 

@@ -186,7 +186,12 @@ class SqliteDialect:
         sql: str = ""
         params: list[Any] = []
         for key, value in attrs.items():
-            if '"' in key or "\\" in key or isinstance(value, (dict, list)):
+            # Keys a JSON path cannot spell as they are stored (quotes, backslashes, control
+            # characters: orjson escapes them) and integers SQLite cannot bind (beyond 64
+            # bits) are left to the Python check, as objects and arrays are.
+            if ('"' in key or "\\" in key or any(c < " " for c in key)
+                    or isinstance(value, (dict, list))
+                    or (isinstance(value, int) and not -(2**63) <= value < 2**63)):
                 continue
             path = f'$."{key}"'
             if value is None:
