@@ -11,6 +11,7 @@ cronsim skipped its 02:30, a time that exists).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -67,21 +68,52 @@ def next_cron(expr: str, after: datetime, timezone: str = "UTC") -> datetime:
     # fires at every real instant whose local time matches (both passes of a repeated hour,
     # none in a gap).
     once = len(fields) == 5 and not fields[0].startswith("*") and not fields[1].startswith("*")
-    local = after_utc.astimezone(zone)
-    start = local.replace(tzinfo=None) - timedelta(seconds=1)
-    if local.replace(fold=0).utcoffset() != local.replace(fold=1).utcoffset():
-        # Inside a repeated hour: earlier local times have a second pass after `after`.
-        start -= timedelta(hours=3)
-    it = CronSim(expr, start.replace(tzinfo=UTC))  # a walk in local wall-clock time
-    best: datetime | None = None
-    while True:
-        instants = _instants(next(it).replace(tzinfo=None), zone, once)
-        for instant in instants:
-            if instant > after_utc and (best is None or instant < best):
-                best = instant
-        # Later local times map to later instants, but for a second pass of an earlier one.
-        if instants and instants[0] > after_utc and best is not None:
-            return best
+    local = after_utc.astimezone(zone)  # fold=1 on the second pass of a repeated span
+    naive = local.replace(tzinfo=None)
+    first: datetime | None = None
+    for candidate in _walk(expr, naive):
+        instants = _instants(candidate, zone, once)
+        # Before the second pass of a repeated span (handled below) only first passes count.
+        later = [i for i in (instants if local.fold == 1 else instants[:1]) if i > after_utc]
+        if later:
+            first = later[0]
+            break
+    assert first is not None  # a valid expression matches again (cronsim raises otherwise)
+    shift = (local.replace(fold=0).utcoffset() or timedelta(0)) - (
+        local.replace(fold=1).utcoffset() or timedelta(0))
+    if once or local.fold == 1 or shift <= timedelta(0):
+        return first
+    # On the first pass of a repeated span: every local time of the span also has a second
+    # pass, after the whole first pass. A first-pass answer wins; else the span's first
+    # matching local time, on its second pass, comes before anything past the span.
+    transition = _transition(after_utc, after_utc + shift, zone)
+    if first < transition:
+        return first
+    span_start = (transition + local.replace(fold=1).utcoffset()).replace(tzinfo=None)
+    for candidate in _walk(expr, span_start):
+        if candidate < span_start + shift:
+            return candidate.replace(tzinfo=zone, fold=1).astimezone(UTC)
+        break
+    return first
+
+
+def _walk(expr: str, start: datetime) -> Iterator[datetime]:
+    """The expression's naive local wall-clock times from `start` on (cronsim in a zone
+    without shifts)."""
+    for candidate in CronSim(expr, (start - timedelta(seconds=1)).replace(tzinfo=UTC)):
+        yield candidate.replace(tzinfo=None)
+
+
+def _transition(lo: datetime, hi: datetime, zone: ZoneInfo) -> datetime:
+    """The instant in (lo, hi] where the zone's offset changes from lo's to hi's."""
+    offset = hi.astimezone(zone).utcoffset()
+    while hi - lo > timedelta(microseconds=1):
+        mid = lo + (hi - lo) / 2
+        if mid.astimezone(zone).utcoffset() == offset:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def _instants(local: datetime, zone: ZoneInfo, once: bool) -> list[datetime]:
@@ -96,13 +128,4 @@ def _instants(local: datetime, zone: ZoneInfo, once: bool) -> list[datetime]:
         return []
     # In the gap: fold=1 reads it with the offset after the shift (an instant before the
     # transition), fold=0 with the one before (after it). The transition lies between.
-    lo = local.replace(tzinfo=zone, fold=1).astimezone(UTC)
-    hi = first
-    after_offset = hi.astimezone(zone).utcoffset()
-    while hi - lo > timedelta(seconds=1):
-        mid = lo + (hi - lo) / 2
-        if mid.astimezone(zone).utcoffset() == after_offset:
-            hi = mid
-        else:
-            lo = mid
-    return [hi.replace(microsecond=0)]
+    return [_transition(local.replace(tzinfo=zone, fold=1).astimezone(UTC), first, zone)]

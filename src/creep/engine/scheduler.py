@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from creep.domain.clock import Clock, SystemClock
-from creep.domain.errors import CreepError, NotFound
+from creep.domain.errors import CreepError, NotFound, ValidationError
 from creep.domain.execution import ExecutionState, TaskExecution
 from creep.domain.schedule import (
     SYSTEM_TENANT,
@@ -33,7 +33,7 @@ from creep.domain.schedule import (
     validate_schedule,
 )
 from creep.domain.task_spec import Limits
-from creep.engine.retention import RetentionJob, default_retention_jobs
+from creep.engine.retention import RetentionJob, builtin_job, default_retention_jobs
 from creep.schedule_port import ScheduleStore
 
 log = logging.getLogger("creep.scheduler")
@@ -142,10 +142,17 @@ class Scheduler:
         if plan.missed:
             log.info("schedule %s: %d missed slot(s) dropped by misfire policy %s",
                      sched.name, plan.missed, sched.misfire_policy.value)
-        firings = [Firing(slot) for slot in plan.fire]
-        builtin = self._builtin(sched)
-        if builtin is None:
-            attach_task_specs(sched, firings, now=now, limits=self.limits)
+        try:
+            builtin = self._builtin(sched)
+        except ValidationError as exc:
+            # A built-in schedule whose job this scheduler was not given: its runs are
+            # recorded failed (no task: no worker would run one), saying so.
+            firings = [Firing(slot, invalid=exc.message) for slot in plan.fire]
+            builtin = None
+        else:
+            firings = [Firing(slot) for slot in plan.fire]
+            if builtin is None:
+                attach_task_specs(sched, firings, now=now, limits=self.limits)
         executions = self.store.schedule_fire(
             sched.uid, firings, run_by=self.holder_id, now=now,
             expected_next_run=sched.next_run, next_run=plan.next_run, advance=True,
@@ -159,10 +166,9 @@ class Scheduler:
                 report.retention[sched.type] = self.run_builtin(builtin, e, sched)
 
     def _builtin(self, sched: ScheduledTask) -> RetentionJob | None:
-        """The built-in job a system schedule runs inline (no TaskOrder), if it is one."""
-        if sched.tenant_id == SYSTEM_TENANT:
-            return self.jobs.get(sched.type)
-        return None
+        """The built-in job a system schedule runs inline (no TaskOrder), if it is one;
+        ValidationError for a system schedule of a job this scheduler does not know."""
+        return builtin_job(sched, self.jobs)
 
     def run_builtin(self, job: RetentionJob, e: TaskExecution, sched: ScheduledTask) -> int:
         try:
