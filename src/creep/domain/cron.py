@@ -79,8 +79,9 @@ def next_cron(expr: str, after: datetime, timezone: str = "UTC") -> datetime:
             first = later[0]
             break
     assert first is not None  # a valid expression matches again (cronsim raises otherwise)
-    shift = (local.replace(fold=0).utcoffset() or timedelta(0)) - (
-        local.replace(fold=1).utcoffset() or timedelta(0))
+    first_offset = local.replace(fold=0).utcoffset() or timedelta(0)
+    second_offset = local.replace(fold=1).utcoffset() or timedelta(0)
+    shift = first_offset - second_offset
     if once or local.fold == 1 or shift <= timedelta(0):
         return first
     # On the first pass of a repeated span: every local time of the span also has a second
@@ -89,7 +90,7 @@ def next_cron(expr: str, after: datetime, timezone: str = "UTC") -> datetime:
     transition = _transition(after_utc, after_utc + shift, zone)
     if first < transition:
         return first
-    span_start = (transition + local.replace(fold=1).utcoffset()).replace(tzinfo=None)
+    span_start = (transition + second_offset).replace(tzinfo=None)
     for candidate in _walk(expr, span_start):
         if candidate < span_start + shift:
             return candidate.replace(tzinfo=zone, fold=1).astimezone(UTC)
