@@ -99,7 +99,7 @@ def metrics() -> Call[str]:
 
 # -- tasks ----------------------------------------------------------------------------------
 def create_task(body: dict[str, Any]) -> Call[Task]:
-    return Call("POST", "/v1/tasks", lambda r: core.one(r, Task), json=body)
+    return Call("POST", "/v1/tasks", lambda r: core.one(r, Task), json=core.jsonable(body))
 
 
 def list_tasks(**filters: Any) -> Call[Page[Task]]:
@@ -120,8 +120,8 @@ def retry_task(task_id: str) -> Call[Task]:
 
 
 def update_task(task_id: str, expected_version: int, changes: dict[str, Any]) -> Call[Task]:
-    return Call("PATCH", f"/v1/tasks/{_p(task_id)}", lambda r: core.one(r, Task), json=changes,
-                headers={"If-Match": f'"{expected_version}"'})
+    return Call("PATCH", f"/v1/tasks/{_p(task_id)}", lambda r: core.one(r, Task),
+                json=core.jsonable(changes), headers={"If-Match": f'"{expected_version}"'})
 
 
 def task_events(task_id: str, after: str | None, limit: int) -> Call[Page[TaskEvent]]:
@@ -135,7 +135,7 @@ def stream_path(task_id: str) -> str:
 
 # -- batches --------------------------------------------------------------------------------
 def create_batch(body: dict[str, Any]) -> Call[Batch]:
-    return Call("POST", "/v1/batches", lambda r: core.one(r, Batch), json=body)
+    return Call("POST", "/v1/batches", lambda r: core.one(r, Batch), json=core.jsonable(body))
 
 
 def list_batches(cursor: str | None, limit: int) -> Call[Page[Batch]]:
@@ -216,12 +216,13 @@ def download_artifact(artifact_id: str) -> Call[bytes]:
 # -- the HTTP worker protocol ---------------------------------------------------------------
 def claim(body: dict[str, Any]) -> Call[list[Claimed]]:
     return Call("POST", "/v1/workers/claim",
-                lambda r: [Claimed.from_json(c) for c in core.json_of(r)["items"]], json=body)
+                lambda r: [Claimed.from_json(c) for c in core.json_of(r)["items"]],
+                json=core.jsonable(body))
 
 
 def worker_call(task_id: str, action: str, body: dict[str, Any]) -> Call[Any]:
     """heartbeat | progress | complete | fail | events of a claimed task."""
-    return Call("POST", f"/v1/tasks/{_p(task_id)}/{action}", _any, json=body)
+    return Call("POST", f"/v1/tasks/{_p(task_id)}/{action}", _any, json=core.jsonable(body))
 
 
 # -- assets and leases ------------------------------------------------------------------------

@@ -56,6 +56,9 @@ class Task(Model):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    max_total_cost: Decimal | None
+    currency: str
+    run_after: datetime
 
     @property
     def is_terminal(self) -> bool:
