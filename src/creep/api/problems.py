@@ -4,6 +4,7 @@ a 500."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -126,9 +127,17 @@ def parse_body(adapter: TypeAdapter[T], raw: bytes) -> T:
     try:
         return adapter.validate_json(raw)
     except PydanticValidationError as exc:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
-        ) from None
+        errors = exc.errors()
+    if b"\\u" in raw and errors[0]["type"] == "json_invalid":
+        # Pydantic's parser refuses a lone surrogate escape that FastAPI's (the standard
+        # library's) reads: read it so, and the model's text check names the field.
+        try:
+            return adapter.validate_python(json.loads(raw))
+        except PydanticValidationError as exc:  # (a ValueError too: caught first)
+            errors = exc.errors()
+        except ValueError:
+            pass  # not JSON after all: the first answer stands
+    raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors])
 
 
 _HTTP_TITLES = {

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from creep.domain.audit import AuditEvent
 from creep.domain.batch import Batch, BatchCounts
+from creep.domain.errors import ValidationError
 from creep.domain.events import TaskEvent
 from creep.domain.task import TaskOrder
 from creep.domain.tenancy import ApiKey, Tenant
@@ -35,7 +36,9 @@ class _In(BaseModel):
     def _storable_text(cls, data: Any) -> Any:
         found = find_bad_text(data)
         if found is not None:
-            raise ValueError(f"{found[0]}: {found[1]}")
+            # Not a ValueError: Pydantic would report it on the model ("body"); a CreepError
+            # passes through validation and its 422 names the field itself.
+            raise ValidationError.single(found[0] or "body", found[1])
         return data
 
 
