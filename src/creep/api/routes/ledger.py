@@ -120,9 +120,9 @@ def record_entry(body: LedgerEntryIn, request: Request, principal: Writer, svc: 
         with audited(request, principal, AuditAction.CREATED, ResourceType.LEDGER_ENTRY,
                      entry.entry_id, tenant_id=tenant):
             stored = store_of(svc).ledger_record(entry)
-    except NotFound:
-        # Another tenant's task reads exactly like a missing one.
-        raise ValidationError.single("task_id", "unknown task") from None
+    except NotFound as exc:
+        # Another tenant's task, asset or lease reads exactly like a missing one.
+        raise ValidationError.single(f"{exc.kind}_id", f"unknown {exc.kind}") from None
     except BudgetExceeded as exc:
         raise Problem(409, "Budget exceeded", exc.message, type_="budget-exceeded") from None
     return json_response(ledger_json(stored), 201)
