@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from creep.api.schemas import TaskOut, _In
 from creep.domain.artifacts import Artifact
+from creep.domain.outcomes import MAX_RETRY_DELAY
 from creep.engine.worker_protocol import (
     MAX_CLAIM_BATCH,
     MAX_CLAIM_TTL,
@@ -118,7 +119,9 @@ class FailIn(_In):
     code: str | None = Field(default=None, max_length=64, description="result_code for failed")
     message: str | None = Field(default=None, max_length=2000)
     error: str | None = Field(default=None, max_length=8000, description="e.g. a traceback")
-    retry_delay: float | None = Field(default=None, ge=0, le=2_592_000)
+    retry_delay: float | None = Field(
+        default=None, ge=0, le=MAX_RETRY_DELAY, allow_inf_nan=False,
+        description="seconds; a run_after past 9999-12-31T23:59:59Z is that instant")
 
 
 class WorkerEventIn(_In):

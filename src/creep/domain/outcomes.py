@@ -126,6 +126,9 @@ def resolve(
 
 #: The last instant both backends store (domain/clock.py INSTANT_RULE).
 LAST_INSTANT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+#: The longest retry delay a remote worker sends (the worker API's bound): from 1970 on it
+#: reaches the last instant, so any longer delay waits just as long.
+MAX_RETRY_DELAY = (LAST_INSTANT - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()
 
 
 def _after(now: datetime, seconds: float) -> datetime:

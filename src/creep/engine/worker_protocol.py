@@ -24,7 +24,7 @@ from creep.domain.clock import Clock
 from creep.domain.errors import ClaimLost, ValidationError
 from creep.domain.events import TaskEvent, TaskEventType
 from creep.domain.ids import is_uuid
-from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, resolve
+from creep.domain.outcomes import MAX_RETRY_DELAY, Backoff, Outcome, OutcomeKind, resolve
 from creep.domain.task import TaskOrder
 from creep.ports import ClaimedTask, Completion, Store
 
@@ -234,9 +234,10 @@ class WorkerProtocol:
                 errors.append((name, f"must be a string of at most {limit} characters"))
         if retry_delay is not None and (
             isinstance(retry_delay, bool) or not isinstance(retry_delay, (int, float))
-            or not 0 <= retry_delay <= 86_400 * 30
+            or not 0 <= retry_delay <= MAX_RETRY_DELAY
         ):
-            errors.append(("retry_delay", "must be a number of seconds from 0 to 2592000"))
+            errors.append(("retry_delay", f"must be a number of seconds from 0 to "
+                                          f"{MAX_RETRY_DELAY:.0f}"))
         if errors:
             raise ValidationError(errors)
         outcome = Outcome(

@@ -20,7 +20,7 @@ import httpx
 import orjson
 
 from creep.domain.errors import ConflictError, StorageError, ValidationError
-from creep.domain.outcomes import OutcomeKind
+from creep.domain.outcomes import MAX_RETRY_DELAY, OutcomeKind
 from creep.domain.task import TaskOrder, TaskStatus
 from creep.ports import ClaimedTask, Completion, HeartbeatResult, Listener
 
@@ -34,6 +34,8 @@ _TS_FIELDS = ("created_at", "queued_at", "started_at", "finished_at", "updated_a
               "claim_expires_at", "deleted_at")
 #: Answers that mean "this claim is not yours (any more)".
 _LOST = (404, 409)
+#: Client errors worth sending again: the server is busy, not refusing the request.
+_TRANSIENT = (408, 429)
 
 
 class HttpWorkerStore:
@@ -57,17 +59,23 @@ class HttpWorkerStore:
 
     # -- HTTP ----------------------------------------------------------------------------------
 
-    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+    def _send(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        """The answer, unless it is one to try again later (unreachable, 5xx, 408, 429):
+        StorageError."""
         try:
-            r = self._http.post(path, content=orjson.dumps(body),
+            r = self._http.post(path, content=orjson.dumps(body, default=_json_default),
                                 headers={"Content-Type": "application/json"})
         except httpx.HTTPError as exc:
             raise StorageError(f"creep API at {self.url} unreachable: {exc}") from exc
+        if r.status_code < 500 and r.status_code not in _TRANSIENT:
+            return r
+        raise StorageError(f"POST {path}: HTTP {r.status_code}: {r.text[:500]}")
+
+    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        r = self._send(path, body)
         if r.status_code in _LOST or r.is_success:
             return r
-        if 400 <= r.status_code < 500 and r.status_code != 429:
-            raise ValidationError.single(path, f"HTTP {r.status_code}: {r.text[:500]}")
-        raise StorageError(f"POST {path}: HTTP {r.status_code}: {r.text[:500]}")
+        raise ValidationError.single(path, f"HTTP {r.status_code}: {r.text[:500]}")
 
     # -- what the Worker calls -----------------------------------------------------------------
 
@@ -129,12 +137,30 @@ class HttpWorkerStore:
             else:
                 path = f"/v1/tasks/{o.task_id}/fail"
                 body = {"claim_token": o.claim_token, "kind": _FAIL_KIND[o.kind],
-                        "code": o.code, "message": _cut(o.message, 2000),
+                        "code": _cut(o.code, 64), "message": _cut(o.message, 2000),
                         "error": _cut(o.error, 8000, keep_end=True),
-                        "retry_delay": o.retry_delay}
-            if self._post(path, body).is_success:
+                        "retry_delay": _retry_delay(o.retry_delay)}
+            r = self._send(path, body)
+            if r.is_success:
                 applied.append(o.task_id)
+            elif r.status_code not in _LOST:
+                self._refused(o.task_id, o.claim_token, r)
         return applied
+
+    def _refused(self, task_id: str, token: str, r: httpx.Response) -> None:
+        """The API refused an outcome (e.g. a result too large): retrying the same request
+        would block every later completion, so the run ends as a retry with the refusal as
+        its error, as a handler's exception would. If even that is refused, the task is left
+        to its claim's expiry (then WORKER_LOST)."""
+        refusal = f"HTTP {r.status_code}: {r.text[:1500]}"
+        log.error("task %s: the creep API refused its outcome (%s); failing this run",
+                  task_id, refusal)
+        fallback = self._send(f"/v1/tasks/{task_id}/fail", {
+            "claim_token": token, "kind": "retry",
+            "message": f"the creep API refused the worker's outcome: {refusal}"})
+        if not (fallback.is_success or fallback.status_code in _LOST):
+            log.error("task %s: the fallback failure was refused too (HTTP %d); the task "
+                      "retries when its claim expires", task_id, fallback.status_code)
 
     # Leadership and maintenance stay on the server side.
     def lock_acquire(self, lock_key: str, holder_id: str, ttl: float, now: datetime,
@@ -156,6 +182,21 @@ class HttpWorkerStore:
 
     def unsubscribe(self, callback: Callable[[str, str], None]) -> None:
         """See subscribe."""
+
+
+def _retry_delay(delay: float | None) -> float | None:
+    """A Retry delay as the API takes it, meaning what it means on a database worker: a
+    negative or NaN delay is none, and one past the last storable instant (inf included)
+    waits until then."""
+    if delay is None:
+        return None
+    return min(delay, MAX_RETRY_DELAY) if delay > 0 else 0.0
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _cut(text: str | None, limit: int, keep_end: bool = False) -> str | None:
