@@ -116,7 +116,7 @@ def test_batch_cancel_is_all_or_nothing(server: Server) -> None:
         assert _batch_audits(server, batch_id) == []
         hb = c.post(f"/v1/tasks/{ids['run']}/heartbeat",
                     json={"claim_token": running["claim_token"]})
-        assert hb.json() == {"cancel_requested": False}
+        assert hb.json() == {"cancel_requested": False, "revoked_lease_ids": []}
 
         r = c.post(f"/v1/batches/{batch_id}/cancel")
         assert r.status_code == 200, r.text
@@ -127,7 +127,7 @@ def test_batch_cancel_is_all_or_nothing(server: Server) -> None:
         assert [s[3] - b[3] for s, b in zip(after, before, strict=True)] == [1, 0, 1, 1]
         hb = c.post(f"/v1/tasks/{ids['run']}/heartbeat",
                     json={"claim_token": running["claim_token"]})
-        assert hb.json() == {"cancel_requested": True}
+        assert hb.json() == {"cancel_requested": True, "revoked_lease_ids": []}
         events = c.get(f"/v1/tasks/{ids['queued']}/events").json()["items"]
         assert events[-1]["event_type"] == "cancelled"
         assert events[-1]["payload"]["batch_id"] == batch_id

@@ -80,7 +80,8 @@ def test_protocol_round_trip_and_tenant_scope(srv: Server) -> None:
 
         base = f"/v1/tasks/{task}"
         hb = a.post(f"{base}/heartbeat", json={"claim_token": tok, "claim_ttl": 30})
-        assert hb.status_code == 200 and hb.json() == {"cancel_requested": False}
+        assert hb.status_code == 200 and hb.json() == {"cancel_requested": False,
+                                                     "revoked_lease_ids": []}
         # Another tenant gets 404 on every call, even with the right token.
         for path, body in (("heartbeat", {}), ("progress", {"progress": 1}),
                            ("complete", {}), ("fail", {}),
@@ -132,7 +133,7 @@ def test_long_poll_cancel_and_fail(srv: Server) -> None:
         tok = got[0][0]["claim_token"]
         assert c.post(f"/v1/tasks/{task}/cancel").status_code == 200
         hb = c.post(f"/v1/tasks/{task}/heartbeat", json={"claim_token": tok})
-        assert hb.json() == {"cancel_requested": True}
+        assert hb.json() == {"cancel_requested": True, "revoked_lease_ids": []}
         r = c.post(f"/v1/tasks/{task}/fail", json={"claim_token": tok, "kind": "cancelled"})
         assert r.json()["status"] == "CANCELLED"
 

@@ -59,12 +59,13 @@ def test_heartbeat_progress_events_complete(app: Creep, proto: WorkerProtocol) -
     task = app.submit(tenant_id="t1", task_type="A")
     (c,) = asyncio.run(proto.claim(_req(), "t1"))
     tok = c.claim_token
-    assert proto.heartbeat(task.task_id, tok, "t1", worker_id="w1", claim_ttl=30) is False
+    assert not proto.heartbeat(task.task_id, tok, "t1", worker_id="w1",
+                              claim_ttl=30).cancel_requested
     proto.progress(task.task_id, tok, "t1", 40, "rendering")
     ev = proto.add_event(task.task_id, tok, "t1", "log.line", {"line": "hello"})
     assert ev.event_type == "log.line" and ev.payload == {"line": "hello"}
     app.cancel(task.task_id)
-    assert proto.heartbeat(task.task_id, tok, "t1", worker_id="w1", claim_ttl=30) is True
+    assert proto.heartbeat(task.task_id, tok, "t1", worker_id="w1", claim_ttl=30).cancel_requested
     done = proto.complete(task.task_id, tok, "t1", {"frames": 3})
     assert done.status == "SUCCESS" and done.result_payload == {"frames": 3}
     assert [e.event_type for e in app.task_events(task.task_id)] == [

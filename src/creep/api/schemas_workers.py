@@ -90,6 +90,9 @@ class HeartbeatIn(_In):
 class HeartbeatOut(BaseModel):
     cancel_requested: bool = Field(description="stop the task and report it with /fail "
                                                "kind=cancelled")
+    revoked_lease_ids: list[str] = Field(
+        description="leases of this claim revoked (asset banned, sold or archived): stop the "
+        "task and report it with /fail kind=retry code=LEASE_REVOKED")
 
 
 class ProgressIn(_In):

@@ -56,6 +56,14 @@ _OUTCOME = {
 
 
 @dataclass(slots=True, frozen=True)
+class Beat:
+    """A heartbeat's answer about one claim."""
+
+    cancel_requested: bool
+    revoked_lease_ids: list[str]
+
+
+@dataclass(slots=True, frozen=True)
 class ClaimRequest:
     worker_id: str
     task_types: list[str]
@@ -165,8 +173,9 @@ class WorkerProtocol:
     def heartbeat(
         self, task_id: str, claim_token: str, tenant_id: str | None, *, worker_id: str,
         claim_ttl: float,
-    ) -> bool:
-        """Renew the claim; True when cancellation of the task was requested."""
+    ) -> Beat:
+        """Renew the claim; whether cancellation was requested, and which of the claim's
+        leases were revoked (the worker then stops the handler, as a database worker does)."""
         self._held(task_id, claim_token, tenant_id)
         if not MIN_CLAIM_TTL <= claim_ttl <= MAX_CLAIM_TTL:
             raise ValidationError.single(
@@ -177,7 +186,7 @@ class WorkerProtocol:
         )
         if result.lost:
             raise ClaimLost(f"task {task_id}: the claim is no longer held")
-        return task_id in result.cancel_requested
+        return Beat(task_id in result.cancel_requested, result.revoked.get(task_id, []))
 
     def progress(
         self, task_id: str, claim_token: str, tenant_id: str | None, percent: Any,

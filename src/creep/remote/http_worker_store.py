@@ -115,8 +115,12 @@ class HttpWorkerStore:
             })
             if r.status_code in _LOST:
                 result.lost.append(task_id)
-            elif r.json()["cancel_requested"]:
+                continue
+            answer = r.json()
+            if answer["cancel_requested"]:
                 result.cancel_requested.append(task_id)
+            if revoked := answer.get("revoked_lease_ids"):  # absent from older servers
+                result.revoked[task_id] = revoked
         return result
 
     def task_progress(

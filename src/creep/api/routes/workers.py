@@ -81,11 +81,14 @@ async def claim(body: ClaimIn, principal: Writer, proto: Proto) -> Any:
 
 @router.post("/tasks/{task_id}/heartbeat", response_model=HeartbeatOut, responses=_FENCED)
 def heartbeat(task_id: str, body: HeartbeatIn, principal: Writer, proto: Proto) -> Any:
-    """Renew the claim for `claim_ttl` seconds; answers whether cancellation was requested."""
-    cancel = proto.heartbeat(task_id, body.claim_token, read_scope(principal),
-                             worker_id=_worker_id(principal, body.worker_id),
-                             claim_ttl=body.claim_ttl)
-    return json_response({"cancel_requested": cancel})
+    """Renew the claim for `claim_ttl` seconds; answers whether cancellation was requested
+    and which leases of the claim were revoked (stop, then /fail kind=retry code
+    LEASE_REVOKED)."""
+    beat = proto.heartbeat(task_id, body.claim_token, read_scope(principal),
+                           worker_id=_worker_id(principal, body.worker_id),
+                           claim_ttl=body.claim_ttl)
+    return json_response({"cancel_requested": beat.cancel_requested,
+                          "revoked_lease_ids": beat.revoked_lease_ids})
 
 
 @router.post("/tasks/{task_id}/progress", response_model=ProgressOut, responses=_FENCED)
