@@ -55,6 +55,23 @@ def test_long_poll_returns_when_work_arrives(app: Creep, proto: WorkerProtocol) 
     assert asyncio.run(proto.claim(_req(wait=0.1), "t1")) == []
 
 
+def test_claim_gives_back_what_it_claimed_for_a_client_that_left(
+    app: Creep, proto: WorkerProtocol,
+) -> None:
+    """The client hung up while the claim ran: the task goes back to the queue with no
+    attempt charged, not RUNNING for nobody until the claim expires."""
+    task = app.submit(tenant_id="t1", task_type="A")
+    answers = iter([False, True])  # here before the claim, gone after it
+
+    async def gone() -> bool:
+        return next(answers)
+
+    assert asyncio.run(proto.claim(_req(), "t1", gone)) == []
+    back = app.get_task(task.task_id)
+    assert back.status == "QUEUED" and back.attempt == 0
+    assert [c.task.task_id for c in asyncio.run(proto.claim(_req(), "t1"))] == [task.task_id]
+
+
 def test_heartbeat_progress_events_complete(app: Creep, proto: WorkerProtocol) -> None:
     task = app.submit(tenant_id="t1", task_type="A")
     (c,) = asyncio.run(proto.claim(_req(), "t1"))

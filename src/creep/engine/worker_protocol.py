@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -140,9 +140,14 @@ class WorkerProtocol:
             req.worker_id, req.task_types, req.limit, now, req.claim_ttl, tenant_id
         )
 
-    async def claim(self, req: ClaimRequest, tenant_id: str | None) -> list[ClaimedTask]:
+    async def claim(
+        self, req: ClaimRequest, tenant_id: str | None,
+        gone: Callable[[], Awaitable[bool]] | None = None,
+    ) -> list[ClaimedTask]:
         """Claim up to req.limit tasks; when none is runnable, wait up to req.wait seconds for
-        one (woken by in-process submits, else by polling)."""
+        one (woken by in-process submits, else by polling). `gone` tells whether the client
+        left: the wait then ends, and what was claimed for it is given back uncharged (else it
+        would sit RUNNING until its claim expired, then retry WORKER_LOST)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + req.wait
         event = asyncio.Event()
@@ -152,7 +157,12 @@ class WorkerProtocol:
         try:
             while True:
                 event.clear()
+                if gone is not None and await gone():
+                    return []
                 claimed = await asyncio.to_thread(self.claim_now, req, tenant_id)
+                if claimed and gone is not None and await gone():
+                    await asyncio.to_thread(self._give_back, claimed)
+                    return []
                 remaining = deadline - loop.time()
                 if claimed or remaining <= 0:
                     return claimed
@@ -161,6 +171,17 @@ class WorkerProtocol:
         finally:
             with self._wakers_lock:
                 self._wakers.discard(waker)
+
+    def _give_back(self, claimed: Sequence[ClaimedTask]) -> None:
+        now = self.clock.now()
+        completions = []
+        for c in claimed:
+            outcome = Outcome(c.task_id, c.claim_token, OutcomeKind.REQUEUE,
+                              message="the claiming client went away")
+            completions.append(Completion(outcome, resolve(
+                outcome, attempt=c.attempt, max_attempts=c.max_attempts, now=now,
+                backoff=self.backoff)))
+        self.store.task_complete_many(completions, now)
 
     # -- calls on a claimed task ---------------------------------------------------------------
 

@@ -69,13 +69,13 @@ def _claimed_json(items: list[Any]) -> dict[str, Any]:
 
 @router.post("/workers/claim", response_model=ClaimOut,
              responses={422: _FENCED[422]})
-async def claim(body: ClaimIn, principal: Writer, proto: Proto) -> Any:
+async def claim(body: ClaimIn, request: Request, principal: Writer, proto: Proto) -> Any:
     """Claim up to `max_tasks` runnable tasks of `task_types` (priority desc, created_at).
     With `wait`, an empty queue is watched up to that many seconds before answering with
     no items. A tenant key claims only its tenant's tasks."""
     req = validate_claim(_worker_id(principal, body.worker_id), body.task_types,
                          body.max_tasks, body.wait, body.claim_ttl)
-    claimed = await proto.claim(req, read_scope(principal))
+    claimed = await proto.claim(req, read_scope(principal), request.is_disconnected)
     return json_response(_claimed_json(claimed))
 
 
