@@ -286,10 +286,12 @@ class PostgresApiMixin:
     # -- batches -------------------------------------------------------------------------------
 
     def _api_insert_batch(self, conn: psycopg.Connection[Any], batch: Batch) -> None:
+        # Only with a task of it (see SqliteApiMixin._api_insert_batch).
         conn.execute(
-            f"INSERT INTO batches ({_BATCH}) VALUES (%s, %s, %s, %s, %s, %s, %s, NULL)",
+            f"INSERT INTO batches ({_BATCH}) SELECT %s, %s, %s, %s, %s, %s, %s, NULL "
+            "WHERE EXISTS (SELECT 1 FROM tasks WHERE batch_id = %s)",
             (batch.batch_id, batch.tenant_id, batch.title, Jsonb(batch.metadata),
-             batch.total_count, batch.created_at, batch.updated_at),
+             batch.total_count, batch.created_at, batch.updated_at, batch.batch_id),
         )
 
     def batch_get(self, batch_id: str, tenant_id: str | None = None) -> Batch:

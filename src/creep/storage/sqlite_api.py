@@ -291,10 +291,13 @@ class SqliteApiMixin:
     # -- batches -------------------------------------------------------------------------------
 
     def _api_insert_batch(self, conn: sqlite3.Connection, batch: Batch) -> None:
+        # Only with a task of it: a batch whose every task replays one of an earlier batch
+        # (the same request sent again) answers with that batch and leaves no empty one.
         conn.execute(
-            f"INSERT INTO batches ({_BATCH}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+            f"INSERT INTO batches ({_BATCH}) SELECT ?, ?, ?, ?, ?, ?, ?, NULL "
+            "WHERE EXISTS (SELECT 1 FROM tasks WHERE batch_id = ?)",
             (batch.batch_id, batch.tenant_id, batch.title, orjson.dumps(batch.metadata),
-             batch.total_count, _us(batch.created_at), _us(batch.updated_at)),
+             batch.total_count, _us(batch.created_at), _us(batch.updated_at), batch.batch_id),
         )
 
     def batch_get(self, batch_id: str, tenant_id: str | None = None) -> Batch:

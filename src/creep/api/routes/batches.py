@@ -24,9 +24,10 @@ from creep.api.tenancy import owning_tenant, read_scope
 from creep.domain.audit import AuditAction, ResourceType
 from creep.domain.batch import Batch, derive_counts
 from creep.domain.dag import topological_order
-from creep.domain.errors import ValidationError
+from creep.domain.errors import ConflictError, ValidationError
 from creep.domain.ids import is_uuid
-from creep.domain.task_spec import TaskSpec, validate_task_spec
+from creep.domain.task import TaskOrder
+from creep.domain.task_spec import TaskSpec, request_fingerprint, validate_task_spec
 from creep.domain.text import find_bad_json
 
 router = APIRouter(prefix="/batches", tags=["batches"])
@@ -85,14 +86,20 @@ def _plan(body: BatchIn, tenant_id: str, batch_id: str, svc: Services) -> list[T
         if fields.get("tenant_id") not in (None, tenant_id):
             errors.append((f"tasks[{i}].tenant_id", "must be the batch's tenant or omitted"))
             continue
+        fields.setdefault("channel", "batch")
+        # The idempotency fingerprint is of the order as sent (refs, not the ids drawn for
+        # them; no batch_id): the same batch sent again replays instead of conflicting.
+        sent = {**fields, "tenant_id": tenant_id, "ref": task.ref}
         fields.update(tenant_id=tenant_id, batch_id=batch_id, task_id=ids[names[i]],
                       depends_on=deps_by_task[i])
-        fields.setdefault("channel", "batch")
         try:
-            specs.append(validate_task_spec(fields, now=now, limits=svc.limits,
-                                            prefix=f"tasks[{i}]."))
+            spec = validate_task_spec(fields, now=now, limits=svc.limits,
+                                      prefix=f"tasks[{i}].")
         except ValidationError as exc:
             errors.extend(exc.errors)
+            continue
+        spec.request_hash = request_fingerprint(sent)
+        specs.append(spec)
     if errors:
         raise ValidationError(errors)
     return specs
@@ -119,13 +126,31 @@ def create_batch(body: BatchIn, request: Request, principal: Writer, svc: Svc) -
                   metadata=body.metadata, total_count=len(specs), created_at=now,
                   updated_at=now, cancelled_at=None)
     audit = audit_write(request, principal, AuditAction.CREATED, ResourceType.BATCH, batch_id,
-                        tenant_id=tenant_id, data={"task_count": str(len(specs))})
+                        tenant_id=tenant_id, data={"task_count": str(len(specs))},
+                        skip_if_missing=True)  # a batch all of whose tasks replay
     with riding(*quota_check(request, tenant_id, [s.task_id for s in specs]),
                 BatchInsert(batch), audit):
         tasks = svc.store.task_create_many(specs, now)
     refs = [{"ref": t.ref, "task_id": task.task_id} for t, task in zip(body.tasks, tasks, strict=True)]
+    if all(t.replayed for t in tasks):
+        original = _replayed_batch(svc, body, tasks, tenant_id)
+        return json_response(_batch_body(svc, original, refs), 200, headers={
+            "Location": f"/v1/batches/{original.batch_id}", "Idempotent-Replayed": "true"})
     return json_response(_batch_body(svc, batch, refs), 201,
                          headers={"Location": f"/v1/batches/{batch_id}"})
+
+
+def _replayed_batch(svc: Services, body: BatchIn, tasks: list[TaskOrder], tenant_id: str) -> Batch:
+    """The batch a request replays: every task's idempotency key named a task of it, and
+    its title and metadata are the same."""
+    batch_ids = {t.batch_id for t in tasks}
+    original = None
+    if len(batch_ids) == 1 and (batch_id := batch_ids.pop()) is not None:
+        original = svc.store.batch_get(batch_id, tenant_id)
+    if original is None or (original.title, original.metadata) != (body.title, body.metadata):
+        raise ConflictError("these idempotency keys name tasks of another batch (or of none): "
+                            "send that batch's body again, or new keys")
+    return original
 
 
 class BatchPage(BaseModel):
