@@ -287,6 +287,7 @@ class Store(Protocol):
         self, worker_id: str, task_types: Sequence[str], limit: int, now: datetime,
         claim_ttl: float, tenant_id: str,
     ) -> list[ClaimedTask]: ...
+    def task_claim_held(self, task_id: str, claim_token: str) -> bool: ...
     def task_event_append(
         self, task_id: str, claim_token: str, event_type: str, payload: dict[str, Any],
         now: datetime,

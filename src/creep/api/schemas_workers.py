@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from creep.api.asset_schemas import AssetEventIn
 from creep.api.schemas import TaskOut, _In
 from creep.domain.artifacts import Artifact
 from creep.domain.outcomes import MAX_RETRY_DELAY
@@ -131,3 +133,32 @@ class WorkerEventIn(_In):
     claim_token: str = Token
     event_type: str = Field(pattern=r"^[a-z][a-z0-9_.:-]{0,63}$")
     payload: dict[str, Any] = Field(default_factory=dict)
+
+
+# -- a handler's lease context on a remote worker ---------------------------------------------
+
+
+class WorkerLedgerIn(_In):
+    claim_token: str = Token
+    entry_type: Literal["COST", "REVENUE"] = Field(description="ctx.charge / ctx.earn")
+    amount: Decimal = Field(allow_inf_nan=False, description="> 0")
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3,4}$",
+                                 description="the task's currency (the default)")
+    asset_id: str | None = Field(default=None, max_length=64)
+    lease_id: str | None = Field(default=None, max_length=64)
+    description: str | None = Field(default=None, max_length=2000)
+
+
+class WorkerAssetEventIn(AssetEventIn):
+    """An asset event the task's handler reports (ctx.report_event): `asset_id` may be left
+    out when the claim holds one lease; tenant and correlation are the task's."""
+
+    claim_token: str = Token
+    asset_id: str | None = Field(default=None, max_length=64)  # type: ignore[assignment]
+
+    def fields(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True, exclude={"tenant_id", "claim_token"})
+
+
+class ClaimTokenIn(_In):
+    claim_token: str = Token

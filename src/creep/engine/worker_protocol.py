@@ -20,10 +20,14 @@ from typing import Any
 
 import orjson
 
+from creep.asset_api import make_entry
+from creep.domain.asset_event import AssetEvent, validate_reported_event
 from creep.domain.clock import Clock
-from creep.domain.errors import ClaimLost, ValidationError
+from creep.domain.errors import ClaimLost, NotFound, ValidationError
 from creep.domain.events import TaskEvent, TaskEventType
 from creep.domain.ids import is_uuid
+from creep.domain.lease import Lease
+from creep.domain.ledger import LedgerEntry
 from creep.domain.outcomes import MAX_RETRY_DELAY, Backoff, Outcome, OutcomeKind, resolve
 from creep.domain.task import TaskOrder
 from creep.ports import ClaimedTask, Completion, Store
@@ -310,6 +314,57 @@ class WorkerProtocol:
         if event is None:
             raise ClaimLost(f"task {task_id}: the claim is no longer held")
         return event
+
+
+    # -- a handler's lease context, for a remote worker (ctx.charge/earn/report_event/leases) --
+
+    def running(self, task_id: str, claim_token: str, tenant_id: str | None) -> TaskOrder:
+        """The task, while this claim runs it: the fence of the writes below, which their own
+        statements do not fence (a claim lost in between is as on a database worker, whose
+        ctx.charge is not fenced at all)."""
+        task = self._held(task_id, claim_token, tenant_id)
+        if not self.store.task_claim_held(task_id, claim_token):
+            raise ClaimLost(f"task {task_id}: the claim is no longer held")
+        return task
+
+    def record_money(
+        self, task_id: str, claim_token: str, tenant_id: str | None, *, entry_type: str,
+        amount: Any, currency: str | None = None, asset_id: str | None = None,
+        lease_id: str | None = None, description: str | None = None,
+    ) -> LedgerEntry:
+        """ctx.charge / ctx.earn: a COST or REVENUE of the running task (BudgetExceeded over
+        its max_total_cost)."""
+        if entry_type not in ("COST", "REVENUE"):
+            raise ValidationError.single("entry_type", "must be COST or REVENUE")
+        task = self.running(task_id, claim_token, tenant_id)
+        entry = make_entry(
+            self.clock.now(), entry_type=entry_type, amount=amount,
+            currency=currency or task.currency, tenant_id=task.tenant_id,
+            project_id=task.project_id, task_id=task_id, asset_id=asset_id, lease_id=lease_id,
+            description=description, occurred_at=None,
+        )
+        try:
+            return self.store.ledger_record(entry)
+        except NotFound as exc:  # another tenant's asset or lease reads like a missing one
+            raise ValidationError.single(f"{exc.kind}_id", f"unknown {exc.kind}") from None
+
+    def report_asset_event(
+        self, task_id: str, claim_token: str, tenant_id: str | None, fields: dict[str, Any],
+    ) -> list[AssetEvent]:
+        """ctx.report_event: the event, then what it caused (an auto-ban's LEASE_REVOKED
+        events name the leases of this claim it revoked)."""
+        checked = validate_reported_event(fields)
+        task = self.running(task_id, claim_token, tenant_id)
+        return self.store.asset_event_report(
+            checked, self.clock.now(), tenant_id=task.tenant_id, task_id=task_id,
+            claim_token=claim_token,
+        )
+
+    def claim_leases(self, task_id: str, claim_token: str, tenant_id: str | None) -> list[Lease]:
+        """ctx.leases(): the leases this claim holds or held (a revoked one too)."""
+        task = self._held(task_id, claim_token, tenant_id)
+        leases = self.store.lease_list(task_id=task_id, tenant_id=task.tenant_id)
+        return [x for x in leases if x.claim_token == claim_token]
 
 
 def claimed_payload(claimed: Sequence[ClaimedTask]) -> list[dict[str, Any]]:

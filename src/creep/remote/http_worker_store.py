@@ -5,6 +5,8 @@ long-poll `POST /v1/workers/claim`; heartbeats, progress and results go to the p
 endpoints, fenced by the claim token (a 409 means the claim was lost). Outcomes are sent as
 what happened (`complete`, or `fail` with a kind); the server decides retries and backoff.
 Maintenance (rescuing expired claims) is the server side's job, so leadership is never taken.
+A handler's ctx.charge / ctx.earn / ctx.report_event / ctx.leases() go to the claim-fenced
+per-task routes (ledger, asset-events, leases).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from typing import Any
 import httpx
 import orjson
 
-from creep.domain.errors import ConflictError, StorageError, ValidationError
+from creep.domain.asset_event import AssetEvent, Severity
+from creep.domain.errors import ClaimLost, ConflictError, StorageError, ValidationError
+from creep.domain.lease import Lease, LeaseStatus
+from creep.domain.ledger import BudgetExceeded, EntryType, LedgerEntry
 from creep.domain.outcomes import MAX_RETRY_DELAY, OutcomeKind
 from creep.domain.task import TaskOrder, TaskStatus
 from creep.ports import ClaimedTask, Completion, HeartbeatResult, Listener
@@ -48,6 +53,9 @@ class HttpWorkerStore:
         self.url = api_url.rstrip("/")
         self.claim_wait = claim_wait
         self._claim_failures = 0
+        # task_id -> claim token of the claims this worker runs: ctx.charge and ctx.leases()
+        # name only the task, and the API fences their calls by the token.
+        self._tokens: dict[str, str] = {}
         self._http = httpx.Client(
             base_url=self.url, timeout=httpx.Timeout(timeout + claim_wait),
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": "creep-worker"},
@@ -99,11 +107,13 @@ class HttpWorkerStore:
         self._claim_failures = 0
         if not r.is_success:
             raise ConflictError(f"claim refused: HTTP {r.status_code}: {r.text[:500]}")
-        return [
+        claimed = [
             ClaimedTask(task_from_json(item["task"]), item["claim_token"],
                         datetime.fromisoformat(item["deadline_at"]))
             for item in r.json()["items"]
         ]
+        self._tokens.update((c.task_id, c.claim_token) for c in claimed)
+        return claimed
 
     def task_heartbeat(
         self, worker_id: str, claims: Sequence[tuple[str, str]], now: datetime, claim_ttl: float
@@ -115,6 +125,7 @@ class HttpWorkerStore:
             })
             if r.status_code in _LOST:
                 result.lost.append(task_id)
+                self._forget(task_id, token)
                 continue
             answer = r.json()
             if answer["cancel_requested"]:
@@ -128,6 +139,8 @@ class HttpWorkerStore:
     ) -> bool:
         r = self._post(f"/v1/tasks/{task_id}/progress",
                        {"claim_token": claim_token, "progress": progress, "message": message})
+        if not r.is_success:
+            self._forget(task_id, claim_token)
         return r.is_success
 
     def task_complete_many(self, completions: Sequence[Completion], now: datetime) -> list[str]:
@@ -145,6 +158,7 @@ class HttpWorkerStore:
                         "error": _cut(o.error, 8000, keep_end=True),
                         "retry_delay": _retry_delay(o.retry_delay)}
             r = self._send(path, body)
+            self._forget(o.task_id, o.claim_token)
             if r.is_success:
                 applied.append(o.task_id)
             elif r.status_code not in _LOST:
@@ -166,6 +180,64 @@ class HttpWorkerStore:
             log.error("task %s: the fallback failure was refused too (HTTP %d); the task "
                       "retries when its claim expires", task_id, fallback.status_code)
 
+    def _forget(self, task_id: str, token: str) -> None:
+        if self._tokens.get(task_id) == token:
+            del self._tokens[task_id]
+
+    # -- a handler's lease context (ctx.charge / earn / report_event / leases) -----------------
+
+    def _token(self, task_id: str | None) -> str:
+        token = self._tokens.get(task_id or "")
+        if token is None:
+            raise ClaimLost(f"task {task_id}: this worker holds no claim on it")
+        return token
+
+    def _fenced(self, path: str, body: dict[str, Any]) -> Any:
+        """A claim-fenced call's JSON answer; its refusals raised as a database worker's
+        store would raise them."""
+        r = self._send(path, body)
+        if r.is_success:
+            return r.json()
+        problem = _problem(r)
+        if r.status_code == 409 and problem.get("type", "").endswith("budget-exceeded"):
+            raise BudgetExceeded(problem.get("detail") or "max_total_cost exceeded")
+        if r.status_code in _LOST:
+            raise ClaimLost(f"{path}: the claim is no longer held")
+        errors = [(e.get("field", "body"), e.get("rule", "is invalid"))
+                  for e in problem.get("errors") or []]
+        raise ValidationError(errors or [(path, f"HTTP {r.status_code}: {r.text[:500]}")])
+
+    def ledger_record(self, entry: LedgerEntry, *, enforce_budget: bool = True) -> LedgerEntry:
+        """ctx.charge / ctx.earn (the budget is always enforced over the API)."""
+        d = self._fenced(f"/v1/tasks/{entry.task_id}/ledger", {
+            "claim_token": self._token(entry.task_id), "entry_type": entry.entry_type.value,
+            "amount": str(entry.amount), "currency": entry.currency,
+            "asset_id": entry.asset_id, "lease_id": entry.lease_id,
+            "description": entry.description,
+        })
+        return LedgerEntry(**{**d, "entry_type": EntryType(d["entry_type"]),
+                              "amount": Decimal(d["amount"]),
+                              "occurred_at": datetime.fromisoformat(d["occurred_at"]),
+                              "recorded_at": datetime.fromisoformat(d["recorded_at"])})
+
+    def asset_event_report(
+        self, fields: dict[str, Any], now: datetime, *, tenant_id: str,
+        task_id: str | None = None, claim_token: str | None = None,
+    ) -> list[AssetEvent]:
+        """ctx.report_event: the event, then what it caused (e.g. LEASE_REVOKED)."""
+        sent = {k: v for k, v in fields.items() if v is not None and v != [] and v != {}}
+        d = self._fenced(f"/v1/tasks/{task_id}/asset-events",
+                         {**sent, "claim_token": claim_token or self._token(task_id)})
+        return [_event_from_json(e) for e in (d["event"], *d["caused"])]
+
+    def lease_list(
+        self, *, tenant_id: str | None = None, task_id: str | None = None, **_: Any,
+    ) -> list[Lease]:
+        """ctx.leases(): the leases of this worker's claim on the task."""
+        token = self._token(task_id)
+        d = self._fenced(f"/v1/tasks/{task_id}/leases", {"claim_token": token})
+        return [_lease_from_json(x, token) for x in d["items"]]
+
     # Leadership and maintenance stay on the server side.
     def lock_acquire(self, lock_key: str, holder_id: str, ttl: float, now: datetime,
                      purpose: str = "") -> str | None:
@@ -186,6 +258,29 @@ class HttpWorkerStore:
 
     def unsubscribe(self, callback: Callable[[str, str], None]) -> None:
         """See subscribe."""
+
+
+def _problem(r: httpx.Response) -> dict[str, Any]:
+    try:
+        body = r.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _event_from_json(d: dict[str, Any]) -> AssetEvent:
+    return AssetEvent(**{
+        **d, "severity": None if d["severity"] is None else Severity(d["severity"]),
+        "occurred_at": datetime.fromisoformat(d["occurred_at"]),
+        "recorded_at": datetime.fromisoformat(d["recorded_at"]),
+    })
+
+
+def _lease_from_json(d: dict[str, Any], claim_token: str) -> Lease:
+    times = {name: None if d[name] is None else datetime.fromisoformat(d[name])
+             for name in ("acquired_at", "expires_at", "released_at")}
+    return Lease(**{**d, **times, "status": LeaseStatus(d["status"]),
+                    "cost": Decimal(d["cost"]), "claim_token": claim_token})
 
 
 def _retry_delay(delay: float | None) -> float | None:

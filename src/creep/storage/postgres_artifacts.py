@@ -139,6 +139,18 @@ class PostgresArtifactsMixin:
             )
         return claimed  # type: ignore[no-any-return]
 
+    def task_claim_held(self, task_id: str, claim_token: str) -> bool:
+        """Whether the task runs under this claim now (a read: nothing is renewed)."""
+        if not (is_uuid(task_id) and is_uuid(claim_token)):
+            return False
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM tasks WHERE task_id = %s AND claim_token = %s "
+                "AND status = 'RUNNING'",
+                (task_id, claim_token),
+            ).fetchone()
+        return row is not None
+
     def task_event_append(
         self, task_id: str, claim_token: str, event_type: str, payload: dict[str, Any],
         now: datetime,

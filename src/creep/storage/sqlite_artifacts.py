@@ -141,6 +141,14 @@ class SqliteArtifactsMixin:
             )
         return _claimed(rows, token)
 
+    def task_claim_held(self, task_id: str, claim_token: str) -> bool:
+        """Whether the task runs under this claim now (a read: nothing is renewed)."""
+        row = self._conn().execute(
+            "SELECT 1 FROM tasks WHERE task_id = ? AND claim_token = ? AND status = 'RUNNING'",
+            (task_id, claim_token),
+        ).fetchone()
+        return row is not None
+
     def task_event_append(
         self, task_id: str, claim_token: str, event_type: str, payload: dict[str, Any],
         now: datetime,

@@ -1,6 +1,7 @@
 """The HTTP worker protocol, for workers in any language: claim (long poll), heartbeat,
-progress, complete, fail and task events. Every call on a task names the claim token the
-claim returned; a token the task no longer holds answers 409."""
+progress, complete, fail and task events, and a handler's ledger entries, asset events and
+leases. Every call on a task names the claim token the claim returned; a token the task no
+longer holds answers 409."""
 
 from __future__ import annotations
 
@@ -9,24 +10,38 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
+from creep.api.asset_schemas import (
+    LeasePage,
+    LedgerEntryOut,
+    ReportedEventOut,
+    asset_event_json,
+    lease_json,
+    ledger_json,
+)
 from creep.api.audit import audited
 from creep.api.auth import Principal, Writer
+from creep.api.problems import Problem
 from creep.api.responses import json_response
 from creep.api.schemas import TaskEventOut, TaskOut, event_json, task_json
 from creep.api.schemas_workers import (
     ClaimIn,
     ClaimOut,
+    ClaimTokenIn,
     CompleteIn,
     FailIn,
     HeartbeatIn,
     HeartbeatOut,
     ProgressIn,
     ProgressOut,
+    WorkerAssetEventIn,
     WorkerEventIn,
+    WorkerLedgerIn,
 )
 from creep.api.services import Services
 from creep.api.tenancy import read_scope
 from creep.domain.audit import AuditAction, ResourceType
+from creep.domain.errors import ValidationError
+from creep.domain.ledger import BudgetExceeded
 from creep.engine.worker_protocol import WorkerProtocol, validate_claim
 from creep.ports import Completion
 
@@ -143,3 +158,47 @@ def add_event(task_id: str, body: WorkerEventIn, principal: Writer, proto: Proto
     event = proto.add_event(task_id, body.claim_token, read_scope(principal), body.event_type,
                             body.payload)
     return json_response(event_json(event), 201)
+
+
+# -- a handler's lease context on a remote worker (ctx.charge/earn/report_event/leases) --------
+
+
+@router.post("/tasks/{task_id}/ledger", status_code=201, response_model=LedgerEntryOut,
+             responses={**_FENCED, 409: {"description": "the claim token is stale, or "
+                                                      "(type budget-exceeded) the cost would "
+                                                      "exceed max_total_cost"}})
+def record_money(task_id: str, body: WorkerLedgerIn, principal: Writer, proto: Proto) -> Any:
+    """A COST (ctx.charge) or REVENUE (ctx.earn) of the task this claim runs, in its
+    currency; a cost over the task's max_total_cost is refused and writes nothing."""
+    try:
+        entry = proto.record_money(
+            task_id, body.claim_token, read_scope(principal), entry_type=body.entry_type,
+            amount=body.amount, currency=body.currency, asset_id=body.asset_id,
+            lease_id=body.lease_id, description=body.description,
+        )
+    except BudgetExceeded as exc:
+        raise Problem(409, "Budget exceeded", exc.message, type_="budget-exceeded") from None
+    return json_response(ledger_json(entry), 201)
+
+
+@router.post("/tasks/{task_id}/asset-events", status_code=201,
+             response_model=ReportedEventOut, responses=_FENCED)
+def report_asset_event(
+    task_id: str, body: WorkerAssetEventIn, principal: Writer, proto: Proto
+) -> Any:
+    """An event about an asset the claim leased (ctx.report_event). The auto-ban policy
+    applies at once: `caused` lists what followed, e.g. LEASE_REVOKED of this task."""
+    if body.tenant_id is not None:
+        raise ValidationError.single("tenant_id", "is the task's: leave it out")
+    events = proto.report_asset_event(task_id, body.claim_token, read_scope(principal),
+                                      body.fields())
+    return json_response({"event": asset_event_json(events[0]),
+                          "caused": [asset_event_json(e) for e in events[1:]]}, 201)
+
+
+@router.post("/tasks/{task_id}/leases", response_model=LeasePage,
+             responses={404: _FENCED[404], 422: _FENCED[422]})
+def claim_leases(task_id: str, body: ClaimTokenIn, principal: Writer, proto: Proto) -> Any:
+    """The leases this claim holds or held (ctx.leases(); a revoked one too)."""
+    leases = proto.claim_leases(task_id, body.claim_token, read_scope(principal))
+    return json_response({"items": [lease_json(x) for x in leases]})
