@@ -1,0 +1,493 @@
+"""Review of the REST API and the HTTP worker protocol under concurrency and failure: each
+test names the bug it shows, and fails on the code as it was reviewed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.api.conftest import Server, start_server, stop_server
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_REMOTE_APP = '''
+import asyncio
+from creep import Creep
+
+app = Creep()
+
+
+@app.handler("RV_CHARGE")
+async def charge(ctx):
+    await ctx.charge("0.10", description="captcha")
+    await ctx.earn("1")
+    return {"leases": ctx.lease_ids}
+
+
+@app.handler("RV_REPORT")
+async def report(ctx):
+    event = await ctx.report_event("HTTP_PROBE_FAIL", http_status=403, latency_ms=10,
+                                   severity="WARN", retryable=True)
+    return {"event": event.event_id}
+
+
+@app.handler("RV_LEASES")
+async def leases(ctx):
+    return {"n": len(await ctx.leases())}
+
+
+@app.handler("RV_REVOKE")
+async def wait_for_revocation(ctx):
+    # Runs until its lease is revoked (the worker then stops it), at most ~20 s.
+    for _ in range(400):
+        await ctx.heartbeat()
+        await asyncio.sleep(0.05)
+    return {"revoked_seen": list(ctx.revoked_lease_ids)}
+
+
+@app.handler("RV_LONG_CODE")
+async def long_code(ctx):
+    from creep import Fail
+    raise Fail(code="E" * 80, message="a result code longer than the API's 64 characters")
+
+
+@app.handler("RV_LATER")
+async def later(ctx):
+    from creep import Retry
+    return Retry(delay=40 * 86400)
+
+
+@app.handler("RV_OK")
+async def ok(ctx):
+    return "ok"
+
+
+@app.handler("RV_OVER")
+async def over_budget(ctx):
+    from creep import BudgetExceeded
+    try:
+        await ctx.charge("10")
+    except BudgetExceeded as exc:
+        return {"refused": exc.code}
+    return {"refused": None}
+
+
+@app.handler("RV_BAN")
+async def report_and_ban(ctx):
+    await ctx.report_event("HTTP_PROBE_FAIL", http_status=403)
+    return {"revoked": list(ctx.revoked_lease_ids), "leases": ctx.lease_ids}
+'''
+
+
+@pytest.fixture(scope="module")
+def srv(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("review") / "server.log"
+    server = start_server(database, log, CREEP_CLAIM_POLL_SECONDS="0.05",
+                          CREEP_MAINTENANCE_INTERVAL_SECONDS="0.2")
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def app_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("remote_app")
+    (d / "review_remote_app.py").write_text(textwrap.dedent(_REMOTE_APP))
+    return d
+
+
+def _remote_worker(srv: Server, key: str, app_dir: Path, *args: str) -> subprocess.Popen[bytes]:
+    pythonpath = os.pathsep.join(
+        p for p in (str(app_dir), os.environ.get("PYTHONPATH"), str(ROOT)) if p)
+    env = {**os.environ, "PYTHONPATH": pythonpath, "CREEP_API_KEY": key}
+    env.pop("CREEP_DATABASE_URL", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "creep.cli", "worker", "--app", "review_remote_app:app",
+         "--api-url", srv.url, "--log-level", "WARNING", "--concurrency", "2", *args],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+
+def _submit(c: httpx.Client, task_type: str, **fields: Any) -> str:
+    r = c.post("/v1/tasks", json={"task_type": task_type, **fields})
+    assert r.status_code == 201, r.text
+    task_id: str = r.json()["task_id"]
+    return task_id
+
+
+def _wait_for(predicate: Any, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _asset(c: httpx.Client, **fields: Any) -> dict[str, Any]:
+    r = c.post("/v1/assets", json={"sku_category": "RV_NET", "sku_code": "ip.uk.1",
+                                   "currency": "USD", **fields})
+    assert r.status_code == 201, r.text
+    data: dict[str, Any] = r.json()
+    return data
+
+
+_HINTED = {"resource_hints": [{"sku_category": "RV_NET"}], "currency": "USD",
+           "constraints": {"max_retries": 0}}
+
+
+# -- remote (HTTP) worker: lease context -------------------------------------------------------
+
+
+def test_remote_worker_ctx_charge_and_earn_fail_the_task(srv: Server, app_dir: Path) -> None:
+    """A handler calling ctx.charge/ctx.earn runs fine on a database worker, but under
+    `creep worker --api-url` HttpWorkerStore has no ledger_record: AttributeError, the task
+    is dead-lettered and nothing reaches the ledger."""
+    _, key = srv.tenant()
+    with srv.client(key) as c:
+        _asset(c)
+        task = _submit(c, "RV_CHARGE", max_total_cost="5", **_HINTED)
+        worker = _remote_worker(srv, key, app_dir, "--burst")
+        out, _ = worker.communicate(timeout=60)
+        t = c.get(f"/v1/tasks/{task}").json()
+        assert t["status"] == "SUCCESS", (t["status"], t["last_error"], out.decode()[-2000:])
+        ledger = c.get("/v1/ledger", params={"task_id": task}).json()["items"]
+        assert {e["entry_type"] for e in ledger} >= {"COST", "REVENUE"}
+
+
+def test_remote_worker_ctx_report_event_fails_the_task(srv: Server, app_dir: Path) -> None:
+    """ctx.report_event over HTTP: HttpWorkerStore has no asset_event_report."""
+    _, key = srv.tenant()
+    with srv.client(key) as c:
+        _asset(c)
+        task = _submit(c, "RV_REPORT", **_HINTED)
+        worker = _remote_worker(srv, key, app_dir, "--burst")
+        out, _ = worker.communicate(timeout=60)
+        t = c.get(f"/v1/tasks/{task}").json()
+        assert t["status"] == "SUCCESS", (t["status"], t["last_error"], out.decode()[-2000:])
+
+
+def test_remote_worker_ctx_leases_fails_the_task(srv: Server, app_dir: Path) -> None:
+    """ctx.leases() over HTTP: HttpWorkerStore has no lease_list."""
+    _, key = srv.tenant()
+    with srv.client(key) as c:
+        _asset(c)
+        task = _submit(c, "RV_LEASES", **_HINTED)
+        worker = _remote_worker(srv, key, app_dir, "--burst")
+        out, _ = worker.communicate(timeout=60)
+        t = c.get(f"/v1/tasks/{task}").json()
+        assert t["status"] == "SUCCESS", (t["status"], t["last_error"], out.decode()[-2000:])
+        assert t["result_payload"] == {"n": 1}
+
+
+def test_remote_worker_never_learns_of_a_revoked_lease(srv: Server, app_dir: Path) -> None:
+    """README: a revoked lease stops the handler on the worker's next heartbeat and the task
+    retries with LEASE_REVOKED. The HTTP heartbeat answers only cancel_requested, so a worker
+    over the API keeps running on a banned asset and the task ends SUCCESS."""
+    _, key = srv.tenant()
+    with srv.client(key) as c:
+        asset = _asset(c)
+        task = _submit(c, "RV_REVOKE", **{**_HINTED, "constraints": {"max_retries": 1}})
+        worker = _remote_worker(srv, key, app_dir, "--claim-ttl", "5")
+        try:
+            _wait_for(lambda: c.get(f"/v1/tasks/{task}").json()["status"] == "RUNNING",
+                      "the remote worker to claim the task")
+            r = c.post(f"/v1/assets/{asset['asset_id']}/ban", json={"reason": "review"})
+            assert r.status_code == 200, r.text
+            _wait_for(lambda: c.get(f"/v1/tasks/{task}").json()["status"] != "RUNNING",
+                      "the task to leave RUNNING", timeout=40)
+        finally:
+            worker.terminate()
+            worker.communicate(timeout=60)
+        t = c.get(f"/v1/tasks/{task}").json()
+        assert t["result_code"] == "LEASE_REVOKED", (t["status"], t["result_code"],
+                                                      t["result_payload"])
+
+
+
+
+def test_remote_worker_budget_refusal_is_budget_exceeded(srv: Server, app_dir: Path) -> None:
+    """A cost over max_total_cost raises BudgetExceeded in the handler, as on a database
+    worker (nothing is written)."""
+    _, key = srv.tenant()
+    with srv.client(key) as c:
+        task = _submit(c, "RV_OVER", max_total_cost="5", currency="USD")
+        worker = _remote_worker(srv, key, app_dir, "--burst")
+        out, _ = worker.communicate(timeout=60)
+        t = c.get(f"/v1/tasks/{task}").json()
+        assert t["result_payload"] == {"refused": "BUDGET_EXCEEDED"}, (t, out.decode()[-2000:])
+        assert c.get("/v1/ledger", params={"task_id": task}).json()["items"] == []
+
+
+def test_remote_worker_report_event_that_bans_revokes_the_lease(
+    srv: Server, app_dir: Path,
+) -> None:
+    """ctx.report_event whose auto-ban bans the leased asset: its lease lands in
+    ctx.revoked_lease_ids, as on a database worker."""
+    from creep import Creep
+
+    tenant, key = srv.tenant()
+    with Creep(srv.database_url) as app:
+        app.set_ban_policy("RV_NET", max_failures=1, window_seconds=3600, tenant_id=tenant)
+    with srv.client(key) as c:
+        asset = _asset(c)
+        task = _submit(c, "RV_BAN", **_HINTED)
+        worker = _remote_worker(srv, key, app_dir, "--burst")
+        out, _ = worker.communicate(timeout=60)
+        t = c.get(f"/v1/tasks/{task}").json()
+        assert t["status"] == "SUCCESS", (t["last_error"], out.decode()[-2000:])
+        assert t["result_payload"]["revoked"] == t["result_payload"]["leases"] != []
+        assert c.get(f"/v1/assets/{asset['asset_id']}").json()["status"] == "BANNED"
+
+
+def test_lease_context_routes_are_fenced_and_tenant_scoped(srv: Server) -> None:
+    """The worker's ledger, asset-event and lease routes: another tenant's key gets 404, a
+    stale token 409, a cost over budget 409 budget-exceeded, a foreign asset 422 asset_id."""
+    _, key_a = srv.tenant()
+    _, key_b = srv.tenant()
+    with srv.client(key_a) as a, srv.client(key_b) as b:
+        _asset(a)
+        theirs = _asset(b)
+        task = _submit(a, "RV_FENCE", max_total_cost="5", **_HINTED)
+        r = a.post("/v1/workers/claim", json={"task_types": ["RV_FENCE"], "claim_ttl": 60})
+        (item,) = r.json()["items"]
+        token = item["claim_token"]
+        base = f"/v1/tasks/{task}"
+        cost = {"claim_token": token, "entry_type": "COST", "amount": "1"}
+        event = {"claim_token": token, "event_type": "HTTP_PROBE_OK"}
+        for path, body in (("ledger", cost), ("asset-events", event),
+                           ("leases", {"claim_token": token})):
+            assert b.post(f"{base}/{path}", json=body).status_code == 404, path
+        stale = {**cost, "claim_token": str(uuid.uuid4())}
+        assert a.post(f"{base}/ledger", json=stale).status_code == 409
+        assert a.post(f"{base}/asset-events",
+                      json={**event, "claim_token": stale["claim_token"]}).status_code == 409
+        assert a.post(f"{base}/leases",
+                      json={"claim_token": stale["claim_token"]}).json()["items"] == []
+        assert a.post(f"{base}/ledger", json=cost).status_code == 201
+        over = a.post(f"{base}/ledger", json={**cost, "amount": "10"})
+        assert over.status_code == 409 and over.json()["type"].endswith("budget-exceeded")
+        foreign = a.post(f"{base}/ledger", json={**cost, "asset_id": theirs["asset_id"]})
+        assert foreign.status_code == 422
+        assert [e["field"] for e in foreign.json()["errors"]] == ["asset_id"]
+        assert a.post(f"{base}/asset-events", json=event).status_code == 201
+        (lease,) = a.post(f"{base}/leases", json={"claim_token": token}).json()["items"]
+        assert lease["task_id"] == task and "claim_token" not in lease
+
+
+def _wedged_completions(srv: Server, app_dir: Path, task_type: str) -> None:
+    _, key = srv.tenant()
+    with srv.client(key) as c:
+        odd = _submit(c, task_type, constraints={"max_retries": 3})
+        worker = _remote_worker(srv, key, app_dir, "--claim-ttl", "30", "--shutdown-grace", "1")
+        try:
+            # Claimed once: a Retry sends it back to QUEUED (run_after later) at once.
+            _wait_for(lambda: c.get(f"/v1/tasks/{odd}").json()["attempt"] > 0,
+                      "the remote worker to claim the task")
+            time.sleep(1.0)
+            plain = _submit(c, "RV_OK")
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline:
+                if c.get(f"/v1/tasks/{plain}").json()["status"] == "SUCCESS":
+                    break
+                time.sleep(0.1)
+            t_odd, t_plain = (c.get(f"/v1/tasks/{x}").json() for x in (odd, plain))
+        finally:
+            worker.terminate()
+            try:
+                out, _ = worker.communicate(timeout=8)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                out, _ = worker.communicate()
+        assert t_odd["status"] != "RUNNING", ("the odd task's result was never written",
+                                              out.decode()[-1500:])
+        assert t_plain["status"] == "SUCCESS", (
+            "a later, ordinary task's result is stuck behind it", t_plain["status"])
+
+
+def test_remote_worker_wedged_by_a_fail_code_over_64_chars(srv: Server, app_dir: Path) -> None:
+    """Fail(code=...) longer than FailIn's 64 characters: the API answers 422, which
+    HttpWorkerStore raises as ValidationError (a CreepError); Worker._flush retries the same
+    batch forever, so this and every later completion of the worker is never written."""
+    _wedged_completions(srv, app_dir, "RV_LONG_CODE")
+
+
+def test_remote_worker_wedged_by_a_long_retry_delay(srv: Server, app_dir: Path) -> None:
+    """Retry(delay=40 days) (README: any delay, past year 9999 waits until then) is a 422
+    over HTTP (retry_delay <= 30 days): the completer retries it forever, wedged."""
+    _wedged_completions(srv, app_dir, "RV_LATER")
+
+
+# -- the HTTP worker protocol: long-poll claim ------------------------------------------------
+
+
+def test_long_poll_claim_keeps_claiming_after_the_worker_hung_up(srv: Server) -> None:
+    """A worker's long poll (`wait`) that the worker abandons (its HTTP timeout, a crash, a
+    restart) goes on in the server until `wait` runs out, and claims the next task submitted
+    meanwhile for nobody: the task sits RUNNING until its claim expires and is then retried
+    as WORKER_LOST with an attempt charged (dead-lettered if it was the last one)."""
+    _, key = srv.tenant()
+    with srv.client(key) as c:
+        with pytest.raises(httpx.ReadTimeout):
+            c.post("/v1/workers/claim", json={"task_types": ["RV_GHOST"], "wait": 20,
+                                              "claim_ttl": 60}, timeout=1)
+        time.sleep(1.0)  # the worker is gone
+        task = _submit(c, "RV_GHOST")
+        time.sleep(2.0)
+        t = c.get(f"/v1/tasks/{task}").json()
+        assert t["status"] == "QUEUED", (
+            f"claimed by a long poll whose client left: {t['status']}, "
+            f"attempt {t['attempt']}")
+
+
+# -- error answers -----------------------------------------------------------------------------
+
+
+def test_unstorable_text_422_names_body_instead_of_the_field(srv: Server) -> None:
+    """README: a 422 problem's `errors: [{field, in, rule}]` names each field. Text no
+    database can store (NUL, a lone surrogate) is refused by _In's model validator with
+    field "body" and the real field buried in the rule ("Value error, reason: ...")."""
+    _, key = srv.tenant()
+    with srv.client(key) as c:
+        task = _submit(c, "RV_TEXT")
+        raw = {"content-type": "application/json"}
+        for path, body, field in (
+            (f"/v1/tasks/{task}/cancel", b'{"reason": "a\\u0000b"}', "reason"),
+            ("/v1/tasks", b'{"task_type": "RV", "description": "a\\ud800b"}', "description"),
+            ("/v1/ledger", b'{"entry_type": "REVENUE", "amount": "1", "currency": "USD", '
+                           b'"description": "a\\u0000b"}', "description"),
+        ):
+            r = c.post(path, content=body, headers=raw)
+            assert r.status_code == 422, r.text
+            fields = [e["field"] for e in r.json()["errors"]]
+            assert fields == [field], (path, r.json()["errors"])
+
+
+def test_ledger_entry_with_unknown_asset_or_lease_blames_task_id(srv: Server) -> None:
+    """POST /v1/ledger naming another tenant's (or no) asset or lease answers a 422 on
+    `task_id: unknown task`, a field the request did not even send."""
+    _, key_a = srv.tenant()
+    _, key_b = srv.tenant()
+    with srv.client(key_a) as a, srv.client(key_b) as b:
+        asset = _asset(a)
+        import uuid as _uuid
+        for extra, field in (({"asset_id": asset["asset_id"]}, "asset_id"),
+                             ({"lease_id": str(_uuid.uuid4())}, "lease_id")):
+            r = b.post("/v1/ledger", json={"entry_type": "REVENUE", "amount": "1",
+                                           "currency": "USD", **extra})
+            assert r.status_code in (404, 422), r.text
+            if r.status_code == 422:
+                assert [e["field"] for e in r.json()["errors"]] == [field], r.json()
+
+
+# -- batches: idempotency keys -----------------------------------------------------------------
+
+
+def test_batch_resent_with_the_same_idempotency_keys_is_a_409_different_body(
+    srv: Server,
+) -> None:
+    """The client gives every batch task an idempotency key "so a retried request never
+    creates a task twice", but the very same POST /v1/batches sent again answers 409
+    idempotency-conflict "with a different body": each task's request fingerprint includes
+    the batch_id (and dependency task ids) the server drew at random for that request."""
+    _, key = srv.tenant()
+    body = {"title": "b", "tasks": [
+        {"ref": "x", "task_type": "RV_B", "idempotency_key": "rv-bk-1"},
+        {"ref": "y", "task_type": "RV_B", "idempotency_key": "rv-bk-2", "depends_on": ["x"]}]}
+    with srv.client(key) as c:
+        first = c.post("/v1/batches", json=body)
+        assert first.status_code == 201, first.text
+        again = c.post("/v1/batches", json=body)
+        assert again.status_code != 409, again.text
+        assert again.status_code in (200, 201), again.text
+        assert again.headers.get("Idempotent-Replayed") == "true"
+        assert again.json()["batch_id"] == first.json()["batch_id"]
+        assert again.json()["tasks"] == first.json()["tasks"]  # (the refs are "tasks")
+        listed = c.get("/v1/batches").json()["items"]
+        assert [b["batch_id"] for b in listed] == [first.json()["batch_id"]]  # no empty one
+        changed = {**body, "tasks": [{**body["tasks"][0], "priority": 7}, body["tasks"][1]]}
+        assert c.post("/v1/batches", json=changed).status_code == 409
+
+
+# -- the Python client -------------------------------------------------------------------------
+
+
+def test_client_create_and_update_task_refuse_decimal_and_datetime(srv: Server) -> None:
+    """README (Python client): money is a Decimal and timestamps are datetimes, "and either
+    may be passed in". create_task, update_task and create_batch send their body without
+    core.jsonable: TypeError before anything is sent."""
+    from datetime import UTC, datetime, timedelta
+    from decimal import Decimal
+
+    from creep.client import Client
+
+    _, key = srv.tenant()
+    later = datetime.now(UTC) + timedelta(hours=1)
+    with Client(srv.url, key) as cl:
+        task = cl.create_task(task_type="RV_CL", max_total_cost=Decimal("5"), currency="USD",
+                              run_after=later)
+        assert task.max_total_cost == Decimal("5")
+        updated = cl.update_task(task.task_id, expected_version=task.task_version,
+                                 max_total_cost=Decimal("3"))
+        assert updated.max_total_cost == Decimal("3")
+        cl.create_batch("b", [{"task_type": "RV_CL", "run_after": later}])
+
+
+# -- HttpWorkerStore against a scripted API ----------------------------------------------------
+
+
+def test_http_store_turns_a_refused_outcome_into_a_retry_and_goes_on() -> None:
+    """A 4xx other than 404/409/408/429 on complete/fail is not retried (it would block every
+    later completion): the run is failed as a retry naming the refusal, and the next item is
+    sent. Delays and codes are sent as the API takes them."""
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from creep.domain.errors import StorageError
+    from creep.domain.outcomes import MAX_RETRY_DELAY, Backoff, Outcome, OutcomeKind, resolve
+    from creep.ports import Completion
+    from creep.remote.http_worker_store import HttpWorkerStore
+
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)
+        sent.append((request.url.path, body))
+        if request.url.path.endswith("/t1/complete"):
+            return httpx.Response(413, text="too large")
+        if request.url.path.endswith("/t3/fail"):
+            return httpx.Response(429)
+        return httpx.Response(200, json={})
+
+    store = HttpWorkerStore("http://api", "k", transport=httpx.MockTransport(answer))
+    now = datetime.now(UTC)
+
+    def done(task_id: str, kind: OutcomeKind, **kw: Any) -> Completion:
+        o = Outcome(task_id, "tok", kind, **kw)
+        return Completion(o, resolve(o, attempt=1, max_attempts=3, now=now, backoff=Backoff()))
+
+    applied = store.task_complete_many([
+        done("t1", OutcomeKind.SUCCEEDED, result={"big": 1}),
+        done("t2", OutcomeKind.RETRY, retry_delay=float("inf")),
+        done("t4", OutcomeKind.FAILED, code="E" * 80),
+        done("t5", OutcomeKind.RETRY, retry_delay=-1.0),
+    ], now)
+    assert applied == ["t2", "t4", "t5"]
+    paths = [p for p, _ in sent]
+    assert paths[:2] == ["/v1/tasks/t1/complete", "/v1/tasks/t1/fail"]
+    assert sent[1][1]["kind"] == "retry" and "HTTP 413" in sent[1][1]["message"]
+    assert sent[2][1]["retry_delay"] == MAX_RETRY_DELAY
+    assert sent[3][1]["code"] == "E" * 64
+    assert sent[4][1]["retry_delay"] == 0.0
+    with pytest.raises(StorageError):  # busy, not refused: the worker sends it again
+        store.task_complete_many([done("t3", OutcomeKind.RETRY)], now)
