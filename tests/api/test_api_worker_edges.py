@@ -1,5 +1,7 @@
-"""Review of the REST API and the HTTP worker protocol under concurrency and failure: each
-test names the bug it shows, and fails on the code as it was reviewed."""
+"""Edges of the HTTP worker protocol and the REST API under failure: a refused result, lease
+revocation and the lease context on a remote worker, a long-poll claim whose client left,
+field names in 422s, batch replays, the client's Decimal and datetime arguments. Each test is
+named after the bug it caught."""
 
 from __future__ import annotations
 
@@ -91,7 +93,7 @@ async def report_and_ban(ctx):
 
 @pytest.fixture(scope="module")
 def srv(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("review") / "server.log"
+    log = tmp_path_factory.mktemp("worker-edges") / "server.log"
     server = start_server(database, log, CREEP_CLAIM_POLL_SECONDS="0.05",
                           CREEP_MAINTENANCE_INTERVAL_SECONDS="0.2")
     yield server
@@ -101,7 +103,7 @@ def srv(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
 @pytest.fixture(scope="module")
 def app_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("remote_app")
-    (d / "review_remote_app.py").write_text(textwrap.dedent(_REMOTE_APP))
+    (d / "remote_edges_app.py").write_text(textwrap.dedent(_REMOTE_APP))
     return d
 
 
@@ -111,7 +113,7 @@ def _remote_worker(srv: Server, key: str, app_dir: Path, *args: str) -> subproce
     env = {**os.environ, "PYTHONPATH": pythonpath, "CREEP_API_KEY": key}
     env.pop("CREEP_DATABASE_URL", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "creep.cli", "worker", "--app", "review_remote_app:app",
+        [sys.executable, "-m", "creep.cli", "worker", "--app", "remote_edges_app:app",
          "--api-url", srv.url, "--log-level", "WARNING", "--concurrency", "2", *args],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
@@ -201,7 +203,7 @@ def test_remote_worker_never_learns_of_a_revoked_lease(srv: Server, app_dir: Pat
         try:
             _wait_for(lambda: c.get(f"/v1/tasks/{task}").json()["status"] == "RUNNING",
                       "the remote worker to claim the task")
-            r = c.post(f"/v1/assets/{asset['asset_id']}/ban", json={"reason": "review"})
+            r = c.post(f"/v1/assets/{asset['asset_id']}/ban", json={"reason": "probe"})
             assert r.status_code == 200, r.text
             _wait_for(lambda: c.get(f"/v1/tasks/{task}").json()["status"] != "RUNNING",
                       "the task to leave RUNNING", timeout=40)
