@@ -16,7 +16,7 @@ from creep.domain.asset import (
     AssetSpec,
     AssetStatus,
 )
-from creep.domain.asset_event import AssetEvent, BanPolicy
+from creep.domain.asset_event import MAX_CHAIN, AssetEvent, BanPolicy
 from creep.domain.errors import StorageError
 from creep.domain.events import TaskEvent
 from creep.domain.lease import Lease
@@ -259,7 +259,7 @@ class Store(Protocol):
     ) -> list[AssetEvent]: ...
     def asset_event_get(self, event_id: str, tenant_id: str | None = None) -> AssetEvent: ...
     def asset_event_chain(
-        self, event_id: str, tenant_id: str | None = None, max_depth: int = 1000
+        self, event_id: str, tenant_id: str | None = None, max_depth: int = MAX_CHAIN
     ) -> list[AssetEvent]: ...
     def ledger_record(self, entry: LedgerEntry, *, enforce_budget: bool = True) -> LedgerEntry: ...
     def ledger_list(

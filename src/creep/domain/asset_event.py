@@ -90,6 +90,8 @@ class AssetEvent:
 EVENT_FIELDS: tuple[str, ...] = tuple(AssetEvent.__dataclass_fields__)
 
 #: Fields a reporter (handler, operator, provider hook) may set.
+#: The longest causation chain returned (the event and up to this many causes in all).
+MAX_CHAIN = 10_000
 #: latency_ms fits a signed 64-bit column on both backends.
 MAX_LATENCY_MS = 2**63 - 1
 

@@ -522,30 +522,43 @@ class AssetStoreBase:
         if policy is None or not policy.is_failure(event.event_type):
             return None
         d = self._adialect
-        since = event.occurred_at - timedelta(seconds=policy.window_seconds)
+        window = timedelta(seconds=policy.window_seconds)
+        since, until = event.occurred_at - window, event.occurred_at + window
+        # A failure reported late (an asynchronous callback, an import) may complete a window
+        # with failures stored after it: every window of the policy's length that holds this
+        # failure counts, not only the one ending at it.
         rows = self._x(
             conn,
-            "SELECT event_type, occurred_at FROM asset_events WHERE asset_id = ? "
-            "AND occurred_at > ? AND occurred_at <= ? AND occurred_at > COALESCE(("
+            "SELECT event_id, event_type, occurred_at FROM asset_events WHERE asset_id = ? "
+            "AND occurred_at > ? AND occurred_at < ? AND occurred_at > COALESCE(("
             "SELECT max(occurred_at) FROM asset_events WHERE asset_id = ? "
             "AND event_type = 'UNBANNED'), ?)",
-            (asset.asset_id, d.ts(since), d.ts(event.occurred_at), asset.asset_id, d.ts(since)),
+            (asset.asset_id, d.ts(since), d.ts(until), asset.asset_id, d.ts(since)),
         ).fetchall()
-        count = sum(1 for r in rows if policy.is_failure(r[0]))
+        # (occurred_at, write order, event id): stored ones first, then this transaction's.
+        failures = [(d.from_ts(r[2]), i, r[0]) for i, r in enumerate(rows)
+                    if policy.is_failure(r[1])]
         # Events of this transaction not yet written count too, up to this one: they share
         # its occurred_at, so their order in the transaction says which came after it (and the
         # ban is caused by the failure that reached the count, not by the first of them).
         for e in pending.events:
             if (e.asset_id == asset.asset_id and policy.is_failure(e.event_type)
-                    and since < e.occurred_at <= event.occurred_at):
-                count += 1
+                    and since < e.occurred_at < until):
+                failures.append((e.occurred_at, len(rows) + len(failures), e.event_id))
             if e is event:
                 break
-        if count < policy.max_failures:
+        found = _full_window(failures, event.occurred_at, window, policy.max_failures)
+        if found is None:
             return None
+        count, cause_id = found
+        cause = next((e for e in pending.events if e.event_id == cause_id), None)
+        if cause is None:  # a failure stored after this (late) one completed the window
+            cause = self._event(self._x(
+                conn, f"SELECT {EVENT_COLS} FROM asset_events WHERE event_id = ?", (cause_id,)
+            ).fetchone())
         return self._ban(
             conn, asset, pending, now, event_type=AssetEventType.ASSET_BANNED,
-            source=Source.CONTROL_PLANE, cause=event,
+            source=Source.CONTROL_PLANE, cause=cause,
             message=f"banned after {count} failures within {policy.window_seconds}s",
             context={"fail_count_window": count, "window_s": policy.window_seconds,
                      "policy_max_failures": policy.max_failures},
@@ -639,4 +652,17 @@ def ban_targets(status: AssetStatus) -> frozenset[AssetStatus]:
     return ASSET_TRANSITIONS[status]
 
 
-
+def _full_window(
+    failures: list[tuple[Any, int, str]], at: datetime, window: timedelta, needed: int
+) -> tuple[int, str] | None:
+    """The first window of length `window` (open at its start) that holds the failure at `at`
+    and `needed` failures: (its count, the id of its last failure, the ban's cause), or None.
+    `failures`: (occurred_at, write order, event id)."""
+    ordered = sorted(failures)
+    start = 0
+    for end, (when, _, event_id) in enumerate(ordered):
+        while ordered[start][0] <= when - window:
+            start += 1
+        if when >= at and ordered[start][0] <= at and end - start + 1 >= needed:
+            return end - start + 1, event_id
+    return None

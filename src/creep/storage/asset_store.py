@@ -22,6 +22,7 @@ from creep.domain.asset import (
     check_asset_transition,
 )
 from creep.domain.asset_event import (
+    MAX_CHAIN,
     AssetEvent,
     AssetEventType,
     BanPolicy,
@@ -308,24 +309,23 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
         correlation_id's timeline."""
         where: list[str] = ["1 = 1"]
         params: list[Any] = []
-        if task_id is not None:
-            if not is_uuid(task_id):
-                return []
-            # A task's events carry its correlation_id: read them through that index.
-            where.append(f"{self._adialect.by_correlation}correlation_id = "
-                         "(SELECT correlation_id FROM tasks WHERE task_id = ?)")
-            params.append(task_id)
-        for column, value in (("tenant_id", tenant_id), ("asset_id", asset_id),
-                              ("task_id", task_id), ("correlation_id", correlation_id),
-                              ("event_type", event_type)):
-            if value is not None:
-                if column in ("asset_id", "task_id") and not is_uuid(value):
-                    return []
-                lead = self._adialect.by_correlation if column == "correlation_id" else ""
-                where.append(f"{lead}{column} = ?")
-                params.append(value)
-        params.append(limit)
+        if any(v is not None and not is_uuid(v) for v in (asset_id, task_id)):
+            return []
         with self._aread() as conn:
+            if task_id is not None:
+                # A task's events carry its correlation_id: read them through that index.
+                found = self._task_correlation(conn, task_id)
+                if found is not None:
+                    where.append(f"{self._adialect.by_correlation}correlation_id = ?")
+                    params.append(found)
+            for column, value in (("tenant_id", tenant_id), ("asset_id", asset_id),
+                                  ("task_id", task_id), ("correlation_id", correlation_id),
+                                  ("event_type", event_type)):
+                if value is not None:
+                    lead = self._adialect.by_correlation if column == "correlation_id" else ""
+                    where.append(f"{lead}{column} = ?")
+                    params.append(value)
+            params.append(limit)
             rows = self._x(
                 conn,
                 f"SELECT {EVENT_COLS} FROM asset_events WHERE {' AND '.join(where)} "
@@ -333,6 +333,23 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                 params,
             ).fetchall()
         return [self._event(r) for r in rows]
+
+    def _task_correlation(self, conn: Any, task_id: str) -> str | None:
+        """The correlation_id a task's events carry: the task's, or, once retention deleted
+        the task, the one its leases' events carry (its leases stay)."""
+        row = self._x(conn, "SELECT correlation_id FROM tasks WHERE task_id = ?",
+                      (task_id,)).fetchone()
+        if row is None:
+            d = self._adialect
+            row = self._x(
+                conn,
+                "SELECT e.correlation_id FROM leases l JOIN asset_events e "
+                "ON e.asset_id = l.asset_id AND e.lease_id = l.lease_id "
+                f"WHERE {d.by_task.replace('task_priority', 'l.task_priority')}l.task_id = ? "
+                "AND e.task_id = ? LIMIT 1",
+                (task_id, task_id),
+            ).fetchone()
+        return None if row is None else row[0]
 
     def asset_event_get(self, event_id: str, tenant_id: str | None = None) -> AssetEvent:
         if not is_uuid(event_id):
@@ -346,7 +363,7 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
         return self._event(row)
 
     def asset_event_chain(
-        self, event_id: str, tenant_id: str | None = None, max_depth: int = 1000
+        self, event_id: str, tenant_id: str | None = None, max_depth: int = MAX_CHAIN
     ) -> list[AssetEvent]:
         """The event, then what caused it, up to the root (causation_id = None)."""
         chain = [self.asset_event_get(event_id, tenant_id)]
