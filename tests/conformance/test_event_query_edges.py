@@ -61,10 +61,10 @@ def test_failures_reported_out_of_order_never_reach_the_auto_ban(
     app: Creep, clock: FrozenClock
 ) -> None:
     """Seed 001 scenario 1 -> 2: max_failures failures on one asset within window_seconds ->
-    ASSET_BANNED. Events may carry an explicit past occurred_at (recorded_at "可能晚于
-    occurred_at，例如异步回传或批量导入"), so they can arrive out of order. _maybe_ban counts
-    only failures with occurred_at <= the reported event's own occurred_at: five 403s within
-    five seconds, the latest one reported first, never ban the asset (in order they do)."""
+    ASSET_BANNED. Events may carry an explicit past occurred_at (seed 001: recorded_at may be
+    later than occurred_at, e.g. asynchronous callbacks or batch imports), so they can arrive
+    out of order. Only failures up to the reported one's occurred_at were counted: five 403s
+    within five seconds, the latest one reported first, never banned the asset."""
     app.set_ban_policy("RAW_NET", max_failures=5, window_seconds=60)
     shuffled = app.create_asset(sku_category="RAW_NET", sku_code="ip.1", status="READY")
     in_order = app.create_asset(sku_category="RAW_NET", sku_code="ip.2", status="READY")
