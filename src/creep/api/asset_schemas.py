@@ -224,8 +224,8 @@ EVENT_CSV_COLUMNS = list(AssetEventOut.model_fields)
 
 
 class LedgerEntryIn(_In):
-    """A REVENUE, REFUND or ADJUSTMENT entry (COST and TASK_BURN are written by creep
-    itself). Tied to a task: the currency must be the task's and a cost-raising entry must
+    """A REVENUE, REFUND or ADJUSTMENT entry (COST is written by creep itself, for leases
+    and ctx.charge; TASK_BURN through the Python API). Tied to a task: the currency must be the task's and a cost-raising entry must
     keep the task within max_total_cost."""
 
     entry_type: Literal["REVENUE", "REFUND", "ADJUSTMENT"]
