@@ -425,6 +425,23 @@ class AssetStoreBase:
             (d.ids(list(lease_ids)),),
         ).fetchall()}
 
+    def _task_correlation(self, conn: Any, task_id: str) -> str | None:
+        """The correlation_id a task's events carry: the task's, or, once retention deleted
+        the task, the one its leases' events carry (its leases stay)."""
+        row = self._x(conn, "SELECT correlation_id FROM tasks WHERE task_id = ?",
+                      (task_id,)).fetchone()
+        if row is None:
+            d = self._adialect
+            row = self._x(
+                conn,
+                "SELECT e.correlation_id FROM leases l JOIN asset_events e "
+                "ON e.asset_id = l.asset_id AND e.lease_id = l.lease_id "
+                f"WHERE {d.by_task.replace('task_priority', 'l.task_priority')}l.task_id = ? "
+                "AND e.task_id = ? LIMIT 1",
+                (task_id, task_id),
+            ).fetchone()
+        return None if row is None else row[0]
+
     def _leases_with_tasks(
         self, conn: Any, where: str, params: Sequence[Any], task_ids: Sequence[str],
         lock_into: Pending | None = None,

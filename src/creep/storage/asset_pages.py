@@ -67,12 +67,19 @@ class AssetPagesMixin(AssetStoreBase):
     ) -> list[tuple[str, AssetEvent]]:
         if any(v is not None and not is_uuid(v) for v in (asset_id, task_id)):
             return []
-        where, params = self._page_where(
-            [("tenant_id", tenant_id), ("asset_id", asset_id), ("task_id", task_id),
-             ("correlation_id", correlation_id), ("event_type", event_type)],
-            None, None, after,
-        )
         with self._aread() as conn:
+            where, params = self._page_where(
+                [("tenant_id", tenant_id), ("asset_id", asset_id), ("task_id", task_id),
+                 ("correlation_id", correlation_id), ("event_type", event_type)],
+                None, None, after,
+            )
+            if task_id is not None:
+                # No index leads with task_id: a task's events carry its correlation_id, and
+                # that index finds them (asset_events_list does the same).
+                found = self._task_correlation(conn, task_id)
+                if found is not None:
+                    where.append(f"{self._adialect.by_correlation}correlation_id = ?")
+                    params.append(found)
             rows = self._x(
                 conn,
                 f"SELECT seq, {EVENT_COLS} FROM asset_events WHERE {' AND '.join(where)} "

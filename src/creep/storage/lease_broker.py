@@ -609,7 +609,8 @@ class LeaseBrokerMixin(AssetStoreBase):
             rows = self._x(
                 conn,
                 f"SELECT {ASSET_COLS} FROM assets WHERE status = 'COOLING' AND "
-                f"cooldown_until <= ? ORDER BY asset_id LIMIT ?{d.skip_locked}",
+                # In the cooling index's order (by asset_id, SQLite walked every asset).
+                f"cooldown_until <= ? ORDER BY cooldown_until, asset_id LIMIT ?{d.skip_locked}",
                 (d.ts(now), limit),
             ).fetchall()
             if rows:
