@@ -258,16 +258,14 @@ def test_task_retention_does_not_read_every_task(
                    seek=("finished_at", "created_at"))
 
 
-# -- 6. the cooling sweep (SQLite) ---------------------------------------------------------------
+# -- 6. the cooling sweep ---------------------------------------------------------------------
 
 
 def test_cooling_sweep_reads_the_cooling_index(
     history: Creep, db_url: str, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every maintenance tick: on SQLite `ORDER BY asset_id LIMIT` walks the primary key over
+    """Every maintenance tick: on SQLite `ORDER BY asset_id LIMIT` walked the primary key over
     every asset (sold and archived ones included) instead of the few COOLING ones."""
-    if not db_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL picks assets_cooling when it helps (statistics)")
     with captured(db_url, monkeypatch) as seen:
         app = _fresh(db_url, clock)
         try:
