@@ -274,3 +274,23 @@ def test_cooling_sweep_reads_the_cooling_index(
             app.close()
     assert_indexed(db_url, seen, r"FROM assets WHERE status = 'COOLING'", "assets",
                    seek=("cooldown_until",))
+
+
+# -- 7. a tenant's audit log ---------------------------------------------------------------------
+
+
+def test_audit_list_of_a_tenant_reads_an_index(
+    history: Creep, db_url: str, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /v1/audit with a tenant key: newest first, it walked every tenant's rows from the
+    newest until the page was full of this tenant's."""
+    from creep.ports_api import AuditFilter
+
+    with captured(db_url, monkeypatch) as seen:
+        app = _fresh(db_url, clock)
+        try:
+            app.store.audit_list(AuditFilter(tenant_id="default"), limit=5)  # type: ignore[attr-defined]
+        finally:
+            app.close()
+    assert_indexed(db_url, seen, r"FROM audit_events WHERE", "audit_events",
+                   seek=("tenant_id",))
