@@ -170,3 +170,14 @@ def read_sse(response: httpx.Response, stop_after: int | None = None) -> list[di
         name, _, value = line.partition(": ")
         current[name] = value
     return events
+
+
+@pytest.fixture(scope="module")
+def worker_server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server for the HTTP worker protocol's tests, one per module: claims poll every 50 ms
+    and the maintenance (the rescuer) runs every 200 ms."""
+    log = tmp_path_factory.mktemp("workers") / "server.log"
+    server = start_server(database, log, CREEP_CLAIM_POLL_SECONDS="0.05",
+                          CREEP_MAINTENANCE_INTERVAL_SECONDS="0.2")
+    yield server
+    stop_server(server)

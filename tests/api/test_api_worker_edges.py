@@ -11,14 +11,13 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.api.conftest import Server, start_server, stop_server
+from tests.api.conftest import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,29 +91,20 @@ async def report_and_ban(ctx):
 
 
 @pytest.fixture(scope="module")
-def srv(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("worker-edges") / "server.log"
-    server = start_server(database, log, CREEP_CLAIM_POLL_SECONDS="0.05",
-                          CREEP_MAINTENANCE_INTERVAL_SECONDS="0.2")
-    yield server
-    stop_server(server)
-
-
-@pytest.fixture(scope="module")
 def app_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("remote_app")
     (d / "remote_edges_app.py").write_text(textwrap.dedent(_REMOTE_APP))
     return d
 
 
-def _remote_worker(srv: Server, key: str, app_dir: Path, *args: str) -> subprocess.Popen[bytes]:
+def _remote_worker(worker_server: Server, key: str, app_dir: Path, *args: str) -> subprocess.Popen[bytes]:
     pythonpath = os.pathsep.join(
         p for p in (str(app_dir), os.environ.get("PYTHONPATH"), str(ROOT)) if p)
     env = {**os.environ, "PYTHONPATH": pythonpath, "CREEP_API_KEY": key}
     env.pop("CREEP_DATABASE_URL", None)
     return subprocess.Popen(
         [sys.executable, "-m", "creep.cli", "worker", "--app", "remote_edges_app:app",
-         "--api-url", srv.url, "--log-level", "WARNING", "--concurrency", "2", *args],
+         "--api-url", worker_server.url, "--log-level", "WARNING", "--concurrency", "2", *args],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
 
@@ -150,15 +140,15 @@ _HINTED = {"resource_hints": [{"sku_category": "RV_NET"}], "currency": "USD",
 # -- remote (HTTP) worker: lease context -------------------------------------------------------
 
 
-def test_remote_worker_ctx_charge_and_earn_fail_the_task(srv: Server, app_dir: Path) -> None:
+def test_remote_worker_ctx_charge_and_earn_fail_the_task(worker_server: Server, app_dir: Path) -> None:
     """A handler calling ctx.charge/ctx.earn runs fine on a database worker, but under
     `creep worker --api-url` HttpWorkerStore has no ledger_record: AttributeError, the task
     is dead-lettered and nothing reaches the ledger."""
-    _, key = srv.tenant()
-    with srv.client(key) as c:
+    _, key = worker_server.tenant()
+    with worker_server.client(key) as c:
         _asset(c)
         task = _submit(c, "RV_CHARGE", max_total_cost="5", **_HINTED)
-        worker = _remote_worker(srv, key, app_dir, "--burst")
+        worker = _remote_worker(worker_server, key, app_dir, "--burst")
         out, _ = worker.communicate(timeout=60)
         t = c.get(f"/v1/tasks/{task}").json()
         assert t["status"] == "SUCCESS", (t["status"], t["last_error"], out.decode()[-2000:])
@@ -166,40 +156,40 @@ def test_remote_worker_ctx_charge_and_earn_fail_the_task(srv: Server, app_dir: P
         assert {e["entry_type"] for e in ledger} >= {"COST", "REVENUE"}
 
 
-def test_remote_worker_ctx_report_event_fails_the_task(srv: Server, app_dir: Path) -> None:
+def test_remote_worker_ctx_report_event_fails_the_task(worker_server: Server, app_dir: Path) -> None:
     """ctx.report_event over HTTP: HttpWorkerStore has no asset_event_report."""
-    _, key = srv.tenant()
-    with srv.client(key) as c:
+    _, key = worker_server.tenant()
+    with worker_server.client(key) as c:
         _asset(c)
         task = _submit(c, "RV_REPORT", **_HINTED)
-        worker = _remote_worker(srv, key, app_dir, "--burst")
+        worker = _remote_worker(worker_server, key, app_dir, "--burst")
         out, _ = worker.communicate(timeout=60)
         t = c.get(f"/v1/tasks/{task}").json()
         assert t["status"] == "SUCCESS", (t["status"], t["last_error"], out.decode()[-2000:])
 
 
-def test_remote_worker_ctx_leases_fails_the_task(srv: Server, app_dir: Path) -> None:
+def test_remote_worker_ctx_leases_fails_the_task(worker_server: Server, app_dir: Path) -> None:
     """ctx.leases() over HTTP: HttpWorkerStore has no lease_list."""
-    _, key = srv.tenant()
-    with srv.client(key) as c:
+    _, key = worker_server.tenant()
+    with worker_server.client(key) as c:
         _asset(c)
         task = _submit(c, "RV_LEASES", **_HINTED)
-        worker = _remote_worker(srv, key, app_dir, "--burst")
+        worker = _remote_worker(worker_server, key, app_dir, "--burst")
         out, _ = worker.communicate(timeout=60)
         t = c.get(f"/v1/tasks/{task}").json()
         assert t["status"] == "SUCCESS", (t["status"], t["last_error"], out.decode()[-2000:])
         assert t["result_payload"] == {"n": 1}
 
 
-def test_remote_worker_never_learns_of_a_revoked_lease(srv: Server, app_dir: Path) -> None:
+def test_remote_worker_never_learns_of_a_revoked_lease(worker_server: Server, app_dir: Path) -> None:
     """README: a revoked lease stops the handler on the worker's next heartbeat and the task
     retries with LEASE_REVOKED. The HTTP heartbeat answers only cancel_requested, so a worker
     over the API keeps running on a banned asset and the task ends SUCCESS."""
-    _, key = srv.tenant()
-    with srv.client(key) as c:
+    _, key = worker_server.tenant()
+    with worker_server.client(key) as c:
         asset = _asset(c)
         task = _submit(c, "RV_REVOKE", **{**_HINTED, "constraints": {"max_retries": 1}})
-        worker = _remote_worker(srv, key, app_dir, "--claim-ttl", "5")
+        worker = _remote_worker(worker_server, key, app_dir, "--claim-ttl", "5")
         try:
             _wait_for(lambda: c.get(f"/v1/tasks/{task}").json()["status"] == "RUNNING",
                       "the remote worker to claim the task")
@@ -217,13 +207,13 @@ def test_remote_worker_never_learns_of_a_revoked_lease(srv: Server, app_dir: Pat
 
 
 
-def test_remote_worker_budget_refusal_is_budget_exceeded(srv: Server, app_dir: Path) -> None:
+def test_remote_worker_budget_refusal_is_budget_exceeded(worker_server: Server, app_dir: Path) -> None:
     """A cost over max_total_cost raises BudgetExceeded in the handler, as on a database
     worker (nothing is written)."""
-    _, key = srv.tenant()
-    with srv.client(key) as c:
+    _, key = worker_server.tenant()
+    with worker_server.client(key) as c:
         task = _submit(c, "RV_OVER", max_total_cost="5", currency="USD")
-        worker = _remote_worker(srv, key, app_dir, "--burst")
+        worker = _remote_worker(worker_server, key, app_dir, "--burst")
         out, _ = worker.communicate(timeout=60)
         t = c.get(f"/v1/tasks/{task}").json()
         assert t["result_payload"] == {"refused": "BUDGET_EXCEEDED"}, (t, out.decode()[-2000:])
@@ -231,19 +221,19 @@ def test_remote_worker_budget_refusal_is_budget_exceeded(srv: Server, app_dir: P
 
 
 def test_remote_worker_report_event_that_bans_revokes_the_lease(
-    srv: Server, app_dir: Path,
+    worker_server: Server, app_dir: Path,
 ) -> None:
     """ctx.report_event whose auto-ban bans the leased asset: its lease lands in
     ctx.revoked_lease_ids, as on a database worker."""
     from creep import Creep
 
-    tenant, key = srv.tenant()
-    with Creep(srv.database_url) as app:
+    tenant, key = worker_server.tenant()
+    with Creep(worker_server.database_url) as app:
         app.set_ban_policy("RV_NET", max_failures=1, window_seconds=3600, tenant_id=tenant)
-    with srv.client(key) as c:
+    with worker_server.client(key) as c:
         asset = _asset(c)
         task = _submit(c, "RV_BAN", **_HINTED)
-        worker = _remote_worker(srv, key, app_dir, "--burst")
+        worker = _remote_worker(worker_server, key, app_dir, "--burst")
         out, _ = worker.communicate(timeout=60)
         t = c.get(f"/v1/tasks/{task}").json()
         assert t["status"] == "SUCCESS", (t["last_error"], out.decode()[-2000:])
@@ -251,12 +241,12 @@ def test_remote_worker_report_event_that_bans_revokes_the_lease(
         assert c.get(f"/v1/assets/{asset['asset_id']}").json()["status"] == "BANNED"
 
 
-def test_lease_context_routes_are_fenced_and_tenant_scoped(srv: Server) -> None:
+def test_lease_context_routes_are_fenced_and_tenant_scoped(worker_server: Server) -> None:
     """The worker's ledger, asset-event and lease routes: another tenant's key gets 404, a
     stale token 409, a cost over budget 409 budget-exceeded, a foreign asset 422 asset_id."""
-    _, key_a = srv.tenant()
-    _, key_b = srv.tenant()
-    with srv.client(key_a) as a, srv.client(key_b) as b:
+    _, key_a = worker_server.tenant()
+    _, key_b = worker_server.tenant()
+    with worker_server.client(key_a) as a, worker_server.client(key_b) as b:
         _asset(a)
         theirs = _asset(b)
         task = _submit(a, "RV_FENCE", max_total_cost="5", **_HINTED)
@@ -286,11 +276,11 @@ def test_lease_context_routes_are_fenced_and_tenant_scoped(srv: Server) -> None:
         assert lease["task_id"] == task and "claim_token" not in lease
 
 
-def _wedged_completions(srv: Server, app_dir: Path, task_type: str) -> None:
-    _, key = srv.tenant()
-    with srv.client(key) as c:
+def _wedged_completions(worker_server: Server, app_dir: Path, task_type: str) -> None:
+    _, key = worker_server.tenant()
+    with worker_server.client(key) as c:
         odd = _submit(c, task_type, constraints={"max_retries": 3})
-        worker = _remote_worker(srv, key, app_dir, "--claim-ttl", "30", "--shutdown-grace", "1")
+        worker = _remote_worker(worker_server, key, app_dir, "--claim-ttl", "30", "--shutdown-grace", "1")
         try:
             # Claimed once: a Retry sends it back to QUEUED (run_after later) at once.
             _wait_for(lambda: c.get(f"/v1/tasks/{odd}").json()["attempt"] > 0,
@@ -316,29 +306,29 @@ def _wedged_completions(srv: Server, app_dir: Path, task_type: str) -> None:
             "a later, ordinary task's result is stuck behind it", t_plain["status"])
 
 
-def test_remote_worker_wedged_by_a_fail_code_over_64_chars(srv: Server, app_dir: Path) -> None:
+def test_remote_worker_wedged_by_a_fail_code_over_64_chars(worker_server: Server, app_dir: Path) -> None:
     """Fail(code=...) longer than FailIn's 64 characters: the API answers 422, which
     HttpWorkerStore raises as ValidationError (a CreepError); Worker._flush retries the same
     batch forever, so this and every later completion of the worker is never written."""
-    _wedged_completions(srv, app_dir, "RV_LONG_CODE")
+    _wedged_completions(worker_server, app_dir, "RV_LONG_CODE")
 
 
-def test_remote_worker_wedged_by_a_long_retry_delay(srv: Server, app_dir: Path) -> None:
+def test_remote_worker_wedged_by_a_long_retry_delay(worker_server: Server, app_dir: Path) -> None:
     """Retry(delay=40 days) (README: any delay, past year 9999 waits until then) is a 422
     over HTTP (retry_delay <= 30 days): the completer retries it forever, wedged."""
-    _wedged_completions(srv, app_dir, "RV_LATER")
+    _wedged_completions(worker_server, app_dir, "RV_LATER")
 
 
 # -- the HTTP worker protocol: long-poll claim ------------------------------------------------
 
 
-def test_long_poll_claim_keeps_claiming_after_the_worker_hung_up(srv: Server) -> None:
+def test_long_poll_claim_keeps_claiming_after_the_worker_hung_up(worker_server: Server) -> None:
     """A worker's long poll (`wait`) that the worker abandons (its HTTP timeout, a crash, a
     restart) goes on in the server until `wait` runs out, and claims the next task submitted
     meanwhile for nobody: the task sits RUNNING until its claim expires and is then retried
     as WORKER_LOST with an attempt charged (dead-lettered if it was the last one)."""
-    _, key = srv.tenant()
-    with srv.client(key) as c:
+    _, key = worker_server.tenant()
+    with worker_server.client(key) as c:
         with pytest.raises(httpx.ReadTimeout):
             c.post("/v1/workers/claim", json={"task_types": ["RV_GHOST"], "wait": 20,
                                               "claim_ttl": 60}, timeout=1)
@@ -354,12 +344,12 @@ def test_long_poll_claim_keeps_claiming_after_the_worker_hung_up(srv: Server) ->
 # -- error answers -----------------------------------------------------------------------------
 
 
-def test_unstorable_text_422_names_body_instead_of_the_field(srv: Server) -> None:
+def test_unstorable_text_422_names_body_instead_of_the_field(worker_server: Server) -> None:
     """README: a 422 problem's `errors: [{field, in, rule}]` names each field. Text no
     database can store (NUL, a lone surrogate) is refused by _In's model validator with
     field "body" and the real field buried in the rule ("Value error, reason: ...")."""
-    _, key = srv.tenant()
-    with srv.client(key) as c:
+    _, key = worker_server.tenant()
+    with worker_server.client(key) as c:
         task = _submit(c, "RV_TEXT")
         raw = {"content-type": "application/json"}
         for path, body, field in (
@@ -374,12 +364,12 @@ def test_unstorable_text_422_names_body_instead_of_the_field(srv: Server) -> Non
             assert fields == [field], (path, r.json()["errors"])
 
 
-def test_ledger_entry_with_unknown_asset_or_lease_blames_task_id(srv: Server) -> None:
+def test_ledger_entry_with_unknown_asset_or_lease_blames_task_id(worker_server: Server) -> None:
     """POST /v1/ledger naming another tenant's (or no) asset or lease answers a 422 on
     `task_id: unknown task`, a field the request did not even send."""
-    _, key_a = srv.tenant()
-    _, key_b = srv.tenant()
-    with srv.client(key_a) as a, srv.client(key_b) as b:
+    _, key_a = worker_server.tenant()
+    _, key_b = worker_server.tenant()
+    with worker_server.client(key_a) as a, worker_server.client(key_b) as b:
         asset = _asset(a)
         import uuid as _uuid
         for extra, field in (({"asset_id": asset["asset_id"]}, "asset_id"),
@@ -395,17 +385,17 @@ def test_ledger_entry_with_unknown_asset_or_lease_blames_task_id(srv: Server) ->
 
 
 def test_batch_resent_with_the_same_idempotency_keys_is_a_409_different_body(
-    srv: Server,
+    worker_server: Server,
 ) -> None:
     """The client gives every batch task an idempotency key "so a retried request never
     creates a task twice", but the very same POST /v1/batches sent again answers 409
     idempotency-conflict "with a different body": each task's request fingerprint includes
     the batch_id (and dependency task ids) the server drew at random for that request."""
-    _, key = srv.tenant()
+    _, key = worker_server.tenant()
     body = {"title": "b", "tasks": [
         {"ref": "x", "task_type": "RV_B", "idempotency_key": "rv-bk-1"},
         {"ref": "y", "task_type": "RV_B", "idempotency_key": "rv-bk-2", "depends_on": ["x"]}]}
-    with srv.client(key) as c:
+    with worker_server.client(key) as c:
         first = c.post("/v1/batches", json=body)
         assert first.status_code == 201, first.text
         again = c.post("/v1/batches", json=body)
@@ -423,7 +413,7 @@ def test_batch_resent_with_the_same_idempotency_keys_is_a_409_different_body(
 # -- the Python client -------------------------------------------------------------------------
 
 
-def test_client_create_and_update_task_refuse_decimal_and_datetime(srv: Server) -> None:
+def test_client_create_and_update_task_refuse_decimal_and_datetime(worker_server: Server) -> None:
     """README (Python client): money is a Decimal and timestamps are datetimes, "and either
     may be passed in". create_task, update_task and create_batch send their body without
     core.jsonable: TypeError before anything is sent."""
@@ -432,9 +422,9 @@ def test_client_create_and_update_task_refuse_decimal_and_datetime(srv: Server) 
 
     from creep.client import Client
 
-    _, key = srv.tenant()
+    _, key = worker_server.tenant()
     later = datetime.now(UTC) + timedelta(hours=1)
-    with Client(srv.url, key) as cl:
+    with Client(worker_server.url, key) as cl:
         task = cl.create_task(task_type="RV_CL", max_total_cost=Decimal("5"), currency="USD",
                               run_after=later)
         assert task.max_total_cost == Decimal("5")

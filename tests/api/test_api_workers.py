@@ -9,25 +9,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.api.conftest import Server, start_server, stop_server
+from tests.api.conftest import Server
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def srv(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("workers") / "server.log"
-    server = start_server(database, log, CREEP_CLAIM_POLL_SECONDS="0.05",
-                          CREEP_MAINTENANCE_INTERVAL_SECONDS="0.2")
-    yield server
-    stop_server(server)
 
 
 def _submit(c: httpx.Client, task_type: str, **fields: Any) -> str:
@@ -65,11 +54,11 @@ def _wait_for(predicate: Any, what: str, timeout: float = 60) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_protocol_round_trip_and_tenant_scope(srv: Server) -> None:
-    _, key_a = srv.tenant()
-    tenant_b, key_b = srv.tenant()
-    ro = srv.key(tenant_b, read_only=True)["key"]
-    with srv.client(key_a) as a, srv.client(key_b) as b, srv.client(ro) as b_ro:
+def test_protocol_round_trip_and_tenant_scope(worker_server: Server) -> None:
+    _, key_a = worker_server.tenant()
+    tenant_b, key_b = worker_server.tenant()
+    ro = worker_server.key(tenant_b, read_only=True)["key"]
+    with worker_server.client(key_a) as a, worker_server.client(key_b) as b, worker_server.client(ro) as b_ro:
         task = _submit(a, "RT", input_payload={"n": 1})
         assert _claim(b, ["RT"]) == []  # another tenant's task is invisible
         assert b_ro.post("/v1/workers/claim", json={"task_types": ["RT"]}).status_code == 403
@@ -112,15 +101,15 @@ def test_protocol_round_trip_and_tenant_scope(srv: Server) -> None:
         assert _event_types(a, task)[-1:] == ["succeeded"]
         assert _event_types(a, task) == [
             "created", "queued", "started", "progress", "log.line", "succeeded"]
-    with srv.admin() as admin:
+    with worker_server.admin() as admin:
         audit = admin.get("/v1/audit", params={"resource_type": "task", "action": "completed"})
         completed = [x for x in audit.json()["items"] if x["resource"]["identifier"] == task]
         assert len(completed) == 1  # the refused (stale) completion wrote no audit row
 
 
-def test_long_poll_cancel_and_fail(srv: Server) -> None:
-    _, key = srv.tenant()
-    with srv.client(key) as c:
+def test_long_poll_cancel_and_fail(worker_server: Server) -> None:
+    _, key = worker_server.tenant()
+    with worker_server.client(key) as c:
         got: list[list[dict[str, Any]]] = []
         poller = threading.Thread(
             target=lambda: got.append(_claim(c, ["LP"], wait=30)), daemon=True)
@@ -155,9 +144,9 @@ def test_long_poll_cancel_and_fail(srv: Server) -> None:
         assert {e["field"] for e in bad.json()["errors"]} == {"task_types", "max_tasks", "wait"}
 
 
-def test_expired_claim_is_rescued_and_its_token_goes_stale(srv: Server) -> None:
-    _, key = srv.tenant()
-    with srv.client(key) as c:
+def test_expired_claim_is_rescued_and_its_token_goes_stale(worker_server: Server) -> None:
+    _, key = worker_server.tenant()
+    with worker_server.client(key) as c:
         task = _submit(c, "EXP")
         (first,) = _claim(c, ["EXP"], claim_ttl=1)
         # No heartbeat: the server's maintenance requeues the task; a new claim takes it.
@@ -171,26 +160,26 @@ def test_expired_claim_is_rescued_and_its_token_goes_stale(srv: Server) -> None:
         assert r.status_code == 200 and r.json()["status"] == "SUCCESS"
 
 
-def _remote_worker(srv: Server, key: str, *args: str) -> subprocess.Popen[bytes]:
+def _remote_worker(worker_server: Server, key: str, *args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CREEP_API_KEY": key}
     env.pop("CREEP_DATABASE_URL", None)
     return subprocess.Popen(
         [sys.executable, "-m", "creep.cli", "worker", "--app", "tests.apps.http_app:app",
-         "--api-url", srv.url, "--log-level", "WARNING", "--concurrency", "4", *args],
+         "--api-url", worker_server.url, "--log-level", "WARNING", "--concurrency", "4", *args],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
 
 
-def test_python_worker_over_http(srv: Server) -> None:
-    _, key = srv.tenant()
-    _, other_key = srv.tenant()
-    with srv.client(key) as c, srv.client(other_key) as other:
+def test_python_worker_over_http(worker_server: Server) -> None:
+    _, key = worker_server.tenant()
+    _, other_key = worker_server.tenant()
+    with worker_server.client(key) as c, worker_server.client(other_key) as other:
         echo = [_submit(c, "ECHO", input_payload={"i": i}) for i in range(5)]
         refused = _submit(c, "REFUSE")
         flaky = _submit(c, "FLAKY")
         untouched = _submit(other, "ECHO")
         # Let the FLAKY retry come due at once.
-        worker = _remote_worker(srv, key, "--burst")
+        worker = _remote_worker(worker_server, key, "--burst")
         out, _ = worker.communicate(timeout=120)
         assert worker.returncode == 0, out.decode()
         for task_id in echo:
@@ -207,11 +196,11 @@ def test_python_worker_over_http(srv: Server) -> None:
         assert other.get(f"/v1/tasks/{untouched}").json()["status"] == "QUEUED"
 
 
-def test_python_worker_over_http_is_cancelled_and_stops_on_sigterm(srv: Server) -> None:
-    _, key = srv.tenant()
-    with srv.client(key) as c:
+def test_python_worker_over_http_is_cancelled_and_stops_on_sigterm(worker_server: Server) -> None:
+    _, key = worker_server.tenant()
+    with worker_server.client(key) as c:
         task = _submit(c, "WAIT_FOR_CANCEL")
-        worker = _remote_worker(srv, key, "--claim-ttl", "3", "--shutdown-grace", "5")
+        worker = _remote_worker(worker_server, key, "--claim-ttl", "3", "--shutdown-grace", "5")
         try:
             _wait_for(lambda: c.get(f"/v1/tasks/{task}").json()["status"] == "RUNNING",
                       "the worker to claim the task")
@@ -227,7 +216,7 @@ def test_python_worker_over_http_is_cancelled_and_stops_on_sigterm(srv: Server) 
         assert worker.returncode == 0, out.decode()
 
 
-def test_remote_worker_with_a_bad_key_exits_non_zero(srv: Server) -> None:
-    worker = _remote_worker(srv, "not-a-valid-key-" + "y" * 20, "--burst")
+def test_remote_worker_with_a_bad_key_exits_non_zero(worker_server: Server) -> None:
+    worker = _remote_worker(worker_server, "not-a-valid-key-" + "y" * 20, "--burst")
     out, _ = worker.communicate(timeout=60)
     assert worker.returncode != 0 and b"401" in out

@@ -431,15 +431,15 @@ class AssetStoreBase:
         row = self._x(conn, "SELECT correlation_id FROM tasks WHERE task_id = ?",
                       (task_id,)).fetchone()
         if row is None:
-            d = self._adialect
-            row = self._x(
-                conn,
-                "SELECT e.correlation_id FROM leases l JOIN asset_events e "
-                "ON e.asset_id = l.asset_id AND e.lease_id = l.lease_id "
-                f"WHERE {d.by_task.replace('task_priority', 'l.task_priority')}l.task_id = ? "
-                "AND e.task_id = ? LIMIT 1",
-                (task_id, task_id),
+            lease = self._x(
+                conn, f"SELECT asset_id, lease_id FROM leases WHERE {self._adialect.by_task}"
+                "task_id = ? LIMIT 1", (task_id,),
             ).fetchone()
+            if lease is not None:
+                row = self._x(
+                    conn, "SELECT correlation_id FROM asset_events WHERE asset_id = ? "
+                    "AND lease_id = ? LIMIT 1", (lease[0], lease[1]),
+                ).fetchone()
         return None if row is None else row[0]
 
     def _leases_with_tasks(
