@@ -561,19 +561,24 @@ class SqliteStore(
         # return compact rows: the fields a worker needs plus the whole claimed row as one
         # JSON array, decoded only when a handler reads ctx.task (see _claimed). Handing
         # ~45 separate columns to Python cost more than the row update itself.
-        rows = [] if len(hinted) >= limit else conn.execute(
+        # Each statement returns one row (a JSON document), not one row per task: every
+        # row stepped out of SQLite takes the GIL back, and while the event loop runs
+        # handlers each such take can wait a whole switch interval (5 ms), which made a
+        # 500-task claim beside a busy loop take seconds. So the claim picks its rowids,
+        # updates them, writes their 'started' events and reads them back, all set-based.
+        if len(hinted) >= limit:
+            return hinted, token
+        picked = conn.execute(
+            _CLAIM_PICK_SQL, (now_us, _ids_json(task_types), limit - len(hinted), tenant_id),
+        ).fetchone()[0]
+        if picked == "[]":
+            return hinted, token
+        conn.execute(
             _CLAIM_SQL,
-            (now_us, worker_id, token, now_us + int(claim_ttl * 1e6),
-             _ids_json(task_types), limit - len(hinted), tenant_id),
-        ).fetchall()
-        if rows:
-            # The 'started' events from one JSON document (task id, tenant, attempt, priority)
-            # rather than nine bound values per row.
-            conn.execute(
-                _CLAIM_EVENTS_SQL,
-                (orjson.dumps([[r[0], r[7], r[2], r[4]] for r in rows]).decode(),
-                 dumps({"worker_id": worker_id}), now_us),
-            )
+            (now_us, worker_id, token, now_us + int(claim_ttl * 1e6), picked),
+        )
+        conn.execute(_CLAIM_EVENTS_SQL, (picked, dumps({"worker_id": worker_id}), now_us))
+        rows = orjson.loads(conn.execute(_CLAIM_ROWS_SQL, (picked,)).fetchone()[0])
         return [*hinted, *rows], token
 
     def task_heartbeat(
@@ -584,11 +589,12 @@ class SqliteStore(
             return result
         tokens = dict(claims)
         with self._write() as conn:
-            rows = conn.execute(
-                "SELECT task_id, claim_token, status, cancel_requested FROM tasks "
-                "WHERE task_id IN (SELECT value FROM json_each(?))",
+            # One row back, not one per claim (see _claim_rows).
+            rows = orjson.loads(conn.execute(
+                "SELECT json_group_array(json_array(task_id, claim_token, status, "
+                "cancel_requested)) FROM tasks WHERE task_id IN (SELECT value FROM json_each(?))",
                 (_ids_json(list(tokens)),),
-            ).fetchall()
+            ).fetchone()[0])
             held = []
             seen = set()
             for task_id, token, status, cancel in rows:
@@ -631,14 +637,21 @@ class SqliteStore(
             check_transition(TaskStatus.RUNNING, status)
         now_us = us(now)
         plain, doc = _apply_document(items)
+        # Which tasks still run under their claim is read first, as one JSON document (see
+        # _claim_rows: a row per task would take the GIL back once per task); the events and
+        # the update that follow, in the same write transaction, match exactly those tasks.
         rows: list[Any] = []
         if plain:  # the usual completion, a success: constants in the SQL, not per row
-            conn.execute(_SUCCESS_EVENTS_SQL, (plain, now_us))
-            rows = conn.execute(_SUCCESS_UPDATE_SQL, (plain, now_us)).fetchall()
+            rows = orjson.loads(conn.execute(_SUCCESS_HELD_SQL, (plain,)).fetchone()[0])
+            if rows:
+                conn.execute(_SUCCESS_EVENTS_SQL, (plain, now_us))
+                conn.execute(_SUCCESS_UPDATE_SQL, (plain, now_us))
         stopped: list[str] = []
         if doc:
-            conn.execute(_APPLY_EVENTS_SQL, (doc, now_us))
-            general = conn.execute(_APPLY_UPDATE_SQL, (doc, now_us)).fetchall()
+            general = orjson.loads(conn.execute(_APPLY_HELD_SQL, (doc,)).fetchone()[0])
+            if general:
+                conn.execute(_APPLY_EVENTS_SQL, (doc, now_us))
+                conn.execute(_APPLY_UPDATE_SQL, (doc, now_us))
             stopped = [r[0] for r in general if r[1] == "QUEUED" and r[4]]
             rows += general
         succeeded = [r[0] for r in rows if r[2] and r[1] == "SUCCESS"]
@@ -1080,23 +1093,25 @@ _COMPACT = ("task_id", "task_type", "attempt", "max_attempts", "priority", "crea
 #: json_array() refuses BLOBs; the JSON columns may hold either (bound as bytes or text).
 _ROW_JSON = "json_array({})".format(", ".join(
     f"CAST({c} AS TEXT)" if c in _JSON_COLUMNS else c for c in TASK_COLUMNS))
-_CLAIM_SQL = f"""UPDATE tasks SET status = 'RUNNING', attempt = attempt + 1, started_at = ?1,
+_CLAIM_PICK_SQL = """SELECT json_group_array(rowid) FROM (
+    SELECT rowid FROM tasks
+    WHERE status = 'QUEUED' AND has_hints = false AND run_after <= ?1
+      AND task_type IN (SELECT value FROM json_each(?2))
+      AND (?4 IS NULL OR tenant_id = ?4)
+    ORDER BY priority DESC, created_at LIMIT ?3)"""
+_CLAIM_SQL = """UPDATE tasks SET status = 'RUNNING', attempt = attempt + 1, started_at = ?1,
     updated_at = ?1, claimed_by = ?2, claim_token = ?3, claim_expires_at = ?4,
     deadline_at = ?1 + timeout_ms * 1000, task_version = task_version + 1,
     cancel_requested = 0, progress_message = NULL
-WHERE rowid IN (
-    SELECT rowid FROM tasks
-    WHERE status = 'QUEUED' AND has_hints = false AND run_after <= ?1
-      AND task_type IN (SELECT value FROM json_each(?5))
-      AND (?7 IS NULL OR tenant_id = ?7)
-    ORDER BY priority DESC, created_at LIMIT ?6)
-RETURNING {", ".join(_COMPACT)}, {_ROW_JSON}"""
+WHERE rowid IN (SELECT value FROM json_each(?5))"""
 _CLAIM_EVENTS_SQL = """
 INSERT INTO task_events (task_id, tenant_id, event_type, from_status, to_status, attempt,
     payload, created_at, task_priority)
-SELECT o.value ->> 0, o.value ->> 1, 'started', 'QUEUED', 'RUNNING', o.value ->> 2, ?2, ?3,
-    o.value ->> 3
-FROM json_each(?1) o"""
+SELECT task_id, tenant_id, 'started', 'QUEUED', 'RUNNING', attempt, ?2, ?3, priority
+FROM tasks WHERE rowid IN (SELECT value FROM json_each(?1))"""
+#: The claimed rows as one JSON array of compact rows (the row itself nested as an array).
+_CLAIM_ROWS_SQL = f"""SELECT json_group_array(json_array({", ".join(_COMPACT)}, {_ROW_JSON}))
+FROM tasks WHERE rowid IN (SELECT value FROM json_each(?1))"""
 
 
 _GRACE_MS = "json_extract(CAST(constraints AS TEXT), '$.timeout_grace_ms')"
@@ -1195,7 +1210,9 @@ def _apply_items(completions: Sequence[Completion]) -> list[_Apply]:
 
 
 def _claimed_task(row: Sequence[Any]) -> TaskOrder:
-    return _row_to_task(orjson.loads(row[-1]))  # a compact row: the JSON array at the end
+    # A compact row: the row last, as a JSON array (hinted claims) or already decoded (plain).
+    last = row[-1]
+    return _row_to_task(orjson.loads(last) if isinstance(last, str | bytes) else last)
 
 
 def _claimed(rows: list[Any], token: str) -> list[ClaimedTask]:
@@ -1271,8 +1288,7 @@ UPDATE tasks SET status = 'SUCCESS', result_code = 'OK', result_message = NULL,
     deadline_at = NULL, cancel_requested = 0, task_version = task_version + 1, updated_at = ?2
 FROM json_each(?1) o
 WHERE tasks.task_id = o.value ->> 0 AND tasks.claim_token = o.value ->> 1
-  AND tasks.status = 'RUNNING'
-RETURNING task_id, status, has_dependants, has_hints"""
+  AND tasks.status = 'RUNNING'"""
 _APPLY_UPDATE_SQL = """
 UPDATE tasks SET status = o.value ->> 2, result_code = o.value ->> 3,
     result_message = o.value ->> 4,
@@ -1288,8 +1304,19 @@ UPDATE tasks SET status = o.value ->> 2, result_code = o.value ->> 3,
     task_version = task_version + 1, updated_at = ?2
 FROM json_each(?1) o
 WHERE tasks.task_id = o.value ->> 0 AND tasks.claim_token = o.value ->> 1
-  AND tasks.status = 'RUNNING'
-RETURNING task_id, status, has_dependants, has_hints, cancel_requested"""
+  AND tasks.status = 'RUNNING'"""
+# The tasks the statements above will change, as `[task_id, new status, has_dependants,
+# has_hints, cancel_requested after the update]` rows of one JSON array: a task matches
+# only while it runs under that claim token, and a document lists a task once.
+_SUCCESS_HELD_SQL = """
+SELECT json_group_array(json_array(t.task_id, 'SUCCESS', t.has_dependants, t.has_hints, 0))
+FROM json_each(?1) o JOIN tasks t ON t.task_id = o.value ->> 0
+WHERE t.claim_token = o.value ->> 1 AND t.status = 'RUNNING'"""
+_APPLY_HELD_SQL = """
+SELECT json_group_array(json_array(t.task_id, o.value ->> 2, t.has_dependants, t.has_hints,
+    CASE WHEN o.value ->> 2 = 'QUEUED' THEN t.cancel_requested ELSE 0 END))
+FROM json_each(?1) o JOIN tasks t ON t.task_id = o.value ->> 0
+WHERE t.claim_token = o.value ->> 1 AND t.status = 'RUNNING'"""
 
 
 def _insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
