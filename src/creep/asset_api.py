@@ -19,6 +19,7 @@ from creep.domain.asset import (
     AssetStatus,
     currency_code,
     money,
+    name_items,
     validate_asset_changes,
     validate_asset_spec,
 )
@@ -59,9 +60,17 @@ class AssetApi:
                 specs.append(validate_asset_spec(fields, prefix=f"assets[{i}]."))
             except ValidationError as exc:
                 errors.extend(exc.errors)
+        seen: dict[str, int] = {}
+        for i, spec in enumerate(specs):
+            first = seen.setdefault(spec.asset_id, i)
+            if first != i:
+                errors.append((f"assets[{i}].asset_id", f"repeats assets[{first}].asset_id"))
         if errors:
             raise ValidationError(errors)
-        return self.store.asset_create_many(specs, self.clock.now())
+        try:
+            return self.store.asset_create_many(specs, self.clock.now())
+        except ValidationError as exc:  # an asset_id that exists already
+            raise name_items(exc, [s.asset_id for s in specs], "assets[{}].") from None
 
     def get_asset(self, asset_id: str, *, tenant_id: str | None = None) -> AssetSnapshot:
         return self.store.asset_get(asset_id, tenant_id)
@@ -83,14 +92,31 @@ class AssetApi:
         **changes: Any,
     ) -> AssetSnapshot:
         """Change an asset that still has `version == expected_version` (else VersionConflict)."""
-        return self.update_assets([(asset_id, expected_version, changes)], tenant_id=tenant_id)[0]
+        return self._update_assets(
+            [(asset_id, expected_version, changes)], tenant_id, by_item=False)[0]
 
     def update_assets(
         self, items: Iterable[tuple[str, int, Mapping[str, Any]]], *,
         tenant_id: str | None = None,
     ) -> list[AssetSnapshot]:
-        """Bulk update, all or nothing: (asset_id, expected_version, changes) each."""
-        checked = [(a, v, validate_asset_changes(c)) for a, v, c in items]
+        """Bulk update, all or nothing: (asset_id, expected_version, changes) each. Errors
+        name the item: `items[1].max_concurrency`."""
+        return self._update_assets(list(items), tenant_id, by_item=True)
+
+    def _update_assets(
+        self, items: list[tuple[str, int, Mapping[str, Any]]], tenant_id: str | None,
+        by_item: bool,
+    ) -> list[AssetSnapshot]:
+        errors: list[tuple[str, str]] = []
+        checked = []
+        for i, (asset_id, version, changes) in enumerate(items):
+            try:
+                checked.append((asset_id, version, validate_asset_changes(
+                    changes, f"items[{i}]." if by_item else "")))
+            except ValidationError as exc:
+                errors.extend(exc.errors)
+        if errors:
+            raise ValidationError(errors)
         seen: set[str] = set()
         for i, (asset_id, _, _) in enumerate(checked):
             if asset_id in seen:
@@ -99,7 +125,12 @@ class AssetApi:
             seen.add(asset_id)
             if not is_uuid(asset_id):
                 raise NotFound("asset", asset_id)
-        return self.store.asset_update_many(checked, self.clock.now(), tenant_id=tenant_id)
+        try:
+            return self.store.asset_update_many(checked, self.clock.now(), tenant_id=tenant_id)
+        except ValidationError as exc:  # max_concurrency below an asset's current leases
+            if not by_item:
+                raise
+            raise name_items(exc, [a for a, _, _ in checked], "items[{}].") from None
 
     def ban_asset(
         self, asset_id: str, *, reason: str | None = None, tenant_id: str | None = None
@@ -153,6 +184,7 @@ class AssetApi:
         self, *, tenant_id: str | None = None, task_id: str | None = None,
         asset_id: str | None = None, status: str | None = None, limit: int = 1000,
     ) -> list[Lease]:
+        _check_limit(limit)
         return self.store.lease_list(
             tenant_id=tenant_id, task_id=task_id, asset_id=asset_id, status=status, limit=limit
         )
@@ -176,6 +208,7 @@ class AssetApi:
         """Events of an asset or a task, oldest first."""
         if asset_id is None and task_id is None:
             raise ValidationError.single("asset_id", "give asset_id or task_id")
+        _check_limit(limit)
         return self.store.asset_events_list(
             tenant_id=tenant_id, asset_id=asset_id, task_id=task_id, event_type=event_type,
             limit=limit,
@@ -185,6 +218,7 @@ class AssetApi:
         self, correlation_id: str, *, tenant_id: str | None = None, limit: int = 1000
     ) -> list[AssetEvent]:
         """Every event of one correlation_id, in time order."""
+        _check_limit(limit)
         return self.store.asset_events_list(
             tenant_id=tenant_id, correlation_id=correlation_id, limit=limit
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -225,8 +225,29 @@ def validate_asset_spec(data: Mapping[str, Any], prefix: str = "") -> AssetSpec:
     return spec
 
 
-def validate_asset_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
-    """Check an update's fields; returns them normalised."""
+def name_items(exc: ValidationError, asset_ids: Sequence[str], template: str) -> ValidationError:
+    """The errors of a bulk call named by item: an error whose message names one of the
+    call's assets (as the store's do: "asset <id> already exists") gets that item's name
+    (`template.format(i)` + field, e.g. `assets[3].asset_id`), like the call's other errors."""
+    index = {asset_id: i for i, asset_id in enumerate(asset_ids)}
+    errors = []
+    for name, rule in exc.errors:
+        hit = next((i for asset_id, i in index.items() if asset_id in rule), None)
+        errors.append((name if hit is None else f"{template.format(hit)}{name}", rule))
+    return ValidationError(errors)
+
+
+def validate_asset_changes(changes: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Check an update's fields; returns them normalised. Errors are named `prefix` + field."""
+    try:
+        return _asset_changes(changes)
+    except ValidationError as exc:
+        if not prefix:
+            raise
+        raise ValidationError([(prefix + f, rule) for f, rule in exc.errors]) from None
+
+
+def _asset_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     errors: list[tuple[str, str]] = []
     out: dict[str, Any] = {}
     for name, value in changes.items():

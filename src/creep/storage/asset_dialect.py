@@ -104,6 +104,7 @@ class SqliteDialect:
     #: the alias holding status, priority, created_at, run_after, has_hints, task_type).
     queue_from = "tasks t"
     qa = "t"
+    queue_table = "tasks"  # the table `qa` aliases
     skip_locked_t = ""
     #: What a condition on asset_events.correlation_id starts with for the correlation index
     #: (task_priority, correlation_id, occurred_at) to serve it (SQLite migration 0011).
@@ -333,6 +334,7 @@ class PostgresDialect:
     #: tasks row, as every writer of tasks takes it first.
     queue_from = "task_queue q JOIN tasks t ON t.task_id = q.task_id"
     qa = "q"
+    queue_table = "task_queue"
     skip_locked_t = " FOR UPDATE OF t SKIP LOCKED"
     by_correlation = ""  # the correlation index leads with correlation_id
 

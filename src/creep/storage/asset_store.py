@@ -172,7 +172,8 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
         if "max_concurrency" in plain and plain["max_concurrency"] < asset.current_concurrency:
             raise ValidationError.single(
                 "max_concurrency",
-                f"must be >= current_concurrency ({asset.current_concurrency})",
+                f"must be >= current_concurrency ({asset.current_concurrency}) of asset "
+                f"{asset.asset_id}",
             )
         for name, value in plain.items():
             setattr(asset, name, value)

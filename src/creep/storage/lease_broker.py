@@ -111,6 +111,7 @@ class LeaseBrokerMixin(AssetStoreBase):
         # Tasks of one kind carry the same hints and constraints text: decoded once each
         # (matching only reads them).
         decoded: dict[str, Any] = {}
+        order: dict[str, tuple[int, Any]] = {}  # each task's claim-order key
         # On PostgreSQL, t's status and run_after are re-checked on the row version the lock
         # reads: task_queue (q) is not re-read, and a retry may have committed a backoff.
         # Page through hinted tasks in claim order until `limit` are matched: tasks whose
@@ -120,7 +121,7 @@ class LeaseBrokerMixin(AssetStoreBase):
                 conn,
                 "SELECT t.task_id, t.tenant_id, t.project_id, t.env, t.correlation_id, "
                 "t.currency, t.max_total_cost, t.resource_hints, t.constraints, t.priority, "
-                f"{d.row_key} FROM {d.queue_from} WHERE {q}.status = 'QUEUED' AND t.status = 'QUEUED' "
+                f"{d.row_key}, {q}.created_at FROM {d.queue_from} WHERE {q}.status = 'QUEUED' AND t.status = 'QUEUED' "
                 f"AND {q}.has_hints = true AND {q}.run_after <= ? AND t.run_after <= ? AND "
                 f"{d.in_texts(q + '.task_type')}{f' AND {q}.tenant_id = ?' if tenant_id else ''} "
                 f"{spare}ORDER BY {q}.priority DESC, {q}.created_at "
@@ -131,7 +132,7 @@ class LeaseBrokerMixin(AssetStoreBase):
             ).fetchall()
             demands: list[Demand] = []
             for (task_id, tenant, project, env, corr, currency, budget, hints, cons, prio,
-                 row_key) in rows:
+                 row_key, created) in rows:
                 if task_id in refs:
                     # Read on an earlier page already: on PostgreSQL each page is a new
                     # snapshot, and a commit in between (a submit ahead of it in claim order)
@@ -142,6 +143,7 @@ class LeaseBrokerMixin(AssetStoreBase):
                 # attempt itself: the task's lease_ids, timeout_ms and attempt are not read.
                 refs[task_id] = TaskRef(task_id, tenant, project, env, corr, priority=prio,
                                         row_key=row_key)
+                order[task_id] = (-prio, created)
                 constraints = _decoded(d, cons, decoded)
                 demands.append(Demand(
                     task_id=task_id, tenant_id=tenant, currency=currency,
@@ -161,8 +163,12 @@ class LeaseBrokerMixin(AssetStoreBase):
             if len(claimed) >= limit or len(rows) < page:
                 break
             if (not any(c.spare > 0 for c in lane_candidates(candidates, lane))
-                    and len(kinds) == kinds_before):
-                break  # the pool (the lane's) is used up: looking further cannot match
+                    and len(kinds) == kinds_before
+                    and not self._spare_elsewhere(conn, pool, batch)):
+                # The assets loaded (the lane's) are used up and no other asset has room:
+                # looking further cannot match. (Another asset with room may serve a kind
+                # the next pages ask for: then the scan goes on, up to its bound.)
+                break
 
         if over_budget or claimed:
             d.durable_commit(conn)  # what follows writes leases, charges or failures
@@ -171,11 +177,62 @@ class LeaseBrokerMixin(AssetStoreBase):
                 conn, over_budget, "BUDGET_EXCEEDED",
                 "leasing the matched assets would exceed max_total_cost", now,
             )
+        if claimed:
+            claimed = self._in_claim_order(
+                conn, claimed, order, task_types, limit, now, tenant_id)
         if not claimed:
             return []
         return self._lease_and_claim(
             conn, claimed, refs, snapshots, worker_id, token, now, claim_ttl, batch
         )
+
+    def _in_claim_order(
+        self, conn: Any, claimed: list[Match], order: Mapping[str, tuple[int, Any]],
+        task_types: Sequence[str], limit: int, now: datetime, tenant_id: str | None,
+    ) -> list[Match]:
+        """The matched hinted tasks that belong in this claim: a claim takes the first
+        `limit` claimable tasks in (priority desc, created_at) order, hinted or plain, so a
+        plain task of higher priority is not pushed out by hinted ones the pool can serve.
+        The rest stay QUEUED, unleased, for the next claim."""
+        d = self._adialect
+        q = d.qa
+        plain = self._x(
+            conn,
+            f"SELECT {q}.priority, {q}.created_at FROM {d.queue_table} {q} "
+            f"WHERE {q}.status = 'QUEUED' AND {q}.has_hints = false AND {q}.run_after <= ? "
+            f"AND {d.in_texts(q + '.task_type')}{f' AND {q}.tenant_id = ?' if tenant_id else ''} "
+            f"ORDER BY {q}.priority DESC, {q}.created_at LIMIT ?",
+            (d.ts(now), d.texts(task_types), *([tenant_id] if tenant_id else []), limit),
+        ).fetchall()
+        if not plain:
+            return claimed
+        # Ties go to the hinted task: it has its assets now, the plain one can wait a round.
+        ranked = sorted([(*order[m.task_id], 0, i) for i, m in enumerate(claimed)]
+                        + [(-p, created, 1, 0) for p, created in plain])[:limit]
+        keep = {i for _, _, kind, i in ranked if kind == 0}
+        return [m for i, m in enumerate(claimed) if i in keep]
+
+    def _spare_elsewhere(
+        self, conn: Any, pool: Mapping[str, Candidate], batch: Pending | None
+    ) -> bool:
+        """Whether an asset outside `pool` could take a lease now. Assets `batch` changed are
+        judged by their state in memory (their rows are not written yet)."""
+        held = set(batch.dirty) if batch is not None else set()
+        if batch is not None and any(
+            a.asset_id not in pool and a.status in LEASABLE
+            and a.current_concurrency < a.max_concurrency
+            for a in (batch.assets[i] for i in held if i in batch.assets)
+        ):
+            return True
+        d = self._adialect
+        skip = sorted(set(pool) | held)
+        return self._x(
+            conn,
+            "SELECT 1 FROM assets WHERE status IN ('READY', 'IN_USE') AND "
+            "current_concurrency < max_concurrency"
+            + (f" AND NOT ({d.in_ids('asset_id')})" if skip else "") + " LIMIT 1",
+            (d.ids(skip),) if skip else (),
+        ).fetchone() is not None
 
     def _fill_spent(self, conn: Any, demands: Sequence[Demand]) -> None:
         if not demands:

@@ -34,7 +34,13 @@ from creep.api.openapi import BODY_MODELS
 from creep.api.responses import decode_cursor, encode_cursor, json_response
 from creep.api.services import Services, services
 from creep.api.tenancy import foreign_tenant_filter, list_scope, owning_tenant, read_scope
-from creep.domain.asset import AssetFilter, AssetSpec, AssetStatus, validate_asset_spec
+from creep.domain.asset import (
+    AssetFilter,
+    AssetSpec,
+    AssetStatus,
+    name_items,
+    validate_asset_spec,
+)
 from creep.domain.audit import AuditAction, ResourceType
 from creep.domain.errors import NotFound, ValidationError
 from creep.domain.ids import is_uuid
@@ -126,13 +132,7 @@ def create_assets(
 def _indexed(exc: ValidationError, specs: list[AssetSpec]) -> ValidationError:
     """The store names an existing asset by id; a list import names it by index too
     (`[3].asset_id`), like every other error of the list, so a client can find the row."""
-    index = {s.asset_id: i for i, s in enumerate(specs)}
-    errors = []
-    for field, rule in exc.errors:
-        hit = next((i for aid, i in index.items() if aid in rule), None)
-        errors.append((f"[{hit}].{field}" if hit is not None and field == "asset_id" else field,
-                       rule))
-    return ValidationError(errors)
+    return name_items(exc, [s.asset_id for s in specs], "[{}].")
 
 
 @router.get("/assets", response_model=AssetPage, responses={422: _PROBLEMS[422]})
