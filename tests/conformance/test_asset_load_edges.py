@@ -1,4 +1,5 @@
-"""Review of assets, hinted claims and leases under load (through the public Python API)."""
+"""Assets, hinted claims and leases under load, and bulk asset errors (through the public
+Python API): claim order across hinted and plain tasks, the hinted scan bound, item names."""
 
 from __future__ import annotations
 
