@@ -234,3 +234,79 @@ def test_an_invalid_creep_log_level_crashes_creep_worker_with_a_traceback(tmp_pa
     out = done.stdout + done.stderr
     assert "Traceback" not in out, out[-600:]
     assert done.returncode == 2, (done.returncode, out[-600:])
+
+
+# -- a failed claim ------------------------------------------------------------------------------
+
+
+def test_a_failed_claim_is_tried_again_shortly_not_at_the_next_poll(db_url: str) -> None:
+    """A claim that failed on the database (a connection reset) spent the wake-up that
+    started it: the worker then slept until its next poll (30 s here) with a task waiting.
+    It tries again after a short pause instead."""
+    from creep import StorageError
+
+    app = Creep(db_url)
+    started: list[str] = []
+
+    @app.handler("PING")
+    async def ping(ctx: TaskContext) -> None:
+        started.append(ctx.task_id)
+
+    task = app.submit(task_type="PING")  # before the worker: no wake-up after the failure
+    claim = app.store.task_claim
+    failures = [StorageError("connection reset")]
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        if failures:
+            raise failures.pop()
+        return claim(*args, **kwargs)
+
+    app.store.task_claim = flaky  # type: ignore[method-assign]
+    worker = app.worker(poll_interval=30.0, maintenance=False)
+    runner = threading.Thread(target=lambda: asyncio.run(worker.run()), daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and not started:
+            time.sleep(0.02)
+        assert not failures and started == [task.task_id]
+    finally:
+        worker.request_stop()
+        runner.join(15)
+        app.close()
+
+
+def test_a_handlers_heartbeat_and_progress_wait_out_a_storage_failure(db_url: str) -> None:
+    """ctx.heartbeat() and ctx.progress() on a database that failed for a moment raised
+    creep's StorageError into the handler: its task was retried, charged an attempt (and on
+    its last attempt dead-lettered). They are tried again instead, as the worker's own
+    heartbeat is."""
+    from creep import StorageError
+
+    app = Creep(db_url)
+
+    @app.handler("BEAT")
+    async def beat(ctx: TaskContext) -> str:
+        await ctx.heartbeat()
+        await ctx.progress(50, "half")
+        return "done"
+
+    task = app.submit(task_type="BEAT")
+    store = app.store
+    failures = {"task_heartbeat": 2, "task_progress": 2}
+    for name in failures:
+        original = getattr(store, name)
+
+        def flaky(*args: object, _name: str = name, _fn: object = original,
+                  **kwargs: object) -> object:
+            if failures[_name]:
+                failures[_name] -= 1
+                raise StorageError("terminating connection due to administrator command")
+            return _fn(*args, **kwargs)  # type: ignore[operator]
+
+        setattr(store, name, flaky)
+    app.run_worker(burst=True, install_signals=False)
+    done = app.get_task(task.task_id)
+    assert failures == {"task_heartbeat": 0, "task_progress": 0}
+    assert (done.status, done.attempt, done.progress) == (TaskStatus.SUCCESS, 1, 100)
+    app.close()

@@ -1,5 +1,6 @@
 """Leader-only maintenance in a background thread, for processes that run no DB worker
-(the API server, whose HTTP workers cannot rescue expired claims themselves).
+(the API server, whose HTTP workers cannot rescue expired claims themselves): the task
+sweeps and the asset sweeps, as a worker leading runs them.
 
 Same lock and sweep as the Worker's maintainer (`creep.maintenance` in task_locks), so any
 number of servers and workers share one leader.
@@ -53,6 +54,12 @@ class Maintainer:
         if self._token is None:
             return None
         report = self.store.task_maintain(now, self.backoff, self.timeout_grace)
+        # The asset sweeps too (cooling ends, NO_RESOURCE), as a worker leading does: the
+        # leader is whichever process took the lock first, often a server.
+        swept = self.store.asset_maintain(now)
+        if swept.total():
+            log.info("asset maintenance: cooled=%d no_resource=%d", swept.cooled,
+                     swept.no_resource)
         if report.total():
             log.info("maintenance: promoted=%d rescued=%d timed_out=%d dead_lettered=%d",
                      report.promoted, report.rescued, report.timed_out, report.dead_lettered)

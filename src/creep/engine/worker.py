@@ -435,6 +435,9 @@ class Worker:
                 raise
             log.warning("claiming failed, trying again shortly: %s", exc)
             await asyncio.sleep(min(self.settings.poll_interval, 0.2))
+            # The wake-up this claim answered (a NOTIFY) was spent on it: claim again now,
+            # not at the next poll.
+            self._wake.set()
             return []
 
     async def _wait_for_progress(self) -> None:
@@ -753,11 +756,33 @@ class Worker:
                 log.warning("task %s: claim lost; abandoning it", task_id)
                 self._stop_task(task_id, "lost", sent.get(task_id))
 
+    async def _call_outlasting(self, fn: Callable[..., T], *args: Any) -> T | None:
+        """A handler's own heartbeat or progress report: a storage failure (a connection reset,
+        the database restarting) is waited out and the call tried again, as the background
+        heartbeat does, rather than raised into the handler (which would charge the task an
+        attempt). Past the claim TTL the claim has lapsed anyway: None, and the background
+        heartbeat tells the run it was lost."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.claim_ttl
+        delay = 0.05
+        while True:
+            try:
+                return await self._call(fn, *args)
+            except StorageError as exc:
+                if isinstance(exc, SchemaOutOfDate) or loop.time() + delay > deadline:
+                    log.warning("%s failed, giving up: %s", fn.__name__, exc)
+                    return None
+                log.warning("%s failed, trying again: %s", fn.__name__, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
     async def heartbeat_one(self, ctx: TaskContext) -> None:
-        result = await self._call(
+        result = await self._call_outlasting(
             self.store.task_heartbeat, self.worker_id, [(ctx.task_id, ctx.claim_token)],
             self.clock.now(), self.settings.claim_ttl,
         )
+        if result is None:
+            return
         if result.lost:
             self._stop_task(ctx.task_id, "lost", ctx.claim_token)
             ctx._mark_cancelled("lost")
@@ -783,10 +808,12 @@ class Worker:
                 self._stop_run(run, "lease_revoked")
 
     async def progress_one(self, ctx: TaskContext, percent: int, message: str | None) -> None:
-        held = await self._call(
+        held = await self._call_outlasting(
             self.store.task_progress, ctx.task_id, ctx.claim_token, percent, storable(message),
             self.clock.now(),
         )
+        if held is None:
+            return
         if not held:
             self._stop_task(ctx.task_id, "lost", ctx.claim_token)
             ctx._mark_cancelled("lost")

@@ -10,6 +10,7 @@ import asyncio
 import codecs
 import contextlib
 import functools
+import select
 import threading
 import time
 import uuid
@@ -183,6 +184,33 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.commit()
 
 
+class _Pool(ConnectionPool):
+    """A pool that does not hand out connections whose server went away.
+
+    An idle connection has nothing to read unless its backend ended: a terminated backend
+    (pg_terminate_backend, a restart, a failover) leaves an error message and EOF on the
+    socket. Such a connection is probed, then closed and given back (the pool opens another)
+    instead of failing the caller's statement: a `creep server` answered 503 once per dead
+    pooled connection. The readiness poll costs no round trip on the hot path. (psycopg_pool's
+    own `check` callback would probe every checkout, and backs off a second or more after
+    each dead one.)"""
+
+    def getconn(self, timeout: float | None = None) -> psycopg.Connection[Any]:
+        for _ in range((self.max_size or 1) + 1):
+            conn = super().getconn(timeout)
+            readable, _, _ = select.select([conn.fileno()], [], [], 0)
+            if not readable:
+                return conn
+            try:  # something to read: most likely the end, but probe rather than guess
+                ConnectionPool.check_connection(conn)
+            except psycopg.Error:
+                conn.close()
+                self.putconn(conn)  # closed: discarded, and replaced in the background
+                continue
+            return conn
+        return super().getconn(timeout)
+
+
 def _json_default(value: Any) -> Any:
     from decimal import Decimal
 
@@ -285,7 +313,7 @@ class PostgresStore(
         self._lanes_lock = threading.Lock()
         self._lanes_closed = False
         try:
-            self.pool = ConnectionPool(
+            self.pool = _Pool(
                 self.conninfo, min_size=pool_min, max_size=pool_max, open=True,
                 configure=_configure, name="creep",
             )
