@@ -479,6 +479,12 @@ class PostgresStore(
                 audits = pending_writes.take_created_audits() if within is None else []
                 inserted = self._insert(conn, specs, tasks, has_dependants, now, audits)
             missing = [s for s in specs if s.task_id not in inserted]
+            if missing and any(d in by_id and d not in inserted
+                               for s in specs for d in s.depends_on):
+                # A dependency of this call lost its key to another submission after it was
+                # looked up: its dependants were built on a task never written. Tried again
+                # whole, they depend on the task that took the key, from its status.
+                raise StorageError(_IDEMPOTENCY_RACE)
             if missing:
                 # Idempotency keys that exist already: replay or conflict, decided by the
                 # unique constraint (the insert above skipped exactly these rows).

@@ -1,0 +1,69 @@
+"""The task graph at its edges: replays of submissions with dependencies, a dependency's key
+taken concurrently, field names of refused dependencies, retries after retention."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import psycopg
+
+from creep import Creep, TaskStatus
+from creep.domain.task import TaskOrder
+from tests.conftest import wait_until
+
+
+def _blocked_by(conn: psycopg.Connection[Any], holder_pid: int) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+        (holder_pid,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def test_a_dependency_key_taken_concurrently_replays_and_binds_its_dependant(
+    pg_schema_url: str,
+) -> None:
+    """PostgreSQL: when another submission commits an in-submission dependency's idempotency
+    key while this one waits, the dependency replays the task that took the key, and its
+    dependant depends on that task, starting from that task's status."""
+    app = Creep(pg_schema_url)
+    other = Creep(pg_schema_url)
+    holder = psycopg.connect(pg_schema_url)
+    watcher = psycopg.connect(pg_schema_url, autocommit=True)
+    try:
+        x = app.submit(task_type="T")
+        holder.execute("SELECT 1 FROM tasks WHERE task_id = %s FOR UPDATE", (x.task_id,))
+        a_id = str(uuid.uuid4())
+        orders: list[dict[str, Any]] = [
+            {"task_id": a_id, "idempotency_key": "kA", "task_type": "T"},
+            {"idempotency_key": "kB", "task_type": "T", "depends_on": [a_id, x.task_id]},
+        ]
+        result: list[list[TaskOrder] | BaseException] = []
+
+        def submit() -> None:
+            try:
+                result.append(app.submit_many(orders))
+            except BaseException as exc:  # reported below
+                result.append(exc)
+
+        t = threading.Thread(target=submit)
+        t.start()
+        # The submission looked kA up (absent) and now waits to lock its dependency x.
+        assert wait_until(lambda: _blocked_by(watcher, holder.info.backend_pid), 10.0)
+        won = other.submit(idempotency_key="kA", task_type="T")  # commits kA first
+        holder.rollback()
+        t.join(10.0)
+        assert not t.is_alive()
+        [out] = result
+        assert not isinstance(out, BaseException), repr(out)
+        assert out[0].replayed and out[0].task_id == won.task_id
+        b = app.get_task(out[1].task_id)
+        assert sorted(b.depends_on) == sorted([won.task_id, x.task_id])
+        assert b.status is TaskStatus.PENDING
+    finally:
+        holder.close()
+        watcher.close()
+        other.close()
+        app.close()
