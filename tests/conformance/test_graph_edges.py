@@ -14,6 +14,39 @@ from creep.domain.task import TaskOrder
 from tests.conftest import wait_until
 
 
+def _pair(a_id: str) -> list[dict[str, Any]]:
+    return [
+        {"task_id": a_id, "idempotency_key": "kA", "task_type": "T"},
+        {"idempotency_key": "kB", "task_type": "T", "depends_on": [a_id]},
+    ]
+
+
+def test_a_committed_submission_sent_again_with_new_ids_replays_every_order(
+    app: Creep,
+) -> None:
+    """A submission whose dependant names an in-submission dependency by a freshly drawn id
+    replays whole when sent again: the dependant's fingerprint is taken of the task its
+    dependency replays, so a client can resend a submission whose outcome it doesn't know."""
+    first = app.submit_many(_pair(str(uuid.uuid4())))
+    again = app.submit_many(_pair(str(uuid.uuid4())))  # the same orders, ids drawn anew
+    assert [t.replayed for t in again] == [True, True]
+    assert [t.task_id for t in again] == [t.task_id for t in first]
+    third = app.submit_many(_pair(str(uuid.uuid4())))
+    assert [t.task_id for t in third] == [t.task_id for t in first]
+
+
+def test_a_half_written_submission_sent_twice_more_replays_every_order(app: Creep) -> None:
+    """The dependant created by a resend (its dependency replayed) is fingerprinted with the
+    id it was re-bound to: a further resend with yet another id replays it too."""
+    a = app.submit(task_id=str(uuid.uuid4()), idempotency_key="kA", task_type="T")
+    second = app.submit_many(_pair(str(uuid.uuid4())))
+    assert [t.replayed for t in second] == [True, False]
+    assert app.get_task(second[1].task_id).depends_on == [a.task_id]
+    third = app.submit_many(_pair(str(uuid.uuid4())))
+    assert [t.replayed for t in third] == [True, True]
+    assert [t.task_id for t in third] == [t.task_id for t in second]
+
+
 def _blocked_by(conn: psycopg.Connection[Any], holder_pid: int) -> bool:
     row = conn.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",

@@ -8,7 +8,7 @@ import math
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -83,6 +83,9 @@ class TaskSpec:
     run_after: datetime | None
     max_attempts: int
     request_hash: str = field(default="")
+    #: The order request_hash was taken of, when that names its dependencies by id: see
+    #: rebind. None when it names none (or names them otherwise: a batch's refs).
+    sent: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
 class _Errors:
@@ -554,6 +557,8 @@ def validate_full(
     if errs.items:
         raise ValidationError(errs.items)
     spec.request_hash = request_fingerprint(data)  # of what was sent: before the stamp
+    if depends_on:
+        spec.sent = data
     if traced is None:
         traced = tracer() is not None
     if traced:
@@ -577,6 +582,24 @@ def request_fingerprint(data: Mapping[str, Any]) -> str:
             with contextlib.suppress(ValueError):
                 body[money] = str(parse_money(body[money]).normalize())
     return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def rebind(spec: TaskSpec, alias: Mapping[str, str]) -> TaskSpec:
+    """`spec` depending on the tasks `alias` stands for (the id of an order of the same
+    submission -> the id of the task it replays). A fingerprint of the ids sent is taken
+    again of the ids bound: sent again with ids drawn anew, the submission fingerprints as
+    the first one did, and replays instead of conflicting."""
+    depends_on = list(dict.fromkeys(alias.get(d, d) for d in spec.depends_on))
+    if spec.sent is None:
+        return replace(spec, depends_on=depends_on)
+
+    def bound(dep: Any) -> Any:  # the others as sent: the fingerprint took them so
+        key = _uuid(dep)
+        return dep if key is None else alias.get(key, dep)
+
+    sent = {**spec.sent, "depends_on": [bound(d) for d in spec.sent["depends_on"]]}
+    return replace(spec, depends_on=depends_on, request_hash=request_fingerprint(sent),
+                   sent=sent)
 
 
 def fast_fingerprint(data: Mapping[str, Any]) -> str:

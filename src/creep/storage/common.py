@@ -15,7 +15,7 @@ from creep.domain.errors import IdempotencyConflict, StorageError, ValidationErr
 from creep.domain.ids import is_uuid
 from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, Resolution, resolve
 from creep.domain.task import ResultCode, TaskOrder, TaskStatus
-from creep.domain.task_spec import TaskSpec
+from creep.domain.task_spec import TaskSpec, rebind
 
 TASK_COLUMNS: tuple[str, ...] = (
     "task_id", "idempotency_key", "tenant_id", "project_id", "env", "external_ref",
@@ -298,25 +298,28 @@ def bind_replayed_dependencies(
     """A submission whose orders depend on others of the same submission, some of which are
     replays (their idempotency key exists, or repeats an earlier order's): the dependants
     depend on the task a replay stands for, with its current status, not on a row that is
-    never written. Returns the plan that resolves the answer and the orders to create, their
-    depends_on rebound; (None, specs) when no order needs it."""
+    never written, and are fingerprinted so (rebind), replays among them too. Returns the
+    plan that resolves the answer and the orders to create, their depends_on rebound;
+    (None, specs) when no order needs it."""
     ids = {s.task_id for s in specs}
     if not any(d in ids for s in specs for d in s.depends_on):
         return None, list(specs)
-    plan = plan_replays(specs, lookup)
+    # Which task each order stands for is decided by its key alone; whether its body
+    # matches (plan_replays) is asked once its dependencies are bound.
+    found = {s.task_id: lookup(s) for s in specs}
+    first: dict[tuple[str, str, str], str] = {}
+    alias: dict[str, str] = {}
+    for spec in specs:
+        hit = found[spec.task_id]
+        target = hit[0].task_id if hit is not None else first.setdefault(
+            (spec.tenant_id, spec.env, spec.idempotency_key), spec.task_id)
+        if target != spec.task_id:
+            alias[spec.task_id] = target
+    bound = [rebind(s, alias) if any(d in alias for d in s.depends_on) else s for s in specs]
+    plan = plan_replays(bound, lambda s: found[s.task_id])
     if len(plan.fresh) == len(specs):
-        return None, list(specs)
-    alias = {
-        spec.task_id: target
-        for spec, slot in zip(specs, plan.slots, strict=True)
-        if (target := slot.task_id if isinstance(slot, TaskOrder) else slot) != spec.task_id
-    }
-    fresh = [
-        replace(s, depends_on=list(dict.fromkeys(alias.get(d, d) for d in s.depends_on)))
-        if any(d in alias for d in s.depends_on) else s
-        for s in plan.fresh
-    ]
-    return plan, fresh
+        return None, bound
+    return plan, plan.fresh
 
 
 #: The result_message of a task cancelled when its attempt ended in a retry (or its worker

@@ -99,6 +99,7 @@ def _plan(body: BatchIn, tenant_id: str, batch_id: str, svc: Services) -> list[T
             errors.extend(exc.errors)
             continue
         spec.request_hash = request_fingerprint(sent)
+        spec.sent = None  # of refs: re-binding to a replayed task leaves it as it is
         specs.append(spec)
     if errors:
         raise ValidationError(errors)
