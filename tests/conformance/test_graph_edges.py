@@ -8,8 +8,10 @@ import uuid
 from typing import Any
 
 import psycopg
+import pytest
 
-from creep import Creep, TaskStatus
+from creep import Creep, Fail, FrozenClock, TaskContext, TaskStatus
+from creep.domain.errors import ConflictError, NotFound
 from creep.domain.task import TaskOrder
 from tests.conftest import wait_until
 
@@ -100,3 +102,41 @@ def test_a_dependency_key_taken_concurrently_replays_and_binds_its_dependant(
         watcher.close()
         other.close()
         app.close()
+
+
+def test_a_dependant_of_a_failed_dependency_stays_unretryable_after_retention(
+    app: Creep, clock: FrozenClock
+) -> None:
+    """A dependant cancelled because its dependency FAILED cannot be retried, and still
+    cannot once creep.retention.tasks deleted that dependency: a dependency that no longer
+    exists has no known outcome, so the retry is refused and the task never runs."""
+    ran: list[str] = []
+
+    @app.handler("A")
+    def fail(ctx: TaskContext) -> None:
+        raise Fail(message="no")
+
+    @app.handler("B")
+    def run(ctx: TaskContext) -> None:
+        ran.append(ctx.task_id)
+
+    a = app.submit(task_type="A")
+    app.run_worker(burst=True, install_signals=False)
+    assert app.get_task(a.task_id).status is TaskStatus.FAILED
+    sch = app.scheduler(holder_id="A")  # the default retention jobs
+    sch.run_once()
+    clock.advance(days=29)
+    b = app.submit(task_type="B", depends_on=[a.task_id])
+    assert (b.status, b.result_code) == (TaskStatus.CANCELLED, "DEPENDENCY_FAILED")
+    with pytest.raises(ConflictError):
+        app.retry(b.task_id)
+    clock.advance(days=2)
+    sch.run_once()  # creep.retention.tasks deletes A (finished 31 days ago), keeps B
+    with pytest.raises(NotFound):
+        app.get_task(a.task_id)
+    assert app.get_task(b.task_id).depends_on == [a.task_id]
+    with pytest.raises(ConflictError, match=a.task_id):
+        app.retry(b.task_id)
+    assert app.get_task(b.task_id).status is TaskStatus.CANCELLED
+    app.run_worker(burst=True, install_signals=False)
+    assert ran == []

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from creep.domain.errors import IdempotencyConflict, StorageError, ValidationError
+from creep.domain.errors import ConflictError, IdempotencyConflict, StorageError, ValidationError
 from creep.domain.ids import is_uuid
 from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, Resolution, resolve
 from creep.domain.task import ResultCode, TaskOrder, TaskStatus
@@ -221,6 +221,21 @@ def check_dependencies(
     if errors:
         raise ValidationError(errors)
     return {task_id: status for task_id, (status, _) in found.items()}
+
+
+def check_retry_dependencies(task: TaskOrder, found: dict[str, str]) -> None:
+    """Refuse (ConflictError) to retry `task` unless every task its depends_on names
+    (`found`: id -> status) ended SUCCESS. One that no longer exists (retention deleted it)
+    refuses it too: the task's own row still names it, but whether it succeeded is lost."""
+    for dep in task.depends_on:
+        status = found.get(dep)
+        if status is None:
+            raise ConflictError(
+                f"task {task.task_id}: dependency {dep} no longer exists (retention deleted "
+                "it), so whether it succeeded is unknown: submit the task anew")
+        if status != TaskStatus.SUCCESS:
+            raise ConflictError(
+                f"task {task.task_id}: dependency {dep} is {status}, not SUCCESS")
 
 
 @dataclass(slots=True)

@@ -74,6 +74,7 @@ from creep.storage.common import (
     bind_replayed_dependencies,
     check_dependencies,
     check_known_schema,
+    check_retry_dependencies,
     dumps,
     initial_status,
     is_plain,
@@ -1079,15 +1080,13 @@ class PostgresStore(
             task = self._get(conn, task_id, tenant_id, lock=True)
             if task.status not in RETRYABLE_FROM:
                 raise IllegalTransition("task", task.status.value, TaskStatus.QUEUED.value)
-            blocked = conn.execute(
-                "SELECT p.task_id, p.status FROM task_dependencies d JOIN tasks p "
-                "ON p.task_id = d.depends_on_id WHERE d.task_id = %s AND p.status <> 'SUCCESS'",
-                (task_id,),
-            ).fetchone()
-            if blocked:
-                raise ConflictError(
-                    f"task {task_id}: dependency {blocked[0]} is {blocked[1]}, not SUCCESS"
-                )
+            if task.depends_on:
+                # By the ids the task's row names: retention deletes a finished dependency
+                # and its task_dependencies rows with it.
+                check_retry_dependencies(task, dict(conn.execute(
+                    "SELECT task_id, status FROM tasks WHERE task_id = ANY(%s::uuid[])",
+                    (task.depends_on,),
+                ).fetchall()))
             retries = retries_allowed(task.constraints)
             conn.execute(
                 """UPDATE tasks SET status = 'QUEUED', queued_at = %(now)s, run_after = %(now)s,

@@ -39,7 +39,9 @@ class RetentionSqlMixin(ScheduleSqlBase):
         """Delete finished tasks (and their events) that ended before `cutoff`, unless
         something live still refers to them: a task that has not finished depending on them,
         a schedule execution that has not followed its task yet (it would be called
-        interrupted), or a lease still ACTIVE (constraints.keep_leases)."""
+        interrupted), or a lease still ACTIVE (constraints.keep_leases). A finished dependant
+        does not keep them: it still names them, and its retry refuses a dependency that is
+        gone (check_retry_dependencies)."""
         marks = ", ".join("?" * len(_TERMINAL_TASK))
         with self._sx() as conn:
             ids = [

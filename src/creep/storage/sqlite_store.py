@@ -51,6 +51,7 @@ from creep.storage.common import (
     bind_replayed_dependencies,
     check_dependencies,
     check_known_schema,
+    check_retry_dependencies,
     dumps,
     initial_status,
     is_plain,
@@ -807,15 +808,14 @@ class SqliteStore(
             task = self._get_for_update(conn, task_id, tenant_id)
             if task.status not in RETRYABLE_FROM:
                 raise IllegalTransition("task", task.status.value, TaskStatus.QUEUED.value)
-            blocked = conn.execute(
-                "SELECT p.task_id, p.status FROM task_dependencies d JOIN tasks p "
-                "ON p.task_id = d.depends_on_id WHERE d.task_id = ? AND p.status <> 'SUCCESS'",
-                (task_id,),
-            ).fetchone()
-            if blocked:
-                raise ConflictError(
-                    f"task {task_id}: dependency {blocked[0]} is {blocked[1]}, not SUCCESS"
-                )
+            if task.depends_on:
+                # By the ids the task's row names: retention deletes a finished dependency
+                # and its task_dependencies rows with it.
+                check_retry_dependencies(task, dict(conn.execute(
+                    "SELECT task_id, status FROM tasks "
+                    "WHERE task_id IN (SELECT value FROM json_each(?))",
+                    (_ids_json(task.depends_on),),
+                ).fetchall()))
             retries = retries_allowed(task.constraints)
             conn.execute(
                 """UPDATE tasks SET status = 'QUEUED', queued_at = ?1, run_after = ?1,
