@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from creep import Creep, Fail, FrozenClock, TaskContext, TaskStatus
-from creep.domain.errors import ConflictError, NotFound
+from creep.domain.errors import ConflictError, NotFound, ValidationError
 from creep.domain.task import TaskOrder
 from tests.conftest import wait_until
 
@@ -102,6 +102,22 @@ def test_a_dependency_key_taken_concurrently_replays_and_binds_its_dependant(
         watcher.close()
         other.close()
         app.close()
+
+
+def test_an_unknown_dependency_is_named_by_the_order_as_submitted(app: Creep) -> None:
+    """A ValidationError for an unknown dependency names the order's position in the
+    submission as sent, replays counted (README: naming every field and rule)."""
+    a_id = str(uuid.uuid4())
+    app.submit(task_id=a_id, idempotency_key="kA", task_type="T")
+    b_id = str(uuid.uuid4())
+    with pytest.raises(ValidationError) as caught:
+        app.submit_many([
+            {"task_id": a_id, "idempotency_key": "kA", "task_type": "T"},  # a replay
+            {"task_id": b_id, "idempotency_key": "kB", "task_type": "T"},
+            {"idempotency_key": "kC", "task_type": "T",
+             "depends_on": [b_id, str(uuid.uuid4())]},  # the second id is unknown
+        ])
+    assert [field for field, _ in caught.value.errors] == ["tasks[2].depends_on[1]"]
 
 
 def test_a_dependant_of_a_failed_dependency_stays_unretryable_after_retention(

@@ -205,15 +205,22 @@ def json_default(value: Any) -> Any:
 
 
 def check_dependencies(
-    specs: Sequence[TaskSpec], found: dict[str, tuple[str, str]]
+    specs: Sequence[TaskSpec], found: dict[str, tuple[str, str]],
+    submitted: Sequence[TaskSpec] | None = None,
 ) -> dict[str, str]:
     """Reject unknown dependencies (a task of another tenant is unknown, too).
 
-    `found` maps existing task ids to (status, tenant_id). Returns id -> status.
+    `found` maps existing task ids to (status, tenant_id). Returns id -> status. An error
+    names an order by its place in `submitted` (the orders as sent, when `specs` leaves
+    replays out), else in `specs`.
     """
     in_batch = {s.task_id: s for s in specs}
+    place: dict[str, int] = {}
+    for i, spec in enumerate(submitted if submitted is not None else specs):
+        place.setdefault(spec.task_id, i)
     errors = []
-    for i, spec in enumerate(specs):
+    for spec in specs:
+        i = place[spec.task_id]
         for j, dep in enumerate(spec.depends_on):
             owner = in_batch[dep].tenant_id if dep in in_batch else found.get(dep, ("", ""))[1]
             if owner != spec.tenant_id:

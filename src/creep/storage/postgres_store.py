@@ -443,6 +443,7 @@ class PostgresStore(
                 return created
         with pending_writes.kept_on_error(), self._tx(within) as conn:
             # (Orders depending on others of this submission that are replays: see there.)
+            submitted = specs
             rebound, specs = bind_replayed_dependencies(
                 specs, self._replay_lookup(conn, specs, set()))
             by_id = {s.task_id: s for s in specs}
@@ -456,7 +457,7 @@ class PostgresStore(
                     (outside,),
                 ):
                     found[task_id] = (status, tenant)
-            dep_status: dict[str, str] = check_dependencies(specs, found)
+            dep_status: dict[str, str] = check_dependencies(specs, found, submitted)
             order = (
                 topological_order({s.task_id: s.depends_on for s in specs})
                 if any(s.depends_on for s in specs) else list(by_id)

@@ -339,10 +339,11 @@ class SqliteStore(
         one_statement = len(specs) <= _ONE_STATEMENT and not any(s.depends_on for s in specs)
         with self._write(within) as conn:
             # (Orders depending on others of this submission that are replays: see there.)
+            submitted = specs
             plan, specs = bind_replayed_dependencies(specs, self._replay_lookup(conn))
             if plan is not None:
                 prepared = None
-            dep_status = self._dependency_status(conn, specs)
+            dep_status = self._dependency_status(conn, specs, submitted)
             try:
                 if not one_statement:
                     conn.execute("SAVEPOINT fast_insert")
@@ -362,7 +363,8 @@ class SqliteStore(
         return out
 
     def _dependency_status(
-        self, conn: sqlite3.Connection, specs: Sequence[TaskSpec]
+        self, conn: sqlite3.Connection, specs: Sequence[TaskSpec],
+        submitted: Sequence[TaskSpec],  # as sent: errors name an order by its place there
     ) -> dict[str, str]:
         if not any(s.depends_on for s in specs):  # the bulk common case
             return {}
@@ -376,7 +378,7 @@ class SqliteStore(
                 (_ids_json(sorted(wanted)),),
             ):
                 found[task_id] = (status, tenant)
-        return check_dependencies(specs, found)
+        return check_dependencies(specs, found, submitted)
 
     def _insert_new(
         self, conn: sqlite3.Connection, specs: Sequence[TaskSpec], dep_status: dict[str, str],
