@@ -156,3 +156,37 @@ def test_a_dependant_of_a_failed_dependency_stays_unretryable_after_retention(
     assert app.get_task(b.task_id).status is TaskStatus.CANCELLED
     app.run_worker(burst=True, install_signals=False)
     assert ran == []
+
+
+def test_a_dependant_that_ran_stays_retryable_after_retention(
+    app: Creep, clock: FrozenClock
+) -> None:
+    """A dependant that ran (so its dependency had succeeded, and a success is final) can be
+    retried after creep.retention.tasks deleted that dependency."""
+    ran: list[str] = []
+
+    @app.handler("A")
+    def succeed(ctx: TaskContext) -> None:
+        return None
+
+    @app.handler("B")
+    def run(ctx: TaskContext) -> None:
+        ran.append(ctx.task_id)
+        if len(ran) == 1:
+            raise Fail(message="first time")
+
+    a = app.submit(task_type="A")
+    app.run_worker(burst=True, install_signals=False)
+    sch = app.scheduler(holder_id="A")  # the default retention jobs
+    sch.run_once()
+    clock.advance(days=29)
+    b = app.submit(task_type="B", depends_on=[a.task_id])
+    app.run_worker(burst=True, install_signals=False)
+    assert app.get_task(b.task_id).status is TaskStatus.FAILED
+    clock.advance(days=2)
+    sch.run_once()  # deletes A (finished 31 days ago), keeps B (2 days)
+    with pytest.raises(NotFound):
+        app.get_task(a.task_id)
+    assert app.retry(b.task_id).status is TaskStatus.QUEUED
+    app.run_worker(burst=True, install_signals=False)
+    assert app.get_task(b.task_id).status is TaskStatus.SUCCESS and ran == [b.task_id] * 2

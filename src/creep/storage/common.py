@@ -233,10 +233,13 @@ def check_dependencies(
 def check_retry_dependencies(task: TaskOrder, found: dict[str, str]) -> None:
     """Refuse (ConflictError) to retry `task` unless every task its depends_on names
     (`found`: id -> status) ended SUCCESS. One that no longer exists (retention deleted it)
-    refuses it too: the task's own row still names it, but whether it succeeded is lost."""
+    passes only if `task` ever ran: it was queued only once every dependency had succeeded,
+    and SUCCESS is final. Otherwise whether it succeeded is lost, and the retry is refused."""
     for dep in task.depends_on:
         status = found.get(dep)
         if status is None:
+            if task.attempt > 0:
+                continue
             raise ConflictError(
                 f"task {task.task_id}: dependency {dep} no longer exists (retention deleted "
                 "it), so whether it succeeded is unknown: submit the task anew")
