@@ -60,9 +60,10 @@ def test_task_events_cursor_skips_event_committed_later_by_older_transaction(
     task_events returned loses X's `cancelled` event for good."""
     app, x, seen, _ = _interleave_events_of_one_task(pg_schema_url)
     try:
-        # Read while the older transaction was open, the history stops before `updated`
-        # (it may still be overtaken); continuing from it misses nothing and repeats nothing.
-        assert [e.event_type for e in seen] == ["created"]
+        # Read while the older transaction was open, the history holds what had committed
+        # (one task's events commit in event_id order); continuing from it misses nothing
+        # and repeats nothing.
+        assert [e.event_type for e in seen] == ["created", "updated"]
         rest = app.events_after(seen[-1].cursor, task_id=x)
         streamed = [e.event_type for e in seen] + [e.event_type for e in rest]
         every = [e.event_type for e in app.task_events(x)]
@@ -301,3 +302,25 @@ def test_concurrent_identical_submit_many_deadlocks_instead_of_replaying(
     finally:
         for app in apps:
             app.close()
+
+
+def test_a_tasks_events_are_read_whole_while_another_transaction_is_open(
+    pg_schema_url: str,
+) -> None:
+    """Any transaction open anywhere on the PostgreSQL server (another application's, a
+    migration's) held back every newer event: task_events(id) of a task created after it
+    waited 0.5 s and came back empty, and the task's stream read nothing. One task's events
+    are read whole (they commit in event_id order), whatever else is open."""
+    app = Creep(pg_schema_url)
+    other = psycopg.connect(pg_schema_url)
+    try:
+        other.execute("SELECT pg_current_xact_id()")  # an xid, held open below
+        task = app.submit(task_type="T")
+        app.cancel(task.task_id)
+        events = [e.event_type for e in app.task_events(task.task_id)]
+        streamed = [e.event_type for e in app.events_after(None, task_id=task.task_id)]
+        assert events == streamed == ["created", "queued", "cancelled"]
+    finally:
+        other.rollback()
+        other.close()
+        app.close()

@@ -106,6 +106,13 @@ class PostgresArtifactsMixin:
         if not ids:
             return []
         with self._tx() as conn:
+            # Their tasks' row locks first, as every writer of a task's events takes it
+            # before drawing the event's id (PostgresStore.task_events).
+            conn.execute(
+                "SELECT 1 FROM tasks WHERE task_id IN (SELECT task_id FROM task_artifacts "
+                "WHERE artifact_id = ANY(%s::uuid[])) ORDER BY task_id FOR NO KEY UPDATE",
+                (ids,),
+            )
             rows = conn.execute(
                 f"""WITH gone AS (
                     DELETE FROM task_artifacts WHERE artifact_id = ANY(%(ids)s::uuid[])
@@ -161,11 +168,18 @@ class PostgresArtifactsMixin:
         if not (is_uuid(task_id) and is_uuid(claim_token)):
             return None
         with self._tx() as conn:
+            # The task's row lock is taken before the event's id is drawn, as by every writer
+            # of a task's events: one task's event ids then follow commit order
+            # (PostgresStore.task_events).
             row = conn.execute(
-                f"""INSERT INTO task_events ({_EVENT_COLUMNS})
-                SELECT task_id, tenant_id, %s, status, status, attempt, %s, %s FROM tasks
-                WHERE task_id = %s AND claim_token = %s AND status = 'RUNNING'
+                f"""WITH t AS (
+                    SELECT task_id, tenant_id, status, attempt FROM tasks
+                    WHERE task_id = %s AND claim_token = %s AND status = 'RUNNING'
+                    FOR NO KEY UPDATE
+                )
+                INSERT INTO task_events ({_EVENT_COLUMNS})
+                SELECT task_id, tenant_id, %s, status, status, attempt, %s, %s FROM t
                 RETURNING event_id, txid::text, {_EVENT_COLUMNS}""",
-                (event_type, Jsonb(payload), now, task_id, claim_token),
+                (task_id, claim_token, event_type, Jsonb(payload), now),
             ).fetchone()
         return None if row is None else _row_to_event(row)

@@ -1139,44 +1139,45 @@ class PostgresStore(
     # -- events --------------------------------------------------------------------------------
 
     def task_events(self, task_id: str, tenant_id: str | None = None) -> list[TaskEvent]:
-        """The task's events in cursor order, up to the same horizon as task_events_after:
-        a transaction older than one that wrote an event may still write one of this task
-        with a lower cursor (a cancel cascading to it), and a client continuing from the
-        last cursor returned here would never see it. Events past the horizon are waited
-        for a moment (until the older transactions end), then left to the next read."""
+        """Every committed event of the task, in the order they committed: event_id order.
+        Every transaction that writes an event of a task holds the task's row lock from before
+        it draws the event's id (nextval) until it commits (the row is updated or locked
+        first; a new task's events commit with the task, before anyone can see it), so a
+        task's event ids are drawn and committed one transaction after another. One task's
+        events need no horizon; across tasks there is no such order, hence the horizon of
+        the all-tasks stream (task_events_after without task_id)."""
         self.task_get(task_id, tenant_id)
-        give_up = time.monotonic() + _HISTORY_WAIT_S
-        while True:
-            with self._tx() as conn:
-                rows = conn.execute(
-                    f"SELECT event_id, txid::text, {_EVENT_COLUMNS}, "
-                    "txid < pg_snapshot_xmin(pg_current_snapshot()) FROM task_events "
-                    "WHERE task_id = %s ORDER BY txid, event_id",
-                    (task_id,),
-                ).fetchall()
-            # In cursor order the events past the horizon are the tail.
-            final = [r for r in rows if r[-1]]
-            if len(final) == len(rows) or time.monotonic() >= give_up:
-                return [_row_to_event(r) for r in final]
-            time.sleep(0.005)
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT event_id, txid::text, {_EVENT_COLUMNS} FROM task_events "
+                "WHERE task_id = %s ORDER BY event_id",
+                (task_id,),
+            ).fetchall()
+        return [_row_to_event(r) for r in rows]
 
     def task_events_after(
         self, cursor: str | None, *, limit: int = 500, task_id: str | None = None,
         tenant_id: str | None = None,
     ) -> list[TaskEvent]:
         txid, event_id = _parse_cursor(cursor)
-        # Only transactions older than every open one are final: reading no further means a
-        # late-committing transaction can never land behind the cursor.
-        where = [
-            "(txid, event_id) > (%s::text::xid8, %s)",
-            "txid < pg_snapshot_xmin(pg_current_snapshot())",
-        ]
-        params: list[Any] = [txid, event_id]
+        params: list[Any]
         if task_id is not None:
+            # One task's events: in event_id order, the order they committed (see
+            # task_events), so everything committed is final and nothing waits for a horizon.
             if not is_uuid(task_id):
                 return []
-            where.append("task_id = %s")
-            params.append(task_id)
+            where = ["task_id = %s", "event_id > %s"]
+            params = [task_id, event_id]
+            order = "event_id"
+        else:
+            # Only transactions older than every open one are final: reading no further
+            # means a late-committing transaction can never land behind the cursor.
+            where = [
+                "(txid, event_id) > (%s::text::xid8, %s)",
+                "txid < pg_snapshot_xmin(pg_current_snapshot())",
+            ]
+            params = [txid, event_id]
+            order = "txid, event_id"
         if tenant_id is not None:
             where.append("tenant_id = %s")
             params.append(tenant_id)
@@ -1184,7 +1185,7 @@ class PostgresStore(
         with self._tx() as conn:
             rows = conn.execute(
                 f"SELECT event_id, txid::text, {_EVENT_COLUMNS} FROM task_events "
-                f"WHERE {' AND '.join(where)} ORDER BY txid, event_id LIMIT %s",
+                f"WHERE {' AND '.join(where)} ORDER BY {order} LIMIT %s",
                 params,
             ).fetchall()
         return [_row_to_event(r) for r in rows]
@@ -1775,7 +1776,6 @@ def _redact(url: str) -> str:
 
 
 _CREATE_ATTEMPTS = 5
-_HISTORY_WAIT_S = 0.5
 _IDEMPOTENCY_RACE = "idempotency race; retry"
 
 
