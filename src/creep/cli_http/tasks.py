@@ -64,7 +64,8 @@ def task_submit(
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 300.0,
     api_url: ApiUrl = None, api_key: ApiKey = None, json: Json = False,
 ) -> None:
-    """Submit one task order; prints the task (exit 3 with --wait unless it succeeded)."""
+    """Submit one task order; prints the task (exit 3 with --wait unless it succeeded, also
+    when it is still unfinished at --timeout)."""
     body: dict[str, Any] = {}
     if order is not None:
         body.update(parse_json_object(order, "--order"))
@@ -76,7 +77,13 @@ def task_submit(
     with client(api_url, api_key) as c:
         task = c.create_task(body)
         if wait:
-            task = c.wait_task(task.task_id, timeout=timeout)
+            try:
+                task = c.wait_task(task.task_id, timeout=timeout)
+            except TimeoutError:  # unfinished at --timeout: print the task as it is now
+                task = c.get_task(task.task_id)
+                if not task.is_terminal:
+                    err.print(f"task {task.task_id} is still {task.status} after --timeout "
+                              f"{timeout:g} s", highlight=False)
     show(task, json, f"task {task.task_id}")
     if wait and task.status != "SUCCESS":
         raise typer.Exit(EXIT_UNFINISHED)
