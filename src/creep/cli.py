@@ -12,13 +12,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from creep.cli_http.common import plain_console
 from creep.domain.errors import CreepError
 
 app = typer.Typer(
     name="creep", help="creep: a durable task control plane.", no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
+console = plain_console()  # prints data: no Rich markup
 err = Console(stderr=True)
 
 DatabaseUrl = Annotated[

@@ -9,10 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from creep.cli_http.common import plain_console
 from creep.domain.errors import CreepError
 
 artifacts_app = typer.Typer(help="Task artifacts: files stored by checksum.", no_args_is_help=True)
-console = Console()
+console = plain_console()  # prints data: no Rich markup
 err = Console(stderr=True)
 
 #: Exit codes of `reconcile`, for scripts.

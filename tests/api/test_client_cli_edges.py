@@ -3,10 +3,12 @@ subprocess or the SDK against a real server (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import orjson
 
+from creep.client import Client, TaskEvent
 from tests.api.cli_helpers import creep, ok_json
 from tests.api.conftest import Server
 
@@ -27,6 +29,20 @@ def _tenant(server: Server) -> str:
     return tenant_id
 
 
+def _settled_events(server: Server, task_id: str, last_status: str) -> list[TaskEvent]:
+    """The task's events once the one into `last_status` is listed. On PostgreSQL a listing
+    stops before events of transactions younger than the oldest open one (anywhere on the
+    database server), so right after a write its newest events may not be listed yet."""
+    deadline = time.monotonic() + 60
+    with Client(server.url, server.admin_key) as c:
+        while True:
+            events = list(c.iter_task_events(task_id))
+            if events and events[-1].to_status == last_status:
+                return events
+            assert time.monotonic() < deadline, [e.event_type for e in events]
+            time.sleep(0.1)
+
+
 def test_task_submit_wait_timeout_prints_the_unfinished_task_and_exits_3(server: Server) -> None:
     """`creep task submit --wait --timeout` on a task still queued at the timeout prints the
     task as it is (JSON or table) and exits 3 ("still running at --timeout" in the README),
@@ -44,3 +60,38 @@ def test_task_submit_wait_timeout_prints_the_unfinished_task_and_exits_3(server:
                   tenant_id, "--wait", "--timeout", "0.3")
     assert table.returncode == 3, (table.returncode, _last(table.stderr))
     assert "QUEUED" in table.stdout and "NO_WORKER_RUNS_THIS" in table.stdout
+
+
+# Rich would read this as markup (`[bold]` vanishes, `[/x]` fails) and `:smile:` as an emoji.
+STORED = "paid [/x] in full, see [bold]note :smile:"
+
+
+def test_stored_text_is_printed_verbatim_in_tables_and_follow_output(server: Server) -> None:
+    """Stored text holding `[...]` or `:name:` is printed exactly as stored: in a list table
+    (ledger descriptions), in a `show` table (a task's payload and result message), in the
+    events table and in `task events --follow`; none of them crashes or drops text."""
+    tenant_id = _tenant(server)
+    ok_json(creep(server, "ledger", "record", "--type", "REVENUE", "--amount", "1",
+                  "--currency", "USD", "--tenant", tenant_id, "--description", STORED,
+                  "--json"))
+    listed = creep(server, "ledger", "list", "--tenant", tenant_id)
+    assert listed.returncode == 0, _last(listed.stderr)
+    assert STORED in listed.stdout
+
+    task = ok_json(creep(server, "task", "submit", "--type", "NO_WORKER_RUNS_THIS", "--tenant",
+                         tenant_id, "--payload", orjson.dumps({"note": STORED}).decode(),
+                         "--json"))
+    ok_json(creep(server, "task", "cancel", task["task_id"], "--reason", STORED, "--json"))
+    shown = creep(server, "task", "show", task["task_id"])
+    assert shown.returncode == 0, _last(shown.stderr)
+    assert f'{{"note":"{STORED}"}}' in shown.stdout  # input_payload
+    assert f"│ {STORED} " in shown.stdout  # result_message (the cancel reason)
+
+    _settled_events(server, task["task_id"], "CANCELLED")
+    reason = f'{{"reason":"{STORED}"}}'  # the payload of the cancelled event
+    events = creep(server, "task", "events", task["task_id"])
+    assert events.returncode == 0, _last(events.stderr)
+    assert reason in events.stdout
+    followed = creep(server, "task", "events", task["task_id"], "--follow")
+    assert followed.returncode == 0, _last(followed.stderr)
+    assert followed.stdout.splitlines()[-1].endswith(reason)

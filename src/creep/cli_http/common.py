@@ -28,8 +28,17 @@ from creep.client.models import Model
 
 EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_UNFINISHED = 0, 1, 2, 3
 
+
+
+def plain_console(*, stderr: bool = False, width: int | None = None) -> Console:
+    """A console that prints text exactly as given: Rich markup and `:emoji:` codes are off.
+    What the CLI prints is data (stored text, user input, the server's messages); with markup
+    on, `[bold]` in a description would vanish and `[/x]` would crash the command."""
+    return Console(stderr=stderr, width=width, markup=False, emoji=False)
+
+
 # Piped output is not cut to 80 columns (ids stay on one line).
-out = Console(width=None if sys.stdout.isatty() else 200)
+out = plain_console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 ApiUrl = Annotated[
