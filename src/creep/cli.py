@@ -9,10 +9,9 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from creep.cli_http.common import plain_console
+from creep.cli_http.common import error_line, plain_console
 from creep.domain.errors import CreepError
 
 app = typer.Typer(
@@ -20,7 +19,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = plain_console()  # prints data: no Rich markup
-err = Console(stderr=True)
+err = plain_console(stderr=True)
 
 DatabaseUrl = Annotated[
     str | None,
@@ -32,7 +31,7 @@ DatabaseUrl = Annotated[
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
+    err.print(error_line(message))
     return typer.Exit(code)
 
 

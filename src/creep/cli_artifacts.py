@@ -6,15 +6,14 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from creep.cli_http.common import plain_console
+from creep.cli_http.common import error_line, plain_console
 from creep.domain.errors import CreepError
 
 artifacts_app = typer.Typer(help="Task artifacts: files stored by checksum.", no_args_is_help=True)
 console = plain_console()  # prints data: no Rich markup
-err = Console(stderr=True)
+err = plain_console(stderr=True)
 
 #: Exit codes of `reconcile`, for scripts.
 EXIT_CLEAN, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
@@ -49,7 +48,7 @@ def reconcile_command(
         finally:
             app.close()
     except CreepError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(error_line(str(exc)))
         raise typer.Exit(EXIT_ERROR) from None
     if as_json:
         print(json.dumps({

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 import typer
 
-from creep.cli_http.common import err, out
+from creep.cli_http.common import err, error_line, out
 
 if TYPE_CHECKING:
     from creep.client import Client
@@ -206,20 +206,20 @@ def up(
         load_settings(database_url=url, host=host, port=port)
     except SettingsError as exc:
         for line in exc.problems:
-            err.print(f"[red]error:[/red] {line}", highlight=False)
+            err.print(error_line(line))
         raise typer.Exit(2) from None
     try:
         store = open_store(url, migrate=True)
         version = store.schema_version()
         store.close()
     except CreepError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(error_line(str(exc)))
         raise typer.Exit(2) from None
     path = key_file or key_file_for(url)
     try:
         key, created = admin_key(path)
     except OSError as exc:
-        err.print(f"[red]error:[/red] cannot keep the admin key in {str(path)!r}: {exc}")
+        err.print(error_line(f"cannot keep the admin key in {str(path)!r}: {exc}"))
         raise typer.Exit(2) from None
 
     stopping = threading.Event()
@@ -246,7 +246,7 @@ def up(
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     problem = _wait_live(base, children, timeout=60)
     if problem is not None:
-        err.print(f"[red]error:[/red] {problem}", highlight=False)
+        err.print(error_line(problem))
         _stop(children, shutdown_grace)
         raise typer.Exit(1)
     out.print(f"creep is up: {base}  (API docs {base}/docs; schema version {version})",
@@ -272,8 +272,8 @@ def up(
     while not stopping.wait(0.2):
         dead = [c for c in children if c.proc.poll() is not None]
         if dead:
-            err.print(f"[red]error:[/red] {dead[0].name} exited with "
-                      f"{dead[0].proc.returncode}; stopping", highlight=False)
+            err.print(error_line(f"{dead[0].name} exited with {dead[0].proc.returncode}; "
+                                 "stopping"))
             code = 1
             break
     stopping.set()

@@ -10,7 +10,7 @@ import orjson
 
 from creep.client import Client, TaskEvent
 from tests.api.cli_helpers import creep, ok_json
-from tests.api.conftest import Server
+from tests.api.conftest import Server, free_port
 
 
 def _last(stderr: str) -> str:
@@ -95,3 +95,30 @@ def test_stored_text_is_printed_verbatim_in_tables_and_follow_output(server: Ser
     followed = creep(server, "task", "events", task["task_id"], "--follow")
     assert followed.returncode == 0, _last(followed.stderr)
     assert followed.stdout.splitlines()[-1].endswith(reason)
+
+
+def test_error_lines_quote_input_and_server_text_verbatim(server: Server) -> None:
+    """Error lines on stderr print user input and the server's words as given, never as Rich
+    markup: a 422 quoting `--tenant '[/bold]'` (exit 2), a 404 quoting a task id holding
+    `[bold]` (exit 1), a bad `--from '[/x]'` (usage, exit 2) and an unreachable URL holding
+    `[/x]` (exit 1) are each one clean `error:` line, not a MarkupError traceback."""
+    bad_tenant = creep(server, "task", "submit", "--type", "ECHO", "--tenant", "[/bold]")
+    assert not _crashed(bad_tenant.stderr), _last(bad_tenant.stderr)
+    assert bad_tenant.returncode == 2
+    assert bad_tenant.stderr.startswith("error: 422 ") and "[/bold]" in bad_tenant.stderr
+
+    missing = creep(server, "task", "show", "[bold]no-such-task")
+    assert not _crashed(missing.stderr), _last(missing.stderr)
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("error: 404 ") and "[bold]no-such-task" in missing.stderr
+
+    bad_from = creep(server, "ledger", "list", "--from", "[/x]")
+    assert not _crashed(bad_from.stderr), _last(bad_from.stderr)
+    assert bad_from.returncode == 2
+    assert bad_from.stderr.startswith("error: --from: ") and "'[/x]'" in bad_from.stderr
+
+    url = f"http://127.0.0.1:{free_port()}/[/x]"
+    unreachable = creep(server, "tenants", "list", "--api-url", url)
+    assert not _crashed(unreachable.stderr), _last(unreachable.stderr)
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.startswith(f"error: cannot reach {url}: ")

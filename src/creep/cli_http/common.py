@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from creep.client import ApiProblem, Client, ClientError
 from creep.client.models import Model
@@ -39,7 +40,7 @@ def plain_console(*, stderr: bool = False, width: int | None = None) -> Console:
 
 # Piped output is not cut to 80 columns (ids stay on one line).
 out = plain_console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+err = plain_console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 ApiUrl = Annotated[
     str | None,
@@ -58,13 +59,19 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
+def error_line(message: str) -> Text:
+    """`error: MESSAGE` with the prefix in red; the message (which may quote user input or the
+    server's words) is plain text, never markup."""
+    return Text.assemble(("error:", "red"), " ", message)
+
+
 def usage_error(message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(error_line(message))
     raise typer.Exit(EXIT_USAGE)
 
 
 def report_problem(exc: ApiProblem) -> int:
-    err.print(f"[red]error:[/red] {exc.status} {exc.title}: {exc.detail}", highlight=False)
+    err.print(error_line(f"{exc.status} {exc.title}: {exc.detail}"))
     for e in exc.errors:
         err.print(f"  {e.get('field', '?')}: {e.get('rule', '')}", highlight=False)
     if exc.retry_after is not None:
@@ -84,7 +91,7 @@ def api_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except ApiProblem as exc:
             raise typer.Exit(report_problem(exc)) from None
         except ClientError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            err.print(error_line(str(exc)))
             raise typer.Exit(EXIT_API) from None
 
     return wrapper
@@ -186,5 +193,5 @@ def take(items: Iterable[T], limit: int) -> list[T]:
 
 def progress() -> Progress:
     """A progress bar on stderr (stdout stays clean for --json)."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=err, transient=False)
