@@ -7,8 +7,9 @@ import time
 import uuid
 
 import orjson
+import pytest
 
-from creep.client import Client, TaskEvent
+from creep.client import AsyncClient, Client, ClientError, TaskEvent
 from tests.api.cli_helpers import creep, ok_json
 from tests.api.conftest import Server, free_port
 
@@ -122,3 +123,33 @@ def test_error_lines_quote_input_and_server_text_verbatim(server: Server) -> Non
     assert not _crashed(unreachable.stderr), _last(unreachable.stderr)
     assert unreachable.returncode == 1
     assert unreachable.stderr.startswith(f"error: cannot reach {url}: ")
+
+
+MALFORMED_URLS = [
+    "http://127.0.0.1:80a",  # the port is not a number
+    "http://[::1",  # an IPv6 host without its closing bracket
+    "http://:8000",  # no host
+    "http://127.0.0.1:99999",  # no such port
+]
+
+
+@pytest.mark.parametrize("url", MALFORMED_URLS)
+def test_sdk_malformed_url_raises_client_error(url: str) -> None:
+    """`Client(url)` and `AsyncClient(url)` with a malformed URL raise the documented
+    ClientError, as a URL without http:// does (not httpx's InvalidURL, nor a failure at
+    the first request)."""
+    with pytest.raises(ClientError, match="API URL"):
+        Client(url, "k").close()
+    with pytest.raises(ClientError, match="API URL"):
+        AsyncClient(url, "k")
+
+
+def test_malformed_api_url_is_a_usage_error(server: Server) -> None:
+    """A typo in `--api-url` (a port that is not a number) or a URL naming no host is one
+    `error:` line quoting it and exit 2 (usage), as a URL without http:// already was; no
+    traceback."""
+    for url in ("http://127.0.0.1:80a", "http://"):
+        result = creep(server, "tenants", "list", "--api-url", url)
+        assert not _crashed(result.stderr), _last(result.stderr)
+        assert result.returncode == 2, (url, result.returncode, _last(result.stderr))
+        assert result.stderr.startswith("error: the API URL ") and repr(url) in result.stderr

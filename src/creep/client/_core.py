@@ -53,10 +53,20 @@ class RetryStats:
 
 
 def resolve(url: str | None, key: str | None) -> tuple[str, str | None]:
-    """Explicit values win over CREEP_API_URL / CREEP_API_KEY."""
-    base = (url or os.environ.get("CREEP_API_URL") or DEFAULT_URL).rstrip("/")
-    if not base.startswith(("http://", "https://")):
-        raise ClientError(f"the API URL must start with http:// or https:// (got {base!r})")
+    """Explicit values win over CREEP_API_URL / CREEP_API_KEY. A malformed URL raises
+    ClientError (not httpx's InvalidURL, which would escape every caller's handling)."""
+    given = url or os.environ.get("CREEP_API_URL") or DEFAULT_URL
+    if not given.startswith(("http://", "https://")):
+        raise ClientError(f"the API URL must start with http:// or https:// (got {given!r})")
+    base = given.rstrip("/")
+    try:
+        parsed = httpx.URL(base)
+    except httpx.InvalidURL as exc:
+        raise ClientError(f"the API URL is not valid: {exc} (got {given!r})") from None
+    if not parsed.host:
+        raise ClientError(f"the API URL names no host (got {given!r})")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ClientError(f"the API URL's port must be 1-65535 (got {given!r})")
     return base, key or os.environ.get("CREEP_API_KEY") or None
 
 
