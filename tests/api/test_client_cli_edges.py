@@ -3,13 +3,14 @@ subprocess or the SDK against a real server (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
 import orjson
 import pytest
 
-from creep.client import AsyncClient, Client, ClientError, TaskEvent
+from creep.client import ApiProblem, AsyncClient, Client, ClientError, Task, TaskEvent
 from tests.api.cli_helpers import creep, ok_json
 from tests.api.conftest import Server, free_port
 
@@ -153,3 +154,55 @@ def test_malformed_api_url_is_a_usage_error(server: Server) -> None:
         assert not _crashed(result.stderr), _last(result.stderr)
         assert result.returncode == 2, (url, result.returncode, _last(result.stderr))
         assert result.stderr.startswith("error: the API URL ") and repr(url) in result.stderr
+
+
+def test_async_client_wait_task_and_iter_task_events_match_the_sync_client(
+    server: Server,
+) -> None:
+    """`AsyncClient.wait_task` and `AsyncClient.iter_task_events` behave as `Client`'s: the
+    wait returns the task once it is finished (also when it finishes while waiting), raises
+    TimeoutError naming its status when it is not finished in time, and ApiProblem 404 for
+    an unknown task; the events come oldest first, all of them or those after `after=`,
+    exactly as the sync client lists them."""
+    _, key = server.tenant()
+    with Client(server.url, key) as c:
+        cancelled = c.create_task(task_type="NO_HANDLER", env="dev")
+        c.cancel_task(cancelled.task_id)
+        queued = c.create_task(task_type="NO_HANDLER", env="dev")
+        late = c.create_task(task_type="NO_HANDLER", env="dev")
+    expected = _settled_events(server, cancelled.task_id, "CANCELLED")
+    assert [e.to_status for e in expected] == ["PENDING", "QUEUED", "CANCELLED"]
+    with Client(server.url, key) as c:
+        after_first = list(c.iter_task_events(cancelled.task_id, after=expected[0].cursor))
+
+    async def cancel_later(ac: AsyncClient, task_id: str) -> None:
+        await asyncio.sleep(0.5)
+        await ac.cancel_task(task_id)
+
+    async def main() -> tuple[Task, list[TaskEvent], list[TaskEvent], Task, float]:
+        async with AsyncClient(server.url, key) as ac:
+            done = await ac.wait_task(cancelled.task_id, timeout=5)
+            events = [e async for e in ac.iter_task_events(cancelled.task_id)]
+            rest = [e async for e in
+                    ac.iter_task_events(cancelled.task_id, after=expected[0].cursor)]
+            started = time.monotonic()
+            with pytest.raises(TimeoutError, match=f"task {queued.task_id} is still QUEUED"):
+                await ac.wait_task(queued.task_id, timeout=0.3, poll=0.05)
+            waited = time.monotonic() - started
+            finished, _ = await asyncio.gather(
+                ac.wait_task(late.task_id, timeout=10, poll=0.05),
+                cancel_later(ac, late.task_id))
+            with pytest.raises(ApiProblem) as missing:
+                await ac.wait_task(str(uuid.uuid4()), timeout=1)
+            assert missing.value.status == 404
+            with pytest.raises(ApiProblem) as missing:
+                [e async for e in ac.iter_task_events(str(uuid.uuid4()))]
+            assert missing.value.status == 404
+            return done, events, rest, finished, waited
+
+    done, events, rest, finished, waited = asyncio.run(main())
+    assert done.task_id == cancelled.task_id and done.status == "CANCELLED"
+    assert [e.raw for e in events] == [e.raw for e in expected]
+    assert [e.raw for e in rest] == [e.raw for e in after_first] == [e.raw for e in expected[1:]]
+    assert 0.3 <= waited < 5
+    assert finished.task_id == late.task_id and finished.status == "CANCELLED"

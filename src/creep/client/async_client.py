@@ -4,6 +4,7 @@ The route methods below mirror `sync_client.Client` one for one."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -188,6 +189,30 @@ class AsyncClient:
     async def task_events(self, task_id: str, *, after: str | None = None,
                     limit: int = 500) -> Page[TaskEvent]:
         return await self.send(calls.task_events(task_id, after, limit))
+
+    async def iter_task_events(self, task_id: str, *,
+                               after: str | None = None) -> AsyncIterator[TaskEvent]:
+        cursor = after
+        while True:
+            page = await self.task_events(task_id, after=cursor)
+            for event in page.items:
+                yield event
+            if not page.items:
+                return
+            cursor = page.next_cursor
+
+    # `timeout` as in Client.wait_task (same call in both clients), not asyncio.timeout.
+    async def wait_task(self, task_id: str, *, timeout: float = 60.0,  # noqa: ASYNC109
+                        poll: float = 0.2) -> Task:
+        """Poll until the task is finished (raises TimeoutError after `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            task = await self.get_task(task_id)
+            if task.is_terminal:
+                return task
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"task {task_id} is still {task.status}")
+            await self._sleep(poll)
 
     # -- batches ----------------------------------------------------------------------------
     async def create_batch(self, title: str, tasks: list[dict[str, Any]], *,
