@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from creep.domain.errors import CreepError, ValidationError
+from creep.domain.text import find_bad_json
 
 
 class ArtifactKind(StrEnum):
@@ -92,12 +93,15 @@ def validate_upload(
         if not isinstance(metadata, dict):
             errors.append(("metadata", "must be a JSON object"))
         else:
+            bad = find_bad_json(metadata, "metadata")
             try:
                 size = len(orjson.dumps(metadata))
             except TypeError:
-                errors.append(("metadata", "must be JSON-serialisable"))
+                errors.append(bad or ("metadata", "must be JSON-serialisable"))
             else:
-                if size > MAX_METADATA_BYTES:
+                if bad is not None:  # NUL or a lone surrogate: storable on no backend
+                    errors.append(bad)
+                elif size > MAX_METADATA_BYTES:
                     errors.append(("metadata", f"must be at most {MAX_METADATA_BYTES} bytes"))
                 meta = metadata
     if errors:

@@ -56,6 +56,13 @@ def _jpeg(data: bytes) -> ImageInfo | None:
     return None
 
 
+#: PNG caps a dimension at 2**31 - 1 (and the artifact columns are 32-bit integers).
+_MAX_DIMENSION = 2**31 - 1
+
+
 def _info(mime: str, width: int, height: int) -> ImageInfo | None:
-    # A zero dimension is a broken header, not an image we can describe.
-    return ImageInfo(mime, width, height) if width > 0 and height > 0 else None
+    # A zero dimension (or one past the format's limit) is a broken header, not an image we
+    # can describe.
+    if 0 < width <= _MAX_DIMENSION and 0 < height <= _MAX_DIMENSION:
+        return ImageInfo(mime, width, height)
+    return None

@@ -90,7 +90,9 @@ class BlobStore:
                 os.fsync(out.fileno())
             checksum = digest.hexdigest()
             final = self.path(checksum)
-            created = not final.is_file()
+            # A file already there is the same content only if it still has the size of what
+            # was just written (a damaged one, e.g. truncated, is replaced by these bytes).
+            created = not final.is_file() or final.stat().st_size != size
             if created:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 # Atomic; a concurrent writer of the same content replaces it with equal bytes.
