@@ -202,6 +202,9 @@ class Store(Protocol):
         self, cursor: str | None, *, limit: int = 500, task_id: str | None = None,
         tenant_id: str | None = None,
     ) -> list[TaskEvent]: ...
+    def task_has_events_after(
+        self, cursor: str | None, *, task_id: str, tenant_id: str | None = None
+    ) -> bool: ...
 
     # leader-only maintenance
     def task_maintain(

@@ -919,6 +919,21 @@ class SqliteStore(
         ).fetchall()
         return [_row_to_event(r) for r in rows]
 
+    def task_has_events_after(
+        self, cursor: str | None, *, task_id: str, tenant_id: str | None = None
+    ) -> bool:
+        """Whether the task has an event after `cursor` (SQLite has no horizon: exactly
+        when task_events_after would return one)."""
+        where = f"{SQLITE_EVENTS_OF} task_id = ? AND event_id > ?"
+        params: list[Any] = [task_id, _parse_cursor(cursor)]
+        if tenant_id is not None:
+            where += " AND tenant_id = ?"
+            params.append(tenant_id)
+        row = self._conn().execute(
+            f"SELECT EXISTS (SELECT 1 FROM task_events WHERE {where})", params
+        ).fetchone()
+        return bool(row and row[0])
+
     # -- maintenance ---------------------------------------------------------------------------
 
     def task_maintain(

@@ -363,15 +363,27 @@ async def stream_task_events(
                 yield f"id: {event.cursor}\nevent: {event.event_type}\ndata: {data}\n\n"
             if not batch:
                 task = await run_in_threadpool(svc.store.task_get, task_id, scope)
-                if task.is_terminal:
-                    # Finished: close once every event written so far was sent (the cursor
-                    # read may trail the newest ones for a moment on PostgreSQL). A client
-                    # reconnects with Last-Event-ID, e.g. after a retry.
-                    written = await run_in_threadpool(svc.store.task_events, task_id, scope)
-                    if not written or written[-1].cursor == cursor:
-                        end = orjson.dumps({"status": task.status}).decode()
-                        yield f"event: end\ndata: {end}\n\n"
-                        return
+                if task.is_terminal and not await run_in_threadpool(
+                    svc.store.task_has_events_after, cursor, task_id=task_id, tenant_id=scope
+                ):
+                    # When `end` may be sent: the task is finished and no committed event
+                    # of it lies past the cursor sent. Committed, not just readable: on
+                    # PostgreSQL task_events_after reads only below the oldest open
+                    # transaction of the whole cluster (a cursor must never be overtaken),
+                    # so while an older transaction runs elsewhere the task's newest events
+                    # are committed but not yet returned; the stream then keeps polling
+                    # (keep-alives included) until they are sent, however long that takes.
+                    # Nothing uncommitted can be missed but a worker's own event racing the
+                    # task's end: every write that changes the task takes its row lock and
+                    # is fenced on its status, so it committed before the finishing
+                    # transaction (and is read here) or found the task finished and wrote
+                    # nothing; a worker's event (INSERT fenced on RUNNING, no row lock)
+                    # whose statement began before the finish may commit a moment after
+                    # this check. Events written later (a retry, a PATCH, an artifact
+                    # removed) are new history: a client reconnects with Last-Event-ID.
+                    end = orjson.dumps({"status": task.status}).decode()
+                    yield f"event: end\ndata: {end}\n\n"
+                    return
                 if await request.is_disconnected():
                     return
                 await asyncio.sleep(poll)
