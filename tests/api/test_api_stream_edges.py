@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -57,3 +59,52 @@ def test_pg_sse_of_a_finished_task_sends_every_event_before_end(server: Server) 
             assert names == ["created", "queued", "cancelled", "end"]
     finally:
         other.close()
+
+
+def _order(task_type: str, key: str, **extra: Any) -> dict[str, Any]:
+    return {"task_type": task_type, "idempotency_key": key, **extra}
+
+
+def test_batch_whose_keys_are_partly_replays_is_a_conflict_and_writes_nothing(
+    server: Server,
+) -> None:
+    """README: keys "that name tasks outside one batch, answer 409". A batch with one key of
+    an earlier batch (or of a task made without one) and one new key is refused whole: no
+    batch counting a task it does not hold, no task for the new key. The whole batch sent
+    again still replays (200), and a key given twice in one batch is one task of it."""
+    _, key = server.tenant()
+    task_type = f"PARTIAL_{uuid.uuid4().hex[:6]}"
+    with server.client(key) as c:
+        first = c.post("/v1/batches", json={"title": "b", "tasks": [_order(task_type, "k1")]})
+        assert first.status_code == 201, first.text
+        loose = c.post("/v1/tasks", json=_order(task_type, "k0"))
+        assert loose.status_code == 201, loose.text
+        refused = [
+            [_order(task_type, "k1"), _order(task_type, "k2")],
+            [_order(task_type, "k2"), _order(task_type, "k0")],  # a task of no batch
+            # with a dependency (the general insert path on PostgreSQL)
+            [_order(task_type, "k1", ref="a"), _order(task_type, "k2", depends_on=["a"])],
+        ]
+        for tasks in refused:
+            mixed = c.post("/v1/batches", json={"title": "b", "tasks": tasks})
+            # Was 201: a new batch with total_count 2 holding only the new key's task.
+            assert mixed.status_code == 409, mixed.text
+            assert mixed.headers["content-type"] == "application/problem+json"
+        listed = c.get("/v1/tasks", params={"task_type": task_type}).json()["items"]
+        assert sorted(t["idempotency_key"] for t in listed) == ["k0", "k1"]
+        assert [b["batch_id"] for b in c.get("/v1/batches").json()["items"]] == [
+            first.json()["batch_id"]]
+
+        again = c.post("/v1/batches", json={"title": "b", "tasks": [_order(task_type, "k1")]})
+        assert again.status_code == 200, again.text
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert again.json()["batch_id"] == first.json()["batch_id"]
+
+        twice = [_order(task_type, "k3"), _order(task_type, "k3")]
+        made = c.post("/v1/batches", json={"title": "t", "tasks": twice})
+        assert made.status_code == 201, made.text
+        assert made.json()["total_count"] == 1  # one task, named by both refs
+        assert len({t["task_id"] for t in made.json()["tasks"]}) == 1
+        replayed = c.post("/v1/batches", json={"title": "t", "tasks": twice})
+        assert replayed.status_code == 200, replayed.text
+        assert replayed.json()["batch_id"] == made.json()["batch_id"]

@@ -285,6 +285,13 @@ class PostgresApiMixin:
 
     # -- batches -------------------------------------------------------------------------------
 
+    def _api_batch_task_count(self, conn: psycopg.Connection[Any], batch_id: str) -> int:
+        """How many tasks of this batch exist, in the caller's open transaction."""
+        row = conn.execute(
+            "SELECT count(*) FROM tasks WHERE batch_id = %s", (batch_id,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
     def _api_insert_batch(self, conn: psycopg.Connection[Any], batch: Batch) -> None:
         # Only with a task of it (see SqliteApiMixin._api_insert_batch).
         conn.execute(

@@ -294,6 +294,13 @@ class SqliteApiMixin:
 
     # -- batches -------------------------------------------------------------------------------
 
+    def _api_batch_task_count(self, conn: sqlite3.Connection, batch_id: str) -> int:
+        """How many tasks of this batch exist, in the caller's open transaction."""
+        row = conn.execute(
+            "SELECT count(*) FROM tasks WHERE batch_id = ?", (batch_id,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
     def _api_insert_batch(self, conn: sqlite3.Connection, batch: Batch) -> None:
         # Only with a task of it: a batch whose every task replays one of an earlier batch
         # (the same request sent again) answers with that batch and leaves no empty one.

@@ -36,11 +36,22 @@ Svc = Annotated[Services, Depends(services)]
 
 @dataclass(slots=True)
 class BatchInsert:
-    """A pending write: the batch row, in the transaction that creates its tasks."""
+    """A pending write: the batch row, in the transaction that creates its tasks. The batch
+    is all new or all a replay: when only some of its idempotency keys named tasks that
+    exist already (those stay in their own batch, or in none), the transaction is refused
+    whole, so no batch is left counting tasks it does not hold."""
 
     batch: Batch
 
     def apply(self, store: Any, conn: Any) -> bool:
+        created = store._api_batch_task_count(conn, self.batch.batch_id)
+        if created == 0:
+            return True  # every task replays: the route answers with their batch (or 409)
+        if created != self.batch.total_count:
+            raise ConflictError(
+                "some of these idempotency keys name tasks that exist already (of another "
+                "batch, or of none) and some are new: send that batch's body again, or new "
+                "keys for every task")
         store._api_insert_batch(conn, self.batch)
         return True
 
@@ -123,11 +134,13 @@ def create_batch(body: BatchIn, request: Request, principal: Writer, svc: Svc) -
     batch_id = str(uuid.uuid4())
     specs = _plan(body, tenant_id, batch_id, svc)
     now = svc.clock.now()
+    # The tasks the batch holds: an idempotency key given twice in it names one task.
+    total = len({(s.env, s.idempotency_key) for s in specs})
     batch = Batch(batch_id=batch_id, tenant_id=tenant_id, title=body.title,
-                  metadata=body.metadata, total_count=len(specs), created_at=now,
+                  metadata=body.metadata, total_count=total, created_at=now,
                   updated_at=now, cancelled_at=None)
     audit = audit_write(request, principal, AuditAction.CREATED, ResourceType.BATCH, batch_id,
-                        tenant_id=tenant_id, data={"task_count": str(len(specs))},
+                        tenant_id=tenant_id, data={"task_count": str(total)},
                         skip_if_missing=True)  # a batch all of whose tasks replay
     with riding(*quota_check(request, tenant_id, [s.task_id for s in specs]),
                 BatchInsert(batch), audit):
