@@ -108,3 +108,74 @@ def test_batch_whose_keys_are_partly_replays_is_a_conflict_and_writes_nothing(
         replayed = c.post("/v1/batches", json={"title": "t", "tasks": twice})
         assert replayed.status_code == 200, replayed.text
         assert replayed.json()["batch_id"] == made.json()["batch_id"]
+
+
+def test_revoked_key_stops_its_open_sse_stream(server: Server) -> None:
+    """README: "A revoked key stops working at once on the node that revoked it". That holds
+    for a stream it opened before: once the key is revoked the stream sends nothing more (the
+    task's `cancelled` and `end` reached the revoked key) and closes."""
+    tenant, key = server.tenant()
+    with server.client(key) as c:
+        tid = c.post("/v1/tasks", json={"task_type": "ECHO"}).json()["task_id"]
+    watcher = server.key(tenant, read_only=True)
+    received: list[tuple[float, str]] = []
+    opened = threading.Event()
+    closed = threading.Event()
+
+    def watch() -> None:
+        client = httpx.Client(base_url=server.url, timeout=httpx.Timeout(30, read=5),
+                              headers={"Authorization": f"Bearer {watcher['key']}"})
+        try:
+            with client, client.stream("GET", f"/v1/tasks/{tid}/events/stream") as r:
+                opened.set()
+                for line in r.iter_lines():
+                    if line.startswith("event:"):
+                        received.append((time.monotonic(), line.partition(": ")[2]))
+            closed.set()  # the server ended the response
+        except httpx.HTTPError:
+            pass  # a read timeout: the stream went quiet but stayed open
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    assert opened.wait(10)
+    time.sleep(0.3)
+    with server.admin() as admin:
+        assert admin.delete(f"/v1/keys/{watcher['key_id']}").status_code in (200, 204)
+    revoked_at = time.monotonic()
+    with server.client(watcher["key"]) as gone:
+        assert gone.get(f"/v1/tasks/{tid}").status_code == 401  # new requests: at once
+    with server.client(key) as c:
+        assert c.post(f"/v1/tasks/{tid}/cancel").status_code == 200
+    thread.join(10)
+    assert [name for at, name in received if at > revoked_at] == []
+    assert closed.is_set()
+
+
+def test_revoked_key_claims_nothing_in_its_long_poll(server: Server) -> None:
+    """A worker's claim that long-polls outlives the key check made when it began: once its
+    key is revoked the poll stops with a 401 and claims nothing (a task created after the
+    revocation was leased to the revoked key)."""
+    tenant, key = server.tenant()
+    worker = server.key(tenant)
+    task_type = f"REVOKED_{uuid.uuid4().hex[:6]}"
+    answers: list[httpx.Response] = []
+
+    def poll() -> None:
+        with server.client(worker["key"]) as w:
+            answers.append(w.post("/v1/workers/claim",
+                                  json={"task_types": [task_type], "wait": 20}))
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    time.sleep(0.5)
+    assert thread.is_alive()  # waiting: nothing to claim yet
+    with server.admin() as admin:
+        assert admin.delete(f"/v1/keys/{worker['key_id']}").status_code in (200, 204)
+    with server.client(key) as c:
+        tid = c.post("/v1/tasks", json={"task_type": task_type}).json()["task_id"]
+        thread.join(15)
+        assert not thread.is_alive()
+        (answer,) = answers
+        assert answer.status_code == 401, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert c.get(f"/v1/tasks/{tid}").json()["status"] == "QUEUED"

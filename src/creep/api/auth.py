@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -110,20 +111,45 @@ async def principal_from_header(state: Any, header: str, *, write: bool = False)
     if scheme.lower() != "bearer" or not secret.strip():
         raise Problem(401, "Unauthorized", "send Authorization: Bearer <api key>",
                       type_="unauthorized", headers=_UNAUTHORIZED)
-    key_hash = hash_key(secret.strip())
-    cache: KeyCache = state.key_cache
-    hit, principal = cache.get(key_hash)
-    if not hit:
-        principal = await run_in_threadpool(_lookup, state.services, key_hash)
-        cache.put(key_hash, principal)
+    principal = await _resolve(state, hash_key(secret.strip()))
     if principal is None:
-        raise Problem(401, "Unauthorized", "unknown or revoked API key", type_="unauthorized",
-                      headers=_UNAUTHORIZED)
+        raise key_refused()
     if principal.tenant_id is not None:  # tenants may have a rate even if the default is off
         await state.rate_limiter.check(principal.tenant_id)
     if write and principal.read_only:
         raise Problem(403, "Forbidden", "this API key is read-only", type_="read-only-key")
     return principal
+
+
+def key_refused() -> Problem:
+    """The 401 for a key that is unknown or revoked."""
+    return Problem(401, "Unauthorized", "unknown or revoked API key", type_="unauthorized",
+                   headers=_UNAUTHORIZED)
+
+
+async def _resolve(state: Any, key_hash: str) -> Principal | None:
+    """The live key with this hash (None: unknown or revoked), through the key cache."""
+    cache: KeyCache = state.key_cache
+    hit, principal = cache.get(key_hash)
+    if not hit:
+        principal = await run_in_threadpool(_lookup, state.services, key_hash)
+        cache.put(key_hash, principal)
+    return principal
+
+
+def key_check(request: Request) -> Callable[[], Awaitable[bool]]:
+    """For a route that authenticated once and then runs on (an SSE stream, a claim's long
+    poll): a check, to call before each poll or event sent, of whether the request's key
+    would still authenticate a new request. It goes through the same key cache (a key
+    revoked on this node is forgotten at once; elsewhere within key_cache_seconds) and
+    charges no rate limit."""
+    _, _, secret = request.headers.get("authorization", "").partition(" ")
+    key_hash = hash_key(secret.strip())
+
+    async def still_valid() -> bool:
+        return await _resolve(request.app.state, key_hash) is not None
+
+    return still_valid
 
 
 async def writer(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:

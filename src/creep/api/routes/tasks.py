@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
 from creep.api.audit import AUTO, AuditWrite, audit_row, audited, riding
-from creep.api.auth import Authenticated, Writer, principal_from_header
+from creep.api.auth import Authenticated, Writer, key_check, principal_from_header
 from creep.api.context import TRACED
 from creep.api.create_batcher import CreateBatcher
 from creep.api.limits import QuotaCheck, TenantLimits, TenantLimitsCache
@@ -350,6 +350,9 @@ async def stream_task_events(
         svc.store.task_events_after, start, limit=500, task_id=task_id, tenant_id=scope
     )
     poll = svc.settings.sse_poll_seconds
+    # The key was checked once, above: the stream stops once it would no longer
+    # authenticate a new request (revoked), before anything more is sent.
+    key_valid = key_check(request)
 
     async def generate() -> Any:
         cursor = start
@@ -357,6 +360,8 @@ async def stream_task_events(
         idle = 0.0
         yield "retry: 1000\n\n"
         while True:
+            if not await key_valid():
+                return
             for event in batch:
                 cursor = event.cursor
                 data = orjson.dumps(event_json(event)).decode()
@@ -381,6 +386,8 @@ async def stream_task_events(
                     # whose statement began before the finish may commit a moment after
                     # this check. Events written later (a retry, a PATCH, an artifact
                     # removed) are new history: a client reconnects with Last-Event-ID.
+                    if not await key_valid():
+                        return
                     end = orjson.dumps({"status": task.status}).decode()
                     yield f"event: end\ndata: {end}\n\n"
                     return

@@ -19,7 +19,7 @@ from creep.api.asset_schemas import (
     ledger_json,
 )
 from creep.api.audit import audited
-from creep.api.auth import Principal, Writer
+from creep.api.auth import Principal, Writer, key_check, key_refused
 from creep.api.problems import Problem
 from creep.api.responses import json_response
 from creep.api.schemas import TaskEventOut, TaskOut, event_json, task_json
@@ -90,7 +90,19 @@ async def claim(body: ClaimIn, request: Request, principal: Writer, proto: Proto
     no items. A tenant key claims only its tenant's tasks."""
     req = validate_claim(_worker_id(principal, body.worker_id), body.task_types,
                          body.max_tasks, body.wait, body.claim_ttl)
-    claimed = await proto.claim(req, read_scope(principal), request.is_disconnected)
+    key_valid = key_check(request)
+    revoked = False
+
+    async def gone() -> bool:
+        # A long poll outlives the key check above: a key revoked meanwhile claims nothing
+        # more (what a poll claimed for it is given back, as for a client that left).
+        nonlocal revoked
+        revoked = revoked or not await key_valid()
+        return revoked or await request.is_disconnected()
+
+    claimed = await proto.claim(req, read_scope(principal), gone)
+    if revoked:
+        raise key_refused()
     return json_response(_claimed_json(claimed))
 
 
