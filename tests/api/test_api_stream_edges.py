@@ -179,3 +179,24 @@ def test_revoked_key_claims_nothing_in_its_long_poll(server: Server) -> None:
         assert answer.status_code == 401, answer.text
         assert answer.headers["content-type"] == "application/problem+json"
         assert c.get(f"/v1/tasks/{tid}").json()["status"] == "QUEUED"
+
+
+def test_pg_event_cursor_of_another_store_names_the_parameter_sent(server: Server) -> None:
+    """A well-formed event cursor this store did not issue (on PostgreSQL `7`: its cursors
+    are `<txid>.<event id>`) is a 422 naming the parameter the caller sent it in, `after` or
+    `Last-Event-ID` (it named `cursor`, a field the caller never sent), as a malformed one
+    (`after=x`) already does."""
+    if not _is_postgres(server):
+        pytest.skip("SQLite event cursors are plain numbers: 7 is a valid one there")
+    _, key = server.tenant()
+    with server.client(key) as c:
+        tid = c.post("/v1/tasks", json={"task_type": "ECHO"}).json()["task_id"]
+        r = c.get(f"/v1/tasks/{tid}/events", params={"after": "7"})
+        assert r.status_code == 422
+        assert [e["field"] for e in r.json()["errors"]] == ["after"], r.text
+        r = c.get(f"/v1/tasks/{tid}/events/stream", params={"after": "7"})
+        assert r.status_code == 422
+        assert [e["field"] for e in r.json()["errors"]] == ["after"], r.text
+        r = c.get(f"/v1/tasks/{tid}/events/stream", headers={"Last-Event-ID": "7"})
+        assert r.status_code == 422
+        assert [e["field"] for e in r.json()["errors"]] == ["Last-Event-ID"], r.text

@@ -8,6 +8,7 @@ import csv
 import io
 import re
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,6 +70,19 @@ def check_event_cursor(cursor: str | None, field: str) -> str | None:
     if cursor is not None and not _EVENT_CURSOR.match(cursor):
         raise ValidationError.single(field, "is not a cursor this server issued")
     return cursor
+
+
+@contextmanager
+def cursor_named(field: str) -> Iterator[None]:
+    """Inside: a store's refusal of an event cursor (a well-formed number it did not issue,
+    e.g. one of the other backend), which the stores call `cursor`, names the parameter the
+    caller sent it in (`after`, `Last-Event-ID`)."""
+    try:
+        yield
+    except ValidationError as exc:
+        raise ValidationError(
+            [(field if name == "cursor" else name, rule) for name, rule in exc.errors]
+        ) from None
 
 
 def aware(value: datetime | None, field: str) -> datetime | None:

@@ -23,6 +23,7 @@ from creep.api.responses import (
     RawJSONResponse,
     aware,
     check_event_cursor,
+    cursor_named,
     decode_cursor,
     encode_cursor,
     json_response,
@@ -320,8 +321,9 @@ def task_events(
         svc.store.task_get(task_id, scope)
         # After a cursor: only events that can no longer be overtaken by a transaction still
         # in flight (on PostgreSQL the newest may show a moment later).
-        events = svc.store.task_events_after(after, limit=limit, task_id=task_id,
-                                             tenant_id=scope)
+        with cursor_named("after"):
+            events = svc.store.task_events_after(after, limit=limit, task_id=task_id,
+                                                 tenant_id=scope)
     next_cursor = events[-1].cursor if events else after
     return json_response({"items": [event_json(e) for e in events], "next_cursor": next_cursor})
 
@@ -346,9 +348,10 @@ async def stream_task_events(
     start = check_event_cursor(last_event_id, "Last-Event-ID") or check_event_cursor(
         after, "after")
     # A cursor this store did not issue is a 422 now, not a broken stream later.
-    first = await run_in_threadpool(
-        svc.store.task_events_after, start, limit=500, task_id=task_id, tenant_id=scope
-    )
+    with cursor_named("Last-Event-ID" if last_event_id else "after"):
+        first = await run_in_threadpool(
+            svc.store.task_events_after, start, limit=500, task_id=task_id, tenant_id=scope
+        )
     poll = svc.settings.sse_poll_seconds
     # The key was checked once, above: the stream stops once it would no longer
     # authenticate a new request (revoked), before anything more is sent.
