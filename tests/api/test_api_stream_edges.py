@@ -200,3 +200,40 @@ def test_pg_event_cursor_of_another_store_names_the_parameter_sent(server: Serve
         r = c.get(f"/v1/tasks/{tid}/events/stream", headers={"Last-Event-ID": "7"})
         assert r.status_code == 422
         assert [e["field"] for e in r.json()["errors"]] == ["Last-Event-ID"], r.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "field", "where"),
+    [
+        ("GET", "/v1/tasks", {"params": {"created_from": "2024-01-01T00:00:00"}},
+         "created_from", "query"),
+        ("GET", "/v1/tasks", {"params": {"cursor": "bm90LWEtY3Vyc29y"}}, "cursor", "query"),
+        ("GET", "/v1/ledger/summary", {"params": {"group_by": "nope"}}, "group_by", "query"),
+        ("GET", "/v1/ledger", {"params": {"from": "2024-01-01T00:00:00"}}, "from", "query"),
+        ("PATCH", "/v1/tasks/{tid}", {"json": {"priority": 1}, "headers": {"If-Match": "v1"}},
+         "If-Match", "header"),
+        ("GET", "/v1/tasks/{tid}/events/stream", {"headers": {"Last-Event-ID": "x"}},
+         "Last-Event-ID", "header"),
+    ],
+)
+def test_problem_errors_say_where_the_field_is(
+    server: Server, method: str, path: str, kwargs: dict[str, Any], field: str, where: str
+) -> None:
+    """README: a 422's `errors: [{field, in, rule}]` say where each refused field was sent.
+    A field refused by route or domain code is in `query` or `header` as the caller sent it
+    (it was always `body`), as FastAPI's own checks of the same route say (`limit=0`: query);
+    a body field stays `body`."""
+    _, key = server.tenant()
+    with server.client(key) as c:
+        tid = c.post("/v1/tasks", json={"task_type": "ECHO"}).json()["task_id"]
+        fastapi_own = c.get("/v1/tasks", params={"limit": 0}).json()["errors"]
+        assert [(e["field"], e["in"]) for e in fastapi_own] == [("limit", "query")]
+        r = c.request(method, path.format(tid=tid), **kwargs)
+        assert r.status_code == 422, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        errors = r.json()["errors"]
+        assert [(e["field"], e["in"]) for e in errors] == [(field, where)], errors
+        in_body = c.patch(f"/v1/tasks/{tid}", json={"priority": None},
+                          headers={"If-Match": '"1"'})
+        assert [(e["field"], e["in"]) for e in in_body.json()["errors"]] == [
+            ("priority", "body")], in_body.text

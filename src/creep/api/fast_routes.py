@@ -47,7 +47,7 @@ async def serve(handler: Handler, scope: Scope, receive: Receive, send: Send) ->
     except RequestValidationError as exc:
         response = problem_response(from_request_validation(exc))
     except CreepError as exc:
-        response = problem_response(from_creep_error(exc))
+        response = problem_response(from_creep_error(exc, request))
     except HTTPException as exc:  # e.g. a body over the app's size limit, as problems.on_http
         title = _HTTP_TITLES.get(exc.status_code, "Error")
         detail = exc.detail if isinstance(exc.detail, str) else title

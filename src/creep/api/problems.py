@@ -93,9 +93,41 @@ def from_request_validation(exc: RequestValidationError) -> Problem:
     )
 
 
-def from_creep_error(exc: CreepError) -> Problem:
+def _declared_params(dependant: Any, into: dict[str, str]) -> dict[str, str]:
+    """{parameter name as sent: where} for a route's parameters and its dependencies'; header
+    names lower-case (FastAPI's alias of `if_match` is `if-match`)."""
+    for where, params in (("path", dependant.path_params), ("query", dependant.query_params),
+                          ("header", dependant.header_params),
+                          ("cookie", dependant.cookie_params)):
+        for param in params:
+            into.setdefault(param.alias.lower() if where == "header" else param.alias, where)
+    for sub in dependant.dependencies:
+        _declared_params(sub, into)
+    return into
+
+
+def field_location(request: Request | None, field: str) -> str:
+    """Where a field that route or domain code refused was sent, as FastAPI's own checks say
+    it (`in`): a parameter the matched route declares is in `path`, `query` or `header`
+    (matched by the name the caller sent: `If-Match`, `Last-Event-ID`, `from`), any other
+    field in `body` (e.g. `tasks[0].priority`)."""
+    dependant = getattr(request.scope.get("route"), "dependant", None) if request else None
+    if dependant is None:  # no route matched: POST /v1/tasks (fast_routes) reads a body only
+        return "body"
+    declared = _declared_params(dependant, {})
+    name = field.split(".", 1)[0].split("[", 1)[0]
+    where = declared.get(name)
+    if where is None and declared.get(name.lower()) == "header":
+        where = "header"
+    return where or "body"
+
+
+def from_creep_error(exc: CreepError, request: Request | None = None) -> Problem:
+    """The problem document for a domain error; `request` (when there is one) tells where
+    each field of a validation error was sent."""
     if isinstance(exc, ValidationError):
-        errors = [{"field": f, "in": "body", "rule": r} for f, r in exc.errors]
+        errors = [{"field": f, "in": field_location(request, f), "rule": r}
+                  for f, r in exc.errors]
         return Problem(422, "Validation failed", exc.message, type_="validation", errors=errors)
     if isinstance(exc, NotFound):
         return Problem(404, "Not found", exc.message, type_="not-found")
@@ -156,9 +188,9 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return problem_response(from_request_validation(exc))
 
-    async def on_creep(_: Request, exc: Exception) -> Response:
+    async def on_creep(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, CreepError)
-        return problem_response(from_creep_error(exc))
+        return problem_response(from_creep_error(exc, request))
 
     async def on_http(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
