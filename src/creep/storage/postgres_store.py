@@ -1193,15 +1193,14 @@ class PostgresStore(
     def task_has_events_after(
         self, cursor: str | None, *, task_id: str, tenant_id: str | None = None
     ) -> bool:
-        """Whether the task has a committed event after `cursor`, below the horizon or not:
-        task_events_after stops at the oldest open transaction anywhere in the cluster and
-        returns those events only once it ended, so an empty answer there does not mean
-        there is nothing left to read."""
-        txid, event_id = _parse_cursor(cursor)
+        """Whether the task has a committed event after `cursor`, in the task's own order
+        (event_id: see task_events), exactly when task_events_after(task_id=) would
+        return one."""
+        _, event_id = _parse_cursor(cursor)
         if not is_uuid(task_id):
             return False
-        where = "task_id = %s AND (txid, event_id) > (%s::text::xid8, %s)"
-        params: list[Any] = [task_id, txid, event_id]
+        where = "task_id = %s AND event_id > %s"
+        params: list[Any] = [task_id, event_id]
         if tenant_id is not None:
             where += " AND tenant_id = %s"
             params.append(tenant_id)

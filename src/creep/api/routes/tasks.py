@@ -375,20 +375,12 @@ async def stream_task_events(
                     svc.store.task_has_events_after, cursor, task_id=task_id, tenant_id=scope
                 ):
                     # When `end` may be sent: the task is finished and no committed event
-                    # of it lies past the cursor sent. Committed, not just readable: on
-                    # PostgreSQL task_events_after reads only below the oldest open
-                    # transaction of the whole cluster (a cursor must never be overtaken),
-                    # so while an older transaction runs elsewhere the task's newest events
-                    # are committed but not yet returned; the stream then keeps polling
-                    # (keep-alives included) until they are sent, however long that takes.
-                    # Nothing uncommitted can be missed but a worker's own event racing the
-                    # task's end: every write that changes the task takes its row lock and
-                    # is fenced on its status, so it committed before the finishing
-                    # transaction (and is read here) or found the task finished and wrote
-                    # nothing; a worker's event (INSERT fenced on RUNNING, no row lock)
-                    # whose statement began before the finish may commit a moment after
-                    # this check. Events written later (a retry, a PATCH, an artifact
-                    # removed) are new history: a client reconnects with Last-Event-ID.
+                    # of it lies past the cursor sent. Nothing uncommitted can be missed:
+                    # every writer of a task's events holds its row lock and is fenced on
+                    # its status, so it committed before the finishing transaction (and is
+                    # seen here) or found the task finished and wrote nothing. Events
+                    # written later (a retry, a PATCH, an artifact removed) are new history:
+                    # a client reconnects with Last-Event-ID.
                     if not await key_valid():
                         return
                     end = orjson.dumps({"status": task.status}).decode()
