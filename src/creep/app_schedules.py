@@ -22,6 +22,7 @@ from creep.domain.schedule import (
     validate_schedule,
 )
 from creep.domain.task_spec import Limits
+from creep.domain.text import bad_text
 from creep.engine.retention import RetentionJob, builtin_job
 from creep.engine.scheduler import Scheduler, SchedulerSettings
 from creep.schedule_port import ScheduleStore
@@ -90,8 +91,10 @@ class SchedulesApi:
     ) -> TaskExecution:
         """Fire a schedule now (trigger_type manual, trigger_by the principal), outside its
         timing; max_concurrent still applies (a skip is recorded `cancelled`)."""
-        if not trigger_by:
+        if not isinstance(trigger_by, str) or not trigger_by:
             raise ValidationError.single("trigger_by", "must name the principal")
+        if (rule := bad_text(trigger_by)) is not None:
+            raise ValidationError.single("trigger_by", rule)
         sched = self.schedules.schedule_get(uid, tenant_id)
         now = self.clock.now()
         firing = Firing(now, TriggerType.MANUAL, trigger_by)

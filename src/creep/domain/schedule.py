@@ -18,6 +18,7 @@ from creep.domain.cron import next_cron, validate_cron, validate_timezone
 from creep.domain.errors import ConflictError, ValidationError
 from creep.domain.execution import TriggerType
 from creep.domain.task_spec import Limits, TaskSpec, validate_task_spec
+from creep.domain.text import bad_text, find_bad_text, may_hold_nul
 
 MAX_DATA_BYTES = 10 * 1024  # seed 003: ScheduledTask.data larger than 10 KB is rejected
 MAX_MISFIRE_LIMIT = 1000
@@ -161,7 +162,20 @@ def _str(
     if len(v) > max_len:
         errs.add(name, f"must be at most {max_len} characters")
         return default
+    rule = bad_text(v)  # NUL or a lone surrogate: no database stores it
+    if rule is not None:
+        errs.add(name, rule)
+        return default
     return v
+
+
+def _storable(errs: _Errs, value: Any, name: str) -> bool:
+    """Whether every string in `value` (keys too) is text both databases store; if not, the
+    error names the field (and the path inside it)."""
+    found = find_bad_text(value, name)
+    if found is not None:
+        errs.add(*found)
+    return found is None
 
 
 def _data(errs: _Errs, value: Any) -> str | None:
@@ -170,13 +184,21 @@ def _data(errs: _Errs, value: Any) -> str | None:
         return None
     if isinstance(value, str):
         text = value
+        if (rule := bad_text(text)) is not None:
+            errs.add("data", rule)
+            return None
         if len(text.encode()) <= MAX_DATA_BYTES:  # too big is reported below, whatever it is
             try:
-                orjson.loads(value)
+                parsed = orjson.loads(value)
             except orjson.JSONDecodeError:
                 errs.add("data", "must be valid JSON text")
                 return None
+            # An escaped NUL (\u0000) decodes to a string no database stores.
+            if may_hold_nul(text.encode()) and not _storable(errs, parsed, "data"):
+                return None
     else:
+        if not _storable(errs, value, "data"):
+            return None
         try:
             text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
         except TypeError:
@@ -209,6 +231,8 @@ def validate_schedule(
             d["interval"] = None
         if fields.get("interval") is not None and "cron_expr" not in fields:
             d["cron_expr"] = None
+    # A caller may choose the uid of a new schedule (it is fixed afterwards).
+    uid = _str(errs, d, "uid", max_len=128) if existing is None else existing.uid
     tenant = _str(errs, d, "tenant_id", required=True, default="default")
     name = _str(errs, d, "name", required=True)
     task_type = _str(errs, d, "type", required=True)
@@ -263,6 +287,8 @@ def validate_schedule(
     ):
         errs.add("labels", "must be a map of strings to strings")
         labels = {}
+    elif not _storable(errs, labels, "labels"):
+        labels = {}
     data = _data(errs, d.get("data"))
     policy = MisfirePolicy.ONCE
     try:
@@ -277,9 +303,13 @@ def validate_schedule(
     if not isinstance(hints, list) or not all(isinstance(h, dict) for h in hints):
         errs.add("resource_hints", "must be a list of objects")
         hints = []
+    elif not _storable(errs, hints, "resource_hints"):
+        hints = []
     tags = d.get("tags") or []
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         errs.add("tags", "must be a list of strings")
+        tags = []
+    elif not _storable(errs, tags, "tags"):
         tags = []
     budget = d.get("max_total_cost")
     if budget is not None:
@@ -295,7 +325,7 @@ def validate_schedule(
         raise ValidationError(errs.items)
     assert tenant is not None and name is not None and task_type is not None
     sched = ScheduledTask(
-        uid=d.get("uid") or str(uuid.uuid4()), tenant_id=tenant, name=name, type=task_type,
+        uid=uid or str(uuid.uuid4()), tenant_id=tenant, name=name, type=task_type,
         description=description, is_recurring=is_recurring, cron_expr=cron, interval=interval,
         timezone=tz, next_run=next_run, enabled=enabled, max_duration_seconds=max_duration,
         max_retries=max_retries, timeout_grace_period=grace, max_concurrent=max_concurrent,
