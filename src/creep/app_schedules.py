@@ -51,7 +51,7 @@ class SchedulesApi:
         `cron_expr` / `interval` (seconds) / `next_run` (one-off), plus the seed's fields and
         the TaskOrder template (project_id, env, resource_hints, tags, max_total_cost,
         currency). next_run is computed; invalid fields raise ValidationError."""
-        sched = validate_schedule(fields, now=self.clock.now())
+        sched = validate_schedule(fields, now=self.clock.now(), limits=self.limits)
         return self.schedules.schedule_create(sched)
 
     def get_schedule(self, key: str, *, tenant_id: str | None = None) -> ScheduledTask:
@@ -74,7 +74,9 @@ class SchedulesApi:
         `expected_version`, a schedule changed meanwhile raises VersionConflict."""
         current = self.schedules.schedule_get(uid, tenant_id)
         version = current.version if expected_version is None else expected_version
-        updated = validate_schedule(changes, now=self.clock.now(), existing=current)
+        updated = validate_schedule(
+            changes, now=self.clock.now(), existing=current, limits=self.limits
+        )
         return self.schedules.schedule_save(updated, version)
 
     def enable_schedule(self, uid: str, *, tenant_id: str | None = None) -> ScheduledTask:

@@ -82,6 +82,14 @@ def test_validation_problems_name_the_field(server: Server) -> None:
              "misfire_policy"),
             ({"name": "x", "type": "T", "interval": 60, "colour": "red"}, "colour"),
             ({"type": "T", "interval": 60}, "name"),
+            # The TaskOrder template follows the task order's rules (it was accepted, and
+            # every firing then failed as an invalid task order).
+            ({"name": "x", "type": "T", "interval": 60, "tags": ["t" * 129]}, "tags[0]"),
+            ({"name": "x", "type": "T", "interval": 60, "max_total_cost": "0.12345678901"},
+             "max_total_cost"),
+            ({"name": "x", "type": "T", "interval": 60, "project_id": "p" * 129},
+             "project_id"),
+            ({"name": "x", "type": "T" * 129, "interval": 60}, "type"),
         ]
         for body, field in cases:
             r = c.post("/v1/schedules", json=body)
@@ -97,6 +105,12 @@ def test_validation_problems_name_the_field(server: Server) -> None:
         bad = c.patch(f"/v1/schedules/{uid}", json={"cron_expr": "nope"},
                       headers={"If-Match": '"1"'})
         assert bad.status_code == 422 and "cron_expr" in _fields(bad.json())
+        bad = c.patch(f"/v1/schedules/{uid}", json={"tags": ["ok", "t" * 129]},
+                      headers={"If-Match": '"1"'})
+        assert bad.status_code == 422 and "tags[1]" in _fields(bad.json())
+        bad = c.patch(f"/v1/schedules/{uid}", json={"max_total_cost": "1e15"},
+                      headers={"If-Match": '"1"'})
+        assert bad.status_code == 422 and "max_total_cost" in _fields(bad.json())
         bad = c.patch(f"/v1/schedules/{uid}", json={"max_retries": 1},
                       headers={"If-Match": "one"})
         assert bad.status_code == 422 and "If-Match" in _fields(bad.json())

@@ -4,12 +4,14 @@ history reports, and the checks of the history listing."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from creep import Creep, FrozenClock, ValidationError
+from creep.domain.execution import ExecutionState, TaskExecution
 from creep.engine.scheduler import Scheduler
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -22,6 +24,10 @@ def clock() -> FrozenClock:
 
 def _sched(app: Creep) -> Scheduler:
     return app.scheduler(holder_id="A", retention_jobs=[], lock_ttl=3600)
+
+
+def _executions(app: Creep, uid: str) -> list[TaskExecution]:
+    return sorted(app.list_executions(schedule=uid, limit=10_000), key=lambda e: e.scheduled_at)
 
 
 # -- text no database stores -----------------------------------------------------------------
@@ -69,3 +75,67 @@ def test_a_trigger_by_no_database_stores_is_a_validation_error(app: Creep) -> No
         app.trigger_schedule(s.uid, trigger_by="al\x00ice")
     assert info.value.errors[0][0] == "trigger_by"
     assert app.list_executions(schedule=s.uid) == []
+
+
+# -- the TaskOrder template --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("currency", "usd", "currency"),  # a TaskOrder wants ^[A-Z]{3,4}$
+        ("tags", ["t" * 200], "tags[0]"),  # a TaskOrder tag is 1 to 128 characters
+        ("tags", [""], "tags[0]"),
+        ("tags", [f"t{i}" for i in range(65)], "tags"),  # at most 64
+        ("resource_hints", [{"sku": "GPU"}], "resource_hints[0]"),  # needs sku_category
+        ("resource_hints", [{"sku_category": "GPU", "min_count": 0}],
+         "resource_hints[0].min_count"),
+        ("max_total_cost", "1.12345678901", "max_total_cost"),  # at most 10 places
+        ("max_total_cost", "1e15", "max_total_cost"),
+        ("project_id", "p" * 129, "project_id"),  # a TaskOrder's is at most 128
+        ("type", "T" * 129, "type"),  # the order's task_type: at most 128
+        ("tenant_id", "t" * 129, "tenant_id"),
+    ],
+)
+def test_a_template_the_task_order_refuses_is_refused_at_create_and_update(
+    app: Creep, clock: FrozenClock, field: str, value: Any, named: str
+) -> None:
+    """create_schedule and update_schedule check the TaskOrder template (and the fields a
+    firing copies into its order) with the task order's own rules and name the schedule
+    field. They used to accept it, and then every firing was recorded `failure: the task
+    order is invalid` and the schedule could never run."""
+    with pytest.raises(ValidationError) as info:
+        app.create_schedule(**{"name": "tpl", "type": "T", "interval": 60, field: value})
+    assert info.value.errors[0][0] == named, info.value.errors
+    if field == "tenant_id":
+        return  # not a field an update may change
+    s = app.create_schedule(name="ok", type="T", interval=60)
+    with pytest.raises(ValidationError) as info:
+        app.update_schedule(s.uid, **{field: value})
+    assert info.value.errors[0][0] == named, info.value.errors
+    assert app.get_schedule(s.uid).version == 1
+    clock.advance(60)
+    _sched(app).run_once()
+    [e] = _executions(app, s.uid)
+    assert e.state is ExecutionState.PENDING and e.task_id is not None
+
+
+def test_a_stored_schedule_with_a_bad_template_can_still_be_disabled_or_mended(
+    app: Creep, clock: FrozenClock
+) -> None:
+    """A schedule stored before its template was checked (here: written past the validator)
+    can still be disabled, and mended field by field: an update reports only the problems of
+    the fields it changes."""
+    good = app.create_schedule(name="legacy", type="T", interval=60)
+    app.delete_schedule(good.uid)
+    app.schedules.schedule_create(dataclasses.replace(good, currency="usd"))
+    assert app.disable_schedule(good.uid).enabled is False
+    with pytest.raises(ValidationError) as info:
+        app.update_schedule(good.uid, currency="eur")
+    assert info.value.errors[0][0] == "currency"
+    mended = app.update_schedule(good.uid, currency="EUR", enabled=True)
+    assert mended.currency == "EUR" and mended.enabled
+    clock.advance(60)
+    _sched(app).run_once()
+    [e] = _executions(app, good.uid)
+    assert e.state is ExecutionState.PENDING and e.task_id is not None

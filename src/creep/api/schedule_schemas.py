@@ -1,13 +1,15 @@
 """Request and response bodies of /v1/schedules (seed 003's ScheduledTask and TaskExecution).
 
 Shapes and ranges are checked here; the seed's rules (cron syntax, grace < max duration, data
-at most 10 KB, ...) by `creep.domain.schedule.validate_schedule`, which names each field."""
+at most 10 KB, ...) and the TaskOrder template's (the task validator's own: currency, tags,
+hints, max_total_cost, ...) by `creep.domain.schedule.validate_schedule`, which names each
+field."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, Field
@@ -27,7 +29,7 @@ class _ScheduleFields(_In):
     """Fields shared by create and patch (every one optional here)."""
 
     name: str | None = Field(default=None, min_length=1, max_length=255)
-    type: str | None = Field(default=None, min_length=1, max_length=255,
+    type: str | None = Field(default=None, min_length=1, max_length=128,
                              description="the task_type of the TaskOrder each firing creates")
     description: str | None = Field(default=None, max_length=10_000)
     cron_expr: str | None = Field(default=None, min_length=1, max_length=255,
@@ -48,10 +50,11 @@ class _ScheduleFields(_In):
     misfire_policy: MisfireName | None = None
     misfire_limit: int | None = Field(default=None, ge=1, le=1000)
     misfire_grace_seconds: int | None = Field(default=None, ge=0, le=7 * _DAY)
-    project_id: str | None = Field(default=None, max_length=255)
+    project_id: str | None = Field(default=None, max_length=128)
     env: str | None = Field(default=None, min_length=1, max_length=64)
     resource_hints: list[ResourceHintIn] | None = Field(default=None, max_length=100)
-    tags: list[str] | None = Field(default=None, max_length=64)
+    tags: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None, max_length=64)
     max_total_cost: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3,4}$")
 
@@ -73,7 +76,7 @@ class ScheduleIn(_ScheduleFields):
     one-off) `next_run`. `tenant_id` comes from a tenant key; an admin key names it."""
 
     name: str = Field(min_length=1, max_length=255)
-    type: str = Field(min_length=1, max_length=255,
+    type: str = Field(min_length=1, max_length=128,
                       description="the task_type of the TaskOrder each firing creates")
     tenant_id: str | None = Field(default=None, min_length=1, max_length=128)
 

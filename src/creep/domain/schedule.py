@@ -4,6 +4,7 @@ interval grid, cron, misfires) and the TaskOrder a firing creates."""
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -211,11 +212,62 @@ def _data(errs: _Errs, value: Any) -> str | None:
     return text
 
 
+#: TaskOrder fields a firing fills from a schedule field of another name (task_fields);
+#: the template's other fields have the schedule field's name.
+_ORDER_TO_SCHEDULE = {
+    "task_type": "type", "input_payload": "data", "timeout_ms": "max_duration_seconds",
+    "constraints.max_retries": "max_retries",
+    "constraints.timeout_grace_ms": "timeout_grace_period",
+    "idempotency_key": "uid", "external_ref": "uid",
+}
+
+
+def _schedule_field(order_field: str) -> str:
+    """The schedule field (and path inside it) a TaskOrder error is about."""
+    for order, own in _ORDER_TO_SCHEDULE.items():
+        if order_field == order or order_field.startswith((f"{order}.", f"{order}[")):
+            return own + order_field[len(order):]
+    return order_field
+
+
+def _top(name: str) -> str:
+    return re.split(r"[.\[]", name, maxsplit=1)[0]
+
+
+def _check_template(
+    errs: _Errs, sched: ScheduledTask, *, now: datetime, limits: Limits,
+    given: Mapping[str, Any] | None,
+) -> TaskSpec | None:
+    """Check the TaskOrder the schedule's firings create with the task validator itself, so
+    a schedule is refused up front instead of recording `the task order is invalid` at every
+    firing. Errors name schedule fields (task_type -> type, input_payload -> data, ...); a
+    field already reported is not reported twice. On update (`given`: the changed fields)
+    only problems of changed fields are reported: a schedule stored before this check can
+    still be disabled or mended one field at a time."""
+    # A manual trigger's idempotency key is the longest a firing makes.
+    probe = Firing(now, TriggerType.MANUAL, "check")
+    try:
+        return validate_task_spec(
+            task_fields(sched, probe), now=now, limits=limits, traced=False
+        )
+    except ValidationError as exc:
+        reported = {_top(name) for name, _ in errs.items}
+        for name, rule in exc.errors:
+            own = _schedule_field(name)
+            if _top(own) in reported or (given is not None and _top(own) not in given):
+                continue
+            errs.add(own, rule)
+        return None
+
+
 def validate_schedule(
-    fields: Mapping[str, Any], *, now: datetime, existing: ScheduledTask | None = None
+    fields: Mapping[str, Any], *, now: datetime, existing: ScheduledTask | None = None,
+    limits: Limits | None = None,
 ) -> ScheduledTask:
     """Build a ScheduledTask from caller fields (merged over `existing` on update). Every
-    problem is reported at once, each naming its field and rule."""
+    problem is reported at once, each naming its field and rule. The TaskOrder template
+    (and the fields a firing copies into its order) must pass the task order's own rules
+    (validate_task_spec with `limits`, as at firing time)."""
     unknown = sorted(set(fields) - (UPDATABLE if existing else FIELDS))
     errs = _Errs()
     for bad in unknown:
@@ -299,41 +351,28 @@ def validate_schedule(
     misfire_grace = _int(errs, d, "misfire_grace_seconds", 60, 0, 7 * 24 * 3600)
     project_id = _str(errs, d, "project_id")
     env = _str(errs, d, "env", default="default", max_len=64) or "default"
-    hints = d.get("resource_hints") or []
-    if not isinstance(hints, list) or not all(isinstance(h, dict) for h in hints):
-        errs.add("resource_hints", "must be a list of objects")
-        hints = []
-    elif not _storable(errs, hints, "resource_hints"):
-        hints = []
-    tags = d.get("tags") or []
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        errs.add("tags", "must be a list of strings")
-        tags = []
-    elif not _storable(errs, tags, "tags"):
-        tags = []
-    budget = d.get("max_total_cost")
-    if budget is not None:
-        try:
-            budget = Decimal(str(budget))
-            if not budget.is_finite() or budget < 0:
-                raise ValueError
-        except (ValueError, ArithmeticError):
-            errs.add("max_total_cost", "must be a non-negative decimal")
-            budget = None
-    currency = _str(errs, d, "currency", default="USD", max_len=4) or "USD"
+    sched = ScheduledTask(
+        uid=uid or str(uuid.uuid4()), tenant_id=tenant or "default", name=name or "",
+        type=task_type or "", description=description, is_recurring=is_recurring,
+        cron_expr=cron, interval=interval, timezone=tz, next_run=next_run, enabled=enabled,
+        max_duration_seconds=max_duration, max_retries=max_retries,
+        timeout_grace_period=grace, max_concurrent=max_concurrent, priority=priority,
+        labels=dict(labels), data=data, misfire_policy=policy, misfire_limit=misfire_limit,
+        misfire_grace_seconds=misfire_grace, project_id=project_id, env=env,
+        # The rest of the TaskOrder template is checked by the task validator just below.
+        resource_hints=d.get("resource_hints") or [], tags=d.get("tags") or [],
+        max_total_cost=d.get("max_total_cost"), currency=d.get("currency") or "USD",
+    )
+    order = _check_template(
+        errs, sched, now=now, limits=limits or Limits(),
+        given=None if existing is None else fields,
+    )
     if errs.items:
         raise ValidationError(errs.items)
-    assert tenant is not None and name is not None and task_type is not None
-    sched = ScheduledTask(
-        uid=uid or str(uuid.uuid4()), tenant_id=tenant, name=name, type=task_type,
-        description=description, is_recurring=is_recurring, cron_expr=cron, interval=interval,
-        timezone=tz, next_run=next_run, enabled=enabled, max_duration_seconds=max_duration,
-        max_retries=max_retries, timeout_grace_period=grace, max_concurrent=max_concurrent,
-        priority=priority, labels=dict(labels), data=data, misfire_policy=policy,
-        misfire_limit=misfire_limit, misfire_grace_seconds=misfire_grace, project_id=project_id,
-        env=env, resource_hints=list(hints), tags=list(tags), max_total_cost=budget,
-        currency=currency,
-    )
+    if order is not None:  # None: an unchanged field of a stored schedule is refused
+        sched.max_total_cost = order.max_total_cost  # the exact decimal the order gets
+    elif sched.max_total_cost is not None and not isinstance(sched.max_total_cost, Decimal):
+        sched.max_total_cost = Decimal(str(sched.max_total_cost))
     if existing is not None:
         for stat in (
             "total_executions", "success_executions", "failure_executions",

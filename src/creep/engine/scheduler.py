@@ -201,7 +201,7 @@ class Scheduler:
                  "cron_expr": job.cron_expr, "description": job.description,
                  "misfire_policy": "once", "max_duration_seconds": 3600,
                  "data": {"older_than_days": job.older_than_days}},
-                now=self.clock.now(),
+                now=self.clock.now(), limits=self.limits,
             )
             with contextlib.suppress(CreepError):  # another process installed it meanwhile
                 self.store.schedule_create(sched)

@@ -74,7 +74,7 @@ def create_schedule(body: ScheduleIn, request: Request, principal: Writer, svc: 
     store = _store(svc)
     fields = body.fields()
     fields["tenant_id"] = owning_tenant(principal, body.tenant_id, svc.store)
-    sched = validate_schedule(fields, now=svc.clock.now())
+    sched = validate_schedule(fields, now=svc.clock.now(), limits=svc.limits)
     with audited(request, principal, AuditAction.CREATED, ResourceType.SCHEDULED_TASK,
                  sched.uid, new=_audit_view(sched), tenant_id=sched.tenant_id):
         created = store.schedule_create(sched)
@@ -136,7 +136,9 @@ def patch_schedule(
         raise Problem(412, "Precondition failed",
                       f"schedule {current.uid} is at version {current.version}, not {expected}",
                       type_="stale-version", current_version=current.version)
-    updated = validate_schedule(body.fields(), now=svc.clock.now(), existing=current)
+    updated = validate_schedule(
+        body.fields(), now=svc.clock.now(), existing=current, limits=svc.limits
+    )
     new_view = {**_audit_view(updated), "version": expected + 1}
     try:
         with audited(request, principal, AuditAction.UPDATED, ResourceType.SCHEDULED_TASK,
