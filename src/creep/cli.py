@@ -61,7 +61,8 @@ def migrate(
     except CreepError as exc:
         raise _fail(str(exc)) from None
     if applied:
-        console.print(f"applied migrations {applied}; schema version {version}")
+        # One line however long the list (rich wraps at 80 columns when piped).
+        console.print(f"applied migrations {applied}; schema version {version}", soft_wrap=True)
     else:
         console.print(f"schema is up to date (version {version})")
 

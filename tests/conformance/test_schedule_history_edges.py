@@ -5,13 +5,15 @@ history reports, and the checks of the history listing."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from creep import Creep, FrozenClock, ValidationError
+from creep import Creep, Fail, FrozenClock, TaskContext, ValidationError
 from creep.domain.execution import ExecutionState, TaskExecution
+from creep.domain.schedule import ScheduledTask
 from creep.engine.scheduler import Scheduler
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -139,3 +141,96 @@ def test_a_stored_schedule_with_a_bad_template_can_still_be_disabled_or_mended(
     _sched(app).run_once()
     [e] = _executions(app, good.uid)
     assert e.state is ExecutionState.PENDING and e.task_id is not None
+
+
+# -- statistics follow the order in which runs finished ----------------------------------------
+
+SWEEPS = ("between", "once", "one_at_a_time")
+
+
+def _outcome(clock: FrozenClock, message: str | None) -> Callable[[TaskContext], object]:
+    """A handler that takes 1 s and succeeds (None) or fails with `message`."""
+
+    def handler(ctx: TaskContext) -> object:
+        clock.advance(1)
+        if message is None:
+            return {"ok": True}
+        raise Fail(code="BOOM", message=message)
+
+    return handler
+
+
+def _older_run_ends_last(
+    app: Creep, clock: FrozenClock, sch: Scheduler, newer: str | None, older: str | None,
+    sweep: str,
+) -> ScheduledTask:
+    """Fire two slots of one schedule; the newer run ends first (`newer`: None succeeds, a
+    text fails with it), then the older run ends 1 s later (`older`). `sweep`: the leader
+    sweeps between the two ends, once after both, or after both one execution at a time
+    (the older one, which has the smaller id, first). Returns the schedule as it ends up."""
+    s = app.create_schedule(name=sweep, type=f"OLD{sweep}", interval=10, max_concurrent=5)
+    clock.advance(10)
+    sch.run_once()
+    app.update_schedule(s.uid, type=f"NEW{sweep}")  # the second slot's order: another type
+    clock.advance(10)
+    sch.run_once()
+    app.handler(f"NEW{sweep}")(_outcome(clock, newer))
+    app.run_worker(burst=True, install_signals=False)  # only the newer run
+    if sweep == "between":
+        clock.advance(1)
+        sch.run_once()
+    app.handler(f"OLD{sweep}")(_outcome(clock, older))
+    app.run_worker(burst=True, install_signals=False)  # then the older run
+    clock.advance(1)
+    if sweep == "one_at_a_time":
+        while app.schedules.execution_sync(clock.now(), limit=1):
+            pass
+    else:
+        sch.run_once()
+    old, new = _executions(app, s.uid)
+    assert old.finished_at is not None and new.finished_at is not None
+    assert old.finished_at > new.finished_at  # the older run's outcome is the latest
+    assert old.id < new.id
+    return app.get_schedule(s.uid)
+
+
+def _stats(s: ScheduledTask) -> tuple[int, str | None, int, int, int]:
+    return (s.consecutive_failures, s.last_failure_error, s.total_executions,
+            s.success_executions, s.failure_executions)
+
+
+def test_consecutive_failures_follow_the_order_runs_finished(
+    app: Creep, clock: FrozenClock
+) -> None:
+    """The newer run succeeds at t, the older one fails at t + 1: the latest outcome is a
+    failure, so consecutive_failures is 1, whenever the leader swept. A sweep meeting both
+    ends used to count them in execution-id order, and the success, counted last, reset the
+    run to 0 (1 only if the leader happened to sweep between the two ends)."""
+    sch = _sched(app)
+    got = {sweep: _stats(_older_run_ends_last(app, clock, sch, None, "failed last", sweep))
+           for sweep in SWEEPS}
+    assert got == dict.fromkeys(SWEEPS, (1, "failed last", 2, 1, 1))
+
+
+def test_a_success_that_finished_last_ends_the_run_of_failures(
+    app: Creep, clock: FrozenClock
+) -> None:
+    """The newer run fails at t, the older one succeeds at t + 1: consecutive_failures is 0
+    whenever the leader swept (a sweep meeting both used to count the failure last: 1)."""
+    sch = _sched(app)
+    got = {sweep: _stats(_older_run_ends_last(app, clock, sch, "failed first", None, sweep))
+           for sweep in SWEEPS}
+    assert got == dict.fromkeys(SWEEPS, (0, "failed first", 2, 1, 1))
+
+
+def test_last_failure_error_is_the_failure_that_finished_last(
+    app: Creep, clock: FrozenClock
+) -> None:
+    """Two failures: last_failure_error is the message of the one that finished last,
+    whenever the leader swept (a sweep meeting both used to keep the message of the one
+    with the larger execution id, which finished first)."""
+    sch = _sched(app)
+    got = {sweep: _stats(_older_run_ends_last(app, clock, sch, "finished first",
+                                              "finished last", sweep))
+           for sweep in SWEEPS}
+    assert got == dict.fromkeys(SWEEPS, (2, "finished last", 2, 0, 2))

@@ -122,6 +122,7 @@ class ExecutionSqlMixin(ScheduleSqlBase):
         inline, however long it takes) only past its schedule's max_duration_seconds: a
         leader that stalls in a long purge loses its lock, not its job."""
         changed = 0
+        locked: set[str] = set()  # schedules whose row this sweep has locked (PostgreSQL)
         with self._sx() as conn:
             rows = conn.execute(
                 f"SELECT {', '.join('e.' + c for c in EXECUTION_FIELDS)}, t.task_id, t.status, "
@@ -160,7 +161,7 @@ class ExecutionSqlMixin(ScheduleSqlBase):
                     )
                     e.duration_ms = _ms(now - e.started_at)
                     if self._write_execution(conn, e, was):
-                        self._count(conn, e)
+                        self._count(conn, e, locked)
                         changed += 1
                     continue
                 new = execution_state_for(status, code)
@@ -194,6 +195,6 @@ class ExecutionSqlMixin(ScheduleSqlBase):
                 if not self._write_execution(conn, e, was):
                     continue
                 if new not in ACTIVE_EXECUTION_STATES:
-                    self._count(conn, e)
+                    self._count(conn, e, locked)
                 changed += 1
         return changed

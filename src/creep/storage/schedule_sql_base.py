@@ -159,30 +159,75 @@ class ScheduleSqlBase:
         )
         return cur.rowcount == 1
 
-    def _count(self, conn: Conn, e: TaskExecution) -> None:
-        """Schedule statistics for an execution that just ended."""
+    def _count(self, conn: Conn, e: TaskExecution, locked: set[str] | None = None) -> None:
+        """Schedule statistics for an execution that just ended (its row is written already).
+        The totals add up. consecutive_failures and last_failure_error follow the order in
+        which executions FINISHED (finished_at, then id), whatever order ends are counted
+        in (a sweep meets them in id order, or in two sweeps): the ended rows are the
+        record. A failure adds to the run unless a success of the schedule finished after
+        it, and its message is the last error unless a failure finished after it; a success
+        sets the run to the failures that finished after it, unless a success did too.
+
+        On PostgreSQL the schedule row is locked first, in a statement of its own: counts of
+        one schedule then take turns, and the next statement reads the ends whoever counted
+        before committed. `locked`: schedules this transaction has locked already (the
+        sweep's), which need no second lock."""
+        if self._for_update and (locked is None or e.task_uid not in locked):
+            conn.execute(
+                f"SELECT 1 FROM scheduled_tasks WHERE uid = ?{self._for_update}", (e.task_uid,)
+            )
+            if locked is not None:
+                locked.add(e.task_uid)
         if e.state is ExecutionState.SUCCESS:
             conn.execute(
                 "UPDATE scheduled_tasks SET total_executions = total_executions + 1, "
-                "success_executions = success_executions + 1, consecutive_failures = 0 "
+                "success_executions = success_executions + 1, consecutive_failures = CASE WHEN "
+                f"{_ANY_LATER.format(states=_SUCCESS_SQL)} "
+                "THEN consecutive_failures "
+                f"ELSE {_COUNT_LATER.format(states=_FAILED_SQL)} END "
                 "WHERE uid = ?",
-                (e.task_uid,),
+                (*self._later(e), *self._later(e), e.task_uid),
             )
-        elif e.state in (ExecutionState.FAILURE, ExecutionState.TIMEOUT,
-                         ExecutionState.INTERRUPTED):
+        elif e.state in _FAILED:
             conn.execute(
                 "UPDATE scheduled_tasks SET total_executions = total_executions + 1, "
                 "failure_executions = failure_executions + 1, "
-                "consecutive_failures = consecutive_failures + 1, last_failure_error = ? "
-                "WHERE uid = ?",
-                (e.error_message or e.state.value, e.task_uid),
+                "consecutive_failures = consecutive_failures + CASE WHEN "
+                f"{_ANY_LATER.format(states=_SUCCESS_SQL)} "
+                "THEN 0 ELSE 1 END, last_failure_error = CASE WHEN "
+                f"{_ANY_LATER.format(states=_FAILED_SQL)} "
+                "THEN last_failure_error ELSE ? END WHERE uid = ?",
+                (*self._later(e), *self._later(e), e.error_message or e.state.value,
+                 e.task_uid),
             )
-        else:
+        else:  # cancelled: neither breaks nor extends a run of failures
             conn.execute(
                 "UPDATE scheduled_tasks SET total_executions = total_executions + 1 "
                 "WHERE uid = ?",
                 (e.task_uid,),
             )
+
+    def _later(self, e: TaskExecution) -> tuple[Any, ...]:
+        """The parameters of _ANY_LATER / _COUNT_LATER for execution `e`."""
+        at = self._ts(e.finished_at)
+        return (e.task_uid, at, e.id, e.task_uid, at)
+
+
+_FAILED = frozenset({ExecutionState.FAILURE, ExecutionState.TIMEOUT, ExecutionState.INTERRUPTED})
+_FAILED_SQL = ", ".join(f"'{s.value}'" for s in sorted(_FAILED))
+_SUCCESS_SQL = f"'{ExecutionState.SUCCESS.value}'"
+#: Whether / how many of a schedule's executions in `{states}` ended after a given one (a
+#: later finished_at, or the same and a larger id): two seeks of task_executions_schedule_ends.
+_TIE = "task_uid = ? AND finished_at = ? AND id > ? AND state IN ({states})"
+_PAST = "task_uid = ? AND finished_at > ? AND state IN ({states})"
+_ANY_LATER = (
+    f"(EXISTS (SELECT 1 FROM task_executions WHERE {_TIE}) "
+    f"OR EXISTS (SELECT 1 FROM task_executions WHERE {_PAST}))"
+)
+_COUNT_LATER = (
+    f"((SELECT count(*) FROM task_executions WHERE {_TIE}) "
+    f"+ (SELECT count(*) FROM task_executions WHERE {_PAST}))"
+)
 
 
 def _ms(delta: timedelta) -> int:

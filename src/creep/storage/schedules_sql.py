@@ -190,7 +190,8 @@ class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
                 elif e.state is ExecutionState.CANCELLED:
                     skipped += 1
                 else:
-                    self._count(conn, e)  # an invalid order: ended `failure` at once
+                    # an invalid order: ended `failure` at once (the schedule is locked)
+                    self._count(conn, e, {uid})
             if specs:
                 tasks = self._create_tasks_in(conn, [s for _, s in specs], now)
                 for (e, _), task in zip(specs, tasks, strict=True):
