@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from creep import Creep, Fail, FrozenClock, TaskContext, ValidationError
+from creep import Creep, Fail, FrozenClock, Retry, TaskContext, ValidationError
 from creep.domain.execution import ExecutionState, TaskExecution
 from creep.domain.schedule import ScheduledTask
 from creep.engine.scheduler import Scheduler
@@ -234,3 +234,76 @@ def test_last_failure_error_is_the_failure_that_finished_last(
                                               "finished last", sweep))
            for sweep in SWEEPS}
     assert got == dict.fromkeys(SWEEPS, (2, "finished last", 2, 0, 2))
+
+
+# -- an execution's start is its task's first start --------------------------------------------
+
+
+@pytest.mark.parametrize("sweep_each_attempt", [False, True])
+def test_a_retried_execution_keeps_its_first_start_and_whole_duration(
+    app: Creep, clock: FrozenClock, sweep_each_attempt: bool
+) -> None:
+    """A run whose task needed three attempts of 5 s, the first starting 2 s after firing:
+    the execution's started_at is the first attempt's start and duration_ms covers all three
+    (15 s), whether the leader swept once after them or during each. It used to copy the
+    task's started_at, which every claim resets: the last attempt's start and 5000 ms, and
+    with a sweep per attempt started_at moved on every retry."""
+    s = app.create_schedule(name="r", type="R", interval=100, max_retries=3)
+    starts: list[datetime] = []
+
+    @app.handler("R")
+    def handler(ctx: TaskContext) -> object:
+        if sweep_each_attempt:  # the leader sweeps while this attempt runs
+            app.schedules.execution_sync(clock.now())
+            [e] = _executions(app, s.uid)
+            starts.append(e.started_at)
+        clock.advance(5)
+        if ctx.attempt < 3:
+            raise Retry(delay=0, message=f"attempt {ctx.attempt}")
+        return {"ok": True}
+
+    sch = _sched(app)
+    clock.advance(100)
+    sch.run_once()
+    first_start = clock.advance(2)
+    app.run_worker(burst=True, install_signals=False, concurrency=1)
+    clock.advance(1)
+    sch.run_once()
+    [e] = _executions(app, s.uid)
+    assert e.state is ExecutionState.SUCCESS and e.retry_count == 2
+    assert e.started_at == first_start
+    assert e.duration_ms == 15_000
+    assert e.finished_at == first_start + timedelta(seconds=15)
+    assert starts == ([first_start] * 3 if sweep_each_attempt else [])
+
+
+def test_history_pages_stay_whole_while_a_run_is_retried(app: Creep, clock: FrozenClock) -> None:
+    """started_at is the history's paging key: a page read before a run's retry and the next
+    page read after it hold every execution once. The retry used to move the run's
+    started_at past the cursor, so the next page skipped it."""
+    s = app.create_schedule(name="p", type="P", cron_expr="0 0 1 1 *", max_concurrent=2,
+                            max_retries=1)
+
+    @app.handler("P")
+    def handler(ctx: TaskContext) -> object:
+        app.schedules.execution_sync(clock.now())  # the leader sweeps while it runs
+        clock.advance(5)
+        if ctx.attempt == 1 and ctx.task_id == first.task_id:
+            raise Retry(delay=60, message="later")
+        return {"ok": True}
+
+    sch = _sched(app)
+    first = app.trigger_schedule(s.uid, trigger_by="alice")
+    clock.advance(10)
+    second = app.trigger_schedule(s.uid, trigger_by="bob")
+    clock.advance(5)
+    app.run_worker(burst=True, install_signals=False, concurrency=1)  # first retries later
+    sch.run_once()
+    page = app.list_executions(schedule=s.uid, limit=1)
+    assert [e.execution_uid for e in page] == [second.execution_uid]  # it started last
+    clock.advance(60)
+    app.run_worker(burst=True, install_signals=False, concurrency=1)  # the retry runs
+    sch.run_once()
+    rest = app.list_executions(schedule=s.uid, before=app.execution_cursor(page[-1]))
+    assert [e.execution_uid for e in rest] == [first.execution_uid]
+    assert rest[0].state is ExecutionState.SUCCESS and rest[0].retry_count == 1

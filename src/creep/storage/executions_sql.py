@@ -26,6 +26,7 @@ from creep.storage.schedule_sql_base import (
     _EXEC_INSERT,
     _EXECUTION_SELECT,
     EXECUTION_FIELDS,
+    Conn,
     ScheduleSqlBase,
     _ms,
 )
@@ -112,6 +113,15 @@ class ExecutionSqlMixin(ScheduleSqlBase):
                 self._count(conn, e)
         return e
 
+    def _first_start(self, conn: Conn, task_id: str) -> datetime | None:
+        """When a task was first claimed: its first `started` event."""
+        row = conn.execute(
+            f"SELECT created_at FROM task_events WHERE {self._events_of} task_id = ? "
+            "AND event_type = 'started' ORDER BY event_id LIMIT 1",
+            (task_id,),
+        ).fetchone()
+        return None if row is None else self._from_ts(row[0])
+
     def execution_sync(
         self, now: datetime, *, orphan_after: float = 60.0, limit: int = 1000
     ) -> int:
@@ -175,7 +185,15 @@ class ExecutionSqlMixin(ScheduleSqlBase):
                     check_execution_transition(e.state, new)
                 was = e.state
                 started = self._from_ts(t_started)
-                if started is not None and new is not ExecutionState.PENDING:
+                if started is not None and e.state is ExecutionState.PENDING and (
+                    new is not ExecutionState.PENDING
+                ):
+                    # Its task has run: the execution started when the task FIRST did, and
+                    # that stays put through retries (each claim resets the task's
+                    # started_at; started_at is also the history's paging key). Attempts
+                    # the sweep did not see: the task's first `started` event.
+                    if int(attempt) > 1:
+                        started = self._first_start(conn, str(tid)) or started
                     e.started_at = started
                 e.state, e.retry_count, e.progress, e.updated_at = new, retries, prog, now
                 if new not in ACTIVE_EXECUTION_STATES:

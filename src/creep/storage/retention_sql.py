@@ -9,9 +9,6 @@ from creep.storage.schedule_sql_base import _TERMINAL_TASK, ScheduleSqlBase
 
 
 class RetentionSqlMixin(ScheduleSqlBase):
-    #: What goes before `task_id IN (...)` on task_events (SQLite: SQLITE_EVENTS_OF).
-    _events_of: str = ""
-
     # -- retention -----------------------------------------------------------------------------
 
     def retention_purge_executions(self, cutoff: datetime, limit: int = 10_000) -> int:

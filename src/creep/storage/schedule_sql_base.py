@@ -56,6 +56,9 @@ class ScheduleSqlBase:
     _for_share = ""
     #: A boolean true as SQL text (a literal, so SQLite can use the partial due-index).
     _true = "1"
+    #: What goes before a condition on task_events.task_id (SQLite: SQLITE_EVENTS_OF, so the
+    #: by-task index serves it).
+    _events_of: str = ""
 
     def _sx(self) -> AbstractContextManager[Conn]:
         raise NotImplementedError

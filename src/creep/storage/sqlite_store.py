@@ -152,7 +152,7 @@ class SqliteStore(
     AssetPagesMixin, SqliteMetricsMixin,
 ):  # schedules, assets, API tables, artifacts, REST pages: see the mixins
     dialect = "sqlite"
-    _events_of = SQLITE_EVENTS_OF  # retention: task_events' by-task index (migration 0009)
+    _events_of = SQLITE_EVENTS_OF  # retention, execution sync: task_events by-task index (0009)
 
     def __init__(self, url: str) -> None:
         self.url = url
