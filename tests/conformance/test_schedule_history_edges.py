@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from creep import Creep, Fail, FrozenClock, Retry, TaskContext, ValidationError
 from creep.domain.execution import ExecutionState, TaskExecution
-from creep.domain.schedule import ScheduledTask
+from creep.domain.schedule import Firing, ScheduledTask, attach_task_specs
 from creep.engine.scheduler import Scheduler
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -307,3 +308,62 @@ def test_history_pages_stay_whole_while_a_run_is_retried(app: Creep, clock: Froz
     rest = app.list_executions(schedule=s.uid, before=app.execution_cursor(page[-1]))
     assert [e.execution_uid for e in rest] == [first.execution_uid]
     assert rest[0].state is ExecutionState.SUCCESS and rest[0].retry_count == 1
+
+
+# -- max_concurrent counts what still runs -----------------------------------------------------
+
+
+def _one_finished_run(app: Creep, clock: FrozenClock) -> ScheduledTask:
+    """A schedule with max_concurrent=1 whose only run's task has succeeded; no sweep has
+    recorded it yet (its execution row still says pending)."""
+    s = app.create_schedule(name="m", type="M", cron_expr="0 0 1 1 *", max_concurrent=1)
+    app.handler("M")(lambda ctx: {"ok": True})
+    first = app.trigger_schedule(s.uid, trigger_by="alice")
+    assert first.task_id is not None
+    app.run_worker(burst=True, install_signals=False)
+    assert app.get_task(first.task_id).status == "SUCCESS"
+    assert app.get_execution(first.execution_uid).state is ExecutionState.PENDING
+    clock.advance(5)
+    return app.get_schedule(s.uid)
+
+
+def test_a_manual_trigger_after_the_run_finished_is_not_skipped(
+    app: Creep, clock: FrozenClock
+) -> None:
+    """Right after the only run's task succeeded, a manual trigger runs. It was recorded
+    `cancelled` 'max_concurrent=1 reached (1 executions still running)': the count read
+    the execution rows, which lag their tasks until the leader's next sweep (with no
+    scheduler process up, forever)."""
+    s = _one_finished_run(app, clock)
+    second = app.trigger_schedule(s.uid, trigger_by="bob")
+    assert second.state is ExecutionState.PENDING, second.error_message
+    third = app.trigger_schedule(s.uid, trigger_by="carol")  # the second still runs
+    assert third.state is ExecutionState.CANCELLED
+    assert third.error_message == "skipped: max_concurrent=1 reached (1 executions still running)"
+
+
+def test_a_due_slot_after_the_run_finished_is_not_skipped(
+    app: Creep, clock: FrozenClock
+) -> None:
+    """A slot fired before any sweep recorded the finished run (as when the sweep's batch
+    did not reach it) runs too; only the still-running one it starts holds the slot."""
+    s = _one_finished_run(app, clock)
+    slots = [clock.now(), clock.now() + timedelta(seconds=1)]
+    firings = attach_task_specs(s, [Firing(slot) for slot in slots], now=clock.now(),
+                                limits=app.limits)
+    got = app.schedules.schedule_fire(s.uid, firings, run_by="A", now=clock.now())
+    assert [e.state for e in got] == [ExecutionState.PENDING, ExecutionState.CANCELLED]
+
+
+def test_concurrent_triggers_after_the_run_finished_start_one_run(
+    app: Creep, clock: FrozenClock
+) -> None:
+    """Eight concurrent triggers once the only run finished (max_concurrent=1): exactly one
+    runs and seven are skipped (they all used to be skipped)."""
+    s = _one_finished_run(app, clock)
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: app.trigger_schedule(s.uid, trigger_by=f"u{i}"),
+                            range(8)))
+    states = sorted(e.state.value for e in got)
+    assert states == ["cancelled"] * 7 + ["pending"]
+    assert len(app.list_tasks(task_type="M", status="QUEUED")) == 1

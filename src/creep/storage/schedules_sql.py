@@ -152,7 +152,8 @@ class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
         `created`/`queued` events), and the schedule's next_run and statistics. A failure
         anywhere writes nothing, so a slot never has an execution without its task.
 
-        A firing beyond max_concurrent is recorded `cancelled` with the reason; one whose
+        A firing beyond max_concurrent (executions whose task is still pending, queued or
+        running, or a built-in job's) is recorded `cancelled` with the reason; one whose
         order failed validation (`invalid`) is recorded `failure`. With `advance`, next_run
         moves from `expected_next_run` to `next_run` (only if nobody moved it meanwhile).
         With `fence`, raises LeadershipLost unless that lock is still held."""
@@ -162,9 +163,16 @@ class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
             sched = self._schedule_get(conn, uid, None, lock=True)
             if advance and sched.next_run != expected_next_run:
                 return []  # another leader handled this schedule meanwhile
+            # What still runs, by the tasks' own state: an execution row lags its task until
+            # the leader's sweep (forever with no scheduler up), and one whose task already
+            # finished must not hold a slot. A built-in job's (no task) runs inline: it
+            # counts. Read under the schedule's lock: a concurrent firing of this schedule
+            # waits, then sees this one's execution and task.
             row = conn.execute(
-                "SELECT count(*) FROM task_executions WHERE task_uid = ? "
-                "AND state IN ('pending', 'running')",
+                "SELECT count(*) FROM task_executions e LEFT JOIN tasks t "
+                "ON t.task_id = e.task_id WHERE e.task_uid = ? "
+                "AND e.state IN ('pending', 'running') AND (e.task_id IS NULL "
+                "OR t.status IN ('PENDING', 'QUEUED', 'RUNNING'))",
                 (uid,),
             ).fetchone()
             active = int(row[0])
