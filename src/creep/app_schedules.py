@@ -119,7 +119,9 @@ class SchedulesApi:
         started_from: datetime | None = None, started_to: datetime | None = None,
     ) -> list[TaskExecution]:
         """Execution history, newest first; filter by schedule uid, name, state, trigger and
-        a started_at window; page with `before=app.execution_cursor(last_row)`."""
+        a started_at window (timezone-aware datetimes); page with
+        `before=app.execution_cursor(last_row)`. `limit` is an integer >= 0; a bad window or
+        limit raises ValidationError naming the argument."""
         if state is not None:
             ExecutionState(state)
         flt = ExecutionFilter(

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -367,3 +368,51 @@ def test_concurrent_triggers_after_the_run_finished_start_one_run(
     states = sorted(e.state.value for e in got)
     assert states == ["cancelled"] * 7 + ["pending"]
     assert len(app.list_tasks(task_type="M", status="QUEUED")) == 1
+
+
+# -- the history listing checks its arguments --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"started_from": datetime(2026, 1, 1)}, ["started_from"]),  # naive
+        ({"started_to": datetime(2026, 1, 1)}, ["started_to"]),
+        ({"started_from": "2026-01-01T00:00:00+00:00"}, ["started_from"]),  # not a datetime
+        ({"limit": -1}, ["limit"]),
+        ({"limit": "10"}, ["limit"]),
+        ({"limit": True}, ["limit"]),
+        ({"limit": 2.5}, ["limit"]),
+        ({"before": 7}, ["before"]),
+        ({"started_from": datetime(2026, 1, 1), "limit": -5}, ["started_from", "limit"]),
+    ],
+)
+def test_list_executions_refuses_a_bad_window_or_limit_naming_it(
+    app: Creep, clock: FrozenClock, arguments: dict[str, Any], named: list[str]
+) -> None:
+    """list_executions checks its started_from/started_to window (timezone-aware datetimes)
+    and its limit (an integer >= 0) and names each bad argument in a ValidationError, on both
+    backends. A naive started_from was a TypeError on SQLite and silently read in the
+    session's time zone on PostgreSQL; limit=-1 returned every row on SQLite and raised a
+    StorageError on PostgreSQL."""
+    app.create_schedule(name="w", type="W", interval=10, max_concurrent=100)
+    clock.advance(30)
+    _sched(app).run_once()
+    with pytest.raises(ValidationError) as info:
+        app.list_executions(**arguments)
+    assert [name for name, _ in info.value.errors] == named
+
+
+def test_list_executions_takes_any_limit_from_zero(app: Creep, clock: FrozenClock) -> None:
+    """limit=0 is an empty page and a limit beyond what a database takes means every row
+    (it was an OverflowError on SQLite and a StorageError on PostgreSQL); an aware window in
+    any zone is read as the instant it names."""
+    s = app.create_schedule(name="w", type="W", interval=10, max_concurrent=100)
+    clock.advance(30)
+    _sched(app).run_once()
+    assert app.list_executions(schedule=s.uid, limit=0) == []
+    assert len(app.list_executions(schedule=s.uid, limit=2**70)) == 3
+    fired = (T0 + timedelta(seconds=30)).astimezone(ZoneInfo("Asia/Kolkata"))  # +05:30
+    assert len(app.list_executions(schedule=s.uid, started_from=fired)) == 3
+    assert app.list_executions(schedule=s.uid, started_to=fired) == []
+    assert app.list_executions(schedule=s.uid, started_from=fired + timedelta(seconds=1)) == []

@@ -8,6 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from creep.domain.clock import INSTANT_RULE, storable_instant
 from creep.domain.errors import IllegalTransition, ValidationError
 from creep.domain.task import ResultCode, TaskStatus
 
@@ -139,6 +140,31 @@ class ExecutionFilter:
     trigger_type: str | None = None
     started_from: datetime | None = None
     started_to: datetime | None = None
+
+
+#: The largest LIMIT both databases take (a 64-bit integer); a larger one means "all".
+_MAX_LIMIT = 2**63 - 1
+
+
+def check_execution_page(flt: ExecutionFilter, limit: object, before: object) -> int:
+    """Check a history query's window, page size and cursor before any SQL sees them, so a
+    bad one is a ValidationError naming the argument on both backends (a naive datetime
+    was a TypeError on SQLite and read in the session's time zone on PostgreSQL; a negative
+    limit returned every row on SQLite and a StorageError on PostgreSQL). Returns the
+    limit to use."""
+    errors: list[tuple[str, str]] = []
+    for name in ("started_from", "started_to"):
+        value = getattr(flt, name)
+        if value is not None and not storable_instant(value):
+            errors.append((name, INSTANT_RULE))
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        errors.append(("limit", "must be an integer >= 0"))
+    if before is not None and not isinstance(before, str):
+        errors.append(("before", "is not an execution cursor"))
+    if errors:
+        raise ValidationError(errors)
+    assert isinstance(limit, int)
+    return min(limit, _MAX_LIMIT)
 
 
 def execution_cursor(e: TaskExecution) -> str:

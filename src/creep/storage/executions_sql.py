@@ -15,6 +15,7 @@ from creep.domain.execution import (
     ExecutionFilter,
     ExecutionState,
     TaskExecution,
+    check_execution_page,
     check_execution_transition,
     execution_state_for,
     parse_execution_cursor,
@@ -39,7 +40,9 @@ class ExecutionSqlMixin(ScheduleSqlBase):
         self, flt: ExecutionFilter, *, limit: int = 100, before: str | None = None
     ) -> list[TaskExecution]:
         """Newest first (started_at desc, id desc); page on with `before` =
-        `execution_cursor(last row)`."""
+        `execution_cursor(last row)`. A window bound must be timezone-aware and `limit` an
+        integer >= 0 (ValidationError naming the argument)."""
+        limit = check_execution_page(flt, limit, before)
         where: list[str] = ["1 = 1"]
         params: list[Any] = []
         for column in ("tenant_id", "task_uid", "task_name", "state", "trigger_type"):
