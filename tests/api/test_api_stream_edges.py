@@ -14,10 +14,6 @@ import pytest
 from tests.api.conftest import Server, read_sse
 
 
-def _is_postgres(server: Server) -> bool:
-    return server.database_url.startswith("postgresql")
-
-
 def _stream_names(c: httpx.Client, task_id: str) -> tuple[list[str], float]:
     """The event names of the task's SSE stream up to its end, and how long that took."""
     started = time.monotonic()
@@ -27,13 +23,12 @@ def _stream_names(c: httpx.Client, task_id: str) -> tuple[list[str], float]:
     return [e["event"] for e in events], time.monotonic() - started
 
 
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)  # the case is PostgreSQL's
 def test_pg_sse_of_a_finished_task_sends_every_event_before_end(server: Server) -> None:
     """README: `end` closes the stream "once the task finished and every event was sent".
     With a transaction open elsewhere on the PostgreSQL server (older than the task's
     writes), the stream of a finished task sent `end` and none of its events. One task's
     events are read whole whatever else is open, so they come at once, then `end`."""
-    if not _is_postgres(server):
-        pytest.skip("an open transaction held events back on PostgreSQL only")
     import psycopg
 
     _, key = server.tenant()
@@ -172,13 +167,12 @@ def test_revoked_key_claims_nothing_in_its_long_poll(server: Server) -> None:
         assert c.get(f"/v1/tasks/{tid}").json()["status"] == "QUEUED"
 
 
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)  # SQLite cursors: any number
 def test_pg_event_cursor_of_another_store_names_the_parameter_sent(server: Server) -> None:
     """A well-formed event cursor this store did not issue (on PostgreSQL `7`: its cursors
     are `<txid>.<event id>`) is a 422 naming the parameter the caller sent it in, `after` or
     `Last-Event-ID` (it named `cursor`, a field the caller never sent), as a malformed one
     (`after=x`) already does."""
-    if not _is_postgres(server):
-        pytest.skip("SQLite event cursors are plain numbers: 7 is a valid one there")
     _, key = server.tenant()
     with server.client(key) as c:
         tid = c.post("/v1/tasks", json={"task_type": "ECHO"}).json()["task_id"]
