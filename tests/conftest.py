@@ -11,6 +11,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -140,3 +141,13 @@ def wait_until(predicate: Callable[[], object], timeout: float) -> bool:
             return True
         time.sleep(0.01)
     return bool(predicate())
+
+
+def blocked_by(conn: Any, holder_pid: int) -> bool:
+    """Some PostgreSQL backend waits on a lock the backend `holder_pid` holds (`conn`: a
+    psycopg connection to the same server)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+        (holder_pid,),
+    ).fetchone()
+    return bool(row and row[0])

@@ -9,16 +9,7 @@ from typing import Any
 import psycopg
 
 from creep import Creep
-from tests.conftest import wait_until
-
-
-def _blocked_by(conn: psycopg.Connection[Any], holder_pid: int) -> bool:
-    """Some backend waits on a lock `holder_pid` holds."""
-    row = conn.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
-        (holder_pid,),
-    ).fetchone()
-    return bool(row and row[0])
+from tests.conftest import blocked_by, wait_until
 
 
 def _interleave_events_of_one_task(url: str) -> tuple[Creep, str, list[Any], threading.Thread]:
@@ -41,7 +32,7 @@ def _interleave_events_of_one_task(url: str) -> tuple[Creep, str, list[Any], thr
     holder.execute("SELECT 1 FROM tasks WHERE task_id = %s FOR UPDATE", (y.task_id,))
     t1 = threading.Thread(target=app.cancel, args=(a.task_id,))
     t1.start()
-    assert wait_until(lambda: _blocked_by(watcher, holder.info.backend_pid), 10.0)
+    assert wait_until(lambda: blocked_by(watcher, holder.info.backend_pid), 10.0)
     app.update_task(x.task_id, x.task_version, priority=90)       # T2 commits
     seen = app.task_events(x.task_id)                             # a client reads now
     holder.rollback()                                              # T1 goes on and commits

@@ -13,7 +13,7 @@ import pytest
 from creep import Creep, Fail, FrozenClock, TaskContext, TaskStatus
 from creep.domain.errors import ConflictError, NotFound, ValidationError
 from creep.domain.task import TaskOrder
-from tests.conftest import wait_until
+from tests.conftest import blocked_by, wait_until
 
 
 def _pair(a_id: str) -> list[dict[str, Any]]:
@@ -49,14 +49,6 @@ def test_a_half_written_submission_sent_twice_more_replays_every_order(app: Cree
     assert [t.task_id for t in third] == [t.task_id for t in second]
 
 
-def _blocked_by(conn: psycopg.Connection[Any], holder_pid: int) -> bool:
-    row = conn.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
-        (holder_pid,),
-    ).fetchone()
-    return bool(row and row[0])
-
-
 def test_a_dependency_key_taken_concurrently_replays_and_binds_its_dependant(
     pg_schema_url: str,
 ) -> None:
@@ -86,7 +78,7 @@ def test_a_dependency_key_taken_concurrently_replays_and_binds_its_dependant(
         t = threading.Thread(target=submit)
         t.start()
         # The submission looked kA up (absent) and now waits to lock its dependency x.
-        assert wait_until(lambda: _blocked_by(watcher, holder.info.backend_pid), 10.0)
+        assert wait_until(lambda: blocked_by(watcher, holder.info.backend_pid), 10.0)
         won = other.submit(idempotency_key="kA", task_type="T")  # commits kA first
         holder.rollback()
         t.join(10.0)
