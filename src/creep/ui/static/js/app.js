@@ -50,6 +50,8 @@ function isAuthFailure(err) {
   return err instanceof ApiError && err.status === 401;
 }
 
+/** The page's context: `path` is the route it was reached by ("tasks", or "batches/<id>" on
+ * a detail page), so links of its own (pagers, filters) stay on it. */
 function makeContext(path, params) {
   const controller = new AbortController();
   const state = { controller, timers: [] };
@@ -110,7 +112,7 @@ async function route() {
   const [, label, listPage, detailPage] = found;
   const page = id ? detailPage : listPage;
   document.title = `${label} · creep`;
-  const ctx = makeContext(name, params);
+  const ctx = makeContext(id ? `${name}/${encodeURIComponent(id)}` : name, params);
   replace(main);
   try {
     await (id ? page.renderDetail(main, ctx, id) : page.render(main, ctx));
