@@ -247,6 +247,7 @@ class Store(Protocol):
     def lease_list(
         self, *, tenant_id: str | None = None, task_id: str | None = None,
         asset_id: str | None = None, status: str | None = None, limit: int = 1000,
+        after: str | None = None, newest_first: bool = False,
     ) -> list[Lease]: ...
     def lease_release(
         self, lease_id: str, now: datetime, *, tenant_id: str | None = None
@@ -258,7 +259,7 @@ class Store(Protocol):
     def asset_events_list(
         self, *, tenant_id: str | None = None, asset_id: str | None = None,
         task_id: str | None = None, correlation_id: str | None = None,
-        event_type: str | None = None, limit: int = 1000,
+        event_type: str | None = None, limit: int = 1000, newest_first: bool = False,
     ) -> list[AssetEvent]: ...
     def asset_event_get(self, event_id: str, tenant_id: str | None = None) -> AssetEvent: ...
     def asset_event_chain(

@@ -9,6 +9,8 @@ from datetime import datetime
 from typing import Protocol
 
 from creep.domain.asset_event import AssetEvent
+from creep.domain.ids import is_uuid
+from creep.domain.lease import Lease
 from creep.domain.ledger import LedgerEntry, LedgerSummary
 from creep.ports_api import ApiStore
 
@@ -21,8 +23,10 @@ class AssetPagesStore(ApiStore, Protocol):
         self, *, tenant_id: str | None = None, asset_id: str | None = None,
         task_id: str | None = None, correlation_id: str | None = None,
         event_type: str | None = None, after: str | None = None, limit: int = 100,
+        newest_first: bool = False,
     ) -> list[tuple[str, AssetEvent]]:
-        """Events oldest first (occurred_at, then write order), each with its cursor."""
+        """Events oldest first (occurred_at, then write order), or newest first, each with
+        its cursor: a page continues past `after` in the same order."""
         ...
 
     def ledger_page(
@@ -52,3 +56,19 @@ def valid_page_cursor(raw: str) -> bool:
         return datetime.fromisoformat(when).tzinfo is not None
     except ValueError:
         return False
+
+
+def valid_lease_cursor(raw: str) -> bool:
+    """`<ISO acquired_at>|<lease_id>`, as `lease_cursor` issues them."""
+    when, sep, lease_id = raw.rpartition("|")
+    if not sep or not is_uuid(lease_id):
+        return False
+    try:
+        return datetime.fromisoformat(when).tzinfo is not None
+    except ValueError:
+        return False
+
+
+def lease_cursor(lease: Lease) -> str:
+    """Where a page of leases (by acquired_at, then lease_id) continues after `lease`."""
+    return f"{lease.acquired_at.isoformat()}|{lease.lease_id}"

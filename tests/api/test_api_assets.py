@@ -223,6 +223,71 @@ def test_reported_events_auto_ban_chain_and_timeline(server: Server, py: Creep) 
     assert {r["action"] for r in reported} == {"reported"}
 
 
+def _pages(c: httpx.Client, path: str, key: str, **params: Any) -> list[str]:
+    """`key` of every item of every page (pages of two), following next_cursor."""
+    out: list[str] = []
+    cursor = None
+    while True:
+        r = c.get(path, params={**params, "limit": 2, **({"cursor": cursor} if cursor else {})})
+        assert r.status_code == 200, r.text
+        out += [item[key] for item in r.json()["items"]]
+        cursor = r.json()["next_cursor"]
+        if cursor is None:
+            return out
+
+
+def test_events_and_leases_newest_first_in_pages(server: Server, py: Creep) -> None:
+    """`order=newest` lists an asset's events (GET /v1/events, its CSV export, GET
+    /v1/assets/{id}/events) and leases (GET /v1/leases) newest first, so a client can show
+    the latest without reading them all; `next_cursor` pages on in the order asked, and a
+    cursor of the other order is a 422 naming `cursor`."""
+    _, key = server.tenant()
+    with server.client(key) as c:
+        aid = _asset(c, max_concurrency=10)["asset_id"]
+        for i in range(4):
+            assert c.post("/v1/events", json={
+                "asset_id": aid, "event_type": "PROBE", "message": f"p{i}"}).status_code == 201
+        oldest = [e["event_id"] for e in c.get("/v1/events", params={
+            "asset_id": aid}).json()["items"]]
+        assert len(oldest) == 5  # IMPORTED and the four probes
+        assert _pages(c, "/v1/events", "event_id", asset_id=aid) == oldest
+        assert _pages(c, "/v1/events", "event_id", asset_id=aid, order="newest") == oldest[::-1]
+        r = c.get("/v1/events", params={"asset_id": aid, "order": "newest", "format": "csv"})
+        assert [row["event_id"] for row in csv.DictReader(io.StringIO(r.text))] == oldest[::-1]
+        latest = c.get(f"/v1/assets/{aid}/events", params={"order": "newest", "limit": 2})
+        assert [e["event_id"] for e in latest.json()["items"]] == oldest[:-3:-1]
+        assert [e["event_id"] for e in c.get(f"/v1/assets/{aid}/events").json()[
+            "items"]] == oldest
+        for first, other in (({}, {"order": "newest"}), ({"order": "newest"}, {})):
+            cursor = c.get("/v1/events", params={"asset_id": aid, "limit": 2, **first}).json()[
+                "next_cursor"]
+            assert "cursor" in _fields(c.get("/v1/events", params={
+                "asset_id": aid, "cursor": cursor, **other}))
+        assert "order" in _fields(c.get("/v1/events", params={"order": "sideways"}))
+        assert "order" in _fields(c.get(f"/v1/assets/{aid}/events", params={"order": "up"}))
+
+        # Three leases of the asset, taken by three claims one after the other.
+        kind = f"LEASED-{uuid.uuid4().hex[:8]}"
+        tasks = []
+        for _ in range(3):
+            tasks.append(c.post("/v1/tasks", json={
+                "task_type": kind, "resource_hints": [{"sku_category": "RAW_NET"}]}).json()[
+                "task_id"])
+            _claim(py, kind)
+        listed = c.get("/v1/leases", params={"asset_id": aid}).json()
+        assert [x["task_id"] for x in listed["items"]] == tasks
+        assert listed["next_cursor"] is None
+        leases = [x["lease_id"] for x in listed["items"]]
+        assert _pages(c, "/v1/leases", "lease_id", asset_id=aid) == leases
+        assert _pages(c, "/v1/leases", "lease_id", asset_id=aid, order="newest") == leases[::-1]
+        assert _pages(c, "/v1/leases", "lease_id", order="newest") == leases[::-1]  # the tenant's
+        newest = c.get("/v1/leases", params={"order": "newest", "limit": 1}).json()
+        assert [x["task_id"] for x in newest["items"]] == tasks[-1:]
+        assert "cursor" in _fields(c.get("/v1/leases", params={"cursor": newest["next_cursor"]}))
+        assert "cursor" in _fields(c.get("/v1/leases", params={"cursor": "x"}))
+        assert "order" in _fields(c.get("/v1/leases", params={"order": "sideways"}))
+
+
 def test_ledger_entries_budget_summary_and_csv(server: Server) -> None:
     tenant, key = server.tenant()
     with server.client(key) as c:

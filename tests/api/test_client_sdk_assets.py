@@ -45,6 +45,10 @@ def test_assets_leases_events_and_ledger(server: Server) -> None:
         assert c.archive_asset(two[1].asset_id).status == "ARCHIVED"
         kinds = [e.event_type for e in c.asset_events(two[1].asset_id)]
         assert kinds[0] == "IMPORTED" and len(kinds) == 4
+        latest = c.asset_events(two[1].asset_id, order="newest", limit=2)
+        assert [e.event_type for e in latest] == kinds[:-3:-1]
+        assert [e.event_type for e in c.iter_events(asset_id=two[1].asset_id, order="newest",
+                                                    page_size=3)] == kinds[::-1]
 
         # A real claim over the worker protocol leases the asset and charges its cost.
         kind = f"LEASED-{uuid.uuid4().hex[:8]}"
@@ -55,6 +59,7 @@ def test_assets_leases_events_and_ledger(server: Server) -> None:
         [lease] = c.list_leases(task_id=task.task_id)
         assert lease.status == "ACTIVE" and lease.cost == Decimal("1.5")
         assert c.list_leases(asset_id=lease.asset_id, status="ACTIVE") == [lease]
+        assert c.list_leases(order="newest", limit=1) == [lease]
         assert c.release_lease(lease.lease_id).status == "RELEASED"
         c.worker_action(task.task_id, "complete", claimed.claim_token, result={})
 

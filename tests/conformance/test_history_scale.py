@@ -191,15 +191,18 @@ def test_asset_event_page_by_task_reads_an_index(
 # -- 2. GET /v1/events (a tenant's events, optionally one event_type) ---------------------------
 
 
+@pytest.mark.parametrize("newest_first", [False, True])
 @pytest.mark.parametrize("event_type", [None, "BANNED"])
 def test_asset_event_page_of_a_tenant_reads_an_index(
     history: Creep, db_url: str, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch,
-    event_type: str | None,
+    event_type: str | None, newest_first: bool,
 ) -> None:
+    """Oldest first, or newest first (?order=newest): either way an index walk."""
     with captured(db_url, monkeypatch) as seen:
         app = _fresh(db_url, clock)
         try:
-            app.store.asset_events_page(tenant_id="default", event_type=event_type)
+            app.store.asset_events_page(tenant_id="default", event_type=event_type,
+                                        newest_first=newest_first)
         finally:
             app.close()
     assert_indexed(db_url, seen, r"FROM asset_events WHERE", "asset_events")
@@ -223,18 +226,21 @@ def test_task_list_without_a_tenant_reads_an_index(
 # -- 4. GET /v1/leases?asset_id= and a tenant's leases -----------------------------------------
 
 
+@pytest.mark.parametrize("newest_first", [False, True])
 @pytest.mark.parametrize("by", ["asset_id", "tenant_id"])
 def test_lease_list_by_asset_or_tenant_reads_an_index(
-    history: Creep, db_url: str, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch, by: str
+    history: Creep, db_url: str, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch, by: str,
+    newest_first: bool,
 ) -> None:
+    """Oldest first, or newest first (?order=newest): either way an index walk."""
     asset_id = history.list_assets()[0].asset_id
     with captured(db_url, monkeypatch) as seen:
         app = _fresh(db_url, clock)
         try:
             if by == "asset_id":
-                app.list_leases(asset_id=asset_id)
+                app.store.lease_list(asset_id=asset_id, newest_first=newest_first)
             else:
-                app.list_leases(tenant_id="default", limit=10)
+                app.store.lease_list(tenant_id="default", limit=10, newest_first=newest_first)
         finally:
             app.close()
     assert_indexed(db_url, seen, r"FROM leases WHERE 1 = 1", "leases")

@@ -1,5 +1,5 @@
 """The dashboard's edges in a real Chromium against a real `creep server` (SQLite): pagers on
-detail pages."""
+detail pages, and the newest asset events and leases."""
 
 from __future__ import annotations
 
@@ -26,6 +26,14 @@ def _task(c: httpx.Client, **fields: Any) -> dict[str, Any]:
 
 def _rows(page: Any, scope: str = "") -> list[str]:
     return [r.inner_text() for r in page.query_selector_all(f"{scope} table.grid tbody tr")]
+
+
+def _claim(c: httpx.Client, task_type: str, max_tasks: int = 1) -> list[dict[str, Any]]:
+    r = c.post("/v1/workers/claim", json={"task_types": [task_type], "worker_id": "ui-edges",
+                                          "max_tasks": max_tasks})
+    assert r.status_code == 200, r.text
+    items: list[dict[str, Any]] = r.json()["items"]
+    return items
 
 
 # -- pagers on detail pages --------------------------------------------------------------------
@@ -79,3 +87,68 @@ def test_schedule_executions_next_page_stays_on_the_schedule(ui_server: Server,
     assert f"#/schedules/{uid}?" in page.url, page.url
     expect(page.locator("table.grid tbody tr")).to_have_count(1)
     expect(page.locator("h1")).to_contain_text("busy")
+
+
+# -- the newest asset events and leases --------------------------------------------------------
+
+
+def test_asset_page_shows_the_newest_events(ui_server: Server, page: Any) -> None:
+    """An asset's page lists its events newest first, so the ban that made it BANNED is on
+    the first page even after more than 100 earlier events, and "Next page" goes back to the
+    older ones (the page used to show only the oldest 100)."""
+    _, key = ui_server.tenant()
+    with ui_server.client(key) as c:
+        r = c.post("/v1/assets", json={"sku_category": "RAW_NET", "sku_code": "ip.many.1"})
+        assert r.status_code == 201, r.text
+        asset_id = r.json()["asset_id"]
+        for i in range(101):
+            r = c.post("/v1/events", json={"asset_id": asset_id, "event_type": "probe.ok",
+                                           "severity": "INFO", "message": f"probe {i}"})
+            assert r.status_code == 201, r.text
+        r = c.post(f"/v1/assets/{asset_id}/ban", json={"reason": "the final ban"})
+        assert r.status_code == 200, r.text
+    sign_in(page, ui_server, key, f"assets/{asset_id}")
+    page.wait_for_selector("h1 .badge:text('BANNED')")
+    events = page.locator("section:has(h2:text('Events'))")
+    expect(events.locator("table.grid tbody tr").first).to_contain_text("the final ban")
+    expect(events.locator("table.grid tbody tr").nth(1)).to_contain_text("probe 100")
+    # Paging back through the older events (50 a page): the asset's first is on the last.
+    events.locator("button.next").click()
+    page.wait_for_url(re.compile(r"events_cursor="))
+    assert f"#/assets/{asset_id}?" in page.url, page.url
+    expect(events.locator("table.grid tbody tr").first).to_contain_text("probe 51")
+    events.locator("button.next").click()
+    expect(events.locator("table.grid tbody tr")).to_have_count(3)
+    expect(events.locator("table.grid tbody tr").last).to_contain_text("IMPORTED")
+    expect(events.locator("button.next")).to_have_count(0)
+
+
+def test_leases_page_and_asset_page_show_the_newest_leases(ui_server: Server,
+                                                           page: Any) -> None:
+    """The Leases page and an asset's page list leases newest first, in pages: the newest
+    lease shows at the top even with more than 200 older ones (the pages used to show only
+    the oldest 200, or 100 on the asset page)."""
+    _, key = ui_server.tenant()
+    with ui_server.client(key) as c:
+        r = c.post("/v1/assets", json={"sku_category": "POOL", "sku_code": "pool.1",
+                                       "max_concurrency": 1000})
+        assert r.status_code == 201, r.text
+        asset_id = r.json()["asset_id"]
+        hinted = {"task_type": "LEASED", "resource_hints": [{"sku_category": "POOL"}]}
+        r = c.post("/v1/batches", json={"title": "old", "tasks": [hinted] * 200})
+        assert r.status_code == 201, r.text
+        assert len(_claim(c, "LEASED", max_tasks=1000)) == 200
+        newest = _task(c, **hinted)["task_id"]
+        [claimed] = _claim(c, "LEASED")
+        assert claimed["task"]["task_id"] == newest
+    sign_in(page, ui_server, key, "leases")
+    expect(page.locator("table.grid tbody tr")).to_have_count(50)
+    expect(page.locator("table.grid tbody tr").first).to_contain_text(newest)
+    page.click("button.next")
+    page.wait_for_url(re.compile(r"#/leases\?cursor="))
+    expect(page.locator("table.grid tbody tr")).to_have_count(50)
+    assert newest not in page.inner_text("table.grid")
+
+    page.goto(f"{ui_server.url}/ui/#/assets/{asset_id}")
+    leases = page.locator("section:has(h2:text('Leases'))")
+    expect(leases.locator("table.grid tbody tr").first).to_contain_text(newest)

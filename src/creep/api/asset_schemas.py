@@ -24,6 +24,8 @@ LeaseStatusName = Literal["ACTIVE", "RELEASED", "EXPIRED", "REVOKED"]
 SeverityName = Literal["DEBUG", "INFO", "WARN", "ERROR"]
 EntryTypeName = Literal["COST", "REVENUE", "REFUND", "TASK_BURN", "ADJUSTMENT"]
 Money = Field(description="decimal, as a string")
+#: The order of a list of asset events or leases (by time, then write order or lease_id).
+TimeOrder = Literal["oldest", "newest"]
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -123,6 +125,10 @@ class LeaseOut(BaseModel):
 
 class LeasePage(BaseModel):
     items: list[LeaseOut]
+
+
+class LeaseListPage(LeasePage):
+    next_cursor: str | None
 
 
 def lease_json(lease: Lease) -> dict[str, Any]:

@@ -62,6 +62,25 @@ def decode_cursor(cursor: str, valid: Callable[[str], bool], field: str = "curso
     return raw
 
 
+def encode_ordered_cursor(raw: str, order: str | None) -> str:
+    """A cursor of a list that has more than one order: one of any order but the default
+    (None) names it (`<order>~<raw>`), so it is not taken for a cursor of the other."""
+    return encode_cursor(raw if order is None else f"{order}~{raw}")
+
+
+def decode_ordered_cursor(
+    cursor: str, valid: Callable[[str], bool], order: str | None, field: str = "cursor"
+) -> str:
+    """The store's cursor inside one that `encode_ordered_cursor` made for this `order`; a
+    cursor of another order is a ValidationError (its page would continue the wrong way)."""
+    tagged = decode_cursor(cursor, lambda raw: valid(raw.partition("~")[2] or raw), field)
+    tag, sep, raw = tagged.partition("~")
+    if (tag if sep else None) != order:
+        raise ValidationError.single(field, "was issued for another order: pass the same "
+                                            "`order` as the page it came from")
+    return raw if sep else tagged
+
+
 _EVENT_CURSOR = re.compile(r"^[0-9]{1,18}(\.[0-9]{1,18})?$")
 
 

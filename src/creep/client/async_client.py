@@ -323,15 +323,16 @@ class AsyncClient:
         return await self.send(calls.set_asset_status(asset_id, "archive", reason))
 
     async def asset_events(self, asset_id: str, *, event_type: str | None = None,
-                     limit: int = 1000) -> list[AssetEvent]:
-        """One asset's events, oldest first."""
-        return await self.send(calls.asset_events(asset_id, event_type, limit))
+                     limit: int = 1000, order: str | None = None) -> list[AssetEvent]:
+        """One asset's events, oldest first, or the latest `limit` with order="newest"."""
+        return await self.send(calls.asset_events(asset_id, event_type, limit, order))
 
     async def list_leases(self, *, task_id: str | None = None, asset_id: str | None = None,
                     status: str | None = None, tenant_id: str | None = None,
-                    limit: int = 1000) -> list[Lease]:
+                    limit: int = 1000, order: str | None = None) -> list[Lease]:
+        """Oldest first, or newest first with order="newest" (by acquired_at)."""
         return await self.send(calls.list_leases(task_id=task_id, asset_id=asset_id, status=status,
-                                           tenant_id=tenant_id, limit=limit))
+                                           tenant_id=tenant_id, limit=limit, order=order))
 
     async def release_lease(self, lease_id: str) -> Lease:
         """Release an ACTIVE lease by hand."""

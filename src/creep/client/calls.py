@@ -251,9 +251,10 @@ def set_asset_status(asset_id: str, action: str, reason: str | None) -> Call[Ass
                 json=body)
 
 
-def asset_events(asset_id: str, event_type: str | None, limit: int) -> Call[list[AssetEvent]]:
+def asset_events(asset_id: str, event_type: str | None, limit: int,
+                 order: str | None = None) -> Call[list[AssetEvent]]:
     return Call("GET", f"/v1/assets/{_p(asset_id)}/events", _items(AssetEvent),
-                params=core.params(event_type=event_type, limit=limit))
+                params=core.params(event_type=event_type, limit=limit, order=order))
 
 
 def list_leases(**filters: Any) -> Call[list[Lease]]:

@@ -2,7 +2,8 @@
 API (lists and CSV exports). Shared SQL for both backends on the asset store's dialect.
 
 A cursor is `<ISO occurred_at>|<seq>`: rows are ordered by (occurred_at, seq), seq being the
-write order, so a page continues exactly after the last row returned."""
+write order, so a page continues exactly after the last row returned (before it, for asset
+events read newest first)."""
 
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ class AssetPagesMixin(AssetStoreBase):
     def _page_where(
         self, filters: Sequence[tuple[str, Any]], since: datetime | None,
         until: datetime | None, after: str | None, *, ledger: bool = False,
+        newest_first: bool = False,
     ) -> tuple[list[str], list[Any]]:
-        """With `ledger`, a task_id filter is written for ledger_entries' by-task index."""
+        """With `ledger`, a task_id filter is written for ledger_entries' by-task index; with
+        `newest_first`, `after` continues towards older rows."""
         d = self._adialect
         where: list[str] = ["1 = 1"]
         params: list[Any] = []
@@ -53,7 +56,8 @@ class AssetPagesMixin(AssetStoreBase):
             params.append(d.ts(until))
         if after is not None:
             at, seq = _after(after)
-            where.append("(occurred_at > ? OR (occurred_at = ? AND seq > ?))")
+            way = "<" if newest_first else ">"
+            where.append(f"(occurred_at {way} ? OR (occurred_at = ? AND seq {way} ?))")
             params += [d.ts(at), d.ts(at), seq]
         return where, params
 
@@ -64,6 +68,7 @@ class AssetPagesMixin(AssetStoreBase):
         self, *, tenant_id: str | None = None, asset_id: str | None = None,
         task_id: str | None = None, correlation_id: str | None = None,
         event_type: str | None = None, after: str | None = None, limit: int = 100,
+        newest_first: bool = False,
     ) -> list[tuple[str, AssetEvent]]:
         if any(v is not None and not is_uuid(v) for v in (asset_id, task_id)):
             return []
@@ -71,7 +76,7 @@ class AssetPagesMixin(AssetStoreBase):
             where, params = self._page_where(
                 [("tenant_id", tenant_id), ("asset_id", asset_id), ("task_id", task_id),
                  ("correlation_id", correlation_id), ("event_type", event_type)],
-                None, None, after,
+                None, None, after, newest_first=newest_first,
             )
             if task_id is not None:
                 # No index leads with task_id: a task's events carry its correlation_id, and
@@ -83,7 +88,8 @@ class AssetPagesMixin(AssetStoreBase):
             rows = self._x(
                 conn,
                 f"SELECT seq, {EVENT_COLS} FROM asset_events WHERE {' AND '.join(where)} "
-                "ORDER BY occurred_at, seq LIMIT ?",
+                + ("ORDER BY occurred_at DESC, seq DESC LIMIT ?" if newest_first
+                   else "ORDER BY occurred_at, seq LIMIT ?"),
                 [*params, limit],
             ).fetchall()
         out = []

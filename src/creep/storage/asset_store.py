@@ -304,10 +304,10 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
     def asset_events_list(
         self, *, tenant_id: str | None = None, asset_id: str | None = None,
         task_id: str | None = None, correlation_id: str | None = None,
-        event_type: str | None = None, limit: int = 1000,
+        event_type: str | None = None, limit: int = 1000, newest_first: bool = False,
     ) -> list[AssetEvent]:
-        """Events oldest first (by occurred_at, then write order): by asset, by task, or one
-        correlation_id's timeline."""
+        """Events oldest first (by occurred_at, then write order), or newest first: by asset,
+        by task, or one correlation_id's timeline."""
         where: list[str] = ["1 = 1"]
         params: list[Any] = []
         if any(v is not None and not is_uuid(v) for v in (asset_id, task_id)):
@@ -330,7 +330,8 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
             rows = self._x(
                 conn,
                 f"SELECT {EVENT_COLS} FROM asset_events WHERE {' AND '.join(where)} "
-                "ORDER BY occurred_at, seq LIMIT ?",
+                + ("ORDER BY occurred_at DESC, seq DESC LIMIT ?" if newest_first
+                   else "ORDER BY occurred_at, seq LIMIT ?"),
                 params,
             ).fetchall()
         return [self._event(r) for r in rows]

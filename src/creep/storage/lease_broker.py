@@ -21,7 +21,7 @@ from creep.domain.asset_event import (
     Source,
 )
 from creep.domain.claim_lanes import lane_candidates, lane_match
-from creep.domain.errors import NotFound
+from creep.domain.errors import NotFound, ValidationError
 from creep.domain.ids import is_uuid, uuid7_many
 from creep.domain.lease import Lease, LeaseStatus, check_lease_transition
 from creep.domain.ledger import (
@@ -29,6 +29,7 @@ from creep.domain.ledger import (
 )
 from creep.domain.matching import Candidate, Demand, Match
 from creep.domain.task import ResultCode
+from creep.ports_assets_api import valid_lease_cursor
 from creep.storage.asset_base import (
     ASSET_COLS,
     CANDIDATES_PER_KIND,
@@ -612,7 +613,10 @@ class LeaseBrokerMixin(AssetStoreBase):
     def lease_list(
         self, *, tenant_id: str | None = None, task_id: str | None = None,
         asset_id: str | None = None, status: str | None = None, limit: int = 1000,
+        after: str | None = None, newest_first: bool = False,
     ) -> list[Lease]:
+        """By acquired_at, then lease_id: oldest first, or newest first. `after` is the
+        `lease_cursor` of the last lease of the previous page (of the same order)."""
         where: list[str] = ["1 = 1"]
         params: list[Any] = []
         for column, value in (("tenant_id", tenant_id), ("task_id", task_id),
@@ -623,12 +627,18 @@ class LeaseBrokerMixin(AssetStoreBase):
                 lead = self._adialect.by_task if column == "task_id" else ""
                 where.append(f"{lead}{column} = ?")
                 params.append(value)
+        if after is not None:
+            at, lease_id = _lease_after(after)
+            way = "<" if newest_first else ">"
+            where.append(f"(acquired_at {way} ? OR (acquired_at = ? AND lease_id {way} ?))")
+            params += [self._adialect.ts(at), self._adialect.ts(at), lease_id]
         params.append(limit)
         with self._aread() as conn:
             rows = self._x(
                 conn,
                 f"SELECT {LEASE_COLS} FROM leases WHERE {' AND '.join(where)} "
-                "ORDER BY acquired_at, lease_id LIMIT ?",
+                + ("ORDER BY acquired_at DESC, lease_id DESC LIMIT ?" if newest_first
+                   else "ORDER BY acquired_at, lease_id LIMIT ?"),
                 params,
             ).fetchall()
         return [self._lease(r) for r in rows]
@@ -743,3 +753,11 @@ def _effect(status: str, event_type: str) -> str | None:
     if status in ("FAILED", "DEAD_LETTER") or event_type == "retrying":
         return AssetEventType.TASK_FAIL
     return None
+
+
+def _lease_after(cursor: str) -> tuple[datetime, str]:
+    """A `lease_cursor` (ports_assets_api) as this store issued it; else a ValidationError."""
+    if valid_lease_cursor(cursor):
+        when, _, lease_id = cursor.rpartition("|")
+        return datetime.fromisoformat(when), lease_id
+    raise ValidationError.single("cursor", "is not a cursor this server issued")

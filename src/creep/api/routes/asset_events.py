@@ -13,11 +13,18 @@ from creep.api.asset_schemas import (
     AssetEventIn,
     AssetEventPage,
     ReportedEventOut,
+    TimeOrder,
     asset_event_json,
 )
 from creep.api.audit import audited
 from creep.api.auth import Authenticated, Writer
-from creep.api.responses import csv_stream, decode_cursor, encode_cursor, json_response, wants_csv
+from creep.api.responses import (
+    csv_stream,
+    decode_ordered_cursor,
+    encode_ordered_cursor,
+    json_response,
+    wants_csv,
+)
 from creep.api.routes.assets import store_of
 from creep.api.services import Services, services
 from creep.api.tenancy import foreign_tenant_filter, list_scope, owning_tenant, read_scope
@@ -55,10 +62,14 @@ def list_events(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     format: Annotated[str | None, Query(pattern="^(json|csv)$")] = None,
+    order: Annotated[TimeOrder, Query(
+        description="`oldest` first (the default) or `newest` first")] = "oldest",
 ) -> Any:
-    """Events in time order (occurred_at, then write order): one correlation_id's timeline,
-    an asset's or a task's. JSON pages (`next_cursor`), or every matching event as CSV."""
-    after = decode_cursor(cursor, valid_page_cursor) if cursor else None
+    """Events in time order (occurred_at, then write order), oldest or newest first: one
+    correlation_id's timeline, an asset's or a task's. JSON pages (`next_cursor`, which
+    continues in the same order), or every matching event as CSV."""
+    tag = "newest" if order == "newest" else None
+    after = decode_ordered_cursor(cursor, valid_page_cursor, tag) if cursor else None
     csv = wants_csv(request, format)
     if foreign_tenant_filter(principal, tenant_id):
         if csv:
@@ -67,13 +78,13 @@ def list_events(
     store = store_of(svc)
     query: dict[str, Any] = dict(
         tenant_id=list_scope(principal, tenant_id), asset_id=asset_id, task_id=task_id,
-        correlation_id=correlation_id, event_type=event_type,
+        correlation_id=correlation_id, event_type=event_type, newest_first=tag is not None,
     )
     if csv:
         return csv_stream(EVENT_CSV_COLUMNS, _every_event(store, query, after),
                           "asset-events.csv")
     page = store.asset_events_page(**query, after=after, limit=limit)
-    next_cursor = encode_cursor(page[-1][0]) if len(page) == limit else None
+    next_cursor = encode_ordered_cursor(page[-1][0], tag) if len(page) == limit else None
     return json_response({"items": [asset_event_json(e) for _, e in page],
                           "next_cursor": next_cursor})
 

@@ -20,10 +20,11 @@ from creep.api.asset_schemas import (
     AssetOut,
     AssetPage,
     AssetStatusName,
+    LeaseListPage,
     LeaseOut,
-    LeasePage,
     LeaseStatusName,
     ReasonIn,
+    TimeOrder,
     asset_event_json,
     asset_json,
     lease_json,
@@ -31,7 +32,13 @@ from creep.api.asset_schemas import (
 from creep.api.audit import audit_write, audited, riding
 from creep.api.auth import Authenticated, Principal, Writer
 from creep.api.openapi import BODY_MODELS
-from creep.api.responses import decode_cursor, encode_cursor, json_response
+from creep.api.responses import (
+    decode_cursor,
+    decode_ordered_cursor,
+    encode_cursor,
+    encode_ordered_cursor,
+    json_response,
+)
 from creep.api.services import Services, services
 from creep.api.tenancy import foreign_tenant_filter, list_scope, owning_tenant, read_scope
 from creep.domain.asset import (
@@ -44,7 +51,7 @@ from creep.domain.asset import (
 from creep.domain.audit import AuditAction, ResourceType
 from creep.domain.errors import NotFound, ValidationError
 from creep.domain.ids import is_uuid
-from creep.ports_assets_api import AssetPagesStore
+from creep.ports_assets_api import AssetPagesStore, lease_cursor, valid_lease_cursor
 
 router = APIRouter(tags=["assets"])
 Svc = Annotated[Services, Depends(services)]
@@ -217,20 +224,23 @@ def asset_events(
     asset_id: str, principal: Authenticated, svc: Svc,
     event_type: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    order: Annotated[TimeOrder, Query(
+        description="`oldest` first (the default) or `newest` first")] = "oldest",
 ) -> Any:
-    """The asset's events, oldest first (`GET /v1/events?asset_id=` pages through them)."""
+    """The asset's events, oldest first, or the latest `limit` newest first
+    (`GET /v1/events?asset_id=` pages through them)."""
     store = store_of(svc)
     scope = read_scope(principal)
     store.asset_get(asset_id, scope)
     events = store.asset_events_list(tenant_id=scope, asset_id=asset_id, event_type=event_type,
-                                     limit=limit)
+                                     limit=limit, newest_first=order == "newest")
     return json_response({"items": [asset_event_json(e) for e in events]})
 
 
 # -- leases ------------------------------------------------------------------------------------
 
 
-@router.get("/leases", response_model=LeasePage, tags=["leases"],
+@router.get("/leases", response_model=LeaseListPage, tags=["leases"],
             responses={422: _PROBLEMS[422]})
 def list_leases(
     principal: Authenticated, svc: Svc,
@@ -238,16 +248,27 @@ def list_leases(
     asset_id: Annotated[str | None, Query(max_length=64)] = None,
     status: LeaseStatusName | None = None,
     tenant_id: Annotated[str | None, Query(max_length=128)] = None,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    order: Annotated[TimeOrder, Query(
+        description="`oldest` first (the default) or `newest` first")] = "oldest",
 ) -> Any:
-    """Leases by task, asset and status (the claim token is never shown)."""
+    """Leases by task, asset and status (the claim token is never shown), by acquired_at
+    (then lease_id), oldest or newest first; pass `next_cursor` back as `cursor` (with the
+    same `order`) for the next page."""
+    tag = "newest" if order == "newest" else None
+    after = decode_ordered_cursor(cursor, valid_lease_cursor, tag) if cursor else None
     if foreign_tenant_filter(principal, tenant_id):
-        return json_response({"items": []})
+        return json_response({"items": [], "next_cursor": None})
     leases = store_of(svc).lease_list(
         tenant_id=list_scope(principal, tenant_id), task_id=task_id, asset_id=asset_id,
-        status=status, limit=limit,
+        status=status, limit=limit, after=after, newest_first=tag is not None,
     )
-    return json_response({"items": [lease_json(x) for x in leases]})
+    next_cursor = (
+        encode_ordered_cursor(lease_cursor(leases[-1]), tag) if len(leases) == limit else None
+    )
+    return json_response({"items": [lease_json(x) for x in leases],
+                          "next_cursor": next_cursor})
 
 
 @router.post("/leases/{lease_id}/release", response_model=LeaseOut, tags=["leases"],

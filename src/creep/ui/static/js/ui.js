@@ -39,24 +39,27 @@ export function filterForm(ctx, filters) {
   return form;
 }
 
-/** A list read from `path` with the hash query's filters and cursor, refreshed while live. */
+/** A list read from `path` with the hash query's filters and cursor, refreshed while live.
+ * `cursorParam` names the list's cursor in the hash query: a page with two lists gives each
+ * its own, so paging one keeps the other where it is. */
 export function pagedList(ctx, { path, query = {}, columns, empty, limit = 50, live = true,
-  paged = true }) {
+  paged = true, cursorParam = "cursor" }) {
   const body = h("div", { class: "list-body" }, h("p", { class: "muted" }, "Loading…"));
   const footer = h("div", { class: "pager" });
   const status = h("span", { class: "muted refresh" });
   const load = async () => {
     const q = { ...query, limit };
-    if (paged && ctx.params.get("cursor")) q.cursor = ctx.params.get("cursor");
+    const cursor = ctx.params.get(cursorParam);
+    if (paged && cursor) q.cursor = cursor;
     const page = await api(path, { query: q, signal: ctx.signal });
     replace(body, table(columns, page.items, empty));
     const links = [];
-    if (ctx.params.get("cursor")) {
-      links.push(h("button", { type: "button", onclick: () => ctx.go(ctx.path, without(ctx.params, "cursor")) }, "⟵ First page"));
+    if (cursor) {
+      links.push(h("button", { type: "button", class: "first", onclick: () => ctx.go(ctx.path, without(ctx.params, cursorParam)) }, "⟵ First page"));
     }
     if (paged && page.next_cursor) {
       links.push(h("button", { type: "button", class: "next",
-        onclick: () => ctx.go(ctx.path, { ...Object.fromEntries(ctx.params), cursor: page.next_cursor }) },
+        onclick: () => ctx.go(ctx.path, { ...Object.fromEntries(ctx.params), [cursorParam]: page.next_cursor }) },
         "Next page ⟶"));
     }
     replace(footer, links);

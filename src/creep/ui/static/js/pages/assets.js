@@ -1,6 +1,7 @@
-// Assets: filters and status; one asset with its events and leases; Ban / Unban.
+// Assets: filters and status; one asset with its events and leases (newest first, paged);
+// Ban / Unban.
 import { api } from "../api.js";
-import { badge, fields, h, json, replace, section, table, time } from "../dom.js";
+import { badge, fields, h, json, replace, section, time } from "../dom.js";
 import { actionButton, filterForm, pagedList, pick } from "../ui.js";
 import { assetLink, LEASE_COLUMNS, taskLink, tenantFilter } from "./common.js";
 
@@ -32,8 +33,6 @@ export async function render(main, ctx) {
 export async function renderDetail(main, ctx, assetId) {
   const id = encodeURIComponent(assetId);
   const head = h("div");
-  const events = h("div");
-  const leases = h("div");
   const load = async () => {
     const a = await api(`/assets/${id}`, { signal: ctx.signal });
     const canWrite = !ctx.me.read_only;
@@ -55,22 +54,23 @@ export async function renderDetail(main, ctx, assetId) {
         ["Created", time(a.created_at)], ["Updated", time(a.updated_at)],
       ]), h("h3", null, "Attributes"), json(a.attributes)));
   };
-  replace(main, head, section("Events", events), section("Leases", leases));
+  replace(main, head);
   await load();
   ctx.every(load, 5000, head);
-  ctx.every(async () => {
-    const page = await api(`/assets/${id}/events`, { query: { limit: 100 }, signal: ctx.signal });
-    replace(events, table([
+  // The newest first, each list paged with a cursor of its own.
+  main.append(section("Events", pagedList(ctx, {
+    path: "/events", query: { asset_id: assetId, order: "newest" }, cursorParam: "events_cursor",
+    empty: "No events.",
+    columns: [
       { label: "When", get: (e) => time(e.occurred_at) },
       { label: "Event", get: (e) => e.event_type },
       { label: "Severity", get: (e) => e.severity || "" },
       { label: "Status", get: (e) => (e.new_status ? [badge(e.old_status), " → ", badge(e.new_status)] : "") },
       { label: "Task", get: (e) => taskLink(e.task_id) },
       { label: "Message", get: (e) => e.message || e.error_message || "" },
-    ], page.items, "No events."));
-  }, 5000, events);
-  ctx.every(async () => {
-    const page = await api("/leases", { query: { asset_id: assetId, limit: 100 }, signal: ctx.signal });
-    replace(leases, table(LEASE_COLUMNS, page.items, "No leases."));
-  }, 5000, leases);
+    ],
+  })), section("Leases", pagedList(ctx, {
+    path: "/leases", query: { asset_id: assetId, order: "newest" }, cursorParam: "leases_cursor",
+    columns: LEASE_COLUMNS, empty: "No leases.",
+  })));
 }

@@ -1,4 +1,4 @@
-// Leases of pooled assets, by status, task or asset.
+// Leases of pooled assets, by status, task or asset: the newest first, in pages.
 import { h, replace } from "../dom.js";
 import { filterForm, pagedList, pick } from "../ui.js";
 import { LEASE_COLUMNS, tenantFilter } from "./common.js";
@@ -11,7 +11,7 @@ export async function render(main, ctx) {
     ...tenantFilter(ctx),
   ];
   replace(main, h("h1", null, "Leases"), filterForm(ctx, filters), pagedList(ctx, {
-    path: "/leases", query: pick(ctx.params, filters.map((f) => f.name)), limit: 200,
-    paged: false, columns: LEASE_COLUMNS, empty: "No leases match.",
+    path: "/leases", query: { ...pick(ctx.params, filters.map((f) => f.name)), order: "newest" },
+    columns: LEASE_COLUMNS, empty: "No leases match.",
   }));
 }

@@ -2,7 +2,7 @@
 // artifacts; Cancel and Retry.
 import { api, stream } from "../api.js";
 import { badge, fields, h, json, progress, replace, section, table, time } from "../dom.js";
-import { actionButton, problemBox } from "../ui.js";
+import { actionButton, pagedList, problemBox } from "../ui.js";
 import { batchLink, LEASE_COLUMNS, LEDGER_COLUMNS, tags } from "./common.js";
 
 const CANCELLABLE = ["PENDING", "QUEUED", "RUNNING"];
@@ -69,14 +69,15 @@ export async function renderDetail(main, ctx, taskId) {
   };
   await refresh();
   ctx.every(refresh, 3000, head);
-  ctx.every(async () => {
-    const page = await api("/leases", { query: { task_id: taskId, limit: 100 }, signal: ctx.signal });
-    replace(leases, table(LEASE_COLUMNS, page.items, "No leases."));
-  }, 5000, leases);
-  ctx.every(async () => {
-    const page = await api("/ledger", { query: { task_id: taskId, limit: 100 }, signal: ctx.signal });
-    replace(ledger, table(LEDGER_COLUMNS, page.items, "No ledger entries."));
-  }, 5000, ledger);
+  // Paged, each with a cursor of its own: none is cut off after its first page.
+  replace(leases, pagedList(ctx, {
+    path: "/leases", query: { task_id: taskId, order: "newest" }, cursorParam: "leases_cursor",
+    columns: LEASE_COLUMNS, empty: "No leases.",
+  }));
+  replace(ledger, pagedList(ctx, {
+    path: "/ledger", query: { task_id: taskId }, cursorParam: "ledger_cursor",
+    columns: LEDGER_COLUMNS, empty: "No ledger entries.",
+  }));
   ctx.every(async () => {
     const page = await api(`/tasks/${id}/artifacts`, { signal: ctx.signal });
     replace(artifacts, table([
