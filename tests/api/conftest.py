@@ -154,14 +154,16 @@ def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def read_sse(response: httpx.Response, stop_after: int | None = None) -> list[dict[str, str]]:
-    """The events of a Server-Sent Events response, up to `end` (or `stop_after` events)."""
+    """The events of a Server-Sent Events response, up to the close (`end` without an `id`),
+    or `stop_after` events."""
     events: list[dict[str, str]] = []
     current: dict[str, str] = {}
     for line in response.iter_lines():
         if not line:
             if "event" in current:
                 events.append(current)
-                if current["event"] == "end" or (stop_after and len(events) >= stop_after):
+                closed = current["event"] == "end" and "id" not in current
+                if closed or (stop_after and len(events) >= stop_after):
                     return events
             current = {}
             continue

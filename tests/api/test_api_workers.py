@@ -85,6 +85,11 @@ def test_protocol_round_trip_and_tenant_scope(worker_server: Server) -> None:
         assert ev.status_code == 201 and ev.json()["event_type"] == "log.line"
         forged = a.post(f"{base}/events", json={"claim_token": tok, "event_type": "succeeded"})
         assert forged.status_code == 422 and forged.json()["errors"][0]["field"] == "event_type"
+        # `end` closes the event stream: reserved, so no task event can pass for the close.
+        end = a.post(f"{base}/events", json={"claim_token": tok, "event_type": "end"})
+        assert end.status_code == 422, end.text
+        [error] = end.json()["errors"]
+        assert error["field"] == "event_type" and "reserved" in error["rule"]
         assert a.get(base).json()["progress"] == 60
 
         done = a.post(f"{base}/complete", json={"claim_token": tok, "result": {"frames": 3}})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,6 +17,7 @@ from creep.client import (
     TaskEvent,
     TransportError,
 )
+from creep.storage import open_store
 from tests.api.conftest import Server
 
 
@@ -152,6 +154,40 @@ def test_async_client_follows_events(server: Server) -> None:
     events, ids = asyncio.run(main())
     assert events[0].event_type == "created" and events[-1].to_status == "CANCELLED"
     assert len(ids) == 1
+
+
+def test_follow_task_events_goes_past_an_event_named_end(server: Server) -> None:
+    """The stream's close is `end` with no `id:` line. A task event of type `end` (a worker
+    can no longer post one: 422 naming event_type; one written before the name was reserved
+    is still in the log) is followed like any other, sync and async, up to the real close
+    (the SDK used to return at it, losing every later event)."""
+    _, key = server.tenant()
+    kind = f"ENDER-{uuid.uuid4().hex[:8]}"
+    with Client(server.url, key) as c:
+        task = c.create_task(task_type=kind, env="dev")
+        [claimed] = c.claim([kind])
+        with pytest.raises(ApiProblem) as refused:
+            c.worker_action(task.task_id, "events", claimed.claim_token, event_type="end")
+        assert refused.value.status == 422
+        assert [e["field"] for e in refused.value.errors] == ["event_type"]
+        store = open_store(server.database_url)
+        try:
+            assert store.task_event_append(task.task_id, claimed.claim_token, "end", {"n": 1},
+                                           datetime.now(UTC)) is not None
+        finally:
+            store.close()
+        c.worker_action(task.task_id, "events", claimed.claim_token, event_type="log.line",
+                        payload={"n": 2})
+        c.worker_action(task.task_id, "complete", claimed.claim_token, result={})
+        logged = [e.event_type for e in c.iter_task_events(task.task_id)]
+        assert logged[-3:] == ["end", "log.line", "succeeded"]
+        assert [e.event_type for e in c.follow_task_events(task.task_id)] == logged
+
+    async def follow() -> list[str]:
+        async with AsyncClient(server.url, key) as ac:
+            return [e.event_type async for e in ac.follow_task_events(task.task_id)]
+
+    assert asyncio.run(follow()) == logged
 
 
 def test_unreachable_server_is_a_transport_error() -> None:

@@ -1,15 +1,18 @@
 """The dashboard's edges in a real Chromium against a real `creep server` (SQLite): pagers on
-detail pages, and the newest asset events and leases."""
+detail pages, the newest asset events and leases, and a task event whose type is the
+stream's own closing word."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import expect
 
+from creep.storage import open_store
 from tests.api.conftest import Server
 from tests.ui.conftest import sign_in
 
@@ -152,3 +155,42 @@ def test_leases_page_and_asset_page_show_the_newest_leases(ui_server: Server,
     page.goto(f"{ui_server.url}/ui/#/assets/{asset_id}")
     leases = page.locator("section:has(h2:text('Leases'))")
     expect(leases.locator("table.grid tbody tr").first).to_contain_text(newest)
+
+
+# -- a task event named `end` ------------------------------------------------------------------
+
+
+def test_a_task_event_named_end_is_shown_in_the_timeline(ui_server: Server,
+                                                         page: Any) -> None:
+    """The stream's close is the `end` event without an `id:` line; a task event of type
+    `end` (a worker could post one before the name was reserved) carries an id, so the
+    timeline shows it and keeps following the task until it really ends (the dashboard used
+    to take it for the close and drop it)."""
+    _, key = ui_server.tenant()
+    with ui_server.client(key) as c:
+        tid = _task(c, task_type="ENDER")["task_id"]
+        sign_in(page, ui_server, key, f"tasks/{tid}")
+        page.wait_for_selector("#events-state:text('Live')")
+        [claimed] = _claim(c, "ENDER")
+        token = claimed["claim_token"]
+        page.wait_for_selector("h1 .badge:text('RUNNING')")
+        # An `end` event written before the name was reserved: straight into the database.
+        store = open_store(ui_server.database_url)
+        try:
+            assert store.task_event_append(tid, token, "end", {"line": "end of part one"},
+                                           datetime.now(UTC)) is not None
+        finally:
+            store.close()
+        r = c.post(f"/v1/tasks/{tid}/events", json={
+            "claim_token": token, "event_type": "log.line", "payload": {"line": "part two"}})
+        assert r.status_code == 201, r.text
+        page.wait_for_selector("#events .event:has-text('part two')")
+        assert page.inner_text("#events-state") == "Live"
+        r = c.post(f"/v1/tasks/{tid}/complete", json={"claim_token": token, "result": {}})
+        assert r.status_code == 200, r.text
+        page.wait_for_selector("#events-state:text('The task finished; no more events.')")
+        listed = [e["event_type"] for e in c.get(f"/v1/tasks/{tid}/events").json()["items"]]
+        assert listed.count("end") == 1 and listed[-1] == "succeeded", listed
+        shown = page.locator("#events .event strong").all_inner_texts()
+        assert shown == listed, (shown, listed)
+        assert "end of part one" in page.inner_text("#events")

@@ -131,7 +131,9 @@ class FailIn(_In):
 
 class WorkerEventIn(_In):
     claim_token: str = Token
-    event_type: str = Field(pattern=r"^[a-z][a-z0-9_.:-]{0,63}$")
+    event_type: str = Field(
+        pattern=r"^[a-z][a-z0-9_.:-]{0,63}$",
+        description="not a type creep writes itself, nor `end` (the event stream's close)")
     payload: dict[str, Any] = Field(default_factory=dict)
 
 

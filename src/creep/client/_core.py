@@ -174,6 +174,13 @@ class SseEvent:
     data: str = ""
     id: str | None = None
 
+    @property
+    def is_stream_end(self) -> bool:
+        """The close of a task's event stream: `event: end` with no `id:` line. Every task
+        event has an id, so one of type `end` (a worker could post one before the name was
+        reserved) is an event, not the close."""
+        return self.event == "end" and self.id is None
+
 
 class SseParser:
     """Incremental text/event-stream parser: feed lines, get complete events."""

@@ -140,7 +140,7 @@ class AsyncClient:
                     parser = core.SseParser()
                     async for line in response.aiter_lines():
                         for event in parser.feed(line):
-                            if event.event == "end":
+                            if event.is_stream_end:
                                 return
                             if event.id:
                                 cursor = event.id

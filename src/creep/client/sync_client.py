@@ -173,7 +173,7 @@ class Client:
                     parser = core.SseParser()
                     for line in response.iter_lines():
                         for event in parser.feed(line):
-                            if event.event == "end":
+                            if event.is_stream_end:
                                 return
                             if event.id:
                                 cursor = event.id

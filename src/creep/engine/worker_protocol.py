@@ -38,8 +38,12 @@ MIN_CLAIM_TTL, MAX_CLAIM_TTL = 1.0, 3600.0
 MAX_CLAIM_BATCH = 1000
 MAX_EVENT_PAYLOAD = 64 * 1024
 _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
-#: Event types creep writes itself; a worker cannot forge them.
-RESERVED_EVENT_TYPES = frozenset(e.value for e in TaskEventType) | {"artifact_removed"}
+#: The event that closes a task's SSE stream (`event: end`, with no `id:` line). A task
+#: event of that type would read as the close to a client that goes by the name alone.
+STREAM_END = "end"
+#: Event types creep writes itself, and the stream's close: a worker cannot post them.
+RESERVED_EVENT_TYPES = frozenset(e.value for e in TaskEventType) | {
+    "artifact_removed", STREAM_END}
 
 
 class FailKind(StrEnum):
@@ -299,6 +303,9 @@ class WorkerProtocol:
         errors: list[tuple[str, str]] = []
         if not isinstance(event_type, str) or not _EVENT_TYPE.match(event_type):
             errors.append(("event_type", "must match ^[a-z][a-z0-9_.:-]{0,63}$"))
+        elif event_type == STREAM_END:
+            errors.append(("event_type", "is reserved: `end` closes the task's event stream; "
+                                         "pick another name"))
         elif event_type in RESERVED_EVENT_TYPES:
             errors.append(("event_type", "is written by creep itself; pick another name"))
         body = {} if payload is None else payload

@@ -45,6 +45,7 @@ from creep.domain.audit import AuditAction, ResourceType
 from creep.domain.errors import ValidationError, VersionConflict
 from creep.domain.task import TaskOrder
 from creep.domain.task_spec import Limits, fast_build, fast_check, validate_task_spec
+from creep.engine.worker_protocol import STREAM_END
 from creep.ports import TaskFilter
 from creep.ports_api import task_snapshot
 
@@ -342,7 +343,8 @@ async def stream_task_events(
 ) -> StreamingResponse:
     """Server-Sent Events of one task. Reconnect with `Last-Event-ID` (or `?after=`) to
     resume exactly after the last event received. The stream ends once the task is finished
-    and every event was sent."""
+    and every event was sent, with an `end` event that has no `id` (every task event has
+    one)."""
     scope = read_scope(principal)
     await run_in_threadpool(svc.store.task_get, task_id, scope)
     start = check_event_cursor(last_event_id, "Last-Event-ID") or check_event_cursor(
@@ -383,8 +385,11 @@ async def stream_task_events(
                     # a client reconnects with Last-Event-ID.
                     if not await key_valid():
                         return
+                    # The close has no `id:` line, every task event has one: that, not the
+                    # name, tells them apart (a worker could post an event named `end` before
+                    # the name was reserved).
                     end = orjson.dumps({"status": task.status}).decode()
-                    yield f"event: end\ndata: {end}\n\n"
+                    yield f"event: {STREAM_END}\ndata: {end}\n\n"
                     return
                 if await request.is_disconnected():
                     return

@@ -101,7 +101,8 @@ async function followEvents(ctx, id, list, state, onChange) {
       await stream(`/tasks/${id}/events/stream`, {
         query: after ? { after } : {}, signal: ctx.signal,
         onEvent: (m) => {
-          if (m.event === "end") { ended = true; return; }
+          // The close is `end` without an id; a task event (of any type, `end` too) has one.
+          if (m.event === "end" && m.id === null) { ended = true; return; }
           const e = JSON.parse(m.data);
           after = e.cursor;
           list.appendChild(eventItem(e));
