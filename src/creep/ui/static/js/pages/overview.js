@@ -1,4 +1,6 @@
-// Overview: tasks by status, queue depth and the latest failures, refreshed every 3 s.
+// Overview: tasks by status, queue depth and recent failures (the ten newest-created tasks of
+// each failed status, latest to fail first: tasks have no index by finish time), refreshed
+// every 3 s.
 import { api } from "../api.js";
 import { badge, h, hashFor, replace, section, table, time } from "../dom.js";
 import { TASK_STATUSES, taskLink } from "./common.js";
