@@ -151,6 +151,10 @@ class AssetEventIn(_In):
     event_id: str | None = Field(default=None, max_length=64, description="a UUID (generated)")
     tenant_id: str | None = Field(default=None, min_length=1, max_length=128)
     asset_id: str = Field(max_length=64, description="a UUID")
+    task_id: str | None = Field(
+        default=None, max_length=64,
+        description="the TaskOrder that caused the event (one of the tenant's); follows from "
+        "lease_id when left out")
     lease_id: str | None = Field(default=None, max_length=64)
     correlation_id: str | None = Field(default=None, max_length=200)
     causation_id: str | None = Field(default=None, max_length=64)

@@ -89,15 +89,17 @@ class AssetEvent:
 
 EVENT_FIELDS: tuple[str, ...] = tuple(AssetEvent.__dataclass_fields__)
 
-#: Fields a reporter (handler, operator, provider hook) may set.
 #: The longest causation chain returned (the event and up to this many causes in all).
 MAX_CHAIN = 10_000
 #: latency_ms fits a signed 64-bit column on both backends.
 MAX_LATENCY_MS = 2**63 - 1
 
+#: Fields a reporter (handler, operator, provider hook) may set. `task_id` is the TaskOrder
+#: that caused the event (seed 001 §3.2); the store checks it, and the lease named, against
+#: the event's tenant and asset.
 REPORTABLE = frozenset(
-    {"event_id", "asset_id", "lease_id", "correlation_id", "causation_id", "event_type",
-     "source", "severity", "old_status", "new_status", "message", "error_code",
+    {"event_id", "asset_id", "task_id", "lease_id", "correlation_id", "causation_id",
+     "event_type", "source", "severity", "old_status", "new_status", "message", "error_code",
      "error_message", "provider_status", "http_status", "latency_ms", "retryable",
      "occurred_at", "tags", "context", "project_id", "env"}
 )
@@ -137,7 +139,7 @@ def validate_reported_event(data: Mapping[str, Any]) -> dict[str, Any]:
     elif (rule := bad_text(etype)) is not None:
         errors.append(("event_type", rule))
     out["event_type"] = etype
-    for name in ("event_id", "asset_id", "lease_id", "causation_id"):
+    for name in ("event_id", "asset_id", "task_id", "lease_id", "causation_id"):
         out[name] = _opt_uuid(errors, name, data.get(name))
     for name, limit in (("correlation_id", 200), ("source", 100), ("old_status", 50),
                         ("new_status", 50), ("message", 2000), ("error_code", 200),

@@ -30,6 +30,7 @@ from creep.domain.asset_event import (
 )
 from creep.domain.errors import ConflictError, NotFound, ValidationError, VersionConflict
 from creep.domain.ids import is_uuid, uuid7
+from creep.domain.lease import Lease
 from creep.storage.asset_base import (
     ASSET_COLS,
     EVENT_COLS,
@@ -232,20 +233,32 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
         task_id: str | None = None, claim_token: str | None = None,
     ) -> list[AssetEvent]:
         """Record a reported event (validated fields), then apply the auto-ban policy in the
-        same transaction. Returns the event and any events it caused."""
+        same transaction. Returns the event and any events it caused.
+
+        `task_id` (keyword) is the running task of a handler's report (ctx.report_event);
+        an external report may name the task that caused the event in `fields["task_id"]`,
+        or leave it to follow from the lease it names. A task named must be one of the
+        tenant's. The event then carries the task's correlation_id."""
+        handler = task_id is not None
         with self._atx() as conn:
             pending = Pending()
             task: TaskRef | None = None
             lease_id = fields.get("lease_id")
             asset_id = fields.get("asset_id")
+            named_task = fields.get("task_id")
+            lease: Lease | None = None
+            if lease_id is not None and task_id is None:
+                found = self._leases_where(conn, "lease_id = ?", (lease_id,))
+                if found and found[0].tenant_id == tenant_id:
+                    lease = found[0]
+            correlation_id = fields.get("correlation_id")
             if task_id is not None:
+                if named_task not in (None, task_id):
+                    raise ValidationError.single(
+                        "task_id", "is the reporting task's own: leave it out")
                 task = self._task_refs(conn, [task_id]).get(task_id)
                 if task is None or task.tenant_id != tenant_id:
                     raise NotFound("task", task_id)
-                if fields.get("correlation_id") not in (None, task.correlation_id):
-                    raise ValidationError.single(
-                        "correlation_id", "an event of a task carries the task's correlation_id"
-                    )
                 if asset_id is None or lease_id is None:
                     mine = self._leases_where(
                         conn, "task_id = ? AND claim_token = ?" if claim_token else "task_id = ?",
@@ -261,6 +274,27 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                         raise ValidationError.single(
                             "asset_id", "is required unless the task holds exactly one lease"
                         )
+            else:
+                task_id = named_task if named_task is not None else (
+                    lease.task_id if lease is not None else None)
+                if task_id is not None:
+                    task = self._task_refs(conn, [task_id]).get(task_id)
+                    if task is not None and task.tenant_id != tenant_id:
+                        task = None  # another tenant's task reads like a missing one
+                    if task is None and (lease is None or lease.task_id != task_id):
+                        # (A lease outlives its task's retention: it still names the task.)
+                        raise ValidationError.single("task_id", "unknown task")
+            if task_id is not None:
+                # The task's correlation_id (once retention deleted the task, the one its
+                # lease's events carry).
+                expected = task.correlation_id if task is not None else \
+                    self._task_correlation(conn, task_id)
+                if expected is not None:
+                    if correlation_id not in (None, expected):
+                        raise ValidationError.single(
+                            "correlation_id",
+                            "an event of a task carries the task's correlation_id")
+                    correlation_id = expected
             if asset_id is None:
                 raise ValidationError.single("asset_id", "is required")
             asset = self._lock_assets(conn, [asset_id], pending).get(asset_id)
@@ -278,10 +312,10 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                                                         asset.project_id),
                 env=fields.get("env") or (task.env if task else asset.env),
                 asset_id=asset_id, task_id=task_id, lease_id=lease_id,
-                correlation_id=task.correlation_id if task else fields.get("correlation_id"),
+                correlation_id=correlation_id,
                 causation_id=fields.get("causation_id"), event_type=fields["event_type"],
                 source=fields.get("source") or (
-                    Source.WORKER_NODE if task else Source.EXTERNAL_PROVIDER),
+                    Source.WORKER_NODE if handler else Source.EXTERNAL_PROVIDER),
                 severity=fields.get("severity"),
                 old_status=fields.get("old_status") or asset.status.value,
                 new_status=fields.get("new_status") or asset.status.value,

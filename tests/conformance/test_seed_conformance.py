@@ -1,0 +1,91 @@
+"""The seeds' field rules through the Python API, on SQLite and PostgreSQL.
+
+Seed 001 §3.2 (AssetEvent): an event reported from outside a task may name the TaskOrder that
+caused it (`task_id`) and the lease it is tied to (`lease_id`); both must be real and agree
+with the event's asset and tenant."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from creep import Creep, ValidationError
+
+
+def _fields(exc: pytest.ExceptionInfo[ValidationError]) -> list[str]:
+    return [field for field, _ in exc.value.errors]
+
+
+def _leased_task(app: Creep, n: int = 1, tenant_id: str = "default") -> tuple[str, str, str]:
+    """A finished task that held one lease on a fresh asset: (task_id, lease_id, asset_id)."""
+    kind = f"LEASED_{uuid.uuid4().hex[:8]}"
+    asset = app.create_asset(sku_category="RAW_NET", sku_code=f"ip.uk.{kind}.{n}",
+                             tenant_id=tenant_id)
+
+    @app.handler(kind)
+    async def run(ctx: Any) -> None:
+        return None
+
+    task = app.submit(task_type=kind, tenant_id=tenant_id, resource_hints=[
+        {"sku_category": "RAW_NET", "sku_code": f"ip.uk.{kind}.{n}"}])
+    app.run_worker(burst=True)
+    [lease] = app.list_leases(task_id=task.task_id)
+    assert lease.asset_id == asset.asset_id
+    return task.task_id, lease.lease_id, asset.asset_id
+
+
+# -- bug: a reported event's task_id -------------------------------------------------------------
+
+
+def test_reported_event_carries_the_task_that_caused_it(app: Creep) -> None:
+    """Seed 001 §3.2: "**task_id** (`uuid`, optional) — 若该事件是由某个 Task 引发，则挂上
+    `TaskOrder.task_id`". report_asset_event takes task_id (with the task's lease_id, as in
+    the seed's scenario 1); the event carries the task id and the task's correlation_id, so
+    the task's event list and its correlation timeline both show it."""  # noqa: RUF002
+    task_id, lease_id, asset_id = _leased_task(app)
+    task = app.get_task(task_id)
+    event = app.report_asset_event(
+        asset_id=asset_id, task_id=task_id, lease_id=lease_id, event_type="HTTP_PROBE_FAIL",
+        http_status=403, latency_ms=850, severity="WARN", retryable=True,
+    )
+    assert (event.task_id, event.lease_id) == (task_id, lease_id)
+    assert event.correlation_id == task.correlation_id
+    assert event.event_id in [e.event_id for e in app.asset_events(task_id=task_id)]
+    assert event.event_id in [e.event_id for e in app.asset_timeline(task.correlation_id)]
+    # A task that held no lease may be named too.
+    plain = app.submit(task_type="NO_LEASE")
+    other = app.report_asset_event(asset_id=asset_id, task_id=plain.task_id, event_type="X")
+    assert (other.task_id, other.lease_id) == (plain.task_id, None)
+    assert [e.event_id for e in app.asset_events(task_id=plain.task_id)] == [other.event_id]
+
+
+def test_reported_event_takes_its_task_from_the_lease_it_names(app: Creep) -> None:
+    """Seed 001 §3.2: `task_id` — "若该事件是由某个 Task 引发，则挂上 `TaskOrder.task_id`";
+    a lease is one task's hold, so an event naming only the lease was caused by that task
+    and is stored with its task_id and correlation_id (it was stored with neither)."""  # noqa: RUF002
+    task_id, lease_id, asset_id = _leased_task(app)
+    event = app.report_asset_event(asset_id=asset_id, lease_id=lease_id,
+                                   event_type="HTTP_PROBE_FAIL")
+    assert event.task_id == task_id
+    assert event.correlation_id == app.get_task(task_id).correlation_id
+    assert event.event_id in [e.event_id for e in app.asset_events(task_id=task_id)]
+
+
+def test_reported_event_naming_an_unknown_or_foreign_task_is_refused(app: Creep) -> None:
+    """Seed 001 §3.2: `task_id` is a `TaskOrder.task_id`; an id no task of the reporting
+    tenant has (unknown, or another tenant's) is a ValidationError on task_id and nothing is
+    stored. A correlation_id other than the named task's is refused as on the handler path."""
+    asset = app.create_asset(sku_category="RAW_NET", sku_code="ip.uk.1")
+    theirs = app.submit(task_type="T", tenant_id="other")
+    for task_id in (str(uuid.uuid4()), theirs.task_id):
+        with pytest.raises(ValidationError) as exc:
+            app.report_asset_event(asset_id=asset.asset_id, task_id=task_id, event_type="X")
+        assert _fields(exc) == ["task_id"]
+    mine = app.submit(task_type="T")
+    with pytest.raises(ValidationError) as exc:
+        app.report_asset_event(asset_id=asset.asset_id, task_id=mine.task_id,
+                               correlation_id="not-the-task's", event_type="X")
+    assert _fields(exc) == ["correlation_id"]
+    assert [e.event_type for e in app.asset_events(asset_id=asset.asset_id)] == ["IMPORTED"]
