@@ -198,8 +198,9 @@ class AssetApi:
     def report_asset_event(self, *, tenant_id: str = "default", **fields: Any) -> AssetEvent:
         """Record an event about an asset from outside a task (e.g. a provider's webhook).
         `task_id` names the task that caused it (else it follows from `lease_id`): the event
-        then carries the task's correlation_id and is listed with the task's events; an
-        unknown task raises ValidationError. The auto-ban policy applies; `asset_events`/
+        then carries the task's correlation_id and is listed with the task's events. A lease
+        named must be the tenant's, on `asset_id` and of that task; an unknown task or lease
+        raises ValidationError. The auto-ban policy applies; `asset_events`/
         `asset_event_chain` show what followed."""
         checked = validate_reported_event(fields)
         return self.store.asset_event_report(checked, self.clock.now(), tenant_id=tenant_id)[0]

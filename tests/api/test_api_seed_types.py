@@ -80,3 +80,23 @@ def test_post_event_carries_the_task_that_caused_it(server: Server, py: Creep) -
         for task_id in (str(uuid.uuid4()), theirs):
             assert _errors(c.post("/v1/events", json={**body, "task_id": task_id})) == [
                 "task_id"]
+
+
+def test_post_event_must_name_a_lease_of_its_asset_and_tenant(server: Server, py: Creep) -> None:
+    """Seed 001 §3.2: `asset_id` is "此事件对应的资产 ID" and `lease_id` the lease the event
+    is tied to. POST /v1/events naming a lease held on another asset, one that does not
+    exist, or another tenant's answered 201; each is a 422 on lease_id."""
+    _, key = server.tenant()
+    _, other_key = server.tenant()
+    with server.client(key) as c, server.client(other_key) as other:
+        _task, lease = _leased(c, py)
+        _their_task, their_lease = _leased(other, py)
+        elsewhere = _asset(c, "ip.elsewhere")
+        for asset_id, lease_id in ((elsewhere, lease["lease_id"]),
+                                   (lease["asset_id"], str(uuid.uuid4())),
+                                   (lease["asset_id"], their_lease["lease_id"])):
+            r = c.post("/v1/events", json={"asset_id": asset_id, "lease_id": lease_id,
+                                           "event_type": "HTTP_PROBE_FAIL"})
+            assert _errors(r) == ["lease_id"]
+        events = c.get("/v1/events", params={"asset_id": elsewhere}).json()["items"]
+        assert [e["event_type"] for e in events] == ["IMPORTED"]

@@ -89,3 +89,55 @@ def test_reported_event_naming_an_unknown_or_foreign_task_is_refused(app: Creep)
                                correlation_id="not-the-task's", event_type="X")
     assert _fields(exc) == ["correlation_id"]
     assert [e.event_type for e in app.asset_events(asset_id=asset.asset_id)] == ["IMPORTED"]
+
+
+# -- bug: a reported event's lease_id ------------------------------------------------------------
+
+
+def test_reported_event_must_name_a_lease_of_its_asset_tenant_and_task(app: Creep) -> None:
+    """Seed 001 §3.2: `asset_id` is "此事件对应的资产 ID" and `lease_id` the lease the event
+    is tied to. A lease that does not exist, is another tenant's, is held on another asset or
+    belongs to another task than the one named is a ValidationError on lease_id (each was
+    stored), and nothing is written."""
+    task_a, lease_a, asset_a = _leased_task(app, 1)
+    task_b, _lease_b, asset_b = _leased_task(app, 2)
+    _task_x, lease_x, asset_x = _leased_task(app, 3, tenant_id="other")
+    bad: list[dict[str, Any]] = [
+        {"asset_id": asset_b, "lease_id": lease_a},  # another asset's lease
+        {"asset_id": asset_a, "lease_id": str(uuid.uuid4())},  # no such lease
+        {"asset_id": asset_a, "lease_id": lease_x},  # another tenant's lease
+        {"asset_id": asset_a, "lease_id": lease_a, "task_id": task_b},  # another task's
+    ]
+    assets = (asset_a, asset_b, asset_x)
+    before = {a: len(app.asset_events(asset_id=a)) for a in assets}
+    for fields in bad:
+        with pytest.raises(ValidationError) as exc:
+            app.report_asset_event(event_type="HTTP_PROBE_FAIL", **fields)
+        assert _fields(exc) == ["lease_id"], fields
+    assert {a: len(app.asset_events(asset_id=a)) for a in assets} == before
+    ok = app.report_asset_event(event_type="X", asset_id=asset_a, lease_id=lease_a,
+                                task_id=task_a)
+    assert (ok.asset_id, ok.lease_id, ok.task_id) == (asset_a, lease_a, task_a)
+
+
+def test_handler_event_must_name_a_lease_of_its_asset(app: Creep) -> None:
+    """Seed 001 §3.2: `asset_id` is "此事件对应的资产 ID"; ctx.report_event naming its own
+    lease together with another asset stored the pair unchecked. It is a ValidationError on
+    lease_id, as an external report's is."""
+    other = app.create_asset(sku_category="RAW_NET", sku_code="ip.uk.other")
+    app.create_asset(sku_category="RAW_NET", sku_code="ip.uk.mine")
+    seen: list[str] = []
+
+    @app.handler("MISMATCH")
+    async def run(ctx: Any) -> None:
+        [lease] = await ctx.leases()
+        try:
+            await ctx.report_event("PROBE", asset_id=other.asset_id, lease_id=lease.lease_id)
+        except ValidationError as exc:
+            seen.extend(field for field, _ in exc.errors)
+
+    app.submit(task_type="MISMATCH", resource_hints=[
+        {"sku_category": "RAW_NET", "sku_code": "ip.uk.mine"}])
+    app.run_worker(burst=True)
+    assert seen == ["lease_id"]
+    assert [e.event_type for e in app.asset_events(asset_id=other.asset_id)] == ["IMPORTED"]

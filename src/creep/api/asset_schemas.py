@@ -155,7 +155,9 @@ class AssetEventIn(_In):
         default=None, max_length=64,
         description="the TaskOrder that caused the event (one of the tenant's); follows from "
         "lease_id when left out")
-    lease_id: str | None = Field(default=None, max_length=64)
+    lease_id: str | None = Field(
+        default=None, max_length=64,
+        description="a lease of the tenant's on asset_id (and of task_id when given)")
     correlation_id: str | None = Field(default=None, max_length=200)
     causation_id: str | None = Field(default=None, max_length=64)
     event_type: str = Field(min_length=1, max_length=100)

@@ -237,8 +237,9 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
 
         `task_id` (keyword) is the running task of a handler's report (ctx.report_event);
         an external report may name the task that caused the event in `fields["task_id"]`,
-        or leave it to follow from the lease it names. A task named must be one of the
-        tenant's. The event then carries the task's correlation_id."""
+        or leave it to follow from the lease it names. A lease named must be one of the
+        tenant's, on the event's asset, and of the event's task; a task named must be one of
+        the tenant's. The event then carries the task's correlation_id."""
         handler = task_id is not None
         with self._atx() as conn:
             pending = Pending()
@@ -247,10 +248,9 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
             asset_id = fields.get("asset_id")
             named_task = fields.get("task_id")
             lease: Lease | None = None
-            if lease_id is not None and task_id is None:
-                found = self._leases_where(conn, "lease_id = ?", (lease_id,))
-                if found and found[0].tenant_id == tenant_id:
-                    lease = found[0]
+            if lease_id is not None:
+                lease = self._reported_lease(conn, lease_id, tenant_id, asset_id)
+                asset_id = lease.asset_id
             correlation_id = fields.get("correlation_id")
             if task_id is not None:
                 if named_task not in (None, task_id):
@@ -259,13 +259,11 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                 task = self._task_refs(conn, [task_id]).get(task_id)
                 if task is None or task.tenant_id != tenant_id:
                     raise NotFound("task", task_id)
-                if asset_id is None or lease_id is None:
+                if lease is None:
                     mine = self._leases_where(
                         conn, "task_id = ? AND claim_token = ?" if claim_token else "task_id = ?",
                         (task_id, claim_token) if claim_token else (task_id,),
                     )
-                    if lease_id is not None:
-                        mine = [x for x in mine if x.lease_id == lease_id]
                     if asset_id is not None:
                         mine = [x for x in mine if x.asset_id == asset_id]
                     if len(mine) == 1:
@@ -284,6 +282,8 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                     if task is None and (lease is None or lease.task_id != task_id):
                         # (A lease outlives its task's retention: it still names the task.)
                         raise ValidationError.single("task_id", "unknown task")
+            if lease is not None and task_id is not None and lease.task_id != task_id:
+                raise ValidationError.single("lease_id", "is a lease of another task")
             if task_id is not None:
                 # The task's correlation_id (once retention deleted the task, the one its
                 # lease's events carry).
@@ -334,6 +334,19 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                 out.extend(pending.events)
             self._flush(conn, pending, now)
         return out
+
+    def _reported_lease(
+        self, conn: Any, lease_id: str, tenant_id: str, asset_id: str | None
+    ) -> Lease:
+        """The lease a reported event names: one of the tenant's (another tenant's reads
+        like a missing one), on the event's asset when that is given."""
+        found = self._leases_where(conn, "lease_id = ?", (lease_id,))
+        if not found or found[0].tenant_id != tenant_id:
+            raise ValidationError.single("lease_id", "unknown lease")
+        if asset_id is not None and found[0].asset_id != asset_id:
+            raise ValidationError.single(
+                "lease_id", f"is a lease of another asset than asset_id {asset_id}")
+        return found[0]
 
     def asset_events_list(
         self, *, tenant_id: str | None = None, asset_id: str | None = None,
