@@ -13,6 +13,7 @@ from rich.table import Table
 
 from creep.cli_http.common import error_line, plain_console
 from creep.domain.errors import CreepError
+from creep.domain.lock import MAX_LOCK_TTL, MIN_LOCK_TTL
 
 app = typer.Typer(
     name="creep", help="creep: a durable task control plane.", no_args_is_help=True,
@@ -185,7 +186,8 @@ def scheduler(
     database_url: DatabaseUrl = None,
     tick: Annotated[float, typer.Option(min=0.05, help="Seconds between sweeps.")] = 1.0,
     lock_ttl: Annotated[
-        float, typer.Option(min=0.5, help="Seconds leadership lasts without renewal.")
+        float, typer.Option(min=MIN_LOCK_TTL, max=MAX_LOCK_TTL,
+                            help="Seconds leadership lasts without renewal.")
     ] = 10.0,
     holder_id: Annotated[
         str | None, typer.Option(help="This process's name in the lock table.")

@@ -2,16 +2,22 @@
 
 Seed 001 §3.2 (AssetEvent): an event reported from outside a task may name the TaskOrder that
 caused it (`task_id`) and the lease it is tied to (`lease_id`); both must be real and agree
-with the event's asset and tenant."""
+with the event's asset and tenant. Seed 003 (TaskLock 验证规则): `expires_at` > `acquired_at`,
+for every TTL the Python API takes and in both schemas."""
 
 from __future__ import annotations
 
+import math
+import sqlite3
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from creep import Creep, ValidationError
+from creep import Creep, FrozenClock, ValidationError
+from creep.engine.scheduler import SCHEDULER_LOCK
+from creep.storage import open_store
 
 
 def _fields(exc: pytest.ExceptionInfo[ValidationError]) -> list[str]:
@@ -141,3 +147,113 @@ def test_handler_event_must_name_a_lease_of_its_asset(app: Creep) -> None:
     app.run_worker(burst=True)
     assert seen == ["lease_id"]
     assert [e.event_type for e in app.asset_events(asset_id=other.asset_id)] == ["IMPORTED"]
+
+
+# -- bug: a TaskLock that expires when (or before) it is taken -----------------------------------
+
+
+@pytest.mark.parametrize("ttl", [0, -5, 0.4, math.nan, math.inf, True, "10"])
+def test_scheduler_lock_ttl_must_keep_expiry_after_acquisition(
+    app: Creep, ttl: Any
+) -> None:
+    """Seed 003 TaskLock 验证规则: "`expires_at` > `acquired_at`". app.scheduler(lock_ttl=0)
+    wrote the creep.scheduler lock with expires_at == acquired_at (a negative TTL: before it,
+    and that scheduler never led). A TTL below the CLI's --lock-ttl floor (0.5 s), not
+    finite, or not a number is a ValidationError on lock_ttl, and no lock is written."""
+    with pytest.raises(ValidationError) as exc:
+        app.scheduler(holder_id="A", retention_jobs=[], lock_ttl=ttl)
+    assert _fields(exc) == ["lock_ttl"]
+    assert app.schedules.lock_get(SCHEDULER_LOCK) is None
+    sched = app.scheduler(holder_id="A", retention_jobs=[], lock_ttl=0.5)
+    assert sched.run_once().leader
+    lock = app.schedules.lock_get(SCHEDULER_LOCK)
+    assert lock is not None and lock["expires_at"] - lock["acquired_at"] == timedelta(
+        seconds=0.5)
+
+
+def test_store_lock_ttl_must_keep_expiry_after_acquisition(
+    app: Creep, clock: FrozenClock
+) -> None:
+    """Seed 003 TaskLock 验证规则: "`expires_at` > `acquired_at`". The store's lock_acquire and
+    lock_renew (the maintenance leader's lock too) refuse a TTL that breaks it, and a renewal
+    by a holder whose clock went back past acquired_at - ttl renews nothing (the row would
+    expire before it was taken)."""
+    store = app.store
+    for ttl in (0, -1.0):
+        with pytest.raises(ValidationError) as exc:
+            store.lock_acquire("k", "h", ttl, clock.now())
+        assert _fields(exc) == ["ttl"]
+    assert app.schedules.lock_get("k") is None
+    token = store.lock_acquire("k", "h", 5, clock.now())
+    assert token is not None
+    with pytest.raises(ValidationError) as exc:
+        store.lock_renew("k", "h", token, 0, clock.now())
+    assert _fields(exc) == ["ttl"]
+    assert not store.lock_renew("k", "h", token, 5, clock.now() - timedelta(seconds=6))
+    assert store.lock_renew("k", "h", token, 5, clock.now() + timedelta(seconds=1))
+    lock = app.schedules.lock_get("k")
+    assert lock is not None and lock["expires_at"] > lock["acquired_at"]
+
+
+def _raw(db_url: str, sql: str, params: tuple[Any, ...] = ()) -> None:
+    if db_url.startswith("sqlite"):
+        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"))
+        try:
+            conn.execute(sql.replace("%s", "?"), params)
+            conn.commit()
+        finally:
+            conn.close()
+        return
+    import psycopg
+
+    with psycopg.connect(db_url) as pg:
+        pg.execute(sql, params)
+
+
+def _stamp(db_url: str, minutes: int) -> Any:
+    """A lock timestamp as each schema stores it: microseconds (SQLite), timestamptz."""
+    at = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes)
+    return int(at.timestamp() * 1_000_000) if db_url.startswith("sqlite") else at
+
+
+def test_task_locks_check_expiry_after_acquisition_and_migration_fixes_old_rows(
+    db_url: str,
+) -> None:
+    """Seed 003 TaskLock 验证规则: "`expires_at` > `acquired_at`". Neither schema checked it;
+    migration 0018 adds the CHECK on both, and a database holding rows that break it (locks
+    written with a TTL of zero or less) migrates: each such row expires 1 µs after it was
+    acquired (an `active` one becomes `expired`), every other row is left as it was."""
+    store = open_store(db_url)
+    try:
+        store.migrate(target=17)
+        insert = ("INSERT INTO task_locks (lock_key, holder_id, token, state, acquired_at, "
+                  "expires_at, released_at, purpose, created_at, updated_at) "
+                  "VALUES (%s, 'h', %s, %s, %s, %s, NULL, 'p', %s, %s)")
+        for key, state, expires in (("zero", "active", 0), ("negative", "active", -5),
+                                    ("released", "released", -1), ("good", "active", 10)):
+            _raw(db_url, insert, (key, str(uuid.uuid4()), state, _stamp(db_url, 0),
+                                  _stamp(db_url, expires), _stamp(db_url, 0),
+                                  _stamp(db_url, 0)))
+        assert store.migrate() == [18]
+        acquired = _stamp(db_url, 0)
+        rows = {k: store.lock_get(k) for k in ("zero", "negative", "released", "good")}
+        assert {k: (r or {})["state"] for k, r in rows.items()} == {
+            "zero": "expired", "negative": "expired", "released": "released", "good": "active"}
+        for key in ("zero", "negative", "released"):
+            row = rows[key]
+            assert row is not None
+            assert row["expires_at"] - row["acquired_at"] == timedelta(microseconds=1), key
+        good = rows["good"]
+        assert good is not None and good["expires_at"] - good["acquired_at"] == timedelta(
+            minutes=10)
+        try:
+            _raw(db_url, insert, ("bad", str(uuid.uuid4()), "active", acquired, acquired,
+                                  acquired, acquired))
+        except Exception as exc:  # sqlite3.IntegrityError, psycopg.errors.CheckViolation
+            refused = str(exc)
+        else:
+            refused = "nothing"
+        assert "task_locks_expiry" in refused
+        assert store.lock_get("bad") is None
+    finally:
+        store.close()

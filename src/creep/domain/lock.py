@@ -8,9 +8,29 @@ same rule, so nobody can steal a live lock whatever SQL they run.
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
+from typing import Any
 
-from creep.domain.errors import IllegalTransition
+from creep.domain.errors import IllegalTransition, ValidationError
+
+#: The shortest TTL a lock is taken or renewed for, in seconds (`creep scheduler --lock-ttl`
+#: has the same floor). Seed 003 (TaskLock 验证规则): `expires_at` > `acquired_at`, which
+#: both schemas check too (migration 0018).
+MIN_LOCK_TTL = 0.5
+#: The longest: a year (an expiry past any real outage, yet far from the largest timestamp).
+MAX_LOCK_TTL = 366 * 24 * 3600.0
+
+
+def check_lock_ttl(value: Any, name: str = "lock_ttl") -> float:
+    """A lock TTL in seconds: a finite number from MIN_LOCK_TTL to MAX_LOCK_TTL (a bool or a
+    string is refused, as is zero or less: the lock would expire when taken)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+        math.isfinite(value) and MIN_LOCK_TTL <= value <= MAX_LOCK_TTL
+    ):
+        raise ValidationError.single(
+            name, f"must be a number of seconds from {MIN_LOCK_TTL} to {MAX_LOCK_TTL:.0f}")
+    return float(value)
 
 
 class LockState(StrEnum):

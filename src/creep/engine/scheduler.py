@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from creep.domain.clock import Clock, SystemClock
 from creep.domain.errors import CreepError, NotFound, ValidationError
 from creep.domain.execution import ExecutionState, TaskExecution
+from creep.domain.lock import check_lock_ttl
 from creep.domain.schedule import (
     SYSTEM_TENANT,
     Firing,
@@ -49,6 +50,11 @@ class SchedulerSettings:
     #: An active execution without a task this long after firing is `interrupted`.
     orphan_after: float | None = None  # default: 2 * lock_ttl
     due_batch: int = 100
+
+    def __post_init__(self) -> None:
+        # Seed 003 TaskLock: expires_at > acquired_at. A lock_ttl of zero wrote a lock that
+        # expired when taken; a negative one, before (that scheduler then never led).
+        self.lock_ttl = check_lock_ttl(self.lock_ttl, "lock_ttl")
 
 
 @dataclass(slots=True)

@@ -50,6 +50,7 @@ from creep.domain.errors import (
 )
 from creep.domain.events import TaskEvent
 from creep.domain.ids import is_uuid
+from creep.domain.lock import check_lock_ttl
 from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, Resolution
 from creep.domain.task import RETRYABLE_FROM, TaskOrder, TaskStatus, check_transition
 from creep.domain.task_spec import TaskSpec, retries_allowed
@@ -1359,6 +1360,7 @@ class PostgresStore(
     def lock_acquire(
         self, lock_key: str, holder_id: str, ttl: float, now: datetime, purpose: str = ""
     ) -> str | None:
+        expires = now + timedelta(seconds=check_lock_ttl(ttl, "ttl"))
         token = str(uuid.uuid4())
         with self._tx() as conn:
             row = conn.execute(
@@ -1372,18 +1374,22 @@ class PostgresStore(
                 WHERE l.state <> 'active' OR l.expires_at < %(now)s
                 RETURNING token""",
                 {"k": lock_key, "h": holder_id, "t": token, "now": now,
-                 "exp": now + timedelta(seconds=ttl), "p": purpose},
+                 "exp": expires, "p": purpose},
             ).fetchone()
         return str(row[0]) if row else None
 
     def lock_renew(
         self, lock_key: str, holder_id: str, token: str, ttl: float, now: datetime
     ) -> bool:
+        expires = now + timedelta(seconds=check_lock_ttl(ttl, "ttl"))
         with self._tx() as conn:
+            # A clock gone back past acquired_at - ttl renews nothing (expires_at must stay
+            # after acquired_at): the holder has lost the lock, and takes it again later.
             cur = conn.execute(
-                "UPDATE task_locks SET expires_at = %s, updated_at = %s WHERE lock_key = %s "
-                "AND token = %s AND holder_id = %s AND state = 'active' AND expires_at >= %s",
-                (now + timedelta(seconds=ttl), now, lock_key, token, holder_id, now),
+                "UPDATE task_locks SET expires_at = %(exp)s, updated_at = %(now)s "
+                "WHERE lock_key = %(k)s AND token = %(t)s AND holder_id = %(h)s "
+                "AND state = 'active' AND expires_at >= %(now)s AND acquired_at < %(exp)s",
+                {"exp": expires, "now": now, "k": lock_key, "t": token, "h": holder_id},
             )
             return cur.rowcount == 1
 

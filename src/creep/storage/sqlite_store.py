@@ -26,6 +26,7 @@ from creep.domain.errors import (
     VersionConflict,
 )
 from creep.domain.events import TaskEvent
+from creep.domain.lock import check_lock_ttl
 from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, Resolution
 from creep.domain.task import RETRYABLE_FROM, TaskOrder, TaskStatus, check_transition
 from creep.domain.task_spec import TaskSpec, retries_allowed
@@ -1013,6 +1014,7 @@ class SqliteStore(
     def lock_acquire(
         self, lock_key: str, holder_id: str, ttl: float, now: datetime, purpose: str = ""
     ) -> str | None:
+        ttl_us = int(check_lock_ttl(ttl, "ttl") * 1e6)
         now_us = us(now)
         token = str(uuid.uuid4())
         with self._write() as conn:
@@ -1029,7 +1031,7 @@ class SqliteStore(
                 ON CONFLICT (lock_key) DO UPDATE SET holder_id = ?2, token = ?3,
                     state = 'active', acquired_at = ?4, expires_at = ?5, released_at = NULL,
                     purpose = ?6, updated_at = ?4""",
-                (lock_key, holder_id, token, now_us, now_us + int(ttl * 1e6), purpose),
+                (lock_key, holder_id, token, now_us, now_us + ttl_us, purpose),
             )
         return token
 
@@ -1037,11 +1039,15 @@ class SqliteStore(
         self, lock_key: str, holder_id: str, token: str, ttl: float, now: datetime
     ) -> bool:
         now_us = us(now)
+        expires_us = now_us + int(check_lock_ttl(ttl, "ttl") * 1e6)
         with self._write() as conn:
+            # A clock gone back past acquired_at - ttl renews nothing (expires_at must stay
+            # after acquired_at): the holder has lost the lock, and takes it again later.
             cur = conn.execute(
-                "UPDATE task_locks SET expires_at = ?, updated_at = ? WHERE lock_key = ? "
-                "AND token = ? AND holder_id = ? AND state = 'active' AND expires_at >= ?",
-                (now_us + int(ttl * 1e6), now_us, lock_key, token, holder_id, now_us),
+                "UPDATE task_locks SET expires_at = ?1, updated_at = ?2 WHERE lock_key = ?3 "
+                "AND token = ?4 AND holder_id = ?5 AND state = 'active' AND expires_at >= ?2 "
+                "AND acquired_at < ?1",
+                (expires_us, now_us, lock_key, token, holder_id),
             )
             return cur.rowcount == 1
 
