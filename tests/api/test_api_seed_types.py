@@ -100,3 +100,130 @@ def test_post_event_must_name_a_lease_of_its_asset_and_tenant(server: Server, py
             assert _errors(r) == ["lease_id"]
         events = c.get("/v1/events", params={"asset_id": elsewhere}).json()["items"]
         assert [e["event_type"] for e in events] == ["IMPORTED"]
+
+
+# -- bug: REST bodies coerced strings and booleans into the seeds' typed fields -----------------
+
+
+#: (path, body, field, bad, good): `bad` is a JSON type the field's seed type is not, `good`
+#: the JSON-natural value (ISO 8601 text for a timestamp, a JSON number or decimal text for
+#: money: the bodies carry some of those too).
+_TYPED: list[tuple[str, dict[str, Any], str, Any, Any]] = [
+    # Seed 000: priority an integer 0-100, timeout_ms an integer. POST /v1/tasks answers a plain
+    # order on its fast path and anything else through the model: both are covered.
+    ("/v1/tasks", {"task_type": "T"}, "priority", True, 90),
+    ("/v1/tasks", {"task_type": "T"}, "priority", "90", 90),
+    ("/v1/tasks", {"task_type": "T"}, "priority", 90.0, 90),
+    ("/v1/tasks", {"task_type": "T"}, "timeout_ms", "1000", 1000),
+    ("/v1/tasks", {"task_type": "T", "max_total_cost": "5.25", "business_value_hint": 3},
+     "priority", False, 0),
+    ("/v1/tasks", {"task_type": "T", "resource_hints": [{"sku_category": "RAW_NET"}]},
+     "resource_hints[0].min_count", "2", 2),
+    ("/v1/tasks", {"task_type": "T"}, "run_after", 60, "2030-01-01T00:00:00Z"),
+    ("/v1/tasks", {"task_type": "T"}, "run_after", "60", "2030-01-01T00:00:00+00:00"),
+    ("/v1/batches", {"title": "b", "tasks": [{"task_type": "T"}]}, "tasks[0].priority",
+     "5", 5),
+    # Seed 001: http_status an integer 100-599, latency_ms an integer, retryable a boolean,
+    # occurred_at a timestamp.
+    ("/v1/events", {}, "retryable", "true", True),
+    ("/v1/events", {}, "retryable", 1, False),
+    ("/v1/events", {}, "http_status", "403", 403),
+    ("/v1/events", {}, "latency_ms", "850", 850),
+    ("/v1/events", {}, "occurred_at", 1767225600, "2026-01-01T00:00:00+00:00"),
+    # Seed 003: ScheduledTask's interval, enabled, priority, max_retries.
+    ("/v1/schedules", {"type": "T"}, "interval", "60", 60),
+    ("/v1/schedules", {"type": "T", "interval": 60, "max_total_cost": 2}, "enabled",
+     "false", False),
+    ("/v1/schedules", {"type": "T", "interval": 60}, "priority", True, 1),
+    ("/v1/schedules", {"type": "T", "interval": 60}, "max_retries", "3", 3),
+    # The asset's numbers (PRODUCT.md's AssetSnapshot).
+    ("/v1/assets", {"sku_category": "RAW_NET", "sku_code": "ip.1", "cost_per_lease": 0.5},
+     "health_score", "50", 50),
+    ("/v1/assets", {"sku_category": "RAW_NET", "sku_code": "ip.1", "cost_per_lease": "0.5"},
+     "max_concurrency", True, 1),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "field", "bad", "good"), _TYPED,
+                         ids=[f"{p.rsplit('/', 1)[1]}-{f}-{i}"
+                              for i, (p, _, f, _b, _g) in enumerate(_TYPED)])
+def test_rest_bodies_take_only_json_types_in_seed_fields(
+    server: Server, path: str, body: dict[str, Any], field: str, bad: Any, good: Any
+) -> None:
+    """Seed 000: `priority` is "整数 0–100"; seed 001: `retryable` is `boolean`, `http_status`
+    `integer 100–599`; seed 003 types ScheduledTask's fields the same way. The request models
+    parsed leniently: `true` became priority 1, "90" 90, "true" retryable True, "403" 403,
+    60 or "60" a run_after of 1970 (201 each), where the Python API refuses the same values. Each is
+    a 422 naming the field, on every route (the fast path of POST /v1/tasks too), and nothing
+    is created; the JSON-natural value of the same field is taken."""  # noqa: RUF002
+    _, key = server.tenant()
+    with server.client(key) as c:
+        if path == "/v1/events":
+            body = {"asset_id": _asset(c, "ip.typed"), "event_type": "HTTP_PROBE_FAIL", **body}
+        if path == "/v1/schedules":
+            body = {"name": f"s-{uuid.uuid4().hex[:8]}", **body}
+
+        def send(value: Any) -> httpx.Response:
+            if field.startswith("tasks[0]."):
+                return c.post(path, json={**body, "tasks": [{**body["tasks"][0], "priority":
+                                                              value}]})
+            if field.startswith("resource_hints[0]."):
+                hint = {**body["resource_hints"][0], "min_count": value}
+                return c.post(path, json={**body, "resource_hints": [hint]})
+            return c.post(path, json={**body, field: value})
+
+        assert _errors(send(bad)) == [field]
+        if path == "/v1/tasks":
+            assert c.get("/v1/tasks").json()["items"] == []
+        r = send(good)
+        assert r.status_code == 201, r.text
+
+
+def test_rest_patch_and_worker_bodies_take_only_json_types(server: Server) -> None:
+    """Seed 000: `priority` "整数 0–100" (PATCH /v1/tasks/{id}); seed 004: `progress`
+    "0~100 的进度百分比" (the HTTP worker's progress); the HTTP worker's claim takes a count
+    and seconds. A string or a boolean in any of them is a 422 naming the field; the task is
+    left as it was, and JSON numbers (an integer for seconds too) are taken."""  # noqa: RUF002
+    _, key = server.tenant()
+    with server.client(key) as c:
+        kind = f"TYPED-{uuid.uuid4().hex[:8]}"
+        task = c.post("/v1/tasks", json={"task_type": kind}).json()
+        tid = task["task_id"]
+        r = c.patch(f"/v1/tasks/{tid}", json={"priority": "5"},
+                    headers={"If-Match": f'"{task["task_version"]}"'})
+        assert _errors(r) == ["priority"]
+        assert c.get(f"/v1/tasks/{tid}").json()["priority"] == task["priority"]
+        for claim, field in (({"task_types": [kind], "max_tasks": "1"}, "max_tasks"),
+                             ({"task_types": [kind], "claim_ttl": "30"}, "claim_ttl"),
+                             ({"task_types": [kind], "wait": True}, "wait")):
+            assert _errors(c.post("/v1/workers/claim", json=claim)) == [field]
+        claimed = c.post("/v1/workers/claim", json={"task_types": [kind], "max_tasks": 1,
+                                                    "claim_ttl": 30, "wait": 0})
+        assert claimed.status_code == 200, claimed.text
+        token = claimed.json()["items"][0]["claim_token"]
+        r = c.post(f"/v1/tasks/{tid}/progress", json={"claim_token": token, "progress": "50"})
+        assert _errors(r) == ["progress"]
+        assert c.get(f"/v1/tasks/{tid}").json()["progress"] == 0
+        r = c.post(f"/v1/tasks/{tid}/progress", json={"claim_token": token, "progress": 50})
+        assert r.status_code == 200, r.text
+
+
+def test_rest_admin_bodies_take_only_json_types(server: Server) -> None:
+    """A tenant's limits are numbers and a key's read_only a boolean: "5" or "false" (which
+    the lax model read as False: a writing key) is a 422 naming the field; JSON numbers (an
+    integer for a rate too) and booleans are taken."""
+    with server.admin() as admin:
+        name = f"t-{uuid.uuid4().hex[:8]}"
+        for body, field in (({"tenant_id": name, "max_active_tasks": "5"}, "max_active_tasks"),
+                            ({"tenant_id": name, "rate_limit_per_second": "2.5"},
+                             "rate_limit_per_second"),
+                            ({"tenant_id": name, "rate_limit_burst": True}, "rate_limit_burst")):
+            assert _errors(admin.post("/v1/tenants", json=body)) == [field]
+        assert admin.get(f"/v1/tenants/{name}").status_code == 404
+        r = admin.post("/v1/tenants", json={"tenant_id": name, "max_active_tasks": 5,
+                                            "rate_limit_per_second": 2, "rate_limit_burst": 4})
+        assert r.status_code == 201, r.text
+        r = admin.post("/v1/keys", json={"name": "k", "tenant_id": name, "read_only": "false"})
+        assert _errors(r) == ["read_only"]
+        r = admin.post("/v1/keys", json={"name": "k", "tenant_id": name, "read_only": True})
+        assert r.status_code == 201 and r.json()["read_only"] is True, r.text

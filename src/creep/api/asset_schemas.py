@@ -11,9 +11,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool, StrictInt
 
-from creep.api.schemas import _In
+from creep.api.schemas import Timestamp, _In
 from creep.domain.asset import AssetSnapshot
 from creep.domain.asset_event import AssetEvent
 from creep.domain.lease import Lease
@@ -52,9 +52,9 @@ class AssetIn(_In):
     sku_code: str = Field(min_length=1, max_length=200)
     attributes: dict[str, Any] | None = None
     status: Literal["NEW", "READY"] | None = None
-    max_concurrency: int | None = Field(default=None, ge=1, le=100_000)
-    health_score: int | None = Field(default=None, ge=0, le=100)
-    cooldown_seconds: int | None = Field(default=None, ge=0, le=10**8)
+    max_concurrency: StrictInt | None = Field(default=None, ge=1, le=100_000)
+    health_score: StrictInt | None = Field(default=None, ge=0, le=100)
+    cooldown_seconds: StrictInt | None = Field(default=None, ge=0, le=10**8)
     cost_per_lease: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3,4}$")
 
@@ -169,10 +169,10 @@ class AssetEventIn(_In):
     error_code: str | None = Field(default=None, max_length=200)
     error_message: str | None = Field(default=None, max_length=4000)
     provider_status: str | None = Field(default=None, max_length=100)
-    http_status: int | None = Field(default=None, ge=100, le=599)
-    latency_ms: int | None = Field(default=None, ge=0, le=2**53)
-    retryable: bool | None = None
-    occurred_at: datetime | None = None
+    http_status: StrictInt | None = Field(default=None, ge=100, le=599)
+    latency_ms: StrictInt | None = Field(default=None, ge=0, le=2**53)
+    retryable: StrictBool | None = None
+    occurred_at: Timestamp | None = None
     tags: list[str] | None = Field(default=None, max_length=64)
     context: dict[str, Any] | None = None
     project_id: str | None = Field(default=None, max_length=200)
@@ -249,7 +249,7 @@ class LedgerEntryIn(_In):
     asset_id: str | None = Field(default=None, max_length=64)
     lease_id: str | None = Field(default=None, max_length=64)
     description: str | None = Field(default=None, max_length=2000)
-    occurred_at: datetime | None = None
+    occurred_at: Timestamp | None = None
 
 
 class LedgerEntryOut(BaseModel):

@@ -12,9 +12,9 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool, StrictInt
 
-from creep.api.schemas import ResourceHintIn, _In
+from creep.api.schemas import ResourceHintIn, Timestamp, _In
 from creep.domain.execution import TaskExecution
 from creep.domain.schedule import MAX_INTERVAL_S, ScheduledTask
 
@@ -34,22 +34,22 @@ class _ScheduleFields(_In):
     description: str | None = Field(default=None, max_length=10_000)
     cron_expr: str | None = Field(default=None, min_length=1, max_length=255,
                                   description="5 fields (minute hour day month weekday)")
-    interval: int | None = Field(default=None, ge=1, le=MAX_INTERVAL_S, description="seconds")
+    interval: StrictInt | None = Field(default=None, ge=1, le=MAX_INTERVAL_S, description="seconds")
     timezone: str | None = Field(default=None, min_length=1, max_length=64,
                                  description="IANA zone the cron_expr is read in (UTC)")
-    next_run: datetime | None = Field(
+    next_run: Timestamp | None = Field(
         default=None, description="first run (interval) or the one run of a one-off schedule")
-    enabled: bool | None = None
-    max_duration_seconds: int | None = Field(default=None, ge=1, le=7 * _DAY)
-    max_retries: int | None = Field(default=None, ge=0, le=1000)
-    timeout_grace_period: int | None = Field(default=None, ge=0, le=7 * _DAY)
-    max_concurrent: int | None = Field(default=None, ge=1, le=10_000)
-    priority: int | None = Field(default=None, ge=0, le=100)
+    enabled: StrictBool | None = None
+    max_duration_seconds: StrictInt | None = Field(default=None, ge=1, le=7 * _DAY)
+    max_retries: StrictInt | None = Field(default=None, ge=0, le=1000)
+    timeout_grace_period: StrictInt | None = Field(default=None, ge=0, le=7 * _DAY)
+    max_concurrent: StrictInt | None = Field(default=None, ge=1, le=10_000)
+    priority: StrictInt | None = Field(default=None, ge=0, le=100)
     labels: dict[str, str] | None = None
     data: Any = Field(default=None, description="any JSON value, at most 10 KB encoded")
     misfire_policy: MisfireName | None = None
-    misfire_limit: int | None = Field(default=None, ge=1, le=1000)
-    misfire_grace_seconds: int | None = Field(default=None, ge=0, le=7 * _DAY)
+    misfire_limit: StrictInt | None = Field(default=None, ge=1, le=1000)
+    misfire_grace_seconds: StrictInt | None = Field(default=None, ge=0, le=7 * _DAY)
     project_id: str | None = Field(default=None, max_length=128)
     env: str | None = Field(default=None, min_length=1, max_length=64)
     resource_hints: list[ResourceHintIn] | None = Field(default=None, max_length=100)

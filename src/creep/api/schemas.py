@@ -2,7 +2,13 @@
 
 Requests are checked for shape here and for the seed's rules by the domain validators (which
 name every field and rule); responses are built by the `*_json` helpers, which produce exactly
-the models below (the OpenAPI contract schemathesis checks)."""
+the models below (the OpenAPI contract schemathesis checks).
+
+A request's integers, booleans and numbers must be JSON's own (StrictInt, StrictBool,
+StrictFloat: a float takes an integer too): `"90"` or `true` is no priority, `"true"` no
+`retryable`; lax parsing would turn them into 90, 1 and True before the domain validators,
+which refuse them from Python, ever saw them. Timestamps are ISO 8601 strings (`Timestamp`);
+money stays a Decimal from a string or a number."""
 
 from __future__ import annotations
 
@@ -11,9 +17,19 @@ from dataclasses import asdict
 from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from creep.domain.audit import AuditEvent
 from creep.domain.batch import Batch, BatchCounts
@@ -24,6 +40,23 @@ from creep.domain.tenancy import ApiKey, Tenant
 from creep.domain.text import find_bad_text
 
 Str255 = Field(default=None, max_length=255)
+
+
+def _timestamp_text(value: Any) -> Any:
+    """A request's timestamp is ISO 8601 text: a number is no instant (lax parsing read 60,
+    or "60", as 1970-01-01T00:01:00Z), nor is a bool."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+    raise PydanticCustomError("datetime_type", "Input should be an ISO 8601 timestamp string")
+
+
+#: A request body's timestamp: an ISO 8601 string (the time zone is checked by the routes).
+Timestamp = Annotated[datetime, BeforeValidator(_timestamp_text)]
 
 
 class _In(BaseModel):
@@ -48,7 +81,7 @@ class _In(BaseModel):
 class ResourceHintIn(_In):
     sku_category: str = Field(min_length=1, max_length=255)
     sku_code: str | None = Field(default=None, min_length=1, max_length=255)
-    min_count: int = Field(default=1, ge=1, le=100)
+    min_count: StrictInt = Field(default=1, ge=1, le=100)
     attributes: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -65,8 +98,8 @@ class TaskOrderIn(_In):
     task_type: str = Field(min_length=1, max_length=128)
     task_category: str | None = Field(default=None, max_length=128)
     description: str | None = Field(default=None, max_length=10_000)
-    priority: int | None = Field(default=None, ge=0, le=100)
-    timeout_ms: int | None = Field(default=None, ge=1, le=7 * 24 * 3600 * 1000)
+    priority: StrictInt | None = Field(default=None, ge=0, le=100)
+    timeout_ms: StrictInt | None = Field(default=None, ge=1, le=7 * 24 * 3600 * 1000)
     max_total_cost: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3,4}$")
     business_value_hint: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
@@ -79,7 +112,7 @@ class TaskOrderIn(_In):
     channel: str | None = Field(default=None, max_length=64)
     correlation_id: str | None = Field(default=None, max_length=255)
     depends_on: list[uuid.UUID] | None = Field(default=None, max_length=1000)
-    run_after: datetime | None = None
+    run_after: Timestamp | None = None
 
     def fields(self) -> dict[str, Any]:
         """The fields as sent (unset ones left out), for the domain validator."""
@@ -98,13 +131,13 @@ class TaskOrderIn(_In):
 class TaskPatch(_In):
     """Fields that may change after creation (with If-Match: <task_version>)."""
 
-    priority: int | None = Field(default=None, ge=0, le=100)
+    priority: StrictInt | None = Field(default=None, ge=0, le=100)
     description: str | None = Field(default=None, max_length=10_000)
     tags: list[str] | None = Field(default=None, max_length=64)
     external_ref: str | None = Field(default=None, max_length=255)
     task_category: str | None = Field(default=None, max_length=128)
     project_id: str | None = Field(default=None, max_length=128)
-    timeout_ms: int | None = Field(default=None, ge=1, le=7 * 24 * 3600 * 1000)
+    timeout_ms: StrictInt | None = Field(default=None, ge=1, le=7 * 24 * 3600 * 1000)
     max_total_cost: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
     business_value_hint: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
 
@@ -217,9 +250,9 @@ def event_json(event: TaskEvent) -> dict[str, Any]:
 class TenantIn(_In):
     tenant_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     name: str | None = Field(default=None, max_length=255)
-    rate_limit_per_second: float | None = Field(default=None, ge=0, le=1_000_000)
-    rate_limit_burst: int | None = Field(default=None, ge=1, le=1_000_000)
-    max_active_tasks: int | None = Field(default=None, ge=0, le=1_000_000_000)
+    rate_limit_per_second: StrictFloat | None = Field(default=None, ge=0, le=1_000_000)
+    rate_limit_burst: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
+    max_active_tasks: StrictInt | None = Field(default=None, ge=0, le=1_000_000_000)
 
 
 class TenantOut(BaseModel):
@@ -246,7 +279,7 @@ class KeyIn(_In):
     name: str = Field(min_length=1, max_length=255)
     role: Literal["admin", "tenant"] = "tenant"
     tenant_id: str | None = Field(default=None, min_length=1, max_length=128)
-    read_only: bool = False
+    read_only: StrictBool = False
     principal_type: Literal["user", "service"] = "service"
 
 

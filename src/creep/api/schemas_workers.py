@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictFloat, StrictInt
 
 from creep.api.asset_schemas import AssetEventIn
 from creep.api.schemas import TaskOut, _In
@@ -65,10 +65,10 @@ Token = Field(min_length=1, max_length=64, description="the claim_token the clai
 class ClaimIn(_In):
     task_types: list[str] = Field(min_length=1, max_length=100,
                                   description="the task types this worker can run")
-    max_tasks: int = Field(default=1, ge=1, le=MAX_CLAIM_BATCH)
-    wait: float = Field(default=0, ge=0, le=MAX_CLAIM_WAIT,
+    max_tasks: StrictInt = Field(default=1, ge=1, le=MAX_CLAIM_BATCH)
+    wait: StrictFloat = Field(default=0, ge=0, le=MAX_CLAIM_WAIT,
                         description="seconds to wait for work when none is runnable (long poll)")
-    claim_ttl: float = Field(default=30, ge=MIN_CLAIM_TTL, le=MAX_CLAIM_TTL,
+    claim_ttl: StrictFloat = Field(default=30, ge=MIN_CLAIM_TTL, le=MAX_CLAIM_TTL,
                              description="seconds the claim lives unless renewed by heartbeat")
     worker_id: str | None = Field(default=None, min_length=1, max_length=200)
 
@@ -85,7 +85,7 @@ class ClaimOut(BaseModel):
 
 class HeartbeatIn(_In):
     claim_token: str = Token
-    claim_ttl: float = Field(default=30, ge=MIN_CLAIM_TTL, le=MAX_CLAIM_TTL)
+    claim_ttl: StrictFloat = Field(default=30, ge=MIN_CLAIM_TTL, le=MAX_CLAIM_TTL)
     worker_id: str | None = Field(default=None, min_length=1, max_length=200)
 
 
@@ -99,7 +99,7 @@ class HeartbeatOut(BaseModel):
 
 class ProgressIn(_In):
     claim_token: str = Token
-    progress: int = Field(ge=0, le=100)
+    progress: StrictInt = Field(ge=0, le=100)
     message: str | None = Field(default=None, max_length=2000)
 
 
@@ -124,7 +124,7 @@ class FailIn(_In):
     code: str | None = Field(default=None, max_length=64, description="result_code for failed")
     message: str | None = Field(default=None, max_length=2000)
     error: str | None = Field(default=None, max_length=8000, description="e.g. a traceback")
-    retry_delay: float | None = Field(
+    retry_delay: StrictFloat | None = Field(
         default=None, ge=0, le=MAX_RETRY_DELAY, allow_inf_nan=False,
         description="seconds; a run_after past 9999-12-31T23:59:59Z is that instant")
 

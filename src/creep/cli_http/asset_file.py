@@ -10,6 +10,7 @@ cell leaves the field unset. JSON lines: one asset object per line (blank lines 
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ from creep.domain.errors import ValidationError
 
 ASSET_FIELDS = frozenset(AssetIn.model_fields)
 ATTR_PREFIX = "attr."
+#: Integer columns: a CSV cell is text, and the request model takes JSON integers only.
+INT_COLUMNS = frozenset({"max_concurrency", "health_score", "cooldown_seconds"})
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 @dataclass(slots=True)
@@ -164,6 +168,8 @@ def _csv_asset(columns: list[str], cells: list[str]) -> tuple[dict[str, Any], tu
                 asset["attributes"] = orjson.loads(value)
             except orjson.JSONDecodeError:
                 return asset, ("attributes", "must be a JSON object")
+        elif column in INT_COLUMNS and _INTEGER.fullmatch(value):
+            asset[column] = int(value)
         else:
             asset[column] = value
     if attributes:
