@@ -300,37 +300,3 @@ def test_audit_list_of_a_tenant_reads_an_index(
             app.close()
     assert_indexed(db_url, seen, r"FROM audit_events WHERE", "audit_events",
                    seek=("tenant_id",))
-
-
-# -- 8. a tenant's unfinished tasks --------------------------------------------------------------
-
-
-@pytest.mark.parametrize("status", ["PENDING", "QUEUED", "RUNNING"])
-def test_task_list_of_a_tenant_by_unfinished_status_seeks_the_status(
-    history: Creep, db_url: str, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch,
-    status: str,
-) -> None:
-    """GET /v1/tasks?status=QUEUED with a tenant key: on SQLite it walked the tenant's tasks
-    newest first through (tenant_id, created_at), finished ones included, until the page was
-    full: a tenant with a long history and a few queued tasks read all of that history."""
-    queued = history.submit(task_type="ECHO")
-    with captured(db_url, monkeypatch) as seen:
-        app = _fresh(db_url, clock)
-        try:
-            page = app.list_tasks(tenant_id="default", status=status, limit=5)
-        finally:
-            app.close()
-    assert [t.task_id for t in page] == ([queued.task_id] if status == "QUEUED" else [])
-    if db_url.startswith("sqlite"):
-        [(query, _)] = statements(seen, r"FROM tasks WHERE .*ORDER BY created_at DESC")
-        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"))
-        try:
-            plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + _text(query))]
-        finally:
-            conn.close()
-        assert any(re.search(r"^SEARCH tasks USING INDEX \w+ \(tenant_id=\? AND status=\?",
-                             line) for line in plan), plan
-        assert not any("TEMP B-TREE" in line for line in plan), plan
-    else:  # through task_queue's status index (migration 0010)
-        assert_indexed(db_url, seen, r"FROM tasks WHERE .*ORDER BY created_at DESC",
-                       "task_queue", seek=("status",))

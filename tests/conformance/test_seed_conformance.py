@@ -220,12 +220,13 @@ def test_task_locks_check_expiry_after_acquisition_and_migration_fixes_old_rows(
     db_url: str,
 ) -> None:
     """Seed 003 TaskLock 验证规则: "`expires_at` > `acquired_at`". Neither schema checked it;
-    migration 0019 adds the CHECK on both, and a database holding rows that break it (locks
+    the lock-expiry migration (sqlite 0018, postgres 0019) adds the CHECK on both, and a database holding rows that break it (locks
     written with a TTL of zero or less) migrates: each such row expires 1 µs after it was
     acquired (an `active` one becomes `expired`), every other row is left as it was."""
     store = open_store(db_url)
     try:
-        store.migrate(target=18)
+        version = 18 if db_url.startswith("sqlite") else 19  # *_lock_expiry.sql
+        store.migrate(target=version - 1)
         insert = ("INSERT INTO task_locks (lock_key, holder_id, token, state, acquired_at, "
                   "expires_at, released_at, purpose, created_at, updated_at) "
                   "VALUES (%s, 'h', %s, %s, %s, %s, NULL, 'p', %s, %s)")
@@ -234,7 +235,7 @@ def test_task_locks_check_expiry_after_acquisition_and_migration_fixes_old_rows(
             _raw(db_url, insert, (key, str(uuid.uuid4()), state, _stamp(db_url, 0),
                                   _stamp(db_url, expires), _stamp(db_url, 0),
                                   _stamp(db_url, 0)))
-        assert store.migrate() == [19]
+        assert store.migrate() == [version]
         acquired = _stamp(db_url, 0)
         rows = {k: store.lock_get(k) for k in ("zero", "negative", "released", "good")}
         assert {k: (r or {})["state"] for k, r in rows.items()} == {

@@ -16,7 +16,7 @@ from creep.domain.errors import IllegalTransition, ValidationError
 
 #: The shortest TTL a lock is taken or renewed for, in seconds (`creep scheduler --lock-ttl`
 #: has the same floor). Seed 003 (TaskLock 验证规则): `expires_at` > `acquired_at`, which
-#: both schemas check too (migration 0018).
+#: both schemas check too (sqlite 0018, postgres 0019).
 MIN_LOCK_TTL = 0.5
 #: The longest: a year (an expiry past any real outage, yet far from the largest timestamp).
 MAX_LOCK_TTL = 366 * 24 * 3600.0

@@ -28,10 +28,6 @@ from creep.ports_api import (
 from creep.storage.common import sortable_cursor
 from creep.storage.sqlite_bulk import insert_rows, rows_per_statement
 
-#: The condition of the partial index tasks_tenant_status (migration 0017), as queries must
-#: spell it for SQLite to use that index.
-ACTIVE_TERM = "status IN ('PENDING', 'QUEUED', 'RUNNING')"
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TENANT = "tenant_id, name, rate_limit_per_second, rate_limit_burst, max_active_tasks, created_at"
 _KEY = (
@@ -418,10 +414,7 @@ class SqliteApiMixin:
 
     def _api_active_tasks(self, conn: sqlite3.Connection, tenant_id: str) -> int:
         row = conn.execute(
-            # The first status term names tasks_tenant_status's own condition (migration 0017),
-            # which SQLite needs to see verbatim to use that partial index.
-            "SELECT count(*) FROM tasks WHERE tenant_id = ? "
-            f"AND {ACTIVE_TERM} AND status IN ('QUEUED', 'RUNNING')",
+            "SELECT count(*) FROM tasks WHERE tenant_id = ? AND status IN ('QUEUED', 'RUNNING')",
             (tenant_id,),
         ).fetchone()
         return int(row[0])

@@ -64,7 +64,7 @@ from creep.storage.common import (
     sortable_cursor,
 )
 from creep.storage.metrics_store import SqliteMetricsMixin  # /metrics
-from creep.storage.sqlite_api import ACTIVE_TERM, SqliteApiMixin
+from creep.storage.sqlite_api import SqliteApiMixin
 from creep.storage.sqlite_artifacts import SqliteArtifactsMixin  # artifacts + HTTP workers
 from creep.storage.sqlite_assets import SqliteAssets
 from creep.storage.sqlite_bulk import (
@@ -512,10 +512,6 @@ class SqliteStore(
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        if flt.status in ("PENDING", "QUEUED", "RUNNING"):
-            # Lets SQLite use tasks_tenant_status (migration 0017), whose condition it must
-            # see verbatim: a tenant's unfinished tasks are found without walking its history.
-            where.append(ACTIVE_TERM)
         if flt.tag is not None:
             where.append("EXISTS (SELECT 1 FROM json_each(tasks.tags) WHERE value = ?)")
             params.append(flt.tag)

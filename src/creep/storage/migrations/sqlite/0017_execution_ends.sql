@@ -1,4 +1,4 @@
--- creep 0018: a schedule's ended executions in the order they finished. Each end counted in
+-- creep 0017: a schedule's ended executions in the order they finished. Each end counted in
 -- the schedule's statistics asks whether a success or a failure of the same schedule
 -- finished after it (finished_at, then id), so consecutive_failures and last_failure_error
 -- follow the order runs finished, not the order the sweep met them. Seeking the schedule

@@ -1,4 +1,4 @@
--- creep 0019: TaskLock (seed 003, 验证规则): `expires_at` > `acquired_at`, checked by the table.
+-- creep 0018: TaskLock (seed 003, 验证规则): `expires_at` > `acquired_at`, checked by the table.
 -- A TTL of zero or less (the Python API took one before) wrote a lock that expired when it
 -- was taken, or before. Such a row is kept and fixed, not refused: it had lapsed at once, and
 -- still has: its expires_at becomes acquired_at + 1 microsecond and, if it was still
