@@ -92,3 +92,12 @@ def sign_in(page: Any, server: Server, key: str, route: str = "") -> None:
 
 def screenshot_dir() -> Path:
     return Path(os.environ.get("CREEP_TEST_SCREENSHOTS", "/tmp/creep-ui-screenshots"))
+
+
+def create_task(c: Any, **fields: Any) -> dict[str, Any]:
+    """POST /v1/tasks (a RENDER task unless `fields` say otherwise); the created task."""
+    body = {"task_type": "RENDER", "input_payload": {"n": 1}, **fields}
+    r = c.post("/v1/tasks", json=body)
+    assert r.status_code == 201, r.text
+    data: dict[str, Any] = r.json()
+    return data

@@ -14,17 +14,9 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.api.conftest import Server, start_server, stop_server
-from tests.ui.conftest import require_chromium, screenshot_dir, sign_in
+from tests.ui.conftest import create_task, require_chromium, screenshot_dir, sign_in
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def _task(c: httpx.Client, **fields: Any) -> dict[str, Any]:
-    body = {"task_type": "RENDER", "input_payload": {"n": 1}, **fields}
-    r = c.post("/v1/tasks", json=body)
-    assert r.status_code == 201, r.text
-    data: dict[str, Any] = r.json()
-    return data
 
 
 def _claim(c: httpx.Client, task_type: str) -> dict[str, Any]:
@@ -43,9 +35,9 @@ def test_overview_counts_and_task_filters(ui_server: Server, page: Any) -> None:
     tenant, key = ui_server.tenant()
     with ui_server.client(key) as c:
         for i in range(3):
-            _task(c, task_type="EMAIL", tags=["red"] if i == 0 else ["blue"])
-        _task(c, task_type="SMS", tags=["red"])
-        cancelled = _task(c, task_type="SMS")
+            create_task(c, task_type="EMAIL", tags=["red"] if i == 0 else ["blue"])
+        create_task(c, task_type="SMS", tags=["red"])
+        cancelled = create_task(c, task_type="SMS")
         assert c.post(f"/v1/tasks/{cancelled['task_id']}/cancel").status_code == 200
 
     sign_in(page, ui_server, key)
@@ -80,7 +72,7 @@ def test_overview_counts_and_task_filters(ui_server: Server, page: Any) -> None:
 def test_task_list_pages_with_the_cursor(ui_server: Server, page: Any) -> None:
     _, key = ui_server.tenant()
     with ui_server.client(key) as c:
-        ids = [_task(c, task_type="PAGED")["task_id"] for _ in range(53)]
+        ids = [create_task(c, task_type="PAGED")["task_id"] for _ in range(53)]
     sign_in(page, ui_server, key, "tasks?task_type=PAGED")
     expect(page.locator("table.grid tbody tr")).to_have_count(50)
     page.click("button.next")
@@ -94,7 +86,7 @@ def test_task_detail_follows_events_live_and_cancel_button(ui_server: Server,
                                                            page: Any) -> None:
     _, key = ui_server.tenant()
     with ui_server.client(key) as c:
-        task = _task(c, task_type="LIVE", tags=["watch"])
+        task = create_task(c, task_type="LIVE", tags=["watch"])
         tid = task["task_id"]
         sign_in(page, ui_server, key, f"tasks/{tid}")
         page.wait_for_selector("h1 .badge:text('QUEUED')")
@@ -120,7 +112,7 @@ def test_task_detail_follows_events_live_and_cancel_button(ui_server: Server,
         assert c.get(f"/v1/tasks/{tid}").json()["cancel_requested"] is True
 
         # A QUEUED one ends CANCELLED at once; Retry queues it again.
-        other = _task(c, task_type="LIVE2")["task_id"]
+        other = create_task(c, task_type="LIVE2")["task_id"]
         page.goto(f"{ui_server.url}/ui/#/tasks/{other}")
         page.wait_for_selector("h1 .badge:text('QUEUED')")
         page.click("button:text('Cancel')")
@@ -181,9 +173,9 @@ def test_a_tenant_key_sees_only_its_tenant(ui_server: Server, page: Any) -> None
     tenant_a, key_a = ui_server.tenant()
     tenant_b, key_b = ui_server.tenant()
     with ui_server.client(key_a) as c:
-        mine = _task(c, task_type="TENANT_A_JOB")["task_id"]
+        mine = create_task(c, task_type="TENANT_A_JOB")["task_id"]
     with ui_server.client(key_b) as c:
-        theirs = _task(c, task_type="TENANT_B_JOB")["task_id"]
+        theirs = create_task(c, task_type="TENANT_B_JOB")["task_id"]
 
     sign_in(page, ui_server, key_a, "tasks")
     page.wait_for_selector(f"a:has-text('{mine}')")
@@ -235,7 +227,7 @@ def test_user_strings_are_shown_as_text_never_run(ui_server: Server, page: Any) 
     script = "<script>window.__xss=2</script>"
     _, key = ui_server.tenant()
     with ui_server.client(key) as c:
-        tid = _task(c, task_type="XSS", tags=[payload], description=script,
+        tid = create_task(c, task_type="XSS", tags=[payload], description=script,
                     input_payload={"html": payload + script})["task_id"]
     sign_in(page, ui_server, key, "tasks?task_type=XSS")
     page.wait_for_selector(f"table.grid .tag:text-is('{payload}')")
@@ -254,7 +246,7 @@ def test_user_strings_are_shown_as_text_never_run(ui_server: Server, page: Any) 
 def test_ledger_and_leases_pages_show_entries(ui_server: Server, page: Any) -> None:
     _, key = ui_server.tenant()
     with ui_server.client(key) as c:
-        tid = _task(c, task_type="BILLED", currency="EUR")["task_id"]
+        tid = create_task(c, task_type="BILLED", currency="EUR")["task_id"]
         r = c.post("/v1/ledger", json={"entry_type": "REVENUE", "amount": "2.50",
                                        "currency": "EUR", "task_id": tid,
                                        "description": "invoice 7"})
@@ -279,9 +271,9 @@ def test_overview_on_postgres_and_a_screenshot(
             tenant = f"t-{uuid.uuid4().hex[:8]}"
             assert c.post("/v1/tenants", json={"tenant_id": tenant}).status_code == 201
             for i in range(4):
-                _task(c, tenant_id=tenant, task_type=f"JOB_{i % 2}", tags=["nightly"],
+                create_task(c, tenant_id=tenant, task_type=f"JOB_{i % 2}", tags=["nightly"],
                       description=f"render scene {i}")
-            failed = _task(c, tenant_id=tenant, task_type="FLAKY")["task_id"]
+            failed = create_task(c, tenant_id=tenant, task_type="FLAKY")["task_id"]
             token = _claim(c, "FLAKY")["claim_token"]
             r = c.post(f"/v1/tasks/{failed}/fail", json={
                 "claim_token": token, "kind": "failed", "message": "upstream said 503"})

@@ -14,17 +14,9 @@ from playwright.sync_api import expect
 
 from creep.storage import open_store
 from tests.api.conftest import Server
-from tests.ui.conftest import sign_in
+from tests.ui.conftest import create_task, sign_in
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def _task(c: httpx.Client, **fields: Any) -> dict[str, Any]:
-    body = {"task_type": "RENDER", "input_payload": {"n": 1}, **fields}
-    r = c.post("/v1/tasks", json=body)
-    assert r.status_code == 201, r.text
-    data: dict[str, Any] = r.json()
-    return data
 
 
 def _rows(page: Any, scope: str = "") -> list[str]:
@@ -141,7 +133,7 @@ def test_leases_page_and_asset_page_show_the_newest_leases(ui_server: Server,
         r = c.post("/v1/batches", json={"title": "old", "tasks": [hinted] * 200})
         assert r.status_code == 201, r.text
         assert len(_claim(c, "LEASED", max_tasks=1000)) == 200
-        newest = _task(c, **hinted)["task_id"]
+        newest = create_task(c, **hinted)["task_id"]
         [claimed] = _claim(c, "LEASED")
         assert claimed["task"]["task_id"] == newest
     sign_in(page, ui_server, key, "leases")
@@ -168,7 +160,7 @@ def test_a_task_event_named_end_is_shown_in_the_timeline(ui_server: Server,
     to take it for the close and drop it)."""
     _, key = ui_server.tenant()
     with ui_server.client(key) as c:
-        tid = _task(c, task_type="ENDER")["task_id"]
+        tid = create_task(c, task_type="ENDER")["task_id"]
         sign_in(page, ui_server, key, f"tasks/{tid}")
         page.wait_for_selector("#events-state:text('Live')")
         [claimed] = _claim(c, "ENDER")
