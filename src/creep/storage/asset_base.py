@@ -443,14 +443,16 @@ class AssetStoreBase:
         return None if row is None else row[0]
 
     def _leases_with_tasks(
-        self, conn: Any, where: str, params: Sequence[Any], task_ids: Sequence[str],
+        self, conn: Any, task_ids: Sequence[str], tokens: Sequence[str],
         lock_into: Pending | None = None,
     ) -> tuple[list[Lease], dict[str, TaskRef]]:
-        """Leases (columns prefixed l.) of these tasks with what events need of the tasks, in
-        one read. With `lock_into`, their assets are loaded into it too (and on PostgreSQL
-        locked, in asset_id order), in the same round trip."""
+        """Leases (columns prefixed l.) of these claims (task ids, and the claim tokens they
+        were taken under) with what events need of the tasks, in one read. With
+        `lock_into`, their assets are loaded into it too (and on PostgreSQL locked, in
+        asset_id order), in the same round trip."""
         d = self._adialect
         cols = ", ".join(f"l.{c}" for c in LEASE_COLS.split(", "))
+        params = (d.ids(task_ids), d.ids(tokens))
         # SQLite has no round trips to save and no row locks: its assets are loaded after,
         # by key, only those not held already, instead of looking the leases up twice.
         lock_sql = lock_into is not None and d.name != "sqlite"
@@ -461,17 +463,14 @@ class AssetStoreBase:
             locked = None if not lock_sql else self._x(
                 conn,
                 f"SELECT {ASSET_COLS} FROM assets WHERE asset_id IN "
-                f"(SELECT l.asset_id FROM leases l WHERE {where}) ORDER BY asset_id{d.lock}",
+                f"(SELECT l.asset_id FROM {d.claims_leases}) ORDER BY asset_id{d.lock}",
                 params,
             )
-            # The tasks are named too, so they are found by key: joined on task_id alone, the
-            # planner merge-joined the leases against a walk of every task ever stored.
             cur = d.unprepared(
                 conn,
                 f"SELECT {cols}, t.project_id, t.env, t.correlation_id, t.constraints, t.priority "
-                f"FROM {d.leases_of_tasks} WHERE {where} "
-                f"AND {d.in_ids('t.task_id')} ORDER BY l.asset_id, l.lease_id",
-                (*params, d.ids(task_ids)),
+                f"FROM {d.leases_of_claims} ORDER BY l.asset_id, l.lease_id",
+                params,
             )
         rows = cur.fetchall()
         if locked is not None and lock_into is not None:

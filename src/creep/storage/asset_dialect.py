@@ -120,6 +120,18 @@ class SqliteDialect:
         "tasks t JOIN json_each(t.lease_ids) j JOIN leases l ON l.lease_id = j.value "
         "AND l.task_id = t.task_id"
     )
+    #: The leases (l) of claims, with their tasks (t): two parameters, the claims' task ids
+    #: and their tokens (as separate sets: a caller keeps only the pairs it named).
+    leases_of_claims = (
+        f"{leases_of_tasks} AND t.task_id IN (SELECT value FROM json_each(?)) "
+        "AND l.claim_token IN (SELECT value FROM json_each(?))"
+    )
+    #: The same leases without their tasks (l only; PostgreSQL's settle locks their assets
+    #: with it, SQLite's has no locks to take).
+    claims_leases = (
+        "leases l WHERE l.task_id IN (SELECT value FROM json_each(?)) "
+        "AND l.claim_token IN (SELECT value FROM json_each(?))"
+    )
 
     #: What a condition on task_id of leases or ledger_entries starts with for their by-task
     #: index (task_priority, task_id) to serve it (SQLite migration 0013).
@@ -342,6 +354,14 @@ class PostgresDialect:
 
     #: As SqliteDialect.leases_of_tasks; here the by-task index of leases serves it.
     leases_of_tasks = "leases l JOIN tasks t ON t.task_id = l.task_id"
+    #: As SqliteDialect.leases_of_claims, by (task_id, claim_token) pairs: each pair is looked
+    #: up by the by-task index. As `l.task_id = ANY(...)` the planner, on a leases table not
+    #: analyzed yet (a new deployment's first minutes), walked every lease ever taken.
+    claims_leases = (
+        "unnest(?::uuid[], ?::uuid[]) AS k(task_id, tok) "
+        "JOIN leases l ON l.task_id = k.task_id AND l.claim_token = k.tok"
+    )
+    leases_of_claims = f"{claims_leases} JOIN tasks t ON t.task_id = k.task_id"
 
     by_task = ""  # leases' and ledger entries' by-task indexes lead with task_id
 

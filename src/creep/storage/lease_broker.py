@@ -484,9 +484,7 @@ class LeaseBrokerMixin(AssetStoreBase):
         batch = _BATCHES.get(id(conn))
         pending = Pending() if batch is None else batch
         leases, tasks = self._leases_with_tasks(
-            conn, f"{d.in_ids('l.task_id')} AND {d.in_ids('l.claim_token')}",
-            (d.ids([x[0] for x in done]), d.ids([x[1] for x in done])), [x[0] for x in done],
-            lock_into=pending,
+            conn, [x[0] for x in done], [x[1] for x in done], lock_into=pending,
         )
         # By task and claim: one claim hands out many tasks under one token, and a task
         # retried since holds leases of its earlier claim too. The read above matches ids and
