@@ -495,6 +495,24 @@ class AssetStoreBase:
             return False
         return self._adialect.from_js(constraints).get("keep_leases") is True
 
+    def _claims_leases(
+        self, conn: Any, claims: Sequence[tuple[str, str]], status: LeaseStatus
+    ) -> list[Lease]:
+        """The leases in `status` of these claims ((task_id, claim_token)), by asset and
+        lease id: one by-task probe per claim, never a walk of every lease ever taken. (Sorted
+        here: asked to, the planner may walk an index in that order over the whole table.)"""
+        d = self._adialect
+        cols = ", ".join(f"l.{c}" for c in LEASE_COLS.split(", "))
+        rows = self._x(
+            conn, f"SELECT {cols} FROM {d.claims_leases} AND l.status = ?",
+            (d.ids([c[0] for c in claims]), d.ids([c[1] for c in claims]), status.value),
+        ).fetchall()
+        # SQLite matches ids and tokens as separate sets: only the pairs asked for count.
+        pairs = {(str(t), str(tok)) for t, tok in claims}
+        leases = [self._lease(r) for r in rows]
+        leases.sort(key=lambda x: (x.asset_id, x.lease_id))
+        return [x for x in leases if (x.task_id, x.claim_token) in pairs]
+
     def _leases_where(self, conn: Any, where: str, params: Sequence[Any]) -> list[Lease]:
         rows = self._x(
             conn, f"SELECT {LEASE_COLS} FROM leases WHERE {where} ORDER BY asset_id, lease_id",

@@ -126,10 +126,10 @@ class SqliteDialect:
         f"{leases_of_tasks} AND t.task_id IN (SELECT value FROM json_each(?)) "
         "AND l.claim_token IN (SELECT value FROM json_each(?))"
     )
-    #: The same leases without their tasks (l only; PostgreSQL's settle locks their assets
-    #: with it, SQLite's has no locks to take).
+    #: The same leases without their tasks (l only), as a FROM and WHERE clause a caller may
+    #: add conditions to (AND ...).
     claims_leases = (
-        "leases l WHERE l.task_id IN (SELECT value FROM json_each(?)) "
+        f"leases l WHERE {SQLITE_EVENTS_OF} l.task_id IN (SELECT value FROM json_each(?)) "
         "AND l.claim_token IN (SELECT value FROM json_each(?))"
     )
 
@@ -354,14 +354,16 @@ class PostgresDialect:
 
     #: As SqliteDialect.leases_of_tasks; here the by-task index of leases serves it.
     leases_of_tasks = "leases l JOIN tasks t ON t.task_id = l.task_id"
-    #: As SqliteDialect.leases_of_claims, by (task_id, claim_token) pairs: each pair is looked
-    #: up by the by-task index. As `l.task_id = ANY(...)` the planner, on a leases table not
-    #: analyzed yet (a new deployment's first minutes), walked every lease ever taken.
-    claims_leases = (
-        "unnest(?::uuid[], ?::uuid[]) AS k(task_id, tok) "
-        "JOIN leases l ON l.task_id = k.task_id AND l.claim_token = k.tok"
+    #: As SqliteDialect.leases_of_claims and claims_leases, by (task_id, claim_token) pairs:
+    #: each pair is looked up by the by-task index. Asked as `l.task_id = ANY(...)`, the
+    #: planner, on a leases table not analyzed yet (a new deployment's first minutes), read
+    #: every lease ever taken (a heartbeat: a sequential scan; a completion: the by-asset
+    #: index).
+    _claim_pairs = "unnest(?::uuid[], ?::uuid[]) AS k(task_id, tok) JOIN leases l ON l.task_id = k.task_id"
+    leases_of_claims = (
+        f"{_claim_pairs} AND l.claim_token = k.tok JOIN tasks t ON t.task_id = k.task_id"
     )
-    leases_of_claims = f"{claims_leases} JOIN tasks t ON t.task_id = k.task_id"
+    claims_leases = f"{_claim_pairs} WHERE l.claim_token = k.tok"
 
     by_task = ""  # leases' and ledger entries' by-task indexes lead with task_id
 

@@ -559,15 +559,9 @@ class LeaseBrokerMixin(AssetStoreBase):
         self, conn: Any, claims: Sequence[tuple[str, str]], now: datetime
     ) -> None:
         """The rescuer took these claims back: their active leases end EXPIRED."""
-        d = self._adialect
         if not claims:
             return
-        leases = self._leases_where(
-            conn,
-            f"{d.by_task}status = 'ACTIVE' AND {d.in_ids('task_id')} AND "
-            f"{d.in_ids('claim_token')}",
-            (d.ids([c[0] for c in claims]), d.ids([c[1] for c in claims])),
-        )
+        leases = self._claims_leases(conn, claims, LeaseStatus.ACTIVE)
         if not leases:
             return
         pending = Pending()
@@ -591,19 +585,12 @@ class LeaseBrokerMixin(AssetStoreBase):
     ) -> dict[str, list[str]]:
         """The REVOKED leases of these held claims ((task_id, claim_token)), for the
         heartbeat to tell the running handlers."""
-        d = self._adialect
         if not claims:
             return {}
-        held = {(str(t), str(tok)) for t, tok in claims}
         out: dict[str, list[str]] = {}
-        for task_id, token, lease_id in self._x(
-            conn,
-            "SELECT task_id, claim_token, lease_id FROM leases WHERE "
-            f"{d.by_task}status = 'REVOKED' AND {d.in_ids('task_id')} ORDER BY lease_id",
-            (d.ids([t for t, _ in held]),),
-        ).fetchall():
-            if (str(task_id), str(token)) in held:
-                out.setdefault(str(task_id), []).append(str(lease_id))
+        revoked = self._claims_leases(conn, claims, LeaseStatus.REVOKED)
+        for lease in sorted(revoked, key=lambda x: x.lease_id):
+            out.setdefault(lease.task_id, []).append(lease.lease_id)
         return out
 
     # -- leases: public --------------------------------------------------------------------

@@ -167,8 +167,11 @@ class _JsonAsOrjson(Loader):
 
 #: Every connection's session: UTC, and UTF-8 whatever the URL's client_encoding (binary
 #: COPY, pg_copy.py, sends text as UTF-8 bytes, which the server reads in the client encoding).
+#: No JIT: no statement of creep's repays its compilation, and a plan that ruled out
+#: sequential scans (index_plans) is costed past jit_above_cost whenever one remains, so a
+#: 15 ms read of leases took 460 ms (its connection's first JIT compilation).
 SESSION_SETTINGS = ("SELECT set_config('TimeZone', 'UTC', false), "
-                    "set_config('client_encoding', 'UTF8', false)")
+                    "set_config('client_encoding', 'UTF8', false), set_config('jit', 'off', false)")
 
 
 def register_uuid_as_text(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
@@ -822,13 +825,24 @@ class PostgresStore(
                 FROM unnest(%b::uuid[], %b::uuid[]) c(id, tok)
                 WHERE t.task_id = c.id AND t.claim_token = c.tok
                   AND t.status = CASE WHEN c.tok IS NOT NULL THEN 'RUNNING' END
-                RETURNING t.task_id, t.cancel_requested""",
+                RETURNING t.task_id, t.cancel_requested, t.has_hints""",
                 (now + timedelta(seconds=claim_ttl), [c[0] for c in claims],
                  [c[1] for c in claims]),
             )
-            self._leases_renew(conn, [r[0] for r in rows], now + timedelta(seconds=claim_ttl))
-            tokens = dict(claims)
-            result.revoked = self._leases_revoked(conn, [(r[0], tokens[r[0]]) for r in rows])
+            # Only tasks with resource hints hold leases (the claim takes them): a worker
+            # running plain tasks renews none and looks for no revoked one.
+            hinted = [r[0] for r in rows if r[2]]
+            if hinted:
+                # Their leases are probed by claim, as the tasks are (on a leases table not
+                # analyzed yet, the planner read every lease ever taken for a heartbeat).
+                tokens = dict(claims)
+                with conn.pipeline():
+                    conn.execute(_PROBE_PLANNER)
+                    self._leases_renew(conn, hinted, now + timedelta(seconds=claim_ttl))
+                    result.revoked = self._leases_revoked(
+                        conn, [(t, tokens[t]) for t in hinted])
+                    for name in _PROBE_SETTINGS:
+                        conn.execute(f"RESET {name}")
         held = {r[0] for r in rows}
         result.cancel_requested = [r[0] for r in rows if r[1]]
         result.lost = [task_id for task_id, _ in claims if task_id not in held]

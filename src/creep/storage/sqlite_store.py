@@ -596,15 +596,19 @@ class SqliteStore(
             # One row back, not one per claim (see _claim_rows).
             rows = orjson.loads(conn.execute(
                 "SELECT json_group_array(json_array(task_id, claim_token, status, "
-                "cancel_requested)) FROM tasks WHERE task_id IN (SELECT value FROM json_each(?))",
+                "cancel_requested, has_hints)) FROM tasks "
+                "WHERE task_id IN (SELECT value FROM json_each(?))",
                 (_ids_json(list(tokens)),),
             ).fetchone()[0])
             held = []
+            hinted = []  # only tasks with resource hints hold leases (the claim takes them)
             seen = set()
-            for task_id, token, status, cancel in rows:
+            for task_id, token, status, cancel, has_hints in rows:
                 seen.add(task_id)
                 if status == "RUNNING" and token == tokens[task_id]:
                     held.append(task_id)
+                    if has_hints:
+                        hinted.append(task_id)
                     if cancel:
                         result.cancel_requested.append(task_id)
                 else:
@@ -616,8 +620,9 @@ class SqliteStore(
                     "WHERE task_id IN (SELECT value FROM json_each(?))",
                     (us(now) + int(claim_ttl * 1e6), _ids_json(held)),
                 )
-                self._leases_renew(conn, held, now + timedelta(seconds=claim_ttl))
-                result.revoked = self._leases_revoked(conn, [(t, tokens[t]) for t in held])
+            if hinted:
+                self._leases_renew(conn, hinted, now + timedelta(seconds=claim_ttl))
+                result.revoked = self._leases_revoked(conn, [(t, tokens[t]) for t in hinted])
         return result
 
     def task_complete_many(self, completions: Sequence[Completion], now: datetime) -> list[str]:
