@@ -139,7 +139,8 @@ def _set_enabled(uid: str, enabled: bool, url: str | None, key: str | None,
 @api_errors
 def schedule_enable(uid: Uid, api_url: ApiUrl = None, api_key: ApiKey = None,
                     json: Json = False) -> None:
-    """Enable a schedule (its next run is computed from now)."""
+    """Enable a schedule (a disabled one's next run is computed from now; an enabled one is
+    left as it is)."""
     _set_enabled(uid, True, api_url, api_key, json)
 
 

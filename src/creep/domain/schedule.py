@@ -380,9 +380,11 @@ def validate_schedule(
             "version", "created_at",
         ):
             setattr(sched, stat, getattr(existing, stat))
-    schedule_changed = existing is None or any(
-        k in fields for k in ("cron_expr", "interval", "timezone", "next_run", "enabled")
-    )
+    # Only a timing that really changes moves next_run: enabling an enabled schedule (or
+    # repeating its cron_expr) must not jump past a slot that is due but not fired yet.
+    schedule_changed = existing is None or "next_run" in fields or (
+        cron, interval, tz, enabled
+    ) != (existing.cron_expr, existing.interval, existing.timezone, existing.enabled)
     if schedule_changed:
         if interval is not None and (
             existing is None or existing.interval != interval or "next_run" in fields
