@@ -25,6 +25,7 @@ class ScheduleStore(Store, Protocol):
         self, uid: str, firings: Sequence[Firing], *, run_by: str, now: datetime,
         expected_next_run: datetime | None = None, next_run: datetime | None = None,
         advance: bool = False, fence: tuple[str, str] | None = None,
+        expected_version: int | None = None,
     ) -> list[TaskExecution]: ...
     def execution_list(
         self, flt: ExecutionFilter, *, limit: int = 100, before: str | None = None

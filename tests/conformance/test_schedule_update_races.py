@@ -1,13 +1,18 @@
-"""Schedules changed while a slot is due, on every backend: an update that leaves the timing
-as it was keeps a due slot."""
+"""Schedules changed while a slot is due or being fired, on every backend: an update that
+leaves the timing as it was keeps a due slot, and a firing planned from a definition that
+was changed before it wrote is not written from that stale definition."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from creep import Creep, FrozenClock
+from creep.domain.execution import TaskExecution
+from creep.domain.schedule import Firing
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -48,3 +53,71 @@ def test_enabling_an_enabled_schedule_keeps_its_due_slot(
     clock.advance(minutes=10)
     on = app.enable_schedule(s.uid)
     assert on.next_run == T0 + timedelta(minutes=20)
+
+
+def _before_the_firing_writes(
+    app: Creep, monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], object]
+) -> None:
+    """Run `meanwhile` (another process's update) once, after the scheduler of `app` read
+    the due schedule and planned its firing, before the firing's transaction starts."""
+    store: Any = app.store
+    real = store.schedule_fire
+
+    def fire(uid: str, firings: Sequence[Firing], **kw: Any) -> list[TaskExecution]:
+        monkeypatch.setattr(store, "schedule_fire", real)
+        meanwhile()
+        return real(uid, firings, **kw)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(store, "schedule_fire", fire)
+
+
+def test_a_firing_does_not_overwrite_a_cron_changed_meanwhile(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scheduler's machine runs 2 s ahead of the one a user changes the cron on (every
+    minute -> minute 1 of each hour). The update's next_run is the slot the scheduler is
+    firing; the firing then wrote next_run from the OLD cron (00:02), and the scheduler
+    fired 00:02, a slot the new cron does not have."""
+    slot = T0 + timedelta(minutes=1)
+    user_clock = FrozenClock(T0)
+    sched_clock = FrozenClock(slot + timedelta(seconds=2))
+    user, leader = Creep(db_url, clock=user_clock), Creep(db_url, clock=sched_clock)
+    try:
+        s = user.create_schedule(name="minutely", type="T", cron_expr="* * * * *",
+                                 max_concurrent=10)
+        user_clock.set(slot - timedelta(seconds=2))
+        _before_the_firing_writes(
+            leader, monkeypatch,
+            lambda: user.update_schedule(s.uid, cron_expr="1 * * * *"),
+        )
+        sch = leader.scheduler(holder_id="A", retention_jobs=[])
+        sch.run_once()
+        sch.run_once()  # a firing left to the next tick fires from the new cron
+        assert _slots(user, s.uid) == [slot]
+        assert user.get_schedule(s.uid).next_run == slot + timedelta(hours=1)
+        sched_clock.advance(minutes=1)
+        sch.run_once()
+        assert _slots(user, s.uid) == [slot]
+    finally:
+        user.close()
+        leader.close()
+
+
+def test_a_firing_creates_its_task_from_the_definition_it_commits_with(
+    app: Creep, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change of the TaskOrder template (type, data) committed before the firing's
+    transaction: the task created after it follows the new definition."""
+    s = app.create_schedule(name="report", type="REPORT_V1", interval=60, data={"v": 1})
+    clock.advance(60)
+    _before_the_firing_writes(
+        app, monkeypatch,
+        lambda: app.update_schedule(s.uid, type="REPORT_V2", data={"v": 2}),
+    )
+    sch = app.scheduler(holder_id="A", retention_jobs=[])
+    sch.run_once()
+    sch.run_once()
+    [e] = app.list_executions(schedule=s.uid)
+    assert e.scheduled_at == T0 + timedelta(seconds=60) and e.task_id is not None
+    task = app.get_task(e.task_id)
+    assert (task.task_type, task.input_payload) == ("REPORT_V2", {"v": 2})

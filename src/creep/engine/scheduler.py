@@ -162,7 +162,7 @@ class Scheduler:
         executions = self.store.schedule_fire(
             sched.uid, firings, run_by=self.holder_id, now=now,
             expected_next_run=sched.next_run, next_run=plan.next_run, advance=True,
-            fence=self.fence,
+            fence=self.fence, expected_version=sched.version,
         )
         pending = [e for e in executions if e.state is ExecutionState.PENDING]
         report.fired += len(pending)

@@ -145,6 +145,7 @@ class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
         self, uid: str, firings: Sequence[Firing], *, run_by: str, now: datetime,
         expected_next_run: datetime | None = None, next_run: datetime | None = None,
         advance: bool = False, fence: tuple[str, str] | None = None,
+        expected_version: int | None = None,
     ) -> list[TaskExecution]:
         """Record firings of one schedule in ONE transaction and return the executions
         written: each execution row (unique per (schedule, scheduled_at): a slot that has one
@@ -155,7 +156,9 @@ class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
         A firing beyond max_concurrent (executions whose task is still pending, queued or
         running, or a built-in job's) is recorded `cancelled` with the reason; one whose
         order failed validation (`invalid`) is recorded `failure`. With `advance`, next_run
-        moves from `expected_next_run` to `next_run` (only if nobody moved it meanwhile).
+        moves from `expected_next_run` to `next_run` (only if nobody moved it meanwhile),
+        and with `expected_version` only if the schedule is still at that version: firings
+        planned from a definition changed since are not written (the caller plans again).
         With `fence`, raises LeadershipLost unless that lock is still held."""
         with self._sx() as conn:
             if fence is not None:
@@ -163,6 +166,10 @@ class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
             sched = self._schedule_get(conn, uid, None, lock=True)
             if advance and sched.next_run != expected_next_run:
                 return []  # another leader handled this schedule meanwhile
+            if expected_version is not None and sched.version != expected_version:
+                # Changed since the firings were planned (their slots, TaskOrders and the
+                # next_run were computed from the old definition): the next tick replans.
+                return []
             # What still runs, by the tasks' own state: an execution row lags its task until
             # the leader's sweep (forever with no scheduler up), and one whose task already
             # finished must not hold a slot. A built-in job's (no task) runs inline: it
