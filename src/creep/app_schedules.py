@@ -19,6 +19,7 @@ from creep.domain.schedule import (
     Firing,
     ScheduledTask,
     attach_task_specs,
+    changes_timing,
     validate_schedule,
 )
 from creep.domain.task_spec import Limits
@@ -77,7 +78,9 @@ class SchedulesApi:
         updated = validate_schedule(
             changes, now=self.clock.now(), existing=current, limits=self.limits
         )
-        return self.schedules.schedule_save(updated, version)
+        return self.schedules.schedule_save(
+            updated, version, timing=changes_timing(changes, current, updated)
+        )
 
     def enable_schedule(self, uid: str, *, tenant_id: str | None = None) -> ScheduledTask:
         return self.update_schedule(uid, tenant_id=tenant_id, enabled=True)

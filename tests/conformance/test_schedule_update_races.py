@@ -121,3 +121,42 @@ def test_a_firing_creates_its_task_from_the_definition_it_commits_with(
     assert e.scheduled_at == T0 + timedelta(seconds=60) and e.task_id is not None
     task = app.get_task(e.task_id)
     assert (task.task_type, task.input_payload) == ("REPORT_V2", {"v": 2})
+
+
+def _before_the_update_writes(
+    app: Creep, monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], object]
+) -> None:
+    """Run `meanwhile` (the leader's tick) once, after an update of `app` read the schedule,
+    before it writes."""
+    store: Any = app.store
+    real = store.schedule_save
+
+    def save(sched: Any, version: int, **kw: Any) -> Any:
+        monkeypatch.setattr(store, "schedule_save", real)
+        meanwhile()
+        return real(sched, version, **kw)
+
+    monkeypatch.setattr(store, "schedule_save", save)
+
+
+def test_an_update_does_not_bring_back_the_slot_a_firing_just_took(
+    app: Creep, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader fires between an update's read and its write. An update of data (or
+    priority) only wrote back the next_run and `enabled` it had read: a one-off that had
+    just run came back enabled with its past next_run, and a recurring schedule's next_run
+    went back to the slot that had just fired."""
+    one = app.create_schedule(name="once", type="T", next_run=T0 + timedelta(minutes=1))
+    rec = app.create_schedule(name="rec", type="T", cron_expr="* * * * *")
+    sch = app.scheduler(holder_id="A", retention_jobs=[])
+    clock.advance(minutes=1, seconds=1)
+    _before_the_update_writes(app, monkeypatch, sch.run_once)
+    updated = app.update_schedule(one.uid, data={"x": 1})
+    assert (updated.enabled, updated.next_run, updated.data) == (False, None, '{"x":1}')
+    assert app.get_schedule(rec.uid).next_run == T0 + timedelta(minutes=2)
+    clock.advance(minutes=1)
+    _before_the_update_writes(app, monkeypatch, sch.run_once)
+    moved = app.update_schedule(rec.uid, priority=5)
+    assert (moved.next_run, moved.priority) == (T0 + timedelta(minutes=3), 5)
+    assert _slots(app, one.uid) == [T0 + timedelta(minutes=1)]
+    assert _slots(app, rec.uid) == [T0 + timedelta(minutes=1), T0 + timedelta(minutes=2)]

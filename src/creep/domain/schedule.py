@@ -380,11 +380,7 @@ def validate_schedule(
             "version", "created_at",
         ):
             setattr(sched, stat, getattr(existing, stat))
-    # Only a timing that really changes moves next_run: enabling an enabled schedule (or
-    # repeating its cron_expr) must not jump past a slot that is due but not fired yet.
-    schedule_changed = existing is None or "next_run" in fields or (
-        cron, interval, tz, enabled
-    ) != (existing.cron_expr, existing.interval, existing.timezone, existing.enabled)
+    schedule_changed = existing is None or changes_timing(fields, existing, sched)
     if schedule_changed:
         if interval is not None and (
             existing is None or existing.interval != interval or "next_run" in fields
@@ -400,6 +396,19 @@ def validate_schedule(
     sched.created_at = sched.created_at or now
     sched.updated_at = now
     return sched
+
+
+def changes_timing(
+    fields: Mapping[str, Any], existing: ScheduledTask, updated: ScheduledTask
+) -> bool:
+    """Whether an update moves the timing, so next_run is recomputed and written: a given
+    next_run, or another cron_expr, interval, timezone or `enabled`. Enabling an enabled
+    schedule (or repeating its cron_expr) must not jump past a slot that is due but not fired
+    yet, and an update of other fields must not write back the next_run it read: the leader
+    may have fired that slot since."""
+    return "next_run" in fields or (
+        updated.cron_expr, updated.interval, updated.timezone, updated.enabled
+    ) != (existing.cron_expr, existing.interval, existing.timezone, existing.enabled)
 
 
 # -- slot planning -------------------------------------------------------------------------------

@@ -88,15 +88,21 @@ class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
             ).fetchall()
         return [self._row_schedule(r) for r in rows]
 
-    def schedule_save(self, sched: ScheduledTask, expected_version: int) -> ScheduledTask:
-        """Write a changed schedule (configuration and next_run) if it is still at
-        `expected_version`; statistics are left to the scheduler."""
-        config = [
-            c for c in SCHEDULE_FIELDS
-            if c not in ("uid", "tenant_id", "created_at", "version", "total_executions",
-                         "success_executions", "failure_executions", "consecutive_failures",
-                         "last_executed_at", "last_failure_error")
-        ]
+    def schedule_save(
+        self, sched: ScheduledTask, expected_version: int, *, timing: bool = True
+    ) -> ScheduledTask:
+        """Write a changed schedule (configuration and, with `timing`, next_run, enabled and
+        the interval anchor) if it is still at `expected_version`; statistics are left to
+        the scheduler. Without `timing` the stored next_run stands: the leader may have
+        fired it since the caller read it (firings do not move the version)."""
+        kept: tuple[str, ...] = (
+            "uid", "tenant_id", "created_at", "version", "total_executions",
+            "success_executions", "failure_executions", "consecutive_failures",
+            "last_executed_at", "last_failure_error",
+        )
+        if not timing:
+            kept += ("next_run", "enabled", "anchor_at")
+        config = [c for c in SCHEDULE_FIELDS if c not in kept]
         params = self._schedule_params(sched)
         values = [params[SCHEDULE_FIELDS.index(c)] for c in config]
         sets = ", ".join(f'"{c}" = ?' if c == "interval" else f"{c} = ?" for c in config)

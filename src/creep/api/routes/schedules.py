@@ -41,6 +41,7 @@ from creep.domain.schedule import (
     Firing,
     ScheduledTask,
     attach_task_specs,
+    changes_timing,
     validate_schedule,
 )
 from creep.engine.retention import builtin_job
@@ -136,15 +137,15 @@ def patch_schedule(
         raise Problem(412, "Precondition failed",
                       f"schedule {current.uid} is at version {current.version}, not {expected}",
                       type_="stale-version", current_version=current.version)
-    updated = validate_schedule(
-        body.fields(), now=svc.clock.now(), existing=current, limits=svc.limits
-    )
+    changes = body.fields()
+    updated = validate_schedule(changes, now=svc.clock.now(), existing=current, limits=svc.limits)
     new_view = {**_audit_view(updated), "version": expected + 1}
     try:
         with audited(request, principal, AuditAction.UPDATED, ResourceType.SCHEDULED_TASK,
                      current.uid, old=_audit_view(current), new=new_view,
                      tenant_id=current.tenant_id):
-            saved = store.schedule_save(updated, expected)
+            saved = store.schedule_save(
+                updated, expected, timing=changes_timing(changes, current, updated))
     except VersionConflict as exc:
         raise Problem(412, "Precondition failed", exc.message, type_="stale-version",
                       current_version=exc.actual) from None
