@@ -140,6 +140,29 @@ def test_a_handler_calling_sys_exit_fails_its_task_and_the_worker_goes_on(app: C
     assert after.status is TaskStatus.DEAD_LETTER and "SystemExit" in (after.result_message or "")
 
 
+class _Abort(BaseException):
+    """A BaseException of a library's own (pytest's fail(), gevent's GreenletExit, ...)."""
+
+
+def test_a_handler_raising_another_base_exception_fails_its_task(app: Creep) -> None:
+    @app.handler("ASYNC")
+    async def closes(ctx: TaskContext) -> object:
+        raise GeneratorExit("closed")
+
+    @app.handler("SYNC")
+    def aborts(ctx: object) -> object:
+        raise _Abort("aborted")
+
+    tasks = [app.submit(task_type=kind, constraints={"max_retries": 0})
+             for kind in ("ASYNC", "SYNC")]
+    stats = _burst(app, concurrency=2)
+    after = [app.get_task(t.task_id) for t in tasks]
+    assert [t.status for t in after] == [TaskStatus.DEAD_LETTER] * 2
+    assert "GeneratorExit: closed" in (after[0].result_message or "")
+    assert "_Abort: aborted" in (after[1].result_message or "")
+    assert stats["completed"] == 2
+
+
 def test_progress_text_with_nul_and_lone_surrogates_is_stored_escaped(app: Creep) -> None:
     @app.handler("T")
     async def progress(ctx: TaskContext) -> object:

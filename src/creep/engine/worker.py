@@ -572,11 +572,14 @@ class Worker:
                 self._stopped_outcome(run) if run.stop_reason not in (None, "cancel")
                 else Outcome(task_id, token, OutcomeKind.CANCELLED, message=storable(str(exc)))
             )
-        except (Exception, SystemExit) as exc:
+        except KeyboardInterrupt:
+            raise  # may be a real Ctrl-C landing in an async handler: the process's, not its
+        except BaseException as exc:
             # A stopped handler that raises while it unwinds (its cleanup failed) still ends
             # as it was stopped: timed out, cancelled, requeued at shutdown. A handler's
-            # sys.exit() is its task's error, not the worker's: the worker and its other
-            # tasks go on.
+            # sys.exit(), GeneratorExit or a library's own BaseException is its task's error,
+            # not the worker's: the worker and its other tasks go on (left uncaught, the run
+            # would end without an outcome and its task stay RUNNING).
             outcome = (self._stopped_outcome(run) if run.stop_reason is not None
                        else _raised_outcome(task_id, token, exc))
         finally:
