@@ -1,17 +1,20 @@
 """How a worker ends a handler's run in the awkward cases: a CancelledError the handler raises
 itself, a handler that raises while being stopped, a sync handler that outlives its timeout,
-a handler calling sys.exit(), and progress text no database could store."""
+a handler calling sys.exit() or raising another BaseException, a Retry or Fail the worker
+cannot read as is, and progress text no database could store."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from creep import Creep, FrozenClock, TaskContext, TaskStatus
+from creep import Backoff, Creep, Fail, FrozenClock, Retry, TaskContext, TaskStatus
 
 
 @pytest.fixture
@@ -161,6 +164,47 @@ def test_a_handler_raising_another_base_exception_fails_its_task(app: Creep) -> 
     assert "GeneratorExit: closed" in (after[0].result_message or "")
     assert "_Abort: aborted" in (after[1].result_message or "")
     assert stats["completed"] == 2
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no text for this one")
+
+
+def test_a_retry_or_fail_the_worker_cannot_read_is_the_tasks_error(db_url: str) -> None:
+    """Asked for on the first attempt; the second succeeds. Each first attempt ends as its
+    task's error (or, for a delay given as a Decimal, as asked), none left RUNNING."""
+    app = Creep(db_url, clock=FrozenClock(), backoff=Backoff(base_seconds=0))
+    first: dict[str, object] = {
+        "DELAY_TIMEDELTA": Retry(delay=timedelta(seconds=5)),  # type: ignore[arg-type]
+        "DELAY_TEXT": Retry(delay="5"),  # type: ignore[arg-type]
+        "DELAY_DECIMAL": Retry(delay=Decimal("0")),  # type: ignore[arg-type]
+        "MESSAGE_NUMBER": Retry(message=123),  # type: ignore[arg-type]
+        "FAIL_MESSAGE_NUMBER": Fail(message=123),  # type: ignore[arg-type]
+        "UNPRINTABLE": _Unprintable(),
+    }
+
+    async def handler(ctx: TaskContext) -> object:
+        if ctx.attempt == 1:
+            raise first[ctx.task.task_type]  # type: ignore[misc]
+        return "ok"
+
+    for kind in first:
+        app.handler(kind)(handler)
+    try:
+        tasks = {kind: app.submit(task_type=kind, constraints={"max_retries": 1})
+                 for kind in first}
+        _burst(app, concurrency=len(first))
+        after = {kind: app.get_task(t.task_id) for kind, t in tasks.items()}
+        assert {kind: (t.status, t.attempt) for kind, t in after.items()} == {
+            **{kind: (TaskStatus.SUCCESS, 2) for kind in first},
+            "FAIL_MESSAGE_NUMBER": (TaskStatus.FAILED, 1),
+        }
+        assert after["FAIL_MESSAGE_NUMBER"].result_message == "123"
+        assert "TypeError" in (after["DELAY_TIMEDELTA"].last_error or "")
+        assert "TypeError" in (after["DELAY_TEXT"].last_error or "")
+    finally:
+        app.close()
 
 
 def test_progress_text_with_nul_and_lone_surrogates_is_stored_escaped(app: Creep) -> None:

@@ -14,6 +14,7 @@ import functools
 import heapq
 import inspect
 import logging
+import numbers
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import orjson
@@ -908,18 +910,43 @@ def _timeout_ms(claimed: ClaimedTask) -> int | str:
 
 
 def _asked_outcome(task_id: str, token: str, value: object) -> Outcome | None:
-    """The outcome a Retry or Fail (returned or raised) asks for; None for anything else."""
+    """The outcome a Retry or Fail (returned or raised) asks for; None for anything else.
+    Raises TypeError for a delay that is no number of seconds (the handler's error)."""
     if isinstance(value, Retry):
-        return Outcome(task_id, token, OutcomeKind.RETRY, message=storable(value.message),
-                       retry_delay=value.delay)
+        return Outcome(task_id, token, OutcomeKind.RETRY, message=storable(_text(value.message)),
+                       retry_delay=_seconds(value.delay))
     if isinstance(value, Fail):
-        return Outcome(task_id, token, OutcomeKind.FAILED, code=storable(value.code),
-                       message=storable(value.message))
+        return Outcome(task_id, token, OutcomeKind.FAILED, code=storable(_text(value.code)),
+                       message=storable(_text(value.message)))
     return None
 
 
+def _seconds(delay: object) -> float | None:
+    if delay is None:
+        return None
+    if isinstance(delay, bool) or not isinstance(delay, numbers.Real | Decimal):
+        raise TypeError(f"Retry(delay=...) takes a number of seconds, not {type(delay).__name__}")
+    return float(delay)
+
+
+def _text(value: object) -> str | None:
+    """Handler-given text as text: a number passed as a message is written as one."""
+    return value if value is None or isinstance(value, str) else _str(value)
+
+
+def _str(value: object) -> str:
+    """str(value), or a stand-in when its __str__ fails (it must not fail the run)."""
+    try:
+        return str(value)
+    except Exception:
+        return f"<{type(value).__name__}: str() failed>"
+
+
 def _value_outcome(task_id: str, token: str, value: Any) -> Outcome:
-    asked = _asked_outcome(task_id, token, value)
+    try:
+        asked = _asked_outcome(task_id, token, value)
+    except TypeError as exc:
+        return _error_outcome(task_id, token, exc)
     if asked is not None:
         return asked
     try:
@@ -941,8 +968,6 @@ def storable(text: str | None) -> str | None:
 
 
 def _json_default(value: Any) -> Any:
-    from decimal import Decimal
-
     if isinstance(value, Decimal):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
@@ -957,11 +982,15 @@ def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) ->
 def _raised_outcome(task_id: str, token: str, exc: BaseException) -> Outcome:
     """What a handler's exception asks for: Retry and Fail as they say, anything else a retry
     with the error recorded."""
-    return _asked_outcome(task_id, token, exc) or _error_outcome(task_id, token, exc)
+    try:
+        return _asked_outcome(task_id, token, exc) or _error_outcome(task_id, token, exc)
+    except TypeError as bad:
+        return _error_outcome(task_id, token, bad)
 
 
 def _error_outcome(task_id: str, token: str, exc: BaseException) -> Outcome:
     return Outcome(
-        task_id, token, OutcomeKind.RETRY, message=storable(f"{type(exc).__name__}: {exc}"),
+        task_id, token, OutcomeKind.RETRY,
+        message=storable(f"{type(exc).__name__}: {_str(exc)}"),
         error=storable("".join(traceback.format_exception(exc))[-8000:]),
     )
