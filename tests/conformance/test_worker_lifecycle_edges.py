@@ -1,6 +1,7 @@
 """Edges of a worker's life: stopping with every slot busy, exiting past a sync handler that
-outlives the grace, burst mode after promotions, a claim lost before its deadline, a retry
-delay past the last storable instant, a bad log level."""
+outlives the grace, being cancelled (while running tasks, while claiming), burst mode after
+promotions, a claim lost before its deadline, a retry delay past the last storable instant,
+a bad log level."""
 
 from __future__ import annotations
 
@@ -138,6 +139,69 @@ def test_sigterm_with_a_sync_handler_never_exits_after_the_grace(
     after = app.get_task(t.task_id)
     assert (after.status, after.attempt) == (TaskStatus.QUEUED, 0)  # given back: that part works
     assert rc == 0, "creep worker still running 12 s after SIGTERM with --shutdown-grace 1"
+
+
+# -- cancelled from outside ------------------------------------------------------------------------
+# asyncio.run cancels its main task on Ctrl-C (run_worker(install_signals=False), creep demo),
+# as do a TaskGroup whose other task failed and wait_for: worker.run() is cancelled.
+
+
+def test_a_cancelled_worker_gives_its_running_tasks_back_uncharged(app: Creep) -> None:
+    """The runs were abandoned RUNNING: once their claims expired each was charged an
+    attempt (on its last one dead-lettered WORKER_LOST) though its handler never failed."""
+    started = asyncio.Event()
+
+    @app.handler("LONG")
+    async def long(ctx: TaskContext) -> object:
+        started.set()
+        await asyncio.sleep(30)
+        return "done"
+
+    t = app.submit(task_type="LONG", constraints={"max_retries": 0})
+
+    async def main() -> None:
+        run = asyncio.create_task(app.worker(maintenance=False).run())
+        await started.wait()
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    after = app.get_task(t.task_id)
+    assert (after.status, after.attempt) == (TaskStatus.QUEUED, 0)
+    assert [e.event_type for e in app.task_events(t.task_id)][-1] == "requeued"
+
+
+def test_a_worker_cancelled_while_it_claims_gives_the_claimed_tasks_back(app: Creep) -> None:
+    """The claim's database call runs on after its caller is cancelled and commits: its tasks
+    were RUNNING under a worker that never ran them."""
+    t = app.submit(task_type="LONG")
+    in_claim, release = threading.Event(), threading.Event()
+    claim = app.store.task_claim
+
+    def slow_claim(*args: object) -> object:
+        in_claim.set()
+        release.wait(20)
+        return claim(*args)  # type: ignore[arg-type]
+
+    app.store.task_claim = slow_claim  # type: ignore[method-assign]
+
+    @app.handler("LONG")
+    async def long(ctx: TaskContext) -> object:
+        await asyncio.sleep(30)
+        return "done"
+
+    async def main() -> None:
+        run = asyncio.create_task(app.worker(maintenance=False).run())
+        assert await asyncio.to_thread(in_claim.wait, 20)
+        run.cancel()
+        threading.Timer(0.3, release.set).start()  # the claim commits after the cancel
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    after = app.get_task(t.task_id)
+    assert (after.status, after.attempt) == (TaskStatus.QUEUED, 0)
 
 
 # -- burst -----------------------------------------------------------------------------------------

@@ -235,8 +235,16 @@ class Worker:
             task.add_done_callback(self._watch)
         log.info("worker %s started: types=%s", self.worker_id, sorted(self.handlers))
         try:
-            await self._fetcher(burst)
-            await self._drain()
+            try:
+                await self._fetcher(burst)
+                await self._drain()
+            except asyncio.CancelledError:
+                # Cancelled from outside (asyncio.run on Ctrl-C without install_signals, a
+                # TaskGroup, wait_for): a shutdown with no grace. Left RUNNING, the tasks would
+                # be charged an attempt once their claims expired, though none failed.
+                self._begin_stop()
+                await self._drain(grace=0.0)
+                raise
         finally:
             # Their errors were logged and kept by _watch; the cleanup below must still run.
             await _cancel_all(background)
@@ -362,8 +370,15 @@ class Worker:
     async def _claim(self, types: list[str], want: int) -> list[ClaimedTask]:
         self._claiming = True
         self._claimed_event.clear()
+        claim = asyncio.ensure_future(self._claim_traced(types, want))
         try:
-            return await self._claim_traced(types, want)
+            return await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            # The worker is cancelled: its claim's thread runs on and may commit. Wait for
+            # it and give back what it took, unstarted and uncharged.
+            with contextlib.suppress(Exception):
+                self._give_back(await claim)
+            raise
         finally:
             self._claiming = False
             self._claimed_event.set()
@@ -441,6 +456,15 @@ class Worker:
             # not at the next poll.
             self._wake.set()
             return []
+
+    def _give_back(self, claimed: list[ClaimedTask]) -> None:
+        now = self.clock.now()
+        for c in claimed:
+            outcome = Outcome(c.task_id, c.claim_token, OutcomeKind.REQUEUE,
+                              message="worker stopped before the task started")
+            self._buffer.append(Completion(outcome, resolve(
+                outcome, attempt=c.attempt, max_attempts=c.max_attempts, now=now,
+                backoff=self.settings.backoff)))
 
     async def _wait_for_progress(self) -> None:
         self._slot_freed.clear()
@@ -701,11 +725,11 @@ class Worker:
             self.stats["completed"] += len(batch)
             self._slot_freed.set()
 
-    async def _drain(self) -> None:
+    async def _drain(self, grace: float | None = None) -> None:
         """Graceful stop: wait up to the grace period, then give back what is unfinished."""
         if self._running:
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.settings.shutdown_grace
+            deadline = loop.time() + (self.settings.shutdown_grace if grace is None else grace)
             while self._running and loop.time() < deadline:
                 self._slot_freed.clear()
                 with contextlib.suppress(TimeoutError):
