@@ -251,6 +251,39 @@ def test_a_claim_lost_before_the_deadline_is_timed_out_when_maintenance_runs_lat
     assert app.get_task(dep.task_id).status is TaskStatus.PENDING
 
 
+def test_a_task_past_its_1024th_attempt_is_still_retried(app: Creep, clock: FrozenClock) -> None:
+    """Each manual retry grants max_retries (up to 1000) more attempts. The backoff of
+    attempt 1025 (1.0 * 2**1024 s) overflowed a float: the sweep rescuing its lost worker
+    raised OverflowError every round (a worker leading maintenance crashed on it, and the
+    next leader too) and left the task RUNNING; a handler's retry there left it RUNNING too."""
+    t = app.submit(task_type="X", constraints={"max_retries": 1000})
+
+    def claimed_and_lost() -> None:
+        clock.advance(3600)  # past the backoff (capped at an hour)
+        [claimed] = app.store.task_claim("lost-worker", ["X"], 1, clock.now(), 1.0)
+        assert claimed.task_id == t.task_id
+        clock.advance(2)  # its claim expired
+        app.maintain()
+
+    for _ in range(1001):
+        claimed_and_lost()
+    assert app.get_task(t.task_id).status is TaskStatus.DEAD_LETTER
+    app.retry(t.task_id)
+    for _ in range(24):
+        claimed_and_lost()
+    got = app.get_task(t.task_id)
+    assert (got.status, got.attempt, got.result_code) == (TaskStatus.QUEUED, 1025, "WORKER_LOST")
+
+    @app.handler("X")
+    async def fails(ctx: TaskContext) -> object:
+        raise RuntimeError("still broken")
+
+    clock.advance(3600)
+    app.run_worker(burst=True, install_signals=False, maintenance=False)
+    got = app.get_task(t.task_id)
+    assert (got.status, got.attempt, got.result_code) == (TaskStatus.QUEUED, 1026, "RETRYABLE")
+
+
 # -- handler signals the worker cannot resolve -------------------------------------------------
 
 

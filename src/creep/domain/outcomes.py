@@ -80,7 +80,9 @@ class Backoff:
     cap_seconds: float = 3600.0
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        step = min(self.cap_seconds, self.base_seconds * (2 ** max(0, attempt - 1)))
+        # The exponent bounded: 2**1024 is past a float (attempt 1025, reached through manual
+        # retries), and any step that large is past the cap anyway.
+        step = min(self.cap_seconds, self.base_seconds * (2 ** min(max(0, attempt - 1), 1023)))
         r = float((rng or random).random())
         return float(step / 2 + r * step / 2)
 
