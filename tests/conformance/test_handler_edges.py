@@ -166,6 +166,31 @@ def test_a_handler_raising_another_base_exception_fails_its_task(app: Creep) -> 
     assert stats["completed"] == 2
 
 
+def test_a_sync_handler_raising_keyboard_interrupt_fails_its_task_alone(app: Creep) -> None:
+    """Raised in a pool thread it cannot be a Ctrl-C (signals reach the main thread only): it
+    was re-raised into the event loop, which stopped the worker at once and left every task
+    it ran RUNNING, to be charged an attempt once its claim expired."""
+    @app.handler("INTERRUPTS")
+    def interrupts(ctx: object) -> object:
+        raise KeyboardInterrupt
+
+    @app.handler("OK")
+    async def ok(ctx: TaskContext) -> object:
+        await asyncio.sleep(0.2)
+        return "ok"
+
+    bad = app.submit(task_type="INTERRUPTS", priority=90, constraints={"max_retries": 0})
+    good = app.submit(task_type="OK")
+    try:
+        _burst(app, concurrency=2)
+    except KeyboardInterrupt:
+        pytest.fail("the handler's KeyboardInterrupt stopped the worker")
+    assert app.get_task(good.task_id).status is TaskStatus.SUCCESS
+    after = app.get_task(bad.task_id)
+    assert after.status is TaskStatus.DEAD_LETTER
+    assert "KeyboardInterrupt" in (after.result_message or "")
+
+
 class _Unprintable(Exception):
     def __str__(self) -> str:
         raise ValueError("no text for this one")

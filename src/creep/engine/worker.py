@@ -598,9 +598,11 @@ class Worker:
                 self._stopped_outcome(run) if run.stop_reason not in (None, "cancel")
                 else Outcome(task_id, token, OutcomeKind.CANCELLED, message=storable(str(exc)))
             )
-        except KeyboardInterrupt:
-            raise  # may be a real Ctrl-C landing in an async handler: the process's, not its
         except BaseException as exc:
+            if is_async and isinstance(exc, KeyboardInterrupt):
+                # May be a real Ctrl-C landing in an async handler (the main thread): the
+                # process's, not the task's. A pool thread's can only be its handler's own.
+                raise
             # A stopped handler that raises while it unwinds (its cleanup failed) still ends
             # as it was stopped: timed out, cancelled, requeued at shutdown. A handler's
             # sys.exit(), GeneratorExit or a library's own BaseException is its task's error,
