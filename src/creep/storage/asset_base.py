@@ -566,10 +566,12 @@ class AssetStoreBase:
             "SELECT event_id, event_type, occurred_at FROM asset_events WHERE asset_id = ? "
             "AND occurred_at > ? AND occurred_at < ? AND occurred_at > COALESCE(("
             "SELECT max(occurred_at) FROM asset_events WHERE asset_id = ? "
-            "AND event_type = 'UNBANNED'), ?)",
+            "AND event_type = 'UNBANNED'), ?) ORDER BY occurred_at, seq",
             (asset.asset_id, d.ts(since), d.ts(until), asset.asset_id, d.ts(since)),
         ).fetchall()
         # (occurred_at, write order, event id): stored ones first, then this transaction's.
+        # Read in write order: on PostgreSQL the heap order is not it (each connection
+        # fills pages of its own), and failures of one instant are told apart by it alone.
         failures = [(d.from_ts(r[2]), i, r[0]) for i, r in enumerate(rows)
                     if policy.is_failure(r[1])]
         # Events of this transaction not yet written count too, up to this one: they share

@@ -1,0 +1,46 @@
+"""Edges of auto-ban and the ledger: the ban's cause among failures of one instant, reported
+through several nodes; ban policies set concurrently; a handler's money and asset events after
+its claim was lost."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from creep import Creep, FrozenClock
+
+NET = {"sku_category": "RAW_NET", "sku_code": "ip.*"}
+
+
+@pytest.fixture
+def two_nodes(pg_schemas: Callable[[], str]) -> Iterator[tuple[Creep, Creep, FrozenClock]]:
+    """Two clients of one PostgreSQL database (two API nodes, or two workers)."""
+    url, clock = pg_schemas(), FrozenClock()
+    app, other = Creep(url, clock=clock), Creep(url, clock=clock)
+    yield app, other, clock
+    other.close()
+    app.close()
+
+
+def asset(app: Creep, i: int, **extra: Any) -> str:
+    return app.create_asset(sku_category="RAW_NET", sku_code=f"ip.{i}", **extra).asset_id
+
+
+def test_the_ban_is_caused_by_the_failure_that_reached_the_count_across_nodes(
+    two_nodes: tuple[Creep, Creep, FrozenClock],
+) -> None:
+    """Failures of one instant (a frozen clock here; provider callbacks stamped to the second
+    in practice) reported through two nodes: the second one completes the window, so it is
+    the ban's cause. Each node's connection fills heap pages of its own, so the table's
+    physical order is not the write order: the window must be read in (occurred_at, seq)."""
+    app, other, _ = two_nodes
+    app.set_ban_policy("RAW_NET", max_failures=2, window_seconds=60)
+    body = {"response": "x" * 1500}  # a page holds a few of these: pages fill soon
+    for i in range(30):
+        a = asset(app, i)
+        other.report_asset_event(asset_id=a, event_type="HTTP_PROBE_FAIL", context=body)
+        last = app.report_asset_event(asset_id=a, event_type="HTTP_PROBE_FAIL", context=body)
+        [ban] = app.asset_events(asset_id=a, event_type="ASSET_BANNED")
+        assert ban.causation_id == last.event_id, f"asset #{i}"
