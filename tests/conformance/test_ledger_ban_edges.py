@@ -4,6 +4,7 @@ its claim was lost."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -44,3 +45,33 @@ def test_the_ban_is_caused_by_the_failure_that_reached_the_count_across_nodes(
         last = app.report_asset_event(asset_id=a, event_type="HTTP_PROBE_FAIL", context=body)
         [ban] = app.asset_events(asset_id=a, event_type="ASSET_BANNED")
         assert ban.causation_id == last.event_id, f"asset #{i}"
+
+
+def test_ban_policies_set_concurrently_by_two_nodes_both_succeed(
+    two_nodes: tuple[Creep, Creep, FrozenClock],
+) -> None:
+    """Two nodes setting one category's policy at once: each call succeeds (one of them is
+    the policy after), none fails on the policy's primary key."""
+    app, other, _ = two_nodes
+    app.set_ban_policy("RAW_NET", max_failures=9, window_seconds=9)
+    errors: list[Exception] = []
+    for i in range(20):
+        barrier = threading.Barrier(2)
+
+        def set_policy(node: Creep, max_failures: int, barrier: threading.Barrier) -> None:
+            barrier.wait()
+            try:
+                node.set_ban_policy("RAW_NET", max_failures=max_failures, window_seconds=60)
+            except Exception as exc:  # any failure is the bug
+                errors.append(exc)
+
+        threads = [threading.Thread(target=set_policy, args=(node, 2 * i + n, barrier))
+                   for n, node in enumerate((app, other), start=1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [], f"round {i}"
+        policy = app.get_ban_policy("RAW_NET")
+        assert policy is not None and policy.max_failures in (2 * i + 1, 2 * i + 2)
+        assert policy.window_seconds == 60

@@ -211,12 +211,16 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
     def ban_policy_set(self, policy: BanPolicy, now: datetime) -> BanPolicy:
         d = self._adialect
         with self._atx() as conn:
-            self._x(conn, "DELETE FROM asset_ban_policies WHERE tenant_id = ? AND sku_category = ?",
-                    (policy.tenant_id, policy.sku_category))
+            # One upsert: a DELETE then INSERT lets two concurrent setters (PostgreSQL) both
+            # find no row to wait for, and the second INSERT then breaks the primary key.
             self._x(
                 conn,
                 "INSERT INTO asset_ban_policies (tenant_id, sku_category, max_failures, "
-                "window_seconds, failure_event_types, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "window_seconds, failure_event_types, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (tenant_id, sku_category) DO UPDATE SET "
+                "max_failures = excluded.max_failures, window_seconds = excluded.window_seconds, "
+                "failure_event_types = excluded.failure_event_types, "
+                "updated_at = excluded.updated_at",
                 (policy.tenant_id, policy.sku_category, policy.max_failures,
                  policy.window_seconds, d.js(policy.failure_event_types), d.ts(now)),
             )
