@@ -265,7 +265,10 @@ class Store(Protocol):
     def asset_event_chain(
         self, event_id: str, tenant_id: str | None = None, max_depth: int = MAX_CHAIN
     ) -> list[AssetEvent]: ...
-    def ledger_record(self, entry: LedgerEntry, *, enforce_budget: bool = True) -> LedgerEntry: ...
+    def ledger_record(
+        self, entry: LedgerEntry, *, enforce_budget: bool = True,
+        claim_token: str | None = None,
+    ) -> LedgerEntry: ...
     def ledger_list(
         self, *, tenant_id: str | None = None, project_id: str | None = None,
         task_id: str | None = None, since: datetime | None = None,

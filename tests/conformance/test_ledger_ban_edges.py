@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from creep import Creep, FrozenClock
+from creep import ClaimLost, Creep, FrozenClock
+from creep.domain.ledger import BudgetExceeded
 
 NET = {"sku_category": "RAW_NET", "sku_code": "ip.*"}
 
@@ -75,3 +77,42 @@ def test_ban_policies_set_concurrently_by_two_nodes_both_succeed(
         policy = app.get_ban_policy("RAW_NET")
         assert policy is not None and policy.max_failures in (2 * i + 1, 2 * i + 2)
         assert policy.window_seconds == 60
+
+
+def test_a_run_that_lost_its_claim_charges_and_reports_nothing(
+    app: Creep, clock: FrozenClock
+) -> None:
+    """A handler still running after its claim expired and the rescuer took the task back
+    (a stalled sync handler): its ctx.charge, ctx.earn and ctx.report_event raise ClaimLost
+    and write nothing, as they do on an HTTP worker (409). Otherwise the stale run's spend
+    counted against the budget of the run that holds the task next, and its failures could
+    ban the asset under that run."""
+    app.set_ban_policy("RAW_NET", max_failures=1, window_seconds=60)
+    a = asset(app, 1)
+    outcomes: list[str] = []
+
+    @app.handler("SPEND")
+    def spend(ctx: Any) -> None:
+        if ctx.attempt == 1:
+            clock.advance(3600)  # the claim expired long ago ...
+            assert app.maintain().rescued == 1  # ... and the task went back to the queue
+        for call in (lambda: ctx.charge("4"), lambda: ctx.earn("1"),
+                     lambda: ctx.report_event("HTTP_PROBE_FAIL", asset_id=a)):
+            try:
+                call()
+                outcomes.append(f"{ctx.attempt}: written")
+            except ClaimLost:
+                outcomes.append(f"{ctx.attempt}: lost")
+            except BudgetExceeded:
+                outcomes.append(f"{ctx.attempt}: over budget")
+
+    t = app.submit(task_type="SPEND", max_total_cost="5", resource_hints=[NET])
+    app.run_worker(burst=True, install_signals=False)
+    clock.advance(60)  # past the retry's backoff
+    app.run_worker(burst=True, install_signals=False)
+    assert outcomes == ["1: lost"] * 3 + ["2: written"] * 3
+    assert [(e.entry_type, e.amount) for e in app.ledger_entries(task_id=t.task_id)] == [
+        ("COST", Decimal("4")), ("REVENUE", Decimal("1"))]
+    fails = app.asset_events(asset_id=a, event_type="HTTP_PROBE_FAIL")
+    assert [e.task_id for e in fails] == [t.task_id]
+    assert fails[0].lease_id in app.get_task(t.task_id).lease_ids[-1:]

@@ -71,7 +71,8 @@ class LeaseContextMixin:
             task_id=t.task_id, asset_id=asset_id, lease_id=lease_id, description=description,
             occurred_at=None,
         )
-        result: LedgerEntry = await self._store(self._worker.store.ledger_record, entry)
+        result: LedgerEntry = await self._store(
+            self._worker.store.ledger_record, entry, claim_token=self.claim_token)
         return result
 
     async def report_event(self, event_type: str, **fields: Any) -> AssetEvent:

@@ -326,9 +326,8 @@ class WorkerProtocol:
     # -- a handler's lease context, for a remote worker (ctx.charge/earn/report_event/leases) --
 
     def running(self, task_id: str, claim_token: str, tenant_id: str | None) -> TaskOrder:
-        """The task, while this claim runs it: the fence of the writes below, which their own
-        statements do not fence (a claim lost in between is as on a database worker, whose
-        ctx.charge is not fenced at all)."""
+        """The task, while this claim runs it: the fence of the writes below (the ledger's and
+        the asset events' own transactions check the claim again)."""
         task = self._held(task_id, claim_token, tenant_id)
         if not self.store.task_claim_held(task_id, claim_token):
             raise ClaimLost(f"task {task_id}: the claim is no longer held")
@@ -351,7 +350,7 @@ class WorkerProtocol:
             description=description, occurred_at=None,
         )
         try:
-            return self.store.ledger_record(entry)
+            return self.store.ledger_record(entry, claim_token=claim_token)
         except NotFound as exc:  # another tenant's asset or lease reads like a missing one
             raise ValidationError.single(f"{exc.kind}_id", f"unknown {exc.kind}") from None
 

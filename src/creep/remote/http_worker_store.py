@@ -207,10 +207,14 @@ class HttpWorkerStore:
                   for e in problem.get("errors") or []]
         raise ValidationError(errors or [(path, f"HTTP {r.status_code}: {r.text[:500]}")])
 
-    def ledger_record(self, entry: LedgerEntry, *, enforce_budget: bool = True) -> LedgerEntry:
+    def ledger_record(
+        self, entry: LedgerEntry, *, enforce_budget: bool = True,
+        claim_token: str | None = None,
+    ) -> LedgerEntry:
         """ctx.charge / ctx.earn (the budget is always enforced over the API)."""
         d = self._fenced(f"/v1/tasks/{entry.task_id}/ledger", {
-            "claim_token": self._token(entry.task_id), "entry_type": entry.entry_type.value,
+            "claim_token": claim_token or self._token(entry.task_id),
+            "entry_type": entry.entry_type.value,
             "amount": str(entry.amount), "currency": entry.currency,
             "asset_id": entry.asset_id, "lease_id": entry.lease_id,
             "description": entry.description,

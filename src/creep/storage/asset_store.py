@@ -28,7 +28,13 @@ from creep.domain.asset_event import (
     BanPolicy,
     Source,
 )
-from creep.domain.errors import ConflictError, NotFound, ValidationError, VersionConflict
+from creep.domain.errors import (
+    ClaimLost,
+    ConflictError,
+    NotFound,
+    ValidationError,
+    VersionConflict,
+)
 from creep.domain.ids import is_uuid, uuid7
 from creep.domain.lease import Lease
 from creep.storage.asset_base import (
@@ -263,6 +269,10 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                 task = self._task_refs(conn, [task_id]).get(task_id)
                 if task is None or task.tenant_id != tenant_id:
                     raise NotFound("task", task_id)
+                if claim_token is not None and not self._claim_runs(conn, task_id, claim_token):
+                    # A run that lost its claim reports nothing more: an auto-ban it set off
+                    # would revoke the leases of the run that holds the task now.
+                    raise ClaimLost(f"task {task_id}: the claim is no longer held")
                 if lease is None:
                     mine = self._leases_where(
                         conn, "task_id = ? AND claim_token = ?" if claim_token else "task_id = ?",
@@ -338,6 +348,12 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                 out.extend(pending.events)
             self._flush(conn, pending, now)
         return out
+
+    def _claim_runs(self, conn: Any, task_id: str, claim_token: str) -> bool:
+        return is_uuid(claim_token) and self._x(
+            conn, "SELECT 1 FROM tasks WHERE task_id = ? AND claim_token = ? "
+            "AND status = 'RUNNING'", (task_id, claim_token),
+        ).fetchone() is not None
 
     def _reported_lease(
         self, conn: Any, lease_id: str, tenant_id: str, asset_id: str | None

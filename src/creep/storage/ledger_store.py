@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from creep.domain.errors import NotFound, ValidationError
+from creep.domain.errors import ClaimLost, NotFound, ValidationError
 from creep.domain.ids import is_uuid
 from creep.domain.ledger import (
     BudgetExceeded,
@@ -25,21 +25,31 @@ class LedgerStoreMixin(AssetStoreBase):
     # -- ledger: public --------------------------------------------------------------------
 
     def ledger_record(
-        self, entry: LedgerEntry, *, enforce_budget: bool = True
+        self, entry: LedgerEntry, *, enforce_budget: bool = True,
+        claim_token: str | None = None,
     ) -> LedgerEntry:
         """Append one entry. One tied to a task must be in the task's currency; a cost that
-        would take the task over max_total_cost raises BudgetExceeded and writes nothing."""
+        would take the task over max_total_cost raises BudgetExceeded and writes nothing.
+        With `claim_token` (a handler's ctx.charge / ctx.earn) the task must still run under
+        that claim, else ClaimLost and nothing is written."""
         d = self._adialect
+        if claim_token is not None and entry.task_id is None:
+            raise ValidationError.single("task_id", "is required with a claim token")
         with self._atx() as conn:
             if entry.task_id is not None:
                 row = self._x(
                     conn,
-                    "SELECT tenant_id, project_id, currency, max_total_cost FROM tasks "
-                    f"WHERE task_id = ?{d.lock}",
+                    "SELECT tenant_id, project_id, currency, max_total_cost, status, "
+                    f"claim_token FROM tasks WHERE task_id = ?{d.lock}",
                     (entry.task_id,),
                 ).fetchone()
                 if row is None or row[0] != entry.tenant_id:
                     raise NotFound("task", entry.task_id)
+                if claim_token is not None and (row[4] != "RUNNING"
+                                                or str(row[5]) != claim_token):
+                    # A run that lost its claim (rescued, timed out, cancelled) spends
+                    # nothing more on the task: its budget is the current run's.
+                    raise ClaimLost(f"task {entry.task_id}: the claim is no longer held")
                 if row[2] != entry.currency:
                     raise ValidationError.single(
                         "currency", f"must match the task's currency {row[2]}"
