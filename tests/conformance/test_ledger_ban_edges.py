@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from creep import ClaimLost, Creep, FrozenClock
+from creep import ClaimLost, Creep, FrozenClock, TaskStatus
 from creep.domain.ledger import BudgetExceeded
 
 NET = {"sku_category": "RAW_NET", "sku_code": "ip.*"}
@@ -116,3 +116,42 @@ def test_a_run_that_lost_its_claim_charges_and_reports_nothing(
     fails = app.asset_events(asset_id=a, event_type="HTTP_PROBE_FAIL")
     assert [e.task_id for e in fails] == [t.task_id]
     assert fails[0].lease_id in app.get_task(t.task_id).lease_ids[-1:]
+
+
+def test_an_asset_repriced_while_a_claim_matched_it_is_not_leased_over_the_budget(
+    two_nodes: tuple[Creep, Creep, FrozenClock], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL: a claim reads its candidates without locks and locks the picked assets
+    after. An update committed in between (cost_per_lease raised, currency changed) must not
+    lease the asset at a price the budget was not checked against, nor in another currency
+    than the task's."""
+    app, other, clock = two_nodes
+    store: Any = app.store
+    load = store._load_candidates
+
+    def claim_while_another_node_updates(asset_id: str, **change: Any) -> list[Any]:
+        def load_then_update(*args: Any, **kwargs: Any) -> None:
+            load(*args, **kwargs)
+            other.update_asset(asset_id, other.get_asset(asset_id).version, **change)
+
+        with monkeypatch.context() as m:
+            m.setattr(store, "_load_candidates", load_then_update)
+            claimed: list[Any] = store.task_claim("w1", ["USE"], 1, clock.now(), 30.0)
+        return claimed
+
+    a = asset(app, 1, cost_per_lease="1.00")
+    t = app.submit(task_type="USE", resource_hints=[NET], max_total_cost="1.00")
+    assert claim_while_another_node_updates(a, cost_per_lease="3.00") == []
+    assert app.list_leases(task_id=t.task_id) == []
+    # The next claim reads the new price: over the budget, the task fails at once.
+    assert store.task_claim("w1", ["USE"], 1, clock.now(), 30.0) == []
+    done = app.get_task(t.task_id)
+    assert (done.status, done.result_code) == (TaskStatus.FAILED, "BUDGET_EXCEEDED")
+    assert app.ledger_entries(task_id=t.task_id) == []
+
+    b = asset(app, 2, cost_per_lease="1.00")
+    t = app.submit(task_type="USE", resource_hints=[NET], max_total_cost="1.00")
+    assert claim_while_another_node_updates(b, currency="EUR") == []
+    assert app.list_leases(task_id=t.task_id) == []
+    assert app.ledger_entries(task_id=t.task_id) == []
+    assert app.get_asset(b).current_concurrency == 0

@@ -704,14 +704,18 @@ class LeaseBrokerMixin(AssetStoreBase):
 def _still_fitting(
     matches: Sequence[Match], assets: Mapping[str, AssetSnapshot]
 ) -> list[Match]:
+    """The matches whose picked assets, as locked now, are still leasable with room, at the
+    price and in the currency the match (and its budget check) read: an asset repriced or
+    moved to another currency meanwhile is left to the next claim, which reads it anew."""
     taken: dict[str, int] = {}
     kept: list[Match] = []
     for m in matches:
         ids = [a.asset_id for _, a in m.picks]
         if all(
-            (fresh := assets.get(i)) is not None and fresh.status in LEASABLE
-            and fresh.current_concurrency + taken.get(i, 0) < fresh.max_concurrency
-            for i in ids
+            (fresh := assets.get(c.asset_id)) is not None and fresh.status in LEASABLE
+            and fresh.current_concurrency + taken.get(c.asset_id, 0) < fresh.max_concurrency
+            and fresh.cost_per_lease == c.cost_per_lease and fresh.currency == c.currency
+            for _, c in m.picks
         ):
             for i in ids:
                 taken[i] = taken.get(i, 0) + 1
