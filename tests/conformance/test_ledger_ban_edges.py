@@ -155,3 +155,17 @@ def test_an_asset_repriced_while_a_claim_matched_it_is_not_leased_over_the_budge
     assert app.list_leases(task_id=t.task_id) == []
     assert app.ledger_entries(task_id=t.task_id) == []
     assert app.get_asset(b).current_concurrency == 0
+
+
+def test_money_in_exponent_notation_reads_back_alike_on_both_backends(app: Creep) -> None:
+    """'1E+3' is a decimal string creep accepts: the task's budget, an asset's price and a
+    ledger amount read back as the digits PostgreSQL's numeric gives (SQLite showed '1E+3'),
+    and the entry a write returns shows what a later read shows."""
+    t = app.submit(task_type="SPEND", max_total_cost="1E+3")
+    assert str(app.get_task(t.task_id).max_total_cost) == "1000"
+    a = app.create_asset(sku_category="RAW_NET", sku_code="ip.1", cost_per_lease="5E-1")
+    assert str(a.cost_per_lease) == str(app.get_asset(a.asset_id).cost_per_lease) == "0.5"
+    entry = app.record_ledger_entry(entry_type="REVENUE", amount="2.50E+1", currency="USD",
+                                    task_id=t.task_id)
+    [read] = app.ledger_entries(task_id=t.task_id)
+    assert str(entry.amount) == str(read.amount) == "25.0"

@@ -139,7 +139,14 @@ def money(errors: list[tuple[str, str]], name: str, value: Any, *, signed: bool 
     if too_big:
         errors.append((name, "must be below 10^15"))
         return Decimal(0)
-    return d
+    return positional(d)
+
+
+def positional(amount: Decimal) -> Decimal:
+    """The amount as written out in digits ('1E+3' -> 1000, '1.50' stays 1.50): how
+    PostgreSQL's numeric gives it back, so both backends (and the answer to the write that
+    stored it) show the same text."""
+    return Decimal(format(amount, "f"))
 
 
 def currency_code(errors: list[tuple[str, str]], name: str, value: Any) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from creep.domain.asset import positional
 from creep.domain.clock import INSTANT_RULE, storable_instant
 from creep.domain.errors import ValidationError
 from creep.domain.ids import uuid7
@@ -159,7 +160,7 @@ def parse_money(value: Any) -> Decimal:
     exponent = amount.as_tuple().exponent
     if isinstance(exponent, int) and -exponent > _MONEY_MAX_PLACES:
         raise ValueError(f"must have at most {_MONEY_MAX_PLACES} decimal places")
-    return amount
+    return positional(amount)
 
 
 def _money(errs: _Errors, data: Mapping[str, Any], name: str) -> Decimal | None:
