@@ -288,6 +288,25 @@ def test_events_and_leases_newest_first_in_pages(server: Server, py: Creep) -> N
         assert "order" in _fields(c.get("/v1/leases", params={"order": "sideways"}))
 
 
+def test_ledger_summary_groups_repeated_amounts_exactly(server: Server) -> None:
+    """The grouped summary adds equal amounts up in SQL (SQLite: one row per distinct
+    amount, multiplied out exactly), and counts every entry."""
+    _, key = server.tenant()
+    with server.client(key) as c:
+        for project, entry_type, amount in [
+            ("p1", "REVENUE", "1.10"), ("p1", "REVENUE", "1.10"), ("p1", "REVENUE", "1.10"),
+            ("p1", "REFUND", "0.05"), ("p1", "REFUND", "0.05"), ("p2", "REVENUE", "0.1"),
+            ("p2", "ADJUSTMENT", "0.2"), ("p2", "ADJUSTMENT", "0.2"),
+        ]:
+            r = c.post("/v1/ledger", json={"currency": "EUR", "project_id": project,
+                                           "entry_type": entry_type, "amount": amount})
+            assert r.status_code == 201, r.text
+        s = c.get("/v1/ledger/summary", params={"group_by": "project_id"}).json()["items"]
+        assert [(i["project_id"], i["cost"], i["revenue"], i["margin"], i["entries"])
+                for i in s] == [("p1", "-0.10", "3.30", "3.40", 5),
+                                ("p2", "0.4", "0.1", "-0.3", 3)]
+
+
 def test_ledger_entries_budget_summary_and_csv(server: Server) -> None:
     tenant, key = server.tenant()
     with server.client(key) as c:

@@ -129,8 +129,10 @@ class AssetPagesMixin(AssetStoreBase):
         project_id: str | None = None, task_id: str | None = None,
         since: datetime | None = None, until: datetime | None = None,
     ) -> list[tuple[dict[str, str | None], LedgerSummary]]:
-        """Amounts are summed as Decimals in Python (exact on both backends: SQLite keeps
-        them as text), like `ledger_summary`."""
+        """Grouped in SQL, exactly, as `ledger_summary` is: PostgreSQL sums the NUMERIC
+        amounts; SQLite (exact decimal text, which SUM would turn into floats) groups equal
+        amounts and Python multiplies. A tenant's summary reads one row per group and entry
+        type (and, on SQLite, distinct amount), not one per ledger entry."""
         if task_id is not None and not is_uuid(task_id):
             return []
         groups = [g for g in LEDGER_GROUPS if g in group_by and g != "currency"]
@@ -140,19 +142,24 @@ class AssetPagesMixin(AssetStoreBase):
             since, until, None, ledger=True,
         )
         cols = "".join(f"{g}, " for g in groups)
+        exact = d.name == "postgres"
         with self._aread() as conn:
             rows = self._x(
                 conn,
-                f"SELECT {cols}currency, entry_type, amount FROM ledger_entries "
-                f"WHERE {' AND '.join(where)}",
+                f"SELECT {cols}currency, entry_type, {'sum(amount)' if exact else 'amount'}, "
+                f"count(*) FROM ledger_entries WHERE {' AND '.join(where)} "
+                f"GROUP BY {cols}currency, entry_type{'' if exact else ', amount'}",
                 params,
             ).fetchall()
-        by_group: dict[tuple[Any, ...], list[tuple[str, str, Decimal]]] = {}
+        by_group: dict[tuple[Any, ...], tuple[list[tuple[str, str, Decimal]], list[int]]] = {}
         n = len(groups)
         for r in rows:
-            by_group.setdefault(tuple(r[:n]), []).append((r[n], r[n + 1], d.from_dec(r[n + 2])))
+            totals, counts = by_group.setdefault(tuple(r[:n]), ([], []))
+            amount = d.from_dec(r[n + 2])
+            totals.append((r[n], r[n + 1], amount if exact else amount * r[n + 3]))
+            counts.append(r[n + 3])
         out: list[tuple[dict[str, str | None], LedgerSummary]] = []
         for key in sorted(by_group, key=lambda k: tuple((v is not None, v or "") for v in k)):
             label = {g: (None if v is None else str(v)) for g, v in zip(groups, key, strict=True)}
-            out.extend((label, s) for s in summarise(by_group[key]))
+            out.extend((label, s) for s in summarise(*by_group[key]))
         return out
