@@ -103,3 +103,21 @@ def test_read_only_and_revoked_keys(server: Server) -> None:
         assert admin.post("/v1/tenants", json={"tenant_id": tenant}).status_code == 409
         tenants = admin.get("/v1/tenants", params={"limit": 500}).json()["items"]
         assert tenant in [t["tenant_id"] for t in tenants]
+
+
+def test_a_task_naming_another_tenants_batch_stays_out_of_it(server: Server) -> None:
+    """batch_id is a free field of a task: B naming A's batch id must not put B's task in
+    A's batch (its counts), nor let A's batch cancel reach B's task."""
+    _, key_a = server.tenant()
+    _, key_b = server.tenant()
+    with server.client(key_a) as a, server.client(key_b) as b:
+        bid = a.post("/v1/batches", json={"title": "a's", "tasks": [{"task_type": "ECHO"}]}
+                     ).json()["batch_id"]
+        intruder = b.post("/v1/tasks", json={"task_type": "ECHO", "batch_id": bid})
+        assert intruder.status_code == 201, intruder.text
+        assert a.get(f"/v1/batches/{bid}").json()["total_count"] == 1
+        cancelled = a.post(f"/v1/batches/{bid}/cancel")
+        assert cancelled.status_code == 200
+        assert cancelled.json()["cancelled_count"] == 1
+        tid = intruder.json()["task_id"]
+        assert b.get(f"/v1/tasks/{tid}").json()["status"] == "QUEUED"

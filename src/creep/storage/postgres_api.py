@@ -334,12 +334,13 @@ class PostgresApiMixin:
     def batch_cursor(batch: Batch) -> str:
         return f"{batch.created_at.isoformat()}/{batch.batch_id}"
 
-    def batch_task_counts(self, batch_id: str) -> dict[str, tuple[int, int]]:
+    def batch_task_counts(self, batch_id: str, tenant_id: str) -> dict[str, tuple[int, int]]:
+        """The batch's tenant's tasks only (see SqliteApiMixin.batch_task_counts)."""
         with self._tx() as conn:
             rows = conn.execute(
                 "SELECT status, count(*), coalesce(sum(progress), 0) FROM tasks "
-                "WHERE batch_id = %s GROUP BY status",
-                (batch_id,),
+                "WHERE batch_id = %s AND tenant_id = %s GROUP BY status",
+                (batch_id, tenant_id),
             ).fetchall()
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
@@ -361,9 +362,9 @@ class PostgresApiMixin:
                 raise NotFound("batch", batch_id)
             tasks = conn.execute(
                 "SELECT task_id, tenant_id, status, attempt, cancel_requested FROM tasks "
-                "WHERE batch_id = %s AND status IN ('PENDING', 'QUEUED', 'RUNNING') "
-                "ORDER BY task_id FOR UPDATE",
-                (batch_id,),
+                "WHERE batch_id = %s AND tenant_id = %s "
+                "AND status IN ('PENDING', 'QUEUED', 'RUNNING') ORDER BY task_id FOR UPDATE",
+                (batch_id, row[1]),  # the batch's tenant's (batch_task_counts)
             ).fetchall()
             events: list[tuple[Any, ...]] = []
             for task_id, tenant, status, attempt, cancel_requested in tasks:

@@ -338,11 +338,13 @@ class SqliteApiMixin:
     def batch_cursor(batch: Batch) -> str:
         return f"{_us(batch.created_at)}/{batch.batch_id}"
 
-    def batch_task_counts(self, batch_id: str) -> dict[str, tuple[int, int]]:
+    def batch_task_counts(self, batch_id: str, tenant_id: str) -> dict[str, tuple[int, int]]:
+        """The batch's tasks are those of its tenant: batch_id is a free field of a task,
+        another tenant's task naming this batch is not in it."""
         rows = self._conn().execute(
             "SELECT status, count(*), coalesce(sum(progress), 0) FROM tasks "
-            "WHERE batch_id = ? GROUP BY status",
-            (batch_id,),
+            "WHERE batch_id = ? AND tenant_id = ? GROUP BY status",
+            (batch_id, tenant_id),
         ).fetchall()
         return {r[0]: (r[1], r[2]) for r in rows}
 
@@ -367,8 +369,8 @@ class SqliteApiMixin:
             )
             tasks = conn.execute(
                 "SELECT task_id, tenant_id, status, attempt, cancel_requested FROM tasks "
-                "WHERE batch_id = ? AND status IN (?, ?, ?) ORDER BY task_id",
-                (batch_id, *_OPEN),
+                "WHERE batch_id = ? AND tenant_id = ? AND status IN (?, ?, ?) ORDER BY task_id",
+                (batch_id, row[1], *_OPEN),  # the batch's tenant's (batch_task_counts)
             ).fetchall()
             payload = orjson.dumps({"reason": "batch cancelled", "batch_id": batch_id})
             events: list[tuple[Any, ...]] = []

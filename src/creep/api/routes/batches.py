@@ -118,7 +118,7 @@ def _plan(body: BatchIn, tenant_id: str, batch_id: str, svc: Services) -> list[T
 
 
 def _batch_body(svc: Services, batch: Batch, refs: list[dict[str, Any]] | None = None) -> Any:
-    counts = derive_counts(svc.store.batch_task_counts(batch.batch_id),
+    counts = derive_counts(svc.store.batch_task_counts(batch.batch_id, batch.tenant_id),
                            batch.cancelled_at is not None)
     return batch_json(batch, counts, refs)
 
