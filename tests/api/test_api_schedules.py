@@ -212,6 +212,32 @@ def test_tenant_isolation_on_every_schedule_route(server: Server) -> None:
         assert admin.get(f"/v1/schedules/{uid}").status_code == 200
 
 
+def test_a_name_equal_to_another_tenants_uid_names_the_own_schedule(server: Server) -> None:
+    """A tenant key names its schedule by uid or by name: another tenant's schedule whose
+    uid is that name reads as missing, so the key's own schedule of that name answers."""
+    _, key_a = server.tenant()
+    _, key_b = server.tenant()
+    with server.client(key_a) as a, server.client(key_b) as b:
+        uid_a = a.post("/v1/schedules", json={"name": "a", "type": "T", "interval": 60}
+                       ).json()["uid"]
+        own = b.post("/v1/schedules", json={"name": uid_a, "type": "T", "interval": 60})
+        assert own.status_code == 201, own.text
+        uid_b = own.json()["uid"]
+        got = b.get(f"/v1/schedules/{uid_a}")
+        assert got.status_code == 200, got.text
+        assert got.json()["uid"] == uid_b
+        patched = b.patch(f"/v1/schedules/{uid_a}", json={"priority": 7},
+                          headers={"If-Match": '"1"'})
+        assert patched.status_code == 200 and patched.json()["uid"] == uid_b
+        assert b.post(f"/v1/schedules/{uid_a}/trigger").status_code == 201
+        assert len(b.get(f"/v1/schedules/{uid_a}/executions").json()["items"]) == 1
+        assert b.delete(f"/v1/schedules/{uid_a}").status_code == 204
+        # A's schedule was never touched.
+        mine = a.get(f"/v1/schedules/{uid_a}").json()
+        assert mine["version"] == 1 and mine["priority"] != 7
+        assert a.get(f"/v1/schedules/{uid_a}/executions").json()["items"] == []
+
+
 def test_read_only_keys_cannot_change_schedules(server: Server) -> None:
     tenant, key = server.tenant()
     read_only = server.key(tenant, read_only=True)

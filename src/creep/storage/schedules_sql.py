@@ -23,6 +23,8 @@ from creep.storage.schedule_sql_base import (
     Conn,
 )
 
+_TENANT = SCHEDULE_FIELDS.index("tenant_id")
+
 
 class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
     """Backend-neutral schedule operations. Writes a scheduler makes as leader are fenced:
@@ -51,6 +53,10 @@ class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
         row = conn.execute(
             f"SELECT {_SCHEDULE_SELECT} FROM scheduled_tasks WHERE uid = ?{suffix}", (key,)
         ).fetchone()
+        if row is not None and tenant_id is not None and row[_TENANT] != tenant_id:
+            # Another tenant's uid reads like a missing one: the key may still name one of
+            # this tenant's schedules.
+            row = None
         if row is None and tenant_id is not None:
             row = conn.execute(
                 f"SELECT {_SCHEDULE_SELECT} FROM scheduled_tasks "
@@ -59,10 +65,7 @@ class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
             ).fetchone()
         if row is None:
             raise NotFound("schedule", key)
-        sched = self._row_schedule(row)
-        if tenant_id is not None and sched.tenant_id != tenant_id:
-            raise NotFound("schedule", key)
-        return sched
+        return self._row_schedule(row)
 
     def schedule_list(
         self, *, tenant_id: str | None = None, enabled: bool | None = None,
