@@ -51,6 +51,9 @@ class KeyCache:
         self.ttl = ttl
         self._entries: dict[str, tuple[Principal | None, float]] = {}
         self._lock = threading.Lock()
+        #: Revocations seen (forget_key): a lookup that began before one may have read the
+        #: revoked key as live, so what it found is not cached.
+        self.revocations = 0
 
     def get(self, key_hash: str) -> tuple[bool, Principal | None]:
         entry = self._entries.get(key_hash)  # one dict read is atomic: no lock (per request)
@@ -58,16 +61,20 @@ class KeyCache:
             return False, None
         return True, entry[0]
 
-    def put(self, key_hash: str, principal: Principal | None) -> None:
+    def put(self, key_hash: str, principal: Principal | None, revocations: int) -> None:
+        """Cache a lookup begun when `revocations` was the count (skipped if one came since)."""
         if self.ttl <= 0:
             return
         with self._lock:
+            if revocations != self.revocations:
+                return
             if len(self._entries) > 10_000:
                 self._entries.clear()
             self._entries[key_hash] = (principal, time.monotonic() + self.ttl)
 
     def forget_key(self, key_id: str) -> None:
         with self._lock:
+            self.revocations += 1
             for h, (p, _) in list(self._entries.items()):
                 if p is not None and p.key_id == key_id:
                     del self._entries[h]
@@ -132,8 +139,9 @@ async def _resolve(state: Any, key_hash: str) -> Principal | None:
     cache: KeyCache = state.key_cache
     hit, principal = cache.get(key_hash)
     if not hit:
+        revocations = cache.revocations
         principal = await run_in_threadpool(_lookup, state.services, key_hash)
-        cache.put(key_hash, principal)
+        cache.put(key_hash, principal, revocations)
     return principal
 
 
