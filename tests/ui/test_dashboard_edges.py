@@ -61,6 +61,24 @@ def test_batch_detail_next_page_stays_on_the_batch(ui_server: Server, page: Any)
     expect(page.locator("table.grid tbody tr")).to_have_count(50)
 
 
+def test_batch_detail_lists_only_its_tenants_tasks(ui_server: Server, page: Any) -> None:
+    """An admin's batch page lists the batch's tasks, not another tenant's task that names
+    the same batch_id (a free field of a task): the counts and the cancel leave it out too."""
+    _, key_a = ui_server.tenant()
+    _, key_b = ui_server.tenant()
+    with ui_server.client(key_a) as c:
+        r = c.post("/v1/batches", json={"title": "mine", "tasks": [
+            {"task_type": "OWN_TASK"}]})
+        assert r.status_code == 201, r.text
+        batch_id = r.json()["batch_id"]
+    with ui_server.client(key_b) as c:
+        create_task(c, task_type="INTRUDER", batch_id=batch_id)
+    sign_in(page, ui_server, ui_server.admin_key, f"batches/{batch_id}")
+    expect(page.locator("table.grid tbody tr")).to_have_count(1)
+    expect(page.locator("table.grid tbody tr")).to_contain_text("OWN_TASK")
+    assert "INTRUDER" not in page.inner_text("main")
+
+
 def test_schedule_executions_next_page_stays_on_the_schedule(ui_server: Server,
                                                              page: Any) -> None:
     """A schedule's executions page within the schedule (`#/schedules/<uid>?cursor=…`), the

@@ -37,8 +37,12 @@ export async function renderDetail(main, ctx, batchId) {
         ["Cancelled", time(b.cancelled_at)],
       ]), b.metadata && Object.keys(b.metadata).length ? json(b.metadata) : null));
   };
+  // The batch's tasks are its tenant's: another tenant's task may name the same batch_id
+  // (a free field), and an admin key lists every tenant's.
+  const b = await api(`/batches/${id}`, { signal: ctx.signal });
   replace(main, head, section("Tasks", pagedList(ctx, {
-    path: "/tasks", query: { batch_id: batchId }, columns: TASK_COLUMNS, empty: "No tasks.",
+    path: "/tasks", query: { batch_id: batchId, tenant_id: b.tenant_id }, columns: TASK_COLUMNS,
+    empty: "No tasks.",
   })));
   ctx.every(load, 3000, head);
 }
