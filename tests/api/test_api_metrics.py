@@ -244,6 +244,26 @@ def test_metrics_cache_keeps_scrapes_off_the_database(tmp_path: Path) -> None:
         stop_server(server)
 
 
+def test_metrics_can_require_an_admin_key(tmp_path: Path) -> None:
+    """With CREEP_METRICS_REQUIRE_KEY, /metrics (every tenant's numbers, ledger sums
+    included) answers an admin key only, a read-only one too; health probes stay open."""
+    server = start_server(f"sqlite:///{tmp_path}/locked.db", tmp_path / "s.log",
+                          CREEP_METRICS_REQUIRE_KEY="true")
+    try:
+        _, tenant_key = server.tenant()
+        auditor = server.key(None, read_only=True)["key"]
+        with server.client() as c:
+            r = c.get("/metrics")
+            assert r.status_code == 401 and r.json()["type"].endswith("unauthorized")
+            assert c.get("/health/live").status_code == 200
+            r = c.get("/metrics", headers={"Authorization": f"Bearer {tenant_key}"})
+            assert r.status_code == 403 and r.json()["type"].endswith("admin-only")
+            r = c.get("/metrics", headers={"Authorization": f"Bearer {auditor}"})
+            assert r.status_code == 200 and "creep_queue_depth" in r.text
+    finally:
+        stop_server(server)
+
+
 def test_sqlite_fold_reads_outside_the_write_lock_and_a_loser_recomputes(tmp_path: Path) -> None:
     """SQLite folds read in a snapshot outside the writer lock; a folder whose cursor moved
     meanwhile (another API process folded first) computes again instead of counting twice."""

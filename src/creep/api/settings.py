@@ -63,6 +63,9 @@ class Settings:
     #: /metrics reads the database at most this often; scrapes in between get the last
     #: numbers (so many scrapers cannot hammer the database). 0: every scrape reads.
     metrics_cache_seconds: float = 2.0
+    #: /metrics answers only an admin key (a read-only one will do): its numbers are every
+    #: tenant's (queue depths, ledger sums by currency). Off: no key, as Prometheus scrapes.
+    metrics_require_key: bool = False
 
     @property
     def dialect(self) -> str:
@@ -167,6 +170,7 @@ _SPEC: dict[str, tuple[Callable[[str], Any], Check | None]] = {
     "claim_poll_seconds": (_float, _range(0.01, 60)),
     "maintenance_interval_seconds": (_float, _range(0, 3600)),
     "metrics_cache_seconds": (_float, _range(0, 300)),
+    "metrics_require_key": (_bool, None),
 }
 
 

@@ -1,4 +1,5 @@
-"""Probes and metrics (no authentication): /health/live, /health/ready, /metrics."""
+"""Probes and metrics (no authentication): /health/live, /health/ready, /metrics (an admin
+key with CREEP_METRICS_REQUIRE_KEY)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from creep.api.auth import principal_of
 from creep.api.problems import Problem
 from creep.api.responses import json_response
 from creep.api.services import Services, services
@@ -63,6 +65,11 @@ async def ready(svc: Svc) -> Any:
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 async def metrics(request: Request) -> Response:
-    """Prometheus text format."""
+    """Prometheus text format. With CREEP_METRICS_REQUIRE_KEY, for an admin key only (the
+    numbers are every tenant's): Prometheus sends it as `authorization: {credentials: ...}`."""
+    if request.app.state.services.settings.metrics_require_key:
+        principal = await principal_of(request)
+        if not principal.is_admin:
+            raise Problem(403, "Forbidden", "/metrics needs an admin key", type_="admin-only")
     body = await run_in_threadpool(request.app.state.metrics.render)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
