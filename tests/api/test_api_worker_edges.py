@@ -483,3 +483,33 @@ def test_http_store_turns_a_refused_outcome_into_a_retry_and_goes_on() -> None:
     assert sent[4][1]["retry_delay"] == 0.0
     with pytest.raises(StorageError):  # busy, not refused: the worker sends it again
         store.task_complete_many([done("t3", OutcomeKind.RETRY)], now)
+
+
+# -- the HTTP worker protocol: what a claim's calls answer -------------------------------------
+
+
+def _claimed(c: httpx.Client, task_type: str, **fields: Any) -> tuple[str, str]:
+    task = _submit(c, task_type, **fields)
+    r = c.post("/v1/workers/claim", json={"task_types": [task_type], "claim_ttl": 60})
+    (item,) = r.json()["items"]
+    return task, item["claim_token"]
+
+
+def test_worker_event_payload_nested_deeply_is_a_500(worker_server: Server) -> None:
+    """POST /v1/tasks/{id}/events with a payload nested 300 deep (valid JSON the server
+    parses) answered 500: the size check's orjson.dumps raised 'Recursion limit reached'.
+    A 422 on `payload` now, as the other JSON fields of the API answer; nothing written."""
+    _, key = worker_server.tenant()
+    with worker_server.client(key) as c:
+        task, token = _claimed(c, "RV_DEEP_EVENT")
+        payload = "1"
+        for _ in range(300):
+            payload = '{"a": ' + payload + "}"
+        r = c.post(f"/v1/tasks/{task}/events", headers={"content-type": "application/json"},
+                   content=f'{{"claim_token": "{token}", "event_type": "x.log", '
+                           f'"payload": {payload}}}'.encode())
+        assert r.status_code == 422, r.text
+        assert [e["field"] for e in r.json()["errors"]] == ["payload"]
+        events = c.get(f"/v1/tasks/{task}/events").json()["items"]
+        assert "x.log" not in [e["event_type"] for e in events]
+

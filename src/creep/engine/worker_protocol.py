@@ -30,6 +30,7 @@ from creep.domain.lease import Lease
 from creep.domain.ledger import LedgerEntry
 from creep.domain.outcomes import MAX_RETRY_DELAY, Backoff, Outcome, OutcomeKind, resolve
 from creep.domain.task import TaskOrder
+from creep.domain.text import DEPTH_RULE, too_deep
 from creep.ports import ClaimedTask, Completion, Store
 
 #: Longest a claim may wait for work, and the claim TTLs a remote worker may ask for.
@@ -311,6 +312,8 @@ class WorkerProtocol:
         body = {} if payload is None else payload
         if not isinstance(body, dict):
             errors.append(("payload", "must be a JSON object"))
+        elif too_deep(body):  # orjson.dumps below would raise (a 500) past 254 levels
+            errors.append(("payload", DEPTH_RULE))
         elif len(orjson.dumps(body)) > MAX_EVENT_PAYLOAD:
             errors.append(("payload", f"must be at most {MAX_EVENT_PAYLOAD} bytes of JSON"))
         if errors:
