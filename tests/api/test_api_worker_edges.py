@@ -513,3 +513,24 @@ def test_worker_event_payload_nested_deeply_is_a_500(worker_server: Server) -> N
         events = c.get(f"/v1/tasks/{task}/events").json()["items"]
         assert "x.log" not in [e["event_type"] for e in events]
 
+
+def test_worker_asset_event_on_an_unknown_asset_reads_as_a_lost_task(worker_server: Server) -> None:
+    """POST /v1/tasks/{id}/asset-events naming an asset that is not the tenant's (another
+    tenant's, or none) answered 404, the protocol's "no such task": a worker drops its claim
+    on it, and creep's own HTTP worker raised ClaimLost ("the claim is no longer held") into
+    the handler. The ledger route answers 422 on asset_id for the same asset; so does this."""
+    _, key_a = worker_server.tenant()
+    _, key_b = worker_server.tenant()
+    with worker_server.client(key_a) as a, worker_server.client(key_b) as b:
+        theirs = _asset(b)
+        task, token = _claimed(a, "RV_UNKNOWN_ASSET")
+        for asset_id in (theirs["asset_id"], str(uuid.uuid4())):
+            r = a.post(f"/v1/tasks/{task}/asset-events", json={
+                "claim_token": token, "event_type": "HTTP_PROBE_FAIL", "asset_id": asset_id})
+            assert r.status_code == 422, r.text
+            assert [e["field"] for e in r.json()["errors"]] == ["asset_id"]
+        events = b.get("/v1/events", params={"asset_id": theirs["asset_id"]}).json()["items"]
+        assert [e for e in events if e["task_id"] == task] == []
+        # The claim still holds: the task completes.
+        assert a.post(f"/v1/tasks/{task}/complete",
+                      json={"claim_token": token}).status_code == 200

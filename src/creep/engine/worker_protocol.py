@@ -364,10 +364,17 @@ class WorkerProtocol:
         events name the leases of this claim it revoked)."""
         checked = validate_reported_event(fields)
         task = self.running(task_id, claim_token, tenant_id)
-        return self.store.asset_event_report(
-            checked, self.clock.now(), tenant_id=task.tenant_id, task_id=task_id,
-            claim_token=claim_token,
-        )
+        try:
+            return self.store.asset_event_report(
+                checked, self.clock.now(), tenant_id=task.tenant_id, task_id=task_id,
+                claim_token=claim_token,
+            )
+        except NotFound as exc:
+            # A 404 on this route says the task is gone (a worker drops its claim): another
+            # tenant's asset, or none, is a bad field, as on the ledger route.
+            if exc.kind == "task":
+                raise
+            raise ValidationError.single(f"{exc.kind}_id", f"unknown {exc.kind}") from None
 
     def claim_leases(self, task_id: str, claim_token: str, tenant_id: str | None) -> list[Lease]:
         """ctx.leases(): the leases this claim holds or held (a revoked one too)."""
