@@ -83,6 +83,14 @@ async def over_budget(ctx):
     return {"refused": None}
 
 
+@app.handler("RV_CHARGES")
+async def charges(ctx):
+    for _ in range(4):
+        await ctx.charge("0.01")
+    await ctx.report_event("HTTP_PROBE_OK", http_status=200)
+    return {"leases": len(await ctx.leases())}
+
+
 @app.handler("RV_BAN")
 async def report_and_ban(ctx):
     await ctx.report_event("HTTP_PROBE_FAIL", http_status=403)
@@ -534,3 +542,57 @@ def test_worker_asset_event_on_an_unknown_asset_reads_as_a_lost_task(worker_serv
         # The claim still holds: the task completes.
         assert a.post(f"/v1/tasks/{task}/complete",
                       json={"claim_token": token}).status_code == 200
+
+
+def test_remote_worker_ctx_charge_fails_the_task_when_the_tenant_is_rate_limited(
+    worker_server: Server, app_dir: Path,
+) -> None:
+    """README: an HTTP worker waits out a busy server (429) with backoff. Its claims,
+    heartbeats and results did, but a handler's ctx.charge/earn/report_event/leases raised
+    the 429 (StorageError) into the handler: under the tenant's rate limit the attempt
+    failed although the server had written nothing. They are sent again now (a 429, like a
+    refused connection, wrote nothing), each entry written once."""
+    tenant, key = worker_server.tenant(rate_limit_per_second=2, rate_limit_burst=2)
+    with worker_server.admin() as admin:  # not rate-limited: only the worker's calls are
+        _asset(admin, tenant_id=tenant)
+        task = _submit(admin, "RV_CHARGES", tenant_id=tenant, max_total_cost="5", **_HINTED)
+        worker = _remote_worker(worker_server, key, app_dir, "--burst", "--concurrency", "1")
+        out, _ = worker.communicate(timeout=120)
+        t = admin.get(f"/v1/tasks/{task}").json()
+        assert t["status"] == "SUCCESS", (t["status"], t["last_error"], out.decode()[-2000:])
+        assert t["result_payload"] == {"leases": 1}
+        ledger = admin.get("/v1/ledger", params={"task_id": task}).json()["items"]
+        assert sorted(e["amount"] for e in ledger if e["entry_type"] == "COST"
+                      and e["lease_id"] is None) == ["0.01"] * 4
+
+
+def test_http_store_resends_a_handler_write_only_when_nothing_was_written() -> None:
+    """ctx.charge is not idempotent: a request that may have reached the server (a read
+    timeout) stays a plain StorageError for the handler; only a refused connection or a
+    429 (Retry-After kept) is NotWritten, which the worker sends again."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from creep.domain.errors import NotWritten, StorageError
+    from creep.domain.ledger import EntryType, LedgerEntry
+    from creep.remote.http_worker_store import HttpWorkerStore
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        task = request.url.path.split("/")[3]
+        if task == "timeout":
+            raise httpx.ReadTimeout("no answer", request=request)
+        if task == "refused":
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(429, headers={"Retry-After": "2"})
+
+    store = HttpWorkerStore("http://api", "k", transport=httpx.MockTransport(answer))
+    now = datetime.now(UTC)
+    for task in ("timeout", "refused", "limited"):
+        store._tokens[task] = "tok"
+        entry = LedgerEntry("e", "t", None, task, None, None, EntryType.COST, Decimal("1"),
+                            "USD", None, now, now)
+        with pytest.raises(StorageError) as raised:
+            store.ledger_record(entry)
+        assert isinstance(raised.value, NotWritten) == (task != "timeout"), task
+        if task == "limited":
+            assert isinstance(raised.value, NotWritten) and raised.value.retry_after == 2.0

@@ -85,5 +85,15 @@ class StorageError(CreepError):
     """The database failed; the original error is the cause."""
 
 
+class NotWritten(StorageError):
+    """A store call was refused before anything was written (the API's 429 or 408, a
+    connection never made): sending it again cannot write twice. `retry_after`: the seconds
+    the server asked to wait, if it said."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class SchemaOutOfDate(StorageError):
     """The database schema is older than this version of creep; run `creep migrate`."""

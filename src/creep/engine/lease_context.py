@@ -29,7 +29,8 @@ class LeaseContextMixin:
     _worker: Worker
 
     async def _store(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await self._worker._call(functools.partial(fn, *args, **kwargs))
+        # A store that may refuse a call unwritten (HTTP: 429) is waited out, not raised.
+        return await self._worker.call_resending(functools.partial(fn, *args, **kwargs))
 
     @property
     def lease_ids(self) -> list[str]:

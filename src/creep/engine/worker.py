@@ -32,7 +32,13 @@ import orjson
 from creep import tracing
 from creep.domain.claim_lanes import LANES, MIN_LANE_CLAIM
 from creep.domain.clock import Clock, SystemClock
-from creep.domain.errors import CreepError, SchemaOutOfDate, StorageError, ValidationError
+from creep.domain.errors import (
+    CreepError,
+    NotWritten,
+    SchemaOutOfDate,
+    StorageError,
+    ValidationError,
+)
 from creep.domain.outcomes import (
     Backoff,
     Fail,
@@ -805,6 +811,26 @@ class Worker:
                     return None
                 log.warning("%s failed, trying again: %s", fn.__name__, exc)
                 await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def call_resending(self, fn: Callable[..., T], *args: Any) -> T:
+        """A handler's own write (ctx.charge, ctx.report_event, ...), which must not be
+        written twice: sent again only when the store says the call wrote nothing
+        (NotWritten: an HTTP worker's 429 or refused connection), with backoff, until the
+        claim TTL; then, or on any other failure, raised into the handler."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.claim_ttl
+        delay = 0.05
+        while True:
+            try:
+                return await self._call(fn, *args)
+            except NotWritten as exc:
+                wait = max(delay, exc.retry_after or 0.0)
+                if loop.time() + wait > deadline:
+                    raise
+                log.warning("%s failed, trying again in %.2fs: %s",
+                            getattr(fn, "__name__", "call"), wait, exc)
+                await asyncio.sleep(wait)
                 delay = min(delay * 2, 1.0)
 
     async def heartbeat_one(self, ctx: TaskContext) -> None:

@@ -22,7 +22,13 @@ import httpx
 import orjson
 
 from creep.domain.asset_event import AssetEvent, Severity
-from creep.domain.errors import ClaimLost, ConflictError, StorageError, ValidationError
+from creep.domain.errors import (
+    ClaimLost,
+    ConflictError,
+    NotWritten,
+    StorageError,
+    ValidationError,
+)
 from creep.domain.lease import Lease, LeaseStatus
 from creep.domain.ledger import BudgetExceeded, EntryType, LedgerEntry
 from creep.domain.outcomes import MAX_RETRY_DELAY, OutcomeKind
@@ -69,15 +75,21 @@ class HttpWorkerStore:
 
     def _send(self, path: str, body: dict[str, Any]) -> httpx.Response:
         """The answer, unless it is one to try again later (unreachable, 5xx, 408, 429):
-        StorageError."""
+        StorageError, NotWritten when the request surely wrote nothing (safe to resend even
+        when it is not idempotent, as ctx.charge is not)."""
         try:
             r = self._http.post(path, content=orjson.dumps(body, default=_json_default),
                                 headers={"Content-Type": "application/json"})
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
+            raise NotWritten(f"creep API at {self.url} unreachable: {exc}") from exc
         except httpx.HTTPError as exc:
             raise StorageError(f"creep API at {self.url} unreachable: {exc}") from exc
         if r.status_code < 500 and r.status_code not in _TRANSIENT:
             return r
-        raise StorageError(f"POST {path}: HTTP {r.status_code}: {r.text[:500]}")
+        message = f"POST {path}: HTTP {r.status_code}: {r.text[:500]}"
+        if r.status_code in _TRANSIENT:  # refused before the route ran (rate limit, timeout)
+            raise NotWritten(message, _retry_after(r))
+        raise StorageError(message)
 
     def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         r = self._send(path, body)
@@ -262,6 +274,15 @@ class HttpWorkerStore:
 
     def unsubscribe(self, callback: Callable[[str, str], None]) -> None:
         """See subscribe."""
+
+
+def _retry_after(r: httpx.Response) -> float | None:
+    """The Retry-After header's seconds (creep sends whole seconds; a date is ignored)."""
+    try:
+        seconds = float(r.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < 3600 else None
 
 
 def _problem(r: httpx.Response) -> dict[str, Any]:
