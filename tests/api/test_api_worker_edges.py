@@ -596,3 +596,22 @@ def test_http_store_resends_a_handler_write_only_when_nothing_was_written() -> N
         assert isinstance(raised.value, NotWritten) == (task != "timeout"), task
         if task == "limited":
             assert isinstance(raised.value, NotWritten) and raised.value.retry_after == 2.0
+
+
+def test_remote_burst_worker_exits_0_with_work_queued_when_its_claims_are_refused(
+    worker_server: Server, app_dir: Path,
+) -> None:
+    """`creep worker --api-url --burst` runs "until nothing is runnable now", and README
+    says a busy server (429) is waited out. A claim answered 429 (the tenant's rate limit)
+    or not answered at all counted as an empty queue: after two, the burst run stopped
+    with exit code 0 and the task still QUEUED. A failed claim is tried again now."""
+    tenant, key = worker_server.tenant(rate_limit_per_second=0.4, rate_limit_burst=1)
+    with worker_server.admin() as admin:
+        task = _submit(admin, "RV_OK", tenant_id=tenant)
+        with worker_server.client(key) as c:  # spends the tenant's one token
+            assert c.get(f"/v1/tasks/{task}").status_code == 200
+        worker = _remote_worker(worker_server, key, app_dir, "--burst")
+        out, _ = worker.communicate(timeout=120)
+        assert worker.returncode == 0, out.decode()[-2000:]
+        t = admin.get(f"/v1/tasks/{task}").json()
+        assert t["status"] == "SUCCESS", (t["status"], out.decode()[-2000:])

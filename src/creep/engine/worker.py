@@ -182,6 +182,8 @@ class Worker:
         # wait for each other; written together, the claim sees the capacity the settle
         # frees and each asset row is written once (LeaseBrokerMixin._leases_batched).
         self._claiming = False
+        #: The last claim round failed (a storage error): no evidence of an empty queue.
+        self._claim_failed = False
         self._ride_along = store.dialect == "sqlite"
         #: The buffer holds a completion of a leased task (cleared when a batch takes it).
         self._leased_waiting = False
@@ -358,6 +360,8 @@ class Worker:
                     # A batch being written may queue follow-ups (dependants, retries).
                     await self._wait_for_progress()
                     continue
+                if self._claim_failed:
+                    continue  # not an empty queue: the store failed (and was waited out)
                 # Nothing claimable: let maintenance promote what is due, then look once more.
                 # Done only after a round that promoted and rescued nothing found nothing.
                 moved = await self._maintain_once(force=True)
@@ -375,6 +379,7 @@ class Worker:
 
     async def _claim(self, types: list[str], want: int) -> list[ClaimedTask]:
         self._claiming = True
+        self._claim_failed = False
         self._claimed_event.clear()
         claim = asyncio.ensure_future(self._claim_traced(types, want))
         try:
@@ -457,6 +462,7 @@ class Worker:
             if isinstance(exc, SchemaOutOfDate):
                 raise
             log.warning("claiming failed, trying again shortly: %s", exc)
+            self._claim_failed = True
             await asyncio.sleep(min(self.settings.poll_interval, 0.2))
             # The wake-up this claim answered (a NOTIFY) was spent on it: claim again now,
             # not at the next poll.

@@ -103,8 +103,9 @@ class HttpWorkerStore:
         self, worker_id: str, task_types: Sequence[str], limit: int, now: datetime,
         claim_ttl: float,
     ) -> list[ClaimedTask]:
-        """Long-poll for work. An unreachable or failing server is waited out with backoff
-        (the worker keeps running); a refusal (bad key, invalid request) raises."""
+        """Long-poll for work. An unreachable or failing server raises StorageError after a
+        backoff pause (the worker tries again; a burst run does not take it for an empty
+        queue); a refusal (bad key, invalid request) raises ConflictError."""
         try:
             r = self._post("/v1/workers/claim", {
                 "worker_id": worker_id, "task_types": list(task_types), "max_tasks": limit,
@@ -112,10 +113,12 @@ class HttpWorkerStore:
             })
         except StorageError as exc:
             delay = min(5.0, 0.25 * 2 ** self._claim_failures)
+            if isinstance(exc, NotWritten) and exc.retry_after is not None:
+                delay = max(delay, min(exc.retry_after, 30.0))
             self._claim_failures += 1
             log.warning("claim failed (retrying in %.2fs): %s", delay, exc)
             time.sleep(delay)  # on the worker's store thread, not its event loop
-            return []
+            raise
         self._claim_failures = 0
         if not r.is_success:
             raise ConflictError(f"claim refused: HTTP {r.status_code}: {r.text[:500]}")
