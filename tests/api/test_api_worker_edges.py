@@ -42,6 +42,22 @@ async def report(ctx):
     return {"event": event.event_id}
 
 
+@app.handler("RV_REPORT_TWICE")
+async def report_twice(ctx):
+    # A report resent with its event id (as after a lost answer) conflicts; the claim holds.
+    from creep.domain.errors import ClaimLost, ConflictError
+
+    event = await ctx.report_event("HTTP_PROBE_OK", http_status=200, latency_ms=5)
+    try:
+        await ctx.report_event("HTTP_PROBE_OK", http_status=200, latency_ms=5,
+                               event_id=event.event_id)
+    except ClaimLost:
+        return {"second": "claim lost"}
+    except ConflictError:
+        return {"second": "conflict"}
+    return {"second": "written"}
+
+
 @app.handler("RV_LEASES")
 async def leases(ctx):
     return {"n": len(await ctx.leases())}
@@ -226,6 +242,29 @@ def test_remote_worker_budget_refusal_is_budget_exceeded(worker_server: Server, 
         t = c.get(f"/v1/tasks/{task}").json()
         assert t["result_payload"] == {"refused": "BUDGET_EXCEEDED"}, (t, out.decode()[-2000:])
         assert c.get("/v1/ledger", params={"task_id": task}).json()["items"] == []
+
+
+def test_remote_worker_duplicate_event_id_is_no_lost_claim(
+    worker_server: Server, app_dir: Path,
+) -> None:
+    """An asset event resent with an id that exists already answered 409 typed `conflict`,
+    as a stale claim token did: creep's HTTP worker raised ClaimLost into the handler (a
+    worker in another language would drop the task). A lost claim is now a 409 of its own
+    type, `claim-lost`; the duplicate is the handler's ConflictError and the claim holds."""
+    _, key = worker_server.tenant()
+    with worker_server.client(key) as c:
+        _asset(c)
+        task = _submit(c, "RV_REPORT_TWICE", **_HINTED)
+        worker = _remote_worker(worker_server, key, app_dir, "--burst")
+        out, _ = worker.communicate(timeout=60)
+        t = c.get(f"/v1/tasks/{task}").json()
+        assert t["status"] == "SUCCESS", (t["last_error"], out.decode()[-2000:])
+        assert t["result_payload"] == {"second": "conflict"}
+        stale, token = _claimed(c, "RV_STALE")
+        r = c.post(f"/v1/tasks/{stale}/heartbeat", json={"claim_token": str(uuid.uuid4())})
+        assert r.status_code == 409 and r.json()["type"].endswith("/claim-lost"), r.text
+        assert c.post(f"/v1/tasks/{stale}/complete",
+                      json={"claim_token": token}).status_code == 200
 
 
 def test_remote_worker_report_event_that_bans_revokes_the_lease(

@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from creep.api.context import current_request_id
 from creep.domain.errors import (
+    ClaimLost,
     ConflictError,
     CreepError,
     IdempotencyConflict,
@@ -138,6 +139,10 @@ def from_creep_error(exc: CreepError, request: Request | None = None) -> Problem
         return Problem(409, "Version conflict", exc.message, type_="version-conflict")
     if isinstance(exc, IllegalTransition):
         return Problem(409, "Illegal transition", exc.message, type_="illegal-transition")
+    if isinstance(exc, ClaimLost):
+        # Its own type: a worker drops the task on it, and must not for another 409 of the
+        # same call (an asset event id that exists already).
+        return Problem(409, "Claim lost", exc.message, type_="claim-lost")
     if isinstance(exc, ConflictError):
         return Problem(409, "Conflict", exc.message, type_="conflict")
     if isinstance(exc, QuotaExceeded):

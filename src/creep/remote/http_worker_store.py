@@ -216,8 +216,12 @@ class HttpWorkerStore:
         problem = _problem(r)
         if r.status_code == 409 and problem.get("type", "").endswith("budget-exceeded"):
             raise BudgetExceeded(problem.get("detail") or "max_total_cost exceeded")
-        if r.status_code in _LOST:
+        if r.status_code == 404 or (
+            r.status_code == 409 and problem.get("type", "").endswith("claim-lost")
+        ):
             raise ClaimLost(f"{path}: the claim is no longer held")
+        if r.status_code == 409:  # the call's own conflict (an event id that exists already)
+            raise ConflictError(problem.get("detail") or f"{path}: HTTP 409")
         errors = [(e.get("field", "body"), e.get("rule", "is invalid"))
                   for e in problem.get("errors") or []]
         raise ValidationError(errors or [(path, f"HTTP {r.status_code}: {r.text[:500]}")])
