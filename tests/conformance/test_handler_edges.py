@@ -246,3 +246,55 @@ def test_progress_text_with_nul_and_lone_surrogates_is_stored_escaped(app: Creep
     messages = [e.payload.get("message") for e in app.task_events(t.task_id)
                 if e.event_type == "progress"]
     assert messages == ["a\\x00b", "c\\ud800d"]
+
+
+# -- async handlers the worker must recognise ----------------------------------------------------
+
+class _AsyncCallable:
+    """An object whose __call__ is async: a coroutine function in all but name."""
+
+    async def __call__(self, ctx: TaskContext) -> object:
+        await ctx.progress(50)
+        await asyncio.sleep(0)
+        return {"via": "object"}
+
+
+def _sync_wrapper(fn: Any) -> Any:
+    """A decorator that returns the coroutine its async function makes (no functools.wraps,
+    so nothing tells it is async but what it returns)."""
+    def wrapper(ctx: Any) -> Any:
+        return fn(ctx)
+    return wrapper
+
+
+def test_async_handlers_in_disguise_are_awaited(app: Creep) -> None:
+    import functools
+
+    app.handler("OBJECT")(_AsyncCallable())
+
+    async def inner(ctx: Any) -> object:
+        await ctx.heartbeat()
+        await ctx.progress(20, "half")  # the context works from the coroutine
+        await asyncio.sleep(0)
+        return {"via": "wrapped"}
+
+    app.handler("WRAPPED")(_sync_wrapper(inner))
+
+    @functools.wraps(inner)
+    def wraps(ctx: Any) -> Any:
+        return inner(ctx)
+
+    app.handler("WRAPS")(wraps)
+    app.handler("PARTIAL")(functools.partial(_AsyncCallable()))
+    tasks = {name: app.submit(task_type=name, constraints={"max_retries": 0})
+             for name in ("OBJECT", "WRAPPED", "WRAPS", "PARTIAL")}
+    stats = _burst(app)
+    for name, t in tasks.items():
+        after = app.get_task(t.task_id)
+        assert after.status is TaskStatus.SUCCESS, (name, after.result_message)
+    assert app.get_task(tasks["OBJECT"].task_id).result_payload == {"via": "object"}
+    assert app.get_task(tasks["WRAPPED"].task_id).result_payload == {"via": "wrapped"}
+    progress = [e.payload for e in app.task_events(tasks["WRAPPED"].task_id)
+                if e.event_type == "progress"]
+    assert progress and progress[0].get("progress", progress[0].get("percent")) == 20, progress
+    assert stats["completed"] == 4

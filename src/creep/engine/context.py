@@ -96,13 +96,27 @@ class SyncTaskContext(SyncLeaseContextMixin):
         self._inner.raise_if_cancelled()
 
     def _call(self, make: Callable[[], Awaitable[Any]]) -> Any:
+        if _on_loop(self._loop):
+            # A coroutine a sync handler returned (a decorator around an async function)
+            # runs on the worker's loop and awaits these calls: hand it the awaitable.
+            # Blocking here would wait on this very loop for good.
+            return make()
+
         async def run() -> Any:
             return await make()
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result()
 
     def heartbeat(self) -> None:
-        self._call(self._inner.heartbeat)
+        """Blocking in the handler's thread; awaitable on the worker's loop (see _call)."""
+        return self._call(self._inner.heartbeat)  # type: ignore[no-any-return]
 
     def progress(self, percent: int, message: str | None = None) -> None:
-        self._call(lambda: self._inner.progress(percent, message))
+        return self._call(lambda: self._inner.progress(percent, message))  # type: ignore[no-any-return]
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:  # no loop runs in this thread: a handler's pool thread
+        return False

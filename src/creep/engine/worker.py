@@ -22,7 +22,7 @@ import threading
 import traceback
 import uuid
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -583,13 +583,17 @@ class Worker:
         handler = self.handlers[task_type]
         is_async = self._is_async.get(task_type)
         if is_async is None:
-            is_async = self._is_async[task_type] = inspect.iscoroutinefunction(handler)
+            is_async = self._is_async[task_type] = _is_async_handler(handler)
         outcome: Outcome | None
         try:
             if is_async:
                 value = await handler(run.ctx)
             else:
                 value = await self._run_sync(handler, run.ctx)
+                if inspect.isawaitable(value):
+                    # A sync callable that made a coroutine (a decorator around an async
+                    # function): the work is in the coroutine, which runs on this loop.
+                    value = await value
             if run.stop_reason is not None:
                 # A sync handler cannot be interrupted; it finished after it was stopped.
                 outcome = self._stopped_outcome(run)
@@ -652,11 +656,16 @@ class Worker:
         except asyncio.CancelledError:
             if not job.cancel():  # started: it runs on until the handler returns
                 self._stuck_threads += 1
-                job.add_done_callback(lambda _: _call_soon(loop, self._thread_returned))
+                job.add_done_callback(lambda done: _call_soon(
+                    loop, functools.partial(self._thread_returned, done)))
             raise
 
-    def _thread_returned(self) -> None:
+    def _thread_returned(self, done: Future[Any]) -> None:
         self._stuck_threads -= 1
+        if not done.cancelled() and done.exception() is None:
+            result = done.result()
+            if inspect.iscoroutine(result):  # made but never to run: no "never awaited"
+                result.close()
         self._slot_freed.set()
 
     def _stopped_outcome(self, run: _Running) -> Outcome | None:
@@ -943,6 +952,17 @@ async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:  # retrieved, so none is logged as never retrieved
         if not task.cancelled():
             task.exception()
+
+
+def _is_async_handler(handler: Handler) -> bool:
+    """Whether calling `handler` makes a coroutine: an async function, also behind
+    functools.partial, or an object whose __call__ is async (inspect.iscoroutinefunction
+    sees neither). A sync callable that returns an awaitable is awaited too (_execute_run)."""
+    target: Any = handler
+    while isinstance(target, functools.partial):
+        target = target.func
+    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+        type(target).__call__ if callable(target) else None)
 
 
 def _needs_pruning(heap: list[tuple[float, str, _Running]], running: dict[str, _Running]) -> bool:
