@@ -219,7 +219,7 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
     # -- workers -------------------------------------------------------------------------------
 
     def worker(self, settings: WorkerSettings | None = None, **options: Any) -> Worker:
-        settings = settings or WorkerSettings(backoff=self.backoff, **options)
+        settings = settings or WorkerSettings(**{"backoff": self.backoff, **options})
         return Worker(self.store, self.handlers, settings, clock=self.clock)
 
     def run_worker(

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from creep.cli_http.common import error_line, plain_console
-from creep.domain.errors import CreepError
+from creep.domain.errors import CreepError, ValidationError
 from creep.domain.lock import MAX_LOCK_TTL, MIN_LOCK_TTL
 
 app = typer.Typer(
@@ -79,7 +79,7 @@ def worker(
     shutdown_grace: Annotated[
         float, typer.Option(min=0, help="Seconds to let tasks finish on SIGTERM/SIGINT.")
     ] = 30.0,
-    claim_ttl: Annotated[float, typer.Option(min=0.1, help="Seconds a claim lives.")] = 30.0,
+    claim_ttl: Annotated[float, typer.Option(min=1, help="Seconds a claim lives.")] = 30.0,
     claim_lanes: Annotated[int, typer.Option(
         min=1, max=2, help="PostgreSQL, with --concurrency 128 or more: 2 runs each claim as "
         "two concurrent transactions, each preferring its half of the asset pool (README, "
@@ -116,10 +116,13 @@ def worker(
             raise _fail("--api-key (or CREEP_API_KEY) is required with --api-url")
         if claim_lanes > 1:
             raise _fail("--claim-lanes works on the database, not with --api-url")
-        stats = run_remote_worker(
-            creep_app, api_url, api_key, burst=burst, concurrency=concurrency,
-            shutdown_grace=shutdown_grace, claim_ttl=claim_ttl,
-        )
+        try:
+            stats = run_remote_worker(
+                creep_app, api_url, api_key, burst=burst, concurrency=concurrency,
+                shutdown_grace=shutdown_grace, claim_ttl=claim_ttl,
+            )
+        except ValidationError as exc:  # a setting the worker refuses (--claim-ttl inf)
+            raise _fail(str(exc)) from None
         console.print(f"worker stopped: {stats}")
         return
     try:

@@ -74,7 +74,7 @@ def test_worker_raises_it_while_running_and_restores_it(tmp_path: Path) -> None:
     assert gc.get_threshold() == (700, 10, 10)
     with pytest.raises(ValidationError) as err:
         WorkerSettings(gc_threshold=0).validate()
-    assert err.value.errors == [("gc_threshold", "must be >= 1 (or None)")]
+    assert err.value.errors == [("gc_threshold", "must be an integer >= 1 (or None)")]
     app.close()
 
 

@@ -14,6 +14,7 @@ import functools
 import heapq
 import inspect
 import logging
+import math
 import numbers
 import os
 import signal
@@ -60,6 +61,9 @@ Handler = Callable[[Any], Any]
 T = TypeVar("T")
 
 MAINTENANCE_LOCK = "creep.maintenance"
+#: Shortest claim TTL (seconds), as for remote workers: a claim is renewed every fifth of it,
+#: and a shorter one would lapse at the first slow heartbeat.
+MIN_CLAIM_TTL = 1.0
 #: Longest a completion waits for an in-flight claim to ride along with (seconds).
 _RIDE_ALONG_WAIT = 0.5
 
@@ -91,22 +95,45 @@ class WorkerSettings:
     claim_lanes: int = 1
 
     def validate(self) -> None:
-        errors = []
-        if self.concurrency < 1:
-            errors.append(("concurrency", "must be >= 1"))
-        if self.batch_size is not None and self.batch_size < 1:
-            errors.append(("batch_size", "must be >= 1"))
-        if self.claim_ttl <= 0:
-            errors.append(("claim_ttl", "must be > 0"))
-        if self.heartbeat_interval is not None and not 0 < self.heartbeat_interval < self.claim_ttl:
+        """Refuse settings that make no sense (naming each), rather than a busy loop or a
+        crash in the middle of a claim: NaN and infinity included."""
+        errors: list[tuple[str, str]] = []
+
+        def number(name: str, value: object, low: float, *, above: bool = False,
+                   optional: bool = False) -> None:
+            if value is None and optional:
+                return
+            sign = ">" if above else ">="
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not math.isfinite(value) or value < low or (above and value == low)):
+                errors.append((name, f"must be a finite number of seconds {sign} {low:g}"))
+
+        def count(name: str, value: object, *, optional: bool = False) -> None:
+            if value is None and optional:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                errors.append((name, "must be an integer >= 1" + (" (or None)" if optional else "")))
+
+        count("concurrency", self.concurrency)
+        count("batch_size", self.batch_size, optional=True)
+        number("claim_ttl", self.claim_ttl, MIN_CLAIM_TTL)
+        number("heartbeat_interval", self.heartbeat_interval, 0, above=True, optional=True)
+        beat = self.heartbeat_interval
+        if (beat is not None and not {"claim_ttl", "heartbeat_interval"} & {f for f, _ in errors}
+                and beat >= self.claim_ttl):
             errors.append(("heartbeat_interval", "must be > 0 and shorter than claim_ttl"))
-        if self.poll_interval <= 0:
-            errors.append(("poll_interval", "must be > 0"))
-        if self.shutdown_grace < 0:
-            errors.append(("shutdown_grace", "must be >= 0"))
-        if self.gc_threshold is not None and self.gc_threshold < 1:
-            errors.append(("gc_threshold", "must be >= 1 (or None)"))
-        if self.claim_lanes not in (1, LANES):
+        number("poll_interval", self.poll_interval, 0, above=True)
+        number("flush_interval", self.flush_interval, 0)
+        number("shutdown_grace", self.shutdown_grace, 0)
+        if not isinstance(self.maintenance, bool):
+            errors.append(("maintenance", "must be true or false"))
+        # 0 would sweep back to back: a busy loop on the loop and the database.
+        number("maintenance_interval", self.maintenance_interval, 0, above=True)
+        number("timeout_grace", self.timeout_grace, 0)
+        if not isinstance(self.backoff, Backoff):
+            errors.append(("backoff", "must be a creep.Backoff"))
+        count("gc_threshold", self.gc_threshold, optional=True)
+        if self.claim_lanes not in (1, LANES) or isinstance(self.claim_lanes, bool):
             errors.append(("claim_lanes", f"must be 1 or {LANES}"))
         if errors:
             raise ValidationError(errors)
