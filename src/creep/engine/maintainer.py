@@ -21,6 +21,8 @@ from creep.engine.worker import MAINTENANCE_LOCK
 from creep.ports import MaintenanceReport, Store
 
 log = logging.getLogger("creep.maintenance")
+#: Longest pause between sweeps that keep failing (seconds).
+MAX_RETRY_PAUSE = 60.0
 
 
 class Maintainer:
@@ -66,23 +68,58 @@ class Maintainer:
         return report
 
     def start(self) -> None:
-        def loop() -> None:
-            while not self._stop.wait(self.interval):
+        self._thread = threading.Thread(target=self._loop, name="creep-maintainer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        failures = 0
+        try:
+            while not self._stop.wait(retry_pause(self.interval, failures)):
                 try:
                     self.run_once()
-                except CreepError as exc:
-                    log.warning("maintenance failed: %s", exc)
-
-        self._thread = threading.Thread(target=loop, name="creep-maintainer", daemon=True)
-        self._thread.start()
+                    failures = 0
+                except Exception as exc:
+                    # Left to end the thread, one bad sweep (a bug, a row it cannot read)
+                    # would end rescue, timeouts and cooling in this process for good.
+                    failures += 1
+                    log_failure(log, exc, retry_pause(self.interval, failures))
+        finally:
+            # Released by the thread itself, once its last sweep is over: released by
+            # stop() while a sweep still ran, another process would lead and sweep beside it.
+            self._release()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._token is not None:
-            token, self._token = self._token, None
-            try:
-                self.store.lock_release(MAINTENANCE_LOCK, token, self.clock.now())
-            except CreepError as exc:
-                log.warning("releasing the maintenance lock failed: %s", exc)
+        thread = self._thread
+        if thread is None:
+            self._release()
+            return
+        thread.join(timeout=10)
+        if thread.is_alive():
+            log.warning("a maintenance sweep still runs after 10 s; its lock is released when "
+                        "it ends, or expires")
+
+    def _release(self) -> None:
+        if self._token is None:
+            return
+        token, self._token = self._token, None
+        try:
+            self.store.lock_release(MAINTENANCE_LOCK, token, self.clock.now())
+        except Exception as exc:
+            log.warning("releasing the maintenance lock failed (it expires): %s", exc)
+
+
+def retry_pause(interval: float, failures: int) -> float:
+    """The wait before the next sweep: the interval, doubled after each failure in a row up
+    to a minute (an error that repeats is not retried back to back)."""
+    if not failures:
+        return interval
+    return min(interval * 2.0 ** min(failures, 16), max(interval, MAX_RETRY_PAUSE))
+
+
+def log_failure(logger: logging.Logger, exc: Exception, pause: float) -> None:
+    """A storage failure (an outage) in one line; anything else (a bug) with its traceback."""
+    if isinstance(exc, CreepError):
+        logger.warning("maintenance failed, trying again in %.1f s: %s", pause, exc)
+    else:
+        logger.error("maintenance failed, trying again in %.1f s", pause, exc_info=exc)

@@ -297,11 +297,6 @@ class Worker:
                               self.worker_id, len(self._buffer))
                 if self._crash is None:
                     self._crash = exc
-            if self._leader_token is not None:
-                token, self._leader_token = self._leader_token, None
-                with contextlib.suppress(CreepError):
-                    await self._call(self.store.lock_release, MAINTENANCE_LOCK, token,
-                                     self.clock.now())
             if listener is not None:
                 listener.stop()
             unsubscribe = getattr(self.store, "unsubscribe", None)
@@ -310,7 +305,14 @@ class Worker:
             if install_signals and threading.current_thread() is threading.main_thread():
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     self._loop.remove_signal_handler(sig)
+            # Waits for store calls still running, a sweep cancelled mid-way among them:
+            # only then is the leadership given up (another leader must not sweep beside it).
             self._db.shutdown(wait=True)
+            if self._leader_token is not None:
+                token, self._leader_token = self._leader_token, None
+                with contextlib.suppress(CreepError):
+                    await asyncio.to_thread(self.store.lock_release, MAINTENANCE_LOCK, token,
+                                            self.clock.now())
             self._sync_pool.shutdown(wait=False, cancel_futures=True)
             log.info("worker %s stopped: %s", self.worker_id, self.stats)
         if self._crash is not None:
@@ -920,12 +922,20 @@ class Worker:
     # -- leader-only maintenance ---------------------------------------------------------------
 
     async def _maintainer(self) -> None:
+        # Imported here: maintainer.py imports MAINTENANCE_LOCK from this module.
+        from creep.engine.maintainer import log_failure, retry_pause
+
+        interval, failures = self.settings.maintenance_interval, 0
         while True:
-            await asyncio.sleep(self.settings.maintenance_interval)
+            await asyncio.sleep(retry_pause(interval, failures))
             try:
                 await self._maintain_once()
-            except CreepError as exc:
-                log.warning("maintenance failed: %s", exc)
+                failures = 0
+            except Exception as exc:
+                # Not the worker's own work: a bad sweep (a bug, a row it cannot read) is
+                # logged and tried again later, not a crash of every worker that leads.
+                failures += 1
+                log_failure(log, exc, retry_pause(interval, failures))
 
     async def _maintain_once(self, force: bool = False) -> int:
         """One maintenance round if this worker leads; returns how many tasks it made
