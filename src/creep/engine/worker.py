@@ -193,6 +193,9 @@ class Worker:
         self._stuck_threads = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        #: When the stop was asked for (loop time): writes that fail while stopping are
+        #: retried until shutdown_grace past it, then given up (_flush).
+        self._stop_at = float("inf")
         self._leader_token: str | None = None
         # Handler deadlines: one heap and one timer armed for the earliest, instead of a loop
         # timer per task. Entries of finished tasks are dropped lazily (see _arm_deadlines).
@@ -245,8 +248,12 @@ class Worker:
         self._claimed_event = asyncio.Event()
         self._lifeline_now = asyncio.Event()
         self._stopped = asyncio.Event()
+        # Set by a second stop request (SIGTERM/SIGINT again): stop waiting, for running
+        # tasks as for writes that fail.
+        self._hurry = asyncio.Event()
         if self._stopping:
             self._stopped.set()
+            self._stop_at = self._loop.time()
         if install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._begin_stop)
@@ -278,6 +285,7 @@ class Worker:
                 # TaskGroup, wait_for): a shutdown with no grace. Left RUNNING, the tasks would
                 # be charged an attempt once their claims expired, though none failed.
                 self._begin_stop()
+                self._hurry.set()
                 await self._drain(grace=0.0)
                 raise
         finally:
@@ -293,8 +301,11 @@ class Worker:
                 await self._flush()
             except Exception as exc:
                 # Left RUNNING: once their claims expire the rescuer queues them again.
-                log.exception("worker %s: the last %d completions could not be written",
-                              self.worker_id, len(self._buffer))
+                log.exception(
+                    "worker %s: the last %d completions could not be written; their tasks "
+                    "run again once their claims expire: %s", self.worker_id,
+                    len(self._buffer), ", ".join(
+                        f"{c.outcome.task_id} ({c.outcome.kind.value})" for c in self._buffer))
                 if self._crash is None:
                     self._crash = exc
             if listener is not None:
@@ -351,11 +362,19 @@ class Worker:
                   task.get_name(), exc_info=exc)
         if self._crash is None:
             self._crash = exc
-        self._begin_stop()
+        self._begin_stop(again_hurries=False)
 
-    def _begin_stop(self) -> None:
+    def _begin_stop(self, again_hurries: bool = True) -> None:
+        """A stop request (SIGTERM/SIGINT, request_stop). Asked again while stopping, the
+        worker stops waiting: running tasks are given back now, failing writes given up."""
         if not self._stopping:
             log.info("worker %s: stop requested, finishing in-flight tasks", self.worker_id)
+        elif again_hurries and not self._hurry.is_set():
+            log.warning("worker %s: stop requested again, not waiting any longer",
+                        self.worker_id)
+            self._hurry.set()
+        if self._stop_at == float("inf"):
+            self._stop_at = asyncio.get_running_loop().time()
         self._stopping = True
         self._stopped.set()
         self._wake.set()
@@ -764,8 +783,14 @@ class Worker:
                                 self.store.task_complete_many, batch, self.clock.now())
                         break
                     except CreepError as exc:
+                        if self._give_up_writing():
+                            # Stopping, and past the grace (or asked twice): the caller
+                            # reports what it could not write (run()'s last flush).
+                            self._buffer[:0] = batch
+                            raise
                         log.warning("completing %d tasks failed, retrying: %s", len(batch), exc)
-                        await asyncio.sleep(delay)
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._hurry.wait(), delay)
                         delay = min(delay * 2, 2.0)
                     except BaseException:
                         # Not a storage failure (a bug, a cancellation): keep the batch for
@@ -777,12 +802,22 @@ class Worker:
             self.stats["completed"] += len(batch)
             self._slot_freed.set()
 
+    def _give_up_writing(self) -> bool:
+        """A storage outage is waited out, but not past a stop: a worker asked to stop
+        retries failing writes until shutdown_grace after the request (or a second
+        request), then exits with an error instead of never exiting."""
+        if not self._stopping:
+            return False
+        if self._hurry.is_set():
+            return True
+        return asyncio.get_running_loop().time() >= self._stop_at + self.settings.shutdown_grace
+
     async def _drain(self, grace: float | None = None) -> None:
         """Graceful stop: wait up to the grace period, then give back what is unfinished."""
         if self._running:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + (self.settings.shutdown_grace if grace is None else grace)
-            while self._running and loop.time() < deadline:
+            while self._running and loop.time() < deadline and not self._hurry.is_set():
                 self._slot_freed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
