@@ -6,6 +6,7 @@ their claims expire."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -105,3 +106,53 @@ def test_a_short_outage_during_the_stop_is_still_waited_out(
     thread.join(20)
     assert not thread.is_alive() and not ended
     assert app.get_task(task.task_id).status is TaskStatus.SUCCESS
+
+
+def test_a_task_given_back_at_shutdown_is_written_once(
+    app: Creep, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler deaf to cancellation is given back (requeued) by the shutdown, and returns
+    while that write fails: its own late result must not ride in the next batch beside the
+    give-back (two entries for one claim: SQLite applied the first, PostgreSQL either)."""
+    release, started = threading.Event(), threading.Event()
+
+    @app.handler("DEAF")
+    async def deaf(ctx: TaskContext) -> str:
+        started.set()
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):  # deaf: keeps going
+                await asyncio.sleep(0.02)
+        return "late"
+
+    task = app.submit(task_type="DEAF")
+    batches: list[list[tuple[str, str, str]]] = []
+    real = app.store.task_complete_many
+
+    def complete(completions: Any, now: Any) -> Any:
+        batches.append([(c.outcome.task_id, c.outcome.claim_token, c.outcome.kind.value)
+                        for c in completions])
+        if len(batches) == 1:  # the give-back's write: fails while the handler returns
+            release.set()
+            time.sleep(0.5)
+            raise StorageError("connection reset")
+        return real(completions, now)
+
+    monkeypatch.setattr(app.store, "task_complete_many", complete)
+    monkeypatch.setattr(app.store, "task_complete_and_claim", None, raising=False)
+    worker = app.worker(shutdown_grace=0)
+
+    async def run() -> dict[str, int]:
+        job = asyncio.create_task(worker.run())
+        assert await asyncio.to_thread(started.wait, 15)
+        worker.request_stop()
+        return await asyncio.wait_for(job, 30)
+
+    stats = asyncio.run(run())
+    claims = [(tid, tok) for batch in batches for tid, tok, _ in batch]
+    assert all(len(set(b)) == len(b) for b in ([(t, k) for t, k, _ in x] for x in batches))
+    assert [kind for batch in batches[1:] for _, _, kind in batch] == ["requeue"], batches
+    assert len(set(claims)) == 1
+    after = app.get_task(task.task_id)
+    assert after.status is TaskStatus.QUEUED and after.attempt == 0
+    assert [e.event_type for e in app.task_events(task.task_id)].count("requeued") == 1
+    assert stats["completed"] == 1

@@ -145,6 +145,9 @@ class _Running:
     ctx: TaskContext
     job: asyncio.Task[Any] | None = None
     stop_reason: str | None = None  # "timeout" | "cancel" | "shutdown" | "lost" | "lease_revoked"
+    #: The shutdown wrote this run's outcome without waiting for it (its handler ignored
+    #: cancellation): what the run itself ends with later is not written again.
+    given_back: bool = False
 
 
 class Worker:
@@ -465,7 +468,7 @@ class Worker:
             return await self._claim_alone(types, want)
         if lanes > 1:
             combined = functools.partial(combined, lanes=lanes)
-        batch, self._buffer, self._leased_waiting = self._buffer, [], False
+        batch, self._buffer, self._leased_waiting = _once_per_claim(self._buffer), [], False
         try:
             with tracing.span("creep.complete", {"creep.tasks": len(batch),
                                                  "creep.with_claim": True}):
@@ -678,6 +681,8 @@ class Worker:
             if self._running.get(task_id) is run:  # not a newer claim's run of the task
                 del self._running[task_id]
             self._slot_freed.set()
+        if run.given_back:
+            return outcome
         if outcome is None:
             self.stats["lost"] += 1
             return None
@@ -772,7 +777,7 @@ class Worker:
 
     async def _flush(self) -> None:
         while self._buffer:
-            batch, self._buffer, self._leased_waiting = self._buffer, [], False
+            batch, self._buffer, self._leased_waiting = _once_per_claim(self._buffer), [], False
             delay = 0.05
             self._writing += 1
             try:
@@ -830,6 +835,7 @@ class Worker:
                 await asyncio.wait(jobs, timeout=5.0)
             # Sync handlers that ignore cancellation are given back without waiting for them.
             for run in list(self._running.values()):
+                run.given_back = True
                 outcome = self._stopped_outcome(run)
                 if outcome is not None:
                     self._buffer.append(
@@ -840,7 +846,10 @@ class Worker:
                         ))
                     )
                 self._running.pop(run.claimed.task_id, None)
-        await self._flush()
+        with contextlib.suppress(CreepError):
+            # Given up while stopping (an outage): the batch is back in the buffer, where
+            # run()'s last flush tries it once more and reports what it cannot write.
+            await self._flush()
 
     # -- lifeline: heartbeats and cancellation -------------------------------------------------
 
@@ -1024,6 +1033,25 @@ async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:  # retrieved, so none is logged as never retrieved
         if not task.cancelled():
             task.exception()
+
+
+def _once_per_claim(batch: list[Completion]) -> list[Completion]:
+    """The batch with one entry per claim, the first (a batch written back to the buffer is
+    put before what came since). Two entries for one claim would be applied as the backend
+    picks: SQLite the first, PostgreSQL's `UPDATE ... FROM unnest` either."""
+    claims = {(c.outcome.task_id, c.outcome.claim_token) for c in batch}
+    if len(claims) == len(batch):
+        return batch
+    seen: set[tuple[str, str]] = set()
+    once = []
+    for c in batch:
+        claim = (c.outcome.task_id, c.outcome.claim_token)
+        if claim not in seen:
+            seen.add(claim)
+            once.append(c)
+    log.warning("%d completions for claims already in the batch were dropped",
+                len(batch) - len(once))
+    return once
 
 
 def _is_async_handler(handler: Handler) -> bool:
