@@ -19,6 +19,27 @@ def _plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _explain_matching(
+    monkeypatch: pytest.MonkeyPatch, matches: Any, plans: list[dict[str, Any]]
+) -> None:
+    """From now until monkeypatch.undo(), every statement `matches(query)` accepts is run
+    once more as EXPLAIN ANALYZE first (same transaction, planner settings and parameters;
+    rolled back) and its plan appended to `plans`."""
+    execute = psycopg.Connection.execute
+
+    def explaining(self: psycopg.Connection[Any], query: Any, *args: Any, **kw: Any) -> Any:
+        if isinstance(query, str) and matches(query):
+            self.execute("SAVEPOINT explain_plan")
+            row = execute(self, "EXPLAIN (ANALYZE, FORMAT JSON) " + query, *args, **kw).fetchone()
+            self.execute("ROLLBACK TO SAVEPOINT explain_plan")
+            assert row is not None
+            doc = row[0] if not isinstance(row[0], str) else json.loads(row[0])
+            plans.append(doc[0]["Plan"])
+        return execute(self, query, *args, **kw)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", explaining)
+
+
 def test_claim_looks_up_picked_rows_by_key(
     pg_schema_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -35,20 +56,7 @@ def test_claim_looks_up_picked_rows_by_key(
         conn.execute("ANALYZE tasks")
 
     plans: list[dict[str, Any]] = []
-    execute = psycopg.Connection.execute
-
-    def explaining(self: psycopg.Connection[Any], query: Any, *args: Any, **kw: Any) -> Any:
-        if isinstance(query, str) and query.lstrip().startswith("WITH picked AS"):
-            # Same transaction, same planner settings, same parameters; rolled back below.
-            self.execute("SAVEPOINT explain_claim")
-            row = execute(self, "EXPLAIN (ANALYZE, FORMAT JSON) " + query, *args, **kw).fetchone()
-            self.execute("ROLLBACK TO SAVEPOINT explain_claim")
-            assert row is not None
-            doc = row[0] if not isinstance(row[0], str) else json.loads(row[0])
-            plans.append(doc[0]["Plan"])
-        return execute(self, query, *args, **kw)
-
-    monkeypatch.setattr(psycopg.Connection, "execute", explaining)
+    _explain_matching(monkeypatch, lambda q: q.lstrip().startswith("WITH picked AS"), plans)
     claimed = store.task_claim("w", ["NEW"], 500, app.clock.now(), 60)
     monkeypatch.undo()
     assert len(claimed) == 500
@@ -85,26 +93,13 @@ def test_heartbeat_and_completion_look_up_rows_by_key(
     assert len(claimed) == 500
 
     plans: list[dict[str, Any]] = []
-    execute = psycopg.Connection.execute
-
-    def explaining(self: psycopg.Connection[Any], query: Any, *args: Any, **kw: Any) -> Any:
-        if isinstance(query, str) and query.lstrip().startswith(
-            ("WITH o AS", "UPDATE tasks t SET claim_expires_at")
-        ):
-            self.execute("SAVEPOINT explain_completion")
-            row = execute(self, "EXPLAIN (ANALYZE, FORMAT JSON) " + query, *args, **kw).fetchone()
-            self.execute("ROLLBACK TO SAVEPOINT explain_completion")
-            assert row is not None
-            doc = row[0] if not isinstance(row[0], str) else json.loads(row[0])
-            plans.append(doc[0]["Plan"])
-        return execute(self, query, *args, **kw)
-
     comps = []
     for c in claimed:
         o = Outcome(c.task.task_id, c.claim_token, OutcomeKind.SUCCEEDED, result=None)
         comps.append(Completion(o, resolve(o, attempt=1, max_attempts=3, now=app.clock.now(),
                                            backoff=app.backoff)))
-    monkeypatch.setattr(psycopg.Connection, "execute", explaining)
+    _explain_matching(monkeypatch, lambda q: q.lstrip().startswith(
+        ("WITH o AS", "UPDATE tasks t SET claim_expires_at")), plans)
     beat = store.task_heartbeat(
         "w", [(c.task.task_id, c.claim_token) for c in claimed], app.clock.now(), 60
     )
@@ -157,24 +152,13 @@ def test_heartbeat_and_settle_read_leases_by_task_key(
     assert len(claimed) == 250 and all(c.task.lease_ids for c in claimed)
 
     plans: list[dict[str, Any]] = []
-    execute = psycopg.Connection.execute
-
-    def explaining(self: psycopg.Connection[Any], query: Any, *args: Any, **kw: Any) -> Any:
-        if isinstance(query, str) and query.startswith("SELECT l.") and " leases l " in query:
-            self.execute("SAVEPOINT explain_settle")
-            row = execute(self, "EXPLAIN (ANALYZE, FORMAT JSON) " + query, *args, **kw).fetchone()
-            self.execute("ROLLBACK TO SAVEPOINT explain_settle")
-            assert row is not None
-            doc = row[0] if not isinstance(row[0], str) else json.loads(row[0])
-            plans.append(doc[0]["Plan"])
-        return execute(self, query, *args, **kw)
-
     comps = []
     for c in claimed:
         o = Outcome(c.task.task_id, c.claim_token, OutcomeKind.SUCCEEDED, result=None)
         comps.append(Completion(o, resolve(o, attempt=1, max_attempts=3, now=app.clock.now(),
                                            backoff=app.backoff)))
-    monkeypatch.setattr(psycopg.Connection, "execute", explaining)
+    _explain_matching(
+        monkeypatch, lambda q: q.startswith("SELECT l.") and " leases l " in q, plans)
     beat = store.task_heartbeat(
         "w", [(c.task.task_id, c.claim_token) for c in claimed], app.clock.now(), 60
     )
