@@ -97,6 +97,32 @@ class HeartbeatOut(BaseModel):
         "task and report it with /fail kind=retry code=LEASE_REVOKED")
 
 
+TaskId = Field(min_length=1, max_length=64)
+FailKindName = Literal["retry", "failed", "timed_out", "cancelled", "requeue"]
+
+
+class ClaimRefIn(_In):
+    task_id: str = TaskId
+    claim_token: str = Token
+
+
+class HeartbeatManyIn(_In):
+    claims: list[ClaimRefIn] = Field(min_length=1, max_length=MAX_CLAIM_BATCH,
+                                     description="the claims to renew, each task once")
+    claim_ttl: StrictFloat = Field(default=30, ge=MIN_CLAIM_TTL, le=MAX_CLAIM_TTL)
+    worker_id: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class ClaimBeatOut(HeartbeatOut):
+    task_id: str
+    held: bool = Field(description="false: the claim is lost (or the task is not this "
+                                   "tenant's); drop the task")
+
+
+class HeartbeatManyOut(BaseModel):
+    items: list[ClaimBeatOut] = Field(description="one per claim, in their order")
+
+
 class ProgressIn(_In):
     claim_token: str = Token
     progress: StrictInt = Field(ge=0, le=100)
@@ -116,7 +142,7 @@ class CompleteIn(_In):
 
 class FailIn(_In):
     claim_token: str = Token
-    kind: Literal["retry", "failed", "timed_out", "cancelled", "requeue"] = Field(
+    kind: FailKindName = Field(
         default="retry",
         description="retry: back off and run again until retries are spent; failed: business "
         "failure, no retry; timed_out; cancelled; requeue: give back without charging an attempt",
@@ -127,6 +153,42 @@ class FailIn(_In):
     retry_delay: StrictFloat | None = Field(
         default=None, ge=0, le=MAX_RETRY_DELAY, allow_inf_nan=False,
         description="seconds; a run_after past 9999-12-31T23:59:59Z is that instant")
+
+
+#: The fields of an OutcomeIn that only a `fail` outcome takes.
+FAIL_ONLY = ("kind", "code", "error", "retry_delay")
+
+
+class OutcomeIn(_In):
+    """One outcome of a batch: the body of /complete (`outcome` complete) or of /fail
+    (`outcome` fail) with its `task_id`."""
+
+    task_id: str = TaskId
+    outcome: Literal["complete", "fail"]
+    claim_token: str = Token
+    result: Any = Field(default=None, description="complete: the task's result_payload")
+    message: str | None = Field(default=None, max_length=2000)
+    kind: FailKindName = Field(default="retry", description="fail: as /fail's `kind`")
+    code: str | None = Field(default=None, max_length=64)
+    error: str | None = Field(default=None, max_length=8000)
+    retry_delay: StrictFloat | None = Field(default=None, ge=0, le=MAX_RETRY_DELAY,
+                                            allow_inf_nan=False)
+
+
+class CompleteManyIn(_In):
+    items: list[OutcomeIn] = Field(min_length=1, max_length=MAX_CLAIM_BATCH,
+                                   description="each task once")
+
+
+class AppliedOut(BaseModel):
+    task_id: str
+    applied: bool = Field(description="false: the claim token is stale (the task is no "
+                                      "longer this claim's, or not this tenant's); nothing "
+                                      "written for it")
+
+
+class CompleteManyOut(BaseModel):
+    items: list[AppliedOut] = Field(description="one per item, in their order")
 
 
 class WorkerEventIn(_In):

@@ -31,7 +31,7 @@ from creep.domain.ledger import LedgerEntry
 from creep.domain.outcomes import MAX_RETRY_DELAY, Backoff, Outcome, OutcomeKind, resolve
 from creep.domain.task import TaskOrder
 from creep.domain.text import DEPTH_RULE, too_deep
-from creep.ports import ClaimedTask, Completion, Store
+from creep.ports import ClaimedTask, Completion, HeartbeatResult, Store
 
 #: Longest a claim may wait for work, and the claim TTLs a remote worker may ask for.
 MAX_CLAIM_WAIT = 60.0
@@ -68,6 +68,18 @@ _OUTCOME = {
 class Beat:
     """A heartbeat's answer about one claim."""
 
+    cancel_requested: bool
+    revoked_lease_ids: list[str]
+
+
+@dataclass(slots=True, frozen=True)
+class ClaimBeat:
+    """A batch heartbeat's answer about one claim. `held` is false for a claim the task no
+    longer holds and for a task that is not the caller's tenant's, or none (never told apart,
+    so a batch does not tell whether another tenant's task exists)."""
+
+    task_id: str
+    held: bool
     cancel_requested: bool
     revoked_lease_ids: list[str]
 
@@ -207,16 +219,44 @@ class WorkerProtocol:
         """Renew the claim; whether cancellation was requested, and which of the claim's
         leases were revoked (the worker then stops the handler, as a database worker does)."""
         self._held(task_id, claim_token, tenant_id)
-        if not MIN_CLAIM_TTL <= claim_ttl <= MAX_CLAIM_TTL:
-            raise ValidationError.single(
-                "claim_ttl", f"must be a number of seconds from {MIN_CLAIM_TTL:g} to {MAX_CLAIM_TTL:g}"
-            )
+        _check_claim_ttl(claim_ttl)
         result = self.store.task_heartbeat(
             worker_id, [(task_id, claim_token)], self.clock.now(), claim_ttl
         )
         if result.lost:
             raise ClaimLost(f"task {task_id}: the claim is no longer held")
         return Beat(task_id in result.cancel_requested, result.revoked.get(task_id, []))
+
+    def heartbeat_many(
+        self, claims: Sequence[tuple[str, str]], tenant_id: str | None, *, worker_id: str,
+        claim_ttl: float,
+    ) -> list[ClaimBeat]:
+        """The heartbeat of many claims (task_id, claim_token) in one store call: an answer
+        per claim, in their order."""
+        _check_claim_ttl(claim_ttl)
+        _check_unique([task_id for task_id, _ in claims], "claims")
+        sent = self._fenceable(claims, tenant_id)
+        result = (self.store.task_heartbeat(worker_id, sent, self.clock.now(), claim_ttl)
+                  if sent else HeartbeatResult())
+        held = {task_id for task_id, _ in sent}.difference(result.lost)
+        cancel = set(result.cancel_requested)
+        return [
+            ClaimBeat(task_id, task_id in held, task_id in held and task_id in cancel,
+                      result.revoked.get(task_id, []) if task_id in held else [])
+            for task_id, _ in claims
+        ]
+
+    def _fenceable(
+        self, claims: Sequence[tuple[str, str]], tenant_id: str | None
+    ) -> list[tuple[str, str]]:
+        """The claims a fenced store call may name: ids that can be stored ones, of tasks
+        of this tenant (one read; an admin's claims are not read)."""
+        ok = [(task_id, token) for task_id, token in claims
+              if is_uuid(task_id) and is_uuid(token)]
+        if tenant_id is None or not ok:
+            return ok
+        owned = self.store.task_get_many([task_id for task_id, _ in ok], tenant_id)
+        return [c for c in ok if c[0] in owned]
 
     def progress(
         self, task_id: str, claim_token: str, tenant_id: str | None, percent: Any,
@@ -251,45 +291,39 @@ class WorkerProtocol:
     ) -> Completion:
         """Reads only: the completion `apply` writes (split so a caller can wrap the one
         write transaction, e.g. with its audit row)."""
-        try:
-            result_json = orjson.dumps(result)
-        except TypeError:
-            raise ValidationError.single("result", "must be JSON") from None
-        outcome = Outcome(task_id, claim_token, OutcomeKind.SUCCEEDED, result=result,
-                          message=message, result_json=result_json)
-        return self._completion(outcome, tenant_id)
+        return self._completion(complete_outcome(task_id, claim_token, result, message),
+                                tenant_id)
 
     def prepare_fail(
-        self, task_id: str, claim_token: str, tenant_id: str | None, *, kind: Any = "retry",
-        code: Any = None, message: Any = None, error: Any = None, retry_delay: Any = None,
+        self, task_id: str, claim_token: str, tenant_id: str | None, **options: Any
     ) -> Completion:
-        errors: list[tuple[str, str]] = []
-        kinds = [k.value for k in FailKind]
-        if kind not in kinds:
-            errors.append(("kind", f"must be one of {kinds}"))
-        for name, value, limit in (("code", code, 64), ("message", message, 2000),
-                                   ("error", error, 8000)):
-            if value is not None and (not isinstance(value, str) or len(value) > limit):
-                errors.append((name, f"must be a string of at most {limit} characters"))
-        if retry_delay is not None and (
-            isinstance(retry_delay, bool) or not isinstance(retry_delay, (int, float))
-            or not 0 <= retry_delay <= MAX_RETRY_DELAY
-        ):
-            errors.append(("retry_delay", f"must be a number of seconds from 0 to "
-                                          f"{MAX_RETRY_DELAY:.0f}"))
-        if errors:
-            raise ValidationError(errors)
-        outcome = Outcome(
-            task_id, claim_token, _OUTCOME[FailKind(kind)], code=code, message=message,
-            error=error, retry_delay=None if retry_delay is None else float(retry_delay),
-        )
-        return self._completion(outcome, tenant_id)
+        return self._completion(fail_outcome(task_id, claim_token, **options), tenant_id)
 
     def _completion(self, outcome: Outcome, tenant_id: str | None) -> Completion:
         task = self._held(outcome.task_id, outcome.claim_token, tenant_id)
         resolution = resolve(outcome, attempt=task.attempt, max_attempts=task.max_attempts,
                              now=self.clock.now(), backoff=self.backoff)
         return Completion(outcome, resolution)
+
+    def prepare_many(
+        self, outcomes: Sequence[Outcome], tenant_id: str | None
+    ) -> list[Completion]:
+        """Reads only (one read of the tasks): the completions of the outcomes whose task is
+        this tenant's and whose token may hold it; the others cannot apply. A task may appear
+        once (the store applies one outcome per task and transaction)."""
+        _check_unique([o.task_id for o in outcomes], "items")
+        fenceable = self._fenceable([(o.task_id, o.claim_token) for o in outcomes], tenant_id)
+        tasks = self.store.task_get_many([task_id for task_id, _ in fenceable])
+        now = self.clock.now()
+        return [
+            Completion(o, resolve(o, attempt=task.attempt, max_attempts=task.max_attempts,
+                                  now=now, backoff=self.backoff))
+            for o in outcomes if (task := tasks.get(o.task_id)) is not None
+        ]
+
+    def apply_many(self, completions: Sequence[Completion], now: datetime) -> set[str]:
+        """One fenced write transaction: the ids of the tasks whose claim still held."""
+        return set(self.store.task_complete_many(completions, now)) if completions else set()
 
     def apply(self, completion: Completion, now: datetime) -> None:
         """One fenced write; ClaimLost when the token no longer holds the task."""
@@ -381,6 +415,63 @@ class WorkerProtocol:
         task = self._held(task_id, claim_token, tenant_id)
         leases = self.store.lease_list(task_id=task_id, tenant_id=task.tenant_id)
         return [x for x in leases if x.claim_token == claim_token]
+
+
+def _check_claim_ttl(claim_ttl: float) -> None:
+    if not MIN_CLAIM_TTL <= claim_ttl <= MAX_CLAIM_TTL:
+        raise ValidationError.single(
+            "claim_ttl", f"must be a number of seconds from {MIN_CLAIM_TTL:g} to {MAX_CLAIM_TTL:g}"
+        )
+
+
+def _check_unique(task_ids: Sequence[str], name: str) -> None:
+    seen: set[str] = set()
+    errors = []
+    for i, task_id in enumerate(task_ids):
+        if task_id in seen:
+            errors.append((f"{name}[{i}].task_id", "names a task named before in this request"))
+        seen.add(task_id)
+    if errors:
+        raise ValidationError(errors)
+
+
+def complete_outcome(
+    task_id: str, claim_token: str, result: Any = None, message: str | None = None
+) -> Outcome:
+    """A success, checked (`result` must be JSON)."""
+    try:
+        result_json = orjson.dumps(result)
+    except TypeError:
+        raise ValidationError.single("result", "must be JSON") from None
+    return Outcome(task_id, claim_token, OutcomeKind.SUCCEEDED, result=result, message=message,
+                   result_json=result_json)
+
+
+def fail_outcome(
+    task_id: str, claim_token: str, *, kind: Any = "retry", code: Any = None,
+    message: Any = None, error: Any = None, retry_delay: Any = None,
+) -> Outcome:
+    """A failure of `kind` (FailKind), checked."""
+    errors: list[tuple[str, str]] = []
+    kinds = [k.value for k in FailKind]
+    if kind not in kinds:
+        errors.append(("kind", f"must be one of {kinds}"))
+    for name, value, limit in (("code", code, 64), ("message", message, 2000),
+                               ("error", error, 8000)):
+        if value is not None and (not isinstance(value, str) or len(value) > limit):
+            errors.append((name, f"must be a string of at most {limit} characters"))
+    if retry_delay is not None and (
+        isinstance(retry_delay, bool) or not isinstance(retry_delay, (int, float))
+        or not 0 <= retry_delay <= MAX_RETRY_DELAY
+    ):
+        errors.append(("retry_delay", f"must be a number of seconds from 0 to "
+                                      f"{MAX_RETRY_DELAY:.0f}"))
+    if errors:
+        raise ValidationError(errors)
+    return Outcome(
+        task_id, claim_token, _OUTCOME[FailKind(kind)], code=code, message=message,
+        error=error, retry_delay=None if retry_delay is None else float(retry_delay),
+    )
 
 
 def claimed_payload(claimed: Sequence[ClaimedTask]) -> list[dict[str, Any]]:

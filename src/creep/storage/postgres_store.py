@@ -663,6 +663,19 @@ class PostgresStore(
         with self._tx() as conn:
             return self._get(conn, task_id, tenant_id, lock=False)
 
+    def task_get_many(
+        self, task_ids: Sequence[str], tenant_id: str | None = None
+    ) -> dict[str, TaskOrder]:
+        ids = [t for t in task_ids if is_uuid(t)]
+        if not ids:
+            return {}
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT {TASK_SELECT} FROM tasks WHERE task_id = ANY(%s::uuid[])", (ids,)
+            ).fetchall()
+        tasks = (_row_to_task(row) for row in rows)
+        return {t.task_id: t for t in tasks if tenant_id is None or t.tenant_id == tenant_id}
+
     def _get(
         self, conn: psycopg.Connection[Any], task_id: str, tenant_id: str | None, *, lock: bool
     ) -> TaskOrder:

@@ -501,6 +501,18 @@ class SqliteStore(
             raise NotFound("task", task_id)
         return _row_to_task(row)
 
+    def task_get_many(
+        self, task_ids: Sequence[str], tenant_id: str | None = None
+    ) -> dict[str, TaskOrder]:
+        if not task_ids:
+            return {}
+        rows = self._conn().execute(
+            f"SELECT {TASK_SELECT} FROM tasks WHERE task_id IN (SELECT value FROM json_each(?))",
+            (_ids_json(task_ids),),
+        ).fetchall()
+        tasks = (_row_to_task(row) for row in rows)
+        return {t.task_id: t for t in tasks if tenant_id is None or t.tenant_id == tenant_id}
+
     def task_list(
         self, flt: TaskFilter, *, after: str | None = None, limit: int = 100
     ) -> list[TaskOrder]:

@@ -6,6 +6,8 @@ longer holds answers 409."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -18,19 +20,25 @@ from creep.api.asset_schemas import (
     lease_json,
     ledger_json,
 )
-from creep.api.audit import audited
+from creep.api.audit import audit_write, audited, riding
 from creep.api.auth import Principal, Writer, key_check, key_refused
 from creep.api.problems import Problem
 from creep.api.responses import json_response
 from creep.api.schemas import TaskEventOut, TaskOut, event_json, task_json
 from creep.api.schemas_workers import (
+    FAIL_ONLY,
     ClaimIn,
     ClaimOut,
     ClaimTokenIn,
     CompleteIn,
+    CompleteManyIn,
+    CompleteManyOut,
     FailIn,
     HeartbeatIn,
+    HeartbeatManyIn,
+    HeartbeatManyOut,
     HeartbeatOut,
+    OutcomeIn,
     ProgressIn,
     ProgressOut,
     WorkerAssetEventIn,
@@ -42,7 +50,13 @@ from creep.api.tenancy import read_scope
 from creep.domain.audit import AuditAction, ResourceType
 from creep.domain.errors import ValidationError
 from creep.domain.ledger import BudgetExceeded
-from creep.engine.worker_protocol import WorkerProtocol, validate_claim
+from creep.domain.outcomes import Outcome, OutcomeKind
+from creep.engine.worker_protocol import (
+    WorkerProtocol,
+    complete_outcome,
+    fail_outcome,
+    validate_claim,
+)
 from creep.ports import Completion
 
 router = APIRouter(tags=["workers"])
@@ -126,18 +140,21 @@ def progress(task_id: str, body: ProgressIn, principal: Writer, proto: Proto) ->
     return json_response({"task_id": task_id, "progress": body.progress})
 
 
+def _ended_at(now: datetime) -> Callable[[dict[str, Any]], bool]:
+    """The audit row's condition: the task was ended by this request's write (at `now`); a
+    stale token changes nothing and writes no audit row."""
+    return lambda snap: bool(snap["updated_at"] == now and snap["status"] != "RUNNING")
+
+
 def _finish(
     request: Request, principal: Principal, proto: WorkerProtocol, completion: Completion,
     action: AuditAction,
 ) -> Any:
     task_id = completion.outcome.task_id
     now = proto.clock.now()
-    # The audit row rides on the one write transaction; a stale token changes nothing and
-    # writes no audit row (the snapshot was not updated at `now`).
+    # The audit row rides on the one write transaction.
     with audited(request, principal, action, ResourceType.TASK, task_id,
-                 skip_if_missing=True,
-                 only_if=lambda snap: bool(snap["updated_at"] == now
-                                           and snap["status"] != "RUNNING")):
+                 skip_if_missing=True, only_if=_ended_at(now)):
         proto.apply(completion, now)
     return json_response(task_json(proto.store.task_get(task_id)))
 
@@ -161,6 +178,76 @@ def fail(task_id: str, body: FailIn, request: Request, principal: Writer, proto:
         message=body.message, error=body.error, retry_delay=body.retry_delay,
     )
     return _finish(request, principal, proto, completion, AuditAction.FAILED)
+
+
+# -- batches: one request per heartbeat round and per batch of results -------------------------
+
+
+@router.post("/workers/heartbeat", response_model=HeartbeatManyOut,
+             responses={422: _FENCED[422]})
+def heartbeat_many(body: HeartbeatManyIn, principal: Writer, proto: Proto) -> Any:
+    """/tasks/{id}/heartbeat for many claims: one answer per claim. `held` false is that
+    route's 404/409: the claim is lost (or the task is not this tenant's), drop the task."""
+    beats = proto.heartbeat_many(
+        [(c.task_id, c.claim_token) for c in body.claims], read_scope(principal),
+        worker_id=_worker_id(principal, body.worker_id), claim_ttl=body.claim_ttl,
+    )
+    return json_response({"items": [
+        {"task_id": b.task_id, "held": b.held, "cancel_requested": b.cancel_requested,
+         "revoked_lease_ids": b.revoked_lease_ids}
+        for b in beats
+    ]})
+
+
+@router.post("/workers/complete", response_model=CompleteManyOut,
+             responses={422: _FENCED[422]})
+def complete_many(
+    body: CompleteManyIn, request: Request, principal: Writer, proto: Proto
+) -> Any:
+    """/tasks/{id}/complete and /fail for many tasks, written in one transaction (audited as
+    those routes are). `applied` false is their 409: the token is stale, nothing written for
+    that item. A request with an invalid item writes nothing (422 naming `items[i].field`)."""
+    outcomes = _outcomes(body.items)
+    completions = proto.prepare_many(outcomes, read_scope(principal))
+    now = proto.clock.now()
+    audits = [
+        audit_write(request, principal,
+                    AuditAction.COMPLETED if c.outcome.kind is OutcomeKind.SUCCEEDED
+                    else AuditAction.FAILED,
+                    ResourceType.TASK, c.outcome.task_id, skip_if_missing=True,
+                    only_if=_ended_at(now))
+        for c in completions
+    ]
+    with riding(*audits):
+        applied = proto.apply_many(completions, now)
+    return json_response({"items": [{"task_id": o.task_id, "applied": o.task_id in applied}
+                                    for o in outcomes]})
+
+
+def _outcomes(items: list[OutcomeIn]) -> list[Outcome]:
+    """Every item's outcome, or a 422 naming each invalid item's fields."""
+    outcomes: list[Outcome] = []
+    errors: list[tuple[str, str]] = []
+    for i, item in enumerate(items):
+        given = item.model_fields_set
+        try:
+            if item.outcome == "complete":
+                wrong = [name for name in FAIL_ONLY if name in given]
+                if wrong:
+                    raise ValidationError([(name, "only with outcome fail") for name in wrong])
+                outcomes.append(complete_outcome(item.task_id, item.claim_token, item.result,
+                                                 item.message))
+            else:
+                if "result" in given:
+                    raise ValidationError.single("result", "only with outcome complete")
+                outcomes.append(fail_outcome(
+                    item.task_id, item.claim_token, kind=item.kind, code=item.code,
+                    message=item.message, error=item.error, retry_delay=item.retry_delay))
+        except ValidationError as exc:
+            errors += [(f"items[{i}].{name}", rule) for name, rule in exc.errors]
+    if errors:
+        raise ValidationError(errors)
+    return outcomes
 
 
 @router.post("/tasks/{task_id}/events", status_code=201, response_model=TaskEventOut,
