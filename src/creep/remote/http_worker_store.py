@@ -1,8 +1,10 @@
 """The pieces of the Store a Worker uses, over the HTTP worker protocol.
 
 `creep worker --api-url URL --api-key KEY` runs the ordinary Worker on this adapter: claims
-long-poll `POST /v1/workers/claim`; heartbeats, progress and results go to the per-task
-endpoints, fenced by the claim token (a 409 means the claim was lost). Outcomes are sent as
+long-poll `POST /v1/workers/claim`; a heartbeat round is one `POST /v1/workers/heartbeat`
+and a batch of results one `POST /v1/workers/complete` (a server without them, 404/405: the
+per-task routes); progress goes to the per-task route. Every call is fenced by the claim
+token (a 409, or `held`/`applied` false, means the claim was lost). Outcomes are sent as
 what happened (`complete`, or `fail` with a kind); the server decides retries and backoff.
 Maintenance (rescuing expired claims) is the server side's job, so leadership is never taken.
 A handler's ctx.charge / ctx.earn / ctx.report_event / ctx.leases() go to the claim-fenced
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -31,7 +33,7 @@ from creep.domain.errors import (
 )
 from creep.domain.lease import Lease, LeaseStatus
 from creep.domain.ledger import BudgetExceeded, EntryType, LedgerEntry
-from creep.domain.outcomes import MAX_RETRY_DELAY, OutcomeKind
+from creep.domain.outcomes import MAX_RETRY_DELAY, Outcome, OutcomeKind
 from creep.domain.task import TaskOrder, TaskStatus
 from creep.ports import ClaimedTask, Completion, HeartbeatResult, Listener
 
@@ -47,6 +49,11 @@ _TS_FIELDS = ("created_at", "queued_at", "started_at", "finished_at", "updated_a
 _LOST = (404, 409)
 #: Client errors worth sending again: the server is busy, not refusing the request.
 _TRANSIENT = (408, 429)
+#: Answers of a server that has no batch routes (older than them).
+_NO_ROUTE = (404, 405)
+#: Most claims or outcomes in one batch request (the server's bound).
+MAX_BATCH = 1000
+HEARTBEAT_PATH, COMPLETE_PATH = "/v1/workers/heartbeat", "/v1/workers/complete"
 
 
 class HttpWorkerStore:
@@ -59,6 +66,8 @@ class HttpWorkerStore:
         self.url = api_url.rstrip("/")
         self.claim_wait = claim_wait
         self._claim_failures = 0
+        #: False once the server answered that it has no batch routes.
+        self.batch_routes = True
         # task_id -> claim token of the claims this worker runs: ctx.charge and ctx.leases()
         # name only the task, and the API fences their calls by the token.
         self._tokens: dict[str, str] = {}
@@ -134,6 +143,50 @@ class HttpWorkerStore:
         self, worker_id: str, claims: Sequence[tuple[str, str]], now: datetime, claim_ttl: float
     ) -> HeartbeatResult:
         result = HeartbeatResult()
+        for start in range(0, len(claims), MAX_BATCH):
+            chunk = claims[start:start + MAX_BATCH]
+            if not (self.batch_routes and self._heartbeat_batch(worker_id, chunk, claim_ttl,
+                                                                result)):
+                self._heartbeat_each(worker_id, chunk, claim_ttl, result)
+        return result
+
+    def _heartbeat_batch(
+        self, worker_id: str, claims: Sequence[tuple[str, str]], claim_ttl: float,
+        result: HeartbeatResult,
+    ) -> bool:
+        """One request for the round; False when the server has no such route."""
+        r = self._send(HEARTBEAT_PATH, {
+            "worker_id": worker_id, "claim_ttl": claim_ttl,
+            "claims": [{"task_id": task_id, "claim_token": token} for task_id, token in claims],
+        })
+        if r.status_code in _NO_ROUTE:
+            self._no_batch_routes(r)
+            return False
+        if not r.is_success:
+            raise ValidationError.single(HEARTBEAT_PATH,
+                                         f"HTTP {r.status_code}: {r.text[:500]}")
+        tokens = dict(claims)
+        for item in r.json()["items"]:
+            task_id = item["task_id"]
+            if not item["held"]:
+                result.lost.append(task_id)
+                self._forget(task_id, tokens[task_id])
+                continue
+            if item["cancel_requested"]:
+                result.cancel_requested.append(task_id)
+            if revoked := item["revoked_lease_ids"]:
+                result.revoked[task_id] = revoked
+        return True
+
+    def _no_batch_routes(self, r: httpx.Response) -> None:
+        log.info("the creep API has no batch worker routes (HTTP %d): one request per task",
+                 r.status_code)
+        self.batch_routes = False
+
+    def _heartbeat_each(
+        self, worker_id: str, claims: Sequence[tuple[str, str]], claim_ttl: float,
+        result: HeartbeatResult,
+    ) -> None:
         for task_id, token in claims:
             r = self._post(f"/v1/tasks/{task_id}/heartbeat", {
                 "claim_token": token, "claim_ttl": claim_ttl, "worker_id": worker_id,
@@ -147,7 +200,6 @@ class HttpWorkerStore:
                 result.cancel_requested.append(task_id)
             if revoked := answer.get("revoked_lease_ids"):  # absent from older servers
                 result.revoked[task_id] = revoked
-        return result
 
     def task_progress(
         self, task_id: str, claim_token: str, progress: int, message: str | None, now: datetime
@@ -159,20 +211,42 @@ class HttpWorkerStore:
         return r.is_success
 
     def task_complete_many(self, completions: Sequence[Completion], now: datetime) -> list[str]:
+        """The ids of the tasks whose outcome this call wrote. The Worker sends a batch again
+        after a failure that may have reached the server (a timeout, a 5xx): what the first
+        send wrote then answers `applied` false (the token no longer holds the task), which
+        is not a lost claim to act on, only nothing more to write (the outcome stands)."""
+        applied: list[str] = []
+        for chunk in _chunks(completions):
+            if not (self.batch_routes and self._complete_batch(chunk, applied)):
+                applied += self._complete_each(chunk)
+        return applied
+
+    def _complete_batch(self, completions: Sequence[Completion], applied: list[str]) -> bool:
+        """One request for the batch; False when the server did not take it as a batch: it
+        has no such route (404/405), or it refused an item (e.g. a result too large), which
+        the per-task routes then single out (see _refused)."""
+        r = self._send(COMPLETE_PATH, {"items": [
+            {"task_id": c.outcome.task_id, **_outcome_body(c.outcome)} for c in completions]})
+        if r.status_code in _NO_ROUTE:
+            self._no_batch_routes(r)
+            return False
+        if not r.is_success:
+            log.warning("the creep API refused a batch of %d outcomes (HTTP %d: %s); "
+                        "sending them one by one", len(completions), r.status_code,
+                        r.text[:500])
+            return False
+        for c in completions:
+            self._forget(c.outcome.task_id, c.outcome.claim_token)
+        applied += [item["task_id"] for item in r.json()["items"] if item["applied"]]
+        return True
+
+    def _complete_each(self, completions: Sequence[Completion]) -> list[str]:
         applied: list[str] = []
         for c in completions:
             o = c.outcome
-            if o.kind is OutcomeKind.SUCCEEDED:
-                result = orjson.loads(o.result_json) if o.result_json is not None else o.result
-                path = f"/v1/tasks/{o.task_id}/complete"
-                body: dict[str, Any] = {"claim_token": o.claim_token, "result": result}
-            else:
-                path = f"/v1/tasks/{o.task_id}/fail"
-                body = {"claim_token": o.claim_token, "kind": _FAIL_KIND[o.kind],
-                        "code": _cut(o.code, 64), "message": _cut(o.message, 2000),
-                        "error": _cut(o.error, 8000, keep_end=True),
-                        "retry_delay": _retry_delay(o.retry_delay)}
-            r = self._send(path, body)
+            body = _outcome_body(o)
+            kind = body.pop("outcome")
+            r = self._send(f"/v1/tasks/{o.task_id}/{kind}", body)
             self._forget(o.task_id, o.claim_token)
             if r.is_success:
                 applied.append(o.task_id)
@@ -281,6 +355,32 @@ class HttpWorkerStore:
 
     def unsubscribe(self, callback: Callable[[str, str], None]) -> None:
         """See subscribe."""
+
+
+def _outcome_body(o: Outcome) -> dict[str, Any]:
+    """An outcome as /complete or /fail (`outcome` names which) takes it."""
+    if o.kind is OutcomeKind.SUCCEEDED:
+        result = orjson.loads(o.result_json) if o.result_json is not None else o.result
+        return {"outcome": "complete", "claim_token": o.claim_token, "result": result}
+    return {"outcome": "fail", "claim_token": o.claim_token, "kind": _FAIL_KIND[o.kind],
+            "code": _cut(o.code, 64), "message": _cut(o.message, 2000),
+            "error": _cut(o.error, 8000, keep_end=True),
+            "retry_delay": _retry_delay(o.retry_delay)}
+
+
+def _chunks(completions: Sequence[Completion]) -> Iterator[list[Completion]]:
+    """Batches of at most MAX_BATCH, in order, each naming a task once (a batch route
+    refuses a task named twice: a run's stale outcome and its next run's, say)."""
+    chunk: list[Completion] = []
+    seen: set[str] = set()
+    for c in completions:
+        if len(chunk) == MAX_BATCH or c.outcome.task_id in seen:
+            yield chunk
+            chunk, seen = [], set()
+        chunk.append(c)
+        seen.add(c.outcome.task_id)
+    if chunk:
+        yield chunk
 
 
 def _retry_after(r: httpx.Response) -> float | None:

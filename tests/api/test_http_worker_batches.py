@@ -1,0 +1,241 @@
+"""creep's HTTP worker (HttpWorkerStore) on the batch routes, against a real server: one
+request per heartbeat round and per batch of results; a server without them (404/405) gets
+the per-task routes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from creep import Creep, TaskContext
+from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, resolve
+from creep.engine.worker import Worker, WorkerSettings
+from creep.ports import Completion
+from creep.remote import http_worker_store
+from creep.remote.http_worker_store import HttpWorkerStore
+from tests.api.conftest import Server
+from tests.api.test_api_worker_batches import (
+    COMPLETE,
+    HEARTBEAT,
+    _audited,
+    _claimed,
+    _kind,
+    _submit,
+)
+
+
+class Recorder(httpx.BaseTransport):
+    """Real HTTP, with the paths it sent; `lose_answer` drops the server's answer to the
+    first request of that path (sent and written, but the worker sees a 503)."""
+
+    def __init__(self, lose_answer: str | None = None) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.paths: list[str] = []
+        self.lose_answer = lose_answer
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        response = self.inner.handle_request(request)
+        if request.url.path == self.lose_answer:
+            self.lose_answer = None
+            response.read()
+            response.close()
+            return httpx.Response(503, text="the answer was lost on the way back")
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def per_task(self, name: str) -> list[str]:
+        return [p for p in self.paths if p.startswith("/v1/tasks/") and p.endswith("/" + name)]
+
+
+app = Creep()
+started: set[str] = set()
+
+
+@app.handler("BP_ECHO")
+async def echo(ctx: TaskContext) -> Any:
+    return {"echo": ctx.task.input_payload}
+
+
+@app.handler("BP_WAIT")
+async def wait(ctx: TaskContext) -> None:
+    started.add(ctx.task_id)
+    await asyncio.sleep(120)  # stopped by the worker when its heartbeat hears of a cancel
+
+
+@pytest.fixture
+def remote(worker_server: Server) -> Iterator[tuple[str, httpx.Client]]:
+    _, key = worker_server.tenant()
+    with worker_server.client(key) as c:
+        yield key, c
+
+
+def _run_worker(url: str, key: str, transport: Recorder, **settings: Any) -> dict[str, int]:
+    store = HttpWorkerStore(url, key, claim_wait=0.0, transport=transport)
+    options: dict[str, Any] = {"concurrency": 8, "claim_ttl": 2.0, "maintenance": False,
+                               "poll_interval": 0.05, "shutdown_grace": 5.0, **settings}
+    worker = Worker(store, app.handlers, WorkerSettings(**options))  # type: ignore[arg-type]
+    try:
+        return asyncio.run(worker.run(burst=True))
+    finally:
+        store.close()
+
+
+def _wait_for(predicate: Any, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_http_worker_sends_a_round_of_results_as_one_request(
+    worker_server: Server, remote: tuple[str, httpx.Client],
+) -> None:
+    key, c = remote
+    ids = [_submit(c, "BP_ECHO", input_payload={"i": i}) for i in range(12)]
+    rec = Recorder()
+    stats = _run_worker(worker_server.url, key, rec)
+    for i, task_id in enumerate(ids):
+        t = c.get(f"/v1/tasks/{task_id}").json()
+        assert (t["status"], t["result_payload"]) == ("SUCCESS", {"echo": {"i": i}}), t
+    assert stats["completed"] == 12 and stats["lost"] == 0
+    assert rec.per_task("complete") == [] and rec.per_task("fail") == []
+    assert 1 <= rec.paths.count(COMPLETE) < 12, rec.paths
+
+
+def test_http_worker_hears_a_cancel_through_the_batch_heartbeat(
+    worker_server: Server, remote: tuple[str, httpx.Client],
+) -> None:
+    key, c = remote
+    waiting = [_submit(c, "BP_WAIT") for _ in range(3)]
+    rec = Recorder()
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(
+        _run_worker(worker_server.url, key, rec, heartbeat_interval=0.2)))
+    thread.start()
+    try:
+        _wait_for(lambda: started.issuperset(waiting), "the handlers to start")
+        _wait_for(lambda: rec.paths.count(HEARTBEAT) >= 2, "a heartbeat round or two")
+        for task_id in waiting:
+            assert c.post(f"/v1/tasks/{task_id}/cancel").status_code == 200
+    finally:
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert [c.get(f"/v1/tasks/{t}").json()["status"] for t in waiting] == ["CANCELLED"] * 3
+    assert rec.per_task("heartbeat") == []
+    assert result["completed"] == 3
+
+
+def test_http_store_hears_of_a_lost_claim_through_the_batch_heartbeat(
+    worker_server: Server, remote: tuple[str, httpx.Client],
+) -> None:
+    key, c = remote
+    (t1, k1), (t2, k2) = _claimed(c, _kind(), 2)
+    assert c.post(f"/v1/tasks/{t2}/complete", json={"claim_token": k2}).status_code == 200
+    assert c.post(f"/v1/tasks/{t1}/cancel").status_code == 200
+    rec = Recorder()
+    store = HttpWorkerStore(worker_server.url, key, transport=rec)
+    try:
+        result = store.task_heartbeat("w", [(t1, k1), (t2, k2)], datetime.now(UTC), 30)
+    finally:
+        store.close()
+    assert (result.lost, result.cancel_requested) == ([t2], [t1])
+    assert rec.paths == [HEARTBEAT]
+
+
+def test_http_worker_resending_results_whose_answer_was_lost_keeps_their_outcome(
+    worker_server: Server, remote: tuple[str, httpx.Client],
+) -> None:
+    """The first batch of results is written, but its answer is lost (a 503 from a proxy):
+    the worker sends the batch again, which now answers applied=false. That is the worker's
+    own earlier write, not a lost claim: the results stand, written once, audited once."""
+    key, c = remote
+    ids = [_submit(c, "BP_ECHO", input_payload={"i": i}) for i in range(3)]
+    rec = Recorder(lose_answer=COMPLETE)
+    stats = _run_worker(worker_server.url, key, rec)
+    assert rec.lose_answer is None and rec.paths.count(COMPLETE) >= 2
+    with worker_server.admin() as admin:
+        for i, task_id in enumerate(ids):
+            t = c.get(f"/v1/tasks/{task_id}").json()
+            assert (t["status"], t["result_payload"], t["attempt"]) == (
+                "SUCCESS", {"echo": {"i": i}}, 1), t
+            events = [e["event_type"] for e in c.get(f"/v1/tasks/{task_id}/events").json()[
+                "items"]]
+            assert events.count("succeeded") == 1, events
+            assert _audited(admin, task_id) == ["completed"]
+    assert rec.per_task("fail") == []  # no refusal fallback either
+    assert stats["completed"] == 3 and stats["lost"] == 0
+
+
+def _done(task_id: str, token: str, result: Any) -> Completion:
+    o = Outcome(task_id, token, OutcomeKind.SUCCEEDED, result=result)
+    now = datetime.now(UTC)
+    return Completion(o, resolve(o, attempt=1, max_attempts=3, now=now, backoff=Backoff()))
+
+
+def test_http_store_singles_out_an_outcome_the_batch_route_refuses(
+    worker_server: Server, remote: tuple[str, httpx.Client],
+) -> None:
+    """A result the API refuses (unstorable text) makes the batch a 422: the batch goes
+    again one by one, so the others are written and the refused run retries."""
+    key, c = remote
+    (t1, k1), (t2, k2) = _claimed(c, _kind(), 2, constraints={"max_retries": 3})
+    rec = Recorder()
+    store = HttpWorkerStore(worker_server.url, key, transport=rec)
+    try:
+        applied = store.task_complete_many(
+            [_done(t1, k1, {"ok": 1}), _done(t2, k2, "a\u0000b")], datetime.now(UTC))
+    finally:
+        store.close()
+    assert applied == [t1] and store.batch_routes
+    assert rec.paths == [COMPLETE, f"/v1/tasks/{t1}/complete", f"/v1/tasks/{t2}/complete",
+                         f"/v1/tasks/{t2}/fail"]
+    assert c.get(f"/v1/tasks/{t1}").json()["status"] == "SUCCESS"
+    t = c.get(f"/v1/tasks/{t2}").json()
+    assert t["status"] == "QUEUED" and "refused" in (t["result_message"] or t["last_error"]), t
+
+
+@pytest.mark.parametrize("missing", ["/v1/workers/no-such-route", "/health/live"])
+def test_http_worker_falls_back_to_per_task_routes_without_batch_routes(
+    worker_server: Server, remote: tuple[str, httpx.Client], missing: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server older than the batch routes answers 404 (or 405, a GET-only path): the
+    worker remembers and uses the per-task routes."""
+    monkeypatch.setattr(http_worker_store, "HEARTBEAT_PATH", missing)
+    monkeypatch.setattr(http_worker_store, "COMPLETE_PATH", missing)
+    key, c = remote
+    (t1, k1), (t2, k2) = _claimed(c, _kind(), 2)
+    assert c.post(f"/v1/tasks/{t2}/cancel").status_code == 200
+    rec = Recorder()
+    store = HttpWorkerStore(worker_server.url, key, transport=rec)
+    try:
+        beat = store.task_heartbeat("w", [(t1, k1), (t2, k2)], datetime.now(UTC), 30)
+        assert not store.batch_routes
+        applied = store.task_complete_many(
+            [_done(t1, k1, 1), _done(t2, str(uuid.uuid4()), 2)], datetime.now(UTC))
+    finally:
+        store.close()
+    assert (beat.lost, beat.cancel_requested) == ([], [t2])
+    assert applied == [t1]
+    assert rec.paths == [missing, f"/v1/tasks/{t1}/heartbeat", f"/v1/tasks/{t2}/heartbeat",
+                         f"/v1/tasks/{t1}/complete", f"/v1/tasks/{t2}/complete"]
+    assert c.get(f"/v1/tasks/{t1}").json()["status"] == "SUCCESS"
+    assert c.get(f"/v1/tasks/{t2}").json()["status"] == "RUNNING"
+
+    ids = [_submit(c, "BP_ECHO", input_payload={"i": i}) for i in range(3)]
+    rec = Recorder()
+    assert _run_worker(worker_server.url, key, rec)["completed"] == 3
+    assert [c.get(f"/v1/tasks/{t}").json()["status"] for t in ids] == ["SUCCESS"] * 3
+    assert rec.paths.count(missing) == 1 and len(rec.per_task("complete")) == 3
