@@ -3,6 +3,9 @@ loopback) next to the same worker on the database directly, plus artifact upload
 
     python bench/bench_http_worker.py -n 2000
     python bench/bench_http_worker.py -n 2000 --database-url postgresql://127.0.0.1:5432/test
+
+The held run keeps --held tasks (200) running 6 s at once: its requests per second are
+mostly heartbeats.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -56,6 +60,9 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=2000)
     parser.add_argument("--database-url")
     parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--held", type=int, default=200,
+                        help="tasks held 6 s at once (claim TTL 5 s: a heartbeat round a "
+                             "second), for the heartbeat traffic")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="creep-bench-http-"))
     url, drop = fresh_url(args.database_url, work)
@@ -86,9 +93,9 @@ def main() -> None:
                   "tests.apps.http_app:app", "--burst", "--log-level", "WARNING",
                   "--concurrency", str(args.concurrency)]
 
-        def submit(n: int) -> None:
-            tasks = [{"ref": f"r{i}", "task_type": "ECHO", "input_payload": {"i": i}}
-                     for i in range(n)]
+        def submit(n: int, task_type: str = "ECHO", payload: dict[str, Any] | None = None) -> None:
+            tasks = [{"ref": f"r{i}", "task_type": task_type,
+                      "input_payload": payload or {"i": i}} for i in range(n)]
             for start in range(0, n, 500):
                 r = c.post("/v1/batches", json={"title": "bench", "tasks": tasks[start:start + 500]})
                 r.raise_for_status()
@@ -100,6 +107,14 @@ def main() -> None:
         # Worker protocol requests (claims, heartbeats, progress, results) per task: less
         # noisy than the rate on a shared machine.
         results["http_worker_requests_per_task"] = (_worker_calls(admin) - calls) / args.n
+        if args.held:
+            submit(args.held, "SLEEP", {"seconds": 6})
+            calls = _worker_calls(admin)
+            held = [*worker[:-1], str(args.held), "--claim-ttl", "5", "--api-url", api]
+            seconds = _drain(held, {**env, "CREEP_API_KEY": key})
+            spent = _worker_calls(admin) - calls
+            results["held_requests_per_s"] = spent / seconds
+            results["held_requests_per_task"] = spent / args.held
         submit(args.n)
         seconds = _drain([*worker, "--database-url", url], env)
         results["db_worker_tasks_per_s"] = args.n / seconds

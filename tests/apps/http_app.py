@@ -34,3 +34,9 @@ async def wait_for_cancel(ctx: TaskContext) -> None:
     while True:
         await ctx.heartbeat()  # raises TaskCancelled once cancellation was requested
         await asyncio.sleep(0.05)
+
+
+@app.handler("SLEEP")
+async def sleep(ctx: TaskContext) -> None:
+    """Holds its claim for `seconds` (bench_http_worker: heartbeat traffic)."""
+    await asyncio.sleep(float(ctx.task.input_payload.get("seconds", 1)))
