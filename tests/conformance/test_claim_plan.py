@@ -40,6 +40,19 @@ def _explain_matching(
     monkeypatch.setattr(psycopg.Connection, "execute", explaining)
 
 
+def _successes(app: Creep, claimed: list[Any]) -> list[Any]:
+    """A SUCCEEDED completion of each claimed task."""
+    from creep.domain.outcomes import Outcome, OutcomeKind, resolve
+    from creep.ports import Completion
+
+    comps = []
+    for c in claimed:
+        o = Outcome(c.task.task_id, c.claim_token, OutcomeKind.SUCCEEDED, result=None)
+        comps.append(Completion(o, resolve(o, attempt=1, max_attempts=3, now=app.clock.now(),
+                                           backoff=app.backoff)))
+    return comps
+
+
 def test_claim_looks_up_picked_rows_by_key(
     pg_schema_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -81,9 +94,6 @@ def test_heartbeat_and_completion_look_up_rows_by_key(
     generically (the batch's size unknown) and, with statistics that saw no RUNNING task, read
     tasks_running and nested-loop-joined every running task against the whole batch; a merge
     or hash join would walk all of tasks."""
-    from creep.domain.outcomes import Outcome, OutcomeKind, resolve
-    from creep.ports import Completion
-
     app = Creep(pg_schema_url)
     store = app.store
     app.submit_many([{"task_type": "NEW", "priority": i % 100} for i in range(3_000)])
@@ -93,11 +103,7 @@ def test_heartbeat_and_completion_look_up_rows_by_key(
     assert len(claimed) == 500
 
     plans: list[dict[str, Any]] = []
-    comps = []
-    for c in claimed:
-        o = Outcome(c.task.task_id, c.claim_token, OutcomeKind.SUCCEEDED, result=None)
-        comps.append(Completion(o, resolve(o, attempt=1, max_attempts=3, now=app.clock.now(),
-                                           backoff=app.backoff)))
+    comps = _successes(app, claimed)
     _explain_matching(monkeypatch, lambda q: q.lstrip().startswith(
         ("WITH o AS", "UPDATE tasks t SET claim_expires_at")), plans)
     beat = store.task_heartbeat(
@@ -131,9 +137,6 @@ def test_heartbeat_and_settle_read_leases_by_task_key(
     read every lease ever taken: the heartbeat by a sequential scan (14 ms per 250 tasks at
     20,000 leases, growing with the history), the completion through the by-asset index
     (22 ms)."""
-    from creep.domain.outcomes import Outcome, OutcomeKind, resolve
-    from creep.ports import Completion
-
     app = Creep(pg_schema_url)
     store = app.store
     [asset] = app.import_assets([{"sku_category": "NET", "sku_code": "net.1",
@@ -152,11 +155,7 @@ def test_heartbeat_and_settle_read_leases_by_task_key(
     assert len(claimed) == 250 and all(c.task.lease_ids for c in claimed)
 
     plans: list[dict[str, Any]] = []
-    comps = []
-    for c in claimed:
-        o = Outcome(c.task.task_id, c.claim_token, OutcomeKind.SUCCEEDED, result=None)
-        comps.append(Completion(o, resolve(o, attempt=1, max_attempts=3, now=app.clock.now(),
-                                           backoff=app.backoff)))
+    comps = _successes(app, claimed)
     _explain_matching(
         monkeypatch, lambda q: q.startswith("SELECT l.") and " leases l " in q, plans)
     beat = store.task_heartbeat(
