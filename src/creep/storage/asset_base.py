@@ -47,6 +47,8 @@ LEASE_COLS = (
     "lease_id, tenant_id, task_id, asset_id, status, acquired_at, expires_at, released_at, "
     "cost, currency, claim_token, hint_index"
 )
+#: LEASE_COLS of leases aliased `l` (in joins, where task_id alone would be ambiguous).
+LEASE_COLS_L = ", ".join(f"l.{c}" for c in LEASE_COLS.split(", "))
 LEDGER_COLS = (
     "entry_id, tenant_id, project_id, task_id, asset_id, lease_id, entry_type, amount, "
     "currency, description, occurred_at, recorded_at"
@@ -451,7 +453,6 @@ class AssetStoreBase:
         `lock_into`, their assets are loaded into it too (and on PostgreSQL locked, in
         asset_id order), in the same round trip."""
         d = self._adialect
-        cols = ", ".join(f"l.{c}" for c in LEASE_COLS.split(", "))
         params = (d.ids(task_ids), d.ids(tokens))
         # SQLite has no round trips to save and no row locks: its assets are loaded after,
         # by key, only those not held already, instead of looking the leases up twice.
@@ -468,7 +469,7 @@ class AssetStoreBase:
             )
             cur = d.unprepared(
                 conn,
-                f"SELECT {cols}, t.project_id, t.env, t.correlation_id, t.constraints, t.priority "
+                f"SELECT {LEASE_COLS_L}, t.project_id, t.env, t.correlation_id, t.constraints, t.priority "
                 f"FROM {d.leases_of_claims} ORDER BY l.asset_id, l.lease_id",
                 params,
             )
@@ -502,9 +503,8 @@ class AssetStoreBase:
         lease id: one by-task probe per claim, never a walk of every lease ever taken. (Sorted
         here: asked to, the planner may walk an index in that order over the whole table.)"""
         d = self._adialect
-        cols = ", ".join(f"l.{c}" for c in LEASE_COLS.split(", "))
         rows = self._x(
-            conn, f"SELECT {cols} FROM {d.claims_leases} AND l.status = ?",
+            conn, f"SELECT {LEASE_COLS_L} FROM {d.claims_leases} AND l.status = ?",
             (d.ids([c[0] for c in claims]), d.ids([c[1] for c in claims]), status.value),
         ).fetchall()
         # SQLite matches ids and tokens as separate sets: only the pairs asked for count.
