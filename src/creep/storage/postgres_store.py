@@ -174,6 +174,11 @@ SESSION_SETTINGS = ("SELECT set_config('TimeZone', 'UTC', false), "
                     "set_config('client_encoding', 'UTF8', false), set_config('jit', 'off', false)")
 
 
+#: libpq TCP settings every connection gets unless the URL names them.
+_TCP_DEFAULTS = {"keepalives": "1", "keepalives_idle": "15", "keepalives_interval": "5",
+                 "keepalives_count": "3", "tcp_user_timeout": "30000"}
+
+
 def register_uuid_as_text(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
     conn.adapters.register_loader("uuid", _UuidAsText)
     conn.adapters.register_loader("uuid", _BinaryUuidAsText)
@@ -309,6 +314,12 @@ class PostgresStore(
         if not 0 <= pool_min <= pool_max or pool_max < 1:
             raise ValidationError.single("database_url", "need 0 <= pool_min <= pool_max, pool_max >= 1")
         query.setdefault("connect_timeout", "10")
+        # A peer that vanished without closing (a partition, a failed-over host) is found in
+        # about half a minute instead of the kernel's two hours (idle keepalive) or fifteen
+        # minutes (unacknowledged data), so a worker's store call fails and is retried, and a
+        # stopping process is not held by it. The URL may set other values.
+        for key, value in _TCP_DEFAULTS.items():
+            query.setdefault(key, value)
         # quote, not urlencode's default quote_plus: libpq reads '+' as a plus sign, so a
         # space (options=-c a=1 -c b=2) must stay %20.
         self.conninfo = urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
