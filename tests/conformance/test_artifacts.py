@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from creep import Creep, FrozenClock, NotFound, ValidationError
-from creep.domain.artifacts import ArtifactTooLarge
+from creep.domain.artifacts import Artifact, ArtifactTooLarge
+from creep.engine.artifact_reconcile import reconcile
+from creep.storage.blob_store import BlobStore
 from tests.unit.test_image_header import jpeg, png
 
 
@@ -158,3 +160,125 @@ def test_young_orphans_and_temp_files_are_left_alone(
     assert report.counts() == {"orphan_file": 1} and not report.clean
     assert (blobs / "tmp" / "inflight.part").exists()
     assert (blobs / "sha256" / orphan[:2] / orphan).exists()
+
+
+def _aged_orphan(app: Creep, tmp_path: Path, clock: FrozenClock, content: bytes) -> Path:
+    """Content whose only artifact went with its task (retention): an old file, no row."""
+    task_id = _task(app)
+    a = app.put_artifact(task_id, content, kind="input", file_name="in.bin")
+    path = tmp_path / "blobs" / a.object_key
+    app.store.artifact_remove([a.artifact_id], "gone with its task", clock.now())
+    old = clock.now().timestamp() - 7200
+    os.utime(path, (old, old))
+    return path
+
+
+def test_repair_keeps_a_blob_an_upload_of_the_same_content_reuses(
+    app: Creep, tmp_path: Path, clock: FrozenClock
+) -> None:
+    """An upload of content already on disk as an old orphan (its rows gone, e.g. with
+    retention) reused the file as it was: `reconcile --repair` running between the upload's
+    file write and its row insert (the API's stage, then artifact_create) deleted the file as
+    an orphan past the grace period, and the committed row named a missing file."""
+    content = b"shared input " * 100
+    path = _aged_orphan(app, tmp_path, clock, content)
+    svc = app.artifacts
+    staged = svc.stage(_task(app), content, kind="input", file_name="again.bin")
+    report = app.reconcile_artifacts(repair=True)
+    app.store.artifact_create(staged)
+    assert path.is_file(), report.drift
+    assert app.read_artifact(staged.artifact_id)[1] == content
+    assert app.reconcile_artifacts().clean
+
+
+@pytest.mark.parametrize("commit", ["during", "after"])
+def test_repair_keeps_an_orphan_rewritten_while_it_runs(
+    app: Creep, tmp_path: Path, clock: FrozenClock, commit: str
+) -> None:
+    """The upload lands after reconcile listed the files (it saw an old orphan) and before it
+    deletes: the row committed during the run ("during") or after it ("after") must find
+    its file."""
+    content = b"racing upload " * 100
+    path = _aged_orphan(app, tmp_path, clock, content)
+    svc = app.artifacts
+    task_id = _task(app)
+    staged: list[Artifact] = []
+
+    def upload_now(n: int) -> None:  # reconcile has listed the files, decided nothing yet
+        staged.append(svc.stage(task_id, content, kind="output", file_name="out.bin"))
+        if commit == "during":
+            app.store.artifact_create(staged[0])
+
+    reconcile(app.store, BlobStore(tmp_path / "blobs"), clock, repair=True,
+              on_progress=upload_now)
+    if commit == "after":
+        app.store.artifact_create(staged[0])
+    assert path.is_file()
+    assert app.read_artifact(staged[0].artifact_id)[1] == content
+    assert app.reconcile_artifacts().clean
+
+
+def test_repair_with_no_grace_keeps_an_orphan_whose_row_commits_while_it_runs(
+    app: Creep, tmp_path: Path, clock: FrozenClock
+) -> None:
+    """orphan_grace=0: a fresh upload's file is an orphan until its row commits; a row
+    committed after the file listing but before the delete keeps the file."""
+    content = b"fresh upload " * 100
+    svc = app.artifacts
+    staged = svc.stage(_task(app), content, kind="output", file_name="out.bin")
+    clock.set(datetime.now(UTC) + timedelta(seconds=5))
+    reconcile(app.store, BlobStore(tmp_path / "blobs"), clock, repair=True, orphan_grace=0,
+              on_progress=lambda n: app.store.artifact_create(staged))
+    assert app.read_artifact(staged.artifact_id)[1] == content
+    assert app.reconcile_artifacts().clean
+
+
+def test_repair_does_not_set_aside_good_bytes_an_upload_wrote_after_the_hash(
+    app: Creep, tmp_path: Path, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A damaged file is hashed (mismatch), then an upload of the right bytes replaces it
+    before repair moves it aside: the good file must stay, and the rows with it."""
+    content = b"good bytes " * 100
+    task_id = _task(app)
+    first = app.put_artifact(task_id, content, kind="output", file_name="a.bin")
+    path = tmp_path / "blobs" / first.object_key
+    path.write_bytes(b"bit rot")
+    hash_file = BlobStore.hash_file
+    uploads: list[Artifact] = []
+
+    def hash_then_upload(p: Path) -> str:
+        actual = hash_file(p)
+        if p == path and not uploads:
+            uploads.append(app.put_artifact(task_id, content, kind="output", file_name="b.bin"))
+        return actual
+
+    monkeypatch.setattr(BlobStore, "hash_file", staticmethod(hash_then_upload))
+    app.reconcile_artifacts(repair=True)
+    assert path.read_bytes() == content
+    assert app.read_artifact(uploads[0].artifact_id)[1] == content
+    assert app.read_artifact(first.artifact_id)[1] == content
+
+
+def test_reupload_over_a_same_size_damaged_file_keeps_the_new_bytes(
+    app: Creep, tmp_path: Path
+) -> None:
+    """Deduplication trusted a file of the right size: damage that keeps the size (bit rot)
+    was served for the new upload too, under a checksum it does not have."""
+    content = b"0123456789" * 50
+    first = app.put_artifact(_task(app), content, kind="output", file_name="a.bin")
+    (tmp_path / "blobs" / first.object_key).write_bytes(b"X" * len(content))
+    again = app.put_artifact(_task(app), content, kind="output", file_name="a.bin")
+    assert app.read_artifact(again.artifact_id)[1] == content
+
+
+def test_a_file_left_in_holding_by_a_stopped_run_goes_back(
+    app: Creep, tmp_path: Path
+) -> None:
+    """A repair that stopped between moving a file aside and deciding leaves it in
+    `holding/`: the next run puts it back where its content belongs."""
+    a = app.put_artifact(_task(app), b"held", kind="output", file_name="h.bin")
+    holding = tmp_path / "blobs" / "holding"
+    holding.mkdir()
+    os.replace(tmp_path / "blobs" / a.object_key, holding / f"{a.checksum}.0123abcd")
+    assert app.reconcile_artifacts().clean
+    assert app.read_artifact(a.artifact_id)[1] == b"held" and not list(holding.iterdir())

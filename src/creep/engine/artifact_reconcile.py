@@ -6,6 +6,14 @@ files. `repair` fixes what can be fixed: a file with the wrong bytes is moved to
 (or to the checksum it really has, when nothing is stored there), orphans and stale temp files
 older than a grace period are deleted (a younger one may belong to an upload in flight), and
 rows whose content is gone are removed, each leaving an `artifact_removed` task event.
+
+Uploads run meanwhile, in other processes, with no lock shared with reconcile: an upload
+writes its file (always a new one, even over equal content: see blob_store), then its row.
+So a file is never deleted or set aside where it lies: it is first moved to `holding/`; a file
+that is no longer the one listed (another inode: an upload wrote it since) goes back at once,
+and an orphan goes back when a row for its checksum was committed since the rows were read
+(read again after the move). A run that stops half way leaves files in `holding/`; the next
+run puts them back (or sets them aside) before it looks.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 from creep.domain.artifacts import Artifact
 from creep.domain.clock import Clock
@@ -68,7 +77,9 @@ def reconcile(
         report.rows += len(page)
         after = page[-1].artifact_id
 
+    _recover_held(blobs, repair)
     seen: set[str] = set()
+    doomed: list[tuple[Drift, BlobFile]] = []
     for blob in list(blobs.files()):
         report.files += 1
         if on_progress is not None:
@@ -83,18 +94,18 @@ def reconcile(
                           [a.artifact_id for a in rows_by_sum.get(blob.checksum, [])])
             report.drift.append(drift)
             if repair:
-                drift.action = _set_aside(blobs, blob, actual)
-                drift.repaired = True
+                _set_aside(drift, blobs, blob, actual)
             continue  # the rows for this checksum now count as missing content (below)
         seen.add(blob.checksum)
         if blob.checksum not in rows_by_sum:
             drift = Drift("orphan_file", blob.checksum, f"{blob.path} has no index row")
             report.drift.append(drift)
             if repair and blob.mtime <= cutoff:
-                blob.path.unlink(missing_ok=True)
-                drift.repaired, drift.action = True, "deleted"
+                doomed.append((drift, blob))
             elif repair:
                 drift.action = "kept: younger than the orphan grace period"
+    if doomed:
+        _delete_orphans(store, blobs, doomed)
 
     for blob in list(blobs.temp_files()):
         drift = Drift("stale_temp", "", f"{blob.path} is an unfinished upload")
@@ -128,16 +139,73 @@ def reconcile(
     return report
 
 
-def _set_aside(blobs: BlobStore, blob: BlobFile, actual: str) -> str:
-    if blobs.adopt(blob.path, actual):
+_REWRITTEN = "kept: written again by an upload during the check"
+
+
+def _all_checksums(store: Store) -> set[str]:
+    out: set[str] = set()
+    after: str | None = None
+    while page := store.artifact_scan(after, 1000):
+        out.update(a.checksum for a in page)
+        after = page[-1].artifact_id
+    return out
+
+
+def _delete_orphans(store: Store, blobs: BlobStore, doomed: list[tuple[Drift, BlobFile]]) -> None:
+    """Move each orphan aside, then read the rows again: an upload that reused the file or
+    committed its row since the first read keeps it."""
+    held: list[tuple[Drift, BlobFile, Path]] = []
+    for drift, blob in doomed:
+        path = blobs.hold(blob)
+        if path is None:
+            drift.action = _REWRITTEN
+        else:
+            held.append((drift, blob, path))
+    if not held:
+        return
+    indexed = _all_checksums(store)
+    for drift, blob, path in held:
+        if blob.checksum in indexed:
+            blobs.release(path, blob.checksum)
+            drift.repaired, drift.action = True, "kept: an upload indexed it during the check"
+        else:
+            path.unlink(missing_ok=True)
+            drift.repaired, drift.action = True, "deleted"
+
+
+def _move_aside(blobs: BlobStore, path: Path, actual: str) -> str:
+    if blobs.adopt(path, actual):
         return f"moved to its real checksum {actual}"
-    target = blobs.quarantine(blob.path)
+    target = blobs.quarantine(path)
     return f"quarantined as {target}"
+
+
+def _set_aside(drift: Drift, blobs: BlobStore, blob: BlobFile, actual: str) -> None:
+    held = blobs.hold(blob)
+    if held is None:
+        drift.action = _REWRITTEN
+        return
+    drift.action = _move_aside(blobs, held, actual)
+    drift.repaired = True
+
+
+def _recover_held(blobs: BlobStore, repair: bool) -> None:
+    """Files an earlier run moved aside and did not finish with: back where their content
+    belongs (an orphan is then judged again, a row finds its file), even when only reporting;
+    with repair, bad content goes aside as usual."""
+    for path in list(blobs.held_files()):
+        name = path.name.partition(".")[0]
+        actual = blobs.hash_file(path)
+        if actual == name and blobs.exists(actual):
+            path.unlink()  # the same bytes are back in place (an upload)
+        elif actual == name:
+            blobs.release(path, actual)
+        elif repair:
+            _move_aside(blobs, path, actual)
 
 
 def _misplaced(report: ReconcileReport, blobs: BlobStore, blob: BlobFile, repair: bool) -> None:
     drift = Drift("misplaced_file", blob.checksum, f"{blob.path} is not where its name says")
     report.drift.append(drift)
     if repair:
-        drift.action = _set_aside(blobs, blob, blobs.hash_file(blob.path))
-        drift.repaired = True
+        _set_aside(drift, blobs, blob, blobs.hash_file(blob.path))

@@ -3,6 +3,10 @@
 A file lives at `<root>/sha256/<first two hex>/<sha256>`. Writes go to `<root>/tmp/` first and
 are renamed into place after an fsync, so a reader never sees half a file and a crash leaves
 at most a temp file (which `creep artifacts reconcile` cleans up). Equal content is stored once.
+
+Every write renames its own fresh file into place, also when equal content is already there:
+the object then has a new inode and a new mtime, which is how reconcile (in another process,
+with no lock shared with uploads) tells that an upload reused a file it is about to delete.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class BlobFile:
     checksum: str
     path: Path
     mtime: float
+    #: The file's inode when listed: a write since then (same content) has another one.
+    inode: int = 0
 
 
 class BlobStore:
@@ -50,6 +56,8 @@ class BlobStore:
         self.objects = self.root / "sha256"
         self.tmp = self.root / "tmp"
         self.quarantine_dir = self.root / "quarantine"
+        #: Where reconcile moves a file it is about to delete or set aside, to check it first.
+        self.holding = self.root / "holding"
 
     @staticmethod
     def object_key(checksum: str) -> str:
@@ -90,16 +98,14 @@ class BlobStore:
                 os.fsync(out.fileno())
             checksum = digest.hexdigest()
             final = self.path(checksum)
-            # A file already there is the same content only if it still has the size of what
-            # was just written (a damaged one, e.g. truncated, is replaced by these bytes).
-            created = not final.is_file() or final.stat().st_size != size
-            if created:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                # Atomic; a concurrent writer of the same content replaces it with equal bytes.
-                os.replace(temp, final)
-                _fsync_dir(final.parent)
-            else:
-                temp.unlink()
+            created = not final.is_file()
+            final.parent.mkdir(parents=True, exist_ok=True)
+            # Always these bytes, also over equal content: a damaged file there (even of the
+            # right size) is replaced, and reconcile sees a new file (inode, mtime) rather than
+            # an old orphan it may delete before this upload's row is written. Atomic; a
+            # concurrent writer of the same content replaces it with equal bytes.
+            os.replace(temp, final)
+            _fsync_dir(final.parent)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
@@ -116,7 +122,8 @@ class BlobStore:
                 continue
             for path in sorted(folder.iterdir()):
                 if path.is_file():
-                    yield BlobFile(path.name, path, path.stat().st_mtime)
+                    st = path.stat()
+                    yield BlobFile(path.name, path, st.st_mtime, st.st_ino)
 
     def temp_files(self) -> Iterator[BlobFile]:
         if self.tmp.is_dir():
@@ -142,6 +149,32 @@ class BlobStore:
         target = self.quarantine_dir / f"{path.name}.{uuid.uuid4().hex[:8]}"
         shutil.move(str(path), target)
         return target
+
+    def hold(self, blob: BlobFile) -> Path | None:
+        """Move a listed object out of the way (nothing serves it from there) and return where
+        it went; None, with the file left in place, when it is gone or is no longer the file
+        that was listed (an upload wrote it again since: a new inode)."""
+        self.holding.mkdir(parents=True, exist_ok=True)
+        held = self.holding / f"{blob.path.name}.{uuid.uuid4().hex[:8]}"
+        try:
+            os.replace(blob.path, held)
+        except FileNotFoundError:
+            return None
+        if held.stat().st_ino != blob.inode:
+            os.replace(held, blob.path)  # an upload's bytes: put them back
+            return None
+        return held
+
+    def release(self, held: Path, checksum: str) -> None:
+        """Put a held file back where `checksum` lives (its bytes hash to it)."""
+        final = self.path(checksum)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(held, final)
+
+    def held_files(self) -> Iterator[Path]:
+        """Files a reconcile run moved aside and did not finish with (it stopped)."""
+        if self.holding.is_dir():
+            yield from (p for p in sorted(self.holding.iterdir()) if p.is_file())
 
     def adopt(self, path: Path, checksum: str) -> bool:
         """Move a file whose content hashes to `checksum` to where that checksum lives;
