@@ -96,3 +96,31 @@ def test_reupload_over_a_damaged_blob_serves_the_new_uploads_bytes(srv: Server) 
         assert got.status_code == 200
         assert got.content == content, f"served {len(got.content)} of {len(content)} bytes"
 
+
+
+def test_download_conditional_and_range_errors(srv: Server) -> None:
+    """The download's ETag (the sha256) was ignored on revalidation: If-None-Match with it
+    sent the whole file again instead of a 304; a Range past the end (416) or a malformed
+    one (400) answered text/plain instead of the RFC 7807 problem every other error is."""
+    _, key = srv.tenant()
+    content = bytes(range(100))
+    with srv.client(key) as c:
+        a = c.post(f"/v1/tasks/{_task(c)}/artifacts", files={"file": ("r.bin", content)},
+                   data={"kind": "output"}).json()
+        etag = f'"{a["checksum"]}"'
+        part = c.get(a["url"], headers={"Range": "bytes=10-19"})
+        assert (part.status_code, part.content) == (206, content[10:20])
+        assert part.headers["content-range"] == "bytes 10-19/100"
+        for sent in (etag, f'"other", {etag}', "*", f"W/{etag}"):
+            same = c.get(a["url"], headers={"If-None-Match": sent})
+            assert (same.status_code, same.content) == (304, b""), sent
+            assert same.headers["etag"] == etag
+        assert c.get(a["url"], headers={"If-None-Match": '"other"'}).content == content
+        past = c.get(a["url"], headers={"Range": "bytes=500-600"})
+        assert past.status_code == 416
+        assert past.headers["content-type"] == "application/problem+json"
+        assert past.json()["status"] == 416 and past.headers["content-range"] == "bytes */100"
+        bad = c.get(a["url"], headers={"Range": "lines=1-2"})
+        assert bad.status_code == 400
+        assert bad.headers["content-type"] == "application/problem+json"
+        assert bad.json()["status"] == 400

@@ -7,11 +7,13 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
-from starlette.responses import FileResponse
+from starlette.datastructures import Headers
+from starlette.responses import FileResponse, Response
+from starlette.types import Message, Receive, Scope, Send
 
 from creep.api.audit import audited
 from creep.api.auth import Authenticated, Writer
-from creep.api.problems import Problem
+from creep.api.problems import Problem, problem_response
 from creep.api.responses import json_response
 from creep.api.schemas_workers import ArtifactKindName, ArtifactOut, ArtifactPage, artifact_json
 from creep.api.services import Services, services
@@ -50,6 +52,42 @@ Artifacts = Annotated[ArtifactService, Depends(artifact_service)]
 def _too_large(limit: int) -> Problem:
     return Problem(413, "Payload too large", f"an artifact may be at most {limit} bytes",
                    type_="payload-too-large", limit=limit)
+
+
+def _etag_matches(if_none_match: str, etag: str) -> bool:
+    """If-None-Match (RFC 9110 13.1.2): `*`, or any listed tag equal by weak comparison."""
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+class _Download(FileResponse):
+    """A FileResponse that answers If-None-Match with 304 and whose range errors (400, 416:
+    plain text in Starlette) are problem documents like every other error."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Headers(scope=scope)
+        etag = self.headers["etag"]
+        if _etag_matches(request.get("if-none-match", ""), etag):
+            await Response(status_code=304, headers={"ETag": etag})(scope, receive, send)
+            return
+        refused: list[Message] = []
+
+        async def send_or_hold(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] in (400, 416):
+                refused.append(message)
+            elif not refused:
+                await send(message)
+
+        await super().__call__(scope, receive, send_or_hold)
+        if refused:
+            status = refused[0]["status"]
+            held = Headers(raw=refused[0]["headers"])
+            headers = {"Content-Range": held["content-range"]} if "content-range" in held else {}
+            title = "Range not satisfiable" if status == 416 else "Bad request"
+            detail = ("the requested range is past the end of the content" if status == 416
+                      else "the Range header is malformed (bytes=<first>-<last> expected)")
+            await problem_response(Problem(status, title, detail, headers=headers))(
+                scope, receive, send)
 
 
 @router.post(
@@ -119,15 +157,19 @@ def get_artifact(artifact_id: str, principal: Authenticated, artifacts: Artifact
     response_class=FileResponse,
     responses={200: {"description": "the bytes, with the artifact's mime type",
                      "content": {"application/octet-stream": {}}},
-               404: {"description": "no such artifact, or its content is missing"}},
+               206: {"description": "the requested byte range (Range, If-Range)"},
+               304: {"description": "If-None-Match names the ETag: unchanged"},
+               404: {"description": "no such artifact, or its content is missing"},
+               416: {"description": "the Range is past the end of the content"}},
 )
 def download_artifact(
     artifact_id: str, principal: Authenticated, artifacts: Artifacts
 ) -> FileResponse:
-    """The content, with its content type; ETag is the sha256."""
+    """The content, with its content type; ETag is the sha256 (If-None-Match: 304), and a
+    Range (with If-Range) gets a 206."""
     artifact = artifacts.get(artifact_id, read_scope(principal))
     path = artifacts.content_path(artifact)
-    return FileResponse(
+    return _Download(
         path, media_type=artifact.mime_type, filename=artifact.file_name,
         headers={"ETag": f'"{artifact.checksum}"', "X-Content-Type-Options": "nosniff"},
     )
