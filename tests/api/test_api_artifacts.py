@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -167,3 +168,36 @@ def test_reconcile_cli_exit_codes(srv: Server) -> None:
         [sys.executable, "-m", "creep.cli", "artifacts", "reconcile",
          "--database-url", "mysql://nope"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "database_url" in bad.stderr
+
+
+def test_chunked_upload_over_the_limit_is_refused_before_its_end(srv: Server) -> None:
+    """Without Content-Length the whole multipart body was read (spooled to disk) before the
+    413, however large: the server must answer once the body is past the limit, without
+    waiting for the rest (here the client stops sending after 2 MB and waits)."""
+    _, key = srv.tenant()
+    with srv.client(key) as c:
+        task_id = _task(c)
+    host, port = srv.url.removeprefix("http://").split(":")
+    head = (f"POST /v1/tasks/{task_id}/artifacts HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {key}\r\nTransfer-Encoding: chunked\r\n"
+            "Content-Type: multipart/form-data; boundary=B\r\n\r\n").encode()
+    part = (b'--B\r\nContent-Disposition: form-data; name="kind"\r\n\r\noutput\r\n'
+            b'--B\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\n')
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head + b"%x\r\n%s\r\n" % (len(part), part))
+        chunk = b"z" * 65536
+        for _ in range(32):  # 2 MiB, ten times the limit; the body never ends
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        answer = b""
+        try:
+            while b"\r\n\r\n" not in answer:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                answer += data
+        except TimeoutError:
+            pass
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200] or "no answer within 10 s"
+    assert b"application/problem+json" in answer
+    with srv.client(key) as c:
+        assert c.get(f"/v1/tasks/{task_id}/artifacts").json()["items"] == []

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.routing import APIRoute
 from starlette.datastructures import Headers
 from starlette.responses import FileResponse, Response
 from starlette.types import Message, Receive, Scope, Send
@@ -24,7 +26,6 @@ from creep.domain.errors import ValidationError
 from creep.engine.artifacts import ArtifactService
 from creep.storage.blob_store import BlobStore
 
-router = APIRouter(tags=["artifacts"])
 Svc = Annotated[Services, Depends(services)]
 _lock = threading.Lock()
 #: Room for the multipart envelope and the other form fields around the file itself.
@@ -52,6 +53,42 @@ Artifacts = Annotated[ArtifactService, Depends(artifact_service)]
 def _too_large(limit: int) -> Problem:
     return Problem(413, "Payload too large", f"an artifact may be at most {limit} bytes",
                    type_="payload-too-large", limit=limit)
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised from the body stream (FastAPI passes HTTPException through its form parsing)."""
+
+
+class _LimitedBodyRoute(APIRoute):
+    """Stops reading a request body once it exceeds the artifact limit plus the multipart
+    envelope: FastAPI parses (spools to disk) the whole multipart form before the route runs,
+    so an upload without Content-Length (chunked) was read to its end before its 413."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Any]]:
+        handler = super().get_route_handler()
+
+        async def limited(request: Request) -> Any:
+            max_bytes = artifact_service(request).max_bytes
+            receive, seen = request.receive, 0
+
+            async def counted() -> Any:
+                nonlocal seen
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen += len(message.get("body", b""))
+                    if seen > max_bytes + _ENVELOPE:
+                        raise _BodyTooLarge(413)
+                return message
+
+            try:
+                return await handler(Request(request.scope, counted))
+            except _BodyTooLarge:
+                raise _too_large(max_bytes) from None
+
+        return limited
+
+
+router = APIRouter(tags=["artifacts"], route_class=_LimitedBodyRoute)
 
 
 def _etag_matches(if_none_match: str, etag: str) -> bool:
