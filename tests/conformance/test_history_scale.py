@@ -259,7 +259,8 @@ def test_task_retention_does_not_read_every_task(
             assert app.store.retention_purge_tasks(clock.now() - timedelta(days=30)) == 0
         finally:
             app.close()
-    assert_indexed(db_url, seen, r"SELECT task_id FROM tasks WHERE created_at < \S+ AND status IN",
+    assert_indexed(db_url, seen,
+                   r"SELECT task_id, batch_id FROM tasks WHERE created_at < \S+ AND status IN",
                    "tasks",
                    seek=("finished_at", "created_at"))
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from creep.storage.schedule_sql_base import _TERMINAL_TASK, ScheduleSqlBase
+from creep.storage.schedule_sql_base import _TERMINAL_TASK, Conn, ScheduleSqlBase
+
+#: Rounds of the task sweep that look past candidates of open batches (each finds at least
+#: one more open batch); past them what is left waits for the next call.
+_OPEN_BATCH_ROUNDS = 8
 
 
 class RetentionSqlMixin(ScheduleSqlBase):
@@ -36,33 +40,25 @@ class RetentionSqlMixin(ScheduleSqlBase):
         """Delete finished tasks (and their events) that ended before `cutoff`, unless
         something live still refers to them: a task that has not finished depending on them,
         a schedule execution that has not followed its task yet (it would be called
-        interrupted), or a lease still ACTIVE (constraints.keep_leases). A finished dependant
-        does not keep them: it still names them, and its retry refuses a dependency that is
-        gone (check_retry_dependencies)."""
+        interrupted), a lease still ACTIVE (constraints.keep_leases), or a task of their
+        batch that has not finished (the batch's counts and progress are read from its
+        tasks). A finished dependant does not keep them: it still names them, and its retry
+        refuses a dependency that is gone (check_retry_dependencies)."""
         marks = ", ".join("?" * len(_TERMINAL_TASK))
         with self._sx() as conn:
-            ids = [
-                r[0] for r in conn.execute(
-                    # created_at < cutoff is implied (a task finishes after it is created)
-                    # and has an index (migrations sqlite 0015, postgres 0016): the sweep
-                    # reads old tasks, not every task (finished_at has none, to keep
-                    # PostgreSQL's completions HOT).
-                    f"SELECT task_id FROM tasks WHERE created_at < ? AND status IN ({marks}) "
-                    "AND finished_at < ? "
-                    # Per candidate, its dependants by key (a join here was planned as a
-                    # read of every task on PostgreSQL).
-                    "AND NOT EXISTS (SELECT 1 FROM task_dependencies d "
-                    "WHERE d.depends_on_id = tasks.task_id AND (SELECT c.status FROM tasks c "
-                    f"WHERE c.task_id = d.task_id) NOT IN ({marks})) "
-                    # Both read once (few rows: open executions, active leases), not per task.
-                    "AND task_id NOT IN (SELECT task_id FROM task_executions "
-                    "WHERE state IN ('pending', 'running') AND task_id IS NOT NULL) "
-                    "AND task_id NOT IN (SELECT task_id FROM leases WHERE status = 'ACTIVE') "
-                    "LIMIT ?",
-                    (self._ts(cutoff), *_TERMINAL_TASK, self._ts(cutoff), *_TERMINAL_TASK,
-                     limit),
-                ).fetchall()
-            ]
+            open_batches: set[str] = set()
+            # A batch is judged once per call, not per task (a per-task check reads the
+            # whole batch for each of its tasks). The candidates of batches found open are
+            # left out and the next ones read, so old tasks of open batches never fill the
+            # page and hold back the rest.
+            for _ in range(_OPEN_BATCH_ROUNDS):
+                rows = self._retention_candidates(conn, cutoff, marks, open_batches, limit)
+                batches = sorted({r[1] for r in rows if r[1] is not None})
+                found = self._open_batches(conn, batches, marks)
+                if not found:
+                    break
+                open_batches |= found
+            ids = [r[0] for r in rows if r[1] is None or r[1] not in open_batches]
             if not ids:
                 return 0
             for start in range(0, len(ids), 500):
@@ -73,6 +69,48 @@ class RetentionSqlMixin(ScheduleSqlBase):
                 )
                 conn.execute(f"DELETE FROM tasks WHERE task_id IN ({qs})", chunk)
             return len(ids)
+
+    def _retention_candidates(
+        self, conn: Conn, cutoff: datetime, marks: str, skip_batches: set[str], limit: int
+    ) -> list[tuple[str, str | None]]:
+        skip = sorted(skip_batches)
+        not_in = (f"AND (batch_id IS NULL OR batch_id NOT IN ({', '.join('?' * len(skip))})) "
+                  if skip else "")
+        return [
+            (r[0], r[1]) for r in conn.execute(
+                # created_at < cutoff is implied (a task finishes after it is created)
+                # and has an index (migrations sqlite 0015, postgres 0016): the sweep
+                # reads old tasks, not every task (finished_at has none, to keep
+                # PostgreSQL's completions HOT).
+                f"SELECT task_id, batch_id FROM tasks WHERE created_at < ? AND status IN ({marks}) "
+                "AND finished_at < ? "
+                # Per candidate, its dependants by key (a join here was planned as a
+                # read of every task on PostgreSQL).
+                "AND NOT EXISTS (SELECT 1 FROM task_dependencies d "
+                "WHERE d.depends_on_id = tasks.task_id AND (SELECT c.status FROM tasks c "
+                f"WHERE c.task_id = d.task_id) NOT IN ({marks})) "
+                # Both read once (few rows: open executions, active leases), not per task.
+                "AND task_id NOT IN (SELECT task_id FROM task_executions "
+                "WHERE state IN ('pending', 'running') AND task_id IS NOT NULL) "
+                "AND task_id NOT IN (SELECT task_id FROM leases WHERE status = 'ACTIVE') "
+                f"{not_in}LIMIT ?",
+                (self._ts(cutoff), *_TERMINAL_TASK, self._ts(cutoff), *_TERMINAL_TASK,
+                 *skip, limit),
+            ).fetchall()
+        ]
+
+    def _open_batches(self, conn: Conn, batch_ids: list[str], marks: str) -> set[str]:
+        """Those of `batch_ids` with a task that has not finished (through the batch index:
+        each batch's tasks are read once)."""
+        found: set[str] = set()
+        for start in range(0, len(batch_ids), 500):
+            chunk = batch_ids[start:start + 500]
+            found.update(r[0] for r in conn.execute(
+                f"SELECT DISTINCT batch_id FROM tasks WHERE batch_id IN "
+                f"({', '.join('?' * len(chunk))}) AND status NOT IN ({marks})",
+                (*chunk, *_TERMINAL_TASK),
+            ).fetchall())
+        return found
 
     def retention_purge_audit(self, cutoff: datetime, limit: int = 10_000) -> int:
         """Delete audit events (the REST API's audit log) recorded before `cutoff`. The

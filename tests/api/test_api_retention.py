@@ -1,0 +1,81 @@
+"""Task retention seen through the REST API (an in-process app on an injected clock, both
+backends): what the sweep keeps and what it leaves behind."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from creep import Creep, FrozenClock, TaskContext
+from creep.api.app import create_app
+from creep.api.settings import Settings
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # starlette's note about httpx
+    from fastapi.testclient import TestClient
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+KEY = "retention-admin-key-" + "x" * 24
+ADMIN = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(T0)
+
+
+@pytest.fixture
+def app(db_url: str, clock: FrozenClock) -> Iterator[Creep]:
+    creep_app = Creep(db_url, clock=clock)
+    yield creep_app
+    creep_app.close()
+
+
+@pytest.fixture
+def api(app: Creep, db_url: str, clock: FrozenClock) -> Iterator[TestClient]:
+    settings = Settings(database_url=db_url, admin_key=KEY, maintenance_interval_seconds=0)
+    with TestClient(create_app(settings, store=app.store, clock=clock)) as client:  # type: ignore[arg-type]
+        r = client.post("/v1/tenants", json={"tenant_id": "acme"}, headers=ADMIN)
+        assert r.status_code == 201, r.text
+        yield client
+
+
+def _purge_after(app: Creep, clock: FrozenClock, days: int) -> None:
+    """Runs the built-in retention jobs `days` later (creep.retention.tasks: 30 days)."""
+    sch = app.scheduler(holder_id="R")
+    sch.run_once()  # installs the built-in schedules
+    clock.advance(days=days)
+    sch.run_once()
+
+
+def test_retention_keeps_the_finished_tasks_of_a_batch_still_running(
+    app: Creep, api: TestClient, clock: FrozenClock
+) -> None:
+    """A batch's counts and progress are read from its tasks. The sweep deleted a batch's
+    tasks that finished 30 days ago while another of its tasks was still queued: the batch
+    went back from `running`, 1 of 2 completed, 50 % to `pending`, 0 completed, 0 %."""
+
+    @app.handler("DONE")
+    def done(ctx: TaskContext) -> Any:
+        return {"ok": True}
+
+    r = api.post("/v1/batches", headers=ADMIN, json={
+        "title": "b", "tenant_id": "acme",
+        "tasks": [{"task_type": "DONE"}, {"task_type": "LATER"}]})
+    assert r.status_code == 201, r.text
+    batch_id = r.json()["batch_id"]
+    alone = app.submit(task_type="DONE", tenant_id="acme")  # in no batch: purged as before
+    app.run_worker(burst=True, install_signals=False)
+    before = api.get(f"/v1/batches/{batch_id}", headers=ADMIN).json()
+    assert (before["status"], before["completed_count"], before["progress"]) == (
+        "running", 1, 50)
+
+    _purge_after(app, clock, days=31)
+    after = api.get(f"/v1/batches/{batch_id}", headers=ADMIN).json()
+    assert {k: after[k] for k in ("status", "total_count", "completed_count", "progress")} == {
+        "status": "running", "total_count": 2, "completed_count": 1, "progress": 50}
+    assert api.get(f"/v1/tasks/{alone.task_id}", headers=ADMIN).status_code == 404
