@@ -5,6 +5,7 @@ zone whose DST shift is 30 minutes. Both backends (the conformance `app`/`db_url
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -176,3 +177,46 @@ def test_cron_loses_an_existing_local_time_in_a_half_hour_dst_zone(db_url: str) 
         assert local == ["01:30+1030", "02:30+1100", "03:30+1100"]
     finally:
         app.close()
+
+
+def test_task_retention_does_not_delete_a_task_retried_while_it_sweeps(
+    app: Creep, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep read the old finished tasks, then deleted them by id in a later statement.
+    On PostgreSQL a retry committed in between (another process; it locked nothing the
+    sweep held): `app.retry` answered QUEUED and the sweep then deleted the queued task.
+    A retry racing the sweep must either win (the task stays, queued) or find it gone."""
+    import threading
+
+    task = app.submit(task_type="NOBODY")
+    app.cancel(task.task_id)
+    sch = app.scheduler(holder_id="A")
+    sch.run_once()
+    clock.advance(days=31)
+    store: Any = app.store
+    real = store._retention_candidates
+    outcome: list[object] = []
+
+    def retry() -> None:
+        try:
+            outcome.append(app.retry(task.task_id).status)
+        except NotFound as exc:
+            outcome.append(exc)
+
+    racer = threading.Thread(target=retry)
+
+    def candidates(*args: Any, **kwargs: Any) -> Any:
+        rows = real(*args, **kwargs)
+        if not racer.is_alive() and not outcome:
+            racer.start()
+            racer.join(timeout=1.0)  # done now, or waiting for the sweep's transaction
+        return rows
+
+    monkeypatch.setattr(store, "_retention_candidates", candidates)
+    sch.run_once()  # creep.retention.tasks is due
+    racer.join(timeout=10)
+    assert outcome, "the retry never ran"
+    if outcome == ["QUEUED"]:
+        assert app.get_task(task.task_id).status == "QUEUED"  # NotFound before the fix
+    else:
+        assert isinstance(outcome[0], NotFound), outcome

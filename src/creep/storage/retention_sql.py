@@ -93,7 +93,11 @@ class RetentionSqlMixin(ScheduleSqlBase):
                 "AND task_id NOT IN (SELECT task_id FROM task_executions "
                 "WHERE state IN ('pending', 'running') AND task_id IS NOT NULL) "
                 "AND task_id NOT IN (SELECT task_id FROM leases WHERE status = 'ACTIVE') "
-                f"{not_in}LIMIT ?",
+                f"{not_in}LIMIT ?"
+                # Held until the deletion commits (PostgreSQL): a retry, or a submission
+                # that names one as its dependency, waits and then finds it gone; one that
+                # locked it first is skipped, and the task read again at the next run.
+                f"{self._for_update and self._for_update + ' SKIP LOCKED'}",
                 (self._ts(cutoff), *_TERMINAL_TASK, self._ts(cutoff), *_TERMINAL_TASK,
                  *skip, limit),
             ).fetchall()
