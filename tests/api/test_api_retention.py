@@ -79,3 +79,41 @@ def test_retention_keeps_the_finished_tasks_of_a_batch_still_running(
     assert {k: after[k] for k in ("status", "total_count", "completed_count", "progress")} == {
         "status": "running", "total_count": 2, "completed_count": 1, "progress": 50}
     assert api.get(f"/v1/tasks/{alone.task_id}", headers=ADMIN).status_code == 404
+
+
+def test_a_task_id_whose_task_retention_deleted_is_refused_over_rest(
+    app: Creep, api: TestClient, clock: FrozenClock
+) -> None:
+    """POST /v1/tasks and POST /v1/batches with the task_id of a task that retention deleted
+    while its ledger entries stay: 409, nothing written (before: a new task that inherited
+    the old one's costs)."""
+    import uuid
+    from decimal import Decimal
+
+    @app.handler("SPEND")
+    def spend(ctx: TaskContext) -> Any:
+        ctx.charge(Decimal("8"))
+        return {"ok": True}
+
+    task_id = str(uuid.uuid4())
+    r = api.post("/v1/tasks", headers=ADMIN, json={
+        "task_type": "SPEND", "tenant_id": "acme", "task_id": task_id, "max_total_cost": "10"})
+    assert r.status_code == 201, r.text
+    app.run_worker(burst=True, install_signals=False)
+    _purge_after(app, clock, days=31)
+    assert api.get(f"/v1/tasks/{task_id}", headers=ADMIN).status_code == 404
+
+    r = api.post("/v1/tasks", headers=ADMIN, json={
+        "task_type": "SPEND", "tenant_id": "acme", "task_id": task_id, "max_total_cost": "10"})
+    assert r.status_code == 409, r.text
+    assert "retention deleted" in r.json()["detail"]
+    r = api.post("/v1/batches", headers=ADMIN, json={
+        "title": "again", "tenant_id": "acme",
+        "tasks": [{"task_type": "SPEND"}, {"task_type": "SPEND", "task_id": task_id}]})
+    assert r.status_code == 409, r.text
+    assert api.get("/v1/tasks", headers=ADMIN, params={"tenant_id": "acme"}).json()[
+        "items"] == []
+    # Ids drawn by the server are never refused.
+    r = api.post("/v1/batches", headers=ADMIN, json={
+        "title": "new", "tenant_id": "acme", "tasks": [{"task_type": "SPEND"}]})
+    assert r.status_code == 201, r.text

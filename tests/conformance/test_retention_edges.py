@@ -220,3 +220,44 @@ def test_task_retention_does_not_delete_a_task_retried_while_it_sweeps(
         assert app.get_task(task.task_id).status == "QUEUED"  # NotFound before the fix
     else:
         assert isinstance(outcome[0], NotFound), outcome
+
+
+def test_a_task_id_whose_task_retention_deleted_is_not_reused_with_its_ledger(
+    app: Creep, clock: FrozenClock
+) -> None:
+    """A task given its own task_id ran, charged 8 of its 10 USD budget and was deleted by
+    retention 30 days later; its ledger entries stay (append-only). A new task of the same
+    id counted them as its own: its first charge of 5 raised BudgetExceeded (8 + 5 > 10),
+    and the per-task ledger summary mixed both tasks. The id is refused instead."""
+    import uuid
+    from decimal import Decimal
+
+    from creep import ConflictError
+
+    @app.handler("SPEND")
+    def spend(ctx: TaskContext) -> object:
+        ctx.charge(Decimal("8"), description="first run")
+        return {"ok": True}
+
+    task_id = str(uuid.uuid4())
+    app.submit(task_type="SPEND", task_id=task_id, max_total_cost="10")
+    app.run_worker(burst=True, install_signals=False)
+    assert app.get_task(task_id).status == "SUCCESS"
+    sch = app.scheduler(holder_id="A")
+    sch.run_once()
+    clock.advance(days=31)
+    sch.run_once()  # creep.retention.tasks deletes the task
+    with pytest.raises(NotFound):
+        app.get_task(task_id)
+    [kept] = app.ledger_summary(task_id=task_id)
+    assert kept.cost == Decimal("8")
+
+    with pytest.raises(ConflictError, match="retention deleted"):
+        app.submit(task_type="SPEND", task_id=task_id, max_total_cost="10")
+    with pytest.raises(ConflictError, match="retention deleted"):
+        app.submit_many([{"task_type": "SPEND"},
+                         {"task_type": "SPEND", "task_id": task_id}])
+    assert app.list_tasks(limit=10) == []  # nothing of either submission was written
+    # A task id that never had a ledger entry or lease (nor a task) is taken as before.
+    fresh = str(uuid.uuid4())
+    assert app.submit(task_type="SPEND", task_id=fresh).task_id == fresh

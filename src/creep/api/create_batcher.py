@@ -140,6 +140,8 @@ class CreateBatcher:
         assert self._inserter is not None
         if len({item.spec.task_id for item in batch}) < len(batch):
             return None  # a client's task id twice: the thread answers each request
+        if any(item.spec.given_id for item in batch):
+            return None  # the store checks a client's id (refuse_reused_task_ids)
         now = self.svc.clock.now()
         audits = CreatedTaskAudits(now)
         for item in batch:

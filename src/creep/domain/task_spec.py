@@ -87,6 +87,9 @@ class TaskSpec:
     #: The order request_hash was taken of, when that names its dependencies by id: see
     #: rebind. None when it names none (or names them otherwise: a batch's refs).
     sent: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    #: The caller chose task_id (else it was drawn): the store refuses an id that a task
+    #: deleted by retention still holds in the ledger or in leases (reused_task_ids).
+    given_id: bool = field(default=False, repr=False, compare=False)
 
 
 class _Errors:
@@ -558,6 +561,7 @@ def validate_full(
     if errs.items:
         raise ValidationError(errs.items)
     spec.request_hash = request_fingerprint(data)  # of what was sent: before the stamp
+    spec.given_id = data.get("task_id") is not None
     if depends_on:
         spec.sent = data
     if traced is None:

@@ -377,3 +377,18 @@ def rescue(
     if outcome.kind is OutcomeKind.RETRY:  # structural: schedules read it (interrupted)
         res = replace(res, result_code=ResultCode.WORKER_LOST)
     return outcome, res
+
+
+def given_task_ids(specs: Sequence[TaskSpec]) -> list[str]:
+    """The task ids callers chose (TaskSpec.given_id), for reused_task_ids."""
+    return sorted({s.task_id for s in specs if s.given_id})
+
+
+def refuse_reused_task_ids(reused: Sequence[str]) -> None:
+    """A task id names one task for good: once retention deleted a task, its ledger entries
+    and leases still name it, and a new task of that id would inherit them (its budget
+    counted the old task's costs). Such an id is refused, not reused."""
+    if reused:
+        raise ConflictError(
+            f"task_id {sorted(reused)[0]} belonged to a task that retention deleted (its "
+            "ledger entries or leases still name it): choose a new task_id")

@@ -77,12 +77,14 @@ from creep.storage.common import (
     check_known_schema,
     check_retry_dependencies,
     dumps,
+    given_task_ids,
     initial_status,
     is_plain,
     json_default,
     load_migrations,
     new_task,
     plan_replays,
+    refuse_reused_task_ids,
     rescue,
     resolution_payload,
     sortable_cursor,
@@ -145,6 +147,14 @@ _IDX = {name: i for i, name in enumerate(TASK_COLUMNS)}
 _ACTIVE_STATUSES = frozenset({"PENDING", "QUEUED", "RUNNING"})  # what task_queue holds
 _EVENT_COLUMNS = "task_id, tenant_id, event_type, from_status, to_status, attempt, payload, created_at"
 
+
+#: Of the ids given, those no task holds that ledger entries or leases still name: a task
+#: deleted by retention (refuse_reused_task_ids). Through the by-task indexes.
+_REUSED_IDS = (
+    "SELECT g.id FROM unnest(%s::uuid[]) AS g(id) WHERE NOT EXISTS (SELECT 1 FROM tasks t "
+    "WHERE t.task_id = g.id) AND (EXISTS (SELECT 1 FROM ledger_entries l WHERE "
+    "l.task_id = g.id) OR EXISTS (SELECT 1 FROM leases s WHERE s.task_id = g.id))"
+)
 
 class _UuidAsText(Loader):
     load = staticmethod(codecs.decode)  # type: ignore[assignment]  # C, as _JsonAsOrjson
@@ -419,6 +429,13 @@ class PostgresStore(
     ) -> list[TaskOrder]:
         if not specs:
             return []
+        given = given_task_ids(specs)
+        if given:
+            # A read of its own (not _tx: that would flush the API's pending audit row
+            # here, apart from the tasks it records).
+            with self.pool.connection() as conn:
+                refuse_reused_task_ids([str(r[0]) for r in conn.execute(
+                    _REUSED_IDS, (given,)).fetchall()])
         if (
             len(specs) == 1 and within is None and not specs[0].depends_on
             and not pending_writes.waiting()

@@ -54,11 +54,13 @@ from creep.storage.common import (
     check_known_schema,
     check_retry_dependencies,
     dumps,
+    given_task_ids,
     initial_status,
     is_plain,
     load_migrations,
     new_task,
     plan_replays,
+    refuse_reused_task_ids,
     rescue,
     resolution_payload,
     sortable_cursor,
@@ -147,6 +149,15 @@ class _Apply:
     result_json: bytes | None
     error: str | None
 
+
+#: Of the ids given (a JSON list), those no task holds that ledger entries or leases still name:
+#: a task deleted by retention (refuse_reused_task_ids). Through the by-task indexes.
+_REUSED_IDS = (
+    "SELECT j.value FROM json_each(?) j WHERE NOT EXISTS (SELECT 1 FROM tasks t "
+    "WHERE t.task_id = j.value) AND (EXISTS (SELECT 1 FROM ledger_entries l WHERE "
+    f"l.{SQLITE_EVENTS_OF} l.task_id = j.value) OR EXISTS (SELECT 1 FROM leases s WHERE "
+    f"s.{SQLITE_EVENTS_OF} s.task_id = j.value))"
+)
 
 class SqliteStore(
     SqliteSchedulesMixin, SqliteAssets, SqliteApiMixin, SqliteArtifactsMixin,
@@ -339,6 +350,10 @@ class SqliteStore(
         # waits for the GIL again after SQLite released it.
         one_statement = len(specs) <= _ONE_STATEMENT and not any(s.depends_on for s in specs)
         with self._write(within) as conn:
+            given = given_task_ids(specs)
+            if given:
+                refuse_reused_task_ids([r[0] for r in conn.execute(
+                    _REUSED_IDS, (_ids_json(given),)).fetchall()])
             # (Orders depending on others of this submission that are replays: see there.)
             submitted = specs
             plan, specs = bind_replayed_dependencies(specs, self._replay_lookup(conn))

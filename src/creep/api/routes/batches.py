@@ -111,6 +111,7 @@ def _plan(body: BatchIn, tenant_id: str, batch_id: str, svc: Services) -> list[T
             continue
         spec.request_hash = request_fingerprint(sent)
         spec.sent = None  # of refs: re-binding to a replayed task leaves it as it is
+        spec.given_id = task.task_id is not None  # else drawn above
         specs.append(spec)
     if errors:
         raise ValidationError(errors)
