@@ -117,3 +117,28 @@ def test_a_task_id_whose_task_retention_deleted_is_refused_over_rest(
     r = api.post("/v1/batches", headers=ADMIN, json={
         "title": "new", "tenant_id": "acme", "tasks": [{"task_type": "SPEND"}]})
     assert r.status_code == 201, r.text
+
+
+def test_a_batch_whose_tasks_retention_deleted_goes_with_them(
+    app: Creep, api: TestClient, clock: FrozenClock
+) -> None:
+    """Every task of a completed batch was deleted by retention, the batch row stayed: GET
+    /v1/batches/{id} then answered `pending`, 0 of 2 completed, 0 % for a batch that had
+    completed. It goes with its last task (404), as its tasks do."""
+
+    @app.handler("DONE")
+    def done(ctx: TaskContext) -> Any:
+        return {"ok": True}
+
+    r = api.post("/v1/batches", headers=ADMIN, json={
+        "title": "b", "tenant_id": "acme", "tasks": [{"task_type": "DONE"}] * 2})
+    assert r.status_code == 201, r.text
+    batch_id = r.json()["batch_id"]
+    app.run_worker(burst=True, install_signals=False)
+    assert api.get(f"/v1/batches/{batch_id}", headers=ADMIN).json()["status"] == "completed"
+
+    _purge_after(app, clock, days=31)
+    got = api.get(f"/v1/batches/{batch_id}", headers=ADMIN)
+    assert got.status_code == 404, got.json()
+    listed = api.get("/v1/batches", headers=ADMIN, params={"tenant_id": "acme"}).json()
+    assert [b["batch_id"] for b in listed["items"]] == []

@@ -68,6 +68,16 @@ class RetentionSqlMixin(ScheduleSqlBase):
                     f"DELETE FROM task_events WHERE {self._events_of} task_id IN ({qs})", chunk
                 )
                 conn.execute(f"DELETE FROM tasks WHERE task_id IN ({qs})", chunk)
+            # A batch whose last task went goes with it: read from no task, it would say
+            # `pending`, nothing completed, of a batch that ran to its end.
+            emptied = sorted({r[1] for r in rows if r[1] is not None and r[1] not in open_batches})
+            for start in range(0, len(emptied), 500):
+                chunk = emptied[start:start + 500]
+                conn.execute(
+                    f"DELETE FROM batches WHERE batch_id IN ({', '.join('?' * len(chunk))}) "
+                    "AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.batch_id = batches.batch_id)",
+                    chunk,
+                )
             return len(ids)
 
     def _retention_candidates(
