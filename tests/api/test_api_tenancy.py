@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import uuid
 
+import httpx
+
 from tests.api.conftest import Server
 
 
@@ -121,3 +123,33 @@ def test_a_task_naming_another_tenants_batch_stays_out_of_it(server: Server) -> 
         assert cancelled.json()["cancelled_count"] == 1
         tid = intruder.json()["task_id"]
         assert b.get(f"/v1/tasks/{tid}").json()["status"] == "QUEUED"
+
+
+def test_an_event_cannot_name_another_tenants_event_as_its_cause(server: Server) -> None:
+    """POST /v1/events: B's causation_id naming A's event is a 422 on causation_id, as for
+    an event that does not exist; the admin's chain of B's events stays in B."""
+    _, key_a = server.tenant()
+    _, key_b = server.tenant()
+    with server.client(key_a) as a, server.client(key_b) as b:
+        def asset(c: httpx.Client) -> str:
+            r = c.post("/v1/assets", json={"sku_category": "RAW_NET", "sku_code": "ip.1"})
+            assert r.status_code == 201, r.text
+            return str(r.json()["asset_id"])
+
+        theirs = a.post("/v1/events", json={"asset_id": asset(a), "event_type": "A_SECRET"})
+        assert theirs.status_code == 201, theirs.text
+        cause = theirs.json()["event"]["event_id"]
+        mine = asset(b)
+        for causation_id in (cause, str(uuid.uuid4())):
+            r = b.post("/v1/events", json={"asset_id": mine, "event_type": "B_EVENT",
+                                           "causation_id": causation_id})
+            assert r.status_code == 422, r.text
+            assert [e["field"] for e in r.json()["errors"]] == ["causation_id"]
+            assert "A_SECRET" not in r.text
+        own = b.post("/v1/events", json={"asset_id": mine, "event_type": "B_ROOT"}).json()
+        child = b.post("/v1/events", json={"asset_id": mine, "event_type": "B_CHILD",
+                                           "causation_id": own["event"]["event_id"]})
+        assert child.status_code == 201, child.text
+    with server.admin() as admin:
+        chain = admin.get(f"/v1/events/{child.json()['event']['event_id']}/chain").json()
+        assert [e["event_type"] for e in chain["items"]] == ["B_CHILD", "B_ROOT"]

@@ -4,11 +4,12 @@ Both backends (the conformance `app` / `clock` fixtures)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from creep import Creep, Fail, FrozenClock, NotFound, TaskContext
+from creep import Creep, Fail, FrozenClock, NotFound, TaskContext, ValidationError
 from creep.domain.asset import AssetStatus
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -97,3 +98,38 @@ def test_causation_chain_stops_at_1000_events_short_of_its_root(app: Creep) -> N
     chain = app.asset_event_chain(prev.event_id)
     assert chain[-1].causation_id is None and chain[-1].event_id == root.event_id
     assert len(chain) == 1005
+
+
+def test_an_event_cannot_name_another_tenants_event_as_its_cause(app: Creep) -> None:
+    """causation_id names the event that caused this one: it must be an event of the same
+    tenant (a ValidationError on causation_id, like an unknown one, reported from outside a
+    task or by a handler), or an admin's causation chain walks into another tenant."""
+    theirs = app.create_asset(sku_category="RAW_NET", sku_code="ip.a", tenant_id="a")
+    cause = app.report_asset_event(asset_id=theirs.asset_id, event_type="A_SECRET",
+                                   tenant_id="a")
+    mine = app.create_asset(sku_category="RAW_NET", sku_code="ip.b", tenant_id="b")
+    for causation_id in (cause.event_id, str(uuid.uuid4())):
+        with pytest.raises(ValidationError) as exc:
+            app.report_asset_event(asset_id=mine.asset_id, event_type="B_EVENT",
+                                   causation_id=causation_id, tenant_id="b")
+        assert [f for f, _ in exc.value.errors] == ["causation_id"]
+    refused: list[ValidationError] = []
+
+    @app.handler("REPORT")
+    async def report(ctx: TaskContext) -> None:
+        try:
+            await ctx.report_event("B_EVENT", causation_id=cause.event_id)
+        except ValidationError as e:
+            refused.append(e)
+
+    app.submit(task_type="REPORT", tenant_id="b", resource_hints=[NET])
+    app.run_worker(burst=True, install_signals=False)
+    assert [[f for f, _ in e.errors] for e in refused] == [["causation_id"]]
+    # Nothing of b's names a's event; b's own events still chain.
+    assert [e.event_type for e in app.asset_events(asset_id=mine.asset_id)
+            if e.event_type == "B_EVENT"] == []
+    own = app.report_asset_event(asset_id=mine.asset_id, event_type="B_ROOT", tenant_id="b")
+    child = app.report_asset_event(asset_id=mine.asset_id, event_type="B_CHILD",
+                                   causation_id=own.event_id, tenant_id="b")
+    assert [e.event_id for e in app.asset_event_chain(child.event_id)] == [
+        child.event_id, own.event_id]

@@ -249,7 +249,8 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
         an external report may name the task that caused the event in `fields["task_id"]`,
         or leave it to follow from the lease it names. A lease named must be one of the
         tenant's, on the event's asset, and of the event's task; a task named must be one of
-        the tenant's. The event then carries the task's correlation_id."""
+        the tenant's. The event then carries the task's correlation_id. A causation_id
+        must be an event of the tenant's."""
         handler = task_id is not None
         with self._atx() as conn:
             pending = Pending()
@@ -314,6 +315,15 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
             asset = self._lock_assets(conn, [asset_id], pending).get(asset_id)
             if asset is None or asset.tenant_id != tenant_id:
                 raise NotFound("asset", asset_id)
+            cause_id = fields.get("causation_id")
+            if cause_id is not None:
+                # The cause is one of the tenant's events (another tenant's reads like a
+                # missing one): else a causation chain would lead into another tenant.
+                row = self._x(
+                    conn, "SELECT tenant_id FROM asset_events WHERE event_id = ?", (cause_id,)
+                ).fetchone()
+                if row is None or row[0] != tenant_id:
+                    raise ValidationError.single("causation_id", "unknown event")
             given = fields.get("event_id")
             if given and self._x(
                 conn, "SELECT 1 FROM asset_events WHERE event_id = ?", (given,)
@@ -426,7 +436,10 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                 break
             seen.add(cause)
             try:
-                chain.append(self.asset_event_get(cause, tenant_id))
+                # Never past the event's own tenant (for an admin, tenant_id None), whatever
+                # a causation_id stored before it was checked names.
+                found = self.asset_event_get(cause, chain[0].tenant_id)
             except NotFound:
                 break
+            chain.append(found)
         return chain
