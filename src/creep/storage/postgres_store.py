@@ -1233,7 +1233,9 @@ class PostgresStore(
                 "txid < pg_snapshot_xmin(pg_current_snapshot())",
             ]
             params = [txid, event_id]
-            order = "txid, event_id"
+            # The column, qualified: a bare `txid` is the selected txid::text, which sorts
+            # 100000 before 99999 (and pages past the cursor skip or repeat events).
+            order = "task_events.txid, task_events.event_id"
         if tenant_id is not None:
             where.append("tenant_id = %s")
             params.append(tenant_id)
