@@ -204,3 +204,32 @@ def test_a_task_event_named_end_is_shown_in_the_timeline(ui_server: Server,
         shown = page.locator("#events .event strong").all_inner_texts()
         assert shown == listed, (shown, listed)
         assert "end of part one" in page.inner_text("#events")
+
+
+# -- the overview's recent failures ------------------------------------------------------------
+
+
+def test_overview_lists_recent_failures_latest_to_fail_first(ui_server: Server,
+                                                              page: Any) -> None:
+    """"Recent failures" are listed latest to fail first (README), and their "When" column
+    is the finish time: the page sorted by updated_at, which a later change (a PATCH of tags,
+    say) moves, so a failure retagged afterwards was listed above later failures."""
+    _, key = ui_server.tenant()
+    with ui_server.client(key) as c:
+        first, second = (create_task(c, task_type="FLAKY")["task_id"] for _ in range(2))
+        tokens = {t["task"]["task_id"]: t["claim_token"] for t in _claim(c, "FLAKY", 2)}
+        for task_id in (first, second):  # the first task fails first
+            r = c.post(f"/v1/tasks/{task_id}/fail", json={
+                "claim_token": tokens[task_id], "kind": "failed", "message": "503"})
+            assert r.status_code == 200, r.text
+        done = {t: c.get(f"/v1/tasks/{t}").json() for t in (first, second)}
+        assert done[first]["finished_at"] < done[second]["finished_at"]
+        r = c.patch(f"/v1/tasks/{first}", json={"tags": ["looked-at"]},
+                    headers={"If-Match": f'"{done[first]["task_version"]}"'})
+        assert r.status_code == 200, r.text
+        assert r.json()["updated_at"] > done[second]["updated_at"]
+
+    sign_in(page, ui_server, key)
+    expect(page.locator("table.grid tbody tr")).to_have_count(2)
+    rows = _rows(page)
+    assert second in rows[0] and first in rows[1], rows

@@ -28,8 +28,11 @@ export async function render(main, ctx) {
   ctx.every(async () => {
     const pages = await Promise.all(FAILED.map((status) =>
       api("/tasks", { query: { status, limit: 10 }, signal: ctx.signal })));
+    // Latest to fail first: by finished_at (updated_at moves with any later change, e.g. a
+    // PATCH of tags), compared as instants.
+    const failedAt = (t) => Date.parse(t.finished_at || t.updated_at);
     const rows = pages.flatMap((p) => p.items)
-      .sort((a, b) => String(b.updated_at).localeCompare(String(a.updated_at))).slice(0, 10);
+      .sort((a, b) => failedAt(b) - failedAt(a)).slice(0, 10);
     replace(failures, table([
       { label: "Task", get: (t) => taskLink(t.task_id) },
       { label: "Type", get: (t) => t.task_type },
