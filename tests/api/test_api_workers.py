@@ -225,3 +225,39 @@ def test_remote_worker_with_a_bad_key_exits_non_zero(worker_server: Server) -> N
     worker = _remote_worker(worker_server, "not-a-valid-key-" + "y" * 20, "--burst")
     out, _ = worker.communicate(timeout=60)
     assert worker.returncode != 0 and b"401" in out
+
+
+def test_progress_resent_after_a_lost_answer_writes_one_event(worker_server: Server) -> None:
+    """A worker whose progress call got no answer (a timeout, a 503 from a proxy) sends it
+    again: the first one was written, so the resend wrote a second `progress` event. A
+    progress identical to the one this claim recorded last records nothing more; another
+    value (or an earlier one again) is written. A new claim's first progress is written
+    even if the previous run left the same value."""
+    _, key = worker_server.tenant()
+    with worker_server.client(key) as a:
+        task = _submit(a, "RT_PROGRESS", constraints={"max_retries": 2})
+        (item,) = _claim(a, ["RT_PROGRESS"], claim_ttl=60)
+        base, tok = f"/v1/tasks/{task}", item["claim_token"]
+
+        def progress(pct: int, message: str | None, token: str = tok) -> None:
+            r = a.post(f"{base}/progress",
+                       json={"claim_token": token, "progress": pct, "message": message})
+            assert r.json() == {"task_id": task, "progress": pct}, r.text
+
+        def progress_events() -> list[tuple[int, str | None]]:
+            items = a.get(f"{base}/events").json()["items"]
+            return [(e["payload"]["progress"], e["payload"]["message"]) for e in items
+                    if e["event_type"] == "progress"]
+
+        for pct, message in ((50, "half"), (50, "half"), (60, "more"), (50, "half")):
+            progress(pct, message)
+        # The run gives the task back; the next claim's first progress is its own event.
+        assert a.post(f"{base}/fail", json={"claim_token": tok, "kind": "requeue"}
+                      ).status_code == 200
+        (again,) = _claim(a, ["RT_PROGRESS"], claim_ttl=60)
+        progress(50, None, again["claim_token"])
+        progress(50, None, again["claim_token"])
+        assert a.post(f"{base}/complete", json={"claim_token": again["claim_token"]}
+                      ).status_code == 200
+        _event_types(a, task)
+        assert progress_events() == [(50, "half"), (60, "more"), (50, "half"), (50, None)]

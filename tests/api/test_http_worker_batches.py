@@ -239,3 +239,37 @@ def test_http_worker_falls_back_to_per_task_routes_without_batch_routes(
     assert _run_worker(worker_server.url, key, rec)["completed"] == 3
     assert [c.get(f"/v1/tasks/{t}").json()["status"] for t in ids] == ["SUCCESS"] * 3
     assert rec.paths.count(missing) == 1 and len(rec.per_task("complete")) == 3
+
+
+class LoseProgressAnswer(Recorder):
+    """Loses the answer to the first progress call (written, but the worker sees a 503)."""
+
+    armed = True
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.armed and request.url.path.endswith("/progress"):
+            self.armed, self.lose_answer = False, request.url.path
+        return super().handle_request(request)
+
+
+@app.handler("BP_PROGRESS")
+async def report_progress(ctx: TaskContext) -> None:
+    await ctx.progress(50, "half way")
+
+
+def test_http_worker_resending_a_progress_whose_answer_was_lost_writes_it_once(
+    worker_server: Server, remote: tuple[str, httpx.Client],
+) -> None:
+    """ctx.progress() on an HTTP worker is sent again after a failure that may have reached
+    the server (as README says: waited out, not raised into the handler). Its first send
+    was written: the resend wrote a second `progress` event."""
+    key, c = remote
+    task_id = _submit(c, "BP_PROGRESS")
+    rec = LoseProgressAnswer()
+    stats = _run_worker(worker_server.url, key, rec)
+    assert stats["completed"] == 1
+    assert rec.per_task("progress") == [f"/v1/tasks/{task_id}/progress"] * 2
+    assert c.get(f"/v1/tasks/{task_id}").json()["status"] == "SUCCESS"
+    events = c.get(f"/v1/tasks/{task_id}/events").json()["items"]
+    assert [e["payload"] for e in events if e["event_type"] == "progress"] == [
+        {"progress": 50, "message": "half way"}]

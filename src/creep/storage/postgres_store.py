@@ -1078,6 +1078,8 @@ class PostgresStore(
                     UPDATE tasks SET progress = %(p)s, progress_message = %(m)s,
                         updated_at = %(now)s, task_version = task_version + 1
                     WHERE task_id = %(id)s AND claim_token = %(tok)s AND status = 'RUNNING'
+                      AND NOT (progress = %(p)s AND progress_message IS NOT DISTINCT FROM %(m)s
+                               AND updated_at > started_at)
                     RETURNING task_id, tenant_id, attempt
                 ), ev AS (
                     INSERT INTO task_events ({_EVENT_COLUMNS})
@@ -1088,6 +1090,13 @@ class PostgresStore(
                 {"p": progress, "m": message, "now": now, "id": task_id, "tok": claim_token,
                  "payload": Jsonb({"progress": progress, "message": message})},
             ).fetchone()
+            if not (row and row[0]):
+                # A progress identical to the one this claim recorded last (its row was
+                # updated since the claim) is a resend after a lost answer: nothing written.
+                row = conn.execute(
+                    "SELECT 1 FROM tasks WHERE task_id = %s AND claim_token = %s "
+                    "AND status = 'RUNNING'", (task_id, claim_token),
+                ).fetchone()
         return bool(row and row[0])
 
     def task_cancel(

@@ -774,15 +774,22 @@ class SqliteStore(
     ) -> bool:
         now_us = us(now)
         with self._write() as conn:
+            # A progress identical to the one this claim recorded last (its row was updated
+            # since the claim) is a resend after a lost answer: nothing more is written.
             row = conn.execute(
-                """UPDATE tasks SET progress = ?, progress_message = ?, updated_at = ?,
+                """UPDATE tasks SET progress = ?1, progress_message = ?2, updated_at = ?3,
                     task_version = task_version + 1
-                WHERE task_id = ? AND claim_token = ? AND status = 'RUNNING'
+                WHERE task_id = ?4 AND claim_token = ?5 AND status = 'RUNNING'
+                  AND NOT (progress = ?1 AND progress_message IS ?2
+                           AND updated_at > started_at)
                 RETURNING tenant_id, attempt""",
                 (progress, message, now_us, task_id, claim_token),
             ).fetchone()
             if row is None:
-                return False
+                return conn.execute(
+                    "SELECT 1 FROM tasks WHERE task_id = ? AND claim_token = ? "
+                    "AND status = 'RUNNING'", (task_id, claim_token),
+                ).fetchone() is not None
             _insert_events(
                 conn,
                 [(task_id, row[0], "progress", "RUNNING", "RUNNING", row[1],
