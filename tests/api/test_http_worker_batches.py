@@ -273,3 +273,35 @@ def test_http_worker_resending_a_progress_whose_answer_was_lost_writes_it_once(
     events = c.get(f"/v1/tasks/{task_id}/events").json()["items"]
     assert [e["payload"] for e in events if e["event_type"] == "progress"] == [
         {"progress": 50, "message": "half way"}]
+
+
+class RefuseLaterHeartbeats(Recorder):
+    """Real HTTP, except that every heartbeat request after the first answers 503."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == HEARTBEAT and HEARTBEAT in self.paths:
+            self.paths.append(request.url.path)
+            return httpx.Response(503, text="busy")
+        return super().handle_request(request)
+
+
+def test_http_store_keeps_the_answers_of_a_heartbeat_round_whose_later_chunk_failed(
+    worker_server: Server, remote: tuple[str, httpx.Client], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above 1,000 running tasks a heartbeat round is several requests. A later one failing
+    (a 503) raised out of the round, dropping what the earlier ones answered: a cancel the
+    worker never acted on, a lost claim it kept running. The answers received are kept."""
+    monkeypatch.setattr(http_worker_store, "MAX_BATCH", 2)
+    key, c = remote
+    (t1, k1), (t2, k2), (t3, k3) = _claimed(c, _kind(), 3)
+    assert c.post(f"/v1/tasks/{t1}/cancel").status_code == 200
+    assert c.post(f"/v1/tasks/{t2}/complete", json={"claim_token": k2}).status_code == 200
+    rec = RefuseLaterHeartbeats()
+    store = HttpWorkerStore(worker_server.url, key, transport=rec)
+    try:
+        result = store.task_heartbeat("w", [(t1, k1), (t2, k2), (t3, k3)], datetime.now(UTC),
+                                      30)
+    finally:
+        store.close()
+    assert rec.paths == [HEARTBEAT, HEARTBEAT]
+    assert (result.cancel_requested, result.lost, result.revoked) == ([t1], [t2], {})

@@ -27,6 +27,7 @@ from creep.domain.asset_event import AssetEvent, Severity
 from creep.domain.errors import (
     ClaimLost,
     ConflictError,
+    CreepError,
     NotWritten,
     StorageError,
     ValidationError,
@@ -142,12 +143,22 @@ class HttpWorkerStore:
     def task_heartbeat(
         self, worker_id: str, claims: Sequence[tuple[str, str]], now: datetime, claim_ttl: float
     ) -> HeartbeatResult:
+        """A round of at most MAX_BATCH claims per request. A request failing after others
+        were answered ends the round with what they answered (a cancel, a lost claim to act
+        on); the claims it did not renew are sent again next round."""
         result = HeartbeatResult()
         for start in range(0, len(claims), MAX_BATCH):
             chunk = claims[start:start + MAX_BATCH]
-            if not (self.batch_routes and self._heartbeat_batch(worker_id, chunk, claim_ttl,
-                                                                result)):
-                self._heartbeat_each(worker_id, chunk, claim_ttl, result)
+            try:
+                if not (self.batch_routes and self._heartbeat_batch(worker_id, chunk,
+                                                                    claim_ttl, result)):
+                    self._heartbeat_each(worker_id, chunk, claim_ttl, result)
+            except CreepError as exc:
+                if not (start or result.lost or result.cancel_requested or result.revoked):
+                    raise
+                log.warning("heartbeat of %d of %d claims failed, acting on the answers "
+                            "received: %s", len(claims) - start, len(claims), exc)
+                break
         return result
 
     def _heartbeat_batch(
