@@ -656,3 +656,49 @@ def test_remote_burst_worker_exits_0_with_work_queued_when_its_claims_are_refuse
         assert worker.returncode == 0, out.decode()[-2000:]
         t = admin.get(f"/v1/tasks/{task}").json()
         assert t["status"] == "SUCCESS", (t["status"], out.decode()[-2000:])
+
+
+def test_worker_ledger_route_books_only_the_leases_of_the_claim(worker_server: Server) -> None:
+    """POST /v1/tasks/{id}/ledger (an HTTP worker's ctx.charge) checked only that lease_id
+    was the tenant's: a run could book its cost against another task's lease, or name a
+    lease with an asset it is not on. Both are 422 on lease_id now; an asset_id alone may
+    be any of the tenant's assets."""
+    _, key = worker_server.tenant()
+    with worker_server.client(key) as c:
+        assets = [_asset(c, sku_code=f"ip.uk.{i}")["asset_id"] for i in range(3)]
+        kind = f"RV_OWN_{uuid.uuid4().hex[:6]}"
+        mine, token = _claimed(c, kind, **_HINTED)
+        theirs, their_token = _claimed(c, kind, **_HINTED)
+
+        def lease_of(task: str, tok: str) -> dict[str, Any]:
+            r = c.post(f"/v1/tasks/{task}/leases", json={"claim_token": tok})
+            (lease,) = r.json()["items"]
+            return dict(lease)
+
+        my_lease, their_lease = lease_of(mine, token), lease_of(theirs, their_token)
+        unleased = next(a for a in assets
+                        if a not in (my_lease["asset_id"], their_lease["asset_id"]))
+        cost = {"claim_token": token, "entry_type": "COST", "amount": "1"}
+
+        def charge(**fields: Any) -> httpx.Response:
+            return c.post(f"/v1/tasks/{mine}/ledger", json={**cost, **fields})
+
+        for fields in ({"lease_id": their_lease["lease_id"]},
+                       {"lease_id": my_lease["lease_id"], "asset_id": unleased}):
+            r = charge(**fields)
+            assert r.status_code == 422, (fields, r.text)
+            assert [e["field"] for e in r.json()["errors"]] == ["lease_id"], r.text
+        assert charge(lease_id=my_lease["lease_id"],
+                      asset_id=my_lease["asset_id"]).status_code == 201
+        assert charge(asset_id=unleased).status_code == 201
+        entries = c.get("/v1/ledger", params={"task_id": mine}).json()["items"]
+        assert [(e["lease_id"], e["asset_id"]) for e in entries] == [
+            (my_lease["lease_id"], my_lease["asset_id"]), (None, unleased)]
+        # The task's next run books against its own leases, not the earlier run's.
+        assert c.post(f"/v1/tasks/{mine}/fail", json={"claim_token": token, "kind": "requeue"}
+                      ).status_code == 200
+        r = c.post("/v1/workers/claim", json={"task_types": [kind], "claim_ttl": 60})
+        (item,) = r.json()["items"]
+        again = {**cost, "claim_token": item["claim_token"]}
+        r = c.post(f"/v1/tasks/{mine}/ledger", json={**again, "lease_id": my_lease["lease_id"]})
+        assert r.status_code == 422 and "earlier run" in r.json()["errors"][0]["rule"], r.text

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from creep import ClaimLost, Creep, FrozenClock, TaskStatus
+from creep import ClaimLost, Creep, FrozenClock, TaskStatus, ValidationError
 from creep.domain.ledger import BudgetExceeded
 
 NET = {"sku_category": "RAW_NET", "sku_code": "ip.*"}
@@ -169,3 +169,48 @@ def test_money_in_exponent_notation_reads_back_alike_on_both_backends(app: Creep
                                     task_id=t.task_id)
     [read] = app.ledger_entries(task_id=t.task_id)
     assert str(entry.amount) == str(read.amount) == "25.0"
+
+
+def test_a_handler_charges_only_the_leases_of_its_own_run(app: Creep) -> None:
+    """ctx.charge(lease_id=...) checked only that the lease was the tenant's: a handler could
+    book its cost against another task's lease (or name a lease and an asset it is not on).
+    A lease_id must be one of this run's leases (any status, as ctx.leases() lists them), and
+    an asset_id given with it the lease's asset; an asset_id alone may be any of the
+    tenant's assets (a handler may pay for an asset it did not lease)."""
+    a1, a2 = asset(app, 1), asset(app, 2)
+    leased: dict[str, Any] = {}
+    refused: dict[str, list[str]] = {}
+
+    @app.handler("LEASED")
+    async def first(ctx: Any) -> None:
+        [lease] = await ctx.leases()
+        leased["other"] = lease
+
+    @app.handler("CHARGER")
+    async def charger(ctx: Any) -> None:
+        [mine] = await ctx.leases()
+        other = leased["other"]
+        unleased = a2 if mine.asset_id == a1 else a1
+        for name, kwargs in (
+            ("another task's lease", {"lease_id": other.lease_id}),
+            ("another asset with its lease", {"lease_id": mine.lease_id,
+                                              "asset_id": unleased}),
+        ):
+            try:
+                await ctx.charge("1", **kwargs)
+            except ValidationError as exc:
+                refused[name] = [field for field, _ in exc.errors]
+        await ctx.charge("0.5", lease_id=mine.lease_id, asset_id=mine.asset_id)
+        await ctx.charge("0.25", asset_id=unleased)
+
+    first_task = app.submit(task_type="LEASED", resource_hints=[NET])
+    app.run_worker(burst=True, install_signals=False)
+    assert app.get_task(first_task.task_id).status is TaskStatus.SUCCESS
+    t = app.submit(task_type="CHARGER", resource_hints=[NET])
+    app.run_worker(burst=True, install_signals=False)
+    assert app.get_task(t.task_id).status is TaskStatus.SUCCESS
+    assert refused == {"another task's lease": ["lease_id"],
+                       "another asset with its lease": ["lease_id"]}
+    assert [e.amount for e in app.ledger_entries(task_id=t.task_id)] == [
+        Decimal("0.5"), Decimal("0.25")]
+    assert app.ledger_entries(task_id=first_task.task_id) == []

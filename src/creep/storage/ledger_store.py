@@ -74,14 +74,14 @@ class LedgerStoreMixin(AssetStoreBase):
                             f"{entry.currency}"
                         )
             # An entry names only the caller's own asset and lease, as it does its task.
-            for kind, table, ref in (("asset", "assets", entry.asset_id),
-                                     ("lease", "leases", entry.lease_id)):
-                if ref is not None:
-                    owner = self._x(
-                        conn, f"SELECT tenant_id FROM {table} WHERE {kind}_id = ?", (ref,)
-                    ).fetchone()
-                    if owner is None or owner[0] != entry.tenant_id:
-                        raise NotFound(kind, ref)
+            if entry.asset_id is not None:
+                owner = self._x(
+                    conn, "SELECT tenant_id FROM assets WHERE asset_id = ?", (entry.asset_id,)
+                ).fetchone()
+                if owner is None or owner[0] != entry.tenant_id:
+                    raise NotFound("asset", entry.asset_id)
+            if entry.lease_id is not None:
+                self._check_entry_lease(conn, entry, claim_token)
             self._x(
                 conn,
                 f"INSERT INTO ledger_entries ({LEDGER_COLS}) VALUES ({', '.join('?' * 12)})",
@@ -91,6 +91,28 @@ class LedgerStoreMixin(AssetStoreBase):
                  d.ts(entry.recorded_at)),
             )
         return entry
+
+    def _check_entry_lease(
+        self, conn: Any, entry: LedgerEntry, claim_token: str | None
+    ) -> None:
+        """The lease an entry names: the tenant's (another tenant's reads like a missing
+        one), of the entry's task (a handler's ctx.charge / ctx.earn: of its own run, any
+        status, as ctx.leases() lists them), on the entry's asset when one is named."""
+        lease = self._x(
+            conn, "SELECT tenant_id, task_id, asset_id, claim_token FROM leases "
+            "WHERE lease_id = ?", (entry.lease_id,),
+        ).fetchone()
+        if lease is None or lease[0] != entry.tenant_id:
+            raise NotFound("lease", str(entry.lease_id))
+        task_id, asset_id, token = (str(v).lower() for v in lease[1:])
+        if entry.task_id is not None and task_id != entry.task_id.lower():
+            raise ValidationError.single("lease_id", "is a lease of another task")
+        if claim_token is not None and token != claim_token.lower():
+            raise ValidationError.single(
+                "lease_id", "is a lease of an earlier run of the task, not of this one")
+        if entry.asset_id is not None and asset_id != entry.asset_id.lower():
+            raise ValidationError.single(
+                "lease_id", f"is a lease of another asset than asset_id {entry.asset_id}")
 
     def _ledger_where(
         self, tenant_id: str | None, project_id: str | None, task_id: str | None,
