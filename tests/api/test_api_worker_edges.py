@@ -608,17 +608,29 @@ def test_remote_worker_ctx_charge_fails_the_task_when_the_tenant_is_rate_limited
 
 
 def test_http_store_resends_a_handler_write_only_when_nothing_was_written() -> None:
-    """ctx.charge is not idempotent: a request that may have reached the server (a read
-    timeout) stays a plain StorageError for the handler; only a refused connection or a
-    429 (Retry-After kept) is NotWritten, which the worker sends again."""
+    """A handler's write that may have reached the server (a read timeout) stays a plain
+    StorageError for the handler (ctx.report_event); only a refused connection or a 429
+    (Retry-After kept) is NotWritten, which the worker sends again. A ledger entry goes
+    with its entry_id, which the server writes once: a timeout is NotWritten too, unless
+    the server is older than entry_id (a 422 on it), when the entry goes without."""
     from datetime import UTC, datetime
     from decimal import Decimal
+
+    import orjson
 
     from creep.domain.errors import NotWritten, StorageError
     from creep.domain.ledger import EntryType, LedgerEntry
     from creep.remote.http_worker_store import HttpWorkerStore
 
+    old_server = False
+    sent: list[dict[str, Any]] = []
+
     def answer(request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)
+        sent.append(body)
+        if old_server and "entry_id" in body:
+            return httpx.Response(422, json={"errors": [
+                {"field": "entry_id", "rule": "Extra inputs are not permitted"}]})
         task = request.url.path.split("/")[3]
         if task == "timeout":
             raise httpx.ReadTimeout("no answer", request=request)
@@ -630,13 +642,23 @@ def test_http_store_resends_a_handler_write_only_when_nothing_was_written() -> N
     now = datetime.now(UTC)
     for task in ("timeout", "refused", "limited"):
         store._tokens[task] = "tok"
-        entry = LedgerEntry("e", "t", None, task, None, None, EntryType.COST, Decimal("1"),
-                            "USD", None, now, now)
         with pytest.raises(StorageError) as raised:
-            store.ledger_record(entry)
+            store.asset_event_report({"event_type": "X"}, now, tenant_id="t", task_id=task)
         assert isinstance(raised.value, NotWritten) == (task != "timeout"), task
+        entry = LedgerEntry(str(uuid.uuid4()), "t", None, task, None, None, EntryType.COST,
+                            Decimal("1"), "USD", None, now, now)
+        with pytest.raises(NotWritten) as written_once:
+            store.ledger_record(entry)
+        assert sent[-1]["entry_id"] == entry.entry_id
         if task == "limited":
-            assert isinstance(raised.value, NotWritten) and raised.value.retry_after == 2.0
+            assert written_once.value.retry_after == 2.0
+    old_server = True
+    entry = LedgerEntry(str(uuid.uuid4()), "t", None, "timeout", None, None, EntryType.COST,
+                        Decimal("1"), "USD", None, now, now)
+    with pytest.raises(StorageError) as raised:
+        store.ledger_record(entry)
+    assert not isinstance(raised.value, NotWritten) and not store.ledger_entry_ids
+    assert ["entry_id" in body for body in sent[-2:]] == [True, False]
 
 
 def test_remote_burst_worker_exits_0_with_work_queued_when_its_claims_are_refused(
@@ -702,3 +724,30 @@ def test_worker_ledger_route_books_only_the_leases_of_the_claim(worker_server: S
         again = {**cost, "claim_token": item["claim_token"]}
         r = c.post(f"/v1/tasks/{mine}/ledger", json={**again, "lease_id": my_lease["lease_id"]})
         assert r.status_code == 422 and "earlier run" in r.json()["errors"][0]["rule"], r.text
+
+
+def test_worker_ledger_entry_resent_with_its_entry_id_is_written_once(
+    worker_server: Server,
+) -> None:
+    """A ctx.charge whose answer was lost after the server wrote it was charged again when
+    sent again (and could even be refused as over budget by its own first write). Sent with
+    its entry_id, a resend answers the entry written the first time and writes nothing; the
+    same entry_id with another entry is a 409."""
+    _, key = worker_server.tenant()
+    with worker_server.client(key) as c:
+        task, token = _claimed(c, f"RV_ONCE_{uuid.uuid4().hex[:6]}", max_total_cost="1",
+                               currency="USD")
+        entry_id = str(uuid.uuid4())
+        cost = {"claim_token": token, "entry_type": "COST", "amount": "1",
+                "entry_id": entry_id, "description": "captcha"}
+        first = c.post(f"/v1/tasks/{task}/ledger", json=cost)
+        assert first.status_code == 201, first.text
+        again = c.post(f"/v1/tasks/{task}/ledger", json=cost)
+        assert again.status_code == 201, again.text
+        assert again.json() == first.json() and first.json()["entry_id"] == entry_id
+        other = c.post(f"/v1/tasks/{task}/ledger", json={**cost, "amount": "0.5"})
+        assert other.status_code == 409 and "entry_id" in other.text, other.text
+        bad = c.post(f"/v1/tasks/{task}/ledger", json={**cost, "entry_id": "nope"})
+        assert [e["field"] for e in bad.json()["errors"]] == ["entry_id"], bad.text
+        entries = c.get("/v1/ledger", params={"task_id": task}).json()["items"]
+        assert [(e["entry_id"], e["amount"]) for e in entries] == [(entry_id, "1")]

@@ -305,3 +305,40 @@ def test_http_store_keeps_the_answers_of_a_heartbeat_round_whose_later_chunk_fai
         store.close()
     assert rec.paths == [HEARTBEAT, HEARTBEAT]
     assert (result.cancel_requested, result.lost, result.revoked) == ([t1], [t2], {})
+
+
+class LoseLedgerAnswer(Recorder):
+    """Loses the answer to the first ledger call (written, but the worker sees a 503)."""
+
+    armed = True
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.armed and request.url.path.endswith("/ledger"):
+            self.armed, self.lose_answer = False, request.url.path
+        return super().handle_request(request)
+
+
+@app.handler("BP_CHARGE")
+async def charge_once(ctx: TaskContext) -> dict[str, str]:
+    entry = await ctx.charge("0.30", description="captcha")
+    return {"entry_id": entry.entry_id}
+
+
+def test_http_worker_resends_a_charge_whose_answer_was_lost_and_it_is_written_once(
+    worker_server: Server, remote: tuple[str, httpx.Client],
+) -> None:
+    """A ctx.charge that reached the server but whose answer was lost (a 503 from a proxy, a
+    timeout) raised StorageError into the handler, failing the attempt with the cost
+    written; a handler that tried again charged twice. The worker sends it again with the
+    entry's id, which the server writes once."""
+    key, c = remote
+    task_id = _submit(c, "BP_CHARGE", currency="USD", max_total_cost="0.30")
+    rec = LoseLedgerAnswer()
+    stats = _run_worker(worker_server.url, key, rec)
+    t = c.get(f"/v1/tasks/{task_id}").json()
+    assert (t["status"], t["attempt"]) == ("SUCCESS", 1), t
+    assert stats["completed"] == 1
+    assert rec.per_task("ledger") == [f"/v1/tasks/{task_id}/ledger"] * 2
+    entries = c.get("/v1/ledger", params={"task_id": task_id}).json()["items"]
+    assert [(e["entry_id"], e["amount"]) for e in entries] == [
+        (t["result_payload"]["entry_id"], "0.30")]

@@ -211,6 +211,10 @@ class WorkerLedgerIn(_In):
     asset_id: str | None = Field(default=None, max_length=64)
     lease_id: str | None = Field(default=None, max_length=64)
     description: str | None = Field(default=None, max_length=2000)
+    entry_id: str | None = Field(
+        default=None, max_length=64,
+        description="a UUID the worker picks: the same request sent again (after a lost "
+        "answer) answers the entry written the first time and writes nothing")
 
 
 class WorkerAssetEventIn(AssetEventIn):

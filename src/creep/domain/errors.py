@@ -87,8 +87,9 @@ class StorageError(CreepError):
 
 class NotWritten(StorageError):
     """A store call was refused before anything was written (the API's 429 or 408, a
-    connection never made): sending it again cannot write twice. `retry_after`: the seconds
-    the server asked to wait, if it said."""
+    connection never made), or the server writes it once however often it is sent (an HTTP
+    worker's ledger entry, by its entry_id): sending it again cannot write twice.
+    `retry_after`: the seconds the server asked to wait, if it said."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)

@@ -903,9 +903,10 @@ class Worker:
 
     async def call_resending(self, fn: Callable[..., T], *args: Any) -> T:
         """A handler's own write (ctx.charge, ctx.report_event, ...), which must not be
-        written twice: sent again only when the store says the call wrote nothing
-        (NotWritten: an HTTP worker's 429 or refused connection), with backoff, until the
-        claim TTL; then, or on any other failure, raised into the handler."""
+        written twice: sent again only when the store says a resend cannot write it twice
+        (NotWritten: an HTTP worker's 429 or refused connection, or any failure of a ledger
+        entry it sends with its entry id), with backoff, until the claim TTL; then, or on
+        any other failure, raised into the handler."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.claim_ttl
         delay = 0.05

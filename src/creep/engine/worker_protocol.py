@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import re
 import threading
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -374,18 +375,24 @@ class WorkerProtocol:
         self, task_id: str, claim_token: str, tenant_id: str | None, *, entry_type: str,
         amount: Any, currency: str | None = None, asset_id: str | None = None,
         lease_id: str | None = None, description: str | None = None,
+        entry_id: str | None = None,
     ) -> LedgerEntry:
         """ctx.charge / ctx.earn: a COST or REVENUE of the running task (BudgetExceeded over
-        its max_total_cost)."""
+        its max_total_cost). `entry_id` (the worker's) makes a resend write nothing more."""
         if entry_type not in ("COST", "REVENUE"):
             raise ValidationError.single("entry_type", "must be COST or REVENUE")
-        task = self.running(task_id, claim_token, tenant_id)
+        if entry_id is not None and not is_uuid(entry_id):
+            raise ValidationError.single("entry_id", "must be a UUID")
+        # The ledger's transaction checks the claim (after a resend's own entry: see there).
+        task = self._held(task_id, claim_token, tenant_id)
         entry = make_entry(
             self.clock.now(), entry_type=entry_type, amount=amount,
             currency=currency or task.currency, tenant_id=task.tenant_id,
             project_id=task.project_id, task_id=task_id, asset_id=asset_id, lease_id=lease_id,
             description=description, occurred_at=None,
         )
+        if entry_id is not None:
+            entry.entry_id = str(uuid.UUID(entry_id))
         try:
             return self.store.ledger_record(entry, claim_token=claim_token)
         except NotFound as exc:  # another tenant's asset or lease reads like a missing one

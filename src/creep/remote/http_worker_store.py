@@ -69,6 +69,8 @@ class HttpWorkerStore:
         self._claim_failures = 0
         #: False once the server answered that it has no batch routes.
         self.batch_routes = True
+        #: False once the server refused a ledger entry's entry_id (older than it).
+        self.ledger_entry_ids = True
         # task_id -> claim token of the claims this worker runs: ctx.charge and ctx.leases()
         # name only the task, and the API fences their calls by the token.
         self._tokens: dict[str, str] = {}
@@ -86,7 +88,7 @@ class HttpWorkerStore:
     def _send(self, path: str, body: dict[str, Any]) -> httpx.Response:
         """The answer, unless it is one to try again later (unreachable, 5xx, 408, 429):
         StorageError, NotWritten when the request surely wrote nothing (safe to resend even
-        when it is not idempotent, as ctx.charge is not)."""
+        when it is not idempotent, as ctx.report_event is not)."""
         try:
             r = self._http.post(path, content=orjson.dumps(body, default=_json_default),
                                 headers={"Content-Type": "application/json"})
@@ -315,14 +317,35 @@ class HttpWorkerStore:
         self, entry: LedgerEntry, *, enforce_budget: bool = True,
         claim_token: str | None = None,
     ) -> LedgerEntry:
-        """ctx.charge / ctx.earn (the budget is always enforced over the API)."""
-        d = self._fenced(f"/v1/tasks/{entry.task_id}/ledger", {
+        """ctx.charge / ctx.earn (the budget is always enforced over the API). Sent with the
+        entry's id, which the server writes once: a failure that may have reached it (a
+        timeout, a 5xx) is NotWritten, so the Worker sends it again (a server older than
+        entry_id answers a 422 on it: then it is sent without, and not again)."""
+        path = f"/v1/tasks/{entry.task_id}/ledger"
+        body = {
             "claim_token": claim_token or self._token(entry.task_id),
             "entry_type": entry.entry_type.value,
             "amount": str(entry.amount), "currency": entry.currency,
             "asset_id": entry.asset_id, "lease_id": entry.lease_id,
             "description": entry.description,
-        })
+        }
+        if self.ledger_entry_ids:
+            try:
+                d = self._fenced(path, {**body, "entry_id": entry.entry_id})
+            except NotWritten:
+                raise
+            except StorageError as exc:
+                raise NotWritten(f"{exc} (sent again with its entry_id: written once)") \
+                    from exc
+            except ValidationError as exc:
+                if [name for name, _ in exc.errors] != ["entry_id"]:
+                    raise
+                log.info("the creep API takes no ledger entry_id: a charge whose answer is "
+                         "lost is not sent again")
+                self.ledger_entry_ids = False
+                d = self._fenced(path, body)
+        else:
+            d = self._fenced(path, body)
         return LedgerEntry(**{**d, "entry_type": EntryType(d["entry_type"]),
                               "amount": Decimal(d["amount"]),
                               "occurred_at": datetime.fromisoformat(d["occurred_at"]),

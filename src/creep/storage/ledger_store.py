@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from creep.domain.errors import ClaimLost, NotFound, ValidationError
+from creep.domain.errors import ClaimLost, ConflictError, NotFound, ValidationError
 from creep.domain.ids import is_uuid
 from creep.domain.ledger import (
     BudgetExceeded,
@@ -45,6 +45,8 @@ class LedgerStoreMixin(AssetStoreBase):
                 ).fetchone()
                 if row is None or row[0] != entry.tenant_id:
                     raise NotFound("task", entry.task_id)
+                if (written := self._written_entry(conn, entry)) is not None:
+                    return written  # sent again after a lost answer (even once unclaimed)
                 if claim_token is not None and (row[4] != "RUNNING"
                                                 or str(row[5]) != claim_token):
                     # A run that lost its claim (rescued, timed out, cancelled) spends
@@ -91,6 +93,25 @@ class LedgerStoreMixin(AssetStoreBase):
                  d.ts(entry.recorded_at)),
             )
         return entry
+
+    def _written_entry(self, conn: Any, entry: LedgerEntry) -> LedgerEntry | None:
+        """The entry of `entry`'s id written already (a worker's resend after a lost answer:
+        the one answer, nothing more written), or None; ConflictError if it differs."""
+        row = self._x(conn, f"SELECT {LEDGER_COLS} FROM ledger_entries WHERE entry_id = ?",
+                      (entry.entry_id,)).fetchone()
+        if row is None:
+            return None
+        written = self._entry(row)
+
+        def key(e: LedgerEntry) -> tuple[Any, ...]:
+            return (e.tenant_id, *(None if x is None else str(x).lower() for x in (
+                e.task_id, e.asset_id, e.lease_id)), e.entry_type, e.amount, e.currency,
+                    e.description)
+
+        if key(written) != key(entry):
+            raise ConflictError(f"ledger entry_id {entry.entry_id} exists already, as "
+                                "another entry")
+        return written
 
     def _check_entry_lease(
         self, conn: Any, entry: LedgerEntry, claim_token: str | None

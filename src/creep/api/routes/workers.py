@@ -268,12 +268,13 @@ def add_event(task_id: str, body: WorkerEventIn, principal: Writer, proto: Proto
                                                       "exceed max_total_cost"}})
 def record_money(task_id: str, body: WorkerLedgerIn, principal: Writer, proto: Proto) -> Any:
     """A COST (ctx.charge) or REVENUE (ctx.earn) of the task this claim runs, in its
-    currency; a cost over the task's max_total_cost is refused and writes nothing."""
+    currency; a cost over the task's max_total_cost is refused and writes nothing. Sent
+    again with its `entry_id`, the entry written the first time is the answer."""
     try:
         entry = proto.record_money(
             task_id, body.claim_token, read_scope(principal), entry_type=body.entry_type,
             amount=body.amount, currency=body.currency, asset_id=body.asset_id,
-            lease_id=body.lease_id, description=body.description,
+            lease_id=body.lease_id, description=body.description, entry_id=body.entry_id,
         )
     except BudgetExceeded as exc:
         raise Problem(409, "Budget exceeded", exc.message, type_="budget-exceeded") from None
