@@ -106,3 +106,81 @@ def test_bad_database_url_is_a_clear_error() -> None:
     )
     assert bad.returncode == 2
     assert "database_url: unsupported scheme" in bad.stderr
+
+
+def _tamper_before_last_lock_migration(url: str) -> int:
+    """Migrate to just before the lock-expiry migration (sqlite 0018, postgres 0019), write a
+    lock that migration rewrites (its expiry not after its acquisition) and an object that
+    makes the migration fail on its last statements, after it has rewritten the lock: it
+    fails half-way. Returns the version it stops at."""
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        before = 17
+        store = open_store(url)
+        store.migrate(target=before)
+        store.close()
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        # 0018 rebuilds task_locks, then creates task_locks_state on the new table.
+        conn.execute("DROP INDEX task_locks_state")
+        conn.execute("CREATE INDEX task_locks_state ON tasks (status)")
+        conn.execute(
+            "INSERT INTO task_locks (lock_key, holder_id, token, state, acquired_at, "
+            "expires_at, created_at, updated_at) VALUES ('k', 'h', 't', 'active', 10, 5, 1, 1)"
+        )
+        conn.commit()
+        conn.close()
+        return before
+    import psycopg
+
+    before = 18
+    store = open_store(url)
+    store.migrate(target=before)
+    store.close()
+    with psycopg.connect(url) as conn:
+        # 0019 rewrites such locks, then adds the constraint task_locks_expiry.
+        conn.execute("ALTER TABLE task_locks ADD CONSTRAINT task_locks_expiry CHECK (true)")
+        conn.execute(
+            "INSERT INTO task_locks (lock_key, holder_id, token, state, acquired_at, "
+            "expires_at, created_at, updated_at) VALUES ('k', 'h', 't', 'active', "
+            "'2026-01-01T00:00:10Z', '2026-01-01T00:00:05Z', now(), now())"
+        )
+    return before
+
+
+def _locks(url: str) -> list[tuple[Any, ...]]:
+    query = "SELECT lock_key, state, acquired_at, expires_at FROM task_locks"
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        rows = conn.execute(query).fetchall()
+        conn.close()
+        return rows
+    import psycopg
+
+    with psycopg.connect(url) as pg:
+        return pg.execute(query).fetchall()
+
+
+def test_migration_failing_half_way_leaves_the_database_as_it_was(db_url: str) -> None:
+    before = _tamper_before_last_lock_migration(db_url)
+    schema, locks = _schema(db_url), _locks(db_url)
+    # `creep migrate`: one error line naming the migration, status 2, no traceback.
+    done = subprocess.run(
+        [sys.executable, "-m", "creep.cli", "migrate", "--database-url", db_url], cwd=ROOT,
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "300"},
+    )
+    assert "Traceback" not in done.stderr, done.stderr[-800:]
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"error: migration {before + 1:04d}_lock_expiry failed: "), line
+    assert f"nothing was applied (the schema is still at version {before})" in line
+    # Nothing of it stayed: not the rewritten lock, not a table built on the way.
+    assert _schema(db_url) == schema
+    assert _locks(db_url) == locks
+    store = open_store(db_url)
+    try:
+        assert store.schema_version() == before
+    finally:
+        store.close()

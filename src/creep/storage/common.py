@@ -70,6 +70,15 @@ def check_known_schema(done: set[int], migrations: Sequence[Migration], target: 
             "forward)")
 
 
+def migration_failed(migration: Migration, exc: Exception, done: set[int]) -> StorageError:
+    """A migration the database refused. The run is one transaction, rolled back whole: the
+    schema stays at the version it had (`done`)."""
+    reason = " ".join(str(exc).split())  # one line (psycopg adds DETAIL/HINT lines)
+    return StorageError(
+        f"migration {migration.version:04d}_{migration.name} failed: {reason}; nothing was "
+        f"applied (the schema is still at version {max(done, default=0)})")
+
+
 def load_migrations(dialect: str) -> list[Migration]:
     folder = resources.files("creep.storage") / "migrations" / dialect
     found: list[Migration] = []

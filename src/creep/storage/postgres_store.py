@@ -82,6 +82,7 @@ from creep.storage.common import (
     is_plain,
     json_default,
     load_migrations,
+    migration_failed,
     new_task,
     plan_replays,
     refuse_reused_task_ids,
@@ -405,7 +406,10 @@ class PostgresStore(
             for m in migrations:
                 if m.version in done or (target is not None and m.version > target):
                     continue
-                conn.execute(m.sql.encode())
+                try:
+                    conn.execute(m.sql.encode())
+                except psycopg.Error as exc:  # the transaction rolls back, the earlier ones too
+                    raise migration_failed(m, exc, done) from exc
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                     (m.version, m.name),

@@ -58,6 +58,7 @@ from creep.storage.common import (
     initial_status,
     is_plain,
     load_migrations,
+    migration_failed,
     new_task,
     plan_replays,
     refuse_reused_task_ids,
@@ -280,6 +281,12 @@ class SqliteStore(
     # -- schema --------------------------------------------------------------------------------
 
     def migrate(self, target: int | None = None) -> list[int]:
+        try:
+            return self._migrate(target)
+        except sqlite3.Error as exc:  # locked past busy_timeout, a read-only file, a full disk
+            raise StorageError(f"cannot migrate {self.path}: {exc}") from exc
+
+    def _migrate(self, target: int | None) -> list[int]:
         conn = self._conn()
         applied: list[int] = []
         conn.execute("BEGIN IMMEDIATE")
@@ -294,8 +301,11 @@ class SqliteStore(
             for m in migrations:
                 if m.version in done or (target is not None and m.version > target):
                     continue
-                for statement in _split_sql(m.sql):
-                    conn.execute(statement)
+                try:
+                    for statement in _split_sql(m.sql):
+                        conn.execute(statement)
+                except sqlite3.Error as exc:  # rolled back below, with the ones before it
+                    raise migration_failed(m, exc, done) from exc
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     (m.version, m.name, us(datetime.now(UTC))),
