@@ -100,11 +100,17 @@ def worker(
     _logging(log_level)
     sys.path.insert(0, os.getcwd())
     module_name, _, attr = app_path.partition(":")
+    if not all(part.isidentifier() for part in module_name.split(".")):
+        # importlib would raise ValueError ('') or TypeError ('.relative'): a traceback.
+        raise _fail(f"--app: {app_path!r} is not MODULE:ATTRIBUTE (e.g. myproject.tasks:app)")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise _fail(f"--app: cannot import {module_name!r}: {exc}") from None
-    creep_app = getattr(module, attr or "app", None)
+    attr = attr or "app"
+    if not hasattr(module, attr):
+        raise _fail(f"--app: module {module_name!r} has no attribute {attr!r}")
+    creep_app = getattr(module, attr)
     if not isinstance(creep_app, Creep):
         raise _fail(f"--app: {app_path!r} is not a creep.Creep instance")
     if database_url:
