@@ -184,3 +184,23 @@ def test_migration_failing_half_way_leaves_the_database_as_it_was(db_url: str) -
         assert store.schema_version() == before
     finally:
         store.close()
+
+
+def test_target_above_the_newest_migration_is_refused(db_url: str) -> None:
+    head = len(load_migrations("sqlite" if db_url.startswith("sqlite") else "postgres"))
+    # It applied every migration, exit 0: "applied migrations [1, ..., head]; schema version
+    # head" for --target head+1, which a deploy script takes as the version it asked for.
+    done = subprocess.run(
+        [sys.executable, "-m", "creep.cli", "migrate", "--database-url", db_url,
+         "--target", str(head + 1)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2, done.stdout
+    assert done.stderr.startswith(
+        f"error: target: is above the newest migration this creep has ({head})"), done.stderr
+    store = open_store(db_url)
+    try:
+        assert store.schema_version() == 0  # nothing applied
+        assert store.migrate(target=head) == list(range(1, head + 1))
+    finally:
+        store.close()

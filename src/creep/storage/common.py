@@ -58,7 +58,8 @@ class Migration:
 
 def check_known_schema(done: set[int], migrations: Sequence[Migration], target: int | None) -> None:
     """Refuse a database a newer creep migrated (its schema is not one this code was written
-    for) and a target below the current version (migrations only go forward)."""
+    for), a target below the current version (migrations only go forward) and one above the
+    newest migration this code has."""
     newest, head = max(done, default=0), len(migrations)
     if newest > head:
         raise StorageError(
@@ -68,6 +69,11 @@ def check_known_schema(done: set[int], migrations: Sequence[Migration], target: 
         raise ValidationError.single(
             "target", f"is below the current schema version {newest} (migrations only go "
             "forward)")
+    if target is not None and target > head:
+        # Stopping at head and reporting success would tell a deploy script the schema is at
+        # a version this creep cannot reach.
+        raise ValidationError.single(
+            "target", f"is above the newest migration this creep has ({head}): upgrade creep")
 
 
 def migration_failed(migration: Migration, exc: Exception, done: set[int]) -> StorageError:
