@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,39 @@ def test_worker_app_that_is_not_a_module_path_is_a_clear_error(
     assert "Traceback" not in done.stderr and "─" not in done.stderr, done.stderr[-800:]
     assert done.returncode == 2
     assert done.stderr.startswith(f"error: --app: {says}"), done.stderr
+
+
+# -- creep migrate against a PostgreSQL it cannot use ---------------------------------------------
+
+
+def _pg_url(database: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    from tests.conftest import PG_URL, require_postgres
+
+    require_postgres()
+    return urlunsplit(urlsplit(PG_URL)._replace(path=f"/{database}"))
+
+
+def test_migrate_against_a_missing_postgres_database_names_it_at_once() -> None:
+    url = _pg_url("creep_no_such_database")
+    started = time.monotonic()
+    done = _creep("migrate", "--database-url", url, env={"COLUMNS": "300"})
+    # It waited 15 s, logged each attempt ("error connecting in 'creep': ...") and then said
+    # only "pool initialization incomplete after 15 sec".
+    assert time.monotonic() - started < 10
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"error: cannot connect to PostgreSQL at {url}: "), line
+    assert 'database "creep_no_such_database" does not exist' in line
+
+
+def test_unreachable_postgres_error_gives_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    from creep.domain.errors import StorageError
+    from creep.storage import open_store, postgres_store
+
+    # It waits (15 s) for a server that may be starting; not here.
+    monkeypatch.setattr(postgres_store, "_CONNECT_WAIT_S", 0.2, raising=False)
+    with pytest.raises(StorageError) as raised:
+        open_store("postgresql://127.0.0.1:1/creep?connect_timeout=1")
+    assert "Connection refused" in str(raised.value), raised.value

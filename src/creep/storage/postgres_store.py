@@ -10,6 +10,7 @@ import asyncio
 import codecs
 import contextlib
 import functools
+import re
 import select
 import threading
 import time
@@ -339,6 +340,7 @@ class PostgresStore(
         self._lane_claimed = [0] * LANES  # what each lane claimed last time
         self._lanes_lock = threading.Lock()
         self._lanes_closed = False
+        _wait_for_server(self.conninfo, url)
         try:
             self.pool = _Pool(
                 self.conninfo, min_size=pool_min, max_size=pool_max, open=True,
@@ -1862,6 +1864,34 @@ def _parse_cursor(cursor: str | None) -> tuple[str, int]:
     if not (txid.isdigit() and event_id.isdigit()):
         raise ValidationError.single("cursor", "is not a cursor this store issued")
     return txid, int(event_id)
+
+
+#: How long opening a store waits for PostgreSQL to accept a connection (it may be starting).
+_CONNECT_WAIT_S = 15.0
+#: Refusals that waiting does not change: an unknown database or role, failed
+#: authentication, a URL libpq cannot use (an invalid sslmode, an unknown option).
+_LASTING_REFUSAL = re.compile(
+    r"does not exist|authentication failed|pg_hba\.conf|permission denied|no password supplied"
+    r"|invalid [\w ]*(?:value|option|parameter)|bad value for"
+)
+
+
+def _wait_for_server(conninfo: str, url: str) -> None:
+    """Return once PostgreSQL accepts a connection: up to _CONNECT_WAIT_S for one that may
+    still be starting (refused, unreachable, starting up), at once for a lasting refusal.
+    The error is one line with libpq's reason (the pool would only say it timed out, after
+    logging each failed attempt)."""
+    deadline = time.monotonic() + _CONNECT_WAIT_S
+    while True:
+        try:
+            psycopg.connect(conninfo).close()
+            return
+        except psycopg.Error as exc:
+            reason = " ".join(str(exc).split())
+            if time.monotonic() >= deadline or _LASTING_REFUSAL.search(reason):
+                raise StorageError(
+                    f"cannot connect to PostgreSQL at {_redact(url)}: {reason}") from None
+        time.sleep(0.5)
 
 
 def _redact(url: str) -> str:
