@@ -76,3 +76,28 @@ def test_unreachable_postgres_error_gives_the_reason(monkeypatch: pytest.MonkeyP
     with pytest.raises(StorageError) as raised:
         open_store("postgresql://127.0.0.1:1/creep?connect_timeout=1")
     assert "Connection refused" in str(raised.value), raised.value
+
+
+# -- one message, one line ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "starts"),
+    [
+        (("migrate", "--database-url", "mysql://" + "x" * 120 + "/creep"),
+         "error: database_url: unsupported scheme in 'mysql://xxx"),
+        (("task", "list", "--api-url", "ftp://" + "x" * 250),
+         "error: the API URL must start with http:// or https://"),
+    ],
+)
+def test_an_error_is_one_line_when_stderr_is_a_pipe(args: tuple[str, ...], starts: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    done = subprocess.run(
+        [sys.executable, "-m", "creep.cli", *args], cwd=ROOT, capture_output=True, text=True,
+        timeout=60, env=env,
+    )
+    assert done.returncode == 2
+    # It was cut at 80 columns (creep migrate) or 200 (the HTTP commands): a `grep error:`
+    # in a deploy log saw half the message.
+    [line] = done.stderr.splitlines()
+    assert line.startswith(starts), line

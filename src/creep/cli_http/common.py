@@ -34,8 +34,10 @@ EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_UNFINISHED = 0, 1, 2, 3
 def plain_console(*, stderr: bool = False, width: int | None = None) -> Console:
     """A console that prints text exactly as given: Rich markup and `:emoji:` codes are off.
     What the CLI prints is data (stored text, user input, the server's messages); with markup
-    on, `[bold]` in a description would vanish and `[/x]` would crash the command."""
-    return Console(stderr=stderr, width=width, markup=False, emoji=False)
+    on, `[bold]` in a description would vanish and `[/x]` would crash the command. What goes
+    to stderr (an `error:` line, a note) is not wrapped at the console's width: one message,
+    one line, also for a script or log reading it through a pipe (80 columns)."""
+    return Console(stderr=stderr, width=width, markup=False, emoji=False, soft_wrap=stderr)
 
 
 # Piped output is not cut to 80 columns (ids stay on one line).
