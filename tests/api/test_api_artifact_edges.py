@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import json
 import struct
+import warnings
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import httpx
 import pytest
 
+from creep.api.app import create_app
+from creep.api.settings import Settings
+from creep.domain.artifacts import Artifact
+from creep.engine.artifacts import ArtifactService
 from tests.api.conftest import Server, _pg_schema, require_postgres, start_server, stop_server
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # starlette's note about httpx
+    from fastapi.testclient import TestClient
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -124,3 +135,98 @@ def test_download_conditional_and_range_errors(srv: Server) -> None:
         assert bad.status_code == 400
         assert bad.headers["content-type"] == "application/problem+json"
         assert bad.json()["status"] == 400
+
+
+# -- in process (a seam to patch), both backends -------------------------------------------------
+
+KEY = "artifact-edges-admin-key-" + "x" * 24
+
+
+@pytest.fixture
+def api(db_url: str, tmp_path: Path) -> Iterator[TestClient]:
+    """An in-process app whose errors come back as responses (a 500 too), with a tenant."""
+    settings = Settings(database_url=db_url, admin_key=KEY, maintenance_interval_seconds=0,
+                        artifact_dir=str(tmp_path / "artifacts"))
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        admin = {"Authorization": f"Bearer {KEY}"}
+        r = client.post("/v1/tenants", json={"tenant_id": "acme"}, headers=admin)
+        assert r.status_code == 201, r.text
+        r = client.post("/v1/keys", json={"tenant_id": "acme", "name": "k"}, headers=admin)
+        assert r.status_code == 201, r.text
+        client.headers["Authorization"] = f"Bearer {r.json()['key']}"
+        yield client
+
+
+def _upload(c: TestClient, content: bytes, name: str = "o.bin") -> dict[str, Any]:
+    r = c.post("/v1/tasks", json={"task_type": "RENDER"})
+    assert r.status_code == 201, r.text
+    r = c.post(f"/v1/tasks/{r.json()['task_id']}/artifacts", files={"file": (name, content)},
+               data={"kind": "output"})
+    assert r.status_code == 201, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def test_download_of_a_file_removed_after_the_check_is_a_404_not_a_500(
+    api: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The route checked that the file exists, and Starlette opened the path later: a file
+    removed in between (reconcile --repair holding an orphan, an operator) was a 500
+    (RuntimeError "File at path ... does not exist") instead of the 404 problem of missing
+    content. Once the download has the file open, removing it does not matter."""
+    a = _upload(api, b"soon gone " * 100)
+    found = ArtifactService.content_path
+
+    def found_then_removed(self: ArtifactService, artifact: Artifact) -> Path:
+        path = found(self, artifact)
+        path.unlink()
+        return path
+
+    monkeypatch.setattr(ArtifactService, "content_path", found_then_removed)
+    r = api.get(a["url"])
+    assert r.status_code == 404, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["detail"] == f"artifact content {a['artifact_id']} not found"
+
+    monkeypatch.undo()
+    b = _upload(api, b"kept open " * 100)
+    opened = ArtifactService.open_content
+
+    def opened_then_removed(self: ArtifactService, artifact: Artifact) -> BinaryIO:
+        f = opened(self, artifact)
+        self.content_path(artifact).unlink()
+        return f
+
+    monkeypatch.setattr(ArtifactService, "open_content", opened_then_removed)
+    r = api.get(b["url"])
+    assert (r.status_code, r.content) == (200, b"kept open " * 100)
+
+
+def test_download_ranges(api: TestClient) -> None:
+    """The download streams from the open file: each kind of Range still answers as before."""
+    content = bytes(range(100))
+    a = _upload(api, content)
+    etag = f'"{a["checksum"]}"'
+
+    def get(**headers: str) -> httpx.Response:
+        return api.get(a["url"], headers=headers)
+
+    for asked, part in (("bytes=10-19", content[10:20]), ("bytes=90-", content[90:]),
+                        ("bytes=-5", content[95:]), ("bytes=-500", content),
+                        ("bytes=98-1000", content[98:]), ("BYTES = 1 - 2", content[1:3])):
+        r = get(Range=asked)
+        assert (r.status_code, r.content) == (206, part), asked
+        assert r.headers["content-length"] == str(len(part))
+        assert r.headers["content-range"] == f"bytes {content.index(part[0])}-" \
+            f"{content.index(part[-1])}/100"
+    for whole in (get(Range="bytes=0-1, 5-6"), get(Range="bytes=0-1", **{"If-Range": '"x"'}),
+                  get()):
+        assert (whole.status_code, whole.content) == (200, content)
+        assert whole.headers["content-length"] == "100" and whole.headers["etag"] == etag
+    assert get(Range="bytes=0-1", **{"If-Range": etag}).status_code == 206
+    for bad, status in (("bytes=100-", 416), ("bytes=-0", 416), ("bytes=5-2", 400),
+                        ("bytes=", 400), ("bytes=-", 400), ("bytes=x-1", 400),
+                        ("lines=1-2", 400)):
+        r = get(Range=bad)
+        assert r.status_code == status, bad
+        assert r.headers["content-type"] == "application/problem+json"

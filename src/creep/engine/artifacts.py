@@ -103,6 +103,16 @@ class ArtifactService:
             raise NotFound("artifact content", artifact.artifact_id)
         return path
 
+    def open_content(self, artifact: Artifact) -> BinaryIO:
+        """The artifact's bytes, open for reading: a file removed after it is open stays
+        readable to the end; one removed before (even after content_path found it) is
+        NotFound."""
+        try:
+            return self.content_path(artifact).open("rb")
+        except (FileNotFoundError, IsADirectoryError):
+            raise NotFound("artifact content", artifact.artifact_id) from None
+
     def read(self, artifact_id: str, tenant_id: str | None = None) -> tuple[Artifact, bytes]:
         artifact = self.get(artifact_id, tenant_id)
-        return artifact, self.content_path(artifact).read_bytes()
+        with self.open_content(artifact) as f:
+            return artifact, f.read()

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import re
 import threading
-from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from collections.abc import Callable, Coroutine, Iterator
+from email.utils import formatdate
+from typing import Annotated, Any, BinaryIO
+from urllib.parse import quote
 
 import orjson
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.routing import APIRoute
-from starlette.datastructures import Headers
-from starlette.responses import FileResponse, Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from creep.api.audit import audited
 from creep.api.auth import Authenticated, Writer
@@ -20,7 +24,7 @@ from creep.api.responses import json_response
 from creep.api.schemas_workers import ArtifactKindName, ArtifactOut, ArtifactPage, artifact_json
 from creep.api.services import Services, services
 from creep.api.tenancy import read_scope
-from creep.domain.artifacts import ArtifactTooLarge
+from creep.domain.artifacts import Artifact, ArtifactTooLarge
 from creep.domain.audit import AuditAction, ResourceType
 from creep.domain.errors import ValidationError
 from creep.engine.artifacts import ArtifactService
@@ -97,34 +101,92 @@ def _etag_matches(if_none_match: str, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-class _Download(FileResponse):
-    """A FileResponse that answers If-None-Match with 304 and whose range errors (400, 416:
-    plain text in Starlette) are problem documents like every other error."""
+class _Download(Response):
+    """The bytes of a file the route opened (a file removed after that is still sent whole;
+    Starlette's FileResponse opens its path only after the answer's headers are chosen, so a
+    file removed in between was a 500). ETag is the sha256: If-None-Match with it is a 304.
+    One `Range: bytes=` (with If-Range) is a 206; several ranges get the whole content. Range
+    errors (400, 416) are problem documents like every other error."""
+
+    chunk_size = 64 * 1024
+
+    def __init__(self, file: BinaryIO, artifact: Artifact) -> None:
+        self.file = file
+        st = os.fstat(file.fileno())
+        self.size = st.st_size
+        self.etag = f'"{artifact.checksum}"'
+        name = quote(artifact.file_name)
+        disposition = (f'attachment; filename="{name}"' if name == artifact.file_name
+                       else f"attachment; filename*=utf-8''{name}")
+        super().__init__(media_type=artifact.mime_type, headers={
+            "Content-Length": str(self.size), "ETag": self.etag, "Accept-Ranges": "bytes",
+            "Last-Modified": formatdate(st.st_mtime, usegmt=True),
+            "Content-Disposition": disposition, "X-Content-Type-Options": "nosniff",
+        })
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._answer(scope)(scope, receive, send)
+        finally:
+            self.file.close()
+
+    def _answer(self, scope: Scope) -> Response:
         request = Headers(scope=scope)
-        etag = self.headers["etag"]
-        if _etag_matches(request.get("if-none-match", ""), etag):
-            await Response(status_code=304, headers={"ETag": etag})(scope, receive, send)
-            return
-        refused: list[Message] = []
+        if _etag_matches(request.get("if-none-match", ""), self.etag):
+            return Response(status_code=304, headers={"ETag": self.etag})
+        headers = MutableHeaders(raw=list(self.raw_headers))
+        start, end, status = 0, self.size, 200
+        asked, if_range = request.get("range"), request.get("if-range")
+        if asked is not None and if_range in (None, self.etag, headers["last-modified"]):
+            try:
+                span = _byte_range(asked, self.size)
+            except _RangeError as exc:
+                return problem_response(exc.problem)
+            if span is not None:
+                (start, end), status = span, 206
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{self.size}"
+                headers["Content-Length"] = str(end - start)
+        return StreamingResponse(self._chunks(start, end), status, headers)
 
-        async def send_or_hold(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] in (400, 416):
-                refused.append(message)
-            elif not refused:
-                await send(message)
+    def _chunks(self, start: int, end: int) -> Iterator[bytes]:
+        self.file.seek(start)
+        while start < end and (chunk := self.file.read(min(self.chunk_size, end - start))):
+            start += len(chunk)
+            yield chunk
 
-        await super().__call__(scope, receive, send_or_hold)
-        if refused:
-            status = refused[0]["status"]
-            held = Headers(raw=refused[0]["headers"])
-            headers = {"Content-Range": held["content-range"]} if "content-range" in held else {}
-            title = "Range not satisfiable" if status == 416 else "Bad request"
-            detail = ("the requested range is past the end of the content" if status == 416
-                      else "the Range header is malformed (bytes=<first>-<last> expected)")
-            await problem_response(Problem(status, title, detail, headers=headers))(
-                scope, receive, send)
+
+class _RangeError(Exception):
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+
+
+_RANGE = re.compile(r"\s*(\d*)\s*-\s*(\d*)\s*", re.ASCII)
+
+
+def _byte_range(value: str, size: int) -> tuple[int, int] | None:
+    """[start, end) of a `bytes=<first>-[<last>]` or `bytes=-<suffix>` Range; None for
+    several ranges (answered whole, as RFC 9110 allows)."""
+    unit, _, ranges = value.partition("=")
+    parts = [p for p in ranges.split(",") if p.strip()]
+    match = _RANGE.fullmatch(parts[0]) if len(parts) == 1 else None
+    if unit.strip().lower() != "bytes" or not parts or (len(parts) == 1 and (
+            match is None or match.groups() == ("", ""))):
+        raise _RangeError(Problem(
+            400, "Bad request", "the Range header is malformed (bytes=<first>-<last> expected)"))
+    if match is None:
+        return None
+    first, last = match.groups()
+    if first:
+        start, end = int(first), min(int(last) + 1, size) if last else size
+        if last and int(last) < start:
+            raise _RangeError(Problem(400, "Bad request", "the Range ends before it starts"))
+    else:  # the last <suffix> bytes; none at all is not satisfiable
+        start, end = (size - min(int(last), size) if int(last) else size), size
+    if start >= size:
+        raise _RangeError(Problem(
+            416, "Range not satisfiable", "the requested range is past the end of the content",
+            headers={"Content-Range": f"bytes */{size}"}))
+    return start, end
 
 
 @router.post(
@@ -201,12 +263,8 @@ def get_artifact(artifact_id: str, principal: Authenticated, artifacts: Artifact
 )
 def download_artifact(
     artifact_id: str, principal: Authenticated, artifacts: Artifacts
-) -> FileResponse:
+) -> Response:
     """The content, with its content type; ETag is the sha256 (If-None-Match: 304), and a
     Range (with If-Range) gets a 206."""
     artifact = artifacts.get(artifact_id, read_scope(principal))
-    path = artifacts.content_path(artifact)
-    return _Download(
-        path, media_type=artifact.mime_type, filename=artifact.file_name,
-        headers={"ETag": f'"{artifact.checksum}"', "X-Content-Type-Options": "nosniff"},
-    )
+    return _Download(artifacts.open_content(artifact), artifact)
