@@ -119,6 +119,9 @@ def test_download_conditional_and_range_errors(srv: Server) -> None:
         a = c.post(f"/v1/tasks/{_task(c)}/artifacts", files={"file": ("r.bin", content)},
                    data={"kind": "output"}).json()
         etag = f'"{a["checksum"]}"'
+        head = c.head(a["url"])  # through uvicorn: its length, not the empty body's
+        assert (head.status_code, head.headers["content-length"]) == (200, "100")
+        assert head.headers["etag"] == etag
         part = c.get(a["url"], headers={"Range": "bytes=10-19"})
         assert (part.status_code, part.content) == (206, content[10:20])
         assert part.headers["content-range"] == "bytes 10-19/100"
@@ -230,3 +233,24 @@ def test_download_ranges(api: TestClient) -> None:
         r = get(Range=bad)
         assert r.status_code == status, bad
         assert r.headers["content-type"] == "application/problem+json"
+
+
+def test_head_of_a_download_answers_its_headers(api: TestClient) -> None:
+    """HEAD /v1/artifacts/{id}/content answered 405: a client could not read the size or
+    the ETag without downloading the content."""
+    content = b"headers only " * 50
+    a = _upload(api, content, "r\u00e9sum\u00e9.txt")
+    got = api.get(a["url"])
+    head = api.head(a["url"])
+    assert (head.status_code, head.content) == (200, b"")
+    for name in ("content-length", "etag", "content-type", "content-disposition",
+                 "accept-ranges", "x-content-type-options"):
+        assert head.headers[name] == got.headers[name], name
+    assert head.headers["content-length"] == str(len(content))
+    part = api.head(a["url"], headers={"Range": "bytes=0-9"})
+    assert (part.status_code, part.content) == (206, b"")
+    assert part.headers["content-range"] == f"bytes 0-9/{len(content)}"
+    assert part.headers["content-length"] == "10"
+    same = api.head(a["url"], headers={"If-None-Match": got.headers["etag"]})
+    assert same.status_code == 304
+    assert api.head("/v1/artifacts/nope/content").status_code == 404

@@ -146,6 +146,8 @@ class _Download(Response):
                 (start, end), status = span, 206
                 headers["Content-Range"] = f"bytes {start}-{end - 1}/{self.size}"
                 headers["Content-Length"] = str(end - start)
+        if scope["method"] == "HEAD":
+            return Response(status_code=status, headers=headers)
         return StreamingResponse(self._chunks(start, end), status, headers)
 
     def _chunks(self, start: int, end: int) -> Iterator[bytes]:
@@ -268,3 +270,20 @@ def download_artifact(
     Range (with If-Range) gets a 206."""
     artifact = artifacts.get(artifact_id, read_scope(principal))
     return _Download(artifacts.open_content(artifact), artifact)
+
+
+@router.head(
+    "/artifacts/{artifact_id}/content",
+    response_class=Response,
+    responses={200: {"description": "the download's headers (Content-Length, ETag, "
+                                    "Content-Type, Content-Disposition), no content"},
+               206: {"description": "the headers of the requested byte range"},
+               304: {"description": "If-None-Match names the ETag: unchanged"},
+               404: {"description": "no such artifact, or its content is missing"},
+               416: {"description": "the Range is past the end of the content"}},
+)
+def download_artifact_headers(
+    artifact_id: str, principal: Authenticated, artifacts: Artifacts
+) -> Response:
+    """The headers a download of the content would have, without the content."""
+    return download_artifact(artifact_id, principal, artifacts)
