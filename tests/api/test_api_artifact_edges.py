@@ -254,3 +254,17 @@ def test_head_of_a_download_answers_its_headers(api: TestClient) -> None:
     same = api.head(a["url"], headers={"If-None-Match": got.headers["etag"]})
     assert same.status_code == 304
     assert api.head("/v1/artifacts/nope/content").status_code == 404
+
+
+def test_a_file_part_without_a_file_name_is_a_clear_validation_error(api: TestClient) -> None:
+    """A `file` part with an empty filename (Starlette reads it as a plain text field) was a
+    422 saying "Value error, Expected UploadFile, received: <class 'str'>"."""
+    r = api.post("/v1/tasks", json={"task_type": "RENDER"})
+    url = f"/v1/tasks/{r.json()['task_id']}/artifacts"
+    for sent in ({"files": {"file": ("", b"bytes")}, "data": {"kind": "log"}},
+                 {"data": {"kind": "log", "file": "just text"}}):
+        r = api.post(url, **sent)  # type: ignore[arg-type]
+        assert r.status_code == 422, r.text
+        errors = r.json()["errors"]
+        assert [e["field"] for e in errors] == ["file"], errors
+        assert errors[0]["rule"] == "must be a file upload with a file name", errors

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import orjson
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import FileResponse, Response, StreamingResponse
@@ -88,8 +89,23 @@ class _LimitedBodyRoute(APIRoute):
                 return await handler(Request(request.scope, counted))
             except _BodyTooLarge:
                 raise _too_large(max_bytes) from None
+            except RequestValidationError as exc:
+                raise _named_file_errors(exc) from None
 
         return limited
+
+
+def _named_file_errors(exc: RequestValidationError) -> RequestValidationError:
+    """A `file` part sent without a file name (`filename=""`) is a plain text field to
+    Starlette, which FastAPI refuses as "Value error, Expected UploadFile, received: <class
+    'str'>": say what is wrong instead."""
+    errors = [
+        {**err, "msg": "must be a file upload with a file name"}
+        if tuple(err.get("loc", ())) == ("body", "file") and err.get("type") == "value_error"
+        else err
+        for err in exc.errors()
+    ]
+    return RequestValidationError(errors, body=exc.body)
 
 
 router = APIRouter(tags=["artifacts"], route_class=_LimitedBodyRoute)
