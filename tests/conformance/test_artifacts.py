@@ -282,3 +282,33 @@ def test_a_file_left_in_holding_by_a_stopped_run_goes_back(
     os.replace(tmp_path / "blobs" / a.object_key, holding / f"{a.checksum}.0123abcd")
     assert app.reconcile_artifacts().clean
     assert app.read_artifact(a.artifact_id)[1] == b"held" and not list(holding.iterdir())
+
+
+@pytest.mark.parametrize("where", ["missing", "empty"])
+def test_repair_against_a_directory_with_no_store_removes_no_rows(
+    app: Creep, db_url: str, tmp_path: Path, clock: FrozenClock, where: str
+) -> None:
+    """`creep artifacts reconcile --repair` run with the wrong --artifact-dir (or, with the
+    default ./creep-artifacts, from another working directory, as a cron job easily is)
+    found every row's file missing and removed every artifact row of the database."""
+    a = app.put_artifact(_task(app), b"kept", kind="output", file_name="o.txt")
+    elsewhere = tmp_path / "elsewhere"
+    if where == "empty":
+        elsewhere.mkdir()
+    other = Creep(db_url, clock=clock, artifact_dir=elsewhere)
+    try:
+        with pytest.raises(ValidationError) as caught:
+            other.reconcile_artifacts(repair=True)
+    finally:
+        other.close()
+    assert [field for field, _ in caught.value.errors] == ["artifact_dir"]
+    assert "no artifact store" in str(caught.value)
+    assert app.read_artifact(a.artifact_id)[1] == b"kept"
+    # Content really lost: the operator says so by creating the folder, and repair goes on.
+    (elsewhere / "sha256").mkdir(parents=True)
+    other = Creep(db_url, clock=clock, artifact_dir=elsewhere)
+    try:
+        report = other.reconcile_artifacts(repair=True)
+    finally:
+        other.close()
+    assert report.counts() == {"missing_file": 1} and report.clean

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from creep.domain.artifacts import Artifact
 from creep.domain.clock import Clock
+from creep.domain.errors import ValidationError
 from creep.ports import Store
 from creep.storage.blob_store import BlobFile, BlobStore
 
@@ -76,6 +77,15 @@ def reconcile(
             rows_by_sum.setdefault(a.checksum, []).append(a)
         report.rows += len(page)
         after = page[-1].artifact_id
+    if report.rows and not blobs.objects.is_dir():
+        # Every row's file would be missing (and repair would remove every row): far more
+        # likely a wrong directory (a relative default, another working directory) than a lost
+        # store. Content that really is lost is confirmed by creating the folder.
+        raise ValidationError.single(
+            "artifact_dir", f"{blobs.root} holds no artifact store (no {blobs.objects.name}/ "
+            f"folder) for the {report.rows} artifact row(s) of this database: is it the "
+            f"directory the server stores artifacts in? If their content really is lost, "
+            f"create {blobs.objects} and run again")
 
     _recover_held(blobs, repair)
     seen: set[str] = set()
