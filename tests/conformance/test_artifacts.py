@@ -312,3 +312,30 @@ def test_repair_against_a_directory_with_no_store_removes_no_rows(
     finally:
         other.close()
     assert report.counts() == {"missing_file": 1} and report.clean
+
+
+def test_files_of_artifacts_retention_deleted_are_reclaimed_by_repair(
+    app: Creep, tmp_path: Path, clock: FrozenClock
+) -> None:
+    """What the README says of disk space: task retention deletes a task's artifact rows
+    with the task (no artifact_removed event: its events go too); the files stay until
+    reconcile --repair deletes them as orphans past the grace period."""
+    task_id = _task(app)
+    a = app.put_artifact(task_id, b"old output", kind="output", file_name="o.txt")
+    shared = app.put_artifact(_task(app), b"shared", kind="output", file_name="s.txt")
+    app.put_artifact(task_id, b"shared", kind="output", file_name="s.txt")
+    app.cancel(task_id)
+    scheduler = app.scheduler(holder_id="R")
+    scheduler.run_once()  # installs the built-in schedules
+    clock.advance(days=31)
+    scheduler.run_once()  # creep.retention.tasks: 30 days
+    with pytest.raises(NotFound):
+        app.get_artifact(a.artifact_id)
+    path = tmp_path / "blobs" / a.object_key
+    assert path.read_bytes() == b"old output"  # retention left the file
+    old = clock.now().timestamp() - 7200
+    os.utime(path, (old, old))
+    report = app.reconcile_artifacts(repair=True)
+    assert report.counts() == {"orphan_file": 1} and report.clean
+    assert not path.exists()
+    assert app.read_artifact(shared.artifact_id)[1] == b"shared"  # still named by a row
