@@ -293,3 +293,65 @@ def test_sqlite_fold_reads_outside_the_write_lock_and_a_loser_recomputes(tmp_pat
     values = {(n, labels): v for n, labels, v in store.metric_values()}
     assert values[("creep_tasks_created_total", '{"task_type":"RACE"}')] == 1.0
     app.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database of its own (SQLite file or PostgreSQL schema)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/fresh.db"
+        return
+    require_postgres()
+    url, drop = _pg_schema()
+    try:
+        yield url
+    finally:
+        drop()
+
+
+def _task_types(samples: Samples) -> set[str]:
+    return {v for (name, labels) in samples for k, v in labels
+            if k == "task_type" and name.startswith("creep_task")}
+
+
+def test_task_type_labels_are_capped_with_an_other_series(
+    fresh_url: str, tmp_path: Path,
+) -> None:
+    """Task types are the tenants' own strings: past CREEP_METRICS_MAX_TASK_TYPES distinct
+    ones, a new type is counted under task_type="_other" (a type already shown keeps its
+    own series), so /metrics stays bounded however many types tenants invent. Label values
+    with quotes, backslashes and newlines come back intact."""
+    odd = 'q"uo\\te\nnl'
+    server = start_server(fresh_url, tmp_path / "s.log", CREEP_METRICS_CACHE_SECONDS="0",
+                          CREEP_MAINTENANCE_INTERVAL_SECONDS="0",
+                          CREEP_METRICS_MAX_TASK_TYPES="3")
+    try:
+        _, key = server.tenant()
+        with server.client(key) as c:
+            for task_type in (odd, "T2", "T3", "T4", "T5"):
+                _submit(c, task_type)
+            first = _wait_for_count(
+                server, ("creep_tasks_created_total", lbl(task_type="_other")), 2.0)
+            assert pick(first, "creep_tasks_created") == {
+                ("creep_tasks_created_total", lbl(task_type=odd)): 1.0,
+                ("creep_tasks_created_total", lbl(task_type="T2")): 1.0,
+                ("creep_tasks_created_total", lbl(task_type="T3")): 1.0,
+                ("creep_tasks_created_total", lbl(task_type="_other")): 2.0,
+            }
+            # Thousands more types: still three of their own and _other.
+            for i in range(40):
+                _submit(c, f"X{i}")
+            _submit(c, "T2")
+            item = _claim(c, "T5")
+            assert c.post(f"/v1/tasks/{item['task']['task_id']}/complete",
+                          json={"claim_token": item["claim_token"]}).status_code == 200
+        finished = ("creep_tasks_finished_total", lbl(task_type="_other", status="SUCCESS"))
+        second = _wait_for_count(server, finished, 1.0)
+        assert _task_types(second) == {odd, "T2", "T3", "_other"}
+        assert second[("creep_tasks_created_total", lbl(task_type="_other"))] == 42.0
+        assert second[("creep_tasks_created_total", lbl(task_type="T2"))] == 2.0
+        assert second[("creep_task_run_seconds_count",
+                       lbl(task_type="_other", status="SUCCESS"))] == 1.0
+        assert second[("creep_task_claim_to_start_seconds_count", lbl(task_type="_other"))] == 1.0
+    finally:
+        stop_server(server)

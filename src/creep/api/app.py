@@ -131,7 +131,8 @@ def create_app(
                 shared=the_store.dialect == "postgres" or settings.workers > 1,
             )
             app.state.metrics = Metrics(the_store, settings.metrics_cache_seconds,
-                                        rate_limited=lambda: app.state.rate_limiter.rejected)
+                                        rate_limited=lambda: app.state.rate_limiter.rejected,
+                                        max_task_types=settings.metrics_max_task_types)
             app.state.create_batcher = CreateBatcher(svc)
             # Rescue expired claims, time out overdue tasks (HTTP workers cannot): api2.
             maintainer = None

@@ -43,9 +43,10 @@ _HISTOGRAMS = {
 class DatabaseMetrics(Collector):
     """Everything /metrics derives from the database, refreshed at most once per `ttl`."""
 
-    def __init__(self, store: ApiStore, ttl: float) -> None:
+    def __init__(self, store: ApiStore, ttl: float, max_task_types: int | None = None) -> None:
         self.store = store
         self.ttl = ttl
+        self.max_task_types = max_task_types
         self._lock = threading.Lock()
         self._at = float("-inf")
         self._families: list[Metric] = []
@@ -65,7 +66,7 @@ class DatabaseMetrics(Collector):
         yield from families
 
     def _read(self) -> list[Metric]:
-        mf.fold_task_events(self.store)
+        mf.fold_task_events(self.store, max_task_types=self.max_task_types)
         families: list[Metric] = [*_rollup(self.store.metric_values())]
         depth = GaugeMetricFamily(
             "creep_queue_depth", "Unfinished tasks by status and priority band (0-9, by tens)",
@@ -133,14 +134,15 @@ class _RateLimited(Collector):
 
 class Metrics:
     def __init__(self, store: ApiStore, cache_seconds: float = 2.0,
-                 rate_limited: Callable[[], int] = lambda: 0) -> None:
+                 rate_limited: Callable[[], int] = lambda: 0,
+                 max_task_types: int | None = 200) -> None:
         self.registry = CollectorRegistry()
         self.http_requests = Histogram(
             "creep_http_request_duration_seconds", "HTTP requests by route and status",
             ["method", "route", "status"], registry=self.registry, buckets=_BUCKETS,
         )
         self.registry.register(_RateLimited(rate_limited))
-        self.database = DatabaseMetrics(store, cache_seconds)
+        self.database = DatabaseMetrics(store, cache_seconds, max_task_types)
         self.registry.register(self.database)
         # Labelled children, cached: labels() takes a lock and builds a key on every call.
         # Label values are bounded (route templates, statuses), so are these.

@@ -12,13 +12,18 @@ that is needed:
   claimable: its latest transition into QUEUED, or the `run_after` a retry set, if later;
 - run time: a transition out of RUNNING (to any status, retries included), measured from
   the QUEUED -> RUNNING transition before it.
+
+Task types are the tenants' own strings, so the task_type label is capped: once the rollup
+holds `max_task_types` of them, a type not among them is counted as `OTHER_TYPE`. Which types
+the rollup holds is read in the fold's own transaction, so every node labels alike, and a type
+once shown keeps its series (a counter never moves to another series).
 """
 
 from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +44,7 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 BUCKET_LABELS = [str(float(b)) for b in DURATION_BUCKETS]  # as Prometheus prints them
 _FINISHED = frozenset({"SUCCESS", "FAILED", "CANCELLED", "TIMEOUT", "DEAD_LETTER"})
 UNKNOWN_TYPE = "unknown"  # a task purged before its events were folded
+OTHER_TYPE = "_other"  # task types past the cap
 TASK_EVENTS = "task_events"
 
 
@@ -52,10 +58,12 @@ class FoldResult:
     events: int = 0
 
 
-def fold_task_events(store: ApiStore, *, batch: int = 1000, budget: float = 2.0) -> int:
+def fold_task_events(store: ApiStore, *, batch: int = 1000, budget: float = 2.0,
+                     max_task_types: int | None = None) -> int:
     """Fold new task events, a transaction per `batch`, until caught up or `budget` seconds
     passed (a backlog is caught up over the next scrapes); the number folded. Another node
-    folding at this moment (PostgreSQL) makes this a no-op: the next read shows its work."""
+    folding at this moment (PostgreSQL) makes this a no-op: the next read shows its work.
+    `max_task_types`: distinct task_type labels before new types count as OTHER_TYPE."""
     total = 0
     deadline = time.monotonic() + budget
     while True:
@@ -66,7 +74,7 @@ def fold_task_events(store: ApiStore, *, batch: int = 1000, budget: float = 2.0)
             result.events = len(events)
             if not events:
                 return cursor, {}
-            return events[-1].cursor, task_event_deltas(store, events)
+            return events[-1].cursor, task_event_deltas(store, events, max_task_types)
 
         if not store.metric_fold(TASK_EVENTS, step):
             return total
@@ -75,8 +83,11 @@ def fold_task_events(store: ApiStore, *, batch: int = 1000, budget: float = 2.0)
             return total
 
 
-def task_event_deltas(store: ApiStore, events: list[TaskEvent]) -> Deltas:
+def task_event_deltas(
+    store: ApiStore, events: list[TaskEvent], max_task_types: int | None = None
+) -> Deltas:
     deltas: Deltas = {}
+    label = _type_label(store, deltas, max_task_types)
     timed = [e for e in events if _is_start(e) or _is_end(e)]
     need = {e.task_id for e in events if e.event_type != "created" or _is_start(e)}
     types, marks = store.metric_task_marks(sorted(need)) if need else ({}, [])
@@ -86,7 +97,7 @@ def task_event_deltas(store: ApiStore, events: list[TaskEvent]) -> Deltas:
 
     def task_type(e: TaskEvent) -> str:
         named = e.payload.get("task_type") if e.event_type == "created" else None
-        return str(named or types.get(e.task_id, UNKNOWN_TYPE))
+        return label(str(named or types.get(e.task_id, UNKNOWN_TYPE)))
 
     for e in events:
         if e.event_type == "created":
@@ -107,6 +118,29 @@ def task_event_deltas(store: ApiStore, events: list[TaskEvent]) -> Deltas:
                 _observe(deltas, RUN_TIME, {"task_type": task_type(e), "status": str(e.to_status)},
                          (e.created_at - started[5]).total_seconds())
     return deltas
+
+
+def _type_label(
+    store: ApiStore, deltas: Deltas, limit: int | None
+) -> Callable[[str], str]:
+    """task type -> its label: itself while the rollup holds fewer than `limit` types (a
+    type let in gets its created counter row, at 0 if need be, so the next fold reads it as
+    held), else OTHER_TYPE."""
+    if limit is None:
+        return lambda task_type: task_type
+    held = {str(orjson.loads(text).get("task_type")) for _, text, _ in store.metric_values(CREATED)}
+    held.discard(OTHER_TYPE)
+
+    def label(task_type: str) -> str:
+        if task_type in held or task_type == OTHER_TYPE:
+            return task_type
+        if len(held) >= limit:
+            return OTHER_TYPE
+        held.add(task_type)
+        _add(deltas, CREATED, {"task_type": task_type}, 0)
+        return task_type
+
+    return label
 
 
 def _is_start(e: TaskEvent) -> bool:

@@ -66,6 +66,9 @@ class Settings:
     #: /metrics answers only an admin key (a read-only one will do): its numbers are every
     #: tenant's (queue depths, ledger sums by currency). Off: no key, as Prometheus scrapes.
     metrics_require_key: bool = False
+    #: Distinct task_type label values /metrics shows (task types are tenants' own strings,
+    #: each up to ~100 series): types first seen past this many count as task_type="_other".
+    metrics_max_task_types: int = 200
 
     @property
     def dialect(self) -> str:
@@ -171,6 +174,7 @@ _SPEC: dict[str, tuple[Callable[[str], Any], Check | None]] = {
     "maintenance_interval_seconds": (_float, _range(0, 3600)),
     "metrics_cache_seconds": (_float, _range(0, 300)),
     "metrics_require_key": (_bool, None),
+    "metrics_max_task_types": (_int, _range(1, 100_000)),
 }
 
 

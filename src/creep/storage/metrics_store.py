@@ -72,9 +72,11 @@ class SqliteMetricsMixin:
             _apply_sqlite(conn, name, cursor, deltas)
         return True
 
-    def metric_values(self) -> list[tuple[str, str, float]]:
+    def metric_values(self, name: str | None = None) -> list[tuple[str, str, float]]:
+        """The rollup's rows (of one metric `name`, or all)."""
+        where, params = ("WHERE name = ?", (name,)) if name is not None else ("", ())
         return [(r[0], r[1], float(r[2])) for r in self._conn().execute(
-            "SELECT name, labels, value FROM metric_values").fetchall()]
+            f"SELECT name, labels, value FROM metric_values {where}", params).fetchall()]
 
     def metric_task_marks(self, task_ids: Sequence[str]) -> tuple[dict[str, str], list[Mark]]:
         """The task types of `task_ids`, and their transitions into QUEUED or RUNNING (the
@@ -166,9 +168,11 @@ class PostgresMetricsMixin:
             conn.execute("UPDATE metric_cursors SET cursor = %s WHERE name = %s", (cursor, name))
         return True
 
-    def metric_values(self) -> list[tuple[str, str, float]]:
+    def metric_values(self, name: str | None = None) -> list[tuple[str, str, float]]:
+        where, params = ("WHERE name = %s", (name,)) if name is not None else ("", ())
         with self._tx() as conn:
-            rows = conn.execute("SELECT name, labels, value FROM metric_values").fetchall()
+            rows = conn.execute(
+                f"SELECT name, labels, value FROM metric_values {where}", params).fetchall()
         return [(r[0], r[1], float(r[2])) for r in rows]
 
     def metric_task_marks(self, task_ids: Sequence[str]) -> tuple[dict[str, str], list[Mark]]:
