@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from creep.api.metrics_fold import DURATION_BUCKETS
+from creep.engine.metrics_fold import DURATION_BUCKETS
 from tests.api.conftest import Server, _pg_schema, start_server, stop_server
 from tests.conftest import require_postgres
 
@@ -270,7 +270,7 @@ def test_sqlite_fold_reads_outside_the_write_lock_and_a_loser_recomputes(tmp_pat
     import threading
 
     from creep import Creep
-    from creep.api.metrics_fold import TASK_EVENTS, fold_task_events, task_event_deltas
+    from creep.engine.metrics_fold import TASK_EVENTS, fold_task_events, task_event_deltas
 
     app = Creep(f"sqlite:///{tmp_path}/fold.db")
     app.submit(task_type="RACE")

@@ -3,7 +3,7 @@
 - Cluster-wide, from the database (identical on every node; aggregate with max(), not sum()):
   gauges computed at scrape time (queue depth, leases, assets, ledger totals) and the task
   lifecycle counters and histograms of the rollup folded from task events
-  (`metrics_fold.py`). A node reads them at most once per `metrics_cache_seconds`.
+  (`creep/engine/metrics_fold.py`). A node reads them at most once per `metrics_cache_seconds`.
 - Per process (sum() across nodes): HTTP request durations and rate-limit refusals.
 """
 
@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from creep.api import metrics_fold as mf
+from creep.engine import metrics_fold as mf
 from creep.ports_api import ApiStore
 
 log = logging.getLogger("creep.api")
@@ -135,7 +135,7 @@ class _RateLimited(Collector):
 class Metrics:
     def __init__(self, store: ApiStore, cache_seconds: float = 2.0,
                  rate_limited: Callable[[], int] = lambda: 0,
-                 max_task_types: int | None = 200) -> None:
+                 max_task_types: int | None = mf.DEFAULT_MAX_TASK_TYPES) -> None:
         self.registry = CollectorRegistry()
         self.http_requests = Histogram(
             "creep_http_request_duration_seconds", "HTTP requests by route and status",

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -71,6 +71,17 @@ def _drain(purge: Callable[[], int]) -> int:
             return total
 
 
+def _purge_tasks(store: ScheduleStore, cutoff: datetime) -> int:
+    """Fold the task events not yet in the /metrics rollup first (metrics_fold.py): a scrape
+    folds them, but one may not have run since (Prometheus down, a short period), and the
+    counters must keep what goes. Both stores keep the rollup."""
+    from creep.engine.metrics_fold import FoldStore, env_max_task_types, fold_task_events
+
+    fold_task_events(cast(FoldStore, store), budget=DRAIN_BUDGET_S,
+                     max_task_types=env_max_task_types())
+    return _drain(lambda: store.retention_purge_tasks(cutoff))
+
+
 def default_retention_jobs(settings: RetentionSettings | None = None) -> list[RetentionJob]:
     s = settings or RetentionSettings()
     jobs = [
@@ -95,7 +106,7 @@ def default_retention_jobs(settings: RetentionSettings | None = None) -> list[Re
     if s.tasks_days is not None:
         jobs.append(RetentionJob(
             "creep.retention.tasks", "30 2 * * *", s.tasks_days,
-            lambda store, cutoff, now: _drain(lambda: store.retention_purge_tasks(cutoff)),
+            lambda store, cutoff, now: _purge_tasks(store, cutoff),
             "delete finished tasks and their events older than data.older_than_days",
         ))
     return jobs

@@ -1,4 +1,6 @@
-"""Task lifecycle metrics folded from the task event log into the database's rollup.
+"""Task lifecycle metrics folded from the task event log into the database's rollup
+(rendered by creep.api.metrics; here, in the engine, as task retention folds before it
+deletes events).
 
 Counters and histograms of what tasks did must be the same whichever API node is scraped,
 and never count one task twice. So no node counts in memory: a scrape folds the task events
@@ -21,18 +23,18 @@ once shown keeps its series (a counter never moves to another series).
 
 from __future__ import annotations
 
+import os
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from creep.domain.events import TaskEvent
-from creep.ports_api import ApiStore
-from creep.storage.metrics_store import Deltas, Mark
+from creep.storage.metrics_store import Deltas, FoldStep, Mark
 
 CREATED = "creep_tasks_created_total"
 FINISHED = "creep_tasks_finished_total"
@@ -46,6 +48,30 @@ _FINISHED = frozenset({"SUCCESS", "FAILED", "CANCELLED", "TIMEOUT", "DEAD_LETTER
 UNKNOWN_TYPE = "unknown"  # a task purged before its events were folded
 OTHER_TYPE = "_other"  # task types past the cap
 TASK_EVENTS = "task_events"
+DEFAULT_MAX_TASK_TYPES = 200
+
+
+class FoldStore(Protocol):
+    """What a fold reads and writes (both stores, storage/metrics_store.py)."""
+
+    def task_events_after(
+        self, cursor: str | None, *, limit: int = 500, task_id: str | None = None,
+        tenant_id: str | None = None,
+    ) -> list[TaskEvent]: ...
+    def metric_fold(self, name: str, step: FoldStep) -> bool: ...
+    def metric_values(self, name: str | None = None) -> list[tuple[str, str, float]]: ...
+    def metric_task_marks(
+        self, task_ids: Sequence[str]) -> tuple[dict[str, str], list[Mark]]: ...
+
+
+def env_max_task_types() -> int:
+    """CREEP_METRICS_MAX_TASK_TYPES for a fold outside the API server (task retention):
+    the server's setting, where the environment is shared, else the default."""
+    raw = os.environ.get("CREEP_METRICS_MAX_TASK_TYPES", "")
+    try:
+        return max(1, int(raw)) if raw.strip() else DEFAULT_MAX_TASK_TYPES
+    except ValueError:
+        return DEFAULT_MAX_TASK_TYPES
 
 
 def labels_key(labels: dict[str, str]) -> str:
@@ -58,7 +84,7 @@ class FoldResult:
     events: int = 0
 
 
-def fold_task_events(store: ApiStore, *, batch: int = 1000, budget: float = 2.0,
+def fold_task_events(store: FoldStore, *, batch: int = 1000, budget: float = 2.0,
                      max_task_types: int | None = None) -> int:
     """Fold new task events, a transaction per `batch`, until caught up or `budget` seconds
     passed (a backlog is caught up over the next scrapes); the number folded. Another node
@@ -84,7 +110,7 @@ def fold_task_events(store: ApiStore, *, batch: int = 1000, budget: float = 2.0,
 
 
 def task_event_deltas(
-    store: ApiStore, events: list[TaskEvent], max_task_types: int | None = None
+    store: FoldStore, events: list[TaskEvent], max_task_types: int | None = None
 ) -> Deltas:
     deltas: Deltas = {}
     label = _type_label(store, deltas, max_task_types)
@@ -121,7 +147,7 @@ def task_event_deltas(
 
 
 def _type_label(
-    store: ApiStore, deltas: Deltas, limit: int | None
+    store: FoldStore, deltas: Deltas, limit: int | None
 ) -> Callable[[str], str]:
     """task type -> its label: itself while the rollup holds fewer than `limit` types (a
     type let in gets its created counter row, at 0 if need be, so the next fold reads it as
