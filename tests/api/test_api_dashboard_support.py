@@ -37,8 +37,11 @@ def test_task_stats_count_by_status_within_the_tenant(server: Server) -> None:
     mine = _stats(server, key_a)
     assert mine["by_status"]["QUEUED"] == 2 and mine["by_status"]["CANCELLED"] == 1
     assert mine["total"] == 3 and mine["queue_depth"] == 2
-    # A tenant key asking for another tenant counts nothing (as if it had nothing).
-    assert _stats(server, key_a, tenant_id=tenant_b)["total"] == 0
+    # A tenant key asking for another tenant counts nothing (as if it had nothing), and
+    # says so of the tenant it asked for, not of its own (which has 3).
+    assert _stats(server, key_a, tenant_id=tenant_b) == {
+        "tenant_id": tenant_b, "by_status": dict.fromkeys(STATUSES, 0), "total": 0,
+        "queue_depth": 0}
     assert _stats(server, key_a, tenant_id=tenant_a)["total"] == 3
     # An admin counts every tenant, or the one it names.
     assert _stats(server, server.admin_key, tenant_id=tenant_b)["by_status"]["QUEUED"] == 1

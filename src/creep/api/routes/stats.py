@@ -32,10 +32,11 @@ def task_stats(
 ) -> Any:
     """How many tasks are in each status (every status listed, zeros included) and how many
     wait in the queue (QUEUED). A tenant key counts its own tenant's tasks only."""
-    scope = list_scope(principal, tenant_id)
-    counts = {} if foreign_tenant_filter(principal, tenant_id) else (
-        svc.store.task_status_counts(scope)
-    )
+    foreign = foreign_tenant_filter(principal, tenant_id)
+    # Another tenant's counts are none of a tenant key's business: zeros, of that tenant
+    # (not of its own, which would then read as empty).
+    scope = tenant_id if foreign else list_scope(principal, tenant_id)
+    counts = {} if foreign else svc.store.task_status_counts(scope)
     by_status = {s.value: counts.get(s.value, 0) for s in TaskStatus}
     return json_response({
         "tenant_id": scope, "by_status": by_status, "total": sum(by_status.values()),
