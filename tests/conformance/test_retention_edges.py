@@ -4,7 +4,7 @@ zone whose DST shift is 30 minutes. Both backends (the conformance `app`/`db_url
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -261,3 +261,63 @@ def test_a_task_id_whose_task_retention_deleted_is_not_reused_with_its_ledger(
     # A task id that never had a ledger entry or lease (nor a task) is taken as before.
     fresh = str(uuid.uuid4())
     assert app.submit(task_type="SPEND", task_id=fresh).task_id == fresh
+
+
+@pytest.mark.parametrize("path", ["one", "with_dependency", "copy"])
+def test_a_task_id_deleted_by_retention_between_its_check_and_the_insert_is_not_reused(
+    pg_schema_url: str, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """PostgreSQL: the check that refuses the task_id of a task retention deleted read the
+    database before the insert, in a transaction of its own. A sweep that deleted the task
+    in between (another process) let the id through: the new task counted the old task's
+    ledger entries against its budget. Here the sweep runs and commits just before the
+    insert is sent (on each insert path: one order, orders with a dependency, a COPY)."""
+    import threading
+    import uuid
+    from decimal import Decimal
+
+    from creep import ConflictError
+    from creep.storage import postgres_store
+
+    clock = FrozenClock(T0)
+    app = Creep(pg_schema_url, clock=clock)
+    try:
+        @app.handler("SPEND")
+        def spend(ctx: TaskContext) -> object:
+            ctx.charge(Decimal("8"))
+            return {"ok": True}
+
+        task_id = str(uuid.uuid4())
+        app.submit(task_type="SPEND", task_id=task_id, max_total_cost="10")
+        app.run_worker(burst=True, install_signals=False)
+        assert app.get_task(task_id).status == "SUCCESS"
+        clock.advance(days=31)
+        hooked = {"one": "_insert_statement", "copy": "copy_blocks",
+                  # before the general path reads the orders' keys (the old task had one)
+                  "with_dependency": "bind_replayed_dependencies"}[path]
+        real = getattr(postgres_store, hooked)
+        swept: list[int] = []
+
+        def sweep_first(*args: Any, **kwargs: Any) -> Any:
+            if not swept:  # another process's sweep, committed before the insert is sent
+                racer = threading.Thread(target=lambda: swept.append(
+                    app.store.retention_purge_tasks(clock.now() - timedelta(days=30))))
+                racer.start()
+                racer.join(timeout=10)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(postgres_store, hooked, sweep_first)
+        again: list[dict[str, Any]] = [{"task_type": "SPEND", "task_id": task_id}]
+        if path == "with_dependency":
+            again = [{"task_type": "SPEND", "task_id": str(uuid.uuid4())}, *again]
+            again[1]["depends_on"] = [again[0]["task_id"]]
+        elif path == "copy":
+            again = [{"task_type": "SPEND"}] * (postgres_store.COPY_MIN_TASKS - 1) + again
+        with pytest.raises(ConflictError, match="retention deleted"):
+            app.submit_many(again)
+        assert swept == [1]
+        assert app.list_tasks(limit=10) == []  # nothing of the submission was written
+        with pytest.raises(NotFound):
+            app.get_task(task_id)
+    finally:
+        app.close()

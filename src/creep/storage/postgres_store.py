@@ -150,12 +150,15 @@ _ACTIVE_STATUSES = frozenset({"PENDING", "QUEUED", "RUNNING"})  # what task_queu
 _EVENT_COLUMNS = "task_id, tenant_id, event_type, from_status, to_status, attempt, payload, created_at"
 
 
-#: Of the ids given, those no task holds that ledger entries or leases still name: a task
-#: deleted by retention (refuse_reused_task_ids). Through the by-task indexes.
+#: Of the given ids a transaction has just inserted as new tasks, those that ledger entries
+#: or leases name already: a task deleted by retention (refuse_reused_task_ids). Read in
+#: the insert's transaction, after it: a sweep that deleted the old task before the insert
+#: has committed by then (the insert waited for it on the primary key), so no sweep can
+#: slip between check and insert. Through the by-task indexes.
 _REUSED_IDS = (
-    "SELECT g.id FROM unnest(%s::uuid[]) AS g(id) WHERE NOT EXISTS (SELECT 1 FROM tasks t "
-    "WHERE t.task_id = g.id) AND (EXISTS (SELECT 1 FROM ledger_entries l WHERE "
-    "l.task_id = g.id) OR EXISTS (SELECT 1 FROM leases s WHERE s.task_id = g.id))"
+    "SELECT g.id FROM unnest(%s::uuid[]) AS g(id) WHERE EXISTS (SELECT 1 FROM "
+    "ledger_entries l WHERE l.task_id = g.id) OR EXISTS (SELECT 1 FROM leases s "
+    "WHERE s.task_id = g.id)"
 )
 
 class _UuidAsText(Loader):
@@ -435,15 +438,9 @@ class PostgresStore(
     ) -> list[TaskOrder]:
         if not specs:
             return []
-        given = given_task_ids(specs)
-        if given:
-            # A read of its own (not _tx: that would flush the API's pending audit row
-            # here, apart from the tasks it records).
-            with self.pool.connection() as conn:
-                refuse_reused_task_ids([str(r[0]) for r in conn.execute(
-                    _REUSED_IDS, (given,)).fetchall()])
         if (
             len(specs) == 1 and within is None and not specs[0].depends_on
+            and not specs[0].given_id  # checked in a transaction (_REUSED_IDS)
             and not pending_writes.waiting()
         ):  # one app.submit: the common case that waits on round trips, not on the server
             one = self._create_one(specs[0], now)
@@ -518,6 +515,7 @@ class PostgresStore(
                 # pipelined path (a replayed key inserts neither its task nor its row).
                 audits = pending_writes.take_created_audits() if within is None else []
                 inserted = self._insert(conn, specs, tasks, has_dependants, now, audits)
+            self._refuse_reused(conn, specs, inserted)
             missing = [s for s in specs if s.task_id not in inserted]
             if missing and any(d in by_id and d not in inserted
                                for s in specs for d in s.depends_on):
@@ -554,6 +552,18 @@ class PostgresStore(
         if any(t.status is TaskStatus.QUEUED for t in created):
             self._wake("creep_tasks", "")
         return out
+
+    @staticmethod
+    def _refuse_reused(
+        conn: psycopg.Connection[Any], specs: Sequence[TaskSpec], inserted: set[str]
+    ) -> None:
+        """Refuses (ConflictError, the transaction rolls back) a caller-chosen id of a task
+        retention deleted, among the tasks this transaction `inserted`. Ids the server drew
+        are never read."""
+        given = [t for t in given_task_ids(specs) if t in inserted]
+        if given:
+            refuse_reused_task_ids([str(r[0]) for r in conn.execute(
+                _REUSED_IDS, (given,)).fetchall()])
 
     @staticmethod
     def _replay_lookup(
@@ -646,14 +656,19 @@ class PostgresStore(
             # whatever fails from here on).
             query, params = _insert_statement(
                 specs, tasks, set(), now, pending_writes.take_created_audits())
+            given = given_task_ids(specs)
             with self._statement_tx() as conn:
                 with conn.pipeline():
                     conn.execute("BEGIN")
                     cur = conn.execute(query, params)
+                    # After the insert, in its transaction (see _REUSED_IDS).
+                    reused = conn.execute(_REUSED_IDS, (given,)) if given else None
                     pending_writes.flush(self, conn)
                 if len(cur.fetchall()) < len(specs):  # _statement_tx rolls it back
                     pending_writes.restore(riding)  # the general path writes them
                     return None
+                if reused is not None:  # all were inserted: each given id is new here
+                    refuse_reused_task_ids([str(r[0]) for r in reused.fetchall()])
                 conn.execute("COMMIT")
         except psycopg.Error as exc:
             pending_writes.restore(riding)
