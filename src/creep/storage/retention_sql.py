@@ -40,25 +40,25 @@ class RetentionSqlMixin(ScheduleSqlBase):
         """Delete finished tasks (and their events) that ended before `cutoff`, unless
         something live still refers to them: a task that has not finished depending on them,
         a schedule execution that has not followed its task yet (it would be called
-        interrupted), a lease still ACTIVE (constraints.keep_leases), or a task of their
-        batch that has not finished (the batch's counts and progress are read from its
-        tasks). A finished dependant does not keep them: it still names them, and its retry
-        refuses a dependency that is gone (check_retry_dependencies)."""
+        interrupted), or a lease still ACTIVE (constraints.keep_leases). The tasks of a batch
+        (`batch_id`) go together or not at all: only once every task of it can go (a batch's
+        counts and progress are read from its tasks, and a retry of one of them reopens it).
+        A finished dependant does not keep them: it still names them, and its retry refuses
+        a dependency that is gone (check_retry_dependencies)."""
         marks = ", ".join("?" * len(_TERMINAL_TASK))
         with self._sx() as conn:
-            open_batches: set[str] = set()
+            kept: set[str] = set()
             # A batch is judged once per call, not per task (a per-task check reads the
-            # whole batch for each of its tasks). The candidates of batches found open are
-            # left out and the next ones read, so old tasks of open batches never fill the
-            # page and hold back the rest.
+            # whole batch for each of its tasks). The candidates of batches that must stay
+            # are left out and the next ones read, so old tasks of such batches never fill
+            # the page and hold back the rest.
             for _ in range(_OPEN_BATCH_ROUNDS):
-                rows = self._retention_candidates(conn, cutoff, marks, open_batches, limit)
-                batches = sorted({r[1] for r in rows if r[1] is not None})
-                found = self._open_batches(conn, batches, marks)
+                rows = dict(self._retention_candidates(conn, cutoff, marks, kept, limit))
+                found = self._open_batches(conn, rows, cutoff, marks, kept)
                 if not found:
                     break
-                open_batches |= found
-            ids = [r[0] for r in rows if r[1] is None or r[1] not in open_batches]
+                kept |= found
+            ids = [t for t, b in rows.items() if b is None or b not in kept]
             if not ids:
                 return 0
             for start in range(0, len(ids), 500):
@@ -70,7 +70,7 @@ class RetentionSqlMixin(ScheduleSqlBase):
                 conn.execute(f"DELETE FROM tasks WHERE task_id IN ({qs})", chunk)
             # A batch whose last task went goes with it: read from no task, it would say
             # `pending`, nothing completed, of a batch that ran to its end.
-            emptied = sorted({r[1] for r in rows if r[1] is not None and r[1] not in open_batches})
+            emptied = sorted({b for b in rows.values() if b is not None and b not in kept})
             for start in range(0, len(emptied), 500):
                 chunk = emptied[start:start + 500]
                 conn.execute(
@@ -81,11 +81,16 @@ class RetentionSqlMixin(ScheduleSqlBase):
             return len(ids)
 
     def _retention_candidates(
-        self, conn: Conn, cutoff: datetime, marks: str, skip_batches: set[str], limit: int
+        self, conn: Conn, cutoff: datetime, marks: str, skip_batches: set[str],
+        limit: int | None, only_batches: list[str] | None = None,
     ) -> list[tuple[str, str | None]]:
+        """Tasks the sweep may delete (task_id, batch_id), locked: up to `limit` of them not
+        in `skip_batches`, or (`only_batches`, no limit) every one of those batches."""
         skip = sorted(skip_batches)
         not_in = (f"AND (batch_id IS NULL OR batch_id NOT IN ({', '.join('?' * len(skip))})) "
                   if skip else "")
+        only = only_batches or []
+        of = f"AND batch_id IN ({', '.join('?' * len(only))}) " if only else ""
         return [
             (r[0], r[1]) for r in conn.execute(
                 # created_at < cutoff is implied (a task finishes after it is created)
@@ -103,27 +108,53 @@ class RetentionSqlMixin(ScheduleSqlBase):
                 "AND task_id NOT IN (SELECT task_id FROM task_executions "
                 "WHERE state IN ('pending', 'running') AND task_id IS NOT NULL) "
                 "AND task_id NOT IN (SELECT task_id FROM leases WHERE status = 'ACTIVE') "
-                f"{not_in}LIMIT ?"
+                f"{not_in}{of}{'' if limit is None else 'LIMIT ?'}"
                 # Held until the deletion commits (PostgreSQL): a retry, or a submission
                 # that names one as its dependency, waits and then finds it gone; one that
-                # locked it first is skipped, and the task read again at the next run.
+                # locked it first is skipped, and the task read again at the next run (and
+                # its batch, not all of whose tasks are then held, is kept whole).
                 f"{self._for_update and self._for_update + ' SKIP LOCKED'}",
                 (self._ts(cutoff), *_TERMINAL_TASK, self._ts(cutoff), *_TERMINAL_TASK,
-                 *skip, limit),
+                 *skip, *only, *([] if limit is None else [limit])),
             ).fetchall()
         ]
 
-    def _open_batches(self, conn: Conn, batch_ids: list[str], marks: str) -> set[str]:
-        """Those of `batch_ids` with a task that has not finished (through the batch index:
-        each batch's tasks are read once)."""
+    def _open_batches(
+        self, conn: Conn, held: dict[str, str | None], cutoff: datetime, marks: str,
+        kept: set[str],
+    ) -> set[str]:
+        """The batches of `held` (task_id -> batch_id, candidates this sweep has locked) that
+        cannot go whole: with a task not finished, or finished since the cutoff (read
+        without locks, through the batch index), or with one that is not among the sweep's
+        locked candidates once the rest of the others' candidates (past the page) were
+        locked into `held`: one still referred to, or locked by another transaction (e.g. a
+        retry). A task committed into a batch after this read comes after the sweep (the
+        batch was finished, and held whole, when the sweep judged it)."""
+        batches = sorted({b for b in held.values() if b is not None})
         found: set[str] = set()
-        for start in range(0, len(batch_ids), 500):
-            chunk = batch_ids[start:start + 500]
+        for start in range(0, len(batches), 500):
+            chunk = batches[start:start + 500]
             found.update(r[0] for r in conn.execute(
                 f"SELECT DISTINCT batch_id FROM tasks WHERE batch_id IN "
-                f"({', '.join('?' * len(chunk))}) AND status NOT IN ({marks})",
-                (*chunk, *_TERMINAL_TASK),
+                f"({', '.join('?' * len(chunk))}) AND (status NOT IN ({marks}) "
+                "OR finished_at >= ?)",
+                (*chunk, *_TERMINAL_TASK, self._ts(cutoff)),
             ).fetchall())
+        rest = [b for b in batches if b not in found]
+        for start in range(0, len(rest), 500):
+            held.update(self._retention_candidates(
+                conn, cutoff, marks, kept, None, rest[start:start + 500]))
+        mine: dict[str, int] = {}
+        for batch in held.values():
+            if batch is not None and batch not in found:
+                mine[batch] = mine.get(batch, 0) + 1
+        for start in range(0, len(rest), 500):
+            chunk = rest[start:start + 500]
+            found.update(r[0] for r in conn.execute(
+                f"SELECT batch_id, count(*) FROM tasks WHERE batch_id IN "
+                f"({', '.join('?' * len(chunk))}) GROUP BY batch_id",
+                chunk,
+            ).fetchall() if r[1] != mine[r[0]])
         return found
 
     def retention_purge_audit(self, cutoff: datetime, limit: int = 10_000) -> int:
