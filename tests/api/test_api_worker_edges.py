@@ -44,18 +44,21 @@ async def report(ctx):
 
 @app.handler("RV_REPORT_TWICE")
 async def report_twice(ctx):
-    # A report resent with its event id (as after a lost answer) conflicts; the claim holds.
+    # A report resent with its event id (as after a lost answer) is the event written first;
+    # another report under that id conflicts, and the claim holds.
     from creep.domain.errors import ClaimLost, ConflictError
 
     event = await ctx.report_event("HTTP_PROBE_OK", http_status=200, latency_ms=5)
+    again = await ctx.report_event("HTTP_PROBE_OK", http_status=200, latency_ms=5,
+                                   event_id=event.event_id)
     try:
-        await ctx.report_event("HTTP_PROBE_OK", http_status=200, latency_ms=5,
+        await ctx.report_event("HTTP_PROBE_OK", http_status=201, latency_ms=5,
                                event_id=event.event_id)
     except ClaimLost:
-        return {"second": "claim lost"}
+        return {"second": again == event, "other": "claim lost"}
     except ConflictError:
-        return {"second": "conflict"}
-    return {"second": "written"}
+        return {"second": again == event, "other": "conflict"}
+    return {"second": again == event, "other": "written"}
 
 
 @app.handler("RV_LEASES")
@@ -247,10 +250,11 @@ def test_remote_worker_budget_refusal_is_budget_exceeded(worker_server: Server, 
 def test_remote_worker_duplicate_event_id_is_no_lost_claim(
     worker_server: Server, app_dir: Path,
 ) -> None:
-    """An asset event resent with an id that exists already answered 409 typed `conflict`,
-    as a stale claim token did: creep's HTTP worker raised ClaimLost into the handler (a
-    worker in another language would drop the task). A lost claim is now a 409 of its own
-    type, `claim-lost`; the duplicate is the handler's ConflictError and the claim holds."""
+    """An asset event reported under an id that exists already answered 409 typed
+    `conflict`, as a stale claim token did: creep's HTTP worker raised ClaimLost into the
+    handler (a worker in another language would drop the task). A lost claim is now a 409
+    of its own type, `claim-lost`; another event under that id is the handler's
+    ConflictError and the claim holds (the same event again is the event written first)."""
     _, key = worker_server.tenant()
     with worker_server.client(key) as c:
         _asset(c)
@@ -259,7 +263,7 @@ def test_remote_worker_duplicate_event_id_is_no_lost_claim(
         out, _ = worker.communicate(timeout=60)
         t = c.get(f"/v1/tasks/{task}").json()
         assert t["status"] == "SUCCESS", (t["last_error"], out.decode()[-2000:])
-        assert t["result_payload"] == {"second": "conflict"}
+        assert t["result_payload"] == {"second": True, "other": "conflict"}
         stale, token = _claimed(c, "RV_STALE")
         r = c.post(f"/v1/tasks/{stale}/heartbeat", json={"claim_token": str(uuid.uuid4())})
         assert r.status_code == 409 and r.json()["type"].endswith("/claim-lost"), r.text
@@ -609,10 +613,11 @@ def test_remote_worker_ctx_charge_fails_the_task_when_the_tenant_is_rate_limited
 
 def test_http_store_resends_a_handler_write_only_when_nothing_was_written() -> None:
     """A handler's write that may have reached the server (a read timeout) stays a plain
-    StorageError for the handler (ctx.report_event); only a refused connection or a 429
-    (Retry-After kept) is NotWritten, which the worker sends again. A ledger entry goes
-    with its entry_id, which the server writes once: a timeout is NotWritten too, unless
-    the server is older than entry_id (a 422 on it), when the entry goes without."""
+    StorageError for the handler (an asset event without an event_id); only a refused
+    connection or a 429 (Retry-After kept) is NotWritten, which the worker sends again. A
+    ledger entry goes with its entry_id, an asset event with its event_id, which the server
+    writes once: a timeout is NotWritten too, unless the server is older than entry_id (a
+    422 on it), when the entry goes without."""
     from datetime import UTC, datetime
     from decimal import Decimal
 
@@ -645,6 +650,11 @@ def test_http_store_resends_a_handler_write_only_when_nothing_was_written() -> N
         with pytest.raises(StorageError) as raised:
             store.asset_event_report({"event_type": "X"}, now, tenant_id="t", task_id=task)
         assert isinstance(raised.value, NotWritten) == (task != "timeout"), task
+        event_id = str(uuid.uuid4())  # ctx.report_event gives its event one: written once
+        with pytest.raises(NotWritten):
+            store.asset_event_report({"event_type": "X", "event_id": event_id}, now,
+                                     tenant_id="t", task_id=task)
+        assert sent[-1]["event_id"] == event_id
         entry = LedgerEntry(str(uuid.uuid4()), "t", None, task, None, None, EntryType.COST,
                             Decimal("1"), "USD", None, now, now)
         with pytest.raises(NotWritten) as written_once:
@@ -724,6 +734,66 @@ def test_worker_ledger_route_books_only_the_leases_of_the_claim(worker_server: S
         again = {**cost, "claim_token": item["claim_token"]}
         r = c.post(f"/v1/tasks/{mine}/ledger", json={**again, "lease_id": my_lease["lease_id"]})
         assert r.status_code == 422 and "earlier run" in r.json()["errors"][0]["rule"], r.text
+
+
+def test_worker_asset_event_resent_with_its_event_id_is_written_once(
+    worker_server: Server,
+) -> None:
+    """A ctx.report_event whose answer was lost could not be sent again: the same event_id
+    answered 409 (so the HTTP worker raised StorageError into the handler, which could only
+    report it again as a second event). Sent again with its event_id and the same body, the
+    answer is the event written the first time with what it caused (201, nothing more
+    written, even once the claim is gone); another body under that id is 409."""
+    from creep import Creep
+
+    tenant, key = worker_server.tenant()
+    with Creep(worker_server.database_url) as app:
+        app.set_ban_policy("RV_NET", max_failures=1, window_seconds=3600, tenant_id=tenant)
+    with worker_server.client(key) as c:
+        asset = _asset(c)
+        task, token = _claimed(c, f"RV_ONCE_EV_{uuid.uuid4().hex[:6]}", **_HINTED)
+        event_id = str(uuid.uuid4())
+        event = {"claim_token": token, "event_type": "HTTP_PROBE_FAIL", "http_status": 403,
+                 "event_id": event_id, "tags": ["t"], "context": {"k": [1, 2.5]},
+                 "occurred_at": "2030-01-02T03:04:05.123456+00:00"}
+        first = c.post(f"/v1/tasks/{task}/asset-events", json=event)
+        assert first.status_code == 201, first.text
+        assert [e["event_type"] for e in first.json()["caused"]] == [
+            "ASSET_BANNED", "LEASE_REVOKED"]
+        again = c.post(f"/v1/tasks/{task}/asset-events", json=event)
+        assert (again.status_code, again.json()) == (201, first.json()), again.text
+        other = c.post(f"/v1/tasks/{task}/asset-events", json={**event, "http_status": 500})
+        assert other.status_code == 409 and not other.json()["type"].endswith("claim-lost")
+        assert c.post(f"/v1/tasks/{task}/complete",
+                      json={"claim_token": token}).status_code == 200
+        late = c.post(f"/v1/tasks/{task}/asset-events", json=event)
+        assert (late.status_code, late.json()) == (201, first.json()), late.text
+        events = c.get("/v1/events", params={"asset_id": asset["asset_id"]}).json()["items"]
+        assert [e["event_id"] for e in events].count(event_id) == 1
+        assert [e["event_type"] for e in events].count("ASSET_BANNED") == 1
+
+
+def test_asset_event_resent_with_its_event_id_answers_the_first_and_is_audited_once(
+    worker_server: Server,
+) -> None:
+    """POST /v1/events (a provider's webhook, sent again after a lost answer) with an
+    event_id that exists: the same body answers the event written the first time (201),
+    with one audit row; another body under that id stays 409."""
+    tenant, key = worker_server.tenant()
+    with worker_server.client(key) as c:
+        asset = _asset(c)
+        event_id = str(uuid.uuid4())
+        event = {"asset_id": asset["asset_id"], "event_type": "PROVIDER_NOTICE",
+                 "event_id": event_id, "message": "m"}
+        first = c.post("/v1/events", json=event)
+        assert first.status_code == 201, first.text
+        again = c.post("/v1/events", json=event)
+        assert (again.status_code, again.json()) == (201, first.json()), again.text
+        assert c.post("/v1/events", json={**event, "message": "n"}).status_code == 409
+    with worker_server.admin() as admin:
+        rows = admin.get("/v1/audit", params={"resource_type": "assetEvent",
+                                              "tenant_id": tenant}).json()["items"]
+    assert [r["resource"]["identifier"] for r in rows] == [event_id]
 
 
 def test_worker_ledger_entry_resent_with_its_entry_id_is_written_once(

@@ -342,3 +342,53 @@ def test_http_worker_resends_a_charge_whose_answer_was_lost_and_it_is_written_on
     entries = c.get("/v1/ledger", params={"task_id": task_id}).json()["items"]
     assert [(e["entry_id"], e["amount"]) for e in entries] == [
         (t["result_payload"]["entry_id"], "0.30")]
+
+
+class LoseEventAnswer(Recorder):
+    """Loses the answer to the first asset-event call (written; the worker sees a 503)."""
+
+    armed = True
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.armed and request.url.path.endswith("/asset-events"):
+            self.armed, self.lose_answer = False, request.url.path
+        return super().handle_request(request)
+
+
+@app.handler("BP_REPORT")
+async def report_once(ctx: TaskContext) -> dict[str, Any]:
+    event = await ctx.report_event("HTTP_PROBE_FAIL", http_status=403)
+    await ctx.heartbeat()  # hears of the revocation: one the handler caused does not stop it
+    return {"event_id": event.event_id, "revoked": list(ctx.revoked_lease_ids)}
+
+
+def test_http_worker_resends_a_reported_event_whose_answer_was_lost_and_it_is_written_once(
+    worker_server: Server,
+) -> None:
+    """A ctx.report_event that reached the server but whose answer was lost raised
+    StorageError into the handler, failing the attempt with the event written (and a
+    handler that tried again reported it twice). The worker sends it again with its
+    event_id, which the server writes once, answering what it caused the first time (the
+    auto-ban's revocation of the handler's own lease, which then does not stop it)."""
+    tenant, key = worker_server.tenant()
+    with Creep(worker_server.database_url) as admin_app:
+        admin_app.set_ban_policy("BP_NET", max_failures=1, window_seconds=3600,
+                                 tenant_id=tenant)
+    with worker_server.client(key) as c:
+        r = c.post("/v1/assets", json={"sku_category": "BP_NET", "sku_code": "ip.1",
+                                       "currency": "USD"})
+        assert r.status_code == 201, r.text
+        asset_id = r.json()["asset_id"]
+        task_id = _submit(c, "BP_REPORT", resource_hints=[{"sku_category": "BP_NET"}],
+                          currency="USD", constraints={"max_retries": 0})
+        rec = LoseEventAnswer()
+        stats = _run_worker(worker_server.url, key, rec)
+        t = c.get(f"/v1/tasks/{task_id}").json()
+        assert (t["status"], t["attempt"]) == ("SUCCESS", 1), t
+        assert stats["completed"] == 1
+        assert rec.per_task("asset-events") == [f"/v1/tasks/{task_id}/asset-events"] * 2
+        events = c.get("/v1/events", params={"asset_id": asset_id}).json()["items"]
+    reported = [e for e in events if e["event_type"] == "HTTP_PROBE_FAIL"]
+    assert [e["event_id"] for e in reported] == [t["result_payload"]["event_id"]]
+    revoked = [e["lease_id"] for e in events if e["event_type"] == "LEASE_REVOKED"]
+    assert t["result_payload"]["revoked"] == revoked != []

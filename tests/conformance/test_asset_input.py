@@ -58,12 +58,22 @@ def test_reported_event_fields_must_be_storable(app: Creep, field: str, value: A
     assert app.asset_events(asset_id=a.asset_id) == before
 
 
-def test_a_reported_event_id_used_twice_is_a_conflict(app: Creep) -> None:
+def test_a_reported_event_id_used_twice_is_the_first_event_or_a_conflict(app: Creep) -> None:
+    """An event sent again with its id (after a lost answer) is the event written the first
+    time, nothing more written; another event under that id is a conflict."""
     a = app.create_asset(**ip(1))
     eid = str(uuid.uuid4())
-    app.report_asset_event(asset_id=a.asset_id, event_type="PROBE", event_id=eid)
-    with pytest.raises(ConflictError):
-        app.report_asset_event(asset_id=a.asset_id, event_type="PROBE", event_id=eid)
+    first = app.report_asset_event(asset_id=a.asset_id, event_type="PROBE", event_id=eid,
+                                   http_status=200, context={"n": 1})
+    again = app.report_asset_event(asset_id=a.asset_id, event_type="PROBE", event_id=eid,
+                                   http_status=200, context={"n": 1})
+    assert again == first
+    for other in ({"http_status": 201}, {"context": {"n": 2}}, {"event_type": "PROBE2"},
+                  {"source": "elsewhere"}):
+        with pytest.raises(ConflictError):
+            app.report_asset_event(**{"asset_id": a.asset_id, "event_type": "PROBE",
+                                      "event_id": eid, "http_status": 200,
+                                      "context": {"n": 1}, **other})
     assert [e.event_id for e in app.asset_events(asset_id=a.asset_id)].count(eid) == 1
 
 

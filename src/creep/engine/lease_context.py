@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from creep.asset_api import make_entry
 from creep.domain.asset_event import AssetEvent, AssetEventType, validate_reported_event
+from creep.domain.ids import uuid7
 from creep.domain.lease import Lease
 from creep.domain.ledger import LedgerEntry
 
@@ -82,6 +83,8 @@ class LeaseContextMixin:
         the task holds one lease. The auto-ban policy applies at once; if it banned the
         asset, its lease ids land in `revoked_lease_ids`."""
         checked = validate_reported_event({"event_type": event_type, **fields})
+        # Its id now, once: an HTTP worker sends it again with it, which the server writes once.
+        checked["event_id"] = checked["event_id"] or uuid7()
         events: list[AssetEvent] = await self._store(
             self._worker.store.asset_event_report, checked, self._worker.clock.now(),
             tenant_id=self.task.tenant_id, task_id=self.task.task_id,

@@ -363,14 +363,6 @@ class WorkerProtocol:
 
     # -- a handler's lease context, for a remote worker (ctx.charge/earn/report_event/leases) --
 
-    def running(self, task_id: str, claim_token: str, tenant_id: str | None) -> TaskOrder:
-        """The task, while this claim runs it: the fence of the writes below (the ledger's and
-        the asset events' own transactions check the claim again)."""
-        task = self._held(task_id, claim_token, tenant_id)
-        if not self.store.task_claim_held(task_id, claim_token):
-            raise ClaimLost(f"task {task_id}: the claim is no longer held")
-        return task
-
     def record_money(
         self, task_id: str, claim_token: str, tenant_id: str | None, *, entry_type: str,
         amount: Any, currency: str | None = None, asset_id: str | None = None,
@@ -402,9 +394,11 @@ class WorkerProtocol:
         self, task_id: str, claim_token: str, tenant_id: str | None, fields: dict[str, Any],
     ) -> list[AssetEvent]:
         """ctx.report_event: the event, then what it caused (an auto-ban's LEASE_REVOKED
-        events name the leases of this claim it revoked)."""
+        events name the leases of this claim it revoked). Sent again with its event_id
+        (after a lost answer), the first report's answer, nothing more written."""
         checked = validate_reported_event(fields)
-        task = self.running(task_id, claim_token, tenant_id)
+        # The report's transaction checks the claim (after a resend's own event: see there).
+        task = self._held(task_id, claim_token, tenant_id)
         try:
             return self.store.asset_event_report(
                 checked, self.clock.now(), tenant_id=task.tenant_id, task_id=task_id,

@@ -88,7 +88,7 @@ class HttpWorkerStore:
     def _send(self, path: str, body: dict[str, Any]) -> httpx.Response:
         """The answer, unless it is one to try again later (unreachable, 5xx, 408, 429):
         StorageError, NotWritten when the request surely wrote nothing (safe to resend even
-        when it is not idempotent, as ctx.report_event is not)."""
+        when it is not idempotent, as a worker's task event is not)."""
         try:
             r = self._http.post(path, content=orjson.dumps(body, default=_json_default),
                                 headers={"Content-Type": "application/json"})
@@ -355,10 +355,20 @@ class HttpWorkerStore:
         self, fields: dict[str, Any], now: datetime, *, tenant_id: str,
         task_id: str | None = None, claim_token: str | None = None,
     ) -> list[AssetEvent]:
-        """ctx.report_event: the event, then what it caused (e.g. LEASE_REVOKED)."""
+        """ctx.report_event: the event, then what it caused (e.g. LEASE_REVOKED). Sent with
+        its event_id (ctx.report_event picks one), which the server writes once: a failure
+        that may have reached it (a timeout, a 5xx) is NotWritten, so the Worker sends it
+        again and gets the first send's answer."""
         sent = {k: v for k, v in fields.items() if v is not None and v != [] and v != {}}
-        d = self._fenced(f"/v1/tasks/{task_id}/asset-events",
-                         {**sent, "claim_token": claim_token or self._token(task_id)})
+        try:
+            d = self._fenced(f"/v1/tasks/{task_id}/asset-events",
+                             {**sent, "claim_token": claim_token or self._token(task_id)})
+        except NotWritten:
+            raise
+        except StorageError as exc:
+            if not sent.get("event_id"):
+                raise
+            raise NotWritten(f"{exc} (sent again with its event_id: written once)") from exc
         return [_event_from_json(e) for e in (d["event"], *d["caused"])]
 
     def lease_list(

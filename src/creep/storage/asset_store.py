@@ -14,6 +14,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from creep.domain.asset import (
     AssetFilter,
     AssetSnapshot,
@@ -250,9 +252,27 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
         or leave it to follow from the lease it names. A lease named must be one of the
         tenant's, on the event's asset, and of the event's task; a task named must be one of
         the tenant's. The event then carries the task's correlation_id. A causation_id
-        must be an event of the tenant's."""
+        must be an event of the tenant's.
+
+        An event whose `event_id` exists already is a resend (after a lost answer): the same
+        report answers the event written the first time and what it caused, writing nothing
+        (even once the reporting run's claim is gone); another report under that id is a
+        ConflictError."""
+        try:
+            return self._report_event(fields, now, tenant_id, task_id, claim_token)
+        except _Replayed as replay:  # its transaction rolled back: no audit row rode along
+            return replay.events
+
+    def _report_event(
+        self, fields: dict[str, Any], now: datetime, tenant_id: str, task_id: str | None,
+        claim_token: str | None,
+    ) -> list[AssetEvent]:
         handler = task_id is not None
+        reporter = task_id
+        given = fields.get("event_id")
         with self._atx() as conn:
+            if given:
+                self._replay_event(conn, given, fields, tenant_id, reporter)
             pending = Pending()
             task: TaskRef | None = None
             lease_id = fields.get("lease_id")
@@ -324,11 +344,8 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                 ).fetchone()
                 if row is None or row[0] != tenant_id:
                     raise ValidationError.single("causation_id", "unknown event")
-            given = fields.get("event_id")
-            if given and self._x(
-                conn, "SELECT 1 FROM asset_events WHERE event_id = ?", (given,)
-            ).fetchone():
-                raise ConflictError(f"asset event {given} exists already (event ids are unique)")
+            if given:  # again under the asset's lock: a resend that raced the first send
+                self._replay_event(conn, given, fields, tenant_id, reporter)
             occurred = fields.get("occurred_at") or now
             event = AssetEvent(
                 event_id=fields.get("event_id") or uuid7(), tenant_id=tenant_id,
@@ -358,6 +375,42 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                 out.extend(pending.events)
             self._flush(conn, pending, now)
         return out
+
+    def _replay_event(
+        self, conn: Any, event_id: str, fields: dict[str, Any], tenant_id: str,
+        task_id: str | None,
+    ) -> None:
+        """Nothing if no event has this id. Else _Replayed with that event and what it
+        caused, when `fields` report it again (each field given is the one written, by the
+        same tenant and reporting task); ConflictError when they report another event."""
+        row = self._x(conn, f"SELECT {EVENT_COLS} FROM asset_events WHERE event_id = ?",
+                      (event_id,)).fetchone()
+        if row is None:
+            return
+        written = self._event(row)
+        if not _same_report(written, fields, tenant_id, task_id):
+            raise ConflictError(f"asset event {event_id} exists already, as another event "
+                                "(an event sent again must be reported the same)")
+        raise _Replayed([written, *self._caused_by(conn, written)])
+
+    def _caused_by(self, conn: Any, event: AssetEvent) -> list[AssetEvent]:
+        """The events the report of `event` wrote after it, in its transaction (an auto-ban's
+        ASSET_BANNED and LEASE_REVOKED): its asset's events of that instant that follow from
+        it by causation_id."""
+        d = self._adialect
+        rows = self._x(
+            conn,
+            f"SELECT {EVENT_COLS} FROM asset_events WHERE asset_id = ? AND occurred_at = ? "
+            "AND recorded_at = ? ORDER BY seq",
+            (event.asset_id, d.ts(event.recorded_at), d.ts(event.recorded_at)),
+        ).fetchall()
+        causes = {event.event_id}
+        caused: list[AssetEvent] = []
+        for e in map(self._event, rows):
+            if e.causation_id in causes and e.event_id not in causes:
+                caused.append(e)
+                causes.add(e.event_id)
+        return caused
 
     def _claim_runs(self, conn: Any, task_id: str, claim_token: str) -> bool:
         return is_uuid(claim_token) and self._x(
@@ -443,3 +496,38 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                 break
             chain.append(found)
         return chain
+
+
+class _Replayed(Exception):  # not an error: the answer of a resent report
+    """A reported event sent again: its transaction ends (rolled back, nothing written) with
+    the events the first report answered."""
+
+    def __init__(self, events: list[AssetEvent]) -> None:
+        super().__init__("replayed")
+        self.events = events
+
+
+#: The identifiers a report may give in any case (stored lowercase).
+_IDS = frozenset({"event_id", "asset_id", "task_id", "lease_id", "causation_id"})
+
+
+def _same_report(
+    written: AssetEvent, fields: dict[str, Any], tenant_id: str, task_id: str | None
+) -> bool:
+    """Whether `fields` (validated) report `written` again: the same tenant and reporting
+    task, and each field given the one written (a field left out took a default then)."""
+    if written.tenant_id != tenant_id or (task_id is not None and written.task_id != task_id):
+        return False
+    for name, value in fields.items():
+        stored = getattr(written, name)
+        if name in ("tags", "context"):
+            if orjson.loads(orjson.dumps(value)) != orjson.loads(orjson.dumps(stored)):
+                return False
+        elif value is None:
+            continue
+        elif name in _IDS:
+            if stored is None or str(stored).lower() != str(value).lower():
+                return False
+        elif stored != value:
+            return False
+    return True
