@@ -616,14 +616,14 @@ def test_http_store_resends_a_handler_write_only_when_nothing_was_written() -> N
     StorageError for the handler (an asset event without an event_id); only a refused
     connection or a 429 (Retry-After kept) is NotWritten, which the worker sends again. A
     ledger entry goes with its entry_id, an asset event with its event_id, which the server
-    writes once: a timeout is NotWritten too, unless the server is older than entry_id (a
-    422 on it), when the entry goes without."""
+    writes once: a timeout is SafeToResend too (sent again, but not "nothing written"),
+    unless the server is older than entry_id (a 422 on it), when the entry goes without."""
     from datetime import UTC, datetime
     from decimal import Decimal
 
     import orjson
 
-    from creep.domain.errors import NotWritten, StorageError
+    from creep.domain.errors import NotWritten, SafeToResend, StorageError
     from creep.domain.ledger import EntryType, LedgerEntry
     from creep.remote.http_worker_store import HttpWorkerStore
 
@@ -651,14 +651,16 @@ def test_http_store_resends_a_handler_write_only_when_nothing_was_written() -> N
             store.asset_event_report({"event_type": "X"}, now, tenant_id="t", task_id=task)
         assert isinstance(raised.value, NotWritten) == (task != "timeout"), task
         event_id = str(uuid.uuid4())  # ctx.report_event gives its event one: written once
-        with pytest.raises(NotWritten):
+        with pytest.raises(SafeToResend) as resend:
             store.asset_event_report({"event_type": "X", "event_id": event_id}, now,
                                      tenant_id="t", task_id=task)
+        assert isinstance(resend.value, NotWritten) == (task != "timeout"), task
         assert sent[-1]["event_id"] == event_id
         entry = LedgerEntry(str(uuid.uuid4()), "t", None, task, None, None, EntryType.COST,
                             Decimal("1"), "USD", None, now, now)
-        with pytest.raises(NotWritten) as written_once:
+        with pytest.raises(SafeToResend) as written_once:
             store.ledger_record(entry)
+        assert isinstance(written_once.value, NotWritten) == (task != "timeout"), task
         assert sent[-1]["entry_id"] == entry.entry_id
         if task == "limited":
             assert written_once.value.retry_after == 2.0
@@ -667,7 +669,7 @@ def test_http_store_resends_a_handler_write_only_when_nothing_was_written() -> N
                         Decimal("1"), "USD", None, now, now)
     with pytest.raises(StorageError) as raised:
         store.ledger_record(entry)
-    assert not isinstance(raised.value, NotWritten) and not store.ledger_entry_ids
+    assert not isinstance(raised.value, SafeToResend) and not store.ledger_entry_ids
     assert ["entry_id" in body for body in sent[-2:]] == [True, False]
 
 

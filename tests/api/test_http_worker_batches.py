@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from creep import Creep, TaskContext
+from creep.domain.errors import NotWritten
 from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, resolve
 from creep.engine.worker import Worker, WorkerSettings
 from creep.ports import Completion
@@ -392,3 +393,54 @@ def test_http_worker_resends_a_reported_event_whose_answer_was_lost_and_it_is_wr
     assert [e["event_id"] for e in reported] == [t["result_payload"]["event_id"]]
     revoked = [e["lease_id"] for e in events if e["event_type"] == "LEASE_REVOKED"]
     assert t["result_payload"]["revoked"] == revoked != []
+
+
+class NeverAnswerLedger(Recorder):
+    """The first ledger call is written but its answer lost (a 503); every later one is
+    lost the same way (`busy` False) or refused unwritten with a 429 (`busy` True)."""
+
+    def __init__(self, busy: bool) -> None:
+        super().__init__()
+        self.busy = busy
+        self.ledger_calls = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/ledger"):
+            self.ledger_calls += 1
+            if self.busy and self.ledger_calls > 1:
+                self.paths.append(request.url.path)
+                return httpx.Response(429, text="slow down")
+            self.lose_answer = request.url.path
+        return super().handle_request(request)
+
+
+@app.handler("BP_CHARGE_UNANSWERED")
+async def charge_unanswered(ctx: TaskContext) -> dict[str, Any]:
+    try:
+        await ctx.charge("0.30", description="captcha")
+    except Exception as exc:  # what the handler is told is the test
+        return {"error": type(exc).__name__, "not_written": isinstance(exc, NotWritten),
+                "message": str(exc)}
+    return {"error": None}
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["answers_lost", "then_busy"])
+def test_http_worker_charge_resent_until_the_claim_ttl_is_not_told_nothing_was_written(
+    worker_server: Server, remote: tuple[str, httpx.Client], busy: bool,
+) -> None:
+    """A ctx.charge whose answers stay lost is sent again for up to the claim TTL; then the
+    handler got NotWritten ("nothing written", or the 429 of a last resend) although the
+    first send was written: a handler trusting it and charging again with a new entry
+    would pay twice. It gets a StorageError saying the outcome is unknown."""
+    key, c = remote
+    task_id = _submit(c, "BP_CHARGE_UNANSWERED", currency="USD")
+    rec = NeverAnswerLedger(busy)
+    stats = _run_worker(worker_server.url, key, rec, claim_ttl=1.5)
+    t = c.get(f"/v1/tasks/{task_id}").json()
+    assert stats["completed"] == 1 and t["status"] == "SUCCESS", t
+    told = t["result_payload"]
+    assert (told["error"], told["not_written"]) == ("StorageError", False), told
+    assert "unknown" in told["message"], told
+    assert rec.ledger_calls > 2
+    entries = c.get("/v1/ledger", params={"task_id": task_id}).json()["items"]
+    assert [e["amount"] for e in entries] == ["0.30"]

@@ -85,15 +85,20 @@ class StorageError(CreepError):
     """The database failed; the original error is the cause."""
 
 
-class NotWritten(StorageError):
-    """A store call was refused before anything was written (the API's 429 or 408, a
-    connection never made), or the server writes it once however often it is sent (an HTTP
-    worker's ledger entry, by its entry_id): sending it again cannot write twice.
-    `retry_after`: the seconds the server asked to wait, if it said."""
+class SafeToResend(StorageError):
+    """A store call failed in a way that sending it again cannot write twice: it may have
+    been written, but the server writes it once however often it is sent (an HTTP worker's
+    ledger entry by its entry_id, an asset event by its event_id). `retry_after`: the
+    seconds the server asked to wait, if it said."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class NotWritten(SafeToResend):
+    """A store call was refused before anything was written (the API's 429 or 408, a
+    connection never made): sending it again cannot write twice."""
 
 
 class SchemaOutOfDate(StorageError):

@@ -36,6 +36,7 @@ from creep.domain.clock import Clock, SystemClock
 from creep.domain.errors import (
     CreepError,
     NotWritten,
+    SafeToResend,
     SchemaOutOfDate,
     StorageError,
     ValidationError,
@@ -904,21 +905,31 @@ class Worker:
     async def call_resending(self, fn: Callable[..., T], *args: Any) -> T:
         """A handler's own write (ctx.charge, ctx.report_event, ...), which must not be
         written twice: sent again only when the store says a resend cannot write it twice
-        (NotWritten: an HTTP worker's 429 or refused connection, or any failure of a ledger
-        entry it sends with its entry id), with backoff, until the claim TTL; then, or on
-        any other failure, raised into the handler."""
+        (SafeToResend: an HTTP worker's 429 or refused connection, NotWritten, or any
+        failure of a ledger entry or asset event it sends with its id), with backoff, until
+        the claim TTL; then, or on any other failure, raised into the handler. Given up
+        after a send that may have been written, it is a StorageError saying the outcome is
+        unknown, never NotWritten."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.claim_ttl
         delay = 0.05
+        maybe_written = False
+        name = getattr(getattr(fn, "func", fn), "__name__", "call")  # a partial's function
         while True:
             try:
                 return await self._call(fn, *args)
-            except NotWritten as exc:
+            except SafeToResend as exc:
+                maybe_written = maybe_written or not isinstance(exc, NotWritten)
                 wait = max(delay, exc.retry_after or 0.0)
                 if loop.time() + wait > deadline:
+                    if maybe_written:
+                        raise StorageError(
+                            f"{name}: no answer after sending it "
+                            f"for {self.settings.claim_ttl:g}s (the claim TTL); whether it "
+                            f"was written is unknown (written at most once): {exc}"
+                        ) from exc
                     raise
-                log.warning("%s failed, trying again in %.2fs: %s",
-                            getattr(fn, "__name__", "call"), wait, exc)
+                log.warning("%s failed, trying again in %.2fs: %s", name, wait, exc)
                 await asyncio.sleep(wait)
                 delay = min(delay * 2, 1.0)
 

@@ -29,6 +29,7 @@ from creep.domain.errors import (
     ConflictError,
     CreepError,
     NotWritten,
+    SafeToResend,
     StorageError,
     ValidationError,
 )
@@ -319,7 +320,7 @@ class HttpWorkerStore:
     ) -> LedgerEntry:
         """ctx.charge / ctx.earn (the budget is always enforced over the API). Sent with the
         entry's id, which the server writes once: a failure that may have reached it (a
-        timeout, a 5xx) is NotWritten, so the Worker sends it again (a server older than
+        timeout, a 5xx) is SafeToResend, so the Worker sends it again (a server older than
         entry_id answers a 422 on it: then it is sent without, and not again)."""
         path = f"/v1/tasks/{entry.task_id}/ledger"
         body = {
@@ -335,7 +336,7 @@ class HttpWorkerStore:
             except NotWritten:
                 raise
             except StorageError as exc:
-                raise NotWritten(f"{exc} (sent again with its entry_id: written once)") \
+                raise SafeToResend(f"{exc} (sent again with its entry_id: written once)") \
                     from exc
             except ValidationError as exc:
                 if [name for name, _ in exc.errors] != ["entry_id"]:
@@ -357,7 +358,7 @@ class HttpWorkerStore:
     ) -> list[AssetEvent]:
         """ctx.report_event: the event, then what it caused (e.g. LEASE_REVOKED). Sent with
         its event_id (ctx.report_event picks one), which the server writes once: a failure
-        that may have reached it (a timeout, a 5xx) is NotWritten, so the Worker sends it
+        that may have reached it (a timeout, a 5xx) is SafeToResend, so the Worker sends it
         again and gets the first send's answer."""
         sent = {k: v for k, v in fields.items() if v is not None and v != [] and v != {}}
         try:
@@ -368,7 +369,8 @@ class HttpWorkerStore:
         except StorageError as exc:
             if not sent.get("event_id"):
                 raise
-            raise NotWritten(f"{exc} (sent again with its event_id: written once)") from exc
+            raise SafeToResend(f"{exc} (sent again with its event_id: written once)") \
+                from exc
         return [_event_from_json(e) for e in (d["event"], *d["caused"])]
 
     def lease_list(
