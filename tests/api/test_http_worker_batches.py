@@ -444,3 +444,40 @@ def test_http_worker_charge_resent_until_the_claim_ttl_is_not_told_nothing_was_w
     assert rec.ledger_calls > 2
     entries = c.get("/v1/ledger", params={"task_id": task_id}).json()["items"]
     assert [e["amount"] for e in entries] == ["0.30"]
+
+
+class LoseLeasesAnswer(Recorder):
+    """Loses the answer to the first leases call (a 503)."""
+
+    armed = True
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.armed and request.url.path.endswith("/leases"):
+            self.armed, self.lose_answer = False, request.url.path
+        return super().handle_request(request)
+
+
+@app.handler("BP_LEASES")
+async def list_leases(ctx: TaskContext) -> dict[str, Any]:
+    return {"leases": [x.lease_id for x in await ctx.leases()]}
+
+
+def test_http_worker_sends_ctx_leases_again_after_a_lost_answer(
+    worker_server: Server, remote: tuple[str, httpx.Client],
+) -> None:
+    """ctx.leases() only reads, but over HTTP a 5xx or a timeout on it raised StorageError
+    into the handler (the attempt failed) as if it were a write that must not be sent
+    twice. It is sent again, as a refused connection is."""
+    key, c = remote
+    r = c.post("/v1/assets", json={"sku_category": "BP_LEASE", "sku_code": "ip.1",
+                                   "currency": "USD"})
+    assert r.status_code == 201, r.text
+    task_id = _submit(c, "BP_LEASES", resource_hints=[{"sku_category": "BP_LEASE"}],
+                      currency="USD", constraints={"max_retries": 0})
+    rec = LoseLeasesAnswer()
+    stats = _run_worker(worker_server.url, key, rec)
+    t = c.get(f"/v1/tasks/{task_id}").json()
+    assert (t["status"], t["attempt"]) == ("SUCCESS", 1), t
+    assert stats["completed"] == 1
+    assert rec.per_task("leases") == [f"/v1/tasks/{task_id}/leases"] * 2
+    assert t["result_payload"]["leases"] == t["lease_ids"] != []

@@ -376,9 +376,16 @@ class HttpWorkerStore:
     def lease_list(
         self, *, tenant_id: str | None = None, task_id: str | None = None, **_: Any,
     ) -> list[Lease]:
-        """ctx.leases(): the leases of this worker's claim on the task."""
+        """ctx.leases(): the leases of this worker's claim on the task. It only reads: any
+        failure to try again later (a timeout, a 5xx) is NotWritten, so the Worker sends it
+        again."""
         token = self._token(task_id)
-        d = self._fenced(f"/v1/tasks/{task_id}/leases", {"claim_token": token})
+        try:
+            d = self._fenced(f"/v1/tasks/{task_id}/leases", {"claim_token": token})
+        except NotWritten:
+            raise
+        except StorageError as exc:
+            raise NotWritten(f"{exc} (a read: sent again)") from exc
         return [_lease_from_json(x, token) for x in d["items"]]
 
     # Leadership and maintenance stay on the server side.
