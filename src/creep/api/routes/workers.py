@@ -253,7 +253,8 @@ def _outcomes(items: list[OutcomeIn]) -> list[Outcome]:
 @router.post("/tasks/{task_id}/events", status_code=201, response_model=TaskEventOut,
              responses=_FENCED)
 def add_event(task_id: str, body: WorkerEventIn, principal: Writer, proto: Proto) -> Any:
-    """Append a worker's own event (e.g. a log line) to the task's event stream."""
+    """Append a worker's own event (e.g. a log line) to the task's event stream. Not
+    deduplicated: sent again (after a lost answer), it is written again."""
     event = proto.add_event(task_id, body.claim_token, read_scope(principal), body.event_type,
                             body.payload)
     return json_response(event_json(event), 201)
