@@ -118,6 +118,11 @@ def full_reads(
                     # (a lookup of one row by key, e.g. a dependant's status, is no full read)
                     bad.append(f"{kind} of all of {node.get('Index Name')} "
                                f"(Filter: {node.get('Filter')})")
+            elif kind == "Bitmap Heap Scan" and seek and not any(
+                    c in node.get("Recheck Cond", "") for c in seek):
+                # (its Bitmap Index Scans name no relation: the heap scan's Recheck Cond
+                # says what they sought)
+                bad.append(f"{kind} of {table} (Filter: {node.get('Filter')})")
         for child in node.get("Plans", []):
             walk(child, under_sort or kind in ("Sort", "Incremental Sort"))
 
