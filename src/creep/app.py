@@ -25,7 +25,7 @@ from creep.engine.artifacts import artifact_dir as artifact_dir_setting
 from creep.engine.worker import Handler, Worker, WorkerSettings
 from creep.gc_tuning import fewer_collections
 from creep.ports import MaintenanceReport, Store, TaskFilter
-from creep.storage import database_url, open_store
+from creep.storage import database_url, open_store, require_current_schema
 from creep.storage.blob_store import BlobStore
 from creep.tracing import tracer
 
@@ -76,7 +76,14 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
         if store is None:
             with self._store_lock:  # many threads may make their first call at once
                 if self._store is None:
-                    self._store = open_store(self.database_url, migrate=self._auto_migrate)
+                    opened = open_store(self.database_url, migrate=self._auto_migrate)
+                    if not self._auto_migrate:
+                        try:
+                            require_current_schema(opened)
+                        except BaseException:
+                            opened.close()
+                            raise
+                    self._store = opened
                 store = self._store
         return store
 

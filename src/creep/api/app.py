@@ -111,13 +111,15 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from creep.storage import open_store
+        from creep.storage import open_store, require_current_schema
 
         opened = store is None
         the_store = store or cast(ApiStore, open_store(settings.database_url))
         try:
             if settings.auto_migrate:
                 the_store.migrate()
+            else:  # checked once: a schema this creep does not know is not served
+                require_current_schema(the_store)
             if settings.admin_key:
                 ensure_admin_key(the_store, settings.admin_key, clock)
             svc = Services(settings=settings, store=the_store, clock=clock)

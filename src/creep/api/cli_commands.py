@@ -20,10 +20,11 @@ def server(
     log_level: Annotated[str | None, typer.Option(help="[CREEP_LOG_LEVEL, INFO]")] = None,
 ) -> None:
     """Serve the REST API (all CREEP_* settings apply; flags win)."""
-    from creep.api.server import check, serve
+    from creep.api.server import check, prepare_database, serve
 
     settings = check(host=host, port=port, database_url=database_url, workers=workers,
                      log_level=log_level)
+    prepare_database(settings)
     serve(settings)
 
 

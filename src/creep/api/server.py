@@ -52,6 +52,26 @@ def serve(settings: Settings) -> None:
         uvicorn.run(create_app(settings, settle_heap=True), **common)
 
 
+def prepare_database(settings: Settings) -> None:
+    """Migrate (auto_migrate) or check the schema before serving, so a database the server
+    cannot use is one `error:` line and exit 2, not a traceback from every uvicorn process."""
+    from creep.domain.errors import CreepError
+    from creep.storage import open_store, require_current_schema
+
+    try:
+        store = open_store(settings.database_url)
+        try:
+            if settings.auto_migrate:
+                store.migrate()
+            else:
+                require_current_schema(store)
+        finally:
+            store.close()
+    except CreepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def check(**flags: Any) -> Settings:
     """Settings or exit 2 with one line per problem on stderr."""
     try:

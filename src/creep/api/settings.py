@@ -36,8 +36,8 @@ class Settings:
     log_level: str = "INFO"
     #: JSON log lines (default) or plain text.
     log_json: bool = True
-    #: Apply pending migrations at start (the embedded default); else readiness fails until
-    #: `creep migrate` ran.
+    #: Apply pending migrations at start (the embedded default); else check that the schema
+    #: is the version this creep was written for, and refuse to start if not.
     auto_migrate: bool = True
     #: Per-tenant token bucket (requests/s; 0 turns it off) and its size.
     rate_limit_per_second: float = 0.0

@@ -102,4 +102,27 @@ class NotWritten(SafeToResend):
 
 
 class SchemaOutOfDate(StorageError):
-    """The database schema is older than this version of creep; run `creep migrate`."""
+    """The database schema is not the version this creep was written for: older (run `creep
+    migrate`) or, as SchemaTooNew, newer. Checked once, when a store that is not migrated
+    is first used."""
+
+    def __init__(self, version: int, expected: int) -> None:
+        self.version, self.expected = version, expected
+        if version == 0:
+            message = (f"the database has no creep schema (this creep needs version "
+                       f"{expected}): run `creep migrate`")
+        else:
+            message = (f"the database's schema is version {version}, older than this creep "
+                       f"needs ({expected}): run `creep migrate`")
+        super().__init__(message)
+
+
+class SchemaTooNew(SchemaOutOfDate):
+    """A newer creep migrated the database: code that does not know its schema must not use
+    it; upgrade creep."""
+
+    def __init__(self, version: int, expected: int) -> None:
+        self.version, self.expected = version, expected
+        StorageError.__init__(
+            self, f"the database's schema is version {version}, newer than this creep knows "
+            f"({expected}): upgrade creep")

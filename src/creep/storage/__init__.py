@@ -36,3 +36,14 @@ def open_store(url: str | None = None, *, migrate: bool = False) -> Store:
     if migrate:
         store.migrate()
     return store
+
+
+def require_current_schema(store: Store) -> None:
+    """Refuse a schema this creep was not written for (SchemaOutOfDate: older, run `creep
+    migrate`; SchemaTooNew: a newer creep migrated it). One query, for a process that does
+    not migrate, before its first use of the store; it is not checked again after."""
+    from creep.storage.common import schema_mismatch
+
+    problem = schema_mismatch(store.schema_version(), store.dialect)
+    if problem is not None:
+        raise problem

@@ -11,7 +11,14 @@ from typing import Any
 
 import orjson
 
-from creep.domain.errors import ConflictError, IdempotencyConflict, StorageError, ValidationError
+from creep.domain.errors import (
+    ConflictError,
+    IdempotencyConflict,
+    SchemaOutOfDate,
+    SchemaTooNew,
+    StorageError,
+    ValidationError,
+)
 from creep.domain.ids import is_uuid
 from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, Resolution, resolve
 from creep.domain.task import ResultCode, TaskOrder, TaskStatus
@@ -62,9 +69,7 @@ def check_known_schema(done: set[int], migrations: Sequence[Migration], target: 
     newest migration this code has."""
     newest, head = max(done, default=0), len(migrations)
     if newest > head:
-        raise StorageError(
-            f"the database's schema is version {newest}, newer than this creep knows "
-            f"({head}): upgrade creep")
+        raise SchemaTooNew(newest, head)
     if target is not None and target < newest:
         raise ValidationError.single(
             "target", f"is below the current schema version {newest} (migrations only go "
@@ -74,6 +79,18 @@ def check_known_schema(done: set[int], migrations: Sequence[Migration], target: 
         # a version this creep cannot reach.
         raise ValidationError.single(
             "target", f"is above the newest migration this creep has ({head}): upgrade creep")
+
+
+def schema_mismatch(version: int, dialect: str) -> SchemaOutOfDate | None:
+    """Why code with this creep's migrations must not use a schema at `version`, or None
+    when that is the newest migration it has (the one rule of the store check at first
+    use, /health/ready and `creep migrate`)."""
+    head = len(load_migrations(dialect))
+    if version > head:
+        return SchemaTooNew(version, head)
+    if version < head:
+        return SchemaOutOfDate(version, head)
+    return None
 
 
 def migration_failed(migration: Migration, exc: Exception, done: set[int]) -> StorageError:

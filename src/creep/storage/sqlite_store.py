@@ -20,7 +20,6 @@ from creep.domain.errors import (
     ConflictError,
     IllegalTransition,
     NotFound,
-    SchemaOutOfDate,
     StorageError,
     ValidationError,
     VersionConflict,
@@ -323,10 +322,6 @@ class SqliteStore(
         except sqlite3.OperationalError:
             return 0
         return int(row[0] or 0)
-
-    def _require_schema(self) -> None:
-        if self.schema_version() < len(load_migrations("sqlite")):
-            raise SchemaOutOfDate()
 
     # -- creating tasks ------------------------------------------------------------------------
 

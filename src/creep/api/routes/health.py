@@ -15,7 +15,7 @@ from creep.api.auth import principal_of
 from creep.api.problems import Problem
 from creep.api.responses import json_response
 from creep.api.services import Services, services
-from creep.storage.common import load_migrations
+from creep.storage.common import schema_mismatch
 
 router = APIRouter(tags=["operations"])
 Svc = Annotated[Services, Depends(services)]
@@ -53,13 +53,9 @@ async def ready(svc: Svc) -> Any:
     except Exception as exc:
         raise Problem(503, "Not ready", f"the database is not reachable: {exc}",
                       type_="not-ready") from None
-    wanted = len(load_migrations(svc.store.dialect))
-    if version < wanted:
-        raise Problem(503, "Not ready", f"schema version {version}, need {wanted}: run "
-                      "`creep migrate`", type_="not-ready")
-    if version > wanted:
-        raise Problem(503, "Not ready", f"schema version {version} is newer than this creep "
-                      f"knows ({wanted}): upgrade creep", type_="not-ready")
+    problem = schema_mismatch(version, svc.store.dialect)
+    if problem is not None:
+        raise Problem(503, "Not ready", problem.message, type_="not-ready")
     return json_response({"status": "ready", "schema_version": version})
 
 
