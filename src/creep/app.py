@@ -37,6 +37,18 @@ SUBMIT_CHUNK = 5000
 SUBMIT_GC_THRESHOLD = 100_000
 
 
+def auto_migrate_setting(explicit: bool | None) -> bool:
+    """An explicit choice, else CREEP_AUTO_MIGRATE (as `creep server` reads it), else True."""
+    if explicit is not None:
+        return explicit
+    raw = (os.environ.get("CREEP_AUTO_MIGRATE") or "true").strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValidationError.single("CREEP_AUTO_MIGRATE", f"must be true or false (got {raw!r})")
+
+
 class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
     """One creep application: a database, the handlers this process knows, and its settings.
 
@@ -53,7 +65,7 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
         clock: Clock | None = None,
         limits: Limits | None = None,
         backoff: Backoff | None = None,
-        auto_migrate: bool = True,
+        auto_migrate: bool | None = None,
         store: Store | None = None,
         artifact_dir: str | os.PathLike[str] | None = None,
         artifact_max_bytes: int | None = None,
@@ -76,8 +88,9 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
         if store is None:
             with self._store_lock:  # many threads may make their first call at once
                 if self._store is None:
-                    opened = open_store(self.database_url, migrate=self._auto_migrate)
-                    if not self._auto_migrate:
+                    migrate = auto_migrate_setting(self._auto_migrate)
+                    opened = open_store(self.database_url, migrate=migrate)
+                    if not migrate:
                         try:
                             require_current_schema(opened)
                         except BaseException:

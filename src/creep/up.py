@@ -199,19 +199,23 @@ def up(
     from creep.api.settings import SettingsError, load_settings
     from creep.domain.errors import CreepError
     from creep.storage import database_url as resolve_url
-    from creep.storage import open_store
+    from creep.storage import open_store, require_current_schema
 
     url = resolve_url(database_url)
     try:
-        load_settings(database_url=url, host=host, port=port)
+        settings = load_settings(database_url=url, host=host, port=port)
     except SettingsError as exc:
         for line in exc.problems:
             err.print(error_line(line))
         raise typer.Exit(2) from None
     try:
-        store = open_store(url, migrate=True)
-        version = store.schema_version()
-        store.close()
+        store = open_store(url, migrate=settings.auto_migrate)
+        try:
+            if not settings.auto_migrate:
+                require_current_schema(store)
+            version = store.schema_version()
+        finally:
+            store.close()
     except CreepError as exc:
         err.print(error_line(str(exc)))
         raise typer.Exit(2) from None

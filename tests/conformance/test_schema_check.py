@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from creep import Creep, SchemaOutOfDate, SchemaTooNew
+from creep import Creep, SchemaOutOfDate, SchemaTooNew, ValidationError
 from creep.api.app import create_app
 from creep.api.settings import Settings
 from creep.storage import open_store
@@ -119,10 +120,29 @@ def test_api_without_migrating_does_not_start_on_a_newer_schema(db_url: str) -> 
 
 
 def _creep(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "creep.cli", *args], cwd=ROOT, capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, **env},
+    """Run the CLI; one still running after `timeout` is stopped with all it started
+    (`creep up`'s children) and TimeoutExpired raised."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "creep.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env={**os.environ, **env}, start_new_session=True,
     )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # `creep up` stops the processes it started (their own sessions)
+        try:
+            proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @pytest.mark.parametrize("case", ["newer", "unmigrated"])
@@ -132,10 +152,7 @@ def test_creep_server_without_migrating_refuses_to_start_with_one_error_line(
     expected = (f"version {_migrated_by_a_newer_creep(db_url)}, newer than this creep knows"
                 if case == "newer" else "run `creep migrate`")
     try:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        done = _creep("server", "--database-url", db_url, "--port", str(port),
+        done = _creep("server", "--database-url", db_url, "--port", str(_free_port()),
                       env={"CREEP_AUTO_MIGRATE": "false", "CREEP_LOG_JSON": "false"})
     except subprocess.TimeoutExpired:
         pytest.fail("creep server started on a schema it does not know")
@@ -143,3 +160,45 @@ def test_creep_server_without_migrating_refuses_to_start_with_one_error_line(
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.startswith("error: "), done.stderr[-2000:]
     assert expected in done.stderr
+
+
+# -- CREEP_AUTO_MIGRATE outside `creep server` ---------------------------------------------------
+
+
+def test_creep_auto_migrate_false_is_the_default_of_a_creep_app(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CREEP_AUTO_MIGRATE", "false")
+    with Creep(db_url) as app, pytest.raises(SchemaOutOfDate, match="run `creep migrate`"):
+        app.submit(tenant_id="t1", task_type="X", currency="USD")
+    with Creep(db_url, auto_migrate=True) as app:  # an explicit choice wins
+        app.submit(tenant_id="t1", task_type="X", currency="USD")
+    monkeypatch.setenv("CREEP_AUTO_MIGRATE", "sometimes")
+    with Creep(db_url) as app, pytest.raises(ValidationError, match="CREEP_AUTO_MIGRATE"):
+        app.submit(tenant_id="t1", task_type="X", currency="USD")
+
+
+def test_creep_worker_with_creep_auto_migrate_false_stops_at_once(db_url: str) -> None:
+    done = _creep("worker", "--app", "creep.up_worker:app", "--database-url", db_url, "--burst",
+                  env={"CREEP_AUTO_MIGRATE": "false"})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("error: "), done.stderr[-2000:]
+    assert "run `creep migrate`" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert open_store(db_url).schema_version() == 0  # it did not migrate
+
+
+@pytest.mark.parametrize("command", ["scheduler", "up"])
+def test_creep_scheduler_and_up_honour_creep_auto_migrate_false(
+    tmp_path: Path, command: str
+) -> None:
+    url = f"sqlite:///{tmp_path}/creep.db"
+    port = ["--port", str(_free_port()), "--key-file", str(tmp_path / "key")] if command == "up" else []
+    try:
+        done = _creep(command, "--database-url", url, *port,
+                      env={"CREEP_AUTO_MIGRATE": "false"}, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"creep {command} migrated and started despite CREEP_AUTO_MIGRATE=false")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "run `creep migrate`" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
