@@ -204,3 +204,14 @@ def test_schedule_commands(server: Server) -> None:
     assert deleted.returncode == 0
     gone = creep(server, "schedule", "show", uid)
     assert gone.returncode == 1 and "404" in gone.stderr
+
+
+def test_asset_import_of_a_json_array_file_names_the_formats_it_reads(tmp_path: Path) -> None:
+    array = tmp_path / "assets.json"
+    array.write_text('[{"sku_category": "RAW_NET", "sku_code": "ip.uk.1"}]\n')
+    result = creep(None, "asset", "import", str(array), "--tenant", "t1",
+                   "--api-url", "http://127.0.0.1:9", "--api-key", "k" * 24)
+    assert result.returncode == 2, result.stderr
+    # Read as CSV, it was "unknown column(s) '[{\"sku_category\": ...'".
+    assert "unknown column" not in result.stderr, result.stderr
+    assert ".csv" in result.stderr and ".jsonl" in result.stderr, result.stderr

@@ -5,7 +5,8 @@ CSV: a header row; each column an asset field (asset_id, tenant_id, project_id, 
 sku_category, sku_code, status, max_concurrency, health_score, cooldown_seconds,
 cost_per_lease, currency), `attributes` as a JSON object, or one `attr.<name>` column per
 attribute (a number, true or false becomes a JSON number/boolean, anything else text). An empty
-cell leaves the field unset. JSON lines: one asset object per line (blank lines skipped)."""
+cell leaves the field unset. JSON lines: one asset object per line (blank lines skipped). A
+.json file is refused, naming these two."""
 
 from __future__ import annotations
 
@@ -69,6 +70,12 @@ def read_asset_file(path: Path, tenant_id: str | None) -> AssetFile:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise FileProblem(f"cannot read {str(path)!r}: {exc}") from None
+    if path.suffix.lower() == ".json":
+        # Read as CSV, its first line was a header of "unknown column(s)".
+        raise FileProblem(
+            f"cannot import {str(path)!r}: a .json file is not an import format; use CSV "
+            "(FILE.csv, a header row) or JSON lines (FILE.jsonl, one asset object per line; "
+            "from a JSON array: jq -c '.[]' FILE.json > FILE.jsonl)")
     parsed = _jsonl(text) if path.suffix.lower() in (".jsonl", ".ndjson") else _csv(text)
     result = AssetFile(errors=parsed.errors)
     seen_ids: dict[str, int] = {}
