@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from creep import Creep, FrozenClock, TaskContext
 from creep.api.app import create_app
 from creep.api.settings import Settings
+from tests.conftest import wait_until
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's note about httpx
@@ -68,10 +69,18 @@ def test_tasks_retention_deleted_before_a_scrape_stay_counted(
     def gone(ctx: TaskContext) -> Any:
         return {"ok": True}
 
+    ids = set()
     for _ in range(2):
         r = api.post("/v1/tasks", headers=ADMIN, json={"task_type": "GONE", "tenant_id": "acme"})
         assert r.status_code == 201, r.text
+        ids.add(r.json()["task_id"])
     app.run_worker(burst=True, install_signals=False)
+    # The fold reads the all-tasks stream, which on PostgreSQL shows events only once every
+    # transaction older than them in the cluster has ended (another session's, e.g. a test
+    # run beside this one). Retention deletes tasks days after they finished, long past
+    # that; here "days" are a frozen clock's, so wait for the stream to show these events.
+    assert wait_until(lambda: sum(e.task_id in ids for e in app.events_after(limit=10_000))
+                      == 8, 30)
 
     sch = app.scheduler(holder_id="R")
     sch.run_once()  # installs the built-in schedules

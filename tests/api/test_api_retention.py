@@ -221,6 +221,7 @@ def test_retention_does_not_delete_the_tasks_of_a_batch_reopened_while_it_sweeps
         "progress": 50}
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # SQLite: one writer at a time
 def test_retention_keeps_a_batch_whose_task_a_retry_holds_while_it_sweeps(
     app: Creep, api: TestClient, clock: FrozenClock, db_url: str,
     monkeypatch: pytest.MonkeyPatch
@@ -233,8 +234,6 @@ def test_retention_keeps_a_batch_whose_task_a_retry_holds_while_it_sweeps(
 
     from creep.storage import postgres_store
 
-    if not db_url.startswith("postgresql"):
-        pytest.skip("SQLite runs one writer at a time")
     batch_id, later = _batch_finished_apart(app, api, clock)
     sch = app.scheduler(holder_id="R")
     sch.run_once()
