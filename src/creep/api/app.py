@@ -134,7 +134,8 @@ def create_app(
             )
             app.state.metrics = Metrics(the_store, settings.metrics_cache_seconds,
                                         rate_limited=lambda: app.state.rate_limiter.rejected,
-                                        max_task_types=settings.metrics_max_task_types)
+                                        max_task_types=settings.metrics_max_task_types,
+                                        max_currencies=settings.metrics_max_currencies)
             app.state.create_batcher = CreateBatcher(svc)
             # Rescue expired claims, time out overdue tasks (HTTP workers cannot): api2.
             maintainer = None

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -25,6 +26,9 @@ from creep.engine import metrics_fold as mf
 from creep.ports_api import ApiStore
 
 log = logging.getLogger("creep.api")
+#: Distinct currency labels of the ledger gauges (CREEP_METRICS_MAX_CURRENCIES).
+DEFAULT_MAX_CURRENCIES = 50
+OTHER_CURRENCY = "_other"
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _COUNTERS = {
     mf.CREATED: ("creep_tasks_created", "Tasks created, by task type", ["task_type"]),
@@ -43,10 +47,12 @@ _HISTOGRAMS = {
 class DatabaseMetrics(Collector):
     """Everything /metrics derives from the database, refreshed at most once per `ttl`."""
 
-    def __init__(self, store: ApiStore, ttl: float, max_task_types: int | None = None) -> None:
+    def __init__(self, store: ApiStore, ttl: float, max_task_types: int | None = None,
+                 max_currencies: int = DEFAULT_MAX_CURRENCIES) -> None:
         self.store = store
         self.ttl = ttl
         self.max_task_types = max_task_types
+        self.max_currencies = max_currencies
         self._lock = threading.Lock()
         self._at = float("-inf")
         self._families: list[Metric] = []
@@ -89,10 +95,32 @@ class DatabaseMetrics(Collector):
             "creep_ledger_entries", "Ledger entries by entry type and currency",
             labels=["entry_type", "currency"],
         )
-        for entry_type, currency, total, n in gauges.ledger:
+        shown, other = _cap_currencies(gauges.ledger, self.max_currencies)
+        for entry_type, currency, total, n in shown:
             amount.add_metric([entry_type, currency], float(total))
             entries.add_metric([entry_type, currency], n)
+        for entry_type, n in other:
+            entries.add_metric([entry_type, OTHER_CURRENCY], n)
         return [*families, depth, leases, assets, amount, entries]
+
+
+def _cap_currencies(
+    ledger: list[tuple[str, str, Decimal, int]], limit: int
+) -> tuple[list[tuple[str, str, Decimal, int]], list[tuple[str, int]]]:
+    """The ledger rows of the `limit` currencies with the most entries (ties by name), and
+    the entry counts by entry type of all the others (currency="_other"; no amount, as a sum
+    over several currencies means nothing). Any 3-4 capital letters are a currency, so a
+    tenant could otherwise add series on every node by making them up; the currencies that
+    carry the money keep theirs."""
+    per_currency: dict[str, int] = {}
+    for _, currency, _, n in ledger:
+        per_currency[currency] = per_currency.get(currency, 0) + n
+    kept = set(sorted(per_currency, key=lambda c: (-per_currency[c], c))[:limit])
+    other: dict[str, int] = {}
+    for entry_type, currency, _, n in ledger:
+        if currency not in kept:
+            other[entry_type] = other.get(entry_type, 0) + n
+    return [r for r in ledger if r[1] in kept], sorted(other.items())
 
 
 def _rollup(values: list[tuple[str, str, float]]) -> Iterator[Metric]:
@@ -135,14 +163,15 @@ class _RateLimited(Collector):
 class Metrics:
     def __init__(self, store: ApiStore, cache_seconds: float = 2.0,
                  rate_limited: Callable[[], int] = lambda: 0,
-                 max_task_types: int | None = mf.DEFAULT_MAX_TASK_TYPES) -> None:
+                 max_task_types: int | None = mf.DEFAULT_MAX_TASK_TYPES,
+                 max_currencies: int = DEFAULT_MAX_CURRENCIES) -> None:
         self.registry = CollectorRegistry()
         self.http_requests = Histogram(
             "creep_http_request_duration_seconds", "HTTP requests by route and status",
             ["method", "route", "status"], registry=self.registry, buckets=_BUCKETS,
         )
         self.registry.register(_RateLimited(rate_limited))
-        self.database = DatabaseMetrics(store, cache_seconds, max_task_types)
+        self.database = DatabaseMetrics(store, cache_seconds, max_task_types, max_currencies)
         self.registry.register(self.database)
         # Labelled children, cached: labels() takes a lock and builds a key on every call.
         # Label values are bounded (route templates, statuses), so are these.

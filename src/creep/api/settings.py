@@ -69,6 +69,9 @@ class Settings:
     #: Distinct task_type label values /metrics shows (task types are tenants' own strings,
     #: each up to ~100 series): types first seen past this many count as task_type="_other".
     metrics_max_task_types: int = 200
+    #: Distinct currency label values of /metrics' ledger gauges (any 3-4 capital letters
+    #: are a currency): the ones with the most entries; the rest count as currency="_other".
+    metrics_max_currencies: int = 50
 
     @property
     def dialect(self) -> str:
@@ -175,6 +178,7 @@ _SPEC: dict[str, tuple[Callable[[str], Any], Check | None]] = {
     "metrics_cache_seconds": (_float, _range(0, 300)),
     "metrics_require_key": (_bool, None),
     "metrics_max_task_types": (_int, _range(1, 100_000)),
+    "metrics_max_currencies": (_int, _range(1, 10_000)),
 }
 
 
