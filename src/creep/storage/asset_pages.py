@@ -57,8 +57,12 @@ class AssetPagesMixin(AssetStoreBase):
         if after is not None:
             at, seq = _after(after)
             way = "<" if newest_first else ">"
-            where.append(f"(occurred_at {way} ? OR (occurred_at = ? AND seq {way} ?))")
-            params += [d.ts(at), d.ts(at), seq]
+            # The leading bound is implied by the OR; written out, PostgreSQL seeks the
+            # (..., occurred_at) index from the cursor instead of filtering every row of
+            # the pages before it (a read that grew with each page).
+            where.append(f"occurred_at {way}= ? AND "
+                         f"(occurred_at {way} ? OR (occurred_at = ? AND seq {way} ?))")
+            params += [d.ts(at), d.ts(at), d.ts(at), seq]
         return where, params
 
     def _cursor(self, occurred_at: datetime, seq: int) -> str:
