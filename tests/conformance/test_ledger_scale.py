@@ -114,6 +114,10 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
     "tenant_range": ({"tenant_id": "acme", "since": T0 + timedelta(days=2),
                       "until": T0 + timedelta(days=5)}, "ledger_tenant_time"),
     "project": ({"tenant_id": "acme", "project_id": "web"}, "ledger_tenant_time"),
+    "task": ({"tenant_id": "acme", "task": True}, "ledger_task"),
+    "task_range": ({"tenant_id": "acme", "task": True, "since": T0 + timedelta(days=1)},
+                   "ledger_task"),
+    "task_admin": ({"task": True}, "ledger_task"),
 }
 
 

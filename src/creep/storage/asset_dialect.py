@@ -136,6 +136,10 @@ class SqliteDialect:
     #: What a condition on task_id of leases or ledger_entries starts with for their by-task
     #: index (task_priority, task_id) to serve it (SQLite migration 0013).
     by_task = SQLITE_EVENTS_OF + " "
+    #: How a ledger filter on tenant_id is written next to a task_id one: `+` keeps SQLite
+    #: (no statistics) off the tenant index, which it preferred to the by-task one and so
+    #: read every entry of the tenant to find one task's.
+    tenant_beside_task = "+tenant_id"
 
     #: Leases and ledger entries record their task's priority (SQLite migration 0013).
     task_priority_column = True
@@ -366,6 +370,7 @@ class PostgresDialect:
     claims_leases = f"{_claim_pairs} WHERE l.claim_token = k.tok"
 
     by_task = ""  # leases' and ledger entries' by-task indexes lead with task_id
+    tenant_beside_task = "tenant_id"  # the planner's statistics pick the by-task index
 
     task_priority_column = False
     #: The locked row version's ctid: the claim's UPDATE reads those rows by a TID scan

@@ -42,11 +42,13 @@ class AssetPagesMixin(AssetStoreBase):
         d = self._adialect
         where: list[str] = ["1 = 1"]
         params: list[Any] = []
+        by_task = ledger and any(c == "task_id" and v is not None for c, v in filters)
         for column, value in filters:
             if value is not None:
                 lead = (d.by_correlation if column == "correlation_id"
                         else d.by_task if ledger and column == "task_id" else "")
-                where.append(f"{lead}{column} = ?")
+                name = d.tenant_beside_task if by_task and column == "tenant_id" else column
+                where.append(f"{lead}{name} = ?")
                 params.append(value)
         if since is not None:
             where.append("occurred_at >= ?")

@@ -146,7 +146,9 @@ class LedgerStoreMixin(AssetStoreBase):
                               ("task_id", task_id), ("currency", currency)):
             if value is not None:
                 lead = d.by_task if column == "task_id" else ""
-                where.append(f"{lead}{column} = ?")
+                name = (d.tenant_beside_task if column == "tenant_id" and task_id is not None
+                        else column)
+                where.append(f"{lead}{name} = ?")
                 params.append(value)
         if since is not None:
             where.append("occurred_at >= ?")
