@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from creep.domain.clock import Clock
-from creep.domain.errors import ValidationError
+from creep.domain.errors import ValidationError, VersionConflict
 from creep.domain.execution import (
     ExecutionFilter,
     ExecutionState,
@@ -25,7 +25,7 @@ from creep.domain.schedule import (
 from creep.domain.task_spec import Limits
 from creep.domain.text import bad_text
 from creep.engine.retention import RetentionJob, builtin_job
-from creep.engine.scheduler import Scheduler, SchedulerSettings
+from creep.engine.scheduler import MANUAL_FIRE_ATTEMPTS, Scheduler, SchedulerSettings
 from creep.schedule_port import ScheduleStore
 
 if TYPE_CHECKING:
@@ -95,22 +95,33 @@ class SchedulesApi:
         self, uid: str, *, trigger_by: str, tenant_id: str | None = None
     ) -> TaskExecution:
         """Fire a schedule now (trigger_type manual, trigger_by the principal), outside its
-        timing; max_concurrent still applies (a skip is recorded `cancelled`)."""
+        timing; max_concurrent still applies (a skip is recorded `cancelled`). The task is
+        built from the definition the firing's transaction finds (an update landing after
+        the read is read again); VersionConflict if it changed under every attempt."""
         if not isinstance(trigger_by, str) or not trigger_by:
             raise ValidationError.single("trigger_by", "must name the principal")
         if (rule := bad_text(trigger_by)) is not None:
             raise ValidationError.single("trigger_by", rule)
-        sched = self.schedules.schedule_get(uid, tenant_id)
-        now = self.clock.now()
-        firing = Firing(now, TriggerType.MANUAL, trigger_by)
-        # A built-in schedule runs its job here, never a task (no worker handles one); a job
-        # this process does not know is refused before anything is written.
-        job = builtin_job(sched, getattr(self, "_retention_jobs", {}))
-        if job is None:  # the task is written with the execution, in one transaction
-            attach_task_specs(sched, [firing], now=now, limits=self.limits)
-        [execution] = self.schedules.schedule_fire(
-            sched.uid, [firing], run_by=f"api:{trigger_by}", now=now
-        )
+        for attempt in range(1, MANUAL_FIRE_ATTEMPTS + 1):
+            sched = self.schedules.schedule_get(uid, tenant_id)
+            now = self.clock.now()
+            firing = Firing(now, TriggerType.MANUAL, trigger_by)
+            # A built-in schedule runs its job here, never a task (no worker handles one); a
+            # job this process does not know is refused before anything is written.
+            job = builtin_job(sched, getattr(self, "_retention_jobs", {}))
+            if job is None:  # the task is written with the execution, in one transaction
+                attach_task_specs(sched, [firing], now=now, limits=self.limits)
+            try:
+                # Only from the definition read: an update committed since is fired anew.
+                [execution] = self.schedules.schedule_fire(
+                    sched.uid, [firing], run_by=f"api:{trigger_by}", now=now,
+                    expected_version=sched.version,
+                )
+            except VersionConflict:
+                if attempt == MANUAL_FIRE_ATTEMPTS:
+                    raise
+                continue
+            break
         if job is not None and execution.state is ExecutionState.PENDING:
             Scheduler(self.schedules, clock=self.clock).run_builtin(job, execution, sched)
         return self.schedules.execution_get(execution.execution_uid)

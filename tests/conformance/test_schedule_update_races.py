@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from creep import Creep, FrozenClock
+from creep.domain.errors import VersionConflict
 from creep.domain.execution import TaskExecution
 from creep.domain.schedule import Firing
 
@@ -160,3 +161,42 @@ def test_an_update_does_not_bring_back_the_slot_a_firing_just_took(
     assert (moved.next_run, moved.priority) == (T0 + timedelta(minutes=3), 5)
     assert _slots(app, one.uid) == [T0 + timedelta(minutes=1)]
     assert _slots(app, rec.uid) == [T0 + timedelta(minutes=1), T0 + timedelta(minutes=2)]
+
+
+def test_a_manual_trigger_creates_its_task_from_the_definition_it_commits_with(
+    app: Creep, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`app.trigger_schedule` read the schedule, built the TaskOrder from it, then fired in
+    a transaction of its own without checking the schedule was still that one: an update
+    committed in between gave the run the old type and data."""
+    s = app.create_schedule(name="report", type="REPORT_V1", interval=3600, data={"v": 1})
+    _before_the_firing_writes(
+        app, monkeypatch,
+        lambda: app.update_schedule(s.uid, type="REPORT_V2", data={"v": 2}),
+    )
+    e = app.trigger_schedule(s.uid, trigger_by="alice")
+    assert e.task_id is not None and e.task_type == "REPORT_V2"
+    task = app.get_task(e.task_id)
+    assert (task.task_type, task.input_payload) == ("REPORT_V2", {"v": 2})
+    assert [x.execution_uid for x in app.list_executions(schedule=s.uid)] == [e.execution_uid]
+
+
+def test_a_manual_trigger_under_constant_updates_writes_nothing(
+    app: Creep, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A schedule changed before every firing transaction of a trigger: after its bounded
+    re-reads the trigger raises VersionConflict and writes no execution and no task."""
+    s = app.create_schedule(name="busy", type="T", interval=3600)
+    store: Any = app.store
+    real = store.schedule_fire
+    bumps = iter(range(100))
+
+    def fire(uid: str, firings: Sequence[Firing], **kw: Any) -> list[TaskExecution]:
+        app.update_schedule(s.uid, priority=next(bumps))
+        return real(uid, firings, **kw)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(store, "schedule_fire", fire)
+    with pytest.raises(VersionConflict):
+        app.trigger_schedule(s.uid, trigger_by="alice")
+    assert app.list_executions(schedule=s.uid) == []
+    assert app.list_tasks(limit=10) == []

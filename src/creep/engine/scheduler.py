@@ -40,6 +40,9 @@ from creep.schedule_port import ScheduleStore
 log = logging.getLogger("creep.scheduler")
 
 SCHEDULER_LOCK = "creep.scheduler"
+#: How often a manual trigger reads and fires again when the schedule was updated between
+#: its read and its firing's transaction (then VersionConflict).
+MANUAL_FIRE_ATTEMPTS = 5
 
 
 @dataclass(slots=True)

@@ -167,7 +167,9 @@ class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
         order failed validation (`invalid`) is recorded `failure`. With `advance`, next_run
         moves from `expected_next_run` to `next_run` (only if nobody moved it meanwhile),
         and with `expected_version` only if the schedule is still at that version: firings
-        planned from a definition changed since are not written (the caller plans again).
+        planned from a definition changed since are not written (the caller plans again;
+        without `advance`, a manual firing, VersionConflict says so and the transaction
+        writes nothing, not even what rides along with it).
         With `fence`, raises LeadershipLost unless that lock is still held."""
         with self._sx() as conn:
             if fence is not None:
@@ -177,7 +179,9 @@ class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
                 return []  # another leader handled this schedule meanwhile
             if expected_version is not None and sched.version != expected_version:
                 # Changed since the firings were planned (their slots, TaskOrders and the
-                # next_run were computed from the old definition): the next tick replans.
+                # next_run were computed from the old definition): the caller replans.
+                if not advance:
+                    raise VersionConflict("schedule", uid, expected_version, sched.version)
                 return []
             # What still runs, by the tasks' own state: an execution row lags its task until
             # the leader's sweep (forever with no scheduler up), and one whose task already

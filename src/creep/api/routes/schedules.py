@@ -45,7 +45,7 @@ from creep.domain.schedule import (
     validate_schedule,
 )
 from creep.engine.retention import builtin_job
-from creep.engine.scheduler import Scheduler
+from creep.engine.scheduler import MANUAL_FIRE_ATTEMPTS, Scheduler
 from creep.schedule_port import ScheduleStore
 
 router = APIRouter(prefix="/schedules", tags=["schedules"])
@@ -172,21 +172,32 @@ def trigger_schedule(uid: str, request: Request, principal: Writer, svc: Svc) ->
     caller's key id, and its task. max_concurrent still applies: beyond it the execution is
     recorded `cancelled` with the reason (and no task is created)."""
     store = _store(svc)
-    sched = store.schedule_get(uid, read_scope(principal))
-    now = svc.clock.now()
-    firing = Firing(now, TriggerType.MANUAL, principal.key_id)
-    builtin = builtin_job(sched, {})  # a built-in job unknown to the server: a 422
-    if builtin is None:  # the task is written with the execution, in one transaction
-        attach_task_specs(sched, [firing], now=now, limits=svc.limits)
-    view = {"execution_uid": firing.execution_uid, "task_id": firing.task_id,
-            "trigger_type": "manual", "trigger_by": principal.key_id,
-            "scheduled_at": now.isoformat()}
-    with audited(request, principal, AuditAction.TRIGGERED, ResourceType.SCHEDULED_TASK,
-                 sched.uid, new=view, tenant_id=sched.tenant_id,
-                 resource_data={"execution_uid": firing.execution_uid}):
-        [execution] = store.schedule_fire(
-            sched.uid, [firing], run_by=f"api:{principal.key_id}", now=now
-        )
+    for attempt in range(1, MANUAL_FIRE_ATTEMPTS + 1):
+        sched = store.schedule_get(uid, read_scope(principal))
+        now = svc.clock.now()
+        firing = Firing(now, TriggerType.MANUAL, principal.key_id)
+        builtin = builtin_job(sched, {})  # a built-in job unknown to the server: a 422
+        if builtin is None:  # the task is written with the execution, in one transaction
+            attach_task_specs(sched, [firing], now=now, limits=svc.limits)
+        view = {"execution_uid": firing.execution_uid, "task_id": firing.task_id,
+                "trigger_type": "manual", "trigger_by": principal.key_id,
+                "scheduled_at": now.isoformat()}
+        try:
+            with audited(request, principal, AuditAction.TRIGGERED,
+                         ResourceType.SCHEDULED_TASK, sched.uid, new=view,
+                         tenant_id=sched.tenant_id,
+                         resource_data={"execution_uid": firing.execution_uid}):
+                # Only from the definition read: an update committed since (the
+                # transaction and its audit row roll back) is read and fired anew.
+                [execution] = store.schedule_fire(
+                    sched.uid, [firing], run_by=f"api:{principal.key_id}", now=now,
+                    expected_version=sched.version,
+                )
+        except VersionConflict:
+            if attempt == MANUAL_FIRE_ATTEMPTS:
+                raise
+            continue
+        break
     if builtin is not None and execution.state is ExecutionState.PENDING:
         Scheduler(store, clock=svc.clock).run_builtin(builtin, execution, sched)
     done = store.execution_get(execution.execution_uid)

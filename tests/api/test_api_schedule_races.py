@@ -1,0 +1,96 @@
+"""/v1/schedules while the schedule changes under a request (an in-process app on an injected
+clock, both backends): what a manual trigger fires and what an update's audit row records."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from creep import Creep, FrozenClock
+from creep.api.app import create_app
+from creep.api.settings import Settings
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # starlette's note about httpx
+    from fastapi.testclient import TestClient
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+KEY = "schedule-races-admin-key-" + "x" * 24
+ADMIN = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(T0)
+
+
+@pytest.fixture
+def app(db_url: str, clock: FrozenClock) -> Iterator[Creep]:
+    creep_app = Creep(db_url, clock=clock)
+    yield creep_app
+    creep_app.close()
+
+
+@pytest.fixture
+def api(app: Creep, db_url: str, clock: FrozenClock) -> Iterator[TestClient]:
+    settings = Settings(database_url=db_url, admin_key=KEY, maintenance_interval_seconds=0)
+    with TestClient(create_app(settings, store=app.store, clock=clock)) as client:  # type: ignore[arg-type]
+        r = client.post("/v1/tenants", json={"tenant_id": "acme"}, headers=ADMIN)
+        assert r.status_code == 201, r.text
+        yield client
+
+
+def _once_before(
+    app: Creep, monkeypatch: pytest.MonkeyPatch, method: str, meanwhile: Callable[[], object]
+) -> None:
+    """Run `meanwhile` (another process) once, right before the store's `method` runs: in a
+    thread of its own, so the request's audit row does not ride along with its writes."""
+    store: Any = app.store
+    real = getattr(store, method)
+
+    def wrapped(*args: Any, **kw: Any) -> Any:
+        monkeypatch.setattr(store, method, real)
+        other = threading.Thread(target=meanwhile)
+        other.start()
+        other.join()
+        return real(*args, **kw)
+
+    monkeypatch.setattr(store, method, wrapped)
+
+
+def _audit(api: TestClient, uid: str, action: str) -> list[dict[str, Any]]:
+    r = api.get("/v1/audit", params={"resource_type": "scheduledTask", "limit": 100},
+                headers=ADMIN)
+    assert r.status_code == 200, r.text
+    return [row for row in r.json()["items"]
+            if row["resource"]["identifier"] == uid and row["action"] == action]
+
+
+def test_a_trigger_fires_the_definition_updated_before_its_transaction(
+    app: Creep, api: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POST /v1/schedules/{uid}/trigger (and `creep schedule trigger`) read the schedule and
+    built the task from it; a PATCH committed before the firing's transaction gave that run
+    the old type and data while its execution named the new type."""
+    r = api.post("/v1/schedules", json={"tenant_id": "acme", "name": "report",
+                                        "type": "REPORT_V1", "interval": 3600,
+                                        "data": {"v": 1}}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    uid = r.json()["uid"]
+    _once_before(app, monkeypatch, "schedule_fire",
+                 lambda: app.update_schedule(uid, type="REPORT_V2", data={"v": 2}))
+    fired = api.post(f"/v1/schedules/{uid}/trigger", headers=ADMIN)
+    assert fired.status_code == 201, fired.text
+    execution = fired.json()
+    task = api.get(f"/v1/tasks/{execution['task_id']}", headers=ADMIN).json()
+    assert (task["task_type"], task["input_payload"]) == ("REPORT_V2", {"v": 2})
+    assert execution["task_type"] == "REPORT_V2"
+    [row] = _audit(api, uid, "triggered")  # one row, naming the run that was written
+    assert row["resource"]["data"] == {"execution_uid": execution["execution_uid"]}
+    assert orjson.loads(row["diff_object"]["new_object"])["task_id"] == execution["task_id"]
