@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -94,3 +94,29 @@ def test_a_trigger_fires_the_definition_updated_before_its_transaction(
     [row] = _audit(api, uid, "triggered")  # one row, naming the run that was written
     assert row["resource"]["data"] == {"execution_uid": execution["execution_uid"]}
     assert orjson.loads(row["diff_object"]["new_object"])["task_id"] == execution["task_id"]
+
+
+def test_an_update_audits_the_schedule_it_saved(
+    app: Creep, api: TestClient, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PATCH of other fields than the timing keeps the stored next_run (the leader may
+    have fired since the PATCH read it). Its audit row's new image showed the next_run (and
+    statistics) read before the save: 00:01, while the saved schedule said 00:02."""
+    r = api.post("/v1/schedules", json={"tenant_id": "acme", "name": "minutely",
+                                        "type": "T", "cron_expr": "* * * * *"}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    uid = r.json()["uid"]
+    sch = app.scheduler(holder_id="A", retention_jobs=[])
+    clock.advance(minutes=1, seconds=1)
+    _once_before(app, monkeypatch, "schedule_save", sch.run_once)
+    ok = api.patch(f"/v1/schedules/{uid}", json={"priority": 7},
+                   headers={**ADMIN, "If-Match": '"1"'})
+    assert ok.status_code == 200, ok.text
+    saved = ok.json()
+    assert saved["next_run"] == (T0 + timedelta(minutes=2)).isoformat()
+    assert saved["last_executed_at"] is not None
+    [row] = _audit(api, uid, "updated")
+    old = orjson.loads(row["diff_object"]["old_object"])
+    new = orjson.loads(row["diff_object"]["new_object"])
+    assert old["next_run"] == (T0 + timedelta(minutes=1)).isoformat() and old["priority"] == 0
+    assert new == saved

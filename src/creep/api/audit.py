@@ -8,7 +8,9 @@ Usage in a route (the store call below commits the change and the audit row toge
         task = svc.store.task_cancel(task_id, now, tenant_id=scope)
 
 `new` defaults to a snapshot of the resource read inside that transaction (see
-`ports_api.SNAPSHOT_TABLES`); pass `new=` yourself for resources without a snapshot table.
+`ports_api.SNAPSHOT_TABLES`); pass `new=` yourself for resources without a snapshot table,
+either the image itself or a function `(store, conn) -> image` called inside the
+transaction, just before commit (the image of what the change saved).
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ class AuditWrite:
 
     def apply(self, store: Any, conn: Any) -> bool:
         new = self.new
-        if new is AUTO:
+        if callable(new):  # an image the caller reads inside the transaction itself
+            new = new(store, conn)
+        elif new is AUTO:
             new = store._api_snapshot(conn, self.row.resource_type, self.resource_id)
             if new is None and self.skip_if_missing:
                 return True

@@ -51,6 +51,9 @@ class PostgresSchedulesMixin(ScheduleSqlMixin):
         assert isinstance(conn, _PgConn)
         return self.task_create_many(specs, now, within=conn.raw)
 
+    def _sx_adapt(self, raw: Any) -> Conn:
+        return raw if isinstance(raw, _PgConn) else _PgConn(raw)
+
     @contextmanager
     def _sx(self) -> Iterator[Conn]:
         try:

@@ -66,6 +66,11 @@ class ScheduleSqlBase:
     def _sx_read(self) -> AbstractContextManager[Conn]:
         return self._sx()
 
+    def _sx_adapt(self, raw: Any) -> Conn:
+        """The shared-SQL connection over the driver's connection of an open transaction
+        (the one pending writes get)."""
+        return raw  # type: ignore[no-any-return]
+
     def _ts(self, value: datetime | None) -> Any:
         raise NotImplementedError
 

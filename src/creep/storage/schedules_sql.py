@@ -67,6 +67,15 @@ class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
             raise NotFound("schedule", key)
         return self._row_schedule(row)
 
+    def schedule_in_transaction(self, conn: Any, uid: str) -> ScheduledTask | None:
+        """The schedule `uid` as the open transaction on `conn` sees it (the connection a
+        pending write gets, see pending_writes: e.g. what an update saved, for its audit
+        row); None when there is none."""
+        try:
+            return self._schedule_get(self._sx_adapt(conn), uid, None)
+        except NotFound:
+            return None
+
     def schedule_list(
         self, *, tenant_id: str | None = None, enabled: bool | None = None,
         type: str | None = None, limit: int = 1000,

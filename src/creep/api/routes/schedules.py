@@ -5,6 +5,7 @@ too, and the audit row must ride the one transaction that makes the change."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal, cast
 
@@ -67,6 +68,18 @@ def _etag(sched: ScheduledTask) -> dict[str, str]:
 
 def _audit_view(sched: ScheduledTask) -> dict[str, Any]:
     return schedule_json(sched)
+
+
+def _saved_view(uid: str) -> Callable[[Any, Any], dict[str, Any] | None]:
+    """The audit image of the schedule as saved, read inside the saving transaction: an
+    update that keeps the timing keeps the stored next_run, which the leader may have moved
+    (and the statistics with it) since the request read the schedule."""
+
+    def view(store: Any, conn: Any) -> dict[str, Any] | None:
+        saved = cast(ScheduleStore, store).schedule_in_transaction(conn, uid)
+        return None if saved is None else _audit_view(saved)
+
+    return view
 
 
 @router.post("", status_code=201, response_model=ScheduleOut, responses=_PROBLEMS)
@@ -139,10 +152,9 @@ def patch_schedule(
                       type_="stale-version", current_version=current.version)
     changes = body.fields()
     updated = validate_schedule(changes, now=svc.clock.now(), existing=current, limits=svc.limits)
-    new_view = {**_audit_view(updated), "version": expected + 1}
     try:
         with audited(request, principal, AuditAction.UPDATED, ResourceType.SCHEDULED_TASK,
-                     current.uid, old=_audit_view(current), new=new_view,
+                     current.uid, old=_audit_view(current), new=_saved_view(current.uid),
                      tenant_id=current.tenant_id):
             saved = store.schedule_save(
                 updated, expected, timing=changes_timing(changes, current, updated))
