@@ -200,3 +200,71 @@ def test_a_manual_trigger_under_constant_updates_writes_nothing(
         app.trigger_schedule(s.uid, trigger_by="alice")
     assert app.list_executions(schedule=s.uid) == []
     assert app.list_tasks(limit=10) == []
+
+
+def _updated_before_firings(
+    app: Creep, monkeypatch: pytest.MonkeyPatch, times: int, change: Callable[[int], object]
+) -> list[int]:
+    """Run `change(n)` (another process's update) right before each of the next `times`
+    firing transactions of `app`'s store; the list counts the firings attempted."""
+    store: Any = app.store
+    real = store.schedule_fire
+    calls: list[int] = []
+
+    def fire(uid: str, firings: Sequence[Firing], **kw: Any) -> list[TaskExecution]:
+        calls.append(len(firings))
+        if len(calls) <= times:
+            change(len(calls))
+        return real(uid, firings, **kw)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(store, "schedule_fire", fire)
+    return calls
+
+
+def test_a_schedule_updated_while_it_fires_still_fires_in_that_tick(
+    app: Creep, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader gave up a firing whose schedule changed after its read and left the slot to
+    the next tick: a schedule updated in every read-to-fire window (a deploy bot PATCHing its
+    tags every second) never fired. The leader now reads it again and fires in that tick."""
+    s = app.create_schedule(name="busy", type="T", interval=60)
+    clock.advance(60)
+    calls = _updated_before_firings(
+        app, monkeypatch, 2, lambda n: app.update_schedule(s.uid, priority=n))
+    report = app.scheduler(holder_id="A", retention_jobs=[]).run_once()
+    assert report.fired == 1 and len(calls) == 3
+    [e] = app.list_executions(schedule=s.uid)
+    assert e.scheduled_at == T0 + timedelta(seconds=60) and e.task_id is not None
+    assert app.get_task(e.task_id).priority == 2  # from the definition it committed with
+    assert app.get_schedule(s.uid).next_run == T0 + timedelta(seconds=120)
+
+
+def test_a_schedule_disabled_while_it_fires_does_not_fire(
+    app: Creep, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disabled between the leader's read and its firing: nothing fires, then or later."""
+    s = app.create_schedule(name="off", type="T", cron_expr="* * * * *")
+    clock.advance(minutes=1)
+    _updated_before_firings(app, monkeypatch, 1, lambda n: app.disable_schedule(s.uid))
+    sch = app.scheduler(holder_id="A", retention_jobs=[])
+    report = sch.run_once()
+    assert (report.fired, report.failed) == (0, 0)
+    clock.advance(minutes=5)
+    sch.run_once()
+    assert app.list_executions(schedule=s.uid) == []
+    assert app.get_schedule(s.uid).next_run is None
+
+
+def test_the_leader_reads_a_changing_schedule_a_bounded_number_of_times_per_tick(
+    app: Creep, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Changed before each of the tick's three firing attempts: the tick moves on (no
+    endless loop on one schedule) and the next tick fires the slot."""
+    s = app.create_schedule(name="busy", type="T", interval=60)
+    clock.advance(60)
+    calls = _updated_before_firings(
+        app, monkeypatch, 3, lambda n: app.update_schedule(s.uid, priority=n))
+    sch = app.scheduler(holder_id="A", retention_jobs=[])
+    assert sch.run_once().fired == 0 and len(calls) == 3
+    assert sch.run_once().fired == 1 and len(calls) == 4
+    assert _slots(app, s.uid) == [T0 + timedelta(seconds=60)]

@@ -19,6 +19,7 @@ import traceback
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from creep.domain.clock import Clock, SystemClock
 from creep.domain.errors import CreepError, NotFound, ValidationError
@@ -26,6 +27,7 @@ from creep.domain.execution import ExecutionState, TaskExecution
 from creep.domain.lock import check_lock_ttl
 from creep.domain.schedule import (
     SYSTEM_TENANT,
+    FirePlan,
     Firing,
     LeadershipLost,
     ScheduledTask,
@@ -40,6 +42,9 @@ from creep.schedule_port import ScheduleStore
 log = logging.getLogger("creep.scheduler")
 
 SCHEDULER_LOCK = "creep.scheduler"
+#: How often the leader reads and plans a due schedule again in one tick when it was updated
+#: between its read and its firing's transaction (then the next tick tries again).
+FIRE_ATTEMPTS = 3
 #: How often a manual trigger reads and fires again when the schedule was updated between
 #: its read and its firing's transaction (then VersionConflict).
 MANUAL_FIRE_ATTEMPTS = 5
@@ -145,12 +150,36 @@ class Scheduler:
         return report
 
     def _fire_due(self, sched: ScheduledTask, report: TickReport) -> None:
-        now = self.clock.now()
-        plan = plan_firings(sched, now)
+        """Fire the due slots of `sched`. A schedule updated between the read and the firing's
+        transaction (its version moved: nothing was written) is read and planned again in
+        this tick, up to FIRE_ATTEMPTS times, so one updated often still fires on time."""
+        for attempt in range(1, FIRE_ATTEMPTS + 1):
+            now = self.clock.now()
+            plan = plan_firings(sched, now)
+            builtin, executions = self._fire_plan(sched, plan, now)
+            if executions or attempt == FIRE_ATTEMPTS:
+                break
+            fresh = self.store.schedule_get(sched.uid)  # NotFound: deleted meanwhile
+            if fresh.version == sched.version:
+                break  # not a change: fired already, or nothing to fire
+            if not fresh.enabled or fresh.next_run is None or fresh.next_run > now:
+                return  # the update left nothing due now (disabled, moved on)
+            sched = fresh
         report.missed += plan.missed
         if plan.missed:
             log.info("schedule %s: %d missed slot(s) dropped by misfire policy %s",
                      sched.name, plan.missed, sched.misfire_policy.value)
+        pending = [e for e in executions if e.state is ExecutionState.PENDING]
+        report.fired += len(pending)
+        report.skipped += sum(e.state is ExecutionState.CANCELLED for e in executions)
+        if builtin is not None:
+            for e in pending:
+                report.retention[sched.type] = self.run_builtin(builtin, e, sched)
+
+    def _fire_plan(
+        self, sched: ScheduledTask, plan: FirePlan, now: datetime
+    ) -> tuple[RetentionJob | None, list[TaskExecution]]:
+        """One firing transaction of `plan`, from the definition `sched` (at its version)."""
         try:
             builtin = self._builtin(sched)
         except ValidationError as exc:
@@ -167,12 +196,7 @@ class Scheduler:
             expected_next_run=sched.next_run, next_run=plan.next_run, advance=True,
             fence=self.fence, expected_version=sched.version,
         )
-        pending = [e for e in executions if e.state is ExecutionState.PENDING]
-        report.fired += len(pending)
-        report.skipped += sum(e.state is ExecutionState.CANCELLED for e in executions)
-        if builtin is not None:
-            for e in pending:
-                report.retention[sched.type] = self.run_builtin(builtin, e, sched)
+        return builtin, executions
 
     def _builtin(self, sched: ScheduledTask) -> RetentionJob | None:
         """The built-in job a system schedule runs inline (no TaskOrder), if it is one;
