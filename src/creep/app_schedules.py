@@ -72,15 +72,23 @@ class SchedulesApi:
         **changes: Any,
     ) -> ScheduledTask:
         """Change fields; next_run is recomputed when the timing or `enabled` changes. With
-        `expected_version`, a schedule changed meanwhile raises VersionConflict."""
-        current = self.schedules.schedule_get(uid, tenant_id)
-        version = current.version if expected_version is None else expected_version
-        updated = validate_schedule(
-            changes, now=self.clock.now(), existing=current, limits=self.limits
-        )
-        return self.schedules.schedule_save(
-            updated, version, timing=changes_timing(changes, current, updated)
-        )
+        `expected_version`, a schedule changed meanwhile raises VersionConflict; without it,
+        the change is applied again over an update that landed between the read and the
+        write (VersionConflict only if that keeps happening)."""
+        for attempt in range(1, MANUAL_FIRE_ATTEMPTS + 1):
+            current = self.schedules.schedule_get(uid, tenant_id)
+            version = current.version if expected_version is None else expected_version
+            updated = validate_schedule(
+                changes, now=self.clock.now(), existing=current, limits=self.limits
+            )
+            try:
+                return self.schedules.schedule_save(
+                    updated, version, timing=changes_timing(changes, current, updated)
+                )
+            except VersionConflict:
+                if expected_version is not None or attempt == MANUAL_FIRE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     def enable_schedule(self, uid: str, *, tenant_id: str | None = None) -> ScheduledTask:
         return self.update_schedule(uid, tenant_id=tenant_id, enabled=True)

@@ -268,3 +268,22 @@ def test_the_leader_reads_a_changing_schedule_a_bounded_number_of_times_per_tick
     assert sch.run_once().fired == 0 and len(calls) == 3
     assert sch.run_once().fired == 1 and len(calls) == 4
     assert _slots(app, s.uid) == [T0 + timedelta(seconds=60)]
+
+
+def test_an_update_without_a_version_applies_over_a_concurrent_one(
+    app: Creep, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`app.disable_schedule` (or update_schedule without expected_version) asked for no
+    version check, yet raised VersionConflict when another process updated the schedule
+    between its read and its write. It now applies its change over the other one."""
+    s = app.create_schedule(name="two", type="T", interval=60)
+    _before_the_update_writes(app, monkeypatch,
+                              lambda: app.update_schedule(s.uid, priority=5))
+    off = app.disable_schedule(s.uid)
+    assert (off.enabled, off.next_run, off.priority, off.version) == (False, None, 5, 3)
+    # With expected_version the caller asked for the check: still a conflict.
+    _before_the_update_writes(app, monkeypatch,
+                              lambda: app.update_schedule(s.uid, priority=6))
+    with pytest.raises(VersionConflict):
+        app.update_schedule(s.uid, expected_version=3, description="stale")
+    assert app.get_schedule(s.uid).description is None

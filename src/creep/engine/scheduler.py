@@ -46,7 +46,8 @@ SCHEDULER_LOCK = "creep.scheduler"
 #: between its read and its firing's transaction (then the next tick tries again).
 FIRE_ATTEMPTS = 3
 #: How often a manual trigger reads and fires again when the schedule was updated between
-#: its read and its firing's transaction (then VersionConflict).
+#: its read and its firing's transaction (then VersionConflict); so does an update that
+#: names no expected version.
 MANUAL_FIRE_ATTEMPTS = 5
 
 
