@@ -561,13 +561,19 @@ class AssetStoreBase:
         # A failure reported late (an asynchronous callback, an import) may complete a window
         # with failures stored after it: every window of the policy's length that holds this
         # failure counts, not only the one ending at it.
+        # Only failures after the last UNBANNED count: after it in (occurred_at, write
+        # order), so one written after it at the same instant (a frozen clock, a callback
+        # stamped with that instant) counts, and one written before it does not.
         rows = self._x(
             conn,
-            "SELECT event_id, event_type, occurred_at FROM asset_events WHERE asset_id = ? "
-            "AND occurred_at > ? AND occurred_at < ? AND occurred_at > COALESCE(("
-            "SELECT max(occurred_at) FROM asset_events WHERE asset_id = ? "
-            "AND event_type = 'UNBANNED'), ?) ORDER BY occurred_at, seq",
-            (asset.asset_id, d.ts(since), d.ts(until), asset.asset_id, d.ts(since)),
+            "WITH unban AS (SELECT occurred_at, seq FROM asset_events WHERE asset_id = ? "
+            "AND event_type = 'UNBANNED' ORDER BY occurred_at DESC, seq DESC LIMIT 1) "
+            "SELECT e.event_id, e.event_type, e.occurred_at FROM asset_events e "
+            "WHERE e.asset_id = ? AND e.occurred_at > ? AND e.occurred_at < ? "
+            "AND NOT EXISTS (SELECT 1 FROM unban u WHERE u.occurred_at > e.occurred_at "
+            "OR (u.occurred_at = e.occurred_at AND u.seq > e.seq)) "
+            "ORDER BY e.occurred_at, e.seq",
+            (asset.asset_id, asset.asset_id, d.ts(since), d.ts(until)),
         ).fetchall()
         # (occurred_at, write order, event id): stored ones first, then this transaction's.
         # Read in write order: on PostgreSQL the heap order is not it (each connection
