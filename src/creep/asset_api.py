@@ -141,8 +141,11 @@ class AssetApi:
     def unban_asset(
         self, asset_id: str, *, reason: str | None = None, tenant_id: str | None = None
     ) -> AssetSnapshot:
-        """BANNED -> READY (event UNBANNED); earlier failures no longer count to auto-ban."""
-        return self._set_asset_status(asset_id, AssetStatus.READY, reason, tenant_id)
+        """BANNED -> READY (event UNBANNED); earlier failures no longer count to auto-ban.
+        An asset that is not BANNED is a ConflictError (a NEW one is activated by
+        `update_asset(..., status="READY")`)."""
+        return self._set_asset_status(asset_id, AssetStatus.READY, reason, tenant_id,
+                                      only_from=AssetStatus.BANNED)
 
     def archive_asset(
         self, asset_id: str, *, reason: str | None = None, tenant_id: str | None = None
@@ -155,12 +158,14 @@ class AssetApi:
         return self._set_asset_status(asset_id, AssetStatus.SOLD, reason, tenant_id)
 
     def _set_asset_status(
-        self, asset_id: str, status: AssetStatus, reason: str | None, tenant_id: str | None
+        self, asset_id: str, status: AssetStatus, reason: str | None, tenant_id: str | None,
+        only_from: AssetStatus | None = None,
     ) -> AssetSnapshot:
         if not is_uuid(asset_id):
             raise NotFound("asset", asset_id)
         asset, _ = self.store.asset_set_status(
-            asset_id, status, self.clock.now(), tenant_id=tenant_id, reason=reason
+            asset_id, status, self.clock.now(), tenant_id=tenant_id, reason=reason,
+            only_from=only_from,
         )
         return asset
 

@@ -471,3 +471,19 @@ def test_every_asset_mutation_is_audited(server: Server) -> None:
     assert orjson.loads(banned["diff_object"]["new_object"])["status"] == "BANNED"
     assert banned["data"] == {"reason": "fraud"}
     assert len(rows) == 5
+
+
+def test_unban_of_an_asset_that_is_not_banned_is_a_409_and_changes_nothing(
+    server: Server,
+) -> None:
+    _, key = server.tenant()
+    with server.client(key) as c:
+        new = _asset(c, status="NEW")
+        r = c.post(f"/v1/assets/{new['asset_id']}/unban")
+        assert r.status_code == 409, r.text
+        assert "is NEW, not BANNED" in r.json()["detail"]
+        assert c.get(f"/v1/assets/{new['asset_id']}").json() == new
+        kinds = [e["event_type"] for e in c.get(f"/v1/assets/{new['asset_id']}/events")
+                 .json()["items"]]
+        assert kinds == ["IMPORTED"]
+    assert [a["action"] for a in _audit(server, resource_id=new["asset_id"])] == ["created"]

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from creep import Creep, FrozenClock
+import pytest
+
+from creep import ConflictError, Creep, FrozenClock
 
 NET = {"sku_category": "RAW_NET"}
 
@@ -37,3 +39,20 @@ def test_failures_after_an_unban_of_the_same_instant_count_to_the_next_ban(
     assert app.get_asset(a).status == "BANNED"
     banned = app.asset_events(asset_id=a, event_type="ASSET_BANNED")
     assert len(banned) == 2 and banned[1].context["fail_count_window"] == 2
+
+
+def test_unban_refuses_an_asset_that_is_not_banned_and_changes_nothing(
+    app: Creep, clock: FrozenClock
+) -> None:
+    """unban is BANNED -> READY only: it does not activate a NEW asset nor end a cooldown
+    early (each a legal transition by another name, which wrote an UNBANNED audit)."""
+    new = asset(app, 1, status="NEW")
+    cooling = asset(app, 2, cooldown_seconds=60)
+    app.update_asset(cooling, 1, status="COOLING")
+    for asset_id, status in ((new, "NEW"), (cooling, "COOLING")):
+        before = app.get_asset(asset_id)
+        with pytest.raises(ConflictError, match=f"is {status}, not BANNED"):
+            app.unban_asset(asset_id)
+        assert app.get_asset(asset_id) == before
+    assert [e.event_type for e in app.asset_events(asset_id=new)] == ["IMPORTED"]
+    assert app.update_asset(new, 1, status="READY").status == "READY"  # how NEW is activated

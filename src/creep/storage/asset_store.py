@@ -202,14 +202,19 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
     def asset_set_status(
         self, asset_id: str, status: AssetStatus, now: datetime, *,
         tenant_id: str | None = None, reason: str | None = None,
-        source: str = Source.OPERATOR,
+        source: str = Source.OPERATOR, only_from: AssetStatus | None = None,
     ) -> tuple[AssetSnapshot, AssetEvent]:
-        """An operator's status change (ban, unban, archive, sell, activate)."""
+        """An operator's status change (ban, unban, archive, sell, activate). With
+        `only_from` (an unban: BANNED), an asset in another status is a ConflictError."""
         with self._atx() as conn:
             pending = Pending()
             asset = self._lock_assets(conn, [asset_id], pending).get(asset_id)
             if asset is None or (tenant_id is not None and asset.tenant_id != tenant_id):
                 raise NotFound("asset", asset_id)
+            if only_from is not None and asset.status is not only_from:
+                raise ConflictError(
+                    f"asset {asset_id} is {asset.status.value}, not {only_from.value}: "
+                    f"nothing changed")
             event = self._change_status(conn, asset, status, pending, now, source, reason)
             self._flush(conn, pending, now)
             if status is AssetStatus.READY:

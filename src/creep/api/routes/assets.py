@@ -174,6 +174,7 @@ def get_asset(asset_id: str, principal: Authenticated, svc: Svc) -> Any:
 def _set_status(
     asset_id: str, status: AssetStatus, action: AuditAction, request: Request,
     principal: Principal, svc: Services, body: ReasonIn | None,
+    only_from: AssetStatus | None = None,
 ) -> Any:
     store = store_of(svc)
     scope = read_scope(principal)
@@ -183,7 +184,8 @@ def _set_status(
                  old=asset_json(before), tenant_id=before.tenant_id,
                  data={"reason": reason} if reason else None):
         asset, _event = store.asset_set_status(
-            asset_id, status, svc.clock.now(), tenant_id=scope, reason=reason
+            asset_id, status, svc.clock.now(), tenant_id=scope, reason=reason,
+            only_from=only_from,
         )
     return json_response(asset_json(asset), headers={"ETag": f'"{asset.version}"'})
 
@@ -203,9 +205,10 @@ def unban_asset(
     asset_id: str, request: Request, principal: Writer, svc: Svc,
     body: Annotated[ReasonIn | None, Body()] = None,
 ) -> Any:
-    """BANNED -> READY (event UNBANNED); earlier failures no longer count to auto-ban."""
+    """BANNED -> READY (event UNBANNED); earlier failures no longer count to auto-ban. An
+    asset that is not BANNED is a 409 and nothing changes."""
     return _set_status(asset_id, AssetStatus.READY, AuditAction.UNBANNED, request, principal,
-                       svc, body)
+                       svc, body, only_from=AssetStatus.BANNED)
 
 
 @router.post("/assets/{asset_id}/archive", response_model=AssetOut, responses=_PROBLEMS)
