@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from creep import ConflictError, Creep, FrozenClock
+from creep import ConflictError, Creep, FrozenClock, VersionConflict
 
 NET = {"sku_category": "RAW_NET"}
 
@@ -56,3 +56,19 @@ def test_unban_refuses_an_asset_that_is_not_banned_and_changes_nothing(
         assert app.get_asset(asset_id) == before
     assert [e.event_type for e in app.asset_events(asset_id=new)] == ["IMPORTED"]
     assert app.update_asset(new, 1, status="READY").status == "READY"  # how NEW is activated
+
+
+
+def test_an_update_that_changes_nothing_writes_nothing(app: Creep) -> None:
+    """As update_task: no changes is a no-op (the version still checked), not a new version
+    with no UPDATED event to say why."""
+    a = asset(app, 1)
+    b = asset(app, 2)
+    same = app.update_asset(a, 1)
+    assert same.version == 1 and app.get_asset(a) == same
+    with pytest.raises(VersionConflict):
+        app.update_asset(a, 2)
+    both = app.update_assets([(a, 1, {}), (b, 1, {"health_score": 50})])
+    assert [x.version for x in both] == [1, 2]
+    assert app.get_asset(a) == same and app.get_asset(b).health_score == 50
+    assert [e.event_type for e in app.asset_events(asset_id=a)] == ["IMPORTED"]

@@ -152,10 +152,13 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                     raise NotFound("asset", asset_id)
                 if asset.version != expected:
                     raise VersionConflict("asset", asset_id, expected, asset.version)
-                out.append(self._apply_changes(conn, asset, changes, pending, now))
+                # No changes: the asset as it is (like update_task), no new version.
+                out.append(self._apply_changes(conn, asset, changes, pending, now)
+                           if changes else asset)
+            changed = [a for a, item in zip(out, items, strict=True) if item[2]]
             rows = []
             d = self._adialect
-            for asset in out:
+            for asset in changed:
                 rows.append((
                     asset.project_id, asset.env, asset.sku_code, d.js(asset.attributes),
                     asset.max_concurrency, asset.cooldown_seconds, d.dec(asset.cost_per_lease),
@@ -168,7 +171,7 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                 "WHERE asset_id = ?",
                 rows,
             )
-            pending.dirty.update(a.asset_id for a in out)
+            pending.dirty.update(a.asset_id for a in changed)
             self._flush(conn, pending, now)
         return [replace(a) for a in out]
 
