@@ -110,6 +110,9 @@ class AssetApi:
         errors: list[tuple[str, str]] = []
         checked = []
         for i, (asset_id, version, changes) in enumerate(items):
+            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                errors.append((f"items[{i}].expected_version" if by_item else
+                               "expected_version", "must be the asset's version (an integer >= 1)"))
             try:
                 checked.append((asset_id, version, validate_asset_changes(
                     changes, f"items[{i}]." if by_item else "")))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from creep import ConflictError, Creep, FrozenClock, VersionConflict
+from creep import ConflictError, Creep, FrozenClock, ValidationError, VersionConflict
 
 NET = {"sku_category": "RAW_NET"}
 
@@ -72,3 +72,17 @@ def test_an_update_that_changes_nothing_writes_nothing(app: Creep) -> None:
     assert [x.version for x in both] == [1, 2]
     assert app.get_asset(a) == same and app.get_asset(b).health_score == 50
     assert [e.event_type for e in app.asset_events(asset_id=a)] == ["IMPORTED"]
+
+
+def test_an_expected_version_that_is_not_a_version_is_a_validation_error(app: Creep) -> None:
+    """A string or a bool is a ValidationError naming expected_version, not a VersionConflict
+    against itself ("version 2 is stale (current version is 2)")."""
+    a = asset(app, 1)
+    for bad in ("1", True, 0):
+        with pytest.raises(ValidationError) as exc:
+            app.update_asset(a, bad, health_score=1)  # type: ignore[arg-type]
+        assert [f for f, _ in exc.value.errors] == ["expected_version"]
+    with pytest.raises(ValidationError) as many:
+        app.update_assets([(a, 1, {"health_score": 2}), (a, "1", {})])  # type: ignore[list-item]
+    assert [f for f, _ in many.value.errors] == ["items[1].expected_version"]
+    assert app.get_asset(a).version == 1
