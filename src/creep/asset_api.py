@@ -84,6 +84,9 @@ class AssetApi:
         _check_limit(limit)
         if after is not None and not is_uuid(after):
             raise ValidationError.single("after", "must be the asset_id of the last asset read")
+        if status is not None and status not in AssetStatus.__members__:
+            raise ValidationError.single(
+                "status", f"must be one of {[s.value for s in AssetStatus]}")
         flt = AssetFilter(tenant_id, status, sku_category, sku_code, project_id)
         return self.store.asset_list(flt, after=after, limit=limit)
 

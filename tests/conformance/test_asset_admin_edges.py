@@ -86,3 +86,13 @@ def test_an_expected_version_that_is_not_a_version_is_a_validation_error(app: Cr
         app.update_assets([(a, 1, {"health_score": 2}), (a, "1", {})])  # type: ignore[list-item]
     assert [f for f, _ in many.value.errors] == ["items[1].expected_version"]
     assert app.get_asset(a).version == 1
+
+
+def test_listing_by_a_status_that_does_not_exist_is_a_validation_error(app: Creep) -> None:
+    """As over REST (422): a misspelt status ('ready', 'BOGUS') is not an empty pool."""
+    asset(app, 1)
+    for bad in ("ready", "BOGUS"):
+        with pytest.raises(ValidationError) as exc:
+            app.list_assets(status=bad)
+        assert [f for f, _ in exc.value.errors] == ["status"]
+    assert len(app.list_assets(status="READY")) == 1
