@@ -96,3 +96,25 @@ def test_listing_by_a_status_that_does_not_exist_is_a_validation_error(app: Cree
             app.list_assets(status=bad)
         assert [f for f, _ in exc.value.errors] == ["status"]
     assert len(app.list_assets(status="READY")) == 1
+
+
+def test_max_concurrency_is_not_lowered_below_the_active_leases(app: Creep) -> None:
+    """Lowering max_concurrency below current_concurrency is refused (the active leases are
+    kept; lower it once they end); down to it is allowed, and no new lease then fits."""
+    a = asset(app, 1, max_concurrency=3)
+    app.handler("HOLD")(lambda ctx: None)
+    hint = [{"sku_category": "RAW_NET", "sku_code": "ip.1"}]
+    for _ in range(2):
+        app.submit(task_type="HOLD", resource_hints=hint, constraints={"keep_leases": True})
+    app.run_worker(burst=True, install_signals=False)
+    held = app.get_asset(a)
+    assert held.current_concurrency == 2
+    with pytest.raises(ValidationError) as exc:
+        app.update_assets([(a, held.version, {"max_concurrency": 1})])
+    assert [f for f, _ in exc.value.errors] == ["items[0].max_concurrency"]
+    assert app.get_asset(a) == held
+    assert app.update_asset(a, held.version, max_concurrency=2).max_concurrency == 2
+    waiting = app.submit(task_type="HOLD", resource_hints=hint)
+    app.run_worker(burst=True, install_signals=False)
+    assert app.get_task(waiting.task_id).status == "QUEUED"
+    assert len(app.list_leases(asset_id=a, status="ACTIVE")) == 2
