@@ -487,3 +487,170 @@ def test_unban_of_an_asset_that_is_not_banned_is_a_409_and_changes_nothing(
                  .json()["items"]]
         assert kinds == ["IMPORTED"]
     assert [a["action"] for a in _audit(server, resource_id=new["asset_id"])] == ["created"]
+
+
+def _patch(
+    c: httpx.Client, aid: str, if_match: int | str | None, /, **body: Any
+) -> httpx.Response:
+    """PATCH with If-Match: a version (sent quoted, as an ETag) or the header as given."""
+    value = f'"{if_match}"' if isinstance(if_match, int) else if_match
+    headers = {} if value is None else {"If-Match": value}
+    return c.patch(f"/v1/assets/{aid}", json=body, headers=headers)
+
+
+def _kinds(c: httpx.Client, aid: str) -> list[str]:
+    return [e["event_type"] for e in c.get(f"/v1/assets/{aid}/events").json()["items"]]
+
+
+def test_patch_changes_an_asset_and_activates_a_new_one(server: Server) -> None:
+    _, key = server.tenant()
+    with server.client(key) as c:
+        new = _asset(c, status="NEW", project_id="p1", cost_per_lease="0.25")
+        aid = new["asset_id"]
+        assert c.get(f"/v1/assets/{aid}").headers["ETag"] == '"1"'
+        missing = _patch(c, aid, None, status="READY")
+        assert missing.status_code == 428 and missing.json()["type"].endswith(
+            "precondition-required")
+        assert "If-Match" in _fields(_patch(c, aid, "v1", status="READY"))
+        # Every refused change names its field and writes nothing.
+        for body, field in (
+            ({"health_score": 101}, "health_score"), ({"max_concurrency": 0}, "max_concurrency"),
+            ({"max_concurrency": None}, "max_concurrency"), ({"status": None}, "status"),
+            ({"cost_per_lease": "-1"}, "cost_per_lease"), ({"currency": "eur"}, "currency"),
+            ({"sku_code": "ip.*"}, "sku_code"), ({"attributes": [1]}, "attributes"),
+            ({"status": "IN_USE"}, "status"), ({"status": "LIVE"}, "status"),
+            ({"current_concurrency": 1}, "current_concurrency"),
+            ({"sku_category": "GPU"}, "sku_category"), ({"version": 5}, "version"),
+        ):
+            assert field in _fields(_patch(c, aid, 1, **body)), body
+        stale = _patch(c, aid, 7, status="READY")
+        assert stale.status_code == 412, stale.text
+        assert stale.json()["current_version"] == 1 and stale.json()["type"].endswith(
+            "stale-version")
+        assert c.get(f"/v1/assets/{aid}").json() == new
+        assert _kinds(c, aid) == ["IMPORTED"]
+
+        # NEW -> READY with fields in one change (a weak ETag is read too).
+        r = _patch(c, aid, 'W/"1"', status="READY", health_score=80, cost_per_lease="0.5",
+                   attributes={"geo": "uk"}, project_id=None, cooldown_seconds=5)
+        assert r.status_code == 200, r.text
+        a = r.json()
+        assert (a["status"], a["health_score"], a["cost_per_lease"], a["attributes"],
+                a["project_id"], a["cooldown_seconds"], a["version"]) == (
+            "READY", 80, "0.5", {"geo": "uk"}, None, 5, 2)
+        assert r.headers["ETag"] == '"2"' and c.get(f"/v1/assets/{aid}").json() == a
+        assert _kinds(c, aid) == ["IMPORTED", "UPDATED", "STATUS_READY"]
+        # Nothing to change: the asset as it is, nothing written (the version still checked).
+        assert _patch(c, aid, 2).json() == a
+        assert _patch(c, aid, 1).status_code == 412
+        # An illegal status change is a 409 and the fields sent with it are not written.
+        illegal = _patch(c, aid, 2, status="NEW", health_score=10)
+        assert illegal.status_code == 409 and illegal.json()["type"].endswith(
+            "illegal-transition")
+        assert c.get(f"/v1/assets/{aid}").json() == a
+        sold = _patch(c, aid, 2, status="SOLD")
+        assert sold.status_code == 200 and sold.json()["status"] == "SOLD"
+        assert _patch(c, aid, 3, status="READY").status_code == 409
+        assert _kinds(c, aid)[-1] == "SOLD"
+        unknown = _patch(c, str(uuid.uuid4()), 1, health_score=1)
+        assert unknown.status_code == 404
+    rows = _audit(server, resource_id=aid)
+    assert [r["action"] for r in reversed(rows)] == ["created", "updated", "updated"]
+    activated = rows[1]["diff_object"]
+    assert orjson.loads(activated["old_object"])["status"] == "NEW"
+    assert orjson.loads(activated["new_object"])["status"] == "READY"
+    assert orjson.loads(activated["new_object"])["health_score"] == 80
+
+
+def test_bulk_patch_is_all_or_nothing_and_names_the_item(server: Server, py: Creep) -> None:
+    _, key = server.tenant()
+    with server.client(key) as c:
+        kind = f"BULK-{uuid.uuid4().hex[:8]}"
+        cat = f"CAT-{uuid.uuid4().hex[:6]}"
+        one = _asset(c, sku_category=cat, status="NEW")
+        two = _asset(c, sku_category=cat, max_concurrency=3)
+        ids = [one["asset_id"], two["asset_id"]]
+
+        def bulk(*items: dict[str, Any]) -> httpx.Response:
+            return c.patch("/v1/assets", json={"items": list(items)})
+
+        def unchanged() -> None:
+            assert [c.get(f"/v1/assets/{i}").json() for i in ids] == [one, two]
+
+        r = bulk({"asset_id": ids[0], "expected_version": 1, "status": "READY"},
+                 {"asset_id": ids[1], "expected_version": 1, "health_score": -1})
+        assert _fields(r) == {"items[1].health_score"}
+        r = bulk({"asset_id": ids[0], "expected_version": 1},
+                 {"asset_id": ids[1], "expected_version": "1", "health_score": 5})
+        assert _fields(r) == {"items[1].expected_version"}
+        r = bulk({"asset_id": ids[0], "expected_version": 1, "max_concurrency": None},
+                 {"asset_id": ids[1], "expected_version": 1, "sku_code": "x.*"})
+        assert _fields(r) == {"items[0].max_concurrency", "items[1].sku_code"}
+        r = bulk({"asset_id": ids[0], "expected_version": 1, "health_score": 1},
+                 {"asset_id": ids[0], "expected_version": 1, "env": "x"})
+        assert _fields(r) == {"items[1].asset_id"}
+        assert "items" in _fields(c.patch("/v1/assets", json={"items": []}))
+        stale = bulk({"asset_id": ids[0], "expected_version": 1, "status": "READY"},
+                     {"asset_id": ids[1], "expected_version": 4, "health_score": 5})
+        assert stale.status_code == 409, stale.text
+        assert stale.json()["current_version"] == 1 and stale.json()["asset_id"] == ids[1]
+        assert "items[1]" in stale.json()["detail"]
+        illegal = bulk({"asset_id": ids[0], "expected_version": 1, "health_score": 5},
+                       {"asset_id": ids[1], "expected_version": 1, "status": "NEW"})
+        assert illegal.status_code == 409, illegal.text
+        assert bulk({"asset_id": ids[0], "expected_version": 1, "health_score": 5},
+                    {"asset_id": str(uuid.uuid4()), "expected_version": 1,
+                     "health_score": 5}).status_code == 404
+        # Two leases on the second asset: lowering its max_concurrency below them is refused
+        # (by the store, under the row lock) and named by item.
+        for _ in range(2):
+            c.post("/v1/tasks", json={"task_type": kind, "constraints": {"keep_leases": True},
+                                      "resource_hints": [{"sku_category": cat}]})
+        _claim(py, kind)
+        two = c.get(f"/v1/assets/{ids[1]}").json()
+        assert two["current_concurrency"] == 2
+        r = bulk({"asset_id": ids[0], "expected_version": 1, "status": "READY"},
+                 {"asset_id": ids[1], "expected_version": two["version"], "max_concurrency": 1})
+        assert _fields(r) == {"items[1].max_concurrency"}
+        unchanged()
+        before = len(_audit(server, resource_type="asset", action="updated"))
+
+        done = bulk({"asset_id": ids[0], "expected_version": 1, "status": "READY",
+                     "attributes": {"tier": 1}},
+                    {"asset_id": ids[1], "expected_version": two["version"],
+                     "max_concurrency": 2, "cost_per_lease": 0.75})
+        assert done.status_code == 200, done.text
+        got = done.json()["items"]
+        assert [(a["asset_id"], a["status"], a["version"]) for a in got] == [
+            (ids[0], "READY", 2), (ids[1], "IN_USE", two["version"] + 1)]
+        assert got[0]["attributes"] == {"tier": 1} and got[1]["max_concurrency"] == 2
+        assert got[1]["cost_per_lease"] == "0.75"
+        assert [c.get(f"/v1/assets/{i}").json() for i in ids] == got
+    updated = _audit(server, resource_type="asset", action="updated")
+    assert len(updated) == before + 2
+    assert {r["resource"]["identifier"] for r in updated[:2]} == set(ids)
+
+
+def test_patch_is_tenant_scoped_and_refused_to_read_only_keys(server: Server) -> None:
+    tenant_a, key_a = server.tenant()
+    _, key_b = server.tenant()
+    read_only = server.key(tenant_a, read_only=True)["key"]
+    with server.client(key_a) as a, server.client(key_b) as b, \
+            server.client(read_only) as ro:
+        aid = _asset(a, status="NEW")["asset_id"]
+        missing = str(uuid.uuid4())
+        foreign, absent = _patch(b, aid, 1, status="READY"), _patch(b, missing, 1, status="READY")
+        assert foreign.status_code == absent.status_code == 404, foreign.text
+        assert foreign.json()["detail"].replace(aid, "ID") == absent.json()["detail"].replace(
+            missing, "ID")
+        assert _patch(b, aid, 9, status="READY").status_code == 404  # no version leaks out
+        r = b.patch("/v1/assets", json={"items": [
+            {"asset_id": aid, "expected_version": 1, "status": "READY"}]})
+        assert r.status_code == 404, r.text
+        assert _patch(ro, aid, 1, status="READY").status_code == 403
+        assert ro.patch("/v1/assets", json={"items": [
+            {"asset_id": aid, "expected_version": 1, "status": "READY"}]}).status_code == 403
+        assert a.get(f"/v1/assets/{aid}").json()["status"] == "NEW"
+    with server.admin() as admin:  # an admin changes any tenant's asset
+        r = _patch(admin, aid, 1, status="READY")
+        assert r.status_code == 200 and r.json()["tenant_id"] == tenant_a

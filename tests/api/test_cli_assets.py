@@ -215,3 +215,32 @@ def test_asset_import_of_a_json_array_file_names_the_formats_it_reads(tmp_path: 
     # Read as CSV, it was "unknown column(s) '[{\"sku_category\": ...'".
     assert "unknown column" not in result.stderr, result.stderr
     assert ".csv" in result.stderr and ".jsonl" in result.stderr, result.stderr
+
+
+def test_asset_update_activate_and_sell(server: Server) -> None:
+    _, key = server.tenant()
+    with Client(server.url, key) as c:
+        new = c.create_asset(sku_category="RAW_NET", sku_code="ip.pl.1", status="NEW",
+                             project_id="p1")
+        aid = new.asset_id
+    activated = ok_json(creep(server, "asset", "activate", aid, "--json", key=key))
+    assert activated["status"] == "READY" and activated["version"] == 2
+    changed = ok_json(creep(
+        server, "asset", "update", aid, "--version", "2", "--set", "health_score=60",
+        "--set", "cost_per_lease=0.10", "--set", 'attributes={"geo": "pl"}',
+        "--set", "project_id=null", "--set", "currency=EUR", "--json", key=key))
+    assert (changed["health_score"], changed["cost_per_lease"], changed["attributes"],
+            changed["project_id"], changed["currency"], changed["version"]) == (
+        60, "0.10", {"geo": "pl"}, None, "EUR", 3)
+    stale = creep(server, "asset", "update", aid, "--version", "2", "--set", "health_score=1",
+                  key=key)
+    assert stale.returncode == 1 and "412" in stale.stderr and "version 3" in stale.stderr
+    refused = creep(server, "asset", "update", aid, "--set", "health_score=101",
+                    "--set", "max_concurrency=0", key=key)
+    assert refused.returncode == 2
+    assert "health_score" in refused.stderr and "max_concurrency" in refused.stderr
+    assert creep(server, "asset", "update", aid, "--set", "oops", key=key).returncode == 2
+    sold = creep(server, "asset", "sell", aid, key=key)
+    assert sold.returncode == 0 and f"{aid}: SOLD (version 4)" in sold.stdout
+    again = creep(server, "asset", "activate", aid, key=key)
+    assert again.returncode == 1 and "409" in again.stderr

@@ -125,3 +125,35 @@ def test_schedules_async_and_sync(server: Server) -> None:
         with pytest.raises(ApiProblem) as gone:
             c.get_schedule(sched.uid)
         assert gone.value.status == 404
+
+
+def test_update_assets_sync_and_async(server: Server) -> None:
+    _, key = server.tenant()
+    with Client(server.url, key) as c:
+        new = c.create_asset(sku_category="RAW_NET", sku_code="ip.nl.1", status="NEW")
+        other = c.create_asset(sku_category="RAW_NET", sku_code="ip.nl.2")
+        ready = c.update_asset(new.asset_id, new.version, status="READY", health_score=70,
+                               cost_per_lease=Decimal("0.125"), attributes={"geo": "nl"})
+        assert (ready.status, ready.health_score, ready.cost_per_lease, ready.version) == (
+            "READY", 70, Decimal("0.125"), 2)
+        with pytest.raises(ApiProblem) as stale:
+            c.update_asset(new.asset_id, new.version, health_score=1)
+        assert stale.value.status == 412 and stale.value.body["current_version"] == 2
+        with pytest.raises(ApiProblem) as bad:
+            c.update_assets([(new.asset_id, 2, {"health_score": 5}),
+                             (other.asset_id, 1, {"currency": "usd"})])
+        assert [e["field"] for e in bad.value.errors] == ["items[1].currency"]
+        assert c.get_asset(new.asset_id) == ready
+
+    async def main() -> list[str]:
+        async with AsyncClient(server.url, key) as ac:
+            both = await ac.update_assets([(new.asset_id, 2, {"health_score": 5}),
+                                           (other.asset_id, 1, {"status": "SOLD"})])
+            assert [a.version for a in both] == [3, 2]
+            with pytest.raises(ApiProblem) as illegal:
+                await ac.update_asset(other.asset_id, 2, status="READY")
+            assert illegal.value.status == 409
+            one = await ac.update_asset(new.asset_id, 3, max_concurrency=4)
+            return [one.status, str(one.max_concurrency), both[1].status]
+
+    assert asyncio.run(main()) == ["READY", "4", "SOLD"]

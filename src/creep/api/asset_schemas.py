@@ -64,6 +64,47 @@ class AssetIn(_In):
         return data
 
 
+class AssetPatch(_In):
+    """Fields of an asset to change (with If-Match: <version>); those left out stay as they
+    are. `status`: a change the transition table allows (NEW -> READY activates an asset,
+    READY -> SOLD sells it); IN_USE follows the asset's leases and is not set by hand.
+    `project_id` and `env` may be null (cleared); the others may not."""
+
+    project_id: str | None = Field(default=None, max_length=200)
+    env: str | None = Field(default=None, max_length=200)
+    sku_code: str | None = Field(default=None, min_length=1, max_length=200)
+    attributes: dict[str, Any] | None = None
+    status: AssetStatusName | None = None
+    max_concurrency: StrictInt | None = Field(
+        default=None, ge=1, le=100_000, description="not below the active leases")
+    health_score: StrictInt | None = Field(default=None, ge=0, le=100)
+    cooldown_seconds: StrictInt | None = Field(default=None, ge=0, le=10**8)
+    cost_per_lease: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3,4}$")
+
+    def changes(self) -> dict[str, Any]:
+        """The fields as sent (unset ones left out)."""
+        return self.model_dump(exclude_unset=True, exclude=_ITEM_KEYS)
+
+
+#: Fields of a bulk item that name the asset, not a change.
+_ITEM_KEYS = {"asset_id", "expected_version"}
+
+
+class AssetPatchItem(AssetPatch):
+    """One asset of a bulk update: which, the version read, and the fields to change."""
+
+    asset_id: str = Field(max_length=64, description="a UUID")
+    expected_version: StrictInt = Field(ge=1, le=2**53,
+                                        description="the asset's version as read")
+
+
+class AssetPatchList(_In):
+    """Up to 1000 asset updates in one transaction: all are applied, or none."""
+
+    items: list[AssetPatchItem] = Field(min_length=1, max_length=1000)
+
+
 class AssetOut(BaseModel):
     asset_id: str
     tenant_id: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
+import orjson
 import typer
 
 from creep.cli_http.asset_file import AssetFile, FileProblem, Row, RowError, read_asset_file
@@ -215,6 +216,75 @@ def asset_archive(asset_id: str, reason: Reason = None, api_url: ApiUrl = None,
                   api_key: ApiKey = None, json: Json = False) -> None:
     """ARCHIVED: retired for good; its active leases are revoked."""
     _status_change("archive", asset_id, reason, api_url, api_key, json)
+
+
+def _set_value(raw: str) -> Any:
+    """A --set value: JSON (a number, object, list, true/false, null) when it reads as such,
+    else the text; a number with a fraction stays text, so money is never a float."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw
+    return raw if isinstance(value, float) else value
+
+
+def _parse_sets(sets: list[str]) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    for item in sets:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            usage_error(f"--set {item!r}: give FIELD=VALUE")
+        if name.strip() in changes:
+            usage_error(f"--set: {name.strip()} given twice")
+        changes[name.strip()] = _set_value(raw)
+    return changes
+
+
+def _update(asset_id: str, version: int | None, changes: dict[str, Any], url: str | None,
+            key: str | None, json: bool) -> None:
+    with client(url, key) as c:
+        if version is None:
+            # If-Match: a change made meanwhile by someone else is a 412, never overwritten.
+            version = c.get_asset(asset_id).version
+        asset = c.update_asset(asset_id, version, **changes)
+    if json:
+        print_json(asset)
+    else:
+        out.print(f"{asset.asset_id}: {asset.status} (version {asset.version})",
+                  highlight=False)
+
+
+@asset_app.command("update")
+@api_errors
+def asset_update(
+    asset_id: str,
+    sets: Annotated[list[str], typer.Option(
+        "--set", help="FIELD=VALUE, repeatable: project_id, env, sku_code, attributes (a "
+                      "JSON object), status, max_concurrency, health_score, cooldown_seconds, "
+                      "cost_per_lease, currency; null clears project_id or env")],
+    version: Annotated[int | None, typer.Option(
+        min=1, help="The version read (else the current one is read first).")] = None,
+    api_url: ApiUrl = None, api_key: ApiKey = None, json: Json = False,
+) -> None:
+    """Change an asset's fields (and status) if its version is still --version; any refused
+    field and nothing changes."""
+    _update(asset_id, version, _parse_sets(sets), api_url, api_key, json)
+
+
+@asset_app.command("activate")
+@api_errors
+def asset_activate(asset_id: str, api_url: ApiUrl = None, api_key: ApiKey = None,
+                   json: Json = False) -> None:
+    """NEW -> READY: the asset may be leased."""
+    _update(asset_id, None, {"status": "READY"}, api_url, api_key, json)
+
+
+@asset_app.command("sell")
+@api_errors
+def asset_sell(asset_id: str, api_url: ApiUrl = None, api_key: ApiKey = None,
+               json: Json = False) -> None:
+    """SOLD: never leased again; its active leases are revoked."""
+    _update(asset_id, None, {"status": "SOLD"}, api_url, api_key, json)
 
 
 def _event_row(e: AssetEvent) -> tuple[Any, ...]:

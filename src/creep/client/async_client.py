@@ -311,6 +311,19 @@ class AsyncClient:
     async def get_asset(self, asset_id: str) -> Asset:
         return await self.send(calls.get_asset(asset_id))
 
+    async def update_asset(self, asset_id: str, expected_version: int, **changes: Any) -> Asset:
+        """PATCH with If-Match: fields (health_score, max_concurrency, cost_per_lease, ...)
+        and status (status="READY" activates a NEW asset, "SOLD" sells one). A stale version
+        raises ApiProblem 412 (`current_version`), an illegal status change 409."""
+        return await self.send(calls.update_asset(asset_id, expected_version, changes))
+
+    async def update_assets(
+        self, items: list[tuple[str, int, dict[str, Any]]]
+    ) -> list[Asset]:
+        """(asset_id, expected_version, changes) each, up to 1000 in one transaction: all are
+        applied or none (ApiProblem 422 naming `items[i].field`; 409 on a stale version)."""
+        return await self.send(calls.update_assets(items))
+
     async def ban_asset(self, asset_id: str, reason: str | None = None) -> Asset:
         """BANNED: its active leases are revoked."""
         return await self.send(calls.set_asset_status(asset_id, "ban", reason))

@@ -244,6 +244,19 @@ def get_asset(asset_id: str) -> Call[Asset]:
     return Call("GET", f"/v1/assets/{_p(asset_id)}", lambda r: core.one(r, Asset))
 
 
+def update_asset(asset_id: str, expected_version: int, changes: dict[str, Any]) -> Call[Asset]:
+    return Call("PATCH", f"/v1/assets/{_p(asset_id)}", lambda r: core.one(r, Asset),
+                json=core.jsonable(changes), headers={"If-Match": f'"{expected_version}"'})
+
+
+def update_assets(items: list[tuple[str, int, dict[str, Any]]]) -> Call[list[Asset]]:
+    """(asset_id, expected_version, changes) each, up to 1000 in one transaction: all are
+    applied or none."""
+    body = {"items": [{**changes, "asset_id": asset_id, "expected_version": version}
+                      for asset_id, version, changes in items]}
+    return Call("PATCH", "/v1/assets", _items(Asset), json=core.jsonable(body))
+
+
 def set_asset_status(asset_id: str, action: str, reason: str | None) -> Call[Asset]:
     """action: ban | unban | archive."""
     body = {"reason": reason} if reason else None

@@ -302,6 +302,19 @@ class Client:
     def get_asset(self, asset_id: str) -> Asset:
         return self.send(calls.get_asset(asset_id))
 
+    def update_asset(self, asset_id: str, expected_version: int, **changes: Any) -> Asset:
+        """PATCH with If-Match: fields (health_score, max_concurrency, cost_per_lease, ...)
+        and status (status="READY" activates a NEW asset, "SOLD" sells one). A stale version
+        raises ApiProblem 412 (`current_version`), an illegal status change 409."""
+        return self.send(calls.update_asset(asset_id, expected_version, changes))
+
+    def update_assets(
+        self, items: list[tuple[str, int, dict[str, Any]]]
+    ) -> list[Asset]:
+        """(asset_id, expected_version, changes) each, up to 1000 in one transaction: all are
+        applied or none (ApiProblem 422 naming `items[i].field`; 409 on a stale version)."""
+        return self.send(calls.update_assets(items))
+
     def ban_asset(self, asset_id: str, reason: str | None = None) -> Asset:
         """BANNED: its active leases are revoked."""
         return self.send(calls.set_asset_status(asset_id, "ban", reason))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
@@ -19,6 +19,8 @@ from creep.api.asset_schemas import (
     AssetList,
     AssetOut,
     AssetPage,
+    AssetPatch,
+    AssetPatchList,
     AssetStatusName,
     LeaseListPage,
     LeaseOut,
@@ -32,6 +34,7 @@ from creep.api.asset_schemas import (
 from creep.api.audit import audit_write, audited, riding
 from creep.api.auth import Authenticated, Principal, Writer
 from creep.api.openapi import BODY_MODELS
+from creep.api.problems import Problem
 from creep.api.responses import (
     decode_cursor,
     decode_ordered_cursor,
@@ -46,10 +49,11 @@ from creep.domain.asset import (
     AssetSpec,
     AssetStatus,
     name_items,
+    validate_asset_changes,
     validate_asset_spec,
 )
 from creep.domain.audit import AuditAction, ResourceType
-from creep.domain.errors import NotFound, ValidationError
+from creep.domain.errors import NotFound, ValidationError, VersionConflict
 from creep.domain.ids import is_uuid
 from creep.ports_assets_api import AssetPagesStore, lease_cursor, valid_lease_cursor
 
@@ -169,6 +173,122 @@ def list_assets(
 def get_asset(asset_id: str, principal: Authenticated, svc: Svc) -> Any:
     asset = store_of(svc).asset_get(asset_id, read_scope(principal))
     return json_response(asset_json(asset), headers={"ETag": f'"{asset.version}"'})
+
+
+_NULLABLE = frozenset({"project_id", "env"})
+
+
+def _checked_changes(changes: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """An update's fields checked as the Python API does (`update_asset`); a null is a 422
+    except for the fields that may be cleared."""
+    nulls = [(prefix + name, "must not be null") for name, value in changes.items()
+             if value is None and name not in _NULLABLE]
+    if nulls:
+        raise ValidationError(nulls)
+    return validate_asset_changes(changes, prefix)
+
+
+def _parse_if_match(value: str | None) -> int:
+    if value is None:
+        raise Problem(428, "Precondition required",
+                      "send If-Match: <version> (the ETag of GET /v1/assets/{id})",
+                      type_="precondition-required")
+    raw = value.strip()
+    raw = raw[2:] if raw.startswith("W/") else raw
+    raw = raw.strip('"')
+    if not raw.isdigit() or len(raw) > 12:
+        raise ValidationError.single("If-Match", 'must be an asset version such as "3"')
+    return int(raw)
+
+
+def _stale(asset_id: str, expected: int, current: int | None) -> Problem:
+    return Problem(412, "Precondition failed",
+                   f"asset {asset_id} is at version {current}, not {expected}",
+                   type_="stale-version", current_version=current)
+
+
+@router.patch(
+    "/assets/{asset_id}", response_model=AssetOut,
+    responses={**_PROBLEMS, 412: {"description": "If-Match names a stale version"},
+               428: {"description": "If-Match is missing"}},
+)
+def patch_asset(
+    asset_id: str, body: AssetPatch, request: Request, principal: Writer, svc: Svc,
+    if_match: Annotated[str | None, Header()] = None,
+) -> Any:
+    """Change fields of an asset whose version still equals If-Match (`update_asset`): one
+    UPDATED event for the fields, the status change's own event (NEW -> READY activates,
+    -> SOLD sells and revokes its active leases). An illegal status change is a 409 and
+    nothing is written; no field to change writes nothing."""
+    expected = _parse_if_match(if_match)
+    changes = _checked_changes(body.changes(), "")
+    store = store_of(svc)
+    scope = read_scope(principal)
+    before = store.asset_get(asset_id, scope)
+    if before.version != expected:
+        raise _stale(before.asset_id, expected, before.version)
+    if not changes:
+        return json_response(asset_json(before), headers={"ETag": f'"{before.version}"'})
+    try:
+        with audited(request, principal, AuditAction.UPDATED, ResourceType.ASSET, asset_id,
+                     old=asset_json(before), tenant_id=before.tenant_id):
+            [asset] = store.asset_update_many([(asset_id, expected, changes)],
+                                              svc.clock.now(), tenant_id=scope)
+    except VersionConflict as exc:
+        raise _stale(asset_id, expected, exc.actual) from None
+    return json_response(asset_json(asset), headers={"ETag": f'"{asset.version}"'})
+
+
+@router.patch("/assets", response_model=AssetList, responses=_PROBLEMS)
+def patch_assets(
+    body: AssetPatchList, request: Request, principal: Writer, svc: Svc
+) -> Any:
+    """Change up to 1000 assets in one transaction, all or none (`update_assets`): each item
+    names `asset_id`, the `expected_version` read and the fields to change. Errors name the
+    item (`items[2].health_score`); a stale version is a 409 `version-conflict` naming the
+    asset and its `current_version`; an illegal status change is a 409 too."""
+    errors: list[tuple[str, str]] = []
+    items: list[tuple[str, int, dict[str, Any]]] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(body.items):
+        try:
+            items.append((item.asset_id, item.expected_version,
+                          _checked_changes(item.changes(), f"items[{i}].")))
+        except ValidationError as exc:
+            errors.extend(exc.errors)
+        first = seen.setdefault(item.asset_id, i)
+        if first != i:
+            errors.append((f"items[{i}].asset_id", f"repeats items[{first}].asset_id"))
+    if errors:
+        raise ValidationError(errors)
+    store = store_of(svc)
+    scope = read_scope(principal)
+    before = [store.asset_get(asset_id, scope) for asset_id, _, _ in items]
+    for i, (asset, (_, expected, _)) in enumerate(zip(before, items, strict=True)):
+        if asset.version != expected:
+            raise _version_conflict(i, asset.asset_id, expected, asset.version)
+    writes = [
+        audit_write(request, principal, AuditAction.UPDATED, ResourceType.ASSET, a.asset_id,
+                    old=asset_json(a), tenant_id=a.tenant_id)
+        for a, (_, _, changes) in zip(before, items, strict=True) if changes
+    ]
+    ids = [asset_id for asset_id, _, _ in items]
+    try:
+        with riding(*writes):
+            updated = store.asset_update_many(items, svc.clock.now(), tenant_id=scope)
+    except ValidationError as exc:  # max_concurrency below an asset's active leases
+        raise name_items(exc, ids, "items[{}].") from None
+    except VersionConflict as exc:
+        raise _version_conflict(ids.index(str(exc.key)), str(exc.key), exc.expected,
+                                exc.actual) from None
+    return json_response({"items": [asset_json(a) for a in updated]})
+
+
+def _version_conflict(index: int, asset_id: str, expected: int, current: int | None) -> Problem:
+    return Problem(409, "Version conflict",
+                   f"items[{index}]: asset {asset_id} is at version {current}, not {expected}; "
+                   "nothing changed", type_="version-conflict", asset_id=asset_id,
+                   current_version=current)
 
 
 def _set_status(
