@@ -598,6 +598,11 @@ def test_bulk_patch_is_all_or_nothing_and_names_the_item(server: Server, py: Cre
         illegal = bulk({"asset_id": ids[0], "expected_version": 1, "health_score": 5},
                        {"asset_id": ids[1], "expected_version": 1, "status": "NEW"})
         assert illegal.status_code == 409, illegal.text
+        assert illegal.json()["detail"].startswith(f"items[1]: asset {ids[1]}: ")
+        assert illegal.json()["asset_id"] == ids[1]
+        r = bulk({"asset_id": ids[1], "expected_version": 1, "health_score": 5},
+                 {"asset_id": ids[0], "expected_version": 1, "status": "IN_USE"})
+        assert _fields(r) == {"items[1].status"}
         assert bulk({"asset_id": ids[0], "expected_version": 1, "health_score": 5},
                     {"asset_id": str(uuid.uuid4()), "expected_version": 1,
                      "health_score": 5}).status_code == 404
@@ -612,6 +617,9 @@ def test_bulk_patch_is_all_or_nothing_and_names_the_item(server: Server, py: Cre
         r = bulk({"asset_id": ids[0], "expected_version": 1, "status": "READY"},
                  {"asset_id": ids[1], "expected_version": two["version"], "max_concurrency": 1})
         assert _fields(r) == {"items[1].max_concurrency"}
+        r = bulk({"asset_id": ids[0], "expected_version": 1, "health_score": 9},
+                 {"asset_id": ids[1], "expected_version": two["version"], "status": "READY"})
+        assert _fields(r) == {"items[1].status"}  # IN_USE follows the leases
         unchanged()
         before = len(_audit(server, resource_type="asset", action="updated"))
 

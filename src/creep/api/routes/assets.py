@@ -45,15 +45,18 @@ from creep.api.responses import (
 from creep.api.services import Services, services
 from creep.api.tenancy import foreign_tenant_filter, list_scope, owning_tenant, read_scope
 from creep.domain.asset import (
+    REVOKING,
     AssetFilter,
+    AssetSnapshot,
     AssetSpec,
     AssetStatus,
+    check_asset_transition,
     name_items,
     validate_asset_changes,
     validate_asset_spec,
 )
 from creep.domain.audit import AuditAction, ResourceType
-from creep.domain.errors import NotFound, ValidationError, VersionConflict
+from creep.domain.errors import IllegalTransition, NotFound, ValidationError, VersionConflict
 from creep.domain.ids import is_uuid
 from creep.ports_assets_api import AssetPagesStore, lease_cursor, valid_lease_cursor
 
@@ -264,9 +267,10 @@ def patch_assets(
     store = store_of(svc)
     scope = read_scope(principal)
     before = [store.asset_get(asset_id, scope) for asset_id, _, _ in items]
-    for i, (asset, (_, expected, _)) in enumerate(zip(before, items, strict=True)):
+    for i, (asset, (_, expected, changes)) in enumerate(zip(before, items, strict=True)):
         if asset.version != expected:
             raise _version_conflict(i, asset.asset_id, expected, asset.version)
+        _check_status(i, asset, changes.get("status"))
     writes = [
         audit_write(request, principal, AuditAction.UPDATED, ResourceType.ASSET, a.asset_id,
                     old=asset_json(a), tenant_id=a.tenant_id)
@@ -282,6 +286,23 @@ def patch_assets(
         raise _version_conflict(ids.index(str(exc.key)), str(exc.key), exc.expected,
                                 exc.actual) from None
     return json_response({"items": [asset_json(a) for a in updated]})
+
+
+def _check_status(index: int, asset: AssetSnapshot, status: AssetStatus | None) -> None:
+    """A status change the asset as read cannot make, named by its item (the store checks
+    again under the row lock, but its errors do not say which of the items it was)."""
+    if status is None:
+        return
+    if (status is not asset.status and status not in REVOKING
+            and AssetStatus.IN_USE in (status, asset.status)):
+        raise ValidationError.single(
+            f"items[{index}].status", "IN_USE follows the asset's leases; it is not set by hand")
+    try:
+        check_asset_transition(asset.status, status)
+    except IllegalTransition as exc:
+        raise Problem(409, "Illegal transition", f"items[{index}]: asset {asset.asset_id}: "
+                      f"{exc.message}; nothing changed", type_="illegal-transition",
+                      asset_id=asset.asset_id) from None
 
 
 def _version_conflict(index: int, asset_id: str, expected: int, current: int | None) -> Problem:
