@@ -59,7 +59,13 @@ export async function renderDetail(main, ctx, taskId) {
   let lastStatus = null;
   let lastVersion = null;
   const refresh = async () => {
-    const t = await api(`/tasks/${id}`, { signal: ctx.signal });
+    let t;
+    try {
+      t = await api(`/tasks/${id}`, { signal: ctx.signal });
+    } catch (err) {
+      lastVersion = null; // its problem replaces the task: draw the task again once it answers
+      throw err;
+    }
     // Redraw only on a change, so a failed action's problem stays readable.
     if (t.task_version !== lastVersion) showTask(t);
     lastVersion = t.task_version;

@@ -1,0 +1,43 @@
+"""The dashboard's live refresh against failures in a real Chromium and a real `creep server`
+(SQLite): a page that met an API problem (a 5xx, the API unreachable) shows it and recovers
+by itself once the API answers again, and a failed action's problem stays readable."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.api.conftest import Server
+from tests.ui.conftest import create_task, sign_in
+
+pytestmark = pytest.mark.timeout(180)
+
+UNAVAILABLE = {"status": 503, "content_type": "application/problem+json",
+               "body": json.dumps({"title": "Service Unavailable",
+                                   "detail": "the database is restarting"})}
+
+
+def _fail(route: Any) -> None:
+    route.fulfill(**UNAVAILABLE)
+
+
+def test_task_page_recovers_after_a_failed_refresh(ui_server: Server, page: Any) -> None:
+    """A refresh of the task that fails (5xx) shows the problem; the next one that succeeds
+    shows the task again (it kept the problem: the task had not changed since it was last
+    drawn, so it was not redrawn)."""
+    _, key = ui_server.tenant()
+    with ui_server.client(key) as c:
+        tid = create_task(c, task_type="FLAKY_API")["task_id"]
+    page.clock.install()
+    sign_in(page, ui_server, key, f"tasks/{tid}")
+    expect(page.locator("h1 .badge")).to_have_text("QUEUED")
+    page.route(f"**/v1/tasks/{tid}", _fail)
+    page.clock.run_for(3100)
+    expect(page.locator("main .problem").first).to_contain_text("the database is restarting")
+    page.unroute(f"**/v1/tasks/{tid}")
+    page.clock.run_for(3100)
+    expect(page.locator("h1 .badge")).to_have_text("QUEUED")
+    expect(page.locator("main .problem")).to_have_count(0)
