@@ -41,3 +41,32 @@ def test_task_page_recovers_after_a_failed_refresh(ui_server: Server, page: Any)
     page.clock.run_for(3100)
     expect(page.locator("h1 .badge")).to_have_text("QUEUED")
     expect(page.locator("main .problem")).to_have_count(0)
+
+
+def test_a_page_that_failed_to_open_opens_once_the_api_answers(ui_server: Server,
+                                                               page: Any) -> None:
+    """A detail page whose first read fails (5xx), and the dashboard reloaded while
+    /v1/whoami fails, show the problem and open by themselves once the API answers (they
+    stayed on the problem until the user reloaded)."""
+    _, key = ui_server.tenant()
+    with ui_server.client(key) as c:
+        r = c.post("/v1/assets", json={"sku_category": "RAW_NET", "sku_code": "ip.flaky.1"})
+        assert r.status_code == 201, r.text
+        asset_id = r.json()["asset_id"]
+    page.clock.install()
+    sign_in(page, ui_server, key)
+    page.route(f"**/v1/assets/{asset_id}", _fail)
+    page.goto(f"{ui_server.url}/ui/#/assets/{asset_id}")
+    expect(page.locator("main .problem").first).to_contain_text("the database is restarting")
+    page.unroute(f"**/v1/assets/{asset_id}")
+    page.clock.run_for(3100)
+    expect(page.locator("main h1")).to_contain_text(asset_id)
+    expect(page.locator("main .problem")).to_have_count(0)
+
+    page.route("**/v1/whoami", _fail)
+    page.reload()
+    expect(page.locator("main .problem")).to_contain_text("the database is restarting")
+    page.unroute("**/v1/whoami")
+    page.clock.run_for(3100)
+    expect(page.locator("main h1")).to_contain_text(asset_id)
+    expect(page.locator("#sign-out")).to_be_visible()

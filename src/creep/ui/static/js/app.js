@@ -30,6 +30,7 @@ const SECTIONS = [
 ];
 
 let me = null;
+const RETRY_MS = 3000;
 let current = null; // {controller, timers}
 
 function parseHash() {
@@ -48,6 +49,21 @@ function stopPage() {
 
 function isAuthFailure(err) {
   return err instanceof ApiError && err.status === 401;
+}
+
+/** A failure that may pass by itself: the API unreachable, a 5xx or a 429. */
+function isTransient(err) {
+  return err instanceof ApiError && (err.status === 0 || err.status >= 500 || err.status === 429);
+}
+
+/** Show a page that could not open as its problem and, if the problem may pass, open it
+ * again in a while (until the user navigates elsewhere). */
+function showOpenFailure(err) {
+  replace(main, problemBox(err));
+  if (!isTransient(err)) return;
+  const state = current || { controller: new AbortController(), timers: [] };
+  current = state;
+  state.timers.push(setTimeout(() => { if (current === state) route(); }, RETRY_MS));
 }
 
 /** The page's context: `path` is the route it was reached by ("tasks", or "batches/<id>" on
@@ -97,7 +113,7 @@ async function route() {
       me = await api("/whoami");
     } catch (err) {
       if (isAuthFailure(err)) { signOut(err); return; }
-      replace(main, problemBox(err));
+      showOpenFailure(err);
       return;
     }
   }
@@ -117,9 +133,9 @@ async function route() {
   try {
     await (id ? page.renderDetail(main, ctx, id) : page.render(main, ctx));
   } catch (err) {
-    if (err.name === "AbortError") return;
+    if (err.name === "AbortError" || !ctx.alive()) return;
     if (isAuthFailure(err)) { signOut(err); return; }
-    replace(main, problemBox(err));
+    showOpenFailure(err);
   }
 }
 
