@@ -70,3 +70,29 @@ def test_a_page_that_failed_to_open_opens_once_the_api_answers(ui_server: Server
     page.clock.run_for(3100)
     expect(page.locator("main h1")).to_contain_text(asset_id)
     expect(page.locator("#sign-out")).to_be_visible()
+
+
+def test_a_failed_actions_problem_outlives_the_next_refresh(ui_server: Server,
+                                                            page: Any) -> None:
+    """Disable on a schedule changed since the page drew it answers 412; the problem stays on
+    the page after the next refresh (which redrew the page without it within 5 s)."""
+    _, key = ui_server.tenant()
+    with ui_server.client(key) as c:
+        r = c.post("/v1/schedules", json={"name": "stale-page", "type": "REPORT",
+                                          "cron_expr": "30 2 * * *"})
+        assert r.status_code == 201, r.text
+        uid = r.json()["uid"]
+        page.clock.install()
+        sign_in(page, ui_server, key, f"schedules/{uid}")
+        expect(page.locator("h1 .badge")).to_have_text("enabled")
+        r = c.patch(f"/v1/schedules/{uid}", json={"description": "changed elsewhere"},
+                    headers={"If-Match": c.get(f"/v1/schedules/{uid}").headers["ETag"]})
+        assert r.status_code == 200, r.text
+    page.click("button:text('Disable')")
+    problem = page.locator("main .problem")
+    expect(problem).to_contain_text("is at version 2, not 1")
+    with page.expect_response(f"**/v1/schedules/{uid}"):
+        page.clock.run_for(5100)
+    expect(page.locator("dd:text('changed elsewhere')")).to_be_visible()
+    expect(problem).to_contain_text("is at version 2, not 1")
+    expect(page.locator("h1 .badge")).to_have_text("enabled")

@@ -82,9 +82,16 @@ export function pick(params, names) {
   return out;
 }
 
-/** A button that runs `action` (a promise), shows its problem if it fails, then `done()`. */
-export function actionButton(label, action, done, { danger = false, confirmText } = {}) {
-  const msg = h("span", { class: "action-msg" });
+/** Where the action buttons of a page show their problems: placed outside the part of the
+ * page a refresh redraws, so a failed action's problem stays until the next action. */
+export function actionNotes() {
+  return h("div", { class: "action-notes" });
+}
+
+/** A button that runs `action` (a promise), shows its problem if it fails (in `notes`, an
+ * actionNotes(), or else beside the button), then `done()`. */
+export function actionButton(label, action, done, { danger = false, confirmText, notes } = {}) {
+  const msg = notes || h("span", { class: "action-msg" });
   const btn = h("button", { type: "button", class: danger ? "danger" : "primary",
     onclick: async () => {
       if (confirmText && !window.confirm(confirmText)) return;
@@ -99,5 +106,5 @@ export function actionButton(label, action, done, { danger = false, confirmText 
         btn.disabled = false;
       }
     } }, label);
-  return h("span", { class: "action" }, btn, msg);
+  return h("span", { class: "action" }, btn, notes ? null : msg);
 }

@@ -2,7 +2,7 @@
 // Ban / Unban.
 import { api } from "../api.js";
 import { badge, fields, h, json, replace, section, time } from "../dom.js";
-import { actionButton, filterForm, pagedList, pick } from "../ui.js";
+import { actionButton, actionNotes, filterForm, pagedList, pick } from "../ui.js";
 import { assetLink, LEASE_COLUMNS, taskLink, tenantFilter } from "./common.js";
 
 const STATUSES = ["NEW", "READY", "IN_USE", "COOLING", "BANNED", "SOLD", "ARCHIVED"];
@@ -33,6 +33,7 @@ export async function render(main, ctx) {
 export async function renderDetail(main, ctx, assetId) {
   const id = encodeURIComponent(assetId);
   const head = h("div");
+  const notes = actionNotes();
   const load = async () => {
     const a = await api(`/assets/${id}`, { signal: ctx.signal });
     const canWrite = !ctx.me.read_only;
@@ -41,9 +42,9 @@ export async function renderDetail(main, ctx, assetId) {
       h("div", { class: "actions" },
         canWrite && !["BANNED", "SOLD", "ARCHIVED"].includes(a.status)
           ? actionButton("Ban", () => api(`/assets/${id}/ban`, { method: "POST", body: { reason: "banned from the dashboard" } }),
-            load, { danger: true, confirmText: "Ban this asset? Its active leases are revoked." }) : null,
+            load, { danger: true, notes, confirmText: "Ban this asset? Its active leases are revoked." }) : null,
         canWrite && a.status === "BANNED"
-          ? actionButton("Unban", () => api(`/assets/${id}/unban`, { method: "POST", body: {} }), load) : null),
+          ? actionButton("Unban", () => api(`/assets/${id}/unban`, { method: "POST", body: {} }), load, { notes }) : null),
       h("div", { class: "card" }, fields([
         ["SKU", `${a.sku_category} / ${a.sku_code}`], ["Tenant", a.tenant_id],
         ["Project", a.project_id], ["Env", a.env],
@@ -54,7 +55,7 @@ export async function renderDetail(main, ctx, assetId) {
         ["Created", time(a.created_at)], ["Updated", time(a.updated_at)],
       ]), h("h3", null, "Attributes"), json(a.attributes)));
   };
-  replace(main, head);
+  replace(main, head, notes);
   await load();
   ctx.every(load, 5000, head);
   // The newest first, each list paged with a cursor of its own.

@@ -1,7 +1,7 @@
 // Batches: the list and one batch (counts, progress, its tasks; Cancel).
 import { api } from "../api.js";
 import { badge, fields, h, json, progress, replace, section, time } from "../dom.js";
-import { actionButton, pagedList } from "../ui.js";
+import { actionButton, actionNotes, pagedList } from "../ui.js";
 import { batchLink, TASK_COLUMNS } from "./common.js";
 
 const counts = (b) => `${b.completed_count} done · ${b.failed_count} failed · ${b.cancelled_count} cancelled · ${b.running_count} running / ${b.total_count}`;
@@ -24,13 +24,14 @@ export async function render(main, ctx) {
 export async function renderDetail(main, ctx, batchId) {
   const id = encodeURIComponent(batchId);
   const head = h("div");
+  const notes = actionNotes();
   const load = async () => {
     const b = await api(`/batches/${id}`, { signal: ctx.signal });
     replace(head,
       h("h1", null, "Batch ", h("code", null, b.batch_id), " ", badge(b.status)),
       h("div", { class: "actions" }, !ctx.me.read_only && !["completed", "cancelled"].includes(b.status)
         ? actionButton("Cancel batch", () => api(`/batches/${id}/cancel`, { method: "POST" }), load,
-          { danger: true, confirmText: "Cancel every open task of this batch?" }) : null),
+          { danger: true, notes, confirmText: "Cancel every open task of this batch?" }) : null),
       h("div", { class: "card" }, progress(b.progress), fields([
         ["Title", b.title], ["Tenant", b.tenant_id], ["Tasks", counts(b)],
         ["Created", time(b.created_at)], ["Updated", time(b.updated_at)],
@@ -40,7 +41,7 @@ export async function renderDetail(main, ctx, batchId) {
   // The batch's tasks are its tenant's: another tenant's task may name the same batch_id
   // (a free field), and an admin key lists every tenant's.
   const b = await api(`/batches/${id}`, { signal: ctx.signal });
-  replace(main, head, section("Tasks", pagedList(ctx, {
+  replace(main, head, notes, section("Tasks", pagedList(ctx, {
     path: "/tasks", query: { batch_id: batchId, tenant_id: b.tenant_id }, columns: TASK_COLUMNS,
     empty: "No tasks.",
   })));

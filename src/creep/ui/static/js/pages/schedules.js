@@ -1,7 +1,7 @@
 // Schedules: the list; one schedule with its executions; Trigger / Enable / Disable.
 import { api } from "../api.js";
 import { badge, fields, h, json, link, replace, section, time } from "../dom.js";
-import { actionButton, filterForm, pagedList, pick } from "../ui.js";
+import { actionButton, actionNotes, filterForm, pagedList, pick } from "../ui.js";
 import { taskLink, tenantFilter } from "./common.js";
 
 const scheduleLink = (s) => link(`#/schedules/${encodeURIComponent(s.uid)}`, s.name);
@@ -33,6 +33,7 @@ export async function render(main, ctx) {
 export async function renderDetail(main, ctx, uid) {
   const id = encodeURIComponent(uid);
   const head = h("div");
+  const notes = actionNotes();
   const load = async () => {
     const s = await api(`/schedules/${id}`, { signal: ctx.signal });
     const canWrite = !ctx.me.read_only;
@@ -43,9 +44,9 @@ export async function renderDetail(main, ctx, uid) {
       h("h1", null, "Schedule ", h("code", null, s.name), " ",
         badge(s.enabled ? "enabled" : "disabled")),
       h("div", { class: "actions" }, canWrite ? [
-        actionButton("Trigger now", () => api(`/schedules/${id}/trigger`, { method: "POST" }), load),
-        s.enabled ? actionButton("Disable", () => setEnabled(false), load, { danger: true })
-          : actionButton("Enable", () => setEnabled(true), load),
+        actionButton("Trigger now", () => api(`/schedules/${id}/trigger`, { method: "POST" }), load, { notes }),
+        s.enabled ? actionButton("Disable", () => setEnabled(false), load, { danger: true, notes })
+          : actionButton("Enable", () => setEnabled(true), load, { notes }),
       ] : null),
       h("div", { class: "card" }, fields([
         ["Type", s.type], ["Tenant", s.tenant_id], ["When", when(s)],
@@ -57,7 +58,7 @@ export async function renderDetail(main, ctx, uid) {
         ["Last failure", s.last_failure_error], ["Version", String(s.version)],
       ]), h("h3", null, "Task data"), json(s.data)));
   };
-  replace(main, head, section("Executions", pagedList(ctx, {
+  replace(main, head, notes, section("Executions", pagedList(ctx, {
     path: `/schedules/${id}/executions`, empty: "No executions yet.",
     columns: [
       { label: "Scheduled", get: (e) => time(e.scheduled_at) },

@@ -2,7 +2,7 @@
 // artifacts; Cancel and Retry.
 import { api, stream } from "../api.js";
 import { badge, fields, h, json, progress, replace, section, table, time } from "../dom.js";
-import { actionButton, pagedList, problemBox } from "../ui.js";
+import { actionButton, actionNotes, pagedList, problemBox } from "../ui.js";
 import { batchLink, LEASE_COLUMNS, LEDGER_COLUMNS, tags } from "./common.js";
 
 const CANCELLABLE = ["PENDING", "QUEUED", "RUNNING"];
@@ -11,12 +11,13 @@ const RETRYABLE = ["DEAD_LETTER", "FAILED", "TIMEOUT", "CANCELLED"];
 export async function renderDetail(main, ctx, taskId) {
   const id = encodeURIComponent(taskId);
   const head = h("div");
+  const notes = actionNotes();
   const events = h("ol", { class: "timeline", id: "events" });
   const eventsState = h("p", { class: "muted", id: "events-state" }, "Connecting…");
   const leases = h("div");
   const ledger = h("div");
   const artifacts = h("div");
-  replace(main, head,
+  replace(main, head, notes,
     section("Events", eventsState, events),
     section("Leases", leases), section("Ledger entries", ledger), section("Artifacts", artifacts));
 
@@ -27,9 +28,9 @@ export async function renderDetail(main, ctx, taskId) {
       h("div", { class: "actions" },
         canWrite && CANCELLABLE.includes(t.status) && !t.cancel_requested
           ? actionButton("Cancel", () => api(`/tasks/${id}/cancel`, { method: "POST", body: {} }),
-            refresh, { danger: true, confirmText: "Cancel this task?" }) : null,
+            refresh, { danger: true, notes, confirmText: "Cancel this task?" }) : null,
         canWrite && RETRYABLE.includes(t.status)
-          ? actionButton("Retry", () => api(`/tasks/${id}/retry`, { method: "POST" }), refresh) : null,
+          ? actionButton("Retry", () => api(`/tasks/${id}/retry`, { method: "POST" }), refresh, { notes }) : null,
         t.cancel_requested && t.status === "RUNNING" ? h("span", { class: "muted" }, "cancel requested") : null),
       h("div", { class: "card" },
         progress(t.progress, t.progress_message),
@@ -66,7 +67,7 @@ export async function renderDetail(main, ctx, taskId) {
       lastVersion = null; // its problem replaces the task: draw the task again once it answers
       throw err;
     }
-    // Redraw only on a change, so a failed action's problem stays readable.
+    // Redraw only on a change (a redraw loses a text selection).
     if (t.task_version !== lastVersion) showTask(t);
     lastVersion = t.task_version;
     // A retried task has events again: follow them once more.
