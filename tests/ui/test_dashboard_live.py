@@ -5,7 +5,9 @@ by itself once the API answers again, and a failed action's problem stays readab
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.sync_api import expect
@@ -96,3 +98,23 @@ def test_a_failed_actions_problem_outlives_the_next_refresh(ui_server: Server,
     expect(page.locator("dd:text('changed elsewhere')")).to_be_visible()
     expect(problem).to_contain_text("is at version 2, not 1")
     expect(page.locator("h1 .badge")).to_have_text("enabled")
+
+
+def test_times_state_their_time_zone(ui_server: Server, browser: Any) -> None:
+    """A browser in Tokyo shows a task's times in Tokyo time and says so (they were local
+    times with no zone: "11/25/2026, 4:31:02 PM" read as UTC by an operator comparing logs)."""
+    _, key = ui_server.tenant()
+    with ui_server.client(key) as c:
+        task = create_task(c, task_type="ZONED")
+    created = datetime.fromisoformat(task["created_at"]).astimezone(ZoneInfo("Asia/Tokyo"))
+    context = browser.new_context(timezone_id="Asia/Tokyo", locale="en-US")
+    try:
+        page = context.new_page()
+        sign_in(page, ui_server, key, f"tasks/{task['task_id']}")
+        shown = page.locator("dt:text-is('Created') + dd time")
+        expect(shown).to_contain_text("GMT+9")
+        expect(shown).to_contain_text(f"{created:%M:%S}")
+        expect(shown).to_contain_text(f"{created.day}, {created.year}")
+        expect(page.locator(".refresh").first).to_contain_text("GMT+9")
+    finally:
+        context.close()

@@ -34,11 +34,21 @@ export function replace(el, ...children) {
   append(el, children);
 }
 
+// The browser's time zone, named on every time shown (the API's times are UTC instants).
+const DATE_TIME = { year: "numeric", month: "short", day: "numeric", hour: "2-digit",
+  minute: "2-digit", second: "2-digit", timeZoneName: "short" };
+
+/** An instant as the browser's local time with its zone named; its ISO form in the title. */
 export function time(iso) {
   if (!iso) return "";
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return String(iso);
-  return h("time", { datetime: iso, title: iso }, d.toLocaleString());
+  return h("time", { datetime: iso, title: iso }, d.toLocaleString(undefined, DATE_TIME));
+}
+
+/** Now as a local time of day with its zone named ("updated …"). */
+export function clockTime(d = new Date()) {
+  return d.toLocaleTimeString(undefined, { timeZoneName: "short" });
 }
 
 export function badge(status) {

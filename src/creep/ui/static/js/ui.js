@@ -1,6 +1,6 @@
 // Widgets shared by the pages: problem boxes, filter forms, paged live lists, action buttons.
 import { api, ApiError } from "./api.js";
-import { h, replace, table } from "./dom.js";
+import { clockTime, h, replace, table } from "./dom.js";
 
 /** A problem (RFC 7807) shown as its title and detail, with any field errors. */
 export function problemBox(err) {
@@ -63,7 +63,7 @@ export function pagedList(ctx, { path, query = {}, columns, empty, limit = 50, l
         "Next page ⟶"));
     }
     replace(footer, links);
-    replace(status, `updated ${new Date().toLocaleTimeString()}`);
+    replace(status, `updated ${clockTime()}`);
   };
   ctx.every(load, live ? 3000 : 0, body);
   return h("div", { class: "list" }, body, footer, status);
