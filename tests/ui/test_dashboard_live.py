@@ -5,6 +5,7 @@ by itself once the API answers again, and a failed action's problem stays readab
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -118,3 +119,39 @@ def test_times_state_their_time_zone(ui_server: Server, browser: Any) -> None:
         expect(page.locator(".refresh").first).to_contain_text("GMT+9")
     finally:
         context.close()
+
+
+def test_a_late_refresh_does_not_undo_an_action(ui_server: Server, page: Any) -> None:
+    """A refresh of an asset sent before Ban whose answer arrives after the page drew the
+    banned asset is dropped (it drew the asset READY again, with its Ban button, until the
+    next refresh 5 s later)."""
+    _, key = ui_server.tenant()
+    with ui_server.client(key) as c:
+        r = c.post("/v1/assets", json={"sku_category": "RAW_NET", "sku_code": "ip.racy.1"})
+        assert r.status_code == 201, r.text
+        asset_id = r.json()["asset_id"]
+    page.clock.install()
+    sign_in(page, ui_server, key, f"assets/{asset_id}")
+    expect(page.locator("h1 .badge")).to_have_text("READY")
+    page.clock.pause_at(time.time() + 1)  # the page's timers run only when the test says
+    held: list[tuple[Any, Any]] = []
+
+    def hold_the_first(route: Any) -> None:
+        if held:
+            route.fallback()
+        else:
+            held.append((route, route.fetch()))  # the asset as it is now: READY
+
+    page.route(f"**/v1/assets/{asset_id}", hold_the_first)
+    with page.expect_request(f"**/v1/assets/{asset_id}"):
+        page.clock.run_for(5100)  # the timer's refresh: held
+    page.click("button:text('Ban')")
+    expect(page.locator("h1 .badge")).to_have_text("BANNED")
+    route, stale = held[0]
+    with page.expect_response(f"**/v1/assets/{asset_id}") as answered:
+        route.fulfill(response=stale)
+    answered.value.finished()
+    page.wait_for_timeout(300)  # (real time) for the page to read and draw the answer
+    # A stale draw would stay: the page's next refresh waits for the test's clock.
+    expect(page.locator("h1 .badge")).to_have_text("BANNED")
+    expect(page.locator("button:text('Unban')")).to_have_count(1)

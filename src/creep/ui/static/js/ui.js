@@ -2,6 +2,22 @@
 import { api, ApiError } from "./api.js";
 import { clockTime, h, replace, table } from "./dom.js";
 
+/** Reads that may overlap (a page's timed refresh and the one after an action) drawn in the
+ * order they were sent: `const fresh = latest(); … const mine = fresh(); await …; if
+ * (!mine()) return;` drops an answer when a read sent after it was drawn already. */
+export function latest() {
+  let sent = 0;
+  let drawn = 0;
+  return () => {
+    const n = ++sent;
+    return () => {
+      if (n < drawn) return false;
+      drawn = n;
+      return true;
+    };
+  };
+}
+
 /** A problem (RFC 7807) shown as its title and detail, with any field errors. */
 export function problemBox(err) {
   if (!(err instanceof ApiError)) {

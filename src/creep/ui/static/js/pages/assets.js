@@ -2,7 +2,7 @@
 // Ban / Unban.
 import { api } from "../api.js";
 import { badge, fields, h, json, replace, section, time } from "../dom.js";
-import { actionButton, actionNotes, filterForm, pagedList, pick } from "../ui.js";
+import { actionButton, actionNotes, filterForm, latest, pagedList, pick } from "../ui.js";
 import { assetLink, LEASE_COLUMNS, taskLink, tenantFilter } from "./common.js";
 
 const STATUSES = ["NEW", "READY", "IN_USE", "COOLING", "BANNED", "SOLD", "ARCHIVED"];
@@ -34,8 +34,11 @@ export async function renderDetail(main, ctx, assetId) {
   const id = encodeURIComponent(assetId);
   const head = h("div");
   const notes = actionNotes();
+  const fresh = latest();
   const load = async () => {
+    const mine = fresh();
     const a = await api(`/assets/${id}`, { signal: ctx.signal });
+    if (!mine()) return;
     const canWrite = !ctx.me.read_only;
     replace(head,
       h("h1", null, "Asset ", h("code", null, a.asset_id), " ", badge(a.status)),

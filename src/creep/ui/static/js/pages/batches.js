@@ -1,7 +1,7 @@
 // Batches: the list and one batch (counts, progress, its tasks; Cancel).
 import { api } from "../api.js";
 import { badge, fields, h, json, progress, replace, section, time } from "../dom.js";
-import { actionButton, actionNotes, pagedList } from "../ui.js";
+import { actionButton, actionNotes, latest, pagedList } from "../ui.js";
 import { batchLink, TASK_COLUMNS } from "./common.js";
 
 const counts = (b) => `${b.completed_count} done · ${b.failed_count} failed · ${b.cancelled_count} cancelled · ${b.running_count} running / ${b.total_count}`;
@@ -25,8 +25,11 @@ export async function renderDetail(main, ctx, batchId) {
   const id = encodeURIComponent(batchId);
   const head = h("div");
   const notes = actionNotes();
+  const fresh = latest();
   const load = async () => {
+    const mine = fresh();
     const b = await api(`/batches/${id}`, { signal: ctx.signal });
+    if (!mine()) return;
     replace(head,
       h("h1", null, "Batch ", h("code", null, b.batch_id), " ", badge(b.status)),
       h("div", { class: "actions" }, !ctx.me.read_only && !["completed", "cancelled"].includes(b.status)

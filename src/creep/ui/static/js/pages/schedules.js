@@ -1,7 +1,7 @@
 // Schedules: the list; one schedule with its executions; Trigger / Enable / Disable.
 import { api } from "../api.js";
 import { badge, fields, h, json, link, replace, section, time } from "../dom.js";
-import { actionButton, actionNotes, filterForm, pagedList, pick } from "../ui.js";
+import { actionButton, actionNotes, filterForm, latest, pagedList, pick } from "../ui.js";
 import { taskLink, tenantFilter } from "./common.js";
 
 const scheduleLink = (s) => link(`#/schedules/${encodeURIComponent(s.uid)}`, s.name);
@@ -34,8 +34,11 @@ export async function renderDetail(main, ctx, uid) {
   const id = encodeURIComponent(uid);
   const head = h("div");
   const notes = actionNotes();
+  const fresh = latest();
   const load = async () => {
+    const mine = fresh();
     const s = await api(`/schedules/${id}`, { signal: ctx.signal });
+    if (!mine()) return;
     const canWrite = !ctx.me.read_only;
     // PATCH needs the version it changes (If-Match): a stale page gets a 412 problem.
     const setEnabled = (enabled) => api(`/schedules/${id}`, {

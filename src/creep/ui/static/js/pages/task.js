@@ -2,7 +2,7 @@
 // artifacts; Cancel and Retry.
 import { api, stream } from "../api.js";
 import { badge, fields, h, json, progress, replace, section, table, time } from "../dom.js";
-import { actionButton, actionNotes, pagedList, problemBox } from "../ui.js";
+import { actionButton, actionNotes, latest, pagedList, problemBox } from "../ui.js";
 import { batchLink, LEASE_COLUMNS, LEDGER_COLUMNS, tags } from "./common.js";
 
 const CANCELLABLE = ["PENDING", "QUEUED", "RUNNING"];
@@ -59,7 +59,9 @@ export async function renderDetail(main, ctx, taskId) {
   };
   let lastStatus = null;
   let lastVersion = null;
+  const fresh = latest();
   const refresh = async () => {
+    const mine = fresh();
     let t;
     try {
       t = await api(`/tasks/${id}`, { signal: ctx.signal });
@@ -67,6 +69,7 @@ export async function renderDetail(main, ctx, taskId) {
       lastVersion = null; // its problem replaces the task: draw the task again once it answers
       throw err;
     }
+    if (!mine()) return; // an answer older than the one drawn
     // Redraw only on a change (a redraw loses a text selection).
     if (t.task_version !== lastVersion) showTask(t);
     lastVersion = t.task_version;
