@@ -155,3 +155,25 @@ def test_a_late_refresh_does_not_undo_an_action(ui_server: Server, page: Any) ->
     # A stale draw would stay: the page's next refresh waits for the test's clock.
     expect(page.locator("h1 .badge")).to_have_text("BANNED")
     expect(page.locator("button:text('Unban')")).to_have_count(1)
+
+
+def test_durations_read_in_units_that_fit(ui_server: Server, page: Any) -> None:
+    """A task's timeout reads "5 min" and "1 h 30 min", not "300000 ms" (the exact
+    milliseconds stay in the tooltip); an asset's cooldown "2 min", not "120 s"."""
+    _, key = ui_server.tenant()
+    with ui_server.client(key) as c:
+        short = create_task(c, task_type="TIMED")["task_id"]
+        long = create_task(c, task_type="TIMED", timeout_ms=5_400_250)["task_id"]
+        r = c.post("/v1/assets", json={"sku_category": "RAW_NET", "sku_code": "ip.cool.1",
+                                       "cooldown_seconds": 120})
+        assert r.status_code == 201, r.text
+        asset_id = r.json()["asset_id"]
+    sign_in(page, ui_server, key, f"tasks/{short}")
+    timeout = page.locator("dt:text-is('Timeout') + dd")
+    expect(timeout).to_have_text("5 min")
+    expect(timeout.locator("span")).to_have_attribute("title", "300000 ms")
+    page.goto(f"{ui_server.url}/ui/#/tasks/{long}")
+    expect(page.locator("main h1")).to_contain_text(long)
+    expect(timeout).to_have_text("1 h 30 min")
+    page.goto(f"{ui_server.url}/ui/#/assets/{asset_id}")
+    expect(page.locator("dt:text-is('Cooldown') + dd")).to_have_text("2 min")

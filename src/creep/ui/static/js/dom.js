@@ -51,6 +51,29 @@ export function clockTime(d = new Date()) {
   return d.toLocaleTimeString(undefined, { timeZoneName: "short" });
 }
 
+/** A duration in the units that fit it ("850 ms", "12.5 s", "5 min", "1 h 30 min", "2 d 3 h");
+ * the exact milliseconds in the title. */
+export function duration(ms) {
+  if (ms === null || ms === undefined || !Number.isFinite(Number(ms))) return "";
+  const n = Number(ms);
+  const units = [["d", 86_400_000], ["h", 3_600_000], ["min", 60_000], ["s", 1000]];
+  let text;
+  if (Math.abs(n) < 1000) {
+    text = `${n} ms`;
+  } else if (Math.abs(n) < 60_000) {
+    text = `${Number((n / 1000).toFixed(1))} s`;
+  } else {
+    // The two largest units, the smaller left out when it is 0: "5 min", "1 h 30 min".
+    const i = units.findIndex(([, size]) => Math.abs(n) >= size);
+    const [bigName, bigSize] = units[i];
+    const [smallName, smallSize] = units[i + 1];
+    const big = Math.trunc(n / bigSize);
+    const small = Math.trunc((n - big * bigSize) / smallSize);
+    text = small ? `${big} ${bigName} ${small} ${smallName}` : `${big} ${bigName}`;
+  }
+  return h("span", { title: `${n} ms` }, text);
+}
+
 export function badge(status) {
   if (status === null || status === undefined) return "";
   const cls = String(status).toLowerCase().replace(/[^a-z_]/g, "");

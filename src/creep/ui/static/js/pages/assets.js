@@ -1,7 +1,7 @@
 // Assets: filters and status; one asset with its events and leases (newest first, paged);
 // Ban / Unban.
 import { api } from "../api.js";
-import { badge, fields, h, json, replace, section, time } from "../dom.js";
+import { badge, duration, fields, h, json, replace, section, time } from "../dom.js";
 import { actionButton, actionNotes, filterForm, latest, pagedList, pick } from "../ui.js";
 import { assetLink, LEASE_COLUMNS, taskLink, tenantFilter } from "./common.js";
 
@@ -52,7 +52,7 @@ export async function renderDetail(main, ctx, assetId) {
         ["SKU", `${a.sku_category} / ${a.sku_code}`], ["Tenant", a.tenant_id],
         ["Project", a.project_id], ["Env", a.env],
         ["In use", `${a.current_concurrency} / ${a.max_concurrency}`],
-        ["Health", String(a.health_score)], ["Cooldown", `${a.cooldown_seconds} s`],
+        ["Health", String(a.health_score)], ["Cooldown", duration(a.cooldown_seconds * 1000)],
         ["Cooling until", time(a.cooldown_until)],
         ["Cost per lease", `${a.cost_per_lease} ${a.currency}`], ["Version", String(a.version)],
         ["Created", time(a.created_at)], ["Updated", time(a.updated_at)],

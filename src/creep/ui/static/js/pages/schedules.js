@@ -1,6 +1,6 @@
 // Schedules: the list; one schedule with its executions; Trigger / Enable / Disable.
 import { api } from "../api.js";
-import { badge, fields, h, json, link, replace, section, time } from "../dom.js";
+import { badge, duration, fields, h, json, link, replace, section, time } from "../dom.js";
 import { actionButton, actionNotes, filterForm, latest, pagedList, pick } from "../ui.js";
 import { taskLink, tenantFilter } from "./common.js";
 
@@ -69,7 +69,7 @@ export async function renderDetail(main, ctx, uid) {
       { label: "Trigger", get: (e) => e.trigger_type },
       { label: "Task", get: (e) => taskLink(e.task_id) },
       { label: "Started", get: (e) => time(e.started_at) },
-      { label: "Duration", get: (e) => (e.duration_ms === null ? "" : `${e.duration_ms} ms`) },
+      { label: "Duration", get: (e) => duration(e.duration_ms) },
       { label: "Error", get: (e) => e.error_message || "" },
     ],
   })));

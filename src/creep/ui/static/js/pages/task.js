@@ -1,7 +1,7 @@
 // One task: its fields, progress, live events timeline (SSE), leases, ledger entries and
 // artifacts; Cancel and Retry.
 import { api, stream } from "../api.js";
-import { badge, fields, h, json, progress, replace, section, table, time } from "../dom.js";
+import { badge, duration, fields, h, json, progress, replace, section, table, time } from "../dom.js";
 import { actionButton, actionNotes, latest, pagedList, problemBox } from "../ui.js";
 import { batchLink, LEASE_COLUMNS, LEDGER_COLUMNS, tags } from "./common.js";
 
@@ -45,7 +45,7 @@ export async function renderDetail(main, ctx, taskId) {
           ["Started", time(t.started_at)], ["Finished", time(t.finished_at)],
           ["Run after", time(t.run_after)], ["Claimed by", t.claimed_by],
           ["Result code", t.result_code], ["Result message", t.result_message],
-          ["Last error", t.last_error], ["Timeout", `${t.timeout_ms} ms`],
+          ["Last error", t.last_error], ["Timeout", duration(t.timeout_ms)],
         ]),
         h("div", { class: "payloads" },
           h("div", null, h("h3", null, "Input"), json(t.input_payload)),
