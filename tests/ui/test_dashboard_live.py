@@ -177,3 +177,45 @@ def test_durations_read_in_units_that_fit(ui_server: Server, page: Any) -> None:
     expect(timeout).to_have_text("1 h 30 min")
     page.goto(f"{ui_server.url}/ui/#/assets/{asset_id}")
     expect(page.locator("dt:text-is('Cooldown') + dd")).to_have_text("2 min")
+
+
+def test_markup_in_assets_events_schedules_ledger_and_batches_is_text(ui_server: Server,
+                                                                       page: Any) -> None:
+    """The pages not covered by the task pages' check: an asset's attributes, its events'
+    messages, a schedule's name and data, a ledger description and a batch's title show
+    markup as text and run none of it."""
+    img = '<img src=x onerror="window.__xss=1">'
+    _, key = ui_server.tenant()
+    with ui_server.client(key) as c:
+        r = c.post("/v1/assets", json={"sku_category": "RAW_NET", "sku_code": "ip.xss.1",
+                                       "attributes": {img: img}})
+        assert r.status_code == 201, r.text
+        asset_id = r.json()["asset_id"]
+        r = c.post("/v1/events", json={"asset_id": asset_id, "event_type": "probe.ok",
+                                       "message": img})
+        assert r.status_code == 201, r.text
+        r = c.post("/v1/schedules", json={"name": img, "type": "XSS", "cron_expr": "0 1 * * *",
+                                          "data": {"k": img}})
+        assert r.status_code == 201, r.text
+        r = c.post("/v1/ledger", json={"entry_type": "REVENUE", "amount": "1.00",
+                                       "currency": "EUR", "description": img})
+        assert r.status_code == 201, r.text
+        r = c.post("/v1/batches", json={"title": img, "tasks": [{"task_type": "XSS"}]})
+        assert r.status_code == 201, r.text
+        batch_id = r.json()["batch_id"]
+
+    sign_in(page, ui_server, key, f"assets/{asset_id}")
+    expect(page.locator("pre.json")).to_contain_text('"<img src=x onerror=\\"window.__xss=1\\">"')
+    expect(page.locator(f"td:text-is('{img}')")).to_have_count(1)  # the event's message
+    page.goto(f"{ui_server.url}/ui/#/schedules")
+    page.click(f"a:text-is('{img}')")
+    expect(page.locator("main h1 code")).to_have_text(img)
+    expect(page.locator("pre.json")).to_contain_text("<img src=x")
+    page.goto(f"{ui_server.url}/ui/#/ledger")
+    expect(page.locator(f"td:text-is('{img}')")).to_have_count(1)
+    page.goto(f"{ui_server.url}/ui/#/batches")
+    expect(page.locator(f"td:text-is('{img}')")).to_have_count(1)
+    page.goto(f"{ui_server.url}/ui/#/batches/{batch_id}")
+    expect(page.locator(f"dd:text-is('{img}')")).to_have_count(1)
+    assert page.query_selector("main img") is None
+    assert page.evaluate("window.__xss") is None
