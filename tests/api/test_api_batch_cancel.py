@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.api.conftest import Server
 
@@ -172,3 +173,63 @@ def test_batch_cancel_racing_claims(server: Server) -> None:
                 else:
                     assert t["status"] == "CANCELLED", t
             assert len(claimed) >= 5
+
+
+def test_batch_cancel_racing_a_failing_dependency_never_deadlocks(server: Server) -> None:
+    """A batch's task b depends on a (outside the batch), and c (outside too) on a and b.
+    The batch is cancelled while a's run fails: the cancel cascades from b to c while the
+    failure cascades to b and c. They used to lock b and c in different orders and
+    PostgreSQL aborted one ("deadlock detected"): a 5xx for the cancel, or the worker's
+    result refused."""
+    if not server.database_url.startswith("postgres"):
+        pytest.skip("SQLite writes one transaction at a time: nothing to deadlock")
+    import psycopg
+
+    from tests.conformance.test_graph_races import waiting_on
+    from tests.conftest import wait_until
+
+    _, key = server.tenant()
+    kind = f"BD-{uuid.uuid4().hex[:8]}"
+    with server.client(key) as c, server.client(key) as worker:
+        a = c.post("/v1/tasks", json={"task_type": kind}).json()["task_id"]
+        batch = _batch(c, [{"ref": "b", "task_type": "NEXT", "depends_on": [a]}])
+        b = batch["tasks"][0]["task_id"]
+        c_id = "00000000-0000-4000-8000-" + uuid.uuid4().hex[:12]  # below b
+        r = c.post("/v1/tasks", json={"task_id": c_id, "task_type": "NEXT",
+                                      "depends_on": [a, b]})
+        assert r.status_code == 201, r.text
+        # b's row stored after c's: a table scan meets c first, as the task_id order does.
+        r = c.patch(f"/v1/tasks/{b}", json={"priority": 51}, headers={"If-Match": '"1"'})
+        assert r.status_code == 200, r.text
+        (claimed,) = _claim(worker, kind)
+        holder = psycopg.connect(server.database_url)
+        watcher = psycopg.connect(server.database_url, autocommit=True)
+        answers: list[int] = []
+        try:
+            holder.execute("SELECT 1 FROM tasks WHERE task_id = %s FOR UPDATE", (b,))
+            pid = holder.info.backend_pid
+
+            def cancel() -> None:
+                answers.append(c.post(f"/v1/batches/{batch['batch_id']}/cancel").status_code)
+
+            def fail() -> None:
+                answers.append(worker.post(f"/v1/tasks/{a}/fail", json={
+                    "claim_token": claimed["claim_token"], "kind": "failed",
+                    "code": "HARD"}).status_code)
+
+            threads = [threading.Thread(target=cancel)]
+            threads[0].start()
+            assert wait_until(lambda: waiting_on(watcher, pid) >= 1, 10.0)
+            threads.append(threading.Thread(target=fail))
+            threads[1].start()
+            assert wait_until(lambda: waiting_on(watcher, pid) >= 2, 10.0)
+            holder.rollback()
+            for t in threads:
+                t.join(30.0)
+        finally:
+            holder.close()
+            watcher.close()
+        assert answers == [200, 200]
+        assert c.get(f"/v1/tasks/{a}").json()["status"] == "FAILED"
+        for task_id in (b, c_id):
+            assert c.get(f"/v1/tasks/{task_id}").json()["status"] == "CANCELLED"

@@ -81,6 +81,9 @@ class PostgresApiMixin:
         def _cancel_dependants(
             self, conn: psycopg.Connection[Any], parents: list[str], now: datetime
         ) -> None: ...
+        def _lock_open_dependants(
+            self, conn: psycopg.Connection[Any], ids: list[str], *, open_roots: bool
+        ) -> None: ...
         def _wake(self, channel: str, payload: str) -> None: ...
 
         conninfo: str
@@ -360,6 +363,16 @@ class PostgresApiMixin:
             ).fetchone()
             if row is None:
                 raise NotFound("batch", batch_id)
+            # The RUNNING tasks first, then the open ones with every open task their
+            # cancellation cascades to, each in task_id order: a worker finishing a task holds
+            # it while it cascades to (or promotes) its dependants, and a cascade or a user's
+            # cancel locks them in task_id order too; any other order deadlocked with those.
+            conn.execute(
+                "SELECT 1 FROM tasks WHERE batch_id = %s AND tenant_id = %s "
+                "AND status = 'RUNNING' ORDER BY task_id FOR UPDATE", (batch_id, row[1]))
+            self._lock_open_dependants(conn, [r[0] for r in conn.execute(
+                "SELECT task_id FROM tasks WHERE batch_id = %s AND tenant_id = %s "
+                "AND status IN ('PENDING', 'QUEUED')", (batch_id, row[1]))], open_roots=True)
             tasks = conn.execute(
                 "SELECT task_id, tenant_id, status, attempt, cancel_requested FROM tasks "
                 "WHERE batch_id = %s AND tenant_id = %s "

@@ -1037,12 +1037,18 @@ class PostgresStore(
         self, conn: psycopg.Connection[Any], parents: list[str], now: datetime
     ) -> None:
         # Lock the candidates first; the promoting statement then runs on a fresh snapshot and
-        # sees a sibling dependency that another transaction finished meanwhile.
+        # sees a sibling dependency that another transaction finished meanwhile. Only those
+        # whose every dependency is SUCCESS or RUNNING (the only status a sibling can be
+        # finishing from): one waiting on an open task cannot be promoted, and locking it
+        # deadlocked with a cancellation holding that task and cascading to it.
         candidates = [
             r[0] for r in conn.execute(
-                "SELECT task_id FROM tasks WHERE status = 'PENDING' AND task_id IN ("
+                "SELECT task_id FROM tasks t WHERE status = 'PENDING' AND task_id IN ("
                 "SELECT task_id FROM task_dependencies WHERE depends_on_id = ANY(%s::uuid[])) "
-                "ORDER BY task_id FOR UPDATE",
+                "AND NOT EXISTS (SELECT 1 FROM task_dependencies d JOIN tasks p "
+                "ON p.task_id = d.depends_on_id WHERE d.task_id = t.task_id "
+                "AND p.status NOT IN ('SUCCESS', 'RUNNING')) "
+                "ORDER BY task_id FOR UPDATE OF t",
                 (parents,),
             )
         ]
@@ -1066,9 +1072,22 @@ class PostgresStore(
         )
         conn.execute("SELECT pg_notify('creep_tasks', '')")
 
+    @staticmethod
+    def _lock_open_dependants(
+        conn: psycopg.Connection[Any], ids: list[str], *, open_roots: bool
+    ) -> None:
+        """Lock, in task_id order, the open tasks a cancellation of `ids` cascades to; with
+        `open_roots`, those of `ids` that are open too (only they cascade)."""
+        conn.execute(_LOCK_OPEN_DEPENDANTS, {"ids": ids, "open_roots": open_roots})
+
     def _cancel_dependants(
         self, conn: psycopg.Connection[Any], parents: list[str], now: datetime
     ) -> None:
+        # Every open task the cascade reaches is locked first, in task_id order, as a user's
+        # cancel locks its task and the tasks it cascades to (task_cancel): two cascades
+        # reaching the same tasks level by level locked them in different orders and
+        # deadlocked. (A dependant committed meanwhile is locked by the updates below.)
+        self._lock_open_dependants(conn, parents, open_roots=False)
         frontier = parents
         while frontier:
             rows = conn.execute(
@@ -1129,6 +1148,9 @@ class PostgresStore(
         payload = Jsonb({"reason": reason} if reason else {})
         running = False
         with self._tx() as conn:
+            # An open task and the open tasks its cancellation cascades to, in task_id order
+            # (see _cancel_dependants), before the task itself is read.
+            self._lock_open_dependants(conn, [task_id], open_roots=True)
             task = self._get(conn, task_id, tenant_id, lock=True)
             if task.status is TaskStatus.RUNNING:
                 if task.cancel_requested:
@@ -1918,6 +1940,27 @@ def _redact(url: str) -> str:
 
 _CREATE_ATTEMPTS = 5
 _IDEMPOTENCY_RACE = "idempotency race; retry"
+
+#: Locks, in task_id order, the open (PENDING or QUEUED) tasks that depend on `ids`, directly
+#: or through other open tasks; with `open_roots`, only below roots that are open themselves,
+#: and those roots with them (a cancellation by the user).
+_LOCK_OPEN_DEPENDANTS = """
+    WITH RECURSIVE c(task_id) AS (
+        SELECT d.task_id FROM task_dependencies d
+        JOIN tasks t ON t.task_id = d.task_id AND t.status IN ('PENDING', 'QUEUED')
+        WHERE d.depends_on_id = ANY(%(ids)s::uuid[])
+          AND (NOT %(open_roots)s OR EXISTS (
+              SELECT 1 FROM tasks r WHERE r.task_id = d.depends_on_id
+                AND r.status IN ('PENDING', 'QUEUED')))
+        UNION
+        SELECT d.task_id FROM task_dependencies d JOIN c ON d.depends_on_id = c.task_id
+        JOIN tasks t ON t.task_id = d.task_id AND t.status IN ('PENDING', 'QUEUED')
+    )
+    SELECT task_id FROM tasks
+    WHERE (task_id IN (SELECT task_id FROM c)
+           OR (%(open_roots)s AND task_id = ANY(%(ids)s::uuid[])))
+      AND status IN ('PENDING', 'QUEUED')
+    ORDER BY task_id FOR UPDATE"""
 
 
 def _lost_race(exc: StorageError) -> bool:
