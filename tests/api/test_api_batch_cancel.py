@@ -175,14 +175,13 @@ def test_batch_cancel_racing_claims(server: Server) -> None:
             assert len(claimed) >= 5
 
 
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)  # SQLite: one writer at a time
 def test_batch_cancel_racing_a_failing_dependency_never_deadlocks(server: Server) -> None:
     """A batch's task b depends on a (outside the batch), and c (outside too) on a and b.
     The batch is cancelled while a's run fails: the cancel cascades from b to c while the
     failure cascades to b and c. They used to lock b and c in different orders and
     PostgreSQL aborted one ("deadlock detected"): a 5xx for the cancel, or the worker's
     result refused."""
-    if not server.database_url.startswith("postgres"):
-        pytest.skip("SQLite writes one transaction at a time: nothing to deadlock")
     import psycopg
 
     from tests.conformance.test_graph_races import waiting_on
