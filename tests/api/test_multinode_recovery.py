@@ -18,7 +18,7 @@ import pytest
 from creep import Creep, TaskContext
 from creep.client import ApiProblem, Client
 from tests.api.conftest import start_server, stop_server
-from tests.conftest import PG_URL, require_postgres, wait_until
+from tests.conftest import PG_URL, blocked_by, require_postgres, wait_until
 
 
 def _named(url: str) -> tuple[str, str]:
@@ -233,3 +233,37 @@ def test_handler_heartbeat_waits_out_a_connection_reset(own_database: str) -> No
         runner.join(15)
         app.close()
         reader.close()
+
+
+def test_start_up_migration_is_tried_again_when_its_connection_is_reset(
+    pg_schema_url: str,
+) -> None:
+    """Opening a database migrates it (auto_migrate, as `creep worker` and `creep server` do
+    on start) in one transaction, tried again whole only when it lost a deadlock: a
+    connection reset in the middle (a failover, pg_terminate_backend; found by the chaos test,
+    tests/integration/test_chaos_drain.py) raised StorageError, and `creep worker` exited 2
+    on start, although nothing of the migration was written and the database was up."""
+    url, name = _named(pg_schema_url)
+    outcome: dict[str, object] = {}
+
+    def first_call() -> None:
+        app = Creep(url)
+        try:
+            outcome["tasks"] = app.list_tasks()
+        except Exception as exc:
+            outcome["error"] = exc
+        finally:
+            app.close()
+
+    with psycopg.connect(PG_URL, autocommit=True) as holder:
+        # Another process migrating: this one's migration waits inside its transaction.
+        holder.execute("SELECT pg_advisory_lock(%s)", (0x63726565,))
+        opener = threading.Thread(target=first_call, daemon=True)
+        opener.start()
+        try:
+            assert wait_until(lambda: blocked_by(holder, holder.info.backend_pid), 10.0)
+            assert _terminate(name) >= 1
+        finally:
+            holder.execute("SELECT pg_advisory_unlock(%s)", (0x63726565,))
+        opener.join(30)
+    assert outcome == {"tasks": []}

@@ -385,13 +385,16 @@ class PostgresStore(
         # A migration that locks tables busy workers use can meet one of them in a lock
         # cycle (a claim reads task_queue, then locks tasks; a completion updates tasks, then
         # its trigger task_queue): PostgreSQL then aborts one side. Everything here runs in
-        # one transaction, so a migration that lost is tried again whole.
+        # one transaction, so a migration that lost is tried again whole; so is one whose
+        # connection was reset (a failover, pg_terminate_backend): a process opening the
+        # database on start would otherwise exit for it.
         attempt = 1
         while True:
             try:
                 return self._migrate(target)
             except StorageError as exc:
-                lost = isinstance(exc.__cause__, pg_errors.DeadlockDetected | pg_errors.LockNotAvailable)
+                lost = isinstance(exc.__cause__, pg_errors.DeadlockDetected
+                                  | pg_errors.LockNotAvailable | psycopg.OperationalError)
                 if not lost or attempt == _MIGRATION_ATTEMPTS:
                     raise
             time.sleep(0.2 * attempt)
