@@ -407,3 +407,49 @@ def test_a_handlers_heartbeat_and_progress_wait_out_a_storage_failure(db_url: st
     assert failures == {"task_heartbeat": 0, "task_progress": 0}
     assert (done.status, done.attempt, done.progress) == (TaskStatus.SUCCESS, 1, 100)
     app.close()
+
+
+def test_a_heartbeat_answered_after_the_run_ended_reports_no_lost_claim(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A heartbeat sent while a handler runs may be answered after the run ended and its
+    result was written: the task is no longer RUNNING, so the claim is not renewed. The
+    worker logged "claim lost; abandoning it" for such a task, which had succeeded (seen
+    by the chaos test, tests/integration/test_chaos_drain.py): nothing was lost."""
+    app = Creep(db_url)
+    store = app.store
+    original = store.task_heartbeat
+    answered = threading.Event()
+
+    @app.handler("SHORT")
+    async def short(ctx: TaskContext) -> str:
+        await asyncio.sleep(0.2)
+        return "done"
+
+    task = app.submit(task_type="SHORT")
+
+    def slow_heartbeat(*args: object, **kwargs: object) -> object:
+        # Answered only once the run's result is written (a slow network, a busy server).
+        deadline = time.monotonic() + 5
+        while (time.monotonic() < deadline
+               and store.task_get(task.task_id).status is TaskStatus.RUNNING):
+            time.sleep(0.01)
+        try:
+            return original(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            answered.set()
+
+    store.task_heartbeat = slow_heartbeat  # type: ignore[method-assign]
+    worker = app.worker(heartbeat_interval=0.05, poll_interval=0.05, maintenance=False)
+    runner = threading.Thread(target=lambda: asyncio.run(worker.run()), daemon=True)
+    with caplog.at_level("WARNING", logger="creep.worker"):
+        runner.start()
+        try:
+            assert answered.wait(10)
+            time.sleep(0.2)  # the answer handled
+        finally:
+            worker.request_stop()
+            runner.join(15)
+    assert app.get_task(task.task_id).status is TaskStatus.SUCCESS
+    assert [r.getMessage() for r in caplog.records if "claim lost" in r.getMessage()] == []
+    app.close()

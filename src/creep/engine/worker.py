@@ -879,8 +879,13 @@ class Worker:
                 self._stop_task(task_id, "cancel", sent.get(task_id))
             self._tell_revoked(result.revoked, sent)
             for task_id in result.lost:
+                run = self._running.get(task_id)
+                if run is None or run.claimed.claim_token != sent.get(task_id):
+                    # That run ended while the heartbeat was under way (its result written,
+                    # the task no longer RUNNING): nothing to abandon, nothing lost.
+                    continue
                 log.warning("task %s: claim lost; abandoning it", task_id)
-                self._stop_task(task_id, "lost", sent.get(task_id))
+                self._stop_run(run, "lost")
 
     async def _call_outlasting(self, fn: Callable[..., T], *args: Any) -> T | None:
         """A handler's own heartbeat or progress report: a storage failure (a connection reset,
