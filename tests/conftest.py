@@ -11,11 +11,14 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
+#: The repository root (the test apps live under tests/apps).
+ROOT = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("CREEP_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -131,6 +134,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: object) -> str:
         return f"sqlite:///{tmp_path}/creep.db"
     url: str = request.getfixturevalue("pg_schema_url")
     return url
+
+
+def child_pythonpath(*first: str) -> str:
+    """PYTHONPATH for a creep process a test starts: `first`, the repository root (the test
+    apps), then whatever PYTHONPATH this run has (a developer's `PYTHONPATH=src` must reach
+    the children too, or they would run another installed copy of creep)."""
+    inherited = os.environ.get("PYTHONPATH")
+    return os.pathsep.join(p for p in (*first, str(ROOT), inherited) if p)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float) -> bool:

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import Server
+from tests.conftest import child_pythonpath
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,9 +126,7 @@ def app_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _remote_worker(worker_server: Server, key: str, app_dir: Path, *args: str) -> subprocess.Popen[bytes]:
-    pythonpath = os.pathsep.join(
-        p for p in (str(app_dir), os.environ.get("PYTHONPATH"), str(ROOT)) if p)
-    env = {**os.environ, "PYTHONPATH": pythonpath, "CREEP_API_KEY": key}
+    env = {**os.environ, "PYTHONPATH": child_pythonpath(str(app_dir)), "CREEP_API_KEY": key}
     env.pop("CREEP_DATABASE_URL", None)
     return subprocess.Popen(
         [sys.executable, "-m", "creep.cli", "worker", "--app", "remote_edges_app:app",

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from tests.api.conftest import Server
+from tests.conftest import child_pythonpath
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -166,7 +167,7 @@ def test_expired_claim_is_rescued_and_its_token_goes_stale(worker_server: Server
 
 
 def _remote_worker(worker_server: Server, key: str, *args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CREEP_API_KEY": key}
+    env = {**os.environ, "PYTHONPATH": child_pythonpath(), "CREEP_API_KEY": key}
     env.pop("CREEP_DATABASE_URL", None)
     return subprocess.Popen(
         [sys.executable, "-m", "creep.cli", "worker", "--app", "tests.apps.http_app:app",

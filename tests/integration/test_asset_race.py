@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from creep import AssetStatus, Creep, LeaseStatus, TaskStatus
+from tests.conftest import child_pythonpath
 
 ROOT = Path(__file__).resolve().parents[2]
 RACE_TASKS = int(os.environ.get("CREEP_TEST_RACE_TASKS", "1000"))
@@ -20,7 +21,7 @@ WORKERS = 3
 
 
 def _worker(db_url: str, out: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CREEP_DATABASE_URL": db_url, "PYTHONPATH": str(ROOT),
+    env = {**os.environ, "CREEP_DATABASE_URL": db_url, "PYTHONPATH": child_pythonpath(),
            "CREEP_TEST_HOLD_SECONDS": "0.02"}
     with open(out, "ab") as sink:
         return subprocess.Popen(

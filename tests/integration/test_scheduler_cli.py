@@ -11,13 +11,14 @@ import time
 from pathlib import Path
 
 from creep.storage import open_store
+from tests.conftest import child_pythonpath
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_scheduler_cli_graceful_sigterm(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/creep.db"
-    env = {**os.environ, "CREEP_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "CREEP_DATABASE_URL": url, "PYTHONPATH": child_pythonpath()}
     proc = subprocess.Popen(
         [sys.executable, "-m", "creep.cli", "scheduler", "--tick", "0.1", "--holder-id", "cli"],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -17,6 +17,7 @@ from pathlib import Path
 from creep import Creep
 from creep.domain.execution import ExecutionState, TriggerType
 from creep.engine.scheduler import SCHEDULER_LOCK
+from tests.conftest import child_pythonpath
 
 ROOT = Path(__file__).resolve().parents[2]
 DURATION = float(os.environ.get("CREEP_TEST_SCHEDULER_SECONDS", "30"))
@@ -25,7 +26,7 @@ TICK = 0.2
 
 
 def _scheduler(db_url: str, name: str, out: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CREEP_DATABASE_URL": db_url, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "CREEP_DATABASE_URL": db_url, "PYTHONPATH": child_pythonpath()}
     with open(out, "ab") as fh:
         return subprocess.Popen(
             [sys.executable, "-m", "creep.cli", "scheduler", "--tick", str(TICK),

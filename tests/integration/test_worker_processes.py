@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from creep import Creep, TaskStatus
+from tests.conftest import child_pythonpath
 
 ROOT = Path(__file__).resolve().parents[2]
 DRAIN_TASKS = int(os.environ.get("CREEP_TEST_DRAIN_TASKS", "5000"))
@@ -21,7 +22,7 @@ DRAIN_TASKS = int(os.environ.get("CREEP_TEST_DRAIN_TASKS", "5000"))
 def _worker(db_url: str, log: Path, *args: str) -> subprocess.Popen[bytes]:
     env = {
         **os.environ, "CREEP_DATABASE_URL": db_url, "CREEP_TEST_LOG": str(log),
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": child_pythonpath(),
     }
     with open(log.with_suffix(".out"), "ab") as out:
         return subprocess.Popen(
