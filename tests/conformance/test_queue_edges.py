@@ -4,6 +4,7 @@ while an attempt ends in a retry (or its worker is lost), and manual retries."""
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from creep import Creep, Fail, FrozenClock, Retry, TaskContext, TaskStatus
 from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, resolve
@@ -133,3 +134,29 @@ def test_each_manual_retry_grants_the_same_retries(app: Creep) -> None:
         per_round.append(len(runs) - before)
         app.retry(t.task_id)
     assert per_round == [4, 4, 4]
+
+
+def test_a_task_cancelled_by_its_dependency_names_it_and_how_it_ended(app: Creep) -> None:
+    @app.handler("T")
+    def fail(ctx: TaskContext) -> None:
+        raise Fail(message="no")
+
+    ok = app.submit(task_type="OK", run_after=timedelta(days=1))  # stays open
+    a = app.submit(task_type="T", constraints={"max_retries": 0})
+    b = app.submit(task_type="T", depends_on=[ok.task_id, a.task_id])
+    c = app.submit(task_type="T", depends_on=[b.task_id])
+    app.run_worker(burst=True, install_signals=False)
+    assert app.get_task(a.task_id).status is TaskStatus.FAILED
+    expected = {  # C names B, the task whose cancel cancelled it, not A
+        b.task_id: f"dependency {a.task_id} ended FAILED",
+        c.task_id: f"dependency {b.task_id} ended CANCELLED",
+    }
+    late = app.submit(task_type="T", depends_on=[ok.task_id, c.task_id])  # cancelled at birth
+    expected[late.task_id] = f"dependency {c.task_id} ended CANCELLED"
+    for task_id, message in expected.items():
+        task = app.get_task(task_id)
+        assert (task.status, task.result_code, task.result_message) == (
+            TaskStatus.CANCELLED, "DEPENDENCY_FAILED", message)
+        cancelled = [e for e in app.task_events(task_id) if e.event_type == "cancelled"]
+        assert [e.payload for e in cancelled] == [
+            {"result_code": "DEPENDENCY_FAILED", "message": message}]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from importlib import resources
@@ -116,13 +116,27 @@ def load_migrations(dialect: str) -> list[Migration]:
     return found
 
 
-def new_task(spec: TaskSpec, status: TaskStatus, now: datetime) -> TaskOrder:
-    """The stored form of a freshly created task."""
+def dependency_failed_message(dependency_id: str, status: str) -> str:
+    """The result_message of a task cancelled because `dependency_id` ended in `status`
+    (the stores' cascades build the same text in SQL)."""
+    return f"dependency {dependency_id} ended {status}"
+
+
+def new_task(
+    spec: TaskSpec, status: TaskStatus, now: datetime, dep_status: Mapping[str, str] | None = None,
+) -> TaskOrder:
+    """The stored form of a freshly created task; a CANCELLED one names its first dependency
+    (in `dep_status`, the status of each) that ended without success."""
     # Positional, in TaskOrder's field order: a bulk submission builds thousands of these.
     if status is TaskStatus.CANCELLED:
         finished: datetime | None = now
         code: str | None = "DEPENDENCY_FAILED"
-        message: str | None = "a dependency did not succeed"
+        deps = dep_status or {}
+        dead = next((d for d in spec.depends_on if deps.get(d) in _DEAD_ENDS), None)
+        message: str | None = (
+            "a dependency did not succeed" if dead is None
+            else dependency_failed_message(dead, TaskStatus(deps[dead]).value)
+        )
     else:
         finished = code = message = None
     return TaskOrder(
@@ -200,9 +214,8 @@ def creation_events(task: TaskOrder) -> list[tuple[str, str | None, str, dict[st
     if task.status is TaskStatus.QUEUED:
         events.append(("queued", "PENDING", "QUEUED", {}))
     elif task.status is TaskStatus.CANCELLED:
-        events.append(
-            ("cancelled", "PENDING", "CANCELLED", {"result_code": "DEPENDENCY_FAILED"})
-        )
+        events.append(("cancelled", "PENDING", "CANCELLED",
+                       {"result_code": "DEPENDENCY_FAILED", "message": task.result_message}))
     return events
 
 

@@ -504,7 +504,7 @@ class PostgresStore(
             status = dict(dep_status)
             for task_id in order:
                 spec = by_id[task_id]
-                task = new_task(spec, initial_status(spec, status, now), now)
+                task = new_task(spec, initial_status(spec, status, now), now, status)
                 status[task_id] = task.status
                 tasks[task_id] = task
             has_dependants = {d for s in specs for d in s.depends_on}
@@ -1095,17 +1095,28 @@ class PostgresStore(
         while frontier:
             rows = conn.execute(
                 f"""WITH c AS (
+                    -- Each names the dependency in `ids` that cancels it (the task that
+                    -- ended, or the one cancelled before it in the cascade), and how it ended.
                     UPDATE tasks SET status = 'CANCELLED', result_code = 'DEPENDENCY_FAILED',
-                        result_message = 'a dependency did not succeed', finished_at = %(now)s,
-                        updated_at = %(now)s, task_version = task_version + 1
+                        result_message = (
+                            SELECT 'dependency ' || d.depends_on_id::text || ' ended '
+                                || p.status::text
+                            FROM task_dependencies d JOIN tasks p
+                                ON p.task_id = d.depends_on_id
+                            WHERE d.task_id = tasks.task_id
+                              AND d.depends_on_id = ANY(%(ids)s::uuid[])
+                            ORDER BY d.depends_on_id LIMIT 1),
+                        finished_at = %(now)s, updated_at = %(now)s,
+                        task_version = task_version + 1
                     WHERE status IN ('PENDING', 'QUEUED') AND task_id IN (
                         SELECT task_id FROM task_dependencies
                         WHERE depends_on_id = ANY(%(ids)s::uuid[]))
-                    RETURNING task_id, tenant_id, attempt, has_dependants
+                    RETURNING task_id, tenant_id, attempt, has_dependants, result_message
                 ), ev AS (
                     INSERT INTO task_events ({_EVENT_COLUMNS})
                     SELECT task_id, tenant_id, 'cancelled', 'PENDING', 'CANCELLED', attempt,
-                        '{{"result_code": "DEPENDENCY_FAILED"}}', %(now)s FROM c
+                        jsonb_build_object('result_code', 'DEPENDENCY_FAILED',
+                                           'message', result_message), %(now)s FROM c
                 )
                 SELECT task_id, has_dependants FROM c""",
                 {"now": now, "ids": frontier},
@@ -1738,17 +1749,19 @@ def _insert_query(kept: tuple[str, ...], audited: bool = False) -> str:
             INSERT INTO tasks ({names})
             SELECT {values} FROM json_to_recordset(%s::json) AS r({record})
             ON CONFLICT (tenant_id, env, idempotency_key) DO NOTHING
-            RETURNING task_id, tenant_id, task_type, priority, status
+            RETURNING task_id, tenant_id, task_type, priority, status, result_message
         ), ev AS (
             INSERT INTO task_events ({_EVENT_COLUMNS})
             SELECT i.task_id, i.tenant_id, e.etype, e.old, e.new, 0,
-                CASE WHEN e.ord = 1 THEN jsonb_build_object('task_type', i.task_type,
-                    'priority', i.priority) ELSE e.payload END, %b::timestamptz
+                CASE e.ord WHEN 1 THEN jsonb_build_object('task_type', i.task_type,
+                    'priority', i.priority)
+                WHEN 3 THEN jsonb_build_object('result_code', 'DEPENDENCY_FAILED',
+                    'message', i.result_message)
+                ELSE e.payload END, %b::timestamptz
             FROM ins i CROSS JOIN LATERAL (VALUES
                 (1, 'created', NULL, 'PENDING', NULL::jsonb),
                 (2, 'queued', 'PENDING', 'QUEUED', '{{}}'::jsonb),
-                (3, 'cancelled', 'PENDING', 'CANCELLED',
-                 '{{"result_code": "DEPENDENCY_FAILED"}}'::jsonb)
+                (3, 'cancelled', 'PENDING', 'CANCELLED', NULL::jsonb)
             ) e(ord, etype, old, new, payload)
             WHERE e.ord = 1 OR (e.ord = 2 AND i.status = 'QUEUED')
                OR (e.ord = 3 AND i.status = 'CANCELLED')

@@ -424,7 +424,7 @@ class SqliteStore(
         tasks: dict[str, TaskOrder] = {}
         for task_id in order:
             spec = by_id[task_id]
-            task = new_task(spec, initial_status(spec, status, now), now)
+            task = new_task(spec, initial_status(spec, status, now), now, status)
             status[task_id] = task.status
             tasks[task_id] = task
         now_us = us(now)
@@ -757,19 +757,26 @@ class SqliteStore(
         frontier = parents
         while frontier:
             rows = conn.execute(
+                # Each names the dependency in `frontier` that cancels it (the task that
+                # ended, or the one cancelled before it in the cascade) and how it ended.
                 """UPDATE tasks SET status = 'CANCELLED', result_code = 'DEPENDENCY_FAILED',
-                    result_message = 'a dependency did not succeed', finished_at = ?1,
-                    updated_at = ?1, task_version = task_version + 1
+                    result_message = (
+                        SELECT 'dependency ' || d.depends_on_id || ' ended ' || p.status
+                        FROM task_dependencies d JOIN tasks p ON p.task_id = d.depends_on_id
+                        WHERE d.task_id = tasks.task_id
+                          AND d.depends_on_id IN (SELECT value FROM json_each(?2))
+                        ORDER BY d.depends_on_id LIMIT 1),
+                    finished_at = ?1, updated_at = ?1, task_version = task_version + 1
                 WHERE status IN ('PENDING', 'QUEUED')
                   AND task_id IN (SELECT task_id FROM task_dependencies
                                   WHERE depends_on_id IN (SELECT value FROM json_each(?2)))
-                RETURNING task_id, tenant_id, attempt, has_dependants, status""",
+                RETURNING task_id, tenant_id, attempt, has_dependants, result_message""",
                 (now_us, _ids_json(frontier)),
             ).fetchall()
-            payload = dumps({"result_code": "DEPENDENCY_FAILED"})
             _insert_events(
                 conn,
-                [(r[0], r[1], "cancelled", "PENDING", "CANCELLED", r[2], payload, now_us)
+                [(r[0], r[1], "cancelled", "PENDING", "CANCELLED", r[2],
+                  dumps({"result_code": "DEPENDENCY_FAILED", "message": r[4]}), now_us)
                  for r in rows],
             )
             frontier = [r[0] for r in rows if r[3]]
@@ -1218,9 +1225,12 @@ INSERT INTO task_events (event_id, task_id, tenant_id, event_type, from_status, 
 WITH e(ord, etype, old, new, payload) AS (VALUES
     (1, 'created', NULL, 'PENDING', NULL),
     (2, 'queued', 'PENDING', 'QUEUED', '{}'),
-    (3, 'cancelled', 'PENDING', 'CANCELLED', '{"result_code":"DEPENDENCY_FAILED"}'))
+    (3, 'cancelled', 'PENDING', 'CANCELLED', NULL))
 SELECT ?3 + 2 * (t.rowid - ?1) - (e.ord = 1), t.task_id, t.tenant_id, e.etype, e.old, e.new,
-    0, coalesce(e.payload, json_object('task_type', t.task_type, 'priority', t.priority)), ?2
+    0, CASE e.ord
+        WHEN 1 THEN json_object('task_type', t.task_type, 'priority', t.priority)
+        WHEN 3 THEN json_object('result_code', 'DEPENDENCY_FAILED', 'message', t.result_message)
+        ELSE e.payload END, ?2
 FROM tasks t CROSS JOIN e ON e.ord = 1 OR (e.ord = 2 AND t.status = 'QUEUED')
     OR (e.ord = 3 AND t.status = 'CANCELLED')
 WHERE t.rowid > ?1"""
