@@ -120,3 +120,26 @@ def test_an_update_audits_the_schedule_it_saved(
     new = orjson.loads(row["diff_object"]["new_object"])
     assert old["next_run"] == (T0 + timedelta(minutes=1)).isoformat() and old["priority"] == 0
     assert new == saved
+
+
+def test_a_delete_audits_the_schedule_it_deleted(
+    app: Creep, api: TestClient, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DELETE read the schedule, then deleted it in a transaction of its own; the leader may
+    fire in between. Its audit row's old image showed the next_run (and statistics) read
+    before: 00:01 and no run, while the schedule deleted said 00:02 and one run."""
+    r = api.post("/v1/schedules", json={"tenant_id": "acme", "name": "minutely",
+                                        "type": "T", "cron_expr": "* * * * *"}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    uid = r.json()["uid"]
+    sch = app.scheduler(holder_id="A", retention_jobs=[])
+    clock.advance(minutes=1, seconds=1)
+    _once_before(app, monkeypatch, "schedule_delete", sch.run_once)
+    gone = api.delete(f"/v1/schedules/{uid}", headers=ADMIN)
+    assert gone.status_code == 204, gone.text
+    assert api.get(f"/v1/schedules/{uid}", headers=ADMIN).status_code == 404
+    [row] = _audit(api, uid, "deleted")
+    old = orjson.loads(row["diff_object"]["old_object"])
+    assert old["next_run"] == (T0 + timedelta(minutes=2)).isoformat()
+    assert old["last_executed_at"] is not None and old["version"] == 1
+    assert row["diff_object"]["new_object"] in (None, "null")

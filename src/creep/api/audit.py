@@ -10,7 +10,9 @@ Usage in a route (the store call below commits the change and the audit row toge
 `new` defaults to a snapshot of the resource read inside that transaction (see
 `ports_api.SNAPSHOT_TABLES`); pass `new=` yourself for resources without a snapshot table,
 either the image itself or a function `(store, conn) -> image` called inside the
-transaction, just before commit (the image of what the change saved).
+transaction, just before commit (the image of what the change saved). `old` may be such a
+function too: a store method that deletes calls it inside its transaction before the delete
+(pending_writes.before_change), so the row shows what was deleted.
 """
 
 from __future__ import annotations
@@ -55,8 +57,17 @@ class AuditWrite:
     #: With new=AUTO: write only when this holds for the snapshot (e.g. "created just now").
     only_if: Callable[[dict[str, Any]], bool] | None = None
     written: list[AuditRow] = field(default_factory=list)
+    #: A callable `old`'s image, read by before_change (AUTO: not read yet).
+    old_image: Any = AUTO
+
+    def before_change(self, store: Any, conn: Any) -> None:
+        if callable(self.old):
+            self.old_image = self.old(store, conn)
 
     def apply(self, store: Any, conn: Any) -> bool:
+        old = self.old
+        if callable(old):  # read before the change, else now
+            old = old(store, conn) if self.old_image is AUTO else self.old_image
         new = self.new
         if callable(new):  # an image the caller reads inside the transaction itself
             new = new(store, conn)
@@ -66,7 +77,7 @@ class AuditWrite:
                 return True
             if new is not None and self.only_if is not None and not self.only_if(new):
                 return True
-        self.row.diff_object = build_diff(self.old, new).to_dict()
+        self.row.diff_object = build_diff(old, new).to_dict()
         store._api_insert_audit(conn, self.row)
         self.written.append(self.row)
         return True

@@ -102,6 +102,16 @@ def kept_on_error() -> Iterator[None]:
         raise
 
 
+def before_change(store: Any, conn: Any) -> None:
+    """Called by a store inside its write transaction right before a change that removes
+    what a queued write reads (a delete): each write with a `before_change(store, conn)`
+    reads it now (e.g. an audit row's old image, as the transaction sees it)."""
+    for write in _pending.get() or ():
+        hook = getattr(write, "before_change", None)
+        if hook is not None:
+            hook(store, conn)
+
+
 def flush(store: Any, conn: Any) -> None:
     """Called by a store right before COMMIT. An exception aborts the transaction."""
     queue = _pending.get()

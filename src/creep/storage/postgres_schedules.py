@@ -54,6 +54,9 @@ class PostgresSchedulesMixin(ScheduleSqlMixin):
     def _sx_adapt(self, raw: Any) -> Conn:
         return raw if isinstance(raw, _PgConn) else _PgConn(raw)
 
+    def _sx_driver(self, conn: Conn) -> Any:
+        return conn.raw if isinstance(conn, _PgConn) else conn
+
     @contextmanager
     def _sx(self) -> Iterator[Conn]:
         try:

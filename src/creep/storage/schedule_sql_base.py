@@ -71,6 +71,10 @@ class ScheduleSqlBase:
         (the one pending writes get)."""
         return raw  # type: ignore[no-any-return]
 
+    def _sx_driver(self, conn: Conn) -> Any:
+        """The driver's connection under a shared-SQL one (_sx_adapt's inverse)."""
+        return conn
+
     def _ts(self, value: datetime | None) -> Any:
         raise NotImplementedError
 

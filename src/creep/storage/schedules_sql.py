@@ -14,6 +14,7 @@ from creep.domain.execution import (
 )
 from creep.domain.schedule import Firing, LeadershipLost, ScheduledTask
 from creep.domain.task_spec import TaskSpec
+from creep.storage import pending_writes
 from creep.storage.executions_sql import ExecutionSqlMixin
 from creep.storage.retention_sql import RetentionSqlMixin
 from creep.storage.schedule_sql_base import (
@@ -137,6 +138,8 @@ class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
         """Delete a schedule; its execution history stays (until retention removes it)."""
         with self._sx() as conn:
             self._schedule_get(conn, uid, tenant_id, lock=True)
+            # The API's audit row reads what is deleted, as this transaction sees it.
+            pending_writes.before_change(self, self._sx_driver(conn))
             conn.execute("DELETE FROM scheduled_tasks WHERE uid = ?", (uid,))
 
     def schedule_due(self, now: datetime, limit: int = 100) -> list[ScheduledTask]:

@@ -71,9 +71,10 @@ def _audit_view(sched: ScheduledTask) -> dict[str, Any]:
 
 
 def _saved_view(uid: str) -> Callable[[Any, Any], dict[str, Any] | None]:
-    """The audit image of the schedule as saved, read inside the saving transaction: an
-    update that keeps the timing keeps the stored next_run, which the leader may have moved
-    (and the statistics with it) since the request read the schedule."""
+    """The audit image of the schedule as saved, read inside the saving (or, for a delete,
+    deleting) transaction: an update that keeps the timing keeps the stored next_run, which
+    the leader may have moved (and the statistics with it) since the request read the
+    schedule."""
 
     def view(store: Any, conn: Any) -> dict[str, Any] | None:
         saved = cast(ScheduleStore, store).schedule_in_transaction(conn, uid)
@@ -172,7 +173,8 @@ def delete_schedule(uid: str, request: Request, principal: Writer, svc: Svc) -> 
     scope = read_scope(principal)
     current = store.schedule_get(uid, scope)
     with audited(request, principal, AuditAction.DELETED, ResourceType.SCHEDULED_TASK,
-                 current.uid, old=_audit_view(current), new=None, tenant_id=current.tenant_id):
+                 current.uid, old=_saved_view(current.uid), new=None,
+                 tenant_id=current.tenant_id):
         store.schedule_delete(current.uid, scope)
     return Response(status_code=204)
 
