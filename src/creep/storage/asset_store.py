@@ -173,6 +173,11 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
             )
             pending.dirty.update(a.asset_id for a in changed)
             self._flush(conn, pending, now)
+            if changed:
+                # Any change may make an asset leasable for a waiting hinted task (READY, more
+                # concurrency, a health, code or attribute it asks for): wake the workers, as
+                # a release or an unban does, rather than leave it to their next poll.
+                self._capacity_freed(conn)
         return [replace(a) for a in out]
 
     def _apply_changes(
