@@ -6,7 +6,7 @@ import { taskLink, tenantFilter } from "./common.js";
 
 const scheduleLink = (s) => link(`#/schedules/${encodeURIComponent(s.uid)}`, s.name);
 const when = (s) => s.cron_expr ? `cron ${s.cron_expr} (${s.timezone})`
-  : s.interval ? `every ${s.interval} s` : "once";
+  : s.interval ? ["every ", duration(s.interval * 1000)] : "once";
 
 export async function render(main, ctx) {
   const filters = [

@@ -1,0 +1,39 @@
+"""Dashboard follow-ups in a real Chromium and a real `creep server` (SQLite): schedule
+intervals in readable units, a list whose refresh failed says its data is stale, an action
+with a revoked key signs out, a detail page reads its head once when it opens, and the first
+load's /v1/whoami renders the page once however often the hash changes meanwhile."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.api.conftest import Server
+from tests.ui.conftest import sign_in
+
+pytestmark = pytest.mark.timeout(180)
+
+UNAVAILABLE = {"status": 503, "content_type": "application/problem+json",
+               "body": json.dumps({"title": "Service Unavailable",
+                                   "detail": "the database is restarting"})}
+
+
+def test_a_schedules_interval_reads_in_units_that_fit(ui_server: Server, page: Any) -> None:
+    """An interval of 86400 s reads "every 1 d" and one of 1800 s "every 30 min" (they read
+    "every 86400 s"), in the list and on the schedule's page."""
+    _, key = ui_server.tenant()
+    with ui_server.client(key) as c:
+        uids = []
+        for name, interval in (("daily", 86400), ("half-hourly", 1800)):
+            r = c.post("/v1/schedules", json={"name": name, "type": "POLL", "interval": interval})
+            assert r.status_code == 201, r.text
+            uids.append(r.json()["uid"])
+    sign_in(page, ui_server, key, "schedules")
+    expect(page.locator("tr:has(a:text-is('daily')) td").nth(3)).to_have_text("every 1 d")
+    expect(page.locator("tr:has(a:text-is('half-hourly')) td").nth(3)).to_have_text(
+        "every 30 min")
+    page.goto(f"{ui_server.url}/ui/#/schedules/{uids[0]}")
+    expect(page.locator("dt:text-is('When') + dd")).to_have_text("every 1 d")
