@@ -6,6 +6,7 @@ load's /v1/whoami renders the page once however often the hash changes meanwhile
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -37,3 +38,34 @@ def test_a_schedules_interval_reads_in_units_that_fit(ui_server: Server, page: A
         "every 30 min")
     page.goto(f"{ui_server.url}/ui/#/schedules/{uids[0]}")
     expect(page.locator("dt:text-is('When') + dd")).to_have_text("every 1 d")
+
+
+def test_a_list_whose_refresh_failed_says_its_data_is_stale(ui_server: Server,
+                                                           page: Any) -> None:
+    """A list refresh that fails (503) keeps the rows last read, shows the problem and says
+    when the update failed and from when the rows are (it still read "updated <last good
+    time>" as if the list were fresh); the next good refresh reads "updated" again."""
+    _, key = ui_server.tenant()
+    with ui_server.client(key) as c:
+        r = c.post("/v1/tasks", json={"task_type": "STALE_LIST"})
+        assert r.status_code == 201, r.text
+        tid = r.json()["task_id"]
+    page.clock.install()
+    sign_in(page, ui_server, key, "tasks")
+    row = page.locator("main tbody tr", has_text=tid)
+    status = page.locator("main .refresh")
+    expect(row).to_have_count(1)
+    expect(status).to_contain_text("updated")
+    before = status.inner_text().removeprefix("updated ")
+    page.route(re.compile(r"/v1/tasks\?"), lambda route: route.fulfill(**UNAVAILABLE))
+    page.clock.run_for(3100)
+    expect(page.locator("main .list .problem")).to_contain_text("the database is restarting")
+    expect(status).to_contain_text("update failed at")
+    expect(status).to_contain_text(f"showing data from {before}")
+    expect(row).to_have_count(1)
+    page.unroute(re.compile(r"/v1/tasks\?"))
+    page.clock.run_for(3100)
+    expect(status).not_to_contain_text("failed")
+    expect(status).to_contain_text("updated")
+    expect(page.locator("main .problem")).to_have_count(0)
+    expect(row).to_have_count(1)

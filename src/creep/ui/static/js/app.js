@@ -76,7 +76,8 @@ function makeContext(path, params) {
     path, params, me, signal: controller.signal,
     alive: () => current === state,
     go: (p, query) => { location.hash = hashFor(p, query); },
-    /** Run `load` now and then every `ms` (0: once); a failure shows in `target`. */
+    /** Run `load` now and then every `ms` (0: once); a failure shows in `target` (or is
+     * given to it, a function). */
     every(load, ms, target) {
       const run = async () => {
         if (current !== state) return;
@@ -86,7 +87,8 @@ function makeContext(path, params) {
           } catch (err) {
             if (err.name === "AbortError" || current !== state) return;
             if (isAuthFailure(err)) { signOut(err); return; }
-            replace(target, problemBox(err));
+            if (typeof target === "function") target(err);
+            else replace(target, problemBox(err));
           }
         }
         if (ms && current === state) state.timers.push(setTimeout(run, ms));

@@ -63,6 +63,8 @@ export function pagedList(ctx, { path, query = {}, columns, empty, limit = 50, l
   const body = h("div", { class: "list-body" }, h("p", { class: "muted" }, "Loading…"));
   const footer = h("div", { class: "pager" });
   const status = h("span", { class: "muted refresh" });
+  const problem = h("div", { class: "list-problem" });
+  let shownAt = null; // when the rows shown were read
   const load = async () => {
     const q = { ...query, limit };
     const cursor = ctx.params.get(cursorParam);
@@ -79,10 +81,22 @@ export function pagedList(ctx, { path, query = {}, columns, empty, limit = 50, l
         "Next page ⟶"));
     }
     replace(footer, links);
-    replace(status, `updated ${clockTime()}`);
+    replace(problem);
+    shownAt = clockTime();
+    replace(status, `updated ${shownAt}`);
   };
-  ctx.every(load, live ? 3000 : 0, body);
-  return h("div", { class: "list" }, body, footer, status);
+  // A failed refresh keeps the rows last read (and their pager) and says they are stale.
+  const failed = (err) => {
+    if (shownAt === null) {
+      replace(body, problemBox(err));
+      replace(status, `update failed at ${clockTime()}`);
+    } else {
+      replace(problem, problemBox(err));
+      replace(status, `update failed at ${clockTime()}; showing data from ${shownAt}`);
+    }
+  };
+  ctx.every(load, live ? 3000 : 0, failed);
+  return h("div", { class: "list" }, problem, body, footer, status);
 }
 
 function without(params, name) {
