@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 import pytest
@@ -69,3 +70,27 @@ def test_a_list_whose_refresh_failed_says_its_data_is_stale(ui_server: Server,
     expect(status).to_contain_text("updated")
     expect(page.locator("main .problem")).to_have_count(0)
     expect(row).to_have_count(1)
+
+
+def test_an_action_with_a_revoked_key_signs_out_at_once(ui_server: Server, page: Any) -> None:
+    """Ban clicked after the key was revoked signs out and says why on the sign-in form, as a
+    refresh does (it showed "Unauthorized" beside the buttons of a page it could no longer
+    read, until the next refresh 5 s later signed out)."""
+    tenant_id, _ = ui_server.tenant()
+    made = ui_server.key(tenant_id)
+    with ui_server.client(made["key"]) as c:
+        r = c.post("/v1/assets", json={"sku_category": "RAW_NET", "sku_code": "ip.revoked.1"})
+        assert r.status_code == 201, r.text
+        asset_id = r.json()["asset_id"]
+    page.clock.install()
+    sign_in(page, ui_server, made["key"], f"assets/{asset_id}")
+    expect(page.locator("h1 .badge")).to_have_text("READY")
+    page.clock.pause_at(time.time() + 1)  # no timed refresh: only the click meets the 401
+    with ui_server.admin() as admin:
+        assert admin.delete(f"/v1/keys/{made['key_id']}").status_code == 200
+    page.click("button:text('Ban')")
+    expect(page.locator("#sign-in-message .problem")).to_contain_text(
+        "unknown or revoked API key")
+    expect(page.locator("#sign-out")).to_have_count(0)
+    expect(page.locator("#api-key")).to_be_visible()
+    assert page.evaluate("sessionStorage.getItem('creep.apiKey')") is None

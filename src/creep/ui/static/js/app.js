@@ -2,7 +2,7 @@
 // requests of a page stop when the user navigates away).
 import { api, ApiError, session } from "./api.js";
 import { h, hashFor, replace } from "./dom.js";
-import { problemBox } from "./ui.js";
+import { problemBox, UNAUTHORIZED } from "./ui.js";
 import * as overview from "./pages/overview.js";
 import * as tasks from "./pages/tasks.js";
 import * as task from "./pages/task.js";
@@ -176,4 +176,5 @@ function showSignIn(err) {
 }
 
 window.addEventListener("hashchange", route);
+window.addEventListener(UNAUTHORIZED, (ev) => { if (session.key()) signOut(ev.detail); });
 route();

@@ -18,6 +18,9 @@ export function latest() {
   };
 }
 
+/** The window event that signs the user out (its detail: the 401 ApiError). */
+export const UNAUTHORIZED = "creep:unauthorized";
+
 /** A problem (RFC 7807) shown as its title and detail, with any field errors. */
 export function problemBox(err) {
   if (!(err instanceof ApiError)) {
@@ -131,6 +134,11 @@ export function actionButton(label, action, done, { danger = false, confirmText,
         await action();
         await done();
       } catch (err) {
+        // A key revoked meanwhile: sign out at once, as a refresh meeting the 401 does.
+        if (err instanceof ApiError && err.status === 401) {
+          window.dispatchEvent(new CustomEvent(UNAUTHORIZED, { detail: err }));
+          return;
+        }
         replace(msg, problemBox(err));
       } finally {
         btn.disabled = false;
