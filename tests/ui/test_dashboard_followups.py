@@ -94,3 +94,41 @@ def test_an_action_with_a_revoked_key_signs_out_at_once(ui_server: Server, page:
     expect(page.locator("#sign-out")).to_have_count(0)
     expect(page.locator("#api-key")).to_be_visible()
     assert page.evaluate("sessionStorage.getItem('creep.apiKey')") is None
+
+
+def test_a_detail_page_reads_its_head_once_when_it_opens(ui_server: Server,
+                                                         page: Any) -> None:
+    """Opening a task, asset, batch or schedule page reads it once (each read it twice: the
+    page read it, then its refresh loop read it again at once; a task page read it once more
+    per status event of the history its events stream replays)."""
+    _, key = ui_server.tenant()
+    with ui_server.client(key) as c:
+        r = c.post("/v1/batches", json={"title": "once", "tasks": [{"task_type": "ONCE"}]})
+        assert r.status_code == 201, r.text
+        batch_id = r.json()["batch_id"]
+        task_id = c.get("/v1/tasks", params={"batch_id": batch_id}).json()["items"][0]["task_id"]
+        r = c.post("/v1/assets", json={"sku_category": "RAW_NET", "sku_code": "ip.once.1"})
+        assert r.status_code == 201, r.text
+        asset_id = r.json()["asset_id"]
+        r = c.post("/v1/schedules", json={"name": "once", "type": "ONCE", "interval": 60})
+        assert r.status_code == 201, r.text
+        uid = r.json()["uid"]
+    page.clock.install()
+    sign_in(page, ui_server, key)
+    page.clock.pause_at(time.time() + 1)  # no timed refresh: only the opening reads count
+    seen: list[str] = []
+    page.on("request", lambda req: seen.append(req.url))
+    for path, title in ((f"tasks/{task_id}", task_id), (f"assets/{asset_id}", asset_id),
+                        (f"batches/{batch_id}", batch_id), (f"schedules/{uid}", "once")):
+        seen.clear()
+        page.evaluate(f"location.hash = '#/{path}'")
+        expect(page.locator("main h1")).to_contain_text(title)
+        if path.startswith("tasks/"):  # its events (replayed when the stream opens) are in
+            expect(page.locator("#events li")).to_have_count(2)
+        # A request the page sends once the head is drawn: any read sent before it has
+        # been seen by then.
+        with page.expect_request("**/ui/?marker=*"):
+            page.evaluate("fetch('/ui/?marker=1')")
+        reads = [u for u in seen if u.split("?")[0].endswith(f"/v1/{path}")]
+        assert len(reads) == 1, (path, reads)
+

@@ -76,9 +76,10 @@ function makeContext(path, params) {
     path, params, me, signal: controller.signal,
     alive: () => current === state,
     go: (p, query) => { location.hash = hashFor(p, query); },
-    /** Run `load` now and then every `ms` (0: once); a failure shows in `target` (or is
-     * given to it, a function). */
-    every(load, ms, target) {
+    /** Run `load` now (or, `later`, when `ms` have passed: a page that has just read it)
+     * and then every `ms` (0: once); a failure shows in `target` (or is given to it, a
+     * function). */
+    every(load, ms, target, { later = false } = {}) {
       const run = async () => {
         if (current !== state) return;
         if (!document.hidden || !ms) {
@@ -93,7 +94,8 @@ function makeContext(path, params) {
         }
         if (ms && current === state) state.timers.push(setTimeout(run, ms));
       };
-      run();
+      if (later && ms) state.timers.push(setTimeout(run, ms));
+      else run();
     },
   };
 }

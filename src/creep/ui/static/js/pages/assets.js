@@ -60,7 +60,7 @@ export async function renderDetail(main, ctx, assetId) {
   };
   replace(main, head, notes);
   await load();
-  ctx.every(load, 5000, head);
+  ctx.every(load, 5000, head, { later: true });
   // The newest first, each list paged with a cursor of its own.
   main.append(section("Events", pagedList(ctx, {
     path: "/events", query: { asset_id: assetId, order: "newest" }, cursorParam: "events_cursor",

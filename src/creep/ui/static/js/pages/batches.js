@@ -26,10 +26,12 @@ export async function renderDetail(main, ctx, batchId) {
   const head = h("div");
   const notes = actionNotes();
   const fresh = latest();
+  let tenantId = null;
   const load = async () => {
     const mine = fresh();
     const b = await api(`/batches/${id}`, { signal: ctx.signal });
     if (!mine()) return;
+    tenantId = b.tenant_id;
     replace(head,
       h("h1", null, "Batch ", h("code", null, b.batch_id), " ", badge(b.status)),
       h("div", { class: "actions" }, !ctx.me.read_only && !["completed", "cancelled"].includes(b.status)
@@ -43,10 +45,10 @@ export async function renderDetail(main, ctx, batchId) {
   };
   // The batch's tasks are its tenant's: another tenant's task may name the same batch_id
   // (a free field), and an admin key lists every tenant's.
-  const b = await api(`/batches/${id}`, { signal: ctx.signal });
+  await load();
   replace(main, head, notes, section("Tasks", pagedList(ctx, {
-    path: "/tasks", query: { batch_id: batchId, tenant_id: b.tenant_id }, columns: TASK_COLUMNS,
+    path: "/tasks", query: { batch_id: batchId, tenant_id: tenantId }, columns: TASK_COLUMNS,
     empty: "No tasks.",
   })));
-  ctx.every(load, 3000, head);
+  ctx.every(load, 3000, head, { later: true });
 }

@@ -74,5 +74,5 @@ export async function renderDetail(main, ctx, uid) {
     ],
   })));
   await load();
-  ctx.every(load, 5000, head);
+  ctx.every(load, 5000, head, { later: true });
 }

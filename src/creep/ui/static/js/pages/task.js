@@ -55,9 +55,24 @@ export async function renderDetail(main, ctx, taskId) {
   let following = false;
   const follow = () => {
     following = true;
-    followEvents(ctx, id, events, eventsState, () => refresh()).finally(() => { following = false; });
+    followEvents(ctx, id, events, eventsState, changed).finally(() => { following = false; });
+  };
+  // Status events arrive in bursts (the stream replays the task's history when it opens):
+  // read the task once per burst, and not at all when its last event is the status drawn.
+  let lastEvent = null;
+  const changed = (e) => {
+    const first = lastEvent === null;
+    lastEvent = e;
+    if (!first) return;
+    queueMicrotask(() => {
+      const last = lastEvent;
+      lastEvent = null;
+      if (last.to_status === lastStatus && last.attempt === lastAttempt) return;
+      refresh().catch(() => {});
+    });
   };
   let lastStatus = null;
+  let lastAttempt = null;
   let lastVersion = null;
   const fresh = latest();
   const refresh = async () => {
@@ -76,9 +91,10 @@ export async function renderDetail(main, ctx, taskId) {
     // A retried task has events again: follow them once more.
     if (!following && lastStatus !== null && t.status !== lastStatus) follow();
     lastStatus = t.status;
+    lastAttempt = t.attempt;
   };
   await refresh();
-  ctx.every(refresh, 3000, head);
+  ctx.every(refresh, 3000, head, { later: true });
   // Paged, each with a cursor of its own: none is cut off after its first page.
   replace(leases, pagedList(ctx, {
     path: "/leases", query: { task_id: taskId, order: "newest" }, cursorParam: "leases_cursor",
@@ -101,7 +117,8 @@ export async function renderDetail(main, ctx, taskId) {
   follow();
 }
 
-/** Append each event of the SSE stream; reconnect from the last one if it drops. */
+/** Append each event of the SSE stream, giving a status event to onChange; reconnect from
+ * the last one if it drops. */
 async function followEvents(ctx, id, list, state, onChange) {
   let after = list.lastElementChild ? list.lastElementChild.dataset.cursor : null;
   while (ctx.alive()) {
@@ -116,7 +133,7 @@ async function followEvents(ctx, id, list, state, onChange) {
           const e = JSON.parse(m.data);
           after = e.cursor;
           list.appendChild(eventItem(e));
-          if (e.to_status) onChange().catch(() => {});
+          if (e.to_status) onChange(e);
         },
       });
       if (ended) {
