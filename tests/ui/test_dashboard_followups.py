@@ -132,3 +132,40 @@ def test_a_detail_page_reads_its_head_once_when_it_opens(ui_server: Server,
         reads = [u for u in seen if u.split("?")[0].endswith(f"/v1/{path}")]
         assert len(reads) == 1, (path, reads)
 
+
+def test_page_changes_during_the_first_whoami_render_the_page_once(ui_server: Server,
+                                                                   page: Any) -> None:
+    """Two hash changes while the dashboard's first /v1/whoami (after a reload) is pending
+    ask for it once and draw only the last page, once (each change asked again, and every
+    answer drew the page: the assets list was read three times)."""
+    _, key = ui_server.tenant()
+    page.clock.install()
+    sign_in(page, ui_server, key)
+    held: list[Any] = []
+    released = False
+
+    def hold(route: Any) -> None:
+        if released:
+            route.continue_()
+        else:
+            held.append(route)
+
+    seen: list[str] = []
+    page.on("request", lambda req: seen.append(req.url))
+    page.route("**/v1/whoami", hold)
+    with page.expect_request("**/v1/whoami"):
+        page.reload()
+    page.clock.pause_at(time.time() + 1)  # no timed refresh: only the opening reads count
+    page.evaluate("location.hash = '#/tasks'")
+    page.evaluate("location.hash = '#/assets'")
+    released = True
+    for route in held:
+        route.continue_()
+    expect(page.locator("main h1")).to_have_text("Assets")
+    expect(page.locator("main .refresh")).to_contain_text("updated")
+    with page.expect_request("**/ui/?marker=*"):
+        page.evaluate("fetch('/ui/?marker=1')")
+    asked = [u for u in seen if "/v1/whoami" in u]
+    assert len(asked) == 1, asked
+    reads = [u for u in seen if "/v1/assets?" in u]
+    assert len(reads) == 1, reads

@@ -30,6 +30,8 @@ const SECTIONS = [
 ];
 
 let me = null;
+let routing = 0; // route() calls so far: an older one whose await ended stops there
+let asking = null; // the pending /v1/whoami: page changes meanwhile share it
 const RETRY_MS = 3000;
 let current = null; // {controller, timers}
 
@@ -109,13 +111,26 @@ function renderNav(active) {
     h("button", { type: "button", class: "link", id: "sign-out", onclick: () => signOut() }, "Sign out"));
 }
 
+/** The signed-in key's /v1/whoami, asked once however many pages open meanwhile. */
+function whoami() {
+  if (!asking) {
+    const mine = api("/whoami").finally(() => { if (asking === mine) asking = null; });
+    asking = mine;
+  }
+  return asking;
+}
+
 async function route() {
   stopPage();
+  const mine = ++routing;
   if (!session.key()) { showSignIn(); return; }
   if (!me) {
     try {
-      me = await api("/whoami");
+      const found = await whoami();
+      if (mine !== routing) return; // the page changed meanwhile: its route() draws it
+      me = found;
     } catch (err) {
+      if (mine !== routing) return;
       if (isAuthFailure(err)) { signOut(err); return; }
       showOpenFailure(err);
       return;
@@ -145,6 +160,8 @@ async function route() {
 
 function signOut(err) {
   stopPage();
+  routing += 1; // a route() awaiting the old key's whoami draws nothing
+  asking = null;
   session.signOut();
   me = null;
   showSignIn(err);
