@@ -47,7 +47,7 @@ def test_overview_counts_and_task_filters(ui_server: Server, page: Any) -> None:
     assert page.inner_text("#count-CANCELLED .n") == "1"
     assert page.inner_text("#queue-depth .n") == "4"
     assert page.inner_text("#count-FAILED .n") == "0"
-    assert "No failed tasks." in page.inner_text("main")
+    expect(page.locator("main")).to_contain_text("No failed tasks.")
 
     # A count links to the task list filtered by that status.
     page.click("#count-CANCELLED")
