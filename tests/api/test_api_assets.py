@@ -662,3 +662,28 @@ def test_patch_is_tenant_scoped_and_refused_to_read_only_keys(server: Server) ->
     with server.admin() as admin:  # an admin changes any tenant's asset
         r = _patch(admin, aid, 1, status="READY")
         assert r.status_code == 200 and r.json()["tenant_id"] == tenant_a
+
+
+def test_patch_of_a_sold_or_archived_asset_is_a_409_naming_the_status(server: Server) -> None:
+    _, key = server.tenant()
+    with server.client(key) as c:
+        sold = _asset(c)
+        archived = _asset(c)
+        ready = _asset(c)
+        assert _patch(c, sold["asset_id"], 1, status="SOLD").status_code == 200
+        assert c.post(f"/v1/assets/{archived['asset_id']}/archive").status_code == 200
+        for a, status in ((sold, "SOLD"), (archived, "ARCHIVED")):
+            aid = a["asset_id"]
+            before = c.get(f"/v1/assets/{aid}").json()
+            r = _patch(c, aid, 2, health_score=5)
+            assert r.status_code == 409, r.text
+            assert f"asset {aid} is {status}" in r.json()["detail"]
+            r = c.patch("/v1/assets", json={"items": [
+                {"asset_id": ready["asset_id"], "expected_version": 1, "health_score": 7},
+                {"asset_id": aid, "expected_version": 2, "attributes": {"buyer": "x"}}]})
+            assert r.status_code == 409, r.text
+            assert r.json()["detail"].startswith(f"items[1]: asset {aid} is {status}")
+            assert r.json()["asset_id"] == aid
+            assert c.get(f"/v1/assets/{aid}").json() == before
+        assert c.get(f"/v1/assets/{ready['asset_id']}").json() == ready
+        assert _patch(c, sold["asset_id"], 2, status="ARCHIVED").status_code == 200

@@ -118,3 +118,32 @@ def test_max_concurrency_is_not_lowered_below_the_active_leases(app: Creep) -> N
     app.run_worker(burst=True, install_signals=False)
     assert app.get_task(waiting.task_id).status == "QUEUED"
     assert len(app.list_leases(asset_id=a, status="ACTIVE")) == 2
+
+
+def test_a_sold_or_archived_asset_keeps_its_fields(app: Creep) -> None:
+    """SOLD and ARCHIVED are final: a field change is a ConflictError naming the status and
+    writes nothing (a SOLD asset may still be archived, by a status change alone). A change
+    made in the same call as the sale is made before it, and stands."""
+    sold = asset(app, 1)
+    archived = asset(app, 2)
+    sold_v = app.update_asset(sold, 1, health_score=40, status="SOLD").version
+    assert app.get_asset(sold).health_score == 40
+    archived_v = app.archive_asset(archived).version
+    for asset_id, version, status in ((sold, sold_v, "SOLD"), (archived, archived_v,
+                                                                "ARCHIVED")):
+        before = app.get_asset(asset_id)
+        events = app.asset_events(asset_id=asset_id)
+        for changes in ({"health_score": 1}, {"attributes": {"buyer": "x"}},
+                        {"max_concurrency": 5, "cost_per_lease": "1"}):
+            with pytest.raises(ConflictError, match=f"is {status}") as exc:
+                app.update_asset(asset_id, version, **changes)
+            assert asset_id in str(exc.value)
+        with pytest.raises(ConflictError, match=f"is {status}"):
+            app.update_assets([(asset(app, 10 + version), 1, {"health_score": 3}),
+                               (asset_id, version, {"env": "x"})])
+        assert app.get_asset(asset_id) == before
+        assert app.asset_events(asset_id=asset_id) == events
+        assert app.update_asset(asset_id, version) == before  # no change: still a no-op
+    with pytest.raises(ConflictError, match="is SOLD"):
+        app.update_asset(sold, sold_v, status="ARCHIVED", health_score=2)
+    assert app.update_asset(sold, sold_v, status="ARCHIVED").status == "ARCHIVED"

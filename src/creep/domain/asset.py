@@ -11,7 +11,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
-from creep.domain.errors import IllegalTransition, ValidationError
+from creep.domain.errors import ConflictError, IllegalTransition, ValidationError
 from creep.domain.text import bad_text, find_bad_json
 
 
@@ -44,6 +44,17 @@ ASSET_TRANSITIONS: dict[AssetStatus, frozenset[AssetStatus]] = {
 LEASABLE: frozenset[AssetStatus] = frozenset({A.READY, A.IN_USE})
 #: Statuses that end every active lease on the asset (REVOKED).
 REVOKING: frozenset[AssetStatus] = frozenset({A.BANNED, A.SOLD, A.ARCHIVED})
+#: Final statuses: the asset's fields can no longer change (SOLD may still be ARCHIVED).
+FINAL: frozenset[AssetStatus] = frozenset({A.SOLD, A.ARCHIVED})
+
+
+def check_fields_changeable(asset_id: str, status: AssetStatus, fields: Mapping[str, Any]
+                            ) -> None:
+    """A change of fields (not of status) of a SOLD or ARCHIVED asset is a ConflictError."""
+    if status in FINAL and any(name != "status" for name in fields):
+        raise ConflictError(
+            f"asset {asset_id} is {status.value}: its fields can no longer be changed; "
+            "nothing changed")
 
 
 def check_asset_transition(old: AssetStatus | str, new: AssetStatus | str) -> None:

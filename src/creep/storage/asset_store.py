@@ -22,6 +22,7 @@ from creep.domain.asset import (
     AssetSpec,
     AssetStatus,
     check_asset_transition,
+    check_fields_changeable,
 )
 from creep.domain.asset_event import (
     MAX_CHAIN,
@@ -186,6 +187,7 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
     ) -> AssetSnapshot:
         status = changes.get("status")
         plain = {k: v for k, v in changes.items() if k != "status"}
+        check_fields_changeable(asset.asset_id, asset.status, plain)
         if "max_concurrency" in plain and plain["max_concurrency"] < asset.current_concurrency:
             raise ValidationError.single(
                 "max_concurrency",

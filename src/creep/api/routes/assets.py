@@ -51,12 +51,19 @@ from creep.domain.asset import (
     AssetSpec,
     AssetStatus,
     check_asset_transition,
+    check_fields_changeable,
     name_items,
     validate_asset_changes,
     validate_asset_spec,
 )
 from creep.domain.audit import AuditAction, ResourceType
-from creep.domain.errors import IllegalTransition, NotFound, ValidationError, VersionConflict
+from creep.domain.errors import (
+    ConflictError,
+    IllegalTransition,
+    NotFound,
+    ValidationError,
+    VersionConflict,
+)
 from creep.domain.ids import is_uuid
 from creep.ports_assets_api import AssetPagesStore, lease_cursor, valid_lease_cursor
 
@@ -270,7 +277,7 @@ def patch_assets(
     for i, (asset, (_, expected, changes)) in enumerate(zip(before, items, strict=True)):
         if asset.version != expected:
             raise _version_conflict(i, asset.asset_id, expected, asset.version)
-        _check_status(i, asset, changes.get("status"))
+        _check_status(i, asset, changes)
     writes = [
         audit_write(request, principal, AuditAction.UPDATED, ResourceType.ASSET, a.asset_id,
                     old=asset_json(a), tenant_id=a.tenant_id)
@@ -288,9 +295,16 @@ def patch_assets(
     return json_response({"items": [asset_json(a) for a in updated]})
 
 
-def _check_status(index: int, asset: AssetSnapshot, status: AssetStatus | None) -> None:
-    """A status change the asset as read cannot make, named by its item (the store checks
-    again under the row lock, but its errors do not say which of the items it was)."""
+def _check_status(index: int, asset: AssetSnapshot, changes: dict[str, Any]) -> None:
+    """A change the asset as read cannot take (fields of a SOLD/ARCHIVED asset, a status
+    change), named by its item (the store checks again under the row lock, but its errors
+    do not say which of the items it was)."""
+    try:
+        check_fields_changeable(asset.asset_id, asset.status, changes)
+    except ConflictError as exc:
+        raise Problem(409, "Conflict", f"items[{index}]: {exc.message}", type_="conflict",
+                      asset_id=asset.asset_id) from None
+    status: AssetStatus | None = changes.get("status")
     if status is None:
         return
     if (status is not asset.status and status not in REVOKING
