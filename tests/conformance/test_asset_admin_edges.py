@@ -147,3 +147,24 @@ def test_a_sold_or_archived_asset_keeps_its_fields(app: Creep) -> None:
     with pytest.raises(ConflictError, match="is SOLD"):
         app.update_asset(sold, sold_v, status="ARCHIVED", health_score=2)
     assert app.update_asset(sold, sold_v, status="ARCHIVED").status == "ARCHIVED"
+
+
+def test_a_ban_policy_needs_a_tenant_and_a_category_as_an_asset_does(app: Creep) -> None:
+    """tenant_id and sku_category are checked as an asset's are: an empty or blank one, or
+    one longer than an asset's may be, is a ValidationError naming it."""
+    for kwargs, field in (({"tenant_id": ""}, "tenant_id"), ({"tenant_id": "  "}, "tenant_id"),
+                          ({"tenant_id": "t" * 201}, "tenant_id"),
+                          ({"tenant_id": None}, "tenant_id")):
+        with pytest.raises(ValidationError) as exc:
+            app.set_ban_policy("RAW_NET", max_failures=2, window_seconds=60, **kwargs)
+        assert [f for f, _ in exc.value.errors] == [field], kwargs
+    for cat in (" ", "c" * 201):
+        with pytest.raises(ValidationError) as exc:
+            app.set_ban_policy(cat, max_failures=2, window_seconds=60)
+        assert [f for f, _ in exc.value.errors] == ["sku_category"], cat
+        with pytest.raises(ValidationError):
+            app.create_asset(sku_category=cat, sku_code="ip.1")  # the same rule
+    assert app.get_ban_policy("RAW_NET", tenant_id="") is None
+    assert app.get_ban_policy(" ") is None
+    ok = app.set_ban_policy("RAW_NET", max_failures=2, window_seconds=60, tenant_id="t1")
+    assert app.get_ban_policy("RAW_NET", tenant_id="t1") == ok

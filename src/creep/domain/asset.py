@@ -187,6 +187,11 @@ def _text(errors: list[tuple[str, str]], name: str, value: Any, *, required: boo
     return value
 
 
+def asset_text(errors: list[tuple[str, str]], name: str, value: Any) -> str:
+    """A required text field as an asset's tenant_id and sku_category are checked."""
+    return _text(errors, name, value, required=True) or ""
+
+
 _SPEC_KEYS = frozenset(
     {"asset_id", "tenant_id", "project_id", "env", "sku_category", "sku_code", "attributes",
      "status", "max_concurrency", "health_score", "cooldown_seconds", "cost_per_lease",

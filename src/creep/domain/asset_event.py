@@ -13,6 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from creep.domain.asset import asset_text
 from creep.domain.clock import INSTANT_RULE, storable_instant
 from creep.domain.errors import ValidationError
 from creep.domain.text import bad_text, find_bad_json
@@ -214,10 +215,8 @@ def validate_ban_policy(
     failure_event_types: Any,
 ) -> BanPolicy:
     errors: list[tuple[str, str]] = []
-    if not isinstance(sku_category, str) or not sku_category:
-        errors.append(("sku_category", "is required and must be a non-empty string"))
-    elif (rule := bad_text(sku_category)) is not None:
-        errors.append(("sku_category", rule))
+    asset_text(errors, "tenant_id", tenant_id)  # as an asset's: the policy applies to them
+    asset_text(errors, "sku_category", sku_category)
     if isinstance(max_failures, bool) or not isinstance(max_failures, int) or not (
         1 <= max_failures <= 10_000
     ):
