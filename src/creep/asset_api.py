@@ -20,6 +20,7 @@ from creep.domain.asset import (
     currency_code,
     money,
     name_items,
+    sku_pattern_rule,
     validate_asset_changes,
     validate_asset_spec,
 )
@@ -87,6 +88,8 @@ class AssetApi:
         if status is not None and status not in AssetStatus.__members__:
             raise ValidationError.single(
                 "status", f"must be one of {[s.value for s in AssetStatus]}")
+        if sku_code is not None and (rule := sku_pattern_rule(sku_code)) is not None:
+            raise ValidationError.single("sku_code", rule)
         flt = AssetFilter(tenant_id, status, sku_category, sku_code, project_id)
         return self.store.asset_list(flt, after=after, limit=limit)
 

@@ -687,3 +687,13 @@ def test_patch_of_a_sold_or_archived_asset_is_a_409_naming_the_status(server: Se
             assert c.get(f"/v1/assets/{aid}").json() == before
         assert c.get(f"/v1/assets/{ready['asset_id']}").json() == ready
         assert _patch(c, sold["asset_id"], 2, status="ARCHIVED").status_code == 200
+
+
+def test_listing_by_a_code_pattern_with_no_prefix_is_a_422(server: Server) -> None:
+    _, key = server.tenant()
+    with server.client(key) as c:
+        a = _asset(c)
+        for bad in (".*", "ip*", "ip.*.*"):
+            assert _fields(c.get("/v1/assets", params={"sku_code": bad})) == {"sku_code"}
+        items = c.get("/v1/assets", params={"sku_code": "ip.*"}).json()["items"]
+        assert [x["asset_id"] for x in items] == [a["asset_id"]]

@@ -168,3 +168,20 @@ def test_a_ban_policy_needs_a_tenant_and_a_category_as_an_asset_does(app: Creep)
     assert app.get_ban_policy(" ") is None
     ok = app.set_ban_policy("RAW_NET", max_failures=2, window_seconds=60, tenant_id="t1")
     assert app.get_ban_policy("RAW_NET", tenant_id="t1") == ok
+
+
+def test_a_code_pattern_needs_a_prefix_in_listings_and_hints_alike(app: Creep) -> None:
+    """`prefix.*` matches the codes that start with `prefix.`; a pattern with no prefix
+    ('.*', which read literally matches only codes starting with '.') or a '*' elsewhere is a
+    ValidationError naming sku_code, in list_assets as in a task's resource_hints (which
+    would otherwise wait for an asset that can never match). No sku_code matches every code."""
+    a = asset(app, 1)
+    for bad in (".*", "*", "ip*", "ip.*.*"):
+        with pytest.raises(ValidationError) as exc:
+            app.list_assets(sku_code=bad)
+        assert [f for f, _ in exc.value.errors] == ["sku_code"], bad
+        with pytest.raises(ValidationError) as exc:
+            app.submit(task_type="T", resource_hints=[{**NET, "sku_code": bad}])
+        assert [f for f, _ in exc.value.errors] == ["resource_hints[0].sku_code"], bad
+    assert [x.asset_id for x in app.list_assets(sku_code="ip.*")] == [a]
+    assert [x.asset_id for x in app.list_assets()] == [a]

@@ -318,6 +318,16 @@ def next_health(score: int, effect: str) -> int:
     return max(0, min(100, score + HEALTH_DELTA.get(effect, 0)))
 
 
+def sku_pattern_rule(code: str) -> str | None:
+    """Why `code` is not a sku_code to match by (a hint's, a listing's), or None: an exact
+    code, or `prefix.*` with a non-empty prefix (codes starting with `prefix.`). '.*' alone
+    would match only codes starting with '.', so it is refused, not read as 'any code'."""
+    if "*" not in code or (len(code) > 2 and code.endswith(".*") and "*" not in code[:-2]):
+        return None
+    return "a pattern must be a non-empty prefix ending in '.*' (leave sku_code out to " \
+        "match every code)"
+
+
 @dataclass(slots=True)
 class AssetFilter:
     tenant_id: str | None = None

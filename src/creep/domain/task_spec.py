@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from creep.domain.asset import positional
+from creep.domain.asset import positional, sku_pattern_rule
 from creep.domain.clock import INSTANT_RULE, storable_instant
 from creep.domain.errors import ValidationError
 from creep.domain.ids import uuid7
@@ -209,10 +209,8 @@ def _resource_hints(errs: _Errors, value: Any) -> list[dict[str, Any]]:
         code = hint.get("sku_code")
         if code is not None and (not isinstance(code, str) or not code):
             errs.add(f"{path}.sku_code", "must be a non-empty string (exact code or 'prefix.*')")
-        elif isinstance(code, str) and "*" in code and not (
-            code.endswith(".*") and "*" not in code[:-2]
-        ):
-            errs.add(f"{path}.sku_code", "a pattern must be a prefix ending in '.*'")
+        elif isinstance(code, str) and (rule := sku_pattern_rule(code)) is not None:
+            errs.add(f"{path}.sku_code", rule)
         count = hint.get("min_count", 1)
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100:
             errs.add(f"{path}.min_count", "must be an integer from 1 to 100")

@@ -53,6 +53,7 @@ from creep.domain.asset import (
     check_asset_transition,
     check_fields_changeable,
     name_items,
+    sku_pattern_rule,
     validate_asset_changes,
     validate_asset_spec,
 )
@@ -169,6 +170,8 @@ def list_assets(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Any:
     """Assets ordered by asset_id; pass `next_cursor` back as `cursor`."""
+    if sku_code is not None and (rule := sku_pattern_rule(sku_code)) is not None:
+        raise ValidationError.single("sku_code", rule)
     if foreign_tenant_filter(principal, tenant_id):
         return json_response({"items": [], "next_cursor": None})
     after = decode_cursor(cursor, is_uuid) if cursor else None
