@@ -185,3 +185,23 @@ def test_a_code_pattern_needs_a_prefix_in_listings_and_hints_alike(app: Creep) -
         assert [f for f, _ in exc.value.errors] == ["resource_hints[0].sku_code"], bad
     assert [x.asset_id for x in app.list_assets(sku_code="ip.*")] == [a]
     assert [x.asset_id for x in app.list_assets()] == [a]
+
+
+def test_a_policy_change_takes_effect_at_the_next_failure(
+    app: Creep, clock: FrozenClock
+) -> None:
+    """Documented: lowering max_failures bans no asset by itself; the next failure is counted
+    against the new policy with the failures already in the window."""
+    app.set_ban_policy("RAW_NET", max_failures=3, window_seconds=60)
+    a = asset(app, 1)
+    for _ in range(2):
+        fail(app, a)
+        clock.advance(1)
+    app.set_ban_policy("RAW_NET", max_failures=2, window_seconds=60)
+    assert app.get_asset(a).status == "READY"
+    fail(app, a)
+    assert app.get_asset(a).status == "BANNED"
+    [banned] = app.asset_events(asset_id=a, event_type="ASSET_BANNED")
+    assert banned.context["fail_count_window"] == 3
+    assert banned.causation_id == app.asset_events(asset_id=a, event_type="HTTP_PROBE_FAIL")[
+        -1].event_id
