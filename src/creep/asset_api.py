@@ -31,7 +31,7 @@ from creep.domain.asset_event import (
     validate_reported_event,
 )
 from creep.domain.clock import INSTANT_RULE, Clock, storable_instant
-from creep.domain.errors import NotFound, ValidationError
+from creep.domain.errors import ConflictError, NotFound, ValidationError
 from creep.domain.ids import is_uuid, uuid7
 from creep.domain.lease import Lease
 from creep.domain.ledger import EntryType, LedgerEntry, LedgerSummary
@@ -136,10 +136,15 @@ class AssetApi:
                 raise NotFound("asset", asset_id)
         try:
             return self.store.asset_update_many(checked, self.clock.now(), tenant_id=tenant_id)
-        except ValidationError as exc:  # max_concurrency below an asset's current leases
+        except ValidationError as exc:  # max_concurrency below an asset's leases, IN_USE
             if not by_item:
                 raise
             raise name_items(exc, [a for a, _, _ in checked], "items[{}].") from None
+        except ConflictError as exc:  # an illegal transition, a SOLD/ARCHIVED asset's fields
+            hit = next((i for i, (a, _, _) in enumerate(checked) if a in exc.message), None)
+            if by_item and hit is not None:
+                exc.args = (f"items[{hit}]: {exc.message}",)  # the same error, its item named
+            raise
 
     def ban_asset(
         self, asset_id: str, *, reason: str | None = None, tenant_id: str | None = None

@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from creep import ConflictError, Creep, FrozenClock, ValidationError, VersionConflict
+from creep import (
+    ConflictError,
+    Creep,
+    FrozenClock,
+    IllegalTransition,
+    ValidationError,
+    VersionConflict,
+)
 
 NET = {"sku_category": "RAW_NET"}
 
@@ -205,3 +212,22 @@ def test_a_policy_change_takes_effect_at_the_next_failure(
     assert banned.context["fail_count_window"] == 3
     assert banned.causation_id == app.asset_events(asset_id=a, event_type="HTTP_PROBE_FAIL")[
         -1].event_id
+
+
+def test_a_refused_status_change_in_a_bulk_update_names_its_item(app: Creep) -> None:
+    """As the REST bulk PATCH does: an illegal transition, a hand-set IN_USE or a field of a
+    SOLD asset names items[i] and the asset, and nothing of the call is written."""
+    a, b, c = asset(app, 1), asset(app, 2), asset(app, 3)
+    app.sell_asset(c)
+    with pytest.raises(IllegalTransition) as illegal:
+        app.update_assets([(a, 1, {"health_score": 3}), (b, 1, {"status": "NEW"})])
+    assert str(illegal.value).startswith(f"items[1]: asset {b}: illegal transition READY -> NEW")
+    with pytest.raises(ValidationError) as in_use:
+        app.update_assets([(a, 1, {"health_score": 3}), (b, 1, {"status": "IN_USE"})])
+    assert [f for f, _ in in_use.value.errors] == ["items[1].status"]
+    with pytest.raises(ConflictError) as final:
+        app.update_assets([(a, 1, {"health_score": 3}), (c, 2, {"env": "x"})])
+    assert str(final.value).startswith(f"items[1]: asset {c} is SOLD")
+    assert app.get_asset(a).version == app.get_asset(b).version == 1
+    with pytest.raises(IllegalTransition, match=f"asset {b}: illegal"):
+        app.update_asset(b, 1, status="NEW")  # one asset: no item to name

@@ -34,6 +34,7 @@ from creep.domain.asset_event import (
 from creep.domain.errors import (
     ClaimLost,
     ConflictError,
+    IllegalTransition,
     NotFound,
     ValidationError,
     VersionConflict,
@@ -202,10 +203,16 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                 context={"changes": {k: str(v) if isinstance(v, Decimal) else v
                                      for k, v in plain.items()}},
             ))
-        if status is not None and status is not asset.status:
-            self._change_status(conn, asset, status, pending, now, Source.OPERATOR, None)
-        elif status is not None:
-            check_asset_transition(asset.status, status)  # a self-transition is an error
+        try:  # the errors name the asset (a bulk call names its item by it)
+            if status is not None and status is not asset.status:
+                self._change_status(conn, asset, status, pending, now, Source.OPERATOR, None)
+            elif status is not None:
+                check_asset_transition(asset.status, status)  # a self-transition is an error
+        except IllegalTransition as exc:
+            raise IllegalTransition(f"asset {asset.asset_id}", exc.old, exc.new) from None
+        except ValidationError as exc:  # IN_USE set by hand
+            raise ValidationError([(f, f"{rule} (asset {asset.asset_id})")
+                                   for f, rule in exc.errors]) from None
         pending.dirty.add(asset.asset_id)
         return asset
 
