@@ -34,6 +34,7 @@ from creep.api.asset_schemas import (
 from creep.api.audit import audit_write, audited, riding
 from creep.api.auth import Authenticated, Principal, Writer
 from creep.api.openapi import BODY_MODELS
+from creep.api.preconditions import parse_if_match
 from creep.api.problems import Problem
 from creep.api.responses import (
     decode_cursor,
@@ -201,17 +202,6 @@ def _checked_changes(changes: dict[str, Any], prefix: str) -> dict[str, Any]:
     return validate_asset_changes(changes, prefix)
 
 
-def _parse_if_match(value: str | None) -> int:
-    if value is None:
-        raise Problem(428, "Precondition required",
-                      "send If-Match: <version> (the ETag of GET /v1/assets/{id})",
-                      type_="precondition-required")
-    raw = value.strip()
-    raw = raw[2:] if raw.startswith("W/") else raw
-    raw = raw.strip('"')
-    if not raw.isdigit() or len(raw) > 12:
-        raise ValidationError.single("If-Match", 'must be an asset version such as "3"')
-    return int(raw)
 
 
 def _stale(asset_id: str, expected: int, current: int | None) -> Problem:
@@ -233,7 +223,7 @@ def patch_asset(
     UPDATED event for the fields, the status change's own event (NEW -> READY activates,
     -> SOLD sells and revokes its active leases). An illegal status change is a 409 and
     nothing is written; no field to change writes nothing."""
-    expected = _parse_if_match(if_match)
+    expected = parse_if_match(if_match, read_from="GET /v1/assets/{id}", what="an asset version")
     changes = _checked_changes(body.changes(), "")
     store = store_of(svc)
     scope = read_scope(principal)

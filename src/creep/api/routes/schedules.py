@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from creep.api.audit import audited
 from creep.api.auth import Authenticated, Writer
+from creep.api.preconditions import parse_if_match
 from creep.api.problems import Problem
 from creep.api.responses import aware, decode_cursor, encode_cursor, json_response
 from creep.api.schedule_schemas import (
@@ -121,17 +122,6 @@ def get_schedule(uid: str, principal: Authenticated, svc: Svc) -> Any:
     return json_response(schedule_json(sched), headers=_etag(sched))
 
 
-def _parse_if_match(value: str | None) -> int:
-    if value is None:
-        raise Problem(428, "Precondition required",
-                      "send If-Match: <version> (the ETag of GET /v1/schedules/{uid})",
-                      type_="precondition-required")
-    raw = value.strip()
-    raw = raw[2:] if raw.startswith("W/") else raw
-    raw = raw.strip('"')
-    if not raw.isdigit() or len(raw) > 12:
-        raise ValidationError.single("If-Match", 'must be a schedule version such as "3"')
-    return int(raw)
 
 
 @router.patch(
@@ -144,7 +134,7 @@ def patch_schedule(
     if_match: Annotated[str | None, Header()] = None,
 ) -> Any:
     """Change fields of a schedule whose version still equals If-Match."""
-    expected = _parse_if_match(if_match)
+    expected = parse_if_match(if_match, read_from="GET /v1/schedules/{uid}", what="a schedule version")
     store = _store(svc)
     current = store.schedule_get(uid, read_scope(principal))
     if current.version != expected:

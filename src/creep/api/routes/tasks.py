@@ -18,6 +18,7 @@ from creep.api.auth import Authenticated, Writer, key_check, principal_from_head
 from creep.api.context import TRACED
 from creep.api.create_batcher import CreateBatcher
 from creep.api.limits import QuotaCheck, TenantLimits, TenantLimitsCache
+from creep.api.preconditions import parse_if_match
 from creep.api.problems import Problem, parse_body
 from creep.api.responses import (
     RawJSONResponse,
@@ -260,18 +261,6 @@ def retry_task(task_id: str, request: Request, principal: Writer, svc: Svc) -> A
 _NOT_NULL = ("priority", "timeout_ms", "tags")
 
 
-def _parse_if_match(value: str | None) -> int:
-    if value is None:
-        raise Problem(428, "Precondition required",
-                      "send If-Match: <task_version> (the ETag of GET /v1/tasks/{id})",
-                      type_="precondition-required")
-    raw = value.strip()
-    if raw.startswith("W/"):
-        raw = raw[2:]
-    raw = raw.strip('"')
-    if not raw.isdigit() or len(raw) > 12:
-        raise ValidationError.single("If-Match", "must be a task_version such as \"3\"")
-    return int(raw)
 
 
 @router.patch(
@@ -284,7 +273,8 @@ def patch_task(
     if_match: Annotated[str | None, Header()] = None,
 ) -> Any:
     """Change fields of a task whose task_version still equals If-Match."""
-    expected = _parse_if_match(if_match)
+    expected = parse_if_match(if_match, read_from="GET /v1/tasks/{id}", what="a task_version",
+                              field="task_version")
     changes = body.model_dump(exclude_unset=True)
     nulls = [name for name in _NOT_NULL if name in changes and changes[name] is None]
     if nulls:
