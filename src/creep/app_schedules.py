@@ -12,20 +12,17 @@ from creep.domain.execution import (
     ExecutionFilter,
     ExecutionState,
     TaskExecution,
-    TriggerType,
     execution_cursor,
 )
 from creep.domain.schedule import (
-    Firing,
     ScheduledTask,
-    attach_task_specs,
     changes_timing,
     validate_schedule,
 )
 from creep.domain.task_spec import Limits
 from creep.domain.text import bad_text
-from creep.engine.retention import RetentionJob, builtin_job
-from creep.engine.scheduler import MANUAL_FIRE_ATTEMPTS, Scheduler, SchedulerSettings
+from creep.engine.retention import RetentionJob
+from creep.engine.scheduler import MANUAL_FIRE_ATTEMPTS, Scheduler, SchedulerSettings, fire_manually
 from creep.schedule_port import ScheduleStore
 
 if TYPE_CHECKING:
@@ -110,29 +107,10 @@ class SchedulesApi:
             raise ValidationError.single("trigger_by", "must name the principal")
         if (rule := bad_text(trigger_by)) is not None:
             raise ValidationError.single("trigger_by", rule)
-        for attempt in range(1, MANUAL_FIRE_ATTEMPTS + 1):
-            sched = self.schedules.schedule_get(uid, tenant_id)
-            now = self.clock.now()
-            firing = Firing(now, TriggerType.MANUAL, trigger_by)
-            # A built-in schedule runs its job here, never a task (no worker handles one); a
-            # job this process does not know is refused before anything is written.
-            job = builtin_job(sched, getattr(self, "_retention_jobs", {}))
-            if job is None:  # the task is written with the execution, in one transaction
-                attach_task_specs(sched, [firing], now=now, limits=self.limits)
-            try:
-                # Only from the definition read: an update committed since is fired anew.
-                [execution] = self.schedules.schedule_fire(
-                    sched.uid, [firing], run_by=f"api:{trigger_by}", now=now,
-                    expected_version=sched.version,
-                )
-            except VersionConflict:
-                if attempt == MANUAL_FIRE_ATTEMPTS:
-                    raise
-                continue
-            break
-        if job is not None and execution.state is ExecutionState.PENDING:
-            Scheduler(self.schedules, clock=self.clock).run_builtin(job, execution, sched)
-        return self.schedules.execution_get(execution.execution_uid)
+        return fire_manually(
+            self.schedules, uid, tenant_id=tenant_id, trigger_by=trigger_by, clock=self.clock,
+            limits=self.limits, jobs=getattr(self, "_retention_jobs", {}),
+        )
 
     def list_executions(
         self, *, limit: int = 100, before: str | None = None,

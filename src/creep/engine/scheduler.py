@@ -17,13 +17,14 @@ import socket
 import threading
 import traceback
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from creep.domain.clock import Clock, SystemClock
-from creep.domain.errors import CreepError, NotFound, ValidationError
-from creep.domain.execution import ExecutionState, TaskExecution
+from creep.domain.errors import CreepError, NotFound, ValidationError, VersionConflict
+from creep.domain.execution import ExecutionState, TaskExecution, TriggerType
 from creep.domain.lock import check_lock_ttl
 from creep.domain.schedule import (
     SYSTEM_TENANT,
@@ -260,3 +261,38 @@ class Scheduler:
             except CreepError as exc:
                 log.warning("releasing the scheduler lock failed: %s", exc)
 
+
+
+def fire_manually(
+    store: ScheduleStore, uid: str, *, tenant_id: str | None, trigger_by: str, clock: Clock,
+    limits: Limits, jobs: Mapping[str, RetentionJob],
+    around: Callable[[ScheduledTask, Firing, datetime], AbstractContextManager[object]]
+    | None = None,
+) -> TaskExecution:
+    """Fire a schedule now (trigger_type manual), outside its timing: the app's and the
+    REST route's trigger. Only from the definition read: an update committed between the
+    read and the firing's transaction (which then rolls back, with whatever `around` made
+    ride it, e.g. an audit row) is read and fired anew, up to MANUAL_FIRE_ATTEMPTS times,
+    then VersionConflict. A built-in schedule runs its job (from `jobs`) here, never a
+    task; one this process does not know is refused before anything is written."""
+    for attempt in range(1, MANUAL_FIRE_ATTEMPTS + 1):
+        sched = store.schedule_get(uid, tenant_id)
+        now = clock.now()
+        firing = Firing(now, TriggerType.MANUAL, trigger_by)
+        job = builtin_job(sched, jobs)
+        if job is None:  # the task is written with the execution, in one transaction
+            attach_task_specs(sched, [firing], now=now, limits=limits)
+        try:
+            with around(sched, firing, now) if around else contextlib.nullcontext():
+                [execution] = store.schedule_fire(
+                    sched.uid, [firing], run_by=f"api:{trigger_by}", now=now,
+                    expected_version=sched.version,
+                )
+        except VersionConflict:
+            if attempt == MANUAL_FIRE_ATTEMPTS:
+                raise
+            continue
+        break
+    if job is not None and execution.state is ExecutionState.PENDING:
+        Scheduler(store, clock=clock).run_builtin(job, execution, sched)
+    return store.execution_get(execution.execution_uid)

@@ -6,6 +6,7 @@ too, and the audit row must ride the one transaction that makes the change."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Annotated, Any, Literal, cast
 
@@ -34,20 +35,16 @@ from creep.domain.audit import AuditAction, ResourceType
 from creep.domain.errors import ValidationError, VersionConflict
 from creep.domain.execution import (
     ExecutionFilter,
-    ExecutionState,
-    TriggerType,
     execution_cursor,
     parse_execution_cursor,
 )
 from creep.domain.schedule import (
     Firing,
     ScheduledTask,
-    attach_task_specs,
     changes_timing,
     validate_schedule,
 )
-from creep.engine.retention import builtin_job
-from creep.engine.scheduler import MANUAL_FIRE_ATTEMPTS, Scheduler
+from creep.engine.scheduler import fire_manually
 from creep.schedule_port import ScheduleStore
 
 router = APIRouter(prefix="/schedules", tags=["schedules"])
@@ -176,37 +173,21 @@ def trigger_schedule(uid: str, request: Request, principal: Writer, svc: Svc) ->
     caller's key id, and its task. max_concurrent still applies: beyond it the execution is
     recorded `cancelled` with the reason (and no task is created)."""
     store = _store(svc)
-    for attempt in range(1, MANUAL_FIRE_ATTEMPTS + 1):
-        sched = store.schedule_get(uid, read_scope(principal))
-        now = svc.clock.now()
-        firing = Firing(now, TriggerType.MANUAL, principal.key_id)
-        builtin = builtin_job(sched, {})  # a built-in job unknown to the server: a 422
-        if builtin is None:  # the task is written with the execution, in one transaction
-            attach_task_specs(sched, [firing], now=now, limits=svc.limits)
+
+    def audit(sched: ScheduledTask, firing: Firing, now: datetime) -> AbstractContextManager[Any]:
         view = {"execution_uid": firing.execution_uid, "task_id": firing.task_id,
                 "trigger_type": "manual", "trigger_by": principal.key_id,
                 "scheduled_at": now.isoformat()}
-        try:
-            with audited(request, principal, AuditAction.TRIGGERED,
-                         ResourceType.SCHEDULED_TASK, sched.uid, new=view,
-                         tenant_id=sched.tenant_id,
-                         resource_data={"execution_uid": firing.execution_uid}):
-                # Only from the definition read: an update committed since (the
-                # transaction and its audit row roll back) is read and fired anew.
-                [execution] = store.schedule_fire(
-                    sched.uid, [firing], run_by=f"api:{principal.key_id}", now=now,
-                    expected_version=sched.version,
-                )
-        except VersionConflict:
-            if attempt == MANUAL_FIRE_ATTEMPTS:
-                raise
-            continue
-        break
-    if builtin is not None and execution.state is ExecutionState.PENDING:
-        Scheduler(store, clock=svc.clock).run_builtin(builtin, execution, sched)
-    done = store.execution_get(execution.execution_uid)
+        return audited(request, principal, AuditAction.TRIGGERED, ResourceType.SCHEDULED_TASK,
+                       sched.uid, new=view, tenant_id=sched.tenant_id,
+                       resource_data={"execution_uid": firing.execution_uid})
+
+    # A built-in job unknown to the server (no retention jobs of its own): a 422.
+    done = fire_manually(store, uid, tenant_id=read_scope(principal),
+                         trigger_by=principal.key_id, clock=svc.clock, limits=svc.limits,
+                         jobs={}, around=audit)
     return json_response(execution_json(done), 201,
-                         {"Location": f"/v1/schedules/{sched.uid}/executions"})
+                         {"Location": f"/v1/schedules/{done.task_uid}/executions"})
 
 
 def _valid_execution_cursor(raw: str) -> bool:
