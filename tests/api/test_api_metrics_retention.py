@@ -3,26 +3,15 @@ task counters keep what retention deleted, even when no scrape folded it first."
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from creep import Creep, FrozenClock, TaskContext
-from creep.api.app import create_app
-from creep.api.settings import Settings
+from tests.api.inprocess import ADMIN, T0, TestClient, acme_api
 from tests.conftest import wait_until
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # starlette's note about httpx
-    from fastapi.testclient import TestClient
-
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-KEY = "metrics-admin-key-" + "x" * 24
-ADMIN = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture
@@ -39,11 +28,7 @@ def app(db_url: str, clock: FrozenClock) -> Iterator[Creep]:
 
 @pytest.fixture
 def api(app: Creep, db_url: str, clock: FrozenClock) -> Iterator[TestClient]:
-    settings = Settings(database_url=db_url, admin_key=KEY, maintenance_interval_seconds=0,
-                        metrics_cache_seconds=0)
-    with TestClient(create_app(settings, store=app.store, clock=clock)) as client:  # type: ignore[arg-type]
-        r = client.post("/v1/tenants", json={"tenant_id": "acme"}, headers=ADMIN)
-        assert r.status_code == 201, r.text
+    with acme_api(app, db_url, clock, metrics_cache_seconds=0) as client:
         yield client
 
 

@@ -4,25 +4,15 @@ clock, both backends): what a manual trigger fires and what an update's audit ro
 from __future__ import annotations
 
 import threading
-import warnings
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import orjson
 import pytest
 
 from creep import Creep, FrozenClock
-from creep.api.app import create_app
-from creep.api.settings import Settings
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # starlette's note about httpx
-    from fastapi.testclient import TestClient
-
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-KEY = "schedule-races-admin-key-" + "x" * 24
-ADMIN = {"Authorization": f"Bearer {KEY}"}
+from tests.api.inprocess import ADMIN, T0, TestClient, acme_api
 
 
 @pytest.fixture
@@ -39,10 +29,7 @@ def app(db_url: str, clock: FrozenClock) -> Iterator[Creep]:
 
 @pytest.fixture
 def api(app: Creep, db_url: str, clock: FrozenClock) -> Iterator[TestClient]:
-    settings = Settings(database_url=db_url, admin_key=KEY, maintenance_interval_seconds=0)
-    with TestClient(create_app(settings, store=app.store, clock=clock)) as client:  # type: ignore[arg-type]
-        r = client.post("/v1/tenants", json={"tenant_id": "acme"}, headers=ADMIN)
-        assert r.status_code == 201, r.text
+    with acme_api(app, db_url, clock) as client:
         yield client
 
 
