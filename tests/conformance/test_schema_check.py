@@ -145,6 +145,36 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+
+def test_readiness_stays_ready_when_a_newer_creep_migrates_under_a_running_server(
+    db_url: str,
+) -> None:
+    """A rolling deploy runs `creep migrate` first, then replaces the processes: until then
+    the old servers go on serving, so their readiness must keep them in rotation (with the
+    reason to upgrade). A schema older than the server's is still not ready."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    open_store(db_url, migrate=True).close()
+    app = create_app(Settings(database_url=db_url, auto_migrate=False,
+                              maintenance_interval_seconds=0))
+    with TestClient(app) as client:
+        r = client.get("/health/ready")
+        assert r.status_code == 200 and "warning" not in r.json(), r.text
+        newer = _migrated_by_a_newer_creep(db_url)
+        r = client.get("/health/ready")
+        assert r.status_code == 200, r.text
+        assert r.json() == {
+            "status": "ready", "schema_version": newer,
+            "warning": f"the database's schema is version {newer}, newer than this creep "
+                       f"knows ({_head(db_url)}): upgrade creep"}
+        _sql(db_url, f"DELETE FROM schema_migrations WHERE version >= {_head(db_url)}")
+        r = client.get("/health/ready")
+        assert r.status_code == 503 and "run `creep migrate`" in r.json()["detail"], r.text
+
 @pytest.mark.parametrize("case", ["newer", "unmigrated"])
 def test_creep_server_without_migrating_refuses_to_start_with_one_error_line(
     db_url: str, case: str

@@ -15,6 +15,7 @@ from creep.api.auth import principal_of
 from creep.api.problems import Problem
 from creep.api.responses import json_response
 from creep.api.services import Services, services
+from creep.domain.errors import SchemaTooNew
 from creep.storage.common import schema_mismatch
 
 router = APIRouter(tags=["operations"])
@@ -28,6 +29,9 @@ class Live(BaseModel):
 class Ready(BaseModel):
     status: str
     schema_version: int
+    #: Set when a newer creep migrated the database after this process started: it goes on
+    #: serving (migrations keep running processes working) until it is replaced.
+    warning: str | None = None
 
 
 @router.get("/health/live", response_model=Live)
@@ -38,10 +42,12 @@ async def live() -> Any:
 
 @router.get(
     "/health/ready", response_model=Ready,
-    responses={503: {"description": "database unreachable or schema not current"}},
+    responses={503: {"description": "database unreachable or schema older than this creep"}},
 )
 async def ready(svc: Svc) -> Any:
-    """The database answers (within ready_timeout_seconds) and its schema is current."""
+    """The database answers (within ready_timeout_seconds) and its schema is current, or
+    newer: a rolling deploy runs `creep migrate` before it replaces the processes, and the
+    old ones must stay in their load balancers' rotation until then."""
     timeout = svc.settings.ready_timeout_seconds
     try:
         version = await asyncio.wait_for(
@@ -54,6 +60,9 @@ async def ready(svc: Svc) -> Any:
         raise Problem(503, "Not ready", f"the database is not reachable: {exc}",
                       type_="not-ready") from None
     problem = schema_mismatch(version, svc.store.dialect)
+    if isinstance(problem, SchemaTooNew):
+        return json_response(
+            {"status": "ready", "schema_version": version, "warning": problem.message})
     if problem is not None:
         raise Problem(503, "Not ready", problem.message, type_="not-ready")
     return json_response({"status": "ready", "schema_version": version})
