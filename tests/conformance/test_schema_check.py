@@ -99,6 +99,21 @@ def test_without_migrating_an_unmigrated_database_asks_for_creep_migrate(db_url:
         app.close()
 
 
+
+def test_without_migrating_a_missing_sqlite_file_is_not_created(tmp_path: Path) -> None:
+    """A mistyped path is refused without leaving an empty database file behind (a later
+    `creep migrate` at the right path would otherwise be easy to miss for this one)."""
+    path = tmp_path / "typo.db"
+    app = Creep(f"sqlite:///{path}", auto_migrate=False)
+    try:
+        with pytest.raises(SchemaOutOfDate, match="run `creep migrate`"):
+            app.submit(tenant_id="t1", task_type="X", currency="USD")
+        with pytest.raises(SchemaOutOfDate):
+            app.run_worker(burst=True, install_signals=False)
+    finally:
+        app.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
 def test_without_migrating_a_current_schema_is_used(db_url: str) -> None:
     open_store(db_url, migrate=True).close()
     with Creep(db_url, auto_migrate=False) as app:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import uuid
@@ -317,6 +318,10 @@ class SqliteStore(
         return applied
 
     def schema_version(self) -> int:
+        if not os.path.exists(self.path):
+            # Asked first by a process that does not migrate: no schema, and no empty file
+            # left behind at a mistyped path by opening it.
+            return 0
         try:
             row = self._conn().execute("SELECT max(version) FROM schema_migrations").fetchone()
         except sqlite3.OperationalError:
