@@ -140,6 +140,29 @@ def test_retries_honour_retry_after_on_429(server: Server) -> None:
     assert asyncio.run(main()) >= 1
 
 
+def test_follow_task_events_waits_out_a_429_as_every_call_does(server: Server) -> None:
+    """Client retries 429/503 per its RetryPolicy, waiting Retry-After; follow_task_events
+    (creep task events --follow) raised the 429 of its opening request at once, so a tenant
+    at its request rate could not follow a task. It waits it out too, sync and async."""
+    _, key = server.tenant(rate_limit_per_second=1, rate_limit_burst=1)
+    policy = RetryPolicy(max_retries=5, max_delay=5)
+    with Client(server.url, key, retry=policy) as c:
+        task = c.create_task(task_type="NO_HANDLER", env="dev")
+        c.cancel_task(task.task_id)  # the bucket is empty now: the stream's request waits
+        events = [e.event_type for e in c.follow_task_events(task.task_id)]  # was a 429
+        assert events == ["created", "queued", "cancelled"]
+        assert 429 in c.stats.statuses
+
+    async def follow() -> tuple[list[str], list[int]]:
+        async with AsyncClient(server.url, key, retry=policy) as ac:
+            await ac.get_task(task.task_id)  # empties the bucket again
+            names = [e.event_type async for e in ac.follow_task_events(task.task_id)]
+            return names, ac.stats.statuses
+
+    names, statuses = asyncio.run(follow())
+    assert names == events and 429 in statuses
+
+
 def test_async_client_follows_events(server: Server) -> None:
     _, key = server.tenant()
 

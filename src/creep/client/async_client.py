@@ -124,7 +124,7 @@ class AsyncClient:
                                  max_reconnects: int = 10) -> AsyncIterator[TaskEvent]:
         """Server-Sent Events until the task is finished; resumes with Last-Event-ID."""
         cursor = after
-        reconnects = 0
+        reconnects = refusals = 0
         while True:
             headers = {"Accept": "text/event-stream"}
             if cursor:
@@ -136,7 +136,15 @@ class AsyncClient:
                 ) as response:
                     if response.status_code >= 400:
                         await response.aread()
+                        # A 429/503 is waited out per `retry`, as `send` does for any call.
+                        if (response.status_code in core.RETRY_STATUSES
+                                and refusals < self.retry.max_retries):
+                            await self._wait(refusals, core.retry_after(response),
+                                             response.status_code)
+                            refusals += 1
+                            continue
                         raise core.problem(response)
+                    refusals = 0
                     parser = core.SseParser()
                     async for line in response.aiter_lines():
                         for event in parser.feed(line):

@@ -159,7 +159,7 @@ class Client:
         """Server-Sent Events until the task is finished; reconnects with Last-Event-ID (so
         no event is lost or repeated) when the connection drops."""
         cursor = after
-        reconnects = 0
+        reconnects = refusals = 0
         while True:
             headers = {"Accept": "text/event-stream"}
             if cursor:
@@ -169,7 +169,15 @@ class Client:
                                        timeout=httpx.Timeout(30.0, read=None)) as response:
                     if response.status_code >= 400:
                         response.read()
+                        # A 429/503 is waited out per `retry`, as `send` does for any call.
+                        if (response.status_code in core.RETRY_STATUSES
+                                and refusals < self.retry.max_retries):
+                            self._wait(refusals, core.retry_after(response),
+                                       response.status_code)
+                            refusals += 1
+                            continue
                         raise core.problem(response)
+                    refusals = 0
                     parser = core.SseParser()
                     for line in response.iter_lines():
                         for event in parser.feed(line):
