@@ -28,7 +28,7 @@ _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 
 
 def valid_traceparent(value: Any) -> bool:
-    return isinstance(value, str) and _TRACEPARENT.match(value) is not None
+    return isinstance(value, str) and _TRACEPARENT.fullmatch(value) is not None
 
 
 _provider: Any = None

@@ -57,7 +57,7 @@ class RequestContextMiddleware:
             if name == b"x-request-id":
                 supplied = value.decode("latin-1")
                 break
-        request_id = supplied if supplied and _VALID_ID.match(supplied) else new_request_id()
+        request_id = supplied if supplied and _VALID_ID.fullmatch(supplied) else new_request_id()
         if _has_nul(scope):
             # Path and query parameters reach SQL; no database stores NUL in text.
             await _reject_nul(send, request_id)

@@ -86,7 +86,7 @@ _EVENT_CURSOR = re.compile(r"^[0-9]{1,18}(\.[0-9]{1,18})?$")
 
 def check_event_cursor(cursor: str | None, field: str) -> str | None:
     """Event cursors are numbers a database column can hold; anything else is a 422."""
-    if cursor is not None and not _EVENT_CURSOR.match(cursor):
+    if cursor is not None and not _EVENT_CURSOR.fullmatch(cursor):
         raise ValidationError.single(field, "is not a cursor this server issued")
     return cursor
 

@@ -85,7 +85,7 @@ def validate_upload(
     elif "/" in file_name or "\\" in file_name or "\x00" in file_name or file_name in (".", ".."):
         errors.append(("file_name", "must be a plain file name (no path separators)"))
     if mime_type is not None and (
-        not isinstance(mime_type, str) or len(mime_type) > 255 or not _MIME.match(mime_type)
+        not isinstance(mime_type, str) or len(mime_type) > 255 or not _MIME.fullmatch(mime_type)
     ):
         errors.append(("mime_type", "must look like type/subtype"))
     meta: dict[str, Any] = {}
@@ -121,4 +121,4 @@ def guess_mime_type(file_name: str, sniffed: str | None) -> str:
 
 
 def is_sha256(value: str) -> bool:
-    return bool(_SHA256.match(value))
+    return bool(_SHA256.fullmatch(value))

@@ -485,7 +485,7 @@ def validate_full(
         f"> 0 and at most {MAX_TIMEOUT_MS}",
     )
     currency = data.get("currency", "USD")
-    if not isinstance(currency, str) or not _CURRENCY.match(currency):
+    if not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
         errs.add("currency", "must be a 3-4 letter upper-case currency code such as USD or USDT")
         currency = "USD"
     constraints = _constraints(errs, data.get("constraints"))

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from creep.domain.errors import CreepError, ValidationError
+from creep.domain.errors import CreepError
 
 #: Every key starts with this, so a leaked one is easy to recognise (and to grep for).
 KEY_PREFIX = "crp_"
-_TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class Role(StrEnum):
@@ -74,11 +72,3 @@ def new_key_secret() -> str:
 def hash_key(secret: str) -> str:
     """Keys are random and long, so one fast hash is enough (no salt/stretching needed)."""
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def validate_tenant_id(tenant_id: str, field: str = "tenant_id") -> str:
-    if not _TENANT_ID.match(tenant_id):
-        raise ValidationError.single(
-            field, "must be 1-128 characters of letters, digits, '.', '_' or '-'"
-        )
-    return tenant_id

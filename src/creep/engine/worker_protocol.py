@@ -337,7 +337,7 @@ class WorkerProtocol:
         payload: Any = None,
     ) -> TaskEvent:
         errors: list[tuple[str, str]] = []
-        if not isinstance(event_type, str) or not _EVENT_TYPE.match(event_type):
+        if not isinstance(event_type, str) or not _EVENT_TYPE.fullmatch(event_type):
             errors.append(("event_type", "must match ^[a-z][a-z0-9_.:-]{0,63}$"))
         elif event_type == STREAM_END:
             errors.append(("event_type", "is reserved: `end` closes the task's event stream; "

@@ -106,7 +106,7 @@ def load_migrations(dialect: str) -> list[Migration]:
     folder = resources.files("creep.storage") / "migrations" / dialect
     found: list[Migration] = []
     for entry in folder.iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
+        match = _MIGRATION_NAME.fullmatch(entry.name)
         if match:
             found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
     found.sort(key=lambda m: m.version)
