@@ -218,3 +218,19 @@ def test_unreachable_server_is_a_transport_error() -> None:
         with pytest.raises(TransportError):
             c.health_live()
         assert c.stats.retries == 1
+
+
+def test_claim_long_poll_outlasting_the_client_timeout_answers(server: Server) -> None:
+    """A claim may wait up to 60 s for work (`wait`), longer than the client's timeout (30 s by
+    default): the long poll still answers, sync and async, instead of the client giving up
+    at its own timeout with a TransportError (the server was still legitimately waiting)."""
+    _, key = server.tenant()
+    kind = f"IDLE-{uuid.uuid4().hex[:8]}"
+    with Client(server.url, key, timeout=1, retry=NO_RETRY) as c:
+        assert c.claim([kind], wait=2) == []
+
+    async def main() -> list[object]:
+        async with AsyncClient(server.url, key, timeout=1, retry=NO_RETRY) as ac:
+            return list(await ac.claim([kind], wait=2))
+
+    assert asyncio.run(main()) == []

@@ -77,6 +77,15 @@ def headers(key: str | None) -> dict[str, str]:
     return out
 
 
+def call_timeout(base: httpx.Timeout, wait: float) -> httpx.Timeout:
+    """The client's timeout for a call the server may hold back `wait` seconds (a claim's
+    long poll): its read timeout counts from the end of that wait, not from the request."""
+    if wait <= 0 or base.read is None:
+        return base
+    return httpx.Timeout(connect=base.connect, read=base.read + wait, write=base.write,
+                         pool=base.pool)
+
+
 def retry_after(response: httpx.Response) -> float | None:
     raw = response.headers.get("Retry-After")
     if raw is None:

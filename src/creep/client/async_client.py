@@ -74,6 +74,7 @@ class AsyncClient:
                 response = await self._http.request(
                     call.method, call.path, params=call.params, json=call.json,
                     files=call.files, data=call.data, headers=call.headers,
+                    timeout=core.call_timeout(self._http.timeout, call.wait),
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if attempt >= self.retry.max_retries:

@@ -47,6 +47,8 @@ class Call(Generic[T]):
     files: dict[str, Any] | None = None
     data: dict[str, Any] | None = None
     headers: dict[str, str] | None = None
+    #: Seconds the server may hold its answer back (a long poll): added to the read timeout.
+    wait: float = 0.0
 
 
 def _p(value: str) -> str:
@@ -217,7 +219,7 @@ def download_artifact(artifact_id: str) -> Call[bytes]:
 def claim(body: dict[str, Any]) -> Call[list[Claimed]]:
     return Call("POST", "/v1/workers/claim",
                 lambda r: [Claimed.from_json(c) for c in core.json_of(r)["items"]],
-                json=core.jsonable(body))
+                json=core.jsonable(body), wait=float(body.get("wait") or 0))
 
 
 def worker_call(task_id: str, action: str, body: dict[str, Any]) -> Call[Any]:

@@ -72,6 +72,7 @@ class Client:
                 response = self._http.request(
                     call.method, call.path, params=call.params, json=call.json,
                     files=call.files, data=call.data, headers=call.headers,
+                    timeout=core.call_timeout(self._http.timeout, call.wait),
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if attempt >= self.retry.max_retries:
