@@ -234,3 +234,20 @@ def test_claim_long_poll_outlasting_the_client_timeout_answers(server: Server) -
             return list(await ac.claim([kind], wait=2))
 
     assert asyncio.run(main()) == []
+
+
+def test_a_dot_identifier_names_that_resource_not_the_list_above_it(server: Server) -> None:
+    """An id or name of `.` or `..` is sent as it is, not as a dot segment the URL resolves
+    away: get_task('.') asked GET /v1/tasks/ and returned the task list read as a Task with
+    every field None; it is a 404 now, and a schedule named '.' is found by its name."""
+    _, key = server.tenant()
+    with Client(server.url, key) as c:
+        c.create_task(task_type="NO_HANDLER", env="dev")
+        c.create_asset(sku_category="DOTS", sku_code="dot.1")
+        for read in (c.get_task, c.get_asset, c.get_batch, c.get_schedule):
+            for name in (".", ".."):
+                with pytest.raises(ApiProblem) as missing:
+                    read(name)
+                assert missing.value.status == 404, (read, name)
+        sched = c.create_schedule(name=".", type="NO_HANDLER", interval=3600)
+        assert c.get_schedule(".").uid == sched.uid

@@ -52,7 +52,10 @@ class Call(Generic[T]):
 
 
 def _p(value: str) -> str:
-    return quote(value, safe="")
+    """One path segment. `.` and `..` (which quote leaves as they are) are escaped too: as
+    dot segments the URL would resolve them away (GET /v1/tasks/. asked for the list)."""
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 def _any(response: httpx.Response) -> Any:
