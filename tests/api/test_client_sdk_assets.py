@@ -157,3 +157,30 @@ def test_update_assets_sync_and_async(server: Server) -> None:
             return [one.status, str(one.max_concurrency), both[1].status]
 
     assert asyncio.run(main()) == ["READY", "4", "SOLD"]
+
+
+def test_iter_leases_reads_every_page(server: Server) -> None:
+    """GET /v1/leases pages by next_cursor, but list_leases gives one page and drops the
+    cursor: beyond `limit` (at most 10,000) the rest could not be read. iter_leases follows
+    the cursor over every page (in either order), sync and async."""
+    _, key = server.tenant()
+    kind = f"LEASED-{uuid.uuid4().hex[:8]}"
+    with Client(server.url, key) as c:
+        asset = c.create_asset(sku_category="PAGED_NET", sku_code="ip.p.1", max_concurrency=3,
+                               cooldown_seconds=0)
+        for _ in range(3):
+            c.create_task(task_type=kind, env="dev",
+                          resource_hints=[{"sku_category": "PAGED_NET"}])
+        assert len(c.claim([kind], max_tasks=3)) == 3
+        first = c.list_leases(asset_id=asset.asset_id)
+        assert len(first) == 3 and len(c.list_leases(asset_id=asset.asset_id, limit=2)) == 2
+        assert list(c.iter_leases(asset_id=asset.asset_id, page_size=2)) == first
+        newest = list(c.iter_leases(asset_id=asset.asset_id, order="newest", page_size=1))
+        assert newest == first[::-1]
+
+    async def main() -> list[str]:
+        async with AsyncClient(server.url, key) as ac:
+            return [x.lease_id async for x in ac.iter_leases(asset_id=asset.asset_id,
+                                                             page_size=2)]
+
+    assert asyncio.run(main()) == [x.lease_id for x in first]

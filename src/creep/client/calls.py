@@ -279,6 +279,12 @@ def list_leases(**filters: Any) -> Call[list[Lease]]:
     return Call("GET", "/v1/leases", _items(Lease), params=core.params(**filters))
 
 
+def lease_page(**filters: Any) -> Call[Page[Lease]]:
+    """list_leases with its `next_cursor` (pass it back as `cursor`, with the same order)."""
+    return Call("GET", "/v1/leases", lambda r: core.page(r, Lease),
+                params=core.params(**filters))
+
+
 def release_lease(lease_id: str) -> Call[Lease]:
     return Call("POST", f"/v1/leases/{_p(lease_id)}/release", lambda r: core.one(r, Lease))
 

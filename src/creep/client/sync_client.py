@@ -347,6 +347,11 @@ class Client:
         return self.send(calls.list_leases(task_id=task_id, asset_id=asset_id, status=status,
                                            tenant_id=tenant_id, limit=limit, order=order))
 
+    def iter_leases(self, *, page_size: int = 1000, **filters: Any) -> Iterator[Lease]:
+        """Every lease over all pages (list_leases gives one); filters as list_leases'."""
+        return self.paginate(lambda c: self.send(
+            calls.lease_page(cursor=c, limit=page_size, **filters)))
+
     def release_lease(self, lease_id: str) -> Lease:
         """Release an ACTIVE lease by hand."""
         return self.send(calls.release_lease(lease_id))
