@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from creep.api.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def app_from_env() -> Any:
@@ -46,10 +49,23 @@ def serve(settings: Settings) -> None:
             value = getattr(settings, name)
             if value is not None:
                 os.environ[f"CREEP_{name.upper()}"] = str(value)
-        uvicorn.run("creep.api.server:app_from_env", factory=True,
-                    workers=settings.workers, **common)
+        _supervise(uvicorn.Config("creep.api.server:app_from_env", factory=True,
+                                  workers=settings.workers, **common))
     else:
         uvicorn.run(create_app(settings, settle_heap=True), **common)
+
+
+def _supervise(config: uvicorn.Config) -> None:
+    """uvicorn.run's multi-process branch, with the exit status it drops: a process that
+    fails to start (the app's start-up raised) stops the supervisor, which returns normally,
+    so `creep server --workers N` exited 0. Exit STARTUP_FAILURE (3), as one process does."""
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+        raise SystemExit(STARTUP_FAILURE)
 
 
 def prepare_database(settings: Settings) -> None:
