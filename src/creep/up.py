@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -101,6 +102,20 @@ def _spawn(name: str, args: list[str], env: dict[str, str]) -> Child:
     proc = subprocess.Popen([sys.executable, "-m", "creep.cli", *args], env=env,
                             start_new_session=True)
     return Child(name, proc)
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port, else None. Asked before anything starts:
+    while our server fails to bind, another one there (another `creep up`) would answer the
+    liveness probe, and we would announce it as ours."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 def _wait_live(url: str, children: list[Child], timeout: float) -> str | None:
@@ -225,6 +240,11 @@ def up(
     except OSError as exc:
         err.print(error_line(f"cannot keep the admin key in {str(path)!r}: {exc}"))
         raise typer.Exit(2) from None
+
+    taken = _cannot_listen(host, port)
+    if taken is not None:
+        err.print(error_line(taken))
+        raise typer.Exit(2)
 
     stopping = threading.Event()
 
