@@ -234,6 +234,9 @@ app.command("up")(up)
 
 
 def main() -> None:
+    from creep.up import stop_with_parent
+
+    stop_with_parent()
     app()
 
 

@@ -97,11 +97,32 @@ def admin_key(path: Path) -> tuple[str, bool]:
     return key, True
 
 
+#: Set in the environment of the processes `creep up` starts: its pid (see stop_with_parent).
+PARENT_ENV = "CREEP_UP_PARENT_PID"
+
+
 def _spawn(name: str, args: list[str], env: dict[str, str]) -> Child:
     # A session of its own: Ctrl-C reaches only this process, which stops the children in order.
-    proc = subprocess.Popen([sys.executable, "-m", "creep.cli", *args], env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "creep.cli", *args],
+                            env={**env, PARENT_ENV: str(os.getpid())}, start_new_session=True)
     return Child(name, proc)
+
+
+def stop_with_parent() -> None:
+    """In a process `creep up` started: SIGTERM itself (a graceful stop) once `creep up` is
+    gone. In a session of its own, it would otherwise run on after a kill -9 or a crash of
+    `creep up`, holding the port and its tasks. Compared with the pid `creep up` passed, not
+    with the parent found at start, so a parent gone before the check is seen too."""
+    parent = os.environ.pop(PARENT_ENV, None)  # not for processes this one starts
+    if not parent or not parent.isdigit():
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="creep-up-parent", daemon=True).start()
 
 
 def _cannot_listen(host: str, port: int) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 
 from creep.storage import open_store
 from tests.api.conftest import free_port
-from tests.conftest import child_pythonpath
+from tests.conftest import child_pythonpath, wait_until
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -77,3 +78,47 @@ def test_up_on_a_port_another_server_holds_says_so_and_never_that_it_is_up(
     assert "creep is up" not in done.stdout, done.stdout
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: "), done.stderr
+
+
+def _alive(pid: int) -> bool:
+    """Running (Linux): an exited process init has not reaped yet is a zombie, not alive."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_up_killed_leaves_no_process_behind(tmp_path: Path) -> None:
+    """`creep up` starts its processes in sessions of their own (Ctrl-C reaches only it, and
+    it stops them in order), so when it died without stopping them (kill -9, a crash) the
+    server, workers and scheduler ran on, holding the port and the tasks. Each now stops,
+    as on SIGTERM, once `creep up` is gone."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "creep.cli", "up", "--port", str(port), "--workers", "1"],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert proc.stdout is not None
+    children: list[int] = []
+    try:
+        for line in proc.stdout:
+            if line.startswith("creep is up: "):
+                break
+        else:
+            pytest.fail(f"creep up exited {proc.wait()}")
+        children = [int(pid) for pid in subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
+        assert len(children) == 3  # server, worker, scheduler
+        proc.kill()
+        proc.wait()
+        assert wait_until(lambda: not any(_alive(pid) for pid in children), 10), (
+            [pid for pid in children if _alive(pid)])
+    finally:
+        for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
