@@ -90,6 +90,9 @@ def test_validation_problems_name_the_field(server: Server) -> None:
             ({"name": "x", "type": "T", "interval": 60, "project_id": "p" * 129},
              "project_id"),
             ({"name": "x", "type": "T" * 129, "interval": 60}, "type"),
+            # A '/' would make the schedule unreachable by its REST paths.
+            ({"name": "nightly/eu", "type": "T", "interval": 60}, "name"),
+            ({"uid": "a/b", "name": "x", "type": "T", "interval": 60}, "uid"),
         ]
         for body, field in cases:
             r = c.post("/v1/schedules", json=body)
@@ -111,6 +114,9 @@ def test_validation_problems_name_the_field(server: Server) -> None:
         bad = c.patch(f"/v1/schedules/{uid}", json={"max_total_cost": "1e15"},
                       headers={"If-Match": '"1"'})
         assert bad.status_code == 422 and "max_total_cost" in _fields(bad.json())
+        bad = c.patch(f"/v1/schedules/{uid}", json={"name": "dup/2"},
+                      headers={"If-Match": '"1"'})
+        assert bad.status_code == 422 and "name" in _fields(bad.json())
         bad = c.patch(f"/v1/schedules/{uid}", json={"max_retries": 1},
                       headers={"If-Match": "one"})
         assert bad.status_code == 422 and "If-Match" in _fields(bad.json())

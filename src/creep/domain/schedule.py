@@ -287,6 +287,13 @@ def validate_schedule(
     uid = _str(errs, d, "uid", max_len=128) if existing is None else existing.uid
     tenant = _str(errs, d, "tenant_id", required=True, default="default")
     name = _str(errs, d, "name", required=True)
+    # A uid or name is one segment of the schedule's REST paths (a tenant key reads it by
+    # name): with a '/' it could be created but never read, changed or deleted there. Checked
+    # when set, so an older schedule named so can still be updated.
+    for key, value, before in (("uid", uid, existing.uid if existing else None),
+                               ("name", name, existing.name if existing else None)):
+        if value is not None and value != before and "/" in value:
+            errs.add(key, "must not contain '/' (it is a segment of the schedule's URL)")
     task_type = _str(errs, d, "type", required=True)
     description = _str(errs, d, "description", max_len=10_000)
     tz: str = "UTC"
