@@ -197,6 +197,21 @@ class AssetApi:
     def get_ban_policy(self, sku_category: str, *, tenant_id: str = "default") -> BanPolicy | None:
         return self.store.ban_policy_get(tenant_id, sku_category)
 
+    def list_ban_policies(self, *, tenant_id: str | None = "default") -> list[BanPolicy]:
+        """The tenant's policies by sku_category (tenant_id=None: every tenant's)."""
+        policies: list[BanPolicy] = []
+        while True:
+            after = (policies[-1].tenant_id, policies[-1].sku_category) if policies else None
+            page = self.store.ban_policy_list(tenant_id, after=after, limit=1000)
+            policies += page
+            if len(page) < 1000:
+                return policies
+
+    def delete_ban_policy(self, sku_category: str, *, tenant_id: str = "default") -> BanPolicy:
+        """Stop auto-banning assets of `sku_category` (banned ones stay BANNED); the policy
+        removed. NotFound when there is none."""
+        return self.store.ban_policy_delete(tenant_id, sku_category)
+
     # -- leases ----------------------------------------------------------------------------
 
     def list_leases(

@@ -13,6 +13,7 @@ from creep import (
     Creep,
     FrozenClock,
     IllegalTransition,
+    NotFound,
     ValidationError,
     VersionConflict,
 )
@@ -231,3 +232,39 @@ def test_a_refused_status_change_in_a_bulk_update_names_its_item(app: Creep) -> 
     assert app.get_asset(a).version == app.get_asset(b).version == 1
     with pytest.raises(IllegalTransition, match=f"asset {b}: illegal"):
         app.update_asset(b, 1, status="NEW")  # one asset: no item to name
+
+
+def test_ban_policies_are_listed_by_tenant_and_deleted(app: Creep, clock: FrozenClock) -> None:
+    """list_ban_policies: a tenant's by sku_category (None: every tenant's); delete stops the
+    auto-ban (a banned asset stays BANNED) and is NotFound for a policy there is none of."""
+    set_at = clock.now()
+    app.set_ban_policy("RAW_NET", max_failures=1, window_seconds=60)
+    app.set_ban_policy("GPU", max_failures=2, window_seconds=60)
+    app.set_ban_policy("RAW_NET", max_failures=3, window_seconds=60, tenant_id="t1")
+    listed = app.list_ban_policies()
+    assert [p.sku_category for p in listed] == ["GPU", "RAW_NET"]
+    assert all(p.updated_at == set_at for p in listed)
+    assert [(p.tenant_id, p.sku_category) for p in app.list_ban_policies(tenant_id=None)] == [
+        ("default", "GPU"), ("default", "RAW_NET"), ("t1", "RAW_NET")]
+    banned, kept = asset(app, 1), asset(app, 2)
+    fail(app, banned)
+    assert app.get_asset(banned).status == "BANNED"
+    removed = app.delete_ban_policy("RAW_NET")
+    assert removed.max_failures == 1 and app.get_ban_policy("RAW_NET") is None
+    fail(app, kept)
+    assert app.get_asset(kept).status == "READY"
+    assert app.get_asset(banned).status == "BANNED"
+    assert app.get_ban_policy("RAW_NET", tenant_id="t1") is not None  # another tenant's
+    with pytest.raises(NotFound):
+        app.delete_ban_policy("RAW_NET")
+
+
+@pytest.mark.parametrize("types", [[" "], ["X" * 101], [f"T{i}" for i in range(101)]])
+def test_failure_event_types_are_event_types(app: Creep, types: list[str]) -> None:
+    """A blank type, one longer than an event type may be (100), or more than 100 of them is
+    a ValidationError naming failure_event_types (a longer one could never match)."""
+    with pytest.raises(ValidationError) as exc:
+        app.set_ban_policy("RAW_NET", max_failures=1, window_seconds=60,
+                           failure_event_types=types)
+    assert [f for f, _ in exc.value.errors] == ["failure_event_types"]
+    assert app.get_ban_policy("RAW_NET") is None

@@ -203,11 +203,17 @@ class BanPolicy:
     max_failures: int
     window_seconds: int
     failure_event_types: list[str] = field(default_factory=list)
+    #: When it was last set (as stored; None on a policy not read from or written to a store).
+    updated_at: datetime | None = field(default=None, compare=False)
 
     def is_failure(self, event_type: str) -> bool:
         if self.failure_event_types:
             return event_type in self.failure_event_types
         return event_type.endswith("_FAIL") or event_type == AssetEventType.TASK_TIMEOUT
+
+
+#: The most event types one ban policy may name.
+MAX_FAILURE_TYPES = 100
 
 
 def validate_ban_policy(
@@ -226,8 +232,13 @@ def validate_ban_policy(
     ):
         errors.append(("window_seconds", "must be an integer from 1 to 10^7"))
     types = failure_event_types or []
-    if not isinstance(types, list) or not all(isinstance(t, str) and t for t in types):
-        errors.append(("failure_event_types", "must be a list of event types"))
+    if not isinstance(types, list) or len(types) > MAX_FAILURE_TYPES or not all(
+        isinstance(t, str) and t.strip() and len(t) <= 100 for t in types
+    ):
+        # An event type is at most 100 characters (validate_reported_event): a longer one
+        # could never match.
+        errors.append(("failure_event_types", f"must be a list of at most {MAX_FAILURE_TYPES} "
+                       "event types, each a non-blank string of at most 100 characters"))
         types = []
     elif (found := find_bad_json(types, "failure_event_types")) is not None:
         errors.append(found)

@@ -54,6 +54,8 @@ LEDGER_COLS = (
     "currency, description, occurred_at, recorded_at"
 )
 EVENT_COLS = ", ".join(EVENT_FIELDS)
+POLICY_COLS = ("tenant_id, sku_category, max_failures, window_seconds, failure_event_types, "
+               "updated_at")
 #: Stored lease status -> LeaseStatus, a dict lookup instead of an enum call per row.
 _LEASE_STATUS = {s.value: s for s in LeaseStatus}
 #: AssetStatus <-> its text by dict lookup: the hot paths read an asset's status several
@@ -522,16 +524,21 @@ class AssetStoreBase:
 
     # -- auto-ban --------------------------------------------------------------------------
 
-    def _policy(self, conn: Any, tenant_id: str, sku_category: str) -> BanPolicy | None:
+    def _policy(
+        self, conn: Any, tenant_id: str, sku_category: str, *, lock: bool = False
+    ) -> BanPolicy | None:
         row = self._x(
             conn,
-            "SELECT tenant_id, sku_category, max_failures, window_seconds, failure_event_types "
-            "FROM asset_ban_policies WHERE tenant_id = ? AND sku_category = ?",
+            f"SELECT {POLICY_COLS} FROM asset_ban_policies WHERE tenant_id = ? "
+            f"AND sku_category = ?{self._adialect.lock if lock else ''}",
             (tenant_id, sku_category),
         ).fetchone()
-        if row is None:
-            return None
-        return BanPolicy(row[0], row[1], row[2], row[3], list(self._adialect.from_js(row[4])))
+        return None if row is None else self._policy_row(row)
+
+    def _policy_row(self, row: Sequence[Any]) -> BanPolicy:
+        d = self._adialect
+        return BanPolicy(row[0], row[1], row[2], row[3], list(d.from_js(row[4])),
+                         d.from_ts(row[5]))
 
     def _auto_ban_many(self, conn: Any, pending: Pending, now: datetime) -> None:
         """Check the auto-ban policy for every failure event collected in `pending`."""

@@ -41,9 +41,11 @@ from creep.domain.errors import (
 )
 from creep.domain.ids import is_uuid, uuid7
 from creep.domain.lease import Lease
+from creep.storage import pending_writes
 from creep.storage.asset_base import (
     ASSET_COLS,
     EVENT_COLS,
+    POLICY_COLS,
     Pending,
     TaskRef,
 )
@@ -241,6 +243,11 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
     def ban_policy_set(self, policy: BanPolicy, now: datetime) -> BanPolicy:
         d = self._adialect
         with self._atx() as conn:
+            if pending_writes.waiting():
+                # The REST API's audit row shows the policy this replaces, as this
+                # transaction sees it: locked, so a concurrent setter's is seen or waits.
+                self._policy(conn, policy.tenant_id, policy.sku_category, lock=True)
+                pending_writes.before_change(self, conn)
             # One upsert: a DELETE then INSERT lets two concurrent setters (PostgreSQL) both
             # find no row to wait for, and the second INSERT then breaks the primary key.
             self._x(
@@ -254,11 +261,53 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                 (policy.tenant_id, policy.sku_category, policy.max_failures,
                  policy.window_seconds, d.js(policy.failure_event_types), d.ts(now)),
             )
-        return policy
+        return replace(policy, failure_event_types=list(policy.failure_event_types),
+                       updated_at=now)
 
     def ban_policy_get(self, tenant_id: str, sku_category: str) -> BanPolicy | None:
         with self._aread() as conn:
             return self._policy(conn, tenant_id, sku_category)
+
+    def ban_policy_in_transaction(
+        self, conn: Any, tenant_id: str, sku_category: str
+    ) -> BanPolicy | None:
+        """The policy as the open transaction on `conn` sees it (the connection a pending
+        write gets, see pending_writes: what a set or delete replaces, for its audit row)."""
+        return self._policy(conn, tenant_id, sku_category)
+
+    def ban_policy_list(
+        self, tenant_id: str | None = None, *, after: tuple[str, str] | None = None,
+        limit: int = 1000,
+    ) -> list[BanPolicy]:
+        """Policies by (tenant_id, sku_category); a page continues past `after`."""
+        where: list[str] = []
+        params: list[Any] = []
+        if tenant_id is not None:
+            where.append("tenant_id = ?")
+            params.append(tenant_id)
+        if after is not None:
+            where.append("(tenant_id > ? OR (tenant_id = ? AND sku_category > ?))")
+            params += [after[0], after[0], after[1]]
+        sql = f"SELECT {POLICY_COLS} FROM asset_ban_policies"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._aread() as conn:
+            rows = self._x(conn, sql + " ORDER BY tenant_id, sku_category LIMIT ?",
+                           [*params, limit]).fetchall()
+        return [self._policy_row(r) for r in rows]
+
+    def ban_policy_delete(self, tenant_id: str, sku_category: str) -> BanPolicy:
+        """Remove a policy (its category's assets are no longer auto-banned; nothing else
+        changes: failures stay in the event log, banned assets stay banned). NotFound if the
+        tenant has none for `sku_category`."""
+        with self._atx() as conn:
+            old = self._policy(conn, tenant_id, sku_category, lock=True)
+            if old is None:
+                raise NotFound("ban policy", sku_category)
+            pending_writes.before_change(self, conn)  # the REST API's audit row reads it
+            self._x(conn, "DELETE FROM asset_ban_policies WHERE tenant_id = ? "
+                          "AND sku_category = ?", (tenant_id, sku_category))
+        return old
 
     # -- asset events: public --------------------------------------------------------------
 
