@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
-from creep.domain.asset_event import AssetEvent
+from creep.domain.asset_event import AssetEvent, BanPolicy
 from creep.domain.ids import is_uuid
 from creep.domain.lease import Lease
 from creep.domain.ledger import LedgerEntry, LedgerSummary
@@ -19,6 +19,12 @@ LEDGER_GROUPS = ("tenant_id", "project_id", "task_id", "currency")
 
 
 class AssetPagesStore(ApiStore, Protocol):
+    def ban_policy_in_transaction(
+        self, conn: Any, tenant_id: str, sku_category: str
+    ) -> BanPolicy | None:
+        """The policy as the open transaction on `conn` sees it (for an audit row)."""
+        ...
+
     def asset_events_page(
         self, *, tenant_id: str | None = None, asset_id: str | None = None,
         task_id: str | None = None, correlation_id: str | None = None,

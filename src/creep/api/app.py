@@ -26,6 +26,7 @@ from creep.api.routes import (  # issue 5 item 7
     asset_events,
     assets,
     audit,
+    ban_policies,
     batches,
     health,
     keys,
@@ -51,7 +52,7 @@ log = logging.getLogger("creep.api")
 V1_ROUTERS: list[APIRouter] = [
     tasks.router, batches.router, tenants.router, keys.router, audit.router, admin.router,
     artifacts.router, workers.router,  # artifacts and the HTTP worker protocol (api2)
-    schedules.router, assets.router, asset_events.router, ledger.router,
+    schedules.router, assets.router, ban_policies.router, asset_events.router, ledger.router,
     stats.router, stats.whoami_router,  # counts and the signed-in key, for the dashboard
 ]
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt
 
 from creep.api.schemas import Timestamp, _In
 from creep.domain.asset import AssetSnapshot
-from creep.domain.asset_event import AssetEvent
+from creep.domain.asset_event import MAX_FAILURE_TYPES, AssetEvent, BanPolicy
 from creep.domain.lease import Lease
 from creep.domain.ledger import LedgerEntry, LedgerSummary
 
@@ -144,6 +144,42 @@ def asset_json(a: AssetSnapshot) -> dict[str, Any]:
     d["cost_per_lease"] = str(a.cost_per_lease)
     for name in ("cooldown_until", "created_at", "updated_at"):
         d[name] = _iso(d[name])
+    return d
+
+
+# -- ban policies ------------------------------------------------------------------------------
+
+
+class BanPolicyIn(_In):
+    """An auto-ban policy for one sku_category (the path's): `max_failures` failure events
+    on one asset within `window_seconds` ban it. A failure is an event whose type is in
+    `failure_event_types`, or, when that is empty or left out, any type ending in `_FAIL`
+    or equal to TASK_TIMEOUT."""
+
+    max_failures: StrictInt = Field(ge=1, le=10_000)
+    window_seconds: StrictInt = Field(ge=1, le=10**7)
+    failure_event_types: list[str] | None = Field(
+        default=None, max_length=MAX_FAILURE_TYPES,
+        description="event types that count as failures (each at most 100 characters)")
+
+
+class BanPolicyOut(BaseModel):
+    tenant_id: str
+    sku_category: str
+    max_failures: int
+    window_seconds: int
+    failure_event_types: list[str]
+    updated_at: datetime | None
+
+
+class BanPolicyPage(BaseModel):
+    items: list[BanPolicyOut]
+    next_cursor: str | None
+
+
+def ban_policy_json(p: BanPolicy) -> dict[str, Any]:
+    d = _shallow(p)
+    d["updated_at"] = _iso(p.updated_at)
     return d
 
 

@@ -61,6 +61,7 @@ class ResourceType(StrEnum):
     LEASE = "lease"
     ASSET_EVENT = "assetEvent"
     LEDGER_ENTRY = "ledgerEntry"
+    BAN_POLICY = "banPolicy"
     WORKER = "worker"
 
 
