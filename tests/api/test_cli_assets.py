@@ -244,3 +244,53 @@ def test_asset_update_activate_and_sell(server: Server) -> None:
     assert sold.returncode == 0 and f"{aid}: SOLD (version 4)" in sold.stdout
     again = creep(server, "asset", "activate", aid, key=key)
     assert again.returncode == 1 and "409" in again.stderr
+
+
+def test_asset_ban_policy_set_show_list_and_delete(server: Server) -> None:
+    tenant_id, key = server.tenant()
+    made = ok_json(creep(server, "asset", "ban-policy", "set", "RAW_NET", "--max-failures", "2",
+                         "--window", "600", "--failure-type", "HTTP_PROBE_FAIL",
+                         "--failure-type", "E_403", "--json", key=key))
+    assert (made["tenant_id"], made["max_failures"], made["window_seconds"],
+            made["failure_event_types"]) == (tenant_id, 2, 600, ["HTTP_PROBE_FAIL", "E_403"])
+    said = creep(server, "asset", "ban-policy", "set", "GPU", "--max-failures", "5",
+                 "--window-seconds", "60", key=key)
+    assert said.returncode == 0, said.stderr
+    assert f"GPU: ban after 5 failures within 60s (tenant {tenant_id})" in said.stdout
+    shown = ok_json(creep(server, "asset", "ban-policy", "show", "RAW_NET", "--json", key=key))
+    assert shown["failure_event_types"] == ["HTTP_PROBE_FAIL", "E_403"]
+    listed = ok_json(creep(server, "asset", "ban-policy", "list", "--json", key=key))
+    assert [p["sku_category"] for p in listed] == ["GPU", "RAW_NET"]
+    table = creep(server, "asset", "ban-policy", "list", "--limit", "1", key=key)
+    assert table.returncode == 0 and "1 ban policies" in table.stdout
+    assert "GPU" in table.stdout and "*_FAIL, TASK_TIMEOUT" in table.stdout
+
+    # Refused values name their field (exit 2); a missing policy is exit 1; an admin key
+    # names the tenant.
+    refused = creep(server, "asset", "ban-policy", "set", "RAW_NET", "--max-failures", "0",
+                    "--window", "0", key=key)
+    assert refused.returncode == 2
+    assert "max_failures" in refused.stderr and "window_seconds" in refused.stderr
+    assert ok_json(creep(server, "asset", "ban-policy", "show", "RAW_NET", "--json",
+                         key=key))["max_failures"] == 2
+    missing = creep(server, "asset", "ban-policy", "show", "NOPE", key=key)
+    assert missing.returncode == 1 and "404" in missing.stderr
+    unnamed = creep(server, "asset", "ban-policy", "show", "RAW_NET")
+    assert unnamed.returncode == 2 and "tenant_id" in unnamed.stderr
+    by_admin = ok_json(creep(server, "asset", "ban-policy", "list", "--tenant", tenant_id,
+                             "--json"))
+    assert [p["sku_category"] for p in by_admin] == ["GPU", "RAW_NET"]
+
+    deleted = creep(server, "asset", "ban-policy", "delete", "GPU", "--tenant", tenant_id)
+    assert deleted.returncode == 0 and "deleted the ban policy of GPU" in deleted.stdout
+    again = creep(server, "asset", "ban-policy", "delete", "GPU", key=key)
+    assert again.returncode == 1 and "404" in again.stderr
+
+    # The policy set by the CLI bans an asset at its second listed failure.
+    with Client(server.url, key) as c:
+        asset = c.create_asset(sku_category="RAW_NET", sku_code="ip.cz.1")
+        c.report_event(asset_id=asset.asset_id, event_type="TASK_FAIL")  # not listed
+        c.report_event(asset_id=asset.asset_id, event_type="E_403")
+        assert c.get_asset(asset.asset_id).status == "READY"
+        c.report_event(asset_id=asset.asset_id, event_type="HTTP_PROBE_FAIL")
+        assert c.get_asset(asset.asset_id).status == "BANNED"

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from creep.client import ApiProblem, AsyncClient, Client, Execution, Schedule
+from creep.client import ApiProblem, AsyncClient, BanPolicy, Client, Execution, Schedule
 from tests.api.conftest import Server
 
 
@@ -184,3 +184,59 @@ def test_iter_leases_reads_every_page(server: Server) -> None:
                                                              page_size=2)]
 
     assert asyncio.run(main()) == [x.lease_id for x in first]
+
+
+def test_ban_policies_sync_and_async(server: Server) -> None:
+    tenant, key = server.tenant()
+    with Client(server.url, key) as c:
+        with pytest.raises(ApiProblem) as none:
+            c.get_ban_policy("RAW_NET")
+        assert none.value.status == 404
+        made = c.set_ban_policy("RAW_NET", max_failures=2, window_seconds=600,
+                                failure_event_types=["HTTP_PROBE_FAIL"])
+        assert isinstance(made, BanPolicy) and made.tenant_id == tenant
+        assert (made.max_failures, made.window_seconds, made.failure_event_types) == (
+            2, 600, ["HTTP_PROBE_FAIL"])
+        assert made.updated_at is not None and made.updated_at.tzinfo is not None
+        assert c.get_ban_policy("RAW_NET") == made
+        with pytest.raises(ApiProblem) as bad:
+            c.set_ban_policy("RAW_NET", max_failures=0, window_seconds=10**8)
+        assert bad.value.status == 422
+        assert sorted(e["field"] for e in bad.value.errors) == ["max_failures", "window_seconds"]
+        c.set_ban_policy("GPU/A100", max_failures=5, window_seconds=60)
+        assert [p.sku_category for p in c.iter_ban_policies(page_size=1)] == [
+            "GPU/A100", "RAW_NET"]
+        page = c.list_ban_policies(limit=1)
+        assert len(page.items) == 1 and page.next_cursor
+
+        # The policy set through the SDK bans an asset at its second listed failure.
+        asset = c.create_asset(sku_category="RAW_NET", sku_code="ip.se.1")
+        first = c.report_event(asset_id=asset.asset_id, event_type="HTTP_PROBE_FAIL")
+        assert first.caused == []
+        second = c.report_event(asset_id=asset.asset_id, event_type="HTTP_PROBE_FAIL")
+        assert [e.event_type for e in second.caused] == ["ASSET_BANNED"]
+        assert c.get_asset(asset.asset_id).status == "BANNED"
+
+    async def main() -> list[str]:
+        async with AsyncClient(server.url, key) as ac:
+            replaced = await ac.set_ban_policy("GPU/A100", max_failures=7, window_seconds=70)
+            assert (await ac.get_ban_policy("GPU/A100")).max_failures == 7 == \
+                replaced.max_failures
+            await ac.delete_ban_policy("GPU/A100")
+            with pytest.raises(ApiProblem) as gone:
+                await ac.delete_ban_policy("GPU/A100")
+            assert gone.value.status == 404
+            assert len((await ac.list_ban_policies()).items) == 1
+            return [p.sku_category async for p in ac.iter_ban_policies()]
+
+    assert asyncio.run(main()) == ["RAW_NET"]
+    with Client(server.url, server.admin_key) as admin:  # an admin names the tenant
+        with pytest.raises(ApiProblem) as unnamed:
+            admin.get_ban_policy("RAW_NET")
+        assert [e["field"] for e in unnamed.value.errors] == ["tenant_id"]
+        assert admin.get_ban_policy("RAW_NET", tenant_id=tenant).max_failures == 2
+        assert admin.set_ban_policy("X", max_failures=1, window_seconds=1,
+                                    tenant_id=tenant).tenant_id == tenant
+        assert [p.sku_category for p in admin.iter_ban_policies(tenant_id=tenant)] == [
+            "RAW_NET", "X"]
+        admin.delete_ban_policy("X", tenant_id=tenant)

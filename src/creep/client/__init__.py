@@ -16,6 +16,7 @@ from creep.client.models import (
     Asset,
     AssetEvent,
     AuditEvent,
+    BanPolicy,
     Batch,
     Claimed,
     CreatedKey,
@@ -35,7 +36,7 @@ from creep.client.sync_client import Client
 
 __all__ = [
     "NO_RETRY", "ApiKey", "ApiProblem", "Artifact", "Asset", "AssetEvent", "AsyncClient",
-    "AuditEvent", "Batch", "Claimed", "Client", "ClientError", "CreatedKey", "Execution",
+    "AuditEvent", "BanPolicy", "Batch", "Claimed", "Client", "ClientError", "CreatedKey", "Execution",
     "Lease", "LedgerEntry", "LedgerGroup", "LedgerSummary", "Page", "ReportedEvent",
     "RetryPolicy", "RetryStats", "Schedule", "Task", "TaskEvent", "Tenant", "TransportError",
 ]

@@ -17,6 +17,7 @@ from creep.client.models import (
     Asset,
     AssetEvent,
     AuditEvent,
+    BanPolicy,
     Batch,
     Claimed,
     CreatedKey,
@@ -273,6 +274,27 @@ def asset_events(asset_id: str, event_type: str | None, limit: int,
                  order: str | None = None) -> Call[list[AssetEvent]]:
     return Call("GET", f"/v1/assets/{_p(asset_id)}/events", _items(AssetEvent),
                 params=core.params(event_type=event_type, limit=limit, order=order))
+
+
+def list_ban_policies(**filters: Any) -> Call[Page[BanPolicy]]:
+    return Call("GET", "/v1/ban-policies", lambda r: core.page(r, BanPolicy),
+                params=core.params(**filters))
+
+
+def get_ban_policy(sku_category: str, tenant_id: str | None) -> Call[BanPolicy]:
+    return Call("GET", f"/v1/ban-policies/{_p(sku_category)}", lambda r: core.one(r, BanPolicy),
+                params=core.params(tenant_id=tenant_id))
+
+
+def set_ban_policy(sku_category: str, body: dict[str, Any],
+                   tenant_id: str | None) -> Call[BanPolicy]:
+    return Call("PUT", f"/v1/ban-policies/{_p(sku_category)}", lambda r: core.one(r, BanPolicy),
+                params=core.params(tenant_id=tenant_id), json=core.jsonable(body))
+
+
+def delete_ban_policy(sku_category: str, tenant_id: str | None) -> Call[None]:
+    return Call("DELETE", f"/v1/ban-policies/{_p(sku_category)}", _none,
+                params=core.params(tenant_id=tenant_id))
 
 
 def list_leases(**filters: Any) -> Call[list[Lease]]:

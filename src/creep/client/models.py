@@ -196,6 +196,20 @@ class Asset(Model):
 
 
 @dataclass(frozen=True, slots=True)
+class BanPolicy(Model):
+    """An auto-ban policy: `max_failures` failure events on one asset of `sku_category`
+    within `window_seconds` ban it (failure types: `failure_event_types`, or when empty any
+    type ending in `_FAIL` and TASK_TIMEOUT)."""
+
+    tenant_id: str
+    sku_category: str
+    max_failures: int
+    window_seconds: int
+    failure_event_types: list[str]
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Lease(Model):
     lease_id: str
     tenant_id: str

@@ -20,6 +20,7 @@ from creep.client.models import (
     Asset,
     AssetEvent,
     AuditEvent,
+    BanPolicy,
     Batch,
     Claimed,
     CreatedKey,
@@ -323,6 +324,36 @@ class Client:
         """(asset_id, expected_version, changes) each, up to 1000 in one transaction: all are
         applied or none (ApiProblem 422 naming `items[i].field`; 409 on a stale version)."""
         return self.send(calls.update_assets(items))
+
+    def set_ban_policy(
+        self, sku_category: str, *, max_failures: int, window_seconds: int,
+        failure_event_types: list[str] | None = None, tenant_id: str | None = None,
+    ) -> BanPolicy:
+        """Create or replace the auto-ban policy of `sku_category` (PUT): `max_failures`
+        failure events on one asset within `window_seconds` ban it. It applies from an
+        asset's next failure. tenant_id: required with an admin key."""
+        body = {"max_failures": max_failures, "window_seconds": window_seconds,
+                "failure_event_types": failure_event_types}
+        return self.send(calls.set_ban_policy(sku_category, body, tenant_id))
+
+    def get_ban_policy(self, sku_category: str, *, tenant_id: str | None = None) -> BanPolicy:
+        """ApiProblem 404 when there is none."""
+        return self.send(calls.get_ban_policy(sku_category, tenant_id))
+
+    def list_ban_policies(self, *, tenant_id: str | None = None, cursor: str | None = None,
+                          limit: int = 100) -> Page[BanPolicy]:
+        return self.send(calls.list_ban_policies(tenant_id=tenant_id, cursor=cursor,
+                                                    limit=limit))
+
+    def iter_ban_policies(self, *, tenant_id: str | None = None,
+                          page_size: int = 500) -> Iterator[BanPolicy]:
+        return self.paginate(lambda c: self.list_ban_policies(tenant_id=tenant_id, cursor=c,
+                                                              limit=page_size))
+
+    def delete_ban_policy(self, sku_category: str, *, tenant_id: str | None = None) -> None:
+        """Stop auto-banning assets of `sku_category` (banned ones stay BANNED); ApiProblem
+        404 when there is none."""
+        self.send(calls.delete_ban_policy(sku_category, tenant_id))
 
     def ban_asset(self, asset_id: str, reason: str | None = None) -> Asset:
         """BANNED: its active leases are revoked."""
