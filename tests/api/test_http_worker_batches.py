@@ -481,3 +481,26 @@ def test_http_worker_sends_ctx_leases_again_after_a_lost_answer(
     assert stats["completed"] == 1
     assert rec.per_task("leases") == [f"/v1/tasks/{task_id}/leases"] * 2
     assert t["result_payload"]["leases"] == t["lease_ids"] != []
+
+
+@app.handler("BP_LONG_PROGRESS")
+async def long_progress(ctx: TaskContext) -> str:
+    await ctx.progress(50, "x" * 2500)
+    return "ok"
+
+
+def test_http_worker_progress_with_a_message_over_2000_chars_failed_the_attempt(
+    worker_server: Server, remote: tuple[str, httpx.Client],
+) -> None:
+    """A database worker records any progress message, but the API takes one of at most
+    2,000 characters: over HTTP, ctx.progress with a longer one raised the 422 into the
+    handler, failing the attempt. It is cut to 2,000, as an outcome's message is."""
+    key, c = remote
+    task_id = _submit(c, "BP_LONG_PROGRESS", constraints={"max_retries": 0})
+    stats = _run_worker(worker_server.url, key, Recorder())
+    t = c.get(f"/v1/tasks/{task_id}").json()
+    assert (t["status"], t["attempt"]) == ("SUCCESS", 1), t
+    assert stats["completed"] == 1
+    events = c.get(f"/v1/tasks/{task_id}/events").json()["items"]
+    assert [e["payload"] for e in events if e["event_type"] == "progress"] == [
+        {"progress": 50, "message": "x" * 2000}]

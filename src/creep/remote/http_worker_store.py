@@ -218,8 +218,10 @@ class HttpWorkerStore:
     def task_progress(
         self, task_id: str, claim_token: str, progress: int, message: str | None, now: datetime
     ) -> bool:
-        r = self._post(f"/v1/tasks/{task_id}/progress",
-                       {"claim_token": claim_token, "progress": progress, "message": message})
+        # A database worker records any message; the API takes 2,000 characters, as for an
+        # outcome's message (a longer one would raise its 422 into the handler).
+        r = self._post(f"/v1/tasks/{task_id}/progress", {
+            "claim_token": claim_token, "progress": progress, "message": _cut(message, 2000)})
         if not r.is_success:
             self._forget(task_id, claim_token)
         return r.is_success
