@@ -504,3 +504,17 @@ def test_http_worker_progress_with_a_message_over_2000_chars_failed_the_attempt(
     events = c.get(f"/v1/tasks/{task_id}/events").json()["items"]
     assert [e["payload"] for e in events if e["event_type"] == "progress"] == [
         {"progress": 50, "message": "x" * 2000}]
+
+
+def test_http_worker_with_a_concurrency_over_2000_stopped_at_its_first_claim(
+    worker_server: Server, remote: tuple[str, httpx.Client],
+) -> None:
+    """A worker claims up to half its concurrency at a time, but the claim route takes at
+    most 1,000 tasks: with --concurrency 2002, the first claim was refused (422 max_tasks)
+    and the worker exited with the error, where a database worker runs. The HTTP worker
+    claims at most 1,000 per request."""
+    key, c = remote
+    ids = [_submit(c, "BP_ECHO", input_payload={"i": i}) for i in range(3)]
+    stats = _run_worker(worker_server.url, key, Recorder(), concurrency=2002)
+    assert stats["completed"] == 3
+    assert [c.get(f"/v1/tasks/{t}").json()["status"] for t in ids] == ["SUCCESS"] * 3

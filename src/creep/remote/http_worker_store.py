@@ -120,8 +120,10 @@ class HttpWorkerStore:
         backoff pause (the worker tries again; a burst run does not take it for an empty
         queue); a refusal (bad key, invalid request) raises ConflictError."""
         try:
+            # A worker claims up to half its concurrency at once; the route takes MAX_BATCH.
             r = self._post("/v1/workers/claim", {
-                "worker_id": worker_id, "task_types": list(task_types), "max_tasks": limit,
+                "worker_id": worker_id, "task_types": list(task_types),
+                "max_tasks": min(limit, MAX_BATCH),
                 "wait": self.claim_wait, "claim_ttl": claim_ttl,
             })
         except StorageError as exc:
