@@ -130,6 +130,7 @@ def worker(
         except ValidationError as exc:  # a setting the worker refuses (--claim-ttl inf)
             raise _fail(str(exc)) from None
         console.print(f"worker stopped: {stats}")
+        _exit_past_sync_handlers()
         return
     try:
         stats = creep_app.run_worker(

@@ -111,6 +111,13 @@ async def charges(ctx):
     return {"leases": len(await ctx.leases())}
 
 
+@app.handler("RV_STUCK")
+def stuck(ctx):
+    # A sync handler that ignores cancellation: its thread runs on past the shutdown grace.
+    import time
+    time.sleep(90)
+
+
 @app.handler("RV_BAN")
 async def report_and_ban(ctx):
     await ctx.report_event("HTTP_PROBE_FAIL", http_status=403)
@@ -822,3 +829,27 @@ def test_worker_ledger_entry_resent_with_its_entry_id_is_written_once(
         assert [e["field"] for e in bad.json()["errors"]] == ["entry_id"], bad.text
         entries = c.get("/v1/ledger", params={"task_id": task}).json()["items"]
         assert [(e["entry_id"], e["amount"]) for e in entries] == [(entry_id, "1")]
+
+
+def test_remote_worker_waited_past_its_grace_for_a_sync_handler_at_shutdown(
+    worker_server: Server, app_dir: Path,
+) -> None:
+    """A sync handler cannot be stopped: at SIGTERM its task is given back (requeued, no
+    attempt charged) once the grace is up, and the process exits then, as a database
+    worker's does. `creep worker --api-url` waited for the handler's thread at exit."""
+    _, key = worker_server.tenant()
+    with worker_server.client(key) as c:
+        task_id = _submit(c, "RV_STUCK")
+        worker = _remote_worker(worker_server, key, app_dir, "--shutdown-grace", "1")
+        try:
+            _wait_for(lambda: c.get(f"/v1/tasks/{task_id}").json()["status"] == "RUNNING",
+                      "the remote worker to start the task")
+            worker.terminate()
+            out, _ = worker.communicate(timeout=30)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
+        assert worker.returncode == 0, out.decode()[-2000:]
+        t = c.get(f"/v1/tasks/{task_id}").json()
+        assert (t["status"], t["attempt"]) == ("QUEUED", 0), t
