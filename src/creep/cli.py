@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from creep.cli_http.common import error_line, plain_console
-from creep.domain.errors import CreepError, ValidationError
+from creep.domain.errors import CreepError
 from creep.domain.lock import MAX_LOCK_TTL, MIN_LOCK_TTL
 
 app = typer.Typer(
@@ -127,7 +127,7 @@ def worker(
                 creep_app, api_url, api_key, burst=burst, concurrency=concurrency,
                 shutdown_grace=shutdown_grace, claim_ttl=claim_ttl,
             )
-        except ValidationError as exc:  # a setting the worker refuses (--claim-ttl inf)
+        except CreepError as exc:  # a refused setting or key, a URL that is no creep API
             raise _fail(str(exc)) from None
         console.print(f"worker stopped: {stats}")
         _exit_past_sync_handlers()

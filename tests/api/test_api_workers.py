@@ -262,3 +262,22 @@ def test_progress_resent_after_a_lost_answer_writes_one_event(worker_server: Ser
                       ).status_code == 200
         _event_types(a, task)
         assert progress_events() == [(50, "half"), (60, "more"), (50, "half"), (50, None)]
+
+
+def test_remote_worker_against_a_url_without_the_api_exited_with_a_traceback(
+    worker_server: Server,
+) -> None:
+    """An --api-url that is no creep API (a wrong path: the claim answers 404) stopped the
+    worker with a Python traceback instead of the one-line error a bad key gets."""
+    _, key = worker_server.tenant()
+    env = {**os.environ, "PYTHONPATH": child_pythonpath(), "CREEP_API_KEY": key}
+    env.pop("CREEP_DATABASE_URL", None)
+    worker = subprocess.run(
+        [sys.executable, "-m", "creep.cli", "worker", "--app", "tests.apps.http_app:app",
+         "--api-url", worker_server.url + "/not-the-api", "--log-level", "WARNING",
+         "--burst"],
+        env=env, cwd=ROOT, capture_output=True, timeout=60,
+    )
+    out = (worker.stdout + worker.stderr).decode()
+    assert worker.returncode != 0, out
+    assert "Traceback" not in out and "claim refused: HTTP 404" in out, out
