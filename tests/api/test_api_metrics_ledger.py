@@ -3,15 +3,22 @@ own strings, so the currency label is capped (CREEP_METRICS_MAX_CURRENCIES)."""
 
 from __future__ import annotations
 
+import sqlite3
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
+import orjson
+import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from creep import Creep, FrozenClock
 from creep.api.app import create_app
+from creep.api.metrics import Metrics
 from creep.api.settings import Settings
 
 with warnings.catch_warnings():
@@ -93,3 +100,69 @@ def test_currency_labels_are_capped_with_an_other_series(api: TestClient) -> Non
     assert {dict(labels)["currency"] for _, labels in again} == currencies
     assert again[("creep_ledger_entries", (("currency", "_other"),
                                            ("entry_type", "REVENUE")))] == 60.0
+
+
+def _ledger(store: Any) -> Samples:
+    """The ledger samples of one read of the database metrics (what /metrics renders)."""
+    text = Metrics(store, cache_seconds=0).render().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name.startswith("creep_ledger")}
+
+
+def _usd(samples: Samples) -> tuple[float | None, float | None]:
+    key = (("currency", "USD"), ("entry_type", "REVENUE"))
+    return samples.get(("creep_ledger_amount", key)), samples.get(("creep_ledger_entries", key))
+
+
+def test_a_scrape_reads_only_the_ledger_entries_it_has_not_counted(tmp_path: Path) -> None:
+    """Ledger entries are append-only and never purged, so summing them all on every scrape
+    got slower forever; the totals are a rollup the scrape folds new entries into, read
+    through the primary key (no statement of a scrape scans ledger_entries)."""
+    url = f"sqlite:///{tmp_path}/creep.db"
+    app = Creep(url, clock=FrozenClock(T0))
+    try:
+        for amount in ("0.1", "0.2", "0.000001"):
+            app.record_ledger_entry(entry_type="REVENUE", amount=amount, currency="USD")
+        statements: list[str] = []
+        app.store._conn().set_trace_callback(statements.append)  # type: ignore[attr-defined]
+        assert _usd(_ledger(app.store)) == (float(Decimal("0.300001")), 3.0)
+        app.record_ledger_entry(entry_type="REVENUE", amount="0.3", currency="USD")
+        assert _usd(_ledger(app.store)) == (float(Decimal("0.600001")), 4.0)
+        app.store._conn().set_trace_callback(None)  # type: ignore[attr-defined]
+        plans = sqlite3.connect(f"{tmp_path}/creep.db")
+        scans = [(sql, row[3]) for sql in statements if "ledger_entries" in sql
+                 for row in plans.execute(f"EXPLAIN QUERY PLAN {sql}")
+                 if row[3].startswith("SCAN ledger_entries")]
+        plans.close()
+        assert scans == []
+    finally:
+        app.close()
+
+
+def test_a_ledger_entry_that_commits_late_is_counted_once(pg_schema_url: str) -> None:
+    """On PostgreSQL a ledger entry's seq can commit after a larger one: a scrape between
+    the two must still count the first once it commits (and once only), and a seq whose
+    transaction rolled back must not hold the rollup's cursor forever."""
+    app = Creep(pg_schema_url, clock=FrozenClock(T0))
+    insert = ("INSERT INTO ledger_entries (entry_id, tenant_id, entry_type, amount, currency, "
+              "occurred_at, recorded_at) VALUES (gen_random_uuid(), 'default', 'REVENUE', "
+              "%s, 'USD', now(), now())")
+    try:
+        app.store  # migrated  # noqa: B018
+        with psycopg.connect(pg_schema_url) as late, psycopg.connect(pg_schema_url) as undone:
+            late.execute(insert, (Decimal("0.1"),))  # its seq drawn, not committed
+            undone.execute(insert, (Decimal("5"),))
+            app.record_ledger_entry(entry_type="REVENUE", amount="0.2", currency="USD")
+            assert _usd(_ledger(app.store)) == (0.2, 1.0)
+            late.commit()
+            undone.rollback()
+            app.record_ledger_entry(entry_type="REVENUE", amount="0.3", currency="USD")
+            for _ in range(3):
+                assert _usd(_ledger(app.store)) == (0.6, 3.0)
+        with psycopg.connect(pg_schema_url) as conn:
+            row = conn.execute(
+                "SELECT cursor FROM metric_cursors WHERE name = 'ledger_entries'").fetchone()
+        assert row is not None and orjson.loads(row[0])["gens"] == []  # the rolled-back seq
+    finally:
+        app.close()

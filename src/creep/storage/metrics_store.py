@@ -1,15 +1,18 @@
-"""What /metrics reads from the database: gauges aggregated at scrape time, and the
+"""What /metrics reads from the database: gauges aggregated at scrape time, the
 task-lifecycle rollup (`metric_cursors` + `metric_values`, migration 0008) that one node at a
-time folds new task events into. Both dialects; see creep.api.metrics for the design."""
+time folds new task events into, and the ledger rollup (`metric_ledger`, sqlite 0019 /
+postgres 0020) that a scrape folds new ledger entries into. Both dialects; see
+creep.api.metrics for the design."""
 
 from __future__ import annotations
 
 import sqlite3
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -24,6 +27,11 @@ Deltas = dict[tuple[str, str], float]
 FoldStep = Callable[[str | None], tuple[str | None, Deltas]]
 #: (task_id, event_id, from_status, to_status, payload, created_at): a task's transitions.
 Mark = tuple[str, int, str | None, str | None, dict[str, Any], datetime]
+#: (entry_type, currency) -> [amount total, entry count]: ledger totals, or what to add.
+LedgerSums = dict[tuple[str, str], list[Any]]
+_P = TypeVar("_P")
+#: The ledger rollup's cursor (metric_cursors.name).
+LEDGER = "ledger_entries"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MARKS_WHERE = ("to_status IN ('QUEUED', 'RUNNING') "
@@ -55,21 +63,29 @@ class SqliteMetricsMixin:
         the deltas only if the cursor is still the one they were computed from, and a folder
         that lost that race (another API process folded first) computes again from the new
         cursor."""
+        return self._fold(name, step, _apply_sqlite)
+
+    def _fold(self, name: str, step: Callable[[str | None], tuple[str | None, _P]],
+              apply: Callable[[sqlite3.Connection, str, str | None, _P], None]) -> bool:
+        """metric_fold with the rollup `apply` writes `step`'s result to. A step that left
+        the cursor where it was found nothing new: nothing is written."""
         for _ in range(_FOLD_ATTEMPTS):
             conn = self._conn()
             conn.execute("BEGIN")  # one read snapshot for the cursor and everything step reads
             try:
                 start = _fold_cursor(conn, name)
-                cursor, deltas = step(start)
+                cursor, found = step(start)
             finally:
                 conn.execute("COMMIT")
+            if cursor == start:
+                return True
             with self._write() as conn:
                 if _fold_cursor(conn, name) == start:
-                    _apply_sqlite(conn, name, cursor, deltas)
+                    apply(conn, name, cursor, found)
                     return True
         with self._write() as conn:  # still contended: fold under the write lock
-            cursor, deltas = step(_fold_cursor(conn, name))
-            _apply_sqlite(conn, name, cursor, deltas)
+            cursor, found = step(_fold_cursor(conn, name))
+            apply(conn, name, cursor, found)
         return True
 
     def metric_values(self, name: str | None = None) -> list[tuple[str, str, float]]:
@@ -105,16 +121,26 @@ class SqliteMetricsMixin:
         g = MetricsGauges()
         g.leases = _pairs(conn.execute("SELECT status, count(*) FROM leases GROUP BY 1"))
         g.assets = _pairs(conn.execute("SELECT status, count(*) FROM assets GROUP BY 1"))
-        # Amounts are exact decimal text (SUM would make floats): group equal amounts.
-        acc: dict[tuple[str, str], list[Any]] = {}
-        for entry_type, currency, amount, n in conn.execute(
-            "SELECT entry_type, currency, amount, count(*) FROM ledger_entries GROUP BY 1, 2, 3"
+        self._fold(LEDGER, self._ledger_step, _apply_ledger_sqlite)
+        g.ledger = [(r[0], r[1], Decimal(r[2]), int(r[3])) for r in conn.execute(
+            "SELECT entry_type, currency, amount, entries FROM metric_ledger ORDER BY 1, 2")]
+        return g
+
+    def _ledger_step(self, cursor: str | None) -> tuple[str | None, LedgerSums]:
+        """The totals of the ledger entries past `cursor` (a seq: SQLite's single writer
+        commits seqs in order, so none can commit behind it), through the primary key.
+        Amounts are exact decimal text (SUM would make floats): equal amounts grouped."""
+        acc: LedgerSums = {}
+        top = int(cursor or 0)
+        for entry_type, currency, amount, n, last in self._conn().execute(
+            "SELECT entry_type, currency, amount, count(*), max(seq) FROM ledger_entries "
+            "WHERE seq > ? GROUP BY 1, 2, 3", (top,),
         ):
             slot = acc.setdefault((entry_type, currency), [Decimal(0), 0])
             slot[0] += Decimal(amount) * n
             slot[1] += n
-        g.ledger = [(k[0], k[1], v[0], v[1]) for k, v in sorted(acc.items())]
-        return g
+            top = max(top, last)
+        return (cursor if not acc else str(top)), acc
 
 
 _FOLD_ATTEMPTS = 3
@@ -135,6 +161,20 @@ def _apply_sqlite(conn: sqlite3.Connection, name: str, cursor: str | None, delta
         "ON CONFLICT (name, labels) DO UPDATE SET value = value + excluded.value",
         [(k[0], k[1], v) for k, v in deltas.items()],
     )
+    conn.execute("UPDATE metric_cursors SET cursor = ? WHERE name = ?", (cursor, name))
+
+
+def _apply_ledger_sqlite(conn: sqlite3.Connection, name: str, cursor: str | None,
+                         sums: LedgerSums) -> None:
+    for (entry_type, currency), (amount, n) in sums.items():
+        row = conn.execute("SELECT amount, entries FROM metric_ledger "
+                           "WHERE entry_type = ? AND currency = ?", (entry_type, currency)).fetchone()
+        if row is not None:
+            amount, n = amount + Decimal(row[0]), n + int(row[1])
+        conn.execute("INSERT INTO metric_ledger (entry_type, currency, amount, entries) "
+                     "VALUES (?, ?, ?, ?) ON CONFLICT (entry_type, currency) DO UPDATE "
+                     "SET amount = excluded.amount, entries = excluded.entries",
+                     (entry_type, currency, str(amount), n))
     conn.execute("UPDATE metric_cursors SET cursor = ? WHERE name = ?", (cursor, name))
 
 
@@ -196,9 +236,106 @@ class PostgresMetricsMixin:
                 "SELECT status, count(*) FROM leases GROUP BY 1").fetchall()))
             g.assets = _pairs(iter(conn.execute(
                 "SELECT status, count(*) FROM assets GROUP BY 1").fetchall()))
-            rows = conn.execute(
-                "SELECT entry_type, currency, sum(amount), count(*) FROM ledger_entries "
-                "GROUP BY 1, 2 ORDER BY 1, 2"
-            ).fetchall()
+        with self._tx() as conn:
+            row = conn.execute("SELECT cursor FROM metric_cursors WHERE name = %s "
+                               "FOR UPDATE SKIP LOCKED", (LEDGER,)).fetchone()
+            if row is not None:  # else another node is folding: its totals show next time
+                _fold_ledger_pg(conn, row[0])
+            rows = conn.execute("SELECT entry_type, currency, amount, entries FROM metric_ledger "
+                                "ORDER BY 1, 2").fetchall()
         g.ledger = [(r[0], r[1], Decimal(r[2]), int(r[3])) for r in rows]
         return g
+
+
+#: The transactions that may be inserting ledger entries: an INSERT (or COPY) takes this lock
+#: before it draws a seq and holds it until its transaction ends. Virtual ids, as a
+#: transaction may draw a seq before it has a transaction id.
+_LEDGER_WRITERS = (
+    "SELECT virtualtransaction FROM pg_locks WHERE locktype = 'relation' AND granted "
+    "AND mode = 'RowExclusiveLock' AND relation = 'ledger_entries'::regclass "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+#: One snapshot: the totals of the entries past the cursor and of those found in the
+#: cursor's gaps, the gaps found ('seen'), the new gaps below the newest entry past the
+#: cursor ('gap', as ranges) and that entry's seq ('top'). Through the primary key.
+_LEDGER_FOLD = (
+    "WITH new AS MATERIALIZED ("
+    " SELECT seq, entry_type, currency, amount FROM ledger_entries WHERE seq > %(c)s::bigint"
+    " UNION ALL SELECT l.seq, l.entry_type, l.currency, l.amount"
+    " FROM unnest(%(lo)s::bigint[], %(hi)s::bigint[]) AS r(lo, hi)"
+    " JOIN ledger_entries l ON l.seq BETWEEN r.lo AND r.hi) "
+    "SELECT 'sum', entry_type, currency, sum(amount), count(*), NULL::bigint FROM new"
+    " GROUP BY 2, 3 "
+    "UNION ALL SELECT 'seen', NULL, NULL, NULL, seq, NULL FROM new WHERE seq <= %(c)s::bigint "
+    "UNION ALL SELECT 'gap', NULL, NULL, NULL, prev + 1, seq - 1 FROM ("
+    " SELECT seq, lag(seq, 1, %(c)s::bigint) OVER (ORDER BY seq) AS prev FROM new"
+    " WHERE seq > %(c)s::bigint) s WHERE seq > prev + 1 "
+    "UNION ALL SELECT 'top', NULL, NULL, NULL, max(seq), NULL FROM new WHERE seq > %(c)s::bigint"
+)
+
+
+def _fold_ledger_pg(conn: psycopg.Connection[Any], text: str | None) -> None:
+    """Fold the ledger entries no fold has counted into metric_ledger, holding the cursor row.
+
+    A seq can commit after a larger one, so the cursor is the newest seq folded plus the
+    seqs below it not yet seen, in generations: the gaps one fold found, with the writers
+    (_LEDGER_WRITERS) in progress just after its read. Each fold reads the gaps again, by
+    key; a generation goes once none of its writers was in progress before a fold's read
+    (that read saw whatever they committed; what is still missing was rolled back or never
+    used, as after a crash). Each statement reads its own snapshot (READ COMMITTED): the
+    writers are listed before the read that a generation's end relies on, and after the
+    read whose gaps they may fill."""
+    state: dict[str, Any] = orjson.loads(text) if text else {"seq": 0, "gens": []}
+    top: int = state["seq"]
+    gens: list[tuple[list[list[int]], list[str]]] = [(g[0], g[1]) for g in state["gens"]]
+    live = {r[0] for r in conn.execute(_LEDGER_WRITERS).fetchall()}
+    ended = [not live.intersection(writers) for _, writers in gens]
+    ranges = [r for gaps, _ in gens for r in gaps]
+    sums: LedgerSums = {}
+    seen: list[int] = []
+    fresh: list[list[int]] = []
+    newest = top
+    for kind, entry_type, currency, amount, n, hi in conn.execute(_LEDGER_FOLD, {
+        "c": top, "lo": [r[0] for r in ranges], "hi": [r[1] for r in ranges],
+    }).fetchall():
+        if kind == "sum":
+            sums[(entry_type, currency)] = [amount, n]
+        elif kind == "seen":
+            seen.append(n)
+        elif kind == "gap":
+            fresh.append([n, hi])
+        elif n is not None:
+            newest = n
+    writers = sorted(r[0] for r in conn.execute(_LEDGER_WRITERS).fetchall()) if fresh else []
+    seen.sort()
+    gens = [(_without(gaps, seen), w) for (gaps, w), done in zip(gens, ended, strict=True)
+            if not done]
+    gens = [g for g in gens if g[0]]
+    if fresh:
+        gens.append((fresh, writers))
+    if sums:
+        keys, amounts, counts = zip(*((k, v[0], v[1]) for k, v in sums.items()), strict=True)
+        conn.execute(
+            "INSERT INTO metric_ledger (entry_type, currency, amount, entries) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::numeric[], %s::bigint[]) "
+            "ON CONFLICT (entry_type, currency) DO UPDATE SET "
+            "amount = metric_ledger.amount + excluded.amount, "
+            "entries = metric_ledger.entries + excluded.entries",
+            ([k[0] for k in keys], [k[1] for k in keys], list(amounts), list(counts)),
+        )
+    cursor = orjson.dumps({"seq": newest, "gens": gens}).decode()
+    if cursor != text:
+        conn.execute("UPDATE metric_cursors SET cursor = %s WHERE name = %s", (cursor, LEDGER))
+
+
+def _without(gaps: list[list[int]], seen: list[int]) -> list[list[int]]:
+    """The ranges `gaps` less the seqs `seen` (sorted)."""
+    out: list[list[int]] = []
+    for lo, hi in gaps:
+        for s in seen[bisect_left(seen, lo):bisect_right(seen, hi)]:
+            if s > lo:
+                out.append([lo, s - 1])
+            lo = s + 1
+        if lo <= hi:
+            out.append([lo, hi])
+    return out
