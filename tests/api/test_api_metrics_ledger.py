@@ -1,5 +1,6 @@
 """/metrics' ledger gauges (an in-process app, both backends): currencies are the tenants'
-own strings, so the currency label is capped (CREEP_METRICS_MAX_CURRENCIES)."""
+own strings, so the currency label is capped (CREEP_METRICS_MAX_CURRENCIES); the ledger and
+the leases are history that only grows, so a scrape must not read them whole."""
 
 from __future__ import annotations
 
@@ -130,12 +131,37 @@ def test_a_scrape_reads_only_the_ledger_entries_it_has_not_counted(tmp_path: Pat
         app.record_ledger_entry(entry_type="REVENUE", amount="0.3", currency="USD")
         assert _usd(_ledger(app.store)) == (float(Decimal("0.600001")), 4.0)
         app.store._conn().set_trace_callback(None)  # type: ignore[attr-defined]
-        plans = sqlite3.connect(f"{tmp_path}/creep.db")
-        scans = [(sql, row[3]) for sql in statements if "ledger_entries" in sql
-                 for row in plans.execute(f"EXPLAIN QUERY PLAN {sql}")
-                 if row[3].startswith("SCAN ledger_entries")]
+        assert _full_scans(f"{tmp_path}/creep.db", statements) == []
+    finally:
+        app.close()
+
+
+def _full_scans(path: str, statements: list[str]) -> list[tuple[str, str]]:
+    """The statements that read all of a history table (leases, ledger entries), with the
+    step of their query plan that does."""
+    plans = sqlite3.connect(path)
+    try:
+        return [(sql, row[3]) for sql in statements if sql.lstrip().startswith("SELECT")
+                for row in plans.execute(f"EXPLAIN QUERY PLAN {sql}")
+                if row[3] in ("SCAN leases", "SCAN ledger_entries")]
+    finally:
         plans.close()
-        assert scans == []
+
+
+def test_a_scrape_counts_only_the_leases_held_now(tmp_path: Path) -> None:
+    """Leases are never purged: counting them by status read every lease ever taken on every
+    scrape. creep_leases counts the ACTIVE ones, through their partial index."""
+    app = Creep(f"sqlite:///{tmp_path}/creep.db", clock=FrozenClock(T0))
+    try:
+        statements: list[str] = []
+        app.store._conn().set_trace_callback(statements.append)  # type: ignore[attr-defined]
+        text = Metrics(app.store, cache_seconds=0).render().decode()
+        app.store._conn().set_trace_callback(None)  # type: ignore[attr-defined]
+        leases = {tuple(s.labels.items()): s.value
+                  for family in text_string_to_metric_families(text) for s in family.samples
+                  if s.name == "creep_leases"}
+        assert _full_scans(f"{tmp_path}/creep.db", statements) == []
+        assert leases == {(("status", "ACTIVE"),): 0.0}
     finally:
         app.close()
 

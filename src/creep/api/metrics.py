@@ -81,7 +81,8 @@ class DatabaseMetrics(Collector):
         for status, band, count in self.store.queue_depth():
             depth.add_metric([status, str(band)], count)
         gauges = self.store.metric_gauges()
-        leases = GaugeMetricFamily("creep_leases", "Asset leases by status", labels=["status"])
+        leases = GaugeMetricFamily("creep_leases", "Asset leases held now (status ACTIVE)",
+                                   labels=["status"])
         for status, count in gauges.leases:
             leases.add_metric([status], count)
         assets = GaugeMetricFamily("creep_assets", "Assets by status", labels=["status"])
