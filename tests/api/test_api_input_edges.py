@@ -69,6 +69,18 @@ def test_csv_export_bad_cursor_is_a_problem_not_a_broken_stream(
 
 # -- duplicate ids --------------------------------------------------------------------------------
 
+def test_task_create_with_null_optional_fields_takes_their_defaults(
+    tenant_client: httpx.Client,
+) -> None:
+    """`null` for an optional field means its default, currency included (it alone answered
+    422 'must be a 3-4 letter upper-case currency code')."""
+    r = tenant_client.post("/v1/tasks", json={
+        "task_type": "NULLS", "env": "dev", "currency": None, "priority": None,
+        "max_total_cost": None, "tags": None, "project_id": None})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert (body["currency"], body["priority"], body["max_total_cost"]) == ("USD", 50, None)
+
 def test_task_create_reusing_task_id_with_other_key_is_409(tenant_client: httpx.Client) -> None:
     task_id = str(uuid.uuid4())
     r = tenant_client.post("/v1/tasks", json={"task_type": "E", "task_id": task_id,

@@ -484,7 +484,9 @@ def validate_full(
         errs, data, "timeout_ms", limits.default_timeout_ms, 1, MAX_TIMEOUT_MS,
         f"> 0 and at most {MAX_TIMEOUT_MS}",
     )
-    currency = data.get("currency", "USD")
+    currency = data.get("currency")
+    if currency is None:  # left out or null: the default, as for every other optional field
+        currency = "USD"
     if not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
         errs.add("currency", "must be a 3-4 letter upper-case currency code such as USD or USDT")
         currency = "USD"
