@@ -457,8 +457,9 @@ class Worker:
             return claimed
 
     async def _claim_round(self, types: list[str], want: int) -> list[ClaimedTask]:
-        """Claim up to `want` tasks. Completions waiting in the buffer ride along in the same
-        transaction when the store offers that (one commit instead of two per round)."""
+        """Claim up to `want` tasks. On SQLite, and with completions of leased tasks, the
+        completions waiting in the buffer ride along in the same transaction when the store
+        offers that (one commit instead of two per round)."""
         s = self.settings
         combined = getattr(self.store, "task_complete_and_claim", None)
         lanes = s.claim_lanes
@@ -469,7 +470,7 @@ class Worker:
         # so the server's work for a round runs on two backends (one combined transaction,
         # durable and serial, drained 10-11k tasks/s against 15-17k, measured alternately).
         # With claim lanes, a claim goes this way even alone, to run in lanes too.
-        rides = self._buffer and (self._ride_along or self._leased_waiting or lanes > 1)
+        rides = bool(self._buffer) and (self._ride_along or self._leased_waiting or lanes > 1)
         if combined is None or not (rides or (lanes > 1 and want >= MIN_LANE_CLAIM)):
             return await self._claim_alone(types, want)
         if lanes > 1:
