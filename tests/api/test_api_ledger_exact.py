@@ -4,6 +4,7 @@ entry while others arrive between pages."""
 
 from __future__ import annotations
 
+import tracemalloc
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -116,3 +117,21 @@ def test_cursor_pages_skip_and_repeat_nothing_while_entries_arrive(api: TestClie
     keys = [e["occurred_at"] for e in seen]
     assert keys == sorted(keys)
     assert all(e["tenant_id"] == "acme" for e in seen)
+
+
+def test_an_amount_of_a_huge_negative_exponent_is_refused_without_writing_it_out(
+    api: TestClient,
+) -> None:
+    """'1e-100000000' has more than 6 places: a 422, decided on its exponent. It was written
+    out in digits first (a 100 MB string; '1e-999999999' took 2 GB and 6 s of the server)."""
+    tracemalloc.start()
+    try:
+        r = api.post("/v1/ledger", headers=ADMIN, json={
+            "tenant_id": "acme", "entry_type": "REVENUE", "amount": "1e-100000000",
+            "currency": "USD"})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert r.status_code == 422, r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["amount"]
+    assert peak < 20_000_000

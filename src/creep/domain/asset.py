@@ -141,7 +141,8 @@ def money(errors: list[tuple[str, str]], name: str, value: Any, *, signed: bool 
     if not signed and d < 0:
         errors.append((name, "must be >= 0"))
     exponent = d.as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -MONEY_PLACES:
+    too_fine = isinstance(exponent, int) and exponent < -MONEY_PLACES
+    if too_fine:
         errors.append((name, f"has more than {MONEY_PLACES} decimal places"))
     try:
         too_big = abs(d) >= Decimal(10) ** 15
@@ -149,6 +150,8 @@ def money(errors: list[tuple[str, str]], name: str, value: Any, *, signed: bool 
         too_big = True
     if too_big:
         errors.append((name, "must be below 10^15"))
+    if too_big or too_fine:
+        # Refused: never written out in digits ('1e-999999999' would be a 1 GB string).
         return Decimal(0)
     return positional(d)
 
