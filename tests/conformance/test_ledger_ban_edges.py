@@ -214,3 +214,28 @@ def test_a_handler_charges_only_the_leases_of_its_own_run(app: Creep) -> None:
     assert [e.amount for e in app.ledger_entries(task_id=t.task_id)] == [
         Decimal("0.5"), Decimal("0.25")]
     assert app.ledger_entries(task_id=first_task.task_id) == []
+
+
+def test_an_entry_naming_a_lease_but_no_task_is_the_leases_tasks(app: Creep) -> None:
+    """A REFUND or ADJUSTMENT recorded for a lease (no task_id) was written tied to no task:
+    in any currency, past the lease's task's max_total_cost, and missing from the task's
+    summary. It is the lease's task's entry, checked as one naming the task."""
+    a = asset(app, 1, cost_per_lease="1.00")
+    t = app.submit(task_type="USE", resource_hints=[NET], max_total_cost="2.00",
+                   project_id="p1")
+    app.handler("USE")(lambda ctx: None)
+    app.run_worker(burst=True, install_signals=False)
+    [lease] = app.list_leases(task_id=t.task_id)
+    with pytest.raises(BudgetExceeded):
+        app.record_ledger_entry(entry_type="ADJUSTMENT", amount="5", currency="USD",
+                                lease_id=lease.lease_id)
+    with pytest.raises(ValidationError, match="currency"):
+        app.record_ledger_entry(entry_type="REFUND", amount="0.40", currency="EUR",
+                                lease_id=lease.lease_id, asset_id=a)
+    refund = app.record_ledger_entry(entry_type="REFUND", amount="0.40", currency="USD",
+                                     lease_id=lease.lease_id, asset_id=a)
+    assert (refund.task_id, refund.project_id) == (t.task_id, "p1")
+    [summary] = app.ledger_summary(task_id=t.task_id)
+    assert (summary.cost, summary.entries) == (Decimal("0.60"), 2)
+    [read] = [e for e in app.ledger_entries(task_id=t.task_id) if e.entry_type == "REFUND"]
+    assert read.entry_id == refund.entry_id

@@ -36,6 +36,16 @@ class LedgerStoreMixin(AssetStoreBase):
         if claim_token is not None and entry.task_id is None:
             raise ValidationError.single("task_id", "is required with a claim token")
         with self._atx() as conn:
+            if entry.task_id is None and entry.lease_id is not None:
+                # Money for a lease is its task's: in the task's currency, within its budget,
+                # in its summary (a task retention deleted leaves the entry without one).
+                leased = self._x(
+                    conn, "SELECT l.task_id FROM leases l JOIN tasks t ON t.task_id = "
+                    "l.task_id WHERE l.lease_id = ? AND l.tenant_id = ?",
+                    (entry.lease_id, entry.tenant_id),
+                ).fetchone()
+                if leased is not None:
+                    entry.task_id = str(leased[0])
             if entry.task_id is not None:
                 row = self._x(
                     conn,
