@@ -18,6 +18,7 @@ import orjson
 
 from creep.client.errors import ApiProblem, ClientError
 from creep.client.models import Model, Page
+from creep.domain.ids import uuid7
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RETRY_STATUSES = frozenset({429, 503})
@@ -27,7 +28,9 @@ M = TypeVar("M", bound=Model)
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Backoff on 429/503 (and on connection failures): waits `Retry-After` when the server
-    sends it, else `base * 2**attempt` with jitter; every wait is capped at `max_delay`."""
+    sends it, else `base * 2**attempt` with jitter; every wait is capped at `max_delay`.
+    A 503 may come after the server wrote the request, so it is retried only for a call that
+    cannot write twice (see `Call.resendable`); a 429 or a refused connection, for any."""
 
     max_retries: int = 4
     base_delay: float = 0.25
@@ -167,6 +170,12 @@ def task_body(order: dict[str, Any] | None, fields: dict[str, Any]) -> dict[str,
     if not body.get("idempotency_key"):
         body["idempotency_key"] = str(uuid.uuid4())
     return body
+
+
+def with_id(body: dict[str, Any], name: str) -> dict[str, Any]:
+    """`body` with its `name` id (chosen here, once per call, when not given): sent again
+    after a lost answer, the server answers what it wrote the first time and writes nothing."""
+    return body if body.get(name) else {**body, name: uuid7()}
 
 
 def batch_body(title: str, tasks: list[dict[str, Any]], tenant_id: str | None,

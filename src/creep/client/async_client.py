@@ -77,7 +77,7 @@ class AsyncClient:
                     files=call.files, data=call.data, headers=call.headers,
                     timeout=core.call_timeout(self._http.timeout, call.wait),
                 )
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
                 if attempt >= self.retry.max_retries:
                     raise TransportError(f"cannot reach {self.url}: {exc}") from exc
                 await self._wait(attempt, None, 0)
@@ -85,7 +85,7 @@ class AsyncClient:
                 continue
             except httpx.HTTPError as exc:
                 raise TransportError(f"{call.method} {call.path}: {exc}") from exc
-            if response.status_code in core.RETRY_STATUSES and attempt < self.retry.max_retries:
+            if call.retryable(response.status_code) and attempt < self.retry.max_retries:
                 await self._wait(attempt, core.retry_after(response), response.status_code)
                 attempt += 1
                 continue

@@ -50,6 +50,21 @@ class Call(Generic[T]):
     headers: dict[str, str] | None = None
     #: Seconds the server may hold its answer back (a long poll): added to the read timeout.
     wait: float = 0.0
+    #: Sent again after a 503: a read or a PUT (by default), or a write the server knows
+    #: again by an id the call chose (it answers what it wrote the first time). Any other
+    #: write may have been written before the 503 (its answer lost), so it is not resent.
+    resend: bool | None = None
+
+    @property
+    def resendable(self) -> bool:
+        return self.method in _IDEMPOTENT if self.resend is None else self.resend
+
+    def retryable(self, status: int) -> bool:
+        """A 429 was refused before the route ran; a 503 only if resending is safe."""
+        return status == 429 or (status in core.RETRY_STATUSES and self.resendable)
+
+
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT"})
 
 
 def _p(value: str) -> str:
@@ -105,7 +120,9 @@ def metrics() -> Call[str]:
 
 # -- tasks ----------------------------------------------------------------------------------
 def create_task(body: dict[str, Any]) -> Call[Task]:
-    return Call("POST", "/v1/tasks", lambda r: core.one(r, Task), json=core.jsonable(body))
+    """`body` has its idempotency_key (core.task_body)."""
+    return Call("POST", "/v1/tasks", lambda r: core.one(r, Task), json=core.jsonable(body),
+                resend=bool(body.get("idempotency_key")))
 
 
 def list_tasks(**filters: Any) -> Call[Page[Task]]:
@@ -141,7 +158,9 @@ def stream_path(task_id: str) -> str:
 
 # -- batches --------------------------------------------------------------------------------
 def create_batch(body: dict[str, Any]) -> Call[Batch]:
-    return Call("POST", "/v1/batches", lambda r: core.one(r, Batch), json=core.jsonable(body))
+    """Every task of `body` has its idempotency_key: sent again, the batch is replayed."""
+    return Call("POST", "/v1/batches", lambda r: core.one(r, Batch), json=core.jsonable(body),
+                resend=all(t.get("idempotency_key") for t in body["tasks"]))
 
 
 def list_batches(cursor: str | None, limit: int) -> Call[Page[Batch]]:
@@ -227,8 +246,20 @@ def claim(body: dict[str, Any]) -> Call[list[Claimed]]:
 
 
 def worker_call(task_id: str, action: str, body: dict[str, Any]) -> Call[Any]:
-    """heartbeat | progress | complete | fail | events of a claimed task."""
-    return Call("POST", f"/v1/tasks/{_p(task_id)}/{action}", _any, json=core.jsonable(body))
+    """heartbeat | progress | complete | fail | events | ledger | asset-events | leases of a
+    claimed task. A ledger entry or asset event gets its id here when it has none, so it is
+    resent safely; progress, an event, complete and fail are not resent after a 503."""
+    ident = _WORKER_IDS.get(action)
+    if ident is not None:
+        body = core.with_id(body, ident)
+    return Call("POST", f"/v1/tasks/{_p(task_id)}/{action}", _any, json=core.jsonable(body),
+                resend=ident is not None or action in _WORKER_REPEATABLE)
+
+
+#: Worker routes that write once per id: the id's field.
+_WORKER_IDS = {"ledger": "entry_id", "asset-events": "event_id"}
+#: Worker routes that may run twice: a heartbeat renews the claim, leases reads.
+_WORKER_REPEATABLE = frozenset({"heartbeat", "leases"})
 
 
 # -- assets and leases ------------------------------------------------------------------------
@@ -322,8 +353,9 @@ def events_csv(**filters: Any) -> Call[bytes]:
 
 
 def report_event(body: dict[str, Any]) -> Call[ReportedEvent]:
+    """With an event_id (chosen here when not given): resent, the first report answers."""
     return Call("POST", "/v1/events", lambda r: core.one(r, ReportedEvent),
-                json=core.jsonable(body))
+                json=core.jsonable(core.with_id(body, "event_id")), resend=True)
 
 
 def event_chain(event_id: str) -> Call[list[AssetEvent]]:

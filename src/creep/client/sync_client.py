@@ -43,7 +43,8 @@ M = TypeVar("M", bound=Model)
 
 class Client:
     """`Client(url, key)`; both default to CREEP_API_URL / CREEP_API_KEY. Problems raise
-    `ApiProblem`; 429/503 and connection failures are retried per `retry` (RetryPolicy)."""
+    `ApiProblem`; 429s and refused connections are retried per `retry` (RetryPolicy), 503s
+    too unless the call is a write that could then be written twice (`Call.resendable`)."""
 
     def __init__(
         self, url: str | None = None, key: str | None = None, *, timeout: float = 30.0,
@@ -75,7 +76,7 @@ class Client:
                     files=call.files, data=call.data, headers=call.headers,
                     timeout=core.call_timeout(self._http.timeout, call.wait),
                 )
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
                 if attempt >= self.retry.max_retries:
                     raise TransportError(f"cannot reach {self.url}: {exc}") from exc
                 self._wait(attempt, None, 0)
@@ -83,7 +84,7 @@ class Client:
                 continue
             except httpx.HTTPError as exc:
                 raise TransportError(f"{call.method} {call.path}: {exc}") from exc
-            if response.status_code in core.RETRY_STATUSES and attempt < self.retry.max_retries:
+            if call.retryable(response.status_code) and attempt < self.retry.max_retries:
                 self._wait(attempt, core.retry_after(response), response.status_code)
                 attempt += 1
                 continue

@@ -1,0 +1,175 @@
+"""The SDK resends a write only when that cannot write it twice, against a real server: a 503
+may come after the server committed the request (its answer lost on the way back), so a
+write is resent after one only when the server recognises the resend (an id the SDK chose
+once per call); a refused connection or a 429 (nothing ran) is retried for every call."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from creep.client import ApiProblem, AsyncClient, Client, RetryPolicy
+from tests.api.conftest import Server
+
+FAST = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)
+
+
+class _Faults:
+    """Faults planned per (method, path), each used once: `lose` sends the request to the
+    server (which writes it) and answers 503 instead of its answer; `refuse` answers 429
+    without sending it; `unreachable` fails to connect."""
+
+    def __init__(self) -> None:
+        self.planned: dict[tuple[str, str], str] = {}
+        self.sent: list[tuple[str, str]] = []
+
+    def plan(self, fault: str, method: str, path: str) -> None:
+        self.planned[(method, path)] = fault
+
+    def take(self, request: httpx.Request) -> str | None:
+        key = (request.method, request.url.path)
+        fault = self.planned.pop(key, None)
+        if fault != "refuse" and fault != "unreachable":
+            self.sent.append(key)
+        if fault == "unreachable":
+            raise httpx.ConnectError("connection refused", request=request)
+        return fault
+
+    @staticmethod
+    def answer(fault: str | None, request: httpx.Request) -> httpx.Response | None:
+        if fault == "lose":
+            return httpx.Response(503, text="the answer was lost on the way back")
+        if fault == "refuse":
+            return httpx.Response(429, headers={"Retry-After": "0"}, text="slow down")
+        return None
+
+
+class Faulty(_Faults, httpx.BaseTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        fault = self.take(request)
+        if fault == "refuse":
+            return self.answer(fault, request)  # type: ignore[return-value]
+        response = self.inner.handle_request(request)
+        if fault == "lose":
+            response.read()
+            response.close()
+            return self.answer(fault, request)  # type: ignore[return-value]
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AsyncFaulty(_Faults, httpx.AsyncBaseTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        fault = self.take(request)
+        if fault == "refuse":
+            return self.answer(fault, request)  # type: ignore[return-value]
+        response = await self.inner.handle_async_request(request)
+        if fault == "lose":
+            await response.aread()
+            await response.aclose()
+            return self.answer(fault, request)  # type: ignore[return-value]
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_a_write_whose_answer_was_lost_is_written_once(server: Server) -> None:
+    _, key = server.tenant()
+    faults = Faulty()
+    project = f"p-{uuid.uuid4().hex[:8]}"
+    with Client(server.url, key, retry=FAST, transport=faults) as c:
+        # Replayed by the id the SDK chose: the call answers the object written the first time.
+        kind = f"RETRIED-{uuid.uuid4().hex[:8]}"
+        faults.plan("lose", "POST", "/v1/tasks")
+        task = c.create_task(task_type=kind, env="dev")
+        assert [t.task_id for t in c.iter_tasks(task_type=kind)] == [task.task_id]
+        faults.plan("lose", "POST", "/v1/batches")
+        batch = c.create_batch("retried", [{"task_type": kind}, {"task_type": kind}])
+        assert c.get_batch(batch.batch_id).total_count == 2
+        assert len(list(c.iter_tasks(task_type=kind))) == 3
+        asset = c.create_asset(sku_category="RAW_NET", sku_code=f"retry.{project}")
+        faults.plan("lose", "POST", "/v1/events")
+        reported = c.report_event("PROBE_FAILED", asset.asset_id)
+        probes = [e for e in c.iter_events(asset_id=asset.asset_id)
+                  if e.event_type == "PROBE_FAILED"]
+        assert [e.event_id for e in probes] == [reported.event.event_id]
+        assert c.stats.statuses == [503, 503, 503]
+
+        # No id the server would know again: the 503 is the answer, and it was written once.
+        faults.plan("lose", "POST", "/v1/ledger")
+        with pytest.raises(ApiProblem) as lost:
+            c.record_entry("REVENUE", "2.50", "USD", project_id=project)
+        assert lost.value.status == 503
+        assert [e.amount for e in c.iter_ledger(project_id=project)] == [Decimal("2.50")]
+        faults.plan("lose", "POST", "/v1/assets")
+        with pytest.raises(ApiProblem):
+            c.create_asset(sku_category="RAW_NET", sku_code=f"lost.{project}")
+        assert len(list(c.iter_assets(sku_code=f"lost.{project}"))) == 1
+
+        # The worker protocol: an event of the run is not resent, a charge carries entry_id.
+        [claimed] = c.claim([kind], max_tasks=1)
+        run = claimed.task.task_id
+        faults.plan("lose", "POST", f"/v1/tasks/{run}/events")
+        with pytest.raises(ApiProblem):
+            c.worker_action(run, "events", claimed.claim_token, event_type="sdk.note")
+        assert [e.event_type for e in c.iter_task_events(run)].count("sdk.note") == 1
+        faults.plan("lose", "POST", f"/v1/tasks/{run}/ledger")
+        charge = c.worker_action(run, "ledger", claimed.claim_token, entry_type="COST",
+                                 amount="0.10", currency="USD")
+        assert [e.entry_id for e in c.iter_ledger(task_id=run)] == [charge["entry_id"]]
+        # Each write above reached the server once, and the replayable ones twice.
+        assert faults.sent.count(("POST", "/v1/ledger")) == 1
+        assert faults.sent.count(("POST", "/v1/events")) == 2
+
+
+def test_a_write_that_never_ran_is_retried(server: Server) -> None:
+    """A refused connection (nothing sent) and a 429 (refused before the route ran) are
+    retried for any call, a write without an id too."""
+    _, key = server.tenant()
+    faults = Faulty()
+    project = f"p-{uuid.uuid4().hex[:8]}"
+    with Client(server.url, key, retry=FAST, transport=faults) as c:
+        faults.plan("unreachable", "POST", "/v1/ledger")
+        first = c.record_entry("REVENUE", "1", "USD", project_id=project)
+        faults.plan("refuse", "POST", "/v1/ledger")
+        second = c.record_entry("REVENUE", "2", "USD", project_id=project)
+        assert c.stats.statuses == [0, 429]
+        assert sorted(e.entry_id for e in c.iter_ledger(project_id=project)) == sorted(
+            [first.entry_id, second.entry_id])
+
+
+def test_async_client_resends_the_same_way(server: Server) -> None:
+    _, key = server.tenant()
+    project = f"p-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> None:
+        faults = AsyncFaulty()
+        async with AsyncClient(server.url, key, retry=FAST, transport=faults) as ac:
+            asset = await ac.create_asset(sku_category="RAW_NET", sku_code=f"a.{project}")
+            faults.plan("lose", "POST", "/v1/events")
+            reported = await ac.report_event("PROBE_FAILED", asset.asset_id)
+            probes = [e.event_id async for e in ac.iter_events(asset_id=asset.asset_id)
+                      if e.event_type == "PROBE_FAILED"]
+            assert probes == [reported.event.event_id]
+            faults.plan("lose", "POST", "/v1/ledger")
+            with pytest.raises(ApiProblem) as lost:
+                await ac.record_entry("REVENUE", "3", "USD", project_id=project)
+            assert lost.value.status == 503
+            assert len([e async for e in ac.iter_ledger(project_id=project)]) == 1
+
+    asyncio.run(main())
