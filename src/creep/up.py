@@ -155,10 +155,19 @@ def _wait_live(url: str, children: list[Child], timeout: float) -> str | None:
     return f"the server did not answer within {timeout:g} s"
 
 
+#: Of `--shutdown-grace`, what a stopping worker keeps to give its running tasks back, and
+#: the least time any process gets to stop before it is killed.
+_STOP_MARGIN = 2.0
+
+
 def _stop(children: list[Child], grace: float) -> None:
     for child in children:
         if child.proc.poll() is None:
             child.proc.send_signal(signal.SIGTERM)
+    # Never under the margin: a worker with no grace left still writes its running tasks'
+    # requeue, which killed would leave them RUNNING, charged an attempt once their claims
+    # expire (and the scheduler still gives its leader lock back).
+    grace = max(grace, _STOP_MARGIN)
     deadline = time.monotonic() + grace
     for child in children:
         try:
@@ -229,7 +238,9 @@ def up(
     key_file: Annotated[
         Path | None, typer.Option(help="Where the admin key is kept [beside the database]")
     ] = None,
-    shutdown_grace: Annotated[float, typer.Option(min=0)] = 15.0,
+    shutdown_grace: Annotated[float, typer.Option(
+        min=0, help="Seconds to stop in: running tasks get all but 2 s to finish, then are "
+        "given back; a process still running after it (2 s at least) is killed.")] = 15.0,
 ) -> None:
     """Run creep on this machine: API server + workers (example handlers), one command."""
     from creep.api.settings import SettingsError, load_settings
@@ -283,7 +294,8 @@ def up(
     children += [
         _spawn(f"worker {i + 1}", ["worker", "--app", "creep.up_worker:app",
                                    "--database-url", url, "--concurrency", str(concurrency),
-                                   "--shutdown-grace", str(max(shutdown_grace - 2, 0))], env)
+                                   "--shutdown-grace",
+                                   str(max(shutdown_grace - _STOP_MARGIN, 0))], env)
         for i in range(workers)
     ]
     # The scheduler fires cron/interval schedules and runs the built-in retention schedules.

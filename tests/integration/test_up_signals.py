@@ -1,0 +1,126 @@
+"""`creep up` stopped by signals while a task runs and while it starts: its workers give their
+tasks back uncharged, and it says what happened. The example handlers take milliseconds, so
+the processes `creep up` starts load a sitecustomize that adds a handler that runs until it
+is stopped (HANG), and can hold the server's start back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from creep.storage import open_store
+from tests.api.conftest import free_port
+from tests.conftest import child_pythonpath, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+_HOOKS = '''
+import os, sys
+if "worker" in sys.argv:
+    import asyncio
+    import creep.examples as examples
+
+    built = examples.build_example_app
+
+    def build(database_url=None):
+        app = built(database_url)
+
+        @app.handler("HANG")
+        async def hang(ctx):
+            await asyncio.sleep(3600)
+
+        return app
+
+    examples.build_example_app = build
+if "server" in sys.argv and os.environ.get("SLOW_SERVER_START"):
+    import time
+    time.sleep(float(os.environ["SLOW_SERVER_START"]))
+'''
+
+
+def _start(tmp_path: Path, *args: str, **env: str) -> subprocess.Popen[str]:
+    hooks = tmp_path / "hooks"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "sitecustomize.py").write_text(_HOOKS)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CREEP_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "creep.cli", "up", "--port", str(free_port()), *args],
+        cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**base, "PYTHONPATH": child_pythonpath(str(hooks)), "CREEP_LOG_JSON": "false",
+             **env},
+    )
+
+
+def _banner(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """The URL and admin key `creep up` printed."""
+    assert proc.stdout is not None
+    url = ""
+    for line in proc.stdout:
+        if line.startswith("creep is up: "):
+            url = line.split()[3]
+        if line.startswith("admin key: "):
+            return url, line.split()[2]
+    raise AssertionError(f"creep up exited {proc.wait()}: {proc.stderr.read()}")  # type: ignore[union-attr]
+
+
+def _hanging_task(url: str, key: str) -> str:
+    """A HANG task, once the worker runs it."""
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as c:
+        assert c.post("/v1/tenants", json={"tenant_id": "t"}).status_code == 201
+        task_id: str = c.post("/v1/tasks", json={"tenant_id": "t", "task_type": "HANG"}
+                              ).json()["task_id"]
+        assert wait_until(
+            lambda: c.get(f"/v1/tasks/{task_id}").json()["status"] == "RUNNING", 10)
+    return task_id
+
+
+def _given_back(tmp_path: Path, task_id: str) -> None:
+    """The task is queued again, its attempt not charged (event `requeued`)."""
+    store = open_store(f"sqlite:///{tmp_path}/creep.db")
+    try:
+        task = store.task_get(task_id)
+        assert task is not None and task.status.value == "QUEUED", task
+        assert task.attempt == 0, task
+    finally:
+        store.close()
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # its processes stop by themselves once it is gone
+        raise
+
+
+def test_up_with_no_shutdown_grace_still_lets_a_running_task_be_given_back(
+    tmp_path: Path,
+) -> None:
+    """With --shutdown-grace under 2 s, `creep up` SIGKILLed every process 0.1 s after the
+    stop (the server, the scheduler, and a worker writing its running task's requeue, which
+    then stayed RUNNING until its claim expired and was charged an attempt)."""
+    proc = _start(tmp_path, "--workers", "1", "--shutdown-grace", "0")
+    try:
+        task_id = _hanging_task(*_banner(proc))
+        # Writes that take a moment (here another writer holds SQLite for 0.5 s).
+        with sqlite3.connect(tmp_path / "creep.db", isolation_level=None) as busy:
+            busy.execute("BEGIN IMMEDIATE")
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            busy.execute("ROLLBACK")
+        out, errors = _finish(proc, 15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _given_back(tmp_path, task_id)
+    assert proc.returncode == 0, errors
+    assert "killing" not in errors, errors
+    assert out.rstrip().endswith("stopped"), out
