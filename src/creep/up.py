@@ -279,8 +279,15 @@ def up(
         raise typer.Exit(2)
 
     stopping = threading.Event()
+    children: list[Child] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stopping.is_set():
+            # Asked again while stopping: pass it on (the children have sessions of their
+            # own, out of the terminal's reach). A worker then gives its running tasks back
+            # at once instead of waiting out its grace; the server stops waiting too.
+            for child in children:
+                child.proc.send_signal(signal.SIGTERM)
         stopping.set()
 
     signal.signal(signal.SIGINT, on_signal)
@@ -290,7 +297,7 @@ def up(
            # Quiet by default: no access log line per request (CREEP_LOG_LEVEL=INFO shows it).
            "CREEP_LOG_LEVEL": os.environ.get("CREEP_LOG_LEVEL", "WARNING")}
     env.pop("CREEP_API_URL", None)
-    children = [_spawn("server", ["server", "--host", host, "--port", str(port)], env)]
+    children.append(_spawn("server", ["server", "--host", host, "--port", str(port)], env))
     children += [
         _spawn(f"worker {i + 1}", ["worker", "--app", "creep.up_worker:app",
                                    "--database-url", url, "--concurrency", str(concurrency),

@@ -93,12 +93,13 @@ def _given_back(tmp_path: Path, task_id: str) -> None:
         store.close()
 
 
-def _finish(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
-    try:
-        return proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+def _reap(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
         proc.kill()  # its processes stop by themselves once it is gone
-        raise
+        proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def test_up_with_no_shutdown_grace_still_lets_a_running_task_be_given_back(
@@ -116,11 +117,32 @@ def test_up_with_no_shutdown_grace_still_lets_a_running_task_be_given_back(
             proc.send_signal(signal.SIGTERM)
             time.sleep(0.5)
             busy.execute("ROLLBACK")
-        out, errors = _finish(proc, 15)
+        out, errors = proc.communicate(timeout=15)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _reap(proc)
     _given_back(tmp_path, task_id)
     assert proc.returncode == 0, errors
     assert "killing" not in errors, errors
     assert out.rstrip().endswith("stopped"), out
+
+
+def test_a_second_ctrl_c_reaches_the_workers(tmp_path: Path) -> None:
+    """A worker stops waiting for its running tasks at a second SIGINT/SIGTERM; `creep up`
+    kept a second Ctrl-C to itself, so it still waited the workers' whole grace."""
+    proc = _start(tmp_path, "--workers", "1", "--shutdown-grace", "60")
+    try:
+        task_id = _hanging_task(*_banner(proc))
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdout is not None
+        assert "stopping ...\n" in iter(proc.stdout.readline, "")
+        time.sleep(0.5)  # the worker is waiting for its task
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, errors = proc.communicate(timeout=10)
+    finally:
+        _reap(proc)
+    assert proc.returncode == 0, errors
+    assert time.monotonic() - started < 10  # not the workers' grace of 58 s
+    assert "killing" not in errors, errors
+    assert out.rstrip().endswith("stopped"), out
+    _given_back(tmp_path, task_id)
