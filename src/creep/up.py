@@ -139,10 +139,12 @@ def _cannot_listen(host: str, port: int) -> str | None:
     return None
 
 
-def _wait_live(url: str, children: list[Child], timeout: float) -> str | None:
-    """None once the server answers, else why not."""
+def _wait_live(
+    url: str, children: list[Child], timeout: float, stopping: threading.Event
+) -> str | None:
+    """None once the server answers or a stop is asked for, else why not."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while not stopping.is_set() and time.monotonic() < deadline:
         for child in children:
             if child.proc.poll() is not None:
                 return f"{child.name} exited with {child.proc.returncode}"
@@ -151,8 +153,8 @@ def _wait_live(url: str, children: list[Child], timeout: float) -> str | None:
                 return None
         except httpx.HTTPError:
             pass
-        time.sleep(0.1)
-    return f"the server did not answer within {timeout:g} s"
+        stopping.wait(0.1)
+    return None if stopping.is_set() else f"the server did not answer within {timeout:g} s"
 
 
 #: Of `--shutdown-grace`, what a stopping worker keeps to give its running tasks back, and
@@ -308,11 +310,16 @@ def up(
     # The scheduler fires cron/interval schedules and runs the built-in retention schedules.
     children.append(_spawn("scheduler", ["scheduler", "--database-url", url], env))
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-    problem = _wait_live(base, children, timeout=60)
+    problem = _wait_live(base, children, timeout=60, stopping=stopping)
     if problem is not None:
         err.print(error_line(problem))
         _stop(children, shutdown_grace)
         raise typer.Exit(1)
+    if stopping.is_set():  # asked to stop while starting: there is nothing to announce
+        out.print("stopping ...")
+        _stop(children, shutdown_grace)
+        out.print("stopped")
+        raise typer.Exit(0)
     out.print(f"creep is up: {base}  (API docs {base}/docs; schema version {version})",
               highlight=False)
     out.print(f"dashboard: {base}/ui", highlight=False)

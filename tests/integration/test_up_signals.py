@@ -83,7 +83,7 @@ def _hanging_task(url: str, key: str) -> str:
 
 
 def _given_back(tmp_path: Path, task_id: str) -> None:
-    """The task is queued again, its attempt not charged (event `requeued`)."""
+    """The task is queued again, its attempt not charged."""
     store = open_store(f"sqlite:///{tmp_path}/creep.db")
     try:
         task = store.task_get(task_id)
@@ -146,3 +146,22 @@ def test_a_second_ctrl_c_reaches_the_workers(tmp_path: Path) -> None:
     assert "killing" not in errors, errors
     assert out.rstrip().endswith("stopped"), out
     _given_back(tmp_path, task_id)
+
+
+def test_sigterm_while_starting_stops_without_saying_it_is_up(tmp_path: Path) -> None:
+    """A SIGTERM before the server answered was not seen until it did: `creep up` printed
+    "creep is up" and the admin key, then stopped."""
+    proc = _start(tmp_path, "--workers", "1", SLOW_SERVER_START="8")
+    try:
+        assert wait_until(lambda: len(subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+        ).stdout.split()) == 3, 10)  # server, worker and scheduler started
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, errors = proc.communicate(timeout=15)
+    finally:
+        _reap(proc)
+    assert proc.returncode == 0, errors
+    assert time.monotonic() - started < 5, (out, errors)
+    assert "creep is up" not in out and "admin key" not in out, out
+    assert out.rstrip().endswith("stopped"), out
