@@ -19,7 +19,7 @@ from creep.domain.cron import next_cron, validate_cron, validate_timezone
 from creep.domain.errors import ConflictError, ValidationError
 from creep.domain.execution import TriggerType
 from creep.domain.task_spec import Limits, TaskSpec, validate_task_spec
-from creep.domain.text import bad_text, find_bad_text, may_hold_nul
+from creep.domain.text import bad_text, find_unwritable, may_hold_nul
 
 MAX_DATA_BYTES = 10 * 1024  # seed 003: ScheduledTask.data larger than 10 KB is rejected
 MAX_MISFIRE_LIMIT = 1000
@@ -171,9 +171,10 @@ def _str(
 
 
 def _storable(errs: _Errs, value: Any, name: str) -> bool:
-    """Whether every string in `value` (keys too) is text both databases store; if not, the
-    error names the field (and the path inside it)."""
-    found = find_bad_text(value, name)
+    """Whether every string in `value` (keys too) is text both databases store and it nests
+    no deeper than tasks' JSON may; if not, the error names the field (and the path inside
+    it)."""
+    found = find_unwritable(value, name)
     if found is not None:
         errs.add(*found)
     return found is None

@@ -19,7 +19,7 @@ from creep.domain.asset import positional, sku_pattern_rule
 from creep.domain.clock import INSTANT_RULE, storable_instant
 from creep.domain.errors import ValidationError
 from creep.domain.ids import uuid7
-from creep.domain.text import DEPTH_RULE, bad_text, find_bad_text, may_hold_nul, too_deep
+from creep.domain.text import bad_text, find_unwritable, may_be_unwritable
 from creep.tracing import TRACEPARENT, span, stamp_traceparent, tracer, valid_traceparent
 
 DEFAULT_PRIORITY = 50
@@ -242,9 +242,6 @@ def _constraints(errs: _Errors, value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         errs.add("constraints", "must be an object")
         return {}
-    if too_deep(value):
-        errs.add("constraints", DEPTH_RULE)
-        return {}
     out = dict(value)
     retries = out.get("max_retries", DEFAULT_MAX_RETRIES)
     if isinstance(retries, bool) or not isinstance(retries, int) or not (
@@ -390,7 +387,10 @@ def fast_check(data: Mapping[str, Any], limits: Limits) -> bytes | None:
         payload_json = payload_dumps(data.get("input_payload"))
     except TypeError:
         return None
-    if len(payload_json) > limits.max_payload_bytes or may_hold_nul(payload_json):
+    if len(payload_json) > limits.max_payload_bytes or (
+        may_be_unwritable(payload_json)
+        and find_unwritable(data.get("input_payload")) is not None
+    ):
         return None
     return payload_json
 
@@ -515,8 +515,8 @@ def validate_full(
     except TypeError as exc:
         errs.add("input_payload", f"must be JSON-serialisable ({exc})")
         payload_json = b"null"
-    if may_hold_nul(payload_json):
-        found = find_bad_text(payload, "input_payload")
+    if may_be_unwritable(payload_json):
+        found = find_unwritable(payload, "input_payload")
         if found is not None:
             errs.add(*found)
     if len(payload_json) > limits.max_payload_bytes:
@@ -526,7 +526,7 @@ def validate_full(
         )
 
     for name in ("constraints", "resource_hints"):
-        found = find_bad_text(data.get(name), name)
+        found = find_unwritable(data.get(name), name)
         if found is not None:
             errs.add(*found)
     spec_hints = _resource_hints(errs, data.get("resource_hints"))

@@ -78,6 +78,24 @@ def too_deep(data: Any, limit: int = MAX_JSON_DEPTH) -> bool:
     return False
 
 
+def find_unwritable(data: Any, path: str = "") -> tuple[str, str] | None:
+    """As find_bad_text, and nesting deeper than MAX_JSON_DEPTH: the API writes a task's
+    JSON inside a page (a claim's nests it 4 deeper), and orjson stops at 254 levels. Any
+    value orjson writes passes otherwise (unlike find_bad_json: a Decimal, a datetime)."""
+    if too_deep(data):
+        return (path or "(top level)", DEPTH_RULE)
+    return find_bad_text(data, path)
+
+
+def may_be_unwritable(json_text: bytes) -> bool:
+    """Whether orjson's text of a value may hold what find_unwritable refuses: a NUL escape,
+    or more brackets than MAX_JSON_DEPTH levels take (cheap: most values need no walk)."""
+    return may_hold_nul(json_text) or (
+        len(json_text) > 2 * MAX_JSON_DEPTH
+        and json_text.count(b"[") + json_text.count(b"{") > MAX_JSON_DEPTH
+    )
+
+
 def find_bad_json(data: Any, path: str = "") -> tuple[str, str] | None:
     """As find_bad_text, and the first value that is not plain JSON: an object key that is
     not a string, a number that is not finite, or anything but a string, number, boolean,

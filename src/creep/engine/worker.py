@@ -51,7 +51,7 @@ from creep.domain.outcomes import (
     resolve,
 )
 from creep.domain.task import TaskOrder
-from creep.domain.text import bad_text, find_bad_text, may_hold_nul
+from creep.domain.text import bad_text, find_unwritable, may_be_unwritable
 from creep.engine.context import SyncTaskContext, TaskContext
 from creep.gc_tuning import BATCH_THRESHOLD, fewer_collections
 from creep.ports import ClaimedTask, Completion, LaneFailed, Store
@@ -1154,8 +1154,9 @@ def _value_outcome(task_id: str, token: str, value: Any) -> Outcome:
         result_json = orjson.dumps(value, default=_json_default)
     except TypeError as exc:
         return _error_outcome(task_id, token, TypeError(f"result is not JSON-serialisable: {exc}"))
-    if may_hold_nul(result_json) and (bad := find_bad_text(value, "result")) is not None:
-        # PostgreSQL stores no NUL: written as is, it would fail the whole completion batch.
+    if may_be_unwritable(result_json) and (bad := find_unwritable(value, "result")) is not None:
+        # PostgreSQL stores no NUL: written as is, it would fail the whole completion batch;
+        # nested too deep, every page of tasks holding it would fail.
         return _error_outcome(task_id, token, ValueError(f"{bad[0]}: {bad[1]}"))
     return Outcome(task_id, token, OutcomeKind.SUCCEEDED, result=value, result_json=result_json)
 

@@ -31,7 +31,7 @@ from creep.domain.lease import Lease
 from creep.domain.ledger import LedgerEntry
 from creep.domain.outcomes import MAX_RETRY_DELAY, Backoff, Outcome, OutcomeKind, resolve
 from creep.domain.task import TaskOrder
-from creep.domain.text import DEPTH_RULE, too_deep
+from creep.domain.text import DEPTH_RULE, find_unwritable, may_be_unwritable, too_deep
 from creep.ports import ClaimedTask, Completion, HeartbeatResult, Store
 
 #: Longest a claim may wait for work, and the claim TTLs a remote worker may ask for.
@@ -444,6 +444,8 @@ def complete_outcome(
         result_json = orjson.dumps(result)
     except TypeError:
         raise ValidationError.single("result", "must be JSON") from None
+    if may_be_unwritable(result_json) and (bad := find_unwritable(result, "result")) is not None:
+        raise ValidationError.single(*bad)
     return Outcome(task_id, claim_token, OutcomeKind.SUCCEEDED, result=result, message=message,
                    result_json=result_json)
 

@@ -1,0 +1,125 @@
+"""Awkward JSON values in what tasks and schedules carry (nesting, non-finite numbers, values
+that are not JSON), through the Python API and the REST API (in process, both backends): a
+value either comes back as it was sent or is refused, naming its field, with nothing written."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from creep import Creep, FrozenClock, TaskContext, ValidationError
+from tests.api.inprocess import ADMIN, T0, TestClient, acme_api
+
+JSON = {**ADMIN, "content-type": "application/json"}
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(T0)
+
+
+@pytest.fixture
+def app(db_url: str, clock: FrozenClock) -> Iterator[Creep]:
+    creep_app = Creep(db_url, clock=clock)
+    yield creep_app
+    creep_app.close()
+
+
+@pytest.fixture
+def api(app: Creep, db_url: str, clock: FrozenClock) -> Iterator[TestClient]:
+    with acme_api(app, db_url, clock) as client:
+        yield client
+
+
+def nested(depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def nested_text(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def body(doc: dict[str, Any], raw: str) -> str:
+    """`doc` as JSON text with `raw` (JSON text the client library would not write) where
+    the string "RAW" is."""
+    return json.dumps(doc).replace('"RAW"', raw)
+
+
+def refused(api: TestClient, r: Any, field: str, rule: str) -> None:
+    assert r.status_code == 422, r.text
+    assert any(e["field"] == field and rule in e["rule"] for e in r.json()["errors"]), r.text
+
+
+def error_names(exc: ValidationError, field: str, rule: str) -> bool:
+    return any(name == field and rule in text for name, text in exc.errors)
+
+
+def test_json_nested_deeper_than_a_page_can_carry_is_refused(
+    app: Creep, api: TestClient
+) -> None:
+    """An input payload 251 lists deep was stored; GET /v1/tasks (a page nests it 3 deeper)
+    then answered 500 for every task of the tenant, and a claim of it answered 500 after
+    taking the task (RUNNING, its token lost). A result as deep did the same once completed.
+    Constraints 10,000 deep raised RecursionError, resource hint attributes 250 deep a
+    TypeError, schedule data either. Each is now refused at MAX_JSON_DEPTH (200), as asset
+    attributes and event context are."""
+    r = api.post("/v1/tasks", headers=JSON, content=body(
+        {"tenant_id": "acme", "task_type": "D", "input_payload": "RAW"}, nested_text(251)))
+    assert r.status_code == 422, r.text  # the body's parser (in the model) stops at 200
+    for fields, field in (({"input_payload": nested(251)}, "input_payload"),
+                          ({"constraints": {"x": nested(10_000)}}, "constraints"),
+                          ({"resource_hints": [{"sku_category": "c",
+                                                "attributes": {"a": nested(250)}}]},
+                           "resource_hints")):
+        for submit in (lambda f: app.submit(**f), lambda f: app.submit_many([f])):
+            with pytest.raises(ValidationError) as caught:
+                submit({"tenant_id": "acme", "task_type": "D", **fields})
+            assert any(name.removeprefix("tasks[0].").startswith(field) and "nest" in rule
+                       for name, rule in caught.value.errors), caught.value.errors
+    for data in (nested(250), nested(10_000)):
+        with pytest.raises(ValidationError) as caught:
+            app.create_schedule(tenant_id="acme", name="s", type="D", interval=60, data=data)
+        assert error_names(caught.value, "data", "nest"), caught.value.errors
+    assert app.list_tasks(tenant_id="acme") == []
+
+    # As deep as allowed: listed, claimed and completed with a result as deep.
+    task = app.submit(tenant_id="acme", task_type="D", input_payload=nested(200))
+    (item,) = api.post("/v1/workers/claim", headers=ADMIN,
+                       json={"task_types": ["D"]}).json()["items"]
+    assert item["task"]["input_payload"] == nested(200)
+    token = item["claim_token"]
+    r = api.post(f"/v1/tasks/{task.task_id}/complete", headers=JSON, content=body(
+        {"claim_token": token, "result": "RAW"}, nested_text(220)))
+    refused(api, r, "result", "nest")
+    r = api.post("/v1/workers/complete", headers=JSON, content=body({"items": [
+        {"task_id": task.task_id, "claim_token": token, "outcome": "complete", "result": "RAW"}
+    ]}, nested_text(220)))
+    refused(api, r, "items[0].result", "nest")
+    r = api.post(f"/v1/tasks/{task.task_id}/complete", headers=ADMIN,
+                 json={"claim_token": token, "result": nested(200)})
+    assert r.status_code == 200, r.text
+    listed = api.get("/v1/tasks", headers=ADMIN, params={"tenant_id": "acme"})
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["items"][0]["result_payload"] == nested(200)
+
+
+def test_a_handler_result_nested_too_deep_is_an_error_not_a_success(app: Creep) -> None:
+    """A handler's result 251 lists deep was stored as its success (every page of tasks
+    then failed); it is now the attempt's error, as a result that is not JSON is."""
+
+    @app.handler("D")
+    def deep(ctx: TaskContext) -> Any:
+        return nested(251)
+
+    task = app.submit(tenant_id="acme", task_type="D", constraints={"max_retries": 0})
+    app.run_worker(burst=True, install_signals=False)
+    got = app.get_task(task.task_id)
+    assert got.status == "DEAD_LETTER" and got.result_payload is None
+    assert "result: must not nest" in (got.result_message or ""), got.result_message
+    app.list_tasks(tenant_id="acme")
