@@ -123,3 +123,40 @@ def test_a_handler_result_nested_too_deep_is_an_error_not_a_success(app: Creep) 
     assert got.status == "DEAD_LETTER" and got.result_payload is None
     assert "result: must not nest" in (got.result_message or ""), got.result_message
     app.list_tasks(tenant_id="acme")
+
+
+@pytest.mark.parametrize(("value", "what"), [
+    ({1: "a"}, "Dict key must be str"), (b"raw", "bytes"), (object(), "object")])
+def test_constraints_or_hint_attributes_that_are_not_json_are_a_validation_error(
+    app: Creep, value: Any, what: str
+) -> None:
+    """app.submit with constraints or resource hint attributes orjson cannot write (a dict
+    with an int key, bytes) raised the store's TypeError; it is now a ValidationError naming
+    the field, as such an input payload is, and nothing is written."""
+    for fields, field in (({"constraints": {"x": value}}, "constraints"),
+                          ({"resource_hints": [{"sku_category": "c",
+                                                "attributes": {"a": value}}]},
+                           "resource_hints")):
+        for submit in (lambda f: app.submit(**f), lambda f: app.submit_many([f])):
+            with pytest.raises(ValidationError) as caught:
+                submit({"tenant_id": "acme", "task_type": "J", **fields})
+            assert any(name.removeprefix("tasks[0].") == field and what in rule
+                       for name, rule in caught.value.errors), caught.value.errors
+    assert app.list_tasks(tenant_id="acme") == []
+
+
+def test_rest_schedule_data_nested_too_deep_is_a_422(app: Creep, api: TestClient) -> None:
+    """POST /v1/schedules wrote `data` as JSON text before checking it: data 300 lists deep
+    answered 500. It is now a 422 naming the field, and PATCH the same; nothing is written."""
+    raw = nested_text(300)
+    doc = {"tenant_id": "acme", "name": "s", "type": "T", "interval": 60, "data": {"a": "RAW"}}
+    refused(api, api.post("/v1/schedules", headers=JSON, content=body(doc, raw)), "data",
+            "nest")
+    assert app.list_schedules(tenant_id="acme") == []
+    made = api.post("/v1/schedules", headers=ADMIN, json={**doc, "data": {"a": 1}})
+    assert made.status_code == 201, made.text
+    uid = made.json()["uid"]
+    r = api.patch(f"/v1/schedules/{uid}", headers={**JSON, "If-Match": made.headers["ETag"]},
+                  content=body({"data": {"a": "RAW"}}, raw))
+    refused(api, r, "data", "nest")
+    assert app.get_schedule(uid).data == '{"a":1}'

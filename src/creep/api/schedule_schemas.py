@@ -15,8 +15,10 @@ import orjson
 from pydantic import BaseModel, Field, StrictBool, StrictInt
 
 from creep.api.schemas import ResourceHintIn, Timestamp, _In
+from creep.domain.errors import ValidationError
 from creep.domain.execution import TaskExecution
 from creep.domain.schedule import MAX_INTERVAL_S, ScheduledTask
+from creep.domain.text import find_unwritable
 
 _DAY = 24 * 3600
 MisfireName = Literal["skip", "once", "all"]
@@ -66,7 +68,10 @@ class _ScheduleFields(_In):
                 h.model_dump(exclude_unset=True) for h in self.resource_hints
             ]
         if "data" in data:
-            # `data` travels as a JSON value; the schedule stores its JSON text.
+            # `data` travels as a JSON value; the schedule stores its JSON text. Checked
+            # first: orjson fails past 254 levels (a 500), and a NUL no database stores.
+            if (bad := find_unwritable(self.data, "data")) is not None:
+                raise ValidationError.single(*bad)
             data["data"] = None if self.data is None else orjson.dumps(self.data).decode()
         return data
 

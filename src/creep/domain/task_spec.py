@@ -525,11 +525,16 @@ def validate_full(
             f"is {len(payload_json)} bytes; the limit is {limits.max_payload_bytes} bytes",
         )
 
-    for name in ("constraints", "resource_hints"):
+    spec_hints = _resource_hints(errs, data.get("resource_hints"))
+    for name, value in (("constraints", constraints), ("resource_hints", spec_hints)):
         found = find_unwritable(data.get(name), name)
         if found is not None:
             errs.add(*found)
-    spec_hints = _resource_hints(errs, data.get("resource_hints"))
+            continue
+        try:  # as the store will write them: else its TypeError, not a ValidationError
+            payload_dumps(value)
+        except TypeError as exc:
+            errs.add(name, f"must be JSON-serialisable ({exc})")
     spec = TaskSpec(
         task_id=task_id or "",
         idempotency_key=idem or task_id or "",
