@@ -388,7 +388,7 @@ def fast_check(data: Mapping[str, Any], limits: Limits) -> bytes | None:
     except TypeError:
         return None
     if len(payload_json) > limits.max_payload_bytes or (
-        may_be_unwritable(payload_json)
+        may_be_unwritable(payload_json, data.get("input_payload"))
         and find_unwritable(data.get("input_payload")) is not None
     ):
         return None
@@ -515,7 +515,7 @@ def validate_full(
     except TypeError as exc:
         errs.add("input_payload", f"must be JSON-serialisable ({exc})")
         payload_json = b"null"
-    if may_be_unwritable(payload_json):
+    if may_be_unwritable(payload_json, payload):
         found = find_unwritable(payload, "input_payload")
         if found is not None:
             errs.add(*found)

@@ -7,7 +7,10 @@ checks JSON integers: creep writes JSON with orjson, which takes integers of at 
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from typing import Any
+
+import orjson
 
 NUL_RULE = "must not contain NUL characters (\\u0000)"
 SURROGATE_RULE = "must be valid Unicode (no unpaired surrogates)"
@@ -87,13 +90,43 @@ def find_unwritable(data: Any, path: str = "") -> tuple[str, str] | None:
     return find_bad_text(data, path)
 
 
-def may_be_unwritable(json_text: bytes) -> bool:
-    """Whether orjson's text of a value may hold what find_unwritable refuses: a NUL escape,
-    or more brackets than MAX_JSON_DEPTH levels take (cheap: most values need no walk)."""
+def may_be_unwritable(json_text: bytes, data: Any) -> bool:
+    """Whether `data` (whose orjson text is `json_text`) may hold what find_unwritable
+    refuses: a NUL escape in the text, or nesting past MAX_JSON_DEPTH. Cheap: most values
+    need no walk, and one with many brackets is measured by orjson itself (its C walk is
+    ~20x a Python one), not walked here."""
     return may_hold_nul(json_text) or (
         len(json_text) > 2 * MAX_JSON_DEPTH
         and json_text.count(b"[") + json_text.count(b"{") > MAX_JSON_DEPTH
+        and _past_depth(data)
     )
+
+
+#: The most levels of lists and objects orjson writes.
+_ORJSON_LEVELS = 254
+
+
+def _past_depth(data: Any) -> bool:
+    """Whether `data` nests past MAX_JSON_DEPTH, asked of orjson: wrapped in as many lists
+    as it may nest beyond that, it fails at its own limit exactly then. Any other failure
+    (a value it does not write) says True: the walk decides."""
+    wrapped = data
+    for _ in range(_ORJSON_LEVELS - MAX_JSON_DEPTH):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped, default=_as_json)
+    except TypeError:  # orjson.JSONEncodeError included
+        return True
+    return False
+
+
+def _as_json(value: Any) -> Any:
+    """What the writers' default turns sets, tuples and Decimals into (as nesting goes)."""
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError
 
 
 def find_bad_json(data: Any, path: str = "") -> tuple[str, str] | None:

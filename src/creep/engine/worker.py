@@ -1154,7 +1154,7 @@ def _value_outcome(task_id: str, token: str, value: Any) -> Outcome:
         result_json = orjson.dumps(value, default=_json_default)
     except TypeError as exc:
         return _error_outcome(task_id, token, TypeError(f"result is not JSON-serialisable: {exc}"))
-    if may_be_unwritable(result_json) and (bad := find_unwritable(value, "result")) is not None:
+    if may_be_unwritable(result_json, value) and (bad := find_unwritable(value, "result")) is not None:
         # PostgreSQL stores no NUL: written as is, it would fail the whole completion batch;
         # nested too deep, every page of tasks holding it would fail.
         return _error_outcome(task_id, token, ValueError(f"{bad[0]}: {bad[1]}"))

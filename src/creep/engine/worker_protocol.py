@@ -444,7 +444,7 @@ def complete_outcome(
         result_json = orjson.dumps(result)
     except TypeError:
         raise ValidationError.single("result", "must be JSON") from None
-    if may_be_unwritable(result_json) and (bad := find_unwritable(result, "result")) is not None:
+    if may_be_unwritable(result_json, result) and (bad := find_unwritable(result, "result")) is not None:
         raise ValidationError.single(*bad)
     return Outcome(task_id, claim_token, OutcomeKind.SUCCEEDED, result=result, message=message,
                    result_json=result_json)
