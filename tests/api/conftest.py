@@ -1,4 +1,6 @@
-"""A real `creep server` process per backend, shared by the API tests, driven over HTTP."""
+"""A real `creep server` process per backend, shared by the API tests, driven over HTTP; and
+the in-process API of tests/api/inprocess.py as fixtures (`clock`, `app`, `api`: a module may
+redefine any of them)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from creep import Creep, FrozenClock
+from tests.api.inprocess import T0, TestClient, acme_api
 from tests.conftest import PG_URL, require_postgres
 
 ADMIN_KEY = "test-admin-key-" + "x" * 24
@@ -183,3 +187,22 @@ def worker_server(database: str, tmp_path_factory: pytest.TempPathFactory) -> It
                           CREEP_MAINTENANCE_INTERVAL_SECONDS="0.2")
     yield server
     stop_server(server)
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(T0)
+
+
+@pytest.fixture
+def app(db_url: str, clock: FrozenClock) -> Iterator[Creep]:
+    creep_app = Creep(db_url, clock=clock)
+    yield creep_app
+    creep_app.close()
+
+
+@pytest.fixture
+def api(app: Creep, db_url: str, clock: FrozenClock) -> Iterator[TestClient]:
+    """The in-process API on `app`'s store and clock, tenant `acme` created."""
+    with acme_api(app, db_url, clock) as client:
+        yield client

@@ -5,33 +5,14 @@ value either comes back as it was sent or is refused, naming its field, with not
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from creep import Creep, FrozenClock, TaskContext, ValidationError
-from tests.api.inprocess import ADMIN, T0, TestClient, acme_api
+from creep import Creep, TaskContext, ValidationError
+from tests.api.inprocess import ADMIN, TestClient
 
 JSON = {**ADMIN, "content-type": "application/json"}
-
-
-@pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock(T0)
-
-
-@pytest.fixture
-def app(db_url: str, clock: FrozenClock) -> Iterator[Creep]:
-    creep_app = Creep(db_url, clock=clock)
-    yield creep_app
-    creep_app.close()
-
-
-@pytest.fixture
-def api(app: Creep, db_url: str, clock: FrozenClock) -> Iterator[TestClient]:
-    with acme_api(app, db_url, clock) as client:
-        yield client
 
 
 def nested(depth: int) -> Any:

@@ -10,20 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from creep import Creep, FrozenClock, TaskContext
-from tests.api.inprocess import ADMIN, T0, TestClient, acme_api
+from tests.api.inprocess import ADMIN, TestClient, acme_api
 from tests.conftest import wait_until
-
-
-@pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock(T0)
-
-
-@pytest.fixture
-def app(db_url: str, clock: FrozenClock) -> Iterator[Creep]:
-    creep_app = Creep(db_url, clock=clock)
-    yield creep_app
-    creep_app.close()
 
 
 @pytest.fixture

@@ -3,31 +3,12 @@ backends): what the sweep keeps and what it leaves behind."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from creep import Creep, FrozenClock, TaskContext
-from tests.api.inprocess import ADMIN, T0, TestClient, acme_api
-
-
-@pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock(T0)
-
-
-@pytest.fixture
-def app(db_url: str, clock: FrozenClock) -> Iterator[Creep]:
-    creep_app = Creep(db_url, clock=clock)
-    yield creep_app
-    creep_app.close()
-
-
-@pytest.fixture
-def api(app: Creep, db_url: str, clock: FrozenClock) -> Iterator[TestClient]:
-    with acme_api(app, db_url, clock) as client:
-        yield client
+from tests.api.inprocess import ADMIN, TestClient
 
 
 def _purge_after(app: Creep, clock: FrozenClock, days: int) -> None:

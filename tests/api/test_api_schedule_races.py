@@ -4,7 +4,7 @@ clock, both backends): what a manual trigger fires and what an update's audit ro
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -12,25 +12,7 @@ import orjson
 import pytest
 
 from creep import Creep, FrozenClock
-from tests.api.inprocess import ADMIN, T0, TestClient, acme_api
-
-
-@pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock(T0)
-
-
-@pytest.fixture
-def app(db_url: str, clock: FrozenClock) -> Iterator[Creep]:
-    creep_app = Creep(db_url, clock=clock)
-    yield creep_app
-    creep_app.close()
-
-
-@pytest.fixture
-def api(app: Creep, db_url: str, clock: FrozenClock) -> Iterator[TestClient]:
-    with acme_api(app, db_url, clock) as client:
-        yield client
+from tests.api.inprocess import ADMIN, T0, TestClient
 
 
 def _once_before(
