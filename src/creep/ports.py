@@ -182,7 +182,7 @@ class Store(Protocol):
     ) -> list[TaskOrder]: ...
     def task_claim(
         self, worker_id: str, task_types: Sequence[str], limit: int, now: datetime,
-        claim_ttl: float,
+        claim_ttl: float, claim_token: str | None = None,
     ) -> list[ClaimedTask]: ...
     def task_heartbeat(
         self, worker_id: str, claims: Sequence[tuple[str, str]], now: datetime, claim_ttl: float
@@ -303,7 +303,10 @@ class Store(Protocol):
     ) -> list[Artifact]: ...
     def task_claim_scoped(
         self, worker_id: str, task_types: Sequence[str], limit: int, now: datetime,
-        claim_ttl: float, tenant_id: str,
+        claim_ttl: float, tenant_id: str, claim_token: str | None = None,
+    ) -> list[ClaimedTask]: ...
+    def task_claimed(
+        self, worker_id: str, claim_token: str, tenant_id: str | None = None
     ) -> list[ClaimedTask]: ...
     def task_claim_held(self, task_id: str, claim_token: str) -> bool: ...
     def task_event_append(

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +166,56 @@ def test_expired_claim_is_rescued_and_its_token_goes_stale(worker_server: Server
         assert r.status_code == 409
         r = c.post(f"/v1/tasks/{task}/complete", json={"claim_token": second[0]["claim_token"]})
         assert r.status_code == 200 and r.json()["status"] == "SUCCESS"
+
+
+def test_a_claim_sent_again_with_its_claim_id_answers_what_it_claimed(
+    worker_server: Server,
+) -> None:
+    """A claim whose answer was lost (the server committed it) is sent again with the same
+    claim_id: it answers the same tasks, claims nothing more, and only for that worker and
+    tenant."""
+    _, key_a = worker_server.tenant()
+    _, key_b = worker_server.tenant()
+    kind, claim_id = f"CR_{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    with worker_server.client(key_a) as a, worker_server.client(key_b) as b:
+        ids = [_submit(a, kind, priority=p) for p in (5, 9, 1)]
+        _submit(b, kind)  # tenant B's own, for B's claim below
+        body = {"worker_id": "w-1", "claim_id": claim_id, "claim_ttl": 60}
+        first = _claim(a, [kind], 2, **body)
+        assert [i["task"]["task_id"] for i in first] == [ids[1], ids[0]]
+        assert {i["claim_token"] for i in first} == {claim_id}
+        def expires() -> datetime:
+            return datetime.fromisoformat(a.get(f"/v1/tasks/{ids[0]}").json()["claim_expires_at"])
+
+        before = expires()
+        again = _claim(a, [kind], 2, **body)
+        assert again == first  # the same claimed tasks, token and deadline
+        # ... their claim renewed, as a new claim's would be (heartbeats start only now).
+        assert expires() > before
+        assert a.get(f"/v1/tasks/{ids[2]}").json()["status"] == "QUEUED"  # nothing more
+        for task_id in ids[:2]:
+            t = a.get(f"/v1/tasks/{task_id}").json()
+            assert (t["status"], t["attempt"]) == ("RUNNING", 1)
+            events = a.get(f"/v1/tasks/{task_id}/events").json()["items"]
+            assert [e["event_type"] for e in events].count("started") == 1
+        # A task of the claim that ended is not answered again.
+        r = a.post(f"/v1/tasks/{ids[1]}/complete", json={"claim_token": claim_id})
+        assert r.status_code == 200, r.text
+        assert [i["task"]["task_id"] for i in _claim(a, [kind], 2, **body)] == [ids[0]]
+        # Neither another worker_id nor another tenant replays it: they claim their own.
+        (other,) = _claim(a, [kind], 2, worker_id="w-2", claim_id=claim_id)
+        assert other["task"]["task_id"] == ids[2]
+        (theirs,) = _claim(b, [kind], 2, **body)
+        assert theirs["task"]["task_id"] not in ids
+        assert _claim(b, [kind], 2, **body) == [theirs]
+        # A new claim_id claims anew; w-1's claim still runs its task.
+        more = _submit(a, kind)
+        (fresh,) = _claim(a, [kind], 2, worker_id="w-1", claim_id=str(uuid.uuid4()))
+        assert fresh["task"]["task_id"] == more
+        assert [i["task"]["task_id"] for i in _claim(a, [kind], 2, **body)] == [ids[0]]
+        bad = a.post("/v1/workers/claim", json={"task_types": [kind], "claim_id": "x"})
+        assert bad.status_code == 422, bad.text
+        assert [e["field"] for e in bad.json()["errors"]] == ["claim_id"]
 
 
 def _remote_worker(worker_server: Server, key: str, *args: str) -> subprocess.Popen[bytes]:

@@ -5,14 +5,18 @@ the per-task routes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+import orjson
 import pytest
 
 from creep import Creep, TaskContext
@@ -23,6 +27,7 @@ from creep.ports import Completion
 from creep.remote import http_worker_store
 from creep.remote.http_worker_store import HttpWorkerStore
 from tests.api.conftest import Server
+from tests.api.test_api_operations import TcpProxy
 from tests.api.test_api_worker_batches import (
     COMPLETE,
     HEARTBEAT,
@@ -61,6 +66,7 @@ class Recorder(httpx.BaseTransport):
 
 app = Creep()
 started: set[str] = set()
+runs: list[str] = []
 
 
 @app.handler("BP_ECHO")
@@ -74,11 +80,62 @@ async def wait(ctx: TaskContext) -> None:
     await asyncio.sleep(120)  # stopped by the worker when its heartbeat hears of a cancel
 
 
+@app.handler("BP_ONCE")
+async def once(ctx: TaskContext) -> None:
+    runs.append(ctx.task_id)
+
+
 @pytest.fixture
 def remote(worker_server: Server) -> Iterator[tuple[str, httpx.Client]]:
     _, key = worker_server.tenant()
     with worker_server.client(key) as c:
         yield key, c
+
+
+class LosesAClaimAnswer(TcpProxy):
+    """A TCP proxy to the API that forwards the first claim request to the server, lets it
+    answer (the claim is committed by then), and drops both connections before the answer
+    reaches the worker; everything else passes."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        super().__init__(target)
+        self.armed = True
+        self.dropped = threading.Event()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                self._sockets += [client, upstream]
+            claim = threading.Event()  # this connection's last request is the first claim
+            threading.Thread(target=self._requests, args=(client, upstream, claim),
+                             daemon=True).start()
+            threading.Thread(target=self._answers, args=(upstream, client, claim),
+                             daemon=True).start()
+
+    def _requests(self, src: socket.socket, dst: socket.socket, claim: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if self.armed and data.startswith(b"POST " + CLAIM.encode()):
+                    self.armed = False
+                    claim.set()
+                dst.sendall(data)
+
+    def _answers(self, src: socket.socket, dst: socket.socket, claim: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if claim.is_set():
+                    break
+                dst.sendall(data)
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if claim.is_set():
+            self.dropped.set()
 
 
 def _run_worker(url: str, key: str, transport: Recorder, **settings: Any) -> dict[str, int]:
@@ -98,6 +155,60 @@ def _wait_for(predicate: Any, what: str, timeout: float = 30) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+CLAIM = "/v1/workers/claim"
+
+
+@pytest.mark.parametrize("lost", ["connection dropped", "503"])
+def test_http_worker_whose_claim_answer_was_lost_runs_those_tasks_once(
+    worker_server: Server, remote: tuple[str, httpx.Client], lost: str,
+) -> None:
+    """The server committed a claim whose answer never reached the worker. The worker sends
+    the same claim (its claim_id) again and runs those tasks: without that they sat RUNNING
+    until their claim expired, then were charged an attempt (dead-lettered at
+    max_retries=0) without ever running."""
+    key, c = remote
+    ids = [_submit(c, "BP_ONCE", constraints={"max_retries": 0}) for _ in range(6)]
+    runs.clear()
+    rec = Recorder(lose_answer=CLAIM if lost == "503" else None)
+    url, proxy = worker_server.url, None
+    if lost == "connection dropped":
+        server = urlsplit(worker_server.url)
+        proxy = LosesAClaimAnswer((server.hostname or "127.0.0.1", server.port or 80))
+        proxy.start()
+        url = f"http://127.0.0.1:{proxy.port}"
+    try:
+        stats = _run_worker(url, key, rec)
+    finally:
+        if proxy is not None:
+            proxy.cut()
+    assert rec.lose_answer is None and (proxy is None or proxy.dropped.is_set())
+    assert rec.paths.count(CLAIM) >= 2
+    for task_id in ids:
+        t = c.get(f"/v1/tasks/{task_id}").json()
+        assert (t["status"], t["attempt"]) == ("SUCCESS", 1), t
+    assert sorted(runs) == sorted(ids)  # each ran, once
+    assert stats["completed"] == 6 and stats["lost"] == 0
+
+
+def test_http_store_claims_without_a_claim_id_from_a_server_older_than_it() -> None:
+    sent: list[dict[str, Any]] = []
+
+    def older(request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)
+        sent.append(body)
+        if "claim_id" in body:
+            return httpx.Response(422, json={"errors": [
+                {"field": "claim_id", "in": "body", "rule": "Extra inputs are not permitted"}]})
+        return httpx.Response(200, json={"items": []})
+
+    store = HttpWorkerStore("http://creep.test", "key", transport=httpx.MockTransport(older))
+    now = datetime.now(UTC)
+    assert store.task_claim("w", ["X"], 4, now, 30) == []
+    assert store.task_claim("w", ["X"], 4, now, 30) == []
+    assert store.claim_ids is False
+    assert ["claim_id" in b for b in sent] == [True, False, False]
 
 
 def test_http_worker_sends_a_round_of_results_as_one_request(

@@ -71,6 +71,12 @@ class ClaimIn(_In):
     claim_ttl: StrictFloat = Field(default=30, ge=MIN_CLAIM_TTL, le=MAX_CLAIM_TTL,
                              description="seconds the claim lives unless renewed by heartbeat")
     worker_id: str | None = Field(default=None, min_length=1, max_length=200)
+    claim_id: str | None = Field(
+        default=None, max_length=64,
+        description="a UUID the worker picks per claim, used as the claim_token of what it "
+                    "claims: sent again after a lost answer (a timeout, a dropped connection, "
+                    "a 5xx), the request answers the tasks it claimed that still run under "
+                    "it, and claims nothing more")
 
 
 class ClaimedOut(BaseModel):

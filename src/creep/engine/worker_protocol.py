@@ -92,12 +92,21 @@ class ClaimRequest:
     limit: int
     wait: float
     claim_ttl: float
+    #: The worker's id for this claim (a UUID, canonical form): the claim token of what it
+    #: claims, so that the same request sent again after a lost answer answers those tasks.
+    claim_id: str | None = None
 
 
 def validate_claim(
-    worker_id: Any, task_types: Any, limit: Any, wait: Any, claim_ttl: Any
+    worker_id: Any, task_types: Any, limit: Any, wait: Any, claim_ttl: Any,
+    claim_id: Any = None,
 ) -> ClaimRequest:
     errors: list[tuple[str, str]] = []
+    if claim_id is not None:
+        if is_uuid(claim_id):
+            claim_id = str(uuid.UUID(claim_id))
+        else:
+            errors.append(("claim_id", "must be a UUID"))
     if not isinstance(worker_id, str) or not 1 <= len(worker_id) <= 200:
         errors.append(("worker_id", "must be a string of 1 to 200 characters"))
     if (
@@ -119,7 +128,8 @@ def validate_claim(
         )
     if errors:
         raise ValidationError(errors)
-    return ClaimRequest(worker_id, sorted(set(task_types)), limit, float(wait), float(claim_ttl))
+    return ClaimRequest(worker_id, sorted(set(task_types)), limit, float(wait), float(claim_ttl),
+                        claim_id)
 
 
 class WorkerProtocol:
@@ -157,10 +167,28 @@ class WorkerProtocol:
         now = self.clock.now()
         if tenant_id is None:
             return self.store.task_claim(req.worker_id, req.task_types, req.limit, now,
-                                         req.claim_ttl)
+                                         req.claim_ttl, claim_token=req.claim_id)
         return self.store.task_claim_scoped(
-            req.worker_id, req.task_types, req.limit, now, req.claim_ttl, tenant_id
+            req.worker_id, req.task_types, req.limit, now, req.claim_ttl, tenant_id,
+            claim_token=req.claim_id,
         )
+
+    def claimed_before(self, req: ClaimRequest, tenant_id: str | None) -> list[ClaimedTask]:
+        """What an earlier request with this claim_id (of this worker and tenant) claimed
+        and still runs: its answer was lost (a timeout, a dropped connection, a proxy's 5xx
+        after the commit), and the worker sent it again. Their claim is renewed for
+        req.claim_ttl, as a new claim's would be: the worker heartbeats them only from now
+        (its resend may come late in their claim TTL)."""
+        if req.claim_id is None:
+            return []
+        claimed = self.store.task_claimed(req.worker_id, req.claim_id, tenant_id)
+        if not claimed:
+            return []
+        beat = self.store.task_heartbeat(req.worker_id, [(c.task_id, c.claim_token)
+                                                         for c in claimed],
+                                         self.clock.now(), req.claim_ttl)
+        lost = set(beat.lost)
+        return [c for c in claimed if c.task_id not in lost]
 
     async def claim(
         self, req: ClaimRequest, tenant_id: str | None,
@@ -169,7 +197,9 @@ class WorkerProtocol:
         """Claim up to req.limit tasks; when none is runnable, wait up to req.wait seconds for
         one (woken by in-process submits, else by polling). `gone` tells whether the client
         left: the wait then ends, and what was claimed for it is given back uncharged (else it
-        would sit RUNNING until its claim expired, then retry WORKER_LOST)."""
+        would sit RUNNING until its claim expired, then retry WORKER_LOST). With a claim_id
+        that claimed tasks before (the same request sent again), answers those instead,
+        claiming nothing more."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + req.wait
         event = asyncio.Event()
@@ -177,11 +207,13 @@ class WorkerProtocol:
         with self._wakers_lock:
             self._wakers.add(waker)
         try:
+            claimed = await asyncio.to_thread(self.claimed_before, req, tenant_id)
             while True:
                 event.clear()
-                if gone is not None and await gone():
-                    return []
-                claimed = await asyncio.to_thread(self.claim_now, req, tenant_id)
+                if not claimed:
+                    if gone is not None and await gone():
+                        return []
+                    claimed = await asyncio.to_thread(self.claim_now, req, tenant_id)
                 if claimed and gone is not None and await gone():
                     await asyncio.to_thread(self._give_back, claimed)
                     return []

@@ -1,7 +1,8 @@
 """The pieces of the Store a Worker uses, over the HTTP worker protocol.
 
 `creep worker --api-url URL --api-key KEY` runs the ordinary Worker on this adapter: claims
-long-poll `POST /v1/workers/claim`; a heartbeat round is one `POST /v1/workers/heartbeat`
+long-poll `POST /v1/workers/claim` (each with a claim_id, sent again when its answer is
+lost); a heartbeat round is one `POST /v1/workers/heartbeat`
 and a batch of results one `POST /v1/workers/complete` (a server without them, 404/405: the
 per-task routes); progress goes to the per-task route. Every call is fenced by the claim
 token (a 409, or `held`/`applied` false, means the claim was lost). Outcomes are sent as
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -55,6 +57,7 @@ _TRANSIENT = (408, 429)
 _NO_ROUTE = (404, 405)
 #: Most claims or outcomes in one batch request (the server's bound).
 MAX_BATCH = 1000
+CLAIM_PATH = "/v1/workers/claim"
 HEARTBEAT_PATH, COMPLETE_PATH = "/v1/workers/heartbeat", "/v1/workers/complete"
 
 
@@ -68,10 +71,15 @@ class HttpWorkerStore:
         self.url = api_url.rstrip("/")
         self.claim_wait = claim_wait
         self._claim_failures = 0
+        #: The claim request sent without an answer (a timeout, a dropped connection, a 5xx:
+        #: the server may have committed it), sent again as it is before any other claim.
+        self._unanswered: dict[str, Any] | None = None
         #: False once the server answered that it has no batch routes.
         self.batch_routes = True
         #: False once the server refused a ledger entry's entry_id (older than it).
         self.ledger_entry_ids = True
+        #: False once the server refused a claim's claim_id (older than it).
+        self.claim_ids = True
         # task_id -> claim token of the claims this worker runs: ctx.charge and ctx.leases()
         # name only the task, and the API fences their calls by the token.
         self._tokens: dict[str, str] = {}
@@ -118,14 +126,23 @@ class HttpWorkerStore:
     ) -> list[ClaimedTask]:
         """Long-poll for work. An unreachable or failing server raises StorageError after a
         backoff pause (the worker tries again; a burst run does not take it for an empty
-        queue); a refusal (bad key, invalid request) raises ConflictError."""
+        queue); a refusal (bad key, invalid request) raises ConflictError.
+
+        Each claim carries a claim_id of its own. A claim left unanswered is sent again,
+        the same claim_id and all, before any new one: if the server had committed it, the
+        answer is what it claimed then (else those tasks would sit RUNNING until their claim
+        expired, and then be charged an attempt they never ran)."""
+        # A worker claims up to half its concurrency at once; the route takes MAX_BATCH.
+        # The claim resent asks for no more than this one: the worker's room only grows
+        # until it has claimed.
+        body = self._unanswered or {
+            "worker_id": worker_id, "task_types": list(task_types),
+            "max_tasks": min(limit, MAX_BATCH), "wait": self.claim_wait,
+            "claim_ttl": claim_ttl, "claim_id": str(uuid.uuid4()),
+        }
+        self._unanswered = body
         try:
-            # A worker claims up to half its concurrency at once; the route takes MAX_BATCH.
-            r = self._post("/v1/workers/claim", {
-                "worker_id": worker_id, "task_types": list(task_types),
-                "max_tasks": min(limit, MAX_BATCH),
-                "wait": self.claim_wait, "claim_ttl": claim_ttl,
-            })
+            r = self._send_claim(body)
         except StorageError as exc:
             delay = min(5.0, 0.25 * 2 ** self._claim_failures)
             if isinstance(exc, NotWritten) and exc.retry_after is not None:
@@ -134,6 +151,10 @@ class HttpWorkerStore:
             log.warning("claim failed (retrying in %.2fs): %s", delay, exc)
             time.sleep(delay)  # on the worker's store thread, not its event loop
             raise
+        except ValidationError:
+            self._unanswered = None  # refused: nothing was claimed
+            raise
+        self._unanswered = None
         self._claim_failures = 0
         if not r.is_success:
             raise ConflictError(f"claim refused: HTTP {r.status_code}: {r.text[:500]}")
@@ -144,6 +165,19 @@ class HttpWorkerStore:
         ]
         self._tokens.update((c.task_id, c.claim_token) for c in claimed)
         return claimed
+
+    def _send_claim(self, body: dict[str, Any]) -> httpx.Response:
+        if not self.claim_ids:
+            body = {k: v for k, v in body.items() if k != "claim_id"}
+        r = self._send(CLAIM_PATH, body)
+        if r.status_code == 422 and "claim_id" in body and _fields(r) == ["claim_id"]:
+            log.info("the creep API takes no claim_id: a claim whose answer is lost is not "
+                     "answered again (its tasks run once their claim expires)")
+            self.claim_ids = False
+            return self._send_claim(body)
+        if r.status_code in _LOST or r.is_success:
+            return r
+        raise ValidationError.single(CLAIM_PATH, f"HTTP {r.status_code}: {r.text[:500]}")
 
     def task_heartbeat(
         self, worker_id: str, claims: Sequence[tuple[str, str]], now: datetime, claim_ttl: float
@@ -455,6 +489,11 @@ def _problem(r: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+def _fields(r: httpx.Response) -> list[str]:
+    """The fields a 422 names."""
+    return [str(e.get("field")) for e in _problem(r).get("errors") or [] if isinstance(e, dict)]
 
 
 def _event_from_json(d: dict[str, Any]) -> AssetEvent:

@@ -15,6 +15,7 @@ from creep.domain.errors import NotFound
 from creep.domain.events import TaskEvent
 from creep.domain.ids import is_uuid
 from creep.ports import ClaimedTask
+from creep.storage.common import TASK_SELECT
 
 _ARTIFACT_COLUMNS = (
     "artifact_id, task_id, tenant_id, kind, file_name, mime_type, size_bytes, width, height, "
@@ -134,7 +135,7 @@ class PostgresArtifactsMixin:
 
     def task_claim_scoped(
         self, worker_id: str, task_types: Sequence[str], limit: int, now: datetime,
-        claim_ttl: float, tenant_id: str,
+        claim_ttl: float, tenant_id: str, claim_token: str | None = None,
     ) -> list[ClaimedTask]:
         """task_claim restricted to one tenant's tasks (a tenant key's worker): the same claim
         (leases for hinted tasks included) with a tenant filter."""
@@ -142,9 +143,33 @@ class PostgresArtifactsMixin:
             return []
         with self._tx() as conn:
             claimed, _ = self._claim_rows(  # type: ignore[attr-defined]
-                conn, worker_id, task_types, limit, now, claim_ttl, tenant_id
+                conn, worker_id, task_types, limit, now, claim_ttl, tenant_id, token=claim_token
             )
         return claimed  # type: ignore[no-any-return]
+
+    def task_claimed(
+        self, worker_id: str, claim_token: str, tenant_id: str | None = None
+    ) -> list[ClaimedTask]:
+        """The tasks a claim made with this token (an HTTP worker's claim_id) by this worker
+        still runs, in claim order: what that claim answered, less what has ended since.
+        tasks has no index on claim_token: the RUNNING tasks are read from task_queue and
+        probed by key, as the rescuer reads them (joined, the planner may read all of tasks)."""
+        from creep.storage.postgres_store import _CLAIM_PLANNER, _row_to_task
+
+        if not is_uuid(claim_token):
+            return []
+        tenant = "" if tenant_id is None else " AND tenant_id = %(tenant)s"
+        with self._tx() as conn:
+            conn.execute(_CLAIM_PLANNER)
+            rows = conn.execute(
+                f"""SELECT deadline_at, {TASK_SELECT} FROM tasks
+                WHERE task_id = ANY(ARRAY(
+                    SELECT task_id FROM task_queue WHERE status = 'RUNNING'{tenant}))
+                  AND status = 'RUNNING' AND claim_token = %(tok)s AND claimed_by = %(w)s
+                ORDER BY priority DESC, created_at""",
+                {"tok": claim_token, "w": worker_id, "tenant": tenant_id},
+            ).fetchall()
+        return [ClaimedTask(_row_to_task(r[1:]), claim_token, r[0]) for r in rows]
 
     def task_claim_held(self, task_id: str, claim_token: str) -> bool:
         """Whether the task runs under this claim now (a read: nothing is renewed)."""

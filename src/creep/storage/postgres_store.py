@@ -787,7 +787,7 @@ class PostgresStore(
 
     def task_claim(
         self, worker_id: str, task_types: Sequence[str], limit: int, now: datetime,
-        claim_ttl: float,
+        claim_ttl: float, claim_token: str | None = None,
     ) -> list[ClaimedTask]:
         if limit <= 0 or not task_types:
             return []
@@ -803,7 +803,7 @@ class PostgresStore(
                     conn.execute(_CLAIM_COMMIT)
                 claimed, _ = self._claim_rows(
                     conn, worker_id, task_types, limit, now, claim_ttl,
-                    finish=lambda: _commit_pipelined(self, conn),
+                    finish=lambda: _commit_pipelined(self, conn), token=claim_token,
                 )
         except psycopg.Error as exc:
             raise StorageError(str(exc)) from exc
@@ -813,13 +813,16 @@ class PostgresStore(
         self, conn: psycopg.Connection[Any], worker_id: str, task_types: Sequence[str],
         limit: int, now: datetime, claim_ttl: float, tenant_id: str | None = None,
         finish: Callable[[], None] | None = None, lane: int | None = None,
+        token: str | None = None,
     ) -> tuple[list[ClaimedTask], str]:
         """The claim inside a transaction: the claimed tasks, in claim order (highest
-        priority first, then oldest), and their claim token. `finish`
+        priority first, then oldest), and their claim token (a new one unless `token` is
+        given: an HTTP worker's claim_id). `finish`
         (in pipeline mode: queue the COMMIT) runs after the claim is sent, before its rows
         are read, so that it travels in the same round trip. With `lane`, the claim prefers
         that claim lane's assets, and the token names the lane (claim_lanes.py)."""
-        token = str(uuid.uuid4()) if lane is None else lane_token(lane)
+        if token is None:
+            token = str(uuid.uuid4()) if lane is None else lane_token(lane)
         # The claim's planner settings (no sequential or bitmap scans, no JIT), set once for
         # the whole claim: they are what the hinted step's own index_plans would set (and then
         # reset, only for the claim to set them again), plus JIT off, which no OLTP statement

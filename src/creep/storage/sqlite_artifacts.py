@@ -14,7 +14,7 @@ from creep.domain.artifacts import Artifact, ArtifactKind
 from creep.domain.errors import NotFound
 from creep.domain.events import TaskEvent
 from creep.ports import ClaimedTask
-from creep.storage.common import dumps
+from creep.storage.common import TASK_SELECT, dumps
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ARTIFACT_COLUMNS = (
@@ -127,7 +127,7 @@ class SqliteArtifactsMixin:
 
     def task_claim_scoped(
         self, worker_id: str, task_types: Sequence[str], limit: int, now: datetime,
-        claim_ttl: float, tenant_id: str,
+        claim_ttl: float, tenant_id: str, claim_token: str | None = None,
     ) -> list[ClaimedTask]:
         """task_claim restricted to one tenant's tasks (a tenant key's worker): the same claim
         (leases for hinted tasks included) with a tenant filter."""
@@ -137,9 +137,27 @@ class SqliteArtifactsMixin:
             return []
         with self._write() as conn:
             rows, token = self._claim_rows(  # type: ignore[attr-defined]
-                conn, worker_id, task_types, limit, now, claim_ttl, tenant_id
+                conn, worker_id, task_types, limit, now, claim_ttl, tenant_id, token=claim_token
             )
         return _claimed(rows, token)
+
+    def task_claimed(
+        self, worker_id: str, claim_token: str, tenant_id: str | None = None
+    ) -> list[ClaimedTask]:
+        """The tasks a claim made with this token (an HTTP worker's claim_id) by this worker
+        still runs, in claim order: what that claim answered, less what has ended since. It
+        reads the RUNNING tasks (tasks has no index on claim_token), through their index as
+        the rescuer does (the planner would otherwise take a tenant's whole history)."""
+        from creep.storage.sqlite_store import _row_to_task
+
+        rows = self._conn().execute(
+            f"SELECT deadline_at, {TASK_SELECT} FROM tasks INDEXED BY tasks_running "
+            "WHERE status = 'RUNNING' AND claim_token = ?1 AND claimed_by = ?2 "
+            "AND (?3 IS NULL OR tenant_id = ?3) ORDER BY priority DESC, created_at",
+            (claim_token, worker_id, tenant_id),
+        ).fetchall()
+        return [ClaimedTask(_row_to_task(r[1:]), claim_token,
+                            _EPOCH + timedelta(microseconds=r[0])) for r in rows]
 
     def task_claim_held(self, task_id: str, claim_token: str) -> bool:
         """Whether the task runs under this claim now (a read: nothing is renewed)."""

@@ -578,22 +578,25 @@ class SqliteStore(
 
     def task_claim(
         self, worker_id: str, task_types: Sequence[str], limit: int, now: datetime,
-        claim_ttl: float,
+        claim_ttl: float, claim_token: str | None = None,
     ) -> list[ClaimedTask]:
         if limit <= 0 or not task_types:
             return []
         with self._write() as conn:
-            rows, token = self._claim_rows(conn, worker_id, task_types, limit, now, claim_ttl)
+            rows, token = self._claim_rows(conn, worker_id, task_types, limit, now, claim_ttl,
+                                           token=claim_token)
         return _claimed(rows, token)
 
     def _claim_rows(
         self, conn: sqlite3.Connection, worker_id: str, task_types: Sequence[str], limit: int,
         now: datetime, claim_ttl: float, tenant_id: str | None = None,
+        token: str | None = None,
     ) -> tuple[list[Any], str]:
-        """The claim inside a write transaction: the claimed rows and their claim token. With
-        `tenant_id`, only that tenant's tasks."""
+        """The claim inside a write transaction: the claimed rows and their claim token (a
+        new one unless `token` is given: an HTTP worker's claim_id). With `tenant_id`, only
+        that tenant's tasks."""
         now_us = us(now)
-        token = str(uuid.uuid4())
+        token = token or str(uuid.uuid4())
         # Tasks with resource_hints first: leased and claimed together, or left QUEUED.
         hinted = self._claim_hinted(
             conn, worker_id, token, task_types, limit, now, claim_ttl, tenant_id

@@ -101,9 +101,11 @@ def _claimed_json(items: list[Any]) -> dict[str, Any]:
 async def claim(body: ClaimIn, request: Request, principal: Writer, proto: Proto) -> Any:
     """Claim up to `max_tasks` runnable tasks of `task_types` (priority desc, created_at).
     With `wait`, an empty queue is watched up to that many seconds before answering with
-    no items. A tenant key claims only its tenant's tasks."""
+    no items. A tenant key claims only its tenant's tasks. With `claim_id`, the same
+    request sent again answers what it claimed (those of its tasks that still run under that
+    token, for this worker_id and tenant) instead of claiming more."""
     req = validate_claim(_worker_id(principal, body.worker_id), body.task_types,
-                         body.max_tasks, body.wait, body.claim_ttl)
+                         body.max_tasks, body.wait, body.claim_ttl, body.claim_id)
     key_valid = key_check(request)
     revoked = False
 
