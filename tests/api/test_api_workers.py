@@ -188,7 +188,7 @@ def test_a_claim_sent_again_with_its_claim_id_answers_what_it_claimed(
             return datetime.fromisoformat(a.get(f"/v1/tasks/{ids[0]}").json()["claim_expires_at"])
 
         before = expires()
-        again = _claim(a, [kind], 2, **body)
+        again = _claim(a, [kind], 2, **body, resend=True)
         assert again == first  # the same claimed tasks, token and deadline
         # ... their claim renewed, as a new claim's would be (heartbeats start only now).
         assert expires() > before
@@ -201,18 +201,24 @@ def test_a_claim_sent_again_with_its_claim_id_answers_what_it_claimed(
         # A task of the claim that ended is not answered again.
         r = a.post(f"/v1/tasks/{ids[1]}/complete", json={"claim_token": claim_id})
         assert r.status_code == 200, r.text
-        assert [i["task"]["task_id"] for i in _claim(a, [kind], 2, **body)] == [ids[0]]
+        assert [i["task"]["task_id"] for i in _claim(a, [kind], 2, **body, resend=True)] \
+            == [ids[0]]
         # Neither another worker_id nor another tenant replays it: they claim their own.
-        (other,) = _claim(a, [kind], 2, worker_id="w-2", claim_id=claim_id)
+        (other,) = _claim(a, [kind], 2, worker_id="w-2", claim_id=claim_id, resend=True)
         assert other["task"]["task_id"] == ids[2]
-        (theirs,) = _claim(b, [kind], 2, **body)
+        (theirs,) = _claim(b, [kind], 2, **body, resend=True)
         assert theirs["task"]["task_id"] not in ids
-        assert _claim(b, [kind], 2, **body) == [theirs]
+        assert _claim(b, [kind], 2, **body, resend=True) == [theirs]
         # A new claim_id claims anew; w-1's claim still runs its task.
         more = _submit(a, kind)
         (fresh,) = _claim(a, [kind], 2, worker_id="w-1", claim_id=str(uuid.uuid4()))
         assert fresh["task"]["task_id"] == more
-        assert [i["task"]["task_id"] for i in _claim(a, [kind], 2, **body)] == [ids[0]]
+        assert [i["task"]["task_id"] for i in _claim(a, [kind], 2, **body, resend=True)] \
+            == [ids[0]]
+        # Without `resend` a claim_id is not looked up: a first send claims.
+        newer = _submit(a, kind)
+        (plain,) = _claim(a, [kind], 2, **body)
+        assert plain["task"]["task_id"] == newer
         bad = a.post("/v1/workers/claim", json={"task_types": [kind], "claim_id": "x"})
         assert bad.status_code == 422, bad.text
         assert [e["field"] for e in bad.json()["errors"]] == ["claim_id"]

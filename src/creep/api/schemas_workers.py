@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, StrictFloat, StrictInt
+from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt
 
 from creep.api.asset_schemas import AssetEventIn
 from creep.api.schemas import TaskOut, _In
@@ -75,8 +75,13 @@ class ClaimIn(_In):
         default=None, max_length=64,
         description="a UUID the worker picks per claim, used as the claim_token of what it "
                     "claims: sent again after a lost answer (a timeout, a dropped connection, "
-                    "a 5xx), the request answers the tasks it claimed that still run under "
-                    "it, and claims nothing more")
+                    "a 5xx) with `resend`, the request answers the tasks it claimed that "
+                    "still run under it, and claims nothing more")
+    resend: StrictBool = Field(
+        default=False,
+        description="true when this request is sent again, its claim_id unchanged, after its "
+                    "answer was lost: the server then looks for what that claim took (a "
+                    "first send pays no such look-up)")
 
 
 class ClaimedOut(BaseModel):

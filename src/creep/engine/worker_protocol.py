@@ -95,11 +95,13 @@ class ClaimRequest:
     #: The worker's id for this claim (a UUID, canonical form): the claim token of what it
     #: claims, so that the same request sent again after a lost answer answers those tasks.
     claim_id: str | None = None
+    #: Sent again after a lost answer: look for what the claim_id's claim took first.
+    resend: bool = False
 
 
 def validate_claim(
     worker_id: Any, task_types: Any, limit: Any, wait: Any, claim_ttl: Any,
-    claim_id: Any = None,
+    claim_id: Any = None, resend: Any = False,
 ) -> ClaimRequest:
     errors: list[tuple[str, str]] = []
     if claim_id is not None:
@@ -129,7 +131,7 @@ def validate_claim(
     if errors:
         raise ValidationError(errors)
     return ClaimRequest(worker_id, sorted(set(task_types)), limit, float(wait), float(claim_ttl),
-                        claim_id)
+                        claim_id, resend is True and claim_id is not None)
 
 
 class WorkerProtocol:
@@ -179,8 +181,8 @@ class WorkerProtocol:
         after the commit), and the worker sent it again. Their claim is renewed for
         req.claim_ttl, as a new claim's would be: the worker heartbeats them only from now
         (its resend may come late in their claim TTL)."""
-        if req.claim_id is None:
-            return []
+        if req.claim_id is None or not req.resend:
+            return []  # a first send: nothing to look for (the look-up reads RUNNING tasks)
         claimed = self.store.task_claimed(req.worker_id, req.claim_id, tenant_id)
         if not claimed:
             return []

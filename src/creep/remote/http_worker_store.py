@@ -135,7 +135,7 @@ class HttpWorkerStore:
         # A worker claims up to half its concurrency at once; the route takes MAX_BATCH.
         # The claim resent asks for no more than this one: the worker's room only grows
         # until it has claimed.
-        body = self._unanswered or {
+        body = {**self._unanswered, "resend": True} if self._unanswered else {
             "worker_id": worker_id, "task_types": list(task_types),
             "max_tasks": min(limit, MAX_BATCH), "wait": self.claim_wait,
             "claim_ttl": claim_ttl, "claim_id": str(uuid.uuid4()),
@@ -168,9 +168,10 @@ class HttpWorkerStore:
 
     def _send_claim(self, body: dict[str, Any]) -> httpx.Response:
         if not self.claim_ids:
-            body = {k: v for k, v in body.items() if k != "claim_id"}
+            body = {k: v for k, v in body.items() if k not in ("claim_id", "resend")}
         r = self._send(CLAIM_PATH, body)
-        if r.status_code == 422 and "claim_id" in body and _fields(r) == ["claim_id"]:
+        if (r.status_code == 422 and "claim_id" in body
+                and {"claim_id"} <= set(_fields(r)) <= {"claim_id", "resend"}):
             log.info("the creep API takes no claim_id: a claim whose answer is lost is not "
                      "answered again (its tasks run once their claim expires)")
             self.claim_ids = False

@@ -102,10 +102,11 @@ async def claim(body: ClaimIn, request: Request, principal: Writer, proto: Proto
     """Claim up to `max_tasks` runnable tasks of `task_types` (priority desc, created_at).
     With `wait`, an empty queue is watched up to that many seconds before answering with
     no items. A tenant key claims only its tenant's tasks. With `claim_id`, the same
-    request sent again answers what it claimed (those of its tasks that still run under that
+    request sent again (`resend`) answers what it claimed (those of its tasks that still run under that
     token, for this worker_id and tenant) instead of claiming more."""
     req = validate_claim(_worker_id(principal, body.worker_id), body.task_types,
-                         body.max_tasks, body.wait, body.claim_ttl, body.claim_id)
+                         body.max_tasks, body.wait, body.claim_ttl, body.claim_id,
+                         body.resend)
     key_valid = key_check(request)
     revoked = False
 
