@@ -3,8 +3,10 @@ queued + running tasks; on PostgreSQL both are shared by every API process."""
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import threading
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
@@ -126,3 +128,53 @@ def test_limits_are_validated(server: Server) -> None:
         assert r.status_code == 422
         assert {e["field"] for e in r.json()["errors"]} == {"rate_limit_burst",
                                                             "max_active_tasks"}
+
+
+def _answer_to(server: Server, head: str, chunks: Iterable[bytes] = ()) -> bytes:
+    """The status line and headers the server answers to a request that sends `head`, then
+    `chunks` (as long as the server reads them), and then nothing more: a body it must not
+    wait for."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        try:
+            sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n")
+            for chunk in chunks:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        except OSError:
+            pass  # the server answered and closed while the body was still coming
+        answer = b""
+        try:
+            while b"\r\n\r\n" not in answer:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                answer += data
+        except (TimeoutError, OSError):
+            pass
+    return answer
+
+
+@pytest.mark.parametrize("authorized", [True, False])
+def test_an_oversized_body_is_refused_before_it_is_read(server: Server, authorized: bool) -> None:
+    """A 100 MB JSON body was read whole (and parsed: ~0.5 GB of server memory each, a key
+    or not) before its 401 or 422; it is a 413 as soon as its size is known."""
+    _, key = server.tenant()
+    auth = f"Authorization: Bearer {key}\n" if authorized else ""
+    for path in ("/v1/tasks", "/v1/batches", "/v1/assets"):
+        # Declared: answered at once, the body never sent.
+        answer = _answer_to(server, f"POST {path} HTTP/1.1\nHost: x\n{auth}"
+                                    f"Content-Type: application/json\n"
+                                    f"Content-Length: {100 * 1024 * 1024}\n")
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:300] or "no answer within 10 s"
+        assert b"application/problem+json" in answer
+    # Chunked: answered once the body is past the limit (32 MiB), the rest never sent.
+    chunk = b'{"task_type": "X", "input_payload": "' + b"a" * 65536
+    answer = _answer_to(server, f"POST /v1/tasks HTTP/1.1\nHost: x\n{auth}"
+                                "Content-Type: application/json\nTransfer-Encoding: chunked\n",
+                        [chunk] * 1000)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300] or "no answer within 10 s"
+    with server.client(key) as c:
+        assert c.get("/v1/tasks").json()["items"] == []
+        # Bodies within the limit are served as before.
+        assert c.post("/v1/tasks", json={"task_type": "X",
+                                         "input_payload": "a" * 500_000}).status_code == 201

@@ -173,7 +173,8 @@ def create_app(
 
     # POST /v1/tasks is answered by the middleware itself (see fast_routes.py).
     fast = {("POST", "/v1/tasks"): tasks.create_task}
-    app.add_middleware(RequestContextMiddleware, on_done=on_done, fast=fast)
+    app.add_middleware(RequestContextMiddleware, on_done=on_done, fast=fast,
+                       max_body=settings.max_request_bytes)
     app.fast_paths = frozenset(fast)
     app.include_router(health.router)
     v1 = APIRouter(prefix="/v1")

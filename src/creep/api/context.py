@@ -12,6 +12,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from creep import tracing
@@ -20,6 +21,8 @@ REQUEST_ID_HEADER = "x-request-id"
 #: Scope key: whether a tracer was set when the request came in (routes need not ask again).
 TRACED = "creep.traced"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+#: Artifact uploads: limited by CREEP_ARTIFACT_MAX_BYTES instead (routes/artifacts.py).
+_OWN_BODY_LIMIT = re.compile(r"/v1/tasks/[^/]+/artifacts")
 _request_id: ContextVar[str | None] = ContextVar("creep_request_id", default=None)
 access_log = logging.getLogger("creep.api.access")
 
@@ -42,9 +45,14 @@ class RequestContextMiddleware:
     """Pure ASGI (no BaseHTTPMiddleware): sets the request id for everything the request runs,
     echoes it, and reports each request to `on_done(method, route, status, seconds)`."""
 
-    def __init__(self, app: ASGIApp, on_done: Any = None, fast: Any = None) -> None:
+    def __init__(
+        self, app: ASGIApp, on_done: Any = None, fast: Any = None, max_body: int = 0
+    ) -> None:
         self.app = app
         self.on_done = on_done
+        #: Largest request body (0: any): larger is a 413 before it is read, or as soon as
+        #: a body without Content-Length passes it (the rest is not read).
+        self.max_body = max_body
         # (method, path) -> handler answered here, bypassing the router (fast_routes.py).
         self.fast: dict[tuple[str, str], Any] = dict(fast or {})
 
@@ -80,6 +88,12 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
+            limit = self.max_body
+            if limit and not _OWN_BODY_LIMIT.fullmatch(scope["path"]):
+                if _declared_length(scope) > limit:
+                    await _send_too_large(send_with_id, request_id, limit)
+                    return
+                receive = _limited(receive, limit)
             handler = self.fast.get((scope["method"], scope["path"])) if self.fast else None
             if handler is not None:
                 from creep.api.fast_routes import serve
@@ -134,6 +148,51 @@ async def _reject_nul(send: Send, request_id: str) -> None:
     await send({"type": "http.response.start", "status": 422, "headers": [
         (b"content-type", b"application/problem+json"),
         (b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from a request's body stream once it passes the limit: routes answer it as any
+    HTTP error (a 413 problem), FastAPI's body parsing included."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, _too_large_detail(limit))
+
+
+def _too_large_detail(limit: int) -> str:
+    return f"a request body may be at most {limit} bytes (CREEP_MAX_REQUEST_BYTES)"
+
+
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0  # the server refuses a bad one
+    return 0
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    seen = 0
+
+    async def counted() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(limit)
+        return message
+
+    return counted
+
+
+async def _send_too_large(send: Send, request_id: str, limit: int) -> None:
+    body = orjson.dumps({
+        "type": "https://creep.dev/problems/payload-too-large", "title": "Payload too large",
+        "status": 413, "detail": _too_large_detail(limit), "instance": request_id,
+    })
+    await send({"type": "http.response.start", "status": 413, "headers": [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -56,6 +56,9 @@ class Settings:
     artifact_dir: str = "./creep-artifacts"
     #: Largest artifact upload in bytes (larger: 413).
     artifact_max_bytes: int = 100 * 1024 * 1024
+    #: Largest request body in bytes (artifact uploads have their own limit); larger: 413,
+    #: before the body is read.
+    max_request_bytes: int = 32 * 1024 * 1024
     #: How often a long-polling worker claim looks for work (in-process submits wake it).
     claim_poll_seconds: float = 0.25
     #: Leader-only maintenance on the server (rescue expired claims, time outs); 0: off.
@@ -173,6 +176,7 @@ _SPEC: dict[str, tuple[Callable[[str], Any], Check | None]] = {
     "workers": (_int, _range(1, 256)),
     "artifact_dir": (str, lambda v: _artifact_dir(v)),
     "artifact_max_bytes": (_int, _range(1, 1 << 40)),
+    "max_request_bytes": (_int, _range(1024, 1 << 40)),
     "claim_poll_seconds": (_float, _range(0.01, 60)),
     "maintenance_interval_seconds": (_float, _range(0, 3600)),
     "metrics_cache_seconds": (_float, _range(0, 300)),
