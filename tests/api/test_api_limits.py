@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
@@ -178,3 +179,37 @@ def test_an_oversized_body_is_refused_before_it_is_read(server: Server, authoriz
         # Bodies within the limit are served as before.
         assert c.post("/v1/tasks", json={"task_type": "X",
                                          "input_payload": "a" * 500_000}).status_code == 201
+
+
+def test_capped_tenants_creating_on_two_nodes_do_not_deadlock(
+    server: Server, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Each node writes concurrent creates together, every capped tenant's check locking the
+    tenant until commit. Two nodes' batches took those locks in request order, so one held A
+    and waited for B while the other held B and waited for A: PostgreSQL failed one after its
+    1 s deadlock timeout (each request of it retried alone, a second late), and creates on
+    the connection of a failed one could then answer 503 (prepared statement "_pg3_3" does
+    not exist)."""
+    if not server.database_url.startswith("postgresql"):
+        pytest.skip("SQLite writes one transaction at a time")
+    other = start_server(server.database_url, tmp_path_factory.mktemp("log") / "s.log")
+    try:
+        nodes = (server, other)
+        keys = [server.tenant(max_active_tasks=100_000)[1] for _ in range(4)]
+        answers: list[tuple[int, float]] = []
+
+        def post(i: int) -> None:
+            # Each node gets creates of every tenant at once, so its batches mix them.
+            with nodes[i % 2].client(keys[(i // 2) % 4]) as c:
+                for _ in range(40):
+                    started = time.monotonic()
+                    code = c.post("/v1/tasks", json={"task_type": "X"}).status_code
+                    answers.append((code, time.monotonic() - started))
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(post, range(16)))
+        assert {code for code, _ in answers} == {201}
+        # A deadlock costs its requests PostgreSQL's deadlock_timeout (1 s).
+        assert len([s for _, s in answers if s >= 1.0]) <= 2
+    finally:
+        stop_server(other)

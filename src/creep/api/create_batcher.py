@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from creep.api.audit import AuditWrite
+from creep.api.limits import QuotaCheck
 from creep.api.services import Services
 from creep.domain.audit import build_diff
 from creep.domain.errors import StorageError
@@ -196,6 +197,10 @@ class CreateBatcher:
                     audits.add(write, item.spec)
                 else:
                     writes.append(write)
+        # Quota checks lock their tenant until commit (PostgreSQL): taken in tenant order, two
+        # nodes' batches of the same tenants cannot wait for each other (a deadlock, broken
+        # after a second by failing one of them).
+        writes.sort(key=lambda w: w.tenant_id if isinstance(w, QuotaCheck) else "")
         with pending_writes.riding(*writes, audits):
             return self.svc.store.task_create_many([item.spec for item in batch], now)
 
