@@ -7,6 +7,7 @@ import socket
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
@@ -14,6 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from creep.api.settings import SettingsError, load_settings
 from tests.api.conftest import Server, start_server, stop_server
 
 
@@ -120,6 +122,28 @@ def test_active_task_cap_holds_under_concurrency(server: Server) -> None:
     assert codes == [201] * 3 + [429] * 9
     with server.client(key) as c:
         assert len(c.get("/v1/tasks", params={"status": "QUEUED"}).json()["items"]) == 3
+
+
+def test_a_rate_too_small_to_wait_for_is_refused(server: Server) -> None:
+    """A positive rate below one request per ~12 days was taken, and once the burst was
+    spent, its wait for a token (1 / rate) overflowed: each request of the tenant answered
+    500 instead of 429 (or a Retry-After of 300 digits, or on PostgreSQL the refill's
+    underflow)."""
+    with server.admin() as admin:
+        for rate in (1e-320, 1e-300, 1e-7):
+            r = admin.post("/v1/tenants", json={"tenant_id": f"t-{uuid.uuid4().hex[:10]}",
+                                                "rate_limit_per_second": rate})
+            assert r.status_code == 422, r.text
+            assert [e["field"] for e in r.json()["errors"]] == ["rate_limit_per_second"]
+    tenant_id, key = server.tenant(rate_limit_per_second=1e-6, rate_limit_burst=1)
+    with server.client(key) as c:
+        assert c.get("/v1/tasks").status_code == 200
+        limited = c.get("/v1/tasks")
+        assert limited.status_code == 429 and limited.headers["retry-after"] == "1000000"
+    with server.admin() as admin:
+        assert admin.get(f"/v1/tenants/{tenant_id}").json()["rate_limit_per_second"] == 1e-6
+    with pytest.raises(SettingsError, match="CREEP_RATE_LIMIT_PER_SECOND"):
+        load_settings({"CREEP_RATE_LIMIT_PER_SECOND": "1e-320"})
 
 
 def test_limits_are_validated(server: Server) -> None:

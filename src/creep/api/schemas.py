@@ -20,6 +20,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -31,6 +32,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from creep.api.settings import MIN_RATE_PER_SECOND
 from creep.domain.audit import AuditEvent
 from creep.domain.batch import Batch, BatchCounts
 from creep.domain.errors import ValidationError
@@ -247,10 +249,18 @@ def event_json(event: TaskEvent) -> dict[str, Any]:
 # -- tenants and keys --------------------------------------------------------------------------
 
 
+def _rate(value: float | None) -> float | None:
+    if value is not None and 0 < value < MIN_RATE_PER_SECOND:
+        raise PydanticCustomError("rate", "must be 0 (no limit) or at least {min}",
+                                  {"min": MIN_RATE_PER_SECOND})
+    return value
+
+
 class TenantIn(_In):
     tenant_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     name: str | None = Field(default=None, max_length=255)
-    rate_limit_per_second: StrictFloat | None = Field(default=None, ge=0, le=1_000_000)
+    rate_limit_per_second: Annotated[
+        StrictFloat | None, Field(ge=0, le=1_000_000), AfterValidator(_rate)] = None
     rate_limit_burst: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
     max_active_tasks: StrictInt | None = Field(default=None, ge=0, le=1_000_000_000)
 

@@ -13,6 +13,10 @@ from urllib.parse import urlsplit
 
 from creep.storage import DEFAULT_DATABASE_URL
 
+#: The lowest request rate a limit may be, other than 0 (no limit): one request per ~12 days.
+#: Below it, the wait for the next token overflows (1 / rate: a 500 instead of a 429) or
+#: PostgreSQL's refill underflows.
+MIN_RATE_PER_SECOND = 1e-6
 #: The log levels every creep command accepts (--log-level, CREEP_LOG_LEVEL).
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 T = TypeVar("T")
@@ -109,6 +113,12 @@ def _range(lo: float, hi: float) -> Check:
     return check
 
 
+def _rate(value: float) -> str | None:
+    if value == 0 or MIN_RATE_PER_SECOND <= value <= 1_000_000:
+        return None
+    return f"must be 0 (no limit) or from {MIN_RATE_PER_SECOND:g} to 1000000 (got {value})"
+
+
 def _database_url(value: str) -> str | None:
     if value.startswith("sqlite:"):
         parts = urlsplit(value)
@@ -167,7 +177,7 @@ _SPEC: dict[str, tuple[Callable[[str], Any], Check | None]] = {
     "log_level": (str, _log_level),
     "log_json": (_bool, None),
     "auto_migrate": (_bool, None),
-    "rate_limit_per_second": (_float, _range(0, 1_000_000)),
+    "rate_limit_per_second": (_float, _rate),
     "rate_limit_burst": (_int, _range(1, 1_000_000)),
     "max_active_tasks": (_int, _range(0, 1_000_000_000)),
     "key_cache_seconds": (_float, _range(0, 3600)),
