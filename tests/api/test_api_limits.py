@@ -205,6 +205,7 @@ def test_an_oversized_body_is_refused_before_it_is_read(server: Server, authoriz
                                          "input_payload": "a" * 500_000}).status_code == 201
 
 
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)  # SQLite: one writer
 def test_capped_tenants_creating_on_two_nodes_do_not_deadlock(
     server: Server, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -214,8 +215,6 @@ def test_capped_tenants_creating_on_two_nodes_do_not_deadlock(
     1 s deadlock timeout (each request of it retried alone, a second late), and creates on
     the connection of a failed one could then answer 503 (prepared statement "_pg3_3" does
     not exist)."""
-    if not server.database_url.startswith("postgresql"):
-        pytest.skip("SQLite writes one transaction at a time")
     other = start_server(server.database_url, tmp_path_factory.mktemp("log") / "s.log")
     try:
         nodes = (server, other)

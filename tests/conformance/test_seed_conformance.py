@@ -235,7 +235,7 @@ def test_task_locks_check_expiry_after_acquisition_and_migration_fixes_old_rows(
             _raw(db_url, insert, (key, str(uuid.uuid4()), state, _stamp(db_url, 0),
                                   _stamp(db_url, expires), _stamp(db_url, 0),
                                   _stamp(db_url, 0)))
-        assert store.migrate() == [version]
+        assert store.migrate(target=version) == [version]
         acquired = _stamp(db_url, 0)
         rows = {k: store.lock_get(k) for k in ("zero", "negative", "released", "good")}
         assert {k: (r or {})["state"] for k, r in rows.items()} == {
