@@ -19,7 +19,7 @@ from creep.domain.asset import positional, sku_pattern_rule
 from creep.domain.clock import INSTANT_RULE, storable_instant
 from creep.domain.errors import ValidationError
 from creep.domain.ids import uuid7
-from creep.domain.text import bad_text, find_unwritable, may_be_unwritable
+from creep.domain.text import bad_text, find_unwritable, json_default, may_be_unwritable
 from creep.tracing import TRACEPARENT, span, stamp_traceparent, tracer, valid_traceparent
 
 DEFAULT_PRIORITY = 50
@@ -317,22 +317,16 @@ def _run_after(errs: _Errors, value: Any, now: datetime) -> datetime | None:
 
 
 def canonical_json(value: Any) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=_json_default)
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=json_default)
 
 
 def payload_dumps(value: Any) -> bytes:
     """orjson.dumps(value) as a bytes object of its own size. orjson's answer keeps the whole
     buffer it wrote into (4 KB for a small payload): a bulk submission holding 50,000 of them
     took 200 MB and a page fault per order. The copy costs less than the faults."""
-    return b"".join((orjson.dumps(value, default=_json_default), b""))
+    return b"".join((orjson.dumps(value, default=json_default), b""))
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 #: Plain text fields the fast path checks, with their maximum lengths (as in the full path).
@@ -621,5 +615,5 @@ def fast_fingerprint(data: Mapping[str, Any]) -> str:
     if None in body.values():  # rare in bulk: copying and popping is cheaper than filtering
         body = {k: v for k, v in body.items() if v is not None}
     return hashlib.sha256(
-        orjson.dumps(body, option=orjson.OPT_SORT_KEYS, default=_json_default)
+        orjson.dumps(body, option=orjson.OPT_SORT_KEYS, default=json_default)
     ).hexdigest()

@@ -114,19 +114,19 @@ def _past_depth(data: Any) -> bool:
     for _ in range(_ORJSON_LEVELS - MAX_JSON_DEPTH):
         wrapped = [wrapped]
     try:
-        orjson.dumps(wrapped, default=_as_json)
+        orjson.dumps(wrapped, default=json_default)
     except TypeError:  # orjson.JSONEncodeError included
         return True
     return False
 
 
-def _as_json(value: Any) -> Any:
-    """What the writers' default turns sets, tuples and Decimals into (as nesting goes)."""
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
+def json_default(value: Any) -> Any:
+    """orjson's `default` for task JSON: Decimals as text, sets and tuples as lists."""
     if isinstance(value, Decimal):
         return str(value)
-    raise TypeError
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def find_bad_json(data: Any, path: str = "") -> tuple[str, str] | None:
