@@ -6,14 +6,30 @@ once per call); a refused connection or a 429 (nothing ran) is retried for every
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
 import uuid
 from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+import orjson
 import pytest
 
-from creep.client import ApiProblem, AsyncClient, Client, RetryPolicy
+from creep.client import (
+    NO_RETRY,
+    ApiProblem,
+    AsyncClient,
+    Claimed,
+    Client,
+    ClientError,
+    RetryPolicy,
+    TransportError,
+)
 from tests.api.conftest import Server
+from tests.api.test_http_worker_batches import LosesAClaimAnswer
 
 FAST = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)
 
@@ -173,3 +189,138 @@ def test_async_client_resends_the_same_way(server: Server) -> None:
             assert len([e async for e in ac.iter_ledger(project_id=project)]) == 1
 
     asyncio.run(main())
+
+
+class HoldsAClaimAnswer(LosesAClaimAnswer):
+    """Forwards the first claim to the server (which commits it) and never passes its answer
+    on: the client's read times out."""
+
+    def _answers(self, src: socket.socket, dst: socket.socket, claim: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if claim.is_set():
+                    self.dropped.set()
+                    continue
+                dst.sendall(data)
+
+
+def _proxy(server: Server, lost: str) -> LosesAClaimAnswer:
+    target = urlsplit(server.url)
+    kind = HoldsAClaimAnswer if lost == "timeout" else LosesAClaimAnswer
+    proxy = kind((target.hostname or "127.0.0.1", target.port or 80))
+    proxy.start()
+    return proxy
+
+
+def _queued(c: Client, kind: str, n: int) -> list[str]:
+    return [c.create_task(task_type=kind, env="dev", constraints={"max_retries": 0}).task_id
+            for _ in range(n)]
+
+
+def _runs_each_once(c: Client, claimed: list[Claimed], ids: list[str]) -> None:
+    """What the lost claim took, answered again: each task once, under the claim's token,
+    its attempt the first; they complete (the token holds) and are charged nothing more."""
+    assert sorted(x.task.task_id for x in claimed) == sorted(ids)
+    assert len({x.claim_token for x in claimed}) == 1
+    for x in claimed:
+        assert (x.task.status, x.task.attempt) == ("RUNNING", 1)
+        c.worker_action(x.task.task_id, "complete", x.claim_token, result={})
+    for task_id in ids:
+        t = c.get_task(task_id)
+        assert (t.status, t.attempt) == ("SUCCESS", 1)
+
+
+@pytest.mark.parametrize("lost", ["connection dropped", "timeout", "503"])
+def test_a_claim_whose_answer_was_lost_answers_what_it_claimed(server: Server,
+                                                               lost: str) -> None:
+    """The server committed a claim whose answer never reached the SDK. The SDK sends it
+    again (its claim_id, "resend": true) and answers the tasks it took: they used to stay
+    RUNNING with no one running them until their claim expired, then were charged an attempt
+    (dead-lettered at max_retries=0) without having run."""
+    _, key = server.tenant()
+    kind = f"LOST-CLAIM-{uuid.uuid4().hex[:8]}"
+    with Client(server.url, key) as c:
+        ids = _queued(c, kind, 3)
+    faults, url, proxy = Faulty(), server.url, None
+    if lost == "503":
+        faults.plan("lose", "POST", "/v1/workers/claim")
+    else:
+        proxy = _proxy(server, lost)
+        url = f"http://127.0.0.1:{proxy.port}"
+    try:
+        with Client(url, key, retry=FAST, transport=faults, timeout=2) as c:
+            claimed = c.claim([kind], max_tasks=10, claim_ttl=60)
+            assert c.stats.retries == 1
+    finally:
+        if proxy is not None:
+            proxy.cut()
+    assert proxy is None or proxy.dropped.is_set()
+    with Client(server.url, key) as c:
+        _runs_each_once(c, claimed, ids)
+
+
+def test_a_claim_that_raised_is_replayed_by_its_claim_id(server: Server) -> None:
+    """Without retries (or once they are spent) the call raises; the same claim_id sent again
+    with resend=True answers what the lost claim took, and claims nothing more."""
+    _, key = server.tenant()
+    kind = f"REPLAYED-{uuid.uuid4().hex[:8]}"
+    with Client(server.url, key) as c:
+        ids = _queued(c, kind, 2)
+    proxy = _proxy(server, "connection dropped")
+    claim_id = str(uuid.uuid4())
+    try:
+        with (Client(f"http://127.0.0.1:{proxy.port}", key, retry=NO_RETRY) as c,
+              pytest.raises(TransportError)):
+            c.claim([kind], max_tasks=2, claim_id=claim_id)
+    finally:
+        proxy.cut()
+    with Client(server.url, key) as c:
+        later = _queued(c, kind, 1)
+        claimed = c.claim([kind], max_tasks=2, claim_id=claim_id, resend=True)
+        assert {x.claim_token for x in claimed} == {claim_id}
+        _runs_each_once(c, claimed, ids)
+        assert c.get_task(later[0]).status == "QUEUED"
+
+
+def test_async_client_replays_a_claim_whose_answer_was_lost(server: Server) -> None:
+    _, key = server.tenant()
+    kind = f"ALOST-{uuid.uuid4().hex[:8]}"
+    with Client(server.url, key) as c:
+        ids = _queued(c, kind, 3)
+    proxy = _proxy(server, "connection dropped")
+
+    async def main() -> list[Claimed]:
+        async with AsyncClient(f"http://127.0.0.1:{proxy.port}", key, retry=FAST) as ac:
+            claimed = await ac.claim([kind], max_tasks=10, claim_ttl=60)
+            assert ac.stats.retries == 1
+            return claimed
+
+    try:
+        claimed = asyncio.run(main())
+    finally:
+        proxy.cut()
+    assert proxy.dropped.is_set()
+    with Client(server.url, key) as c:
+        _runs_each_once(c, claimed, ids)
+
+
+def test_claim_from_a_server_older_than_claim_id_goes_without_it() -> None:
+    sent: list[dict[str, Any]] = []
+
+    def older(request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)
+        sent.append(body)
+        if "claim_id" in body:
+            return httpx.Response(422, json={"errors": [
+                {"field": "claim_id", "in": "body", "rule": "Extra inputs are not permitted"}]})
+        return httpx.Response(200, json={"items": []})
+
+    with Client("http://creep.test", "key", transport=httpx.MockTransport(older)) as c:
+        assert c.claim(["X"]) == []
+        assert c.claim(["X"]) == []
+        # A claim_id the caller chose is not dropped: the server cannot honour it.
+        with pytest.raises(ApiProblem):
+            c.claim(["X"], claim_id=str(uuid.uuid4()))
+        with pytest.raises(ClientError, match="claim_id"):
+            c.claim(["X"], resend=True)  # a resend names the claim it sends again
+    assert ["claim_id" in b for b in sent] == [True, False, False, True]

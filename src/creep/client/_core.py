@@ -30,7 +30,9 @@ class RetryPolicy:
     """Backoff on 429/503 (and on connection failures): waits `Retry-After` when the server
     sends it, else `base * 2**attempt` with jitter; every wait is capped at `max_delay`.
     A 503 may come after the server wrote the request, so it is retried only for a call that
-    cannot write twice (see `Call.resendable`); a 429 or a refused connection, for any."""
+    cannot write twice (see `Call.resendable`); a 429 or a refused connection, for any; any
+    lost answer (a 5xx, a timeout, a dropped connection) of a call the server knows again
+    (`Call.again`: a claim with its claim_id)."""
 
     max_retries: int = 4
     base_delay: float = 0.25
@@ -169,6 +171,20 @@ def task_body(order: dict[str, Any] | None, fields: dict[str, Any]) -> dict[str,
     body = {**(order or {}), **fields}
     if not body.get("idempotency_key"):
         body["idempotency_key"] = str(uuid.uuid4())
+    return body
+
+
+def claim_body(task_types: list[str], max_tasks: int, wait: float, claim_ttl: float,
+               worker_id: str | None, claim_id: str | None, resend: bool,
+               claim_ids: bool) -> dict[str, Any]:
+    """A claim with its claim_id: the caller's, else (unless the server takes none) a new
+    UUID, so that the claim can be sent again after a lost answer."""
+    if claim_id is None and claim_ids:
+        claim_id = str(uuid.uuid4())
+    body = params(task_types=task_types, max_tasks=max_tasks, wait=wait, claim_ttl=claim_ttl,
+                  worker_id=worker_id, claim_id=claim_id)
+    if resend:
+        body["resend"] = True
     return body
 
 

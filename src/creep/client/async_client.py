@@ -15,7 +15,7 @@ import orjson
 from creep.client import _core as core
 from creep.client import calls
 from creep.client.calls import Call
-from creep.client.errors import TransportError
+from creep.client.errors import ApiProblem, ClientError, TransportError
 from creep.client.models import (
     ApiKey,
     Artifact,
@@ -54,6 +54,8 @@ class AsyncClient:
         self.url, self.key = core.resolve(url, key)
         self.retry = retry or core.RetryPolicy()
         self.stats = core.RetryStats()
+        #: False once the server refused a claim's claim_id (older than it).
+        self.claim_ids = True
         self._http = httpx.AsyncClient(base_url=self.url, headers=core.headers(self.key),
                                        timeout=timeout, transport=transport)
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -70,12 +72,13 @@ class AsyncClient:
     # -- plumbing ---------------------------------------------------------------------------
     async def send(self, call: Call[T]) -> T:
         attempt = 0
+        sent = call  # becomes call.again once an answer was lost
         while True:
             try:
                 response = await self._http.request(
-                    call.method, call.path, params=call.params, json=call.json,
-                    files=call.files, data=call.data, headers=call.headers,
-                    timeout=core.call_timeout(self._http.timeout, call.wait),
+                    sent.method, sent.path, params=sent.params, json=sent.json,
+                    files=sent.files, data=sent.data, headers=sent.headers,
+                    timeout=core.call_timeout(self._http.timeout, sent.wait),
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
                 if attempt >= self.retry.max_retries:
@@ -84,10 +87,19 @@ class AsyncClient:
                 attempt += 1
                 continue
             except httpx.HTTPError as exc:
-                raise TransportError(f"{call.method} {call.path}: {exc}") from exc
+                # The server may have run it (a timeout, a dropped connection): only a call
+                # it knows again is sent again.
+                if call.again is None or attempt >= self.retry.max_retries:
+                    raise TransportError(f"{call.method} {call.path}: {exc}") from exc
+                await self._wait(attempt, None, 0)
+                attempt += 1
+                sent = call.again
+                continue
             if call.retryable(response.status_code) and attempt < self.retry.max_retries:
                 await self._wait(attempt, core.retry_after(response), response.status_code)
                 attempt += 1
+                if response.status_code != 429 and call.again is not None:
+                    sent = call.again
                 continue
             return call.decode(response)
 
@@ -481,10 +493,25 @@ class AsyncClient:
 
     # -- HTTP worker protocol ---------------------------------------------------------------
     async def claim(self, task_types: list[str], *, max_tasks: int = 1, wait: float = 0,
-              claim_ttl: float = 30, worker_id: str | None = None) -> list[Claimed]:
-        body = core.params(task_types=task_types, max_tasks=max_tasks, wait=wait,
-                           claim_ttl=claim_ttl, worker_id=worker_id)
-        return await self.send(calls.claim(body))
+                    claim_ttl: float = 30, worker_id: str | None = None,
+                    claim_id: str | None = None, resend: bool = False) -> list[Claimed]:
+        """Claim up to `max_tasks` tasks. The claim carries `claim_id` (a UUID, generated
+        when not given; the `claim_token` of what it claims): when its answer is lost (a 5xx,
+        a timeout, a dropped connection) it is sent again, per `retry`, with `resend`, and
+        answers what the server claimed for it. After the call raised, the same `claim_id`
+        with `resend=True` answers that claim's tasks (those still running under it) and
+        claims nothing more."""
+        if resend and claim_id is None:
+            raise ClientError("claim(resend=True) needs the claim_id of the claim to resend")
+        body = core.claim_body(task_types, max_tasks, wait, claim_ttl, worker_id, claim_id,
+                               resend, self.claim_ids)
+        try:
+            return await self.send(calls.claim(body))
+        except ApiProblem as exc:
+            if claim_id is not None or "claim_id" not in body or not calls.refuses_claim_id(exc):
+                raise
+        self.claim_ids = False  # a server older than claim_id: claim without one
+        return await self.send(calls.claim({k: v for k, v in body.items() if k != "claim_id"}))
 
     async def worker_action(self, task_id: str, action: str, claim_token: str,
                       **fields: Any) -> Any:

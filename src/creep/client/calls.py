@@ -11,6 +11,7 @@ from urllib.parse import quote
 import httpx
 
 from creep.client import _core as core
+from creep.client.errors import ApiProblem
 from creep.client.models import (
     ApiKey,
     Artifact,
@@ -54,14 +55,20 @@ class Call(Generic[T]):
     #: again by an id the call chose (it answers what it wrote the first time). Any other
     #: write may have been written before the 503 (its answer lost), so it is not resent.
     resend: bool | None = None
+    #: What to send instead after a lost answer (a 5xx, a timeout, a dropped connection):
+    #: the same request marked as sent again, which the server answers as it answered the
+    #: first send (a claim with its claim_id). None: a lost answer is raised.
+    again: Call[T] | None = None
 
     @property
     def resendable(self) -> bool:
         return self.method in _IDEMPOTENT if self.resend is None else self.resend
 
     def retryable(self, status: int) -> bool:
-        """A 429 was refused before the route ran; a 503 only if resending is safe."""
-        return status == 429 or (status in core.RETRY_STATUSES and self.resendable)
+        """A 429 was refused before the route ran; a 503 only if resending is safe; any 5xx
+        of a call that has its `again`."""
+        return (status == 429 or (status in core.RETRY_STATUSES and self.resendable)
+                or (self.again is not None and status >= 500))
 
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT"})
@@ -240,9 +247,26 @@ def download_artifact(artifact_id: str) -> Call[bytes]:
 
 # -- the HTTP worker protocol ---------------------------------------------------------------
 def claim(body: dict[str, Any]) -> Call[list[Claimed]]:
-    return Call("POST", "/v1/workers/claim",
-                lambda r: [Claimed.from_json(c) for c in core.json_of(r)["items"]],
-                json=core.jsonable(body), wait=float(body.get("wait") or 0))
+    """With a claim_id, a claim whose answer was lost is sent again with `"resend": true`:
+    the server answers what the first send claimed (else those tasks sat RUNNING until their
+    claim expired, then were charged an attempt they never ran)."""
+    def call(body: dict[str, Any], again: Call[list[Claimed]] | None) -> Call[list[Claimed]]:
+        return Call("POST", CLAIM_PATH,
+                    lambda r: [Claimed.from_json(c) for c in core.json_of(r)["items"]],
+                    json=core.jsonable(body), wait=float(body.get("wait") or 0), again=again)
+
+    if not body.get("claim_id"):
+        return call(body, None)
+    return call(body, call({**body, "resend": True}, None))
+
+
+CLAIM_PATH = "/v1/workers/claim"
+
+
+def refuses_claim_id(problem: ApiProblem) -> bool:
+    """A 422 of a server older than claim_id (or resend), naming only those fields."""
+    fields = {str(e.get("field")) for e in problem.errors if isinstance(e, dict)}
+    return problem.status == 422 and {"claim_id"} <= fields <= {"claim_id", "resend"}
 
 
 def worker_call(task_id: str, action: str, body: dict[str, Any]) -> Call[Any]:
