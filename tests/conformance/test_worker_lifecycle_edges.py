@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from creep import Creep, FrozenClock, TaskContext, TaskStatus
+from creep.domain.outcomes import Outcome, OutcomeKind, resolve
+from creep.ports import Completion
 
 
 @pytest.fixture
@@ -52,6 +54,20 @@ _WORKER_APP = textwrap.dedent('''
         _started(ctx)
         time.sleep(float(ctx.task.input_payload["seconds"]))
         return "done"
+
+    @app.handler("STUBBORN")
+    async def stubborn(ctx):
+        # Ignores its cancellation until `seconds` have passed, then returns.
+        _started(ctx)
+        with open(os.environ["LIFECYCLE_MARK"] + ".token", "w") as f:
+            f.write(ctx.claim_token)
+        end = time.monotonic() + float(ctx.task.input_payload["seconds"])
+        while (left := end - time.monotonic()) > 0:
+            try:
+                await asyncio.sleep(left)
+            except asyncio.CancelledError:
+                pass
+        return "done late"
 ''')
 
 
@@ -139,6 +155,47 @@ def test_sigterm_with_a_sync_handler_never_exits_after_the_grace(
     after = app.get_task(t.task_id)
     assert (after.status, after.attempt) == (TaskStatus.QUEUED, 0)  # given back: that part works
     assert rc == 0, "creep worker still running 12 s after SIGTERM with --shutdown-grace 1"
+
+
+def test_sigterm_requeues_a_task_whose_handler_ignores_cancellation_within_a_second_of_the_grace(
+    app: Creep, db_url: str, tmp_path: Path
+) -> None:
+    """After its grace a stopping worker waited up to 5 s for the handlers it cancelled before
+    writing their requeue, but `creep up` kills a worker 2 s after its grace: an async handler
+    ignoring its cancellation left its task RUNNING, charged an attempt once the claim expired.
+    The requeue is now written about 1 s after the grace, whatever the handler does, and what
+    the handler does later cannot overwrite it (its claim token is no longer the task's)."""
+    t = app.submit(task_type="STUBBORN", input_payload={"seconds": 10})
+    proc, mark = _start_cli_worker(tmp_path, db_url, "--concurrency", "4", "--shutdown-grace", "1")
+    try:
+        _wait_started(proc, mark)
+        token = Path(f"{mark}.token").read_text()
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        while app.get_task(t.task_id).status is not TaskStatus.QUEUED:
+            # creep up kills a worker 2 s after its grace.
+            assert time.monotonic() - sent < 1 + 1.75, (
+                "the task was not given back within the grace + 1.75 s: "
+                + (tmp_path / "worker.log").read_text())
+            time.sleep(0.02)
+        after = app.get_task(t.task_id)
+        assert after.attempt == 0  # not charged
+        assert [e.event_type for e in app.task_events(t.task_id)][-1] == "requeued"
+        # The run's late completion is refused by its claim token.
+        outcome = Outcome(t.task_id, token, OutcomeKind.SUCCEEDED, result="done late",
+                          result_json=b'"done late"')
+        late = Completion(outcome, resolve(outcome, attempt=1, max_attempts=4,
+                                           now=app.clock.now(), backoff=app.backoff))
+        assert app.store.task_complete_many([late], app.clock.now()) == []
+        # The handler returns 10 s after it started, the worker exits, and writes nothing.
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    after = app.get_task(t.task_id)
+    assert (after.status, after.attempt) == (TaskStatus.QUEUED, 0)
+    assert [e.event_type for e in app.task_events(t.task_id)][-1] == "requeued"
 
 
 # -- cancelled from outside ------------------------------------------------------------------------

@@ -37,6 +37,15 @@ if "worker" in sys.argv:
         async def hang(ctx):
             await asyncio.sleep(3600)
 
+        @app.handler("STUBBORN")
+        async def stubborn(ctx):  # ignores its cancellation for 10 s
+            end = asyncio.get_running_loop().time() + 10
+            while (left := end - asyncio.get_running_loop().time()) > 0:
+                try:
+                    await asyncio.sleep(left)
+                except asyncio.CancelledError:
+                    pass
+
         return app
 
     examples.build_example_app = build
@@ -71,11 +80,11 @@ def _banner(proc: subprocess.Popen[str]) -> tuple[str, str]:
     raise AssertionError(f"creep up exited {proc.wait()}: {proc.stderr.read()}")  # type: ignore[union-attr]
 
 
-def _hanging_task(url: str, key: str) -> str:
+def _hanging_task(url: str, key: str, task_type: str = "HANG") -> str:
     """A HANG task, once the worker runs it."""
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as c:
         assert c.post("/v1/tenants", json={"tenant_id": "t"}).status_code == 201
-        task_id: str = c.post("/v1/tasks", json={"tenant_id": "t", "task_type": "HANG"}
+        task_id: str = c.post("/v1/tasks", json={"tenant_id": "t", "task_type": task_type}
                               ).json()["task_id"]
         assert wait_until(
             lambda: c.get(f"/v1/tasks/{task_id}").json()["status"] == "RUNNING", 10)
@@ -124,6 +133,25 @@ def test_up_with_no_shutdown_grace_still_lets_a_running_task_be_given_back(
     assert proc.returncode == 0, errors
     assert "killing" not in errors, errors
     assert out.rstrip().endswith("stopped"), out
+
+
+def test_up_gives_back_a_task_whose_handler_ignores_cancellation(tmp_path: Path) -> None:
+    """`creep up` kills a worker 2 s after the worker's grace; the worker then waited up to
+    5 s for a handler it cancelled before writing the requeue, so a handler ignoring its
+    cancellation got it killed first: the task stayed RUNNING until its claim expired and
+    was charged an attempt. The requeue is now written within that margin."""
+    proc = _start(tmp_path, "--workers", "1", "--shutdown-grace", "3")
+    try:
+        task_id = _hanging_task(*_banner(proc), task_type="STUBBORN")
+        proc.send_signal(signal.SIGTERM)
+        out, errors = proc.communicate(timeout=15)
+    finally:
+        _reap(proc)
+    assert proc.returncode == 0, errors
+    # Its handler still runs, so the worker itself is killed, but after giving the task back.
+    assert "worker 1 did not stop within 3 s; killing it" in errors, errors
+    assert out.rstrip().endswith("stopped"), out
+    _given_back(tmp_path, task_id)
 
 
 def test_a_second_ctrl_c_reaches_the_workers(tmp_path: Path) -> None:

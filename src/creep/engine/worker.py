@@ -67,6 +67,10 @@ MAINTENANCE_LOCK = "creep.maintenance"
 MIN_CLAIM_TTL = 1.0
 #: Longest a completion waits for an in-flight claim to ride along with (seconds).
 _RIDE_ALONG_WAIT = 0.5
+#: Longest a stopping worker waits, past its grace, for the handlers it cancelled to end
+#: (seconds) before it gives their tasks back anyway: `creep up` kills a worker 2 s after its
+#: grace, and a handler ignoring its cancellation must not keep the requeue from being written.
+UNWIND_WAIT = 1.0
 
 
 @dataclass(slots=True)
@@ -839,8 +843,10 @@ class Worker:
                 self._stop_task(task_id, "shutdown")
             jobs = [r.job for r in self._running.values() if r.job is not None]
             if jobs:
-                await asyncio.wait(jobs, timeout=5.0)
-            # Sync handlers that ignore cancellation are given back without waiting for them.
+                await asyncio.wait(jobs, timeout=UNWIND_WAIT)
+            # Handlers still running (a sync one, an async one ignoring its cancellation) are
+            # given back without waiting for them: what they do later is refused by the claim
+            # token, which the requeue takes from them.
             for run in list(self._running.values()):
                 run.given_back = True
                 outcome = self._stopped_outcome(run)
