@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -22,6 +21,7 @@ from creep.domain.task_spec import Limits, TaskSpec, validate_task_spec
 from creep.engine.artifact_reconcile import ReconcileReport, reconcile
 from creep.engine.artifacts import ArtifactService, max_artifact_bytes
 from creep.engine.artifacts import artifact_dir as artifact_dir_setting
+from creep.engine.run_loop import run_to_end
 from creep.engine.worker import Handler, Worker, WorkerSettings
 from creep.gc_tuning import fewer_collections
 from creep.ports import MaintenanceReport, Store, TaskFilter
@@ -248,7 +248,7 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
         """Run a worker in this thread until stopped (SIGTERM/SIGINT: graceful) or, with
         burst=True, until nothing is runnable now."""
         worker = self.worker(**options)
-        return asyncio.run(worker.run(burst=burst, install_signals=install_signals))
+        return run_to_end(worker.run(burst=burst, install_signals=install_signals))
 
     # -- task artifacts (seed 004's task_assets) -----------------------------------------------
 

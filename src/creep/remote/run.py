@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import cast
 
 from creep.app import Creep
+from creep.engine.run_loop import run_to_end
 from creep.engine.worker import Worker, WorkerSettings
 from creep.ports import Store
 from creep.remote.http_worker_store import HttpWorkerStore
@@ -25,6 +25,6 @@ def run_remote_worker(
     # The Worker uses only the claim/heartbeat/progress/complete/lock/listener part of Store.
     worker = Worker(cast(Store, remote), app.handlers, settings, clock=app.clock)
     try:
-        return asyncio.run(worker.run(burst=burst, install_signals=install_signals))
+        return run_to_end(worker.run(burst=burst, install_signals=install_signals))
     finally:
         remote.close()
