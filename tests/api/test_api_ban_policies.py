@@ -5,13 +5,16 @@ and a policy set over REST banning an asset at its K-th failure."""
 
 from __future__ import annotations
 
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import orjson
+import pytest
 
-from tests.api.conftest import Server
+from tests.api.conftest import Server, start_server, stop_server
 
 
 def _audit(server: Server, **params: Any) -> list[dict[str, Any]]:
@@ -252,3 +255,46 @@ def test_a_policy_set_over_rest_bans_an_asset_at_its_kth_failure(server: Server)
         for _ in range(3):
             assert _report(c, aid, "SMTP_FAIL") == []
         assert c.get(f"/v1/assets/{aid}").json()["status"] == "READY"
+
+
+def test_two_concurrent_puts_of_a_new_policy_create_it_once(
+    server: Server, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two PUTs creating the same policy at once both read "no policy" and both answered 201
+    and audited `created` (PostgreSQL). One creates it (201, `created`), the other replaces
+    it (200, `updated`, its old image the one created). PostgreSQL: two servers on one
+    database; SQLite: concurrent requests to one server."""
+    nodes = [server]
+    if not server.database_url.startswith("sqlite"):
+        nodes.append(start_server(server.database_url,
+                                  tmp_path_factory.mktemp("log") / "s.log"))
+    try:
+        tenant, key = server.tenant()
+        categories = [f"RACE_{i}" for i in range(12)]
+        barriers = {c: threading.Barrier(2) for c in categories}
+
+        def put(job: tuple[str, int]) -> tuple[str, int, int]:
+            category, side = job
+            with nodes[side % len(nodes)].client(key) as c:
+                barriers[category].wait()
+                r = _put(c, category, max_failures=3 + side, window_seconds=60)
+                return category, side, r.status_code
+
+        jobs = [(c, side) for c in categories for side in (0, 1)]
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            answers = list(pool.map(put, jobs))
+        rows = list(reversed(_audit(server, resource_type="banPolicy", tenant_id=tenant)))
+        for category in categories:
+            codes = sorted(code for cat, _, code in answers if cat == category)
+            assert codes == [200, 201], (category, codes)
+            audited = [r for r in rows if r["resource"]["identifier"] == category]
+            assert [r["action"] for r in audited] == ["created", "updated"], category
+            created, updated = (r["diff_object"] for r in audited)
+            assert created["old_object"] is None
+            assert orjson.loads(updated["old_object"]) == orjson.loads(created["new_object"])
+            with server.client(key) as c:
+                saved = c.get(f"/v1/ban-policies/{category}").json()
+            assert orjson.loads(updated["new_object"]) == saved
+    finally:
+        for node in nodes[1:]:
+            stop_server(node)

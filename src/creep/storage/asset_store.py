@@ -242,25 +242,39 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
 
     def ban_policy_set(self, policy: BanPolicy, now: datetime) -> BanPolicy:
         d = self._adialect
+        values = (policy.max_failures, policy.window_seconds, d.js(policy.failure_event_types),
+                  d.ts(now))
+        audited = pending_writes.waiting()
         with self._atx() as conn:
-            if pending_writes.waiting():
-                # The REST API's audit row shows the policy this replaces, as this
-                # transaction sees it: locked, so a concurrent setter's is seen or waits.
-                self._policy(conn, policy.tenant_id, policy.sku_category, lock=True)
-                pending_writes.before_change(self, conn)
-            # One upsert: a DELETE then INSERT lets two concurrent setters (PostgreSQL) both
-            # find no row to wait for, and the second INSERT then breaks the primary key.
-            self._x(
-                conn,
-                "INSERT INTO asset_ban_policies (tenant_id, sku_category, max_failures, "
-                "window_seconds, failure_event_types, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (tenant_id, sku_category) DO UPDATE SET "
-                "max_failures = excluded.max_failures, window_seconds = excluded.window_seconds, "
-                "failure_event_types = excluded.failure_event_types, "
-                "updated_at = excluded.updated_at",
-                (policy.tenant_id, policy.sku_category, policy.max_failures,
-                 policy.window_seconds, d.js(policy.failure_event_types), d.ts(now)),
-            )
+            while True:
+                if audited:  # the REST API's audit row: nothing replaced, if this inserts
+                    pending_writes.before_change(self, conn)
+                # The insert decides create or replace: two concurrent creates (PostgreSQL)
+                # both found no row above, and both were audited as created. The loser's
+                # insert waits for the winner's commit, then does nothing.
+                inserted = self._x(
+                    conn,
+                    "INSERT INTO asset_ban_policies (tenant_id, sku_category, max_failures, "
+                    "window_seconds, failure_event_types, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (tenant_id, sku_category) DO NOTHING",
+                    (policy.tenant_id, policy.sku_category, *values),
+                ).rowcount
+                if inserted:
+                    break
+                # Locked, so the audit row's old image is the policy this replaces.
+                if self._policy(conn, policy.tenant_id, policy.sku_category, lock=True):
+                    if audited:
+                        pending_writes.before_change(self, conn)
+                    self._x(
+                        conn,
+                        "UPDATE asset_ban_policies SET max_failures = ?, window_seconds = ?, "
+                        "failure_event_types = ?, updated_at = ? "
+                        "WHERE tenant_id = ? AND sku_category = ?",
+                        (*values, policy.tenant_id, policy.sku_category),
+                    )
+                    break
+                # Deleted since the insert found it: insert again.
         return replace(policy, failure_event_types=list(policy.failure_event_types),
                        updated_at=now)
 

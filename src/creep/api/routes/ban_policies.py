@@ -131,8 +131,9 @@ def put_ban_policy(
 
     def replaced(store: Any, conn: Any) -> dict[str, Any] | None:
         old = view(store, conn)
-        if old is None:  # as the change's transaction sees it: a create, not a replace
-            write.row.action = AuditAction.CREATED.value
+        # As the change's transaction sees it (read again if its insert found a row after
+        # all): none is a create.
+        write.row.action = (AuditAction.CREATED if old is None else AuditAction.UPDATED).value
         return old
 
     write = audit_write(request, principal, AuditAction.UPDATED, ResourceType.BAN_POLICY,
