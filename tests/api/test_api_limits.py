@@ -1,5 +1,5 @@
 """Per-tenant limits: the request-rate token bucket (429 + Retry-After) and the cap on
-queued + running tasks; on PostgreSQL both are shared by every API process."""
+unfinished (pending, queued and running) tasks; on PostgreSQL both are shared by every API process."""
 
 from __future__ import annotations
 
@@ -90,11 +90,50 @@ def test_active_task_cap(server: Server) -> None:
         assert batch.status_code == 429
         assert c.get("/v1/batches").json()["items"] == []
         assert len(c.get("/v1/tasks").json()["items"]) == 2
-        # Delayed tasks do not count (they are PENDING), finished ones neither.
-        later = c.post("/v1/tasks", json={"task_type": "X", "run_after": "2999-01-01T00:00:00Z"})
-        assert later.status_code == 201 and later.json()["status"] == "PENDING"
+        # Finished tasks do not count.
         c.post(f"/v1/tasks/{first.json()['task_id']}/cancel")
         assert c.post("/v1/tasks", json={"task_type": "X"}).status_code == 201
+
+
+def test_pending_tasks_count_against_the_cap(server: Server) -> None:
+    """The cap counted QUEUED + RUNNING tasks only: a tenant capped at N submitted any number
+    of delayed tasks (run_after ahead) or tasks waiting on dependencies, each counted once
+    due. Every unfinished task counts now."""
+    _, key = server.tenant(max_active_tasks=3)
+    later = {"task_type": "X", "run_after": "2999-01-01T00:00:00Z"}
+    with server.client(key) as c:
+        delayed = [c.post("/v1/tasks", json=later) for _ in range(3)]
+        assert [(r.status_code, r.json()["status"]) for r in delayed] == [(201, "PENDING")] * 3
+        refused = c.post("/v1/tasks", json=later)
+        assert refused.status_code == 429, refused.text
+        problem = refused.json()
+        assert problem["type"].endswith("/quota-exceeded") and problem["status"] == 429
+        assert refused.headers["retry-after"] == "1"
+        # Refused as a task due now is, with the same problem.
+        now = c.post("/v1/tasks", json={"task_type": "X"})
+        assert now.status_code == 429
+        assert {k: v for k, v in now.json().items() if k != "instance"} == {
+            k: v for k, v in problem.items() if k != "instance"}
+        assert len(c.get("/v1/tasks").json()["items"]) == 3
+        # A cancelled delayed task frees its place.
+        c.post(f"/v1/tasks/{delayed[0].json()['task_id']}/cancel")
+        parent = c.post("/v1/tasks", json={"task_type": "X"})
+        assert parent.status_code == 201 and parent.json()["status"] == "QUEUED"
+        # A task waiting on its dependencies counts too, alone or in a batch.
+        waiting = c.post("/v1/tasks", json={"task_type": "X",
+                                            "depends_on": [parent.json()["task_id"]]})
+        assert waiting.status_code == 429
+        batch = c.post("/v1/batches", json={"title": "b", "tasks": [
+            {"ref": "a", "task_type": "X", "run_after": "2999-01-01T00:00:00Z"},
+            {"ref": "b", "task_type": "X", "depends_on": ["a"]}]})
+        assert batch.status_code == 429
+        assert c.get("/v1/batches").json()["items"] == []
+    _, key = server.tenant(max_active_tasks=2)
+    with server.client(key) as c:
+        parent = c.post("/v1/tasks", json={"task_type": "X"}).json()["task_id"]
+        child = c.post("/v1/tasks", json={"task_type": "X", "depends_on": [parent]})
+        assert child.status_code == 201 and child.json()["status"] == "PENDING"
+        assert c.post("/v1/tasks", json=later).status_code == 429
 
 
 def test_retry_counts_against_the_cap(server: Server) -> None:

@@ -1,5 +1,5 @@
 """Per-tenant limits (seed 002): a request-rate token bucket (429 + Retry-After) and a cap on
-queued + running tasks. On PostgreSQL both live in the database, so every API process shares
+unfinished (PENDING, QUEUED, RUNNING) tasks. On PostgreSQL both live in the database, so every API process shares
 them; on SQLite (one machine) the bucket is kept in this process."""
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class RateLimiter:
 @dataclass(slots=True)
 class QuotaCheck:
     """A pending write: refuse the transaction when it leaves the tenant over its cap of
-    queued + running tasks. Runs after the inserts, before commit, under a per-tenant lock."""
+    unfinished tasks (a delayed or dependent PENDING one counts from its creation). Runs after the inserts, before commit, under a per-tenant lock."""
 
     tenant_id: str
     limit: int

@@ -46,7 +46,7 @@ class Settings:
     #: Per-tenant token bucket (requests/s; 0 turns it off) and its size.
     rate_limit_per_second: float = 0.0
     rate_limit_burst: int = 100
-    #: Per-tenant cap on QUEUED + RUNNING tasks (0: no cap).
+    #: Per-tenant cap on unfinished (PENDING + QUEUED + RUNNING) tasks (0: no cap).
     max_active_tasks: int = 0
     #: How long a verified key is trusted without asking the database again.
     key_cache_seconds: float = 5.0

@@ -47,7 +47,7 @@ def tenants_create(
     name: Annotated[str | None, typer.Option()] = None,
     rate_limit: Annotated[float | None, typer.Option(help="requests per second (0: none)")] = None,
     burst: Annotated[int | None, typer.Option(help="rate limit burst")] = None,
-    max_active_tasks: Annotated[int | None, typer.Option(help="cap on QUEUED+RUNNING")] = None,
+    max_active_tasks: Annotated[int | None, typer.Option(help="cap on unfinished tasks (PENDING+QUEUED+RUNNING; 0: none)")] = None,
     api_url: ApiUrl = None, api_key: ApiKey = None, json: Json = False,
 ) -> None:
     """Create a tenant."""

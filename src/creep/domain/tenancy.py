@@ -54,13 +54,14 @@ class ApiKey:
 
 
 class QuotaExceeded(CreepError):
-    """The tenant has as many queued and running tasks as it may."""
+    """The tenant has as many unfinished (pending, queued or running) tasks as it may."""
 
     def __init__(self, tenant_id: str, limit: int) -> None:
         self.tenant_id = tenant_id
         self.limit = limit
         super().__init__(
-            f"tenant {tenant_id!r} may have at most {limit} queued and running tasks"
+            f"tenant {tenant_id!r} may have at most {limit} unfinished (pending, queued or "
+            "running) tasks"
         )
 
 

@@ -428,10 +428,15 @@ class PostgresApiMixin:
         )
 
     def _api_active_tasks(self, conn: psycopg.Connection[Any], tenant_id: str) -> int:
+        """The tenant's unfinished tasks: one range of task_queue_active (status, tenant_id)
+        per status. A single `status IN (...)` matches the index's predicate, so PostgreSQL
+        drops it from the index condition and reads the whole index (every tenant's)."""
         row = conn.execute(
-            "SELECT count(*) FROM task_queue WHERE tenant_id = %s "
-            "AND status IN ('QUEUED', 'RUNNING')",
-            (tenant_id,),
+            "SELECT (SELECT count(*) FROM task_queue WHERE status = 'PENDING' "
+            "AND tenant_id = %(t)s) + (SELECT count(*) FROM task_queue WHERE status = 'QUEUED' "
+            "AND tenant_id = %(t)s) + (SELECT count(*) FROM task_queue WHERE status = 'RUNNING' "
+            "AND tenant_id = %(t)s)",
+            {"t": tenant_id},
         ).fetchone()
         return int(row[0]) if row else 0
 

@@ -415,8 +415,10 @@ class SqliteApiMixin:
         """Serialise quota decisions per tenant: BEGIN IMMEDIATE already serialises writers."""
 
     def _api_active_tasks(self, conn: sqlite3.Connection, tenant_id: str) -> int:
+        """The tenant's unfinished tasks, through tasks_tenant_active (its predicate as is)."""
         row = conn.execute(
-            "SELECT count(*) FROM tasks WHERE tenant_id = ? AND status IN ('QUEUED', 'RUNNING')",
+            "SELECT count(*) FROM tasks WHERE tenant_id = ? "
+            "AND status IN ('PENDING', 'QUEUED', 'RUNNING')",
             (tenant_id,),
         ).fetchone()
         return int(row[0])
