@@ -3,6 +3,7 @@ unfinished (pending, queued and running) tasks; on PostgreSQL both are shared by
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sqlite3
 import threading
@@ -10,12 +11,15 @@ import time
 import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 import pytest
 
 from creep.api.settings import SettingsError, load_settings
+from creep.client import NO_RETRY, ApiProblem, AsyncClient, Client, Tenant
 from tests.api.conftest import Server, start_server, stop_server
 
 
@@ -275,3 +279,143 @@ def test_capped_tenants_creating_on_two_nodes_do_not_deadlock(
         assert len([s for _, s in answers if s >= 1.0]) <= 2
     finally:
         stop_server(other)
+
+
+def _audit_rows(server: Server, tenant_id: str) -> list[dict[str, Any]]:
+    with server.admin() as admin:
+        r = admin.get("/v1/audit", params={"resource_type": "tenant", "resource_id": tenant_id})
+        assert r.status_code == 200, r.text
+        return list(reversed(r.json()["items"]))
+
+
+def test_an_admin_changes_a_tenants_limits(server: Server) -> None:
+    """A tenant's limits could only be set when it was created. PATCH /v1/tenants/{id} sets
+    the fields it is given (null: the server's default again), validated as on create,
+    audited; the server that answers applies them at once."""
+    tenant_id, key = server.tenant(name="Acme", max_active_tasks=1)
+    later = {"task_type": "X", "run_after": "2999-01-01T00:00:00Z"}
+    with server.client(key) as c, server.admin() as admin:
+        assert c.post("/v1/tasks", json=later).status_code == 201
+        assert c.post("/v1/tasks", json=later).status_code == 429
+        r = admin.patch(f"/v1/tenants/{tenant_id}", json={"max_active_tasks": 2})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert {k: v for k, v in body.items() if k != "created_at"} == {
+            "tenant_id": tenant_id, "name": "Acme", "rate_limit_per_second": None,
+            "rate_limit_burst": None, "max_active_tasks": 2}
+        assert admin.get(f"/v1/tenants/{tenant_id}").json() == body
+        assert c.post("/v1/tasks", json=later).status_code == 201
+        assert c.post("/v1/tasks", json=later).status_code == 429
+        # Lowered below what the tenant has: its tasks stay, new ones wait for room.
+        assert admin.patch(f"/v1/tenants/{tenant_id}",
+                           json={"max_active_tasks": 1}).status_code == 200
+        assert len(c.get("/v1/tasks").json()["items"]) == 2
+        # null: the server's default (no cap) again.
+        r = admin.patch(f"/v1/tenants/{tenant_id}", json={"max_active_tasks": None,
+                                                           "name": "Acme Ltd"})
+        assert r.status_code == 200 and r.json()["max_active_tasks"] is None
+        assert r.json()["name"] == "Acme Ltd"
+        assert c.post("/v1/tasks", json=later).status_code == 201
+        # A rate limit set later applies at once.
+        r = admin.patch(f"/v1/tenants/{tenant_id}", json={"rate_limit_per_second": 0.001,
+                                                           "rate_limit_burst": 2})
+        assert r.status_code == 200, r.text
+        assert [c.get("/v1/tasks").status_code for _ in range(3)] == [200, 200, 429]
+        r = admin.patch(f"/v1/tenants/{tenant_id}", json={"rate_limit_per_second": 0})
+        assert r.status_code == 200 and r.json()["rate_limit_burst"] == 2
+        assert c.get("/v1/tasks").status_code == 200
+
+        # A PATCH that changes nothing writes nothing.
+        assert admin.patch(f"/v1/tenants/{tenant_id}", json={}).json() == r.json()
+        assert admin.patch(f"/v1/tenants/{tenant_id}",
+                           json={"rate_limit_burst": 2}).json() == r.json()
+
+        # Validated as on create: a 422 naming each field, nothing changed.
+        for patch, fields in (
+            ({"rate_limit_burst": 0, "max_active_tasks": -1},
+             {"rate_limit_burst", "max_active_tasks"}),
+            ({"rate_limit_per_second": 1e-7}, {"rate_limit_per_second"}),
+            ({"rate_limit_per_second": "1"}, {"rate_limit_per_second"}),
+            ({"max_active_tasks": 5.0}, {"max_active_tasks"}),
+            ({"max_active_tasks": 1_000_000_001}, {"max_active_tasks"}),
+            ({"name": None}, {"name"}),
+            ({"name": "x" * 256}, {"name"}),
+            ({"tenant_id": "other"}, {"tenant_id"}),
+        ):
+            refused = admin.patch(f"/v1/tenants/{tenant_id}", json=patch)
+            assert refused.status_code == 422, (patch, refused.text)
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert {e["field"] for e in refused.json()["errors"]} == fields, patch
+        assert admin.get(f"/v1/tenants/{tenant_id}").json() == r.json()
+
+        missing = admin.patch("/v1/tenants/no-such-tenant", json={"max_active_tasks": 1})
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == "application/problem+json"
+        # Admin keys only, and not read-only ones.
+        assert c.patch(f"/v1/tenants/{tenant_id}", json={"max_active_tasks": 9}
+                       ).status_code == 403
+    reader = server.key(None, read_only=True)["key"]
+    with server.client(reader) as ro:
+        assert ro.patch(f"/v1/tenants/{tenant_id}", json={"max_active_tasks": 9}
+                        ).status_code == 403
+
+    rows = _audit_rows(server, tenant_id)
+    assert [row["action"] for row in rows] == ["created"] + ["updated"] * 5
+    first = rows[1]["diff_object"]
+    assert orjson.loads(first["old_object"])["max_active_tasks"] == 1
+    assert orjson.loads(first["new_object"])["max_active_tasks"] == 2
+    assert all(row["tenant_id"] == tenant_id for row in rows)
+    last = orjson.loads(rows[-1]["diff_object"]["new_object"])
+    assert (last["rate_limit_per_second"], last["rate_limit_burst"]) == (0, 2)
+
+
+def test_a_limit_change_reaches_every_api_node(
+    server: Server, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A second server on the same database applies a change made through the first within
+    its limits cache (5 s), without a restart."""
+    other = start_server(server.database_url, tmp_path_factory.mktemp("log") / "s.log")
+    try:
+        tenant_id, key = server.tenant(max_active_tasks=1)
+        with other.client(key) as c:
+            assert c.post("/v1/tasks", json={"task_type": "X"}).status_code == 201
+            assert c.post("/v1/tasks", json={"task_type": "X"}).status_code == 429
+        with server.admin() as admin:
+            assert admin.patch(f"/v1/tenants/{tenant_id}",
+                               json={"max_active_tasks": 2}).status_code == 200
+        changed = time.monotonic()
+        with other.client(key) as c:
+            while (code := c.post("/v1/tasks", json={"task_type": "X"}).status_code) == 429:
+                assert time.monotonic() - changed < 7, "the other node kept the old cap"
+                time.sleep(0.2)
+            assert code == 201
+            assert c.post("/v1/tasks", json={"task_type": "X"}).status_code == 429
+    finally:
+        stop_server(other)
+
+
+def test_the_sdk_changes_a_tenants_limits(server: Server) -> None:
+    tenant_id, key = server.tenant(max_active_tasks=3)
+    with Client(server.url, server.admin_key) as admin, \
+            Client(server.url, key, retry=NO_RETRY) as tenant:
+        changed = admin.update_tenant(tenant_id, max_active_tasks=1, rate_limit_burst=50)
+        assert (changed.max_active_tasks, changed.rate_limit_burst) == (1, 50)
+        assert admin.get_tenant(tenant_id).max_active_tasks == 1
+        tenant.create_task(task_type="X", run_after="2999-01-01T00:00:00Z")
+        with pytest.raises(ApiProblem) as refused:
+            tenant.create_task(task_type="X")
+        assert refused.value.status == 429 and refused.value.short_type == "quota-exceeded"
+        with pytest.raises(ApiProblem) as invalid:
+            admin.update_tenant(tenant_id, rate_limit_burst=0)
+        assert invalid.value.status == 422
+        assert [e["field"] for e in invalid.value.errors] == ["rate_limit_burst"]
+        # None: the server's default again.
+        assert admin.update_tenant(tenant_id, max_active_tasks=None).max_active_tasks is None
+        assert tenant.create_task(task_type="X").status == "QUEUED"
+
+    async def update() -> Tenant:
+        async with AsyncClient(server.url, server.admin_key) as admin:
+            return await admin.update_tenant(tenant_id, name="Async", max_active_tasks=7)
+
+    done = asyncio.run(update())
+    assert (done.name, done.max_active_tasks, done.rate_limit_burst) == ("Async", 7, 50)

@@ -55,6 +55,30 @@ def test_tenants_and_keys(server: Server) -> None:
     assert usage.returncode == 2
 
 
+def test_tenants_update(server: Server) -> None:
+    tenant_id = _tenant(server)
+    updated = ok_json(creep(server, "tenants", "update", tenant_id, "--max-active-tasks", "5",
+                            "--rate-limit", "2.5", "--burst", "10", "--json"))
+    assert (updated["max_active_tasks"], updated["rate_limit_per_second"],
+            updated["rate_limit_burst"], updated["name"]) == (5, 2.5, 10, "CLI test")
+    reset = ok_json(creep(server, "tenants", "update", tenant_id, "--default", "rate-limit",
+                          "--default", "max-active-tasks", "--name", "Renamed", "--json"))
+    assert (reset["max_active_tasks"], reset["rate_limit_per_second"],
+            reset["rate_limit_burst"], reset["name"]) == (None, None, 10, "Renamed")
+    assert ok_json(creep(server, "tenants", "show", tenant_id, "--json")) == reset
+    plain = creep(server, "tenants", "update", tenant_id, "--burst", "20")
+    assert plain.returncode == 0 and f"updated tenant {tenant_id}" in plain.stdout
+    refused = creep(server, "tenants", "update", tenant_id, "--burst", "0")
+    assert refused.returncode == 2 and "422" in refused.stderr  # 422: a usage error
+    assert "rate_limit_burst" in refused.stderr
+    missing = creep(server, "tenants", "update", "no-such-tenant", "--burst", "3")
+    assert missing.returncode == 1 and "404" in missing.stderr
+    assert creep(server, "tenants", "update", tenant_id).returncode == 2
+    both = creep(server, "tenants", "update", tenant_id, "--burst", "3", "--default", "burst")
+    assert both.returncode == 2
+    assert ok_json(creep(server, "tenants", "show", tenant_id, "--json"))["rate_limit_burst"] == 20
+
+
 def test_task_lifecycle(server: Server, worker: None, tmp_path: Path) -> None:
     tenant_id = _tenant(server)
     done = ok_json(creep(server, "task", "submit", "--type", "ECHO", "--tenant", tenant_id,

@@ -81,3 +81,38 @@ def test_every_bad_setting_is_one_line() -> None:
     assert sorted(p.split(":")[0] for p in problems) == [
         "CREEP_DATABASE_URL", "CREEP_LOG_JSON", "CREEP_PORT", "CREEP_WORKERS"]
     assert all("\n" not in p for p in problems)
+
+
+def test_tenant_limits_read_before_a_change_are_not_cached() -> None:
+    """A request that read a tenant's limits just before a PATCH committed, and cached them
+    after the PATCH's forget(), kept the old limits on that server for the cache's 5 s."""
+    from datetime import UTC, datetime
+    from typing import Any, cast
+
+    from creep.api.limits import TenantLimitsCache
+    from creep.api.services import Services
+    from creep.domain.tenancy import Tenant
+
+    class Store:
+        cap = 1
+        during_read: Any = None
+
+        def tenant_get(self, tenant_id: str) -> Tenant:
+            read = Tenant(tenant_id, tenant_id, None, None, self.cap, datetime.now(UTC))
+            if self.during_read is not None:
+                self.during_read()
+            return read
+
+    store = Store()
+    cache = TenantLimitsCache(Services(load_settings({}), cast(Any, store)))
+    assert cache.get("t").max_active_tasks == 1
+
+    def patched() -> None:  # the PATCH commits and forgets while this read is under way
+        store.cap, store.during_read = 2, None
+        cache.forget("t")
+
+    cache.forget("t")
+    store.during_read = patched
+    assert cache.get("t").max_active_tasks == 1  # what this request read
+    assert cache.peek("t") is None
+    assert cache.get("t").max_active_tasks == 2 and cache.peek("t") is not None

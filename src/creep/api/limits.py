@@ -26,13 +26,16 @@ class TenantLimits:
 
 
 class TenantLimitsCache:
-    """Tenants' own limits (overrides of the server defaults), cached briefly."""
+    """Tenants' own limits (overrides of the server defaults), cached briefly: a change made
+    through another API process applies here at most `ttl` seconds later; one made through
+    this process (PATCH /v1/tenants/{id}) calls `forget`, and applies at once."""
 
     def __init__(self, svc: Services, ttl: float = 5.0) -> None:
         self.svc = svc
         self.ttl = ttl
         self._cache: dict[str, tuple[TenantLimits, float]] = {}
         self._lock = threading.Lock()
+        self._forgotten = 0  # forget() calls so far: a read begun before one is not cached
 
     def peek(self, tenant_id: str) -> TenantLimits | None:
         """Cached limits, or None (then call `get` off the event loop)."""
@@ -43,6 +46,7 @@ class TenantLimitsCache:
         cached = self.peek(tenant_id)
         if cached is not None:
             return cached
+        forgotten = self._forgotten
         s = self.svc.settings
         limits = TenantLimits(s.rate_limit_per_second, s.rate_limit_burst, s.max_active_tasks)
         try:
@@ -57,11 +61,14 @@ class TenantLimitsCache:
             if tenant.max_active_tasks is not None:
                 limits.max_active_tasks = tenant.max_active_tasks
         with self._lock:
-            self._cache[tenant_id] = (limits, time.monotonic() + self.ttl)
+            if self._forgotten == forgotten:  # else it may have read the row before a change
+                self._cache[tenant_id] = (limits, time.monotonic() + self.ttl)
         return limits
 
     def forget(self, tenant_id: str) -> None:
+        """Read the tenant's limits again at its next request (they changed)."""
         with self._lock:
+            self._forgotten += 1
             self._cache.pop(tenant_id, None)
 
 

@@ -256,13 +256,28 @@ def _rate(value: float | None) -> float | None:
     return value
 
 
+#: A tenant's own limits (None: the server's default), the same on create and on PATCH.
+RateLimitPerSecond = Annotated[
+    StrictFloat | None, Field(ge=0, le=1_000_000), AfterValidator(_rate)]
+RateLimitBurst = Annotated[StrictInt | None, Field(ge=1, le=1_000_000)]
+MaxActiveTasks = Annotated[StrictInt | None, Field(ge=0, le=1_000_000_000)]
+
+
 class TenantIn(_In):
     tenant_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     name: str | None = Field(default=None, max_length=255)
-    rate_limit_per_second: Annotated[
-        StrictFloat | None, Field(ge=0, le=1_000_000), AfterValidator(_rate)] = None
-    rate_limit_burst: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
-    max_active_tasks: StrictInt | None = Field(default=None, ge=0, le=1_000_000_000)
+    rate_limit_per_second: RateLimitPerSecond = None
+    rate_limit_burst: RateLimitBurst = None
+    max_active_tasks: MaxActiveTasks = None
+
+
+class TenantPatch(_In):
+    """The fields to change; a limit set to null is the server's default again."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=255)
+    rate_limit_per_second: RateLimitPerSecond = None
+    rate_limit_burst: RateLimitBurst = None
+    max_active_tasks: MaxActiveTasks = None
 
 
 class TenantOut(BaseModel):

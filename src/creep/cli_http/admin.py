@@ -47,7 +47,8 @@ def tenants_create(
     name: Annotated[str | None, typer.Option()] = None,
     rate_limit: Annotated[float | None, typer.Option(help="requests per second (0: none)")] = None,
     burst: Annotated[int | None, typer.Option(help="rate limit burst")] = None,
-    max_active_tasks: Annotated[int | None, typer.Option(help="cap on unfinished tasks (PENDING+QUEUED+RUNNING; 0: none)")] = None,
+    max_active_tasks: Annotated[int | None, typer.Option(
+        help="cap on unfinished tasks (PENDING+QUEUED+RUNNING; 0: none)")] = None,
     api_url: ApiUrl = None, api_key: ApiKey = None, json: Json = False,
 ) -> None:
     """Create a tenant."""
@@ -58,6 +59,51 @@ def tenants_create(
         print_json(tenant)
     else:
         out.print(f"created tenant {tenant.tenant_id}")
+
+
+class Limit(StrEnum):
+    rate_limit = "rate-limit"
+    burst = "burst"
+    max_active_tasks = "max-active-tasks"
+
+
+_LIMIT_FIELDS = {Limit.rate_limit: "rate_limit_per_second", Limit.burst: "rate_limit_burst",
+                 Limit.max_active_tasks: "max_active_tasks"}
+
+
+@tenants_app.command("update")
+@api_errors
+def tenants_update(
+    tenant_id: str,
+    name: Annotated[str | None, typer.Option()] = None,
+    rate_limit: Annotated[float | None, typer.Option(help="requests per second (0: none)")] = None,
+    burst: Annotated[int | None, typer.Option(help="rate limit burst")] = None,
+    max_active_tasks: Annotated[int | None, typer.Option(
+        help="cap on unfinished tasks (PENDING+QUEUED+RUNNING; 0: none)")] = None,
+    default: Annotated[list[Limit] | None, typer.Option(
+        "--default", help="this limit is the server's default again (repeatable)")] = None,
+    api_url: ApiUrl = None, api_key: ApiKey = None, json: Json = False,
+) -> None:
+    """Change a tenant's name or limits (the options given; the rest stay). Servers apply a
+    change within 5 s."""
+    changes: dict[str, Any] = {
+        field: value for field, value in (
+            ("name", name), ("rate_limit_per_second", rate_limit),
+            ("rate_limit_burst", burst), ("max_active_tasks", max_active_tasks))
+        if value is not None}
+    for limit in default or ():
+        field = _LIMIT_FIELDS[limit]
+        if field in changes:
+            usage_error(f"--default {limit.value} and a value for it: give one")
+        changes[field] = None
+    if not changes:
+        usage_error("nothing to change: give --name, a limit or --default LIMIT")
+    with client(api_url, api_key) as c:
+        tenant = c.update_tenant(tenant_id, **changes)
+    if json:
+        print_json(tenant)
+    else:
+        out.print(f"updated tenant {tenant.tenant_id}")
 
 
 @tenants_app.command("list")

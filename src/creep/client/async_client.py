@@ -266,6 +266,11 @@ class AsyncClient:
     async def get_tenant(self, tenant_id: str) -> Tenant:
         return await self.send(calls.get_tenant(tenant_id))
 
+    async def update_tenant(self, tenant_id: str, **changes: Any) -> Tenant:
+        """Change the fields given: name, rate_limit_per_second, rate_limit_burst,
+        max_active_tasks (a limit set to None is the server's default again)."""
+        return await self.send(calls.update_tenant(tenant_id, changes))
+
     async def create_key(self, name: str, *, tenant_id: str | None = None, admin: bool = False,
                    read_only: bool = False, principal_type: str = "service") -> CreatedKey:
         body = {"name": name, "role": "admin" if admin else "tenant", "tenant_id": tenant_id,

@@ -197,6 +197,12 @@ def get_tenant(tenant_id: str) -> Call[Tenant]:
     return Call("GET", f"/v1/tenants/{_p(tenant_id)}", lambda r: core.one(r, Tenant))
 
 
+def update_tenant(tenant_id: str, changes: dict[str, Any]) -> Call[Tenant]:
+    # Values, not increments: sent again, it sets the same (and writes nothing more).
+    return Call("PATCH", f"/v1/tenants/{_p(tenant_id)}", lambda r: core.one(r, Tenant),
+                json=core.jsonable(changes), resend=True)
+
+
 def create_key(body: dict[str, Any]) -> Call[CreatedKey]:
     return Call("POST", "/v1/keys", lambda r: core.one(r, CreatedKey), json=body)
 

@@ -255,6 +255,11 @@ class Client:
     def get_tenant(self, tenant_id: str) -> Tenant:
         return self.send(calls.get_tenant(tenant_id))
 
+    def update_tenant(self, tenant_id: str, **changes: Any) -> Tenant:
+        """Change the fields given: name, rate_limit_per_second, rate_limit_burst,
+        max_active_tasks (a limit set to None is the server's default again)."""
+        return self.send(calls.update_tenant(tenant_id, changes))
+
     def create_key(self, name: str, *, tenant_id: str | None = None, admin: bool = False,
                    read_only: bool = False, principal_type: str = "service") -> CreatedKey:
         body = {"name": name, "role": "admin" if admin else "tenant", "tenant_id": tenant_id,

@@ -38,6 +38,11 @@ class Tenant:
     created_at: datetime
 
 
+#: The fields of a tenant an update may set (PATCH /v1/tenants/{id}).
+TENANT_CHANGEABLE = frozenset(
+    {"name", "rate_limit_per_second", "rate_limit_burst", "max_active_tasks"})
+
+
 @dataclass(slots=True)
 class ApiKey:
     """A stored key: only the sha256 of the secret is kept."""

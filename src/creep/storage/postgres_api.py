@@ -4,7 +4,7 @@ from pending writes, see `storage/pending_writes.py`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -17,7 +17,7 @@ from creep.domain.audit import AuditEvent
 from creep.domain.batch import Batch
 from creep.domain.errors import ConflictError, NotFound, StorageError
 from creep.domain.task import TaskOrder
-from creep.domain.tenancy import ApiKey, PrincipalType, Role, Tenant
+from creep.domain.tenancy import TENANT_CHANGEABLE, ApiKey, PrincipalType, Role, Tenant
 from creep.ports_api import (
     SECRET_COLUMNS,
     SNAPSHOT_TABLES,
@@ -26,6 +26,7 @@ from creep.ports_api import (
     AuditRow,
     BatchCancelled,
 )
+from creep.storage import pending_writes
 from creep.storage.common import sortable_cursor
 
 _TENANT = "tenant_id, name, rate_limit_per_second, rate_limit_burst, max_active_tasks, created_at"
@@ -114,6 +115,28 @@ class PostgresApiMixin:
             ).fetchone()
         if row is None:
             raise NotFound("tenant", tenant_id)
+        return _tenant(row)
+
+    def tenant_update(self, tenant_id: str, changes: Mapping[str, Any]) -> Tenant:
+        """Set the given fields (TENANT_CHANGEABLE) of a tenant; NotFound if there is none."""
+        unknown = set(changes) - TENANT_CHANGEABLE
+        if unknown:
+            raise ValueError(f"not a changeable tenant field: {sorted(unknown)}")
+        with self._tx() as conn:
+            # Locked: the audit row's old image is the row this update replaces.
+            row = conn.execute(
+                f"SELECT {_TENANT} FROM tenants WHERE tenant_id = %s FOR UPDATE", (tenant_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound("tenant", tenant_id)
+            pending_writes.before_change(self, conn)  # the REST API's audit row: the old row
+            if changes:
+                row = conn.execute(
+                    f"UPDATE tenants SET {', '.join(f'{name} = %s' for name in changes)} "
+                    f"WHERE tenant_id = %s RETURNING {_TENANT}",
+                    (*changes.values(), tenant_id),
+                ).fetchone()
+        assert row is not None
         return _tenant(row)
 
     def tenant_list(self, *, after: str | None = None, limit: int = 100) -> list[Tenant]:

@@ -5,7 +5,7 @@ SqliteStore. Methods named `_api_*` run on a connection inside an open write tra
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -16,7 +16,7 @@ from creep.domain.audit import AuditEvent
 from creep.domain.batch import Batch
 from creep.domain.errors import ConflictError, NotFound, StorageError
 from creep.domain.task import TaskOrder
-from creep.domain.tenancy import ApiKey, PrincipalType, Role, Tenant
+from creep.domain.tenancy import TENANT_CHANGEABLE, ApiKey, PrincipalType, Role, Tenant
 from creep.ports_api import (
     SECRET_COLUMNS,
     SNAPSHOT_TABLES,
@@ -25,6 +25,7 @@ from creep.ports_api import (
     AuditRow,
     BatchCancelled,
 )
+from creep.storage import pending_writes
 from creep.storage.common import sortable_cursor
 from creep.storage.sqlite_bulk import insert_rows, rows_per_statement
 
@@ -124,6 +125,27 @@ class SqliteApiMixin:
         ).fetchone()
         if row is None:
             raise NotFound("tenant", tenant_id)
+        return _tenant(row)
+
+    def tenant_update(self, tenant_id: str, changes: Mapping[str, Any]) -> Tenant:
+        """Set the given fields (TENANT_CHANGEABLE) of a tenant; NotFound if there is none."""
+        unknown = set(changes) - TENANT_CHANGEABLE
+        if unknown:
+            raise ValueError(f"not a changeable tenant field: {sorted(unknown)}")
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM tenants WHERE tenant_id = ?",
+                            (tenant_id,)).fetchone() is None:
+                raise NotFound("tenant", tenant_id)
+            pending_writes.before_change(self, conn)  # the REST API's audit row: the old row
+            if changes:
+                conn.execute(
+                    f"UPDATE tenants SET {', '.join(f'{name} = ?' for name in changes)} "
+                    "WHERE tenant_id = ?",
+                    (*changes.values(), tenant_id),
+                )
+            row = conn.execute(
+                f"SELECT {_TENANT} FROM tenants WHERE tenant_id = ?", (tenant_id,)
+            ).fetchone()
         return _tenant(row)
 
     def tenant_list(self, *, after: str | None = None, limit: int = 100) -> list[Tenant]:
