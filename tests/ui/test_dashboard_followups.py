@@ -1,6 +1,7 @@
 """Dashboard follow-ups in a real Chromium and a real `creep server` (SQLite): schedule
 intervals in readable units, a list whose refresh failed says its data is stale, an action
-with a revoked key signs out, a detail page reads its head once when it opens, and the first
+with a revoked key signs out, a detail page reads its head once when it opens (a task page
+too when its events stream delivers the history an event at a time), and the first
 load's /v1/whoami renders the page once however often the hash changes meanwhile."""
 
 from __future__ import annotations
@@ -131,6 +132,78 @@ def test_a_detail_page_reads_its_head_once_when_it_opens(ui_server: Server,
             page.evaluate("fetch('/ui/?marker=1')")
         reads = [u for u in seen if u.split("?")[0].endswith(f"/v1/{path}")]
         assert len(reads) == 1, (path, reads)
+
+
+# The page's fetch of a task's events stream, its body handed on one event per chunk: as a
+# network may deliver the events the server writes one by one.
+EVENT_PER_CHUNK = """
+(() => {
+  const real = window.fetch;
+  window.fetch = async (input, init) => {
+    const response = await real(input, init);
+    if (!String(input.url || input).includes("/events/stream") || !response.body) return response;
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    const encoder = new TextEncoder();
+    const pieces = [];
+    let buffer = "";
+    const body = new ReadableStream({
+      async pull(controller) {
+        while (!pieces.length) {
+          const { value, done } = await reader.read();
+          if (done) { controller.close(); return; }
+          buffer += decoder.decode(value, { stream: true });
+          let end;
+          while ((end = buffer.indexOf("\\n\\n")) >= 0) {
+            pieces.push(buffer.slice(0, end + 2));
+            buffer = buffer.slice(end + 2);
+          }
+        }
+        controller.enqueue(encoder.encode(pieces.shift()));
+      },
+      cancel: (reason) => reader.cancel(reason),
+    });
+    return new Response(body, { status: response.status, headers: response.headers });
+  };
+})();
+"""
+
+
+def test_a_task_page_reads_its_head_once_when_its_history_arrives_an_event_at_a_time(
+        ui_server: Server, page: Any) -> None:
+    """The events stream replays a QUEUED task's history (created -> PENDING, queued ->
+    QUEUED) when the page opens; delivered an event at a time, the first piece ended on
+    PENDING, not the QUEUED drawn, and the page read the task again (about one opening in
+    15 on a busy machine). An event the drawn task already shows reads nothing."""
+    _, key = ui_server.tenant()
+    with ui_server.client(key) as c:
+        r = c.post("/v1/tasks", json={"task_type": "ONCE_PER_EVENT"})
+        assert r.status_code == 201, r.text
+        task_id = r.json()["task_id"]
+    page.add_init_script(EVENT_PER_CHUNK)
+    page.clock.install()
+    sign_in(page, ui_server, key)
+    page.clock.pause_at(time.time() + 1)  # no timed refresh: only the opening reads count
+    seen: list[str] = []
+    page.on("request", lambda req: seen.append(req.url))
+    page.evaluate(f"location.hash = '#/tasks/{task_id}'")
+    expect(page.locator("main h1")).to_contain_text(task_id)
+    expect(page.locator("#events li")).to_have_count(2)
+    with page.expect_request("**/ui/?marker=*"):
+        page.evaluate("fetch('/ui/?marker=1')")
+    assert any("/events/stream" in u for u in seen), seen  # the stream was read through it
+    reads = [u for u in seen if u.split("?")[0].endswith(f"/v1/tasks/{task_id}")]
+    assert len(reads) == 1, reads
+    # A change after the page drew the task comes by the stream (no timed refresh runs) and
+    # reads it once more.
+    with ui_server.client(key) as c:
+        assert c.post(f"/v1/tasks/{task_id}/cancel", json={}).status_code == 200
+    expect(page.locator("h1 .badge")).to_have_text("CANCELLED")
+    expect(page.locator("#events li")).to_have_count(3)
+    with page.expect_request("**/ui/?marker=*"):
+        page.evaluate("fetch('/ui/?marker=2')")
+    reads = [u for u in seen if u.split("?")[0].endswith(f"/v1/tasks/{task_id}")]
+    assert len(reads) == 2, reads
 
 
 def test_page_changes_during_the_first_whoami_render_the_page_once(ui_server: Server,

@@ -59,8 +59,13 @@ export async function renderDetail(main, ctx, taskId) {
   };
   // Status events arrive in bursts (the stream replays the task's history when it opens):
   // read the task once per burst, and not at all when its last event is the status drawn.
+  // A burst may arrive a piece at a time (the server writes each event on its own), and a
+  // piece of the replay can end on an older status: an event written no later than the
+  // drawn task's updated_at (a change and its event share one timestamp) is already drawn
+  // and reads nothing (one stamped out of its commit order waits for the timed read).
   let lastEvent = null;
   const changed = (e) => {
+    if (drawnAt !== null && micros(e.created_at) <= drawnAt) return;
     const first = lastEvent === null;
     lastEvent = e;
     if (!first) return;
@@ -74,6 +79,7 @@ export async function renderDetail(main, ctx, taskId) {
   let lastStatus = null;
   let lastAttempt = null;
   let lastVersion = null;
+  let drawnAt = null; // the drawn task's updated_at, in microseconds
   const fresh = latest();
   const refresh = async () => {
     const mine = fresh();
@@ -92,6 +98,7 @@ export async function renderDetail(main, ctx, taskId) {
     if (!following && lastStatus !== null && t.status !== lastStatus) follow();
     lastStatus = t.status;
     lastAttempt = t.attempt;
+    drawnAt = micros(t.updated_at);
   };
   await refresh();
   ctx.every(refresh, 3000, head, { later: true });
@@ -146,6 +153,14 @@ async function followEvents(ctx, id, list, state, onChange) {
     }
     await new Promise((r) => setTimeout(r, 2000));
   }
+}
+
+/** An API time (ISO 8601) in microseconds since the epoch (NaN if it is none): a Date
+ * keeps milliseconds, and a task's changes may lie less than one apart. */
+function micros(iso) {
+  const m = /^([^.]*?)(?:\.(\d{1,6}))?([Z+-][\d:]*)$/.exec(String(iso));
+  if (!m) return NaN;
+  return Date.parse(m[1] + m[3]) * 1000 + Number((m[2] || "").padEnd(6, "0"));
 }
 
 function eventItem(e) {
