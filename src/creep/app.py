@@ -15,6 +15,7 @@ from creep.domain.bulk_specs import build_specs, check_orders
 from creep.domain.clock import Clock, SystemClock
 from creep.domain.errors import ValidationError
 from creep.domain.events import TaskEvent
+from creep.domain.ids import canonical_uuid
 from creep.domain.outcomes import Backoff
 from creep.domain.task import TaskOrder
 from creep.domain.task_spec import Limits, TaskSpec, validate_task_spec
@@ -180,7 +181,7 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
     # -- reading and steering ------------------------------------------------------------------
 
     def get_task(self, task_id: str, *, tenant_id: str | None = None) -> TaskOrder:
-        return self.store.task_get(task_id, tenant_id)
+        return self.store.task_get(canonical_uuid(task_id), tenant_id)
 
     def list_tasks(
         self, *, after: str | None = None, limit: int = 100, **filters: Any
@@ -192,11 +193,12 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
     ) -> TaskOrder:
         """Cancel a task: PENDING/QUEUED at once; RUNNING is asked to stop and ends CANCELLED
         when its handler does."""
-        return self.store.task_cancel(task_id, self.clock.now(), tenant_id=tenant_id, reason=reason)
+        return self.store.task_cancel(
+            canonical_uuid(task_id), self.clock.now(), tenant_id=tenant_id, reason=reason)
 
     def retry(self, task_id: str, *, tenant_id: str | None = None) -> TaskOrder:
         """Queue a FAILED, CANCELLED, TIMEOUT or DEAD_LETTER task again with fresh retries."""
-        return self.store.task_retry(task_id, self.clock.now(), tenant_id=tenant_id)
+        return self.store.task_retry(canonical_uuid(task_id), self.clock.now(), tenant_id=tenant_id)
 
     def update_task(
         self, task_id: str, expected_version: int, *, tenant_id: str | None = None,
@@ -205,7 +207,8 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
         """Change fields of a task that still has `task_version == expected_version`."""
         checked = self._validate_changes(changes)
         return self.store.task_update(
-            task_id, expected_version, checked, self.clock.now(), tenant_id=tenant_id
+            canonical_uuid(task_id), expected_version, checked, self.clock.now(),
+            tenant_id=tenant_id,
         )
 
     def _validate_changes(self, changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -219,7 +222,7 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
         return {name: getattr(spec, name) for name in changes}
 
     def task_events(self, task_id: str, *, tenant_id: str | None = None) -> list[TaskEvent]:
-        return self.store.task_events(task_id, tenant_id)
+        return self.store.task_events(canonical_uuid(task_id), tenant_id)
 
     def events_after(
         self, cursor: str | None = None, *, limit: int = 500, task_id: str | None = None,
@@ -228,7 +231,7 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
         """Events after `cursor` (None: from the start), oldest first; each carries the cursor
         to continue from."""
         return self.store.task_events_after(
-            cursor, limit=limit, task_id=task_id, tenant_id=tenant_id
+            cursor, limit=limit, task_id=canonical_uuid(task_id), tenant_id=tenant_id
         )
 
     def maintain(self, timeout_grace: float = 5.0) -> MaintenanceReport:

@@ -32,7 +32,7 @@ from creep.domain.asset_event import (
 )
 from creep.domain.clock import INSTANT_RULE, Clock, storable_instant
 from creep.domain.errors import ConflictError, NotFound, ValidationError
-from creep.domain.ids import is_uuid, uuid7
+from creep.domain.ids import canonical_uuid, is_uuid, uuid7
 from creep.domain.lease import Lease
 from creep.domain.ledger import EntryType, LedgerEntry, LedgerSummary
 from creep.domain.text import bad_text
@@ -74,7 +74,7 @@ class AssetApi:
             raise name_items(exc, [s.asset_id for s in specs], "assets[{}].") from None
 
     def get_asset(self, asset_id: str, *, tenant_id: str | None = None) -> AssetSnapshot:
-        return self.store.asset_get(asset_id, tenant_id)
+        return self.store.asset_get(canonical_uuid(asset_id), tenant_id)
 
     def list_assets(
         self, *, tenant_id: str | None = None, status: str | None = None,
@@ -83,6 +83,7 @@ class AssetApi:
     ) -> list[AssetSnapshot]:
         """Assets ordered by asset_id; pass the last one's asset_id as `after` for the next page."""
         _check_limit(limit)
+        after = canonical_uuid(after)
         if after is not None and not is_uuid(after):
             raise ValidationError.single("after", "must be the asset_id of the last asset read")
         if status is not None and status not in AssetStatus.__members__:
@@ -120,7 +121,7 @@ class AssetApi:
                 errors.append((f"items[{i}].expected_version" if by_item else
                                "expected_version", "must be the asset's version (an integer >= 1)"))
             try:
-                checked.append((asset_id, version, validate_asset_changes(
+                checked.append((canonical_uuid(asset_id), version, validate_asset_changes(
                     changes, f"items[{i}]." if by_item else "")))
             except ValidationError as exc:
                 errors.extend(exc.errors)
@@ -175,6 +176,7 @@ class AssetApi:
         self, asset_id: str, status: AssetStatus, reason: str | None, tenant_id: str | None,
         only_from: AssetStatus | None = None,
     ) -> AssetSnapshot:
+        asset_id = canonical_uuid(asset_id)
         if not is_uuid(asset_id):
             raise NotFound("asset", asset_id)
         asset, _ = self.store.asset_set_status(
@@ -220,12 +222,14 @@ class AssetApi:
     ) -> list[Lease]:
         _check_limit(limit)
         return self.store.lease_list(
-            tenant_id=tenant_id, task_id=task_id, asset_id=asset_id, status=status, limit=limit
+            tenant_id=tenant_id, task_id=canonical_uuid(task_id),
+            asset_id=canonical_uuid(asset_id), status=status, limit=limit,
         )
 
     def release_lease(self, lease_id: str, *, tenant_id: str | None = None) -> Lease:
         """Release an active lease by hand (e.g. one kept by constraints.keep_leases)."""
-        return self.store.lease_release(lease_id, self.clock.now(), tenant_id=tenant_id)
+        return self.store.lease_release(
+            canonical_uuid(lease_id), self.clock.now(), tenant_id=tenant_id)
 
     # -- asset events ----------------------------------------------------------------------
 
@@ -248,8 +252,8 @@ class AssetApi:
             raise ValidationError.single("asset_id", "give asset_id or task_id")
         _check_limit(limit)
         return self.store.asset_events_list(
-            tenant_id=tenant_id, asset_id=asset_id, task_id=task_id, event_type=event_type,
-            limit=limit,
+            tenant_id=tenant_id, asset_id=canonical_uuid(asset_id),
+            task_id=canonical_uuid(task_id), event_type=event_type, limit=limit,
         )
 
     def asset_timeline(
@@ -263,7 +267,7 @@ class AssetApi:
 
     def asset_event_chain(self, event_id: str, *, tenant_id: str | None = None) -> list[AssetEvent]:
         """The event, then its cause, its cause's cause ... up to the root."""
-        return self.store.asset_event_chain(event_id, tenant_id)
+        return self.store.asset_event_chain(canonical_uuid(event_id), tenant_id)
 
     # -- ledger ----------------------------------------------------------------------------
 
@@ -290,8 +294,8 @@ class AssetApi:
         _check_limit(limit)
         _check_range(since, until)
         return self.store.ledger_list(
-            tenant_id=tenant_id, project_id=project_id, task_id=task_id, since=since,
-            until=until, limit=limit,
+            tenant_id=tenant_id, project_id=project_id, task_id=canonical_uuid(task_id),
+            since=since, until=until, limit=limit,
         )
 
     def ledger_summary(
@@ -302,8 +306,8 @@ class AssetApi:
         """Cost, revenue and margin per currency over [since, until) of occurred_at."""
         _check_range(since, until)
         return self.store.ledger_summary(
-            tenant_id=tenant_id, project_id=project_id, task_id=task_id, since=since,
-            until=until,
+            tenant_id=tenant_id, project_id=project_id, task_id=canonical_uuid(task_id),
+            since=since, until=until,
         )
 
     def maintain_assets(self) -> AssetMaintenanceReport:
@@ -339,10 +343,13 @@ def make_entry(
     if etype is not EntryType.ADJUSTMENT and value == 0 and not errors:
         errors.append(("amount", "must be > 0 (only an ADJUSTMENT may be signed)"))
     cur = currency_code(errors, "currency", currency)
-    for name, ref in (("task_id", task_id), ("asset_id", asset_id), ("lease_id", lease_id)):
+    # Stored as creep writes ids: SQLite compares them as text (PostgreSQL as uuids).
+    refs: dict[str, str | None] = {"task_id": task_id, "asset_id": asset_id,
+                                   "lease_id": lease_id}
+    for name, ref in refs.items():
         if ref is not None:
             try:
-                uuid.UUID(ref)
+                refs[name] = str(uuid.UUID(ref))
             except (ValueError, AttributeError, TypeError):
                 errors.append((name, "must be a UUID"))
     if occurred_at is not None and not storable_instant(occurred_at):
@@ -360,7 +367,7 @@ def make_entry(
         raise ValidationError(errors)
     return LedgerEntry(
         entry_id=uuid7(), tenant_id=tenant_id, project_id=project_id,
-        task_id=task_id, asset_id=asset_id, lease_id=lease_id, entry_type=etype,
-        amount=value, currency=cur, description=description,
+        task_id=refs["task_id"], asset_id=refs["asset_id"], lease_id=refs["lease_id"],
+        entry_type=etype, amount=value, currency=cur, description=description,
         occurred_at=occurred_at or now, recorded_at=now,
     )

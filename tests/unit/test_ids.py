@@ -59,3 +59,13 @@ def test_uuid7_many_carries_a_full_sequence_into_the_next_millisecond() -> None:
     stamps = [(int(t.replace("-", "")[:12], 16), int(t.replace("-", "")[13:16], 16))
               for t in made]
     assert stamps == [(start, 0xFFF), (start + 1, 0), (start + 1, 1), (start + 1, 2)]
+
+
+def test_canonical_uuid_writes_a_uuid_as_creep_does_and_leaves_other_text() -> None:
+    made = ids.uuid7()
+    for written in (made, made.upper(), f"{{{made.upper()}}}", made.replace("-", ""),
+                    f"urn:uuid:{made}"):
+        assert ids.canonical_uuid(written) == made
+    for other in ("", "nope", made[:-1], made + "0", "t-" + made):
+        assert ids.canonical_uuid(other) == other
+    assert ids.canonical_uuid(None) is None

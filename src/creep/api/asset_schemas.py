@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, StrictBool, StrictInt
 
-from creep.api.schemas import Timestamp, _In
+from creep.api.schemas import Timestamp, UuidParam, _In
 from creep.domain.asset import AssetSnapshot
 from creep.domain.asset_event import MAX_FAILURE_TYPES, AssetEvent, BanPolicy
 from creep.domain.lease import Lease
@@ -94,7 +94,7 @@ _ITEM_KEYS = {"asset_id", "expected_version"}
 class AssetPatchItem(AssetPatch):
     """One asset of a bulk update: which, the version read, and the fields to change."""
 
-    asset_id: str = Field(max_length=64, description="a UUID")
+    asset_id: UuidParam = Field(max_length=64, description="a UUID")
     expected_version: StrictInt = Field(ge=1, le=2**53,
                                         description="the asset's version as read")
 

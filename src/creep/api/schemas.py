@@ -37,6 +37,7 @@ from creep.domain.audit import AuditEvent
 from creep.domain.batch import Batch, BatchCounts
 from creep.domain.errors import ValidationError
 from creep.domain.events import TaskEvent
+from creep.domain.ids import canonical_uuid
 from creep.domain.task import TaskOrder
 from creep.domain.tenancy import ApiKey, Tenant
 from creep.domain.text import find_bad_text
@@ -59,6 +60,11 @@ def _timestamp_text(value: Any) -> Any:
 
 #: A request body's timestamp: an ISO 8601 string (the time zone is checked by the routes).
 Timestamp = Annotated[datetime, BeforeValidator(_timestamp_text)]
+
+#: A path or query parameter naming a task, asset, lease, event or artifact by its UUID, in
+#: creep's form (lower case): SQLite then finds it as PostgreSQL does in any case. Text that
+#: is no UUID passes unchanged and names nothing (a 404 or an empty page, as before).
+UuidParam = Annotated[str, AfterValidator(canonical_uuid)]
 
 
 class _In(BaseModel):

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 import uuid
+from typing import overload
 
 _POOL_BYTES = 4096
 _pool_lock = threading.Lock()
@@ -123,6 +124,30 @@ def uuid4_str() -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     x = raw.hex()
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+@overload
+def canonical_uuid(value: str) -> str: ...
+
+
+@overload
+def canonical_uuid(value: None) -> None: ...
+
+
+def canonical_uuid(value: str | None) -> str | None:
+    """`value` as creep writes ids (lower case, hyphenated) when it reads as a UUID, else
+    unchanged (None, or text that names nothing on either backend).
+
+    PostgreSQL's uuid columns find an id however it is written (upper case, braced, without
+    hyphens); SQLite compares text. An id from outside creep (a REST path or filter, a
+    Python API argument) is brought to this form where it comes in, so both find the same
+    rows. The claim/complete path takes ids creep gave out and skips it."""
+    if value is None:
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, TypeError, AttributeError):  # not a UUID, or not even a string
+        return value
 
 
 def is_uuid(value: object) -> bool:

@@ -16,6 +16,7 @@ from creep.domain.artifacts import (
 )
 from creep.domain.clock import Clock
 from creep.domain.errors import NotFound, ValidationError
+from creep.domain.ids import canonical_uuid
 from creep.domain.image_header import sniff_image
 from creep.ports import Store
 from creep.storage.blob_store import BlobStore
@@ -72,7 +73,7 @@ class ArtifactService:
         """Validate and write the content; the returned artifact is not indexed yet (pass it
         to store.artifact_create, e.g. inside an audited block)."""
         upload = validate_upload(kind, file_name, mime_type, metadata)
-        task = self.store.task_get(task_id, tenant_id)
+        task = self.store.task_get(canonical_uuid(task_id), tenant_id)
         blob = self.blobs.write(content, self.max_bytes)
         image = sniff_image(blob.head)
         return Artifact(
@@ -87,14 +88,14 @@ class ArtifactService:
         )
 
     def get(self, artifact_id: str, tenant_id: str | None = None) -> Artifact:
-        return self.store.artifact_get(artifact_id, tenant_id)
+        return self.store.artifact_get(canonical_uuid(artifact_id), tenant_id)
 
     def list_for_task(
         self, task_id: str, tenant_id: str | None = None, kind: str | None = None
     ) -> list[Artifact]:
         if kind is not None:
             validate_upload(kind, "x")
-        return self.store.artifact_list(task_id, tenant_id, kind)
+        return self.store.artifact_list(canonical_uuid(task_id), tenant_id, kind)
 
     def content_path(self, artifact: Artifact) -> Path:
         """Where the artifact's bytes are; NotFound when they are gone (index drift)."""

@@ -22,6 +22,7 @@ from creep.api.audit import audited
 from creep.api.auth import Authenticated, Writer
 from creep.api.problems import Problem, problem_response
 from creep.api.responses import json_response
+from creep.api.schemas import UuidParam
 from creep.api.schemas_workers import ArtifactKindName, ArtifactOut, ArtifactPage, artifact_json
 from creep.api.services import Services, services
 from creep.api.tenancy import read_scope
@@ -214,7 +215,7 @@ def _byte_range(value: str, size: int) -> tuple[int, int] | None:
                422: {"description": "validation failed; `errors` names each field"}},
 )
 def upload_artifact(
-    task_id: str, request: Request, principal: Writer, artifacts: Artifacts,
+    task_id: UuidParam, request: Request, principal: Writer, artifacts: Artifacts,
     file: Annotated[UploadFile, File(description="the content")],
     kind: Annotated[ArtifactKindName, Form()],
     file_name: Annotated[str | None, Form(max_length=255)] = None,
@@ -253,7 +254,7 @@ def upload_artifact(
     responses={404: {"description": "no such task (or not this tenant's)"}},
 )
 def list_artifacts(
-    task_id: str, principal: Authenticated, artifacts: Artifacts,
+    task_id: UuidParam, principal: Authenticated, artifacts: Artifacts,
     kind: Annotated[ArtifactKindName | None, Query()] = None,
 ) -> Any:
     """A task's artifacts, oldest first."""
@@ -265,7 +266,7 @@ def list_artifacts(
     "/artifacts/{artifact_id}", response_model=ArtifactOut,
     responses={404: {"description": "no such artifact (or not this tenant's)"}},
 )
-def get_artifact(artifact_id: str, principal: Authenticated, artifacts: Artifacts) -> Any:
+def get_artifact(artifact_id: UuidParam, principal: Authenticated, artifacts: Artifacts) -> Any:
     return json_response(artifact_json(artifacts.get(artifact_id, read_scope(principal))))
 
 
@@ -280,7 +281,7 @@ def get_artifact(artifact_id: str, principal: Authenticated, artifacts: Artifact
                416: {"description": "the Range is past the end of the content"}},
 )
 def download_artifact(
-    artifact_id: str, principal: Authenticated, artifacts: Artifacts
+    artifact_id: UuidParam, principal: Authenticated, artifacts: Artifacts
 ) -> Response:
     """The content, with its content type; ETag is the sha256 (If-None-Match: 304), and a
     Range (with If-Range) gets a 206."""
@@ -299,7 +300,7 @@ def download_artifact(
                416: {"description": "the Range is past the end of the content"}},
 )
 def download_artifact_headers(
-    artifact_id: str, principal: Authenticated, artifacts: Artifacts
+    artifact_id: UuidParam, principal: Authenticated, artifacts: Artifacts
 ) -> Response:
     """The headers a download of the content would have, without the content."""
     return download_artifact(artifact_id, principal, artifacts)

@@ -26,6 +26,7 @@ from creep.api.responses import (
     wants_csv,
 )
 from creep.api.routes.assets import store_of
+from creep.api.schemas import UuidParam
 from creep.api.services import Services, services
 from creep.api.tenancy import foreign_tenant_filter, list_scope, owning_tenant, read_scope
 from creep.domain.asset_event import validate_reported_event
@@ -55,8 +56,8 @@ class AssetEventPageOut(AssetEventPage):
 def list_events(
     request: Request, principal: Authenticated, svc: Svc,
     correlation_id: Annotated[str | None, Query(max_length=200)] = None,
-    asset_id: Annotated[str | None, Query(max_length=64)] = None,
-    task_id: Annotated[str | None, Query(max_length=64)] = None,
+    asset_id: Annotated[UuidParam | None, Query(max_length=64)] = None,
+    task_id: Annotated[UuidParam | None, Query(max_length=64)] = None,
     event_type: Annotated[str | None, Query(max_length=100)] = None,
     tenant_id: Annotated[str | None, Query(max_length=128)] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
@@ -126,7 +127,7 @@ def _event_id() -> str:
 
 @router.get("/{event_id}/chain", response_model=AssetEventPage,
             responses={404: _PROBLEMS[404]})
-def event_chain(event_id: str, principal: Authenticated, svc: Svc) -> Any:
+def event_chain(event_id: UuidParam, principal: Authenticated, svc: Svc) -> Any:
     """The event, then what caused it, and so on up to the root (causation_id null)."""
     chain = store_of(svc).asset_event_chain(event_id, read_scope(principal))
     return json_response({"items": [asset_event_json(e) for e in chain]})

@@ -43,6 +43,7 @@ from creep.api.responses import (
     encode_ordered_cursor,
     json_response,
 )
+from creep.api.schemas import UuidParam
 from creep.api.services import Services, services
 from creep.api.tenancy import foreign_tenant_filter, list_scope, owning_tenant, read_scope
 from creep.domain.asset import (
@@ -184,7 +185,7 @@ def list_assets(
 
 
 @router.get("/assets/{asset_id}", response_model=AssetOut, responses={404: _PROBLEMS[404]})
-def get_asset(asset_id: str, principal: Authenticated, svc: Svc) -> Any:
+def get_asset(asset_id: UuidParam, principal: Authenticated, svc: Svc) -> Any:
     asset = store_of(svc).asset_get(asset_id, read_scope(principal))
     return json_response(asset_json(asset), headers={"ETag": f'"{asset.version}"'})
 
@@ -216,7 +217,7 @@ def _stale(asset_id: str, expected: int, current: int | None) -> Problem:
                428: {"description": "If-Match is missing"}},
 )
 def patch_asset(
-    asset_id: str, body: AssetPatch, request: Request, principal: Writer, svc: Svc,
+    asset_id: UuidParam, body: AssetPatch, request: Request, principal: Writer, svc: Svc,
     if_match: Annotated[str | None, Header()] = None,
 ) -> Any:
     """Change fields of an asset whose version still equals If-Match (`update_asset`): one
@@ -340,7 +341,7 @@ def _set_status(
 
 @router.post("/assets/{asset_id}/ban", response_model=AssetOut, responses=_PROBLEMS)
 def ban_asset(
-    asset_id: str, request: Request, principal: Writer, svc: Svc,
+    asset_id: UuidParam, request: Request, principal: Writer, svc: Svc,
     body: Annotated[ReasonIn | None, Body()] = None,
 ) -> Any:
     """BANNED by an operator: its active leases are REVOKED (event BANNED)."""
@@ -350,7 +351,7 @@ def ban_asset(
 
 @router.post("/assets/{asset_id}/unban", response_model=AssetOut, responses=_PROBLEMS)
 def unban_asset(
-    asset_id: str, request: Request, principal: Writer, svc: Svc,
+    asset_id: UuidParam, request: Request, principal: Writer, svc: Svc,
     body: Annotated[ReasonIn | None, Body()] = None,
 ) -> Any:
     """BANNED -> READY (event UNBANNED); earlier failures no longer count to auto-ban. An
@@ -361,7 +362,7 @@ def unban_asset(
 
 @router.post("/assets/{asset_id}/archive", response_model=AssetOut, responses=_PROBLEMS)
 def archive_asset(
-    asset_id: str, request: Request, principal: Writer, svc: Svc,
+    asset_id: UuidParam, request: Request, principal: Writer, svc: Svc,
     body: Annotated[ReasonIn | None, Body()] = None,
 ) -> Any:
     """ARCHIVED: never leased again; active leases are REVOKED (event ARCHIVED)."""
@@ -372,7 +373,7 @@ def archive_asset(
 @router.get("/assets/{asset_id}/events", response_model=AssetEventPage,
             responses={404: _PROBLEMS[404]})
 def asset_events(
-    asset_id: str, principal: Authenticated, svc: Svc,
+    asset_id: UuidParam, principal: Authenticated, svc: Svc,
     event_type: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     order: Annotated[TimeOrder, Query(
@@ -395,8 +396,8 @@ def asset_events(
             responses={422: _PROBLEMS[422]})
 def list_leases(
     principal: Authenticated, svc: Svc,
-    task_id: Annotated[str | None, Query(max_length=64)] = None,
-    asset_id: Annotated[str | None, Query(max_length=64)] = None,
+    task_id: Annotated[UuidParam | None, Query(max_length=64)] = None,
+    asset_id: Annotated[UuidParam | None, Query(max_length=64)] = None,
     status: LeaseStatusName | None = None,
     tenant_id: Annotated[str | None, Query(max_length=128)] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
@@ -424,7 +425,7 @@ def list_leases(
 
 @router.post("/leases/{lease_id}/release", response_model=LeaseOut, tags=["leases"],
              responses=_PROBLEMS)
-def release_lease(lease_id: str, request: Request, principal: Writer, svc: Svc) -> Any:
+def release_lease(lease_id: UuidParam, request: Request, principal: Writer, svc: Svc) -> Any:
     """Release an ACTIVE lease by hand (e.g. one kept by constraints.keep_leases)."""
     store = store_of(svc)
     scope = read_scope(principal)

@@ -32,6 +32,7 @@ from creep.api.responses import (
     wants_csv,
 )
 from creep.api.routes.assets import store_of
+from creep.api.schemas import UuidParam
 from creep.api.services import Services, services
 from creep.api.tenancy import foreign_tenant_filter, list_scope, owning_tenant
 from creep.asset_api import make_entry
@@ -62,7 +63,7 @@ class LedgerPageOut(LedgerPage):
 def list_entries(
     request: Request, principal: Authenticated, svc: Svc,
     project_id: Annotated[str | None, Query(max_length=200)] = None,
-    task_id: Annotated[str | None, Query(max_length=64)] = None,
+    task_id: Annotated[UuidParam | None, Query(max_length=64)] = None,
     entry_type: EntryTypeName | None = None,
     tenant_id: Annotated[str | None, Query(max_length=128)] = None,
     from_: Annotated[datetime | None, Query(alias="from")] = None,
@@ -135,7 +136,7 @@ def summary(
         "comma-separated: tenant_id, project_id, task_id, currency (currency is always "
         "included)"))] = "currency",
     project_id: Annotated[str | None, Query(max_length=200)] = None,
-    task_id: Annotated[str | None, Query(max_length=64)] = None,
+    task_id: Annotated[UuidParam | None, Query(max_length=64)] = None,
     tenant_id: Annotated[str | None, Query(max_length=128)] = None,
     from_: Annotated[datetime | None, Query(alias="from")] = None,
     to: datetime | None = None,

@@ -37,6 +37,7 @@ from creep.api.schemas import (
     TaskOut,
     TaskPage,
     TaskPatch,
+    UuidParam,
     event_json,
     task_json,
 )
@@ -224,14 +225,14 @@ def list_tasks(
 
 
 @router.get("/{task_id}", response_model=TaskOut, responses={404: _PROBLEMS[404]})
-def get_task(task_id: str, principal: Authenticated, svc: Svc) -> Any:
+def get_task(task_id: UuidParam, principal: Authenticated, svc: Svc) -> Any:
     task = svc.store.task_get(task_id, read_scope(principal))
     return json_response(task_json(task), headers=_etag(task))
 
 
 @router.post("/{task_id}/cancel", response_model=TaskOut, responses=_PROBLEMS)
 def cancel_task(
-    task_id: str, request: Request, principal: Writer, svc: Svc,
+    task_id: UuidParam, request: Request, principal: Writer, svc: Svc,
     body: Annotated[CancelIn | None, Body()] = None,
 ) -> Any:
     """PENDING/QUEUED end CANCELLED at once; a RUNNING task is asked to stop."""
@@ -246,7 +247,7 @@ def cancel_task(
 
 
 @router.post("/{task_id}/retry", response_model=TaskOut, responses=_PROBLEMS)
-def retry_task(task_id: str, request: Request, principal: Writer, svc: Svc) -> Any:
+def retry_task(task_id: UuidParam, request: Request, principal: Writer, svc: Svc) -> Any:
     """Queue a DEAD_LETTER, FAILED, TIMEOUT or CANCELLED task again with fresh retries."""
     scope = read_scope(principal)
     before = svc.store.task_get(task_id, scope)
@@ -269,7 +270,7 @@ _NOT_NULL = ("priority", "timeout_ms", "tags")
                428: {"description": "If-Match is missing"}},
 )
 def patch_task(
-    task_id: str, body: TaskPatch, request: Request, principal: Writer, svc: Svc,
+    task_id: UuidParam, body: TaskPatch, request: Request, principal: Writer, svc: Svc,
     if_match: Annotated[str | None, Header()] = None,
 ) -> Any:
     """Change fields of a task whose task_version still equals If-Match."""
@@ -298,7 +299,7 @@ def patch_task(
 
 @router.get("/{task_id}/events", response_model=TaskEventPage, responses={404: _PROBLEMS[404]})
 def task_events(
-    task_id: str, principal: Authenticated, svc: Svc,
+    task_id: UuidParam, principal: Authenticated, svc: Svc,
     after: Annotated[str | None, Query(max_length=64, description="an event cursor")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> Any:
@@ -323,7 +324,7 @@ def task_events(
                404: _PROBLEMS[404]},
 )
 async def stream_task_events(
-    task_id: str, request: Request, principal: Authenticated, svc: Svc,
+    task_id: UuidParam, request: Request, principal: Authenticated, svc: Svc,
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> StreamingResponse:

@@ -1,0 +1,177 @@
+"""Ids in upper case (or braced, or without hyphens) name the same task, asset, lease, event
+or artifact on both backends, through REST and the Python API: PostgreSQL's uuid columns
+found them, SQLite (text) answered 404, empty lists and summaries, and stored a ledger
+entry's upper-case task_id as written (then missing from the task's lower-case filter)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from creep import Creep, FrozenClock
+from creep.domain.errors import NotFound
+from tests.api.conftest import read_sse
+from tests.api.inprocess import ADMIN, TestClient, acme_api
+
+
+@pytest.fixture
+def app(db_url: str, clock: FrozenClock, tmp_path: Path) -> Iterator[Creep]:
+    creep_app = Creep(db_url, clock=clock, artifact_dir=tmp_path / "artifacts")
+    yield creep_app
+    creep_app.close()
+
+
+@pytest.fixture
+def api(app: Creep, db_url: str, clock: FrozenClock, tmp_path: Path) -> Iterator[TestClient]:
+    with acme_api(app, db_url, clock, artifact_dir=str(tmp_path / "artifacts")) as client:
+        yield client
+
+
+def _leased_task(app: Creep, clock: FrozenClock) -> tuple[str, str, str]:
+    """A RUNNING task of acme holding a kept lease on an asset: (task_id, asset_id, lease_id)."""
+    [asset] = app.import_assets([{"sku_category": "RAW_NET", "sku_code": "ip.case.1",
+                                  "tenant_id": "acme", "cost_per_lease": "1.5"}])
+    task = app.submit(task_type="CASE", tenant_id="acme",
+                      resource_hints=[{"sku_category": "RAW_NET"}],
+                      constraints={"keep_leases": True})
+    assert app.store.task_claim("w", ["CASE"], 1, clock.now(), 60.0)
+    [lease] = app.list_leases(task_id=task.task_id)
+    return task.task_id, asset.asset_id, lease.lease_id
+
+
+def _ok(r: Any, status: int = 200) -> Any:
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def test_rest_reads_and_changes_by_an_upper_case_id(app: Creep, api: TestClient,
+                                                    clock: FrozenClock) -> None:
+    tid, aid, lid = _leased_task(app, clock)
+    up_t, up_a, up_l = tid.upper(), aid.upper(), lid.upper()
+    assert _ok(api.get(f"/v1/tasks/{up_t}", headers=ADMIN))["task_id"] == tid
+    assert _ok(api.get(f"/v1/tasks/{{{up_t}}}", headers=ADMIN))["task_id"] == tid  # braced
+    assert _ok(api.get(f"/v1/tasks/{tid.replace('-', '')}", headers=ADMIN))["task_id"] == tid
+    # (PostgreSQL could not read this form: a 503 "database unavailable".)
+    assert _ok(api.get(f"/v1/tasks/urn:uuid:{up_t}", headers=ADMIN))["task_id"] == tid
+    events = _ok(api.get(f"/v1/tasks/{tid}/events", headers=ADMIN))["items"]
+    assert _ok(api.get(f"/v1/tasks/{up_t}/events", headers=ADMIN))["items"] == events
+    assert len(events) == 3
+    # Filters: ledger (list and summary), leases, asset events.
+    [cost] = _ok(api.get("/v1/ledger", headers=ADMIN, params={"task_id": up_t}))["items"]
+    assert cost["task_id"] == tid and cost["amount"] == "1.5"
+    [summary] = _ok(api.get("/v1/ledger/summary", headers=ADMIN,
+                            params={"task_id": up_t}))["items"]
+    assert summary["cost"] == "1.5"
+    for params in ({"task_id": up_t}, {"asset_id": up_a}):
+        [lease] = _ok(api.get("/v1/leases", headers=ADMIN, params=params))["items"]
+        assert lease["lease_id"] == lid
+    by_task = _ok(api.get("/v1/events", headers=ADMIN, params={"task_id": up_t}))["items"]
+    assert [e["event_type"] for e in by_task] == ["ALLOCATED"]
+    by_asset = _ok(api.get("/v1/events", headers=ADMIN, params={"asset_id": up_a}))["items"]
+    assert len(by_asset) == 2
+    assert len(_ok(api.get(f"/v1/assets/{up_a}/events", headers=ADMIN))["items"]) == 2
+    chain = _ok(api.get(f"/v1/events/{by_task[0]['event_id'].upper()}/chain", headers=ADMIN))
+    assert [e["event_id"] for e in chain["items"]] == [by_task[0]["event_id"]]
+    # Artifacts.
+    made = _ok(api.post(f"/v1/tasks/{up_t}/artifacts", headers=ADMIN,
+                        files={"file": ("a.txt", b"case")}, data={"kind": "log"}), 201)
+    assert made["task_id"] == tid
+    art = made["artifact_id"].upper()
+    assert [a["artifact_id"] for a in _ok(api.get(f"/v1/tasks/{up_t}/artifacts",
+                                                  headers=ADMIN))["items"]] == [made["artifact_id"]]
+    assert _ok(api.get(f"/v1/artifacts/{art}", headers=ADMIN))["artifact_id"] == made[
+        "artifact_id"]
+    assert api.get(f"/v1/artifacts/{art}/content", headers=ADMIN).content == b"case"
+    # A ledger entry naming the task in upper case is the task's (checked against it, stored
+    # and listed as its own).
+    entry = _ok(api.post("/v1/ledger", headers=ADMIN, json={
+        "tenant_id": "acme", "entry_type": "REVENUE", "amount": "4", "currency": "USD",
+        "task_id": up_t, "asset_id": up_a, "lease_id": up_l}), 201)
+    assert (entry["task_id"], entry["asset_id"], entry["lease_id"]) == (tid, aid, lid)
+    assert len(_ok(api.get("/v1/ledger", headers=ADMIN, params={"task_id": tid}))["items"]) == 2
+    # Changes: a task's fields, an asset's, its lease, its status; the audit names each row
+    # as creep wrote it.
+    version = _ok(api.get(f"/v1/tasks/{tid}", headers=ADMIN))["task_version"]
+    assert _ok(api.patch(f"/v1/tasks/{up_t}", headers={**ADMIN, "If-Match": str(version)},
+                         json={"priority": 7}))["priority"] == 7
+    asset = _ok(api.get(f"/v1/assets/{up_a}", headers=ADMIN))
+    assert asset["asset_id"] == aid
+    assert _ok(api.patch(f"/v1/assets/{up_a}",
+                         headers={**ADMIN, "If-Match": str(asset["version"])},
+                         json={"health_score": 50}))["health_score"] == 50
+    version = _ok(api.get(f"/v1/assets/{aid}", headers=ADMIN))["version"]
+    [bulk] = _ok(api.patch("/v1/assets", headers=ADMIN, json={"items": [
+        {"asset_id": up_a, "expected_version": version, "health_score": 25}]}))["items"]
+    assert bulk["asset_id"] == aid and bulk["health_score"] == 25
+    assert _ok(api.post(f"/v1/leases/{up_l}/release", headers=ADMIN))["status"] == "RELEASED"
+    assert _ok(api.post(f"/v1/assets/{up_a}/ban", headers=ADMIN, json={}))["status"] == "BANNED"
+    assert _ok(api.post(f"/v1/assets/{up_a}/unban", headers=ADMIN,
+                        json={}))["status"] == "READY"
+    assert _ok(api.post(f"/v1/tasks/{up_t}/cancel", headers=ADMIN,
+                        json={}))["cancel_requested"] is True
+    audit = _ok(api.get("/v1/audit", headers=ADMIN, params={"resource_id": tid}))["items"]
+    assert {r["action"] for r in audit} >= {"updated", "cancelled"}
+    # A finished task: retry, and its events stream (which ends) by the upper-case id.
+    done = app.submit(task_type="CASE_DONE", tenant_id="acme").task_id
+    assert _ok(api.post(f"/v1/tasks/{done.upper()}/cancel", headers=ADMIN,
+                        json={}))["status"] == "CANCELLED"
+    with api.stream("GET", f"/v1/tasks/{done.upper()}/events/stream", headers=ADMIN) as r:
+        assert r.status_code == 200
+        streamed = read_sse(r)
+    assert [e["event"] for e in streamed] == ["created", "queued", "cancelled", "end"]
+    assert _ok(api.post(f"/v1/tasks/{done.upper()}/retry", headers=ADMIN))["status"] == "QUEUED"
+    # Text that is no UUID still names nothing.
+    assert api.get(f"/v1/tasks/{tid[:-1]}X", headers=ADMIN).status_code == 404
+    assert _ok(api.get("/v1/ledger", headers=ADMIN, params={"task_id": "nope"}))["items"] == []
+
+
+def test_python_api_reads_and_changes_by_an_upper_case_id(app: Creep,
+                                                          clock: FrozenClock) -> None:
+    tid, aid, lid = _leased_task(app, clock)
+    up_t, up_a, up_l = tid.upper(), aid.upper(), lid.upper()
+    assert app.get_task(up_t).task_id == tid
+    assert len(app.task_events(up_t)) == 3
+    assert len(app.events_after(task_id=up_t)) == 3
+    assert app.get_asset(up_a).asset_id == aid
+    assert [x.lease_id for x in app.list_leases(task_id=up_t)] == [lid]
+    assert [x.lease_id for x in app.list_leases(asset_id=up_a)] == [lid]
+    assert [e.event_type for e in app.asset_events(task_id=up_t)] == ["ALLOCATED"]
+    by_asset = app.asset_events(asset_id=up_a)
+    assert len(by_asset) == 2
+    assert [e.event_id for e in app.asset_event_chain(by_asset[0].event_id.upper())] == [
+        by_asset[0].event_id]
+    [other] = app.import_assets([{"sku_category": "RAW_NET", "sku_code": "ip.case.2",
+                                  "tenant_id": "acme"}])
+    first, second = sorted([aid, other.asset_id])
+    assert [a.asset_id for a in app.list_assets(tenant_id="acme", after=first.upper())] == [
+        second]
+    entry = app.record_ledger_entry(entry_type="REVENUE", amount="4", currency="USD",
+                                    tenant_id="acme", task_id=up_t, asset_id=up_a,
+                                    lease_id=up_l)
+    assert (entry.task_id, entry.asset_id, entry.lease_id) == (tid, aid, lid)
+    assert len(app.ledger_entries(task_id=tid)) == 2
+    assert len(app.ledger_entries(task_id=up_t)) == 2
+    [summary] = app.ledger_summary(task_id=up_t)
+    assert (summary.cost, summary.revenue) == (Decimal("1.5"), Decimal("4"))
+    art = app.put_artifact(up_t, b"case", kind="log", file_name="a.txt")
+    assert art.task_id == tid
+    assert [a.artifact_id for a in app.list_artifacts(up_t)] == [art.artifact_id]
+    assert app.get_artifact(art.artifact_id.upper()).artifact_id == art.artifact_id
+    assert app.read_artifact(art.artifact_id.upper())[1] == b"case"
+    task = app.get_task(tid)
+    assert app.update_task(up_t, task.task_version, priority=7).priority == 7
+    asset = app.get_asset(aid)
+    assert app.update_asset(up_a, asset.version, health_score=50).health_score == 50
+    assert app.release_lease(up_l).status.value == "RELEASED"
+    assert app.ban_asset(up_a).status.value == "BANNED"
+    assert app.unban_asset(up_a).status.value == "READY"
+    assert app.cancel(up_t).cancel_requested is True
+    done = app.submit(task_type="CASE_DONE", tenant_id="acme").task_id
+    assert app.cancel(done.upper()).status.value == "CANCELLED"
+    assert app.retry(done.upper()).status.value == "QUEUED"
+    with pytest.raises(NotFound):
+        app.get_task(tid[:-1] + "X")
