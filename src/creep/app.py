@@ -13,11 +13,11 @@ from creep.bulk_submit import write_chunks
 from creep.domain.artifacts import Artifact
 from creep.domain.bulk_specs import build_specs, check_orders
 from creep.domain.clock import Clock, SystemClock
-from creep.domain.errors import ValidationError
+from creep.domain.errors import ValidationError, check_member
 from creep.domain.events import TaskEvent
 from creep.domain.ids import canonical_uuid
 from creep.domain.outcomes import Backoff
-from creep.domain.task import TaskOrder
+from creep.domain.task import TaskOrder, TaskStatus
 from creep.domain.task_spec import Limits, TaskSpec, validate_task_spec
 from creep.engine.artifact_reconcile import ReconcileReport, reconcile
 from creep.engine.artifacts import ArtifactService, max_artifact_bytes
@@ -186,6 +186,7 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
     def list_tasks(
         self, *, after: str | None = None, limit: int = 100, **filters: Any
     ) -> list[TaskOrder]:
+        check_member("status", filters.get("status"), TaskStatus)
         return self.store.task_list(TaskFilter(**filters), after=after, limit=limit)
 
     def cancel(

@@ -7,11 +7,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from creep.domain.clock import Clock
-from creep.domain.errors import ValidationError, VersionConflict
+from creep.domain.errors import ValidationError, VersionConflict, check_member
 from creep.domain.execution import (
     ExecutionFilter,
     ExecutionState,
     TaskExecution,
+    TriggerType,
     execution_cursor,
 )
 from creep.domain.schedule import (
@@ -122,8 +123,8 @@ class SchedulesApi:
         a started_at window (timezone-aware datetimes); page with
         `before=app.execution_cursor(last_row)`. `limit` is an integer >= 0; a bad window or
         limit raises ValidationError naming the argument."""
-        if state is not None:
-            ExecutionState(state)
+        check_member("state", state, ExecutionState)
+        check_member("trigger_type", trigger_type, TriggerType)
         flt = ExecutionFilter(
             tenant_id=tenant_id, task_uid=schedule, task_name=name, state=state,
             trigger_type=trigger_type, started_from=started_from, started_to=started_to,

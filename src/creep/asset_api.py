@@ -31,9 +31,9 @@ from creep.domain.asset_event import (
     validate_reported_event,
 )
 from creep.domain.clock import INSTANT_RULE, Clock, storable_instant
-from creep.domain.errors import ConflictError, NotFound, ValidationError
+from creep.domain.errors import ConflictError, NotFound, ValidationError, check_member
 from creep.domain.ids import canonical_uuid, is_uuid, uuid7
-from creep.domain.lease import Lease
+from creep.domain.lease import Lease, LeaseStatus
 from creep.domain.ledger import EntryType, LedgerEntry, LedgerSummary
 from creep.domain.text import bad_text
 from creep.ports import Store
@@ -221,6 +221,7 @@ class AssetApi:
         asset_id: str | None = None, status: str | None = None, limit: int = 1000,
     ) -> list[Lease]:
         _check_limit(limit)
+        check_member("status", status, LeaseStatus)
         return self.store.lease_list(
             tenant_id=tenant_id, task_id=canonical_uuid(task_id),
             asset_id=canonical_uuid(asset_id), status=status, limit=limit,

@@ -315,7 +315,7 @@ def test_execution_history_filters(app: Creep, clock: FrozenClock) -> None:
     assert not {e.id for e in page1} & {e.id for e in page2}
     with pytest.raises(ValidationError, match="before"):
         app.list_executions(before="nonsense")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError, match="state"):
         app.list_executions(state="exploded")
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from creep import Creep, FrozenClock, ValidationError
+from creep.domain.lease import LeaseStatus
+from creep.domain.task import TaskStatus
 from creep.engine.scheduler import SCHEDULER_LOCK
 from creep.storage import open_store
 
@@ -258,3 +260,32 @@ def test_task_locks_check_expiry_after_acquisition_and_migration_fixes_old_rows(
         assert store.lock_get("bad") is None
     finally:
         store.close()
+
+
+# -- bug: list filters taking a value outside the seed's enums -----------------------------------
+
+
+def test_list_filters_refuse_values_outside_their_enums(app: Creep) -> None:
+    """Seed 000 `status` (PENDING ... DEAD_LETTER), PRODUCT.md Lease `status` (ACTIVE ...
+    REVOKED), seed 003 ExecutionState (`state` 必须是有效的 ExecutionState 枚举值) and
+    `trigger_type` (scheduled, manual). A filter of list_tasks, list_leases or
+    list_executions outside its enum (a typo, the wrong case) answered [] as if nothing
+    matched, or raised a bare ValueError; it is a ValidationError naming the filter and its
+    values, as list_assets(status=...) and the REST filters (422) are."""
+    task = app.submit(task_type="LISTED")
+    for call, field, values in (
+        (lambda: app.list_tasks(status="queued"), "status", "QUEUED"),
+        (lambda: app.list_tasks(status="DONE"), "status", "DEAD_LETTER"),
+        (lambda: app.list_leases(status="active"), "status", "REVOKED"),
+        (lambda: app.list_executions(state="failed"), "state", "interrupted"),
+        (lambda: app.list_executions(trigger_type="cron"), "trigger_type", "manual"),
+    ):
+        with pytest.raises(ValidationError) as exc:
+            call()
+        assert _fields(exc) == [field]
+        assert values in exc.value.errors[0][1]
+    # Every value of each enum is still a filter (as a string or as the enum member).
+    assert [t.task_id for t in app.list_tasks(status="QUEUED")] == [task.task_id]
+    assert [t.task_id for t in app.list_tasks(status=TaskStatus.QUEUED)] == [task.task_id]
+    assert app.list_leases(status=LeaseStatus.ACTIVE) == []
+    assert app.list_executions(state="interrupted", trigger_type="manual") == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 
@@ -27,6 +28,14 @@ class ValidationError(CreepError):
     @classmethod
     def single(cls, field: str, rule: str) -> ValidationError:
         return cls([(field, rule)])
+
+
+def check_member(name: str, value: object, enum: type[StrEnum]) -> None:
+    """Raise a ValidationError naming `name` and the enum's values unless `value` is None or
+    one of them: a filter outside its enum would otherwise just match nothing."""
+    values = [member.value for member in enum]
+    if value is not None and (not isinstance(value, str) or value not in values):
+        raise ValidationError.single(name, f"must be one of {values}")
 
 
 class NotFound(CreepError):
