@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import sqlite3
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,6 +17,7 @@ import orjson
 import psycopg
 import pytest
 
+from creep.domain.audit import AuditAction, ResourceType
 from tests.api.conftest import Server
 
 
@@ -166,3 +169,38 @@ def test_audit_rows_are_immutable_in_the_database(server: Server) -> None:
          (old_id, old_ms, created))
     _sql(server, "DELETE FROM audit_events WHERE id = %s", (old_id,))
     assert _audit(server, resource_id="r") == []
+
+
+def test_filters_outside_the_seed_enums_are_refused(server: Server) -> None:
+    """Seed 003: "`action` 必须是有效的 Action 枚举值", "`resource_type` 必须是有效的
+    ResourceType 枚举值". GET /v1/audit?action=create (or a resource_type of the wrong case)
+    answered 200 with no rows, as if nothing had happened; it is a 422 naming the filter and
+    listing its values, as the task, lease and ledger filters are. Every value of the enums
+    still filters (CSV too)."""
+    tenant, key = server.tenant()
+    with server.client(key) as c:
+        assert c.post("/v1/tasks", json={"task_type": "ENUMS"}).status_code == 201
+    with server.admin() as admin:
+        for params, field, value in (({"action": "create"}, "action", "forcePush"),
+                                     ({"resource_type": "Task"}, "resource_type", "apiKey"),
+                                     ({"action": "created", "resource_type": "tasks",
+                                       "format": "csv"}, "resource_type", "scheduledTask")):
+            r = admin.get("/v1/audit", params={"tenant_id": tenant, **params})
+            assert r.status_code == 422, r.text
+            [error] = r.json()["errors"]
+            assert (error["field"], error["in"]) == (field, "query")
+            assert value in error["rule"]
+    [row] = _audit(server, tenant_id=tenant, action="created", resource_type="task")
+    assert row["action"] == "created" and row["resource_type"] == "task"
+    assert _audit(server, tenant_id=tenant, action="forcePush", resource_type="apiKey") == []
+
+
+def test_dashboard_audit_filters_offer_the_api_enums() -> None:
+    """The dashboard's audit page offers the filters' values as choices (a typed value
+    outside them would be a 422): its lists are the API's enums."""
+    page = Path(__file__).parents[2] / "src/creep/ui/static/js/pages/audit.js"
+    text = page.read_text()
+    for name, enum in (("RESOURCE_TYPES", ResourceType), ("ACTIONS", AuditAction)):
+        found = re.search(rf"const {name} = \[(.*?)\];", text, re.S)
+        assert found is not None, name
+        assert re.findall(r'"([^"]+)"', found.group(1)) == [m.value for m in enum]

@@ -199,6 +199,7 @@ def test_a_tenant_key_sees_only_its_tenant(ui_server: Server, page: Any) -> None
     assert "admin (all tenants)" in page.inner_text("#who")
     page.click("#nav a:text('Audit')")
     page.fill("input[name=resource_id]", theirs)
+    page.select_option("select[name=resource_type]", "task")  # the API's enum, as choices
     page.click("form.filters button[type=submit]")
     page.wait_for_selector("table.grid td:text('created')")
     assert f"task {theirs}" in page.inner_text("table.grid")

@@ -12,6 +12,7 @@ from creep.api.auth import Admin
 from creep.api.responses import aware, csv_stream, json_response, wants_csv
 from creep.api.schemas import AuditOut, AuditPage, audit_json
 from creep.api.services import Services, services
+from creep.domain.audit import AuditAction, ResourceType
 from creep.ports_api import AuditFilter
 
 router = APIRouter(prefix="/audit", tags=["audit"])
@@ -27,8 +28,9 @@ CSV_COLUMNS = list(AuditOut.model_fields)
 )
 def list_audit(
     request: Request, principal: Admin, svc: Svc,
-    resource_type: Annotated[str | None, Query(max_length=64)] = None,
-    action: Annotated[str | None, Query(max_length=64)] = None,
+    # Seed 003's enums (with creep's additions): a value outside them is a 422, not no rows.
+    resource_type: ResourceType | None = None,
+    action: AuditAction | None = None,
     principal_id: Annotated[str | None, Query(alias="principal", max_length=255,
                                               description="a key id")] = None,
     resource_id: Annotated[str | None, Query(max_length=255)] = None,
@@ -44,7 +46,8 @@ def list_audit(
     time_from = aware(time_from, "from")
     time_to = aware(time_to, "to")
     flt = AuditFilter(
-        resource_type=resource_type, action=action, principal=principal_id,
+        resource_type=None if resource_type is None else resource_type.value,
+        action=None if action is None else action.value, principal=principal_id,
         resource_id=resource_id, request_id=request_id, tenant_id=tenant_id,
         time_from=time_from, time_to=time_to,
     )

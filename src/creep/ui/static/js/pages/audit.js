@@ -2,10 +2,22 @@
 import { fields, h, json, replace, time } from "../dom.js";
 import { filterForm, pagedList, pick } from "../ui.js";
 
+// The API's enums (domain/audit.py): a value outside them is a 422, so they are choices.
+const RESOURCE_TYPES = [
+  "user", "role", "instance", "scheduledTask", "tenant", "apiKey", "task", "batch", "artifact",
+  "asset", "lease", "assetEvent", "ledgerEntry", "banPolicy", "worker",
+];
+const ACTIONS = [
+  "created", "updated", "deleted", "read", "enabled", "disabled", "bypassed", "forcePush",
+  "login", "logout", "granted", "revoked", "cancelled", "retried", "triggered", "banned",
+  "unbanned", "archived", "released", "reported", "uploaded", "claimed", "completed", "failed",
+  "logLevelChanged",
+];
+
 export async function render(main, ctx) {
   const filters = [
-    { name: "resource_type", label: "Resource type" },
-    { name: "action", label: "Action" },
+    { name: "resource_type", label: "Resource type", options: RESOURCE_TYPES },
+    { name: "action", label: "Action", options: ACTIONS },
     { name: "resource_id", label: "Resource id", size: 20 },
     { name: "tenant_id", label: "Tenant" },
   ];
