@@ -53,7 +53,7 @@ def test_audit_retention_builtin_schedule(app: Creep) -> None:
     app.scheduler(holder_id="R").run_once()  # installs the built-in schedules
     [job] = [s for s in app.list_schedules(tenant_id="_system")
              if s.name == "creep.retention.audit"]
-    assert job.data == '{"older_than_days":90.0}' and job.cron_expr == "15 3 * * *"
+    assert job.data == '{"older_than_days":90.0}' and job.cron_expr == "0 2 * * *"
 
     run = app.trigger_schedule(job.uid, trigger_by="ops")
     assert run.state is ExecutionState.SUCCESS and run.result == '{"removed": 1}'

@@ -289,3 +289,22 @@ def test_list_filters_refuse_values_outside_their_enums(app: Creep) -> None:
     assert [t.task_id for t in app.list_tasks(status=TaskStatus.QUEUED)] == [task.task_id]
     assert app.list_leases(status=LeaseStatus.ACTIVE) == []
     assert app.list_executions(state="interrupted", trigger_type="manual") == []
+
+
+# -- bug: the audit log's retention ran at another hour than the seed's --------------------------
+
+
+def test_builtin_retention_schedules_run_at_the_seed_times(app: Creep) -> None:
+    """Seed 003 保留期策略: task_executions 90 天, 每天 2AM; task_locks 7 天（已释放）, 每天 3AM;
+    audit_events 90 天, 每天 2AM. A fresh install's built-in schedules carry those periods
+    and times (UTC); the audit purge ran at 03:15."""  # noqa: RUF002
+    app.scheduler(holder_id="R").run_once()  # installs the built-in schedules
+    builtin = {s.name: s for s in app.list_schedules(tenant_id="_system")}
+    seed = {"creep.retention.executions": ("0 2 * * *", 90.0),
+            "creep.retention.locks": ("0 3 * * *", 7.0),
+            "creep.retention.audit": ("0 2 * * *", 90.0)}
+    for name, (cron, days) in seed.items():
+        job = builtin[name]
+        assert (job.cron_expr, job.timezone, job.data) == (
+            cron, "UTC", f'{{"older_than_days":{days}}}'), name
+        assert job.enabled and job.next_run is not None

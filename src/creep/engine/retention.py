@@ -98,7 +98,7 @@ def default_retention_jobs(settings: RetentionSettings | None = None) -> list[Re
         ),
     ]
     jobs.append(RetentionJob(
-        "creep.retention.audit", "15 3 * * *", s.audit_days,
+        "creep.retention.audit", "0 2 * * *", s.audit_days,  # seed 003: daily at 2AM
         lambda store, cutoff, now: _drain(lambda: store.retention_purge_audit(
             min(cutoff, now - timedelta(days=AUDIT_MIN_DAYS)))),
         "delete audit events older than data.older_than_days (at least 90)",
