@@ -3,11 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
+from pydantic import BaseModel
 
+from creep.api.asset_schemas import (
+    AssetEventOut,
+    AssetOut,
+    BanPolicyOut,
+    LeaseOut,
+    LedgerEntryOut,
+    LedgerGroupOut,
+)
+from creep.api.schedule_schemas import ExecutionOut, ScheduleOut
+from creep.api.schemas import (
+    AuditOut,
+    BatchOut,
+    KeyCreated,
+    KeyOut,
+    TaskEventOut,
+    TaskOut,
+    TenantOut,
+)
+from creep.api.schemas_workers import ArtifactOut
 from creep.client import (
     NO_RETRY,
     ApiProblem,
@@ -16,6 +38,7 @@ from creep.client import (
     RetryPolicy,
     TaskEvent,
     TransportError,
+    models,
 )
 from creep.storage import open_store
 from tests.api.conftest import Server
@@ -251,3 +274,76 @@ def test_a_dot_identifier_names_that_resource_not_the_list_above_it(server: Serv
                 assert missing.value.status == 404, (read, name)
         sched = c.create_schedule(name=".", type="NO_HANDLER", interval=3600)
         assert c.get_schedule(".").uid == sched.uid
+
+
+#: Each SDK model and the REST response it reads.
+_SDK_MODELS: list[tuple[type[models.Model], type[BaseModel]]] = [
+    (models.Task, TaskOut), (models.TaskEvent, TaskEventOut), (models.Tenant, TenantOut),
+    (models.ApiKey, KeyOut), (models.CreatedKey, KeyCreated), (models.Batch, BatchOut),
+    (models.AuditEvent, AuditOut), (models.Artifact, ArtifactOut), (models.Asset, AssetOut),
+    (models.BanPolicy, BanPolicyOut), (models.Lease, LeaseOut),
+    (models.AssetEvent, AssetEventOut), (models.LedgerEntry, LedgerEntryOut),
+    (models.LedgerGroup, LedgerGroupOut), (models.Schedule, ScheduleOut),
+    (models.Execution, ExecutionOut),
+]
+
+
+@pytest.mark.parametrize(("model", "out"), _SDK_MODELS, ids=[m.__name__ for m, _ in _SDK_MODELS])
+def test_sdk_models_carry_every_field_the_api_returns(
+    model: type[models.Model], out: type[BaseModel]
+) -> None:
+    """The seeds' fields (TaskOrder's timeout_ms, resource_hints, lease_ids, correlation_id;
+    AssetEvent's latency_ms, retryable, provider_status, version; ScheduledTask's
+    max_duration_seconds, timeout_grace_period, labels; TaskExecution's progress,
+    retry_count, error_stack; AuditEvent's timestamp, diff_object, client_ip ...) were left out
+    of the SDK's typed models: reachable only through `raw`. Each model has every field of
+    the response it reads."""
+    have = {f.name for f in dataclasses.fields(model)} - {"raw"}
+    assert set(out.model_fields) - have == set()
+
+
+def test_sdk_models_read_the_seed_fields(server: Server) -> None:
+    """Seed fields read through the SDK's typed models, with their types: money as Decimal,
+    timestamps as datetimes."""
+    _, key = server.tenant()
+    with Client(server.url, key) as c:
+        task = c.create_task(
+            task_type="NO_HANDLER", env="prod", project_id="p", external_ref="ref-1",
+            task_category="QA", description="d", priority=90, timeout_ms=120_000,
+            max_total_cost="5.0", currency="USD", business_value_hint="50.0",
+            resource_hints=[{"sku_category": "RAW_NET", "sku_code": "ip.uk.*"}],
+            constraints={"max_retries": 1}, tenant_policies_version="tenant_policy.v3",
+            tags=["a"], channel="openapi", correlation_id="corr-1")
+        assert (task.project_id, task.external_ref, task.task_category, task.description,
+                task.timeout_ms, task.business_value_hint, task.tenant_policies_version,
+                task.channel, task.correlation_id, task.lease_ids, task.depends_on) == (
+            "p", "ref-1", "QA", "d", 120_000, Decimal("50.0"), "tenant_policy.v3",
+            "openapi", "corr-1", [], [])
+        assert task.resource_hints[0]["sku_code"] == "ip.uk.*"
+        assert task.constraints["max_retries"] == 1
+        assert isinstance(task.queued_at, datetime) and task.started_at is None
+        assert task.cancel_requested is False and task.deleted_at is None
+
+        asset = c.create_asset(sku_category="RAW_NET", sku_code="ip.uk.1")
+        event = c.report_event("HTTP_PROBE_FAIL", asset.asset_id, provider_status="OK",
+                               error_message="Forbidden", latency_ms=850, retryable=True,
+                               project_id="p", env="prod").event
+        assert (event.provider_status, event.error_message, event.latency_ms, event.retryable,
+                event.project_id, event.env, event.version) == (
+            "OK", "Forbidden", 850, True, "p", "prod", 1)
+
+        sched = c.create_schedule(name="seed-fields", type="NO_HANDLER", interval=3600,
+                                  max_duration_seconds=600, timeout_grace_period=10,
+                                  labels={"team": "qa"}, max_retries=2)
+        assert (sched.max_duration_seconds, sched.timeout_grace_period, sched.labels,
+                sched.max_retries, sched.consecutive_failures, sched.last_failure_error,
+                sched.misfire_policy) == (600, 10, {"team": "qa"}, 2, 0, None, "once")
+        run = c.trigger_schedule(sched.uid)
+        assert (run.task_type, run.progress, run.retry_count, run.error_stack,
+                run.result_truncated) == ("NO_HANDLER", 0, 0, None, False)
+        assert isinstance(run.created_at, datetime)
+    with Client(server.url, server.admin_key) as admin:
+        [row] = admin.list_audit(resource_type="scheduledTask", action="triggered",
+                                 resource_id=sched.uid).items
+        assert row.timestamp > 0 and row.request_method == "POST"
+        assert row.diff_object["new_object"] is not None and row.client_ip

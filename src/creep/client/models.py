@@ -9,7 +9,8 @@ from decimal import Decimal
 from typing import Any, Generic, Self, TypeVar
 
 # Money travels as decimal strings; the models hold Decimals (never floats).
-_MONEY = frozenset({"cost_per_lease", "cost", "amount", "revenue", "margin", "max_total_cost"})
+_MONEY = frozenset({"cost_per_lease", "cost", "amount", "revenue", "margin", "max_total_cost",
+                    "business_value_hint"})
 _TIMES = frozenset({"run_after", "next_run", "cooldown_until"})
 
 
@@ -59,6 +60,27 @@ class Task(Model):
     max_total_cost: Decimal | None
     currency: str
     run_after: datetime
+    # The rest of the TaskOrder (seed 000, seed 004) and of the queue's fields.
+    project_id: str | None
+    external_ref: str | None
+    task_category: str | None
+    description: str | None
+    timeout_ms: int
+    business_value_hint: Decimal | None
+    queued_at: datetime | None
+    started_at: datetime | None
+    lease_ids: list[str]
+    resource_hints: list[dict[str, Any]]
+    constraints: dict[str, Any]
+    tenant_policies_version: str | None
+    channel: str | None
+    correlation_id: str
+    depends_on: list[str]
+    last_error: str | None
+    claimed_by: str | None
+    claim_expires_at: datetime | None
+    cancel_requested: bool
+    deleted_at: datetime | None
 
     @property
     def is_terminal(self) -> bool:
@@ -126,6 +148,8 @@ class Batch(Model):
     created_at: datetime
     cancelled_at: datetime | None
     tasks: list[dict[str, Any]] | None
+    metadata: dict[str, Any]
+    updated_at: datetime
 
     @property
     def is_finished(self) -> bool:
@@ -143,6 +167,13 @@ class AuditEvent(Model):
     tenant_id: str | None
     request_id: str | None
     created_at: datetime
+    # Seed 003's AuditEvent: Unix milliseconds, the old/new images, the request's client.
+    timestamp: int
+    diff_object: dict[str, Any]
+    client_ip: str | None
+    user_agent: str | None
+    request_method: str | None
+    data: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +188,10 @@ class Artifact(Model):
     checksum: str
     url: str
     created_at: datetime
+    width: int | None
+    height: int | None
+    object_key: str
+    metadata: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +282,14 @@ class AssetEvent(Model):
     recorded_at: datetime
     tags: list[str]
     context: dict[str, Any]
+    # The rest of seed 001's fields.
+    project_id: str | None
+    env: str | None
+    error_message: str | None
+    provider_status: str | None
+    latency_ms: int | None
+    retryable: bool | None
+    version: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +371,20 @@ class Schedule(Model):
     version: int
     created_at: datetime | None
     updated_at: datetime | None
+    # The rest of seed 003's ScheduledTask and of the TaskOrder template.
+    max_duration_seconds: int
+    max_retries: int
+    timeout_grace_period: int
+    labels: dict[str, str]
+    misfire_policy: str
+    misfire_limit: int
+    misfire_grace_seconds: int
+    project_id: str | None
+    resource_hints: list[dict[str, Any]]
+    tags: list[str]
+    currency: str
+    consecutive_failures: int
+    last_failure_error: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +406,16 @@ class Execution(Model):
     duration_ms: int
     trigger_type: str
     trigger_by: str | None
+    # The rest of seed 003's TaskExecution.
+    task_type: str
+    result: str | None
+    result_truncated: bool
+    error_stack: str | None
+    error_stack_truncated: bool
+    progress: int
+    retry_count: int
+    created_at: datetime
+    updated_at: datetime
 
 
 M = TypeVar("M", bound=Model)
