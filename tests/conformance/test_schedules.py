@@ -269,7 +269,7 @@ def test_interrupted_when_the_worker_died_on_the_last_attempt(
 def test_truncation_flags_are_stored(app: Creep, clock: FrozenClock) -> None:
     s = app.create_schedule(name="tr", type="T", interval=60)
     [e] = app.schedules.schedule_fire(s.uid, [Firing(T0)], run_by="x", now=clock.now())
-    stack = "Traceback (most recent call last):\n" + "  frame\n" * 5000
+    stack = "Traceback (most recent call last):\n" + "  frame\n" * 5000 + "ValueError: boom\n"
     done = app.schedules.execution_finish(
         e.execution_uid, ExecutionState.FAILURE, clock.now(), result="r" * 70_000,
         error_message="boom", error_stack=stack,
@@ -277,7 +277,8 @@ def test_truncation_flags_are_stored(app: Creep, clock: FrozenClock) -> None:
     got = app.get_execution(done.execution_uid)
     assert got.result_truncated and got.result is not None and len(got.result) == 64 * 1024
     assert got.error_stack_truncated and got.error_stack is not None
-    assert got.error_stack.startswith("Traceback") and len(got.error_stack) == 10 * 1024
+    assert got.error_stack.endswith("  frame\nValueError: boom\n")  # the top of the stack
+    assert len(got.error_stack) == 10 * 1024
     small = app.schedules.schedule_fire(s.uid, [Firing(T0 + timedelta(minutes=1))],
                                         run_by="x", now=clock.now())[0]
     ok = app.schedules.execution_finish(small.execution_uid, ExecutionState.SUCCESS,

@@ -308,3 +308,38 @@ def test_builtin_retention_schedules_run_at_the_seed_times(app: Creep) -> None:
         assert (job.cron_expr, job.timezone, job.data) == (
             cron, "UTC", f'{{"older_than_days":{days}}}'), name
         assert job.enabled and job.next_run is not None
+
+
+# -- bug: a long error stack kept its bottom, not its top ----------------------------------------
+
+
+def test_execution_error_stack_keeps_the_top_of_the_stack(app: Creep) -> None:
+    """Seed 003 数据约束: `TaskExecution.error_stack` 10KB, "超出截断保留栈顶" (cut, keeping the
+    top of the stack). A Python traceback lists the most recent call last: the cut kept the
+    first 10 KB, the outermost frames, and lost the frame that raised and the exception
+    itself (here the RuntimeError, behind a long chained ValueError). It now keeps the last
+    10 KB, flagged error_stack_truncated; error_message is the exception's line."""
+
+    def cause() -> None:
+        raise ValueError("é" * 5000)  # 10,000 bytes of UTF-8: the stack passes 10 KB
+
+    @app.handler("STACKED")
+    def run(ctx: Any) -> None:
+        try:
+            cause()
+        except ValueError as exc:
+            raise RuntimeError("the top of the stack") from exc
+
+    sched = app.create_schedule(name="stacked", type="STACKED", interval=3600, max_retries=0)
+    fired = app.trigger_schedule(sched.uid, trigger_by="ops")
+    app.run_worker(burst=True)
+    app.scheduler(holder_id="S", retention_jobs=[]).run_once()  # executions follow tasks
+    task = app.get_task(str(fired.task_id))
+    execution = app.get_execution(fired.execution_uid)
+    assert task.status == "DEAD_LETTER" and task.last_error is not None
+    assert execution.state == "failure" and execution.error_stack_truncated
+    stack = execution.error_stack
+    assert stack is not None and len(stack.encode()) <= 10 * 1024
+    assert stack.rstrip().endswith("RuntimeError: the top of the stack")
+    assert task.last_error.endswith(stack)  # its end, cut at a character boundary
+    assert "RuntimeError: the top of the stack" in (execution.error_message or "")

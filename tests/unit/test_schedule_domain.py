@@ -207,10 +207,13 @@ def test_truncation_flags() -> None:
     assert truncate_result("ok") == ("ok", False)
     text, cut = truncate_result("é" * 40_000)  # 80,000 bytes
     assert cut and text is not None and len(text.encode()) <= 64 * 1024
+    # A Python traceback lists the most recent call last: its end is the top of the stack.
     stack = "\n".join(f"frame {i}" for i in range(5000))
     top, cut = truncate_error_stack(stack)
-    assert cut and top is not None and top.startswith("frame 0\n")
-    assert len(top.encode()) <= 10 * 1024
+    assert cut and top is not None and top.endswith("\nframe 4999")
+    assert len(top.encode()) <= 10 * 1024 and stack.endswith(top)
+    top, cut = truncate_error_stack("é" * 6000 + "!")  # a cut inside a character: its
+    assert cut and top == "é" * 5119 + "!"  # other byte is dropped
 
 
 def test_execution_transitions() -> None:

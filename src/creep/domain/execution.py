@@ -13,7 +13,7 @@ from creep.domain.errors import IllegalTransition, ValidationError
 from creep.domain.task import ResultCode, TaskStatus
 
 MAX_RESULT_BYTES = 64 * 1024  # TaskExecution.result: truncated and flagged
-MAX_ERROR_STACK_BYTES = 10 * 1024  # TaskExecution.error_stack: truncated, the top kept
+MAX_ERROR_STACK_BYTES = 10 * 1024  # TaskExecution.error_stack: truncated, its end kept
 
 
 class TriggerType(StrEnum):
@@ -87,8 +87,16 @@ def truncate_result(text: str | None) -> tuple[str | None, bool]:
 
 
 def truncate_error_stack(text: str | None) -> tuple[str | None, bool]:
-    """Cut `error_stack` to 10 KB keeping the top of the stack."""
-    return _cut(text, MAX_ERROR_STACK_BYTES)
+    """Cut `error_stack` to 10 KB keeping the top of the stack (seed 003: 保留栈顶). A Python
+    traceback lists the most recent call last, so the top is its end: the frame that raised
+    and the exception (the worker keeps a long traceback's end too)."""
+    if text is None:
+        return None, False
+    raw = text.encode()
+    if len(raw) <= MAX_ERROR_STACK_BYTES:
+        return text, False
+    # A cut inside a character drops its partial bytes.
+    return raw[-MAX_ERROR_STACK_BYTES:].decode("utf-8", errors="ignore"), True
 
 
 def _cut(text: str | None, limit: int) -> tuple[str | None, bool]:
