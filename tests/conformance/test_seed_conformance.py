@@ -197,6 +197,28 @@ def test_store_lock_ttl_must_keep_expiry_after_acquisition(
     assert lock is not None and lock["expires_at"] > lock["acquired_at"]
 
 
+def test_lock_release_keeps_released_at_after_acquisition(
+    app: Creep, clock: FrozenClock
+) -> None:
+    """Seed 003 TaskLock 验证规则: "`released_at` >= `acquired_at`（当 `state=released` 时）".
+    A holder whose clock went back (an NTP step) released the lock with a released_at before
+    its acquired_at; the release stamps the later of the two, and a release on time keeps
+    its own instant."""  # noqa: RUF002
+    store = app.store
+    token = store.lock_acquire("k", "h", 5, clock.now())
+    assert token is not None
+    assert store.lock_release("k", token, clock.now() - timedelta(hours=1))
+    lock = app.schedules.lock_get("k")
+    assert lock is not None and lock["state"] == "released"
+    assert lock["released_at"] == lock["acquired_at"] == clock.now()
+    token = store.lock_acquire("k", "h", 5, clock.now() + timedelta(seconds=1))
+    assert token is not None
+    assert store.lock_release("k", token, clock.now() + timedelta(seconds=3))
+    lock = app.schedules.lock_get("k")
+    assert lock is not None and lock["released_at"] - lock["acquired_at"] == timedelta(
+        seconds=2)
+
+
 def _raw(db_url: str, sql: str, params: tuple[Any, ...] = ()) -> None:
     if db_url.startswith("sqlite"):
         conn = sqlite3.connect(db_url.removeprefix("sqlite:///"))

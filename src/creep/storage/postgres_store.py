@@ -1521,8 +1521,10 @@ class PostgresStore(
 
     def lock_release(self, lock_key: str, token: str, now: datetime) -> bool:
         with self._tx() as conn:
+            # Seed 003: released_at >= acquired_at, also from a holder whose clock went back.
             cur = conn.execute(
-                "UPDATE task_locks SET state = 'released', released_at = %s, updated_at = %s "
+                "UPDATE task_locks SET state = 'released', "
+                "released_at = GREATEST(%s, acquired_at), updated_at = %s "
                 "WHERE lock_key = %s AND token = %s AND state = 'active'",
                 (now, now, lock_key, token),
             )

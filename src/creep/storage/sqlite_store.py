@@ -1109,9 +1109,10 @@ class SqliteStore(
     def lock_release(self, lock_key: str, token: str, now: datetime) -> bool:
         now_us = us(now)
         with self._write() as conn:
+            # Seed 003: released_at >= acquired_at, also from a holder whose clock went back.
             cur = conn.execute(
-                "UPDATE task_locks SET state = 'released', released_at = ?, updated_at = ? "
-                "WHERE lock_key = ? AND token = ? AND state = 'active'",
+                "UPDATE task_locks SET state = 'released', released_at = MAX(?, acquired_at), "
+                "updated_at = ? WHERE lock_key = ? AND token = ? AND state = 'active'",
                 (now_us, now_us, lock_key, token),
             )
             return cur.rowcount == 1
