@@ -213,11 +213,16 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
         )
 
     def _validate_changes(self, changes: Mapping[str, Any]) -> dict[str, Any]:
-        from creep.storage.common import UPDATABLE_FIELDS
+        from creep.storage.common import NOT_NULL_UPDATES, UPDATABLE_FIELDS
 
         unknown = sorted(set(changes) - UPDATABLE_FIELDS)
         if unknown:
             raise ValidationError([(n, "cannot be changed after creation") for n in unknown])
+        # Validated as a new task's fields, None would mean "the default": priority=None
+        # set 50 instead of being refused.
+        nulls = [name for name in NOT_NULL_UPDATES if name in changes and changes[name] is None]
+        if nulls:
+            raise ValidationError([(name, "must not be null") for name in nulls])
         probe = {"task_type": "X", **changes}
         spec = self.validate(probe)
         return {name: getattr(spec, name) for name in changes}

@@ -255,7 +255,12 @@ def test_optimistic_versioning(app: Creep) -> None:
         app.update_task(t.task_id, updated.task_version, status="SUCCESS")
     with pytest.raises(ValidationError, match="priority"):
         app.update_task(t.task_id, updated.task_version, priority=101)
+    # None is no value for these (it read as "the default": priority 50), as over REST.
+    for name in ("priority", "timeout_ms", "tags"):
+        with pytest.raises(ValidationError, match=f"{name}: must not be null"):
+            app.update_task(t.task_id, updated.task_version, **{name: None})
     assert app.get_task(t.task_id).priority == 90
+    assert app.get_task(t.task_id).task_version == updated.task_version
     assert app.task_events(t.task_id)[-1].event_type == "updated"
 
 

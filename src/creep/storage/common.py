@@ -52,6 +52,8 @@ UPDATABLE_FIELDS = frozenset(
         "timeout_ms", "max_total_cost", "business_value_hint",
     }
 )
+#: Of UPDATABLE_FIELDS, those a change may not set to None (the others clear to None).
+NOT_NULL_UPDATES = ("priority", "timeout_ms", "tags")
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 

@@ -50,6 +50,7 @@ from creep.domain.task_spec import Limits, fast_build, fast_check, validate_task
 from creep.engine.worker_protocol import STREAM_END
 from creep.ports import TaskFilter
 from creep.ports_api import task_snapshot
+from creep.storage.common import NOT_NULL_UPDATES
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 Svc = Annotated[Services, Depends(services)]
@@ -259,11 +260,6 @@ def retry_task(task_id: UuidParam, request: Request, principal: Writer, svc: Svc
     return json_response(task_json(task), headers=_etag(task))
 
 
-_NOT_NULL = ("priority", "timeout_ms", "tags")
-
-
-
-
 @router.patch(
     "/{task_id}", response_model=TaskOut,
     responses={**_PROBLEMS, 412: {"description": "If-Match names a stale task_version"},
@@ -277,7 +273,7 @@ def patch_task(
     expected = parse_if_match(if_match, read_from="GET /v1/tasks/{id}", what="a task_version",
                               field="task_version")
     changes = body.model_dump(exclude_unset=True)
-    nulls = [name for name in _NOT_NULL if name in changes and changes[name] is None]
+    nulls = [name for name in NOT_NULL_UPDATES if name in changes and changes[name] is None]
     if nulls:
         raise ValidationError([(name, "must not be null") for name in nulls])
     probe = validate_task_spec({"task_type": "X", **changes}, now=svc.clock.now(),
