@@ -175,3 +175,25 @@ def test_python_api_reads_and_changes_by_an_upper_case_id(app: Creep,
     assert app.retry(done.upper()).status.value == "QUEUED"
     with pytest.raises(NotFound):
         app.get_task(tid[:-1] + "X")
+
+
+def test_worker_routes_take_a_task_id_in_any_form(app: Creep, api: TestClient,
+                                                  clock: FrozenClock) -> None:
+    """The HTTP worker's per-task routes read the task id as the others do: upper case was
+    404 on SQLite (found on PostgreSQL), and urn:uuid: was a 503 "database unavailable" on
+    PostgreSQL, a caller's typo reported as an outage."""
+    task = app.submit(task_type="CASE", tenant_id="acme")
+    [item] = _ok(api.post("/v1/workers/claim", headers=ADMIN,
+                          json={"task_types": ["CASE"]}))["items"]
+    tok, tid = item["claim_token"], task.task_id
+    assert item["task"]["task_id"] == tid
+    for form in (tid.upper(), f"urn:uuid:{tid}", tid.replace("-", "")):
+        hb = _ok(api.post(f"/v1/tasks/{form}/heartbeat", headers=ADMIN,
+                          json={"claim_token": tok}))
+        assert hb["cancel_requested"] is False
+    _ok(api.post(f"/v1/tasks/{tid.upper()}/progress", headers=ADMIN,
+                 json={"claim_token": tok, "progress": 40}))
+    assert app.get_task(tid).progress == 40
+    done = _ok(api.post(f"/v1/tasks/urn:uuid:{tid.upper()}/complete", headers=ADMIN,
+                        json={"claim_token": tok, "result": {"ok": 1}}))
+    assert (done["task_id"], done["status"]) == (tid, "SUCCESS")

@@ -24,7 +24,7 @@ from creep.api.audit import audit_write, audited, riding
 from creep.api.auth import Principal, Writer, key_check, key_refused
 from creep.api.problems import Problem
 from creep.api.responses import json_response
-from creep.api.schemas import TaskEventOut, TaskOut, event_json, task_json
+from creep.api.schemas import TaskEventOut, TaskOut, UuidParam, event_json, task_json
 from creep.api.schemas_workers import (
     FAIL_ONLY,
     ClaimIn,
@@ -124,7 +124,7 @@ async def claim(body: ClaimIn, request: Request, principal: Writer, proto: Proto
 
 
 @router.post("/tasks/{task_id}/heartbeat", response_model=HeartbeatOut, responses=_FENCED)
-def heartbeat(task_id: str, body: HeartbeatIn, principal: Writer, proto: Proto) -> Any:
+def heartbeat(task_id: UuidParam, body: HeartbeatIn, principal: Writer, proto: Proto) -> Any:
     """Renew the claim for `claim_ttl` seconds; answers whether cancellation was requested
     and which leases of the claim were revoked (stop, then /fail kind=retry code
     LEASE_REVOKED)."""
@@ -136,7 +136,7 @@ def heartbeat(task_id: str, body: HeartbeatIn, principal: Writer, proto: Proto) 
 
 
 @router.post("/tasks/{task_id}/progress", response_model=ProgressOut, responses=_FENCED)
-def progress(task_id: str, body: ProgressIn, principal: Writer, proto: Proto) -> Any:
+def progress(task_id: UuidParam, body: ProgressIn, principal: Writer, proto: Proto) -> Any:
     """Record progress (0-100) and a message; a `progress` task event."""
     proto.progress(task_id, body.claim_token, read_scope(principal), body.progress,
                    body.message)
@@ -164,7 +164,7 @@ def _finish(
 
 @router.post("/tasks/{task_id}/complete", response_model=TaskOut, responses=_FENCED)
 def complete(
-    task_id: str, body: CompleteIn, request: Request, principal: Writer, proto: Proto
+    task_id: UuidParam, body: CompleteIn, request: Request, principal: Writer, proto: Proto
 ) -> Any:
     """The task succeeded with `result` (its result_payload)."""
     completion = proto.prepare_complete(task_id, body.claim_token, read_scope(principal),
@@ -173,7 +173,7 @@ def complete(
 
 
 @router.post("/tasks/{task_id}/fail", response_model=TaskOut, responses=_FENCED)
-def fail(task_id: str, body: FailIn, request: Request, principal: Writer, proto: Proto) -> Any:
+def fail(task_id: UuidParam, body: FailIn, request: Request, principal: Writer, proto: Proto) -> Any:
     """The run did not succeed: retry with backoff, fail for good, time out, cancel, or
     give the task back (see `kind`)."""
     completion = proto.prepare_fail(
@@ -255,7 +255,7 @@ def _outcomes(items: list[OutcomeIn]) -> list[Outcome]:
 
 @router.post("/tasks/{task_id}/events", status_code=201, response_model=TaskEventOut,
              responses=_FENCED)
-def add_event(task_id: str, body: WorkerEventIn, principal: Writer, proto: Proto) -> Any:
+def add_event(task_id: UuidParam, body: WorkerEventIn, principal: Writer, proto: Proto) -> Any:
     """Append a worker's own event (e.g. a log line) to the task's event stream. Not
     deduplicated: sent again (after a lost answer), it is written again."""
     event = proto.add_event(task_id, body.claim_token, read_scope(principal), body.event_type,
@@ -270,7 +270,7 @@ def add_event(task_id: str, body: WorkerEventIn, principal: Writer, proto: Proto
              responses={**_FENCED, 409: {"description": "the claim token is stale, or "
                                                       "(type budget-exceeded) the cost would "
                                                       "exceed max_total_cost"}})
-def record_money(task_id: str, body: WorkerLedgerIn, principal: Writer, proto: Proto) -> Any:
+def record_money(task_id: UuidParam, body: WorkerLedgerIn, principal: Writer, proto: Proto) -> Any:
     """A COST (ctx.charge) or REVENUE (ctx.earn) of the task this claim runs, in its
     currency; a cost over the task's max_total_cost is refused and writes nothing. Sent
     again with its `entry_id`, the entry written the first time is the answer."""
@@ -288,7 +288,7 @@ def record_money(task_id: str, body: WorkerLedgerIn, principal: Writer, proto: P
 @router.post("/tasks/{task_id}/asset-events", status_code=201,
              response_model=ReportedEventOut, responses=_FENCED)
 def report_asset_event(
-    task_id: str, body: WorkerAssetEventIn, principal: Writer, proto: Proto
+    task_id: UuidParam, body: WorkerAssetEventIn, principal: Writer, proto: Proto
 ) -> Any:
     """An event about an asset the claim leased (ctx.report_event). The auto-ban policy
     applies at once: `caused` lists what followed, e.g. LEASE_REVOKED of this task."""
@@ -302,7 +302,7 @@ def report_asset_event(
 
 @router.post("/tasks/{task_id}/leases", response_model=LeasePage,
              responses={404: _FENCED[404], 422: _FENCED[422]})
-def claim_leases(task_id: str, body: ClaimTokenIn, principal: Writer, proto: Proto) -> Any:
+def claim_leases(task_id: UuidParam, body: ClaimTokenIn, principal: Writer, proto: Proto) -> Any:
     """The leases this claim holds or held (ctx.leases(); a revoked one too)."""
     leases = proto.claim_leases(task_id, body.claim_token, read_scope(principal))
     return json_response({"items": [lease_json(x) for x in leases]})
