@@ -277,15 +277,20 @@ class AssetApi:
         tenant_id: str = "default", project_id: str | None = None, task_id: str | None = None,
         asset_id: str | None = None, lease_id: str | None = None,
         description: str | None = None, occurred_at: datetime | None = None,
+        entry_id: str | None = None,
     ) -> LedgerEntry:
         """Append one entry. Tied to a task: the currency must be the task's, and a cost that
-        would take it over max_total_cost raises BudgetExceeded (nothing is written)."""
+        would take it over max_total_cost raises BudgetExceeded (nothing is written).
+        `entry_id` (a UUID the caller picks) makes it safe to call again after a failure:
+        the same entry again returns the one written then and writes nothing; another entry
+        under that id raises IdTaken (a ConflictError)."""
         entry = make_entry(
             self.clock.now(), entry_type=entry_type, amount=amount, currency=currency,
             tenant_id=tenant_id, project_id=project_id, task_id=task_id, asset_id=asset_id,
             lease_id=lease_id, description=description, occurred_at=occurred_at,
+            entry_id=entry_id,
         )
-        return self.store.ledger_record(entry)
+        return self.store.ledger_append(entry, occurred_given=occurred_at is not None)[0]
 
     def ledger_entries(
         self, *, tenant_id: str | None = None, project_id: str | None = None,
@@ -332,8 +337,9 @@ def _check_range(since: datetime | None, until: datetime | None) -> None:
 def make_entry(
     now: datetime, *, entry_type: str, amount: Any, currency: str, tenant_id: str,
     project_id: str | None, task_id: str | None, asset_id: str | None, lease_id: str | None,
-    description: str | None, occurred_at: datetime | None,
+    description: str | None, occurred_at: datetime | None, entry_id: str | None = None,
 ) -> LedgerEntry:
+    """A checked entry; `entry_id` (the caller's, a UUID) or a new one."""
     errors: list[tuple[str, str]] = []
     try:
         etype = EntryType(entry_type)
@@ -345,8 +351,8 @@ def make_entry(
         errors.append(("amount", "must be > 0 (only an ADJUSTMENT may be signed)"))
     cur = currency_code(errors, "currency", currency)
     # Stored as creep writes ids: SQLite compares them as text (PostgreSQL as uuids).
-    refs: dict[str, str | None] = {"task_id": task_id, "asset_id": asset_id,
-                                   "lease_id": lease_id}
+    refs: dict[str, str | None] = {"entry_id": entry_id, "task_id": task_id,
+                                   "asset_id": asset_id, "lease_id": lease_id}
     for name, ref in refs.items():
         if ref is not None:
             try:
@@ -367,7 +373,7 @@ def make_entry(
     if errors:
         raise ValidationError(errors)
     return LedgerEntry(
-        entry_id=uuid7(), tenant_id=tenant_id, project_id=project_id,
+        entry_id=refs["entry_id"] or uuid7(), tenant_id=tenant_id, project_id=project_id,
         task_id=refs["task_id"], asset_id=refs["asset_id"], lease_id=refs["lease_id"],
         entry_type=etype, amount=value, currency=cur, description=description,
         occurred_at=occurred_at or now, recorded_at=now,

@@ -280,6 +280,10 @@ class Store(Protocol):
         self, entry: LedgerEntry, *, enforce_budget: bool = True,
         claim_token: str | None = None,
     ) -> LedgerEntry: ...
+    def ledger_append(
+        self, entry: LedgerEntry, *, enforce_budget: bool = True,
+        claim_token: str | None = None, occurred_given: bool = False,
+    ) -> tuple[LedgerEntry, bool]: ...
     def ledger_list(
         self, *, tenant_id: str | None = None, project_id: str | None = None,
         task_id: str | None = None, since: datetime | None = None,

@@ -679,6 +679,36 @@ def test_http_store_resends_a_handler_write_only_when_nothing_was_written() -> N
     assert ["entry_id" in body for body in sent[-2:]] == [True, False]
 
 
+def test_http_store_raises_id_taken_for_an_entry_id_of_another_entry() -> None:
+    """The server's 409 idempotency-conflict on a charge's entry_id is IdTaken, as the
+    database's store raises it (a handler's ctx.charge under an id it used for another
+    charge); another 409 of the call stays a ConflictError."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from creep.domain.errors import ConflictError, IdTaken
+    from creep.domain.ledger import EntryType, LedgerEntry
+    from creep.remote.http_worker_store import HttpWorkerStore
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.split("/")[3] == "taken":
+            return httpx.Response(409, json={
+                "type": "https://creep.dev/problems/idempotency-conflict", "status": 409,
+                "errors": [{"field": "entry_id", "in": "body", "rule": "exists already"}]})
+        return httpx.Response(409, json={"type": "https://creep.dev/problems/conflict",
+                                         "status": 409, "detail": "something else"})
+
+    store = HttpWorkerStore("http://api", "k", transport=httpx.MockTransport(answer))
+    now = datetime.now(UTC)
+    for task, raised in (("taken", IdTaken), ("other", ConflictError)):
+        store._tokens[task] = "tok"
+        entry = LedgerEntry(str(uuid.uuid4()), "t", None, task, None, None, EntryType.COST,
+                            Decimal("1"), "USD", None, now, now)
+        with pytest.raises(ConflictError) as exc:
+            store.ledger_record(entry)
+        assert type(exc.value) is raised
+
+
 def test_remote_burst_worker_exits_0_with_work_queued_when_its_claims_are_refused(
     worker_server: Server, app_dir: Path,
 ) -> None:

@@ -158,6 +158,18 @@ def test_assets_leases_and_ledger(server: Server, tmp_path: Path) -> None:
     assert creep(server, "export", "ledger", "--task", tid, "--format", "json", "-o",
                  str(out_json)).returncode == 0
     assert [e["amount"] for e in orjson.loads(out_json.read_bytes())] == ["1.5", "4"]
+    # With an entry_id of the caller's, the same command run again records nothing more.
+    once = [creep(server, "ledger", "record", "--type", "REFUND", "--amount", "0.5",
+                  "--currency", "USD", "--task", tid, "--tenant", tenant_id, "--entry-id",
+                  refund_id, "--json") for refund_id in [str(uuid.uuid4())] * 2]
+    assert ok_json(once[0]) == ok_json(once[1])
+    taken = creep(server, "ledger", "record", "--type", "REFUND", "--amount", "0.6",
+                  "--currency", "USD", "--task", tid, "--tenant", tenant_id, "--entry-id",
+                  ok_json(once[0])["entry_id"])
+    assert taken.returncode == 1 and "entry_id" in taken.stderr
+    bad_id = creep(server, "ledger", "record", "--type", "REFUND", "--amount", "0.6",
+                   "--currency", "USD", "--tenant", tenant_id, "--entry-id", "nope")
+    assert bad_id.returncode == 2 and "entry_id" in bad_id.stderr
 
 
 def test_schedule_commands(server: Server) -> None:

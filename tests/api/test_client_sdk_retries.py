@@ -124,14 +124,13 @@ def test_a_write_whose_answer_was_lost_is_written_once(server: Server) -> None:
         probes = [e for e in c.iter_events(asset_id=asset.asset_id)
                   if e.event_type == "PROBE_FAILED"]
         assert [e.event_id for e in probes] == [reported.event.event_id]
-        assert c.stats.statuses == [503, 503, 503]
+        faults.plan("lose", "POST", "/v1/ledger")
+        entry = c.record_entry("REVENUE", "2.50", "USD", project_id=project)
+        assert [(e.entry_id, e.amount) for e in c.iter_ledger(project_id=project)] == [
+            (entry.entry_id, Decimal("2.50"))]
+        assert c.stats.statuses == [503, 503, 503, 503]
 
         # No id the server would know again: the 503 is the answer, and it was written once.
-        faults.plan("lose", "POST", "/v1/ledger")
-        with pytest.raises(ApiProblem) as lost:
-            c.record_entry("REVENUE", "2.50", "USD", project_id=project)
-        assert lost.value.status == 503
-        assert [e.amount for e in c.iter_ledger(project_id=project)] == [Decimal("2.50")]
         faults.plan("lose", "POST", "/v1/assets")
         with pytest.raises(ApiProblem):
             c.create_asset(sku_category="RAW_NET", sku_code=f"lost.{project}")
@@ -149,7 +148,7 @@ def test_a_write_whose_answer_was_lost_is_written_once(server: Server) -> None:
                                  amount="0.10", currency="USD")
         assert [e.entry_id for e in c.iter_ledger(task_id=run)] == [charge["entry_id"]]
         # Each write above reached the server once, and the replayable ones twice.
-        assert faults.sent.count(("POST", "/v1/ledger")) == 1
+        assert faults.sent.count(("POST", "/v1/ledger")) == 2
         assert faults.sent.count(("POST", "/v1/events")) == 2
 
 
@@ -183,10 +182,10 @@ def test_async_client_resends_the_same_way(server: Server) -> None:
                       if e.event_type == "PROBE_FAILED"]
             assert probes == [reported.event.event_id]
             faults.plan("lose", "POST", "/v1/ledger")
-            with pytest.raises(ApiProblem) as lost:
-                await ac.record_entry("REVENUE", "3", "USD", project_id=project)
-            assert lost.value.status == 503
-            assert len([e async for e in ac.iter_ledger(project_id=project)]) == 1
+            entry = await ac.record_entry("REVENUE", "3", "USD", project_id=project)
+            assert [e.entry_id async for e in ac.iter_ledger(project_id=project)] == [
+                entry.entry_id]
+            assert faults.sent.count(("POST", "/v1/ledger")) == 2
 
     asyncio.run(main())
 
@@ -324,3 +323,23 @@ def test_claim_from_a_server_older_than_claim_id_goes_without_it() -> None:
         with pytest.raises(ClientError, match="claim_id"):
             c.claim(["X"], resend=True)  # a resend names the claim it sends again
     assert ["claim_id" in b for b in sent] == [True, False, False, True]
+
+
+def test_record_entry_takes_the_callers_entry_id(server: Server) -> None:
+    """An entry_id of the caller's: a later call with it (a script run again) answers the
+    entry written then; another entry under it is the server's 409."""
+    _, key = server.tenant()
+    project = f"p-{uuid.uuid4().hex[:8]}"
+    entry_id = str(uuid.uuid4())
+    with Client(server.url, key, retry=FAST) as c:
+        first = c.record_entry("REFUND", "1.25", "USD", project_id=project, entry_id=entry_id)
+        again = c.record_entry("REFUND", Decimal("1.250"), "USD", project_id=project,
+                               entry_id=entry_id)
+        assert first.entry_id == again.entry_id == entry_id
+        assert again.raw == first.raw
+        with pytest.raises(ApiProblem) as taken:
+            c.record_entry("REFUND", "9", "USD", project_id=project, entry_id=entry_id)
+        assert taken.value.status == 409
+        assert taken.value.short_type == "idempotency-conflict"
+        assert [e["field"] for e in taken.value.errors] == ["entry_id"]
+        assert [e.entry_id for e in c.iter_ledger(project_id=project)] == [entry_id]

@@ -5,6 +5,7 @@ its claim was lost."""
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from creep import ClaimLost, Creep, FrozenClock, TaskStatus, ValidationError
+from creep.domain.errors import IdTaken
 from creep.domain.ledger import BudgetExceeded
 
 NET = {"sku_category": "RAW_NET", "sku_code": "ip.*"}
@@ -116,6 +118,35 @@ def test_a_run_that_lost_its_claim_charges_and_reports_nothing(
     fails = app.asset_events(asset_id=a, event_type="HTTP_PROBE_FAIL")
     assert [e.task_id for e in fails] == [t.task_id]
     assert fails[0].lease_id in app.get_task(t.task_id).lease_ids[-1:]
+
+
+def test_a_charge_with_an_entry_id_is_recorded_once_over_every_run(
+    app: Creep, clock: FrozenClock
+) -> None:
+    """A handler that charges under an id of its own (kept in the payload) and fails after
+    the charge: its next run's same charge returns the entry the first run wrote instead of
+    spending again (nor, the budget being spent, raising BudgetExceeded); another charge
+    under that id raises IdTaken, writing nothing."""
+    spend_id = str(uuid.uuid4())
+    seen: list[str] = []
+
+    @app.handler("SPEND")
+    def spend(ctx: Any) -> None:
+        entry = ctx.charge("4", description="captcha", entry_id=ctx.task.input_payload["spend"])
+        seen.append(entry.entry_id)
+        if ctx.attempt == 1:
+            raise RuntimeError("the provider timed out after taking the money")
+        with pytest.raises(IdTaken):
+            ctx.charge("1", entry_id=ctx.task.input_payload["spend"])
+
+    t = app.submit(task_type="SPEND", max_total_cost="5", input_payload={"spend": spend_id})
+    app.run_worker(burst=True, install_signals=False)
+    clock.advance(60)  # past the retry's backoff
+    app.run_worker(burst=True, install_signals=False)
+    assert app.get_task(t.task_id).status is TaskStatus.SUCCESS
+    assert seen == [spend_id, spend_id]
+    assert [(e.entry_id, e.amount) for e in app.ledger_entries(task_id=t.task_id)] == [
+        (spend_id, Decimal("4"))]
 
 
 def test_an_asset_repriced_while_a_claim_matched_it_is_not_leased_over_the_budget(

@@ -327,6 +327,11 @@ class LedgerEntryIn(_In):
     lease_id: str | None = Field(default=None, max_length=64)
     description: str | None = Field(default=None, max_length=2000)
     occurred_at: Timestamp | None = None
+    entry_id: str | None = Field(
+        default=None, max_length=64,
+        description="a UUID the client picks: the same entry sent again (after a lost "
+        "answer) answers the entry written the first time (200, Idempotent-Replayed: true) "
+        "and writes nothing; another entry under that id is a 409 idempotency-conflict")
 
 
 class LedgerEntryOut(BaseModel):

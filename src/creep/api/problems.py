@@ -23,6 +23,7 @@ from creep.domain.errors import (
     ConflictError,
     CreepError,
     IdempotencyConflict,
+    IdTaken,
     IllegalTransition,
     NotFound,
     StorageError,
@@ -135,6 +136,11 @@ def from_creep_error(exc: CreepError, request: Request | None = None) -> Problem
     if isinstance(exc, IdempotencyConflict):
         return Problem(409, "Idempotency conflict", exc.message, type_="idempotency-conflict",
                        task_id=exc.task_id)
+    if isinstance(exc, IdTaken):
+        errors = [{"field": f, "in": field_location(request, f), "rule": r}
+                  for f, r in exc.errors]
+        return Problem(409, "Idempotency conflict", exc.message, type_="idempotency-conflict",
+                       errors=errors)
     if isinstance(exc, VersionConflict):
         return Problem(409, "Version conflict", exc.message, type_="version-conflict")
     if isinstance(exc, IllegalTransition):

@@ -88,12 +88,15 @@ def ledger_record(
     lease: Annotated[str | None, typer.Option(help="lease_id")] = None,
     description: Annotated[str | None, typer.Option()] = None,
     occurred_at: Annotated[str | None, typer.Option(help="ISO 8601 (default: now)")] = None,
+    entry_id: Annotated[str | None, typer.Option(
+        help="a UUID of yours: the same command run again records nothing more (it shows "
+             "the entry written the first time)")] = None,
     api_url: ApiUrl = None, api_key: ApiKey = None, json: Json = False,
 ) -> None:
     """Append an entry (entries are never changed: correct a mistake with another one)."""
     fields = {"tenant_id": tenant, "project_id": project, "task_id": task, "asset_id": asset,
               "lease_id": lease, "description": description,
-              "occurred_at": parse_time(occurred_at, "--occurred-at")}
+              "occurred_at": parse_time(occurred_at, "--occurred-at"), "entry_id": entry_id}
     with client(api_url, api_key) as c:
         entry = c.record_entry(entry_type.value, amount, currency,
                                **{k: v for k, v in fields.items() if v is not None})

@@ -442,7 +442,10 @@ class Client:
     def record_entry(self, entry_type: str, amount: Decimal | int | str, currency: str,
                      **fields: Any) -> LedgerEntry:
         """REVENUE, REFUND or ADJUSTMENT; fields: tenant_id, project_id, task_id, asset_id,
-        lease_id, description, occurred_at. Over a task's budget: ApiProblem 409."""
+        lease_id, description, occurred_at, entry_id (a UUID; one is chosen per call when
+        not given, so a resend after a lost answer writes nothing more). Over a task's
+        budget: ApiProblem 409 `budget-exceeded`; an entry_id of another entry: 409
+        `idempotency-conflict`."""
         return self.send(calls.record_entry(
             {"entry_type": entry_type, "amount": amount, "currency": currency, **fields}))
 

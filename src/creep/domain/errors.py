@@ -63,6 +63,20 @@ class IdempotencyConflict(ConflictError):
         )
 
 
+class IdTaken(ConflictError):
+    """An id the caller chose (a ledger entry's entry_id, an asset's asset_id) names
+    something else already: a create sent again must be the same create. `errors` name the
+    id's field and say why, as a ValidationError's do."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{field}: {rule}" for field, rule in errors))
+
+    @classmethod
+    def single(cls, field: str, rule: str) -> IdTaken:
+        return cls([(field, rule)])
+
+
 class VersionConflict(ConflictError):
     """The object changed since the version the caller read."""
 

@@ -48,30 +48,35 @@ class LeaseContextMixin:
     async def charge(
         self, amount: Decimal | int | str, currency: str | None = None, *,
         asset_id: str | None = None, lease_id: str | None = None,
-        description: str | None = None,
+        description: str | None = None, entry_id: str | None = None,
     ) -> LedgerEntry:
         """Record a COST for this task. Over max_total_cost it raises BudgetExceeded, which,
-        left uncaught, ends the task FAILED with result_code BUDGET_EXCEEDED."""
-        return await self._money("COST", amount, currency, asset_id, lease_id, description)
+        left uncaught, ends the task FAILED with result_code BUDGET_EXCEEDED. `entry_id` (a
+        UUID the handler picks, e.g. one per spend kept in the task's payload) records it
+        once however often the handler runs: the same charge again returns the entry
+        written then (even by an earlier run), another one under that id raises IdTaken."""
+        return await self._money("COST", amount, currency, asset_id, lease_id, description,
+                                 entry_id)
 
     async def earn(
         self, amount: Decimal | int | str, currency: str | None = None, *,
         asset_id: str | None = None, lease_id: str | None = None,
-        description: str | None = None,
+        description: str | None = None, entry_id: str | None = None,
     ) -> LedgerEntry:
-        """Record REVENUE for this task."""
-        return await self._money("REVENUE", amount, currency, asset_id, lease_id, description)
+        """Record REVENUE for this task (`entry_id`: as for charge)."""
+        return await self._money("REVENUE", amount, currency, asset_id, lease_id, description,
+                                 entry_id)
 
     async def _money(
         self, entry_type: str, amount: Any, currency: str | None, asset_id: str | None,
-        lease_id: str | None, description: str | None,
+        lease_id: str | None, description: str | None, entry_id: str | None,
     ) -> LedgerEntry:
         t = self.task
         entry = make_entry(
             self._worker.clock.now(), entry_type=entry_type, amount=amount,
             currency=currency or t.currency, tenant_id=t.tenant_id, project_id=t.project_id,
             task_id=t.task_id, asset_id=asset_id, lease_id=lease_id, description=description,
-            occurred_at=None,
+            occurred_at=None, entry_id=entry_id,
         )
         result: LedgerEntry = await self._store(
             self._worker.store.ledger_record, entry, claim_token=self.claim_token)

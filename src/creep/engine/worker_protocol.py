@@ -407,18 +407,14 @@ class WorkerProtocol:
         its max_total_cost). `entry_id` (the worker's) makes a resend write nothing more."""
         if entry_type not in ("COST", "REVENUE"):
             raise ValidationError.single("entry_type", "must be COST or REVENUE")
-        if entry_id is not None and not is_uuid(entry_id):
-            raise ValidationError.single("entry_id", "must be a UUID")
         # The ledger's transaction checks the claim (after a resend's own entry: see there).
         task = self._held(task_id, claim_token, tenant_id)
         entry = make_entry(
             self.clock.now(), entry_type=entry_type, amount=amount,
             currency=currency or task.currency, tenant_id=task.tenant_id,
             project_id=task.project_id, task_id=task_id, asset_id=asset_id, lease_id=lease_id,
-            description=description, occurred_at=None,
+            description=description, occurred_at=None, entry_id=entry_id,
         )
-        if entry_id is not None:
-            entry.entry_id = str(uuid.UUID(entry_id))
         try:
             return self.store.ledger_record(entry, claim_token=claim_token)
         except NotFound as exc:  # another tenant's asset or lease reads like a missing one

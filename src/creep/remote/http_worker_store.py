@@ -30,6 +30,7 @@ from creep.domain.errors import (
     ClaimLost,
     ConflictError,
     CreepError,
+    IdTaken,
     NotWritten,
     SafeToResend,
     StorageError,
@@ -347,10 +348,13 @@ class HttpWorkerStore:
             r.status_code == 409 and problem.get("type", "").endswith("claim-lost")
         ):
             raise ClaimLost(f"{path}: the claim is no longer held")
-        if r.status_code == 409:  # the call's own conflict (an event id that exists already)
-            raise ConflictError(problem.get("detail") or f"{path}: HTTP 409")
         errors = [(e.get("field", "body"), e.get("rule", "is invalid"))
                   for e in problem.get("errors") or []]
+        if r.status_code == 409 and errors and \
+                problem.get("type", "").endswith("idempotency-conflict"):
+            raise IdTaken(errors)  # an entry_id of another entry, as the database's store
+        if r.status_code == 409:  # the call's own conflict (an event id that exists already)
+            raise ConflictError(problem.get("detail") or f"{path}: HTTP 409")
         raise ValidationError(errors or [(path, f"HTTP {r.status_code}: {r.text[:500]}")])
 
     def ledger_record(

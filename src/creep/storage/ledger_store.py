@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from creep.domain.errors import ClaimLost, ConflictError, NotFound, ValidationError
+from creep.domain.errors import (
+    ClaimLost,
+    IdTaken,
+    NotFound,
+    StorageError,
+    ValidationError,
+)
 from creep.domain.ids import is_uuid
 from creep.domain.ledger import (
     BudgetExceeded,
@@ -31,10 +38,36 @@ class LedgerStoreMixin(AssetStoreBase):
         """Append one entry. One tied to a task must be in the task's currency; a cost that
         would take the task over max_total_cost raises BudgetExceeded and writes nothing.
         With `claim_token` (a handler's ctx.charge / ctx.earn) the task must still run under
-        that claim, else ClaimLost and nothing is written."""
+        that claim, else ClaimLost and nothing is written. An entry whose entry_id exists
+        already is a resend: see ledger_append."""
+        return self.ledger_append(entry, enforce_budget=enforce_budget,
+                                  claim_token=claim_token)[0]
+
+    def ledger_append(
+        self, entry: LedgerEntry, *, enforce_budget: bool = True,
+        claim_token: str | None = None, occurred_given: bool = False,
+    ) -> tuple[LedgerEntry, bool]:
+        """ledger_record, and whether the entry was written before. An entry whose entry_id
+        exists already is a resend (after a lost answer): the same entry answers the one
+        written then, True, and writes nothing (its transaction rolls back: an audit row
+        riding along is not written either), even once the task's claim is gone or its
+        budget spent; another entry under that id raises IdTaken. The same entry: the same
+        tenant, task, asset, lease, type, amount, currency and description, and the project
+        and (`occurred_given`: the caller's, not now) occurred_at when the caller gave them.
+        The unique entry_id decides between a resend and the send it raced."""
+        try:
+            return self._ledger_insert(entry, enforce_budget, claim_token, occurred_given), False
+        except _EntryReplayed as replay:
+            return replay.entry, True
+
+    def _ledger_insert(
+        self, entry: LedgerEntry, enforce_budget: bool, claim_token: str | None,
+        occurred_given: bool,
+    ) -> LedgerEntry:
         d = self._adialect
         if claim_token is not None and entry.task_id is None:
             raise ValidationError.single("task_id", "is required with a claim token")
+        asked = _Asked(entry.project_id, occurred_given)
         with self._atx() as conn:
             if entry.task_id is None and entry.lease_id is not None:
                 # Money for a lease is its task's: in the task's currency, within its budget,
@@ -46,6 +79,7 @@ class LedgerStoreMixin(AssetStoreBase):
                 ).fetchone()
                 if leased is not None:
                     entry.task_id = str(leased[0])
+            row = None
             if entry.task_id is not None:
                 row = self._x(
                     conn,
@@ -55,8 +89,10 @@ class LedgerStoreMixin(AssetStoreBase):
                 ).fetchone()
                 if row is None or row[0] != entry.tenant_id:
                     raise NotFound("task", entry.task_id)
-                if (written := self._written_entry(conn, entry)) is not None:
-                    return written  # sent again after a lost answer (even once unclaimed)
+            # Sent again after a lost answer (even once unclaimed, or its budget spent): the
+            # entry written then, read only (under the task's lock: after its first send).
+            self._replay_entry(conn, entry, asked)
+            if row is not None:
                 if claim_token is not None and (row[4] != "RUNNING"
                                                 or str(row[5]) != claim_token):
                     # A run that lost its claim (rescued, timed out, cancelled) spends
@@ -94,34 +130,37 @@ class LedgerStoreMixin(AssetStoreBase):
                     raise NotFound("asset", entry.asset_id)
             if entry.lease_id is not None:
                 self._check_entry_lease(conn, entry, claim_token)
-            self._x(
+            inserted = self._x(
                 conn,
-                f"INSERT INTO ledger_entries ({LEDGER_COLS}) VALUES ({', '.join('?' * 12)})",
+                f"INSERT INTO ledger_entries ({LEDGER_COLS}) VALUES ({', '.join('?' * 12)}) "
+                "ON CONFLICT (entry_id) DO NOTHING RETURNING seq",
                 (entry.entry_id, entry.tenant_id, entry.project_id, entry.task_id,
                  entry.asset_id, entry.lease_id, entry.entry_type.value, d.dec(entry.amount),
                  entry.currency, entry.description, d.ts(entry.occurred_at),
                  d.ts(entry.recorded_at)),
-            )
+            ).fetchone()
+            if inserted is None:
+                # A send of this entry_id committed after the read above (PostgreSQL: the
+                # unique index held this insert until it did; SQLite's one writer at a time
+                # never gets here): the resend of a send it raced.
+                self._replay_entry(conn, entry, asked)
+                raise StorageError(f"ledger entry {entry.entry_id} was neither written nor found")
         return entry
 
-    def _written_entry(self, conn: Any, entry: LedgerEntry) -> LedgerEntry | None:
-        """The entry of `entry`'s id written already (a worker's resend after a lost answer:
-        the one answer, nothing more written), or None; ConflictError if it differs."""
+    def _replay_entry(self, conn: Any, entry: LedgerEntry, asked: _Asked) -> None:
+        """Nothing if no entry has `entry`'s id. Else _EntryReplayed with the entry written
+        under it when `entry` is that entry again, IdTaken when it is another one (which is
+        not shown: it may be another tenant's)."""
         row = self._x(conn, f"SELECT {LEDGER_COLS} FROM ledger_entries WHERE entry_id = ?",
                       (entry.entry_id,)).fetchone()
         if row is None:
-            return None
+            return
         written = self._entry(row)
-
-        def key(e: LedgerEntry) -> tuple[Any, ...]:
-            return (e.tenant_id, *(None if x is None else str(x).lower() for x in (
-                e.task_id, e.asset_id, e.lease_id)), e.entry_type, e.amount, e.currency,
-                    e.description)
-
-        if key(written) != key(entry):
-            raise ConflictError(f"ledger entry_id {entry.entry_id} exists already, as "
-                                "another entry")
-        return written
+        if not _same_entry(written, entry, asked):
+            raise IdTaken.single(
+                "entry_id", f"ledger entry {entry.entry_id} exists already, as another entry "
+                "(an entry sent again must be the same entry)")
+        raise _EntryReplayed(written)
 
     def _check_entry_lease(
         self, conn: Any, entry: LedgerEntry, claim_token: str | None
@@ -210,3 +249,37 @@ class LedgerStoreMixin(AssetStoreBase):
         else:
             totals = [(r[0], r[1], d.from_dec(r[2]) * r[3]) for r in rows]
         return summarise(totals, [r[3] for r in rows])
+
+
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """What a caller gave that the store fills in otherwise: the project (None: the task's,
+    or none) and whether occurred_at was the caller's (else the time of the request)."""
+
+    project_id: str | None
+    occurred_given: bool
+
+
+def _same_entry(written: LedgerEntry, entry: LedgerEntry, asked: _Asked) -> bool:
+    """Whether `entry` (its task resolved from its lease) records `written` again."""
+
+    def key(e: LedgerEntry) -> tuple[Any, ...]:
+        return (e.tenant_id, *(None if x is None else str(x).lower() for x in (
+            e.task_id, e.asset_id, e.lease_id)), e.entry_type, e.amount, e.currency,
+                e.description)
+
+    if key(written) != key(entry):
+        return False
+    if (asked.project_id is not None or entry.task_id is None) \
+            and asked.project_id != written.project_id:
+        return False
+    return not asked.occurred_given or written.occurred_at == entry.occurred_at
+
+
+class _EntryReplayed(Exception):  # not an error: the answer of a resent entry
+    """An entry sent again: its transaction ends (rolled back, nothing written) with the
+    entry written the first time."""
+
+    def __init__(self, entry: LedgerEntry) -> None:
+        super().__init__("replayed")
+        self.entry = entry

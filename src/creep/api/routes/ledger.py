@@ -45,7 +45,9 @@ router = APIRouter(prefix="/ledger", tags=["ledger"])
 Svc = Annotated[Services, Depends(services)]
 EXPORT_PAGE = 1000
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
-    409: {"description": "the entry would take its task over max_total_cost"},
+    409: {"description": "the entry would take its task over max_total_cost "
+                         "(budget-exceeded), or its entry_id is another entry's "
+                         "(idempotency-conflict)"},
     422: {"description": "validation failed; `errors` names each field"},
 }
 
@@ -106,26 +108,37 @@ def _every_entry(
         after = page[-1][0]
 
 
-@router.post("", status_code=201, response_model=LedgerEntryOut, responses=_PROBLEMS)
+@router.post(
+    "", status_code=201, response_model=LedgerEntryOut,
+    responses={200: {"model": LedgerEntryOut, "description": "a replay: the entry this "
+                     "entry_id already wrote (header Idempotent-Replayed: true)"},
+               **_PROBLEMS},
+)
 def record_entry(body: LedgerEntryIn, request: Request, principal: Writer, svc: Svc) -> Any:
     """Append a REVENUE, REFUND or ADJUSTMENT (a signed correction of cost). Entries are never
-    changed: a mistake is corrected by another entry."""
+    changed: a mistake is corrected by another entry. With an `entry_id` the client picked,
+    the same entry sent again answers 200 with the entry written the first time."""
     tenant = owning_tenant(principal, body.tenant_id, svc.store)
     entry = make_entry(
         svc.clock.now(), entry_type=body.entry_type, amount=body.amount,
         currency=body.currency, tenant_id=tenant, project_id=body.project_id,
         task_id=body.task_id, asset_id=body.asset_id, lease_id=body.lease_id,
         description=body.description, occurred_at=aware(body.occurred_at, "occurred_at"),
+        entry_id=body.entry_id,
     )
     try:
+        # A replay's transaction rolls back: its audit row is not written.
         with audited(request, principal, AuditAction.CREATED, ResourceType.LEDGER_ENTRY,
                      entry.entry_id, tenant_id=tenant):
-            stored = store_of(svc).ledger_record(entry)
+            stored, replayed = store_of(svc).ledger_append(
+                entry, occurred_given=body.occurred_at is not None)
     except NotFound as exc:
         # Another tenant's task, asset or lease reads exactly like a missing one.
         raise ValidationError.single(f"{exc.kind}_id", f"unknown {exc.kind}") from None
     except BudgetExceeded as exc:
         raise Problem(409, "Budget exceeded", exc.message, type_="budget-exceeded") from None
+    if replayed:
+        return json_response(ledger_json(stored), 200, {"Idempotent-Replayed": "true"})
     return json_response(ledger_json(stored), 201)
 
 
