@@ -31,7 +31,7 @@ from creep.domain.asset_event import (
     validate_reported_event,
 )
 from creep.domain.clock import INSTANT_RULE, Clock, storable_instant
-from creep.domain.errors import ConflictError, NotFound, ValidationError, check_member
+from creep.domain.errors import ConflictError, IdTaken, NotFound, ValidationError, check_member
 from creep.domain.ids import canonical_uuid, is_uuid, uuid7
 from creep.domain.lease import Lease, LeaseStatus
 from creep.domain.ledger import EntryType, LedgerEntry, LedgerSummary
@@ -49,11 +49,15 @@ class AssetApi:
     # -- assets ----------------------------------------------------------------------------
 
     def create_asset(self, **fields: Any) -> AssetSnapshot:
-        """Add one asset to the pool (status NEW or READY; event IMPORTED)."""
+        """Add one asset to the pool (status NEW or READY; event IMPORTED). With an asset_id
+        that exists: see import_assets."""
         return self.import_assets([fields])[0]
 
     def import_assets(self, assets: Iterable[Mapping[str, Any]]) -> list[AssetSnapshot]:
-        """Bulk import in one transaction: all valid, or nothing is written."""
+        """Bulk import in one transaction: all valid, or nothing is written. The same import
+        again (every asset_id given, each made by the same fields) returns those assets as
+        they are now and writes nothing; an asset_id of another asset, or existing assets
+        beside new ones, raise IdTaken naming `assets[i].asset_id`."""
         errors: list[tuple[str, str]] = []
         specs = []
         for i, fields in enumerate(assets):
@@ -70,7 +74,7 @@ class AssetApi:
             raise ValidationError(errors)
         try:
             return self.store.asset_create_many(specs, self.clock.now())
-        except ValidationError as exc:  # an asset_id that exists already
+        except IdTaken as exc:  # an asset_id that exists already
             raise name_items(exc, [s.asset_id for s in specs], "assets[{}].") from None
 
     def get_asset(self, asset_id: str, *, tenant_id: str | None = None) -> AssetSnapshot:

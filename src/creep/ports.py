@@ -235,6 +235,9 @@ class Store(Protocol):
     def asset_create_many(
         self, specs: Sequence[AssetSpec], now: datetime
     ) -> list[AssetSnapshot]: ...
+    def asset_create_or_replay(
+        self, specs: Sequence[AssetSpec], now: datetime
+    ) -> tuple[list[AssetSnapshot], bool]: ...
     def asset_get(self, asset_id: str, tenant_id: str | None = None) -> AssetSnapshot: ...
     def asset_list(
         self, flt: AssetFilter, *, after: str | None = None, limit: int = 100

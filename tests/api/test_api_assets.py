@@ -119,8 +119,10 @@ def test_asset_validation_names_the_field(server: Server) -> None:
             "sku_category": "A", "sku_code": "a", "status": "BANNED"}))
         assert "body" in _fields(c.post("/v1/assets", json=[]))
         taken = _asset(c)["asset_id"]
-        assert "asset_id" in _fields(c.post("/v1/assets", json={
-            "sku_category": "A", "sku_code": "a", "asset_id": taken}))
+        other = c.post("/v1/assets", json={"sku_category": "A", "sku_code": "a",
+                                           "asset_id": taken})
+        assert other.status_code == 409, other.text  # another asset under that id
+        assert [e["field"] for e in other.json()["errors"]] == ["asset_id"]
         assert "cursor" in _fields(c.get("/v1/assets", params={"cursor": "zz"}))
         assert c.get("/v1/assets").json()["items"][0]["asset_id"] == taken  # nothing else
 

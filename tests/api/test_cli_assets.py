@@ -78,6 +78,18 @@ def test_asset_import_is_all_or_nothing_unless_partial(server: Server, tmp_path:
     assert chunked.returncode == 2 and "line 2: asset_id" in chunked.stderr
     assert "imported before the failure: 1 assets (the rows before line 2)" in chunked.stderr
 
+    # A file whose rows carry their asset_ids, imported again (a run cut short, repeated):
+    # the server answers the assets of the first run and creates nothing more.
+    again = tmp_path / "again.jsonl"
+    again.write_text("\n".join(orjson.dumps(
+        {"sku_category": "RAW_NET", "sku_code": f"ip.it.{i}", "asset_id": str(uuid.uuid4())}
+    ).decode() for i in range(2)) + "\n")
+    runs = [ok_json(creep(server, "asset", "import", str(again), "--tenant", tenant_id,
+                          "--json")) for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0]["imported"]) == 2
+    assert [c for c in _codes(server, tenant_id) if c.startswith("ip.it")] == [
+        "ip.it.0", "ip.it.1"]
+
     unknown = tmp_path / "unknown.csv"
     unknown.write_text("sku_category,sku_code,colour\nRAW_NET,x,red\n")
     wrong = creep(server, "asset", "import", str(unknown), "--tenant", tenant_id)

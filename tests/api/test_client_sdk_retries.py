@@ -128,13 +128,25 @@ def test_a_write_whose_answer_was_lost_is_written_once(server: Server) -> None:
         entry = c.record_entry("REVENUE", "2.50", "USD", project_id=project)
         assert [(e.entry_id, e.amount) for e in c.iter_ledger(project_id=project)] == [
             (entry.entry_id, Decimal("2.50"))]
-        assert c.stats.statuses == [503, 503, 503, 503]
+        faults.plan("lose", "POST", "/v1/assets")
+        lost = c.create_asset(sku_category="RAW_NET", sku_code=f"lost.{project}")
+        assert [a.asset_id for a in c.iter_assets(sku_code=f"lost.{project}")] == [
+            lost.asset_id]
+        faults.plan("lose", "POST", "/v1/assets")
+        many = c.create_assets([{"sku_category": "RAW_NET", "sku_code": f"many.{project}"},
+                                {"sku_category": "GPU", "sku_code": f"many.{project}"}])
+        assert sorted(a.asset_id for a in c.iter_assets(sku_code=f"many.{project}")) == sorted(
+            a.asset_id for a in many)
+        assert c.stats.statuses == [503] * 6
 
         # No id the server would know again: the 503 is the answer, and it was written once.
-        faults.plan("lose", "POST", "/v1/assets")
-        with pytest.raises(ApiProblem):
-            c.create_asset(sku_category="RAW_NET", sku_code=f"lost.{project}")
-        assert len(list(c.iter_assets(sku_code=f"lost.{project}"))) == 1
+        faults.plan("lose", "POST", "/v1/schedules")
+        with pytest.raises(ApiProblem) as unanswered:
+            c.create_schedule(name=f"lost-{project}", type=f"SCHED-{project}", interval=3600,
+                              enabled=False)
+        assert unanswered.value.status == 503
+        assert [s.name for s in c.list_schedules(task_type=f"SCHED-{project}")] == [
+            f"lost-{project}"]
 
         # The worker protocol: an event of the run is not resent, a charge carries entry_id.
         [claimed] = c.claim([kind], max_tasks=1)
@@ -150,6 +162,8 @@ def test_a_write_whose_answer_was_lost_is_written_once(server: Server) -> None:
         # Each write above reached the server once, and the replayable ones twice.
         assert faults.sent.count(("POST", "/v1/ledger")) == 2
         assert faults.sent.count(("POST", "/v1/events")) == 2
+        assert faults.sent.count(("POST", "/v1/assets")) == 5
+        assert faults.sent.count(("POST", "/v1/schedules")) == 1
 
 
 def test_a_write_that_never_ran_is_retried(server: Server) -> None:
@@ -175,7 +189,10 @@ def test_async_client_resends_the_same_way(server: Server) -> None:
     async def main() -> None:
         faults = AsyncFaulty()
         async with AsyncClient(server.url, key, retry=FAST, transport=faults) as ac:
+            faults.plan("lose", "POST", "/v1/assets")
             asset = await ac.create_asset(sku_category="RAW_NET", sku_code=f"a.{project}")
+            assert [a.asset_id async for a in ac.iter_assets(sku_code=f"a.{project}")] == [
+                asset.asset_id]
             faults.plan("lose", "POST", "/v1/events")
             reported = await ac.report_event("PROBE_FAILED", asset.asset_id)
             probes = [e.event_id async for e in ac.iter_events(asset_id=asset.asset_id)
@@ -323,6 +340,28 @@ def test_claim_from_a_server_older_than_claim_id_goes_without_it() -> None:
         with pytest.raises(ClientError, match="claim_id"):
             c.claim(["X"], resend=True)  # a resend names the claim it sends again
     assert ["claim_id" in b for b in sent] == [True, False, False, True]
+
+
+def test_create_asset_takes_the_callers_asset_id(server: Server) -> None:
+    """The same create with an asset_id of the caller's answers the asset made then;
+    another asset under it is the server's 409 naming asset_id."""
+    _, key = server.tenant()
+    asset_id = str(uuid.uuid4())
+    with Client(server.url, key, retry=FAST) as c:
+        first = c.create_asset(sku_category="RAW_NET", sku_code="own.1", asset_id=asset_id)
+        again = c.create_asset(sku_category="RAW_NET", sku_code="own.1", asset_id=asset_id)
+        assert first.asset_id == again.asset_id == asset_id and again.raw == first.raw
+        with pytest.raises(ApiProblem) as taken:
+            c.create_asset(sku_category="RAW_NET", sku_code="own.2", asset_id=asset_id)
+        assert taken.value.status == 409
+        assert taken.value.short_type == "idempotency-conflict"
+        assert [e["field"] for e in taken.value.errors] == ["asset_id"]
+        with pytest.raises(ApiProblem) as listed:
+            c.create_assets([{"sku_category": "RAW_NET", "sku_code": "own.3"},
+                             {"sku_category": "RAW_NET", "sku_code": "own.2",
+                              "asset_id": asset_id}])
+        assert [e["field"] for e in listed.value.errors] == ["[1].asset_id"]
+        assert [a.asset_id for a in c.iter_assets()] == [asset_id]
 
 
 def test_record_entry_takes_the_callers_entry_id(server: Server) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from creep import Creep, FrozenClock, TaskContext, TaskStatus, ValidationError
+from creep import Creep, FrozenClock, IdTaken, TaskContext, TaskStatus, ValidationError
 
 
 @pytest.fixture
@@ -81,9 +81,9 @@ def test_bulk_update_errors_name_the_item(app: Creep) -> None:
 def test_import_of_an_existing_asset_id_names_the_item(app: Creep) -> None:
     """import_assets names every other error by item (`assets[i].field`; the REST import
     turns this one into `[i].asset_id` for that reason), but an asset_id that already exists
-    comes back as a bare `asset_id`."""
+    came back as a bare `asset_id`. (It is an IdTaken now: another asset under that id.)"""
     taken = app.create_asset(sku_category="RAW_NET", sku_code="ip.1")
-    with pytest.raises(ValidationError) as exc:
+    with pytest.raises(IdTaken) as exc:
         app.import_assets([{"sku_category": "RAW_NET", "sku_code": "ip.2"},
                            {"sku_category": "RAW_NET", "sku_code": "ip.3",
                             "asset_id": taken.asset_id}])

@@ -46,13 +46,14 @@ ASSET_COLUMNS = ("asset_id", "tenant", "category", "code", "status", "in use", "
 # -- import -----------------------------------------------------------------------------------
 def _send_chunk(c: Client, chunk: list[Row], partial: bool,
                 errors: list[RowError]) -> list[Asset]:
-    """One atomic request. With --partial, rows the server refuses (named `[i].field`) are
-    dropped and the rest sent again: a refused request wrote nothing."""
+    """One atomic request. With --partial, rows the server refuses (named `[i].field`: a
+    422, or a 409 for an asset_id of another asset) are dropped and the rest sent again: a
+    refused request wrote nothing."""
     while chunk:
         try:
             return c.create_assets([r.asset for r in chunk])
         except ApiProblem as exc:
-            if exc.status != 422:
+            if exc.status != 422 and not (exc.status == 409 and exc.errors):
                 raise
             refused = _refused_rows(exc, chunk)
             errors.extend(refused)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -188,10 +188,11 @@ def claim_body(task_types: list[str], max_tasks: int, wait: float, claim_ttl: fl
     return body
 
 
-def with_id(body: dict[str, Any], name: str) -> dict[str, Any]:
+def with_id(body: dict[str, Any], name: str,
+            new_id: Callable[[], str] = uuid7) -> dict[str, Any]:
     """`body` with its `name` id (chosen here, once per call, when not given): sent again
     after a lost answer, the server answers what it wrote the first time and writes nothing."""
-    return body if body.get(name) else {**body, name: uuid7()}
+    return body if body.get(name) else {**body, name: new_id()}
 
 
 def batch_body(title: str, tasks: list[dict[str, Any]], tenant_id: str | None,

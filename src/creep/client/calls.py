@@ -34,6 +34,7 @@ from creep.client.models import (
     TaskEvent,
     Tenant,
 )
+from creep.domain.ids import uuid4_str
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Model)
@@ -294,12 +295,16 @@ _WORKER_REPEATABLE = frozenset({"heartbeat", "leases"})
 
 # -- assets and leases ------------------------------------------------------------------------
 def create_asset(body: dict[str, Any]) -> Call[Asset]:
-    return Call("POST", "/v1/assets", lambda r: core.one(r, Asset), json=core.jsonable(body))
+    """With an asset_id (chosen here when not given): resent, the asset created answers."""
+    return Call("POST", "/v1/assets", lambda r: core.one(r, Asset),
+                json=core.jsonable(core.with_id(body, "asset_id", uuid4_str)), resend=True)
 
 
 def create_assets(bodies: list[dict[str, Any]]) -> Call[list[Asset]]:
-    """Up to 1000 in one transaction: all are written or none."""
-    return Call("POST", "/v1/assets", _items(Asset), json=core.jsonable(bodies))
+    """Up to 1000 in one transaction: all are written or none. Each with an asset_id (chosen
+    here when not given): resent, the import is replayed whole."""
+    return Call("POST", "/v1/assets", _items(Asset), resend=True, json=core.jsonable(
+        [core.with_id(body, "asset_id", uuid4_str) for body in bodies]))
 
 
 def list_assets(**filters: Any) -> Call[Page[Asset]]:

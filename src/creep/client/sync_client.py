@@ -310,12 +310,15 @@ class Client:
     # -- assets and leases ------------------------------------------------------------------
     def create_asset(self, asset: dict[str, Any] | None = None, **fields: Any) -> Asset:
         """Add one asset: sku_category, sku_code, attributes, cost_per_lease, currency,
-        cooldown_seconds, max_concurrency, ... (an admin key names tenant_id)."""
+        cooldown_seconds, max_concurrency, ... (an admin key names tenant_id); asset_id (a
+        UUID) is chosen per call when not given, so a resend after a lost answer creates
+        nothing more. An asset_id of another asset: ApiProblem 409 `idempotency-conflict`."""
         return self.send(calls.create_asset({**(asset or {}), **fields}))
 
     def create_assets(self, assets: list[dict[str, Any]]) -> list[Asset]:
         """Add up to 1000 assets in one transaction: all are written, or none (ApiProblem 422
-        naming each bad one as `[index].field`)."""
+        naming each bad one as `[index].field`). Each gets an asset_id when it has none: a
+        resend is answered with the assets the first send created."""
         return self.send(calls.create_assets(assets))
 
     def list_assets(self, *, cursor: str | None = None, limit: int = 100,

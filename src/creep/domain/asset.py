@@ -9,10 +9,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
-from creep.domain.errors import ConflictError, IllegalTransition, ValidationError
-from creep.domain.text import bad_text, find_bad_json
+import orjson
+
+from creep.domain.errors import ConflictError, IdTaken, IllegalTransition, ValidationError
+from creep.domain.text import bad_text, find_bad_json, json_default
 
 
 class AssetStatus(StrEnum):
@@ -251,7 +253,48 @@ def validate_asset_spec(data: Mapping[str, Any], prefix: str = "") -> AssetSpec:
     return spec
 
 
-def name_items(exc: ValidationError, asset_ids: Sequence[str], template: str) -> ValidationError:
+#: What a create sets that only an update changes afterwards: a create sent again names
+#: each as the asset has it.
+_CREATED_FIELDS = ("tenant_id", "project_id", "env", "sku_category", "sku_code",
+                   "max_concurrency", "cooldown_seconds", "cost_per_lease", "currency")
+#: What a create only starts the asset with: creep moves them itself (a lease takes an asset
+#: IN_USE, task outcomes move its health, a ban, a cooldown), so they are the create's only
+#: while the asset is as created (version 1).
+_STARTING_FIELDS = ("status", "health_score")
+
+
+def is_created_by(asset: AssetSnapshot, spec: AssetSpec) -> bool:
+    """Whether `spec` (validated: defaults filled) is the create that made `asset`, sent
+    again: the same tenant, project, env, SKU, attributes (as JSON), max_concurrency,
+    cooldown_seconds, cost_per_lease (as a number) and currency as the asset has now, and,
+    while the asset is unchanged since (version 1), the same status and health_score."""
+    if any(getattr(asset, name) != getattr(spec, name) for name in _CREATED_FIELDS):
+        return False
+    if not _same_json(asset.attributes, orjson.loads(orjson.dumps(spec.attributes,
+                                                                  default=json_default))):
+        return False
+    return asset.version > 1 or all(
+        getattr(asset, name) == getattr(spec, name) for name in _STARTING_FIELDS)
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """JSON equality, as matching reads attributes: `true` is not `1`; numbers by value (a
+    database may write 1e20 back as 100000000000000000000)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+E = TypeVar("E", ValidationError, IdTaken)
+
+
+def name_items(exc: E, asset_ids: Sequence[str], template: str) -> E:
     """The errors of a bulk call named by item: an error whose message names one of the
     call's assets (as the store's do: "asset <id> already exists") gets that item's name
     (`template.format(i)` + field, e.g. `assets[3].asset_id`), like the call's other errors."""
@@ -260,7 +303,7 @@ def name_items(exc: ValidationError, asset_ids: Sequence[str], template: str) ->
     for name, rule in exc.errors:
         hit = next((i for asset_id, i in index.items() if asset_id in rule), None)
         errors.append((name if hit is None else f"{template.format(hit)}{name}", rule))
-    return ValidationError(errors)
+    return type(exc)(errors)
 
 
 def validate_asset_changes(changes: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

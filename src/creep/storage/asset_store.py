@@ -23,6 +23,7 @@ from creep.domain.asset import (
     AssetStatus,
     check_asset_transition,
     check_fields_changeable,
+    is_created_by,
 )
 from creep.domain.asset_event import (
     MAX_CHAIN,
@@ -34,8 +35,10 @@ from creep.domain.asset_event import (
 from creep.domain.errors import (
     ClaimLost,
     ConflictError,
+    IdTaken,
     IllegalTransition,
     NotFound,
+    StorageError,
     ValidationError,
     VersionConflict,
 )
@@ -57,9 +60,41 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
     # -- assets: public --------------------------------------------------------------------
 
     def asset_create_many(self, specs: Sequence[AssetSpec], now: datetime) -> list[AssetSnapshot]:
-        d = self._adialect
+        """Create every asset, or none; a create sent again: see asset_create_or_replay."""
+        return self.asset_create_or_replay(specs, now)[0]
+
+    def asset_create_or_replay(
+        self, specs: Sequence[AssetSpec], now: datetime
+    ) -> tuple[list[AssetSnapshot], bool]:
+        """Create every asset, or none, and whether they existed already. A create whose
+        asset_ids all exist, each as the asset its spec created (domain is_created_by), is
+        that create sent again (after a lost answer): the assets as they are now, True, and
+        nothing written (its transaction rolls back: audit rows riding along are not written
+        either). An asset_id of another asset, or of an existing asset in a create that also
+        makes new ones, raises IdTaken naming it; the asset is not shown (it may be another
+        tenant's)."""
         if not specs:
-            return []
+            return [], False
+        if len({s.asset_id for s in specs}) != len(specs):
+            raise ValidationError.single("asset_id", "asset ids in one import must be unique")
+        try:
+            return self._create_assets(specs, now), False
+        except _AssetsReplayed as replay:
+            return replay.assets, True
+        except StorageError as exc:
+            diag = getattr(exc.__cause__, "diag", None)
+            if getattr(diag, "constraint_name", None) != "assets_pkey":
+                raise
+        # PostgreSQL: a create of one of these asset_ids committed after this one looked
+        # (the primary key held this insert until it did). Looked at again, this create is
+        # its resend or names another asset. (SQLite writes one transaction at a time.)
+        try:
+            return self._create_assets(specs, now), False
+        except _AssetsReplayed as replay:
+            return replay.assets, True
+
+    def _create_assets(self, specs: Sequence[AssetSpec], now: datetime) -> list[AssetSnapshot]:
+        d = self._adialect
         snaps = [
             AssetSnapshot(
                 asset_id=s.asset_id, tenant_id=s.tenant_id, project_id=s.project_id, env=s.env,
@@ -71,17 +106,15 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
             )
             for s in specs
         ]
-        if len({s.asset_id for s in snaps}) != len(snaps):
-            raise ValidationError.single("asset_id", "asset ids in one import must be unique")
         with self._atx() as conn:
-            existing = self._x(
-                conn, f"SELECT asset_id FROM assets WHERE {d.in_ids('asset_id')}",
-                (d.ids([s.asset_id for s in snaps]),),
-            ).fetchall()
+            existing = {
+                str(r[0]).lower(): self._asset(r) for r in self._x(
+                    conn, f"SELECT {ASSET_COLS} FROM assets WHERE {d.in_ids('asset_id')}",
+                    (d.ids([s.asset_id for s in snaps]),),
+                ).fetchall()
+            }
             if existing:
-                raise ValidationError([
-                    ("asset_id", f"asset {r[0]} already exists") for r in existing
-                ])
+                self._replay_assets(specs, existing)
             self._many(
                 conn,
                 f"INSERT INTO assets ({ASSET_COLS}) VALUES ({', '.join('?' * 18)})",
@@ -99,6 +132,23 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                 for a in snaps
             ])
         return snaps
+
+    @staticmethod
+    def _replay_assets(specs: Sequence[AssetSpec], existing: dict[str, AssetSnapshot]) -> None:
+        """Some of `specs`' asset_ids exist: _AssetsReplayed when the create is sent again
+        whole, else IdTaken naming each existing one."""
+        others = [s.asset_id for s in specs
+                  if s.asset_id in existing and not is_created_by(existing[s.asset_id], s)]
+        if others:
+            raise IdTaken([("asset_id", f"asset {asset_id} already exists, as another asset "
+                                        "(a create sent again must be the same create)")
+                           for asset_id in others])
+        if len(existing) < len(specs):
+            raise IdTaken([
+                ("asset_id", f"asset {s.asset_id} already exists (this import also has new "
+                             "assets: an import is replayed only when sent again whole)")
+                for s in specs if s.asset_id in existing])
+        raise _AssetsReplayed([existing[s.asset_id] for s in specs])
 
     def asset_get(self, asset_id: str, tenant_id: str | None = None) -> AssetSnapshot:
         if not is_uuid(asset_id):
@@ -581,6 +631,15 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                 break
             chain.append(found)
         return chain
+
+
+class _AssetsReplayed(Exception):  # not an error: the answer of a resent create
+    """A create sent again: its transaction ends (rolled back, nothing written) with the
+    assets it made the first time, as they are now."""
+
+    def __init__(self, assets: list[AssetSnapshot]) -> None:
+        super().__init__("replayed")
+        self.assets = assets
 
 
 class _Replayed(Exception):  # not an error: the answer of a resent report

@@ -62,6 +62,7 @@ from creep.domain.asset import (
 from creep.domain.audit import AuditAction, ResourceType
 from creep.domain.errors import (
     ConflictError,
+    IdTaken,
     IllegalTransition,
     NotFound,
     ValidationError,
@@ -110,7 +111,12 @@ def _parse_assets(raw: Any) -> list[AssetIn]:
 
 @router.post(
     "/assets", status_code=201, response_model=AssetOut | AssetList,
-    responses={422: _PROBLEMS[422]},
+    responses={200: {"model": AssetOut | AssetList, "description": "a replay: the assets "
+                     "this create made already, as they are now (header "
+                     "Idempotent-Replayed: true)"},
+               409: {"description": "an asset_id of another asset, or existing assets "
+                                    "beside new ones (idempotency-conflict)"},
+               422: _PROBLEMS[422]},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
         "schema": {"oneOf": [_ASSET_REF, {"type": "array", "items": _ASSET_REF,
                                            "minItems": 1, "maxItems": MAX_IMPORT}]}}}}},
@@ -119,7 +125,11 @@ def create_assets(
     body: Annotated[Any, Body()], request: Request, principal: Writer, svc: Svc
 ) -> Any:
     """Add one asset (answer: the asset) or a list of up to 1000 in one transaction (answer:
-    `{items}`; all valid or none written). Each asset writes an IMPORTED event."""
+    `{items}`; all valid or none written). Each asset writes an IMPORTED event. The same
+    create sent again with its asset_ids (after a lost answer) answers 200 with the assets
+    as they are now and writes nothing: each asset the same tenant, project, env, SKU,
+    attributes, max_concurrency, cooldown_seconds, cost_per_lease and currency as its body,
+    and its status and health_score too while it is unchanged since (version 1)."""
     many = isinstance(body, list)
     items = _parse_assets(body)
     specs = []
@@ -142,18 +152,20 @@ def create_assets(
         for s in specs
     ]
     try:
+        # A replay's transaction rolls back: its audit rows are not written.
         with riding(*writes):
-            created = store_of(svc).asset_create_many(specs, svc.clock.now())
-    except ValidationError as exc:
+            created, replayed = store_of(svc).asset_create_or_replay(specs, svc.clock.now())
+    except IdTaken as exc:
         raise _indexed(exc, specs) if many else exc from None
+    status, headers = (200, {"Idempotent-Replayed": "true"}) if replayed else (201, {})
     if many:
-        return json_response({"items": [asset_json(a) for a in created]}, 201)
+        return json_response({"items": [asset_json(a) for a in created]}, status, headers)
     asset = created[0]
-    return json_response(asset_json(asset), 201, {"Location": f"/v1/assets/{asset.asset_id}",
-                                                  "ETag": f'"{asset.version}"'})
+    return json_response(asset_json(asset), status, {
+        **headers, "Location": f"/v1/assets/{asset.asset_id}", "ETag": f'"{asset.version}"'})
 
 
-def _indexed(exc: ValidationError, specs: list[AssetSpec]) -> ValidationError:
+def _indexed(exc: IdTaken, specs: list[AssetSpec]) -> IdTaken:
     """The store names an existing asset by id; a list import names it by index too
     (`[3].asset_id`), like every other error of the list, so a client can find the row."""
     return name_items(exc, [s.asset_id for s in specs], "[{}].")
