@@ -141,3 +141,78 @@ def test_rest_schedule_data_nested_too_deep_is_a_422(app: Creep, api: TestClient
                   content=body({"data": {"a": "RAW"}}, raw))
     refused(api, r, "data", "nest")
     assert app.get_schedule(uid).data == '{"a":1}'
+
+
+#: JSON number literals with no finite double: Python's json module and Pydantic read them
+#: as nan or inf, which orjson then wrote as null.
+NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"]
+
+
+@pytest.mark.parametrize("raw", NON_FINITE)
+def test_rest_non_finite_numbers_are_a_422_naming_the_field(
+    app: Creep, api: TestClient, raw: str
+) -> None:
+    """NaN, Infinity or 1e400 in a request body was read as nan or inf and stored as null:
+    an input payload, constraints, a hint's attributes, a batch's task, schedule data, a
+    result. Each is now a 422 naming the field, as an integer JSON cannot carry is, and
+    nothing is written."""
+    order = {"tenant_id": "acme", "task_type": "N"}
+    for doc, field in (
+        ({**order, "input_payload": {"x": [1, "RAW"]}}, "input_payload.x[1]"),
+        ({**order, "task_type": "RAW_ESCAPED", "input_payload": {"x": "RAW"}},
+         "input_payload.x"),  # a \u escape: the model reads the body
+        ({**order, "constraints": {"k": "RAW"}}, "constraints.k"),
+        ({**order, "resource_hints": [{"sku_category": "c", "attributes": {"a": "RAW"}}]},
+         "resource_hints[0].attributes.a"),
+        ({**order, "max_total_cost": "RAW"}, "max_total_cost"),
+    ):
+        text = body(doc, raw).replace('"RAW_ESCAPED"', '"\\u004e"')
+        refused(api, api.post("/v1/tasks", headers=JSON, content=text), field, "finite")
+    refused(api, api.post("/v1/batches", headers=JSON, content=body(
+        {"title": "b", "tenant_id": "acme", "tasks": [{"task_type": "N",
+                                                       "input_payload": "RAW"}]}, raw)),
+            "tasks[0].input_payload", "finite")
+    assert app.list_tasks(tenant_id="acme") == []
+
+    schedule = {"tenant_id": "acme", "name": "s", "type": "T", "interval": 60}
+    refused(api, api.post("/v1/schedules", headers=JSON,
+                          content=body({**schedule, "data": {"a": "RAW"}}, raw)),
+            "data.a", "finite")
+    assert app.list_schedules(tenant_id="acme") == []
+    made = api.post("/v1/schedules", headers=ADMIN, json={**schedule, "data": {"a": 1}})
+    r = api.patch(f"/v1/schedules/{made.json()['uid']}",
+                  headers={**JSON, "If-Match": made.headers["ETag"]},
+                  content=body({"data": {"a": "RAW"}}, raw))
+    refused(api, r, "data.a", "finite")
+
+    task = app.submit(tenant_id="acme", task_type="N")
+    (item,) = api.post("/v1/workers/claim", headers=ADMIN,
+                       json={"task_types": ["N"]}).json()["items"]
+    token = item["claim_token"]
+    refused(api, api.post(f"/v1/tasks/{task.task_id}/complete", headers=JSON, content=body(
+        {"claim_token": token, "result": {"score": "RAW"}}, raw)), "result.score", "finite")
+    refused(api, api.post("/v1/workers/complete", headers=JSON, content=body({"items": [
+        {"task_id": task.task_id, "claim_token": token, "outcome": "complete",
+         "result": "RAW"}]}, raw)), "items[0].result", "finite")
+    assert app.get_task(task.task_id).status == "RUNNING"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_python_non_finite_numbers_are_a_validation_error(app: Creep, value: float) -> None:
+    """A float NaN or infinity given to the Python API was stored as null (orjson writes it
+    so); it is now a ValidationError naming the field, and nothing is written."""
+    for fields, field in (({"constraints": {"k": [value]}}, "constraints.k[0]"),
+                          ({"resource_hints": [{"sku_category": "c",
+                                                "attributes": {"a": value}}]},
+                           "resource_hints[0].attributes.a")):
+        for submit in (lambda f: app.submit(**f), lambda f: app.submit_many([f])):
+            with pytest.raises(ValidationError) as caught:
+                submit({"tenant_id": "acme", "task_type": "N", **fields})
+            assert any(name.removeprefix("tasks[0].") == field and "finite" in rule
+                       for name, rule in caught.value.errors), caught.value.errors
+    assert app.list_tasks(tenant_id="acme") == []
+    with pytest.raises(ValidationError) as caught:
+        app.create_schedule(tenant_id="acme", name="s", type="N", interval=60,
+                            data={"a": value})
+    assert error_names(caught.value, "data.a", "finite"), caught.value.errors
+    assert app.list_schedules(tenant_id="acme") == []

@@ -1,8 +1,9 @@
 """Text every backend can store: PostgreSQL refuses NUL in text and jsonb (SQLite would keep
 it), and no database takes a lone surrogate. Checked at the edge, so a bad value is a
 validation error naming its field on every backend, never a storage error. The same walk
-checks JSON integers: creep writes JSON with orjson, which takes integers of at most 64 bits
-(a body the API's model parses may hold any)."""
+checks JSON numbers: creep writes JSON with orjson, which takes integers of at most 64 bits
+(a body the API's model parses may hold any) and writes NaN and infinities as null (the
+standard library and Pydantic read NaN, Infinity and 1e400 so)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import orjson
 NUL_RULE = "must not contain NUL characters (\\u0000)"
 SURROGATE_RULE = "must be valid Unicode (no unpaired surrogates)"
 INT_RULE = "must be an integer of at most 64 bits (-2**63 to 2**64 - 1)"
+FINITE_RULE = "must be a finite number (no NaN or Infinity, at most 1.8e308 in size)"
 _INT_MIN, _INT_END = -(2**63), 2**64
 
 
@@ -31,13 +33,16 @@ def bad_text(value: str) -> str | None:
 
 
 def find_bad_text(data: Any, path: str = "") -> tuple[str, str] | None:
-    """The first string (key or value) in `data` that no database can store, or integer
-    that cannot be written as JSON: (path, rule)."""
+    """The first string (key or value) in `data` that no database can store, or number
+    that cannot be written as JSON (an integer past 64 bits, NaN or an infinity): (path,
+    rule)."""
     if isinstance(data, str):
         rule = bad_text(data)
         return (path, rule) if rule else None
     if type(data) is int:
         return None if _INT_MIN <= data < _INT_END else (path or "(top level)", INT_RULE)
+    if isinstance(data, float):
+        return None if math.isfinite(data) else (path or "(top level)", FINITE_RULE)
     if isinstance(data, dict):
         for key, value in data.items():
             sub = f"{path}.{key}" if path else str(key)
@@ -84,7 +89,8 @@ def too_deep(data: Any, limit: int = MAX_JSON_DEPTH) -> bool:
 def find_unwritable(data: Any, path: str = "") -> tuple[str, str] | None:
     """As find_bad_text, and nesting deeper than MAX_JSON_DEPTH: the API writes a task's
     JSON inside a page (a claim's nests it 4 deeper), and orjson stops at 254 levels. Any
-    value orjson writes passes otherwise (unlike find_bad_json: a Decimal, a datetime)."""
+    value orjson writes as itself passes otherwise (unlike find_bad_json: a Decimal, a
+    datetime)."""
     if too_deep(data):
         return (path or "(top level)", DEPTH_RULE)
     return find_bad_text(data, path)
@@ -156,7 +162,7 @@ def _not_json(data: Any, path: str) -> tuple[str, str] | None:
                 return found
         return None
     if isinstance(data, float):
-        return None if math.isfinite(data) else (where, "must be a finite number")
+        return None if math.isfinite(data) else (where, FINITE_RULE)
     if data is None or isinstance(data, (str, int)):
         return None
     return (where, f"must be JSON (a {type(data).__name__} is not)")
