@@ -216,3 +216,43 @@ def test_python_non_finite_numbers_are_a_validation_error(app: Creep, value: flo
                             data={"a": value})
     assert error_names(caught.value, "data.a", "finite"), caught.value.errors
     assert app.list_schedules(tenant_id="acme") == []
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_python_non_finite_input_payload_is_a_validation_error(
+    app: Creep, value: float
+) -> None:
+    """app.submit(input_payload={"x": float("nan")}) stored {"x": null}; it is now a
+    ValidationError naming the value, from submit and submit_many, and nothing is written.
+    A payload holding null and finite floats is stored as it was sent."""
+    for payload, field in (({"x": value}, "input_payload.x"),
+                           ({"x": None, "y": [1.5, {"z": value}]}, "input_payload.y[1].z"),
+                           ([value], "input_payload[0]"), (value, "input_payload")):
+        for submit in (lambda p: app.submit(tenant_id="acme", task_type="N", input_payload=p),
+                       lambda p: app.submit_many([{"tenant_id": "acme", "task_type": "N",
+                                                   "input_payload": p}])):
+            with pytest.raises(ValidationError) as caught:
+                submit(payload)
+            assert any(name.removeprefix("tasks[0].") == field and "finite" in rule
+                       for name, rule in caught.value.errors), caught.value.errors
+    assert app.list_tasks(tenant_id="acme") == []
+    fine = {"x": None, "y": [1.5, -2.25e300, 5e-324], "null": "null"}
+    task = app.submit(tenant_id="acme", task_type="N", input_payload=fine)
+    assert app.get_task(task.task_id).input_payload == fine
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_handler_result_not_finite_is_an_error_not_null(app: Creep, value: float) -> None:
+    """A handler returning {"score": float("inf")} succeeded with {"score": null}; that
+    result is now the attempt's error naming the value, as a result that is not JSON is."""
+
+    @app.handler("N")
+    def score(ctx: TaskContext) -> Any:
+        return {"ok": None, "score": value}
+
+    task = app.submit(tenant_id="acme", task_type="N", constraints={"max_retries": 0})
+    app.run_worker(burst=True, install_signals=False)
+    got = app.get_task(task.task_id)
+    assert got.status == "DEAD_LETTER" and got.result_payload is None
+    assert "result.score: must be a finite number" in (got.result_message or ""), \
+        got.result_message

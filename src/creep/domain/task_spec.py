@@ -350,9 +350,12 @@ def _fast_spec(
     return None if payload_json is None else fast_build(data, payload_json, limits, traced)
 
 
-def fast_check(data: Mapping[str, Any], limits: Limits) -> bytes | None:
+def fast_check(
+    data: Mapping[str, Any], limits: Limits, *, finite: bool = False
+) -> bytes | None:
     """The checking half of the fast path: the input payload's JSON when `data` is a common
-    order that is valid, else None (the full path, validate_task_spec, decides)."""
+    order that is valid, else None (the full path, validate_task_spec, decides). `finite`:
+    orjson read `data` from JSON text, so it holds no NaN or infinity to look for."""
     if (
         type(data) is not dict or data.get("task_type") is None
         or not data.keys() <= _FAST_FIELDS
@@ -382,7 +385,7 @@ def fast_check(data: Mapping[str, Any], limits: Limits) -> bytes | None:
     except TypeError:
         return None
     if len(payload_json) > limits.max_payload_bytes or (
-        may_be_unwritable(payload_json, data.get("input_payload"))
+        may_be_unwritable(payload_json, data.get("input_payload"), finite=finite)
         and find_unwritable(data.get("input_payload")) is not None
     ):
         return None

@@ -474,7 +474,9 @@ def complete_outcome(
         result_json = orjson.dumps(result)
     except TypeError:
         raise ValidationError.single("result", "must be JSON") from None
-    if may_be_unwritable(result_json, result) and (bad := find_unwritable(result, "result")) is not None:
+    # From a request body: its model refused NaN and Infinity already (find_bad_text).
+    if may_be_unwritable(result_json, result, finite=True) and (
+            bad := find_unwritable(result, "result")) is not None:
         raise ValidationError.single(*bad)
     return Outcome(task_id, claim_token, OutcomeKind.SUCCEEDED, result=result, message=message,
                    result_json=result_json)

@@ -179,7 +179,7 @@ def plain_order(raw: bytes, limits: Limits) -> tuple[dict[str, Any], bytes] | No
         return None
     if type(data) is not dict or data.get("idempotency_key") == "":  # the model: min 1
         return None
-    payload_json = fast_check(data, limits)
+    payload_json = fast_check(data, limits, finite=True)  # orjson refuses NaN, Infinity
     return None if payload_json is None else (data, payload_json)
 
 
