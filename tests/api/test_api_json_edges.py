@@ -256,3 +256,40 @@ def test_a_handler_result_not_finite_is_an_error_not_null(app: Creep, value: flo
     assert got.status == "DEAD_LETTER" and got.result_payload is None
     assert "result.score: must be a finite number" in (got.result_message or ""), \
         got.result_message
+
+
+@pytest.mark.parametrize("raw", ["18446744073709551616", "-9223372036854775809",
+                                 "123456789012345678901234567890"])
+def test_rest_integer_beyond_64_bits_is_a_422_on_every_path(
+    app: Creep, api: TestClient, raw: str
+) -> None:
+    """POST /v1/tasks read an input payload's integer beyond 64 bits as a float (2**64 was
+    stored as 1.8446744073709552e+19) while the same body with a \\u escape, read by the
+    model, was a 422; it is a 422 naming the value either way now, and nothing is written."""
+    order = {"tenant_id": "acme", "task_type": "N", "input_payload": {"x": [1, "RAW"]}}
+    refused(api, api.post("/v1/tasks", headers=JSON, content=body(order, raw)),
+            "input_payload.x[1]", "64 bits")
+    escaped = body({**order, "task_type": "ESCAPED"}, raw).replace('"ESCAPED"', '"\\u004e"')
+    refused(api, api.post("/v1/tasks", headers=JSON, content=escaped),
+            "input_payload.x[1]", "64 bits")
+    assert app.list_tasks(tenant_id="acme") == []
+
+
+def test_rest_numbers_that_fit_come_back_as_sent(app: Creep, api: TestClient) -> None:
+    """The 64-bit ends, long digit strings and long decimals are stored as sent."""
+    payload = {"ints": [18446744073709551615, -9223372036854775808, 9999999999999999999,
+                        -1234567890123456789],
+               "text": "123456789012345678901234567890", "float": 0.12345678901234568,
+               "long": "RAW"}
+    text = body({"tenant_id": "acme", "task_type": "N", "input_payload": payload,
+                 "external_ref": "98765432109876543210"}, "1.2345678901234567890123")
+    r = api.post("/v1/tasks", headers=JSON, content=text)
+    assert r.status_code == 201, r.text
+    stored = app.get_task(r.json()["task_id"])
+    assert stored.input_payload == {**payload, "long": 1.2345678901234568}
+    assert stored.external_ref == "98765432109876543210"
+    fits = {"x": [9999999999999999999, -999999999999999999, 1.5e300]}  # the common order
+    r = api.post("/v1/tasks", headers=ADMIN,
+                 json={"tenant_id": "acme", "task_type": "N", "input_payload": fits})
+    assert r.status_code == 201, r.text
+    assert app.get_task(r.json()["task_id"]).input_payload == fits

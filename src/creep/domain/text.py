@@ -65,6 +65,19 @@ def may_hold_nul(json_text: bytes) -> bool:
     return b"\\u0000" in json_text
 
 
+#: A JSON text's bytes as "0" for a digit or a minus sign, "x" for any other.
+_DIGIT_RUNS = bytes(0x30 if chr(i) in "0123456789-" else 0x78 for i in range(256))
+_WIDE_RUN = b"0" * 20
+
+
+def may_hold_wide_int(json_text: bytes) -> bool:
+    """Whether JSON text may hold an integer beyond 64 bits, which orjson reads as a float
+    (2**64 as 1.8446744073709552e+19): a run of 20 digits, or of a minus and 19 (-2**63 has
+    19). A long string of digits or decimal matches too, and a parser that keeps integers
+    (the standard library's, Pydantic's) then decides. One C pass, no regex (~10x)."""
+    return _WIDE_RUN in json_text.translate(_DIGIT_RUNS)
+
+
 #: Deepest nesting of lists and objects a stored JSON value may have (orjson stops at 254).
 MAX_JSON_DEPTH = 200
 DEPTH_RULE = f"must not nest lists and objects more than {MAX_JSON_DEPTH} deep"

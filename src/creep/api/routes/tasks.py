@@ -47,6 +47,7 @@ from creep.domain.audit import AuditAction, ResourceType
 from creep.domain.errors import ValidationError, VersionConflict
 from creep.domain.task import TaskOrder
 from creep.domain.task_spec import Limits, fast_build, fast_check, validate_task_spec
+from creep.domain.text import may_hold_wide_int
 from creep.engine.worker_protocol import STREAM_END
 from creep.ports import TaskFilter
 from creep.ports_api import task_snapshot
@@ -170,8 +171,9 @@ def plain_order(raw: bytes, limits: Limits) -> tuple[dict[str, Any], bytes] | No
     answer: the spec is then built by fast_build, without checking again). None sends the
     body through TaskOrderIn, which answers anything else as before. A body with a \\u
     escape is left to the model: only an escape can carry NUL or a lone surrogate
-    (find_bad_text) into valid JSON."""
-    if b"\\u" in raw:
+    (find_bad_text) into valid JSON; so is one that may hold an integer beyond 64 bits,
+    which orjson would read as a float (the model keeps it, and refuses it)."""
+    if b"\\u" in raw or may_hold_wide_int(raw):
         return None
     try:
         data = orjson.loads(raw)
