@@ -3,6 +3,7 @@ headers past the format's limits, metadata no database stores, and a damaged sto
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 import warnings
@@ -86,6 +87,60 @@ def test_metadata_with_nul_is_a_validation_error_on_every_backend(srv: Server) -
                    data={"kind": "log", "metadata": json.dumps({"note": "a\x00b"})})
         assert r.status_code == 422, r.text
         assert [e["field"] for e in r.json()["errors"]] == ["metadata.note"]
+
+
+@pytest.mark.parametrize(("raw", "rule"), [
+    ("NaN", "finite"), ("-Infinity", "finite"), ("1e400", "finite"),
+    ("18446744073709551616", "64 bits"), ("-9223372036854775809", "64 bits")])
+def test_metadata_numbers_json_cannot_carry_are_a_422_naming_them(
+    srv: Server, raw: str, rule: str
+) -> None:
+    """Artifact metadata holding an integer beyond 64 bits was stored as a float (orjson
+    reads it so), and NaN, Infinity or 1e400 answered 'metadata: must be a JSON object';
+    each is now a 422 naming the value, as in any other body, and nothing is stored."""
+    _, key = srv.tenant()
+    with srv.client(key) as c:
+        task_id = _task(c)
+        r = c.post(f"/v1/tasks/{task_id}/artifacts", files={"file": ("n.txt", b"num")},
+                   data={"kind": "log", "metadata": '{"a": 1, "x": [' + raw + ']}'})
+        assert r.status_code == 422, r.text
+        assert [(e["field"], rule in e["rule"]) for e in r.json()["errors"]] == [
+            ("metadata.x[0]", True)], r.text
+        assert c.get(f"/v1/tasks/{task_id}/artifacts").json()["items"] == []
+        fits = '{"x": [18446744073709551615, -9223372036854775808, 1.5e300]}'
+        r = c.post(f"/v1/tasks/{task_id}/artifacts", files={"file": ("n.txt", b"num")},
+                   data={"kind": "log", "metadata": fits})
+        assert r.status_code == 201, r.text
+        assert r.json()["metadata"] == json.loads(fits)
+
+
+def test_sdk_metadata_with_nan_is_refused_not_sent_as_null(srv: Server) -> None:
+    """Client.upload_artifact wrote metadata with orjson, which writes NaN and infinities
+    as null: {"x": nan} was stored as {"x": null}. It now raises ValueError, as the SDK's
+    JSON bodies do (httpx refuses NaN), and nothing is uploaded."""
+    from creep.client import AsyncClient, Client
+
+    _, key = srv.tenant()
+    with Client(srv.url, key) as c:
+        task_id = c.create_task(task_type="RENDER").task_id
+        for value in (float("nan"), float("inf")):
+            with pytest.raises(ValueError, match="JSON"):
+                c.upload_artifact(task_id, b"x", kind="log", file_name="x.txt",
+                                  metadata={"x": value})
+
+        async def upload() -> None:
+            async with AsyncClient(srv.url, key) as ac:
+                await ac.upload_artifact(task_id, b"x", kind="log", file_name="x.txt",
+                                         metadata={"x": float("nan")})
+
+        with pytest.raises(ValueError, match="JSON"):
+            asyncio.run(upload())
+        assert c.list_artifacts(task_id) == []
+        art = c.upload_artifact(task_id, b"x", kind="log", file_name="x.txt",
+                                metadata={"x": None, "é": [1.5, "ü"]})
+    with srv.client(key) as http:
+        stored = http.get(f"/v1/artifacts/{art.artifact_id}").json()["metadata"]
+        assert stored == {"x": None, "é": [1.5, "ü"]}
 
 
 def test_reupload_over_a_damaged_blob_serves_the_new_uploads_bytes(srv: Server) -> None:

@@ -302,7 +302,7 @@ class AsyncClient:
     async def upload_artifact(self, task_id: str, content: bytes, *, kind: str, file_name: str,
                         mime_type: str | None = None,
                         metadata: dict[str, Any] | None = None) -> Artifact:
-        meta = orjson.dumps(metadata).decode() if metadata is not None else None
+        meta = calls.metadata_text(metadata)
         return await self.send(calls.upload_artifact(task_id, content, kind, file_name, mime_type,
                                                meta))
 

@@ -3,6 +3,7 @@ clients only execute calls, so both cover exactly the same routes."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -231,6 +232,15 @@ def set_log_level(level: str, logger: str) -> Call[dict[str, Any]]:
 
 
 # -- artifacts ------------------------------------------------------------------------------
+def metadata_text(metadata: dict[str, Any] | None) -> str | None:
+    """Artifact metadata as JSON text. NaN and the infinities are a ValueError, as in the
+    JSON bodies httpx writes (orjson would write them as null); a lone surrogate is sent
+    escaped, for the server to name."""
+    if metadata is None:
+        return None
+    return json.dumps(metadata, separators=(",", ":"), allow_nan=False)
+
+
 def upload_artifact(task_id: str, content: bytes, kind: str, file_name: str,
                     mime_type: str | None, metadata: str | None) -> Call[Artifact]:
     data = core.params(kind=kind, file_name=file_name, mime_type=mime_type, metadata=metadata)

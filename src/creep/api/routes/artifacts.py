@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -29,6 +30,7 @@ from creep.api.tenancy import read_scope
 from creep.domain.artifacts import Artifact, ArtifactTooLarge
 from creep.domain.audit import AuditAction, ResourceType
 from creep.domain.errors import ValidationError
+from creep.domain.text import may_hold_wide_int
 from creep.engine.artifacts import ArtifactService
 from creep.storage.blob_store import BlobStore
 
@@ -54,6 +56,21 @@ def artifact_service(request: Request) -> ArtifactService:
 
 
 Artifacts = Annotated[ArtifactService, Depends(artifact_service)]
+
+
+def _metadata(text: str) -> Any:
+    """The metadata form field's JSON, read as a request body is: an integer beyond 64 bits
+    (which orjson reads as a float) or NaN, Infinity and 1e400 (which orjson refuses) are
+    read by the standard library, and the domain's check then names them."""
+    if not may_hold_wide_int(text.encode("utf-8", "surrogatepass")):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: nested thousands deep
+        raise ValidationError.single("metadata", "must be a JSON object") from None
 
 
 def _too_large(limit: int) -> Problem:
@@ -227,12 +244,7 @@ def upload_artifact(
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > artifacts.max_bytes + _ENVELOPE:
         raise _too_large(artifacts.max_bytes)
-    meta: Any = None
-    if metadata is not None:
-        try:
-            meta = orjson.loads(metadata)
-        except orjson.JSONDecodeError:
-            raise ValidationError.single("metadata", "must be a JSON object") from None
+    meta = None if metadata is None else _metadata(metadata)
     name = file_name or file.filename or "upload"
     try:
         staged = artifacts.stage(
