@@ -318,3 +318,20 @@ def test_asset_ban_policy_set_show_list_and_delete(server: Server) -> None:
         assert c.get_asset(asset.asset_id).status == "READY"
         c.report_event(asset_id=asset.asset_id, event_type="HTTP_PROBE_FAIL")
         assert c.get_asset(asset.asset_id).status == "BANNED"
+
+
+def test_asset_import_refuses_integers_beyond_64_bits(server: Server, tmp_path: Path) -> None:
+    """An attribute of 2**64 in an import file (a CSV cell, a JSONL row) was read by orjson
+    as a float and imported as 1.8446744073709552e+19; it is now refused, named by line,
+    and nothing is imported."""
+    tenant_id, _ = server.tenant()
+    csv_file = tmp_path / "wide.csv"
+    csv_file.write_text(HEADER + "RAW_NET,ip.w.1,1,0,uk,18446744073709551616\n")
+    jsonl = tmp_path / "wide.jsonl"
+    jsonl.write_text('{"sku_category": "RAW_NET", "sku_code": "ip.w.2", '
+                     '"attributes": {"n": -9223372036854775809}}\n')
+    for path, line in ((csv_file, "line 2: attributes.tier"), (jsonl, "line 1: attributes.n")):
+        refused = creep(server, "asset", "import", str(path), "--tenant", tenant_id)
+        assert refused.returncode == 2 and line in refused.stderr, refused.stderr
+        assert "64 bits" in refused.stderr and "nothing imported" in refused.stderr
+    assert _codes(server, tenant_id) == []

@@ -216,3 +216,28 @@ def test_unreachable_server_and_bad_key(server: Server) -> None:
     assert wrong.returncode == 1 and "401" in wrong.stderr
     scheme = creep(server, "task", "list", url="ftp://x")
     assert scheme.returncode == 2 and "http://" in scheme.stderr
+
+
+def test_cli_integers_beyond_64_bits_are_refused_not_rounded(
+    server: Server, tmp_path: Path
+) -> None:
+    """`creep task submit --payload '{"x": 18446744073709551616}'` (and a batch file's
+    order) read the integer with orjson, as a float, and submitted 1.8446744073709552e+19;
+    it is now sent as written, and the server's 422 names it (exit 2). Integers that fit
+    are submitted exactly."""
+    tenant_id = _tenant(server)
+    wide = creep(server, "task", "submit", "--type", "NUM", "--tenant", tenant_id,
+                 "--payload", '{"x": [1, 18446744073709551616]}')
+    assert wide.returncode == 2 and "input_payload.x[1]" in wide.stderr, wide.stderr
+    order = creep(server, "task", "submit", "--type", "NUM", "--tenant", tenant_id,
+                  "--order", '{"input_payload": -9223372036854775809}')
+    assert order.returncode == 2 and "input_payload" in order.stderr, order.stderr
+    jsonl = tmp_path / "wide.jsonl"
+    jsonl.write_text('{"task_type": "NUM", "input_payload": {"x": 123456789012345678901}}\n')
+    batch = creep(server, "batch", "submit", str(jsonl), "--tenant", tenant_id)
+    assert batch.returncode != 0 and "input_payload.x" in batch.stderr, batch.stderr
+    assert ok_json(creep(server, "task", "list", "--tenant", tenant_id, "--json")) == []
+    fits = ok_json(creep(server, "task", "submit", "--type", "NUM", "--tenant", tenant_id,
+                         "--payload", '{"x": [18446744073709551615, -9223372036854775808]}',
+                         "--json"))
+    assert fits["input_payload"] == {"x": [18446744073709551615, -9223372036854775808]}

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 from pydantic import ValidationError as PydanticValidationError
 
 from creep.api.asset_schemas import AssetIn
 from creep.domain.asset import validate_asset_spec
 from creep.domain.errors import ValidationError
+from creep.domain.text import loads_exact
 
 ASSET_FIELDS = frozenset(AssetIn.model_fields)
 ATTR_PREFIX = "attr."
@@ -104,6 +104,8 @@ def check_asset(asset: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, 
     except PydanticValidationError as exc:
         return asset, [(".".join(str(p) for p in e["loc"]) or "asset", e["msg"])
                        for e in exc.errors()]
+    except ValidationError as exc:  # the model's own check (text or numbers no JSON stores)
+        return asset, list(exc.errors)
     try:
         # The tenant itself is checked by the server (it may not exist, or not be the key's).
         validate_asset_spec(item.fields(item.tenant_id or "default"))
@@ -118,8 +120,8 @@ def _jsonl(text: str) -> AssetFile:
         if not line.strip():
             continue
         try:
-            value = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
+            value = loads_exact(line)
+        except ValueError as exc:  # orjson.JSONDecodeError included
             out.errors.append(RowError(number, "", f"not valid JSON ({exc})"))
             continue
         if not isinstance(value, dict):
@@ -172,8 +174,8 @@ def _csv_asset(columns: list[str], cells: list[str]) -> tuple[dict[str, Any], tu
             attributes[column[len(ATTR_PREFIX):]] = _scalar(value)
         elif column == "attributes":
             try:
-                asset["attributes"] = orjson.loads(value)
-            except orjson.JSONDecodeError:
+                asset["attributes"] = loads_exact(value)
+            except ValueError:
                 return asset, ("attributes", "must be a JSON object")
         elif column in INT_COLUMNS and _INTEGER.fullmatch(value):
             asset[column] = int(value)
@@ -187,7 +189,7 @@ def _csv_asset(columns: list[str], cells: list[str]) -> tuple[dict[str, Any], tu
 def _scalar(value: str) -> Any:
     """A number, true or false as JSON; anything else stays text."""
     try:
-        parsed = orjson.loads(value)
-    except orjson.JSONDecodeError:
+        parsed = loads_exact(value)
+    except ValueError:
         return value
     return parsed if isinstance(parsed, int | float | bool) else value

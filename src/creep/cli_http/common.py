@@ -26,6 +26,7 @@ from rich.text import Text
 
 from creep.client import ApiProblem, Client, ClientError
 from creep.client.models import Model
+from creep.domain.text import loads_exact
 
 EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_UNFINISHED = 0, 1, 2, 3
 
@@ -171,8 +172,8 @@ def parse_json_arg(raw: str, name: str) -> Any:
         except OSError as exc:
             usage_error(f"{name}: cannot read {raw[1:]!r}: {exc.strerror}")
     try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
+        return loads_exact(text)
+    except ValueError as exc:  # orjson.JSONDecodeError included
         usage_error(f"{name}: not valid JSON ({exc})")
 
 

@@ -28,6 +28,7 @@ from creep.cli_http.common import (
     usage_error,
 )
 from creep.client import Batch, Client, ClientError, Task, TaskEvent
+from creep.domain.text import loads_exact
 
 task_app = typer.Typer(help="Tasks over the REST API.", no_args_is_help=True)
 batch_app = typer.Typer(help="Batches over the REST API.", no_args_is_help=True)
@@ -192,8 +193,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            value = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
+            value = loads_exact(line)
+        except ValueError as exc:  # orjson.JSONDecodeError included
             problems.append(f"line {number}: not valid JSON ({exc})")
             continue
         if not isinstance(value, dict):

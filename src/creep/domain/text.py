@@ -7,6 +7,7 @@ standard library and Pydantic read NaN, Infinity and 1e400 so)."""
 
 from __future__ import annotations
 
+import json
 import math
 from decimal import Decimal
 from typing import Any
@@ -76,6 +77,20 @@ def may_hold_wide_int(json_text: bytes) -> bool:
     19). A long string of digits or decimal matches too, and a parser that keeps integers
     (the standard library's, Pydantic's) then decides. One C pass, no regex (~10x)."""
     return _WIDE_RUN in json_text.translate(_DIGIT_RUNS)
+
+
+def loads_exact(text: str | bytes) -> Any:
+    """JSON text as orjson reads it (NaN, Infinity, 1e400 or bad text: its JSONDecodeError,
+    a ValueError), except that an integer beyond 64 bits stays an integer: orjson reads it
+    as a float, sent on as another number; as itself it is refused, named."""
+    value = orjson.loads(text)
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if not may_hold_wide_int(raw):
+        return value
+    try:  # valid JSON (orjson read it), nested at most 1024 deep
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
 
 
 #: Deepest nesting of lists and objects a stored JSON value may have (orjson stops at 254).
