@@ -186,7 +186,12 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
     def list_tasks(
         self, *, after: str | None = None, limit: int = 100, **filters: Any
     ) -> list[TaskOrder]:
+        """Newest first, the tasks that are not deleted; `deleted=True`: only the deleted
+        ones (the recycle bin). Filters: status, task_type, task_category, tag, batch_id,
+        project_id, env, tenant_id, created_from, created_to, deleted."""
         check_member("status", filters.get("status"), TaskStatus)
+        if not isinstance(filters.get("deleted", False), bool):
+            raise ValidationError.single("deleted", "must be true or false")
         return self.store.task_list(TaskFilter(**filters), after=after, limit=limit)
 
     def cancel(
@@ -200,6 +205,32 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
     def retry(self, task_id: str, *, tenant_id: str | None = None) -> TaskOrder:
         """Queue a FAILED, CANCELLED, TIMEOUT or DEAD_LETTER task again with fresh retries."""
         return self.store.task_retry(canonical_uuid(task_id), self.clock.now(), tenant_id=tenant_id)
+
+    def delete_task(
+        self, task_id: str, *, expected_version: int | None = None,
+        tenant_id: str | None = None,
+    ) -> TaskOrder:
+        """Soft-delete a finished task (SUCCESS, FAILED, CANCELLED, TIMEOUT, DEAD_LETTER):
+        it gets `deleted_at`, leaves list_tasks() for list_tasks(deleted=True) and refuses
+        cancel, retry and update (TaskDeleted) until restored; get_task still reads it.
+        An unfinished task raises TaskUnfinished (cancel it first); one already deleted is
+        returned as it is. With `expected_version`, VersionConflict unless the task is still
+        at that task_version."""
+        return self.store.task_delete(
+            canonical_uuid(task_id), self.clock.now(), tenant_id=tenant_id,
+            expected_version=expected_version,
+        )
+
+    def restore_task(
+        self, task_id: str, *, expected_version: int | None = None,
+        tenant_id: str | None = None,
+    ) -> TaskOrder:
+        """Take a deleted task out of the recycle bin (`deleted_at` cleared); one that is
+        not deleted is returned as it is."""
+        return self.store.task_restore(
+            canonical_uuid(task_id), self.clock.now(), tenant_id=tenant_id,
+            expected_version=expected_version,
+        )
 
     def update_task(
         self, task_id: str, expected_version: int, *, tenant_id: str | None = None,

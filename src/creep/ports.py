@@ -150,6 +150,8 @@ class TaskFilter:
     env: str | None = None
     created_from: datetime | None = None
     created_to: datetime | None = None
+    #: False: the tasks that are not deleted (the usual list); True: only the deleted ones.
+    deleted: bool = False
 
 
 class Listener(Protocol):
@@ -202,6 +204,19 @@ class Store(Protocol):
         self, task_id: str, expected_version: int, changes: dict[str, Any], now: datetime,
         *, tenant_id: str | None = None,
     ) -> TaskOrder: ...
+    def task_delete(
+        self, task_id: str, now: datetime, *, tenant_id: str | None = None,
+        expected_version: int | None = None,
+    ) -> TaskOrder:
+        """Set a finished task's deleted_at (TaskUnfinished otherwise); one already deleted
+        is answered as it is, nothing written."""
+        ...
+    def task_restore(
+        self, task_id: str, now: datetime, *, tenant_id: str | None = None,
+        expected_version: int | None = None,
+    ) -> TaskOrder:
+        """Clear a deleted task's deleted_at; one not deleted is answered as it is."""
+        ...
     def task_events(self, task_id: str, tenant_id: str | None = None) -> list[TaskEvent]: ...
     def task_events_after(
         self, cursor: str | None, *, limit: int = 500, task_id: str | None = None,

@@ -128,6 +128,37 @@ def test_task_lifecycle(server: Server, worker: None, tmp_path: Path) -> None:
     assert invalid.returncode == 2 and "tenant_id" in invalid.stderr
 
 
+def test_task_delete_and_restore(server: Server) -> None:
+    """creep task delete | restore, and task list --deleted (the recycle bin)."""
+    tenant_id = _tenant(server)
+    submit = ("task", "submit", "--type", "NO_HANDLER", "--tenant", tenant_id, "--json")
+    queued = ok_json(creep(server, *submit))
+    unfinished = creep(server, "task", "delete", queued["task_id"])
+    assert unfinished.returncode == 1
+    assert "409" in unfinished.stderr and "cancel it first" in unfinished.stderr
+    done = ok_json(creep(server, *submit))
+    tid = done["task_id"]
+    creep(server, "task", "cancel", tid)
+    stale = creep(server, "task", "delete", tid, "--version", "1")
+    assert stale.returncode == 1 and "412" in stale.stderr
+    deleted = creep(server, "task", "delete", tid)
+    assert deleted.returncode == 0, deleted.stderr
+    assert f"{tid}: CANCELLED, deleted at " in deleted.stdout
+    listed = ok_json(creep(server, "task", "list", "--tenant", tenant_id, "--json"))
+    assert [t["task_id"] for t in listed] == [queued["task_id"]]
+    binned = ok_json(creep(server, "task", "list", "--tenant", tenant_id, "--deleted",
+                           "--json"))
+    assert [t["task_id"] for t in binned] == [tid] and binned[0]["deleted_at"]
+    table = creep(server, "task", "list", "--tenant", tenant_id, "--deleted")
+    assert table.returncode == 0 and tid in table.stdout
+    refused = creep(server, "task", "retry", tid)
+    assert refused.returncode == 1 and "restore it" in refused.stderr
+    restored = ok_json(creep(server, "task", "restore", tid, "--json"))
+    assert restored["deleted_at"] is None
+    assert ok_json(creep(server, "task", "list", "--tenant", tenant_id, "--deleted",
+                         "--json")) == []
+
+
 def test_batch_submit_and_wait(server: Server, worker: None, tmp_path: Path) -> None:
     tenant_id = _tenant(server)
     jsonl = tmp_path / "orders.jsonl"

@@ -93,6 +93,54 @@ def test_tasks_idempotency_problems_and_pagination(server: Server) -> None:
         assert c.retry_task(a.task_id).status == "QUEUED"
 
 
+def test_delete_and_restore_tasks(server: Server) -> None:
+    """The recycle bin through the SDK: delete_task, restore_task, list_tasks(deleted=True),
+    and the problems of an unfinished and of a deleted task."""
+    _, key = server.tenant()
+    with Client(server.url, key) as c:
+        running = c.create_task(task_type="NO_HANDLER")
+        with pytest.raises(ApiProblem) as unfinished:
+            c.delete_task(running.task_id)
+        assert unfinished.value.status == 409
+        assert unfinished.value.short_type == "task-not-finished"
+        done = [c.cancel_task(c.create_task(task_type="NO_HANDLER").task_id)
+                for _ in range(3)]
+        with pytest.raises(ApiProblem) as stale:
+            c.delete_task(done[0].task_id, expected_version=done[0].task_version - 1)
+        assert stale.value.status == 412
+        deleted = [c.delete_task(t.task_id, expected_version=t.task_version) for t in done]
+        assert all(isinstance(t.deleted_at, datetime) for t in deleted)
+        assert c.delete_task(done[0].task_id) == deleted[0]  # again: as it is
+        assert c.get_task(done[0].task_id).deleted_at == deleted[0].deleted_at
+        assert [t.task_id for t in c.iter_tasks()] == [running.task_id]
+        in_bin = [t.task_id for t in c.iter_tasks(deleted=True, page_size=2)]
+        assert in_bin == [t.task_id for t in done][::-1]
+        with pytest.raises(ApiProblem) as refused:
+            c.retry_task(done[0].task_id)
+        assert refused.value.short_type == "task-deleted"
+        restored = c.restore_task(done[0].task_id)
+        assert restored.deleted_at is None
+        assert restored.task_version == deleted[0].task_version + 1
+        assert c.restore_task(done[0].task_id) == restored
+        assert c.retry_task(done[0].task_id).status == "QUEUED"
+
+    async def main() -> None:
+        async with AsyncClient(server.url, key) as ac:
+            gone = await ac.delete_task(done[1].task_id)
+            assert gone == deleted[1]
+            page = await ac.list_tasks(deleted=True)
+            assert [t.task_id for t in page.items] == [done[2].task_id, done[1].task_id]
+            back = await ac.restore_task(done[1].task_id,
+                                         expected_version=deleted[1].task_version)
+            assert back.deleted_at is None
+            with pytest.raises(ApiProblem) as unfinished:
+                await ac.delete_task(running.task_id)
+            assert unfinished.value.short_type == "task-not-finished"
+            assert [t.task_id async for t in ac.iter_tasks(deleted=True)] == [done[2].task_id]
+
+    asyncio.run(main())
+
+
 def test_admin_batches_audit_and_artifacts(server: Server) -> None:
     with Client(server.url, server.admin_key) as admin:
         tenant_id = f"sdk-{uuid.uuid4().hex[:8]}"

@@ -27,6 +27,8 @@ from creep.domain.errors import (
     IllegalTransition,
     NotFound,
     StorageError,
+    TaskDeleted,
+    TaskUnfinished,
     ValidationError,
     VersionConflict,
 )
@@ -145,6 +147,12 @@ def from_creep_error(exc: CreepError, request: Request | None = None) -> Problem
         return Problem(409, "Version conflict", exc.message, type_="version-conflict")
     if isinstance(exc, IllegalTransition):
         return Problem(409, "Illegal transition", exc.message, type_="illegal-transition")
+    if isinstance(exc, TaskUnfinished):
+        return Problem(409, "Task not finished", exc.message, type_="task-not-finished",
+                       task_id=exc.task_id, task_status=exc.status)
+    if isinstance(exc, TaskDeleted):
+        return Problem(409, "Task deleted", exc.message, type_="task-deleted",
+                       task_id=exc.task_id)
     if isinstance(exc, ClaimLost):
         # Its own type: a worker drops the task on it, and must not for another 409 of the
         # same call (an asset event id that exists already).

@@ -99,12 +99,14 @@ def task_list(
     batch: Annotated[str | None, typer.Option(help="batch_id")] = None,
     tag: Annotated[str | None, typer.Option()] = None,
     env: Annotated[str | None, typer.Option()] = None,
+    deleted: Annotated[bool, typer.Option(
+        "--deleted", help="Only the deleted tasks (the recycle bin).")] = False,
     limit: Annotated[int, typer.Option(min=1, help="Rows at most (pages are followed).")] = 50,
     api_url: ApiUrl = None, api_key: ApiKey = None, json: Json = False,
 ) -> None:
-    """Tasks, newest first."""
+    """Tasks, newest first (deleted ones only with --deleted)."""
     filters = {"status": status, "task_type": task_type, "tenant_id": tenant,
-               "batch_id": batch, "tag": tag, "env": env}
+               "batch_id": batch, "tag": tag, "env": env, "deleted": deleted or None}
     with client(api_url, api_key) as c:
         tasks = take(c.iter_tasks(page_size=min(limit, 500), **filters), limit)
     if json:
@@ -150,6 +152,37 @@ def task_retry(task_id: str, api_url: ApiUrl = None, api_key: ApiKey = None,
         print_json(task)
     else:
         out.print(f"{task.task_id}: {task.status}")
+
+
+Version = Annotated[int | None, typer.Option(
+    "--version", min=1, help="Only if the task is still at this task_version (If-Match).")]
+
+
+@task_app.command("delete")
+@api_errors
+def task_delete(task_id: str, version: Version = None, api_url: ApiUrl = None,
+                api_key: ApiKey = None, json: Json = False) -> None:
+    """Move a finished task to the recycle bin (an unfinished one: cancel it first)."""
+    with client(api_url, api_key) as c:
+        task = c.delete_task(task_id, expected_version=version)
+    if json:
+        print_json(task)
+    else:
+        out.print(f"{task.task_id}: {task.status}, deleted at {task.deleted_at}",
+                  highlight=False)
+
+
+@task_app.command("restore")
+@api_errors
+def task_restore(task_id: str, version: Version = None, api_url: ApiUrl = None,
+                 api_key: ApiKey = None, json: Json = False) -> None:
+    """Take a deleted task out of the recycle bin."""
+    with client(api_url, api_key) as c:
+        task = c.restore_task(task_id, expected_version=version)
+    if json:
+        print_json(task)
+    else:
+        out.print(f"{task.task_id}: {task.status}", highlight=False)
 
 
 @task_app.command("events")

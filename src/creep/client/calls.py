@@ -156,6 +156,21 @@ def update_task(task_id: str, expected_version: int, changes: dict[str, Any]) ->
                 json=core.jsonable(changes), headers={"If-Match": f'"{expected_version}"'})
 
 
+def _version_header(expected_version: int | None) -> dict[str, str] | None:
+    return None if expected_version is None else {"If-Match": f'"{expected_version}"'}
+
+
+def delete_task(task_id: str, expected_version: int | None) -> Call[Task]:
+    # Sent again after a lost answer, a delete answers the task it deleted (nothing more).
+    return Call("DELETE", f"/v1/tasks/{_p(task_id)}", lambda r: core.one(r, Task),
+                headers=_version_header(expected_version), resend=True)
+
+
+def restore_task(task_id: str, expected_version: int | None) -> Call[Task]:
+    return Call("POST", f"/v1/tasks/{_p(task_id)}/restore", lambda r: core.one(r, Task),
+                headers=_version_header(expected_version), resend=True)
+
+
 def task_events(task_id: str, after: str | None, limit: int) -> Call[Page[TaskEvent]]:
     return Call("GET", f"/v1/tasks/{_p(task_id)}/events", lambda r: core.page(r, TaskEvent),
                 params=core.params(after=after, limit=limit))

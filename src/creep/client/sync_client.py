@@ -137,7 +137,7 @@ class Client:
     def list_tasks(self, *, cursor: str | None = None, limit: int = 50,
                    **filters: Any) -> Page[Task]:
         """Filters: status, task_type, task_category, tag, batch_id, project_id, env,
-        tenant_id, created_from, created_to."""
+        tenant_id, created_from, created_to, deleted (True: only the deleted tasks)."""
         return self.send(calls.list_tasks(cursor=cursor, limit=limit, **filters))
 
     def iter_tasks(self, *, page_size: int = 200, **filters: Any) -> Iterator[Task]:
@@ -151,6 +151,16 @@ class Client:
 
     def retry_task(self, task_id: str) -> Task:
         return self.send(calls.retry_task(task_id))
+
+    def delete_task(self, task_id: str, *, expected_version: int | None = None) -> Task:
+        """Move a finished task to the recycle bin (ApiProblem 409 `task-not-finished` for
+        an unfinished one); a deleted task is answered as it is. With `expected_version`
+        (If-Match), a stale version raises ApiProblem 412."""
+        return self.send(calls.delete_task(task_id, expected_version))
+
+    def restore_task(self, task_id: str, *, expected_version: int | None = None) -> Task:
+        """Take a deleted task out of the recycle bin; one not deleted is answered as is."""
+        return self.send(calls.restore_task(task_id, expected_version))
 
     def update_task(self, task_id: str, expected_version: int, **changes: Any) -> Task:
         """PATCH with If-Match: a stale version raises ApiProblem 412."""

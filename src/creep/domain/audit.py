@@ -32,6 +32,7 @@ class AuditAction(StrEnum):
     # creep
     CANCELLED = "cancelled"
     RETRIED = "retried"
+    RESTORED = "restored"
     TRIGGERED = "triggered"
     BANNED = "banned"
     UNBANNED = "unbanned"

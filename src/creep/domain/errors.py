@@ -100,6 +100,25 @@ class IllegalTransition(ConflictError):
         super().__init__(f"{kind}: illegal transition {old} -> {new}")
 
 
+class TaskUnfinished(ConflictError):
+    """Only a finished task can be deleted (moved to the recycle bin)."""
+
+    def __init__(self, task_id: str, status: str) -> None:
+        self.task_id = task_id
+        self.status = status
+        super().__init__(
+            f"task {task_id} is {status}: only a finished task can be deleted; cancel it first"
+        )
+
+
+class TaskDeleted(ConflictError):
+    """The task is deleted (in the recycle bin): it changes only once restored."""
+
+    def __init__(self, task_id: str, change: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"task {task_id} is deleted: restore it before it can be {change}")
+
+
 class ClaimLost(ConflictError):
     """The worker no longer holds the claim it names (expired, rescued or fenced)."""
 

@@ -25,6 +25,9 @@ class TaskEventType(StrEnum):
     UPDATED = "updated"
     # Cancellation asked for a running task; `cancelled` follows when the handler stops.
     CANCEL_REQUESTED = "cancel_requested"
+    # Soft delete (seed 004's is_deleted): into the recycle bin and out of it; no status change.
+    DELETED = "deleted"
+    RESTORED = "restored"
 
 
 @dataclass(slots=True)

@@ -17,7 +17,9 @@ from creep.domain.errors import (
     SchemaOutOfDate,
     SchemaTooNew,
     StorageError,
+    TaskUnfinished,
     ValidationError,
+    VersionConflict,
 )
 from creep.domain.ids import is_uuid
 from creep.domain.outcomes import Backoff, Outcome, OutcomeKind, Resolution, resolve
@@ -275,6 +277,28 @@ def check_dependencies(
     if errors:
         raise ValidationError(errors)
     return {task_id: status for task_id, (status, _) in found.items()}
+
+
+class Unchanged(Exception):
+    """Raised inside a write transaction that has nothing to do: it rolls back, so nothing
+    is written, not even what rides along (the API's audit row); `task` is the answer."""
+
+    def __init__(self, task: TaskOrder) -> None:
+        super().__init__(task.task_id)
+        self.task = task
+
+
+def check_soft_delete(task: TaskOrder, delete: bool, expected_version: int | None) -> None:
+    """Whether `task` (read under its row lock) may be deleted (`delete`) or restored:
+    Unchanged when it already is, VersionConflict when it moved past `expected_version`,
+    TaskUnfinished when a delete meets a task that has not finished (a deleted task never
+    runs again: retry, cancel and update refuse it with TaskDeleted)."""
+    if (task.deleted_at is not None) == delete:
+        raise Unchanged(task)
+    if expected_version is not None and task.task_version != expected_version:
+        raise VersionConflict("task", task.task_id, expected_version, task.task_version)
+    if delete and not task.is_terminal:
+        raise TaskUnfinished(task.task_id, task.status.value)
 
 
 def check_retry_dependencies(task: TaskOrder, found: dict[str, str]) -> None:

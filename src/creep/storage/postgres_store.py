@@ -46,6 +46,7 @@ from creep.domain.errors import (
     IllegalTransition,
     NotFound,
     StorageError,
+    TaskDeleted,
     ValidationError,
     VersionConflict,
 )
@@ -73,10 +74,12 @@ from creep.storage.common import (
     TASK_COLUMNS,
     TASK_SELECT,
     UPDATABLE_FIELDS,
+    Unchanged,
     bind_replayed_dependencies,
     check_dependencies,
     check_known_schema,
     check_retry_dependencies,
+    check_soft_delete,
     dumps,
     given_task_ids,
     initial_status,
@@ -743,7 +746,7 @@ class PostgresStore(
     def task_list(
         self, flt: TaskFilter, *, after: str | None = None, limit: int = 100
     ) -> list[TaskOrder]:
-        where = ["deleted_at IS NULL"]
+        where = ["deleted_at IS NOT NULL" if flt.deleted else "deleted_at IS NULL"]
         params: list[Any] = []
         for column in (
             "tenant_id", "status", "task_type", "task_category", "batch_id", "project_id", "env"
@@ -1169,6 +1172,8 @@ class PostgresStore(
             # (see _cancel_dependants), before the task itself is read.
             self._lock_open_dependants(conn, [task_id], open_roots=True)
             task = self._get(conn, task_id, tenant_id, lock=True)
+            if task.deleted_at is not None:
+                raise TaskDeleted(task_id, "cancelled")
             if task.status is TaskStatus.RUNNING:
                 if task.cancel_requested:
                     raise ConflictError(f"task {task_id}: cancellation is already requested")
@@ -1204,6 +1209,8 @@ class PostgresStore(
             raise NotFound("task", task_id)
         with self._tx() as conn:
             task = self._get(conn, task_id, tenant_id, lock=True)
+            if task.deleted_at is not None:
+                raise TaskDeleted(task_id, "retried")
             if task.status not in RETRYABLE_FROM:
                 raise IllegalTransition("task", task.status.value, TaskStatus.QUEUED.value)
             if task.depends_on:
@@ -1244,6 +1251,8 @@ class PostgresStore(
             task = self._get(conn, task_id, tenant_id, lock=True)
             if task.task_version != expected_version:
                 raise VersionConflict("task", task_id, expected_version, task.task_version)
+            if task.deleted_at is not None:
+                raise TaskDeleted(task_id, "changed")
             if not changes:
                 return task
             sets: list[str] = []
@@ -1260,6 +1269,43 @@ class PostgresStore(
                                    task.status.value, task.attempt,
                                    Jsonb({"changes": changes}), now)])
             return self._get(conn, task_id, None, lock=False)
+
+    def task_delete(
+        self, task_id: str, now: datetime, *, tenant_id: str | None = None,
+        expected_version: int | None = None,
+    ) -> TaskOrder:
+        return self._soft_delete(task_id, now, tenant_id, expected_version, delete=True)
+
+    def task_restore(
+        self, task_id: str, now: datetime, *, tenant_id: str | None = None,
+        expected_version: int | None = None,
+    ) -> TaskOrder:
+        return self._soft_delete(task_id, now, tenant_id, expected_version, delete=False)
+
+    def _soft_delete(
+        self, task_id: str, now: datetime, tenant_id: str | None,
+        expected_version: int | None, *, delete: bool,
+    ) -> TaskOrder:
+        if not is_uuid(task_id):
+            raise NotFound("task", task_id)
+        try:
+            with self._tx() as conn:
+                # The row lock orders it with a retry or cancel of the task: a retry that
+                # came first left it QUEUED (refused here), one that comes after finds it
+                # deleted (refused there).
+                task = self._get(conn, task_id, tenant_id, lock=True)
+                check_soft_delete(task, delete, expected_version)
+                conn.execute(
+                    "UPDATE tasks SET deleted_at = %s, updated_at = %s, "
+                    "task_version = task_version + 1 WHERE task_id = %s",
+                    (now if delete else None, now, task_id),
+                )
+                _insert_events(conn, [(task_id, task.tenant_id,
+                                       "deleted" if delete else "restored", task.status.value,
+                                       task.status.value, task.attempt, Jsonb({}), now)])
+                return self._get(conn, task_id, None, lock=False)
+        except Unchanged as same:  # rolled back: nothing written
+            return same.task
 
     # -- events --------------------------------------------------------------------------------
 

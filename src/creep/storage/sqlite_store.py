@@ -22,6 +22,7 @@ from creep.domain.errors import (
     IllegalTransition,
     NotFound,
     StorageError,
+    TaskDeleted,
     ValidationError,
     VersionConflict,
 )
@@ -49,10 +50,12 @@ from creep.storage.common import (
     TASK_COLUMNS,
     TASK_SELECT,
     UPDATABLE_FIELDS,
+    Unchanged,
     bind_replayed_dependencies,
     check_dependencies,
     check_known_schema,
     check_retry_dependencies,
+    check_soft_delete,
     dumps,
     given_task_ids,
     initial_status,
@@ -541,7 +544,8 @@ class SqliteStore(
     def task_list(
         self, flt: TaskFilter, *, after: str | None = None, limit: int = 100
     ) -> list[TaskOrder]:
-        where, params = ["deleted_at IS NULL"], []
+        where = ["deleted_at IS NOT NULL" if flt.deleted else "deleted_at IS NULL"]
+        params: list[Any] = []
         for column in (
             "tenant_id", "status", "task_type", "task_category", "batch_id", "project_id", "env"
         ):
@@ -824,6 +828,8 @@ class SqliteStore(
         now_us = us(now)
         with self._write() as conn:
             task = self._get_for_update(conn, task_id, tenant_id)
+            if task.deleted_at is not None:
+                raise TaskDeleted(task_id, "cancelled")
             if task.status is TaskStatus.RUNNING:
                 if task.cancel_requested:
                     raise ConflictError(f"task {task_id}: cancellation is already requested")
@@ -864,6 +870,8 @@ class SqliteStore(
         now_us = us(now)
         with self._write() as conn:
             task = self._get_for_update(conn, task_id, tenant_id)
+            if task.deleted_at is not None:
+                raise TaskDeleted(task_id, "retried")
             if task.status not in RETRYABLE_FROM:
                 raise IllegalTransition("task", task.status.value, TaskStatus.QUEUED.value)
             if task.depends_on:
@@ -905,6 +913,8 @@ class SqliteStore(
             task = self._get_for_update(conn, task_id, tenant_id)
             if task.task_version != expected_version:
                 raise VersionConflict("task", task_id, expected_version, task.task_version)
+            if task.deleted_at is not None:
+                raise TaskDeleted(task_id, "changed")
             if not changes:
                 return task
             sets: list[str] = []
@@ -931,6 +941,39 @@ class SqliteStore(
                   task.attempt, dumps({"changes": changes}), now_us)],
             )
             return self._get_for_update(conn, task_id, None)
+
+    def task_delete(
+        self, task_id: str, now: datetime, *, tenant_id: str | None = None,
+        expected_version: int | None = None,
+    ) -> TaskOrder:
+        return self._soft_delete(task_id, now, tenant_id, expected_version, delete=True)
+
+    def task_restore(
+        self, task_id: str, now: datetime, *, tenant_id: str | None = None,
+        expected_version: int | None = None,
+    ) -> TaskOrder:
+        return self._soft_delete(task_id, now, tenant_id, expected_version, delete=False)
+
+    def _soft_delete(
+        self, task_id: str, now: datetime, tenant_id: str | None,
+        expected_version: int | None, *, delete: bool,
+    ) -> TaskOrder:
+        now_us = us(now)
+        try:
+            with self._write() as conn:
+                task = self._get_for_update(conn, task_id, tenant_id)
+                check_soft_delete(task, delete, expected_version)
+                conn.execute(
+                    "UPDATE tasks SET deleted_at = ?1, updated_at = ?2, "
+                    "task_version = task_version + 1 WHERE task_id = ?3",
+                    (now_us if delete else None, now_us, task_id),
+                )
+                _insert_events(conn, [(task_id, task.tenant_id,
+                                       "deleted" if delete else "restored", task.status.value,
+                                       task.status.value, task.attempt, b"{}", now_us)])
+                return self._get_for_update(conn, task_id, None)
+        except Unchanged as same:  # rolled back: nothing written
+            return same.task
 
     def _get_for_update(
         self, conn: sqlite3.Connection, task_id: str, tenant_id: str | None

@@ -1,4 +1,5 @@
-"""Tasks: create (idempotent), list, read, cancel, retry, patch (If-Match), events, SSE."""
+"""Tasks: create (idempotent), list, read, cancel, retry, patch (If-Match), delete and restore
+(the recycle bin), events, SSE."""
 
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ StatusName = Literal[
 ]
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
     404: {"description": "no such task (or not this tenant's)"},
-    409: {"description": "conflict (idempotency key reused, illegal transition)"},
+    409: {"description": "conflict (idempotency key reused, illegal transition, a deleted "
+                         "task changed, an unfinished task deleted)"},
     422: {"description": "validation failed; `errors` names each field"},
 }
 
@@ -206,10 +208,13 @@ def list_tasks(
     tenant_id: Annotated[str | None, Query(max_length=128)] = None,
     created_from: datetime | None = None,
     created_to: datetime | None = None,
+    deleted: Annotated[bool, Query(description="true: only the deleted tasks (the recycle "
+                                   "bin); false (the default): the others")] = False,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Any:
-    """Newest first; pass `next_cursor` back as `cursor` for the next page."""
+    """Newest first; pass `next_cursor` back as `cursor` for the next page. Deleted tasks
+    are left out unless `deleted=true`, which lists only them."""
     created_from = aware(created_from, "created_from")
     created_to = aware(created_to, "created_to")
     if foreign_tenant_filter(principal, tenant_id):
@@ -218,7 +223,7 @@ def list_tasks(
     flt = TaskFilter(
         tenant_id=list_scope(principal, tenant_id), status=status, task_type=task_type,
         task_category=task_category, tag=tag, batch_id=batch_id, project_id=project_id,
-        env=env, created_from=created_from, created_to=created_to,
+        env=env, created_from=created_from, created_to=created_to, deleted=deleted,
     )
     items = svc.store.task_list(flt, after=after, limit=limit)
     next_cursor = (
@@ -289,6 +294,66 @@ def patch_task(
             task = svc.store.task_update(
                 task_id, expected, checked, svc.clock.now(), tenant_id=scope
             )
+    except VersionConflict as exc:
+        raise Problem(412, "Precondition failed", exc.message, type_="stale-version",
+                      current_version=exc.actual) from None
+    return json_response(task_json(task), headers=_etag(task))
+
+
+_PRECONDITION: dict[int | str, dict[str, Any]] = {
+    412: {"description": "If-Match names a stale task_version"}}
+
+
+def _optional_if_match(if_match: str | None) -> int | None:
+    """The task_version an optional If-Match names (None: none given)."""
+    if if_match is None:
+        return None
+    return parse_if_match(if_match, read_from="GET /v1/tasks/{id}", what="a task_version",
+                          field="task_version")
+
+
+@router.delete("/{task_id}", response_model=TaskOut,
+               responses={**_PROBLEMS, **_PRECONDITION})
+def delete_task(
+    task_id: UuidParam, request: Request, principal: Writer, svc: Svc,
+    if_match: Annotated[str | None, Header()] = None,
+) -> Any:
+    """Move a finished task (SUCCESS, FAILED, CANCELLED, TIMEOUT, DEAD_LETTER) to the recycle
+    bin: it gets `deleted_at`, leaves the task list (`?deleted=true` lists it) and refuses
+    cancel, retry and PATCH (409 `task-deleted`) until restored; GET still answers it. An
+    unfinished task is a 409 `task-not-finished` (cancel it first). A deleted task is
+    answered as it is (nothing written). If-Match is optional: given, a stale one is a
+    412."""
+    expected = _optional_if_match(if_match)
+    scope = read_scope(principal)
+    before = svc.store.task_get(task_id, scope)
+    try:
+        with audited(request, principal, AuditAction.DELETED, ResourceType.TASK, task_id,
+                     old=task_snapshot(before), tenant_id=before.tenant_id):
+            task = svc.store.task_delete(task_id, svc.clock.now(), tenant_id=scope,
+                                         expected_version=expected)
+    except VersionConflict as exc:
+        raise Problem(412, "Precondition failed", exc.message, type_="stale-version",
+                      current_version=exc.actual) from None
+    return json_response(task_json(task), headers=_etag(task))
+
+
+@router.post("/{task_id}/restore", response_model=TaskOut,
+             responses={**_PROBLEMS, **_PRECONDITION})
+def restore_task(
+    task_id: UuidParam, request: Request, principal: Writer, svc: Svc,
+    if_match: Annotated[str | None, Header()] = None,
+) -> Any:
+    """Take a deleted task out of the recycle bin (`deleted_at` cleared). A task that is not
+    deleted is answered as it is (nothing written). If-Match as for DELETE."""
+    expected = _optional_if_match(if_match)
+    scope = read_scope(principal)
+    before = svc.store.task_get(task_id, scope)
+    try:
+        with audited(request, principal, AuditAction.RESTORED, ResourceType.TASK, task_id,
+                     old=task_snapshot(before), tenant_id=before.tenant_id):
+            task = svc.store.task_restore(task_id, svc.clock.now(), tenant_id=scope,
+                                          expected_version=expected)
     except VersionConflict as exc:
         raise Problem(412, "Precondition failed", exc.message, type_="stale-version",
                       current_version=exc.actual) from None

@@ -34,14 +34,17 @@ export function problemBox(err) {
       h("li", null, `${e.field}: ${e.rule}`))) : null);
 }
 
-/** A filter form whose values live in the page's hash query (so a filtered view is a link). */
+/** A filter form whose values live in the page's hash query (so a filtered view is a link).
+ * A select's options are values, or `{ value, label }`; `any` names its empty choice. */
 export function filterForm(ctx, filters) {
   const inputs = filters.map((f) => {
     const current = ctx.params.get(f.name) || "";
+    const option = (o) => (typeof o === "string" ? { value: o, label: o } : o);
     const input = f.options
       ? h("select", { name: f.name, "aria-label": f.label },
-        h("option", { value: "" }, `any ${f.label.toLowerCase()}`),
-        f.options.map((o) => h("option", { value: o, selected: o === current }, o)))
+        h("option", { value: "" }, f.any || `any ${f.label.toLowerCase()}`),
+        f.options.map(option).map((o) =>
+          h("option", { value: o.value, selected: o.value === current }, o.label)))
       : h("input", { name: f.name, value: current, placeholder: f.label, "aria-label": f.label,
         size: f.size || 14 });
     return h("label", null, h("span", null, f.label), input);

@@ -9,9 +9,9 @@ const RESOURCE_TYPES = [
 ];
 const ACTIONS = [
   "created", "updated", "deleted", "read", "enabled", "disabled", "bypassed", "forcePush",
-  "login", "logout", "granted", "revoked", "cancelled", "retried", "triggered", "banned",
-  "unbanned", "archived", "released", "reported", "uploaded", "claimed", "completed", "failed",
-  "logLevelChanged",
+  "login", "logout", "granted", "revoked", "cancelled", "retried", "restored", "triggered",
+  "banned", "unbanned", "archived", "released", "reported", "uploaded", "claimed", "completed",
+  "failed", "logLevelChanged",
 ];
 
 export async function render(main, ctx) {

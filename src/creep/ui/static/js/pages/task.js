@@ -1,5 +1,5 @@
 // One task: its fields, progress, live events timeline (SSE), leases, ledger entries and
-// artifacts; Cancel and Retry.
+// artifacts; Cancel, Retry, Delete (a finished task, to the recycle bin) and Restore.
 import { api, stream } from "../api.js";
 import { badge, duration, fields, h, json, progress, replace, section, table, time } from "../dom.js";
 import { actionButton, actionNotes, latest, pagedList, problemBox } from "../ui.js";
@@ -7,6 +7,7 @@ import { batchLink, LEASE_COLUMNS, LEDGER_COLUMNS, tags } from "./common.js";
 
 const CANCELLABLE = ["PENDING", "QUEUED", "RUNNING"];
 const RETRYABLE = ["DEAD_LETTER", "FAILED", "TIMEOUT", "CANCELLED"];
+const FINISHED = ["SUCCESS", ...RETRYABLE];
 
 export async function renderDetail(main, ctx, taskId) {
   const id = encodeURIComponent(taskId);
@@ -23,14 +24,22 @@ export async function renderDetail(main, ctx, taskId) {
 
   const showTask = (t) => {
     const canWrite = !ctx.me.read_only;
+    // A deleted task changes only once restored (the API refuses the rest).
+    const deleted = t.deleted_at !== null;
     replace(head,
-      h("h1", null, "Task ", h("code", null, t.task_id), " ", badge(t.status)),
+      h("h1", null, "Task ", h("code", null, t.task_id), " ", badge(t.status),
+        deleted ? [" ", h("span", { class: "badge s-deleted", id: "deleted" }, "deleted")] : null),
       h("div", { class: "actions" },
-        canWrite && CANCELLABLE.includes(t.status) && !t.cancel_requested
+        canWrite && !deleted && CANCELLABLE.includes(t.status) && !t.cancel_requested
           ? actionButton("Cancel", () => api(`/tasks/${id}/cancel`, { method: "POST", body: {} }),
             refresh, { danger: true, notes, confirmText: "Cancel this task?" }) : null,
-        canWrite && RETRYABLE.includes(t.status)
+        canWrite && !deleted && RETRYABLE.includes(t.status)
           ? actionButton("Retry", () => api(`/tasks/${id}/retry`, { method: "POST" }), refresh, { notes }) : null,
+        canWrite && !deleted && FINISHED.includes(t.status)
+          ? actionButton("Delete", () => api(`/tasks/${id}`, { method: "DELETE" }), refresh,
+            { danger: true, notes, confirmText: "Delete this task? It stays in the recycle bin until restored." }) : null,
+        canWrite && deleted
+          ? actionButton("Restore", () => api(`/tasks/${id}/restore`, { method: "POST" }), refresh, { notes }) : null,
         t.cancel_requested && t.status === "RUNNING" ? h("span", { class: "muted" }, "cancel requested") : null),
       h("div", { class: "card" },
         progress(t.progress, t.progress_message),
@@ -46,6 +55,7 @@ export async function renderDetail(main, ctx, taskId) {
           ["Run after", time(t.run_after)], ["Claimed by", t.claimed_by],
           ["Result code", t.result_code], ["Result message", t.result_message],
           ["Last error", t.last_error], ["Timeout", duration(t.timeout_ms)],
+          ["Deleted", time(t.deleted_at)],
         ]),
         h("div", { class: "payloads" },
           h("div", null, h("h3", null, "Input"), json(t.input_payload)),
@@ -79,6 +89,7 @@ export async function renderDetail(main, ctx, taskId) {
   let lastStatus = null;
   let lastAttempt = null;
   let lastVersion = null;
+  let lastDeleted = null;
   let drawnAt = null; // the drawn task's updated_at, in microseconds
   const fresh = latest();
   const refresh = async () => {
@@ -94,9 +105,11 @@ export async function renderDetail(main, ctx, taskId) {
     // Redraw only on a change (a redraw loses a text selection).
     if (t.task_version !== lastVersion) showTask(t);
     lastVersion = t.task_version;
-    // A retried task has events again: follow them once more.
-    if (!following && lastStatus !== null && t.status !== lastStatus) follow();
+    // A retried (deleted, restored) task has events again: follow them once more.
+    if (!following && lastStatus !== null
+        && (t.status !== lastStatus || t.deleted_at !== lastDeleted)) follow();
     lastStatus = t.status;
+    lastDeleted = t.deleted_at;
     lastAttempt = t.attempt;
     drawnAt = micros(t.updated_at);
   };

@@ -1,0 +1,245 @@
+"""Soft delete of tasks through the Python API (seed 004's `is_deleted`, a recycle bin):
+app.delete_task / app.restore_task, the deleted list, what a deleted task refuses, retention,
+and deletes racing retries and cancels. Both backends (the conformance `app`/`db_url`)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from creep import (
+    ConflictError,
+    Creep,
+    FrozenClock,
+    NotFound,
+    TaskDeleted,
+    TaskUnfinished,
+    ValidationError,
+    VersionConflict,
+)
+from creep.domain.task import TaskOrder
+
+
+def _finished(app: Creep, **fields: Any) -> TaskOrder:
+    """A CANCELLED task (finished without a worker)."""
+    task = app.submit(**{"task_type": "T", **fields})
+    return app.cancel(task.task_id)
+
+
+def _events(app: Creep, task_id: str) -> list[str]:
+    return [e.event_type for e in app.task_events(task_id)]
+
+
+def test_delete_a_finished_task_keeps_it_readable_out_of_the_list(
+    app: Creep, clock: FrozenClock
+) -> None:
+    task = _finished(app)
+    clock.advance(5)
+    deleted = app.delete_task(task.task_id)
+    assert deleted.deleted_at == clock.now()
+    assert deleted.task_version == task.task_version + 1
+    assert deleted.updated_at == clock.now()
+    assert deleted.status == "CANCELLED"  # not a status change
+    assert app.get_task(task.task_id) == deleted
+    events = app.task_events(task.task_id)
+    assert events[-1].event_type == "deleted"
+    assert (events[-1].from_status, events[-1].to_status) == ("CANCELLED", "CANCELLED")
+    # Out of the list, into the deleted one.
+    assert task.task_id not in {t.task_id for t in app.list_tasks()}
+    assert [t.task_id for t in app.list_tasks(deleted=True)] == [task.task_id]
+    assert task.task_id not in {t.task_id for t in app.list_tasks(deleted=False)}
+
+    # Again: the task as it is, nothing written.
+    clock.advance(5)
+    again = app.delete_task(task.task_id)
+    assert again == deleted
+    assert _events(app, task.task_id).count("deleted") == 1
+
+
+@pytest.mark.parametrize("status", ["PENDING", "QUEUED", "RUNNING"])
+def test_an_unfinished_task_is_not_deleted(app: Creep, clock: FrozenClock, status: str) -> None:
+    if status == "PENDING":
+        task = app.submit(task_type="T", run_after=timedelta(hours=1))
+    else:
+        task = app.submit(task_type="T")
+    if status == "RUNNING":
+        [claimed] = app.store.task_claim("w", ["T"], 1, clock.now(), 60)
+        task = claimed.task
+    assert task.status == status
+    with pytest.raises(TaskUnfinished) as refused:
+        app.delete_task(task.task_id)
+    assert isinstance(refused.value, ConflictError)
+    assert status in refused.value.message and "cancel it first" in refused.value.message
+    assert app.get_task(task.task_id) == task
+    assert "deleted" not in _events(app, task.task_id)
+
+
+def test_a_deleted_task_refuses_cancel_retry_and_update_until_restored(
+    app: Creep, clock: FrozenClock
+) -> None:
+    task = _finished(app)
+    deleted = app.delete_task(task.task_id)
+    for change in (lambda: app.retry(task.task_id), lambda: app.cancel(task.task_id),
+                   lambda: app.update_task(task.task_id, deleted.task_version, priority=9)):
+        with pytest.raises(TaskDeleted) as refused:
+            change()
+        assert "deleted" in refused.value.message and "restore" in refused.value.message
+    assert app.get_task(task.task_id) == deleted
+
+    clock.advance(1)
+    restored = app.restore_task(task.task_id)
+    assert restored.deleted_at is None
+    assert restored.task_version == deleted.task_version + 1
+    assert restored.updated_at == clock.now()
+    assert _events(app, task.task_id)[-2:] == ["deleted", "restored"]
+    assert task.task_id in {t.task_id for t in app.list_tasks()}
+    assert app.list_tasks(deleted=True) == []
+    # Restoring what is not deleted answers it as it is.
+    assert app.restore_task(task.task_id) == restored
+    assert _events(app, task.task_id).count("restored") == 1
+    assert app.retry(task.task_id).status == "QUEUED"
+
+
+def test_a_task_never_deleted_restores_to_itself(app: Creep) -> None:
+    task = app.submit(task_type="T")
+    before = _events(app, task.task_id)
+    assert app.restore_task(task.task_id) == task
+    assert _events(app, task.task_id) == before
+
+
+def test_expected_version_guards_delete_and_restore(app: Creep) -> None:
+    task = _finished(app)
+    with pytest.raises(VersionConflict):
+        app.delete_task(task.task_id, expected_version=task.task_version - 1)
+    deleted = app.delete_task(task.task_id, expected_version=task.task_version)
+    # Already deleted: the answer is the task, whatever version was named.
+    assert app.delete_task(task.task_id, expected_version=1) == deleted
+    with pytest.raises(VersionConflict):
+        app.restore_task(task.task_id, expected_version=task.task_version)
+    assert app.restore_task(task.task_id, expected_version=deleted.task_version).deleted_at \
+        is None
+
+
+def test_tenant_scope_and_unknown_tasks(app: Creep) -> None:
+    task = _finished(app, tenant_id="a")
+    with pytest.raises(NotFound):
+        app.delete_task(task.task_id, tenant_id="b")
+    with pytest.raises(NotFound):
+        app.delete_task("0190b4a2-0000-7000-8000-000000000000")
+    app.delete_task(task.task_id.upper(), tenant_id="a")  # any case names the task
+    with pytest.raises(NotFound):
+        app.restore_task(task.task_id, tenant_id="b")
+    assert app.list_tasks(deleted=True, tenant_id="b") == []
+    assert len(app.list_tasks(deleted=True, tenant_id="a")) == 1
+
+
+def test_the_deleted_list_pages_like_the_list(app: Creep, clock: FrozenClock) -> None:
+    ids = []
+    for _ in range(5):
+        clock.advance(1)
+        ids.append(_finished(app, task_type="PAGED").task_id)
+    _finished(app, task_type="PAGED")  # not deleted
+    for task_id in ids:
+        app.delete_task(task_id)
+    seen: list[str] = []
+    after = None
+    while True:
+        page = app.list_tasks(deleted=True, task_type="PAGED", after=after, limit=2)
+        seen += [t.task_id for t in page]
+        if len(page) < 2:
+            break
+        after = app.store.list_cursor(page[-1])
+    assert seen == ids[::-1]  # newest first, each once
+    assert app.list_tasks(deleted=True, status="CANCELLED", limit=100) != []
+    assert app.list_tasks(deleted=True, status="SUCCESS") == []
+
+
+def test_the_deleted_filter_is_a_boolean(app: Creep) -> None:
+    with pytest.raises(ValidationError) as refused:
+        app.list_tasks(deleted="yes")
+    assert refused.value.errors == [("deleted", "must be true or false")]
+
+
+def test_retention_purges_deleted_tasks_with_the_other_finished_ones(
+    app: Creep, clock: FrozenClock
+) -> None:
+    kept = _finished(app)
+    gone = _finished(app)
+    clock.advance(days=29)
+    app.delete_task(gone.task_id)  # deleted late: still purged by when it finished
+    clock.advance(days=1, seconds=1)
+    assert app.store.retention_purge_tasks(clock.now() - timedelta(days=30)) == 2
+    for task in (kept, gone):
+        with pytest.raises(NotFound):
+            app.get_task(task.task_id)
+
+
+def _race(first: Callable[[], Any], second: Callable[[], Any]) -> list[Any]:
+    """Run both at once; each one's result or the exception it raised."""
+    barrier = threading.Barrier(2)
+    results: list[Any] = [None, None]
+
+    def run(i: int, fn: Callable[[], Any]) -> None:
+        barrier.wait()
+        try:
+            results[i] = fn()
+        except Exception as exc:  # the race's loser raises: that is the point
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i, fn))
+               for i, fn in enumerate((first, second))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return results
+
+
+def test_a_delete_racing_a_retry_leaves_one_winner(app: Creep) -> None:
+    """Both lock the task: either the retry queued it (the delete is refused: unfinished) or
+    the delete won (the retry is refused: deleted). Never a deleted task in the queue."""
+    outcomes = set()
+    for _ in range(12):
+        task = _finished(app)
+        before = _events(app, task.task_id)
+        tid = task.task_id
+        deleted, retried = _race(lambda tid=tid: app.delete_task(tid),
+                                 lambda tid=tid: app.retry(tid))
+        now = app.get_task(task.task_id)
+        events = _events(app, task.task_id)
+        if isinstance(deleted, TaskOrder):
+            assert isinstance(retried, TaskDeleted), retried
+            assert now.deleted_at is not None and now.status == "CANCELLED"
+            assert events == [*before, "deleted"]
+            outcomes.add("delete")
+        else:
+            assert isinstance(deleted, TaskUnfinished), deleted
+            assert isinstance(retried, TaskOrder), retried
+            assert now.deleted_at is None and now.status == "QUEUED"
+            assert events == [*before, "queued"]
+            outcomes.add("retry")
+        assert now.task_version == task.task_version + 1
+    assert outcomes  # which one wins is up to the scheduler
+
+
+def test_a_cancel_racing_a_delete_never_deletes_an_unfinished_task(app: Creep) -> None:
+    for _ in range(12):
+        task = app.submit(task_type="T")
+        before = _events(app, task.task_id)
+        tid = task.task_id
+        cancelled, deleted = _race(lambda tid=tid: app.cancel(tid),
+                                   lambda tid=tid: app.delete_task(tid))
+        assert isinstance(cancelled, TaskOrder), cancelled
+        now = app.get_task(task.task_id)
+        assert now.status == "CANCELLED"
+        if isinstance(deleted, TaskOrder):  # came second: deleted the cancelled task
+            assert now.deleted_at is not None
+            assert _events(app, task.task_id) == [*before, "cancelled", "deleted"]
+        else:
+            assert isinstance(deleted, TaskUnfinished), deleted
+            assert now.deleted_at is None
+            assert _events(app, task.task_id) == [*before, "cancelled"]
