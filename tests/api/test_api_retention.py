@@ -227,3 +227,153 @@ def test_retention_keeps_a_batch_whose_task_a_retry_holds_while_it_sweeps(
     assert _batch_counts(api, batch_id) == {
         "status": "running", "total_count": 2, "completed_count": 1, "cancelled_count": 0,
         "progress": 50}
+
+
+def _finished_batch(api: TestClient, n: int) -> str:
+    """A batch of `n` tasks of tenant acme, cancelled whole (they finished at once)."""
+    r = api.post("/v1/batches", headers=ADMIN, json={
+        "title": "big", "tenant_id": "acme", "tasks": [{"task_type": "LATER"}] * n})
+    assert r.status_code == 201, r.text
+    batch_id = r.json()["batch_id"]
+    r = api.post(f"/v1/batches/{batch_id}/cancel", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    return batch_id
+
+
+def _chunked_scheduler(app: Creep, chunk: int) -> Any:
+    from creep.engine.retention import RetentionSettings, default_retention_jobs
+
+    return app.scheduler(holder_id="R", retention_jobs=default_retention_jobs(
+        RetentionSettings(tasks_chunk=chunk)))
+
+
+def test_a_large_batch_goes_in_transactions_of_the_configured_chunk(
+    app: Creep, api: TestClient, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished batch went in one transaction of the sweep, however large: a batch of a
+    million tasks held SQLite's writer, or PostgreSQL's row locks and WAL, for minutes
+    (200,000 tasks: 16 s on SQLite). With RetentionSettings(tasks_chunk=500) a batch of
+    5,000 goes in transactions of at most 500 tasks; between them the batch is gone (404)
+    and its tasks only get fewer; the end is what it was: every task, its events and the
+    batch gone."""
+    batch_id = _finished_batch(api, 5000)
+    alone = app.submit(task_type="LATER", tenant_id="acme")  # in no batch: goes as before
+    app.cancel(alone.task_id)
+    store: Any = app.store
+    real = store.retention_purge_tasks
+    seen: list[tuple[int, int, int]] = []  # (deleted, tasks of the batch left, GET batch)
+
+    def counted(cutoff: Any, limit: int = 5_000) -> int:
+        n: int = real(cutoff, limit)
+        left = len(app.list_tasks(batch_id=batch_id, limit=10_000))
+        seen.append((n, left, api.get(f"/v1/batches/{batch_id}", headers=ADMIN).status_code))
+        return n
+
+    monkeypatch.setattr(store, "retention_purge_tasks", counted)
+    sch = _chunked_scheduler(app, 500)
+    sch.run_once()  # installs the built-in schedules
+    clock.advance(days=31)
+    report = sch.run_once()
+    assert report.retention["creep.retention.tasks"] == 5001
+    assert max(n for n, _, _ in seen) <= 500, seen
+    assert len(seen) >= 11
+    lefts = [left for _, left, _ in seen]
+    assert lefts == sorted(lefts, reverse=True) and lefts[-1] == 0
+    assert {code for _, _, code in seen} == {404}  # gone as a batch from the first one
+    assert app.list_tasks(batch_id=batch_id, limit=10) == []
+    assert api.get(f"/v1/tasks/{alone.task_id}", headers=ADMIN).status_code == 404
+    assert api.get("/v1/batches", headers=ADMIN, params={"tenant_id": "acme"}).json()[
+        "items"] == []
+    assert store.task_events_after(None, limit=10) == []
+
+
+def test_an_interrupted_sweep_of_a_large_batch_resumes_and_no_retry_reopens_it(
+    app: Creep, api: TestClient, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep of a large batch stops after its first transactions (the leader died): the
+    batch is gone already, the retry of one of its remaining tasks is a 409 (it would
+    reopen a batch of a few tasks), and the next run deletes the rest."""
+    batch_id = _finished_batch(api, 1200)
+    store: Any = app.store
+    real = store.retention_purge_tasks
+    calls: list[int] = []
+
+    def dies_after_two(cutoff: Any, limit: int = 5_000) -> int:
+        if len(calls) == 2:
+            raise RuntimeError("the leader died")
+        calls.append(real(cutoff, limit))
+        return calls[-1]
+
+    monkeypatch.setattr(store, "retention_purge_tasks", dies_after_two)
+    sch = _chunked_scheduler(app, 500)
+    sch.run_once()
+    clock.advance(days=31)
+    sch.run_once()
+    assert calls == [500, 500]
+    left = app.list_tasks(batch_id=batch_id, limit=10_000)
+    assert len(left) == 200
+    assert api.get(f"/v1/batches/{batch_id}", headers=ADMIN).status_code == 404
+    r = api.post(f"/v1/tasks/{left[0].task_id}/retry", headers=ADMIN)
+    assert r.status_code == 409, r.text
+    assert "being deleted by task retention" in r.json()["detail"]
+    assert app.get_task(left[0].task_id).status == "CANCELLED"
+
+    monkeypatch.setattr(store, "retention_purge_tasks", real)
+    clock.advance(days=1)  # the job's next daily run
+    assert sch.run_once().retention["creep.retention.tasks"] == 200
+    assert app.list_tasks(batch_id=batch_id, limit=10) == []
+    # The mark went with the last task: a new batch of that id would be judged as any.
+    assert store.retention_purge_tasks(clock.now(), 500) == 0
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # SQLite: one writer at a time
+def test_a_large_batch_whose_task_a_retry_holds_is_judged_after_the_retry(
+    app: Creep, api: TestClient, clock: FrozenClock, db_url: str,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: a large batch is marked without locking its tasks, so a retry of one of
+    them that is in progress when the sweep judges the batch must not commit after the
+    mark (it would reopen a batch being deleted). The sweep waits for it, then finds the
+    batch open and keeps it whole."""
+    import threading
+
+    import psycopg
+
+    from creep.storage import postgres_store
+    from tests.conftest import PG_URL, wait_until
+
+    batch_id = _finished_batch(api, 300)
+    [first, *_] = app.list_tasks(batch_id=batch_id, limit=1)
+    sch = _chunked_scheduler(app, 100)
+    sch.run_once()
+    clock.advance(days=31)
+    held, release = threading.Event(), threading.Event()
+    real = postgres_store.retries_allowed
+
+    def hold(*args: Any, **kwargs: Any) -> Any:  # the retry is past its check of the mark
+        held.set()
+        release.wait(timeout=10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(postgres_store, "retries_allowed", hold)
+    outcome: list[object] = []
+    racer = threading.Thread(target=lambda: outcome.append(app.retry(first.task_id).status))
+    racer.start()
+    assert held.wait(timeout=10)
+    sweep = threading.Thread(target=sch.run_once)  # creep.retention.tasks is due
+    sweep.start()
+    try:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            assert wait_until(lambda: conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND objid::bigint = hashtext('creep.retention.batch.' || %s)::bigint "
+                "& 4294967295", (batch_id,),
+            ).fetchone() == (1,), timeout=10), "the sweep did not wait for the retry"
+    finally:
+        release.set()
+        racer.join(timeout=10)
+        sweep.join(timeout=30)
+    assert outcome == ["QUEUED"]
+    counts = _batch_counts(api, batch_id)
+    assert (counts["status"], counts["total_count"], counts["cancelled_count"]) == (
+        "running", 300, 299)

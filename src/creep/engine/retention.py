@@ -53,6 +53,13 @@ class RetentionSettings:
     #: The REST API's audit log (seed 003: 90 days). The database refuses to delete audit
     #: rows younger than 90 days, so a shorter period acts as 90.
     audit_days: float = 90.0
+    #: Tasks the task retention deletes per transaction (a larger batch goes in several).
+    tasks_chunk: int = 5_000
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tasks_chunk, bool) or not isinstance(self.tasks_chunk, int) \
+                or self.tasks_chunk < 1:
+            raise ValidationError.single("tasks_chunk", "must be an integer >= 1")
 
 
 #: How long one run of a default job keeps deleting (seconds of real time). The leader runs
@@ -71,7 +78,7 @@ def _drain(purge: Callable[[], int]) -> int:
             return total
 
 
-def _purge_tasks(store: ScheduleStore, cutoff: datetime) -> int:
+def _purge_tasks(store: ScheduleStore, cutoff: datetime, chunk: int) -> int:
     """Fold the task events not yet in the /metrics rollup first (metrics_fold.py): a scrape
     folds them, but one may not have run since (Prometheus down, a short period), and the
     counters must keep what goes. Both stores keep the rollup."""
@@ -79,7 +86,7 @@ def _purge_tasks(store: ScheduleStore, cutoff: datetime) -> int:
 
     fold_task_events(cast(FoldStore, store), budget=DRAIN_BUDGET_S,
                      max_task_types=env_max_task_types())
-    return _drain(lambda: store.retention_purge_tasks(cutoff))
+    return _drain(lambda: store.retention_purge_tasks(cutoff, chunk))
 
 
 def default_retention_jobs(settings: RetentionSettings | None = None) -> list[RetentionJob]:
@@ -106,7 +113,7 @@ def default_retention_jobs(settings: RetentionSettings | None = None) -> list[Re
     if s.tasks_days is not None:
         jobs.append(RetentionJob(
             "creep.retention.tasks", "30 2 * * *", s.tasks_days,
-            lambda store, cutoff, now: _purge_tasks(store, cutoff),
+            lambda store, cutoff, now: _purge_tasks(store, cutoff, s.tasks_chunk),
             "delete finished tasks and their events older than data.older_than_days",
         ))
     return jobs

@@ -463,3 +463,21 @@ def refuse_reused_task_ids(reused: Sequence[str]) -> None:
         raise ConflictError(
             f"task_id {sorted(reused)[0]} belonged to a task that retention deleted (its "
             "ledger entries or leases still name it): choose a new task_id")
+
+
+#: PostgreSQL's advisory lock of a batch (its id the one parameter): task retention takes it
+#: before it judges a large batch and marks it for deletion (batch_purges), task_retry shares
+#: it before it reads the mark, so a retry either reopens the batch before it is judged or
+#: finds it marked.
+BATCH_PURGE_LOCK = "hashtext('creep.retention.batch.' || %s)"
+#: Whether the batch is being deleted by task retention (migrations sqlite 0021, postgres 0022).
+BATCH_PURGING = "SELECT 1 FROM batch_purges WHERE batch_id = ?"
+
+
+def refuse_purging_batch(task_id: str, batch_id: str, marked: object) -> None:
+    """A task of a batch task retention is deleting (`marked`: the batch_purges row; its
+    tasks go in several transactions, the batch itself went first) is not retried: that
+    would reopen a batch that is gone."""
+    if marked:
+        raise ConflictError(
+            f"task {task_id}: its batch {batch_id} is being deleted by task retention")

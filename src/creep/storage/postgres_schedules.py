@@ -16,6 +16,7 @@ from creep.domain.errors import ConflictError, IllegalTransition, StorageError
 from creep.domain.task import TaskOrder
 from creep.domain.task_spec import TaskSpec
 from creep.storage import pending_writes
+from creep.storage.common import BATCH_PURGE_LOCK
 from creep.storage.schedule_sql_base import Conn, Cursor
 from creep.storage.schedules_sql import ScheduleSqlMixin
 
@@ -72,6 +73,11 @@ class PostgresSchedulesMixin(ScheduleSqlMixin):
             raise StorageError(str(exc)) from exc
         except psycopg.Error as exc:
             raise StorageError(str(exc)) from exc
+
+    def _hold_batches(self, conn: Conn, batches: list[str]) -> None:
+        # The lock task_retry takes shared (batch_purge_lock) before it reads the mark.
+        for batch in sorted(batches):
+            conn.execute(f"SELECT pg_advisory_xact_lock({BATCH_PURGE_LOCK})", (batch,))
 
     def _ts(self, value: datetime | None) -> Any:
         return value

@@ -69,6 +69,8 @@ from creep.ports_api import AuditRow
 from creep.storage import pending_writes
 from creep.storage.asset_pages import AssetPagesMixin  # REST API pages
 from creep.storage.common import (
+    BATCH_PURGE_LOCK,
+    BATCH_PURGING,
     CANCELLED_WHILE_ENDING,
     PLAIN_COLUMNS,
     TASK_COLUMNS,
@@ -89,6 +91,7 @@ from creep.storage.common import (
     migration_failed,
     new_task,
     plan_replays,
+    refuse_purging_batch,
     refuse_reused_task_ids,
     rescue,
     resolution_payload,
@@ -1213,6 +1216,12 @@ class PostgresStore(
                 raise TaskDeleted(task_id, "retried")
             if task.status not in RETRYABLE_FROM:
                 raise IllegalTransition("task", task.status.value, TaskStatus.QUEUED.value)
+            if task.batch_id is not None:
+                # After a sweep that judges the batch, or before it (it waits for this).
+                conn.execute(f"SELECT pg_advisory_xact_lock_shared({BATCH_PURGE_LOCK})",
+                             (task.batch_id,))
+                refuse_purging_batch(task_id, task.batch_id, conn.execute(
+                    BATCH_PURGING.replace("?", "%s"), (task.batch_id,)).fetchone())
             if task.depends_on:
                 # By the ids the task's row names: retention deletes a finished dependency
                 # and its task_dependencies rows with it.

@@ -42,6 +42,7 @@ from creep.ports import (
 from creep.storage import pending_writes
 from creep.storage.asset_pages import AssetPagesMixin  # REST API pages
 from creep.storage.common import (
+    BATCH_PURGING,
     CANCELLED_WHILE_ENDING,
     INSERT_COLUMNS,
     OPTIONAL_DEFAULTS,
@@ -64,6 +65,7 @@ from creep.storage.common import (
     migration_failed,
     new_task,
     plan_replays,
+    refuse_purging_batch,
     refuse_reused_task_ids,
     rescue,
     resolution_payload,
@@ -874,6 +876,9 @@ class SqliteStore(
                 raise TaskDeleted(task_id, "retried")
             if task.status not in RETRYABLE_FROM:
                 raise IllegalTransition("task", task.status.value, TaskStatus.QUEUED.value)
+            if task.batch_id is not None:
+                refuse_purging_batch(task_id, task.batch_id, conn.execute(
+                    BATCH_PURGING, (task.batch_id,)).fetchone())
             if task.depends_on:
                 # By the ids the task's row names: retention deletes a finished dependency
                 # and its task_dependencies rows with it.
