@@ -1,6 +1,7 @@
 """/metrics' ledger gauges (an in-process app, both backends): currencies are the tenants'
-own strings, so the currency label is capped (CREEP_METRICS_MAX_CURRENCIES); the ledger and
-the leases are history that only grows, so a scrape must not read them whole."""
+own strings, so the currency label is capped (CREEP_METRICS_MAX_CURRENCIES); the ledger, the
+leases and the sold or archived assets are history that only grows, so a scrape must not read
+them whole."""
 
 from __future__ import annotations
 
@@ -137,13 +138,13 @@ def test_a_scrape_reads_only_the_ledger_entries_it_has_not_counted(tmp_path: Pat
 
 
 def _full_scans(path: str, statements: list[str]) -> list[tuple[str, str]]:
-    """The statements that read all of a history table (leases, ledger entries), with the
-    step of their query plan that does."""
+    """The statements that read all of a history table (leases, ledger entries, assets),
+    with the step of their query plan that does."""
     plans = sqlite3.connect(path)
     try:
         return [(sql, row[3]) for sql in statements if sql.lstrip().startswith("SELECT")
                 for row in plans.execute(f"EXPLAIN QUERY PLAN {sql}")
-                if row[3] in ("SCAN leases", "SCAN ledger_entries")]
+                if row[3] in ("SCAN leases", "SCAN ledger_entries", "SCAN assets")]
     finally:
         plans.close()
 
@@ -190,5 +191,37 @@ def test_a_ledger_entry_that_commits_late_is_counted_once(pg_schema_url: str) ->
             row = conn.execute(
                 "SELECT cursor FROM metric_cursors WHERE name = 'ledger_entries'").fetchone()
         assert row is not None and orjson.loads(row[0])["gens"] == []  # the rolled-back seq
+    finally:
+        app.close()
+
+
+def test_a_scrape_counts_the_assets_in_use_or_usable_through_their_indexes(
+    db_url: str, tmp_path: Path
+) -> None:
+    """creep_assets counted every asset by status on every scrape, the SOLD and ARCHIVED
+    ones (history that only grows) included: a full read of the assets (1,000,000 of them,
+    90 % sold or archived: ~0.7 s of each scrape on SQLite, ~0.14 s on PostgreSQL; ~0.03 s
+    and ~0.04 s now). It counts the other statuses, each through a partial index (no
+    statement of a scrape scans assets on SQLite)."""
+    app = Creep(db_url, clock=FrozenClock(T0))
+    try:
+        made = app.import_assets([{"sku_category": "RAW_NET", "sku_code": f"ip.{i}",
+                                   "max_concurrency": 1, "currency": "USD",
+                                   "status": "NEW" if i == 4 else "READY"}
+                                  for i in range(5)])
+        app.sell_asset(made[0].asset_id)
+        app.archive_asset(made[1].asset_id)
+        app.ban_asset(made[2].asset_id)
+        statements: list[str] = []
+        if db_url.startswith("sqlite"):
+            app.store._conn().set_trace_callback(statements.append)  # type: ignore[attr-defined]
+        text = Metrics(app.store, cache_seconds=0).render().decode()
+        if db_url.startswith("sqlite"):
+            app.store._conn().set_trace_callback(None)  # type: ignore[attr-defined]
+            assert _full_scans(db_url.removeprefix("sqlite:///"), statements) == []
+        assets = {s.labels["status"]: s.value
+                  for family in text_string_to_metric_families(text) for s in family.samples
+                  if s.name == "creep_assets"}
+        assert assets == {"BANNED": 1.0, "NEW": 1.0, "READY": 1.0}
     finally:
         app.close()

@@ -85,7 +85,9 @@ class DatabaseMetrics(Collector):
                                    labels=["status"])
         for status, count in gauges.leases:
             leases.add_metric([status], count)
-        assets = GaugeMetricFamily("creep_assets", "Assets by status", labels=["status"])
+        assets = GaugeMetricFamily(
+            "creep_assets", "Assets by status, of the statuses but SOLD and ARCHIVED",
+            labels=["status"])
         for status, count in gauges.assets:
             assets.add_metric([status], count)
         amount = GaugeMetricFamily(
