@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from creep.domain.asset_event import AssetEvent, BanPolicy
 from creep.domain.ids import is_uuid
 from creep.domain.lease import Lease
-from creep.domain.ledger import LedgerEntry, LedgerSummary
+from creep.domain.ledger import EntryPage, LedgerSummary
 from creep.ports_api import ApiStore
 
 #: Columns a ledger summary may be grouped by (currency is always one of them).
@@ -40,8 +40,9 @@ class AssetPagesStore(ApiStore, Protocol):
         task_id: str | None = None, entry_type: str | None = None,
         since: datetime | None = None, until: datetime | None = None,
         after: str | None = None, limit: int = 100,
-    ) -> list[tuple[str, LedgerEntry]]:
-        """Entries by occurred_at, then write order, each with its cursor."""
+    ) -> EntryPage:
+        """Entries by occurred_at, then write order, each with its cursor, and the next
+        page's cursor (a page may be short, even empty, and still have one)."""
         ...
 
     def ledger_summary_grouped(

@@ -138,14 +138,14 @@ def test_ledger_pages_and_summaries_read_an_index(
         try:
             first = fresh.store.ledger_page(**q, limit=2)  # type: ignore[attr-defined]
             second = fresh.store.ledger_page(  # type: ignore[attr-defined]
-                **q, after=first[-1][0], limit=2)
+                **q, after=first.next_cursor, limit=2)
             summary = fresh.store.ledger_summary_grouped(  # type: ignore[attr-defined]
                 ["project_id", "task_id"], **q)
             totals = fresh.ledger_summary(**q)
             listed = fresh.ledger_entries(**q)
         finally:
             fresh.close()
-    assert len(first) == 2 and second and summary and totals and listed
+    assert len(first.items) == 2 and second.items and summary and totals and listed
     for query, params in statements(seen, r"FROM ledger_entries WHERE"):
         plan = _plan(db_url, query, params)
         text = _text(query)

@@ -118,7 +118,8 @@ class AsyncClient:
             page = await fetch(cursor)
             for item in page.items:
                 yield item
-            if not page.next_cursor or not page.items:
+            # A page may be short, even empty, and go on (the ledger's filtered pages).
+            if not page.next_cursor or page.next_cursor == cursor:
                 return
             cursor = page.next_cursor
 

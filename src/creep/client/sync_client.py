@@ -115,7 +115,8 @@ class Client:
         while True:
             page = fetch(cursor)
             yield from page.items
-            if not page.next_cursor or not page.items:
+            # A page may be short, even empty, and go on (the ledger's filtered pages).
+            if not page.next_cursor or page.next_cursor == cursor:
                 return
             cursor = page.next_cursor
 

@@ -80,6 +80,15 @@ def summarise(
     ]
 
 
+@dataclass(slots=True)
+class EntryPage:
+    """A page of ledger entries, each with its cursor, and where the next page starts (None:
+    nothing is left). A page may hold fewer entries than its limit, even none, and go on."""
+
+    items: list[tuple[str, LedgerEntry]]
+    next_cursor: str | None
+
+
 class BudgetExceeded(Fail):
     """A lease or charge would take the task's cost over its max_total_cost. Raised in a
     handler (by ctx.charge) it ends the task FAILED with result_code BUDGET_EXCEEDED."""

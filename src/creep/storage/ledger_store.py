@@ -207,23 +207,6 @@ class LedgerStoreMixin(AssetStoreBase):
             params.append(d.ts(until))
         return " AND ".join(where), params
 
-    def ledger_list(
-        self, *, tenant_id: str | None = None, project_id: str | None = None,
-        task_id: str | None = None, since: datetime | None = None,
-        until: datetime | None = None, limit: int = 1000,
-    ) -> list[LedgerEntry]:
-        if task_id is not None and not is_uuid(task_id):
-            return []
-        where, params = self._ledger_where(tenant_id, project_id, task_id, since, until)
-        with self._aread() as conn:
-            rows = self._x(
-                conn,
-                f"SELECT {LEDGER_COLS} FROM ledger_entries WHERE {where} "
-                "ORDER BY occurred_at, seq LIMIT ?",
-                [*params, limit],
-            ).fetchall()
-        return [self._entry(r) for r in rows]
-
     def ledger_summary(
         self, *, tenant_id: str | None = None, project_id: str | None = None,
         task_id: str | None = None, since: datetime | None = None,

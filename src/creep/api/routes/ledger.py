@@ -75,7 +75,9 @@ def list_entries(
     format: Annotated[str | None, Query(pattern="^(json|csv)$")] = None,
 ) -> Any:
     """Entries by occurred_at ([from, to)), then write order: JSON pages (`next_cursor`), or
-    every matching entry as CSV."""
+    every matching entry as CSV. A page reads a bounded number of entries: with project_id
+    or entry_type (no index serves them) it may hold fewer than `limit`, even none, and still
+    have a `next_cursor`; the list ends where `next_cursor` is null."""
     since, until = aware(from_, "from"), aware(to, "to")
     after = decode_cursor(cursor, valid_page_cursor) if cursor else None
     csv = wants_csv(request, format)
@@ -91,8 +93,8 @@ def list_entries(
     if csv:
         return csv_stream(LEDGER_CSV_COLUMNS, _every_entry(store, query, after), "ledger.csv")
     page = store.ledger_page(**query, after=after, limit=limit)
-    next_cursor = encode_cursor(page[-1][0]) if len(page) == limit else None
-    return json_response({"items": [ledger_json(e) for _, e in page],
+    next_cursor = None if page.next_cursor is None else encode_cursor(page.next_cursor)
+    return json_response({"items": [ledger_json(e) for _, e in page.items],
                           "next_cursor": next_cursor})
 
 
@@ -101,11 +103,11 @@ def _every_entry(
 ) -> Iterator[dict[str, Any]]:
     while True:
         page = store.ledger_page(**query, after=after, limit=EXPORT_PAGE)
-        for _, entry in page:
+        for _, entry in page.items:
             yield ledger_json(entry)
-        if len(page) < EXPORT_PAGE:
+        if page.next_cursor is None:
             return
-        after = page[-1][0]
+        after = page.next_cursor
 
 
 @router.post(
