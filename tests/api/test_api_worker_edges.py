@@ -793,7 +793,7 @@ def test_worker_asset_event_resent_with_its_event_id_is_written_once(
         event_id = str(uuid.uuid4())
         event = {"claim_token": token, "event_type": "HTTP_PROBE_FAIL", "http_status": 403,
                  "event_id": event_id, "tags": ["t"], "context": {"k": [1, 2.5]},
-                 "occurred_at": "2030-01-02T03:04:05.123456+00:00"}
+                 "occurred_at": "2025-01-02T03:04:05.123456+00:00"}
         first = c.post(f"/v1/tasks/{task}/asset-events", json=event)
         assert first.status_code == 201, first.text
         assert [e["event_type"] for e in first.json()["caused"]] == [

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -95,6 +95,10 @@ MAX_CHAIN = 10_000
 #: latency_ms fits a signed 64-bit column on both backends.
 MAX_LATENCY_MS = 2**63 - 1
 
+#: How far after the server's clock a reported occurred_at may lie (clock skew between the
+#: reporter and the server): an event that has not happened yet is refused.
+MAX_OCCURRED_AHEAD = timedelta(minutes=5)
+
 #: Fields a reporter (handler, operator, provider hook) may set. `task_id` is the TaskOrder
 #: that caused the event (seed 001 §3.2); the store checks it, and the lease named, against
 #: the event's tenant and asset.
@@ -126,6 +130,15 @@ def _opt_uuid(errors: list[tuple[str, str]], name: str, value: Any) -> str | Non
     except ValueError:
         errors.append((name, "must be a UUID"))
         return None
+
+
+def check_occurred_at(occurred: datetime | None, now: datetime) -> None:
+    """A reported occurred_at more than MAX_OCCURRED_AHEAD after `now` (the server's clock) is
+    refused: it would sort after events still to come and sit in the auto-ban's windows."""
+    if occurred is not None and occurred > now + MAX_OCCURRED_AHEAD:
+        raise ValidationError.single(
+            "occurred_at", f"must not be more than {int(MAX_OCCURRED_AHEAD.total_seconds())} "
+            f"seconds after the server's time ({now.isoformat()})")
 
 
 def validate_reported_event(data: Mapping[str, Any]) -> dict[str, Any]:

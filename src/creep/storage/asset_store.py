@@ -31,6 +31,7 @@ from creep.domain.asset_event import (
     AssetEventType,
     BanPolicy,
     Source,
+    check_occurred_at,
 )
 from creep.domain.errors import (
     ClaimLost,
@@ -408,6 +409,8 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
         with self._atx() as conn:
             if given:
                 self._replay_event(conn, given, fields, tenant_id, reporter)
+            # After the replay: a resend answers what its first send wrote.
+            check_occurred_at(fields.get("occurred_at"), now)
             pending = Pending()
             task: TaskRef | None = None
             lease_id = fields.get("lease_id")
