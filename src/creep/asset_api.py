@@ -243,8 +243,13 @@ class AssetApi:
         `task_id` names the task that caused it (else it follows from `lease_id`): the event
         then carries the task's correlation_id and is listed with the task's events. A lease
         named must be the tenant's, on `asset_id` and of that task; an unknown task or lease
-        raises ValidationError. The auto-ban policy applies; `asset_events`/
-        `asset_event_chain` show what followed."""
+        raises ValidationError. `old_status`/`new_status` are asset statuses: an old_status
+        that is not the asset's is a ConflictError (a stale view, nothing stored); a
+        new_status other than its status is applied as an operator's change (a ban revokes
+        its leases) through the transition table (IllegalTransition otherwise), by creep's
+        own event (BANNED, UNBANNED, COOLING_START, ...) caused by this one. creep's own
+        event types are refused, as is an occurred_at more than 5 minutes ahead. The auto-ban
+        policy applies; `asset_events`/`asset_event_chain` show what followed."""
         checked = validate_reported_event(fields)
         return self.store.asset_event_report(checked, self.clock.now(), tenant_id=tenant_id)[0]
 

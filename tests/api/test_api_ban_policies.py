@@ -232,7 +232,7 @@ def test_a_policy_set_over_rest_bans_an_asset_at_its_kth_failure(server: Server)
         # Only the listed type counts: other failures leave the asset READY.
         assert _put(c, category, max_failures=3, window_seconds=600,
                     failure_event_types=["HTTP_PROBE_FAIL"]).status_code == 201
-        assert _report(c, aid, "TASK_FAIL") == []
+        assert _report(c, aid, "PAYMENT_FAIL") == []
         assert _report(c, aid, "HTTP_PROBE_FAIL") == []
         assert _report(c, aid, "HTTP_PROBE_FAIL") == []
         assert c.get(f"/v1/assets/{aid}").json()["status"] == "READY"

@@ -313,7 +313,7 @@ def test_asset_ban_policy_set_show_list_and_delete(server: Server) -> None:
     # The policy set by the CLI bans an asset at its second listed failure.
     with Client(server.url, key) as c:
         asset = c.create_asset(sku_category="RAW_NET", sku_code="ip.cz.1")
-        c.report_event(asset_id=asset.asset_id, event_type="TASK_FAIL")  # not listed
+        c.report_event(asset_id=asset.asset_id, event_type="PAYMENT_FAIL")  # not listed
         c.report_event(asset_id=asset.asset_id, event_type="E_403")
         assert c.get_asset(asset.asset_id).status == "READY"
         c.report_event(asset_id=asset.asset_id, event_type="HTTP_PROBE_FAIL")

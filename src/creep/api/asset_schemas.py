@@ -237,11 +237,21 @@ class AssetEventIn(_In):
         description="a lease of the tenant's on asset_id (and of task_id when given)")
     correlation_id: str | None = Field(default=None, max_length=200)
     causation_id: str | None = Field(default=None, max_length=64)
-    event_type: str = Field(min_length=1, max_length=100)
+    event_type: str = Field(
+        min_length=1, max_length=100,
+        description="a type of the reporter's own: creep's (ALLOCATED, BANNED, UNBANNED, "
+        "COOLING_START, TASK_FAIL, ...) are a 422")
     source: str | None = Field(default=None, max_length=100)
     severity: SeverityName | None = None
-    old_status: str | None = Field(default=None, max_length=50)
-    new_status: str | None = Field(default=None, max_length=50)
+    old_status: AssetStatusName | None = Field(
+        default=None,
+        description="the asset's status before the event, as the reporter saw it: another "
+        "status than the asset's is a 409, nothing stored (left out: the asset's)")
+    new_status: AssetStatusName | None = Field(
+        default=None,
+        description="the asset's status after the event: another than its current one is "
+        "applied as the transition table allows (BANNED revokes its leases), by an event of "
+        "creep's caused by this one, listed in `caused`")
     message: str | None = Field(default=None, max_length=2000)
     error_code: str | None = Field(default=None, max_length=200)
     error_message: str | None = Field(default=None, max_length=4000)

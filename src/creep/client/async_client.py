@@ -440,7 +440,8 @@ class AsyncClient:
         return await self.send(calls.events_csv(**filters))
 
     async def report_event(self, event_type: str, asset_id: str, **fields: Any) -> ReportedEvent:
-        """Report an event about an asset (seed 001 fields); the auto-ban policy applies and
+        """Report an event about an asset (seed 001 fields); a `new_status` other than the
+        asset's is applied (e.g. BANNED: its leases revoked), the auto-ban policy applies, and
         `caused` lists what followed."""
         return await self.send(calls.report_event(
             {"event_type": event_type, "asset_id": asset_id, **fields}))

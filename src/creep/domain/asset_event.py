@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from creep.domain.asset import asset_text
+from creep.domain.asset import AssetStatus, asset_text
 from creep.domain.clock import INSTANT_RULE, storable_instant
 from creep.domain.errors import ValidationError
 from creep.domain.text import bad_text, find_bad_json
@@ -27,7 +27,8 @@ class Severity(StrEnum):
 
 
 class AssetEventType(StrEnum):
-    """Event types the control plane writes itself (handlers may report any other)."""
+    """Event types the control plane writes itself (reporters may use any other: see
+    CREEP_EVENT_TYPES)."""
 
     IMPORTED = "IMPORTED"
     UPDATED = "UPDATED"
@@ -95,6 +96,16 @@ MAX_CHAIN = 10_000
 #: latency_ms fits a signed 64-bit column on both backends.
 MAX_LATENCY_MS = 2**63 - 1
 
+#: Event types creep writes itself, never accepted from a reporter: each says the control
+#: plane did it (a lease, a task's outcome, a status change it applied). A reporter states a
+#: status change with new_status under a type of its own (e.g. PROVIDER_BANNED, new_status
+#: BANNED); creep applies it and writes the change's own event (BANNED, UNBANNED,
+#: COOLING_START, ...) caused by the report, as the auto-ban writes ASSET_BANNED.
+CREEP_EVENT_TYPES: frozenset[str] = frozenset(
+    {t.value for t in AssetEventType} | {f"STATUS_{s.value}" for s in AssetStatus}
+)
+_STATUS_RULE = f"must be one of {[s.value for s in AssetStatus]}"
+
 #: How far after the server's clock a reported occurred_at may lie (clock skew between the
 #: reporter and the server): an event that has not happened yet is refused.
 MAX_OCCURRED_AHEAD = timedelta(minutes=5)
@@ -152,11 +163,23 @@ def validate_reported_event(data: Mapping[str, Any]) -> dict[str, Any]:
         errors.append(("event_type", "is required and must be a non-empty string"))
     elif (rule := bad_text(etype)) is not None:
         errors.append(("event_type", rule))
+    elif etype in CREEP_EVENT_TYPES:
+        errors.append(("event_type", f"{etype} is written by creep itself; report a type of "
+                       "your own (with new_status to change the asset's status)"))
     out["event_type"] = etype
     for name in ("event_id", "asset_id", "task_id", "lease_id", "causation_id"):
         out[name] = _opt_uuid(errors, name, data.get(name))
-    for name, limit in (("correlation_id", 200), ("source", 100), ("old_status", 50),
-                        ("new_status", 50), ("message", 2000), ("error_code", 200),
+    for name in ("old_status", "new_status"):  # the asset's status before / after the event
+        status = data.get(name)
+        if status is not None:
+            if isinstance(status, str) and status in AssetStatus.__members__:
+                status = AssetStatus(status).value
+            else:
+                errors.append((name, _STATUS_RULE))
+                status = None
+        out[name] = status
+    for name, limit in (("correlation_id", 200), ("source", 100), ("message", 2000),
+                        ("error_code", 200),
                         ("error_message", 4000), ("provider_status", 100),
                         ("project_id", 200), ("env", 50)):
         out[name] = _opt_text(errors, name, data.get(name), limit)

@@ -85,8 +85,11 @@ class LeaseContextMixin:
     async def report_event(self, event_type: str, **fields: Any) -> AssetEvent:
         """Report what happened to a leased asset (seed 001 fields: http_status, latency_ms,
         provider_status, error_code, retryable, context, ...). asset_id may be left out when
-        the task holds one lease. The auto-ban policy applies at once; if it banned the
-        asset, its lease ids land in `revoked_lease_ids`."""
+        the task holds one lease. A `new_status` other than the asset's status is applied
+        (as report_asset_event says: new_status="BANNED" bans it, revoking every lease on
+        it), then the auto-ban policy; this run's leases a ban revoked land in
+        `revoked_lease_ids` at once (the handler goes on), other handlers learn of theirs on
+        their next heartbeat."""
         checked = validate_reported_event({"event_type": event_type, **fields})
         # Its id now, once: an HTTP worker sends it again with it, which the server writes once.
         checked["event_id"] = checked["event_id"] or uuid7()

@@ -656,15 +656,17 @@ class AssetStoreBase:
 
     def _change_status(
         self, conn: Any, asset: AssetSnapshot, status: AssetStatus, pending: Pending,
-        now: datetime, source: str, reason: str | None,
+        now: datetime, source: str, reason: str | None, cause: AssetEvent | None = None,
     ) -> AssetEvent:
+        """An operator's status change, or one a reported event states (`cause`: the change's
+        event is caused by it and carries its task, lease and correlation)."""
         if status in REVOKING:
             revoke_type = {
                 AssetStatus.BANNED: AssetEventType.BANNED, AssetStatus.SOLD: AssetEventType.SOLD,
                 AssetStatus.ARCHIVED: AssetEventType.ARCHIVED,
             }[status]
             return self._ban(conn, asset, pending, now, event_type=revoke_type, source=source,
-                             cause=None, message=reason, context={}, new_status=status)
+                             cause=cause, message=reason, context={}, new_status=status)
         if status is AssetStatus.IN_USE or asset.status is AssetStatus.IN_USE:
             raise ValidationError.single(
                 "status", "IN_USE follows the asset's leases; it is not set by hand"
@@ -683,6 +685,11 @@ class AssetStoreBase:
             event_type = f"STATUS_{status.value}"
         event = self._new_event(asset, event_type, now, source=source, old_status=old,
                                 message=reason)
+        if cause is not None:
+            event.causation_id = cause.event_id
+            event.task_id, event.lease_id = cause.task_id, cause.lease_id
+            event.correlation_id = cause.correlation_id
+            event.project_id, event.env = cause.project_id, cause.env
         pending.events.append(event)
         return event
 

@@ -380,8 +380,14 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
         self, fields: dict[str, Any], now: datetime, *, tenant_id: str,
         task_id: str | None = None, claim_token: str | None = None,
     ) -> list[AssetEvent]:
-        """Record a reported event (validated fields), then apply the auto-ban policy in the
-        same transaction. Returns the event and any events it caused.
+        """Record a reported event (validated fields), apply the status change it states
+        (new_status) and then the auto-ban policy, in the same transaction. Returns the event
+        and any events it caused.
+
+        The stored old_status is the asset's status: a stated old_status that differs is a
+        ConflictError (a stale view), nothing stored. A new_status other than it goes
+        through the transition table (IllegalTransition; IN_USE is a ValidationError) and
+        is applied as an operator's change, by creep's own event caused by this one.
 
         `task_id` (keyword) is the running task of a handler's report (ctx.report_event);
         an external report may name the task that caused the event in `fields["task_id"]`,
@@ -484,6 +490,15 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                     raise ValidationError.single("causation_id", "unknown event")
             if given:  # again under the asset's lock: a resend that raced the first send
                 self._replay_event(conn, given, fields, tenant_id, reporter)
+            real = asset.status
+            stated_old, stated_new = fields.get("old_status"), fields.get("new_status")
+            if stated_old is not None and stated_old != real.value:
+                # A stale view: stored, the event would say the asset had a status it did
+                # not have, and a change from it the reporter may not mean from this one.
+                raise ConflictError(
+                    f"asset {asset_id} is {real.value}, not {stated_old} (old_status): nothing "
+                    "was stored; report again from its status, or leave old_status out")
+            target = real if stated_new is None else AssetStatus(stated_new)
             occurred = fields.get("occurred_at") or now
             event = AssetEvent(
                 event_id=fields.get("event_id") or uuid7(), tenant_id=tenant_id,
@@ -496,8 +511,7 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                 source=fields.get("source") or (
                     Source.WORKER_NODE if handler else Source.EXTERNAL_PROVIDER),
                 severity=fields.get("severity"),
-                old_status=fields.get("old_status") or asset.status.value,
-                new_status=fields.get("new_status") or asset.status.value,
+                old_status=real.value, new_status=target.value,
                 message=fields.get("message"), error_code=fields.get("error_code"),
                 error_message=fields.get("error_message"),
                 provider_status=fields.get("provider_status"),
@@ -506,13 +520,39 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
                 tags=list(fields.get("tags") or []), context=dict(fields.get("context") or {}),
                 version=1,
             )
+            caused: list[AssetEvent] = []
+            if target is not real:
+                # Checked before anything is written: an illegal change stores nothing.
+                self._reported_change(conn, asset, target, event, pending, now)
             self._emit(conn, [event])
-            caused = self._maybe_ban(conn, asset, event, pending, now)
-            out = [event]
-            if caused is not None:
-                out.extend(pending.events)
+            if target is not real:
+                caused += pending.events
+                # Written before the auto-ban looks: after an UNBANNED, earlier failures
+                # no longer count.
+                self._flush(conn, pending, now)
+                if target is AssetStatus.READY:
+                    self._capacity_freed(conn)
+            if self._maybe_ban(conn, asset, event, pending, now) is not None:
+                caused += pending.events
             self._flush(conn, pending, now)
-        return out
+        return [event, *caused]
+
+    def _reported_change(
+        self, conn: Any, asset: AssetSnapshot, target: AssetStatus, event: AssetEvent,
+        pending: Pending, now: datetime,
+    ) -> None:
+        """The status change a reported event states (new_status), applied as an operator's
+        (a ban revokes the asset's leases, an unban writes UNBANNED, ...) by the transition
+        table; its event is creep's, caused by the reported one (as an auto-ban's is)."""
+        reason = event.message or f"as reported by {event.event_type}"
+        try:
+            self._change_status(conn, asset, target, pending, now, Source.CONTROL_PLANE,
+                                reason, cause=event)
+        except IllegalTransition as exc:
+            raise IllegalTransition(f"asset {asset.asset_id} (new_status)", exc.old,
+                                    exc.new) from None
+        except ValidationError as exc:  # IN_USE, which follows the asset's leases
+            raise ValidationError([("new_status", rule) for _, rule in exc.errors]) from None
 
     def _replay_event(
         self, conn: Any, event_id: str, fields: dict[str, Any], tenant_id: str,

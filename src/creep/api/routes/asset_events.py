@@ -103,11 +103,16 @@ def _every_event(
         after = page[-1][0]
 
 
-@router.post("", status_code=201, response_model=ReportedEventOut, responses=_PROBLEMS)
+@router.post("", status_code=201, response_model=ReportedEventOut, responses={
+    **_PROBLEMS,
+    409: {"description": "old_status is not the asset's status (nothing stored), new_status "
+          "is an illegal transition from it, or event_id names another event"}})
 def report_event(body: AssetEventIn, request: Request, principal: Writer, svc: Svc) -> Any:
-    """Record an event about an asset from outside a task (e.g. a provider's webhook). The
-    asset's auto-ban policy applies in the same transaction: `caused` lists what followed
-    (e.g. ASSET_BANNED with causation_id = this event)."""
+    """Record an event about an asset from outside a task (e.g. a provider's webhook). A
+    new_status other than the asset's status is applied as an operator's change would be (a
+    ban revokes its leases), and the asset's auto-ban policy applies, in the same
+    transaction: `caused` lists what followed (e.g. BANNED or ASSET_BANNED with causation_id
+    = this event, then LEASE_REVOKED)."""
     tenant = owning_tenant(principal, body.tenant_id, svc.store)
     fields = validate_reported_event(body.fields())
     fields["event_id"] = fields.get("event_id") or _event_id()

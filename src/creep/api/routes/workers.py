@@ -290,8 +290,9 @@ def record_money(task_id: UuidParam, body: WorkerLedgerIn, principal: Writer, pr
 def report_asset_event(
     task_id: UuidParam, body: WorkerAssetEventIn, principal: Writer, proto: Proto
 ) -> Any:
-    """An event about an asset the claim leased (ctx.report_event). The auto-ban policy
-    applies at once: `caused` lists what followed, e.g. LEASE_REVOKED of this task."""
+    """An event about an asset the claim leased (ctx.report_event). A new_status other than
+    the asset's is applied (as on POST /v1/events) and the auto-ban policy applies at once:
+    `caused` lists what followed, e.g. BANNED, then LEASE_REVOKED of this task's lease."""
     if body.tenant_id is not None:
         raise ValidationError.single("tenant_id", "is the task's: leave it out")
     events = proto.report_asset_event(task_id, body.claim_token, read_scope(principal),
