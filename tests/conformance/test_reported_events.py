@@ -89,6 +89,20 @@ def test_old_and_new_status_must_be_asset_statuses(app: Creep) -> None:
     assert _types(app, asset.asset_id) == ["IMPORTED"]
 
 
+def test_a_report_cannot_pass_for_creep_s_own_event(app: Creep) -> None:
+    """source tells creep's own logic from the world outside it (seed 001): a reporter that
+    said control_plane passed for creep itself."""
+    asset = app.create_asset(**IP)
+    with pytest.raises(ValidationError) as err:
+        app.report_asset_event(asset_id=asset.asset_id, event_type="PROBE_FAIL",
+                               source="control_plane")
+    assert [f for f, _ in err.value.errors] == ["source"]
+    assert _types(app, asset.asset_id) == ["IMPORTED"]
+    event = app.report_asset_event(asset_id=asset.asset_id, event_type="PROBE_FAIL",
+                                   source="worker_node")
+    assert event.source == "worker_node"
+
+
 @pytest.mark.parametrize("event_type", [
     "BANNED", "ASSET_BANNED", "UNBANNED", "COOLING_START", "COOLING_END", "ALLOCATED",
     "RELEASED", "LEASE_REVOKED", "TASK_SUCCESS", "TASK_FAIL", "TASK_TIMEOUT", "ARCHIVED",

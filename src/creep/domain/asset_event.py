@@ -183,6 +183,10 @@ def validate_reported_event(data: Mapping[str, Any]) -> dict[str, Any]:
                         ("error_message", 4000), ("provider_status", 100),
                         ("project_id", 200), ("env", 50)):
         out[name] = _opt_text(errors, name, data.get(name), limit)
+    if out["source"] == Source.CONTROL_PLANE.value:
+        # Seed 001's source tells creep's own logic from the world outside it.
+        errors.append(("source", "control_plane is creep's own; report worker_node, "
+                                 "external_provider, finops_daemon, operator or a name of yours"))
     severity = data.get("severity")
     if severity is not None:
         try:
