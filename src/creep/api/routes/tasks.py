@@ -15,7 +15,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
 from creep.api.audit import AUTO, AuditWrite, audit_row, audited, riding
-from creep.api.auth import Authenticated, Writer, key_check, principal_from_header
+from creep.api.auth import (
+    Authenticated,
+    Principal,
+    Writer,
+    key_check,
+    principal_from_header,
+)
 from creep.api.context import TRACED
 from creep.api.create_batcher import CreateBatcher
 from creep.api.limits import QuotaCheck, TenantLimits, TenantLimitsCache
@@ -324,18 +330,7 @@ def delete_task(
     unfinished task is a 409 `task-not-finished` (cancel it first). A deleted task is
     answered as it is (nothing written). If-Match is optional: given, a stale one is a
     412."""
-    expected = _optional_if_match(if_match)
-    scope = read_scope(principal)
-    before = svc.store.task_get(task_id, scope)
-    try:
-        with audited(request, principal, AuditAction.DELETED, ResourceType.TASK, task_id,
-                     old=task_snapshot(before), tenant_id=before.tenant_id):
-            task = svc.store.task_delete(task_id, svc.clock.now(), tenant_id=scope,
-                                         expected_version=expected)
-    except VersionConflict as exc:
-        raise Problem(412, "Precondition failed", exc.message, type_="stale-version",
-                      current_version=exc.actual) from None
-    return json_response(task_json(task), headers=_etag(task))
+    return _soft_delete(task_id, request, principal, svc, if_match, delete=True)
 
 
 @router.post("/{task_id}/restore", response_model=TaskOut,
@@ -346,14 +341,22 @@ def restore_task(
 ) -> Any:
     """Take a deleted task out of the recycle bin (`deleted_at` cleared). A task that is not
     deleted is answered as it is (nothing written). If-Match as for DELETE."""
+    return _soft_delete(task_id, request, principal, svc, if_match, delete=False)
+
+
+def _soft_delete(
+    task_id: str, request: Request, principal: Principal, svc: Services,
+    if_match: str | None, *, delete: bool,
+) -> Any:
     expected = _optional_if_match(if_match)
     scope = read_scope(principal)
     before = svc.store.task_get(task_id, scope)
+    action = AuditAction.DELETED if delete else AuditAction.RESTORED
+    change = svc.store.task_delete if delete else svc.store.task_restore
     try:
-        with audited(request, principal, AuditAction.RESTORED, ResourceType.TASK, task_id,
+        with audited(request, principal, action, ResourceType.TASK, task_id,
                      old=task_snapshot(before), tenant_id=before.tenant_id):
-            task = svc.store.task_restore(task_id, svc.clock.now(), tenant_id=scope,
-                                          expected_version=expected)
+            task = change(task_id, svc.clock.now(), tenant_id=scope, expected_version=expected)
     except VersionConflict as exc:
         raise Problem(412, "Precondition failed", exc.message, type_="stale-version",
                       current_version=exc.actual) from None
