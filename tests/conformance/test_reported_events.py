@@ -5,7 +5,6 @@ every backend, through the public API."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,18 +16,6 @@ from creep.domain.lease import LeaseStatus
 
 NET = {"sku_category": "RAW_NET", "sku_code": "ip.residential.uk.*"}
 IP = {"sku_category": "RAW_NET", "sku_code": "ip.residential.uk.1"}
-
-
-@pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock()
-
-
-@pytest.fixture
-def app(db_url: str, clock: FrozenClock) -> Iterator[Creep]:
-    creep_app = Creep(db_url, clock=clock)
-    yield creep_app
-    creep_app.close()
 
 
 # -- occurred_at ------------------------------------------------------------------------------

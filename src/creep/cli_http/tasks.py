@@ -165,11 +165,7 @@ def task_delete(task_id: str, version: Version = None, api_url: ApiUrl = None,
     """Move a finished task to the recycle bin (an unfinished one: cancel it first)."""
     with client(api_url, api_key) as c:
         task = c.delete_task(task_id, expected_version=version)
-    if json:
-        print_json(task)
-    else:
-        out.print(f"{task.task_id}: {task.status}, deleted at {task.deleted_at}",
-                  highlight=False)
+    _print_binned(task, json)
 
 
 @task_app.command("restore")
@@ -179,10 +175,16 @@ def task_restore(task_id: str, version: Version = None, api_url: ApiUrl = None,
     """Take a deleted task out of the recycle bin."""
     with client(api_url, api_key) as c:
         task = c.restore_task(task_id, expected_version=version)
+    _print_binned(task, json)
+
+
+def _print_binned(task: Task, json: bool) -> None:
+    """A task just deleted or restored: its status, and when it was deleted if it is."""
     if json:
         print_json(task)
-    else:
-        out.print(f"{task.task_id}: {task.status}", highlight=False)
+        return
+    deleted = f", deleted at {task.deleted_at}" if task.deleted_at else ""
+    out.print(f"{task.task_id}: {task.status}{deleted}", highlight=False)
 
 
 @task_app.command("events")
