@@ -26,6 +26,17 @@ _pg_problem: str | None = None
 _pg_checked = False
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (the default addopts): CREEP_TEST_WORKERS if set, else one process per core
+    plus one, at most 4. Most tests wait on a subprocess, a server or a clock rather than the
+    CPU; past 4, the multi-process tests' PostgreSQL pools near the server's default 100
+    connections."""
+    wanted = os.environ.get("CREEP_TEST_WORKERS")
+    if wanted:
+        return max(1, int(wanted))
+    return min(4, (os.cpu_count() or 1) + 1)
+
+
 def postgres_problem() -> str | None:
     """None when PostgreSQL is reachable, else why not."""
     global _pg_checked, _pg_problem
