@@ -327,6 +327,13 @@ class Store(Protocol):
         self, worker_id: str, task_types: Sequence[str], limit: int, now: datetime,
         claim_ttl: float, tenant_id: str, claim_token: str | None = None,
     ) -> list[ClaimedTask]: ...
+    def task_claim_once(
+        self, worker_id: str, task_types: Sequence[str], limit: int, now: datetime,
+        claim_ttl: float, claim_id: str, tenant_id: str | None = None,
+    ) -> list[ClaimedTask] | None: ...
+    def task_claim_forget(
+        self, worker_id: str, claim_id: str, tenant_id: str | None = None
+    ) -> None: ...
     def task_claimed(
         self, worker_id: str, claim_token: str, tenant_id: str | None = None
     ) -> list[ClaimedTask]: ...

@@ -215,10 +215,16 @@ def test_a_claim_sent_again_with_its_claim_id_answers_what_it_claimed(
         assert fresh["task"]["task_id"] == more
         assert [i["task"]["task_id"] for i in _claim(a, [kind], 2, **body, resend=True)] \
             == [ids[0]]
-        # Without `resend` a claim_id is not looked up: a first send claims.
+        # A claim_id claims once: sent again without `resend` too (a first send still
+        # polling when its resend claimed), it answers its tasks and claims nothing more.
         newer = _submit(a, kind)
-        (plain,) = _claim(a, [kind], 2, **body)
-        assert plain["task"]["task_id"] == newer
+        assert [i["task"]["task_id"] for i in _claim(a, [kind], 2, **body)] == [ids[0]]
+        assert a.get(f"/v1/tasks/{newer}").json()["status"] == "QUEUED"
+        # Once its tasks have ended it answers none, and still claims nothing.
+        r = a.post(f"/v1/tasks/{ids[0]}/complete", json={"claim_token": claim_id})
+        assert r.status_code == 200, r.text
+        assert _claim(a, [kind], 2, **body, resend=True) == []
+        assert a.get(f"/v1/tasks/{newer}").json()["status"] == "QUEUED"
         bad = a.post("/v1/workers/claim", json={"task_types": [kind], "claim_id": "x"})
         assert bad.status_code == 422, bad.text
         assert [e["field"] for e in bad.json()["errors"]] == ["claim_id"]

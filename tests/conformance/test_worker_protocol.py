@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -70,6 +71,28 @@ def test_claim_gives_back_what_it_claimed_for_a_client_that_left(
     back = app.get_task(task.task_id)
     assert back.status == "QUEUED" and back.attempt == 0
     assert [c.task.task_id for c in asyncio.run(proto.claim(_req(), "t1"))] == [task.task_id]
+
+
+def test_a_claim_given_back_for_a_client_that_left_lets_its_resend_claim(
+    app: Creep, proto: WorkerProtocol,
+) -> None:
+    """A claim_id claims once, but a claim given back claimed nothing: its resend (the
+    client left, then sent it again) claims the task, not an empty answer."""
+    task = app.submit(tenant_id="t1", task_type="A")
+    claim_id = str(uuid.uuid4())
+    answers = iter([False, True])
+
+    async def gone() -> bool:
+        return next(answers)
+
+    first = validate_claim("w1", ["A"], 10, 0, 30, claim_id)
+    assert asyncio.run(proto.claim(first, "t1", gone)) == []
+    again = validate_claim("w1", ["A"], 10, 0, 30, claim_id, True)
+    (c,) = asyncio.run(proto.claim(again, "t1"))
+    assert (c.task.task_id, c.claim_token, c.task.attempt) == (task.task_id, claim_id, 1)
+    # ... and then claims no more.
+    app.submit(tenant_id="t1", task_type="A")
+    assert asyncio.run(proto.claim(again, "t1")) == [c]
 
 
 def test_heartbeat_progress_events_complete(app: Creep, proto: WorkerProtocol) -> None:

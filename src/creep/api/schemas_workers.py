@@ -76,7 +76,8 @@ class ClaimIn(_In):
         description="a UUID the worker picks per claim, used as the claim_token of what it "
                     "claims: sent again after a lost answer (a timeout, a dropped connection, "
                     "a 5xx) with `resend`, the request answers the tasks it claimed that "
-                    "still run under it, and claims nothing more")
+                    "still run under it, and claims nothing more; a claim_id claims once, "
+                    "even when a resend meets its first send still on the server")
     resend: StrictBool = Field(
         default=False,
         description="true when this request is sent again, its claim_id unchanged, after its "

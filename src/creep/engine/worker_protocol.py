@@ -165,24 +165,37 @@ class WorkerProtocol:
 
     # -- claim ---------------------------------------------------------------------------------
 
-    def claim_now(self, req: ClaimRequest, tenant_id: str | None) -> list[ClaimedTask]:
+    def claim_now(self, req: ClaimRequest, tenant_id: str | None) -> list[ClaimedTask] | None:
+        """Claim up to req.limit runnable tasks. None: a send of this claim_id claimed before
+        (this one may be a resend, or a first send still polling after its resend claimed),
+        so nothing more is claimed: one claim_id claims one batch, on any node."""
         now = self.clock.now()
+        if req.claim_id is not None:
+            return self.store.task_claim_once(req.worker_id, req.task_types, req.limit, now,
+                                              req.claim_ttl, req.claim_id, tenant_id)
         if tenant_id is None:
             return self.store.task_claim(req.worker_id, req.task_types, req.limit, now,
-                                         req.claim_ttl, claim_token=req.claim_id)
+                                         req.claim_ttl)
         return self.store.task_claim_scoped(
             req.worker_id, req.task_types, req.limit, now, req.claim_ttl, tenant_id,
-            claim_token=req.claim_id,
         )
 
     def claimed_before(self, req: ClaimRequest, tenant_id: str | None) -> list[ClaimedTask]:
         """What an earlier request with this claim_id (of this worker and tenant) claimed
         and still runs: its answer was lost (a timeout, a dropped connection, a proxy's 5xx
-        after the commit), and the worker sent it again. Their claim is renewed for
-        req.claim_ttl, as a new claim's would be: the worker heartbeats them only from now
-        (its resend may come late in their claim TTL)."""
+        after the commit), and the worker sent it again. A first send looks for nothing (the
+        look-up reads the RUNNING tasks): it claims, and finds out only then (claim_now
+        answers None) whether a send of its claim_id claimed already."""
         if req.claim_id is None or not req.resend:
-            return []  # a first send: nothing to look for (the look-up reads RUNNING tasks)
+            return []
+        return self.claimed_under(req, tenant_id)
+
+    def claimed_under(self, req: ClaimRequest, tenant_id: str | None) -> list[ClaimedTask]:
+        """The tasks still running under req.claim_id (of this worker and tenant), their
+        claim renewed for req.claim_ttl, as a new claim's would be: the worker heartbeats
+        them only from now (the answer may come late in their claim TTL)."""
+        if req.claim_id is None:
+            return []
         claimed = self.store.task_claimed(req.worker_id, req.claim_id, tenant_id)
         if not claimed:
             return []
@@ -200,8 +213,8 @@ class WorkerProtocol:
         one (woken by in-process submits, else by polling). `gone` tells whether the client
         left: the wait then ends, and what was claimed for it is given back uncharged (else it
         would sit RUNNING until its claim expired, then retry WORKER_LOST). With a claim_id
-        that claimed tasks before (the same request sent again), answers those instead,
-        claiming nothing more."""
+        that claimed tasks before (the same request sent again, or its first send still
+        waiting when a resend claimed), answers those instead, claiming nothing more."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + req.wait
         event = asyncio.Event()
@@ -209,15 +222,21 @@ class WorkerProtocol:
         with self._wakers_lock:
             self._wakers.add(waker)
         try:
-            claimed = await asyncio.to_thread(self.claimed_before, req, tenant_id)
+            claimed: list[ClaimedTask] | None = await asyncio.to_thread(
+                self.claimed_before, req, tenant_id)
             while True:
                 event.clear()
                 if not claimed:
                     if gone is not None and await gone():
                         return []
                     claimed = await asyncio.to_thread(self.claim_now, req, tenant_id)
+                    if claimed is None:
+                        # Another send of this claim claimed: its tasks are the answer (not
+                        # given back if this send's client left: another send's may read
+                        # them).
+                        return await asyncio.to_thread(self.claimed_under, req, tenant_id)
                 if claimed and gone is not None and await gone():
-                    await asyncio.to_thread(self._give_back, claimed)
+                    await asyncio.to_thread(self._give_back, req, tenant_id, claimed)
                     return []
                 remaining = deadline - loop.time()
                 if claimed or remaining <= 0:
@@ -228,7 +247,14 @@ class WorkerProtocol:
             with self._wakers_lock:
                 self._wakers.discard(waker)
 
-    def _give_back(self, claimed: Sequence[ClaimedTask]) -> None:
+    def _give_back(
+        self, req: ClaimRequest, tenant_id: str | None, claimed: Sequence[ClaimedTask]
+    ) -> None:
+        if req.claim_id is not None:
+            # Forgotten first: given back, the claim claimed nothing, so its resend (its
+            # client left for a reason) may claim. A resend claiming in between takes other
+            # tasks, under the same token: the give-back below names these tasks only.
+            self.store.task_claim_forget(req.worker_id, req.claim_id, tenant_id)
         now = self.clock.now()
         completions = []
         for c in claimed:

@@ -37,6 +37,18 @@ TASK_COLUMNS: tuple[str, ...] = (
     "claim_expires_at", "cancel_requested", "deleted_at",
 )
 TASK_SELECT = ", ".join(TASK_COLUMNS)
+
+#: How long an HTTP worker's claim_id that claimed is remembered (worker_claims): a send of
+#: it that finds it claims nothing more. By then the claim's first send has long ended (its
+#: wait is at most a minute) and a batch of it nobody heard has expired (claim_ttl is at
+#: most an hour), so a resend that claims anew claims the only batch anyone reads.
+CLAIM_IDS_KEPT = timedelta(hours=1)
+#: Old worker_claims rows a claim prunes as it writes its own (bounded: a claim stays cheap).
+CLAIM_IDS_PRUNED = 100
+
+
+class ClaimedBefore(Exception):
+    """Raised inside a claim's transaction to undo it: its claim_id claimed already."""
 #: Columns written by an insert (claim and bookkeeping columns take their defaults).
 INSERT_COLUMNS: tuple[str, ...] = (
     *TASK_COLUMNS[: TASK_COLUMNS.index("last_error")], "request_hash", "has_dependants",

@@ -15,7 +15,7 @@ from creep.domain.errors import NotFound
 from creep.domain.events import TaskEvent
 from creep.domain.ids import is_uuid
 from creep.ports import ClaimedTask
-from creep.storage.common import TASK_SELECT
+from creep.storage.common import CLAIM_IDS_KEPT, CLAIM_IDS_PRUNED, TASK_SELECT, ClaimedBefore
 
 _ARTIFACT_COLUMNS = (
     "artifact_id, task_id, tenant_id, kind, file_name, mime_type, size_bytes, width, height, "
@@ -24,6 +24,17 @@ _ARTIFACT_COLUMNS = (
 _EVENT_COLUMNS = (
     "task_id, tenant_id, event_type, from_status, to_status, attempt, payload, created_at"
 )
+
+#: The claim_id of a claim that claimed, written in its transaction (no row back: a send of
+#: it claimed before), with a few rows past CLAIM_IDS_KEPT pruned (rows another claim is
+#: pruning are skipped, not waited for).
+_RECORD_CLAIM_ID = """WITH pruned AS (
+    DELETE FROM worker_claims WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM worker_claims WHERE claimed_at < %(old)s
+        LIMIT %(n)s FOR UPDATE SKIP LOCKED))
+)
+INSERT INTO worker_claims (claim_id, worker_id, tenant_id, claimed_at)
+VALUES (%(id)s, %(w)s, %(t)s, %(now)s) ON CONFLICT DO NOTHING RETURNING 1"""
 
 
 def _row_to_artifact(r: Sequence[Any]) -> Artifact:
@@ -146,6 +157,44 @@ class PostgresArtifactsMixin:
                 conn, worker_id, task_types, limit, now, claim_ttl, tenant_id, token=claim_token
             )
         return claimed  # type: ignore[no-any-return]
+
+    def task_claim_once(
+        self, worker_id: str, task_types: Sequence[str], limit: int, now: datetime,
+        claim_ttl: float, claim_id: str, tenant_id: str | None = None,
+    ) -> list[ClaimedTask] | None:
+        """task_claim (with `tenant_id`, task_claim_scoped) under an HTTP worker's claim_id,
+        which claims once: a claim that claimed writes the claim_id (of this worker and
+        tenant) in its own transaction. A second send of it, on any node, meets that row in
+        the primary key, waits for the first send's transaction and, once it committed,
+        is undone: None (nothing claimed). One statement more than a plain claim, only when
+        it claimed."""
+        if limit <= 0 or not task_types:
+            return []
+        try:
+            with self._tx() as conn:
+                claimed, _ = self._claim_rows(  # type: ignore[attr-defined]
+                    conn, worker_id, task_types, limit, now, claim_ttl, tenant_id,
+                    token=claim_id,
+                )
+                if claimed and conn.execute(_RECORD_CLAIM_ID, {
+                    "id": claim_id, "w": worker_id, "t": tenant_id or "", "now": now,
+                    "old": now - CLAIM_IDS_KEPT, "n": CLAIM_IDS_PRUNED,
+                }).fetchone() is None:
+                    raise ClaimedBefore
+        except ClaimedBefore:
+            return None
+        return claimed  # type: ignore[no-any-return]
+
+    def task_claim_forget(
+        self, worker_id: str, claim_id: str, tenant_id: str | None = None
+    ) -> None:
+        """Forget that this claim_id claimed (its tasks were given back): a resend of it
+        claims anew."""
+        if not is_uuid(claim_id):
+            return
+        with self._tx() as conn:
+            conn.execute("DELETE FROM worker_claims WHERE claim_id = %s AND worker_id = %s "
+                         "AND tenant_id = %s", (claim_id, worker_id, tenant_id or ""))
 
     def task_claimed(
         self, worker_id: str, claim_token: str, tenant_id: str | None = None

@@ -14,7 +14,13 @@ from creep.domain.artifacts import Artifact, ArtifactKind
 from creep.domain.errors import NotFound
 from creep.domain.events import TaskEvent
 from creep.ports import ClaimedTask
-from creep.storage.common import TASK_SELECT, dumps
+from creep.storage.common import (
+    CLAIM_IDS_KEPT,
+    CLAIM_IDS_PRUNED,
+    TASK_SELECT,
+    ClaimedBefore,
+    dumps,
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ARTIFACT_COLUMNS = (
@@ -141,6 +147,39 @@ class SqliteArtifactsMixin:
             )
         return _claimed(rows, token)
 
+    def task_claim_once(
+        self, worker_id: str, task_types: Sequence[str], limit: int, now: datetime,
+        claim_ttl: float, claim_id: str, tenant_id: str | None = None,
+    ) -> list[ClaimedTask] | None:
+        """task_claim (with `tenant_id`, task_claim_scoped) under an HTTP worker's claim_id,
+        which claims once: a claim that claimed writes the claim_id (of this worker and
+        tenant) in its own transaction. None when a send of it claimed before: this claim is
+        undone (the write lock already keeps a second send out until the first commits)."""
+        from creep.storage.sqlite_store import _claimed
+
+        if limit <= 0 or not task_types:
+            return []
+        try:
+            with self._write() as conn:
+                rows, token = self._claim_rows(  # type: ignore[attr-defined]
+                    conn, worker_id, task_types, limit, now, claim_ttl, tenant_id,
+                    token=claim_id,
+                )
+                if rows:
+                    _record_claim_id(conn, claim_id, worker_id, tenant_id, now)
+        except ClaimedBefore:
+            return None
+        return _claimed(rows, token)
+
+    def task_claim_forget(
+        self, worker_id: str, claim_id: str, tenant_id: str | None = None
+    ) -> None:
+        """Forget that this claim_id claimed (its tasks were given back): a resend of it
+        claims anew."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM worker_claims WHERE claim_id = ? AND worker_id = ? "
+                         "AND tenant_id = ?", (claim_id, worker_id, tenant_id or ""))
+
     def task_claimed(
         self, worker_id: str, claim_token: str, tenant_id: str | None = None
     ) -> list[ClaimedTask]:
@@ -183,3 +222,23 @@ class SqliteArtifactsMixin:
                 (event_type, dumps(payload), _us(now), task_id, claim_token),
             ).fetchone()
         return None if row is None else _row_to_event(row)
+
+
+def _record_claim_id(
+    conn: sqlite3.Connection, claim_id: str, worker_id: str, tenant_id: str | None,
+    now: datetime,
+) -> None:
+    """Write the claim_id of the claim in `conn`'s transaction, pruning a few rows past
+    CLAIM_IDS_KEPT; ClaimedBefore when it is written already."""
+    conn.execute(
+        "DELETE FROM worker_claims WHERE rowid IN (SELECT rowid FROM worker_claims "
+        "WHERE claimed_at < ? LIMIT ?)",
+        (_us(now - CLAIM_IDS_KEPT), CLAIM_IDS_PRUNED),
+    )
+    cur = conn.execute(
+        "INSERT INTO worker_claims (claim_id, worker_id, tenant_id, claimed_at) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (claim_id, worker_id, tenant_id or "", _us(now)),
+    )
+    if cur.rowcount != 1:
+        raise ClaimedBefore

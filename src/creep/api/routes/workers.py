@@ -103,7 +103,8 @@ async def claim(body: ClaimIn, request: Request, principal: Writer, proto: Proto
     With `wait`, an empty queue is watched up to that many seconds before answering with
     no items. A tenant key claims only its tenant's tasks. With `claim_id`, the same
     request sent again (`resend`) answers what it claimed (those of its tasks that still run under that
-    token, for this worker_id and tenant) instead of claiming more."""
+    token, for this worker_id and tenant) instead of claiming more: a claim_id claims once,
+    however its sends interleave."""
     req = validate_claim(_worker_id(principal, body.worker_id), body.task_types,
                          body.max_tasks, body.wait, body.claim_ttl, body.claim_id,
                          body.resend)
