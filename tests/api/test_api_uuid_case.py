@@ -197,3 +197,82 @@ def test_worker_routes_take_a_task_id_in_any_form(app: Creep, api: TestClient,
     done = _ok(api.post(f"/v1/tasks/urn:uuid:{tid.upper()}/complete", headers=ADMIN,
                         json={"claim_token": tok, "result": {"ok": 1}}))
     assert (done["task_id"], done["status"]) == (tid, "SUCCESS")
+
+
+def _forms(an_id: str) -> list[str]:
+    """An id as others may write it: upper case, braced, without hyphens, as a URN."""
+    return [an_id.upper(), f"{{{an_id}}}", an_id.replace("-", ""), f"urn:uuid:{an_id.upper()}"]
+
+
+def test_batch_schedule_and_key_ids_in_any_form(api: TestClient) -> None:
+    """A batch, a schedule (by its uid) and an API key are found by their id however it is
+    written, as a task is: every one of these routes answered 404 on both backends (their
+    ids are text columns) to an id a caller copied in upper case."""
+    batch = _ok(api.post("/v1/batches", headers=ADMIN, json={
+        "tenant_id": "acme", "title": "case", "tasks": [{"ref": "a", "task_type": "CASE"}]}),
+        201)
+    bid = batch["batch_id"]
+    for form in _forms(bid):
+        assert _ok(api.get(f"/v1/batches/{form}", headers=ADMIN))["batch_id"] == bid
+    cancelled = _ok(api.post(f"/v1/batches/{bid.upper()}/cancel", headers=ADMIN))
+    assert cancelled["batch_id"] == bid and cancelled["cancelled_count"] == 1
+
+    sched = _ok(api.post("/v1/schedules", headers=ADMIN, json={
+        "tenant_id": "acme", "name": "case", "type": "CASE", "interval": 60}), 201)
+    uid = sched["uid"]
+    for form in _forms(uid):
+        got = api.get(f"/v1/schedules/{form}", headers=ADMIN)
+        assert _ok(got)["uid"] == uid
+    patched = _ok(api.patch(f"/v1/schedules/{uid.upper()}", json={"priority": 3},
+                            headers={**ADMIN, "If-Match": got.headers["etag"]}))
+    assert patched["uid"] == uid and patched["priority"] == 3
+    fired = _ok(api.post(f"/v1/schedules/{uid.upper()}/trigger", headers=ADMIN), 201)
+    assert fired["task_uid"] == uid
+    runs = _ok(api.get(f"/v1/schedules/{uid.upper()}/executions", headers=ADMIN))["items"]
+    assert [e["execution_uid"] for e in runs] == [fired["execution_uid"]]
+    assert api.delete(f"/v1/schedules/{uid.upper()}", headers=ADMIN).status_code == 204
+    assert api.get(f"/v1/schedules/{uid}", headers=ADMIN).status_code == 404
+
+    key = _ok(api.post("/v1/keys", headers=ADMIN, json={"name": "k", "tenant_id": "acme"}), 201)
+    kid = key["key_id"]
+    revoked = _ok(api.delete(f"/v1/keys/{kid.upper()}", headers=ADMIN))
+    assert revoked["key_id"] == kid and revoked["revoked_at"] is not None
+    assert api.get("/v1/whoami", headers={"Authorization": f"Bearer {key['key']}"}
+                   ).status_code == 401
+    # The audit log's principal filter (a key id) reads it so too.
+    mine = _ok(api.get("/v1/whoami", headers=ADMIN))["key_id"]
+    by_key = _ok(api.get("/v1/audit", headers=ADMIN, params={"principal": mine.upper()}))
+    assert {(r["resource_type"], r["action"]) for r in by_key["items"]} >= {
+        ("batch", "cancelled"), ("apiKey", "revoked")}
+    # Text that is no UUID still names nothing.
+    for path in (f"/v1/batches/{bid[:-1]}X", f"/v1/schedules/{uid[:-1]}X"):
+        assert api.get(path, headers=ADMIN).status_code == 404, path
+    assert api.delete(f"/v1/keys/{kid[:-1]}X", headers=ADMIN).status_code == 404
+
+
+def test_a_schedule_uid_chosen_in_upper_case_is_found_in_any_form(app: Creep,
+                                                                  api: TestClient) -> None:
+    """The Python API lets a caller choose a schedule's uid: one that is a UUID is kept in
+    creep's form (as a chosen task_id is), so every spelling of it finds the schedule, there
+    and over REST; any other uid, and a name, are text matched as written."""
+    chosen = "0190F0E2-3D4A-7B6C-8D9E-0A1B2C3D4E5F"
+    made = app.create_schedule(uid=chosen, tenant_id="acme", name="upper", type="CASE",
+                               interval=60)
+    assert made.uid == chosen.lower()
+    for form in (chosen, chosen.lower(), f"{{{chosen}}}"):
+        assert app.get_schedule(form).uid == chosen.lower()
+        assert _ok(api.get(f"/v1/schedules/{form}", headers=ADMIN))["uid"] == chosen.lower()
+    assert app.update_schedule(chosen, priority=4).priority == 4
+    app.delete_schedule(chosen)
+    with pytest.raises(NotFound):
+        app.get_schedule(chosen.lower())
+    other = app.create_schedule(uid="Nightly-Report", tenant_id="acme", name="Named-Like-This",
+                                type="CASE", interval=60)
+    assert other.uid == "Nightly-Report"
+    assert _ok(api.get("/v1/schedules/Nightly-Report", headers=ADMIN))["name"] == (
+        "Named-Like-This")
+    assert api.get("/v1/schedules/nightly-report", headers=ADMIN).status_code == 404
+    # By its name (a tenant's): deleted, not a silent no-op.
+    app.delete_schedule("Named-Like-This", tenant_id="acme")
+    with pytest.raises(NotFound):
+        app.get_schedule("Nightly-Report")

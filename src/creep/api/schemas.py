@@ -61,9 +61,10 @@ def _timestamp_text(value: Any) -> Any:
 #: A request body's timestamp: an ISO 8601 string (the time zone is checked by the routes).
 Timestamp = Annotated[datetime, BeforeValidator(_timestamp_text)]
 
-#: A path or query parameter naming a task, asset, lease, event or artifact by its UUID, in
-#: creep's form (lower case): SQLite then finds it as PostgreSQL does in any case. Text that
-#: is no UUID passes unchanged and names nothing (a 404 or an empty page, as before).
+#: A path or query parameter naming a task, asset, lease, event, artifact, batch or API key
+#: by its UUID, in creep's form (lower case): SQLite then finds it as PostgreSQL does in any
+#: case (and batch and key ids, text on both, are found at all). Text that is no UUID passes
+#: unchanged and names nothing (a 404 or an empty page, as before).
 UuidParam = Annotated[str, AfterValidator(canonical_uuid)]
 
 

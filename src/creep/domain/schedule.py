@@ -18,6 +18,7 @@ import orjson
 from creep.domain.cron import next_cron, validate_cron, validate_timezone
 from creep.domain.errors import ConflictError, ValidationError
 from creep.domain.execution import TriggerType
+from creep.domain.ids import canonical_uuid
 from creep.domain.task_spec import Limits, TaskSpec, validate_task_spec
 from creep.domain.text import bad_text, find_unwritable, may_hold_nul
 
@@ -284,8 +285,9 @@ def validate_schedule(
             d["interval"] = None
         if fields.get("interval") is not None and "cron_expr" not in fields:
             d["cron_expr"] = None
-    # A caller may choose the uid of a new schedule (it is fixed afterwards).
-    uid = _str(errs, d, "uid", max_len=128) if existing is None else existing.uid
+    # A caller may choose the uid of a new schedule (it is fixed afterwards); one that is a
+    # UUID is kept in creep's form, so that any spelling of it finds the schedule.
+    uid = canonical_uuid(_str(errs, d, "uid", max_len=128)) if existing is None else existing.uid
     tenant = _str(errs, d, "tenant_id", required=True, default="default")
     name = _str(errs, d, "name", required=True)
     # A uid or name is one segment of the schedule's REST paths (a tenant key reads it by

@@ -12,6 +12,7 @@ from creep.domain.execution import (
     ExecutionState,
     TaskExecution,
 )
+from creep.domain.ids import canonical_uuid
 from creep.domain.schedule import Firing, LeadershipLost, ScheduledTask
 from creep.domain.task_spec import TaskSpec
 from creep.storage import pending_writes
@@ -51,9 +52,15 @@ class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
         self, conn: Conn, key: str, tenant_id: str | None, lock: bool = False
     ) -> ScheduledTask:
         suffix = self._for_update if lock else ""
-        row = conn.execute(
-            f"SELECT {_SCHEDULE_SELECT} FROM scheduled_tasks WHERE uid = ?{suffix}", (key,)
-        ).fetchone()
+        row = None
+        # The uid as written, then in creep's form (a uid that is a UUID is stored so, see
+        # validate_schedule; one chosen before that may be stored as written).
+        for uid in dict.fromkeys((key, canonical_uuid(key))):
+            row = conn.execute(
+                f"SELECT {_SCHEDULE_SELECT} FROM scheduled_tasks WHERE uid = ?{suffix}", (uid,)
+            ).fetchone()
+            if row is not None:
+                break
         if row is not None and tenant_id is not None and row[_TENANT] != tenant_id:
             # Another tenant's uid reads like a missing one: the key may still name one of
             # this tenant's schedules.
@@ -137,10 +144,10 @@ class ScheduleSqlMixin(ExecutionSqlMixin, RetentionSqlMixin):
     def schedule_delete(self, uid: str, tenant_id: str | None = None) -> None:
         """Delete a schedule; its execution history stays (until retention removes it)."""
         with self._sx() as conn:
-            self._schedule_get(conn, uid, tenant_id, lock=True)
+            found = self._schedule_get(conn, uid, tenant_id, lock=True)
             # The API's audit row reads what is deleted, as this transaction sees it.
             pending_writes.before_change(self, self._sx_driver(conn))
-            conn.execute("DELETE FROM scheduled_tasks WHERE uid = ?", (uid,))
+            conn.execute("DELETE FROM scheduled_tasks WHERE uid = ?", (found.uid,))
 
     def schedule_due(self, now: datetime, limit: int = 100) -> list[ScheduledTask]:
         with self._sx_read() as conn:

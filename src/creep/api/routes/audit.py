@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from creep.api.auth import Admin
 from creep.api.responses import aware, csv_stream, json_response, wants_csv
-from creep.api.schemas import AuditOut, AuditPage, audit_json
+from creep.api.schemas import AuditOut, AuditPage, UuidParam, audit_json
 from creep.api.services import Services, services
 from creep.domain.audit import AuditAction, ResourceType
 from creep.ports_api import AuditFilter
@@ -31,7 +31,7 @@ def list_audit(
     # Seed 003's enums (with creep's additions): a value outside them is a 422, not no rows.
     resource_type: ResourceType | None = None,
     action: AuditAction | None = None,
-    principal_id: Annotated[str | None, Query(alias="principal", max_length=255,
+    principal_id: Annotated[UuidParam | None, Query(alias="principal", max_length=255,
                                               description="a key id")] = None,
     resource_id: Annotated[str | None, Query(max_length=255)] = None,
     request_id: Annotated[str | None, Query(max_length=128)] = None,

@@ -18,7 +18,7 @@ from creep.api.responses import (
     valid_sortable_cursor,
 )
 from creep.api.routes.tasks import quota_check
-from creep.api.schemas import BatchIn, BatchOut, batch_json
+from creep.api.schemas import BatchIn, BatchOut, UuidParam, batch_json
 from creep.api.services import Services, services
 from creep.api.tenancy import owning_tenant, read_scope
 from creep.domain.audit import AuditAction, ResourceType
@@ -187,14 +187,14 @@ def list_batches(
 
 
 @router.get("/{batch_id}", response_model=BatchOut, responses={404: {"description": "no such batch"}})
-def get_batch(batch_id: str, principal: Authenticated, svc: Svc) -> Any:
+def get_batch(batch_id: UuidParam, principal: Authenticated, svc: Svc) -> Any:
     """Counts, progress and the status derived from the batch's tasks."""
     return json_response(_batch_body(svc, svc.store.batch_get(batch_id, read_scope(principal))))
 
 
 @router.post("/{batch_id}/cancel", response_model=BatchOut,
              responses={404: {"description": "no such batch"}})
-def cancel_batch(batch_id: str, request: Request, principal: Writer, svc: Svc) -> Any:
+def cancel_batch(batch_id: UuidParam, request: Request, principal: Writer, svc: Svc) -> Any:
     """Cancel the batch: in one transaction, every PENDING or QUEUED task of it becomes
     CANCELLED (with its dependants) and every RUNNING one is asked to stop; all or nothing."""
     scope = read_scope(principal)

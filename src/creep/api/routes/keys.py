@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from creep.api.audit import audited
 from creep.api.auth import AdminWriter, KeyCache
 from creep.api.responses import json_response
-from creep.api.schemas import KeyCreated, KeyIn, KeyOut, key_json
+from creep.api.schemas import KeyCreated, KeyIn, KeyOut, UuidParam, key_json
 from creep.api.services import Services, services
 from creep.domain.audit import AuditAction, ResourceType
 from creep.domain.errors import NotFound, ValidationError
@@ -54,7 +54,7 @@ def create_key(body: KeyIn, request: Request, principal: AdminWriter, svc: Svc) 
 
 
 @router.delete("/{key_id}", response_model=KeyOut)
-def revoke_key(key_id: str, request: Request, principal: AdminWriter, svc: Svc) -> Any:
+def revoke_key(key_id: UuidParam, request: Request, principal: AdminWriter, svc: Svc) -> Any:
     before = svc.store.key_get(key_id)
     old = svc.store.snapshot(ResourceType.API_KEY, key_id)
     with audited(request, principal, AuditAction.REVOKED, ResourceType.API_KEY, key_id,
