@@ -285,6 +285,10 @@ class Store(Protocol):
         self, fields: dict[str, Any], now: datetime, *, tenant_id: str,
         task_id: str | None = None, claim_token: str | None = None,
     ) -> list[AssetEvent]: ...
+    def asset_event_report_or_replay(
+        self, fields: dict[str, Any], now: datetime, *, tenant_id: str,
+        task_id: str | None = None, claim_token: str | None = None,
+    ) -> tuple[list[AssetEvent], bool]: ...
     def asset_events_list(
         self, *, tenant_id: str | None = None, asset_id: str | None = None,
         task_id: str | None = None, correlation_id: str | None = None,

@@ -65,7 +65,8 @@ def test_a_reported_status_change_is_applied_and_listed_in_caused(
     assert r.status_code == 201, r.text
     # Sent again (a lost answer), though the asset is BANNED now: the first answer, again.
     again = _report(api, **body)
-    assert (again.status_code, again.json()) == (201, r.json())
+    assert (again.status_code, again.json()) == (200, r.json())
+    assert again.headers["idempotent-replayed"] == "true"
     event, caused = r.json()["event"], r.json()["caused"]
     assert (event["old_status"], event["new_status"]) == ("READY", "BANNED")
     assert [(e["event_type"], e["causation_id"], e["source"]) for e in caused] == [

@@ -780,8 +780,9 @@ def test_worker_asset_event_resent_with_its_event_id_is_written_once(
     """A ctx.report_event whose answer was lost could not be sent again: the same event_id
     answered 409 (so the HTTP worker raised StorageError into the handler, which could only
     report it again as a second event). Sent again with its event_id and the same body, the
-    answer is the event written the first time with what it caused (201, nothing more
-    written, even once the claim is gone); another body under that id is 409."""
+    answer is the event written the first time with what it caused (200 with
+    Idempotent-Replayed: true, as POST /v1/ledger answers a replay; nothing more written,
+    even once the claim is gone); another body under that id is 409."""
     from creep import Creep
 
     tenant, key = worker_server.tenant()
@@ -798,14 +799,17 @@ def test_worker_asset_event_resent_with_its_event_id_is_written_once(
         assert first.status_code == 201, first.text
         assert [e["event_type"] for e in first.json()["caused"]] == [
             "ASSET_BANNED", "LEASE_REVOKED"]
+        assert "idempotent-replayed" not in first.headers
         again = c.post(f"/v1/tasks/{task}/asset-events", json=event)
-        assert (again.status_code, again.json()) == (201, first.json()), again.text
+        assert (again.status_code, again.json()) == (200, first.json()), again.text
+        assert again.headers["idempotent-replayed"] == "true"
         other = c.post(f"/v1/tasks/{task}/asset-events", json={**event, "http_status": 500})
         assert other.status_code == 409 and not other.json()["type"].endswith("claim-lost")
         assert c.post(f"/v1/tasks/{task}/complete",
                       json={"claim_token": token}).status_code == 200
         late = c.post(f"/v1/tasks/{task}/asset-events", json=event)
-        assert (late.status_code, late.json()) == (201, first.json()), late.text
+        assert (late.status_code, late.json()) == (200, first.json()), late.text
+        assert late.headers["idempotent-replayed"] == "true"
         events = c.get("/v1/events", params={"asset_id": asset["asset_id"]}).json()["items"]
         assert [e["event_id"] for e in events].count(event_id) == 1
         assert [e["event_type"] for e in events].count("ASSET_BANNED") == 1
@@ -815,7 +819,8 @@ def test_asset_event_resent_with_its_event_id_answers_the_first_and_is_audited_o
     worker_server: Server,
 ) -> None:
     """POST /v1/events (a provider's webhook, sent again after a lost answer) with an
-    event_id that exists: the same body answers the event written the first time (201),
+    event_id that exists: the same body answers the event written the first time (200 with
+    Idempotent-Replayed: true, as POST /v1/ledger does; it was a 201 without the header),
     with one audit row; another body under that id stays 409."""
     tenant, key = worker_server.tenant()
     with worker_server.client(key) as c:
@@ -825,8 +830,11 @@ def test_asset_event_resent_with_its_event_id_answers_the_first_and_is_audited_o
                  "event_id": event_id, "message": "m"}
         first = c.post("/v1/events", json=event)
         assert first.status_code == 201, first.text
+        assert "idempotent-replayed" not in first.headers
         again = c.post("/v1/events", json=event)
-        assert (again.status_code, again.json()) == (201, first.json()), again.text
+        assert (again.status_code, again.json()) == (200, first.json()), again.text
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.headers["location"] == first.headers["location"]
         assert c.post("/v1/events", json={**event, "message": "n"}).status_code == 409
     with worker_server.admin() as admin:
         rows = admin.get("/v1/audit", params={"resource_type": "assetEvent",
@@ -839,8 +847,9 @@ def test_worker_ledger_entry_resent_with_its_entry_id_is_written_once(
 ) -> None:
     """A ctx.charge whose answer was lost after the server wrote it was charged again when
     sent again (and could even be refused as over budget by its own first write). Sent with
-    its entry_id, a resend answers the entry written the first time and writes nothing; the
-    same entry_id with another entry is a 409."""
+    its entry_id, a resend answers the entry written the first time and writes nothing (200
+    with Idempotent-Replayed: true, as POST /v1/ledger; it was a 201 without the header);
+    the same entry_id with another entry is a 409."""
     _, key = worker_server.tenant()
     with worker_server.client(key) as c:
         task, token = _claimed(c, f"RV_ONCE_{uuid.uuid4().hex[:6]}", max_total_cost="1",
@@ -850,8 +859,10 @@ def test_worker_ledger_entry_resent_with_its_entry_id_is_written_once(
                 "entry_id": entry_id, "description": "captcha"}
         first = c.post(f"/v1/tasks/{task}/ledger", json=cost)
         assert first.status_code == 201, first.text
+        assert "idempotent-replayed" not in first.headers
         again = c.post(f"/v1/tasks/{task}/ledger", json=cost)
-        assert again.status_code == 201, again.text
+        assert again.status_code == 200, again.text
+        assert again.headers["idempotent-replayed"] == "true"
         assert again.json() == first.json() and first.json()["entry_id"] == entry_id
         other = c.post(f"/v1/tasks/{task}/ledger", json={**cost, "amount": "0.5"})
         assert other.status_code == 409 and "entry_id" in other.text, other.text

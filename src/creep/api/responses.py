@@ -29,6 +29,17 @@ def json_response(
     )
 
 
+def written_response(
+    data: Any, replayed: bool, headers: dict[str, str] | None = None
+) -> Response:
+    """The answer of a create the client may send again by an id it picked: 201 when this
+    request wrote it, else (a replay: nothing written) 200 with `Idempotent-Replayed: true`,
+    as every creep route that replays answers one."""
+    if replayed:
+        return json_response(data, 200, {**(headers or {}), "Idempotent-Replayed": "true"})
+    return json_response(data, 201, headers)
+
+
 class RawJSONResponse(Response):
     """A JSON body already serialised, with its headers already encoded: the hot routes skip
     Response's header building (a Mapping walked, lower-cased and encoded per request)."""

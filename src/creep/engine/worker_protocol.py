@@ -428,9 +428,10 @@ class WorkerProtocol:
         amount: Any, currency: str | None = None, asset_id: str | None = None,
         lease_id: str | None = None, description: str | None = None,
         entry_id: str | None = None,
-    ) -> LedgerEntry:
+    ) -> tuple[LedgerEntry, bool]:
         """ctx.charge / ctx.earn: a COST or REVENUE of the running task (BudgetExceeded over
-        its max_total_cost). `entry_id` (the worker's) makes a resend write nothing more."""
+        its max_total_cost), and whether it was a resend. `entry_id` (the worker's) makes a
+        resend write nothing more: it answers the entry written then, True."""
         if entry_type not in ("COST", "REVENUE"):
             raise ValidationError.single("entry_type", "must be COST or REVENUE")
         # The ledger's transaction checks the claim (after a resend's own entry: see there).
@@ -442,21 +443,22 @@ class WorkerProtocol:
             description=description, occurred_at=None, entry_id=entry_id,
         )
         try:
-            return self.store.ledger_record(entry, claim_token=claim_token)
+            return self.store.ledger_append(entry, claim_token=claim_token)
         except NotFound as exc:  # another tenant's asset or lease reads like a missing one
             raise ValidationError.single(f"{exc.kind}_id", f"unknown {exc.kind}") from None
 
     def report_asset_event(
         self, task_id: str, claim_token: str, tenant_id: str | None, fields: dict[str, Any],
-    ) -> list[AssetEvent]:
+    ) -> tuple[list[AssetEvent], bool]:
         """ctx.report_event: the event, then what it caused (an auto-ban's LEASE_REVOKED
-        events name the leases of this claim it revoked). Sent again with its event_id
-        (after a lost answer), the first report's answer, nothing more written."""
+        events name the leases of this claim it revoked), and whether it was a resend. Sent
+        again with its event_id (after a lost answer), the first report's answer, True,
+        nothing more written."""
         checked = validate_reported_event(fields)
         # The report's transaction checks the claim (after a resend's own event: see there).
         task = self._held(task_id, claim_token, tenant_id)
         try:
-            return self.store.asset_event_report(
+            return self.store.asset_event_report_or_replay(
                 checked, self.clock.now(), tenant_id=task.tenant_id, task_id=task_id,
                 claim_token=claim_token,
             )

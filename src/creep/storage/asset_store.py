@@ -400,10 +400,19 @@ class AssetStoreMixin(LeaseBrokerMixin, LedgerStoreMixin):
         report answers the event written the first time and what it caused, writing nothing
         (even once the reporting run's claim is gone); another report under that id is a
         ConflictError."""
+        return self.asset_event_report_or_replay(
+            fields, now, tenant_id=tenant_id, task_id=task_id, claim_token=claim_token)[0]
+
+    def asset_event_report_or_replay(
+        self, fields: dict[str, Any], now: datetime, *, tenant_id: str,
+        task_id: str | None = None, claim_token: str | None = None,
+    ) -> tuple[list[AssetEvent], bool]:
+        """asset_event_report, and whether the report was a resend (True: the events its
+        first send wrote, nothing written now; the REST routes answer it as a replay)."""
         try:
-            return self._report_event(fields, now, tenant_id, task_id, claim_token)
+            return self._report_event(fields, now, tenant_id, task_id, claim_token), False
         except _Replayed as replay:  # its transaction rolled back: no audit row rode along
-            return replay.events
+            return replay.events, True
 
     def _report_event(
         self, fields: dict[str, Any], now: datetime, tenant_id: str, task_id: str | None,

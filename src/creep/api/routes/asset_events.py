@@ -24,6 +24,7 @@ from creep.api.responses import (
     encode_ordered_cursor,
     json_response,
     wants_csv,
+    written_response,
 )
 from creep.api.routes.assets import store_of
 from creep.api.schemas import UuidParam
@@ -105,6 +106,8 @@ def _every_event(
 
 @router.post("", status_code=201, response_model=ReportedEventOut, responses={
     **_PROBLEMS,
+    200: {"model": ReportedEventOut, "description": "a replay: what this event_id's first "
+          "report answered (header Idempotent-Replayed: true)"},
     409: {"description": "old_status is not the asset's status (nothing stored), new_status "
           "is an illegal transition from it, or event_id names another event"}})
 def report_event(body: AssetEventIn, request: Request, principal: Writer, svc: Svc) -> Any:
@@ -112,7 +115,8 @@ def report_event(body: AssetEventIn, request: Request, principal: Writer, svc: S
     new_status other than the asset's status is applied as an operator's change would be (a
     ban revokes its leases), and the asset's auto-ban policy applies, in the same
     transaction: `caused` lists what followed (e.g. BANNED or ASSET_BANNED with causation_id
-    = this event, then LEASE_REVOKED)."""
+    = this event, then LEASE_REVOKED). Sent again with its `event_id`, the first report's
+    answer (200, nothing written)."""
     tenant = owning_tenant(principal, body.tenant_id, svc.store)
     fields = validate_reported_event(body.fields())
     fields["event_id"] = fields.get("event_id") or _event_id()
@@ -120,10 +124,11 @@ def report_event(body: AssetEventIn, request: Request, principal: Writer, svc: S
     with audited(request, principal, AuditAction.REPORTED, ResourceType.ASSET_EVENT,
                  fields["event_id"], tenant_id=tenant,
                  resource_data={"asset_id": str(fields["asset_id"])}):
-        events = store.asset_event_report(fields, svc.clock.now(), tenant_id=tenant)
-    return json_response({"event": asset_event_json(events[0]),
-                          "caused": [asset_event_json(e) for e in events[1:]]}, 201,
-                         {"Location": f"/v1/events/{events[0].event_id}/chain"})
+        events, replayed = store.asset_event_report_or_replay(
+            fields, svc.clock.now(), tenant_id=tenant)
+    return written_response({"event": asset_event_json(events[0]),
+                             "caused": [asset_event_json(e) for e in events[1:]]}, replayed,
+                            {"Location": f"/v1/events/{events[0].event_id}/chain"})
 
 
 def _event_id() -> str:

@@ -30,6 +30,7 @@ from creep.api.responses import (
     encode_cursor,
     json_response,
     wants_csv,
+    written_response,
 )
 from creep.api.routes.assets import store_of
 from creep.api.schemas import UuidParam
@@ -139,9 +140,7 @@ def record_entry(body: LedgerEntryIn, request: Request, principal: Writer, svc: 
         raise ValidationError.single(f"{exc.kind}_id", f"unknown {exc.kind}") from None
     except BudgetExceeded as exc:
         raise Problem(409, "Budget exceeded", exc.message, type_="budget-exceeded") from None
-    if replayed:
-        return json_response(ledger_json(stored), 200, {"Idempotent-Replayed": "true"})
-    return json_response(ledger_json(stored), 201)
+    return written_response(ledger_json(stored), replayed)
 
 
 @router.get("/summary", response_model=LedgerSummaryOut, responses={422: _PROBLEMS[422]})

@@ -23,7 +23,7 @@ from creep.api.asset_schemas import (
 from creep.api.audit import audit_write, audited, riding
 from creep.api.auth import Principal, Writer, key_check, key_refused
 from creep.api.problems import Problem
-from creep.api.responses import json_response
+from creep.api.responses import json_response, written_response
 from creep.api.schemas import TaskEventOut, TaskOut, UuidParam, event_json, task_json
 from creep.api.schemas_workers import (
     FAIL_ONLY,
@@ -268,38 +268,46 @@ def add_event(task_id: UuidParam, body: WorkerEventIn, principal: Writer, proto:
 
 
 @router.post("/tasks/{task_id}/ledger", status_code=201, response_model=LedgerEntryOut,
-             responses={**_FENCED, 409: {"description": "the claim token is stale, or "
-                                                      "(type budget-exceeded) the cost would "
-                                                      "exceed max_total_cost"}})
+             responses={**_FENCED,
+                        200: {"model": LedgerEntryOut, "description": "a replay: the entry "
+                              "this entry_id already wrote (header Idempotent-Replayed: true)"},
+                        409: {"description": "the claim token is stale, or "
+                                             "(type budget-exceeded) the cost would "
+                                             "exceed max_total_cost"}})
 def record_money(task_id: UuidParam, body: WorkerLedgerIn, principal: Writer, proto: Proto) -> Any:
     """A COST (ctx.charge) or REVENUE (ctx.earn) of the task this claim runs, in its
     currency; a cost over the task's max_total_cost is refused and writes nothing. Sent
-    again with its `entry_id`, the entry written the first time is the answer."""
+    again with its `entry_id`, the entry written the first time is the answer (200, as
+    POST /v1/ledger answers a replay)."""
     try:
-        entry = proto.record_money(
+        entry, replayed = proto.record_money(
             task_id, body.claim_token, read_scope(principal), entry_type=body.entry_type,
             amount=body.amount, currency=body.currency, asset_id=body.asset_id,
             lease_id=body.lease_id, description=body.description, entry_id=body.entry_id,
         )
     except BudgetExceeded as exc:
         raise Problem(409, "Budget exceeded", exc.message, type_="budget-exceeded") from None
-    return json_response(ledger_json(entry), 201)
+    return written_response(ledger_json(entry), replayed)
 
 
 @router.post("/tasks/{task_id}/asset-events", status_code=201,
-             response_model=ReportedEventOut, responses=_FENCED)
+             response_model=ReportedEventOut, responses={
+                 **_FENCED, 200: {"model": ReportedEventOut, "description": "a replay: what "
+                                  "this event_id's first report answered (header "
+                                  "Idempotent-Replayed: true)"}})
 def report_asset_event(
     task_id: UuidParam, body: WorkerAssetEventIn, principal: Writer, proto: Proto
 ) -> Any:
     """An event about an asset the claim leased (ctx.report_event). A new_status other than
     the asset's is applied (as on POST /v1/events) and the auto-ban policy applies at once:
-    `caused` lists what followed, e.g. BANNED, then LEASE_REVOKED of this task's lease."""
+    `caused` lists what followed, e.g. BANNED, then LEASE_REVOKED of this task's lease. Sent
+    again with its `event_id`, the first report's answer (200)."""
     if body.tenant_id is not None:
         raise ValidationError.single("tenant_id", "is the task's: leave it out")
-    events = proto.report_asset_event(task_id, body.claim_token, read_scope(principal),
-                                      body.fields())
-    return json_response({"event": asset_event_json(events[0]),
-                          "caused": [asset_event_json(e) for e in events[1:]]}, 201)
+    events, replayed = proto.report_asset_event(task_id, body.claim_token,
+                                                read_scope(principal), body.fields())
+    return written_response({"event": asset_event_json(events[0]),
+                             "caused": [asset_event_json(e) for e in events[1:]]}, replayed)
 
 
 @router.post("/tasks/{task_id}/leases", response_model=LeasePage,
