@@ -27,6 +27,7 @@ from creep.domain.asset import (
 from creep.domain.asset_event import (
     AssetEvent,
     BanPolicy,
+    occurred_at_rule,
     validate_ban_policy,
     validate_reported_event,
 )
@@ -370,6 +371,8 @@ def make_entry(
                 errors.append((name, "must be a UUID"))
     if occurred_at is not None and not storable_instant(occurred_at):
         errors.append(("occurred_at", INSTANT_RULE))
+    elif (rule := occurred_at_rule(occurred_at, now)) is not None:  # as a reported event's
+        errors.append(("occurred_at", rule))
     for name, text, required in (("tenant_id", tenant_id, True),
                                  ("project_id", project_id, False),
                                  ("description", description, False)):

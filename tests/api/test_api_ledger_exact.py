@@ -16,6 +16,7 @@ import pytest
 from creep import Creep, FrozenClock
 from creep.api.app import create_app
 from creep.api.settings import Settings
+from creep.domain.errors import ValidationError
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's note about httpx
@@ -90,7 +91,10 @@ def test_cursor_pages_skip_and_repeat_nothing_while_entries_arrive(api: TestClie
     """Entries sharing one occurred_at are ordered by write order: a page ending inside such
     a run continues exactly after it, and entries written between pages (at the same instant,
     later, or of other tenants) neither shift nor repeat what was listed."""
-    before = [_post(api, "REVENUE", "1", at=T0 + timedelta(seconds=i // 4)) for i in range(12)]
+    # An hour back: the entries added below, 5 minutes apart, stay before the server's time.
+    start = T0 - timedelta(hours=1)
+    before = [_post(api, "REVENUE", "1", at=start + timedelta(seconds=i // 4))
+              for i in range(12)]
     seen: list[dict[str, Any]] = []
     cursor: str | None = None
     added: list[str] = []
@@ -135,3 +139,33 @@ def test_an_amount_of_a_huge_negative_exponent_is_refused_without_writing_it_out
     assert r.status_code == 422, r.text
     assert [e["field"] for e in r.json()["errors"]] == ["amount"]
     assert peak < 20_000_000
+
+
+def test_an_occurred_at_past_the_allowed_skew_is_a_422_naming_it(api: TestClient) -> None:
+    """A ledger entry's occurred_at is held to a reported asset event's bound: at most 5
+    minutes after the server's time. Any year was taken (9999 too), and sat in every later
+    summary's range for good."""
+    for when in (datetime(9999, 1, 1, tzinfo=UTC), T0 + timedelta(minutes=5, seconds=1)):
+        r = api.post("/v1/ledger", headers=ADMIN, json={
+            "tenant_id": "acme", "entry_type": "REVENUE", "amount": "1", "currency": "USD",
+            "occurred_at": when.isoformat()})
+        assert r.status_code == 422, r.text
+        [error] = r.json()["errors"]
+        assert error["field"] == "occurred_at" and "after the server's time" in error["rule"]
+    assert api.get("/v1/ledger", headers=ADMIN).json()["items"] == []
+    # Up to the bound, and any past instant, still go in.
+    _post(api, "REVENUE", "1", at=T0 + timedelta(minutes=5))
+    _post(api, "REVENUE", "1", at=datetime(1990, 1, 1, tzinfo=UTC))
+
+
+def test_the_python_api_holds_occurred_at_to_the_same_bound(db_url: str) -> None:
+    clock = FrozenClock(T0)
+    with Creep(db_url, clock=clock) as app:
+        with pytest.raises(ValidationError) as caught:
+            app.record_ledger_entry(entry_type="REVENUE", amount="1", currency="USD",
+                                    occurred_at=datetime(9999, 1, 1, tzinfo=UTC))
+        assert [name for name, _ in caught.value.errors] == ["occurred_at"]
+        assert app.ledger_entries() == []
+        entry = app.record_ledger_entry(entry_type="REVENUE", amount="1", currency="USD",
+                                        occurred_at=T0 + timedelta(minutes=4))
+        assert entry.occurred_at == T0 + timedelta(minutes=4)

@@ -66,6 +66,7 @@ def ledger(db_url: str, clock: FrozenClock) -> Iterator[tuple[Creep, str]]:
     app.ledger_summary()  # the ledger's tables exist
     _noise(db_url)
     task = app.submit(task_type="BILLED", tenant_id="acme", project_id="web", currency="USD")
+    clock.advance(days=6)  # an entry's occurred_at is at most 5 minutes ahead of the clock
     for i in range(6):
         app.record_ledger_entry(entry_type="REVENUE", amount="1.5", currency="USD",
                                 tenant_id="acme", project_id="web", task_id=task.task_id,

@@ -143,13 +143,21 @@ def _opt_uuid(errors: list[tuple[str, str]], name: str, value: Any) -> str | Non
         return None
 
 
-def check_occurred_at(occurred: datetime | None, now: datetime) -> None:
-    """A reported occurred_at more than MAX_OCCURRED_AHEAD after `now` (the server's clock) is
-    refused: it would sort after events still to come and sit in the auto-ban's windows."""
+def occurred_at_rule(occurred: datetime | None, now: datetime) -> str | None:
+    """The rule an occurred_at (a reported event's, a ledger entry's) more than
+    MAX_OCCURRED_AHEAD after `now` (the server's clock) breaks, else None: what has not
+    happened yet would sort after what is still to come (and sit in an auto-ban's windows, a
+    summary's ranges) for good."""
     if occurred is not None and occurred > now + MAX_OCCURRED_AHEAD:
-        raise ValidationError.single(
-            "occurred_at", f"must not be more than {int(MAX_OCCURRED_AHEAD.total_seconds())} "
-            f"seconds after the server's time ({now.isoformat()})")
+        return (f"must not be more than {int(MAX_OCCURRED_AHEAD.total_seconds())} seconds "
+                f"after the server's time ({now.isoformat()})")
+    return None
+
+
+def check_occurred_at(occurred: datetime | None, now: datetime) -> None:
+    """A reported occurred_at past occurred_at_rule's bound is a ValidationError."""
+    if (rule := occurred_at_rule(occurred, now)) is not None:
+        raise ValidationError.single("occurred_at", rule)
 
 
 def validate_reported_event(data: Mapping[str, Any]) -> dict[str, Any]:
