@@ -97,6 +97,69 @@ def test_a_reported_status_change_is_applied_and_listed_in_caused(
     assert app.get_asset(aid).status.value == "READY"
 
 
+def _audit(api: TestClient, **params: str) -> list[dict[str, object]]:
+    r = api.get("/v1/audit", headers=ADMIN, params=params)
+    assert r.status_code == 200, r.text
+    return list(reversed(r.json()["items"]))  # oldest first
+
+
+def test_a_reported_status_change_is_audited_as_an_operator_s_change_of_its_kind(
+    api: TestClient, app: Creep
+) -> None:
+    """A report whose new_status changed the asset was audited only as `assetEvent`
+    `reported`: GET /v1/audit?resource_type=asset&action=banned missed a ban a provider
+    reported. The asset now gets the row an operator's change of that kind writes (banned,
+    unbanned, archived; another status `updated`, as PATCH), its data naming the report."""
+    aid = _asset(app)
+    changes = [("PROVIDER_BANNED", "BANNED", "banned"), ("PROVIDER_CLEARED", "READY", "unbanned"),
+               ("PROVIDER_COOLDOWN", "COOLING", "updated"),
+               ("PROVIDER_RETIRED", "ARCHIVED", "archived")]
+    reported = []
+    for event_type, status, _ in changes:
+        r = _report(api, asset_id=aid, event_type=event_type, new_status=status,
+                    event_id=str(uuid.uuid4()), message=f"{status.lower()} by the provider")
+        assert r.status_code == 201, r.text
+        reported.append(r.json()["event"])
+    rows = _audit(api, resource_type="asset", resource_id=aid)
+    assert [r["action"] for r in rows] == [action for _, _, action in changes]
+    for row, event, (event_type, status, _) in zip(rows, reported, changes, strict=True):
+        assert row["data"] == {"reported_event_id": event["event_id"],
+                               "event_type": event_type, "source": "external_provider",
+                               "reason": f"{status.lower()} by the provider"}
+        assert row["request_id"] is not None and row["tenant_id"] == "acme"
+        diff = row["diff_object"]
+        assert f'"status": "{event["old_status"]}"' in diff["old_object"].replace('":"', '": "')
+        assert f'"status": "{status}"' in diff["new_object"].replace('":"', '": "')
+    # Each report is still audited as reported, too.
+    assert [r["resource"]["identifier"] for r in _audit(
+        api, resource_type="assetEvent", action="reported")] == [
+            e["event_id"] for e in reported]
+    # An operator's ban reads the same way (action and resource).
+    other = app.create_asset(sku_category="RAW_NET", sku_code="ip.uk.2",
+                             tenant_id="acme").asset_id
+    assert api.post(f"/v1/assets/{other}/ban", headers=ADMIN, json={}).status_code == 200
+    [ban] = _audit(api, resource_type="asset", resource_id=other, action="banned")
+    assert ban["resource"]["identifier"] == other
+
+    # A report that changes no status (none stated, or the asset's own), a replay and a
+    # refused report write no asset row.
+    third = app.create_asset(sku_category="RAW_NET", sku_code="ip.uk.3",
+                             tenant_id="acme").asset_id
+    same = {"asset_id": third, "event_type": "PROVIDER_NOTICE", "new_status": "READY",
+            "event_id": str(uuid.uuid4())}
+    assert _report(api, **same).status_code == 201
+    assert _report(api, **same).status_code == 200
+    assert _report(api, asset_id=third, event_type="PROVIDER_NOTICE").status_code == 201
+    assert _report(api, asset_id=third, event_type="PROVIDER_SOLD",
+                   new_status="NEW").status_code == 409
+    banned = {"asset_id": third.upper(), "event_type": "PROVIDER_BANNED", "new_status": "BANNED",
+              "event_id": str(uuid.uuid4())}
+    assert _report(api, **banned).status_code == 201
+    assert _report(api, **banned).status_code == 200
+    assert [r["action"] for r in _audit(api, resource_type="asset", resource_id=third)] == [
+        "banned"]
+
+
 def test_the_sdk_and_a_remote_worker_report_a_ban_that_revokes_every_lease(
     server: Server,
 ) -> None:

@@ -3,7 +3,8 @@ reporting an event, and an event's causation chain up to its root."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -16,8 +17,8 @@ from creep.api.asset_schemas import (
     TimeOrder,
     asset_event_json,
 )
-from creep.api.audit import audited
-from creep.api.auth import Authenticated, Writer
+from creep.api.audit import AuditWrite, audit_write, riding
+from creep.api.auth import Authenticated, Principal, Writer
 from creep.api.responses import (
     csv_stream,
     decode_ordered_cursor,
@@ -30,9 +31,10 @@ from creep.api.routes.assets import store_of
 from creep.api.schemas import UuidParam
 from creep.api.services import Services, services
 from creep.api.tenancy import foreign_tenant_filter, list_scope, owning_tenant, read_scope
+from creep.domain.asset import AssetStatus
 from creep.domain.asset_event import validate_reported_event
 from creep.domain.audit import AuditAction, ResourceType
-from creep.domain.ids import uuid7
+from creep.domain.ids import canonical_uuid, uuid7
 from creep.ports_assets_api import AssetPagesStore, valid_page_cursor
 
 router = APIRouter(prefix="/events", tags=["asset events"])
@@ -115,15 +117,20 @@ def report_event(body: AssetEventIn, request: Request, principal: Writer, svc: S
     new_status other than the asset's status is applied as an operator's change would be (a
     ban revokes its leases), and the asset's auto-ban policy applies, in the same
     transaction: `caused` lists what followed (e.g. BANNED or ASSET_BANNED with causation_id
-    = this event, then LEASE_REVOKED). Sent again with its `event_id`, the first report's
+    = this event, then LEASE_REVOKED); that change is audited on the asset as an operator's
+    of its kind would be (e.g. `banned`). Sent again with its `event_id`, the first report's
     answer (200, nothing written)."""
     tenant = owning_tenant(principal, body.tenant_id, svc.store)
     fields = validate_reported_event(body.fields())
-    fields["event_id"] = fields.get("event_id") or _event_id()
+    fields["event_id"] = event_id = fields.get("event_id") or _event_id()
     store = store_of(svc)
-    with audited(request, principal, AuditAction.REPORTED, ResourceType.ASSET_EVENT,
-                 fields["event_id"], tenant_id=tenant,
-                 resource_data={"asset_id": str(fields["asset_id"])}):
+    audits: list[Any] = [audit_write(
+        request, principal, AuditAction.REPORTED, ResourceType.ASSET_EVENT, event_id,
+        tenant_id=tenant, resource_data={"asset_id": str(fields["asset_id"])})]
+    if fields.get("new_status") is not None:
+        audits.append(_reported_change_audit(request, principal, svc, event_id,
+                                             canonical_uuid(str(fields["asset_id"])), tenant))
+    with riding(*audits):
         events, replayed = store.asset_event_report_or_replay(
             fields, svc.clock.now(), tenant_id=tenant)
     return written_response({"event": asset_event_json(events[0]),
@@ -133,6 +140,56 @@ def report_event(body: AssetEventIn, request: Request, principal: Writer, svc: S
 
 def _event_id() -> str:
     return uuid7()
+
+
+def _operator_action(old: str, new: str) -> AuditAction:
+    """The action an operator's change from `old` to `new` audits: its own route's (ban,
+    unban, archive), else PATCH's `updated`."""
+    if new == AssetStatus.BANNED:
+        return AuditAction.BANNED
+    if new == AssetStatus.ARCHIVED:
+        return AuditAction.ARCHIVED
+    if (old, new) == (AssetStatus.BANNED, AssetStatus.READY):
+        return AuditAction.UNBANNED
+    return AuditAction.UPDATED
+
+
+@dataclass(slots=True)
+class ReportedChangeAudit:
+    """The asset's audit row for the status change a reported event applied, as an
+    operator's change of that kind is audited (its data names the report). Whether the
+    status changed, and from what, is known only in the report's transaction: the event's
+    stored old_status and new_status say it (equal: nothing changed, no row)."""
+
+    event_id: str
+    #: The asset's row, written with the action the change turned out to be.
+    make: Callable[[AuditAction, dict[str, str]], AuditWrite]
+
+    def apply(self, store: Any, conn: Any) -> bool:
+        event = store._api_snapshot(conn, ResourceType.ASSET_EVENT.value, self.event_id)
+        if event is None or event["old_status"] == event["new_status"]:
+            return True
+        data = {"reported_event_id": self.event_id, "event_type": str(event["event_type"]),
+                "source": str(event["source"])}
+        if event["message"]:
+            data["reason"] = str(event["message"])
+        action = _operator_action(event["old_status"], event["new_status"])
+        return self.make(action, data).apply(store, conn)
+
+
+def _reported_change_audit(
+    request: Request, principal: Principal, svc: Services, event_id: str, asset_id: str,
+    tenant: str,
+) -> ReportedChangeAudit:
+    # The asset as it is before the report (read as a batch cancel's is); None if there is
+    # none, and then the report is refused and writes nothing anyway.
+    old = svc.store.snapshot(ResourceType.ASSET, asset_id)
+
+    def make(action: AuditAction, data: dict[str, str]) -> AuditWrite:
+        return audit_write(request, principal, action, ResourceType.ASSET, asset_id, old=old,
+                           tenant_id=tenant, data=data)
+
+    return ReportedChangeAudit(event_id, make)
 
 
 @router.get("/{event_id}/chain", response_model=AssetEventPage,
