@@ -135,6 +135,31 @@ def test_a_deleted_task_refuses_changes_until_restored(api: TestClient) -> None:
     assert r.status_code == 200 and r.json()["status"] == "QUEUED"
 
 
+def test_a_deleted_task_is_unknown_to_new_dependencies(api: TestClient) -> None:
+    """POST /v1/tasks and POST /v1/batches naming a deleted task in depends_on: the 422 an
+    unknown id gets, naming the field; nothing is created."""
+    tid = _finished(api)["task_id"]
+    api.delete(f"/v1/tasks/{tid}", headers=ADMIN)
+    before = _ids(api)
+    unknown = str(uuid.uuid4())
+    for dep in (unknown, tid):
+        r = api.post("/v1/tasks", json={"task_type": "T", "tenant_id": "acme",
+                                        "depends_on": [dep]}, headers=ADMIN)
+        assert r.status_code == 422, r.text
+        [error] = r.json()["errors"]
+        assert "depends_on[0]" in error["field"] and error["rule"] == f"unknown task id {dep}"
+        if dep == unknown:
+            as_unknown = {**error, "rule": f"unknown task id {tid}"}
+    assert error == as_unknown
+    r = api.post("/v1/batches", json={"title": "b", "tenant_id": "acme", "tasks": [
+        {"task_type": "T"}, {"task_type": "T", "depends_on": [tid]}]}, headers=ADMIN)
+    assert r.status_code == 422, r.text
+    assert [(e["field"], e["rule"]) for e in r.json()["errors"]] == [
+        ("tasks[1].depends_on[0]", f"unknown task id {tid}")]
+    assert _ids(api) == before
+    assert api.get("/v1/batches", headers=ADMIN).json()["items"] == []
+
+
 def test_if_match_is_honoured_when_given(api: TestClient) -> None:
     task = _finished(api)
     tid = task["task_id"]

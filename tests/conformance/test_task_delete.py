@@ -104,6 +104,27 @@ def test_a_deleted_task_refuses_cancel_retry_and_update_until_restored(
     assert app.retry(task.task_id).status == "QUEUED"
 
 
+def test_a_deleted_task_is_unknown_to_new_dependencies(app: Creep) -> None:
+    """A new order cannot depend on a task in the recycle bin: the same ValidationError as
+    an unknown id, naming depends_on, by submit and submit_many; nothing is written. Once
+    restored, it can be named again."""
+    task = _finished(app)
+    app.delete_task(task.task_id)
+    tid = task.task_id
+    with pytest.raises(ValidationError) as refused:
+        app.submit(task_type="T", depends_on=[tid])
+    assert refused.value.errors == [("tasks[0].depends_on[0]", f"unknown task id {tid}")]
+    with pytest.raises(ValidationError) as refused:
+        app.submit_many([{"task_type": "T"}, {"task_type": "T", "depends_on": [tid]}])
+    assert refused.value.errors == [("tasks[1].depends_on[0]", f"unknown task id {tid}")]
+    assert app.list_tasks() == []
+    assert _events(app, tid)[-1] == "deleted"
+
+    app.restore_task(tid)
+    dependant = app.submit(task_type="T", depends_on=[tid])
+    assert dependant.depends_on == [tid] and dependant.status == "CANCELLED"
+
+
 def test_a_task_never_deleted_restores_to_itself(app: Creep) -> None:
     task = app.submit(task_type="T")
     before = _events(app, task.task_id)

@@ -269,7 +269,8 @@ def check_dependencies(
     specs: Sequence[TaskSpec], found: dict[str, tuple[str, str]],
     submitted: Sequence[TaskSpec] | None = None,
 ) -> dict[str, str]:
-    """Reject unknown dependencies (a task of another tenant is unknown, too).
+    """Reject unknown dependencies (a task of another tenant is unknown, too, and so is a
+    deleted one: the stores leave tasks in the recycle bin out of `found`).
 
     `found` maps existing task ids to (status, tenant_id). Returns id -> status. An error
     names an order by its place in `submitted` (the orders as sent, when `specs` leaves

@@ -495,9 +495,11 @@ class PostgresStore(
             found: dict[str, tuple[str, str]] = {}
             if outside:
                 # Locks the dependencies, so their status cannot change under this decision.
+                # A deleted one (in the recycle bin) is unknown to new dependants; a delete
+                # that commits first is seen here (the UPDATE reads the row it waited for).
                 for task_id, status, tenant in conn.execute(
                     "UPDATE tasks SET has_dependants = true WHERE task_id = ANY(%s::uuid[]) "
-                    "RETURNING task_id, status, tenant_id",
+                    "AND deleted_at IS NULL RETURNING task_id, status, tenant_id",
                     (outside,),
                 ):
                     found[task_id] = (status, tenant)

@@ -403,9 +403,10 @@ class SqliteStore(
         wanted = {d for s in specs for d in s.depends_on if d not in in_batch}
         found: dict[str, tuple[str, str]] = {}
         if wanted:
+            # A deleted task (in the recycle bin) is unknown to new dependants.
             for task_id, status, tenant in conn.execute(
                 "SELECT task_id, status, tenant_id FROM tasks "
-                "WHERE task_id IN (SELECT value FROM json_each(?))",
+                "WHERE task_id IN (SELECT value FROM json_each(?)) AND deleted_at IS NULL",
                 (_ids_json(sorted(wanted)),),
             ):
                 found[task_id] = (status, tenant)
