@@ -304,7 +304,8 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
         mime_type: str | None = None, metadata: dict[str, Any] | None = None,
         tenant_id: str | None = None,
     ) -> Artifact:
-        """Store a file of a task (kind input/output/preview/log); equal content is stored once."""
+        """Store a file of a task (kind input/output/preview/log); equal content is stored once.
+        A deleted task (in the recycle bin) takes none: TaskDeleted until it is restored."""
         return self.artifacts.put(
             task_id, content, kind=kind, file_name=file_name, mime_type=mime_type,
             metadata=metadata, tenant_id=tenant_id,

@@ -290,7 +290,8 @@ class AssetApi:
         entry_id: str | None = None,
     ) -> LedgerEntry:
         """Append one entry. Tied to a task: the currency must be the task's, and a cost that
-        would take it over max_total_cost raises BudgetExceeded (nothing is written).
+        would take it over max_total_cost raises BudgetExceeded (nothing is written), and a
+        deleted task (in the recycle bin) raises TaskDeleted until it is restored.
         `entry_id` (a UUID the caller picks) makes it safe to call again after a failure:
         the same entry again returns the one written then and writes nothing; another entry
         under that id raises IdTaken (a ConflictError)."""

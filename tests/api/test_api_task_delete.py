@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from creep import Creep, FrozenClock
 from tests.api.conftest import Server
-from tests.api.inprocess import ADMIN, TestClient
+from tests.api.inprocess import ADMIN, TestClient, acme_api
 
 
 def _task(api: TestClient, **fields: Any) -> dict[str, Any]:
@@ -158,6 +159,64 @@ def test_a_deleted_task_is_unknown_to_new_dependencies(api: TestClient) -> None:
         ("tasks[1].depends_on[0]", f"unknown task id {tid}")]
     assert _ids(api) == before
     assert api.get("/v1/batches", headers=ADMIN).json()["items"] == []
+
+
+def _refused_as_deleted(r: Any, tid: str) -> None:
+    assert r.status_code == 409, r.text
+    problem = r.json()
+    assert problem["type"].endswith("/task-deleted") and problem["task_id"] == tid
+    assert "restore" in problem["detail"]
+
+
+def test_a_deleted_task_takes_no_artifacts_over_rest(
+    app: Creep, db_url: str, clock: FrozenClock, tmp_path: Path
+) -> None:
+    """Uploading to a deleted task: 409 task-deleted naming it, nothing stored or audited;
+    its artifacts are still listed, read and downloaded; restored, it takes uploads again."""
+    with acme_api(app, db_url, clock, artifact_dir=str(tmp_path / "blobs")) as api:
+        tid = _task(api)["task_id"]
+        up = api.post(f"/v1/tasks/{tid}/artifacts", files={"file": ("a.txt", b"kept")},
+                      data={"kind": "output"}, headers=ADMIN)
+        assert up.status_code == 201, up.text
+        kept = up.json()
+        api.post(f"/v1/tasks/{tid}/cancel", headers=ADMIN)
+        api.delete(f"/v1/tasks/{tid}", headers=ADMIN)
+        r = api.post(f"/v1/tasks/{tid}/artifacts", files={"file": ("b.txt", b"new")},
+                     data={"kind": "output"}, headers=ADMIN)
+        _refused_as_deleted(r, tid)
+        listed = api.get(f"/v1/tasks/{tid}/artifacts", headers=ADMIN)
+        assert listed.status_code == 200 and listed.json()["items"] == [kept]
+        got = api.get(f"/v1/artifacts/{kept['artifact_id']}", headers=ADMIN)
+        assert got.status_code == 200 and got.json() == kept
+        content = api.get(f"/v1/artifacts/{kept['artifact_id']}/content", headers=ADMIN)
+        assert content.status_code == 200 and content.content == b"kept"
+        r = api.get("/v1/audit", params={"resource_type": "artifact"}, headers=ADMIN)
+        assert [row["resource"]["identifier"] for row in r.json()["items"]] == [
+            kept["artifact_id"]]
+
+        api.post(f"/v1/tasks/{tid}/restore", headers=ADMIN)
+        r = api.post(f"/v1/tasks/{tid}/artifacts", files={"file": ("b.txt", b"new")},
+                     data={"kind": "output"}, headers=ADMIN)
+        assert r.status_code == 201, r.text
+
+
+def test_a_deleted_task_takes_no_ledger_entries_over_rest(api: TestClient) -> None:
+    """POST /v1/ledger naming a deleted task: 409 task-deleted naming it, nothing written
+    or audited; its entries are still listed; restored, it takes entries again."""
+    tid = _finished(api)["task_id"]
+    body = {"entry_type": "REVENUE", "amount": "3", "currency": "USD", "tenant_id": "acme",
+            "task_id": tid}
+    kept = api.post("/v1/ledger", json=body, headers=ADMIN)
+    assert kept.status_code == 201, kept.text
+    api.delete(f"/v1/tasks/{tid}", headers=ADMIN)
+    audited = api.get("/v1/audit", params={"resource_type": "ledgerEntry"}, headers=ADMIN)
+    _refused_as_deleted(api.post("/v1/ledger", json=body, headers=ADMIN), tid)
+    listed = api.get("/v1/ledger", params={"task_id": tid}, headers=ADMIN)
+    assert listed.status_code == 200 and listed.json()["items"] == [kept.json()]
+    assert api.get("/v1/audit", params={"resource_type": "ledgerEntry"},
+                   headers=ADMIN).json() == audited.json()
+    api.post(f"/v1/tasks/{tid}/restore", headers=ADMIN)
+    assert api.post("/v1/ledger", json=body, headers=ADMIN).status_code == 201
 
 
 def test_if_match_is_honoured_when_given(api: TestClient) -> None:

@@ -95,7 +95,8 @@ def test_tasks_idempotency_problems_and_pagination(server: Server) -> None:
 
 def test_delete_and_restore_tasks(server: Server) -> None:
     """The recycle bin through the SDK: delete_task, restore_task, list_tasks(deleted=True),
-    and the problems of an unfinished and of a deleted task."""
+    and the problems of an unfinished and of a deleted task (retried, given an artifact or
+    a ledger entry)."""
     _, key = server.tenant()
     with Client(server.url, key) as c:
         running = c.create_task(task_type="NO_HANDLER")
@@ -115,9 +116,16 @@ def test_delete_and_restore_tasks(server: Server) -> None:
         assert [t.task_id for t in c.iter_tasks()] == [running.task_id]
         in_bin = [t.task_id for t in c.iter_tasks(deleted=True, page_size=2)]
         assert in_bin == [t.task_id for t in done][::-1]
-        with pytest.raises(ApiProblem) as refused:
-            c.retry_task(done[0].task_id)
-        assert refused.value.short_type == "task-deleted"
+        for refused_call in (
+            lambda: c.retry_task(done[0].task_id),
+            lambda: c.upload_artifact(done[0].task_id, b"x", kind="log", file_name="x.log"),
+            lambda: c.record_entry("REVENUE", "1", "USD", task_id=done[0].task_id),
+        ):
+            with pytest.raises(ApiProblem) as refused:
+                refused_call()
+            assert refused.value.status == 409
+            assert refused.value.short_type == "task-deleted"
+        assert c.list_artifacts(done[0].task_id) == []
         restored = c.restore_task(done[0].task_id)
         assert restored.deleted_at is None
         assert restored.task_version == deleted[0].task_version + 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from creep import Creep, FrozenClock, NotFound, ValidationError
+from creep import Creep, FrozenClock, NotFound, TaskDeleted, ValidationError
 from creep.domain.artifacts import Artifact, ArtifactTooLarge
 from creep.engine.artifact_reconcile import reconcile
 from creep.storage.blob_store import BlobStore
@@ -79,6 +79,36 @@ def test_tenant_scoping(app: Creep) -> None:
     with pytest.raises(NotFound):
         app.get_artifact("not-an-id")
     assert app.list_artifacts(theirs, tenant_id="t2") == []
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def test_a_deleted_task_takes_no_artifacts_until_restored(app: Creep, tmp_path: Path) -> None:
+    """A task in the recycle bin keeps its artifacts (read, listed, downloaded) but takes no
+    new one: TaskDeleted, no row and no file; once restored it takes them again."""
+    task_id = _task(app)
+    kept = app.put_artifact(task_id, b"kept", kind="output", file_name="kept.txt")
+    app.cancel(task_id)
+    # Staged (content on disk) before the delete, indexed after it: refused all the same.
+    staged = app.artifacts.stage(task_id, b"late", kind="log", file_name="late.log")
+    app.delete_task(task_id)
+    files = _files(tmp_path / "blobs")
+    with pytest.raises(TaskDeleted) as refused:
+        app.put_artifact(task_id, b"new", kind="output", file_name="new.txt")
+    assert refused.value.task_id == task_id and "restore" in refused.value.message
+    with pytest.raises(TaskDeleted):
+        app.store.artifact_create(staged)
+    assert _files(tmp_path / "blobs") == files  # the refused put wrote no content
+    assert app.list_artifacts(task_id) == [kept]
+    assert app.get_artifact(kept.artifact_id) == kept
+    assert app.read_artifact(kept.artifact_id) == (kept, b"kept")
+
+    app.restore_task(task_id)
+    again = app.put_artifact(task_id, b"new", kind="output", file_name="new.txt")
+    assert {a.artifact_id for a in app.list_artifacts(task_id)} == {
+        kept.artifact_id, again.artifact_id}
 
 
 def test_validation_and_size_limit(app: Creep, tmp_path: Path) -> None:

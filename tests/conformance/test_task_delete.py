@@ -5,10 +5,14 @@ and deletes racing retries and cancels. Both backends (the conformance `app`/`db
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from creep import (
@@ -22,6 +26,7 @@ from creep import (
     VersionConflict,
 )
 from creep.domain.task import TaskOrder
+from tests.conftest import blocked_by, wait_until
 
 
 def _finished(app: Creep, **fields: Any) -> TaskOrder:
@@ -123,6 +128,79 @@ def test_a_deleted_task_is_unknown_to_new_dependencies(app: Creep) -> None:
     app.restore_task(tid)
     dependant = app.submit(task_type="T", depends_on=[tid])
     assert dependant.depends_on == [tid] and dependant.status == "CANCELLED"
+
+
+def test_a_deleted_task_takes_no_ledger_entries_until_restored(app: Creep) -> None:
+    """Money recorded against a task in the recycle bin is refused (TaskDeleted, nothing
+    written); its entries are still listed and summed, and an entry written before the
+    delete, sent again, still replays."""
+    task = _finished(app)
+    entry_id = str(uuid.uuid4())
+    fields: dict[str, Any] = {"entry_type": "COST", "amount": "2.50", "currency": "USD",
+                              "task_id": task.task_id}
+    first = app.record_ledger_entry(entry_id=entry_id, **fields)
+    app.delete_task(task.task_id)
+    for entry_type in ("COST", "REVENUE", "REFUND", "ADJUSTMENT"):
+        with pytest.raises(TaskDeleted) as refused:
+            app.record_ledger_entry(**{**fields, "entry_type": entry_type})
+        assert refused.value.task_id == task.task_id
+        assert "restore" in refused.value.message
+    assert app.record_ledger_entry(entry_id=entry_id, **fields) == first  # a resend
+    assert app.ledger_entries(task_id=task.task_id) == [first]
+    [summary] = app.ledger_summary(task_id=task.task_id)
+    assert summary.cost == Decimal("2.50")
+
+    app.restore_task(task.task_id)
+    app.record_ledger_entry(**fields)
+    assert len(app.ledger_entries(task_id=task.task_id)) == 2
+
+
+@pytest.mark.parametrize("write", ["dependant", "artifact", "ledger entry"])
+def test_a_delete_committed_while_a_write_waits_on_the_task_refuses_it(
+    pg_schema_url: str, tmp_path: Path, write: str
+) -> None:
+    """PostgreSQL: a new dependant, an artifact or a ledger entry of a task that a delete
+    holds locked (FOR UPDATE, as app.delete_task does) waits for it, and once the delete
+    commits is refused as for a deleted task, never written against it."""
+    app = Creep(pg_schema_url, artifact_dir=tmp_path)
+    holder = psycopg.connect(pg_schema_url)
+    watcher = psycopg.connect(pg_schema_url, autocommit=True)
+    try:
+        task = _finished(app)
+        staged = app.artifacts.stage(task.task_id, b"x", kind="log", file_name="x.log")
+        writes: dict[str, Callable[[], Any]] = {
+            "dependant": lambda: app.submit(task_type="T", depends_on=[task.task_id]),
+            "artifact": lambda: app.store.artifact_create(staged),
+            "ledger entry": lambda: app.record_ledger_entry(
+                entry_type="COST", amount="1", currency="USD", task_id=task.task_id),
+        }
+        holder.execute("SELECT 1 FROM tasks WHERE task_id = %s FOR UPDATE", (task.task_id,))
+        holder.execute("UPDATE tasks SET deleted_at = now() WHERE task_id = %s",
+                       (task.task_id,))
+        result: list[Any] = []
+
+        def run() -> None:
+            try:
+                result.append(writes[write]())
+            except Exception as exc:  # the refusal is the point
+                result.append(exc)
+
+        t = threading.Thread(target=run)
+        t.start()
+        assert wait_until(lambda: blocked_by(watcher, holder.info.backend_pid), 10.0)
+        holder.commit()
+        t.join(10.0)
+        assert not t.is_alive()
+        [out] = result
+        expected = ValidationError if write == "dependant" else TaskDeleted
+        assert isinstance(out, expected), repr(out)
+        assert app.list_tasks() == []
+        assert app.list_artifacts(task.task_id) == []
+        assert app.ledger_entries(task_id=task.task_id) == []
+    finally:
+        holder.close()
+        watcher.close()
+        app.close()
 
 
 def test_a_task_never_deleted_restores_to_itself(app: Creep) -> None:

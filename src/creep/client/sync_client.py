@@ -459,8 +459,8 @@ class Client:
         """REVENUE, REFUND or ADJUSTMENT; fields: tenant_id, project_id, task_id, asset_id,
         lease_id, description, occurred_at, entry_id (a UUID; one is chosen per call when
         not given, so a resend after a lost answer writes nothing more). Over a task's
-        budget: ApiProblem 409 `budget-exceeded`; an entry_id of another entry: 409
-        `idempotency-conflict`."""
+        budget: ApiProblem 409 `budget-exceeded`; a deleted task's: 409 `task-deleted`; an
+        entry_id of another entry: 409 `idempotency-conflict`."""
         return self.send(calls.record_entry(
             {"entry_type": entry_type, "amount": amount, "currency": currency, **fields}))
 

@@ -24,6 +24,9 @@ class ArtifactKind(StrEnum):
 
 #: Largest upload by default (CREEP_ARTIFACT_MAX_BYTES overrides it).
 DEFAULT_MAX_ARTIFACT_BYTES = 100 * 1024 * 1024
+#: What TaskDeleted says a task in the recycle bin cannot be until restored (an artifact
+#: of a deleted task is still read, listed and downloaded).
+ARTIFACT_ADDED = "given an artifact"
 MAX_METADATA_BYTES = 64 * 1024
 _COMMON_TYPES = {
     "txt": "text/plain", "log": "text/plain", "csv": "text/csv", "json": "application/json",

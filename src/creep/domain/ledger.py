@@ -12,6 +12,10 @@ from typing import Any
 from creep.domain.outcomes import Fail
 from creep.domain.task import ResultCode
 
+#: What TaskDeleted says a task in the recycle bin cannot be until restored (its entries are
+#: still listed and summed).
+LEDGER_ENTRY_ADDED = "given a ledger entry"
+
 
 class EntryType(StrEnum):
     COST = "COST"

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from creep.domain.artifacts import (
+    ARTIFACT_ADDED,
     DEFAULT_MAX_ARTIFACT_BYTES,
     Artifact,
     guess_mime_type,
     validate_upload,
 )
 from creep.domain.clock import Clock
-from creep.domain.errors import NotFound, ValidationError
+from creep.domain.errors import NotFound, TaskDeleted, ValidationError
 from creep.domain.ids import canonical_uuid
 from creep.domain.image_header import sniff_image
 from creep.ports import Store
@@ -74,6 +75,8 @@ class ArtifactService:
         to store.artifact_create, e.g. inside an audited block)."""
         upload = validate_upload(kind, file_name, mime_type, metadata)
         task = self.store.task_get(canonical_uuid(task_id), tenant_id)
+        if task.deleted_at is not None:  # refused before its content is written
+            raise TaskDeleted(task.task_id, ARTIFACT_ADDED)
         blob = self.blobs.write(content, self.max_bytes)
         image = sniff_image(blob.head)
         return Artifact(

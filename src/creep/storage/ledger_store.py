@@ -12,10 +12,12 @@ from creep.domain.errors import (
     IdTaken,
     NotFound,
     StorageError,
+    TaskDeleted,
     ValidationError,
 )
 from creep.domain.ids import is_uuid
 from creep.domain.ledger import (
+    LEDGER_ENTRY_ADDED,
     BudgetExceeded,
     LedgerEntry,
     LedgerSummary,
@@ -84,7 +86,7 @@ class LedgerStoreMixin(AssetStoreBase):
                 row = self._x(
                     conn,
                     "SELECT tenant_id, project_id, currency, max_total_cost, status, "
-                    f"claim_token FROM tasks WHERE task_id = ?{d.lock}",
+                    f"claim_token, deleted_at FROM tasks WHERE task_id = ?{d.lock}",
                     (entry.task_id,),
                 ).fetchone()
                 if row is None or row[0] != entry.tenant_id:
@@ -93,6 +95,10 @@ class LedgerStoreMixin(AssetStoreBase):
             # entry written then, read only (under the task's lock: after its first send).
             self._replay_entry(conn, entry, asked)
             if row is not None:
+                if row[6] is not None:
+                    # In the recycle bin (the lock orders this with the delete): its money
+                    # is read, not added to, until it is restored.
+                    raise TaskDeleted(str(entry.task_id), LEDGER_ENTRY_ADDED)
                 if claim_token is not None and (row[4] != "RUNNING"
                                                 or str(row[5]) != claim_token):
                     # A run that lost its claim (rescued, timed out, cancelled) spends

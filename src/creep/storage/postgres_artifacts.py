@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from creep.domain.artifacts import Artifact, ArtifactKind
-from creep.domain.errors import NotFound
+from creep.domain.artifacts import ARTIFACT_ADDED, Artifact, ArtifactKind
+from creep.domain.errors import NotFound, TaskDeleted
 from creep.domain.events import TaskEvent
 from creep.domain.ids import is_uuid
 from creep.ports import ClaimedTask
@@ -55,18 +55,29 @@ class PostgresArtifactsMixin:
         if not is_uuid(artifact.task_id):
             raise NotFound("task", artifact.task_id)
         with self._tx() as conn:
+            # FOR KEY SHARE (what the foreign key takes anyway; workers' updates of the task
+            # do not wait on it) orders the insert with a delete of the task, which locks it
+            # FOR UPDATE: a delete that commits first is seen here (the row is read again
+            # once it is unlocked), one that comes after waits for the artifact.
             row = conn.execute(
                 f"""INSERT INTO task_artifacts ({_ARTIFACT_COLUMNS})
                 SELECT %s, task_id, tenant_id, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s
-                FROM tasks WHERE task_id = %s AND tenant_id = %s
+                FROM tasks WHERE task_id = %s AND tenant_id = %s AND deleted_at IS NULL
+                FOR KEY SHARE
                 RETURNING artifact_id""",
                 (artifact.artifact_id, artifact.kind.value, artifact.file_name,
                  artifact.mime_type, artifact.size_bytes, artifact.width, artifact.height,
                  artifact.checksum, artifact.object_key, Jsonb(artifact.metadata),
                  artifact.created_at, artifact.task_id, artifact.tenant_id),
             ).fetchone()
-        if row is None:
-            raise NotFound("task", artifact.task_id)
+            if row is None:
+                deleted = conn.execute(
+                    "SELECT 1 FROM tasks WHERE task_id = %s AND tenant_id = %s "
+                    "AND deleted_at IS NOT NULL", (artifact.task_id, artifact.tenant_id),
+                ).fetchone()
+                if deleted is not None:
+                    raise TaskDeleted(artifact.task_id, ARTIFACT_ADDED)
+                raise NotFound("task", artifact.task_id)
         return artifact
 
     def artifact_get(self, artifact_id: str, tenant_id: str | None = None) -> Artifact:

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from creep.domain.artifacts import Artifact, ArtifactKind
-from creep.domain.errors import NotFound
+from creep.domain.artifacts import ARTIFACT_ADDED, Artifact, ArtifactKind
+from creep.domain.errors import NotFound, TaskDeleted
 from creep.domain.events import TaskEvent
 from creep.ports import ClaimedTask
 from creep.storage.common import (
@@ -57,10 +57,12 @@ class SqliteArtifactsMixin:
     def artifact_create(self, artifact: Artifact) -> Artifact:
         with self._write() as conn:
             owner = conn.execute(
-                "SELECT tenant_id FROM tasks WHERE task_id = ?", (artifact.task_id,)
+                "SELECT tenant_id, deleted_at FROM tasks WHERE task_id = ?", (artifact.task_id,)
             ).fetchone()
             if owner is None or owner[0] != artifact.tenant_id:
                 raise NotFound("task", artifact.task_id)
+            if owner[1] is not None:  # deleted since the upload was staged
+                raise TaskDeleted(artifact.task_id, ARTIFACT_ADDED)
             conn.execute(
                 f"INSERT INTO task_artifacts ({_ARTIFACT_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
