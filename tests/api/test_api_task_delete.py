@@ -279,9 +279,12 @@ def test_keys_and_tenants(api: TestClient, app: Creep) -> None:
     assert app.get_task(tid).deleted_at is not None
 
 
-def test_batch_counts_and_stats_keep_deleted_tasks(api: TestClient) -> None:
-    """Deletion is not a status change: a batch still counts its deleted tasks, and so do
-    the stats by status."""
+def test_batch_counts_keep_deleted_tasks_the_task_counts_leave_them_out(
+    api: TestClient,
+) -> None:
+    """Deletion is not a status change: a batch still counts its deleted tasks. The task
+    counts by status (the dashboard's overview, whose counts link to the task list) count
+    what the list shows: the tasks not deleted; `?deleted=true` counts the recycle bin."""
     r = api.post("/v1/batches", json={"title": "b", "tenant_id": "acme",
                                       "tasks": [{"task_type": "T"}, {"task_type": "T"}]},
                  headers=ADMIN)
@@ -289,12 +292,32 @@ def test_batch_counts_and_stats_keep_deleted_tasks(api: TestClient) -> None:
     batch = r.json()
     first = batch["tasks"][0]["task_id"]
     api.post(f"/v1/batches/{batch['batch_id']}/cancel", headers=ADMIN)
-    before = api.get("/v1/stats/tasks", params={"tenant_id": "acme"}, headers=ADMIN).json()
+    _task(api)  # a QUEUED one
+
+    def stats(**params: Any) -> dict[str, Any]:
+        r = api.get("/v1/stats/tasks", params={"tenant_id": "acme", **params}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        data: dict[str, Any] = r.json()
+        return data
+
+    before = stats()
+    assert before["by_status"]["CANCELLED"] == 2 and before["total"] == 3
+    assert stats(deleted="true")["total"] == 0
     assert api.delete(f"/v1/tasks/{first}", headers=ADMIN).status_code == 200
     after = api.get(f"/v1/batches/{batch['batch_id']}", headers=ADMIN).json()
     assert after["cancelled_count"] == 2 and after["total_count"] == 2
-    assert api.get("/v1/stats/tasks", params={"tenant_id": "acme"},
-                   headers=ADMIN).json() == before
+    live = stats()
+    assert live["by_status"] == {**before["by_status"], "CANCELLED": 1}
+    assert live["total"] == 2 and live["queue_depth"] == 1
+    assert live["total"] == len(_ids(api, tenant_id="acme"))
+    assert stats(deleted="false") == live
+    binned = stats(deleted="true")
+    assert binned["by_status"]["CANCELLED"] == 1 and binned["total"] == 1
+    assert binned["queue_depth"] == 0
+    bad = api.get("/v1/stats/tasks", params={"deleted": "maybe"}, headers=ADMIN)
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "deleted"
+    api.post(f"/v1/tasks/{first}/restore", headers=ADMIN)
+    assert stats() == before
 
 
 def _at_once(server: Server, key: str, *requests: tuple[str, str]) -> list[httpx.Response]:

@@ -1,6 +1,6 @@
 """The dashboard's recycle bin in a real Chromium against a real `creep server` (SQLite): a
 finished task's Delete button, the deleted task's page (badge, Deleted time, only Restore),
-the tasks list's Deleted filter, and Restore."""
+the overview's counts leaving it out, the tasks list's Deleted filter, and Restore."""
 
 from __future__ import annotations
 
@@ -39,6 +39,12 @@ def test_delete_and_restore_a_task_from_its_page(ui_server: Server, page: Any) -
         expect(page.locator("button:text('Delete')")).to_have_count(0)
         expect(page.locator(".fields dt:text('Deleted')")).to_have_count(1)
         page.wait_for_selector("#events .event:has-text('deleted')")
+
+        # The overview counts what the list shows: the deleted task is left out.
+        page.goto(f"{ui_server.url}/ui/#/")
+        expect(page.locator("#count-total .n")).to_have_text("1")
+        expect(page.locator("#count-QUEUED .n")).to_have_text("1")
+        expect(page.locator("#count-CANCELLED .n")).to_have_text("0")
 
         # The list leaves it out; the Deleted filter shows it.
         page.goto(f"{ui_server.url}/ui/#/tasks?task_type=BIN")

@@ -301,6 +301,18 @@ class Unchanged(Exception):
         self.task = task
 
 
+def status_counts_where(
+    tenant_id: str | None, deleted: bool, placeholder: str
+) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause (and its parameters) of the task counts by status: the tasks not
+    deleted, as the task list shows them, or (`deleted`) the recycle bin; of one tenant or
+    of all."""
+    where = "deleted_at IS NOT NULL" if deleted else "deleted_at IS NULL"
+    if tenant_id:
+        return f"tenant_id = {placeholder} AND {where}", (tenant_id,)
+    return where, ()
+
+
 def check_soft_delete(task: TaskOrder, delete: bool, expected_version: int | None) -> None:
     """Whether `task` (read under its row lock) may be deleted (`delete`) or restored:
     Unchanged when it already is, VersionConflict when it moved past `expected_version`,

@@ -27,7 +27,7 @@ from creep.ports_api import (
     BatchCancelled,
 )
 from creep.storage import pending_writes
-from creep.storage.common import sortable_cursor
+from creep.storage.common import sortable_cursor, status_counts_where
 
 _TENANT = "tenant_id, name, rate_limit_per_second, rate_limit_burst, max_active_tasks, created_at"
 _KEY = (
@@ -510,12 +510,15 @@ class PostgresApiMixin:
             ).fetchall()
         return [(r[0], int(r[1]), int(r[2])) for r in rows]
 
-    def task_status_counts(self, tenant_id: str | None) -> dict[str, int]:
-        """How many tasks are in each status (of one tenant, or of all)."""
-        where, params = ("WHERE tenant_id = %s", (tenant_id,)) if tenant_id else ("", ())
+    def task_status_counts(
+        self, tenant_id: str | None, *, deleted: bool = False
+    ) -> dict[str, int]:
+        """How many tasks are in each status (of one tenant, or of all): those not deleted,
+        as task_list lists them, or (`deleted`) those in the recycle bin."""
+        where, params = status_counts_where(tenant_id, deleted, "%s")
         with self._tx() as conn:
             rows = conn.execute(
-                f"SELECT status, count(*) FROM tasks {where} GROUP BY status", params
+                f"SELECT status, count(*) FROM tasks WHERE {where} GROUP BY status", params
             ).fetchall()
         return {r[0]: int(r[1]) for r in rows}
 

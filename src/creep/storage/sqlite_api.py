@@ -26,7 +26,7 @@ from creep.ports_api import (
     BatchCancelled,
 )
 from creep.storage import pending_writes
-from creep.storage.common import sortable_cursor
+from creep.storage.common import sortable_cursor, status_counts_where
 from creep.storage.sqlite_bulk import insert_rows, rows_per_statement
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -497,11 +497,14 @@ class SqliteApiMixin:
         ).fetchall()
         return [(r[0], int(r[1]), int(r[2])) for r in rows]
 
-    def task_status_counts(self, tenant_id: str | None) -> dict[str, int]:
-        """How many tasks are in each status (of one tenant, or of all)."""
-        where, params = ("WHERE tenant_id = ?", (tenant_id,)) if tenant_id else ("", ())
+    def task_status_counts(
+        self, tenant_id: str | None, *, deleted: bool = False
+    ) -> dict[str, int]:
+        """How many tasks are in each status (of one tenant, or of all): those not deleted,
+        as task_list lists them, or (`deleted`) those in the recycle bin."""
+        where, params = status_counts_where(tenant_id, deleted, "?")
         rows = self._conn().execute(
-            f"SELECT status, count(*) FROM tasks {where} GROUP BY status", params
+            f"SELECT status, count(*) FROM tasks WHERE {where} GROUP BY status", params
         ).fetchall()
         return {r[0]: int(r[1]) for r in rows}
 

@@ -29,14 +29,18 @@ class TaskStats(BaseModel):
 def task_stats(
     principal: Authenticated, svc: Svc,
     tenant_id: Annotated[str | None, Query(max_length=128)] = None,
+    deleted: Annotated[bool, Query(description="true: count the deleted tasks (the recycle "
+                                   "bin); false (the default): the others")] = False,
 ) -> Any:
     """How many tasks are in each status (every status listed, zeros included) and how many
-    wait in the queue (QUEUED). A tenant key counts its own tenant's tasks only."""
+    wait in the queue (QUEUED). A tenant key counts its own tenant's tasks only. Deleted
+    tasks are counted as GET /v1/tasks lists them: left out unless `deleted=true`, which
+    counts only them."""
     foreign = foreign_tenant_filter(principal, tenant_id)
     # Another tenant's counts are none of a tenant key's business: zeros, of that tenant
     # (not of its own, which would then read as empty).
     scope = tenant_id if foreign else list_scope(principal, tenant_id)
-    counts = {} if foreign else svc.store.task_status_counts(scope)
+    counts = {} if foreign else svc.store.task_status_counts(scope, deleted=deleted)
     by_status = {s.value: counts.get(s.value, 0) for s in TaskStatus}
     return json_response({
         "tenant_id": scope, "by_status": by_status, "total": sum(by_status.values()),

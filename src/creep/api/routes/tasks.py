@@ -325,8 +325,9 @@ def delete_task(
     if_match: Annotated[str | None, Header()] = None,
 ) -> Any:
     """Move a finished task (SUCCESS, FAILED, CANCELLED, TIMEOUT, DEAD_LETTER) to the recycle
-    bin: it gets `deleted_at`, leaves the task list (`?deleted=true` lists it) and refuses
-    cancel, retry and PATCH (409 `task-deleted`) until restored; GET still answers it. An
+    bin: it gets `deleted_at`, leaves the task list (`?deleted=true` lists it) and the task
+    counts, and refuses cancel, retry, PATCH, artifact uploads and ledger entries (409
+    `task-deleted`) until restored; GET (its events, artifacts and entries) still answers. An
     unfinished task is a 409 `task-not-finished` (cancel it first). A deleted task is
     answered as it is (nothing written). If-Match is optional: given, a stale one is a
     412."""
