@@ -161,6 +161,23 @@ def test_a_deleted_task_is_unknown_to_new_dependencies(api: TestClient) -> None:
     assert api.get("/v1/batches", headers=ADMIN).json()["items"] == []
 
 
+def test_a_create_resent_after_its_dependency_was_deleted_replays(api: TestClient) -> None:
+    """POST /v1/tasks sent again (same idempotency key and body) after the task it depends
+    on went to the recycle bin: 200 Idempotent-Replayed with the task written then, no
+    second audit row."""
+    dep = _finished(api)["task_id"]
+    body = {"task_type": "T", "tenant_id": "acme", "idempotency_key": "resent",
+            "depends_on": [dep]}
+    first = api.post("/v1/tasks", json=body, headers=ADMIN)
+    assert first.status_code == 201, first.text
+    api.delete(f"/v1/tasks/{dep}", headers=ADMIN)
+    again = api.post("/v1/tasks", json=body, headers=ADMIN)
+    assert again.status_code == 200, again.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["task_id"] == first.json()["task_id"]
+    assert len(_audit(api, first.json()["task_id"], "created")) == 1
+
+
 def _refused_as_deleted(r: Any, tid: str) -> None:
     assert r.status_code == 409, r.text
     problem = r.json()

@@ -130,6 +130,34 @@ def test_a_deleted_task_is_unknown_to_new_dependencies(app: Creep) -> None:
     assert dependant.depends_on == [tid] and dependant.status == "CANCELLED"
 
 
+def test_an_order_resent_after_its_dependency_was_deleted_replays(app: Creep) -> None:
+    """The idempotency key still answers a resend: an order written while its dependency
+    was live, sent again after the dependency went to the recycle bin, replays the task
+    written then (it is not a new dependant); new orders beside it are created, and a new
+    order naming the deleted task is still refused."""
+    dep = _finished(app)
+    first = app.submit(task_type="T", idempotency_key="kb", depends_on=[dep.task_id])
+    app.delete_task(dep.task_id)
+    again = app.submit(task_type="T", idempotency_key="kb", depends_on=[dep.task_id])
+    assert again.replayed and again.task_id == first.task_id
+    other = _finished(app)
+    both = app.submit_many([
+        {"task_type": "T", "idempotency_key": "kc", "depends_on": [other.task_id]},
+        {"task_type": "T", "idempotency_key": "kb", "depends_on": [dep.task_id]},
+    ])
+    assert [t.replayed for t in both] == [False, True]
+    assert both[1].task_id == first.task_id
+    assert app.get_task(both[0].task_id).depends_on == [other.task_id]
+    with pytest.raises(ValidationError) as refused:
+        app.submit_many([
+            {"task_type": "T", "idempotency_key": "kb", "depends_on": [dep.task_id]},
+            {"task_type": "T", "idempotency_key": "kd", "depends_on": [dep.task_id]},
+        ])
+    assert refused.value.errors == [
+        ("tasks[1].depends_on[0]", f"unknown task id {dep.task_id}")]
+    assert len(app.list_tasks()) == 3  # first, other's dependant, other
+
+
 def test_a_deleted_task_takes_no_ledger_entries_until_restored(app: Creep) -> None:
     """Money recorded against a task in the recycle bin is refused (TaskDeleted, nothing
     written); its entries are still listed and summed, and an entry written before the

@@ -395,6 +395,20 @@ def plan_replays(
     return plan
 
 
+def set_replays_aside(
+    specs: Sequence[TaskSpec], lookup: Callable[[TaskSpec], tuple[TaskOrder, str] | None]
+) -> tuple[ReplayPlan, list[TaskSpec]] | None:
+    """For a submission refused for a dependency that is unknown now (deleted, or purged by
+    retention): its orders that are resends (their idempotency key and body exist) are
+    answered by the task written when the dependency was known, and only the others are
+    checked and created. Returns the plan that resolves the answer and the orders to
+    create; None when no order is a resend (the refusal stands)."""
+    plan = plan_replays(specs, lookup)
+    if len(plan.fresh) == len(specs):
+        return None
+    return plan, plan.fresh
+
+
 def sortable_cursor(after: str, *, micros: bool) -> tuple[Any, str]:
     """A `<created>/<id>` listing cursor as this store issued it: (microseconds, id) on
     SQLite (`micros`), (an aware datetime, id) on PostgreSQL. Anything else (another store's

@@ -95,6 +95,7 @@ from creep.storage.common import (
     refuse_reused_task_ids,
     rescue,
     resolution_payload,
+    set_replays_aside,
     sortable_cursor,
 )
 from creep.storage.metrics_store import PostgresMetricsMixin  # /metrics
@@ -503,7 +504,18 @@ class PostgresStore(
                     (outside,),
                 ):
                     found[task_id] = (status, tenant)
-            dep_status: dict[str, str] = check_dependencies(specs, found, submitted)
+            try:
+                dep_status: dict[str, str] = check_dependencies(specs, found, submitted)
+            except ValidationError:
+                aside = None if rebound is not None else set_replays_aside(
+                    specs, self._replay_lookup(conn, specs, set()))
+                if aside is None:
+                    raise
+                rebound, specs = aside
+                if not specs:  # every order is a resend
+                    return rebound.resolve({})
+                by_id = {s.task_id: s for s in specs}
+                dep_status = check_dependencies(specs, found, submitted)
             order = (
                 topological_order({s.task_id: s.depends_on for s in specs})
                 if any(s.depends_on for s in specs) else list(by_id)

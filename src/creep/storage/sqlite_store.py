@@ -69,6 +69,7 @@ from creep.storage.common import (
     refuse_reused_task_ids,
     rescue,
     resolution_payload,
+    set_replays_aside,
     sortable_cursor,
 )
 from creep.storage.metrics_store import SqliteMetricsMixin  # /metrics
@@ -371,10 +372,18 @@ class SqliteStore(
                     _REUSED_IDS, (_ids_json(given),)).fetchall()])
             # (Orders depending on others of this submission that are replays: see there.)
             submitted = specs
-            plan, specs = bind_replayed_dependencies(specs, self._replay_lookup(conn))
+            lookup = self._replay_lookup(conn)
+            plan, specs = bind_replayed_dependencies(specs, lookup)
+            try:
+                dep_status = self._dependency_status(conn, specs, submitted)
+            except ValidationError:
+                aside = None if plan is not None else set_replays_aside(specs, lookup)
+                if aside is None:
+                    raise
+                plan, specs = aside
+                dep_status = self._dependency_status(conn, specs, submitted)
             if plan is not None:
                 prepared = None
-            dep_status = self._dependency_status(conn, specs, submitted)
             try:
                 if not one_statement:
                     conn.execute("SAVEPOINT fast_insert")
