@@ -370,3 +370,32 @@ def test_a_cancel_racing_a_delete_never_deletes_an_unfinished_task(app: Creep) -
             assert isinstance(deleted, TaskUnfinished), deleted
             assert now.deleted_at is None
             assert _events(app, task.task_id) == [*before, "cancelled"]
+
+
+def test_the_recycle_bin_is_read_through_its_own_index(
+    pg_schema_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listing the bin (and counting it) read the whole task table on PostgreSQL: a tenant
+    with thousands of tasks and a bin of five paid for every task. The bin's partial index
+    (migration 0025) gives its rows and a page reads no more than the bin."""
+    from tests.conformance.test_claim_plan import _explain_matching, _plan_nodes
+
+    app = Creep(pg_schema_url)
+    done = app.submit_many([{"task_type": "X", "tenant_id": "t1"} for _ in range(3_000)])
+    ids = [t.task_id for t in done]
+    for task_id in ids[:5]:
+        app.cancel(task_id)
+        app.delete_task(task_id)
+    with psycopg.connect(pg_schema_url, autocommit=True) as conn:
+        conn.execute("ANALYZE tasks")
+    for filters in ({"tenant_id": "t1"}, {}):
+        plans: list[dict[str, Any]] = []
+        _explain_matching(monkeypatch, lambda q: "deleted_at IS NOT NULL" in q, plans)
+        listed = app.list_tasks(deleted=True, **filters)
+        monkeypatch.undo()
+        assert sorted(t.task_id for t in listed) == sorted(ids[:5])
+        assert len(plans) == 1, "the bin's statement was not seen"
+        scans = [n for n in _plan_nodes(plans[0]) if n.get("Relation Name") == "tasks"]
+        assert scans and all(n["Node Type"] != "Seq Scan" and n["Actual Rows"] <= 5
+                             for n in scans), scans
+    app.close()
