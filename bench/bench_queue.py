@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=50_000)
     parser.add_argument("--singles", type=int, default=2_000)
     parser.add_argument("--concurrency", type=int, default=1000,
-                        help="the worker's concurrency; it claims half of it per statement")
+                        help="the worker's concurrency (it claims up to that many per statement)")
     parser.add_argument("--preload", type=int, default=0,
                         help="finished tasks stored before the drain")
     parser.add_argument("--pickup-samples", type=int, default=300)

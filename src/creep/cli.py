@@ -81,7 +81,7 @@ def worker(
     ] = 30.0,
     claim_ttl: Annotated[float, typer.Option(min=1, help="Seconds a claim lives.")] = 30.0,
     claim_lanes: Annotated[int, typer.Option(
-        min=1, max=2, help="PostgreSQL, with --concurrency 128 or more: 2 runs each claim as "
+        min=1, max=2, help="PostgreSQL, with --concurrency 64 or more: 2 runs each claim as "
         "two concurrent transactions, each preferring its half of the asset pool (README, "
         "Workers).")] = 1,
     log_level: Annotated[str, typer.Option(envvar="CREEP_LOG_LEVEL")] = "INFO",
