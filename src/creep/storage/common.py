@@ -49,6 +49,8 @@ CLAIM_IDS_PRUNED = 100
 
 class ClaimedBefore(Exception):
     """Raised inside a claim's transaction to undo it: its claim_id claimed already."""
+
+
 #: Columns written by an insert (claim and bookkeeping columns take their defaults).
 INSERT_COLUMNS: tuple[str, ...] = (
     *TASK_COLUMNS[: TASK_COLUMNS.index("last_error")], "request_hash", "has_dependants",
