@@ -13,7 +13,7 @@ from creep.bulk_submit import write_chunks
 from creep.domain.artifacts import Artifact
 from creep.domain.bulk_specs import build_specs, check_orders
 from creep.domain.clock import Clock, SystemClock
-from creep.domain.errors import ValidationError, check_member
+from creep.domain.errors import ValidationError, check_member, one_order_errors
 from creep.domain.events import TaskEvent
 from creep.domain.ids import canonical_uuid
 from creep.domain.outcomes import Backoff
@@ -139,7 +139,10 @@ class Creep(SchedulesApi, AssetApi):  # schedules, assets: see the mixins
         returns the existing task with `replayed=True`; a different body raises
         IdempotencyConflict."""
         spec = self.validate(fields)
-        return self.store.task_create_many([spec], self.clock.now())[0]
+        try:
+            return self.store.task_create_many([spec], self.clock.now())[0]
+        except ValidationError as exc:
+            raise one_order_errors(exc) from None
 
     def submit_many(self, orders: Iterable[Mapping[str, Any]]) -> list[TaskOrder]:
         """Create many task orders in as few transactions as possible. Tasks may depend on

@@ -26,7 +26,7 @@ from creep.api.audit import AuditWrite
 from creep.api.limits import QuotaCheck
 from creep.api.services import Services
 from creep.domain.audit import build_diff
-from creep.domain.errors import StorageError
+from creep.domain.errors import StorageError, ValidationError, one_order_errors
 from creep.domain.task import TaskOrder
 from creep.domain.task_spec import TaskSpec
 from creep.ports_api import AuditRow, task_snapshot
@@ -183,6 +183,8 @@ class CreateBatcher:
         for item in batch:
             try:
                 out.extend(self._write_together([item]))
+            except ValidationError as exc:  # one request's order: its own field names
+                out.append(one_order_errors(exc))
             except Exception as exc:
                 out.append(exc)
         return out

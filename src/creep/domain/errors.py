@@ -30,6 +30,15 @@ class ValidationError(CreepError):
         return cls([(field, rule)])
 
 
+def one_order_errors(exc: ValidationError) -> ValidationError:
+    """The errors of a create of one order, named as that order's own fields: the stores
+    check what they create as a list (`tasks[0].depends_on[0]`), while a single submit's
+    other checks name `depends_on[0]`, and its body has no `tasks`."""
+    prefix = "tasks[0]."
+    return ValidationError([
+        (field.removeprefix(prefix), rule) for field, rule in exc.errors])
+
+
 def check_member(name: str, value: object, enum: type[StrEnum]) -> None:
     """Raise a ValidationError naming `name` and the enum's values unless `value` is None or
     one of them: a filter outside its enum would otherwise just match nothing."""
