@@ -399,16 +399,14 @@ def plan_replays(
 
 def set_replays_aside(
     specs: Sequence[TaskSpec], lookup: Callable[[TaskSpec], tuple[TaskOrder, str] | None]
-) -> tuple[ReplayPlan, list[TaskSpec]] | None:
+) -> ReplayPlan | None:
     """For a submission refused for a dependency that is unknown now (deleted, or purged by
     retention): its orders that are resends (their idempotency key and body exist) are
-    answered by the task written when the dependency was known, and only the others are
-    checked and created. Returns the plan that resolves the answer and the orders to
-    create; None when no order is a resend (the refusal stands)."""
+    answered by the task written when the dependency was known, and only the others
+    (`plan.fresh`) are checked and created. Returns the plan that resolves the answer; None
+    when no order is a resend (the refusal stands)."""
     plan = plan_replays(specs, lookup)
-    if len(plan.fresh) == len(specs):
-        return None
-    return plan, plan.fresh
+    return None if len(plan.fresh) == len(specs) else plan
 
 
 def sortable_cursor(after: str, *, micros: bool) -> tuple[Any, str]:

@@ -511,7 +511,7 @@ class PostgresStore(
                     specs, self._replay_lookup(conn, specs, set()))
                 if aside is None:
                     raise
-                rebound, specs = aside
+                rebound, specs = aside, aside.fresh
                 if not specs:  # every order is a resend
                     return rebound.resolve({})
                 by_id = {s.task_id: s for s in specs}

@@ -380,7 +380,7 @@ class SqliteStore(
                 aside = None if plan is not None else set_replays_aside(specs, lookup)
                 if aside is None:
                     raise
-                plan, specs = aside
+                plan, specs = aside, aside.fresh
                 dep_status = self._dependency_status(conn, specs, submitted)
             if plan is not None:
                 prepared = None
