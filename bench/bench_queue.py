@@ -105,13 +105,16 @@ def measure_enqueue(app: Creep, n: int, singles: int, priorities: int) -> dict[s
     return {"bulk_enqueue_per_s": bulk, "single_enqueue_per_s": single}
 
 
-def measure_drain(url: str, n: int, concurrency: int) -> dict[str, float]:
+def measure_drain(
+    url: str, n: int, concurrency: int, batch_size: int | None = None
+) -> dict[str, float]:
     """Drain with one worker process (this one), timed from start to empty queue. Also the
     worker process's CPU per task (all threads), steadier than wall time on a busy machine."""
     app = make_app(url)
     queued = len(app.list_tasks(status="QUEUED", limit=n + 10_000))
     started, cpu = time.perf_counter(), time.process_time()
-    stats = app.run_worker(burst=True, concurrency=concurrency, install_signals=False)
+    stats = app.run_worker(burst=True, concurrency=concurrency, batch_size=batch_size,
+                           install_signals=False)
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     app.close()
     assert stats["completed"] >= queued, stats
@@ -171,6 +174,8 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=2_000)
     parser.add_argument("--concurrency", type=int, default=1000,
                         help="the worker's concurrency (it claims up to that many per statement)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="most tasks per claim statement (default: the concurrency)")
     parser.add_argument("--preload", type=int, default=0,
                         help="finished tasks stored before the drain")
     parser.add_argument("--pickup-samples", type=int, default=300)
@@ -190,7 +195,7 @@ def main() -> None:
                 results["preload_s"] = preload_finished(app, args.preload)
             results.update(measure_enqueue(app, args.n, args.singles, args.priorities))
             app.close()
-            results.update(measure_drain(url, args.n, args.concurrency))
+            results.update(measure_drain(url, args.n, args.concurrency, args.batch_size))
             if not args.skip_pickup:
                 results.update(measure_pickup(url, args.pickup_samples, workdir))
         finally:
